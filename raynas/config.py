@@ -1,0 +1,333 @@
+"""Search configuration: YAML files loaded strictly into typed dataclasses.
+
+A job file has one section per component. Sections that select a registered component
+(``space``, ``strategy``, ``data``) carry a ``name`` plus the fields of that component's own
+config dataclass. An unknown key, a wrong type or an unknown name is a :class:`ConfigError` that
+names the key and says what is allowed. ``--set key.sub=value`` overrides are applied to the
+raw YAML before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from raynas.errors import ConfigError, UnknownNameError
+from raynas.registry import Registry
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Weight training of the supernet (defaults: DARTS ``train_search.py``)."""
+
+    epochs: int = 50
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be at least 1")
+        _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be positive")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Where the search runs.
+
+    ``backend: ray`` puts the supernet in a Ray actor (a local Ray started on demand, or the
+    cluster at ``address`` / ``RAY_ADDRESS``); ``backend: local`` runs it in-process.
+    """
+
+    backend: Literal["ray", "local"] = "ray"
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    object_store_mb: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
+        _check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
+        _check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking and the local output folder (checkpoints for resuming)."""
+
+    experiment: str = "raynas"
+    tracking_uri: str | None = None
+    output_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry selection: the component's name and its validated config dataclass."""
+
+    name: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search job, as written in ``jobs/*.yaml``."""
+
+    name: str
+    space: Component
+    strategy: Component
+    data: Component
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full config as plain data (every default filled in)."""
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        for section in ("space", "strategy", "data"):
+            comp: Component = getattr(self, section)
+            out[section] = {"name": comp.name, **_asdict(comp.config)}
+        for section in ("train", "execution", "tracking"):
+            out[section] = _asdict(getattr(self, section))
+        return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are kept as values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """Read a job file, apply ``key.sub=value`` overrides and validate everything.
+
+    Args:
+        path: The YAML job file.
+        overrides: Strings of the form ``train.epochs=3``; the value is parsed as YAML.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a key or value is not allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return parse_config(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` override set (value parsed as YAML)."""
+    raw = _deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def parse_config(raw: dict[str, Any]) -> SearchConfig:
+    """Validate a raw mapping (from YAML) into a :class:`SearchConfig`."""
+    # Imported here: these packages register the built-in components on import.
+    from raynas.data import DATASETS
+    from raynas.spaces import SPACES
+    from raynas.strategies import STRATEGIES
+
+    raw = dict(raw)
+    sections: dict[str, Registry[Any]] = {"space": SPACES, "strategy": STRATEGIES, "data": DATASETS}
+    values: dict[str, Any] = {}
+    for section, registry in sections.items():
+        values[section] = _component(raw.pop(section, None), section, registry)
+    allowed = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}; allowed top-level keys: {', '.join(sorted(allowed))}"
+        )
+    if "name" not in raw:
+        raise ConfigError("config key 'name' is missing (a name for the search)")
+    hints = typing.get_type_hints(SearchConfig)
+    for key, value in raw.items():
+        values[key] = _convert(value, hints[key], key)
+    return SearchConfig(**values)
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Build the dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: A dataclass type.
+        data: The mapping from YAML (``None`` means all defaults).
+        where: The dotted path of the section, for error messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {where!r} must be a mapping, got {_show(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {_join(where, unknown[0])!r}; allowed: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _convert(v, hints[k], _join(where, k)) for k, v in data.items()}
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"config key {_join(where, missing[0])!r} is missing")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config section {where!r}: {exc}") from None
+
+
+def _component(data: Any, section: str, registry: Registry[Any]) -> Component:
+    if data is None:
+        raise ConfigError(
+            f"config section {section!r} is missing; it needs a 'name', one of: "
+            f"{', '.join(registry.names())}"
+        )
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(
+            f"config section {section!r} needs a 'name', one of: {', '.join(registry.names())}"
+        )
+    data = dict(data)
+    name = data.pop("name")
+    try:
+        entry = registry.entry(str(name))
+    except UnknownNameError as exc:
+        raise ConfigError(f"config key '{section}.name': {exc}") from None
+    config = build(entry.config, data, section) if entry.config is not None else None
+    if config is None and data:
+        raise ConfigError(f"{registry.kind} {name!r} takes no settings; remove {sorted(data)}")
+    return Component(str(name), config)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint``, converting only where lossless."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {where!r}: {_show(value)} "
+                          f"matches none of {_type_name(hint)}")
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"config key {where!r} is {_show(value)}; allowed: {allowed}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {where!r} must be a list, got {_show(value)}")
+        item = args[0] if args else Any
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {where!r} must be true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {where!r} must be an integer, got {_show(value)}")
+        return value
+    if hint is float:
+        # PyYAML reads 3e-4 (no dot) as a string: accept numeric strings for float keys.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {where!r} must be a number, got {_show(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {where!r} must be a string, got {_show(value)}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _check(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key!r} {rule}")
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+def _deepcopy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deepcopy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deepcopy(v) for v in raw]
+    return raw
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,99 @@
+"""The dataset registry, the loader settings every dataset shares, and the search split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from raynas.errors import ConfigError, UnknownNameError
+from raynas.registry import Registry
+from raynas.types import DatasetInfo
+
+DATASETS: Registry[Any] = Registry("dataset")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Batching and the search split (defaults: DARTS ``train_search.py``).
+
+    Attributes:
+        batch_size: Images per step, for both halves.
+        train_portion: Share of the training set used to train weights; the rest trains alpha.
+        num_workers: DataLoader worker processes (0 loads in the training process).
+        limit: Use only the first ``limit`` training images (0: all), for quick trials.
+    """
+
+    batch_size: int = 64
+    train_portion: float = 0.5
+    num_workers: int = 0
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if not 0 < self.train_portion < 1:
+            raise ConfigError(f"data.train_portion must be in (0, 1), got {self.train_portion}")
+        if self.num_workers < 0 or self.limit < 0:
+            raise ConfigError("data.num_workers and data.limit must be >= 0")
+
+
+class SearchDataset(Protocol):
+    """What the search needs from a dataset."""
+
+    info: DatasetInfo
+    config: LoaderConfig
+
+    def train_set(self) -> Dataset[tuple[torch.Tensor, int]]:
+        """The full training set (augmented as for training)."""
+        ...
+
+
+def split_indices(n: int, portion: float) -> tuple[list[int], list[int]]:
+    """DARTS's split: the first ``portion`` of the training set trains weights, the rest alpha."""
+    cut = int(portion * n)
+    return list(range(cut)), list(range(cut, n))
+
+
+def search_loaders(
+    dataset: SearchDataset, *, seed: int
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """Shuffled loaders over the two halves of the search split.
+
+    Args:
+        dataset: A registered dataset instance.
+        seed: Seeds the shuffling, so a search is repeatable.
+    """
+    cfg = dataset.config
+    full = dataset.train_set()
+    n = len(full)  # type: ignore[arg-type]
+    if cfg.limit:
+        n = min(n, cfg.limit)
+    train_idx, valid_idx = split_indices(n, cfg.train_portion)
+    if not train_idx or not valid_idx:
+        raise ConfigError(f"data: {n} images are too few to split at {cfg.train_portion}")
+
+    def loader(indices: list[int], offset: int) -> DataLoader[Any]:
+        generator = torch.Generator().manual_seed(seed + offset)
+        return DataLoader(
+            Subset(full, indices),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(indices) > cfg.batch_size,
+            generator=generator,
+            num_workers=cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.num_workers > 0,
+        )
+
+    return loader(train_idx, 0), loader(valid_idx, 1)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Input channels, classes and image size of a dataset, by name (no data is read)."""
+    try:
+        return DATASETS.get(name).info
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc)) from None

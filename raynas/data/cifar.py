@@ -1,0 +1,116 @@
+"""CIFAR-10 and CIFAR-100 read from the official python batch files on local disk.
+
+The files are the pickled batches of https://www.cs.toronto.edu/~kriz/cifar.html:
+``cifar-10-batches-py/data_batch_1..5`` (keys ``data``, ``labels``) and
+``cifar-100-python/train`` (keys ``data``, ``fine_labels``); ``data`` is (N, 3072) uint8,
+channel-major. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raynas.data.base import DATASETS, LoaderConfig
+from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
+from raynas.errors import ConfigError, DataError
+from raynas.types import DatasetInfo
+
+# Channel statistics used by DARTS (cnn/utils.py).
+CIFAR10_MEAN, CIFAR10_STD = (0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataclass(frozen=True)
+class CifarConfig(LoaderConfig):
+    """Where the batches are: the ``cifar-10-batches-py`` (or ``cifar-100-python``) folder or
+    its parent. ``augment`` applies DARTS's random crop and flip."""
+
+    path: str = ""
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path:
+            raise ConfigError("config key 'data.path' is missing: the folder holding the CIFAR batches")
+
+
+def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate pickled CIFAR batches into (N, 3, 32, 32) uint8 images and (N,) labels."""
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR batch file {str(path)!r} is missing (expected {', '.join(files)})")
+        try:
+            with path.open("rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            label = np.asarray(batch[label_key.encode()], dtype=np.int64)
+        except (pickle.UnpicklingError, KeyError, EOFError, ValueError) as exc:
+            raise DataError(
+                f"{str(path)!r} is not a CIFAR python batch (needs 'data' and '{label_key}'): {exc!r}"
+            ) from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(label):
+            raise DataError(f"{str(path)!r}: 'data' must be (N, 3072) with one label per row")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(label)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class _Cifar:
+    folder_name: str
+    train_files: tuple[str, ...]
+    label_key: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: DatasetInfo
+
+    def __init__(self, config: CifarConfig) -> None:
+        self.config = config
+
+    def folder(self) -> Path:
+        root = Path(self.config.path).expanduser()
+        for candidate in (root, root / self.folder_name):
+            if (candidate / self.train_files[0]).is_file():
+                return candidate
+        raise DataError(
+            f"data.path {self.config.path!r} holds no {self.info.name} batches: expected "
+            f"{self.folder_name}/{self.train_files[0]} (the python version of the dataset)"
+        )
+
+    def train_set(self) -> ImageTensors:
+        images, labels = read_batches(self.folder(), self.train_files, self.label_key)
+        return ImageTensors(
+            torch.from_numpy(images),
+            torch.from_numpy(labels),
+            scale=255.0,
+            normalize=Normalize(self.mean, self.std),
+            augment=RandomCropFlip(4) if self.config.augment else None,
+        )
+
+
+@DATASETS.register("cifar10", config=CifarConfig)
+class Cifar10(_Cifar):
+    """CIFAR-10: 50,000 training images of 10 classes."""
+
+    folder_name = "cifar-10-batches-py"
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    label_key = "labels"
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
+    info = DatasetInfo(name="cifar10", in_channels=3, num_classes=10, image_size=32)
+
+
+@DATASETS.register("cifar100", config=CifarConfig)
+class Cifar100(_Cifar):
+    """CIFAR-100: 50,000 training images of 100 classes (fine labels)."""
+
+    folder_name = "cifar-100-python"
+    train_files = ("train",)
+    label_key = "fine_labels"
+    mean, std = CIFAR100_MEAN, CIFAR100_STD
+    info = DatasetInfo(name="cifar100", in_channels=3, num_classes=100, image_size=32)

@@ -1,0 +1,55 @@
+"""ImageNet (or any ImageNet-style tree) read with torchvision's ``ImageFolder``.
+
+``path`` holds ``train/<class>/<image>.JPEG``; the search split cuts the training folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from raynas.data.base import DATASETS, LoaderConfig
+from raynas.errors import ConfigError, DataError
+from raynas.types import DatasetInfo
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageFolderConfig(LoaderConfig):
+    """``path``: the folder holding ``train/``; ``image_size``: the training crop."""
+
+    path: str = ""
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path:
+            raise ConfigError("config key 'data.path' is missing: the folder holding train/")
+
+
+@DATASETS.register("imagenet", config=ImageFolderConfig)
+class ImageNet:
+    """ImageNet with the usual random-resized-crop and flip augmentation."""
+
+    info = DatasetInfo(name="imagenet", in_channels=3, num_classes=1000, image_size=224)
+
+    def __init__(self, config: ImageFolderConfig) -> None:
+        self.config = config
+
+    def train_set(self):  # type: ignore[no-untyped-def]
+        from torchvision import datasets, transforms
+
+        root = Path(self.config.path).expanduser() / "train"
+        if not root.is_dir():
+            raise DataError(f"data.path {self.config.path!r} has no train/ folder of class folders")
+        transform = transforms.Compose([
+            transforms.RandomResizedCrop(self.config.image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+        try:
+            return datasets.ImageFolder(str(root), transform=transform)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"{str(root)!r}: {exc}") from None

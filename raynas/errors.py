@@ -1,0 +1,26 @@
+"""Errors that reach the user as one clear line (the CLI prints them and exits with status 2)."""
+
+from __future__ import annotations
+
+
+class RaynasError(Exception):
+    """Base of every error raynas reports to the user without a traceback."""
+
+
+class ConfigError(RaynasError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+class UnknownNameError(RaynasError, KeyError):
+    """A name was looked up in a registry that does not hold it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DataError(RaynasError):
+    """A dataset path is missing or its files are not in the expected format."""
+
+
+class ArchitectureError(RaynasError, ValueError):
+    """An architecture, genotype or op name does not belong to its space."""

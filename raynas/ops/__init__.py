@@ -1,0 +1,20 @@
+"""Operations: the primitive table of each space and the mixed operations over them.
+
+``OPS`` maps an op name to a factory ``(C, stride, affine) -> nn.Module`` (the DARTS convention);
+``MIXED_OPS`` maps a mixed-op name (``weighted``, ...) to the module that combines candidates on a
+supernet edge.
+"""
+
+from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero
+from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+
+__all__ = [
+    "MIXED_OPS",
+    "OPS",
+    "PRIMITIVES",
+    "FactorizedReduce",
+    "Identity",
+    "ReLUConvBN",
+    "WeightedMixedOp",
+    "Zero",
+]

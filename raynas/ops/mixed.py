@@ -1,0 +1,43 @@
+"""Mixed operations: how a supernet edge combines its candidate operations.
+
+The ``weighted`` op is DARTS's continuous relaxation: the output is the sum of every candidate's
+output weighted by the softmax of the edge's architecture parameters. Variants (partial-channel,
+sampled) register here under their own names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from raynas.ops.darts import OPS
+from raynas.registry import Registry
+
+MIXED_OPS: Registry[type[nn.Module]] = Registry("mixed op")
+
+
+@MIXED_OPS.register("weighted")
+class WeightedMixedOp(nn.Module):
+    """All candidates on one edge, combined as ``sum_k w_k * op_k(x)``.
+
+    Args:
+        channels: Channels in and out of the edge.
+        stride: 2 on the edges of a reduction cell that leave the cell's inputs, else 1.
+        primitives: Names in :data:`raynas.ops.OPS`.
+    """
+
+    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str]) -> None:
+        super().__init__()
+        ops = []
+        for name in primitives:
+            op = OPS.get(name)(channels, stride, False)
+            if "pool" in name:  # as in DARTS: a non-affine BatchNorm after pooling in the search
+                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (num_ops,) already normalised
+        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))  # type: ignore[return-value]

@@ -1,0 +1,176 @@
+"""The search driver: runs a search epoch by epoch on a worker (in-process or a Ray actor),
+records every epoch in MLflow, checkpoints after every epoch, and resumes where it stopped.
+
+The checkpoint (``<output_dir>/<name>/checkpoint.pt``) holds the worker's full state, the MLflow
+run id and every epoch's report, so a search that crashes loses at most the epoch in flight, and
+running the same job again continues it in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raynas.config import SearchConfig
+from raynas.data import dataset_info
+from raynas.errors import ConfigError
+from raynas.execution import start_worker
+from raynas.profile import count_params
+from raynas.spaces import SPACES
+from raynas.tracking import MlflowTracker
+from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+from raynas.types import Architecture, EpochReport
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search found and where it is recorded."""
+
+    architecture: Architecture
+    metrics: dict[str, float]
+    params: int
+    params_cifar10: int
+    run_id: str
+    run_link: str
+    checkpoint: Path
+    seconds: float
+
+
+def format_duration(seconds: float) -> str:
+    """``75.2`` -> ``1:15``; hours when needed."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _report_state(report: EpochReport) -> dict[str, Any]:
+    return {
+        "epoch": report.epoch,
+        "metrics": report.metrics,
+        "architecture": report.architecture.to_json(),
+        "arch_weights": report.arch_weights,
+        "seconds": report.seconds,
+    }
+
+
+def _report_from_state(state: dict[str, Any]) -> EpochReport:
+    return EpochReport(
+        epoch=state["epoch"],
+        metrics=state["metrics"],
+        architecture=Architecture.from_json(state["architecture"]),
+        arch_weights=state["arch_weights"],
+        seconds=state["seconds"],
+    )
+
+
+def run_search(
+    config: SearchConfig,
+    *,
+    fresh: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run (or resume) the search described by ``config``.
+
+    Args:
+        config: The validated job.
+        fresh: Ignore an unfinished checkpoint of the same job and start over.
+        echo: Where progress lines go.
+
+    Returns:
+        The final architecture, its metrics, its size and where the MLflow run is.
+    """
+    started = time.perf_counter()
+    checkpoint = Path(config.tracking.output_dir) / config.name / "checkpoint.pt"
+    prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
+    if prior is not None and prior["finished"]:
+        prior = None  # a finished search: run it again from the start
+    if prior is not None and prior["config"] != config.to_dict():
+        raise ConfigError(
+            f"{checkpoint} belongs to an unfinished search of {config.name!r} with another "
+            "config; pass --fresh to start over, or give the job another name"
+        )
+
+    tracker = MlflowTracker(
+        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment
+    )
+    run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+    history: list[dict[str, Any]] = prior["history"] if prior else []
+    worker = start_worker(config)
+    try:
+        if prior is not None:
+            worker.load_state_dict(prior["worker"])
+            if history:  # it may have been checkpointed but not logged before the crash
+                tracker.log_epoch(_report_from_state(history[-1]))
+            echo(f"Resuming {config.name!r} after epoch {len(history)} from {checkpoint}")
+        echo(
+            f"Searching {config.space.name} with {config.strategy.name} on {config.data.name} "
+            f"in {worker.describe_location()}; MLflow run {run_id}"
+        )
+
+        def save(finished: bool) -> None:
+            save_checkpoint(
+                {
+                    "config": config.to_dict(),
+                    "run_id": run_id,
+                    "worker": worker.state_dict(),
+                    "history": history,
+                    "finished": finished,
+                },
+                checkpoint,
+            )
+
+        epochs = config.train.epochs
+        first = len(history)
+        loop_start = time.perf_counter()
+        for epoch in range(first, epochs):
+            report = worker.run_epoch()
+            history.append(_report_state(report))
+            save(finished=False)
+            tracker.log_epoch(report)
+            done = epoch + 1 - first
+            elapsed = time.perf_counter() - loop_start
+            eta = elapsed / done * (epochs - epoch - 1)
+            m = report.metrics
+            echo(
+                f"epoch {epoch + 1:>3}/{epochs}  train loss {m['train_loss']:.3f} "
+                f"acc {m['train_acc']:6.1%}  valid loss {m['valid_loss']:.3f} "
+                f"acc {m['valid_acc']:6.1%}  alpha entropy {m['alpha_entropy']:.3f}  "
+                f"{format_duration(report.seconds)}/epoch  eta {format_duration(eta)}"
+            )
+        final = _report_from_state(history[-1])
+        params, params_cifar = _network_sizes(config, final.architecture)
+        summary = {"params": params, "params_cifar10": params_cifar, **final.metrics}
+        tracker.finish(final, summary)
+        save(finished=True)
+    except BaseException:
+        tracker.fail("KILLED")
+        raise
+    finally:
+        worker.close()
+    return SearchResult(
+        architecture=final.architecture,
+        metrics=final.metrics,
+        params=params,
+        params_cifar10=params_cifar,
+        run_id=run_id,
+        run_link=tracker.run_link(),
+        checkpoint=checkpoint,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:
+    """Parameters of the found architecture at the search's size on its data, and at the
+    papers' CIFAR-10 evaluation size (as published results are compared)."""
+    space = SPACES.create(config.space.name, config.space.config)
+    info = dataset_info(config.data.name)
+    cfg = config.space.config
+    searched = space.build(
+        arch, info, channels=getattr(cfg, "channels", None), layers=getattr(cfg, "layers", None)
+    )
+    cifar = space.build(arch, dataset_info("cifar10"))
+    return count_params(searched), count_params(cifar)

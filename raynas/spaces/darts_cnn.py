@@ -1,0 +1,305 @@
+"""The DARTS CNN cell space (Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019).
+
+A cell has two inputs (the outputs of the two previous cells), ``nodes`` intermediate nodes and
+an output that concatenates the intermediate nodes. In a genotype each intermediate node keeps
+two incoming edges, each an (operation, input) pair; inputs 0 and 1 are the cell's inputs and
+``2 + i`` is intermediate node ``i``. A network stacks normal cells and, at one and two thirds
+of its depth, reduction cells that halve the resolution and double the channels.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from raynas.errors import ArchitectureError
+from raynas.ops.darts import OPS, PRIMITIVES
+from raynas.spaces import SPACES
+from raynas.types import Architecture, DatasetInfo
+
+Edge = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class DartsGenotype(Architecture):
+    """A DARTS genotype: two (op, input) edges per intermediate node, for both cell types.
+
+    The JSON form is the published one:
+    ``{"normal": [["sep_conv_3x3", 0], ...], "normal_concat": [2, 3, 4, 5], "reduce": [...], ...}``.
+    """
+
+    space = "darts"
+
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...]
+    reduce_concat: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for cell in ("normal", "reduce"):
+            edges: tuple[Edge, ...] = getattr(self, cell)
+            if not edges or len(edges) % 2:
+                raise ArchitectureError(
+                    f"genotype {cell!r} must list two (op, input) edges per node, got {len(edges)}"
+                )
+            for i, (op, index) in enumerate(edges):
+                node = i // 2
+                if op not in OPS:
+                    raise ArchitectureError(
+                        f"genotype {cell}[{i}]: unknown op {op!r}; choose one of: "
+                        f"{', '.join(OPS.names())}"
+                    )
+                if not 0 <= index < node + 2:
+                    raise ArchitectureError(
+                        f"genotype {cell}[{i}]: node {node + 2} cannot take input {index}; "
+                        f"allowed inputs are 0..{node + 1}"
+                    )
+            concat: tuple[int, ...] = getattr(self, f"{cell}_concat")
+            last = len(edges) // 2 + 1
+            if not concat or any(not 0 <= c <= last for c in concat):
+                raise ArchitectureError(
+                    f"genotype {cell}_concat {list(concat)} must name states in 0..{last}"
+                )
+
+    @property
+    def nodes(self) -> int:
+        """Number of intermediate nodes per cell."""
+        return len(self.normal) // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "normal": [list(e) for e in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(e) for e in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DartsGenotype:
+        keys = ("normal", "normal_concat", "reduce", "reduce_concat")
+        unknown = sorted(set(data) - set(keys))
+        missing = [k for k in keys if k not in data]
+        if unknown or missing:
+            raise ArchitectureError(
+                f"a DARTS genotype has the keys {', '.join(keys)}; "
+                + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
+            )
+        try:
+            return cls(
+                normal=tuple((str(op), int(i)) for op, i in data["normal"]),
+                normal_concat=tuple(int(i) for i in data["normal_concat"]),
+                reduce=tuple((str(op), int(i)) for op, i in data["reduce"]),
+                reduce_concat=tuple(int(i) for i in data["reduce_concat"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ArchitectureError(f"malformed DARTS genotype: {exc}") from None
+
+    def canonical(self) -> Any:
+        # The two edges of a node are unordered: (a from 0, b from 1) == (b from 1, a from 0).
+        def cell(edges: tuple[Edge, ...]) -> list[list[list[Any]]]:
+            return [sorted([list(e) for e in edges[i : i + 2]]) for i in range(0, len(edges), 2)]
+
+        return {
+            "normal": cell(self.normal),
+            "normal_concat": sorted(self.normal_concat),
+            "reduce": cell(self.reduce),
+            "reduce_concat": sorted(self.reduce_concat),
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+            f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})"
+        )
+
+
+def _load_published() -> tuple[dict[str, DartsGenotype], dict[str, str]]:
+    text = resources.files("raynas.spaces").joinpath("darts_genotypes.json").read_text()
+    data = json.loads(text)
+    aliases = data.pop("_aliases")
+    data.pop("_source")
+    return {name: DartsGenotype.from_dict(g) for name, g in data.items()}, aliases
+
+
+PUBLISHED, _ALIASES = _load_published()
+
+
+def published_genotype(name: str) -> DartsGenotype:
+    """A published genotype by name (DARTS_V1, DARTS_V2, NASNet, AmoebaNet, PC_DARTS, MiLeNAS, ...)."""
+    name = _ALIASES.get(name, name)
+    if name not in PUBLISHED:
+        known = sorted([*PUBLISHED, *_ALIASES])
+        raise ArchitectureError(f"unknown genotype {name!r}; published genotypes: {', '.join(known)}")
+    return PUBLISHED[name]
+
+
+def load_genotype(name_or_file: str) -> DartsGenotype:
+    """A published genotype by name, or one read from a JSON file in the published form."""
+    path = Path(name_or_file)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ArchitectureError(f"genotype file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"genotype file {str(path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ArchitectureError(f"genotype file {str(path)!r} must hold a JSON object")
+        data.pop("space", None)
+        try:
+            return DartsGenotype.from_dict(data)
+        except ArchitectureError as exc:
+            raise ArchitectureError(f"genotype file {str(path)!r}: {exc}") from None
+    return published_genotype(name_or_file)
+
+
+@dataclass(frozen=True)
+class DartsSpaceConfig:
+    """The DARTS search space and its supernet (defaults: DARTS ``train_search.py``).
+
+    Attributes:
+        channels: Initial channels of the supernet.
+        layers: Number of cells in the supernet.
+        nodes: Intermediate nodes per cell.
+        stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
+        primitives: Candidate operations on every edge.
+        mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
+    """
+
+    channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    stem_multiplier: int = 3
+    primitives: tuple[str, ...] = PRIMITIVES
+    mixed_op: str = "weighted"
+
+    def __post_init__(self) -> None:
+        from raynas.errors import ConfigError
+        from raynas.ops.mixed import MIXED_OPS
+
+        if self.channels < 2 or self.channels % 2:
+            raise ConfigError(f"space.channels must be an even number >= 2, got {self.channels}")
+        if self.layers < 3:
+            raise ConfigError(f"space.layers must be at least 3 (two reduction cells), got {self.layers}")
+        if self.nodes < 1:
+            raise ConfigError(f"space.nodes must be at least 1, got {self.nodes}")
+        for name in self.primitives:
+            if name not in OPS:
+                raise ConfigError(
+                    f"space.primitives: unknown op {name!r}; choose from: {', '.join(OPS.names())}"
+                )
+        if len(set(self.primitives) - {"none"}) < 1:
+            raise ConfigError("space.primitives needs at least one op besides 'none'")
+        if self.mixed_op not in MIXED_OPS:
+            raise ConfigError(
+                f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
+                f"choose from: {', '.join(MIXED_OPS.names())}"
+            )
+
+
+# Evaluation settings of the papers: (initial channels, cells) per dataset family.
+EVAL_DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14)}
+
+
+@SPACES.register("darts", config=DartsSpaceConfig)
+class DartsCnnSpace:
+    """The DARTS CNN cell space.
+
+    Args:
+        config: Sizes of the supernet and the candidate operations.
+    """
+
+    architecture_type = DartsGenotype
+
+    def __init__(self, config: DartsSpaceConfig | None = None) -> None:
+        self.config = config or DartsSpaceConfig()
+
+    def sample(self, rng: random.Random) -> DartsGenotype:
+        """A uniformly random genotype: two distinct inputs per node, ops other than ``none``."""
+        ops = [p for p in self.config.primitives if p != "none"]
+
+        def cell() -> tuple[Edge, ...]:
+            edges: list[Edge] = []
+            for node in range(self.config.nodes):
+                for index in sorted(rng.sample(range(node + 2), 2) if node else [0, 1]):
+                    edges.append((rng.choice(ops), index))
+            return tuple(edges)
+
+        concat = tuple(range(2, 2 + self.config.nodes))
+        return DartsGenotype(cell(), concat, cell(), concat)
+
+    def contains(self, arch: Architecture) -> bool:
+        """Whether ``arch`` is a genotype of this space (node count and operations)."""
+        return (
+            isinstance(arch, DartsGenotype)
+            and arch.nodes == self.config.nodes
+            and len(arch.reduce) == len(arch.normal)
+            and all(op in self.config.primitives for op, _ in (*arch.normal, *arch.reduce))
+        )
+
+    def parse(self, text: str) -> DartsGenotype:
+        """A genotype from a published name, a JSON file, or JSON text."""
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+            data.pop("space", None)
+            return DartsGenotype.from_dict(data)
+        return load_genotype(text)
+
+    def build(
+        self,
+        arch: Architecture,
+        dataset: DatasetInfo,
+        *,
+        channels: int | None = None,
+        layers: int | None = None,
+        auxiliary: bool = False,
+        drop_path_prob: float = 0.0,
+    ) -> nn.Module:
+        """The evaluation network of a genotype: NetworkImageNet for ImageNet, else NetworkCIFAR.
+
+        Args:
+            arch: A :class:`DartsGenotype`.
+            dataset: Input channels, classes and image size.
+            channels: Initial channels (default: 36 for CIFAR-style data, 48 for ImageNet).
+            layers: Number of cells (default: 20 for CIFAR-style data, 14 for ImageNet).
+            auxiliary: Add the auxiliary head (used during training only).
+            drop_path_prob: Drop-path probability on the cells' non-identity edges.
+        """
+        from raynas.spaces.darts_nets import NetworkCIFAR, NetworkImageNet
+
+        if not isinstance(arch, DartsGenotype):
+            raise ArchitectureError(f"the darts space builds DartsGenotype, got {type(arch).__name__}")
+        family = "imagenet" if dataset.name.lower() == "imagenet" else "cifar"
+        default_c, default_l = EVAL_DEFAULTS[family]
+        network = NetworkImageNet if family == "imagenet" else NetworkCIFAR
+        return network(
+            genotype=arch,
+            channels=channels or default_c,
+            layers=layers or default_l,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.in_channels,
+            auxiliary=auxiliary,
+            drop_path_prob=drop_path_prob,
+        )
+
+    def supernet(self, dataset: DatasetInfo) -> nn.Module:
+        """The weight-sharing search network over every edge and candidate op."""
+        from raynas.supernet.darts import DartsSupernet
+
+        cfg = self.config
+        return DartsSupernet(
+            channels=cfg.channels,
+            layers=cfg.layers,
+            nodes=cfg.nodes,
+            stem_multiplier=cfg.stem_multiplier,
+            primitives=cfg.primitives,
+            mixed_op=cfg.mixed_op,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.in_channels,
+        )

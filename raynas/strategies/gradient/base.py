@@ -1,0 +1,140 @@
+"""The base of every gradient strategy: alternate an architecture step on validation data with a
+weight step on training data (Liu et al., DARTS, Algorithm 1).
+
+A variant overrides one method: :meth:`GradientStrategy.arch_backward` (how the architecture
+gradient is computed: first order, unrolled second order, mixed level), or
+:meth:`GradientStrategy.loss` (for example a latency term). Everything else (optimisers, the
+learning-rate schedule, gradient clipping, checkpoints) is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from raynas.config import TrainConfig
+from raynas.errors import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Architecture optimisation (defaults: DARTS ``train_search.py``: Adam, lr 3e-4, wd 1e-3)."""
+
+    arch_learning_rate: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_betas: tuple[float, ...] = (0.5, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.arch_learning_rate <= 0:
+            raise ConfigError("strategy.arch_learning_rate must be positive")
+        if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
+            raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Training-batch statistics of one step, as tensors (summed on the device, no sync)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+
+class GradientStrategy:
+    """Alternating bilevel optimisation of a supernet's weights ``w`` and architecture ``alpha``.
+
+    Args:
+        supernet: A module with ``weights()``, ``arch_parameters()`` and ``genotype()``.
+        config: The architecture optimiser's settings.
+        train: The weight optimiser's settings (SGD with momentum, cosine schedule, clipping).
+    """
+
+    def __init__(self, *, supernet: nn.Module, config: GradientConfig, train: TrainConfig) -> None:
+        self.model = supernet
+        self.config = config
+        self.train = train
+        self.criterion = nn.CrossEntropyLoss()
+        self.weight_params: list[nn.Parameter] = list(supernet.weights())  # type: ignore[operator]
+        self.w_optimizer = torch.optim.SGD(
+            self.weight_params,
+            lr=train.learning_rate,
+            momentum=train.momentum,
+            weight_decay=train.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_optimizer, T_max=train.epochs, eta_min=train.learning_rate_min
+        )
+        self.arch_params: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
+        self.a_optimizer = torch.optim.Adam(
+            self.arch_params,
+            lr=config.arch_learning_rate,
+            betas=tuple(config.arch_betas),  # type: ignore[arg-type]
+            weight_decay=config.arch_weight_decay,
+        )
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate of the weights."""
+        return float(self.w_optimizer.param_groups[0]["lr"])
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss on a batch and the logits (B, classes)."""
+        x, y = batch
+        logits = self.model(x)
+        return self.criterion(logits, y), logits
+
+    def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
+        """One search step: update ``alpha`` on validation data, then ``w`` on training data."""
+        self.model.train()
+        self.a_optimizer.zero_grad(set_to_none=True)
+        self.arch_backward(train_batch, valid_batch)
+        self.a_optimizer.step()
+        return self.weight_step(train_batch)
+
+    def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
+        """Put the architecture gradient in ``alpha.grad`` (first order: d L_val / d alpha)."""
+        loss, _ = self.loss(valid_batch)
+        loss.backward(inputs=self.arch_params)
+
+    def weight_step(self, batch: Batch) -> StepResult:
+        """One SGD step of the weights on a training batch, gradients clipped by norm."""
+        self.w_optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(batch)
+        loss.backward(inputs=self.weight_params)
+        nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
+        self.w_optimizer.step()
+        y = batch[1]
+        return StepResult(
+            loss_sum=loss.detach() * y.numel(),
+            correct=(logits.detach().argmax(1) == y).sum(),
+            count=y.numel(),
+        )
+
+    def end_epoch(self) -> None:
+        """Advance the learning-rate schedule."""
+        self.scheduler.step()
+
+    def genotype(self) -> Any:
+        """The architecture the supernet currently stands for."""
+        return self.model.genotype()  # type: ignore[operator]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the search exactly: supernet, optimisers, schedule."""
+        return {
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.a_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.a_optimizer.load_state_dict(state["a_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

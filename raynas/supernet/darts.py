@@ -1,0 +1,186 @@
+"""The DARTS search network (``cnn/model_search.py`` of quark0/darts): cells whose every edge is a
+mixed operation over all candidates, and the architecture parameters ``alpha`` that weigh them.
+
+The supernet separates its two kinds of parameters (:meth:`DartsSupernet.weights` and
+:meth:`DartsSupernet.arch_parameters`) and turns ``alpha`` into a genotype with
+:func:`derive_cell`, the paper's rule: keep the two strongest incoming edges of each node, each
+with its strongest operation, ``none`` ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raynas.ops.darts import FactorizedReduce, ReLUConvBN
+from raynas.ops.mixed import MIXED_OPS
+from raynas.spaces.darts_cnn import DartsGenotype, Edge
+
+
+def num_edges(nodes: int) -> int:
+    """Edges of a cell with ``nodes`` intermediate nodes: node i has 2 + i inputs."""
+    return sum(2 + i for i in range(nodes))
+
+
+class SearchCell(nn.Module):
+    """A cell with a mixed op on every edge; the weights of all edges are passed to forward."""
+
+    def __init__(
+        self, *, nodes: int, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
+        reduction_prev: bool, primitives: Sequence[str], mixed_op: str,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        mixed = MIXED_OPS.get(mixed_op)
+        self.edges = nn.ModuleList(
+            mixed(channels=channels, stride=2 if reduction and j < 2 else 1, primitives=primitives)
+            for i in range(nodes)
+            for j in range(2 + i)
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # weights: (edges, num_ops), one row per edge in the order of self.edges
+        states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
+        offset = 0
+        for _ in range(self.nodes):
+            node = sum(
+                self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)
+            )
+            offset += len(states)
+            states.append(node)  # type: ignore[arg-type]
+        return torch.cat(states[2:], dim=1)  # (B, nodes*C, H', W')
+
+
+class DartsSupernet(nn.Module):
+    """The DARTS supernet: a stem, ``layers`` search cells and a linear classifier.
+
+    Args:
+        channels: Initial channels (16 in the paper's search).
+        layers: Number of cells (8 in the paper's search); reduction at 1/3 and 2/3 depth.
+        nodes: Intermediate nodes per cell (4).
+        stem_multiplier: The stem outputs ``stem_multiplier * channels`` channels (3).
+        primitives: Candidate operations on every edge.
+        mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS``.
+        num_classes: Output classes.
+        in_channels: Image channels of the input.
+    """
+
+    def __init__(
+        self, *, channels: int, layers: int, nodes: int, stem_multiplier: int,
+        primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self.nodes = nodes
+        c_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
+        )
+        c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(
+                SearchCell(
+                    nodes=nodes, c_prev_prev=c_prev_prev, c_prev=c_prev, channels=c_curr,
+                    reduction=reduction, reduction_prev=reduction_prev, primitives=primitives,
+                    mixed_op=mixed_op,
+                )
+            )
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, nodes * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_prev, num_classes)
+        shape = (num_edges(nodes), len(self.primitives))
+        # Small random initial alphas, as in DARTS: 1e-3 * N(0, 1).
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters, optimised on validation data."""
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def weights(self) -> Iterator[nn.Parameter]:
+        """Every parameter except the architecture parameters, optimised on training data."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def edge_weights(self, reduction: bool) -> torch.Tensor:
+        """The normalised weights of every candidate on every edge: (edges, num_ops)."""
+        return F.softmax(self.alpha_reduce if reduction else self.alpha_normal, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
+        s0 = s1 = self.stem(x)
+        normal, reduce = self.edge_weights(False), self.edge_weights(True)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def genotype(self) -> DartsGenotype:
+        """The discrete architecture the current alphas stand for (the paper's derivation)."""
+        concat = tuple(range(2, 2 + self.nodes))
+        return DartsGenotype(
+            normal=derive_cell(self.edge_weights(False), self.primitives, self.nodes),
+            normal_concat=concat,
+            reduce=derive_cell(self.edge_weights(True), self.primitives, self.nodes),
+            reduce_concat=concat,
+        )
+
+    def arch_state(self) -> dict[str, list[list[float]]]:
+        """The raw alphas as nested lists (for tracking)."""
+        return {
+            "alpha_normal": self.alpha_normal.detach().cpu().tolist(),
+            "alpha_reduce": self.alpha_reduce.detach().cpu().tolist(),
+        }
+
+    def arch_entropy(self) -> float:
+        """Mean entropy of the edges' operation distributions (nats; log(num_ops) is uniform)."""
+        with torch.no_grad():
+            total = 0.0
+            for reduction in (False, True):
+                p = self.edge_weights(reduction)
+                total += float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return total / 2
+
+    def max_entropy(self) -> float:
+        """Entropy of a uniform distribution over the candidates."""
+        return math.log(len(self.primitives))
+
+
+def derive_cell(weights: torch.Tensor, primitives: Sequence[str], nodes: int) -> tuple[Edge, ...]:
+    """Discretise one cell: per node, the two inputs whose best non-``none`` op is strongest.
+
+    Args:
+        weights: (edges, num_ops) normalised operation weights.
+        primitives: Operation names, in the column order of ``weights``.
+        nodes: Intermediate nodes in the cell.
+
+    Returns:
+        Two (op, input) edges per node, strongest first, as in DARTS's ``genotype()``.
+    """
+    w = weights.detach().cpu()
+    allowed = torch.tensor([p != "none" for p in primitives])
+    masked = w.masked_fill(~allowed, float("-inf"))  # (edges, num_ops)
+    edges: list[Edge] = []
+    start = 0
+    for i in range(nodes):
+        block = masked[start : start + 2 + i]  # the node's incoming edges
+        best_value, best_op = block.max(dim=1)
+        # Stable sort so ties keep DARTS's order (lower input first).
+        order = sorted(range(2 + i), key=lambda j: -float(best_value[j]))[:2]
+        edges.extend((primitives[int(best_op[j])], j) for j in order)
+        start += 2 + i
+    return tuple(edges)

@@ -1,0 +1,60 @@
+"""The one training loop: a search epoch of a gradient strategy, and evaluation."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from raynas.strategies.gradient.base import Batch, GradientStrategy
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    x, y = batch
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def search_epoch(
+    strategy: GradientStrategy,
+    train_batches: Iterable[Batch],
+    valid_batches: Iterable[Batch],
+    device: torch.device,
+) -> dict[str, float]:
+    """One pass over the training half; each step also draws a batch of the validation half.
+
+    Returns:
+        ``train_loss`` and ``train_acc`` (fraction) over the epoch, and the learning rate used.
+    """
+    lr = strategy.lr
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for train_batch, valid_batch in zip(train_batches, itertools.cycle(valid_batches)):
+        result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
+        loss_sum += result.loss_sum
+        correct += result.correct
+        count += result.count
+    strategy.end_epoch()
+    return {
+        "train_loss": float(loss_sum) / max(count, 1),
+        "train_acc": float(correct) / max(count, 1),
+        "lr": lr,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for batch in batches:
+        x, y = _to(batch, device)
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += y.numel()
+    return {"valid_loss": float(loss_sum) / max(count, 1), "valid_acc": float(correct) / max(count, 1)}

@@ -1,0 +1,114 @@
+"""A supernet search as one object: data, supernet and strategy built from a config, run an epoch
+at a time. It knows nothing of Ray: the execution layer runs it in-process or inside an actor.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from raynas.config import SearchConfig
+from raynas.data import DATASETS, search_loaders
+from raynas.spaces import SPACES
+from raynas.strategies import STRATEGIES
+from raynas.train.loop import evaluate, search_epoch
+from raynas.types import EpochReport
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    """The first GPU this process may use, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _numpy_state() -> tuple[Any, ...]:
+    # As plain values and a tensor: checkpoints load with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    return (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+
+
+class SupernetSearch:
+    """Trains a space's supernet with a gradient strategy on a dataset's search split.
+
+    Args:
+        config: The search job.
+        threads: torch intra-op threads (default: leave torch's choice).
+    """
+
+    def __init__(self, config: SearchConfig, *, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        seed_everything(config.seed)
+        self.config = config
+        self.device = pick_device()
+        data = DATASETS.create(config.data.name, config.data.config)
+        self.dataset_info = data.info
+        self.train_loader, self.valid_loader = search_loaders(data, seed=config.seed)
+        self.space = SPACES.create(config.space.name, config.space.config)
+        self.supernet = self.space.supernet(data.info).to(self.device)
+        self.strategy = STRATEGIES.create(
+            config.strategy.name,
+            supernet=self.supernet,
+            config=config.strategy.config,
+            train=config.train,
+        )
+        self.epoch = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether every configured epoch has run."""
+        return self.epoch >= self.config.train.epochs
+
+    def run_epoch(self) -> EpochReport:
+        """Train one epoch, evaluate the supernet on the validation half, report."""
+        start = time.perf_counter()
+        metrics = search_epoch(self.strategy, self.train_loader, self.valid_loader, self.device)
+        metrics.update(evaluate(self.supernet, self.valid_loader, self.device))
+        metrics["alpha_entropy"] = self.supernet.arch_entropy()
+        report = EpochReport(
+            epoch=self.epoch,
+            metrics=metrics,
+            architecture=self.strategy.genotype(),
+            arch_weights=self.supernet.arch_state(),
+            seconds=time.perf_counter() - start,
+        )
+        self.epoch += 1
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's state, the epoch reached and every RNG, for an exact resume."""
+        return {
+            "epoch": self.epoch,
+            "strategy": self.strategy.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": _numpy_state(),
+                "torch": torch.get_rng_state(),
+                "loaders": [
+                    loader.generator.get_state()  # type: ignore[union-attr]
+                    for loader in (self.train_loader, self.valid_loader)
+                ],
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self.epoch = int(state["epoch"])
+        self.strategy.load_state_dict(state["strategy"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(rng["torch"])
+        for loader, s in zip((self.train_loader, self.valid_loader), rng["loaders"], strict=True):
+            loader.generator.set_state(s)  # type: ignore[union-attr]

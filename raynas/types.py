@@ -1,0 +1,94 @@
+"""Plain records shared across raynas: architectures, dataset facts and per-epoch reports.
+
+Three things are kept apart: the *space* (what can be chosen, ``raynas.spaces``), the
+*architecture* (what was chosen, an :class:`Architecture` record defined here) and the *network*
+(the ``nn.Module`` a space builds from an architecture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from raynas.errors import ArchitectureError
+
+_ARCHITECTURE_TYPES: dict[str, type[Architecture]] = {}
+
+
+class Architecture(ABC):
+    """Base of architecture records: frozen, hashable dataclasses with a JSON round trip.
+
+    Subclasses set ``space`` (the name of the space they belong to) and implement
+    :meth:`to_dict` / :meth:`from_dict`. They are registered for :meth:`from_json` automatically.
+    """
+
+    space: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "space" in cls.__dict__:
+            _ARCHITECTURE_TYPES[cls.space] = cls
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The architecture as JSON-compatible data (the space's published form where one exists)."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        """Inverse of :meth:`to_dict`; raises :class:`ArchitectureError` on malformed data."""
+
+    def canonical(self) -> Any:
+        """A form that is equal for architectures that build the same network (default: to_dict)."""
+        return self.to_dict()
+
+    def key(self) -> str:
+        """A short, stable identifier: equal keys mean the same network."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return f"{self.space}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+    def to_json(self, indent: int | None = None) -> str:
+        """JSON text with the space's name, readable back with :meth:`Architecture.from_json`."""
+        return json.dumps({"space": self.space, **self.to_dict()}, indent=indent)
+
+    @staticmethod
+    def from_json(text: str) -> Architecture:
+        """Parse the output of :meth:`to_json` back into the right record type."""
+        data = json.loads(text)
+        space = data.pop("space", None) if isinstance(data, dict) else None
+        if space not in _ARCHITECTURE_TYPES:
+            known = ", ".join(sorted(_ARCHITECTURE_TYPES))
+            raise ArchitectureError(f"architecture JSON names space {space!r}; known: {known}")
+        return _ARCHITECTURE_TYPES[space].from_dict(data)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a network builder needs to know about its data."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one search epoch produced, sent from the worker to the search driver.
+
+    Attributes:
+        epoch: Zero-based index of the finished epoch.
+        metrics: Scalar metrics (``train_loss``, ``valid_acc``, ``alpha_entropy``, ...).
+        architecture: The architecture the search would return if it stopped now.
+        arch_weights: The architecture parameters as nested lists, by name.
+        seconds: Wall time of the epoch on the worker.
+    """
+
+    epoch: int
+    metrics: dict[str, float]
+    architecture: Architecture
+    arch_weights: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
