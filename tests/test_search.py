@@ -1,0 +1,125 @@
+"""End-to-end searches: in-process, resumed after a crash, and through a real Ray cluster into a
+real MLflow tracking server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, tiny_job, write_job
+from mlflow.tracking import MlflowClient
+
+from raynas.config import parse_config
+from raynas.search import run_search
+from raynas.spaces.darts_cnn import DartsGenotype
+from raynas.train.checkpoint import load_checkpoint
+from raynas.types import Architecture
+
+
+class Crash(Exception):
+    pass
+
+
+def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
+    config = parse_config(tiny_job(tmp_path))
+    lines: list[str] = []
+    result = run_search(config, echo=lines.append)
+
+    assert isinstance(result.architecture, DartsGenotype) and result.architecture.nodes == 2
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert all("eta" in line for line in lines if line.startswith("epoch"))
+
+    client = MlflowClient(config.tracking.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raynas.space"] == "darts"
+    assert run.data.tags["raynas.strategy"] == "darts"
+    assert run.data.tags["raynas.dataset"] == "digits"
+    assert run.data.params["space.channels"] == "4"
+    for metric in ("train_loss", "train_acc", "valid_loss", "valid_acc", "alpha_entropy"):
+        assert [m.step for m in client.get_metric_history(result.run_id, metric)] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"genotype.json", "arch_weights.json", "config.json", "genotypes"} <= artifacts
+    epochs = {a.path for a in client.list_artifacts(result.run_id, "genotypes")}
+    assert epochs == {"genotypes/epoch_000.json", "genotypes/epoch_001.json"}
+    local = client.download_artifacts(result.run_id, "genotype.json", str(tmp_path))
+    assert Architecture.from_json(Path(local).read_text()) == result.architecture
+
+
+def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, train={"epochs": 3})
+    reference = run_search(parse_config({**job, "name": "reference"}), echo=lambda _: None)
+
+    config = parse_config(job)
+
+    def crash_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_search(config, echo=crash_after_first_epoch)
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    assert len(state["history"]) == 1 and not state["finished"]
+
+    lines: list[str] = []
+    resumed = run_search(config, echo=lines.append)
+    assert lines[0].startswith("Resuming 'tiny' after epoch 1")
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2/3", "3/3"]
+    # Same MLflow run, every epoch recorded once per step, and exactly the uninterrupted result.
+    assert resumed.run_id == state["run_id"]
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert sorted({m.step for m in client.get_metric_history(resumed.run_id, "valid_acc")}) == [0, 1, 2]
+    assert resumed.architecture == reference.architecture
+    for a, b in zip(
+        load_checkpoint(resumed.checkpoint)["history"][-1]["arch_weights"].values(),
+        load_checkpoint(reference.checkpoint)["history"][-1]["arch_weights"].values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, train={"epochs": 2})
+
+    def crash(line: str) -> None:
+        if line.startswith("epoch"):
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_search(parse_config(job), echo=crash)
+    changed = parse_config({**job, "seed": 1})
+    with pytest.raises(Exception, match="another config; pass --fresh"):
+        run_search(changed, echo=lambda _: None)
+    assert run_search(changed, fresh=True, echo=lambda _: None).metrics
+
+
+@pytest.mark.integration
+def test_search_on_a_ray_cluster_into_an_mlflow_server(
+    tmp_path: Path, ray_head: str, mlflow_server: str
+) -> None:
+    job = tiny_job(
+        tmp_path,
+        execution={"backend": "ray", "cpus_per_worker": 1},
+        tracking={"tracking_uri": None, "experiment": "ray-e2e"},
+    )
+    path = write_job(tmp_path, job)
+    proc = subprocess.run(
+        [str(BIN / "raynas"), "search", str(path), "--address", ray_head,
+         "--tracking-uri", mlflow_server],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray actor on" in proc.stdout
+    run_id = proc.stdout.split("MLflow run: ")[1].split()[0]
+    assert f"{mlflow_server}/#/experiments/" in proc.stdout
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run_id, "valid_acc")) == 2
+    assert run.data.metrics["alpha_entropy"] > 0
+    genotype = json.loads(Path(client.download_artifacts(run_id, "genotype.json", str(tmp_path))).read_text())
+    assert genotype["space"] == "darts" and len(genotype["normal"]) == 4
