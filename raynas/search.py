@@ -97,10 +97,10 @@ def run_search(
     tracker = MlflowTracker(
         tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment
     )
-    run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
     history: list[dict[str, Any]] = prior["history"] if prior else []
-    worker = start_worker(config)
+    worker = start_worker(config)  # before the run exists: bad data fails without an empty run
     try:
+        run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
         if prior is not None:
             worker.load_state_dict(prior["worker"])
             if history:  # it may have been checkpointed but not logged before the crash
@@ -146,8 +146,11 @@ def run_search(
         summary = {"params": params, "params_cifar10": params_cifar, **final.metrics}
         tracker.finish(final, summary)
         save(finished=True)
-    except BaseException:
+    except KeyboardInterrupt:
         tracker.fail("KILLED")
+        raise
+    except BaseException:
+        tracker.fail("FAILED")
         raise
     finally:
         worker.close()
