@@ -7,6 +7,7 @@ supernet edge.
 
 from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero
 from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+from raynas.ops.partial import PartialChannelMixedOp, channel_shuffle
 
 __all__ = [
     "MIXED_OPS",
@@ -14,7 +15,9 @@ __all__ = [
     "PRIMITIVES",
     "FactorizedReduce",
     "Identity",
+    "PartialChannelMixedOp",
     "ReLUConvBN",
     "WeightedMixedOp",
     "Zero",
+    "channel_shuffle",
 ]

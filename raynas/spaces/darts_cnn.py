@@ -170,6 +170,8 @@ class DartsSpaceConfig:
         stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
         primitives: Candidate operations on every edge.
         mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
+        partial_k: With ``mixed_op: partial``, 1/k of the channels go through the candidates.
+        edge_normalization: Learn PC-DARTS's per-edge weights ``beta``.
     """
 
     channels: int = 16
@@ -178,6 +180,8 @@ class DartsSpaceConfig:
     stem_multiplier: int = 3
     primitives: tuple[str, ...] = PRIMITIVES
     mixed_op: str = "weighted"
+    partial_k: int = 4
+    edge_normalization: bool = False
 
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
@@ -196,6 +200,10 @@ class DartsSpaceConfig:
                 )
         if len(set(self.primitives) - {"none"}) < 1:
             raise ConfigError("space.primitives needs at least one op besides 'none'")
+        if self.mixed_op == "partial" and (self.partial_k < 1 or self.channels % self.partial_k):
+            raise ConfigError(
+                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
+            )
         if self.mixed_op not in MIXED_OPS:
             raise ConfigError(
                 f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
@@ -302,4 +310,6 @@ class DartsCnnSpace:
             mixed_op=cfg.mixed_op,
             num_classes=dataset.num_classes,
             in_channels=dataset.in_channels,
+            partial_k=cfg.partial_k,
+            edge_normalization=cfg.edge_normalization,
         )

@@ -10,7 +10,8 @@ with its strongest operation, ``none`` ignored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from torch import nn
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import MIXED_OPS
 from raynas.spaces.darts_cnn import DartsGenotype, Edge
+
+EdgeFactory = Callable[[int, int], nn.Module]  # (channels, stride) -> a mixed op
 
 
 def num_edges(nodes: int) -> int:
@@ -31,7 +34,7 @@ class SearchCell(nn.Module):
 
     def __init__(
         self, *, nodes: int, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
-        reduction_prev: bool, primitives: Sequence[str], mixed_op: str,
+        reduction_prev: bool, edge: EdgeFactory,
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -41,21 +44,23 @@ class SearchCell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
-        mixed = MIXED_OPS.get(mixed_op)
         self.edges = nn.ModuleList(
-            mixed(channels=channels, stride=2 if reduction and j < 2 else 1, primitives=primitives)
-            for i in range(nodes)
-            for j in range(2 + i)
+            edge(channels, 2 if reduction and j < 2 else 1) for i in range(nodes) for j in range(2 + i)
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # weights: (edges, num_ops), one row per edge in the order of self.edges
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+        edge_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # weights: (edges, num_ops), one row per edge in the order of self.edges;
+        # edge_scale: (edges,) PC-DARTS's edge normalisation, or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
         offset = 0
         for _ in range(self.nodes):
-            node = sum(
-                self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)
-            )
+            node = 0
+            for j, h in enumerate(states):
+                out = self.edges[offset + j](h, weights[offset + j])
+                node = node + (out if edge_scale is None else out * edge_scale[offset + j])
             offset += len(states)
             states.append(node)  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)  # (B, nodes*C, H', W')
@@ -73,11 +78,15 @@ class DartsSupernet(nn.Module):
         mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS``.
         num_classes: Output classes.
         in_channels: Image channels of the input.
+        partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates.
+        edge_normalization: Learn a weight per edge, normalised over each node's inputs
+            (PC-DARTS's ``beta``); the derived genotype ranks edges by op weight times edge weight.
     """
 
     def __init__(
         self, *, channels: int, layers: int, nodes: int, stem_multiplier: int,
         primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
+        partial_k: int = 1, edge_normalization: bool = False,
     ) -> None:
         super().__init__()
         self.primitives = tuple(primitives)
@@ -86,6 +95,12 @@ class DartsSupernet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
         )
+        mixed = MIXED_OPS.get(mixed_op)
+        options = {"k": partial_k} if mixed_op == "partial" else {}
+
+        def edge(c: int, stride: int) -> nn.Module:
+            return mixed(channels=c, stride=stride, primitives=self.primitives, **options)
+
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -96,8 +111,7 @@ class DartsSupernet(nn.Module):
             self.cells.append(
                 SearchCell(
                     nodes=nodes, c_prev_prev=c_prev_prev, c_prev=c_prev, channels=c_curr,
-                    reduction=reduction, reduction_prev=reduction_prev, primitives=primitives,
-                    mixed_op=mixed_op,
+                    reduction=reduction, reduction_prev=reduction_prev, edge=edge,
                 )
             )
             reduction_prev = reduction
@@ -108,10 +122,16 @@ class DartsSupernet(nn.Module):
         # Small random initial alphas, as in DARTS: 1e-3 * N(0, 1).
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        self.beta_normal: nn.Parameter | None = None
+        self.beta_reduce: nn.Parameter | None = None
+        if edge_normalization:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters, optimised on validation data."""
-        return [self.alpha_normal, self.alpha_reduce]
+        betas = [self.beta_normal, self.beta_reduce] if self.beta_normal is not None else []
+        return [self.alpha_normal, self.alpha_reduce, *betas]  # type: ignore[list-item]
 
     def weights(self) -> Iterator[nn.Parameter]:
         """Every parameter except the architecture parameters, optimised on training data."""
@@ -122,29 +142,53 @@ class DartsSupernet(nn.Module):
         """The normalised weights of every candidate on every edge: (edges, num_ops)."""
         return F.softmax(self.alpha_reduce if reduction else self.alpha_normal, dim=-1)
 
+    def edge_scale(self, reduction: bool) -> torch.Tensor | None:
+        """PC-DARTS's edge weights: softmax of beta over each node's incoming edges, (edges,)."""
+        beta = self.beta_reduce if reduction else self.beta_normal
+        if beta is None:
+            return None
+        parts, start = [], 0
+        for i in range(self.nodes):
+            parts.append(F.softmax(beta[start : start + 2 + i], dim=-1))
+            start += 2 + i
+        return torch.cat(parts)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         s0 = s1 = self.stem(x)
-        normal, reduce = self.edge_weights(False), self.edge_weights(True)
+        weights = {r: (self.edge_weights(r), self.edge_scale(r)) for r in (False, True)}
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+            s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def ranking_weights(self, reduction: bool) -> torch.Tensor:
+        """The weights the genotype is derived from: op weights, times edge weights if learnt."""
+        weights = self.edge_weights(reduction)
+        scale = self.edge_scale(reduction)
+        return weights if scale is None else weights * scale[:, None]
 
     def genotype(self) -> DartsGenotype:
         """The discrete architecture the current alphas stand for (the paper's derivation)."""
         concat = tuple(range(2, 2 + self.nodes))
         return DartsGenotype(
-            normal=derive_cell(self.edge_weights(False), self.primitives, self.nodes),
+            normal=derive_cell(self.ranking_weights(False), self.primitives, self.nodes),
             normal_concat=concat,
-            reduce=derive_cell(self.edge_weights(True), self.primitives, self.nodes),
+            reduce=derive_cell(self.ranking_weights(True), self.primitives, self.nodes),
             reduce_concat=concat,
         )
 
-    def arch_state(self) -> dict[str, list[list[float]]]:
-        """The raw alphas as nested lists (for tracking)."""
+    def arch_state(self) -> dict[str, list[Any]]:
+        """The raw architecture parameters as nested lists, by name (for tracking)."""
+        names = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
         return {
-            "alpha_normal": self.alpha_normal.detach().cpu().tolist(),
-            "alpha_reduce": self.alpha_reduce.detach().cpu().tolist(),
+            name: getattr(self, name).detach().cpu().tolist()
+            for name in names
+            if getattr(self, name) is not None
         }
+
+    def skip_share(self) -> float:
+        """Share of ``skip_connect`` among the derived normal cell's edges (DARTS's collapse sign)."""
+        normal = self.genotype().normal
+        return sum(op == "skip_connect" for op, _ in normal) / len(normal)
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' operation distributions (nats; log(num_ops) is uniform)."""

@@ -4,6 +4,7 @@ at a time. It knows nothing of Ray: the execution layer runs it in-process or in
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
+from raynas.errors import ConfigError
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.train.loop import evaluate, search_epoch
@@ -29,6 +31,19 @@ def seed_everything(seed: int) -> None:
 def pick_device() -> torch.device:
     """The first GPU this process may use, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _with_overrides(space_config: Any, overrides: dict[str, Any], config: SearchConfig) -> Any:
+    """The space's config with the settings the strategy imposes on its supernet."""
+    if not overrides:
+        return space_config
+    try:
+        return dataclasses.replace(space_config, **overrides)
+    except TypeError:
+        raise ConfigError(
+            f"strategy {config.strategy.name!r} needs a space with the settings "
+            f"{', '.join(overrides)}; space {config.space.name!r} has none such"
+        ) from None
 
 
 def _numpy_state() -> tuple[Any, ...]:
@@ -54,7 +69,11 @@ class SupernetSearch:
         data = DATASETS.create(config.data.name, config.data.config)
         self.dataset_info = data.info
         self.train_loader, self.valid_loader = search_loaders(data, seed=config.seed)
-        self.space = SPACES.create(config.space.name, config.space.config)
+        strategy_cls = STRATEGIES.get(config.strategy.name)
+        space_config = _with_overrides(
+            config.space.config, strategy_cls.space_overrides(config.strategy.config), config
+        )
+        self.space = SPACES.create(config.space.name, space_config)
         self.supernet = self.space.supernet(data.info).to(self.device)
         self.strategy = STRATEGIES.create(
             config.strategy.name,
@@ -75,6 +94,7 @@ class SupernetSearch:
         metrics = search_epoch(self.strategy, self.train_loader, self.valid_loader, self.device)
         metrics.update(evaluate(self.supernet, self.valid_loader, self.device))
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
+        metrics["skip_share"] = self.supernet.skip_share()
         report = EpochReport(
             epoch=self.epoch,
             metrics=metrics,

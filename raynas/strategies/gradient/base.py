@@ -23,15 +23,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
 @dataclass(frozen=True)
 class GradientConfig:
-    """Architecture optimisation (defaults: DARTS ``train_search.py``: Adam, lr 3e-4, wd 1e-3)."""
+    """Architecture optimisation (defaults: DARTS ``train_search.py``: Adam, lr 3e-4, wd 1e-3).
+
+    ``arch_start_epoch`` trains only the weights for that many epochs first (PC-DARTS warms up 15).
+    """
 
     arch_learning_rate: float = 3e-4
     arch_weight_decay: float = 1e-3
     arch_betas: tuple[float, ...] = (0.5, 0.999)
+    arch_start_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.arch_learning_rate <= 0:
             raise ConfigError("strategy.arch_learning_rate must be positive")
+        if self.arch_start_epoch < 0:
+            raise ConfigError("strategy.arch_start_epoch must be >= 0")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
 
@@ -76,6 +82,12 @@ class GradientStrategy:
             betas=tuple(config.arch_betas),  # type: ignore[arg-type]
             weight_decay=config.arch_weight_decay,
         )
+        self.epoch = 0
+
+    @classmethod
+    def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
+        """Space settings this strategy needs for its supernet (e.g. PC-DARTS's partial channels)."""
+        return {}
 
     @property
     def lr(self) -> float:
@@ -91,9 +103,10 @@ class GradientStrategy:
     def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
         """One search step: update ``alpha`` on validation data, then ``w`` on training data."""
         self.model.train()
-        self.a_optimizer.zero_grad(set_to_none=True)
-        self.arch_backward(train_batch, valid_batch)
-        self.a_optimizer.step()
+        if self.epoch >= self.config.arch_start_epoch:
+            self.a_optimizer.zero_grad(set_to_none=True)
+            self.arch_backward(train_batch, valid_batch)
+            self.a_optimizer.step()
         return self.weight_step(train_batch)
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
@@ -116,8 +129,9 @@ class GradientStrategy:
         )
 
     def end_epoch(self) -> None:
-        """Advance the learning-rate schedule."""
+        """Advance the learning-rate schedule and the epoch count."""
         self.scheduler.step()
+        self.epoch += 1
 
     def genotype(self) -> Any:
         """The architecture the supernet currently stands for."""
@@ -130,6 +144,7 @@ class GradientStrategy:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -138,3 +153,4 @@ class GradientStrategy:
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])

@@ -1,0 +1,48 @@
+"""Partial channel connections (Xu et al., "PC-DARTS: Partial Channel Connections for
+Memory-Efficient Architecture Search", ICLR 2020; ``model_search.py`` of yuhuixu1993/PC-DARTS).
+
+Only ``1/k`` of an edge's channels go through the candidate operations; the rest bypass them
+(max-pooled on reduction edges), and a channel shuffle mixes the two parts for the next edge.
+Activation memory of the mixed op drops by about ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` equal channel groups (ShuffleNet): (B, C, H, W) -> (B, C, H, W)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+@MIXED_OPS.register("partial")
+class PartialChannelMixedOp(nn.Module):
+    """A weighted mixed op over the first ``channels / k`` channels; the rest pass by.
+
+    Args:
+        channels: Channels in and out of the edge; must be divisible by ``k``.
+        stride: 2 on reduction edges from the cell inputs, else 1.
+        primitives: Candidate operation names.
+        k: The inverse share of channels sent through the candidates (4 in the paper on CIFAR).
+    """
+
+    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str], k: int) -> None:
+        super().__init__()
+        if k < 1 or channels % k:
+            raise ValueError(f"partial channels: {channels} channels are not divisible by k={k}")
+        self.k = k
+        self.mixed = WeightedMixedOp(channels=channels // k, stride=stride, primitives=primitives)
+        self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1] // self.k
+        active, passive = x[:, :c], x[:, c:]  # (B, C/k, H, W), (B, C - C/k, H, W)
+        out = torch.cat([self.mixed(active, weights), self.bypass(passive)], dim=1)
+        return channel_shuffle(out, self.k)

@@ -1,0 +1,105 @@
+"""DARTS variants over the gradient-strategy base: PC-DARTS (partial channels, edge
+normalisation) and MiLeNAS (mixed-level architecture gradient), each checked against an
+independent computation and run as a tiny search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_job
+from torch import nn
+
+from raynas.config import TrainConfig, parse_config
+from raynas.ops import PRIMITIVES, PartialChannelMixedOp, WeightedMixedOp, channel_shuffle
+from raynas.strategies.gradient.milenas import Milenas, MilenasConfig
+from raynas.supernet import DartsSupernet
+from raynas.train.search import SupernetSearch
+
+
+def tiny_supernet(**kwargs: object) -> DartsSupernet:
+    torch.manual_seed(0)
+    return DartsSupernet(
+        channels=4, layers=3, nodes=2, stem_multiplier=3, primitives=PRIMITIVES,
+        num_classes=3, in_channels=1, **{"mixed_op": "weighted", **kwargs},  # type: ignore[arg-type]
+    )
+
+
+def test_channel_shuffle_interleaves_groups() -> None:
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    # groups of 4: [0 1 | 2 3 | 4 5 | 6 7] -> take one from each group in turn
+    assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_partial_channel_op_sends_a_quarter_of_the_channels_through_the_candidates(stride: int) -> None:
+    torch.manual_seed(0)
+    op = PartialChannelMixedOp(channels=8, stride=stride, primitives=PRIMITIVES, k=4).eval()
+    x = torch.randn(2, 8, 8, 8)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), 0)
+    out = op(x, w)
+    assert out.shape == (2, 8, 8 // stride, 8 // stride)
+    # Reference: the weighted op on the first 2 channels, the other 6 bypassed, then shuffled.
+    active = op.mixed(x[:, :2], w)
+    passive = x[:, 2:] if stride == 1 else nn.functional.max_pool2d(x[:, 2:], 2, 2)
+    torch.testing.assert_close(out, channel_shuffle(torch.cat([active, passive], 1), 4))
+    full = WeightedMixedOp(channels=8, stride=stride, primitives=PRIMITIVES)
+    assert sum(p.numel() for p in op.parameters()) < sum(p.numel() for p in full.parameters()) / 4 + 1
+
+
+def test_edge_normalisation_weighs_edges_per_node_and_ranks_the_genotype() -> None:
+    model = tiny_supernet(mixed_op="partial", partial_k=2, edge_normalization=True)
+    assert len(model.arch_parameters()) == 4
+    with torch.no_grad():
+        model.beta_normal.copy_(torch.tensor([0.0, 0.0, 3.0, 0.0, -3.0]))
+    scale = model.edge_scale(False)
+    # node 0 has inputs {0, 1}; node 1 has inputs {0, 1, 2}: softmax within each node
+    torch.testing.assert_close(scale[:2], torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(scale[2:], torch.softmax(torch.tensor([3.0, 0.0, -3.0]), 0))
+    # Op weights equal on every edge: the edge weights alone decide node 1's inputs (0 and 1).
+    with torch.no_grad():
+        model.alpha_normal.zero_()
+    assert [index for _, index in model.genotype().normal[2:]] == [0, 1]
+    out = model(torch.randn(2, 1, 8, 8))
+    out.sum().backward()
+    assert model.beta_normal.grad is not None and model.beta_normal.grad.abs().sum() > 0
+
+
+def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
+    model = tiny_supernet().double().train()
+    strategy = Milenas(supernet=model, config=MilenasConfig(mixed_level_lambda=0.5),
+                       train=TrainConfig(epochs=1))
+    gen = torch.Generator().manual_seed(0)
+    train = (torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
+    valid = (torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([2, 1, 0, 1]))
+    g_train = torch.autograd.grad(strategy.loss(train)[0], strategy.arch_params)
+    g_valid = torch.autograd.grad(strategy.loss(valid)[0], strategy.arch_params)
+    strategy.arch_backward(train, valid)
+    for p, gt, gv in zip(strategy.arch_params, g_train, g_valid, strict=True):
+        torch.testing.assert_close(p.grad, gt + 0.5 * gv)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "space_settings"),
+    [
+        ({"name": "pc_darts", "k": 2, "arch_start_epoch": 1}, {"mixed_op": "partial", "partial_k": 2}),
+        ({"name": "milenas"}, {"mixed_op": "weighted"}),
+    ],
+)
+def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settings: dict) -> None:
+    job = tiny_job(tmp_path)
+    job["strategy"] = strategy
+    config = parse_config(job)
+    search = SupernetSearch(config)
+    for key, value in space_settings.items():
+        assert getattr(search.space.config, key) == value
+    before = [a.detach().clone() for a in search.strategy.arch_params]
+    search.run_epoch()
+    if strategy.get("arch_start_epoch"):  # warm-up: alpha untouched in the first epoch
+        for a, b in zip(search.strategy.arch_params, before, strict=True):
+            assert torch.equal(a, b)
+    report = search.run_epoch()
+    assert any(not torch.equal(a, b) for a, b in zip(search.strategy.arch_params, before, strict=True))
+    assert 0 <= report.metrics["skip_share"] <= 1
+    assert report.architecture.nodes == 2
