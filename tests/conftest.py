@@ -102,7 +102,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"MLflow server did not start: {(root / 'server.log').read_text()}")
+                raise RuntimeError(
+                    f"MLflow server did not start: {(root / 'server.log').read_text()}"
+                ) from None
             time.sleep(0.5)
     try:
         yield uri
