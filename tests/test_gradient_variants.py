@@ -1,5 +1,5 @@
 """DARTS variants over the gradient-strategy base: PC-DARTS (partial channels, edge
-normalisation) and MiLeNAS (mixed-level architecture gradient), each checked against an
+normalisation), MiLeNAS (mixed-level architecture gradient) and GDAS (sampled ops), each checked against an
 independent computation and run as a tiny search."""
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ from conftest import tiny_job
 from torch import nn
 
 from raynas.config import TrainConfig, parse_config
-from raynas.ops import PRIMITIVES, PartialChannelMixedOp, WeightedMixedOp, channel_shuffle
+from raynas.ops import (
+    PRIMITIVES,
+    PartialChannelMixedOp,
+    SampledMixedOp,
+    WeightedMixedOp,
+    channel_shuffle,
+)
 from raynas.strategies.gradient.milenas import Milenas, MilenasConfig
 from raynas.supernet import DartsSupernet
 from raynas.train.search import SupernetSearch
@@ -85,6 +91,7 @@ def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
     [
         ({"name": "pc_darts", "k": 2, "arch_start_epoch": 1}, {"mixed_op": "partial", "partial_k": 2}),
         ({"name": "milenas"}, {"mixed_op": "weighted"}),
+        ({"name": "gdas"}, {"mixed_op": "sampled"}),
     ],
 )
 def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settings: dict) -> None:
@@ -103,3 +110,39 @@ def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settin
     assert any(not torch.equal(a, b) for a, b in zip(search.strategy.arch_params, before, strict=True))
     assert 0 <= report.metrics["skip_share"] <= 1
     assert report.architecture.nodes == 2
+
+
+def test_sampled_op_computes_only_the_chosen_candidate() -> None:
+    torch.manual_seed(0)
+    op = SampledMixedOp(channels=4, stride=1, primitives=PRIMITIVES).eval()
+    x = torch.randn(2, 4, 8, 8)
+    probs = torch.softmax(torch.randn(len(PRIMITIVES)), 0).requires_grad_()
+    hard = torch.zeros_like(probs)
+    hard[4] = 1.0
+    weights = hard - probs.detach() + probs  # straight-through one-hot, as GDAS builds it
+    out = op(x, weights)
+    torch.testing.assert_close(out, op.ops[4](x))
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    # d/dw_4 = <grad_out, op_4(x)>; every other weight gets sum(grad_out) (the added zero).
+    expected = torch.full_like(probs, float(grad_out.sum()))
+    expected[4] = float((grad_out * op.ops[4](x)).sum().detach())
+    torch.testing.assert_close(probs.grad, expected)
+
+
+def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, train={"epochs": 3})
+    job["strategy"] = {"name": "gdas", "tau_max": 10.0, "tau_min": 0.1}
+    search = SupernetSearch(parse_config(job))
+    model = search.supernet
+    assert isinstance(model.cells[0].edges[0], SampledMixedOp)
+    assert model.gumbel_tau == 10.0
+    model.train()
+    sample = model.forward_weights(False)
+    assert torch.equal(sample.detach().sum(-1), torch.ones(len(sample)))
+    assert set(sample.detach().flatten().tolist()) == {0.0, 1.0}
+    model.eval()
+    torch.testing.assert_close(model.forward_weights(False), model.edge_weights(False))
+    for expected_tau in (5.05, 0.1):
+        search.run_epoch()
+        assert model.gumbel_tau == pytest.approx(expected_tau)

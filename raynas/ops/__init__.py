@@ -8,6 +8,7 @@ supernet edge.
 from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero
 from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
 from raynas.ops.partial import PartialChannelMixedOp, channel_shuffle
+from raynas.ops.sampled import SampledMixedOp
 
 __all__ = [
     "MIXED_OPS",
@@ -17,6 +18,7 @@ __all__ = [
     "Identity",
     "PartialChannelMixedOp",
     "ReLUConvBN",
+    "SampledMixedOp",
     "WeightedMixedOp",
     "Zero",
     "channel_shuffle",

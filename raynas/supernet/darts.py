@@ -122,6 +122,8 @@ class DartsSupernet(nn.Module):
         # Small random initial alphas, as in DARTS: 1e-3 * N(0, 1).
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
+        self.gumbel_tau: float | None = None
         self.beta_normal: nn.Parameter | None = None
         self.beta_reduce: nn.Parameter | None = None
         if edge_normalization:
@@ -153,9 +155,17 @@ class DartsSupernet(nn.Module):
             start += 2 + i
         return torch.cat(parts)
 
+    def forward_weights(self, reduction: bool) -> torch.Tensor:
+        """The op weights a forward pass uses: ``edge_weights``, or a hard Gumbel-softmax sample
+        with straight-through gradients when ``gumbel_tau`` is set and the model is training."""
+        if self.gumbel_tau is None or not self.training:
+            return self.edge_weights(reduction)
+        alpha = self.alpha_reduce if reduction else self.alpha_normal
+        return F.gumbel_softmax(alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         s0 = s1 = self.stem(x)
-        weights = {r: (self.edge_weights(r), self.edge_scale(r)) for r in (False, True)}
+        weights = {r: (self.forward_weights(r), self.edge_scale(r)) for r in (False, True)}
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
         return self.classifier(self.global_pooling(s1).flatten(1))

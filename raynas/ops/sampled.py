@@ -1,0 +1,35 @@
+"""A mixed op that runs only the sampled candidate (GDAS: Dong and Yang, "Searching for A Robust
+Neural Architecture in Four GPU Hours", CVPR 2019).
+
+The edge weights are a hard one-hot sample with straight-through gradients; only the chosen
+candidate is computed, and the other weights (zero in value) are added so that their gradients
+are those of the relaxed sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+
+
+@MIXED_OPS.register("sampled")
+class SampledMixedOp(WeightedMixedOp):
+    """Computes ``w_i * op_i(x)`` for the chosen ``i = argmax(w)`` only.
+
+    Args:
+        channels: Channels in and out of the edge.
+        stride: 2 on reduction edges from the cell inputs, else 1.
+        primitives: Candidate operation names.
+    """
+
+    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str]) -> None:
+        super().__init__(channels=channels, stride=stride, primitives=primitives)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # weights: (num_ops,), one-hot in value when sampled (straight-through Gumbel)
+        index = int(weights.argmax())
+        others = weights.sum() - weights[index]  # zero in value, carries the other gradients
+        return weights[index] * self.ops[index](x) + others

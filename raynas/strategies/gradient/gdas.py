@@ -1,0 +1,61 @@
+"""GDAS (Dong and Yang, "Searching for A Robust Neural Architecture in Four GPU Hours", CVPR 2019):
+every training pass samples one operation per edge with the hard Gumbel-softmax and computes only
+that one; the temperature falls linearly from ``tau_max`` to ``tau_min`` over the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from raynas.config import TrainConfig
+from raynas.errors import ConfigError
+from raynas.strategies import STRATEGIES
+from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
+
+
+@dataclass(frozen=True)
+class GdasConfig(GradientConfig):
+    """Temperature schedule (the paper: 10 -> 0.1)."""
+
+    tau_max: float = 10.0
+    tau_min: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.tau_min <= self.tau_max:
+            raise ConfigError("strategy.tau_min and tau_max need 0 < tau_min <= tau_max")
+
+
+@STRATEGIES.register("gdas", config=GdasConfig)
+class Gdas(GradientStrategy):
+    """First-order DARTS updates on a supernet that samples one op per edge."""
+
+    config: GdasConfig
+
+    def __init__(self, *, supernet: nn.Module, config: GdasConfig, train: TrainConfig) -> None:
+        super().__init__(supernet=supernet, config=config, train=train)
+        self._set_tau()
+
+    @classmethod
+    def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
+        return {"mixed_op": "sampled"}
+
+    def tau(self) -> float:
+        """The temperature of the current epoch."""
+        c = self.config
+        fraction = self.epoch / max(1, self.train.epochs - 1)
+        return c.tau_max - (c.tau_max - c.tau_min) * min(1.0, fraction)
+
+    def _set_tau(self) -> None:
+        self.model.gumbel_tau = self.tau()
+
+    def end_epoch(self) -> None:
+        super().end_epoch()
+        self._set_tau()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._set_tau()
