@@ -26,7 +26,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Weight training of the supernet (defaults: DARTS ``train_search.py``)."""
+    """Weight training of the supernet (defaults: DARTS ``train_search.py``).
+
+    ``stop_at_skip_connects``: end the search early once the normal cell the alphas choose has
+    this many skip connections (DARTS+'s criterion, 2 in that paper); 0 never stops early.
+    """
 
     epochs: int = 50
     learning_rate: float = 0.025
@@ -34,9 +38,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
+    stop_at_skip_connects: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be at least 1")
+        _check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
         _check(self.grad_clip > 0, "train.grad_clip", "must be positive")
 

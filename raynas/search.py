@@ -126,7 +126,10 @@ def run_search(
         epochs = config.train.epochs
         first = len(history)
         loop_start = time.perf_counter()
+        stopped_early = bool(history) and _collapsed(config, history[-1])
         for epoch in range(first, epochs):
+            if stopped_early:
+                break
             report = worker.run_epoch()
             history.append(_report_state(report))
             save(finished=False)
@@ -139,11 +142,21 @@ def run_search(
                 f"epoch {epoch + 1:>3}/{epochs}  train loss {m['train_loss']:.3f} "
                 f"acc {m['train_acc']:6.1%}  valid loss {m['valid_loss']:.3f} "
                 f"acc {m['valid_acc']:6.1%}  alpha entropy {m['alpha_entropy']:.3f}  "
+                f"skips {m['skip_connects']:.0f}  "
                 f"{format_duration(report.seconds)}/epoch  eta {format_duration(eta)}"
             )
+            stopped_early = _collapsed(config, history[-1])
+            if stopped_early:
+                echo(
+                    f"Stopping early: the normal cell has {m['skip_connects']:.0f} skip connections "
+                    f"(train.stop_at_skip_connects = {config.train.stop_at_skip_connects})"
+                )
         final = _report_from_state(history[-1])
         params, params_cifar = _network_sizes(config, final.architecture)
-        summary = {"params": params, "params_cifar10": params_cifar, **final.metrics}
+        summary = {
+            "params": params, "params_cifar10": params_cifar, "epochs_run": len(history),
+            "stopped_early": stopped_early, **final.metrics,
+        }
         tracker.finish(final, summary)
         save(finished=True)
     except KeyboardInterrupt:
@@ -164,6 +177,11 @@ def run_search(
         checkpoint=checkpoint,
         seconds=time.perf_counter() - started,
     )
+
+
+def _collapsed(config: SearchConfig, report: dict[str, Any]) -> bool:
+    limit = config.train.stop_at_skip_connects
+    return bool(limit) and report["metrics"].get("skip_connects", 0) >= limit
 
 
 def _network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:

@@ -172,6 +172,8 @@ class DartsSpaceConfig:
         mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
         partial_k: With ``mixed_op: partial``, 1/k of the channels go through the candidates.
         edge_normalization: Learn PC-DARTS's per-edge weights ``beta``.
+        max_skip_connect: Derive normal cells with at most this many skip connections
+            (P-DARTS uses 2); -1: no limit.
     """
 
     channels: int = 16
@@ -182,6 +184,7 @@ class DartsSpaceConfig:
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
+    max_skip_connect: int = -1
 
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
@@ -312,4 +315,5 @@ class DartsCnnSpace:
             in_channels=dataset.in_channels,
             partial_k=cfg.partial_k,
             edge_normalization=cfg.edge_normalization,
+            max_skip_connect=None if cfg.max_skip_connect < 0 else cfg.max_skip_connect,
         )

@@ -81,14 +81,16 @@ class DartsSupernet(nn.Module):
         partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates.
         edge_normalization: Learn a weight per edge, normalised over each node's inputs
             (PC-DARTS's ``beta``); the derived genotype ranks edges by op weight times edge weight.
+        max_skip_connect: At most this many skip connections in the derived normal cell.
     """
 
     def __init__(
         self, *, channels: int, layers: int, nodes: int, stem_multiplier: int,
         primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
-        partial_k: int = 1, edge_normalization: bool = False,
+        partial_k: int = 1, edge_normalization: bool = False, max_skip_connect: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_skip_connect = max_skip_connect
         self.primitives = tuple(primitives)
         self.nodes = nodes
         c_curr = stem_multiplier * channels
@@ -180,7 +182,9 @@ class DartsSupernet(nn.Module):
         """The discrete architecture the current alphas stand for (the paper's derivation)."""
         concat = tuple(range(2, 2 + self.nodes))
         return DartsGenotype(
-            normal=derive_cell(self.ranking_weights(False), self.primitives, self.nodes),
+            normal=derive_cell(
+                self.ranking_weights(False), self.primitives, self.nodes, self.max_skip_connect
+            ),
             normal_concat=concat,
             reduce=derive_cell(self.ranking_weights(True), self.primitives, self.nodes),
             reduce_concat=concat,
@@ -195,10 +199,11 @@ class DartsSupernet(nn.Module):
             if getattr(self, name) is not None
         }
 
-    def skip_share(self) -> float:
-        """Share of ``skip_connect`` among the derived normal cell's edges (DARTS's collapse sign)."""
-        normal = self.genotype().normal
-        return sum(op == "skip_connect" for op, _ in normal) / len(normal)
+    def skip_connects(self) -> int:
+        """Skip connections the current alphas choose in the normal cell, with no limit applied
+        (DARTS's sign of collapse)."""
+        normal = derive_cell(self.ranking_weights(False), self.primitives, self.nodes)
+        return sum(op == "skip_connect" for op, _ in normal)
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' operation distributions (nats; log(num_ops) is uniform)."""
@@ -214,13 +219,17 @@ class DartsSupernet(nn.Module):
         return math.log(len(self.primitives))
 
 
-def derive_cell(weights: torch.Tensor, primitives: Sequence[str], nodes: int) -> tuple[Edge, ...]:
+def derive_cell(
+    weights: torch.Tensor, primitives: Sequence[str], nodes: int, max_skip: int | None = None
+) -> tuple[Edge, ...]:
     """Discretise one cell: per node, the two inputs whose best non-``none`` op is strongest.
 
     Args:
         weights: (edges, num_ops) normalised operation weights.
         primitives: Operation names, in the column order of ``weights``.
         nodes: Intermediate nodes in the cell.
+        max_skip: Keep at most this many ``skip_connect`` edges (P-DARTS's guard against
+            collapse): the weakest skip edges give way to their next best op, repeatedly.
 
     Returns:
         Two (op, input) edges per node, strongest first, as in DARTS's ``genotype()``.
@@ -228,6 +237,26 @@ def derive_cell(weights: torch.Tensor, primitives: Sequence[str], nodes: int) ->
     w = weights.detach().cpu()
     allowed = torch.tensor([p != "none" for p in primitives])
     masked = w.masked_fill(~allowed, float("-inf"))  # (edges, num_ops)
+    edges = _derive(masked, primitives, nodes)
+    if max_skip is None or "skip_connect" not in primitives:
+        return edges
+    skip = primitives.index("skip_connect")
+    while sum(op == "skip_connect" for op, _ in edges) > max_skip:
+        chosen = _edge_rows(edges, nodes)
+        rows = [row for row, (op, _) in zip(chosen, edges, strict=True) if op == "skip_connect"]
+        weakest = min(rows, key=lambda r: float(masked[r, skip]))
+        masked[weakest, skip] = float("-inf")
+        edges = _derive(masked, primitives, nodes)
+    return edges
+
+
+def _edge_rows(edges: tuple[Edge, ...], nodes: int) -> list[int]:
+    """Row of the weight matrix of each derived edge."""
+    starts = [sum(2 + j for j in range(i)) for i in range(nodes)]
+    return [starts[k // 2] + index for k, (_, index) in enumerate(edges)]
+
+
+def _derive(masked: torch.Tensor, primitives: Sequence[str], nodes: int) -> tuple[Edge, ...]:
     edges: list[Edge] = []
     start = 0
     for i in range(nodes):

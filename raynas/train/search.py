@@ -94,7 +94,7 @@ class SupernetSearch:
         metrics = search_epoch(self.strategy, self.train_loader, self.valid_loader, self.device)
         metrics.update(evaluate(self.supernet, self.valid_loader, self.device))
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
-        metrics["skip_share"] = self.supernet.skip_share()
+        metrics["skip_connects"] = float(self.supernet.skip_connects())
         report = EpochReport(
             epoch=self.epoch,
             metrics=metrics,
