@@ -64,7 +64,7 @@ class Registry(Generic[T]):
         """The component registered under ``name``."""
         return self.entry(name).target
 
-    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the component registered under ``name`` (a class or factory) with the arguments."""
         return self.entry(name).target(*args, **kwargs)  # type: ignore[operator]
 

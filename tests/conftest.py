@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 BIN = Path(sys.executable).parent
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# The tests' tensors are tiny: more intra-op threads only contend for CI's two cores.
+torch.set_num_threads(1)
 
 
 def free_port() -> int:

@@ -47,11 +47,12 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
         if not path.is_file():
             raise DataError(f"CIFAR batch file {str(path)!r} is missing (expected {', '.join(files)})")
         try:
+            # The official format is a pickle: read batch files only from sources you trust.
             with path.open("rb") as f:
                 batch = pickle.load(f, encoding="bytes")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             label = np.asarray(batch[label_key.encode()], dtype=np.int64)
-        except (pickle.UnpicklingError, KeyError, EOFError, ValueError) as exc:
+        except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise DataError(
                 f"{str(path)!r} is not a CIFAR python batch (needs 'data' and '{label_key}'): {exc!r}"
             ) from None

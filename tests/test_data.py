@@ -1,0 +1,252 @@
+"""Datasets and the DARTS search split, on tiny CIFAR-10/100 fixtures written in the real on-disk
+format of the python version (https://www.cs.toronto.edu/~kriz/cifar.html): pickled dicts with
+bytes keys, ``data`` an (N, 3072) uint8 array, channel-major (1024 red, 1024 green, 1024 blue
+values, each plane row-major)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from raynas.data import DATASETS, dataset_info, search_loaders
+from raynas.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, CifarConfig
+from raynas.data.digits import DigitsConfig
+from raynas.errors import ConfigError, DataError
+from raynas.types import DatasetInfo
+
+PER_BATCH = 4  # images per CIFAR-10 batch file; five files: 20 images
+MARK = (2, 5)  # (row, col) of a bright pixel in each red plane: catches a swapped H and W
+
+
+def image_bytes(i: int) -> np.ndarray:
+    """Image ``i`` as one CIFAR row: red plane 10 i + 5 (so the image can be recognised after
+    shuffling), green 0, blue 255, and one red pixel of 255 at ``MARK``."""
+    red = np.full((32, 32), 10 * i + 5, dtype=np.uint8)
+    red[MARK] = 255
+    green = np.zeros((32, 32), dtype=np.uint8)
+    blue = np.full((32, 32), 255, dtype=np.uint8)
+    return np.concatenate([red.ravel(), green.ravel(), blue.ravel()])  # (3072,)
+
+
+def write_batch(path: Path, batch: dict[bytes, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(batch, f, protocol=2)  # the files were written by Python 2's cPickle
+
+
+def cifar10_label(i: int) -> int:
+    return (3 * i + 1) % 10
+
+
+def cifar100_label(i: int) -> int:
+    return 99 - 7 * i
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> Path:
+    for b in range(5):
+        index = range(b * PER_BATCH, (b + 1) * PER_BATCH)
+        write_batch(tmp_path / "cifar-10-batches-py" / f"data_batch_{b + 1}", {
+            b"batch_label": f"training batch {b + 1} of 5".encode(),
+            b"labels": [cifar10_label(i) for i in index],
+            b"data": np.stack([image_bytes(i) for i in index]),
+            b"filenames": [f"img_{i}.png".encode() for i in index],
+        })
+    return tmp_path
+
+
+@pytest.fixture
+def cifar100_root(tmp_path: Path) -> Path:
+    index = range(10)
+    write_batch(tmp_path / "cifar-100-python" / "train", {
+        b"filenames": [f"img_{i}.png".encode() for i in index],
+        b"batch_label": b"training batch 1 of 1",
+        b"fine_labels": [cifar100_label(i) for i in index],
+        b"coarse_labels": [i % 20 for i in index],
+        b"data": np.stack([image_bytes(i) for i in index]),
+    })
+    return tmp_path
+
+
+def make(name: str, **config: Any) -> Any:
+    return DATASETS.create(name, DATASETS.entry(name).config(**config))
+
+
+def unnormalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(B, 3, H, W) normalised floats back to 0..255 pixel values."""
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return ((x * s + m) * 255).round()
+
+
+def collect(loader: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> list[tuple[int, int]]:
+    """(image index, label) of every image the loader yields, checking each image's pixels."""
+    seen = []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape == (len(y), 3, 32, 32)
+        pixels = unnormalise(x, mean, std)
+        for img, label in zip(pixels, y.tolist(), strict=True):
+            i = (int(img[0, 0, 0]) - 5) // 10
+            red = torch.full((32, 32), 10.0 * i + 5)
+            red[MARK] = 255
+            assert torch.equal(img[0], red)  # channel-major planes, each row-major
+            assert torch.equal(img[1], torch.zeros(32, 32))
+            assert torch.equal(img[2], torch.full((32, 32), 255.0))
+            seen.append((i, label))
+    return seen
+
+
+def test_cifar10_search_split_reads_the_python_batches(cifar10_root: Path) -> None:
+    data = make("cifar10", path=str(cifar10_root), batch_size=4, train_portion=0.6, augment=False)
+    assert data.info == DatasetInfo("cifar10", 3, 10, 32)
+
+    train, valid = search_loaders(data, seed=0)
+
+    # DARTS's split: the first 60% of the training set trains weights, the rest alpha.
+    assert len(train.dataset) == 12 and len(valid.dataset) == 8
+    assert len(train) == 3 and len(valid) == 2
+    seen_train = collect(train, CIFAR10_MEAN, CIFAR10_STD)
+    seen_valid = collect(valid, CIFAR10_MEAN, CIFAR10_STD)
+    assert sorted(i for i, _ in seen_train) == list(range(12))  # batches 1..3 in file order
+    assert sorted(i for i, _ in seen_valid) == list(range(12, 20))
+    assert all(label == cifar10_label(i) for i, label in seen_train + seen_valid)
+
+
+def test_cifar100_uses_the_fine_labels(cifar100_root: Path) -> None:
+    data = make("cifar100", path=str(cifar100_root), batch_size=5, augment=False)
+    assert data.info == DatasetInfo("cifar100", 3, 100, 32)
+
+    train, valid = search_loaders(data, seed=0)
+
+    assert len(train.dataset) == 5 and len(valid.dataset) == 5  # default train_portion 0.5
+    seen = collect(train, CIFAR100_MEAN, CIFAR100_STD) + collect(valid, CIFAR100_MEAN, CIFAR100_STD)
+    assert sorted(seen) == [(i, cifar100_label(i)) for i in range(10)]
+
+
+def test_cifar_path_may_be_the_batch_folder_itself(cifar10_root: Path) -> None:
+    data = make("cifar10", path=str(cifar10_root / "cifar-10-batches-py"), augment=False)
+    assert len(data.train_set()) == 5 * PER_BATCH
+
+
+def test_cifar_augmentation_keeps_the_shape(cifar10_root: Path) -> None:
+    torch.manual_seed(0)
+    data = make("cifar10", path=str(cifar10_root), batch_size=8)
+    x, y = next(iter(search_loaders(data, seed=0)[0]))
+    assert x.shape == (8, 3, 32, 32) and y.shape == (8,)
+    blue = unnormalise(x, CIFAR10_MEAN, CIFAR10_STD)[:, 2]
+    # Random crop of the zero-padded image and flip: blue is 255 except in the padding.
+    assert set(blue.unique().tolist()) <= {0.0, 255.0}
+
+
+def test_search_loaders_shuffle_reproducibly(cifar10_root: Path) -> None:
+    data = make("cifar10", path=str(cifar10_root), batch_size=4, augment=False)
+
+    def labels(seed: int) -> list[list[int]]:
+        return [y.tolist() for _, y in search_loaders(data, seed=seed)[0]]
+
+    assert labels(3) == labels(3)
+    assert any(labels(s) != labels(3) for s in (4, 5, 6))
+
+
+def test_limit_uses_the_first_images_only(cifar10_root: Path) -> None:
+    data = make("cifar10", path=str(cifar10_root), batch_size=2, limit=8, augment=False)
+    train, valid = search_loaders(data, seed=0)
+    assert list(train.dataset.indices) == [0, 1, 2, 3]
+    assert list(valid.dataset.indices) == [4, 5, 6, 7]
+
+
+def test_missing_path_names_the_expected_files(tmp_path: Path) -> None:
+    data = make("cifar10", path=str(tmp_path / "nowhere"))
+    expected = r"holds no cifar10 batches: expected cifar-10-batches-py/data_batch_1"
+    with pytest.raises(DataError, match=expected):
+        search_loaders(data, seed=0)
+    data = make("cifar100", path=str(tmp_path))
+    with pytest.raises(DataError, match=r"expected cifar-100-python/train"):
+        data.train_set()
+
+
+def test_missing_batch_file_is_named(cifar10_root: Path) -> None:
+    (cifar10_root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    data = make("cifar10", path=str(cifar10_root))
+    with pytest.raises(DataError, match=r"data_batch_3' is missing"):
+        search_loaders(data, seed=0)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"this is not a pickle", id="text"),
+        pytest.param(b"", id="empty"),
+        pytest.param(np.random.default_rng(0).bytes(4096), id="random-bytes"),
+        pytest.param("truncated", id="truncated"),
+        pytest.param(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), id="no-labels"),
+        pytest.param(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}), id="str-keys"),
+        pytest.param(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), id="width"),
+        pytest.param(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), id="count"),
+    ],
+)
+def test_corrupt_batch_file_is_named(cifar10_root: Path, content: bytes | str) -> None:
+    path = cifar10_root / "cifar-10-batches-py" / "data_batch_2"
+    if content == "truncated":
+        content = path.read_bytes()[:1000]
+    path.write_bytes(content)  # type: ignore[arg-type]
+    data = make("cifar10", path=str(cifar10_root))
+    with pytest.raises(DataError, match=r"data_batch_2'"):
+        search_loaders(data, seed=0)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(pickle.dumps([1, 2, 3]), id="not-a-dict"),
+        pytest.param(pickle.dumps({b"data": None, b"labels": [0]}), id="data-none"),
+    ],
+)
+def test_batch_file_of_the_wrong_structure_is_a_data_error(cifar10_root: Path, content: bytes) -> None:
+    (cifar10_root / "cifar-10-batches-py" / "data_batch_2").write_bytes(content)
+    data = make("cifar10", path=str(cifar10_root))
+    with pytest.raises(DataError, match=r"data_batch_2'"):
+        search_loaders(data, seed=0)
+
+
+def test_cifar_config_needs_a_path() -> None:
+    with pytest.raises(ConfigError, match=r"'data\.path' is missing"):
+        CifarConfig()
+    with pytest.raises(ConfigError, match=r"train_portion must be in \(0, 1\)"):
+        CifarConfig(path="/x", train_portion=1.0)
+
+
+def test_too_few_images_to_split_is_a_config_error(cifar10_root: Path) -> None:
+    data = make("cifar10", path=str(cifar10_root), limit=1)
+    with pytest.raises(ConfigError, match="1 images are too few to split"):
+        search_loaders(data, seed=0)
+
+
+def test_digits_info_and_loader_shapes() -> None:
+    assert DATASETS.get("digits").info == DatasetInfo("digits", 1, 10, 8)
+    assert dataset_info("digits") == DatasetInfo("digits", 1, 10, 8)
+    data = make("digits", batch_size=8, limit=64)
+    assert isinstance(data.config, DigitsConfig)
+
+    train, valid = search_loaders(data, seed=0)
+
+    assert len(train.dataset) == 32 and len(valid.dataset) == 32
+    x, y = next(iter(train))
+    assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32
+    assert y.shape == (8,) and int(y.min()) >= 0 and int(y.max()) <= 9
+    full = data.train_set()
+    assert len(full) == 1797  # scikit-learn's digits
+    images = torch.stack([full[i][0] for i in range(200)])
+    assert abs(float(images.mean())) < 0.3  # normalised
+
+
+def test_dataset_info_of_an_unknown_name_lists_the_datasets() -> None:
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'") as info:
+        dataset_info("mnist")
+    for name in ("cifar10", "cifar100", "digits", "imagenet"):
+        assert name in str(info.value)
