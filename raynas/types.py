@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from raynas.errors import ArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _ARCHITECTURE_TYPES: dict[str, type[Architecture]] = {}
 
@@ -92,3 +96,36 @@ class EpochReport:
     architecture: Architecture
     arch_weights: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@runtime_checkable
+class SearchSpace(Protocol):
+    """What every registered space provides (see ``raynas.spaces``).
+
+    A space is built from its config dataclass; it never holds a network's weights itself.
+    """
+
+    architecture_type: ClassVar[type[Architecture]]
+
+    def sample(self, rng: random.Random) -> Architecture:
+        """A random architecture of the space."""
+        ...
+
+    def contains(self, arch: Architecture) -> bool:
+        """Whether ``arch`` belongs to this space (as configured)."""
+        ...
+
+    def parse(self, text: str) -> Architecture:
+        """An architecture from a published name, a file, or the space's string form."""
+        ...
+
+    def build(
+        self, arch: Architecture, dataset: DatasetInfo, *, channels: int | None = None,
+        layers: int | None = None, auxiliary: bool = False,
+    ) -> nn.Module:
+        """The stand-alone network of ``arch`` for ``dataset`` (paper-sized by default)."""
+        ...
+
+    def supernet(self, dataset: DatasetInfo) -> nn.Module:
+        """The weight-sharing network over the whole space."""
+        ...
