@@ -146,3 +146,25 @@ def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:
     for expected_tau in (5.05, 0.1):
         search.run_epoch()
         assert model.gumbel_tau == pytest.approx(expected_tau)
+
+
+@pytest.mark.parametrize("name", ["rf_darts", "rf_pc_darts"])
+def test_random_features_train_only_batchnorm_affine(tmp_path: Path, name: str) -> None:
+    job = tiny_job(tmp_path)
+    job["strategy"] = {"name": name, "arch_start_epoch": 0, **({"k": 2} if "pc" in name else {})}
+    search = SupernetSearch(parse_config(job))
+    model = search.supernet
+    assert search.space.config.bn_affine
+    trained = {id(p) for p in search.strategy.weight_params}
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn and all(m.affine for m in bn)
+    assert trained == {id(p) for m in bn for p in (m.weight, m.bias)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    search.run_epoch()
+    arch = {id(p) for p in model.arch_parameters()}
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        if id(p) in trained or id(p) in arch:
+            continue
+        assert not changed, f"{n} is not a BatchNorm affine parameter but changed"
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if id(p) in trained)

@@ -26,15 +26,18 @@ class WeightedMixedOp(nn.Module):
         channels: Channels in and out of the edge.
         stride: 2 on the edges of a reduction cell that leave the cell's inputs, else 1.
         primitives: Names in :data:`raynas.ops.OPS`.
+        affine: Learnable BatchNorm scale and shift (off in DARTS's search; on for RF-DARTS).
     """
 
-    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str]) -> None:
+    def __init__(
+        self, *, channels: int, stride: int, primitives: Sequence[str], affine: bool = False
+    ) -> None:
         super().__init__()
         ops = []
         for name in primitives:
-            op = OPS.get(name)(channels, stride, False)
-            if "pool" in name:  # as in DARTS: a non-affine BatchNorm after pooling in the search
-                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+            op = OPS.get(name)(channels, stride, affine)
+            if "pool" in name:  # as in DARTS: a BatchNorm after pooling in the search
+                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=affine))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
 

@@ -31,14 +31,19 @@ class PartialChannelMixedOp(nn.Module):
         stride: 2 on reduction edges from the cell inputs, else 1.
         primitives: Candidate operation names.
         k: The inverse share of channels sent through the candidates (4 in the paper on CIFAR).
+        affine: Learnable BatchNorm scale and shift.
     """
 
-    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str], k: int) -> None:
+    def __init__(
+        self, *, channels: int, stride: int, primitives: Sequence[str], k: int, affine: bool = False
+    ) -> None:
         super().__init__()
         if k < 1 or channels % k:
             raise ValueError(f"partial channels: {channels} channels are not divisible by k={k}")
         self.k = k
-        self.mixed = WeightedMixedOp(channels=channels // k, stride=stride, primitives=primitives)
+        self.mixed = WeightedMixedOp(
+            channels=channels // k, stride=stride, primitives=primitives, affine=affine
+        )
         self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,13 @@ class SampledMixedOp(WeightedMixedOp):
         channels: Channels in and out of the edge.
         stride: 2 on reduction edges from the cell inputs, else 1.
         primitives: Candidate operation names.
+        affine: Learnable BatchNorm scale and shift.
     """
 
-    def __init__(self, *, channels: int, stride: int, primitives: Sequence[str]) -> None:
-        super().__init__(channels=channels, stride=stride, primitives=primitives)
+    def __init__(
+        self, *, channels: int, stride: int, primitives: Sequence[str], affine: bool = False
+    ) -> None:
+        super().__init__(channels=channels, stride=stride, primitives=primitives, affine=affine)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # weights: (num_ops,), one-hot in value when sampled (straight-through Gumbel)

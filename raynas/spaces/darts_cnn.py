@@ -174,6 +174,7 @@ class DartsSpaceConfig:
         edge_normalization: Learn PC-DARTS's per-edge weights ``beta``.
         max_skip_connect: Derive normal cells with at most this many skip connections
             (P-DARTS uses 2); -1: no limit.
+        bn_affine: Learnable BatchNorm scale and shift in the search cells (RF-DARTS).
     """
 
     channels: int = 16
@@ -185,6 +186,7 @@ class DartsSpaceConfig:
     partial_k: int = 4
     edge_normalization: bool = False
     max_skip_connect: int = -1
+    bn_affine: bool = False
 
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
@@ -316,4 +318,5 @@ class DartsCnnSpace:
             partial_k=cfg.partial_k,
             edge_normalization=cfg.edge_normalization,
             max_skip_connect=None if cfg.max_skip_connect < 0 else cfg.max_skip_connect,
+            bn_affine=cfg.bn_affine,
         )

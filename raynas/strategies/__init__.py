@@ -9,6 +9,6 @@ from raynas.registry import Registry
 STRATEGIES: Registry[type] = Registry("strategy")
 
 # Built-in strategies register themselves on import.
-from raynas.strategies.gradient import darts, gdas, milenas, pc_darts  # noqa: E402, F401
+from raynas.strategies.gradient import darts, gdas, milenas, pc_darts, rf_darts  # noqa: E402, F401
 
 __all__ = ["STRATEGIES"]

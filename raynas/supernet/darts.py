@@ -34,16 +34,16 @@ class SearchCell(nn.Module):
 
     def __init__(
         self, *, nodes: int, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
-        reduction_prev: bool, edge: EdgeFactory,
+        reduction_prev: bool, edge: EdgeFactory, affine: bool = False,
     ) -> None:
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
         if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=affine)
         else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=affine)
         self.edges = nn.ModuleList(
             edge(channels, 2 if reduction and j < 2 else 1) for i in range(nodes) for j in range(2 + i)
         )
@@ -82,12 +82,14 @@ class DartsSupernet(nn.Module):
         edge_normalization: Learn a weight per edge, normalised over each node's inputs
             (PC-DARTS's ``beta``); the derived genotype ranks edges by op weight times edge weight.
         max_skip_connect: At most this many skip connections in the derived normal cell.
+        bn_affine: Learnable BatchNorm scale and shift in the cells (RF-DARTS trains only these).
     """
 
     def __init__(
         self, *, channels: int, layers: int, nodes: int, stem_multiplier: int,
         primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
         partial_k: int = 1, edge_normalization: bool = False, max_skip_connect: int | None = None,
+        bn_affine: bool = False,
     ) -> None:
         super().__init__()
         self.max_skip_connect = max_skip_connect
@@ -101,7 +103,9 @@ class DartsSupernet(nn.Module):
         options = {"k": partial_k} if mixed_op == "partial" else {}
 
         def edge(c: int, stride: int) -> nn.Module:
-            return mixed(channels=c, stride=stride, primitives=self.primitives, **options)
+            return mixed(
+                channels=c, stride=stride, primitives=self.primitives, affine=bn_affine, **options
+            )
 
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
@@ -114,6 +118,7 @@ class DartsSupernet(nn.Module):
                 SearchCell(
                     nodes=nodes, c_prev_prev=c_prev_prev, c_prev=c_prev, channels=c_curr,
                     reduction=reduction, reduction_prev=reduction_prev, edge=edge,
+                    affine=bn_affine,
                 )
             )
             reduction_prev = reduction

@@ -26,12 +26,15 @@ class GradientConfig:
     """Architecture optimisation (defaults: DARTS ``train_search.py``: Adam, lr 3e-4, wd 1e-3).
 
     ``arch_start_epoch`` trains only the weights for that many epochs first (PC-DARTS warms up 15).
+    ``random_features`` trains only the BatchNorm scales and shifts of the supernet; convolutions
+    and the classifier keep their random initialisation (RF-DARTS, Zhang et al., CVPR 2023).
     """
 
     arch_learning_rate: float = 3e-4
     arch_weight_decay: float = 1e-3
     arch_betas: tuple[float, ...] = (0.5, 0.999)
     arch_start_epoch: int = 0
+    random_features: bool = False
 
     def __post_init__(self) -> None:
         if self.arch_learning_rate <= 0:
@@ -40,6 +43,16 @@ class GradientConfig:
             raise ConfigError("strategy.arch_start_epoch must be >= 0")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
+
+
+def batchnorm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The scales and shifts of every affine BatchNorm layer of ``model``."""
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+        for p in (m.weight, m.bias)
+    ]
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,13 @@ class GradientStrategy:
         self.config = config
         self.train = train
         self.criterion = nn.CrossEntropyLoss()
-        self.weight_params: list[nn.Parameter] = list(supernet.weights())  # type: ignore[operator]
+        self.weight_params: list[nn.Parameter] = (
+            batchnorm_affine_parameters(supernet)
+            if config.random_features
+            else list(supernet.weights())  # type: ignore[operator]
+        )
+        if not self.weight_params:
+            raise ConfigError("the supernet has no weights to train (random features need affine BN)")
         self.w_optimizer = torch.optim.SGD(
             self.weight_params,
             lr=train.learning_rate,
@@ -87,7 +106,7 @@ class GradientStrategy:
     @classmethod
     def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
         """Space settings this strategy needs for its supernet (e.g. PC-DARTS's partial channels)."""
-        return {}
+        return {"bn_affine": True} if config.random_features else {}
 
     @property
     def lr(self) -> float:

@@ -41,7 +41,7 @@ class Gdas(GradientStrategy):
 
     @classmethod
     def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
-        return {"mixed_op": "sampled"}
+        return {**super().space_overrides(config), "mixed_op": "sampled"}
 
     def tau(self) -> float:
         """The temperature of the current epoch."""

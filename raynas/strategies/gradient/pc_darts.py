@@ -36,5 +36,9 @@ class PcDarts(GradientStrategy):
     @classmethod
     def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
         assert isinstance(config, PcDartsConfig)
-        return {"mixed_op": "partial", "partial_k": config.k,
-                "edge_normalization": config.edge_normalization}
+        return {
+            **super().space_overrides(config),
+            "mixed_op": "partial",
+            "partial_k": config.k,
+            "edge_normalization": config.edge_normalization,
+        }

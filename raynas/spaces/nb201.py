@@ -1,0 +1,416 @@
+"""The NAS-Bench-201 cell space (Dong and Yang, "NAS-Bench-201: Extending the Scope of Reproducible
+Neural Architecture Search", ICLR 2020; code: D-X-Y/AutoDL-Projects).
+
+A cell has four nodes; node 0 is the cell's input and node 3 its output. Every pair ``i < j`` is
+joined by an edge carrying one of five operations (``none``, ``skip_connect``, ``nor_conv_1x1``,
+``nor_conv_3x3``, ``avg_pool_3x3``), and ``node_j = sum_{i<j} op_ij(node_i)``: 6 edges, 5^6 =
+15,625 cells. The benchmark writes a cell as ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``, the inputs
+of nodes 1, 2 and 3 in turn. The network (``TinyNetwork``) is a 3x3 stem conv with 16 channels,
+three stages of 5 cells at 16, 32 and 64 channels joined by residual blocks that halve the
+resolution, then BatchNorm, ReLU, global pooling and a linear classifier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raynas.errors import ArchitectureError, ConfigError
+from raynas.ops.darts import OPS
+from raynas.ops.nb201 import ResNetBasicBlock
+from raynas.spaces import SPACES
+from raynas.types import Architecture, DatasetInfo
+
+# The candidates, in the benchmark's order (also the column order of the supernet's alpha).
+NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# The edges (from, to), in the order of the benchmark's string and of the supernet's alpha rows.
+EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+NODES = 4
+
+_FORM = "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+
+
+@dataclass(frozen=True)
+class Nb201Arch(Architecture):
+    """One NAS-Bench-201 cell: the operation of each of the six edges.
+
+    ``ops`` follows :data:`EDGES`, the benchmark's order: 0->1, 0->2, 1->2, 0->3, 1->3, 2->3.
+    ``str()`` gives the benchmark's string and :meth:`parse` reads it; the JSON form is
+    ``{"arch": "|...|"}``.
+
+    :meth:`canonical` (and so :meth:`key`) is equal exactly for cells that compute the same
+    function; see its docstring for the rule.
+    """
+
+    space = "nb201"
+
+    ops: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ops, tuple) or len(self.ops) != len(EDGES):
+            raise ArchitectureError(
+                f"an nb201 cell has {len(EDGES)} edge ops (0->1, 0->2, 1->2, 0->3, 1->3, 2->3), "
+                f"got {self.ops!r}"
+            )
+        for (src, dst), op in zip(EDGES, self.ops, strict=True):
+            if op not in NB201_OPS:
+                raise ArchitectureError(
+                    f"nb201 edge {src}->{dst}: unknown op {op!r}; choose one of: {', '.join(NB201_OPS)}"
+                )
+
+    @classmethod
+    def parse(cls, text: str) -> Nb201Arch:
+        """Read the benchmark's string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
+
+        Raises:
+            ArchitectureError: Naming the part that is wrong and the expected form or ops.
+        """
+        text = text.strip()
+        nodes = text.split("+")
+        if len(nodes) != NODES - 1:
+            raise ArchitectureError(
+                f"an nb201 cell string has {NODES - 1} '+'-separated nodes of the form {_FORM}, "
+                f"got {len(nodes)} in {text!r}"
+            )
+        ops: dict[tuple[int, int], str] = {}
+        for dst, node in enumerate(nodes, start=1):
+            expected = "|" + "|".join(f"op~{i}" for i in range(dst)) + "|"
+            parts = node.split("|")
+            if len(parts) != dst + 2 or parts[0] or parts[-1]:
+                raise ArchitectureError(
+                    f"nb201 node {dst} must be written {expected} (the form is {_FORM}), got {node!r}"
+                )
+            for src, part in enumerate(parts[1:-1]):
+                op, sep, index = part.partition("~")
+                if not sep or index != str(src):
+                    raise ArchitectureError(
+                        f"nb201 node {dst}: input {src} must be written 'op~{src}' "
+                        f"(node {dst} is {expected}), got {part!r}"
+                    )
+                if op not in NB201_OPS:
+                    raise ArchitectureError(
+                        f"nb201 edge {src}->{dst}: unknown op {op!r} in {part!r}; "
+                        f"choose one of: {', '.join(NB201_OPS)}"
+                    )
+                ops[src, dst] = op
+        return cls(tuple(ops[e] for e in EDGES))
+
+    def __str__(self) -> str:
+        by_edge = dict(zip(EDGES, self.ops, strict=True))
+        return "+".join(
+            "|" + "".join(f"{by_edge[src, dst]}~{src}|" for src in range(dst))
+            for dst in range(1, NODES)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": str(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Nb201Arch:
+        if set(data) != {"arch"} or not isinstance(data["arch"], str):
+            raise ArchitectureError(
+                f"an nb201 architecture is {{\"arch\": \"{_FORM}\"}}, got keys {sorted(data)}"
+            )
+        return cls.parse(data["arch"])
+
+    def edges(self) -> tuple[tuple[str, int, int], ...]:
+        """(op, from, to) of every edge, in the benchmark's order."""
+        return tuple((op, src, dst) for op, (src, dst) in zip(self.ops, EDGES, strict=True))
+
+    def canonical(self) -> Any:
+        """A form equal exactly for cells that compute the same function.
+
+        The cell is read as the graph of its parametric operations (``nor_conv_*`` and
+        ``avg_pool_3x3`` edges), each fed by a sum of earlier operations and of the input:
+
+        - ``none`` edges are absent, and an operation whose input node no path from the input
+          reaches is absent too (its input is always zero; as in the benchmark's own rule a
+          convolution of zeros counts as zero, although its BatchNorm shift is a constant);
+        - ``skip_connect`` edges are contracted: a node's sum takes in the summands of the node
+          the skip comes from, so chains of skips and the numbering of nodes 1 and 2 do not
+          matter, and neither does the order of the summands of a node;
+        - operations that do not feed the output (node 3) are dropped.
+
+        What remains is a DAG of at most six operations, each labelled by its op and by the
+        multiset of its inputs (``x`` or other operations); the output is a multiset too, so two
+        parallel routes that carry the same value count twice. The canonical form is the
+        smallest listing of that DAG over every numbering of its operations consistent with
+        their unfolded expressions. Sharing is kept: one convolution feeding two operations is
+        not the same as two convolutions of the same input. Cells that reach the output by no
+        path (for example the all-``none`` cell) all get the form ``"out="``.
+
+        Returns:
+            A string such as ``"0:nor_conv_3x3(x);1:avg_pool_3x3(0,x);out=1"``.
+        """
+        return _canonical_form(self.ops)
+
+
+def _canonical_form(ops: tuple[str, ...]) -> str:
+    # sources: "x" (the cell input) or the index of a live op edge; one multiset per node
+    node_terms: list[list[Any]] = [["x"]]
+    inputs: dict[int, list[Any]] = {}
+    for dst in range(1, NODES):
+        terms: list[Any] = []
+        for k, ((src, to), op) in enumerate(zip(EDGES, ops, strict=True)):
+            if to != dst or op == "none" or not node_terms[src]:
+                continue
+            if op == "skip_connect":
+                terms.extend(node_terms[src])
+            else:
+                inputs[k] = node_terms[src]
+                terms.append(k)
+        node_terms.append(terms)
+    output = node_terms[NODES - 1]
+
+    live: set[int] = set()
+    stack = [t for t in output if t != "x"]
+    while stack:
+        k = stack.pop()
+        if k not in live:
+            live.add(k)
+            stack.extend(t for t in inputs[k] if t != "x")
+
+    signatures: dict[Any, str] = {"x": "x"}
+
+    def signature(k: int) -> str:
+        if k not in signatures:
+            parts = sorted(signatures.get(t) or signature(t) for t in inputs[k])
+            signatures[k] = f"{ops[k]}({'+'.join(parts)})"
+        return signatures[k]
+
+    groups: dict[str, list[int]] = {}
+    for k in sorted(live, key=signature):
+        groups.setdefault(signature(k), []).append(k)
+    best = None
+    for choice in itertools.product(*(itertools.permutations(g) for g in groups.values())):
+        label: dict[Any, str] = {"x": "x"}
+        for k in itertools.chain.from_iterable(choice):
+            label[k] = str(len(label) - 1)
+        entries = [
+            f"{label[k]}:{ops[k]}({','.join(sorted(label[t] for t in inputs[k]))})"
+            for k in itertools.chain.from_iterable(choice)
+        ]
+        text = ";".join([*entries, "out=" + ",".join(sorted(label[t] for t in output))])
+        best = text if best is None or text < best else best
+    assert best is not None  # product() of no groups yields one empty choice
+    return best
+
+
+@dataclass(frozen=True)
+class Nb201SpaceConfig:
+    """The NAS-Bench-201 space and its supernet (defaults: the benchmark's 16 channels, 5 cells
+    per stage, as AutoDL's search scripts use for the supernet too).
+
+    Attributes:
+        channels: Channels of the first stage (doubled at each of the two reductions).
+        cells_per_stage: Cells in each of the three stages (``N``).
+        mixed_op: How a supernet edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
+        partial_k: With ``mixed_op: partial``, 1/k of the channels go through the candidates.
+        edge_normalization: Learn PC-DARTS's per-edge weights ``beta`` in the supernet.
+    """
+
+    channels: int = 16
+    cells_per_stage: int = 5
+    mixed_op: str = "weighted"
+    partial_k: int = 4
+    edge_normalization: bool = False
+
+    def __post_init__(self) -> None:
+        from raynas.ops.mixed import MIXED_OPS
+
+        if self.channels < 1:
+            raise ConfigError(f"space.channels must be at least 1, got {self.channels}")
+        if self.cells_per_stage < 1:
+            raise ConfigError(f"space.cells_per_stage must be at least 1, got {self.cells_per_stage}")
+        if self.mixed_op not in MIXED_OPS:
+            raise ConfigError(
+                f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
+                f"choose from: {', '.join(MIXED_OPS.names())}"
+            )
+        if self.mixed_op == "partial" and (self.partial_k < 1 or self.channels % self.partial_k):
+            raise ConfigError(
+                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
+            )
+
+    @property
+    def layers(self) -> int:
+        """``cells_per_stage`` under the name the search driver passes to ``build(layers=...)``."""
+        return self.cells_per_stage
+
+
+class InferCell(nn.Module):
+    """A cell of the trained network: one operation per edge, ``node_j = sum_i op_ij(node_i)``.
+
+    Args:
+        arch: The cell.
+        channels: Channels in and out (every op keeps the resolution).
+    """
+
+    def __init__(self, arch: Nb201Arch, channels: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.edges = nn.ModuleList(OPS.get(op)(channels, 1, True) for op in arch.ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        nodes = [x]
+        for dst in range(1, NODES):
+            nodes.append(sum(  # type: ignore[arg-type]
+                self.edges[k](nodes[src]) for k, (src, to) in enumerate(EDGES) if to == dst
+            ))
+        return nodes[-1]
+
+
+class TinyNetwork(nn.Module):
+    """The benchmark's network of a cell (AutoDL's ``TinyNetwork``): it returns the logits only.
+
+    Args:
+        arch: The cell, repeated in every stage.
+        channels: Channels of the first stage (16).
+        cells_per_stage: Cells in each of the three stages (5).
+        num_classes: Output classes.
+        in_channels: Image channels.
+    """
+
+    def __init__(
+        self, *, arch: Nb201Arch, channels: int, cells_per_stage: int, num_classes: int,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        self.cells = nn.ModuleList()
+        c = channels
+        for stage in range(3):
+            if stage:
+                self.cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
+                c *= 2
+            self.cells.extend(InferCell(arch, c) for _ in range(cells_per_stage))
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
+        feature = self.stem(x)  # (B, C, H, W)
+        for cell in self.cells:
+            feature = cell(feature)  # (B, 4C, H/4, W/4) after the last stage
+        out = self.global_pooling(self.lastact(feature)).flatten(1)  # (B, 4C)
+        return self.classifier(out)
+
+
+def load_arch(text: str) -> Nb201Arch:
+    """A cell from the benchmark's string, JSON text, or a JSON file (``{"arch": "|...|"}``)."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"nb201 architecture JSON is not valid: {exc}") from None
+        return _from_json_data(data, "nb201 architecture JSON")
+    if stripped.startswith("|"):
+        return Nb201Arch.parse(stripped)
+    path = Path(stripped)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ArchitectureError(f"architecture file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"architecture file {str(path)!r} is not valid JSON: {exc}") from None
+        return _from_json_data(data, f"architecture file {str(path)!r}")
+    return Nb201Arch.parse(stripped)
+
+
+def _from_json_data(data: Any, where: str) -> Nb201Arch:
+    if not isinstance(data, dict):
+        raise ArchitectureError(f"{where} must hold a JSON object {{\"arch\": \"{_FORM}\"}}")
+    data = dict(data)
+    space = data.pop("space", "nb201")
+    if space != "nb201":
+        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not nb201")
+    try:
+        return Nb201Arch.from_dict(data)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
+
+
+@SPACES.register("nb201", config=Nb201SpaceConfig)
+class Nb201Space:
+    """The NAS-Bench-201 space: all 15,625 cells, the benchmark's network, and a supernet.
+
+    Args:
+        config: Sizes of the supernet and how its edges mix the candidates.
+    """
+
+    architecture_type = Nb201Arch
+
+    def __init__(self, config: Nb201SpaceConfig | None = None) -> None:
+        self.config = config or Nb201SpaceConfig()
+
+    def sample(self, rng: random.Random) -> Nb201Arch:
+        """A uniformly random cell of the 15,625 (``none`` included, as the benchmark samples)."""
+        return Nb201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))
+
+    def contains(self, arch: Architecture) -> bool:
+        """Whether ``arch`` is an NAS-Bench-201 cell (every such record is)."""
+        return isinstance(arch, Nb201Arch)
+
+    def parse(self, text: str) -> Nb201Arch:
+        """A cell from the benchmark's string, JSON text or a JSON file."""
+        return load_arch(text)
+
+    def enumerate(self) -> Iterator[Nb201Arch]:
+        """Every cell of the space, 15,625, the last edge changing fastest."""
+        for ops in itertools.product(NB201_OPS, repeat=len(EDGES)):
+            yield Nb201Arch(ops)
+
+    def build(
+        self,
+        arch: Architecture,
+        dataset: DatasetInfo,
+        *,
+        channels: int | None = None,
+        layers: int | None = None,
+        auxiliary: bool = False,
+    ) -> nn.Module:
+        """The benchmark's network of a cell.
+
+        Args:
+            arch: An :class:`Nb201Arch`.
+            dataset: Input channels and classes (any image size: the network pools globally).
+            channels: Channels of the first stage (default: the benchmark's 16).
+            layers: Cells per stage (default: the benchmark's 5).
+            auxiliary: Ignored: the benchmark's network has no auxiliary head.
+        """
+        if not isinstance(arch, Nb201Arch):
+            raise ArchitectureError(f"the nb201 space builds Nb201Arch, got {type(arch).__name__}")
+        return TinyNetwork(
+            arch=arch,
+            channels=channels or 16,
+            cells_per_stage=layers or 5,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.in_channels,
+        )
+
+    def supernet(self, dataset: DatasetInfo) -> nn.Module:
+        """The weight-sharing network: every edge of every cell mixes the five candidates."""
+        from raynas.supernet.nb201 import Nb201Supernet
+
+        cfg = self.config
+        return Nb201Supernet(
+            channels=cfg.channels,
+            cells_per_stage=cfg.cells_per_stage,
+            mixed_op=cfg.mixed_op,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.in_channels,
+            partial_k=cfg.partial_k,
+            edge_normalization=cfg.edge_normalization,
+        )
