@@ -14,6 +14,7 @@ from torch import nn
 from raynas.config import TrainConfig, parse_config
 from raynas.ops import (
     PRIMITIVES,
+    AttentionPartialMixedOp,
     PartialChannelMixedOp,
     SampledMixedOp,
     WeightedMixedOp,
@@ -92,6 +93,7 @@ def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
         ({"name": "pc_darts", "k": 2, "arch_start_epoch": 1}, {"mixed_op": "partial", "partial_k": 2}),
         ({"name": "milenas"}, {"mixed_op": "weighted"}),
         ({"name": "gdas"}, {"mixed_op": "sampled"}),
+        ({"name": "adarts", "k": 2, "arch_start_epoch": 0}, {"mixed_op": "attention", "partial_k": 2}),
     ],
 )
 def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settings: dict) -> None:
@@ -168,3 +170,20 @@ def test_random_features_train_only_batchnorm_affine(tmp_path: Path, name: str) 
             continue
         assert not changed, f"{n} is not a BatchNorm affine parameter but changed"
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if id(p) in trained)
+
+
+def test_attention_op_sends_the_most_attended_channels_through_the_candidates() -> None:
+    torch.manual_seed(0)
+    op = AttentionPartialMixedOp(channels=8, stride=1, primitives=PRIMITIVES, k=4).eval()
+    last = op.attention.mlp[2]
+    with torch.no_grad():  # attention independent of the input: channels 5 and 2 score highest
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, -1, 3, -2, 1, 4, -3, 2]))
+    x = torch.randn(2, 8, 8, 8)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), 0)
+    weighted, chosen, rest = op.select(x)
+    assert chosen.tolist() == [2, 5] and rest.tolist() == [0, 1, 3, 4, 6, 7]
+    scores = torch.sigmoid(last.bias)
+    torch.testing.assert_close(weighted, x * scores[None, :, None, None])
+    expected = torch.cat([op.mixed(weighted[:, [2, 5]], w), weighted[:, [0, 1, 3, 4, 6, 7]]], 1)
+    torch.testing.assert_close(op(x, w), expected)

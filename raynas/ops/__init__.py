@@ -6,6 +6,7 @@ supernet edge.
 """
 
 from raynas.ops import nb201  # noqa: F401 (registers the NAS-Bench-201 convolutions)
+from raynas.ops.attention import AttentionPartialMixedOp
 from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero
 from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
 from raynas.ops.partial import PartialChannelMixedOp, channel_shuffle
@@ -15,6 +16,7 @@ __all__ = [
     "MIXED_OPS",
     "OPS",
     "PRIMITIVES",
+    "AttentionPartialMixedOp",
     "FactorizedReduce",
     "Identity",
     "PartialChannelMixedOp",

@@ -170,7 +170,8 @@ class DartsSpaceConfig:
         stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
         primitives: Candidate operations on every edge.
         mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
-        partial_k: With ``mixed_op: partial``, 1/k of the channels go through the candidates.
+        partial_k: With ``mixed_op: partial`` or ``attention``, 1/k of the channels go through the
+            candidates.
         edge_normalization: Learn PC-DARTS's per-edge weights ``beta``.
         max_skip_connect: Derive normal cells with at most this many skip connections
             (P-DARTS uses 2); -1: no limit.
@@ -205,7 +206,8 @@ class DartsSpaceConfig:
                 )
         if len(set(self.primitives) - {"none"}) < 1:
             raise ConfigError("space.primitives needs at least one op besides 'none'")
-        if self.mixed_op == "partial" and (self.partial_k < 1 or self.channels % self.partial_k):
+        partial = self.mixed_op in ("partial", "attention")
+        if partial and (self.partial_k < 1 or self.channels % self.partial_k):
             raise ConfigError(
                 f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
             )

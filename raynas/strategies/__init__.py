@@ -9,6 +9,13 @@ from raynas.registry import Registry
 STRATEGIES: Registry[type] = Registry("strategy")
 
 # Built-in strategies register themselves on import.
-from raynas.strategies.gradient import darts, gdas, milenas, pc_darts, rf_darts  # noqa: E402, F401
+from raynas.strategies.gradient import (  # noqa: E402, F401
+    adarts,
+    darts,
+    gdas,
+    milenas,
+    pc_darts,
+    rf_darts,
+)
 
 __all__ = ["STRATEGIES"]

@@ -100,7 +100,7 @@ class DartsSupernet(nn.Module):
             nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
         )
         mixed = MIXED_OPS.get(mixed_op)
-        options = {"k": partial_k} if mixed_op == "partial" else {}
+        options = {"k": partial_k} if mixed_op in ("partial", "attention") else {}
 
         def edge(c: int, stride: int) -> nn.Module:
             return mixed(

@@ -1,0 +1,69 @@
+"""Partial channel connections chosen by channel attention (Xue and Qin, "Partial Connection Based
+on Channel Attention for Differentiable Neural Architecture Search", 2022: ADARTS).
+
+Where PC-DARTS sends a fixed 1/k of an edge's channels through the candidates, ADARTS weighs the
+channels with squeeze-and-excitation attention and sends the 1/k with the highest attention
+(averaged over the batch); the other channels are concatenated to the result unprocessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: global average pool, bottleneck MLP, sigmoid -> (B, C) in (0, 1)."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C)
+        return self.mlp(x.mean(dim=(2, 3)))
+
+
+@MIXED_OPS.register("attention")
+class AttentionPartialMixedOp(nn.Module):
+    """A weighted mixed op over the ``channels / k`` channels with the most attention.
+
+    Args:
+        channels: Channels in and out of the edge; must be divisible by ``k``.
+        stride: 2 on reduction edges from the cell inputs, else 1.
+        primitives: Candidate operation names.
+        k: The inverse share of channels sent through the candidates.
+        affine: Learnable BatchNorm scale and shift.
+    """
+
+    def __init__(
+        self, *, channels: int, stride: int, primitives: Sequence[str], k: int, affine: bool = False
+    ) -> None:
+        super().__init__()
+        if k < 1 or channels % k:
+            raise ValueError(f"attention channels: {channels} channels are not divisible by k={k}")
+        self.k = k
+        self.attention = ChannelAttention(channels)
+        self.mixed = WeightedMixedOp(
+            channels=channels // k, stride=stride, primitives=primitives, affine=affine
+        )
+        self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention-weighted input and the indices of the chosen and the other channels."""
+        scores = self.attention(x)  # (B, C)
+        order = scores.detach().mean(0).argsort(descending=True)  # (C,)
+        c = x.shape[1] // self.k
+        return x * scores[:, :, None, None], order[:c].sort().values, order[c:].sort().values
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        weighted, chosen, rest = self.select(x)
+        active = weighted.index_select(1, chosen)  # (B, C/k, H, W)
+        passive = self.bypass(weighted.index_select(1, rest))  # (B, C - C/k, H', W')
+        return torch.cat([self.mixed(active, weights), passive], dim=1)

@@ -1,0 +1,188 @@
+"""The NAS-Bench-201 search network (AutoDL-Projects ``xautodl/models/cell_searchs/``:
+``TinyNetworkDarts``, ``TinyNetworkGDAS``): the benchmark's skeleton with every edge of every cell a
+mixed operation over the five candidates, and one architecture tensor ``alpha`` of shape (6, 5)
+shared by all cells.
+
+The interface is that of :class:`raynas.supernet.darts.DartsSupernet`, so the DARTS family (DARTS
+first and second order, GDAS's sampled edges, PC-DARTS's partial channels and edge weights) runs on
+it unchanged. The derived cell keeps every edge with its strongest operation, ``none`` included,
+as AutoDL's DARTS and GDAS do on NAS-Bench-201.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raynas.ops.mixed import MIXED_OPS
+from raynas.ops.nb201 import ResNetBasicBlock
+from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch
+
+
+class Nb201SearchCell(nn.Module):
+    """A cell with a mixed op on each of its six edges.
+
+    Args:
+        channels: Channels in and out.
+        mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS`` (its BatchNorms are not affine,
+            as in AutoDL's search cells).
+        partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates.
+    """
+
+    def __init__(self, *, channels: int, mixed_op: str, partial_k: int = 1) -> None:
+        super().__init__()
+        mixed = MIXED_OPS.get(mixed_op)
+        options = {"k": partial_k} if mixed_op == "partial" else {}
+        self.edges = nn.ModuleList(
+            mixed(channels=channels, stride=1, primitives=NB201_OPS, **options) for _ in EDGES
+        )
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (6, 5), one row per edge; edge_scale: (6,) or None
+        nodes = [x]
+        for dst in range(1, NODES):
+            node = 0
+            for k, (src, to) in enumerate(EDGES):
+                if to == dst:
+                    out = self.edges[k](nodes[src], weights[k])
+                    node = node + (out if edge_scale is None else out * edge_scale[k])
+            nodes.append(node)  # type: ignore[arg-type]
+        return nodes[-1]  # (B, C, H, W)
+
+
+class Nb201Supernet(nn.Module):
+    """The NAS-Bench-201 supernet: stem, three stages of search cells joined by residual
+    reduction blocks, BatchNorm + ReLU, global pooling and a linear classifier.
+
+    Args:
+        channels: Channels of the first stage (16 in the benchmark).
+        cells_per_stage: Search cells per stage (5 in the benchmark).
+        mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS``.
+        num_classes: Output classes.
+        in_channels: Image channels.
+        partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates;
+            must divide ``channels``.
+        edge_normalization: Learn a weight per edge, normalised over each node's inputs
+            (PC-DARTS's ``beta``). Every edge is kept in the derived cell, so it changes the
+            forward pass only.
+    """
+
+    def __init__(
+        self, *, channels: int, cells_per_stage: int, mixed_op: str, num_classes: int,
+        in_channels: int = 3, partial_k: int = 1, edge_normalization: bool = False,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or cells_per_stage < 1:
+            raise ValueError(
+                f"channels and cells_per_stage must be >= 1, got {channels} and {cells_per_stage}"
+            )
+        if mixed_op == "partial" and (partial_k < 1 or channels % partial_k):
+            raise ValueError(f"partial channels: k={partial_k} must divide channels={channels}")
+        self.primitives = NB201_OPS
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        self.cells = nn.ModuleList()
+        c = channels
+        for stage in range(3):
+            if stage:
+                self.cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
+                c *= 2
+            self.cells.extend(
+                Nb201SearchCell(channels=c, mixed_op=mixed_op, partial_k=partial_k)
+                for _ in range(cells_per_stage)
+            )
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        # Small random initial alphas, as AutoDL: 1e-3 * N(0, 1).
+        self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(NB201_OPS)))
+        self.beta: nn.Parameter | None = (
+            nn.Parameter(1e-3 * torch.randn(len(EDGES))) if edge_normalization else None
+        )
+        # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
+        self.gumbel_tau: float | None = None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters, optimised on validation data: ``alpha`` (and ``beta``)."""
+        return [self.alpha] if self.beta is None else [self.alpha, self.beta]
+
+    def weights(self) -> Iterator[nn.Parameter]:
+        """Every parameter except the architecture parameters, optimised on training data."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def edge_weights(self, reduction: bool = False) -> torch.Tensor:
+        """The normalised weights of every candidate on every edge: (6, 5).
+
+        ``reduction`` is accepted for the DARTS interface; NAS-Bench-201 searches one cell and
+        its reductions are fixed blocks, so it must be False.
+        """
+        _check_no_reduction(reduction)
+        return F.softmax(self.alpha, dim=-1)
+
+    def edge_scale(self, reduction: bool = False) -> torch.Tensor | None:
+        """PC-DARTS's edge weights: softmax of beta over each node's incoming edges, (6,)."""
+        _check_no_reduction(reduction)
+        if self.beta is None:
+            return None
+        # EDGES lists each node's inputs together: rows [0], [1, 2], [3, 4, 5].
+        parts, start = [], 0
+        for dst in range(1, NODES):
+            parts.append(F.softmax(self.beta[start : start + dst], dim=-1))
+            start += dst
+        return torch.cat(parts)
+
+    def forward_weights(self, reduction: bool = False) -> torch.Tensor:
+        """The op weights a forward pass uses: ``edge_weights``, or a hard Gumbel-softmax sample
+        with straight-through gradients when ``gumbel_tau`` is set and the model is training."""
+        if self.gumbel_tau is None or not self.training:
+            return self.edge_weights(reduction)
+        _check_no_reduction(reduction)
+        return F.gumbel_softmax(self.alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
+        weights, scale = self.forward_weights(), self.edge_scale()  # one sample for all cells
+        feature = self.stem(x)  # (B, C, H, W)
+        for cell in self.cells:
+            searched = isinstance(cell, Nb201SearchCell)  # else a reduction: (B, 2C, H/2, W/2)
+            feature = cell(feature, weights, scale) if searched else cell(feature)
+        out = self.global_pooling(self.lastact(feature)).flatten(1)  # (B, 4C)
+        return self.classifier(out)
+
+    def genotype(self) -> Nb201Arch:
+        """The cell the current alphas stand for: the strongest op of every edge, ``none`` too."""
+        best = self.alpha.detach().argmax(dim=-1).tolist()
+        return Nb201Arch(tuple(NB201_OPS[i] for i in best))
+
+    def arch_state(self) -> dict[str, list[float]]:
+        """The raw architecture parameters as nested lists, by name (for tracking)."""
+        state = {"alpha": self.alpha.detach().cpu().tolist()}
+        if self.beta is not None:
+            state["beta"] = self.beta.detach().cpu().tolist()
+        return state
+
+    def skip_connects(self) -> int:
+        """Skip connections in the derived cell (DARTS's sign of collapse)."""
+        return sum(op == "skip_connect" for op in self.genotype().ops)
+
+    def arch_entropy(self) -> float:
+        """Mean entropy of the edges' operation distributions (nats; log(5) is uniform)."""
+        with torch.no_grad():
+            p = self.edge_weights()
+            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+
+    def max_entropy(self) -> float:
+        """Entropy of a uniform distribution over the five candidates."""
+        return math.log(len(NB201_OPS))
+
+
+def _check_no_reduction(reduction: bool) -> None:
+    if reduction:
+        raise ValueError("nb201 has no searched reduction cell: its reductions are fixed ResNet blocks")
