@@ -53,16 +53,24 @@ class ExecutionConfig:
 
     ``backend: ray`` puts the supernet in a Ray actor (a local Ray started on demand, or the
     cluster at ``address`` / ``RAY_ADDRESS``); ``backend: local`` runs it in-process.
+    ``workers`` > 1 spreads one search over that many data-parallel actors (Ray only), each
+    with ``cpus_per_worker`` and ``gpus_per_worker``.
     """
 
     backend: Literal["ray", "local"] = "ray"
     address: str | None = None
+    workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     object_store_mb: int = 256
 
     def __post_init__(self) -> None:
         _check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
+        _check(self.workers >= 1, "execution.workers", "must be at least 1")
+        _check(
+            self.workers == 1 or self.backend == "ray", "execution.workers",
+            "above 1 needs execution.backend: ray",
+        )
         _check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
         _check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from raynas.errors import ConfigError, UnknownNameError
 from raynas.registry import Registry
@@ -57,14 +58,51 @@ def split_indices(n: int, portion: float) -> tuple[list[int], list[int]]:
     return list(range(cut)), list(range(cut, n))
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Shuffled global batches, of which this worker takes its equal slice.
+
+    Every data-parallel worker draws the same permutation (same seed), so together the workers
+    see exactly the global batches one worker would see alone.
+
+    Args:
+        n: Number of samples.
+        batch_size: The global batch size (divisible by ``world_size``).
+        generator: Seeded generator for the permutation; its state is part of a checkpoint.
+        rank: This worker's index.
+        world_size: Number of data-parallel workers.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.generator = generator
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = n > batch_size or world_size > 1
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        share = self.batch_size // self.world_size
+        for b in range(len(self)):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield batch[self.rank * share : (self.rank + 1) * share] if self.world_size > 1 else batch
+
+
 def search_loaders(
-    dataset: SearchDataset, *, seed: int
+    dataset: SearchDataset, *, seed: int, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], DataLoader[Any]]:
     """Shuffled loaders over the two halves of the search split.
 
     Args:
         dataset: A registered dataset instance.
         seed: Seeds the shuffling, so a search is repeatable.
+        rank: This worker's index among ``world_size`` data-parallel workers.
+        world_size: Workers sharing each global batch of ``data.batch_size`` images.
     """
     cfg = dataset.config
     full = dataset.train_set()
@@ -74,15 +112,20 @@ def search_loaders(
     train_idx, valid_idx = split_indices(n, cfg.train_portion)
     if not train_idx or not valid_idx:
         raise ConfigError(f"data: {n} images are too few to split at {cfg.train_portion}")
+    if cfg.batch_size % world_size or min(len(train_idx), len(valid_idx)) < cfg.batch_size * (
+        world_size > 1
+    ):
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} "
+            "data-parallel workers, and no larger than either half of the split"
+        )
 
     def loader(indices: list[int], offset: int) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(seed + offset)
+        sampler = ShardedBatchSampler(len(indices), cfg.batch_size, generator, rank, world_size)
         return DataLoader(
             Subset(full, indices),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(indices) > cfg.batch_size,
-            generator=generator,
+            batch_sampler=sampler,
             num_workers=cfg.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=cfg.num_workers > 0,

@@ -14,6 +14,7 @@ import ray
 
 from raynas.config import ExecutionConfig, SearchConfig
 from raynas.errors import ConfigError, RaynasError
+from raynas.train.distributed import init_process_group
 from raynas.train.search import SupernetSearch
 from raynas.types import EpochReport
 
@@ -36,11 +37,12 @@ def init_ray(execution: ExecutionConfig) -> None:
     )
     available = ray.cluster_resources()
     for key, need in (("CPU", execution.cpus_per_worker), ("GPU", execution.gpus_per_worker)):
-        if need > available.get(key, 0):
+        if need * execution.workers > available.get(key, 0):
             ray.shutdown()
             raise ConfigError(
-                f"execution.{key.lower()}s_per_worker is {need:g} but this machine offers "
-                f"{available.get(key, 0):g} {key}s; lower it or pass --address of a larger cluster"
+                f"execution.workers x {key.lower()}s_per_worker need {need * execution.workers:g} "
+                f"{key}s but this machine offers {available.get(key, 0):g}; lower them or pass "
+                "--address of a larger cluster"
             )
 
 
@@ -50,29 +52,54 @@ class _SupernetActor(SupernetSearch):
     def __init__(self) -> None:  # the real work happens in setup()
         pass
 
-    def setup(self, config: SearchConfig, threads: int) -> str:
-        SupernetSearch.__init__(self, config, threads=threads)
-        return f"Ray actor on {socket.gethostname()} ({self.device})"
+    def rendezvous(self) -> str:
+        """host:port where this actor, as rank 0, will gather the data-parallel group."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(
+        self, config: SearchConfig, threads: int, rank: int = 0, world: int = 1,
+        address: str | None = None,
+    ) -> str:
+        if world > 1:
+            assert address is not None
+            init_process_group(rank=rank, world=world, address=address)
+        SupernetSearch.__init__(self, config, threads=threads, rank=rank, world_size=world)
+        return f"{socket.gethostname()} ({self.device})"
 
 
 class RayWorker:
-    """Drives a :class:`SupernetSearch` that lives in a Ray actor.
+    """Drives a :class:`SupernetSearch` that lives in Ray actors: one, or ``execution.workers``
+    data-parallel replicas that average their gradients and so hold the same supernet.
 
     Args:
-        config: The search job; ``execution`` gives the actor's CPUs and GPUs.
+        config: The search job; ``execution`` gives the actors' number, CPUs and GPUs.
     """
 
     def __init__(self, config: SearchConfig) -> None:
         execution = config.execution
         init_ray(execution)
         actor_cls = ray.remote(_SupernetActor)
-        self.actor = actor_cls.options(  # type: ignore[attr-defined]
-            num_cpus=execution.cpus_per_worker,
-            num_gpus=execution.gpus_per_worker,
-            max_restarts=0,
-        ).remote()
-        self.location = self._get(
-            self.actor.setup.remote(config, max(1, int(execution.cpus_per_worker)))
+        world = execution.workers
+        self.actors = [
+            actor_cls.options(  # type: ignore[attr-defined]
+                num_cpus=execution.cpus_per_worker,
+                num_gpus=execution.gpus_per_worker,
+                max_restarts=0,
+            ).remote()
+            for _ in range(world)
+        ]
+        address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
+        threads = max(1, int(execution.cpus_per_worker))
+        locations = self._get([
+            actor.setup.remote(config, threads, rank, world, address)
+            for rank, actor in enumerate(self.actors)
+        ])
+        where = ", ".join(sorted(set(locations)))
+        self.location = (
+            f"Ray actor on {where}" if world == 1 else f"{world} data-parallel Ray actors on {where}"
         )
 
     @staticmethod
@@ -86,16 +113,21 @@ class RayWorker:
             raise
 
     def run_epoch(self) -> EpochReport:
-        return self._get(self.actor.run_epoch.remote())
+        reports = self._get([actor.run_epoch.remote() for actor in self.actors])
+        keys = {report.architecture.key() for report in reports}
+        if len(keys) > 1:
+            raise RuntimeError(f"data-parallel workers derived different architectures: {keys}")
+        return reports[0]
 
     def state_dict(self) -> dict[str, Any]:
-        return self._get(self.actor.state_dict.remote())
+        return self._get(self.actors[0].state_dict.remote())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._get(self.actor.load_state_dict.remote(state))
+        self._get([actor.load_state_dict.remote(state) for actor in self.actors])
 
     def describe_location(self) -> str:
         return self.location
 
     def close(self) -> None:
-        ray.kill(self.actor)
+        for actor in self.actors:
+            ray.kill(actor)

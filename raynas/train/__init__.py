@@ -1,7 +1,3 @@
-"""The training loop (one, shared by every gradient strategy) and checkpoints."""
-
-from raynas.train.checkpoint import load_checkpoint, save_checkpoint
-from raynas.train.loop import evaluate, search_epoch
-from raynas.train.search import SupernetSearch
-
-__all__ = ["SupernetSearch", "evaluate", "load_checkpoint", "save_checkpoint", "search_epoch"]
+"""Training: the one training loop (``loop``), the supernet search run an epoch at a time
+(``search``), checkpoints written atomically (``checkpoint``) and data parallelism
+(``distributed``). Import the submodules directly; this package imports nothing eagerly."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from raynas.strategies.gradient.base import Batch, GradientStrategy
+from raynas.train.distributed import sum_
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -37,11 +38,8 @@ def search_epoch(
         correct += result.correct
         count += result.count
     strategy.end_epoch()
-    return {
-        "train_loss": float(loss_sum) / max(count, 1),
-        "train_acc": float(correct) / max(count, 1),
-        "lr": lr,
-    }
+    loss, acc = _global_means(loss_sum, correct, count)
+    return {"train_loss": loss, "train_acc": acc, "lr": lr}
 
 
 @torch.no_grad()
@@ -57,4 +55,13 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         count += y.numel()
-    return {"valid_loss": float(loss_sum) / max(count, 1), "valid_acc": float(correct) / max(count, 1)}
+    loss, acc = _global_means(loss_sum, correct, count)
+    return {"valid_loss": loss, "valid_acc": acc}
+
+
+def _global_means(loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> tuple[float, float]:
+    """Mean loss and accuracy over every data-parallel worker's samples."""
+    totals = sum_(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(count))
+                               .to(loss_sum.device, torch.float64)]))
+    n = max(float(totals[2]), 1.0)
+    return float(totals[0]) / n, float(totals[1]) / n

@@ -17,6 +17,7 @@ from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
+from raynas.train.distributed import convert_batchnorm
 from raynas.train.loop import evaluate, search_epoch
 from raynas.types import EpochReport
 
@@ -58,23 +59,33 @@ class SupernetSearch:
     Args:
         config: The search job.
         threads: torch intra-op threads (default: leave torch's choice).
+        rank: This worker's index when ``world_size`` data-parallel workers share the search
+            (they must be in one ``torch.distributed`` process group already).
+        world_size: Number of data-parallel workers; each takes a slice of every global batch.
     """
 
-    def __init__(self, config: SearchConfig, *, threads: int | None = None) -> None:
+    def __init__(
+        self, config: SearchConfig, *, threads: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # the same on every worker: same alphas, weights, samples
         self.config = config
         self.device = pick_device()
         data = DATASETS.create(config.data.name, config.data.config)
         self.dataset_info = data.info
-        self.train_loader, self.valid_loader = search_loaders(data, seed=config.seed)
+        self.train_loader, self.valid_loader = search_loaders(
+            data, seed=config.seed, rank=rank, world_size=world_size
+        )
         strategy_cls = STRATEGIES.get(config.strategy.name)
         space_config = _with_overrides(
             config.space.config, strategy_cls.space_overrides(config.strategy.config), config
         )
         self.space = SPACES.create(config.space.name, space_config)
-        self.supernet = self.space.supernet(data.info).to(self.device)
+        self.supernet = self.space.supernet(data.info)
+        if world_size > 1:
+            self.supernet = convert_batchnorm(self.supernet)
+        self.supernet = self.supernet.to(self.device)
         self.strategy = STRATEGIES.create(
             config.strategy.name,
             supernet=self.supernet,
@@ -115,7 +126,7 @@ class SupernetSearch:
                 "numpy": _numpy_state(),
                 "torch": torch.get_rng_state(),
                 "loaders": [
-                    loader.generator.get_state()  # type: ignore[union-attr]
+                    loader.batch_sampler.generator.get_state()  # type: ignore[union-attr]
                     for loader in (self.train_loader, self.valid_loader)
                 ],
             },
@@ -131,4 +142,4 @@ class SupernetSearch:
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(rng["torch"])
         for loader, s in zip((self.train_loader, self.valid_loader), rng["loaders"], strict=True):
-            loader.generator.set_state(s)  # type: ignore[union-attr]
+            loader.batch_sampler.generator.set_state(s)  # type: ignore[union-attr]

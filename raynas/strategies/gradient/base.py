@@ -17,6 +17,7 @@ from torch import nn
 
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
+from raynas.train.distributed import average_gradients_
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
@@ -125,6 +126,7 @@ class GradientStrategy:
         if self.epoch >= self.config.arch_start_epoch:
             self.a_optimizer.zero_grad(set_to_none=True)
             self.arch_backward(train_batch, valid_batch)
+            average_gradients_(self.arch_params)  # no-op unless data-parallel
             self.a_optimizer.step()
         return self.weight_step(train_batch)
 
@@ -138,6 +140,7 @@ class GradientStrategy:
         self.w_optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(batch)
         loss.backward(inputs=self.weight_params)
+        average_gradients_(self.weight_params)
         nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
         self.w_optimizer.step()
         y = batch[1]

@@ -20,6 +20,7 @@ import torch
 from raynas.errors import ConfigError
 from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
+from raynas.train.distributed import average_
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Darts(GradientStrategy):
         # w' = w - xi * (momentum buffer * momentum + grad_w L_train + weight_decay * w)
         loss, _ = self.loss(train_batch)
         grads = torch.autograd.grad(loss, weights)
+        average_(grads)  # data-parallel workers unroll the same step
         with torch.no_grad():
             momentum, decay = self.train.momentum, self.train.weight_decay
             for w, g in zip(weights, grads, strict=True):
@@ -70,6 +72,7 @@ class Darts(GradientStrategy):
         # grad_alpha and grad_w' of L_val at the unrolled weights.
         loss, _ = self.loss(valid_batch)
         grads = torch.autograd.grad(loss, [*self.arch_params, *weights])
+        average_(grads)
         d_alpha, v = grads[: len(self.arch_params)], grads[len(self.arch_params) :]
 
         # Finite-difference Hessian-vector product grad^2_{alpha,w} L_train(w, alpha) . v

@@ -1,0 +1,101 @@
+"""Data parallelism with ``torch.distributed`` (gloo on CPU, NCCL on GPU): gradient averaging and
+BatchNorm over the global batch, so that N workers, each given a slice of every global batch,
+compute what one worker computes on the whole batch, and all hold the same supernet.
+
+Outside a process group every function here is a no-op: single-worker code pays nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+
+def world_size() -> int:
+    """Number of data-parallel workers (1 outside a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def init_process_group(*, rank: int, world: int, address: str) -> None:
+    """Join the group of ``world`` workers whose rank 0 listens at ``address`` (host:port)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world)
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the workers, in place; returns it."""
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def average_(tensors: Sequence[torch.Tensor]) -> None:
+    """Average tensors over the workers, in place, with one all-reduce."""
+    world = world_size()
+    if world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def average_gradients_(params: Sequence[torch.Tensor]) -> None:
+    """Average ``p.grad`` over the workers (a missing gradient counts as zeros)."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    average_([p.grad for p in params])  # type: ignore[misc]
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch across all workers.
+
+    The sums are combined with a differentiable all-reduce, so gradients flow through the global
+    statistics as they do through a single worker's; running statistics are updated identically
+    on every worker.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        packed = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        packed = dist_fn.all_reduce(packed)
+        n = packed[-1]
+        mean = packed[:c] / n
+        var = packed[c : 2 * c] / n - mean * mean  # biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+                self.num_batches_tracked.add_(1)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by a :class:`GlobalBatchNorm2d` (same state)."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        converted = GlobalBatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine,
+            module.track_running_stats,
+        )
+        converted.load_state_dict(module.state_dict())
+        return converted
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child))
+    return module
