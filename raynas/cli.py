@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from raynas.errors import RaynasError
+from raynas.errors import RaynasError, WorkerLostError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             _search(args)
         else:
             _describe(args)
+    except WorkerLostError as exc:  # not the user's input: a failure to resume from
+        print(f"raynas: error: {exc}", file=sys.stderr)
+        return 1
     except RaynasError as exc:
         print(f"raynas: error: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,7 @@ class DataError(RaynasError):
 
 class ArchitectureError(RaynasError, ValueError):
     """An architecture, genotype or op name does not belong to its space."""
+
+
+class WorkerLostError(RaynasError):
+    """A worker died mid-search (node lost, out of memory); the checkpoint allows a resume."""

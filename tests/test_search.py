@@ -123,3 +123,42 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
     assert run.data.metrics["alpha_entropy"] > 0
     genotype = json.loads(Path(client.download_artifacts(run_id, "genotype.json", str(tmp_path))).read_text())
     assert genotype["space"] == "darts" and len(genotype["normal"]) == 4
+
+
+@pytest.mark.integration
+def test_a_lost_ray_actor_loses_no_finished_epoch(
+    tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from raynas.errors import WorkerLostError
+    from raynas.execution import ray_actors
+
+    started: list[ray_actors.RayWorker] = []
+    original = ray_actors.RayWorker.__init__
+
+    def capture(self: ray_actors.RayWorker, config: object) -> None:
+        original(self, config)  # type: ignore[arg-type]
+        started.append(self)
+
+    monkeypatch.setattr(ray_actors.RayWorker, "__init__", capture)
+    config = parse_config(tiny_job(
+        tmp_path, train={"epochs": 3}, execution={"backend": "ray", "address": ray_head}
+    ))
+
+    def kill_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            ray.kill(started[-1].actors[0], no_restart=True)
+
+    try:
+        with pytest.raises(WorkerLostError, match="run the same command again to resume"):
+            run_search(config, echo=kill_after_first_epoch)
+        lines: list[str] = []
+        result = run_search(config, echo=lines.append)
+    finally:
+        ray.shutdown()
+    assert lines[0].startswith("Resuming 'tiny' after epoch 1")
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2/3", "3/3"]
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(result.run_id, "valid_acc")}) == [0, 1, 2]

@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from raynas.config import ExecutionConfig, SearchConfig
-from raynas.errors import ConfigError, RaynasError
+from raynas.errors import ConfigError, RaynasError, WorkerLostError
 from raynas.train.distributed import init_process_group
 from raynas.train.search import SupernetSearch
 from raynas.types import EpochReport
@@ -111,6 +111,12 @@ class RayWorker:
             if isinstance(exc.cause, RaynasError):
                 raise exc.cause from None
             raise
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WorkerLostError(
+                f"the search's Ray actor was lost ({reason}); every finished epoch is "
+                "checkpointed: run the same command again to resume"
+            ) from None
 
     def run_epoch(self) -> EpochReport:
         reports = self._get([actor.run_epoch.remote() for actor in self.actors])
