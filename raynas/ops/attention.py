@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+from raynas.ops.mixed import MIXED_OPS
+from raynas.ops.partial import PartialChannelMixedOp
 
 
 class ChannelAttention(nn.Module):
@@ -31,7 +32,7 @@ class ChannelAttention(nn.Module):
 
 
 @MIXED_OPS.register("attention")
-class AttentionPartialMixedOp(nn.Module):
+class AttentionPartialMixedOp(PartialChannelMixedOp):
     """A weighted mixed op over the ``channels / k`` channels with the most attention.
 
     Args:
@@ -45,15 +46,8 @@ class AttentionPartialMixedOp(nn.Module):
     def __init__(
         self, *, channels: int, stride: int, primitives: Sequence[str], k: int, affine: bool = False
     ) -> None:
-        super().__init__()
-        if k < 1 or channels % k:
-            raise ValueError(f"attention channels: {channels} channels are not divisible by k={k}")
-        self.k = k
+        super().__init__(channels=channels, stride=stride, primitives=primitives, k=k, affine=affine)
         self.attention = ChannelAttention(channels)
-        self.mixed = WeightedMixedOp(
-            channels=channels // k, stride=stride, primitives=primitives, affine=affine
-        )
-        self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attention-weighted input and the indices of the chosen and the other channels."""
@@ -62,8 +56,9 @@ class AttentionPartialMixedOp(nn.Module):
         c = x.shape[1] // self.k
         return x * scores[:, :, None, None], order[:c].sort().values, order[c:].sort().values
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weighted, chosen, rest = self.select(x)
-        active = weighted.index_select(1, chosen)  # (B, C/k, H, W)
-        passive = self.bypass(weighted.index_select(1, rest))  # (B, C - C/k, H', W')
-        return torch.cat([self.mixed(active, weights), passive], dim=1)
+        return weighted.index_select(1, chosen), weighted.index_select(1, rest)
+
+    def merge(self, processed: torch.Tensor, bypassed: torch.Tensor) -> torch.Tensor:
+        return torch.cat([processed, bypassed], dim=1)  # the attention already chose: no shuffle

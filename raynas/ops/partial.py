@@ -46,8 +46,15 @@ class PartialChannelMixedOp(nn.Module):
         )
         self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The channels for the candidates (B, C/k, H, W) and the others (B, C - C/k, H, W)."""
         c = x.shape[1] // self.k
-        active, passive = x[:, :c], x[:, c:]  # (B, C/k, H, W), (B, C - C/k, H, W)
-        out = torch.cat([self.mixed(active, weights), self.bypass(passive)], dim=1)
-        return channel_shuffle(out, self.k)
+        return x[:, :c], x[:, c:]
+
+    def merge(self, processed: torch.Tensor, bypassed: torch.Tensor) -> torch.Tensor:
+        """Concatenate and shuffle, so the next edge sees a mix of both parts."""
+        return channel_shuffle(torch.cat([processed, bypassed], dim=1), self.k)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        active, passive = self.split(x)
+        return self.merge(self.mixed(active, weights), self.bypass(passive))
