@@ -45,6 +45,8 @@ def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
     assert {"genotype.json", "arch_weights.json", "config.json", "genotypes"} <= artifacts
     epochs = {a.path for a in client.list_artifacts(result.run_id, "genotypes")}
     assert epochs == {"genotypes/epoch_000.json", "genotypes/epoch_001.json"}
+    weights = {a.path for a in client.list_artifacts(result.run_id, "arch_weights")}
+    assert weights == {"arch_weights/epoch_000.json", "arch_weights/epoch_001.json"}
     local = client.download_artifacts(result.run_id, "genotype.json", str(tmp_path))
     assert Architecture.from_json(Path(local).read_text()) == result.architecture
 

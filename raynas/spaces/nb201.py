@@ -213,8 +213,10 @@ class Nb201SpaceConfig:
         channels: Channels of the first stage (doubled at each of the two reductions).
         cells_per_stage: Cells in each of the three stages (``N``).
         mixed_op: How a supernet edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
-        partial_k: With ``mixed_op: partial``, 1/k of the channels go through the candidates.
+        partial_k: With a mixed op over a share of the channels (``partial``, ``attention``), 1/k
+            of the channels go through the candidates; must divide ``channels``.
         edge_normalization: Learn PC-DARTS's per-edge weights ``beta`` in the supernet.
+        bn_affine: Learnable BatchNorm scale and shift in the supernet's candidates (RF-DARTS).
     """
 
     channels: int = 16
@@ -222,9 +224,11 @@ class Nb201SpaceConfig:
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
+    bn_affine: bool = False
 
     def __post_init__(self) -> None:
         from raynas.ops.mixed import MIXED_OPS
+        from raynas.supernet.nb201 import takes_partial_k
 
         if self.channels < 1:
             raise ConfigError(f"space.channels must be at least 1, got {self.channels}")
@@ -235,7 +239,7 @@ class Nb201SpaceConfig:
                 f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
                 f"choose from: {', '.join(MIXED_OPS.names())}"
             )
-        if self.mixed_op == "partial" and (self.partial_k < 1 or self.channels % self.partial_k):
+        if takes_partial_k(self.mixed_op) and (self.partial_k < 1 or self.channels % self.partial_k):
             raise ConfigError(
                 f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
             )
@@ -413,4 +417,5 @@ class Nb201Space:
             in_channels=dataset.in_channels,
             partial_k=cfg.partial_k,
             edge_normalization=cfg.edge_normalization,
+            bn_affine=cfg.bn_affine,
         )

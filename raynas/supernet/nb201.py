@@ -11,8 +11,10 @@ as AutoDL's DARTS and GDAS do on NAS-Bench-201.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,15 +30,19 @@ class Nb201SearchCell(nn.Module):
 
     Args:
         channels: Channels in and out.
-        mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS`` (its BatchNorms are not affine,
-            as in AutoDL's search cells).
-        partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates.
+        mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS``.
+        partial_k: For mixed ops over a share of the channels (``partial``, ``attention``): 1/k of
+            the channels go through the candidates.
+        affine: Learnable BatchNorm scale and shift in the candidates (off in AutoDL's search
+            cells; on for RF-DARTS).
     """
 
-    def __init__(self, *, channels: int, mixed_op: str, partial_k: int = 1) -> None:
+    def __init__(
+        self, *, channels: int, mixed_op: str, partial_k: int = 1, affine: bool = False
+    ) -> None:
         super().__init__()
         mixed = MIXED_OPS.get(mixed_op)
-        options = {"k": partial_k} if mixed_op == "partial" else {}
+        options = mixed_op_options(mixed, partial_k=partial_k, affine=affine)
         self.edges = nn.ModuleList(
             mixed(channels=channels, stride=1, primitives=NB201_OPS, **options) for _ in EDGES
         )
@@ -66,23 +72,26 @@ class Nb201Supernet(nn.Module):
         mixed_op: Name of the mixed op in ``raynas.ops.MIXED_OPS``.
         num_classes: Output classes.
         in_channels: Image channels.
-        partial_k: For ``mixed_op="partial"``: 1/k of the channels go through the candidates;
-            must divide ``channels``.
+        partial_k: For mixed ops over a share of the channels (``partial``, ``attention``): 1/k
+            of the channels go through the candidates; must divide ``channels``.
         edge_normalization: Learn a weight per edge, normalised over each node's inputs
             (PC-DARTS's ``beta``). Every edge is kept in the derived cell, so it changes the
             forward pass only.
+        bn_affine: Learnable BatchNorm scale and shift in the cells' candidates (RF-DARTS trains
+            only BatchNorm parameters).
     """
 
     def __init__(
         self, *, channels: int, cells_per_stage: int, mixed_op: str, num_classes: int,
         in_channels: int = 3, partial_k: int = 1, edge_normalization: bool = False,
+        bn_affine: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or cells_per_stage < 1:
             raise ValueError(
                 f"channels and cells_per_stage must be >= 1, got {channels} and {cells_per_stage}"
             )
-        if mixed_op == "partial" and (partial_k < 1 or channels % partial_k):
+        if takes_partial_k(mixed_op) and (partial_k < 1 or channels % partial_k):
             raise ValueError(f"partial channels: k={partial_k} must divide channels={channels}")
         self.primitives = NB201_OPS
         self.stem = nn.Sequential(
@@ -95,7 +104,9 @@ class Nb201Supernet(nn.Module):
                 self.cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
                 c *= 2
             self.cells.extend(
-                Nb201SearchCell(channels=c, mixed_op=mixed_op, partial_k=partial_k)
+                Nb201SearchCell(
+                    channels=c, mixed_op=mixed_op, partial_k=partial_k, affine=bn_affine
+                )
                 for _ in range(cells_per_stage)
             )
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
@@ -181,6 +192,23 @@ class Nb201Supernet(nn.Module):
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the five candidates."""
         return math.log(len(NB201_OPS))
+
+
+def takes_partial_k(mixed_op: str) -> bool:
+    """Whether the mixed op registered as ``mixed_op`` sends 1/k of the channels (takes ``k``)."""
+    return "k" in inspect.signature(MIXED_OPS.get(mixed_op)).parameters
+
+
+def mixed_op_options(mixed: type[nn.Module], *, partial_k: int, affine: bool) -> dict[str, Any]:
+    """The keyword arguments a mixed op class takes beyond channels, stride and primitives.
+
+    Read from its signature, so mixed ops registered later (with or without ``k``) plug in.
+    """
+    params = inspect.signature(mixed).parameters
+    options: dict[str, Any] = {"k": partial_k} if "k" in params else {}
+    if affine:
+        options["affine"] = True
+    return options
 
 
 def _check_no_reduction(reduction: bool) -> None:

@@ -1,9 +1,10 @@
 """One MLflow run per search.
 
 The run holds the flattened config as params; per-epoch train/validation loss and accuracy and
-the entropy of the architecture weights as metrics; the derived genotype of every epoch
-(``genotypes/epoch_NNN.json``), the final genotype (``genotype.json``) and the architecture
-weights (``arch_weights.json``) as artifacts; and tags naming the space, strategy and dataset.
+the entropy of the architecture weights as metrics; the derived genotype and the architecture
+weights of every epoch (``genotypes/epoch_NNN.json``, ``arch_weights/epoch_NNN.json``), the final
+genotype (``genotype.json``) and architecture weights (``arch_weights.json``) as artifacts; and
+tags naming the space, strategy and dataset.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class MlflowTracker:
         self.client.log_text(
             self.run_id, report.architecture.to_json(indent=1), f"genotypes/epoch_{report.epoch:03d}.json"
         )
+        self.client.log_dict(self.run_id, report.arch_weights, f"arch_weights/epoch_{report.epoch:03d}.json")
 
     def finish(self, report: EpochReport, summary: dict[str, Any]) -> None:
         """The final genotype, architecture weights and summary; marks the run finished."""
