@@ -68,7 +68,7 @@ def _search(args: argparse.Namespace) -> None:
         f"valid accuracy {m['valid_acc']:.1%} (supernet, held-out half)\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
-        f"{result.params_cifar10 / 1e6:.2f}M as a CIFAR-10 network (36 channels, 20 cells)\n"
+        f"{result.params_cifar10 / 1e6:.2f}M as the space's CIFAR-10 network of the papers\n"
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
     )
@@ -89,10 +89,11 @@ def _describe(args: argparse.Namespace) -> None:
         return
     print(
         f"{args.arch} on {info.name} ({info.image_size}x{info.image_size}):\n"
-        f"  parameters        {stats.params:>13,}  ({stats.params / 1e6:.2f}M, without the "
-        f"auxiliary head, as the DARTS papers count)\n"
+        f"  parameters        {stats.params:>13,}  ({stats.params / 1e6:.2f}M, without an "
+        f"auxiliary head)\n"
         f"  with auxiliary    {stats.params_with_aux:>13,}\n"
-        f"  multiply-adds     {stats.macs:>13,}  ({stats.macs / 1e6:.0f}M per image)"
+        f"  multiply-adds     {stats.macs:>13,}  ({stats.macs / 1e6:.1f}M per image)\n"
+        f"  FLOPs             {stats.flops:>13,}  (multiply-adds + bias additions)"
     )
 
 

@@ -1,5 +1,7 @@
-"""Size and cost of a network: parameters (with and without the auxiliary head) and the
-multiply-accumulates of one forward pass, counted over convolutions and linear layers."""
+"""Size and cost of a network: parameters (with and without the auxiliary head), the
+multiply-accumulates of one forward pass over convolutions and linear layers, and FLOPs as
+NAS-Bench-201 counts them (those multiply-accumulates plus one addition per output of a layer
+with a bias; AutoDL's ``flop_benchmark.py``)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ class ModelStats:
     params: int
     params_with_aux: int
     macs: int
+    flops: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"params": self.params, "params_with_aux": self.params_with_aux, "macs": self.macs}
+        return {
+            "params": self.params, "params_with_aux": self.params_with_aux, "macs": self.macs,
+            "flops": self.flops,
+        }
 
 
 def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:
@@ -28,23 +34,30 @@ def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:
     )
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass in eval mode (convolutions and linear layers).
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Multiply-accumulates of one forward pass in eval mode (convolutions and linear layers),
+    and the bias additions of those layers.
 
     Args:
         model: The network.
         input_shape: One input, without the batch dimension, e.g. ``(3, 32, 32)``.
+
+    Returns:
+        ``(macs, bias_additions)``.
     """
     total = 0
+    biases = 0
 
     def conv_hook(module: nn.Conv2d, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
-        nonlocal total
+        nonlocal total, biases
         kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         total += out.numel() * kernel
+        biases += out.numel() if module.bias is not None else 0
 
     def linear_hook(module: nn.Linear, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
-        nonlocal total
+        nonlocal total, biases
         total += out.numel() * module.in_features
+        biases += out.numel() if module.bias is not None else 0
 
     handles = []
     for module in model.modules():
@@ -61,13 +74,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return total
+    return total, biases
 
 
 def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
-    """Parameters and MACs of a network built with its auxiliary head (if it has one)."""
+    """Parameters, MACs and FLOPs of a network built with its auxiliary head (if it has one)."""
+    macs, biases = count_macs(model, input_shape)
     return ModelStats(
         params=count_params(model),
         params_with_aux=count_params(model, exclude_prefix="\0"),
-        macs=count_macs(model, input_shape),
+        macs=macs,
+        flops=macs + biases,
     )

@@ -116,7 +116,7 @@ def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settin
 
 def test_sampled_op_computes_only_the_chosen_candidate() -> None:
     torch.manual_seed(0)
-    op = SampledMixedOp(channels=4, stride=1, primitives=PRIMITIVES).eval()
+    op = SampledMixedOp(channels=4, stride=1, primitives=PRIMITIVES).train()
     x = torch.randn(2, 4, 8, 8)
     probs = torch.softmax(torch.randn(len(PRIMITIVES)), 0).requires_grad_()
     hard = torch.zeros_like(probs)
@@ -130,6 +130,10 @@ def test_sampled_op_computes_only_the_chosen_candidate() -> None:
     expected = torch.full_like(probs, float(grad_out.sum()))
     expected[4] = float((grad_out * op.ops[4](x)).sum().detach())
     torch.testing.assert_close(probs.grad, expected)
+    # Evaluation runs the discrete network: the strongest op alone, unscaled.
+    op.eval()
+    soft = torch.softmax(torch.randn(len(PRIMITIVES)), 0)
+    torch.testing.assert_close(op(x, soft), op.ops[int(soft.argmax())](x))
 
 
 def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:

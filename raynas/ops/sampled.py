@@ -34,5 +34,7 @@ class SampledMixedOp(WeightedMixedOp):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # weights: (num_ops,), one-hot in value when sampled (straight-through Gumbel)
         index = int(weights.argmax())
+        if not self.training:  # evaluation: the discrete network of the strongest ops
+            return self.ops[index](x)
         others = weights.sum() - weights[index]  # zero in value, carries the other gradients
         return weights[index] * self.ops[index](x) + others
