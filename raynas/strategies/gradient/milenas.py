@@ -33,6 +33,8 @@ class Milenas(GradientStrategy):
     config: MilenasConfig
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
+        # Two backward passes accumulating into alpha.grad: one graph alive at a time.
         loss_train, _ = self.loss(train_batch)
+        loss_train.backward(inputs=self.arch_params)
         loss_valid, _ = self.loss(valid_batch)
-        (loss_train + self.config.mixed_level_lambda * loss_valid).backward(inputs=self.arch_params)
+        (self.config.mixed_level_lambda * loss_valid).backward(inputs=self.arch_params)
