@@ -7,7 +7,8 @@ sampled) register here under their own names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +17,26 @@ from raynas.ops.darts import OPS
 from raynas.registry import Registry
 
 MIXED_OPS: Registry[type[nn.Module]] = Registry("mixed op")
+
+
+def takes_partial_k(mixed_op: str) -> bool:
+    """Whether the mixed op registered as ``mixed_op`` sends 1/k of the channels (takes ``k``)."""
+    return "k" in inspect.signature(MIXED_OPS.get(mixed_op)).parameters
+
+
+def mixed_op_factory(
+    mixed_op: str, *, primitives: Sequence[str], partial_k: int, affine: bool
+) -> Callable[[int, int], nn.Module]:
+    """``(channels, stride) -> mixed op`` for the op registered as ``mixed_op``, given the
+    options it takes (``k`` for partial-channel ops), read from its signature so that mixed ops
+    registered later plug in."""
+    cls = MIXED_OPS.get(mixed_op)
+    options = {"k": partial_k} if takes_partial_k(mixed_op) else {}
+
+    def edge(channels: int, stride: int) -> nn.Module:
+        return cls(channels=channels, stride=stride, primitives=primitives, affine=affine, **options)
+
+    return edge
 
 
 @MIXED_OPS.register("weighted")

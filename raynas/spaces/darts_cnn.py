@@ -191,7 +191,7 @@ class DartsSpaceConfig:
 
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
-        from raynas.ops.mixed import MIXED_OPS
+        from raynas.ops.mixed import MIXED_OPS, takes_partial_k
 
         if self.channels < 2 or self.channels % 2:
             raise ConfigError(f"space.channels must be an even number >= 2, got {self.channels}")
@@ -206,15 +206,14 @@ class DartsSpaceConfig:
                 )
         if len(set(self.primitives) - {"none"}) < 1:
             raise ConfigError("space.primitives needs at least one op besides 'none'")
-        partial = self.mixed_op in ("partial", "attention")
-        if partial and (self.partial_k < 1 or self.channels % self.partial_k):
-            raise ConfigError(
-                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
-            )
         if self.mixed_op not in MIXED_OPS:
             raise ConfigError(
                 f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
                 f"choose from: {', '.join(MIXED_OPS.names())}"
+            )
+        if takes_partial_k(self.mixed_op) and (self.partial_k < 1 or self.channels % self.partial_k):
+            raise ConfigError(
+                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
             )
 
 

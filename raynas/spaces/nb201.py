@@ -234,8 +234,7 @@ class Nb201SpaceConfig:
     bn_affine: bool = False
 
     def __post_init__(self) -> None:
-        from raynas.ops.mixed import MIXED_OPS
-        from raynas.supernet.nb201 import takes_partial_k
+        from raynas.ops.mixed import MIXED_OPS, takes_partial_k
 
         if self.channels < 1:
             raise ConfigError(f"space.channels must be at least 1, got {self.channels}")

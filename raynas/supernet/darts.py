@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
-from raynas.ops.mixed import MIXED_OPS
+from raynas.ops.mixed import mixed_op_factory
 from raynas.spaces.darts_cnn import DartsGenotype, Edge
 
 EdgeFactory = Callable[[int, int], nn.Module]  # (channels, stride) -> a mixed op
@@ -99,13 +99,9 @@ class DartsSupernet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
         )
-        mixed = MIXED_OPS.get(mixed_op)
-        options = {"k": partial_k} if mixed_op in ("partial", "attention") else {}
-
-        def edge(c: int, stride: int) -> nn.Module:
-            return mixed(
-                channels=c, stride=stride, primitives=self.primitives, affine=bn_affine, **options
-            )
+        edge = mixed_op_factory(
+            mixed_op, primitives=self.primitives, partial_k=partial_k, affine=bn_affine
+        )
 
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()

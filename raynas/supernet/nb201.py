@@ -11,16 +11,14 @@ as AutoDL's DARTS and GDAS do on NAS-Bench-201.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.ops.mixed import MIXED_OPS
+from raynas.ops.mixed import mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import ResNetBasicBlock
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch
 
@@ -41,11 +39,8 @@ class Nb201SearchCell(nn.Module):
         self, *, channels: int, mixed_op: str, partial_k: int = 1, affine: bool = False
     ) -> None:
         super().__init__()
-        mixed = MIXED_OPS.get(mixed_op)
-        options = mixed_op_options(mixed, partial_k=partial_k, affine=affine)
-        self.edges = nn.ModuleList(
-            mixed(channels=channels, stride=1, primitives=NB201_OPS, **options) for _ in EDGES
-        )
+        edge = mixed_op_factory(mixed_op, primitives=NB201_OPS, partial_k=partial_k, affine=affine)
+        self.edges = nn.ModuleList(edge(channels, 1) for _ in EDGES)
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None = None
@@ -192,23 +187,6 @@ class Nb201Supernet(nn.Module):
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the five candidates."""
         return math.log(len(NB201_OPS))
-
-
-def takes_partial_k(mixed_op: str) -> bool:
-    """Whether the mixed op registered as ``mixed_op`` sends 1/k of the channels (takes ``k``)."""
-    return "k" in inspect.signature(MIXED_OPS.get(mixed_op)).parameters
-
-
-def mixed_op_options(mixed: type[nn.Module], *, partial_k: int, affine: bool) -> dict[str, Any]:
-    """The keyword arguments a mixed op class takes beyond channels, stride and primitives.
-
-    Read from its signature, so mixed ops registered later (with or without ``k``) plug in.
-    """
-    params = inspect.signature(mixed).parameters
-    options: dict[str, Any] = {"k": partial_k} if "k" in params else {}
-    if affine:
-        options["affine"] = True
-    return options
 
 
 def _check_no_reduction(reduction: bool) -> None:
