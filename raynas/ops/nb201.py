@@ -9,6 +9,8 @@ equal the benchmark's on its cells (stride 1, as many channels in as out); this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -75,3 +77,22 @@ class ResNetBasicBlock(nn.Module):
 
 OPS.register("nor_conv_1x1")(lambda c, stride, affine: NorConv(c, c, 1, stride, affine))
 OPS.register("nor_conv_3x3")(lambda c, stride, affine: NorConv(c, c, 3, stride, affine))
+
+
+def stage_cells(
+    channels: int, cells_per_stage: int, make_cell: Callable[[int], nn.Module]
+) -> tuple[nn.ModuleList, int]:
+    """The benchmark's body: three stages of ``cells_per_stage`` cells at C, 2C and 4C channels,
+    joined by stride-2 residual blocks. ``make_cell(channels)`` builds one cell.
+
+    Returns:
+        The modules in order, and the channels of the last stage.
+    """
+    cells = nn.ModuleList()
+    c = channels
+    for stage in range(3):
+        if stage:
+            cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
+            c *= 2
+        cells.extend(make_cell(c) for _ in range(cells_per_stage))
+    return cells, c

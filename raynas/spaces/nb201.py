@@ -26,7 +26,7 @@ from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import OPS
-from raynas.ops.nb201 import ResNetBasicBlock
+from raynas.ops.nb201 import stage_cells
 from raynas.spaces import SPACES
 from raynas.types import Architecture, DatasetInfo
 
@@ -297,13 +297,7 @@ class TinyNetwork(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
         )
-        self.cells = nn.ModuleList()
-        c = channels
-        for stage in range(3):
-            if stage:
-                self.cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
-                c *= 2
-            self.cells.extend(InferCell(arch, c) for _ in range(cells_per_stage))
+        self.cells, c = stage_cells(channels, cells_per_stage, lambda c: InferCell(arch, c))
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.mixed import mixed_op_factory, takes_partial_k
-from raynas.ops.nb201 import ResNetBasicBlock
+from raynas.ops.nb201 import stage_cells
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch
 
 
@@ -92,18 +92,11 @@ class Nb201Supernet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
         )
-        self.cells = nn.ModuleList()
-        c = channels
-        for stage in range(3):
-            if stage:
-                self.cells.append(ResNetBasicBlock(c, 2 * c, stride=2, affine=True))
-                c *= 2
-            self.cells.extend(
-                Nb201SearchCell(
-                    channels=c, mixed_op=mixed_op, partial_k=partial_k, affine=bn_affine
-                )
-                for _ in range(cells_per_stage)
-            )
+        self.cells, c = stage_cells(
+            channels,
+            cells_per_stage,
+            lambda c: Nb201SearchCell(channels=c, mixed_op=mixed_op, partial_k=partial_k, affine=bn_affine),
+        )
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
