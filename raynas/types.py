@@ -98,6 +98,52 @@ class EpochReport:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluated candidate: what an evaluator measured, at what cost, and where.
+
+    Every strategy is told these; the tracking layer records each as an MLflow child run and a
+    row of the Parquet results store.
+
+    Attributes:
+        architecture: The candidate.
+        metrics: Scalar results; ``objective`` names the one strategies maximise.
+        objective: The metric strategies rank by (higher is better), e.g. ``valid_acc``.
+        trial_id: A stable id for the evaluation (unique within a search; a retry reuses it).
+        budget: How much training the candidate got (epochs; 0 for inherited weights or proxies).
+        seconds: Wall time of the evaluation.
+        node: Where it ran (accelerator or node type, ``local`` in-process).
+        stopped_early: A scheduler stopped it before its full budget.
+    """
+
+    architecture: Architecture
+    metrics: dict[str, float]
+    objective: str = "valid_acc"
+    trial_id: str = ""
+    budget: float = 0.0
+    seconds: float = 0.0
+    node: str = "local"
+    stopped_early: bool = False
+
+    @property
+    def score(self) -> float:
+        """The objective's value (``-inf`` when the evaluation did not produce it)."""
+        return float(self.metrics.get(self.objective, float("-inf")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (the architecture as its JSON text)."""
+        return {
+            "architecture": self.architecture.to_json(), "metrics": dict(self.metrics),
+            "objective": self.objective, "trial_id": self.trial_id, "budget": self.budget,
+            "seconds": self.seconds, "node": self.node, "stopped_early": self.stopped_early,
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> EvalResult:
+        """Inverse of :meth:`to_dict`."""
+        return EvalResult(**{**data, "architecture": Architecture.from_json(data["architecture"])})
+
+
 @runtime_checkable
 class SearchSpace(Protocol):
     """What every registered space provides (see ``raynas.spaces``).

@@ -3,8 +3,10 @@ and a tiny search config that finishes in seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +60,56 @@ def write_job(tmp_path: Path, job: dict) -> Path:
     return path
 
 
+def _process_tree() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process we can read."""
+    procs: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        procs[int(entry.name)] = (ppid, cmdline)
+    return procs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+def stop_ray_cluster(temp_dir: str, timeout: float = 20.0) -> None:
+    """Stop the Ray cluster whose processes run under ``temp_dir``, and nothing else.
+
+    ``ray stop`` would kill every Ray process on the machine, including clusters of other test
+    sessions running beside this one; this stops the processes whose command line names
+    ``temp_dir`` (GCS, raylet, dashboard, log monitor) and all of their descendants (workers).
+    """
+    procs = _process_tree()
+    targets = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in procs.items() if ppid in targets} - targets
+        targets |= children
+        grew = bool(children)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in targets:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(pid) for pid in targets):
+            time.sleep(0.2)
+        targets = {pid for pid in targets if _alive(pid)}
+        if not targets:
+            return
+
+
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[str]:
     """A real Ray head started with ``ray start --head`` on loopback; yields its GCS address."""
@@ -77,7 +129,7 @@ def ray_head() -> Iterator[str]:
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
