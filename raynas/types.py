@@ -144,6 +144,54 @@ class EvalResult:
         return EvalResult(**{**data, "architecture": Architecture.from_json(data["architecture"])})
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One categorical choice of a space's flat view: a name and its options, in a fixed order.
+
+    Spaces that offer :meth:`ChoiceSpace.decisions` put a neutral or simplest option first where
+    one exists (NAS-Bench-201's ``none``), so a partial architecture can be filled with option 0.
+    """
+
+    name: str
+    options: tuple[str, ...]
+
+
+def decode_options(decisions: tuple[Decision, ...], values: tuple[int, ...] | list[int]) -> list[str]:
+    """The option names that ``values`` pick, one per decision; a clear error when one is out of range."""
+    if len(values) != len(decisions):
+        raise ArchitectureError(f"expected {len(decisions)} option indices, got {len(values)}")
+    names = []
+    for decision, value in zip(decisions, values, strict=True):
+        if not 0 <= int(value) < len(decision.options):
+            raise ArchitectureError(
+                f"{decision.name}: option {value} out of range; choose 0..{len(decision.options) - 1} "
+                f"({', '.join(decision.options)})"
+            )
+        names.append(decision.options[int(value)])
+    return names
+
+
+@runtime_checkable
+class ChoiceSpace(Protocol):
+    """A space's flat categorical view, which sampling strategies search over.
+
+    ``decode(encode(arch)) == arch`` for every architecture of the space, and every tuple of
+    option indices decodes to an architecture of the space.
+    """
+
+    def decisions(self) -> tuple[Decision, ...]:
+        """The choices that make up an architecture, in a fixed order."""
+        ...
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        """The option index of every decision."""
+        ...
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> Architecture:
+        """The architecture with these option indices."""
+        ...
+
+
 @runtime_checkable
 class SearchSpace(Protocol):
     """What every registered space provides (see ``raynas.spaces``).

@@ -54,6 +54,7 @@ class WeightedMixedOp(nn.Module):
         self, *, channels: int, stride: int, primitives: Sequence[str], affine: bool = False
     ) -> None:
         super().__init__()
+        self.stride = stride
         ops = []
         for name in primitives:
             op = OPS.get(name)(channels, stride, affine)
@@ -64,4 +65,11 @@ class WeightedMixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W); weights: (num_ops,) already normalised
-        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))  # type: ignore[return-value]
+        if weights.requires_grad:
+            return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))  # type: ignore[return-value]
+        # Fixed weights (a single path of a one-shot supernet, or evaluation under no_grad):
+        # candidates weighted exactly zero are skipped; an edge off the path outputs zeros.
+        active = [(w, op) for w, op in zip(weights.tolist(), self.ops, strict=True) if w != 0.0]
+        if not active:
+            return x[:, :, :: self.stride, :: self.stride].mul(0.0)  # (B, C, H/s, W/s)
+        return sum(w * op(x) if w != 1.0 else op(x) for w, op in active)  # type: ignore[return-value]

@@ -9,19 +9,21 @@ of its depth, reduction cells that halve the resolution and double the channels.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from raynas.errors import ArchitectureError
+from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo
+from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 Edge = tuple[str, int]
 
@@ -159,6 +161,10 @@ def load_genotype(name_or_file: str) -> DartsGenotype:
     return published_genotype(name_or_file)
 
 
+# Named candidate-operation sets for ``space.operations``.
+OPERATION_SETS: dict[str, tuple[str, ...]] = {"darts": PRIMITIVES, "convnext": CONVNEXT_PRIMITIVES}
+
+
 @dataclass(frozen=True)
 class DartsSpaceConfig:
     """The DARTS search space and its supernet (defaults: DARTS ``train_search.py``).
@@ -168,7 +174,11 @@ class DartsSpaceConfig:
         layers: Number of cells in the supernet.
         nodes: Intermediate nodes per cell.
         stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
-        primitives: Candidate operations on every edge.
+        operations: The named set of candidate operations: ``darts`` (the paper's eight) or
+            ``convnext`` (pseudo-inverted bottlenecks and the ConvNeXt block, see
+            :mod:`raynas.ops.convnext`).
+        primitives: Candidate operations on every edge, any names of the operation table (both
+            sets may be mixed); empty: the ``operations`` set.
         mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
         partial_k: With ``mixed_op: partial`` or ``attention``, 1/k of the channels go through the
             candidates.
@@ -182,7 +192,8 @@ class DartsSpaceConfig:
     layers: int = 8
     nodes: int = 4
     stem_multiplier: int = 3
-    primitives: tuple[str, ...] = PRIMITIVES
+    operations: Literal["darts", "convnext"] = "darts"
+    primitives: tuple[str, ...] = ()
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
@@ -199,6 +210,13 @@ class DartsSpaceConfig:
             raise ConfigError(f"space.layers must be at least 3 (two reduction cells), got {self.layers}")
         if self.nodes < 1:
             raise ConfigError(f"space.nodes must be at least 1, got {self.nodes}")
+        if self.operations not in OPERATION_SETS:
+            raise ConfigError(
+                f"space.operations: unknown operation set {self.operations!r}; "
+                f"choose from: {', '.join(OPERATION_SETS)}"
+            )
+        if not self.primitives:
+            object.__setattr__(self, "primitives", OPERATION_SETS[self.operations])
         for name in self.primitives:
             if name not in OPS:
                 raise ConfigError(
@@ -247,6 +265,53 @@ class DartsCnnSpace:
 
         concat = tuple(range(2, 2 + self.config.nodes))
         return DartsGenotype(cell(), concat, cell(), concat)
+
+    def decisions(self) -> tuple[Decision, ...]:
+        """Per cell (normal, then reduce) and node: which two inputs (``"0+1"``, ...), then the op
+        on the first and on the second input (every primitive but ``none``)."""
+        ops = tuple(p for p in self.config.primitives if p != "none")
+        out: list[Decision] = []
+        for cell in ("normal", "reduce"):
+            for node in range(self.config.nodes):
+                pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(node + 2), 2))
+                out += [
+                    Decision(f"{cell}.node{node + 2}.inputs", pairs),
+                    Decision(f"{cell}.node{node + 2}.op_a", ops),
+                    Decision(f"{cell}.node{node + 2}.op_b", ops),
+                ]
+        return tuple(out)
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        """Option indices of :meth:`decisions`; a node's two edges are ordered by input."""
+        if not self.contains(arch):
+            raise ArchitectureError(f"not a genotype of this darts space: {arch}")
+        assert isinstance(arch, DartsGenotype)
+        decisions = self.decisions()
+        values: list[int] = []
+        for cell in (arch.normal, arch.reduce):
+            for i in range(0, len(cell), 2):
+                (op_a, a), (op_b, b) = sorted(cell[i : i + 2], key=lambda e: e[1])
+                if a == b:
+                    raise ArchitectureError(
+                        f"node {i // 2 + 2} takes input {a} twice; the flat view needs two distinct inputs"
+                    )
+                inputs, ops = decisions[len(values)], decisions[len(values) + 1]
+                values += [inputs.options.index(f"{a}+{b}"), ops.options.index(op_a), ops.options.index(op_b)]
+        return tuple(values)
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> DartsGenotype:
+        """The genotype with these option indices (see :meth:`decisions`)."""
+        names = decode_options(self.decisions(), values)
+        cells: list[tuple[Edge, ...]] = []
+        per_cell = 3 * self.config.nodes
+        for start in (0, per_cell):
+            edges: list[Edge] = []
+            for i in range(start, start + per_cell, 3):
+                a, b = (int(v) for v in names[i].split("+"))
+                edges += [(names[i + 1], a), (names[i + 2], b)]
+            cells.append(tuple(edges))
+        concat = tuple(range(2, 2 + self.config.nodes))
+        return DartsGenotype(cells[0], concat, cells[1], concat)
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is a genotype of this space (node count and operations)."""

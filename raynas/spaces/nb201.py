@@ -28,7 +28,7 @@ from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import OPS
 from raynas.ops.nb201 import stage_cells
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo
+from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 # The candidates, in the benchmark's order (also the column order of the supernet's alpha).
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -362,6 +362,20 @@ class Nb201Space:
     def sample(self, rng: random.Random) -> Nb201Arch:
         """A uniformly random cell of the 15,625 (``none`` included, as the benchmark samples)."""
         return Nb201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))
+
+    def decisions(self) -> tuple[Decision, ...]:
+        """One decision per edge, in the benchmark's edge order; option 0 is ``none``."""
+        return tuple(Decision(f"edge {src}->{dst}", NB201_OPS) for src, dst in EDGES)
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        """The index in :data:`NB201_OPS` of every edge's op."""
+        if not isinstance(arch, Nb201Arch):
+            raise ArchitectureError(f"the nb201 space encodes Nb201Arch, got {type(arch).__name__}")
+        return tuple(NB201_OPS.index(op) for op in arch.ops)
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> Nb201Arch:
+        """The cell whose edges carry ``NB201_OPS[v]`` for each value."""
+        return Nb201Arch(tuple(decode_options(self.decisions(), values)))
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is an NAS-Bench-201 cell (every such record is)."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raynas.errors import ArchitectureError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import mixed_op_factory
 from raynas.spaces.darts_cnn import DartsGenotype, Edge
@@ -127,6 +128,8 @@ class DartsSupernet(nn.Module):
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type, or None.
+        self.path: dict[bool, torch.Tensor] | None = None
         self.beta_normal: nn.Parameter | None = None
         self.beta_reduce: nn.Parameter | None = None
         if edge_normalization:
@@ -158,9 +161,30 @@ class DartsSupernet(nn.Module):
             start += 2 + i
         return torch.cat(parts)
 
+    def set_path(self, genotype: DartsGenotype | None) -> None:
+        """Run only ``genotype``'s edges and ops from now on (single-path one-shot training and
+        evaluation with inherited weights); ``None`` goes back to the weighted mixture."""
+        if genotype is None:
+            self.path = None
+            return
+        self.path = {}
+        for reduction, edges in ((False, genotype.normal), (True, genotype.reduce)):
+            if len(edges) != 2 * self.nodes:
+                raise ArchitectureError(f"the supernet has {self.nodes} nodes per cell; got {genotype}")
+            onehot = torch.zeros_like(self.alpha_normal, requires_grad=False)  # (edges, num_ops)
+            for i, (op, j) in enumerate(edges):
+                node = i // 2
+                if op not in self.primitives or not 0 <= j < node + 2:
+                    raise ArchitectureError(f"edge ({op!r}, {j}) of node {node + 2} is not in this supernet")
+                onehot[num_edges(node) + j, self.primitives.index(op)] += 1.0
+            self.path[reduction] = onehot
+
     def forward_weights(self, reduction: bool) -> torch.Tensor:
-        """The op weights a forward pass uses: ``edge_weights``, or a hard Gumbel-softmax sample
-        with straight-through gradients when ``gumbel_tau`` is set and the model is training."""
+        """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,
+        or a hard Gumbel-softmax sample with straight-through gradients when ``gumbel_tau`` is set
+        and the model is training."""
+        if self.path is not None:
+            return self.path[reduction]
         if self.gumbel_tau is None or not self.training:
             return self.edge_weights(reduction)
         alpha = self.alpha_reduce if reduction else self.alpha_normal
@@ -168,7 +192,10 @@ class DartsSupernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         s0 = s1 = self.stem(x)
-        weights = {r: (self.forward_weights(r), self.edge_scale(r)) for r in (False, True)}
+        weights = {
+            r: (self.forward_weights(r), None if self.path is not None else self.edge_scale(r))
+            for r in (False, True)
+        }
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
         return self.classifier(self.global_pooling(s1).flatten(1))

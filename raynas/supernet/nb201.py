@@ -107,6 +107,8 @@ class Nb201Supernet(nn.Module):
         )
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights, or None.
+        self.path: torch.Tensor | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters, optimised on validation data: ``alpha`` (and ``beta``)."""
@@ -138,16 +140,31 @@ class Nb201Supernet(nn.Module):
             start += dst
         return torch.cat(parts)
 
+    def set_path(self, arch: Nb201Arch | None) -> None:
+        """Run only ``arch``'s op on every edge from now on (single-path one-shot training and
+        evaluation with inherited weights); ``None`` goes back to the weighted mixture."""
+        if arch is None:
+            self.path = None
+            return
+        onehot = torch.zeros_like(self.alpha, requires_grad=False)  # (6, 5)
+        for k, op in enumerate(arch.ops):
+            onehot[k, NB201_OPS.index(op)] = 1.0
+        self.path = onehot
+
     def forward_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The op weights a forward pass uses: ``edge_weights``, or a hard Gumbel-softmax sample
-        with straight-through gradients when ``gumbel_tau`` is set and the model is training."""
+        """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,
+        or a hard Gumbel-softmax sample with straight-through gradients when ``gumbel_tau`` is set
+        and the model is training."""
+        if self.path is not None:
+            return self.path
         if self.gumbel_tau is None or not self.training:
             return self.edge_weights(reduction)
         _check_no_reduction(reduction)
         return F.gumbel_softmax(self.alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
-        weights, scale = self.forward_weights(), self.edge_scale()  # one sample for all cells
+        weights = self.forward_weights()  # one sample for all cells
+        scale = None if self.path is not None else self.edge_scale()
         feature = self.stem(x)  # (B, C, H, W)
         for cell in self.cells:
             searched = isinstance(cell, Nb201SearchCell)  # else a reduction: (B, 2C, H/2, W/2)
