@@ -5,7 +5,10 @@
 supernet edge.
 """
 
-from raynas.ops import nb201  # noqa: F401 (registers the NAS-Bench-201 convolutions)
+from raynas.ops import (
+    convnext,  # noqa: F401 (registers the ConvNeXt-style DARTS operations)
+    nb201,  # noqa: F401 (registers the NAS-Bench-201 convolutions)
+)
 from raynas.ops.attention import AttentionPartialMixedOp
 from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero
 from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp

@@ -1,0 +1,166 @@
+"""ConvNeXt-style operations in DARTS cells (raynas.ops.convnext): shapes, gradients, hand-counted
+parameters, LayerNorm semantics, every mixed op, the operation-set config and the networks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from raynas.config import load_config
+from raynas.errors import ConfigError
+from raynas.ops import MIXED_OPS, OPS
+from raynas.ops.convnext import CONVNEXT_PRIMITIVES, LayerNorm2d
+from raynas.ops.darts import PRIMITIVES
+from raynas.profile import count_params
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, DartsSpaceConfig
+from raynas.types import Architecture, DatasetInfo
+
+NEW_OPS = [n for n in OPS.names() if n.startswith(("convnext_", "pib_conv_", "sep_conv_gelu_"))]
+TINY = DatasetInfo("cifar10", 3, 10, 16)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_the_new_operations_are_registered() -> None:
+    assert set(NEW_OPS) == {
+        "convnext_3x3", "convnext_5x5", "convnext_7x7", "pib_conv_3x3", "pib_conv_5x5", "pib_conv_7x7",
+        "sep_conv_gelu_3x3", "sep_conv_gelu_5x5",
+    }
+    assert set(CONVNEXT_PRIMITIVES) <= set(OPS.names())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", NEW_OPS)
+def test_op_keeps_channels_divides_resolution_and_backpropagates(name: str, stride: int) -> None:
+    op = OPS.get(name)(8, stride, False)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)  # (B, C, H, W)
+    out = op(x)
+    assert out.shape == (2, 8, 10 // stride, 10 // stride)
+    out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for pname, p in op.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+
+
+# Weights by hand. ConvNeXt block (C channels, K kernel, F = 4): depthwise K*K*C + C bias;
+# LayerNorm 2C; 1x1 C -> 4C: 4C^2 + 4C; 1x1 4C -> C: 4C^2 + C. The weights alone are
+# 2*F*C^2 + K^2*C, PIBConv's Table 1 formula. Pseudo-inverted bottleneck (F = 2, no biases):
+# (F + 1)*C^2 + 2*K^2*C (PIBConv's README, Table 1) plus the LayerNorm's 2C.
+@pytest.mark.parametrize("c", [8, 36])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_parameter_counts_by_hand(c: int, k: int) -> None:
+    convnext = OPS.get(f"convnext_{k}x{k}")(c, 1, True)
+    assert count_params(convnext) == (2 * 4 * c * c + k * k * c) + (c + 2 * c + 4 * c + c)
+    pib = OPS.get(f"pib_conv_{k}x{k}")(c, 2, True)
+    assert count_params(pib) == (2 + 1) * c * c + 2 * k * k * c + 2 * c
+    if k < 7:  # sep_conv: twice (depthwise K*K*C, pointwise C^2, LayerNorm 2C)
+        assert count_params(OPS.get(f"sep_conv_gelu_{k}x{k}")(c, 1, True)) == 2 * (k * k * c + c * c + 2 * c)
+    # Search ops (affine=False) lose only the norms' scales and shifts.
+    assert count_params(OPS.get(f"pib_conv_{k}x{k}")(c, 1, False)) == 3 * c * c + 2 * k * k * c
+
+
+def test_the_pseudo_inverted_bottleneck_is_about_063_of_the_convnext_block() -> None:
+    # PIBConv's README: "approximately 0.63 times the number of weights as the ConvNeXt block" at
+    # the evaluation width (C = 36, K = 7): (3*36^2 + 2*49*36) / (8*36^2 + 49*36) = 0.611.
+    c, k = 36, 7
+    ratio = (3 * c * c + 2 * k * k * c) / (8 * c * c + k * k * c)
+    assert 0.60 < ratio < 0.64
+
+
+def test_layernorm2d_normalises_each_pixel_over_channels() -> None:
+    x = torch.randn(2, 6, 4, 5) * 3 + 1
+    norm = LayerNorm2d(6, affine=False)
+    ours = norm(x)
+    reference = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), eps=1e-6).permute(0, 3, 1, 2)
+    assert torch.allclose(ours, reference, atol=1e-6)
+    assert torch.allclose(ours.mean(dim=1), torch.zeros(2, 4, 5), atol=1e-5)
+    # Unlike GroupNorm(1, C), which normalises over (C, H, W) together.
+    assert not torch.allclose(ours, nn.GroupNorm(1, 6, affine=False, eps=1e-6)(x), atol=1e-3)
+
+
+def test_bad_kernel_stride_and_channels_are_rejected() -> None:
+    from raynas.ops.convnext import ConvNeXtBlock, PseudoInvertedBottleneck
+
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        ConvNeXtBlock(8, 7, 3)
+    with pytest.raises(ValueError, match="kernel size must be odd, got 4"):
+        ConvNeXtBlock(8, 4, 1)
+    with pytest.raises(ValueError, match="5 channels are not divisible by F=2"):
+        PseudoInvertedBottleneck(5, 3, 1)
+
+
+@pytest.mark.parametrize("mixed_op", MIXED_OPS.names())
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_mixed_op_runs_the_convnext_set(mixed_op: str, stride: int) -> None:
+    from raynas.ops.mixed import mixed_op_factory
+
+    edge = mixed_op_factory(mixed_op, primitives=CONVNEXT_PRIMITIVES, partial_k=2, affine=False)(8, stride)
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    alpha = torch.zeros(len(CONVNEXT_PRIMITIVES), requires_grad=True)
+    weights = torch.softmax(alpha, -1)
+    if mixed_op == "sampled":  # one-hot in value, as GDAS's hard Gumbel-softmax gives
+        weights = weights + (torch.eye(len(CONVNEXT_PRIMITIVES))[6] - weights).detach()
+    out = edge(x, weights)
+    assert out.shape == (2, 8, 8 // stride, 8 // stride)
+    out.sum().backward()
+    assert alpha.grad is not None and torch.isfinite(alpha.grad).all()
+
+
+def test_operations_config_selects_the_set_and_primitives_may_mix_both() -> None:
+    assert DartsSpaceConfig().primitives == PRIMITIVES
+    assert DartsSpaceConfig(operations="convnext").primitives == CONVNEXT_PRIMITIVES
+    mixed = ("skip_connect", "sep_conv_3x3", "pib_conv_5x5", "convnext_7x7")
+    assert DartsSpaceConfig(operations="convnext", primitives=mixed).primitives == mixed
+    message = r"space.operations: unknown operation set 'resnet'; choose from: darts, convnext"
+    with pytest.raises(ConfigError, match=message):
+        DartsSpaceConfig(operations="resnet")  # type: ignore[arg-type]
+
+
+def test_job_file_selects_the_convnext_set(tmp_path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\nspace: {name: darts, operations: convnext}\nstrategy: {name: darts}\n"
+                   "data: {name: digits}\n")
+    assert load_config(job).space.config.primitives == CONVNEXT_PRIMITIVES
+    with pytest.raises(ConfigError, match=r"space.operations.*allowed: 'darts', 'convnext'"):
+        load_config(job, ["space.operations=vit"])
+
+
+def test_convnext_space_samples_derives_and_builds_stand_alone_networks() -> None:
+    space = DartsCnnSpace(DartsSpaceConfig(operations="convnext", channels=4, layers=3, nodes=2))
+    arch = space.sample(random.Random(1))
+    assert space.contains(arch)
+    uses_new_ops = any(op.startswith(("pib", "convnext")) for op, _ in (*arch.normal, *arch.reduce))
+    assert uses_new_ops
+    assert not DartsCnnSpace(DartsSpaceConfig(nodes=2)).contains(arch)  # the darts set lacks them
+    assert Architecture.from_json(arch.to_json()) == arch
+
+    supernet = space.supernet(TINY)
+    supernet(torch.randn(2, 3, 16, 16)).sum().backward()
+    derived = supernet.genotype()
+    assert {op for op, _ in (*derived.normal, *derived.reduce)} <= set(CONVNEXT_PRIMITIVES)
+
+    # The auxiliary heads need 8x8 (CIFAR) and 14x14 (ImageNet) features at two thirds of the depth.
+    for dataset, size in ((TINY, 32), (DatasetInfo("imagenet", 3, 5, 224), 224)):
+        net = space.build(derived, dataset, channels=4, layers=3, auxiliary=True, drop_path_prob=0.2)
+        net.train()
+        logits, aux = net(torch.randn(2, 3, size, size))
+        assert logits.shape == aux.shape == (2, dataset.num_classes)
+        (logits.sum() + aux.sum()).backward()
+
+
+def test_a_published_style_genotype_with_convnext_ops_builds_and_counts() -> None:
+    g = DartsGenotype(
+        normal=(("pib_conv_3x3", 0), ("pib_conv_5x5", 1), ("convnext_7x7", 0), ("skip_connect", 2)),
+        normal_concat=(2, 3),
+        reduce=(("pib_conv_7x7", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("pib_conv_3x3", 1)),
+        reduce_concat=(2, 3),
+    )
+    net = DartsCnnSpace().build(g, TINY, channels=4, layers=3)
+    assert net(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    assert count_params(net) > 0
