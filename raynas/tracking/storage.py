@@ -1,0 +1,213 @@
+"""Where results, checkpoints and artifacts live: a local folder or ``s3://bucket/prefix``.
+
+S3 is reached through boto3 and ``pyarrow.fs.S3FileSystem`` with the usual environment:
+
+- credentials: boto3's chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+  ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the shared config files, instance roles); they are
+  handed to pyarrow in memory and never written to a log or an error message;
+- endpoint of an S3-compatible store (SeaweedFS, MinIO, Ceph): ``AWS_ENDPOINT_URL_S3``, else
+  ``AWS_ENDPOINT_URL``, else ``MLFLOW_S3_ENDPOINT_URL`` (so one variable serves MLflow too);
+- region: ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``).
+
+Writes are whole objects: a file is completed locally first and then sent as one PUT (or one
+multipart upload, which S3 publishes only when complete), because one PUT is atomic on S3 while a
+failed streaming write can leave a partial object. On local disk a temporary file in the target's
+folder is fsynced and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from raynas.errors import StorageError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` names an S3 location (``s3://bucket/key``)."""
+    return str(uri).startswith("s3://")
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join path parts onto a local path or an ``s3://`` URI with ``/``."""
+    text = str(base)
+    if is_s3(text):
+        return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(text, *parts))
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """An ``s3://bucket/key`` split into its parts."""
+
+    bucket: str
+    key: str
+
+    @staticmethod
+    def parse(uri: str) -> S3Location:
+        """Split ``s3://bucket/key``; raises :class:`StorageError` on anything else."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"{uri!r} is not an S3 location; write it as s3://bucket/prefix")
+        return S3Location(parsed.netloc, parsed.path.lstrip("/"))
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint override from the environment (see the module docstring), or None for AWS."""
+    for name in ENDPOINT_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def s3_client(*, connect_timeout: float = 10.0, read_timeout: float = 60.0, attempts: int = 3) -> Any:
+    """A boto3 S3 client for the configured endpoint, region and credentials.
+
+    Args:
+        connect_timeout: Seconds to wait for a connection.
+        read_timeout: Seconds to wait for a response.
+        attempts: Total attempts per call, botocore's own retries with backoff included.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        s3={"addressing_style": "path"} if endpoint_url() else None,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url(), region_name=_region(), config=config
+    )
+
+
+def filesystem(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem that holds ``uri`` and the path within it.
+
+    Returns:
+        ``(S3FileSystem, "bucket/key")`` for ``s3://`` URIs (endpoint, region and credentials
+        as in the module docstring), ``(LocalFileSystem, "/abs/path")`` otherwise.
+    """
+    import pyarrow.fs as pafs
+
+    text = str(uri)
+    if not is_s3(text):
+        return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+    loc = S3Location.parse(text)
+    import boto3
+
+    options: dict[str, Any] = {"region": _region(), "connect_timeout": 10, "request_timeout": 60}
+    credentials = boto3.session.Session().get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            options["session_token"] = frozen.token
+    endpoint = endpoint_url()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"),
+                       scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**options), f"{loc.bucket}/{loc.key}".rstrip("/")
+
+
+def check_reachable(uri: str | os.PathLike[str]) -> None:
+    """Fail early, with one clear line, when ``uri``'s storage cannot be used.
+
+    For ``s3://`` the bucket must exist and the credentials must reach it; a local folder must
+    be creatable.
+
+    Raises:
+        StorageError: Naming the location, the endpoint and what to check.
+    """
+    text = str(uri)
+    if not is_s3(text):
+        try:
+            Path(text).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder {text}: {exc.strerror}") from None
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    loc = S3Location.parse(text)
+    where = endpoint_url() or "AWS S3"
+    try:
+        s3_client(connect_timeout=5, read_timeout=10, attempts=2).head_bucket(Bucket=loc.bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        hint = {
+            "404": "it does not exist; create it first",
+            "NoSuchBucket": "it does not exist; create it first",
+            "403": "access denied; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        }.get(code, "check the credentials and the bucket name")
+        raise StorageError(
+            f"S3 bucket {loc.bucket!r} at {where} is not usable (error {code}): {hint}"
+        ) from None
+    except BotoCoreError as exc:
+        raise StorageError(
+            f"S3 endpoint {where} is unreachable for {text} ({type(exc).__name__}); check that the "
+            f"server is up and {' / '.join(ENDPOINT_VARIABLES)}"
+        ) from None
+
+
+def put_file(local: str | os.PathLike[str], uri: str) -> None:
+    """Publish the complete local file ``local`` at ``uri`` in one atomic step.
+
+    On S3 one upload (readers see the old object or the new one); on disk a temporary file in
+    the target's folder, fsynced and renamed over the target.
+    """
+    if is_s3(uri):
+        loc = S3Location.parse(uri)
+        s3_client().upload_file(str(local), loc.bucket, loc.key)
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(local, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def get_file(uri: str, local: str | os.PathLike[str]) -> None:
+    """Copy ``uri`` (``s3://`` or a local path) to the local file ``local``."""
+    if is_s3(uri):
+        loc = S3Location.parse(uri)
+        s3_client().download_file(loc.bucket, loc.key, str(local))
+        return
+    shutil.copyfile(uri, local)
+
+
+def exists(uri: str) -> bool:
+    """Whether a file exists at ``uri``."""
+    if not is_s3(uri):
+        return Path(uri).is_file()
+    from botocore.exceptions import ClientError
+
+    loc = S3Location.parse(uri)
+    try:
+        s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
