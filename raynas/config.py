@@ -10,6 +10,7 @@ raw YAML before validation, so they are checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,7 +55,14 @@ class ExecutionConfig:
     ``backend: ray`` puts the supernet in a Ray actor (a local Ray started on demand, or the
     cluster at ``address`` / ``RAY_ADDRESS``); ``backend: local`` runs it in-process.
     ``workers`` > 1 spreads one search over that many data-parallel actors (Ray only), each
-    with ``cpus_per_worker`` and ``gpus_per_worker``.
+    with ``cpus_per_worker`` and ``gpus_per_worker``. ``accelerator`` (e.g. ``A100``) puts the
+    actors on that GPU type: each also asks for ``gpus_per_worker`` of the Ray custom resource of
+    that name, which the cluster's GPU node types declare (see cluster/ and docs/kubernetes.md).
+
+    Sampling searches evaluate ``concurrency`` candidates at a time (supernet replicas, or Tune
+    trials, each placed like a worker above); their controller actor asks for
+    ``controller_resources`` (e.g. a custom resource only the CPU nodes declare), so it stays
+    off the GPU nodes.
     """
 
     backend: Literal["ray", "local"] = "ray"
@@ -62,7 +70,10 @@ class ExecutionConfig:
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    accelerator: str | None = None
     object_store_mb: int = 256
+    concurrency: int = 1
+    controller_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
@@ -73,6 +84,20 @@ class ExecutionConfig:
         )
         _check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
         _check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
+        _check(self.concurrency >= 1, "execution.concurrency", "must be at least 1")
+        _check(
+            all(v >= 0 for v in self.controller_resources.values()),
+            "execution.controller_resources", "must be amounts >= 0",
+        )
+        if self.accelerator is not None:
+            _check(
+                re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.accelerator) is not None,
+                "execution.accelerator", "must be a Ray resource name such as A10G, A100 or H100",
+            )
+            _check(
+                self.backend == "ray" and self.gpus_per_worker > 0, "execution.accelerator",
+                "needs execution.backend: ray and execution.gpus_per_worker > 0",
+            )
 
 
 @dataclass(frozen=True)
@@ -93,25 +118,65 @@ class Component:
 
 
 @dataclass(frozen=True)
+class TuneSettings:
+    """Ray Tune for sampling searches whose evaluator trains candidates (``evaluator: scratch``).
+
+    ``scheduler``: ``none`` runs every candidate to its budget (Tune still runs them in parallel,
+    ``execution.concurrency`` at a time); ``asha``, ``hyperband`` and ``pbt`` stop (or, PBT,
+    perturb) candidates by their ``valid_acc`` after each epoch. ``grace_period`` and
+    ``reduction_factor`` configure ASHA and HyperBand; ``perturbation_interval`` PBT.
+    ``enabled: false`` evaluates candidates one after another in-process instead.
+    """
+
+    enabled: bool = True
+    scheduler: Literal["none", "asha", "hyperband", "pbt"] = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    perturbation_interval: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.grace_period >= 1, "tune.grace_period", "must be at least 1")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
+        _check(self.perturbation_interval >= 1, "tune.perturbation_interval", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
-    """One search job, as written in ``jobs/*.yaml``."""
+    """One search job, as written in ``jobs/*.yaml``.
+
+    Gradient strategies (DARTS family) train a supernet's weights and architecture parameters;
+    sampling strategies (random, evolution, SPOS, ENAS, ...) ask for candidates that the
+    ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet trained first for
+    ``train.epochs``), ``scratch`` (a short training from scratch, as Tune trials), or a proxy.
+    ``seeds`` runs one search per seed and reports mean and standard deviation;
+    ``retrain_top`` retrains the best candidates of a sampling search from scratch at the end.
+    """
 
     name: str
     space: Component
     strategy: Component
     data: Component
     seed: int = 0
+    seeds: tuple[int, ...] = ()
+    evaluator: Component | None = None
+    retrain_top: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneSettings = field(default_factory=lambda: TuneSettings())
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The full config as plain data (every default filled in)."""
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}
-        for section in ("space", "strategy", "data"):
-            comp: Component = getattr(self, section)
-            out[section] = {"name": comp.name, **_asdict(comp.config)}
-        for section in ("train", "execution", "tracking"):
+        if self.seeds:
+            out["seeds"] = list(self.seeds)
+        if self.retrain_top:
+            out["retrain_top"] = self.retrain_top
+        for section in ("space", "strategy", "data", "evaluator"):
+            comp: Component | None = getattr(self, section)
+            if comp is not None:
+                out[section] = {"name": comp.name, **_asdict(comp.config)}
+        for section in ("train", "tune", "execution", "tracking"):
             out[section] = _asdict(getattr(self, section))
         return out
 
@@ -179,14 +244,25 @@ def parse_config(raw: dict[str, Any]) -> SearchConfig:
     """Validate a raw mapping (from YAML) into a :class:`SearchConfig`."""
     # Imported here: these packages register the built-in components on import.
     from raynas.data import DATASETS
+    from raynas.evaluators import EVALUATORS
     from raynas.spaces import SPACES
     from raynas.strategies import STRATEGIES
+    from raynas.strategies.sampling import SamplingStrategy
 
     raw = dict(raw)
     sections: dict[str, Registry[Any]] = {"space": SPACES, "strategy": STRATEGIES, "data": DATASETS}
     values: dict[str, Any] = {}
     for section, registry in sections.items():
         values[section] = _component(raw.pop(section, None), section, registry)
+    sampling = issubclass(STRATEGIES.get(values["strategy"].name), SamplingStrategy)
+    evaluator = raw.pop("evaluator", None)
+    if sampling:
+        values["evaluator"] = _component(evaluator, "evaluator", EVALUATORS)
+    elif evaluator is not None:
+        raise ConfigError(
+            f"config section 'evaluator' is for sampling strategies; {values['strategy'].name!r} "
+            "is a gradient strategy that trains its own supernet: remove the section"
+        )
     allowed = {f.name for f in dataclasses.fields(SearchConfig)}
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -284,6 +360,13 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             allowed = ", ".join(repr(a) for a in args)
             raise ConfigError(f"config key {where!r} is {_show(value)}; allowed: {allowed}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where!r} must be a mapping, got {_show(value)}")
+        key_hint, item = args if args else (Any, Any)
+        return {
+            _convert(k, key_hint, where): _convert(v, item, f"{where}.{k}") for k, v in value.items()
+        }
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {where!r} must be a list, got {_show(value)}")

@@ -1,7 +1,9 @@
 """Search strategies, all in the ``STRATEGIES`` registry. Strategies never import Ray.
 
 Gradient strategies (``gradient/``) train a supernet's weights and architecture parameters
-together; the execution layer decides whether that happens in-process or in a Ray actor.
+together; sampling strategies (``sampling/``) ask for architectures and are told their
+evaluations. The execution layer decides whether they run in-process, in Ray actors or under
+Ray Tune.
 """
 
 from raynas.registry import Registry
@@ -17,5 +19,6 @@ from raynas.strategies.gradient import (  # noqa: E402, F401
     pc_darts,
     rf_darts,
 )
+from raynas.strategies.sampling import evolution, random_search  # noqa: E402, F401
 
 __all__ = ["STRATEGIES"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -65,3 +65,63 @@ def _global_means(loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> 
                                .to(loss_sum.device, torch.float64)]))
     n = max(float(totals[2]), 1.0)
     return float(totals[0]) / n, float(totals[1]) / n
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    device: torch.device,
+    *,
+    grad_clip: float = 5.0,
+    before_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
+
+    Args:
+        model: The network; put in train mode.
+        optimizer: Steps the network's weights.
+        batches: Training batches.
+        device: Where the batches go.
+        grad_clip: Gradient-norm clip (DARTS's 5).
+        before_step: Called with the step index before each forward pass (a one-shot supernet
+            sets the path that step trains here).
+
+    Returns:
+        ``train_loss`` and ``train_acc`` over the epoch.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for step, batch in enumerate(batches):
+        if before_step is not None:
+            before_step(step)
+        x, y = _to(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)  # (B, classes)
+        loss = nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.detach().argmax(1) == y).sum()
+        count += y.numel()
+    loss_mean, acc = _global_means(loss_sum, correct, count)
+    return {"train_loss": loss_mean, "train_acc": acc}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> None:
+    """Recompute every BatchNorm's running statistics on ``batches`` (SPOS: the shared statistics
+    belong to no single path, so each candidate's are re-estimated before it is evaluated)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    for batch in batches:
+        model(_to(batch, device)[0])
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum

@@ -1,0 +1,127 @@
+"""Training from scratch with a budget: the stand-alone network of a candidate, trained for a few
+epochs on the search split's training half and scored on its validation half.
+
+:meth:`ScratchEvaluator.train` yields after every epoch, so a Ray Tune trial can report each epoch
+and ASHA / HyperBand / PBT can stop or perturb it (``raynas.execution.tune``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raynas.config import SearchConfig
+from raynas.data import DATASETS, search_loaders
+from raynas.errors import ConfigError
+from raynas.evaluators import EVALUATORS
+from raynas.spaces import SPACES
+from raynas.train.loop import evaluate, train_epoch
+from raynas.types import Architecture, EvalResult
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """The training budget of one candidate.
+
+    Attributes:
+        epochs: Epochs of training (Tune's schedulers may stop it sooner).
+        channels: Initial channels of the network (the space's build default if 0).
+        layers: Cells or layers of the network (the space's build default if 0).
+        learning_rate: SGD learning rate, cosine-annealed to 0 over ``epochs``.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        grad_clip: Gradient-norm clip.
+    """
+
+    epochs: int = 3
+    channels: int = 0
+    layers: int = 0
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"evaluator.epochs must be at least 1, got {self.epochs}")
+        if self.channels < 0 or self.layers < 0:
+            raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
+        if self.learning_rate <= 0:
+            raise ConfigError("evaluator.learning_rate must be positive")
+
+
+def candidate_seed(seed: int, arch: Architecture) -> int:
+    """A seed for one candidate's training: the same architecture trains the same way."""
+    return (seed * 1_000_003 + int(hashlib.sha1(arch.key().encode()).hexdigest()[:8], 16)) % 2**31
+
+
+@EVALUATORS.register("scratch", config=ScratchConfig)
+class ScratchEvaluator:
+    """Trains each candidate's network from scratch for ``config.epochs`` epochs.
+
+    Args:
+        config: The budget.
+        search: The search job (space, data, seed).
+    """
+
+    def __init__(self, config: ScratchConfig, *, search: SearchConfig) -> None:
+        self.config = config
+        self.search = search
+        self.space = SPACES.create(search.space.name, search.space.config)
+        self.data = DATASETS.create(search.data.name, search.data.config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def train(
+        self, arch: Architecture, *, state: dict[str, Any] | None = None
+    ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+        """Train ``arch``, yielding ``(metrics, state)`` after each epoch.
+
+        Args:
+            arch: The candidate.
+            state: A state yielded earlier (a resumed or, under PBT, cloned trial) to continue from.
+
+        Yields:
+            The epoch's metrics (``epoch``, ``train_loss``, ``train_acc``, ``valid_loss``,
+            ``valid_acc``, ``params``) and the state to continue from.
+        """
+        cfg = self.config
+        torch.manual_seed(candidate_seed(self.search.seed, arch))
+        model = self.space.build(
+            arch, self.data.info, channels=cfg.channels or None, layers=cfg.layers or None
+        ).to(self.device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
+        train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
+        epoch = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            epoch = int(state["epoch"])
+        params = float(sum(p.numel() for p in model.parameters()))
+        while epoch < cfg.epochs:
+            metrics = train_epoch(model, optimizer, train_loader, self.device, grad_clip=cfg.grad_clip)
+            schedule.step()
+            metrics.update(evaluate(model, valid_loader, self.device))
+            epoch += 1
+            metrics.update(epoch=float(epoch), params=params)
+            yield metrics, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "epoch": epoch,
+            }
+
+    def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
+        """Train ``arch`` for the whole budget and report its last epoch."""
+        start = time.perf_counter()
+        *_, (metrics, _) = self.train(arch)  # the last epoch's
+        return EvalResult(
+            architecture=arch, metrics=metrics, trial_id=trial_id, budget=metrics["epoch"],
+            seconds=time.perf_counter() - start,
+        )

@@ -1,0 +1,161 @@
+"""Inherited weights of a one-shot supernet (Bender et al., ICML 2018; SPOS, Guo et al., ECCV 2020;
+ENAS, Pham et al., ICML 2018).
+
+The supernet is first trained on single paths, one sampled architecture per step
+(:meth:`SupernetEvaluator.train_epoch`; the strategy decides how paths are sampled). A candidate is
+then scored with the weights it inherits: the path is fixed, BatchNorm statistics are recomputed on
+a few training batches (they belong to no single path otherwise), and the accuracy on the
+validation half is measured. Replicas of a trained evaluator can score candidates concurrently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raynas.config import SearchConfig
+from raynas.data import DATASETS, search_loaders
+from raynas.errors import ConfigError
+from raynas.evaluators import EVALUATORS
+from raynas.spaces import SPACES
+from raynas.train.loop import evaluate, recalibrate_batchnorm, train_epoch
+from raynas.types import Architecture, EvalResult
+
+
+@dataclass(frozen=True)
+class SupernetEvalConfig:
+    """Scoring with inherited weights.
+
+    Attributes:
+        bn_batches: Training batches that recompute BatchNorm statistics per candidate (0: keep
+            the shared statistics).
+        valid_batches: Validation batches each candidate is scored on (0: the whole half).
+    """
+
+    bn_batches: int = 4
+    valid_batches: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bn_batches < 0 or self.valid_batches < 0:
+            raise ConfigError("evaluator.bn_batches and evaluator.valid_batches must be >= 0")
+
+
+@EVALUATORS.register("supernet", config=SupernetEvalConfig)
+class SupernetEvaluator:
+    """A one-shot supernet trained on sampled paths, scoring candidates with inherited weights.
+
+    Args:
+        config: How candidates are scored.
+        search: The search job: its space builds the supernet, ``train`` sets the SGD schedule
+            (cosine over ``train.epochs``), ``data`` the search split.
+    """
+
+    def __init__(self, config: SupernetEvalConfig, *, search: SearchConfig) -> None:
+        self.config = config
+        self.search = search
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(search.seed)
+        space = SPACES.create(search.space.name, search.space.config)
+        data = DATASETS.create(search.data.name, search.data.config)
+        self.supernet = space.supernet(data.info).to(self.device)
+        if not hasattr(self.supernet, "set_path"):
+            raise ConfigError(
+                f"evaluator 'supernet' needs a one-shot supernet (set_path); space "
+                f"{search.space.name!r} has none: use evaluator 'scratch'"
+            )
+        self.train_loader, self.valid_loader = search_loaders(data, seed=search.seed)
+        train = search.train
+        arch_ids = {id(p) for p in self.supernet.arch_parameters()}
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.supernet.parameters() if id(p) not in arch_ids],
+            lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
+        )
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, train.epochs, eta_min=train.learning_rate_min
+        )
+        self.epoch = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps (batches) in one supernet epoch."""
+        return len(self.train_loader)
+
+    def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
+        """One epoch of single-path training: step ``i`` trains ``paths[i % len(paths)]``."""
+        if not paths:
+            raise ValueError("train_epoch needs at least one path")
+
+        def before_step(step: int) -> None:
+            self.supernet.set_path(paths[step % len(paths)])
+
+        metrics = train_epoch(
+            self.supernet, self.optimizer, self.train_loader, self.device,
+            grad_clip=self.search.train.grad_clip, before_step=before_step,
+        )
+        self.supernet.set_path(None)
+        metrics["lr"] = self.schedule.get_last_lr()[0]
+        self.schedule.step()
+        self.epoch += 1
+        return metrics
+
+    def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
+        """Score ``arch`` with the weights it inherits (BatchNorm recalibrated first)."""
+        start = time.perf_counter()
+        state = torch.get_rng_state()
+        self.supernet.set_path(arch)
+        try:
+            if self.config.bn_batches:
+                recalibrate_batchnorm(
+                    self.supernet, itertools.islice(self.train_loader, self.config.bn_batches), self.device
+                )
+            valid = self.valid_loader
+            if self.config.valid_batches:
+                valid = itertools.islice(valid, self.config.valid_batches)  # type: ignore[assignment]
+            metrics = evaluate(self.supernet, valid, self.device)
+        finally:
+            self.supernet.set_path(None)
+            torch.set_rng_state(state)  # scoring leaves the training's random stream alone
+        return EvalResult(
+            architecture=arch, metrics=metrics, trial_id=trial_id, budget=0.0,
+            seconds=time.perf_counter() - start,
+        )
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The supernet's weights (for replicas)."""
+        return {k: v.detach().cpu() for k, v in self.supernet.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Take another evaluator's weights (a replica serving evaluations)."""
+        self.supernet.load_state_dict(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimiser, schedule, epoch and random streams, for an exact resume."""
+        return {
+            "weights": self.weights(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": self.epoch,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "loaders": [
+                loader.batch_sampler.generator.get_state()  # type: ignore[union-attr]
+                for loader in (self.train_loader, self.valid_loader)
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.supernet.load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        for loader, rng in zip((self.train_loader, self.valid_loader), state["loaders"], strict=True):
+            loader.batch_sampler.generator.set_state(rng)  # type: ignore[union-attr]

@@ -1,0 +1,115 @@
+"""The ask/tell interface of sampling strategies (controllers).
+
+A sampling strategy proposes architectures (:meth:`SamplingStrategy.ask`) and learns from their
+evaluations (:meth:`SamplingStrategy.tell`), like Ray Tune's ``Searcher.suggest`` /
+``on_trial_complete``. It never touches Ray: the same strategy runs in-process in a unit test, in a
+Ray actor, or behind Ray Tune (``raynas.execution.tune``). It works on a space's flat categorical
+view (:class:`raynas.types.ChoiceSpace`), so every strategy works on every space that offers one.
+
+When a search trains a weight-sharing supernet first, the strategy also says which path each
+training step takes (:meth:`SamplingStrategy.sample_path`: uniform for SPOS, the controller's
+policy for ENAS, the least-visited region for novelty search).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from raynas.errors import ConfigError
+from raynas.types import Architecture, ChoiceSpace, EvalResult
+
+
+def choice_space(space: Any, strategy: str) -> ChoiceSpace:
+    """``space`` if it offers the flat categorical view, else a clear error."""
+    if not isinstance(space, ChoiceSpace):
+        raise ConfigError(
+            f"strategy {strategy!r} needs a space with decisions()/encode()/decode(); "
+            f"{type(space).__name__} has none"
+        )
+    return space
+
+
+class SamplingStrategy(ABC):
+    """Base of ask/tell strategies: keeps every result told and the best one, and saves state.
+
+    Args:
+        space: The space to search (must offer the flat categorical view).
+        seed: Seeds the strategy's random choices.
+
+    Subclasses implement :meth:`ask`, and extend :meth:`tell`, :meth:`done`,
+    :meth:`state_dict` / :meth:`load_state_dict` as they need.
+    """
+
+    name = "sampling"
+    # Candidates the search evaluates after each supernet-training epoch, before the final phase
+    # (ENAS trains its controller this way; most strategies search only after the supernet).
+    evaluations_per_epoch: int = 0
+
+    def __init__(self, *, space: Any, seed: int = 0) -> None:
+        self.space = choice_space(space, self.name)
+        self.decisions = self.space.decisions()
+        self.rng = random.Random(seed)
+        self.history: list[EvalResult] = []
+        self.asked = 0
+
+    @abstractmethod
+    def ask(self) -> Architecture | None:
+        """The next candidate to evaluate, or None while the strategy waits for results."""
+
+    def tell(self, result: EvalResult) -> None:
+        """Learn from one evaluation (results may arrive in any order)."""
+        self.history.append(result)
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether the strategy has asked for all it will ask."""
+
+    def best(self) -> EvalResult | None:
+        """The best result told so far (the first of equals)."""
+        return max(self.history, key=lambda r: r.score, default=None)
+
+    def sample_path(self) -> Architecture:
+        """The path a supernet-training step should take (default: uniform, as in SPOS)."""
+        return self.random_architecture()
+
+    def random_architecture(self) -> Architecture:
+        """Uniformly random option for every decision."""
+        return self.space.decode([self.rng.randrange(len(d.options)) for d in self.decisions])
+
+    def mutate(self, arch: Architecture) -> Architecture:
+        """``arch`` with one decision changed to another of its options."""
+        values = list(self.space.encode(arch))
+        free = [i for i, d in enumerate(self.decisions) if len(d.options) > 1]
+        if not free:
+            return arch
+        i = self.rng.choice(free)
+        values[i] = self.rng.choice([v for v in range(len(self.decisions[i].options)) if v != values[i]])
+        return self.space.decode(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: random state, results, counters."""
+        return {
+            "rng": self.rng.getstate(),
+            "history": [r.to_dict() for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output. Candidates asked but never told are asked again."""
+        self.rng.setstate(_as_rng_state(state["rng"]))
+        self.history = [EvalResult.from_dict(r) for r in state["history"]]
+        self.asked = len(self.history)  # what was in flight at the save is asked anew
+
+
+def _as_rng_state(state: Any) -> tuple[Any, ...]:
+    # random.getstate() is (version, tuple_of_ints, gauss); a JSON or torch round trip gives lists.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def check_positive(value: int, key: str) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` >= 1."""
+    if value < 1:
+        raise ConfigError(f"{key} must be at least 1, got {value}")

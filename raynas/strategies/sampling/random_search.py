@@ -1,0 +1,66 @@
+"""Random search: uniform samples of the space, each architecture at most once.
+
+With inherited supernet weights as the evaluator this is random search with weight sharing
+(Li & Talwalkar, "Random Search and Reproducibility for NAS", UAI 2019): train the supernet on
+uniformly random paths, rank many random architectures by their inherited-weight accuracy, and
+retrain the best few (``final.retrain_top``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.types import Architecture
+
+
+@dataclass(frozen=True)
+class RandomConfig:
+    """``evaluations``: how many architectures to evaluate."""
+
+    evaluations: int = 50
+
+    def __post_init__(self) -> None:
+        check_positive(self.evaluations, "strategy.evaluations")
+
+
+@STRATEGIES.register("random", config=RandomConfig)
+class RandomSearch(SamplingStrategy):
+    """Uniform samples without repeats (up to 100 draws for an unseen one).
+
+    Args:
+        config: The number of evaluations.
+        space: The space to search.
+        seed: Seeds the samples.
+    """
+
+    name = "random"
+
+    def __init__(self, config: RandomConfig, *, space: Any, seed: int = 0) -> None:
+        super().__init__(space=space, seed=seed)
+        self.config = config
+        self.seen: set[str] = set()
+
+    def ask(self) -> Architecture | None:
+        if self.asked >= self.config.evaluations:
+            return None
+        for _ in range(100):
+            arch = self.random_architecture()
+            if arch.key() not in self.seen:
+                break
+        self.seen.add(arch.key())
+        self.asked += 1
+        return arch
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.config.evaluations
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.seen = {r.architecture.key() for r in self.history}
+
+
+STRATEGIES.register("random_ws", config=RandomConfig)(RandomSearch)
