@@ -138,11 +138,14 @@ def run_search(
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / done * (epochs - epoch - 1)
             m = report.metrics
+            extra = "".join(  # skip connections (DARTS cells), table latency (FBNet)
+                f"{k.replace('_connects', 's')} {m[k]:.4g}  "
+                for k in m if k == "skip_connects" or k.startswith("latency_")
+            )
             echo(
                 f"epoch {epoch + 1:>3}/{epochs}  train loss {m['train_loss']:.3f} "
                 f"acc {m['train_acc']:6.1%}  valid loss {m['valid_loss']:.3f} "
-                f"acc {m['valid_acc']:6.1%}  alpha entropy {m['alpha_entropy']:.3f}  "
-                f"skips {m['skip_connects']:.0f}  "
+                f"acc {m['valid_acc']:6.1%}  alpha entropy {m['alpha_entropy']:.3f}  {extra}"
                 f"{format_duration(report.seconds)}/epoch  eta {format_duration(eta)}"
             )
             stopped_early = _collapsed(config, history[-1])

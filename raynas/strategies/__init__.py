@@ -14,6 +14,7 @@ STRATEGIES: Registry[type] = Registry("strategy")
 from raynas.strategies.gradient import (  # noqa: E402, F401
     adarts,
     darts,
+    fbnet,
     gdas,
     milenas,
     pc_darts,

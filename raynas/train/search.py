@@ -105,7 +105,10 @@ class SupernetSearch:
         metrics = search_epoch(self.strategy, self.train_loader, self.valid_loader, self.device)
         metrics.update(evaluate(self.supernet, self.valid_loader, self.device))
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
-        metrics["skip_connects"] = float(self.supernet.skip_connects())
+        if hasattr(self.supernet, "skip_connects"):  # DARTS-style cells only
+            metrics["skip_connects"] = float(self.supernet.skip_connects())
+        if hasattr(self.strategy, "epoch_metrics"):  # e.g. FBNet's table latency
+            metrics.update(self.strategy.epoch_metrics())
         report = EpochReport(
             epoch=self.epoch,
             metrics=metrics,

@@ -1,0 +1,144 @@
+"""FBNet's latency-aware DNAS (Wu et al., "FBNet: Hardware-Aware Efficient ConvNet Design via
+Differentiable Neural Architecture Search", CVPR 2019, Eq. 2 and Sec. 3.3).
+
+Every training pass draws each layer's block weights from the (soft) Gumbel-softmax of ``theta``
+at temperature ``tau``, annealed as ``tau_start * tau_decay ** epoch`` (5.0 and 0.956 =
+exp(-0.045) per epoch). The loss of both steps is
+
+    L(a, w_a) = CE(a, w_a) * alpha * log(LAT(a)) ** beta,
+
+with ``LAT(a) = sum_l sum_i m_{l,i} * LAT_l(block_i)`` the latency the device's lookup table
+predicts under the same Gumbel weights ``m``, so that it is differentiable in ``theta``. The table
+comes from ``latency_table``: a JSON file, or a device name in ``latency_dir`` (see
+``raynas.latency``). The stem and head are the same in every architecture and are left out of
+LAT, as in the paper. ``log(LAT) ** beta`` needs LAT > 1 in the chosen unit: ``latency_unit: us``
+suits networks that run in under a millisecond.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from raynas.config import TrainConfig
+from raynas.errors import ConfigError
+from raynas.latency import LatencyTable, find_table
+from raynas.strategies import STRATEGIES
+from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
+
+
+@dataclass(frozen=True)
+class FbnetConfig(GradientConfig):
+    """FBNet settings (alpha, beta: the defaults of JunrQ/NAS's FBNet; tau: the paper's schedule).
+
+    Attributes:
+        latency_table: A latency-table JSON file, or the name of a device whose table is
+            ``<latency_dir>/<name>.json``. Resolved when the config is read (to an absolute path).
+        latency_dir: Where device tables live.
+        alpha: Scale of the loss.
+        beta: Exponent of ``log(LAT)``.
+        latency_unit: ``ms`` (the paper's) or ``us``: the unit LAT is taken in.
+        tau_start: Gumbel-softmax temperature of the first epoch.
+        tau_decay: Factor of the temperature per epoch.
+    """
+
+    latency_table: str = ""
+    latency_dir: str = "latency_tables"
+    alpha: float = 0.2
+    beta: float = 0.6
+    latency_unit: Literal["ms", "us"] = "ms"
+    tau_start: float = 5.0
+    tau_decay: float = 0.956
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.latency_table:
+            raise ConfigError(
+                "strategy.latency_table is required: a latency-table JSON file, or a device name "
+                f"with a table in strategy.latency_dir ({self.latency_dir!r})"
+            )
+        if self.alpha <= 0 or self.beta <= 0:
+            raise ConfigError("strategy.alpha and strategy.beta must be positive")
+        if self.tau_start <= 0 or not 0 < self.tau_decay <= 1:
+            raise ConfigError("strategy.tau_start must be positive and strategy.tau_decay in (0, 1]")
+        path = find_table(self.latency_table, self.latency_dir)
+        object.__setattr__(self, "latency_table", str(path))  # workers may run in another folder
+
+
+@STRATEGIES.register("fbnet", config=FbnetConfig)
+class Fbnet(GradientStrategy):
+    """First-order alternating updates of ``w`` and ``theta`` with FBNet's latency-aware loss."""
+
+    config: FbnetConfig
+
+    def __init__(self, *, supernet: nn.Module, config: FbnetConfig, train: TrainConfig) -> None:
+        super().__init__(supernet=supernet, config=config, train=train)
+        if not hasattr(supernet, "layer_shapes"):
+            raise ConfigError("strategy 'fbnet' needs a layer-wise space with latency tables (space: fbnet)")
+        self.table = LatencyTable.load(config.latency_table)
+        self.layer_latency = layer_latency_matrix(self.table, supernet)  # (layers, 9), in ms
+        scale = 1000.0 if config.latency_unit == "us" else 1.0
+        self.layer_latency = self.layer_latency * scale
+        device = next(supernet.parameters()).device
+        self.layer_latency = self.layer_latency.to(device)
+        fastest = float(self.layer_latency.min(dim=1).values.sum())
+        if fastest <= 1.0:
+            raise ConfigError(
+                f"the fastest architecture's table latency is {fastest:.3g} {config.latency_unit}: "
+                "log(LAT) ** beta needs LAT > 1; set strategy.latency_unit: us"
+            )
+        self._set_tau()
+
+    def tau(self) -> float:
+        """The Gumbel-softmax temperature of the current epoch."""
+        return self.config.tau_start * self.config.tau_decay**self.epoch
+
+    def _set_tau(self) -> None:
+        self.model.gumbel_tau = self.tau()
+
+    def expected_latency(self, weights: torch.Tensor) -> torch.Tensor:
+        """LAT under block weights (layers, 9): ``sum_l sum_i m_li * LAT_l(i)``, a scalar."""
+        return (weights * self.layer_latency).sum()
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """FBNet's loss ``CE * alpha * log(LAT) ** beta`` and the logits (B, classes)."""
+        x, y = batch
+        weights = self.model.forward_weights()  # (layers, 9): one Gumbel sample for this pass
+        logits = self.model(x, weights)
+        ce = self.criterion(logits, y)
+        lat = self.expected_latency(weights)
+        return ce * self.config.alpha * torch.log(lat) ** self.config.beta, logits
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Table latency of the derived architecture and expected under the softmax (``latency_unit``)."""
+        with torch.no_grad():
+            derived = self.model.theta.argmax(dim=-1)  # (layers,)
+            rows = torch.arange(len(derived), device=derived.device)
+            unit = self.config.latency_unit
+            return {
+                f"latency_{unit}": float(self.layer_latency[rows, derived].sum()),
+                f"expected_latency_{unit}": float(self.expected_latency(self.model.edge_weights())),
+                "tau": self.tau(),
+            }
+
+    def end_epoch(self) -> None:
+        super().end_epoch()
+        self._set_tau()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._set_tau()
+
+
+def layer_latency_matrix(table: LatencyTable, supernet: nn.Module) -> torch.Tensor:
+    """The table's milliseconds of every candidate in every layer of ``supernet``: (layers, 9)."""
+    from raynas.spaces.fbnet import block_key
+
+    rows = [[table[block_key(b, spec)] for b in supernet.primitives] for spec in supernet.layer_shapes()]
+    matrix = torch.tensor(rows, dtype=torch.float32)
+    if not torch.isfinite(matrix).all():
+        raise ConfigError(f"latency table {table.device!r} has entries that are not finite")
+    return matrix
