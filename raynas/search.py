@@ -83,6 +83,10 @@ def run_search(
     Returns:
         The final architecture, its metrics, its size and where the MLflow run is.
     """
+    if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
+        from raynas.sample_search import run_sampling_search
+
+        return run_sampling_search(config, fresh=fresh, echo=echo)
     started = time.perf_counter()
     checkpoint = Path(config.tracking.output_dir) / config.name / "checkpoint.pt"
     prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)

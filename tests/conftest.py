@@ -53,7 +53,7 @@ def tiny_job(tmp_path: Path, **sections: dict) -> dict:
         },
     }
     for key, value in sections.items():
-        job[key] = {**job[key], **value} if isinstance(value, dict) else value
+        job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
     return job
 
 

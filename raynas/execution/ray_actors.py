@@ -44,6 +44,30 @@ def init_ray(execution: ExecutionConfig) -> None:
                 f"{key}s but this machine offers {available.get(key, 0):g}; lower them or pass "
                 "--address of a larger cluster"
             )
+    if execution.accelerator and execution.accelerator not in available:
+        ray.shutdown()
+        raise ConfigError(
+            f"execution.accelerator {execution.accelerator!r} is a resource of cluster nodes, and "
+            "this machine's local Ray has none; pass --address of a cluster that declares it, or "
+            "remove execution.accelerator"
+        )
+
+
+def remote_call(ref: Any) -> Any:
+    """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        # Our own errors (a missing dataset on the worker node, ...) reach the user as such.
+        if isinstance(exc.cause, RaynasError):
+            raise exc.cause from None
+        raise
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkerLostError(
+            f"the search's Ray actor was lost ({reason}); all finished work is "
+            "checkpointed: run the same command again to resume"
+        ) from None
 
 
 class _SupernetActor(SupernetSearch):
@@ -87,6 +111,9 @@ class RayWorker:
             actor_cls.options(  # type: ignore[attr-defined]
                 num_cpus=execution.cpus_per_worker,
                 num_gpus=execution.gpus_per_worker,
+                # The GPU type: a custom resource that the cluster's GPU node types declare.
+                resources={execution.accelerator: execution.gpus_per_worker}
+                if execution.accelerator else None,
                 max_restarts=0,
             ).remote()
             for _ in range(world)
@@ -102,21 +129,7 @@ class RayWorker:
             f"Ray actor on {where}" if world == 1 else f"{world} data-parallel Ray actors on {where}"
         )
 
-    @staticmethod
-    def _get(ref: Any) -> Any:
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            # Our own errors (a missing dataset on the worker node, ...) reach the user as such.
-            if isinstance(exc.cause, RaynasError):
-                raise exc.cause from None
-            raise
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WorkerLostError(
-                f"the search's Ray actor was lost ({reason}); every finished epoch is "
-                "checkpointed: run the same command again to resume"
-            ) from None
+    _get = staticmethod(remote_call)
 
     def run_epoch(self) -> EpochReport:
         reports = self._get([actor.run_epoch.remote() for actor in self.actors])

@@ -1,0 +1,299 @@
+"""The driver of sampling searches: a controller asks for candidates, an evaluator scores them.
+
+Phases, each checkpointed so that a crash loses nothing already evaluated:
+
+1. ``supernet`` (only with the one-shot ``supernet`` evaluator): ``train.epochs`` epochs of
+   single-path training, each step on the path the strategy samples (uniform for SPOS, the
+   policy for ENAS); strategies that learn during training (ENAS) are asked for
+   ``evaluations_per_epoch`` candidates after every epoch.
+2. ``search``: ask/tell until the strategy is done, ``execution.concurrency`` candidates at a
+   time (supernet replicas or evaluator actors), or as Ray Tune trials under ASHA / HyperBand /
+   PBT when the evaluator trains candidates (``evaluator: scratch`` with ``tune.enabled``).
+3. ``retrain``: the best ``retrain_top`` candidates trained from scratch.
+
+Every result is recorded as it arrives (MLflow, checkpoint); running the same job again resumes
+the phase it stopped in. Candidates that were in flight at a crash are asked for again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raynas.config import SearchConfig
+from raynas.errors import ConfigError, RaynasError
+from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
+from raynas.execution.evaluators import start_pool
+from raynas.spaces import SPACES
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling import SamplingStrategy
+from raynas.tracking import MlflowTracker
+from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+from raynas.types import EpochReport, EvalResult
+
+PHASES = ("supernet", "search", "retrain", "done")
+
+
+def build_strategy(config: SearchConfig) -> SamplingStrategy:
+    """The job's sampling strategy over its space."""
+    space = SPACES.create(config.space.name, config.space.config)
+    return STRATEGIES.create(config.strategy.name, config.strategy.config, space=space, seed=config.seed)
+
+
+class SamplingSearch:
+    """One sampling search, resumable; see the module docstring for its phases.
+
+    Args:
+        config: The validated job (a sampling strategy and an evaluator).
+        echo: Where progress lines go.
+    """
+
+    def __init__(self, config: SearchConfig, *, echo: Callable[[str], None] = print) -> None:
+        assert config.evaluator is not None
+        strategy_cls = STRATEGIES.get(config.strategy.name)
+        if getattr(strategy_cls, "needs_supernet", False) and config.evaluator.name != "supernet":
+            raise ConfigError(
+                f"strategy {config.strategy.name!r} searches a one-shot supernet: set evaluator.name "
+                f"to 'supernet' (got {config.evaluator.name!r})"
+            )
+        self.config = config
+        self.echo = echo
+        self.strategy = build_strategy(config)
+        self.one_shot = config.evaluator.name == "supernet"
+        self.use_tune = (
+            config.evaluator.name == "scratch" and config.tune.enabled and config.execution.backend == "ray"
+        )
+        self.phase = "supernet" if self.one_shot else "search"
+        self.epoch = 0
+        self.trials = 0
+        self.results: list[EvalResult] = []  # every evaluation, in the order it was told
+        self.retrained: list[EvalResult] = []
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Phase, counters, every result and the strategy's state (plain data)."""
+        return {
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "trials": self.trials,
+            "results": [r.to_dict() for r in self.results],
+            "retrained": [r.to_dict() for r in self.retrained],
+            "strategy": self.strategy.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.phase = state["phase"]
+        self.epoch = int(state["epoch"])
+        self.trials = int(state["trials"])
+        self.results = [EvalResult.from_dict(r) for r in state["results"]]
+        self.retrained = [EvalResult.from_dict(r) for r in state["retrained"]]
+        self.strategy.load_state_dict(state["strategy"])
+
+    def next_trial_id(self) -> str:
+        """A fresh id for the next evaluation (unique within the search, never reused)."""
+        self.trials += 1
+        return f"{self.trials:05d}"
+
+
+def run_sampling_search(
+    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
+) -> Any:
+    """Run (or resume) the sampling search of ``config``; returns a ``raynas.search.SearchResult``."""
+    from raynas.search import SearchResult, _network_sizes
+
+    started = time.perf_counter()
+    folder = Path(config.tracking.output_dir) / config.name
+    checkpoint, supernet_file = folder / "checkpoint.pt", folder / "supernet.pt"
+    prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
+    if prior is not None and prior["finished"]:
+        prior = None
+    if prior is not None and prior["config"] != config.to_dict():
+        raise ConfigError(
+            f"{checkpoint} belongs to an unfinished search of {config.name!r} with another "
+            "config; pass --fresh to start over, or give the job another name"
+        )
+    search = SamplingSearch(config, echo=echo)
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment)
+    pool = start_pool(config) if not search.use_tune or search.one_shot else None
+    try:
+        run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+        if prior is not None:
+            search.load_state_dict(prior["search"])
+            if pool is not None and supernet_file.is_file():
+                pool.load_state_dict(load_checkpoint(supernet_file))
+            echo(
+                f"Resuming {config.name!r} in phase {search.phase!r} with {len(search.results)} "
+                f"candidates evaluated, from {checkpoint}"
+            )
+        where = pool.describe_location() if pool is not None else "Ray Tune trials"
+        echo(
+            f"Searching {config.space.name} with {config.strategy.name} ({config.evaluator.name} "
+            f"evaluator) on {config.data.name} in {where}; MLflow run {run_id}"
+        )
+
+        def save(finished: bool = False) -> None:
+            save_checkpoint(
+                {"config": config.to_dict(), "run_id": run_id, "search": search.state_dict(),
+                 "finished": finished},
+                checkpoint,
+            )
+
+        def record(result: EvalResult) -> None:
+            search.results.append(result)
+            search.strategy.tell(result)
+            _log_candidate(tracker, len(search.results) - 1, result)
+            save()
+            echo(
+                f"candidate {len(search.results):>4}  {result.objective} {result.score:7.2%}  "
+                f"budget {result.budget:g}{'  stopped early' if result.stopped_early else ''}  "
+                f"{result.architecture}"
+            )
+
+        if search.phase == "supernet":
+            assert pool is not None
+            _train_supernet(search, pool, tracker, record, save, supernet_file)
+        if search.phase == "search":
+            if search.use_tune and not search.one_shot:
+                _search_with_tune(search, record, folder)
+            else:
+                assert pool is not None
+                pool.sync_replicas()
+                _search(search, pool, record)
+            search.phase = "retrain"
+            save()
+        if search.phase == "retrain":
+            _retrain(search, save)
+            search.phase = "done"
+        best = _final(search)
+        params, params_cifar = _network_sizes(config, best.architecture)
+        summary = {
+            "params": params, "params_cifar10": params_cifar, "candidates": len(search.results),
+            "stopped_early": sum(r.stopped_early for r in search.results), **best.metrics,
+        }
+        tracker.finish(
+            EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture), summary
+        )
+        save(finished=True)
+    except KeyboardInterrupt:
+        tracker.fail("KILLED")
+        raise
+    except BaseException:
+        tracker.fail("FAILED")
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+    return SearchResult(
+        architecture=best.architecture, metrics=best.metrics, params=params, params_cifar10=params_cifar,
+        run_id=run_id, run_link=tracker.run_link(), checkpoint=checkpoint,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _train_supernet(
+    search: SamplingSearch, pool: Any, tracker: MlflowTracker, record: Callable[[EvalResult], None],
+    save: Callable[..., None], supernet_file: Path,
+) -> None:
+    config, strategy = search.config, search.strategy
+    steps = pool.steps_per_epoch
+    while search.epoch < config.train.epochs:
+        start = time.perf_counter()
+        paths = [strategy.sample_path() for _ in range(steps)]
+        metrics = pool.train_epoch(paths)
+        if strategy.evaluations_per_epoch:
+            pool.sync_replicas()
+            _search(search, pool, record, limit=strategy.evaluations_per_epoch)
+        seconds = time.perf_counter() - start
+        search.epoch += 1
+        save_checkpoint(pool.state_dict(), supernet_file)  # before the small checkpoint points past it
+        save()
+        best = strategy.best()
+        if best is not None:
+            metrics["best_" + best.objective] = best.score
+        tracker.log_epoch(EpochReport(
+            epoch=search.epoch - 1, metrics=metrics, architecture=paths[-1], seconds=seconds,
+        ))
+        search.echo(
+            f"supernet epoch {search.epoch:>3}/{config.train.epochs}  train loss "
+            f"{metrics['train_loss']:.3f} acc {metrics['train_acc']:6.1%}  {seconds:.0f}s"
+        )
+    search.phase = "search"
+    save()
+
+
+def _search(search: SamplingSearch, pool: Any, record: Callable[[EvalResult], None],
+            limit: int | None = None) -> None:
+    """Ask/tell with up to ``pool.capacity`` candidates in flight; ``limit`` evaluations at most."""
+    strategy = search.strategy
+    told = 0
+    while limit is None or told < limit:
+        while pool.in_flight < pool.capacity and (limit is None or told + pool.in_flight < limit):
+            arch = strategy.ask()
+            if arch is None:
+                break
+            pool.submit(arch, search.next_trial_id())
+        if pool.in_flight == 0:
+            if strategy.done or limit is not None:
+                return
+            raise RaynasError(
+                f"strategy {search.config.strategy.name!r} waits for results but none are in flight"
+            )
+        record(pool.next_result())
+        told += 1
+
+
+def _search_with_tune(search: SamplingSearch, record: Callable[[EvalResult], None], folder: Path) -> None:
+    from raynas.execution.tune import run_tune_search
+
+    run_tune_search(
+        search.config, search.strategy, on_result=record, storage_path=str((folder / "tune").resolve())
+    )
+
+
+def _retrain(search: SamplingSearch, save: Callable[..., None]) -> None:
+    """Train the best ``retrain_top`` candidates from scratch (the evaluator's budget if it is
+    ``scratch``, else its defaults)."""
+    config = search.config
+    top = sorted(search.results, key=lambda r: r.score, reverse=True)
+    seen: set[str] = set()
+    chosen = [r for r in top if not (r.architecture.key() in seen or seen.add(r.architecture.key()))]
+    chosen = chosen[: config.retrain_top]
+    done = {r.architecture.key() for r in search.retrained}
+    if not chosen:
+        return
+    assert config.evaluator is not None
+    scratch_config = config.evaluator.config if config.evaluator.name == "scratch" else ScratchConfig()
+    evaluator = ScratchEvaluator(scratch_config, search=config)
+    for result in chosen:
+        if result.architecture.key() in done:
+            continue
+        retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
+        search.retrained.append(retrained)
+        save()
+        search.echo(
+            f"retrained {result.architecture.key()}: {retrained.objective} {retrained.score:.2%} "
+            f"(searched {result.score:.2%})"
+        )
+
+
+def _final(search: SamplingSearch) -> EvalResult:
+    """The search's answer: the best retrained candidate if any were retrained, else the best."""
+    pool = search.retrained or search.results
+    if not pool:
+        raise RaynasError(f"search {search.config.name!r} evaluated no candidate")
+    return max(pool, key=lambda r: r.score)
+
+
+def _log_candidate(tracker: MlflowTracker, index: int, result: EvalResult) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"candidate_{k}", float(v), now, index) for k, v in result.metrics.items()]
+    tracker.client.log_batch(tracker.run_id, metrics=metrics)
+
+
+__all__ = ["PHASES", "SamplingSearch", "build_strategy", "run_sampling_search"]
