@@ -102,11 +102,21 @@ class ExecutionConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """MLflow tracking and the local output folder (checkpoints for resuming)."""
+    """MLflow tracking, the Parquet results store and the output folder (checkpoints for resuming).
+
+    ``results``: the Parquet results store (a folder or ``s3://bucket/prefix``; default
+    ``<output_dir>/results``). ``artifact_location``: where a new MLflow experiment keeps its
+    artifacts (e.g. ``s3://bucket/mlflow``; default: the tracking server's). ``registered_model``:
+    the Model Registry name the final architecture is registered under (default
+    ``raynas-<job name>``).
+    """
 
     experiment: str = "raynas"
     tracking_uri: str | None = None
     output_dir: str = "runs"
+    results: str | None = None
+    artifact_location: str | None = None
+    registered_model: str | None = None
 
 
 @dataclass(frozen=True)
