@@ -151,14 +151,21 @@ def load_genotype(name_or_file: str) -> DartsGenotype:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ArchitectureError(f"genotype file {str(path)!r} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ArchitectureError(f"genotype file {str(path)!r} must hold a JSON object")
-        data.pop("space", None)
-        try:
-            return DartsGenotype.from_dict(data)
-        except ArchitectureError as exc:
-            raise ArchitectureError(f"genotype file {str(path)!r}: {exc}") from None
+        return _genotype_from_json_data(data, f"genotype file {str(path)!r}")
     return published_genotype(name_or_file)
+
+
+def _genotype_from_json_data(data: Any, where: str) -> DartsGenotype:
+    if not isinstance(data, dict):
+        raise ArchitectureError(f"{where} must hold a JSON object in the published genotype form")
+    data = dict(data)
+    space = data.pop("space", "darts")
+    if space != "darts":
+        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not darts")
+    try:
+        return DartsGenotype.from_dict(data)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 # Named candidate-operation sets for ``space.operations``.
@@ -325,9 +332,11 @@ class DartsCnnSpace:
     def parse(self, text: str) -> DartsGenotype:
         """A genotype from a published name, a JSON file, or JSON text."""
         if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            data.pop("space", None)
-            return DartsGenotype.from_dict(data)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ArchitectureError(f"genotype JSON is not valid JSON: {exc}") from None
+            return _genotype_from_json_data(data, "genotype JSON")
         return load_genotype(text)
 
     def build(

@@ -1,0 +1,292 @@
+"""Tests every registered search space gets automatically, the day it registers: the protocol,
+sample -> contains, the JSON round trip and stable keys, the network's and the supernet's
+forward and backward, clear errors for architectures that are not the space's, and the
+published figures of the spaces that have them.
+
+The user-defined example space (``examples/custom_space/tiny_cnn.py``) is imported here, so it
+is tested like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from raynas.errors import ArchitectureError
+from raynas.profile import count_params
+from raynas.spaces import SPACES
+from raynas.types import Architecture, DatasetInfo, SearchSpace
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "custom_space"
+sys.path.insert(0, str(EXAMPLE))
+import tiny_cnn  # noqa: E402, F401  (registers the example's "tiny_cnn" space)
+
+sys.path.remove(str(EXAMPLE))
+
+NAMES = SPACES.names()
+TINY = DatasetInfo("cifar10", 3, 10, 16)  # 16x16 inputs: small, and two reductions leave 4x4
+
+# Small settings, applied to the config fields a space has (a space that rejects one keeps its
+# default for it): supernets of a few thousand parameters. A space whose sizes are named
+# otherwise lists its own small settings in SMALL_CONFIG_OF.
+SMALL_CONFIG = {"channels": 4, "layers": 3, "nodes": 2, "cells_per_stage": 1, "stem_multiplier": 1}
+SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
+    "fbnet": {
+        "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16), "stage_depths": (1, 1),
+        "stage_strides": (1, 2), "head_channels": 32,
+    },
+}
+# Small stand-alone networks: build()'s channels and layers (their meaning is the space's; fbnet
+# takes its sizes from its config only).
+SMALL_BUILD: dict[str, dict[str, int]] = {"nb201": {"channels": 4, "layers": 1}, "fbnet": {}}
+DEFAULT_BUILD = {"channels": 4, "layers": 3}
+
+
+def small_space(name: str) -> Any:
+    entry = SPACES.entry(name)
+    if entry.config is None:
+        return SPACES.create(name)
+    if name in SMALL_CONFIG_OF:
+        return SPACES.create(name, entry.config(**SMALL_CONFIG_OF[name]))
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    config = entry.config()
+    for key, value in SMALL_CONFIG.items():
+        if key in fields:
+            with contextlib.suppress(ValueError, TypeError):  # not allowed small: keep the default
+                config = dataclasses.replace(config, **{key: value})
+    return SPACES.create(name, config)
+
+
+def sample(space: Any, seed: int = 0) -> Architecture:
+    return space.sample(random.Random(seed))
+
+
+def other_space_arch(name: str) -> Architecture:
+    """An architecture of some other registered space."""
+    other = next(n for n in NAMES if n != name)
+    return sample(small_space(other))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_the_built_in_and_example_spaces_are_registered() -> None:
+    assert {"darts", "nb201", "tiny_cnn"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_follows_the_protocol(name: str) -> None:
+    entry = SPACES.entry(name)
+    space = SPACES.create(name)  # every space builds with its default config
+    assert isinstance(space, SearchSpace), name
+    assert entry.config is None or dataclasses.is_dataclass(entry.config)
+    assert issubclass(space.architecture_type, Architecture)
+    assert space.architecture_type.space in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_belong_to_the_space_and_are_reproducible(name: str) -> None:
+    space = small_space(name)
+    archs = [sample(space, seed) for seed in range(8)]
+    for arch in archs:
+        assert type(arch) is space.architecture_type
+        assert space.contains(arch)
+    assert archs == [sample(space, seed) for seed in range(8)]
+    assert len({a.key() for a in archs}) > 1, "eight samples, all the same network"
+    assert not space.contains(other_space_arch(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_json_round_trip_and_parse(name: str, tmp_path: Path) -> None:
+    space = small_space(name)
+    for seed in range(4):
+        arch = sample(space, seed)
+        text = arch.to_json()
+        assert json.loads(text)["space"] == arch.space
+        back = Architecture.from_json(text)
+        assert back == arch and hash(back) == hash(arch) and back.key() == arch.key()
+        assert space.parse(text) == arch  # JSON text
+        path = tmp_path / f"arch_{seed}.json"
+        path.write_text(arch.to_json(indent=2))
+        assert space.parse(str(path)) == arch  # a JSON file
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keys_are_short_stable_and_follow_the_network(name: str) -> None:
+    space = small_space(name)
+    archs = [sample(space, seed) for seed in range(10)]
+    for arch in archs:
+        key = arch.key()
+        assert key.startswith(f"{arch.space}-") and len(key) <= len(arch.space) + 13
+        assert key == Architecture.from_json(arch.to_json()).key() == arch.key()
+    for a in archs:  # equal keys exactly when the canonical forms are equal
+        for b in archs:
+            assert (a.key() == b.key()) == (a.canonical() == b.canonical())
+
+
+def test_keys_are_the_same_in_a_fresh_process() -> None:
+    """Keys identify networks across runs and machines: no per-process salt (``hash()``)."""
+    archs = {name: sample(small_space(name)) for name in NAMES}
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(EXAMPLE)!r})\n"
+        "import tiny_cnn\n"
+        "from raynas.spaces import SPACES\n"
+        "from raynas.types import Architecture\n"
+        "texts = json.loads(sys.stdin.read())\n"
+        "print(json.dumps({n: Architecture.from_json(t).key() for n, t in texts.items()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps({n: a.to_json() for n, a in archs.items()}),
+        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
+    assert json.loads(out.stdout) == {n: a.key() for n, a in archs.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_network_forward_and_backward(name: str) -> None:
+    space = small_space(name)
+    arch = sample(space, 1)
+    net = space.build(arch, TINY, **SMALL_BUILD.get(name, DEFAULT_BUILD))
+    net.train()
+    x = torch.randn(2, 3, 16, 16)  # (B, C, H, W)
+    logits = net(x)
+    assert logits.shape == (2, TINY.num_classes)
+    logits.logsumexp(1).sum().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    with pytest.raises(ArchitectureError):
+        space.build(other_space_arch(name), TINY, **SMALL_BUILD.get(name, DEFAULT_BUILD))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_supernet_forward_backward_and_derivation(name: str) -> None:
+    space = small_space(name)
+    supernet = space.supernet(TINY)
+    arch_params = list(supernet.arch_parameters())
+    weights = list(supernet.weights())
+    assert arch_params and weights
+    assert not {id(p) for p in arch_params} & {id(p) for p in weights}
+    assert len(arch_params) + len(weights) == len(list(supernet.parameters()))
+    loss = supernet(torch.randn(2, 3, 16, 16)).logsumexp(1).sum()
+    loss.backward()
+    for p in arch_params:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    derived = supernet.genotype()
+    assert space.contains(derived)
+    assert 0 <= supernet.arch_entropy() <= supernet.max_entropy() + 1e-6
+    assert supernet.skip_connects() >= 0
+    json.dumps(supernet.arch_state())  # tracked as JSON
+
+
+# --- bad input: an architecture that is not the space's names the bad part -------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_string_that_is_no_architecture_names_the_bad_part(name: str) -> None:
+    space = small_space(name)
+    with pytest.raises(ArchitectureError) as info:
+        space.parse("nonsense~op")
+    assert "nonsense~op" in str(info.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_another_spaces_architecture_file_is_refused_naming_the_file(name: str, tmp_path: Path) -> None:
+    space = small_space(name)
+    path = tmp_path / "foreign.json"
+    path.write_text(other_space_arch(name).to_json())
+    with pytest.raises(ArchitectureError) as info:
+        space.parse(str(path))
+    assert str(path) in str(info.value)
+    with pytest.raises(ArchitectureError) as info:
+        space.parse(str(tmp_path / "missing.json"))
+    assert "missing.json" in str(info.value)
+    with pytest.raises(ArchitectureError):
+        space.parse('{"truncated": ')
+
+
+def test_error_messages_say_what_is_allowed() -> None:
+    darts, nb201, tiny = small_space("darts"), small_space("nb201"), small_space("tiny_cnn")
+    message = r"unknown genotype 'nonsense~op'; published genotypes: .*DARTS_V2"
+    with pytest.raises(ArchitectureError, match=message):
+        darts.parse("nonsense~op")
+    with pytest.raises(ArchitectureError, match=r"architecture of space 'nb201', not darts"):
+        darts.parse(sample(nb201).to_json())
+    message = r"edge 0->1: unknown op 'conv' in 'conv~0'; choose one of: none"
+    with pytest.raises(ArchitectureError, match=message):
+        nb201.parse("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    with pytest.raises(ArchitectureError, match=r"layer 1: unknown op 'conv'; allowed: skip_connect, "):
+        tiny.parse("sep_conv_3x3,conv,skip_connect")
+    with pytest.raises(ArchitectureError, match=r"has 2 layers; this tiny_cnn space has 3"):
+        tiny.parse("sep_conv_3x3,skip_connect")
+
+
+# --- published figures -----------------------------------------------------------------------
+
+# Parameters of published architectures in the space's evaluation network (auxiliary head not
+# counted), as (architecture text, dataset info, params). Each is checked in detail, with its
+# source, in the space's own tests (test_darts_space.py, test_nb201.py); here through the protocol.
+PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
+    "darts": [
+        ("DARTS_V2", DatasetInfo("cifar10", 3, 10, 32), 3_349_342),  # DARTS README: 3.3M
+        ("MiLeNAS", DatasetInfo("cifar10", 3, 10, 32), 3_874_222),  # MiLeNAS Table 1: 3.87M
+    ],
+    "nb201": [  # the benchmark's cost_info (NASLib, NATS-Bench issue #36)
+        ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+         DatasetInfo("cifar10", 3, 10, 32), 1_531_546),
+    ],
+}
+NO_PUBLISHED_FIGURES = {"tiny_cnn"}  # the worked example of a user-defined space
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_figures(name: str) -> None:
+    if name in NO_PUBLISHED_FIGURES:
+        return
+    if name not in PUBLISHED_FIGURES:
+        pytest.skip(f"space {name!r} has no published figures in PUBLISHED_FIGURES yet")
+    space = SPACES.create(name)
+    for text, dataset, params in PUBLISHED_FIGURES[name]:
+        assert count_params(space.build(space.parse(text), dataset)) == params, text
+
+
+# --- the worked example runs a real search ---------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["darts", "milenas"])
+def test_the_custom_space_example_runs_a_search(
+    strategy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from mlflow.tracking import MlflowClient
+
+    spec = importlib.util.spec_from_file_location("custom_space_search", EXAMPLE / "search.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script.main([
+        str(EXAMPLE / "job.yaml"), "--set", f"strategy.name={strategy}", "--set", "space.channels=4",
+        "--set", "data.limit=96", "--set", "data.batch_size=16", "--set", "train.epochs=2",
+        "--set", f"tracking.tracking_uri={uri}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+    ])
+    out = capsys.readouterr().out
+    assert "Found " in out and "MLflow run " in out
+    run_id = out.rsplit("MLflow run ", 1)[1].split()[0]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).data.tags["raynas.space"] == "tiny_cnn"
+    assert len(client.get_metric_history(run_id, "valid_acc")) == 2
+    found = Path(client.download_artifacts(run_id, "genotype.json", str(tmp_path))).read_text()
+    assert small_space("tiny_cnn").contains(Architecture.from_json(found))
