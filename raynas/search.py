@@ -21,6 +21,7 @@ from raynas.execution import start_worker
 from raynas.profile import count_params
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
+from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import Architecture, EpochReport
 
@@ -99,16 +100,22 @@ def run_search(
         )
 
     tracker = MlflowTracker(
-        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment
+        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
+        artifact_location=config.tracking.artifact_location,
     )
+    node = "local" if config.execution.backend == "local" else (
+        "ray-gpu" if config.execution.gpus_per_worker else "ray-cpu"
+    )
+    recorder = SearchRecorder(config=config, tracker=tracker, node=node)  # checks the results store
     history: list[dict[str, Any]] = prior["history"] if prior else []
     worker = start_worker(config)  # before the run exists: bad data fails without an empty run
     try:
         run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+        recorder.opened(run_id)
         if prior is not None:
             worker.load_state_dict(prior["worker"])
             if history:  # it may have been checkpointed but not logged before the crash
-                tracker.log_epoch(_report_from_state(history[-1]))
+                recorder.epoch(_report_from_state(history[-1]), resumed=True)
             echo(f"Resuming {config.name!r} after epoch {len(history)} from {checkpoint}")
         echo(
             f"Searching {config.space.name} with {config.strategy.name} on {config.data.name} "
@@ -137,7 +144,7 @@ def run_search(
             report = worker.run_epoch()
             history.append(_report_state(report))
             save(finished=False)
-            tracker.log_epoch(report)
+            recorder.epoch(report)
             done = epoch + 1 - first
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / done * (epochs - epoch - 1)
@@ -164,7 +171,10 @@ def run_search(
             "params": params, "params_cifar10": params_cifar, "epochs_run": len(history),
             "stopped_early": stopped_early, **final.metrics,
         }
-        tracker.finish(final, summary)
+        recorder.finish(
+            final, summary, weights_history=[h["arch_weights"] for h in history],
+            network=_searched_network(config, final.architecture),
+        )
         save(finished=True)
     except KeyboardInterrupt:
         tracker.fail("KILLED")
@@ -189,6 +199,16 @@ def run_search(
 def _collapsed(config: SearchConfig, report: dict[str, Any]) -> bool:
     limit = config.train.stop_at_skip_connects
     return bool(limit) and report["metrics"].get("skip_connects", 0) >= limit
+
+
+def _searched_network(config: SearchConfig, arch: Architecture) -> Any:
+    """The stand-alone network of ``arch`` at the search's size on its data (untrained)."""
+    space = SPACES.create(config.space.name, config.space.config)
+    cfg = config.space.config
+    return space.build(
+        arch, dataset_info(config.data.name), channels=getattr(cfg, "channels", None),
+        layers=getattr(cfg, "layers", None),
+    )
 
 
 def _network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:

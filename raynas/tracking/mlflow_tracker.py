@@ -1,29 +1,57 @@
-"""One MLflow run per search.
+"""MLflow layout of raynas: one experiment per job, a parent run per search, a child run per
+evaluated candidate, lineage tags, pictures and the final model in the Model Registry.
 
-The run holds the flattened config as params; per-epoch train/validation loss and accuracy and
-the entropy of the architecture weights as metrics; the derived genotype and the architecture
-weights of every epoch (``genotypes/epoch_NNN.json``, ``arch_weights/epoch_NNN.json``), the final
-genotype (``genotype.json``) and architecture weights (``arch_weights.json``) as artifacts; and
-tags naming the space, strategy and dataset.
+The parent run holds the flattened config as params; per-epoch metrics (train/validation loss and
+accuracy, entropy of the architecture weights, ...); the derived architecture and the
+architecture weights of every epoch (``genotypes/epoch_NNN.json``, ``arch_weights/epoch_NNN.json``);
+the final architecture (``genotype.json``), its picture (``architecture.png``), the weights'
+heatmap over epochs (``arch_weights.png``), the final architecture weights (``arch_weights.json``);
+and tags ``raynas.space``, ``raynas.strategy``, ``raynas.dataset``, ``raynas.seed`` and, at the
+end, ``raynas.architecture_key``.
+
+A child run (tag ``mlflow.parentRunId``) per candidate, from an :class:`raynas.types.EvalResult`
+(:meth:`MlflowTracker.log_candidate`): the architecture as params and as ``architecture.json``,
+its metrics, cost (``seconds``), ``budget``, node type and whether it was stopped early, with the
+parent's tags plus ``raynas.architecture_key`` and ``raynas.trial_id``.
+
+A run that retrains or transfers a found architecture (:meth:`MlflowTracker.start_derived_run`)
+carries ``raynas.lineage.*`` tags naming the search run and the architecture it came from.
+
+Outages: the tracker checks the server when it starts (a clear :class:`ConfigError` if it cannot
+reach it). Later, every record goes through a queue: a call that fails on an outage is retried
+with exponential backoff, then kept in the queue, in order, and sent before the next record, so a
+search goes on while the server is down and its records arrive when it is back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raynas.config import SearchConfig, flatten
 from raynas.errors import ConfigError
-from raynas.types import EpochReport
+from raynas.tracking.retry import is_transient, with_retries
+from raynas.types import Architecture, EpochReport, EvalResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from torch import nn
+
+log = logging.getLogger(__name__)
 
 TAG_PREFIX = "raynas."
+PARENT_TAG = "mlflow.parentRunId"
+_PARAM_LIMIT = 6000  # MLflow's longest param value
 
 
 def default_tracking_uri() -> str:
@@ -44,39 +72,174 @@ def _check_reachable(uri: str) -> None:
         ) from None
 
 
+def lineage_tags(*, source_run_id: str, architecture: Architecture, kind: str,
+                 source_experiment_id: str = "") -> dict[str, str]:
+    """Tags that tie a run to the search run and the architecture it came from.
+
+    Args:
+        source_run_id: The search's (parent) run.
+        architecture: The architecture being retrained or transferred.
+        kind: What the run does with it, e.g. ``retrain`` or ``transfer``.
+        source_experiment_id: The search run's experiment, when known.
+    """
+    tags = {
+        f"{TAG_PREFIX}lineage.kind": kind,
+        f"{TAG_PREFIX}lineage.source_run_id": source_run_id,
+        f"{TAG_PREFIX}lineage.architecture_key": architecture.key(),
+        f"{TAG_PREFIX}architecture_key": architecture.key(),
+        f"{TAG_PREFIX}space": architecture.space,
+    }
+    if source_experiment_id:
+        tags[f"{TAG_PREFIX}lineage.source_experiment_id"] = source_experiment_id
+    return tags
+
+
+class _ChildRun:
+    """The records of one child run, sent as one queued operation that can be retried: the run
+    is created once and every later step reuses its id."""
+
+    def __init__(self, tracker: MlflowTracker, result: EvalResult, *, parent: str, step: int,
+                 name: str, tags: Mapping[str, str]) -> None:
+        self.tracker, self.result, self.parent = tracker, result, parent
+        self.step, self.name, self.tags = step, name, dict(tags)
+        self.run_id = ""
+        self.done = 0  # steps finished, so a retry goes on from the one that failed
+
+    def __call__(self) -> None:
+        from mlflow.entities import Metric, Param
+
+        client, r = self.tracker.client, self.result
+        steps: list[Callable[[], Any]] = [
+            self._create,
+            lambda: client.log_batch(self.run_id, params=[Param(k, v) for k, v in self._params().items()]),
+            lambda: client.log_batch(self.run_id, metrics=self._metrics(Metric)),
+            lambda: client.log_text(self.run_id, r.architecture.to_json(indent=1), "architecture.json"),
+            lambda: client.set_terminated(self.run_id, status="FINISHED"),
+        ]
+        for step in steps[self.done:]:
+            step()
+            self.done += 1
+
+    def _create(self) -> None:
+        r = self.result
+        tags = {
+            **self.tags, PARENT_TAG: self.parent,
+            f"{TAG_PREFIX}architecture_key": r.architecture.key(), f"{TAG_PREFIX}trial_id": r.trial_id,
+            f"{TAG_PREFIX}node": r.node, f"{TAG_PREFIX}stopped_early": str(r.stopped_early).lower(),
+        }
+        run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=self.name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def _params(self) -> dict[str, str]:
+        r = self.result
+        text = str(r.architecture)
+        return {
+            "architecture": text if len(text) <= _PARAM_LIMIT else r.architecture.key(),
+            "architecture_key": r.architecture.key(), "space": r.architecture.space,
+            "trial_id": r.trial_id, "objective": r.objective, "budget": str(r.budget),
+            "node": r.node, "stopped_early": str(r.stopped_early).lower(),
+        }
+
+    def _metrics(self, metric: type) -> list[Any]:
+        now = int(time.time() * 1000)
+        values = {**self.result.metrics, "seconds": self.result.seconds, "budget": self.result.budget}
+        return [metric(k, float(v), now, self.step) for k, v in values.items()]
+
+
 class MlflowTracker:
-    """Records a search in one MLflow run.
+    """Records searches, their candidates and their final models in MLflow.
 
     Args:
         tracking_uri: Where MLflow stores runs (default: :func:`default_tracking_uri`).
-        experiment: The experiment's name; created if missing.
+        experiment: The experiment's name (one per job); created if missing.
+        artifact_location: Where a new experiment keeps its artifacts (e.g. ``s3://bucket/mlflow``;
+            the S3 endpoint comes from ``MLFLOW_S3_ENDPOINT_URL``); default: the server's.
+        attempts: Tries per record before it waits in the queue for the next one.
+        backoff_s: First wait between tries (doubling).
+
+    Raises:
+        ConfigError: When a tracking server (``http(s)://``) cannot be reached.
+        StorageError: When an ``s3://`` artifact location cannot be reached.
     """
 
-    def __init__(self, *, tracking_uri: str | None, experiment: str) -> None:
+    def __init__(
+        self,
+        *,
+        tracking_uri: str | None,
+        experiment: str,
+        artifact_location: str | None = None,
+        attempts: int = 4,
+        backoff_s: float = 1.0,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
         _check_reachable(self.tracking_uri)
+        if artifact_location:
+            from raynas.tracking import storage
+
+            storage.check_reachable(artifact_location)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
+            found.experiment_id if found
+            else self.client.create_experiment(experiment, artifact_location=artifact_location)
         )
         self.run_id = ""
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.tags: dict[str, str] = {}
+        self._queue: list[Callable[[], Any]] = []
+        self._warned = False
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def _submit(self, op: Callable[[], Any]) -> None:
+        self._queue.append(op)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send every queued record; return whether the queue is empty.
+
+        Raises:
+            MlflowException: When the server rejects a record (not an outage).
+        """
+        while self._queue:
+            try:
+                with_retries(self._queue[0], attempts=self.attempts, backoff_s=self.backoff_s)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if not self._warned:
+                    log.warning("MLflow at %s unreachable (%s); %d record(s) queued, the search goes on",
+                                self.tracking_uri, type(exc).__name__, len(self._queue))
+                    self._warned = True
+                return False
+            self._queue.pop(0)
+        if self._warned:
+            log.warning("MLflow at %s reachable again; queued records sent", self.tracking_uri)
+            self._warned = False
+        return True
+
+    def pending(self) -> int:
+        """Records waiting for the server."""
+        return len(self._queue)
+
+    # -- the search (parent) run --------------------------------------------------------------
 
     def start(self, config: SearchConfig, *, run_id: str | None = None) -> str:
-        """Open a new run for ``config``, or reopen ``run_id`` when resuming; return its id."""
-        if run_id:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        tags = {
+        """Open a new parent run for ``config``, or reopen ``run_id`` when resuming; return its id."""
+        self.tags = {
             f"{TAG_PREFIX}space": config.space.name,
             f"{TAG_PREFIX}strategy": config.strategy.name,
             f"{TAG_PREFIX}dataset": config.data.name,
             f"{TAG_PREFIX}seed": str(config.seed),
         }
-        run = self.client.create_run(self.experiment_id, run_name=config.name, tags=tags)
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=config.name, tags=self.tags)
         self.run_id = run.info.run_id
         self._log_params(flatten(config.to_dict()))
         self.client.log_dict(self.run_id, config.to_dict(), "config.json")
@@ -86,35 +249,188 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         items = [Param(k, json.dumps(v) if isinstance(v, list) else str(v)) for k, v in params.items()]
+        run_id = self.run_id
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            batch = items[i : i + 100]
+            self._submit(lambda b=batch: self.client.log_batch(run_id, params=b))
 
     def log_epoch(self, report: EpochReport) -> None:
-        """Metrics of one epoch and the genotype derived after it."""
+        """Metrics of one epoch and the architecture derived after it, on the parent run."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, report.epoch) for k, v in report.metrics.items()]
         metrics.append(Metric("epoch_seconds", report.seconds, now, report.epoch))
-        self.client.log_batch(self.run_id, metrics=metrics)
-        self.client.log_text(
-            self.run_id, report.architecture.to_json(indent=1), f"genotypes/epoch_{report.epoch:03d}.json"
-        )
-        self.client.log_dict(self.run_id, report.arch_weights, f"arch_weights/epoch_{report.epoch:03d}.json")
+        run_id, name = self.run_id, f"{report.epoch:03d}"
+        self._submit(lambda: self.client.log_batch(run_id, metrics=metrics))
+        text = report.architecture.to_json(indent=1)
+        self._submit(lambda: self.client.log_text(run_id, text, f"genotypes/epoch_{name}.json"))
+        weights = report.arch_weights
+        self._submit(lambda: self.client.log_dict(run_id, weights, f"arch_weights/epoch_{name}.json"))
 
     def finish(self, report: EpochReport, summary: dict[str, Any]) -> None:
-        """The final genotype, architecture weights and summary; marks the run finished."""
-        self.client.log_text(self.run_id, report.architecture.to_json(indent=1), "genotype.json")
-        self.client.log_dict(self.run_id, report.arch_weights, "arch_weights.json")
-        self.client.set_tag(self.run_id, f"{TAG_PREFIX}architecture_key", report.architecture.key())
-        self.client.set_tag(self.run_id, f"{TAG_PREFIX}genotype", str(report.architecture))
+        """The final architecture, architecture weights and summary; marks the run finished."""
+        run_id, arch = self.run_id, report.architecture
+        text = arch.to_json(indent=1)
+        self._submit(lambda: self.client.log_text(run_id, text, "genotype.json"))
+        self._submit(lambda: self.client.log_dict(run_id, report.arch_weights, "arch_weights.json"))
+        self._submit(lambda: self.client.set_tag(run_id, f"{TAG_PREFIX}architecture_key", arch.key()))
+        genotype = str(arch)[:5000]
+        self._submit(lambda: self.client.set_tag(run_id, f"{TAG_PREFIX}genotype", genotype))
         self._log_params({f"final.{k}": v for k, v in summary.items()})
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self._submit(lambda: self.client.set_terminated(run_id, status="FINISHED"))
+        if not self.flush():
+            log.warning("MLflow at %s still unreachable: %d record(s) of run %s could not be sent",
+                        self.tracking_uri, len(self._queue), run_id)
 
     def fail(self, status: str = "FAILED") -> None:
         """Mark the run as ended without finishing (``FAILED`` or ``KILLED``)."""
         if self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+            run_id = self.run_id
+            with contextlib.suppress(Exception):  # already failing: never mask the first error
+                self._submit(lambda: self.client.set_terminated(run_id, status=status))
+
+    # -- candidates (child runs) --------------------------------------------------------------
+
+    def log_candidate(
+        self,
+        result: EvalResult,
+        *,
+        step: int = 0,
+        name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """One evaluated candidate as a child run of the search.
+
+        Args:
+            result: The candidate: architecture, metrics, cost, budget, node, early stop.
+            step: The step its metrics are logged at (an epoch, a generation).
+            name: The run's name (default: the trial id).
+            parent_run_id: The search run (default: the one :meth:`start` opened).
+
+        Returns:
+            The child run's id, or ``""`` when the server is unreachable and the run waits in
+            the queue.
+        """
+        parent = parent_run_id or self.run_id
+        if not parent:
+            raise ValueError("log_candidate needs a parent run: call start() or pass parent_run_id")
+        op = _ChildRun(self, result, parent=parent, step=step, name=name or result.trial_id or "candidate",
+                       tags=self.tags)
+        self._submit(op)
+        return op.run_id if op.done else ""
+
+    # -- pictures -----------------------------------------------------------------------------
+
+    def log_figure(self, figure: Figure, artifact_file: str, *, run_id: str | None = None) -> None:
+        """A matplotlib figure as a PNG artifact (``artifact_file`` such as ``architecture.png``)."""
+        target = run_id or self.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            figure.savefig(path, dpi=110)
+            data = path.read_bytes()
+
+        def upload() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / Path(artifact_file).name
+                local.write_bytes(data)
+                folder = str(Path(artifact_file).parent)
+                self.client.log_artifact(target, str(local), None if folder == "." else folder)
+
+        self._submit(upload)
+
+    def log_architecture_image(self, architecture: Architecture, *, run_id: str | None = None,
+                               artifact_file: str = "architecture.png") -> None:
+        """The picture of ``architecture`` (see :func:`raynas.tracking.plots.draw_architecture`)."""
+        from raynas.tracking.plots import draw_architecture
+
+        self.log_figure(draw_architecture(architecture), artifact_file, run_id=run_id)
+
+    # -- lineage and the Model Registry -------------------------------------------------------
+
+    def start_derived_run(self, *, architecture: Architecture, source_run_id: str, kind: str = "retrain",
+                          name: str | None = None) -> str:
+        """Open a run that retrains or transfers an architecture found by a search.
+
+        The run gets :func:`lineage_tags` and the architecture as ``architecture.json``; it
+        becomes this tracker's current run (``log_epoch``, ``finish``, ``register_model``).
+
+        Returns:
+            The new run's id.
+        """
+        source = self.client.get_run(source_run_id)
+        tags = lineage_tags(source_run_id=source_run_id, architecture=architecture, kind=kind,
+                            source_experiment_id=source.info.experiment_id)
+        for key in ("strategy", "dataset", "seed"):
+            if f"{TAG_PREFIX}{key}" in source.data.tags:
+                tags[f"{TAG_PREFIX}lineage.source_{key}"] = source.data.tags[f"{TAG_PREFIX}{key}"]
+        run = self.client.create_run(self.experiment_id, run_name=name or f"{kind} {architecture.key()}",
+                                     tags=tags)
+        self.run_id = run.info.run_id
+        self.client.log_text(self.run_id, architecture.to_json(indent=1), "architecture.json")
+        return self.run_id
+
+    def register_model(
+        self,
+        architecture: Architecture,
+        *,
+        name: str,
+        network: nn.Module,
+        trained: bool,
+        run_id: str | None = None,
+    ) -> str:
+        """Log ``network`` as an MLflow PyTorch model of the run and register it as a new version
+        of the registered model ``name``, with its architecture attached.
+
+        The model folder holds ``extra_files/architecture.json``; the version carries the tags
+        ``raynas.architecture_key``, ``raynas.space``, ``raynas.architecture`` (the JSON, when
+        it fits in a tag), ``raynas.trained`` and ``raynas.source_run_id``, and the
+        architecture's string form as its description.
+
+        Args:
+            architecture: The architecture the network was built from.
+            name: The registered model's name (created if missing).
+            network: The network (trained weights, or freshly initialised for a search's result).
+            trained: Whether its weights were trained (a search's output is retrained later).
+            run_id: The run to log it in (default: the current run).
+
+        Returns:
+            The new version's number.
+        """
+        import mlflow.pytorch
+        from mlflow.exceptions import MlflowException
+
+        target = run_id or self.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            arch_file = Path(tmp) / "architecture.json"
+            arch_file.write_text(architecture.to_json(indent=1))
+            model_dir = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
+                network.cpu().eval(), str(model_dir), serialization_format="pickle",
+                extra_files=[str(arch_file)], pip_requirements=["torch", "raynas"],
+            )
+            with_retries(lambda: self.client.log_artifacts(target, str(model_dir), "model"),
+                         attempts=self.attempts, backoff_s=self.backoff_s)
+        try:
+            self.client.create_registered_model(
+                name, tags={f"{TAG_PREFIX}space": architecture.space},
+                description="Architectures found by raynas searches",
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        text = architecture.to_json()
+        tags = {
+            f"{TAG_PREFIX}architecture_key": architecture.key(), f"{TAG_PREFIX}space": architecture.space,
+            f"{TAG_PREFIX}trained": str(trained).lower(), f"{TAG_PREFIX}source_run_id": target,
+        }
+        if len(text) <= 5000:
+            tags[f"{TAG_PREFIX}architecture"] = text
+        version = self.client.create_model_version(
+            name, source=f"runs:/{target}/model", run_id=target, tags=tags,
+            description=str(architecture)[:5000],
+        )
+        return str(version.version)
 
     def run_link(self) -> str:
         """Where to look at the run: a URL on a server, or the command that opens the UI."""

@@ -1,0 +1,138 @@
+"""Everything a gradient search records about itself, in one place for the search driver.
+
+Each epoch's derived architecture is a candidate: a row of the Parquet results store (trial
+``epoch-NNN``, with that epoch's metrics) and a child run of the search's MLflow run (named
+``epoch NNN``), so the UI lists the architectures the search passed through and which epochs
+agreed (same ``raynas.architecture_key``). At the end: the final architecture's picture, the
+heatmap of the architecture weights over epochs and the final model in the Model Registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raynas.config import SearchConfig
+from raynas.tracking.mlflow_tracker import MlflowTracker
+from raynas.tracking.results import ResultsStore, SearchInfo, search_id
+from raynas.tracking.retry import is_transient
+from raynas.types import EpochReport, EvalResult
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def results_root(config: SearchConfig) -> str:
+    """The results store of a job: ``tracking.results``, else ``<output_dir>/results``."""
+    return config.tracking.results or str(Path(config.tracking.output_dir) / "results")
+
+
+def epoch_candidate(report: EpochReport, *, node: str) -> EvalResult:
+    """The architecture derived after an epoch as an evaluated candidate (supernet metrics)."""
+    return EvalResult(
+        architecture=report.architecture, metrics=dict(report.metrics), objective="valid_acc",
+        trial_id=f"epoch-{report.epoch:03d}", budget=float(report.epoch + 1), seconds=report.seconds,
+        node=node,
+    )
+
+
+class SearchRecorder:
+    """The MLflow tracker and the results store of one search.
+
+    Args:
+        config: The job.
+        tracker: Its tracker (its run opened or reopened by ``tracker.start``).
+        node: Where the search's worker runs (``local``, ``ray-cpu``, ``ray-gpu``).
+    """
+
+    def __init__(self, *, config: SearchConfig, tracker: MlflowTracker, node: str) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.node = node
+        output = Path(config.tracking.output_dir) / config.name
+        self.store = ResultsStore(results_root(config), spool_dir=output / "results-spool")
+        self.store.check()
+        self.info: SearchInfo | None = None
+
+    def opened(self, run_id: str) -> None:
+        """The run is open (new or resumed): rows from now on belong to it."""
+        self.info = SearchInfo(
+            search=search_id(self.config.name, run_id), name=self.config.name, run_id=run_id,
+            strategy=self.config.strategy.name, dataset=self.config.data.name, seed=self.config.seed,
+        )
+
+    def epoch(self, report: EpochReport, *, resumed: bool = False) -> None:
+        """Record an epoch: parent-run metrics and artifacts, a results row and a child run.
+
+        Args:
+            report: The epoch.
+            resumed: It is the last epoch before a crash, recorded again; its child run is made
+                only if the first attempt did not make it.
+        """
+        assert self.info is not None, "call opened() first"
+        self.tracker.log_epoch(report)
+        candidate = epoch_candidate(report, node=self.node)
+        self.store.append([candidate], info=self.info)
+        if resumed and self._has_child(candidate.trial_id):
+            return
+        self.tracker.log_candidate(candidate, step=report.epoch, name=f"epoch {report.epoch:03d}")
+
+    def _has_child(self, trial_id: str) -> bool:
+        runs = self.tracker.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.tracker.run_id}' "
+            f"and tags.`raynas.trial_id` = '{trial_id}'",
+        )
+        return bool(runs)
+
+    def finish(self, final: EpochReport, summary: dict[str, Any], *,
+               weights_history: Sequence[dict[str, Any]], network: nn.Module) -> str | None:
+        """Pictures, the registered model and the summary; marks the run finished.
+
+        Args:
+            final: The last epoch's report.
+            summary: Final values logged as ``final.*`` params.
+            weights_history: The architecture weights of every epoch (for the heatmap).
+            network: The final architecture's network (registered with untrained weights).
+
+        Returns:
+            The registered model version, or None when the registry could not be reached.
+        """
+        from raynas.tracking.plots import plot_arch_weights
+
+        self.tracker.log_architecture_image(final.architecture)
+        history = [w for w in weights_history if w]
+        if history:
+            figure = plot_arch_weights(history, op_names=_op_names(self.config))
+            self.tracker.log_figure(figure, "arch_weights.png")
+        version = None
+        name = self.config.tracking.registered_model or f"raynas-{self.config.name}"
+        try:
+            version = self.tracker.register_model(
+                final.architecture, name=name, network=network, trained=False
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not register %s in MLflow's Model Registry (%s)", name, type(exc).__name__)
+        self.tracker.finish(final, summary if version is None else {**summary, "registered_version": version})
+        if not self.store.flush():
+            log.warning("results of %s wait in %s until %s is reachable",
+                        self.config.name, self.store.spool_dir, self.store.root)
+        return version
+
+
+def _op_names(config: SearchConfig) -> Sequence[str] | None:
+    """The candidate operations of the space, in the column order of its architecture weights."""
+    names = getattr(config.space.config, "primitives", None)
+    if names:
+        return tuple(names)
+    if config.space.name == "nb201":
+        from raynas.spaces.nb201 import NB201_OPS
+
+        return tuple(NB201_OPS)
+    return None
