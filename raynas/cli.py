@@ -2,6 +2,7 @@
 
     raynas search CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
+    raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
 
 Errors in the user's input print one line and exit with status 2.
 """
@@ -48,7 +49,36 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("--channels", type=int, help="initial channels (default: the paper's)")
     describe.add_argument("--layers", type=int, help="number of cells (default: the paper's)")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
+
+    report = commands.add_parser(
+        "report", help="best architectures, Pareto front and mean ± std over seeds from the results store"
+    )
+    report.add_argument(
+        "--results", default="runs/results",
+        help="the Parquet results store, a folder or s3://bucket/prefix (default: runs/results)",
+    )
+    report.add_argument(
+        "--search", dest="searches", action="append", default=[], metavar="ID_OR_NAME",
+        help="a search id or job name (repeatable; default: every search in the store)",
+    )
+    report.add_argument("--top", type=int, default=10, help="rows of the best-architectures table")
+    report.add_argument(
+        "--cost", default="params", help="the Pareto front's cost metric (params, macs, latency_ms, ...)"
+    )
+    report.add_argument("--out", help="also write the report as HTML (.html) or the Pareto plot (.png)")
     return parser
+
+
+def _report(args: argparse.Namespace) -> None:
+    from raynas.report import build_report, format_text, write_report
+    from raynas.tracking.results import ResultsStore
+
+    store = ResultsStore(args.results)
+    store.check()
+    report = build_report(store, select=args.searches, top=args.top, cost=args.cost)
+    print(format_text(report))
+    if args.out:
+        print(f"\nReport written to {write_report(report, args.out)}")
 
 
 def _search(args: argparse.Namespace) -> None:
@@ -105,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "search":
             _search(args)
+        elif args.command == "report":
+            _report(args)
         else:
             _describe(args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from

@@ -1,0 +1,241 @@
+"""``raynas report``: what one search or several found, from the Parquet results store.
+
+- the best architectures as a table (one row per distinct architecture, its best evaluation);
+- the Pareto front of score against a cost (parameters, multiply-adds or latency: any metric);
+- mean ± standard deviation across seeds: each search's best score, grouped by space, strategy
+  and dataset (the sample standard deviation, ``n - 1`` in the denominator, as NAS papers report
+  it over independent runs);
+
+written to the terminal and as an HTML page (with the Pareto plot embedded) or a PNG (the plot).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raynas.errors import ConfigError
+from raynas.tracking.plots import pareto_front, plot_pareto, save_figure
+from raynas.tracking.results import ResultsStore
+from raynas.types import Architecture
+
+
+@dataclass(frozen=True)
+class Row:
+    """One evaluated candidate, as the report shows it."""
+
+    search: str
+    trial_id: str
+    architecture_key: str
+    architecture: str
+    score: float
+    cost: float | None
+    budget: float
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """The best score of each search of one (space, strategy, dataset), over its seeds."""
+
+    space: str
+    strategy: str
+    dataset: str
+    seeds: tuple[int | None, ...]
+    best_scores: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        """Mean of the searches' best scores."""
+        return statistics.fmean(self.best_scores)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (0 for a single search)."""
+        return statistics.stdev(self.best_scores) if len(self.best_scores) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``raynas report`` shows."""
+
+    searches: tuple[str, ...]
+    objective: str
+    cost_metric: str
+    best: tuple[Row, ...]
+    front: tuple[Row, ...]
+    seeds: tuple[SeedSummary, ...]
+    rows: tuple[Row, ...]
+
+
+def build_report(
+    store: ResultsStore, *, select: Sequence[str] = (), top: int = 10, cost: str = "params"
+) -> Report:
+    """Read the store and summarise the selected searches.
+
+    Args:
+        store: The results store.
+        select: Search ids or job names (all searches when empty).
+        top: Rows of the best-architectures table.
+        cost: The metric on the Pareto plot's x axis (``params``, ``macs``, ``latency_ms``...).
+
+    Raises:
+        ConfigError: No rows match, naming the searches the store holds.
+    """
+    table = store.read_table()
+    records = table.to_pylist()
+    if select:
+        wanted = set(select)
+        records = [r for r in records if r["search"] in wanted or r["name"] in wanted]
+    if not records:
+        known = ", ".join(store.searches()) or "none"
+        what = f"searches {', '.join(select)}" if select else "any search"
+        raise ConfigError(f"no results for {what} in {store.root}; searches there: {known}")
+    objectives = sorted({r["objective"] for r in records})
+    metrics_seen = sorted({k for r in records for k, _ in (r["metrics"] or [])})
+    if cost not in metrics_seen:
+        raise ConfigError(f"report --cost {cost!r} is not a metric of these results; choose one of: "
+                          f"{', '.join(metrics_seen)}")
+    rows = tuple(
+        Row(
+            search=r["search"], trial_id=r["trial_id"], architecture_key=r["architecture_key"],
+            architecture=_arch_text(r["architecture"]),
+            score=r["score"] if r["score"] is not None else -math.inf,
+            cost=dict(r["metrics"] or []).get(cost), budget=r["budget"], seed=r["seed"],
+        )
+        for r in records
+    )
+    best_of_arch: dict[str, Row] = {}
+    for row in rows:
+        if row.architecture_key not in best_of_arch or row.score > best_of_arch[row.architecture_key].score:
+            best_of_arch[row.architecture_key] = row
+    best = tuple(sorted(best_of_arch.values(), key=lambda r: (-r.score, r.search, r.trial_id))[:top])
+    costed = [r for r in best_of_arch.values() if r.cost is not None and math.isfinite(r.score)]
+    front = tuple(costed[i] for i in pareto_front([(r.cost, r.score) for r in costed]))  # type: ignore[misc]
+
+    by_search: dict[str, dict[str, Any]] = {}
+    for r in records:
+        entry = by_search.setdefault(r["search"], {"record": r, "best": -math.inf})
+        if r["score"] is not None:
+            entry["best"] = max(entry["best"], r["score"])
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for entry in by_search.values():
+        rec = entry["record"]
+        groups.setdefault((rec["space"], rec["strategy"], rec["dataset"]), []).append(entry)
+    seeds = tuple(
+        SeedSummary(space=k[0], strategy=k[1], dataset=k[2],
+                    seeds=tuple(e["record"]["seed"] for e in entries),
+                    best_scores=tuple(e["best"] for e in entries))
+        for k, entries in sorted(groups.items())
+    )
+    return Report(
+        searches=tuple(sorted(by_search)), objective="/".join(objectives), cost_metric=cost,
+        best=best, front=front, seeds=seeds, rows=rows,
+    )
+
+
+def _arch_text(text: str) -> str:
+    try:
+        return str(Architecture.from_json(text))
+    except Exception:  # a space this installation does not know: show the JSON
+        return text
+
+
+def _fmt_cost(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
+def format_text(report: Report, *, width: int = 60) -> str:
+    """The report as plain text for a terminal."""
+    lines = [f"Searches: {', '.join(report.searches)}  (objective: {report.objective})", ""]
+    lines.append(f"Best architectures ({len(report.best)}):")
+    lines.append(
+        f"  {'#':>2}  {'score':>8}  {report.cost_metric:>12}  {'search':<24} {'trial':<12} architecture"
+    )
+    for i, r in enumerate(report.best, 1):
+        arch = r.architecture if len(r.architecture) <= width else r.architecture[: width - 3] + "..."
+        lines.append(
+            f"  {i:>2}  {r.score:8.4f}  {_fmt_cost(r.cost):>12}  {r.search:<24} {r.trial_id:<12} {arch}"
+        )
+    lines += ["", f"Pareto front (highest {report.objective}, lowest {report.cost_metric}):"]
+    for r in report.front:
+        where = f"({r.search} {r.trial_id})"
+        lines.append(f"  {_fmt_cost(r.cost):>12}  {r.score:8.4f}  {r.architecture_key}  {where}")
+    if not report.front:
+        lines.append(f"  (no candidate has a {report.cost_metric} metric)")
+    lines += ["", "Across seeds (each search's best score):"]
+    for s in report.seeds:
+        lines.append(
+            f"  {s.space}/{s.strategy}/{s.dataset}: {s.mean:.4f} ± {s.std:.4f}  "
+            f"(n={len(s.best_scores)}, seeds {', '.join(str(x) for x in s.seeds)})"
+        )
+    return "\n".join(lines)
+
+
+def pareto_figure(report: Report) -> Any:
+    """The Pareto plot of the report (every architecture, coloured by search)."""
+    costed = [r for r in report.rows if r.cost is not None and math.isfinite(r.score)]
+    return plot_pareto(
+        [r.cost for r in costed], [r.score for r in costed],  # type: ignore[misc]
+        cost_label=report.cost_metric, score_label=report.objective, groups=[r.search for r in costed],
+        log_cost=report.cost_metric in ("params", "macs", "flops"),
+        title=f"{report.objective} against {report.cost_metric}",
+    )
+
+
+def format_html(report: Report) -> str:
+    """The report as one self-contained HTML page (the Pareto plot embedded as PNG)."""
+    buffer = io.BytesIO()
+    pareto_figure(report).savefig(buffer, format="png", dpi=110)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    esc = html.escape
+
+    def table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+        rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
+        return f"<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr>{rows}</table>"
+
+    best = table(
+        ["#", report.objective, report.cost_metric, "search", "trial", "key", "architecture"],
+        [
+            [str(i), f"{r.score:.4f}", _fmt_cost(r.cost), r.search, r.trial_id, r.architecture_key,
+             r.architecture]
+            for i, r in enumerate(report.best, 1)
+        ],
+    )
+    front = table([report.cost_metric, report.objective, "key", "search", "trial"],
+                  [[_fmt_cost(r.cost), f"{r.score:.4f}", r.architecture_key, r.search, r.trial_id]
+                   for r in report.front])
+    seeds = table(["space", "strategy", "dataset", "mean ± std", "n", "seeds"],
+                  [[s.space, s.strategy, s.dataset, f"{s.mean:.4f} ± {s.std:.4f}", str(len(s.best_scores)),
+                    ", ".join(str(x) for x in s.seeds)] for s in report.seeds])
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>raynas report</title>"
+        f"<style>{style}</style></head><body><h1>raynas report</h1>"
+        f"<p>Searches: {esc(', '.join(report.searches))}</p>"
+        f"<h2>Best architectures</h2>{best}<h2>Pareto front</h2>{front}"
+        f"<img alt='Pareto plot' src='data:image/png;base64,{image}'>"
+        f"<h2>Across seeds</h2>{seeds}</body></html>"
+    )
+
+
+def write_report(report: Report, path: str | Path) -> Path:
+    """Write ``report`` as HTML (``.html``) or as the Pareto plot (``.png``)."""
+    path = Path(path)
+    if path.suffix == ".html":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(format_html(report))
+        return path
+    if path.suffix == ".png":
+        return save_figure(pareto_figure(report), path)
+    raise ConfigError(f"report --out {str(path)!r}: write .html or .png")

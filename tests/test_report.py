@@ -1,0 +1,93 @@
+"""``raynas report``: the best table, the Pareto front, mean ± std over seeds, text/HTML/PNG."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from raynas.cli import main
+from raynas.report import build_report, format_text
+from raynas.spaces.nb201 import Nb201Space
+from raynas.tracking.plots import pareto_front
+from raynas.tracking.results import ResultsStore, SearchInfo
+from raynas.types import EvalResult
+
+
+def fill(store: ResultsStore) -> None:
+    rng = random.Random(7)
+    space = Nb201Space()
+    for search, strategy, seed, top in (("evo-a", "evolution", 0, 0.90), ("evo-b", "evolution", 1, 0.80),
+                                        ("rs-a", "random", 0, 0.70)):
+        results = [
+            EvalResult(architecture=space.sample(rng),
+                       metrics={"valid_acc": top - 0.05 * i, "params": 1e5 * (1 + rng.random())},
+                       trial_id=f"{search}-{i}")
+            for i in range(5)
+        ]
+        store.append(results, info=SearchInfo(search=search, name=search[:-2], strategy=strategy,
+                                              dataset="cifar10", seed=seed))
+
+
+def dominated(p: tuple[float, float], points: list[tuple[float, float]]) -> bool:
+    return any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)
+
+
+def test_pareto_front_matches_a_brute_force_dominance_check() -> None:
+    rng = random.Random(0)
+    for _ in range(20):
+        points = [(round(rng.uniform(0, 10), 1), round(rng.uniform(0, 1), 2)) for _ in range(30)]
+        expected = {p for p in points if not dominated(p, points)}
+        front = pareto_front(points)
+        assert {points[i] for i in front} == expected
+        assert [points[i][0] for i in front] == sorted(points[i][0] for i in front)
+
+
+def test_report_tables_and_seed_statistics(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    fill(store)
+    report = build_report(store, top=3)
+    assert [r.score for r in report.best] == pytest.approx([0.90, 0.85, 0.80])
+    evolution = next(s for s in report.seeds if s.strategy == "evolution")
+    # Best scores 0.90 and 0.80: mean 0.85, sample std sqrt(((0.05)^2 * 2) / 1) = 0.0707107.
+    assert evolution.mean == pytest.approx(0.85) and evolution.std == pytest.approx(math.sqrt(0.005))
+    assert sorted(evolution.seeds) == [0, 1]
+    random_search = next(s for s in report.seeds if s.strategy == "random")
+    assert (random_search.mean, random_search.std) == (pytest.approx(0.70), 0.0)
+    best_per_arch: dict[str, tuple[float, float]] = {}  # an architecture counts with its best evaluation
+    for r in report.rows:
+        if r.architecture_key not in best_per_arch or r.score > best_per_arch[r.architecture_key][1]:
+            best_per_arch[r.architecture_key] = (r.cost, r.score)
+    points = list(best_per_arch.values())
+    assert {(r.cost, r.score) for r in report.front} == {p for p in points if not dominated(p, points)}
+
+    only = build_report(store, select=["evo"])  # a job name selects its searches
+    assert only.searches == ("evo-a", "evo-b")
+    text = format_text(only)
+    assert "evolution/cifar10: 0.8500 ± 0.0707" in text and "Pareto front" in text
+
+
+def test_report_command_writes_html_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    fill(store)
+    root = str(tmp_path / "results")
+    assert main(["report", "--results", root, "--search", "evo-a", "--out", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "Best architectures" in out and "r.html" in out
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<table>") == 3 and "data:image/png;base64," in page
+    assert main(["report", "--results", root, "--out", str(tmp_path / "pareto.png")]) == 0
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    fill(store)
+    root = str(tmp_path / "results")
+    assert main(["report", "--results", root, "--search", "nope"]) == 2
+    assert "no results for searches nope" in capsys.readouterr().err
+    assert main(["report", "--results", root, "--cost", "latency_ms"]) == 2
+    assert "choose one of: params, valid_acc" in capsys.readouterr().err
+    assert main(["report", "--results", root, "--out", str(tmp_path / "r.pdf")]) == 2
