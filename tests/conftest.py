@@ -87,7 +87,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
 
 
-def stop_ray_cluster(temp_dir: str, timeout: float = 20.0) -> None:
+def stop_ray_cluster(temp_dir: str, timeout: float = 5.0) -> None:
     """Stop the Ray cluster whose processes run under ``temp_dir``, and nothing else.
 
     ``ray stop`` would kill every Ray process on the machine, including clusters of other test

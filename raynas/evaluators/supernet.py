@@ -23,6 +23,7 @@ from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators import EVALUATORS
+from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.train.loop import evaluate, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
@@ -108,6 +109,10 @@ class SupernetEvaluator:
         """Score ``arch`` with the weights it inherits (BatchNorm recalibrated first)."""
         start = time.perf_counter()
         state = torch.get_rng_state()
+        generators = [loader.batch_sampler.generator for loader in (self.train_loader, self.valid_loader)]
+        loader_states = [g.get_state() for g in generators]  # type: ignore[union-attr]
+        for g in generators:  # the same batches whichever replica scores it, in whatever order
+            g.manual_seed(candidate_seed(self.search.seed, arch))  # type: ignore[union-attr]
         self.supernet.set_path(arch)
         try:
             if self.config.bn_batches:
@@ -120,7 +125,9 @@ class SupernetEvaluator:
             metrics = evaluate(self.supernet, valid, self.device)
         finally:
             self.supernet.set_path(None)
-            torch.set_rng_state(state)  # scoring leaves the training's random stream alone
+            torch.set_rng_state(state)  # scoring leaves the training's random streams alone
+            for g, saved in zip(generators, loader_states, strict=True):
+                g.set_state(saved)  # type: ignore[union-attr]
         return EvalResult(
             architecture=arch, metrics=metrics, trial_id=trial_id, budget=0.0,
             seconds=time.perf_counter() - start,
