@@ -20,6 +20,7 @@ from raynas.errors import ConfigError
 from raynas.execution import start_worker
 from raynas.profile import count_params
 from raynas.spaces import SPACES
+from raynas.strategies import STRATEGIES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
@@ -137,7 +138,9 @@ def run_search(
         epochs = config.train.epochs
         first = len(history)
         loop_start = time.perf_counter()
-        stopped_early = bool(history) and _collapsed(config, history[-1])
+        stopped_early = bool(history) and (
+            _collapsed(config, history[-1]) or _strategy_stop(config, history) is not None
+        )
         for epoch in range(first, epochs):
             if stopped_early:
                 break
@@ -165,7 +168,14 @@ def run_search(
                     f"Stopping early: the normal cell has {m['skip_connects']:.0f} skip connections "
                     f"(train.stop_at_skip_connects = {config.train.stop_at_skip_connects})"
                 )
-        final = _report_from_state(history[-1])
+            reason = None if stopped_early else _strategy_stop(config, history)
+            if reason is not None:
+                stopped_early = True
+                echo(f"Stopping early: {reason}")
+        chosen = _final_epoch(config, history)
+        if chosen != len(history) - 1:
+            echo(f"Returning the architecture of epoch {chosen + 1} (chosen by {config.strategy.name})")
+        final = _report_from_state(history[chosen])
         params, params_cifar = _network_sizes(config, final.architecture)
         summary = {
             "params": params, "params_cifar10": params_cifar, "epochs_run": len(history),
@@ -194,6 +204,20 @@ def run_search(
         checkpoint=checkpoint,
         seconds=time.perf_counter() - started,
     )
+
+
+def _strategy_stop(config: SearchConfig, history: list[dict[str, Any]]) -> str | None:
+    """The strategy's own reason to end the search early, if it has one (MiLeNAS: the derived
+    architecture outgrew its size band); it is shown every epoch's metrics."""
+    hook = getattr(STRATEGIES.get(config.strategy.name), "stop_reason", None)
+    return hook(config.strategy.config, [h["metrics"] for h in history]) if hook else None
+
+
+def _final_epoch(config: SearchConfig, history: list[dict[str, Any]]) -> int:
+    """The epoch whose architecture the search returns: the last, unless the strategy picks one
+    from every epoch's metrics (MiLeNAS: the best within a model-size band)."""
+    hook = getattr(STRATEGIES.get(config.strategy.name), "final_epoch", None)
+    return hook(config.strategy.config, [h["metrics"] for h in history]) if hook else len(history) - 1
 
 
 def _collapsed(config: SearchConfig, report: dict[str, Any]) -> bool:

@@ -3,27 +3,79 @@ Reformulation", CVPR 2020): the architecture descends the training loss and the 
 together, Eq. 6 of the paper:
 
     alpha <- alpha - eta_alpha * (grad_alpha L_train(w, alpha) + lambda * grad_alpha L_val(w, alpha))
+
+and the paper's model-size-based search with early stopping. The derived architecture grows as
+the search goes on (parametric convolutions displace skips and pools), so one search passes
+through architectures of several sizes: every epoch records the derived architecture's
+parameters at the papers' evaluation size (``eval_params``: the CIFAR-10 network, 36 channels and
+20 cells for DARTS cells) and the convolutions it keeps per cell (``convs_normal``,
+``convs_reduce``, as the authors' ``genotype()`` counts them); with ``model_size_band`` the search
+returns the architecture of best validation accuracy among the epochs whose size lies in the band,
+and stops once the derived architecture has outgrown it. ``stop_at_convs`` is the authors' own
+stopping rule (``train_milenas.py --early_stopping 1``: 6 convolutions in the normal cell, none in
+the reduction cell).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from raynas.errors import ConfigError
 from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 
+# Candidates without weights; every other op of a DARTS cell counts as a convolution.
+PARAMETER_FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+
 
 @dataclass(frozen=True)
 class MilenasConfig(GradientConfig):
-    """``mixed_level_lambda``: the weight of the validation loss (1 in the paper's search)."""
+    """MiLeNAS settings.
+
+    Attributes:
+        mixed_level_lambda: The weight of the validation loss (1 in the paper's search).
+        track_model_size: Record ``eval_params`` (and the convolution counts of DARTS cells) every
+            epoch.
+        model_size_band: ``[low, high]`` in millions of parameters at the evaluation size: return
+            the best (validation accuracy) architecture of the epochs inside the band; empty: the
+            last epoch's.
+        stop_above_band: With a band, end the search once the derived architecture has been larger
+            than ``high`` for ``size_patience`` epochs in a row.
+        size_patience: See ``stop_above_band``.
+        stop_at_convs: ``[normal, reduce]``: end the search when the derived cells keep exactly
+            these many convolutions (the authors' code uses 6 and 0); empty: never.
+    """
 
     mixed_level_lambda: float = 1.0
+    track_model_size: bool = True
+    model_size_band: tuple[float, ...] = ()
+    stop_above_band: bool = True
+    size_patience: int = 1
+    stop_at_convs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mixed_level_lambda < 0:
             raise ConfigError("strategy.mixed_level_lambda must be >= 0")
+        band = self.model_size_band
+        if band and (len(band) != 2 or not 0 <= band[0] < band[1]):
+            raise ConfigError(
+                "strategy.model_size_band must be [low, high] in millions with 0 <= low < high, "
+                f"got {list(band)}"
+            )
+        if self.size_patience < 1:
+            raise ConfigError(f"strategy.size_patience must be at least 1, got {self.size_patience}")
+        if self.stop_at_convs and (len(self.stop_at_convs) != 2 or min(self.stop_at_convs) < 0):
+            raise ConfigError(
+                "strategy.stop_at_convs must be [normal, reduce], two counts >= 0, "
+                f"got {list(self.stop_at_convs)}"
+            )
+        if (band or self.stop_at_convs) and not self.track_model_size:
+            raise ConfigError(
+                "strategy.model_size_band and strategy.stop_at_convs need strategy.track_model_size: true"
+            )
 
 
 @STRATEGIES.register("milenas", config=MilenasConfig)
@@ -38,3 +90,55 @@ class Milenas(GradientStrategy):
         loss_train.backward(inputs=self.arch_params)
         loss_valid, _ = self.loss(valid_batch)
         (self.config.mixed_level_lambda * loss_valid).backward(inputs=self.arch_params)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The derived architecture's size at the papers' CIFAR-10 evaluation size (the space's
+        default network for CIFAR-10) and, for DARTS cells, its convolutions per cell."""
+        if not self.config.track_model_size:
+            return {}
+        from raynas.data import dataset_info
+        from raynas.profile import count_params
+        from raynas.spaces import SPACES
+
+        arch = self.genotype()
+        network = SPACES.create(arch.space).build(arch, dataset_info("cifar10"))
+        metrics = {"eval_params": float(count_params(network))}
+        if hasattr(arch, "normal") and hasattr(arch, "reduce"):
+            metrics["convs_normal"] = float(sum(op not in PARAMETER_FREE for op, _ in arch.normal))
+            metrics["convs_reduce"] = float(sum(op not in PARAMETER_FREE for op, _ in arch.reduce))
+        return metrics
+
+    @classmethod
+    def stop_reason(cls, config: MilenasConfig, history: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why the search should end after the last epoch of ``history`` (its epochs' metrics),
+        or None to go on."""
+        last = history[-1]
+        if config.stop_at_convs and "convs_normal" in last:
+            normal, reduce = config.stop_at_convs
+            if (last["convs_normal"], last["convs_reduce"]) == (normal, reduce):
+                return (
+                    f"the derived cells keep {normal} and {reduce} convolutions "
+                    f"(strategy.stop_at_convs = {list(config.stop_at_convs)})"
+                )
+        if config.model_size_band and config.stop_above_band and len(history) >= config.size_patience:
+            high = config.model_size_band[1] * 1e6
+            recent = history[-config.size_patience :]
+            if all(m.get("eval_params", 0.0) > high for m in recent):
+                return (
+                    f"the derived architecture has {last['eval_params'] / 1e6:.2f}M parameters, above "
+                    f"strategy.model_size_band {list(config.model_size_band)} for {config.size_patience} "
+                    "epoch(s)"
+                )
+        return None
+
+    @classmethod
+    def final_epoch(cls, config: MilenasConfig, history: Sequence[Mapping[str, Any]]) -> int:
+        """The epoch whose architecture the search returns: with a size band, the one of best
+        validation accuracy among those in the band (the last if none is); else the last."""
+        if not config.model_size_band:
+            return len(history) - 1
+        low, high = (x * 1e6 for x in config.model_size_band)
+        inside = [i for i, m in enumerate(history) if low <= m.get("eval_params", -1.0) <= high]
+        if not inside:
+            return len(history) - 1
+        return max(inside, key=lambda i: (history[i]["valid_acc"], i))
