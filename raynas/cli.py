@@ -3,6 +3,8 @@
     raynas search CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
     raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
+    raynas latency [--job JOB.yaml | --space fbnet --dataset imagenet] --device NAME --out DIR
+                   [--cluster ADDRESS] [--validate N]
 
 Errors in the user's input print one line and exit with status 2.
 """
@@ -50,6 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("--layers", type=int, help="number of cells (default: the paper's)")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
 
+    latency = commands.add_parser(
+        "latency", help="measure a device's latency lookup table (per node type with --cluster)"
+    )
+    latency.add_argument("--job", help="take the space (and its layout) and the dataset from a job file")
+    latency.add_argument("--space", default="fbnet", help="search space (default: fbnet)")
+    latency.add_argument("--dataset", default="imagenet", help="input shape and classes (default: imagenet)")
+    latency.add_argument("--device", help="the device name the table is keyed by (default: cpu or cuda)")
+    latency.add_argument(
+        "--out", required=True, help="a table folder (writes <out>/<device>.json, merged) or a .json file"
+    )
+    latency.add_argument(
+        "--cluster", metavar="ADDRESS", help="measure a table per node type of this Ray cluster, in parallel"
+    )
+    latency.add_argument("--threads", type=int, default=1, help="torch threads while timing (default: 1)")
+    latency.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    latency.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: 10)")
+    latency.add_argument("--repeats", type=int, default=30, help="timed runs, median taken (default: 30)")
+    latency.add_argument(
+        "--validate", type=int, default=0, metavar="N",
+        help="also time N sampled whole networks and print the table's rank correlation with them",
+    )
+
     report = commands.add_parser(
         "report", help="best architectures, Pareto front and mean ± std over seeds from the results store"
     )
@@ -83,7 +107,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     from raynas.config import load_config
-    from raynas.search import format_duration, run_search
+    from raynas.search import format_duration, run_search, run_seeds
 
     overrides = list(args.overrides)
     if args.address:
@@ -91,11 +115,25 @@ def _search(args: argparse.Namespace) -> None:
     if args.tracking_uri:
         overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
     config = load_config(args.config, overrides)
+    if config.seeds:
+        results, summary = run_seeds(config, fresh=args.fresh)
+        print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
+        for seed, result in zip(config.seeds, results, strict=True):
+            print(f"  seed {seed}: valid accuracy {result.metrics['valid_acc']:.1%}  {result.architecture}")
+        for key in ("valid_acc", "valid_loss"):
+            if key in summary:
+                mean, std = summary[key]
+                print(f"{key}: {mean:.4f} ± {std:.4f} (mean ± std over {len(results)} seeds)")
+        return
     result = run_search(config, fresh=args.fresh)
     m = result.metrics
+    what = (
+        "supernet, held-out half" if config.evaluator is None
+        else f"best candidate, {config.evaluator.name} evaluator"
+    )
     print(
         f"\nSearch finished in {format_duration(result.seconds)}: "
-        f"valid accuracy {m['valid_acc']:.1%} (supernet, held-out half)\n"
+        f"valid accuracy {m['valid_acc']:.1%} ({what})\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
         f"{result.params_cifar10 / 1e6:.2f}M as the space's CIFAR-10 network of the papers\n"
@@ -127,18 +165,61 @@ def _describe(args: argparse.Namespace) -> None:
     )
 
 
+def _latency(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from raynas.config import load_config
+    from raynas.data import dataset_info
+    from raynas.errors import ConfigError
+    from raynas.latency import LatencyTable, TimingOptions, build_table, check_table, table_path
+    from raynas.spaces import SPACES
+
+    if args.job:
+        job = load_config(args.job)
+        space_name, space_config, info = job.space.name, job.space.config, dataset_info(job.data.name)
+    else:
+        entry = SPACES.entry(args.space)
+        space_name, space_config, info = args.space, entry.config(), dataset_info(args.dataset)
+    space = SPACES.create(space_name, space_config)
+    if not hasattr(space, "latency_items"):
+        raise ConfigError(f"space {space_name!r} has no latency tables; spaces with them: fbnet")
+    options = TimingOptions(
+        batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, threads=args.threads
+    )
+    if args.cluster:
+        import ray
+
+        from raynas.execution.latency_profiler import profile_cluster
+
+        ray.init(address=args.cluster, logging_level="WARNING")
+        for name, result in profile_cluster(space_name, space_config, info, options=options,
+                                            out_dir=args.out).items():
+            print(f"{name}: {len(result.table.entries)} entries measured on node {result.node_id[:12]} "
+                  f"({result.table.description}) -> {result.path}")
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = args.device or device.type
+    out = Path(args.out)
+    path = out if out.suffix == ".json" else table_path(out, name)
+    table = build_table(space, info, device_name=name, device=device, options=options)
+    saved = (LatencyTable.load(path).merged(table) if path.is_file() else table).save(path)
+    print(f"{name}: {len(table.entries)} entries ({table.description}) -> {saved}")
+    if args.validate:
+        check = check_table(table, space, info, samples=args.validate, device=device, options=options)
+        for arch, pred, real in zip(check.architectures, check.predicted_ms, check.measured_ms, strict=True):
+            print(f"  predicted {pred:8.3f} ms  measured {real:8.3f} ms  {arch}")
+        print(f"Spearman rank correlation over {args.validate} architectures: {check.spearman:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raynas`` console script."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     try:
-        if args.command == "search":
-            _search(args)
-        elif args.command == "report":
-            _report(args)
-        else:
-            _describe(args)
+        {"search": _search, "describe": _describe, "report": _report, "latency": _latency}[args.command](args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from
         print(f"raynas: error: {exc}", file=sys.stderr)
         return 1

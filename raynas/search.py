@@ -8,6 +8,7 @@ running the same job again continues it in the same MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,6 +219,33 @@ def _final_epoch(config: SearchConfig, history: list[dict[str, Any]]) -> int:
     from every epoch's metrics (MiLeNAS: the best within a model-size band)."""
     hook = getattr(STRATEGIES.get(config.strategy.name), "final_epoch", None)
     return hook(config.strategy.config, [h["metrics"] for h in history]) if hook else len(history) - 1
+
+
+def run_seeds(
+    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
+) -> tuple[list[SearchResult], dict[str, tuple[float, float]]]:
+    """Run the search once per seed of ``config.seeds`` (as ``<name>-seed<N>``, each resumable on
+    its own) and summarise them, as the DARTS authors urge for reporting.
+
+    Returns:
+        The per-seed results, and for every metric they all report its mean and sample standard
+        deviation (0 for a single seed).
+    """
+    if not config.seeds:
+        raise ConfigError("run_seeds needs config.seeds, e.g. seeds: [0, 1, 2]")
+    results = []
+    for seed in config.seeds:
+        echo(f"--- seed {seed} ---")
+        one = dataclasses.replace(config, seed=seed, seeds=(), name=f"{config.name}-seed{seed}")
+        results.append(run_search(one, fresh=fresh, echo=echo))
+    shared = set.intersection(*(set(r.metrics) for r in results))
+    summary = {}
+    for key in sorted(shared):
+        values = [float(r.metrics[key]) for r in results]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        summary[key] = (mean, var**0.5)
+    return results, summary
 
 
 def _collapsed(config: SearchConfig, report: dict[str, Any]) -> bool:

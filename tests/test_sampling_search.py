@@ -4,6 +4,7 @@ with inherited weights or trained from scratch, recorded, resumed after a crash,
 from __future__ import annotations
 
 import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.evaluators.supernet import SupernetEvaluator
-from raynas.search import run_search
+from raynas.search import run_search, run_seeds
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
@@ -161,3 +162,17 @@ def test_supernet_replicas_on_ray_score_candidates_concurrently(tmp_path: Path, 
     assert len(state["results"]) == 8
     assert {r["node"] for r in state["results"]} == {"cpu"}
     assert len({r["trial_id"] for r in state["results"]}) == 8
+
+
+def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> None:
+    job = sampling_job(
+        tmp_path, {"name": "random", "evaluations": 2}, {"name": "supernet", "bn_batches": 1},
+        train={"epochs": 1}, seeds=[0, 1],
+    )
+    results, summary = run_seeds(parse_config(job), echo=lambda _: None)
+    accs = [r.metrics["valid_acc"] for r in results]
+    assert len(results) == 2 and results[0].run_id != results[1].run_id
+    mean, std = summary["valid_acc"]
+    assert mean == pytest.approx(statistics.mean(accs))
+    assert std == pytest.approx(statistics.stdev(accs))
+    assert (tmp_path / "runs" / "tiny-seed1" / "checkpoint.pt").is_file()
