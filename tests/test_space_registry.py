@@ -185,8 +185,9 @@ def test_supernet_forward_backward_and_derivation(name: str) -> None:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     derived = supernet.genotype()
     assert space.contains(derived)
-    assert 0 <= supernet.arch_entropy() <= supernet.max_entropy() + 1e-6
-    assert supernet.skip_connects() >= 0
+    assert supernet.arch_entropy() >= 0
+    if hasattr(supernet, "skip_connects"):  # optional: spaces of DARTS-style cells
+        assert supernet.skip_connects() >= 0
     json.dumps(supernet.arch_state())  # tracked as JSON
 
 
