@@ -30,6 +30,7 @@ from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
 from raynas.tracking import MlflowTracker
+from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport, EvalResult
 
@@ -103,7 +104,7 @@ def run_sampling_search(
     config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> Any:
     """Run (or resume) the sampling search of ``config``; returns a ``raynas.search.SearchResult``."""
-    from raynas.search import SearchResult, _network_sizes
+    from raynas.search import SearchResult, _network_sizes, _searched_network
 
     started = time.perf_counter()
     folder = Path(config.tracking.output_dir) / config.name
@@ -117,12 +118,19 @@ def run_sampling_search(
             "config; pass --fresh to start over, or give the job another name"
         )
     search = SamplingSearch(config, echo=echo)
-    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment)
+    tracker = MlflowTracker(
+        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
+        artifact_location=config.tracking.artifact_location,
+    )
+    recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend)
     pool = start_pool(config) if not search.use_tune or search.one_shot else None
     try:
         run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+        recorder.opened(run_id)
         if prior is not None:
             search.load_state_dict(prior["search"])
+            if search.results:  # checkpointed, perhaps not recorded, before the crash
+                recorder.candidate(search.results[-1], step=len(search.results) - 1, resumed=True)
             if pool is not None and supernet_file.is_file():
                 pool.load_state_dict(load_checkpoint(supernet_file))
             echo(
@@ -145,8 +153,8 @@ def run_sampling_search(
         def record(result: EvalResult) -> None:
             search.results.append(result)
             search.strategy.tell(result)
-            _log_candidate(tracker, len(search.results) - 1, result)
             save()
+            recorder.candidate(result, step=len(search.results) - 1)
             echo(
                 f"candidate {len(search.results):>4}  {result.objective} {result.score:7.2%}  "
                 f"budget {result.budget:g}{'  stopped early' if result.stopped_early else ''}  "
@@ -174,8 +182,9 @@ def run_sampling_search(
             "params": params, "params_cifar10": params_cifar, "candidates": len(search.results),
             "stopped_early": sum(r.stopped_early for r in search.results), **best.metrics,
         }
-        tracker.finish(
-            EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture), summary
+        recorder.finish(
+            EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture),
+            summary, weights_history=[], network=_searched_network(config, best.architecture),
         )
         save(finished=True)
     except KeyboardInterrupt:
@@ -287,13 +296,6 @@ def _final(search: SamplingSearch) -> EvalResult:
         raise RaynasError(f"search {search.config.name!r} evaluated no candidate")
     return max(pool, key=lambda r: r.score)
 
-
-def _log_candidate(tracker: MlflowTracker, index: int, result: EvalResult) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"candidate_{k}", float(v), now, index) for k, v in result.metrics.items()]
-    tracker.client.log_batch(tracker.run_id, metrics=metrics)
 
 
 __all__ = ["PHASES", "SamplingSearch", "build_strategy", "run_sampling_search"]

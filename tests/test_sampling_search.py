@@ -18,6 +18,7 @@ from raynas.search import run_search, run_seeds
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
+from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import DatasetInfo
 from tests.conftest import tiny_job
@@ -72,17 +73,20 @@ def test_one_shot_training_updates_only_the_sampled_path() -> None:
     assert touched == {"3"}  # nor_conv_3x3's index in NB201_OPS
 
 
-def test_spos_search_records_every_candidate_in_mlflow(tmp_path: Path) -> None:
+def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Path) -> None:
     job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2})
     result = run_search(parse_config(job), echo=lambda _: None)
-    run = MlflowClient(job["tracking"]["tracking_uri"]).get_run(result.run_id)
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    history = MlflowClient(job["tracking"]["tracking_uri"]).get_metric_history(
-        result.run_id, "candidate_valid_acc"
-    )
-    assert len(history) == 8
-    assert result.metrics["valid_acc"] == max(m.value for m in history)
     assert run.data.tags["raynas.architecture_key"] == result.architecture.key()
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+    )
+    assert len(children) == 8
+    assert result.metrics["valid_acc"] == max(c.data.metrics["valid_acc"] for c in children)
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) == 8 and rows["trial_id"].is_unique
 
 
 def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: Path) -> None:

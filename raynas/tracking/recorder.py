@@ -81,6 +81,20 @@ class SearchRecorder:
             return
         self.tracker.log_candidate(candidate, step=report.epoch, name=f"epoch {report.epoch:03d}")
 
+    def candidate(self, result: EvalResult, *, step: int, resumed: bool = False) -> None:
+        """Record one candidate of a sampling search: a results row and a child run.
+
+        Args:
+            result: The evaluation.
+            step: Its index in the search (the step its metrics are logged at).
+            resumed: It may have been recorded before a crash; the child run is made only once.
+        """
+        assert self.info is not None, "call opened() first"
+        self.store.append([result], info=self.info)
+        if resumed and self._has_child(result.trial_id):
+            return
+        self.tracker.log_candidate(result, step=step)
+
     def _has_child(self, trial_id: str) -> bool:
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id],
