@@ -164,3 +164,32 @@ def test_a_published_style_genotype_with_convnext_ops_builds_and_counts() -> Non
     net = DartsCnnSpace().build(g, TINY, channels=4, layers=3)
     assert net(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     assert count_params(net) > 0
+
+
+GRADIENT_STRATEGIES = [
+    {"name": "darts", "order": 1},
+    {"name": "darts", "order": 2},
+    {"name": "pc_darts", "k": 2, "arch_start_epoch": 0},
+    {"name": "milenas", "track_model_size": False},
+    {"name": "gdas"},
+    {"name": "adarts", "k": 2, "arch_start_epoch": 0},
+    {"name": "rf_darts"},
+]
+
+
+@pytest.mark.parametrize("strategy", GRADIENT_STRATEGIES, ids=lambda s: f"{s['name']}{s.get('order', '')}")
+def test_every_darts_strategy_searches_the_convnext_set(tmp_path, strategy: dict) -> None:
+    from conftest import tiny_job
+
+    from raynas.config import parse_config
+    from raynas.train.search import SupernetSearch
+
+    job = tiny_job(tmp_path, space={"operations": "convnext"}, data={"limit": 32})
+    job["strategy"] = {**strategy, "arch_learning_rate": 0.05}
+    search = SupernetSearch(parse_config(job))
+    assert search.space.config.primitives == CONVNEXT_PRIMITIVES
+    before = [a.detach().clone() for a in search.strategy.arch_params]
+    report = search.run_epoch()
+    assert all(not torch.equal(a, b) for a, b in zip(search.strategy.arch_params, before, strict=True))
+    assert isinstance(report.architecture, DartsGenotype)
+    assert search.space.contains(report.architecture)
