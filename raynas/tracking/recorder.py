@@ -118,7 +118,10 @@ class SearchRecorder:
         """
         from raynas.tracking.plots import plot_arch_weights
 
-        self.tracker.log_architecture_image(final.architecture)
+        try:
+            self.tracker.log_architecture_image(final.architecture)
+        except ValueError as exc:  # a space without a drawing (e.g. a user-defined one): no picture
+            log.info("no architecture picture: %s", exc)
         history = [w for w in weights_history if w]
         if history:
             figure = plot_arch_weights(history, op_names=_op_names(self.config))
