@@ -1,0 +1,237 @@
+"""The MLflow layout (parent run per search, child run per candidate, lineage, Model Registry),
+the pictures, and what happens when the tracking server is unreachable at start or mid-search."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import random
+import socket
+import threading
+from pathlib import Path
+
+import mlflow.pytorch
+import pytest
+import torch
+from conftest import free_port, tiny_job
+from matplotlib.patches import FancyArrowPatch
+from mlflow.tracking import MlflowClient
+
+from raynas.config import parse_config
+from raynas.errors import ConfigError
+from raynas.search import run_search
+from raynas.spaces.darts_cnn import published_genotype
+from raynas.spaces.nb201 import Nb201Arch, Nb201Space
+from raynas.tracking import MlflowTracker, ResultsStore
+from raynas.tracking.plots import draw_architecture, plot_arch_weights
+from raynas.types import Architecture, EvalResult
+
+
+def candidate(i: int) -> EvalResult:
+    return EvalResult(
+        architecture=Nb201Space().sample(random.Random(i)),
+        metrics={"valid_acc": 0.5 + i / 10, "params": 1000.0 * (i + 1)}, trial_id=f"trial-{i}",
+        budget=12.0, seconds=3.5, node="ray-gpu", stopped_early=i == 1,
+    )
+
+
+def test_a_candidate_is_a_child_run_of_its_search(tmp_path: Path) -> None:
+    config = parse_config(tiny_job(tmp_path))
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="layout")
+    parent = tracker.start(config)
+    child = tracker.log_candidate(candidate(1), step=4)
+    assert child
+
+    client = MlflowClient(config.tracking.tracking_uri)
+    run = client.get_run(child)
+    r = candidate(1)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.status == "FINISHED" and run.info.run_name == "trial-1"
+    assert run.data.tags["raynas.architecture_key"] == r.architecture.key()
+    assert run.data.tags["raynas.trial_id"] == "trial-1"
+    for tag in ("space", "strategy", "dataset", "seed"):  # the search's tags, to filter children by
+        assert run.data.tags[f"raynas.{tag}"] == client.get_run(parent).data.tags[f"raynas.{tag}"]
+    assert run.data.params["architecture"] == str(r.architecture)
+    assert (run.data.params["budget"], run.data.params["node"], run.data.params["stopped_early"]) == (
+        "12.0", "ray-gpu", "true"
+    )
+    assert run.data.metrics == {"valid_acc": 0.6, "params": 2000.0, "seconds": 3.5, "budget": 12.0}
+    assert client.get_metric_history(child, "valid_acc")[0].step == 4
+    local = client.download_artifacts(child, "architecture.json", str(tmp_path))
+    assert Architecture.from_json(Path(local).read_text()) == r.architecture
+
+
+def test_search_records_candidates_pictures_results_and_the_registered_model(tmp_path: Path) -> None:
+    config = parse_config(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas"}))
+    result = run_search(config, echo=lambda _: None)
+    client = MlflowClient(config.tracking.tracking_uri)
+
+    children = client.search_runs(
+        [client.get_experiment_by_name("e2e").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    assert sorted(c.info.run_name for c in children) == ["epoch 000", "epoch 001"]
+    last = next(c for c in children if c.info.run_name == "epoch 001")
+    assert last.data.tags["raynas.architecture_key"] == result.architecture.key()
+    assert last.data.metrics["valid_acc"] == pytest.approx(result.metrics["valid_acc"])
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"architecture.png", "arch_weights.png", "genotype.json", "model"} <= artifacts
+    png = Path(client.download_artifacts(result.run_id, "architecture.png", str(tmp_path)))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    store = ResultsStore(tmp_path / "runs" / "results")
+    rows = store.read_table().to_pylist()
+    assert sorted(r["trial_id"] for r in rows) == ["epoch-000", "epoch-001"]
+    assert {r["run_id"] for r in rows} == {result.run_id} and rows[0]["strategy"] == "darts"
+
+    version = client.get_model_version("tiny-nas", "1")
+    assert version.run_id == result.run_id
+    assert version.tags["raynas.architecture_key"] == result.architecture.key()
+    assert Architecture.from_json(version.tags["raynas.architecture"]) == result.architecture
+    assert version.tags["raynas.trained"] == "false"
+    mlflow.set_tracking_uri(config.tracking.tracking_uri)
+    model = mlflow.pytorch.load_model("models:/tiny-nas/1")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # digits: 1 channel, 8x8, 10 classes
+    arch_file = Path(client.download_artifacts(result.run_id, "model/extra_files/architecture.json",
+                                               str(tmp_path)))
+    assert Architecture.from_json(arch_file.read_text()) == result.architecture
+
+    # A retraining run names the search and the architecture it came from.
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="retrain")
+    derived = client.get_run(tracker.start_derived_run(
+        architecture=result.architecture, source_run_id=result.run_id, kind="retrain"
+    ))
+    assert derived.data.tags["raynas.lineage.source_run_id"] == result.run_id
+    assert derived.data.tags["raynas.lineage.architecture_key"] == result.architecture.key()
+    assert derived.data.tags["raynas.lineage.kind"] == "retrain"
+    assert derived.data.tags["raynas.lineage.source_strategy"] == "darts"
+
+
+def test_unreachable_server_at_start_is_one_clear_line(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match=f"MLflow tracking server {uri} is unreachable"):
+        MlflowTracker(tracking_uri=uri, experiment="x")
+
+
+class CuttableLink:
+    """A TCP relay on loopback between a client and a server that the test can cut and restore:
+    a network outage without restarting the server."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.port = free_port()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.integration
+def test_a_server_outage_mid_search_queues_records_until_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: str
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our own backoff is under test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    link = CuttableLink(mlflow_server)
+    link.up()
+    config = parse_config(tiny_job(tmp_path, tracking={"tracking_uri": link.uri}))
+    tracker = MlflowTracker(tracking_uri=link.uri, experiment="outage", attempts=2, backoff_s=0.05)
+    parent = tracker.start(config)
+    assert tracker.log_candidate(candidate(0))
+
+    link.down()  # the search goes on: records wait, in order, in the queue
+    assert tracker.log_candidate(candidate(1)) == ""
+    assert tracker.log_candidate(candidate(2)) == ""
+    assert tracker.pending() == 2
+
+    link.up()
+    try:
+        assert tracker.flush() and tracker.pending() == 0
+        client = MlflowClient(mlflow_server)
+        children = client.search_runs(
+            [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+        )
+        names = collections.Counter(c.info.run_name for c in children)
+        assert names == {"trial-0": 1, "trial-1": 1, "trial-2": 1}  # each once, none lost
+        assert all(c.info.status == "FINISHED" for c in children)
+    finally:
+        link.down()
+
+
+def test_darts_picture_has_every_edge_labelled() -> None:
+    genotype = published_genotype("DARTS_V2")
+    fig = draw_architecture(genotype)
+    normal, reduce = fig.axes
+    for ax, edges, concat in ((normal, genotype.normal, genotype.normal_concat),
+                              (reduce, genotype.reduce, genotype.reduce_concat)):
+        labels = collections.Counter(t.get_text() for t in ax.texts)
+        assert {op: labels[op] for op, _ in edges} == dict(collections.Counter(op for op, _ in edges))
+        assert {"c_{k-2}", "c_{k-1}", "c_{k}", "0", "1", "2", "3"} <= set(labels)
+        arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+        assert len(arrows) == len(edges) + len(concat)  # 8 chosen edges + 4 into the output
+
+
+def test_nb201_picture_leaves_out_none_edges() -> None:
+    arch = Nb201Arch.parse("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
+    (ax,) = draw_architecture(arch).axes
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 4
+    assert sorted(t.get_text() for t in ax.texts if "_" in t.get_text()) == [
+        "avg_pool_3x3", "nor_conv_1x1", "nor_conv_3x3", "skip_connect"
+    ]
+
+
+def test_fbnet_picture_has_a_bar_per_layer() -> None:
+    fbnet = pytest.importorskip("raynas.spaces.fbnet")
+    arch = fbnet.FbnetArch(("k3_e1", "k5_e6", "skip", "k3_e1_g2"))
+    (ax,) = draw_architecture(arch).axes
+    assert [t.get_text() for t in ax.texts] == ["k3_e1", "k5_e6", "skip", "k3_e1_g2"]
+    assert [round(p.get_height(), 1) for p in ax.patches] == [1.0, 6.0, 0.3, 1.0]  # expansion ratios
+
+
+def test_arch_weights_heatmap_is_the_softmax_per_edge() -> None:
+    history = [{"alpha_normal": [[0.0, 0.0], [1.0, 0.0]]}, {"alpha_normal": [[2.0, 0.0], [0.0, 0.0]]}]
+    fig = plot_arch_weights(history, op_names=["a", "b"])
+    grid = fig.axes[0].images[0].get_array()
+    # Rows (edge, op), columns epochs; softmax(1, 0) = (e / (e + 1), 1 / (e + 1)) = (0.7311, 0.2689).
+    assert grid[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.7310586, 0.2689414])
+    assert grid[:, 1].tolist() == pytest.approx([0.8807971, 0.1192029, 0.5, 0.5])
