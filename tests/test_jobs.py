@@ -28,24 +28,48 @@ SHRINK_SPACE = {
 }
 
 
+# Sampling strategies: a budget of a few candidates (and what it constrains).
+SHRINK_STRATEGY = {
+    "evolution": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
+    "spos": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
+}
+SHRINK_EVALUATOR = {
+    "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],
+    "supernet": ["evaluator.bn_batches=1"],
+}
+
+
 @pytest.mark.parametrize("path", QUICK_JOBS, ids=lambda p: p.name)
 def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
-    """Each method's job file runs end to end (shrunk to seconds, in-process) and records the
-    genotype of every epoch in MLflow."""
+    """Each method's job file runs end to end (shrunk to seconds, in-process) and records what it
+    found in MLflow: the genotype of every epoch (gradient strategies) or every candidate as a
+    child run of the search (sampling strategies)."""
     from mlflow.tracking import MlflowClient
 
     from raynas.search import run_search
 
-    space = load_config(path).space.name
+    original = load_config(path)
     overrides = [
-        *SHRINK_SPACE[space], "data.limit=64",
+        *SHRINK_SPACE[original.space.name], "data.limit=64",
         "data.batch_size=16", "train.epochs=2", "execution.backend=local",
-        "execution.cpus_per_worker=1", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "execution.cpus_per_worker=1", "execution.concurrency=1",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ]
+    if original.evaluator is not None:
+        overrides += SHRINK_STRATEGY.get(original.strategy.name, ["strategy.evaluations=3"])
+        overrides += SHRINK_EVALUATOR[original.evaluator.name]
+        overrides += ["retrain_top=1"] if original.retrain_top else []
     config = load_config(path, overrides)
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)
-    artifacts = {a.path for a in client.list_artifacts(result.run_id, "genotypes")}
-    assert artifacts == {"genotypes/epoch_000.json", "genotypes/epoch_001.json"}
-    assert client.get_run(result.run_id).data.tags["raynas.strategy"] == config.strategy.name
+    run = client.get_run(result.run_id)
+    assert run.data.tags["raynas.strategy"] == config.strategy.name
+    if config.evaluator is None:
+        artifacts = {a.path for a in client.list_artifacts(result.run_id, "genotypes")}
+        assert artifacts == {"genotypes/epoch_000.json", "genotypes/epoch_001.json"}
+    else:
+        children = client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+        )
+        assert len(children) >= 3
