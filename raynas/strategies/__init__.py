@@ -20,6 +20,6 @@ from raynas.strategies.gradient import (  # noqa: E402, F401
     pc_darts,
     rf_darts,
 )
-from raynas.strategies.sampling import evolution, random_search  # noqa: E402, F401
+from raynas.strategies.sampling import bo, enas, evolution, novelty, progressive, random_search  # noqa: E402, F401
 
 __all__ = ["STRATEGIES"]

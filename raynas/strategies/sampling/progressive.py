@@ -1,0 +1,248 @@
+"""Progressive search with a learned predictor, in the spirit of PNAS (Liu et al., "Progressive
+Neural Architecture Search", ECCV 2018) and EPNAS (Zhou et al., "EPNAS: Efficient Progressive
+Neural Architecture Search", BMVC 2019).
+
+PNAS grows cells one block at a time: every expansion of the current beam is scored by a surrogate
+trained on the cells evaluated so far, the top K are trained and evaluated, and the surrogate is
+refit. Here the "blocks" are groups of a space's decisions, filled in order:
+
+- a space may offer ``decision_groups()``, a tuple of tuples of decision indices that covers every
+  decision once (e.g. the DARTS cell's node: its inputs and two ops); the default is one decision
+  per group;
+- decisions not filled yet take option 0, which spaces order as the neutral choice (NAS-Bench-201's
+  ``none``), so every partial architecture is a complete, evaluable one;
+- at stage ``s`` the expansions of every beam member (all option combinations of group ``s``)
+  that were not evaluated yet are ranked by the predictor (a small MLP regressor on the one-hot
+  encoding, refit from scratch on every result so far; a random order before there are two
+  results), and the top ``beam_size`` are asked (evaluated in parallel by the driver);
+- once they are all told, the beam is the ``beam_size`` best of the stage's expansions by score
+  (those asked and those evaluated before, such as the parents themselves: option 0 leaves a
+  group unset), and the next group is expanded. After the last group the search is done.
+
+At most ``groups * beam_size`` candidates are evaluated. As in EPNAS, a stage's candidates are
+evaluated in parallel; EPNAS's REINFORCE-trained policy as the predictor is not reproduced here
+(PNAS's regressor is).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from raynas.errors import ConfigError
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.types import Architecture, EvalResult
+
+Values = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ProgressiveConfig:
+    """Beam width and the predictor (PNAS: K=256 cells per stage, an ensemble of 5 LSTMs/MLPs).
+
+    Attributes:
+        beam_size: K, candidates evaluated per stage and kept in the beam.
+        predictor_hidden: Hidden units of the MLP predictor.
+        predictor_steps: Full-batch Adam steps each time the predictor is refit.
+        predictor_learning_rate: Adam's learning rate for the predictor.
+        max_expansions: Upper bound on the expansions ranked per stage (a group with too many
+            option combinations is an error that names the group).
+    """
+
+    beam_size: int = 8
+    predictor_hidden: int = 64
+    predictor_steps: int = 200
+    predictor_learning_rate: float = 1e-2
+    max_expansions: int = 100_000
+
+    def __post_init__(self) -> None:
+        check_positive(self.beam_size, "strategy.beam_size")
+        check_positive(self.predictor_hidden, "strategy.predictor_hidden")
+        check_positive(self.predictor_steps, "strategy.predictor_steps")
+        check_positive(self.max_expansions, "strategy.max_expansions")
+        if self.predictor_learning_rate <= 0:
+            raise ConfigError(
+                f"strategy.predictor_learning_rate must be positive, got {self.predictor_learning_rate}"
+            )
+
+
+class Predictor(nn.Module):
+    """A small MLP regressor from the one-hot encoding of an architecture to its score.
+
+    Args:
+        sizes: The number of options of every decision.
+        hidden: Hidden units.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], hidden: int) -> None:
+        super().__init__()
+        self.offsets = [0, *itertools.accumulate(sizes)][:-1]
+        self.net = nn.Sequential(nn.Linear(sum(sizes), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def one_hot(self, values: list[Values]) -> torch.Tensor:
+        """(N, sum of option counts): a 1 at each decision's chosen option."""
+        x = torch.zeros(len(values), self.net[0].in_features)
+        for row, v in enumerate(values):
+            x[row, [o + i for o, i in zip(self.offsets, v, strict=True)]] = 1.0
+        return x
+
+    def forward(self, values: list[Values]) -> torch.Tensor:
+        return self.net(self.one_hot(values)).squeeze(1)  # (N,)
+
+
+@STRATEGIES.register("progressive", config=ProgressiveConfig)
+class Progressive(SamplingStrategy):
+    """Beam search over groups of decisions, ranked by a predictor refit on every result.
+
+    Args:
+        config: Beam width and predictor settings.
+        space: The space to search (``decision_groups()`` is used if it has one).
+        seed: Seeds the first stage's random ranking and the predictor's initial weights.
+    """
+
+    name = "progressive"
+
+    def __init__(self, config: ProgressiveConfig, *, space: Any, seed: int = 0) -> None:
+        super().__init__(space=space, seed=seed)
+        self.config = config
+        self.seed = seed
+        self.sizes = tuple(len(d.options) for d in self.decisions)
+        self.groups = self._groups()
+        self.beam: list[Values] = [(0,) * len(self.decisions)]
+        self.stage = 0  # the group being expanded
+        # This stage's candidates for the next beam (evaluated expansions and those asked) and
+        # those still to ask.
+        self.candidates: list[Values] | None = None
+        self.to_ask: list[Values] = []
+        self.scores: dict[Values, float] = {}
+
+    def _groups(self) -> tuple[tuple[int, ...], ...]:
+        groups_of = getattr(self.space, "decision_groups", None)
+        if groups_of is None:
+            return tuple((i,) for i in range(len(self.decisions)))
+        groups = tuple(tuple(int(i) for i in g) for g in groups_of())
+        flat = sorted(i for g in groups for i in g)
+        if flat != list(range(len(self.decisions))) or not all(groups):
+            raise ConfigError(
+                f"{type(self.space).__name__}.decision_groups() must cover every decision index "
+                f"0..{len(self.decisions) - 1} exactly once, in non-empty groups; got {groups}"
+            )
+        return groups
+
+    def _expansions(self) -> list[Values]:
+        group = self.groups[self.stage]
+        count = len(self.beam) * math.prod(self.sizes[i] for i in group)
+        if count > self.config.max_expansions:
+            names = ", ".join(self.decisions[i].name for i in group)
+            raise ConfigError(
+                f"decision group ({names}) has {count} expansions of the beam, more than "
+                f"strategy.max_expansions ({self.config.max_expansions}): raise it or lower beam_size"
+            )
+        out: list[Values] = []
+        seen: set[Values] = set()
+        for parent in self.beam:
+            for options in itertools.product(*(range(self.sizes[i]) for i in group)):
+                child = list(parent)
+                for i, option in zip(group, options, strict=True):
+                    child[i] = option
+                if tuple(child) not in seen:
+                    seen.add(tuple(child))
+                    out.append(tuple(child))
+        return out
+
+    def predictor(self) -> Predictor | None:
+        """The predictor fit on every finite score so far (None with fewer than two)."""
+        data = [(v, s) for v, s in self.scores.items() if math.isfinite(s)]
+        if len(data) < 2:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000 + self.stage)  # refits do not depend on ask order
+            model = Predictor(self.sizes, self.config.predictor_hidden)
+        y = torch.tensor([s for _, s in data])  # (N,)
+        y = (y - y.mean()) / y.std().clamp_min(1e-8)
+        x = [v for v, _ in data]
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.config.predictor_learning_rate)
+        for _ in range(self.config.predictor_steps):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+        return model.eval()
+
+    def _rank(self, new: list[Values]) -> list[Values]:
+        """Unevaluated expansions, best predicted first (in random order before any predictor)."""
+        model = self.predictor()
+        if model is None:
+            new = list(new)
+            self.rng.shuffle(new)
+            return new
+        with torch.no_grad():
+            predicted = model(new).tolist()  # (N,)
+        order = sorted(range(len(new)), key=lambda i: -predicted[i])  # stable: ties keep their order
+        return [new[i] for i in order]
+
+    def _start_stage(self) -> None:
+        """Queue the top ``beam_size`` unevaluated expansions; the evaluated ones compete as they are."""
+        expansions = self._expansions()
+        known = [v for v in expansions if v in self.scores]
+        asked = self._rank([v for v in expansions if v not in self.scores])[: self.config.beam_size]
+        self.candidates = known + asked
+        self.to_ask = asked
+
+    def _finish_stages(self) -> None:
+        """Close every stage whose candidates are all told and open the next."""
+        while self.stage < len(self.groups):
+            if self.candidates is None:
+                self._start_stage()
+            assert self.candidates is not None
+            if not all(v in self.scores for v in self.candidates):
+                return
+            ranked = sorted(self.candidates, key=lambda v: -self.scores[v])  # stable for ties
+            self.beam = ranked[: self.config.beam_size]
+            self.stage += 1
+            self.candidates = None
+
+    def ask(self) -> Architecture | None:
+        self._finish_stages()
+        if not self.to_ask:
+            return None  # the stage's candidates are being evaluated, or the search is over
+        self.asked += 1
+        return self.space.decode(self.to_ask.pop(0))
+
+    def tell(self, result: EvalResult) -> None:
+        super().tell(result)
+        values = tuple(self.space.encode(result.architecture))
+        self.scores[values] = max(result.score, self.scores.get(values, -math.inf))
+        self._finish_stages()
+
+    @property
+    def done(self) -> bool:
+        return self.stage >= len(self.groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "beam": [list(v) for v in self.beam],
+            "stage": self.stage,
+            "candidates": None if self.candidates is None else [list(v) for v in self.candidates],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved stage; its candidates that were in flight are asked again, first."""
+        super().load_state_dict(state)
+        self.scores = {}
+        for r in self.history:
+            values = tuple(self.space.encode(r.architecture))
+            self.scores[values] = max(r.score, self.scores.get(values, -math.inf))
+        self.beam = [tuple(int(x) for x in v) for v in state["beam"]]
+        self.stage = int(state["stage"])
+        candidates = state["candidates"]
+        self.candidates = None if candidates is None else [tuple(int(x) for x in v) for v in candidates]
+        self.to_ask = [v for v in self.candidates or [] if v not in self.scores]
+        self._finish_stages()

@@ -1,0 +1,488 @@
+"""Sanity tests of every sampling strategy (controller) on a small analytic space, in-process, as
+NNI's strategy tests do: each finds the unique optimum within a budget that suits it, with two
+candidates in flight at a time, and a controller saved halfway (through ``torch.save`` /
+``torch.load(weights_only=True)``) continues where it stopped. Plus the math of ENAS's REINFORCE
+update, the novelty score and the progressive search's groups, checked against independent
+computations."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from raynas.config import load_config
+from raynas.errors import ArchitectureError, ConfigError
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling import SamplingStrategy
+from raynas.strategies.sampling.bo import BoConfig
+from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig
+from raynas.strategies.sampling.evolution import EvolutionConfig
+from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
+from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
+from raynas.strategies.sampling.random_search import RandomConfig
+from raynas.types import Architecture, Decision, EvalResult, decode_options
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+# -- a small analytic space: 3 x 4 x 3 x 4 = 144 architectures --------------------------------
+
+
+@dataclass(frozen=True)
+class ToyArch(Architecture):
+    space: ClassVar[str] = "analytic-test"
+    values: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ToyArch:
+        return cls(tuple(int(v) for v in data["values"]))
+
+
+# Per-decision values (option 0, the neutral one, is worth 0) and an interaction that rewards the
+# per-decision optimum of decisions 1 and 3 together: the unique optimum is (1, 2, 1, 3), 2.1.
+VALUES = ((0.0, 0.3, 0.1), (0.0, 0.2, 0.5, 0.1), (0.0, 0.4, 0.2), (0.0, 0.1, 0.2, 0.6))
+OPTIMUM = (1, 2, 1, 3)
+
+
+def toy_score(values: tuple[int, ...]) -> float:
+    bonus = 0.3 if values[1] == 2 and values[3] == 3 else 0.0
+    return sum(table[v] for table, v in zip(VALUES, values, strict=True)) + bonus
+
+
+class ToySpace:
+    """The flat categorical view (decisions/encode/decode) and nothing else."""
+
+    def decisions(self) -> tuple[Decision, ...]:
+        return tuple(
+            Decision(f"d{i}", tuple(f"o{j}" for j in range(len(table)))) for i, table in enumerate(VALUES)
+        )
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        assert isinstance(arch, ToyArch)
+        return arch.values
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> ToyArch:
+        decode_options(self.decisions(), values)  # range checks
+        return ToyArch(tuple(int(v) for v in values))
+
+
+class GroupedToySpace(ToySpace):
+    def decision_groups(self) -> tuple[tuple[int, ...], ...]:
+        return ((0, 1), (2, 3))
+
+
+def evaluate(arch: Architecture, trial: int) -> EvalResult:
+    assert isinstance(arch, ToyArch)
+    return EvalResult(architecture=arch, metrics={"valid_acc": toy_score(arch.values)}, trial_id=f"t{trial}")
+
+
+def test_the_analytic_space_has_one_optimum() -> None:
+    scores = {v: toy_score(v) for v in itertools.product(*(range(len(t)) for t in VALUES))}
+    best = max(scores.values())
+    assert [v for v, s in scores.items() if s == best] == [OPTIMUM]
+    assert best == pytest.approx(2.1)
+
+
+# -- budgets: each strategy's settings for this space -------------------------------------------
+
+EPOCHS = 3  # supernet epochs the driver simulates (ENAS trains its controller after each)
+PATHS_PER_EPOCH = 4
+
+BUDGETS: dict[str, Any] = {
+    # ~90% of the space: random search finds the optimum with probability ~0.9 (seed fixed).
+    "random": RandomConfig(evaluations=130),
+    "random_ws": RandomConfig(evaluations=130),
+    "evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
+    "spos": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
+    "novelty": NoveltyConfig(population_size=10, sample_size=3, evaluations=60, candidates=5, neighbours=3),
+    # A learning rate and entropy bonus far above the paper's (3.5e-4, 1e-4) and no temperature:
+    # 300 candidates, not 300,000. The optimum is found with 9 of seeds 0-9.
+    "enas": EnasConfig(
+        lstm_size=32, temperature=1.0, learning_rate=0.05, entropy_weight=0.01, controller_batch=10,
+        controller_steps=10, controller_epochs=EPOCHS, derive_samples=10,
+    ),
+    "progressive": ProgressiveConfig(beam_size=4, predictor_steps=100),
+    "bo": BoConfig(evaluations=50, startup=10),
+}
+
+SAMPLING = [
+    name for name in STRATEGIES.names() if issubclass(STRATEGIES.get(name), SamplingStrategy)
+]
+
+
+# Smaller runs where only the resume is tested.
+RESUME_BUDGETS: dict[str, Any] = {
+    **BUDGETS,
+    "enas": EnasConfig(lstm_size=8, learning_rate=0.05, controller_batch=4, controller_steps=3,
+                       controller_epochs=EPOCHS, derive_samples=5),
+}
+
+
+def make(name: str, seed: int = 0, space: Any = None, budgets: dict[str, Any] = BUDGETS) -> SamplingStrategy:
+    if name not in budgets:
+        pytest.fail(f"sampling strategy {name!r} has no budget for the analytic space: add it to BUDGETS")
+    return STRATEGIES.create(name, budgets[name], space=space or ToySpace(), seed=seed)
+
+
+class Driver:
+    """A sampling search in-process: ``EPOCHS`` supernet epochs (paths sampled, then
+    ``evaluations_per_epoch`` candidates), then the final phase until the strategy is done, with
+    ``outstanding`` candidates in flight. The driver's counters are what a real driver checkpoints;
+    candidates in flight are lost when it stops."""
+
+    def __init__(self, strategy: SamplingStrategy, outstanding: int = 2) -> None:
+        self.strategy = strategy
+        self.outstanding = outstanding
+        self.epoch = 0
+        self.trained = False  # this epoch's paths were sampled
+        self.told_in_epoch = 0
+        self.queue: list[Architecture] = []
+        self.told: list[ToyArch] = []
+        self.paths: list[ToyArch] = []
+
+    def run(self, *, stop_after: int | None = None, drain: bool = False, in_flight: bool = False) -> bool:
+        """Run until done (True) or ``stop_after`` results (False): with ``drain``, the candidates
+        in flight are told first, without asking more; with ``in_flight``, it stops at the first
+        point after that with a candidate in flight."""
+        s = self.strategy
+        while True:
+            if (
+                stop_after is not None and len(self.told) >= stop_after
+                and not (drain and self.queue) and (self.queue or not in_flight)
+            ):
+                return False
+            if self.epoch < EPOCHS:
+                if not self.trained:
+                    self.paths += [s.sample_path() for _ in range(PATHS_PER_EPOCH)]  # type: ignore[misc]
+                    self.trained = True
+                room = s.evaluations_per_epoch - self.told_in_epoch
+                if room == 0:
+                    self.epoch, self.trained, self.told_in_epoch = self.epoch + 1, False, 0
+                    continue
+            elif s.done and not self.queue:
+                return True
+            else:
+                room = math.inf
+            stopping = drain and stop_after is not None and len(self.told) >= stop_after
+            while not stopping and len(self.queue) < min(self.outstanding, room):
+                arch = s.ask()
+                if arch is None:
+                    break
+                self.queue.append(arch)
+            if not self.queue:
+                raise AssertionError(f"{s.name} waits for results with none in flight")
+            arch = self.queue.pop(0)
+            s.tell(evaluate(arch, len(self.told)))
+            self.told.append(arch)  # type: ignore[arg-type]
+            if self.epoch < EPOCHS:
+                self.told_in_epoch += 1
+
+
+def restored(strategy: SamplingStrategy, name: str) -> SamplingStrategy:
+    """A new instance of ``name`` loaded with ``strategy``'s state after a torch.save round trip."""
+    buffer = io.BytesIO()
+    torch.save(strategy.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = make(name, space=strategy.space, budgets=RESUME_BUDGETS)
+    fresh.load_state_dict(state)
+    return fresh
+
+
+# -- every sampling strategy finds the optimum -------------------------------------------------
+
+
+def test_every_sampling_strategy_has_a_budget() -> None:
+    expected = {"random", "random_ws", "evolution", "spos", "enas", "progressive", "novelty", "bo"}
+    assert expected <= set(SAMPLING)
+    assert set(SAMPLING) <= set(BUDGETS), f"add budgets for {sorted(set(SAMPLING) - set(BUDGETS))}"
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_finds_the_optimum(name: str) -> None:
+    strategy = make(name)
+    driver = Driver(strategy)
+    assert driver.run()
+    best = strategy.best()
+    assert best is not None
+    assert best.architecture == ToyArch(OPTIMUM), f"{name} found {best.architecture} ({best.score})"
+    assert best.score == pytest.approx(2.1)
+    assert strategy.ask() is None and strategy.done
+    assert len(driver.told) == len(strategy.history)
+    assert all(isinstance(p, ToyArch) for p in driver.paths) and len(driver.paths) == EPOCHS * PATHS_PER_EPOCH
+
+
+# Strategies that ask the candidates in flight at a save again, so a resumed run is the same run.
+REASKING = {"enas", "progressive", "bo"}
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_resume_between_evaluations_is_the_same_run(name: str) -> None:
+    whole = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert whole.run()
+    half = len(whole.told) // 2
+    whole = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert not whole.run(stop_after=half, drain=True)
+    assert whole.run()
+
+    first = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert not first.run(stop_after=half, drain=True)
+    assert not first.queue
+    second = copy.copy(first)
+    second.strategy = restored(first.strategy, name)
+    second.told, second.paths = list(first.told), list(first.paths)
+    assert second.run()
+
+    assert second.told == whole.told
+    assert second.paths == whole.paths
+    assert second.strategy.best() == whole.strategy.best()
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_resume_with_a_candidate_in_flight(name: str) -> None:
+    whole = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert whole.run()
+
+    first = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert not first.run(stop_after=len(whole.told) // 2, in_flight=True)
+    assert first.queue  # in flight, lost with the driver's process
+    second = copy.copy(first)
+    second.queue = []
+    second.strategy = restored(first.strategy, name)
+    second.told, second.paths = list(first.told), list(first.paths)
+    assert [r.to_dict() for r in second.strategy.history] == [r.to_dict() for r in first.strategy.history]
+    assert second.run()
+    if name in REASKING:
+        assert second.told == whole.told
+        assert second.paths == whole.paths
+        assert second.strategy.best() == whole.strategy.best()
+    else:  # the candidate in flight is replaced by a new one; the history is kept
+        assert second.told[: len(first.told)] == whole.told[: len(first.told)]
+        assert len(second.strategy.history) == len(whole.strategy.history)
+
+
+# -- ENAS: the REINFORCE update against an independent computation -----------------------------
+
+
+def _lstm_cell(
+    x: np.ndarray, h: np.ndarray, c: np.ndarray, p: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    # PyTorch's LSTMCell: gates (input, forget, cell, output) stacked in that order.
+    z = x @ p["lstm.weight_ih"].T + p["lstm.bias_ih"] + h @ p["lstm.weight_hh"].T + p["lstm.bias_hh"]
+    i, f, g, o = np.split(z, 4, axis=1)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    return sig(o) * np.tanh(c), c
+
+
+def _numpy_policy(p: dict[str, np.ndarray], actions: np.ndarray, tanh_c: float, temp: float):
+    """Per step: the pre-squash logits u, the probabilities and the log-probabilities, per sample."""
+    n = actions.shape[0]
+    x = np.repeat(p["start"], n, axis=0)
+    h = c = np.zeros_like(x)
+    steps = []
+    for t in range(actions.shape[1]):
+        h, c = _lstm_cell(x, h, c, p)
+        u = h @ p[f"heads.{t}.weight"].T + p[f"heads.{t}.bias"]
+        z = tanh_c * np.tanh(u / temp)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        steps.append((u, np.exp(log_p), log_p))
+        x = p[f"embeddings.{t}.weight"][actions[:, t]]
+    return steps
+
+
+def _numpy_loss(p: dict[str, np.ndarray], actions: np.ndarray, adv: np.ndarray, w: float, tanh_c: float,
+                temp: float) -> float:
+    steps = _numpy_policy(p, actions, tanh_c, temp)
+    log_prob = sum(lp[np.arange(len(actions)), actions[:, t]] for t, (_, _, lp) in enumerate(steps))
+    entropy = sum(-(pr * lp).sum(1) for _, pr, lp in steps)
+    return float(np.mean(-adv * log_prob - w * entropy))
+
+
+def test_reinforce_gradient_matches_an_independent_computation() -> None:
+    """The gradient of mean(-(R - b) log p(a) - w H) (Williams 1992's score-function estimator
+    with ENAS's entropy bonus) from autograd, against (1) central finite differences of a NumPy
+    re-implementation of the controller and (2) the closed form for each head's bias:
+    d/dz [-(R-b) log softmax(z)_a - w H] = (R-b)(p - e_a) + w p (log p + H), times
+    dz/du = (c / T)(1 - tanh^2(u / T)) for z = c tanh(u / T)."""
+    tanh_c, temp, w = 2.5, 5.0, 0.1
+    torch.manual_seed(0)
+    controller = Controller((3, 2, 4), hidden=4, tanh_constant=tanh_c, temperature=temp).double()
+    actions = torch.tensor([[0, 1, 3], [2, 0, 0], [2, 1, 1]])
+    adv = torch.tensor([0.3, -0.5, 0.1], dtype=torch.float64)
+    loss = controller.policy_loss(actions, adv, w)
+    loss.backward()
+    params = {k: v.detach().numpy().copy() for k, v in controller.named_parameters()}
+    # The last decision's embedding feeds no step: no gradient.
+    grads = {
+        k: np.zeros(v.shape) if v.grad is None else v.grad.numpy() for k, v in controller.named_parameters()
+    }
+    assert [k for k, v in controller.named_parameters() if v.grad is None] == ["embeddings.2.weight"]
+    a, r = actions.numpy(), adv.numpy()
+
+    assert float(loss.detach()) == pytest.approx(_numpy_loss(params, a, r, w, tanh_c, temp), abs=1e-12)
+
+    eps = 1e-6
+    for name, value in params.items():
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            shifted = {k: v.copy() for k, v in params.items()}
+            shifted[name][idx] += eps
+            up = _numpy_loss(shifted, a, r, w, tanh_c, temp)
+            shifted[name][idx] -= 2 * eps
+            down = _numpy_loss(shifted, a, r, w, tanh_c, temp)
+            numeric[idx] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(grads[name], numeric, atol=1e-8, err_msg=name)
+
+    for t, (u, prob, log_p) in enumerate(_numpy_policy(params, a, tanh_c, temp)):
+        entropy = -(prob * log_p).sum(1, keepdims=True)
+        onehot = np.eye(prob.shape[1])[a[:, t]]
+        d_z = r[:, None] * (prob - onehot) + w * prob * (log_p + entropy)
+        d_u = d_z * (tanh_c / temp) * (1 - np.tanh(u / temp) ** 2)
+        np.testing.assert_allclose(grads[f"heads.{t}.bias"], d_u.mean(0), atol=1e-12)
+
+
+def test_enas_steps_the_controller_with_a_moving_average_baseline() -> None:
+    """After ``controller_batch`` results the controller takes one Adam step on the loss above,
+    with advantages R_i - b_i, b_1 = R_1, b_i = 0.99 b_{i-1} + 0.01 R_i (the authors' code updates
+    the baseline before using it)."""
+    config = EnasConfig(lstm_size=8, controller_batch=4, controller_steps=1, controller_epochs=1,
+                        derive_samples=1, entropy_weight=0.01, learning_rate=0.01)
+    strategy = Enas(config, space=ToySpace(), seed=3)
+    before = copy.deepcopy(strategy.controller)
+    untouched = copy.deepcopy(strategy.controller)
+    archs = [strategy.ask() for _ in range(4)]
+    assert strategy.ask() is None  # the derive phase waits for the last controller step
+    rewards = [toy_score(a.values) for a in archs]  # type: ignore[union-attr]
+    baseline, adv = rewards[0], []
+    for reward in rewards:
+        baseline = 0.99 * baseline + 0.01 * reward if adv else reward
+        adv.append(reward - baseline)
+    optimizer = torch.optim.Adam(before.parameters(), lr=0.01)
+    before.policy_loss(torch.tensor([a.values for a in archs]), torch.tensor(adv), 0.01).backward()  # type: ignore[union-attr]
+    optimizer.step()
+    for i, arch in enumerate(archs[:3]):
+        strategy.tell(evaluate(arch, i))  # type: ignore[arg-type]
+    for p, q in zip(strategy.controller.parameters(), untouched.parameters(), strict=True):
+        assert torch.equal(p, q)  # no step before the batch is complete
+    strategy.tell(evaluate(archs[3], 3))  # type: ignore[arg-type]
+    for (name, p), q in zip(strategy.controller.named_parameters(), before.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    assert strategy.baseline == pytest.approx(baseline)
+    assert strategy.evaluations_per_epoch == 4 and strategy.ask() is not None
+
+
+# -- novelty ------------------------------------------------------------------------------------
+
+
+def test_novelty_is_the_mean_distance_to_the_nearest_neighbours() -> None:
+    archive = torch.tensor([[0, 0, 0], [0, 0, 1], [2, 1, 1]])
+    candidates = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 1, 1]])
+    # Hamming distances: [0, 1, 3], [3, 2, 1], [3, 2, 0]; the mean of the 2 smallest of each.
+    assert novelty(candidates, archive, 2).tolist() == [0.5, 1.5, 1.0]
+    assert novelty(candidates, archive, 10).tolist() == pytest.approx([4 / 3, 2.0, 5 / 3])
+    assert novelty(candidates, archive[:0], 2).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_novelty_paths_cover_the_space_faster_than_uniform_ones() -> None:
+    config = NoveltyConfig(population_size=5, sample_size=2, evaluations=5, candidates=20, neighbours=1)
+    search = NoveltySearch(config, space=ToySpace(), seed=0)
+    paths = [search.sample_path() for _ in range(144)]
+    uniform = [search.random_architecture() for _ in range(144)]
+    # Uniform draws cover 144 * (1 - (143/144)^144) ~ 91 of 144 architectures on average.
+    assert len(set(paths)) > 120 > len(set(uniform))
+    assert search.paths.shape == (144, 4)
+
+
+# -- progressive --------------------------------------------------------------------------------
+
+
+def test_progressive_fills_the_groups_in_order() -> None:
+    search = Progressive(ProgressiveConfig(beam_size=5), space=GroupedToySpace(), seed=0)
+    first = [search.ask() for _ in range(5)]
+    assert search.ask() is None  # the stage waits for its candidates
+    assert all(a.values[2:] == (0, 0) for a in first)  # type: ignore[union-attr]
+    for i, arch in enumerate(first):
+        search.tell(evaluate(arch, i))  # type: ignore[arg-type]
+    second = [search.ask() for _ in range(5)]
+    beam = {a.values[:2] for a in first}  # type: ignore[union-attr]
+    assert all(a.values[:2] in beam and a.values[2:] != (0, 0) for a in second)  # type: ignore[union-attr]
+    for i, arch in enumerate(second):
+        search.tell(evaluate(arch, 5 + i))  # type: ignore[arg-type]
+    assert search.done and search.ask() is None and len(search.history) == 10
+
+
+def test_progressive_rejects_groups_that_do_not_cover_the_decisions() -> None:
+    class Bad(ToySpace):
+        def decision_groups(self) -> tuple[tuple[int, ...], ...]:
+            return ((0, 1), (1, 2))
+
+    with pytest.raises(ConfigError, match="decision_groups"):
+        Progressive(ProgressiveConfig(), space=Bad(), seed=0)
+
+
+# -- Bayesian optimisation ----------------------------------------------------------------------
+
+
+def test_bo_resumes_from_points_when_the_replay_differs() -> None:
+    strategy = make("bo")
+    driver = Driver(strategy)
+    driver.run(stop_after=20, drain=True)
+    state = strategy.state_dict()
+    first = state["trials"][0]["values"]
+    state["trials"][0]["values"] = [(v + 1) % len(t) for v, t in zip(first, VALUES, strict=True)]
+    fresh = make("bo")
+    fresh.load_state_dict(state)  # the replay's first suggestion differs: rebuilt from points
+    assert len(fresh.searcher._ot_study.trials) == len(state["trials"])  # type: ignore[attr-defined]
+    driver.strategy = fresh
+    assert driver.run() and len(fresh.history) == 50
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "key"),
+    [
+        ("enas", {"baseline_decay": 1.0}, "strategy.baseline_decay"),
+        ("enas", {"controller_batch": 0}, "strategy.controller_batch"),
+        ("progressive", {"beam_size": 0}, "strategy.beam_size"),
+        ("novelty", {"neighbours": 0}, "strategy.neighbours"),
+        ("novelty", {"sample_size": 50}, "strategy.sample_size"),
+        ("bo", {"evaluations": 0}, "strategy.evaluations"),
+    ],
+)
+def test_bad_settings_name_the_key(name: str, settings: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        STRATEGIES.entry(name).config(**settings)
+
+
+def test_a_space_without_the_flat_view_is_refused() -> None:
+    with pytest.raises(ConfigError, match="decisions"):
+        Enas(EnasConfig(), space=object(), seed=0)
+
+
+def test_decoding_out_of_range_is_an_error() -> None:
+    with pytest.raises(ArchitectureError, match="out of range"):
+        ToySpace().decode([3, 0, 0, 0])
+
+
+@pytest.mark.parametrize("job", ["enas", "evolution", "progressive", "bo"])
+def test_quickstart_jobs_are_valid(job: str) -> None:
+    config = load_config(JOBS / f"{job}_quickstart.yaml")
+    assert config.strategy.name == job
+    assert config.space.name == "nb201" and config.data.name == "digits"
+    if job == "enas":
+        assert config.strategy.config.controller_epochs == config.train.epochs
