@@ -83,9 +83,10 @@ class GroupedToySpace(ToySpace):
         return ((0, 1), (2, 3))
 
 
-def evaluate(arch: Architecture, trial: int) -> EvalResult:
+def evaluate(arch: Architecture, trial: int, *, failed: bool = False) -> EvalResult:
     assert isinstance(arch, ToyArch)
-    return EvalResult(architecture=arch, metrics={"valid_acc": toy_score(arch.values)}, trial_id=f"t{trial}")
+    metrics = {} if failed else {"valid_acc": toy_score(arch.values)}  # a failed one has no score
+    return EvalResult(architecture=arch, metrics=metrics, trial_id=f"t{trial}")
 
 
 def test_the_analytic_space_has_one_optimum() -> None:
@@ -104,6 +105,7 @@ BUDGETS: dict[str, Any] = {
     # ~90% of the space: random search finds the optimum with probability ~0.9 (seed fixed).
     "random": RandomConfig(evaluations=130),
     "random_ws": RandomConfig(evaluations=130),
+    # Found with 8 (evolution), 7 (novelty), 10 (progressive, bo) of seeds 0-9; random: 10.
     "evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
     "spos": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
     "novelty": NoveltyConfig(population_size=10, sample_size=3, evaluations=60, candidates=5, neighbours=3),
@@ -142,9 +144,10 @@ class Driver:
     ``outstanding`` candidates in flight. The driver's counters are what a real driver checkpoints;
     candidates in flight are lost when it stops."""
 
-    def __init__(self, strategy: SamplingStrategy, outstanding: int = 2) -> None:
+    def __init__(self, strategy: SamplingStrategy, outstanding: int = 2, fail_every: int = 0) -> None:
         self.strategy = strategy
         self.outstanding = outstanding
+        self.fail_every = fail_every
         self.epoch = 0
         self.trained = False  # this epoch's paths were sampled
         self.told_in_epoch = 0
@@ -184,7 +187,8 @@ class Driver:
             if not self.queue:
                 raise AssertionError(f"{s.name} waits for results with none in flight")
             arch = self.queue.pop(0)
-            s.tell(evaluate(arch, len(self.told)))
+            n = len(self.told)
+            s.tell(evaluate(arch, n, failed=bool(self.fail_every) and n % self.fail_every == 1))
             self.told.append(arch)  # type: ignore[arg-type]
             if self.epoch < EPOCHS:
                 self.told_in_epoch += 1
@@ -222,6 +226,16 @@ def test_finds_the_optimum(name: str) -> None:
     assert strategy.ask() is None and strategy.done
     assert len(driver.told) == len(strategy.history)
     assert all(isinstance(p, ToyArch) for p in driver.paths) and len(driver.paths) == EPOCHS * PATHS_PER_EPOCH
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_failed_evaluations_do_not_stop_a_search(name: str) -> None:
+    strategy = make(name, budgets=RESUME_BUDGETS)
+    driver = Driver(strategy, fail_every=5)
+    assert driver.run()
+    assert any(r.score == -math.inf for r in strategy.history)
+    best = strategy.best()
+    assert best is not None and math.isfinite(best.score)
 
 
 # Strategies that ask the candidates in flight at a save again, so a resumed run is the same run.

@@ -94,7 +94,9 @@ class BayesOpt(SamplingStrategy):
                 multivariate=self.config.multivariate, constant_liar=self.config.constant_liar,
             )
         space = {f"d{i}": tune.choice(list(range(len(d.options)))) for i, d in enumerate(self.decisions)}
-        return OptunaSearch(space=space, metric=_METRIC, mode="max", sampler=sampler)
+        return OptunaSearch(
+            space=OptunaSearch.convert_search_space(space), metric=_METRIC, mode="max", sampler=sampler
+        )
 
     def _params(self, values: tuple[int, ...]) -> dict[str, int]:
         return {f"d{i}": v for i, v in enumerate(values)}
