@@ -83,8 +83,8 @@ class LatencyTable:
             return self.entries[key]
         except KeyError:
             raise ConfigError(
-                f"latency table {self.device!r} has no entry {key!r} (it holds {len(self.entries)} "
-                "entries of other shapes); measure it for this layout with `raynas latency`"
+                f"latency table {self.device!r} has no entry {key!r} ({len(self.entries)} entries, none "
+                "for this block and shape); measure this layout with `raynas latency`"
             ) from None
 
     def predict(self, keys: Sequence[str]) -> float:
@@ -178,7 +178,8 @@ def describe_device(device: torch.device, threads: int | None) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     cpu = _cpu_model() or platform.processor() or platform.machine()
-    return f"cpu: {cpu}, {threads or torch.get_num_threads()} threads"
+    n = threads or torch.get_num_threads()
+    return f"cpu: {cpu}, {n} thread{'s' if n != 1 else ''}"
 
 
 def _cpu_model() -> str:

@@ -25,6 +25,7 @@ QUICK_JOBS = [p for p in JOBS if p.name.endswith("quickstart.yaml")]
 SHRINK_SPACE = {
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
+    "fbnet": ["space.stage_depths=[1,1,1,1]"],
 }
 
 

@@ -17,6 +17,7 @@ suits networks that run in under a millisecond.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +37,8 @@ class FbnetConfig(GradientConfig):
 
     Attributes:
         latency_table: A latency-table JSON file, or the name of a device whose table is
-            ``<latency_dir>/<name>.json``. Resolved when the config is read (to an absolute path).
+            ``<latency_dir>/<name>.json``. Resolved to an absolute path when the config is read,
+            if it exists by then.
         latency_dir: Where device tables live.
         alpha: Scale of the loss.
         beta: Exponent of ``log(LAT)``.
@@ -64,8 +66,10 @@ class FbnetConfig(GradientConfig):
             raise ConfigError("strategy.alpha and strategy.beta must be positive")
         if self.tau_start <= 0 or not 0 < self.tau_decay <= 1:
             raise ConfigError("strategy.tau_start must be positive and strategy.tau_decay in (0, 1]")
-        path = find_table(self.latency_table, self.latency_dir)
-        object.__setattr__(self, "latency_table", str(path))  # workers may run in another folder
+        # An absolute path, as workers may run in another folder; a table not measured yet (as
+        # `raynas latency --job` is about to) is reported by the strategy.
+        with contextlib.suppress(ConfigError):
+            object.__setattr__(self, "latency_table", str(find_table(self.latency_table, self.latency_dir)))
 
 
 @STRATEGIES.register("fbnet", config=FbnetConfig)
@@ -78,7 +82,7 @@ class Fbnet(GradientStrategy):
         super().__init__(supernet=supernet, config=config, train=train)
         if not hasattr(supernet, "layer_shapes"):
             raise ConfigError("strategy 'fbnet' needs a layer-wise space with latency tables (space: fbnet)")
-        self.table = LatencyTable.load(config.latency_table)
+        self.table = LatencyTable.load(find_table(config.latency_table, config.latency_dir))
         self.layer_latency = layer_latency_matrix(self.table, supernet)  # (layers, 9), in ms
         scale = 1000.0 if config.latency_unit == "us" else 1.0
         self.layer_latency = self.layer_latency * scale
