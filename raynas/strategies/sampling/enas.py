@@ -235,8 +235,9 @@ class Enas(SamplingStrategy):
             self.consumed += batch
 
     def advantages(self, rewards: list[float]) -> torch.Tensor:
-        """``R - b`` for each reward in turn, updating the moving-average baseline ``b`` first
-        (as the authors' code does; ``b`` starts at the first reward)."""
+        """``R - b`` for each reward in turn, updating the moving-average baseline ``b`` first, as
+        the authors' code does (which starts ``b`` at 0; here it starts at the first reward, so the
+        first steps are not all pushed towards whatever was sampled)."""
         out = []
         decay = self.config.baseline_decay
         for r in rewards:

@@ -166,11 +166,11 @@ class Progressive(SamplingStrategy):
             model = Predictor(self.sizes, self.config.predictor_hidden)
         y = torch.tensor([s for _, s in data])  # (N,)
         y = (y - y.mean()) / y.std().clamp_min(1e-8)
-        x = [v for v, _ in data]
+        x = model.one_hot([v for v, _ in data])  # (N, sum of option counts)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.config.predictor_learning_rate)
         for _ in range(self.config.predictor_steps):
             optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
+            loss = nn.functional.mse_loss(model.net(x).squeeze(1), y)
             loss.backward()
             optimizer.step()
         return model.eval()
