@@ -54,7 +54,7 @@ class SamplingSearch:
     def __init__(self, config: SearchConfig, *, echo: Callable[[str], None] = print) -> None:
         assert config.evaluator is not None
         strategy_cls = STRATEGIES.get(config.strategy.name)
-        if getattr(strategy_cls, "needs_supernet", False) and config.evaluator.name != "supernet":
+        if strategy_cls.needs_supernet and config.evaluator.name != "supernet":
             raise ConfigError(
                 f"strategy {config.strategy.name!r} searches a one-shot supernet: set evaluator.name "
                 f"to 'supernet' (got {config.evaluator.name!r})"
@@ -62,6 +62,9 @@ class SamplingSearch:
         self.config = config
         self.echo = echo
         self.strategy = build_strategy(config)
+        self.strategy.check_search(
+            supernet_epochs=config.train.epochs if config.evaluator.name == "supernet" else 0
+        )
         self.one_shot = config.evaluator.name == "supernet"
         self.use_tune = (
             config.evaluator.name == "scratch" and config.tune.enabled and config.execution.backend == "ray"

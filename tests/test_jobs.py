@@ -33,6 +33,10 @@ SHRINK_SPACE = {
 SHRINK_STRATEGY = {
     "evolution": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
     "spos": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
+    "enas": ["strategy.controller_epochs=2", "strategy.controller_batch=1", "strategy.controller_steps=1",
+             "strategy.derive_samples=2"],
+    "progressive": ["strategy.beam_size=1", "strategy.predictor_steps=5"],
+    "bo": ["strategy.evaluations=3", "strategy.startup=2"],
 }
 SHRINK_EVALUATOR = {
     "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],

@@ -43,6 +43,8 @@ class SamplingStrategy(ABC):
     """
 
     name = "sampling"
+    # Needs the one-shot supernet evaluator (its paths are what the strategy samples).
+    needs_supernet: bool = False
     # Candidates the search evaluates after each supernet-training epoch, before the final phase
     # (ENAS trains its controller this way; most strategies search only after the supernet).
     evaluations_per_epoch: int = 0
@@ -53,6 +55,11 @@ class SamplingStrategy(ABC):
         self.rng = random.Random(seed)
         self.history: list[EvalResult] = []
         self.asked = 0
+
+    def check_search(self, *, supernet_epochs: int) -> None:
+        """Raise :class:`ConfigError` if the strategy's settings do not fit the search around it
+        (``supernet_epochs``: the one-shot supernet's training epochs, 0 without one)."""
+        return None  # most strategies fit any search
 
     @abstractmethod
     def ask(self) -> Architecture | None:

@@ -201,6 +201,13 @@ class Enas(SamplingStrategy):
         """Candidates of the controller-training phase, before the final derivation."""
         return self.config.controller_epochs * self.evaluations_per_epoch
 
+    def check_search(self, *, supernet_epochs: int) -> None:
+        if self.config.controller_epochs != supernet_epochs:
+            raise ConfigError(
+                f"strategy.controller_epochs ({self.config.controller_epochs}) must equal train.epochs "
+                f"({supernet_epochs}): ENAS trains its controller after every epoch of the shared child"
+            )
+
     def _sample(self) -> tuple[int, ...]:
         with torch.no_grad():
             actions, _, _ = self.controller(batch=1, generator=self.generator)
