@@ -97,3 +97,17 @@ def test_an_s3_outage_mid_search_loses_nothing(
         assert ids == ["t0", "t1", "t2", "t3", "t4"]  # nothing lost, nothing twice
     finally:
         stop_process(proc)
+
+
+def test_checkpoints_on_s3(s3_env: S3Server) -> None:
+    import torch
+
+    from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+
+    uri = s3_env.create_bucket("raynas-checkpoints") + "/job/checkpoint.pt"
+    state = {"weights": torch.arange(6.0).reshape(2, 3), "history": [{"epoch": 0}], "run_id": "abc"}
+    save_checkpoint(state, uri)
+    back = load_checkpoint(uri)
+    assert torch.equal(back["weights"], state["weights"]) and back["history"] == state["history"]
+    save_checkpoint({**state, "run_id": "def"}, uri)  # replaced whole
+    assert load_checkpoint(uri)["run_id"] == "def"

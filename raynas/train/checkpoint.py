@@ -1,4 +1,8 @@
-"""Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact."""
+"""Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact.
+
+A path may be ``s3://bucket/key``: the checkpoint is completed in a local file first and then
+published as one object (see :mod:`raynas.tracking.storage`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,16 @@ import torch
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` with ``torch.save`` to a temporary file, fsync it, then rename it over ``path``."""
+    """Write ``state`` with ``torch.save`` to a temporary file, fsync it, then rename it over ``path``
+    (or upload it as one object to an ``s3://`` path)."""
+    from raynas.tracking import storage
+
+    if storage.is_s3(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "checkpoint.pt"
+            torch.save(state, local)
+            storage.put_file(local, str(path))
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,4 +41,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    from raynas.tracking import storage
+
+    if storage.is_s3(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "checkpoint.pt"
+            storage.get_file(str(path), local)
+            return torch.load(local, map_location="cpu", weights_only=True)
     return torch.load(Path(path), map_location="cpu", weights_only=True)
