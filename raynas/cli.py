@@ -1,6 +1,7 @@
 """The ``raynas`` command line; the only module that parses argv.
 
     raynas search CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
+    raynas train CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
     raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
     raynas latency [--job JOB.yaml | --space fbnet --dataset imagenet] --device NAME --out DIR
@@ -36,6 +37,22 @@ def _parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
     search.add_argument(
+        "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
+    )
+
+    train = commands.add_parser(
+        "train", help="retrain (or transfer) a found architecture from scratch, from a job file"
+    )
+    train.add_argument("config", help="a YAML retraining job, e.g. jobs/retrain_quickstart.yaml")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set architecture=run:<MLflow run id> (repeatable)",
+    )
+    train.add_argument("--address", help="Ray cluster to join (with execution.backend: ray)")
+    train.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    train.add_argument(
         "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
     )
 
@@ -109,12 +126,7 @@ def _search(args: argparse.Namespace) -> None:
     from raynas.config import load_config
     from raynas.search import format_duration, run_search, run_seeds
 
-    overrides = list(args.overrides)
-    if args.address:
-        overrides.append(f"execution.address={args.address}")
-    if args.tracking_uri:
-        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _overrides(args))
     if config.seeds:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
@@ -139,6 +151,31 @@ def _search(args: argparse.Namespace) -> None:
         f"{result.params_cifar10 / 1e6:.2f}M as the space's CIFAR-10 network of the papers\n"
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"execution.address={args.address}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> None:
+    from raynas.retrain import load_retrain_config, run_retrain_job
+    from raynas.search import format_duration
+
+    config = load_retrain_config(args.config, _overrides(args))
+    result = run_retrain_job(config, fresh=args.fresh)
+    source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
+    print(
+        f"\nTraining finished in {format_duration(result.seconds)}: test accuracy "
+        f"{result.metrics['test_acc']:.1%}\n"
+        f"Architecture: {result.architecture}{source}\n"
+        f"Parameters: {result.params / 1e6:.3f}M; registered model version {result.registered_version}\n"
+        f"MLflow run: {result.run_id}"
     )
 
 
@@ -219,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
     try:
-        {"search": _search, "describe": _describe, "report": _report, "latency": _latency}[args.command](args)
+        commands = {
+            "search": _search, "train": _train, "describe": _describe, "report": _report,
+            "latency": _latency,
+        }
+        commands[args.command](args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from
         print(f"raynas: error: {exc}", file=sys.stderr)
         return 1

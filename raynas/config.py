@@ -177,18 +177,30 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The full config as plain data (every default filled in)."""
-        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        out = to_dict_sections(
+            self, scalars=("name", "seed"), components=("space", "strategy", "data", "evaluator"),
+            sections=("train", "tune", "execution", "tracking"),
+        )
         if self.seeds:
             out["seeds"] = list(self.seeds)
         if self.retrain_top:
             out["retrain_top"] = self.retrain_top
-        for section in ("space", "strategy", "data", "evaluator"):
-            comp: Component | None = getattr(self, section)
-            if comp is not None:
-                out[section] = {"name": comp.name, **_asdict(comp.config)}
-        for section in ("train", "tune", "execution", "tracking"):
-            out[section] = _asdict(getattr(self, section))
         return out
+
+
+def to_dict_sections(
+    config: Any, *, scalars: tuple[str, ...], components: tuple[str, ...], sections: tuple[str, ...]
+) -> dict[str, Any]:
+    """A job config as plain data: its scalar keys, its registry selections (``name`` plus the
+    component's settings; absent ones left out) and its plain sections."""
+    out: dict[str, Any] = {key: getattr(config, key) for key in scalars}
+    for section in components:
+        comp: Component | None = getattr(config, section)
+        if comp is not None:
+            out[section] = {"name": comp.name, **_asdict(comp.config)}
+    for section in sections:
+        out[section] = _asdict(getattr(config, section))
+    return out
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -216,6 +228,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     Raises:
         ConfigError: The file is missing or not YAML, or a key or value is not allowed.
     """
+    raw = load_yaml(path, overrides)
+    if "architecture" in raw and "strategy" not in raw:
+        raise ConfigError(
+            f"{str(path)!r} is a retraining job (it names an architecture): run it with `raynas train`"
+        )
+    return parse_config(raw)
+
+
+def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A job file's mapping with ``key.sub=value`` overrides applied (not yet validated)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -225,7 +247,30 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    return parse_config(apply_overrides(raw, overrides))
+    return apply_overrides(raw, overrides)
+
+
+def parse_sections(
+    raw: dict[str, Any], cls: type[T], components: dict[str, Registry[Any]]
+) -> dict[str, Any]:
+    """Validate ``raw`` against the job dataclass ``cls``: its registry selections (``components``,
+    section -> registry) and its other keys, by type; returns the constructor's arguments."""
+    raw = dict(raw)
+    values: dict[str, Any] = {}
+    for section, registry in components.items():
+        values[section] = _component(raw.pop(section, None), section, registry)
+    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}; allowed top-level keys: {', '.join(sorted(allowed))}"
+        )
+    if "name" not in raw:
+        raise ConfigError("config key 'name' is missing (a name for the job)")
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        values[key] = _convert(value, hints[key], key)
+    return values
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -260,30 +305,15 @@ def parse_config(raw: dict[str, Any]) -> SearchConfig:
     from raynas.strategies.sampling import SamplingStrategy
 
     raw = dict(raw)
-    sections: dict[str, Registry[Any]] = {"space": SPACES, "strategy": STRATEGIES, "data": DATASETS}
-    values: dict[str, Any] = {}
-    for section, registry in sections.items():
-        values[section] = _component(raw.pop(section, None), section, registry)
-    sampling = issubclass(STRATEGIES.get(values["strategy"].name), SamplingStrategy)
     evaluator = raw.pop("evaluator", None)
-    if sampling:
+    values = parse_sections(raw, SearchConfig, {"space": SPACES, "strategy": STRATEGIES, "data": DATASETS})
+    if issubclass(STRATEGIES.get(values["strategy"].name), SamplingStrategy):
         values["evaluator"] = _component(evaluator, "evaluator", EVALUATORS)
     elif evaluator is not None:
         raise ConfigError(
             f"config section 'evaluator' is for sampling strategies; {values['strategy'].name!r} "
             "is a gradient strategy that trains its own supernet: remove the section"
         )
-    allowed = {f.name for f in dataclasses.fields(SearchConfig)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r}; allowed top-level keys: {', '.join(sorted(allowed))}"
-        )
-    if "name" not in raw:
-        raise ConfigError("config key 'name' is missing (a name for the search)")
-    hints = typing.get_type_hints(SearchConfig)
-    for key, value in raw.items():
-        values[key] = _convert(value, hints[key], key)
     return SearchConfig(**values)
 
 

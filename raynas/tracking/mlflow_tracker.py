@@ -227,9 +227,17 @@ class MlflowTracker:
 
     # -- the search (parent) run --------------------------------------------------------------
 
-    def start(self, config: SearchConfig, *, run_id: str | None = None) -> str:
-        """Open a new parent run for ``config``, or reopen ``run_id`` when resuming; return its id."""
-        self.tags = {
+    def start(
+        self, config: SearchConfig, *, run_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        """Open a new parent run for ``config``, or reopen ``run_id`` when resuming; return its id.
+
+        Args:
+            config: The job (its ``name`` and ``to_dict()`` are recorded).
+            run_id: The run to reopen.
+            tags: The run's tags (default: a search's space, strategy, dataset and seed).
+        """
+        self.tags = tags if tags is not None else {
             f"{TAG_PREFIX}space": config.space.name,
             f"{TAG_PREFIX}strategy": config.strategy.name,
             f"{TAG_PREFIX}dataset": config.data.name,
@@ -241,9 +249,13 @@ class MlflowTracker:
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=config.name, tags=self.tags)
         self.run_id = run.info.run_id
-        self._log_params(flatten(config.to_dict()))
-        self.client.log_dict(self.run_id, config.to_dict(), "config.json")
+        self.log_config(config.to_dict())
         return self.run_id
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """A job's full config on the current run: flattened as params and as ``config.json``."""
+        self._log_params(flatten(config))
+        self.client.log_dict(self.run_id, config, "config.json")
 
     def _log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -254,15 +266,21 @@ class MlflowTracker:
             batch = items[i : i + 100]
             self._submit(lambda b=batch: self.client.log_batch(run_id, params=b))
 
-    def log_epoch(self, report: EpochReport) -> None:
-        """Metrics of one epoch and the architecture derived after it, on the parent run."""
+    def log_metrics(self, metrics: dict[str, float], *, step: int, seconds: float | None = None) -> None:
+        """Scalar metrics of one step (an epoch) on the current run (``epoch_seconds`` too if given)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, report.epoch) for k, v in report.metrics.items()]
-        metrics.append(Metric("epoch_seconds", report.seconds, now, report.epoch))
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if seconds is not None:
+            batch.append(Metric("epoch_seconds", seconds, now, step))
+        run_id = self.run_id
+        self._submit(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def log_epoch(self, report: EpochReport) -> None:
+        """Metrics of one epoch and the architecture derived after it, on the parent run."""
+        self.log_metrics(report.metrics, step=report.epoch, seconds=report.seconds)
         run_id, name = self.run_id, f"{report.epoch:03d}"
-        self._submit(lambda: self.client.log_batch(run_id, metrics=metrics))
         text = report.architecture.to_json(indent=1)
         self._submit(lambda: self.client.log_text(run_id, text, f"genotypes/epoch_{name}.json"))
         weights = report.arch_weights

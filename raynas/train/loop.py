@@ -74,6 +74,7 @@ def train_epoch(
     device: torch.device,
     *,
     grad_clip: float = 5.0,
+    auxiliary_weight: float = 0.0,
     before_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
@@ -84,6 +85,7 @@ def train_epoch(
         batches: Training batches.
         device: Where the batches go.
         grad_clip: Gradient-norm clip (DARTS's 5).
+        auxiliary_weight: Weight of the auxiliary head's loss when the model returns one.
         before_step: Called with the step index before each forward pass (a one-shot supernet
             sets the path that step trains here).
 
@@ -99,8 +101,11 @@ def train_epoch(
             before_step(step)
         x, y = _to(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)  # (B, classes)
+        out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
+        logits, aux = out if isinstance(out, tuple) else (out, None)
         loss = nn.functional.cross_entropy(logits, y)
+        if aux is not None and auxiliary_weight:
+            loss = loss + auxiliary_weight * nn.functional.cross_entropy(aux, y)  # DARTS's train.py
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()

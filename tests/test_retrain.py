@@ -1,0 +1,122 @@
+"""Retraining a found architecture from scratch: lineage to the search run, the Model Registry,
+resuming, transfer to other data, and clear errors for what cannot be retrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raynas.config import load_config, parse_config
+from raynas.errors import ArchitectureError, ConfigError
+from raynas.retrain import load_retrain_config, parse_retrain_config, run_retrain
+from raynas.search import run_search
+from raynas.train.loop import train_epoch
+from tests.conftest import tiny_job, write_job
+
+JOBS = Path(__file__).parents[1] / "jobs"
+
+
+def retrain_job(tmp_path: Path, architecture: str, **sections: object) -> dict:
+    job = {
+        "name": "retrain-tiny",
+        "architecture": architecture,
+        "space": {"name": "nb201", "channels": 4, "cells_per_stage": 1},
+        "data": {"name": "digits", "batch_size": 32, "limit": 160, "train_portion": 0.8},
+        "retrain": {"epochs": 2, "channels": 4, "layers": 1, "learning_rate": 0.05},
+        "tracking": {
+            "experiment": "tests", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "output_dir": str(tmp_path / "runs"),
+        },
+    }
+    job.update(sections)
+    return job
+
+
+def nb201_search(tmp_path: Path) -> str:
+    job = tiny_job(tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+                   data={"name": "digits", "batch_size": 16, "limit": 64}, train={"epochs": 1})
+    for key in ("layers", "nodes"):
+        job["space"].pop(key)
+    return run_search(parse_config(job), echo=lambda _: None).run_id
+
+
+def test_retraining_a_search_result_is_tied_to_its_search_and_registered(tmp_path: Path) -> None:
+    search_run = nb201_search(tmp_path)
+    config = parse_retrain_config(retrain_job(tmp_path, f"run:{search_run}"))
+    result = run_retrain(config, echo=lambda _: None)
+    client = MlflowClient(config.tracking.tracking_uri)
+    source = client.get_run(search_run)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raynas.lineage.source_run_id"] == search_run
+    assert run.data.tags["raynas.lineage.kind"] == "retrain"  # searched and retrained on digits
+    assert run.data.tags["raynas.lineage.architecture_key"] == source.data.tags["raynas.architecture_key"]
+    assert result.architecture.key() == source.data.tags["raynas.architecture_key"]
+    assert len(client.get_metric_history(result.run_id, "test_acc")) == 2
+    version = client.get_model_version("raynas-retrain-tiny", result.registered_version)
+    assert version.tags["raynas.architecture_key"] == result.architecture.key()
+    assert version.tags["raynas.trained"] in ("true", "True")
+
+
+def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) -> None:
+    config = parse_retrain_config(retrain_job(tmp_path, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
+                                                        "|skip_connect~0|none~1|nor_conv_3x3~2|"))
+    reference = run_retrain(config, echo=lambda _: None, fresh=True)
+
+    def crash_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_retrain(config, echo=crash_after_first_epoch, fresh=True)
+    lines: list[str] = []
+    resumed = run_retrain(config, echo=lines.append)
+    assert any(line.startswith("Resuming") for line in lines)
+    assert next(line for line in lines if line.startswith("epoch")).startswith("epoch   2/")
+    assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)
+
+
+def test_auxiliary_loss_is_added_with_its_weight() -> None:
+    # train_epoch's loss with an auxiliary head is CE(logits) + w * CE(aux), as DARTS's train.py.
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.main, self.aux = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.main(x), self.aux(x)
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    expected_grad = torch.autograd.grad(
+        0.4 * torch.nn.functional.cross_entropy(model.aux(x), y), model.aux.weight
+    )[0]
+    before = model.aux.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    train_epoch(model, opt, [(x, y)], torch.device("cpu"), grad_clip=1e9, auxiliary_weight=0.4)
+    torch.testing.assert_close(before - model.aux.weight.detach(), expected_grad)
+
+
+def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"genotype\.json"):
+        run_retrain(parse_retrain_config(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)
+    with pytest.raises(ArchitectureError):
+        run_retrain(parse_retrain_config(retrain_job(tmp_path, "|bogus~0|")), echo=print)
+    job = retrain_job(tmp_path, "DARTS_V2", space={"name": "darts"},
+                      retrain={"epochs": 1, "channels": 4, "layers": 3, "auxiliary_weight": 0.4})
+    with pytest.raises(ConfigError, match="8x8"):  # DARTS's auxiliary head needs larger images
+        run_retrain(parse_retrain_config(job), echo=print)
+    with pytest.raises(ConfigError, match="architecture"):
+        parse_retrain_config({k: v for k, v in retrain_job(tmp_path, "x").items() if k != "architecture"})
+    with pytest.raises(ConfigError, match="raynas train"):
+        load_config(write_job(tmp_path, retrain_job(tmp_path, "DARTS_V2")))
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("retrain_*.yaml")), ids=lambda p: p.name)
+def test_retraining_job_files_are_valid(path: Path) -> None:
+    config = load_retrain_config(path)
+    assert config.architecture and config.retrain.epochs >= 1
