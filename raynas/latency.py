@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -314,7 +314,7 @@ class TableCheck:
 
 def check_table(
     table: LatencyTable, space: Any, dataset: DatasetInfo, *, samples: int, seed: int = 0,
-    device: torch.device | str = "cpu", options: TimingOptions | None = None,
+    device: torch.device | str = "cpu", options: TimingOptions | None = None, rounds: int = 3,
 ) -> TableCheck:
     """Measure ``samples`` random architectures' whole networks and compare with the table's sums.
 
@@ -326,11 +326,20 @@ def check_table(
         seed: Sampling seed.
         device: Where to measure (the table's device type).
         options: How to time (the table's own options by default).
+        rounds: The networks are timed in this many interleaved rounds (``repeats / rounds``
+            runs each); a network's latency is the median of its rounds.
     """
     rng = random.Random(seed)
     options = options or table.options
     archs = [space.sample(rng) for _ in range(samples)]
     predicted = [predict_latency(table, space, a, dataset) for a in archs]
     shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
-    measured = [measure(space.build(a, dataset), shape, device=device, options=options) for a in archs]
+    networks = [space.build(a, dataset) for a in archs]
+    # Interleaved rounds, so that a change of the machine's load mid-way touches every network.
+    per_round = replace(options, repeats=max(1, options.repeats // rounds))
+    timings: list[list[float]] = [[] for _ in archs]
+    for _ in range(rounds):
+        for times, net in zip(timings, networks, strict=True):
+            times.append(measure(net, shape, device=device, options=per_round))
+    measured = [statistics.median(t) for t in timings]
     return TableCheck([str(a) for a in archs], predicted, measured, spearman(predicted, measured))
