@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from raynas.config import SearchConfig
@@ -29,7 +28,7 @@ from raynas.execution.evaluators import start_pool
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
-from raynas.tracking import MlflowTracker
+from raynas.tracking import MlflowTracker, storage
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport, EvalResult
@@ -107,12 +106,11 @@ def run_sampling_search(
     config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> Any:
     """Run (or resume) the sampling search of ``config``; returns a ``raynas.search.SearchResult``."""
-    from raynas.search import SearchResult, _network_sizes, _searched_network
+    from raynas.search import SearchResult, _network_sizes, _searched_network, read_prior, run_path
 
     started = time.perf_counter()
-    folder = Path(config.tracking.output_dir) / config.name
-    checkpoint, supernet_file = folder / "checkpoint.pt", folder / "supernet.pt"
-    prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
+    checkpoint, supernet_file = run_path(config, "checkpoint.pt"), run_path(config, "supernet.pt")
+    prior = read_prior(checkpoint, fresh=fresh)
     if prior is not None and prior["finished"]:
         prior = None
     if prior is not None and prior["config"] != config.to_dict():
@@ -134,7 +132,7 @@ def run_sampling_search(
             search.load_state_dict(prior["search"])
             if search.results:  # checkpointed, perhaps not recorded, before the crash
                 recorder.candidate(search.results[-1], step=len(search.results) - 1, resumed=True)
-            if pool is not None and supernet_file.is_file():
+            if pool is not None and storage.exists(supernet_file):
                 pool.load_state_dict(load_checkpoint(supernet_file))
             echo(
                 f"Resuming {config.name!r} in phase {search.phase!r} with {len(search.results)} "
@@ -169,7 +167,7 @@ def run_sampling_search(
             _train_supernet(search, pool, tracker, record, save, supernet_file)
         if search.phase == "search":
             if search.use_tune and not search.one_shot:
-                _search_with_tune(search, record, folder)
+                _search_with_tune(search, record, run_path(config, "tune"))
             else:
                 assert pool is not None
                 pool.sync_replicas()
@@ -208,7 +206,7 @@ def run_sampling_search(
 
 def _train_supernet(
     search: SamplingSearch, pool: Any, tracker: MlflowTracker, record: Callable[[EvalResult], None],
-    save: Callable[..., None], supernet_file: Path,
+    save: Callable[..., None], supernet_file: str,
 ) -> None:
     config, strategy = search.config, search.strategy
     steps = pool.steps_per_epoch
@@ -258,12 +256,12 @@ def _search(search: SamplingSearch, pool: Any, record: Callable[[EvalResult], No
         told += 1
 
 
-def _search_with_tune(search: SamplingSearch, record: Callable[[EvalResult], None], folder: Path) -> None:
+def _search_with_tune(
+    search: SamplingSearch, record: Callable[[EvalResult], None], storage_path: str
+) -> None:
     from raynas.execution.tune import run_tune_search
 
-    run_tune_search(
-        search.config, search.strategy, on_result=record, storage_path=str((folder / "tune").resolve())
-    )
+    run_tune_search(search.config, search.strategy, on_result=record, storage_path=storage_path)
 
 
 def _retrain(search: SamplingSearch, save: Callable[..., None]) -> None:

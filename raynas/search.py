@@ -1,9 +1,9 @@
 """The search driver: runs a search epoch by epoch on a worker (in-process or a Ray actor),
 records every epoch in MLflow, checkpoints after every epoch, and resumes where it stopped.
 
-The checkpoint (``<output_dir>/<name>/checkpoint.pt``) holds the worker's full state, the MLflow
-run id and every epoch's report, so a search that crashes loses at most the epoch in flight, and
-running the same job again continues it in the same MLflow run.
+The checkpoint (``<output_dir>/<name>/checkpoint.pt``, on local disk or ``s3://``) holds the
+worker's full state, the MLflow run id and every epoch's report, so a search that crashes loses at
+most the epoch in flight, and running the same job again continues it in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from raynas.config import SearchConfig
@@ -22,7 +21,7 @@ from raynas.execution import start_worker
 from raynas.profile import count_params
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
-from raynas.tracking import MlflowTracker
+from raynas.tracking import MlflowTracker, storage
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import Architecture, EpochReport
@@ -38,7 +37,7 @@ class SearchResult:
     params_cifar10: int
     run_id: str
     run_link: str
-    checkpoint: Path
+    checkpoint: str  # a local path or an s3:// URI
     seconds: float
 
 
@@ -70,6 +69,23 @@ def _report_from_state(state: dict[str, Any]) -> EpochReport:
     )
 
 
+def run_path(config: SearchConfig, filename: str) -> str:
+    """``<tracking.output_dir>/<name>/<filename>``: a local path or an ``s3://`` URI."""
+    return storage.join(config.tracking.output_dir, config.name, filename)
+
+
+def read_prior(checkpoint: str, *, fresh: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, if there is one and ``fresh`` is not set.
+
+    Raises:
+        StorageError: ``checkpoint`` is on S3 and its bucket cannot be used (checked even when
+            ``fresh``, so a search does not fail at its first checkpoint).
+    """
+    if storage.is_s3(checkpoint):
+        storage.check_reachable(checkpoint)
+    return None if fresh or not storage.exists(checkpoint) else load_checkpoint(checkpoint)
+
+
 def run_search(
     config: SearchConfig,
     *,
@@ -91,8 +107,8 @@ def run_search(
 
         return run_sampling_search(config, fresh=fresh, echo=echo)
     started = time.perf_counter()
-    checkpoint = Path(config.tracking.output_dir) / config.name / "checkpoint.pt"
-    prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
+    checkpoint = run_path(config, "checkpoint.pt")
+    prior = read_prior(checkpoint, fresh=fresh)
     if prior is not None and prior["finished"]:
         prior = None  # a finished search: run it again from the start
     if prior is not None and prior["config"] != config.to_dict():

@@ -1,4 +1,9 @@
-"""The dataset registry, the loader settings every dataset shares, and the search split."""
+"""The dataset registry, the loader settings every dataset shares, and the search split.
+
+A dataset whose config has a ``path`` reads it from local disk or from ``s3://bucket/prefix``:
+:meth:`DatasetRegistry.create` mirrors an S3 prefix into a local cache folder first
+(:mod:`raynas.data.mirror`), so every loader reads local files.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,28 @@ from raynas.errors import ConfigError, UnknownNameError
 from raynas.registry import Registry
 from raynas.types import DatasetInfo
 
-DATASETS: Registry[Any] = Registry("dataset")
+
+class DatasetRegistry(Registry[Any]):
+    """The registry of datasets; building one fetches an ``s3://`` ``path`` to local disk first."""
+
+    def create(self, name: str, /, config: Any = None) -> Any:
+        """Build dataset ``name`` from its config, its ``path`` mirrored locally if on S3.
+
+        Args:
+            name: A registered dataset.
+            config: Its config dataclass (None: the dataset's defaults, where it has them).
+
+        Raises:
+            StorageError: An ``s3://`` path's bucket or endpoint cannot be used.
+            DataError: An ``s3://`` path holds no objects.
+        """
+        from raynas.data.mirror import with_local_path
+
+        self.entry(name)  # an unknown name fails before anything is downloaded
+        return super().create(name) if config is None else super().create(name, with_local_path(config))
+
+
+DATASETS = DatasetRegistry("dataset")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raynas.config import SearchConfig
+from raynas.tracking import storage
 from raynas.tracking.mlflow_tracker import MlflowTracker
 from raynas.tracking.results import ResultsStore, SearchInfo, search_id
 from raynas.tracking.retry import is_transient
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def results_root(config: SearchConfig) -> str:
     """The results store of a job: ``tracking.results``, else ``<output_dir>/results``."""
-    return config.tracking.results or str(Path(config.tracking.output_dir) / "results")
+    return config.tracking.results or storage.join(config.tracking.output_dir, "results")
 
 
 def epoch_candidate(report: EpochReport, *, node: str) -> EvalResult:
@@ -53,8 +54,9 @@ class SearchRecorder:
         self.config = config
         self.tracker = tracker
         self.node = node
-        output = Path(config.tracking.output_dir) / config.name
-        self.store = ResultsStore(results_root(config), spool_dir=output / "results-spool")
+        output = config.tracking.output_dir  # the spool is local: beside the run, else a temp folder
+        spool = None if storage.is_s3(output) else Path(output) / config.name / "results-spool"
+        self.store = ResultsStore(results_root(config), spool_dir=spool)
         self.store.check()
         self.info: SearchInfo | None = None
 

@@ -1,0 +1,230 @@
+"""Datasets and search output on ``s3://``, against a real S3-compatible server on loopback
+(SeaweedFS, started by the tests): CIFAR-10 python batches and an ImageFolder tree read through
+``s3://`` give exactly what the same files give locally; the local mirror downloads only what
+changed and is shared safely by concurrent processes; a search whose ``tracking.output_dir`` is on
+S3 is interrupted and resumes from its S3 checkpoint; unusable buckets fail with one clear line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import S3Server, tiny_job
+from test_data import PER_BATCH, cifar10_label, image_bytes, write_batch
+
+from raynas.config import parse_config
+from raynas.data import DATASETS
+from raynas.data.mirror import local_folder, mirror
+from raynas.errors import DataError, StorageError
+from raynas.search import run_search
+from raynas.tracking import storage
+from raynas.tracking.results import ResultsStore
+from raynas.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own mirror cache (``RAYNAS_CACHE_DIR``)."""
+    monkeypatch.setenv("RAYNAS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def write_cifar10(root: Path) -> Path:
+    """Five CIFAR-10 python batches of ``PER_BATCH`` recognisable images (see test_data.py)."""
+    for b in range(5):
+        index = range(b * PER_BATCH, (b + 1) * PER_BATCH)
+        write_batch(root / "cifar-10-batches-py" / f"data_batch_{b + 1}", {
+            b"batch_label": f"training batch {b + 1} of 5".encode(),
+            b"labels": [cifar10_label(i) for i in index],
+            b"data": np.stack([image_bytes(i) for i in index]),
+            b"filenames": [f"img_{i}.png".encode() for i in index],
+        })
+    return root
+
+
+def write_image_folder(root: Path) -> Path:
+    """``train/<class>/<n>.png``: real handwritten digits (scikit-learn), 3 classes of 3, as RGB."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(3):
+        folder = root / "train" / f"class_{label}"
+        folder.mkdir(parents=True)
+        for n, image in enumerate(digits.images[digits.target == label][:3]):
+            pixels = (image * 255 / 16).astype(np.uint8)  # (8, 8) grey levels 0..16
+            Image.fromarray(pixels).convert("RGB").save(folder / f"{n}.png")
+    return root
+
+
+def upload(local: Path, uri: str) -> None:
+    """Every file under ``local`` to ``uri`` with the same relative names."""
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.put_file(path, storage.join(uri, path.relative_to(local).as_posix()))
+
+
+def make(name: str, **config: object) -> object:
+    return DATASETS.create(name, DATASETS.entry(name).config(**config))
+
+
+def test_cifar10_batches_from_s3_equal_the_local_ones(s3_env: S3Server, cache: Path, tmp_path: Path) -> None:
+    local = write_cifar10(tmp_path / "local")
+    uri = s3_env.create_bucket("raynas-cifar") + "/datasets/cifar10"
+    upload(local, uri)
+
+    from_s3 = make("cifar10", path=uri, augment=False)
+    assert Path(from_s3.config.path) == cache / "s3" / "raynas-cifar" / "datasets" / "cifar10"
+    remote, here = from_s3.train_set(), make("cifar10", path=str(local), augment=False).train_set()
+    assert len(remote) == len(here) == 5 * PER_BATCH
+    assert torch.equal(remote.images, here.images) and torch.equal(remote.labels, here.labels)
+    assert remote.labels.tolist() == [cifar10_label(i) for i in range(5 * PER_BATCH)]
+
+
+def test_image_folder_from_s3_equals_the_local_one(s3_env: S3Server, cache: Path, tmp_path: Path) -> None:
+    local = write_image_folder(tmp_path / "local")
+    uri = s3_env.create_bucket("raynas-folder") + "/imagenet-mini"
+    upload(local, uri)
+
+    remote = make("imagenet", path=uri, image_size=8).train_set()
+    here = make("imagenet", path=str(local), image_size=8).train_set()
+    assert remote.classes == here.classes == ["class_0", "class_1", "class_2"]
+    def samples(data: object) -> list[tuple[str, int]]:
+        return [(Path(p).relative_to(data.root).as_posix(), y) for p, y in data.samples]
+
+    assert samples(remote) == samples(here) and len(here) == 9
+    for i in range(len(here)):
+        torch.manual_seed(i)  # the same random crop and flip for both
+        x_remote, y_remote = remote[i]
+        torch.manual_seed(i)
+        x_here, y_here = here[i]
+        assert x_remote.shape == (3, 8, 8) and y_remote == y_here
+        torch.testing.assert_close(x_remote, x_here, rtol=0, atol=0)
+
+
+def test_the_mirror_downloads_only_what_changed(
+    s3_env: S3Server, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = write_cifar10(tmp_path / "local")
+    uri = s3_env.create_bucket("raynas-mirror") + "/c10"
+    upload(local, uri)
+    batches = local / "cifar-10-batches-py"
+
+    def mirrored() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="raynas.data.mirror"):
+            folder = mirror(uri)
+        assert folder == local_folder(uri)
+        return [r.getMessage().split(" (")[0] for r in caplog.records if "mirrored" in r.getMessage()]
+
+    assert mirrored() == ["mirrored 5 of 5 objects"]
+    copy = local_folder(uri) / "cifar-10-batches-py"
+    assert all((copy / f.name).read_bytes() == f.read_bytes() for f in batches.iterdir())
+    assert mirrored() == []  # nothing changed
+
+    # Same size, other content: only the ETag tells.
+    index = range(PER_BATCH, 2 * PER_BATCH)
+    write_batch(batches / "data_batch_2", {
+        b"batch_label": b"training batch 2 of 5", b"labels": [9 - cifar10_label(i) for i in index],
+        b"data": np.stack([image_bytes(i + 1) for i in index]),
+        b"filenames": [f"img_{i}.png".encode() for i in index],
+    })
+    assert (batches / "data_batch_2").stat().st_size == (copy / "data_batch_2").stat().st_size
+    storage.put_file(batches / "data_batch_2", f"{uri}/cifar-10-batches-py/data_batch_2")
+    assert mirrored() == ["mirrored 1 of 5 objects"]
+    assert (copy / "data_batch_2").read_bytes() == (batches / "data_batch_2").read_bytes()
+
+    # A local copy edited by hand is replaced; an object deleted on S3 goes; half downloads go.
+    (copy / "data_batch_3").write_bytes(b"edited")
+    (copy / ".data_batch_4.abc.part").write_bytes(b"half a download")
+    storage.s3_client().delete_object(Bucket="raynas-mirror", Key="c10/cifar-10-batches-py/data_batch_5")
+    assert mirrored() == ["mirrored 1 of 4 objects"]
+    assert (copy / "data_batch_3").read_bytes() == (batches / "data_batch_3").read_bytes()
+    assert sorted(p.name for p in copy.iterdir()) == [f"data_batch_{i}" for i in range(1, 5)]
+
+
+def test_processes_mirroring_at_once_download_each_object_once(
+    s3_env: S3Server, cache: Path, tmp_path: Path
+) -> None:
+    local = write_image_folder(tmp_path / "local")
+    uri = s3_env.create_bucket("raynas-concurrent") + "/tree"
+    upload(local, uri)
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+        "from raynas.data.mirror import mirror; print(mirror(sys.argv[1]))"
+    )
+    env = {**os.environ, "RAYNAS_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert {out.strip() for out, _ in outputs} == {str(local_folder(uri))}
+    downloads = [line for _, err in outputs for line in err.splitlines() if line.startswith("mirrored")]
+    assert len(downloads) == 1 and downloads[0].startswith("mirrored 9 of 9 objects")
+    copy = local_folder(uri)
+    for path in (p for p in local.rglob("*") if p.is_file()):
+        assert (copy / path.relative_to(local)).read_bytes() == path.read_bytes()
+    assert not list(copy.rglob("*.part"))
+
+
+def test_an_unusable_data_path_on_s3_is_one_clear_line(
+    s3_env: S3Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(StorageError, match=r"s3://raynas-no-such-bucket/cifar .*does not exist"):
+        make("cifar10", path="s3://raynas-no-such-bucket/cifar")
+    bucket = s3_env.create_bucket("raynas-empty")
+    with pytest.raises(DataError, match=rf"data.path '{bucket}/nothing' holds no objects"):
+        make("cifar10", path=f"{bucket}/nothing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-0000")
+    with pytest.raises(StorageError, match=rf"{bucket}/cifar .*check AWS_SECRET_ACCESS_KEY") as denied:
+        make("cifar10", path=f"{bucket}/cifar")
+    assert "not-the-secret" not in str(denied.value)  # credentials never appear in messages
+
+
+def test_search_with_data_and_checkpoints_on_s3_resumes_from_s3(
+    s3_env: S3Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would appear here as s3:/...
+    bucket = s3_env.create_bucket("raynas-search")
+    upload(write_cifar10(tmp_path / "local"), f"{bucket}/data/cifar10")
+    job = tiny_job(
+        tmp_path, data={"name": "cifar10", "path": f"{bucket}/data/cifar10", "batch_size": 5},
+        tracking={"output_dir": f"{bucket}/runs"},
+    )
+    config = parse_config(job)
+    checkpoint = f"{bucket}/runs/tiny/checkpoint.pt"
+
+    def crash_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_search(config, echo=crash_after_first_epoch)
+    state = load_checkpoint(checkpoint)
+    assert len(state["history"]) == 1 and not state["finished"]
+
+    lines: list[str] = []
+    result = run_search(config, echo=lines.append)
+    assert lines[0] == f"Resuming 'tiny' after epoch 1 from {checkpoint}"
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2/2"]
+    assert result.checkpoint == checkpoint and result.run_id == state["run_id"]
+    final = load_checkpoint(checkpoint)
+    assert final["finished"] and len(final["history"]) == 2
+    rows = ResultsStore(f"{bucket}/runs/results").read_table()
+    assert sorted(rows.column("trial_id").to_pylist()) == ["epoch-000", "epoch-001"]
+    assert not (tmp_path / "s3:").exists()
+
+    missing = parse_config({**job, "tracking": {**job["tracking"], "output_dir": "s3://raynas-gone/runs"}})
+    with pytest.raises(StorageError, match=r"bucket 'raynas-gone' .* does not exist"):
+        run_search(missing, echo=lambda _: None)
