@@ -228,3 +228,36 @@ def test_search_with_data_and_checkpoints_on_s3_resumes_from_s3(
     missing = parse_config({**job, "tracking": {**job["tracking"], "output_dir": "s3://raynas-gone/runs"}})
     with pytest.raises(StorageError, match=r"bucket 'raynas-gone' .* does not exist"):
         run_search(missing, echo=lambda _: None)
+
+
+def test_sampling_search_resumes_its_supernet_from_s3(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bucket = s3_env.create_bucket("raynas-sampling")
+    job = tiny_job(
+        tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+        data={"limit": 64, "batch_size": 32}, train={"epochs": 1},
+        strategy={"name": "spos", "population_size": 2, "sample_size": 1, "evaluations": 3},
+        evaluator={"name": "supernet", "bn_batches": 1}, tracking={"output_dir": f"{bucket}/runs"},
+    )
+    for key in ("layers", "nodes", "order", "arch_learning_rate"):
+        job["space"].pop(key, None)
+        job["strategy"].pop(key, None)
+    config = parse_config(job)
+
+    def crash_at_first_candidate(line: str) -> None:
+        if line.startswith("candidate"):
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_search(config, echo=crash_at_first_candidate)
+    assert storage.exists(f"{bucket}/runs/tiny/supernet.pt")
+
+    lines: list[str] = []
+    result = run_search(config, echo=lines.append)
+    assert lines[0].startswith("Resuming 'tiny' in phase 'search' with 1 candidates evaluated, from s3://")
+    assert not any(line.startswith("supernet epoch") for line in lines)  # its weights came from S3
+    assert sum(line.startswith("candidate") for line in lines) == 2
+    assert load_checkpoint(result.checkpoint)["finished"]
+    assert not (tmp_path / "s3:").exists()
