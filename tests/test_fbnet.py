@@ -23,7 +23,7 @@ from raynas.spaces.fbnet import PUBLISHED, FbnetArch, FbnetSpace, FbnetSpaceConf
 from raynas.strategies.gradient.fbnet import Fbnet, FbnetConfig
 from raynas.supernet.fbnet import FbnetMixedLayer, FbnetSupernet
 from raynas.train.search import SupernetSearch
-from raynas.types import Architecture, DatasetInfo
+from raynas.types import Architecture, ChoiceSpace, DatasetInfo
 
 # A layout small enough for unit tests: 8x8 digits, 6 searchable layers, both kinds of stride.
 SMALL = {
@@ -125,6 +125,17 @@ def test_arch_round_trips_and_parses_every_form(tmp_path: Path) -> None:
     assert FbnetArch(arch.blocks, 64).key() != arch.key()
 
 
+def test_flat_choice_view_round_trips() -> None:
+    space = small_space()
+    assert isinstance(space, ChoiceSpace)
+    decisions = space.decisions()
+    assert len(decisions) == 6 and all(d.options[0] == "skip" and len(d.options) == 9 for d in decisions)
+    arch = space.sample(random.Random(2))
+    assert space.decode(space.encode(arch)) == arch
+    with pytest.raises(ArchitectureError, match="option 9 out of range"):
+        space.decode([0, 0, 0, 0, 0, 9])
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("k3_e1,k3_e6,k7_e6,skip,skip,skip", "fbnet layer 2: unknown block 'k7_e6'; choose one of: k3_e1, "),
     ("k3_e1,k3_e6,skip", "has 6 layers (stages of 1, 2, 2, 1 layers), got 3"),
@@ -195,6 +206,18 @@ def test_supernet_soft_gumbel_weights_and_genotype() -> None:
     assert net.theta.grad is not None and net.theta.grad.abs().sum() > 0
     assert {id(p) for p in net.weights()}.isdisjoint({id(net.theta)})
     assert 0 < net.arch_entropy() <= net.max_entropy() + 1e-6
+
+
+def test_a_set_path_computes_that_network() -> None:
+    torch.manual_seed(0)
+    net = small_space().supernet(DIGITS).eval()
+    arch = small_space().sample(random.Random(4))
+    x = torch.randn(2, 1, 8, 8)
+    net.set_path(arch)
+    out = net(x)
+    torch.testing.assert_close(out, net(x, net.forward_weights()))  # one-hot mixture, all blocks run
+    net.set_path(None)
+    assert not torch.allclose(net(x), out)
 
 
 def test_sampled_supernet_draws_one_hot_blocks() -> None:

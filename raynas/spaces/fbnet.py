@@ -28,7 +28,7 @@ from torch import nn
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo
+from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 _FORM = "comma-separated block names, one per searchable layer, e.g. 'k3_e1,k3_e6,skip,...'"
 
@@ -303,6 +303,23 @@ class FbnetSpace:
     def sample(self, rng: random.Random) -> FbnetArch:
         """A uniformly random block for every layer."""
         return FbnetArch(tuple(rng.choice(FBNET_BLOCKS) for _ in range(self.config.num_layers)))
+
+    def decisions(self) -> tuple[Decision, ...]:
+        """One decision per searchable layer; option 0 is ``skip``, the simplest block."""
+        options = ("skip", *(b for b in FBNET_BLOCKS if b != "skip"))
+        return tuple(
+            Decision(f"layer {i} ({s.c_in}->{s.c_out}, stride {s.stride})", options)
+            for i, s in enumerate(layer_specs(self.config, 1))
+        )
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        """The option index of every layer's block (see :meth:`decisions`)."""
+        arch = self.check(arch)
+        return tuple(d.options.index(b) for d, b in zip(self.decisions(), arch.blocks, strict=True))
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> FbnetArch:
+        """The architecture with the blocks that ``values`` pick, one per layer."""
+        return FbnetArch(tuple(decode_options(self.decisions(), values)))
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is an FBNet architecture with one block per layer of this layout."""

@@ -84,6 +84,8 @@ class FbnetSupernet(nn.Module):
         self.theta = nn.Parameter(1e-3 * torch.randn(len(self.specs), len(FBNET_BLOCKS)))
         # Set by a strategy: training passes use a Gumbel-softmax sample at this temperature.
         self.gumbel_tau: float | None = None
+        # Set by single-path training and evaluation with inherited weights: one block per layer.
+        self.path: tuple[int, ...] | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters, optimised on validation data: ``theta`` (layers, 9)."""
@@ -98,9 +100,19 @@ class FbnetSupernet(nn.Module):
         _check_no_reduction(reduction)
         return F.softmax(self.theta, dim=-1)
 
+    def set_path(self, arch: FbnetArch | None) -> None:
+        """Run only ``arch``'s block in every layer from now on (single-path one-shot training and
+        evaluation with inherited weights); ``None`` goes back to the mixture."""
+        if arch is not None and len(arch.blocks) != len(self.layers):
+            raise ValueError(f"the supernet has {len(self.layers)} layers, the path {len(arch.blocks)}")
+        self.path = None if arch is None else tuple(FBNET_BLOCKS.index(b) for b in arch.blocks)
+
     def forward_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The block weights a forward pass uses, (layers, 9): ``edge_weights``, or a Gumbel-softmax
-        sample (soft; hard with ``mixed_op: sampled``) when ``gumbel_tau`` is set and training."""
+        """The block weights a forward pass uses, (layers, 9): the set path as one-hot rows,
+        ``edge_weights``, or a Gumbel-softmax sample (soft; hard with ``mixed_op: sampled``) when
+        ``gumbel_tau`` is set and training."""
+        if self.path is not None:
+            return F.one_hot(torch.tensor(self.path, device=self.theta.device), len(FBNET_BLOCKS)).float()
         if self.gumbel_tau is None or not self.training:
             return self.edge_weights(reduction)
         _check_no_reduction(reduction)
@@ -114,11 +126,14 @@ class FbnetSupernet(nn.Module):
             x: The images.
             weights: (layers, 9) block weights; default: :meth:`forward_weights` (one sample).
         """
-        if weights is None:
-            weights = self.forward_weights()
         feature = self.stem(x)  # (B, stem, H/2, W/2) in the paper's layout
-        for layer, w in zip(self.layers, weights, strict=True):
-            feature = layer(feature, w)
+        if weights is None and self.path is not None:  # only the path's blocks are computed
+            for layer, index in zip(self.layers, self.path, strict=True):
+                feature = layer.candidates[index](feature)
+        else:
+            weights = self.forward_weights() if weights is None else weights
+            for layer, w in zip(self.layers, weights, strict=True):
+                feature = layer(feature, w)
         feature = self.head(feature)  # (B, head, H/32, W/32)
         return self.classifier(self.global_pooling(feature).flatten(1))
 
