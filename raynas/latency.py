@@ -1,4 +1,4 @@
-"""Latency lookup tables (FBNet, Wu et al., CVPR 2019, Sec. 3.2): the latency of every candidate
+"""Latency lookup tables (FBNet, Wu et al., CVPR 2019): the latency of every candidate
 block at the input shape of each layer, measured once per device type, and the latency of an
 architecture predicted as the sum of its blocks' entries (plus the fixed stem and head).
 

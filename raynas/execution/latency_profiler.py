@@ -1,5 +1,5 @@
 """Latency tables for every node type of a heterogeneous Ray cluster, measured in parallel (the
-per-device lookup tables of FBNet, Wu et al., CVPR 2019, Sec. 3.2, for a cluster's devices).
+per-device lookup tables of FBNet, Wu et al., CVPR 2019, for a cluster's devices).
 
 A node's type is its accelerator type (Ray's ``accelerator_type:<name>`` resource), else the
 names of its custom resources (``{"A100": 1}`` makes type ``A100``), else ``cpu``. One actor per

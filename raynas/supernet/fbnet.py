@@ -1,5 +1,5 @@
 """The FBNet supernet (Wu et al., "FBNet: Hardware-Aware Efficient ConvNet Design via
-Differentiable Neural Architecture Search", CVPR 2019, Sec. 3.3): the macro layout with every
+Differentiable Neural Architecture Search", CVPR 2019): the macro layout with every
 searchable layer a mixture of the nine candidate blocks, and one row of architecture parameters
 ``theta`` per layer.
 

@@ -1,5 +1,5 @@
 """FBNet's latency-aware DNAS (Wu et al., "FBNet: Hardware-Aware Efficient ConvNet Design via
-Differentiable Neural Architecture Search", CVPR 2019, Eq. 2 and Sec. 3.3).
+Differentiable Neural Architecture Search", CVPR 2019).
 
 Every training pass draws each layer's block weights from the (soft) Gumbel-softmax of ``theta``
 at temperature ``tau``, annealed as ``tau_start * tau_decay ** epoch`` (5.0 and 0.956 =
@@ -8,11 +8,13 @@ exp(-0.045) per epoch). The loss of both steps is
     L(a, w_a) = CE(a, w_a) * alpha * log(LAT(a)) ** beta,
 
 with ``LAT(a) = sum_l sum_i m_{l,i} * LAT_l(block_i)`` the latency the device's lookup table
-predicts under the same Gumbel weights ``m``, so that it is differentiable in ``theta``. The table
+predicts under the same Gumbel weights ``m``, so that it is differentiable in ``theta`` (the
+epoch's ``train_loss`` is this loss; ``valid_loss`` stays the plain cross-entropy). The table
 comes from ``latency_table``: a JSON file, or a device name in ``latency_dir`` (see
-``raynas.latency``). The stem and head are the same in every architecture and are left out of
-LAT, as in the paper. ``log(LAT) ** beta`` needs LAT > 1 in the chosen unit: ``latency_unit: us``
-suits networks that run in under a millisecond.
+``raynas.latency``). LAT sums the searchable layers only: the stem and head are the same in every
+architecture. The product form is the paper's (JunrQ/NAS's MXNet FBNet adds the terms instead;
+its alpha = 0.2 and beta = 0.6 are the defaults here). ``log(LAT) ** beta`` needs LAT > 1 in
+the chosen unit: ``latency_unit: us`` suits networks that run in under a millisecond.
 """
 
 from __future__ import annotations
