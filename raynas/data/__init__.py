@@ -1,8 +1,9 @@
 """Datasets, all in the ``DATASETS`` registry, and the DARTS search split.
 
 A dataset class is built from its config dataclass and provides ``info`` (a
-:class:`raynas.types.DatasetInfo`) and ``search_split()``: the training set cut into the halves
-on which a supernet's weights and its architecture are optimised.
+:class:`raynas.types.DatasetInfo`) and ``train_set()``, which ``search_loaders`` cuts into the halves
+on which a supernet's weights and its architecture are optimised. A config's ``path`` may be
+``s3://bucket/prefix``: ``DATASETS.create`` mirrors it to a local folder first (:mod:`raynas.data.mirror`).
 """
 
 # Built-in datasets register themselves on import.

@@ -60,7 +60,7 @@ def with_local_path(config: Any) -> Any:
     Args:
         config: A dataset's config dataclass (or None).
     """
-    if not is_dataclass(config) or "path" not in {f.name for f in fields(config)}:
+    if not is_dataclass(config) or isinstance(config, type) or "path" not in {f.name for f in fields(config)}:
         return config
     path = config.path
     if not str(path).startswith("s3://"):
