@@ -1,0 +1,155 @@
+"""A sampling strategy (controller) inside a Ray actor, and a proxy with the strategy's interface.
+
+The controller of a sampling search (random search, regularized evolution, ...) is light: it
+holds a population and a random state, never a network. On a cluster it runs as an actor placed
+by ``execution.controller_resources`` (for example a custom resource that only CPU nodes
+declare), so that GPU nodes are left to candidate training. :class:`RemoteController` gives the
+driver and :class:`raynas.execution.tune.ControllerSearcher` the same ``ask`` / ``tell`` /
+``done`` interface as an in-process :class:`raynas.strategies.sampling.SamplingStrategy`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from raynas.config import SearchConfig
+from raynas.errors import ConfigError, RaynasError, WorkerLostError
+from raynas.spaces import SPACES
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling import SamplingStrategy
+from raynas.types import Architecture, EvalResult
+
+
+def build_controller(config: SearchConfig) -> SamplingStrategy:
+    """The sampling strategy of ``config``, built over its space and seeded with ``config.seed``.
+
+    Raises:
+        ConfigError: ``config.strategy`` names a gradient strategy, which has no ask/tell controller.
+    """
+    if not issubclass(STRATEGIES.get(config.strategy.name), SamplingStrategy):
+        raise ConfigError(
+            f"config key 'strategy.name': {config.strategy.name!r} is a gradient strategy; a "
+            "controller needs a sampling strategy (random, evolution, ...)"
+        )
+    space = SPACES.create(config.space.name, config.space.config)
+    return STRATEGIES.create(config.strategy.name, config.strategy.config, space=space, seed=config.seed)
+
+
+class ControllerActor:
+    """The body of the controller actor: a strategy built from the search config.
+
+    Args:
+        config: The search job (space, strategy, seed).
+        state: A :meth:`state_dict` to resume from.
+    """
+
+    def __init__(self, config: SearchConfig, state: dict[str, Any] | None = None) -> None:
+        self.strategy = build_controller(config)
+        if state is not None:
+            self.strategy.load_state_dict(state)
+
+    def ask(self) -> Architecture | None:
+        """The strategy's next candidate, or None while it waits for results."""
+        return self.strategy.ask()
+
+    def tell(self, result: EvalResult) -> None:
+        """Pass one evaluation to the strategy."""
+        self.strategy.tell(result)
+
+    def done(self) -> bool:
+        """Whether the strategy has asked for, and been told, all it will ask."""
+        return self.strategy.done
+
+    def best(self) -> EvalResult | None:
+        """The best result told so far."""
+        return self.strategy.best()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's state, to checkpoint next to the search."""
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.strategy.load_state_dict(state)
+
+    def node_id(self) -> str:
+        """The id of the Ray node the actor runs on."""
+        return ray.get_runtime_context().get_node_id()
+
+
+class RemoteController:
+    """The strategy interface (``ask``, ``tell``, ``done``, ``best``, state) of a controller actor.
+
+    Args:
+        actor: A handle of a :class:`ControllerActor` actor.
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def ask(self) -> Architecture | None:
+        return self._get(self.actor.ask.remote())
+
+    def tell(self, result: EvalResult) -> None:
+        self._get(self.actor.tell.remote(result))
+
+    @property
+    def done(self) -> bool:
+        return bool(self._get(self.actor.done.remote()))
+
+    def best(self) -> EvalResult | None:
+        return self._get(self.actor.best.remote())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._get(self.actor.state_dict.remote())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._get(self.actor.load_state_dict.remote(state))
+
+    def node_id(self) -> str:
+        """The id of the Ray node the controller actor runs on."""
+        return self._get(self.actor.node_id.remote())
+
+    def close(self) -> None:
+        """End the actor (its state is gone: save :meth:`state_dict` first)."""
+        ray.kill(self.actor)
+
+    @staticmethod
+    def _get(ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RaynasError):
+                raise exc.cause from None
+            raise
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WorkerLostError(
+                f"the search's controller actor was lost ({reason}); run the same command again "
+                "to resume from the last checkpoint"
+            ) from None
+
+
+def start_controller(config: SearchConfig, state: dict[str, Any] | None = None) -> RemoteController:
+    """Start the controller actor of ``config`` on the connected Ray cluster.
+
+    The actor takes no CPU of its own (it only answers ask/tell calls) and asks for
+    ``execution.controller_resources``, which decide the node it runs on.
+
+    Args:
+        config: The search job.
+        state: A controller state to resume from.
+
+    Returns:
+        A proxy with the strategy's interface.
+    """
+    build_controller(config)  # a bad strategy or space fails here, in the driver, with a clear line
+    actor_cls = ray.remote(ControllerActor)
+    actor = actor_cls.options(  # type: ignore[attr-defined]
+        num_cpus=0, resources=dict(config.execution.controller_resources) or None, max_restarts=0,
+    ).remote(config, state)
+    controller = RemoteController(actor)
+    controller.node_id()  # waits until the actor is placed and built
+    return controller

@@ -1,0 +1,491 @@
+"""Candidate training as Ray Tune trials, driven by a raynas controller.
+
+Ray Tune (Liaw et al., "Tune: A Research Platform for Distributed Model Selection and Training",
+2018) runs each candidate's training from scratch as a trial with its own resources (CPUs, GPUs,
+and the custom resource of an accelerator type), ``execution.concurrency`` at a time. Its
+schedulers act on ``valid_acc`` after every epoch:
+
+- ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020) and
+  HyperBand (Li et al., "Hyperband: A Novel Bandit-Based Approach to Hyperparameter
+  Optimization", JMLR 2018) stop the weaker candidates early;
+- PBT (Jaderberg et al., "Population Based Training of Neural Networks", 2017) replaces a weak
+  trial by a copy of a strong one (its architecture and weights, from its checkpoint) and
+  perturbs the learning rate.
+
+:class:`ControllerSearcher` is the Tune searcher that lets any sampling strategy (or a proxy of a
+controller actor) choose the candidates: Tune's ``suggest`` is the controller's ``ask``, and every
+finished, stopped or failed trial becomes one :class:`raynas.types.EvalResult` told to the
+controller and passed to the search driver's ``on_result``, so no evaluated candidate is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+import torch
+from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    PopulationBasedTraining,
+    TrialScheduler,
+)
+from ray.tune.search import Searcher
+
+from raynas.config import SearchConfig
+from raynas.errors import ConfigError, RaynasError
+from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
+from raynas.execution.ray_actors import init_ray
+from raynas.types import Architecture, EvalResult
+
+# What the trainable reports besides the evaluator's metrics (strings, not metrics).
+_PLACE_KEYS = ("node", "node_id", "arch")
+# The Ray label that names a node's accelerator type (set by Ray on GPU nodes, and by cluster/).
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+# PBT's learning-rate perturbations stay within this factor of the configured rate.
+PBT_LR_RANGE = 10.0
+
+
+class Controller(Protocol):
+    """What the searcher needs of a controller: a sampling strategy or a proxy of its actor."""
+
+    def ask(self) -> Architecture | None: ...
+
+    def tell(self, result: EvalResult) -> None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+
+@dataclass
+class _Pending:
+    """A candidate a trial trains, not yet told to the controller."""
+
+    record_id: str  # the EvalResult's trial id: Tune's, with ~N for the Nth PBT copy in the trial
+    architecture: Architecture
+    last: dict[str, Any] | None = None  # its latest result
+    seconds: float = 0.0  # training time over its results
+
+
+class CandidateLedger:
+    """The candidates of running trials; tells each evaluation to the controller exactly once.
+
+    Args:
+        controller: Told every result.
+        epochs: The full training budget of a candidate (a trial that ends sooner was stopped early).
+        on_result: Also called with every result told (the driver records and checkpoints there).
+        objective: The metric the controller maximises.
+
+    A trial ends in one of three ways, and each becomes one :class:`EvalResult`: it trained its
+    full budget; a scheduler stopped it early (``stopped_early``, with the metrics of its last
+    epoch); or it failed (told without metrics, so its score is ``-inf``). When PBT copies another
+    trial into a trial, the candidate that trial trained so far is told as stopped early, and the
+    copy, which goes on from the other candidate's checkpoint with a perturbed learning rate, is a
+    new evaluation of that candidate (trial id ``<trial>~1``, ``~2``, ...), told when it ends.
+    """
+
+    def __init__(
+        self, *, controller: Controller, epochs: int, on_result: Callable[[EvalResult], None] | None = None,
+        objective: str = "valid_acc",
+    ) -> None:
+        if epochs < 1:
+            raise ConfigError(f"evaluator.epochs must be at least 1, got {epochs}")
+        self.controller = controller
+        self.epochs = epochs
+        self.on_result = on_result
+        self.objective = objective
+        self.pending: dict[str, _Pending] = {}
+        self.told: list[EvalResult] = []
+        self._started: set[str] = set()
+        self._copies: dict[str, int] = {}
+        self._architectures: dict[str, Architecture] = {}
+
+    def start(self, trial_id: str, arch: Architecture) -> None:
+        """Note that ``trial_id`` trains ``arch`` (a restart of the same trial is ignored)."""
+        if trial_id not in self._started:
+            self._started.add(trial_id)
+            self._architectures[arch.key()] = arch
+            self.pending[trial_id] = _Pending(record_id=trial_id, architecture=arch)
+
+    def observe(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Take in one epoch's result of ``trial_id`` (a repeat of the latest is ignored)."""
+        pending = self.pending.get(trial_id)
+        if pending is None or result.get("trial_id", trial_id) != trial_id:
+            # A result of another trial: PBT hands the trial it copied into that trial's last
+            # result, which stays the trial's own if it ends before training any further.
+            return
+        key = result.get("arch", pending.architecture.key())
+        if key != pending.architecture.key():  # PBT copied another trial into this one
+            self._tell(pending, error=False)
+            if key not in self._architectures:
+                raise RaynasError(f"trial {trial_id} reports candidate {key}, which no trial started with")
+            copy = self._copies[trial_id] = self._copies.get(trial_id, 0) + 1
+            pending = self.pending[trial_id] = _Pending(
+                record_id=f"{trial_id}~{copy}", architecture=self._architectures[key]
+            )
+        last = pending.last or {}
+        if (result.get("training_iteration"), result.get("epoch")) == (
+            last.get("training_iteration"), last.get("epoch")
+        ):
+            return
+        pending.seconds += float(result.get("time_this_iter_s", 0.0))
+        pending.last = result
+
+    def finish(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Tell the controller and ``on_result`` how ``trial_id`` ended (once; repeats are ignored)."""
+        if result is not None:
+            self.observe(trial_id, result)
+        pending = self.pending.pop(trial_id, None)
+        if pending is not None:  # None: not started here, or already told
+            self._tell(pending, error)
+
+    def _tell(self, pending: _Pending, error: bool) -> None:
+        last = pending.last or {}
+        budget = float(last.get("epoch", 0.0))
+        evaluation = EvalResult(
+            architecture=pending.architecture, metrics={} if error else _metrics(last),
+            objective=self.objective, trial_id=pending.record_id, budget=budget, seconds=pending.seconds,
+            node=str(last.get("node", "unknown")), stopped_early=not error and budget < self.epochs,
+        )
+        self.told.append(evaluation)
+        self.controller.tell(evaluation)
+        if self.on_result is not None:
+            self.on_result(evaluation)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its config (this included) next to the experiment; the controller and the
+        # driver's callback stay in this process, and the search driver checkpoints them itself.
+        return {**self.__dict__, "controller": None, "on_result": None}
+
+
+class ControllerSearcher(Searcher):
+    """A Ray Tune searcher whose suggestions come from a raynas controller.
+
+    Args:
+        controller: A sampling strategy, or a proxy of a controller actor; only ``ask``,
+            ``tell`` and ``done`` are called.
+        epochs: The full training budget of a candidate (a trial that ends sooner was stopped early).
+        on_result: Called with every result told to the controller (the driver records and
+            checkpoints there).
+        objective: The metric the controller maximises.
+        trial_config: Values added to every trial's config.
+
+    Every suggested trial is told to the controller exactly once (see :class:`CandidateLedger`),
+    when it completes, is stopped early or fails.
+    """
+
+    def __init__(
+        self, *, controller: Controller, epochs: int, on_result: Callable[[EvalResult], None] | None = None,
+        objective: str = "valid_acc", trial_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(metric=objective, mode="max")
+        self.ledger = CandidateLedger(
+            controller=controller, epochs=epochs, on_result=on_result, objective=objective
+        )
+        self.objective = objective
+        self.trial_config = dict(trial_config or {})
+
+    @property
+    def controller(self) -> Controller:
+        return self.ledger.controller
+
+    @property
+    def pending(self) -> dict[str, _Pending]:
+        """Trials suggested and not yet told, by trial id."""
+        return self.ledger.pending
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        if metric not in (None, self.objective) or mode not in (None, "max"):
+            raise ConfigError(
+                f"the controller maximises {self.objective!r}; Tune was given metric={metric!r}, "
+                f"mode={mode!r}"
+            )
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The controller's next candidate as a trial config; None while it waits for results,
+        ``Searcher.FINISHED`` once it is done and no trial is pending."""
+        arch = self.controller.ask()
+        if arch is None:
+            if self.pending:
+                return None
+            if self.controller.done:
+                return Searcher.FINISHED
+            raise RaynasError(_WAITS_FOREVER)
+        self.ledger.start(trial_id, arch)
+        return {"architecture": arch.to_json(), **self.trial_config}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.ledger.observe(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        # Tune passes the result that made a scheduler stop the trial only here.
+        self.ledger.finish(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        # The controller's state is checkpointed by the search driver (on_result), not by Tune.
+        raise NotImplementedError
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError
+
+
+class PopulationCallback(tune.Callback):
+    """Tells the controller how each trial of a PBT population ended.
+
+    PBT works on a population that Tune's variant generator creates (it refuses search
+    algorithms), so the candidates the controller asked for are the trials' initial configs,
+    and this callback, not a searcher, reports their results through a :class:`CandidateLedger`.
+    """
+
+    def __init__(self, ledger: CandidateLedger) -> None:
+        self.ledger = ledger
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The first start sees the config the controller asked for; PBT rewrites it when it exploits.
+        self.ledger.start(trial.trial_id, Architecture.from_json(trial.config["architecture"]))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.ledger.observe(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ledger.finish(trial.trial_id, trial.last_result)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ledger.finish(trial.trial_id, error=True)
+
+
+_WAITS_FOREVER = (
+    "the controller waits for results, but no candidate is being evaluated: it would wait forever"
+)
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers the trainable reported (Tune's own bookkeeping left out)."""
+    return {
+        key: float(value) for key, value in result.items()
+        if key not in AUTO_RESULT_KEYS and key not in _PLACE_KEYS
+        and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def node_type(accelerator: str | None = None) -> str:
+    """The accelerator type of the node this Ray worker runs on, or ``cpu``.
+
+    The node's ``ray.io/accelerator-type`` label first (Ray sets it on GPU nodes, the cluster
+    files in ``cluster/`` set it too), then the configured ``accelerator`` resource if this
+    worker was given some, then ``gpu`` for a GPU of unknown type.
+    """
+    context = ray.get_runtime_context()
+    label = context.get_node_labels().get(ACCELERATOR_LABEL)
+    if label:
+        return str(label)
+    assigned = context.get_assigned_resources()
+    if accelerator and assigned.get(accelerator, 0) > 0:
+        return accelerator
+    return "gpu" if assigned.get("GPU", 0) > 0 else "cpu"
+
+
+def with_learning_rate(state: dict[str, Any], learning_rate: float) -> dict[str, Any]:
+    """A training state whose cosine schedule starts from ``learning_rate`` instead.
+
+    The optimizer's current rate and the schedule's base rates are scaled by one factor: the
+    cosine schedule's recursive step multiplies the current rate, so the rest of training follows
+    the schedule of the new base rate.
+    """
+    factor = learning_rate / float(state["schedule"]["base_lrs"][0])
+    if factor == 1.0:
+        return state
+    schedule = dict(state["schedule"])
+    schedule["base_lrs"] = [lr * factor for lr in schedule["base_lrs"]]
+    if "_last_lr" in schedule:
+        schedule["_last_lr"] = [lr * factor for lr in schedule["_last_lr"]]
+    optimizer = dict(state["optimizer"])
+    optimizer["param_groups"] = [
+        {**group, "lr": group["lr"] * factor, "initial_lr": group.get("initial_lr", group["lr"]) * factor}
+        for group in optimizer["param_groups"]
+    ]
+    return {**state, "schedule": schedule, "optimizer": optimizer}
+
+
+def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable that trains one candidate from scratch, as ``config`` says.
+
+    The trial config holds ``architecture`` (JSON) and, under PBT, ``learning_rate``. Every epoch
+    it reports the evaluator's metrics, the learning rate, ``node`` (accelerator type or ``cpu``),
+    ``node_id`` and ``arch`` (the candidate's key), with a checkpoint of the training state, so a
+    trial can be restored, and PBT can copy a trial into another.
+    """
+    scratch = _scratch_config(config)
+    threads = max(1, int(config.execution.cpus_per_worker))
+    accelerator = config.execution.accelerator
+
+    def train_candidate(trial: dict[str, Any]) -> None:
+        torch.set_num_threads(threads)
+        arch_json, state = trial["architecture"], None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:  # a restored trial, or under PBT a copy of another trial
+            with checkpoint.as_directory() as folder:
+                saved = torch.load(Path(folder) / "state.pt", weights_only=True)
+            arch_json, state = saved["architecture"], saved["state"]
+        learning_rate = float(trial.get("learning_rate", scratch.learning_rate))
+        if state is not None:
+            state = with_learning_rate(state, learning_rate)
+        arch = Architecture.from_json(arch_json)
+        evaluator = ScratchEvaluator(dataclasses.replace(scratch, learning_rate=learning_rate), search=config)
+        place = {
+            "node": node_type(accelerator), "node_id": ray.get_runtime_context().get_node_id(),
+            "arch": arch.key(),
+        }
+        for metrics, new_state in evaluator.train(arch, state=state):
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"architecture": arch_json, "state": new_state}, Path(folder) / "state.pt")
+                tune.report(
+                    {**metrics, "learning_rate": learning_rate, **place},
+                    checkpoint=tune.Checkpoint.from_directory(folder),
+                )
+
+    return train_candidate
+
+
+def trial_resources(config: SearchConfig) -> dict[str, float]:
+    """What each trial asks Ray for: CPUs, GPUs and ``execution.accelerator``'s custom resource."""
+    execution = config.execution
+    resources = {"cpu": execution.cpus_per_worker, "gpu": execution.gpus_per_worker}
+    if execution.accelerator:
+        # The config requires gpus_per_worker > 0 with an accelerator: one unit per GPU.
+        resources[execution.accelerator] = execution.gpus_per_worker
+    return resources
+
+
+def make_scheduler(config: SearchConfig) -> TrialScheduler:
+    """The Tune scheduler that ``config.tune.scheduler`` names, over ``evaluator.epochs`` epochs."""
+    settings = config.tune
+    epochs = _scratch_config(config).epochs
+    if settings.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration", max_t=epochs, grace_period=min(settings.grace_period, epochs),
+            reduction_factor=settings.reduction_factor,
+        )
+    if settings.scheduler == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration", max_t=epochs, reduction_factor=settings.reduction_factor,
+        )
+    if settings.scheduler == "pbt":
+        lr = _scratch_config(config).learning_rate
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=settings.perturbation_interval,
+            # Synchronous: the population waits for its slowest trial at each perturbation step, so
+            # the weaker trials are always copied from a checkpoint of the stronger ones.
+            synch=True,
+            hyperparam_mutations={"learning_rate": tune.loguniform(lr / PBT_LR_RANGE, lr * PBT_LR_RANGE)},
+        )
+    return FIFOScheduler()
+
+
+def run_tune_search(
+    config: SearchConfig, controller: Controller, *, on_result: Callable[[EvalResult], None],
+    storage_path: str, max_trials: int | None = None,
+) -> None:
+    """Evaluate the candidates ``controller`` asks for as Tune trials until it is done.
+
+    With ASHA, HyperBand or no scheduler, :class:`ControllerSearcher` asks the controller for a
+    candidate whenever a trial slot is free. PBT refuses search algorithms and works on a population
+    that trains side by side: the search then runs in rounds, each a PBT run over the next
+    ``execution.concurrency`` candidates the controller gives (fewer when it waits for results).
+
+    Args:
+        config: The search job: ``evaluator`` (must be ``scratch``), ``tune`` (the scheduler),
+            ``execution`` (resources per trial, ``concurrency`` trials at a time).
+        controller: A sampling strategy, or a proxy of a controller actor.
+        on_result: Called in this process with every candidate's result, once each.
+        storage_path: Where Tune keeps the experiments and the trials' checkpoints (a folder or
+            an ``s3://`` URI).
+        max_trials: Stop after this many trials even if the controller is not done.
+
+    Raises:
+        ConfigError: The evaluator is not ``scratch``, or ``max_trials`` is below 1.
+    """
+    scratch = _scratch_config(config)
+    if max_trials is not None and max_trials < 1:
+        raise ConfigError(f"max_trials must be at least 1, got {max_trials}")
+    init_ray(config.execution)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if config.tune.scheduler != "pbt":
+        searcher = ControllerSearcher(controller=controller, epochs=scratch.epochs, on_result=on_result)
+        _fit(config, storage_path, name=config.name, search_alg=searcher,
+             num_samples=max_trials if max_trials is not None else -1)
+        return
+    ledger = CandidateLedger(controller=controller, epochs=scratch.epochs, on_result=on_result)
+    trials, generation = 0, 0
+    while not controller.done and (max_trials is None or trials < max_trials):
+        population: list[Architecture] = []
+        room = config.execution.concurrency if max_trials is None else min(
+            config.execution.concurrency, max_trials - trials
+        )
+        while len(population) < room:
+            arch = controller.ask()
+            if arch is None:
+                break
+            population.append(arch)
+        if not population:
+            raise RaynasError(_WAITS_FOREVER)
+        _fit(
+            config, storage_path, name=f"{config.name}_pbt{generation:03d}",
+            param_space={
+                "architecture": tune.grid_search([arch.to_json() for arch in population]),
+                "learning_rate": scratch.learning_rate,
+            },
+            callbacks=[PopulationCallback(ledger)],
+        )
+        trials, generation = trials + len(population), generation + 1
+
+
+def _fit(
+    config: SearchConfig, storage_path: str, *, name: str, search_alg: Searcher | None = None,
+    num_samples: int = 1, param_space: dict[str, Any] | None = None, callbacks: list | None = None,
+) -> None:
+    # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
+    keep = None if config.tune.scheduler == "pbt" else 2
+    tuner = tune.Tuner(
+        tune.with_resources(candidate_trainable(config), trial_resources(config)),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
+            max_concurrent_trials=config.execution.concurrency, num_samples=num_samples,
+            # One worker process trains many candidates: Python, torch and the data load once.
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=_storage(storage_path), verbose=0, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+        ),
+    )
+    tuner.fit()
+
+
+def _scratch_config(config: SearchConfig) -> ScratchConfig:
+    evaluator = config.evaluator
+    if evaluator is None or evaluator.name != "scratch":
+        name = None if evaluator is None else evaluator.name
+        raise ConfigError(
+            f"config key 'evaluator.name' is {name!r}; Ray Tune trains candidates from scratch: "
+            "use evaluator 'scratch', or set tune.enabled: false"
+        )
+    return evaluator.config
+
+
+def _storage(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())

@@ -1,0 +1,252 @@
+"""Candidate training under Ray Tune: the searcher adapter driven as Tune drives it, the learning-rate
+change PBT makes, and end-to-end searches with ASHA and PBT on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from conftest import tiny_job
+from ray.tune.search import Searcher
+
+from raynas.config import SearchConfig, parse_config
+from raynas.errors import ConfigError, RaynasError
+from raynas.execution.controller import build_controller
+from raynas.execution.tune import (
+    CandidateLedger,
+    ControllerSearcher,
+    make_scheduler,
+    run_tune_search,
+    trial_resources,
+    with_learning_rate,
+)
+from raynas.types import Architecture, EvalResult
+
+EPOCHS = 4
+
+
+def nb201_job(tmp_path: Path, **sections: dict) -> SearchConfig:
+    """Random search over a 4-channel NAS-Bench-201 network on 256 digits, 4 epochs per candidate."""
+    job = tiny_job(tmp_path)
+    job.update(
+        space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+        strategy={"name": "random", "evaluations": 8},
+        data={"name": "digits", "batch_size": 32, "limit": 256},
+        evaluator={"name": "scratch", "epochs": EPOCHS, "learning_rate": 0.1, "channels": 8, "layers": 1},
+        tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 2},
+        execution={"backend": "ray", "cpus_per_worker": 1, "concurrency": 2},
+    )
+    for key, value in sections.items():
+        job[key] = {**job[key], **value}
+    return parse_config(job)
+
+
+def epoch_result(trial: str, arch: Architecture, epoch: int, acc: float, **extra: object) -> dict:
+    """A result of ``trial`` as the trainable reports it, with some of the keys Tune adds."""
+    return {"trial_id": trial,
+        "epoch": float(epoch), "valid_acc": acc, "train_loss": 1.0, "learning_rate": 0.1,
+        "node": "cpu", "node_id": "abc", "arch": arch.key(), "training_iteration": epoch,
+        "time_this_iter_s": 2.0, "time_total_s": 2.0 * epoch, "done": False, "pid": 1, **extra,
+    }
+
+
+# --- The searcher, driven by hand exactly as Tune's SearchGenerator calls it -----------------------
+
+
+def test_searcher_tells_every_trial_once_stopped_failed_or_finished(tmp_path: Path) -> None:
+    controller = build_controller(nb201_job(tmp_path, strategy={"evaluations": 3}))
+    recorded: list[EvalResult] = []
+    searcher = ControllerSearcher(controller=controller, epochs=EPOCHS, on_result=recorded.append)
+
+    configs = {trial: searcher.suggest(trial) for trial in ("a", "b", "c")}
+    archs = {trial: Architecture.from_json(cfg["architecture"]) for trial, cfg in configs.items()}
+    assert searcher.suggest("d") is None  # all 3 asked, results pending: wait
+
+    searcher.on_trial_result("a", epoch_result("a", archs["a"], 1, 0.3))
+    searcher.on_trial_complete("a", epoch_result("a", archs["a"], 1, 0.3))  # ASHA stopped it at rung 1
+    for epoch in range(1, EPOCHS + 1):
+        searcher.on_trial_result("b", epoch_result("b", archs["b"], epoch, 0.5 + epoch / 100))
+    searcher.on_trial_complete("b", epoch_result("b", archs["b"], EPOCHS, 0.54))
+    searcher.on_trial_result("c", epoch_result("c", archs["c"], 1, 0.2))
+    searcher.on_trial_complete("c", None, error=True)  # the worker crashed in epoch 2
+    searcher.on_trial_complete("c", None, error=True)  # a repeated notification is ignored
+    assert searcher.suggest("e") == Searcher.FINISHED
+
+    assert [r.trial_id for r in recorded] == ["a", "b", "c"]
+    assert [r.trial_id for r in controller.history] == ["a", "b", "c"]
+    a, b, c = recorded
+    assert a.architecture == archs["a"] and a.budget == 1 and a.stopped_early and a.score == 0.3
+    assert a.metrics == {"epoch": 1.0, "valid_acc": 0.3, "train_loss": 1.0, "learning_rate": 0.1}
+    assert a.node == "cpu" and a.seconds == 2.0
+    assert b.budget == EPOCHS and not b.stopped_early and b.score == pytest.approx(0.54)
+    assert b.seconds == 2.0 * EPOCHS  # the sum of its epochs' times
+    assert c.metrics == {} and c.score == float("-inf") and not c.stopped_early and c.budget == 1
+    assert controller.best().trial_id == "b"
+
+
+def test_ledger_tells_a_candidate_pbt_replaced_as_stopped_early(tmp_path: Path) -> None:
+    controller = build_controller(nb201_job(tmp_path, strategy={"evaluations": 2}))
+    ledger = CandidateLedger(controller=controller, epochs=EPOCHS)
+    weak_arch, strong_arch = controller.ask(), controller.ask()
+    ledger.start("weak", weak_arch)
+    ledger.start("strong", strong_arch)
+    ledger.observe("weak", epoch_result("weak", weak_arch, 1, 0.2))
+    ledger.observe("strong", epoch_result("strong", strong_arch, 1, 0.8))
+    # PBT copied the strong trial into the weak one: from now on it trains the strong candidate.
+    ledger.start("weak", strong_arch)  # a restart keeps the candidate it was asked for
+    for epoch in (2, 3):
+        ledger.observe("weak", epoch_result("weak", strong_arch, epoch, 0.9))
+    ledger.finish("weak", epoch_result("weak", strong_arch, EPOCHS, 0.9, learning_rate=0.12))
+    ledger.finish("weak", epoch_result("weak", strong_arch, EPOCHS, 0.9))
+
+    assert set(ledger.pending) == {"strong"}
+    told, copy = controller.history
+    assert told.trial_id == "weak" and told.architecture == weak_arch
+    assert told.budget == 1 and told.stopped_early and told.score == 0.2
+    assert copy.trial_id == "weak~1" and copy.architecture == strong_arch
+    assert copy.budget == EPOCHS and not copy.stopped_early and copy.metrics["learning_rate"] == 0.12
+    assert copy.seconds == 3 * 2.0  # the copy's own epochs 2-4
+
+
+def test_ledger_ignores_the_result_pbt_copies_from_another_trial(tmp_path: Path) -> None:
+    # PBT copied a finished trial into "weak", which then ends without training: Tune hands over
+    # the other trial's last result, which is not an evaluation of a copy.
+    controller = build_controller(nb201_job(tmp_path, strategy={"evaluations": 2}))
+    ledger = CandidateLedger(controller=controller, epochs=EPOCHS)
+    weak_arch, strong_arch = controller.ask(), controller.ask()
+    ledger.start("weak", weak_arch)
+    ledger.start("strong", strong_arch)
+    ledger.observe("weak", epoch_result("weak", weak_arch, 2, 0.2))
+    ledger.finish("strong", epoch_result("strong", strong_arch, EPOCHS, 0.8))
+    ledger.finish("weak", epoch_result("strong", strong_arch, EPOCHS, 0.8))
+
+    assert [(r.trial_id, r.budget, r.stopped_early) for r in controller.history] == [
+        ("strong", EPOCHS, False), ("weak", 2, True),
+    ]
+
+
+def test_searcher_refuses_to_wait_forever(tmp_path: Path) -> None:
+    config = nb201_job(tmp_path, strategy={"name": "evolution", "population_size": 2, "sample_size": 2,
+                                           "evaluations": 4})
+    controller = build_controller(config)
+    searcher = ControllerSearcher(controller=controller, epochs=EPOCHS)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    assert searcher.suggest("c") is None  # evolution waits for its population
+    searcher.pending.clear()  # results that will never come
+    with pytest.raises(RaynasError, match="wait forever"):
+        searcher.suggest("c")
+
+
+def test_tune_needs_the_scratch_evaluator(tmp_path: Path) -> None:
+    job = nb201_job(tmp_path)
+    config = parse_config({**job.to_dict(), "evaluator": {"name": "supernet"}})
+    with pytest.raises(ConfigError, match=r"evaluator\.name"):
+        make_scheduler(config)
+
+
+def test_schedulers_and_resources_follow_the_config(tmp_path: Path) -> None:
+    asha = make_scheduler(nb201_job(tmp_path, tune={"grace_period": 2, "reduction_factor": 3}))
+    assert (asha._max_t, asha._reduction_factor) == (EPOCHS, 3)
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [2]  # 2 * 3 > 4: one rung
+    pbt = make_scheduler(nb201_job(tmp_path, tune={"scheduler": "pbt", "perturbation_interval": 2}))
+    assert pbt._perturbation_interval == 2 and set(pbt._hyperparam_mutations) == {"learning_rate"}
+    assert type(make_scheduler(nb201_job(tmp_path, tune={"scheduler": "none"}))).__name__ == "FIFOScheduler"
+    pinned = nb201_job(
+        tmp_path, execution={"gpus_per_worker": 0.5, "accelerator": "A100", "cpus_per_worker": 2}
+    )
+    assert trial_resources(pinned) == {"cpu": 2.0, "gpu": 0.5, "A100": 0.5}
+
+
+def test_a_new_learning_rate_rescales_the_rest_of_the_cosine_schedule() -> None:
+    # CosineAnnealingLR (eta_min 0) follows lr(t) = lr0 * (1 + cos(pi t / T)) / 2 (Loshchilov &
+    # Hutter, SGDR, ICLR 2017, eq. 5 without restarts); after a switch to lr1 at step k the rates
+    # must be lr1 * (1 + cos(pi t / T)) / 2 for t > k.
+    total, switch, lr0, lr1 = 8, 3, 0.1, 0.025
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=lr0, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    for _ in range(switch):
+        optimizer.step()
+        schedule.step()
+    state = with_learning_rate(
+        {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, lr1
+    )
+    optimizer = torch.optim.SGD([param], lr=lr0, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(switch, total):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    expected = [lr1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(switch, total + 1)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+
+
+# --- End to end on a real local Ray cluster ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_client(ray_head: str):
+    ray.init(address=ray_head, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray_head
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.integration
+def test_asha_stops_some_candidates_early_and_every_one_is_recorded(tmp_path: Path, ray_client: str) -> None:
+    config = nb201_job(tmp_path)
+    controller = build_controller(config)
+    recorded: list[EvalResult] = []
+    run_tune_search(config, controller, on_result=recorded.append, storage_path=str(tmp_path / "tune"))
+
+    assert len(recorded) == 8 and recorded == controller.history
+    assert Counter(r.trial_id for r in recorded).most_common(1)[0][1] == 1
+    assert {r.architecture.key() for r in recorded} == controller.seen  # every asked one told
+    stopped = [r for r in recorded if r.stopped_early]
+    assert stopped and all(r.budget < EPOCHS for r in stopped)
+    assert all(r.budget == EPOCHS for r in recorded if not r.stopped_early)
+    for r in recorded:
+        assert set(r.metrics) == {
+            "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "params", "learning_rate",
+        }
+        assert r.node == "cpu" and r.metrics["epoch"] == r.budget and r.seconds > 0
+    best = controller.best()
+    assert best.score == max(r.score for r in recorded)
+    assert best.score > 0.3 and not best.stopped_early  # well above chance (0.1) on the digits
+
+
+@pytest.mark.integration
+def test_pbt_copies_and_perturbs_candidates_and_records_every_one(tmp_path: Path, ray_client: str) -> None:
+    config = nb201_job(
+        tmp_path, strategy={"evaluations": 4}, evaluator={"epochs": 3},
+        tune={"scheduler": "pbt", "perturbation_interval": 1},
+    )
+    controller = build_controller(config)
+    recorded: list[EvalResult] = []
+    run_tune_search(config, controller, on_result=recorded.append, storage_path=str(tmp_path / "tune"))
+
+    assert recorded == controller.history
+    assert len({r.trial_id for r in recorded}) == len(recorded)
+    asked = [r for r in recorded if "~" not in r.trial_id]
+    copies = [r for r in recorded if "~" in r.trial_id]
+    assert len(asked) == 4 and {r.architecture.key() for r in asked} == controller.seen
+    # Two populations of two trials side by side. Under PBT no scheduler stops a trial: a
+    # candidate ends early only when PBT copies the other trial into its trial, which happens to
+    # the worse of two once the better one has a checkpoint from its own perturbation step.
+    replaced = [r for r in asked if r.stopped_early]
+    assert replaced and all(r.budget < 3 for r in replaced)
+    assert {p.name for p in (tmp_path / "tune").iterdir()} == {"tiny_pbt000", "tiny_pbt001"}
+    assert all(r.budget == 3 for r in asked if not r.stopped_early)
+    for copy in copies:  # a copy goes on from the other trial's checkpoint with a perturbed rate
+        assert copy.trial_id.split("~")[0] in {r.trial_id for r in replaced}
+        assert copy.architecture.key() in controller.seen and (copy.budget == 3 or copy.stopped_early)
+        assert copy.metrics["learning_rate"] != 0.1
