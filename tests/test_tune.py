@@ -225,6 +225,22 @@ def test_asha_stops_some_candidates_early_and_every_one_is_recorded(tmp_path: Pa
 
 
 @pytest.mark.integration
+def test_hyperband_stops_candidates_at_its_rungs(tmp_path: Path, ray_client: str) -> None:
+    # HyperBand with max_t 4, eta 2 (Li et al. 2018, Algorithm 1): the first bracket trains
+    # 3 candidates fully; the next trains 3 for 2 epochs and goes on with the best of them, 2 in
+    # Tune (ceil(3 / 2); the paper's floor would keep 1).
+    config = nb201_job(tmp_path, strategy={"evaluations": 6}, tune={"scheduler": "hyperband"})
+    controller = build_controller(config)
+    recorded: list[EvalResult] = []
+    run_tune_search(config, controller, on_result=recorded.append, storage_path=str(tmp_path / "tune"))
+
+    assert len(recorded) == 6 and recorded == controller.history
+    assert {r.architecture.key() for r in recorded} == controller.seen
+    assert sorted(r.budget for r in recorded) == [2, 4, 4, 4, 4, 4]
+    assert [r.stopped_early for r in recorded].count(True) == 1
+
+
+@pytest.mark.integration
 def test_pbt_copies_and_perturbs_candidates_and_records_every_one(tmp_path: Path, ray_client: str) -> None:
     config = nb201_job(
         tmp_path, strategy={"evaluations": 4}, evaluator={"epochs": 3},

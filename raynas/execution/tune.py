@@ -458,12 +458,17 @@ def _fit(
 ) -> None:
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
+    # HyperBand pauses each trial at a rung until its bracket has caught up; a limit that counts
+    # paused trials as running would keep the bracket from ever filling, so there Ray's free
+    # resources alone bound the trials at a time.
+    concurrency = None if config.tune.scheduler == "hyperband" else config.execution.concurrency
     tuner = tune.Tuner(
         tune.with_resources(candidate_trainable(config), trial_resources(config)),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
-            max_concurrent_trials=config.execution.concurrency, num_samples=num_samples,
+            max_concurrent_trials=concurrency,
+            num_samples=num_samples,
             # One worker process trains many candidates: Python, torch and the data load once.
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
