@@ -24,6 +24,8 @@ from raynas.execution.tune import (
     trial_resources,
     with_learning_rate,
 )
+from raynas.spaces.darts_cnn import published_genotype
+from raynas.strategies.sampling.random_search import RandomConfig, RandomSearch
 from raynas.types import Architecture, EvalResult
 
 EPOCHS = 4
@@ -222,6 +224,34 @@ def test_asha_stops_some_candidates_early_and_every_one_is_recorded(tmp_path: Pa
     best = controller.best()
     assert best.score == max(r.score for r in recorded)
     assert best.score > 0.3 and not best.stopped_early  # well above chance (0.1) on the digits
+
+
+class ProposesOneForeignCandidate(RandomSearch):
+    """Random search whose second candidate is a DARTS genotype, which the nb201 space cannot
+    build: its trial fails on the worker."""
+
+    def ask(self) -> Architecture | None:
+        if self.asked == 1:
+            self.asked += 1
+            return published_genotype("DARTS_V2")
+        return super().ask()
+
+
+@pytest.mark.integration
+def test_a_failed_trial_is_told_without_metrics_and_the_search_goes_on(
+    tmp_path: Path, ray_client: str
+) -> None:
+    config = nb201_job(tmp_path, evaluator={"epochs": 1}, tune={"scheduler": "none"})
+    space = build_controller(config).space
+    controller = ProposesOneForeignCandidate(RandomConfig(evaluations=3), space=space, seed=0)
+    recorded: list[EvalResult] = []
+    run_tune_search(config, controller, on_result=recorded.append, storage_path=str(tmp_path / "tune"))
+
+    assert len(recorded) == 3 and recorded == controller.history
+    (failed,) = [r for r in recorded if r.architecture.space == "darts"]
+    assert failed.metrics == {} and failed.score == float("-inf") and not failed.stopped_early
+    assert failed.budget == 0 and failed.node == "unknown"
+    assert all(r.budget == 1 and r.score > 0 for r in recorded if r is not failed)
 
 
 @pytest.mark.integration
