@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,12 +75,14 @@ def test_quickstart_job_submitted_with_ray_job_submit(
         "--submission-id", "raynas-quickstart", "--",
         "raynas", "search", "quickstart.yaml", *(a for o in overrides for a in ("--set", o)),
     ]
-    for _ in range(3):
+    deadline = time.monotonic() + 120
+    while True:
         submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
         # `ray start` returns before the head's dashboard agent has registered; the job server
         # refuses submissions until it has (no job was created: submitting again is safe).
-        if "No available agent" not in submit.stderr:
+        if "No available agent" not in submit.stderr or time.monotonic() > deadline:
             break
+        time.sleep(3)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-1500:]
 
     client = JobSubmissionClient(address)
