@@ -36,6 +36,7 @@ SHRINK_SPACE = {
 SHRINK_STRATEGY = {
     "evolution": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
     "spos": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
+    "novelty": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
     "enas": ["strategy.controller_epochs=2", "strategy.controller_batch=1", "strategy.controller_steps=1",
              "strategy.derive_samples=2"],
     "progressive": ["strategy.beam_size=1", "strategy.predictor_steps=5"],
