@@ -49,7 +49,7 @@ from raynas.types import Architecture, EvalResult
 
 # What the trainable reports besides the evaluator's metrics (strings, not metrics).
 _PLACE_KEYS = ("node", "node_id", "arch")
-# The Ray label that names a node's accelerator type (set by Ray on GPU nodes, and by cluster/).
+# The Ray label that names a node's accelerator type (the cluster files in cluster/ set it).
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 # PBT's learning-rate perturbations stay within this factor of the configured rate.
 PBT_LR_RANGE = 10.0
@@ -283,9 +283,9 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 def node_type(accelerator: str | None = None) -> str:
     """The accelerator type of the node this Ray worker runs on, or ``cpu``.
 
-    The node's ``ray.io/accelerator-type`` label first (Ray sets it on GPU nodes, the cluster
-    files in ``cluster/`` set it too), then the configured ``accelerator`` resource if this
-    worker was given some, then ``gpu`` for a GPU of unknown type.
+    The node's ``ray.io/accelerator-type`` label first (Ray's label for a node's accelerator type,
+    which the cluster files in ``cluster/`` set on every GPU node type), then the configured
+    ``accelerator`` resource if this worker was given some, then ``gpu`` for a GPU of unknown type.
     """
     context = ray.get_runtime_context()
     label = context.get_node_labels().get(ACCELERATOR_LABEL)
