@@ -24,7 +24,9 @@ from typing import Any
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
+from raynas.execution.controller import RemoteController, start_controller
 from raynas.execution.evaluators import start_pool
+from raynas.execution.ray_actors import init_ray
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
@@ -60,10 +62,13 @@ class SamplingSearch:
             )
         self.config = config
         self.echo = echo
-        self.strategy = build_strategy(config)
-        self.strategy.check_search(
-            supernet_epochs=config.train.epochs if config.evaluator.name == "supernet" else 0
-        )
+        local = build_strategy(config)
+        local.check_search(supernet_epochs=config.train.epochs if config.evaluator.name == "supernet" else 0)
+        # On Ray the controller is an actor of its own, placed by execution.controller_resources.
+        self.strategy: Any = local
+        if config.execution.backend == "ray":
+            init_ray(config.execution)
+            self.strategy = start_controller(config)
         self.one_shot = config.evaluator.name == "supernet"
         self.use_tune = (
             config.evaluator.name == "scratch" and config.tune.enabled and config.execution.backend == "ray"
@@ -151,9 +156,10 @@ def run_sampling_search(
                 checkpoint,
             )
 
-        def record(result: EvalResult) -> None:
+        def record(result: EvalResult, *, told: bool = False) -> None:
             search.results.append(result)
-            search.strategy.tell(result)
+            if not told:  # Tune's searcher tells the controller itself
+                search.strategy.tell(result)
             save()
             recorder.candidate(result, step=len(search.results) - 1)
             echo(
@@ -197,6 +203,8 @@ def run_sampling_search(
     finally:
         if pool is not None:
             pool.close()
+        if isinstance(search.strategy, RemoteController):
+            search.strategy.close()
     return SearchResult(
         architecture=best.architecture, metrics=best.metrics, params=params, params_cifar10=params_cifar,
         run_id=run_id, run_link=tracker.run_link(), checkpoint=checkpoint,
@@ -212,7 +220,7 @@ def _train_supernet(
     steps = pool.steps_per_epoch
     while search.epoch < config.train.epochs:
         start = time.perf_counter()
-        paths = [strategy.sample_path() for _ in range(steps)]
+        paths = strategy.sample_paths(steps)
         metrics = pool.train_epoch(paths)
         if strategy.evaluations_per_epoch:
             pool.sync_replicas()
@@ -261,7 +269,10 @@ def _search_with_tune(
 ) -> None:
     from raynas.execution.tune import run_tune_search
 
-    run_tune_search(search.config, search.strategy, on_result=record, storage_path=storage_path)
+    run_tune_search(
+        search.config, search.strategy, storage_path=storage_path,
+        on_result=lambda result: record(result, told=True),
+    )
 
 
 def _retrain(search: SamplingSearch, save: Callable[..., None]) -> None:

@@ -62,6 +62,14 @@ class ControllerActor:
         """Whether the strategy has asked for, and been told, all it will ask."""
         return self.strategy.done
 
+    def sample_paths(self, n: int) -> list[Architecture]:
+        """The paths of ``n`` one-shot supernet training steps."""
+        return self.strategy.sample_paths(n)
+
+    def evaluations_per_epoch(self) -> int:
+        """Candidates to evaluate after each supernet epoch (ENAS's controller training)."""
+        return self.strategy.evaluations_per_epoch
+
     def best(self) -> EvalResult | None:
         """The best result told so far."""
         return self.strategy.best()
@@ -88,6 +96,16 @@ class RemoteController:
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
+        self._evaluations_per_epoch: int | None = None
+
+    def sample_paths(self, n: int) -> list[Architecture]:
+        return self._get(self.actor.sample_paths.remote(n))
+
+    @property
+    def evaluations_per_epoch(self) -> int:
+        if self._evaluations_per_epoch is None:  # fixed by the strategy's config
+            self._evaluations_per_epoch = int(self._get(self.actor.evaluations_per_epoch.remote()))
+        return self._evaluations_per_epoch
 
     def ask(self) -> Architecture | None:
         return self._get(self.actor.ask.remote())

@@ -82,6 +82,10 @@ class SamplingStrategy(ABC):
         """The path a supernet-training step should take (default: uniform, as in SPOS)."""
         return self.random_architecture()
 
+    def sample_paths(self, n: int) -> list[Architecture]:
+        """The paths of ``n`` supernet-training steps (one call for a whole epoch)."""
+        return [self.sample_path() for _ in range(n)]
+
     def random_architecture(self) -> Architecture:
         """Uniformly random option for every decision."""
         return self.space.decode([self.rng.randrange(len(d.options)) for d in self.decisions])
