@@ -26,12 +26,12 @@ def init_ray(execution: ExecutionConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         return
     ray.init(
         object_store_memory=execution.object_store_mb * 1024 * 1024,
         include_dashboard=False,
-        log_to_driver=True,
+        log_to_driver=False,  # errors reach the driver as exceptions; workers' chatter stays in Ray's logs
         logging_level="WARNING",
         configure_logging=True,
     )

@@ -423,10 +423,18 @@ class MlflowTracker:
             arch_file = Path(tmp) / "architecture.json"
             arch_file.write_text(architecture.to_json(indent=1))
             model_dir = Path(tmp) / "model"
-            mlflow.pytorch.save_model(
-                network.cpu().eval(), str(model_dir), serialization_format="pickle",
-                extra_files=[str(arch_file)], pip_requirements=["torch", "raynas"],
-            )
+            # Pickle, knowingly: the network's classes are raynas's own (the architecture JSON
+            # beside it rebuilds it without unpickling); MLflow's warning says no more than that.
+            pytorch_log = logging.getLogger("mlflow.pytorch")
+            level = pytorch_log.level
+            pytorch_log.setLevel(logging.ERROR)
+            try:
+                mlflow.pytorch.save_model(
+                    network.cpu().eval(), str(model_dir), serialization_format="pickle",
+                    extra_files=[str(arch_file)], pip_requirements=["torch", "raynas"],
+                )
+            finally:
+                pytorch_log.setLevel(level)
             with_retries(lambda: self.client.log_artifacts(target, str(model_dir), "model"),
                          attempts=self.attempts, backoff_s=self.backoff_s)
         try:
