@@ -139,10 +139,12 @@ def _search(args: argparse.Namespace) -> None:
         return
     result = run_search(config, fresh=args.fresh)
     m = result.metrics
-    what = (
-        "supernet, held-out half" if config.evaluator is None
-        else f"best candidate, {config.evaluator.name} evaluator"
-    )
+    if config.evaluator is None:
+        what = "supernet, held-out half"
+    elif config.final.top:
+        what = f"the best of the {config.final.top} best candidates, retrained from scratch"
+    else:
+        what = f"best candidate, {config.evaluator.name} evaluator"
     print(
         f"\nSearch finished in {format_duration(result.seconds)}: "
         f"valid accuracy {m['valid_acc']:.1%} ({what})\n"

@@ -128,6 +128,26 @@ class Component:
 
 
 @dataclass(frozen=True)
+class FinalRetrain:
+    """The end of a sampling search: its ``top`` best candidates (by their search score) trained
+    from scratch for ``epochs`` at ``channels`` / ``layers`` (0: the space's network defaults),
+    SGD at ``learning_rate`` with cosine annealing; the best retrained one is the search's answer.
+    """
+
+    top: int = 0
+    epochs: int = 10
+    channels: int = 0
+    layers: int = 0
+    learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.top >= 0, "final.top", "must be >= 0")
+        _check(self.epochs >= 1, "final.epochs", "must be at least 1")
+        _check(self.channels >= 0 and self.layers >= 0, "final.channels", "and final.layers must be >= 0")
+        _check(self.learning_rate > 0, "final.learning_rate", "must be positive")
+
+
+@dataclass(frozen=True)
 class TuneSettings:
     """Ray Tune for sampling searches whose evaluator trains candidates (``evaluator: scratch``).
 
@@ -159,7 +179,7 @@ class SearchConfig:
     ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet trained first for
     ``train.epochs``), ``scratch`` (a short training from scratch, as Tune trials), or a proxy.
     ``seeds`` runs one search per seed and reports mean and standard deviation;
-    ``retrain_top`` retrains the best candidates of a sampling search from scratch at the end.
+    ``final`` retrains the best candidates of a sampling search from scratch at the end.
     """
 
     name: str
@@ -169,7 +189,7 @@ class SearchConfig:
     seed: int = 0
     seeds: tuple[int, ...] = ()
     evaluator: Component | None = None
-    retrain_top: int = 0
+    final: FinalRetrain = field(default_factory=lambda: FinalRetrain())
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneSettings = field(default_factory=lambda: TuneSettings())
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
@@ -183,8 +203,8 @@ class SearchConfig:
         )
         if self.seeds:
             out["seeds"] = list(self.seeds)
-        if self.retrain_top:
-            out["retrain_top"] = self.retrain_top
+        if self.final.top:
+            out["final"] = _asdict(self.final)
         return out
 
 

@@ -9,7 +9,7 @@ Phases, each checkpointed so that a crash loses nothing already evaluated:
 2. ``search``: ask/tell until the strategy is done, ``execution.concurrency`` candidates at a
    time (supernet replicas or evaluator actors), or as Ray Tune trials under ASHA / HyperBand /
    PBT when the evaluator trains candidates (``evaluator: scratch`` with ``tune.enabled``).
-3. ``retrain``: the best ``retrain_top`` candidates trained from scratch.
+3. ``retrain``: the best ``final.top`` candidates trained from scratch (``final``'s budget).
 
 Every result is recorded as it arrives (MLflow, checkpoint); running the same job again resumes
 the phase it stopped in. Candidates that were in flight at a crash are asked for again.
@@ -181,7 +181,7 @@ def run_sampling_search(
             search.phase = "retrain"
             save()
         if search.phase == "retrain":
-            _retrain(search, save)
+            _retrain(search, save, recorder)
             search.phase = "done"
         best = _final(search)
         params, params_cifar = _network_sizes(config, best.architecture)
@@ -275,26 +275,29 @@ def _search_with_tune(
     )
 
 
-def _retrain(search: SamplingSearch, save: Callable[..., None]) -> None:
-    """Train the best ``retrain_top`` candidates from scratch (the evaluator's budget if it is
-    ``scratch``, else its defaults)."""
-    config = search.config
-    top = sorted(search.results, key=lambda r: r.score, reverse=True)
+def _retrain(search: SamplingSearch, save: Callable[..., None], recorder: SearchRecorder) -> None:
+    """Train the best ``final.top`` candidates from scratch with ``final``'s budget; each is
+    recorded like a candidate (trial ``retrain-<its search trial>``)."""
+    config, final = search.config, search.config.final
     seen: set[str] = set()
-    chosen = [r for r in top if not (r.architecture.key() in seen or seen.add(r.architecture.key()))]
-    chosen = chosen[: config.retrain_top]
+    chosen = []
+    for result in sorted(search.results, key=lambda r: r.score, reverse=True):
+        if result.architecture.key() not in seen:
+            seen.add(result.architecture.key())
+            chosen.append(result)
     done = {r.architecture.key() for r in search.retrained}
-    if not chosen:
-        return
-    assert config.evaluator is not None
-    scratch_config = config.evaluator.config if config.evaluator.name == "scratch" else ScratchConfig()
-    evaluator = ScratchEvaluator(scratch_config, search=config)
-    for result in chosen:
+    evaluator = ScratchEvaluator(
+        ScratchConfig(epochs=final.epochs, channels=final.channels, layers=final.layers,
+                      learning_rate=final.learning_rate),
+        search=config,
+    )
+    for result in chosen[: final.top]:
         if result.architecture.key() in done:
             continue
         retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
         search.retrained.append(retrained)
         save()
+        recorder.candidate(retrained, step=len(search.results) + len(search.retrained) - 1)
         search.echo(
             f"retrained {result.architecture.key()}: {retrained.objective} {retrained.score:.2%} "
             f"(searched {result.score:.2%})"

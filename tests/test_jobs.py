@@ -68,7 +68,9 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
     if original.evaluator is not None:
         overrides += SHRINK_STRATEGY.get(original.strategy.name, ["strategy.evaluations=3"])
         overrides += SHRINK_EVALUATOR[original.evaluator.name]
-        overrides += ["retrain_top=1"] if original.retrain_top else []
+        overrides += ["final.top=1", "final.epochs=1", "final.channels=4", "final.layers=1"] if (
+            original.final.top
+        ) else []
     config = load_config(path, overrides)
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)

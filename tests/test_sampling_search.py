@@ -122,13 +122,21 @@ def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: 
 def test_evolution_with_training_from_scratch_and_retraining_the_best(tmp_path: Path) -> None:
     job = sampling_job(
         tmp_path, {"name": "evolution", "population_size": 2, "sample_size": 2, "evaluations": 3},
-        {"name": "scratch", "epochs": 1, "channels": 4, "layers": 1}, retrain_top=1,
+        {"name": "scratch", "epochs": 1, "channels": 4, "layers": 1},
+        final={"top": 1, "epochs": 1, "channels": 4, "layers": 1},
     )
     result = run_search(parse_config(job), echo=lambda _: None)
     state = load_checkpoint(result.checkpoint)["search"]
     assert len(state["results"]) == 3 and len(state["retrained"]) == 1
     assert all(r["budget"] == 1 for r in state["results"])
     assert state["retrained"][0]["trial_id"].startswith("retrain-")
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    children = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    assert sorted(c.data.tags["raynas.trial_id"] for c in children)[-1].startswith("retrain-")
+    assert len(children) == 4
 
 
 def test_inherited_weight_scores_do_not_disturb_training() -> None:

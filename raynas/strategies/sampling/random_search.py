@@ -3,7 +3,7 @@
 With inherited supernet weights as the evaluator this is random search with weight sharing
 (Li & Talwalkar, "Random Search and Reproducibility for NAS", UAI 2019): train the supernet on
 uniformly random paths, rank many random architectures by their inherited-weight accuracy, and
-retrain the best few (``final.retrain_top``).
+retrain the best few (``final.top``).
 """
 
 from __future__ import annotations
