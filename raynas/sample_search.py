@@ -189,6 +189,7 @@ def run_sampling_search(
             "params": params, "params_cifar10": params_cifar, "candidates": len(search.results),
             "stopped_early": sum(r.stopped_early for r in search.results), **best.metrics,
         }
+        _log_pareto(search, tracker)
         recorder.finish(
             EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture),
             summary, weights_history=[], network=_searched_network(config, best.architecture),
@@ -301,6 +302,33 @@ def _retrain(search: SamplingSearch, save: Callable[..., None], recorder: Search
         search.echo(
             f"retrained {result.architecture.key()}: {retrained.objective} {retrained.score:.2%} "
             f"(searched {result.score:.2%})"
+        )
+
+
+def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
+    """``pareto.png``: every candidate's score against its network's parameters at the search's
+    size (the evaluator's count when it made one), with the Pareto front."""
+    from raynas.profile import count_params
+    from raynas.search import _searched_network
+    from raynas.tracking.plots import plot_pareto
+
+    sizes: dict[str, float] = {}
+    costs, scores = [], []
+    for result in search.results:
+        if result.score == float("-inf"):
+            continue
+        key = result.architecture.key()
+        if key not in sizes:
+            sizes[key] = result.metrics.get("params") or float(
+                count_params(_searched_network(search.config, result.architecture))
+            )
+        costs.append(sizes[key])
+        scores.append(result.score)
+    if costs:
+        tracker.log_figure(
+            plot_pareto(costs, scores, score_label=search.results[0].objective,
+                        title=f"{search.config.name}: {len(costs)} candidates"),
+            "pareto.png",
         )
 
 

@@ -85,6 +85,8 @@ def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Pat
     )
     assert len(children) == 8
     assert result.metrics["valid_acc"] == max(c.data.metrics["valid_acc"] for c in children)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"pareto.png", "architecture.png"} <= artifacts
     rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
     assert len(rows) == 8 and rows["trial_id"].is_unique
 
