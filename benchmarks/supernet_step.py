@@ -33,19 +33,23 @@ import gc
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from raynas.config import TrainConfig
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
 from raynas.strategies import STRATEGIES
+from raynas.strategies.gradient.base import Batch, StepResult
+from raynas.strategies.sampling import SamplingStrategy
+from raynas.train.loop import train_epoch
 from raynas.types import DatasetInfo
 
 # Case name -> (strategy name in raynas.strategies.STRATEGIES, overrides of its config dataclass).
@@ -57,6 +61,8 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "gdas": ("gdas", {}),
     "rf_darts": ("rf_darts", {}),
     "adarts": ("adarts", {"k": 4, "arch_start_epoch": 0}),
+    # One-shot weight sharing (SPOS, random_ws, ENAS, ...): one SGD step on a uniformly sampled path.
+    "single_path": ("spos", {}),
 }
 BASELINE = "darts1"  # ratios are relative to this case (or to the first case run without it)
 
@@ -96,6 +102,8 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     entry = STRATEGIES.entry(strategy_name)
     config = entry.config(**overrides) if entry.config is not None else None
+    if issubclass(entry.target, SamplingStrategy):
+        return _measure(name, strategy_name, config, overrides, args, device, _single_path_step(args, device))
     # The supernet as the strategy needs it (partial channels, sampled ops, ...), as in a search.
     space = DartsCnnSpace(
         DartsSpaceConfig(
@@ -105,6 +113,39 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     supernet = space.supernet(DATASET).to(device)
     strategy = entry.target(supernet=supernet, config=config, train=TrainConfig())
+    return _measure(name, strategy_name, config, overrides, args, device, strategy.step)
+
+
+class _Step(Protocol):
+    def __call__(self, train_batch: Batch, valid_batch: Batch) -> Any: ...
+
+
+def _single_path_step(args: argparse.Namespace, device: torch.device) -> _Step:
+    """A one-shot supernet step: a uniformly sampled path (SPOS), one SGD step on a training batch."""
+    space = DartsCnnSpace(DartsSpaceConfig(channels=args.channels, layers=args.layers, nodes=args.nodes))
+    supernet = space.supernet(DATASET).to(device)
+    train = TrainConfig()
+    arch_ids = {id(p) for p in supernet.arch_parameters()}
+    optimizer = torch.optim.SGD(
+        [p for p in supernet.parameters() if id(p) not in arch_ids],
+        lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
+    )
+    rng = random.Random(0)
+
+    def step(train_batch: Batch, valid_batch: Batch) -> StepResult:
+        supernet.set_path(space.sample(rng))
+        metrics = train_epoch(supernet, optimizer, [train_batch], device, grad_clip=train.grad_clip)
+        n = train_batch[1].numel()
+        return StepResult(loss_sum=torch.tensor(metrics["train_loss"] * n), correct=torch.tensor(0), count=n)
+
+    return step
+
+
+def _measure(
+    name: str, strategy_name: str, config: Any, overrides: dict[str, Any], args: argparse.Namespace,
+    device: torch.device, step: _Step,
+) -> dict[str, Any]:
+    """Warm-up and timed calls of ``step`` on fixed random batches; throughput and peak memory."""
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         shape = (args.batch_size, DATASET.in_channels, DATASET.image_size, DATASET.image_size)
@@ -122,13 +163,13 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rss_before = _current_rss_bytes()
 
     for _ in range(args.warmup):
-        strategy.step(train_batch, valid_batch)
+        step(train_batch, valid_batch)
     _sync(device)
 
     times: list[float] = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        result = strategy.step(train_batch, valid_batch)
+        result = step(train_batch, valid_batch)
         _sync(device)
         times.append(time.perf_counter() - start)
     loss = float(result.loss_sum) / result.count  # forces a sync; after the timing
