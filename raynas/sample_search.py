@@ -144,6 +144,8 @@ def run_sampling_search(
                 f"candidates evaluated, from {checkpoint}"
             )
         where = pool.describe_location() if pool is not None else "Ray Tune trials"
+        if isinstance(search.strategy, RemoteController):
+            where += f", controller on node {search.strategy.node_id()[:12]}"
         echo(
             f"Searching {config.space.name} with {config.strategy.name} ({config.evaluator.name} "
             f"evaluator) on {config.data.name} in {where}; MLflow run {run_id}"

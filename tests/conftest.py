@@ -132,6 +132,10 @@ def ray_head() -> Iterator[str]:
     try:
         yield f"127.0.0.1:{port}"
     finally:
+        import ray
+
+        if ray.is_initialized():  # this process joined the cluster: leave it before it goes away,
+            ray.shutdown()  # or Ray's exit handler waits a minute for the dead GCS and kills the run
         stop_ray_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

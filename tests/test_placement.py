@@ -21,7 +21,10 @@ from ray.cluster_utils import Cluster
 
 from raynas.config import SearchConfig, parse_config
 from raynas.execution.controller import start_controller
-from raynas.execution.tune import ACCELERATOR_LABEL, run_tune_search
+from raynas.execution.ray_actors import ACCELERATOR_LABEL
+from raynas.execution.tune import run_tune_search
+from raynas.search import run_search
+from raynas.train.checkpoint import load_checkpoint
 from raynas.types import EvalResult
 
 pytestmark = pytest.mark.integration
@@ -124,3 +127,24 @@ def test_an_unpinned_search_spreads_over_both_gpu_node_types(tmp_path: Path, clu
     assert len(recorded) == 2 and {r.node for r in recorded} == {"A100", "T4"}
     nodes = trial_nodes(tmp_path / "tune" / "tiny")
     assert set().union(*nodes.values()) == {cluster.a100, cluster.t4}
+
+
+def test_one_shot_supernet_actors_go_to_the_pinned_gpu_type_and_the_controller_to_the_head(
+    tmp_path: Path, cluster: Nodes
+) -> None:
+    job = tiny_job(tmp_path)
+    job.update(
+        space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+        strategy={"name": "spos", "population_size": 2, "sample_size": 2, "evaluations": 3},
+        data={"name": "digits", "batch_size": 32, "limit": 128},
+        evaluator={"name": "supernet", "bn_batches": 1},
+        train={"epochs": 1},
+        execution={"backend": "ray", "cpus_per_worker": 1, "gpus_per_worker": 1, "concurrency": 1,
+                   "accelerator": "A100", "controller_resources": {"cpu_node": 0.1}},
+    )
+    lines: list[str] = []
+    result = run_search(parse_config(job), echo=lines.append)
+    state = load_checkpoint(result.checkpoint)["search"]
+    # Every candidate was scored on the A100 node (its accelerator label, read on the node itself).
+    assert [r["node"] for r in state["results"]] == ["A100"] * 3
+    assert f"controller on node {cluster.head[:12]}" in lines[0]

@@ -115,14 +115,16 @@ class LocalPool:
 class _EvaluatorActor:
     """An evaluator inside a Ray actor (built by :meth:`setup` so errors reach the driver)."""
 
-    def setup(self, config: SearchConfig, threads: int, node: str) -> str:
+    def setup(self, config: SearchConfig, threads: int) -> tuple[str, str]:
         import ray
         import torch
 
+        from raynas.execution.ray_actors import node_type
+
         torch.set_num_threads(threads)
         self.evaluator = build_evaluator(config)
-        self.node = node
-        return ray.get_runtime_context().get_node_id()
+        self.node = node_type(config.execution.accelerator)  # the node's accelerator type, or cpu
+        return ray.get_runtime_context().get_node_id(), self.node
 
     def evaluate(self, arch: Architecture, trial_id: str) -> EvalResult:
         result = self.evaluator.evaluate(arch, trial_id=trial_id)
@@ -173,10 +175,11 @@ class RayPool:
             for _ in range(execution.concurrency)
         ]
         self.capacity = len(self.actors)
-        node = execution.accelerator or ("gpu" if execution.gpus_per_worker else "cpu")
         threads = max(1, int(execution.cpus_per_worker))
-        nodes = self._get([a.setup.remote(config, threads, node) for a in self.actors])
-        self.location = f"{len(self.actors)} Ray actor(s) on {len(set(nodes))} node(s) ({node})"
+        placed = self._get([a.setup.remote(config, threads) for a in self.actors])
+        self.node_ids = [node_id for node_id, _ in placed]
+        kinds = ", ".join(sorted({kind for _, kind in placed}))
+        self.location = f"{len(self.actors)} Ray actor(s) on {len(set(self.node_ids))} node(s) ({kinds})"
         self.idle = list(self.actors)
         self.running: dict[Any, Any] = {}  # result ref -> actor
 

@@ -18,6 +18,26 @@ from raynas.train.distributed import init_process_group
 from raynas.train.search import SupernetSearch
 from raynas.types import EpochReport
 
+# Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
+
+def node_type(accelerator: str | None = None) -> str:
+    """The accelerator type of the node this Ray worker runs on, or ``cpu``.
+
+    The node's ``ray.io/accelerator-type`` label first (Ray's label for a node's accelerator type,
+    which the cluster files in ``cluster/`` set on every GPU node type), then the configured
+    ``accelerator`` resource if this worker was given some, then ``gpu`` for a GPU of unknown type.
+    """
+    context = ray.get_runtime_context()
+    label = context.get_node_labels().get(ACCELERATOR_LABEL)
+    if label:
+        return str(label)
+    assigned = context.get_assigned_resources()
+    if accelerator and assigned.get(accelerator, 0) > 0:
+        return accelerator
+    return "gpu" if assigned.get("GPU", 0) > 0 else "cpu"
+
 
 def init_ray(execution: ExecutionConfig) -> None:
     """Connect to the configured Ray cluster, or start a local one, once per process."""

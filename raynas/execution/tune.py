@@ -44,13 +44,12 @@ from ray.tune.search import Searcher
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
-from raynas.execution.ray_actors import init_ray
+from raynas.execution.ray_actors import init_ray, node_type
 from raynas.types import Architecture, EvalResult
 
 # What the trainable reports besides the evaluator's metrics (strings, not metrics).
 _PLACE_KEYS = ("node", "node_id", "arch")
 # The Ray label that names a node's accelerator type (the cluster files in cluster/ set it).
-ACCELERATOR_LABEL = "ray.io/accelerator-type"
 # PBT's learning-rate perturbations stay within this factor of the configured rate.
 PBT_LR_RANGE = 10.0
 
@@ -278,23 +277,6 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
         if key not in AUTO_RESULT_KEYS and key not in _PLACE_KEYS
         and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-
-
-def node_type(accelerator: str | None = None) -> str:
-    """The accelerator type of the node this Ray worker runs on, or ``cpu``.
-
-    The node's ``ray.io/accelerator-type`` label first (Ray's label for a node's accelerator type,
-    which the cluster files in ``cluster/`` set on every GPU node type), then the configured
-    ``accelerator`` resource if this worker was given some, then ``gpu`` for a GPU of unknown type.
-    """
-    context = ray.get_runtime_context()
-    label = context.get_node_labels().get(ACCELERATOR_LABEL)
-    if label:
-        return str(label)
-    assigned = context.get_assigned_resources()
-    if accelerator and assigned.get(accelerator, 0) > 0:
-        return accelerator
-    return "gpu" if assigned.get("GPU", 0) > 0 else "cpu"
 
 
 def with_learning_rate(state: dict[str, Any], learning_rate: float) -> dict[str, Any]:
