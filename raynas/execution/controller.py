@@ -15,7 +15,8 @@ from typing import Any
 import ray
 
 from raynas.config import SearchConfig
-from raynas.errors import ConfigError, RaynasError, WorkerLostError
+from raynas.errors import ConfigError
+from raynas.execution.ray_actors import remote_call
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
@@ -134,20 +135,7 @@ class RemoteController:
         """End the actor (its state is gone: save :meth:`state_dict` first)."""
         ray.kill(self.actor)
 
-    @staticmethod
-    def _get(ref: Any) -> Any:
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, RaynasError):
-                raise exc.cause from None
-            raise
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WorkerLostError(
-                f"the search's controller actor was lost ({reason}); run the same command again "
-                "to resume from the last checkpoint"
-            ) from None
+    _get = staticmethod(remote_call)  # our errors as such; a lost actor as WorkerLostError
 
 
 def start_controller(config: SearchConfig, state: dict[str, Any] | None = None) -> RemoteController:
