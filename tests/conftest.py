@@ -125,6 +125,7 @@ def ray_head() -> Iterator[str]:
         [
             str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
             "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false",
+            f"--dashboard-agent-listen-port={free_port()}",  # leave the default to other clusters
             "--disable-usage-stats", f"--temp-dir={temp_dir}",
         ],
         check=True, env=env, timeout=180, capture_output=True,

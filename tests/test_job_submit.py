@@ -41,6 +41,9 @@ def ray_head_with_jobs() -> Iterator[tuple[str, dict[str, str]]]:
                 "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=1",
                 '--resources={"A100": 1}', "--object-store-memory=100000000",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                # Its own agent port: with the default (52365) taken by another Ray on the machine
+                # (the suite's other head), the agent cannot listen and no job is ever accepted.
+                f"--dashboard-agent-listen-port={free_port()}",
                 "--disable-usage-stats", f"--temp-dir={temp_dir}",
             ],
             check=True, env=env, cwd=temp_dir, timeout=120, capture_output=True,
