@@ -24,24 +24,16 @@ from typing import Any
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
-from raynas.execution.controller import RemoteController, start_controller
+from raynas.execution.controller import RemoteController, build_controller, start_controller
 from raynas.execution.evaluators import start_pool
 from raynas.execution.ray_actors import init_ray
-from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
-from raynas.strategies.sampling import SamplingStrategy
 from raynas.tracking import MlflowTracker, storage
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport, EvalResult
 
 PHASES = ("supernet", "search", "retrain", "done")
-
-
-def build_strategy(config: SearchConfig) -> SamplingStrategy:
-    """The job's sampling strategy over its space."""
-    space = SPACES.create(config.space.name, config.space.config)
-    return STRATEGIES.create(config.strategy.name, config.strategy.config, space=space, seed=config.seed)
 
 
 class SamplingSearch:
@@ -62,7 +54,7 @@ class SamplingSearch:
             )
         self.config = config
         self.echo = echo
-        local = build_strategy(config)
+        local = build_controller(config)
         local.check_search(supernet_epochs=config.train.epochs if config.evaluator.name == "supernet" else 0)
         # On Ray the controller is an actor of its own, placed by execution.controller_resources.
         self.strategy: Any = local
@@ -343,4 +335,4 @@ def _final(search: SamplingSearch) -> EvalResult:
 
 
 
-__all__ = ["PHASES", "SamplingSearch", "build_strategy", "run_sampling_search"]
+__all__ = ["PHASES", "SamplingSearch", "run_sampling_search"]
