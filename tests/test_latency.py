@@ -190,6 +190,7 @@ def test_ray_profiler_measures_one_table_per_node_type_on_its_node(
     try:
         a100 = cluster.add_node(num_cpus=1, resources={"A100": 1}, object_store_memory=100_000_000)
         t4 = cluster.add_node(num_cpus=1, resources={"T4": 1}, object_store_memory=100_000_000)
+        ray.shutdown()  # a connection an earlier test left (no-op otherwise)
         ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
         results = profile_cluster("fbnet", SMALL, DIGITS, options=QUICK, out_dir=tmp_path)
         assert set(results) == {"A100", "T4"}

@@ -59,6 +59,7 @@ def cluster() -> Iterator[Nodes]:
             )
             for kind in ("A100", "T4")
         }
+        ray.shutdown()  # a connection an earlier test left (no-op otherwise)
         ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
         cluster.wait_for_nodes()
         yield Nodes(

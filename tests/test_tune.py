@@ -196,6 +196,7 @@ def test_a_new_learning_rate_rescales_the_rest_of_the_cosine_schedule() -> None:
 
 @pytest.fixture(scope="module")
 def ray_client(ray_head: str):
+    ray.shutdown()  # a connection an earlier test left (no-op otherwise)
     ray.init(address=ray_head, log_to_driver=False, logging_level="ERROR")
     try:
         yield ray_head
