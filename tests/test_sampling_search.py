@@ -190,3 +190,24 @@ def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> No
     assert mean == pytest.approx(statistics.mean(accs))
     assert std == pytest.approx(statistics.stdev(accs))
     assert (tmp_path / "runs" / "tiny-seed1" / "checkpoint.pt").is_file()
+
+
+def test_a_single_path_runs_only_its_own_candidates() -> None:
+    # Candidates off the path are never called (their parameters get no gradient at all), in
+    # every supernet with a single-path mode; the dense mixture would give them zero gradients.
+    from raynas.spaces.fbnet import FbnetSpaceConfig
+
+    configs = {
+        "darts": DartsSpaceConfig(channels=4, layers=3, nodes=2),
+        "nb201": Nb201SpaceConfig(channels=4, cells_per_stage=1),
+        "fbnet": FbnetSpaceConfig(stem_channels=8, stem_stride=1, stage_channels=(8, 16), stage_depths=(1, 1),
+                                  stage_strides=(1, 2), head_channels=16),
+    }
+    for name, cfg in configs.items():
+        sp = SPACES.create(name, cfg)
+        net = sp.supernet(DatasetInfo("x", 3, 10, 16))
+        net.set_path(sp.sample(random.Random(0)))
+        net(torch.randn(2, 3, 16, 16)).sum().backward()
+        candidates = [p for n, p in net.named_parameters() if ".ops." in n or ".candidates." in n]
+        assert any(p.grad is None for p in candidates), name
+        assert any(p.grad is not None for p in candidates), name

@@ -39,6 +39,18 @@ def mixed_op_factory(
     return edge
 
 
+def fixed_choices(weights: torch.Tensor) -> list[tuple[int, float]] | None:
+    """The candidates a fixed set of weights uses, as ``(index, weight)`` pairs, or None to mix all.
+
+    Weights are fixed when they live on the host and need no gradient: a one-shot supernet's
+    single path (the supernets' ``set_path`` keeps it on the CPU, so reading it costs no device
+    sync). Candidates weighted exactly zero are then skipped; any other weights mix every candidate.
+    """
+    if weights.requires_grad or weights.device.type != "cpu":
+        return None
+    return [(i, w) for i, w in enumerate(weights.tolist()) if w != 0.0]
+
+
 @MIXED_OPS.register("weighted")
 class WeightedMixedOp(nn.Module):
     """All candidates on one edge, combined as ``sum_k w_k * op_k(x)``.
@@ -65,11 +77,9 @@ class WeightedMixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W); weights: (num_ops,) already normalised
-        if weights.requires_grad:
+        chosen = fixed_choices(weights)
+        if chosen is None:
             return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))  # type: ignore[return-value]
-        # Fixed weights (a single path of a one-shot supernet, or evaluation under no_grad):
-        # candidates weighted exactly zero are skipped; an edge off the path outputs zeros.
-        active = [(w, op) for w, op in zip(weights.tolist(), self.ops, strict=True) if w != 0.0]
-        if not active:
+        if not chosen:  # an edge off the single path
             return x[:, :, :: self.stride, :: self.stride].mul(0.0)  # (B, C, H/s, W/s)
-        return sum(w * op(x) if w != 1.0 else op(x) for w, op in active)  # type: ignore[return-value]
+        return sum(w * self.ops[i](x) if w != 1.0 else self.ops[i](x) for i, w in chosen)  # type: ignore[return-value]

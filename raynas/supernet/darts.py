@@ -171,7 +171,7 @@ class DartsSupernet(nn.Module):
         for reduction, edges in ((False, genotype.normal), (True, genotype.reduce)):
             if len(edges) != 2 * self.nodes:
                 raise ArchitectureError(f"the supernet has {self.nodes} nodes per cell; got {genotype}")
-            onehot = torch.zeros_like(self.alpha_normal, requires_grad=False)  # (edges, num_ops)
+            onehot = torch.zeros(self.alpha_normal.shape)  # (edges, num_ops), on the host: see fixed_choices
             for i, (op, j) in enumerate(edges):
                 node = i // 2
                 if op not in self.primitives or not 0 <= j < node + 2:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
+from raynas.ops.mixed import fixed_choices
 from raynas.spaces.fbnet import FbnetArch, FbnetSpaceConfig, LayerSpec, layer_specs
 
 
@@ -48,6 +49,11 @@ class FbnetMixedLayer(nn.Module):
             index = int(weights.argmax())
             out = self.candidates[index](x)
             return out if not self.training else weights[index] * out + (weights.sum() - weights[index])
+        chosen = fixed_choices(weights)
+        if chosen is not None:  # a single path: only its block runs
+            return sum(  # type: ignore[return-value]
+                w * self.candidates[i](x) if w != 1.0 else self.candidates[i](x) for i, w in chosen
+            )
         return sum(w * block(x) for w, block in zip(weights, self.candidates, strict=True))  # type: ignore[return-value]
 
 
@@ -112,7 +118,8 @@ class FbnetSupernet(nn.Module):
         ``edge_weights``, or a Gumbel-softmax sample (soft; hard with ``mixed_op: sampled``) when
         ``gumbel_tau`` is set and training."""
         if self.path is not None:
-            return F.one_hot(torch.tensor(self.path, device=self.theta.device), len(FBNET_BLOCKS)).float()
+            # On the host: the mixed layers then run only the path's block (see fixed_choices).
+            return F.one_hot(torch.tensor(self.path), len(FBNET_BLOCKS)).float()
         if self.gumbel_tau is None or not self.training:
             return self.edge_weights(reduction)
         _check_no_reduction(reduction)

@@ -146,7 +146,7 @@ class Nb201Supernet(nn.Module):
         if arch is None:
             self.path = None
             return
-        onehot = torch.zeros_like(self.alpha, requires_grad=False)  # (6, 5)
+        onehot = torch.zeros(self.alpha.shape)  # (6, 5), on the host: see fixed_choices
         for k, op in enumerate(arch.ops):
             onehot[k, NB201_OPS.index(op)] = 1.0
         self.path = onehot
