@@ -37,7 +37,7 @@ from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
-from raynas.train.loop import evaluate, train_epoch
+from raynas.train.loop import fit
 from raynas.types import Architecture, EpochReport
 
 RUN_PREFIX = "run:"
@@ -189,18 +189,10 @@ def run_retrain(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_network(config, arch, data.info).to(device)
     params = sum(p.numel() for p in model.parameters() if "auxiliary" not in _name_of(model, p))
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
     train_loader, test_loader = _loaders(data, config.seed)
     epoch, history = 0, []
     if prior is not None:
-        model.load_state_dict(prior["model"])
-        optimizer.load_state_dict(prior["optimizer"])
-        schedule.load_state_dict(prior["schedule"])
         epoch, history = prior["epoch"], prior["history"]
-        train_loader.generator.set_state(prior["loader_rng"])  # type: ignore[union-attr]
         run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
         echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")
     elif source is not None:
@@ -214,27 +206,19 @@ def run_retrain(
         tracker.client.log_text(run_id, arch.to_json(indent=1), "architecture.json")
     echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}; MLflow run {run_id}")
     try:
-        while epoch < cfg.epochs:
-            start = time.perf_counter()
-            if hasattr(model, "drop_path_prob"):
-                model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs  # DARTS's linear ramp
-            metrics = train_epoch(
-                model, optimizer, train_loader, device, grad_clip=cfg.grad_clip,
-                auxiliary_weight=cfg.auxiliary_weight,
-            )
-            metrics["lr"] = schedule.get_last_lr()[0]
-            schedule.step()
-            tested = evaluate(model, test_loader, device)
-            metrics.update(test_loss=tested["valid_loss"], test_acc=tested["valid_acc"])
-            seconds = time.perf_counter() - start
-            epoch += 1
+        start = time.perf_counter()
+        for metrics, state in fit(
+            model, train_loader, test_loader, device, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+            auxiliary_weight=cfg.auxiliary_weight, drop_path_prob=cfg.drop_path_prob, state=prior,
+            generator=train_loader.generator,
+        ):
+            metrics["test_loss"], metrics["test_acc"] = metrics.pop("valid_loss"), metrics.pop("valid_acc")
+            seconds, start = time.perf_counter() - start, time.perf_counter()
+            epoch = int(metrics["epoch"])
             history.append(metrics)
-            save_checkpoint({
-                "config": config.to_dict(), "run_id": run_id, "epoch": epoch, "history": history,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "loader_rng": train_loader.generator.get_state(),  # type: ignore[union-attr]
-                "finished": False,
-            }, checkpoint)
+            record = {"config": config.to_dict(), "run_id": run_id, "history": history, "finished": False}
+            save_checkpoint({**record, **state}, checkpoint)
             tracker.log_metrics(metrics, step=epoch - 1, seconds=seconds)
             echo(
                 f"epoch {epoch:>3}/{cfg.epochs}  train loss {metrics['train_loss']:.3f} acc "

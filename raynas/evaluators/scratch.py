@@ -20,7 +20,7 @@ from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators import EVALUATORS
 from raynas.spaces import SPACES
-from raynas.train.loop import evaluate, train_epoch
+from raynas.train.loop import fit
 from raynas.types import Architecture, EvalResult
 
 
@@ -94,28 +94,16 @@ class ScratchEvaluator:
         model = self.space.build(
             arch, self.data.info, channels=cfg.channels or None, layers=cfg.layers or None
         ).to(self.device)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
         train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
-        epoch = 0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            epoch = int(state["epoch"])
         params = float(sum(p.numel() for p in model.parameters()))
-        while epoch < cfg.epochs:
-            metrics = train_epoch(model, optimizer, train_loader, self.device, grad_clip=cfg.grad_clip)
-            schedule.step()
-            metrics.update(evaluate(model, valid_loader, self.device))
-            epoch += 1
-            metrics.update(epoch=float(epoch), params=params)
-            yield metrics, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "epoch": epoch,
-            }
+        for metrics, new_state in fit(
+            model, train_loader, valid_loader, self.device, epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip, state=state,
+        ):
+            del metrics["lr"]  # a candidate reports its own learning rate where it varies (PBT)
+            metrics["params"] = params
+            yield metrics, new_state
 
     def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
         """Train ``arch`` for the whole budget and report its last epoch."""

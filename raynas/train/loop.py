@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,3 +131,73 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Batch], device: to
         model(_to(batch, device)[0])
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Iterable[Batch],
+    eval_batches: Iterable[Batch],
+    device: torch.device,
+    *,
+    epochs: int,
+    learning_rate: float,
+    momentum: float,
+    weight_decay: float,
+    grad_clip: float,
+    auxiliary_weight: float = 0.0,
+    drop_path_prob: float = 0.0,
+    state: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+    """Train a stand-alone network epoch by epoch: SGD with momentum, cosine annealing to 0 over
+    ``epochs`` (DARTS's ``train.py``), evaluated after every epoch.
+
+    Args:
+        model: The network, on ``device``.
+        train_batches: Training batches (iterated once per epoch).
+        eval_batches: Batches it is evaluated on after every epoch.
+        device: Where the batches go.
+        epochs: Epochs in all (a resumed state counts the ones done).
+        learning_rate: SGD's initial rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        grad_clip: Gradient-norm clip.
+        auxiliary_weight: Weight of the auxiliary head's loss.
+        drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs.
+        state: A state yielded earlier, to continue from.
+        generator: The training batches' shuffling generator, saved in the state and restored.
+
+    Yields:
+        The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
+        ``epoch``) and the state to continue from.
+    """
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        epoch = int(state["epoch"])
+        if generator is not None:
+            generator.set_state(state["loader_rng"])
+    while epoch < epochs:
+        if drop_path_prob and hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
+        metrics = train_epoch(
+            model, optimizer, train_batches, device, grad_clip=grad_clip, auxiliary_weight=auxiliary_weight
+        )
+        metrics["lr"] = schedule.get_last_lr()[0]
+        schedule.step()
+        metrics.update(evaluate(model, eval_batches, device))
+        epoch += 1
+        metrics["epoch"] = float(epoch)
+        new_state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "epoch": epoch,
+        }
+        if generator is not None:
+            new_state["loader_rng"] = generator.get_state()
+        yield metrics, new_state
