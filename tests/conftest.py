@@ -226,7 +226,12 @@ def start_seaweedfs(root: Path, *, access_key: str, secret_key: str) -> tuple[su
         [
             str(BIN / "weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.config={config}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-            "-master.telemetry=false", *(f"-{k}={v}" for k, v in ports.items()),
+            "-master.telemetry=false",
+            # Each bucket takes a volume of its own. Left alone, weed mini sizes volumes at 1 GiB
+            # and allows free disk / volume size of them: about ten buckets on a small CI disk,
+            # after which every upload fails with InternalError. Small volumes, many of them.
+            "-master.volumeSizeLimitMB=64", "-volume.max=200",
+            *(f"-{k}={v}" for k, v in ports.items()),
         ],
         stdout=log, stderr=subprocess.STDOUT,
     )
