@@ -232,8 +232,8 @@ def run_retrain(
         tracker.finish(EpochReport(epoch=epoch - 1, metrics=final, architecture=arch),
                        {"params": params, **final, "registered_version": version})
         save_checkpoint({"config": config.to_dict(), "finished": True}, checkpoint)
-    except BaseException:
-        tracker.fail("FAILED")
+    except BaseException as error:
+        tracker.fail(error)
         raise
     return RetrainResult(
         architecture=arch, metrics=final, params=params, run_id=run_id, source_run_id=source,

@@ -189,11 +189,8 @@ def run_sampling_search(
             summary, weights_history=[], network=_searched_network(config, best.architecture),
         )
         save(finished=True)
-    except KeyboardInterrupt:
-        tracker.fail("KILLED")
-        raise
-    except BaseException:
-        tracker.fail("FAILED")
+    except BaseException as error:
+        tracker.fail(error)
         raise
     finally:
         if pool is not None:

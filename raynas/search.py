@@ -203,11 +203,8 @@ def run_search(
             network=_searched_network(config, final.architecture),
         )
         save(finished=True)
-    except KeyboardInterrupt:
-        tracker.fail("KILLED")
-        raise
-    except BaseException:
-        tracker.fail("FAILED")
+    except BaseException as error:
+        tracker.fail(error)
         raise
     finally:
         worker.close()

@@ -65,6 +65,8 @@ def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
         run_search(config, echo=crash_after_first_epoch)
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
     assert len(state["history"]) == 1 and not state["finished"]
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert client.get_run(state["run_id"]).info.status == "FAILED"
 
     lines: list[str] = []
     resumed = run_search(config, echo=lines.append)
@@ -72,7 +74,7 @@ def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2/3", "3/3"]
     # Same MLflow run, every epoch recorded once per step, and exactly the uninterrupted result.
     assert resumed.run_id == state["run_id"]
-    client = MlflowClient(config.tracking.tracking_uri)
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
     assert sorted({m.step for m in client.get_metric_history(resumed.run_id, "valid_acc")}) == [0, 1, 2]
     assert resumed.architecture == reference.architecture
     for a, b in zip(
@@ -86,12 +88,14 @@ def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
 def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, train={"epochs": 2})
 
-    def crash(line: str) -> None:
+    def interrupt(line: str) -> None:
         if line.startswith("epoch"):
-            raise Crash
+            raise KeyboardInterrupt
 
-    with pytest.raises(Crash):
-        run_search(parse_config(job), echo=crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(parse_config(job), echo=interrupt)
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(state["run_id"]).info.status == "KILLED"
     changed = parse_config({**job, "seed": 1})
     with pytest.raises(Exception, match="another config; pass --fresh"):
         run_search(changed, echo=lambda _: None)

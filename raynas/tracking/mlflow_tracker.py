@@ -301,8 +301,10 @@ class MlflowTracker:
             log.warning("MLflow at %s still unreachable: %d record(s) of run %s could not be sent",
                         self.tracking_uri, len(self._queue), run_id)
 
-    def fail(self, status: str = "FAILED") -> None:
-        """Mark the run as ended without finishing (``FAILED`` or ``KILLED``)."""
+    def fail(self, error: BaseException) -> None:
+        """Mark the run as ended by ``error`` without finishing: ``KILLED`` for Ctrl-C,
+        ``FAILED`` otherwise."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         if self.run_id:
             run_id = self.run_id
             with contextlib.suppress(Exception):  # already failing: never mask the first error
