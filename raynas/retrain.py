@@ -31,7 +31,7 @@ from raynas.config import (
     to_dict_sections,
 )
 from raynas.data import DATASETS
-from raynas.data.base import split_indices
+from raynas.data.base import official_test_set, split_indices
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
@@ -189,7 +189,7 @@ def run_retrain(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_network(config, arch, data.info).to(device)
     params = sum(p.numel() for p in model.parameters() if "auxiliary" not in _name_of(model, p))
-    train_loader, test_loader = _loaders(data, config.seed)
+    train_loader, test_loader, split = _loaders(data, config.seed)
     epoch, history = 0, []
     if prior is not None:
         epoch, history = prior["epoch"], prior["history"]
@@ -204,7 +204,9 @@ def run_retrain(
     else:
         run_id = tracker.start(config, tags=_tags(config))
         tracker.client.log_text(run_id, arch.to_json(indent=1), "architecture.json")
-    echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}; MLflow run {run_id}")
+    tested_on = "its test split" if split == "test" else f"the {1 - data.config.train_portion:.0%} held out"
+    echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}, testing on "
+         f"{tested_on}; MLflow run {run_id}")
     try:
         start = time.perf_counter()
         for metrics, state in fit(
@@ -230,7 +232,7 @@ def run_retrain(
             arch, name=f"raynas-{config.name}", network=model.cpu().eval(), trained=True
         )
         tracker.finish(EpochReport(epoch=epoch - 1, metrics=final, architecture=arch),
-                       {"params": params, **final, "registered_version": version})
+                       {"params": params, **final, "test_split": split, "registered_version": version})
         save_checkpoint({"config": config.to_dict(), "finished": True}, checkpoint)
     except BaseException as error:
         tracker.fail(error)
@@ -259,17 +261,25 @@ def _name_of(model: torch.nn.Module, param: torch.nn.Parameter) -> str:
     return next((n for n, p in model.named_parameters() if p is param), "")
 
 
-def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any]]:
-    """Training on ``data.train_portion`` of the training set, testing on the rest."""
+def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any], str]:
+    """Training on the whole training set and testing on the official test split, as DARTS's
+    ``train.py`` does; for a dataset without one, training on ``data.train_portion`` of the training
+    set and testing on the rest. Returns the loaders and which test split it is."""
     cfg = data.config
     full = data.train_set()
     n = min(len(full), cfg.limit) if cfg.limit else len(full)
-    train_idx, test_idx = split_indices(n, cfg.train_portion)
+    official = official_test_set(data)
+    if official is None:
+        train_idx, test_idx = split_indices(n, cfg.train_portion)
+        train_part, test_part, split = Subset(full, train_idx), Subset(full, test_idx), "held_out"
+    else:
+        m = min(len(official), cfg.limit) if cfg.limit else len(official)
+        train_part, test_part, split = Subset(full, range(n)), Subset(official, range(m)), "test"
     generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(Subset(full, train_idx), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    train = DataLoader(train_part, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                        generator=generator, num_workers=cfg.num_workers)
-    test = DataLoader(Subset(full, test_idx), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    return train, test
+    test = DataLoader(test_part, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    return train, test, split
 
 
 def load_retrain_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from raynas.data import DATASETS, dataset_info, search_loaders
+from raynas.data.base import official_test_set
 from raynas.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, CifarConfig
 from raynas.data.digits import DigitsConfig
 from raynas.errors import ConfigError, DataError
@@ -131,6 +132,53 @@ def test_cifar100_uses_the_fine_labels(cifar100_root: Path) -> None:
 def test_cifar_path_may_be_the_batch_folder_itself(cifar10_root: Path) -> None:
     data = make("cifar10", path=str(cifar10_root / "cifar-10-batches-py"), augment=False)
     assert len(data.train_set()) == 5 * PER_BATCH
+
+
+def test_the_test_split_is_the_test_batch_never_augmented(cifar10_root: Path, cifar100_root: Path) -> None:
+    index = range(20, 23)  # images the training batches do not hold
+    write_batch(cifar10_root / "cifar-10-batches-py" / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1", b"labels": [cifar10_label(i) for i in index],
+        b"data": np.stack([image_bytes(i) for i in index]),
+        b"filenames": [f"img_{i}.png".encode() for i in index],
+    })
+    write_batch(cifar100_root / "cifar-100-python" / "test", {
+        b"fine_labels": [cifar100_label(i) for i in index], b"coarse_labels": [0, 0, 0],
+        b"data": np.stack([image_bytes(i) for i in index]),
+    })
+    for name, root, mean, std, label in (
+        ("cifar10", cifar10_root, CIFAR10_MEAN, CIFAR10_STD, cifar10_label),
+        ("cifar100", cifar100_root, CIFAR100_MEAN, CIFAR100_STD, cifar100_label),
+    ):
+        data = make(name, path=str(root))  # augment on: it applies to training only
+        loader = torch.utils.data.DataLoader(official_test_set(data), batch_size=2)
+        assert collect(loader, mean, std) == [(i, label(i)) for i in index]
+
+
+def test_an_image_folder_tests_on_val_centre_cropped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, classes in (("train", ("a", "b")), ("val", ("a", "b"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10) if c == "a" else (10, 10, 200)).save(
+                tmp_path / split / c / "0.png")
+    data = make("imagenet", path=str(tmp_path), image_size=16)
+    x, y = official_test_set(data)[1]
+    assert x.shape == (3, 16, 16) and y == 1 and float(x[2].mean()) > float(x[0].mean())  # blue "b"
+    (tmp_path / "val" / "a" / "0.png").unlink()
+    (tmp_path / "val" / "b" / "0.png").unlink()
+    with pytest.raises(DataError, match="val"):
+        official_test_set(data)
+    for c in ("a", "b"):
+        (tmp_path / "val" / c).rmdir()
+    (tmp_path / "val").rmdir()
+    with pytest.raises(DataError, match="has no val/ folder"):
+        official_test_set(data)
+
+
+def test_a_missing_test_batch_is_named(cifar10_root: Path) -> None:
+    with pytest.raises(DataError, match="test_batch' is missing"):
+        official_test_set(make("cifar10", path=str(cifar10_root)))
 
 
 def test_cifar_augmentation_keeps_the_shape(cifar10_root: Path) -> None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from raynas.config import load_config, parse_config
+from raynas.data import DATASETS
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.retrain import load_retrain_config, parse_retrain_config, run_retrain
+from raynas.retrain import _loaders, load_retrain_config, parse_retrain_config, run_retrain
 from raynas.search import run_search
 from raynas.train.loop import train_epoch
 from tests.conftest import tiny_job, write_job
+from tests.test_data import write_batch
+
+ALL_CONV = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 
 JOBS = Path(__file__).parents[1] / "jobs"
 
@@ -77,6 +82,33 @@ def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) 
     assert any(line.startswith("Resuming") for line in lines)
     assert next(line for line in lines if line.startswith("epoch")).startswith("epoch   2/")
     assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)
+
+
+def test_retraining_tests_on_the_official_test_split_where_there_is_one(tmp_path: Path) -> None:
+    # CIFAR-10 in its real format: 16 training images and a test batch of 6.
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 16), ("test_batch", 6)):
+        write_batch(tmp_path / "cifar-10-batches-py" / name, {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        })
+    for i in range(2, 6):
+        write_batch(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}",
+                    {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+    job = retrain_job(tmp_path, ALL_CONV, data={"name": "cifar10", "path": str(tmp_path), "batch_size": 8})
+    config = parse_retrain_config({**job, "retrain": {**job["retrain"], "epochs": 1}})
+    train, test, split = _loaders(DATASETS.create("cifar10", config.data.config), seed=0)
+    assert (len(train.dataset), len(test.dataset), split) == (16, 6, "test")  # all 16 train
+    assert not test.dataset.dataset.augment  # type: ignore[attr-defined]
+    lines: list[str] = []
+    result = run_retrain(config, echo=lines.append, fresh=True)
+    assert "testing on its test split" in lines[0]
+    run = MlflowClient(job["tracking"]["tracking_uri"]).get_run(result.run_id)
+    assert run.data.params["final.test_split"] == "test"
+
+    digits = parse_retrain_config(retrain_job(tmp_path, ALL_CONV))  # no test split: 20% held out
+    train, test, split = _loaders(DATASETS.create("digits", digits.data.config), seed=0)
+    assert (len(train.dataset), len(test.dataset), split) == (128, 32, "held_out")
 
 
 def test_auxiliary_loss_is_added_with_its_weight() -> None:

@@ -78,6 +78,13 @@ class SearchDataset(Protocol):
         ...
 
 
+def official_test_set(data: SearchDataset) -> Dataset[tuple[torch.Tensor, int]] | None:
+    """The dataset's official test split (CIFAR's test batch, ImageNet's ``val/``), not augmented;
+    None for datasets without one (a dataset offers it as a ``test_set()`` method)."""
+    split = getattr(data, "test_set", None)
+    return None if split is None else split()
+
+
 def split_indices(n: int, portion: float) -> tuple[list[int], list[int]]:
     """DARTS's split: the first ``portion`` of the training set trains weights, the rest alpha."""
     cut = int(portion * n)

@@ -1,9 +1,9 @@
 """CIFAR-10 and CIFAR-100 read from the official python batch files on local disk.
 
 The files are the pickled batches of https://www.cs.toronto.edu/~kriz/cifar.html:
-``cifar-10-batches-py/data_batch_1..5`` (keys ``data``, ``labels``) and
-``cifar-100-python/train`` (keys ``data``, ``fine_labels``); ``data`` is (N, 3072) uint8,
-channel-major. Nothing is downloaded.
+``cifar-10-batches-py/data_batch_1..5`` and ``test_batch`` (keys ``data``, ``labels``) and
+``cifar-100-python/train`` and ``test`` (keys ``data``, ``fine_labels``); ``data`` is (N, 3072)
+uint8, channel-major. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
 class _Cifar:
     folder_name: str
     train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
     label_key: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -85,22 +86,30 @@ class _Cifar:
         )
 
     def train_set(self) -> ImageTensors:
-        images, labels = read_batches(self.folder(), self.train_files, self.label_key)
+        return self._images(self.train_files, augment=self.config.augment)
+
+    def test_set(self) -> ImageTensors:
+        """The official test batch (10,000 images), never augmented."""
+        return self._images(self.test_files, augment=False)
+
+    def _images(self, files: tuple[str, ...], *, augment: bool) -> ImageTensors:
+        images, labels = read_batches(self.folder(), files, self.label_key)
         return ImageTensors(
             torch.from_numpy(images),
             torch.from_numpy(labels),
             scale=255.0,
             normalize=Normalize(self.mean, self.std),
-            augment=RandomCropFlip(4) if self.config.augment else None,
+            augment=RandomCropFlip(4) if augment else None,
         )
 
 
 @DATASETS.register("cifar10", config=CifarConfig)
 class Cifar10(_Cifar):
-    """CIFAR-10: 50,000 training images of 10 classes."""
+    """CIFAR-10: 50,000 training and 10,000 test images of 10 classes."""
 
     folder_name = "cifar-10-batches-py"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
     label_key = "labels"
     mean, std = CIFAR10_MEAN, CIFAR10_STD
     info = DatasetInfo(name="cifar10", in_channels=3, num_classes=10, image_size=32)
@@ -108,10 +117,11 @@ class Cifar10(_Cifar):
 
 @DATASETS.register("cifar100", config=CifarConfig)
 class Cifar100(_Cifar):
-    """CIFAR-100: 50,000 training images of 100 classes (fine labels)."""
+    """CIFAR-100: 50,000 training and 10,000 test images of 100 classes (fine labels)."""
 
     folder_name = "cifar-100-python"
     train_files = ("train",)
+    test_files = ("test",)
     label_key = "fine_labels"
     mean, std = CIFAR100_MEAN, CIFAR100_STD
     info = DatasetInfo(name="cifar100", in_channels=3, num_classes=100, image_size=32)

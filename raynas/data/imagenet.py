@@ -1,12 +1,14 @@
 """ImageNet (or any ImageNet-style tree) read with torchvision's ``ImageFolder``.
 
-``path`` holds ``train/<class>/<image>.JPEG``; the search split cuts the training folder.
+``path`` holds ``train/<class>/<image>.JPEG`` and, for testing a retrained network,
+``val/<class>/<image>.JPEG``; the search split cuts the training folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.errors import ConfigError, DataError
@@ -17,7 +19,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageFolderConfig(LoaderConfig):
-    """``path``: the folder holding ``train/``; ``image_size``: the training crop."""
+    """``path``: the folder holding ``train/`` (and ``val/``); ``image_size``: the crop."""
 
     path: str = ""
     image_size: int = 224
@@ -38,16 +40,29 @@ class ImageNet:
         self.config = config
 
     def train_set(self):  # type: ignore[no-untyped-def]
-        from torchvision import datasets, transforms
+        from torchvision import transforms
 
-        root = Path(self.config.path).expanduser() / "train"
-        if not root.is_dir():
-            raise DataError(f"data.path {self.config.path!r} has no train/ folder of class folders")
-        transform = transforms.Compose([
+        return self._folder("train", [
             transforms.RandomResizedCrop(self.config.image_size),
             transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def test_set(self):  # type: ignore[no-untyped-def]
+        """``val/``, resized and centre-cropped (256 then 224 at the default size, as DARTS's
+        ``train_imagenet.py``)."""
+        from torchvision import transforms
+
+        size = self.config.image_size
+        return self._folder("val", [transforms.Resize(round(size / 0.875)), transforms.CenterCrop(size)])
+
+    def _folder(self, split: str, crop: list[Any]):  # type: ignore[no-untyped-def]
+        from torchvision import datasets, transforms
+
+        root = Path(self.config.path).expanduser() / split
+        if not root.is_dir():
+            raise DataError(f"data.path {self.config.path!r} has no {split}/ folder of class folders")
+        transform = transforms.Compose([
+            *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
         try:
             return datasets.ImageFolder(str(root), transform=transform)

@@ -27,6 +27,7 @@ from raynas.types import DatasetInfo
 IMAGENET16_MEAN = (122.68 / 255, 116.66 / 255, 104.01 / 255)
 IMAGENET16_STD = (63.22 / 255, 61.26 / 255, 65.09 / 255)
 TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
+TEST_FILES = ("val_data",)  # the benchmark splits it into its valid and test halves
 NUM_CLASSES = 120
 
 
@@ -102,11 +103,19 @@ class ImageNet16:
                 f"data.path {self.config.path!r} holds no ImageNet16 batches: expected "
                 f"{TRAIN_FILES[0]}..{TRAIN_FILES[-1]} (the downsampled ImageNet 16x16 release)"
             )
-        images, labels = read_imagenet16(folder)
+        return self._images(read_imagenet16(folder), augment=self.config.augment)
+
+    def test_set(self) -> ImageTensors:
+        """``val_data`` (6,000 images of the 120 classes), never augmented."""
+        return self._images(read_imagenet16(Path(self.config.path).expanduser(), TEST_FILES), augment=False)
+
+    @staticmethod
+    def _images(arrays: tuple[np.ndarray, np.ndarray], *, augment: bool) -> ImageTensors:
+        images, labels = arrays
         return ImageTensors(
             torch.from_numpy(images),
             torch.from_numpy(labels),
             scale=255.0,
             normalize=Normalize(IMAGENET16_MEAN, IMAGENET16_STD),
-            augment=RandomCropFlip(2) if self.config.augment else None,
+            augment=RandomCropFlip(2) if augment else None,
         )
