@@ -491,5 +491,6 @@ def test_imagenet16_reads_the_benchmarks_batches(tmp_path: Path) -> None:
     assert sorted({int(images[i][1]) for i in range(len(images))}) == [0, *range(1, 10), 119]
     val = {"data": rng.integers(0, 256, (3, 3 * 16 * 16), dtype=np.uint8), "labels": [2, 500, 120]}
     (tmp_path / "val_data").write_bytes(pickle.dumps(val))
-    test = DATASETS.create("ImageNet16-120", cfg).test_set()  # never augmented, whatever cfg says
+    augmenting = DATASETS.entry("ImageNet16-120").config(path=str(tmp_path))
+    test = DATASETS.create("ImageNet16-120", augmenting).test_set()  # never augmented
     assert [int(test[i][1]) for i in range(len(test))] == [1, 119] and test.augment is None
