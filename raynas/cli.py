@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         "--genotype", "--arch", dest="arch", required=True,
         help="a published name (e.g. DARTS_V2), a JSON file, or the space's string form",
     )
-    describe.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet")
+    describe.add_argument(
+        "--dataset", help="cifar10, cifar100, imagenet, or ptb (default: the space's, cifar10 or ptb)"
+    )
     describe.add_argument("--channels", type=int, help="initial channels (default: the paper's)")
     describe.add_argument("--layers", type=int, help="number of cells (default: the paper's)")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
@@ -150,10 +152,20 @@ def _search(args: argparse.Namespace) -> None:
         f"valid accuracy {m['valid_acc']:.1%} ({what})\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
-        f"{result.params_cifar10 / 1e6:.2f}M as the space's CIFAR-10 network of the papers\n"
+        f"{result.params_cifar10 / 1e6:.2f}M as the space's {_reference_name(config.space.name)} "
+        "network of the papers\n"
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
     )
+
+
+def _reference_name(space: str) -> str:
+    """The dataset of the papers' network a space's size is compared on (CIFAR-10 unless the
+    space names another, as the language-model space names PTB)."""
+    from raynas.spaces import SPACES
+
+    name = getattr(SPACES.get(space), "reference_dataset", "cifar10")
+    return {"cifar10": "CIFAR-10", "ptb": "PTB"}.get(name, name)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -183,13 +195,21 @@ def _train(args: argparse.Namespace) -> None:
 
 def _describe(args: argparse.Namespace) -> None:
     from raynas.data import dataset_info
-    from raynas.profile import model_stats
+    from raynas.profile import count_params, model_stats
     from raynas.spaces import SPACES
 
     space = SPACES.create(args.space)
     arch = space.parse(args.arch)
-    info = dataset_info(args.dataset)
+    info = dataset_info(args.dataset or getattr(space, "reference_dataset", "cifar10"))
     model = space.build(arch, info, channels=args.channels, layers=args.layers, auxiliary=True)
+    if hasattr(space, "example_input"):  # token inputs (darts_rnn): no image, no MAC count
+        params = count_params(model)
+        if args.json:
+            print(json.dumps({"space": args.space, "dataset": info.name, "params": params}))
+        else:
+            print(f"{args.arch} on {info.name} (vocabulary {info.num_classes:,}):\n"
+                  f"  parameters        {params:>13,}  ({params / 1e6:.2f}M)")
+        return
     stats = model_stats(model, (info.in_channels, info.image_size, info.image_size))
     if args.json:
         print(json.dumps({"space": args.space, "dataset": info.name, **stats.as_dict()}))

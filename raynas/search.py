@@ -285,5 +285,6 @@ def _network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:
     searched = space.build(
         arch, info, channels=getattr(cfg, "channels", None), layers=getattr(cfg, "layers", None)
     )
-    cifar = space.build(arch, dataset_info("cifar10"))
+    # The papers' network: CIFAR-10, or the dataset a space names (darts_rnn: PTB).
+    cifar = space.build(arch, dataset_info(getattr(space, "reference_dataset", "cifar10")))
     return count_params(searched), count_params(cifar)

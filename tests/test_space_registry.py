@@ -47,7 +47,9 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
 }
 # Small stand-alone networks: build()'s channels and layers (their meaning is the space's; fbnet
 # takes its sizes from its config only).
-SMALL_BUILD: dict[str, dict[str, int]] = {"nb201": {"channels": 4, "layers": 1}, "fbnet": {}}
+SMALL_BUILD: dict[str, dict[str, int]] = {
+    "nb201": {"channels": 4, "layers": 1}, "fbnet": {}, "darts_rnn": {"channels": 4},
+}
 DEFAULT_BUILD = {"channels": 4, "layers": 3}
 
 
@@ -64,6 +66,12 @@ def small_space(name: str) -> Any:
             with contextlib.suppress(ValueError, TypeError):  # not allowed small: keep the default
                 config = dataclasses.replace(config, **{key: value})
     return SPACES.create(name, config)
+
+
+def example_input(space: Any) -> torch.Tensor:
+    """Two inputs for the space's networks: images, unless the space makes its own (token ids)."""
+    make = getattr(space, "example_input", None)
+    return make(TINY, 2) if make is not None else torch.randn(2, 3, 16, 16)  # (B, C, H, W)
 
 
 def sample(space: Any, seed: int = 0) -> Architecture:
@@ -160,9 +168,8 @@ def test_network_forward_and_backward(name: str) -> None:
     arch = sample(space, 1)
     net = space.build(arch, TINY, **SMALL_BUILD.get(name, DEFAULT_BUILD))
     net.train()
-    x = torch.randn(2, 3, 16, 16)  # (B, C, H, W)
-    logits = net(x)
-    assert logits.shape == (2, TINY.num_classes)
+    logits = net(example_input(space))
+    assert logits.shape[:2] == (2, TINY.num_classes)  # (B, classes), or (B, vocabulary, T)
     logits.logsumexp(1).sum().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -179,7 +186,7 @@ def test_supernet_forward_backward_and_derivation(name: str) -> None:
     assert arch_params and weights
     assert not {id(p) for p in arch_params} & {id(p) for p in weights}
     assert len(arch_params) + len(weights) == len(list(supernet.parameters()))
-    loss = supernet(torch.randn(2, 3, 16, 16)).logsumexp(1).sum()
+    loss = supernet(example_input(space)).logsumexp(1).sum()
     loss.backward()
     for p in arch_params:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
@@ -246,6 +253,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     "nb201": [  # the benchmark's cost_info (NASLib, NATS-Bench issue #36)
         ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
          DatasetInfo("cifar10", 3, 10, 32), 1_531_546),
+    ],
+    "darts_rnn": [  # DARTS README: 23M on PTB (10,000 words, 850 units); see test_darts_rnn.py
+        ("DARTS_V2", DatasetInfo("ptb", 1, 10_000, 35), 22_960_000),
     ],
 }
 # tiny_cnn: the worked example of a user-defined space. fbnet: the model zoo counts convolution and

@@ -1,0 +1,130 @@
+"""Penn Treebank, word level, in Mikolov's text files as the DARTS language models read them
+(quark0/darts ``rnn/data.py``): ``ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt``, one
+sentence per line, words separated by spaces, ``<eos>`` appended to every line.
+
+The vocabulary is the training file's words in order of first appearance (10,000 words for the
+standard files, ``<unk>`` among them). The token stream is cut into consecutive windows of
+``bptt`` tokens; a sample is ``(tokens[i : i + bptt], tokens[i + 1 : i + bptt + 1])`` for
+``i = 0, bptt, 2 * bptt, ...``, so a network predicts every next word. Windows are independent:
+each starts from a zero hidden state (the authors' scripts carry it from one window to the next).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from raynas.data.base import DATASETS, LoaderConfig
+from raynas.errors import ConfigError, DataError
+from raynas.types import DatasetInfo
+
+EOS = "<eos>"
+UNK = "<unk>"
+FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
+# The standard files' vocabulary (Mikolov et al.); an instance reports its training file's.
+PTB_VOCABULARY = 10_000
+
+
+@dataclass(frozen=True)
+class PtbConfig(LoaderConfig):
+    """Where the text files are, and the window length.
+
+    Attributes:
+        path: The folder holding ``ptb.train.txt`` (and ``ptb.valid.txt``, ``ptb.test.txt``), or
+            ``s3://bucket/prefix``.
+        bptt: Tokens per sample (35 in rnn/train_search.py and rnn/train.py).
+    """
+
+    path: str = ""
+    bptt: int = 35
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path:
+            raise ConfigError("config key 'data.path' is missing: the folder holding ptb.train.txt")
+        if self.bptt < 1:
+            raise ConfigError(f"data.bptt must be at least 1, got {self.bptt}")
+
+
+def read_words(path: Path) -> list[str]:
+    """The words of a PTB text file, ``<eos>`` after every line (``Corpus.tokenize``)."""
+    if not path.is_file():
+        raise DataError(f"PTB file {str(path)!r} is missing (expected {', '.join(FILES.values())})")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return [word for line in f for word in [*line.split(), EOS]]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not a UTF-8 PTB text file: {exc}") from None
+
+
+class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Consecutive windows of a token stream: inputs and next-token targets, each (bptt,)."""
+
+    def __init__(self, tokens: torch.Tensor, bptt: int) -> None:
+        self.tokens = tokens  # (N,) int64
+        self.bptt = bptt
+
+    def __len__(self) -> int:
+        return max(0, (len(self.tokens) - 1) // self.bptt)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        i = index * self.bptt
+        return self.tokens[i : i + self.bptt], self.tokens[i + 1 : i + self.bptt + 1]
+
+
+@DATASETS.register("ptb", config=PtbConfig)
+class Ptb:
+    """Penn Treebank for word-level language models; ``info.num_classes`` is the vocabulary size.
+
+    The training file is read when the dataset is built, so its vocabulary is known before any
+    network is. ``info``'s image fields describe a sample instead: one channel of ``bptt`` tokens.
+    """
+
+    info = DatasetInfo(name="ptb", in_channels=1, num_classes=PTB_VOCABULARY, image_size=35)
+
+    def __init__(self, config: PtbConfig) -> None:
+        self.config = config
+        self.folder = Path(config.path).expanduser()
+        words = read_words(self.folder / FILES["train"])
+        self.vocabulary: dict[str, int] = {}
+        for word in words:
+            self.vocabulary.setdefault(word, len(self.vocabulary))
+        self.train_tokens = torch.tensor([self.vocabulary[w] for w in words], dtype=torch.long)
+        self.info = DatasetInfo(
+            name="ptb", in_channels=1, num_classes=len(self.vocabulary), image_size=config.bptt
+        )
+
+    def encode(self, split: str) -> torch.Tensor:
+        """The token ids (N,) of a split (``train``, ``valid``, ``test``); a word the training
+        file lacks becomes ``<unk>`` (PTB's files have none such)."""
+        if split not in FILES:
+            raise ConfigError(f"unknown PTB split {split!r}; choose one of: {', '.join(FILES)}")
+        if split == "train":
+            return self.train_tokens
+        path = self.folder / FILES[split]
+        ids = []
+        for word in read_words(path):
+            if word in self.vocabulary:
+                ids.append(self.vocabulary[word])
+            elif UNK in self.vocabulary:
+                ids.append(self.vocabulary[UNK])
+            else:
+                raise DataError(f"{str(path)!r}: word {word!r} is not in the training vocabulary (no <unk>)")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def train_set(self) -> TokenWindows:
+        """Windows of ``ptb.train.txt`` (the search splits them into weight and alpha halves)."""
+        return TokenWindows(self.train_tokens, self.config.bptt)
+
+    def valid_set(self) -> TokenWindows:
+        """Windows of ``ptb.valid.txt``."""
+        return TokenWindows(self.encode("valid"), self.config.bptt)
+
+    def test_set(self) -> TokenWindows:
+        """Windows of ``ptb.test.txt``."""
+        return TokenWindows(self.encode("test"), self.config.bptt)
