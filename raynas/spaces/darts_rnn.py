@@ -110,8 +110,9 @@ def _published(recurrent: list[Node]) -> DartsRnnGenotype:
     return DartsRnnGenotype(tuple(recurrent), tuple(range(1, STEPS + 1)))
 
 
-# Verbatim from quark0/darts rnn/genotypes.py (master; ``DARTS = DARTS_V2``). The file's
-# ``concat=range(1, 9)`` is written out as 1..8.
+# Verbatim from quark0/darts rnn/genotypes.py (master: DARTS_V1 first order, DARTS_V2 second
+# order, ``DARTS = DARTS_V2``; the earlier commit 8876e79 named the first-order cell ``DARTS``).
+# The file's ``concat=range(1, 9)`` is written out as 1..8.
 PUBLISHED: dict[str, DartsRnnGenotype] = {
     "DARTS_V1": _published([
         ("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1),
