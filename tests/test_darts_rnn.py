@@ -146,6 +146,24 @@ def test_language_model_shapes_dropout_and_tied_decoder() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_dropouts_are_variational_one_mask_per_sequence() -> None:
+    """LockedDropout (rnn/utils.py): the units dropped before the decoder are the same at every
+    time step of a sequence, and differ between sequences; kept units are scaled by 1/(1-p)."""
+    cell = DartsRnnCell(genotype=PUBLISHED["DARTS_V1"], ninp=16, nhid=16, dropouth=0.0, dropoutx=0.0)
+    model = RnnLanguageModel(cell=cell, ntoken=7, dropout=0.5, dropouti=0.0, dropoute=0.0).train()
+    seen: list[torch.Tensor] = []
+    model.decoder.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
+    torch.manual_seed(0)
+    tokens = torch.randint(7, (3, 5))  # (B, T)
+    model(tokens)
+    dropped = seen[0] == 0  # (T, B, nhid)
+    assert dropped.any() and torch.equal(dropped, dropped[:1].expand_as(dropped))
+    assert not torch.equal(dropped[0, 0], dropped[0, 1])
+    model.eval()
+    model(tokens)
+    assert not (seen[1] == 0).any()  # the zeros came from dropout
+
+
 # --- published genotypes and the PTB model's size --------------------------------------------
 
 
