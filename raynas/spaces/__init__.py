@@ -10,6 +10,6 @@ from raynas.registry import Registry
 SPACES: Registry[type] = Registry("space")
 
 # Built-in spaces register themselves on import.
-from raynas.spaces import darts_cnn, darts_rnn, fbnet, nb201  # noqa: E402, F401
+from raynas.spaces import auto_deeplab, darts_cnn, darts_rnn, fbnet, nb201  # noqa: E402, F401
 
 __all__ = ["SPACES"]
