@@ -12,7 +12,8 @@ import json
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 from raynas.errors import ArchitectureError
 
@@ -57,6 +58,46 @@ class Architecture(ABC):
     def to_json(self, indent: int | None = None) -> str:
         """JSON text with the space's name, readable back with :meth:`Architecture.from_json`."""
         return json.dumps({"space": self.space, **self.to_dict()}, indent=indent)
+
+    @classmethod
+    def read_json(cls, text: str, *, form: str, noun: str = "architecture") -> Self | None:
+        """The architecture ``text`` holds as JSON text or names as a JSON file; None when it is
+        neither (a published name, or the space's own notation, for the caller to read).
+
+        Args:
+            text: What the user wrote.
+            form: The expected JSON object, for error messages (e.g. ``{"arch": "|...|"}``).
+            noun: What the space calls its architectures in messages ("genotype" for DARTS).
+
+        Raises:
+            ArchitectureError: The file is missing, the JSON invalid or of another space, or the
+                object malformed; the message names the file and what is wrong.
+        """
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            where, raw = f"{cls.space} {noun} JSON", stripped
+        else:
+            path = Path(stripped)
+            if path.suffix != ".json" and not path.is_file():
+                return None
+            where = f"{noun} file {str(path)!r}"
+            if not path.is_file():
+                raise ArchitectureError(f"{where} does not exist")
+            raw = path.read_text()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ArchitectureError(f"{where} must hold a JSON object {form}")
+        data = dict(data)
+        space = data.pop("space", cls.space)
+        if space != cls.space:
+            raise ArchitectureError(f"{where} is an architecture of space {space!r}, not {cls.space}")
+        try:
+            return cls.from_dict(data)  # type: ignore[return-value]
+        except ArchitectureError as exc:
+            raise ArchitectureError(f"{where}: {exc}") from None
 
     @staticmethod
     def from_json(text: str) -> Architecture:

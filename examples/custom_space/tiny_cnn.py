@@ -16,12 +16,10 @@ layers are raynas's weighted mixed op, so the example is short; a space may use 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -187,23 +185,8 @@ class TinyCnnSpace:
 
     def parse(self, text: str) -> TinyCnnArch:
         """An architecture from JSON text, a JSON file, or the string form ``op,op,op``."""
-        path = Path(text)
-        if not text.lstrip().startswith("{") and (text.endswith(".json") or path.is_file()):
-            if not path.is_file():
-                raise ArchitectureError(f"architecture file {text!r} does not exist")
-            try:
-                return self.parse(path.read_text())
-            except ArchitectureError as exc:
-                raise ArchitectureError(f"architecture file {text!r}: {exc}") from None
-        if text.lstrip().startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ArchitectureError(f"not valid JSON: {exc}") from None
-            if not isinstance(data, dict) or data.pop("space", "tiny_cnn") != "tiny_cnn":
-                raise ArchitectureError("the JSON is not a tiny_cnn architecture {\"ops\": [...]}")
-            arch = TinyCnnArch.from_dict(data)
-        else:
+        arch = TinyCnnArch.read_json(text, form='{"ops": [...]}')  # None: neither JSON nor a file
+        if arch is None:
             arch = TinyCnnArch(tuple(op.strip() for op in text.split(",")))
         if len(arch.ops) != self.config.layers:
             raise ArchitectureError(

@@ -14,7 +14,6 @@ import json
 import random
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
@@ -141,31 +140,10 @@ def published_genotype(name: str) -> DartsGenotype:
     return PUBLISHED[name]
 
 
-def load_genotype(name_or_file: str) -> DartsGenotype:
-    """A published genotype by name, or one read from a JSON file in the published form."""
-    path = Path(name_or_file)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ArchitectureError(f"genotype file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"genotype file {str(path)!r} is not valid JSON: {exc}") from None
-        return _genotype_from_json_data(data, f"genotype file {str(path)!r}")
-    return published_genotype(name_or_file)
-
-
-def _genotype_from_json_data(data: Any, where: str) -> DartsGenotype:
-    if not isinstance(data, dict):
-        raise ArchitectureError(f"{where} must hold a JSON object in the published genotype form")
-    data = dict(data)
-    space = data.pop("space", "darts")
-    if space != "darts":
-        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not darts")
-    try:
-        return DartsGenotype.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{where}: {exc}") from None
+def load_genotype(text: str) -> DartsGenotype:
+    """A published genotype by name, or one from JSON text or a JSON file in the published form."""
+    genotype = DartsGenotype.read_json(text, form="in the published genotype form", noun="genotype")
+    return genotype if genotype is not None else published_genotype(text.strip())
 
 
 # Named candidate-operation sets for ``space.operations``.
@@ -331,12 +309,6 @@ class DartsCnnSpace:
 
     def parse(self, text: str) -> DartsGenotype:
         """A genotype from a published name, a JSON file, or JSON text."""
-        if text.lstrip().startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ArchitectureError(f"genotype JSON is not valid JSON: {exc}") from None
-            return _genotype_from_json_data(data, "genotype JSON")
         return load_genotype(text)
 
     def build(

@@ -16,10 +16,8 @@ config sets a smaller layout for quick searches (stage widths, depths and stride
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -252,39 +250,14 @@ def load_arch(text: str) -> FbnetArch:
     name = stripped.lower().replace("-", "_")
     if name in PUBLISHED:
         return PUBLISHED[name]
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"fbnet architecture JSON is not valid: {exc}") from None
-        return _from_json_data(data, "fbnet architecture JSON")
-    path = Path(stripped)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ArchitectureError(f"architecture file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"architecture file {str(path)!r} is not valid JSON: {exc}") from None
-        return _from_json_data(data, f"architecture file {str(path)!r}")
+    arch = FbnetArch.read_json(stripped, form='{"blocks": [...]}')
+    if arch is not None:
+        return arch
     if "," not in stripped and stripped not in FBNET_BLOCKS:
         raise ArchitectureError(
             f"{stripped!r} is no published fbnet model ({', '.join(PUBLISHED)}), no file, and not {_FORM}"
         )
     return FbnetArch.parse(stripped)
-
-
-def _from_json_data(data: Any, where: str) -> FbnetArch:
-    if not isinstance(data, dict):
-        raise ArchitectureError(f"{where} must hold a JSON object {{\"blocks\": [...]}}")
-    data = dict(data)
-    space = data.pop("space", "fbnet")
-    if space != "fbnet":
-        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not fbnet")
-    try:
-        return FbnetArch.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 @SPACES.register("fbnet", config=FbnetSpaceConfig)

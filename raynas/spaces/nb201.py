@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -312,38 +310,10 @@ class TinyNetwork(nn.Module):
 
 def load_arch(text: str) -> Nb201Arch:
     """A cell from the benchmark's string, JSON text, or a JSON file (``{"arch": "|...|"}``)."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"nb201 architecture JSON is not valid: {exc}") from None
-        return _from_json_data(data, "nb201 architecture JSON")
-    if stripped.startswith("|"):
-        return Nb201Arch.parse(stripped)
-    path = Path(stripped)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ArchitectureError(f"architecture file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"architecture file {str(path)!r} is not valid JSON: {exc}") from None
-        return _from_json_data(data, f"architecture file {str(path)!r}")
-    return Nb201Arch.parse(stripped)
-
-
-def _from_json_data(data: Any, where: str) -> Nb201Arch:
-    if not isinstance(data, dict):
-        raise ArchitectureError(f"{where} must hold a JSON object {{\"arch\": \"{_FORM}\"}}")
-    data = dict(data)
-    space = data.pop("space", "nb201")
-    if space != "nb201":
-        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not nb201")
-    try:
-        return Nb201Arch.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{where}: {exc}") from None
+    if text.strip().startswith("|"):
+        return Nb201Arch.parse(text.strip())
+    arch = Nb201Arch.read_json(text, form=f'{{"arch": "{_FORM}"}}')
+    return arch if arch is not None else Nb201Arch.parse(text.strip())
 
 
 @SPACES.register("nb201", config=Nb201SpaceConfig)
