@@ -136,11 +136,12 @@ class _EvaluatorActor:
     def steps_per_epoch(self) -> int:
         return self.evaluator.steps_per_epoch
 
-    def weights(self) -> Any:
-        return self.evaluator.weights()
+    def weights(self) -> Any:  # None: an evaluator without shared weights (scratch, training_free)
+        return self.evaluator.weights() if hasattr(self.evaluator, "weights") else None
 
     def load_weights(self, weights: Any) -> None:
-        self.evaluator.load_weights(weights)
+        if weights is not None:
+            self.evaluator.load_weights(weights)
 
     def state_dict(self) -> dict[str, Any]:
         return self.evaluator.state_dict() if hasattr(self.evaluator, "state_dict") else {}
