@@ -157,7 +157,7 @@ def run_sampling_search(
             save()
             recorder.candidate(result, step=len(search.results) - 1)
             echo(
-                f"candidate {len(search.results):>4}  {result.objective} {result.score:7.2%}  "
+                f"candidate {len(search.results):>4}  {result.objective} {_score_text(result):>7}  "
                 f"budget {result.budget:g}{'  stopped early' if result.stopped_early else ''}  "
                 f"{result.architecture}"
             )
@@ -291,9 +291,14 @@ def _retrain(search: SamplingSearch, save: Callable[..., None], recorder: Search
         save()
         recorder.candidate(retrained, step=len(search.results) + len(search.retrained) - 1)
         search.echo(
-            f"retrained {result.architecture.key()}: {retrained.objective} {retrained.score:.2%} "
-            f"(searched {result.score:.2%})"
+            f"retrained {result.architecture.key()}: {retrained.objective} {_score_text(retrained)} "
+            f"(searched {_score_text(result)})"
         )
+
+
+def _score_text(result: EvalResult) -> str:
+    """An accuracy as a percentage; other objectives (training-free proxies) as numbers."""
+    return f"{result.score:.2%}" if result.objective.endswith("acc") else f"{result.score:.3f}"
 
 
 def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:

@@ -45,6 +45,7 @@ SHRINK_STRATEGY = {
 SHRINK_EVALUATOR = {
     "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],
     "supernet": ["evaluator.bn_batches=1"],
+    "training_free": ["evaluator.batch_size=16", "evaluator.channels=4", "evaluator.layers=1"],
 }
 
 

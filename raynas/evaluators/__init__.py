@@ -6,14 +6,17 @@ An evaluator turns an architecture into an :class:`raynas.types.EvalResult`:
   BatchNorm statistics recalibrated per candidate (SPOS, ENAS, random search with weight sharing);
 - ``scratch``: a short training of the stand-alone network from scratch, epoch by epoch, so Ray
   Tune's schedulers can stop it early;
-- training-free proxies register here too: a class built with ``(config, search=...)`` whose
-  ``evaluate(arch, trial_id=...)`` returns an EvalResult with ``budget=0``.
+- ``training_free``: a zero-cost proxy of the untrained network on one mini-batch (``proxy``:
+  NASWOT's ``naswot``, TE-NAS's ``ntk``, ``linear_regions`` and ``te_nas``), ``budget=0``.
+
+Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=...)`` returns an
+EvalResult can register here.
 """
 
 from raynas.registry import Registry
 
 EVALUATORS: Registry[type] = Registry("evaluator")
 
-from raynas.evaluators import scratch, supernet  # noqa: E402, F401
+from raynas.evaluators import scratch, supernet, training_free  # noqa: E402, F401
 
 __all__ = ["EVALUATORS"]

@@ -1,0 +1,332 @@
+"""Training-free evaluators: zero-cost proxies of a candidate's network at initialisation.
+
+- ``naswot``: Mellor, Turner, Storkey and Crowley, "Neural Architecture Search without Training",
+  ICML 2021. Every ReLU unit gives an input a bit (active or not); over all ``N_A`` units of the
+  network the input ``x_i`` gets the binary code ``c_i``. On one mini-batch,
+
+      K_H[i, j] = N_A - d_H(c_i, c_j),        s = log |K_H|
+
+  where ``d_H`` is the Hamming distance: networks that tell the inputs of a batch apart by their
+  activation patterns have a better-conditioned ``K_H`` and score higher.
+- ``ntk``, ``linear_regions``, ``te_nas``: Chen, Gong and Wang, "Neural Architecture Search on
+  ImageNet in Four GPU Hours: A Theoretically Inspired Perspective" (TE-NAS), ICLR 2021.
+  Trainability is read from the empirical neural tangent kernel on a mini-batch,
+
+      Theta = J J^T,   J[i] = d (sum_k f_k(x_i)) / d theta,   kappa = lambda_max(Theta) / lambda_min(Theta)
+
+  (lower ``kappa`` trains better, so the score to maximise is ``-kappa``); expressivity from the
+  number of linear regions ``R``, counted as the number of distinct activation patterns ``c_i``
+  among the inputs. TE-NAS prunes by the sum of the two indicators' ranks among candidates; a
+  single candidate has no rank, so ``te_nas`` scores the rank-free reading
+  ``-log(kappa) + log(R)``, which orders candidates as both indicators do when they agree and
+  trades one factor of ``kappa`` against one of ``R`` when they do not.
+
+Every score is taken at initialisation (BatchNorm in train mode, as in both papers) on
+``batch_size`` images of the search split's training half, the same images for every candidate,
+and averaged over ``repeats`` initialisations whose seeds depend only on the search's seed and the
+architecture's key. Two departures from TE-NAS's code, both for one network and one batch per
+candidate: regions are counted on the candidate's own network over the batch (TE-NAS counts
+them on a one-channel, one-cell network without a stem, over 3,000 single-channel crops of 3x3
+pixels), so ``R`` is at most ``batch_size`` and tells apart mostly networks that merge inputs; and
+every ``nn.ReLU`` is read, not only those of 4-D feature maps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from raynas.config import SearchConfig
+from raynas.data import DATASETS, search_loaders
+from raynas.data.base import SearchDataset
+from raynas.errors import ConfigError, RaynasError
+from raynas.evaluators import EVALUATORS
+from raynas.evaluators.scratch import candidate_seed
+from raynas.spaces import SPACES
+from raynas.types import Architecture, EvalResult
+
+Proxy = Literal["naswot", "ntk", "linear_regions", "te_nas"]
+PROXIES: tuple[str, ...] = typing.get_args(Proxy)
+
+
+@dataclass(frozen=True)
+class TrainingFreeConfig:
+    """Which proxy scores candidates, and on how much.
+
+    Attributes:
+        proxy: ``naswot``, ``ntk``, ``linear_regions`` or ``te_nas`` (see the module docstring).
+        batch_size: Images of the search split's training half the proxy is computed on.
+        repeats: Initialisations the proxy is averaged over.
+        channels: Initial channels of the network (the space's build default if 0).
+        layers: Cells or layers of the network (the space's build default if 0).
+    """
+
+    proxy: Proxy = "naswot"
+    batch_size: int = 64
+    repeats: int = 1
+    channels: int = 0
+    layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.proxy not in PROXIES:
+            raise ConfigError(
+                f"config key 'evaluator.proxy' is {self.proxy!r}; allowed: {', '.join(map(repr, PROXIES))}"
+            )
+        if self.batch_size < 2:
+            raise ConfigError(f"evaluator.batch_size must be at least 2, got {self.batch_size}")
+        if self.repeats < 1:
+            raise ConfigError(f"evaluator.repeats must be at least 1, got {self.repeats}")
+        if self.channels < 0 or self.layers < 0:
+            raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
+
+
+# -- the proxies, on any network ---------------------------------------------------------------
+
+
+@contextmanager
+def hamming_kernel(model: nn.Module) -> Iterator[dict[str, Any]]:
+    """Collect NASWOT's ``K_H`` over the forward passes run inside the ``with`` block.
+
+    Every ``nn.ReLU`` call adds its units' agreements, ``c c^T + (1 - c)(1 - c)^T`` for the
+    batch's binary codes ``c`` (B, n), so ``K_H[i, j]`` ends as the number of units on which inputs
+    ``i`` and ``j`` agree, ``N_A - d_H(c_i, c_j)``, without keeping the codes.
+
+    Yields:
+        A dict whose ``"kernel"`` (a (B, B) float64 tensor, ``None`` before a ReLU ran) and
+        ``"units"`` (``N_A``) fill in as the model runs.
+    """
+    found: dict[str, Any] = {"kernel": None, "units": 0}
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        code = (output.detach() > 0).flatten(1).double()  # (B, n): the units' bits
+        agree = code @ code.T + (1 - code) @ (1 - code).T  # (B, B)
+        found["kernel"] = agree if found["kernel"] is None else found["kernel"] + agree
+        found["units"] += code.shape[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not handles:
+        raise RaynasError(
+            f"{type(model).__name__} has no nn.ReLU: activation-pattern proxies (naswot, "
+            "linear_regions, te_nas) read ReLU units; use proxy 'ntk'"
+        )
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def naswot_score(kernel: torch.Tensor) -> float:
+    """NASWOT's score ``s = log |K_H|`` (the log of the absolute determinant, as the authors'
+    ``slogdet``); ``-inf`` when ``K_H`` is singular (two inputs share a code).
+
+    Args:
+        kernel: ``K_H``, (B, B).
+    """
+    sign, logdet = torch.linalg.slogdet(kernel.double().cpu())
+    return float(logdet) if sign != 0 else float("-inf")
+
+
+def linear_regions(kernel: torch.Tensor, units: int) -> int:
+    """TE-NAS's number of linear regions ``R``: the distinct activation patterns among the batch.
+
+    Inputs ``i`` and ``j`` share a pattern exactly when ``K_H[i, j] = N_A``; ``R`` is the sum over
+    inputs of one over the number of inputs sharing its pattern (TE-NAS's ``calc_LR``).
+
+    Args:
+        kernel: ``K_H``, (B, B), from :func:`hamming_kernel`.
+        units: ``N_A``.
+    """
+    same = (kernel.double().cpu() == units).double()  # (B, B)
+    return round(float((1.0 / same.sum(dim=1)).sum()))
+
+
+def ntk_jacobian(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The rows ``J[i] = d (sum_k f_k(x_i)) / d theta`` of TE-NAS's NTK, theta being the network's
+    weights (parameters named ``*weight``, biases left out, as TE-NAS's ``get_ntk_n``).
+
+    One forward pass of the whole batch (BatchNorm couples its inputs, as in TE-NAS), then one
+    backward pass per input.
+
+    Args:
+        model: The network; its output is the logits (or a tuple that starts with them).
+        inputs: The batch, (B, ...).
+
+    Returns:
+        J, (B, P).
+    """
+    weights = [p for name, p in model.named_parameters() if p.requires_grad and name.endswith("weight")]
+    logits = _logits(model(inputs))  # (B, K)
+    return _jacobian_rows(logits, weights)
+
+
+def ntk_condition_number(jacobian: torch.Tensor) -> float:
+    """``kappa = lambda_max(Theta) / lambda_min(Theta)`` of ``Theta = J J^T``; ``inf`` when Theta
+    is singular (``lambda_min <= 0`` in float64).
+
+    Args:
+        jacobian: J, (B, P).
+    """
+    jac = jacobian.double()
+    eig = torch.linalg.eigvalsh((jac @ jac.T).cpu())  # (B,), ascending
+    if not bool(torch.isfinite(eig).all()) or eig[0] <= 0:
+        return float("inf")
+    return float(eig[-1] / eig[0])
+
+
+def te_nas_score(condition_number: float, regions: float) -> float:
+    """The rank-free reading of TE-NAS's rank sum: ``-log(kappa) + log(R)``."""
+    if not math.isfinite(condition_number) or regions <= 0:
+        return float("-inf")
+    return math.log(regions) - math.log(condition_number)
+
+
+def proxy_values(model: nn.Module, inputs: torch.Tensor, proxy: str) -> dict[str, float]:
+    """The raw quantities a proxy needs from one initialised network (one forward pass, and one
+    backward pass per input for the NTK): ``naswot`` (log |K_H|), ``ntk_cond`` (kappa),
+    ``linear_regions`` (R).
+
+    Args:
+        model: The network, in the mode it is scored in (train: batch statistics).
+        inputs: The batch, (B, ...), on the model's device.
+        proxy: A name in :data:`PROXIES`.
+    """
+    if proxy not in PROXIES:
+        raise ValueError(f"unknown proxy {proxy!r}; choose one of: {', '.join(PROXIES)}")
+    values: dict[str, float] = {}
+    if proxy == "ntk":
+        values["ntk_cond"] = ntk_condition_number(ntk_jacobian(model, inputs))
+        return values
+    with hamming_kernel(model) as found:
+        if proxy == "te_nas":  # one forward pass serves both indicators
+            values["ntk_cond"] = ntk_condition_number(ntk_jacobian(model, inputs))
+        else:
+            with torch.no_grad():
+                model(inputs)
+    kernel, units = found["kernel"], found["units"]
+    if kernel is None:
+        raise RaynasError(f"no nn.ReLU of {type(model).__name__} ran on the batch")
+    if proxy == "naswot":
+        values["naswot"] = naswot_score(kernel)
+    else:
+        values["linear_regions"] = float(linear_regions(kernel, units))
+    return values
+
+
+def proxy_scores(values: dict[str, float], proxy: str) -> dict[str, float]:
+    """The metrics of a candidate from its (averaged) raw values: the score to maximise under the
+    proxy's name (``ntk``: ``-kappa``; ``te_nas``: ``-log(kappa) + log(R)``) and its parts."""
+    metrics = dict(values)
+    if proxy == "ntk":
+        metrics["ntk"] = -values["ntk_cond"]
+    elif proxy == "te_nas":
+        metrics["te_nas"] = te_nas_score(values["ntk_cond"], values["linear_regions"])
+    return metrics
+
+
+def proxy_batch(dataset: SearchDataset, *, seed: int, size: int) -> torch.Tensor:
+    """The first ``size`` images of the search split's training half in the order the search's
+    loader (seeded by ``seed``) draws them: the same images for every candidate of a search.
+
+    Raises:
+        ConfigError: The training half holds fewer than ``size`` images.
+    """
+    train_loader, _ = search_loaders(dataset, seed=seed)
+    available = len(train_loader.dataset)  # type: ignore[arg-type]
+    if available < size:
+        raise ConfigError(
+            f"evaluator.batch_size ({size}) is more than the {available} images of the search "
+            "split's training half; lower it or use more data"
+        )
+    images: list[torch.Tensor] = []
+    with _seeded(seed):  # random training transforms draw from torch's stream
+        for x, _ in train_loader:
+            images.append(x)
+            if sum(len(b) for b in images) >= size:
+                break
+    return torch.cat(images)[:size]  # (size, C, H, W)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run the block under ``seed``, leaving the caller's random streams (CPU and CUDA) as they were."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        yield
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out  # networks with an auxiliary head
+
+
+def _jacobian_rows(logits: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    rows = []
+    for i in range(logits.shape[0]):
+        grads = torch.autograd.grad(logits[i].sum(), weights, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([g.reshape(-1) for g in grads if g is not None]))  # (P,)
+    return torch.stack(rows)  # (B, P)
+
+
+# -- the evaluator -----------------------------------------------------------------------------
+
+
+@EVALUATORS.register("training_free", config=TrainingFreeConfig)
+class TrainingFreeEvaluator:
+    """Scores each candidate's stand-alone network at initialisation with a zero-cost proxy.
+
+    Args:
+        config: The proxy and its batch.
+        search: The search job (space, data, seed).
+    """
+
+    def __init__(self, config: TrainingFreeConfig, *, search: SearchConfig) -> None:
+        self.config = config
+        self.search = search
+        self.space = SPACES.create(search.space.name, search.space.config)
+        self.data = DATASETS.create(search.data.name, search.data.config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.inputs = proxy_batch(self.data, seed=search.seed, size=config.batch_size).to(self.device)
+
+    def seed(self, arch: Architecture, repeat: int = 0) -> int:
+        """The seed of ``arch``'s ``repeat``-th initialisation: (search seed, architecture key) only."""
+        return candidate_seed(self.search.seed, arch) + repeat
+
+    def build(self, arch: Architecture, *, repeat: int = 0) -> nn.Module:
+        """``arch``'s network in its ``repeat``-th initialisation, in train mode (BatchNorm on
+        batch statistics, as in the papers)."""
+        cfg = self.config
+        with _seeded(self.seed(arch, repeat)):
+            model = self.space.build(
+                arch, self.data.info, channels=cfg.channels or None, layers=cfg.layers or None
+            )
+        return model.to(self.device).train()
+
+    def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
+        """Score ``arch``: the proxy's metrics averaged over ``repeats`` initialisations, the
+        seconds its passes took (``proxy_seconds``) and the network's ``params``."""
+        start = time.perf_counter()
+        proxy = self.config.proxy
+        runs: list[dict[str, float]] = []
+        params = 0.0
+        passes = 0.0
+        for repeat in range(self.config.repeats):
+            model = self.build(arch, repeat=repeat)
+            params = float(sum(p.numel() for p in model.parameters()))
+            tic = time.perf_counter()
+            with _seeded(self.seed(arch, repeat)):  # any randomness of the forward pass too
+                runs.append(proxy_values(model, self.inputs, proxy))
+            passes += time.perf_counter() - tic
+        mean = {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
+        metrics = {**proxy_scores(mean, proxy), "proxy_seconds": passes, "params": params}
+        return EvalResult(
+            architecture=arch, metrics=metrics, objective=proxy, trial_id=trial_id, budget=0.0,
+            seconds=time.perf_counter() - start,
+        )
