@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("--channels", type=int, help="initial channels (default: the paper's)")
     describe.add_argument("--layers", type=int, help="number of cells (default: the paper's)")
+    describe.add_argument("--input-size", help="HxW of the input, e.g. 1024x2048 (default: the dataset's)")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
 
     latency = commands.add_parser(
@@ -193,6 +194,21 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def _input_size(text: str | None, default: int) -> tuple[int, int]:
+    """``"1024x2048"`` -> (1024, 2048); None -> the dataset's square size."""
+    from raynas.errors import ConfigError
+
+    if text is None:
+        return default, default
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size {text!r}: expected HxW, e.g. 1024x2048") from None
+    if height < 1 or width < 1:
+        raise ConfigError(f"--input-size {text!r}: both sides must be positive")
+    return height, width
+
+
 def _describe(args: argparse.Namespace) -> None:
     from raynas.data import dataset_info
     from raynas.profile import count_params, model_stats
@@ -210,12 +226,13 @@ def _describe(args: argparse.Namespace) -> None:
             print(f"{args.arch} on {info.name} (vocabulary {info.num_classes:,}):\n"
                   f"  parameters        {params:>13,}  ({params / 1e6:.2f}M)")
         return
-    stats = model_stats(model, (info.in_channels, info.image_size, info.image_size))
+    height, width = _input_size(args.input_size, info.image_size)
+    stats = model_stats(model, (info.in_channels, height, width))
     if args.json:
         print(json.dumps({"space": args.space, "dataset": info.name, **stats.as_dict()}))
         return
     print(
-        f"{args.arch} on {info.name} ({info.image_size}x{info.image_size}):\n"
+        f"{args.arch} on {info.name} ({height}x{width}):\n"
         f"  parameters        {stats.params:>13,}  ({stats.params / 1e6:.2f}M, without an "
         f"auxiliary head)\n"
         f"  with auxiliary    {stats.params_with_aux:>13,}\n"

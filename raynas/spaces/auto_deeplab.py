@@ -337,6 +337,7 @@ class AutoDeepLabSpace:
     """
 
     architecture_type = AutoDeepLabArchitecture
+    reference_dataset = "cityscapes"  # the paper's networks (Table 2) are sized on Cityscapes
 
     def __init__(self, config: AutoDeepLabSpaceConfig | None = None) -> None:
         self.config = config or AutoDeepLabSpaceConfig()

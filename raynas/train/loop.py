@@ -11,6 +11,7 @@ from torch import nn
 
 from raynas.strategies.gradient.base import Batch, GradientStrategy
 from raynas.train.distributed import sum_
+from raynas.train.segmentation import confusion_matrix, labelled, mean_iou
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -32,7 +33,7 @@ def search_epoch(
     lr = strategy.lr
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count: torch.Tensor | int = 0
     for train_batch, valid_batch in zip(train_batches, itertools.cycle(valid_batches)):
         result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
         loss_sum += result.loss_sum
@@ -45,25 +46,36 @@ def search_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``; labels of
+    -100 (ignored pixels) do not count. Dense predictions, (B, C, H, W) logits, also give the
+    mean IoU of their classes (``valid_miou``)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count: torch.Tensor | int = 0
+    confusion: torch.Tensor | None = None
     for batch in batches:
         x, y = _to(batch, device)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-        count += y.numel()
+        count += labelled(y)
+        if logits.dim() == 4:  # segmentation: (B, C, H, W) logits, (B, H, W) labels
+            part = confusion_matrix(logits.argmax(1), y, logits.shape[1])
+            confusion = part if confusion is None else confusion + part
     loss, acc = _global_means(loss_sum, correct, count)
-    return {"valid_loss": loss, "valid_acc": acc}
+    metrics = {"valid_loss": loss, "valid_acc": acc}
+    if confusion is not None:
+        metrics["valid_miou"] = mean_iou(sum_(confusion))
+    return metrics
 
 
-def _global_means(loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> tuple[float, float]:
+def _global_means(
+    loss_sum: torch.Tensor, correct: torch.Tensor, count: torch.Tensor | int
+) -> tuple[float, float]:
     """Mean loss and accuracy over every data-parallel worker's samples."""
-    totals = sum_(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(count))
-                               .to(loss_sum.device, torch.float64)]))
+    n_local = torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device)
+    totals = sum_(torch.stack([loss_sum.double(), correct.double(), n_local]))
     n = max(float(totals[2]), 1.0)
     return float(totals[0]) / n, float(totals[1]) / n
 
@@ -96,7 +108,7 @@ def train_epoch(
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count: torch.Tensor | int = 0
     for step, batch in enumerate(batches):
         if before_step is not None:
             before_step(step)
@@ -110,9 +122,10 @@ def train_epoch(
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        loss_sum += loss.detach() * y.numel()
+        n = labelled(y)
+        loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == y).sum()
-        count += y.numel()
+        count += n
     loss_mean, acc = _global_means(loss_sum, correct, count)
     return {"train_loss": loss_mean, "train_acc": acc}
 

@@ -18,6 +18,7 @@ from torch import nn
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
+from raynas.train.segmentation import labelled
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
@@ -62,7 +63,7 @@ class StepResult:
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
-    count: int
+    count: torch.Tensor
 
 
 class GradientStrategy:
@@ -144,10 +145,11 @@ class GradientStrategy:
         nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
         self.w_optimizer.step()
         y = batch[1]
+        count = labelled(y)  # every label, or the pixels not ignored (-100) in segmentation
         return StepResult(
-            loss_sum=loss.detach() * y.numel(),
+            loss_sum=loss.detach() * count,
             correct=(logits.detach().argmax(1) == y).sum(),
-            count=y.numel(),
+            count=count,
         )
 
     def end_epoch(self) -> None:
