@@ -15,10 +15,8 @@ one: ``{"recurrent": [["sigmoid", 0], ["relu", 1], ...], "concat": [1, ..., 8]}`
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,37 +133,10 @@ def published_genotype(name: str) -> DartsRnnGenotype:
     return PUBLISHED[name]
 
 
-def _from_json_data(data: Any, where: str) -> DartsRnnGenotype:
-    if not isinstance(data, dict):
-        raise ArchitectureError(f"{where} must hold a JSON object in the published genotype form")
-    data = dict(data)
-    space = data.pop("space", "darts_rnn")
-    if space != "darts_rnn":
-        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not darts_rnn")
-    try:
-        return DartsRnnGenotype.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{where}: {exc}") from None
-
-
 def load_genotype(text: str) -> DartsRnnGenotype:
     """A genotype from JSON text, a JSON file, or a published name."""
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"genotype JSON is not valid JSON: {exc}") from None
-        return _from_json_data(data, "genotype JSON")
-    path = Path(text)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ArchitectureError(f"genotype file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"genotype file {str(path)!r} is not valid JSON: {exc}") from None
-        return _from_json_data(data, f"genotype file {str(path)!r}")
-    return published_genotype(text)
+    genotype = DartsRnnGenotype.read_json(text, form="in the published genotype form", noun="genotype")
+    return genotype if genotype is not None else published_genotype(text.strip())
 
 
 # --- the evaluation network (rnn/model.py) ---------------------------------------------------
