@@ -250,6 +250,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
         ("DARTS_V2", DatasetInfo("cifar10", 3, 10, 32), 3_349_342),  # DARTS README: 3.3M
         ("MiLeNAS", DatasetInfo("cifar10", 3, 10, 32), 3_874_222),  # MiLeNAS Table 1: 3.87M
     ],
+    "auto_deeplab": [  # Auto-DeepLab-S (F = 20), Table 2: 10.15M (test_auto_deeplab.py: M and L)
+        ("hnasnet", DatasetInfo("cityscapes", 3, 19, 1024), 10_147_427),
+    ],
     "nb201": [  # the benchmark's cost_info (NASLib, NATS-Bench issue #36)
         ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
          DatasetInfo("cifar10", 3, 10, 32), 1_531_546),
