@@ -370,7 +370,9 @@ def test_a_tiny_search_returns_an_architecture_of_the_space(cityscapes_root: Pat
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ])
-    result = run_search(config, echo=lambda _: None)
+    lines: list[str] = []
+    result = run_search(config, echo=lines.append)
+    assert sum("  miou " in line for line in lines) == 2  # the progress line of every epoch
     arch = result.architecture
     assert isinstance(arch, AutoDeepLabArchitecture)
     assert space(channels=2, layers=3, blocks=2).contains(arch)
