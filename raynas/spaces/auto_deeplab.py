@@ -18,12 +18,10 @@ one path with a DeepLabv3+ ASPP and decoder (Sec. 5.2, :class:`AutoDeepLabNet`).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,19 +180,6 @@ def published_architecture(name: str) -> AutoDeepLabArchitecture:
             f"unknown Auto-DeepLab architecture {name!r}; published: {', '.join(known)}"
         )
     return PUBLISHED[key]
-
-
-def _from_json_data(data: Any, where: str) -> AutoDeepLabArchitecture:
-    if not isinstance(data, dict):
-        raise ArchitectureError(f"{where} must hold a JSON object with keys cell and path")
-    data = dict(data)
-    space = data.pop("space", "auto_deeplab")
-    if space != "auto_deeplab":
-        raise ArchitectureError(f"{where} is an architecture of space {space!r}, not auto_deeplab")
-    try:
-        return AutoDeepLabArchitecture.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 # --- the network level: the trellis, its transition weights and the Viterbi decoding ----------
@@ -417,22 +402,8 @@ class AutoDeepLabSpace:
 
     def parse(self, text: str) -> AutoDeepLabArchitecture:
         """An architecture from a published name (``hnasnet``), a JSON file, or JSON text."""
-        if text.lstrip().startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ArchitectureError(f"Auto-DeepLab JSON is not valid JSON: {exc}") from None
-            return _from_json_data(data, "Auto-DeepLab JSON")
-        path = Path(text)
-        if path.suffix == ".json" or path.is_file():
-            if not path.is_file():
-                raise ArchitectureError(f"architecture file {str(path)!r} does not exist")
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ArchitectureError(f"architecture file {str(path)!r} is not valid JSON: {exc}") from None
-            return _from_json_data(data, f"architecture file {str(path)!r}")
-        return published_architecture(text)
+        arch = AutoDeepLabArchitecture.read_json(text, form='{"cell": [[op, input], ...], "path": [...]}')
+        return arch if arch is not None else published_architecture(text.strip())
 
     def build(
         self,
