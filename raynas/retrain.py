@@ -135,8 +135,11 @@ def resolve_architecture(config: RetrainConfig, tracker: MlflowTracker) -> tuple
     return arch, run_id
 
 
-def build_network(config: RetrainConfig, arch: Architecture, info: Any) -> torch.nn.Module:
-    """The stand-alone network, with the auxiliary head and drop path where the space has them."""
+def build_network(
+    config: RetrainConfig, arch: Architecture, info: Any, example: torch.Tensor
+) -> torch.nn.Module:
+    """The stand-alone network, with the auxiliary head and drop path where the space has them,
+    checked on ``example``, one input of the data it will train on."""
     space = SPACES.create(config.space.name, config.space.config)
     cfg = config.retrain
     options: dict[str, Any] = {"channels": cfg.channels or None, "layers": cfg.layers or None}
@@ -153,12 +156,13 @@ def build_network(config: RetrainConfig, arch: Architecture, info: Any) -> torch
     network.train()
     try:  # a shape that does not fit (an auxiliary head on tiny images, ...) fails here, clearly
         with torch.no_grad():
-            network(torch.zeros(2, info.in_channels, info.image_size, info.image_size))
+            network(torch.stack([example, example]))  # two: BatchNorm in train mode needs them
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0]
+        shape = "x".join(map(str, example.shape))
         raise ConfigError(
             f"the {config.space.name!r} network of {arch} does not run on {info.name}'s "
-            f"{info.image_size}x{info.image_size} images with these retrain settings ({reason})"
+            f"{shape} inputs with these retrain settings ({reason})"
         ) from None
     return network
 
@@ -187,9 +191,9 @@ def run_retrain(
     torch.manual_seed(config.seed)
     data = DATASETS.create(config.data.name, config.data.config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_network(config, arch, data.info).to(device)
-    params = sum(p.numel() for p in model.parameters() if "auxiliary" not in _name_of(model, p))
     train_loader, test_loader, split = _loaders(data, config.seed)
+    model = build_network(config, arch, data.info, example=train_loader.dataset[0][0]).to(device)
+    params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
     epoch, history = 0, []
     if prior is not None:
         epoch, history = prior["epoch"], prior["history"]
@@ -215,7 +219,8 @@ def run_retrain(
             auxiliary_weight=cfg.auxiliary_weight, drop_path_prob=cfg.drop_path_prob, state=prior,
             generator=train_loader.generator,
         ):
-            metrics["test_loss"], metrics["test_acc"] = metrics.pop("valid_loss"), metrics.pop("valid_acc")
+            # fit() scores on its second loader as validation; here that is the test split.
+            metrics = {(f"test_{k[6:]}" if k.startswith("valid_") else k): v for k, v in metrics.items()}
             seconds, start = time.perf_counter() - start, time.perf_counter()
             epoch = int(metrics["epoch"])
             history.append(metrics)
@@ -225,7 +230,9 @@ def run_retrain(
             echo(
                 f"epoch {epoch:>3}/{cfg.epochs}  train loss {metrics['train_loss']:.3f} acc "
                 f"{metrics['train_acc']:6.1%}  test loss {metrics['test_loss']:.3f} "
-                f"acc {metrics['test_acc']:6.1%}  {seconds:.0f}s"
+                f"acc {metrics['test_acc']:6.1%}  "
+                + (f"mIoU {metrics['test_miou']:6.1%}  " if "test_miou" in metrics else "")
+                + f"{seconds:.0f}s"
             )
         final = history[-1]
         version = tracker.register_model(
@@ -255,10 +262,6 @@ def _refuse(checkpoint: Path, config: RetrainConfig) -> None:
         f"{checkpoint} belongs to an unfinished retraining of {config.name!r} with another config; "
         "pass --fresh to start over, or give the job another name"
     )
-
-
-def _name_of(model: torch.nn.Module, param: torch.nn.Parameter) -> str:
-    return next((n for n, p in model.named_parameters() if p is param), "")
 
 
 def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any], str]:

@@ -327,7 +327,7 @@ def test_labels_map_to_train_ids_and_images_to_minus_one_one(cityscapes_root: Pa
         "cityscapes", CityscapesConfig(path=str(cityscapes_root), downscale=1, crop_size=0, flip=False)
     )
     assert data.info.num_classes == 19
-    val = data.val_set()
+    val = data.test_set()
     assert len(val) == 2
     x, y = val[0]  # frankfurt_000000
     assert x.shape == (3, 24, 40) and y.shape == (24, 40) and y.dtype == torch.int64
@@ -398,3 +398,22 @@ def test_a_tiny_search_returns_an_architecture_of_the_space(cityscapes_root: Pat
     assert 0.0 <= result.metrics["valid_miou"] <= 1.0 and 0.0 <= result.metrics["valid_acc"] <= 1.0
     # the driver sizes the found architecture as the paper's networks: Auto-DeepLab-S on Cityscapes
     assert result.params_cifar10 == count_params(space().build(arch, CITYSCAPES))  # type: ignore[attr-defined]
+
+
+def test_retraining_the_official_network_tests_it_on_val_with_miou(
+    cityscapes_root: Path, tmp_path: Path
+) -> None:
+    from raynas.retrain import parse_retrain_config, run_retrain
+
+    job = {
+        "name": "retrain-hnasnet", "architecture": "hnasnet", "space": {"name": "auto_deeplab"},
+        "data": {"name": "cityscapes", "path": str(cityscapes_root), "downscale": 1, "crop_size": 16,
+                 "batch_size": 2},
+        "retrain": {"epochs": 1, "channels": 2, "learning_rate": 0.01},
+        "tracking": {"experiment": "tests", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     "output_dir": str(tmp_path / "runs")},
+    }
+    lines: list[str] = []
+    result = run_retrain(parse_retrain_config(job), echo=lines.append, fresh=True)
+    assert "testing on its test split" in lines[0]  # Cityscapes val: its test labels are withheld
+    assert 0 <= result.metrics["test_miou"] <= 1 and "mIoU" in lines[-1]

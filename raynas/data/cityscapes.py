@@ -208,7 +208,8 @@ class Cityscapes:
         cfg = self.config
         return CityscapesImages(pairs, downscale=cfg.downscale, crop_size=cfg.crop_size, flip=cfg.flip)
 
-    def val_set(self) -> CityscapesImages:
-        """The ``val`` images, whole (after ``downscale``), in order, never flipped."""
+    def test_set(self) -> CityscapesImages:
+        """The ``val`` images (the test labels are withheld), whole after ``downscale``, in order,
+        never flipped: where `raynas train` tests a network."""
         pairs = find_pairs(Path(self.config.path).expanduser(), "val")
         return CityscapesImages(pairs, downscale=self.config.downscale, crop_size=0, flip=False)
