@@ -287,6 +287,18 @@ def test_evaluate_counts_only_labelled_pixels_and_reports_miou() -> None:
     assert math.isclose(classify["valid_acc"], 2 / 3) and "valid_miou" not in classify
 
 
+def test_a_batch_with_every_pixel_ignored_leaves_the_weights_as_they_were() -> None:
+    from raynas.train.loop import train_epoch
+
+    model = torch.nn.Conv2d(3, 4, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = (torch.randn(2, 3, 4, 4), torch.full((2, 4, 4), -100))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # no momentum or weight decay
+    metrics = train_epoch(model, optimizer, [batch], torch.device("cpu"))
+    assert metrics["train_loss"] == 0.0  # not NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 # --- the Cityscapes loader ---------------------------------------------------------------------
 
 # labelIds -> trainIds of cityscapesScripts helpers/labels.py, a few by hand: road 7 -> 0,

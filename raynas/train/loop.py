@@ -11,7 +11,7 @@ from torch import nn
 
 from raynas.strategies.gradient.base import Batch, GradientStrategy
 from raynas.train.distributed import sum_
-from raynas.train.segmentation import confusion_matrix, labelled, mean_iou
+from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -116,9 +116,9 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = mean_cross_entropy(logits, y)
         if aux is not None and auxiliary_weight:
-            loss = loss + auxiliary_weight * nn.functional.cross_entropy(aux, y)  # DARTS's train.py
+            loss = loss + auxiliary_weight * mean_cross_entropy(aux, y)  # DARTS's train.py
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()

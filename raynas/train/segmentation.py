@@ -18,6 +18,13 @@ def labelled(y: torch.Tensor) -> torch.Tensor:
     return (y != IGNORE_INDEX).sum()
 
 
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the labels that count; 0 (not NaN, which would poison the
+    weights) for a batch whose every pixel is ignored."""
+    total = torch.nn.functional.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX)
+    return total / labelled(y).clamp(min=1)
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts of (true class, predicted class) over the labelled pixels.
 

@@ -18,7 +18,7 @@ from torch import nn
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
-from raynas.train.segmentation import labelled
+from raynas.train.segmentation import labelled, mean_cross_entropy
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
 
@@ -79,7 +79,7 @@ class GradientStrategy:
         self.model = supernet
         self.config = config
         self.train = train
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = mean_cross_entropy
         self.weight_params: list[nn.Parameter] = (
             batchnorm_affine_parameters(supernet)
             if config.random_features
