@@ -217,7 +217,8 @@ def _describe(args: argparse.Namespace) -> None:
     space = SPACES.create(args.space)
     arch = space.parse(args.arch)
     info = dataset_info(args.dataset or getattr(space, "reference_dataset", "cifar10"))
-    model = space.build(arch, info, channels=args.channels, layers=args.layers, auxiliary=True)
+    model = space.build(arch, info, channels=args.channels, layers=args.layers,
+                        auxiliary=info.task == "classification")  # no dense-prediction heads
     if hasattr(space, "example_input"):  # token inputs (darts_rnn): no image, no MAC count
         params = count_params(model)
         if args.json:

@@ -110,14 +110,31 @@ class Architecture(ABC):
         return _ARCHITECTURE_TYPES[space].from_dict(data)
 
 
+TASKS = ("classification", "segmentation")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a network builder needs to know about its data."""
+    """What a network builder needs to know about its data.
+
+    Attributes:
+        name: The dataset's registry name.
+        in_channels: Image channels (1 for token data).
+        num_classes: Classes (the vocabulary for language modelling).
+        image_size: Side of the (square) images, or the sequence length.
+        task: ``classification`` (one label per input) or ``segmentation`` (a label per pixel:
+            a space builds a dense-prediction network with (B, classes, H, W) logits).
+    """
 
     name: str
     in_channels: int
     num_classes: int
     image_size: int
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"DatasetInfo.task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,9 @@ class CityscapesImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 class Cityscapes:
     """Cityscapes fine annotations, 19 classes."""
 
-    info = DatasetInfo(name="cityscapes", in_channels=3, num_classes=19, image_size=1024)
+    info = DatasetInfo(
+        name="cityscapes", in_channels=3, num_classes=19, image_size=1024, task="segmentation"
+    )
 
     def __init__(self, config: CityscapesConfig) -> None:
         self.config = config

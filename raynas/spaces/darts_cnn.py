@@ -321,20 +321,39 @@ class DartsCnnSpace:
         auxiliary: bool = False,
         drop_path_prob: float = 0.0,
     ) -> nn.Module:
-        """The evaluation network of a genotype: NetworkImageNet for ImageNet, else NetworkCIFAR.
+        """The evaluation network of a genotype: NetworkImageNet for ImageNet, else NetworkCIFAR;
+        for segmentation data, the ImageNet network as a DeepLabv3+ encoder
+        (:class:`~raynas.spaces.darts_segmentation.DartsSegmentationNet`).
 
         Args:
             arch: A :class:`DartsGenotype`.
-            dataset: Input channels, classes and image size.
-            channels: Initial channels (default: 36 for CIFAR-style data, 48 for ImageNet).
-            layers: Number of cells (default: 20 for CIFAR-style data, 14 for ImageNet).
-            auxiliary: Add the auxiliary head (used during training only).
+            dataset: Input channels, classes, image size and task.
+            channels: Initial channels (default: 36 for CIFAR-style data, 48 for ImageNet and
+                segmentation).
+            layers: Number of cells (default: 20 for CIFAR-style data, 14 for ImageNet and
+                segmentation).
+            auxiliary: Add the auxiliary head (used during training only; classification only).
             drop_path_prob: Drop-path probability on the cells' non-identity edges.
         """
         from raynas.spaces.darts_nets import NetworkCIFAR, NetworkImageNet
 
         if not isinstance(arch, DartsGenotype):
             raise ArchitectureError(f"the darts space builds DartsGenotype, got {type(arch).__name__}")
+        if dataset.task == "segmentation":
+            from raynas.errors import ConfigError
+            from raynas.spaces.darts_segmentation import DartsSegmentationNet
+
+            if auxiliary:
+                raise ConfigError(
+                    f"the darts segmentation network for {dataset.name} has no auxiliary head; "
+                    "set retrain.auxiliary_weight to 0"
+                )
+            default_c, default_l = EVAL_DEFAULTS["imagenet"]
+            return DartsSegmentationNet(
+                genotype=arch, channels=channels or default_c, layers=layers or default_l,
+                num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                drop_path_prob=drop_path_prob,
+            )
         family = "imagenet" if dataset.name.lower() == "imagenet" else "cifar"
         default_c, default_l = EVAL_DEFAULTS[family]
         network = NetworkImageNet if family == "imagenet" else NetworkCIFAR

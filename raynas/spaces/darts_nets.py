@@ -5,6 +5,8 @@ drop path, so that parameter counts match the published ones.
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import torch
 from torch import nn
 
@@ -20,14 +22,21 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class EvalCell(nn.Module):
-    """A discrete cell: each intermediate node sums two operations on earlier states."""
+    """A discrete cell: each intermediate node sums two operations on earlier states.
+
+    A reduction cell applies the genotype's ``reduce`` edges with stride 2 on its inputs; with
+    ``stride=1`` it keeps the resolution (a dense-prediction backbone at output stride 16).
+    """
 
     def __init__(
         self, genotype: DartsGenotype, c_prev_prev: int, c_prev: int, channels: int,
-        reduction: bool, reduction_prev: bool,
+        reduction: bool, reduction_prev: bool, *, stride: int | None = None,
     ) -> None:
         super().__init__()
         self.reduction = reduction
+        stride = (2 if reduction else 1) if stride is None else stride
+        if stride not in (1, 2) or (stride == 2 and not reduction):
+            raise ValueError(f"a reduction cell has stride 1 or 2, a normal cell 1; got {stride}")
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels)
         else:
@@ -38,7 +47,7 @@ class EvalCell(nn.Module):
         self.multiplier = len(self.concat)
         self.indices = [index for _, index in edges]
         self.ops = nn.ModuleList(
-            OPS.get(op)(channels, 2 if reduction and index < 2 else 1, True) for op, index in edges
+            OPS.get(op)(channels, stride if index < 2 else 1, True) for op, index in edges
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -77,6 +86,58 @@ class AuxiliaryHead(nn.Sequential):
         super().__init__(*layers)
 
 
+def stack_cells(
+    *, genotype: DartsGenotype, channels: int, layers: int, c_stem: int, reduction_prev: bool,
+    keep_resolution: Container[int] = (),
+) -> tuple[nn.ModuleList, list[int]]:
+    """DARTS's cell stack (``cnn/model.py``): ``layers`` cells, reduction cells at one and two
+    thirds of the depth, each doubling the channels.
+
+    Args:
+        genotype: The cells' genotype.
+        channels: Initial channels C (a cell's output has ``len(concat) * C`` at its stage).
+        layers: Number of cells.
+        c_stem: Channels of the stem output(s) the first cell takes.
+        reduction_prev: Whether the stem halved the resolution between the first cell's inputs
+            (ImageNet: its two stems).
+        keep_resolution: Indices of reduction cells that run at stride 1.
+
+    Returns:
+        The cells and each cell's output channels.
+    """
+    c_prev_prev, c_prev, c_curr = c_stem, c_stem, channels
+    cells, outputs = nn.ModuleList(), []
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            c_curr *= 2
+        stride = 2 if reduction and i not in keep_resolution else 1
+        cell = EvalCell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, stride=stride)
+        reduction_prev = stride == 2
+        cells.append(cell)
+        c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
+        outputs.append(c_prev)
+    return cells, outputs
+
+
+def imagenet_stems(in_channels: int, channels: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """DARTS's ImageNet stems: ``stem0`` to /4 with C channels, ``stem1`` from there to /8."""
+    c = channels
+    stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+    )
+    stem1 = nn.Sequential(
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+    )
+    return stem0, stem1
+
+
 class _Network(nn.Module):
     """Cells stacked after a stem; reduction cells at one and two thirds of the depth."""
 
@@ -87,19 +148,11 @@ class _Network(nn.Module):
         super().__init__()
         self.drop_path_prob = drop_path_prob
         self.aux_index = 2 * layers // 3
-        c_prev_prev, c_prev, c_curr = c_stem, c_stem, channels
-        self.cells = nn.ModuleList()
-        c_aux = 0
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                c_curr *= 2
-            cell = EvalCell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
-            if i == self.aux_index:
-                c_aux = c_prev
+        self.cells, outputs = stack_cells(
+            genotype=genotype, channels=channels, layers=layers, c_stem=c_stem,
+            reduction_prev=reduction_prev,
+        )
+        c_prev, c_aux = outputs[-1], outputs[self.aux_index]
         self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, imagenet=imagenet) if auxiliary else None
         self.classifier = nn.Linear(c_prev, num_classes)
 
@@ -161,19 +214,7 @@ class NetworkImageNet(_Network):
             auxiliary=auxiliary, drop_path_prob=drop_path_prob, c_stem=channels,
             reduction_prev=True, imagenet=True,
         )
-        c = channels
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-        )
+        self.stem0, self.stem1 = imagenet_stems(in_channels, channels)
         self.global_pooling = nn.AvgPool2d(7)
 
     def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
