@@ -8,9 +8,11 @@ import pytest
 
 from raynas.config import load_config
 
-# Search jobs; retrain_*.yaml are retraining jobs (tests/test_retrain.py validates them).
+# Search jobs; retrain_*.yaml and transfer_*.yaml are retraining jobs (tests/test_retrain.py
+# validates them).
 JOBS = sorted(
-    p for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml") if not p.name.startswith("retrain_")
+    p for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")
+    if not p.name.startswith(("retrain_", "transfer_"))
 )
 
 

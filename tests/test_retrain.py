@@ -148,7 +148,9 @@ def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
         load_config(write_job(tmp_path, retrain_job(tmp_path, "DARTS_V2")))
 
 
-@pytest.mark.parametrize("path", sorted(JOBS.glob("retrain_*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted([*JOBS.glob("retrain_*.yaml"), *JOBS.glob("transfer_*.yaml")]), ids=lambda p: p.name
+)
 def test_retraining_job_files_are_valid(path: Path) -> None:
     config = load_retrain_config(path)
     assert config.architecture and config.retrain.epochs >= 1
