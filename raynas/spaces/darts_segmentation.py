@@ -27,7 +27,9 @@ class DartsSegmentationNet(nn.Module):
     so the cells after it stay at /16. This is DeepLab's way to output stride 16 (DeepLabv3,
     Chen et al. 2017, Sec. 3.1; DeepLabv3+ Sec. 3.2 for Xception): remove the striding of the last
     downsampling block rather than drop it, so the whole ImageNet-sized network, and its
-    parameter count (that of NetworkImageNet less its classifier), is kept. DeepLab also dilates
+    parameter count (that of NetworkImageNet less its classifier), is kept (the cell after it
+    takes its s0 through a 1x1 ReLUConvBN instead of a FactorizedReduce of as many weights, since
+    nothing is halved there). DeepLab also dilates
     the layers after it by 2; the DARTS operations have fixed dilations that are part of the
     genotype, so they are not changed here, and the ASPP's rates 6, 12, 18 supply the context.
 
