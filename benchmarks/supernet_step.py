@@ -135,8 +135,8 @@ def _single_path_step(args: argparse.Namespace, device: torch.device) -> _Step:
     def step(train_batch: Batch, valid_batch: Batch) -> StepResult:
         supernet.set_path(space.sample(rng))
         metrics = train_epoch(supernet, optimizer, [train_batch], device, grad_clip=train.grad_clip)
-        n = train_batch[1].numel()
-        return StepResult(loss_sum=torch.tensor(metrics["train_loss"] * n), correct=torch.tensor(0), count=n)
+        n = torch.tensor(train_batch[1].numel())
+        return StepResult(loss_sum=metrics["train_loss"] * n, correct=torch.tensor(0), count=n)
 
     return step
 
@@ -172,7 +172,7 @@ def _measure(
         result = step(train_batch, valid_batch)
         _sync(device)
         times.append(time.perf_counter() - start)
-    loss = float(result.loss_sum) / result.count  # forces a sync; after the timing
+    loss = float(result.loss_sum) / float(result.count)  # forces a sync; after the timing
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
