@@ -110,6 +110,18 @@ class Architecture(ABC):
         return _ARCHITECTURE_TYPES[space].from_dict(data)
 
 
+def check_keys(data: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
+    """Raise :class:`ArchitectureError` if ``data`` (a ``from_dict`` argument) lacks one of ``keys``
+    or has another; the message says which and lists the keys ``what`` has."""
+    unknown = sorted(set(data) - set(keys))
+    missing = [k for k in keys if k not in data]
+    if unknown or missing:
+        raise ArchitectureError(
+            f"{what} has the keys {', '.join(keys)}; "
+            + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
+        )
+
+
 TASKS = ("classification", "segmentation")
 
 

@@ -40,7 +40,7 @@ from raynas.ops.auto_deeplab import (
     resize,
 )
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 Edge = tuple[str, int]
 RATES = (4, 8, 16, 32)  # downsample rate of each rate index (papers.json network_level)
@@ -137,14 +137,7 @@ class AutoDeepLabArchitecture(Architecture):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AutoDeepLabArchitecture:
-        keys = ("cell", "path")
-        unknown = sorted(set(data) - set(keys))
-        missing = [k for k in keys if k not in data]
-        if unknown or missing:
-            raise ArchitectureError(
-                "an Auto-DeepLab architecture has the keys cell, path; "
-                + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
-            )
+        check_keys(data, ("cell", "path"), "an Auto-DeepLab architecture")
         try:
             cell = tuple((str(op), _int(i)) for op, i in data["cell"])
             path = tuple(_int(r) for r in data["path"])

@@ -22,7 +22,7 @@ from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 Edge = tuple[str, int]
 
@@ -83,14 +83,7 @@ class DartsGenotype(Architecture):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DartsGenotype:
-        keys = ("normal", "normal_concat", "reduce", "reduce_concat")
-        unknown = sorted(set(data) - set(keys))
-        missing = [k for k in keys if k not in data]
-        if unknown or missing:
-            raise ArchitectureError(
-                f"a DARTS genotype has the keys {', '.join(keys)}; "
-                + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
-            )
+        check_keys(data, ("normal", "normal_concat", "reduce", "reduce_concat"), "a DARTS genotype")
         try:
             return cls(
                 normal=tuple((str(op), int(i)) for op, i in data["normal"]),

@@ -25,7 +25,7 @@ from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 # Candidate activations of rnn/genotypes.py (PRIMITIVES); ``none`` exists only in the search.
 ACTIVATIONS: tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")
@@ -78,14 +78,7 @@ class DartsRnnGenotype(Architecture):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DartsRnnGenotype:
-        keys = ("recurrent", "concat")
-        unknown = sorted(set(data) - set(keys))
-        missing = [k for k in keys if k not in data]
-        if unknown or missing:
-            raise ArchitectureError(
-                f"a darts_rnn genotype has the keys {', '.join(keys)}; "
-                + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
-            )
+        check_keys(data, ("recurrent", "concat"), "a darts_rnn genotype")
         try:
             return cls(
                 recurrent=tuple((str(act), int(pred)) for act, pred in data["recurrent"]),
