@@ -337,10 +337,10 @@ def test_ptb_missing_files_name_the_file(tmp_path: Path) -> None:
 # --- a tiny search through the real entry point ---------------------------------------------------
 
 
-def tiny_ptb_job(tmp_path: Path, *overrides: str) -> Any:
+def tiny_ptb_job(tmp_path: Path, *overrides: str, strategy: dict[str, Any] | None = None) -> Any:
     """The job file, pointed at a random 12-word corpus in PTB's format, with an 8-unit, 3-node
-    supernet."""
-    from raynas.config import load_config
+    supernet (and another strategy section, if given)."""
+    from raynas.config import load_yaml, parse_config
 
     folder = tmp_path / "penn"
     folder.mkdir()
@@ -349,12 +349,13 @@ def tiny_ptb_job(tmp_path: Path, *overrides: str) -> Any:
     lines = [" ".join(words[int(i)] for i in torch.randint(12, (8,), generator=rng)) for _ in range(30)]
     (folder / "ptb.train.txt").write_text("\n".join(lines) + "\n")
     job = Path(__file__).parents[1] / "jobs" / "darts_rnn_ptb.yaml"
-    return load_config(job, [
+    raw = load_yaml(job, [
         f"data.path={folder}", "data.bptt=6", "data.batch_size=8", "space.channels=8", "space.nodes=3",
         "train.epochs=2", "execution.backend=local",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}", *overrides,
     ])
+    return parse_config({**raw, "strategy": strategy} if strategy else raw)
 
 
 def test_tiny_first_order_search_on_ptb_returns_a_genotype_of_the_space(tmp_path: Path) -> None:
@@ -389,3 +390,12 @@ def test_second_order_search_moves_alpha_and_derives_a_genotype(tmp_path: Path) 
     assert math.isfinite(report.metrics["valid_loss"])
     assert search.space.contains(report.architecture)
     json.dumps(report.arch_weights)
+
+
+def test_milenas_sizes_the_found_cell_as_the_ptb_model(tmp_path: Path) -> None:
+    """MiLeNAS's model-size tracking builds the papers' network of the space: PTB's, not CIFAR's."""
+    from raynas.train.search import SupernetSearch
+
+    search = SupernetSearch(tiny_ptb_job(tmp_path, strategy={"name": "milenas"}))
+    report = search.run_epoch()
+    assert report.metrics["eval_params"] == 10_000 * 850 + 10_000 + 1700 * 1700 + 3 * 850 * 1700

@@ -92,8 +92,9 @@ class Milenas(GradientStrategy):
         (self.config.mixed_level_lambda * loss_valid).backward(inputs=self.arch_params)
 
     def epoch_metrics(self) -> dict[str, float]:
-        """The derived architecture's size at the papers' CIFAR-10 evaluation size (the space's
-        default network for CIFAR-10) and, for DARTS cells, its convolutions per cell."""
+        """The derived architecture's size at the papers' evaluation size (the space's default
+        network for CIFAR-10, or for the dataset a space names, PTB for recurrent cells) and, for
+        DARTS cells, its convolutions per cell."""
         if not self.config.track_model_size:
             return {}
         from raynas.data import dataset_info
@@ -101,7 +102,8 @@ class Milenas(GradientStrategy):
         from raynas.spaces import SPACES
 
         arch = self.genotype()
-        network = SPACES.create(arch.space).build(arch, dataset_info("cifar10"))
+        space = SPACES.create(arch.space)
+        network = space.build(arch, dataset_info(getattr(space, "reference_dataset", "cifar10")))
         metrics = {"eval_params": float(count_params(network))}
         if hasattr(arch, "normal") and hasattr(arch, "reduce"):
             metrics["convs_normal"] = float(sum(op not in PARAMETER_FREE for op, _ in arch.normal))
