@@ -169,9 +169,9 @@ def run_search(
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / done * (epochs - epoch - 1)
             m = report.metrics
-            extra = "".join(  # skip connections (DARTS cells), table latency (FBNet), mIoU (segmentation)
+            extra = "".join(  # skip connections (DARTS cells), table latency (FBNet), mIoU, perplexity
                 f"{k.replace('_connects', 's').replace('valid_', '')} {m[k]:.4g}  "
-                for k in m if k in ("skip_connects", "valid_miou") or k.startswith("latency_")
+                for k in m if k in ("skip_connects", "valid_miou", "valid_ppl") or k.startswith("latency_")
             )
             echo(
                 f"epoch {epoch + 1:>3}/{epochs}  train loss {m['train_loss']:.3f} "

@@ -371,6 +371,8 @@ def test_tiny_first_order_search_on_ptb_returns_a_genotype_of_the_space(tmp_path
     m = result.metrics
     assert math.isfinite(m["train_loss"]) and math.isfinite(m["valid_loss"])
     assert 0 <= m["valid_acc"] <= 1
+    assert math.isclose(m["valid_ppl"], math.exp(m["valid_loss"]))  # perplexity, as the papers report
+    assert "ppl" in next(line for line in lines if line.startswith("epoch   2/2"))
     # The papers' network of the found 3-node cell on PTB (850 units), counted by hand.
     assert result.params_cifar10 == 10_000 * 850 + 10_000 + 1700 * 1700 + 3 * 850 * 1700
     client = MlflowClient(config.tracking.tracking_uri)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,12 +49,14 @@ def search_epoch(
 def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``; labels of
     -100 (ignored pixels) do not count. Dense predictions, (B, C, H, W) logits, also give the
-    mean IoU of their classes (``valid_miou``)."""
+    mean IoU of their classes (``valid_miou``); sequences, (B, vocabulary, T) logits, the
+    perplexity ``exp(valid_loss)`` (``valid_ppl``)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
     confusion: torch.Tensor | None = None
+    sequences = False
     for batch in batches:
         x, y = _to(batch, device)
         logits = model(x)
@@ -63,10 +66,13 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -
         if logits.dim() == 4:  # segmentation: (B, C, H, W) logits, (B, H, W) labels
             part = confusion_matrix(logits.argmax(1), y, logits.shape[1])
             confusion = part if confusion is None else confusion + part
+        sequences = logits.dim() == 3  # language models: (B, vocabulary, T) logits, (B, T) labels
     loss, acc = _global_means(loss_sum, correct, count)
     metrics = {"valid_loss": loss, "valid_acc": acc}
     if confusion is not None:
         metrics["valid_miou"] = mean_iou(sum_(confusion))
+    if sequences:
+        metrics["valid_ppl"] = math.exp(min(loss, 700.0))  # exp overflows a float past ~709
     return metrics
 
 
