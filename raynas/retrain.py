@@ -156,7 +156,7 @@ def build_network(
     network.train()
     try:  # a shape that does not fit (an auxiliary head on tiny images, ...) fails here, clearly
         with torch.no_grad():
-            network(torch.stack([example, example]))  # two: BatchNorm in train mode needs them
+            out = network(torch.stack([example, example]))  # two: BatchNorm in train mode needs them
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0]
         shape = "x".join(map(str, example.shape))
@@ -164,6 +164,12 @@ def build_network(
             f"the {config.space.name!r} network of {arch} does not run on {info.name}'s "
             f"{shape} inputs with these retrain settings ({reason})"
         ) from None
+    logits = out[0] if isinstance(out, tuple) else out  # (logits, auxiliary logits) with a head
+    if info.task == "segmentation" and logits.dim() != 4:
+        raise ConfigError(
+            f"the {config.space.name!r} space builds no segmentation network for {info.name} "
+            "(it predicts one class per image); the darts and auto_deeplab spaces do"
+        )
     return network
 
 

@@ -17,6 +17,7 @@ from raynas.errors import ConfigError
 from raynas.profile import count_macs
 from raynas.retrain import build_network, load_retrain_config, parse_retrain_config, run_retrain
 from raynas.search import run_search
+from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsCnnSpace, published_genotype
 from raynas.spaces.darts_nets import NetworkImageNet
 from raynas.spaces.darts_segmentation import DartsSegmentationNet
@@ -138,6 +139,13 @@ def test_the_cityscapes_transfer_job_builds_with_its_settings() -> None:
                               ["retrain.channels=4", "retrain.layers=3", "retrain.auxiliary_weight=0.4"])
     with pytest.raises(ConfigError, match="auxiliary"):
         build_network(aux, DARTS_V2, info, example=torch.randn(3, 33, 33))
+    nb201 = load_retrain_config(JOBS / "transfer_darts_cityscapes.yaml", [
+        "space.name=nb201", "retrain.channels=4", "retrain.layers=1", "retrain.drop_path_prob=0",
+        "architecture=|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
+    ])
+    with pytest.raises(ConfigError, match="'nb201' space builds no segmentation network"):
+        build_network(nb201, SPACES.create("nb201").parse(nb201.architecture), info,
+                      example=torch.randn(3, 32, 32))
 
 
 def test_a_cell_searched_on_digits_transfers_to_cityscapes(tmp_path: Path) -> None:
