@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from raynas.errors import RaynasError, WorkerLostError
 
@@ -134,7 +135,7 @@ def _search(args: argparse.Namespace) -> None:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
         for seed, result in zip(config.seeds, results, strict=True):
-            print(f"  seed {seed}: valid accuracy {result.metrics['valid_acc']:.1%}  {result.architecture}")
+            print(f"  seed {seed}: {_scores(result.metrics, config)}  {result.architecture}")
         for key in ("valid_acc", "valid_loss"):
             if key in summary:
                 mean, std = summary[key]
@@ -150,7 +151,7 @@ def _search(args: argparse.Namespace) -> None:
         what = f"best candidate, {config.evaluator.name} evaluator"
     print(
         f"\nSearch finished in {format_duration(result.seconds)}: "
-        f"valid accuracy {m['valid_acc']:.1%} ({what})\n"
+        f"{_scores(m, config)} ({what})\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
         f"{result.params_cifar10 / 1e6:.2f}M as the space's {_reference_name(config.space.name)} "
@@ -158,6 +159,20 @@ def _search(args: argparse.Namespace) -> None:
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
     )
+
+
+def _scores(metrics: dict[str, float], config: Any) -> str:
+    """What a search's result scored: validation accuracy, and mIoU or perplexity where the task
+    has them; a training-free proxy's score where nothing was trained."""
+    parts = [f"valid accuracy {metrics['valid_acc']:.1%}"] if "valid_acc" in metrics else []
+    if "valid_miou" in metrics:
+        parts.append(f"mIoU {metrics['valid_miou']:.1%}")
+    if "valid_ppl" in metrics:
+        parts.append(f"perplexity {metrics['valid_ppl']:.1f}")
+    proxy = getattr(getattr(config.evaluator, "config", None), "proxy", None)
+    if not parts and proxy in metrics:
+        parts.append(f"{proxy} score {metrics[proxy]:.4g} (untrained)")
+    return ", ".join(parts) or ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
 def _reference_name(space: str) -> str:

@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from raynas.cli import main
 from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.evaluators import EVALUATORS
@@ -27,11 +28,10 @@ from raynas.evaluators.training_free import (
     ntk_jacobian,
     proxy_values,
 )
-from raynas.search import run_search
 from raynas.spaces.nb201 import Nb201Arch
 from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
-from tests.conftest import tiny_job
+from tests.conftest import tiny_job, write_job
 
 
 def proxy_job(tmp_path: Path, evaluator: dict, **sections: dict) -> dict:
@@ -262,23 +262,26 @@ def test_a_batch_larger_than_the_training_half_is_a_config_error(tmp_path: Path)
 # -- end to end --------------------------------------------------------------------------------
 
 
-def test_random_search_with_naswot_records_every_candidate(tmp_path: Path) -> None:
+def test_random_search_with_naswot_records_every_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Retraining the best (final.top) is run by tests/test_jobs.py on jobs/naswot_quickstart.yaml.
     job = proxy_job(tmp_path, {"proxy": "naswot"})
-    lines: list[str] = []
-    result = run_search(parse_config(job), echo=lines.append)
-    state = load_checkpoint(result.checkpoint)["search"]
+    assert main(["search", str(write_job(tmp_path, job))]) == 0  # as users run it
+    out = capsys.readouterr().out
+    checkpoint = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    state = checkpoint["search"]
     assert len(state["results"]) == 5
     assert all(r["objective"] == "naswot" and r["budget"] == 0 for r in state["results"])
     best = max(state["results"], key=lambda r: r["metrics"]["naswot"])
-    assert result.metrics["naswot"] == best["metrics"]["naswot"]
-    assert f"naswot {best['metrics']['naswot']:.3f}" in "\n".join(lines)  # a number, not a percentage
+    assert f"naswot {best['metrics']['naswot']:.3f}" in out  # a number, not a percentage
+    assert f"naswot score {best['metrics']['naswot']:.4g} (untrained)" in out  # the summary
 
     client = MlflowClient(job["tracking"]["tracking_uri"])
-    run = client.get_run(result.run_id)
+    run = client.get_run(checkpoint["run_id"])
     assert run.info.status == "FINISHED"
     children = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
     )
     assert {c.data.tags["raynas.trial_id"] for c in children} == {r["trial_id"] for r in state["results"]}
     assert all({"naswot", "proxy_seconds", "params"} <= set(c.data.metrics) for c in children)
