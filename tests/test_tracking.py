@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.search import run_search
+from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import published_genotype
 from raynas.spaces.nb201 import Nb201Arch, Nb201Space
 from raynas.tracking import MlflowTracker, ResultsStore
@@ -226,6 +227,25 @@ def test_fbnet_picture_has_a_bar_per_layer() -> None:
     (ax,) = draw_architecture(arch).axes
     assert [t.get_text() for t in ax.texts] == ["k3_e1", "k5_e6", "skip", "k3_e1_g2"]
     assert [round(p.get_height(), 1) for p in ax.patches] == [1.0, 6.0, 0.3, 1.0]  # expansion ratios
+
+
+def test_recurrent_cell_picture_has_an_arrow_per_node_and_per_output() -> None:
+    arch = SPACES.create("darts_rnn").parse("DARTS_V2")
+    (ax,) = draw_architecture(arch).axes
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 1 + 8 + 8  # input -> state 0, one per node, eight states averaged
+    labels = collections.Counter(t.get_text() for t in ax.texts)
+    activations = collections.Counter(a for a, _ in arch.recurrent)
+    assert {a: labels[a] for a in activations} == dict(activations)
+
+
+def test_auto_deeplab_picture_has_the_cell_and_the_path() -> None:
+    arch = SPACES.create("auto_deeplab").parse("hnasnet")
+    cell, path = draw_architecture(arch).axes
+    assert len([p for p in cell.patches if isinstance(p, FancyArrowPatch)]) == 10 + 5
+    assert {"H^{l-2}", "H^{l-1}", "H^{l}"} <= {t.get_text() for t in cell.texts}
+    (line,) = path.lines
+    assert list(line.get_ydata()) == [4 * 2**level for level in arch.path]
 
 
 def test_arch_weights_heatmap_is_the_softmax_per_edge() -> None:

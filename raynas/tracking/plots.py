@@ -6,7 +6,9 @@
   chosen edge labelled with its operation; a NAS-Bench-201 cell (Dong & Yang, ICLR 2020, Fig. 1)
   as its four nodes and six labelled edges (``none`` edges left out); an FBNet architecture
   (Wu et al., CVPR 2019, Fig. 6) as its chain of per-layer blocks, coloured by kernel size and
-  sized by expansion.
+  sized by expansion; a DARTS recurrent cell (Liu et al., Fig. 6) as its nodes and activations;
+  Auto-DeepLab's cell and its network-level path over the downsampling rates (Liu et al., CVPR
+  2019, Fig. 1 and 3).
 - :func:`plot_arch_weights`: the softmax of the architecture weights over the epochs of a
   gradient search, one heatmap per weight matrix (rows: edge and operation; columns: epochs).
 - :func:`plot_pareto`: candidates' accuracy against a cost (parameters, multiply-adds or
@@ -73,7 +75,10 @@ def _finish(ax: Any, title: str, xlim: tuple[float, float], ylim: tuple[float, f
     ax.axis("off")
 
 
-def draw_darts_cell(ax: Any, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+def draw_darts_cell(
+    ax: Any, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str,
+    names: tuple[str, str, str] = ("c_{k-2}", "c_{k-1}", "c_{k}"),
+) -> None:
     """Draw one DARTS cell on ``ax``.
 
     Args:
@@ -82,17 +87,18 @@ def draw_darts_cell(ax: Any, edges: Sequence[tuple[str, int]], concat: Sequence[
             ``c_{k-1}``, input ``2 + i`` is intermediate node ``i``.
         concat: The states concatenated into the output.
         title: The panel's title.
+        names: The two inputs' and the output's labels (Auto-DeepLab: H^{l-2}, H^{l-1}, H^{l}).
     """
     nodes = len(edges) // 2
     pos: dict[int, tuple[float, float]] = {0: (0.0, 2.0), 1: (0.0, -2.0)}
     for i in range(nodes):  # intermediate nodes on a zig-zag so that edges between them stay apart
         pos[2 + i] = (3.0 * (i + 1), 1.3 if i % 2 == 0 else -1.3)
     out = (3.0 * (nodes + 1), 0.0)
-    _box(ax, pos[0], "c_{k-2}", "#A6D96A", width=1.2)
-    _box(ax, pos[1], "c_{k-1}", "#A6D96A", width=1.2)
+    _box(ax, pos[0], names[0], "#A6D96A", width=1.2)
+    _box(ax, pos[1], names[1], "#A6D96A", width=1.2)
     for i in range(nodes):
         _box(ax, pos[2 + i], str(i), "#ABD9E9", width=0.6)
-    _box(ax, out, "c_{k}", "#FEE08B", width=1.0)
+    _box(ax, out, names[2], "#FEE08B", width=1.0)
     for j, (op, src) in enumerate(edges):
         dst = 2 + j // 2
         rad = 0.25 if j % 2 == 0 else -0.25
@@ -100,6 +106,38 @@ def draw_darts_cell(ax: Any, edges: Sequence[tuple[str, int]], concat: Sequence[
     for state in concat:
         _edge(ax, pos[state], out, None, "#999999", rad=0.0)
     _finish(ax, title, (-0.9, out[0] + 0.8), (-2.9, 2.9))
+
+
+def draw_rnn_cell(ax: Any, recurrent: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+    """Draw a DARTS recurrent cell: ``x_t, h_{t-1}`` into state 0, node ``i`` (1..n) from its one
+    predecessor through its activation, and ``h_t`` the mean of the ``concat`` states."""
+    nodes = len(recurrent)
+    pos: dict[int, tuple[float, float]] = {-1: (0.0, 0.0), 0: (2.6, 0.0)}
+    for i in range(1, nodes + 1):  # a zig-zag, so that arcs between far nodes stay apart
+        pos[i] = (2.6 + 2.2 * i, 1.3 if i % 2 else -1.3)
+    out = (2.6 + 2.2 * (nodes + 1), 0.0)
+    _box(ax, pos[-1], "x_t, h_{t-1}", "#A6D96A", width=1.6)
+    for i in range(nodes + 1):
+        _box(ax, pos[i], str(i), "#ABD9E9", width=0.6)
+    _box(ax, out, "h_t", "#FEE08B", width=0.8)
+    _edge(ax, pos[-1], pos[0], None, "#999999", rad=0.0)
+    for i, (activation, src) in enumerate(recurrent, start=1):
+        _edge(ax, pos[src], pos[i], activation, _op_color(activation), rad=0.0 if i - src == 1 else 0.3)
+    for state in concat:
+        _edge(ax, pos[state], out, None, "#999999", rad=0.0)
+    _finish(ax, title, (-1.2, out[0] + 0.8), (-2.4, 2.4))
+
+
+def draw_network_path(ax: Any, path: Sequence[int], title: str) -> None:
+    """Draw Auto-DeepLab's network-level path: the downsampling rate (4, 8, 16, 32) of every layer."""
+    rates = [4 * 2**level for level in path]
+    ax.plot(range(1, len(path) + 1), rates, marker="o", color="#2C7BB6")
+    ax.set_yscale("log", base=2)
+    ax.set_yticks([4, 8, 16, 32], labels=["/4", "/8", "/16", "/32"])
+    ax.set_ylim(45, 3)  # coarser resolutions lower down, as in the paper's figure
+    ax.set_xticks(range(1, len(path) + 1))
+    ax.set_xlabel("layer")
+    ax.set_title(title, fontsize=10)
 
 
 def draw_nb201_cell(ax: Any, edges: Sequence[tuple[str, int, int]], title: str) -> None:
@@ -140,10 +178,12 @@ def draw_fbnet_blocks(ax: Any, blocks: Sequence[str], title: str) -> None:
 
 
 def draw_architecture(arch: Architecture, *, title: str | None = None) -> Figure:
-    """The picture of ``arch`` (DARTS cells, a NAS-Bench-201 cell or FBNet's layers).
+    """The picture of ``arch`` (DARTS cells, a NAS-Bench-201 cell, FBNet's layers, a recurrent
+    cell, or Auto-DeepLab's cell and network path).
 
     Args:
-        arch: An architecture record of the ``darts``, ``nb201`` or ``fbnet`` space.
+        arch: An architecture record of the ``darts``, ``nb201``, ``fbnet``, ``darts_rnn`` or
+            ``auto_deeplab`` space.
         title: A line above the picture (default: the architecture's key).
 
     Returns:
@@ -167,8 +207,22 @@ def draw_architecture(arch: Architecture, *, title: str | None = None) -> Figure
         blocks = data["blocks"]
         fig = Figure(figsize=(max(6.0, 0.4 * len(blocks) + 2), 4.2), layout="constrained")
         draw_fbnet_blocks(fig.subplots(), blocks, "FBNet blocks per layer")
+    elif arch.space == "darts_rnn":
+        recurrent = [tuple(e) for e in data["recurrent"]]
+        fig = Figure(figsize=(2.2 * len(recurrent) + 5.0, 3.6), layout="constrained")
+        draw_rnn_cell(fig.subplots(), recurrent, data["concat"], "recurrent cell")
+    elif arch.space == "auto_deeplab":
+        cell = [tuple(e) for e in data["cell"]]
+        blocks = len(cell) // 2
+        fig = Figure(figsize=(2.2 * blocks + 3.0, 2 * 3.4), layout="constrained")
+        top, bottom = fig.subplots(2, 1)
+        draw_darts_cell(top, cell, range(2, 2 + blocks), "cell", names=("H^{l-2}", "H^{l-1}", "H^{l}"))
+        draw_network_path(bottom, data["path"], "network-level path")
     else:
-        raise ValueError(f"no drawing for space {arch.space!r}; drawings exist for darts, nb201 and fbnet")
+        raise ValueError(
+            f"no drawing for space {arch.space!r}; drawings exist for darts, nb201, fbnet, darts_rnn "
+            "and auto_deeplab"
+        )
     fig.suptitle(heading, fontsize=10)
     return fig
 
