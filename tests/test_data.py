@@ -163,6 +163,10 @@ def test_an_image_folder_tests_on_val_centre_cropped(tmp_path: Path) -> None:
             Image.new("RGB", (40, 30), (200, 10, 10) if c == "a" else (10, 10, 200)).save(
                 tmp_path / split / c / "0.png")
     data = make("imagenet", path=str(tmp_path), image_size=16)
+    jittered = make("imagenet", path=str(tmp_path), image_size=16, color_jitter=True).train_set()
+    steps = [type(t).__name__ for t in jittered.transform.transforms]
+    assert steps == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "ToTensor", "Normalize"]
+    assert "ColorJitter" not in [type(t).__name__ for t in data.train_set().transform.transforms]
     x, y = official_test_set(data)[1]
     assert x.shape == (3, 16, 16) and y == 1 and float(x[2].mean()) > float(x[0].mean())  # blue "b"
     (tmp_path / "val" / "a" / "0.png").unlink()

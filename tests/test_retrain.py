@@ -15,7 +15,8 @@ from raynas.data import DATASETS
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.retrain import _loaders, load_retrain_config, parse_retrain_config, run_retrain
 from raynas.search import run_search
-from raynas.train.loop import train_epoch
+from raynas.train.loop import fit, train_epoch
+from raynas.train.segmentation import mean_cross_entropy
 from tests.conftest import tiny_job, write_job
 from tests.test_data import write_batch
 
@@ -154,3 +155,28 @@ def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
 def test_retraining_job_files_are_valid(path: Path) -> None:
     config = load_retrain_config(path)
     assert config.architecture and config.retrain.epochs >= 1
+
+
+def test_label_smoothing_is_darts_cross_entropy_label_smooth() -> None:
+    # CrossEntropyLabelSmooth of quark0/darts train_imagenet.py, written out:
+    # targets (1 - eps) * onehot + eps / K, loss = mean over the batch of -sum(targets * log_softmax).
+    torch.manual_seed(0)
+    logits, y, eps = torch.randn(6, 5), torch.tensor([0, 4, 2, 2, 1, 3]), 0.1
+    targets = (1 - eps) * torch.nn.functional.one_hot(y, 5) + eps / 5
+    expected = (-targets * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(mean_cross_entropy(logits, y, label_smoothing=eps), expected)
+
+
+def test_step_decay_multiplies_the_rate_by_gamma_every_epoch() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batches = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))]
+    rates = [
+        metrics["lr"] for metrics, _ in fit(
+            model, batches, batches, torch.device("cpu"), epochs=3, learning_rate=0.1, momentum=0.9,
+            weight_decay=3e-5, grad_clip=5.0, label_smoothing=0.1, lr_gamma=0.97,
+        )
+    ]
+    assert rates == pytest.approx([0.1, 0.1 * 0.97, 0.1 * 0.97**2])  # StepLR(1, gamma=0.97)
+    with pytest.raises(ConfigError, match=r"retrain\.lr_gamma"):
+        parse_retrain_config(retrain_job(Path("/tmp"), "DARTS_V2", retrain={"lr_gamma": 1.5}))

@@ -19,10 +19,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageFolderConfig(LoaderConfig):
-    """``path``: the folder holding ``train/`` (and ``val/``); ``image_size``: the crop."""
+    """``path``: the folder holding ``train/`` (and ``val/``); ``image_size``: the crop;
+    ``color_jitter``: DARTS's ``ColorJitter(0.4, 0.4, 0.4, 0.2)`` on training images
+    (train_imagenet.py)."""
 
     path: str = ""
     image_size: int = 224
+    color_jitter: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,9 +45,11 @@ class ImageNet:
     def train_set(self):  # type: ignore[no-untyped-def]
         from torchvision import transforms
 
+        jitter = [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)]
         return self._folder("train", [
             transforms.RandomResizedCrop(self.config.image_size),
             transforms.RandomHorizontalFlip(),
+            *(jitter if self.config.color_jitter else []),
         ])
 
     def test_set(self):  # type: ignore[no-untyped-def]

@@ -94,6 +94,7 @@ def train_epoch(
     *,
     grad_clip: float = 5.0,
     auxiliary_weight: float = 0.0,
+    label_smoothing: float = 0.0,
     before_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
@@ -105,6 +106,7 @@ def train_epoch(
         device: Where the batches go.
         grad_clip: Gradient-norm clip (DARTS's 5).
         auxiliary_weight: Weight of the auxiliary head's loss when the model returns one.
+        label_smoothing: Label smoothing of both losses (0.1 in DARTS's ``train_imagenet.py``).
         before_step: Called with the step index before each forward pass (a one-shot supernet
             sets the path that step trains here).
 
@@ -122,9 +124,9 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = mean_cross_entropy(logits, y)
-        if aux is not None and auxiliary_weight:
-            loss = loss + auxiliary_weight * mean_cross_entropy(aux, y)  # DARTS's train.py
+        loss = mean_cross_entropy(logits, y, label_smoothing)
+        if aux is not None and auxiliary_weight:  # DARTS's train.py
+            loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -165,11 +167,14 @@ def fit(
     grad_clip: float,
     auxiliary_weight: float = 0.0,
     drop_path_prob: float = 0.0,
+    label_smoothing: float = 0.0,
+    lr_gamma: float = 0.0,
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum, cosine annealing to 0 over
-    ``epochs`` (DARTS's ``train.py``), evaluated after every epoch.
+    ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated after
+    every epoch.
 
     Args:
         model: The network, on ``device``.
@@ -183,6 +188,9 @@ def fit(
         grad_clip: Gradient-norm clip.
         auxiliary_weight: Weight of the auxiliary head's loss.
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs.
+        label_smoothing: Label smoothing of the training loss.
+        lr_gamma: If set, the rate is multiplied by it after every epoch (``StepLR`` with period
+            1, 0.97 in DARTS's ImageNet training) instead of following the cosine.
         state: A state yielded earlier, to continue from.
         generator: The training batches' shuffling generator, saved in the state and restored.
 
@@ -193,7 +201,10 @@ def fit(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    schedule: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
+        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    )
     epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -206,7 +217,8 @@ def fit(
         if drop_path_prob and hasattr(model, "drop_path_prob"):
             model.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
         metrics = train_epoch(
-            model, optimizer, train_batches, device, grad_clip=grad_clip, auxiliary_weight=auxiliary_weight
+            model, optimizer, train_batches, device, grad_clip=grad_clip,
+            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
         )
         metrics["lr"] = schedule.get_last_lr()[0]
         schedule.step()

@@ -18,10 +18,13 @@ def labelled(y: torch.Tensor) -> torch.Tensor:
     return (y != IGNORE_INDEX).sum()
 
 
-def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy averaged over the labels that count; 0 (not NaN, which would poison the
-    weights) for a batch whose every pixel is ignored."""
-    total = torch.nn.functional.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX)
+    weights) for a batch whose every pixel is ignored. ``label_smoothing`` ε takes the target
+    ``(1 - ε) onehot + ε / classes``, as DARTS's ``CrossEntropyLabelSmooth`` (train_imagenet.py)."""
+    total = torch.nn.functional.cross_entropy(
+        logits, y, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
     return total / labelled(y).clamp(min=1)
 
 
