@@ -181,7 +181,7 @@ def _reference_name(space: str) -> str:
     from raynas.spaces import SPACES
 
     name = getattr(SPACES.get(space), "reference_dataset", "cifar10")
-    return {"cifar10": "CIFAR-10", "ptb": "PTB"}.get(name, name)
+    return {"cifar10": "CIFAR-10", "ptb": "PTB", "cityscapes": "Cityscapes"}.get(name, name)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
