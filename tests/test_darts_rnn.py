@@ -337,9 +337,9 @@ def test_ptb_missing_files_name_the_file(tmp_path: Path) -> None:
 # --- a tiny search through the real entry point ---------------------------------------------------
 
 
-def tiny_ptb_job(tmp_path: Path, *overrides: str, strategy: dict[str, Any] | None = None) -> Any:
+def tiny_ptb_job(tmp_path: Path, *overrides: str, **sections: dict[str, Any]) -> Any:
     """The job file, pointed at a random 12-word corpus in PTB's format, with an 8-unit, 3-node
-    supernet (and another strategy section, if given)."""
+    supernet (and other sections, such as another strategy, if given)."""
     from raynas.config import load_yaml, parse_config
 
     folder = tmp_path / "penn"
@@ -355,7 +355,7 @@ def tiny_ptb_job(tmp_path: Path, *overrides: str, strategy: dict[str, Any] | Non
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}", *overrides,
     ])
-    return parse_config({**raw, "strategy": strategy} if strategy else raw)
+    return parse_config({**raw, **sections})
 
 
 def test_tiny_first_order_search_on_ptb_returns_a_genotype_of_the_space(tmp_path: Path) -> None:
@@ -401,3 +401,48 @@ def test_milenas_sizes_the_found_cell_as_the_ptb_model(tmp_path: Path) -> None:
     search = SupernetSearch(tiny_ptb_job(tmp_path, strategy={"name": "milenas"}))
     report = search.run_epoch()
     assert report.metrics["eval_params"] == 10_000 * 850 + 10_000 + 1700 * 1700 + 3 * 850 * 1700
+
+
+def test_a_single_path_computes_what_the_mixture_computes_with_one_hot_weights() -> None:
+    """set_path (one-shot searches such as ENAS on PTB): node i from its one predecessor through
+    its one activation, the dense cell's arithmetic with every other weight zero."""
+    torch.manual_seed(0)
+    acts = ("none", "tanh", "relu", "sigmoid", "identity")
+    net = DartsRnnSupernet(ntoken=7, nhid=4, nodes=3, activations=acts, dropout=0, dropouth=0.2,
+                           dropoutx=0.2, dropouti=0, dropoute=0)
+    genotype = DartsRnnGenotype((("relu", 0), ("sigmoid", 0), ("identity", 2)), (1, 2, 3))
+    cell = net.search_cell[0]
+    onehot = torch.zeros(6, 5)  # edges ordered node by node: node i's predecessors 0..i
+    for row, (name, j) in zip((0, 1, 3), genotype.recurrent, strict=True):
+        onehot[row + j, acts.index(name)] = 1.0
+    x, h = torch.randn(5, 4), torch.randn(5, 4)
+    x_mask, h_mask = (torch.rand(5, 4) > 0.2).float(), (torch.rand(5, 4) > 0.2).float()
+    cell.eval()  # BatchNorm on running statistics: both passes see the same normalisation
+    cell.weights = onehot
+    dense = cell.step(x, h, x_mask, h_mask)
+    net.set_path(genotype)
+    torch.testing.assert_close(cell.step(x, h, x_mask, h_mask), dense)
+    logits = net(torch.randint(7, (2, 5)))  # the language model runs on the path alone
+    assert logits.shape == (2, 7, 5)
+    logits.logsumexp(1).sum().backward()
+    assert net.alpha.grad is None and cell.Ws[1].grad is not None  # node 1 (sigmoid, from 0)
+    net.set_path(None)
+    with pytest.raises(ArchitectureError, match="no path of this supernet"):
+        net.set_path(DartsRnnGenotype((("relu", 0),), (1,)))
+
+
+def test_enas_searches_recurrent_cells_with_shared_weights(tmp_path: Path) -> None:
+    """ENAS's PTB experiment in miniature: the controller samples cells, the shared supernet
+    trains on them and scores them with inherited weights (perplexity: exp of the loss)."""
+    from raynas.search import run_search
+
+    config = tiny_ptb_job(
+        tmp_path, "train.epochs=2",
+        strategy={"name": "enas", "controller_epochs": 2, "controller_batch": 2, "controller_steps": 1,
+                  "derive_samples": 2},
+        evaluator={"name": "supernet", "bn_batches": 1, "valid_batches": 1},
+    )
+    result = run_search(config, echo=lambda _: None)
+    space = SPACES.create("darts_rnn", config.space.config)
+    assert space.contains(result.architecture)
+    assert math.isfinite(result.metrics["valid_loss"])

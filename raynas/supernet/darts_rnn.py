@@ -9,6 +9,9 @@ without affine parameters, as in the code. ``none`` contributes nothing. The der
 per node, the predecessor whose strongest non-``none`` activation is strongest, with that
 activation (``RNNModelSearch.genotype``).
 
+``set_path`` restricts the cell to one genotype (one predecessor and one activation per node) for
+one-shot searches that share these weights among sampled cells (ENAS's recurrent cell on PTB, SPOS).
+
 Simplification against rnn/train_search.py: every batch is a window of ``bptt`` tokens that starts
 from a zero hidden state (the authors carry the hidden state across consecutive batches).
 """
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raynas.errors import ArchitectureError
 from raynas.spaces.darts_rnn import (
     DartsRnnGenotype,
     Node,
@@ -50,10 +54,13 @@ class DartsRnnSearchCell(RecurrentCell):
         self.bn = nn.BatchNorm1d(nhid, affine=False)
         self.candidates = [(k, activation(name)) for k, name in enumerate(activations) if name != "none"]
         self.weights: torch.Tensor | None = None
+        self.path: tuple[Node, ...] | None = None  # a single path: see DartsRnnSupernet.set_path
 
     def step(
         self, x: torch.Tensor, h_prev: torch.Tensor, x_mask: torch.Tensor | None, h_mask: torch.Tensor | None
     ) -> torch.Tensor:
+        if self.path is not None:
+            return self.single_path_step(x, h_prev, x_mask, h_mask)
         assert self.weights is not None, "the supernet sets the edge weights before a forward pass"
         probs = self.weights  # (edges, activations)
         s0 = self.bn(self.init_state(x, h_prev, x_mask, h_mask))  # (B, nhid)
@@ -71,6 +78,19 @@ class DartsRnnSearchCell(RecurrentCell):
             states = torch.cat([states, self.bn(s).unsqueeze(0)], 0)
             offset += i + 1
         return states[-self.nodes :].mean(0)  # (B, nhid): mean of nodes 1..nodes
+
+    def single_path_step(
+        self, x: torch.Tensor, h_prev: torch.Tensor, x_mask: torch.Tensor | None, h_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The step of the path's cell only: node ``i`` from its one predecessor through its one
+        activation, with the shared weights (what the mixture computes with one-hot weights)."""
+        assert self.path is not None
+        states = [self.bn(self.init_state(x, h_prev, x_mask, h_mask))]  # each (B, nhid)
+        for i, (name, j) in enumerate(self.path):
+            masked = states[j] if h_mask is None else states[j] * h_mask
+            c, h = torch.split(masked.mm(self.Ws[i]), self.nhid, dim=-1)
+            states.append(self.bn(states[j] + c.sigmoid() * (activation(name)(h) - states[j])))
+        return torch.stack(states[1:]).mean(0)  # (B, nhid)
 
 
 class DartsRnnSupernet(RnnLanguageModel):
@@ -112,10 +132,31 @@ class DartsRnnSupernet(RnnLanguageModel):
         """Softmax of alpha over each edge's activations: (edges, activations)."""
         return F.softmax(self.alpha, dim=-1)
 
+    def set_path(self, genotype: DartsRnnGenotype | None) -> None:
+        """Run only ``genotype``'s cell from now on (single-path one-shot training and evaluation
+        with inherited weights, as ENAS's shared recurrent cell); ``None`` goes back to the mixture.
+
+        Raises:
+            ArchitectureError: The genotype has another number of nodes, or an activation that is
+                not a candidate here.
+        """
+        if genotype is not None:
+            if genotype.nodes != self.nodes or any(a not in self.activations for a, _ in genotype.recurrent):
+                raise ArchitectureError(
+                    f"{genotype} is no path of this supernet ({self.nodes} nodes, activations "
+                    f"{', '.join(self.activations)})"
+                )
+            genotype_path: tuple[Node, ...] | None = tuple(genotype.recurrent)
+        else:
+            genotype_path = None
+        self.search_cell[0].path = genotype_path
+
     def run(
         self, tokens: torch.Tensor, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cell = self.search_cell[0]
+        if cell.path is not None:
+            return super().run(tokens, hidden)
         cell.weights = self.edge_weights()
         try:
             return super().run(tokens, hidden)
