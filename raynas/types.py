@@ -13,7 +13,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from raynas.errors import ArchitectureError
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _ARCHITECTURE_TYPES: dict[str, type[Architecture]] = {}
+A = TypeVar("A", bound="Architecture")
 
 
 class Architecture(ABC):
@@ -120,6 +121,16 @@ def check_keys(data: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
             f"{what} has the keys {', '.join(keys)}; "
             + (f"unknown: {', '.join(unknown)}" if unknown else f"missing: {', '.join(missing)}")
         )
+
+
+def published_record(name: str, records: dict[str, A], aliases: dict[str, str], what: str) -> A:
+    """The published architecture ``name`` (or an alias of it) among ``records``; an unknown name
+    is an :class:`ArchitectureError` that lists the published ones."""
+    key = aliases.get(name, name)
+    if key not in records:
+        known = ", ".join(sorted([*records, *aliases]))
+        raise ArchitectureError(f"unknown {what} {name!r}; published {what}s: {known}")
+    return records[key]
 
 
 TASKS = ("classification", "segmentation")

@@ -96,7 +96,7 @@ def test_bad_architectures_name_the_bad_part(cell: tuple, path: tuple, message: 
 
 def test_bad_json_and_names_say_what_is_allowed(tmp_path: Path) -> None:
     s = space()
-    message = r"unknown Auto-DeepLab architecture 'nasnet'; published: .*hnasnet"
+    message = r"unknown Auto-DeepLab architecture 'nasnet'; published Auto-DeepLab architectures: .*hnasnet"
     with pytest.raises(ArchitectureError, match=message):
         s.parse("nasnet")  # type: ignore[attr-defined]
     with pytest.raises(ArchitectureError, match=r"keys cell, path; unknown: cells"):

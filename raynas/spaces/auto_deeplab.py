@@ -40,7 +40,7 @@ from raynas.ops.auto_deeplab import (
     resize,
 )
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 Edge = tuple[str, int]
 RATES = (4, 8, 16, 32)  # downsample rate of each rate index (papers.json network_level)
@@ -166,13 +166,7 @@ _ALIASES = {"Auto-DeepLab": "hnasnet", "auto_deeplab": "hnasnet", "official": "h
 
 def published_architecture(name: str) -> AutoDeepLabArchitecture:
     """A published architecture by name: ``hnasnet`` (the paper's Fig. 3, as in the official code)."""
-    key = _ALIASES.get(name, name)
-    if key not in PUBLISHED:
-        known = sorted([*PUBLISHED, *_ALIASES])
-        raise ArchitectureError(
-            f"unknown Auto-DeepLab architecture {name!r}; published: {', '.join(known)}"
-        )
-    return PUBLISHED[key]
+    return published_record(name, PUBLISHED, _ALIASES, "Auto-DeepLab architecture")
 
 
 # --- the network level: the trellis, its transition weights and the Viterbi decoding ----------

@@ -22,7 +22,7 @@ from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 Edge = tuple[str, int]
 
@@ -126,11 +126,7 @@ PUBLISHED, _ALIASES = _load_published()
 
 def published_genotype(name: str) -> DartsGenotype:
     """A published genotype by name (DARTS_V1, DARTS_V2, NASNet, AmoebaNet, PC_DARTS, MiLeNAS, ...)."""
-    name = _ALIASES.get(name, name)
-    if name not in PUBLISHED:
-        known = sorted([*PUBLISHED, *_ALIASES])
-        raise ArchitectureError(f"unknown genotype {name!r}; published genotypes: {', '.join(known)}")
-    return PUBLISHED[name]
+    return published_record(name, PUBLISHED, _ALIASES, "genotype")
 
 
 def load_genotype(text: str) -> DartsGenotype:

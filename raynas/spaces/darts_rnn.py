@@ -25,7 +25,7 @@ from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 # Candidate activations of rnn/genotypes.py (PRIMITIVES); ``none`` exists only in the search.
 ACTIVATIONS: tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")
@@ -119,11 +119,7 @@ _ALIASES = {"DARTS": "DARTS_V2"}
 
 def published_genotype(name: str) -> DartsRnnGenotype:
     """A published recurrent genotype by name: DARTS_V1 (first order), DARTS_V2 (second order)."""
-    name = _ALIASES.get(name, name)
-    if name not in PUBLISHED:
-        known = sorted([*PUBLISHED, *_ALIASES])
-        raise ArchitectureError(f"unknown genotype {name!r}; published genotypes: {', '.join(known)}")
-    return PUBLISHED[name]
+    return published_record(name, PUBLISHED, _ALIASES, "genotype")
 
 
 def load_genotype(text: str) -> DartsRnnGenotype:
