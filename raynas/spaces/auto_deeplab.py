@@ -17,7 +17,6 @@ one path with a DeepLabv3+ ASPP and decoder (Sec. 5.2, :class:`AutoDeepLabNet`).
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from raynas.ops.auto_deeplab import (
     resize,
 )
 from raynas.spaces import SPACES
+from raynas.spaces.darts_cnn import cell_decisions, decode_cell, encode_cell
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 Edge = tuple[str, int]
@@ -332,14 +332,8 @@ class AutoDeepLabSpace:
         (``up``, ``same``, ``down``; layer 0: ``same`` = /4, ``down`` = /8). A move off the trellis
         decodes to the nearest rate that exists."""
         ops = tuple(p for p in self.config.primitives if p != "none")
-        out: list[Decision] = []
-        for block in range(self.config.blocks):
-            pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(block + 2), 2))
-            out += [
-                Decision(f"cell.block{block}.inputs", pairs),
-                Decision(f"cell.block{block}.op_a", ops),
-                Decision(f"cell.block{block}.op_b", ops),
-            ]
+        blocks = [f"block{block}" for block in range(self.config.blocks)]
+        out = cell_decisions("cell", blocks, ops)
         out += [Decision(f"path.layer{layer}", ("up", "same", "down")) for layer in range(self.config.layers)]
         return tuple(out)
 
@@ -348,16 +342,8 @@ class AutoDeepLabSpace:
         if not self.contains(arch):
             raise ArchitectureError(f"not an architecture of this auto_deeplab space: {arch}")
         assert isinstance(arch, AutoDeepLabArchitecture)
-        decisions = self.decisions()
-        values: list[int] = []
-        for i in range(0, len(arch.cell), 2):
-            (op_a, a), (op_b, b) = sorted(arch.cell[i : i + 2], key=lambda e: e[1])
-            if a == b:
-                raise ArchitectureError(
-                    f"block {i // 2} takes input {a} twice; the flat view needs two distinct inputs"
-                )
-            inputs, ops = decisions[len(values)], decisions[len(values) + 1]
-            values += [inputs.options.index(f"{a}+{b}"), ops.options.index(op_a), ops.options.index(op_b)]
+        blocks = [f"block {block}" for block in range(self.config.blocks)]
+        values = encode_cell(arch.cell, self.decisions(), blocks)
         prev = 0
         for r in arch.path:
             values.append(r - prev + 1)
@@ -367,16 +353,13 @@ class AutoDeepLabSpace:
     def decode(self, values: tuple[int, ...] | list[int]) -> AutoDeepLabArchitecture:
         """The architecture with these option indices (see :meth:`decisions`)."""
         names = decode_options(self.decisions(), values)
-        cell: list[Edge] = []
-        for i in range(0, 3 * self.config.blocks, 3):
-            a, b = (int(v) for v in names[i].split("+"))
-            cell += [(names[i + 1], a), (names[i + 2], b)]
+        cell = decode_cell(names[: 3 * self.config.blocks])
         path, prev = [], 0
         for layer, value in enumerate(values[3 * self.config.blocks :]):
             top = 1 if layer == 0 else len(RATES) - 1
             prev = min(max(prev + int(value) - 1, 0), top)
             path.append(prev)
-        return AutoDeepLabArchitecture(cell=tuple(cell), path=tuple(path))
+        return AutoDeepLabArchitecture(cell=cell, path=tuple(path))
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is an architecture of this space (blocks, layers and operations)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -25,6 +26,43 @@ from raynas.spaces import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 Edge = tuple[str, int]
+
+
+def cell_decisions(name: str, node_names: Sequence[str], ops: tuple[str, ...]) -> list[Decision]:
+    """The flat view of a cell whose nodes each take two distinct earlier states (inputs 0 and 1
+    are the cell's inputs): per node, which two inputs (``"0+1"``, ...), then the op on each."""
+    out: list[Decision] = []
+    for node, label in enumerate(node_names):
+        pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(node + 2), 2))
+        out += [
+            Decision(f"{name}.{label}.inputs", pairs),
+            Decision(f"{name}.{label}.op_a", ops),
+            Decision(f"{name}.{label}.op_b", ops),
+        ]
+    return out
+
+
+def encode_cell(edges: Sequence[Edge], decisions: Sequence[Decision], node_names: Sequence[str]) -> list[int]:
+    """Option indices of :func:`cell_decisions` for ``edges`` (two per node, ordered by input)."""
+    values: list[int] = []
+    for i in range(0, len(edges), 2):
+        (op_a, a), (op_b, b) = sorted(edges[i : i + 2], key=lambda e: e[1])
+        if a == b:
+            raise ArchitectureError(
+                f"{node_names[i // 2]} takes input {a} twice; the flat view needs two distinct inputs"
+            )
+        inputs, ops = decisions[len(values)], decisions[len(values) + 1]
+        values += [inputs.options.index(f"{a}+{b}"), ops.options.index(op_a), ops.options.index(op_b)]
+    return values
+
+
+def decode_cell(names: Sequence[str]) -> tuple[Edge, ...]:
+    """The edges of a cell from its decoded :func:`cell_decisions` options (three per node)."""
+    edges: list[Edge] = []
+    for i in range(0, len(names), 3):
+        a, b = (int(v) for v in names[i].split("+"))
+        edges += [(names[i + 1], a), (names[i + 2], b)]
+    return tuple(edges)
 
 
 @dataclass(frozen=True)
@@ -244,48 +282,27 @@ class DartsCnnSpace:
         """Per cell (normal, then reduce) and node: which two inputs (``"0+1"``, ...), then the op
         on the first and on the second input (every primitive but ``none``)."""
         ops = tuple(p for p in self.config.primitives if p != "none")
-        out: list[Decision] = []
-        for cell in ("normal", "reduce"):
-            for node in range(self.config.nodes):
-                pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(node + 2), 2))
-                out += [
-                    Decision(f"{cell}.node{node + 2}.inputs", pairs),
-                    Decision(f"{cell}.node{node + 2}.op_a", ops),
-                    Decision(f"{cell}.node{node + 2}.op_b", ops),
-                ]
-        return tuple(out)
+        nodes = [f"node{node + 2}" for node in range(self.config.nodes)]
+        return tuple(d for cell in ("normal", "reduce") for d in cell_decisions(cell, nodes, ops))
 
     def encode(self, arch: Architecture) -> tuple[int, ...]:
         """Option indices of :meth:`decisions`; a node's two edges are ordered by input."""
         if not self.contains(arch):
             raise ArchitectureError(f"not a genotype of this darts space: {arch}")
         assert isinstance(arch, DartsGenotype)
-        decisions = self.decisions()
-        values: list[int] = []
-        for cell in (arch.normal, arch.reduce):
-            for i in range(0, len(cell), 2):
-                (op_a, a), (op_b, b) = sorted(cell[i : i + 2], key=lambda e: e[1])
-                if a == b:
-                    raise ArchitectureError(
-                        f"node {i // 2 + 2} takes input {a} twice; the flat view needs two distinct inputs"
-                    )
-                inputs, ops = decisions[len(values)], decisions[len(values) + 1]
-                values += [inputs.options.index(f"{a}+{b}"), ops.options.index(op_a), ops.options.index(op_b)]
-        return tuple(values)
+        decisions, per_cell = self.decisions(), 3 * self.config.nodes
+        nodes = [f"node {node + 2}" for node in range(self.config.nodes)]
+        return tuple(
+            v for k, cell in enumerate((arch.normal, arch.reduce))
+            for v in encode_cell(cell, decisions[k * per_cell : (k + 1) * per_cell], nodes)
+        )
 
     def decode(self, values: tuple[int, ...] | list[int]) -> DartsGenotype:
         """The genotype with these option indices (see :meth:`decisions`)."""
         names = decode_options(self.decisions(), values)
-        cells: list[tuple[Edge, ...]] = []
         per_cell = 3 * self.config.nodes
-        for start in (0, per_cell):
-            edges: list[Edge] = []
-            for i in range(start, start + per_cell, 3):
-                a, b = (int(v) for v in names[i].split("+"))
-                edges += [(names[i + 1], a), (names[i + 2], b)]
-            cells.append(tuple(edges))
         concat = tuple(range(2, 2 + self.config.nodes))
-        return DartsGenotype(cells[0], concat, cells[1], concat)
+        return DartsGenotype(decode_cell(names[:per_cell]), concat, decode_cell(names[per_cell:]), concat)
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is a genotype of this space (node count and operations)."""
