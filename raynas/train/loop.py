@@ -61,10 +61,11 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -
         x, y = _to(batch, device)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
         count += labelled(y)
         if logits.dim() == 4:  # segmentation: (B, C, H, W) logits, (B, H, W) labels
-            part = confusion_matrix(logits.argmax(1), y, logits.shape[1])
+            part = confusion_matrix(pred, y, logits.shape[1])
             confusion = part if confusion is None else confusion + part
         sequences = logits.dim() == 3  # language models: (B, vocabulary, T) logits, (B, T) labels
     loss, acc = _global_means(loss_sum, correct, count)
