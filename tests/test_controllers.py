@@ -459,7 +459,7 @@ def test_bo_resumes_from_points_when_the_replay_differs() -> None:
     state["trials"][0]["values"] = [(v + 1) % len(t) for v, t in zip(first, VALUES, strict=True)]
     fresh = make("bo")
     fresh.load_state_dict(state)  # the replay's first suggestion differs: rebuilt from points
-    assert len(fresh.searcher._ot_study.trials) == len(state["trials"])  # type: ignore[attr-defined]
+    assert len(fresh.study.trials) == len(state["trials"])  # type: ignore[attr-defined]
     driver.strategy = fresh
     assert driver.run() and len(fresh.history) == 50
 

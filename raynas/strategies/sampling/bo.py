@@ -1,20 +1,19 @@
-"""Bayesian optimisation over a space's choices through a Ray Tune searcher: Optuna's
-tree-structured Parzen estimator (Bergstra et al., "Algorithms for Hyper-Parameter Optimization",
-NeurIPS 2011; multivariate TPE as in Falkner et al., BOHB, ICML 2018), via
-``ray.tune.search.optuna.OptunaSearch`` used standalone.
+"""Bayesian optimisation over a space's choices with Optuna's tree-structured Parzen estimator
+(Bergstra et al., "Algorithms for Hyper-Parameter Optimization", NeurIPS 2011; multivariate TPE
+as in Falkner et al., BOHB, ICML 2018), through Optuna's own ask-and-tell interface.
 
-Every decision of the space's flat view is a categorical parameter (``tune.choice`` over its option
-indices). ``ask`` is the searcher's ``suggest`` decoded into an architecture, ``tell`` its
-``on_trial_complete``. A suggestion already evaluated is not evaluated again: the searcher is told
-its known score at once and asked anew (up to ``max_repeats`` times). With the constant liar, TPE
-keeps concurrent suggestions apart.
+Every decision of the space's flat view is a categorical parameter (a ``CategoricalDistribution``
+over its option indices). ``ask`` is the study's ``ask`` decoded into an architecture, ``tell`` its
+``tell`` (a failed evaluation, score ``-inf``, is told as a failed trial); a result for a candidate
+the study did not suggest is added to it as a finished trial. A suggestion already evaluated is
+not evaluated again: the study is told its known score at once and asked anew (up to
+``max_repeats`` times). With the constant liar, TPE keeps concurrent suggestions apart.
 
-The searcher itself is not saved (it holds an Optuna study, not plain data): the state is the log
-of suggestions and results, and loading replays it into a fresh searcher with the same seed, which
+The study itself is not saved (it is an Optuna object, not plain data): the state is the log of
+suggestions and results, and loading replays it into a fresh study with the same seed, which
 makes the same suggestions again (checked; if a different Optuna suggests otherwise, the results
-are added as evaluated points instead). Suggestions in flight at the save are asked again.
-
-This is the one strategy that imports Ray (``ray.tune``), lazily, when it is built.
+are added as finished trials instead, and the suggestions in flight as running ones). Either way
+the suggestions in flight at the save are running trials of the study again, and are asked again.
 """
 
 from __future__ import annotations
@@ -24,16 +23,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
 from raynas.types import Architecture, EvalResult
-
-_METRIC = "score"
 
 
 @dataclass(frozen=True)
 class BoConfig:
-    """TPE through Ray Tune's OptunaSearch.
+    """TPE through Optuna's ask-and-tell interface.
 
     Attributes:
         evaluations: Candidates evaluated in all.
@@ -58,7 +55,7 @@ class BoConfig:
 
 @STRATEGIES.register("bo", config=BoConfig)
 class BayesOpt(SamplingStrategy):
-    """Ask/tell over Ray Tune's ``OptunaSearch`` (TPE) on the space's categorical decisions.
+    """Ask/tell over an Optuna study (TPE) on the space's categorical decisions.
 
     Args:
         config: Budget and TPE settings.
@@ -72,19 +69,26 @@ class BayesOpt(SamplingStrategy):
         super().__init__(space=space, seed=seed)
         self.config = config
         self.seed = seed
-        # The log that rebuilds the searcher: every suggestion (values, score once told) and the
-        # order of events, ("ask", i), ("tell", i) or ("point", i) for results told unasked.
+        # The log that rebuilds the study: every trial (values, score once told) and the order of
+        # events, ("ask", i), ("tell", i) or ("point", i) for results told unasked. Trial i of the
+        # log is trial number i of the study: each entry adds exactly one trial, in log order.
         self.trials: list[dict[str, Any]] = []
         self.events: list[tuple[str, int]] = []
-        self.pending: dict[tuple[int, ...], list[int]] = {}  # values -> trials in flight
+        self.pending: dict[tuple[int, ...], list[int]] = {}  # values -> trials in flight, ask order
         self.reask: list[int] = []  # trials in flight at the save, asked again first
         self.known: dict[tuple[int, ...], float] = {}
-        self.searcher = self._new_searcher()
+        # Imported here, as in every method that needs it: Optuna takes a while to import, and of
+        # the strategies only this one uses it.
+        from optuna.distributions import CategoricalDistribution
 
-    def _new_searcher(self) -> Any:
+        self.distributions = {
+            f"d{i}": CategoricalDistribution(list(range(len(d.options))))
+            for i, d in enumerate(self.decisions)
+        }
+        self.study = self._new_study()
+
+    def _new_study(self) -> Any:
         import optuna
-        from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():
@@ -93,31 +97,46 @@ class BayesOpt(SamplingStrategy):
                 seed=self.seed, n_startup_trials=self.config.startup,
                 multivariate=self.config.multivariate, constant_liar=self.config.constant_liar,
             )
-        space = {f"d{i}": tune.choice(list(range(len(d.options)))) for i, d in enumerate(self.decisions)}
-        return OptunaSearch(
-            space=OptunaSearch.convert_search_space(space), metric=_METRIC, mode="max", sampler=sampler
-        )
+        return optuna.create_study(sampler=sampler, direction="maximize")
 
     def _params(self, values: tuple[int, ...]) -> dict[str, int]:
         return {f"d{i}": v for i, v in enumerate(values)}
 
-    def _suggest(self, index: int) -> tuple[int, ...]:
+    def _suggest(self) -> tuple[int, ...]:
+        """A new trial of the study (running until told) and its values."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
-            params = self.searcher.suggest(f"t{index}")
-        return tuple(int(params[f"d{i}"]) for i in range(len(self.decisions)))
+            trial = self.study.ask(self.distributions)
+        return tuple(int(trial.params[f"d{i}"]) for i in range(len(self.decisions)))
 
     def _complete(self, index: int, score: float) -> None:
+        from optuna.trial import TrialState
+
         if math.isfinite(score):
-            self.searcher.on_trial_complete(f"t{index}", result={_METRIC: score})
+            self.study.tell(index, score)
         else:
-            self.searcher.on_trial_complete(f"t{index}", error=True)
+            self.study.tell(index, state=TrialState.FAIL)
 
     def _add_point(self, values: tuple[int, ...], score: float) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
         if math.isfinite(score):
-            self.searcher.add_evaluated_point(self._params(values), score)
+            trial = optuna.trial.create_trial(
+                params=self._params(values), distributions=self.distributions, value=score
+            )
         else:
-            self.searcher.add_evaluated_point(self._params(values), 0.0, error=True)
+            trial = optuna.trial.create_trial(
+                params=self._params(values), distributions=self.distributions, state=TrialState.FAIL
+            )
+        self.study.add_trial(trial)
+
+    def _run_again(self, values: tuple[int, ...]) -> None:
+        """Add a running trial with ``values`` (the study's next ask takes the enqueued values)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.study.enqueue_trial(self._params(values))
+            self.study.ask(self.distributions)
 
     def ask(self) -> Architecture | None:
         if self.reask:
@@ -127,12 +146,12 @@ class BayesOpt(SamplingStrategy):
                 return None
             for _ in range(self.config.max_repeats + 1):
                 index = len(self.trials)
-                values = self._suggest(index)
+                values = self._suggest()
                 self.trials.append({"values": list(values), "score": None})
                 self.events.append(("ask", index))
                 if values not in self.known:
                     break
-                # Evaluated already: the searcher learns its score without a new evaluation.
+                # Evaluated already: the study learns its score without a new evaluation.
                 self.trials[index]["score"] = self.known[values]
                 self._complete(index, self.known[values])
                 self.events.append(("tell", index))
@@ -151,7 +170,7 @@ class BayesOpt(SamplingStrategy):
             self.trials[index]["score"] = score
             self._complete(index, score)
             self.events.append(("tell", index))
-        else:  # a result for a candidate this searcher did not suggest
+        else:  # a result for a candidate the study did not suggest
             self.trials.append({"values": list(values), "score": score})
             self._add_point(values, score)
             self.events.append(("point", len(self.trials) - 1))
@@ -168,7 +187,8 @@ class BayesOpt(SamplingStrategy):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the searcher from the log; suggestions in flight at the save are asked again."""
+        """Rebuild the study from the log; the suggestions in flight at the save are running
+        trials again, and are asked again first."""
         super().load_state_dict(state)
         self.trials = [
             {"values": [int(v) for v in t["values"]],
@@ -183,22 +203,22 @@ class BayesOpt(SamplingStrategy):
         told = {i for kind, i in self.events if kind in ("tell", "point")}
         self.reask = [i for kind, i in self.events if kind == "ask" and i not in told]
         self.pending = {}
-        self.searcher = self._new_searcher()
+        self.study = self._new_study()
         if not self._replay():
-            self.searcher = self._new_searcher()
-            for t in self.trials:
-                if t["score"] is not None:
+            # Trial i is still number i of the study: every log entry is added in log order.
+            self.study = self._new_study()
+            for i, t in enumerate(self.trials):
+                if i in told:
                     self._add_point(tuple(t["values"]), t["score"])
-            # Without the exact replay, the in-flight trials are suggested afresh.
-            for i in self.reask:
-                self.trials[i]["values"] = list(self._suggest(i))
+                else:
+                    self._run_again(tuple(t["values"]))
 
     def _replay(self) -> bool:
-        """Feed the log to the fresh searcher; False if it suggests differently than recorded."""
+        """Feed the log to the fresh study; False if it suggests differently than recorded."""
         for kind, i in self.events:
             trial = self.trials[i]
             if kind == "ask":
-                if list(self._suggest(i)) != trial["values"]:
+                if list(self._suggest()) != trial["values"]:
                     return False
             elif kind == "tell":
                 self._complete(i, trial["score"])
