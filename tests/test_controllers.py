@@ -1,9 +1,9 @@
 """Sanity tests of every sampling strategy (controller) on a small analytic space, in-process, as
 NNI's strategy tests do: each finds the unique optimum within a budget that suits it, with two
 candidates in flight at a time, and a controller saved halfway (through ``torch.save`` /
-``torch.load(weights_only=True)``) continues where it stopped. Plus the math of ENAS's REINFORCE
-update, the novelty score and the progressive search's groups, checked against independent
-computations."""
+``torch.load(weights_only=True)``), between evaluations or with two candidates in flight, continues
+as the same run. Plus the math of ENAS's REINFORCE update, the novelty score and the progressive
+search's groups, checked against independent computations."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ class Driver:
     """A sampling search in-process: ``EPOCHS`` supernet epochs (paths sampled, then
     ``evaluations_per_epoch`` candidates), then the final phase until the strategy is done, with
     ``outstanding`` candidates in flight. The driver's counters are what a real driver checkpoints;
-    candidates in flight are lost when it stops."""
+    its queue of candidates in flight is lost when it stops (the strategy asks them again)."""
 
     def __init__(self, strategy: SamplingStrategy, outstanding: int = 2, fail_every: int = 0) -> None:
         self.strategy = strategy
@@ -152,19 +152,18 @@ class Driver:
         self.trained = False  # this epoch's paths were sampled
         self.told_in_epoch = 0
         self.queue: list[Architecture] = []
+        self.asked: list[Architecture] = []  # every ask's answer, in order
         self.told: list[ToyArch] = []
         self.paths: list[ToyArch] = []
 
-    def run(self, *, stop_after: int | None = None, drain: bool = False, in_flight: bool = False) -> bool:
+    def run(self, *, stop_after: int | None = None, drain: bool = False, in_flight: int = 0) -> bool:
         """Run until done (True) or ``stop_after`` results (False): with ``drain``, the candidates
         in flight are told first, without asking more; with ``in_flight``, it stops at the first
-        point after that with a candidate in flight."""
+        point after that with that many candidates asked and not told."""
         s = self.strategy
         while True:
-            if (
-                stop_after is not None and len(self.told) >= stop_after
-                and not (drain and self.queue) and (self.queue or not in_flight)
-            ):
+            reached = stop_after is not None and len(self.told) >= stop_after
+            if reached and not in_flight and not (drain and self.queue):
                 return False
             if self.epoch < EPOCHS:
                 if not self.trained:
@@ -178,12 +177,14 @@ class Driver:
                 return True
             else:
                 room = math.inf
-            stopping = drain and stop_after is not None and len(self.told) >= stop_after
-            while not stopping and len(self.queue) < min(self.outstanding, room):
+            while not (reached and drain) and len(self.queue) < min(self.outstanding, room):
                 arch = s.ask()
                 if arch is None:
                     break
                 self.queue.append(arch)
+                self.asked.append(arch)
+            if reached and in_flight and len(self.queue) == in_flight:
+                return False
             if not self.queue:
                 raise AssertionError(f"{s.name} waits for results with none in flight")
             arch = self.queue.pop(0)
@@ -238,10 +239,6 @@ def test_failed_evaluations_do_not_stop_a_search(name: str) -> None:
     assert best is not None and math.isfinite(best.score)
 
 
-# Strategies that ask the candidates in flight at a save again, so a resumed run is the same run.
-REASKING = {"enas", "progressive", "bo"}
-
-
 @pytest.mark.parametrize("name", SAMPLING)
 def test_resume_between_evaluations_is_the_same_run(name: str) -> None:
     whole = Driver(make(name, budgets=RESUME_BUDGETS))
@@ -264,27 +261,67 @@ def test_resume_between_evaluations_is_the_same_run(name: str) -> None:
     assert second.strategy.best() == whole.strategy.best()
 
 
+def interrupted(name: str, stop_after: int) -> tuple[Driver, Driver]:
+    """A run stopped after ``stop_after`` results with two candidates in flight, and a driver with
+    the same counters and a strategy restored from its state, without the lost queue."""
+    first = Driver(make(name, budgets=RESUME_BUDGETS))
+    assert not first.run(stop_after=stop_after, in_flight=2)
+    assert len(first.queue) == 2
+    second = copy.copy(first)
+    second.queue, second.asked = [], []
+    second.strategy = restored(first.strategy, name)
+    second.told, second.paths = list(first.told), list(first.paths)
+    return first, second
+
+
 @pytest.mark.parametrize("name", SAMPLING)
-def test_resume_with_a_candidate_in_flight(name: str) -> None:
+def test_resume_with_two_candidates_in_flight_is_the_same_run(name: str) -> None:
     whole = Driver(make(name, budgets=RESUME_BUDGETS))
     assert whole.run()
 
-    first = Driver(make(name, budgets=RESUME_BUDGETS))
-    assert not first.run(stop_after=len(whole.told) // 2, in_flight=True)
-    assert first.queue  # in flight, lost with the driver's process
-    second = copy.copy(first)
-    second.queue = []
-    second.strategy = restored(first.strategy, name)
-    second.told, second.paths = list(first.told), list(first.paths)
+    first, second = interrupted(name, len(whole.told) // 2)
     assert [r.to_dict() for r in second.strategy.history] == [r.to_dict() for r in first.strategy.history]
     assert second.run()
-    if name in REASKING:
-        assert second.told == whole.told
-        assert second.paths == whole.paths
-        assert second.strategy.best() == whole.strategy.best()
-    else:  # the candidate in flight is replaced by a new one; the history is kept
-        assert second.told[: len(first.told)] == whole.told[: len(first.told)]
-        assert len(second.strategy.history) == len(whole.strategy.history)
+
+    assert second.asked[:2] == first.queue  # the candidates in flight, asked again first
+    assert first.asked[:-2] + second.asked == whole.asked
+    assert second.told == whole.told
+    assert second.paths == whole.paths
+    assert second.strategy.best() == whole.strategy.best()
+    assert [r.to_dict() for r in second.strategy.history] == [r.to_dict() for r in whole.strategy.history]
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_a_result_for_a_candidate_in_flight_at_the_save_is_accepted_once(name: str) -> None:
+    """Told after the resume but before it is asked again, the result joins the history once, the
+    candidate is not asked again, and the same result told again is refused (ValueError)."""
+    first, second = interrupted(name, 6)
+    strategy = second.strategy
+    lost, other = first.queue
+    result = evaluate(lost, 1000)
+    strategy.tell(result)
+    assert strategy.history[-1] == result and len(strategy.history) == len(first.told) + 1
+    assert strategy.ask() == other  # the other one in flight; the told one is not asked again
+    with pytest.raises(ValueError, match="told already"):
+        strategy.tell(result)
+    assert len(strategy.history) == len(first.told) + 1
+    strategy.tell(evaluate(other, 1001))
+    assert strategy.in_flight == [] and len(strategy.history) == len(first.told) + 2
+
+
+def test_a_candidate_in_flight_at_the_save_asked_again_is_settled_once() -> None:
+    """Asked again after the resume, a candidate in flight at the save is settled by its result;
+    the same result told again is refused and changes nothing."""
+    first, second = interrupted("evolution", 6)
+    strategy = second.strategy
+    again = [strategy.ask(), strategy.ask()]
+    assert again == first.queue
+    result = evaluate(again[0], 1000)  # type: ignore[arg-type]
+    strategy.tell(result)
+    assert strategy.in_flight == [again[1]]
+    with pytest.raises(ValueError, match="told already"):
+        strategy.tell(result)
+    assert strategy.in_flight == [again[1]] and strategy.history.count(result) == 1
 
 
 # -- ENAS: the REINFORCE update against an independent computation -----------------------------
@@ -453,15 +490,22 @@ def test_progressive_rejects_groups_that_do_not_cover_the_decisions() -> None:
 def test_bo_resumes_from_points_when_the_replay_differs() -> None:
     strategy = make("bo")
     driver = Driver(strategy)
-    driver.run(stop_after=20, drain=True)
+    assert not driver.run(stop_after=20, in_flight=2)
+    lost, driver.queue = driver.queue, []
     state = strategy.state_dict()
     first = state["trials"][0]["values"]
-    state["trials"][0]["values"] = [(v + 1) % len(t) for v, t in zip(first, VALUES, strict=True)]
+    changed = [(v + 1) % len(t) for v, t in zip(first, VALUES, strict=True)]
+    state["trials"][0]["values"] = changed
     fresh = make("bo")
     fresh.load_state_dict(state)  # the replay's first suggestion differs: rebuilt from points
-    assert len(fresh.study.trials) == len(state["trials"])  # type: ignore[attr-defined]
+    trials = fresh.study.trials  # type: ignore[attr-defined]
+    assert len(trials) == len(state["trials"])
+    assert trials[0].params == {f"d{i}": v for i, v in enumerate(changed)}  # added, not suggested
+    assert [t.state.name for t in trials].count("RUNNING") == 2  # the two in flight
     driver.strategy = fresh
+    before = len(driver.asked)
     assert driver.run() and len(fresh.history) == 50
+    assert driver.asked[before : before + 2] == lost  # asked again first
 
 
 # -- configuration ------------------------------------------------------------------------------

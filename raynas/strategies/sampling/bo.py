@@ -13,7 +13,8 @@ The study itself is not saved (it is an Optuna object, not plain data): the stat
 suggestions and results, and loading replays it into a fresh study with the same seed, which
 makes the same suggestions again (checked; if a different Optuna suggests otherwise, the results
 are added as finished trials instead, and the suggestions in flight as running ones). Either way
-the suggestions in flight at the save are running trials of the study again, and are asked again.
+the suggestions in flight at the save are running trials of the study again, and are asked again
+first (see :meth:`SamplingStrategy.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ class BayesOpt(SamplingStrategy):
         self.trials: list[dict[str, Any]] = []
         self.events: list[tuple[str, int]] = []
         self.pending: dict[tuple[int, ...], list[int]] = {}  # values -> trials in flight, ask order
-        self.reask: list[int] = []  # trials in flight at the save, asked again first
         self.known: dict[tuple[int, ...], float] = {}
         # Imported here, as in every method that needs it: Optuna takes a while to import, and of
         # the strategies only this one uses it.
@@ -138,26 +138,21 @@ class BayesOpt(SamplingStrategy):
             self.study.enqueue_trial(self._params(values))
             self.study.ask(self.distributions)
 
-    def ask(self) -> Architecture | None:
-        if self.reask:
-            index = self.reask.pop(0)
-        else:
-            if self.asked >= self.config.evaluations:
-                return None
-            for _ in range(self.config.max_repeats + 1):
-                index = len(self.trials)
-                values = self._suggest()
-                self.trials.append({"values": list(values), "score": None})
-                self.events.append(("ask", index))
-                if values not in self.known:
-                    break
-                # Evaluated already: the study learns its score without a new evaluation.
-                self.trials[index]["score"] = self.known[values]
-                self._complete(index, self.known[values])
-                self.events.append(("tell", index))
-        values = tuple(self.trials[index]["values"])
+    def propose(self) -> Architecture | None:
+        if self.asked >= self.config.evaluations:
+            return None
+        for _ in range(self.config.max_repeats + 1):
+            index = len(self.trials)
+            values = self._suggest()
+            self.trials.append({"values": list(values), "score": None})
+            self.events.append(("ask", index))
+            if values not in self.known:
+                break
+            # Evaluated already: the study learns its score without a new evaluation.
+            self.trials[index]["score"] = self.known[values]
+            self._complete(index, self.known[values])
+            self.events.append(("tell", index))
         self.pending.setdefault(values, []).append(index)
-        self.asked += 1
         return self.space.decode(values)
 
     def tell(self, result: EvalResult) -> None:
@@ -201,8 +196,10 @@ class BayesOpt(SamplingStrategy):
             values = tuple(self.space.encode(r.architecture))
             self.known[values] = max(r.score, self.known.get(values, -math.inf))
         told = {i for kind, i in self.events if kind in ("tell", "point")}
-        self.reask = [i for kind, i in self.events if kind == "ask" and i not in told]
         self.pending = {}
+        for kind, i in self.events:
+            if kind == "ask" and i not in told:
+                self.pending.setdefault(tuple(self.trials[i]["values"]), []).append(i)
         self.study = self._new_study()
         if not self._replay():
             # Trial i is still number i of the study: every log entry is added in log order.

@@ -18,6 +18,10 @@ trained on paths sampled from the policy (:meth:`Enas.sample_path`), and after e
 ``controller_steps`` controller steps of ``controller_batch`` candidates each are evaluated
 (:attr:`Enas.evaluations_per_epoch`). After ``controller_epochs`` such epochs the final phase
 derives: ``derive_samples`` architectures are sampled from the policy and the best one wins.
+
+Nothing is kept per ask but the architecture (what the base records for candidates in flight):
+a controller step recomputes the log-probabilities of its batch's actions under the current
+policy, so a candidate asked again after a resume is learnt from exactly as it would have been.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
 from raynas.types import Architecture, EvalResult
 
@@ -188,8 +192,6 @@ class Enas(SamplingStrategy):
         self.generator = torch.Generator().manual_seed(seed)
         self.baseline: float | None = None  # set to the first reward, then a moving average
         self.consumed = 0  # results of the history already used for controller steps
-        self.in_flight: list[tuple[int, ...]] = []  # asked, not yet told
-        self.reask: list[tuple[int, ...]] = []  # in flight when the state was saved
 
     @property
     def evaluations_per_epoch(self) -> int:  # type: ignore[override]
@@ -217,22 +219,16 @@ class Enas(SamplingStrategy):
         """A path drawn from the policy: the shared child trains on the controller's samples."""
         return self.space.decode(self._sample())
 
-    def ask(self) -> Architecture | None:
+    def propose(self) -> Architecture | None:
         total = self.search_evaluations + self.config.derive_samples
         if self.asked >= total:
             return None
         if self.asked >= self.search_evaluations and len(self.history) < self.search_evaluations:
             return None  # derive from the final policy: wait for the last controller step
-        values = self.reask.pop(0) if self.reask else self._sample()
-        self.in_flight.append(values)
-        self.asked += 1
-        return self.space.decode(values)
+        return self.space.decode(self._sample())
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)
-        values = tuple(self.space.encode(result.architecture))
-        if values in self.in_flight:
-            self.in_flight.remove(values)
         batch = self.config.controller_batch
         while (
             len(self.history) - self.consumed >= batch
@@ -278,17 +274,14 @@ class Enas(SamplingStrategy):
             "generator": self.generator.get_state(),
             "baseline": self.baseline,
             "consumed": self.consumed,
-            "in_flight": [list(v) for v in self.in_flight],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the policy, its optimiser and random stream; candidates in flight at the save
-        are asked again, in the same order."""
+        """Restore the policy, its optimiser and random stream; the candidates in flight at the
+        save are asked again first, in the same order (see :meth:`SamplingStrategy.load_state_dict`)."""
         super().load_state_dict(state)
         self.controller.load_state_dict(state["controller"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
         self.consumed = int(state["consumed"])
-        self.reask = [tuple(int(x) for x in v) for v in state["in_flight"]]
-        self.in_flight = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
 from raynas.types import Architecture, EvalResult
 
@@ -70,18 +70,16 @@ class RegularizedEvolution(SamplingStrategy):
         """The living members: the most recent ``population_size`` results."""
         return self.history[-self.config.population_size :]
 
-    def ask(self) -> Architecture | None:
+    def propose(self) -> Architecture | None:
         if self.asked >= self.config.evaluations:
             return None
         if self.asked < self.config.population_size:
-            self.asked += 1
             return self.random_architecture()
         if len(self.history) < self.config.sample_size:
             return None  # too few evaluated members for a tournament yet
         population = self.population
         tournament = self.rng.sample(population, min(self.config.sample_size, len(population)))
         parent = max(tournament, key=lambda r: r.score)
-        self.asked += 1
         return self.mutate(parent.architecture)
 
     @property

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import check_positive
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
 from raynas.types import Architecture
@@ -102,9 +102,10 @@ class NoveltySearch(RegularizedEvolution):
         path, self.paths = self._most_novel(options, self.paths)
         return path
 
-    def ask(self) -> Architecture | None:
-        arch = super().ask()
-        if arch is not None and self.asked <= self.config.population_size:
+    def propose(self) -> Architecture | None:
+        first_population = self.asked < self.config.population_size
+        arch = super().propose()
+        if arch is not None and first_population:
             # A random member of the first population: archive it too (mutants archive themselves).
             encoded = torch.tensor([self.space.encode(arch)])
             self.seen = torch.cat([self.seen, encoded])[-self.config.archive_size :]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
 from raynas.types import Architecture, EvalResult
 
@@ -208,11 +208,10 @@ class Progressive(SamplingStrategy):
             self.stage += 1
             self.candidates = None
 
-    def ask(self) -> Architecture | None:
+    def propose(self) -> Architecture | None:
         self._finish_stages()
         if not self.to_ask:
             return None  # the stage's candidates are being evaluated, or the search is over
-        self.asked += 1
         return self.space.decode(self.to_ask.pop(0))
 
     def tell(self, result: EvalResult) -> None:
@@ -231,10 +230,12 @@ class Progressive(SamplingStrategy):
             "beam": [list(v) for v in self.beam],
             "stage": self.stage,
             "candidates": None if self.candidates is None else [list(v) for v in self.candidates],
+            "to_ask": [list(v) for v in self.to_ask],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved stage; its candidates that were in flight are asked again, first."""
+        """Continue the saved stage: its candidates that were in flight are asked again first (see
+        :meth:`SamplingStrategy.load_state_dict`), then those it had not asked yet."""
         super().load_state_dict(state)
         self.scores = {}
         for r in self.history:
@@ -244,5 +245,7 @@ class Progressive(SamplingStrategy):
         self.stage = int(state["stage"])
         candidates = state["candidates"]
         self.candidates = None if candidates is None else [tuple(int(x) for x in v) for v in candidates]
-        self.to_ask = [v for v in self.candidates or [] if v not in self.scores]
-        self._finish_stages()
+        self.to_ask = [tuple(int(x) for x in v) for v in state["to_ask"]]
+        # No _finish_stages() here: the saved state is one it left (tell ends with it, ask begins
+        # with it), and opening a stage now would draw its random order before the paths the run
+        # sampled first (sample_path shares the random stream).

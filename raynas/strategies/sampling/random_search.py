@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from raynas.strategies import STRATEGIES
+from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture
+from raynas.types import Architecture, EvalResult
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class RandomSearch(SamplingStrategy):
         self.config = config
         self.seen: set[str] = set()
 
-    def ask(self) -> Architecture | None:
+    def propose(self) -> Architecture | None:
         if self.asked >= self.config.evaluations:
             return None
         for _ in range(100):
@@ -51,8 +51,11 @@ class RandomSearch(SamplingStrategy):
             if arch.key() not in self.seen:
                 break
         self.seen.add(arch.key())
-        self.asked += 1
         return arch
+
+    def tell(self, result: EvalResult) -> None:
+        super().tell(result)
+        self.seen.add(result.architecture.key())  # one it did not ask for is not sampled either
 
     @property
     def done(self) -> bool:
@@ -60,7 +63,7 @@ class RandomSearch(SamplingStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.seen = {r.architecture.key() for r in self.history}
+        self.seen = {a.key() for a in self.in_flight} | {r.architecture.key() for r in self.history}
 
 
 STRATEGIES.register("random_ws", config=RandomConfig)(RandomSearch)
