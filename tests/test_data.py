@@ -19,59 +19,26 @@ from raynas.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100
 from raynas.data.digits import DigitsConfig
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
-
-PER_BATCH = 4  # images per CIFAR-10 batch file; five files: 20 images
-MARK = (2, 5)  # (row, col) of a bright pixel in each red plane: catches a swapped H and W
-
-
-def image_bytes(i: int) -> np.ndarray:
-    """Image ``i`` as one CIFAR row: red plane 10 i + 5 (so the image can be recognised after
-    shuffling), green 0, blue 255, and one red pixel of 255 at ``MARK``."""
-    red = np.full((32, 32), 10 * i + 5, dtype=np.uint8)
-    red[MARK] = 255
-    green = np.zeros((32, 32), dtype=np.uint8)
-    blue = np.full((32, 32), 255, dtype=np.uint8)
-    return np.concatenate([red.ravel(), green.ravel(), blue.ravel()])  # (3072,)
-
-
-def write_batch(path: Path, batch: dict[bytes, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(batch, f, protocol=2)  # the files were written by Python 2's cPickle
-
-
-def cifar10_label(i: int) -> int:
-    return (3 * i + 1) % 10
-
-
-def cifar100_label(i: int) -> int:
-    return 99 - 7 * i
+from tests.fixtures import (
+    MARK,
+    PER_BATCH,
+    cifar10_label,
+    cifar100_label,
+    image_bytes,
+    write_batch,
+    write_cifar10,
+    write_cifar100,
+)
 
 
 @pytest.fixture
 def cifar10_root(tmp_path: Path) -> Path:
-    for b in range(5):
-        index = range(b * PER_BATCH, (b + 1) * PER_BATCH)
-        write_batch(tmp_path / "cifar-10-batches-py" / f"data_batch_{b + 1}", {
-            b"batch_label": f"training batch {b + 1} of 5".encode(),
-            b"labels": [cifar10_label(i) for i in index],
-            b"data": np.stack([image_bytes(i) for i in index]),
-            b"filenames": [f"img_{i}.png".encode() for i in index],
-        })
-    return tmp_path
+    return write_cifar10(tmp_path, test=False)
 
 
 @pytest.fixture
 def cifar100_root(tmp_path: Path) -> Path:
-    index = range(10)
-    write_batch(tmp_path / "cifar-100-python" / "train", {
-        b"filenames": [f"img_{i}.png".encode() for i in index],
-        b"batch_label": b"training batch 1 of 1",
-        b"fine_labels": [cifar100_label(i) for i in index],
-        b"coarse_labels": [i % 20 for i in index],
-        b"data": np.stack([image_bytes(i) for i in index]),
-    })
-    return tmp_path
+    return write_cifar100(tmp_path, test=False)
 
 
 def make(name: str, **config: Any) -> Any:

@@ -1,0 +1,199 @@
+"""Tiny datasets written in the real on-disk format of every registered dataset, one writer each
+(no downloads: the tests read files laid out exactly as the official releases are).
+
+``FIXTURES`` maps a dataset's registry name to a writer that takes an empty folder, writes the
+dataset's files under it and returns the ``data.path`` to read them from;
+``tests/test_dataset_registry.py`` runs every registered dataset through the same battery on it, so
+a new dataset needs a writer here. Other tests use the writers (and their knobs) directly.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# --- CIFAR-10/100: the python version (https://www.cs.toronto.edu/~kriz/cifar.html) -----------
+# Pickled dicts with bytes keys; ``data`` an (N, 3072) uint8 array, channel-major (1024 red,
+# 1024 green, 1024 blue values, each plane row-major).
+
+PER_BATCH = 4  # images per CIFAR-10 batch file; five files: 20 images
+MARK = (2, 5)  # (row, col) of a bright pixel in each red plane: catches a swapped H and W
+CIFAR_TEST = range(20, 23)  # the test batches' images: none of them is a training image
+
+
+def image_bytes(i: int) -> np.ndarray:
+    """Image ``i`` as one CIFAR row: red plane 10 i + 5 (so the image can be recognised after
+    shuffling), green 0, blue 255, and one red pixel of 255 at ``MARK``."""
+    red = np.full((32, 32), 10 * i + 5, dtype=np.uint8)
+    red[MARK] = 255
+    green = np.zeros((32, 32), dtype=np.uint8)
+    blue = np.full((32, 32), 255, dtype=np.uint8)
+    return np.concatenate([red.ravel(), green.ravel(), blue.ravel()])  # (3072,)
+
+
+def write_batch(path: Path, batch: dict[bytes, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(batch, f, protocol=2)  # the files were written by Python 2's cPickle
+
+
+def cifar10_label(i: int) -> int:
+    return (3 * i + 1) % 10
+
+
+def cifar100_label(i: int) -> int:
+    return (99 - 7 * i) % 100
+
+
+def write_cifar10(root: Path, *, test: bool = True) -> Path:
+    """``cifar-10-batches-py/data_batch_1..5`` of ``PER_BATCH`` recognisable images each (images
+    0..19, in file order) and, with ``test``, a ``test_batch`` of images ``CIFAR_TEST``."""
+    for b in range(5):
+        index = range(b * PER_BATCH, (b + 1) * PER_BATCH)
+        write_batch(root / "cifar-10-batches-py" / f"data_batch_{b + 1}", {
+            b"batch_label": f"training batch {b + 1} of 5".encode(),
+            b"labels": [cifar10_label(i) for i in index],
+            b"data": np.stack([image_bytes(i) for i in index]),
+            b"filenames": [f"img_{i}.png".encode() for i in index],
+        })
+    if test:
+        write_batch(root / "cifar-10-batches-py" / "test_batch", {
+            b"batch_label": b"testing batch 1 of 1", b"labels": [cifar10_label(i) for i in CIFAR_TEST],
+            b"data": np.stack([image_bytes(i) for i in CIFAR_TEST]),
+            b"filenames": [f"img_{i}.png".encode() for i in CIFAR_TEST],
+        })
+    return root
+
+
+def write_cifar100(root: Path, *, test: bool = True) -> Path:
+    """``cifar-100-python/train`` of images 0..9 (fine and coarse labels) and, with ``test``, a
+    ``test`` file of images ``CIFAR_TEST``."""
+    index = range(10)
+    write_batch(root / "cifar-100-python" / "train", {
+        b"filenames": [f"img_{i}.png".encode() for i in index],
+        b"batch_label": b"training batch 1 of 1",
+        b"fine_labels": [cifar100_label(i) for i in index],
+        b"coarse_labels": [i % 20 for i in index],
+        b"data": np.stack([image_bytes(i) for i in index]),
+    })
+    if test:
+        write_batch(root / "cifar-100-python" / "test", {
+            b"fine_labels": [cifar100_label(i) for i in CIFAR_TEST], b"coarse_labels": [0, 0, 0],
+            b"data": np.stack([image_bytes(i) for i in CIFAR_TEST]),
+        })
+    return root
+
+
+# --- ImageNet16-120: NAS-Bench-201's downsampled ImageNet batches ------------------------------
+
+
+def write_imagenet16(root: Path) -> Path:
+    """``train_data_batch_1..10`` and ``val_data``: pickles of random (N, 768) uint8 images with
+    1-based labels over all 1,000 classes, of which only 1..120 are kept. Batch ``i``'s labels
+    are 1, 120, 121, 1000, i (three kept, 0-based 0, 119 and i - 1); ``val_data``'s 2, 500, 120."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 11):
+        labels = [1, 120, 121, 1000, i]
+        batch = {"data": rng.integers(0, 256, (5, 3 * 16 * 16), dtype=np.uint8), "labels": labels}
+        (root / f"train_data_batch_{i}").write_bytes(pickle.dumps(batch))
+    val = {"data": rng.integers(0, 256, (3, 3 * 16 * 16), dtype=np.uint8), "labels": [2, 500, 120]}
+    (root / "val_data").write_bytes(pickle.dumps(val))
+    return root
+
+
+# --- ImageNet-style folders: <split>/<class>/<image> -------------------------------------------
+
+
+def write_image_folder(root: Path, *, val: bool = True) -> Path:
+    """``train/class_<k>/<n>.png``: real handwritten digits (scikit-learn), 3 classes of 3, as RGB;
+    with ``val``, ``val/class_<k>/0.png``: the next digit of each class."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(3):
+        images = digits.images[digits.target == label]
+        splits = [("train", images[:3])] + ([("val", images[3:4])] if val else [])
+        for split, chosen in splits:
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for n, image in enumerate(chosen):
+                pixels = (image * 255 / 16).astype(np.uint8)  # (8, 8) grey levels 0..16
+                Image.fromarray(pixels).convert("RGB").save(folder / f"{n}.png")
+    return root
+
+
+# --- Penn Treebank: Mikolov's text files ------------------------------------------------------
+
+PTB_TRAIN = " the cat sat on the mat \n the dog sat \n a <unk> ran \n"
+PTB_VALID = " the cat ran \n a zebra sat \n"
+PTB_TEST = " the end \n"
+
+
+def write_ptb(folder: Path, *, test: bool = True) -> Path:
+    """``ptb.train.txt`` (15 tokens with ``<eos>``, 10 words), ``ptb.valid.txt`` and, with
+    ``test``, ``ptb.test.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ptb.train.txt").write_text(PTB_TRAIN)
+    (folder / "ptb.valid.txt").write_text(PTB_VALID)
+    if test:
+        (folder / "ptb.test.txt").write_text(PTB_TEST)
+    return folder
+
+
+# --- Cityscapes: leftImg8bit/ and gtFine/ PNGs ------------------------------------------------
+
+# labelIds -> trainIds of cityscapesScripts helpers/labels.py, a few by hand: road 7 -> 0,
+# car 26 -> 13, bicycle 33 -> 18, sky 23 -> 10; unlabeled 0, parking 9, caravan 29 -> ignored.
+SOME_IDS = {7: 0, 26: 13, 33: 18, 23: 10, 0: -100, 9: -100, 29: -100}
+
+
+def write_cityscapes(
+    root: Path, split: str, cities: dict[str, int], size: tuple[int, int] = (24, 40)
+) -> None:
+    """Real PNG files in the official layout; labels tile the ids of SOME_IDS."""
+    from PIL import Image
+
+    h, w = size
+    ids = np.array(list(SOME_IDS), dtype=np.uint8)
+    for city, count in cities.items():
+        (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
+        (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            name = f"{city}_{i:06d}_000019"
+            image = np.full((h, w, 3), 255, dtype=np.uint8)
+            image[:, : w // 2] = 0
+            Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
+            label = ids[(np.arange(h)[:, None] + np.arange(w)[None, :] + i) % len(ids)]
+            Image.fromarray(label).save(root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
+
+
+def write_cityscapes_tree(root: Path) -> Path:
+    """``train``: 3 images of aachen and 3 of bochum; ``val``: 2 of frankfurt (24x40 each)."""
+    write_cityscapes(root, "train", {"aachen": 3, "bochum": 3})
+    write_cityscapes(root, "val", {"frankfurt": 2})
+    return root
+
+
+# --- scikit-learn's digits ---------------------------------------------------------------------
+
+
+def write_digits(root: Path) -> Path:
+    """Nothing: the digits ship inside scikit-learn (the dataset has no ``data.path``)."""
+    return root
+
+
+FIXTURES: dict[str, Callable[[Path], Path]] = {
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "ImageNet16-120": write_imagenet16,
+    "imagenet": write_image_folder,
+    "ptb": write_ptb,
+    "cityscapes": write_cityscapes_tree,
+    "digits": write_digits,
+}
