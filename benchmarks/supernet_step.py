@@ -49,6 +49,7 @@ from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
 from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, StepResult
 from raynas.strategies.sampling import SamplingStrategy
+from raynas.supernet import build_supernet
 from raynas.train.loop import train_epoch
 from raynas.types import DatasetInfo
 
@@ -111,7 +112,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             **entry.target.space_overrides(config),
         )
     )
-    supernet = space.supernet(DATASET).to(device)
+    supernet = build_supernet(space, DATASET).to(device)
     strategy = entry.target(supernet=supernet, config=config, train=TrainConfig())
     return _measure(name, strategy_name, config, overrides, args, device, strategy.step)
 
@@ -123,7 +124,7 @@ class _Step(Protocol):
 def _single_path_step(args: argparse.Namespace, device: torch.device) -> _Step:
     """A one-shot supernet step: a uniformly sampled path (SPOS), one SGD step on a training batch."""
     space = DartsCnnSpace(DartsSpaceConfig(channels=args.channels, layers=args.layers, nodes=args.nodes))
-    supernet = space.supernet(DATASET).to(device)
+    supernet = build_supernet(space, DATASET).to(device)
     train = TrainConfig()
     arch_ids = {id(p) for p in supernet.arch_parameters()}
     optimizer = torch.optim.SGD(

@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from raynas.report import build_report, format_text, write_report
+    from raynas.runs.report import build_report, format_text, write_report
     from raynas.tracking.results import ResultsStore
 
     store = ResultsStore(args.results)
@@ -127,10 +127,11 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from raynas.config import load_config
-    from raynas.search import format_duration, run_search, run_seeds
+    from raynas.runs.common import format_duration, reference_name
+    from raynas.runs.jobs import load_job
+    from raynas.runs.search import run_search, run_seeds
 
-    config = load_config(args.config, _overrides(args))
+    config = load_job(args.config, _overrides(args))
     if config.seeds:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
@@ -154,7 +155,7 @@ def _search(args: argparse.Namespace) -> None:
         f"{_scores(m, config)} ({what})\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
-        f"{result.params_cifar10 / 1e6:.2f}M as the space's {_reference_name(config.space.name)} "
+        f"{result.params_cifar10 / 1e6:.2f}M as the space's {reference_name(config.space.name)} "
         "network of the papers\n"
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
@@ -175,15 +176,6 @@ def _scores(metrics: dict[str, float], config: Any) -> str:
     return ", ".join(parts) or ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
-def _reference_name(space: str) -> str:
-    """The dataset of the papers' network a space's size is compared on (CIFAR-10 unless the
-    space names another, as the language-model space names PTB)."""
-    from raynas.spaces import SPACES
-
-    name = getattr(SPACES.get(space), "reference_dataset", "cifar10")
-    return {"cifar10": "CIFAR-10", "ptb": "PTB", "cityscapes": "Cityscapes"}.get(name, name)
-
-
 def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.address:
@@ -194,10 +186,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from raynas.retrain import load_retrain_config, run_retrain_job
-    from raynas.search import format_duration
+    from raynas.runs.common import format_duration
+    from raynas.runs.jobs import load_retrain_job
+    from raynas.runs.retrain import run_retrain_job
 
-    config = load_retrain_config(args.config, _overrides(args))
+    config = load_retrain_job(args.config, _overrides(args))
     result = run_retrain_job(config, fresh=args.fresh)
     source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
     print(
@@ -262,14 +255,15 @@ def _latency(args: argparse.Namespace) -> None:
 
     import torch
 
-    from raynas.config import load_config
     from raynas.data import dataset_info
     from raynas.errors import ConfigError
     from raynas.latency import LatencyTable, TimingOptions, build_table, check_table, table_path
     from raynas.spaces import SPACES
 
     if args.job:
-        job = load_config(args.job)
+        from raynas.runs.jobs import load_job
+
+        job = load_job(args.job)
         space_name, space_config, info = job.space.name, job.space.config, dataset_info(job.data.name)
     else:
         entry = SPACES.entry(args.space)

@@ -1,10 +1,12 @@
-"""Search configuration: YAML files loaded strictly into typed dataclasses.
+"""Job files: the schema of search and retraining jobs, and strict loading of YAML into it.
 
 A job file has one section per component. Sections that select a registered component
-(``space``, ``strategy``, ``data``) carry a ``name`` plus the fields of that component's own
-config dataclass. An unknown key, a wrong type or an unknown name is a :class:`ConfigError` that
-names the key and says what is allowed. ``--set key.sub=value`` overrides are applied to the
-raw YAML before validation, so they are checked the same way.
+(``space``, ``strategy``, ``data``, ``evaluator``) carry a ``name`` plus the fields of that
+component's own config dataclass; they become a :class:`Component` when the job is loaded against
+the registries (``raynas.runs.jobs``): this module knows no registry. Everything else is checked
+here: an unknown key or a wrong type is a :class:`ConfigError` that names the key and says what
+is allowed. ``--set key.sub=value`` overrides are applied to the raw YAML before validation, so
+they are checked the same way.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
-from raynas.errors import ConfigError, UnknownNameError
-from raynas.registry import Registry
+from raynas.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -42,10 +44,10 @@ class TrainConfig:
     stop_at_skip_connects: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "must be at least 1")
-        _check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
-        _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
-        _check(self.grad_clip > 0, "train.grad_clip", "must be positive")
+        check(self.epochs >= 1, "train.epochs", "must be at least 1")
+        check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
+        check(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        check(self.grad_clip > 0, "train.grad_clip", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -76,25 +78,25 @@ class ExecutionConfig:
     controller_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
-        _check(self.workers >= 1, "execution.workers", "must be at least 1")
-        _check(
+        check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
+        check(self.workers >= 1, "execution.workers", "must be at least 1")
+        check(
             self.workers == 1 or self.backend == "ray", "execution.workers",
             "above 1 needs execution.backend: ray",
         )
-        _check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
-        _check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
-        _check(self.concurrency >= 1, "execution.concurrency", "must be at least 1")
-        _check(
+        check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
+        check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
+        check(self.concurrency >= 1, "execution.concurrency", "must be at least 1")
+        check(
             all(v >= 0 for v in self.controller_resources.values()),
             "execution.controller_resources", "must be amounts >= 0",
         )
         if self.accelerator is not None:
-            _check(
+            check(
                 re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.accelerator) is not None,
                 "execution.accelerator", "must be a Ray resource name such as A10G, A100 or H100",
             )
-            _check(
+            check(
                 self.backend == "ray" and self.gpus_per_worker > 0, "execution.accelerator",
                 "needs execution.backend: ray and execution.gpus_per_worker > 0",
             )
@@ -141,10 +143,10 @@ class FinalRetrain:
     learning_rate: float = 0.05
 
     def __post_init__(self) -> None:
-        _check(self.top >= 0, "final.top", "must be >= 0")
-        _check(self.epochs >= 1, "final.epochs", "must be at least 1")
-        _check(self.channels >= 0 and self.layers >= 0, "final.channels", "and final.layers must be >= 0")
-        _check(self.learning_rate > 0, "final.learning_rate", "must be positive")
+        check(self.top >= 0, "final.top", "must be >= 0")
+        check(self.epochs >= 1, "final.epochs", "must be at least 1")
+        check(self.channels >= 0 and self.layers >= 0, "final.channels", "and final.layers must be >= 0")
+        check(self.learning_rate > 0, "final.learning_rate", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,9 @@ class TuneSettings:
     perturbation_interval: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.grace_period >= 1, "tune.grace_period", "must be at least 1")
-        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
-        _check(self.perturbation_interval >= 1, "tune.perturbation_interval", "must be at least 1")
+        check(self.grace_period >= 1, "tune.grace_period", "must be at least 1")
+        check(self.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
+        check(self.perturbation_interval >= 1, "tune.perturbation_interval", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,19 @@ class SearchConfig:
 
     Gradient strategies (DARTS family) train a supernet's weights and architecture parameters;
     sampling strategies (random, evolution, SPOS, ENAS, ...) ask for candidates that the
-    ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet trained first for
-    ``train.epochs``), ``scratch`` (a short training from scratch, as Tune trials), or a proxy.
+    ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet), ``scratch`` (a
+    short training from scratch, as Tune trials), or a training-free proxy.
     ``seeds`` runs one search per seed and reports mean and standard deviation;
     ``final`` retrains the best candidates of a sampling search from scratch at the end.
+
+    ``train`` is the training of a supernet, and means one thing per kind of search:
+
+    - gradient strategies: ``train.epochs`` epochs of the bilevel search (the supernet's weights
+      and architecture parameters), with ``train``'s SGD settings and cosine schedule;
+    - sampling strategies with ``evaluator: supernet``: ``train.epochs`` epochs of one-shot
+      supernet training on the paths the strategy samples, before candidates are scored;
+    - sampling strategies with any other evaluator: no supernet is trained, and a ``train``
+      section is refused (each evaluator and ``final`` carry their own training budget).
     """
 
     name: str
@@ -196,16 +207,83 @@ class SearchConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """The full config as plain data (every default filled in)."""
+        """The full config as plain data (every default filled in; ``train`` only where a
+        supernet is trained, ``tune`` only where candidates are trained from scratch)."""
+        evaluator = self.evaluator.name if self.evaluator is not None else None
+        sections = ("train",) if evaluator in (None, "supernet") else ()
+        sections += ("tune",) if evaluator == "scratch" else ()
         out = to_dict_sections(
             self, scalars=("name", "seed"), components=("space", "strategy", "data", "evaluator"),
-            sections=("train", "tune", "execution", "tracking"),
+            sections=(*sections, "execution", "tracking"),
         )
         if self.seeds:
             out["seeds"] = list(self.seeds)
         if self.final.top:
             out["final"] = _asdict(self.final)
         return out
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """The network's size and its training (defaults: DARTS ``train.py`` on CIFAR-10, except the
+    epochs: 600 there).
+
+    Attributes:
+        epochs: Training epochs.
+        channels: Initial channels (0: the space's evaluation default, 36 for DARTS on CIFAR).
+        layers: Cells or layers (0: the space's default, 20 for DARTS on CIFAR).
+        learning_rate: SGD learning rate, cosine-annealed to 0.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        grad_clip: Gradient-norm clip.
+        auxiliary_weight: Weight of the auxiliary head's loss (0: no head; 0.4 in DARTS).
+        drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs (0.2 in DARTS).
+        label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
+        lr_gamma: If set, the learning rate decays by this factor every epoch instead of the
+            cosine (0.97 in DARTS on ImageNet).
+    """
+
+    epochs: int = 50
+    channels: int = 0
+    layers: int = 0
+    learning_rate: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.0
+    drop_path_prob: float = 0.0
+    label_smoothing: float = 0.0
+    lr_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
+        check(0 <= self.label_smoothing < 1, "retrain.label_smoothing", "must be in [0, 1)")
+        check(0 <= self.lr_gamma <= 1, "retrain.lr_gamma", "must be in [0, 1] (0: cosine schedule)")
+        check(self.channels >= 0 and self.layers >= 0, "retrain.channels", "and layers must be >= 0")
+        check(self.learning_rate > 0, "retrain.learning_rate", "must be positive")
+        check(self.auxiliary_weight >= 0, "retrain.auxiliary_weight", "must be >= 0")
+        check(0 <= self.drop_path_prob < 1, "retrain.drop_path_prob", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """One retraining job (``jobs/retrain_*.yaml``): what to train, on what, and where it goes."""
+
+    name: str
+    space: Component
+    architecture: str
+    data: Component
+    seed: int = 0
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(backend="local"))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full config as plain data (every default filled in)."""
+        return to_dict_sections(
+            self, scalars=("name", "seed", "architecture"), components=("space", "data"),
+            sections=("retrain", "execution", "tracking"),
+        )
 
 
 def to_dict_sections(
@@ -235,27 +313,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
-    """Read a job file, apply ``key.sub=value`` overrides and validate everything.
-
-    Args:
-        path: The YAML job file.
-        overrides: Strings of the form ``train.epochs=3``; the value is parsed as YAML.
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: The file is missing or not YAML, or a key or value is not allowed.
-    """
-    raw = load_yaml(path, overrides)
-    if "architecture" in raw and "strategy" not in raw:
-        raise ConfigError(
-            f"{str(path)!r} is a retraining job (it names an architecture): run it with `raynas train`"
-        )
-    return parse_config(raw)
-
-
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """A job file's mapping with ``key.sub=value`` overrides applied (not yet validated)."""
     path = Path(path)
@@ -270,15 +327,25 @@ def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return apply_overrides(raw, overrides)
 
 
+ComponentParser = Callable[[Any, str], "Component"]  # (raw section, section name) -> Component
+
+
 def parse_sections(
-    raw: dict[str, Any], cls: type[T], components: dict[str, Registry[Any]]
+    raw: dict[str, Any], cls: type[T], components: Mapping[str, ComponentParser]
 ) -> dict[str, Any]:
-    """Validate ``raw`` against the job dataclass ``cls``: its registry selections (``components``,
-    section -> registry) and its other keys, by type; returns the constructor's arguments."""
+    """Validate ``raw`` against the job dataclass ``cls``; returns the constructor's arguments.
+
+    Args:
+        raw: The job file's mapping (overrides applied).
+        cls: The job dataclass (:class:`SearchConfig`, :class:`RetrainConfig`).
+        components: For each section that selects a registered component, the function that
+            resolves it (the job loader in ``raynas.runs.jobs`` looks the name up in its registry).
+            Every other key is checked here, by type.
+    """
     raw = dict(raw)
     values: dict[str, Any] = {}
-    for section, registry in components.items():
-        values[section] = _component(raw.pop(section, None), section, registry)
+    for section, parse in components.items():
+        values[section] = parse(raw.pop(section, None), section)
     allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -313,28 +380,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             node = child
         node[parts[-1]] = value
     return raw
-
-
-def parse_config(raw: dict[str, Any]) -> SearchConfig:
-    """Validate a raw mapping (from YAML) into a :class:`SearchConfig`."""
-    # Imported here: these packages register the built-in components on import.
-    from raynas.data import DATASETS
-    from raynas.evaluators import EVALUATORS
-    from raynas.spaces import SPACES
-    from raynas.strategies import STRATEGIES
-    from raynas.strategies.sampling import SamplingStrategy
-
-    raw = dict(raw)
-    evaluator = raw.pop("evaluator", None)
-    values = parse_sections(raw, SearchConfig, {"space": SPACES, "strategy": STRATEGIES, "data": DATASETS})
-    if issubclass(STRATEGIES.get(values["strategy"].name), SamplingStrategy):
-        values["evaluator"] = _component(evaluator, "evaluator", EVALUATORS)
-    elif evaluator is not None:
-        raise ConfigError(
-            f"config section 'evaluator' is for sampling strategies; {values['strategy'].name!r} "
-            "is a gradient strategy that trains its own supernet: remove the section"
-        )
-    return SearchConfig(**values)
 
 
 def build(cls: type[T], data: Any, where: str) -> T:
@@ -372,30 +417,6 @@ def build(cls: type[T], data: Any, where: str) -> T:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config section {where!r}: {exc}") from None
-
-
-def _component(data: Any, section: str, registry: Registry[Any]) -> Component:
-    if data is None:
-        raise ConfigError(
-            f"config section {section!r} is missing; it needs a 'name', one of: "
-            f"{', '.join(registry.names())}"
-        )
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(
-            f"config section {section!r} needs a 'name', one of: {', '.join(registry.names())}"
-        )
-    data = dict(data)
-    name = data.pop("name")
-    try:
-        entry = registry.entry(str(name))
-    except UnknownNameError as exc:
-        raise ConfigError(f"config key '{section}.name': {exc}") from None
-    config = build(entry.config, data, section) if entry.config is not None else None
-    if config is None and data:
-        raise ConfigError(f"{registry.kind} {name!r} takes no settings; remove {sorted(data)}")
-    return Component(str(name), config)
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -459,7 +480,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
 
-def _check(ok: bool, key: str, rule: str) -> None:
+def check(ok: bool, key: str, rule: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and its ``rule`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key {key!r} {rule}")
 

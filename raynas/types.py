@@ -277,7 +277,10 @@ class ChoiceSpace(Protocol):
 class SearchSpace(Protocol):
     """What every registered space provides (see ``raynas.spaces``).
 
-    A space is built from its config dataclass; it never holds a network's weights itself.
+    A space is built from its config dataclass; it never holds a network's weights itself. Its
+    weight-sharing supernet, if it has one, is registered under the space's name in
+    ``raynas.supernet.SUPERNETS``; a space may also offer the flat categorical view
+    (:class:`ChoiceSpace`) and ``draw(arch)``, its own picture of an architecture.
     """
 
     architecture_type: ClassVar[type[Architecture]]
@@ -299,8 +302,4 @@ class SearchSpace(Protocol):
         layers: int | None = None, auxiliary: bool = False,
     ) -> nn.Module:
         """The stand-alone network of ``arch`` for ``dataset`` (paper-sized by default)."""
-        ...
-
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        """The weight-sharing network over the whole space."""
         ...

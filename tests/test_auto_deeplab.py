@@ -14,15 +14,14 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from raynas.config import load_config
 from raynas.data import DATASETS, search_loaders
 from raynas.data.cityscapes import CityscapesConfig
 from raynas.errors import ArchitectureError, ConfigError, DataError
 from raynas.profile import count_macs, count_params
+from raynas.runs.jobs import load_job
 from raynas.spaces import SPACES
 from raynas.spaces.auto_deeplab import (
     AutoDeepLabArchitecture,
@@ -34,9 +33,11 @@ from raynas.spaces.auto_deeplab import (
     transition_probs,
     viterbi_path,
 )
+from raynas.supernet import build_supernet
 from raynas.train.loop import evaluate
 from raynas.train.segmentation import class_iou, confusion_matrix, mean_iou
 from raynas.types import Architecture, DatasetInfo
+from tests.fixtures import SOME_IDS, write_cityscapes, write_cityscapes_tree
 
 JOB = Path(__file__).parents[1] / "jobs" / "auto_deeplab_cityscapes.yaml"
 CITYSCAPES = DatasetInfo("cityscapes", 3, 19, 1024)
@@ -173,7 +174,7 @@ def test_viterbi_finds_the_most_probable_path_of_a_brute_force_enumeration(seed:
 def test_supernet_forward_backward_and_decoding() -> None:
     torch.manual_seed(0)
     s = space(channels=2, layers=4, blocks=2)
-    supernet = s.supernet(DatasetInfo("cityscapes", 3, 5, 32))  # type: ignore[attr-defined]
+    supernet = build_supernet(s, DatasetInfo("cityscapes", 3, 5, 32))  # type: ignore[attr-defined]
     x = torch.randn(2, 3, 20, 28)  # odd sizes deep down: /4 = 5x7, /8 = 3x4, /16 = 2x2, /32 = 1x1
     logits = supernet(x)
     assert logits.shape == (2, 5, 20, 28)
@@ -301,37 +302,9 @@ def test_a_batch_with_every_pixel_ignored_leaves_the_weights_as_they_were() -> N
 
 # --- the Cityscapes loader ---------------------------------------------------------------------
 
-# labelIds -> trainIds of cityscapesScripts helpers/labels.py, a few by hand: road 7 -> 0,
-# car 26 -> 13, bicycle 33 -> 18, sky 23 -> 10; unlabeled 0, parking 9, caravan 29 -> ignored.
-SOME_IDS = {7: 0, 26: 13, 33: 18, 23: 10, 0: -100, 9: -100, 29: -100}
-
-
-def write_cityscapes(
-    root: Path, split: str, cities: dict[str, int], size: tuple[int, int] = (24, 40)
-) -> None:
-    """Real PNG files in the official layout; labels tile the ids of SOME_IDS."""
-    from PIL import Image
-
-    h, w = size
-    ids = np.array(list(SOME_IDS), dtype=np.uint8)
-    for city, count in cities.items():
-        (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
-        (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            name = f"{city}_{i:06d}_000019"
-            image = np.full((h, w, 3), 255, dtype=np.uint8)
-            image[:, : w // 2] = 0
-            Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
-            label = ids[(np.arange(h)[:, None] + np.arange(w)[None, :] + i) % len(ids)]
-            Image.fromarray(label).save(root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
-
-
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cityscapes")
-    write_cityscapes(root, "train", {"aachen": 3, "bochum": 3})
-    write_cityscapes(root, "val", {"frankfurt": 2})
-    return root
+    return write_cityscapes_tree(tmp_path_factory.mktemp("cityscapes"))
 
 
 def test_labels_map_to_train_ids_and_images_to_minus_one_one(cityscapes_root: Path) -> None:
@@ -392,9 +365,9 @@ def test_missing_folders_and_files_name_the_path(tmp_path: Path) -> None:
 
 
 def test_a_tiny_search_returns_an_architecture_of_the_space(cityscapes_root: Path, tmp_path: Path) -> None:
-    from raynas.search import run_search
+    from raynas.runs import run_search
 
-    config = load_config(JOB, [
+    config = load_job(JOB, [
         f"data.path={cityscapes_root}", "data.downscale=1", "data.crop_size=16", "data.batch_size=2",
         "data.num_workers=0", "space.channels=2", "space.layers=3", "space.blocks=2",
         "train.epochs=2", "strategy.arch_start_epoch=1", "execution.backend=local",
@@ -415,7 +388,8 @@ def test_a_tiny_search_returns_an_architecture_of_the_space(cityscapes_root: Pat
 def test_retraining_the_official_network_tests_it_on_val_with_miou(
     cityscapes_root: Path, tmp_path: Path
 ) -> None:
-    from raynas.retrain import parse_retrain_config, run_retrain
+    from raynas.runs.jobs import parse_retrain_job
+    from raynas.runs.retrain import run_retrain
 
     job = {
         "name": "retrain-hnasnet", "architecture": "hnasnet", "space": {"name": "auto_deeplab"},
@@ -426,6 +400,6 @@ def test_retraining_the_official_network_tests_it_on_val_with_miou(
                      "output_dir": str(tmp_path / "runs")},
     }
     lines: list[str] = []
-    result = run_retrain(parse_retrain_config(job), echo=lines.append, fresh=True)
+    result = run_retrain(parse_retrain_job(job), echo=lines.append, fresh=True)
     assert "testing on its test split" in lines[0]  # Cityscapes val: its test labels are withheld
     assert 0 <= result.metrics["test_miou"] <= 1 and "mIoU" in lines[-1]

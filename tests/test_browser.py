@@ -13,8 +13,8 @@ import pytest
 from conftest import tiny_job
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_mlflow_ui_shows_the_search_its_candidates_and_the_architecture(
     chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    config = parse_config(tiny_job(tmp_path, tracking={"tracking_uri": mlflow_server, "experiment": "ui"}))
+    config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": mlflow_server, "experiment": "ui"}))
     result = run_search(config, echo=lambda _: None)
     experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui").experiment_id
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import BIN, tiny_job, write_job
 
 from raynas.cli import main
-from raynas.spaces.darts_cnn import published_genotype
+from raynas.spaces.darts_genotype import published_genotype
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

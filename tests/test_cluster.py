@@ -32,8 +32,8 @@ import pytest
 import yaml
 from conftest import free_port
 
-from raynas.config import load_config
 from raynas.errors import ConfigError
+from raynas.runs.jobs import load_job
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
@@ -556,7 +556,7 @@ def test_rayjob_entrypoints_are_valid_raynas_searches() -> None:
             continue
         job, overrides = _entrypoint_job(obj["spec"]["entrypoint"])
         assert job.startswith("jobs/"), "the image keeps jobs/ in the head's working directory"
-        config = load_config(ROOT / job, overrides)
+        config = load_job(ROOT / job, overrides)
         assert config.execution.backend == "ray" and config.execution.address is None  # RAY_ADDRESS
         accelerator = config.execution.accelerator
         if "clusterSelector" in obj["spec"]:
@@ -580,11 +580,11 @@ def test_rayjob_entrypoints_are_valid_raynas_searches() -> None:
 
 def test_execution_accelerator_is_checked() -> None:
     job = ROOT / "jobs" / "darts_cifar10.yaml"
-    assert load_config(job, ["execution.accelerator=A100"]).execution.accelerator == "A100"
+    assert load_job(job, ["execution.accelerator=A100"]).execution.accelerator == "A100"
     with pytest.raises(ConfigError, match=r"execution\.accelerator.*gpus_per_worker"):
-        load_config(job, ["execution.accelerator=A100", "execution.gpus_per_worker=0"])
+        load_job(job, ["execution.accelerator=A100", "execution.gpus_per_worker=0"])
     with pytest.raises(ConfigError, match=r"execution\.accelerator.*resource name"):
-        load_config(job, ["execution.accelerator=A 100"])
+        load_job(job, ["execution.accelerator=A 100"])
 
 
 # --- the cluster launcher ----------------------------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_job
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 from raynas.supernet.darts import derive_cell
 
 OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
@@ -57,7 +57,7 @@ def test_search_stops_early_when_skips_dominate(tmp_path: Path) -> None:
         train={"epochs": 3, "stop_at_skip_connects": 2},
     )
     lines: list[str] = []
-    result = run_search(parse_config(job), echo=lines.append)
+    result = run_search(parse_job(job), echo=lines.append)
     assert [line for line in lines if line.startswith("epoch")][-1].startswith("epoch   1/3")
     assert any(line.startswith("Stopping early: the normal cell has 4 skip") for line in lines)
     run = MlflowClient(job["tracking"]["tracking_uri"]).get_run(result.run_id)
@@ -69,5 +69,5 @@ def test_search_stops_early_when_skips_dominate(tmp_path: Path) -> None:
 def test_space_limit_reaches_the_derived_genotype(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, space={"primitives": ["none", "skip_connect", "max_pool_3x3"],
                                     "max_skip_connect": 1}, train={"epochs": 1})
-    result = run_search(parse_config(job), echo=lambda _: None)
+    result = run_search(parse_job(job), echo=lambda _: None)
     assert sum(op == "skip_connect" for op, _ in result.architecture.normal) <= 1

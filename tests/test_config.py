@@ -19,12 +19,11 @@ from raynas.config import (
     TrainConfig,
     apply_overrides,
     flatten,
-    load_config,
-    parse_config,
 )
 from raynas.data import DATASETS
 from raynas.data.digits import DigitsConfig
 from raynas.errors import ConfigError
+from raynas.runs.jobs import load_job, parse_job
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.strategies import STRATEGIES
@@ -53,12 +52,12 @@ def plain(obj: Any) -> dict[str, Any]:
 
 def config_error(raw: dict[str, Any], *overrides: str) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_config(apply_overrides(raw, list(overrides)))
+        parse_job(apply_overrides(raw, list(overrides)))
     return str(info.value)
 
 
 def test_quickstart_job_loads() -> None:
-    config = load_config(QUICKSTART)
+    config = load_job(QUICKSTART)
     assert isinstance(config, SearchConfig)
     assert config.name == "quickstart"
     assert config.space == Component("darts", DartsSpaceConfig(channels=8, layers=5, nodes=4))
@@ -73,7 +72,7 @@ def test_quickstart_job_loads() -> None:
 
 
 def test_overrides_apply_to_the_job_file() -> None:
-    config = load_config(QUICKSTART, ["train.epochs=3", "strategy.order=2", "execution.backend=local"])
+    config = load_job(QUICKSTART, ["train.epochs=3", "strategy.order=2", "execution.backend=local"])
     assert config.train.epochs == 3
     assert config.strategy.config.order == 2
     assert config.execution.backend == "local"
@@ -163,7 +162,7 @@ def test_missing_sections_and_name_are_reported() -> None:
 
 
 def test_component_given_by_name_only_uses_its_defaults() -> None:
-    config = parse_config(job(strategy="darts"))
+    config = parse_job(job(strategy="darts"))
     assert config.strategy == Component("darts", DartsConfig())
 
 
@@ -190,17 +189,17 @@ def test_values_are_checked_by_the_components() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match=re.escape(f"config file '{path}' does not exist")):
-        load_config(path)
+        load_job(path)
 
 
 def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: [unclosed\nspace: {")
     with pytest.raises(ConfigError, match=r"bad\.yaml' is not valid YAML"):
-        load_config(path)
+        load_job(path)
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping of sections"):
-        load_config(path)
+        load_job(path)
 
 
 def test_exponent_without_a_dot_is_accepted_for_float_keys(tmp_path: Path) -> None:
@@ -209,7 +208,7 @@ def test_exponent_without_a_dot_is_accepted_for_float_keys(tmp_path: Path) -> No
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job()) + "\n")
     path.write_text(path.read_text().replace("epochs: 2", "epochs: 2\n  weight_decay: 3e-4"))
-    config = load_config(path, ["strategy.arch_learning_rate=6e-4"])
+    config = load_job(path, ["strategy.arch_learning_rate=6e-4"])
     assert config.train.weight_decay == pytest.approx(3e-4)
     assert isinstance(config.train.weight_decay, float)
     assert config.strategy.config.arch_learning_rate == pytest.approx(6e-4)
@@ -218,7 +217,7 @@ def test_exponent_without_a_dot_is_accepted_for_float_keys(tmp_path: Path) -> No
 
 
 def test_to_dict_fills_in_every_default_and_parses_back() -> None:
-    config = parse_config(job())
+    config = parse_job(job())
     data = config.to_dict()
     assert data["name"] == "unit" and data["seed"] == 0
     assert data["space"] == {"name": "darts", **plain(DartsSpaceConfig(channels=4, layers=3, nodes=2))}
@@ -230,13 +229,13 @@ def test_to_dict_fills_in_every_default_and_parses_back() -> None:
     assert data["execution"] == {**vars(ExecutionConfig())}
     assert data["tracking"] == {**vars(TrackingConfig())}
     assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain data only
-    assert parse_config(data) == config
+    assert parse_job(data) == config
 
 
 def test_flatten_joins_nested_keys_with_dots() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
     assert flatten({}) == {}
-    flat = flatten(parse_config(job()).to_dict())
+    flat = flatten(parse_job(job()).to_dict())
     assert flat["train.epochs"] == 2
     assert flat["space.channels"] == 4
     assert flat["strategy.name"] == "darts"

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from raynas.config import load_config
 from raynas.errors import ArchitectureError, ConfigError
+from raynas.runs.jobs import load_job
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
 from raynas.strategies.sampling.bo import BoConfig
@@ -539,7 +539,7 @@ def test_decoding_out_of_range_is_an_error() -> None:
 
 @pytest.mark.parametrize("job", ["enas", "evolution", "progressive", "bo"])
 def test_quickstart_jobs_are_valid(job: str) -> None:
-    config = load_config(JOBS / f"{job}_quickstart.yaml")
+    config = load_job(JOBS / f"{job}_quickstart.yaml")
     assert config.strategy.name == job
     assert config.space.name == "nb201" and config.data.name == "digits"
     if job == "enas":

@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from raynas.config import load_config
 from raynas.errors import ConfigError
 from raynas.ops import MIXED_OPS, OPS
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES, LayerNorm2d
 from raynas.ops.darts import PRIMITIVES
 from raynas.profile import count_params
-from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, DartsSpaceConfig
+from raynas.runs.jobs import load_job
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
+from raynas.spaces.darts_genotype import DartsGenotype
+from raynas.supernet import build_supernet
 from raynas.types import Architecture, DatasetInfo
 
 NEW_OPS = [n for n in OPS.names() if n.startswith(("convnext_", "pib_conv_", "sep_conv_gelu_"))]
@@ -126,9 +128,9 @@ def test_job_file_selects_the_convnext_set(tmp_path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("name: t\nspace: {name: darts, operations: convnext}\nstrategy: {name: darts}\n"
                    "data: {name: digits}\n")
-    assert load_config(job).space.config.primitives == CONVNEXT_PRIMITIVES
+    assert load_job(job).space.config.primitives == CONVNEXT_PRIMITIVES
     with pytest.raises(ConfigError, match=r"space.operations.*allowed: 'darts', 'convnext'"):
-        load_config(job, ["space.operations=vit"])
+        load_job(job, ["space.operations=vit"])
 
 
 def test_convnext_space_samples_derives_and_builds_stand_alone_networks() -> None:
@@ -140,7 +142,7 @@ def test_convnext_space_samples_derives_and_builds_stand_alone_networks() -> Non
     assert not DartsCnnSpace(DartsSpaceConfig(nodes=2)).contains(arch)  # the darts set lacks them
     assert Architecture.from_json(arch.to_json()) == arch
 
-    supernet = space.supernet(TINY)
+    supernet = build_supernet(space, TINY)
     supernet(torch.randn(2, 3, 16, 16)).sum().backward()
     derived = supernet.genotype()
     assert {op for op, _ in (*derived.normal, *derived.reduce)} <= set(CONVNEXT_PRIMITIVES)
@@ -181,12 +183,12 @@ GRADIENT_STRATEGIES = [
 def test_every_darts_strategy_searches_the_convnext_set(tmp_path, strategy: dict) -> None:
     from conftest import tiny_job
 
-    from raynas.config import parse_config
-    from raynas.train.search import SupernetSearch
+    from raynas.runs.jobs import parse_job
+    from raynas.runs.supernet_worker import SupernetWorker
 
     job = tiny_job(tmp_path, space={"operations": "convnext"}, data={"limit": 32})
     job["strategy"] = {**strategy, "arch_learning_rate": 0.05}
-    search = SupernetSearch(parse_config(job))
+    search = SupernetWorker(parse_job(job))
     assert search.space.config.primitives == CONVNEXT_PRIMITIVES
     before = [a.detach().clone() for a in search.strategy.arch_params]
     report = search.run_epoch()

@@ -28,8 +28,10 @@ from raynas.spaces.darts_rnn import (
     DartsRnnSpaceConfig,
     RnnLanguageModel,
 )
+from raynas.supernet import build_supernet
 from raynas.supernet.darts_rnn import DartsRnnSupernet, derive_recurrent
 from raynas.types import Architecture, DatasetInfo
+from tests.fixtures import PTB_TRAIN, write_ptb
 
 PTB = DatasetInfo("ptb", 1, 10_000, 35)
 
@@ -199,7 +201,7 @@ def test_ptb_model_has_the_code_s_parameter_count(name: str) -> None:
 def test_search_model_has_the_code_s_parameter_count() -> None:
     """rnn/model_search.py at rnn/train_search.py's sizes (300 units): the same weights, a
     BatchNorm without parameters, and alpha: 36 edges x 5 activations."""
-    supernet = SPACES.create("darts_rnn").supernet(PTB)
+    supernet = build_supernet(SPACES.create("darts_rnn"), PTB)
     n = 300
     weights = 10_000 * n + 10_000 + 2 * n * 2 * n + 8 * n * 2 * n
     assert sum(p.numel() for p in supernet.weights()) == weights
@@ -290,22 +292,9 @@ def test_parse_errors_name_what_is_allowed() -> None:
 
 # --- the PTB loader ----------------------------------------------------------------------------
 
-TRAIN = " the cat sat on the mat \n the dog sat \n a <unk> ran \n"
-VALID = " the cat ran \n a zebra sat \n"
-
-
-def write_ptb(folder: Path, *, test: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ptb.train.txt").write_text(TRAIN)
-    (folder / "ptb.valid.txt").write_text(VALID)
-    if test:
-        (folder / "ptb.test.txt").write_text(" the end \n")
-    return folder
-
-
 def test_ptb_vocabulary_tokens_and_windows(tmp_path: Path) -> None:
     data = DATASETS.create("ptb", PtbConfig(path=str(write_ptb(tmp_path / "penn")), bptt=4))
-    words = [w for line in TRAIN.splitlines() for w in [*line.split(), "<eos>"]]
+    words = [w for line in PTB_TRAIN.splitlines() for w in [*line.split(), "<eos>"]]
     assert words[:7] == ["the", "cat", "sat", "on", "the", "mat", "<eos>"] and len(words) == 15
     vocabulary = list(dict.fromkeys(words))  # order of first appearance, as data.py's Dictionary
     assert list(data.vocabulary) == vocabulary
@@ -340,7 +329,8 @@ def test_ptb_missing_files_name_the_file(tmp_path: Path) -> None:
 def tiny_ptb_job(tmp_path: Path, *overrides: str, **sections: dict[str, Any]) -> Any:
     """The job file, pointed at a random 12-word corpus in PTB's format, with an 8-unit, 3-node
     supernet (and other sections, such as another strategy, if given)."""
-    from raynas.config import load_yaml, parse_config
+    from raynas.config import load_yaml
+    from raynas.runs.jobs import parse_job
 
     folder = tmp_path / "penn"
     folder.mkdir()
@@ -355,13 +345,13 @@ def tiny_ptb_job(tmp_path: Path, *overrides: str, **sections: dict[str, Any]) ->
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}", *overrides,
     ])
-    return parse_config({**raw, **sections})
+    return parse_job({**raw, **sections})
 
 
 def test_tiny_first_order_search_on_ptb_returns_a_genotype_of_the_space(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from raynas.search import run_search
+    from raynas.runs import run_search
 
     config = tiny_ptb_job(tmp_path, "strategy.order=1")
     lines: list[str] = []
@@ -382,9 +372,9 @@ def test_tiny_first_order_search_on_ptb_returns_a_genotype_of_the_space(tmp_path
 
 def test_second_order_search_moves_alpha_and_derives_a_genotype(tmp_path: Path) -> None:
     """The unrolled gradient on the recurrent supernet (the search worker, without tracking)."""
-    from raynas.train.search import SupernetSearch
+    from raynas.runs.supernet_worker import SupernetWorker
 
-    search = SupernetSearch(tiny_ptb_job(tmp_path, "strategy.order=2"))
+    search = SupernetWorker(tiny_ptb_job(tmp_path, "strategy.order=2"))
     assert search.supernet.alpha.shape == (6, 5)  # 3 nodes: 1 + 2 + 3 edges
     before = search.supernet.alpha.detach().clone()
     report = search.run_epoch()
@@ -396,9 +386,9 @@ def test_second_order_search_moves_alpha_and_derives_a_genotype(tmp_path: Path) 
 
 def test_milenas_sizes_the_found_cell_as_the_ptb_model(tmp_path: Path) -> None:
     """MiLeNAS's model-size tracking builds the papers' network of the space: PTB's, not CIFAR's."""
-    from raynas.train.search import SupernetSearch
+    from raynas.runs.supernet_worker import SupernetWorker
 
-    search = SupernetSearch(tiny_ptb_job(tmp_path, strategy={"name": "milenas"}))
+    search = SupernetWorker(tiny_ptb_job(tmp_path, strategy={"name": "milenas"}))
     report = search.run_epoch()
     assert report.metrics["eval_params"] == 10_000 * 850 + 10_000 + 1700 * 1700 + 3 * 850 * 1700
 
@@ -434,7 +424,7 @@ def test_a_single_path_computes_what_the_mixture_computes_with_one_hot_weights()
 def test_enas_searches_recurrent_cells_with_shared_weights(tmp_path: Path) -> None:
     """ENAS's PTB experiment in miniature: the controller samples cells, the shared supernet
     trains on them and scores them with inherited weights (perplexity: exp of the loss)."""
-    from raynas.search import run_search
+    from raynas.runs import run_search
 
     config = tiny_ptb_job(
         tmp_path, "train.epochs=2",

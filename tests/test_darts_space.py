@@ -14,13 +14,8 @@ from torch import nn
 from raynas.errors import ArchitectureError
 from raynas.ops import OPS
 from raynas.spaces import SPACES
-from raynas.spaces.darts_cnn import (
-    PUBLISHED,
-    DartsCnnSpace,
-    DartsGenotype,
-    DartsSpaceConfig,
-    load_genotype,
-)
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
+from raynas.spaces.darts_genotype import PUBLISHED, DartsGenotype, load_genotype
 from raynas.types import Architecture, DatasetInfo
 
 CIFAR10 = DatasetInfo("cifar10", 3, 10, 32)

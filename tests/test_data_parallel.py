@@ -3,6 +3,7 @@ every epoch, and together they compute what one worker computes on the same glob
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,15 @@ import ray
 import torch
 from conftest import tiny_job
 
-from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.execution.ray_actors import RayWorker
-from raynas.train.search import SupernetSearch
+from raynas.runs.jobs import parse_job
+from raynas.runs.supernet_worker import SupernetWorker
 
 
 def test_two_workers_need_ray() -> None:
     with pytest.raises(ConfigError, match=r"execution\.workers.*needs execution\.backend: ray"):
-        parse_config(tiny_job(Path("/tmp"), execution={"backend": "local", "workers": 2}))
+        parse_job(tiny_job(Path("/tmp"), execution={"backend": "local", "workers": 2}))
 
 
 @pytest.mark.integration
@@ -30,7 +31,8 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path: Path, r
         data={"batch_size": 16, "limit": 96},
         execution={"backend": "ray", "workers": 2, "cpus_per_worker": 1, "address": ray_head},
     )
-    parallel = RayWorker(parse_config(job))
+    config = parse_job(job)
+    parallel = RayWorker(functools.partial(SupernetWorker, config), config.execution)
     try:
         assert parallel.describe_location().startswith("2 data-parallel Ray actors")
         reports = [parallel.run_epoch() for _ in range(2)]  # raises if the workers disagree
@@ -45,7 +47,7 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path: Path, r
         parallel.close()
         ray.shutdown()
 
-    single = SupernetSearch(parse_config({**job, "execution": {"backend": "local"}}))
+    single = SupernetWorker(parse_job({**job, "execution": {"backend": "local"}}))
     expected = [single.run_epoch() for _ in range(2)]
     for got, want in zip(reports, expected, strict=True):
         assert got.architecture == want.architecture

@@ -12,17 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.config import TrainConfig, parse_config
+from raynas.config import TrainConfig
 from raynas.data import dataset_info
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.latency import LatencyTable, TimingOptions, build_table
 from raynas.ops.fbnet import BLOCK_SPECS, FBNET_BLOCKS, InvertedResidual, Skip, make_block
 from raynas.profile import count_macs
+from raynas.runs.jobs import parse_job
+from raynas.runs.supernet_worker import SupernetWorker
 from raynas.spaces import SPACES
 from raynas.spaces.fbnet import PUBLISHED, FbnetArch, FbnetSpace, FbnetSpaceConfig, block_key, layer_specs
 from raynas.strategies.gradient.fbnet import Fbnet, FbnetConfig
+from raynas.supernet import build_supernet
 from raynas.supernet.fbnet import FbnetMixedLayer, FbnetSupernet
-from raynas.train.search import SupernetSearch
 from raynas.types import Architecture, ChoiceSpace, DatasetInfo
 
 # A layout small enough for unit tests: 8x8 digits, 6 searchable layers, both kinds of stride.
@@ -189,7 +191,7 @@ def test_mixed_layer_with_one_hot_weights_is_that_block() -> None:
 
 def test_supernet_soft_gumbel_weights_and_genotype() -> None:
     torch.manual_seed(0)
-    net = small_space().supernet(DIGITS)
+    net = build_supernet(small_space(), DIGITS)
     assert isinstance(net, FbnetSupernet) and net.theta.shape == (6, 9)
     net.train()
     assert torch.equal(net.forward_weights(), F.softmax(net.theta, -1))  # no tau: the softmax
@@ -210,7 +212,7 @@ def test_supernet_soft_gumbel_weights_and_genotype() -> None:
 
 def test_a_set_path_computes_that_network() -> None:
     torch.manual_seed(0)
-    net = small_space().supernet(DIGITS).eval()
+    net = build_supernet(small_space(), DIGITS).eval()
     arch = small_space().sample(random.Random(4))
     x = torch.randn(2, 1, 8, 8)
     net.set_path(arch)
@@ -222,7 +224,7 @@ def test_a_set_path_computes_that_network() -> None:
 
 def test_sampled_supernet_draws_one_hot_blocks() -> None:
     torch.manual_seed(0)
-    net = small_space(mixed_op="sampled").supernet(DIGITS).train()
+    net = build_supernet(small_space(mixed_op="sampled"), DIGITS).train()
     net.gumbel_tau = 1.0
     w = net.forward_weights()
     assert set(w.detach().flatten().tolist()) == {0.0, 1.0}
@@ -246,7 +248,7 @@ def test_loss_is_ce_times_alpha_times_log_lat_to_the_beta(tmp_path: Path) -> Non
     space = small_space()
     path = _table(space, tmp_path)
     torch.manual_seed(0)
-    net = space.supernet(DIGITS)
+    net = build_supernet(space, DIGITS)
     strategy = Fbnet(
         supernet=net, config=FbnetConfig(latency_table=str(path), alpha=0.3, beta=0.7), train=TrainConfig()
     )
@@ -271,14 +273,14 @@ def test_loss_is_ce_times_alpha_times_log_lat_to_the_beta(tmp_path: Path) -> Non
 
 def test_temperature_anneals_by_0956_per_epoch(tmp_path: Path) -> None:
     space = small_space()
-    net = space.supernet(DIGITS)
+    net = build_supernet(space, DIGITS)
     strategy = Fbnet(supernet=net, config=FbnetConfig(latency_table=str(_table(space, tmp_path))),
                      train=TrainConfig(epochs=5))
     for epoch in range(4):
         assert math.isclose(net.gumbel_tau, 5.0 * 0.956**epoch)
         strategy.end_epoch()
     state = strategy.state_dict()
-    other = Fbnet(supernet=space.supernet(DIGITS), config=strategy.config, train=TrainConfig(epochs=5))
+    other = Fbnet(supernet=build_supernet(space, DIGITS), config=strategy.config, train=TrainConfig(epochs=5))
     other.load_state_dict(state)
     assert math.isclose(other.model.gumbel_tau, 5.0 * 0.956**4)
 
@@ -290,17 +292,17 @@ def test_latency_table_config_errors(tmp_path: Path) -> None:
     _table(space, tmp_path, "t4")
     config = FbnetConfig(latency_table="a100", latency_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"no latency table for device 'a100'.*tables in .*: t4"):
-        Fbnet(supernet=space.supernet(DIGITS), config=config, train=TrainConfig())
+        Fbnet(supernet=build_supernet(space, DIGITS), config=config, train=TrainConfig())
     # A device name found at parse time becomes an absolute path (workers may run elsewhere).
     resolved = FbnetConfig(latency_table="t4", latency_dir=str(tmp_path))
     assert Path(resolved.latency_table).is_absolute()
     tiny = _table(space, tmp_path, "fast", **{b: 1e-3 for b in FBNET_BLOCKS})
     fast = FbnetConfig(latency_table=str(tiny))
     with pytest.raises(ConfigError, match=r"set strategy\.latency_unit: us"):
-        Fbnet(supernet=space.supernet(DIGITS), config=fast, train=TrainConfig())
+        Fbnet(supernet=build_supernet(space, DIGITS), config=fast, train=TrainConfig())
     other = FbnetSpace(FbnetSpaceConfig(**{**SMALL, "stage_channels": (8, 16, 16, 32)}))
     with pytest.raises(ConfigError, match="has no entry 'k3_e1:16x4->32/s2'"):
-        Fbnet(supernet=other.supernet(DIGITS), config=fast, train=TrainConfig())
+        Fbnet(supernet=build_supernet(other, DIGITS), config=fast, train=TrainConfig())
 
 
 def _search(tmp_path: Path, table: Path) -> FbnetArch:
@@ -314,7 +316,7 @@ def _search(tmp_path: Path, table: Path) -> FbnetArch:
         "execution": {"backend": "local"},
         "tracking": {"output_dir": str(tmp_path / "runs")},
     }
-    search = SupernetSearch(parse_config(job), threads=1)
+    search = SupernetWorker(parse_job(job), threads=1)
     while not search.done:
         report = search.run_epoch()
     assert report.metrics["latency_us"] > 0 and "skip_connects" not in report.metrics
@@ -346,7 +348,7 @@ def test_gdas_runs_on_the_fbnet_space(tmp_path: Path) -> None:
         "execution": {"backend": "local"},
         "tracking": {"output_dir": str(tmp_path)},
     }
-    search = SupernetSearch(parse_config(job), threads=1)
+    search = SupernetWorker(parse_job(job), threads=1)
     assert search.supernet.config.mixed_op == "sampled"
     report = search.run_epoch()
     assert small_space().contains(report.architecture)

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_job
 from torch import nn
 
-from raynas.config import TrainConfig, parse_config
+from raynas.config import TrainConfig
 from raynas.ops import (
     PRIMITIVES,
     AttentionPartialMixedOp,
@@ -20,9 +20,10 @@ from raynas.ops import (
     WeightedMixedOp,
     channel_shuffle,
 )
+from raynas.runs.jobs import parse_job
+from raynas.runs.supernet_worker import SupernetWorker
 from raynas.strategies.gradient.milenas import Milenas, MilenasConfig
 from raynas.supernet import DartsSupernet
-from raynas.train.search import SupernetSearch
 
 
 def tiny_supernet(**kwargs: object) -> DartsSupernet:
@@ -99,8 +100,8 @@ def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
 def test_variant_runs_a_tiny_search(tmp_path: Path, strategy: dict, space_settings: dict) -> None:
     job = tiny_job(tmp_path)
     job["strategy"] = strategy
-    config = parse_config(job)
-    search = SupernetSearch(config)
+    config = parse_job(job)
+    search = SupernetWorker(config)
     for key, value in space_settings.items():
         assert getattr(search.space.config, key) == value
     before = [a.detach().clone() for a in search.strategy.arch_params]
@@ -139,7 +140,7 @@ def test_sampled_op_computes_only_the_chosen_candidate() -> None:
 def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, train={"epochs": 3})
     job["strategy"] = {"name": "gdas", "tau_max": 10.0, "tau_min": 0.1}
-    search = SupernetSearch(parse_config(job))
+    search = SupernetWorker(parse_job(job))
     model = search.supernet
     assert isinstance(model.cells[0].edges[0], SampledMixedOp)
     assert model.gumbel_tau == 10.0
@@ -158,7 +159,7 @@ def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:
 def test_random_features_train_only_batchnorm_affine(tmp_path: Path, name: str) -> None:
     job = tiny_job(tmp_path)
     job["strategy"] = {"name": name, "arch_start_epoch": 0, **({"k": 2} if "pc" in name else {})}
-    search = SupernetSearch(parse_config(job))
+    search = SupernetWorker(parse_job(job))
     model = search.supernet
     assert search.space.config.bn_affine
     trained = {id(p) for p in search.strategy.weight_params}

@@ -94,7 +94,7 @@ def test_quickstart_job_submitted_with_ray_job_submit(
     run_id = next(line.split()[-1] for line in logs.splitlines() if line.startswith("MLflow run:"))
 
     # The search's actor asked for the A100 (a GPU and the accelerator's resource).
-    actors = list_actors(address=address, detail=True, filters=[("class_name", "=", "_SupernetActor")])
+    actors = list_actors(address=address, detail=True, filters=[("class_name", "=", "_WorkerActor")])
     assert [a.required_resources for a in actors] == [{"CPU": 1.0, "GPU": 1.0, "A100": 1.0}]
 
     run = MlflowClient(tracking_uri).get_run(run_id)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raynas.config import load_config
+from raynas.runs.jobs import load_job
 
 # Search jobs; retrain_*.yaml and transfer_*.yaml are retraining jobs (tests/test_retrain.py
 # validates them).
@@ -22,7 +22,7 @@ def test_there_are_jobs() -> None:
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_job_file_is_valid(path: Path) -> None:
-    config = load_config(path)
+    config = load_job(path)
     assert config.name and config.train.epochs >= 1
 
 
@@ -58,23 +58,27 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
     child run of the search (sampling strategies)."""
     from mlflow.tracking import MlflowClient
 
-    from raynas.search import run_search
+    from raynas.runs import run_search
 
-    original = load_config(path)
+    original = load_job(path)
     overrides = [
         *SHRINK_SPACE[original.space.name], "data.limit=64",
-        "data.batch_size=16", "train.epochs=2", "execution.backend=local",
+        "data.batch_size=16", "execution.backend=local",
         "execution.cpus_per_worker=1", "execution.concurrency=1",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ]
+    if original.evaluator is None or original.evaluator.name == "supernet":
+        overrides.append("train.epochs=2")  # the supernet's epochs (scratch and proxies train none)
+    if original.evaluator is not None and original.evaluator.name == "scratch":
+        overrides.append("tune.enabled=false")  # in-process here; tests/test_tune.py runs Tune
     if original.evaluator is not None:
         overrides += SHRINK_STRATEGY.get(original.strategy.name, ["strategy.evaluations=3"])
         overrides += SHRINK_EVALUATOR[original.evaluator.name]
         overrides += ["final.top=1", "final.epochs=1", "final.channels=4", "final.layers=1"] if (
             original.final.top
         ) else []
-    config = load_config(path, overrides)
+    config = load_job(path, overrides)
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)
     run = client.get_run(result.run_id)

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import tiny_job
 
-from raynas.config import TrainConfig, parse_config
+from raynas.config import TrainConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError
 from raynas.profile import count_params
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 from raynas.spaces.darts_cnn import DartsCnnSpace
 from raynas.strategies.gradient.milenas import Milenas, MilenasConfig
 from raynas.supernet import DartsSupernet
@@ -96,7 +97,7 @@ def _search(tmp_path: Path, epochs: int, **strategy: object):
     job = tiny_job(tmp_path, strategy={"name": "milenas", "arch_learning_rate": 0.05, **strategy},
                    train={"epochs": epochs})
     job["strategy"].pop("order")
-    result = run_search(parse_config(job), echo=lambda _: None)
+    result = run_search(parse_job(job), echo=lambda _: None)
     return result, load_checkpoint(result.checkpoint)["history"]
 
 

@@ -6,26 +6,26 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_job
 
 from raynas.cli import main
-from raynas.config import parse_config
 from raynas.data import DATASETS, dataset_info
 from raynas.errors import ArchitectureError, ConfigError, DataError
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
+from raynas.runs.supernet_worker import SupernetWorker
 from raynas.spaces import SPACES
 from raynas.spaces.nb201 import EDGES, NB201_OPS, InferCell, Nb201Arch, Nb201Space, Nb201SpaceConfig
+from raynas.supernet import build_supernet
 from raynas.supernet.nb201 import Nb201Supernet
-from raynas.train.search import SupernetSearch
 from raynas.types import Architecture, DatasetInfo
+from tests.fixtures import write_imagenet16
 
 # The best CIFAR-10 cell of the benchmark (the example).
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -363,7 +363,7 @@ def test_small_network_forward_and_backward() -> None:
 
 def test_supernet_interface() -> None:
     torch.manual_seed(0)
-    model = Nb201Space(Nb201SpaceConfig(channels=4, cells_per_stage=1)).supernet(DIGITS)
+    model = build_supernet(Nb201Space(Nb201SpaceConfig(channels=4, cells_per_stage=1)), DIGITS)
     assert isinstance(model, Nb201Supernet)
     (alpha,) = model.arch_parameters()
     assert alpha.shape == (len(EDGES), len(NB201_OPS)) == (6, 5)
@@ -393,7 +393,7 @@ def test_supernet_interface() -> None:
 def test_gumbel_sampling_and_edge_normalisation() -> None:
     torch.manual_seed(0)
     cfg = Nb201SpaceConfig(channels=4, cells_per_stage=1, mixed_op="sampled")
-    model = Nb201Space(cfg).supernet(DIGITS)
+    model = build_supernet(Nb201Space(cfg), DIGITS)
     model.gumbel_tau = 1.0
     sample = model.forward_weights()
     assert sorted(sample.sum(-1).tolist()) == [1.0] * 6 and set(sample.flatten().tolist()) == {0.0, 1.0}
@@ -402,7 +402,7 @@ def test_gumbel_sampling_and_edge_normalisation() -> None:
 
     cfg = Nb201SpaceConfig(channels=4, cells_per_stage=1, mixed_op="partial", partial_k=2,
                            edge_normalization=True)
-    model = Nb201Space(cfg).supernet(DIGITS)
+    model = build_supernet(Nb201Space(cfg), DIGITS)
     assert len(model.arch_parameters()) == 2
     scale = model.edge_scale()
     # Softmax over each node's inputs: node 1 has one (weight 1), node 2 two, node 3 three.
@@ -442,7 +442,7 @@ def nb201_job(tmp_path: Path, strategy: dict) -> dict:
     ids=["darts-order1", "gdas"],
 )
 def test_search_finds_an_nb201_cell(tmp_path: Path, strategy: dict) -> None:
-    config = parse_config(nb201_job(tmp_path, strategy))
+    config = parse_job(nb201_job(tmp_path, strategy))
     result = run_search(config, echo=lambda _: None)
     assert isinstance(result.architecture, Nb201Arch)
     assert str(result.architecture).count("~") == 6
@@ -458,7 +458,7 @@ def test_supernet_search_runs_an_epoch(tmp_path: Path, strategy: dict) -> None:
     job = nb201_job(tmp_path, strategy)
     job["data"] = {**job["data"], "limit": 32}
     job["train"] = {**job["train"], "epochs": 1}
-    search = SupernetSearch(parse_config(job))
+    search = SupernetWorker(parse_job(job))
     before = [p.detach().clone() for p in search.supernet.arch_parameters()]
     report = search.run_epoch()
     assert isinstance(report.architecture, Nb201Arch)
@@ -478,19 +478,14 @@ def test_imagenet16_info_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_imagenet16_reads_the_benchmarks_batches(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(1, 11):
-        labels = [1, 120, 121, 1000, i]  # 1-based; only classes 1..120 are kept
-        batch = {"data": rng.integers(0, 256, (5, 3 * 16 * 16), dtype=np.uint8), "labels": labels}
-        (tmp_path / f"train_data_batch_{i}").write_bytes(pickle.dumps(batch))
+    write_imagenet16(tmp_path)  # batch i's labels: 1, 120, 121, 1000, i (1-based; 1..120 kept)
     cfg = DATASETS.entry("ImageNet16-120").config(path=str(tmp_path), augment=False)
     images = DATASETS.create("ImageNet16-120", cfg).train_set()
     assert len(images) == 10 * 3
     x, y = images[0]
     assert x.shape == (3, 16, 16) and y == 0
     assert sorted({int(images[i][1]) for i in range(len(images))}) == [0, *range(1, 10), 119]
-    val = {"data": rng.integers(0, 256, (3, 3 * 16 * 16), dtype=np.uint8), "labels": [2, 500, 120]}
-    (tmp_path / "val_data").write_bytes(pickle.dumps(val))
+    # val_data's labels: 2, 500, 120
     augmenting = DATASETS.entry("ImageNet16-120").config(path=str(tmp_path))
     test = DATASETS.create("ImageNet16-120", augmenting).test_set()  # never augmented
     assert [int(test[i][1]) for i in range(len(test))] == [1, 119] and test.augment is None

@@ -19,11 +19,12 @@ import ray
 from conftest import stop_ray_cluster, tiny_job
 from ray.cluster_utils import Cluster
 
-from raynas.config import SearchConfig, parse_config
+from raynas.config import SearchConfig
 from raynas.execution.controller import start_controller
 from raynas.execution.ray_actors import ACCELERATOR_LABEL
 from raynas.execution.tune import run_tune_search
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import EvalResult
 
@@ -84,7 +85,8 @@ def search_config(tmp_path: Path, **execution: object) -> SearchConfig:
         execution={"backend": "ray", "cpus_per_worker": 1, "gpus_per_worker": 1, "concurrency": 2,
                    "controller_resources": {"cpu_node": 0.1}, **execution},
     )
-    return parse_config(job)
+    del job["train"]  # candidates are trained from scratch: no supernet
+    return parse_job(job)
 
 
 def trial_nodes(experiment: Path) -> dict[str, set[str]]:
@@ -144,7 +146,7 @@ def test_one_shot_supernet_actors_go_to_the_pinned_gpu_type_and_the_controller_t
                    "accelerator": "A100", "controller_resources": {"cpu_node": 0.1}},
     )
     lines: list[str] = []
-    result = run_search(parse_config(job), echo=lines.append)
+    result = run_search(parse_job(job), echo=lines.append)
     state = load_checkpoint(result.checkpoint)["search"]
     # Every candidate was scored on the A100 node (its accelerator label, read on the node itself).
     assert [r["node"] for r in state["results"]] == ["A100"] * 3

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raynas.cli import main
-from raynas.report import build_report, format_text
+from raynas.runs.report import build_report, format_text
 from raynas.spaces.nb201 import Nb201Space
 from raynas.tracking.plots import pareto_front
 from raynas.tracking.results import ResultsStore, SearchInfo

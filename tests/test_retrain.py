@@ -10,11 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from raynas.config import load_config, parse_config
 from raynas.data import DATASETS
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.retrain import _loaders, load_retrain_config, parse_retrain_config, run_retrain
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import load_job, load_retrain_job, parse_job, parse_retrain_job
+from raynas.runs.retrain import _loaders, run_retrain
 from raynas.train.loop import fit, train_epoch
 from raynas.train.segmentation import mean_cross_entropy
 from tests.conftest import tiny_job, write_job
@@ -46,12 +46,12 @@ def nb201_search(tmp_path: Path) -> str:
                    data={"name": "digits", "batch_size": 16, "limit": 64}, train={"epochs": 1})
     for key in ("layers", "nodes"):
         job["space"].pop(key)
-    return run_search(parse_config(job), echo=lambda _: None).run_id
+    return run_search(parse_job(job), echo=lambda _: None).run_id
 
 
 def test_retraining_a_search_result_is_tied_to_its_search_and_registered(tmp_path: Path) -> None:
     search_run = nb201_search(tmp_path)
-    config = parse_retrain_config(retrain_job(tmp_path, f"run:{search_run}"))
+    config = parse_retrain_job(retrain_job(tmp_path, f"run:{search_run}"))
     result = run_retrain(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)
     source = client.get_run(search_run)
@@ -68,7 +68,7 @@ def test_retraining_a_search_result_is_tied_to_its_search_and_registered(tmp_pat
 
 
 def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) -> None:
-    config = parse_retrain_config(retrain_job(tmp_path, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
+    config = parse_retrain_job(retrain_job(tmp_path, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
                                                         "|skip_connect~0|none~1|nor_conv_3x3~2|"))
     reference = run_retrain(config, echo=lambda _: None, fresh=True)
 
@@ -97,7 +97,7 @@ def test_retraining_tests_on_the_official_test_split_where_there_is_one(tmp_path
         write_batch(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}",
                     {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
     job = retrain_job(tmp_path, ALL_CONV, data={"name": "cifar10", "path": str(tmp_path), "batch_size": 8})
-    config = parse_retrain_config({**job, "retrain": {**job["retrain"], "epochs": 1}})
+    config = parse_retrain_job({**job, "retrain": {**job["retrain"], "epochs": 1}})
     train, test, split = _loaders(DATASETS.create("cifar10", config.data.config), seed=0)
     assert (len(train.dataset), len(test.dataset), split) == (16, 6, "test")  # all 16 train
     assert not test.dataset.dataset.augment  # type: ignore[attr-defined]
@@ -107,7 +107,7 @@ def test_retraining_tests_on_the_official_test_split_where_there_is_one(tmp_path
     run = MlflowClient(job["tracking"]["tracking_uri"]).get_run(result.run_id)
     assert run.data.params["final.test_split"] == "test"
 
-    digits = parse_retrain_config(retrain_job(tmp_path, ALL_CONV))  # no test split: 20% held out
+    digits = parse_retrain_job(retrain_job(tmp_path, ALL_CONV))  # no test split: 20% held out
     train, test, split = _loaders(DATASETS.create("digits", digits.data.config), seed=0)
     assert (len(train.dataset), len(test.dataset), split) == (128, 32, "held_out")
 
@@ -136,24 +136,24 @@ def test_auxiliary_loss_is_added_with_its_weight() -> None:
 
 def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"genotype\.json"):
-        run_retrain(parse_retrain_config(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)
+        run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)
     with pytest.raises(ArchitectureError):
-        run_retrain(parse_retrain_config(retrain_job(tmp_path, "|bogus~0|")), echo=print)
+        run_retrain(parse_retrain_job(retrain_job(tmp_path, "|bogus~0|")), echo=print)
     job = retrain_job(tmp_path, "DARTS_V2", space={"name": "darts"},
                       retrain={"epochs": 1, "channels": 4, "layers": 3, "auxiliary_weight": 0.4})
     with pytest.raises(ConfigError, match="8x8"):  # DARTS's auxiliary head needs larger images
-        run_retrain(parse_retrain_config(job), echo=print)
+        run_retrain(parse_retrain_job(job), echo=print)
     with pytest.raises(ConfigError, match="architecture"):
-        parse_retrain_config({k: v for k, v in retrain_job(tmp_path, "x").items() if k != "architecture"})
+        parse_retrain_job({k: v for k, v in retrain_job(tmp_path, "x").items() if k != "architecture"})
     with pytest.raises(ConfigError, match="raynas train"):
-        load_config(write_job(tmp_path, retrain_job(tmp_path, "DARTS_V2")))
+        load_job(write_job(tmp_path, retrain_job(tmp_path, "DARTS_V2")))
 
 
 @pytest.mark.parametrize(
     "path", sorted([*JOBS.glob("retrain_*.yaml"), *JOBS.glob("transfer_*.yaml")]), ids=lambda p: p.name
 )
 def test_retraining_job_files_are_valid(path: Path) -> None:
-    config = load_retrain_config(path)
+    config = load_retrain_job(path)
     assert config.architecture and config.retrain.epochs >= 1
 
 
@@ -179,4 +179,4 @@ def test_step_decay_multiplies_the_rate_by_gamma_every_epoch() -> None:
     ]
     assert rates == pytest.approx([0.1, 0.1 * 0.97, 0.1 * 0.97**2])  # StepLR(1, gamma=0.97)
     with pytest.raises(ConfigError, match=r"retrain\.lr_gamma"):
-        parse_retrain_config(retrain_job(Path("/tmp"), "DARTS_V2", retrain={"lr_gamma": 1.5}))
+        parse_retrain_job(retrain_job(Path("/tmp"), "DARTS_V2", retrain={"lr_gamma": 1.5}))

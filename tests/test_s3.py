@@ -13,8 +13,8 @@ from conftest import S3Server, free_port, start_seaweedfs, stop_process
 from pyarrow.fs import FileSelector
 from test_results_store import INFO, candidates
 
+from raynas import storage
 from raynas.errors import StorageError
-from raynas.tracking import storage
 from raynas.tracking.results import ResultsStore
 
 pytestmark = pytest.mark.integration

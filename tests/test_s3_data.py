@@ -16,16 +16,23 @@ import numpy as np
 import pytest
 import torch
 from conftest import S3Server, tiny_job
-from test_data import PER_BATCH, cifar10_label, image_bytes, write_batch
 
-from raynas.config import parse_config
+from raynas import storage
 from raynas.data import DATASETS
 from raynas.data.mirror import local_folder, mirror
 from raynas.errors import DataError, StorageError
-from raynas.search import run_search
-from raynas.tracking import storage
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
+from tests.fixtures import (
+    PER_BATCH,
+    cifar10_label,
+    image_bytes,
+    write_batch,
+    write_cifar10,
+    write_image_folder,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,34 +48,6 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def write_cifar10(root: Path) -> Path:
-    """Five CIFAR-10 python batches of ``PER_BATCH`` recognisable images (see test_data.py)."""
-    for b in range(5):
-        index = range(b * PER_BATCH, (b + 1) * PER_BATCH)
-        write_batch(root / "cifar-10-batches-py" / f"data_batch_{b + 1}", {
-            b"batch_label": f"training batch {b + 1} of 5".encode(),
-            b"labels": [cifar10_label(i) for i in index],
-            b"data": np.stack([image_bytes(i) for i in index]),
-            b"filenames": [f"img_{i}.png".encode() for i in index],
-        })
-    return root
-
-
-def write_image_folder(root: Path) -> Path:
-    """``train/<class>/<n>.png``: real handwritten digits (scikit-learn), 3 classes of 3, as RGB."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in range(3):
-        folder = root / "train" / f"class_{label}"
-        folder.mkdir(parents=True)
-        for n, image in enumerate(digits.images[digits.target == label][:3]):
-            pixels = (image * 255 / 16).astype(np.uint8)  # (8, 8) grey levels 0..16
-            Image.fromarray(pixels).convert("RGB").save(folder / f"{n}.png")
-    return root
-
-
 def upload(local: Path, uri: str) -> None:
     """Every file under ``local`` to ``uri`` with the same relative names."""
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -80,7 +59,7 @@ def make(name: str, **config: object) -> object:
 
 
 def test_cifar10_batches_from_s3_equal_the_local_ones(s3_env: S3Server, cache: Path, tmp_path: Path) -> None:
-    local = write_cifar10(tmp_path / "local")
+    local = write_cifar10(tmp_path / "local", test=False)
     uri = s3_env.create_bucket("raynas-cifar") + "/datasets/cifar10"
     upload(local, uri)
 
@@ -93,7 +72,7 @@ def test_cifar10_batches_from_s3_equal_the_local_ones(s3_env: S3Server, cache: P
 
 
 def test_image_folder_from_s3_equals_the_local_one(s3_env: S3Server, cache: Path, tmp_path: Path) -> None:
-    local = write_image_folder(tmp_path / "local")
+    local = write_image_folder(tmp_path / "local", val=False)
     uri = s3_env.create_bucket("raynas-folder") + "/imagenet-mini"
     upload(local, uri)
 
@@ -116,7 +95,7 @@ def test_image_folder_from_s3_equals_the_local_one(s3_env: S3Server, cache: Path
 def test_the_mirror_downloads_only_what_changed(
     s3_env: S3Server, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    local = write_cifar10(tmp_path / "local")
+    local = write_cifar10(tmp_path / "local", test=False)
     uri = s3_env.create_bucket("raynas-mirror") + "/c10"
     upload(local, uri)
     batches = local / "cifar-10-batches-py"
@@ -157,7 +136,7 @@ def test_the_mirror_downloads_only_what_changed(
 def test_processes_mirroring_at_once_download_each_object_once(
     s3_env: S3Server, cache: Path, tmp_path: Path
 ) -> None:
-    local = write_image_folder(tmp_path / "local")
+    local = write_image_folder(tmp_path / "local", val=False)
     uri = s3_env.create_bucket("raynas-concurrent") + "/tree"
     upload(local, uri)
     script = (
@@ -197,12 +176,12 @@ def test_search_with_data_and_checkpoints_on_s3_resumes_from_s3(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would appear here as s3:/...
     bucket = s3_env.create_bucket("raynas-search")
-    upload(write_cifar10(tmp_path / "local"), f"{bucket}/data/cifar10")
+    upload(write_cifar10(tmp_path / "local", test=False), f"{bucket}/data/cifar10")
     job = tiny_job(
         tmp_path, data={"name": "cifar10", "path": f"{bucket}/data/cifar10", "batch_size": 5},
         tracking={"output_dir": f"{bucket}/runs"},
     )
-    config = parse_config(job)
+    config = parse_job(job)
     checkpoint = f"{bucket}/runs/tiny/checkpoint.pt"
 
     def crash_after_first_epoch(line: str) -> None:
@@ -225,7 +204,7 @@ def test_search_with_data_and_checkpoints_on_s3_resumes_from_s3(
     assert sorted(rows.column("trial_id").to_pylist()) == ["epoch-000", "epoch-001"]
     assert not (tmp_path / "s3:").exists()
 
-    missing = parse_config({**job, "tracking": {**job["tracking"], "output_dir": "s3://raynas-gone/runs"}})
+    missing = parse_job({**job, "tracking": {**job["tracking"], "output_dir": "s3://raynas-gone/runs"}})
     with pytest.raises(StorageError, match=r"bucket 'raynas-gone' .* does not exist"):
         run_search(missing, echo=lambda _: None)
 
@@ -244,7 +223,7 @@ def test_sampling_search_resumes_its_supernet_from_s3(
     for key in ("layers", "nodes", "order", "arch_learning_rate"):
         job["space"].pop(key, None)
         job["strategy"].pop(key, None)
-    config = parse_config(job)
+    config = parse_job(job)
 
     def crash_at_first_candidate(line: str) -> None:
         if line.startswith("candidate"):

@@ -11,13 +11,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.evaluators.supernet import SupernetEvaluator
-from raynas.search import run_search, run_seeds
+from raynas.runs import run_search, run_seeds
+from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
+from raynas.supernet import build_supernet
 from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import DatasetInfo
@@ -32,6 +33,8 @@ def sampling_job(tmp_path: Path, strategy: dict, evaluator: dict, **sections: di
     for key in ("layers", "nodes"):
         job["space"].pop(key)
     job["strategy"], job["evaluator"] = strategy, evaluator
+    if evaluator.get("name") != "supernet" and "train" not in sections:
+        del job["train"]  # only a one-shot supernet is trained by train.*
     return job
 
 
@@ -47,7 +50,7 @@ def test_single_path_forward_equals_the_dense_mixture_with_one_hot_weights(space
     )
     torch.manual_seed(0)
     sp = SPACES.create(space, cfg)
-    net = sp.supernet(DatasetInfo("x", 3, 10, 16)).eval()
+    net = build_supernet(sp, DatasetInfo("x", 3, 10, 16)).eval()
     arch = sp.sample(random.Random(3))
     x = torch.randn(2, 3, 16, 16)
     net.set_path(arch)
@@ -64,7 +67,7 @@ def test_single_path_forward_equals_the_dense_mixture_with_one_hot_weights(space
 
 def test_one_shot_training_updates_only_the_sampled_path() -> None:
     sp = SPACES.create("nb201", Nb201SpaceConfig(channels=4, cells_per_stage=1))
-    net = sp.supernet(DatasetInfo("x", 3, 10, 16))
+    net = build_supernet(sp, DatasetInfo("x", 3, 10, 16))
     arch = sp.decode([3, 0, 3, 0, 0, 3])  # a chain of conv3x3: 0->1->2->3, nothing else
     net.set_path(arch)
     net(torch.randn(2, 3, 16, 16)).sum().backward()
@@ -75,7 +78,7 @@ def test_one_shot_training_updates_only_the_sampled_path() -> None:
 
 def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Path) -> None:
     job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2})
-    result = run_search(parse_config(job), echo=lambda _: None)
+    result = run_search(parse_job(job), echo=lambda _: None)
     client = MlflowClient(job["tracking"]["tracking_uri"])
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -93,7 +96,7 @@ def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Pat
 
 def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: Path) -> None:
     job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2})
-    config = parse_config(job)
+    config = parse_job(job)
     reference = run_search(config, echo=lambda _: None, fresh=True)
     ref_state = load_checkpoint(reference.checkpoint)["search"]
 
@@ -127,7 +130,7 @@ def test_evolution_with_training_from_scratch_and_retraining_the_best(tmp_path: 
         {"name": "scratch", "epochs": 1, "channels": 4, "layers": 1},
         final={"top": 1, "epochs": 1, "channels": 4, "layers": 1},
     )
-    result = run_search(parse_config(job), echo=lambda _: None)
+    result = run_search(parse_job(job), echo=lambda _: None)
     state = load_checkpoint(result.checkpoint)["search"]
     assert len(state["results"]) == 3 and len(state["retrained"]) == 1
     assert all(r["budget"] == 1 for r in state["results"])
@@ -144,7 +147,7 @@ def test_evolution_with_training_from_scratch_and_retraining_the_best(tmp_path: 
 def test_inherited_weight_scores_do_not_disturb_training() -> None:
     # Scoring a candidate must leave the random stream (and so the next epoch) untouched.
     job = sampling_job(Path("/tmp"), SPOS, {"name": "supernet"})
-    config = parse_config(job)
+    config = parse_job(job)
     evaluator = SupernetEvaluator(config.evaluator.config, search=config)
     arch = SPACES.create("nb201", config.space.config).sample(random.Random(0))
     state = torch.get_rng_state()
@@ -156,11 +159,11 @@ def test_inherited_weight_scores_do_not_disturb_training() -> None:
 def test_sampling_strategies_reject_a_gradient_only_setting(tmp_path: Path) -> None:
     job = sampling_job(tmp_path, SPOS, {"name": "scratch"})
     with pytest.raises(ConfigError, match=r"evaluator\.name"):
-        run_search(parse_config(job), echo=lambda _: None)
+        parse_job(job)  # refused where the job is loaded, before anything starts
     job = tiny_job(tmp_path)
     job["evaluator"] = {"name": "supernet"}
     with pytest.raises(ConfigError, match="gradient strategy"):
-        parse_config(job)
+        parse_job(job)
 
 
 @pytest.mark.integration
@@ -170,7 +173,7 @@ def test_supernet_replicas_on_ray_score_candidates_concurrently(tmp_path: Path, 
         execution={"backend": "ray", "address": ray_head, "concurrency": 2, "cpus_per_worker": 1},
     )
     lines: list[str] = []
-    result = run_search(parse_config(job), echo=lines.append)
+    result = run_search(parse_job(job), echo=lines.append)
     assert "2 Ray actor(s)" in lines[0]
     state = load_checkpoint(result.checkpoint)["search"]
     assert len(state["results"]) == 8
@@ -183,7 +186,7 @@ def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> No
         tmp_path, {"name": "random", "evaluations": 2}, {"name": "supernet", "bn_batches": 1},
         train={"epochs": 1}, seeds=[0, 1],
     )
-    results, summary = run_seeds(parse_config(job), echo=lambda _: None)
+    results, summary = run_seeds(parse_job(job), echo=lambda _: None)
     accs = [r.metrics["valid_acc"] for r in results]
     assert len(results) == 2 and results[0].run_id != results[1].run_id
     mean, std = summary["valid_acc"]
@@ -205,7 +208,7 @@ def test_a_single_path_runs_only_its_own_candidates() -> None:
     }
     for name, cfg in configs.items():
         sp = SPACES.create(name, cfg)
-        net = sp.supernet(DatasetInfo("x", 3, 10, 16))
+        net = build_supernet(sp, DatasetInfo("x", 3, 10, 16))
         net.set_path(sp.sample(random.Random(0)))
         net(torch.randn(2, 3, 16, 16)).sum().backward()
         candidates = [p for n, p in net.named_parameters() if ".ops." in n or ".candidates." in n]

@@ -12,9 +12,9 @@ import torch
 from conftest import BIN, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
-from raynas.search import run_search
-from raynas.spaces.darts_cnn import DartsGenotype
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
+from raynas.spaces.darts_genotype import DartsGenotype
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture
 
@@ -24,7 +24,7 @@ class Crash(Exception):
 
 
 def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
-    config = parse_config(tiny_job(tmp_path))
+    config = parse_job(tiny_job(tmp_path))
     lines: list[str] = []
     result = run_search(config, echo=lines.append)
 
@@ -53,9 +53,9 @@ def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
 
 def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, train={"epochs": 3})
-    reference = run_search(parse_config({**job, "name": "reference"}), echo=lambda _: None)
+    reference = run_search(parse_job({**job, "name": "reference"}), echo=lambda _: None)
 
-    config = parse_config(job)
+    config = parse_job(job)
 
     def crash_after_first_epoch(line: str) -> None:
         if line.startswith("epoch   1/"):
@@ -93,10 +93,10 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_search(parse_config(job), echo=interrupt)
+        run_search(parse_job(job), echo=interrupt)
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
     assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(state["run_id"]).info.status == "KILLED"
-    changed = parse_config({**job, "seed": 1})
+    changed = parse_job({**job, "seed": 1})
     with pytest.raises(Exception, match="another config; pass --fresh"):
         run_search(changed, echo=lambda _: None)
     assert run_search(changed, fresh=True, echo=lambda _: None).metrics
@@ -143,12 +143,12 @@ def test_a_lost_ray_actor_loses_no_finished_epoch(
     started: list[ray_actors.RayWorker] = []
     original = ray_actors.RayWorker.__init__
 
-    def capture(self: ray_actors.RayWorker, config: object) -> None:
-        original(self, config)  # type: ignore[arg-type]
+    def capture(self: ray_actors.RayWorker, factory: object, execution: object) -> None:
+        original(self, factory, execution)  # type: ignore[arg-type]
         started.append(self)
 
     monkeypatch.setattr(ray_actors.RayWorker, "__init__", capture)
-    config = parse_config(tiny_job(
+    config = parse_job(tiny_job(
         tmp_path, train={"epochs": 3}, execution={"backend": "ray", "address": ray_head}
     ))
 

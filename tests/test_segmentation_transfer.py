@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
 from raynas.data import dataset_info
 from raynas.errors import ConfigError
 from raynas.profile import count_macs
-from raynas.retrain import build_network, load_retrain_config, parse_retrain_config, run_retrain
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import load_retrain_job, parse_job, parse_retrain_job
+from raynas.runs.retrain import build_network, run_retrain
 from raynas.spaces import SPACES
-from raynas.spaces.darts_cnn import DartsCnnSpace, published_genotype
+from raynas.spaces.darts_cnn import DartsCnnSpace
+from raynas.spaces.darts_genotype import published_genotype
 from raynas.spaces.darts_nets import NetworkImageNet
 from raynas.spaces.darts_segmentation import DartsSegmentationNet
 from raynas.types import DatasetInfo
@@ -130,16 +131,16 @@ def test_describe_prints_parameters_and_multiply_adds_on_cityscapes(
 
 
 def test_the_cityscapes_transfer_job_builds_with_its_settings() -> None:
-    config = load_retrain_config(JOBS / "transfer_darts_cityscapes.yaml",
+    config = load_retrain_job(JOBS / "transfer_darts_cityscapes.yaml",
                                  ["retrain.channels=4", "retrain.layers=3"])
     info = dataset_info(config.data.name)
     net = build_network(config, DARTS_V2, info, example=torch.randn(3, 33, 33))
     assert isinstance(net, DartsSegmentationNet) and net.drop_path_prob == 0.0  # raised by fit()
-    aux = load_retrain_config(JOBS / "transfer_darts_cityscapes.yaml",
+    aux = load_retrain_job(JOBS / "transfer_darts_cityscapes.yaml",
                               ["retrain.channels=4", "retrain.layers=3", "retrain.auxiliary_weight=0.4"])
     with pytest.raises(ConfigError, match="auxiliary"):
         build_network(aux, DARTS_V2, info, example=torch.randn(3, 33, 33))
-    nb201 = load_retrain_config(JOBS / "transfer_darts_cityscapes.yaml", [
+    nb201 = load_retrain_job(JOBS / "transfer_darts_cityscapes.yaml", [
         "space.name=nb201", "retrain.channels=4", "retrain.layers=1", "retrain.drop_path_prob=0",
         "architecture=|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
     ])
@@ -150,7 +151,7 @@ def test_the_cityscapes_transfer_job_builds_with_its_settings() -> None:
 
 def test_a_cell_searched_on_digits_transfers_to_cityscapes(tmp_path: Path) -> None:
     search = tiny_job(tmp_path, train={"epochs": 1}, data={"limit": 64})
-    search_run = run_search(parse_config(search), echo=lambda _: None).run_id
+    search_run = run_search(parse_job(search), echo=lambda _: None).run_id
     root = tmp_path / "cityscapes"
     write_cityscapes(root, "train", {"aachen": 2, "bochum": 2})
     write_cityscapes(root, "val", {"frankfurt": 2})  # 24x40 whole images: padded to 32x48
@@ -163,7 +164,7 @@ def test_a_cell_searched_on_digits_transfers_to_cityscapes(tmp_path: Path) -> No
         "tracking": search["tracking"],
     }
     lines: list[str] = []
-    result = run_retrain(parse_retrain_config(job), echo=lines.append, fresh=True)
+    result = run_retrain(parse_retrain_job(job), echo=lines.append, fresh=True)
     client = MlflowClient(search["tracking"]["tracking_uri"])
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"

@@ -24,6 +24,8 @@ import torch
 from raynas.errors import ArchitectureError
 from raynas.profile import count_params
 from raynas.spaces import SPACES
+from raynas.spaces.drawing import picture
+from raynas.supernet import build_supernet
 from raynas.types import Architecture, DatasetInfo, SearchSpace
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "custom_space"
@@ -180,7 +182,7 @@ def test_network_forward_and_backward(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_supernet_forward_backward_and_derivation(name: str) -> None:
     space = small_space(name)
-    supernet = space.supernet(TINY)
+    supernet = build_supernet(space, TINY)
     arch_params = list(supernet.arch_parameters())
     weights = list(supernet.weights())
     assert arch_params and weights
@@ -199,6 +201,18 @@ def test_supernet_forward_backward_and_derivation(name: str) -> None:
 
 
 # --- bad input: an architecture that is not the space's names the bad part -------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_space_draws_its_architectures(name: str) -> None:
+    space = small_space(name)
+    arch = space.sample(random.Random(0))
+    fig = picture(space, arch)
+    assert fig is not None and fig.axes  # the space's own drawing, or the default one
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    if not hasattr(space, "draw"):  # the default drawing shows every decision's chosen option
+        chosen = [d.options[v] for d, v in zip(space.decisions(), space.encode(arch), strict=True)]
+        assert set(chosen) <= texts
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -306,3 +320,5 @@ def test_the_custom_space_example_runs_a_search(
     assert len(client.get_metric_history(run_id, "valid_acc")) == 2
     found = Path(client.download_artifacts(run_id, "genotype.json", str(tmp_path))).read_text()
     assert small_space("tiny_cnn").contains(Architecture.from_json(found))
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert "architecture.png" in artifacts  # the default picture of a space with decisions

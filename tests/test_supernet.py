@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from raynas.ops import PRIMITIVES
-from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, DartsSpaceConfig
-from raynas.supernet import DartsSupernet, derive_cell
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
+from raynas.spaces.darts_genotype import DartsGenotype
+from raynas.supernet import DartsSupernet, build_supernet, derive_cell
 from raynas.supernet.darts import num_edges
 from raynas.types import DatasetInfo
 
@@ -71,7 +72,7 @@ def test_weights_exclude_the_alphas() -> None:
 
 def test_space_builds_the_supernet_of_its_config() -> None:
     space = DartsCnnSpace(DartsSpaceConfig(channels=4, layers=3, nodes=2))
-    model = space.supernet(DatasetInfo("digits", 1, 10, 8))
+    model = build_supernet(space, DatasetInfo("digits", 1, 10, 8))
     assert isinstance(model, DartsSupernet)
     assert model.alpha_normal.shape == (5, len(PRIMITIVES))
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

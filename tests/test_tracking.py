@@ -17,14 +17,16 @@ from conftest import free_port, tiny_job
 from matplotlib.patches import FancyArrowPatch
 from mlflow.tracking import MlflowClient
 
-from raynas.config import parse_config
 from raynas.errors import ConfigError
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
-from raynas.spaces.darts_cnn import published_genotype
+from raynas.spaces.darts_genotype import published_genotype
+from raynas.spaces.drawing import picture
+from raynas.spaces.fbnet import FbnetArch
 from raynas.spaces.nb201 import Nb201Arch, Nb201Space
 from raynas.tracking import MlflowTracker, ResultsStore
-from raynas.tracking.plots import draw_architecture, plot_arch_weights
+from raynas.tracking.plots import plot_arch_weights
 from raynas.types import Architecture, EvalResult
 
 
@@ -37,7 +39,7 @@ def candidate(i: int) -> EvalResult:
 
 
 def test_a_candidate_is_a_child_run_of_its_search(tmp_path: Path) -> None:
-    config = parse_config(tiny_job(tmp_path))
+    config = parse_job(tiny_job(tmp_path))
     tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="layout")
     parent = tracker.start(config)
     child = tracker.log_candidate(candidate(1), step=4)
@@ -63,7 +65,7 @@ def test_a_candidate_is_a_child_run_of_its_search(tmp_path: Path) -> None:
 
 
 def test_search_records_candidates_pictures_results_and_the_registered_model(tmp_path: Path) -> None:
-    config = parse_config(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas"}))
+    config = parse_job(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas"}))
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)
 
@@ -174,7 +176,7 @@ def test_a_server_outage_mid_search_queues_records_until_it_is_back(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     link = CuttableLink(mlflow_server)
     link.up()
-    config = parse_config(tiny_job(tmp_path, tracking={"tracking_uri": link.uri}))
+    config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": link.uri}))
     tracker = MlflowTracker(tracking_uri=link.uri, experiment="outage", attempts=2, backoff_s=0.05)
     parent = tracker.start(config)
     assert tracker.log_candidate(candidate(0))
@@ -200,7 +202,7 @@ def test_a_server_outage_mid_search_queues_records_until_it_is_back(
 
 def test_darts_picture_has_every_edge_labelled() -> None:
     genotype = published_genotype("DARTS_V2")
-    fig = draw_architecture(genotype)
+    fig = picture(SPACES.create("darts"), genotype)
     normal, reduce = fig.axes
     for ax, edges, concat in ((normal, genotype.normal, genotype.normal_concat),
                               (reduce, genotype.reduce, genotype.reduce_concat)):
@@ -213,7 +215,7 @@ def test_darts_picture_has_every_edge_labelled() -> None:
 
 def test_nb201_picture_leaves_out_none_edges() -> None:
     arch = Nb201Arch.parse("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
-    (ax,) = draw_architecture(arch).axes
+    (ax,) = picture(SPACES.create("nb201"), arch).axes
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
     assert len(arrows) == 4
     assert sorted(t.get_text() for t in ax.texts if "_" in t.get_text()) == [
@@ -222,16 +224,16 @@ def test_nb201_picture_leaves_out_none_edges() -> None:
 
 
 def test_fbnet_picture_has_a_bar_per_layer() -> None:
-    fbnet = pytest.importorskip("raynas.spaces.fbnet")
-    arch = fbnet.FbnetArch(("k3_e1", "k5_e6", "skip", "k3_e1_g2"))
-    (ax,) = draw_architecture(arch).axes
+    arch = FbnetArch(("k3_e1", "k5_e6", "skip", "k3_e1_g2"))
+    (ax,) = picture(SPACES.create("fbnet"), arch).axes
     assert [t.get_text() for t in ax.texts] == ["k3_e1", "k5_e6", "skip", "k3_e1_g2"]
     assert [round(p.get_height(), 1) for p in ax.patches] == [1.0, 6.0, 0.3, 1.0]  # expansion ratios
 
 
 def test_recurrent_cell_picture_has_an_arrow_per_node_and_per_output() -> None:
-    arch = SPACES.create("darts_rnn").parse("DARTS_V2")
-    (ax,) = draw_architecture(arch).axes
+    space = SPACES.create("darts_rnn")
+    arch = space.parse("DARTS_V2")
+    (ax,) = picture(space, arch).axes
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
     assert len(arrows) == 1 + 8 + 8  # input -> state 0, one per node, eight states averaged
     labels = collections.Counter(t.get_text() for t in ax.texts)
@@ -240,8 +242,9 @@ def test_recurrent_cell_picture_has_an_arrow_per_node_and_per_output() -> None:
 
 
 def test_auto_deeplab_picture_has_the_cell_and_the_path() -> None:
-    arch = SPACES.create("auto_deeplab").parse("hnasnet")
-    cell, path = draw_architecture(arch).axes
+    space = SPACES.create("auto_deeplab")
+    arch = space.parse("hnasnet")
+    cell, path = picture(space, arch).axes
     assert len([p for p in cell.patches if isinstance(p, FancyArrowPatch)]) == 10 + 5
     assert {"H^{l-2}", "H^{l-1}", "H^{l}"} <= {t.get_text() for t in cell.texts}
     (line,) = path.lines

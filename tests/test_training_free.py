@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from raynas.cli import main
-from raynas.config import parse_config
 from raynas.errors import ConfigError
 from raynas.evaluators import EVALUATORS
 from raynas.evaluators.training_free import (
@@ -28,6 +27,7 @@ from raynas.evaluators.training_free import (
     ntk_jacobian,
     proxy_values,
 )
+from raynas.runs.jobs import parse_job
 from raynas.spaces.nb201 import Nb201Arch
 from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
@@ -43,11 +43,12 @@ def proxy_job(tmp_path: Path, evaluator: dict, **sections: dict) -> dict:
         job["space"].pop(key)
     job["strategy"] = {"name": "random", "evaluations": 5}
     job["evaluator"] = {"name": "training_free", "batch_size": 16, "channels": 4, "layers": 1, **evaluator}
+    del job["train"]  # no supernet is trained
     return job
 
 
 def evaluator(tmp_path: Path, **settings: object) -> TrainingFreeEvaluator:
-    config = parse_config(proxy_job(tmp_path, dict(settings)))
+    config = parse_job(proxy_job(tmp_path, dict(settings)))
     return TrainingFreeEvaluator(config.evaluator.config, search=config)
 
 
@@ -233,7 +234,7 @@ def test_naswot_ranks_a_convolutional_cell_above_an_empty_one(tmp_path: Path) ->
 
 def test_ray_replicas_of_a_training_free_evaluator_have_no_weights_to_share(tmp_path: Path) -> None:
     # RayPool.sync_replicas hands the first actor's weights to the others before every search.
-    from raynas.execution.evaluators import _EvaluatorActor
+    from raynas.execution.pool import _EvaluatorActor
 
     actor = _EvaluatorActor()
     actor.evaluator = evaluator(tmp_path)
@@ -246,12 +247,12 @@ def test_ray_replicas_of_a_training_free_evaluator_have_no_weights_to_share(tmp_
 
 def test_an_unknown_proxy_is_a_config_error_listing_the_proxies(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"evaluator\.proxy") as error:
-        parse_config(proxy_job(tmp_path, {"proxy": "synflow"}))
+        parse_job(proxy_job(tmp_path, {"proxy": "synflow"}))
     assert all(repr(name) in str(error.value) for name in PROXIES)
     with pytest.raises(ConfigError, match=r"evaluator\.proxy.*'naswot', 'ntk', 'linear_regions', 'te_nas'"):
         TrainingFreeConfig(proxy="synflow")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"evaluator\.repeats"):
-        parse_config(proxy_job(tmp_path, {"repeats": 0}))
+        parse_job(proxy_job(tmp_path, {"repeats": 0}))
 
 
 def test_a_batch_larger_than_the_training_half_is_a_config_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_job
 from ray.tune.search import Searcher
 
-from raynas.config import SearchConfig, parse_config
+from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution.controller import build_controller
 from raynas.execution.tune import (
@@ -24,7 +24,8 @@ from raynas.execution.tune import (
     trial_resources,
     with_learning_rate,
 )
-from raynas.spaces.darts_cnn import published_genotype
+from raynas.runs.jobs import parse_job
+from raynas.spaces.darts_genotype import published_genotype
 from raynas.strategies.sampling.random_search import RandomConfig, RandomSearch
 from raynas.types import Architecture, EvalResult
 
@@ -42,9 +43,10 @@ def nb201_job(tmp_path: Path, **sections: dict) -> SearchConfig:
         tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 2},
         execution={"backend": "ray", "cpus_per_worker": 1, "concurrency": 2},
     )
+    del job["train"]  # candidates are trained from scratch: no supernet
     for key, value in sections.items():
         job[key] = {**job[key], **value}
-    return parse_config(job)
+    return parse_job(job)
 
 
 def epoch_result(trial: str, arch: Architecture, epoch: int, acc: float, **extra: object) -> dict:
@@ -145,10 +147,13 @@ def test_searcher_refuses_to_wait_forever(tmp_path: Path) -> None:
 
 
 def test_tune_needs_the_scratch_evaluator(tmp_path: Path) -> None:
-    job = nb201_job(tmp_path)
-    config = parse_config({**job.to_dict(), "evaluator": {"name": "supernet"}})
+    job = nb201_job(tmp_path).to_dict()
+    with pytest.raises(ConfigError, match=r"'tune' schedules candidates trained from scratch"):
+        parse_job({**job, "evaluator": {"name": "supernet"}})  # refused where the job is loaded
+    without_tune = {k: v for k, v in job.items() if k != "tune"}
+    one_shot = parse_job({**without_tune, "evaluator": {"name": "supernet"}})
     with pytest.raises(ConfigError, match=r"evaluator\.name"):
-        make_scheduler(config)
+        make_scheduler(one_shot)  # and by Tune itself
 
 
 def test_schedulers_and_resources_follow_the_config(tmp_path: Path) -> None:
@@ -231,11 +236,10 @@ class ProposesOneForeignCandidate(RandomSearch):
     """Random search whose second candidate is a DARTS genotype, which the nb201 space cannot
     build: its trial fails on the worker."""
 
-    def ask(self) -> Architecture | None:
+    def propose(self) -> Architecture | None:
         if self.asked == 1:
-            self.asked += 1
             return published_genotype("DARTS_V2")
-        return super().ask()
+        return super().propose()
 
 
 @pytest.mark.integration

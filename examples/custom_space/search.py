@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_cnn  # noqa: F401  (registers the "tiny_cnn" space)
 
-from raynas.config import load_config
-from raynas.search import run_search
+from raynas.runs import run_search
+from raynas.runs.jobs import load_job
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job", nargs="?", default=str(Path(__file__).with_name("job.yaml")))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.job, args.overrides)
+    config = load_job(args.job, args.overrides)
     result = run_search(config, fresh=True)
     print(f"Found {result.architecture} ({result.params:,} parameters on {config.data.name}); "
           f"valid accuracy {result.metrics['valid_acc']:.1%}; MLflow run {result.run_id}")

@@ -7,7 +7,8 @@ It shows the three things a space keeps apart (see ``docs/custom_spaces.md``):
   with a JSON round trip and a string form (``"sep_conv_3x3,skip_connect,max_pool_3x3"``);
 * the **space**: :class:`TinyCnnSpace`, what can be chosen (``sample``, ``contains``, ``parse``,
   and the flat ``decisions`` / ``encode`` / ``decode`` view), configured by :class:`TinyCnnConfig`;
-* the **networks**: ``build`` gives the stand-alone network of one architecture, ``supernet`` the
+* the **networks**: ``build`` gives the stand-alone network of one architecture, and
+  ``tiny_cnn_supernet`` (registered in ``raynas.supernet.SUPERNETS`` under the space's name) the
   weight-sharing network that gradient strategies (``darts``, ``milenas``) search over.
 
 The candidate ops come from raynas's operation table (``raynas.ops.OPS``), and the supernet's
@@ -29,6 +30,7 @@ from torch import nn
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops import OPS, WeightedMixedOp
 from raynas.spaces import SPACES
+from raynas.supernet import SUPERNETS
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 # The candidates of every layer; ``skip_connect`` lets the search make the network shallower.
@@ -216,5 +218,8 @@ class TinyCnnSpace:
         c = channels or self.config.channels
         return TinyCnn(layers=[OPS.get(op)(c, 1, True) for op in arch.ops], channels=c, dataset=dataset)
 
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        return TinyCnnSupernet(layers=self.config.layers, channels=self.config.channels, dataset=dataset)
+
+@SUPERNETS.register("tiny_cnn")
+def tiny_cnn_supernet(space: TinyCnnSpace, dataset: DatasetInfo) -> nn.Module:
+    """The space's weight-sharing network, registered under the space's name."""
+    return TinyCnnSupernet(layers=space.config.layers, channels=space.config.channels, dataset=dataset)

@@ -4,7 +4,7 @@ Every dataset whose config has a ``path`` accepts ``s3://bucket/prefix`` there: 
 is built, the objects under the prefix are mirrored into
 ``<cache>/s3/<bucket>/<prefix>`` (``<cache>`` is ``RAYNAS_CACHE_DIR``, else ``~/.cache/raynas``)
 and the loader reads that folder as it reads any local one. Endpoint, region and credentials are
-:mod:`raynas.tracking.storage`'s (the usual AWS environment).
+:mod:`raynas.storage`'s (the usual AWS environment).
 
 The mirror is
 
@@ -45,7 +45,7 @@ def cache_dir() -> Path:
 
 def local_folder(uri: str) -> Path:
     """Where :func:`mirror` keeps the copy of ``uri`` (``<cache>/s3/<bucket>/<prefix>``)."""
-    from raynas.tracking.storage import S3Location
+    from raynas.storage import S3Location
 
     loc = S3Location.parse(uri)
     key = PurePosixPath(loc.key.strip("/"))
@@ -83,7 +83,7 @@ def mirror(uri: str) -> Path:
             unreachable (the message names ``uri``, never the credentials).
         DataError: No object lies under the prefix.
     """
-    from raynas.tracking.storage import S3Location, s3_client
+    from raynas.storage import S3Location, s3_client
 
     loc = S3Location.parse(uri)
     target = local_folder(uri)
@@ -215,7 +215,7 @@ def _write_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 
 def _storage_error(uri: str, exc: Any) -> StorageError:
-    from raynas.tracking.storage import endpoint_url
+    from raynas.storage import endpoint_url
 
     code = exc.response.get("Error", {}).get("Code", "?")
     where = endpoint_url() or "AWS S3"
@@ -232,7 +232,7 @@ def _storage_error(uri: str, exc: Any) -> StorageError:
 
 
 def _unreachable(uri: str, exc: Exception) -> StorageError:
-    from raynas.tracking.storage import ENDPOINT_VARIABLES, endpoint_url
+    from raynas.storage import ENDPOINT_VARIABLES, endpoint_url
 
     return StorageError(
         f"S3 endpoint {endpoint_url() or 'AWS S3'} is unreachable for the dataset at {uri} "

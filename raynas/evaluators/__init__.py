@@ -13,10 +13,7 @@ Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=..
 EvalResult can register here.
 """
 
-from raynas.registry import Registry
-
-EVALUATORS: Registry[type] = Registry("evaluator")
-
-from raynas.evaluators import scratch, supernet, training_free  # noqa: E402, F401
+from raynas.evaluators import scratch, supernet, training_free  # noqa: F401
+from raynas.evaluators.registry import EVALUATORS
 
 __all__ = ["EVALUATORS"]

@@ -18,7 +18,7 @@ import torch
 from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
-from raynas.evaluators import EVALUATORS
+from raynas.evaluators.registry import EVALUATORS
 from raynas.spaces import SPACES
 from raynas.train.loop import fit
 from raynas.types import Architecture, EvalResult

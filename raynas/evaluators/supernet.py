@@ -22,9 +22,10 @@ import torch
 from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
-from raynas.evaluators import EVALUATORS
+from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
+from raynas.supernet import build_supernet
 from raynas.train.loop import evaluate, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
 
@@ -64,7 +65,7 @@ class SupernetEvaluator:
         torch.manual_seed(search.seed)
         space = SPACES.create(search.space.name, search.space.config)
         data = DATASETS.create(search.data.name, search.data.config)
-        self.supernet = space.supernet(data.info).to(self.device)
+        self.supernet = build_supernet(space, data.info).to(self.device)
         if not hasattr(self.supernet, "set_path"):
             raise ConfigError(
                 f"evaluator 'supernet' needs a one-shot supernet (set_path); space "

@@ -48,7 +48,7 @@ from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
 from raynas.data.base import SearchDataset
 from raynas.errors import ConfigError, RaynasError
-from raynas.evaluators import EVALUATORS
+from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.types import Architecture, EvalResult

@@ -1,19 +1,34 @@
-"""The in-process backend: the search runs in the calling process."""
+"""The in-process backend: the work runs in the calling process."""
 
 from __future__ import annotations
 
-from raynas.config import SearchConfig
-from raynas.train.search import SupernetSearch
+from typing import Any
+
+from raynas.types import EpochReport
 
 
-class LocalWorker(SupernetSearch):
-    """A :class:`SupernetSearch` in this process."""
+class LocalWorker:
+    """Work built by a factory and run in this process.
 
-    def __init__(self, config: SearchConfig) -> None:
-        super().__init__(config, threads=max(1, int(config.execution.cpus_per_worker)))
+    Args:
+        factory: Builds the work (see :data:`raynas.execution.WorkerFactory`).
+        threads: torch intra-op threads.
+    """
+
+    def __init__(self, factory: Any, *, threads: int) -> None:
+        self.work = factory(threads=threads, rank=0, world_size=1)
+
+    def run_epoch(self) -> EpochReport:
+        return self.work.run_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.work.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.work.load_state_dict(state)
 
     def describe_location(self) -> str:
-        return f"this process ({self.device})"
+        return f"this process ({self.work.device})"
 
     def close(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""The Ray backend: the supernet lives in a Ray actor placed by its CPU/GPU resources.
+"""The Ray backend: work lives in Ray actors placed by their CPU, GPU and accelerator resources.
 
 ``ray.init`` joins the cluster at ``execution.address`` or ``RAY_ADDRESS`` when given, and
 otherwise starts a small local Ray (small object store, no dashboard, no usage statistics).
@@ -12,10 +12,9 @@ from typing import Any
 
 import ray
 
-from raynas.config import ExecutionConfig, SearchConfig
+from raynas.config import ExecutionConfig
 from raynas.errors import ConfigError, RaynasError, WorkerLostError
 from raynas.train.distributed import init_process_group
-from raynas.train.search import SupernetSearch
 from raynas.types import EpochReport
 
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
@@ -90,11 +89,8 @@ def remote_call(ref: Any) -> Any:
         ) from None
 
 
-class _SupernetActor(SupernetSearch):
-    """The search inside an actor; built by :meth:`setup` so that errors reach the driver."""
-
-    def __init__(self) -> None:  # the real work happens in setup()
-        pass
+class _WorkerActor:
+    """Hosts the work a factory builds; built by :meth:`setup` so that errors reach the driver."""
 
     def rendezvous(self) -> str:
         """host:port where this actor, as rank 0, will gather the data-parallel group."""
@@ -104,28 +100,37 @@ class _SupernetActor(SupernetSearch):
         return f"{ray.util.get_node_ip_address()}:{port}"
 
     def setup(
-        self, config: SearchConfig, threads: int, rank: int = 0, world: int = 1,
-        address: str | None = None,
+        self, factory: Any, threads: int, rank: int = 0, world: int = 1, address: str | None = None
     ) -> str:
         if world > 1:
             assert address is not None
             init_process_group(rank=rank, world=world, address=address)
-        SupernetSearch.__init__(self, config, threads=threads, rank=rank, world_size=world)
-        return f"{socket.gethostname()} ({self.device})"
+        self.work = factory(threads=threads, rank=rank, world_size=world)
+        return f"{socket.gethostname()} ({self.work.device})"
+
+    def run_epoch(self) -> EpochReport:
+        return self.work.run_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.work.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.work.load_state_dict(state)
 
 
 class RayWorker:
-    """Drives a :class:`SupernetSearch` that lives in Ray actors: one, or ``execution.workers``
-    data-parallel replicas that average their gradients and so hold the same supernet.
+    """Drives work that lives in Ray actors: one, or ``execution.workers`` data-parallel replicas
+    (ranks of one ``torch.distributed`` group) that average their gradients and so hold the same
+    model.
 
     Args:
-        config: The search job; ``execution`` gives the actors' number, CPUs and GPUs.
+        factory: Builds the work in each actor (see :data:`raynas.execution.WorkerFactory`).
+        execution: The actors' number, CPUs, GPUs and accelerator type.
     """
 
-    def __init__(self, config: SearchConfig) -> None:
-        execution = config.execution
+    def __init__(self, factory: Any, execution: ExecutionConfig) -> None:
         init_ray(execution)
-        actor_cls = ray.remote(_SupernetActor)
+        actor_cls = ray.remote(_WorkerActor)
         world = execution.workers
         self.actors = [
             actor_cls.options(  # type: ignore[attr-defined]
@@ -141,7 +146,7 @@ class RayWorker:
         address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
         threads = max(1, int(execution.cpus_per_worker))
         locations = self._get([
-            actor.setup.remote(config, threads, rank, world, address)
+            actor.setup.remote(factory, threads, rank, world, address)
             for rank, actor in enumerate(self.actors)
         ])
         where = ", ".join(sorted(set(locations)))

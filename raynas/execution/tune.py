@@ -351,6 +351,26 @@ def trial_resources(config: SearchConfig) -> dict[str, float]:
     return resources
 
 
+class RunningLimitedHyperBand(HyperBandScheduler):
+    """HyperBand that trains at most ``running`` trials at a time.
+
+    HyperBand pauses each trial at a rung until its bracket has caught up, so Tune's
+    ``max_concurrent_trials`` (which counts paused trials too) would keep a bracket from ever
+    filling; here only running trials count: a pending or paused trial is started only while
+    fewer than ``running`` train.
+    """
+
+    def __init__(self, *, running: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if running < 1:
+            raise ConfigError(f"execution.concurrency must be at least 1, got {running}")
+        self.running = running
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        busy = sum(trial.status == "RUNNING" for trial in tune_controller.get_trials())
+        return super().choose_trial_to_run(tune_controller) if busy < self.running else None
+
+
 def make_scheduler(config: SearchConfig) -> TrialScheduler:
     """The Tune scheduler that ``config.tune.scheduler`` names, over ``evaluator.epochs`` epochs."""
     settings = config.tune
@@ -361,8 +381,9 @@ def make_scheduler(config: SearchConfig) -> TrialScheduler:
             reduction_factor=settings.reduction_factor,
         )
     if settings.scheduler == "hyperband":
-        return HyperBandScheduler(
-            time_attr="training_iteration", max_t=epochs, reduction_factor=settings.reduction_factor,
+        return RunningLimitedHyperBand(
+            running=config.execution.concurrency, time_attr="training_iteration", max_t=epochs,
+            reduction_factor=settings.reduction_factor,
         )
     if settings.scheduler == "pbt":
         lr = _scratch_config(config).learning_rate
@@ -440,9 +461,8 @@ def _fit(
 ) -> None:
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
-    # HyperBand pauses each trial at a rung until its bracket has caught up; a limit that counts
-    # paused trials as running would keep the bracket from ever filling, so there Ray's free
-    # resources alone bound the trials at a time.
+    # HyperBand's own scheduler bounds the running trials (RunningLimitedHyperBand): a limit that
+    # counted its paused trials would keep a bracket from ever filling.
     concurrency = None if config.tune.scheduler == "hyperband" else config.execution.concurrency
     tuner = tune.Tuner(
         tune.with_resources(candidate_trainable(config), trial_resources(config)),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
@@ -38,8 +39,8 @@ from raynas.ops.auto_deeplab import (
     half_size,
     resize,
 )
-from raynas.spaces import SPACES
-from raynas.spaces.darts_cnn import cell_decisions, decode_cell, encode_cell
+from raynas.spaces.darts_genotype import cell_decisions, decode_cell, encode_cell
+from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 Edge = tuple[str, int]
@@ -297,6 +298,8 @@ class AutoDeepLabSpaceConfig:
 
 
 # Filter multipliers of the paper's evaluation networks (Table 2).
+
+
 VARIANTS = {"S": 20, "M": 32, "L": 48}
 
 
@@ -409,15 +412,27 @@ class AutoDeepLabSpace:
             in_channels=dataset.in_channels,
         )
 
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        """The search network: every cell of the trellis with mixed ops, ``alpha`` and ``beta``."""
-        from raynas.supernet.auto_deeplab import AutoDeepLabSupernet
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        """The candidates, in the column order of the supernet's architecture weights."""
+        return tuple(self.config.primitives)
 
-        cfg = self.config
-        return AutoDeepLabSupernet(
-            filter_multiplier=cfg.channels, layers=cfg.layers, blocks=cfg.blocks,
-            primitives=cfg.primitives, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-        )
+    def draw(self, arch: Architecture) -> Figure:
+        """The cell and the network-level path over the downsampling rates (the paper's Figures 1
+        and 3)."""
+        from raynas.spaces.drawing import draw_darts_cell, draw_network_path
+
+        if not isinstance(arch, AutoDeepLabArchitecture):
+            raise ArchitectureError(
+                f"the auto_deeplab space draws AutoDeepLabArchitecture, got {type(arch).__name__}"
+            )
+        blocks = len(arch.cell) // 2
+        fig = Figure(figsize=(2.2 * blocks + 3.0, 2 * 3.4), layout="constrained")
+        top, bottom = fig.subplots(2, 1)
+        draw_darts_cell(top, arch.cell, range(2, 2 + blocks), "cell", names=("H^{l-2}", "H^{l-1}", "H^{l}"))
+        draw_network_path(bottom, arch.path, "network-level path")
+        fig.suptitle(arch.key(), fontsize=10)
+        return fig
 
 
 # --- the evaluation network ------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from raynas.ops.darts import OPS, FactorizedReduce, Identity, ReLUConvBN
-from raynas.spaces.darts_cnn import DartsGenotype
+from raynas.spaces.darts_genotype import DartsGenotype
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.spaces import SPACES
+from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
 # Candidate activations of rnn/genotypes.py (PRIMITIVES); ``none`` exists only in the search.
@@ -439,13 +440,20 @@ class DartsRnnSpace:
             dropoute=cfg.dropoute,
         )
 
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        """The search language model: every (node, predecessor) edge mixes every activation."""
-        from raynas.supernet.darts_rnn import DartsRnnSupernet
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        """The candidates, in the column order of the supernet's architecture weights."""
+        return tuple(self.config.activations)
 
-        cfg = self.config
-        return DartsRnnSupernet(
-            ntoken=dataset.num_classes, nhid=cfg.channels, nodes=cfg.nodes, activations=cfg.activations,
-            dropout=cfg.dropout, dropouth=cfg.dropouth, dropoutx=cfg.dropoutx, dropouti=cfg.dropouti,
-            dropoute=cfg.dropoute,
-        )
+    def draw(self, arch: Architecture) -> Figure:
+        """The recurrent cell's nodes and activations (the DARTS paper's Figure 6)."""
+        from raynas.spaces.drawing import draw_rnn_cell
+
+        if not isinstance(arch, DartsRnnGenotype):
+            raise ArchitectureError(f"the darts_rnn space draws DartsRnnGenotype, got {type(arch).__name__}")
+        fig = Figure(figsize=(2.2 * len(arch.recurrent) + 5.0, 3.6), layout="constrained")
+        draw_rnn_cell(fig.subplots(), arch.recurrent, arch.concat, "recurrent cell")
+        fig.suptitle(arch.key(), fontsize=10)
+        return fig
+
+

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.auto_deeplab import ASPP, Decoder, resize
-from raynas.spaces.darts_cnn import DartsGenotype
+from raynas.spaces.darts_genotype import DartsGenotype
 from raynas.spaces.darts_nets import imagenet_stems, stack_cells
 
 OUTPUT_STRIDE = 16

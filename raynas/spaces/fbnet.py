@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
-from raynas.spaces import SPACES
+from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 _FORM = "comma-separated block names, one per searchable layer, e.g. 'k3_e1,k3_e6,skip,...'"
@@ -339,15 +340,6 @@ class FbnetSpace:
             in_channels=dataset.in_channels,
         )
 
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        """The weight-sharing network: every searchable layer mixes the nine candidates."""
-        from raynas.supernet.fbnet import FbnetSupernet
-
-        return FbnetSupernet(
-            config=self.config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-            image_size=dataset.image_size,
-        )
-
     # Latency tables (raynas.latency): what to measure and which entries make up a network.
 
     def latency_items(self, dataset: DatasetInfo) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
@@ -407,3 +399,21 @@ class FbnetSpace:
         rows = self.layer_latency_keys(dataset)
         stem, head = self.fixed_latency_keys(dataset)
         return [stem, *(row[FBNET_BLOCKS.index(b)] for row, b in zip(rows, arch.blocks, strict=True)), head]
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        """The candidates, in the column order of the supernet's architecture weights."""
+        return tuple(FBNET_BLOCKS)
+
+    def draw(self, arch: Architecture) -> Figure:
+        """One bar per searchable layer, coloured by kernel size and as tall as its expansion."""
+        from raynas.spaces.drawing import draw_fbnet_blocks
+
+        if not isinstance(arch, FbnetArch):
+            raise ArchitectureError(f"the fbnet space draws FbnetArch, got {type(arch).__name__}")
+        fig = Figure(figsize=(max(6.0, 0.4 * len(arch.blocks) + 2), 4.2), layout="constrained")
+        draw_fbnet_blocks(fig.subplots(), arch.blocks, "FBNet blocks per layer")
+        fig.suptitle(arch.key(), fontsize=10)
+        return fig
+
+

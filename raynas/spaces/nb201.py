@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import OPS
 from raynas.ops.nb201 import stage_cells
-from raynas.spaces import SPACES
+from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 # The candidates, in the benchmark's order (also the column order of the supernet's alpha).
@@ -388,18 +389,20 @@ class Nb201Space:
             in_channels=dataset.in_channels,
         )
 
-    def supernet(self, dataset: DatasetInfo) -> nn.Module:
-        """The weight-sharing network: every edge of every cell mixes the five candidates."""
-        from raynas.supernet.nb201 import Nb201Supernet
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        """The candidates, in the column order of the supernet's architecture weights."""
+        return tuple(NB201_OPS)
 
-        cfg = self.config
-        return Nb201Supernet(
-            channels=cfg.channels,
-            cells_per_stage=cfg.cells_per_stage,
-            mixed_op=cfg.mixed_op,
-            num_classes=dataset.num_classes,
-            in_channels=dataset.in_channels,
-            partial_k=cfg.partial_k,
-            edge_normalization=cfg.edge_normalization,
-            bn_affine=cfg.bn_affine,
-        )
+    def draw(self, arch: Architecture) -> Figure:
+        """The cell's four nodes and its labelled edges (the benchmark paper's Figure 1)."""
+        from raynas.spaces.drawing import draw_nb201_cell
+
+        if not isinstance(arch, Nb201Arch):
+            raise ArchitectureError(f"the nb201 space draws Nb201Arch, got {type(arch).__name__}")
+        fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+        draw_nb201_cell(fig.subplots(), arch.edges(), "NAS-Bench-201 cell")
+        fig.suptitle(arch.key(), fontsize=10)
+        return fig
+
+

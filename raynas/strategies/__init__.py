@@ -6,12 +6,8 @@ evaluations. The execution layer decides whether they run in-process, in Ray act
 Ray Tune.
 """
 
-from raynas.registry import Registry
-
-STRATEGIES: Registry[type] = Registry("strategy")
-
 # Built-in strategies register themselves on import.
-from raynas.strategies.gradient import (  # noqa: E402, F401
+from raynas.strategies.gradient import (  # noqa: F401
     adarts,
     darts,
     fbnet,
@@ -20,6 +16,7 @@ from raynas.strategies.gradient import (  # noqa: E402, F401
     pc_darts,
     rf_darts,
 )
-from raynas.strategies.sampling import bo, enas, evolution, novelty, progressive, random_search  # noqa: E402, F401
+from raynas.strategies.registry import STRATEGIES
+from raynas.strategies.sampling import bo, enas, evolution, novelty, progressive, random_search  # noqa: F401
 
 __all__ = ["STRATEGIES"]

@@ -24,12 +24,15 @@ from raynas.spaces.auto_deeplab import (
     MOVES,
     RATES,
     AutoDeepLabArchitecture,
+    AutoDeepLabSpace,
     layer_rates,
     source_rates,
     transition_probs,
     viterbi_path,
 )
 from raynas.supernet.darts import derive_cell, num_edges
+from raynas.supernet.registry import SUPERNETS
+from raynas.types import DatasetInfo
 
 
 class AutoDeepLabSupernet(nn.Module):
@@ -158,3 +161,13 @@ class AutoDeepLabSupernet(nn.Module):
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the candidates."""
         return math.log(len(self.primitives))
+
+
+@SUPERNETS.register("auto_deeplab")
+def auto_deeplab_supernet(space: AutoDeepLabSpace, dataset: DatasetInfo) -> AutoDeepLabSupernet:
+    """The search network: every cell of the trellis with mixed ops, ``alpha`` and ``beta``."""
+    cfg = space.config
+    return AutoDeepLabSupernet(
+        filter_multiplier=cfg.channels, layers=cfg.layers, blocks=cfg.blocks,
+        primitives=cfg.primitives, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+    )

@@ -20,7 +20,9 @@ from torch import nn
 from raynas.errors import ArchitectureError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import mixed_op_factory
-from raynas.spaces.darts_cnn import DartsGenotype, Edge
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, Edge
+from raynas.supernet.registry import SUPERNETS
+from raynas.types import DatasetInfo
 
 EdgeFactory = Callable[[int, int], nn.Module]  # (channels, stride) -> a mixed op
 
@@ -32,7 +34,6 @@ def num_edges(nodes: int) -> int:
 
 class SearchCell(nn.Module):
     """A cell with a mixed op on every edge; the weights of all edges are passed to forward."""
-
     def __init__(
         self, *, nodes: int, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
         reduction_prev: bool, edge: EdgeFactory, affine: bool = False,
@@ -295,3 +296,23 @@ def _derive(masked: torch.Tensor, primitives: Sequence[str], nodes: int) -> tupl
         edges.extend((primitives[int(best_op[j])], j) for j in order)
         start += 2 + i
     return tuple(edges)
+
+
+@SUPERNETS.register("darts")
+def darts_supernet(space: DartsCnnSpace, dataset: DatasetInfo) -> DartsSupernet:
+    """The weight-sharing search network over every edge and candidate op."""
+    cfg = space.config
+    return DartsSupernet(
+        channels=cfg.channels,
+        layers=cfg.layers,
+        nodes=cfg.nodes,
+        stem_multiplier=cfg.stem_multiplier,
+        primitives=cfg.primitives,
+        mixed_op=cfg.mixed_op,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        partial_k=cfg.partial_k,
+        edge_normalization=cfg.edge_normalization,
+        max_skip_connect=None if cfg.max_skip_connect < 0 else cfg.max_skip_connect,
+        bn_affine=cfg.bn_affine,
+    )

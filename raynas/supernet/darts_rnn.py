@@ -29,11 +29,14 @@ from torch import nn
 from raynas.errors import ArchitectureError
 from raynas.spaces.darts_rnn import (
     DartsRnnGenotype,
+    DartsRnnSpace,
     Node,
     RecurrentCell,
     RnnLanguageModel,
     activation,
 )
+from raynas.supernet.registry import SUPERNETS
+from raynas.types import DatasetInfo
 
 
 def num_edges(nodes: int) -> int:
@@ -206,3 +209,14 @@ def derive_recurrent(weights: torch.Tensor, activations: Sequence[str], nodes: i
         out.append((activations[best[j]], j))
         start += i + 1
     return tuple(out)
+
+
+@SUPERNETS.register("darts_rnn")
+def darts_rnn_supernet(space: DartsRnnSpace, dataset: DatasetInfo) -> DartsRnnSupernet:
+    """The search language model: every (node, predecessor) edge mixes every activation."""
+    cfg = space.config
+    return DartsRnnSupernet(
+        ntoken=dataset.num_classes, nhid=cfg.channels, nodes=cfg.nodes, activations=cfg.activations,
+        dropout=cfg.dropout, dropouth=cfg.dropouth, dropoutx=cfg.dropoutx, dropouti=cfg.dropouti,
+        dropoute=cfg.dropoute,
+    )

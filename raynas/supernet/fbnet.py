@@ -21,7 +21,9 @@ from torch import nn
 
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.ops.mixed import fixed_choices
-from raynas.spaces.fbnet import FbnetArch, FbnetSpaceConfig, LayerSpec, layer_specs
+from raynas.spaces.fbnet import FbnetArch, FbnetSpace, FbnetSpaceConfig, LayerSpec, layer_specs
+from raynas.supernet.registry import SUPERNETS
+from raynas.types import DatasetInfo
 
 
 class FbnetMixedLayer(nn.Module):
@@ -171,3 +173,12 @@ class FbnetSupernet(nn.Module):
 def _check_no_reduction(reduction: bool) -> None:
     if reduction:
         raise ValueError("fbnet has no reduction cell: every layer is searched on its own")
+
+
+@SUPERNETS.register("fbnet")
+def fbnet_supernet(space: FbnetSpace, dataset: DatasetInfo) -> FbnetSupernet:
+    """The weight-sharing network: every searchable layer mixes the nine candidates."""
+    return FbnetSupernet(
+        config=space.config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+    )

@@ -20,7 +20,9 @@ from torch import nn
 
 from raynas.ops.mixed import mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import stage_cells
-from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch
+from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch, Nb201Space
+from raynas.supernet.registry import SUPERNETS
+from raynas.types import DatasetInfo
 
 
 class Nb201SearchCell(nn.Module):
@@ -202,3 +204,19 @@ class Nb201Supernet(nn.Module):
 def _check_no_reduction(reduction: bool) -> None:
     if reduction:
         raise ValueError("nb201 has no searched reduction cell: its reductions are fixed ResNet blocks")
+
+
+@SUPERNETS.register("nb201")
+def nb201_supernet(space: Nb201Space, dataset: DatasetInfo) -> Nb201Supernet:
+    """The weight-sharing network: every edge of every cell mixes the five candidates."""
+    cfg = space.config
+    return Nb201Supernet(
+        channels=cfg.channels,
+        cells_per_stage=cfg.cells_per_stage,
+        mixed_op=cfg.mixed_op,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        partial_k=cfg.partial_k,
+        edge_normalization=cfg.edge_normalization,
+        bn_affine=cfg.bn_affine,
+    )

@@ -176,7 +176,7 @@ class MlflowTracker:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         _check_reachable(self.tracking_uri)
         if artifact_location:
-            from raynas.tracking import storage
+            from raynas import storage
 
             storage.check_reachable(artifact_location)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -358,13 +358,6 @@ class MlflowTracker:
                 self.client.log_artifact(target, str(local), None if folder == "." else folder)
 
         self._submit(upload)
-
-    def log_architecture_image(self, architecture: Architecture, *, run_id: str | None = None,
-                               artifact_file: str = "architecture.png") -> None:
-        """The picture of ``architecture`` (see :func:`raynas.tracking.plots.draw_architecture`)."""
-        from raynas.tracking.plots import draw_architecture
-
-        self.log_figure(draw_architecture(architecture), artifact_file, run_id=run_id)
 
     # -- lineage and the Model Registry -------------------------------------------------------
 

@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raynas import storage
 from raynas.config import SearchConfig
-from raynas.tracking import storage
 from raynas.tracking.mlflow_tracker import MlflowTracker
 from raynas.tracking.results import ResultsStore, SearchInfo, search_id
 from raynas.tracking.retry import is_transient
 from raynas.types import EpochReport, EvalResult
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class SearchRecorder:
         return bool(runs)
 
     def finish(self, final: EpochReport, summary: dict[str, Any], *,
-               weights_history: Sequence[dict[str, Any]], network: nn.Module) -> str | None:
+               weights_history: Sequence[dict[str, Any]], network: nn.Module,
+               picture: Figure | None = None, op_names: Sequence[str] | None = None) -> str | None:
         """Pictures, the registered model and the summary; marks the run finished.
 
         Args:
@@ -114,19 +116,19 @@ class SearchRecorder:
             summary: Final values logged as ``final.*`` params.
             weights_history: The architecture weights of every epoch (for the heatmap).
             network: The final architecture's network (registered with untrained weights).
+            picture: The final architecture's picture, drawn by its space (``architecture.png``).
+            op_names: The candidates' names, in the column order of the architecture weights.
 
         Returns:
             The registered model version, or None when the registry could not be reached.
         """
         from raynas.tracking.plots import plot_arch_weights
 
-        try:
-            self.tracker.log_architecture_image(final.architecture)
-        except ValueError as exc:  # a space without a drawing (e.g. a user-defined one): no picture
-            log.info("no architecture picture: %s", exc)
+        if picture is not None:
+            self.tracker.log_figure(picture, "architecture.png")
         history = [w for w in weights_history if w]
         if history:
-            figure = plot_arch_weights(history, op_names=_op_names(self.config))
+            figure = plot_arch_weights(history, op_names=op_names)
             self.tracker.log_figure(figure, "arch_weights.png")
         version = None
         name = self.config.tracking.registered_model or f"raynas-{self.config.name}"
@@ -144,14 +146,3 @@ class SearchRecorder:
                         self.config.name, self.store.spool_dir, self.store.root)
         return version
 
-
-def _op_names(config: SearchConfig) -> Sequence[str] | None:
-    """The candidate operations of the space, in the column order of its architecture weights."""
-    names = getattr(config.space.config, "primitives", None)
-    if names:
-        return tuple(names)
-    if config.space.name == "nb201":
-        from raynas.spaces.nb201 import NB201_OPS
-
-        return tuple(NB201_OPS)
-    return None

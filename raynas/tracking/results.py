@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raynas import storage
 from raynas.errors import ConfigError
-from raynas.tracking import storage
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.types import EvalResult
 

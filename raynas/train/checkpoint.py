@@ -1,7 +1,7 @@
 """Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact.
 
 A path may be ``s3://bucket/key``: the checkpoint is completed in a local file first and then
-published as one object (see :mod:`raynas.tracking.storage`).
+published as one object (see :mod:`raynas.storage`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file, fsync it, then rename it over ``path``
     (or upload it as one object to an ``s3://`` path)."""
-    from raynas.tracking import storage
+    from raynas import storage
 
     if storage.is_s3(path):
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
-    from raynas.tracking import storage
+    from raynas import storage
 
     if storage.is_s3(path):
         with tempfile.TemporaryDirectory() as tmp:

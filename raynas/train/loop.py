@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from raynas.strategies.gradient.base import Batch, GradientStrategy
 from raynas.train.distributed import sum_
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
+from raynas.train.step import Batch, SearchStep
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -21,7 +21,7 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 
 def search_epoch(
-    strategy: GradientStrategy,
+    strategy: SearchStep,
     train_batches: Iterable[Batch],
     valid_batches: Iterable[Batch],
     device: torch.device,

@@ -19,8 +19,7 @@ from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
 from raynas.train.segmentation import labelled, mean_cross_entropy
-
-Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, H, W), labels (B,))
+from raynas.train.step import Batch, StepResult
 
 
 @dataclass(frozen=True)
@@ -55,15 +54,6 @@ def batchnorm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
         for p in (m.weight, m.bias)
     ]
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Training-batch statistics of one step, as tensors (summed on the device, no sync)."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    count: torch.Tensor
 
 
 class GradientStrategy:

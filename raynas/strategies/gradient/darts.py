@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
+from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_
 
 

@@ -29,8 +29,8 @@ from torch import nn
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
+from raynas.strategies.registry import STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from torch import nn
 
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
+from raynas.strategies.registry import STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
+from raynas.strategies.registry import STRATEGIES
 
 # Candidates without weights; every other op of a DARTS cell counts as a convolution.
 PARAMETER_FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})

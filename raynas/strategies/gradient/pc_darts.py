@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raynas.errors import ConfigError
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
+from raynas.strategies.registry import STRATEGIES
 
 
 @dataclass(frozen=True)

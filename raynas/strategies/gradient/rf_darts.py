@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raynas.strategies import STRATEGIES
 from raynas.strategies.gradient.darts import Darts, DartsConfig
 from raynas.strategies.gradient.pc_darts import PcDarts, PcDartsConfig
+from raynas.strategies.registry import STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The search driver: runs a search epoch by epoch on a worker (in-process or a Ray actor),
-records every epoch in MLflow, checkpoints after every epoch, and resumes where it stopped.
+"""The driver of gradient searches: runs the supernet worker epoch by epoch (in-process or in Ray
+actors), records every epoch in MLflow, checkpoints after every epoch, and resumes where it stopped.
 
 The checkpoint (``<output_dir>/<name>/checkpoint.pt``, on local disk or ``s3://``) holds the
 worker's full state, the MLflow run id and every epoch's report, so a search that crashes loses at
@@ -8,45 +8,29 @@ most the epoch in flight, and running the same job again continues it in the sam
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from raynas.config import SearchConfig
-from raynas.data import dataset_info
-from raynas.errors import ConfigError
 from raynas.execution import start_worker
-from raynas.profile import count_params
-from raynas.spaces import SPACES
+from raynas.runs.common import (
+    SearchResult,
+    format_duration,
+    job_space,
+    network_sizes,
+    open_tracker,
+    read_prior,
+    run_path,
+    searched_network,
+)
+from raynas.runs.supernet_worker import SupernetWorker
+from raynas.spaces.drawing import picture
 from raynas.strategies import STRATEGIES
-from raynas.tracking import MlflowTracker, storage
 from raynas.tracking.recorder import SearchRecorder
-from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+from raynas.train.checkpoint import save_checkpoint
 from raynas.types import Architecture, EpochReport
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What a finished search found and where it is recorded."""
-
-    architecture: Architecture
-    metrics: dict[str, float]
-    params: int
-    params_cifar10: int
-    run_id: str
-    run_link: str
-    checkpoint: str  # a local path or an s3:// URI
-    seconds: float
-
-
-def format_duration(seconds: float) -> str:
-    """``75.2`` -> ``1:15``; hours when needed."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _report_state(report: EpochReport) -> dict[str, Any]:
@@ -69,30 +53,10 @@ def _report_from_state(state: dict[str, Any]) -> EpochReport:
     )
 
 
-def run_path(config: SearchConfig, filename: str) -> str:
-    """``<tracking.output_dir>/<name>/<filename>``: a local path or an ``s3://`` URI."""
-    return storage.join(config.tracking.output_dir, config.name, filename)
-
-
-def read_prior(checkpoint: str, *, fresh: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from, if there is one and ``fresh`` is not set.
-
-    Raises:
-        StorageError: ``checkpoint`` is on S3 and its bucket cannot be used (checked even when
-            ``fresh``, so a search does not fail at its first checkpoint).
-    """
-    if storage.is_s3(checkpoint):
-        storage.check_reachable(checkpoint)
-    return None if fresh or not storage.exists(checkpoint) else load_checkpoint(checkpoint)
-
-
-def run_search(
-    config: SearchConfig,
-    *,
-    fresh: bool = False,
-    echo: Callable[[str], None] = print,
+def run_gradient_search(
+    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> SearchResult:
-    """Run (or resume) the search described by ``config``.
+    """Run (or resume) the gradient search described by ``config``.
 
     Args:
         config: The validated job.
@@ -102,31 +66,17 @@ def run_search(
     Returns:
         The final architecture, its metrics, its size and where the MLflow run is.
     """
-    if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
-        from raynas.sample_search import run_sampling_search
-
-        return run_sampling_search(config, fresh=fresh, echo=echo)
     started = time.perf_counter()
     checkpoint = run_path(config, "checkpoint.pt")
-    prior = read_prior(checkpoint, fresh=fresh)
-    if prior is not None and prior["finished"]:
-        prior = None  # a finished search: run it again from the start
-    if prior is not None and prior["config"] != config.to_dict():
-        raise ConfigError(
-            f"{checkpoint} belongs to an unfinished search of {config.name!r} with another "
-            "config; pass --fresh to start over, or give the job another name"
-        )
-
-    tracker = MlflowTracker(
-        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
-        artifact_location=config.tracking.artifact_location,
-    )
+    prior = read_prior(checkpoint, config, fresh=fresh)
+    tracker = open_tracker(config)
     node = "local" if config.execution.backend == "local" else (
         "ray-gpu" if config.execution.gpus_per_worker else "ray-cpu"
     )
     recorder = SearchRecorder(config=config, tracker=tracker, node=node)  # checks the results store
     history: list[dict[str, Any]] = prior["history"] if prior else []
-    worker = start_worker(config)  # before the run exists: bad data fails without an empty run
+    # Started before the run exists: bad data fails without an empty run.
+    worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
     try:
         run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
         recorder.opened(run_id)
@@ -193,14 +143,16 @@ def run_search(
         if chosen != len(history) - 1:
             echo(f"Returning the architecture of epoch {chosen + 1} (chosen by {config.strategy.name})")
         final = _report_from_state(history[chosen])
-        params, params_cifar = _network_sizes(config, final.architecture)
+        params, params_cifar = network_sizes(config, final.architecture)
         summary = {
             "params": params, "params_cifar10": params_cifar, "epochs_run": len(history),
             "stopped_early": stopped_early, **final.metrics,
         }
+        space = job_space(config)
         recorder.finish(
             final, summary, weights_history=[h["arch_weights"] for h in history],
-            network=_searched_network(config, final.architecture),
+            network=searched_network(config, final.architecture),
+            picture=picture(space, final.architecture), op_names=getattr(space, "op_names", None),
         )
         save(finished=True)
     except BaseException as error:
@@ -234,57 +186,9 @@ def _final_epoch(config: SearchConfig, history: list[dict[str, Any]]) -> int:
     return hook(config.strategy.config, [h["metrics"] for h in history]) if hook else len(history) - 1
 
 
-def run_seeds(
-    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
-) -> tuple[list[SearchResult], dict[str, tuple[float, float]]]:
-    """Run the search once per seed of ``config.seeds`` (as ``<name>-seed<N>``, each resumable on
-    its own) and summarise them, as the DARTS authors urge for reporting.
-
-    Returns:
-        The per-seed results, and for every metric they all report its mean and sample standard
-        deviation (0 for a single seed).
-    """
-    if not config.seeds:
-        raise ConfigError("run_seeds needs config.seeds, e.g. seeds: [0, 1, 2]")
-    results = []
-    for seed in config.seeds:
-        echo(f"--- seed {seed} ---")
-        one = dataclasses.replace(config, seed=seed, seeds=(), name=f"{config.name}-seed{seed}")
-        results.append(run_search(one, fresh=fresh, echo=echo))
-    shared = set.intersection(*(set(r.metrics) for r in results))
-    summary = {}
-    for key in sorted(shared):
-        values = [float(r.metrics[key]) for r in results]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        summary[key] = (mean, var**0.5)
-    return results, summary
-
-
 def _collapsed(config: SearchConfig, report: dict[str, Any]) -> bool:
     limit = config.train.stop_at_skip_connects
     return bool(limit) and report["metrics"].get("skip_connects", 0) >= limit
 
 
-def _searched_network(config: SearchConfig, arch: Architecture) -> Any:
-    """The stand-alone network of ``arch`` at the search's size on its data (untrained)."""
-    space = SPACES.create(config.space.name, config.space.config)
-    cfg = config.space.config
-    return space.build(
-        arch, dataset_info(config.data.name), channels=getattr(cfg, "channels", None),
-        layers=getattr(cfg, "layers", None),
-    )
-
-
-def _network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:
-    """Parameters of the found architecture at the search's size on its data, and at the
-    papers' CIFAR-10 evaluation size (as published results are compared)."""
-    space = SPACES.create(config.space.name, config.space.config)
-    info = dataset_info(config.data.name)
-    cfg = config.space.config
-    searched = space.build(
-        arch, info, channels=getattr(cfg, "channels", None), layers=getattr(cfg, "layers", None)
-    )
-    # The papers' network: CIFAR-10, or the dataset a space names (darts_rnn: PTB).
-    cifar = space.build(arch, dataset_info(getattr(space, "reference_dataset", "cifar10")))
-    return count_params(searched), count_params(cifar)
+__all__ = ["run_gradient_search"]

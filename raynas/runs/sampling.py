@@ -21,14 +21,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from raynas import storage
 from raynas.config import SearchConfig
-from raynas.errors import ConfigError, RaynasError
+from raynas.errors import RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.execution.controller import RemoteController, build_controller, start_controller
-from raynas.execution.evaluators import start_pool
+from raynas.execution.pool import start_pool
 from raynas.execution.ray_actors import init_ray
-from raynas.strategies import STRATEGIES
-from raynas.tracking import MlflowTracker, storage
+from raynas.runs.common import (
+    SearchResult,
+    job_space,
+    network_sizes,
+    open_tracker,
+    read_prior,
+    run_path,
+    searched_network,
+)
+from raynas.spaces.drawing import picture
+from raynas.tracking import MlflowTracker
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport, EvalResult
@@ -46,12 +56,6 @@ class SamplingSearch:
 
     def __init__(self, config: SearchConfig, *, echo: Callable[[str], None] = print) -> None:
         assert config.evaluator is not None
-        strategy_cls = STRATEGIES.get(config.strategy.name)
-        if strategy_cls.needs_supernet and config.evaluator.name != "supernet":
-            raise ConfigError(
-                f"strategy {config.strategy.name!r} searches a one-shot supernet: set evaluator.name "
-                f"to 'supernet' (got {config.evaluator.name!r})"
-            )
         self.config = config
         self.echo = echo
         local = build_controller(config)
@@ -101,25 +105,13 @@ class SamplingSearch:
 
 def run_sampling_search(
     config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
-) -> Any:
-    """Run (or resume) the sampling search of ``config``; returns a ``raynas.search.SearchResult``."""
-    from raynas.search import SearchResult, _network_sizes, _searched_network, read_prior, run_path
-
+) -> SearchResult:
+    """Run (or resume) the sampling search of ``config``."""
     started = time.perf_counter()
     checkpoint, supernet_file = run_path(config, "checkpoint.pt"), run_path(config, "supernet.pt")
-    prior = read_prior(checkpoint, fresh=fresh)
-    if prior is not None and prior["finished"]:
-        prior = None
-    if prior is not None and prior["config"] != config.to_dict():
-        raise ConfigError(
-            f"{checkpoint} belongs to an unfinished search of {config.name!r} with another "
-            "config; pass --fresh to start over, or give the job another name"
-        )
+    prior = read_prior(checkpoint, config, fresh=fresh)
     search = SamplingSearch(config, echo=echo)
-    tracker = MlflowTracker(
-        tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
-        artifact_location=config.tracking.artifact_location,
-    )
+    tracker = open_tracker(config)
     recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend)
     pool = start_pool(config) if not search.use_tune or search.one_shot else None
     try:
@@ -178,7 +170,7 @@ def run_sampling_search(
             _retrain(search, save, recorder)
             search.phase = "done"
         best = _final(search)
-        params, params_cifar = _network_sizes(config, best.architecture)
+        params, params_cifar = network_sizes(config, best.architecture)
         summary = {
             "params": params, "params_cifar10": params_cifar, "candidates": len(search.results),
             "stopped_early": sum(r.stopped_early for r in search.results), **best.metrics,
@@ -186,7 +178,8 @@ def run_sampling_search(
         _log_pareto(search, tracker)
         recorder.finish(
             EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture),
-            summary, weights_history=[], network=_searched_network(config, best.architecture),
+            summary, weights_history=[], network=searched_network(config, best.architecture),
+            picture=picture(job_space(config), best.architecture),
         )
         save(finished=True)
     except BaseException as error:
@@ -305,7 +298,6 @@ def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
     """``pareto.png``: every candidate's score against its network's parameters at the search's
     size (the evaluator's count when it made one), with the Pareto front."""
     from raynas.profile import count_params
-    from raynas.search import _searched_network
     from raynas.tracking.plots import plot_pareto
 
     sizes: dict[str, float] = {}
@@ -316,7 +308,7 @@ def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
         key = result.architecture.key()
         if key not in sizes:
             sizes[key] = result.metrics.get("params") or float(
-                count_params(_searched_network(search.config, result.architecture))
+                count_params(searched_network(search.config, result.architecture))
             )
         costs.append(sizes[key])
         scores.append(result.score)

@@ -1,5 +1,6 @@
-"""A supernet search as one object: data, supernet and strategy built from a config, run an epoch
-at a time. It knows nothing of Ray: the execution layer runs it in-process or inside an actor.
+"""The supernet worker of a gradient search: data, supernet and strategy built from a job, run an
+epoch at a time. It knows nothing of Ray: the execution layer hosts it in this process or in Ray
+actors (one per data-parallel rank) and the gradient driver calls it an epoch at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
+from raynas.supernet import build_supernet
 from raynas.train.distributed import convert_batchnorm
 from raynas.train.loop import evaluate, search_epoch
 from raynas.types import EpochReport
@@ -53,8 +55,9 @@ def _numpy_state() -> tuple[Any, ...]:
     return (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
 
 
-class SupernetSearch:
-    """Trains a space's supernet with a gradient strategy on a dataset's search split.
+class SupernetWorker:
+    """Trains a space's supernet with a gradient strategy on a dataset's search split, an epoch per
+    :meth:`run_epoch`.
 
     Args:
         config: The search job.
@@ -82,7 +85,7 @@ class SupernetSearch:
             config.space.config, strategy_cls.space_overrides(config.strategy.config), config
         )
         self.space = SPACES.create(config.space.name, space_config)
-        self.supernet = self.space.supernet(data.info)
+        self.supernet = build_supernet(self.space, data.info)
         if world_size > 1:
             self.supernet = convert_batchnorm(self.supernet)
         self.supernet = self.supernet.to(self.device)

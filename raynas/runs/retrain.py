@@ -14,25 +14,18 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from raynas.config import (
-    Component,
-    ExecutionConfig,
-    TrackingConfig,
-    _check,
-    load_yaml,
-    parse_sections,
-    to_dict_sections,
-)
+from raynas.config import RetrainConfig
 from raynas.data import DATASETS
 from raynas.data.base import official_test_set, split_indices
 from raynas.errors import ArchitectureError, ConfigError
+from raynas.execution import run_task
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
@@ -41,69 +34,6 @@ from raynas.train.loop import fit
 from raynas.types import Architecture, EpochReport
 
 RUN_PREFIX = "run:"
-
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    """The network's size and its training (defaults: DARTS ``train.py`` on CIFAR-10, except the
-    epochs: 600 there).
-
-    Attributes:
-        epochs: Training epochs.
-        channels: Initial channels (0: the space's evaluation default, 36 for DARTS on CIFAR).
-        layers: Cells or layers (0: the space's default, 20 for DARTS on CIFAR).
-        learning_rate: SGD learning rate, cosine-annealed to 0.
-        momentum: SGD momentum.
-        weight_decay: L2 weight decay.
-        grad_clip: Gradient-norm clip.
-        auxiliary_weight: Weight of the auxiliary head's loss (0: no head; 0.4 in DARTS).
-        drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs (0.2 in DARTS).
-        label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
-        lr_gamma: If set, the learning rate decays by this factor every epoch instead of the
-            cosine (0.97 in DARTS on ImageNet).
-    """
-
-    epochs: int = 50
-    channels: int = 0
-    layers: int = 0
-    learning_rate: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    auxiliary_weight: float = 0.0
-    drop_path_prob: float = 0.0
-    label_smoothing: float = 0.0
-    lr_gamma: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
-        _check(0 <= self.label_smoothing < 1, "retrain.label_smoothing", "must be in [0, 1)")
-        _check(0 <= self.lr_gamma <= 1, "retrain.lr_gamma", "must be in [0, 1] (0: cosine schedule)")
-        _check(self.channels >= 0 and self.layers >= 0, "retrain.channels", "and layers must be >= 0")
-        _check(self.learning_rate > 0, "retrain.learning_rate", "must be positive")
-        _check(self.auxiliary_weight >= 0, "retrain.auxiliary_weight", "must be >= 0")
-        _check(0 <= self.drop_path_prob < 1, "retrain.drop_path_prob", "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """One retraining job (``jobs/retrain_*.yaml``): what to train, on what, and where it goes."""
-
-    name: str
-    space: Component
-    architecture: str
-    data: Component
-    seed: int = 0
-    retrain: RetrainSettings = field(default_factory=RetrainSettings)
-    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(backend="local"))
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The full config as plain data (every default filled in)."""
-        return to_dict_sections(
-            self, scalars=("name", "seed", "architecture"), components=("space", "data"),
-            sections=("retrain", "execution", "tracking"),
-        )
 
 
 @dataclass(frozen=True)
@@ -299,42 +229,12 @@ def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any], st
     return train, test, split
 
 
-def load_retrain_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
-    """Read and validate a retraining job file (``--set`` overrides as for searches)."""
-    return parse_retrain_config(load_yaml(path, overrides))
-
-
-def parse_retrain_config(raw: dict[str, Any]) -> RetrainConfig:
-    """Validate a raw mapping into a :class:`RetrainConfig`."""
-    if "architecture" not in raw:
-        raise ConfigError(
-            "config key 'architecture' is missing: a published name, a JSON file, or run:<MLflow run id>"
-        )
-    return RetrainConfig(**parse_sections(raw, RetrainConfig, {"space": SPACES, "data": DATASETS}))
-
-
 def run_retrain_job(
     config: RetrainConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> RetrainResult:
     """:func:`run_retrain` in this process (``execution.backend: local``) or in a Ray task placed by
     the job's CPU, GPU and accelerator resources (``ray``)."""
-    if config.execution.backend == "local":
-        return run_retrain(config, fresh=fresh, echo=echo)
-    import ray
-
-    from raynas.execution.ray_actors import init_ray, remote_call
-
-    execution = config.execution
-    init_ray(execution)
-    task = ray.remote(run_retrain).options(
-        num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
-        resources={execution.accelerator: execution.gpus_per_worker} if execution.accelerator else {},
-        max_retries=0,
-    )
-    return remote_call(task.remote(config, fresh=fresh, echo=print))
+    return run_task(run_retrain, config.execution, config, fresh=fresh, echo=print)
 
 
-__all__ = [
-    "RetrainConfig", "RetrainResult", "RetrainSettings", "load_retrain_config", "parse_retrain_config",
-    "run_retrain", "run_retrain_job",
-]
+__all__ = ["RetrainResult", "run_retrain", "run_retrain_job"]

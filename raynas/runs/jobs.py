@@ -1,0 +1,166 @@
+"""Loading a job against the registries: the one place where the component names a job file gives
+(``space``, ``strategy``, ``data``, ``evaluator``) are looked up and their own settings checked.
+
+:mod:`raynas.config` holds the schema and checks every other key; here each component section
+becomes a :class:`raynas.config.Component` (its name and its validated config dataclass), and the
+rules that span sections are applied (an evaluator only for sampling strategies, settings a
+search kind would ignore). Every problem is a :class:`raynas.errors.ConfigError`: one line that
+names the key and says what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raynas.config import (
+    Component,
+    RetrainConfig,
+    SearchConfig,
+    TuneSettings,
+    build,
+    load_yaml,
+    parse_sections,
+)
+from raynas.data import DATASETS
+from raynas.errors import ConfigError, UnknownNameError
+from raynas.evaluators import EVALUATORS
+from raynas.registry import Registry
+from raynas.spaces import SPACES
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling import SamplingStrategy
+
+
+def component(data: Any, section: str, registry: Registry[Any]) -> Component:
+    """The registry selection a job section makes: ``{"name": ..., <settings>}`` or a bare name.
+
+    Raises:
+        ConfigError: The section is missing or has no name, the name is not registered (the
+            message lists the registered ones), or a setting is unknown or of the wrong type.
+    """
+    if data is None:
+        raise ConfigError(
+            f"config section {section!r} is missing; it needs a 'name', one of: "
+            f"{', '.join(registry.names())}"
+        )
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(
+            f"config section {section!r} needs a 'name', one of: {', '.join(registry.names())}"
+        )
+    data = dict(data)
+    name = data.pop("name")
+    try:
+        entry = registry.entry(str(name))
+    except UnknownNameError as exc:
+        raise ConfigError(f"config key '{section}.name': {exc}") from None
+    config = build(entry.config, data, section) if entry.config is not None else None
+    if config is None and data:
+        raise ConfigError(f"{registry.kind} {name!r} takes no settings; remove {sorted(data)}")
+    return Component(str(name), config)
+
+
+def _parser(registry: Registry[Any]) -> Any:
+    return lambda data, section: component(data, section, registry)
+
+
+def is_sampling(strategy: str) -> bool:
+    """Whether the registered strategy ``strategy`` is an ask/tell controller."""
+    return issubclass(STRATEGIES.get(strategy), SamplingStrategy)
+
+
+def parse_job(raw: dict[str, Any]) -> SearchConfig:
+    """Validate a search job's raw mapping (from YAML) into a :class:`SearchConfig`."""
+    raw = dict(raw)
+    evaluator = raw.pop("evaluator", None)
+    values = parse_sections(
+        raw, SearchConfig,
+        {"space": _parser(SPACES), "strategy": _parser(STRATEGIES), "data": _parser(DATASETS)},
+    )
+    strategy = values["strategy"].name
+    if is_sampling(strategy):
+        values["evaluator"] = component(evaluator, "evaluator", EVALUATORS)
+        if STRATEGIES.get(strategy).needs_supernet and values["evaluator"].name != "supernet":
+            raise ConfigError(
+                f"strategy {strategy!r} searches a one-shot supernet: set evaluator.name to "
+                f"'supernet' (got {values['evaluator'].name!r})"
+            )
+        if values["evaluator"].name != "supernet" and "train" in raw:
+            raise ConfigError(
+                f"config section 'train' configures a supernet's training, and evaluator "
+                f"{values['evaluator'].name!r} trains none: remove it (the evaluator's own settings "
+                "and 'final' set the candidates' training)"
+            )
+    elif evaluator is not None:
+        raise ConfigError(
+            f"config section 'evaluator' is for sampling strategies; {strategy!r} "
+            "is a gradient strategy that trains its own supernet: remove the section"
+        )
+    config = SearchConfig(**values)
+    _check_execution(config, raw)
+    return config
+
+
+def _check_execution(config: SearchConfig, raw: dict[str, Any]) -> None:
+    """Settings a search kind would silently ignore are refused instead."""
+    execution = config.execution
+    if execution.concurrency > 1 and execution.backend == "local":
+        raise ConfigError(
+            f"config key 'execution.concurrency' is {execution.concurrency}, but execution.backend: "
+            "local evaluates one candidate at a time in this process; use backend: ray, or "
+            "concurrency: 1"
+        )
+    if execution.concurrency > 1 and config.evaluator is None:
+        raise ConfigError(
+            "config key 'execution.concurrency' is for sampling searches (candidates evaluated at "
+            f"once); {config.strategy.name!r} trains one supernet: use execution.workers for "
+            "data-parallel training"
+        )
+    if "tune" in raw and not (config.evaluator is not None and config.evaluator.name == "scratch"):
+        raise ConfigError(
+            "config section 'tune' schedules candidates trained from scratch (evaluator: scratch); "
+            "this search trains none: remove it"
+        )
+    if config.tune != TuneSettings() and config.tune.enabled and execution.backend == "local":
+        raise ConfigError(
+            "config section 'tune' needs execution.backend: ray (Ray Tune runs the trials); "
+            "set tune.enabled: false to train candidates one after another in this process"
+        )
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """Read a search job file, apply ``key.sub=value`` overrides and validate everything.
+
+    Args:
+        path: The YAML job file.
+        overrides: Strings of the form ``train.epochs=3``; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a key or value is not allowed.
+    """
+    raw = load_yaml(path, overrides)
+    if "architecture" in raw and "strategy" not in raw:
+        raise ConfigError(
+            f"{str(path)!r} is a retraining job (it names an architecture): run it with `raynas train`"
+        )
+    return parse_job(raw)
+
+
+def parse_retrain_job(raw: dict[str, Any]) -> RetrainConfig:
+    """Validate a retraining job's raw mapping into a :class:`RetrainConfig`."""
+    if "architecture" not in raw:
+        raise ConfigError(
+            "config key 'architecture' is missing: a published name, a JSON file, or run:<MLflow run id>"
+        )
+    return RetrainConfig(
+        **parse_sections(raw, RetrainConfig, {"space": _parser(SPACES), "data": _parser(DATASETS)})
+    )
+
+
+def load_retrain_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
+    """Read and validate a retraining job file (``--set`` overrides as for searches)."""
+    return parse_retrain_job(load_yaml(path, overrides))
+
+
+__all__ = ["component", "is_sampling", "load_job", "load_retrain_job", "parse_job", "parse_retrain_job"]

@@ -1,0 +1,61 @@
+"""The search entry point: a job runs as a gradient search or a sampling search, once or once per
+seed; running it again resumes it where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from raynas.config import SearchConfig
+from raynas.errors import ConfigError
+from raynas.runs.common import SearchResult
+from raynas.runs.gradient import run_gradient_search
+from raynas.runs.sampling import run_sampling_search
+
+
+def run_search(
+    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
+) -> SearchResult:
+    """Run (or resume) the search described by ``config``.
+
+    Args:
+        config: The validated job (see :func:`raynas.runs.jobs.load_job`).
+        fresh: Ignore an unfinished checkpoint of the same job and start over.
+        echo: Where progress lines go.
+
+    Returns:
+        The final architecture, its metrics, its size and where the MLflow run is.
+    """
+    if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
+        return run_sampling_search(config, fresh=fresh, echo=echo)
+    return run_gradient_search(config, fresh=fresh, echo=echo)
+
+
+def run_seeds(
+    config: SearchConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
+) -> tuple[list[SearchResult], dict[str, tuple[float, float]]]:
+    """Run the search once per seed of ``config.seeds`` (as ``<name>-seed<N>``, each resumable on
+    its own) and summarise them, as the DARTS authors urge for reporting.
+
+    Returns:
+        The per-seed results, and for every metric they all report its mean and sample standard
+        deviation (0 for a single seed).
+    """
+    if not config.seeds:
+        raise ConfigError("run_seeds needs config.seeds, e.g. seeds: [0, 1, 2]")
+    results = []
+    for seed in config.seeds:
+        echo(f"--- seed {seed} ---")
+        one = dataclasses.replace(config, seed=seed, seeds=(), name=f"{config.name}-seed{seed}")
+        results.append(run_search(one, fresh=fresh, echo=echo))
+    shared = set.intersection(*(set(r.metrics) for r in results))
+    summary = {}
+    for key in sorted(shared):
+        values = [float(r.metrics[key]) for r in results]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        summary[key] = (mean, var**0.5)
+    return results, summary
+
+
+__all__ = ["run_search", "run_seeds"]

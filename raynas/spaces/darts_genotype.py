@@ -1,0 +1,167 @@
+"""DARTS genotypes (Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019): the record
+of a normal and a reduction cell, its published instances, and the flat categorical view of a
+two-input cell that the DARTS and Auto-DeepLab spaces share.
+
+In a genotype each intermediate node keeps two incoming edges, each an (operation, input) pair;
+inputs 0 and 1 are the cell's inputs and ``2 + i`` is intermediate node ``i``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from raynas.errors import ArchitectureError
+from raynas.ops.darts import OPS
+from raynas.types import Architecture, Decision, check_keys, published_record
+
+Edge = tuple[str, int]
+
+
+def cell_decisions(name: str, node_names: Sequence[str], ops: tuple[str, ...]) -> list[Decision]:
+    """The flat view of a cell whose nodes each take two distinct earlier states (inputs 0 and 1
+    are the cell's inputs): per node, which two inputs (``"0+1"``, ...), then the op on each."""
+    out: list[Decision] = []
+    for node, label in enumerate(node_names):
+        pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(node + 2), 2))
+        out += [
+            Decision(f"{name}.{label}.inputs", pairs),
+            Decision(f"{name}.{label}.op_a", ops),
+            Decision(f"{name}.{label}.op_b", ops),
+        ]
+    return out
+
+
+def encode_cell(edges: Sequence[Edge], decisions: Sequence[Decision], node_names: Sequence[str]) -> list[int]:
+    """Option indices of :func:`cell_decisions` for ``edges`` (two per node, ordered by input)."""
+    values: list[int] = []
+    for i in range(0, len(edges), 2):
+        (op_a, a), (op_b, b) = sorted(edges[i : i + 2], key=lambda e: e[1])
+        if a == b:
+            raise ArchitectureError(
+                f"{node_names[i // 2]} takes input {a} twice; the flat view needs two distinct inputs"
+            )
+        inputs, ops = decisions[len(values)], decisions[len(values) + 1]
+        values += [inputs.options.index(f"{a}+{b}"), ops.options.index(op_a), ops.options.index(op_b)]
+    return values
+
+
+def decode_cell(names: Sequence[str]) -> tuple[Edge, ...]:
+    """The edges of a cell from its decoded :func:`cell_decisions` options (three per node)."""
+    edges: list[Edge] = []
+    for i in range(0, len(names), 3):
+        a, b = (int(v) for v in names[i].split("+"))
+        edges += [(names[i + 1], a), (names[i + 2], b)]
+    return tuple(edges)
+
+
+@dataclass(frozen=True)
+class DartsGenotype(Architecture):
+    """A DARTS genotype: two (op, input) edges per intermediate node, for both cell types.
+
+    The JSON form is the published one:
+    ``{"normal": [["sep_conv_3x3", 0], ...], "normal_concat": [2, 3, 4, 5], "reduce": [...], ...}``.
+    """
+
+    space = "darts"
+
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...]
+    reduce_concat: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for cell in ("normal", "reduce"):
+            edges: tuple[Edge, ...] = getattr(self, cell)
+            if not edges or len(edges) % 2:
+                raise ArchitectureError(
+                    f"genotype {cell!r} must list two (op, input) edges per node, got {len(edges)}"
+                )
+            for i, (op, index) in enumerate(edges):
+                node = i // 2
+                if op not in OPS:
+                    raise ArchitectureError(
+                        f"genotype {cell}[{i}]: unknown op {op!r}; choose one of: "
+                        f"{', '.join(OPS.names())}"
+                    )
+                if not 0 <= index < node + 2:
+                    raise ArchitectureError(
+                        f"genotype {cell}[{i}]: node {node + 2} cannot take input {index}; "
+                        f"allowed inputs are 0..{node + 1}"
+                    )
+            concat: tuple[int, ...] = getattr(self, f"{cell}_concat")
+            last = len(edges) // 2 + 1
+            if not concat or any(not 0 <= c <= last for c in concat):
+                raise ArchitectureError(
+                    f"genotype {cell}_concat {list(concat)} must name states in 0..{last}"
+                )
+
+    @property
+    def nodes(self) -> int:
+        """Number of intermediate nodes per cell."""
+        return len(self.normal) // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "normal": [list(e) for e in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(e) for e in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DartsGenotype:
+        check_keys(data, ("normal", "normal_concat", "reduce", "reduce_concat"), "a DARTS genotype")
+        try:
+            return cls(
+                normal=tuple((str(op), int(i)) for op, i in data["normal"]),
+                normal_concat=tuple(int(i) for i in data["normal_concat"]),
+                reduce=tuple((str(op), int(i)) for op, i in data["reduce"]),
+                reduce_concat=tuple(int(i) for i in data["reduce_concat"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ArchitectureError(f"malformed DARTS genotype: {exc}") from None
+
+    def canonical(self) -> Any:
+        # The two edges of a node are unordered: (a from 0, b from 1) == (b from 1, a from 0).
+        def cell(edges: tuple[Edge, ...]) -> list[list[list[Any]]]:
+            return [sorted([list(e) for e in edges[i : i + 2]]) for i in range(0, len(edges), 2)]
+
+        return {
+            "normal": cell(self.normal),
+            "normal_concat": sorted(self.normal_concat),
+            "reduce": cell(self.reduce),
+            "reduce_concat": sorted(self.reduce_concat),
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+            f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})"
+        )
+
+
+def _load_published() -> tuple[dict[str, DartsGenotype], dict[str, str]]:
+    text = resources.files("raynas.spaces").joinpath("darts_genotypes.json").read_text()
+    data = json.loads(text)
+    aliases = data.pop("_aliases")
+    data.pop("_source")
+    return {name: DartsGenotype.from_dict(g) for name, g in data.items()}, aliases
+
+
+PUBLISHED, _ALIASES = _load_published()
+
+
+def published_genotype(name: str) -> DartsGenotype:
+    """A published genotype by name (DARTS_V1, DARTS_V2, NASNet, AmoebaNet, PC_DARTS, MiLeNAS, ...)."""
+    return published_record(name, PUBLISHED, _ALIASES, "genotype")
+
+
+def load_genotype(text: str) -> DartsGenotype:
+    """A published genotype by name, or one from JSON text or a JSON file in the published form."""
+    genotype = DartsGenotype.read_json(text, form="in the published genotype form", noun="genotype")
+    return genotype if genotype is not None else published_genotype(text.strip())
