@@ -25,8 +25,12 @@ class GdasConfig(GradientConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.tau_min <= self.tau_max:
-            raise ConfigError("strategy.tau_min and tau_max need 0 < tau_min <= tau_max")
+        if not self.tau_min > 0:  # NaN too
+            raise ConfigError(f"strategy.tau_min must be positive, got {self.tau_min}")
+        if not self.tau_min <= self.tau_max:  # NaN too
+            raise ConfigError(
+                f"strategy.tau_max must be at least strategy.tau_min ({self.tau_min}), got {self.tau_max}"
+            )
 
 
 @STRATEGIES.register("gdas", config=GdasConfig)
