@@ -3,7 +3,9 @@ an S3-compatible server) and a tiny search config that finishes in seconds on 2 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -36,8 +38,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def _empty_mlflow_store() -> Path:
+    """An MLflow SQLite store with every table at the current schema and no rows, made once per
+    test process: MLflow makes a new store by running its Alembic migrations (over a hundred
+    scripts), which takes 3-10 s on two cores."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    engine = sqlalchemy.create_engine(f"sqlite:///{folder / 'mlflow.db'}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    return folder / "mlflow.db"
+
+
+def mlflow_store(folder: Path) -> str:
+    """The URI of the MLflow SQLite store ``folder/mlflow.db``, a copy of an empty one if it is
+    not there yet. MLflow opens it as a store it made itself (it adds the Default experiment, with
+    this store's artifact root, at first use). Nothing is written in a folder that is not there
+    yet, nor in the shared temp folder (tests that only parse a job pass it)."""
+    path = folder / "mlflow.db"
+    if folder.is_dir() and folder != Path(tempfile.gettempdir()) and not path.exists():
+        # Tests import this file as `conftest` (pytest's) and as `tests.conftest`: one store for both.
+        shared = sys.modules.get("conftest", sys.modules[__name__])
+        shutil.copyfile(shared._empty_mlflow_store(), path)
+    return f"sqlite:///{path}"
+
+
 def tiny_job(tmp_path: Path, **sections: dict) -> dict:
-    """A DARTS search small enough for a unit test: 2-node cells, 3 cells, 96 digits."""
+    """A DARTS search small enough for a unit test: 2-node cells, 3 cells, 96 digits; tracked in
+    an MLflow store in ``tmp_path``."""
     job = {
         "name": "tiny",
         "seed": 0,
@@ -48,7 +82,7 @@ def tiny_job(tmp_path: Path, **sections: dict) -> dict:
         "execution": {"backend": "local", "cpus_per_worker": 1},
         "tracking": {
             "experiment": "tests",
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking_uri": mlflow_store(tmp_path),
             "output_dir": str(tmp_path / "runs"),
         },
     }

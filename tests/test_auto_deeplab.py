@@ -37,6 +37,7 @@ from raynas.supernet import build_supernet
 from raynas.train.loop import evaluate
 from raynas.train.segmentation import class_iou, confusion_matrix, mean_iou
 from raynas.types import Architecture, DatasetInfo
+from tests.conftest import mlflow_store
 from tests.fixtures import SOME_IDS, write_cityscapes, write_cityscapes_tree
 
 JOB = Path(__file__).parents[1] / "jobs" / "auto_deeplab_cityscapes.yaml"
@@ -371,7 +372,7 @@ def test_a_tiny_search_returns_an_architecture_of_the_space(cityscapes_root: Pat
         f"data.path={cityscapes_root}", "data.downscale=1", "data.crop_size=16", "data.batch_size=2",
         "data.num_workers=0", "space.channels=2", "space.layers=3", "space.blocks=2",
         "train.epochs=2", "strategy.arch_start_epoch=1", "execution.backend=local",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ])
     lines: list[str] = []
@@ -396,7 +397,7 @@ def test_retraining_the_official_network_tests_it_on_val_with_miou(
         "data": {"name": "cityscapes", "path": str(cityscapes_root), "downscale": 1, "crop_size": 16,
                  "batch_size": 2},
         "retrain": {"epochs": 1, "channels": 2, "learning_rate": 0.01},
-        "tracking": {"experiment": "tests", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking": {"experiment": "tests", "tracking_uri": mlflow_store(tmp_path),
                      "output_dir": str(tmp_path / "runs")},
     }
     lines: list[str] = []

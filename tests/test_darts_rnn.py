@@ -31,6 +31,7 @@ from raynas.spaces.darts_rnn import (
 from raynas.supernet import build_supernet
 from raynas.supernet.darts_rnn import DartsRnnSupernet, derive_recurrent
 from raynas.types import Architecture, DatasetInfo
+from tests.conftest import mlflow_store
 from tests.fixtures import PTB_TRAIN, write_ptb
 
 PTB = DatasetInfo("ptb", 1, 10_000, 35)
@@ -342,7 +343,7 @@ def tiny_ptb_job(tmp_path: Path, *overrides: str, **sections: dict[str, Any]) ->
     raw = load_yaml(job, [
         f"data.path={folder}", "data.bptt=6", "data.batch_size=8", "space.channels=8", "space.nodes=3",
         "train.epochs=2", "execution.backend=local",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}", *overrides,
     ])
     return parse_job({**raw, **sections})

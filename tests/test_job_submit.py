@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, free_port, stop_ray_cluster
+from conftest import BIN, free_port, mlflow_store, stop_ray_cluster
 
 ROOT = Path(__file__).parents[1]
 
@@ -66,7 +66,7 @@ def test_quickstart_job_submitted_with_ray_job_submit(
     working_dir = tmp_path / "job"
     working_dir.mkdir()
     shutil.copy(ROOT / "jobs" / "quickstart.yaml", working_dir / "quickstart.yaml")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = mlflow_store(tmp_path)
     overrides = [
         "space.channels=4", "space.layers=3", "space.nodes=2", "data.limit=64",
         "data.batch_size=16", "train.epochs=1", "execution.cpus_per_worker=1",

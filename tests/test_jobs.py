@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_store
 
 from raynas.runs.jobs import load_job
 
@@ -65,7 +66,7 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
         *SHRINK_SPACE[original.space.name], "data.limit=64",
         "data.batch_size=16", "execution.backend=local",
         "execution.cpus_per_worker=1", "execution.concurrency=1",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ]
     if original.evaluator is None or original.evaluator.name == "supernet":

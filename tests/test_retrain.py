@@ -17,7 +17,7 @@ from raynas.runs.jobs import load_job, load_retrain_job, parse_job, parse_retrai
 from raynas.runs.retrain import _loaders, run_retrain
 from raynas.train.loop import fit, train_epoch
 from raynas.train.segmentation import mean_cross_entropy
-from tests.conftest import tiny_job, write_job
+from tests.conftest import mlflow_store, tiny_job, write_job
 from tests.test_data import write_batch
 
 ALL_CONV = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -33,7 +33,7 @@ def retrain_job(tmp_path: Path, architecture: str, **sections: object) -> dict:
         "data": {"name": "digits", "batch_size": 32, "limit": 160, "train_portion": 0.8},
         "retrain": {"epochs": 2, "channels": 4, "layers": 1, "learning_rate": 0.05},
         "tracking": {
-            "experiment": "tests", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment": "tests", "tracking_uri": mlflow_store(tmp_path),
             "output_dir": str(tmp_path / "runs"),
         },
     }

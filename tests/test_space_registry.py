@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import mlflow_store
 
 from raynas.errors import ArchitectureError
 from raynas.profile import count_params
@@ -306,7 +307,7 @@ def test_the_custom_space_example_runs_a_search(
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     script.main([
         str(EXAMPLE / "job.yaml"), "--set", f"strategy.name={strategy}", "--set", "space.channels=4",
         "--set", "data.limit=96", "--set", "data.batch_size=16", "--set", "train.epochs=2",
