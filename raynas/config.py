@@ -65,6 +65,9 @@ class ExecutionConfig:
     trials, each placed like a worker above); their controller actor asks for
     ``controller_resources`` (e.g. a custom resource only the CPU nodes declare), so it stays
     off the GPU nodes.
+
+    ``max_restarts``: how many lost actors (a node gone, a process killed) a search replaces and
+    goes on without anyone re-running the command; past it the search stops, resumable.
     """
 
     backend: Literal["ray", "local"] = "ray"
@@ -76,6 +79,7 @@ class ExecutionConfig:
     object_store_mb: int = 256
     concurrency: int = 1
     controller_resources: dict[str, float] = field(default_factory=dict)
+    max_restarts: int = 10
 
     def __post_init__(self) -> None:
         check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
@@ -87,6 +91,7 @@ class ExecutionConfig:
         check(self.gpus_per_worker >= 0, "execution.gpus_per_worker", "must be >= 0")
         check(self.object_store_mb >= 80, "execution.object_store_mb", "must be >= 80")
         check(self.concurrency >= 1, "execution.concurrency", "must be at least 1")
+        check(self.max_restarts >= 0, "execution.max_restarts", "must be >= 0")
         check(
             all(v >= 0 for v in self.controller_resources.values()),
             "execution.controller_resources", "must be amounts >= 0",

@@ -27,7 +27,16 @@ class ArchitectureError(RaynasError, ValueError):
 
 
 class WorkerLostError(RaynasError):
-    """A worker died mid-search (node lost, out of memory); the checkpoint allows a resume."""
+    """A worker died mid-search (node lost, out of memory); the checkpoint allows a resume.
+
+    Args:
+        message: The line the user sees.
+        reason: What Ray said of the loss, for the log line of a replacement.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class StorageError(RaynasError):

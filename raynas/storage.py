@@ -211,3 +211,27 @@ def exists(uri: str) -> bool:
             return False
         raise
     return True
+
+
+def remove(uri: str) -> None:
+    """Delete the file, folder or ``s3://`` prefix at ``uri``; nothing there is not an error."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    loc = S3Location.parse(uri)
+    client = s3_client()
+    prefix = loc.key.rstrip("/")
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if item["Key"] == prefix or item["Key"].startswith(prefix + "/")
+    ]
+    for i in range(0, len(keys), 1000):  # S3's limit per DeleteObjects call
+        client.delete_objects(
+            Bucket=loc.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+        )

@@ -195,6 +195,9 @@ class EvalResult:
         seconds: Wall time of the evaluation.
         node: Where it ran (accelerator or node type, ``local`` in-process).
         stopped_early: A scheduler stopped it before its full budget.
+        started: When the evaluation started (Unix time, seconds; 0 when unknown).
+        ended: When it ended (Unix time, seconds; 0 when unknown).
+        node_id: The Ray node it ran on (empty in-process).
     """
 
     architecture: Architecture
@@ -205,6 +208,9 @@ class EvalResult:
     seconds: float = 0.0
     node: str = "local"
     stopped_early: bool = False
+    started: float = 0.0
+    ended: float = 0.0
+    node_id: str = ""
 
     @property
     def score(self) -> float:
@@ -217,6 +223,7 @@ class EvalResult:
             "architecture": self.architecture.to_json(), "metrics": dict(self.metrics),
             "objective": self.objective, "trial_id": self.trial_id, "budget": self.budget,
             "seconds": self.seconds, "node": self.node, "stopped_early": self.stopped_early,
+            "started": self.started, "ended": self.ended, "node_id": self.node_id,
         }
 
     @staticmethod

@@ -25,7 +25,7 @@ from raynas.execution.ray_actors import ACCELERATOR_LABEL
 from raynas.execution.tune import run_tune_search
 from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
-from raynas.train.checkpoint import load_checkpoint
+from raynas.runs.sampling import search_state
 from raynas.types import EvalResult
 
 pytestmark = pytest.mark.integration
@@ -147,7 +147,7 @@ def test_one_shot_supernet_actors_go_to_the_pinned_gpu_type_and_the_controller_t
     )
     lines: list[str] = []
     result = run_search(parse_job(job), echo=lines.append)
-    state = load_checkpoint(result.checkpoint)["search"]
+    state = search_state(result.checkpoint)
     # Every candidate was scored on the A100 node (its accelerator label, read on the node itself).
     assert [r["node"] for r in state["results"]] == ["A100"] * 3
     assert f"controller on node {cluster.head[:12]}" in lines[0]

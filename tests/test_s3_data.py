@@ -235,7 +235,8 @@ def test_sampling_search_resumes_its_supernet_from_s3(
 
     lines: list[str] = []
     result = run_search(config, echo=lines.append)
-    assert lines[0].startswith("Resuming 'tiny' in phase 'search' with 1 candidates evaluated, from s3://")
+    assert lines[0].startswith("Resuming 'tiny' in phase 'search' with 1 candidates evaluated")
+    assert "from s3://" in lines[0]
     assert not any(line.startswith("supernet epoch") for line in lines)  # its weights came from S3
     assert sum(line.startswith("candidate") for line in lines) == 2
     assert load_checkpoint(result.checkpoint)["finished"]

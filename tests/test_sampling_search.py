@@ -15,12 +15,12 @@ from raynas.errors import ConfigError
 from raynas.evaluators.supernet import SupernetEvaluator
 from raynas.runs import run_search, run_seeds
 from raynas.runs.jobs import parse_job
+from raynas.runs.sampling import search_state
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
 from raynas.supernet import build_supernet
 from raynas.tracking.results import ResultsStore
-from raynas.train.checkpoint import load_checkpoint
 from raynas.types import DatasetInfo
 from tests.conftest import tiny_job
 
@@ -98,7 +98,7 @@ def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: 
     job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2})
     config = parse_job(job)
     reference = run_search(config, echo=lambda _: None, fresh=True)
-    ref_state = load_checkpoint(reference.checkpoint)["search"]
+    ref_state = search_state(reference.checkpoint)
 
     lines: list[str] = []
 
@@ -109,13 +109,13 @@ def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: 
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_search(config, echo=crash_after_three, fresh=True)
-    crashed = load_checkpoint(reference.checkpoint)["search"]
+    crashed = search_state(reference.checkpoint)
     assert len(crashed["results"]) == 3 and crashed["phase"] == "search"
 
     resumed_lines: list[str] = []
     resumed = run_search(config, echo=resumed_lines.append)
     assert any(line.startswith("Resuming") for line in resumed_lines)
-    state = load_checkpoint(resumed.checkpoint)["search"]
+    state = search_state(resumed.checkpoint)
     assert state["results"][:3] == crashed["results"]  # nothing evaluated was lost or redone
     assert len(state["results"]) == 8
     # The supernet phase was not repeated, and the whole search is the uninterrupted one.
@@ -131,7 +131,7 @@ def test_evolution_with_training_from_scratch_and_retraining_the_best(tmp_path: 
         final={"top": 1, "epochs": 1, "channels": 4, "layers": 1},
     )
     result = run_search(parse_job(job), echo=lambda _: None)
-    state = load_checkpoint(result.checkpoint)["search"]
+    state = search_state(result.checkpoint)
     assert len(state["results"]) == 3 and len(state["retrained"]) == 1
     assert all(r["budget"] == 1 for r in state["results"])
     assert state["retrained"][0]["trial_id"].startswith("retrain-")
@@ -175,7 +175,7 @@ def test_supernet_replicas_on_ray_score_candidates_concurrently(tmp_path: Path, 
     lines: list[str] = []
     result = run_search(parse_job(job), echo=lines.append)
     assert "2 Ray actor(s)" in lines[0]
-    state = load_checkpoint(result.checkpoint)["search"]
+    state = search_state(result.checkpoint)
     assert len(state["results"]) == 8
     assert {r["node"] for r in state["results"]} == {"cpu"}
     assert len({r["trial_id"] for r in state["results"]}) == 8

@@ -132,7 +132,7 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
 
 
 @pytest.mark.integration
-def test_a_lost_ray_actor_loses_no_finished_epoch(
+def test_a_killed_actor_is_replaced_and_without_restarts_the_search_resumes(
     tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
@@ -148,23 +148,30 @@ def test_a_lost_ray_actor_loses_no_finished_epoch(
         started.append(self)
 
     monkeypatch.setattr(ray_actors.RayWorker, "__init__", capture)
-    config = parse_job(tiny_job(
-        tmp_path, train={"epochs": 3}, execution={"backend": "ray", "address": ray_head}
-    ))
+    job = tiny_job(tmp_path, train={"epochs": 3}, execution={"backend": "ray", "address": ray_head})
+    lines: list[str] = []
 
     def kill_after_first_epoch(line: str) -> None:
+        lines.append(line)
         if line.startswith("epoch   1/"):
             ray.kill(started[-1].actors[0], no_restart=True)
 
-    try:
+    try:  # elastic: the worker is rebuilt from the checkpoint of epoch 1 and the search goes on
+        elastic = run_search(parse_job(job), echo=kill_after_first_epoch)
+        assert any("restarting the worker from epoch 1 (1 of at most 10 restarts)" in line for line in lines)
+        assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+        # With no restarts allowed the search stops, and the same command resumes it.
+        config = parse_job({**job, "name": "tiny-stop", "execution": {**job["execution"], "max_restarts": 0}})
         with pytest.raises(WorkerLostError, match="run the same command again to resume"):
             run_search(config, echo=kill_after_first_epoch)
-        lines: list[str] = []
+        lines = []
         result = run_search(config, echo=lines.append)
     finally:
         ray.shutdown()
-    assert lines[0].startswith("Resuming 'tiny' after epoch 1")
+    assert elastic.architecture == result.architecture and elastic.metrics == result.metrics
+    assert lines[0].startswith("Resuming 'tiny-stop' after epoch 1")
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2/3", "3/3"]
     client = MlflowClient(config.tracking.tracking_uri)
-    assert client.get_run(result.run_id).info.status == "FINISHED"
-    assert sorted({m.step for m in client.get_metric_history(result.run_id, "valid_acc")}) == [0, 1, 2]
+    for run_id in (elastic.run_id, result.run_id):
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, "valid_acc")] == [0, 1, 2]

@@ -28,6 +28,7 @@ from raynas.evaluators.training_free import (
     proxy_values,
 )
 from raynas.runs.jobs import parse_job
+from raynas.runs.sampling import search_state
 from raynas.spaces.nb201 import Nb201Arch
 from raynas.tracking.results import ResultsStore
 from raynas.train.checkpoint import load_checkpoint
@@ -271,7 +272,7 @@ def test_random_search_with_naswot_records_every_candidate(
     assert main(["search", str(write_job(tmp_path, job))]) == 0  # as users run it
     out = capsys.readouterr().out
     checkpoint = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
-    state = checkpoint["search"]
+    state = search_state(str(tmp_path / "runs" / "tiny" / "checkpoint.pt"))
     assert len(state["results"]) == 5
     assert all(r["objective"] == "naswot" and r["budget"] == 0 for r in state["results"])
     best = max(state["results"], key=lambda r: r["metrics"]["naswot"])

@@ -26,6 +26,7 @@ from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.supernet import build_supernet
+from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
 
@@ -58,20 +59,33 @@ class SupernetEvaluator:
             (cosine over ``train.epochs``), ``data`` the search split.
     """
 
-    def __init__(self, config: SupernetEvalConfig, *, search: SearchConfig) -> None:
+    # Replicas may train the supernet together, data-parallel (built with rank and world_size).
+    data_parallel = True
+
+    def __init__(
+        self, config: SupernetEvalConfig, *, search: SearchConfig, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.config = config
         self.search = search
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(search.seed)
+        torch.manual_seed(search.seed)  # the same initial weights on every replica
         space = SPACES.create(search.space.name, search.space.config)
         data = DATASETS.create(search.data.name, search.data.config)
-        self.supernet = build_supernet(space, data.info).to(self.device)
+        self.supernet = build_supernet(space, data.info)
         if not hasattr(self.supernet, "set_path"):
             raise ConfigError(
                 f"evaluator 'supernet' needs a one-shot supernet (set_path); space "
                 f"{search.space.name!r} has none: use evaluator 'scratch'"
             )
+        if world_size > 1:  # BatchNorm over the global batch while the replicas train together
+            self.supernet = convert_batchnorm(self.supernet)
+        self.supernet = self.supernet.to(self.device)
+        # Replicas training together take a slice of every global batch each; scoring (BatchNorm
+        # recalibration, validation) reads the whole halves, on one replica.
         self.train_loader, self.valid_loader = search_loaders(data, seed=search.seed)
+        self.shard_loader = self.train_loader if world_size == 1 else search_loaders(
+            data, seed=search.seed, rank=rank, world_size=world_size
+        )[0]
         train = search.train
         arch_ids = {id(p) for p in self.supernet.arch_parameters()}
         self.optimizer = torch.optim.SGD(
@@ -86,7 +100,7 @@ class SupernetEvaluator:
     @property
     def steps_per_epoch(self) -> int:
         """Training steps (batches) in one supernet epoch."""
-        return len(self.train_loader)
+        return len(self.shard_loader)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         """One epoch of single-path training: step ``i`` trains ``paths[i % len(paths)]``."""
@@ -96,8 +110,8 @@ class SupernetEvaluator:
         def before_step(step: int) -> None:
             self.supernet.set_path(paths[step % len(paths)])
 
-        metrics = train_epoch(
-            self.supernet, self.optimizer, self.train_loader, self.device,
+        metrics = train_epoch(  # data-parallel replicas: one path per global step on every rank
+            self.supernet, self.optimizer, self.shard_loader, self.device,
             grad_clip=self.search.train.grad_clip, before_step=before_step,
         )
         self.supernet.set_path(None)
@@ -116,14 +130,14 @@ class SupernetEvaluator:
             g.manual_seed(candidate_seed(self.search.seed, arch))  # type: ignore[union-attr]
         self.supernet.set_path(arch)
         try:
-            if self.config.bn_batches:
-                recalibrate_batchnorm(
-                    self.supernet, itertools.islice(self.train_loader, self.config.bn_batches), self.device
-                )
-            valid = self.valid_loader
-            if self.config.valid_batches:
-                valid = itertools.islice(valid, self.config.valid_batches)  # type: ignore[assignment]
-            metrics = evaluate(self.supernet, valid, self.device)
+            with local_only():  # a replica scores alone, whatever the group it trained in
+                if self.config.bn_batches:
+                    batches = itertools.islice(self.train_loader, self.config.bn_batches)
+                    recalibrate_batchnorm(self.supernet, batches, self.device)
+                valid = self.valid_loader
+                if self.config.valid_batches:
+                    valid = itertools.islice(valid, self.config.valid_batches)  # type: ignore[assignment]
+                metrics = evaluate(self.supernet, valid, self.device)
         finally:
             self.supernet.set_path(None)
             torch.set_rng_state(state)  # scoring leaves the training's random streams alone
@@ -151,9 +165,9 @@ class SupernetEvaluator:
             "epoch": self.epoch,
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
-            "loaders": [
+            "loaders": [  # the training stream (a replica's slices follow the same one)
                 loader.batch_sampler.generator.get_state()  # type: ignore[union-attr]
-                for loader in (self.train_loader, self.valid_loader)
+                for loader in (self.shard_loader, self.valid_loader)
             ],
         }
 
@@ -165,5 +179,5 @@ class SupernetEvaluator:
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
-        for loader, rng in zip((self.train_loader, self.valid_loader), state["loaders"], strict=True):
+        for loader, rng in zip((self.shard_loader, self.valid_loader), state["loaders"], strict=True):
             loader.batch_sampler.generator.set_state(rng)  # type: ignore[union-attr]

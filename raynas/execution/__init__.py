@@ -18,6 +18,8 @@ T = TypeVar("T")
 class Worker(Protocol):
     """A running search hosted by the execution layer, driven an epoch at a time."""
 
+    restarts: int  # how many times :meth:`restart` rebuilt it
+
     def run_epoch(self) -> EpochReport:
         """Train and evaluate one epoch."""
         ...
@@ -32,6 +34,10 @@ class Worker(Protocol):
 
     def describe_location(self) -> str:
         """Where the worker runs, for the user ("this process", a Ray node and device)."""
+        ...
+
+    def restart(self) -> None:
+        """Rebuild the work from its factory (after a lost actor); load a state into it next."""
         ...
 
     def close(self) -> None:

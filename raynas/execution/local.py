@@ -16,7 +16,14 @@ class LocalWorker:
     """
 
     def __init__(self, factory: Any, *, threads: int) -> None:
+        self.factory = factory
+        self.threads = threads
+        self.restarts = 0
         self.work = factory(threads=threads, rank=0, world_size=1)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.work = self.factory(threads=self.threads, rank=0, world_size=1)
 
     def run_epoch(self) -> EpochReport:
         return self.work.run_epoch()

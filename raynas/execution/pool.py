@@ -4,25 +4,43 @@ A pool takes candidates (:meth:`submit`) and hands back their results as they fi
 (:meth:`next_result`), ``capacity`` at a time. With the one-shot ``supernet`` evaluator the first
 actor also trains the supernet; the others are replicas that take its weights and serve
 evaluations concurrently. Actors ask for the configured CPUs, GPUs and accelerator resource, so
-on a mixed cluster they land on the GPU nodes of that type.
+on a mixed cluster they land on the GPU nodes of that type. Every result records when and where
+it ran (``started``, ``ended``, ``node``, ``node_id``); a lost actor is replaced (:class:`RayPool`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from raynas.config import SearchConfig
+from raynas.errors import WorkerLostError
 from raynas.evaluators import EVALUATORS
 from raynas.types import Architecture, EvalResult
 
+log = logging.getLogger(__name__)
 
-def build_evaluator(config: SearchConfig) -> Any:
-    """The evaluator the job configures (``config.evaluator``)."""
+
+def build_evaluator(config: SearchConfig, **group: int) -> Any:
+    """The evaluator the job configures (``config.evaluator``); ``group`` (``rank``,
+    ``world_size``) makes it one replica of a data-parallel group."""
     assert config.evaluator is not None
-    return EVALUATORS.create(config.evaluator.name, config.evaluator.config, search=config)
+    return EVALUATORS.create(config.evaluator.name, config.evaluator.config, search=config, **group)
+
+
+def trains_together(config: SearchConfig) -> bool:
+    """Whether the job's evaluator replicas train a shared supernet data-parallel: a one-shot
+    evaluator that can (``data_parallel``) with more than one replica on Ray."""
+    assert config.evaluator is not None
+    return (
+        config.execution.backend == "ray" and config.execution.concurrency > 1
+        and getattr(EVALUATORS.get(config.evaluator.name), "data_parallel", False)
+    )
 
 
 class CandidatePool(Protocol):
@@ -68,6 +86,13 @@ class CandidatePool(Protocol):
         ...
 
 
+def timed(evaluator: Any, arch: Architecture, trial_id: str, *, node: str, node_id: str = "") -> EvalResult:
+    """``evaluator.evaluate(arch)`` with when and where it ran recorded on the result."""
+    started = time.time()
+    result = evaluator.evaluate(arch, trial_id=trial_id)
+    return dataclasses.replace(result, started=started, ended=time.time(), node=node, node_id=node_id)
+
+
 class LocalPool:
     """One evaluator in this process; candidates are evaluated one at a time, in order."""
 
@@ -82,7 +107,7 @@ class LocalPool:
 
     def next_result(self) -> EvalResult:
         arch, trial_id = self.queue.popleft()
-        return self.evaluator.evaluate(arch, trial_id=trial_id)
+        return timed(self.evaluator, arch, trial_id, node="local")
 
     @property
     def in_flight(self) -> int:
@@ -115,20 +140,39 @@ class LocalPool:
 class _EvaluatorActor:
     """An evaluator inside a Ray actor (built by :meth:`setup` so errors reach the driver)."""
 
-    def setup(self, config: SearchConfig, threads: int) -> tuple[str, str]:
+    def rendezvous(self) -> str:
+        """host:port where this actor, as rank 0, will gather the data-parallel group."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(
+        self, config: SearchConfig, threads: int, rank: int = 0, world: int = 1, address: str | None = None
+    ) -> tuple[str, str]:
         import ray
         import torch
 
         from raynas.execution.ray_actors import node_type
+        from raynas.train.distributed import init_process_group
 
         torch.set_num_threads(threads)
-        self.evaluator = build_evaluator(config)
+        if world > 1:
+            assert address is not None
+            init_process_group(rank=rank, world=world, address=address)
+            self.evaluator = build_evaluator(config, rank=rank, world_size=world)
+        else:
+            self.evaluator = build_evaluator(config)
         self.node = node_type(config.execution.accelerator)  # the node's accelerator type, or cpu
-        return ray.get_runtime_context().get_node_id(), self.node
+        self.node_id = ray.get_runtime_context().get_node_id()
+        return self.node_id, self.node
 
     def evaluate(self, arch: Architecture, trial_id: str) -> EvalResult:
-        result = self.evaluator.evaluate(arch, trial_id=trial_id)
-        return dataclasses.replace(result, node=self.node)
+        return timed(self.evaluator, arch, trial_id, node=self.node, node_id=self.node_id)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         return self.evaluator.train_epoch(paths)
@@ -152,70 +196,193 @@ class _EvaluatorActor:
 
 
 class RayPool:
-    """``execution.concurrency`` evaluator actors placed by the configured resources.
+    """``execution.concurrency`` evaluator actors placed by the configured resources; elastic.
+
+    With the one-shot ``supernet`` evaluator the replicas train the supernet together,
+    data-parallel (one path per global step on every replica, each on its slice of the global
+    batch, gradients and BatchNorm statistics over the whole batch), then score candidates apart.
+
+    A lost actor (its node gone, its process killed) is replaced by a new one, which Ray places
+    wherever the resources are (another node when the node is gone), and the candidate it held is
+    evaluated again under the same trial id, so it is told once; a replacement takes the weights
+    of a live replica, or ``restore()`` (the supernet's last checkpoint). An actor lost while the
+    replicas train together ends the group: it is rebuilt whole from ``restore()`` (the start of
+    the epoch) and the epoch trained again. After ``execution.max_restarts`` replacements the pool
+    gives up with :class:`raynas.errors.WorkerLostError` (the search's checkpoint lets the same
+    command resume it).
 
     Args:
         config: The search job (its ``execution`` section says where and how many).
+        restore: The state a replacement starts from when no replica can give it weights (None:
+            the evaluator's initial state).
+        echo: Where a line about each replacement goes.
     """
 
-    def __init__(self, config: SearchConfig) -> None:
+    def __init__(
+        self, config: SearchConfig, *, restore: Callable[[], dict[str, Any] | None] | None = None,
+        echo: Callable[[str], None] = log.warning,
+    ) -> None:
         import ray
 
         from raynas.execution.ray_actors import init_ray, remote_call
 
         self._get = remote_call
+        self.config = config
+        self.restore = restore or (lambda: None)
+        self.echo = echo
         execution = config.execution
         init_ray(execution)
-        resources = {execution.accelerator: execution.gpus_per_worker} if execution.accelerator else {}
-        actor_cls = ray.remote(_EvaluatorActor)
-        self.actors = [
-            actor_cls.options(
-                num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
-                resources=resources, max_restarts=0,
-            ).remote()
-            for _ in range(execution.concurrency)
-        ]
-        self.capacity = len(self.actors)
-        threads = max(1, int(execution.cpus_per_worker))
-        placed = self._get([a.setup.remote(config, threads) for a in self.actors])
-        self.node_ids = [node_id for node_id, _ in placed]
+        self.threads = max(1, int(execution.cpus_per_worker))
+        self.restarts = 0
+        self.together = trains_together(config)
+        self._actor_cls = ray.remote(_EvaluatorActor)
+        self.capacity = execution.concurrency
+        self.actors: list[Any] = []
+        placed = self._start_group()
+        node_ids = [node_id for node_id, _ in placed]
         kinds = ", ".join(sorted({kind for _, kind in placed}))
-        self.location = f"{len(self.actors)} Ray actor(s) on {len(set(self.node_ids))} node(s) ({kinds})"
+        self.location = f"{len(self.actors)} Ray actor(s) on {len(set(node_ids))} node(s) ({kinds})"
+        if self.together:
+            self.location += ", training the supernet together"
+        self.running: dict[Any, tuple[Any, Architecture, str]] = {}  # result ref -> actor, candidate
+
+    def _start(self) -> Any:
+        execution = self.config.execution
+        resources = {execution.accelerator: execution.gpus_per_worker} if execution.accelerator else {}
+        return self._actor_cls.options(  # type: ignore[attr-defined]
+            num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
+            resources=resources, max_restarts=0,
+        ).remote()
+
+    def _start_group(self) -> list[tuple[str, str]]:
+        """New actors for every replica (one data-parallel group when they train together)."""
+        import ray
+
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # an actor whose node is gone is dead already
+                ray.kill(actor, no_restart=True)
+        self.actors = [self._start() for _ in range(self.capacity)]
+        world = self.capacity if self.together else 1
+        address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
+        placed = self._get([
+            actor.setup.remote(self.config, self.threads, rank if world > 1 else 0, world, address)
+            for rank, actor in enumerate(self.actors)
+        ])
+        self.grouped = [world > 1] * self.capacity  # which actors are ranks of the current group
         self.idle = list(self.actors)
-        self.running: dict[Any, Any] = {}  # result ref -> actor
+        return placed
+
+    def _count_restart(self, reason: str) -> None:
+        self.restarts += 1
+        if self.restarts > self.config.execution.max_restarts:
+            raise WorkerLostError(
+                f"{self.restarts - 1} evaluator actors were lost and replaced, and another now "
+                f"({reason}); execution.max_restarts is {self.config.execution.max_restarts}: "
+                "run the same command again to resume"
+            )
+
+    def _replace(self, lost: Any, reason: str) -> Any:
+        """A new actor in ``lost``'s place, set up alone, holding the weights the lost one held."""
+        import ray
+
+        self._count_restart(reason)
+        index = self.actors.index(lost)
+        ray.kill(lost, no_restart=True)
+        actor = self._start()
+        self._get(actor.setup.remote(self.config, self.threads))
+        self.actors[index] = actor
+        self.grouped[index] = False
+        if lost in self.idle:
+            self.idle[self.idle.index(lost)] = actor
+        weights = None
+        for peer in (a for i, a in enumerate(self.actors) if i != index):
+            try:
+                weights = self._get(peer.weights.remote())
+                break
+            except WorkerLostError:
+                continue  # lost too: it is replaced when next used
+        if weights is not None:
+            self._get(actor.load_weights.remote(weights))
+        else:
+            state = self.restore()
+            if state:
+                self._get(actor.load_state_dict.remote(state))
+        self.echo(f"{reason}: replaced evaluator actor {index}")
+        return actor
+
+    def _call(self, index: int, method: str, *args: Any) -> Any:
+        """``actors[index].method(*args)``, on a replacement when the actor is lost."""
+        while True:
+            try:
+                return self._get(getattr(self.actors[index], method).remote(*args))
+            except WorkerLostError as exc:
+                self._replace(self.actors[index], exc.reason)
 
     def submit(self, arch: Architecture, trial_id: str) -> None:
         actor = self.idle.pop()
-        self.running[actor.evaluate.remote(arch, trial_id)] = actor
+        self.running[actor.evaluate.remote(arch, trial_id)] = (actor, arch, trial_id)
 
     def next_result(self) -> EvalResult:
         import ray
 
-        (ref,), _ = ray.wait(list(self.running), num_returns=1)
-        self.idle.append(self.running.pop(ref))
-        return self._get(ref)
+        while True:
+            (ref,), _ = ray.wait(list(self.running), num_returns=1)
+            actor, arch, trial_id = self.running.pop(ref)
+            try:
+                result = self._get(ref)
+            except WorkerLostError as exc:
+                actor = self._replace(actor, exc.reason)
+                self.echo(f"evaluating trial {trial_id} again on the replacement")
+                self.running[actor.evaluate.remote(arch, trial_id)] = (actor, arch, trial_id)
+                continue
+            self.idle.append(actor)
+            return result
 
     @property
     def in_flight(self) -> int:
         return len(self.running)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
-        return self._get(self.actors[0].train_epoch.remote(list(paths)))
+        """One epoch of one-shot training on ``paths``: on the first actor, or on every replica
+        together. A lost actor, or a replica replaced since the group formed, rebuilds the group
+        from ``restore()`` (the start of this epoch), and the same paths are trained again: the
+        epoch is as if no actor had been lost."""
+        if not self.together:
+            return self._call(0, "train_epoch", list(paths))
+        while True:
+            if not all(self.grouped):
+                self._rebuild_group("a replica was replaced since the group formed")
+            try:
+                return self._get([a.train_epoch.remote(list(paths)) for a in self.actors])[0]
+            except WorkerLostError as exc:
+                self._count_restart(exc.reason)
+                self._rebuild_group(exc.reason)
+
+    def _rebuild_group(self, reason: str) -> None:
+        self._start_group()
+        state = self.restore()
+        if state:
+            for index in range(self.capacity):
+                self._get(self.actors[index].load_state_dict.remote(state))
+        self.echo(f"{reason}: rebuilt the {self.capacity} replicas training together")
 
     @property
     def steps_per_epoch(self) -> int:
-        return self._get(self.actors[0].steps_per_epoch.remote())
+        return self._call(0, "steps_per_epoch")
 
     def sync_replicas(self) -> None:
-        if len(self.actors) > 1:
-            weights = self.actors[0].weights.remote()
-            self._get([a.load_weights.remote(weights) for a in self.actors[1:]])
+        if self.together and all(self.grouped):
+            return  # replicas that trained together hold the same weights
+        for index in range(1, len(self.actors)):
+            weights = self._call(0, "weights")
+            self._call(index, "load_weights", weights)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._get(self.actors[0].state_dict.remote())
+        return self._call(0, "state_dict")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._get([a.load_state_dict.remote(state) for a in self.actors])
+        for index in range(len(self.actors)):
+            self._call(index, "load_state_dict", state)
 
     def describe_location(self) -> str:
         return self.location
@@ -224,9 +391,15 @@ class RayPool:
         import ray
 
         for actor in self.actors:
-            ray.kill(actor)
+            with contextlib.suppress(Exception):  # an actor whose node is gone is dead already
+                ray.kill(actor, no_restart=True)
 
 
-def start_pool(config: SearchConfig) -> LocalPool | RayPool:
-    """The pool the job's ``execution.backend`` asks for."""
-    return LocalPool(config) if config.execution.backend == "local" else RayPool(config)
+def start_pool(
+    config: SearchConfig, *, restore: Callable[[], dict[str, Any] | None] | None = None,
+    echo: Callable[[str], None] = log.warning,
+) -> LocalPool | RayPool:
+    """The pool the job's ``execution.backend`` asks for (see :class:`RayPool` for ``restore``)."""
+    if config.execution.backend == "local":
+        return LocalPool(config)
+    return RayPool(config, restore=restore, echo=echo)

@@ -6,6 +6,7 @@ otherwise starts a small local Ray (small object store, no dashboard, no usage s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any
@@ -85,7 +86,8 @@ def remote_call(ref: Any) -> Any:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerLostError(
             f"the search's Ray actor was lost ({reason}); all finished work is "
-            "checkpointed: run the same command again to resume"
+            "checkpointed: run the same command again to resume",
+            reason=f"a Ray actor was lost ({reason[:200]})",
         ) from None
 
 
@@ -130,6 +132,14 @@ class RayWorker:
 
     def __init__(self, factory: Any, execution: ExecutionConfig) -> None:
         init_ray(execution)
+        self.factory = factory
+        self.execution = execution
+        self.actors: list[Any] = []
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        execution = self.execution
         actor_cls = ray.remote(_WorkerActor)
         world = execution.workers
         self.actors = [
@@ -146,13 +156,30 @@ class RayWorker:
         address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
         threads = max(1, int(execution.cpus_per_worker))
         locations = self._get([
-            actor.setup.remote(factory, threads, rank, world, address)
+            actor.setup.remote(self.factory, threads, rank, world, address)
             for rank, actor in enumerate(self.actors)
         ])
         where = ", ".join(sorted(set(locations)))
         self.location = (
             f"Ray actor on {where}" if world == 1 else f"{world} data-parallel Ray actors on {where}"
         )
+
+    def restart(self) -> None:
+        """Replace every actor by a new one (all ranks: a data-parallel group is rebuilt whole,
+        as Ray Train does), placed wherever the resources are; their state is the factory's.
+
+        Raises:
+            WorkerLostError: ``execution.max_restarts`` restarts were made already.
+        """
+        self.restarts += 1
+        if self.restarts > self.execution.max_restarts:
+            raise WorkerLostError(
+                f"the search's Ray actors were lost {self.restarts} times (execution.max_restarts is "
+                f"{self.execution.max_restarts}); all finished work is checkpointed: run the same "
+                "command again to resume"
+            )
+        self.close()
+        self._start()
 
     _get = staticmethod(remote_call)
 
@@ -174,4 +201,5 @@ class RayWorker:
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
+            with contextlib.suppress(Exception):  # an actor whose node is gone is dead already
+                ray.kill(actor, no_restart=True)

@@ -185,13 +185,17 @@ class ControllerSearcher(Searcher):
     def __init__(
         self, *, controller: Controller, epochs: int, on_result: Callable[[EvalResult], None] | None = None,
         objective: str = "valid_acc", trial_config: dict[str, Any] | None = None,
+        on_ask: Callable[[str, Architecture], None] | None = None,
+        resubmit: list[Architecture] | None = None,
     ) -> None:
         super().__init__(metric=objective, mode="max")
+        self.resubmit = list(resubmit or [])
         self.ledger = CandidateLedger(
             controller=controller, epochs=epochs, on_result=on_result, objective=objective
         )
         self.objective = objective
         self.trial_config = dict(trial_config or {})
+        self.on_ask = on_ask
 
     @property
     def controller(self) -> Controller:
@@ -213,6 +217,10 @@ class ControllerSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The controller's next candidate as a trial config; None while it waits for results,
         ``Searcher.FINISHED`` once it is done and no trial is pending."""
+        if self.resubmit:  # asked before a crash and never told: trained again, not asked again
+            arch = self.resubmit.pop(0)
+            self.ledger.start(trial_id, arch)
+            return {"architecture": arch.to_json(), **self.trial_config}
         arch = self.controller.ask()
         if arch is None:
             if self.pending:
@@ -221,6 +229,8 @@ class ControllerSearcher(Searcher):
                 return Searcher.FINISHED
             raise RaynasError(_WAITS_FOREVER)
         self.ledger.start(trial_id, arch)
+        if self.on_ask is not None:
+            self.on_ask(trial_id, arch)
         return {"architecture": arch.to_json(), **self.trial_config}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -231,6 +241,10 @@ class ControllerSearcher(Searcher):
     ) -> None:
         # Tune passes the result that made a scheduler stop the trial only here.
         self.ledger.finish(trial_id, result, error)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # As the ledger's: the driver's callback stays in this process.
+        return {**self.__dict__, "on_ask": None}
 
     def save(self, checkpoint_path: str) -> None:
         # The controller's state is checkpointed by the search driver (on_result), not by Tune.
@@ -400,6 +414,8 @@ def make_scheduler(config: SearchConfig) -> TrialScheduler:
 def run_tune_search(
     config: SearchConfig, controller: Controller, *, on_result: Callable[[EvalResult], None],
     storage_path: str, max_trials: int | None = None,
+    on_ask: Callable[[str, Architecture], None] | None = None,
+    resubmit: list[Architecture] | None = None,
 ) -> None:
     """Evaluate the candidates ``controller`` asks for as Tune trials until it is done.
 
@@ -413,6 +429,9 @@ def run_tune_search(
             ``execution`` (resources per trial, ``concurrency`` trials at a time).
         controller: A sampling strategy, or a proxy of a controller actor.
         on_result: Called in this process with every candidate's result, once each.
+        on_ask: Called with each trial's id and candidate when the controller has asked for it.
+        resubmit: Candidates the controller asked for before a crash and was never told of:
+            trained first (as new trials), before the controller is asked for more.
         storage_path: Where Tune keeps the experiments and the trials' checkpoints (a folder or
             an ``s3://`` URI).
         max_trials: Stop after this many trials even if the controller is not done.
@@ -426,7 +445,10 @@ def run_tune_search(
     init_ray(config.execution)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if config.tune.scheduler != "pbt":
-        searcher = ControllerSearcher(controller=controller, epochs=scratch.epochs, on_result=on_result)
+        searcher = ControllerSearcher(
+            controller=controller, epochs=scratch.epochs, on_result=on_result, on_ask=on_ask,
+            resubmit=resubmit,
+        )
         _fit(config, storage_path, name=config.name, search_alg=searcher,
              num_samples=max_trials if max_trials is not None else -1)
         return
@@ -438,10 +460,15 @@ def run_tune_search(
             config.execution.concurrency, max_trials - trials
         )
         while len(population) < room:
+            if resubmit:
+                population.append(resubmit.pop(0))
+                continue
             arch = controller.ask()
             if arch is None:
                 break
             population.append(arch)
+            if on_ask is not None:
+                on_ask(f"pbt{generation:03d}-{len(population)}", arch)
         if not population:
             raise RaynasError(_WAITS_FOREVER)
         _fit(
@@ -478,6 +505,9 @@ def _fit(
         run_config=tune.RunConfig(
             name=name, storage_path=_storage(storage_path), verbose=0, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            # A trial whose node is lost (or whose process dies) goes on from its last epoch's
+            # checkpoint on another node; the controller hears of it once, when it ends.
+            failure_config=tune.FailureConfig(max_failures=config.execution.max_restarts),
         ),
     )
     tuner.fit()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raynas.config import SearchConfig
+from raynas.errors import WorkerLostError
 from raynas.execution import start_worker
 from raynas.runs.common import (
     SearchResult,
@@ -80,6 +81,7 @@ def run_gradient_search(
     try:
         run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
         recorder.opened(run_id)
+        last_state = prior["worker"] if prior is not None else None  # what a new worker resumes
         if prior is not None:
             worker.load_state_dict(prior["worker"])
             if history:  # it may have been checkpointed but not logged before the crash
@@ -91,16 +93,31 @@ def run_gradient_search(
         )
 
         def save(finished: bool) -> None:
+            nonlocal last_state
+            last_state = worker.state_dict()
             save_checkpoint(
                 {
                     "config": config.to_dict(),
                     "run_id": run_id,
-                    "worker": worker.state_dict(),
+                    "worker": last_state,
                     "history": history,
                     "finished": finished,
                 },
                 checkpoint,
             )
+
+        def run_epoch() -> EpochReport:
+            """The next epoch; a lost worker is replaced, resumed from the last checkpoint, and
+            the epoch run again (up to execution.max_restarts times)."""
+            while True:
+                try:
+                    return worker.run_epoch()
+                except WorkerLostError as exc:
+                    echo(f"{exc.reason}: restarting the worker from epoch {len(history)} "
+                         f"({worker.restarts + 1} of at most {config.execution.max_restarts} restarts)")
+                    worker.restart()
+                    if last_state is not None:
+                        worker.load_state_dict(last_state)
 
         epochs = config.train.epochs
         first = len(history)
@@ -111,7 +128,7 @@ def run_gradient_search(
         for epoch in range(first, epochs):
             if stopped_early:
                 break
-            report = worker.run_epoch()
+            report = run_epoch()
             history.append(_report_state(report))
             save(finished=False)
             recorder.epoch(report)

@@ -1,6 +1,6 @@
 """The driver of sampling searches: a controller asks for candidates, an evaluator scores them.
 
-Phases, each checkpointed so that a crash loses nothing already evaluated:
+Phases:
 
 1. ``supernet`` (only with the one-shot ``supernet`` evaluator): ``train.epochs`` epochs of
    single-path training, each step on the path the strategy samples (uniform for SPOS, the
@@ -11,19 +11,28 @@ Phases, each checkpointed so that a crash loses nothing already evaluated:
    PBT when the evaluator trains candidates (``evaluator: scratch`` with ``tune.enabled``).
 3. ``retrain``: the best ``final.top`` candidates trained from scratch (``final``'s budget).
 
-Every result is recorded as it arrives (MLflow, checkpoint); running the same job again resumes
-the phase it stopped in. Candidates that were in flight at a crash are asked for again.
+Every event (a candidate asked, a result, a supernet epoch's paths, a phase begun) goes to the
+search's journal (:mod:`raynas.runs.journal`) as it happens, and every result to MLflow and the
+results store; the checkpoint keeps the controller's state and how much of the journal it covers,
+written after every supernet epoch, at every phase and every :data:`SNAPSHOT_SECONDS` of the
+search. Running the same job again loads the checkpoint and replays the journal after it: the
+controller is asked and told exactly what it was, the candidates that were in flight are
+evaluated again under their trial ids, and nothing already evaluated is evaluated again. A lost
+evaluator actor is replaced by the pool, a lost controller actor rebuilt the same way from the
+checkpoint and the journal, without anyone running the command again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from raynas import storage
 from raynas.config import SearchConfig
-from raynas.errors import RaynasError
+from raynas.errors import RaynasError, WorkerLostError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.execution.controller import RemoteController, build_controller, start_controller
 from raynas.execution.pool import start_pool
@@ -37,70 +46,218 @@ from raynas.runs.common import (
     run_path,
     searched_network,
 )
+from raynas.runs.journal import SNAPSHOT_SECONDS, Journal, journal_location
 from raynas.spaces.drawing import picture
 from raynas.tracking import MlflowTracker
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
-from raynas.types import EpochReport, EvalResult
+from raynas.types import Architecture, EpochReport, EvalResult
+
+log = logging.getLogger(__name__)
 
 PHASES = ("supernet", "search", "retrain", "done")
 
 
 class SamplingSearch:
-    """One sampling search, resumable; see the module docstring for its phases.
+    """One sampling search: its controller, its journal, and the state derived from them.
 
     Args:
         config: The validated job (a sampling strategy and an evaluator).
+        journal: The search's journal (read when it is opened: a resumed search's events).
         echo: Where progress lines go.
     """
 
-    def __init__(self, config: SearchConfig, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, config: SearchConfig, *, journal: Journal, echo: Callable[[str], None] = print
+    ) -> None:
         assert config.evaluator is not None
         self.config = config
+        self.journal = journal
         self.echo = echo
-        local = build_controller(config)
-        local.check_search(supernet_epochs=config.train.epochs if config.evaluator.name == "supernet" else 0)
-        # On Ray the controller is an actor of its own, placed by execution.controller_resources.
-        self.strategy: Any = local
-        if config.execution.backend == "ray":
-            init_ray(config.execution)
-            self.strategy = start_controller(config)
         self.one_shot = config.evaluator.name == "supernet"
         self.use_tune = (
             config.evaluator.name == "scratch" and config.tune.enabled and config.execution.backend == "ray"
         )
+        build_controller(config).check_search(supernet_epochs=config.train.epochs if self.one_shot else 0)
+        self.strategy: Any = self._new_controller(None)
         self.phase = "supernet" if self.one_shot else "search"
-        self.epoch = 0
-        self.trials = 0
-        self.results: list[EvalResult] = []  # every evaluation, in the order it was told
+        self.epoch = 0  # supernet epochs finished
+        self.trials = 0  # trial ids handed out
+        self.results: list[EvalResult] = []  # every search-phase evaluation, in the order told
         self.retrained: list[EvalResult] = []
+        self.pending: dict[str, Architecture] = {}  # asked and not told, in ask order
+        self.resubmit: list[tuple[str, Architecture]] = []  # in flight at a crash: evaluate again
+        self.epoch_paths: list[Architecture] | None = None  # paths of the epoch in progress
+        self.epoch_told = 0  # results told since those paths were sampled
+        self.restarts = 0  # controller actors rebuilt
+        self.checkpoint = ""  # where snapshot() writes (set by the driver)
+        self._snapshot_at = time.monotonic()
+        self._diverged = False
 
-    # -- state ---------------------------------------------------------------------------------
+    def _new_controller(self, state: dict[str, Any] | None) -> Any:
+        """The strategy in this process, or (Ray) in an actor of its own placed by
+        ``execution.controller_resources``; loaded with ``state``."""
+        if self.config.execution.backend == "ray":
+            init_ray(self.config.execution)
+            return start_controller(self.config, state)
+        strategy = build_controller(self.config)
+        if state is not None:
+            strategy.load_state_dict(state)
+        return strategy
+
+    # -- events: each is journaled as it happens ---------------------------------------------
+
+    def ask(self) -> tuple[str, Architecture] | None:
+        """The next candidate to evaluate and its trial id: one in flight at a crash first."""
+        if self.resubmit:
+            return self.resubmit.pop(0)
+        arch = self._controller_call(lambda: self.strategy.ask())
+        if arch is None:
+            return None
+        self.trials += 1
+        trial = f"{self.trials:05d}"
+        self.asked(trial, arch)
+        return trial, arch
+
+    def asked(self, trial: str, arch: Architecture) -> None:
+        """Note that ``trial`` evaluates ``arch`` (Tune's searcher reports its own asks here)."""
+        self.journal.append({"e": "ask", "trial": trial, "arch": arch.to_json()})
+        self.pending[trial] = arch
+
+    def tell(self, result: EvalResult, *, told: bool = False) -> None:
+        """Record a search-phase result and tell the controller (unless Tune's searcher ``told``)."""
+        self.journal.append({"e": "result", "phase": "search", "result": result.to_dict()})
+        _settle(self.pending, result)
+        self.results.append(result)
+        self.epoch_told += 1
+        if not told:
+            # A controller rebuilt from the journal (its actor lost) has been told this result.
+            self._controller_call(lambda: self.strategy.tell(result), retry=False)
+
+    def sample_paths(self, n: int) -> list[Architecture]:
+        """The paths of the next supernet epoch's ``n`` steps."""
+        paths = self._controller_call(lambda: self.strategy.sample_paths(n))
+        self.journal.append({"e": "paths", "epoch": self.epoch, "n": n})
+        self.epoch_paths, self.epoch_told = paths, 0
+        return paths
+
+    def retrained_one(self, result: EvalResult) -> None:
+        """Record a final retraining (not told to the controller)."""
+        self.journal.append({"e": "result", "phase": "retrain", "result": result.to_dict()})
+        self.retrained.append(result)
+
+    def begin(self, phase: str) -> None:
+        """Enter ``phase`` (journaled, and checkpointed)."""
+        self.phase = phase
+        self.epoch_paths = None
+        self.journal.append({"e": "phase", "phase": phase})
+
+    # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Phase, counters, every result and the strategy's state (plain data)."""
+        """Phase, counters and the controller's state (plain data; results live in the journal)."""
         return {
-            "phase": self.phase,
-            "epoch": self.epoch,
-            "trials": self.trials,
-            "results": [r.to_dict() for r in self.results],
-            "retrained": [r.to_dict() for r in self.retrained],
-            "strategy": self.strategy.state_dict(),
+            "phase": self.phase, "epoch": self.epoch, "trials": self.trials,
+            "strategy": self._controller_call(lambda: self.strategy.state_dict()),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s output."""
-        self.phase = state["phase"]
-        self.epoch = int(state["epoch"])
-        self.trials = int(state["trials"])
-        self.results = [EvalResult.from_dict(r) for r in state["results"]]
-        self.retrained = [EvalResult.from_dict(r) for r in state["retrained"]]
-        self.strategy.load_state_dict(state["strategy"])
+    def restore(self, state: dict[str, Any], seq: int) -> None:
+        """Continue from a checkpoint's ``state`` covering the first ``seq`` journal events: the
+        results come from the journal, and the controller replays what happened after ``seq``.
+        Candidates asked and never told are evaluated again (:attr:`resubmit`), under their ids."""
+        self.phase, self.epoch, self.trials = state["phase"], int(state["epoch"]), int(state["trials"])
+        self.results, self.retrained, self.pending = [], [], {}
+        for event in self.journal.events:
+            if event["e"] == "ask":
+                self.pending[event["trial"]] = Architecture.from_json(event["arch"])
+                if event["trial"].isdigit():
+                    self.trials = max(self.trials, int(event["trial"]))
+            elif event["e"] == "result":
+                result = EvalResult.from_dict(event["result"])
+                if event["phase"] == "search":
+                    _settle(self.pending, result)
+                (self.retrained if event["phase"] == "retrain" else self.results).append(result)
+        self._replay(state["strategy"], seq)
+        self.resubmit = list(self.pending.items())
 
-    def next_trial_id(self) -> str:
-        """A fresh id for the next evaluation (unique within the search, never reused)."""
-        self.trials += 1
-        return f"{self.trials:05d}"
+    def _replay(self, strategy_state: dict[str, Any], seq: int) -> None:
+        """Load the controller's checkpointed state and make again every call it got after the
+        checkpoint (events ``seq`` on): it ends as it was, having asked and been told the same."""
+        in_flight: dict[str, Architecture] = {}  # at the checkpoint: asked, not yet told
+        for event in self.journal.events[:seq]:
+            if event["e"] == "ask":
+                in_flight[event["trial"]] = Architecture.from_json(event["arch"])
+            elif event["e"] == "result" and event["phase"] == "search":
+                _settle(in_flight, EvalResult.from_dict(event["result"]))
+        self.epoch_told = 0
+        self.strategy.load_state_dict(strategy_state)
+        for arch in in_flight.values():  # a loaded controller hands its in-flight candidates back
+            self._check_same(self.strategy.ask(), arch)
+        for event in self.journal.events[seq:]:
+            kind = event["e"]
+            if kind == "ask":
+                self._check_same(self.strategy.ask(), Architecture.from_json(event["arch"]))
+            elif kind == "result" and event["phase"] == "search":
+                self.strategy.tell(EvalResult.from_dict(event["result"]))
+                self.epoch_told += 1
+            elif kind == "paths":  # the epoch in progress at the crash: trained again on these
+                self.epoch_paths, self.epoch_told = self.strategy.sample_paths(int(event["n"])), 0
+            elif kind == "phase":
+                self.phase, self.epoch_paths = event["phase"], None
+
+    def _check_same(self, got: Architecture | None, recorded: Architecture) -> None:
+        if (got is None or got.key() != recorded.key()) and not self._diverged:
+            self._diverged = True
+            self.echo(
+                f"the controller of {self.config.name!r} asks differently on replay ({recorded.key()} "
+                "was recorded); the search goes on from the recorded candidates, not bit for bit"
+            )
+
+    def _controller_call(self, call: Callable[[], Any], *, retry: bool = True) -> Any:
+        """``call()`` on the controller; a lost controller actor is rebuilt from the checkpoint
+        and the journal, then ``call`` is made again (``retry``) or was replayed already."""
+        while True:
+            try:
+                return call()
+            except WorkerLostError as exc:
+                self.restarts += 1
+                if self.restarts > self.config.execution.max_restarts:
+                    raise
+                self.echo(f"{exc.reason}: rebuilding the controller from the checkpoint and the journal")
+                if isinstance(self.strategy, RemoteController):
+                    self.strategy.close()
+                prior = load_checkpoint(self.checkpoint)
+                self.strategy = self._new_controller(None)
+                self._replay(prior["state"]["strategy"], int(prior["seq"]))
+                if not retry:
+                    return None
+
+    def snapshot(self, run_id: str, *, finished: bool = False) -> None:
+        """Checkpoint the state and the journal position (the journal made durable first)."""
+        self.journal.sync()
+        state = self.state_dict()
+        save_checkpoint(
+            {"config": self.config.to_dict(), "run_id": run_id, "state": state, "seq": self.journal.length,
+             "finished": finished},
+            self.checkpoint,
+        )
+        self._snapshot_at = time.monotonic()
+
+    def snapshot_due(self) -> bool:
+        """Whether the search phase has gone :data:`SNAPSHOT_SECONDS` without a checkpoint."""
+        return time.monotonic() - self._snapshot_at >= SNAPSHOT_SECONDS
+
+
+def _settle(pending: dict[str, Architecture], result: EvalResult) -> None:
+    """Take ``result``'s candidate off ``pending``: by trial id, else (a trial id the executor
+    chose, such as a PBT copy's) the earliest pending ask of the same architecture."""
+    if pending.pop(result.trial_id, None) is not None:
+        return
+    key = result.architecture.key()
+    for trial, arch in pending.items():
+        if arch.key() == key:
+            del pending[trial]
+            return
 
 
 def run_sampling_search(
@@ -110,22 +267,42 @@ def run_sampling_search(
     started = time.perf_counter()
     checkpoint, supernet_file = run_path(config, "checkpoint.pt"), run_path(config, "supernet.pt")
     prior = read_prior(checkpoint, config, fresh=fresh)
-    search = SamplingSearch(config, echo=echo)
+    if prior is not None and "seq" not in prior:
+        from raynas.errors import ConfigError
+
+        raise ConfigError(
+            f"{checkpoint} was written by an older raynas (no journal); pass --fresh to start over"
+        )
+    location = journal_location(storage.join(config.tracking.output_dir, config.name))
+    if prior is None:
+        storage.remove(location)  # a fresh search: the journal of an earlier one goes
+    journal = Journal(location)
+    search = SamplingSearch(config, journal=journal, echo=echo)
+    search.checkpoint = checkpoint
     tracker = open_tracker(config)
     recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend)
-    pool = start_pool(config) if not search.use_tune or search.one_shot else None
+
+    def restore_supernet() -> dict[str, Any] | None:
+        return load_checkpoint(supernet_file) if storage.exists(supernet_file) else None
+
+    pool = (
+        start_pool(config, restore=restore_supernet, echo=echo)
+        if not search.use_tune or search.one_shot else None
+    )
     try:
         run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
         recorder.opened(run_id)
-        if prior is not None:
-            search.load_state_dict(prior["search"])
-            if search.results:  # checkpointed, perhaps not recorded, before the crash
-                recorder.candidate(search.results[-1], step=len(search.results) - 1, resumed=True)
-            if pool is not None and storage.exists(supernet_file):
-                pool.load_state_dict(load_checkpoint(supernet_file))
+        if prior is None:
+            search.snapshot(run_id)  # from now on there is always a checkpoint to resume from
+        else:
+            search.restore(prior["state"], int(prior["seq"]))
+            recorder.backfill([*search.results, *search.retrained])  # recorded once, whatever the crash
+            state = restore_supernet()
+            if pool is not None and state is not None:
+                pool.load_state_dict(state)
             echo(
                 f"Resuming {config.name!r} in phase {search.phase!r} with {len(search.results)} "
-                f"candidates evaluated, from {checkpoint}"
+                f"candidates evaluated ({len(search.resubmit)} in flight, evaluated again), from {checkpoint}"
             )
         where = pool.describe_location() if pool is not None else "Ray Tune trials"
         if isinstance(search.strategy, RemoteController):
@@ -135,28 +312,20 @@ def run_sampling_search(
             f"evaluator) on {config.data.name} in {where}; MLflow run {run_id}"
         )
 
-        def save(finished: bool = False) -> None:
-            save_checkpoint(
-                {"config": config.to_dict(), "run_id": run_id, "search": search.state_dict(),
-                 "finished": finished},
-                checkpoint,
-            )
-
         def record(result: EvalResult, *, told: bool = False) -> None:
-            search.results.append(result)
-            if not told:  # Tune's searcher tells the controller itself
-                search.strategy.tell(result)
-            save()
+            search.tell(result, told=told)
             recorder.candidate(result, step=len(search.results) - 1)
             echo(
                 f"candidate {len(search.results):>4}  {result.objective} {_score_text(result):>7}  "
                 f"budget {result.budget:g}{'  stopped early' if result.stopped_early else ''}  "
                 f"{result.architecture}"
             )
+            if search.phase == "search" and search.snapshot_due():
+                search.snapshot(run_id)
 
         if search.phase == "supernet":
             assert pool is not None
-            _train_supernet(search, pool, tracker, record, save, supernet_file)
+            _train_supernet(search, pool, tracker, record, supernet_file, run_id)
         if search.phase == "search":
             if search.use_tune and not search.one_shot:
                 _search_with_tune(search, record, run_path(config, "tune"))
@@ -164,11 +333,11 @@ def run_sampling_search(
                 assert pool is not None
                 pool.sync_replicas()
                 _search(search, pool, record)
-            search.phase = "retrain"
-            save()
+            search.begin("retrain")
+            search.snapshot(run_id)
         if search.phase == "retrain":
-            _retrain(search, save, recorder)
-            search.phase = "done"
+            _retrain(search, recorder, run_id)
+            search.begin("done")
         best = _final(search)
         params, params_cifar = network_sizes(config, best.architecture)
         summary = {
@@ -181,11 +350,12 @@ def run_sampling_search(
             summary, weights_history=[], network=searched_network(config, best.architecture),
             picture=picture(job_space(config), best.architecture),
         )
-        save(finished=True)
+        search.snapshot(run_id, finished=True)
     except BaseException as error:
         tracker.fail(error)
         raise
     finally:
+        journal.close()
         if pool is not None:
             pool.close()
         if isinstance(search.strategy, RemoteController):
@@ -197,24 +367,42 @@ def run_sampling_search(
     )
 
 
+def search_state(checkpoint: str) -> dict[str, Any]:
+    """What a sampling search has recorded, read from its checkpoint and its journal beside it:
+    ``phase`` and ``epoch`` (as of the checkpoint), ``finished``, and every ``results`` and
+    ``retrained`` evaluation (as :meth:`EvalResult.to_dict`), in the order they were told."""
+    prior = load_checkpoint(checkpoint)
+    folder = checkpoint.rsplit("/", 1)[0] if storage.is_s3(checkpoint) else str(Path(checkpoint).parent)
+    events = Journal(journal_location(folder)).events
+    return {
+        "phase": prior["state"]["phase"], "epoch": prior["state"]["epoch"], "finished": prior["finished"],
+        "results": [e["result"] for e in events if e["e"] == "result" and e["phase"] == "search"],
+        "retrained": [e["result"] for e in events if e["e"] == "result" and e["phase"] == "retrain"],
+    }
+
+
 def _train_supernet(
     search: SamplingSearch, pool: Any, tracker: MlflowTracker, record: Callable[[EvalResult], None],
-    save: Callable[..., None], supernet_file: str,
+    supernet_file: str, run_id: str,
 ) -> None:
-    config, strategy = search.config, search.strategy
+    config = search.config
     steps = pool.steps_per_epoch
+    per_epoch = search._controller_call(lambda: search.strategy.evaluations_per_epoch)
     while search.epoch < config.train.epochs:
         start = time.perf_counter()
-        paths = strategy.sample_paths(steps)
+        # An epoch interrupted by a crash is trained again on the paths it had sampled, from the
+        # supernet of the epoch before: the same weights, so its results already told stand.
+        paths = search.epoch_paths if search.epoch_paths is not None else search.sample_paths(steps)
         metrics = pool.train_epoch(paths)
-        if strategy.evaluations_per_epoch:
+        if per_epoch:
             pool.sync_replicas()
-            _search(search, pool, record, limit=strategy.evaluations_per_epoch)
+            _search(search, pool, record, limit=per_epoch - search.epoch_told)
         seconds = time.perf_counter() - start
         search.epoch += 1
+        search.epoch_paths = None
         save_checkpoint(pool.state_dict(), supernet_file)  # before the small checkpoint points past it
-        save()
-        best = strategy.best()
+        search.snapshot(run_id)
+        best = search._controller_call(lambda: search.strategy.best())
         if best is not None:
             metrics["best_" + best.objective] = best.score
         tracker.log_epoch(EpochReport(
@@ -224,23 +412,24 @@ def _train_supernet(
             f"supernet epoch {search.epoch:>3}/{config.train.epochs}  train loss "
             f"{metrics['train_loss']:.3f} acc {metrics['train_acc']:6.1%}  {seconds:.0f}s"
         )
-    search.phase = "search"
-    save()
+    search.begin("search")
+    search.snapshot(run_id)
 
 
 def _search(search: SamplingSearch, pool: Any, record: Callable[[EvalResult], None],
             limit: int | None = None) -> None:
-    """Ask/tell with up to ``pool.capacity`` candidates in flight; ``limit`` evaluations at most."""
-    strategy = search.strategy
+    """Ask/tell with up to ``pool.capacity`` candidates in flight; ``limit`` evaluations at most.
+    Candidates in flight at a crash go first, under their trial ids."""
     told = 0
     while limit is None or told < limit:
         while pool.in_flight < pool.capacity and (limit is None or told + pool.in_flight < limit):
-            arch = strategy.ask()
-            if arch is None:
+            asked = search.ask()
+            if asked is None:
                 break
-            pool.submit(arch, search.next_trial_id())
+            trial, arch = asked
+            pool.submit(arch, trial)
         if pool.in_flight == 0:
-            if strategy.done or limit is not None:
+            if limit is not None or search._controller_call(lambda: search.strategy.done):
                 return
             raise RaynasError(
                 f"strategy {search.config.strategy.name!r} waits for results but none are in flight"
@@ -254,13 +443,15 @@ def _search_with_tune(
 ) -> None:
     from raynas.execution.tune import run_tune_search
 
+    resubmit = [arch for _, arch in search.resubmit]  # in flight at a crash: trained again
+    search.resubmit = []
     run_tune_search(
         search.config, search.strategy, storage_path=storage_path,
-        on_result=lambda result: record(result, told=True),
+        on_result=lambda result: record(result, told=True), on_ask=search.asked, resubmit=resubmit,
     )
 
 
-def _retrain(search: SamplingSearch, save: Callable[..., None], recorder: SearchRecorder) -> None:
+def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> None:
     """Train the best ``final.top`` candidates from scratch with ``final``'s budget; each is
     recorded like a candidate (trial ``retrain-<its search trial>``)."""
     config, final = search.config, search.config.final
@@ -279,14 +470,22 @@ def _retrain(search: SamplingSearch, save: Callable[..., None], recorder: Search
     for result in chosen[: final.top]:
         if result.architecture.key() in done:
             continue
+        started = time.time()
         retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
-        search.retrained.append(retrained)
-        save()
+        retrained = _timed(retrained, started)
+        search.retrained_one(retrained)
+        search.snapshot(run_id)
         recorder.candidate(retrained, step=len(search.results) + len(search.retrained) - 1)
         search.echo(
             f"retrained {result.architecture.key()}: {retrained.objective} {_score_text(retrained)} "
             f"(searched {_score_text(result)})"
         )
+
+
+def _timed(result: EvalResult, started: float) -> EvalResult:
+    import dataclasses
+
+    return dataclasses.replace(result, started=started, ended=time.time())
 
 
 def _score_text(result: EvalResult) -> str:
@@ -328,5 +527,4 @@ def _final(search: SamplingSearch) -> EvalResult:
     return max(pool, key=lambda r: r.score)
 
 
-
-__all__ = ["PHASES", "SamplingSearch", "run_sampling_search"]
+__all__ = ["PHASES", "SamplingSearch", "run_sampling_search", "search_state"]

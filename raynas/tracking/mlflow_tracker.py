@@ -114,7 +114,9 @@ class _ChildRun:
             lambda: client.log_batch(self.run_id, params=[Param(k, v) for k, v in self._params().items()]),
             lambda: client.log_batch(self.run_id, metrics=self._metrics(Metric)),
             lambda: client.log_text(self.run_id, r.architecture.to_json(indent=1), "architecture.json"),
-            lambda: client.set_terminated(self.run_id, status="FINISHED"),
+            lambda: client.set_terminated(
+                self.run_id, status="FINISHED", end_time=int(r.ended * 1000) if r.ended else None
+            ),
         ]
         for step in steps[self.done:]:
             step()
@@ -127,7 +129,12 @@ class _ChildRun:
             f"{TAG_PREFIX}architecture_key": r.architecture.key(), f"{TAG_PREFIX}trial_id": r.trial_id,
             f"{TAG_PREFIX}node": r.node, f"{TAG_PREFIX}stopped_early": str(r.stopped_early).lower(),
         }
-        run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=self.name, tags=tags)
+        if r.node_id:
+            tags[f"{TAG_PREFIX}node_id"] = r.node_id
+        start = int(r.started * 1000) if r.started else None  # when it ran, not when it was logged
+        run = self.tracker.client.create_run(
+            self.tracker.experiment_id, start_time=start, run_name=self.name, tags=tags
+        )
         self.run_id = run.info.run_id
 
     def _params(self) -> dict[str, str]:

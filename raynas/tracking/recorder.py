@@ -10,6 +10,7 @@ heatmap of the architecture weights over epochs and the final model in the Model
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
+
+# Results rows of a sampling search are written in batches of this many, or this often.
+ROWS_PER_FILE = 256
+ROWS_SECONDS = 10.0
 
 
 def results_root(config: SearchConfig) -> str:
@@ -60,6 +65,8 @@ class SearchRecorder:
         self.store = ResultsStore(results_root(config), spool_dir=spool)
         self.store.check()
         self.info: SearchInfo | None = None
+        self._rows: list[EvalResult] = []  # candidates' results rows not yet written
+        self._rows_at = time.monotonic()
 
     def opened(self, run_id: str) -> None:
         """The run is open (new or resumed): rows from now on belong to it."""
@@ -77,26 +84,70 @@ class SearchRecorder:
                 only if the first attempt did not make it.
         """
         assert self.info is not None, "call opened() first"
-        self.tracker.log_epoch(report)
+        if not (resumed and self._has_epoch(report)):  # each epoch's metrics once per run
+            self.tracker.log_epoch(report)
         candidate = epoch_candidate(report, node=self.node)
         self.store.append([candidate], info=self.info)
         if resumed and self._has_child(candidate.trial_id):
             return
         self.tracker.log_candidate(candidate, step=report.epoch, name=f"epoch {report.epoch:03d}")
 
-    def candidate(self, result: EvalResult, *, step: int, resumed: bool = False) -> None:
-        """Record one candidate of a sampling search: a results row and a child run.
+    def candidate(self, result: EvalResult, *, step: int) -> None:
+        """Record one candidate of a sampling search: a child run now, a results row in the next
+        batch (rows are written :data:`ROWS_PER_FILE` at a time, or every :data:`ROWS_SECONDS`, and
+        by :meth:`flush`; the search's journal holds what a crash loses, and :meth:`backfill`
+        writes it when the search resumes).
 
         Args:
             result: The evaluation.
             step: Its index in the search (the step its metrics are logged at).
-            resumed: It may have been recorded before a crash; the child run is made only once.
         """
         assert self.info is not None, "call opened() first"
-        self.store.append([result], info=self.info)
-        if resumed and self._has_child(result.trial_id):
-            return
+        self._rows.append(result)
+        if len(self._rows) >= ROWS_PER_FILE or time.monotonic() - self._rows_at >= ROWS_SECONDS:
+            self.flush()
         self.tracker.log_candidate(result, step=step)
+
+    def flush(self) -> None:
+        """Write the buffered results rows (one Parquet file)."""
+        assert self.info is not None, "call opened() first"
+        if self._rows:
+            self.store.append(self._rows, info=self.info)
+            self._rows = []
+        self._rows_at = time.monotonic()
+
+    def backfill(self, results: Sequence[EvalResult]) -> None:
+        """Record what a crash may have kept from being recorded: every result's results row (the
+        store keeps the first of a trial) and child run (made only for trials without one)."""
+        assert self.info is not None, "call opened() first"
+        if results:
+            self.store.append(list(results), info=self.info)
+        logged = self._child_trials()
+        for step, result in enumerate(results):
+            if result.trial_id not in logged:
+                self.tracker.log_candidate(result, step=step)
+
+    def _child_trials(self) -> set[str]:
+        """The trial ids of the run's child runs (one listing, page by page)."""
+        trials: set[str] = set()
+        token = None
+        while True:
+            page = self.tracker.client.search_runs(
+                [self.tracker.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.tracker.run_id}'",
+                max_results=1000, page_token=token,
+            )
+            trials.update(r.data.tags.get("raynas.trial_id", "") for r in page)
+            token = page.token
+            if not token:
+                return trials
+
+    def _has_epoch(self, report: EpochReport) -> bool:
+        name = next(iter(report.metrics), None)
+        if name is None:
+            return False
+        history = self.tracker.client.get_metric_history(self.tracker.run_id, name)
+        return any(m.step == report.epoch for m in history)
 
     def _has_child(self, trial_id: str) -> bool:
         runs = self.tracker.client.search_runs(
@@ -141,6 +192,7 @@ class SearchRecorder:
                 raise
             log.warning("could not register %s in MLflow's Model Registry (%s)", name, type(exc).__name__)
         self.tracker.finish(final, summary if version is None else {**summary, "registered_version": version})
+        self.flush()
         if not self.store.flush():
             log.warning("results of %s wait in %s until %s is reachable",
                         self.config.name, self.store.spool_dir, self.store.root)

@@ -61,6 +61,10 @@ SCHEMA = pa.schema([
     pa.field("node", pa.string()),
     pa.field("stopped_early", pa.bool_()),
     pa.field("recorded_at", pa.timestamp("ms", tz="UTC")),
+    # When and where the evaluation ran (null when unknown, e.g. rows written by older raynas).
+    pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("ended_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("node_id", pa.string()),
 ])
 #: The schema as read back: the partition column first.
 READ_SCHEMA = pa.schema([pa.field("search", pa.string()), *SCHEMA])
@@ -294,7 +298,12 @@ def _to_table(results: list[EvalResult], info: SearchInfo) -> pa.Table:
             "metrics": [(k, float(v)) for k, v in sorted(r.metrics.items())],
             "budget": float(r.budget), "seconds": float(r.seconds), "node": r.node,
             "stopped_early": bool(r.stopped_early), "recorded_at": now,
+            "started_at": _when(r.started), "ended_at": _when(r.ended), "node_id": r.node_id or None,
         }
         for r in results
     ]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _when(seconds: float) -> datetime | None:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc) if seconds > 0 else None

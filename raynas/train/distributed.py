@@ -7,17 +7,35 @@ Outside a process group every function here is a no-op: single-worker code pays 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+_local = threading.local()
+
 
 def world_size() -> int:
-    """Number of data-parallel workers (1 outside a process group)."""
+    """Number of data-parallel workers (1 outside a process group, or inside :func:`local_only`)."""
+    if getattr(_local, "only", False):
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within it, this worker computes alone: no collective (a replica scoring a candidate with
+    the weights the group trained, while the other replicas score others)."""
+    previous = getattr(_local, "only", False)
+    _local.only = True
+    try:
+        yield
+    finally:
+        _local.only = previous
 
 
 def init_process_group(*, rank: int, world: int, address: str) -> None:
@@ -48,13 +66,21 @@ def average_(tensors: Sequence[torch.Tensor]) -> None:
 
 
 def average_gradients_(params: Sequence[torch.Tensor]) -> None:
-    """Average ``p.grad`` over the workers (a missing gradient counts as zeros)."""
-    if world_size() == 1:
+    """Average ``p.grad`` over the workers. A parameter no worker computed a gradient for keeps
+    none (so the optimiser leaves it alone, as one worker's would: a one-shot supernet's
+    operations off the path); one only some workers computed counts as zeros on the others."""
+    if world_size() == 1 or not params:
         return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    average_([p.grad for p in params])  # type: ignore[misc]
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    grads = []
+    for p, any_grad in zip(params, has.tolist(), strict=True):
+        if any_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    average_(grads)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

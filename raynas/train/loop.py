@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raynas.train.distributed import sum_
+from raynas.train.distributed import average_gradients_, sum_
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -129,6 +129,9 @@ def train_epoch(
         if aux is not None and auxiliary_weight:  # DARTS's train.py
             loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
         loss.backward()
+        # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
+        # what they train; a no-op for one worker.
+        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         n = labelled(y)
