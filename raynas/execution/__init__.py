@@ -7,12 +7,9 @@ and calls it through the interface below, wherever it runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from raynas.config import ExecutionConfig
-from raynas.types import EpochReport
-
-T = TypeVar("T")
 
 
 class Worker(Protocol):
@@ -20,8 +17,9 @@ class Worker(Protocol):
 
     restarts: int  # how many times :meth:`restart` rebuilt it
 
-    def run_epoch(self) -> EpochReport:
-        """Train and evaluate one epoch."""
+    def run_epoch(self) -> Any:
+        """Train and evaluate one epoch (a search's :class:`raynas.types.EpochReport`, a
+        retraining's metrics and state)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -38,6 +36,10 @@ class Worker(Protocol):
 
     def restart(self) -> None:
         """Rebuild the work from its factory (after a lost actor); load a state into it next."""
+        ...
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Any other method of the work (of rank 0 when there are several)."""
         ...
 
     def close(self) -> None:
@@ -62,23 +64,4 @@ def start_worker(factory: WorkerFactory, execution: ExecutionConfig) -> Worker:
     return RayWorker(factory, execution)
 
 
-def run_task(fn: Callable[..., T], execution: ExecutionConfig, /, *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` in this process (``backend: local``) or as one Ray task placed by
-    ``execution``'s CPUs, GPUs and accelerator type (``ray``); its errors reach the caller as if
-    it ran here, a lost node as :class:`raynas.errors.WorkerLostError`."""
-    if execution.backend == "local":
-        return fn(*args, **kwargs)
-    import ray
-
-    from raynas.execution.ray_actors import init_ray, remote_call
-
-    init_ray(execution)
-    task = ray.remote(fn).options(
-        num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
-        resources={execution.accelerator: execution.gpus_per_worker} if execution.accelerator else {},
-        max_retries=0,
-    )
-    return remote_call(task.remote(*args, **kwargs))
-
-
-__all__ = ["Worker", "WorkerFactory", "run_task", "start_worker"]
+__all__ = ["Worker", "WorkerFactory", "start_worker"]

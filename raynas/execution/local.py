@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from raynas.types import EpochReport
-
 
 class LocalWorker:
     """Work built by a factory and run in this process.
@@ -25,7 +23,7 @@ class LocalWorker:
         self.restarts += 1
         self.work = self.factory(threads=self.threads, rank=0, world_size=1)
 
-    def run_epoch(self) -> EpochReport:
+    def run_epoch(self) -> Any:
         return self.work.run_epoch()
 
     def state_dict(self) -> dict[str, Any]:
@@ -33,6 +31,9 @@ class LocalWorker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.work.load_state_dict(state)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.work, method)(*args)
 
     def describe_location(self) -> str:
         return f"this process ({self.work.device})"

@@ -110,8 +110,11 @@ class _WorkerActor:
         self.work = factory(threads=threads, rank=rank, world_size=world)
         return f"{socket.gethostname()} ({self.work.device})"
 
-    def run_epoch(self) -> EpochReport:
+    def run_epoch(self) -> Any:
         return self.work.run_epoch()
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.work, method)(*args)
 
     def state_dict(self) -> dict[str, Any]:
         return self.work.state_dict()
@@ -183,12 +186,16 @@ class RayWorker:
 
     _get = staticmethod(remote_call)
 
-    def run_epoch(self) -> EpochReport:
+    def run_epoch(self) -> Any:
         reports = self._get([actor.run_epoch.remote() for actor in self.actors])
-        keys = {report.architecture.key() for report in reports}
-        if len(keys) > 1:
-            raise RuntimeError(f"data-parallel workers derived different architectures: {keys}")
+        if isinstance(reports[0], EpochReport):  # a search: every rank derived the same architecture
+            keys = {report.architecture.key() for report in reports}
+            if len(keys) > 1:
+                raise RuntimeError(f"data-parallel workers derived different architectures: {keys}")
         return reports[0]
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self._get(self.actors[0].call.remote(method, *args))
 
     def state_dict(self) -> dict[str, Any]:
         return self._get(self.actors[0].state_dict.remote())

@@ -17,7 +17,6 @@ from raynas.config import (
     Component,
     RetrainConfig,
     SearchConfig,
-    TuneSettings,
     build,
     load_yaml,
     parse_sections,
@@ -122,7 +121,7 @@ def _check_execution(config: SearchConfig, raw: dict[str, Any]) -> None:
             "config section 'tune' schedules candidates trained from scratch (evaluator: scratch); "
             "this search trains none: remove it"
         )
-    if config.tune != TuneSettings() and config.tune.enabled and execution.backend == "local":
+    if "tune" in raw and config.tune.enabled and execution.backend == "local":
         raise ConfigError(
             "config section 'tune' needs execution.backend: ray (Ray Tune runs the trials); "
             "set tune.enabled: false to train candidates one after another in this process"

@@ -11,6 +11,7 @@ resumable like a search.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -23,13 +24,14 @@ from torch.utils.data import DataLoader, Subset
 
 from raynas.config import RetrainConfig
 from raynas.data import DATASETS
-from raynas.data.base import official_test_set, split_indices
+from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.execution import run_task
+from raynas.execution import start_worker
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+from raynas.train.distributed import convert_batchnorm, plain_batchnorm
 from raynas.train.loop import fit
 from raynas.types import Architecture, EpochReport
 
@@ -110,10 +112,74 @@ def build_network(
     return network
 
 
+class RetrainWorker:
+    """The training of one retraining job, an epoch per :meth:`run_epoch`, hosted by the execution
+    layer in this process or in Ray actors: with ``world_size`` > 1 each rank trains on its slice
+    of every global batch (gradients and BatchNorm statistics over the whole batch) and tests on
+    its slice of the test split (metrics summed over the ranks), so together they compute what
+    one worker computes alone.
+
+    Args:
+        config: The job.
+        arch_json: The architecture, as JSON.
+        threads: torch intra-op threads (default: leave torch's choice).
+        rank: This worker's index among ``world_size`` (in one process group already).
+        world_size: Data-parallel workers.
+    """
+
+    def __init__(
+        self, config: RetrainConfig, arch_json: str, *, threads: int | None = None, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.config = config
+        data = DATASETS.create(config.data.name, config.data.config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.train_loader, self.test_loader, self.split = _loaders(data, config.seed, rank, world_size)
+        arch = Architecture.from_json(arch_json)
+        model = build_network(config, arch, data.info, example=self.train_loader.dataset[0][0])
+        if world_size > 1:
+            model = convert_batchnorm(model)
+        self.model = model.to(self.device)
+        self.params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
+        self.held_out = 1 - data.config.train_portion
+        self._epochs: Any = None
+        self.load_state_dict(None)
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue from a state :meth:`run_epoch` returned (None: from the start)."""
+        cfg = self.config.retrain
+        self._epochs = fit(
+            self.model, self.train_loader, self.test_loader, self.device, epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
+            drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
+            state=state, generator=self.train_loader.batch_sampler.generator,  # type: ignore[union-attr]
+        )
+
+    def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """Train and test one epoch: its metrics (``test_*``) and the state to go on from."""
+        metrics, state = next(self._epochs)
+        # fit() scores on its second loader as validation; here that is the test split.
+        return {(f"test_{k[6:]}" if k.startswith("valid_") else k): v for k, v in metrics.items()}, state
+
+    def describe(self) -> dict[str, Any]:
+        """Size and test split, for the driver's first line."""
+        return {"params": self.params, "split": self.split, "held_out": self.held_out}
+
+    def trained_network(self) -> torch.nn.Module:
+        """The trained network, on the CPU, in eval mode, with plain BatchNorm layers."""
+        return plain_batchnorm(self.model).cpu().eval()
+
+
 def run_retrain(
     config: RetrainConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> RetrainResult:
-    """Train (or resume training) the architecture of ``config`` from scratch.
+    """Train (or resume training) the architecture of ``config`` from scratch, on the workers
+    ``execution`` describes (this process, one Ray actor, or ``execution.workers`` data-parallel
+    ones); this process records the run and its checkpoints.
 
     Args:
         config: The validated job.
@@ -131,41 +197,34 @@ def run_retrain(
         artifact_location=config.tracking.artifact_location,
     )
     arch, source = resolve_architecture(config, tracker)
-    torch.manual_seed(config.seed)
-    data = DATASETS.create(config.data.name, config.data.config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_loader, test_loader, split = _loaders(data, config.seed)
-    model = build_network(config, arch, data.info, example=train_loader.dataset[0][0]).to(device)
-    params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
-    epoch, history = 0, []
-    if prior is not None:
-        epoch, history = prior["epoch"], prior["history"]
-        run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
-        echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")
-    elif source is not None:
-        searched_on = tracker.client.get_run(source).data.tags.get(f"{TAG_PREFIX}dataset")
-        kind = "retrain" if searched_on in (None, config.data.name) else "transfer"
-        run_id = tracker.start_derived_run(architecture=arch, source_run_id=source, kind=kind,
-                                           name=config.name)
-        tracker.log_config(config.to_dict())
-    else:
-        run_id = tracker.start(config, tags=_tags(config))
-        tracker.client.log_text(run_id, arch.to_json(indent=1), "architecture.json")
-    tested_on = "its test split" if split == "test" else f"the {1 - data.config.train_portion:.0%} held out"
-    echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}, testing on "
-         f"{tested_on}; MLflow run {run_id}")
+    worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution)
     try:
-        start = time.perf_counter()
-        for metrics, state in fit(
-            model, train_loader, test_loader, device, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-            auxiliary_weight=cfg.auxiliary_weight, drop_path_prob=cfg.drop_path_prob,
-            label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma, state=prior,
-            generator=train_loader.generator,
-        ):
-            # fit() scores on its second loader as validation; here that is the test split.
-            metrics = {(f"test_{k[6:]}" if k.startswith("valid_") else k): v for k, v in metrics.items()}
-            seconds, start = time.perf_counter() - start, time.perf_counter()
+        facts = worker.call("describe")
+        params, split = facts["params"], facts["split"]
+        epoch, history = 0, []
+        if prior is not None:
+            epoch, history = prior["epoch"], prior["history"]
+            worker.load_state_dict({k: prior[k] for k in ("model", "optimizer", "schedule", "epoch",
+                                                          "loader_rng") if k in prior})
+            run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
+            echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")
+        elif source is not None:
+            searched_on = tracker.client.get_run(source).data.tags.get(f"{TAG_PREFIX}dataset")
+            kind = "retrain" if searched_on in (None, config.data.name) else "transfer"
+            run_id = tracker.start_derived_run(architecture=arch, source_run_id=source, kind=kind,
+                                               name=config.name)
+            tracker.log_config(config.to_dict())
+        else:
+            run_id = tracker.start(config, tags=_tags(config))
+            tracker.client.log_text(run_id, arch.to_json(indent=1), "architecture.json")
+        tested_on = "its test split" if split == "test" else f"the {facts['held_out']:.0%} held out"
+        echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}, testing on "
+             f"{tested_on}, in {worker.describe_location()}; MLflow run {run_id}")
+        state: dict[str, Any] = {}
+        while epoch < cfg.epochs:
+            start = time.perf_counter()
+            metrics, state = worker.run_epoch()
+            seconds = time.perf_counter() - start
             epoch = int(metrics["epoch"])
             history.append(metrics)
             record = {"config": config.to_dict(), "run_id": run_id, "history": history, "finished": False}
@@ -179,15 +238,16 @@ def run_retrain(
                 + f"{seconds:.0f}s"
             )
         final = history[-1]
-        version = tracker.register_model(
-            arch, name=f"raynas-{config.name}", network=model.cpu().eval(), trained=True
-        )
+        model = worker.call("trained_network")
+        version = tracker.register_model(arch, name=f"raynas-{config.name}", network=model, trained=True)
         tracker.finish(EpochReport(epoch=epoch - 1, metrics=final, architecture=arch),
                        {"params": params, **final, "test_split": split, "registered_version": version})
         save_checkpoint({"config": config.to_dict(), "finished": True}, checkpoint)
     except BaseException as error:
         tracker.fail(error)
         raise
+    finally:
+        worker.close()
     return RetrainResult(
         architecture=arch, metrics=final, params=params, run_id=run_id, source_run_id=source,
         registered_version=version, seconds=time.perf_counter() - started,
@@ -208,10 +268,14 @@ def _refuse(checkpoint: Path, config: RetrainConfig) -> None:
     )
 
 
-def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any], str]:
+def _loaders(
+    data: Any, seed: int, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader[Any], DataLoader[Any], str]:
     """Training on the whole training set and testing on the official test split, as DARTS's
     ``train.py`` does; for a dataset without one, training on ``data.train_portion`` of the training
-    set and testing on the rest. Returns the loaders and which test split it is."""
+    set and testing on the rest. Returns the loaders and which test split it is. With
+    ``world_size`` > 1 this worker takes its slice of every shuffled global batch and its slice of
+    the test split."""
     cfg = data.config
     full = data.train_set()
     n = min(len(full), cfg.limit) if cfg.limit else len(full)
@@ -222,19 +286,27 @@ def _loaders(data: Any, seed: int) -> tuple[DataLoader[Any], DataLoader[Any], st
     else:
         m = min(len(official), cfg.limit) if cfg.limit else len(official)
         train_part, test_part, split = Subset(full, range(n)), Subset(official, range(m)), "test"
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} execution.workers"
+        )
     generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_part, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                       generator=generator, num_workers=cfg.num_workers)
-    test = DataLoader(test_part, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    sampler = ShardedBatchSampler(len(train_part), cfg.batch_size, generator, rank, world_size)
+    sampler.drop_last = True  # as DARTS's train.py
+    train = DataLoader(train_part, batch_sampler=sampler, num_workers=cfg.num_workers)
+    share = -(-len(test_part) // world_size)  # this rank's contiguous slice; the sums add up
+    mine = test_part if world_size == 1 else Subset(
+        test_part, range(rank * share, min(len(test_part), (rank + 1) * share))
+    )
+    test = DataLoader(mine, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return train, test, split
 
 
 def run_retrain_job(
     config: RetrainConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> RetrainResult:
-    """:func:`run_retrain` in this process (``execution.backend: local``) or in a Ray task placed by
-    the job's CPU, GPU and accelerator resources (``ray``)."""
-    return run_task(run_retrain, config.execution, config, fresh=fresh, echo=print)
+    """:func:`run_retrain` (kept for the command line: the training goes where ``execution`` says)."""
+    return run_retrain(config, fresh=fresh, echo=echo)
 
 
-__all__ = ["RetrainResult", "run_retrain", "run_retrain_job"]
+__all__ = ["RetrainResult", "RetrainWorker", "run_retrain", "run_retrain_job"]

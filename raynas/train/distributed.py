@@ -125,3 +125,17 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, convert_batchnorm(child))
     return module
+
+
+def plain_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every :class:`GlobalBatchNorm2d` in ``module`` by a ``BatchNorm2d`` (same state): the
+    network as one worker would have built it, to save or serve."""
+    if isinstance(module, GlobalBatchNorm2d):
+        plain = nn.BatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        plain.load_state_dict(module.state_dict())
+        return plain.to(module.running_mean.device if module.running_mean is not None else "cpu")
+    for name, child in module.named_children():
+        setattr(module, name, plain_batchnorm(child))
+    return module

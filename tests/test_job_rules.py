@@ -1,0 +1,78 @@
+"""Settings a search would silently ignore are refused where the job is loaded, in one line that
+names the key, or made to work: ``train`` only where a supernet is trained, ``tune`` only where
+candidates are trained from scratch (on Ray), ``execution.concurrency`` only where candidates are
+evaluated at once; and HyperBand trains at most ``execution.concurrency`` trials at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import tiny_job
+
+from raynas.errors import ConfigError
+from raynas.execution.tune import RunningLimitedHyperBand, make_scheduler
+from raynas.runs.jobs import parse_job
+
+
+def sampling(evaluator: str, **sections: Any) -> dict[str, Any]:
+    job = tiny_job(Path("/tmp"), space={"name": "nb201", "channels": 4, "cells_per_stage": 1})
+    for key in ("layers", "nodes"):
+        job["space"].pop(key)
+    job["strategy"] = {"name": "random", "evaluations": 2}
+    job["evaluator"] = {"name": evaluator}
+    job.pop("train")
+    job.update(sections)
+    return job
+
+
+def test_a_train_section_where_no_supernet_is_trained_is_refused() -> None:
+    for evaluator in ("scratch", "training_free"):
+        with pytest.raises(ConfigError, match=r"config section 'train'.*remove it"):
+            parse_job(sampling(evaluator, train={"epochs": 3}))
+    assert parse_job(sampling("supernet", train={"epochs": 3})).train.epochs == 3
+
+
+def test_a_tune_section_where_nothing_is_trained_from_scratch_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates trained"):
+        parse_job(sampling("supernet", tune={"scheduler": "asha"}))
+    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates trained"):
+        parse_job(tiny_job(Path("/tmp"), tune={"scheduler": "asha"}))  # a gradient search
+
+
+def test_tune_in_this_process_is_refused_unless_disabled() -> None:
+    with pytest.raises(ConfigError, match=r"'tune' needs execution.backend: ray.*tune.enabled: false"):
+        parse_job(sampling("scratch", tune={"scheduler": "asha"}))
+    parse_job(sampling("scratch", tune={"enabled": False}))
+    parse_job(sampling("scratch", tune={"scheduler": "asha"}, execution={"backend": "ray"}))
+
+
+def test_concurrency_is_refused_where_candidates_cannot_be_evaluated_at_once() -> None:
+    with pytest.raises(ConfigError, match=r"'execution.concurrency' is 2.*backend: local"):
+        parse_job(sampling("training_free", execution={"backend": "local", "concurrency": 2}))
+    with pytest.raises(ConfigError, match=r"'execution.concurrency' is for sampling searches"):
+        parse_job(tiny_job(Path("/tmp"), execution={"backend": "ray", "concurrency": 2}))
+
+
+def test_hyperband_starts_a_trial_only_while_fewer_than_concurrency_train(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray.tune.schedulers import HyperBandScheduler
+
+    config = parse_job(sampling(
+        "scratch", tune={"scheduler": "hyperband"}, execution={"backend": "ray", "concurrency": 2}
+    ))
+    scheduler = make_scheduler(config)
+    assert isinstance(scheduler, RunningLimitedHyperBand) and scheduler.running == 2
+    # HyperBand's own choice (a pending trial, or a paused one its bracket lets go on) is "next".
+    monkeypatch.setattr(HyperBandScheduler, "choose_trial_to_run", lambda self, controller: "next")
+
+    def choose(statuses: list[str]) -> Any:
+        trials = [SimpleNamespace(status=status) for status in statuses]
+        return scheduler.choose_trial_to_run(SimpleNamespace(get_trials=lambda: trials))
+
+    assert choose(["RUNNING", "PAUSED", "PENDING"]) == "next"
+    assert choose(["RUNNING", "RUNNING", "PAUSED", "PENDING"]) is None  # two train already
+    assert choose(["PAUSED", "PAUSED", "PENDING"]) == "next"  # paused trials do not count
