@@ -49,6 +49,8 @@ from raynas.types import Architecture, EvalResult
 
 # What the trainable reports besides the evaluator's metrics (strings, not metrics).
 _PLACE_KEYS = ("node", "node_id", "arch")
+# Reported, with raynas's error message, by a trial whose candidate cannot be trained.
+FAILED_KEY = "raynas_error"
 # The Ray label that names a node's accelerator type (the cluster files in cluster/ set it).
 # PBT's learning-rate perturbations stay within this factor of the configured rate.
 PBT_LR_RANGE = 10.0
@@ -107,6 +109,9 @@ class CandidateLedger:
         self._started: set[str] = set()
         self._copies: dict[str, int] = {}
         self._architectures: dict[str, Architecture] = {}
+        # What telling a result raised (the driver could not record it): the search stops, and
+        # run_tune_search raises it once Tune has stopped.
+        self.failure: BaseException | None = None
 
     def start(self, trial_id: str, arch: Architecture) -> None:
         """Note that ``trial_id`` trains ``arch`` (a restart of the same trial is ignored)."""
@@ -143,6 +148,7 @@ class CandidateLedger:
         """Tell the controller and ``on_result`` how ``trial_id`` ended (once; repeats are ignored)."""
         if result is not None:
             self.observe(trial_id, result)
+            error = error or FAILED_KEY in result
         pending = self.pending.pop(trial_id, None)
         if pending is not None:  # None: not started here, or already told
             self._tell(pending, error)
@@ -156,9 +162,12 @@ class CandidateLedger:
             node=str(last.get("node", "unknown")), stopped_early=not error and budget < self.epochs,
         )
         self.told.append(evaluation)
-        self.controller.tell(evaluation)
-        if self.on_result is not None:
-            self.on_result(evaluation)
+        try:
+            self.controller.tell(evaluation)
+            if self.on_result is not None:
+                self.on_result(evaluation)
+        except BaseException as exc:  # Tune logs a searcher's errors and goes on: stop it instead
+            self.failure = self.failure or exc
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its config (this included) next to the experiment; the controller and the
@@ -217,6 +226,8 @@ class ControllerSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The controller's next candidate as a trial config; None while it waits for results,
         ``Searcher.FINISHED`` once it is done and no trial is pending."""
+        if self.ledger.failure is not None:
+            return Searcher.FINISHED
         if self.resubmit:  # asked before a crash and never told: trained again, not asked again
             arch = self.resubmit.pop(0)
             self.ledger.start(trial_id, arch)
@@ -344,13 +355,20 @@ def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None
             "node": node_type(accelerator), "node_id": ray.get_runtime_context().get_node_id(),
             "arch": arch.key(),
         }
-        for metrics, new_state in evaluator.train(arch, state=state):
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({"architecture": arch_json, "state": new_state}, Path(folder) / "state.pt")
-                tune.report(
-                    {**metrics, "learning_rate": learning_rate, **place},
-                    checkpoint=tune.Checkpoint.from_directory(folder),
-                )
+        try:
+            for metrics, new_state in evaluator.train(arch, state=state):
+                with tempfile.TemporaryDirectory() as folder:
+                    torch.save({"architecture": arch_json, "state": new_state}, Path(folder) / "state.pt")
+                    tune.report(
+                        {**metrics, "learning_rate": learning_rate, **place},
+                        checkpoint=tune.Checkpoint.from_directory(folder),
+                    )
+        except RaynasError as exc:
+            # The candidate cannot be trained (it does not fit the space, the data...): a failure
+            # that trying again would repeat, so it ends the trial instead of being retried like a
+            # lost node; the ledger tells it as failed.
+            # (The metric Tune's scheduler expects, at its worst, keeps Tune's checks quiet.)
+            tune.report({FAILED_KEY: str(exc)[:1000], "valid_acc": float("-inf"), "epoch": 0.0, **place})
 
     return train_candidate
 
@@ -449,7 +467,7 @@ def run_tune_search(
             controller=controller, epochs=scratch.epochs, on_result=on_result, on_ask=on_ask,
             resubmit=resubmit,
         )
-        _fit(config, storage_path, name=config.name, search_alg=searcher,
+        _fit(config, storage_path, name=config.name, ledger=searcher.ledger, search_alg=searcher,
              num_samples=max_trials if max_trials is not None else -1)
         return
     ledger = CandidateLedger(controller=controller, epochs=scratch.epochs, on_result=on_result)
@@ -472,7 +490,7 @@ def run_tune_search(
         if not population:
             raise RaynasError(_WAITS_FOREVER)
         _fit(
-            config, storage_path, name=f"{config.name}_pbt{generation:03d}",
+            config, storage_path, name=f"{config.name}_pbt{generation:03d}", ledger=ledger,
             param_space={
                 "architecture": tune.grid_search([arch.to_json() for arch in population]),
                 "learning_rate": scratch.learning_rate,
@@ -482,9 +500,23 @@ def run_tune_search(
         trials, generation = trials + len(population), generation + 1
 
 
+class _StopOnFailure(tune.Stopper):
+    """Stops every trial once the driver could not record a result (see ``CandidateLedger``)."""
+
+    def __init__(self, ledger: CandidateLedger) -> None:
+        self.ledger = ledger
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.ledger.failure is not None
+
+    def stop_all(self) -> bool:
+        return self.ledger.failure is not None
+
+
 def _fit(
-    config: SearchConfig, storage_path: str, *, name: str, search_alg: Searcher | None = None,
-    num_samples: int = 1, param_space: dict[str, Any] | None = None, callbacks: list | None = None,
+    config: SearchConfig, storage_path: str, *, name: str, ledger: CandidateLedger,
+    search_alg: Searcher | None = None, num_samples: int = 1, param_space: dict[str, Any] | None = None,
+    callbacks: list | None = None,
 ) -> None:
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
@@ -508,9 +540,12 @@ def _fit(
             # A trial whose node is lost (or whose process dies) goes on from its last epoch's
             # checkpoint on another node; the controller hears of it once, when it ends.
             failure_config=tune.FailureConfig(max_failures=config.execution.max_restarts),
+            stop=_StopOnFailure(ledger),
         ),
     )
     tuner.fit()
+    if ledger.failure is not None:
+        raise ledger.failure
 
 
 def _scratch_config(config: SearchConfig) -> ScratchConfig:

@@ -1,0 +1,119 @@
+"""``raynas search`` through Ray Tune on a real local Ray, as users run it, with ASHA, HyperBand and
+PBT (their quick-start job files, made small): the driver process is killed (SIGKILL) once its
+first result is journaled, and the same command run again finishes the search, whose MLflow
+child runs and Parquet rows hold every evaluation exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN
+from mlflow.tracking import MlflowClient
+
+from raynas.runs.journal import Journal
+from raynas.runs.sampling import search_state
+from raynas.tracking import ResultsStore
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[1]
+SHRINK = {
+    "space": {"channels": 4}, "data": {"limit": 96, "batch_size": 16},
+    "evaluator": {"channels": 4, "layers": 1},
+    "execution": {"cpus_per_worker": 1},
+}
+
+
+def shrunk(job: str, tmp_path: Path, address: str, **sections: dict) -> Path:
+    """The job file, made small, on the test's Ray head and stores."""
+    raw = yaml.safe_load((ROOT / "jobs" / job).read_text())
+    for key, value in {**SHRINK, **sections}.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    raw["name"] = "tune-cli"
+    raw["execution"]["address"] = address
+    raw["tracking"] = {"experiment": "tune-cli", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       "output_dir": str(tmp_path / "runs")}
+    path = tmp_path / job
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def results_told(tmp_path: Path) -> int:
+    events = Journal(str(tmp_path / "runs" / "tune-cli" / "journal.jsonl")).events
+    return sum(e["e"] == "result" for e in events)
+
+
+def assert_recorded_once(tmp_path: Path) -> list[str]:
+    state = search_state(str(tmp_path / "runs" / "tune-cli" / "checkpoint.pt"))
+    assert state["finished"]
+    told = [r["trial_id"] for r in state["results"] + state["retrained"]]
+    assert len(told) == len(set(told))  # no evaluation told twice
+    rows = ResultsStore(tmp_path / "runs" / "results").read_table().column("trial_id").to_pylist()
+    assert sorted(rows) == sorted(told)  # one row each
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tune-cli")
+    parents = [r for r in client.search_runs([experiment.experiment_id])
+               if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
+    )
+    assert sorted(c.data.tags["raynas.trial_id"] for c in children) == sorted(told)  # one run each
+    return told
+
+
+@pytest.mark.parametrize(
+    ("job", "strategy"),
+    [
+        ("evolution_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4}),
+        ("hyperband_quickstart.yaml", {"evaluations": 4}),
+        ("pbt_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4}),
+    ],
+    ids=["asha", "hyperband", "pbt"],
+)
+def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_once(
+    job: str, strategy: dict, tmp_path: Path, ray_head: str
+) -> None:
+    path = shrunk(job, tmp_path, ray_head, strategy=strategy, evaluator={"epochs": 2})
+    command = [str(BIN / "raynas"), "search", str(path)]
+    env = {**os.environ, "RAY_ADDRESS": ray_head}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while results_told(tmp_path) < 1 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert driver.poll() is None, "the search finished before it could be killed"
+    driver.send_signal(signal.SIGKILL)  # the driver dies with its first result journaled
+    driver.wait(timeout=30)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming 'tune-cli'" in done.stdout
+    told = assert_recorded_once(tmp_path)
+    # Every candidate the controller asked for was evaluated (PBT also records a trial's copies).
+    assert len({r for r in told if "~" not in r}) >= strategy["evaluations"]
+
+
+def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(
+    tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tune logs a searcher's errors and goes on; raynas stops the search and raises the error
+    # instead, so no result is told without being recorded.
+    import raynas.runs.sampling as sampling
+    from raynas.runs import load_job, run_search
+
+    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head,
+                  strategy={"population_size": 2, "sample_size": 2, "evaluations": 6},
+                  evaluator={"epochs": 1})
+
+    def disk_full(self: sampling.SamplingSearch, result: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sampling.SamplingSearch, "tell", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_search(load_job(path), echo=lambda _: None)
+    assert results_told(tmp_path) == 0
