@@ -28,6 +28,10 @@ import yaml
 BIN = Path(sys.executable).parent
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Token authentication off for every Ray the tests start or join (the session's head, clusters,
+# a local ray.init, the CLI's): a process that started a local Ray with a token sends it to every
+# cluster it joins afterwards, and a token-less one then refuses its actors.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The tests' tensors are tiny: more intra-op threads only contend for CI's two cores.
 torch.set_num_threads(1)
 
