@@ -5,6 +5,7 @@ child runs and Parquet rows hold every evaluation exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from raynas.runs.journal import Journal
 from raynas.runs.sampling import search_state
 from raynas.tracking import ResultsStore
+from raynas.types import Architecture
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +49,17 @@ def shrunk(job: str, tmp_path: Path, address: str, **sections: dict) -> Path:
 def results_told(tmp_path: Path) -> int:
     events = Journal(str(tmp_path / "runs" / "tune-cli" / "journal.jsonl")).events
     return sum(e["e"] == "result" for e in events)
+
+
+def checkpointed_in_flight(tmp_path: Path) -> dict[str, str]:
+    """Trials asked and not told that have a checkpoint, with their candidate's architecture."""
+    events = Journal(str(tmp_path / "runs" / "tune-cli" / "journal.jsonl")).events
+    asked = {e["trial"]: e["arch"] for e in events if e["e"] == "ask"}
+    for e in events:
+        if e["e"] == "result":
+            asked.pop(e["result"]["trial_id"], None)
+    trials = tmp_path / "runs" / "tune-cli" / "tune" / "tune-cli"
+    return {t: a for t, a in asked.items() if any((trials / t).glob("checkpoint_*/state.pt"))}
 
 
 def assert_recorded_once(tmp_path: Path) -> list[str]:
@@ -84,11 +97,15 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     command = [str(BIN / "raynas"), "search", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_head}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumes = not job.startswith("pbt")  # PBT trains a candidate in flight again from the start
     deadline = time.monotonic() + 300
-    while results_told(tmp_path) < 1 and driver.poll() is None and time.monotonic() < deadline:
+    while driver.poll() is None and time.monotonic() < deadline and not (
+        results_told(tmp_path) >= 1 and (not resumes or checkpointed_in_flight(tmp_path))
+    ):
         time.sleep(0.1)
     assert driver.poll() is None, "the search finished before it could be killed"
-    driver.send_signal(signal.SIGKILL)  # the driver dies with its first result journaled
+    in_flight = checkpointed_in_flight(tmp_path)
+    driver.send_signal(signal.SIGKILL)  # the driver dies, a result journaled, a trial mid-training
     driver.wait(timeout=30)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -96,6 +113,15 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     told = assert_recorded_once(tmp_path)
     # Every candidate the controller asked for was evaluated (PBT also records a trial's copies).
     assert len({r for r in told if "~" not in r}) >= strategy["evaluations"]
+    if resumes:  # a trial training when the driver died went on from its checkpoint
+        trials = tmp_path / "runs" / "tune-cli" / "tune" / "tune-cli"
+        first_epochs = {
+            json.loads(line)["arch"]: json.loads(line)["epoch"]
+            for result in trials.glob("*/result.json")
+            if result.parent.name not in in_flight and (line := result.read_text().partition("\n")[0])
+        }
+        keys = {Architecture.from_json(arch).key() for arch in in_flight.values()}
+        assert keys and all(first_epochs.get(key, 0) > 1 for key in keys)
 
 
 def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(

@@ -45,6 +45,7 @@ from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.execution.ray_actors import init_ray, node_type
+from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
 
 # What the trainable reports besides the evaluator's metrics (strings, not metrics).
@@ -195,7 +196,7 @@ class ControllerSearcher(Searcher):
         self, *, controller: Controller, epochs: int, on_result: Callable[[EvalResult], None] | None = None,
         objective: str = "valid_acc", trial_config: dict[str, Any] | None = None,
         on_ask: Callable[[str, Architecture], None] | None = None,
-        resubmit: list[Architecture] | None = None,
+        resubmit: list[tuple[Architecture, str | None]] | None = None,
     ) -> None:
         super().__init__(metric=objective, mode="max")
         self.resubmit = list(resubmit or [])
@@ -228,10 +229,11 @@ class ControllerSearcher(Searcher):
         ``Searcher.FINISHED`` once it is done and no trial is pending."""
         if self.ledger.failure is not None:
             return Searcher.FINISHED
-        if self.resubmit:  # asked before a crash and never told: trained again, not asked again
-            arch = self.resubmit.pop(0)
+        if self.resubmit:  # asked before a crash and never told: trained on, not asked again
+            arch, state = self.resubmit.pop(0)
             self.ledger.start(trial_id, arch)
-            return {"architecture": arch.to_json(), **self.trial_config}
+            resume = {"resume_from": state} if state else {}
+            return {"architecture": arch.to_json(), **resume, **self.trial_config}
         arch = self.controller.ask()
         if arch is None:
             if self.pending:
@@ -340,12 +342,15 @@ def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None
 
     def train_candidate(trial: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
-        arch_json, state = trial["architecture"], None
+        arch_json, state, saved = trial["architecture"], None, None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a restored trial, or under PBT a copy of another trial
             with checkpoint.as_directory() as folder:
                 saved = torch.load(Path(folder) / "state.pt", weights_only=True)
             arch_json, state = saved["architecture"], saved["state"]
+        elif trial.get("resume_from"):  # a trial of a search whose driver died: its last epoch
+            saved = load_checkpoint(trial["resume_from"])
+            state = saved["state"]
         learning_rate = float(trial.get("learning_rate", scratch.learning_rate))
         if state is not None:
             state = with_learning_rate(state, learning_rate)
@@ -355,10 +360,15 @@ def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None
             "node": node_type(accelerator), "node_id": ray.get_runtime_context().get_node_id(),
             "arch": arch.key(),
         }
+        if saved is not None and int(saved["state"]["epoch"]) >= scratch.epochs and "metrics" in saved:
+            # Trained to its budget before the driver died: its last epoch's result, as it was.
+            tune.report({**saved["metrics"], "learning_rate": learning_rate, **place})
+            return
         try:
             for metrics, new_state in evaluator.train(arch, state=state):
                 with tempfile.TemporaryDirectory() as folder:
-                    torch.save({"architecture": arch_json, "state": new_state}, Path(folder) / "state.pt")
+                    torch.save({"architecture": arch_json, "state": new_state, "metrics": metrics},
+                               Path(folder) / "state.pt")
                     tune.report(
                         {**metrics, "learning_rate": learning_rate, **place},
                         checkpoint=tune.Checkpoint.from_directory(folder),
@@ -433,7 +443,7 @@ def run_tune_search(
     config: SearchConfig, controller: Controller, *, on_result: Callable[[EvalResult], None],
     storage_path: str, max_trials: int | None = None,
     on_ask: Callable[[str, Architecture], None] | None = None,
-    resubmit: list[Architecture] | None = None,
+    resubmit: list[tuple[Architecture, str | None]] | None = None,
 ) -> None:
     """Evaluate the candidates ``controller`` asks for as Tune trials until it is done.
 
@@ -448,8 +458,10 @@ def run_tune_search(
         controller: A sampling strategy, or a proxy of a controller actor.
         on_result: Called in this process with every candidate's result, once each.
         on_ask: Called with each trial's id and candidate when the controller has asked for it.
-        resubmit: Candidates the controller asked for before a crash and was never told of:
-            trained first (as new trials), before the controller is asked for more.
+        resubmit: Candidates the controller asked for before a crash and was never told of, each
+            with the training state its trial had reached (the URI of its last checkpoint, or
+            None): trained on from there first (as new trials; PBT trains them again from the
+            start), before the controller is asked for more.
         storage_path: Where Tune keeps the experiments and the trials' checkpoints (a folder or
             an ``s3://`` URI).
         max_trials: Stop after this many trials even if the controller is not done.
@@ -479,7 +491,7 @@ def run_tune_search(
         )
         while len(population) < room:
             if resubmit:
-                population.append(resubmit.pop(0))
+                population.append(resubmit.pop(0)[0])
                 continue
             arch = controller.ask()
             if arch is None:
@@ -546,6 +558,21 @@ def _fit(
     tuner.fit()
     if ledger.failure is not None:
         raise ledger.failure
+
+
+def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str | None:
+    """The newest checkpoint (``.../<trial>/checkpoint_NNNNNN/state.pt``) a trial of ``experiment``
+    left in ``storage_path`` (a folder or ``s3://``), or None when it left none."""
+    import pyarrow.fs as pafs
+
+    from raynas import storage
+
+    root = storage.join(storage_path, experiment, trial_id)
+    fs, path = storage.filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    folders = sorted(i.base_name for i in infos
+                     if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    return storage.join(root, folders[-1], "state.pt") if folders else None
 
 
 def _scratch_config(config: SearchConfig) -> ScratchConfig:

@@ -441,9 +441,11 @@ def _search(search: SamplingSearch, pool: Any, record: Callable[[EvalResult], No
 def _search_with_tune(
     search: SamplingSearch, record: Callable[[EvalResult], None], storage_path: str
 ) -> None:
-    from raynas.execution.tune import run_tune_search
+    from raynas.execution.tune import last_trial_state, run_tune_search
 
-    resubmit = [arch for _, arch in search.resubmit]  # in flight at a crash: trained again
+    # In flight when the driver died: each goes on from its trial's last epoch.
+    resubmit = [(arch, last_trial_state(storage_path, search.config.name, trial))
+                for trial, arch in search.resubmit]
     search.resubmit = []
     run_tune_search(
         search.config, search.strategy, storage_path=storage_path,
