@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from raynas import storage
 from raynas.config import SearchConfig
-from raynas.tracking.mlflow_tracker import MlflowTracker
+from raynas.tracking.mlflow_tracker import CandidateLane, MlflowTracker
 from raynas.tracking.results import ResultsStore, SearchInfo, search_id
 from raynas.tracking.retry import is_transient
 from raynas.types import EpochReport, EvalResult
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Results rows of a sampling search are written in batches of this many, or this often.
 ROWS_PER_FILE = 256
 ROWS_SECONDS = 10.0
+# How long the end of a search waits for the candidates' child runs still queued for MLflow.
+LANE_TIMEOUT_S = 600.0
 
 
 def results_root(config: SearchConfig) -> str:
@@ -67,6 +69,7 @@ class SearchRecorder:
         self.info: SearchInfo | None = None
         self._rows: list[EvalResult] = []  # candidates' results rows not yet written
         self._rows_at = time.monotonic()
+        self._lane: CandidateLane | None = None  # candidates' child runs, sent in the background
 
     def opened(self, run_id: str) -> None:
         """The run is open (new or resumed): rows from now on belong to it."""
@@ -106,7 +109,9 @@ class SearchRecorder:
         self._rows.append(result)
         if len(self._rows) >= ROWS_PER_FILE or time.monotonic() - self._rows_at >= ROWS_SECONDS:
             self.flush()
-        self.tracker.log_candidate(result, step=step)
+        if self._lane is None:
+            self._lane = CandidateLane(self.tracker)
+        self._lane.log_candidate(result, step=step)
 
     def flush(self) -> None:
         """Write the buffered results rows (one Parquet file)."""
@@ -191,6 +196,9 @@ class SearchRecorder:
             if not is_transient(exc):
                 raise
             log.warning("could not register %s in MLflow's Model Registry (%s)", name, type(exc).__name__)
+        if self._lane is not None and not self._lane.close(timeout=LANE_TIMEOUT_S):
+            log.warning("MLflow at %s unreachable: %d candidate run(s) of %s could not be sent",
+                        self.tracker.tracking_uri, self._lane.pending(), self.config.name)
         self.tracker.finish(final, summary if version is None else {**summary, "registered_version": version})
         self.flush()
         if not self.store.flush():
