@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
@@ -198,6 +199,10 @@ class EvalResult:
         started: When the evaluation started (Unix time, seconds; 0 when unknown).
         ended: When it ended (Unix time, seconds; 0 when unknown).
         node_id: The Ray node it ran on (empty in-process).
+        curve: The objective after each unit of budget (epoch 1, 2, ... ``budget``) where the
+            evaluation trained epoch by epoch (Tune trials); empty otherwise. Strategies compare
+            candidates of different budgets at the budget both reached
+            (:func:`compare_at_equal_budget`).
     """
 
     architecture: Architecture
@@ -211,6 +216,7 @@ class EvalResult:
     started: float = 0.0
     ended: float = 0.0
     node_id: str = ""
+    curve: tuple[float, ...] = ()
 
     @property
     def score(self) -> float:
@@ -224,12 +230,45 @@ class EvalResult:
             "objective": self.objective, "trial_id": self.trial_id, "budget": self.budget,
             "seconds": self.seconds, "node": self.node, "stopped_early": self.stopped_early,
             "started": self.started, "ended": self.ended, "node_id": self.node_id,
+            "curve": list(self.curve),
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> EvalResult:
         """Inverse of :meth:`to_dict`."""
-        return EvalResult(**{**data, "architecture": Architecture.from_json(data["architecture"])})
+        return EvalResult(**{
+            **data, "architecture": Architecture.from_json(data["architecture"]),
+            "curve": tuple(data.get("curve", ())),
+        })
+
+
+def compare_at_equal_budget(a: EvalResult, b: EvalResult) -> int:
+    """Which of two results is better (1: ``a``, -1: ``b``, 0: neither), at equal budget.
+
+    Where both have a learning curve, they are compared at the budget both reached (the objective
+    after epoch ``min(len(a.curve), len(b.curve))``): a candidate a scheduler stopped after one
+    epoch is judged against the others' first epoch, not against their last. When that ties (or
+    a result has no curve: inherited weights, proxies, a failure), the one with more budget is
+    better (a scheduler kept it on after comparing it at the lower budget), then the higher
+    score.
+    """
+    common = min(len(a.curve), len(b.curve))
+    if common:
+        x, y = a.curve[common - 1], b.curve[common - 1]
+        if x != y:
+            return 1 if x > y else -1
+    if a.budget != b.budget:
+        return 1 if a.budget > b.budget else -1
+    return (a.score > b.score) - (a.score < b.score)
+
+
+def best_at_equal_budget(results: Iterable[EvalResult]) -> EvalResult | None:
+    """The first result no later one beats by :func:`compare_at_equal_budget` (None if empty)."""
+    best: EvalResult | None = None
+    for result in results:
+        if best is None or compare_at_equal_budget(result, best) > 0:
+            best = result
+    return best
 
 
 @dataclass(frozen=True)

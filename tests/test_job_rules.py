@@ -1,7 +1,8 @@
 """Settings a search would silently ignore are refused where the job is loaded, in one line that
 names the key, or made to work: ``train`` only where a supernet is trained, ``tune`` only where
-candidates are trained from scratch (on Ray), ``execution.concurrency`` only where candidates are
-evaluated at once; and HyperBand trains at most ``execution.concurrency`` trials at a time."""
+candidates train (from scratch, or fine-tuned from a supernet's weights, on Ray),
+``execution.concurrency`` only where candidates are evaluated at once; and HyperBand trains
+at most ``execution.concurrency`` trials at a time."""
 
 from __future__ import annotations
 
@@ -35,11 +36,26 @@ def test_a_train_section_where_no_supernet_is_trained_is_refused() -> None:
     assert parse_job(sampling("supernet", train={"epochs": 3})).train.epochs == 3
 
 
-def test_a_tune_section_where_nothing_is_trained_from_scratch_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates trained"):
-        parse_job(sampling("supernet", tune={"scheduler": "asha"}))
-    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates trained"):
+def test_a_tune_section_where_no_candidate_trains_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates that train"):
+        parse_job(sampling("supernet", tune={"scheduler": "asha"}))  # inherited weights, as they are
+    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates that train"):
+        parse_job(sampling("training_free", tune={"scheduler": "asha"}))
+    with pytest.raises(ConfigError, match=r"config section 'tune' schedules candidates that train"):
         parse_job(tiny_job(Path("/tmp"), tune={"scheduler": "asha"}))  # a gradient search
+    finetuned = sampling("supernet", tune={"scheduler": "asha"}, execution={"backend": "ray"})
+    finetuned["evaluator"]["epochs"] = 2
+    assert parse_job(finetuned).evaluator.config.epochs == 2
+
+
+def test_fine_tuning_inherited_weights_without_tune_is_refused() -> None:
+    job = sampling("supernet")
+    job["evaluator"]["epochs"] = 2
+    with pytest.raises(ConfigError, match=r"'evaluator.epochs' fine-tunes candidates as Ray Tune trials"):
+        parse_job(job)
+    job["tune"] = {"enabled": False}
+    with pytest.raises(ConfigError, match=r"'evaluator.epochs' fine-tunes candidates as Ray Tune trials"):
+        parse_job(job)
 
 
 def test_tune_in_this_process_is_refused_unless_disabled() -> None:

@@ -73,6 +73,11 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
         overrides.append("train.epochs=2")  # the supernet's epochs (scratch and proxies train none)
     if original.evaluator is not None and original.evaluator.name == "scratch":
         overrides.append("tune.enabled=false")  # in-process here; tests/test_tune.py runs Tune
+    finetuned = original.evaluator is not None and original.evaluator.name == "supernet" and (
+        original.evaluator.config.epochs > 0
+    )
+    if finetuned:  # fine-tuned as Tune trials: scored as inherited here; tests/test_tune.py tunes them
+        overrides += ["tune.enabled=false", "evaluator.epochs=0"]
     if original.evaluator is not None:
         overrides += SHRINK_STRATEGY.get(original.strategy.name, ["strategy.evaluations=3"])
         overrides += SHRINK_EVALUATOR[original.evaluator.name]

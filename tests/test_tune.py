@@ -27,7 +27,7 @@ from raynas.execution.tune import (
 from raynas.runs.jobs import parse_job
 from raynas.spaces.darts_genotype import published_genotype
 from raynas.strategies.sampling.random_search import RandomConfig, RandomSearch
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, best_at_equal_budget
 
 EPOCHS = 4
 
@@ -90,6 +90,31 @@ def test_searcher_tells_every_trial_once_stopped_failed_or_finished(tmp_path: Pa
     assert b.seconds == 2.0 * EPOCHS  # the sum of its epochs' times
     assert c.metrics == {} and c.score == float("-inf") and not c.stopped_early and c.budget == 1
     assert controller.best().trial_id == "b"
+
+
+def test_a_trial_lost_while_starting_trains_on_in_a_new_trial_and_is_told_once(tmp_path: Path) -> None:
+    # Tune recovers a running trial whose node is lost, but fails for good one that was starting
+    # or restoring then; RetryLostTrials tells the searcher which failures were such losses.
+    controller = build_controller(nb201_job(tmp_path, strategy={"evaluations": 2}))
+    searcher = ControllerSearcher(controller=controller, epochs=EPOCHS, retries=1,
+                                  last_state=lambda trial: f"/ckpt/{trial}/state.pt")
+    lost = Architecture.from_json(searcher.suggest("a")["architecture"])
+    searcher.on_trial_result("a", epoch_result("a", lost, 1, 0.3))
+    searcher.on_trial_complete("a", None, error=True)
+    searcher.trial_failed("a", lost=True)
+    assert controller.history == []  # not told: it trains on
+    again = searcher.suggest("b")  # before the controller is asked for anything new
+    assert Architecture.from_json(again["architecture"]) == lost
+    assert again["resume_from"] == "/ckpt/a/state.pt"
+    searcher.on_trial_complete("b", None, error=True)
+    searcher.trial_failed("b", lost=True)  # lost again: its one retry is spent
+    assert [(r.trial_id, r.score) for r in controller.history] == [("b", float("-inf"))]
+    other = Architecture.from_json(searcher.suggest("c")["architecture"])
+    assert other != lost
+    searcher.on_trial_complete("c", None, error=True)
+    searcher.trial_failed("c", lost=False)  # Tune used up its own retries: failed, not retried
+    assert [r.trial_id for r in controller.history] == ["b", "c"]
+    assert searcher.suggest("d") == Searcher.FINISHED
 
 
 def test_ledger_tells_a_candidate_pbt_replaced_as_stopped_early(tmp_path: Path) -> None:
@@ -301,3 +326,69 @@ def test_pbt_copies_and_perturbs_candidates_and_records_every_one(tmp_path: Path
         assert copy.trial_id.split("~")[0] in {r.trial_id for r in replaced}
         assert copy.architecture.key() in controller.seen and (copy.budget == 3 or copy.stopped_early)
         assert copy.metrics["learning_rate"] != 0.1
+
+
+# --- Candidates fine-tuned from a one-shot supernet's weights, as Tune trials ------------------------
+
+
+def finetune_job(tmp_path: Path, **execution: object) -> dict:
+    """SPOS on a 4-channel NAS-Bench-201 supernet trained one epoch; candidates then fine-tuned
+    from its weights for up to 2 epochs under ASHA."""
+    job = tiny_job(tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+                   data={"name": "digits", "batch_size": 32, "limit": 192}, train={"epochs": 1})
+    for key in ("layers", "nodes"):
+        job["space"].pop(key)
+    job["strategy"] = {"name": "spos", "population_size": 2, "sample_size": 2, "evaluations": 4}
+    job["evaluator"] = {"name": "supernet", "bn_batches": 1, "epochs": 2, "learning_rate": 0.05}
+    job["tune"] = {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2}
+    job["execution"] = {"backend": "ray", "cpus_per_worker": 1, "concurrency": 2, **execution}
+    return job
+
+
+def test_fine_tuning_starts_from_the_inherited_weights_and_trains_only_the_path(tmp_path: Path) -> None:
+    from raynas.evaluators.supernet import SupernetEvaluator
+    from raynas.spaces.nb201 import Nb201Arch
+
+    config = parse_job(finetune_job(tmp_path))
+    space = build_controller(config).space
+    heir = SupernetEvaluator(config.evaluator.config, search=config)
+    initial = {k: v.clone() for k, v in heir.weights().items()}
+    torch.manual_seed(1)  # the weights a trained supernet passes on: any but the initial ones
+    inherited = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                 for k, v in initial.items()}
+    heir.load_weights(inherited)
+    chain = space.decode([3, 0, 3, 0, 0, 3])  # conv3x3 on 0->1->2->3, nothing else
+    assert isinstance(chain, Nb201Arch)
+    metrics, state = next(heir.finetune(chain))
+    assert metrics["epoch"] == 1 and 0.0 <= metrics["valid_acc"] <= 1.0
+    tuned = state["model"]
+    ops = [k for k in inherited if ".ops." in k and tuned[k].is_floating_point()]
+    changed = {k for k in ops if not torch.equal(tuned[k], inherited[k])}
+    assert changed and all(".ops.3." in k for k in changed)  # only the path's conv3x3 trained
+    # What it did not train is what it inherited, not the initial weights.
+    kept = [k for k in ops if k not in changed]
+    assert kept and all(not torch.equal(tuned[k], initial[k]) for k in kept)
+    assert heir.supernet.path is None  # the supernet is left without a fixed path
+
+
+@pytest.mark.integration
+def test_asha_fine_tunes_candidates_from_the_supernet_and_records_their_budgets(
+    tmp_path: Path, ray_head: str
+) -> None:
+    from raynas.runs import run_search
+    from raynas.runs.sampling import search_state
+
+    ray.shutdown()  # the driver connects by itself, as `raynas search` does
+    job = finetune_job(tmp_path, address=ray_head)
+    lines: list[str] = []
+    result = run_search(parse_job(job), echo=lines.append)
+    state = search_state(result.checkpoint)
+    told = [EvalResult.from_dict(r) for r in state["results"]]
+    assert len(told) == 4 and len({r.trial_id for r in told}) == 4
+    trials = list((tmp_path / "runs" / "tiny" / "tune" / "tiny").glob("*/result.json"))
+    assert len(trials) == 4  # each candidate a Tune trial
+    for r in told:  # each fine-tuned, its budget the epochs it got, its curve epoch by epoch
+        assert r.budget in (1.0, 2.0) and r.stopped_early == (r.budget < 2)
+        assert len(r.curve) == r.budget and r.curve[-1] == r.score
+    assert any(r.budget == 2 for r in told)
+    assert result.metrics["valid_acc"] == best_at_equal_budget(told).score  # type: ignore[union-attr]

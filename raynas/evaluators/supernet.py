@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.supernet import build_supernet
 from raynas.train.distributed import convert_batchnorm, local_only
-from raynas.train.loop import evaluate, recalibrate_batchnorm, train_epoch
+from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
 
 
@@ -39,14 +39,23 @@ class SupernetEvalConfig:
         bn_batches: Training batches that recompute BatchNorm statistics per candidate (0: keep
             the shared statistics).
         valid_batches: Validation batches each candidate is scored on (0: the whole half).
+        epochs: Under Ray Tune (a ``tune`` section), each candidate starts from the weights it
+            inherits and is fine-tuned for up to this many epochs as a trial that the scheduler
+            may stop; 0 scores the inherited weights as they are (no Tune).
+        learning_rate: The fine-tuning's initial SGD rate (cosine-annealed over ``epochs``;
+            momentum, weight decay and gradient clipping as ``train``'s).
     """
 
     bn_batches: int = 4
     valid_batches: int = 0
+    epochs: int = 0
+    learning_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if self.bn_batches < 0 or self.valid_batches < 0:
             raise ConfigError("evaluator.bn_batches and evaluator.valid_batches must be >= 0")
+        if self.epochs < 0 or self.learning_rate <= 0:
+            raise ConfigError("evaluator.epochs must be >= 0 and evaluator.learning_rate > 0")
 
 
 @EVALUATORS.register("supernet", config=SupernetEvalConfig)
@@ -147,6 +156,37 @@ class SupernetEvaluator:
             architecture=arch, metrics=metrics, trial_id=trial_id, budget=0.0,
             seconds=time.perf_counter() - start,
         )
+
+    def finetune(
+        self, arch: Architecture, *, state: dict[str, Any] | None = None
+    ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+        """Fine-tune ``arch`` from the weights it inherits (those of this supernet now), yielding
+        ``(metrics, state)`` after each of ``config.epochs`` epochs.
+
+        The path is fixed to ``arch``: only its operations' weights train (SGD from
+        ``config.learning_rate``, cosine-annealed), and BatchNorm statistics follow its batches.
+        Every epoch is scored on the validation half, as :meth:`evaluate` scores.
+
+        Args:
+            arch: The candidate.
+            state: A state yielded earlier (a restored or, under PBT, cloned trial), whose
+                weights replace the inherited ones.
+        """
+        train = self.search.train
+        torch.manual_seed(candidate_seed(self.search.seed, arch))
+        loaders = search_loaders(DATASETS.create(self.search.data.name, self.search.data.config),
+                                 seed=candidate_seed(self.search.seed, arch))
+        self.supernet.set_path(arch)
+        try:
+            for metrics, new_state in fit(
+                self.supernet, loaders[0], loaders[1], self.device, epochs=self.config.epochs,
+                learning_rate=self.config.learning_rate, momentum=train.momentum,
+                weight_decay=train.weight_decay, grad_clip=train.grad_clip, state=state,
+            ):
+                del metrics["lr"]  # a candidate reports its own learning rate where it varies (PBT)
+                yield metrics, new_state
+        finally:
+            self.supernet.set_path(None)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The supernet's weights (for replicas)."""

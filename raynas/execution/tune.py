@@ -21,10 +21,11 @@ controller and passed to the search driver's ``on_result``, so no evaluated cand
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,9 +45,12 @@ from ray.tune.search import Searcher
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
+from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
 from raynas.execution.ray_actors import init_ray, node_type
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
+
+logger = logging.getLogger(__name__)
 
 # What the trainable reports besides the evaluator's metrics (strings, not metrics).
 _PLACE_KEYS = ("node", "node_id", "arch")
@@ -76,6 +80,7 @@ class _Pending:
     architecture: Architecture
     last: dict[str, Any] | None = None  # its latest result
     seconds: float = 0.0  # training time over its results
+    curve: dict[float, float] = field(default_factory=dict)  # the objective by epoch
 
 
 class CandidateLedger:
@@ -144,6 +149,8 @@ class CandidateLedger:
             return
         pending.seconds += float(result.get("time_this_iter_s", 0.0))
         pending.last = result
+        if self.objective in result and "epoch" in result:
+            pending.curve[float(result["epoch"])] = float(result[self.objective])
 
     def finish(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell the controller and ``on_result`` how ``trial_id`` ended (once; repeats are ignored)."""
@@ -157,10 +164,15 @@ class CandidateLedger:
     def _tell(self, pending: _Pending, error: bool) -> None:
         last = pending.last or {}
         budget = float(last.get("epoch", 0.0))
+        # The learning curve, where the trial saw every epoch (a PBT copy went on from another
+        # trial's epoch: it has none).
+        epochs = [float(e) for e in range(1, int(budget) + 1)]
+        curve = () if error or list(pending.curve) != epochs else tuple(pending.curve[e] for e in epochs)
         evaluation = EvalResult(
             architecture=pending.architecture, metrics={} if error else _metrics(last),
             objective=self.objective, trial_id=pending.record_id, budget=budget, seconds=pending.seconds,
             node=str(last.get("node", "unknown")), stopped_early=not error and budget < self.epochs,
+            curve=curve,
         )
         self.told.append(evaluation)
         try:
@@ -187,6 +199,12 @@ class ControllerSearcher(Searcher):
             checkpoints there).
         objective: The metric the controller maximises.
         trial_config: Values added to every trial's config.
+        on_ask: Called with each trial's id and candidate when the controller has asked for it.
+        resubmit: Candidates asked before a crash and never told, with their last checkpoints:
+            trained first, as new trials.
+        retries: How many new trials a candidate gets when Tune could not recover its trial
+            (see :class:`RetryLostTrials`, which must then be one of Tune's callbacks).
+        last_state: The newest checkpoint a trial left (by trial id), where a new trial goes on.
 
     Every suggested trial is told to the controller exactly once (see :class:`CandidateLedger`),
     when it completes, is stopped early or fails.
@@ -197,9 +215,14 @@ class ControllerSearcher(Searcher):
         objective: str = "valid_acc", trial_config: dict[str, Any] | None = None,
         on_ask: Callable[[str, Architecture], None] | None = None,
         resubmit: list[tuple[Architecture, str | None]] | None = None,
+        retries: int = 0, last_state: Callable[[str], str | None] | None = None,
     ) -> None:
         super().__init__(metric=objective, mode="max")
         self.resubmit = list(resubmit or [])
+        self.retries = retries
+        self.last_state = last_state
+        self._retried: dict[str, int] = {}  # new trials given to each candidate, by its key
+        self._errored: set[str] = set()  # failed trials that RetryLostTrials has yet to judge
         self.ledger = CandidateLedger(
             controller=controller, epochs=epochs, on_result=on_result, objective=objective
         )
@@ -253,7 +276,32 @@ class ControllerSearcher(Searcher):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         # Tune passes the result that made a scheduler stop the trial only here.
+        if error and result is None and self.retries and trial_id in self.pending:
+            # Tune gave up on the trial; RetryLostTrials (which must be among Tune's callbacks
+            # when ``retries`` > 0), called next, says whether it was lost.
+            self._errored.add(trial_id)
+            return
         self.ledger.finish(trial_id, result, error)
+
+    def trial_failed(self, trial_id: str, *, lost: bool) -> None:
+        """End a trial Tune gave up on: a ``lost`` one (Tune could not recover it: its process or
+        node went while the trial was starting or restoring) is trained again as a new trial
+        from its last checkpoint, at most ``retries`` times per candidate; any other is told as
+        failed."""
+        if trial_id not in self._errored:
+            return
+        self._errored.discard(trial_id)
+        pending = self.pending[trial_id]
+        key = pending.architecture.key()
+        if lost and self._retried.get(key, 0) < self.retries:
+            self._retried[key] = self._retried.get(key, 0) + 1
+            del self.pending[trial_id]
+            state = self.last_state(trial_id) if self.last_state is not None else None
+            self.resubmit.append((pending.architecture, state))
+            logger.warning("trial %s was lost while it started; its candidate trains on in a new "
+                           "trial%s", trial_id, f" from {state}" if state else "")
+            return
+        self.ledger.finish(trial_id, error=True)
 
     def __getstate__(self) -> dict[str, Any]:
         # As the ledger's: the driver's callback stays in this process.
@@ -265,6 +313,21 @@ class ControllerSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError
+
+
+class RetryLostTrials(tune.Callback):
+    """Tells :class:`ControllerSearcher` how a trial Tune gave up on failed.
+
+    Tune recovers a running trial whose process or node is lost (``FailureConfig``), but fails
+    for good one that was starting or restoring when that happened; such a trial is ``lost`` (it
+    would have been recovered had it been running), and its candidate trains on in a new trial.
+    """
+
+    def __init__(self, searcher: ControllerSearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.trial_failed(trial.trial_id, lost=trial.should_recover())
 
 
 class PopulationCallback(tune.Callback):
@@ -328,17 +391,34 @@ def with_learning_rate(state: dict[str, Any], learning_rate: float) -> dict[str,
     return {**state, "schedule": schedule, "optimizer": optimizer}
 
 
-def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable that trains one candidate from scratch, as ``config`` says.
+def candidate_trainable(
+    config: SearchConfig, inherited: str | None = None
+) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable that trains one candidate, as ``config`` says: from scratch
+    (``evaluator: scratch``), or (``evaluator: supernet``) fine-tuned from the weights it inherits
+    from the one-shot supernet saved at ``inherited``.
 
     The trial config holds ``architecture`` (JSON) and, under PBT, ``learning_rate``. Every epoch
     it reports the evaluator's metrics, the learning rate, ``node`` (accelerator type or ``cpu``),
     ``node_id`` and ``arch`` (the candidate's key), with a checkpoint of the training state, so a
     trial can be restored, and PBT can copy a trial into another.
     """
-    scratch = _scratch_config(config)
+    settings = _training(config)
+    if config.evaluator is not None and config.evaluator.name == "supernet" and not inherited:
+        raise ConfigError("fine-tuning candidates under Tune needs the trained supernet's checkpoint")
     threads = max(1, int(config.execution.cpus_per_worker))
     accelerator = config.execution.accelerator
+
+    def epochs_of(arch: Architecture, learning_rate: float, state: dict[str, Any] | None) -> Iterator[Any]:
+        """The candidate's training, epoch by epoch: ``(metrics, state)``."""
+        rated = dataclasses.replace(settings, learning_rate=learning_rate)
+        if isinstance(rated, ScratchConfig):
+            return ScratchEvaluator(rated, search=config).train(arch, state=state)
+        supernet = SupernetEvaluator(rated, search=config)
+        if state is None:  # a new trial: the weights the candidate inherits
+            assert inherited is not None
+            supernet.load_weights(load_checkpoint(inherited)["weights"])
+        return supernet.finetune(arch, state=state)
 
     def train_candidate(trial: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
@@ -351,21 +431,20 @@ def candidate_trainable(config: SearchConfig) -> Callable[[dict[str, Any]], None
         elif trial.get("resume_from"):  # a trial of a search whose driver died: its last epoch
             saved = load_checkpoint(trial["resume_from"])
             state = saved["state"]
-        learning_rate = float(trial.get("learning_rate", scratch.learning_rate))
+        learning_rate = float(trial.get("learning_rate", settings.learning_rate))
         if state is not None:
             state = with_learning_rate(state, learning_rate)
         arch = Architecture.from_json(arch_json)
-        evaluator = ScratchEvaluator(dataclasses.replace(scratch, learning_rate=learning_rate), search=config)
         place = {
             "node": node_type(accelerator), "node_id": ray.get_runtime_context().get_node_id(),
             "arch": arch.key(),
         }
-        if saved is not None and int(saved["state"]["epoch"]) >= scratch.epochs and "metrics" in saved:
+        if saved is not None and int(saved["state"]["epoch"]) >= settings.epochs and "metrics" in saved:
             # Trained to its budget before the driver died: its last epoch's result, as it was.
             tune.report({**saved["metrics"], "learning_rate": learning_rate, **place})
             return
         try:
-            for metrics, new_state in evaluator.train(arch, state=state):
+            for metrics, new_state in epochs_of(arch, learning_rate, state):
                 with tempfile.TemporaryDirectory() as folder:
                     torch.save({"architecture": arch_json, "state": new_state, "metrics": metrics},
                                Path(folder) / "state.pt")
@@ -416,7 +495,7 @@ class RunningLimitedHyperBand(HyperBandScheduler):
 def make_scheduler(config: SearchConfig) -> TrialScheduler:
     """The Tune scheduler that ``config.tune.scheduler`` names, over ``evaluator.epochs`` epochs."""
     settings = config.tune
-    epochs = _scratch_config(config).epochs
+    epochs = _training(config).epochs
     if settings.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration", max_t=epochs, grace_period=min(settings.grace_period, epochs),
@@ -428,7 +507,7 @@ def make_scheduler(config: SearchConfig) -> TrialScheduler:
             reduction_factor=settings.reduction_factor,
         )
     if settings.scheduler == "pbt":
-        lr = _scratch_config(config).learning_rate
+        lr = _training(config).learning_rate
         return PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=settings.perturbation_interval,
             # Synchronous: the population waits for its slowest trial at each perturbation step, so
@@ -444,6 +523,7 @@ def run_tune_search(
     storage_path: str, max_trials: int | None = None,
     on_ask: Callable[[str, Architecture], None] | None = None,
     resubmit: list[tuple[Architecture, str | None]] | None = None,
+    inherited: str | None = None,
 ) -> None:
     """Evaluate the candidates ``controller`` asks for as Tune trials until it is done.
 
@@ -465,24 +545,29 @@ def run_tune_search(
         storage_path: Where Tune keeps the experiments and the trials' checkpoints (a folder or
             an ``s3://`` URI).
         max_trials: Stop after this many trials even if the controller is not done.
+        inherited: With ``evaluator: supernet``, the trained supernet's checkpoint (a path or
+            ``s3://`` URI the nodes can read), whose weights every candidate starts from.
 
     Raises:
-        ConfigError: The evaluator is not ``scratch``, or ``max_trials`` is below 1.
+        ConfigError: The evaluator neither trains from scratch nor fine-tunes, or
+            ``max_trials`` is below 1.
     """
-    scratch = _scratch_config(config)
+    training = _training(config)
     if max_trials is not None and max_trials < 1:
         raise ConfigError(f"max_trials must be at least 1, got {max_trials}")
     init_ray(config.execution)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if config.tune.scheduler != "pbt":
         searcher = ControllerSearcher(
-            controller=controller, epochs=scratch.epochs, on_result=on_result, on_ask=on_ask,
-            resubmit=resubmit,
+            controller=controller, epochs=training.epochs, on_result=on_result, on_ask=on_ask,
+            resubmit=resubmit, retries=config.execution.max_restarts,
+            last_state=lambda trial: last_trial_state(storage_path, config.name, trial),
         )
         _fit(config, storage_path, name=config.name, ledger=searcher.ledger, search_alg=searcher,
-             num_samples=max_trials if max_trials is not None else -1)
+             num_samples=max_trials if max_trials is not None else -1,
+             callbacks=[RetryLostTrials(searcher)], inherited=inherited)
         return
-    ledger = CandidateLedger(controller=controller, epochs=scratch.epochs, on_result=on_result)
+    ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result)
     trials, generation = 0, 0
     while not controller.done and (max_trials is None or trials < max_trials):
         population: list[Architecture] = []
@@ -505,9 +590,9 @@ def run_tune_search(
             config, storage_path, name=f"{config.name}_pbt{generation:03d}", ledger=ledger,
             param_space={
                 "architecture": tune.grid_search([arch.to_json() for arch in population]),
-                "learning_rate": scratch.learning_rate,
+                "learning_rate": training.learning_rate,
             },
-            callbacks=[PopulationCallback(ledger)],
+            callbacks=[PopulationCallback(ledger)], inherited=inherited,
         )
         trials, generation = trials + len(population), generation + 1
 
@@ -528,7 +613,7 @@ class _StopOnFailure(tune.Stopper):
 def _fit(
     config: SearchConfig, storage_path: str, *, name: str, ledger: CandidateLedger,
     search_alg: Searcher | None = None, num_samples: int = 1, param_space: dict[str, Any] | None = None,
-    callbacks: list | None = None,
+    callbacks: list | None = None, inherited: str | None = None,
 ) -> None:
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
@@ -536,7 +621,7 @@ def _fit(
     # counted its paused trials would keep a bracket from ever filling.
     concurrency = None if config.tune.scheduler == "hyperband" else config.execution.concurrency
     tuner = tune.Tuner(
-        tune.with_resources(candidate_trainable(config), trial_resources(config)),
+        tune.with_resources(candidate_trainable(config, inherited), trial_resources(config)),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
@@ -575,15 +660,19 @@ def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str |
     return storage.join(root, folders[-1], "state.pt") if folders else None
 
 
-def _scratch_config(config: SearchConfig) -> ScratchConfig:
+def _training(config: SearchConfig) -> ScratchConfig | SupernetEvalConfig:
+    """The settings of the training Tune schedules: ``scratch``'s, or ``supernet``'s fine-tuning."""
     evaluator = config.evaluator
-    if evaluator is None or evaluator.name != "scratch":
-        name = None if evaluator is None else evaluator.name
-        raise ConfigError(
-            f"config key 'evaluator.name' is {name!r}; Ray Tune trains candidates from scratch: "
-            "use evaluator 'scratch', or set tune.enabled: false"
-        )
-    return evaluator.config
+    if evaluator is not None and evaluator.name == "scratch":
+        return evaluator.config  # type: ignore[no-any-return]
+    if evaluator is not None and evaluator.name == "supernet" and evaluator.config.epochs >= 1:
+        return evaluator.config  # type: ignore[no-any-return]
+    name = None if evaluator is None else evaluator.name
+    raise ConfigError(
+        f"config key 'evaluator.name' is {name!r}; Ray Tune schedules candidates that train: use "
+        "evaluator 'scratch', or 'supernet' with evaluator.epochs >= 1 (fine-tuning), or set "
+        "tune.enabled: false"
+    )
 
 
 def _storage(path: str) -> str:

@@ -116,10 +116,20 @@ def _check_execution(config: SearchConfig, raw: dict[str, Any]) -> None:
             f"once); {config.strategy.name!r} trains one supernet: use execution.workers for "
             "data-parallel training"
         )
-    if "tune" in raw and not (config.evaluator is not None and config.evaluator.name == "scratch"):
+    evaluator = config.evaluator
+    finetunes = evaluator is not None and evaluator.name == "supernet" and evaluator.config.epochs >= 1
+    tuned = "tune" in raw and config.tune.enabled
+    if tuned and not ((evaluator is not None and evaluator.name == "scratch") or finetunes):
         raise ConfigError(
-            "config section 'tune' schedules candidates trained from scratch (evaluator: scratch); "
-            "this search trains none: remove it"
+            "config section 'tune' schedules candidates that train: from scratch (evaluator: "
+            "scratch) or fine-tuned from a supernet (evaluator: supernet with epochs >= 1); this "
+            "search trains none: remove it"
+        )
+    if finetunes and not tuned:
+        raise ConfigError(
+            "config key 'evaluator.epochs' fine-tunes candidates as Ray Tune trials: add a 'tune' "
+            "section (execution.backend: ray), or set evaluator.epochs: 0 to score the inherited "
+            "weights as they are"
         )
     if "tune" in raw and config.tune.enabled and execution.backend == "local":
         raise ConfigError(

@@ -24,6 +24,7 @@ checkpoint and the journal, without anyone running the command again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -51,7 +52,13 @@ from raynas.spaces.drawing import picture
 from raynas.tracking import MlflowTracker
 from raynas.tracking.recorder import SearchRecorder
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
-from raynas.types import Architecture, EpochReport, EvalResult
+from raynas.types import (
+    Architecture,
+    EpochReport,
+    EvalResult,
+    best_at_equal_budget,
+    compare_at_equal_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,9 @@ class SamplingSearch:
         self.journal = journal
         self.echo = echo
         self.one_shot = config.evaluator.name == "supernet"
-        self.use_tune = (
-            config.evaluator.name == "scratch" and config.tune.enabled and config.execution.backend == "ray"
+        # Candidates train as Tune trials: from scratch, or fine-tuned from the supernet's weights.
+        self.use_tune = config.tune.enabled and config.execution.backend == "ray" and (
+            config.evaluator.name == "scratch" or (self.one_shot and config.evaluator.config.epochs >= 1)
         )
         build_controller(config).check_search(supernet_epochs=config.train.epochs if self.one_shot else 0)
         self.strategy: Any = self._new_controller(None)
@@ -327,8 +335,12 @@ def run_sampling_search(
             assert pool is not None
             _train_supernet(search, pool, tracker, record, supernet_file, run_id)
         if search.phase == "search":
-            if search.use_tune and not search.one_shot:
-                _search_with_tune(search, record, run_path(config, "tune"))
+            if search.use_tune:
+                if pool is not None:  # the supernet is trained and saved: its actors are done
+                    pool.close()
+                    pool = None
+                inherited = supernet_file if search.one_shot else None
+                _search_with_tune(search, record, run_path(config, "tune"), inherited=inherited)
             else:
                 assert pool is not None
                 pool.sync_replicas()
@@ -439,7 +451,8 @@ def _search(search: SamplingSearch, pool: Any, record: Callable[[EvalResult], No
 
 
 def _search_with_tune(
-    search: SamplingSearch, record: Callable[[EvalResult], None], storage_path: str
+    search: SamplingSearch, record: Callable[[EvalResult], None], storage_path: str,
+    inherited: str | None = None,
 ) -> None:
     from raynas.execution.tune import last_trial_state, run_tune_search
 
@@ -450,6 +463,7 @@ def _search_with_tune(
     run_tune_search(
         search.config, search.strategy, storage_path=storage_path,
         on_result=lambda result: record(result, told=True), on_ask=search.asked, resubmit=resubmit,
+        inherited=inherited,
     )
 
 
@@ -459,7 +473,8 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
     config, final = search.config, search.config.final
     seen: set[str] = set()
     chosen = []
-    for result in sorted(search.results, key=lambda r: r.score, reverse=True):
+    # Candidates Tune stopped early are ranked with the others at equal budget.
+    for result in sorted(search.results, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True):
         if result.architecture.key() not in seen:
             seen.add(result.architecture.key())
             chosen.append(result)
@@ -522,11 +537,12 @@ def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
 
 
 def _final(search: SamplingSearch) -> EvalResult:
-    """The search's answer: the best retrained candidate if any were retrained, else the best."""
-    pool = search.retrained or search.results
-    if not pool:
+    """The search's answer: the best retrained candidate if any were retrained, else the best
+    (at equal budget: :func:`compare_at_equal_budget`)."""
+    best = best_at_equal_budget(search.retrained or search.results)
+    if best is None:
         raise RaynasError(f"search {search.config.name!r} evaluated no candidate")
-    return max(pool, key=lambda r: r.score)
+    return best
 
 
 __all__ = ["PHASES", "SamplingSearch", "run_sampling_search", "search_state"]

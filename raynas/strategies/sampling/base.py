@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from raynas.errors import ConfigError
-from raynas.types import Architecture, ChoiceSpace, EvalResult
+from raynas.types import Architecture, ChoiceSpace, EvalResult, best_at_equal_budget
 
 
 def choice_space(space: Any, strategy: str) -> ChoiceSpace:
@@ -123,8 +123,9 @@ class SamplingStrategy(ABC):
         """Whether the strategy has asked for all it will ask."""
 
     def best(self) -> EvalResult | None:
-        """The best result told so far (the first of equals)."""
-        return max(self.history, key=lambda r: r.score, default=None)
+        """The best result told so far (the first of equals), candidates of different budgets
+        (Tune stopped some early) compared at equal budget (:func:`compare_at_equal_budget`)."""
+        return best_at_equal_budget(self.history)
 
     def sample_path(self) -> Architecture:
         """The path a supernet-training step should take (default: uniform, as in SPOS)."""

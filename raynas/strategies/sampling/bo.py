@@ -5,7 +5,10 @@ as in Falkner et al., BOHB, ICML 2018), through Optuna's own ask-and-tell interf
 Every decision of the space's flat view is a categorical parameter (a ``CategoricalDistribution``
 over its option indices). ``ask`` is the study's ``ask`` decoded into an architecture, ``tell`` its
 ``tell`` (a failed evaluation, score ``-inf``, is told as a failed trial); a result for a candidate
-the study did not suggest is added to it as a finished trial. A suggestion already evaluated is
+the study did not suggest is added to it as a finished trial. A candidate a Tune scheduler stopped
+early is a pruned trial whose intermediate values are its learning curve: Optuna's rule for
+comparing budgets, under which TPE ranks pruned trials below completed ones, by the budget they
+reached, then by their last value. A suggestion already evaluated is
 not evaluated again: the study is told its known score at once and asked anew (up to
 ``max_repeats`` times). With the constant liar, TPE keeps concurrent suggestions apart.
 
@@ -77,6 +80,7 @@ class BayesOpt(SamplingStrategy):
         self.events: list[tuple[str, int]] = []
         self.pending: dict[tuple[int, ...], list[int]] = {}  # values -> trials in flight, ask order
         self.known: dict[tuple[int, ...], float] = {}
+        self._asked: dict[int, Any] = {}  # the study's running trials, by number (= log index)
         # Imported here, as in every method that needs it: Optuna takes a while to import, and of
         # the strategies only this one uses it.
         from optuna.distributions import CategoricalDistribution
@@ -90,6 +94,7 @@ class BayesOpt(SamplingStrategy):
     def _new_study(self) -> Any:
         import optuna
 
+        self._asked = {}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -107,21 +112,32 @@ class BayesOpt(SamplingStrategy):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
             trial = self.study.ask(self.distributions)
+        self._asked[trial.number] = trial
         return tuple(int(trial.params[f"d{i}"]) for i in range(len(self.decisions)))
 
-    def _complete(self, index: int, score: float) -> None:
+    def _complete(self, index: int, score: float, curve: list[float] | None = None) -> None:
         from optuna.trial import TrialState
 
-        if math.isfinite(score):
-            self.study.tell(index, score)
+        trial = self._asked.pop(index, index)
+        if curve:  # stopped early: pruned, with its learning curve
+            for step, value in enumerate(curve, 1):
+                trial.report(value, step)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        elif math.isfinite(score):
+            self.study.tell(trial, score)
         else:
-            self.study.tell(index, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL)
 
-    def _add_point(self, values: tuple[int, ...], score: float) -> None:
+    def _add_point(self, values: tuple[int, ...], score: float, curve: list[float] | None = None) -> None:
         import optuna
         from optuna.trial import TrialState
 
-        if math.isfinite(score):
+        if curve:
+            trial = optuna.trial.create_trial(
+                params=self._params(values), distributions=self.distributions,
+                state=TrialState.PRUNED, intermediate_values=dict(enumerate(curve, 1)),
+            )
+        elif math.isfinite(score):
             trial = optuna.trial.create_trial(
                 params=self._params(values), distributions=self.distributions, value=score
             )
@@ -136,7 +152,8 @@ class BayesOpt(SamplingStrategy):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.study.enqueue_trial(self._params(values))
-            self.study.ask(self.distributions)
+            trial = self.study.ask(self.distributions)
+        self._asked[trial.number] = trial
 
     def propose(self) -> Architecture | None:
         if self.asked >= self.config.evaluations:
@@ -144,7 +161,7 @@ class BayesOpt(SamplingStrategy):
         for _ in range(self.config.max_repeats + 1):
             index = len(self.trials)
             values = self._suggest()
-            self.trials.append({"values": list(values), "score": None})
+            self.trials.append({"values": list(values), "score": None, "curve": None})
             self.events.append(("ask", index))
             if values not in self.known:
                 break
@@ -159,15 +176,16 @@ class BayesOpt(SamplingStrategy):
         super().tell(result)
         values = tuple(self.space.encode(result.architecture))
         score = result.score
+        curve = list(result.curve) if result.stopped_early and result.curve else None
         self.known[values] = max(score, self.known.get(values, -math.inf))
         if self.pending.get(values):
             index = self.pending[values].pop(0)
-            self.trials[index]["score"] = score
-            self._complete(index, score)
+            self.trials[index].update(score=score, curve=curve)
+            self._complete(index, score, curve)
             self.events.append(("tell", index))
         else:  # a result for a candidate the study did not suggest
-            self.trials.append({"values": list(values), "score": score})
-            self._add_point(values, score)
+            self.trials.append({"values": list(values), "score": score, "curve": curve})
+            self._add_point(values, score, curve)
             self.events.append(("point", len(self.trials) - 1))
 
     @property
@@ -187,7 +205,8 @@ class BayesOpt(SamplingStrategy):
         super().load_state_dict(state)
         self.trials = [
             {"values": [int(v) for v in t["values"]],
-             "score": None if t["score"] is None else float(t["score"])}
+             "score": None if t["score"] is None else float(t["score"]),
+             "curve": [float(v) for v in t["curve"]] if t.get("curve") else None}
             for t in state["trials"]
         ]
         self.events = [(str(kind), int(i)) for kind, i in state["events"]]
@@ -206,7 +225,7 @@ class BayesOpt(SamplingStrategy):
             self.study = self._new_study()
             for i, t in enumerate(self.trials):
                 if i in told:
-                    self._add_point(tuple(t["values"]), t["score"])
+                    self._add_point(tuple(t["values"]), t["score"], t["curve"])
                 else:
                     self._run_again(tuple(t["values"]))
 
@@ -218,7 +237,7 @@ class BayesOpt(SamplingStrategy):
                 if list(self._suggest()) != trial["values"]:
                     return False
             elif kind == "tell":
-                self._complete(i, trial["score"])
+                self._complete(i, trial["score"], trial["curve"])
             else:
-                self._add_point(tuple(trial["values"]), trial["score"])
+                self._add_point(tuple(trial["values"]), trial["score"], trial["curve"])
         return True

@@ -36,7 +36,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, best_at_equal_budget
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ class Enas(SamplingStrategy):
     def best(self) -> EvalResult | None:
         """The best derived architecture once the final phase has results (else the best so far)."""
         derived = self.history[self.search_evaluations :]
-        return max(derived or self.history, key=lambda r: r.score, default=None)
+        return best_at_equal_budget(derived or self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ from typing import Any
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, best_at_equal_budget
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class RegularizedEvolution(SamplingStrategy):
             return None  # too few evaluated members for a tournament yet
         population = self.population
         tournament = self.rng.sample(population, min(self.config.sample_size, len(population)))
-        parent = max(tournament, key=lambda r: r.score)
+        parent = best_at_equal_budget(tournament)  # members Tune stopped early: at equal budget
+        assert parent is not None
         return self.mutate(parent.architecture)
 
     @property

@@ -18,6 +18,9 @@ refit. Here the "blocks" are groups of a space's decisions, filled in order:
 - once they are all told, the beam is the ``beam_size`` best of the stage's expansions by score
   (those asked and those evaluated before, such as the parents themselves: option 0 leaves a
   group unset), and the next group is expanded. After the last group the search is done.
+  Candidates a Tune scheduler stopped early are ranked at equal budget
+  (:func:`raynas.types.compare_at_equal_budget`); the predictor learns the score each candidate
+  reached.
 
 At most ``groups * beam_size`` candidates are evaluated. As in EPNAS, a stage's candidates are
 evaluated in parallel; EPNAS's REINFORCE-trained policy as the predictor is not reproduced here
@@ -26,6 +29,7 @@ evaluated in parallel; EPNAS's REINFORCE-trained policy as the predictor is not 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -37,7 +41,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, compare_at_equal_budget
 
 Values = tuple[int, ...]
 
@@ -121,6 +125,7 @@ class Progressive(SamplingStrategy):
         self.candidates: list[Values] | None = None
         self.to_ask: list[Values] = []
         self.scores: dict[Values, float] = {}
+        self.results: dict[Values, EvalResult] = {}  # each candidate's best result
 
     def _groups(self) -> tuple[tuple[int, ...], ...]:
         groups_of = getattr(self.space, "decision_groups", None)
@@ -203,7 +208,10 @@ class Progressive(SamplingStrategy):
             assert self.candidates is not None
             if not all(v in self.scores for v in self.candidates):
                 return
-            ranked = sorted(self.candidates, key=lambda v: -self.scores[v])  # stable for ties
+            # Best first, at equal budget where Tune stopped some early (stable for ties).
+            ranked = sorted(self.candidates, key=functools.cmp_to_key(
+                lambda a, b: compare_at_equal_budget(self.results[b], self.results[a])
+            ))
             self.beam = ranked[: self.config.beam_size]
             self.stage += 1
             self.candidates = None
@@ -216,9 +224,15 @@ class Progressive(SamplingStrategy):
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)
+        self._note(result)
+        self._finish_stages()
+
+    def _note(self, result: EvalResult) -> None:
         values = tuple(self.space.encode(result.architecture))
         self.scores[values] = max(result.score, self.scores.get(values, -math.inf))
-        self._finish_stages()
+        known = self.results.get(values)
+        if known is None or compare_at_equal_budget(result, known) > 0:
+            self.results[values] = result
 
     @property
     def done(self) -> bool:
@@ -237,10 +251,9 @@ class Progressive(SamplingStrategy):
         """Continue the saved stage: its candidates that were in flight are asked again first (see
         :meth:`SamplingStrategy.load_state_dict`), then those it had not asked yet."""
         super().load_state_dict(state)
-        self.scores = {}
+        self.scores, self.results = {}, {}
         for r in self.history:
-            values = tuple(self.space.encode(r.architecture))
-            self.scores[values] = max(r.score, self.scores.get(values, -math.inf))
+            self._note(r)
         self.beam = [tuple(int(x) for x in v) for v in state["beam"]]
         self.stage = int(state["stage"])
         candidates = state["candidates"]

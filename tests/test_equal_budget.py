@@ -1,0 +1,108 @@
+"""Candidates a Tune scheduler stopped early are compared with the others at equal budget: the
+shared rule (:func:`raynas.types.compare_at_equal_budget`) that ``best`` and evolution's
+tournaments use, Optuna's pruned trials for Bayesian optimisation, and the learning curve the
+Tune ledger records for each result."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from conftest import tiny_job
+from test_controllers import ToyArch, ToySpace
+
+from raynas.execution.controller import build_controller
+from raynas.execution.tune import CandidateLedger
+from raynas.runs.jobs import parse_job
+from raynas.strategies import STRATEGIES
+from raynas.strategies.sampling.bo import BoConfig
+from raynas.strategies.sampling.evolution import EvolutionConfig
+from raynas.types import EvalResult, best_at_equal_budget, compare_at_equal_budget
+
+
+def space() -> ToySpace:
+    return ToySpace()
+
+
+def result(trial: str, curve: tuple[float, ...], full: int = 3, **kw: object) -> EvalResult:
+    arch = ToyArch((len(trial) % 3, 0, 0, 0))
+    return EvalResult(
+        architecture=arch, metrics={"valid_acc": curve[-1]} if curve else {}, trial_id=trial,
+        budget=float(len(curve)), stopped_early=len(curve) < full, curve=curve, **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_candidate_stopped_early_is_judged_at_the_budget_both_reached() -> None:
+    stopped = result("stopped", (0.5,))  # ASHA stopped it after epoch 1 at 0.5
+    slow_start = result("full", (0.4, 0.6, 0.7))  # 0.4 after epoch 1, 0.7 at the full budget
+    weak = result("weak", (0.3, 0.5, 0.55))
+    assert compare_at_equal_budget(stopped, slow_start) == 1  # 0.5 > 0.4 after one epoch each
+    assert compare_at_equal_budget(slow_start, stopped) == -1
+    assert compare_at_equal_budget(slow_start, weak) == 1  # 0.7 > 0.55 at three epochs
+    # Tied at the common budget: the one a scheduler kept on is the better.
+    tied = result("tied", (0.4,))
+    assert compare_at_equal_budget(slow_start, tied) == 1 and compare_at_equal_budget(tied, slow_start) == -1
+    # No curves (inherited weights, proxies): more budget first, then the score.
+    inherited = EvalResult(architecture=weak.architecture, metrics={"valid_acc": 0.9}, budget=0.0)
+    finetuned = EvalResult(architecture=weak.architecture, metrics={"valid_acc": 0.2}, budget=2.0)
+    assert compare_at_equal_budget(finetuned, inherited) == 1
+    failed = EvalResult(architecture=weak.architecture, metrics={}, budget=0.0)
+    assert compare_at_equal_budget(inherited, failed) == 1
+    assert compare_at_equal_budget(inherited, inherited) == 0
+    assert best_at_equal_budget([weak, slow_start, stopped]) is stopped
+    assert best_at_equal_budget([]) is None
+
+
+def test_best_and_the_evolution_tournament_compare_at_equal_budget() -> None:
+    strategy = STRATEGIES.create(
+        "evolution", EvolutionConfig(population_size=2, sample_size=2, evaluations=3), space=space(), seed=0
+    )
+    asked = [strategy.ask(), strategy.ask()]
+    stopped, slow = result("stopped", (0.5,)), result("slow", (0.4, 0.6, 0.7))
+    strategy.tell(EvalResult(**{**stopped.__dict__, "architecture": asked[0]}))
+    strategy.tell(EvalResult(**{**slow.__dict__, "architecture": asked[1]}))
+    # By last score the slow starter (0.7) would win; at equal budget (epoch 1) the other does.
+    assert strategy.best().trial_id == "stopped"
+    parents: list = []
+    strategy.mutate = lambda arch: parents.append(arch) or arch  # type: ignore[method-assign]
+    strategy.ask()  # a tournament of both
+    assert parents == [asked[0]]  # the parent is the one stopped early
+
+
+def test_bo_tells_a_candidate_stopped_early_as_a_pruned_trial_with_its_curve() -> None:
+    strategy = STRATEGIES.create("bo", BoConfig(evaluations=4, startup=2), space=space(), seed=0)
+    first, second = strategy.ask(), strategy.ask()
+    strategy.tell(EvalResult(**{**result("a", (0.2, 0.3)).__dict__, "architecture": first}))
+    strategy.tell(EvalResult(**{**result("b", (0.1, 0.4, 0.6)).__dict__, "architecture": second}))
+    pruned, complete = strategy.study.trials  # type: ignore[attr-defined]
+    assert pruned.state.name == "PRUNED" and pruned.intermediate_values == {1: 0.2, 2: 0.3}
+    assert complete.state.name == "COMPLETE" and complete.value == pytest.approx(0.6)
+    # The log replays into a fresh study the same way.
+    fresh = STRATEGIES.create("bo", BoConfig(evaluations=4, startup=2), space=space(), seed=0)
+    fresh.load_state_dict(strategy.state_dict())
+    again = fresh.study.trials  # type: ignore[attr-defined]
+    assert [t.state.name for t in again] == ["PRUNED", "COMPLETE"]
+    assert again[0].intermediate_values == {1: 0.2, 2: 0.3}
+
+
+def test_the_ledger_records_each_trial_s_learning_curve(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+                   evaluator={"name": "scratch", "epochs": 3})
+    job["strategy"] = {"name": "random", "evaluations": 2}
+    for key in ("layers", "nodes"):
+        job["space"].pop(key)
+    del job["train"]
+    controller = build_controller(parse_job(job))
+    ledger = CandidateLedger(controller=controller, epochs=3)
+    arch = controller.ask()
+    ledger.start("t", arch)
+    for epoch, acc in ((1, 0.2), (2, 0.35), (2, 0.35)):  # a repeated report is ignored
+        ledger.observe("t", {"trial_id": "t", "epoch": float(epoch), "valid_acc": acc,
+                             "training_iteration": epoch, "arch": arch.key()})
+    ledger.finish("t", {"trial_id": "t", "epoch": 2.0, "valid_acc": 0.35, "training_iteration": 2,
+                        "arch": arch.key()})
+    (told,) = controller.history
+    assert told.curve == (0.2, 0.35) and told.budget == 2 and told.stopped_early
+    assert EvalResult.from_dict(told.to_dict()) == told
+    assert math.isinf(EvalResult.from_dict({**told.to_dict(), "metrics": {}}).score)
