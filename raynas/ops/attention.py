@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from raynas.ops.mixed import MIXED_OPS
+from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
 from raynas.ops.partial import PartialChannelMixedOp
 
 
@@ -62,3 +62,18 @@ class AttentionPartialMixedOp(PartialChannelMixedOp):
 
     def merge(self, processed: torch.Tensor, bypassed: torch.Tensor) -> torch.Tensor:
         return torch.cat([processed, bypassed], dim=1)  # the attention already chose: no shuffle
+
+    @staticmethod
+    def forward_shared(
+        x: torch.Tensor, edges: Sequence[AttentionPartialMixedOp], weights: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``[edge(x, w) ...]``: each edge's attention picks its own channels, so nothing is
+        shared between edges; each edge's candidates still run as
+        :meth:`WeightedMixedOp.forward_shared` runs them (``none`` skipped, BatchNorm keeping its
+        output)."""
+        outs = []
+        for edge, w in zip(edges, weights, strict=True):
+            active, passive = edge.split(x)
+            processed = WeightedMixedOp.forward_shared(active, [edge.mixed], [w])[0]
+            outs.append(edge.merge(processed, edge.bypass(passive)))
+        return outs

@@ -58,3 +58,15 @@ class PartialChannelMixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         active, passive = self.split(x)
         return self.merge(self.mixed(active, weights), self.bypass(passive))
+
+    @staticmethod
+    def forward_shared(
+        x: torch.Tensor, edges: Sequence[PartialChannelMixedOp], weights: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``[edge(x, w) ...]`` for edges with one input (see
+        :func:`raynas.ops.mixed.forward_edges`): every edge splits ``x`` the same way, so the split,
+        the bypass and what the candidates share are computed once."""
+        active, passive = edges[0].split(x)
+        bypassed = edges[0].bypass(passive)  # (B, C - C/k, H/s, W/s)
+        processed = WeightedMixedOp.forward_shared(active, [e.mixed for e in edges], weights)
+        return [edge.merge(p, bypassed) for edge, p in zip(edges, processed, strict=True)]

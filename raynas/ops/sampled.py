@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from raynas.ops.mixed import MIXED_OPS, WeightedMixedOp
+from raynas.ops.darts import Zero
+from raynas.ops.mixed import MIXED_OPS, Term, WeightedMixedOp
 
 
 @MIXED_OPS.register("sampled")
@@ -38,3 +39,13 @@ class SampledMixedOp(WeightedMixedOp):
             return self.ops[index](x)
         others = weights.sum() - weights[index]  # zero in value, carries the other gradients
         return weights[index] * self.ops[index](x) + others
+
+    def terms(self, weights: torch.Tensor) -> tuple[list[Term], torch.Tensor | None]:
+        """The chosen candidate (``none`` left out) and the added zero of ``forward``, for
+        :func:`raynas.ops.mixed.forward_edges`: edges from one state that chose the same
+        parameter-free candidate share it."""
+        index = int(weights.argmax())
+        chosen: list[Term] = [] if isinstance(self.ops[index], Zero) else [(index, 1.0)]
+        if not self.training:
+            return chosen, None
+        return [(i, weights[index]) for i, _ in chosen], weights.sum() - weights[index]

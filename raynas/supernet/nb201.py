@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.ops.mixed import mixed_op_factory, takes_partial_k
+from raynas.ops.mixed import forward_edges, mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import stage_cells
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch, Nb201Space
 from raynas.supernet.registry import SUPERNETS
@@ -43,11 +43,16 @@ class Nb201SearchCell(nn.Module):
         super().__init__()
         edge = mixed_op_factory(mixed_op, primitives=NB201_OPS, partial_k=partial_k, affine=affine)
         self.edges = nn.ModuleList(edge(channels, 1) for _ in EDGES)
+        # Compute the edges leaving each node together (forward_edges); False: one edge at a
+        # time through each mixed op's own forward, the plain form (same outputs and gradients).
+        self.fused = True
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         # x: (B, C, H, W); weights: (6, 5), one row per edge; edge_scale: (6,) or None
+        if self.fused:
+            return self._forward_fused(x, weights, edge_scale)
         nodes = [x]
         for dst in range(1, NODES):
             node = 0
@@ -57,6 +62,24 @@ class Nb201SearchCell(nn.Module):
                     node = node + (out if edge_scale is None else out * edge_scale[k])
             nodes.append(node)  # type: ignore[arg-type]
         return nodes[-1]  # (B, C, H, W)
+
+    def _forward_fused(
+        self, x: torch.Tensor, weights: torch.Tensor, edge_scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The same cell, node by node: the edges that leave a node are computed together as
+        soon as the node is known (EDGES lists each node's inputs in order, so every sum adds
+        up in the plain order)."""
+        nodes: list[torch.Tensor | None] = [x, *([None] * (NODES - 1))]
+        for src in range(NODES - 1):
+            rows = [k for k, (s, _) in enumerate(EDGES) if s == src]
+            outs = forward_edges(nodes[src], [self.edges[k] for k in rows], [weights[k] for k in rows])  # type: ignore[arg-type]
+            for k, out in zip(rows, outs, strict=True):
+                if edge_scale is not None:
+                    out = out * edge_scale[k]
+                dst = EDGES[k][1]
+                node = nodes[dst]
+                nodes[dst] = out if node is None else node + out
+        return nodes[-1]  # type: ignore[return-value]  # (B, C, H, W)
 
 
 class Nb201Supernet(nn.Module):
@@ -111,6 +134,9 @@ class Nb201Supernet(nn.Module):
         self.gumbel_tau: float | None = None
         # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights, or None.
         self.path: torch.Tensor | None = None
+        # Activations channels-last, (B, H, W, C) in memory: faster convolutions and pooling on
+        # CPU (oneDNN); the values are the same.
+        self.channels_last = True
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters, optimised on validation data: ``alpha`` (and ``beta``)."""
@@ -167,6 +193,8 @@ class Nb201Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         weights = self.forward_weights()  # one sample for all cells
         scale = None if self.path is not None else self.edge_scale()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # every op keeps the layout
         feature = self.stem(x)  # (B, C, H, W)
         for cell in self.cells:
             searched = isinstance(cell, Nb201SearchCell)  # else a reduction: (B, 2C, H/2, W/2)
