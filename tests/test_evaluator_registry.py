@@ -28,7 +28,8 @@ ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
 # Small budgets, applied to the config fields an evaluator has: one epoch from scratch, networks
 # of one 4-channel cell per stage, proxies on 8 images, BatchNorm recalibrated on one batch.
 SMALL_CONFIG = {"epochs": 1, "channels": 4, "layers": 1, "batch_size": 8, "bn_batches": 1}
-SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {}
+# The supernet's `epochs` are fine-tuning epochs under Tune (tests/test_tune.py): none here.
+SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}}
 
 
 def small_settings(name: str) -> dict[str, Any]:

@@ -171,9 +171,9 @@ def test_searcher_refuses_to_wait_forever(tmp_path: Path) -> None:
         searcher.suggest("c")
 
 
-def test_tune_needs_the_scratch_evaluator(tmp_path: Path) -> None:
+def test_tune_needs_candidates_that_train(tmp_path: Path) -> None:
     job = nb201_job(tmp_path).to_dict()
-    with pytest.raises(ConfigError, match=r"'tune' schedules candidates trained from scratch"):
+    with pytest.raises(ConfigError, match=r"'tune' schedules candidates that train"):
         parse_job({**job, "evaluator": {"name": "supernet"}})  # refused where the job is loaded
     without_tune = {k: v for k, v in job.items() if k != "tune"}
     one_shot = parse_job({**without_tune, "evaluator": {"name": "supernet"}})
