@@ -1,4 +1,4 @@
-"""Benchmark of the supernet training step of the gradient strategies.
+"""Benchmark of the supernet training step of the gradient strategies, against a plain supernet.
 
 What is measured: one call of ``strategy.step(train_batch, valid_batch)``, i.e. the architecture
 step on a validation batch followed by the weight step on a training batch, on the DARTS CNN
@@ -6,22 +6,32 @@ supernet at the paper's search settings (batch 64, 32x32 RGB inputs, 10 classes,
 channels, 8 cells, 4 nodes per cell). The batches are fixed random tensors already on the device,
 so data loading is not part of the measurement.
 
+The baseline case ``naive`` is the same first-order step on a supernet written the
+straightforward way, as the DARTS authors wrote it: ``naive_darts.py`` (a weighted sum over every
+op on every edge; read from ``shared/bench/`` next to the repository when present, else from an
+identical copy put in this folder), with its own optimisers, in the same run on the same machine.
+
 For every case it reports
 
-* throughput: training images per second, ``batch_size / mean seconds per step``;
+* throughput: training images per second, ``batch_size / mean seconds per step``, and its ratio
+  to the baseline's;
+* the share of the machine's matrix-multiply peak: the step's convolution and matrix-product
+  FLOPs (counted by ``torch.utils.flop_counter`` on the plain form of the supernet, one edge at a
+  time: the work the step needs, recomputation not counted) per second, over the rate of a
+  2048x2048 float32 matrix product measured at the start of the run (as ``naive_darts.py``
+  measures it);
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps
   (statistics reset just before the first step; weights, optimiser state and activations
   included); on CPU the growth of the peak resident set size over the steps (``ru_maxrss`` at
   the end minus the RSS just before the first step), each case in a fresh subprocess so cases
-  do not affect each other;
-* ratios of both against the baseline case (first-order DARTS) measured in the same run.
+  do not affect each other; and its ratio to the baseline's.
 
 A new strategy is benchmarked by adding one entry to :data:`CASES`.
 
 Usage::
 
     python benchmarks/supernet_step.py                       # cuda if available, else cpu
-    python benchmarks/supernet_step.py --device cpu --layers 5 --channels 8 --batch-size 16 --steps 1
+    python benchmarks/supernet_step.py --device cpu --batch-size 32 --cases naive,darts1,darts2
     python benchmarks/supernet_step.py --cases darts1,darts2 --json results.json
 """
 
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -40,9 +51,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
 
 from raynas.config import TrainConfig
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
@@ -65,7 +82,13 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # One-shot weight sharing (SPOS, random_ws, ENAS, ...): one SGD step on a uniformly sampled path.
     "single_path": ("spos", {}),
 }
-BASELINE = "darts1"  # ratios are relative to this case (or to the first case run without it)
+NAIVE = "naive"  # the baseline: naive_darts.py's first-order step; ratios are relative to it
+NAMES = (NAIVE, *CASES)
+# naive_darts.py: the shared yardstick next to the repository, else a copy of it in this folder.
+NAIVE_SOURCES = (
+    Path(__file__).resolve().parents[2] / "shared" / "bench" / "naive_darts.py",
+    Path(__file__).resolve().parent / "naive_darts.py",
+)
 
 DATASET = DatasetInfo("cifar10", in_channels=3, num_classes=10, image_size=32)
 _RESULT_PREFIX = "SUPERNET_STEP_RESULT "  # marks the child's result line on its stdout
@@ -96,15 +119,32 @@ def _sync(device: torch.device) -> None:
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build the supernet and strategy of one case, run warm-up and timed steps, measure them."""
-    strategy_name, overrides = CASES[name]
+    """Build the step of one case, count its FLOPs, run warm-up and timed steps, measure them."""
     device = torch.device(args.device)
+    flops = step_flops(name, args, device)
     torch.manual_seed(0)
+    strategy, config, overrides, step = build_step(name, args, device)
+    row = _measure(name, strategy, config, overrides, args, device, step)
+    return {**row, "step_flops": flops}
 
+
+class _Step(Protocol):
+    def __call__(self, train_batch: Batch, valid_batch: Batch) -> Any: ...
+
+
+def build_step(
+    name: str, args: argparse.Namespace, device: torch.device, *, plain: bool = False
+) -> tuple[str, Any, dict[str, Any], _Step]:
+    """The step of case ``name`` as a search would run it: (strategy label, config, overrides,
+    step). ``plain``: the supernet's cells compute one edge at a time (each mixed op's own
+    forward), the form whose FLOPs are the work the step needs."""
+    if name == NAIVE:
+        return "naive_darts.py", None, {}, _naive_step(args, device)
+    strategy_name, overrides = CASES[name]
     entry = STRATEGIES.entry(strategy_name)
     config = entry.config(**overrides) if entry.config is not None else None
     if issubclass(entry.target, SamplingStrategy):
-        return _measure(name, strategy_name, config, overrides, args, device, _single_path_step(args, device))
+        return strategy_name, config, overrides, _single_path_step(args, device, plain)
     # The supernet as the strategy needs it (partial channels, sampled ops, ...), as in a search.
     space = DartsCnnSpace(
         DartsSpaceConfig(
@@ -112,19 +152,22 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             **entry.target.space_overrides(config),
         )
     )
-    supernet = build_supernet(space, DATASET).to(device)
+    supernet = _plain(build_supernet(space, DATASET), plain).to(device)
     strategy = entry.target(supernet=supernet, config=config, train=TrainConfig())
-    return _measure(name, strategy_name, config, overrides, args, device, strategy.step)
+    return strategy_name, config, overrides, strategy.step
 
 
-class _Step(Protocol):
-    def __call__(self, train_batch: Batch, valid_batch: Batch) -> Any: ...
+def _plain(supernet: nn.Module, plain: bool) -> nn.Module:
+    for module in supernet.modules():
+        if plain and hasattr(module, "fused"):
+            module.fused = False
+    return supernet
 
 
-def _single_path_step(args: argparse.Namespace, device: torch.device) -> _Step:
+def _single_path_step(args: argparse.Namespace, device: torch.device, plain: bool) -> _Step:
     """A one-shot supernet step: a uniformly sampled path (SPOS), one SGD step on a training batch."""
     space = DartsCnnSpace(DartsSpaceConfig(channels=args.channels, layers=args.layers, nodes=args.nodes))
-    supernet = build_supernet(space, DATASET).to(device)
+    supernet = _plain(build_supernet(space, DATASET), plain).to(device)
     train = TrainConfig()
     arch_ids = {id(p) for p in supernet.arch_parameters()}
     optimizer = torch.optim.SGD(
@@ -142,19 +185,108 @@ def _single_path_step(args: argparse.Namespace, device: torch.device) -> _Step:
     return step
 
 
-def _measure(
-    name: str, strategy_name: str, config: Any, overrides: dict[str, Any], args: argparse.Namespace,
-    device: torch.device, step: _Step,
-) -> dict[str, Any]:
-    """Warm-up and timed calls of ``step`` on fixed random batches; throughput and peak memory."""
+def load_naive_darts() -> ModuleType:
+    """naive_darts.py as a module, from the first of :data:`NAIVE_SOURCES` that exists."""
+    path = next((p for p in NAIVE_SOURCES if p.exists()), None)
+    if path is None:
+        raise FileNotFoundError(f"naive_darts.py is in none of {[str(p) for p in NAIVE_SOURCES]}")
+    spec = importlib.util.spec_from_file_location("naive_darts", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+
+def _naive_step(args: argparse.Namespace, device: torch.device) -> _Step:
+    """naive_darts.py's first-order step with its optimisers, as its ``main`` runs it: an
+    architecture step on the validation batch (its backward fills every gradient, as the authors'
+    code does), then a weight step on the training batch, gradients clipped at 5."""
+    net = load_naive_darts().Net(C=args.channels, ncls=DATASET.num_classes, L=args.layers).to(device)
+    w_opt = torch.optim.SGD(net.weights(), 0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam([net.a_n, net.a_r], 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def step(train_batch: Batch, valid_batch: Batch) -> StepResult:
+        (xt, yt), (xv, yv) = train_batch, valid_batch
+        a_opt.zero_grad()
+        F.cross_entropy(net(xv), yv).backward()
+        a_opt.step()
+        w_opt.zero_grad()
+        logits = net(xt)
+        loss = F.cross_entropy(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.weights(), 5)
+        w_opt.step()
+        n = torch.tensor(yt.numel())
+        return StepResult(loss_sum=loss.detach() * n, correct=(logits.argmax(1) == yt).sum(), count=n)
+
+    return step
+
+
+def step_flops(name: str, args: argparse.Namespace, device: torch.device) -> float:
+    """Convolution and matrix-product FLOPs of one step of ``name`` at ``args.batch_size``: counted
+    on a fresh plain copy of the case at batch 2 (they grow linearly with the batch)."""
+    small = argparse.Namespace(**{**vars(args), "batch_size": 2})
+    torch.manual_seed(0)
+    *_, step = build_step(name, small, device, plain=True)
+    train_batch, valid_batch = _batches(small, device)
+    with _FlopCount() as counter:
+        step(train_batch, valid_batch)
+    return counter.total * args.batch_size / small.batch_size
+
+
+class _FlopCount(TorchDispatchMode):
+    """FLOPs of the operators run inside, by ``torch.utils.flop_counter``'s formulas (convolutions,
+    matrix products and their gradients): ``FlopCounterMode``'s count without its attribution to
+    modules, whose hooks made counting a step take 5-10x longer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            def shape(t: Any) -> Any:
+                return t.shape if isinstance(t, torch.Tensor) else t
+
+            self.total += formula(
+                *tree_map(shape, args), **tree_map(shape, kwargs), out_val=tree_map(shape, out)
+            )
+        return out
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """The machine's float32 matrix-product rate, GFLOP/s: as naive_darts.py measures it (an
+    n x n product, two untimed, ``reps`` timed)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _batches(args: argparse.Namespace, device: torch.device) -> tuple[Batch, Batch]:
+    def batch() -> Batch:
         shape = (args.batch_size, DATASET.in_channels, DATASET.image_size, DATASET.image_size)
         x = torch.randn(shape, device=device)  # (B, C, H, W)
         y = torch.randint(0, DATASET.num_classes, (args.batch_size,), device=device)  # (B,)
         return x, y
 
-    train_batch, valid_batch = batch(), batch()
+    return batch(), batch()
+
+
+def _measure(
+    name: str, strategy_name: str, config: Any, overrides: dict[str, Any], args: argparse.Namespace,
+    device: torch.device, step: _Step,
+) -> dict[str, Any]:
+    """Warm-up and timed calls of ``step`` on fixed random batches; throughput and peak memory."""
+    train_batch, valid_batch = _batches(args, device)
 
     gc.collect()
     if device.type == "cuda":
@@ -209,7 +341,7 @@ def run_case_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any
         sys.executable, str(Path(__file__).resolve()), "--case", name,
         "--device", args.device, "--batch-size", str(args.batch_size),
         "--channels", str(args.channels), "--layers", str(args.layers), "--nodes", str(args.nodes),
-        "--warmup", str(args.warmup), "--steps", str(args.steps),
+        "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
     ]
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_PREFIX)]
@@ -218,13 +350,16 @@ def run_case_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any
     return json.loads(lines[-1][len(_RESULT_PREFIX) :])
 
 
-def add_ratios(rows: list[dict[str, Any]]) -> str:
-    """Add throughput and memory ratios against the baseline row; return the baseline's name."""
-    base = next((r for r in rows if r["case"] == BASELINE), rows[0])
+def add_ratios(rows: list[dict[str, Any]], peak_gflops: float) -> str:
+    """Add throughput and memory ratios against the baseline row (``naive``, or the first row
+    run without it) and the share of the matmul peak; return the baseline's name."""
+    base = next((r for r in rows if r["case"] == NAIVE), rows[0])
     for row in rows:
         row["throughput_ratio"] = row["images_per_s"] / base["images_per_s"]
         mem = base["peak_memory_mib"]
         row["memory_ratio"] = row["peak_memory_mib"] / mem if mem > 0 else float("nan")
+        row["gflops_per_s"] = row["step_flops"] / row["mean_step_s"] / 1e9
+        row["peak_fraction"] = row["gflops_per_s"] / peak_gflops
     return str(base["case"])
 
 
@@ -233,10 +368,13 @@ def _number(value: float) -> str:
     return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
     """The rows as a fixed-width text table."""
     memory = "peak alloc MiB" if rows[0]["device"] == "cuda" else "peak RSS+ MiB"
-    header = ["case", "strategy", "overrides", "s/step", "min s/step", "img/s", "ratio", memory, "mem ratio"]
+    header = [
+        "case", "strategy", "overrides", "s/step", "min s/step", "img/s", f"x {baseline}",
+        "GFLOP/step", "% peak", memory, "mem ratio",
+    ]
     body = [
         [
             r["case"],
@@ -246,6 +384,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['min_step_s']:.4f}",
             _number(r["images_per_s"]),
             f"{r['throughput_ratio']:.2f}",
+            f"{r['step_flops'] / 1e9:.1f}",
+            f"{100 * r['peak_fraction']:.1f}",
             f"{r['peak_memory_mib']:.1f}",
             f"{r['memory_ratio']:.2f}",
         ]
@@ -277,8 +417,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (1)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps (default: 3 on cpu, 20 on cuda)")
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated cases, from: {', '.join(CASES)}")
+    parser.add_argument("--cases", default=",".join(NAMES),
+                        help=f"comma-separated cases, from: {', '.join(NAMES)}")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help=f"CPU threads of torch ({torch.get_num_threads()}, torch's default "
+                             "here); 1 keeps a shared, busy machine from stalling the steps")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # child mode: one case
     args = parser.parse_args(argv)
@@ -286,17 +429,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda: CUDA is not available")
     if args.steps is None:
         args.steps = 20 if args.device == "cuda" else 3
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be at least 1, --warmup at least 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
+        parser.error("--steps, --batch-size and --threads must be at least 1, --warmup at least 0")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in [*args.cases, *([args.case] if args.case else [])] if c not in CASES]
+    unknown = [c for c in [*args.cases, *([args.case] if args.case else [])] if c not in NAMES]
     if unknown or not args.cases:
-        parser.error(f"unknown or no cases {unknown}; choose from: {', '.join(CASES)}")
+        parser.error(f"unknown or no cases {unknown}; choose from: {', '.join(NAMES)}")
+    runs = [args.case] if args.case is not None else args.cases  # a child runs its case only
+    if NAIVE in runs and args.nodes != 4:
+        parser.error("the naive baseline (naive_darts.py) has 4 nodes per cell: use --nodes 4 "
+                     "or leave it out of --cases")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.case is not None:  # child: one case, result as one marked JSON line
         print(_RESULT_PREFIX + json.dumps(run_case(args.case, args)), flush=True)
         return
@@ -305,10 +453,12 @@ def main(argv: list[str] | None = None) -> None:
         hardware = torch.cuda.get_device_name()
     else:
         hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    peak = matmul_gflops()
     print(
         f"supernet step: device={args.device} ({hardware}), torch {torch.__version__}, "
         f"batch={args.batch_size}, channels={args.channels}, layers={args.layers}, "
-        f"nodes={args.nodes}, warmup={args.warmup}, steps={args.steps}",
+        f"nodes={args.nodes}, warmup={args.warmup}, steps={args.steps}; "
+        f"matmul peak {peak:.1f} GFLOP/s (float32, host)",
         flush=True,
     )
     rows = []
@@ -320,13 +470,21 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(run_case(name, args))
             gc.collect()
             torch.cuda.empty_cache()
-    baseline = add_ratios(rows)
+    baseline = add_ratios(rows, peak)
     print()
-    print(format_table(rows))
-    print(f"\nimg/s = batch_size / mean s/step; ratios against {baseline}.")
+    print(format_table(rows, baseline))
+    print(
+        f"\nimg/s = batch_size / mean s/step; x {baseline} and mem ratio against {baseline}; "
+        "% peak: convolution and matmul FLOPs per second over the matmul peak."
+    )
+    by_case = {r["case"]: r for r in rows}
+    if "darts1" in by_case and "darts2" in by_case:
+        ratio = by_case["darts2"]["mean_step_s"] / by_case["darts1"]["mean_step_s"]
+        print(f"second order / first order step time: {ratio:.2f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=2) + "\n")
+        document = {"baseline": baseline, "matmul_gflops": peak, "rows": rows}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
         print(f"rows written to {args.json}")
 
 

@@ -1,33 +1,57 @@
-"""The supernet-step benchmark still runs (its figures live in the README, not in tests): one
-gradient case and the one-shot case at a tiny size, each in its own interpreter as on CPU."""
+"""The supernet-step benchmark still runs (its figures live in the README, not in tests): the
+naive baseline, one gradient case and the one-shot case at a tiny size, each in its own
+interpreter as on CPU."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "supernet_step.py"
 
 
-def test_the_benchmark_runs_and_reports_ratios_against_darts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def load_benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("supernet_step", SCRIPT)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = load_benchmark()
+    measure = bench.matmul_gflops
+    monkeypatch.setattr(bench, "matmul_gflops", lambda: measure(n=512))  # seconds less
     out = tmp_path / "rows.json"
     bench.main([
-        "--device", "cpu", "--batch-size", "4", "--channels", "4", "--layers", "3", "--nodes", "2",
-        "--warmup", "0", "--steps", "1", "--cases", "darts1,single_path", "--json", str(out),
+        "--device", "cpu", "--batch-size", "4", "--channels", "4", "--layers", "3", "--nodes", "4",
+        "--warmup", "0", "--steps", "1", "--cases", "naive,darts1,single_path", "--json", str(out),
+        "--threads", "1",  # two threads on a busy 2-core machine wait for each other at every op
     ])
     result = json.loads(out.read_text())
-    assert result["baseline"] == "darts1"
+    assert result["baseline"] == "naive" and result["matmul_gflops"] > 0
     rows = {row["case"]: row for row in result["rows"]}
-    assert set(rows) == {"darts1", "single_path"}
-    assert rows["darts1"]["throughput_ratio"] == 1.0
-    assert all(row["mean_step_s"] > 0 and row["final_train_loss"] > 0 for row in rows.values())
-    assert "ratios against darts1" in capsys.readouterr().out
+    assert set(rows) == {"naive", "darts1", "single_path"}
+    assert rows["naive"]["throughput_ratio"] == 1.0
+    for row in rows.values():
+        assert row["mean_step_s"] > 0 and row["final_train_loss"] > 0
+        assert row["step_flops"] > 0 and row["peak_fraction"] > 0
+    # The same convolutions: the naive supernet's and darts1's plain form count the same FLOPs
+    # but for the naive one's architecture backward into the weights (it fills every gradient).
+    assert rows["darts1"]["step_flops"] <= rows["naive"]["step_flops"]
+    assert "against naive" in capsys.readouterr().out
+
+
+def test_the_naive_baseline_needs_its_four_nodes() -> None:
+    bench = load_benchmark()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cases", "naive,darts1", "--nodes", "2"])
+    # Without the naive case, and in a child running another case, any node count goes.
+    assert bench.parse_args(["--cases", "darts1", "--nodes", "2"]).nodes == 2
+    assert bench.parse_args(["--case", "darts1", "--nodes", "2"]).case == "darts1"
