@@ -55,6 +55,7 @@ def ray_head_with_jobs() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.mark.integration
+@pytest.mark.own_ray
 def test_quickstart_job_submitted_with_ray_job_submit(
     tmp_path: Path, ray_head_with_jobs: tuple[str, dict[str, str]]
 ) -> None:

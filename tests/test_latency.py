@@ -171,6 +171,7 @@ def test_node_types_from_accelerators_custom_resources_and_plain_nodes() -> None
 
 
 @pytest.mark.integration
+@pytest.mark.own_ray
 def test_ray_profiler_measures_one_table_per_node_type_on_its_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
