@@ -17,6 +17,7 @@ import yaml
 from conftest import BIN
 from mlflow.tracking import MlflowClient
 
+from raynas.execution.tune import last_pbt_state, last_trial_state
 from raynas.runs.journal import Journal
 from raynas.runs.sampling import search_state
 from raynas.tracking import ResultsStore
@@ -52,14 +53,29 @@ def results_told(tmp_path: Path) -> int:
 
 
 def checkpointed_in_flight(tmp_path: Path) -> dict[str, str]:
-    """Trials asked and not told that have a checkpoint, with their candidate's architecture."""
+    """Trials asked and not told that have a checkpoint, with their candidate's architecture (a
+    PBT candidate's checkpoint is that of the trial training it in the latest round)."""
     events = Journal(str(tmp_path / "runs" / "tune-cli" / "journal.jsonl")).events
-    asked = {e["trial"]: e["arch"] for e in events if e["e"] == "ask"}
-    for e in events:
-        if e["e"] == "result":
-            asked.pop(e["result"]["trial_id"], None)
-    trials = tmp_path / "runs" / "tune-cli" / "tune" / "tune-cli"
-    return {t: a for t, a in asked.items() if any((trials / t).glob("checkpoint_*/state.pt"))}
+    asked: dict[str, str] = {}
+    for e in events:  # a result settles its trial's ask, else the earliest ask of its candidate
+        if e["e"] == "ask":
+            asked[e["trial"]] = e["arch"]
+        elif e["e"] == "result" and asked.pop(e["result"]["trial_id"], None) is None:
+            key = Architecture.from_json(e["result"]["architecture"]).key()
+            same = [t for t, a in asked.items() if Architecture.from_json(a).key() == key]
+            if same:
+                del asked[same[0]]
+    tune = str(tmp_path / "runs" / "tune-cli" / "tune")
+    return {
+        t: a for t, a in asked.items()
+        if (last_pbt_state(tune, "tune-cli", Architecture.from_json(a).key()) if t.startswith("pbt")
+            else last_trial_state(tune, "tune-cli", t))
+    }
+
+
+def trial_results(tmp_path: Path) -> set[Path]:
+    """Every trial's ``result.json``, in every experiment (PBT runs one per round)."""
+    return set((tmp_path / "runs" / "tune-cli" / "tune").glob("*/*/result.json"))
 
 
 def assert_recorded_once(tmp_path: Path) -> list[str]:
@@ -97,14 +113,14 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     command = [str(BIN / "raynas"), "search", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_head}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resumes = not job.startswith("pbt")  # PBT trains a candidate in flight again from the start
     deadline = time.monotonic() + 300
     while driver.poll() is None and time.monotonic() < deadline and not (
-        results_told(tmp_path) >= 1 and (not resumes or checkpointed_in_flight(tmp_path))
+        results_told(tmp_path) >= 1 and checkpointed_in_flight(tmp_path)
     ):
         time.sleep(0.1)
     assert driver.poll() is None, "the search finished before it could be killed"
     in_flight = checkpointed_in_flight(tmp_path)
+    before = trial_results(tmp_path)
     driver.send_signal(signal.SIGKILL)  # the driver dies, a result journaled, a trial mid-training
     driver.wait(timeout=30)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -113,15 +129,15 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     told = assert_recorded_once(tmp_path)
     # Every candidate the controller asked for was evaluated (PBT also records a trial's copies).
     assert len({r for r in told if "~" not in r}) >= strategy["evaluations"]
-    if resumes:  # a trial training when the driver died went on from its checkpoint
-        trials = tmp_path / "runs" / "tune-cli" / "tune" / "tune-cli"
-        first_epochs = {
-            json.loads(line)["arch"]: json.loads(line)["epoch"]
-            for result in trials.glob("*/result.json")
-            if result.parent.name not in in_flight and (line := result.read_text().partition("\n")[0])
-        }
-        keys = {Architecture.from_json(arch).key() for arch in in_flight.values()}
-        assert keys and all(first_epochs.get(key, 0) > 1 for key in keys)
+    # A trial training when the driver died went on from its checkpoint: the new trial of its
+    # candidate starts after its first epoch.
+    first_epochs = {
+        json.loads(line)["arch"]: json.loads(line)["epoch"]
+        for result in trial_results(tmp_path) - before
+        if (line := result.read_text().partition("\n")[0])
+    }
+    keys = {Architecture.from_json(arch).key() for arch in in_flight.values()}
+    assert keys and all(first_epochs.get(key, 0) > 1 for key in keys)
 
 
 def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(

@@ -428,8 +428,8 @@ def candidate_trainable(
             with checkpoint.as_directory() as folder:
                 saved = torch.load(Path(folder) / "state.pt", weights_only=True)
             arch_json, state = saved["architecture"], saved["state"]
-        elif trial.get("resume_from"):  # a trial of a search whose driver died: its last epoch
-            saved = load_checkpoint(trial["resume_from"])
+        elif resume := _resume_from(trial):  # a trial of a search whose driver died: its last epoch
+            saved = load_checkpoint(resume)
             state = saved["state"]
         learning_rate = float(trial.get("learning_rate", settings.learning_rate))
         if state is not None:
@@ -460,6 +460,15 @@ def candidate_trainable(
             tune.report({FAILED_KEY: str(exc)[:1000], "valid_acc": float("-inf"), "epoch": 0.0, **place})
 
     return train_candidate
+
+
+def _resume_from(trial: dict[str, Any]) -> str | None:
+    """The checkpoint a new trial goes on from: ``resume_from``, or under PBT (one config for the
+    whole population) ``resume_from``'s entry for the trial's candidate."""
+    resume = trial.get("resume_from")
+    if isinstance(resume, dict):
+        return resume.get(Architecture.from_json(trial["architecture"]).key())  # type: ignore[no-any-return]
+    return resume  # type: ignore[no-any-return]
 
 
 def trial_resources(config: SearchConfig) -> dict[str, float]:
@@ -568,15 +577,20 @@ def run_tune_search(
              callbacks=[RetryLostTrials(searcher)], inherited=inherited)
         return
     ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result)
-    trials, generation = 0, 0
+    # A resumed search's rounds go on after the rounds already run (each an experiment of its own).
+    trials, generation = 0, len(pbt_rounds(storage_path, config.name))
     while not controller.done and (max_trials is None or trials < max_trials):
         population: list[Architecture] = []
+        resume: dict[str, str] = {}
         room = config.execution.concurrency if max_trials is None else min(
             config.execution.concurrency, max_trials - trials
         )
         while len(population) < room:
             if resubmit:
-                population.append(resubmit.pop(0)[0])
+                arch, state = resubmit.pop(0)
+                population.append(arch)
+                if state:
+                    resume[arch.key()] = state
                 continue
             arch = controller.ask()
             if arch is None:
@@ -591,6 +605,7 @@ def run_tune_search(
             param_space={
                 "architecture": tune.grid_search([arch.to_json() for arch in population]),
                 "learning_rate": training.learning_rate,
+                **({"resume_from": resume} if resume else {}),
             },
             callbacks=[PopulationCallback(ledger)], inherited=inherited,
         )
@@ -658,6 +673,44 @@ def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str |
     folders = sorted(i.base_name for i in infos
                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
     return storage.join(root, folders[-1], "state.pt") if folders else None
+
+
+def pbt_rounds(storage_path: str, name: str) -> list[str]:
+    """The experiments of the PBT rounds of search ``name`` in ``storage_path``, in order."""
+    import pyarrow.fs as pafs
+
+    from raynas import storage
+
+    fs, path = storage.filesystem(storage_path)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                  and i.base_name.startswith(f"{name}_pbt") and i.base_name[len(name) + 4:].isdigit())
+
+
+def last_pbt_state(storage_path: str, name: str, key: str) -> str | None:
+    """The newest checkpoint of candidate ``key`` in the PBT rounds of search ``name``: that of
+    the trial of the latest round whose last result trained it (a trial PBT copied another
+    candidate into trains that one), or None."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from raynas import storage
+
+    for experiment in reversed(pbt_rounds(storage_path, name)):
+        root = storage.join(storage_path, experiment)
+        fs, path = storage.filesystem(root)
+        for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+            if info.type != pafs.FileType.Directory:
+                continue
+            try:
+                with fs.open_input_stream(f"{info.path}/result.json") as stream:
+                    lines = stream.read().decode().splitlines()
+            except (FileNotFoundError, OSError):
+                continue
+            if lines and json.loads(lines[-1]).get("arch") == key:
+                return last_trial_state(storage_path, experiment, info.base_name)
+    return None
 
 
 def _training(config: SearchConfig) -> ScratchConfig | SupernetEvalConfig:

@@ -454,11 +454,16 @@ def _search_with_tune(
     search: SamplingSearch, record: Callable[[EvalResult], None], storage_path: str,
     inherited: str | None = None,
 ) -> None:
-    from raynas.execution.tune import last_trial_state, run_tune_search
+    from raynas.execution.tune import last_pbt_state, last_trial_state, run_tune_search
 
-    # In flight when the driver died: each goes on from its trial's last epoch.
-    resubmit = [(arch, last_trial_state(storage_path, search.config.name, trial))
-                for trial, arch in search.resubmit]
+    # In flight when the driver died: each goes on from its trial's last epoch (under PBT, from
+    # the last checkpoint of the trial that trained it in the latest round).
+    name = search.config.name
+    resubmit = [
+        (arch, last_pbt_state(storage_path, name, arch.key()) if search.config.tune.scheduler == "pbt"
+         else last_trial_state(storage_path, name, trial))
+        for trial, arch in search.resubmit
+    ]
     search.resubmit = []
     run_tune_search(
         search.config, search.strategy, storage_path=storage_path,
