@@ -706,9 +706,10 @@ def last_pbt_state(storage_path: str, name: str, key: str) -> str | None:
             try:
                 with fs.open_input_stream(f"{info.path}/result.json") as stream:
                     lines = stream.read().decode().splitlines()
-            except (FileNotFoundError, OSError):
+                last = json.loads(lines[-1]) if lines else {}
+            except (OSError, ValueError):  # none yet, or a line being written
                 continue
-            if lines and json.loads(lines[-1]).get("arch") == key:
+            if last.get("arch") == key:
                 return last_trial_state(storage_path, experiment, info.base_name)
     return None
 
