@@ -16,10 +16,12 @@ For every case it reports
 * throughput: training images per second, ``batch_size / mean seconds per step``, and its ratio
   to the baseline's;
 * the share of the machine's matrix-multiply peak: the step's convolution and matrix-product
-  FLOPs (counted by ``torch.utils.flop_counter`` on the plain form of the supernet, one edge at a
-  time: the work the step needs, recomputation not counted) per second, over the rate of a
-  2048x2048 float32 matrix product measured at the start of the run (as ``naive_darts.py``
-  measures it);
+  FLOPs per second, over the rate of a 2048x2048 float32 matrix product measured at the start of
+  the run (as ``naive_darts.py`` measures it). The FLOPs are counted on the plain form of the
+  case's supernet (one edge at a time: recomputation not counted; the naive baseline's
+  architecture step also computes the weights' gradients, as the authors' code does, and those
+  count), at batch 2 and scaled; convolutions counted with their groups (:func:`_conv_flops`);
+* the ratio of second- to first-order DARTS step time, when both run;
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps
   (statistics reset just before the first step; weights, optimiser state and activations
   included); on CPU the growth of the peak resident set size over the steps (``ru_maxrss`` at
@@ -31,7 +33,8 @@ A new strategy is benchmarked by adding one entry to :data:`CASES`.
 Usage::
 
     python benchmarks/supernet_step.py                       # cuda if available, else cpu
-    python benchmarks/supernet_step.py --device cpu --batch-size 32 --cases naive,darts1,darts2
+    python benchmarks/supernet_step.py --device cpu --batch-size 32 --cases naive,darts1,darts2,single_path
+    python benchmarks/supernet_step.py --batch-size 4 --channels 4 --layers 3 --steps 1  # quick
     python benchmarks/supernet_step.py --cases darts1,darts2 --json results.json
 """
 
@@ -235,9 +238,10 @@ def step_flops(name: str, args: argparse.Namespace, device: torch.device) -> flo
 
 
 class _FlopCount(TorchDispatchMode):
-    """FLOPs of the operators run inside, by ``torch.utils.flop_counter``'s formulas (convolutions,
-    matrix products and their gradients): ``FlopCounterMode``'s count without its attribution to
-    modules, whose hooks made counting a step take 5-10x longer."""
+    """FLOPs of the operators run inside: matrix products by ``torch.utils.flop_counter``'s
+    formulas, convolutions by :func:`_conv_flops` (``FlopCounterMode``'s weight-gradient formula
+    ignores ``groups``: a depthwise convolution's counted C times over). No attribution to
+    modules, whose hooks made ``FlopCounterMode`` take 5-10x longer over a step."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -248,8 +252,10 @@ class _FlopCount(TorchDispatchMode):
     ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
+        packet = func._overloadpacket
+        if packet in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.total += _conv_flops(packet, args, out)
+        elif (formula := flop_registry.get(packet)) is not None:
             def shape(t: Any) -> Any:
                 return t.shape if isinstance(t, torch.Tensor) else t
 
@@ -257,6 +263,20 @@ class _FlopCount(TorchDispatchMode):
                 *tree_map(shape, args), **tree_map(shape, kwargs), out_val=tree_map(shape, out)
             )
         return out
+
+
+def _conv_flops(packet: Any, args: tuple[Any, ...], out: Any) -> int:
+    """2 x the multiply-adds of a convolution (``aten.convolution``), or of the gradients that
+    ``aten.convolution_backward`` computes: the input's and the weight's take as many as the
+    forward convolution each, ``numel(conv output) * numel(weight[0])`` (a weight is
+    (C_out, C_in / groups, kh, kw); transposed: (C_in, C_out / groups, kh, kw), and the conv
+    output is the input's side)."""
+    if packet is torch.ops.aten.convolution:
+        x, weight, transposed = args[0], args[1], args[6]
+        return 2 * (x if transposed else out).numel() * weight[0].numel()
+    grad_out, x, weight, transposed, mask = args[0], args[1], args[2], args[7], args[10]
+    side = x if transposed else grad_out
+    return 2 * side.numel() * weight[0].numel() * (int(mask[0]) + int(mask[1]))
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:

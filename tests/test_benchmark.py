@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "supernet_step.py"
 
@@ -26,6 +28,8 @@ def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bench = load_benchmark()
+    if not any(path.exists() for path in bench.NAIVE_SOURCES):
+        pytest.skip(f"naive_darts.py is in none of {bench.NAIVE_SOURCES}")
     measure = bench.matmul_gflops
     monkeypatch.setattr(bench, "matmul_gflops", lambda: measure(n=512))  # seconds less
     out = tmp_path / "rows.json"
@@ -55,3 +59,21 @@ def test_the_naive_baseline_needs_its_four_nodes() -> None:
     # Without the naive case, and in a child running another case, any node count goes.
     assert bench.parse_args(["--cases", "darts1", "--nodes", "2"]).nodes == 2
     assert bench.parse_args(["--case", "darts1", "--nodes", "2"]).case == "darts1"
+
+
+def test_convolution_flops_count_groups_in_every_gradient() -> None:
+    """A depthwise convolution's forward, input gradient and weight gradient each take
+    2 * B * C * H * W * k * k FLOPs (torch's FlopCounterMode counts the weight gradient C times)."""
+    bench = load_benchmark()
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)  # (B, C, H, W)
+    depthwise = torch.randn(8, 1, 3, 3, requires_grad=True)
+    pointwise = torch.randn(6, 8, 1, 1, requires_grad=True)
+    with bench._FlopCount() as counter:
+        y = F.conv2d(x, depthwise, padding=1, groups=8)
+    assert counter.total == 2 * 2 * 8 * 10 * 10 * 9
+    with bench._FlopCount() as counter:
+        y.sum().backward()
+    assert counter.total == 2 * (2 * 2 * 8 * 10 * 10 * 9)
+    with bench._FlopCount() as counter:
+        F.conv2d(x, pointwise).sum().backward()
+    assert counter.total == 3 * (2 * 2 * 6 * 8 * 10 * 10)
