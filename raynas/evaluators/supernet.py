@@ -165,7 +165,8 @@ class SupernetEvaluator:
 
         The path is fixed to ``arch``: only its operations' weights train (SGD from
         ``config.learning_rate``, cosine-annealed), and BatchNorm statistics follow its batches.
-        Every epoch is scored on the validation half, as :meth:`evaluate` scores.
+        Every epoch is scored on the whole validation half, with the BatchNorm statistics the
+        fine-tuning gathered (no recalibration, unlike :meth:`evaluate`).
 
         Args:
             arch: The candidate.
