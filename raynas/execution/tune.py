@@ -21,6 +21,7 @@ controller and passed to the search driver's ``on_result``, so no evaluated cand
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -59,6 +60,8 @@ FAILED_KEY = "raynas_error"
 # The Ray label that names a node's accelerator type (the cluster files in cluster/ set it).
 # PBT's learning-rate perturbations stay within this factor of the configured rate.
 PBT_LR_RANGE = 10.0
+# The file next to a trial checkpoint's state.pt that names its candidate and epoch.
+CANDIDATE_FILE = "candidate.json"
 
 
 class Controller(Protocol):
@@ -448,6 +451,10 @@ def candidate_trainable(
                 with tempfile.TemporaryDirectory() as folder:
                     torch.save({"architecture": arch_json, "state": new_state, "metrics": metrics},
                                Path(folder) / "state.pt")
+                    # Which candidate this is, readable without loading the state (see last_pbt_state).
+                    (Path(folder) / CANDIDATE_FILE).write_text(
+                        json.dumps({"arch": arch.key(), "epoch": float(new_state["epoch"])})
+                    )
                     tune.report(
                         {**metrics, "learning_rate": learning_rate, **place},
                         checkpoint=tune.Checkpoint.from_directory(folder),
@@ -688,29 +695,36 @@ def pbt_rounds(storage_path: str, name: str) -> list[str]:
 
 
 def last_pbt_state(storage_path: str, name: str, key: str) -> str | None:
-    """The newest checkpoint of candidate ``key`` in the PBT rounds of search ``name``: that of
-    the trial of the latest round whose last result trained it (a trial PBT copied another
-    candidate into trains that one), or None."""
-    import json
+    """The newest checkpoint of candidate ``key`` in the PBT rounds of search ``name``: in the
+    latest round that trained it, that of the trial whose newest checkpoint holds the candidate
+    (a trial PBT copied another candidate into trains that one), the furthest trained; or None.
 
+    Checkpoints are written by the trials straight to ``storage_path``, so this holds while the
+    search runs and after its driver died (Tune's ``result.json`` files are written by the driver
+    into a staging folder and reach ``storage_path`` only when Tune syncs them).
+    """
     import pyarrow.fs as pafs
 
     from raynas import storage
 
     for experiment in reversed(pbt_rounds(storage_path, name)):
-        root = storage.join(storage_path, experiment)
-        fs, path = storage.filesystem(root)
+        fs, path = storage.filesystem(storage.join(storage_path, experiment))
+        best: tuple[float, str] | None = None
         for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
             if info.type != pafs.FileType.Directory:
                 continue
-            try:
-                with fs.open_input_stream(f"{info.path}/result.json") as stream:
-                    lines = stream.read().decode().splitlines()
-                last = json.loads(lines[-1]) if lines else {}
-            except (OSError, ValueError):  # none yet, or a line being written
+            state = last_trial_state(storage_path, experiment, info.base_name)
+            if state is None:
                 continue
-            if last.get("arch") == key:
-                return last_trial_state(storage_path, experiment, info.base_name)
+            try:
+                with fs.open_input_stream(f"{info.path}/{state.split('/')[-2]}/{CANDIDATE_FILE}") as stream:
+                    candidate = json.loads(stream.read().decode())
+            except (OSError, ValueError):  # a checkpoint being written
+                continue
+            if candidate.get("arch") == key and (best is None or candidate["epoch"] > best[0]):
+                best = (float(candidate["epoch"]), state)
+        if best is not None:
+            return best[1]
     return None
 
 
