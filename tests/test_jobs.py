@@ -32,6 +32,7 @@ SHRINK_SPACE = {
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
     "fbnet": ["space.stage_depths=[1,1,1,1]"],
+    "convnext": ["space.depth_choices=[[1],[1],[1]]", "space.width_choices=[[4],[8],[8,16]]"],
 }
 
 

@@ -47,6 +47,10 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
         "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16), "stage_depths": (1, 1),
         "stage_strides": (1, 2), "head_channels": 32,
     },
+    "convnext": {
+        "depth_choices": ((1, 2), (1, 2)), "width_choices": ((4, 8), (8, 16)), "kernel_choices": (3, 5),
+        "expansion_choices": (1, 2), "stem_stride": 2, "layer_scale_init": 0.5,
+    },
 }
 # Small stand-alone networks: build()'s channels and layers (their meaning is the space's; fbnet
 # takes its sizes from its config only).
@@ -274,6 +278,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     ],
     "darts_rnn": [  # DARTS README: 23M on PTB (10,000 words, 850 units); see test_darts_rnn.py
         ("DARTS_V2", DatasetInfo("ptb", 1, 10_000, 35), 22_960_000),
+    ],
+    "convnext": [  # torchvision 0.29's convnext_tiny(weights=None); see test_convnext_space.py
+        ("convnext_tiny", DatasetInfo("imagenet", 3, 1000, 224), 28_589_128),
     ],
 }
 # tiny_cnn: the worked example of a user-defined space. fbnet: the model zoo counts convolution and
