@@ -31,6 +31,7 @@ from conftest import stop_ray_cluster, tiny_job
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+from raynas.execution.tune import CANDIDATE_FILE
 from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
 from raynas.runs.sampling import search_state
@@ -205,14 +206,17 @@ def test_a_tune_search_resumes_a_trial_whose_node_is_lost(tmp_path: Path, elasti
     def lose_a_trial_node() -> None:  # once a trial has checkpointed an epoch, its node vanishes
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not lost:
-            for result in trials.glob("*/result.json"):
-                lines = result.read_text().splitlines()
-                if lines:
-                    node_id = json.loads(lines[0])["node_id"]
-                    node = next(n for n in elastic.cluster.worker_nodes if n.node_id == node_id)
-                    elastic.cluster.remove_node(node, allow_graceful=False)
-                    lost.append(result.parent.name)
-                    return
+            # (Checkpoints reach the storage folder as they are written; Tune's result.json only
+            # when the driver syncs its staging folder.)
+            for candidate in trials.glob(f"*/checkpoint_*/{CANDIDATE_FILE}"):
+                try:
+                    node_id = json.loads(candidate.read_text())["node_id"]
+                except ValueError:  # being written
+                    continue
+                node = next(n for n in elastic.cluster.worker_nodes if n.node_id == node_id)
+                elastic.cluster.remove_node(node, allow_graceful=False)
+                lost.append(candidate.parent.parent.name)
+                return
             time.sleep(0.1)
 
     killer = threading.Thread(target=lose_a_trial_node, daemon=True)

@@ -60,7 +60,7 @@ FAILED_KEY = "raynas_error"
 # The Ray label that names a node's accelerator type (the cluster files in cluster/ set it).
 # PBT's learning-rate perturbations stay within this factor of the configured rate.
 PBT_LR_RANGE = 10.0
-# The file next to a trial checkpoint's state.pt that names its candidate and epoch.
+# The file next to a trial checkpoint's state.pt that names its candidate, epoch and node.
 CANDIDATE_FILE = "candidate.json"
 
 
@@ -451,10 +451,11 @@ def candidate_trainable(
                 with tempfile.TemporaryDirectory() as folder:
                     torch.save({"architecture": arch_json, "state": new_state, "metrics": metrics},
                                Path(folder) / "state.pt")
-                    # Which candidate this is, readable without loading the state (see last_pbt_state).
-                    (Path(folder) / CANDIDATE_FILE).write_text(
-                        json.dumps({"arch": arch.key(), "epoch": float(new_state["epoch"])})
-                    )
+                    # Which candidate this is and where it trains, readable without loading the
+                    # state, while the trial runs (see last_pbt_state).
+                    (Path(folder) / CANDIDATE_FILE).write_text(json.dumps(
+                        {"arch": arch.key(), "epoch": float(new_state["epoch"]), "node_id": place["node_id"]}
+                    ))
                     tune.report(
                         {**metrics, "learning_rate": learning_rate, **place},
                         checkpoint=tune.Checkpoint.from_directory(folder),
