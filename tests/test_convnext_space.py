@@ -144,3 +144,13 @@ def test_evolution_searches_the_space_through_the_registries() -> None:
         strategy.tell(EvalResult(arch, {"valid_acc": float(score)}))
     found = strategy.best()
     assert found is not None and found.architecture == best
+
+
+def test_convnext_tiny_multiply_adds_match_torchvisions_published_ops() -> None:
+    """torchvision's weights metadata gives ConvNeXt-T 4.456 GFLOPS (multiply-adds) at 224x224."""
+    from raynas.profile import count_macs
+
+    space = SPACES.create("convnext")
+    macs, _ = count_macs(space.build(space.parse("convnext_tiny"), IMAGENET), (3, 224, 224))
+    published = torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1.meta["_ops"]
+    assert round(macs / 1e9, 3) == published == 4.456
