@@ -24,7 +24,7 @@ from raynas.runs.jobs import load_job
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
 from raynas.strategies.sampling.bo import BoConfig
-from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig
+from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig, Step
 from raynas.strategies.sampling.evolution import EvolutionConfig
 from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
@@ -109,11 +109,13 @@ BUDGETS: dict[str, Any] = {
     "evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
     "spos": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
     "novelty": NoveltyConfig(population_size=10, sample_size=3, evaluations=60, candidates=5, neighbours=3),
-    # A learning rate and entropy bonus far above the paper's (3.5e-4, 1e-4) and no temperature:
-    # 300 candidates, not 300,000. The optimum is found with 9 of seeds 0-9.
+    # A learning rate and entropy bonus far above the paper's (3.5e-4, 1e-4), no temperature and a
+    # baseline that follows the rewards faster (decay 0.8, not 0.99): 300 candidates, not 300,000.
+    # The answer is the best of 10 samples of the trained policy (ENAS's derivation), not the best
+    # candidate of the search: the optimum with 6 of seeds 0-7.
     "enas": EnasConfig(
-        lstm_size=32, temperature=1.0, learning_rate=0.05, entropy_weight=0.01, controller_batch=10,
-        controller_steps=10, controller_epochs=EPOCHS, derive_samples=10,
+        lstm_size=32, temperature=1.0, learning_rate=0.05, entropy_weight=0.01, baseline_decay=0.8,
+        controller_batch=10, controller_steps=10, controller_epochs=EPOCHS, derive_samples=10,
     ),
     "progressive": ProgressiveConfig(beam_size=4, predictor_steps=100),
     "bo": BoConfig(evaluations=50, startup=10),
@@ -354,26 +356,33 @@ def _numpy_policy(p: dict[str, np.ndarray], actions: np.ndarray, tanh_c: float, 
     return steps
 
 
-def _numpy_loss(p: dict[str, np.ndarray], actions: np.ndarray, adv: np.ndarray, w: float, tanh_c: float,
+def _numpy_loss(p: dict[str, np.ndarray], actions: np.ndarray, adv: np.ndarray, tanh_c: float,
                 temp: float) -> float:
     steps = _numpy_policy(p, actions, tanh_c, temp)
     log_prob = sum(lp[np.arange(len(actions)), actions[:, t]] for t, (_, _, lp) in enumerate(steps))
-    entropy = sum(-(pr * lp).sum(1) for _, pr, lp in steps)
-    return float(np.mean(-adv * log_prob - w * entropy))
+    return float(np.mean(-adv * log_prob))
+
+
+def _controller(sizes: tuple[int, ...], **kwargs: Any) -> Controller:
+    """A controller over decisions of ``sizes`` options, each with options of its own."""
+    plan = tuple(Step("op", i, n) for i, n in enumerate(sizes))
+    options = {i: tuple(f"d{i}o{j}" for j in range(n)) for i, n in enumerate(sizes)}
+    return Controller(plan, options, **kwargs)
 
 
 def test_reinforce_gradient_matches_an_independent_computation() -> None:
-    """The gradient of mean(-(R - b) log p(a) - w H) (Williams 1992's score-function estimator
-    with ENAS's entropy bonus) from autograd, against (1) central finite differences of a NumPy
-    re-implementation of the controller and (2) the closed form for each head's bias:
-    d/dz [-(R-b) log softmax(z)_a - w H] = (R-b)(p - e_a) + w p (log p + H), times
+    """The gradient of mean(-(R - b) log p(a)) (Williams 1992's score-function estimator; ENAS's
+    entropy bonus enters R, without a gradient) from autograd, against (1) central finite
+    differences of a NumPy re-implementation of the controller and (2) the closed form for each
+    head's bias: d/dz [-(R-b) log softmax(z)_a] = (R-b)(p - e_a), times
     dz/du = (c / T)(1 - tanh^2(u / T)) for z = c tanh(u / T)."""
-    tanh_c, temp, w = 2.5, 5.0, 0.1
+    tanh_c, temp = 2.5, 5.0
     torch.manual_seed(0)
-    controller = Controller((3, 2, 4), hidden=4, tanh_constant=tanh_c, temperature=temp).double()
+    controller = _controller((3, 2, 4), hidden=4, tanh_constant=tanh_c, temperature=temp).double()
     actions = torch.tensor([[0, 1, 3], [2, 0, 0], [2, 1, 1]])
     adv = torch.tensor([0.3, -0.5, 0.1], dtype=torch.float64)
-    loss = controller.policy_loss(actions, adv, w)
+    _, log_prob, _ = controller(actions)
+    loss = (-adv * log_prob).mean()
     loss.backward()
     params = {k: v.detach().numpy().copy() for k, v in controller.named_parameters()}
     # The last decision's embedding feeds no step: no gradient.
@@ -383,7 +392,7 @@ def test_reinforce_gradient_matches_an_independent_computation() -> None:
     assert [k for k, v in controller.named_parameters() if v.grad is None] == ["embeddings.2.weight"]
     a, r = actions.numpy(), adv.numpy()
 
-    assert float(loss.detach()) == pytest.approx(_numpy_loss(params, a, r, w, tanh_c, temp), abs=1e-12)
+    assert float(loss.detach()) == pytest.approx(_numpy_loss(params, a, r, tanh_c, temp), abs=1e-12)
 
     eps = 1e-6
     for name, value in params.items():
@@ -391,24 +400,24 @@ def test_reinforce_gradient_matches_an_independent_computation() -> None:
         for idx in np.ndindex(value.shape):
             shifted = {k: v.copy() for k, v in params.items()}
             shifted[name][idx] += eps
-            up = _numpy_loss(shifted, a, r, w, tanh_c, temp)
+            up = _numpy_loss(shifted, a, r, tanh_c, temp)
             shifted[name][idx] -= 2 * eps
-            down = _numpy_loss(shifted, a, r, w, tanh_c, temp)
+            down = _numpy_loss(shifted, a, r, tanh_c, temp)
             numeric[idx] = (up - down) / (2 * eps)
         np.testing.assert_allclose(grads[name], numeric, atol=1e-8, err_msg=name)
 
-    for t, (u, prob, log_p) in enumerate(_numpy_policy(params, a, tanh_c, temp)):
-        entropy = -(prob * log_p).sum(1, keepdims=True)
+    for t, (u, prob, _) in enumerate(_numpy_policy(params, a, tanh_c, temp)):
         onehot = np.eye(prob.shape[1])[a[:, t]]
-        d_z = r[:, None] * (prob - onehot) + w * prob * (log_p + entropy)
+        d_z = r[:, None] * (prob - onehot)
         d_u = d_z * (tanh_c / temp) * (1 - np.tanh(u / temp) ** 2)
         np.testing.assert_allclose(grads[f"heads.{t}.bias"], d_u.mean(0), atol=1e-12)
 
 
 def test_enas_steps_the_controller_with_a_moving_average_baseline() -> None:
     """After ``controller_batch`` results the controller takes one Adam step on the loss above,
-    with advantages R_i - b_i, b_1 = R_1, b_i = 0.99 b_{i-1} + 0.01 R_i (the authors' code updates
-    the baseline before using it)."""
+    with rewards R_i + w H_i and advantages R_i + w H_i - b_i, b_0 = 0,
+    b_i = 0.99 b_{i-1} + 0.01 (R_i + w H_i) (micro_controller.py updates the baseline before
+    using it, from 0)."""
     config = EnasConfig(lstm_size=8, controller_batch=4, controller_steps=1, controller_epochs=1,
                         derive_samples=1, entropy_weight=0.01, learning_rate=0.01)
     strategy = Enas(config, space=ToySpace(), seed=3)
@@ -416,13 +425,15 @@ def test_enas_steps_the_controller_with_a_moving_average_baseline() -> None:
     untouched = copy.deepcopy(strategy.controller)
     archs = [strategy.ask() for _ in range(4)]
     assert strategy.ask() is None  # the derive phase waits for the last controller step
-    rewards = [toy_score(a.values) for a in archs]  # type: ignore[union-attr]
-    baseline, adv = rewards[0], []
+    actions = torch.tensor([a.values for a in archs])  # type: ignore[union-attr]
+    _, log_prob, entropy = before(actions)
+    rewards = [toy_score(a.values) + 0.01 * float(h) for a, h in zip(archs, entropy, strict=True)]  # type: ignore[union-attr]
+    baseline, adv = 0.0, []
     for reward in rewards:
-        baseline = 0.99 * baseline + 0.01 * reward if adv else reward
+        baseline = 0.99 * baseline + 0.01 * reward
         adv.append(reward - baseline)
     optimizer = torch.optim.Adam(before.parameters(), lr=0.01)
-    before.policy_loss(torch.tensor([a.values for a in archs]), torch.tensor(adv), 0.01).backward()  # type: ignore[union-attr]
+    (-log_prob * torch.tensor(adv)).mean().backward()
     optimizer.step()
     for i, arch in enumerate(archs[:3]):
         strategy.tell(evaluate(arch, i))  # type: ignore[arg-type]

@@ -75,6 +75,10 @@ class ControllerActor:
         """The best result told so far."""
         return self.strategy.best()
 
+    def final_results(self) -> list[EvalResult]:
+        """The results the search's answer is chosen from, best first."""
+        return self.strategy.final_results()
+
     def state_dict(self) -> dict[str, Any]:
         """The strategy's state, to checkpoint next to the search."""
         return self.strategy.state_dict()
@@ -120,6 +124,9 @@ class RemoteController:
 
     def best(self) -> EvalResult | None:
         return self._get(self.actor.best.remote())
+
+    def final_results(self) -> list[EvalResult]:
+        return self._get(self.actor.final_results.remote())
 
     def state_dict(self) -> dict[str, Any]:
         return self._get(self.actor.state_dict.remote())

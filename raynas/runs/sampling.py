@@ -24,7 +24,6 @@ checkpoint and the journal, without anyone running the command again.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -57,7 +56,6 @@ from raynas.types import (
     EpochReport,
     EvalResult,
     best_at_equal_budget,
-    compare_at_equal_budget,
 )
 
 log = logging.getLogger(__name__)
@@ -478,8 +476,9 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
     config, final = search.config, search.config.final
     seen: set[str] = set()
     chosen = []
-    # Candidates Tune stopped early are ranked with the others at equal budget.
-    for result in sorted(search.results, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True):
+    # The strategy ranks the results its answer comes from (ENAS: only those derived from its
+    # trained policy); candidates Tune stopped early are ranked with the others at equal budget.
+    for result in search._controller_call(lambda: search.strategy.final_results()):
         if result.architecture.key() not in seen:
             seen.add(result.architecture.key())
             chosen.append(result)
@@ -542,9 +541,14 @@ def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
 
 
 def _final(search: SamplingSearch) -> EvalResult:
-    """The search's answer: the best retrained candidate if any were retrained, else the best
-    (at equal budget: :func:`compare_at_equal_budget`)."""
-    best = best_at_equal_budget(search.retrained or search.results)
+    """The search's answer: the best retrained candidate if any were retrained, else the best of
+    the strategy's :meth:`~raynas.strategies.sampling.SamplingStrategy.final_results` (at equal
+    budget: :func:`compare_at_equal_budget`; ENAS: its derived architecture)."""
+    if search.retrained:
+        best = best_at_equal_budget(search.retrained)
+    else:
+        ranked = search._controller_call(lambda: search.strategy.final_results())
+        best = ranked[0] if ranked else None
     if best is None:
         raise RaynasError(f"search {search.config.name!r} evaluated no candidate")
     return best

@@ -17,12 +17,19 @@ were asked, before anything new, so an interrupted search continues as the searc
 
 from __future__ import annotations
 
+import functools
 import random
 from abc import ABC, abstractmethod
 from typing import Any
 
 from raynas.errors import ConfigError
-from raynas.types import Architecture, ChoiceSpace, EvalResult, best_at_equal_budget
+from raynas.types import (
+    Architecture,
+    ChoiceSpace,
+    EvalResult,
+    best_at_equal_budget,
+    compare_at_equal_budget,
+)
 
 
 def choice_space(space: Any, strategy: str) -> ChoiceSpace:
@@ -126,6 +133,12 @@ class SamplingStrategy(ABC):
         """The best result told so far (the first of equals), candidates of different budgets
         (Tune stopped some early) compared at equal budget (:func:`compare_at_equal_budget`)."""
         return best_at_equal_budget(self.history)
+
+    def final_results(self) -> list[EvalResult]:
+        """The results the search's answer and its retrained candidates are chosen from, best
+        first (default: every result told, compared at equal budget, the first of equals first).
+        ENAS keeps only the architectures derived from its trained policy."""
+        return sorted(self.history, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True)
 
     def sample_path(self) -> Architecture:
         """The path a supernet-training step should take (default: uniform, as in SPOS)."""

@@ -1,23 +1,36 @@
 """ENAS: an LSTM controller trained with REINFORCE over a weight-sharing supernet (Pham et al.,
 "Efficient Neural Architecture Search via Parameter Sharing", ICML 2018).
 
-The controller emits the space's decisions one after another: at each step the LSTM's output goes
-through that decision's linear head to logits, divided by a temperature and squashed by
-``tanh_constant * tanh(.)`` (the paper's PTB settings: temperature 5, tanh constant 2.5), an option
-is sampled, and that option's embedding is the next step's input. It is trained with REINFORCE:
+The controller emits the space's decisions one after another, as ``melodyguan/enas``'s
+``src/cifar10/micro_controller.py`` does:
 
-    loss = -(R - b) * log p(a) - w * H(p)
+* an **operation** is sampled from ``c' * tanh(W h / T)`` (``h`` the LSTM output, ``T`` the
+  temperature, ``c' = tanh_constant / op_tanh_reduce``), and its embedding is the next input; the
+  softmax weights and embeddings are shared by every decision with the same options (ENAS shares
+  ``w_soft`` and ``w_emb`` across all nodes and both cells);
+* a node's **inputs** (spaces whose nodes pick earlier states: DARTS cells, the recurrent cell) are
+  chosen by attention over the states before it: ``c * tanh(v^T tanh(W1 h_j + W2 h) / T)`` over
+  the anchors ``h_j`` (zero for a cell's inputs, the LSTM output after each earlier node's
+  decisions otherwise); the chosen anchor is the next input. A DARTS node takes two such choices,
+  independent, so the same input twice is possible (index_1, index_2, then op_1, op_2);
+* after a node's decisions one more LSTM step writes its anchor, and the next node starts again
+  from the first input (``g_emb``).
 
-where ``R`` is the candidate's score (inherited-weight validation accuracy in ENAS), ``b`` a moving
-average of past rewards (decay 0.99), ``H`` the entropy of the controller's distributions along the
-sampled sequence and ``w`` its weight (1e-4), with Adam at 3.5e-4; LSTM size 64 as in the authors'
-code (``melodyguan/enas``). The defaults are those of ``papers.json["enas"]``.
+REINFORCE follows the same file's ``build_trainer``: the reward of a sample is its score plus
+``w * H`` (the entropy of its decisions, no gradient), the baseline is a moving average of the
+rewards started at 0 and updated before it is used, and the loss is ``-log p(a) * (R - b)``,
+averaged over ``controller_batch`` samples (the code's ``controller_num_aggregate``). The score is
+inherited-weight validation accuracy, or on language models ``c / perplexity`` with the validation
+loss capped at 10 (``src/ptb/ptb_enas_controller.py``: ``80 / valid_ppl``).
 
 The search interleaves two kinds of training, as in the paper: the shared child (the supernet) is
 trained on paths sampled from the policy (:meth:`Enas.sample_path`), and after each child epoch
 ``controller_steps`` controller steps of ``controller_batch`` candidates each are evaluated
 (:attr:`Enas.evaluations_per_epoch`). After ``controller_epochs`` such epochs the final phase
-derives: ``derive_samples`` architectures are sampled from the policy and the best one wins.
+derives as Section 2.2 of the paper does: ``derive_samples`` architectures sampled from the trained
+policy, each scored, and the one with the highest reward is the search's answer
+(:meth:`Enas.best`, :meth:`Enas.final_results`); candidates scored while the controller was
+learning are not.
 
 Nothing is kept per ask but the architecture (what the base records for candidates in flight):
 a controller step recomputes the log-probabilities of its batch's actions under the current
@@ -26,9 +39,10 @@ policy, so a candidate asked again after a resume is learnt from exactly as it w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,7 +50,10 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture, EvalResult, best_at_equal_budget
+from raynas.types import Architecture, Decision, EvalResult
+
+# ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
+PPL_LOSS_CAP = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,21 +64,27 @@ class EnasConfig:
         lstm_size: Hidden size of the one-layer LSTM (64 in the authors' code).
         tanh_constant: ``c`` in ``c * tanh(logits / temperature)`` (2.5; 0 turns the squashing off).
         temperature: Divides the logits before the tanh (5; 0 or 1 leaves them as they are).
+        op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce`` (the micro search
+            script's ``controller_op_tanh_reduce`` is 2.5; 1: the same as for inputs).
         learning_rate: Adam's learning rate for the controller (3.5e-4).
-        entropy_weight: ``w``, weight of the policy entropy bonus (1e-4).
+        entropy_weight: ``w``, weight of the entropy bonus added to each reward (1e-4).
         baseline_decay: Decay of the reward's moving-average baseline (0.99).
+        reward_constant: ``c`` of the language-model reward ``c / perplexity`` (80).
         controller_batch: Candidates per controller step (their losses are averaged).
         controller_steps: Controller steps after each child (supernet) epoch.
         controller_epochs: Child epochs followed by controller training; set it to ``train.epochs``.
-        derive_samples: Architectures sampled from the final policy and evaluated; the best wins.
+        derive_samples: Architectures sampled from the final policy and evaluated; the one with
+            the highest reward is the answer.
     """
 
     lstm_size: int = 64
     tanh_constant: float = 2.5
     temperature: float = 5.0
+    op_tanh_reduce: float = 1.0
     learning_rate: float = 3.5e-4
     entropy_weight: float = 1e-4
     baseline_decay: float = 0.99
+    reward_constant: float = 80.0
     controller_batch: int = 10
     controller_steps: int = 30
     controller_epochs: int = 10
@@ -76,46 +99,172 @@ class EnasConfig:
             raise ConfigError(f"strategy.controller_epochs must be >= 0, got {self.controller_epochs}")
         if self.tanh_constant < 0 or self.temperature < 0:
             raise ConfigError("strategy.tanh_constant and strategy.temperature must be >= 0 (0: off)")
+        if self.op_tanh_reduce <= 0:
+            raise ConfigError(f"strategy.op_tanh_reduce must be positive, got {self.op_tanh_reduce}")
         if self.learning_rate <= 0:
             raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
         if self.entropy_weight < 0:
             raise ConfigError(f"strategy.entropy_weight must be >= 0, got {self.entropy_weight}")
         if not 0 <= self.baseline_decay < 1:
             raise ConfigError(f"strategy.baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.reward_constant <= 0:
+            raise ConfigError(f"strategy.reward_constant must be positive, got {self.reward_constant}")
+
+
+# -- the controller's program: which LSTM steps it takes, in order --------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the controller's program.
+
+    Attributes:
+        kind: ``op`` (sample an option), ``input`` (sample an earlier state by attention),
+            ``anchors`` (a cell starts: ``size`` LSTM steps give its inputs' anchors) or ``node``
+            (a node's decisions are done: one LSTM step gives its anchor).
+        decision: The flat decision an ``op`` or ``input`` step sets.
+        size: Options of an ``op``; states to choose from for ``input`` and ``anchors``.
+        cell: For the inputs and operations of a two-input node: the architecture's field that
+            holds the cell's edges (``normal``, ``reduce``, ``cell``), else empty.
+        edge: The index of the edge in that field that the step sets.
+        pair: An ``input`` step of a two-input node (its decision names the pair).
+    """
+
+    kind: Literal["op", "input", "anchors", "node"]
+    decision: int = -1
+    size: int = 0
+    cell: str = ""
+    edge: int = -1
+    pair: bool = False
+
+    @property
+    def samples(self) -> bool:
+        """Whether the step samples an action."""
+        return self.kind in ("op", "input")
+
+
+def _inputs_of(decision: Decision) -> tuple[bool, int] | None:
+    """``(pair, n)`` when ``decision`` picks inputs among ``n`` earlier states: two distinct ones
+    (options ``"0+1"``, ``"0+2"``, ... of a ``*.inputs`` decision) or one (options ``"0"``..``"n-1"``
+    of a ``*.input`` decision); None for any other decision."""
+    options = decision.options
+    if decision.name.endswith(".inputs") and options and "+" in options[-1]:
+        n = int(options[-1].split("+")[1]) + 1 if options[-1].split("+")[1].isdigit() else 0
+        if n >= 2 and options == tuple(f"{a}+{b}" for a in range(n) for b in range(a + 1, n)):
+            return True, n
+    if decision.name.endswith(".input") and options == tuple(str(j) for j in range(len(options))):
+        return False, len(options)
+    return None
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(node, cell) of a decision name: ``normal.node2.op_a`` -> (``normal.node2``, ``normal``)."""
+    node = name.rsplit(".", 1)[0] if "." in name else name
+    return node, (node.rsplit(".", 1)[0] if "." in node else "")
+
+
+def controller_plan(decisions: tuple[Decision, ...], *, pairs: bool = True) -> tuple[Step, ...]:
+    """The controller's program for ``decisions``: attention steps for the decisions that pick a
+    node's inputs (two for a pair of inputs when ``pairs``), operation steps for the others.
+
+    A cell whose nodes do not take their inputs among ``n0, n0 + 1, ...`` states in order (a
+    layout the attention cannot follow) makes every decision an operation step.
+    """
+    plain = tuple(Step("op", i, len(d.options)) for i, d in enumerate(decisions))
+    steps: list[Step] = []
+    states: dict[str, int] = {}  # cell -> states available to its next node
+    nodes: dict[str, int] = {}  # cell -> nodes done
+    open_node: tuple[str, str] | None = None  # (node, cell) whose anchor is still to write
+    ops_in_node = 0
+    for i, d in enumerate(decisions):
+        node, cell = _split(d.name)
+        if open_node is not None and open_node[0] != node:
+            steps.append(Step("node"))
+            states[open_node[1]] += 1
+            nodes[open_node[1]] += 1
+            open_node = None
+        found = _inputs_of(d)
+        if found is not None and (pairs or not found[0]):
+            pair, n = found
+            if cell not in states:
+                steps.append(Step("anchors", size=n))
+                states[cell], nodes[cell] = n, 0
+            if states[cell] != n:
+                return plain
+            if pair:
+                k = nodes[cell]
+                steps += [Step("input", i, n, cell, 2 * k + s, True) for s in (0, 1)]
+            else:
+                steps.append(Step("input", i, n))
+            open_node, ops_in_node = (node, cell), 0
+        elif (
+            open_node is not None and open_node[0] == node and ops_in_node < 2
+            and steps[-1 - ops_in_node].pair
+        ):
+            k = nodes[cell]
+            steps.append(Step("op", i, len(d.options), cell, 2 * k + ops_in_node))
+            ops_in_node += 1
+        else:
+            steps.append(Step("op", i, len(d.options)))
+            if open_node is not None:
+                ops_in_node += 1
+    if open_node is not None:
+        steps.append(Step("node"))
+    return tuple(steps)
 
 
 class Controller(nn.Module):
-    """The ENAS policy over a sequence of categorical decisions.
+    """The ENAS policy over a program of :class:`Step`.
 
     Args:
-        sizes: The number of options of every decision, in order.
+        plan: The steps, from :func:`controller_plan`.
+        options: For every ``op`` step's decision, its option names (decisions with the same
+            options share their softmax weights and embeddings).
         hidden: LSTM size.
         tanh_constant: ``c`` in ``c * tanh(logits / temperature)`` (0: no squashing).
         temperature: Divides the logits (0 or 1: none).
+        op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce``.
     """
 
     def __init__(
-        self, sizes: tuple[int, ...], *, hidden: int, tanh_constant: float, temperature: float
+        self, plan: tuple[Step, ...], options: dict[int, tuple[str, ...]], *, hidden: int,
+        tanh_constant: float, temperature: float, op_tanh_reduce: float = 1.0,
     ) -> None:
         super().__init__()
-        self.sizes = sizes
+        self.plan = plan
         self.tanh_constant = tanh_constant
         self.temperature = temperature
-        self.start = nn.Parameter(torch.zeros(1, hidden))  # the first step's input (g_emb)
+        self.op_tanh_reduce = op_tanh_reduce
+        kinds: list[tuple[str, ...]] = []
+        self.kind_of: dict[int, int] = {}  # op step's decision -> its shared head
+        for step in plan:
+            if step.kind == "op":
+                names = options[step.decision]
+                if names not in kinds:
+                    kinds.append(names)
+                self.kind_of[step.decision] = kinds.index(names)
+        self.start = nn.Parameter(torch.zeros(1, hidden))  # g_emb: the first input of every node
         self.lstm = nn.LSTMCell(hidden, hidden)
-        self.embeddings = nn.ModuleList(nn.Embedding(n, hidden) for n in sizes)
-        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+        self.embeddings = nn.ModuleList(nn.Embedding(len(k), hidden) for k in kinds)  # w_emb
+        self.heads = nn.ModuleList(nn.Linear(hidden, len(k)) for k in kinds)  # w_soft, b_soft
+        self.attention = any(step.kind == "input" for step in plan)
+        if self.attention:
+            self.attn_1 = nn.Linear(hidden, hidden, bias=False)  # keys: W1 h_j
+            self.attn_2 = nn.Linear(hidden, hidden, bias=False)  # query: W2 h
+            self.attn_v = nn.Linear(hidden, 1, bias=False)
         for p in self.parameters():  # the paper initialises uniformly in [-0.1, 0.1]
             nn.init.uniform_(p, -0.1, 0.1)
 
-    def logits(self, step: int, h: torch.Tensor) -> torch.Tensor:
-        """Decision ``step``'s logits from the LSTM output ``h`` (B, hidden) -> (B, options)."""
-        u = self.heads[step](h)
+    @property
+    def actions(self) -> int:
+        """Actions per sample (one per ``op`` and ``input`` step)."""
+        return sum(step.samples for step in self.plan)
+
+    def squash(self, u: torch.Tensor, constant: float) -> torch.Tensor:
+        """``constant * tanh(u / temperature)`` (either part off when 0)."""
         if self.temperature and self.temperature != 1:
             u = u / self.temperature
-        if self.tanh_constant:
-            u = self.tanh_constant * torch.tanh(u)
-        return u
+        return constant * torch.tanh(u) if constant else u
 
     def forward(
         self, actions: torch.Tensor | None = None, *, batch: int = 1,
@@ -124,50 +273,62 @@ class Controller(nn.Module):
         """Sample ``batch`` sequences, or score the given ones (teacher forcing).
 
         Args:
-            actions: (B, D) option indices to score, or None to sample.
+            actions: (B, A) actions to score, or None to sample.
             batch: How many sequences to sample when ``actions`` is None.
             generator: The random stream samples are drawn from.
 
         Returns:
-            The actions (B, D), their log-probabilities (B,) and the summed entropy of the
+            The actions (B, A), their log-probabilities (B,) and the summed entropy of the
             distributions along each sequence (B,).
         """
         n = actions.shape[0] if actions is not None else batch
-        x = self.start.expand(n, -1)  # (B, hidden)
-        state = None
-        chosen, log_prob, entropy = [], x.new_zeros(n), x.new_zeros(n)
-        for step in range(len(self.sizes)):
+        g = self.start.expand(n, -1)  # (B, hidden)
+        x, state = g, None
+        anchors: list[torch.Tensor] = []  # (B, hidden) each: what a chosen input feeds the LSTM
+        keys: list[torch.Tensor] = []  # (B, hidden) each: W1 of the anchor's LSTM output
+        chosen, log_prob, entropy = [], g.new_zeros(n), g.new_zeros(n)
+        for step in self.plan:
             h, c = self.lstm(x, state)  # (B, hidden) each
             state = (h, c)
-            log_p = torch.log_softmax(self.logits(step, h), dim=-1)  # (B, options)
+            if step.kind == "anchors":  # a cell's inputs: zero anchors, keys from the LSTM
+                anchors, keys = [torch.zeros_like(h)], [self.attn_1(h)]
+                for _ in range(step.size - 1):
+                    h, c = self.lstm(x, state)
+                    state = (h, c)
+                    anchors.append(torch.zeros_like(h))
+                    keys.append(self.attn_1(h))
+                continue
+            if step.kind == "node":  # the node's anchor; the next node starts from g_emb
+                anchors.append(h)
+                keys.append(self.attn_1(h))
+                x = g
+                continue
+            if step.kind == "input":
+                k = torch.stack(keys[: step.size], 1)  # (B, n, hidden)
+                u = self.attn_v(torch.tanh(k + self.attn_2(h)[:, None])).squeeze(-1)  # (B, n)
+                log_p = torch.log_softmax(self.squash(u, self.tanh_constant), dim=-1)
+            else:
+                head = self.kind_of[step.decision]
+                u = self.heads[head](h)  # (B, options)
+                log_p = torch.log_softmax(self.squash(u, self.tanh_constant / self.op_tanh_reduce), dim=-1)
+            t = len(chosen)
             if actions is None:
                 a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)  # (B,)
             else:
-                a = actions[:, step]
+                a = actions[:, t]
             chosen.append(a)
             log_prob = log_prob + log_p.gather(1, a[:, None]).squeeze(1)
             entropy = entropy - (log_p.exp() * log_p).sum(-1)
-            if step + 1 < len(self.sizes):
-                x = self.embeddings[step](a)  # (B, hidden): the chosen option feeds the next step
+            if step.kind == "input":
+                x = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)
+            else:
+                x = self.embeddings[self.kind_of[step.decision]](a)  # (B, hidden)
         return torch.stack(chosen, 1), log_prob, entropy
-
-    def policy_loss(
-        self, actions: torch.Tensor, advantages: torch.Tensor, entropy_weight: float
-    ) -> torch.Tensor:
-        """REINFORCE's loss, mean over the batch: ``-(R - b) * log p(a) - w * H``.
-
-        Args:
-            actions: (B, D) the sampled option indices.
-            advantages: (B,) reward minus baseline of each sample.
-            entropy_weight: ``w``.
-        """
-        _, log_prob, entropy = self(actions)
-        return (-advantages * log_prob - entropy_weight * entropy).mean()
 
 
 @STRATEGIES.register("enas", config=EnasConfig)
 class Enas(SamplingStrategy):
-    """ENAS's controller: sample from the policy, learn from the candidates' scores, then derive.
+    """ENAS's controller: sample from the policy, learn from the candidates' rewards, then derive.
 
     Args:
         config: Controller, REINFORCE and schedule settings.
@@ -181,17 +342,30 @@ class Enas(SamplingStrategy):
     def __init__(self, config: EnasConfig, *, space: Any, seed: int = 0) -> None:
         super().__init__(space=space, seed=seed)
         self.config = config
-        sizes = tuple(len(d.options) for d in self.decisions)
+        self.plan = controller_plan(self.decisions, pairs=self._edges_settable())
+        options = {i: d.options for i, d in enumerate(self.decisions)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.controller = Controller(
-                sizes, hidden=config.lstm_size, tanh_constant=config.tanh_constant,
-                temperature=config.temperature,
+                self.plan, options, hidden=config.lstm_size, tanh_constant=config.tanh_constant,
+                temperature=config.temperature, op_tanh_reduce=config.op_tanh_reduce,
             )
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(seed)
-        self.baseline: float | None = None  # set to the first reward, then a moving average
+        self.baseline = 0.0  # the authors' code starts the moving average at 0
         self.consumed = 0  # results of the history already used for controller steps
+
+    def _edges_settable(self) -> bool:
+        """Whether the space's architectures keep each two-input cell as a tuple of (op, input)
+        edges in a field named after the cell (DARTS genotypes, Auto-DeepLab cells): only then can
+        a node take the same input twice, as ENAS's nodes can."""
+        cells = {_split(d.name)[1] for d in self.decisions if (f := _inputs_of(d)) is not None and f[0]}
+        if not cells:
+            return False
+        arch = self.space.decode([0] * len(self.decisions))
+        return dataclasses.is_dataclass(arch) and all(
+            isinstance(getattr(arch, cell, None), tuple) for cell in cells
+        )
 
     @property
     def evaluations_per_epoch(self) -> int:  # type: ignore[override]
@@ -210,14 +384,71 @@ class Enas(SamplingStrategy):
                 f"({supernet_epochs}): ENAS trains its controller after every epoch of the shared child"
             )
 
-    def _sample(self) -> tuple[int, ...]:
+    # -- architectures <-> actions -------------------------------------------------------------
+
+    def decode_actions(self, actions: list[int] | tuple[int, ...]) -> Architecture:
+        """The architecture a controller sample stands for; a two-input node's edges keep the
+        order they were sampled in, the same input twice included."""
+        values = [0] * len(self.decisions)
+        edges: dict[str, dict[int, list[Any]]] = {}
+        sampling = [s for s in self.plan if s.samples]
+        for step, a in zip(sampling, actions, strict=True):
+            if step.cell:  # an edge of a two-input node: set below
+                edge = edges.setdefault(step.cell, {}).setdefault(step.edge, [None, None])
+                if step.kind == "input":
+                    edge[1] = int(a)
+                else:
+                    edge[0] = self.decisions[step.decision].options[int(a)]
+            else:
+                values[step.decision] = int(a)
+        arch = self.space.decode(values)  # pair decisions at "0+1": replaced next
+        if not edges:
+            return arch
+        fields = {}
+        for cell, chosen in edges.items():
+            cell_edges = list(getattr(arch, cell))
+            for index, (op, source) in chosen.items():
+                cell_edges[index] = (op, source)
+            fields[cell] = tuple(cell_edges)
+        return dataclasses.replace(arch, **fields)  # type: ignore[type-var]
+
+    def encode_actions(self, arch: Architecture) -> list[int]:
+        """The controller actions that sample ``arch`` (inverse of :meth:`decode_actions`)."""
+        pair_cells = {s.cell for s in self.plan if s.cell}
+        distinct = arch
+        if pair_cells:  # the flat view takes two distinct inputs: give it some, read edges below
+            fields = {}
+            for cell in pair_cells:
+                cell_edges = list(getattr(arch, cell))
+                for k in range(0, len(cell_edges), 2):
+                    (_, a), (op_b, b) = cell_edges[k], cell_edges[k + 1]
+                    if a == b:
+                        cell_edges[k + 1] = (op_b, 1 if a == 0 else 0)
+                fields[cell] = tuple(cell_edges)
+            distinct = dataclasses.replace(arch, **fields)  # type: ignore[type-var]
+        values = self.space.encode(distinct)
+        out = []
+        for step in self.plan:
+            if not step.samples:
+                continue
+            if step.cell:
+                op, source = getattr(arch, step.cell)[step.edge]
+                options = self.decisions[step.decision].options
+                out.append(source if step.kind == "input" else options.index(op))
+            else:
+                out.append(values[step.decision])
+        return out
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def _sample(self) -> Architecture:
         with torch.no_grad():
             actions, _, _ = self.controller(batch=1, generator=self.generator)
-        return tuple(int(v) for v in actions[0])
+        return self.decode_actions([int(v) for v in actions[0]])
 
     def sample_path(self) -> Architecture:
         """A path drawn from the policy: the shared child trains on the controller's samples."""
-        return self.space.decode(self._sample())
+        return self._sample()
 
     def propose(self) -> Architecture | None:
         total = self.search_evaluations + self.config.derive_samples
@@ -225,7 +456,7 @@ class Enas(SamplingStrategy):
             return None
         if self.asked >= self.search_evaluations and len(self.history) < self.search_evaluations:
             return None  # derive from the final policy: wait for the last controller step
-        return self.space.decode(self._sample())
+        return self._sample()
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)
@@ -237,34 +468,64 @@ class Enas(SamplingStrategy):
             self._step(self.history[self.consumed : self.consumed + batch])
             self.consumed += batch
 
+    # -- REINFORCE ------------------------------------------------------------------------------
+
+    def reward(self, result: EvalResult) -> float:
+        """ENAS's reward of an evaluation: ``reward_constant / perplexity`` for a language model
+        (the validation loss capped at 10, as ``ptb_enas_controller.py``), else the score
+        (validation accuracy); 0 for a failed evaluation."""
+        metrics = result.metrics
+        if "valid_ppl" in metrics and "valid_loss" in metrics:
+            loss = metrics["valid_loss"]
+            if not math.isfinite(loss):
+                return 0.0
+            return self.config.reward_constant / math.exp(min(loss, PPL_LOSS_CAP))
+        return result.score if math.isfinite(result.score) else 0.0
+
     def advantages(self, rewards: list[float]) -> torch.Tensor:
-        """``R - b`` for each reward in turn, updating the moving-average baseline ``b`` first, as
-        the authors' code does (which starts ``b`` at 0; here it starts at the first reward, so the
-        first steps are not all pushed towards whatever was sampled)."""
+        """``R - b`` for each reward in turn, the moving-average baseline ``b`` (started at 0)
+        updated with ``R`` first, as the authors' code does."""
         out = []
         decay = self.config.baseline_decay
         for r in rewards:
-            self.baseline = r if self.baseline is None else decay * self.baseline + (1 - decay) * r
+            self.baseline = decay * self.baseline + (1 - decay) * r
             out.append(r - self.baseline)
         return torch.tensor(out)
 
+    def policy_loss(self, results: list[EvalResult]) -> torch.Tensor:
+        """REINFORCE's loss over a batch, mean of ``-log p(a_i) * (R_i + w H_i - b_i)`` (the
+        entropy ``H_i`` of sample i's decisions enters its reward without a gradient); updates
+        the baseline."""
+        actions = torch.tensor([self.encode_actions(r.architecture) for r in results])  # (B, A)
+        _, log_prob, entropy = self.controller(actions)
+        bonus = self.config.entropy_weight * entropy.detach()  # (B,)
+        rewards = torch.tensor([self.reward(r) for r in results]) + bonus
+        advantages = self.advantages(rewards.tolist())
+        return (-log_prob * advantages).mean()
+
     def _step(self, results: list[EvalResult]) -> None:
-        # A failed evaluation (no score) is the worst outcome: reward 0.
-        rewards = [r.score if math.isfinite(r.score) else 0.0 for r in results]
-        actions = torch.tensor([self.space.encode(r.architecture) for r in results])  # (B, D)
-        loss = self.controller.policy_loss(actions, self.advantages(rewards), self.config.entropy_weight)
+        loss = self.policy_loss(results)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+
+    # -- the answer ------------------------------------------------------------------------------
 
     @property
     def done(self) -> bool:
         return len(self.history) >= self.search_evaluations + self.config.derive_samples
 
+    def final_results(self) -> list[EvalResult]:
+        """The architectures derived from the trained policy, highest reward first (the paper's
+        Section 2.2); before the derivation has results, every result so far."""
+        derived = self.history[self.search_evaluations :] or self.history
+        return sorted(derived, key=self.reward, reverse=True)
+
     def best(self) -> EvalResult | None:
-        """The best derived architecture once the final phase has results (else the best so far)."""
-        derived = self.history[self.search_evaluations :]
-        return best_at_equal_budget(derived or self.history)
+        """The derived architecture with the highest reward (before the derivation has results,
+        the best result so far)."""
+        ranked = self.final_results()
+        return ranked[0] if ranked else None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -283,5 +544,5 @@ class Enas(SamplingStrategy):
         self.controller.load_state_dict(state["controller"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.baseline = None if state["baseline"] is None else float(state["baseline"])
+        self.baseline = float(state["baseline"] or 0.0)
         self.consumed = int(state["consumed"])

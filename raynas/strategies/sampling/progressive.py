@@ -1,14 +1,27 @@
-"""Progressive search with a learned predictor, in the spirit of PNAS (Liu et al., "Progressive
-Neural Architecture Search", ECCV 2018) and EPNAS (Zhou et al., "EPNAS: Efficient Progressive
-Neural Architecture Search", BMVC 2019).
+"""Progressive search with a learned predictor: PNAS (Liu et al., "Progressive Neural Architecture
+Search", ECCV 2018), and EPNAS (Zhou et al., "EPNAS: Efficient Progressive Neural Architecture
+Search", BMVC 2019) for its parallel stages.
 
 PNAS grows cells one block at a time: every expansion of the current beam is scored by a surrogate
 trained on the cells evaluated so far, the top K are trained and evaluated, and the surrogate is
-refit. Here the "blocks" are groups of a space's decisions, filled in order:
+refit. There are two ways to grow, chosen by the space:
+
+**Cells, block by block (PNAS).** On a space whose every decision belongs to a two-input node of a
+cell (the DARTS cell: per node its inputs, then an op on each; see
+:func:`raynas.spaces.darts_genotype.cell_decisions`), a candidate at stage ``b`` is a cell of ``b``
+blocks (b = 1..B), its output the concatenation of its blocks, used as every cell of the network
+(PNAS searches one cell; its reduction cells are the same cell with stride 2, so the normal and
+the reduction cell of a candidate are equal). Stage 1 evaluates every 1-block cell (PNAS trains
+all of them); stage ``b`` ranks every one-block expansion of the beam's ``b - 1``-block cells by
+the predictor and evaluates the top ``beam_size``; the beam is then the best ``beam_size`` of
+them. The predictor reads a one-hot encoding of the blocks a cell has (none for blocks it has
+not: PNAS's MLP predictor also reads cells of any size). The answer is the best ``B``-block cell.
+
+**Groups of decisions (other spaces).** The "blocks" are groups of a space's decisions, filled in
+order:
 
 - a space may offer ``decision_groups()``, a tuple of tuples of decision indices that covers every
-  decision once (e.g. the DARTS cell's node: its inputs and two ops); the default is one decision
-  per group;
+  decision once; the default is one decision per group;
 - decisions not filled yet take option 0, which spaces order as the neutral choice (NAS-Bench-201's
   ``none``), so every partial architecture is a complete, evaluable one;
 - at stage ``s`` the expansions of every beam member (all option combinations of group ``s``)
@@ -18,17 +31,16 @@ refit. Here the "blocks" are groups of a space's decisions, filled in order:
 - once they are all told, the beam is the ``beam_size`` best of the stage's expansions by score
   (those asked and those evaluated before, such as the parents themselves: option 0 leaves a
   group unset), and the next group is expanded. After the last group the search is done.
-  Candidates a Tune scheduler stopped early are ranked at equal budget
-  (:func:`raynas.types.compare_at_equal_budget`); the predictor learns the score each candidate
-  reached.
 
-At most ``groups * beam_size`` candidates are evaluated. As in EPNAS, a stage's candidates are
-evaluated in parallel; EPNAS's REINFORCE-trained policy as the predictor is not reproduced here
-(PNAS's regressor is).
+Candidates a Tune scheduler stopped early are ranked at equal budget
+(:func:`raynas.types.compare_at_equal_budget`); the predictor learns the score each candidate
+reached. PNAS's ensemble of five predictors and its LSTM predictor are not reproduced (one MLP),
+and EPNAS's REINFORCE-trained policy as the predictor is not either (PNAS's regressor is).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -41,7 +53,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, check_positive
-from raynas.types import Architecture, EvalResult, compare_at_equal_budget
+from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
 
 Values = tuple[int, ...]
 
@@ -90,14 +102,66 @@ class Predictor(nn.Module):
         self.net = nn.Sequential(nn.Linear(sum(sizes), hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def one_hot(self, values: list[Values]) -> torch.Tensor:
-        """(N, sum of option counts): a 1 at each decision's chosen option."""
+        """(N, sum of option counts): a 1 at each decision's chosen option (a cell of fewer
+        blocks sets the first decisions only)."""
         x = torch.zeros(len(values), self.net[0].in_features)
         for row, v in enumerate(values):
-            x[row, [o + i for o, i in zip(self.offsets, v, strict=True)]] = 1.0
+            x[row, [o + i for o, i in zip(self.offsets[: len(v)], v, strict=True)]] = 1.0
         return x
 
     def forward(self, values: list[Values]) -> torch.Tensor:
         return self.net(self.one_hot(values)).squeeze(1)  # (N,)
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """Where a space keeps its two-input cells, for growing them block by block.
+
+    Attributes:
+        cells: The architecture's fields that hold each cell's edges (``normal``, ``reduce``).
+        ops: The operations a block may apply (the same for every node).
+        blocks: B, nodes per cell.
+    """
+
+    cells: tuple[str, ...]
+    ops: tuple[str, ...]
+    blocks: int
+
+    def sizes(self) -> tuple[int, ...]:
+        """Options of every block's three decisions: its pair of inputs among the ``b + 1`` states
+        before block ``b`` (0-based), then the op on each."""
+        n = len(self.ops)
+        return tuple(v for b in range(self.blocks) for v in ((b + 2) * (b + 1) // 2, n, n))
+
+
+def cell_layout(decisions: tuple[Decision, ...], sample: Architecture) -> CellLayout | None:
+    """The layout of a space whose every decision is a two-input node's (``<cell>.<node>.inputs``,
+    ``op_a``, ``op_b``), every cell of the same size and ops, its architectures dataclasses with a
+    field of edges per cell (``sample``: one of them); None for any other space."""
+    if not decisions or len(decisions) % 3 or not dataclasses.is_dataclass(sample):
+        return None
+    nodes: dict[str, list[tuple[Decision, ...]]] = {}
+    for i in range(0, len(decisions), 3):
+        inputs, op_a, op_b = decisions[i : i + 3]
+        node = inputs.name.rsplit(".", 1)[0]
+        cell = node.split(".", 1)[0]
+        if (
+            "." not in node or not inputs.name.endswith(".inputs")
+            or op_a.name != f"{node}.op_a" or op_b.name != f"{node}.op_b" or op_a.options != op_b.options
+        ):
+            return None
+        k = len(nodes.setdefault(cell, []))
+        if inputs.options != tuple(f"{a}+{b}" for a in range(k + 2) for b in range(a + 1, k + 2)):
+            return None
+        nodes[cell].append((inputs, op_a, op_b))
+    cells = tuple(nodes)
+    sizes = {len(v) for v in nodes.values()}
+    ops = {d[1].options for v in nodes.values() for d in v}
+    if len(sizes) != 1 or len(ops) != 1:
+        return None
+    if not all(isinstance(getattr(sample, c, None), tuple) for c in cells):
+        return None
+    return CellLayout(cells=cells, ops=ops.pop(), blocks=sizes.pop())
 
 
 @STRATEGIES.register("progressive", config=ProgressiveConfig)
@@ -116,9 +180,16 @@ class Progressive(SamplingStrategy):
         super().__init__(space=space, seed=seed)
         self.config = config
         self.seed = seed
-        self.sizes = tuple(len(d.options) for d in self.decisions)
-        self.groups = self._groups()
-        self.beam: list[Values] = [(0,) * len(self.decisions)]
+        # PNAS's cells, grown block by block, on spaces of two-input cells; else groups of decisions.
+        self.layout = cell_layout(self.decisions, self.space.decode([0] * len(self.decisions)))
+        if self.layout is not None:
+            self.sizes = self.layout.sizes()
+            self.groups = tuple((3 * b, 3 * b + 1, 3 * b + 2) for b in range(self.layout.blocks))
+            self.beam: list[Values] = [()]  # the empty cell; stage b adds block b
+        else:
+            self.sizes = tuple(len(d.options) for d in self.decisions)
+            self.groups = self._groups()
+            self.beam = [(0,) * len(self.decisions)]
         self.stage = 0  # the group being expanded
         # This stage's candidates for the next beam (evaluated expansions and those asked) and
         # those still to ask.
@@ -153,6 +224,9 @@ class Progressive(SamplingStrategy):
         seen: set[Values] = set()
         for parent in self.beam:
             for options in itertools.product(*(range(self.sizes[i]) for i in group)):
+                if self.layout is not None:  # a cell of one more block
+                    out.append(parent + options)
+                    continue
                 child = list(parent)
                 for i, option in zip(group, options, strict=True):
                     child[i] = option
@@ -196,7 +270,9 @@ class Progressive(SamplingStrategy):
         """Queue the top ``beam_size`` unevaluated expansions; the evaluated ones compete as they are."""
         expansions = self._expansions()
         known = [v for v in expansions if v in self.scores]
-        asked = self._rank([v for v in expansions if v not in self.scores])[: self.config.beam_size]
+        asked = self._rank([v for v in expansions if v not in self.scores])
+        if self.layout is None or self.stage > 0:  # PNAS evaluates every 1-block cell
+            asked = asked[: self.config.beam_size]
         self.candidates = known + asked
         self.to_ask = asked
 
@@ -220,7 +296,7 @@ class Progressive(SamplingStrategy):
         self._finish_stages()
         if not self.to_ask:
             return None  # the stage's candidates are being evaluated, or the search is over
-        return self.space.decode(self.to_ask.pop(0))
+        return self.decode(self.to_ask.pop(0))
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)
@@ -228,11 +304,64 @@ class Progressive(SamplingStrategy):
         self._finish_stages()
 
     def _note(self, result: EvalResult) -> None:
-        values = tuple(self.space.encode(result.architecture))
+        values = self.encode(result.architecture)
         self.scores[values] = max(result.score, self.scores.get(values, -math.inf))
         known = self.results.get(values)
         if known is None or compare_at_equal_budget(result, known) > 0:
             self.results[values] = result
+
+
+    def check_search(self, *, supernet_epochs: int) -> None:
+        if self.layout is not None and supernet_epochs:
+            raise ConfigError(
+                "strategy 'progressive' grows cells block by block (PNAS), and a one-shot supernet "
+                "has a fixed number of nodes: use the scratch or training_free evaluator"
+            )
+
+    def decode(self, values: Values) -> Architecture:
+        """The architecture of a candidate: a cell of ``len(values) / 3`` blocks used as every
+        cell, or the space's decoding of a full vector of decisions."""
+        if self.layout is None:
+            return self.space.decode(values)
+        layout, edges = self.layout, []
+        for b in range(len(values) // 3):
+            pair, op_a, op_b = values[3 * b : 3 * b + 3]
+            first, second = (int(v) for v in self.decisions[3 * b].options[pair].split("+"))
+            edges += [(layout.ops[op_a], first), (layout.ops[op_b], second)]
+        concat = tuple(range(2, 2 + len(values) // 3))
+        full = self.space.decode([0] * len(self.decisions))
+        fields: dict[str, Any] = {}
+        for cell in layout.cells:
+            fields[cell] = tuple(edges)
+            if hasattr(full, f"{cell}_concat"):  # the cell's output: every block it has
+                fields[f"{cell}_concat"] = concat
+        return dataclasses.replace(full, **fields)  # type: ignore[type-var]
+
+    def encode(self, arch: Architecture) -> Values:
+        """Inverse of :meth:`decode` (a cell's blocks read from its first cell's edges, each
+        block's two edges ordered by input)."""
+        if self.layout is None:
+            return tuple(self.space.encode(arch))
+        edges = getattr(arch, self.layout.cells[0])
+        values: list[int] = []
+        for b in range(len(edges) // 2):
+            (op_a, a), (op_b, b_in) = sorted(edges[2 * b : 2 * b + 2], key=lambda e: e[1])
+            pair = self.decisions[3 * b].options.index(f"{a}+{b_in}")
+            values += [pair, self.layout.ops.index(op_a), self.layout.ops.index(op_b)]
+        return tuple(values)
+
+    def final_results(self) -> list[EvalResult]:
+        """Best first; when cells grow block by block, only the cells of all ``B`` blocks (the
+        smaller ones are steps on the way), unless there are none yet."""
+        ranked = super().final_results()
+        if self.layout is None:
+            return ranked
+        full = [r for r in ranked if len(self.encode(r.architecture)) == 3 * self.layout.blocks]
+        return full or ranked
+
+    def best(self) -> EvalResult | None:
+        ranked = self.final_results()
+        return ranked[0] if ranked else None
 
     @property
     def done(self) -> bool:

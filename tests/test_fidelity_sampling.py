@@ -1,0 +1,230 @@
+"""The sampling strategies as their papers and official code do them (issue 15, docs/fidelity.md):
+ENAS's controller step computed by hand, its attention over earlier nodes and its derived answer;
+PNAS's cells grown block by block."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from raynas.errors import ConfigError
+from raynas.runs.sampling import _final
+from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
+from raynas.strategies.sampling.enas import Enas, EnasConfig, Step
+from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
+from raynas.types import EvalResult
+
+OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+
+
+def darts_space(nodes: int) -> DartsCnnSpace:
+    return DartsCnnSpace(DartsSpaceConfig(nodes=nodes, primitives=OPS))
+
+
+# -- ENAS ---------------------------------------------------------------------------------------
+
+
+def _np_lstm(
+    x: np.ndarray, h: np.ndarray, c: np.ndarray, p: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    z = x @ p["lstm.weight_ih"].T + p["lstm.bias_ih"] + h @ p["lstm.weight_hh"].T + p["lstm.bias_hh"]
+    i, f, g, o = np.split(z, 4)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    return sig(o) * np.tanh(c), c
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    return z - np.log(np.exp(z).sum())
+
+
+def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, temp: float,
+                 op_tanh: float) -> tuple[float, float]:
+    """log p(actions) and the entropy along them for a 1-node DARTS cell pair, written out as
+    micro_controller.py's sampler: per cell two LSTM steps from g_emb give the inputs' keys
+    (anchors zero); index_1, index_2 by attention v^T tanh(W1 h_j + W2 h); op_1, op_2 from the
+    shared softmax; one more step writes the node's anchor."""
+    g = p["start"][0]
+    h = c = np.zeros_like(g)
+    log_prob = entropy = 0.0
+    a = iter(actions)
+
+    def choose(z: np.ndarray) -> int:
+        nonlocal log_prob, entropy
+        lp = _np_log_softmax(z)
+        k = next(a)
+        log_prob += lp[k]
+        entropy += -(np.exp(lp) * lp).sum()
+        return k
+
+    for _cell in ("normal", "reduce"):
+        keys = []
+        x = g
+        for _ in range(2):
+            h, c = _np_lstm(x, h, c, p)
+            keys.append(p["attn_1.weight"] @ h)
+        anchors = [np.zeros_like(g), np.zeros_like(g)]
+        for _ in range(2):  # index_1, index_2
+            h, c = _np_lstm(x, h, c, p)
+            u = np.array([p["attn_v.weight"][0] @ np.tanh(k + p["attn_2.weight"] @ h) for k in keys])
+            x = anchors[choose(tanh_c * np.tanh(u / temp))]
+        for _ in range(2):  # op_1, op_2
+            h, c = _np_lstm(x, h, c, p)
+            u = p["heads.0.weight"] @ h + p["heads.0.bias"]
+            x = p["embeddings.0.weight"][choose(op_tanh * np.tanh(u / temp))]
+        h, c = _np_lstm(x, h, c, p)  # the node's anchor (unused: one node per cell)
+    return log_prob, entropy
+
+
+def test_enas_controller_step_by_hand() -> None:
+    """One REINFORCE step of ENAS's controller on a 1-node DARTS cell, against the sampler written
+    out in NumPy: the log-probability and entropy of a sample, the reward R + w H, the baseline
+    b = 0.99 * 0 + 0.01 (R + w H) (started at 0, updated before use), and Adam's first step,
+    which moves every parameter by -lr * sign(dL/dtheta) for L = -log p * (R + w H - b)."""
+    config = EnasConfig(lstm_size=4, tanh_constant=1.1, temperature=5.0, op_tanh_reduce=2.5,
+                        entropy_weight=0.1, learning_rate=0.01, controller_batch=1,
+                        controller_steps=1, controller_epochs=1, derive_samples=1)
+    enas = Enas(config, space=darts_space(1), seed=0)
+    assert [s.kind for s in enas.plan[:6]] == ["anchors", "input", "input", "op", "op", "node"]
+    params = {k: v.detach().double().numpy().copy() for k, v in enas.controller.named_parameters()}
+    assert len(enas.controller.heads) == 1  # one softmax shared by every op decision (w_soft)
+
+    # normal: input 1 twice (sep_conv, skip); reduce: inputs 0 and 1 (max_pool, none is not an op)
+    actions = [1, 1, 2, 1, 0, 1, 0, 2]
+    arch = enas.decode_actions(actions)
+    assert arch.normal == (("sep_conv_3x3", 1), ("skip_connect", 1))  # the same input twice
+    assert arch.reduce == (("max_pool_3x3", 0), ("sep_conv_3x3", 1))
+    assert enas.encode_actions(arch) == actions
+
+    args = (config.tanh_constant, config.temperature, config.tanh_constant / config.op_tanh_reduce)
+    log_prob, entropy = enas_by_hand(params, actions, *args)
+    with torch.no_grad():
+        _, torch_log_prob, torch_entropy = enas.controller(torch.tensor([actions]))
+    assert float(torch_log_prob[0]) == pytest.approx(log_prob, abs=1e-6)
+    assert float(torch_entropy[0]) == pytest.approx(entropy, abs=1e-6)
+
+    score = 0.8
+    reward = score + 0.1 * entropy
+    baseline = 0.01 * reward
+    eps = 1e-6
+    grads = {}
+    for name, value in params.items():
+        grad = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            for sign in (1, -1):
+                shifted = {k: v.copy() for k, v in params.items()}
+                shifted[name][idx] += sign * eps
+                lp, _ = enas_by_hand(shifted, actions, *args)
+                grad[idx] += sign * -lp * (reward - baseline) / (2 * eps)
+        grads[name] = grad
+
+    enas.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id="t0"))
+    assert enas.baseline == pytest.approx(baseline)
+    checked = 0
+    for name, p in enas.controller.named_parameters():
+        step = p.detach().double().numpy() - params[name]
+        big = np.abs(grads[name]) > 1e-4  # Adam's first step: -lr * g / (|g| + 1e-8)
+        np.testing.assert_allclose(step[big], -0.01 * np.sign(grads[name][big]), atol=2e-6, err_msg=name)
+        checked += int(big.sum())
+    assert checked > 50
+
+
+def test_enas_attention_picks_each_input_on_its_own() -> None:
+    """Two independent attention choices per node: samples of a 2-node cell take the same input
+    twice as well as two different ones, and every earlier state (both cell inputs and node 2)."""
+    enas = Enas(EnasConfig(lstm_size=8), space=darts_space(2), seed=1)
+    inputs = [s for s in enas.plan if s.kind == "input"]
+    assert [s.size for s in inputs] == [2, 2, 3, 3, 2, 2, 3, 3]
+    twice = different = 0
+    sources = set()
+    for _ in range(60):
+        genotype = enas.sample_path()
+        for k in range(0, 4, 2):
+            (_, a), (_, b) = genotype.normal[k : k + 2]
+            twice += a == b
+            different += a != b
+        sources |= {i for _, i in genotype.normal[2:]}
+        assert enas.decode_actions(enas.encode_actions(genotype)) == genotype
+    assert twice and different and sources == {0, 1, 2}
+
+
+def test_enas_reward_on_language_models_is_c_over_perplexity() -> None:
+    enas = Enas(EnasConfig(), space=darts_space(1), seed=0)
+    arch = enas.sample_path()
+    ppl = EvalResult(architecture=arch, metrics={"valid_loss": math.log(40), "valid_ppl": 40.0})
+    assert enas.reward(ppl) == pytest.approx(80 / 40)
+    capped = EvalResult(architecture=arch, metrics={"valid_loss": 12.0, "valid_ppl": math.exp(12)})
+    assert enas.reward(capped) == pytest.approx(80 / math.exp(10))  # the loss is capped at 10
+    assert enas.reward(EvalResult(architecture=arch, metrics={"valid_acc": 0.7})) == 0.7
+    assert enas.reward(EvalResult(architecture=arch, metrics={})) == 0.0
+
+
+def test_enas_answer_is_the_best_derived_architecture() -> None:
+    """Candidates scored while the controller learnt do not compete with the derived ones, however
+    well they scored; the search's answer (the driver's _final) is the best derived."""
+    config = EnasConfig(lstm_size=4, controller_batch=2, controller_steps=1, controller_epochs=1,
+                        derive_samples=2)
+    enas = Enas(config, space=darts_space(1), seed=0)
+    for i, score in enumerate([0.9, 0.1, 0.3, 0.5]):
+        arch = enas.ask()
+        assert arch is not None
+        enas.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id=f"t{i}"))
+    assert enas.done
+    assert [r.score for r in enas.final_results()] == [0.5, 0.3]
+    assert enas.best() is not None and enas.best().score == 0.5  # type: ignore[union-attr]
+    search = SimpleNamespace(retrained=[], strategy=enas, _controller_call=lambda call: call(),
+                             config=SimpleNamespace(name="x"))
+    assert _final(search).trial_id == "t3"  # type: ignore[arg-type]
+
+
+def test_enas_plan_has_no_attention_on_flat_spaces() -> None:
+    from raynas.spaces.nb201 import Nb201Space
+
+    enas = Enas(EnasConfig(lstm_size=4), space=Nb201Space(), seed=0)
+    assert all(s == Step("op", s.decision, 5) for s in enas.plan)
+    assert not enas.controller.attention and len(enas.controller.heads) == 1
+
+
+# -- PNAS ---------------------------------------------------------------------------------------
+
+
+def test_progressive_grows_darts_cells_block_by_block() -> None:
+    """PNAS on DARTS cells: stage 1 evaluates every 1-block cell, stage b every candidate is a
+    beam cell of b - 1 blocks with one block added (ranked by the predictor, the top K asked),
+    the normal and the reduction cell are the same cell of b blocks, its output all b blocks;
+    the answer is a cell of all B blocks."""
+    space = darts_space(3)
+    search = Progressive(ProgressiveConfig(beam_size=2, predictor_steps=5), space=space, seed=0)
+    stages: list[list] = [[], [], []]
+    scores = {}
+    n = 0
+    while not search.done:
+        arch = search.ask()
+        assert arch is not None
+        blocks = len(arch.normal) // 2
+        assert arch.reduce == arch.normal and arch.normal_concat == tuple(range(2, 2 + blocks))
+        stages[blocks - 1].append(arch)
+        # a score that prefers sep_conv_3x3 on the blocks a cell has
+        score = sum(op == "sep_conv_3x3" for op, _ in arch.normal) + 0.01 * n
+        scores[arch.normal] = score
+        search.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id=str(n)))
+        n += 1
+    assert len(stages[0]) == 3 * 3  # every 1-block cell: inputs 0+1, 3 x 3 ops
+    assert len(stages[1]) == len(stages[2]) == 2  # the top K of the beam's expansions
+    beam1 = set(sorted((a.normal for a in stages[0]), key=scores.__getitem__)[-2:])
+    assert all(a.normal[:2] in beam1 for a in stages[1])  # each grows a beam cell by a block
+    assert all(a.normal[:4] in {b.normal for b in stages[1]} for a in stages[2])
+    best = search.best()
+    assert best is not None and space.contains(best.architecture)
+    assert all(len(r.architecture.normal) == 6 for r in search.final_results())
+
+
+def test_progressive_cells_need_an_evaluator_that_builds_them() -> None:
+    search = Progressive(ProgressiveConfig(), space=darts_space(2), seed=0)
+    with pytest.raises(ConfigError, match="block by block"):
+        search.check_search(supernet_epochs=3)
+    search.check_search(supernet_epochs=0)
