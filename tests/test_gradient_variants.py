@@ -190,5 +190,8 @@ def test_attention_op_sends_the_most_attended_channels_through_the_candidates() 
     assert chosen.tolist() == [2, 5] and rest.tolist() == [0, 1, 3, 4, 6, 7]
     scores = torch.sigmoid(last.bias)
     torch.testing.assert_close(weighted, x * scores[None, :, None, None])
-    expected = torch.cat([op.mixed(weighted[:, [2, 5]], w), weighted[:, [0, 1, 3, 4, 6, 7]]], 1)
+    # Every channel goes back where it came from (issue 15: edges summed into a node add aligned
+    # channels); the old expectation concatenated the chosen channels first.
+    expected = weighted.clone()
+    expected[:, [2, 5]] = op.mixed(weighted[:, [2, 5]], w)
     torch.testing.assert_close(op(x, w), expected)

@@ -3,7 +3,12 @@ on Channel Attention for Differentiable Neural Architecture Search", 2022: ADART
 
 Where PC-DARTS sends a fixed 1/k of an edge's channels through the candidates, ADARTS weighs the
 channels with squeeze-and-excitation attention and sends the 1/k with the highest attention
-(averaged over the batch); the other channels are concatenated to the result unprocessed.
+(averaged over the batch); the other channels pass unprocessed. Every channel then goes back to
+where it came from: channel ``c`` of an edge's output is what became of channel ``c`` of its
+input, whichever channels the edge's attention chose, so the edges summed into one node add
+aligned channels. (PC-DARTS's fixed split concatenates and shuffles instead; the same shuffle
+after an attention-chosen, per-batch split would put different channels at one position on each
+edge and each batch.)
 """
 
 from __future__ import annotations
@@ -60,8 +65,20 @@ class AttentionPartialMixedOp(PartialChannelMixedOp):
         weighted, chosen, rest = self.select(x)
         return weighted.index_select(1, chosen), weighted.index_select(1, rest)
 
-    def merge(self, processed: torch.Tensor, bypassed: torch.Tensor) -> torch.Tensor:
-        return torch.cat([processed, bypassed], dim=1)  # the attention already chose: no shuffle
+    @staticmethod
+    def restore(processed: torch.Tensor, bypassed: torch.Tensor, chosen: torch.Tensor,
+                rest: torch.Tensor) -> torch.Tensor:
+        """The channels back at the positions they were taken from: (B, C, H', W') where channel
+        ``chosen[i]`` is ``processed[:, i]`` and channel ``rest[j]`` is ``bypassed[:, j]``."""
+        order = torch.cat([chosen, rest])  # (C,): the input channel at each concatenated position
+        return torch.cat([processed, bypassed], dim=1).index_select(1, order.argsort())
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (num_ops,)
+        weighted, chosen, rest = self.select(x)
+        processed = self.mixed(weighted.index_select(1, chosen), weights)  # (B, C/k, H', W')
+        bypassed = self.bypass(weighted.index_select(1, rest))  # (B, C - C/k, H', W')
+        return self.restore(processed, bypassed, chosen, rest)
 
     @staticmethod
     def forward_shared(
@@ -73,7 +90,7 @@ class AttentionPartialMixedOp(PartialChannelMixedOp):
         output)."""
         outs = []
         for edge, w in zip(edges, weights, strict=True):
-            active, passive = edge.split(x)
-            processed = WeightedMixedOp.forward_shared(active, [edge.mixed], [w])[0]
-            outs.append(edge.merge(processed, edge.bypass(passive)))
+            weighted, chosen, rest = edge.select(x)
+            processed = WeightedMixedOp.forward_shared(weighted.index_select(1, chosen), [edge.mixed], [w])[0]
+            outs.append(edge.restore(processed, edge.bypass(weighted.index_select(1, rest)), chosen, rest))
         return outs
