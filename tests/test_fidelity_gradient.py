@@ -1,7 +1,9 @@
 """The gradient strategies and their networks as their papers and official code do them (issue 15,
-docs/fidelity.md): ADARTS's channel alignment."""
+docs/fidelity.md): ADARTS's channel alignment, FBNet's schedule."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -40,3 +42,51 @@ def test_adarts_edges_add_aligned_channels() -> None:
     fused = AttentionPartialMixedOp.forward_shared(x, edges, [w, w])
     for a, b in zip(fused, outs, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# -- FBNet: warm-up, then weights and theta alternating by epoch ---------------------------------
+
+
+def test_fbnet_warms_up_then_alternates_by_epoch(tmp_path: Path) -> None:
+    """The paper's schedule: ``arch_start_epoch`` epochs of weights only, then each epoch the
+    weights on every training batch followed by theta on every validation batch; theta's Adam at
+    0.01 with weight decay 5e-4; final architectures drawn from P_theta."""
+    from raynas.config import TrainConfig
+    from raynas.ops.fbnet import FBNET_BLOCKS
+    from raynas.strategies.gradient.fbnet import Fbnet, FbnetConfig
+    from raynas.supernet import build_supernet
+    from raynas.train.loop import search_epoch
+    from tests.test_fbnet import DIGITS, _table, small_space
+
+    space = small_space()
+    defaults = FbnetConfig(latency_table=str(_table(space, tmp_path)))
+    assert defaults.arch_start_epoch == 10
+    assert (defaults.arch_learning_rate, defaults.arch_weight_decay) == (1e-2, 5e-4)
+    torch.manual_seed(0)
+    net = build_supernet(space, DIGITS)
+    config = FbnetConfig(latency_table=defaults.latency_table, arch_start_epoch=1)
+    strategy = Fbnet(supernet=net, config=config, train=TrainConfig(epochs=3))
+    group = strategy.a_optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"]) == (1e-2, 5e-4, (0.9, 0.999))
+    calls: list[str] = []
+    weight_step, arch_step = strategy.weight_step, strategy.arch_step
+    strategy.weight_step = lambda b: calls.append("w") or weight_step(b)  # type: ignore[method-assign]
+    strategy.arch_step = lambda b: calls.append("theta") or arch_step(b)  # type: ignore[method-assign]
+    strategy.step = None  # type: ignore[assignment]  # never the DARTS step-by-step alternation
+    train = [(torch.randn(2, 1, 8, 8), torch.randint(0, 10, (2,))) for _ in range(4)]  # 80%
+    valid = [(torch.randn(2, 1, 8, 8), torch.randint(0, 10, (2,)))]  # 20%
+    thetas = [net.theta.detach().clone()]
+    for _ in range(3):
+        calls.clear()
+        search_epoch(strategy, train, valid, torch.device("cpu"))
+        assert calls == ["w"] * 4 + ["theta"]
+        thetas.append(net.theta.detach().clone())
+    assert torch.equal(thetas[0], thetas[1])  # warm-up
+    assert not torch.equal(thetas[1], thetas[2]) and not torch.equal(thetas[2], thetas[3])
+
+    with torch.no_grad():  # P_theta: layer 0 almost surely k5_e6, the others uniform
+        net.theta.zero_()
+        net.theta[0, FBNET_BLOCKS.index("k5_e6")] = 50.0
+    samples = strategy.sample_architectures(40, torch.Generator().manual_seed(0))
+    assert all(a.blocks[0] == "k5_e6" for a in samples)
+    assert len({a.blocks[1] for a in samples}) > 3  # sampled, not the argmax

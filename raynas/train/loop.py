@@ -26,7 +26,9 @@ def search_epoch(
     valid_batches: Iterable[Batch],
     device: torch.device,
 ) -> dict[str, float]:
-    """One pass over the training half; each step also draws a batch of the validation half.
+    """One pass over the training half; each step also draws a batch of the validation half (a
+    strategy that ``alternates_by_epoch``, FBNet, takes a weight step on every training batch,
+    then an architecture step on every validation batch).
 
     Returns:
         ``train_loss`` and ``train_acc`` (fraction) over the epoch, and the learning rate used.
@@ -35,11 +37,21 @@ def search_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
-    for train_batch, valid_batch in zip(train_batches, itertools.cycle(valid_batches)):
-        result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
+    by_epoch = getattr(strategy, "alternates_by_epoch", False)
+    pairs = (
+        ((b, None) for b in train_batches) if by_epoch else zip(train_batches, itertools.cycle(valid_batches))
+    )
+    for train_batch, valid_batch in pairs:
+        if valid_batch is None:  # the weights only; the architecture after the epoch
+            result = strategy.weight_step(_to(train_batch, device))  # type: ignore[attr-defined]
+        else:
+            result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
         loss_sum += result.loss_sum
         correct += result.correct
         count += result.count
+    if by_epoch:
+        for valid_batch in valid_batches:
+            strategy.arch_step(_to(valid_batch, device))  # type: ignore[attr-defined]
     strategy.end_epoch()
     loss, acc = _global_means(loss_sum, correct, count)
     return {"train_loss": loss, "train_acc": acc, "lr": lr}

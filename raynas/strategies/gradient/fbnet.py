@@ -15,6 +15,16 @@ comes from ``latency_table``: a JSON file, or a device name in ``latency_dir`` (
 architecture. The product form is the paper's (JunrQ/NAS's MXNet FBNet adds the terms instead;
 its alpha = 0.2 and beta = 0.6 are the defaults here). ``log(LAT) ** beta`` needs LAT > 1 in
 the chosen unit: ``latency_unit: us`` suits networks that run in under a millisecond.
+
+The schedule is the paper's (Section 4.1), not DARTS's step-by-step alternation: the first
+``arch_start_epoch`` epochs (10) train the weights only (warm-up); after that every epoch first
+trains the weights on the whole training part of the data and then ``theta`` on the whole
+validation part (:attr:`Fbnet.alternates_by_epoch`: the loop calls :meth:`Fbnet.weight_step` on
+every training batch, then :meth:`Fbnet.arch_step` on every validation batch). The paper splits its
+data 80/20 (``data.train_portion: 0.8``) and trains ``theta`` with Adam at 0.01, weight decay 5e-4
+(the defaults here; Adam's betas left at their defaults). The paper's final architectures are
+sampled from ``P_theta`` (:meth:`Fbnet.sample_architectures`); the search's answer is the
+distribution's mode, the most probable architecture (the argmax of every layer's ``theta``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
+from raynas.train.distributed import average_gradients_
+from raynas.train.step import StepResult
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,10 @@ class FbnetConfig(GradientConfig):
         latency_unit: ``ms`` (the paper's) or ``us``: the unit LAT is taken in.
         tau_start: Gumbel-softmax temperature of the first epoch.
         tau_decay: Factor of the temperature per epoch.
+        arch_learning_rate: Adam's learning rate for ``theta`` (the paper's 0.01).
+        arch_weight_decay: Adam's weight decay for ``theta`` (the paper's 5e-4).
+        arch_betas: Adam's betas (PyTorch's defaults: the paper names none).
+        arch_start_epoch: Warm-up epochs that train the weights only (the paper's 10).
     """
 
     latency_table: str = ""
@@ -56,6 +72,10 @@ class FbnetConfig(GradientConfig):
     latency_unit: Literal["ms", "us"] = "ms"
     tau_start: float = 5.0
     tau_decay: float = 0.956
+    arch_learning_rate: float = 1e-2
+    arch_weight_decay: float = 5e-4
+    arch_betas: tuple[float, ...] = (0.9, 0.999)
+    arch_start_epoch: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +99,8 @@ class Fbnet(GradientStrategy):
     """First-order alternating updates of ``w`` and ``theta`` with FBNet's latency-aware loss."""
 
     config: FbnetConfig
+    # Per epoch: the weights on all the training batches, then theta on all the validation ones.
+    alternates_by_epoch = True
 
     def __init__(self, *, supernet: nn.Module, config: FbnetConfig, train: TrainConfig) -> None:
         super().__init__(supernet=supernet, config=config, train=train)
@@ -117,6 +139,31 @@ class Fbnet(GradientStrategy):
         ce = self.criterion(logits, y)
         lat = self.expected_latency(weights)
         return ce * self.config.alpha * torch.log(lat) ** self.config.beta, logits
+
+    def weight_step(self, batch: Batch) -> StepResult:
+        """One SGD step of the weights on a training batch (blocks weighted by a Gumbel sample)."""
+        self.model.train()
+        return super().weight_step(batch)
+
+    def arch_step(self, batch: Batch) -> None:
+        """One Adam step of ``theta`` on a validation batch; nothing during the warm-up."""
+        if self.epoch < self.config.arch_start_epoch:
+            return
+        self.model.train()
+        self.a_optimizer.zero_grad(set_to_none=True)
+        self.arch_backward(batch, batch)  # first order: the validation batch's loss
+        average_gradients_(self.arch_params)  # no-op unless data-parallel
+        self.a_optimizer.step()
+
+    def sample_architectures(self, n: int, generator: torch.Generator | None = None) -> list[Any]:
+        """``n`` architectures drawn from ``P_theta`` (every layer's block from the softmax of its
+        ``theta``), as the paper draws the ones it trains from scratch."""
+        probs = torch.softmax(self.model.theta.detach().float().cpu(), dim=-1)  # (layers, 9)
+        picks = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, layers)
+        from raynas.ops.fbnet import FBNET_BLOCKS
+        from raynas.spaces.fbnet import FbnetArch
+
+        return [FbnetArch(tuple(FBNET_BLOCKS[i] for i in row.tolist())) for row in picks]
 
     def epoch_metrics(self) -> dict[str, float]:
         """Table latency of the derived architecture and expected under the softmax (``latency_unit``)."""
