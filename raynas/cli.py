@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
+    search.add_argument("--device", help=DEVICE_HELP)
     search.add_argument(
         "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
     )
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
+    train.add_argument("--device", help=DEVICE_HELP)
     train.add_argument(
         "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
     )
@@ -182,6 +184,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"execution.address={args.address}")
     if args.tracking_uri:
         overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    if args.device:
+        overrides.append(f"execution.device={args.device}")
     return overrides
 
 
@@ -297,6 +301,12 @@ def _latency(args: argparse.Namespace) -> None:
         for arch, pred, real in zip(check.architectures, check.predicted_ms, check.measured_ms, strict=True):
             print(f"  predicted {pred:8.3f} ms  measured {real:8.3f} ms  {arch}")
         print(f"Spearman rank correlation over {args.validate} architectures: {check.spearman:.3f}")
+
+
+DEVICE_HELP = (
+    "where the workers train: auto (a GPU when they have one), cpu, cuda or cuda:N "
+    "(execution.device; see also execution.precision, channels_last, compile)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,14 @@ class ExecutionConfig:
 
     ``max_restarts``: how many lost actors (a node gone, a process killed) a search replaces and
     goes on without anyone re-running the command; past it the search stops, resumable.
+
+    How the workers use their hardware (``raynas.train.accel``): ``device`` is ``auto`` (a GPU when
+    the worker has one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``precision: bf16`` runs
+    forward and backward passes under bf16 autocast (weights and optimiser states stay float32);
+    ``channels_last`` keeps convolutions in the NHWC layout; ``compile`` compiles stand-alone
+    networks (candidates trained from scratch, retraining) with that ``torch.compile`` mode
+    (``reduce-overhead`` replays CUDA graphs on a GPU). Supernets are not compiled: their
+    architecture changes from step to step.
     """
 
     backend: Literal["ray", "local"] = "ray"
@@ -80,9 +88,21 @@ class ExecutionConfig:
     concurrency: int = 1
     controller_resources: dict[str, float] = field(default_factory=dict)
     max_restarts: int = 10
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
 
     def __post_init__(self) -> None:
         check(self.cpus_per_worker > 0, "execution.cpus_per_worker", "must be positive")
+        check(
+            re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None, "execution.device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        check(
+            not self.device.startswith("cuda") or self.backend == "local" or self.gpus_per_worker > 0,
+            "execution.device", "cuda on Ray workers needs execution.gpus_per_worker > 0",
+        )
         check(self.workers >= 1, "execution.workers", "must be at least 1")
         check(
             self.workers == 1 or self.backend == "ray", "execution.workers",

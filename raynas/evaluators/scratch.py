@@ -20,6 +20,7 @@ from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.spaces import SPACES
+from raynas.train.accel import pick_device, prepare
 from raynas.train.loop import fit
 from raynas.types import Architecture, EvalResult
 
@@ -74,7 +75,7 @@ class ScratchEvaluator:
         self.search = search
         self.space = SPACES.create(search.space.name, search.space.config)
         self.data = DATASETS.create(search.data.name, search.data.config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(search.execution.device)
 
     def train(
         self, arch: Architecture, *, state: dict[str, Any] | None = None
@@ -93,13 +94,17 @@ class ScratchEvaluator:
         torch.manual_seed(candidate_seed(self.search.seed, arch))
         model = self.space.build(
             arch, self.data.info, channels=cfg.channels or None, layers=cfg.layers or None
-        ).to(self.device)
+        )
         train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
         params = float(sum(p.numel() for p in model.parameters()))
+        execution = self.search.execution
+        network = prepare(
+            model, self.device, channels_last=execution.channels_last, compile=execution.compile
+        )
         for metrics, new_state in fit(
-            model, train_loader, valid_loader, self.device, epochs=cfg.epochs,
+            network, train_loader, valid_loader, self.device, epochs=cfg.epochs,
             learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            grad_clip=cfg.grad_clip, state=state,
+            grad_clip=cfg.grad_clip, state=state, precision=execution.precision,
         ):
             del metrics["lr"]  # a candidate reports its own learning rate where it varies (PBT)
             metrics["params"] = params

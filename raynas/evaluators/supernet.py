@@ -26,6 +26,7 @@ from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.supernet import build_supernet
+from raynas.train.accel import pick_device, prepare
 from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
@@ -76,7 +77,8 @@ class SupernetEvaluator:
     ) -> None:
         self.config = config
         self.search = search
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(search.execution.device)
+        self.precision = search.execution.precision
         torch.manual_seed(search.seed)  # the same initial weights on every replica
         space = SPACES.create(search.space.name, search.space.config)
         data = DATASETS.create(search.data.name, search.data.config)
@@ -88,7 +90,7 @@ class SupernetEvaluator:
             )
         if world_size > 1:  # BatchNorm over the global batch while the replicas train together
             self.supernet = convert_batchnorm(self.supernet)
-        self.supernet = self.supernet.to(self.device)
+        self.supernet = prepare(self.supernet, self.device, channels_last=search.execution.channels_last)
         # Replicas training together take a slice of every global batch each; scoring (BatchNorm
         # recalibration, validation) reads the whole halves, on one replica.
         self.train_loader, self.valid_loader = search_loaders(data, seed=search.seed)
@@ -121,7 +123,7 @@ class SupernetEvaluator:
 
         metrics = train_epoch(  # data-parallel replicas: one path per global step on every rank
             self.supernet, self.optimizer, self.shard_loader, self.device,
-            grad_clip=self.search.train.grad_clip, before_step=before_step,
+            grad_clip=self.search.train.grad_clip, before_step=before_step, precision=self.precision,
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]
@@ -146,7 +148,7 @@ class SupernetEvaluator:
                 valid = self.valid_loader
                 if self.config.valid_batches:
                     valid = itertools.islice(valid, self.config.valid_batches)  # type: ignore[assignment]
-                metrics = evaluate(self.supernet, valid, self.device)
+                metrics = evaluate(self.supernet, valid, self.device, precision=self.precision)
         finally:
             self.supernet.set_path(None)
             torch.set_rng_state(state)  # scoring leaves the training's random streams alone
@@ -183,6 +185,7 @@ class SupernetEvaluator:
                 self.supernet, loaders[0], loaders[1], self.device, epochs=self.config.epochs,
                 learning_rate=self.config.learning_rate, momentum=train.momentum,
                 weight_decay=train.weight_decay, grad_clip=train.grad_clip, state=state,
+                precision=self.precision,
             ):
                 del metrics["lr"]  # a candidate reports its own learning rate where it varies (PBT)
                 yield metrics, new_state

@@ -51,6 +51,7 @@ from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
+from raynas.train.accel import pick_device
 from raynas.types import Architecture, EvalResult
 
 Proxy = Literal["naswot", "ntk", "linear_regions", "te_nas"]
@@ -292,7 +293,7 @@ class TrainingFreeEvaluator:
         self.search = search
         self.space = SPACES.create(search.space.name, search.space.config)
         self.data = DATASETS.create(search.data.name, search.data.config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(search.execution.device)
         self.inputs = proxy_batch(self.data, seed=search.seed, size=config.batch_size).to(self.device)
 
     def seed(self, arch: Architecture, repeat: int = 0) -> int:

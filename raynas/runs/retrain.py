@@ -30,6 +30,7 @@ from raynas.execution import start_worker
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
+from raynas.train.accel import pick_device, prepare
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.train.distributed import convert_batchnorm, plain_batchnorm
 from raynas.train.loop import fit
@@ -136,13 +137,17 @@ class RetrainWorker:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.config = config
         data = DATASETS.create(config.data.name, config.data.config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(config.execution.device)
         self.train_loader, self.test_loader, self.split = _loaders(data, config.seed, rank, world_size)
         arch = Architecture.from_json(arch_json)
         model = build_network(config, arch, data.info, example=self.train_loader.dataset[0][0])
         if world_size > 1:
             model = convert_batchnorm(model)
         self.model = model.to(self.device)
+        execution = config.execution
+        self.network = prepare(
+            self.model, self.device, channels_last=execution.channels_last, compile=execution.compile
+        )
         self.params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
         self.held_out = 1 - data.config.train_portion
         self._epochs: Any = None
@@ -152,11 +157,12 @@ class RetrainWorker:
         """Continue from a state :meth:`run_epoch` returned (None: from the start)."""
         cfg = self.config.retrain
         self._epochs = fit(
-            self.model, self.train_loader, self.test_loader, self.device, epochs=cfg.epochs,
+            self.network, self.train_loader, self.test_loader, self.device, epochs=cfg.epochs,
             learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
             drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
             state=state, generator=self.train_loader.batch_sampler.generator,  # type: ignore[union-attr]
+            precision=self.config.execution.precision,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:

@@ -19,6 +19,7 @@ from raynas.errors import ConfigError
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.supernet import build_supernet
+from raynas.train.accel import pick_device, prepare
 from raynas.train.distributed import convert_batchnorm
 from raynas.train.loop import evaluate, search_epoch
 from raynas.types import EpochReport
@@ -29,11 +30,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device() -> torch.device:
-    """The first GPU this process may use, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _with_overrides(space_config: Any, overrides: dict[str, Any], config: SearchConfig) -> Any:
@@ -74,7 +70,7 @@ class SupernetWorker:
             torch.set_num_threads(threads)
         seed_everything(config.seed)  # the same on every worker: same alphas, weights, samples
         self.config = config
-        self.device = pick_device()
+        self.device = pick_device(config.execution.device)
         data = DATASETS.create(config.data.name, config.data.config)
         self.dataset_info = data.info
         self.train_loader, self.valid_loader = search_loaders(
@@ -88,7 +84,7 @@ class SupernetWorker:
         self.supernet = build_supernet(self.space, data.info)
         if world_size > 1:
             self.supernet = convert_batchnorm(self.supernet)
-        self.supernet = self.supernet.to(self.device)
+        self.supernet = prepare(self.supernet, self.device, channels_last=config.execution.channels_last)
         self.strategy = STRATEGIES.create(
             config.strategy.name,
             supernet=self.supernet,
@@ -105,8 +101,11 @@ class SupernetWorker:
     def run_epoch(self) -> EpochReport:
         """Train one epoch, evaluate the supernet on the validation half, report."""
         start = time.perf_counter()
-        metrics = search_epoch(self.strategy, self.train_loader, self.valid_loader, self.device)
-        metrics.update(evaluate(self.supernet, self.valid_loader, self.device))
+        precision = self.config.execution.precision
+        metrics = search_epoch(
+            self.strategy, self.train_loader, self.valid_loader, self.device, precision=precision
+        )
+        metrics.update(evaluate(self.supernet, self.valid_loader, self.device, precision=precision))
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
         if hasattr(self.supernet, "skip_connects"):  # DARTS-style cells only
             metrics["skip_connects"] = float(self.supernet.skip_connects())

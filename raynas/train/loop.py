@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
@@ -25,10 +26,14 @@ def search_epoch(
     train_batches: Iterable[Batch],
     valid_batches: Iterable[Batch],
     device: torch.device,
+    *,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One pass over the training half; each step also draws a batch of the validation half (a
     strategy that ``alternates_by_epoch``, FBNet, takes a weight step on every training batch,
-    then an architecture step on every validation batch).
+    then an architecture step on every validation batch),
+    under ``precision``'s autocast (``bf16``: the strategy's forward and backward passes run the
+    matmuls and convolutions in bf16; weights, gradients and optimiser states stay float32).
 
     Returns:
         ``train_loss`` and ``train_acc`` (fraction) over the epoch, and the learning rate used.
@@ -42,24 +47,29 @@ def search_epoch(
         ((b, None) for b in train_batches) if by_epoch else zip(train_batches, itertools.cycle(valid_batches))
     )
     for train_batch, valid_batch in pairs:
-        if valid_batch is None:  # the weights only; the architecture after the epoch
-            result = strategy.weight_step(_to(train_batch, device))  # type: ignore[attr-defined]
-        else:
-            result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
+        with autocast(device, precision):
+            if valid_batch is None:  # the weights only; the architecture after the epoch
+                result = strategy.weight_step(_to(train_batch, device))  # type: ignore[attr-defined]
+            else:
+                result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
         loss_sum += result.loss_sum
         correct += result.correct
         count += result.count
     if by_epoch:
         for valid_batch in valid_batches:
-            strategy.arch_step(_to(valid_batch, device))  # type: ignore[attr-defined]
+            with autocast(device, precision):
+                strategy.arch_step(_to(valid_batch, device))  # type: ignore[attr-defined]
     strategy.end_epoch()
     loss, acc = _global_means(loss_sum, correct, count)
     return {"train_loss": loss, "train_acc": acc, "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``; labels of
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, *, precision: str = "fp32"
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode, its forward passes under
+    ``precision``'s autocast) over ``batches``; labels of
     -100 (ignored pixels) do not count. Dense predictions, (B, C, H, W) logits, also give the
     mean IoU of their classes (``valid_miou``); sequences, (B, vocabulary, T) logits, the
     perplexity ``exp(valid_loss)`` (``valid_ppl``)."""
@@ -71,7 +81,8 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device) -
     sequences = False
     for batch in batches:
         x, y = _to(batch, device)
-        logits = model(x)
+        with autocast(device, precision):
+            logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -109,6 +120,7 @@ def train_epoch(
     auxiliary_weight: float = 0.0,
     label_smoothing: float = 0.0,
     before_step: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
 
@@ -122,6 +134,7 @@ def train_epoch(
         label_smoothing: Label smoothing of both losses (0.1 in DARTS's ``train_imagenet.py``).
         before_step: Called with the step index before each forward pass (a one-shot supernet
             sets the path that step trains here).
+        precision: ``fp32``, or ``bf16`` for the forward pass and loss under bf16 autocast.
 
     Returns:
         ``train_loss`` and ``train_acc`` over the epoch.
@@ -135,11 +148,12 @@ def train_epoch(
             before_step(step)
         x, y = _to(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
-        logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = mean_cross_entropy(logits, y, label_smoothing)
-        if aux is not None and auxiliary_weight:  # DARTS's train.py
-            loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
+        with autocast(device, precision):
+            out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
+            logits, aux = out if isinstance(out, tuple) else (out, None)
+            loss = mean_cross_entropy(logits, y, label_smoothing)
+            if aux is not None and auxiliary_weight:  # DARTS's train.py
+                loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
         loss.backward()
         # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
         # what they train; a no-op for one worker.
@@ -187,13 +201,14 @@ def fit(
     lr_gamma: float = 0.0,
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    precision: str = "fp32",
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum, cosine annealing to 0 over
     ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated after
     every epoch.
 
     Args:
-        model: The network, on ``device``.
+        model: The network, on ``device`` (or it compiled: see ``accel.prepare``).
         train_batches: Training batches (iterated once per epoch).
         eval_batches: Batches it is evaluated on after every epoch.
         device: Where the batches go.
@@ -209,6 +224,7 @@ def fit(
             1, 0.97 in DARTS's ImageNet training) instead of following the cosine.
         state: A state yielded earlier, to continue from.
         generator: The training batches' shuffling generator, saved in the state and restored.
+        precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
@@ -221,28 +237,29 @@ def fit(
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
         else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     )
+    plain = unwrap(model)  # a compiled model's state is saved as its plain module's
     epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         epoch = int(state["epoch"])
         if generator is not None:
             generator.set_state(state["loader_rng"])
     while epoch < epochs:
-        if drop_path_prob and hasattr(model, "drop_path_prob"):
-            model.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
+        if drop_path_prob and hasattr(plain, "drop_path_prob"):
+            plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
         metrics = train_epoch(
             model, optimizer, train_batches, device, grad_clip=grad_clip,
-            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
+            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing, precision=precision,
         )
         metrics["lr"] = schedule.get_last_lr()[0]
         schedule.step()
-        metrics.update(evaluate(model, eval_batches, device))
+        metrics.update(evaluate(model, eval_batches, device, precision=precision))
         epoch += 1
         metrics["epoch"] = float(epoch)
         new_state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "epoch": epoch,
         }
         if generator is not None:
