@@ -25,7 +25,7 @@ from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
 from raynas.strategies.sampling.bo import BoConfig
 from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig, Step
-from raynas.strategies.sampling.evolution import EvolutionConfig
+from raynas.strategies.sampling.evolution import EvolutionConfig, SposConfig
 from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
 from raynas.strategies.sampling.random_search import RandomConfig
@@ -107,7 +107,7 @@ BUDGETS: dict[str, Any] = {
     "random_ws": RandomConfig(evaluations=130),
     # Found with 8 (evolution), 7 (novelty), 10 (progressive, bo) of seeds 0-9; random: 10.
     "evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
-    "spos": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
+    "spos": SposConfig(population_size=10, sample_size=3, evaluations=60),
     "novelty": NoveltyConfig(population_size=10, sample_size=3, evaluations=60, candidates=5, neighbours=3),
     # A learning rate and entropy bonus far above the paper's (3.5e-4, 1e-4), no temperature and a
     # baseline that follows the rewards faster (decay 0.8, not 0.99): 300 candidates, not 300,000.

@@ -228,3 +228,53 @@ def test_progressive_cells_need_an_evaluator_that_builds_them() -> None:
     with pytest.raises(ConfigError, match="block by block"):
         search.check_search(supernet_epochs=3)
     search.check_search(supernet_epochs=0)
+
+
+# -- SPOS ---------------------------------------------------------------------------------------
+
+
+def _toy_spos(**config: object):  # type: ignore[no-untyped-def]
+    from raynas.strategies.sampling.evolution import Spos, SposConfig
+    from tests.test_controllers import ToySpace
+
+    return Spos(SposConfig(**config), space=ToySpace(), seed=0)  # type: ignore[arg-type]
+
+
+def test_spos_crossover_takes_every_decision_from_a_parent() -> None:
+    """SPOS's crossover on known parents: each decision from one parent or the other, each with
+    probability 1/2, drawn in decision order from the strategy's random stream."""
+    import random
+
+    from tests.test_controllers import ToyArch
+
+    spos = _toy_spos(population_size=4, sample_size=2, evaluations=8)
+    first, second = ToyArch((0, 0, 0, 0)), ToyArch((1, 2, 1, 3))
+    spos.rng.seed(7)
+    child = spos.crossover(first, second)
+    rng = random.Random(7)
+    expected = tuple(rng.choice((a, b)) for a, b in zip(first.values, second.values, strict=True))
+    assert child == ToyArch(expected)
+    children = {spos.crossover(first, second).values for _ in range(200)}
+    assert len(children) == 16  # every mix of the two parents, and nothing else
+    assert all(v in (0, p) for c in children for v, p in zip(c, second.values, strict=True))
+
+
+def test_spos_generations_mutate_and_cross_the_best() -> None:
+    """A random first generation; the next is mutation_num mutants and crossover_num crosses of
+    the sample_size best so far (never a candidate asked before), filled up at random."""
+    from tests.test_controllers import evaluate, toy_score
+
+    spos = _toy_spos(population_size=6, sample_size=2, evaluations=12, mutation_num=2, crossover_num=2,
+                     mutation_prob=0.5)
+    first = [spos.ask() for _ in range(6)]
+    assert spos.ask() is None  # the generation is being evaluated
+    for i, arch in enumerate(first):
+        spos.tell(evaluate(arch, i))  # type: ignore[arg-type]
+    best = sorted(first, key=lambda a: -toy_score(a.values))[:2]  # type: ignore[union-attr]
+    assert spos.parents() == best
+    second = [spos.ask() for _ in range(6)]
+    assert not set(second) & set(first) and len(set(second)) == 6
+    crosses = second[2:4]
+    for child in crosses:
+        assert all(v in (a, b) for v, a, b in zip(child.values, best[0].values, best[1].values, strict=True))  # type: ignore[union-attr]
+    assert spos.ask() is None and not spos.done

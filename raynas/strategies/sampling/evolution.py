@@ -4,12 +4,22 @@ Search", AAAI 2019, Algorithm 1), asynchronous as in the paper's workers.
 The population is the ``population_size`` most recently evaluated architectures (aging: the oldest
 dies, whatever its accuracy). Each child is a one-decision mutation of the best of ``sample_size``
 members drawn at random. Works on any space with a flat categorical view, evaluated by training or
-by inherited supernet weights; ``spos`` is the same search after a supernet trained on uniformly
-sampled single paths (Guo et al., "Single Path One-Shot NAS with Uniform Sampling", ECCV 2020).
+by inherited supernet weights.
+
+``spos`` (Guo et al., "Single Path One-Shot NAS with Uniform Sampling", ECCV 2020) searches the
+supernet trained on uniformly sampled single paths with its own evolutionary algorithm (the
+authors' ``search.py`` in megvii-model/SinglePathOneShot): generations of ``population_size``
+candidates, the first random; each next generation is ``mutation_num`` mutations (every decision
+of a parent redrawn with probability ``mutation_prob``) and ``crossover_num`` crossovers (every
+decision from one of two parents, at random) of parents drawn from the ``sample_size`` best
+candidates so far (the code's ``select_num``), filled up with random candidates; a child that was
+asked before, or that the constraint (:attr:`Spos.constraint`) refuses, is drawn again (up to ten
+tries per child, as the code does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +98,156 @@ class RegularizedEvolution(SamplingStrategy):
         return len(self.history) >= self.config.evaluations
 
 
-@STRATEGIES.register("spos", config=EvolutionConfig)
-class Spos(RegularizedEvolution):
-    """SPOS: uniform single-path supernet training, then evolution over inherited weights."""
+@dataclass(frozen=True)
+class SposConfig:
+    """SPOS's evolutionary search (the authors' ``search.py``: P=50, select 10, 25 mutations with
+    probability 0.1, 25 crossovers, 20 generations).
+
+    Attributes:
+        population_size: P, candidates per generation (the first generation is random).
+        sample_size: Parents are drawn from this many best candidates so far (``select_num``).
+        evaluations: Candidates evaluated in all (generations of P, the last one cut short).
+        mutation_num: Mutated children per generation (-1: half of P).
+        crossover_num: Crossed children per generation (-1: half of P).
+        mutation_prob: Probability that a mutation redraws each decision (``m_prob``).
+    """
+
+    population_size: int = 50
+    sample_size: int = 10
+    evaluations: int = 1000
+    mutation_num: int = -1
+    crossover_num: int = -1
+    mutation_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        EvolutionConfig(self.population_size, self.sample_size, self.evaluations)  # same checks
+        for key in ("mutation_num", "crossover_num"):
+            if getattr(self, key) < -1:
+                raise ConfigError(f"strategy.{key} must be >= 0 (or -1: half the population)")
+        if self.mutations + self.crossovers > self.population_size:
+            raise ConfigError(
+                f"strategy.mutation_num + strategy.crossover_num ({self.mutations + self.crossovers}) "
+                f"must be at most strategy.population_size ({self.population_size})"
+            )
+        if not 0 < self.mutation_prob <= 1:
+            raise ConfigError(f"strategy.mutation_prob must be in (0, 1], got {self.mutation_prob}")
+
+    @property
+    def mutations(self) -> int:
+        """Mutated children per generation."""
+        return self.population_size // 2 if self.mutation_num == -1 else self.mutation_num
+
+    @property
+    def crossovers(self) -> int:
+        """Crossed children per generation."""
+        return self.population_size // 2 if self.crossover_num == -1 else self.crossover_num
+
+
+@STRATEGIES.register("spos", config=SposConfig)
+class Spos(SamplingStrategy):
+    """SPOS: uniform single-path supernet training, then its evolutionary search over inherited
+    weights (generations of mutations and crossovers of the best candidates so far).
+
+    Args:
+        config: Population, parents, children per generation and the budget.
+        space: The space to search.
+        seed: Seeds sampling, mutation and crossover.
+    """
 
     name = "spos"
     needs_supernet = True
+    # Whether a candidate may be asked (the code's FLOPs limit); every candidate by default.
+    constraint: Callable[[Architecture], bool] = staticmethod(lambda arch: True)  # type: ignore[assignment]
+
+    def __init__(self, config: SposConfig, *, space: Any, seed: int = 0) -> None:
+        super().__init__(space=space, seed=seed)
+        self.config = config
+        self.queue: list[Architecture] = []  # this generation's candidates not asked yet
+        self.seen: set[str] = set()  # every candidate put in a generation (the code's vis_dict)
+        self.generations = 0
+        self.exhausted = False  # a generation found no new legal candidate
+
+    def _legal(self, arch: Architecture) -> bool:
+        if arch.key() in self.seen or not self.constraint(arch):
+            return False
+        self.seen.add(arch.key())
+        return True
+
+    def parents(self) -> list[Architecture]:
+        """The ``sample_size`` best distinct candidates so far, best first."""
+        out: list[Architecture] = []
+        for result in self.final_results():
+            if result.architecture not in out and result.score > float("-inf"):
+                out.append(result.architecture)
+            if len(out) == self.config.sample_size:
+                break
+        return out
+
+    def mutation(self, parent: Architecture) -> Architecture:
+        """``parent`` with every decision redrawn (any option, its own included) with probability
+        ``mutation_prob``."""
+        values = list(self.space.encode(parent))
+        for i, decision in enumerate(self.decisions):
+            if self.rng.random() < self.config.mutation_prob:
+                values[i] = self.rng.randrange(len(decision.options))
+        return self.space.decode(values)
+
+    def crossover(self, first: Architecture, second: Architecture) -> Architecture:
+        """Every decision from ``first`` or ``second``, each with probability 1/2."""
+        a, b = self.space.encode(first), self.space.encode(second)
+        return self.space.decode([self.rng.choice((x, y)) for x, y in zip(a, b, strict=True)])
+
+    def _next_generation(self) -> list[Architecture]:
+        size = min(self.config.population_size, self.config.evaluations - self.asked)
+        out: list[Architecture] = []
+        parents = self.parents() if self.generations else []
+
+        def fill(count: int, make: Callable[[], Architecture]) -> None:
+            goal = min(len(out) + count, size)
+            for _ in range(10 * count):
+                if len(out) >= goal:
+                    return
+                child = make()
+                if self._legal(child):
+                    out.append(child)
+
+        if parents:
+            fill(self.config.mutations, lambda: self.mutation(self.rng.choice(parents)))
+            fill(self.config.crossovers,
+                 lambda: self.crossover(self.rng.choice(parents), self.rng.choice(parents)))
+        fill(size - len(out), self.random_architecture)
+        self.generations += 1
+        return out
+
+    def propose(self) -> Architecture | None:
+        if self.asked >= self.config.evaluations or self.exhausted:
+            return None
+        if not self.queue:
+            if self.in_flight:
+                return None  # the generation is being evaluated
+            self.queue = self._next_generation()
+            if not self.queue:
+                self.exhausted = True
+                return None
+        return self.queue.pop(0)
+
+    @property
+    def done(self) -> bool:
+        settled = not self.in_flight and not self.queue
+        return len(self.history) >= self.config.evaluations or (self.exhausted and settled)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "queue": [a.to_json() for a in self.queue],
+            "seen": sorted(self.seen),
+            "generations": self.generations,
+            "exhausted": self.exhausted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.queue = [Architecture.from_json(a) for a in state["queue"]]
+        self.seen = set(state["seen"])
+        self.generations = int(state["generations"])
+        self.exhausted = bool(state["exhausted"])
