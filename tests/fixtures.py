@@ -180,6 +180,44 @@ def write_cityscapes_tree(root: Path) -> Path:
     return root
 
 
+# --- SVHN: the cropped digits (http://ufldl.stanford.edu/housenumbers/) ------------------------
+# MATLAB files (scipy.io.savemat writes the same MATLAB 5 format the official ones have): ``X``
+# (32, 32, 3, N) uint8, height, width, channel, image; ``y`` (N, 1), labels 1..10, 10 the digit 0.
+
+SVHN_TRAIN, SVHN_TEST, SVHN_EXTRA = range(0, 6), range(6, 9), range(9, 11)
+
+
+def svhn_label(i: int) -> int:
+    """The file's label of image ``i``: 1..10 (image 0 has 10, the digit 0)."""
+    return 10 - i % 10
+
+
+def write_svhn_mat(path: Path, index: range) -> None:
+    """One SVHN ``.mat`` file of recognisable images: red 10 i + 5, green 0, blue 255, one red
+    pixel of 255 at ``MARK`` (row, column)."""
+    import scipy.io
+
+    x = np.zeros((32, 32, 3, len(index)), dtype=np.uint8)
+    for k, i in enumerate(index):
+        x[:, :, 0, k] = 10 * i + 5
+        x[MARK[0], MARK[1], 0, k] = 255
+        x[:, :, 2, k] = 255
+    y = np.array([[svhn_label(i)] for i in index], dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), {"X": x, "y": y})
+
+
+def write_svhn(root: Path, *, extra: bool = True) -> Path:
+    """``train_32x32.mat`` (images ``SVHN_TRAIN``), ``test_32x32.mat`` (``SVHN_TEST``) and, with
+    ``extra``, ``extra_32x32.mat`` (``SVHN_EXTRA``), in ``root/svhn``."""
+    folder = root / "svhn"
+    write_svhn_mat(folder / "train_32x32.mat", SVHN_TRAIN)
+    write_svhn_mat(folder / "test_32x32.mat", SVHN_TEST)
+    if extra:
+        write_svhn_mat(folder / "extra_32x32.mat", SVHN_EXTRA)
+    return folder
+
+
 # --- scikit-learn's digits ---------------------------------------------------------------------
 
 
@@ -196,4 +234,5 @@ FIXTURES: dict[str, Callable[[Path], Path]] = {
     "ptb": write_ptb,
     "cityscapes": write_cityscapes_tree,
     "digits": write_digits,
+    "svhn": write_svhn,
 }

@@ -8,6 +8,7 @@ supernet edge.
 from raynas.ops import (
     convnext,  # noqa: F401 (registers the ConvNeXt-style DARTS operations)
     nb201,  # noqa: F401 (registers the NAS-Bench-201 convolutions)
+    robust,  # noqa: F401 (registers RobustDARTS's noise operation)
 )
 from raynas.ops.attention import AttentionPartialMixedOp
 from raynas.ops.darts import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero

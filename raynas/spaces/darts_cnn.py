@@ -9,6 +9,7 @@ of its depth, reduction cells that halve the resolution and double the channels.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,7 @@ from torch import nn
 from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
+from raynas.ops.robust import ROBUST_EDGES, ROBUST_SPACES, robust_primitives
 from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
@@ -55,6 +57,9 @@ class DartsSpaceConfig:
         max_skip_connect: Derive normal cells with at most this many skip connections
             (P-DARTS uses 2); -1: no limit.
         bn_affine: Learnable BatchNorm scale and shift in the search cells (RF-DARTS).
+        robust: One of RobustDARTS's reduced spaces ``s1`` ... ``s4`` (:mod:`raynas.ops.robust`):
+            the candidates of every edge (in S1 each edge its own pair); empty: ``primitives``
+            on every edge. Needs four nodes; sets the primitives itself.
     """
 
     channels: int = 16
@@ -68,10 +73,28 @@ class DartsSpaceConfig:
     edge_normalization: bool = False
     max_skip_connect: int = -1
     bn_affine: bool = False
+    robust: Literal["", "s1", "s2", "s3", "s4"] = ""
 
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
         from raynas.ops.mixed import MIXED_OPS, takes_partial_k
+
+        if self.robust:
+            if self.robust not in ROBUST_SPACES:
+                raise ConfigError(
+                    f"space.robust: unknown space {self.robust!r}; choose from: {', '.join(ROBUST_SPACES)}"
+                )
+            if self.operations != "darts" or self.primitives not in ((), robust_primitives(self.robust)):
+                raise ConfigError(
+                    "space.robust sets every edge's candidates; leave space.operations and "
+                    "space.primitives unset"
+                )
+            if num_cell_edges(self.nodes) != ROBUST_EDGES:
+                raise ConfigError(
+                    "space.robust: RobustDARTS's spaces have 4 nodes (14 edges), got "
+                    f"space.nodes={self.nodes}"
+                )
+            object.__setattr__(self, "primitives", robust_primitives(self.robust))
 
         if self.channels < 2 or self.channels % 2:
             raise ConfigError(f"space.channels must be an even number >= 2, got {self.channels}")
@@ -104,6 +127,18 @@ class DartsSpaceConfig:
             )
 
 
+    def edge_ops(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
+        """The candidates of every edge of a cell (node by node, inputs in order), ``none`` included."""
+        if self.robust:
+            return ROBUST_SPACES[self.robust][int(reduction)]
+        return (tuple(self.primitives),) * num_cell_edges(self.nodes)
+
+
+def num_cell_edges(nodes: int) -> int:
+    """Edges of a cell with ``nodes`` intermediate nodes: node i has 2 + i inputs."""
+    return sum(2 + i for i in range(nodes))
+
+
 # Evaluation settings of the papers: (initial channels, cells) per dataset family.
 EVAL_DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14)}
 
@@ -121,33 +156,68 @@ class DartsCnnSpace:
     def __init__(self, config: DartsSpaceConfig | None = None) -> None:
         self.config = config or DartsSpaceConfig()
 
-    def sample(self, rng: random.Random) -> DartsGenotype:
-        """A uniformly random genotype: two distinct inputs per node, ops other than ``none``."""
-        ops = [p for p in self.config.primitives if p != "none"]
+    def _ops(self, reduction: bool) -> list[tuple[str, ...]]:
+        """The candidates a genotype may take on each edge of a cell (``none`` never)."""
+        return [tuple(p for p in ops if p != "none") for ops in self.config.edge_ops(reduction)]
 
-        def cell() -> tuple[Edge, ...]:
+    def _per_edge(self) -> bool:
+        """Whether edges differ in their candidates (RobustDARTS's S1)."""
+        return len({ops for r in (False, True) for ops in self._ops(r)}) > 1
+
+    def sample(self, rng: random.Random) -> DartsGenotype:
+        """A uniformly random genotype: two distinct inputs per node, on each its edge's
+        candidates other than ``none``."""
+
+        def cell(reduction: bool) -> tuple[Edge, ...]:
+            ops = self._ops(reduction)
             edges: list[Edge] = []
             for node in range(self.config.nodes):
                 for index in sorted(rng.sample(range(node + 2), 2) if node else [0, 1]):
-                    edges.append((rng.choice(ops), index))
+                    edges.append((rng.choice(ops[num_cell_edges(node) + index]), index))
             return tuple(edges)
 
         concat = tuple(range(2, 2 + self.config.nodes))
-        return DartsGenotype(cell(), concat, cell(), concat)
+        return DartsGenotype(cell(False), concat, cell(True), concat)
 
     def decisions(self) -> tuple[Decision, ...]:
         """Per cell (normal, then reduce) and node: which two inputs (``"0+1"``, ...), then the op
-        on the first and on the second input (every primitive but ``none``)."""
-        ops = tuple(p for p in self.config.primitives if p != "none")
+        on the first and on the second input (every primitive but ``none``). Where edges have
+        candidates of their own (RobustDARTS's S1), the op of every input of the node instead
+        (``op_from_0``, ...): those of the two inputs taken count."""
         nodes = [f"node{node + 2}" for node in range(self.config.nodes)]
-        return tuple(d for cell in ("normal", "reduce") for d in cell_decisions(cell, nodes, ops))
+        if not self._per_edge():
+            ops = self._ops(False)[0]
+            return tuple(d for cell in ("normal", "reduce") for d in cell_decisions(cell, nodes, ops))
+        out: list[Decision] = []
+        for cell, reduction in (("normal", False), ("reduce", True)):
+            ops = self._ops(reduction)
+            for node, label in enumerate(nodes):
+                pairs = tuple(f"{a}+{b}" for a, b in itertools.combinations(range(node + 2), 2))
+                out.append(Decision(f"{cell}.{label}.inputs", pairs))
+                out += [
+                    Decision(f"{cell}.{label}.op_from_{j}", ops[num_cell_edges(node) + j])
+                    for j in range(node + 2)
+                ]
+        return tuple(out)
 
     def encode(self, arch: Architecture) -> tuple[int, ...]:
         """Option indices of :meth:`decisions`; a node's two edges are ordered by input."""
         if not self.contains(arch):
             raise ArchitectureError(f"not a genotype of this darts space: {arch}")
         assert isinstance(arch, DartsGenotype)
-        decisions, per_cell = self.decisions(), 3 * self.config.nodes
+        decisions = self.decisions()
+        if self._per_edge():
+            values: list[int] = []
+            for edges in (arch.normal, arch.reduce):
+                for node in range(self.config.nodes):
+                    (op_a, a), (op_b, b) = sorted(edges[2 * node : 2 * node + 2], key=lambda e: e[1])
+                    chosen = {a: op_a, b: op_b}
+                    values.append(decisions[len(values)].options.index(f"{a}+{b}"))
+                    for j in range(node + 2):
+                        options = decisions[len(values)].options
+                        values.append(options.index(chosen[j]) if j in chosen else 0)
+            return tuple(values)
+        per_cell = 3 * self.config.nodes
         nodes = [f"node {node + 2}" for node in range(self.config.nodes)]
         return tuple(
             v for k, cell in enumerate((arch.normal, arch.reduce))
@@ -157,18 +227,35 @@ class DartsCnnSpace:
     def decode(self, values: tuple[int, ...] | list[int]) -> DartsGenotype:
         """The genotype with these option indices (see :meth:`decisions`)."""
         names = decode_options(self.decisions(), values)
-        per_cell = 3 * self.config.nodes
         concat = tuple(range(2, 2 + self.config.nodes))
+        if self._per_edge():
+            cells: list[tuple[Edge, ...]] = []
+            for _ in range(2):
+                edges: list[Edge] = []
+                for node in range(self.config.nodes):
+                    a, b = (int(v) for v in names.pop(0).split("+"))
+                    ops = [names.pop(0) for _ in range(node + 2)]
+                    edges += [(ops[a], a), (ops[b], b)]
+                cells.append(tuple(edges))
+            return DartsGenotype(cells[0], concat, cells[1], concat)
+        per_cell = 3 * self.config.nodes
         return DartsGenotype(decode_cell(names[:per_cell]), concat, decode_cell(names[per_cell:]), concat)
 
     def contains(self, arch: Architecture) -> bool:
-        """Whether ``arch`` is a genotype of this space (node count and operations)."""
-        return (
+        """Whether ``arch`` is a genotype of this space (node count, and on every edge one of
+        that edge's candidates)."""
+        if not (
             isinstance(arch, DartsGenotype)
             and arch.nodes == self.config.nodes
             and len(arch.reduce) == len(arch.normal)
-            and all(op in self.config.primitives for op, _ in (*arch.normal, *arch.reduce))
-        )
+        ):
+            return False
+        for edges, reduction in ((arch.normal, False), (arch.reduce, True)):
+            allowed = self.config.edge_ops(reduction)
+            for i, (op, index) in enumerate(edges):
+                if op not in allowed[num_cell_edges(i // 2) + index]:
+                    return False
+        return True
 
     def parse(self, text: str) -> DartsGenotype:
         """A genotype from a published name, a JSON file, or JSON text."""

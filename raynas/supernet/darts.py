@@ -111,13 +111,15 @@ class DartsSupernet(nn.Module):
             (PC-DARTS's ``beta``); the derived genotype ranks edges by op weight times edge weight.
         max_skip_connect: At most this many skip connections in the derived normal cell.
         bn_affine: Learnable BatchNorm scale and shift in the cells (RF-DARTS trains only these).
+        edge_ops: The candidates of every edge of the normal and of the reduction cell, where
+            edges differ (RobustDARTS's S1): the others get weight 0 (their alpha masked out).
     """
 
     def __init__(
         self, *, channels: int, layers: int, nodes: int, stem_multiplier: int,
         primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
         partial_k: int = 1, edge_normalization: bool = False, max_skip_connect: int | None = None,
-        bn_affine: bool = False,
+        bn_affine: bool = False, edge_ops: tuple[Sequence[Sequence[str]], ...] | None = None,
     ) -> None:
         super().__init__()
         self.max_skip_connect = max_skip_connect
@@ -153,6 +155,12 @@ class DartsSupernet(nn.Module):
         # Small random initial alphas, as in DARTS: 1e-3 * N(0, 1).
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        self.allowed: dict[bool, torch.Tensor] | None = None  # (edges, num_ops) per cell type
+        if edge_ops is not None:
+            self.allowed = {
+                r: torch.tensor([[p in ops for p in self.primitives] for ops in edge_ops[int(r)]])
+                for r in (False, True)
+            }
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
         # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type, or None.
@@ -178,7 +186,14 @@ class DartsSupernet(nn.Module):
 
     def edge_weights(self, reduction: bool) -> torch.Tensor:
         """The normalised weights of every candidate on every edge: (edges, num_ops)."""
-        return F.softmax(self.alpha_reduce if reduction else self.alpha_normal, dim=-1)
+        return F.softmax(self.masked_alpha(reduction), dim=-1)
+
+    def masked_alpha(self, reduction: bool) -> torch.Tensor:
+        """``alpha`` of a cell type, -inf where an edge lacks a candidate (``edge_ops``)."""
+        alpha = self.alpha_reduce if reduction else self.alpha_normal
+        if self.allowed is None:
+            return alpha
+        return alpha.masked_fill(~self.allowed[reduction].to(alpha.device), float("-inf"))
 
     def edge_scale(self, reduction: bool) -> torch.Tensor | None:
         """PC-DARTS's edge weights: softmax of beta over each node's incoming edges, (edges,)."""
@@ -217,7 +232,7 @@ class DartsSupernet(nn.Module):
             return self.path[reduction]
         if self.gumbel_tau is None or not self.training:
             return self.edge_weights(reduction)
-        alpha = self.alpha_reduce if reduction else self.alpha_normal
+        alpha = self.masked_alpha(reduction)
         return F.gumbel_softmax(alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
@@ -346,4 +361,5 @@ def darts_supernet(space: DartsCnnSpace, dataset: DatasetInfo) -> DartsSupernet:
         edge_normalization=cfg.edge_normalization,
         max_skip_connect=None if cfg.max_skip_connect < 0 else cfg.max_skip_connect,
         bn_affine=cfg.bn_affine,
+        edge_ops=(cfg.edge_ops(False), cfg.edge_ops(True)) if cfg.robust == "s1" else None,
     )
