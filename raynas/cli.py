@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--device", help=DEVICE_HELP)
     search.add_argument(
-        "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
+        "--fresh", action="store_true",
+        help="start a new search even if this job's search is unfinished (resumed by default) or "
+        "finished (its result shown by default)",
     )
 
     train = commands.add_parser(
@@ -129,11 +131,16 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
+    from raynas.config import read_job
+
+    # Checked before torch, Ray and MLflow are imported (seconds), so a bad job answers at once.
+    raw = read_job(args.config, _overrides(args), kind="search")
+
     from raynas.runs.common import format_duration, reference_name
-    from raynas.runs.jobs import load_job
+    from raynas.runs.jobs import parse_job
     from raynas.runs.search import run_search, run_seeds
 
-    config = load_job(args.config, _overrides(args))
+    config = parse_job(raw)
     if config.seeds:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
@@ -190,11 +197,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from raynas.config import read_job
+
+    raw = read_job(args.config, _overrides(args), kind="retrain")  # before the heavy imports
+
     from raynas.runs.common import format_duration
-    from raynas.runs.jobs import load_retrain_job
+    from raynas.runs.jobs import parse_retrain_job
     from raynas.runs.retrain import run_retrain_job
 
-    config = load_retrain_job(args.config, _overrides(args))
+    config = parse_retrain_job(raw)
     result = run_retrain_job(config, fresh=args.fresh)
     source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
     print(
@@ -303,6 +314,11 @@ def _latency(args: argparse.Namespace) -> None:
         print(f"Spearman rank correlation over {args.validate} architectures: {check.spearman:.3f}")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message as one line (a message may quote text with line breaks)."""
+    return " ".join(str(exc).split())
+
+
 DEVICE_HELP = (
     "where the workers train: auto (a GPU when they have one), cpu, cuda or cuda:N "
     "(execution.device; see also execution.precision, channels_last, compile)"
@@ -322,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         commands[args.command](args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from
-        print(f"raynas: error: {exc}", file=sys.stderr)
+        print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except RaynasError as exc:
-        print(f"raynas: error: {exc}", file=sys.stderr)
+        print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raynas: interrupted; run the same command again to resume", file=sys.stderr)

@@ -7,11 +7,19 @@ the registries (``raynas.runs.jobs``): this module knows no registry. Everything
 here: an unknown key or a wrong type is a :class:`ConfigError` that names the key and says what
 is allowed. ``--set key.sub=value`` overrides are applied to the raw YAML before validation, so
 they are checked the same way.
+
+Whatever a file or an override holds, loading ends in a value or in one :class:`ConfigError`:
+files that are not UTF-8 YAML, larger than :data:`MAX_JOB_BYTES`, nested deeper than
+:data:`MAX_DEPTH` or expanding (through aliases) past :data:`MAX_NODES` values; keys that are
+not names; numbers that are not finite or out of range (:func:`check_number`); job names that
+are not plain folder names (:data:`NAME_PATTERN`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -25,6 +33,22 @@ import yaml
 from raynas.errors import ConfigError
 
 T = TypeVar("T")
+
+MAX_JOB_BYTES = 1 << 20
+"""The largest job file read (1 MiB; the examples in ``jobs/`` are under 3 kB)."""
+MAX_DEPTH = 32
+"""The deepest nesting of sections and lists in a job (the schema needs 4)."""
+MAX_NODES = 100_000
+"""The most values a job may hold once its YAML aliases are expanded (stops alias bombs)."""
+MAX_STRING = 4096
+"""The longest string value (the longest path most systems allow)."""
+INT_LIMIT = 2**31
+"""Every integer setting lies in [-INT_LIMIT, INT_LIMIT)."""
+FLOAT_LIMIT = 1e15
+"""Every number setting is finite and at most this in size (Ray's resource amounts stop near 9e14)."""
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+"""A job's name: it names the folder ``<output_dir>/<name>/``, so a plain name of 1-32
+characters (letters, digits, ``_``, ``-``, ``.``; not starting with ``.``, ``_`` or ``-``)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +169,13 @@ class TrackingConfig:
     artifact_location: str | None = None
     registered_model: str | None = None
 
+    def __post_init__(self) -> None:
+        check(self.experiment.strip() != "", "tracking.experiment", "must be a non-empty name")
+        check(self.output_dir.strip() != "", "tracking.output_dir", "must be a folder or s3://bucket/prefix")
+        for key in ("tracking_uri", "results", "artifact_location", "registered_model"):
+            value = getattr(self, key)
+            check(value is None or value.strip() != "", f"tracking.{key}", "must not be empty (leave it out)")
+
 
 @dataclass(frozen=True)
 class Component:
@@ -230,6 +261,9 @@ class SearchConfig:
     tune: TuneSettings = field(default_factory=lambda: TuneSettings())
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
 
     def to_dict(self) -> dict[str, Any]:
         """The full config as plain data (every default filled in; ``train`` only where a
@@ -339,20 +373,224 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """A job file's mapping with ``key.sub=value`` overrides applied (not yet validated)."""
+    """A job file's mapping with ``key.sub=value`` overrides applied (not yet validated).
+
+    Raises:
+        ConfigError: The file is missing, unreadable, too large, not UTF-8, not YAML, not a
+            mapping, too deep or too large once expanded, or an override is malformed.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    shown = _short(str(path), 300)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"config file {shown!r} {what}")
+        size = path.stat().st_size
+        if size > MAX_JOB_BYTES:
+            raise ConfigError(
+                f"config file {shown!r} is {size:,} bytes; a job file is at most {MAX_JOB_BYTES:,}"
+            )
+        data = path.read_bytes()[: MAX_JOB_BYTES + 1]
+    except OSError as exc:
+        raise ConfigError(f"config file {shown!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {shown!r} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}); save the job as UTF-8 YAML"
+        ) from None
+    raw = _parse_yaml(text, f"config file {shown!r}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        raise ConfigError(f"config file {shown!r} must hold a mapping of sections, got {_show(raw)}")
+    check_tree(raw)
     return apply_overrides(raw, overrides)
 
 
+def _parse_yaml(text: str, what: str) -> Any:
+    """``text`` read by YAML's safe loader; every failure is one :class:`ConfigError` line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "unreadable"
+        raise ConfigError(f"{what} is not valid YAML: {where}{_short(problem, 200)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {_short(' '.join(str(exc).split()), 200)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply; a job nests at most {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{what} holds a value YAML cannot read: {_short(str(exc), 200)}") from None
+
+
+def check_tree(raw: Any, where: str = "") -> None:
+    """Check the shape of YAML data before anything walks it: keys are strings, nesting is at most
+    :data:`MAX_DEPTH`, no alias refers to itself, at most :data:`MAX_NODES` values once aliases
+    are expanded, strings at most :data:`MAX_STRING` characters.
+
+    Args:
+        raw: The loaded YAML (or an override's value).
+        where: The dotted key of ``raw``, for messages.
+
+    Raises:
+        ConfigError: Naming the first key where the data breaks a rule.
+    """
+    sizes: dict[int, int] = {}
+
+    def walk(node: Any, where: str, depth: int, open_: set[int]) -> int:
+        if isinstance(node, str):
+            if len(node) > MAX_STRING:
+                raise ConfigError(
+                    f"config key {where or '<job>'!r} is a string of {len(node):,} characters; "
+                    f"at most {MAX_STRING} are allowed"
+                )
+            return 1
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise ConfigError(f"config key {where or '<job>'!r} contains itself (a recursive YAML alias)")
+        if depth >= MAX_DEPTH:
+            raise ConfigError(
+                f"config key {_short(where)!r} nests too deeply; a job nests at most {MAX_DEPTH} levels"
+            )
+        open_.add(id(node))
+        total = 1
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"config key {_short(_join(where, str(key)))!r} is not a name: keys are "
+                        f"strings, got {_show(key)}"
+                    )
+                total += walk(value, _join(where, key), depth + 1, open_)
+        else:
+            for i, value in enumerate(node):
+                total += walk(value, f"{where}[{i}]", depth + 1, open_)
+        open_.discard(id(node))
+        if total > MAX_NODES:
+            raise ConfigError(
+                f"config key {where or '<job>'!r} expands to more than {MAX_NODES:,} values "
+                "(YAML aliases nested in aliases?)"
+            )
+        sizes[id(node)] = total
+        return total
+
+    walk(raw, where, 0, set())
+
+
+def check_job_name(name: str) -> None:
+    """A job's name is a plain folder name (:data:`NAME_PATTERN`); raises :class:`ConfigError`."""
+    check(
+        NAME_PATTERN.fullmatch(name) is not None, "name",
+        f"is {_short(name)!r}; a job name is 1-32 letters, digits, '_', '-' or '.', starting with a "
+        "letter or digit (it names the folder <output_dir>/<name>/)",
+    )
+
+
 ComponentParser = Callable[[Any, str], "Component"]  # (raw section, section name) -> Component
+
+SEARCH_COMPONENTS = ("space", "strategy", "data", "evaluator")
+"""The sections of a search job that select a registered component."""
+RETRAIN_COMPONENTS = ("space", "data")
+"""The sections of a retraining job that select a registered component."""
+
+
+def read_job(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, kind: Literal["search", "retrain"]
+) -> dict[str, Any]:
+    """A job file read, overrides applied, and everything checked that needs no registry
+    (:func:`check_sections`): what the command line does before it imports torch, Ray or MLflow.
+
+    Args:
+        path: The YAML job file.
+        overrides: ``key.sub=value`` strings.
+        kind: ``search`` (:class:`SearchConfig`) or ``retrain`` (:class:`RetrainConfig`).
+
+    Returns:
+        The raw mapping, for ``raynas.runs.jobs`` to resolve the components of.
+
+    Raises:
+        ConfigError: The first problem found, in one line.
+    """
+    raw = load_yaml(path, overrides)
+    shown = _short(str(path), 300)
+    if kind == "search":
+        if "architecture" in raw and "strategy" not in raw:
+            raise ConfigError(
+                f"{shown!r} is a retraining job (it names an architecture): run it with `raynas train`"
+            )
+        check_sections(raw, SearchConfig, SEARCH_COMPONENTS)
+    else:
+        if "strategy" in raw and "architecture" not in raw:
+            raise ConfigError(
+                f"{shown!r} is a search job (it names a strategy): run it with `raynas search`"
+            )
+        if "architecture" not in raw:
+            raise ConfigError(
+                "config key 'architecture' is missing: a published name, a JSON file, or "
+                "run:<MLflow run id>"
+            )
+        check_sections(raw, RetrainConfig, RETRAIN_COMPONENTS)
+    return raw
+
+
+def check_sections(raw: dict[str, Any], cls: type[T], components: tuple[str, ...]) -> None:
+    """Check everything of a job that needs no registry: its top-level keys, its name, its shared
+    sections, every number (:func:`check_number`); of each component section that it names a
+    component. Cheap (no torch, Ray or MLflow), so the command line answers a bad job at once.
+
+    Args:
+        raw: The job file's mapping (overrides applied).
+        cls: The job dataclass (:class:`SearchConfig`, :class:`RetrainConfig`).
+        components: The sections that select a registered component.
+
+    Raises:
+        ConfigError: Naming the first bad key.
+    """
+    check_tree(raw)
+    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - allowed - set(components))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {_short(unknown[0])!r}; allowed top-level keys: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    if "name" not in raw:
+        raise ConfigError("config key 'name' is missing (a name for the job)")
+    check_job_name(_convert(raw["name"], str, "name"))
+    if "seeds" in raw and raw["seeds"] == []:
+        raise ConfigError("config key 'seeds' is an empty list; list one seed or more, or leave it out")
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        if key not in components:
+            _convert(value, hints[key], key)
+    for section in components:
+        data = raw.get(section)
+        if isinstance(data, dict) and "name" in data:
+            _convert(data["name"], str, f"{section}.name")
+            _check_numbers(data, section)
+        elif data is not None and not isinstance(data, str):
+            raise ConfigError(
+                f"config section {section!r} must be a mapping with a 'name' (or a bare name), "
+                f"got {_show(data)}"
+            )
+
+
+def _check_numbers(node: Any, where: str) -> None:
+    """:func:`check_number` on every number of a component section before its type is known
+    (the component's dataclass checks each again): sound, as a number that breaks these rules is
+    refused whatever the key's type."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_numbers(value, _join(where, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_numbers(value, f"{where}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        check_number(node, where)
 
 
 def parse_sections(
@@ -365,20 +603,13 @@ def parse_sections(
         cls: The job dataclass (:class:`SearchConfig`, :class:`RetrainConfig`).
         components: For each section that selects a registered component, the function that
             resolves it (the job loader in ``raynas.runs.jobs`` looks the name up in its registry).
-            Every other key is checked here, by type.
+            Every other key is checked here, by type, first (:func:`check_sections`).
     """
+    check_sections(raw, cls, tuple(components))
     raw = dict(raw)
     values: dict[str, Any] = {}
     for section, parse in components.items():
         values[section] = parse(raw.pop(section, None), section)
-    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r}; allowed top-level keys: {', '.join(sorted(allowed))}"
-        )
-    if "name" not in raw:
-        raise ConfigError("config key 'name' is missing (a name for the job)")
     hints = typing.get_type_hints(cls)
     for key, value in raw.items():
         values[key] = _convert(value, hints[key], key)
@@ -386,24 +617,34 @@ def parse_sections(
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``a.b.c=value`` override set (value parsed as YAML)."""
+    """Return a copy of ``raw`` with each ``a.b.c=value`` override set (value parsed as YAML;
+    text that is not YAML is taken as a string)."""
+    check_tree(raw)
     raw = _deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        shown = _short(item)
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {shown!r} must look like key.sub=value")
+        if len(text) > MAX_STRING:
+            raise ConfigError(f"override {_short(key)!r}: the value is {len(text):,} characters; "
+                              f"at most {MAX_STRING} are allowed")
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = text
+        check_tree(value, key)
         node = raw
-        parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+                raise ConfigError(f"override {shown!r}: {_short('.'.join(parts[: i + 1]))} is not a section")
             node = child
         node[parts[-1]] = value
+    check_tree(raw)
     return raw
 
 
@@ -419,11 +660,12 @@ def build(cls: type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config key {where!r} must be a mapping, got {_show(data)}")
+    check_tree(data, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown config key {_join(where, unknown[0])!r}; allowed: {', '.join(fields)}"
+            f"unknown config key {_short(_join(where, unknown[0]))!r}; allowed: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {k: _convert(v, hints[k], _join(where, k)) for k, v in data.items()}
@@ -438,10 +680,8 @@ def build(cls: type[T], data: Any, where: str) -> T:
         raise ConfigError(f"config key {_join(where, missing[0])!r} is missing")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"config section {where!r}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"config section {where!r}: {_short(str(exc), 200)}") from None
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -462,7 +702,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"config key {where!r}: {_show(value)} "
                           f"matches none of {_type_name(hint)}")
     if origin is Literal:
-        if value not in args:
+        # Exact types: YAML's `true` equals 1, and 1.0 equals 1, yet neither is the choice 1.
+        if not any(type(value) is type(a) and value == a for a in args):
             allowed = ", ".join(repr(a) for a in args)
             raise ConfigError(f"config key {where!r} is {_show(value)}; allowed: {allowed}")
         return value
@@ -487,22 +728,67 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {where!r} must be an integer, got {_show(value)}")
+        check_number(value, where)
         return value
     if hint is float:
         # PyYAML reads 3e-4 (no dot) as a string: accept numeric strings for float keys.
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {where!r} must be a number, got {_show(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        check_number(number, where)
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {where!r} must be a string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+# Ranges of settings known by their name wherever they appear (a component's own settings
+# included): (test of the key's last part, lowest, highest, whether the highest is excluded).
+_NAMED_RANGES: tuple[tuple[Callable[[str], bool], int, int, bool], ...] = (
+    (lambda k: k in ("seed", "seeds") or k.endswith("_seed"), 0, INT_LIMIT, True),
+    (lambda k: k == "channels" or k.endswith("_channels"), 0, 65536, False),
+    (lambda k: "learning_rate" in k, 0, 1000, False),
+    (lambda k: k == "momentum" or k.endswith("_momentum"), 0, 1, True),
+    (lambda k: k == "weight_decay" or k.endswith("_weight_decay"), 0, 1, False),
+)
+
+
+def check_number(value: float, key: str) -> None:
+    """The ranges every number of a job must lie in: finite; integers in
+    [-:data:`INT_LIMIT`, :data:`INT_LIMIT`), other numbers at most :data:`FLOAT_LIMIT` in size;
+    seeds (``seed``, ``seeds``, ``*_seed``) >= 0; channel counts (``channels``,
+    ``*_channels``) in [0, 65536]; learning rates (``*learning_rate*``) in [0, 1000]; momentum in
+    [0, 1); weight decay in [0, 1]. A component's own rules (e.g. a positive learning rate) come on
+    top.
+
+    Args:
+        value: The number.
+        key: Its dotted key (``train.learning_rate``, ``seeds[2]``); the last part picks the rules.
+
+    Raises:
+        ConfigError: Naming ``key`` and the range allowed.
+    """
+    if isinstance(value, float):
+        check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
+    name = re.sub(r"\[\d+\]$", "", key).rsplit(".", 1)[-1]
+    for matches, low, high, open_high in _NAMED_RANGES:
+        if matches(name):
+            ok = low <= value < high if open_high else low <= value <= high
+            shown = f"{value:g}" if isinstance(value, float) else _show_int(value)
+            check(ok, key, f"must be in [{low}, {high}{')' if open_high else ']'}, got {shown}")
+    if isinstance(value, float):
+        check(abs(value) <= FLOAT_LIMIT, key, f"must be at most {FLOAT_LIMIT:g} in size, got {value:g}")
+    else:
+        check(-INT_LIMIT <= value < INT_LIMIT, key,
+              f"must be an integer in [{-INT_LIMIT}, {INT_LIMIT - 1}], got {_show_int(value)}")
 
 
 def check(ok: bool, key: str, rule: str) -> None:
@@ -530,7 +816,19 @@ def _join(where: str, key: str) -> str:
 
 
 def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"int {_show_int(value)}"
+    return f"{type(value).__name__} {_short(repr(value))}"
+
+
+def _show_int(value: int) -> str:
+    """An integer for a message; one too long to print (or to read) as its bit length."""
+    return str(value) if abs(value) < 10**30 else f"a {value.bit_length()}-bit integer"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, for messages that quote what a user wrote."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _type_name(hint: Any) -> str:

@@ -18,8 +18,8 @@ from raynas.config import (
     RetrainConfig,
     SearchConfig,
     build,
-    load_yaml,
     parse_sections,
+    read_job,
 )
 from raynas.data import DATASETS
 from raynas.errors import ConfigError, UnknownNameError
@@ -148,12 +148,7 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> S
     Raises:
         ConfigError: The file is missing or not YAML, or a key or value is not allowed.
     """
-    raw = load_yaml(path, overrides)
-    if "architecture" in raw and "strategy" not in raw:
-        raise ConfigError(
-            f"{str(path)!r} is a retraining job (it names an architecture): run it with `raynas train`"
-        )
-    return parse_job(raw)
+    return parse_job(read_job(path, overrides, kind="search"))
 
 
 def parse_retrain_job(raw: dict[str, Any]) -> RetrainConfig:
@@ -169,7 +164,7 @@ def parse_retrain_job(raw: dict[str, Any]) -> RetrainConfig:
 
 def load_retrain_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
     """Read and validate a retraining job file (``--set`` overrides as for searches)."""
-    return parse_retrain_job(load_yaml(path, overrides))
+    return parse_retrain_job(read_job(path, overrides, kind="retrain"))
 
 
 __all__ = ["component", "is_sampling", "load_job", "load_retrain_job", "parse_job", "parse_retrain_job"]
