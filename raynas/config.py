@@ -300,6 +300,9 @@ class RetrainSettings:
         label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
         lr_gamma: If set, the learning rate decays by this factor every epoch instead of the
             cosine (0.97 in DARTS on ImageNet).
+        lr_power: If set, DeepLab's poly schedule instead, updated every iteration:
+            ``learning_rate * (1 - iteration / iterations) ** lr_power`` (0.9 in DeepLab and
+            Auto-DeepLab, Sec. 5.2).
     """
 
     epochs: int = 50
@@ -313,9 +316,13 @@ class RetrainSettings:
     drop_path_prob: float = 0.0
     label_smoothing: float = 0.0
     lr_gamma: float = 0.0
+    lr_power: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
+        check(self.lr_power >= 0, "retrain.lr_power", "must be >= 0 (0: no poly schedule)")
+        check(not (self.lr_power and self.lr_gamma), "retrain.lr_power",
+              "and retrain.lr_gamma exclude each other")
         check(0 <= self.label_smoothing < 1, "retrain.label_smoothing", "must be in [0, 1)")
         check(0 <= self.lr_gamma <= 1, "retrain.lr_gamma", "must be in [0, 1] (0: cosine schedule)")
         check(self.channels >= 0 and self.layers >= 0, "retrain.channels", "and layers must be >= 0")

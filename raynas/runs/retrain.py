@@ -161,6 +161,7 @@ class RetrainWorker:
             learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
             drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
+            lr_power=cfg.lr_power,
             state=state, generator=self.train_loader.batch_sampler.generator,  # type: ignore[union-attr]
             precision=self.config.execution.precision,
         )

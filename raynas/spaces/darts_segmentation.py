@@ -29,9 +29,11 @@ class DartsSegmentationNet(nn.Module):
     downsampling block rather than drop it, so the whole ImageNet-sized network, and its
     parameter count (that of NetworkImageNet less its classifier), is kept (the cell after it
     takes its s0 through a 1x1 ReLUConvBN instead of a FactorizedReduce of as many weights, since
-    nothing is halved there). DeepLab also dilates
-    the layers after it by 2; the DARTS operations have fixed dilations that are part of the
-    genotype, so they are not changed here, and the ASPP's rates 6, 12, 18 supply the context.
+    nothing is halved there). As DeepLab does, the cells after it run their convolutions at twice
+    their dilation (and padding), so their receptive field is what it would have been at /32
+    (``tensorflow/models`` ``research/deeplab``'s ``resnet_utils.stack_blocks_dense``: the unit
+    whose stride is removed keeps its rate, the units after it multiply theirs by that stride); a
+    ``dil_conv_3x3`` of the genotype (dilation 2) runs at 4 there. Pooling is not dilated.
 
     The encoder's output (after a ReLU, as Auto-DeepLab's) goes through the ASPP (1x1, three 3x3
     at rates 6, 12, 18, image pooling; ``filters`` each) of :mod:`raynas.ops.auto_deeplab`; the
@@ -69,6 +71,8 @@ class DartsSegmentationNet(nn.Module):
             genotype=genotype, channels=channels, layers=layers, c_stem=channels, reduction_prev=True,
             keep_resolution={2 * layers // 3},
         )
+        for cell in self.cells[2 * layers // 3 + 1 :]:
+            dilate_(cell, 2)
         self.aspp = ASPP(outputs[-1], filters, ASPP_RATES, separable=False)
         self.decoder = Decoder(channels, filters, num_classes, filters=filters)
 
@@ -85,3 +89,12 @@ class DartsSegmentationNet(nn.Module):
         logits = self.decoder(encoded, low)  # (B, classes, H'/4, W'/4)
         logits = resize(logits, tuple(padded.shape[2:]))  # type: ignore[arg-type]
         return logits[:, :, :height, :width]
+
+
+def dilate_(module: nn.Module, rate: int) -> None:
+    """Multiply the dilation and the padding of every spatial convolution in ``module`` by
+    ``rate`` (a stride-1 convolution keeps its output size)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1:
+            m.dilation = tuple(d * rate for d in m.dilation)  # type: ignore[assignment]
+            m.padding = tuple(p * rate for p in m.padding)  # type: ignore[assignment]

@@ -12,6 +12,7 @@ from torch import nn
 
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
+from raynas.train.schedules import poly_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -199,6 +200,7 @@ def fit(
     drop_path_prob: float = 0.0,
     label_smoothing: float = 0.0,
     lr_gamma: float = 0.0,
+    lr_power: float = 0.0,
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
@@ -222,6 +224,9 @@ def fit(
         label_smoothing: Label smoothing of the training loss.
         lr_gamma: If set, the rate is multiplied by it after every epoch (``StepLR`` with period
             1, 0.97 in DARTS's ImageNet training) instead of following the cosine.
+        lr_power: If set, DeepLab's poly schedule instead: the rate is
+            ``learning_rate * (1 - iteration / iterations) ** lr_power`` at every iteration
+            (0.9 in DeepLab and Auto-DeepLab; :func:`raynas.train.schedules.poly_lr`).
         state: A state yielded earlier, to continue from.
         generator: The training batches' shuffling generator, saved in the state and restored.
         precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
@@ -235,6 +240,7 @@ def fit(
     )
     schedule: torch.optim.lr_scheduler.LRScheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if lr_power  # set per step below
         else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     )
     plain = unwrap(model)  # a compiled model's state is saved as its plain module's
@@ -249,11 +255,21 @@ def fit(
     while epoch < epochs:
         if drop_path_prob and hasattr(plain, "drop_path_prob"):
             plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
+        per_epoch = len(train_batches) if lr_power else 0  # type: ignore[arg-type]
+
+        def poly_step(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(learning_rate, epoch * per_epoch + step, epochs * per_epoch, lr_power)
+
         metrics = train_epoch(
             model, optimizer, train_batches, device, grad_clip=grad_clip,
-            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing, precision=precision,
+            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
+            before_step=poly_step if lr_power else None, precision=precision,
         )
-        metrics["lr"] = schedule.get_last_lr()[0]
+        metrics["lr"] = (
+            poly_lr(learning_rate, epoch * per_epoch, epochs * per_epoch, lr_power) if lr_power
+            else schedule.get_last_lr()[0]
+        )
         schedule.step()
         metrics.update(evaluate(model, eval_batches, device, precision=precision))
         epoch += 1
