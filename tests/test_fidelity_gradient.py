@@ -90,3 +90,41 @@ def test_fbnet_warms_up_then_alternates_by_epoch(tmp_path: Path) -> None:
     samples = strategy.sample_architectures(40, torch.Generator().manual_seed(0))
     assert all(a.blocks[0] == "k5_e6" for a in samples)
     assert len({a.blocks[1] for a in samples}) > 3  # sampled, not the argmax
+
+
+# -- Recurrent DARTS: the unrolled step's gradient clipped ---------------------------------------
+
+
+def test_recurrent_darts_clips_the_unrolled_gradient() -> None:
+    """rnn/architect.py: w' = w - xi * (clip(grad_w L_train, grad_clip) + weight_decay * w); the
+    validation loss of the second-order gradient is taken at that w'."""
+    from raynas.config import TrainConfig
+    from raynas.strategies.gradient.darts import Darts, DartsConfig
+    from raynas.supernet.darts_rnn import DartsRnnSupernet
+
+    torch.manual_seed(0)
+    model = DartsRnnSupernet(ntoken=12, nhid=6, nodes=2, activations=("tanh", "relu"), dropout=0.0,
+                             dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0)
+    train = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.0, weight_decay=1e-3, grad_clip=0.01)
+    strategy = Darts(supernet=model, config=DartsConfig(order=2), train=train)
+    batch = (torch.randint(0, 12, (3, 5)), torch.randint(0, 12, (3, 5)))
+    weights = strategy.weight_params
+    before = [w.detach().clone() for w in weights]
+    grads = torch.autograd.grad(strategy.loss(batch)[0], weights)
+    norm = torch.cat([g.flatten() for g in grads]).norm()
+    assert norm > 0.01  # so the clip acts
+    expected = [w - 0.5 * (g * 0.01 / (norm + 1e-6) + 1e-3 * w) for w, g in zip(before, grads, strict=True)]
+
+    seen: list[list[torch.Tensor]] = []
+    loss = strategy.loss
+
+    def spy(b):  # type: ignore[no-untyped-def]
+        seen.append([w.detach().clone() for w in weights])
+        return loss(b)
+
+    strategy.loss = spy  # type: ignore[method-assign]
+    strategy.arch_backward(batch, batch)
+    for w, e in zip(seen[1], expected, strict=True):  # the second pass: L_val at w'
+        torch.testing.assert_close(w, e)
+    for w, b in zip(weights, before, strict=True):  # and the weights are put back
+        torch.testing.assert_close(w.detach(), b)

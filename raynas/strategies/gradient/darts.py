@@ -8,6 +8,10 @@ weight decay included, ``xi`` the current weight learning rate) and the paper's 
 
 with ``a`` the architecture parameters alpha, ``w± = w ± eps * grad_w' L_val(w', a)`` and
 ``eps = r / ||grad_w' L_val(w', a)||``.
+
+On recurrent language models (``rnn/architect.py``) the training gradient of the unrolled step is
+clipped to norm ``train.grad_clip`` (0.25 in ``rnn/train_search.py``) before the weight decay is
+added, as the weights' own steps are; the CNN's ``cnn/architect.py`` does not clip it.
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ class Darts(GradientStrategy):
         loss, _ = self.loss(train_batch)
         grads = torch.autograd.grad(loss, weights)
         average_(grads)  # data-parallel workers unroll the same step
+        if hasattr(self.model, "run"):  # a recurrent language model: rnn/architect.py's _clip
+            norm = torch.cat([g.flatten() for g in grads]).norm()
+            scale = self.train.grad_clip / (norm + 1e-6)
+            if scale < 1:
+                grads = tuple(g * scale for g in grads)
         with torch.no_grad():
             momentum, decay = self.train.momentum, self.train.weight_decay
             for w, g in zip(weights, grads, strict=True):
