@@ -1,9 +1,14 @@
 """What the drivers share: the result of a search, where a job's files live, resuming from a
-checkpoint, the tracker of a run, and the size of a found network."""
+checkpoint (or from the version before it, when the latest cannot be read), the result of a search
+that already finished, the tracker of a run, and the size of a found network."""
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -11,12 +16,14 @@ from torch import nn
 from raynas import storage
 from raynas.config import SearchConfig
 from raynas.data import dataset_info
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, RaynasError
 from raynas.profile import count_params
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
-from raynas.train.checkpoint import load_checkpoint
+from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
 from raynas.types import Architecture
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,9 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
         storage.check_reachable(checkpoint)
     if fresh or not storage.exists(checkpoint):
         return None
-    prior = load_checkpoint(checkpoint)
+    # A gradient search's checkpoint holds all it resumes from; a sampling search's points into
+    # its journal and its supernet's file, which have moved on: it resumes from its latest only.
+    prior = read_checkpoint(checkpoint, fallback=config.evaluator is None)
     if prior["finished"]:
         return None
     if prior["config"] != config.to_dict():
@@ -81,6 +90,95 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
             "config; pass --fresh to start over, or give the job another name"
         )
     return prior
+
+
+def read_checkpoint(checkpoint: str, *, fallback: bool = True) -> dict[str, Any]:
+    """The checkpoint at ``checkpoint``; if it cannot be read (a torn or corrupt file), the version
+    before it that :func:`raynas.train.checkpoint.save_checkpoint` keeps, with one log line saying so.
+
+    Args:
+        checkpoint: A local path or an ``s3://`` URI.
+        fallback: Whether the previous version may stand in for the latest.
+
+    Raises:
+        RaynasError: Neither can be read; the message says to pass ``--fresh``.
+    """
+    try:
+        return load_checkpoint(checkpoint)
+    except Exception as exc:  # torch.load's errors for torn files vary: zip, pickle, EOF, OS
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split()).split('. ')[0][:200]}"
+    previous = previous_checkpoint(checkpoint)
+    if fallback and storage.exists(previous):
+        try:
+            prior = load_checkpoint(previous)
+        except Exception:
+            pass
+        else:
+            log.warning("checkpoint %s cannot be read (%s); resuming from the previous one, %s",
+                        checkpoint, error, previous)
+            return prior
+    raise RaynasError(
+        f"checkpoint {checkpoint} cannot be read ({error}) and there is no readable previous "
+        "version to resume from; pass --fresh to start over"
+    )
+
+
+# Keys of a finished search's ``final.*`` params that describe it rather than score it.
+_SUMMARY_ONLY = ("params", "params_cifar10", "epochs_run", "stopped_early", "candidates")
+
+
+def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print) -> SearchResult | None:
+    """The result of the search of ``config`` if it already finished, as its checkpoint and its
+    MLflow run recorded it; None when there is nothing finished to show (nothing run yet, a search
+    to resume, or one finished with another config, which a new search replaces: said on ``echo``).
+
+    Raises:
+        ConfigError: The MLflow server of the run cannot be reached.
+        RaynasError: The finished run lacks its ``genotype.json``.
+    """
+    checkpoint = run_path(config, "checkpoint.pt")
+    if storage.is_s3(checkpoint):
+        storage.check_reachable(checkpoint)
+    if not storage.exists(checkpoint):
+        return None
+    try:
+        prior = load_checkpoint(checkpoint)
+    except Exception:  # not known to be finished: resuming deals with it (read_prior)
+        return None
+    if not prior["finished"]:
+        return None
+    if prior["config"] != config.to_dict():
+        echo(f"Search {config.name!r} finished before with another config; starting a new search "
+             "(the finished one stays in MLflow)")
+        return None
+    tracker = open_tracker(config)
+    run = tracker.client.get_run(prior["run_id"])
+    tracker.run_id = run.info.run_id
+    tracker.experiment_id = run.info.experiment_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(run.info.run_id, "genotype.json", tmp)
+        except Exception as exc:
+            raise RaynasError(
+                f"search {config.name!r} finished, but its MLflow run {run.info.run_id} has no "
+                f"genotype.json ({type(exc).__name__}); --fresh starts a new search"
+            ) from None
+        architecture = Architecture.from_json(Path(local).read_text())
+    final = {k.removeprefix("final."): v for k, v in run.data.params.items() if k.startswith("final.")}
+    metrics = {}
+    for key, value in final.items():
+        if key not in _SUMMARY_ONLY:
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                continue
+    ended = run.info.end_time or run.info.start_time
+    return SearchResult(
+        architecture=architecture, metrics=metrics, params=int(final.get("params", 0)),
+        params_cifar10=int(final.get("params_cifar10", 0)), run_id=run.info.run_id,
+        run_link=tracker.run_link(), checkpoint=checkpoint,
+        seconds=max(0.0, (ended - run.info.start_time) / 1000),
+    )
 
 
 def open_tracker(config: Any) -> MlflowTracker:
@@ -122,6 +220,6 @@ def reference_name(space: str) -> str:
 
 
 __all__ = [
-    "SearchResult", "format_duration", "job_space", "network_sizes", "open_tracker", "read_prior",
-    "reference_name", "run_path", "searched_network",
+    "SearchResult", "finished_result", "format_duration", "job_space", "network_sizes", "open_tracker",
+    "read_checkpoint", "read_prior", "reference_name", "run_path", "searched_network",
 ]

@@ -131,7 +131,8 @@ def run_gradient_search(
             report = run_epoch()
             history.append(_report_state(report))
             save(finished=False)
-            recorder.epoch(report)
+            # Resumed from the checkpoint before the latest (unreadable), this epoch may be recorded.
+            recorder.epoch(report, resumed=prior is not None and epoch == first)
             done = epoch + 1 - first
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / done * (epochs - epoch - 1)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError
-from raynas.runs.common import SearchResult
+from raynas.runs.common import SearchResult, finished_result
 from raynas.runs.gradient import run_gradient_search
 from raynas.runs.sampling import run_sampling_search
 
@@ -24,8 +24,13 @@ def run_search(
         echo: Where progress lines go.
 
     Returns:
-        The final architecture, its metrics, its size and where the MLflow run is.
+        The final architecture, its metrics, its size and where the MLflow run is; of a search
+        that already finished with this config, what it recorded (``fresh`` starts a new one).
     """
+    if not fresh and (done := finished_result(config, echo=echo)) is not None:
+        echo(f"Search {config.name!r} already finished (MLflow run {done.run_id}): its result is below; "
+             "--fresh starts a new search")
+        return done
     if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
         return run_sampling_search(config, fresh=fresh, echo=echo)
     return run_gradient_search(config, fresh=fresh, echo=echo)

@@ -1,12 +1,14 @@
 """Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact.
 
 A path may be ``s3://bucket/key``: the checkpoint is completed in a local file first and then
-published as one object (see :mod:`raynas.storage`).
+published as one object (see :mod:`raynas.storage`). The version a save replaces is kept beside
+it (:func:`previous_checkpoint`), for a resume when the latest cannot be read.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,15 +16,27 @@ from typing import Any
 import torch
 
 
+def previous_checkpoint(path: str | Path) -> str:
+    """Where the version before the latest checkpoint at ``path`` is kept: ``checkpoint.pt`` ->
+    ``checkpoint.prev.pt`` (in the same folder or ``s3://`` prefix)."""
+    text = str(path)
+    head, dot, suffix = text.rpartition(".")
+    if not dot or "/" in suffix:
+        return f"{text}.prev"
+    return f"{head}.prev.{suffix}"
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file, fsync it, then rename it over ``path``
-    (or upload it as one object to an ``s3://`` path)."""
+    (or upload it as one object to an ``s3://`` path). The checkpoint it replaces becomes
+    :func:`previous_checkpoint`; ``path`` itself is never missing on the way."""
     from raynas import storage
 
     if storage.is_s3(path):
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "checkpoint.pt"
             torch.save(state, local)
+            _keep_previous_s3(str(path))
             storage.put_file(local, str(path))
         return
     path = Path(path)
@@ -33,10 +47,34 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():  # a hard link: the latest stays where it is until the rename below
+            keep = Path(f"{tmp}.prev")
+            try:
+                os.link(path, keep)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, keep)
+            os.replace(keep, previous_checkpoint(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        Path(f"{tmp}.prev").unlink(missing_ok=True)
         raise
+
+
+def _keep_previous_s3(uri: str) -> None:
+    """Copy the object at ``uri`` to :func:`previous_checkpoint` on the server (none: nothing)."""
+    from botocore.exceptions import ClientError
+
+    from raynas import storage
+
+    latest, previous = storage.S3Location.parse(uri), storage.S3Location.parse(previous_checkpoint(uri))
+    try:
+        storage.s3_client().copy_object(
+            Bucket=previous.bucket, Key=previous.key, CopySource={"Bucket": latest.bucket, "Key": latest.key}
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

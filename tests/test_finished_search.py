@@ -1,0 +1,146 @@
+"""Running a search again: a finished one shows its result (``--fresh`` starts a new one), a crashed
+one resumes with every epoch's metrics recorded once, and an unreadable latest checkpoint falls
+back to the version before it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import tiny_job, write_job
+from mlflow.tracking import MlflowClient
+
+from raynas.cli import main
+from raynas.runs.jobs import parse_job
+from raynas.runs.search import run_search
+from raynas.train.checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
+
+# Every metric a gradient search logs per epoch (the supernet's, the loop's, the driver's).
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "alpha_entropy", "lr",
+                 "epoch_seconds")
+
+
+class Crash(Exception):
+    """The driver dies (as if killed) right after an epoch was checkpointed and recorded."""
+
+
+def crash_after(epoch: int) -> Any:
+    def echo(line: str) -> None:
+        if line.startswith(f"epoch {epoch:>3}/"):
+            raise Crash
+
+    return echo
+
+
+def steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
+    """Every epoch metric's steps, in the order MLflow holds them (repeats kept)."""
+    return {m: sorted(h.step for h in client.get_metric_history(run_id, m)) for m in EPOCH_METRICS}
+
+
+def scores(out: str) -> str:
+    """What ``raynas search`` printed a search scored (its line after the duration)."""
+    return out.split("Search finished in ")[1].split(": ", 1)[1].splitlines()[0]
+
+
+def test_checkpoint_keeps_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert previous_checkpoint(path) == str(tmp_path / "run" / "checkpoint.prev.pt")
+    assert previous_checkpoint("s3://bucket/runs/x/checkpoint.pt") == "s3://bucket/runs/x/checkpoint.prev.pt"
+    save_checkpoint({"epoch": 1}, path)
+    assert not Path(previous_checkpoint(path)).exists()
+    save_checkpoint({"epoch": 2}, path)
+    save_checkpoint({"epoch": 3}, path)
+    assert load_checkpoint(path) == {"epoch": 3}
+    assert load_checkpoint(previous_checkpoint(path)) == {"epoch": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_a_finished_search_run_again_shows_its_result_and_fresh_starts_a_new_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write_job(tmp_path, tiny_job(tmp_path, train={"epochs": 1})))
+    assert main(["search", path]) == 0
+    first = capsys.readouterr().out
+    run_id = first.split("MLflow run: ")[1].split()[0]
+
+    assert main(["search", path]) == 0
+    again = capsys.readouterr().out
+    assert f"Search 'tiny' already finished (MLflow run {run_id})" in again
+    assert "--fresh starts a new search" in again
+    assert "epoch   1/1" not in again  # nothing trained
+    for line in ("Genotype: ", "Parameters: ", "MLflow run: "):
+        assert first.split(line)[1].splitlines()[0] == again.split(line)[1].splitlines()[0]
+    assert scores(first) == scores(again)
+
+    assert main(["search", path, "--fresh"]) == 0
+    fresh = capsys.readouterr().out
+    assert "epoch   1/1" in fresh and "already finished" not in fresh
+    assert fresh.split("MLflow run: ")[1].split()[0] != run_id
+
+
+def test_a_finished_search_run_again_with_another_config_starts_a_new_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write_job(tmp_path, tiny_job(tmp_path, train={"epochs": 1})))
+    assert main(["search", path]) == 0
+    run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
+    assert main(["search", path, "--set", "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert "Search 'tiny' finished before with another config; starting a new search" in out
+    assert out.split("MLflow run: ")[1].split()[0] != run_id
+
+
+def test_a_crashed_search_resumes_with_each_epoch_recorded_once(tmp_path: Path) -> None:
+    config = parse_job(tiny_job(tmp_path, train={"epochs": 3}))
+    with pytest.raises(Crash):
+        run_search(config, echo=crash_after(2))
+    resumed = run_search(config, echo=lambda _: None)
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert steps(client, resumed.run_id) == {key: [0, 1, 2] for key in EPOCH_METRICS}
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = tiny_job(tmp_path, train={"epochs": 3})
+    reference = run_search(parse_job({**job, "name": "reference"}), echo=lambda _: None)
+    config = parse_job(job)
+    with pytest.raises(Crash):
+        run_search(config, echo=crash_after(2))
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    assert len(load_checkpoint(previous_checkpoint(checkpoint))["history"]) == 1
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # torn, as by a full disk
+
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="raynas.runs.common"):
+        resumed = run_search(config, echo=lines.append)
+    fallback = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(fallback) == 1
+    assert fallback[0].startswith(f"checkpoint {checkpoint} cannot be read (")
+    assert fallback[0].endswith(f"resuming from the previous one, {previous_checkpoint(checkpoint)}")
+    assert lines[0].startswith("Resuming 'tiny' after epoch 1")
+    # Epoch 2 ran again; MLflow holds it once, and the search ends as the uninterrupted one.
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert steps(client, resumed.run_id) == {key: [0, 1, 2] for key in EPOCH_METRICS}
+    assert resumed.architecture == reference.architecture
+    found, expected = (load_checkpoint(r.checkpoint)["history"][-1]["arch_weights"]
+                       for r in (resumed, reference))
+    for a, b in zip(found.values(), expected.values(), strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
+
+
+def test_unreadable_checkpoints_without_a_previous_one_are_one_line_with_fresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tiny_job(tmp_path, train={"epochs": 2})
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    assert main(["search", str(write_job(tmp_path, job))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raynas: error: checkpoint {checkpoint} cannot be read (")
+    assert err.endswith("no readable previous version to resume from; pass --fresh to start over\n")
+    assert len(err.splitlines()) == 1
