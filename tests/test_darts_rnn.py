@@ -339,6 +339,7 @@ def tiny_ptb_job(tmp_path: Path, *overrides: str, **sections: dict[str, Any]) ->
     words = [f"w{i}" for i in range(12)]
     lines = [" ".join(words[int(i)] for i in torch.randint(12, (8,), generator=rng)) for _ in range(30)]
     (folder / "ptb.train.txt").write_text("\n".join(lines) + "\n")
+    (folder / "ptb.valid.txt").write_text("\n".join(lines[:12]) + "\n")  # alpha's text
     job = Path(__file__).parents[1] / "jobs" / "darts_rnn_ptb.yaml"
     raw = load_yaml(job, [
         f"data.path={folder}", "data.bptt=6", "data.batch_size=8", "space.channels=8", "space.nodes=3",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from raynas.ops.attention import AttentionPartialMixedOp
@@ -128,3 +129,128 @@ def test_recurrent_darts_clips_the_unrolled_gradient() -> None:
         torch.testing.assert_close(w, e)
     for w, b in zip(weights, before, strict=True):  # and the weights are put back
         torch.testing.assert_close(w.detach(), b)
+
+
+# -- Recurrent DARTS: streams, hidden state carried, TAR ------------------------------------------
+
+
+def _tiny_rnn_strategy(**config: object):  # type: ignore[no-untyped-def]
+    from raynas.config import TrainConfig
+    from raynas.strategies.gradient.darts import Darts, DartsConfig
+    from raynas.supernet.darts_rnn import DartsRnnSupernet
+
+    torch.manual_seed(0)
+    model = DartsRnnSupernet(ntoken=12, nhid=6, nodes=2, activations=("tanh", "relu"), dropout=0.0,
+                             dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0)
+    train = TrainConfig(epochs=2, grad_clip=0.25)
+    return Darts(supernet=model, config=DartsConfig(**config), train=train)  # type: ignore[arg-type]
+
+
+def test_recurrent_darts_carries_the_hidden_state_between_batches() -> None:
+    """rnn/train_search.py: each batch of a stream starts from the (detached) hidden state the
+    stream's previous batch ended in (the training text's for the weights, the validation
+    text's for alpha), and every epoch starts from zeros."""
+    strategy = _tiny_rnn_strategy()
+    model = strategy.model
+    calls: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+    run = model.run_outputs
+
+    def spy(tokens, hidden=None):  # type: ignore[no-untyped-def]
+        logits, outputs = run(tokens, hidden)
+        calls.append((tokens, hidden, outputs[-1].detach()))
+        return logits, outputs
+
+    model.run_outputs = spy  # type: ignore[method-assign]
+    text = torch.randint(0, 12, (3, 13))  # 3 streams
+    valid = torch.randint(0, 12, (3, 13))
+    batches = [(text[:, i : i + 4], text[:, i + 1 : i + 5]) for i in (0, 4)]
+    checks = [(valid[:, i : i + 4], valid[:, i + 1 : i + 5]) for i in (0, 4)]
+    strategy.step(batches[0], checks[0])  # first order: alpha on valid, then w on train
+    (v0, hv0, end_v0), (t0, ht0, end_t0) = calls
+    assert v0 is checks[0][0] and t0 is batches[0][0] and hv0 is None and ht0 is None
+    strategy.step(batches[1], checks[1])
+    (v1, hv1, _), (t1, ht1, _) = calls[2:]
+    assert v1 is checks[1][0] and t1 is batches[1][0]
+    torch.testing.assert_close(hv1, end_v0)  # alpha's stream goes on from where it was
+    torch.testing.assert_close(ht1, end_t0)  # and the weights' from theirs
+    assert not ht1.requires_grad  # type: ignore[union-attr]
+    strategy.end_epoch()
+    strategy.step(batches[0], checks[0])
+    assert calls[4][1] is None and calls[5][1] is None  # a new epoch starts from zeros
+
+
+def _grads_at_sgd_step(strategy, batch):  # type: ignore[no-untyped-def]
+    """The weights' gradients when the weight step steps its optimiser; checks the reported loss
+    is the cross-entropy."""
+    from raynas.train.segmentation import mean_cross_entropy
+
+    seen = []
+    optimizer = strategy.w_optimizer
+    original = optimizer.step
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        seen.append([p.grad.clone() for p in strategy.weight_params])
+        return original(*a, **k)
+
+    optimizer.step = spy  # type: ignore[method-assign]
+    with torch.no_grad():
+        ce = float(mean_cross_entropy(strategy.model.run_outputs(batch[0])[0], batch[1]))
+    result = strategy.weight_step(batch)
+    assert float(result.loss_sum) / float(result.count) == pytest.approx(ce, rel=1e-5)
+    return seen[0]
+
+
+def test_recurrent_darts_weight_loss_adds_temporal_activation_regularisation() -> None:
+    """The weights' gradient is that of CE + tar * mean((h_{t+1} - h_t)^2) over the cell's
+    outputs (rnn/train_search.py's --beta); the reported loss is the cross-entropy."""
+    from raynas.train.segmentation import mean_cross_entropy
+
+    x, y = torch.randint(0, 12, (3, 5)), torch.randint(0, 12, (3, 5))
+    grads = {}
+    for tar in (0.0, 0.5):
+        strategy = _tiny_rnn_strategy(tar=tar)
+        logits, outputs = strategy.model.run_outputs(x)
+        expected = mean_cross_entropy(logits, y) + tar * (outputs[1:] - outputs[:-1]).pow(2).mean()
+        want = torch.autograd.grad(expected, strategy.weight_params)
+        seen = _grads_at_sgd_step(strategy, (x, y))
+        norm = torch.cat([g.flatten() for g in want]).norm()
+        scale = min(1.0, 0.25 / (float(norm) + 1e-6))  # clip_grad_norm_ to 0.25
+        for got, w in zip(seen, want, strict=True):
+            torch.testing.assert_close(got, w * scale, rtol=1e-4, atol=1e-6)
+        grads[tar] = seen
+    assert any(not torch.equal(a, b) for a, b in zip(grads[0.0], grads[0.5], strict=True))
+
+
+def test_ptb_search_reads_streams_of_training_and_validation_text(tmp_path: Path) -> None:
+    """Alpha learns from ptb.valid.txt, the weights from ptb.train.txt, each cut into batch_size
+    streams read in order (the next batch continues every stream), the training windows of
+    DARTS's variable length."""
+    from raynas.data import DATASETS, search_loaders
+
+    folder = tmp_path / "penn"
+    folder.mkdir()
+    words = [f"w{i}" for i in range(10)]
+    g = torch.Generator().manual_seed(0)
+
+    def text(lines: int) -> str:
+        return "".join(" ".join(words[int(i)] for i in torch.randint(10, (9,), generator=g)) + "\n"
+                       for _ in range(lines))
+
+    (folder / "ptb.train.txt").write_text(text(40))
+    (folder / "ptb.valid.txt").write_text(text(10))
+    data = DATASETS.create("ptb", DATASETS.entry("ptb").config(path=str(folder), bptt=6, batch_size=4))
+    train, valid = search_loaders(data, seed=0)
+    streams = data.train_tokens[: len(data.train_tokens) // 4 * 4].view(4, -1)
+    position = 0
+    lengths = []
+    for x, y in train:
+        assert x.shape[0] == 4
+        torch.testing.assert_close(x, streams[:, position : position + x.shape[1]])
+        torch.testing.assert_close(y, streams[:, position + 1 : position + 1 + x.shape[1]])
+        position += x.shape[1]
+        lengths.append(x.shape[1])
+    assert position >= streams.shape[1] - 6 and len(set(lengths)) > 1 and min(lengths) >= 1
+    valid_text = data.encode("valid")
+    vstreams = valid_text[: len(valid_text) // 4 * 4].view(4, -1)
+    first = next(iter(valid))[0]
+    torch.testing.assert_close(first, vstreams[:, :6])  # alpha's text, windows of bptt

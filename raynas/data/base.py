@@ -137,6 +137,9 @@ def search_loaders(
         rank: This worker's index among ``world_size`` data-parallel workers.
         world_size: Workers sharing each global batch of ``data.batch_size`` images.
     """
+    own = getattr(dataset, "search_loaders", None)
+    if own is not None:  # a dataset that splits its own way (PTB: the authors' token streams)
+        return own(seed=seed, rank=rank, world_size=world_size)  # type: ignore[no-any-return]
     cfg = dataset.config
     full = dataset.train_set()
     n = len(full)  # type: ignore[arg-type]

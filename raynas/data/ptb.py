@@ -5,17 +5,24 @@ sentence per line, words separated by spaces, ``<eos>`` appended to every line.
 The vocabulary is the training file's words in order of first appearance (10,000 words for the
 standard files, ``<unk>`` among them). The token stream is cut into consecutive windows of
 ``bptt`` tokens; a sample is ``(tokens[i : i + bptt], tokens[i + 1 : i + bptt + 1])`` for
-``i = 0, bptt, 2 * bptt, ...``, so a network predicts every next word. Windows are independent:
-each starts from a zero hidden state (the authors' scripts carry it from one window to the next).
+``i = 0, bptt, 2 * bptt, ...``, so a network predicts every next word.
+
+A search reads PTB as ``rnn/train_search.py`` does (:meth:`Ptb.search_loaders`): the training
+text trains the weights and the validation text the architecture, each cut into ``batch_size``
+parallel streams (``batchify``) read in order, window after window, so a strategy can carry the
+hidden state from one batch to the next; the training windows have DARTS's variable length
+(``bptt`` with probability 0.95, else ``bptt / 2``, then normal with deviation 5, at least 5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.errors import ConfigError, DataError
@@ -77,6 +84,75 @@ class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.tokens[i : i + self.bptt], self.tokens[i + 1 : i + self.bptt + 1]
 
 
+class TokenStreams(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A token stream cut into parallel streams (``batchify``), of which this worker reads its
+    share; item ``(start, length)`` is the window of every stream: inputs and next-token targets,
+    each (streams, length).
+
+    Args:
+        tokens: The token ids (N,).
+        streams: The global number of streams (``data.batch_size``).
+        rank: This worker's index among ``world_size`` data-parallel workers.
+        world_size: Workers sharing the streams.
+    """
+
+    def __init__(self, tokens: torch.Tensor, streams: int, rank: int = 0, world_size: int = 1) -> None:
+        length = len(tokens) // streams
+        data = tokens[: length * streams].view(streams, length)  # (streams, length)
+        share = streams // world_size
+        self.data = data[rank * share : (rank + 1) * share]  # (share, length)
+
+    @property
+    def length(self) -> int:
+        """Tokens per stream."""
+        return self.data.shape[1]
+
+    def __len__(self) -> int:
+        return max(0, self.length - 1)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        start, length = key
+        length = min(length, self.length - 1 - start)
+        return self.data[:, start : start + length], self.data[:, start + 1 : start + 1 + length]
+
+
+class StreamWindows(Sampler[list[tuple[int, int]]]):
+    """Consecutive windows through the streams, as ``rnn/train_search.py`` walks them: each of
+    length ``bptt``, or (``variable``) ``bptt`` with probability 0.95 else ``bptt / 2``, then
+    drawn from a normal around it with deviation 5, at least 5 tokens.
+
+    Args:
+        length: Tokens per stream.
+        bptt: The nominal window length.
+        generator: Draws the variable lengths; its state is part of a checkpoint.
+        variable: Vary the lengths (training) or not.
+    """
+
+    def __init__(self, length: int, bptt: int, generator: torch.Generator, *, variable: bool) -> None:
+        self.length, self.bptt, self.generator, self.variable = length, bptt, generator, variable
+
+    def _size(self) -> int:
+        if not self.variable:
+            return self.bptt
+        u = float(torch.rand((), generator=self.generator))
+        nominal = self.bptt if u < 0.95 else self.bptt / 2
+        return max(5, int(nominal + 5 * float(torch.randn((), generator=self.generator))))
+
+    def __len__(self) -> int:  # the nominal count (variable lengths make it approximate)
+        return max(1, (self.length - 1) // self.bptt) if self.length > 1 else 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start = 0
+        while start < self.length - 2:
+            size = self._size()
+            yield [(start, size)]
+            start += size
+
+
+def _single(items: list[Any]) -> Any:
+    return items[0]  # a batch sampler of one key per batch: the item is the batch
+
+
 @DATASETS.register("ptb", config=PtbConfig)
 class Ptb:
     """Penn Treebank for word-level language models; ``info.num_classes`` is the vocabulary size.
@@ -120,6 +196,33 @@ class Ptb:
     def train_set(self) -> TokenWindows:
         """Windows of ``ptb.train.txt`` (the search splits them into weight and alpha halves)."""
         return TokenWindows(self.train_tokens, self.config.bptt)
+
+    def search_loaders(
+        self, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> tuple[DataLoader[Any], DataLoader[Any]]:
+        """The search's loaders as ``rnn/train_search.py`` reads PTB: the training text's streams
+        (variable-length windows) for the weights, the validation text's (windows of ``bptt``)
+        for the architecture; ``data.batch_size`` streams, each worker reading its share."""
+        cfg = self.config
+        if cfg.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} "
+                "data-parallel workers"
+            )
+
+        def loader(tokens: torch.Tensor, offset: int, variable: bool) -> DataLoader[Any]:
+            if cfg.limit:
+                tokens = tokens[: cfg.limit * cfg.bptt + 1]  # as many tokens as ``limit`` windows
+            streams = TokenStreams(tokens, cfg.batch_size, rank, world_size)
+            if streams.length < 3:
+                raise ConfigError(
+                    f"data: {len(tokens)} tokens are too few for {cfg.batch_size} streams (data.batch_size)"
+                )
+            generator = torch.Generator().manual_seed(seed + offset)
+            sampler = StreamWindows(streams.length, cfg.bptt, generator, variable=variable)
+            return DataLoader(streams, batch_sampler=sampler, collate_fn=_single)  # type: ignore[arg-type]
+
+        return loader(self.train_tokens, 0, True), loader(self.encode("valid"), 1, False)
 
     def valid_set(self) -> TokenWindows:
         """Windows of ``ptb.valid.txt``."""

@@ -279,6 +279,14 @@ class RnnLanguageModel(nn.Module):
             Logits (B, ntoken, T), the layout ``cross_entropy`` takes with (B, T) targets, and the
             hidden state after the last token (B, nhid).
         """
+        logits, outputs = self.run_outputs(tokens, hidden)
+        return logits, outputs[-1]
+
+    def run_outputs(
+        self, tokens: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, ntoken, T) and the cell's outputs at every step (T, B, nhid), before the
+        output dropout (what DARTS's temporal activation regularisation reads)."""
         tokens = tokens.t()  # (T, B), the code's layout
         emb = embedded_dropout(self.encoder, tokens, self.dropoute if self.training else 0.0)  # (T, B, nhid)
         emb = self._locked(emb, self.dropouti)
@@ -286,7 +294,7 @@ class RnnLanguageModel(nn.Module):
             hidden = emb.new_zeros(emb.size(1), self.nhid)
         outputs = self.cell(emb, hidden)  # (T, B, nhid)
         logits = self.decoder(self._locked(outputs, self.dropout))  # (T, B, V)
-        return logits.permute(1, 2, 0), outputs[-1]
+        return logits.permute(1, 2, 0), outputs
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, V, T)
         return self.run(tokens)[0]

@@ -154,15 +154,15 @@ class DartsRnnSupernet(RnnLanguageModel):
             genotype_path = None
         self.search_cell[0].path = genotype_path
 
-    def run(
+    def run_outputs(
         self, tokens: torch.Tensor, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cell = self.search_cell[0]
         if cell.path is not None:
-            return super().run(tokens, hidden)
+            return super().run_outputs(tokens, hidden)
         cell.weights = self.edge_weights()
         try:
-            return super().run(tokens, hidden)
+            return super().run_outputs(tokens, hidden)
         finally:
             cell.weights = None  # no graph kept alive between passes
 

@@ -5,6 +5,13 @@ A variant overrides one method: :meth:`GradientStrategy.arch_backward` (how the 
 gradient is computed: first order, unrolled second order, mixed level), or
 :meth:`GradientStrategy.loss` (for example a latency term). Everything else (optimisers, the
 learning-rate schedule, gradient clipping, checkpoints) is shared.
+
+On a recurrent language model (a supernet with ``run_outputs``, the DARTS recurrent cell) the
+steps follow ``rnn/train_search.py``: the hidden state is carried from one batch to the next of
+the same stream (the training text's for the weights, the validation text's for the
+architecture; PTB's search loaders read both in order), detached, and reset every epoch; the
+weights' loss adds the temporal activation regularisation ``tar * mean((h_{t+1} - h_t)^2)`` of
+the cell's outputs (``--beta 1e-3``; its activation regularisation ``--alpha`` is 0 there).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ class GradientConfig:
     ``arch_start_epoch`` trains only the weights for that many epochs first (PC-DARTS warms up 15).
     ``random_features`` trains only the BatchNorm scales and shifts of the supernet; convolutions
     and the classifier keep their random initialisation (RF-DARTS, Zhang et al., CVPR 2023).
+    ``tar`` weighs the temporal activation regularisation of recurrent language models (DARTS's
+    ``rnn/train_search.py``: 1e-3); other supernets ignore it.
     """
 
     arch_learning_rate: float = 3e-4
@@ -36,12 +45,15 @@ class GradientConfig:
     arch_betas: tuple[float, ...] = (0.5, 0.999)
     arch_start_epoch: int = 0
     random_features: bool = False
+    tar: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.arch_learning_rate <= 0:
             raise ConfigError("strategy.arch_learning_rate must be positive")
         if self.arch_start_epoch < 0:
             raise ConfigError("strategy.arch_start_epoch must be >= 0")
+        if self.tar < 0:
+            raise ConfigError("strategy.tar must be >= 0")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
 
@@ -94,6 +106,12 @@ class GradientStrategy:
             weight_decay=config.arch_weight_decay,
         )
         self.epoch = 0
+        # Recurrent language models: the hidden state each stream starts its next batch from.
+        self.recurrent = hasattr(supernet, "run_outputs")
+        self.hidden: dict[str, torch.Tensor] = {}
+        self._ended: dict[str, torch.Tensor] = {}  # where this step's passes ended, per stream
+        self._streams: dict[int, str] = {}  # id of a batch's inputs -> its stream
+        self._outputs: torch.Tensor | None = None  # the cell outputs of the last pass (T, B, H)
 
     @classmethod
     def space_overrides(cls, config: GradientConfig) -> dict[str, Any]:
@@ -108,18 +126,32 @@ class GradientStrategy:
     def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss on a batch and the logits (B, classes)."""
         x, y = batch
-        logits = self.model(x)
+        if not self.recurrent:
+            logits = self.model(x)
+            return self.criterion(logits, y), logits
+        stream = self._streams.get(id(x), "train")
+        start = self.hidden.get(stream)
+        if start is not None and start.shape[0] != x.shape[0]:
+            start = None  # another number of streams: start from zeros
+        logits, outputs = self.model.run_outputs(x, start)  # type: ignore[operator]
+        self._ended[stream] = outputs[-1].detach()  # (B, H): repackage_hidden
+        self._outputs = outputs
         return self.criterion(logits, y), logits
 
     def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
         """One search step: update ``alpha`` on validation data, then ``w`` on training data."""
         self.model.train()
+        if self.recurrent:
+            self._streams = {id(train_batch[0]): "train", id(valid_batch[0]): "valid"}
         if self.epoch >= self.config.arch_start_epoch:
             self.a_optimizer.zero_grad(set_to_none=True)
             self.arch_backward(train_batch, valid_batch)
             average_gradients_(self.arch_params)  # no-op unless data-parallel
             self.a_optimizer.step()
-        return self.weight_step(train_batch)
+        result = self.weight_step(train_batch)
+        self.hidden.update(self._ended)  # the next batches go on from here
+        self._ended, self._streams = {}, {}
+        return result
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
         """Put the architecture gradient in ``alpha.grad`` (first order: d L_val / d alpha)."""
@@ -130,7 +162,11 @@ class GradientStrategy:
         """One SGD step of the weights on a training batch, gradients clipped by norm."""
         self.w_optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(batch)
-        loss.backward(inputs=self.weight_params)
+        total = loss
+        if self.recurrent and self.config.tar and self._outputs is not None:
+            h = self._outputs  # (T, B, H)
+            total = loss + self.config.tar * (h[1:] - h[:-1]).pow(2).mean()
+        total.backward(inputs=self.weight_params)
         average_gradients_(self.weight_params)
         nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
         self.w_optimizer.step()
@@ -146,6 +182,7 @@ class GradientStrategy:
         """Advance the learning-rate schedule and the epoch count."""
         self.scheduler.step()
         self.epoch += 1
+        self.hidden = {}  # rnn/train_search.py starts every epoch from zero states
 
     def genotype(self) -> Any:
         """The architecture the supernet currently stands for."""
