@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlflow_store
 
 from raynas.errors import ConfigError
 from raynas.ops import OPS
@@ -131,14 +130,26 @@ def test_the_rf_darts_grid_is_a_job_per_dataset_and_space_robust(dataset: str) -
         assert config.space.config.primitives == robust_primitives(robust)
 
 
-@pytest.mark.parametrize("robust", ["s1", "s4"])
-def test_an_rf_darts_search_in_a_robust_space_finds_one_of_its_genotypes(robust: str, tmp_path: Path) -> None:
-    from raynas.runs import run_search
+def test_an_rf_darts_step_in_s1_keeps_to_s1() -> None:
+    """RF-DARTS's override (affine BatchNorm, its only trained weights) applies to an S1 space,
+    and a search step's gradient reaches only the candidates S1's edges have."""
+    import dataclasses
 
-    config = load_job(JOBS / "rf_darts_quickstart.yaml", [
-        f"space.robust={robust}", "space.channels=4", "space.layers=3", "data.limit=32",
-        "data.batch_size=16", "train.epochs=1", "execution.backend=local",
-        f"tracking.tracking_uri={mlflow_store(tmp_path)}", f"tracking.output_dir={tmp_path / 'runs'}",
-    ])
-    result = run_search(config, echo=lambda _: None)
-    assert space(robust).contains(result.architecture)
+    from raynas.config import TrainConfig
+    from raynas.strategies import STRATEGIES
+
+    torch.manual_seed(0)
+    strategy_cls = STRATEGIES.get("rf_darts")
+    strategy_config = STRATEGIES.entry("rf_darts").config()  # type: ignore[misc]
+    base = DartsSpaceConfig(robust="s1", channels=4, layers=3)
+    s = SPACES.create("darts", dataclasses.replace(base, **strategy_cls.space_overrides(strategy_config)))
+    supernet = build_supernet(s, TINY)
+    strategy = STRATEGIES.create("rf_darts", supernet=supernet, config=strategy_config, train=TrainConfig())
+    before = supernet.alpha_normal.detach().clone()
+    batch = (torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))
+    strategy.step(batch, batch)
+    allowed = torch.tensor([[p in pair for p in supernet.primitives] for pair in S1_NORMAL])
+    grad = supernet.alpha_normal.grad  # the architecture step's (weight decay aside, all it moves by)
+    assert grad is not None and (grad[~allowed] == 0).all()
+    assert (supernet.alpha_normal.detach() != before)[allowed].any()
+    assert s.contains(strategy.genotype())

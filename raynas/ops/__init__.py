@@ -7,6 +7,7 @@ supernet edge.
 
 from raynas.ops import (
     convnext,  # noqa: F401 (registers the ConvNeXt-style DARTS operations)
+    morphological,  # noqa: F401 (registers the morphological DARTS operations)
     nb201,  # noqa: F401 (registers the NAS-Bench-201 convolutions)
     robust,  # noqa: F401 (registers RobustDARTS's noise operation)
 )

@@ -20,6 +20,7 @@ from torch import nn
 from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
+from raynas.ops.morphological import MORPHOLOGICAL_PRIMITIVES
 from raynas.ops.robust import ROBUST_EDGES, ROBUST_SPACES, robust_primitives
 from raynas.spaces.darts_genotype import (
     DartsGenotype,
@@ -33,7 +34,9 @@ from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
 # Named candidate-operation sets for ``space.operations``.
-OPERATION_SETS: dict[str, tuple[str, ...]] = {"darts": PRIMITIVES, "convnext": CONVNEXT_PRIMITIVES}
+OPERATION_SETS: dict[str, tuple[str, ...]] = {
+    "darts": PRIMITIVES, "convnext": CONVNEXT_PRIMITIVES, "morphological": MORPHOLOGICAL_PRIMITIVES,
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class DartsSpaceConfig:
         stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
         operations: The named set of candidate operations: ``darts`` (the paper's eight) or
             ``convnext`` (pseudo-inverted bottlenecks and the ConvNeXt block, see
-            :mod:`raynas.ops.convnext`).
+            :mod:`raynas.ops.convnext`) or ``morphological`` (learnable grey-scale dilation,
+            erosion, opening, closing and gradient, see :mod:`raynas.ops.morphological`).
         primitives: Candidate operations on every edge, any names of the operation table (both
             sets may be mixed); empty: the ``operations`` set.
         mixed_op: How an edge combines its candidates (a name in ``raynas.ops.MIXED_OPS``).
@@ -66,7 +70,7 @@ class DartsSpaceConfig:
     layers: int = 8
     nodes: int = 4
     stem_multiplier: int = 3
-    operations: Literal["darts", "convnext"] = "darts"
+    operations: Literal["darts", "convnext", "morphological"] = "darts"
     primitives: tuple[str, ...] = ()
     mixed_op: str = "weighted"
     partial_k: int = 4
