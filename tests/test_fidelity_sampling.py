@@ -5,7 +5,9 @@ PNAS's cells grown block by block."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -16,9 +18,50 @@ from raynas.runs.sampling import _final
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsSpaceConfig
 from raynas.strategies.sampling.enas import Enas, EnasConfig, Step
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
-from raynas.types import EvalResult
+from raynas.types import Architecture, Decision, EvalResult, decode_options
 
 OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+
+
+@dataclass(frozen=True)
+class ToyArch(Architecture):
+    space: ClassVar[str] = "fidelity-toy"
+    values: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ToyArch:
+        return cls(tuple(int(v) for v in data["values"]))
+
+
+SIZES = (3, 4, 3, 4)
+VALUES = ((0.0, 0.3, 0.1), (0.0, 0.2, 0.5, 0.1), (0.0, 0.4, 0.2), (0.0, 0.1, 0.2, 0.6))
+
+
+def toy_score(values: tuple[int, ...]) -> float:
+    return sum(table[v] for table, v in zip(VALUES, values, strict=True))
+
+
+class ToySpace:
+    """A flat categorical view only: 3 x 4 x 3 x 4 architectures."""
+
+    def decisions(self) -> tuple[Decision, ...]:
+        return tuple(Decision(f"d{i}", tuple(f"o{j}" for j in range(n))) for i, n in enumerate(SIZES))
+
+    def encode(self, arch: Architecture) -> tuple[int, ...]:
+        assert isinstance(arch, ToyArch)
+        return arch.values
+
+    def decode(self, values: tuple[int, ...] | list[int]) -> ToyArch:
+        decode_options(self.decisions(), values)
+        return ToyArch(tuple(int(v) for v in values))
+
+
+def evaluate(arch: Architecture, trial: int) -> EvalResult:
+    assert isinstance(arch, ToyArch)
+    return EvalResult(architecture=arch, metrics={"valid_acc": toy_score(arch.values)}, trial_id=f"t{trial}")
 
 
 def darts_space(nodes: int) -> DartsCnnSpace:
@@ -235,7 +278,6 @@ def test_progressive_cells_need_an_evaluator_that_builds_them() -> None:
 
 def _toy_spos(**config: object):  # type: ignore[no-untyped-def]
     from raynas.strategies.sampling.evolution import Spos, SposConfig
-    from tests.test_controllers import ToySpace
 
     return Spos(SposConfig(**config), space=ToySpace(), seed=0)  # type: ignore[arg-type]
 
@@ -244,8 +286,6 @@ def test_spos_crossover_takes_every_decision_from_a_parent() -> None:
     """SPOS's crossover on known parents: each decision from one parent or the other, each with
     probability 1/2, drawn in decision order from the strategy's random stream."""
     import random
-
-    from tests.test_controllers import ToyArch
 
     spos = _toy_spos(population_size=4, sample_size=2, evaluations=8)
     first, second = ToyArch((0, 0, 0, 0)), ToyArch((1, 2, 1, 3))
@@ -262,8 +302,6 @@ def test_spos_crossover_takes_every_decision_from_a_parent() -> None:
 def test_spos_generations_mutate_and_cross_the_best() -> None:
     """A random first generation; the next is mutation_num mutants and crossover_num crosses of
     the sample_size best so far (never a candidate asked before), filled up at random."""
-    from tests.test_controllers import evaluate, toy_score
-
     spos = _toy_spos(population_size=6, sample_size=2, evaluations=12, mutation_num=2, crossover_num=2,
                      mutation_prob=0.5)
     first = [spos.ask() for _ in range(6)]
@@ -278,3 +316,37 @@ def test_spos_generations_mutate_and_cross_the_best() -> None:
     for child in crosses:
         assert all(v in (a, b) for v, a, b in zip(child.values, best[0].values, best[1].values, strict=True))  # type: ignore[union-attr]
     assert spos.ask() is None and not spos.done
+
+
+# -- EN²AS ---------------------------------------------------------------------------------------
+
+
+def test_novelty_search_step_on_known_points() -> None:
+    """One step of EN²AS's novelty search: archive {(0, 0, 0, 0)}, k = 1, theta = 0, sigma = 1;
+    perturbation 1 points at (0, 0, 0, 0) (novelty 0), perturbation 2 at (1, 2, 1, 3) (novelty 4).
+    The standardised novelties are (-1, 1), so theta moves by lr / (2 sigma) * (eps_2 - eps_1);
+    the most novel candidate is trained and joins the archive."""
+    from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch
+
+    config = NoveltyConfig(population_size=5, sample_size=2, evaluations=5, candidates=2, neighbours=1,
+                           sigma=1.0, es_learning_rate=0.5)
+    search = NoveltySearch(config, space=ToySpace(), seed=0)
+    search.paths = torch.tensor([[0, 0, 0, 0]])
+    sizes = (3, 4, 3, 4)
+
+    def pointing(values: tuple[int, ...]) -> torch.Tensor:
+        parts = []
+        for n, v in zip(sizes, values, strict=True):
+            part = torch.zeros(n)
+            part[v] = 1.0
+            parts.append(part)
+        return torch.cat(parts)
+
+    eps = torch.stack([pointing((0, 0, 0, 0)), pointing((1, 2, 1, 3))])
+    path = search.novelty_step(eps)
+    assert path == ToyArch((1, 2, 1, 3))
+    assert search.paths.tolist() == [[0, 0, 0, 0], [1, 2, 1, 3]]
+    torch.testing.assert_close(search.theta, 0.5 / 2 * (eps[1] - eps[0]))
+    # a second step from there: the archive now holds both points
+    again = search.novelty_step(torch.stack([pointing((2, 3, 2, 1)), pointing((1, 2, 1, 3))]))
+    assert again == ToyArch((2, 3, 2, 1)) and len(search.paths) == 3

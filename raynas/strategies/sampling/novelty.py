@@ -3,11 +3,20 @@ Neural Architecture Search via Novelty Driven Sampling", IJCAI 2020; arXiv 1907.
 Novelty-Driven Neural Architecture Search", EN²AS).
 
 Reward-driven sampling trains the paths a controller already likes, so the supernet's ranking
-favours them (the rich get richer); EN²AS trains the most *novel* path instead. The novelty of an
-architecture is the mean distance of its encoding to its ``k`` nearest neighbours in an archive of
-the paths sampled before (here the Hamming distance between option indices, the archive bounded to
-the ``archive_size`` most recent paths). Each training step draws ``candidates`` random paths,
-takes the most novel and archives it (:meth:`NoveltySearch.sample_path`).
+favours them (the rich get richer); EN²AS trains the most *novel* path instead, found by novelty
+search (Lehman and Stanley) with an evolution strategy over continuous architecture parameters.
+The novelty of an architecture is the mean distance of its encoding to its ``k`` nearest
+neighbours in the archive of the paths trained before (here the Hamming distance between option
+indices, the archive bounded to the ``archive_size`` most recent paths). Each training step
+(:meth:`NoveltySearch.sample_path`, :meth:`NoveltySearch.novelty_step`):
+
+* draws ``candidates`` perturbations ``eps_i ~ N(0, I)`` of the parameters ``theta`` (a logit per
+  option of every decision); candidate ``i`` is the architecture ``argmax(theta + sigma eps_i)``
+  (per decision), and its novelty ``N_i`` is taken against the archive;
+* moves ``theta`` along the evolution-strategy estimate of the novelty gradient,
+  ``theta += lr / (n sigma) * sum_i z_i eps_i`` with ``z`` the novelties standardised over the
+  ``n`` candidates (mean 0, deviation 1; all equal: no move);
+* trains the most novel candidate, which joins the archive.
 
 The search over the trained supernet is regularized evolution (Real et al., AAAI 2019) with the
 same novelty: of ``candidates`` one-decision mutants of a tournament's winner, the one most novel
@@ -22,6 +31,7 @@ from typing import Any
 
 import torch
 
+from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import check_positive
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
@@ -33,17 +43,23 @@ class NoveltyConfig(EvolutionConfig):
     """Regularized evolution's P, S and evaluations, plus the novelty search.
 
     Attributes:
-        candidates: Random paths (or mutants) drawn per step; the most novel is taken.
+        candidates: Perturbed paths (or mutants) drawn per step; the most novel is taken.
         neighbours: ``k``, nearest neighbours in the archive whose distances are averaged.
         archive_size: Most recent paths kept in the archive.
+        sigma: The perturbations' standard deviation.
+        es_learning_rate: The evolution strategy's step on ``theta``.
     """
 
     candidates: int = 10
     neighbours: int = 10
     archive_size: int = 1000
+    sigma: float = 1.0
+    es_learning_rate: float = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sigma <= 0 or self.es_learning_rate < 0:
+            raise ConfigError("strategy.sigma must be positive and strategy.es_learning_rate >= 0")
         check_positive(self.candidates, "strategy.candidates")
         check_positive(self.neighbours, "strategy.neighbours")
         check_positive(self.archive_size, "strategy.archive_size")
@@ -86,6 +102,9 @@ class NoveltySearch(RegularizedEvolution):
         width = len(self.decisions)
         self.paths = torch.zeros(0, width, dtype=torch.long)  # (N, D) archive of training paths
         self.seen = torch.zeros(0, width, dtype=torch.long)  # (N, D) archive of asked candidates
+        self.sizes = [len(d.options) for d in self.decisions]
+        self.theta = torch.zeros(sum(self.sizes))  # a logit per option of every decision
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _most_novel(
         self, options: list[Architecture], archive: torch.Tensor
@@ -96,11 +115,29 @@ class NoveltySearch(RegularizedEvolution):
         updated = torch.cat([archive, encoded[best : best + 1]])[-self.config.archive_size :]
         return options[best], updated
 
+    def _argmax(self, theta: torch.Tensor) -> list[int]:
+        """The option with the largest logit of every decision."""
+        return [int(part.argmax()) for part in theta.split(self.sizes)]
+
     def sample_path(self) -> Architecture:
-        """The most novel of ``candidates`` random paths, which joins the archive."""
-        options = [self.random_architecture() for _ in range(self.config.candidates)]
-        path, self.paths = self._most_novel(options, self.paths)
-        return path
+        """One step of the novelty search; its most novel candidate is the path to train."""
+        eps = torch.randn(self.config.candidates, len(self.theta), generator=self.generator)
+        return self.novelty_step(eps)
+
+    def novelty_step(self, eps: torch.Tensor) -> Architecture:
+        """The novelty-search step with perturbations ``eps`` (n, options): the most novel of the
+        candidates ``argmax(theta + sigma eps_i)`` joins the archive and is returned; ``theta``
+        moves along ``lr / (n sigma) * sum_i z_i eps_i`` (``z``: standardised novelties)."""
+        sigma = self.config.sigma
+        values = torch.tensor([self._argmax(self.theta + sigma * e) for e in eps])  # (n, D)
+        scores = novelty(values, self.paths, self.config.neighbours)  # (n,)
+        spread = scores.std(unbiased=False)
+        if spread > 0:
+            z = (scores - scores.mean()) / spread
+            self.theta = self.theta + self.config.es_learning_rate / (len(eps) * sigma) * (z @ eps)
+        best = int(scores.argmax())  # first of equals
+        self.paths = torch.cat([self.paths, values[best : best + 1]])[-self.config.archive_size :]
+        return self.space.decode(values[best].tolist())
 
     def propose(self) -> Architecture | None:
         first_population = self.asked < self.config.population_size
@@ -118,9 +155,14 @@ class NoveltySearch(RegularizedEvolution):
         return child
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "paths": self.paths.clone(), "seen": self.seen.clone()}
+        return {
+            **super().state_dict(), "paths": self.paths.clone(), "seen": self.seen.clone(),
+            "theta": self.theta.clone(), "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.paths = state["paths"].to(torch.long)
         self.seen = state["seen"].to(torch.long)
+        self.theta = state["theta"].float()
+        self.generator.set_state(state["generator"])
