@@ -49,13 +49,15 @@ def test_the_spaces_are_robustdarts_s1_to_s4() -> None:
     }
 
 
-def test_noise_is_standard_normal_of_the_output_shape_without_gradient() -> None:
+def test_noise_is_standard_normal_of_the_output_shape_with_zero_gradient() -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 4, 16, 16, requires_grad=True)
     assert OPS.get("noise")(4, 1, False)(x).shape == (8, 4, 16, 16)
     out = OPS.get("noise")(4, 2, False)(x)
-    assert out.shape == (8, 4, 8, 8) and not out.requires_grad
+    assert out.shape == (8, 4, 8, 8)
     assert abs(float(out.mean())) < 0.1 and abs(float(out.std()) - 1) < 0.1
+    out.sum().backward()
+    assert x.grad is not None and (x.grad == 0).all()
 
 
 @pytest.mark.parametrize("robust", list(ROBUST_SPACES))

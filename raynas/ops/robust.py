@@ -23,7 +23,7 @@ from raynas.ops.darts import OPS
 
 class NoiseOp(nn.Module):
     """RobustDARTS's ``noise``: N(mean, std^2) samples of the output shape (stride 2 halves H and
-    W), with no gradient to the input.
+    W), whatever the input; its gradient to the input is zero (the graph stays connected).
 
     Args:
         stride: 1, or 2 on the strided edges of a reduction cell.
@@ -38,8 +38,8 @@ class NoiseOp(nn.Module):
         self.std = std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H/s, W/s)
-        shape = x[:, :, :: self.stride, :: self.stride].shape
-        return torch.empty(shape, dtype=x.dtype, device=x.device).normal_(self.mean, self.std)
+        sub = x[:, :, :: self.stride, :: self.stride]
+        return sub.mul(0.0) + torch.empty_like(sub).normal_(self.mean, self.std)
 
 
 OPS.register("noise")(lambda c, stride, affine: NoiseOp(stride))
