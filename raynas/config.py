@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -27,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlparse
 
 import yaml
 
@@ -170,11 +172,55 @@ class TrackingConfig:
     registered_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.tracking_uri:
+            check_tracking_uri(self.tracking_uri, "config key 'tracking.tracking_uri'")
         check(self.experiment.strip() != "", "tracking.experiment", "must be a non-empty name")
         check(self.output_dir.strip() != "", "tracking.output_dir", "must be a folder or s3://bucket/prefix")
         for key in ("tracking_uri", "results", "artifact_location", "registered_model"):
             value = getattr(self, key)
             check(value is None or value.strip() != "", f"tracking.{key}", "must not be empty (leave it out)")
+
+
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy URLs, any +driver
+
+
+def check_tracking_uri(uri: str, what: str) -> None:
+    """An MLflow tracking URI raynas can use: ``http(s)://host[:port]``, a database
+    (``sqlite:///path/mlflow.db``, ``postgresql://...``, ``mysql://...``, ``mssql://...``) or
+    Databricks; a file store (``file:`` or a plain path) only where MLflow opens one
+    (``MLFLOW_ALLOW_FILE_STORE=true``: MLflow 3 refuses it otherwise).
+
+    Args:
+        uri: The URI.
+        what: Where it came from, for the message (``config key 'tracking.tracking_uri'``).
+
+    Raises:
+        ConfigError: Saying what to write instead.
+    """
+    shown = _short(uri, 200)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as exc:
+        raise ConfigError(f"{what} is {shown!r}, not a URI ({exc})") from None
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and uri[1:2] == ":"):  # a path (C:\ too)
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            return
+        raise ConfigError(
+            f"{what} is {shown!r}, MLflow's file store, which MLflow 3 opens only with "
+            "MLFLOW_ALLOW_FILE_STORE=true; use a database such as sqlite:///<folder>/mlflow.db "
+            "(`mlflow migrate-filestore` moves an existing ./mlruns into one) or a server, http://host:port"
+        )
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ConfigError(f"{what} is {shown!r}, which names no host; write http://host:port")
+        return
+    if scheme.split("+")[0] in _DATABASE_SCHEMES or scheme in ("databricks", "databricks-uc", "uc"):
+        return
+    raise ConfigError(
+        f"{what} is {shown!r}, of unknown scheme {scheme!r}; use http(s)://host:port (an MLflow "
+        "server), sqlite:///<folder>/mlflow.db, postgresql://, mysql:// or mssql:// (a database)"
+    )
 
 
 @dataclass(frozen=True)

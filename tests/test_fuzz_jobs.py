@@ -97,6 +97,14 @@ def test_the_base_job_is_accepted(base: dict[str, Any], tmp_path: Path) -> None:
     assert answer(["search", str(write(tmp_path / "job.yaml", base))])[0] is None
 
 
+@pytest.mark.parametrize("name", ["a", "x" * 32, "my-job_2.b", "9lives"])
+def test_plain_job_names_of_up_to_32_characters_are_accepted(name: str, base: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    path = write(tmp_path / "job.yaml", base)
+    assert answer(["search", str(path), "--set", f"name={name}"])[0] is None
+    assert_refused(*answer(["search", str(path), "--set", f"name={name}y" + "z" * 32]), "'name' is")
+
+
 # --- the cases issue 18 found, by --set -------------------------------------------------------
 
 BAD_OVERRIDES = [

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raynas.config import SearchConfig, flatten
+from raynas.config import SearchConfig, check_tracking_uri, flatten
 from raynas.errors import ConfigError
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.types import Architecture, EpochReport, EvalResult
@@ -60,6 +60,7 @@ def default_tracking_uri() -> str:
 
 
 def _check_reachable(uri: str) -> None:
+    check_tracking_uri(uri, "MLflow tracking URI")  # MLFLOW_TRACKING_URI too, not only the job's
     if not uri.startswith(("http://", "https://")):
         return
     try:

@@ -1,0 +1,113 @@
+"""A broken environment is bad input too: each problem of README's "Environment errors" table ends
+`raynas search` with exit status 2 and one line that says what to do, before any training, with
+the real parts on loopback (an S3-compatible server, a port nothing listens on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import S3Server, free_port, tiny_job, write_job
+
+from raynas.cli import main
+from raynas.tracking.mlflow_tracker import MlflowTracker
+
+
+def refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, job: dict[str, Any], *args: str) -> str:
+    """Run ``raynas search`` on ``job``; assert exit status 2 and one line; return the line."""
+    capsys.readouterr()  # what making the test's MLflow store logged
+    assert main(["search", str(write_job(tmp_path, job)), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raynas: error: ") and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("file:./mlruns", "MLflow's file store, which MLflow 3 opens only with MLFLOW_ALLOW_FILE_STORE=true; "
+                          "use a database such as sqlite:///<folder>/mlflow.db"),
+        ("file:///tmp/mlruns", "MLflow's file store"),
+        ("./mlruns", "MLflow's file store"),
+        ("htp://nowhere:5000", "of unknown scheme 'htp'; use http(s)://host:port"),
+        ("http://", "which names no host; write http://host:port"),
+        ("http://[::1", "not a URI"),
+    ],
+)
+def test_a_tracking_uri_mlflow_cannot_open_says_what_to_use(
+    uri: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", uri)
+    assert "config key 'tracking.tracking_uri'" in err and message in err
+
+
+def test_a_file_store_in_the_environment_says_what_to_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    job = tiny_job(tmp_path, tracking={"tracking_uri": None})
+    err = refused(capsys, tmp_path, job)
+    assert f"MLflow tracking URI is 'file://{tmp_path}/mlruns', MLflow's file store" in err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # where MLflow opens it, raynas does too
+    MlflowTracker(tracking_uri=f"file://{tmp_path}/mlruns", experiment="opened")
+
+
+def test_an_unreachable_mlflow_server_says_to_start_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", uri)
+    assert f"MLflow tracking server {uri} is unreachable" in err
+    assert "start it, or leave out --tracking-uri / MLFLOW_TRACKING_URI to use a local store" in err
+
+
+def test_an_unwritable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    job = tiny_job(tmp_path, tracking={"output_dir": str(tmp_path / "a-file" / "runs")})
+    err = refused(capsys, tmp_path, job)
+    assert f"cannot create the folder {tmp_path / 'a-file' / 'runs'}" in err and "Not a directory" in err
+
+
+def test_bad_s3_credentials_and_buckets_say_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_env.create_bucket("raynas-env-errors")
+    missing = tiny_job(tmp_path, tracking={"output_dir": "s3://raynas-no-such-bucket/runs"})
+    err = refused(capsys, tmp_path, missing)
+    assert "S3 bucket 'raynas-no-such-bucket'" in err and "it does not exist; create it first" in err
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, tracking={"output_dir": f"{bucket}/runs"}))
+    assert "S3 bucket 'raynas-env-errors'" in err and "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in err
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # no server there
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, tracking={"output_dir": f"{bucket}/runs"}))
+    assert "is unreachable" in err and "check that the server is up" in err
+
+
+def test_a_missing_or_corrupt_dataset_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = {"name": "cifar10", "path": str(tmp_path / "cifar"), "limit": 0}
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, data=data))
+    assert f"data.path '{tmp_path / 'cifar'}' holds no cifar10 batches" in err
+
+    batches = tmp_path / "cifar" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"):
+        (batches / name).write_bytes(b"\x80\x04not a pickle at all")
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, data=data))
+    assert "data_batch_1' is not a CIFAR python batch" in err
+
+
+def test_a_missing_latency_table_says_where_it_was_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tiny_job(tmp_path)
+    job["space"] = {"name": "fbnet"}
+    job["strategy"] = {
+        "name": "fbnet", "latency_table": "no-such-device", "latency_dir": str(tmp_path / "tables"),
+    }
+    err = refused(capsys, tmp_path, job)
+    assert "no latency table for device 'no-such-device'" in err
+    assert "(build one with `raynas latency`)" in err
