@@ -93,3 +93,36 @@ def test_the_quick_start_job_selects_the_morphological_operations() -> None:
     """(tests/test_jobs.py runs it, shrunk, end to end.)"""
     config = load_job(Path(__file__).parents[1] / "jobs" / "morphological_quickstart.yaml")
     assert config.space.config.primitives == MORPHOLOGICAL_PRIMITIVES
+
+
+@pytest.mark.parametrize("name", MORPHOLOGIES)
+def test_gradients_are_those_of_the_max_and_min(name: str) -> None:
+    """The backward pass (which keeps only each pixel's winning offset) gives what autograd gives
+    through the max and min of unfolded windows, for the input and the structuring function."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    b = (0.5 * torch.randn(3, 3, 3, dtype=torch.float64)).requires_grad_()
+
+    def reference(f: torch.Tensor, s: torch.Tensor, op: str) -> torch.Tensor:
+        def windows(z: torch.Tensor, fill: float) -> torch.Tensor:  # (B, C, 9, H, W)
+            return torch.nn.functional.unfold(torch.nn.functional.pad(z, (1, 1, 1, 1), value=fill), 3).view(
+                2, 3, 9, 7, 9)
+
+        if op == "dilation":
+            return (windows(f, -np.inf) + s.flip(-1, -2).reshape(1, 3, 9, 1, 1)).amax(2)
+        return (windows(f, np.inf) - s.reshape(1, 3, 9, 1, 1)).amin(2)
+
+    composed = {
+        "dilation": lambda f, s: reference(f, s, "dilation"),
+        "erosion": lambda f, s: reference(f, s, "erosion"),
+        "opening": lambda f, s: reference(reference(f, s, "erosion"), s, "dilation"),
+        "closing": lambda f, s: reference(reference(f, s, "dilation"), s, "erosion"),
+        "gradient": lambda f, s: reference(f, s, "dilation") - reference(f, s, "erosion"),
+        "white_tophat": lambda f, s: f - reference(reference(f, s, "erosion"), s, "dilation"),
+        "black_tophat": lambda f, s: reference(reference(f, s, "dilation"), s, "erosion") - f,
+    }
+    weights = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    ours = torch.autograd.grad((morphology(name, x, b) * weights).sum(), (x, b))
+    theirs = torch.autograd.grad((composed[name](x, b) * weights).sum(), (x, b))
+    for a, e in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, e)

@@ -19,6 +19,8 @@ other row and column of the result.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,27 +32,56 @@ MORPHOLOGIES: tuple[str, ...] = (
 )
 
 
-def _windows(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:
-    """Every k x k window of ``x`` (B, C, H, W), the outside filled with ``fill``: (B, C, k*k, H, W)."""
-    b, c, h, w = x.shape
-    r = k // 2
-    padded = F.pad(x, (r, r, r, r), value=fill)
-    return F.unfold(padded, k).view(b, c, k * k, h, w)
+class _MaxPlus(torch.autograd.Function):
+    """``out[p] = max_d x[p + d] + w[d]`` over the k x k offsets ``d`` (the outside of the image
+    taking no part), channel by channel, keeping only the winning offset for the backward pass
+    (one byte a pixel, where unfolding the windows would keep k*k values)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W); w: (C, k, k) -> (B, C, H, W)
+        _, c, h, wd = x.shape
+        k = w.shape[-1]
+        r = k // 2
+        padded = F.pad(x, (r, r, r, r), value=float("-inf"))
+        best = padded[:, :, 0:h, 0:wd] + w[:, 0, 0].view(1, c, 1, 1)
+        index = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
+        for d in range(1, k * k):
+            i, j = divmod(d, k)
+            candidate = padded[:, :, i : i + h, j : j + wd] + w[:, i, j].view(1, c, 1, 1)
+            better = candidate > best
+            best = torch.where(better, candidate, best)
+            index.masked_fill_(better, d)
+        ctx.save_for_backward(index)
+        ctx.k = k
+        return best
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (index,) = ctx.saved_tensors
+        k = ctx.k
+        r = k // 2
+        b, c, h, wd = grad.shape
+        grad_padded = grad.new_zeros(b, c, h + 2 * r, wd + 2 * r)
+        grad_w = grad.new_zeros(c, k, k)
+        for d in range(k * k):
+            i, j = divmod(d, k)
+            g = grad * (index == d)  # (B, C, H, W): where offset d won
+            grad_padded[:, :, i : i + h, j : j + wd] += g
+            grad_w[:, i, j] = g.sum((0, 2, 3))
+        return grad_padded[:, :, r : r + h, r : r + wd], grad_w
 
 
 def dilate(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Grey-scale dilation of every channel of ``x`` (B, C, H, W) by its structuring function
     ``b`` (C, k, k): ``max_y x(p - y) + b(y)``."""
-    c, k, _ = b.shape
-    reflected = b.flip(-1, -2).reshape(1, c, k * k, 1, 1)
-    return (_windows(x, k, float("-inf")) + reflected).amax(2)
+    return _MaxPlus.apply(x, b.flip(-1, -2))  # type: ignore[no-any-return]
 
 
 def erode(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Grey-scale erosion of every channel of ``x`` (B, C, H, W) by ``b`` (C, k, k):
     ``min_y x(p + y) - b(y)``."""
-    c, k, _ = b.shape
-    return (_windows(x, k, float("inf")) - b.reshape(1, c, k * k, 1, 1)).amin(2)
+    return -_MaxPlus.apply(-x, b)  # type: ignore[no-any-return]
 
 
 def morphology(name: str, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
