@@ -35,7 +35,7 @@ MORPHOLOGIES: tuple[str, ...] = (
 class _MaxPlus(torch.autograd.Function):
     """``out[p] = max_d x[p + d] + w[d]`` over the k x k offsets ``d`` (the outside of the image
     taking no part), channel by channel, keeping only the winning offset for the backward pass
-    (one byte a pixel, where unfolding the windows would keep k*k values)."""
+    (one byte a pixel, where autograd through the unfolded windows would keep k*k values)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -44,15 +44,10 @@ class _MaxPlus(torch.autograd.Function):
         k = w.shape[-1]
         r = k // 2
         padded = F.pad(x, (r, r, r, r), value=float("-inf"))
-        best = padded[:, :, 0:h, 0:wd] + w[:, 0, 0].view(1, c, 1, 1)
-        index = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
-        for d in range(1, k * k):
-            i, j = divmod(d, k)
-            candidate = padded[:, :, i : i + h, j : j + wd] + w[:, i, j].view(1, c, 1, 1)
-            better = candidate > best
-            best = torch.where(better, candidate, best)
-            index.masked_fill_(better, d)
-        ctx.save_for_backward(index)
+        shifts = [padded[:, :, i : i + h, j : j + wd] for i in range(k) for j in range(k)]
+        windows = torch.stack(shifts, 2) + w.reshape(1, c, k * k, 1, 1)  # (B, C, k*k, H, W)
+        best, index = windows.max(2)  # (B, C, H, W) each
+        ctx.save_for_backward(index.to(torch.uint8))
         ctx.k = k
         return best
 
@@ -62,13 +57,13 @@ class _MaxPlus(torch.autograd.Function):
         k = ctx.k
         r = k // 2
         b, c, h, wd = grad.shape
+        # (B, C, k*k, H, W): each pixel's gradient at its winning offset
+        windows = grad.new_zeros(b, c, k * k, h, wd).scatter_(2, index.long().unsqueeze(2), grad.unsqueeze(2))
+        grad_w = windows.sum((0, 3, 4)).view(c, k, k)
         grad_padded = grad.new_zeros(b, c, h + 2 * r, wd + 2 * r)
-        grad_w = grad.new_zeros(c, k, k)
         for d in range(k * k):
             i, j = divmod(d, k)
-            g = grad * (index == d)  # (B, C, H, W): where offset d won
-            grad_padded[:, :, i : i + h, j : j + wd] += g
-            grad_w[:, i, j] = g.sum((0, 2, 3))
+            grad_padded[:, :, i : i + h, j : j + wd] += windows[:, :, d]
         return grad_padded[:, :, r : r + h, r : r + wd], grad_w
 
 
