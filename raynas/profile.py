@@ -36,7 +36,8 @@ def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """Multiply-accumulates of one forward pass in eval mode (convolutions and linear layers),
-    and the bias additions of those layers.
+    and the bias additions of those layers. A network built on the ``meta`` device (``with
+    torch.device("meta"): ...``) is counted from shapes alone, without computing anything.
 
     Args:
         model: The network.
@@ -67,9 +68,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
             handles.append(module.register_forward_hook(linear_hook))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # a network built on the meta device counts quickly
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -19,6 +19,7 @@ from raynas.config import SearchConfig
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
+from raynas.profile import count_params
 from raynas.spaces import SPACES
 from raynas.train.accel import pick_device, prepare
 from raynas.train.loop import fit
@@ -31,8 +32,10 @@ class ScratchConfig:
 
     Attributes:
         epochs: Epochs of training (Tune's schedulers may stop it sooner).
-        channels: Initial channels of the network (the space's build default if 0).
-        layers: Cells or layers of the network (the space's build default if 0).
+        channels: Initial channels of the network (0: the job's ``space.channels``, else the
+            space's build default).
+        layers: Cells or layers of the network (0: the job's ``space.layers`` or
+            ``space.cells_per_stage``, else the space's build default).
         learning_rate: SGD learning rate, cosine-annealed to 0 over ``epochs``.
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
@@ -56,6 +59,23 @@ class ScratchConfig:
             raise ConfigError("evaluator.learning_rate must be positive")
 
 
+def network_size(search: SearchConfig, *, channels: int = 0, layers: int = 0) -> dict[str, int | None]:
+    """The size a job's stand-alone networks are built at, as ``build``'s keyword arguments:
+    ``channels`` and ``layers`` where given (non-zero), else the job's space section's
+    (``space.channels``; ``space.layers`` or ``space.cells_per_stage``), else None (the space's
+    build default, the paper's network).
+
+    Args:
+        search: The job.
+        channels: An evaluator's or retraining's own initial channels (0: the space's).
+        layers: Its own cells or layers (0: the space's).
+    """
+    cfg = search.space.config
+    own_layers = getattr(cfg, "layers", None) or getattr(cfg, "cells_per_stage", None)
+    own_channels = getattr(cfg, "channels", None)
+    return {"channels": channels or own_channels or None, "layers": layers or own_layers or None}
+
+
 def candidate_seed(seed: int, arch: Architecture) -> int:
     """A seed for one candidate's training: the same architecture trains the same way."""
     return (seed * 1_000_003 + int(hashlib.sha1(arch.key().encode()).hexdigest()[:8], 16)) % 2**31
@@ -76,6 +96,7 @@ class ScratchEvaluator:
         self.space = SPACES.create(search.space.name, search.space.config)
         self.data = DATASETS.create(search.data.name, search.data.config)
         self.device = pick_device(search.execution.device)
+        self.network: torch.nn.Module | None = None  # the last network trained (retraining keeps it)
 
     def train(
         self, arch: Architecture, *, state: dict[str, Any] | None = None
@@ -92,11 +113,14 @@ class ScratchEvaluator:
         """
         cfg = self.config
         torch.manual_seed(candidate_seed(self.search.seed, arch))
+        # The network the job's space describes (its channels and cells), at the evaluator's own
+        # size where it sets one: the one recorded, registered and retrained.
         model = self.space.build(
-            arch, self.data.info, channels=cfg.channels or None, layers=cfg.layers or None
+            arch, self.data.info, **network_size(self.search, channels=cfg.channels, layers=cfg.layers)
         )
+        self.network = model
         train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
-        params = float(sum(p.numel() for p in model.parameters()))
+        params = float(count_params(model))  # as every size raynas records is counted
         execution = self.search.execution
         network = prepare(
             model, self.device, channels_last=execution.channels_last, compile=execution.compile

@@ -4,6 +4,8 @@ that already finished, the tracker of a run, and the size of a found network."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
@@ -11,17 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from raynas import storage
 from raynas.config import SearchConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
-from raynas.profile import count_params
+from raynas.evaluators.scratch import network_size
+from raynas.profile import count_macs, count_params
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
-from raynas.types import Architecture
+from raynas.types import Architecture, DatasetInfo, EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class SearchResult:
         run_link: A URL or command that opens the run in the MLflow UI.
         checkpoint: The checkpoint (a local path or an ``s3://`` URI).
         seconds: Wall time of this invocation.
+        macs: Multiply-adds of one input through the network of ``params`` (0: not counted).
+        paper_macs: Those of the papers' network of ``params_cifar10`` (0: not counted).
     """
 
     architecture: Architecture
@@ -50,6 +56,8 @@ class SearchResult:
     run_link: str
     checkpoint: str
     seconds: float
+    macs: int = 0
+    paper_macs: int = 0
 
 
 def format_duration(seconds: float) -> str:
@@ -123,8 +131,9 @@ def read_checkpoint(checkpoint: str, *, fallback: bool = True) -> dict[str, Any]
     )
 
 
-# Keys of a finished search's ``final.*`` params that describe it rather than score it.
-_SUMMARY_ONLY = ("params", "params_cifar10", "epochs_run", "stopped_early", "candidates")
+# Keys of a finished search's ``final.*`` values that describe it rather than score it.
+_SUMMARY_ONLY = ("params", "params_cifar10", "paper_params", "macs", "paper_macs", "epochs_run",
+                 "stopped_early", "candidates", "registered_version")
 
 
 def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print) -> SearchResult | None:
@@ -164,7 +173,10 @@ def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print
                 f"genotype.json ({type(exc).__name__}); --fresh starts a new search"
             ) from None
         architecture = Architecture.from_json(Path(local).read_text())
-    final = {k.removeprefix("final."): v for k, v in run.data.params.items() if k.startswith("final.")}
+    # Numbers are final.* metrics; older runs kept everything as final.* params.
+    final: dict[str, Any] = {k.removeprefix("final."): v for k, v in run.data.params.items()
+                             if k.startswith("final.")}
+    final.update({k.removeprefix("final."): v for k, v in run.data.metrics.items() if k.startswith("final.")})
     metrics = {}
     for key, value in final.items():
         if key not in _SUMMARY_ONLY:
@@ -174,10 +186,11 @@ def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print
                 continue
     ended = run.info.end_time or run.info.start_time
     return SearchResult(
-        architecture=architecture, metrics=metrics, params=int(final.get("params", 0)),
-        params_cifar10=int(final.get("params_cifar10", 0)), run_id=run.info.run_id,
-        run_link=tracker.run_link(), checkpoint=checkpoint,
+        architecture=architecture, metrics=metrics, params=int(float(final.get("params", 0))),
+        params_cifar10=int(float(final.get("paper_params", final.get("params_cifar10", 0)))),
+        run_id=run.info.run_id, run_link=tracker.run_link(), checkpoint=checkpoint,
         seconds=max(0.0, (ended - run.info.start_time) / 1000),
+        macs=int(float(final.get("macs", 0))), paper_macs=int(float(final.get("paper_macs", 0))),
     )
 
 
@@ -194,23 +207,132 @@ def job_space(config: SearchConfig) -> Any:
     return SPACES.create(config.space.name, config.space.config)
 
 
-def searched_network(config: SearchConfig, arch: Architecture) -> nn.Module:
-    """The stand-alone network of ``arch`` at the search's size on its data (untrained)."""
+# A network's size as a space's build takes it: {"channels": ..., "layers": ...} (None: its default).
+Size = dict[str, "int | None"]
+
+
+def scored_size(config: SearchConfig) -> Size:
+    """The size of the networks a sampling search's evaluator scores: the job's space's (the
+    one-shot supernet's paths; the ``scratch`` evaluator unless it sets ``evaluator.channels`` or
+    ``evaluator.layers``); an evaluator that builds at its own size otherwise (``training_free``:
+    its ``channels`` and ``layers``, else the space's default network)."""
+    evaluator = config.evaluator
+    if evaluator is None or evaluator.name == "supernet":
+        return network_size(config)
+    channels = int(getattr(evaluator.config, "channels", 0) or 0)
+    layers = int(getattr(evaluator.config, "layers", 0) or 0)
+    if evaluator.name == "scratch":
+        return network_size(config, channels=channels, layers=layers)
+    return {"channels": channels or None, "layers": layers or None}
+
+
+def retrain_size(config: SearchConfig) -> Size:
+    """The size ``final``'s retraining builds (``final.channels``, ``final.layers``, else the space's)."""
+    return network_size(config, channels=config.final.channels, layers=config.final.layers)
+
+
+def searched_network(
+    config: SearchConfig, arch: Architecture, *, size: Size | None = None, meta: bool = False
+) -> nn.Module:
+    """The stand-alone network of ``arch`` on the job's data (untrained), at ``size`` (default:
+    the job's space's: ``space.channels``, ``space.layers`` or ``space.cells_per_stage``).
+
+    Args:
+        config: The job.
+        arch: The architecture.
+        size: ``channels`` and ``layers`` (:func:`scored_size`, :func:`retrain_size`).
+        meta: Build it on the ``meta`` device (shapes only: for counting, quickly).
+    """
     space = job_space(config)
-    cfg = config.space.config
-    return space.build(
-        arch, dataset_info(config.data.name), channels=getattr(cfg, "channels", None),
-        layers=getattr(cfg, "layers", None),
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        return space.build(  # type: ignore[no-any-return]
+            arch, dataset_info(config.data.name), **(size if size is not None else network_size(config))
+        )
+
+
+def example_input(config: SearchConfig) -> torch.Tensor:
+    """One input of the job's data, as its networks take it: a (1, C, H, W) image of zeros, or
+    token ids (1, T) for spaces of token inputs (the model's input example in MLflow)."""
+    space, info = job_space(config), dataset_info(config.data.name)
+    if hasattr(space, "example_input"):
+        return space.example_input(info, batch_size=1)  # type: ignore[no-any-return]
+    return torch.zeros(1, info.in_channels, info.image_size, info.image_size)
+
+
+def network_costs(network: nn.Module, info: DatasetInfo, space: Any) -> dict[str, float]:
+    """``params`` (without an auxiliary head) and, for image inputs, ``macs`` (multiply-adds of
+    one image at the dataset's size) of ``network``."""
+    costs = {"params": float(count_params(network))}
+    if not hasattr(space, "example_input"):  # token inputs (recurrent cells): no MAC count
+        try:
+            shape = (info.in_channels, info.image_size, info.image_size)
+            costs["macs"] = float(count_macs(network, shape)[0])
+        except Exception as exc:  # a network that cannot run on meta tensors: its size alone
+            log.debug("no multiply-add count for %s: %s", type(network).__name__, exc)
+    return costs
+
+
+class CandidateCosts:
+    """The size of every candidate's network, as its evaluator scored it (``params``, ``macs``),
+    counted once per architecture on the ``meta`` device and added to results that lack them.
+
+    Args:
+        config: The job.
+        size: The size the candidates' networks have (default: the space's; :func:`scored_size`).
+    """
+
+    def __init__(self, config: SearchConfig, *, size: Size | None = None) -> None:
+        self.config, self.size = config, size
+        self.space = job_space(config)
+        self.info = dataset_info(config.data.name)
+        self._known: dict[str, dict[str, float]] = {}
+
+    def __call__(self, arch: Architecture) -> dict[str, float]:
+        """``params`` and ``macs`` of ``arch``'s network at this size."""
+        key = arch.key()
+        if key not in self._known:
+            if len(self._known) >= 100_000:  # a bound for very long searches
+                self._known.clear()
+            network = searched_network(self.config, arch, size=self.size, meta=True)
+            self._known[key] = network_costs(network, self.info, self.space)
+        return self._known[key]
+
+    def complete(self, result: EvalResult) -> EvalResult:
+        """``result`` with ``params`` and ``macs`` among its metrics (the evaluator's own kept)."""
+        if result.score == float("-inf") and not result.metrics:  # failed: nothing was built
+            return result
+        wanted = ("params", "macs")
+        if all(k in result.metrics for k in wanted):
+            return result
+        try:
+            costs = self(result.architecture)
+        except Exception as exc:  # a candidate the space cannot build: recorded as it is
+            log.debug("no size for %s: %s", result.architecture.key(), exc)
+            return result
+        return dataclasses.replace(result, metrics={**costs, **result.metrics})
+
+
+def result_costs(config: SearchConfig, arch: Architecture, *, size: Size | None = None) -> dict[str, float]:
+    """The size of a search's result: ``params`` and ``macs`` of the network the result
+    describes (at ``size``, default the space's, on the job's data), and
+    ``paper_params`` and ``paper_macs`` of the papers' network of its space (CIFAR-10, or the
+    dataset the space names as its ``reference_dataset``), as published results are compared."""
+    space = job_space(config)
+    costs = network_costs(
+        searched_network(config, arch, size=size, meta=True),
+        dataset_info(config.data.name), space,
     )
+    reference = dataset_info(getattr(space, "reference_dataset", "cifar10"))
+    with torch.device("meta"):
+        paper = network_costs(space.build(arch, reference), reference, space)
+    return {**costs, **{f"paper_{k}": v for k, v in paper.items()}}
 
 
 def network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:
-    """Parameters of the found architecture at the search's size on its data, and at the size of
-    the papers' network of its space (CIFAR-10 unless the space names its ``reference_dataset``),
-    as published results are compared."""
-    space = job_space(config)
-    reference = space.build(arch, dataset_info(getattr(space, "reference_dataset", "cifar10")))
-    return count_params(searched_network(config, arch)), count_params(reference)
+    """Parameters of the found architecture at the search's size on its data, and of the papers'
+    network of its space (see :func:`result_costs`)."""
+    costs = result_costs(config, arch)
+    return int(costs["params"]), int(costs["paper_params"])
 
 
 def reference_name(space: str) -> str:
@@ -220,6 +342,7 @@ def reference_name(space: str) -> str:
 
 
 __all__ = [
-    "SearchResult", "finished_result", "format_duration", "job_space", "network_sizes", "open_tracker",
-    "read_checkpoint", "read_prior", "reference_name", "run_path", "searched_network",
+    "CandidateCosts", "SearchResult", "example_input", "finished_result", "format_duration", "job_space",
+    "network_costs", "network_sizes", "open_tracker", "read_checkpoint", "read_prior", "reference_name",
+    "result_costs", "retrain_size", "run_path", "scored_size", "searched_network",
 ]

@@ -17,12 +17,14 @@ from raynas.config import SearchConfig
 from raynas.errors import WorkerLostError
 from raynas.execution import start_worker
 from raynas.runs.common import (
+    CandidateCosts,
     SearchResult,
+    example_input,
     format_duration,
     job_space,
-    network_sizes,
     open_tracker,
     read_prior,
+    result_costs,
     run_path,
     searched_network,
 )
@@ -74,7 +76,9 @@ def run_gradient_search(
     node = "local" if config.execution.backend == "local" else (
         "ray-gpu" if config.execution.gpus_per_worker else "ray-cpu"
     )
-    recorder = SearchRecorder(config=config, tracker=tracker, node=node)  # checks the results store
+    # Every epoch's derived architecture is recorded with its network's size (params, macs).
+    recorder = SearchRecorder(config=config, tracker=tracker, node=node,
+                              costs=CandidateCosts(config).complete)  # checks the results store
     history: list[dict[str, Any]] = prior["history"] if prior else []
     # Started before the run exists: bad data fails without an empty run.
     worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
@@ -161,16 +165,17 @@ def run_gradient_search(
         if chosen != len(history) - 1:
             echo(f"Returning the architecture of epoch {chosen + 1} (chosen by {config.strategy.name})")
         final = _report_from_state(history[chosen])
-        params, params_cifar = network_sizes(config, final.architecture)
+        costs = result_costs(config, final.architecture)
+        params, params_cifar = int(costs["params"]), int(costs["paper_params"])
         summary = {
-            "params": params, "params_cifar10": params_cifar, "epochs_run": len(history),
-            "stopped_early": stopped_early, **final.metrics,
+            **final.metrics, **costs, "epochs_run": len(history), "stopped_early": stopped_early,
         }
         space = job_space(config)
         recorder.finish(
             final, summary, weights_history=[h["arch_weights"] for h in history],
-            network=searched_network(config, final.architecture),
+            network=searched_network(config, final.architecture), example=example_input(config),
             picture=picture(space, final.architecture), op_names=getattr(space, "op_names", None),
+            edge_names=getattr(space, "edge_names", None),
         )
         save(finished=True)
     except BaseException as error:
@@ -183,6 +188,8 @@ def run_gradient_search(
         metrics=final.metrics,
         params=params,
         params_cifar10=params_cifar,
+        macs=int(costs.get("macs", 0)),
+        paper_macs=int(costs.get("paper_macs", 0)),
         run_id=run_id,
         run_link=tracker.run_link(),
         checkpoint=checkpoint,

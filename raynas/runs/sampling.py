@@ -38,12 +38,16 @@ from raynas.execution.controller import RemoteController, build_controller, star
 from raynas.execution.pool import start_pool
 from raynas.execution.ray_actors import init_ray
 from raynas.runs.common import (
+    CandidateCosts,
     SearchResult,
+    example_input,
     job_space,
-    network_sizes,
     open_tracker,
     read_prior,
+    result_costs,
+    retrain_size,
     run_path,
+    scored_size,
     searched_network,
 )
 from raynas.runs.journal import SNAPSHOT_SECONDS, Journal, journal_location
@@ -91,6 +95,7 @@ class SamplingSearch:
         self.trials = 0  # trial ids handed out
         self.results: list[EvalResult] = []  # every search-phase evaluation, in the order told
         self.retrained: list[EvalResult] = []
+        self.retrained_networks: dict[str, Any] = {}  # trained networks of this run's retrainings, by key
         self.pending: dict[str, Architecture] = {}  # asked and not told, in ask order
         self.resubmit: list[tuple[str, Architecture]] = []  # in flight at a crash: evaluate again
         self.epoch_paths: list[Architecture] | None = None  # paths of the epoch in progress
@@ -286,7 +291,10 @@ def run_sampling_search(
     search = SamplingSearch(config, journal=journal, echo=echo)
     search.checkpoint = checkpoint
     tracker = open_tracker(config)
-    recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend)
+    # Every candidate is recorded with the size of the network its evaluator scored.
+    costs = CandidateCosts(config, size=scored_size(config))
+    recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend,
+                              costs=costs.complete)
 
     def restore_supernet() -> dict[str, Any] | None:
         return load_checkpoint(supernet_file) if storage.exists(supernet_file) else None
@@ -349,15 +357,24 @@ def run_sampling_search(
             _retrain(search, recorder, run_id)
             search.begin("done")
         best = _final(search)
-        params, params_cifar = network_sizes(config, best.architecture)
+        # The result's size is that of the network that scored it: retrained at final's size, or
+        # as the evaluator built it; that network is the run's registered model.
+        size = retrain_size(config) if search.retrained else scored_size(config)
+        sizes = result_costs(config, best.architecture, size=size)
+        params, params_cifar = int(sizes["params"]), int(sizes["paper_params"])
         summary = {
-            "params": params, "params_cifar10": params_cifar, "candidates": len(search.results),
-            "stopped_early": sum(r.stopped_early for r in search.results), **best.metrics,
+            **best.metrics, **sizes, "candidates": len(search.results),
+            "stopped_early": sum(r.stopped_early for r in search.results),
         }
-        _log_pareto(search, tracker)
+        _log_pareto(search, tracker, costs)
+        network = search.retrained_networks.get(best.architecture.key())
+        untrained = network is None
+        if network is None:
+            network = searched_network(config, best.architecture, size=size)
         recorder.finish(
             EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture),
-            summary, weights_history=[], network=searched_network(config, best.architecture),
+            summary, weights_history=[], trained=not untrained, example=example_input(config),
+            network=network,
             picture=picture(job_space(config), best.architecture),
         )
         search.snapshot(run_id, finished=True)
@@ -373,7 +390,8 @@ def run_sampling_search(
     return SearchResult(
         architecture=best.architecture, metrics=best.metrics, params=params, params_cifar10=params_cifar,
         run_id=run_id, run_link=tracker.run_link(), checkpoint=checkpoint,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, macs=int(sizes.get("macs", 0)),
+        paper_macs=int(sizes.get("paper_macs", 0)),
     )
 
 
@@ -488,12 +506,15 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
                       learning_rate=final.learning_rate),
         search=config,
     )
+    sizes = CandidateCosts(config, size=retrain_size(config))  # final's size
     for result in chosen[: final.top]:
         if result.architecture.key() in done:
             continue
         started = time.time()
         retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
-        retrained = _timed(retrained, started)
+        retrained = sizes.complete(_timed(retrained, started))
+        if evaluator.network is not None:  # registered if it is the search's answer
+            search.retrained_networks[result.architecture.key()] = evaluator.network.cpu().eval()
         search.retrained_one(retrained)
         search.snapshot(run_id)
         recorder.candidate(retrained, step=len(search.results) + len(search.retrained) - 1)
@@ -514,23 +535,16 @@ def _score_text(result: EvalResult) -> str:
     return f"{result.score:.2%}" if result.objective.endswith("acc") else f"{result.score:.3f}"
 
 
-def _log_pareto(search: SamplingSearch, tracker: MlflowTracker) -> None:
-    """``pareto.png``: every candidate's score against its network's parameters at the search's
-    size (the evaluator's count when it made one), with the Pareto front."""
-    from raynas.profile import count_params
+def _log_pareto(search: SamplingSearch, tracker: MlflowTracker, sizes: CandidateCosts) -> None:
+    """``pareto.png``: every candidate's score against its network's parameters (as its
+    evaluator built it: the size recorded with it), with the Pareto front."""
     from raynas.tracking.plots import plot_pareto
 
-    sizes: dict[str, float] = {}
     costs, scores = [], []
     for result in search.results:
         if result.score == float("-inf"):
             continue
-        key = result.architecture.key()
-        if key not in sizes:
-            sizes[key] = result.metrics.get("params") or float(
-                count_params(searched_network(search.config, result.architecture))
-            )
-        costs.append(sizes[key])
+        costs.append(result.metrics.get("params") or sizes(result.architecture)["params"])
         scores.append(result.score)
     if costs:
         tracker.log_figure(

@@ -326,6 +326,12 @@ class DartsCnnSpace:
         """The candidates, in the column order of the supernet's architecture weights."""
         return tuple(self.config.primitives)
 
+    @property
+    def edge_names(self) -> tuple[str, ...]:
+        """The edges, in the row order of the supernet's architecture weights: ``node j → node i``
+        (nodes 0 and 1 are the cell's inputs, the outputs of the two cells before it)."""
+        return tuple(f"node {j} → node {i + 2}" for i in range(self.config.nodes) for j in range(2 + i))
+
     def draw(self, arch: Architecture) -> Figure:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""
         from raynas.spaces.drawing import draw_darts_cell

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from raynas.config import SearchConfig, check_tracking_uri, flatten
 from raynas.errors import ConfigError
 from raynas.tracking.retry import is_transient, with_retries
+from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 TAG_PREFIX = "raynas."
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow's experiment tag for the kind of work an experiment holds; its UI opens an experiment of
+# this kind in the model-training view (runs, metrics, models), not the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 
 
@@ -95,6 +100,36 @@ def lineage_tags(*, source_run_id: str, architecture: Architecture, kind: str,
     return tags
 
 
+def _signature(network: nn.Module, example: Any) -> tuple[Any, Any]:
+    """MLflow's signature of ``network`` on ``example`` (a tensor batch) and the example as NumPy:
+    tensor specs whose batch dimension is free (-1); (None, None) without an example."""
+    if example is None:
+        return None, None
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    try:
+        with torch.no_grad():
+            out = network(example.cpu())
+    except Exception as exc:  # a network that takes more than one input: logged without them
+        log.debug("no MLflow signature for %s: %s", type(network).__name__, exc)
+        return None, None
+    out = out[0] if isinstance(out, (tuple, list)) else out  # (logits, auxiliary) or (logits, hidden)
+    array = example.cpu().numpy()
+
+    def spec(x: np.ndarray) -> Schema:
+        return Schema([TensorSpec(x.dtype, (-1, *x.shape[1:]))])
+
+    return ModelSignature(inputs=spec(array), outputs=spec(out.detach().cpu().numpy())), array
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that is not a flag."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class _ChildRun:
     """The records of one child run, sent as one queued operation that can be retried: the run
     is created once and every later step reuses its id."""
@@ -105,6 +140,7 @@ class _ChildRun:
         self.step, self.name, self.tags = step, name, dict(tags)
         self.run_id = ""
         self.done = 0  # steps finished, so a retry goes on from the one that failed
+        self._span: tuple[int, int] | None = None
 
     def __call__(self) -> None:
         from mlflow.entities import Metric, Param
@@ -115,9 +151,7 @@ class _ChildRun:
             lambda: client.log_batch(self.run_id, params=[Param(k, v) for k, v in self._params().items()]),
             lambda: client.log_batch(self.run_id, metrics=self._metrics(Metric)),
             lambda: client.log_text(self.run_id, r.architecture.to_json(indent=1), "architecture.json"),
-            lambda: client.set_terminated(
-                self.run_id, status="FINISHED", end_time=int(r.ended * 1000) if r.ended else None
-            ),
+            lambda: client.set_terminated(self.run_id, status="FINISHED", end_time=self._times()[1]),
         ]
         for step in steps[self.done:]:
             step()
@@ -128,15 +162,25 @@ class _ChildRun:
         tags = {
             **self.tags, PARENT_TAG: self.parent,
             f"{TAG_PREFIX}architecture_key": r.architecture.key(), f"{TAG_PREFIX}trial_id": r.trial_id,
-            f"{TAG_PREFIX}node": r.node, f"{TAG_PREFIX}stopped_early": str(r.stopped_early).lower(),
+            f"{TAG_PREFIX}node": canonical_node(r.node),
+            f"{TAG_PREFIX}stopped_early": str(r.stopped_early).lower(),
         }
         if r.node_id:
             tags[f"{TAG_PREFIX}node_id"] = r.node_id
-        start = int(r.started * 1000) if r.started else None  # when it ran, not when it was logged
         run = self.tracker.client.create_run(
-            self.tracker.experiment_id, start_time=start, run_name=self.name, tags=tags
+            self.tracker.experiment_id, start_time=self._times()[0], run_name=self.name, tags=tags
         )
         self.run_id = run.info.run_id
+
+    def _times(self) -> tuple[int, int]:
+        """When the evaluation ran (ms): its own start and end, else ``seconds`` up to when it
+        ended or was recorded, so the UI shows how long it took, not how long logging did."""
+        r = self.result
+        if self._span is None:
+            ended = r.ended or (r.started + r.seconds if r.started else time.time())
+            started = r.started or ended - r.seconds
+            self._span = (int(started * 1000), int(max(ended, started) * 1000))
+        return self._span
 
     def _params(self) -> dict[str, str]:
         r = self.result
@@ -145,13 +189,22 @@ class _ChildRun:
             "architecture": text if len(text) <= _PARAM_LIMIT else r.architecture.key(),
             "architecture_key": r.architecture.key(), "space": r.architecture.space,
             "trial_id": r.trial_id, "objective": r.objective, "budget": str(r.budget),
-            "node": r.node, "stopped_early": str(r.stopped_early).lower(),
+            "node": canonical_node(r.node), "stopped_early": str(r.stopped_early).lower(),
         }
 
     def _metrics(self, metric: type) -> list[Any]:
-        now = int(time.time() * 1000)
-        values = {**self.result.metrics, "seconds": self.result.seconds, "budget": self.result.budget}
-        return [metric(k, float(v), now, self.step) for k, v in values.items()]
+        """Its metrics at its step, and its objective's learning curve (one value per epoch,
+        logged at steps 1, 2, ... when it trained epoch by epoch: the UI's metric history)."""
+        r = self.result
+        start, end = self._times()
+        values = {**canonical_metrics(r.metrics), "seconds": r.seconds, "budget": r.budget}
+        batch = [metric(k, float(v), end, self.step) for k, v in values.items()]
+        if r.curve:
+            batch = [m for m in batch if m.key != r.objective]
+            span = (end - start) / len(r.curve)
+            batch += [metric(r.objective, float(v), int(start + span * (i + 1)), i + 1)
+                      for i, v in enumerate(r.curve)]
+        return batch
 
 
 class CandidateLane:
@@ -263,8 +316,13 @@ class MlflowTracker:
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id if found
-            else self.client.create_experiment(experiment, artifact_location=artifact_location)
+            else self.client.create_experiment(
+                experiment, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         )
+        if found and EXPERIMENT_KIND_TAG not in found.tags:  # made by an older raynas, or by hand
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.run_id = ""
         self.attempts = attempts
         self.backoff_s = backoff_s
@@ -351,7 +409,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step) for k, v in canonical_metrics(metrics).items()]
         if seconds is not None:
             batch.append(Metric("epoch_seconds", seconds, now, step))
         run_id = self.run_id
@@ -364,18 +422,30 @@ class MlflowTracker:
         text = report.architecture.to_json(indent=1)
         self._submit(lambda: self.client.log_text(run_id, text, f"genotypes/epoch_{name}.json"))
         weights = report.arch_weights
-        self._submit(lambda: self.client.log_dict(run_id, weights, f"arch_weights/epoch_{name}.json"))
+        if weights:  # sampling searches have none: no empty files
+            self._submit(lambda: self.client.log_dict(run_id, weights, f"arch_weights/epoch_{name}.json"))
 
     def finish(self, report: EpochReport, summary: dict[str, Any]) -> None:
-        """The final architecture, architecture weights and summary; marks the run finished."""
+        """The final architecture, architecture weights and summary; marks the run finished.
+
+        The summary's numbers are metrics ``final.<name>`` (the UI sorts and charts runs by
+        them); its other values (words, flags) params ``final.<name>``.
+        """
+        from mlflow.entities import Metric
+
         run_id, arch = self.run_id, report.architecture
         text = arch.to_json(indent=1)
         self._submit(lambda: self.client.log_text(run_id, text, "genotype.json"))
-        self._submit(lambda: self.client.log_dict(run_id, report.arch_weights, "arch_weights.json"))
+        if report.arch_weights:  # sampling searches have none: no empty file
+            self._submit(lambda: self.client.log_dict(run_id, report.arch_weights, "arch_weights.json"))
         self._submit(lambda: self.client.set_tag(run_id, f"{TAG_PREFIX}architecture_key", arch.key()))
         genotype = str(arch)[:5000]
         self._submit(lambda: self.client.set_tag(run_id, f"{TAG_PREFIX}genotype", genotype))
-        self._log_params({f"final.{k}": v for k, v in summary.items()})
+        numbers = {k: float(v) for k, v in canonical_metrics(summary).items() if _is_number(v)}
+        now = int(time.time() * 1000)
+        final = [Metric(f"final.{k}", v, now, 0) for k, v in numbers.items()]
+        self._submit(lambda: self.client.log_batch(run_id, metrics=final))
+        self._log_params({f"final.{k}": v for k, v in summary.items() if k not in numbers})
         self._submit(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         if not self.flush():
             log.warning("MLflow at %s still unreachable: %d record(s) of run %s could not be sent",
@@ -471,11 +541,14 @@ class MlflowTracker:
         network: nn.Module,
         trained: bool,
         run_id: str | None = None,
+        example: Any = None,
     ) -> str:
         """Log ``network`` as an MLflow PyTorch model of the run and register it as a new version
         of the registered model ``name``, with its architecture attached.
 
-        The model folder holds ``extra_files/architecture.json``; the version carries the tags
+        With an ``example`` input the model has MLflow's input example and a signature (the
+        example's and the output's tensor shapes, the batch dimension left free). The model folder
+        holds ``extra_files/architecture.json``; the version carries the tags
         ``raynas.architecture_key``, ``raynas.space``, ``raynas.architecture`` (the JSON, when
         it fits in a tag), ``raynas.trained`` and ``raynas.source_run_id``, and the
         architecture's string form as its description.
@@ -486,6 +559,7 @@ class MlflowTracker:
             network: The network (trained weights, or freshly initialised for a search's result).
             trained: Whether its weights were trained (a search's output is retrained later).
             run_id: The run to log it in (default: the current run).
+            example: One input batch of the data it runs on (a tensor, e.g. (1, C, H, W)).
 
         Returns:
             The new version's number.
@@ -503,10 +577,13 @@ class MlflowTracker:
             pytorch_log = logging.getLogger("mlflow.pytorch")
             level = pytorch_log.level
             pytorch_log.setLevel(logging.ERROR)
+            network = network.cpu().eval()
+            signature, input_example = _signature(network, example)
             try:
                 mlflow.pytorch.save_model(
-                    network.cpu().eval(), str(model_dir), serialization_format="pickle",
+                    network, str(model_dir), serialization_format="pickle",
                     extra_files=[str(arch_file)], pip_requirements=["torch", "raynas"],
+                    signature=signature, input_example=input_example,
                 )
             finally:
                 pytorch_log.setLevel(level)

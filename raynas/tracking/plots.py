@@ -30,14 +30,20 @@ def plot_arch_weights(
     history: Sequence[Mapping[str, Sequence[Sequence[float]]]],
     *,
     op_names: Sequence[str] | None = None,
+    edge_names: Sequence[str] | None = None,
     title: str = "architecture weights (softmax per edge) over epochs",
 ) -> Figure:
     """Heatmaps of the architecture weights over epochs.
+
+    The colour scale spans the weights shown (a short search moves them little from uniform:
+    on a fixed 0-1 scale they would all look alike), and the colour bar says so.
 
     Args:
         history: One mapping per epoch, from a weight's name (``alpha_normal``, ...) to its raw
             matrix ``(edges, ops)`` (as ``EpochReport.arch_weights``).
         op_names: The operations' names, in column order (default ``op0``, ``op1``, ...).
+        edge_names: The edges' names, in row order, for matrices with that many rows (e.g.
+            ``node 0 → node 2``; default ``edge 0``, ``edge 1``, ...).
         title: The figure's title.
 
     Returns:
@@ -50,27 +56,35 @@ def plot_arch_weights(
     if not names:
         raise ValueError(f"no (edges, ops) matrices among the weights {sorted(history[-1])}")
     sizes = [len(history[-1][n]) * len(history[-1][n][0]) for n in names]
-    fig = Figure(figsize=(max(5.0, 0.25 * len(history) + 4), 1.0 + 0.11 * max(sizes)),
+    fig = Figure(figsize=(max(5.0, 0.3 * len(history) + 5.5) * len(names), 1.5 + 0.16 * max(sizes)),
                  layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names, strict=True):
         edges, ops = len(history[-1][name]), len(history[-1][name][0])
         labels = list(op_names) if op_names and len(op_names) == ops else [f"op{i}" for i in range(ops)]
-        grid = [[0.0] * len(history) for _ in range(edges * ops)]  # (edges * ops, epochs)
+        edge_labels = (list(edge_names) if edge_names and len(edge_names) == edges
+                       else [f"edge {e}" for e in range(edges)])
+        grid = [[math.nan] * len(history) for _ in range(edges * ops)]  # (edges * ops, epochs)
         for t, weights in enumerate(history):
             for e, row in enumerate(weights.get(name, [])):
                 for o, w in enumerate(_softmax(row)):
                     grid[e * ops + o][t] = w
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        shown = [w for row in grid for w in row if not math.isnan(w)]
+        low, high = min(shown), max(shown)
+        if high - low < 1e-6:
+            low, high = low - 0.01, high + 0.01
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
         ax.set_yticks(range(edges * ops))
-        ax.set_yticklabels([f"e{e} {labels[o]}" for e in range(edges) for o in range(ops)], fontsize=5)
+        ax.set_yticklabels([f"{edge_labels[e]}: {labels[o]}" for e in range(edges) for o in range(ops)],
+                           fontsize=6)
         for e in range(1, edges):
             ax.axhline(e * ops - 0.5, color="white", linewidth=0.8)
         ax.set_xticks(range(len(history)))
         ax.set_xticklabels([str(t) for t in range(len(history))], fontsize=6)
         ax.set_xlabel("epoch")
         ax.set_title(name, fontsize=10)
-        fig.colorbar(image, ax=ax, shrink=0.6)
+        bar = fig.colorbar(image, ax=ax, shrink=0.6)
+        bar.set_label(f"softmax weight ({low:.3g} to {high:.3g})", fontsize=8)
     fig.suptitle(title, fontsize=11)
     return fig
 

@@ -9,9 +9,10 @@ heatmap of the architecture weights over epochs and the final model in the Model
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from raynas.config import SearchConfig
 from raynas.tracking.mlflow_tracker import CandidateLane, MlflowTracker
 from raynas.tracking.results import ResultsStore, SearchInfo, search_id
 from raynas.tracking.retry import is_transient
+from raynas.tracking.vocabulary import canonical_metric, canonical_node
 from raynas.types import EpochReport, EvalResult
 
 if TYPE_CHECKING:
@@ -56,12 +58,16 @@ class SearchRecorder:
         config: The job.
         tracker: Its tracker (its run opened or reopened by ``tracker.start``).
         node: Where the search's worker runs (``local``, ``ray-cpu``, ``ray-gpu``).
+        costs: The size of a candidate's network (``params``, ``macs``), added to every result
+            whose evaluator did not measure it (the driver counts it: tracking knows no space).
     """
 
-    def __init__(self, *, config: SearchConfig, tracker: MlflowTracker, node: str) -> None:
+    def __init__(self, *, config: SearchConfig, tracker: MlflowTracker, node: str,
+                 costs: Callable[[EvalResult], EvalResult] | None = None) -> None:
         self.config = config
         self.tracker = tracker
-        self.node = node
+        self.node = canonical_node(node)
+        self.costs = costs
         output = config.tracking.output_dir  # the spool is local: beside the run, else a temp folder
         spool = None if storage.is_s3(output) else Path(output) / config.name / "results-spool"
         self.store = ResultsStore(results_root(config), spool_dir=spool)
@@ -89,7 +95,7 @@ class SearchRecorder:
         assert self.info is not None, "call opened() first"
         if not (resumed and self._has_epoch(report)):  # each epoch's metrics once per run
             self.tracker.log_epoch(report)
-        candidate = epoch_candidate(report, node=self.node)
+        candidate = self._complete(epoch_candidate(report, node=self.node))
         self.store.append([candidate], info=self.info)
         if resumed and self._has_child(candidate.trial_id):
             return
@@ -106,6 +112,7 @@ class SearchRecorder:
             step: Its index in the search (the step its metrics are logged at).
         """
         assert self.info is not None, "call opened() first"
+        result = self._complete(result)
         self._rows.append(result)
         if len(self._rows) >= ROWS_PER_FILE or time.monotonic() - self._rows_at >= ROWS_SECONDS:
             self.flush()
@@ -125,12 +132,23 @@ class SearchRecorder:
         """Record what a crash may have kept from being recorded: every result's results row (the
         store keeps the first of a trial) and child run (made only for trials without one)."""
         assert self.info is not None, "call opened() first"
+        results = [self._complete(r) for r in results]
         if results:
-            self.store.append(list(results), info=self.info)
+            self.store.append(results, info=self.info)
         logged = self._child_trials()
         for step, result in enumerate(results):
             if result.trial_id not in logged:
                 self.tracker.log_candidate(result, step=step)
+
+    def _complete(self, result: EvalResult) -> EvalResult:
+        """``result`` as it is recorded: with its network's size, and when it ran (an evaluation
+        that says only how long it took ended now, as it is recorded when it ends)."""
+        if self.costs is not None:
+            result = self.costs(result)
+        if not result.ended and not result.started:
+            ended = time.time()
+            result = dataclasses.replace(result, started=ended - result.seconds, ended=ended)
+        return result
 
     def _child_trials(self) -> set[str]:
         """The trial ids of the run's child runs (one listing, page by page)."""
@@ -151,7 +169,7 @@ class SearchRecorder:
         name = next(iter(report.metrics), None)
         if name is None:
             return False
-        history = self.tracker.client.get_metric_history(self.tracker.run_id, name)
+        history = self.tracker.client.get_metric_history(self.tracker.run_id, canonical_metric(name))
         return any(m.step == report.epoch for m in history)
 
     def _has_child(self, trial_id: str) -> bool:
@@ -164,16 +182,21 @@ class SearchRecorder:
 
     def finish(self, final: EpochReport, summary: dict[str, Any], *,
                weights_history: Sequence[dict[str, Any]], network: nn.Module,
-               picture: Figure | None = None, op_names: Sequence[str] | None = None) -> str | None:
+               picture: Figure | None = None, op_names: Sequence[str] | None = None,
+               edge_names: Sequence[str] | None = None, trained: bool = False,
+               example: Any = None) -> str | None:
         """Pictures, the registered model and the summary; marks the run finished.
 
         Args:
             final: The last epoch's report.
-            summary: Final values logged as ``final.*`` params.
+            summary: Final values: numbers as ``final.*`` metrics, the rest as ``final.*`` params.
             weights_history: The architecture weights of every epoch (for the heatmap).
-            network: The final architecture's network (registered with untrained weights).
+            network: The network the result describes (registered as the run's model).
             picture: The final architecture's picture, drawn by its space (``architecture.png``).
             op_names: The candidates' names, in the column order of the architecture weights.
+            edge_names: The edges' names, in the row order of the architecture weights.
+            trained: Whether ``network``'s weights are trained (a retrained result's).
+            example: One input batch (the model's input example and signature).
 
         Returns:
             The registered model version, or None when the registry could not be reached.
@@ -184,13 +207,13 @@ class SearchRecorder:
             self.tracker.log_figure(picture, "architecture.png")
         history = [w for w in weights_history if w]
         if history:
-            figure = plot_arch_weights(history, op_names=op_names)
+            figure = plot_arch_weights(history, op_names=op_names, edge_names=edge_names)
             self.tracker.log_figure(figure, "arch_weights.png")
         version = None
         name = self.config.tracking.registered_model or f"raynas-{self.config.name}"
         try:
             version = self.tracker.register_model(
-                final.architecture, name=name, network=network, trained=False
+                final.architecture, name=name, network=network, trained=trained, example=example
             )
         except Exception as exc:
             if not is_transient(exc):

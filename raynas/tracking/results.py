@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from raynas import storage
 from raynas.errors import ConfigError
 from raynas.tracking.retry import is_transient, with_retries
+from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import EvalResult
 
 if TYPE_CHECKING:
@@ -295,8 +296,8 @@ def _to_table(results: list[EvalResult], info: SearchInfo) -> pa.Table:
             "architecture": r.architecture.to_json(), "strategy": info.strategy,
             "dataset": info.dataset, "seed": info.seed, "objective": r.objective,
             "score": r.score if r.objective in r.metrics else None,
-            "metrics": [(k, float(v)) for k, v in sorted(r.metrics.items())],
-            "budget": float(r.budget), "seconds": float(r.seconds), "node": r.node,
+            "metrics": [(k, float(v)) for k, v in sorted(canonical_metrics(r.metrics).items())],
+            "budget": float(r.budget), "seconds": float(r.seconds), "node": canonical_node(r.node),
             "stopped_early": bool(r.stopped_early), "recorded_at": now,
             "started_at": _when(r.started), "ended_at": _when(r.ended), "node_id": r.node_id or None,
         }
