@@ -16,13 +16,20 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from raynas.errors import RaynasError, WorkerLostError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, as every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"raynas: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="raynas", description="Neural architecture search on Ray, tracked in MLflow."
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -35,7 +35,7 @@ ONE_LINE = re.compile(r"raynas: error: [^\n]+\n\Z")
 # `space.channels: ...`).
 NAMES_WHAT = re.compile(
     r"config (key|file|section)|override|\b(name|seeds?|architecture|space|strategy|data|evaluator|"
-    r"train|tune|execution|tracking|final|retrain)\b"
+    r"train|tune|execution|tracking|final|retrain)\b|argument"
 )
 
 
@@ -72,6 +72,8 @@ def answer(args: list[str]) -> tuple[int | None, str]:
             status = main(args)
         except Accepted:
             status = None
+        except SystemExit as exc:  # argparse: a malformed command line
+            status = exc.code if isinstance(exc.code, int) else 1
     return status, err.getvalue()
 
 
@@ -217,6 +219,23 @@ def test_bad_file_is_one_line_naming_the_file_or_key(data: bytes | str, message:
     assert_refused(*answer(["search", str(write(tmp_path / "job.yaml", data))]), message)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search"], "the following arguments are required: config"),
+        (["search", "job.yaml", "--set"], "argument --set: expected one argument"),
+        (["search", "job.yaml", "--set", "-x=1"], "argument --set: expected one argument"),
+        (["search", "job.yaml", "--sett", "a=1"], "unrecognized arguments: --sett a=1"),
+        (["serch", "job.yaml"], "invalid choice: 'serch'"),
+        ([], "the following arguments are required: command"),
+    ],
+)
+def test_a_malformed_command_line_is_one_line(args: list[str], message: str) -> None:
+    status, err = answer(args)
+    assert status == 2 and ONE_LINE.fullmatch(err) and message in err, err
+    assert "--help` lists the options" in err
+
+
 def test_a_folder_or_a_missing_file_is_named(tmp_path: Path) -> None:
     assert_refused(*answer(["search", str(tmp_path)]), f"config file '{tmp_path}' is not a file")
     assert_refused(*answer(["search", str(tmp_path / "no.yaml")]), "does not exist")
@@ -330,8 +349,10 @@ def test_any_override_is_accepted_or_refused_in_one_line(
     overrides: list[str], base: dict[str, Any], scratch: Path
 ) -> None:
     path = write(scratch, base)
-    # --set=TEXT: as `--set TEXT`, but TEXT may start with '-' (argparse's own usage error else).
-    _verdict(*answer(["search", str(path), *(f"--set={item}" for item in overrides)]))
+    args = ["search", str(path)]
+    for item in overrides:  # a value starting with '-' is an option to argparse: one line too
+        args += ["--set", item]
+    _verdict(*answer(args))
 
 
 @FUZZ
