@@ -243,6 +243,84 @@ def test_ray_replicas_of_a_training_free_evaluator_have_no_weights_to_share(tmp_
     actor.load_weights(actor.weights())
 
 
+# -- several candidates per pass ------------------------------------------------------------------
+
+
+STACKED = [
+    MIXED_CELL, CONV_CELL, NONE_CELL,
+    Nb201Arch.parse("|skip_connect~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|skip_connect~2|"),
+    Nb201Arch.parse("|avg_pool_3x3~0|+|none~0|nor_conv_1x1~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_1x1~2|"),
+]
+
+
+def test_stacked_networks_compute_what_each_computes_alone_with_the_same_gradients(tmp_path: Path) -> None:
+    ev = evaluator(tmp_path)
+    alone = [ev.build(arch) for arch in STACKED]
+    together = [ev.build(arch) for arch in STACKED]
+    x = ev.inputs  # (B, 1, 8, 8)
+    logits = ev.space.stack(together)(x)  # (B, N, classes)
+    assert logits.shape == (x.shape[0], len(STACKED), 10)
+    logits.square().sum().backward()
+    for k, net in enumerate(alone):
+        out = net(x)
+        torch.testing.assert_close(logits[:, k], out, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        for (name, p), q in zip(net.named_parameters(), together[k].parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_candidates_scored_together_score_as_each_does_alone(tmp_path: Path, proxy: str) -> None:
+    single = evaluator(tmp_path, proxy=proxy)
+    stacked = evaluator(tmp_path, proxy=proxy, stack=2)  # groups of 2, 2 and 1
+    together = stacked.evaluate_many(STACKED, trial_ids=[f"t{i}" for i in range(len(STACKED))])
+    assert [r.trial_id for r in together] == [f"t{i}" for i in range(len(STACKED))]
+    for arch, result in zip(STACKED, together, strict=True):
+        alone = single.evaluate(arch)
+        assert result.architecture == arch
+        assert result.metrics.keys() == alone.metrics.keys()
+        for key in alone.metrics.keys() - {"proxy_seconds"}:
+            assert result.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-6), key
+
+
+def test_a_local_pool_scores_stack_candidates_per_call_in_order(tmp_path: Path) -> None:
+    from raynas.execution.pool import LocalPool
+
+    calls: list[int] = []
+    pool = LocalPool(parse_job(proxy_job(tmp_path, {"proxy": "naswot", "stack": 3})))
+    many = pool.evaluator.evaluate_many
+    pool.evaluator.evaluate_many = lambda archs, **kw: calls.append(len(archs)) or many(archs, **kw)
+    assert pool.capacity == 3
+    order = []
+    for batch in (STACKED[:3], STACKED[3:]):
+        for i, arch in enumerate(batch):
+            pool.submit(arch, f"{len(order) + i}")
+        order += [pool.next_result() for _ in batch]
+    assert calls == [3, 2] and pool.in_flight == 0
+    assert [r.architecture for r in order] == STACKED
+    reference = evaluator(tmp_path, proxy="naswot")
+    assert [r.score for r in order] == pytest.approx([reference.evaluate(a).score for a in STACKED], rel=1e-6)
+
+
+@pytest.mark.integration
+def test_ray_actors_score_stack_candidates_per_call(tmp_path: Path, ray_head: str) -> None:
+    from raynas.runs import run_search
+
+    job = proxy_job(tmp_path, {"proxy": "naswot", "stack": 3},
+                    execution={"backend": "ray", "address": ray_head, "concurrency": 2, "cpus_per_worker": 1})
+    job["strategy"]["evaluations"] = 6
+    result = run_search(parse_job(job), echo=lambda _: None)
+    results = search_state(result.checkpoint)["results"]
+    assert len(results) == 6 and len({r["trial_id"] for r in results}) == 6
+    # A call scores its candidates together: they share its start and end.
+    calls = {(r["started"], r["ended"], r["node_id"]) for r in results}
+    assert len(calls) == 2
+    reference = evaluator(tmp_path, proxy="naswot")
+    for r in results:
+        alone = reference.evaluate(Nb201Arch.from_json(r["architecture"])).score
+        assert r["metrics"]["naswot"] == pytest.approx(alone, rel=1e-6)
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

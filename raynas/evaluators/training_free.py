@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -68,6 +68,9 @@ class TrainingFreeConfig:
         repeats: Initialisations the proxy is averaged over.
         channels: Initial channels of the network (the space's build default if 0).
         layers: Cells or layers of the network (the space's build default if 0).
+        stack: Candidates scored together, one forward (and per-input backward) pass for all,
+            where the space can run several networks as one (``nb201``); each gets the scores it
+            gets alone.
     """
 
     proxy: Proxy = "naswot"
@@ -75,6 +78,7 @@ class TrainingFreeConfig:
     repeats: int = 1
     channels: int = 0
     layers: int = 0
+    stack: int = 1
 
     def __post_init__(self) -> None:
         if self.proxy not in PROXIES:
@@ -85,6 +89,8 @@ class TrainingFreeConfig:
             raise ConfigError(f"evaluator.batch_size must be at least 2, got {self.batch_size}")
         if self.repeats < 1:
             raise ConfigError(f"evaluator.repeats must be at least 1, got {self.repeats}")
+        if self.stack < 1:
+            raise ConfigError(f"evaluator.stack must be at least 1, got {self.stack}")
         if self.channels < 0 or self.layers < 0:
             raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
 
@@ -107,8 +113,8 @@ def hamming_kernel(model: nn.Module) -> Iterator[dict[str, Any]]:
     found: dict[str, Any] = {"kernel": None, "units": 0}
 
     def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        code = (output.detach() > 0).flatten(1).double()  # (B, n): the units' bits
-        agree = code @ code.T + (1 - code) @ (1 - code).T  # (B, B)
+        code = (output.detach() > 0).flatten(1)  # (B, n): the units' bits
+        agree = agreements(code.unsqueeze(0))[0]  # (B, B)
         found["kernel"] = agree if found["kernel"] is None else found["kernel"] + agree
         found["units"] += code.shape[1]
 
@@ -123,6 +129,19 @@ def hamming_kernel(model: nn.Module) -> Iterator[dict[str, Any]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def agreements(code: torch.Tensor) -> torch.Tensor:
+    """``c c^T + (1 - c)(1 - c)^T`` of binary codes ``c``, (n, B, u) -> (n, B, B) float64: on how
+    many of the ``u`` units each pair of inputs agrees.
+
+    One matmul instead of two: ``(1 - c)(1 - c)^T = u - |c_i| - |c_j| + c c^T``. The products
+    are counts below 2^24, exact in float32 (half the work of float64).
+    """
+    c = code.float()
+    ones = c.sum(2)  # (n, B): active units of each input
+    agree = 2 * (c @ c.transpose(1, 2)) - ones[:, :, None] - ones[:, None, :] + c.shape[2]  # (n, B, B)
+    return agree.double()
 
 
 def naswot_score(kernel: torch.Tensor) -> float:
@@ -222,6 +241,62 @@ def proxy_values(model: nn.Module, inputs: torch.Tensor, proxy: str) -> dict[str
     return values
 
 
+def stacked_proxy_values(
+    stack: Callable[..., nn.Module], networks: Sequence[nn.Module], inputs: torch.Tensor, proxy: str
+) -> list[dict[str, float]]:
+    """:func:`proxy_values` of every network in ``networks``, computed together: one forward pass
+    of the networks stacked by ``stack`` (a space's ``stack``) and, for the NTK, one backward pass
+    per input for all of them.
+
+    Args:
+        stack: Builds the stacked module from ``(networks, on_relu)``; its output is (B, N, K).
+        networks: The candidates' initialised networks, in train mode.
+        inputs: The batch, (B, ...).
+        proxy: A name in :data:`PROXIES`.
+    """
+    if proxy not in PROXIES:
+        raise ValueError(f"unknown proxy {proxy!r}; choose one of: {', '.join(PROXIES)}")
+    n, batch = len(networks), inputs.shape[0]
+    kernels = torch.zeros(n, batch, batch, dtype=torch.float64, device=inputs.device)
+    units = torch.zeros(n, dtype=torch.long, device=inputs.device)
+
+    def on_relu(out: torch.Tensor, candidates: torch.Tensor) -> None:
+        code = (out.detach() > 0).view(batch, len(candidates), -1).transpose(0, 1)  # (n, B, u)
+        kernels.index_add_(0, candidates, agreements(code))
+        units.index_add_(0, candidates, torch.full_like(candidates, code.shape[2]))
+
+    needs_codes = proxy != "ntk"
+    model = stack(networks, on_relu if needs_codes else None)
+    values: list[dict[str, float]] = [{} for _ in networks]
+    if proxy in ("ntk", "te_nas"):
+        weights = [[p for name, p in net.named_parameters() if p.requires_grad and name.endswith("weight")]
+                   for net in networks]
+        logits = model(inputs)  # (B, N, K)
+        rows: list[list[torch.Tensor]] = [[] for _ in networks]
+        flat = [w for ws in weights for w in ws]
+        for i in range(batch):
+            grads = torch.autograd.grad(logits[i].sum(), flat, retain_graph=True, allow_unused=True)
+            start = 0
+            for k, ws in enumerate(weights):
+                part = grads[start:start + len(ws)]
+                rows[k].append(torch.cat([g.reshape(-1) for g in part if g is not None]))  # (P_k,)
+                start += len(ws)
+        for k in range(n):
+            values[k]["ntk_cond"] = ntk_condition_number(torch.stack(rows[k]))
+    else:
+        with torch.no_grad():
+            model(inputs)
+    if needs_codes:
+        for k in range(n):
+            if int(units[k]) == 0:
+                raise RaynasError(f"no nn.ReLU of {type(networks[k]).__name__} ran on the batch")
+            if proxy == "naswot":
+                values[k]["naswot"] = naswot_score(kernels[k])
+            elif proxy in ("linear_regions", "te_nas"):
+                values[k]["linear_regions"] = float(linear_regions(kernels[k], int(units[k])))
+    return values
+
+
 def proxy_scores(values: dict[str, float], proxy: str) -> dict[str, float]:
     """The metrics of a candidate from its (averaged) raw values: the score to maximise under the
     proxy's name (``ntk``: ``-kappa``; ``te_nas``: ``-log(kappa) + log(R)``) and its parts."""
@@ -313,21 +388,41 @@ class TrainingFreeEvaluator:
     def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
         """Score ``arch``: the proxy's metrics averaged over ``repeats`` initialisations, the
         seconds its passes took (``proxy_seconds``) and the network's ``params``."""
+        return self.evaluate_many([arch], trial_ids=[trial_id])[0]
+
+    def evaluate_many(self, archs: Sequence[Architecture], *, trial_ids: Sequence[str]) -> list[EvalResult]:
+        """Score ``archs`` as :meth:`evaluate` scores each, ``config.stack`` of them per pass where
+        the space can stack networks (a space without ``stack`` scores them one by one). Each
+        result's ``seconds`` and ``proxy_seconds`` are its share of the time its passes took."""
         start = time.perf_counter()
         proxy = self.config.proxy
-        runs: list[dict[str, float]] = []
-        params = 0.0
-        passes = 0.0
-        for repeat in range(self.config.repeats):
-            model = self.build(arch, repeat=repeat)
-            params = float(sum(p.numel() for p in model.parameters()))
-            tic = time.perf_counter()
-            with _seeded(self.seed(arch, repeat)):  # any randomness of the forward pass too
-                runs.append(proxy_values(model, self.inputs, proxy))
-            passes += time.perf_counter() - tic
-        mean = {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
-        metrics = {**proxy_scores(mean, proxy), "proxy_seconds": passes, "params": params}
-        return EvalResult(
-            architecture=arch, metrics=metrics, objective=proxy, trial_id=trial_id, budget=0.0,
-            seconds=time.perf_counter() - start,
-        )
+        size = self.config.stack if hasattr(self.space, "stack") else 1
+        runs: list[list[dict[str, float]]] = [[] for _ in archs]
+        params = [0.0] * len(archs)
+        passes = [0.0] * len(archs)
+        for first in range(0, len(archs), size):
+            group = range(first, min(first + size, len(archs)))
+            for repeat in range(self.config.repeats):
+                models = [self.build(archs[i], repeat=repeat) for i in group]
+                for i, model in zip(group, models, strict=True):
+                    params[i] = float(sum(p.numel() for p in model.parameters()))
+                tic = time.perf_counter()
+                if len(models) == 1:
+                    with _seeded(self.seed(archs[first], repeat)):  # any randomness of the forward pass too
+                        values = [proxy_values(models[0], self.inputs, proxy)]
+                else:
+                    values = stacked_proxy_values(self.space.stack, models, self.inputs, proxy)
+                share = (time.perf_counter() - tic) / len(models)
+                for i, value in zip(group, values, strict=True):
+                    runs[i].append(value)
+                    passes[i] += share
+        seconds = (time.perf_counter() - start) / len(archs)
+        results = []
+        for arch, trial_id, run, param, spent in zip(archs, trial_ids, runs, params, passes, strict=True):
+            mean = {key: sum(r[key] for r in run) / len(run) for key in run[0]}
+            metrics = {**proxy_scores(mean, proxy), "proxy_seconds": spent, "params": param}
+            results.append(EvalResult(
+                architecture=arch, metrics=metrics, objective=proxy, trial_id=trial_id, budget=0.0,
+                seconds=seconds,
+            ))
+        return results

@@ -86,6 +86,15 @@ class CandidatePool(Protocol):
         ...
 
 
+def stack_size(config: SearchConfig) -> int:
+    """How many candidates one evaluator call scores together: the evaluator's ``stack`` setting
+    where it scores several at once (``evaluate_many``), else 1."""
+    assert config.evaluator is not None
+    if not hasattr(EVALUATORS.get(config.evaluator.name), "evaluate_many"):
+        return 1
+    return max(1, int(getattr(config.evaluator.config, "stack", 1)))
+
+
 def timed(evaluator: Any, arch: Architecture, trial_id: str, *, node: str, node_id: str = "") -> EvalResult:
     """``evaluator.evaluate(arch)`` with when and where it ran recorded on the result."""
     started = time.time()
@@ -93,25 +102,41 @@ def timed(evaluator: Any, arch: Architecture, trial_id: str, *, node: str, node_
     return dataclasses.replace(result, started=started, ended=time.time(), node=node, node_id=node_id)
 
 
-class LocalPool:
-    """One evaluator in this process; candidates are evaluated one at a time, in order."""
+def timed_many(
+    evaluator: Any, batch: Sequence[tuple[Architecture, str]], *, node: str, node_id: str = ""
+) -> list[EvalResult]:
+    """The results of ``batch`` (candidates and trial ids), scored together where there are
+    several (``evaluator.evaluate_many``), each with when and where it ran."""
+    if len(batch) == 1:
+        return [timed(evaluator, *batch[0], node=node, node_id=node_id)]
+    started = time.time()
+    results = evaluator.evaluate_many([a for a, _ in batch], trial_ids=[t for _, t in batch])
+    ended = time.time()
+    return [dataclasses.replace(r, started=started, ended=ended, node=node, node_id=node_id) for r in results]
 
-    capacity = 1
+
+class LocalPool:
+    """One evaluator in this process; candidates are evaluated in order, one at a time or
+    ``evaluator.stack`` together."""
 
     def __init__(self, config: SearchConfig) -> None:
         self.evaluator = build_evaluator(config)
+        self.capacity = stack_size(config)
         self.queue: deque[tuple[Architecture, str]] = deque()
+        self.done: deque[EvalResult] = deque()
 
     def submit(self, arch: Architecture, trial_id: str) -> None:
         self.queue.append((arch, trial_id))
 
     def next_result(self) -> EvalResult:
-        arch, trial_id = self.queue.popleft()
-        return timed(self.evaluator, arch, trial_id, node="local")
+        if not self.done:
+            batch = [self.queue.popleft() for _ in range(min(self.capacity, len(self.queue)))]
+            self.done.extend(timed_many(self.evaluator, batch, node="local"))
+        return self.done.popleft()
 
     @property
     def in_flight(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + len(self.done)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         return self.evaluator.train_epoch(paths)
@@ -173,6 +198,9 @@ class _EvaluatorActor:
 
     def evaluate(self, arch: Architecture, trial_id: str) -> EvalResult:
         return timed(self.evaluator, arch, trial_id, node=self.node, node_id=self.node_id)
+
+    def evaluate_many(self, batch: list[tuple[Architecture, str]]) -> list[EvalResult]:
+        return timed_many(self.evaluator, batch, node=self.node, node_id=self.node_id)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         return self.evaluator.train_epoch(paths)
@@ -236,7 +264,9 @@ class RayPool:
         self.restarts = 0
         self.together = trains_together(config)
         self._actor_cls = ray.remote(_EvaluatorActor)
-        self.capacity = execution.concurrency
+        self.replicas = execution.concurrency
+        self.stack = stack_size(config)  # candidates per actor call
+        self.capacity = self.replicas * self.stack
         self.actors: list[Any] = []
         placed = self._start_group()
         node_ids = [node_id for node_id, _ in placed]
@@ -244,7 +274,9 @@ class RayPool:
         self.location = f"{len(self.actors)} Ray actor(s) on {len(set(node_ids))} node(s) ({kinds})"
         if self.together:
             self.location += ", training the supernet together"
-        self.running: dict[Any, tuple[Any, Architecture, str]] = {}  # result ref -> actor, candidate
+        self.pending: deque[tuple[Architecture, str]] = deque()  # submitted, not yet sent
+        self.running: dict[Any, tuple[Any, list[tuple[Architecture, str]]]] = {}  # ref -> actor, batch
+        self.done: deque[EvalResult] = deque()  # results of a batch not handed back yet
 
     def _start(self) -> Any:
         execution = self.config.execution
@@ -261,14 +293,14 @@ class RayPool:
         for actor in self.actors:
             with contextlib.suppress(Exception):  # an actor whose node is gone is dead already
                 ray.kill(actor, no_restart=True)
-        self.actors = [self._start() for _ in range(self.capacity)]
-        world = self.capacity if self.together else 1
+        self.actors = [self._start() for _ in range(self.replicas)]
+        world = self.replicas if self.together else 1
         address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
         placed = self._get([
             actor.setup.remote(self.config, self.threads, rank if world > 1 else 0, world, address)
             for rank, actor in enumerate(self.actors)
         ])
-        self.grouped = [world > 1] * self.capacity  # which actors are ranks of the current group
+        self.grouped = [world > 1] * self.replicas  # which actors are ranks of the current group
         self.idle = list(self.actors)
         return placed
 
@@ -319,28 +351,38 @@ class RayPool:
                 self._replace(self.actors[index], exc.reason)
 
     def submit(self, arch: Architecture, trial_id: str) -> None:
-        actor = self.idle.pop()
-        self.running[actor.evaluate.remote(arch, trial_id)] = (actor, arch, trial_id)
+        self.pending.append((arch, trial_id))
+
+    def _dispatch(self) -> None:
+        """Send the submitted candidates to the idle actors, up to ``stack`` each."""
+        while self.pending and self.idle:
+            batch = [self.pending.popleft() for _ in range(min(self.stack, len(self.pending)))]
+            actor = self.idle.pop()
+            self.running[actor.evaluate_many.remote(batch)] = (actor, batch)
 
     def next_result(self) -> EvalResult:
         import ray
 
-        while True:
+        self._dispatch()
+        while not self.done:
             (ref,), _ = ray.wait(list(self.running), num_returns=1)
-            actor, arch, trial_id = self.running.pop(ref)
+            actor, batch = self.running.pop(ref)
             try:
-                result = self._get(ref)
+                results = self._get(ref)
             except WorkerLostError as exc:
                 actor = self._replace(actor, exc.reason)
-                self.echo(f"evaluating trial {trial_id} again on the replacement")
-                self.running[actor.evaluate.remote(arch, trial_id)] = (actor, arch, trial_id)
+                trials = ", ".join(trial_id for _, trial_id in batch)
+                self.echo(f"evaluating trial(s) {trials} again on the replacement")
+                self.running[actor.evaluate_many.remote(batch)] = (actor, batch)
                 continue
             self.idle.append(actor)
-            return result
+            self.done.extend(results)
+            self._dispatch()
+        return self.done.popleft()
 
     @property
     def in_flight(self) -> int:
-        return len(self.running)
+        return len(self.pending) + sum(len(batch) for _, batch in self.running.values()) + len(self.done)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         """One epoch of one-shot training on ``paths``: on the first actor, or on every replica
@@ -362,9 +404,9 @@ class RayPool:
         self._start_group()
         state = self.restore()
         if state:
-            for index in range(self.capacity):
+            for index in range(self.replicas):
                 self._get(self.actors[index].load_state_dict.remote(state))
-        self.echo(f"{reason}: rebuilt the {self.capacity} replicas training together")
+        self.echo(f"{reason}: rebuilt the {self.replicas} replicas training together")
 
     @property
     def steps_per_epoch(self) -> int:

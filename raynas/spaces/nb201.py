@@ -15,17 +15,18 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import OPS
-from raynas.ops.nb201 import stage_cells
+from raynas.ops.nb201 import NorConv, ResNetBasicBlock, stage_cells
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
@@ -309,6 +310,130 @@ class TinyNetwork(nn.Module):
         return self.classifier(out)
 
 
+# Called with a ReLU's output, (B, n*C, ...), and the candidates whose channels it holds, (n,).
+ReluObserver = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+class StackedTinyNetwork(nn.Module):
+    """Several candidates' ``TinyNetwork`` s run as one, in train mode (BatchNorm on the batch's
+    statistics, running statistics left alone); the output is their logits, (B, N, classes).
+
+    The activations are (B, N*C, H, W), candidate ``k`` in channels ``k*C:(k+1)*C``. The stem reads
+    the shared input with the candidates' stem convolutions stacked; every later convolution is
+    grouped (one group per candidate); BatchNorm is per channel, so each candidate keeps its own
+    statistics. On an edge the candidates are gathered by the operation they chose, and each
+    operation runs once on its candidates' channels. Weights are not copied: every pass
+    concatenates the candidates' own parameters, so each network's parameters get the gradients
+    its own forward pass would give them, and nothing flows between candidates. The training-free
+    evaluator scores ``evaluator.stack`` candidates per pass with it.
+
+    Args:
+        networks: Built by the nb201 space with the same sizes (their cells may differ).
+        on_relu: Observes every ReLU's output with its candidates (activation-pattern proxies).
+    """
+
+    def __init__(self, networks: Sequence[TinyNetwork], on_relu: ReluObserver | None = None) -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("StackedTinyNetwork needs at least one network")
+        shapes = {tuple((name, p.shape) for name, p in _shared(net)) for net in networks}
+        if len(shapes) != 1:
+            raise ValueError("StackedTinyNetwork needs networks of one size (channels, cells, classes)")
+        self.networks = nn.ModuleList(networks)
+        self.on_relu = on_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, N, classes)
+        nets = list(self.networks)
+        n = len(nets)
+        everyone = torch.arange(n, device=x.device)
+        stem = [net.stem for net in nets]
+        h = F.conv2d(x, _cat(s[0].weight for s in stem), padding=1)  # (B, N*C, H, W)
+        h = _batch_norm(h, [s[1] for s in stem])
+        for index, first in enumerate(nets[0].cells):
+            modules = [net.cells[index] for net in nets]
+            if isinstance(first, InferCell):
+                h = self._cell(h, modules)  # type: ignore[arg-type]
+            else:
+                h = self._residual(h, modules, everyone)  # type: ignore[arg-type]
+        h = _batch_norm(h, [net.lastact[0] for net in nets])
+        h = self._relu(h, everyone)
+        pooled = h.mean((2, 3)).view(x.shape[0], n, -1)  # (B, N, 4C)
+        weight = torch.stack([net.classifier.weight for net in nets])  # (N, classes, 4C)
+        bias = torch.stack([net.classifier.bias for net in nets])  # (N, classes)
+        return torch.einsum("bnc,nkc->bnk", pooled, weight) + bias  # (B, N, classes)
+
+    def _relu(self, h: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        out = F.relu(h)
+        if self.on_relu is not None:
+            self.on_relu(out, candidates)
+        return out
+
+    def _nor_conv(self, h: torch.Tensor, convs: Sequence[NorConv], candidates: torch.Tensor) -> torch.Tensor:
+        """ReLU -> grouped conv -> BatchNorm over the candidates in ``h``'s channels."""
+        conv = convs[0][1]
+        out = F.conv2d(
+            self._relu(h, candidates), _cat(c[1].weight for c in convs),
+            None if conv.bias is None else _cat(c[1].bias for c in convs),
+            stride=conv.stride, padding=conv.padding, groups=len(convs),
+        )
+        return _batch_norm(out, [c[2] for c in convs])
+
+    def _residual(
+        self, h: torch.Tensor, blocks: Sequence[ResNetBasicBlock], everyone: torch.Tensor
+    ) -> torch.Tensor:
+        a = self._nor_conv(h, [b.conv_a for b in blocks], everyone)
+        b = self._nor_conv(a, [b.conv_b for b in blocks], everyone)
+        shortcut = F.avg_pool2d(h, kernel_size=2, stride=2)
+        shortcut = F.conv2d(shortcut, _cat(b.downsample[1].weight for b in blocks), groups=len(blocks))
+        return shortcut + b
+
+    def _cell(self, h: torch.Tensor, cells: Sequence[InferCell]) -> torch.Tensor:
+        batch, _, height, width = h.shape
+        n = len(cells)
+        nodes = [h.view(batch, n, -1, height, width)]  # (B, N, C, H, W)
+        for dst in range(1, NODES):
+            total = torch.zeros_like(nodes[0])
+            for k, (src, to) in enumerate(EDGES):
+                if to != dst:
+                    continue
+                by_op: dict[str, list[int]] = {}
+                for i, cell in enumerate(cells):
+                    by_op.setdefault(cell.arch.ops[k], []).append(i)
+                for op, members in by_op.items():
+                    if op == "none":
+                        continue
+                    idx = torch.tensor(members, device=h.device)
+                    x = nodes[src].index_select(1, idx)  # (B, n, C, H, W)
+                    flat = x.flatten(1, 2)  # (B, n*C, H, W)
+                    if op == "skip_connect":
+                        out = flat
+                    elif op == "avg_pool_3x3":
+                        out = F.avg_pool2d(flat, 3, stride=1, padding=1, count_include_pad=False)
+                    else:  # nor_conv_1x1, nor_conv_3x3
+                        out = self._nor_conv(flat, [cells[i].edges[k] for i in members], idx)
+                    total = total.index_add(1, idx, out.view_as(x))
+            nodes.append(total)
+        return nodes[-1].flatten(1, 2)
+
+
+def _shared(net: TinyNetwork) -> list[tuple[str, torch.Tensor]]:
+    """The parameters every candidate of one size has (its stem, residual blocks, head)."""
+    return [(name, p) for name, p in net.named_parameters() if ".edges." not in name]
+
+
+def _cat(tensors: object) -> torch.Tensor:
+    return torch.cat(list(tensors), dim=0)  # type: ignore[call-overload]
+
+
+def _batch_norm(h: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """Per-channel BatchNorm of stacked candidates on the batch's statistics (scoring runs the
+    networks in train mode, as the training-free papers do; running statistics are left alone)."""
+    first = norms[0]
+    weight = _cat(b.weight for b in norms) if first.affine else None
+    bias = _cat(b.bias for b in norms) if first.affine else None
+    return F.batch_norm(h, None, None, weight, bias, training=True, eps=first.eps)
+
+
 def load_arch(text: str) -> Nb201Arch:
     """A cell from the benchmark's string, JSON text, or a JSON file (``{"arch": "|...|"}``)."""
     if text.strip().startswith("|"):
@@ -388,6 +513,17 @@ class Nb201Space:
             num_classes=dataset.num_classes,
             in_channels=dataset.in_channels,
         )
+
+    def stack(
+        self, networks: Sequence[nn.Module], on_relu: ReluObserver | None = None
+    ) -> StackedTinyNetwork:
+        """``networks`` (built by :meth:`build` with one size) run as one: logits (B, N, classes).
+
+        Args:
+            networks: The candidates' networks.
+            on_relu: Observes every ReLU's output, (B, n*C, ...), with its candidates, (n,).
+        """
+        return StackedTinyNetwork(networks, on_relu)  # type: ignore[arg-type]
 
     @property
     def op_names(self) -> tuple[str, ...]:
