@@ -105,7 +105,9 @@ class SupernetWorker:
         metrics = search_epoch(
             self.strategy, self.train_loader, self.valid_loader, self.device, precision=precision
         )
+        tic = time.perf_counter()
         metrics.update(evaluate(self.supernet, self.valid_loader, self.device, precision=precision))
+        metrics["eval_seconds"] = time.perf_counter() - tic
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
         if hasattr(self.supernet, "skip_connects"):  # DARTS-style cells only
             metrics["skip_connects"] = float(self.supernet.skip_connects())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -37,32 +38,56 @@ def search_epoch(
     matmuls and convolutions in bf16; weights, gradients and optimiser states stay float32).
 
     Returns:
-        ``train_loss`` and ``train_acc`` (fraction) over the epoch, and the learning rate used.
+        ``train_loss`` and ``train_acc`` (fraction) over the epoch, the learning rate used, and
+        where the epoch's time went: ``step_seconds`` in the strategy's steps, ``data_seconds``
+        drawing batches from the loaders (a step's time includes moving its batches to the
+        device; on a GPU, waiting for earlier kernels only where an operation synchronises).
     """
     lr = strategy.lr
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
+    clock = {"step": 0.0, "data": 0.0}
     by_epoch = getattr(strategy, "alternates_by_epoch", False)
     pairs = (
         ((b, None) for b in train_batches) if by_epoch else zip(train_batches, itertools.cycle(valid_batches))
     )
-    for train_batch, valid_batch in pairs:
+    for train_batch, valid_batch in _timed(pairs, clock):
+        tic = time.perf_counter()
         with autocast(device, precision):
             if valid_batch is None:  # the weights only; the architecture after the epoch
                 result = strategy.weight_step(_to(train_batch, device))  # type: ignore[attr-defined]
             else:
                 result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
+        clock["step"] += time.perf_counter() - tic
         loss_sum += result.loss_sum
         correct += result.correct
         count += result.count
     if by_epoch:
-        for valid_batch in valid_batches:
+        for valid_batch in _timed(valid_batches, clock):
+            tic = time.perf_counter()
             with autocast(device, precision):
                 strategy.arch_step(_to(valid_batch, device))  # type: ignore[attr-defined]
+            clock["step"] += time.perf_counter() - tic
     strategy.end_epoch()
     loss, acc = _global_means(loss_sum, correct, count)
-    return {"train_loss": loss, "train_acc": acc, "lr": lr}
+    return {"train_loss": loss, "train_acc": acc, "lr": lr, "step_seconds": clock["step"],
+            "data_seconds": clock["data"]}
+
+
+def _timed(items: Iterable[Any], clock: dict[str, float]) -> Iterator[Any]:
+    """``items``, the time spent drawing each added to ``clock["data"]``."""
+    iterator = iter(items)
+    while True:
+        tic = time.perf_counter()
+        item = next(iterator, _END)
+        clock["data"] += time.perf_counter() - tic
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 
 
 @torch.no_grad()

@@ -1,0 +1,43 @@
+"""A search epoch says where its time went (``step_seconds``, ``data_seconds``; the worker adds
+``eval_seconds``), which ``benchmarks/overhead.py`` splits the quick start's epochs by."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from raynas.config import TrainConfig
+from raynas.ops import PRIMITIVES
+from raynas.strategies.gradient.darts import Darts, DartsConfig
+from raynas.supernet.darts import DartsSupernet
+from raynas.train.loop import search_epoch
+
+
+class SlowLoader:
+    """Two batches, each taking ``delay`` seconds to draw."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        g = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))
+                        for _ in range(2)]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.batches:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_a_search_epoch_splits_its_time_between_steps_and_drawing_batches() -> None:
+    torch.manual_seed(0)
+    supernet = DartsSupernet(channels=4, layers=2, nodes=2, stem_multiplier=3, primitives=PRIMITIVES,
+                             mixed_op="weighted", num_classes=5, in_channels=3)
+    strategy = Darts(supernet=supernet, config=DartsConfig(), train=TrainConfig(epochs=1))
+    tic = time.perf_counter()
+    metrics = search_epoch(strategy, SlowLoader(0.2), SlowLoader(0.0), torch.device("cpu"))
+    wall = time.perf_counter() - tic
+    assert metrics["data_seconds"] >= 2 * 0.2  # two training batches, 0.2 s each
+    assert metrics["step_seconds"] > 0
+    assert metrics["data_seconds"] + metrics["step_seconds"] <= wall
