@@ -4,6 +4,7 @@
     raynas train CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
     raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
+    raynas export RUN --format onnx|torchscript --out FILE [--input-shape 1x3x32x32] [--tracking-uri URI]
     raynas latency [--job JOB.yaml | --space fbnet --dataset imagenet] --device NAME --out DIR
                    [--cluster ADDRESS] [--validate N]
 
@@ -122,7 +123,33 @@ def _parser() -> argparse.ArgumentParser:
         "--cost", default="params", help="the Pareto front's cost metric (params, macs, latency_ms, ...)"
     )
     report.add_argument("--out", help="also write the report as HTML (.html) or the Pareto plot (.png)")
+
+    export = commands.add_parser(
+        "export", help="write a found (retrained) network as ONNX or TorchScript, for serving"
+    )
+    export.add_argument(
+        "run", metavar="RUN", help="run:<MLflow run id> (the run's model) or an MLflow model folder"
+    )
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--input-shape", help="the input, batch first, e.g. 1x3x32x32 (default: the model's)")
+    export.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
     return parser
+
+
+def _export(args: argparse.Namespace) -> None:
+    from raynas.runs.export import export_network, parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    result = export_network(args.run, format=args.format, out=args.out, input_shape=shape,
+                            tracking_uri=args.tracking_uri)
+    checked = ("" if result.max_difference is None
+               else f"; outputs within {result.max_difference:.2g} of the network's")
+    logged = f"; logged to MLflow run {result.run_id} as export/{result.path.name}" if result.run_id else ""
+    print(f"Exported {args.run} as {result.format} to {result.path} (input "
+          f"{'x'.join(map(str, result.input_shape))}, batch free){checked}{logged}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -341,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "search": _search, "train": _train, "describe": _describe, "report": _report,
-            "latency": _latency,
+            "latency": _latency, "export": _export,
         }
         commands[args.command](args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from

@@ -64,6 +64,15 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def check_server(uri: str) -> None:
+    """Check a tracking URI at start: its form, and that an ``http(s)://`` server answers.
+
+    Raises:
+        ConfigError: One line saying what to use instead.
+    """
+    _check_reachable(uri)
+
+
 def _check_reachable(uri: str) -> None:
     check_tracking_uri(uri, "MLflow tracking URI")  # MLFLOW_TRACKING_URI too, not only the job's
     if not uri.startswith(("http://", "https://")):

@@ -1,0 +1,83 @@
+"""``raynas export``: a network logged to an MLflow run, exported as ONNX (run with ONNX Runtime)
+and TorchScript, gives the PyTorch network's outputs on new batches of any size, and the file is
+logged to the run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raynas.cli import main
+from raynas.runs.jobs import parse_job
+from raynas.spaces import SPACES
+from raynas.spaces.darts_cnn import DartsSpaceConfig
+from raynas.tracking.mlflow_tracker import MlflowTracker
+from raynas.types import DatasetInfo
+from tests.conftest import mlflow_store, tiny_job
+
+DIGITS = DatasetInfo("digits", 1, 10, 8)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, torch.nn.Module]:
+    """A trained-looking DARTS network registered in a run as searches and retrainings do it."""
+    folder = tmp_path_factory.mktemp("export")
+    uri = mlflow_store(folder)
+    space = SPACES.create("darts", DartsSpaceConfig(channels=4, layers=3, nodes=2))
+    arch = space.sample(random.Random(1))
+    torch.manual_seed(0)
+    network = space.build(arch, DIGITS, channels=4, layers=3).eval()
+    for module in network.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    tracker = MlflowTracker(tracking_uri=uri, experiment="export")
+    run_id = tracker.start(parse_job(tiny_job(folder)))
+    tracker.register_model(arch, name="raynas-export", network=network, trained=True,
+                           example=torch.zeros(1, 1, 8, 8))
+    return uri, run_id, network
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_gives_the_networks_outputs_and_is_logged_to_the_run(
+    fmt: str, logged: tuple[str, str, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, run_id, network = logged
+    out = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
+    assert main(["export", f"run:{run_id}", "--format", fmt, "--out", str(out), "--tracking-uri", uri]) == 0
+    assert f"logged to MLflow run {run_id}" in capsys.readouterr().out
+    batch = torch.randn(3, 1, 8, 8)  # another batch size than the example's: the batch is free
+    with torch.no_grad():
+        expected = network(batch).numpy()
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(out))(batch).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    logged_files = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "export")}
+    assert f"export/{out.name}" in logged_files
+
+
+def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
+    logged: tuple[str, str, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, run_id, _ = logged
+    folder = MlflowClient(uri).download_artifacts(run_id, "model", str(tmp_path))
+    out = tmp_path / "folder.onnx"
+    assert main(["export", folder, "--format", "onnx", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
+                 "--tracking-uri", uri]) == 2
+    assert "no model in MLflow run" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--format", "onnx", "--out", str(out)]) == 2
+    assert "MLflow model folder" in capsys.readouterr().err
+    assert main(["export", folder, "--format", "onnx", "--out", str(out), "--input-shape", "1x3x32x32"]) == 2
+    assert "does not run on a 1x3x32x32 input" in capsys.readouterr().err
