@@ -8,6 +8,7 @@ Three things are kept apart: the *space* (what can be chosen, ``raynas.spaces``)
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 from abc import ABC, abstractmethod
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 _ARCHITECTURE_TYPES: dict[str, type[Architecture]] = {}
+# The package whose import registers every space's architecture type, by name: imported lazily
+# (as Ray Tune's SEARCH_ALG_IMPORT table does), so this ground floor imports no floor above it.
+SPACES_MODULE = "raynas.spaces"
 A = TypeVar("A", bound="Architecture")
 
 
@@ -103,9 +107,12 @@ class Architecture(ABC):
 
     @staticmethod
     def from_json(text: str) -> Architecture:
-        """Parse the output of :meth:`to_json` back into the right record type."""
+        """Parse the output of :meth:`to_json` back into the right record type (the spaces, which
+        define the record types, are imported on first need: a bare ``import raynas`` suffices)."""
         data = json.loads(text)
         space = data.pop("space", None) if isinstance(data, dict) else None
+        if space not in _ARCHITECTURE_TYPES:
+            importlib.import_module(SPACES_MODULE)  # registers every space's record type
         if space not in _ARCHITECTURE_TYPES:
             known = ", ".join(sorted(_ARCHITECTURE_TYPES))
             raise ArchitectureError(f"architecture JSON names space {space!r}; known: {known}")

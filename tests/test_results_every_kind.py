@@ -202,3 +202,23 @@ def test_the_alpha_heat_map_names_edges_by_their_nodes_and_scales_to_the_weights
     assert labels[0] == f"node 0 → node 2: {space.op_names[0]}" and space.edge_names[-1] == "node 4 → node 5"
     low, high = axes.images[0].get_clim()
     assert 1 / ops - 0.01 < low < high < 1 / ops + 0.01  # the colours span the weights, not 0 to 1
+
+
+def test_an_architecture_reads_back_after_a_bare_import_raynas() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, raynas.types as t\n"
+        "assert 'raynas.spaces' not in sys.modules\n"
+        "a = t.Architecture.from_json('{\"space\": \"nb201\", \"arch\": "
+        "\"|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|\"}')\n"
+        "print(type(a).__name__)\n"
+        "try:\n    t.Architecture.from_json('{\"space\": \"nope\"}')\n"
+        "except t.ArchitectureError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, error = done.stdout.splitlines()
+    assert name == "Nb201Arch"
+    assert {"darts", "nb201"} <= set(error.split("known: ")[1].split(", "))  # not an empty list
