@@ -60,13 +60,13 @@ def test_quickstart_job_loads() -> None:
     config = load_job(QUICKSTART)
     assert isinstance(config, SearchConfig)
     assert config.name == "quickstart"
-    assert config.space == Component("darts", DartsSpaceConfig(channels=8, layers=5, nodes=4))
+    assert config.space == Component("darts", DartsSpaceConfig(channels=8, layers=3, nodes=4))
     assert config.strategy.name == "darts" and isinstance(config.strategy.config, DartsConfig)
     assert config.strategy.config.order == 1
     assert config.strategy.config.arch_learning_rate == pytest.approx(1e-2)
     assert config.data.name == "digits" and isinstance(config.data.config, DigitsConfig)
     assert config.data.config.batch_size == 128
-    assert config.train.epochs == 8 and config.train.learning_rate == pytest.approx(0.1)
+    assert config.train.epochs == 6 and config.train.learning_rate == pytest.approx(0.1)
     assert config.execution == ExecutionConfig(backend="ray", cpus_per_worker=2.0)
     assert config.tracking.experiment == "raynas-quickstart"
 
