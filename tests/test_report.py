@@ -91,3 +91,30 @@ def test_report_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["report", "--results", root, "--cost", "latency_ms"]) == 2
     assert "choose one of: params, valid_acc" in capsys.readouterr().err
     assert main(["report", "--results", root, "--out", str(tmp_path / "r.pdf")]) == 2
+
+
+def test_report_shows_whole_architectures_marks_early_stops_and_counts_what_has_no_cost(
+    tmp_path: Path,
+) -> None:
+    from raynas.spaces.darts_genotype import published_genotype
+
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    darts = published_genotype("DARTS_V2")
+    space = Nb201Space()
+    results = [
+        EvalResult(architecture=darts, metrics={"valid_acc": 0.9, "params": 3e6}, trial_id="t1"),
+        EvalResult(architecture=space.sample(random.Random(1)), metrics={"valid_acc": 0.8, "params": 1e5},
+                   trial_id="t2", stopped_early=True),
+        EvalResult(architecture=space.sample(random.Random(2)), metrics={"valid_acc": 0.7}, trial_id="t3"),
+    ]
+    store.append(results, info=SearchInfo(search="mixed-1", name="mixed", strategy="random",
+                                          dataset="cifar10", seed=0))
+    report = build_report(store)
+    text = format_text(report, width=40)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if " t1 " in line)
+    wrapped = "".join(part.strip() for part in lines[first:first + 20] if not part.lstrip()[:2].isdigit())
+    assert str(darts).replace(" ", "") in (lines[first].split("t1", 1)[1] + wrapped).replace(" ", "")
+    assert "t2*" in text and "stopped early" in text
+    assert "(1 architecture(s) without a params metric left out)" in text
+    assert "mixed darts/random/cifar10: 0.9000  (n=1, seed 0)" in text  # no ± for a single search

@@ -15,6 +15,7 @@ from raynas.errors import ConfigError
 from raynas.evaluators.supernet import SupernetEvaluator
 from raynas.runs import run_search, run_seeds
 from raynas.runs.jobs import parse_job
+from raynas.runs.report import build_report
 from raynas.runs.sampling import search_state
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
@@ -193,6 +194,14 @@ def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> No
     assert mean == pytest.approx(statistics.mean(accs))
     assert std == pytest.approx(statistics.stdev(accs))
     assert (tmp_path / "runs" / "tiny-seed1" / "checkpoint.pt").is_file()
+    # One registered model for the job, a version per seed; the job's name selects both in the report.
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    assert sorted(int(v.version) for v in client.search_model_versions("name = 'raynas-tiny'")) == [1, 2]
+    report = build_report(ResultsStore(tmp_path / "runs" / "results"), select=["tiny"])
+    assert len(report.searches) == 2
+    (summary_row,) = report.seeds
+    assert summary_row.job == "tiny" and sorted(summary_row.seeds) == [0, 1]
+    assert summary_row.text() == f"{summary_row.mean:.4f} ± {summary_row.std:.4f}"
 
 
 def test_a_single_path_runs_only_its_own_candidates() -> None:

@@ -15,7 +15,9 @@ import base64
 import html
 import io
 import math
+import re
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +41,19 @@ class Row:
     cost: float | None
     budget: float
     seed: int | None
+    stopped_early: bool = False
+
+
+def job_name(name: str) -> str:
+    """The job a search belongs to: its name without the ``-seed<N>`` a multi-seed job adds."""
+    return re.sub(r"-seed\d+$", "", name)
 
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """The best score of each search of one (space, strategy, dataset), over its seeds."""
+    """The best score of each search of one job (space, strategy, dataset), over its seeds."""
 
+    job: str
     space: str
     strategy: str
     dataset: str
@@ -61,6 +70,12 @@ class SeedSummary:
         """Sample standard deviation (0 for a single search)."""
         return statistics.stdev(self.best_scores) if len(self.best_scores) > 1 else 0.0
 
+    def text(self) -> str:
+        """``mean ± std`` over more than one search; the one search's best score otherwise."""
+        if len(self.best_scores) > 1:
+            return f"{self.mean:.4f} ± {self.std:.4f}"
+        return f"{self.mean:.4f}"
+
 
 @dataclass(frozen=True)
 class Report:
@@ -73,6 +88,7 @@ class Report:
     front: tuple[Row, ...]
     seeds: tuple[SeedSummary, ...]
     rows: tuple[Row, ...]
+    uncosted: int = 0  # architectures without the cost metric: not on the front
 
 
 def build_report(
@@ -82,7 +98,8 @@ def build_report(
 
     Args:
         store: The results store.
-        select: Search ids or job names (all searches when empty).
+        select: Search ids or job names (all searches when empty; a job's name selects every
+            seed of a multi-seed job, ``<name>-seed<N>``).
         top: Rows of the best-architectures table.
         cost: The metric on the Pareto plot's x axis (``params``, ``macs``, ``latency_ms``...).
 
@@ -93,7 +110,8 @@ def build_report(
     records = table.to_pylist()
     if select:
         wanted = set(select)
-        records = [r for r in records if r["search"] in wanted or r["name"] in wanted]
+        records = [r for r in records
+                   if r["search"] in wanted or r["name"] in wanted or job_name(r["name"]) in wanted]
     if not records:
         known = ", ".join(store.searches()) or "none"
         what = f"searches {', '.join(select)}" if select else "any search"
@@ -109,6 +127,7 @@ def build_report(
             architecture=_arch_text(r["architecture"]),
             score=r["score"] if r["score"] is not None else -math.inf,
             cost=dict(r["metrics"] or []).get(cost), budget=r["budget"], seed=r["seed"],
+            stopped_early=bool(r["stopped_early"]),
         )
         for r in records
     )
@@ -118,6 +137,7 @@ def build_report(
             best_of_arch[row.architecture_key] = row
     best = tuple(sorted(best_of_arch.values(), key=lambda r: (-r.score, r.search, r.trial_id))[:top])
     costed = [r for r in best_of_arch.values() if r.cost is not None and math.isfinite(r.score)]
+    uncosted = sum(r.cost is None and math.isfinite(r.score) for r in best_of_arch.values())
     front = tuple(costed[i] for i in pareto_front([(r.cost, r.score) for r in costed]))  # type: ignore[misc]
 
     by_search: dict[str, dict[str, Any]] = {}
@@ -125,19 +145,20 @@ def build_report(
         entry = by_search.setdefault(r["search"], {"record": r, "best": -math.inf})
         if r["score"] is not None:
             entry["best"] = max(entry["best"], r["score"])
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for entry in by_search.values():
         rec = entry["record"]
-        groups.setdefault((rec["space"], rec["strategy"], rec["dataset"]), []).append(entry)
+        key = (job_name(rec["name"] or rec["search"]), rec["space"], rec["strategy"], rec["dataset"])
+        groups.setdefault(key, []).append(entry)
     seeds = tuple(
-        SeedSummary(space=k[0], strategy=k[1], dataset=k[2],
+        SeedSummary(job=k[0], space=k[1], strategy=k[2], dataset=k[3],
                     seeds=tuple(e["record"]["seed"] for e in entries),
                     best_scores=tuple(e["best"] for e in entries))
         for k, entries in sorted(groups.items())
     )
     return Report(
         searches=tuple(sorted(by_search)), objective="/".join(objectives), cost_metric=cost,
-        best=best, front=front, seeds=seeds, rows=rows,
+        best=best, front=front, seeds=seeds, rows=rows, uncosted=uncosted,
     )
 
 
@@ -155,28 +176,35 @@ def _fmt_cost(value: float | None) -> str:
 
 
 def format_text(report: Report, *, width: int = 60) -> str:
-    """The report as plain text for a terminal."""
+    """The report as plain text for a terminal (architectures in full, wrapped at ``width``;
+    ``*`` marks a candidate a scheduler stopped early)."""
     lines = [f"Searches: {', '.join(report.searches)}  (objective: {report.objective})", ""]
-    lines.append(f"Best architectures ({len(report.best)}):")
+    lines.append(f"Best architectures ({len(report.best)}; * stopped early):")
     lines.append(
         f"  {'#':>2}  {'score':>8}  {report.cost_metric:>12}  {'search':<24} {'trial':<12} architecture"
     )
+    indent = " " * (2 + 2 + 2 + 8 + 2 + 12 + 2 + 24 + 1 + 12 + 1)
     for i, r in enumerate(report.best, 1):
-        arch = r.architecture if len(r.architecture) <= width else r.architecture[: width - 3] + "..."
+        arch = textwrap.wrap(r.architecture, width, break_on_hyphens=False) or [""]
+        trial = r.trial_id + ("*" if r.stopped_early else "")
         lines.append(
-            f"  {i:>2}  {r.score:8.4f}  {_fmt_cost(r.cost):>12}  {r.search:<24} {r.trial_id:<12} {arch}"
+            f"  {i:>2}  {r.score:8.4f}  {_fmt_cost(r.cost):>12}  {r.search:<24} {trial:<12} {arch[0]}"
         )
+        lines += [indent + part for part in arch[1:]]
     lines += ["", f"Pareto front (highest {report.objective}, lowest {report.cost_metric}):"]
     for r in report.front:
         where = f"({r.search} {r.trial_id})"
         lines.append(f"  {_fmt_cost(r.cost):>12}  {r.score:8.4f}  {r.architecture_key}  {where}")
     if not report.front:
         lines.append(f"  (no candidate has a {report.cost_metric} metric)")
-    lines += ["", "Across seeds (each search's best score):"]
+    elif report.uncosted:
+        lines.append(f"  ({report.uncosted} architecture(s) without a {report.cost_metric} metric left out)")
+    lines += ["", "Across seeds (each search's best score; mean ± sample std where n > 1):"]
     for s in report.seeds:
+        seeds = ", ".join(str(x) for x in s.seeds)
         lines.append(
-            f"  {s.space}/{s.strategy}/{s.dataset}: {s.mean:.4f} ± {s.std:.4f}  "
-            f"(n={len(s.best_scores)}, seeds {', '.join(str(x) for x in s.seeds)})"
+            f"  {s.job} {s.space}/{s.strategy}/{s.dataset}: {s.text()}  "
+            f"(n={len(s.best_scores)}, seed{'s' if len(s.seeds) > 1 else ''} {seeds})"
         )
     return "\n".join(lines)
 
@@ -204,18 +232,19 @@ def format_html(report: Report) -> str:
         return f"<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr>{rows}</table>"
 
     best = table(
-        ["#", report.objective, report.cost_metric, "search", "trial", "key", "architecture"],
+        ["#", report.objective, report.cost_metric, "search", "trial", "stopped early", "key",
+         "architecture"],
         [
-            [str(i), f"{r.score:.4f}", _fmt_cost(r.cost), r.search, r.trial_id, r.architecture_key,
-             r.architecture]
+            [str(i), f"{r.score:.4f}", _fmt_cost(r.cost), r.search, r.trial_id,
+             "yes" if r.stopped_early else "", r.architecture_key, r.architecture]
             for i, r in enumerate(report.best, 1)
         ],
     )
     front = table([report.cost_metric, report.objective, "key", "search", "trial"],
                   [[_fmt_cost(r.cost), f"{r.score:.4f}", r.architecture_key, r.search, r.trial_id]
                    for r in report.front])
-    seeds = table(["space", "strategy", "dataset", "mean ± std", "n", "seeds"],
-                  [[s.space, s.strategy, s.dataset, f"{s.mean:.4f} ± {s.std:.4f}", str(len(s.best_scores)),
+    seeds = table(["job", "space", "strategy", "dataset", "best (mean ± std)", "n", "seeds"],
+                  [[s.job, s.space, s.strategy, s.dataset, s.text(), str(len(s.best_scores)),
                     ", ".join(str(x) for x in s.seeds)] for s in report.seeds])
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}")

@@ -49,9 +49,14 @@ def run_seeds(
     if not config.seeds:
         raise ConfigError("run_seeds needs config.seeds, e.g. seeds: [0, 1, 2]")
     results = []
+    # Every seed's result is a version of the job's one registered model, not a model of its own.
+    tracking = dataclasses.replace(
+        config.tracking, registered_model=config.tracking.registered_model or f"raynas-{config.name}"
+    )
     for seed in config.seeds:
         echo(f"--- seed {seed} ---")
-        one = dataclasses.replace(config, seed=seed, seeds=(), name=f"{config.name}-seed{seed}")
+        one = dataclasses.replace(config, seed=seed, seeds=(), name=f"{config.name}-seed{seed}",
+                                  tracking=tracking)
         results.append(run_search(one, fresh=fresh, echo=echo))
     shared = set.intersection(*(set(r.metrics) for r in results))
     summary = {}
