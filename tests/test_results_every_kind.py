@@ -186,6 +186,13 @@ def test_recording_writes_other_spellings_under_the_one_vocabulary(tmp_path: Pat
     assert child.data.tags["raynas.node"] == "ray-cpu" and "learning_rate" in child.data.metrics
     assert "lr" not in child.data.metrics
     assert (child.info.end_time - child.info.start_time) == 2000  # its duration, not logging's
+    # A Tune trial's result: its objective after every epoch is the metric's history.
+    trained = EvalResult(architecture=arch, metrics={"valid_acc": 0.7, "epoch": 3.0}, trial_id="t2",
+                         budget=3.0, seconds=3.0, curve=(0.3, 0.5, 0.7))
+    run_id = tracker.log_candidate(trained)
+    history = tracker.client.get_metric_history(run_id, "valid_acc")
+    curve = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+    assert curve == [(1, 0.3), (2, 0.5), (3, 0.7)]
 
 
 def test_the_alpha_heat_map_names_edges_by_their_nodes_and_scales_to_the_weights() -> None:
