@@ -2,7 +2,10 @@
 ENAS, Pham et al., ICML 2018).
 
 The supernet is first trained on single paths, one sampled architecture per step
-(:meth:`SupernetEvaluator.train_epoch`; the strategy decides how paths are sampled). A candidate is
+(:meth:`SupernetEvaluator.train_epoch`; the strategy decides how paths are sampled), or, with
+``evaluator.path_dropout``, as Bender et al.'s one-shot model: every candidate of every edge
+summed, each dropped at random per step with a probability that grows over training
+(:func:`scheduled_rate`, :mod:`raynas.supernet.path_dropout`). A candidate is
 then scored with the weights it inherits: the path is fixed, BatchNorm statistics are recomputed on
 a few training batches (they belong to no single path otherwise), and the accuracy on the
 validation half is measured. Replicas of a trained evaluator can score candidates concurrently.
@@ -31,6 +34,8 @@ from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
 from raynas.types import Architecture, EvalResult
 
+PATH_DROPOUT_SCHEDULES = ("linear", "constant")  # how the path-dropout rate follows the epochs
+
 
 @dataclass(frozen=True)
 class SupernetEvalConfig:
@@ -45,18 +50,55 @@ class SupernetEvalConfig:
             may stop; 0 scores the inherited weights as they are (no Tune).
         learning_rate: The fine-tuning's initial SGD rate (cosine-annealed over ``epochs``;
             momentum, weight decay and gradient clipping as ``train``'s).
+        path_dropout: Above 0, the supernet trains as Bender et al.'s one-shot model (all ops
+            of every edge summed, the strategy's paths unused in training) with this largest
+            path-dropout rate ``r``: each op is dropped with probability ``r_t ** (1 / k)``,
+            ``k`` the ops of its edge, at least one kept per edge; 0: single paths.
+        path_dropout_schedule: How ``r_t`` follows the epochs: ``linear`` (0 in the first
+            epoch, ``path_dropout`` in the last, as the paper) or ``constant``.
     """
 
     bn_batches: int = 4
     valid_batches: int = 0
     epochs: int = 0
     learning_rate: float = 0.01
+    path_dropout: float = 0.0
+    path_dropout_schedule: str = "linear"
 
     def __post_init__(self) -> None:
         if self.bn_batches < 0 or self.valid_batches < 0:
             raise ConfigError("evaluator.bn_batches and evaluator.valid_batches must be >= 0")
         if self.epochs < 0 or self.learning_rate <= 0:
             raise ConfigError("evaluator.epochs must be >= 0 and evaluator.learning_rate > 0")
+        if not 0.0 <= self.path_dropout <= 1.0:
+            raise ConfigError(f"evaluator.path_dropout must be in [0, 1], got {self.path_dropout}")
+        if self.path_dropout_schedule not in PATH_DROPOUT_SCHEDULES:
+            raise ConfigError(
+                f"evaluator.path_dropout_schedule must be one of {', '.join(PATH_DROPOUT_SCHEDULES)}, "
+                f"got {self.path_dropout_schedule!r}"
+            )
+
+
+def scheduled_rate(rate: float, schedule: str, *, epoch: int, epochs: int) -> float:
+    """The path-dropout rate of epoch ``epoch`` (from 0) of ``epochs``.
+
+    Args:
+        rate: The largest rate, ``evaluator.path_dropout``.
+        schedule: ``linear``: ``rate * epoch / (epochs - 1)``, 0 in the first epoch and ``rate``
+            in the last (``rate`` for a single epoch); ``constant``: ``rate`` throughout.
+        epoch: The epoch, counted from 0.
+        epochs: Epochs of the supernet's training.
+
+    Returns:
+        The probability that an edge would lose all its candidates in that epoch.
+    """
+    if schedule == "constant":
+        return rate
+    if schedule != "linear":
+        raise ValueError(f"unknown path dropout schedule {schedule!r}: {', '.join(PATH_DROPOUT_SCHEDULES)}")
+    if epochs <= 1:
+        return rate
+    return rate * min(epoch, epochs - 1) / (epochs - 1)
 
 
 @EVALUATORS.register("supernet", config=SupernetEvalConfig)
@@ -88,6 +130,11 @@ class SupernetEvaluator:
                 f"evaluator 'supernet' needs a one-shot supernet (set_path); space "
                 f"{search.space.name!r} has none: use evaluator 'scratch'"
             )
+        if config.path_dropout > 0 and not hasattr(self.supernet, "drop_paths"):
+            raise ConfigError(
+                f"evaluator.path_dropout needs a supernet that sums every op of an edge (drop_paths); "
+                f"space {search.space.name!r} has none: spaces darts and nb201 do"
+            )
         if world_size > 1:  # BatchNorm over the global batch while the replicas train together
             self.supernet = convert_batchnorm(self.supernet)
         self.supernet = prepare(self.supernet, self.device, channels_last=search.execution.channels_last)
@@ -114,12 +161,22 @@ class SupernetEvaluator:
         return len(self.shard_loader)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
-        """One epoch of single-path training: step ``i`` trains ``paths[i % len(paths)]``."""
+        """One epoch of single-path training: step ``i`` trains ``paths[i % len(paths)]``; with
+        ``path_dropout``, step ``i`` trains every op but those its path-dropout mask drops."""
         if not paths:
             raise ValueError("train_epoch needs at least one path")
+        rate = scheduled_rate(
+            self.config.path_dropout, self.config.path_dropout_schedule,
+            epoch=self.epoch, epochs=self.search.train.epochs,
+        )
 
         def before_step(step: int) -> None:
-            self.supernet.set_path(paths[step % len(paths)])
+            if self.config.path_dropout > 0:
+                # A stream per (seed, epoch, step): the same mask on every replica, and on resume.
+                seed = hash((self.search.seed, self.epoch, step)) & 0x7FFF_FFFF_FFFF_FFFF
+                self.supernet.drop_paths(rate, generator=torch.Generator().manual_seed(seed))
+            else:
+                self.supernet.set_path(paths[step % len(paths)])
 
         metrics = train_epoch(  # data-parallel replicas: one path per global step on every rank
             self.supernet, self.optimizer, self.shard_loader, self.device,
@@ -127,6 +184,8 @@ class SupernetEvaluator:
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]
+        if self.config.path_dropout > 0:
+            metrics["path_dropout"] = rate
         self.schedule.step()
         self.epoch += 1
         return metrics

@@ -21,6 +21,7 @@ from raynas.errors import ArchitectureError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import cat_channels, forward_edges, mixed_op_factory, run_steps
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, Edge
+from raynas.supernet.path_dropout import path_dropout_mask
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -163,7 +164,8 @@ class DartsSupernet(nn.Module):
             }
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
-        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type, or None.
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type (0/1 masks
+        # under path dropout, drop_paths), or None.
         self.path: dict[bool, torch.Tensor] | None = None
         # Activations channels-last, (B, H, W, C) in memory: depthwise convolutions and pooling
         # run several times faster so on CPU (oneDNN); the values are the same.
@@ -223,6 +225,23 @@ class DartsSupernet(nn.Module):
                     raise ArchitectureError(f"edge ({op!r}, {j}) of node {node + 2} is not in this supernet")
                 onehot[num_edges(node) + j, self.primitives.index(op)] += 1.0
             self.path[reduction] = onehot
+
+    def drop_paths(self, rate: float, generator: torch.Generator | None = None) -> None:
+        """Sum every candidate of every edge from now on, each dropped independently with
+        probability ``rate ** (1 / k)`` and at least one kept per edge (path dropout, Bender et
+        al., 2018: :func:`path_dropout_mask`, one draw per cell type); ``set_path(None)`` ends it.
+
+        Args:
+            rate: Probability that an edge would lose all its candidates, in [0, 1].
+            generator: Random stream of the draw; None: torch's global one.
+        """
+        candidates = torch.tensor([p != "none" for p in self.primitives]).expand(self.alpha_normal.shape)
+        self.path = {
+            r: path_dropout_mask(
+                candidates if self.allowed is None else candidates & self.allowed[r], rate, generator
+            )
+            for r in (False, True)
+        }
 
     def forward_weights(self, reduction: bool) -> torch.Tensor:
         """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,

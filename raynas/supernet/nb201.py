@@ -21,6 +21,7 @@ from torch import nn
 from raynas.ops.mixed import forward_edges, mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import stage_cells
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch, Nb201Space
+from raynas.supernet.path_dropout import path_dropout_mask
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -132,7 +133,8 @@ class Nb201Supernet(nn.Module):
         )
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
-        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights, or None.
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights (a 0/1 mask under path
+        # dropout, drop_paths), or None.
         self.path: torch.Tensor | None = None
         # Activations channels-last, (B, H, W, C) in memory: faster convolutions and pooling on
         # CPU (oneDNN); the values are the same.
@@ -178,6 +180,18 @@ class Nb201Supernet(nn.Module):
         for k, op in enumerate(arch.ops):
             onehot[k, NB201_OPS.index(op)] = 1.0
         self.path = onehot
+
+    def drop_paths(self, rate: float, generator: torch.Generator | None = None) -> None:
+        """Sum every candidate of every edge from now on, each dropped independently with
+        probability ``rate ** (1 / k)`` and at least one kept per edge (path dropout, Bender et
+        al., 2018: :func:`path_dropout_mask`); ``set_path(None)`` ends it.
+
+        Args:
+            rate: Probability that an edge would lose all its candidates, in [0, 1].
+            generator: Random stream of the draw; None: torch's global one.
+        """
+        candidates = torch.tensor([op != "none" for op in NB201_OPS]).expand(self.alpha.shape)
+        self.path = path_dropout_mask(candidates, rate, generator)
 
     def forward_weights(self, reduction: bool = False) -> torch.Tensor:
         """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,
