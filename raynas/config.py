@@ -24,6 +24,7 @@ import os
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,7 +411,29 @@ def to_dict_sections(
             out[section] = {"name": comp.name, **_asdict(comp.config)}
     for section in sections:
         out[section] = _asdict(getattr(config, section))
-    return out
+    return _redacted(out)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user part, if any, shown as ``***``: a job as recorded
+    (MLflow params, ``config.json``, checkpoints) and logged never holds a password."""
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        password, port = parts.password, parts.port
+    except ValueError:  # not a URI with a valid port: nothing to redact
+        return uri
+    if password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{port}" if port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact_uri(value) if isinstance(value, str) and "://" in value else value
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,12 +33,13 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raynas.config import SearchConfig, check_tracking_uri, flatten
+from raynas.config import SearchConfig, check_tracking_uri, flatten, redact_uri
 from raynas.errors import ConfigError
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
@@ -77,13 +78,15 @@ def _check_reachable(uri: str) -> None:
     check_tracking_uri(uri, "MLflow tracking URI")  # MLFLOW_TRACKING_URI too, not only the job's
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no user part
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+        with urllib.request.urlopen(f"{plain.rstrip('/')}/health", timeout=10) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
         raise ConfigError(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it, or leave out "
-            "--tracking-uri / MLFLOW_TRACKING_URI to use a local store"
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({exc}); start it, or leave "
+            "out --tracking-uri / MLFLOW_TRACKING_URI to use a local store"
         ) from None
 
 
@@ -315,6 +318,9 @@ class MlflowTracker:
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        # MLflow prints each finished run's URL, user part and password included; raynas prints
+        # its own link (run_link), with the password redacted.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri or default_tracking_uri()
         _check_reachable(self.tracking_uri)
         if artifact_location:
@@ -359,12 +365,12 @@ class MlflowTracker:
                     raise
                 if not self._warned:
                     log.warning("MLflow at %s unreachable (%s); %d record(s) queued, the search goes on",
-                                self.tracking_uri, type(exc).__name__, len(self._queue))
+                                redact_uri(self.tracking_uri), type(exc).__name__, len(self._queue))
                     self._warned = True
                 return False
             self._queue.pop(0)
         if self._warned:
-            log.warning("MLflow at %s reachable again; queued records sent", self.tracking_uri)
+            log.warning("MLflow at %s reachable again; queued records sent", redact_uri(self.tracking_uri))
             self._warned = False
         return True
 
@@ -458,7 +464,7 @@ class MlflowTracker:
         self._submit(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         if not self.flush():
             log.warning("MLflow at %s still unreachable: %d record(s) of run %s could not be sent",
-                        self.tracking_uri, len(self._queue), run_id)
+                        redact_uri(self.tracking_uri), len(self._queue), run_id)
 
     def fail(self, error: BaseException) -> None:
         """Mark the run as ended by ``error`` without finishing: ``KILLED`` for Ctrl-C,
@@ -623,7 +629,7 @@ class MlflowTracker:
         """Where to look at the run: a URL on a server, or the command that opens the UI."""
         fragment = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/{fragment}"
+            return f"{redact_uri(self.tracking_uri).rstrip('/')}/{fragment}"
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         command = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
         with contextlib.suppress(ValueError):
