@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             spent["wall_start"] = time.perf_counter()
             report = timed("call", run_epoch)()
             spent["worker"] = report.seconds
-            epochs.append({"report": report.metrics})  # type: ignore[dict-item]
+            epochs.append({"report": report.timings})  # type: ignore[dict-item]
             return report
         worker.run_epoch = epoch
         return worker

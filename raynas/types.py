@@ -178,6 +178,8 @@ class EpochReport:
         architecture: The architecture the search would return if it stopped now.
         arch_weights: The architecture parameters as nested lists, by name.
         seconds: Wall time of the epoch on the worker.
+        timings: Where that time went (``step_seconds``, ``data_seconds``, ``eval_seconds``):
+            recorded as metrics of the run, kept apart from the search's results.
     """
 
     epoch: int
@@ -185,6 +187,7 @@ class EpochReport:
     architecture: Architecture
     arch_weights: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
 """A search epoch says where its time went (``step_seconds``, ``data_seconds``; the worker adds
-``eval_seconds``), which ``benchmarks/overhead.py`` splits the quick start's epochs by."""
+``eval_seconds``, all kept out of the search's results), which ``benchmarks/overhead.py`` splits
+the quick start's epochs by."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+from conftest import tiny_job
 
 from raynas.config import TrainConfig
 from raynas.ops import PRIMITIVES
+from raynas.runs.jobs import parse_job
+from raynas.runs.supernet_worker import SupernetWorker
 from raynas.strategies.gradient.darts import Darts, DartsConfig
 from raynas.supernet.darts import DartsSupernet
 from raynas.train.loop import search_epoch
@@ -41,3 +46,11 @@ def test_a_search_epoch_splits_its_time_between_steps_and_drawing_batches() -> N
     assert metrics["data_seconds"] >= 2 * 0.2  # two training batches, 0.2 s each
     assert metrics["step_seconds"] > 0
     assert metrics["data_seconds"] + metrics["step_seconds"] <= wall
+
+
+def test_the_worker_keeps_an_epochs_timings_apart_from_its_metrics(tmp_path: Path) -> None:
+    worker = SupernetWorker(parse_job(tiny_job(tmp_path, train={"epochs": 1})))
+    report = worker.run_epoch()
+    assert set(report.timings) == {"step_seconds", "data_seconds", "eval_seconds"}
+    assert not set(report.timings) & set(report.metrics)  # results stay reproducible
+    assert sum(report.timings.values()) <= report.seconds

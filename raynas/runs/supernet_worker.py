@@ -105,9 +105,10 @@ class SupernetWorker:
         metrics = search_epoch(
             self.strategy, self.train_loader, self.valid_loader, self.device, precision=precision
         )
+        timings = {key: metrics.pop(key) for key in ("step_seconds", "data_seconds")}
         tic = time.perf_counter()
         metrics.update(evaluate(self.supernet, self.valid_loader, self.device, precision=precision))
-        metrics["eval_seconds"] = time.perf_counter() - tic
+        timings["eval_seconds"] = time.perf_counter() - tic
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
         if hasattr(self.supernet, "skip_connects"):  # DARTS-style cells only
             metrics["skip_connects"] = float(self.supernet.skip_connects())
@@ -119,6 +120,7 @@ class SupernetWorker:
             architecture=self.strategy.genotype(),
             arch_weights=self.supernet.arch_state(),
             seconds=time.perf_counter() - start,
+            timings=timings,
         )
         self.epoch += 1
         return report

@@ -432,7 +432,7 @@ class MlflowTracker:
 
     def log_epoch(self, report: EpochReport) -> None:
         """Metrics of one epoch and the architecture derived after it, on the parent run."""
-        self.log_metrics(report.metrics, step=report.epoch, seconds=report.seconds)
+        self.log_metrics({**report.metrics, **report.timings}, step=report.epoch, seconds=report.seconds)
         run_id, name = self.run_id, f"{report.epoch:03d}"
         text = report.architecture.to_json(indent=1)
         self._submit(lambda: self.client.log_text(run_id, text, f"genotypes/epoch_{name}.json"))
