@@ -9,7 +9,8 @@ each epoch's time, measured in the driver from the call for the epoch to the end
 * ``data``: drawing batches from the loaders (``data_seconds``);
 * ``worker other``: the rest of the worker's epoch (the derived genotype, alpha's entropy...);
 * ``ray call``: the driver's wait beyond the worker's epoch (the call and its result's transfer);
-* ``checkpoint`` and ``mlflow``: the driver's checkpoint and its records of the epoch.
+* ``state``: fetching the worker's state (supernet, optimisers, random streams) for the checkpoint;
+* ``checkpoint`` and ``mlflow``: writing the checkpoint, and the driver's records of the epoch.
 
 Overhead is the time outside the steps and the evaluation, as a fraction of the epoch. The total
 wall time, Ray's start-up included, is printed too. Usage::
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     def start_worker(*a: Any, **kw: Any) -> Any:
         worker = real_start(*a, **kw)
         run_epoch = worker.run_epoch
+        worker.state_dict = timed("state", worker.state_dict)
 
         def epoch() -> Any:
             spent.clear()
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             split = {
                 "steps": m["step_seconds"], "evaluation": m["eval_seconds"], "data": m["data_seconds"],
                 "worker other": spent["worker"] - m["step_seconds"] - m["eval_seconds"] - m["data_seconds"],
-                "ray call": spent["call"] - spent["worker"], "checkpoint": spent["checkpoint"],
+                "ray call": spent["call"] - spent["worker"], "state": spent["state"],
+                "checkpoint": spent["checkpoint"],
                 "mlflow": spent["mlflow"],
             }
             row.update({"wall": wall, **split})
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     gradient.start_worker, gradient.SearchRecorder = start_worker, Recorder
     result = run_search(config, echo=lambda line: print(line, flush=True))
     total = time.perf_counter() - started
-    keys = ["wall", "steps", "evaluation", "data", "worker other", "ray call", "checkpoint", "mlflow"]
+    keys = ["wall", "steps", "evaluation", "data", "worker other", "ray call", "state", "checkpoint",
+            "mlflow"]
     print(f"\n{'epoch':>5} " + " ".join(f"{k:>12}" for k in keys) + "     overhead")
     for i, row in enumerate(epochs, 1):
         overhead = (row["wall"] - row["steps"] - row["evaluation"]) / row["wall"]
