@@ -41,7 +41,8 @@ def test_no_secret_reaches_mlflow_results_files_or_logs(
     lines: list[str] = []
     with caplog.at_level(logging.DEBUG):
         result = run_search(parse_job(job), echo=lines.append)
-    said = "\n".join(lines) + capsys.readouterr().out + capsys.readouterr().err + caplog.text
+    captured = capsys.readouterr()
+    said = "\n".join(lines) + captured.out + captured.err + caplog.text
     assert leaked(said) == [], [line for line in said.splitlines() if leaked(line)][:5]
 
     client = MlflowClient(mlflow_server)
