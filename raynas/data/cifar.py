@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from raynas.data.base import DATASETS, LoaderConfig
+from raynas.data.pickled import load_batch
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
@@ -47,9 +48,8 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
         if not path.is_file():
             raise DataError(f"CIFAR batch file {str(path)!r} is missing (expected {', '.join(files)})")
         try:
-            # The official format is a pickle: read batch files only from sources you trust.
-            with path.open("rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            # The official format is a pickle: read with an unpickler that resolves only numpy's arrays.
+            batch = load_batch(path, encoding="bytes", what="a CIFAR python batch")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             label = np.asarray(batch[label_key.encode()], dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as exc:

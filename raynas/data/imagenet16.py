@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from raynas.data.base import DATASETS, LoaderConfig
+from raynas.data.pickled import load_batch
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
@@ -70,9 +71,8 @@ def read_imagenet16(
                 f"ImageNet16 batch file {str(path)!r} is missing (expected {files[0]}..{files[-1]})"
             )
         try:
-            # The official format is a pickle: read batch files only from sources you trust.
-            with path.open("rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+            # The official format is a pickle: read with an unpickler that resolves only numpy's arrays.
+            batch = load_batch(path, encoding="latin1", what="an ImageNet16 batch")
             data = np.asarray(_field(batch, "data"), dtype=np.uint8)
             label = np.asarray(_field(batch, "labels"), dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as exc:
