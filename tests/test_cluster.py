@@ -587,6 +587,127 @@ def test_execution_accelerator_is_checked() -> None:
         load_job(job, ["execution.accelerator=A 100"])
 
 
+
+# --- security: pods run as their image's non-root user; Ray's ports stay inside the cluster ----
+
+def _image_user(dockerfile: str) -> int:
+    """The uid a Dockerfile of cluster/docker/ runs as: its USER, made by its useradd."""
+    text = (CLUSTER / "docker" / dockerfile).read_text()
+    uid = int(re.search(r"^USER (\d+)$", text, re.MULTILINE).group(1))
+    assert re.search(rf"^RUN useradd .*--uid {uid}\b", text, re.MULTILINE), dockerfile
+    return uid
+
+
+def image_users() -> dict[str, int]:
+    """Each image's user: ours from cluster/docker/; postgres's is uid 999
+    (docker-library/postgres, 16/bookworm/Dockerfile: useradd ... --uid=999 postgres)."""
+    return {"raynas": _image_user("Dockerfile"), "raynas-mlflow": _image_user("mlflow.Dockerfile"),
+            "postgres": 999}
+
+
+def _container_errors(container: dict, pod_uid: object, where: str) -> list[str]:
+    ctx = container.get("securityContext", {})
+    caps = ctx.get("capabilities", {})
+    errors = []
+    if ctx.get("allowPrivilegeEscalation") is not False:
+        errors.append(f"{where}: allowPrivilegeEscalation is not false")
+    if ctx.get("privileged") or caps.get("add") or "ALL" not in caps.get("drop", []):
+        errors.append(f"{where}: privileged, or capabilities not all dropped")
+    if ctx.get("runAsNonRoot") is False or ctx.get("runAsUser", pod_uid) != image_users().get(
+        container.get("image", "").split(":")[0], "an image of cluster/docker/ or postgres"
+    ):
+        errors.append(f"{where}: does not run as its image's user")
+    if any("hostPort" in port for port in container.get("ports", [])):
+        errors.append(f"{where}: a hostPort exposes the container on its node")
+    return errors
+
+
+def security_errors(obj: dict) -> list[str]:
+    """What lets a pod run as root or gain privileges, and what exposes a port outside the cluster
+    (a Ray head Service other than ClusterIP, an Ingress, a NodePort or LoadBalancer Service)."""
+    kind, name = obj["kind"], obj["metadata"].get("name")
+    errors = []
+    for pod in pod_specs(obj):
+        ctx = pod.get("securityContext", {})
+        where = f"{kind} {name} pod {pod['containers'][0]['name']}"
+        if ctx.get("runAsNonRoot") is not True or not isinstance(ctx.get("runAsUser"), int) \
+                or ctx["runAsUser"] == 0:
+            errors.append(f"{where}: needs runAsNonRoot: true and a runAsUser other than 0")
+        if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+            errors.append(f"{where}: shares its node's network or processes")
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            where_container = f"{where} container {container['name']}"
+            errors += _container_errors(container, ctx.get("runAsUser"), where_container)
+    if kind in ("RayCluster", "RayJob"):
+        spec = obj["spec"].get("rayClusterSpec", obj["spec"])
+        head = spec.get("headGroupSpec", {})
+        service_type = head.get("headService", {}).get("spec", {}).get("type", head.get("serviceType"))
+        if service_type not in (None, "ClusterIP") or head.get("enableIngress"):
+            errors.append(f"{kind} {name}: the head's ports (dashboard 8265, client 10001) leave the cluster")
+        if spec.get("enableInTreeAutoscaling"):  # KubeRay adds the autoscaler container to the head
+            autoscaler = spec.get("autoscalerOptions", {}).get("securityContext", {})
+            if autoscaler.get("allowPrivilegeEscalation") is not False or \
+                    "ALL" not in autoscaler.get("capabilities", {}).get("drop", []):
+                errors.append(f"{kind} {name}: the autoscaler container may gain privileges")
+    service = obj["spec"] if kind == "Service" else {}
+    if service.get("type") not in (None, "ClusterIP") or service.get("externalIPs"):
+        errors.append(f"Service {name}: reachable from outside the cluster")
+    if kind in ("Ingress", "Route", "Gateway"):
+        errors.append(f"{kind} {name}: exposes a Service outside the cluster")
+    return errors
+
+
+def test_every_pod_runs_as_its_images_non_root_user_without_privileges() -> None:
+    pods = [(path, obj) for path, obj in all_objects() if pod_specs(obj)]
+    assert {o["kind"] for _, o in pods} == {"RayCluster", "RayJob", "Deployment", "StatefulSet"}
+    assert [e for _, obj in all_objects() for e in security_errors(obj)] == []
+    assert image_users()["raynas"] == image_users()["raynas-mlflow"] == 1000
+
+
+def test_the_security_check_catches_root_privileges_and_exposed_ports() -> None:
+    cluster = _cluster()
+    service = next(o for _, o in all_objects() if o["kind"] == "Service")
+
+    def broken(obj: dict, change: Any) -> list[str]:
+        copy_ = copy.deepcopy(obj)
+        change(copy_)
+        return security_errors(copy_)
+
+    head = lambda o: o["spec"]["headGroupSpec"]  # noqa: E731
+    head_pod = lambda o: o["spec"]["headGroupSpec"]["template"]["spec"]  # noqa: E731
+    worker = lambda o: o["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]  # noqa: E731
+    assert broken(cluster, lambda o: head_pod(o)["securityContext"].pop("runAsNonRoot"))
+    assert broken(cluster, lambda o: head_pod(o)["securityContext"].update(runAsUser=0))
+    assert broken(cluster, lambda o: head_pod(o)["securityContext"].update(runAsUser=1001))  # not the image's
+    assert broken(cluster, lambda o: head_pod(o).update(hostNetwork=True))
+    assert broken(cluster, lambda o: worker(o)["securityContext"].update(allowPrivilegeEscalation=True))
+    assert broken(cluster, lambda o: worker(o)["securityContext"].update(privileged=True))
+    assert broken(cluster, lambda o: worker(o)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]))
+    assert broken(cluster, lambda o: o["spec"]["autoscalerOptions"].pop("securityContext"))
+    assert broken(cluster, lambda o: head(o).update(serviceType="LoadBalancer"))
+    assert broken(cluster, lambda o: head(o).update(serviceType="NodePort"))
+    assert broken(cluster, lambda o: head(o).update(enableIngress=True))
+    assert broken(cluster, lambda o: head(o).update(headService={"spec": {"type": "NodePort"}}))
+    assert broken(cluster, lambda o: head_pod(o)["containers"][0]["ports"][1].update(hostPort=8265))
+    assert security_errors(service) == []
+    assert broken(service, lambda o: o["spec"].update(type="LoadBalancer"))
+    assert broken(service, lambda o: o["spec"].update(externalIPs=["203.0.113.7"]))
+    assert security_errors({"kind": "Ingress", "metadata": {"name": "ray"}, "spec": {}})
+
+
+def test_ray_dashboard_and_client_ports_are_served_inside_the_cluster_only() -> None:
+    for path, obj in ray_objects():
+        spec = obj["spec"].get("rayClusterSpec", obj["spec"])
+        if "headGroupSpec" not in spec:
+            continue  # a RayJob on the long-lived cluster
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        ports = {p["containerPort"] for p in head["ports"]}
+        assert {8265, 10001} <= ports, path.name
+        assert spec["headGroupSpec"].get("serviceType") == "ClusterIP", path.name
+    assert {o["kind"] for _, o in all_objects()} & {"Ingress", "Route", "Gateway"} == set()
+    guide = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "port-forward svc/raynas-head-svc 8265:8265" in guide
+
 # --- the cluster launcher ----------------------------------------------------------------------
 
 LAUNCHER = sorted((CLUSTER / "launcher").glob("*.yaml"))
