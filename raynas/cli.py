@@ -175,6 +175,7 @@ def _search(args: argparse.Namespace) -> None:
     from raynas.runs.search import run_search, run_seeds
 
     config = parse_job(raw)
+    _warn_if_lost_with_ray_job(config.tracking)
     if config.seeds:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
@@ -203,6 +204,14 @@ def _search(args: argparse.Namespace) -> None:
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
     )
+
+
+def _warn_if_lost_with_ray_job(tracking: Any) -> None:
+    """Under ``ray job submit``, one line if the MLflow store or output folder is local."""
+    from raynas.runs.ray_job import local_results_warning
+
+    if line := local_results_warning(tracking):
+        print(f"raynas: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _scores(metrics: dict[str, float], config: Any) -> str:
@@ -240,6 +249,7 @@ def _train(args: argparse.Namespace) -> None:
     from raynas.runs.retrain import run_retrain_job
 
     config = parse_retrain_job(raw)
+    _warn_if_lost_with_ray_job(config.tracking)
     result = run_retrain_job(config, fresh=args.fresh)
     source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
     print(

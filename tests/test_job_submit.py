@@ -4,7 +4,8 @@ A Ray head is started with `ray start --head` (dashboard and job server on loopb
 pretend GPU of type A100 (the Ray resource {"A100": 1}, as the A100 groups of cluster/ declare);
 the quick-start job file, shrunk with --set and asked to run on an A100, goes in a working
 directory with `ray job submit --working-dir`; the job must succeed, its actor must have asked for
-the A100, and the search must be in MLflow with its metrics.
+the A100, the search must be in MLflow with its metrics, and the driver must have said first that
+its local MLflow store and output folder are on the head's disk.
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ def test_quickstart_job_submitted_with_ray_job_submit(
     assert client.get_job_status("raynas-quickstart") == JobStatus.SUCCEEDED
     logs = client.get_job_logs("raynas-quickstart")
     run_id = next(line.split()[-1] for line in logs.splitlines() if line.startswith("MLflow run:"))
+    # The store and the output folder are on the head's disk: the driver said so first, and how
+    # to keep them (raynas.runs.ray_job; the job's environment is Ray's own).
+    warning = next(line for line in logs.splitlines() if line.startswith("raynas: warning:"))
+    assert warning.startswith(
+        f"raynas: warning: Ray job 'raynas-quickstart' keeps its MLflow store ({tracking_uri}), "
+        f"checkpoints, results on the disk of the node that runs the driver ({tmp_path / 'mlflow.db'}, "
+        f"{tmp_path / 'runs'}), lost with the cluster unless that is a persistent volume; keep them with "
+        "--set tracking.tracking_uri=http://MLFLOW-HOST:5000 and --set tracking.output_dir=s3://BUCKET/runs"
+    ), warning
+    assert logs.index(warning) < logs.index("MLflow run:")
 
     # The search's actor asked for the A100 (a GPU and the accelerator's resource).
     actors = list_actors(address=address, detail=True, filters=[("class_name", "=", "_WorkerActor")])
