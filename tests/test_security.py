@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_job, write_job
+from conftest import free_port, tiny_job, write_job
 from fixtures import write_cifar10
 
 from raynas.cli import main
@@ -166,6 +166,16 @@ def test_the_cli_refuses_it_with_one_line_and_exit_2(
                           "python batch: it names 'posix.system', which would import or run code")
     assert not marker.exists()
 
+
+
+def test_a_password_in_the_tracking_uri_is_not_in_the_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"http://alice:not-shown-5e1f@127.0.0.1:{free_port()}"  # nothing listens there
+    capsys.readouterr()
+    assert main(["search", str(write_job(tmp_path, tiny_job(tmp_path))), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "not-shown-5e1f" not in err and "http://alice:***@127.0.0.1:" in err, err
 
 # --- no unsafe loads anywhere in the source ---------------------------------------------------
 
