@@ -246,3 +246,17 @@ def test_no_source_file_loads_a_checkpoint_yaml_or_pickle_unsafely() -> None:
     found = [hit for p, text in texts.items() if mentions.search(text)
              for hit in unsafe_loads(text, p.relative_to(ROOT))]
     assert found == []
+
+
+def test_every_test_docs_security_names_exists() -> None:
+    """docs/security.md shows each promise by the tests it names: each of them must be there."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    files = set(re.findall(r"tests/test_\w+\.py", text))
+    names = set(re.findall(r"\b(test_\w+)`", text))
+    assert files and len(names) > 15
+    defined = {
+        name for path in (ROOT / "tests").glob("test_*.py")
+        for name in re.findall(r"^def (test_\w+)\(", path.read_text(), re.MULTILINE)
+    }
+    assert {f for f in files if not (ROOT / f).is_file()} == set()
+    assert names - defined == set()
