@@ -121,8 +121,11 @@ BUDGETS: dict[str, Any] = {
     "bo": BoConfig(evaluations=50, startup=10),
 }
 
+# Strategies over the flat categorical view (autokeras grows networks by morphisms: tested on its
+# own space in tests/test_autokeras.py).
 SAMPLING = [
-    name for name in STRATEGIES.names() if issubclass(STRATEGIES.get(name), SamplingStrategy)
+    name for name in STRATEGIES.names()
+    if issubclass(STRATEGIES.get(name), SamplingStrategy) and STRATEGIES.get(name).needs_choices
 ]
 
 

@@ -30,6 +30,11 @@ ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
 SMALL_CONFIG = {"epochs": 1, "channels": 4, "layers": 1, "batch_size": 8, "bn_batches": 1}
 # The supernet's `epochs` are fine-tuning epochs under Tune (tests/test_tune.py): none here.
 SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}}
+# Evaluators of one kind of space, with a strategy of it (else NAS-Bench-201 cells, random search).
+SEARCH_OF: dict[str, dict[str, Any]] = {
+    "morphism": {"space": {"name": "autokeras", "seed_width": 4, "seed_strides": [1, 2]},
+                 "strategy": {"name": "autokeras", "evaluations": 2}},
+}
 
 
 def small_settings(name: str) -> dict[str, Any]:
@@ -44,6 +49,7 @@ def search_job(name: str, tmp_path: Path) -> Any:
     job = tiny_job(tmp_path)
     job["space"] = {"name": "nb201", "channels": 4, "cells_per_stage": 1}
     job["strategy"] = {"name": "random", "evaluations": 2}
+    job.update(SEARCH_OF.get(name, {}))
     job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
     job["evaluator"] = {"name": name, **small_settings(name)}
     if name != "supernet":

@@ -31,6 +31,7 @@ QUICK_JOBS = [p for p in JOBS if p.name.endswith("quickstart.yaml")]
 SHRINK_SPACE = {
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
+    "autokeras": ["space.seed_width=4"],
     "fbnet": ["space.stage_depths=[1,1,1,1]"],
     "convnext": ["space.depth_choices=[[1],[1],[1]]", "space.width_choices=[[4],[8],[8,16]]"],
 }
@@ -45,9 +46,11 @@ SHRINK_STRATEGY = {
              "strategy.derive_samples=2"],
     "progressive": ["strategy.beam_size=1", "strategy.predictor_steps=5"],
     "bo": ["strategy.evaluations=3", "strategy.startup=2"],
+    "autokeras": ["strategy.evaluations=3", "strategy.t_min=0.05"],
 }
 SHRINK_EVALUATOR = {
     "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],
+    "morphism": ["evaluator.epochs=1"],
     "supernet": ["evaluator.bn_batches=1"],
     "training_free": ["evaluator.batch_size=16", "evaluator.channels=4", "evaluator.layers=1"],
 }

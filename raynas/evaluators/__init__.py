@@ -6,6 +6,8 @@ An evaluator turns an architecture into an :class:`raynas.types.EvalResult`:
   BatchNorm statistics recalibrated per candidate (SPOS, ENAS, random search with weight sharing);
 - ``scratch``: a short training of the stand-alone network from scratch, epoch by epoch, so Ray
   Tune's schedulers can stop it early;
+- ``morphism``: the same training, from the parent's weights carried through the network
+  morphisms that grew the candidate (Auto-Keras);
 - ``training_free``: a zero-cost proxy of the untrained network on one mini-batch (``proxy``:
   NASWOT's ``naswot``, TE-NAS's ``ntk``, ``linear_regions`` and ``te_nas``), ``budget=0``.
 
@@ -13,7 +15,7 @@ Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=..
 EvalResult can register here.
 """
 
-from raynas.evaluators import scratch, supernet, training_free  # noqa: F401
+from raynas.evaluators import morphism, scratch, supernet, training_free  # noqa: F401
 from raynas.evaluators.registry import EVALUATORS
 
 __all__ = ["EVALUATORS"]

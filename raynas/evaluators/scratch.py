@@ -98,6 +98,16 @@ class ScratchEvaluator:
         self.device = pick_device(search.execution.device)
         self.network: torch.nn.Module | None = None  # the last network trained (retraining keeps it)
 
+    def initial_network(self, arch: Architecture) -> torch.nn.Module:
+        """The network ``arch``'s training starts from: freshly built (an evaluator that inherits
+        weights overrides this)."""
+        cfg = self.config
+        # The network the job's space describes (its channels and cells), at the evaluator's own
+        # size where it sets one: the one recorded, registered and retrained.
+        return self.space.build(
+            arch, self.data.info, **network_size(self.search, channels=cfg.channels, layers=cfg.layers)
+        )
+
     def train(
         self, arch: Architecture, *, state: dict[str, Any] | None = None
     ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
@@ -113,11 +123,7 @@ class ScratchEvaluator:
         """
         cfg = self.config
         torch.manual_seed(candidate_seed(self.search.seed, arch))
-        # The network the job's space describes (its channels and cells), at the evaluator's own
-        # size where it sets one: the one recorded, registered and retrained.
-        model = self.space.build(
-            arch, self.data.info, **network_size(self.search, channels=cfg.channels, layers=cfg.layers)
-        )
+        model = self.initial_network(arch)
         self.network = model
         train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
         params = float(count_params(model))  # as every size raynas records is counted

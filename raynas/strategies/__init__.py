@@ -17,6 +17,6 @@ from raynas.strategies.gradient import (  # noqa: F401
     rf_darts,
 )
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling import bo, enas, evolution, novelty, progressive, random_search  # noqa: F401
+from raynas.strategies.sampling import autokeras, bo, enas, evolution, novelty, progressive, random_search  # noqa: F401
 
 __all__ = ["STRATEGIES"]

@@ -47,7 +47,8 @@ class SamplingStrategy(ABC):
     flight, and saves state.
 
     Args:
-        space: The space to search (must offer the flat categorical view).
+        space: The space to search (must offer the flat categorical view, unless
+            :attr:`needs_choices` is False).
         seed: Seeds the strategy's random choices.
 
     Subclasses implement :meth:`propose` (a new candidate; :meth:`ask` hands out the candidates
@@ -61,10 +62,13 @@ class SamplingStrategy(ABC):
     # Candidates the search evaluates after each supernet-training epoch, before the final phase
     # (ENAS trains its controller this way; most strategies search only after the supernet).
     evaluations_per_epoch: int = 0
+    # Searches the space's flat categorical view; a strategy that grows networks in a space of
+    # its own kind (Auto-Keras's morphisms) sets False and takes the space as it is.
+    needs_choices: bool = True
 
     def __init__(self, *, space: Any, seed: int = 0) -> None:
-        self.space = choice_space(space, self.name)
-        self.decisions = self.space.decisions()
+        self.space = choice_space(space, self.name) if self.needs_choices else space
+        self.decisions = self.space.decisions() if self.needs_choices else ()
         self.rng = random.Random(seed)
         self.history: list[EvalResult] = []
         self.asked = 0  # candidates proposed, those in flight included

@@ -1,0 +1,294 @@
+"""Auto-Keras (Jin et al., KDD 2019): network morphisms keep a network's outputs, the edit
+distance and kernel against hand-computed values and a transcription of the official Bourgain
+loop, the GP posterior against NumPy, the tree-structured search grows networks from evaluated
+parents, and the morphism evaluator starts a child from its parent's trained weights."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_job
+
+from raynas.errors import ConfigError, RaynasError
+from raynas.evaluators.morphism import MorphismConfig, MorphismEvaluator
+from raynas.runs.jobs import parse_job
+from raynas.spaces.autokeras import (
+    AutoKerasConfig,
+    AutoKerasSpace,
+    Morph,
+    MorphArch,
+    MorphNet,
+    grow,
+    morph,
+    morph_state,
+)
+from raynas.strategies.sampling.autokeras import (
+    AutoKeras,
+    AutoKerasStrategyConfig,
+    GaussianProcess,
+    bourgain_kernel,
+    descriptor,
+    distance_matrix,
+    edit_distance,
+    layers_distance,
+    skip_distance,
+    skips_distance,
+)
+from raynas.types import EvalResult
+
+# Two strided blocks between block 0 and block 3, skips of both kinds, one across resolutions.
+BASE = MorphArch.parse("c4k3s1 c6k3s2 c5k1s1 c4k3s2 | add:0>2 concat:1>3 concat:0>3 add:2>3")
+
+
+def trained_like(arch: MorphArch, seed: int = 0) -> MorphNet:
+    """``arch``'s network in float64 with weights and BatchNorm statistics away from their
+    initial values (zero skips and identity BatchNorm would hide mistakes), in evaluation mode."""
+    torch.manual_seed(seed)
+    net = MorphNet(arch, in_channels=1, num_classes=10).double()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    for proj in net.skips:
+        proj.weight.data.normal_(0, 0.3)
+    return net.eval()
+
+
+def morphed(arch: MorphArch, net: MorphNet, m: Morph, noise: float = 0.0) -> MorphNet:
+    new, state = morph_state(arch, net.state_dict(), m, noise=noise)
+    child = MorphNet(new, in_channels=1, num_classes=10).double()
+    child.load_state_dict(state)
+    return child.eval()
+
+
+MORPHS = [
+    Morph("deepen", 0, kernel=1), Morph("deepen", 1, kernel=3), Morph("deepen", 3, kernel=5),
+    Morph("widen", 0, seed=1), Morph("widen", 1, seed=2), Morph("widen", 2, seed=3),
+    Morph("widen", 3, seed=4),
+    Morph("add_skip", 0, end=1), Morph("add_skip", 1, end=2), Morph("concat_skip", 0, end=1),
+    Morph("concat_skip", 2, end=3),
+]
+
+
+@pytest.mark.parametrize("m", MORPHS, ids=str)
+def test_each_morphism_keeps_the_outputs(m: Morph) -> None:
+    net = trained_like(BASE)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)  # (B, C, H, W)
+    child = morphed(BASE, net, m)
+    assert child.arch == morph(BASE, m) != BASE
+    with torch.no_grad():
+        before, after = net(x), child(x)
+    assert before.abs().max() > 0.1  # outputs that would show a change
+    assert (after - before).abs().max() <= 1e-5
+
+
+def test_a_chain_of_random_morphisms_keeps_the_outputs_and_the_official_noise_stays_small() -> None:
+    space = AutoKerasSpace(AutoKerasConfig(seed_width=3, seed_strides=(1, 2)))
+    arch, rng = space.seed_architecture(), random.Random(3)
+    net = trained_like(arch)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)  # (B, C, H, W)
+    with torch.no_grad():
+        reference = net(x)
+    ops = set()
+    for _ in range(12):
+        m = space.random_morph(arch, rng)
+        if m is None:
+            continue
+        ops.add(m.op)
+        noisy = morphed(arch, net, m, noise=1e-4)  # the official NOISE_RATIO
+        net, arch = morphed(arch, net, m), morph(arch, m)
+        with torch.no_grad():
+            assert (net(x) - reference).abs().max() <= 1e-5, m
+            gap = (noisy(x) - reference).abs().max()
+        assert gap <= 1e-2 * reference.abs().max(), m
+    assert ops == {"deepen", "widen", "add_skip", "concat_skip"}
+
+
+def test_morphisms_on_records() -> None:
+    deeper = morph(BASE, Morph("deepen", 1, kernel=5))
+    assert str(deeper) == "c4k3s1 c6k3s2 c6k5s1 c5k1s1 c4k3s2 | add:0>3 concat:1>4 concat:0>4 add:3>4"
+    assert str(morph(BASE, Morph("widen", 1))).startswith("c4k3s1 c12k3s2 c5k1s1")
+    assert str(morph(BASE, Morph("concat_skip", 0, end=1))).endswith("add:2>3 concat:0>1")
+    grown_by = (Morph("deepen", 1, kernel=5),)
+    lineage = MorphArch(deeper.blocks, deeper.skips, parent=BASE.key(), morphs=grown_by)
+    assert lineage.key() == deeper.key()  # the key names the network, not how it was grown
+    assert grow(BASE, lineage.morphs) == deeper
+
+
+# --- the edit distance and the kernel ---------------------------------------------------------
+
+A = MorphArch.parse("c8k3s1 c8k3s2")
+B = MorphArch.parse("c16k3s1 c8k3s2 | add:0>1")
+
+
+def test_hand_computed_distances() -> None:
+    # D_l: block 0's convolutions differ in filters only, (8/16 + 0 + 0) / 3; the rest match.
+    assert layers_distance(descriptor(A)[0], descriptor(B)[0]) == pytest.approx(1 / 6)
+    # A block more is three layers more (conv, BN, ReLU), each inserted at cost 1.
+    assert layers_distance(descriptor(A)[0], descriptor(MorphArch.parse("c8k3s1 c8k3s2 c8k3s1"))[0]) == 3
+    # D_s: no skip against one, 1; lambda = 1.
+    assert edit_distance(A, B) == pytest.approx(1 / 6 + 1)
+    assert edit_distance(A, B, kernel_lambda=0.5) == pytest.approx(1 / 6 + 0.5)
+    # One skip (3 -> 5, add) against two: (3 -> 8, add) costs (0 + |2 - 5|) / (3 + 5) = 3/8, the
+    # concat skip 1 (another kind); the Hungarian matching takes 3/8 and leaves one skip over.
+    assert skip_distance((3, 5, "add"), (3, 8, "add")) == pytest.approx(3 / 8)
+    assert skips_distance(((3, 5, "add"),), ((3, 8, "add"), (6, 8, "concat"))) == pytest.approx(3 / 8 + 1)
+    assert descriptor(B)[1] == ((3, 5, "add"),)  # leaves block 0's output, joins block 1 before its ReLU
+
+
+def test_hand_computed_kernel() -> None:
+    d = 7 / 6
+    # Two networks: Bourgain's embedding draws one of them, so each network's coordinate is its
+    # distance to it (0 and d): rho(d) = d, and the kernel exp(-d^2) = 0.2564.
+    k = bourgain_kernel(distance_matrix([descriptor(A), descriptor(B)]))
+    assert k == pytest.approx(np.array([[1.0, math.exp(-d * d)], [math.exp(-d * d), 1.0]]))
+    assert math.exp(-d * d) == pytest.approx(0.25638, abs=1e-5)  # exp(-49/36)
+    gp = GaussianProcess()
+    gp.fit([descriptor(A)], [0.5])
+    mean, std = gp.predict([descriptor(B)])  # one observation: mean k y / (1 + alpha)
+    assert mean[0] == pytest.approx(0.5 * math.exp(-d * d))
+    assert std[0] == pytest.approx(math.sqrt(1 - math.exp(-2 * d * d)))
+
+
+def official_bourgain(distances: np.ndarray) -> np.ndarray:
+    """A line-by-line transcription of the official ``bourgain_embedding_matrix`` (its loop
+    variable ``t`` shadowing the bound included) and scikit-learn's rbf_kernel (gamma = 1/features)."""
+    n = len(distances)
+    np.random.seed(123)
+    distort_elements: list[list[float]] = []
+    r = range(n)
+    k = math.ceil(math.log(n) / math.log(2) - 1)
+    t = math.ceil(math.log(n))
+    for i in range(0, k + 1):
+        for t in range(t):  # noqa: B020 (as the official code writes it)
+            s = np.random.choice(r, 2**i)
+            for j in r:
+                d = min([distances[j][s] for s in s])
+                if i == 0 and t == 0:
+                    distort_elements.append([d])
+                else:
+                    distort_elements[j].append(d)
+    x = np.array(distort_elements)
+    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return np.exp(-squared / x.shape[1])
+
+
+def networks(n: int, seed: int = 0) -> list[MorphArch]:
+    space = AutoKerasSpace(AutoKerasConfig(seed_width=4))
+    rng = random.Random(seed)
+    return [space.sample(rng) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n", [3, 6, 11])
+def test_bourgain_kernel_is_the_official_one_and_valid(n: int) -> None:
+    distances = distance_matrix([descriptor(a) for a in networks(n)])
+    k = bourgain_kernel(distances)
+    assert k == pytest.approx(official_bourgain(distances))
+    assert np.allclose(k, k.T) and np.allclose(np.diag(k), 1.0)
+    assert np.linalg.eigvalsh(k).min() > -1e-10  # positive semi-definite: a valid kernel
+
+
+def test_gp_posterior_matches_numpy() -> None:
+    archs = networks(9, seed=1)
+    train, test = [descriptor(a) for a in archs[:6]], [descriptor(a) for a in archs[6:]]
+    y = np.array([0.3, 0.5, 0.2, 0.8, 0.6, 0.4])
+    gp = GaussianProcess()
+    gp.fit(train, list(y))
+    mean, std = gp.predict(test)
+    k = bourgain_kernel(distance_matrix(train)) + 1e-10 * np.eye(6)
+    k_star = np.exp(-distance_matrix(test, train) ** 2)
+    k_inv = np.linalg.inv(k)
+    assert mean == pytest.approx(k_star @ k_inv @ y, rel=1e-6, abs=1e-9)
+    var = 1 - np.einsum("ij,jk,ik->i", k_star, k_inv, k_star)
+    assert std == pytest.approx(np.sqrt(np.clip(var, 0, None)), rel=1e-6, abs=1e-9)
+    assert gp.predict(train[:1])[1][0] == pytest.approx(0.0, abs=1e-4)  # no doubt at an observation
+
+
+# --- the search -------------------------------------------------------------------------------
+
+
+def made_up_score(arch: MorphArch) -> float:
+    """Depth up to four blocks and skips are good; width beyond 8 is not."""
+    return min(len(arch.blocks), 4) / 4 + 0.1 * len(arch.skips) - 0.05 * sum(b.width > 8 for b in arch.blocks)
+
+
+def test_the_search_grows_each_network_from_an_evaluated_parent() -> None:
+    space = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2)))
+    strategy = AutoKeras(AutoKerasStrategyConfig(evaluations=8, t_min=0.05), space=space, seed=0)
+    seen: dict[str, MorphArch] = {}
+    while not strategy.done:
+        arch = strategy.ask()
+        assert isinstance(arch, MorphArch) and arch.key() not in seen and space.contains(arch)
+        if seen:  # after the seed: grown by its morphisms from a network evaluated before
+            assert arch.parent in seen and arch.morphs
+            assert grow(seen[arch.parent], arch.morphs) == arch.graph()
+        else:
+            assert arch == space.seed_architecture()
+        seen[arch.key()] = arch
+        strategy.tell(EvalResult(architecture=arch, metrics={"valid_acc": made_up_score(arch)},
+                                 trial_id=str(len(seen))))
+    best = strategy.best()
+    assert len(seen) == 8 and best is not None
+    assert best.score > made_up_score(space.seed_architecture()) + 0.2
+
+
+def test_the_strategy_refuses_a_space_without_morphisms() -> None:
+    from raynas.spaces import SPACES
+
+    with pytest.raises(ConfigError, match=r"set space\.name to 'autokeras'"):
+        AutoKeras(AutoKerasStrategyConfig(), space=SPACES.create("nb201"))
+
+
+# --- weight inheritance -----------------------------------------------------------------------
+
+
+def morphism_job(tmp_path: Path) -> Any:
+    job = tiny_job(tmp_path)
+    del job["train"]
+    job["space"] = {"name": "autokeras", "seed_width": 4, "seed_strides": [1, 2]}
+    job["strategy"] = {"name": "autokeras", "evaluations": 2}
+    job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
+    job["evaluator"] = {"name": "morphism", "epochs": 1, "noise": 0.0}
+    return parse_job(job)
+
+
+def test_a_child_starts_from_its_parents_trained_weights(tmp_path: Path) -> None:
+    config = morphism_job(tmp_path)
+    evaluator = MorphismEvaluator(MorphismConfig(epochs=1, noise=0.0), search=config)
+    parent = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2))).seed_architecture()
+    evaluator.evaluate(parent, trial_id="1")
+    trained = evaluator.network
+    assert trained is not None and Path(evaluator.weights_path(parent.key())).is_file()
+    morphs = (Morph("widen", 0, seed=5), Morph("deepen", 0, kernel=3), Morph("add_skip", 0, end=2))
+    child = grow(parent, morphs)
+    child = MorphArch(child.blocks, child.skips, parent=parent.key(), morphs=morphs)
+    start = evaluator.initial_network(child)
+    x = torch.randn(3, 1, 8, 8)  # (B, C, H, W)
+    with torch.no_grad():
+        assert torch.allclose(start.eval()(x), trained.cpu().eval()(x), atol=1e-5)
+    fresh = evaluator.initial_network(child.graph())  # no parent: freshly initialised
+    with torch.no_grad():
+        assert not torch.allclose(fresh.eval()(x), trained.eval()(x), atol=1e-3)
+    result = evaluator.evaluate(child, trial_id="2")
+    assert math.isfinite(result.score) and Path(evaluator.weights_path(child.key())).is_file()
+    orphan = MorphArch(child.blocks, child.skips, parent="autokeras-000000000000", morphs=morphs)
+    with pytest.raises(RaynasError, match="autokeras-000000000000"):
+        evaluator.initial_network(orphan)
+
+
+def test_the_morphism_evaluator_refuses_another_space(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path)
+    del job["train"]
+    job["space"] = {"name": "nb201", "channels": 4, "cells_per_stage": 1}
+    job["strategy"] = {"name": "random", "evaluations": 2}
+    job["evaluator"] = {"name": "morphism"}
+    with pytest.raises(ConfigError, match=r"set space\.name to 'autokeras'"):
+        MorphismEvaluator(MorphismConfig(), search=parse_job(job))
