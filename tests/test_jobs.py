@@ -48,6 +48,10 @@ SHRINK_STRATEGY = {
     "bo": ["strategy.evaluations=3", "strategy.startup=2"],
     "autokeras": ["strategy.evaluations=3", "strategy.t_min=0.05"],
 }
+# Gradient strategies with settings of their own to shrink.
+SHRINK_GRADIENT = {
+    "teg_nas_prune": ["strategy.batch_size=2", "strategy.region_inputs=50", "strategy.region_batches=1"],
+}
 SHRINK_EVALUATOR = {
     "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],
     "morphism": ["evaluator.epochs=1"],
@@ -75,6 +79,7 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
     ]
     if original.evaluator is None or original.evaluator.name == "supernet":
         overrides.append("train.epochs=2")  # the supernet's epochs (scratch and proxies train none)
+        overrides += SHRINK_GRADIENT.get(original.strategy.name, [])
     if original.evaluator is not None and original.evaluator.name == "scratch":
         overrides.append("tune.enabled=false")  # in-process here; tests/test_tune.py runs Tune
     finetuned = original.evaluator is not None and original.evaluator.name == "supernet" and (

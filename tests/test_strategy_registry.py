@@ -61,9 +61,12 @@ SAMPLING_SPACE_OF: dict[str, tuple[str, dict[str, Any]]] = {
 
 # --- gradient strategies: built as the supernet worker builds them, on 8x8 single-channel inputs
 
-SPACE_OF = {"fbnet": "fbnet"}  # the space a strategy searches (else darts)
+# The space a strategy searches (else darts): TEG-NAS's pruning measures every operation's
+# removal, NAS-Bench-201's 24 fewer than DARTS's.
+SPACE_OF = {"fbnet": "fbnet", "teg_nas_prune": "nb201"}
 SMALL_SPACE: dict[str, dict[str, Any]] = {
     "darts": {"channels": 4, "layers": 3, "nodes": 2},
+    "nb201": {"channels": 4, "cells_per_stage": 1},
     # Two searchable layers, both timed in latency_tables/cpu.json (8x8 digits, quick-start layout).
     "fbnet": {
         "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16), "stage_depths": (1, 1),
@@ -72,6 +75,11 @@ SMALL_SPACE: dict[str, dict[str, Any]] = {
 }
 GRADIENT_CONFIG_OF: dict[str, dict[str, Any]] = {
     "fbnet": {"latency_dir": str(ROOT / "latency_tables"), "latency_unit": "us"},
+    # TE-NAS's two indicators on two images (tests/test_teg_nas.py checks all three).
+    "teg_nas_prune": {
+        "indicators": ("ntk", "region"), "repeat": 1, "batch_size": 2, "region_inputs": 20,
+        "region_batches": 1,
+    },
 }
 INFO = DatasetInfo("digits", 1, 10, 8)
 TRAIN = TrainConfig(epochs=2, learning_rate=0.05)

@@ -8,27 +8,36 @@
 
   where ``d_H`` is the Hamming distance: networks that tell the inputs of a batch apart by their
   activation patterns have a better-conditioned ``K_H`` and score higher.
-- ``ntk``, ``linear_regions``, ``te_nas``: Chen, Gong and Wang, "Neural Architecture Search on
-  ImageNet in Four GPU Hours: A Theoretically Inspired Perspective" (TE-NAS), ICLR 2021.
-  Trainability is read from the empirical neural tangent kernel on a mini-batch,
+- ``ntk``, ``linear_regions``: Chen, Gong and Wang, "Neural Architecture Search on ImageNet in
+  Four GPU Hours: A Theoretically Inspired Perspective" (TE-NAS), ICLR 2021, read on the
+  candidate's own network. Trainability from the empirical neural tangent kernel on a mini-batch,
 
       Theta = J J^T,   J[i] = d (sum_k f_k(x_i)) / d theta,   kappa = lambda_max(Theta) / lambda_min(Theta)
 
   (lower ``kappa`` trains better, so the score to maximise is ``-kappa``); expressivity from the
   number of linear regions ``R``, counted as the number of distinct activation patterns ``c_i``
-  among the inputs. TE-NAS prunes by the sum of the two indicators' ranks among candidates; a
-  single candidate has no rank, so ``te_nas`` scores the rank-free reading
-  ``-log(kappa) + log(R)``, which orders candidates as both indicators do when they agree and
-  trades one factor of ``kappa`` against one of ``R`` when they do not.
+  among the inputs.
+- ``te_nas``: TEG-NAS's three indicators (Chen et al., "Understanding and Accelerating Neural
+  Architecture Search with Training-Free and Theory-Grounded Metrics", code VITA-Group/TEGNAS),
+  computed as its ``te_reward_generator.py`` does (:mod:`raynas.supernet.teg`): the candidate is the
+  tiny supernet of its space (``nb201``, ``darts``) masked to its operations; ``ntk_cond`` the NTK's
+  condition number on ``batch_size`` training images, ``linear_regions`` the regions of the thin
+  supernet over ``region_batches`` x ``region_inputs`` single-channel crops, ``ntk_mse`` the error of
+  NTK kernel regression from those training images to as many validation images. TEG-NAS combines
+  the three by their ranks among candidates (the ``teg_evolution``, ``teg_reinforce`` and
+  ``teg_nas_prune`` strategies do); a single candidate has no rank, so the ``te_nas`` score is the
+  rank-free reading ``log(R) - log(kappa) - log(mse)``, which orders candidates as all three
+  indicators do when they agree.
 
-Every score is taken at initialisation (BatchNorm in train mode, as in both papers) on
+Every score is taken at initialisation (BatchNorm in train mode, as in the papers) on
 ``batch_size`` images of the search split's training half, the same images for every candidate,
 and averaged over ``repeats`` initialisations whose seeds depend only on the search's seed and the
-architecture's key. Two departures from TE-NAS's code, both for one network and one batch per
-candidate: regions are counted on the candidate's own network over the batch (TE-NAS counts
-them on a one-channel, one-cell network without a stem, over 3,000 single-channel crops of 3x3
-pixels), so ``R`` is at most ``batch_size`` and tells apart mostly networks that merge inputs; and
-every ``nn.ReLU`` is read, not only those of 4-D feature maps.
+architecture's key. For ``ntk`` and ``linear_regions``, two departures from TE-NAS's code, for one
+network and one batch per candidate: regions are counted on the candidate's own network over the
+batch (TE-NAS counts them on a one-channel, one-cell network without a stem, over 3,000
+single-channel crops of 3x3 pixels, as ``te_nas`` does), so ``R`` is at most ``batch_size`` and
+tells apart mostly networks that merge inputs; and every ``nn.ReLU`` is read, not only those of
+4-D feature maps.
 """
 
 from __future__ import annotations
@@ -51,11 +60,13 @@ from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
+from raynas.supernet import teg
 from raynas.train.accel import pick_device
 from raynas.types import Architecture, EvalResult
 
 Proxy = Literal["naswot", "ntk", "linear_regions", "te_nas"]
 PROXIES: tuple[str, ...] = typing.get_args(Proxy)
+NETWORK_PROXIES = ("naswot", "ntk", "linear_regions")  # read on the candidate's own network
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,9 @@ class TrainingFreeConfig:
         layers: Cells or layers of the network (the space's build default if 0).
         stack: Candidates scored together, one forward (and per-input backward) pass for all,
             where the space can run several networks as one (``nb201``); each gets the scores it
-            gets alone.
+            gets alone (``te_nas`` scores one at a time).
+        region_inputs: ``te_nas``: crops per batch of the region count (TEG-NAS's 1,000).
+        region_batches: ``te_nas``: batches of crops (TEG-NAS's 3).
     """
 
     proxy: Proxy = "naswot"
@@ -79,6 +92,8 @@ class TrainingFreeConfig:
     channels: int = 0
     layers: int = 0
     stack: int = 1
+    region_inputs: int = 1000
+    region_batches: int = 3
 
     def __post_init__(self) -> None:
         if self.proxy not in PROXIES:
@@ -91,6 +106,8 @@ class TrainingFreeConfig:
             raise ConfigError(f"evaluator.repeats must be at least 1, got {self.repeats}")
         if self.stack < 1:
             raise ConfigError(f"evaluator.stack must be at least 1, got {self.stack}")
+        if self.region_inputs < 1 or self.region_batches < 1:
+            raise ConfigError("evaluator.region_inputs and evaluator.region_batches must be at least 1")
         if self.channels < 0 or self.layers < 0:
             raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
 
@@ -122,7 +139,7 @@ def hamming_kernel(model: nn.Module) -> Iterator[dict[str, Any]]:
     if not handles:
         raise RaynasError(
             f"{type(model).__name__} has no nn.ReLU: activation-pattern proxies (naswot, "
-            "linear_regions, te_nas) read ReLU units; use proxy 'ntk'"
+            "linear_regions) read ReLU units; use proxy 'ntk'"
         )
     try:
         yield found
@@ -202,11 +219,11 @@ def ntk_condition_number(jacobian: torch.Tensor) -> float:
     return float(eig[-1] / eig[0])
 
 
-def te_nas_score(condition_number: float, regions: float) -> float:
-    """The rank-free reading of TE-NAS's rank sum: ``-log(kappa) + log(R)``."""
-    if not math.isfinite(condition_number) or regions <= 0:
+def te_nas_score(condition_number: float, regions: float, mse: float) -> float:
+    """The rank-free reading of TEG-NAS's rank sum: ``log(R) - log(kappa) - log(mse)``."""
+    if not (math.isfinite(condition_number) and math.isfinite(mse)) or regions <= 0 or mse <= 0:
         return float("-inf")
-    return math.log(regions) - math.log(condition_number)
+    return math.log(regions) - math.log(condition_number) - math.log(mse)
 
 
 def proxy_values(model: nn.Module, inputs: torch.Tensor, proxy: str) -> dict[str, float]:
@@ -219,18 +236,14 @@ def proxy_values(model: nn.Module, inputs: torch.Tensor, proxy: str) -> dict[str
         inputs: The batch, (B, ...), on the model's device.
         proxy: A name in :data:`PROXIES`.
     """
-    if proxy not in PROXIES:
-        raise ValueError(f"unknown proxy {proxy!r}; choose one of: {', '.join(PROXIES)}")
+    if proxy not in NETWORK_PROXIES:
+        raise ValueError(f"proxy {proxy!r} is not read on a network; choose: {', '.join(NETWORK_PROXIES)}")
     values: dict[str, float] = {}
     if proxy == "ntk":
         values["ntk_cond"] = ntk_condition_number(ntk_jacobian(model, inputs))
         return values
-    with hamming_kernel(model) as found:
-        if proxy == "te_nas":  # one forward pass serves both indicators
-            values["ntk_cond"] = ntk_condition_number(ntk_jacobian(model, inputs))
-        else:
-            with torch.no_grad():
-                model(inputs)
+    with hamming_kernel(model) as found, torch.no_grad():
+        model(inputs)
     kernel, units = found["kernel"], found["units"]
     if kernel is None:
         raise RaynasError(f"no nn.ReLU of {type(model).__name__} ran on the batch")
@@ -254,8 +267,8 @@ def stacked_proxy_values(
         inputs: The batch, (B, ...).
         proxy: A name in :data:`PROXIES`.
     """
-    if proxy not in PROXIES:
-        raise ValueError(f"unknown proxy {proxy!r}; choose one of: {', '.join(PROXIES)}")
+    if proxy not in NETWORK_PROXIES:
+        raise ValueError(f"proxy {proxy!r} is not read on a network; choose: {', '.join(NETWORK_PROXIES)}")
     n, batch = len(networks), inputs.shape[0]
     kernels = torch.zeros(n, batch, batch, dtype=torch.float64, device=inputs.device)
     units = torch.zeros(n, dtype=torch.long, device=inputs.device)
@@ -268,7 +281,7 @@ def stacked_proxy_values(
     needs_codes = proxy != "ntk"
     model = stack(networks, on_relu if needs_codes else None)
     values: list[dict[str, float]] = [{} for _ in networks]
-    if proxy in ("ntk", "te_nas"):
+    if proxy == "ntk":
         weights = [[p for name, p in net.named_parameters() if p.requires_grad and name.endswith("weight")]
                    for net in networks]
         logits = model(inputs)  # (B, N, K)
@@ -292,19 +305,19 @@ def stacked_proxy_values(
                 raise RaynasError(f"no nn.ReLU of {type(networks[k]).__name__} ran on the batch")
             if proxy == "naswot":
                 values[k]["naswot"] = naswot_score(kernels[k])
-            elif proxy in ("linear_regions", "te_nas"):
+            elif proxy == "linear_regions":
                 values[k]["linear_regions"] = float(linear_regions(kernels[k], int(units[k])))
     return values
 
 
 def proxy_scores(values: dict[str, float], proxy: str) -> dict[str, float]:
     """The metrics of a candidate from its (averaged) raw values: the score to maximise under the
-    proxy's name (``ntk``: ``-kappa``; ``te_nas``: ``-log(kappa) + log(R)``) and its parts."""
+    proxy's name (``ntk``: ``-kappa``; ``te_nas``: ``log(R) - log(kappa) - log(mse)``) and its parts."""
     metrics = dict(values)
     if proxy == "ntk":
         metrics["ntk"] = -values["ntk_cond"]
     elif proxy == "te_nas":
-        metrics["te_nas"] = te_nas_score(values["ntk_cond"], values["linear_regions"])
+        metrics["te_nas"] = te_nas_score(values["ntk_cond"], values["linear_regions"], values["ntk_mse"])
     return metrics
 
 
@@ -329,6 +342,42 @@ def proxy_batch(dataset: SearchDataset, *, seed: int, size: int) -> torch.Tensor
             if sum(len(b) for b in images) >= size:
                 break
     return torch.cat(images)[:size]  # (size, C, H, W)
+
+
+def teg_batch(
+    dataset: SearchDataset, shape: teg.CellShape, config: TrainingFreeConfig, *, seed: int
+) -> teg.TegBatch:
+    """``te_nas``'s inputs: the first ``batch_size`` images and labels of each half of the search
+    split in the order the search's loaders (seeded by ``seed``) draw them, and the region crops,
+    drawn from the training half's images (as many as the crops, or all) by a stream seeded by
+    ``seed``."""
+    halves = []
+    crops_from: list[torch.Tensor] = []
+    wanted = config.region_inputs * config.region_batches
+    with _seeded(seed):
+        for k, loader in enumerate(search_loaders(dataset, seed=seed)):
+            xs, ys = [], []
+            for x, y in loader:
+                xs.append(x)
+                ys.append(y)
+                if sum(len(b) for b in xs) >= (config.batch_size if k else max(config.batch_size, wanted)):
+                    break
+            if sum(len(b) for b in xs) < config.batch_size:
+                raise ConfigError(
+                    f"evaluator.batch_size ({config.batch_size}) is more than the images of a half "
+                    "of the search split; lower it or use more data"
+                )
+            halves.append((torch.cat(xs), torch.cat(ys)))
+            if not k:
+                crops_from = [halves[0][0]]
+    (x, y), (vx, vy) = halves
+    n = config.batch_size
+    crops = teg.region_crops(
+        crops_from[0], size=config.region_inputs, batches=config.region_batches, side=shape.crop,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return teg.TegBatch(x=x[:n], y=y[:n], valid_x=vx[:n], valid_y=vy[:n], crops=crops,
+                        num_classes=shape.num_classes)
 
 
 @contextmanager
@@ -370,6 +419,10 @@ class TrainingFreeEvaluator:
         self.data = DATASETS.create(search.data.name, search.data.config)
         self.device = pick_device(search.execution.device)
         self.inputs = proxy_batch(self.data, seed=search.seed, size=config.batch_size).to(self.device)
+        self.teg: tuple[teg.CellShape, teg.TegBatch] | None = None
+        if config.proxy == "te_nas":
+            shape = teg.CellShape.of_space(self.space, self.data.info)
+            self.teg = (shape, teg_batch(self.data, shape, config, seed=search.seed))
 
     def seed(self, arch: Architecture, repeat: int = 0) -> int:
         """The seed of ``arch``'s ``repeat``-th initialisation: (search seed, architecture key) only."""
@@ -385,6 +438,16 @@ class TrainingFreeEvaluator:
             )
         return model.to(self.device).train()
 
+    def teg_values(self, arch: Architecture, repeat: int) -> dict[str, float]:
+        """``te_nas``'s indicators of ``arch`` in its ``repeat``-th initialisation: its space's tiny
+        supernets masked to its operations (:func:`raynas.supernet.teg.indicators`)."""
+        assert self.teg is not None
+        shape, batch = self.teg
+        with _seeded(self.seed(arch, repeat)):
+            ntk_net, thin_net = teg.build_networks(shape)
+        found = teg.indicators(ntk_net, thin_net, teg.arch_masks(shape, arch), batch)
+        return {"ntk_cond": found["ntk"], "linear_regions": found["region"], "ntk_mse": found["mse"]}
+
     def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
         """Score ``arch``: the proxy's metrics averaged over ``repeats`` initialisations, the
         seconds its passes took (``proxy_seconds``) and the network's ``params``."""
@@ -396,7 +459,7 @@ class TrainingFreeEvaluator:
         result's ``seconds`` and ``proxy_seconds`` are its share of the time its passes took."""
         start = time.perf_counter()
         proxy = self.config.proxy
-        size = self.config.stack if hasattr(self.space, "stack") else 1
+        size = self.config.stack if hasattr(self.space, "stack") and self.teg is None else 1
         runs: list[list[dict[str, float]]] = [[] for _ in archs]
         params = [0.0] * len(archs)
         passes = [0.0] * len(archs)
@@ -407,7 +470,9 @@ class TrainingFreeEvaluator:
                 for i, model in zip(group, models, strict=True):
                     params[i] = float(sum(p.numel() for p in model.parameters()))
                 tic = time.perf_counter()
-                if len(models) == 1:
+                if self.teg is not None:
+                    values = [self.teg_values(archs[first], repeat)]
+                elif len(models) == 1:
                     with _seeded(self.seed(archs[first], repeat)):  # any randomness of the forward pass too
                         values = [proxy_values(models[0], self.inputs, proxy)]
                 else:

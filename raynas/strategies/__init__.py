@@ -15,8 +15,10 @@ from raynas.strategies.gradient import (  # noqa: F401
     milenas,
     pc_darts,
     rf_darts,
+    teg_prune,
 )
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling import autokeras, bo, enas, evolution, novelty, progressive, random_search  # noqa: F401
+from raynas.strategies.sampling import teg as teg_sampling  # noqa: F401
 
 __all__ = ["STRATEGIES"]
