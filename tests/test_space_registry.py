@@ -51,6 +51,10 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
         "depth_choices": ((1, 2), (1, 2)), "width_choices": ((4, 8), (8, 16)), "kernel_choices": (3, 5),
         "expansion_choices": (1, 2), "stem_stride": 2, "layer_scale_init": 0.5,
     },
+    "nexception": {
+        "depth_choices": (1, 2), "kernel_choices": (3, 5), "widths": (4, 8, 8, 16, 16, 16, 16),
+        "stem_stride": 1, "reductions": 2,
+    },
     "autokeras": {"seed_width": 4},
 }
 # Small stand-alone networks: build()'s channels and layers (their meaning is the space's; fbnet
@@ -290,6 +294,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     ],
     "convnext": [  # torchvision 0.29's convnext_tiny(weights=None); see test_convnext_space.py
         ("convnext_tiny", DatasetInfo("imagenet", 3, 1000, 224), 28_589_128),
+    ],
+    "nexception": [  # timm's legacy_xception; NEXcepTion-T/-S/-TP in test_nexception.py
+        ("xception", DatasetInfo("imagenet", 3, 1000, 224), 22_855_952),
     ],
 }
 # tiny_cnn: the worked example of a user-defined space. fbnet: the model zoo counts convolution and
