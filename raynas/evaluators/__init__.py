@@ -9,7 +9,8 @@ An evaluator turns an architecture into an :class:`raynas.types.EvalResult`:
 - ``morphism``: the same training, from the parent's weights carried through the network
   morphisms that grew the candidate (Auto-Keras);
 - ``training_free``: a zero-cost proxy of the untrained network on one mini-batch (``proxy``:
-  NASWOT's ``naswot``, TE-NAS's ``ntk``, ``linear_regions`` and ``te_nas``), ``budget=0``.
+  NASWOT's ``naswot``, TE-NAS's ``ntk`` and ``linear_regions``, TEG-NAS's ``te_nas``),
+  ``budget=0``.
 
 Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=...)`` returns an
 EvalResult can register here.
