@@ -9,6 +9,7 @@ most the epoch in flight, and running the same job again continues it in the sam
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +33,11 @@ from raynas.runs.supernet_worker import SupernetWorker
 from raynas.spaces.drawing import picture
 from raynas.strategies import STRATEGIES
 from raynas.tracking.recorder import SearchRecorder
+from raynas.tracking.retry import is_transient, with_retries
 from raynas.train.checkpoint import save_checkpoint
 from raynas.types import Architecture, EpochReport
+
+log = logging.getLogger(__name__)
 
 
 def _report_state(report: EpochReport) -> dict[str, Any]:
@@ -43,6 +47,7 @@ def _report_state(report: EpochReport) -> dict[str, Any]:
         "architecture": report.architecture.to_json(),
         "arch_weights": report.arch_weights,
         "seconds": report.seconds,
+        "timings": report.timings,
     }
 
 
@@ -53,6 +58,7 @@ def _report_from_state(state: dict[str, Any]) -> EpochReport:
         architecture=Architecture.from_json(state["architecture"]),
         arch_weights=state["arch_weights"],
         seconds=state["seconds"],
+        timings=state.get("timings", {}),  # checkpoints of older raynas have none
     )
 
 
@@ -99,7 +105,7 @@ def run_gradient_search(
         def save(finished: bool) -> None:
             nonlocal last_state
             last_state = worker.state_dict()
-            save_checkpoint(
+            _save(
                 {
                     "config": config.to_dict(),
                     "run_id": run_id,
@@ -107,8 +113,11 @@ def run_gradient_search(
                     "history": history,
                     "finished": finished,
                 },
-                checkpoint,
+                checkpoint, finished=finished,
             )
+
+        if prior is None:  # a driver killed before its first epoch resumes this run, not a new one
+            save(finished=False)
 
         def run_epoch() -> EpochReport:
             """The next epoch; a lost worker is replaced, resumed from the last checkpoint, and
@@ -195,6 +204,19 @@ def run_gradient_search(
         checkpoint=checkpoint,
         seconds=time.perf_counter() - started,
     )
+
+
+def _save(state: dict[str, Any], checkpoint: str, *, finished: bool) -> None:
+    """Write the checkpoint. While its storage is unreachable (an S3 outage) an epoch's checkpoint
+    is skipped with a warning and the search goes on (the next epoch writes one); the last one,
+    which marks the search finished, is retried with backoff and must be written."""
+    try:
+        with_retries(lambda: save_checkpoint(state, checkpoint), attempts=4 if finished else 1)
+    except Exception as exc:
+        if finished or not is_transient(exc):
+            raise
+        log.warning("checkpoint %s not written, its storage is unreachable (%s); the search goes on "
+                    "and writes the next epoch's", checkpoint, type(exc).__name__)
 
 
 def _strategy_stop(config: SearchConfig, history: list[dict[str, Any]]) -> str | None:

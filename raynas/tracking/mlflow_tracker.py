@@ -58,6 +58,8 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 _PARAM_LIMIT = 6000  # MLflow's longest param value
+# While MLflow is unreachable, how often a new record tries to send the queued ones.
+OUTAGE_RETRY_S = 5.0
 
 
 def default_tracking_uri() -> str:
@@ -321,6 +323,9 @@ class MlflowTracker:
         # MLflow prints each finished run's URL, user part and password included; raynas prints
         # its own link (run_link), with the password redacted.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # raynas bridges an outage itself: a record that cannot be sent waits in the queue and the
+        # search goes on. MLflow's own retries (7, backing off for minutes) would hold it up instead.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         self.tracking_uri = tracking_uri or default_tracking_uri()
         _check_reachable(self.tracking_uri)
         if artifact_location:
@@ -344,12 +349,16 @@ class MlflowTracker:
         self.tags: dict[str, str] = {}
         self._queue: list[Callable[[], Any]] = []
         self._warned = False
+        self._down_at = 0.0  # when a record last failed on an outage; 0 while none waits
 
     # -- the queue ----------------------------------------------------------------------------
 
     def _submit(self, op: Callable[[], Any]) -> None:
         self._queue.append(op)
-        self.flush()
+        # While the server is down a new record waits behind the others and the search goes on;
+        # every OUTAGE_RETRY_S one tries to send the queue (an explicit flush always tries).
+        if not self._down_at or time.monotonic() - self._down_at >= OUTAGE_RETRY_S:
+            self.flush()
 
     def flush(self) -> bool:
         """Send every queued record; return whether the queue is empty.
@@ -363,12 +372,14 @@ class MlflowTracker:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                self._down_at = time.monotonic()
                 if not self._warned:
                     log.warning("MLflow at %s unreachable (%s); %d record(s) queued, the search goes on",
                                 redact_uri(self.tracking_uri), type(exc).__name__, len(self._queue))
                     self._warned = True
                 return False
             self._queue.pop(0)
+        self._down_at = 0.0
         if self._warned:
             log.warning("MLflow at %s reachable again; queued records sent", redact_uri(self.tracking_uri))
             self._warned = False
@@ -398,9 +409,13 @@ class MlflowTracker:
         }
         if run_id:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            with_retries(lambda: self.client.update_run(run_id, status="RUNNING"),
+                         attempts=self.attempts, backoff_s=self.backoff_s)
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=config.name, tags=self.tags)
+        run = with_retries(
+            lambda: self.client.create_run(self.experiment_id, run_name=config.name, tags=self.tags),
+            attempts=self.attempts, backoff_s=self.backoff_s,
+        )
         self.run_id = run.info.run_id
         self.log_config(config.to_dict())
         return self.run_id
@@ -459,7 +474,15 @@ class MlflowTracker:
         numbers = {k: float(v) for k, v in canonical_metrics(summary).items() if _is_number(v)}
         now = int(time.time() * 1000)
         final = [Metric(f"final.{k}", v, now, 0) for k, v in numbers.items()]
-        self._submit(lambda: self.client.log_batch(run_id, metrics=final))
+
+        def log_final() -> None:
+            # A search whose driver died after recording its end and before its last checkpoint
+            # records it again when resumed: each final.* metric once.
+            held = self.client.get_run(run_id).data.metrics
+            if fresh := [m for m in final if m.key not in held]:
+                self.client.log_batch(run_id, metrics=fresh)
+
+        self._submit(log_final)
         self._log_params({f"final.{k}": v for k, v in summary.items() if k not in numbers})
         self._submit(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         if not self.flush():
@@ -583,6 +606,11 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
 
         target = run_id or self.run_id
+        # A search resumed after it registered its model (its driver killed before the last
+        # checkpoint) keeps that version: one version of ``name`` per run.
+        for version in self.client.search_model_versions(f"run_id = '{target}'"):
+            if version.name == name:
+                return str(version.version)
         with tempfile.TemporaryDirectory() as tmp:
             arch_file = Path(tmp) / "architecture.json"
             arch_file.write_text(architecture.to_json(indent=1))

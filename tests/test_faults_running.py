@@ -1,0 +1,259 @@
+"""Faults injected into running searches, with real parts on loopback: the driver SIGKILLed at
+random moments and in every phase, and resumed; the MLflow server and the S3 server gone for an
+epoch in the middle of a search."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import S3Server, tiny_job, write_job
+from mlflow.tracking import MlflowClient
+from test_sampling_search import SPOS, sampling_job
+from test_tracking import CuttableLink
+
+from raynas import storage
+from raynas.cli import main
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
+from raynas.runs.sampling import search_state
+from raynas.tracking import ResultsStore
+from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
+
+
+def metric_steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
+    """Every metric of the run and the steps MLflow holds it at (repeats kept)."""
+    return {m: sorted(h.step for h in client.get_metric_history(run_id, m))
+            for m in client.get_run(run_id).data.metrics}
+
+
+def assert_each_epoch_once(client: MlflowClient, run_id: str, epochs: int) -> None:
+    """Per-epoch metrics at steps 0..epochs-1 once each; ``final.*`` metrics once."""
+    held = metric_steps(client, run_id)
+    assert {"train_loss", "valid_acc", "alpha_entropy", "epoch_seconds", "step_seconds"} <= set(held)
+    wrong = {m: s for m, s in held.items() if s != ([0] if m.startswith("final.") else list(range(epochs)))}
+    assert not wrong, wrong
+
+
+def child_runs(client: MlflowClient, run_id: str) -> list[str]:
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    return sorted(r.data.tags["raynas.trial_id"] for r in runs)
+
+
+def result_rows(output_dir: Path) -> list[str]:
+    files = sorted((output_dir / "results").rglob("part-*.parquet"))
+    return sorted(t for f in files for t in pq.read_table(f).column("trial_id").to_pylist())
+
+
+def parent_runs(client: MlflowClient, run_id: str) -> list[str]:
+    """The search runs (not candidates) of the run's experiment."""
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment])
+    return [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def final_state(config: Any) -> tuple[str, dict[str, float], dict[str, list[float]]]:
+    """The genotype, final metrics and architecture weights a finished search recorded."""
+    last = load_checkpoint(Path(config.tracking.output_dir) / config.name / "checkpoint.pt")["history"][-1]
+    return last["architecture"], last["metrics"], last["arch_weights"]
+
+
+def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """The driver (``raynas search``, in a process of its own) is SIGKILLed at seeded random
+    moments of a seeded 3-epoch DARTS search and the same command run again each time."""
+    epochs, kills = 3, 10
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "killed").mkdir()
+    reference_job = tiny_job(tmp_path / "reference", train={"epochs": epochs})
+    started = time.perf_counter()
+    reference = run_search(parse_job(reference_job), echo=lambda _: None)  # also warms up this process
+    uninterrupted = time.perf_counter() - started
+
+    job = tiny_job(tmp_path / "killed", train={"epochs": epochs})
+    argv = ["search", str(write_job(tmp_path / "killed", job))]
+    # The driver is a fork of this process (imports done: it starts at once), killed as by the OOM
+    # killer. The killed search's MLflow store is one this process never opened, so no SQLite
+    # connection crosses the fork.
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    # Kill moments spread over the search's whole length: the gaps add up to about one run.
+    gaps = [rng.uniform(0.05, 2 * uninterrupted / kills) for _ in range(kills)]
+    killed = 0
+    for gap in gaps:
+        driver = fork.Process(target=main, args=(argv,))
+        driver.start()
+        driver.join(gap)
+        if driver.exitcode is None:
+            os.kill(driver.pid, signal.SIGKILL)
+            killed += 1
+        driver.join()
+    driver = fork.Process(target=main, args=(argv,))
+    driver.start()
+    driver.join()
+    assert driver.exitcode == 0
+    assert killed >= kills // 2, f"only {killed} of {kills} kills landed before the search finished"
+
+    config = parse_job(job)
+    client = MlflowClient(config.tracking.tracking_uri)
+    # Both finished: run again, each shows what its MLflow run recorded.
+    found = run_search(config, echo=lambda _: None)
+    reference = run_search(parse_job(reference_job), echo=lambda _: None)
+    assert client.get_run(found.run_id).info.status == "FINISHED"
+    genotype, metrics, weights = final_state(config)
+    ref_genotype, ref_metrics, ref_weights = final_state(parse_job(reference_job))
+    assert genotype == ref_genotype and found.architecture == reference.architecture
+    assert metrics == ref_metrics and found.metrics == reference.metrics
+    for a, b in zip(weights.values(), ref_weights.values(), strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=0)
+    assert_each_epoch_once(client, found.run_id, epochs)
+    trials = [f"epoch-{e:03d}" for e in range(epochs)]
+    assert child_runs(client, found.run_id) == trials
+    assert result_rows(Path(config.tracking.output_dir)) == trials
+    versions = client.search_model_versions(f"run_id = '{found.run_id}'")
+    assert len(versions) == 1, [v.version for v in versions]  # registered once
+    assert parent_runs(client, found.run_id) == [found.run_id]  # resumed, never started again
+
+
+def drive(config: Any, *, die_at: str = "", die_after_finish: bool = False) -> int | None:
+    """Run (or resume) the search of ``config`` in a forked driver process that SIGKILLs itself
+    when it prints a line starting with ``die_at`` or, with ``die_after_finish``, right after it
+    recorded its end in MLflow and the results store (before its last checkpoint); return the
+    driver's exit code (-9: killed)."""
+
+    def driver() -> None:
+        if die_after_finish:
+            from raynas.tracking.recorder import SearchRecorder
+
+            finish = SearchRecorder.finish
+
+            def finish_and_die(self: SearchRecorder, *args: Any, **kwargs: Any) -> Any:
+                finish(self, *args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            SearchRecorder.finish = finish_and_die  # type: ignore[method-assign]
+
+        def echo(line: str) -> None:
+            if die_at and line.startswith(die_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        run_search(config, echo=echo)
+
+    process = multiprocessing.get_context("fork").Process(target=driver)
+    process.start()
+    process.join()
+    return process.exitcode
+
+
+def test_a_driver_killed_after_recording_its_end_finishes_on_the_next_run(tmp_path: Path) -> None:
+    """Killed between its last MLflow records and its last checkpoint, a search resumed records
+    its end once: one model version, each final metric once."""
+    config = parse_job(tiny_job(tmp_path, train={"epochs": 1}))
+    assert drive(config, die_after_finish=True) == -signal.SIGKILL
+    assert drive(config) == 0
+    client = MlflowClient(config.tracking.tracking_uri)
+    (run_id,) = parent_runs(client, load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")["run_id"])
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert_each_epoch_once(client, run_id, 1)
+    assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
+    assert child_runs(client, run_id) == ["epoch-000"]
+
+
+def test_a_sampling_search_killed_in_each_phase_records_every_candidate_once(tmp_path: Path) -> None:
+    """SPOS on a one-shot supernet, its driver SIGKILLed in its supernet phase (after the first
+    epoch), its search phase (after the third candidate) and its retrain phase (after the
+    retraining), each time resumed: every candidate is one Parquet row and one child run."""
+    job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2},
+                       final={"top": 1, "epochs": 1, "channels": 4, "layers": 1})
+    config = parse_job(job)
+    for moment in ("supernet epoch   1/", "candidate    3 ", "retrained "):
+        assert drive(config, die_at=moment) == -signal.SIGKILL, moment
+    assert drive(config) == 0
+
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    state = search_state(str(checkpoint))
+    assert state["finished"] and len(state["results"]) == SPOS["evaluations"]
+    trials = sorted(r["trial_id"] for r in [*state["results"], *state["retrained"]])
+    assert len(set(trials)) == SPOS["evaluations"] + 1 and trials[-1].startswith("retrain-")
+    client = MlflowClient(config.tracking.tracking_uri)
+    (run_id,) = parent_runs(client, load_checkpoint(checkpoint)["run_id"])
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert child_runs(client, run_id) == trials
+    assert result_rows(tmp_path / "runs") == trials
+    held = metric_steps(client, run_id)
+    assert all(len(set(s)) == len(s) for s in held.values()), held  # no step twice, of any metric
+
+
+def outage_during_second_epoch(link: CuttableLink, lines: list[str]) -> Any:
+    """An echo that takes the link down once epoch 1 is recorded and brings it back once epoch 2
+    is: the whole of epoch 2's recording meets the outage."""
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("epoch   1/"):
+            link.down()
+        elif line.startswith("epoch   2/"):
+            link.up()
+
+    return echo
+
+
+@pytest.mark.integration
+def test_an_mlflow_server_gone_for_an_epoch_of_a_running_search_records_each_epoch_once(
+    tmp_path: Path, mlflow_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server is cut off (connections refused, as when it is stopped) from the end of epoch 1
+    to the end of epoch 2 and comes back at the same address with the same store."""
+    link = CuttableLink(mlflow_server)
+    link.up()
+    config = parse_job(tiny_job(tmp_path, train={"epochs": 3},
+                                tracking={"tracking_uri": link.uri, "experiment": "outage-search"}))
+    lines: list[str] = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="raynas.tracking.mlflow_tracker"):
+            result = run_search(config, echo=outage_during_second_epoch(link, lines))
+    finally:
+        link.down()
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    assert "unreachable" in caplog.text and "reachable again" in caplog.text  # it met the outage
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert_each_epoch_once(client, result.run_id, 3)
+    assert child_runs(client, result.run_id) == ["epoch-000", "epoch-001", "epoch-002"]
+
+
+@pytest.mark.integration
+def test_an_s3_server_gone_for_an_epoch_of_a_running_search_loses_no_result_or_checkpoint(
+    tmp_path: Path, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Results and checkpoints on S3; the S3 server is cut off from the end of epoch 1 to the end
+    of epoch 2 and comes back at the same address with the same data."""
+    bucket = s3_env.create_bucket("raynas-outage-search")
+    link = CuttableLink(s3_env.endpoint)
+    link.up()
+    for name in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.setenv(name, link.uri)
+    config = parse_job(tiny_job(tmp_path, train={"epochs": 3}, tracking={"output_dir": f"{bucket}/runs"}))
+    lines: list[str] = []
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = run_search(config, echo=outage_during_second_epoch(link, lines))
+    finally:
+        link.down()
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    assert "checkpoint" in caplog.text and "results store" in caplog.text  # both met the outage
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    state = load_checkpoint(result.checkpoint)
+    assert state["finished"] and [h["epoch"] for h in state["history"]] == [0, 1, 2]
+    assert storage.exists(previous_checkpoint(result.checkpoint))
+    rows = ResultsStore(f"{bucket}/runs/results").read_table().column("trial_id").to_pylist()
+    assert sorted(rows) == ["epoch-000", "epoch-001", "epoch-002"]
