@@ -1,6 +1,7 @@
 """The MLflow UI in a real browser: a tiny search recorded on a real tracking server, then
 headless Chromium (Debian's, driven by Playwright; never a downloaded browser) opens the UI and
-finds the search's run, its child runs and the architecture picture. Screenshots are saved in
+finds the search's run, its child runs, its metrics, the architecture picture and a candidate's
+picture. Screenshots are saved in
 the test's temporary folder and their paths printed."""
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def test_mlflow_ui_shows_the_search_its_candidates_and_the_architecture(
 
     config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": mlflow_server, "experiment": "ui"}))
     result = run_search(config, echo=lambda _: None)
-    experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui").experiment_id
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("ui").experiment_id
+    child_id = client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}' and run_name = 'epoch 000'"
+    )[0].info.run_id
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)  # headless
@@ -80,8 +85,32 @@ def test_mlflow_ui_shows_the_search_its_candidates_and_the_architecture(
             page.locator(":text-is('architecture.png'):visible").first.wait_for(timeout=10_000)
             image_shot = tmp_path / "mlflow-architecture.png"
             page.screenshot(path=str(image_shot))
+
+            # The link raynas prints opens the search run in the model-training view, its metrics
+            # listed: the per-epoch ones and the final result.
+            assert result.run_link.startswith(mlflow_server)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(result.run_link, wait_until="domcontentloaded")
+            for metric in ("valid_acc", "alpha_entropy", "final.valid_acc", "final.params"):
+                page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
+            page.get_by_text("final.valid_acc", exact=True).first.scroll_into_view_if_needed()
+            assert page.get_by_text("Evaluation runs", exact=True).count() == 0  # not the GenAI view
+            metrics_shot = tmp_path / "mlflow-metrics.png"
+            page.screenshot(path=str(metrics_shot))
+
+            # A candidate (the child run of epoch 000) shows its own architecture's picture.
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(
+                f"{mlflow_server}/#/experiments/{experiment}/runs/{child_id}/artifacts/architecture.png",
+                wait_until="domcontentloaded",
+            )
+            image = page.locator("img[src^='data:image/png'], img[src^='blob:']").last
+            image.wait_for(timeout=90_000)
+            page.wait_for_function(loaded, arg=image.element_handle(), timeout=30_000)
+            candidate_shot = tmp_path / "mlflow-candidate.png"
+            page.screenshot(path=str(candidate_shot))
         finally:
             browser.close()
-    for shot in (runs_shot, image_shot):
+    for shot in (runs_shot, image_shot, metrics_shot, candidate_shot):
         assert shot.stat().st_size > 10_000
         print(f"screenshot: {shot}")

@@ -89,6 +89,8 @@ def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Pat
     )
     assert len(children) == 8
     assert result.metrics["valid_acc"] == max(c.data.metrics["valid_acc"] for c in children)
+    for child in children:  # each candidate with its picture
+        assert "architecture.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"pareto.png", "architecture.png"} <= artifacts
     rows = ResultsStore(tmp_path / "runs" / "results").read_frame()

@@ -49,6 +49,14 @@ def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
     assert weights == {"arch_weights/epoch_000.json", "arch_weights/epoch_001.json"}
     local = client.download_artifacts(result.run_id, "genotype.json", str(tmp_path))
     assert Architecture.from_json(Path(local).read_text()) == result.architecture
+    # Every epoch's candidate (child run) holds its architecture's picture.
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["epoch 000", "epoch 001"]
+    for child in children:
+        folder = tmp_path / child.info.run_id
+        png = Path(client.download_artifacts(child.info.run_id, "architecture.png", str(folder)))
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:

@@ -83,8 +83,10 @@ def run_gradient_search(
         "ray-gpu" if config.execution.gpus_per_worker else "ray-cpu"
     )
     # Every epoch's derived architecture is recorded with its network's size (params, macs).
-    recorder = SearchRecorder(config=config, tracker=tracker, node=node,
-                              costs=CandidateCosts(config).complete)  # checks the results store
+    space = job_space(config)
+    recorder = SearchRecorder(config=config, tracker=tracker, node=node,  # checks the results store
+                              costs=CandidateCosts(config).complete,
+                              draw=functools.partial(picture, space))
     history: list[dict[str, Any]] = prior["history"] if prior else []
     # Started before the run exists: bad data fails without an empty run.
     worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
@@ -179,7 +181,6 @@ def run_gradient_search(
         summary = {
             **final.metrics, **costs, "epochs_run": len(history), "stopped_early": stopped_early,
         }
-        space = job_space(config)
         recorder.finish(
             final, summary, weights_history=[h["arch_weights"] for h in history],
             network=searched_network(config, final.architecture), example=example_input(config),
@@ -188,6 +189,7 @@ def run_gradient_search(
         )
         save(finished=True)
     except BaseException as error:
+        recorder.abort()
         tracker.fail(error)
         raise
     finally:

@@ -24,6 +24,7 @@ checkpoint and the journal, without anyone running the command again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -294,7 +295,7 @@ def run_sampling_search(
     # Every candidate is recorded with the size of the network its evaluator scored.
     costs = CandidateCosts(config, size=scored_size(config))
     recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend,
-                              costs=costs.complete)
+                              costs=costs.complete, draw=functools.partial(picture, job_space(config)))
 
     def restore_supernet() -> dict[str, Any] | None:
         return load_checkpoint(supernet_file) if storage.exists(supernet_file) else None
@@ -379,6 +380,7 @@ def run_sampling_search(
         )
         search.snapshot(run_id, finished=True)
     except BaseException as error:
+        recorder.abort()
         tracker.fail(error)
         raise
     finally:

@@ -10,9 +10,10 @@ and tags ``raynas.space``, ``raynas.strategy``, ``raynas.dataset``, ``raynas.see
 end, ``raynas.architecture_key``.
 
 A child run (tag ``mlflow.parentRunId``) per candidate, from an :class:`raynas.types.EvalResult`
-(:meth:`MlflowTracker.log_candidate`): the architecture as params and as ``architecture.json``,
-its metrics, cost (``seconds``), ``budget``, node type and whether it was stopped early, with the
-parent's tags plus ``raynas.architecture_key`` and ``raynas.trial_id``.
+(:meth:`MlflowTracker.log_candidate`): the architecture as params, as ``architecture.json`` and,
+drawn by its space, as ``architecture.png``; its metrics, cost (``seconds``), ``budget``, node
+type and whether it was stopped early, with the parent's tags plus ``raynas.architecture_key`` and
+``raynas.trial_id``.
 
 A run that retrains or transfers a found architecture (:meth:`MlflowTracker.start_derived_run`)
 carries ``raynas.lineage.*`` tags naming the search run and the architecture it came from.
@@ -149,9 +150,11 @@ class _ChildRun:
     is created once and every later step reuses its id."""
 
     def __init__(self, tracker: MlflowTracker, result: EvalResult, *, parent: str, step: int,
-                 name: str, tags: Mapping[str, str]) -> None:
+                 name: str, tags: Mapping[str, str],
+                 picture: Callable[[], bytes | None] | None = None) -> None:
         self.tracker, self.result, self.parent = tracker, result, parent
         self.step, self.name, self.tags = step, name, dict(tags)
+        self.picture = picture
         self.run_id = ""
         self.done = 0  # steps finished, so a retry goes on from the one that failed
         self._span: tuple[int, int] | None = None
@@ -165,6 +168,7 @@ class _ChildRun:
             lambda: client.log_batch(self.run_id, params=[Param(k, v) for k, v in self._params().items()]),
             lambda: client.log_batch(self.run_id, metrics=self._metrics(Metric)),
             lambda: client.log_text(self.run_id, r.architecture.to_json(indent=1), "architecture.json"),
+            self._log_picture,
             lambda: client.set_terminated(self.run_id, status="FINISHED", end_time=self._times()[1]),
         ]
         for step in steps[self.done:]:
@@ -185,6 +189,15 @@ class _ChildRun:
             self.tracker.experiment_id, start_time=self._times()[0], run_name=self.name, tags=tags
         )
         self.run_id = run.info.run_id
+
+    def _log_picture(self) -> None:
+        """``architecture.png``, the candidate's architecture as its space draws it."""
+        png = self.picture() if self.picture is not None else None
+        if png:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "architecture.png"
+                path.write_bytes(png)
+                self.tracker.client.log_artifact(self.run_id, str(path))
 
     def _times(self) -> tuple[int, int]:
         """When the evaluation ran (ms): its own start and end, else ``seconds`` up to when it
@@ -248,12 +261,14 @@ class CandidateLane:
         self._thread = threading.Thread(target=self._send, name="raynas-mlflow-candidates", daemon=True)
         self._thread.start()
 
-    def log_candidate(self, result: EvalResult, *, step: int = 0, name: str | None = None) -> None:
-        """Queue ``result``'s child run (see :meth:`MlflowTracker.log_candidate`)."""
+    def log_candidate(self, result: EvalResult, *, step: int = 0, name: str | None = None,
+                      picture: Callable[[], bytes | None] | None = None) -> None:
+        """Queue ``result``'s child run (see :meth:`MlflowTracker.log_candidate`); ``picture`` is
+        called on the lane's thread, so drawing does not hold up the search either."""
         if self.error is not None:
             raise self.error
         op = _ChildRun(self.tracker, result, parent=self.tracker.run_id, step=step,
-                       name=name or result.trial_id or "candidate", tags=self.tracker.tags)
+                       name=name or result.trial_id or "candidate", tags=self.tracker.tags, picture=picture)
         with self._wake:
             self.tracker._queue.append(op)
             self._wake.notify()
@@ -507,6 +522,7 @@ class MlflowTracker:
         step: int = 0,
         name: str | None = None,
         parent_run_id: str | None = None,
+        picture: Callable[[], bytes | None] | None = None,
     ) -> str:
         """One evaluated candidate as a child run of the search.
 
@@ -515,6 +531,8 @@ class MlflowTracker:
             step: The step its metrics are logged at (an epoch, a generation).
             name: The run's name (default: the trial id).
             parent_run_id: The search run (default: the one :meth:`start` opened).
+            picture: Returns the architecture's picture as PNG bytes (``architecture.png``), or
+                None for none.
 
         Returns:
             The child run's id, or ``""`` when the server is unreachable and the run waits in
@@ -524,7 +542,7 @@ class MlflowTracker:
         if not parent:
             raise ValueError("log_candidate needs a parent run: call start() or pass parent_run_id")
         op = _ChildRun(self, result, parent=parent, step=step, name=name or result.trial_id or "candidate",
-                       tags=self.tags)
+                       tags=self.tags, picture=picture)
         self._submit(op)
         return op.run_id if op.done else ""
 
@@ -655,7 +673,8 @@ class MlflowTracker:
 
     def run_link(self) -> str:
         """Where to look at the run: a URL on a server, or the command that opens the UI."""
-        fragment = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        # The UI opens a link without a workflow type in its GenAI view, whatever the experiment's kind.
+        fragment = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         if self.tracking_uri.startswith(("http://", "https://")):
             return f"{redact_uri(self.tracking_uri).rstrip('/')}/{fragment}"
         mlflow_bin = Path(sys.executable).parent / "mlflow"

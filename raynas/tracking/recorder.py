@@ -2,14 +2,17 @@
 
 Each epoch's derived architecture is a candidate: a row of the Parquet results store (trial
 ``epoch-NNN``, with that epoch's metrics) and a child run of the search's MLflow run (named
-``epoch NNN``), so the UI lists the architectures the search passed through and which epochs
-agreed (same ``raynas.architecture_key``). At the end: the final architecture's picture, the
-heatmap of the architecture weights over epochs and the final model in the Model Registry.
+``epoch NNN``, with the architecture's picture), so the UI lists the architectures the search
+passed through and which epochs agreed (same ``raynas.architecture_key``). At the end: the final
+architecture's picture, the heatmap of the architecture weights over epochs and the final model
+in the Model Registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +25,7 @@ from raynas.tracking.mlflow_tracker import CandidateLane, MlflowTracker
 from raynas.tracking.results import ResultsStore, SearchInfo, search_id
 from raynas.tracking.retry import is_transient
 from raynas.tracking.vocabulary import canonical_metric, canonical_node
-from raynas.types import EpochReport, EvalResult
+from raynas.types import Architecture, EpochReport, EvalResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,6 +38,9 @@ ROWS_PER_FILE = 256
 ROWS_SECONDS = 10.0
 # How long the end of a search waits for the candidates' child runs still queued for MLflow.
 LANE_TIMEOUT_S = 600.0
+# Candidates' pictures: resolution, and how many distinct architectures' PNGs are kept for reuse.
+PICTURE_DPI = 80
+PICTURES_KEPT = 256
 
 
 def results_root(config: SearchConfig) -> str:
@@ -60,14 +66,19 @@ class SearchRecorder:
         node: Where the search's worker runs (``local``, ``ray-cpu``, ``ray-gpu``).
         costs: The size of a candidate's network (``params``, ``macs``), added to every result
             whose evaluator did not measure it (the driver counts it: tracking knows no space).
+        draw: A candidate's picture (its space's drawing), logged as ``architecture.png`` in its
+            child run; drawn on the thread that sends the child runs, once per architecture.
     """
 
     def __init__(self, *, config: SearchConfig, tracker: MlflowTracker, node: str,
-                 costs: Callable[[EvalResult], EvalResult] | None = None) -> None:
+                 costs: Callable[[EvalResult], EvalResult] | None = None,
+                 draw: Callable[[Architecture], Figure | None] | None = None) -> None:
         self.config = config
         self.tracker = tracker
         self.node = canonical_node(node)
         self.costs = costs
+        self.draw = draw
+        self._pictures: dict[str, bytes] = {}  # architecture key -> PNG, the latest PICTURES_KEPT
         output = config.tracking.output_dir  # the spool is local: beside the run, else a temp folder
         spool = None if storage.is_s3(output) else Path(output) / config.name / "results-spool"
         self.store = ResultsStore(results_root(config), spool_dir=spool)
@@ -99,7 +110,7 @@ class SearchRecorder:
         self.store.append([candidate], info=self.info)
         if resumed and self._has_child(candidate.trial_id):
             return
-        self.tracker.log_candidate(candidate, step=report.epoch, name=f"epoch {report.epoch:03d}")
+        self._send(candidate, step=report.epoch, name=f"epoch {report.epoch:03d}")
 
     def candidate(self, result: EvalResult, *, step: int) -> None:
         """Record one candidate of a sampling search: a child run now, a results row in the next
@@ -116,9 +127,47 @@ class SearchRecorder:
         self._rows.append(result)
         if len(self._rows) >= ROWS_PER_FILE or time.monotonic() - self._rows_at >= ROWS_SECONDS:
             self.flush()
+        self._send(result, step=step)
+
+    def _send(self, result: EvalResult, *, step: int, name: str | None = None) -> None:
+        """A candidate's child run, queued on the lane that sends them in the background."""
         if self._lane is None:
             self._lane = CandidateLane(self.tracker)
-        self._lane.log_candidate(result, step=step)
+        self._lane.log_candidate(result, step=step, name=name, picture=self._picture(result.architecture))
+
+    def _picture(self, arch: Architecture) -> Callable[[], bytes | None] | None:
+        """What draws ``arch`` as PNG bytes when its child run is sent (None: no drawing)."""
+        if self.draw is None:
+            return None
+        draw, key = self.draw, arch.key()
+
+        def render() -> bytes | None:
+            png = self._pictures.get(key)
+            if png is None:
+                try:
+                    figure = draw(arch)
+                except Exception as exc:  # a picture is never worth a search
+                    log.warning("could not draw %s: %s", key, exc)
+                    return None
+                if figure is None:
+                    return None
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", dpi=PICTURE_DPI)
+                png = buffer.getvalue()
+                if len(self._pictures) >= PICTURES_KEPT:
+                    self._pictures.pop(next(iter(self._pictures)))
+                self._pictures[key] = png
+            return png
+
+        return render
+
+    def abort(self, timeout: float = 30.0) -> None:
+        """The search failed: send the candidates' child runs already queued (waiting up to
+        ``timeout`` seconds), never raising (the failure is what the user must see); what cannot
+        be sent now is recorded when the search resumes."""
+        with contextlib.suppress(Exception):
+            if self._lane is not None:
+                self._lane.close(timeout=timeout)
 
     def flush(self) -> None:
         """Write the buffered results rows (one Parquet file)."""
@@ -138,7 +187,7 @@ class SearchRecorder:
         logged = self._child_trials()
         for step, result in enumerate(results):
             if result.trial_id not in logged:
-                self.tracker.log_candidate(result, step=step)
+                self.tracker.log_candidate(result, step=step, picture=self._picture(result.architecture))
 
     def _complete(self, result: EvalResult) -> EvalResult:
         """``result`` as it is recorded: with its network's size, and when it ran (an evaluation
