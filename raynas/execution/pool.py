@@ -307,10 +307,12 @@ class RayPool:
     def _count_restart(self, reason: str) -> None:
         self.restarts += 1
         if self.restarts > self.config.execution.max_restarts:
+            from raynas.execution.ray_actors import ray_logs
+
             raise WorkerLostError(
                 f"{self.restarts - 1} evaluator actors were lost and replaced, and another now "
-                f"({reason}); execution.max_restarts is {self.config.execution.max_restarts}: "
-                "run the same command again to resume"
+                f"({reason}; Ray's logs are in {ray_logs()}); execution.max_restarts is "
+                f"{self.config.execution.max_restarts}: run the same command again to resume"
             )
 
     def _replace(self, lost: Any, reason: str) -> Any:

@@ -47,6 +47,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        _quiet_console()
         return
     ray.init(
         object_store_memory=execution.object_store_mb * 1024 * 1024,
@@ -55,6 +56,7 @@ def init_ray(execution: ExecutionConfig) -> None:
         logging_level="WARNING",
         configure_logging=True,
     )
+    _quiet_console()
     available = ray.cluster_resources()
     for key, need in (("CPU", execution.cpus_per_worker), ("GPU", execution.gpus_per_worker)):
         if need * execution.workers > available.get(key, 0):
@@ -73,6 +75,29 @@ def init_ray(execution: ExecutionConfig) -> None:
         )
 
 
+def _quiet_console() -> None:
+    """Keep Ray's own reports off the driver's console. Whatever ``log_to_driver`` says, a Ray
+    driver prints every error its raylets publish: a paragraph for a worker that died, the table of
+    the node's processes (about 60 lines) for one killed for memory. raynas says it in one line
+    that names where Ray's logs are (:func:`ray_logs`), and the reports stay there. The switch is
+    the one Ray's own debugger (``ray.util.rpdb``) uses to silence the console."""
+    import ray._private.worker as ray_worker
+
+    ray_worker._worker_logs_enabled = False
+
+
+def ray_logs() -> str:
+    """The folder of this Ray session's logs on the driver's node (every node of a cluster keeps
+    its own under the same session name); ``Ray's session logs`` when unknown."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    try:
+        return str(node.get_logs_dir_path()) if node is not None else "Ray's session logs"
+    except Exception:  # a driver without a node of its own (Ray Client)
+        return "Ray's session logs"
+
+
 def remote_call(ref: Any) -> Any:
     """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
     try:
@@ -85,8 +110,8 @@ def remote_call(ref: Any) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerLostError(
-            f"the search's Ray actor was lost ({reason}); all finished work is "
-            "checkpointed: run the same command again to resume",
+            f"the search's Ray actor was lost ({reason}; Ray's logs are in {ray_logs()}); all "
+            "finished work is checkpointed: run the same command again to resume",
             reason=f"a Ray actor was lost ({reason[:200]})",
         ) from None
 
@@ -178,8 +203,8 @@ class RayWorker:
         if self.restarts > self.execution.max_restarts:
             raise WorkerLostError(
                 f"the search's Ray actors were lost {self.restarts} times (execution.max_restarts is "
-                f"{self.execution.max_restarts}); all finished work is checkpointed: run the same "
-                "command again to resume"
+                f"{self.execution.max_restarts}; Ray's logs are in {ray_logs()}); all finished work is "
+                "checkpointed: run the same command again to resume"
             )
         self.close()
         self._start()
