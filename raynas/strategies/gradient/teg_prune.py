@@ -268,7 +268,9 @@ class TegPrune(GradientStrategy):
         more than one, those with the smallest sums of ranks. Returns what it removed."""
         masks = self.masks()
         active = [m > -teg.INF / 2 for m in masks]
-        number = min(self.config.prune_number, int(active[0][0].sum()) - 1)
+        # The code reads the count off the first edge (all edges lose the same number a round);
+        # at least one, so that a supernet whose edges differ (DARTS's S1 masks) still shrinks.
+        number = max(1, min(self.config.prune_number, int(active[0][0].sum()) - 1))
         choices = [
             (ct, e, o)
             for ct, on in enumerate(active) for e in range(on.shape[0]) if int(on[e].sum()) > 1
