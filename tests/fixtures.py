@@ -146,6 +146,23 @@ def write_ptb(folder: Path, *, test: bool = True) -> Path:
     return folder
 
 
+# --- WikiText-2: the release's wiki.*.tokens files --------------------------------------------
+
+# As in the release: a space-led heading line, empty lines (" \n"), "@-@" for split hyphens.
+WIKITEXT2_TRAIN = " \n = Valkyria Chronicles = \n \n the game @-@ play is <unk> \n \n"
+WIKITEXT2_VALID = " \n = Homarus = \n the play is \n"
+WIKITEXT2_TEST = " \n = Robert = \n"
+
+
+def write_wikitext2(folder: Path, *, renamed: bool = False) -> Path:
+    """``wiki.train.tokens`` (15 tokens with ``<eos>``, 10 words), ``wiki.valid.tokens`` and
+    ``wiki.test.tokens``; with ``renamed``, as ``train.txt``, ``valid.txt``, ``test.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, text in (("train", WIKITEXT2_TRAIN), ("valid", WIKITEXT2_VALID), ("test", WIKITEXT2_TEST)):
+        (folder / (f"{split}.txt" if renamed else f"wiki.{split}.tokens")).write_text(text)
+    return folder
+
+
 # --- Cityscapes: leftImg8bit/ and gtFine/ PNGs ------------------------------------------------
 
 # labelIds -> trainIds of cityscapesScripts helpers/labels.py, a few by hand: road 7 -> 0,
@@ -232,6 +249,7 @@ FIXTURES: dict[str, Callable[[Path], Path]] = {
     "ImageNet16-120": write_imagenet16,
     "imagenet": write_image_folder,
     "ptb": write_ptb,
+    "wikitext2": write_wikitext2,
     "cityscapes": write_cityscapes_tree,
     "digits": write_digits,
     "svhn": write_svhn,

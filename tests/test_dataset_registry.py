@@ -28,12 +28,15 @@ NAMES = DATASETS.names()
 SMALL_CONFIG = {"batch_size": 2, "limit": 8, "num_workers": 0}
 SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
     "ptb": {"bptt": 2},  # the fixture's 15 training tokens make 7 windows, its 3 test tokens one
+    "wikitext2": {"bptt": 2},  # 15 training tokens: 7 windows; 5 test tokens: 2
     "cityscapes": {"crop_size": 16},
 }
 # DatasetInfo fields a dataset takes from its files or config rather than from its name alone
 # (``dataset_info(name)`` reads no data): PTB's vocabulary is its training file's words and its
 # sequence length is ``bptt``.
-FROM_THE_DATA: dict[str, set[str]] = {"ptb": {"num_classes", "image_size"}}
+FROM_THE_DATA: dict[str, set[str]] = {
+    "ptb": {"num_classes", "image_size"}, "wikitext2": {"num_classes", "image_size"},
+}
 IGNORED = -100  # segmentation labels that count for no class (Cityscapes' void classes)
 
 

@@ -16,7 +16,7 @@ hidden state from one batch to the next; the training windows have DARTS's varia
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,15 +56,18 @@ class PtbConfig(LoaderConfig):
             raise ConfigError(f"data.bptt must be at least 1, got {self.bptt}")
 
 
-def read_words(path: Path) -> list[str]:
-    """The words of a PTB text file, ``<eos>`` after every line (``Corpus.tokenize``)."""
+def read_words(
+    path: Path, *, corpus: str = "PTB", expected: Sequence[str] = tuple(FILES.values())
+) -> list[str]:
+    """The words of a corpus text file, ``<eos>`` after every line, an empty one included
+    (``Corpus.tokenize``)."""
     if not path.is_file():
-        raise DataError(f"PTB file {str(path)!r} is missing (expected {', '.join(FILES.values())})")
+        raise DataError(f"{corpus} file {str(path)!r} is missing (expected {', '.join(expected)})")
     try:
         with path.open(encoding="utf-8") as f:
             return [word for line in f for word in [*line.split(), EOS]]
     except UnicodeDecodeError as exc:
-        raise DataError(f"{str(path)!r} is not a UTF-8 PTB text file: {exc}") from None
+        raise DataError(f"{str(path)!r} is not a UTF-8 {corpus} text file: {exc}") from None
 
 
 class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -162,29 +165,42 @@ class Ptb:
     """
 
     info = DatasetInfo(name="ptb", in_channels=1, num_classes=PTB_VOCABULARY, image_size=35)
+    corpus = "PTB"  # the corpus's name in messages
 
     def __init__(self, config: PtbConfig) -> None:
         self.config = config
         self.folder = Path(config.path).expanduser()
-        words = read_words(self.folder / FILES["train"])
+        self.files = self.file_names(self.folder)
+        words = self._read("train")
         self.vocabulary: dict[str, int] = {}
         for word in words:
             self.vocabulary.setdefault(word, len(self.vocabulary))
         self.train_tokens = torch.tensor([self.vocabulary[w] for w in words], dtype=torch.long)
         self.info = DatasetInfo(
-            name="ptb", in_channels=1, num_classes=len(self.vocabulary), image_size=config.bptt
+            name=type(self).info.name, in_channels=1, num_classes=len(self.vocabulary), image_size=config.bptt
         )
+
+    @classmethod
+    def file_names(cls, folder: Path) -> dict[str, str]:
+        """The file of each split in ``folder``."""
+        return FILES
+
+    def _read(self, split: str) -> list[str]:
+        expected = tuple(self.files.values())
+        return read_words(self.folder / self.files[split], corpus=self.corpus, expected=expected)
 
     def encode(self, split: str) -> torch.Tensor:
         """The token ids (N,) of a split (``train``, ``valid``, ``test``); a word the training
         file lacks becomes ``<unk>`` (PTB's files have none such)."""
-        if split not in FILES:
-            raise ConfigError(f"unknown PTB split {split!r}; choose one of: {', '.join(FILES)}")
+        if split not in self.files:
+            raise ConfigError(
+                f"unknown {self.corpus} split {split!r}; choose one of: {', '.join(self.files)}"
+            )
         if split == "train":
             return self.train_tokens
-        path = self.folder / FILES[split]
+        path = self.folder / self.files[split]
         ids = []
-        for word in read_words(path):
+        for word in self._read(split):
             if word in self.vocabulary:
                 ids.append(self.vocabulary[word])
             elif UNK in self.vocabulary:
