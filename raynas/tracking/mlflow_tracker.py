@@ -382,8 +382,9 @@ class MlflowTracker:
             MlflowException: When the server rejects a record (not an outage).
         """
         while self._queue:
-            try:
-                with_retries(self._queue[0], attempts=self.attempts, backoff_s=self.backoff_s)
+            try:  # known to be down: one try, the records wait for the next
+                with_retries(self._queue[0], attempts=1 if self._down_at else self.attempts,
+                             backoff_s=self.backoff_s)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
