@@ -7,6 +7,7 @@ against hand-computed ranks and a hand-computed Adam step, and the ``te_nas`` pr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from raynas.strategies.sampling.evolution import EvolutionConfig
 from raynas.strategies.sampling.teg import TegEvolution, TegReinforce, TegReinforceConfig, best_of, rank_sums
 from raynas.supernet import build_supernet, teg
 from raynas.types import DatasetInfo, EvalResult
+from tests.conftest import tiny_job
 
 INFO = DatasetInfo("digits", 1, 10, 8)
 
@@ -351,18 +353,32 @@ def test_a_bad_sample_takes_the_worst_value_of_the_buffer() -> None:
 # -- the te_nas proxy ------------------------------------------------------------------------------
 
 
-def test_te_nas_scores_a_candidate_as_its_masked_tiny_supernets(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_training_free import MIXED_CELL, evaluator
+def test_te_nas_scores_a_candidate_as_its_masked_tiny_supernets(tmp_path: Path) -> None:
+    from raynas.evaluators.training_free import TrainingFreeEvaluator
+    from raynas.runs.jobs import parse_job
 
-    ev = evaluator(tmp_path, proxy="te_nas", batch_size=4, region_inputs=50, region_batches=2)
-    result = ev.evaluate(MIXED_CELL)
+    job = tiny_job(tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
+                   data={"name": "digits", "batch_size": 16, "limit": 96})
+    job["strategy"] = {"name": "teg_reinforce", "evaluations": 2}
+    job["evaluator"] = {"name": "training_free", "proxy": "te_nas", "batch_size": 4, "channels": 4,
+                        "layers": 1, "region_inputs": 50, "region_batches": 2}
+    del job["train"]
+    for key in ("layers", "nodes"):  # tiny_job's DARTS keys
+        job["space"].pop(key)
+    config = parse_job(job)
+    ev = TrainingFreeEvaluator(config.evaluator.config, search=config)
+    cell = Nb201Arch.parse(
+        "|nor_conv_1x1~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+    )
+    result = ev.evaluate(cell)
     m = result.metrics
-    shape, batch = ev.teg  # type: ignore[misc]
+    assert ev.teg is not None
+    shape, batch = ev.teg
     assert batch.x.shape[0] == 4 and batch.crops.shape == (2, 50, 1, 3, 3)
     with torch.random.fork_rng():
-        torch.manual_seed(ev.seed(MIXED_CELL))
+        torch.manual_seed(ev.seed(cell))
         ntk_net, thin_net = teg.build_networks(shape)
-    found = teg.indicators(ntk_net, thin_net, teg.arch_masks(shape, MIXED_CELL), batch)
+    found = teg.indicators(ntk_net, thin_net, teg.arch_masks(shape, cell), batch)
     assert (m["ntk_cond"], m["linear_regions"], m["ntk_mse"]) == pytest.approx(
         (found["ntk"], found["region"], found["mse"]), rel=1e-9
     )
