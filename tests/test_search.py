@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
+from raynas.spaces import SPACES
 from raynas.spaces.darts_genotype import DartsGenotype
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture
@@ -57,6 +58,12 @@ def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
         folder = tmp_path / child.info.run_id
         png = Path(client.download_artifacts(child.info.run_id, "architecture.png", str(folder)))
         assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        # ... and its cells' width and depth (Shu et al.), as the space measures them.
+        local = client.download_artifacts(child.info.run_id, "architecture.json", str(folder))
+        arch = Architecture.from_json(Path(local).read_text())
+        shape = SPACES.create("darts", config.space.config).cell_shape(arch)
+        assert {k: child.data.metrics[k] for k in shape} == shape
+    assert "cell_shapes.png" in artifacts  # the epochs' cells against random cells of the space
 
 
 def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:

@@ -298,18 +298,24 @@ class CandidateCosts:
         return self._known[key]
 
     def complete(self, result: EvalResult) -> EvalResult:
-        """``result`` with ``params`` and ``macs`` among its metrics (the evaluator's own kept)."""
+        """``result`` with ``params`` and ``macs`` among its metrics (the evaluator's own kept),
+        and the shape of its cells where its space measures one (``cell_shape``: the DARTS
+        spaces' ``normal_width``, ``normal_depth``, ``reduce_width``, ``reduce_depth``)."""
         if result.score == float("-inf") and not result.metrics:  # failed: nothing was built
             return result
-        wanted = ("params", "macs")
-        if all(k in result.metrics for k in wanted):
+        extra: dict[str, float] = {}
+        if not all(k in result.metrics for k in ("params", "macs")):
+            try:
+                extra.update(self(result.architecture))
+            except Exception as exc:  # a candidate the space cannot build: recorded as it is
+                log.debug("no size for %s: %s", result.architecture.key(), exc)
+        shape = getattr(self.space, "cell_shape", None)
+        if shape is not None:
+            with contextlib.suppress(Exception):  # another space's architecture: no shape
+                extra.update(shape(result.architecture))
+        if not extra:
             return result
-        try:
-            costs = self(result.architecture)
-        except Exception as exc:  # a candidate the space cannot build: recorded as it is
-            log.debug("no size for %s: %s", result.architecture.key(), exc)
-            return result
-        return dataclasses.replace(result, metrics={**costs, **result.metrics})
+        return dataclasses.replace(result, metrics={**extra, **result.metrics})
 
 
 def result_costs(config: SearchConfig, arch: Architecture, *, size: Size | None = None) -> dict[str, float]:
@@ -335,6 +341,72 @@ def network_sizes(config: SearchConfig, arch: Architecture) -> tuple[int, int]:
     return int(costs["params"]), int(costs["paper_params"])
 
 
+# Random cells the cell-shape comparisons draw (Shu et al. compare with random cells of the space).
+RANDOM_CELLS = 1000
+
+
+def cell_shapes(space: Any, arch: Architecture) -> dict[str, tuple[float, float]]:
+    """Per cell type, the (width, depth) of ``arch``'s cells (``{}`` where ``space`` measures
+    none): ``{"normal": (3.5, 3), "reduce": ...}`` from its ``cell_shape`` metrics."""
+    measure = getattr(space, "cell_shape", None)
+    if measure is None:
+        return {}
+    try:
+        shape = measure(arch)
+    except Exception:  # an architecture of another space
+        return {}
+    kinds = dict.fromkeys(k.rsplit("_", 1)[0] for k in shape)
+    return {kind: (float(shape[f"{kind}_width"]), float(shape[f"{kind}_depth"])) for kind in kinds}
+
+
+def shape_space(arch: Architecture) -> Any | None:
+    """The space of ``arch`` with its node count (its space's defaults otherwise), if that space
+    measures cell shapes; None otherwise."""
+    try:
+        entry = SPACES.entry(arch.space)
+    except Exception:
+        return None
+    config = entry.config() if entry.config is not None else None
+    nodes = getattr(arch, "nodes", None)
+    if nodes is not None and config is not None and hasattr(config, "nodes"):
+        config = dataclasses.replace(config, nodes=nodes)
+    space = SPACES.create(arch.space, config)
+    return space if hasattr(space, "cell_shape") else None
+
+
+def random_cell_shapes(
+    space: Any, *, cells: int = RANDOM_CELLS, seed: int = 0
+) -> dict[str, list[tuple[float, float]]]:
+    """Per cell type, the (width, depth) of ``cells`` architectures drawn uniformly from ``space``."""
+    import random
+
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(cells):
+        for kind, point in cell_shapes(space, space.sample(rng)).items():
+            out.setdefault(kind, []).append(point)
+    return out
+
+
+def log_cell_shapes(
+    tracker: MlflowTracker, space: Any, found: list[Architecture], result: Architecture
+) -> None:
+    """``cell_shapes.png`` in the search's run: the width and depth of the cells it evaluated and of
+    its result against random cells of its space (nothing for a space without cell shapes)."""
+    from raynas.tracking.plots import plot_cell_shapes
+
+    if not cell_shapes(space, result):
+        return
+    points: dict[str, list[tuple[float, float]]] = {}
+    for arch in found:
+        for kind, point in cell_shapes(space, arch).items():
+            points.setdefault(kind, []).append(point)
+    tracker.log_figure(
+        plot_cell_shapes(points, random_cell_shapes(space), result=cell_shapes(space, result)),
+        "cell_shapes.png",
+    )
+
+
 def reference_name(space: str) -> str:
     """The dataset of the papers' network a space's size is compared on, for people."""
     name = getattr(SPACES.get(space), "reference_dataset", "cifar10")
@@ -342,7 +414,8 @@ def reference_name(space: str) -> str:
 
 
 __all__ = [
-    "CandidateCosts", "SearchResult", "example_input", "finished_result", "format_duration", "job_space",
-    "network_costs", "network_sizes", "open_tracker", "read_checkpoint", "read_prior", "reference_name",
-    "result_costs", "retrain_size", "run_path", "scored_size", "searched_network",
+    "RANDOM_CELLS", "CandidateCosts", "SearchResult", "cell_shapes", "example_input", "finished_result",
+    "format_duration", "job_space", "log_cell_shapes", "network_costs", "network_sizes", "open_tracker",
+    "random_cell_shapes", "read_checkpoint", "read_prior", "reference_name", "result_costs", "retrain_size",
+    "run_path", "scored_size", "searched_network", "shape_space",
 ]

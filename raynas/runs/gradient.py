@@ -23,6 +23,7 @@ from raynas.runs.common import (
     example_input,
     format_duration,
     job_space,
+    log_cell_shapes,
     open_tracker,
     read_prior,
     result_costs,
@@ -181,6 +182,9 @@ def run_gradient_search(
         summary = {
             **final.metrics, **costs, "epochs_run": len(history), "stopped_early": stopped_early,
         }
+        # The shapes of the cells the epochs derived, against random cells of the space.
+        log_cell_shapes(tracker, space, [Architecture.from_json(h["architecture"]) for h in history],
+                        final.architecture)
         recorder.finish(
             final, summary, weights_history=[h["arch_weights"] for h in history],
             network=searched_network(config, final.architecture), example=example_input(config),

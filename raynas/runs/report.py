@@ -5,6 +5,8 @@
 - mean ± standard deviation across seeds: each search's best score, grouped by space, strategy
   and dataset (the sample standard deviation, ``n - 1`` in the denominator, as NAS papers report
   it over independent runs);
+- the width and depth of the best architectures' cells against random cells of their space
+  (Shu et al., ICLR 2020: NAS tends to find wide, shallow cells), for spaces that measure them;
 
 written to the terminal and as an HTML page (with the Pareto plot embedded) or a PNG (the plot).
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.errors import ConfigError
+from raynas.runs.common import RANDOM_CELLS, cell_shapes, random_cell_shapes, shape_space
 from raynas.tracking.plots import pareto_front, plot_pareto, save_figure
 from raynas.tracking.results import ResultsStore
 from raynas.types import Architecture
@@ -78,6 +81,64 @@ class SeedSummary:
 
 
 @dataclass(frozen=True)
+class ShapeSummary:
+    """Cell width and depth of the best architectures of one space against random cells of it:
+    per cell type, the mean (width, depth) of each (width in units of a node's channels)."""
+
+    space: str
+    found: dict[str, tuple[float, float]]
+    random: dict[str, tuple[float, float]]
+    random_std: dict[str, tuple[float, float]]
+    n_found: int
+    n_random: int = RANDOM_CELLS
+
+    def lines(self) -> list[str]:
+        """The comparison as text, a line per cell type."""
+        out = []
+        for kind, (width, depth) in self.found.items():
+            (rw, rd), (sw, sd) = self.random[kind], self.random_std[kind]
+            out.append(f"  {self.space} {kind}: found {width:.2f}c wide, {depth:.2f} deep "
+                       f"(n={self.n_found}); random {rw:.2f} ± {sw:.2f}c wide, {rd:.2f} ± {sd:.2f} deep "
+                       f"(n={self.n_random})")
+        return out
+
+
+def _shape_summaries(best: Sequence[Row], records: Sequence[dict[str, Any]]) -> tuple[ShapeSummary, ...]:
+    """The cell shapes of ``best`` (the report's best architectures) by space, against random
+    cells drawn from each space (with the found cells' node count)."""
+    arch_of = {r["architecture_key"]: r["architecture"] for r in records}
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    spaces: dict[str, Any] = {}
+    for row in best:
+        try:
+            arch = Architecture.from_json(arch_of[row.architecture_key])
+        except Exception:  # a space this installation does not know
+            continue
+        label = f"{arch.space}" + (f" ({arch.nodes} nodes)" if hasattr(arch, "nodes") else "")
+        if label not in spaces:
+            spaces[label] = shape_space(arch)
+        if spaces[label] is None:
+            continue
+        for kind, point in cell_shapes(spaces[label], arch).items():
+            points.setdefault(label, {}).setdefault(kind, []).append(point)
+    out = []
+    for label, kinds in points.items():
+        random = random_cell_shapes(spaces[label])
+        out.append(ShapeSummary(
+            space=label, found={k: _point_stat(statistics.fmean, v) for k, v in kinds.items()},
+            random={k: _point_stat(statistics.fmean, random[k]) for k in kinds},
+            random_std={k: _point_stat(statistics.stdev, random[k]) for k in kinds},
+            n_found=len(next(iter(kinds.values()))),
+        ))
+    return tuple(out)
+
+
+def _point_stat(stat: Any, points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """``stat`` (a mean, a standard deviation) of the widths and of the depths of ``points``."""
+    return stat([w for w, _ in points]), stat([d for _, d in points])
+
+
+@dataclass(frozen=True)
 class Report:
     """What ``raynas report`` shows."""
 
@@ -89,6 +150,7 @@ class Report:
     seeds: tuple[SeedSummary, ...]
     rows: tuple[Row, ...]
     uncosted: int = 0  # architectures without the cost metric: not on the front
+    shapes: tuple[ShapeSummary, ...] = ()  # the best cells' width and depth against random cells
 
 
 def build_report(
@@ -159,6 +221,7 @@ def build_report(
     return Report(
         searches=tuple(sorted(by_search)), objective="/".join(objectives), cost_metric=cost,
         best=best, front=front, seeds=seeds, rows=rows, uncosted=uncosted,
+        shapes=_shape_summaries(best, records),
     )
 
 
@@ -206,6 +269,10 @@ def format_text(report: Report, *, width: int = 60) -> str:
             f"  {s.job} {s.space}/{s.strategy}/{s.dataset}: {s.text()}  "
             f"(n={len(s.best_scores)}, seed{'s' if len(s.seeds) > 1 else ''} {seeds})"
         )
+    if report.shapes:
+        lines += ["", "Cell shapes of the best architectures against random cells (Shu et al., ICLR 2020):"]
+        for shape in report.shapes:
+            lines += shape.lines()
     return "\n".join(lines)
 
 
@@ -246,6 +313,9 @@ def format_html(report: Report) -> str:
     seeds = table(["job", "space", "strategy", "dataset", "best (mean ± std)", "n", "seeds"],
                   [[s.job, s.space, s.strategy, s.dataset, s.text(), str(len(s.best_scores)),
                     ", ".join(str(x) for x in s.seeds)] for s in report.seeds])
+    shapes = "".join(f"<p>{esc(line.strip())}</p>" for shape in report.shapes for line in shape.lines())
+    if shapes:
+        shapes = f"<h2>Cell shapes against random cells (Shu et al., ICLR 2020)</h2>{shapes}"
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}")
     return (
@@ -254,7 +324,7 @@ def format_html(report: Report) -> str:
         f"<p>Searches: {esc(', '.join(report.searches))}</p>"
         f"<h2>Best architectures</h2>{best}<h2>Pareto front</h2>{front}"
         f"<img alt='Pareto plot' src='data:image/png;base64,{image}'>"
-        f"<h2>Across seeds</h2>{seeds}</body></html>"
+        f"<h2>Across seeds</h2>{seeds}{shapes}</body></html>"
     )
 
 

@@ -43,6 +43,7 @@ from raynas.runs.common import (
     SearchResult,
     example_input,
     job_space,
+    log_cell_shapes,
     open_tracker,
     read_prior,
     result_costs,
@@ -368,6 +369,8 @@ def run_sampling_search(
             "stopped_early": sum(r.stopped_early for r in search.results),
         }
         _log_pareto(search, tracker, costs)
+        found = [r.architecture for r in search.results]
+        log_cell_shapes(tracker, job_space(config), found, best.architecture)
         network = search.retrained_networks.get(best.architecture.key())
         untrained = network is None
         if network is None:

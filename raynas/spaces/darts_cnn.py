@@ -26,6 +26,7 @@ from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
     cell_decisions,
+    cell_shape,
     decode_cell,
     encode_cell,
     load_genotype,
@@ -331,6 +332,17 @@ class DartsCnnSpace:
         """The edges, in the row order of the supernet's architecture weights: ``node j → node i``
         (nodes 0 and 1 are the cell's inputs, the outputs of the two cells before it)."""
         return tuple(f"node {j} → node {i + 2}" for i in range(self.config.nodes) for j in range(2 + i))
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width (in units of a node's channels) and depth of the normal and the reduction
+        cell (:func:`~raynas.spaces.darts_genotype.cell_shape`): ``normal_width``,
+        ``normal_depth``, ``reduce_width``, ``reduce_depth``."""
+        if not isinstance(arch, DartsGenotype):
+            raise ArchitectureError(f"the darts space measures DartsGenotype, got {type(arch).__name__}")
+        normal = cell_shape(arch.normal, arch.normal_concat)
+        reduce = cell_shape(arch.reduce, arch.reduce_concat)
+        return {"normal_width": normal[0], "normal_depth": normal[1],
+                "reduce_width": reduce[0], "reduce_depth": reduce[1]}
 
     def draw(self, arch: Architecture) -> Figure:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""

@@ -59,6 +59,25 @@ def decode_cell(names: Sequence[str]) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
+def cell_shape(edges: Sequence[Edge], concat: Sequence[int]) -> tuple[float, int]:
+    """The width and depth of a cell as Shu et al. define them ("Understanding Architectures Learnt
+    by Cell-based Neural Architecture Search", ICLR 2020, Sec. 3.1), the width in units of ``c``,
+    the width of one intermediate node.
+
+    Depth: the connections along the longest path from the cell's inputs (0 and 1) to its output
+    (the concatenation of the ``concat`` nodes). Width: the total width of the intermediate nodes
+    connected to the cell's inputs, a node that also takes intermediate nodes counting for the share
+    of its connections that come from the inputs (DARTS_V2's normal cell: 3.5c and 3).
+    """
+    nodes = len(edges) // 2
+    inputs = [[j for _, j in edges[2 * i : 2 * i + 2]] for i in range(nodes)]
+    depth = [0, 0]  # the cell's inputs
+    for preds in inputs:
+        depth.append(1 + max(depth[j] for j in preds))
+    width = sum(sum(j < 2 for j in preds) / len(preds) for preds in inputs)
+    return width, 1 + max(depth[j] for j in concat)
+
+
 @dataclass(frozen=True)
 class DartsGenotype(Architecture):
     """A DARTS genotype: two (op, input) edges per intermediate node, for both cell types.

@@ -5,6 +5,8 @@ single architectures are drawn by their spaces: ``raynas.spaces.drawing``).
   gradient search, one heatmap per weight matrix (rows: edge and operation; columns: epochs).
 - :func:`plot_pareto`: candidates' accuracy against a cost (parameters, multiply-adds or
   latency), with the Pareto front (:func:`pareto_front`) drawn through the non-dominated ones.
+- :func:`plot_cell_shapes`: the width and depth of a search's cells against random cells of the
+  same space (Shu et al., ICLR 2020).
 
 Figures are built with matplotlib's object-oriented API (no pyplot, no global backend change),
 so drawing is safe in any process, with or without a display.
@@ -150,6 +152,49 @@ def plot_pareto(
     if groups is not None or front:
         ax.legend(fontsize=8)
     ax.set_title(title, fontsize=11)
+    return fig
+
+
+def plot_cell_shapes(
+    found: Mapping[str, Sequence[tuple[float, float]]],
+    random: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    result: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "cell width and depth: the search's cells against random cells",
+) -> Figure:
+    """Per cell type (``normal``, ``reduce``), the (width, depth) of the search's cells against
+    those of random cells of its space: how often each shape occurs, as circles whose area grows
+    with the count (random cells grey, the search's blue), the result's cell as a red star.
+
+    Args:
+        found: Per cell type, the (width, depth) of every candidate the search evaluated.
+        random: Per cell type, the (width, depth) of random cells of the same space.
+        result: Per cell type, the (width, depth) of the search's result.
+        title: The figure's title.
+    """
+    from collections import Counter
+
+    kinds = list(dict.fromkeys([*found, *random]))
+    fig = Figure(figsize=(5.2 * max(1, len(kinds)), 4.4), layout="constrained")
+    axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds, strict=False):
+        for points, colour, label in ((random.get(kind, ()), "#999999", "random cells"),
+                                      (found.get(kind, ()), "#0072B2", "the search's cells")):
+            counts = Counter(points)
+            total = max(1, len(points))
+            if counts:
+                ax.scatter([w for w, _ in counts], [d for _, d in counts], color=colour, alpha=0.5,
+                           s=[20 + 600 * c / total for c in counts.values()],
+                           label=f"{label} ({len(points)})")
+        if result and kind in result:
+            ax.scatter([result[kind][0]], [result[kind][1]], marker="*", s=220, color="#D55E00",
+                       edgecolors="black", label="result", zorder=5)
+        ax.set_xlabel("width (in units of one node's channels)")
+        ax.set_ylabel("depth (connections, input to output)")
+        ax.set_title(f"{kind} cell", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 

@@ -1,0 +1,83 @@
+"""Cell width and depth as Shu et al. define them ("Understanding Architectures Learnt by
+Cell-based Neural Architecture Search", ICLR 2020, Sec. 3.1), recorded for every candidate of a
+DARTS-cell search and compared with random cells in ``raynas report`` and in MLflow."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from raynas.runs.common import RANDOM_CELLS, cell_shapes, random_cell_shapes, shape_space
+from raynas.runs.report import build_report, format_html, format_text
+from raynas.spaces import SPACES
+from raynas.spaces.darts_cnn import DartsSpaceConfig
+from raynas.spaces.darts_genotype import DartsGenotype, cell_shape, published_genotype
+from raynas.tracking.results import ResultsStore, SearchInfo
+from raynas.types import EvalResult
+
+
+def test_published_cells_have_the_shapes_counted_by_hand() -> None:
+    # DARTS_V2's normal cell: nodes 2, 3, 4 take only the cell's inputs (1c each); node 5 takes
+    # input 0 and node 2 (half its connections from the inputs: 0.5c); the longest path is
+    # input -> node 2 -> node 5 -> output: 3 connections.
+    darts = published_genotype("DARTS_V2")
+    assert cell_shape(darts.normal, darts.normal_concat) == (3.5, 3)
+    # Its reduction cell: node 2 on both inputs (1c); nodes 3, 4 and 5 each on node 2 and one
+    # input (0.5c each): 2.5c; input -> node 2 -> node 3 -> output: 3.
+    assert cell_shape(darts.reduce, darts.reduce_concat) == (2.5, 3)
+    # NASNet's normal cell: five nodes, every one on the inputs: the widest and shallowest.
+    nasnet = published_genotype("NASNet")
+    assert cell_shape(nasnet.normal, nasnet.normal_concat) == (5.0, 2)
+    # A chain: each node on the one before (node 2 on both inputs): 1c wide, 5 deep.
+    chain = (("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("skip_connect", 2),
+             ("skip_connect", 3), ("skip_connect", 3), ("skip_connect", 4), ("skip_connect", 4))
+    assert cell_shape(chain, (2, 3, 4, 5)) == (1.0, 5)
+    assert cell_shape(chain, (2,)) == (1.0, 2)  # the output reads node 2 only
+
+
+def test_random_cells_are_narrower_and_deeper_than_darts_found() -> None:
+    """Shu et al.'s finding, on this space's own random cells: DARTS_V2's normal cell is wider
+    and shallower than random cells of its space on average."""
+    space = shape_space(published_genotype("DARTS_V2"))
+    assert space is not None
+    shapes = random_cell_shapes(space, cells=RANDOM_CELLS, seed=0)
+    assert len(shapes["normal"]) == len(shapes["reduce"]) == RANDOM_CELLS
+    widths = [w for w, _ in shapes["normal"]]
+    depths = [d for _, d in shapes["normal"]]
+    # Uniform cells: node i's two inputs from its i + 2 states; each is an input with probability
+    # 2 / (i + 2), so the expected width is sum over i = 0..3 of 2 / (i + 2) = 2.5667c.
+    assert statistics.fmean(widths) == pytest.approx(sum(2 / (i + 2) for i in range(4)), abs=0.05)
+    assert statistics.fmean(widths) < 3.5 and statistics.fmean(depths) > 3
+
+
+def test_the_shape_of_other_node_counts_and_other_spaces() -> None:
+    small = SPACES.create("darts", DartsSpaceConfig(nodes=2))
+    arch = small.sample(random.Random(0))
+    assert isinstance(arch, DartsGenotype) and arch.nodes == 2
+    assert shape_space(arch).config.nodes == 2  # random cells for it have its node count
+    width, depth = cell_shapes(small, arch)["normal"]
+    assert 0 < width <= 2 and 2 <= depth <= 3
+    nb201 = SPACES.create("nb201")
+    assert cell_shapes(nb201, nb201.sample(random.Random(0))) == {}  # it measures none
+
+
+def test_report_compares_the_best_cells_with_random_cells(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    darts = published_genotype("DARTS_V2")
+    store.append([
+        EvalResult(architecture=darts, metrics={"valid_acc": 0.9, "params": 1.0}, trial_id="a"),
+        EvalResult(architecture=darts, metrics={"valid_acc": 0.8, "params": 1.0}, trial_id="b"),
+    ], info=SearchInfo(search="s", name="s", strategy="darts", dataset="cifar10", seed=0))
+    report = build_report(store)
+    (shape,) = report.shapes
+    assert shape.found == {"normal": (3.5, 3.0), "reduce": (2.5, 3.0)} and shape.n_found == 1
+    random_normal = random_cell_shapes(shape_space(darts))["normal"]
+    assert shape.random["normal"] == pytest.approx(
+        (statistics.fmean(w for w, _ in random_normal), statistics.fmean(d for _, d in random_normal))
+    )
+    text = format_text(report)
+    assert "Cell shapes of the best architectures" in text and "normal: found 3.50c wide, 3.00 deep" in text
+    assert "Cell shapes against random cells" in format_html(report)
