@@ -34,6 +34,7 @@ SHRINK_SPACE = {
     "autokeras": ["space.seed_width=4"],
     "fbnet": ["space.stage_depths=[1,1,1,1]"],
     "convnext": ["space.depth_choices=[[1],[1],[1]]", "space.width_choices=[[4],[8],[8,16]]"],
+    "xd": ["space.channels=4", "space.layers=3"],
     "nexception": ["space.depth_choices=[1]", "space.widths=[4,8,8,8,8,8,8]"],
 }
 

@@ -43,6 +43,10 @@ TINY = DatasetInfo("cifar10", 3, 10, 16)  # 16x16 inputs: small, and two reducti
 # otherwise lists its own small settings in SMALL_CONFIG_OF.
 SMALL_CONFIG = {"channels": 4, "layers": 3, "nodes": 2, "cells_per_stage": 1, "stem_multiplier": 1}
 SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
+    "xd": {
+        "backbones": ("darts:DARTS_V2", "darts:DARTS_V1"), "depth_choices": (1, 2), "channels": 4,
+        "layers": 3,
+    },
     "fbnet": {
         "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16), "stage_depths": (1, 1),
         "stage_strides": (1, 2), "head_channels": 32,
@@ -301,8 +305,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
 }
 # tiny_cnn: the worked example of a user-defined space. fbnet: the model zoo counts convolution and
 # classifier weights only (no BatchNorm), so tests/test_fbnet.py checks FBNet-A/B/C in that convention.
+# xd: the XD-operation space starts from a backbone and publishes no networks of its own.
 # autokeras: its networks grow during a search; the paper publishes none of a fixed size.
-NO_PUBLISHED_FIGURES = {"tiny_cnn", "fbnet", "autokeras"}
+NO_PUBLISHED_FIGURES = {"tiny_cnn", "fbnet", "autokeras", "xd"}
 
 
 @pytest.mark.parametrize("name", NAMES)

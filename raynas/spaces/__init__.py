@@ -6,7 +6,17 @@ supernet lives one floor up, in ``raynas.supernet`` (registered under the space'
 """
 
 # Built-in spaces register themselves on import.
-from raynas.spaces import auto_deeplab, autokeras, convnext, darts_cnn, darts_rnn, fbnet, nb201, nexception  # noqa: F401
+from raynas.spaces import (  # noqa: F401
+    auto_deeplab,
+    autokeras,
+    convnext,
+    darts_cnn,
+    darts_rnn,
+    fbnet,
+    nb201,
+    nexception,
+    xd,
+)
 from raynas.spaces.registry import SPACES
 
 __all__ = ["SPACES"]

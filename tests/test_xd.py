@@ -1,0 +1,142 @@
+"""XD-operations (Roberts et al., NeurIPS 2021): butterflies initialised as torch's FFT, a single
+XD-operation equal to torch's Conv2d, converted backbones (a torchvision ResNet, a DARTS network)
+computing what the originals compute, and the K, L and M matrices as the search's architecture
+parameters."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from raynas.errors import ArchitectureError, ConfigError
+from raynas.ops.xd import Butterfly, XDConv2d, convert_to_xd, xd_arch_parameters, xd_from_conv, xd_modules
+from raynas.spaces import SPACES
+from raynas.spaces.xd import XdSpaceConfig
+from raynas.supernet import build_supernet
+from raynas.types import DatasetInfo
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 32])
+def test_butterflies_start_as_torchs_fft(n: int) -> None:
+    x = torch.randn(3, n, dtype=torch.complex128)
+    fft = Butterfly(n, init="fft", dtype=torch.float64)
+    ifft = Butterfly(n, init="ifft", scale=n**-0.5, dtype=torch.float64)
+    identity = Butterfly(n, init="identity", dtype=torch.float64)
+    torch.testing.assert_close(fft(x), torch.fft.fft(x))
+    torch.testing.assert_close(ifft(x), torch.fft.ifft(x, norm="ortho"))
+    torch.testing.assert_close(identity(x), x)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "stride", "padding", "groups", "size"),
+    [
+        (3, 1, 1, 1, 1, (8, 8)),  # DARTS / ResNet 3x3
+        (5, 1, 2, 2, 1, (9, 7)),  # strided, odd and unequal sizes
+        (3, 2, 1, 2, 1, (8, 8)),  # dilated (DARTS dil_conv_3x3)
+        (7, 1, 2, 3, 1, (16, 16)),  # ResNet's stem
+        (1, 1, 2, 0, 1, (8, 8)),  # ResNet's downsampling shortcut
+        (3, 1, 1, 0, 1, (5, 5)),  # no padding
+        (3, 1, 1, 1, 4, (6, 6)),  # depthwise
+        (5, 2, 2, 4, 4, (11, 10)),  # depthwise, dilated and strided (DARTS dil_conv_5x5)
+        ((1, 7), 1, 1, (0, 3), 1, (8, 8)),  # DARTS conv_7x1_1x7's halves
+    ],
+)
+def test_an_xd_operation_starts_as_the_convolution_it_replaces(
+    kernel: int | tuple[int, int],
+    dilation: int,
+    stride: int,
+    padding: int | tuple[int, int],
+    groups: int,
+    size: tuple[int, int],
+) -> None:
+    torch.manual_seed(0)
+    c_out = 4 if groups > 1 else 6
+    conv = nn.Conv2d(
+        4, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups
+    ).double()
+    xd = xd_from_conv(conv, size)
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    torch.testing.assert_close(xd(x), conv(x), atol=1e-10, rtol=1e-10)
+    conv = conv.float()  # single precision: the FFT's rounding only
+    torch.testing.assert_close(xd_from_conv(conv, size)(x.float()), conv(x.float()), atol=1e-5, rtol=1e-5)
+
+
+def _random_norm_statistics(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def test_a_converted_resnet_computes_what_the_original_computes() -> None:
+    """torchvision's ResNet-18, every one of its 20 convolutions an XD-operation: the same logits
+    before any training (double precision: the comparison sees the algebra, not float32 rounding)."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10).double().eval()
+    _random_norm_statistics(resnet)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    converted = convert_to_xd(resnet, x).eval()
+    assert len(list(xd_modules(converted))) == 20
+    assert not any(type(m) is nn.Conv2d for m in converted.modules())
+    torch.testing.assert_close(converted(x), resnet(x), atol=1e-5, rtol=0)
+    assert any(type(m) is nn.Conv2d for m in resnet.modules())  # the backbone itself is left as it was
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_converted_darts_network_computes_what_the_original_computes(train: bool) -> None:
+    torch.manual_seed(0)
+    darts = SPACES.create("darts")
+    net = darts.build(
+        darts.parse("DARTS_V2"), DatasetInfo("cifar10", 3, 10, 16), channels=4, layers=3
+    ).double()
+    _random_norm_statistics(net)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    converted = convert_to_xd(net, x)
+    assert len(list(xd_modules(converted))) == sum(1 for m in net.modules() if isinstance(m, nn.Conv2d))
+    net.train(train)
+    converted.train(train)
+    torch.testing.assert_close(converted(x), net(x), atol=1e-5, rtol=0)
+
+
+def test_the_search_learns_k_l_m_with_the_architecture_optimiser() -> None:
+    """The supernet's architecture parameters are exactly the XD-operations' twiddles; an Adam step
+    on them changes the operations (no longer the convolutions) and leaves the weights alone."""
+    torch.manual_seed(0)
+    space = SPACES.create(
+        "xd", XdSpaceConfig(backbones=("darts:DARTS_V2",), depth_choices=(2,), channels=4, layers=3)
+    )
+    supernet = build_supernet(space, DatasetInfo("cifar10", 3, 10, 8))
+    arch = supernet.arch_parameters()
+    assert {id(p) for p in arch} == {id(p) for p in xd_arch_parameters(supernet)}
+    weights = list(supernet.weights())
+    assert not {id(p) for p in arch} & {id(p) for p in weights}
+    x = torch.randn(4, 3, 8, 8)
+    supernet.eval()
+    before = supernet(x).detach()
+    weights_before = [w.detach().clone() for w in weights]
+    optimizer = torch.optim.Adam(arch, lr=1e-3)
+    supernet.train()
+    nn.functional.cross_entropy(supernet(x), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    supernet.eval()
+    assert not torch.allclose(supernet(x), before, atol=1e-4)
+    assert all(torch.equal(w, b) for w, b in zip(weights, weights_before, strict=True))
+    assert max(supernet.distances().values()) > 0
+    assert supernet.genotype() == space.parse("darts:DARTS_V2/d2")
+
+
+def test_bad_input_says_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match=r"groups 1 or depthwise"):
+        XDConv2d(4, 8, (3, 3), in_size=(8, 8), groups=2)
+    with pytest.raises(ArchitectureError, match=r"xd backbone: unknown 'vgg16'"):
+        SPACES.create("xd").parse("vgg16/d1")
+    with pytest.raises(ConfigError, match=r"space.backbones: unknown genotype 'NOPE'"):
+        XdSpaceConfig(backbones=("darts:NOPE",))
+    space = SPACES.create("xd")
+    assert str(space.sample(random.Random(0))) in {
+        f"{b}/d{d}" for b in ("resnet18", "darts:DARTS_V2") for d in (1, 2, 3)
+    }
