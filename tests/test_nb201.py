@@ -489,3 +489,19 @@ def test_imagenet16_reads_the_benchmarks_batches(tmp_path: Path) -> None:
     augmenting = DATASETS.entry("ImageNet16-120").config(path=str(tmp_path))
     test = DATASETS.create("ImageNet16-120", augmenting).test_set()  # never augmented
     assert [int(test[i][1]) for i in range(len(test))] == [1, 119] and test.augment is None
+
+
+def test_edge_names_name_the_rows_of_the_supernet_s_architecture_weights() -> None:
+    space = Nb201Space(Nb201SpaceConfig(channels=4, cells_per_stage=1))
+    supernet = build_supernet(space, DatasetInfo("x", 3, 10, 16))
+    assert isinstance(supernet, Nb201Supernet)
+    with torch.no_grad():  # row k picks operation k % 5: the derived cell shows where row k went
+        supernet.alpha.zero_()
+        for k in range(len(EDGES)):
+            supernet.alpha[k, k % len(NB201_OPS)] = 1.0
+    derived = str(supernet.genotype())  # |op~j| groups per target node i
+    for k, name in enumerate(space.edge_names):
+        j, i = (int(part.split()[1]) for part in name.split(" → "))
+        group = derived.strip("|").split("|+|")[i - 1].split("|")
+        assert f"{NB201_OPS[k % len(NB201_OPS)]}~{j}" in group, (name, derived)
+    assert space.edge_names[0] == "node 0 → node 1" and space.edge_names[-1] == "node 2 → node 3"

@@ -530,6 +530,12 @@ class Nb201Space:
         """The candidates, in the column order of the supernet's architecture weights."""
         return tuple(NB201_OPS)
 
+    @property
+    def edge_names(self) -> tuple[str, ...]:
+        """The edges, in the row order of the supernet's architecture weights: ``node j → node i``
+        (node 0 is the cell's input, node 3 its output)."""
+        return tuple(f"node {j} → node {i}" for j, i in EDGES)
+
     def draw(self, arch: Architecture) -> Figure:
         """The cell's four nodes and its labelled edges (the benchmark paper's Figure 1)."""
         from raynas.spaces.drawing import draw_nb201_cell
