@@ -33,8 +33,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_solve, cholesky
-from scipy.optimize import linear_sum_assignment
 
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
@@ -92,6 +90,8 @@ def skip_distance(a: SkipLink, b: SkipLink) -> float:
 
 def skips_distance(list_a: tuple[SkipLink, ...], list_b: tuple[SkipLink, ...]) -> float:
     """``D_s``: the skips matched by the Hungarian algorithm, plus one per skip left unmatched."""
+    from scipy.optimize import linear_sum_assignment  # scipy loads in a second: only when searching
+
     cost = np.array([[skip_distance(a, b) for b in list_b] for a in list_a])
     cost = cost.reshape(len(list_a), len(list_b))
     rows, cols = linear_sum_assignment(cost)
@@ -169,6 +169,8 @@ class GaussianProcess:
 
     def fit(self, xs: list[Any], ys: list[float]) -> None:
         """Condition on the descriptors ``xs`` and their scores ``ys``."""
+        from scipy.linalg import LinAlgError, cho_solve, cholesky
+
         self.x, self.y = list(xs), np.asarray(ys, dtype=float)
         k = bourgain_kernel(distance_matrix(self.x, kernel_lambda=self.kernel_lambda))
         jitter = self.alpha
