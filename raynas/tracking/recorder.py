@@ -161,7 +161,7 @@ class SearchRecorder:
 
         return render
 
-    def abort(self, timeout: float = 30.0) -> None:
+    def abort(self, timeout: float = 10.0) -> None:
         """The search failed: send the candidates' child runs already queued (waiting up to
         ``timeout`` seconds), never raising (the failure is what the user must see); what cannot
         be sent now is recorded when the search resumes."""
