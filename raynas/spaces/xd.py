@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from raynas.errors import ArchitectureError, ConfigError
@@ -146,6 +145,8 @@ def backbone_network(
     blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[name]
     if layers is not None:
         blocks = [min(b, layers) for b in blocks]
+    import torchvision  # imports torch._dynamo (seconds): only when a ResNet backbone is built
+
     net = torchvision.models.resnet.ResNet(
         torchvision.models.resnet.BasicBlock, blocks, num_classes=dataset.num_classes
     )
