@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import math
 import os
 import re
+import sys
 import types
 import typing
 import urllib.parse
@@ -647,12 +650,52 @@ def check_sections(raw: dict[str, Any], cls: type[T], components: tuple[str, ...
         data = raw.get(section)
         if isinstance(data, dict) and "name" in data:
             _convert(data["name"], str, f"{section}.name")
+            _check_component(section, data)
             _check_numbers(data, section)
-        elif data is not None and not isinstance(data, str):
+        elif isinstance(data, str):
+            _check_component(section, {"name": data})
+        elif data is not None:
             raise ConfigError(
                 f"config section {section!r} must be a mapping with a 'name' (or a bare name), "
                 f"got {_show(data)}"
             )
+
+
+@functools.cache
+def _component_manifest() -> dict[str, Any]:
+    """``raynas/components.json``: the built-in components' names and settings (empty if absent)."""
+    path = Path(__file__).parent / "components.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_component(section: str, data: dict[str, Any]) -> None:
+    """A component's name and setting keys, checked against the built-in components' manifest
+    without importing the registries (with the messages the registries give). Once a registry
+    is imported, code may have registered components of its own: a name the manifest lacks is
+    then left to the registry."""
+    listed = _component_manifest().get(section)
+    if listed is None:
+        return
+    name, names = data["name"], listed["names"]
+    if name not in names:
+        if "raynas.registry" in sys.modules:  # code that may have registered it runs: ask the registry
+            return
+        raise ConfigError(
+            f"config key '{section}.name': unknown {listed['kind']} {_short(str(name))!r}; choose one of: "
+            f"{', '.join(names)}"
+        )
+    keys = names[name]
+    extra = sorted(set(data) - {"name"})
+    if keys is None and extra:
+        raise ConfigError(f"{listed['kind']} {name!r} takes no settings; remove {extra}")
+    unknown = sorted(set(extra) - set(keys or ()))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {_short(_join(section, unknown[0]))!r}; allowed: {', '.join(keys or ())}"
+        )
 
 
 def _check_numbers(node: Any, where: str) -> None:

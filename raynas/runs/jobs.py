@@ -60,6 +60,36 @@ def component(data: Any, section: str, registry: Registry[Any]) -> Component:
     return Component(str(name), config)
 
 
+# Every registered component's settings, for the checks the command line makes before it imports
+# torch, Ray or MLflow (:func:`raynas.config.check_sections`); tests/test_startup.py checks it
+# against the registries, and :func:`write_component_manifest` writes it again.
+MANIFEST = Path(__file__).parents[1] / "components.json"
+
+
+def component_manifest() -> dict[str, dict[str, Any]]:
+    """Per component section: the registry's kind and, per registered name, its settings' keys
+    in the order its config dataclass lists them (None: it takes no settings)."""
+    import dataclasses
+
+    out: dict[str, dict[str, Any]] = {}
+    for section, registry in (("space", SPACES), ("strategy", STRATEGIES), ("data", DATASETS),
+                              ("evaluator", EVALUATORS)):
+        names: dict[str, list[str] | None] = {}
+        for name in registry.names():
+            config = registry.entry(name).config
+            names[name] = None if config is None else [f.name for f in dataclasses.fields(config) if f.init]
+        out[section] = {"kind": registry.kind, "names": names}
+    return out
+
+
+def write_component_manifest(path: Path = MANIFEST) -> Path:
+    """Write :func:`component_manifest` as JSON (``raynas/components.json``)."""
+    import json
+
+    path.write_text(json.dumps(component_manifest(), indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def _parser(registry: Registry[Any]) -> Any:
     return lambda data, section: component(data, section, registry)
 
