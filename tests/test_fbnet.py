@@ -352,3 +352,23 @@ def test_gdas_runs_on_the_fbnet_space(tmp_path: Path) -> None:
     assert search.supernet.config.mixed_op == "sampled"
     report = search.run_epoch()
     assert small_space().contains(report.architecture)
+
+
+def test_a_strided_skip_is_the_strided_1x1_convolution() -> None:
+    """FBNet's ``skip`` where the layer halves the resolution: conv 1x1 stride 2 + BN + ReLU,
+    computed on every other row and column (same numbers, channels-last included)."""
+    from raynas.ops.fbnet import Skip
+
+    torch.manual_seed(0)
+    skip = Skip(c_in=4, c_out=8, stride=2).double().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
+    conv, norm = skip.conv[0], skip.conv[1]
+    weight = torch.empty(conv.weight.shape, dtype=torch.float64).copy_(conv.weight.detach())
+    ref = torch.relu(torch.nn.functional.batch_norm(
+        torch.nn.functional.conv2d(x.contiguous(), weight, stride=2), None, None,
+        norm.weight.detach(), norm.bias.detach(), training=True,
+    ))
+    out = skip(x)
+    assert out.shape == (2, 8, 4, 4)
+    torch.testing.assert_close(out.detach(), ref, rtol=1e-10, atol=1e-10)
+    out.square().sum().backward()  # the backward that aborts with a strided channels-last 1x1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops import MIXED_OPS, OPS, PRIMITIVES, FactorizedReduce, WeightedMixedOp, Zero
@@ -118,3 +119,28 @@ def test_weighted_mixed_op_gradient_reaches_the_weights() -> None:
     alpha = torch.zeros(len(PRIMITIVES), requires_grad=True)
     mixed(torch.randn(2, 4, 8, 8), torch.softmax(alpha, 0)).square().sum().backward()
     assert alpha.grad is not None and torch.count_nonzero(alpha.grad) > 0
+
+
+@pytest.mark.parametrize("channels", [4, 16])
+def test_factorized_reduce_is_darts_two_offset_strided_convolutions(channels: int) -> None:
+    """DARTS's FactorizedReduce (operations.py): relu, conv_1 (1x1, stride 2) of x and conv_2 of
+    x[:, :, 1:, 1:], concatenated, BatchNorm; computed here on subsampled inputs, which must give
+    the same outputs and gradients, channels-last included (where torch 2.14's strided 1x1
+    backward aborts the process below 8 input channels)."""
+    torch.manual_seed(0)
+    op = FactorizedReduce(channels, channels).double().to(memory_format=torch.channels_last)
+    x = torch.randn(4, channels, 8, 8, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    op(x).square().sum().backward()
+    x_ref = x.detach().contiguous().requires_grad_()
+    # Copies with the default strides (a 1x1 kernel's channels-last strides also count as contiguous).
+    w1, w2 = (torch.empty(c.weight.shape, dtype=torch.float64).copy_(c.weight.detach()).requires_grad_()
+              for c in (op.conv_1, op.conv_2))
+    r = torch.relu(x_ref)
+    out = torch.cat([F.conv2d(r, w1, stride=2), F.conv2d(r[:, :, 1:, 1:], w2, stride=2)], dim=1)
+    ref = F.batch_norm(out, None, None, op.bn.weight.detach(), op.bn.bias.detach(), training=True)
+    ref.square().sum().backward()
+    torch.testing.assert_close(op(x.detach()), ref.detach(), rtol=1e-10, atol=1e-10)  # float64
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(op.conv_1.weight.grad, w1.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(op.conv_2.weight.grad, w2.grad, rtol=1e-10, atol=1e-10)

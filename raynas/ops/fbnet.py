@@ -101,16 +101,21 @@ class InvertedResidual(nn.Module):
 
 
 class Skip(nn.Module):
-    """``skip``: the input itself, or a 1x1 conv + BN + ReLU where the layer changes the shape."""
+    """``skip``: the input itself, or a 1x1 conv + BN + ReLU where the layer changes the shape.
+
+    A strided 1x1 convolution is computed on every ``stride``-th row and column (the same
+    numbers: see :class:`raynas.ops.darts.FactorizedReduce` for the torch bug this avoids).
+    """
 
     def __init__(self, *, c_in: int, c_out: int, stride: int, affine: bool = True) -> None:
         super().__init__()
-        self.conv = conv_bn(c_in, c_out, 1, stride=stride, affine=affine) if (
-            c_in != c_out or stride != 1
-        ) else None
+        self.stride = stride
+        self.conv = conv_bn(c_in, c_out, 1, affine=affine) if (c_in != c_out or stride != 1) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, cout, H/s, W/s)
-        return x if self.conv is None else self.conv(x)
+        if self.conv is None:
+            return x
+        return self.conv(x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x)
 
 
 def make_block(name: str, *, c_in: int, c_out: int, stride: int, affine: bool = True) -> nn.Module:

@@ -259,16 +259,15 @@ def _until_last_norm(op: nn.Module, r: torch.Tensor) -> tuple[torch.Tensor, nn.B
 
 
 def _factorized_halves(op: FactorizedReduce, r: torch.Tensor) -> torch.Tensor:
-    """FactorizedReduce's two halves before its BatchNorm, given ``r = relu(x)``: a stride-2 1x1
-    convolution reads every other pixel, so it is the stride-1 one of the subsampled input (the
-    strided 1x1 gradient is a slow path on CPU)."""
+    """FactorizedReduce's two halves before its BatchNorm, given ``r = relu(x)``: its 1x1
+    convolutions of the even and of the odd rows and columns of ``r``."""
     halves = []
     for conv, start in ((op.conv_1, 0), (op.conv_2, 1)):
         sub = r[:, :, start::2, start::2]  # (B, C, H/2, W/2)
-        if conv.stride == (2, 2) and _is_pointwise_weights(conv):
+        if _is_pointwise_weights(conv):
             halves.append(F.conv2d(sub.contiguous(memory_format=_layout(r)), conv.weight))
         else:
-            halves.append(conv(r[:, :, start:, start:]))
+            halves.append(conv(sub))
     return torch.cat(halves, dim=1)  # (B, C, H/2, W/2)
 
 
