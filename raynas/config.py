@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import math
+import operator
 import os
 import re
 import sys
@@ -696,6 +697,38 @@ def _check_component(section: str, data: dict[str, Any]) -> None:
         raise ConfigError(
             f"unknown config key {_short(_join(section, unknown[0]))!r}; allowed: {', '.join(keys or ())}"
         )
+    for key, value in data.items():
+        hint = manifest_type((keys or {}).get(key)) if key != "name" else None
+        if hint is not None:
+            _convert(value, hint, _join(section, key))
+
+
+def manifest_type(spec: Any) -> Any:
+    """The type a manifest entry describes (:func:`raynas.runs.jobs.component_manifest`), or None
+    where there is none to check against (the registry checks those)."""
+    simple = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return simple.get(spec)
+    if "literal" in spec:
+        return Literal[tuple(spec["literal"])]
+    if "union" in spec:
+        parts = [manifest_type(p) for p in spec["union"]]
+        return None if None in parts else functools.reduce(operator.or_, parts)
+    if "tuple" in spec:
+        if spec.get("variadic"):
+            item = manifest_type(spec["tuple"])
+            return None if item is None else tuple[item, ...]
+        parts = [manifest_type(p) for p in spec["tuple"]]
+        return None if None in parts else tuple[tuple(parts)]
+    if "list" in spec:
+        item = manifest_type(spec["list"])
+        return None if item is None else list[item]
+    if "dict" in spec:
+        key, value = (manifest_type(p) for p in spec["dict"])
+        return None if key is None or value is None else dict[key, value]
+    return None
 
 
 def _check_numbers(node: Any, where: str) -> None:

@@ -28,9 +28,18 @@ def test_the_drivers_start_without_torchvision_or_scipy() -> None:
 
 def test_the_component_manifest_lists_what_the_registries_hold() -> None:
     import json
+    import typing
 
-    from raynas.runs.jobs import MANIFEST, component_manifest
+    from raynas.config import manifest_type
+    from raynas.runs.jobs import MANIFEST, REGISTRIES, component_manifest
 
+    for section, registry in REGISTRIES.items():  # every setting's type reads back as the one declared
+        for name in registry.names():
+            config = registry.entry(name).config
+            if config is not None:
+                hints = typing.get_type_hints(config)
+                for key, spec in component_manifest()[section]["names"][name].items():
+                    assert manifest_type(spec) == hints[key], (section, name, key)
     assert json.loads(MANIFEST.read_text()) == component_manifest(), (
         "raynas/components.json is out of date: write it again with "
         "python -c 'from raynas.runs.jobs import write_component_manifest; write_component_manifest()'"
@@ -46,8 +55,10 @@ def test_the_component_manifest_lists_what_the_registries_hold() -> None:
          "config key 'strategy.name': unknown strategy 'dartz'; choose one of: "),
         ({"data": "digits", "evaluator": {"name": "scratch", "epochz": 1}},
          "unknown config key 'evaluator.epochz'; allowed: epochs,"),
+        ({"space": {"name": "darts", "channels": "four"}}, "config key 'space.channels' must be an int"),
+        ({"space": {"name": "darts", "primitives": "skip_connect"}}, "config key 'space.primitives' must be"),
     ],
-    ids=["key", "name", "evaluator-key"],
+    ids=["key", "name", "evaluator-key", "type", "tuple-type"],
 )
 def test_a_bad_component_section_is_answered_before_torch_is_imported(
     tmp_path: Path, section: dict, message: str

@@ -64,29 +64,66 @@ def component(data: Any, section: str, registry: Registry[Any]) -> Component:
 # torch, Ray or MLflow (:func:`raynas.config.check_sections`); tests/test_startup.py checks it
 # against the registries, and :func:`write_component_manifest` writes it again.
 MANIFEST = Path(__file__).parents[1] / "components.json"
+# The registry each component section selects from.
+REGISTRIES: dict[str, Registry[Any]] = {
+    "space": SPACES, "strategy": STRATEGIES, "data": DATASETS, "evaluator": EVALUATORS,
+}
 
 
 def component_manifest() -> dict[str, dict[str, Any]]:
-    """Per component section: the registry's kind and, per registered name, its settings' keys
-    in the order its config dataclass lists them (None: it takes no settings)."""
+    """Per component section: the registry's kind and, per registered name, its settings in the
+    order its config dataclass lists them, each with its type as Python writes it (``int``,
+    ``tuple[str, ...]``; None where it is not a plain type), or None if it takes no settings."""
     import dataclasses
+    import typing
 
     out: dict[str, dict[str, Any]] = {}
-    for section, registry in (("space", SPACES), ("strategy", STRATEGIES), ("data", DATASETS),
-                              ("evaluator", EVALUATORS)):
-        names: dict[str, list[str] | None] = {}
+    for section, registry in REGISTRIES.items():
+        names: dict[str, dict[str, Any] | None] = {}
         for name in registry.names():
             config = registry.entry(name).config
-            names[name] = None if config is None else [f.name for f in dataclasses.fields(config) if f.init]
+            if config is None:
+                names[name] = None
+                continue
+            hints = typing.get_type_hints(config)
+            names[name] = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
         out[section] = {"kind": registry.kind, "names": names}
     return out
+
+
+def _type_text(hint: Any) -> Any:
+    """``hint`` as JSON that :func:`raynas.config.manifest_type` reads back (``"int"``,
+    ``{"literal": [...]}``, ``{"tuple": "str", "variadic": true}``, ``{"union": [...]}``, ...),
+    or None for a type it cannot write (a class of raynas's: the registry checks it)."""
+    import types
+    import typing
+
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and hint.__name__ in ("int", "float", "str", "bool"):
+        return hint.__name__
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal and all(isinstance(a, (str, int, float, bool)) for a in args):
+        return {"literal": list(args)}
+    parts = [_type_text(a) for a in args if a is not Ellipsis]
+    if None in parts or not args:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return {"union": parts}
+    if origin is tuple:
+        return {"tuple": parts[0], "variadic": True} if Ellipsis in args else {"tuple": parts}
+    if origin is list:
+        return {"list": parts[0]}
+    if origin is dict:
+        return {"dict": parts}
+    return None
 
 
 def write_component_manifest(path: Path = MANIFEST) -> Path:
     """Write :func:`component_manifest` as JSON (``raynas/components.json``)."""
     import json
 
-    path.write_text(json.dumps(component_manifest(), indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(component_manifest(), indent=1) + "\n")  # keys in their dataclass order
     return path
 
 
