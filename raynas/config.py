@@ -673,8 +673,9 @@ def _component_manifest() -> dict[str, Any]:
 
 
 def _check_component(section: str, data: dict[str, Any]) -> None:
-    """A component's name and setting keys, checked against the built-in components' manifest
-    without importing the registries (with the messages the registries give). Once a registry
+    """A component's name, setting keys and their types, checked against the built-in
+    components' manifest without importing the registries (with the messages the registries
+    give; the ranges a component's dataclass checks wait for it). Once a registry
     is imported, code may have registered components of its own: a name the manifest lacks is
     then left to the registry."""
     listed = _component_manifest().get(section)
