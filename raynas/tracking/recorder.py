@@ -146,13 +146,13 @@ class SearchRecorder:
             if png is None:
                 try:
                     figure = draw(arch)
+                    if figure is None:
+                        return None
+                    buffer = io.BytesIO()
+                    figure.savefig(buffer, format="png", dpi=PICTURE_DPI)
                 except Exception as exc:  # a picture is never worth a search
                     log.warning("could not draw %s: %s", key, exc)
                     return None
-                if figure is None:
-                    return None
-                buffer = io.BytesIO()
-                figure.savefig(buffer, format="png", dpi=PICTURE_DPI)
                 png = buffer.getvalue()
                 if len(self._pictures) >= PICTURES_KEPT:
                     self._pictures.pop(next(iter(self._pictures)))
