@@ -29,6 +29,7 @@ from raynas.strategies.sampling.evolution import EvolutionConfig, SposConfig
 from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
 from raynas.strategies.sampling.random_search import RandomConfig
+from raynas.strategies.sampling.teg import TegReinforceConfig
 from raynas.types import Architecture, Decision, EvalResult, decode_options
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
@@ -119,6 +120,11 @@ BUDGETS: dict[str, Any] = {
     ),
     "progressive": ProgressiveConfig(beam_size=4, predictor_steps=100),
     "bo": BoConfig(evaluations=50, startup=10),
+    # TEG-NAS's strategies rank by the training-free indicators; results without them (this
+    # space's) rank by their score, so evolution's budget serves; REINFORCE's policy needs about
+    # as many samples as random search, two drawn at a time (the driver keeps two in flight).
+    "teg_evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
+    "teg_reinforce": TegReinforceConfig(evaluations=130, samples_in_flight=2),
 }
 
 # Strategies over the flat categorical view (autokeras grows networks by morphisms: tested on its

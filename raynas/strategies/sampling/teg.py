@@ -118,16 +118,21 @@ class TegReinforceConfig:
         learning_rate: Adam's learning rate.
         ema_momentum: Momentum of the baseline's moving average.
         buffer_size: Values each reward's range is taken over.
+        samples_in_flight: Samples drawn from the policy before their results are told (1, the
+            code's: sample, evaluate, step; more lets ``execution.concurrency`` evaluators work at
+            once, each result still one policy step, in the order the results come).
     """
 
     evaluations: int = 500
     learning_rate: float = 0.04
     ema_momentum: float = 0.9
     buffer_size: int = 10
+    samples_in_flight: int = 1
 
     def __post_init__(self) -> None:
         check_positive(self.evaluations, "strategy.evaluations")
         check_positive(self.buffer_size, "strategy.buffer_size")
+        check_positive(self.samples_in_flight, "strategy.samples_in_flight")
         if not self.learning_rate > 0:
             raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.ema_momentum < 1:
@@ -256,8 +261,8 @@ class TegReinforce(SamplingStrategy):
         return logp[torch.arange(len(actions)), actions].sum()
 
     def propose(self) -> Architecture | None:
-        if self.asked >= self.config.evaluations or self.in_flight:
-            return None  # one sample per policy step, as the code
+        if self.asked >= self.config.evaluations or len(self.in_flight) >= self.config.samples_in_flight:
+            return None  # by default one sample per policy step, as the code
         with torch.no_grad():
             probs = self.probabilities().tolist()
         values = []
