@@ -363,18 +363,23 @@ class _DwPw(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, w_dw: torch.Tensor | None, w_pw: torch.Tensor,
         stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], relu: bool,
     ) -> torch.Tensor:
+        device = x.device.type
+        # Under autocast (bf16) the forward pass runs in its dtype; the backward pass, which
+        # autocast does not cover, casts to it as the forward did.
+        ctx.dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         ctx.save_for_backward(x, w_dw, w_pw)
         ctx.conv = (stride, padding, dilation, relu)
         return _dw_pw_forward(x, w_dw, w_pw, stride, padding, dilation, relu)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        x, w_dw, w_pw = ctx.saved_tensors
+        saved = ctx.saved_tensors
         stride, padding, dilation, relu = ctx.conv
         needs_x, needs_dw, needs_pw = ctx.needs_input_grad[:3]
+        x, w_dw, w_pw = (t if t is None or ctx.dtype is None else t.to(ctx.dtype) for t in saved)
         if torch.is_grad_enabled():  # double backward: differentiate the recomputed forward
             z = _dw_pw_forward(x, w_dw, w_pw, stride, padding, dilation, relu)
-            grads = _grad_of(z, [x, w_dw, w_pw], ctx.needs_input_grad[:3], grad)
+            grads = _grad_of(z, list(saved), ctx.needs_input_grad[:3], grad)
             return (*grads, None, None, None, None)
         channels = x.shape[1]
         r = torch.relu(x) if relu else x  # (B, C, H, W)
