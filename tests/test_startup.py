@@ -34,7 +34,7 @@ def test_the_component_manifest_lists_what_the_registries_hold() -> None:
     from raynas.runs.jobs import MANIFEST, REGISTRIES, component_manifest
 
     for section, registry in REGISTRIES.items():  # every setting's type reads back as the one declared
-        for name in registry.names():
+        for name in component_manifest()[section]["names"]:
             config = registry.entry(name).config
             if config is not None:
                 hints = typing.get_type_hints(config)

@@ -81,7 +81,10 @@ def component_manifest() -> dict[str, dict[str, Any]]:
     for section, registry in REGISTRIES.items():
         names: dict[str, dict[str, Any] | None] = {}
         for name in registry.names():
-            config = registry.entry(name).config
+            entry = registry.entry(name)
+            if not getattr(entry.target, "__module__", "").startswith("raynas."):
+                continue  # registered by code outside raynas (a user's, a test's): not built in
+            config = entry.config
             if config is None:
                 names[name] = None
                 continue
