@@ -165,16 +165,14 @@ class LocalPool:
 class _EvaluatorActor:
     """An evaluator inside a Ray actor (built by :meth:`setup` so errors reach the driver)."""
 
-    def rendezvous(self) -> str:
-        """host:port where this actor, as rank 0, will gather the data-parallel group."""
-        import socket
-
+    def rendezvous(self, world: int) -> str:
+        """host:port where this actor, as rank 0, gathers the data-parallel group of ``world``."""
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+        from raynas.train.distributed import open_store
+
+        self._store, address = open_store(ray.util.get_node_ip_address(), world)
+        return address
 
     def setup(
         self, config: SearchConfig, threads: int, rank: int = 0, world: int = 1, address: str | None = None
@@ -188,7 +186,9 @@ class _EvaluatorActor:
         torch.set_num_threads(threads)
         if world > 1:
             assert address is not None
-            init_process_group(rank=rank, world=world, address=address)
+            init_process_group(
+                rank=rank, world=world, address=address, store=self._store if rank == 0 else None
+            )
             self.evaluator = build_evaluator(config, rank=rank, world_size=world)
         else:
             self.evaluator = build_evaluator(config)
@@ -295,7 +295,7 @@ class RayPool:
                 ray.kill(actor, no_restart=True)
         self.actors = [self._start() for _ in range(self.replicas)]
         world = self.replicas if self.together else 1
-        address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
+        address = self._get(self.actors[0].rendezvous.remote(world)) if world > 1 else None
         placed = self._get([
             actor.setup.remote(self.config, self.threads, rank if world > 1 else 0, world, address)
             for rank, actor in enumerate(self.actors)

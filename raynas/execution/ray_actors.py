@@ -15,7 +15,7 @@ import ray
 
 from raynas.config import ExecutionConfig
 from raynas.errors import ConfigError, RaynasError, WorkerLostError
-from raynas.train.distributed import init_process_group
+from raynas.train.distributed import init_process_group, open_store
 from raynas.types import EpochReport
 
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
@@ -119,19 +119,19 @@ def remote_call(ref: Any) -> Any:
 class _WorkerActor:
     """Hosts the work a factory builds; built by :meth:`setup` so that errors reach the driver."""
 
-    def rendezvous(self) -> str:
-        """host:port where this actor, as rank 0, will gather the data-parallel group."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+    def rendezvous(self, world: int) -> str:
+        """host:port where this actor, as rank 0, gathers the data-parallel group of ``world``."""
+        self._store, address = open_store(ray.util.get_node_ip_address(), world)
+        return address
 
     def setup(
         self, factory: Any, threads: int, rank: int = 0, world: int = 1, address: str | None = None
     ) -> str:
         if world > 1:
             assert address is not None
-            init_process_group(rank=rank, world=world, address=address)
+            init_process_group(
+                rank=rank, world=world, address=address, store=self._store if rank == 0 else None
+            )
         self.work = factory(threads=threads, rank=rank, world_size=world)
         return f"{socket.gethostname()} ({self.work.device})"
 
@@ -181,7 +181,7 @@ class RayWorker:
             ).remote()
             for _ in range(world)
         ]
-        address = self._get(self.actors[0].rendezvous.remote()) if world > 1 else None
+        address = self._get(self.actors[0].rendezvous.remote(world)) if world > 1 else None
         threads = max(1, int(execution.cpus_per_worker))
         locations = self._get([
             actor.setup.remote(self.factory, threads, rank, world, address)

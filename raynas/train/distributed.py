@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,10 +39,31 @@ def local_only() -> Iterator[None]:
         _local.only = previous
 
 
-def init_process_group(*, rank: int, world: int, address: str) -> None:
-    """Join the group of ``world`` workers whose rank 0 listens at ``address`` (host:port)."""
+# How long a worker waits for the others to join its group before it gives up with an error
+# (torch's default, 30 minutes, is how long a group whose rank 0 failed used to hang).
+RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
+
+
+def open_store(host: str, world: int) -> tuple[dist.TCPStore, str]:
+    """Rank 0's rendezvous store, listening on a port the system assigns as it binds, and the
+    ``host:port`` the other ranks join at. (A port found free and released before the store binds
+    it can be taken by another process in between: then rank 0 fails and the others wait.)"""
+    store = dist.TCPStore(host, 0, world, True, timeout=RENDEZVOUS_TIMEOUT, wait_for_workers=False)
+    return store, f"{host}:{store.port}"
+
+
+def init_process_group(
+    *, rank: int, world: int, address: str, store: dist.TCPStore | None = None
+) -> None:
+    """Join the group of ``world`` workers whose rank 0 listens at ``address`` (host:port).
+
+    Rank 0 passes the ``store`` :func:`open_store` gave it; the others connect to ``address``.
+    """
+    if store is None:
+        host, port = address.rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), world, False, timeout=RENDEZVOUS_TIMEOUT)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
 
 
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
