@@ -25,6 +25,7 @@ from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
 from raynas.strategies.sampling.bo import BoConfig
 from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig, Step
+from raynas.strategies.sampling.epnas import EpnasConfig
 from raynas.strategies.sampling.evolution import EvolutionConfig, SposConfig
 from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
@@ -125,6 +126,9 @@ BUDGETS: dict[str, Any] = {
     # as many samples as random search, two drawn at a time (the driver keeps two in flight).
     "teg_evolution": EvolutionConfig(population_size=10, sample_size=3, evaluations=60),
     "teg_reinforce": TegReinforceConfig(evaluations=130, samples_in_flight=2),
+    # Ten policy steps of four targets, the best predicted of 32 samples each, over four stages:
+    # the optimum with 10 of seeds 0-9.
+    "epnas": EpnasConfig(evaluations=40, batch_size=4, candidates=32, lstm_size=16, learning_rate=0.05),
 }
 
 # Strategies over the flat categorical view (autokeras grows networks by morphisms: tested on its

@@ -1,0 +1,479 @@
+"""EPNAS: a progressive policy trained with REINFORCE, a performance predictor that picks the
+target networks, and rewards under several resource constraints (Zhou et al., "EPNAS: Efficient
+Progressive Neural Architecture Search", arXiv:1907.04648, 2019).
+
+The search runs in policy steps. Each step:
+
+1. **Progressive policy.** An LSTM policy emits the space's decisions one after another, in the
+   order of its decision groups (``decision_groups()`` where a space offers it, else one decision
+   per group, as :mod:`.progressive`). The networks grow in stages: a step of stage ``s`` samples
+   the decisions of groups ``0..s`` and leaves the others at option 0, the neutral choice, so a
+   network of an early stage is a small, complete one (NAS-Bench-201's ``none``, FBNet's
+   ``skip``). The step budget is shared evenly over the stages and the last steps always sample
+   whole networks.
+2. **Performance prediction.** ``candidates`` networks are sampled from the policy and ranked by
+   their predicted reward: a ridge regression on the one-hot encoding of their decisions, refit in
+   closed form on every result so far, times their exact resource factor (below, known before any
+   training). The ``batch_size`` best that were not evaluated yet are the step's target networks
+   (samples fill the batch in the order drawn when fewer are new; before two results, the first
+   ``batch_size`` samples).
+3. **Parallel evaluation.** The target networks are asked for at once, and the driver evaluates
+   them in parallel (``execution.concurrency`` evaluators on Ray); the step ends when all are told.
+4. **REINFORCE.** The policy's loss is the mean over the batch of ``-(R_i - b) log p(a_i)`` (the
+   log-probability of the decisions it sampled at this stage), ``b`` a moving average of earlier
+   batches' mean reward (the first batch's own mean to begin with), then one Adam step.
+
+**Resource constraints.** The reward of a network of accuracy ``A`` is
+``R = A * prod_k min(1, T_k / c_k) ** w``: each constraint ``k`` that is set (``max_params``,
+``max_macs``, ``max_latency_ms``) whose cost ``c_k`` exceeds its target ``T_k`` scales the
+accuracy down by its ratio to the power ``w`` (``constraint_weight``), and a network within every
+target keeps its accuracy. Parameters and multiply-adds are counted on the network the space
+builds at its own size for ``dataset``'s input shape (on the meta device: no memory, no compute);
+latency is the sum of the network's parts in a measured latency table (:mod:`raynas.latency`;
+FBNet's space has tables). The objective must be non-negative (an accuracy) for the product to
+rank as intended; a failed evaluation has reward 0.
+
+The answer is the whole network (last stage) of the highest reward. The paper's full text was not
+available when this was written: the algorithm follows its abstract (a progressive search policy
+with performance prediction based on REINFORCE, target networks searched in parallel, multiple
+resource constraints) and Zhou et al.'s earlier RENA (resource constraints as factors of the
+reward); the ridge predictor, the stage schedule and the reward's factor form are this module's
+choices, each a setting where it has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from raynas.errors import ConfigError
+from raynas.latency import LatencyTable, find_table
+from raynas.strategies.registry import STRATEGIES
+from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.types import Architecture, EvalResult
+
+Values = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EpnasConfig:
+    """The policy, its REINFORCE training, the predictor and the resource constraints.
+
+    Attributes:
+        evaluations: Target networks evaluated in all.
+        batch_size: Target networks per policy step, evaluated in parallel.
+        candidates: Networks sampled from the policy per step and ranked by the predictor.
+        lstm_size: Hidden size of the policy's one-layer LSTM.
+        learning_rate: Adam's learning rate for the policy.
+        baseline_decay: Decay of the moving-average baseline over batches.
+        ridge: L2 weight of the ridge-regression predictor (its intercept is not penalised).
+        dataset: The dataset whose input shape and classes the resource costs are counted on.
+        max_params: Parameter target (0: none).
+        max_macs: Multiply-add target of one image (0: none).
+        max_latency_ms: Latency target in milliseconds, from ``latency_table`` (0: none).
+        latency_table: A latency-table JSON file, or a device name with a table in
+            ``latency_dir`` (needed with ``max_latency_ms``; resolved to an absolute path when
+            the config is read, if it exists by then).
+        latency_dir: Where device tables live.
+        constraint_weight: ``w``, the exponent of each violated constraint's factor.
+    """
+
+    evaluations: int = 64
+    batch_size: int = 4
+    candidates: int = 32
+    lstm_size: int = 32
+    learning_rate: float = 0.01
+    baseline_decay: float = 0.9
+    ridge: float = 0.1
+    dataset: str = "cifar10"
+    max_params: float = 0.0
+    max_macs: float = 0.0
+    max_latency_ms: float = 0.0
+    latency_table: str = ""
+    latency_dir: str = "latency_tables"
+    constraint_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("evaluations", "batch_size", "candidates", "lstm_size"):
+            check_positive(getattr(self, key), f"strategy.{key}")
+        if self.candidates < self.batch_size:
+            raise ConfigError(
+                f"strategy.candidates ({self.candidates}) must be at least strategy.batch_size "
+                f"({self.batch_size}): the predictor picks the batch among the candidates"
+            )
+        if self.learning_rate <= 0:
+            raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.baseline_decay < 1:
+            raise ConfigError(f"strategy.baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        if self.ridge <= 0:
+            raise ConfigError(f"strategy.ridge must be positive, got {self.ridge}")
+        for key in ("max_params", "max_macs", "max_latency_ms"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"strategy.{key} must be >= 0 (0: no constraint), got {getattr(self, key)}")
+        if self.constraint_weight <= 0:
+            raise ConfigError(f"strategy.constraint_weight must be positive, got {self.constraint_weight}")
+        if self.max_latency_ms and not self.latency_table:
+            raise ConfigError(
+                "strategy.max_latency_ms needs strategy.latency_table: a latency-table JSON file, or "
+                f"a device name with a table in strategy.latency_dir ({self.latency_dir!r})"
+            )
+        if self.latency_table:  # an absolute path, as the controller may run in another folder
+            with contextlib.suppress(ConfigError):  # not measured yet: the strategy says so when built
+                table = find_table(self.latency_table, self.latency_dir)
+                object.__setattr__(self, "latency_table", str(table))
+
+
+def constrained_reward(
+    accuracy: float, costs: dict[str, float], targets: dict[str, float], weight: float
+) -> float:
+    """``accuracy * prod_k min(1, targets[k] / costs[k]) ** weight`` over the targets set (> 0);
+    0 for a non-finite accuracy (a failed evaluation)."""
+    if not math.isfinite(accuracy):
+        return 0.0
+    factor = 1.0
+    for key, target in targets.items():
+        if target > 0 and costs[key] > target:
+            factor *= (target / costs[key]) ** weight
+    return accuracy * factor
+
+
+def one_hot(values: list[Values], sizes: tuple[int, ...]) -> torch.Tensor:
+    """(N, sum of sizes) float64: a 1 at each decision's chosen option."""
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    x = torch.zeros(len(values), sum(sizes), dtype=torch.float64)
+    for row, v in enumerate(values):
+        x[row, [o + i for o, i in zip(offsets, v, strict=True)]] = 1.0
+    return x
+
+
+@dataclass(frozen=True)
+class RidgePredictor:
+    """``y ~ x @ weights + intercept``, fit by ridge regression with an unpenalised intercept.
+
+    Attributes:
+        weights: (F,) float64.
+        intercept: The mean target minus the mean feature vector's prediction.
+    """
+
+    weights: torch.Tensor
+    intercept: float
+
+    @staticmethod
+    def fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> RidgePredictor:
+        """Minimise ``|x w + c - y|^2 + ridge |w|^2``: on centred data,
+        ``w = (Xc^T Xc + ridge I)^-1 Xc^T yc`` and ``c = mean(y) - mean(x) w``.
+
+        Args:
+            x: (N, F) features.
+            y: (N,) targets.
+            ridge: The L2 weight (> 0, so the system is always solvable).
+        """
+        x, y = x.to(torch.float64), y.to(torch.float64)
+        mx, my = x.mean(0), y.mean()  # (F,), ()
+        xc, yc = x - mx, y - my  # (N, F), (N,)
+        gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64)  # (F, F)
+        w = torch.linalg.solve(gram, xc.T @ yc)  # (F,)
+        return RidgePredictor(w, float(my - mx @ w))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64) @ self.weights + self.intercept  # (N,)
+
+
+class ProgressivePolicy(nn.Module):
+    """An LSTM that emits decisions in a fixed order, each from a softmax head of its own, the
+    embedding of the chosen option feeding the next step (NASNet's and ENAS's controllers without
+    attention), and stops after any prefix of the order.
+
+    Args:
+        sizes: Options of every decision (indexed as the space's decisions).
+        order: The decision indices in the order they are emitted.
+        hidden: LSTM size.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], order: tuple[int, ...], hidden: int) -> None:
+        super().__init__()
+        self.order = order
+        self.start = nn.Parameter(torch.zeros(1, hidden))
+        self.lstm = nn.LSTMCell(hidden, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+        self.embeddings = nn.ModuleList(nn.Embedding(n, hidden) for n in sizes)
+        for p in self.parameters():  # uniform in [-0.1, 0.1], as ENAS initialises its controller
+            nn.init.uniform_(p, -0.1, 0.1)
+
+    def forward(
+        self, length: int, actions: torch.Tensor | None = None, *, batch: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``batch`` prefixes of ``length`` decisions, or score the given ones.
+
+        Args:
+            length: Decisions emitted (the first ``length`` of :attr:`order`).
+            actions: (B, length) options to score (teacher forcing), or None to sample.
+            batch: Prefixes to sample when ``actions`` is None.
+            generator: The random stream samples are drawn from.
+
+        Returns:
+            The options (B, length), in emission order, and their summed log-probability (B,).
+        """
+        n = actions.shape[0] if actions is not None else batch
+        x, state = self.start.expand(n, -1), None  # (B, hidden)
+        chosen, log_prob = [], x.new_zeros(n)
+        for t, decision in enumerate(self.order[:length]):
+            h, c = self.lstm(x, state)  # (B, hidden) each
+            state = (h, c)
+            log_p = torch.log_softmax(self.heads[decision](h), dim=-1)  # (B, options)
+            if actions is None:
+                a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)  # (B,)
+            else:
+                a = actions[:, t]
+            chosen.append(a)
+            log_prob = log_prob + log_p.gather(1, a[:, None]).squeeze(1)
+            x = self.embeddings[decision](a)  # (B, hidden)
+        if not chosen:
+            return torch.zeros(n, 0, dtype=torch.long), log_prob
+        return torch.stack(chosen, 1), log_prob
+
+
+@STRATEGIES.register("epnas", config=EpnasConfig)
+class Epnas(SamplingStrategy):
+    """EPNAS: progressive REINFORCE policy, a predictor picking each step's target networks, and
+    a resource-constrained reward.
+
+    Args:
+        config: Policy, predictor and constraint settings.
+        space: The space to search (``decision_groups()`` sets the stages where it has one;
+            ``build`` for parameter and multiply-add targets, ``latency_keys`` for latency ones).
+        seed: Seeds the policy's initial weights and its samples.
+    """
+
+    name = "epnas"
+
+    def __init__(self, config: EpnasConfig, *, space: Any, seed: int = 0) -> None:
+        super().__init__(space=space, seed=seed)
+        self.config = config
+        self.sizes = tuple(len(d.options) for d in self.decisions)
+        self.groups = self._groups()
+        self.order = tuple(i for g in self.groups for i in g)
+        self.steps = math.ceil(config.evaluations / config.batch_size)
+        self.targets = {
+            "params": config.max_params, "macs": config.max_macs, "latency_ms": config.max_latency_ms,
+        }
+        self.info: Any = None
+        self.table: LatencyTable | None = None
+        if any(self.targets.values()):
+            from raynas.data import dataset_info
+
+            self.info = dataset_info(config.dataset)
+            if not hasattr(self.space, "build"):
+                raise ConfigError(
+                    f"strategy 'epnas' counts costs on networks: {type(self.space).__name__} builds none"
+                )
+        if config.max_latency_ms:
+            if not hasattr(self.space, "latency_keys"):
+                raise ConfigError(
+                    f"strategy.max_latency_ms needs a space with latency tables (fbnet); "
+                    f"{type(self.space).__name__} has none: use max_params or max_macs"
+                )
+            self.table = LatencyTable.load(find_table(config.latency_table, config.latency_dir))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.policy = ProgressivePolicy(self.sizes, self.order, config.lstm_size)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.baseline: float | None = None
+        self.step = 0  # policy steps whose targets were chosen
+        self.consumed = 0  # results of the history used by finished steps
+        self.batch: list[Values] = []  # this step's targets
+        self.to_ask: list[Values] = []
+        self._costs: dict[Values, dict[str, float]] = {}
+
+    def _groups(self) -> tuple[tuple[int, ...], ...]:
+        groups_of = getattr(self.space, "decision_groups", None)
+        if groups_of is None:
+            return tuple((i,) for i in range(len(self.decisions)))
+        groups = tuple(tuple(int(i) for i in g) for g in groups_of())
+        if sorted(i for g in groups for i in g) != list(range(len(self.decisions))) or not all(groups):
+            raise ConfigError(
+                f"{type(self.space).__name__}.decision_groups() must cover every decision index "
+                f"0..{len(self.decisions) - 1} exactly once, in non-empty groups; got {groups}"
+            )
+        return groups
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def stage_of(self, step: int) -> int:
+        """The stage of policy step ``step``: the steps shared evenly over the groups (some
+        stages skipped when there are fewer steps than groups), the last step in the last stage."""
+        return ((step + 1) * len(self.groups) - 1) // self.steps
+
+    def prefix(self, stage: int) -> int:
+        """Decisions the policy emits at ``stage`` (those of groups ``0..stage``)."""
+        return sum(len(g) for g in self.groups[: stage + 1])
+
+    def values_of(self, emitted: list[int]) -> Values:
+        """The full decision vector of an emitted prefix (the rest at option 0)."""
+        values = [0] * len(self.decisions)
+        for i, option in zip(self.order, emitted, strict=False):
+            values[i] = int(option)
+        return tuple(values)
+
+    # -- the reward --------------------------------------------------------------------------------
+
+    def costs(self, values: Values) -> dict[str, float]:
+        """Parameters, multiply-adds and table latency of a network (those a target is set for)."""
+        if values not in self._costs:
+            from raynas.profile import count_macs, count_params
+
+            arch, out = self.space.decode(values), {}
+            if self.targets["params"] or self.targets["macs"]:
+                with torch.device("meta"):
+                    network = self.space.build(arch, self.info)
+                out["params"] = float(count_params(network))
+                if self.targets["macs"]:
+                    shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
+                    out["macs"] = float(count_macs(network, shape)[0])
+            if self.table is not None:
+                out["latency_ms"] = self.table.predict(self.space.latency_keys(arch, self.info))
+            self._costs[values] = out
+        return self._costs[values]
+
+    def factor(self, values: Values) -> float:
+        """The resource factor of a network: its reward per unit of accuracy."""
+        if not any(self.targets.values()):
+            return 1.0
+        return constrained_reward(1.0, self.costs(values), self.targets, self.config.constraint_weight)
+
+    def reward(self, result: EvalResult) -> float:
+        """The reward of an evaluation: its score scaled by its resource factor (0 if failed)."""
+        if not math.isfinite(result.score):
+            return 0.0
+        return result.score * self.factor(tuple(self.space.encode(result.architecture)))
+
+    # -- the predictor -----------------------------------------------------------------------------
+
+    def predictor(self) -> RidgePredictor | None:
+        """The ridge predictor of accuracy, fit on every finite result (None before two)."""
+        data = [
+            (tuple(self.space.encode(r.architecture)), r.score)
+            for r in self.history if math.isfinite(r.score)
+        ]
+        if len(data) < 2:
+            return None
+        x = one_hot([v for v, _ in data], self.sizes)  # (N, F)
+        y = torch.tensor([s for _, s in data], dtype=torch.float64)  # (N,)
+        return RidgePredictor.fit(x, y, self.config.ridge)
+
+    def _choose(self) -> list[Values]:
+        """The next step's target networks: the best predicted of the policy's samples."""
+        stage = self.stage_of(self.step)
+        size = min(self.config.batch_size, self.config.evaluations - self.step * self.config.batch_size)
+        with torch.no_grad():
+            emitted, _ = self.policy(
+                self.prefix(stage), batch=self.config.candidates, generator=self.generator
+            )  # (candidates, prefix)
+        samples = [self.values_of(e) for e in emitted.tolist()]
+        model = self.predictor()
+        if model is None:
+            return samples[:size]
+        seen = {tuple(self.space.encode(r.architecture)) for r in self.history}
+        fresh = list(dict.fromkeys(v for v in samples if v not in seen))  # distinct, in draw order
+        if fresh:
+            predicted = model(one_hot(fresh, self.sizes)).tolist()  # (N,)
+            scored = [p * self.factor(v) for p, v in zip(predicted, fresh, strict=True)]
+            fresh = [fresh[i] for i in sorted(range(len(fresh)), key=lambda i: -scored[i])]  # stable
+        chosen = fresh[:size]
+        for v in samples:  # too few new networks: samples in the order drawn, evaluated again
+            if len(chosen) < size and v not in chosen:
+                chosen.append(v)
+        while len(chosen) < size:  # fewer distinct samples than targets: repeats
+            chosen.append(samples[len(chosen) % len(samples)])
+        return chosen
+
+    # -- ask / tell -------------------------------------------------------------------------------
+
+    def propose(self) -> Architecture | None:
+        if not self.to_ask:
+            if self.step >= self.steps or len(self.history) < self.consumed + len(self.batch):
+                return None  # the step's targets are being evaluated, or the search is over
+            self.batch = self._choose()
+            self.to_ask = list(self.batch)
+            self.step += 1
+        return self.space.decode(self.to_ask.pop(0))
+
+    def tell(self, result: EvalResult) -> None:
+        super().tell(result)
+        if self.batch and len(self.history) >= self.consumed + len(self.batch) and not self.to_ask:
+            results = self.history[self.consumed : self.consumed + len(self.batch)]
+            self.consumed += len(self.batch)
+            self.update(results, stage=self.stage_of(self.step - 1))
+            self.batch = []
+
+    def policy_loss(self, results: list[EvalResult], *, stage: int) -> torch.Tensor:
+        """REINFORCE's loss over a step's results: mean of ``-(R_i - b) log p(a_i)``, ``b`` the
+        baseline before this batch (the batch's mean reward for the first); updates the baseline."""
+        length = self.prefix(stage)
+        values = [tuple(self.space.encode(r.architecture)) for r in results]
+        actions = torch.tensor([[v[i] for i in self.order[:length]] for v in values], dtype=torch.long)
+        _, log_prob = self.policy(length, actions)  # (B,)
+        rewards = torch.tensor([self.reward(r) for r in results])  # (B,)
+        mean = float(rewards.mean())
+        baseline = mean if self.baseline is None else self.baseline
+        self.baseline = mean if self.baseline is None else (
+            self.config.baseline_decay * self.baseline + (1 - self.config.baseline_decay) * mean
+        )
+        return (-(rewards - baseline) * log_prob).mean()
+
+    def update(self, results: list[EvalResult], *, stage: int) -> None:
+        """One Adam step of the policy on a finished step's results."""
+        loss = self.policy_loss(results, stage=stage)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    # -- the answer -------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps and not self.batch
+
+    def final_results(self) -> list[EvalResult]:
+        """Whole networks (the results of the last stage's steps), highest reward first; every
+        result when there are none yet."""
+        first = min(s for s in range(self.steps) if self.stage_of(s) == len(self.groups) - 1)
+        whole = self.history[first * self.config.batch_size :] or self.history
+        return sorted(whole, key=self.reward, reverse=True)
+
+    def best(self) -> EvalResult | None:
+        ranked = self.final_results()
+        return ranked[0] if ranked else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "baseline": self.baseline,
+            "step": self.step,
+            "consumed": self.consumed,
+            "batch": [list(v) for v in self.batch],
+            "to_ask": [list(v) for v in self.to_ask],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the policy, its optimiser, random stream and baseline, and the step in progress:
+        its targets in flight at the save are asked again first, then those not asked yet."""
+        super().load_state_dict(state)
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.baseline = None if state["baseline"] is None else float(state["baseline"])
+        self.step = int(state["step"])
+        self.consumed = int(state["consumed"])
+        self.batch = [tuple(int(x) for x in v) for v in state["batch"]]
+        self.to_ask = [tuple(int(x) for x in v) for v in state["to_ask"]]
