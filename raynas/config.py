@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import operator
 import os
 import re
@@ -673,11 +674,11 @@ def _component_manifest() -> dict[str, Any]:
 
 
 def _check_component(section: str, data: dict[str, Any]) -> None:
-    """A component's name, setting keys and their types, checked against the built-in
-    components' manifest without importing the registries (with the messages the registries
-    give; the ranges a component's dataclass checks wait for it). Once a registry
-    is imported, code may have registered components of its own: a name the manifest lacks is
-    then left to the registry."""
+    """A component's name, setting keys, their types and :class:`Rule` ranges, checked against
+    the built-in components' manifest without importing the registries (with the messages the
+    registries give; the rules a dataclass's ``__post_init__`` applies between settings wait for
+    it). Once a registry is imported, code may have registered components of its own: a name the
+    manifest lacks is then left to the registry."""
     listed = _component_manifest().get(section)
     if listed is None:
         return
@@ -698,10 +699,13 @@ def _check_component(section: str, data: dict[str, Any]) -> None:
         raise ConfigError(
             f"unknown config key {_short(_join(section, unknown[0]))!r}; allowed: {', '.join(keys or ())}"
         )
+    rules = listed.get("rules", {}).get(name, {})
     for key, value in data.items():
         hint = manifest_type((keys or {}).get(key)) if key != "name" else None
         if hint is not None:
-            _convert(value, hint, _join(section, key))
+            value = _convert(value, hint, _join(section, key))
+            if key in rules:
+                check_rule(value, Rule.from_json(rules[key]), _join(section, key))
 
 
 def manifest_type(spec: Any) -> Any:
@@ -948,6 +952,122 @@ def check(ok: bool, key: str, rule: str) -> None:
     """Raise :class:`ConfigError` naming ``key`` and its ``rule`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key {key!r} {rule}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a component's setting allows, written into its type
+    (``channels: Annotated[int, Rule(ge=1)]``), so that a job is checked against it before the
+    component's module, and torch with it, is imported: :func:`raynas.runs.jobs.component_manifest`
+    copies every rule into ``raynas/components.json``, and :func:`check_rules` (which the config
+    dataclass's ``__post_init__`` calls) and the command line's check of the manifest apply it alike.
+    A rule on a tuple holds for each of its items. Rules that tie settings together stay in
+    ``__post_init__``.
+
+    Attributes:
+        ge, gt, le, lt: Bounds (>=, >, <=, <).
+        even, odd: The value's parity.
+        one_of: The values allowed.
+        says: The rule in words (default: from the fields, such as ``must be at least 1``).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    even: bool = False
+    odd: bool = False
+    one_of: tuple[Any, ...] | None = None
+    says: str = ""
+
+    def holds(self, value: Any) -> bool:
+        """Whether the single value ``value`` keeps the rule."""
+        if self.one_of is not None and value not in self.one_of:
+            return False
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return self.one_of is not None
+        return not (
+            (self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)
+            or (self.even and value % 2) or (self.odd and not value % 2)
+        )
+
+    def text(self) -> str:
+        """The rule in words."""
+        if self.says:
+            return self.says
+        if self.one_of is not None:
+            return f"must be one of {', '.join(map(str, self.one_of))}"
+        low, high = _first(self.ge, self.gt), _first(self.le, self.lt)
+        if low is not None and high is not None:
+            return (f"must be in {'[' if self.ge is not None else '('}{low:g}, "
+                    f"{high:g}{']' if self.le is not None else ')'}")
+        if self.even or self.odd:
+            kind = "an even number" if self.even else "an odd number"
+            return f"must be {kind}" + (f" >= {self.ge:g}" if self.ge is not None else "")
+        if self.ge is not None:
+            return "must be >= 0" if self.ge == 0 else f"must be at least {self.ge:g}"
+        if self.gt is not None:
+            return "must be positive" if self.gt == 0 else f"must be above {self.gt:g}"
+        if high is not None:
+            return f"must be at most {high:g}" if self.le is not None else f"must be below {high:g}"
+        return "may be any value"
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, as JSON (:meth:`from_json` reads it)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rule:
+        """The rule :meth:`to_json` wrote."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+@functools.cache
+def rules_of(cls: type) -> dict[str, Rule]:
+    """The :class:`Rule` of each setting of the config dataclass ``cls`` that has one: its own, or
+    else a base class's (a subclass that declares a setting again, for another default, keeps
+    the base's rule)."""
+    out: dict[str, Rule] = {}
+    names = [f.name for f in dataclasses.fields(cls)]
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        hints = typing.get_type_hints(klass, include_extras=True)
+        for name in names:
+            rules = [m for m in getattr(hints.get(name), "__metadata__", ()) if isinstance(m, Rule)]
+            if rules and name not in out:
+                out[name] = rules[0]
+    return {name: out[name] for name in names if name in out}
+
+
+def check_rule(value: Any, rule: Rule, where: str) -> None:
+    """Raise :class:`ConfigError` (``<where> <rule>, got <value>``) unless ``value`` keeps ``rule``
+    (each item of a tuple or list, named ``<where>[i]``)."""
+    if isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            check_rule(item, rule, f"{where}[{i}]")
+        return
+    if not rule.holds(value):
+        number = isinstance(value, int) and not isinstance(value, bool)
+        shown = _show_int(value) if number else _short(str(value))
+        raise ConfigError(f"{where} {rule.text()}, got {shown}")
+
+
+def check_rules(config: Any, section: str) -> None:
+    """Every :class:`Rule` of the config dataclass instance ``config``; its settings are named
+    ``<section>.<key>`` in the message (``space.channels``)."""
+    for key, rule in rules_of(type(config)).items():
+        check_rule(getattr(config, key), rule, f"{section}.{key}")
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,14 +34,15 @@ def test_the_component_manifest_lists_what_the_registries_hold() -> None:
     from raynas.config import manifest_type
     from raynas.runs.jobs import MANIFEST, REGISTRIES, component_manifest
 
+    manifest = component_manifest()
     for section, registry in REGISTRIES.items():  # every setting's type reads back as the one declared
-        for name in component_manifest()[section]["names"]:
+        for name in manifest[section]["names"]:
             config = registry.entry(name).config
             if config is not None:
                 hints = typing.get_type_hints(config)
-                for key, spec in component_manifest()[section]["names"][name].items():
+                for key, spec in manifest[section]["names"][name].items():
                     assert manifest_type(spec) == hints[key], (section, name, key)
-    assert json.loads(MANIFEST.read_text()) == component_manifest(), (
+    assert json.loads(MANIFEST.read_text()) == manifest, (
         "raynas/components.json is out of date: write it again with "
         "python -c 'from raynas.runs.jobs import write_component_manifest; write_component_manifest()'"
     )
@@ -81,3 +83,96 @@ def test_a_bad_component_section_is_answered_before_torch_is_imported(
     with pytest.raises(ConfigError) as error:
         load_job(path)
     assert message in str(error.value) and str(error.value) in done.stderr
+
+
+def outside(rule: Any, default: Any) -> list[Any]:
+    """Values of a setting's type (``default`` shows it) that ``rule`` refuses: one below and one
+    above its bounds, one of the wrong parity, one not among its choices; a tuple setting gets a
+    one-item list of each."""
+    if isinstance(default, tuple):
+        item = default[0] if default else 1
+        return [[value] for value in outside(rule, item)]
+    step = 1 if isinstance(default, int) else 0.5
+    values: list[Any] = []
+    if rule.one_of is not None:
+        numbers = [v for v in rule.one_of if isinstance(v, (int, float))]
+        values.append(max(numbers) + 1 if numbers else "no-such-choice")
+    if rule.ge is not None:
+        values.append(rule.ge - step)
+    if rule.gt is not None:
+        values.append(rule.gt)
+    if rule.le is not None:
+        values.append(rule.le + step)
+    if rule.lt is not None:
+        values.append(rule.lt)
+    if rule.even or rule.odd:
+        values.append((rule.ge or 0) + 1 if rule.even else (rule.ge or 1) + 1)
+    return [type(default)(v) if isinstance(v, (int, float)) and not isinstance(default, str) else v
+            for v in values]
+
+
+def test_every_range_of_every_component_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """Each rule of each built-in component's settings (raynas/components.json), broken below, above,
+    in parity or choice: `raynas search` answers it with exit 2 and one line that names the key,
+    without importing torch, Ray or MLflow, and with the line the component's dataclass itself
+    gives when the registry builds the section."""
+    import dataclasses
+    import json
+
+    from raynas.config import Rule, build
+    from raynas.errors import ConfigError
+    from raynas.runs.jobs import REGISTRIES, component_manifest
+
+    base = {"name": "bad", "space": "darts", "strategy": "darts", "data": "digits"}
+    cases, expected = [], []
+    for section, listed in component_manifest().items():
+        for name, rules in listed["rules"].items():
+            config = REGISTRIES[section].entry(name).config
+            defaults = {f.name: f.default for f in dataclasses.fields(config)}
+            fixed = {"path": "/data"} if "path" in defaults else {}  # checked before some ranges
+            for key, spec in rules.items():
+                for value in outside(Rule.from_json(spec), defaults[key]):
+                    data = {"name": name, **fixed, key: value}
+                    path = tmp_path / f"{len(cases)}.yaml"
+                    path.write_text(yaml.safe_dump({**base, section: data}))
+                    cases.append(["search", str(path)])
+                    with pytest.raises(ConfigError) as error:  # the registry's way, torch loaded
+                        build(config, {k: v for k, v in data.items() if k != "name"}, section)
+                    expected.append((f"{section}.{key}", str(error.value)))
+    assert len({where for where, _ in expected}) >= 60, "too few component ranges"
+    code = (
+        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        out.append([main(args), err.getvalue()])\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    for (status, err), (where, message), args in zip(result["answers"], expected, cases, strict=True):
+        assert status == 2 and err.count("\n") == 1 and where in err, (args, err)
+        assert err == f"raynas: error: {message}\n", (args, err, message)
+
+
+def test_a_bad_range_is_answered_within_a_second() -> None:
+    """`raynas search` as a user runs it, on a job whose component section is out of range: the
+    answer comes in about the time Python takes to start (under 2 s on a loaded two-core machine;
+    torch alone takes 4 s there)."""
+    import time
+
+    job = Path(__file__).parents[1] / "jobs" / "quickstart.yaml"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "raynas.cli", "search", str(job), "--set", "space.layers=-1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2 and done.stderr == (
+        "raynas: error: space.layers must be at least 3 (two reduction cells), got -1\n"
+    ), done.stderr
+    assert seconds < 2, f"{seconds:.1f} s"

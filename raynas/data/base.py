@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError, UnknownNameError
 from raynas.registry import Registry
 from raynas.types import DatasetInfo
@@ -53,18 +54,13 @@ class LoaderConfig:
         limit: Use only the first ``limit`` training images (0: all), for quick trials.
     """
 
-    batch_size: int = 64
-    train_portion: float = 0.5
-    num_workers: int = 0
-    limit: int = 0
+    batch_size: Annotated[int, Rule(ge=1)] = 64
+    train_portion: Annotated[float, Rule(gt=0, lt=1)] = 0.5
+    num_workers: Annotated[int, Rule(ge=0)] = 0
+    limit: Annotated[int, Rule(ge=0)] = 0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
-        if not 0 < self.train_portion < 1:
-            raise ConfigError(f"data.train_portion must be in (0, 1), got {self.train_portion}")
-        if self.num_workers < 0 or self.limit < 0:
-            raise ConfigError("data.num_workers and data.limit must be >= 0")
+        check_rules(self, "data")
 
 
 class SearchDataset(Protocol):

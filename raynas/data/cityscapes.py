@@ -14,11 +14,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
@@ -76,9 +78,11 @@ class CityscapesConfig(LoaderConfig):
     """
 
     path: str = ""
-    split: str = "train"
-    downscale: int = 2
-    crop_size: int = 321
+    split: Annotated[
+        str, Rule(one_of=("train", "val"), says="must be train or val (the gtFine folders)")
+    ] = "train"
+    downscale: Annotated[int, Rule(ge=1)] = 2
+    crop_size: Annotated[int, Rule(ge=0, says="must be >= 0 (0: whole images)")] = 321
     flip: bool = True
     split_seed: int = 0
 
@@ -88,12 +92,6 @@ class CityscapesConfig(LoaderConfig):
             raise ConfigError(
                 "config key 'data.path' is missing: the folder holding leftImg8bit/ and gtFine/"
             )
-        if self.split not in ("train", "val"):
-            raise ConfigError(f"data.split must be train or val (the gtFine folders), got {self.split!r}")
-        if self.downscale < 1:
-            raise ConfigError(f"data.downscale must be at least 1, got {self.downscale}")
-        if self.crop_size < 0:
-            raise ConfigError(f"data.crop_size must be >= 0 (0: whole images), got {self.crop_size}")
 
 
 def find_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
@@ -46,14 +47,12 @@ class PtbConfig(LoaderConfig):
     """
 
     path: str = ""
-    bptt: int = 35
+    bptt: Annotated[int, Rule(ge=1)] = 35
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.path:
             raise ConfigError("config key 'data.path' is missing: the folder holding ptb.train.txt")
-        if self.bptt < 1:
-            raise ConfigError(f"data.bptt must be at least 1, got {self.bptt}")
 
 
 def read_words(

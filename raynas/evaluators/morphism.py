@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from raynas import storage
-from raynas.config import SearchConfig
+from raynas.config import Rule, SearchConfig
 from raynas.errors import ArchitectureError, ConfigError, RaynasError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
@@ -38,12 +39,10 @@ class MorphismConfig(ScratchConfig):
             parent's function exactly).
     """
 
-    noise: float = NOISE_RATIO
+    noise: Annotated[float, Rule(ge=0, lt=1)] = NOISE_RATIO
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.noise < 1:
-            raise ConfigError(f"evaluator.noise must be in [0, 1), got {self.noise}")
 
 
 def weights_folder(search: SearchConfig) -> str:

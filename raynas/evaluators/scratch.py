@@ -11,13 +11,12 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from raynas.config import SearchConfig
+from raynas.config import Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_loaders
-from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.profile import count_params
 from raynas.spaces import SPACES
@@ -42,21 +41,16 @@ class ScratchConfig:
         grad_clip: Gradient-norm clip.
     """
 
-    epochs: int = 3
-    channels: int = 0
-    layers: int = 0
-    learning_rate: float = 0.05
+    epochs: Annotated[int, Rule(ge=1)] = 3
+    channels: Annotated[int, Rule(ge=0, says="must be >= 0 (0: the space's default)")] = 0
+    layers: Annotated[int, Rule(ge=0, says="must be >= 0 (0: the space's default)")] = 0
+    learning_rate: Annotated[float, Rule(gt=0)] = 0.05
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"evaluator.epochs must be at least 1, got {self.epochs}")
-        if self.channels < 0 or self.layers < 0:
-            raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
-        if self.learning_rate <= 0:
-            raise ConfigError("evaluator.learning_rate must be positive")
+        check_rules(self, "evaluator")
 
 
 def network_size(search: SearchConfig, *, channels: int = 0, layers: int = 0) -> dict[str, int | None]:

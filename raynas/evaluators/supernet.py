@@ -18,11 +18,11 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from raynas.config import SearchConfig
+from raynas.config import Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
@@ -58,25 +58,15 @@ class SupernetEvalConfig:
             epoch, ``path_dropout`` in the last, as the paper) or ``constant``.
     """
 
-    bn_batches: int = 4
-    valid_batches: int = 0
-    epochs: int = 0
-    learning_rate: float = 0.01
-    path_dropout: float = 0.0
-    path_dropout_schedule: str = "linear"
+    bn_batches: Annotated[int, Rule(ge=0)] = 4
+    valid_batches: Annotated[int, Rule(ge=0)] = 0
+    epochs: Annotated[int, Rule(ge=0)] = 0
+    learning_rate: Annotated[float, Rule(gt=0)] = 0.01
+    path_dropout: Annotated[float, Rule(ge=0, le=1)] = 0.0
+    path_dropout_schedule: Annotated[str, Rule(one_of=PATH_DROPOUT_SCHEDULES)] = "linear"
 
     def __post_init__(self) -> None:
-        if self.bn_batches < 0 or self.valid_batches < 0:
-            raise ConfigError("evaluator.bn_batches and evaluator.valid_batches must be >= 0")
-        if self.epochs < 0 or self.learning_rate <= 0:
-            raise ConfigError("evaluator.epochs must be >= 0 and evaluator.learning_rate > 0")
-        if not 0.0 <= self.path_dropout <= 1.0:
-            raise ConfigError(f"evaluator.path_dropout must be in [0, 1], got {self.path_dropout}")
-        if self.path_dropout_schedule not in PATH_DROPOUT_SCHEDULES:
-            raise ConfigError(
-                f"evaluator.path_dropout_schedule must be one of {', '.join(PATH_DROPOUT_SCHEDULES)}, "
-                f"got {self.path_dropout_schedule!r}"
-            )
+        check_rules(self, "evaluator")
 
 
 def scheduled_rate(rate: float, schedule: str, *, epoch: int, epochs: int) -> float:

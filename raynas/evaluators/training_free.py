@@ -48,12 +48,12 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
-from raynas.config import SearchConfig
+from raynas.config import Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_loaders
 from raynas.data.base import SearchDataset
 from raynas.errors import ConfigError, RaynasError
@@ -87,29 +87,20 @@ class TrainingFreeConfig:
     """
 
     proxy: Proxy = "naswot"
-    batch_size: int = 64
-    repeats: int = 1
-    channels: int = 0
-    layers: int = 0
-    stack: int = 1
-    region_inputs: int = 1000
-    region_batches: int = 3
+    batch_size: Annotated[int, Rule(ge=2)] = 64
+    repeats: Annotated[int, Rule(ge=1)] = 1
+    channels: Annotated[int, Rule(ge=0, says="must be >= 0 (0: the space's default)")] = 0
+    layers: Annotated[int, Rule(ge=0, says="must be >= 0 (0: the space's default)")] = 0
+    stack: Annotated[int, Rule(ge=1)] = 1
+    region_inputs: Annotated[int, Rule(ge=1)] = 1000
+    region_batches: Annotated[int, Rule(ge=1)] = 3
 
     def __post_init__(self) -> None:
         if self.proxy not in PROXIES:
             raise ConfigError(
                 f"config key 'evaluator.proxy' is {self.proxy!r}; allowed: {', '.join(map(repr, PROXIES))}"
             )
-        if self.batch_size < 2:
-            raise ConfigError(f"evaluator.batch_size must be at least 2, got {self.batch_size}")
-        if self.repeats < 1:
-            raise ConfigError(f"evaluator.repeats must be at least 1, got {self.repeats}")
-        if self.stack < 1:
-            raise ConfigError(f"evaluator.stack must be at least 1, got {self.stack}")
-        if self.region_inputs < 1 or self.region_batches < 1:
-            raise ConfigError("evaluator.region_inputs and evaluator.region_batches must be at least 1")
-        if self.channels < 0 or self.layers < 0:
-            raise ConfigError("evaluator.channels and evaluator.layers must be >= 0 (0: the space's default)")
+        check_rules(self, "evaluator")
 
 
 # -- the proxies, on any network ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from raynas.config import (
     build,
     parse_sections,
     read_job,
+    rules_of,
 )
 from raynas.data import DATASETS
 from raynas.errors import ConfigError, UnknownNameError
@@ -71,15 +72,17 @@ REGISTRIES: dict[str, Registry[Any]] = {
 
 
 def component_manifest() -> dict[str, dict[str, Any]]:
-    """Per component section: the registry's kind and, per registered name, its settings in the
-    order its config dataclass lists them, each with its type as Python writes it (``int``,
-    ``tuple[str, ...]``; None where it is not a plain type), or None if it takes no settings."""
+    """Per component section: the registry's kind; per registered name, its settings in the
+    order its config dataclass lists them, each with its type as JSON (:func:`_type_text`), or None
+    if it takes no settings; and per name, the :class:`raynas.config.Rule` of each setting that
+    has one (as :meth:`~raynas.config.Rule.to_json` writes it)."""
     import dataclasses
     import typing
 
     out: dict[str, dict[str, Any]] = {}
     for section, registry in REGISTRIES.items():
         names: dict[str, dict[str, Any] | None] = {}
+        rules: dict[str, dict[str, Any]] = {}
         for name in registry.names():
             entry = registry.entry(name)
             if not getattr(entry.target, "__module__", "").startswith("raynas."):
@@ -90,7 +93,9 @@ def component_manifest() -> dict[str, dict[str, Any]]:
                 continue
             hints = typing.get_type_hints(config)
             names[name] = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
-        out[section] = {"kind": registry.kind, "names": names}
+            if rules_of(config):
+                rules[name] = {key: rule.to_json() for key, rule in rules_of(config).items()}
+        out[section] = {"kind": registry.kind, "names": names, "rules": rules}
     return out
 
 

@@ -38,7 +38,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo
@@ -399,20 +400,16 @@ class AutoKerasConfig:
         sample_morphs: ``sample`` draws networks this many random morphisms from the seed, at most.
     """
 
-    seed_width: int = 64
+    seed_width: Annotated[int, Rule(ge=1)] = 64
     seed_strides: tuple[int, ...] = (1, 2, 2)
-    seed_kernel: int = 3
-    max_blocks: int = 64
-    max_width: int = 4096
-    max_params: int = 1 << 25
-    sample_morphs: int = 4
+    seed_kernel: Annotated[int, Rule(ge=1, odd=True)] = 3
+    max_blocks: Annotated[int, Rule(ge=1)] = 64
+    max_width: Annotated[int, Rule(ge=1)] = 4096
+    max_params: Annotated[int, Rule(ge=1)] = 1 << 25
+    sample_morphs: Annotated[int, Rule(ge=1)] = 4
 
     def __post_init__(self) -> None:
-        for key in ("seed_width", "seed_kernel", "max_blocks", "max_width", "max_params", "sample_morphs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"space.{key} must be at least 1, got {getattr(self, key)}")
-        if self.seed_kernel % 2 == 0:
-            raise ConfigError(f"space.seed_kernel must be odd, got {self.seed_kernel}")
+        check_rules(self, "space")
         if not self.seed_strides or any(s not in (1, 2) for s in self.seed_strides):
             raise ConfigError(
                 f"space.seed_strides must be a non-empty list of 1s and 2s, got {list(self.seed_strides)}"

@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.convnext_net import (
     ACTIVATIONS,
@@ -197,10 +198,11 @@ class ConvNextSpaceConfig:
     activation_choices: tuple[str, ...] = ("gelu", "relu")
     norm_choices: tuple[str, ...] = ("ln", "bn")
     stem_choices: tuple[str, ...] = ("patchify", "resnet")
-    stem_stride: int = 4
-    layer_scale_init: float = 1e-6
+    stem_stride: Annotated[int, Rule(one_of=STEM_STRIDES)] = 4
+    layer_scale_init: Annotated[float, Rule(ge=0)] = 1e-6
 
     def __post_init__(self) -> None:
+        check_rules(self, "space")
         depths = _tuple_of_options(self.depth_choices, "depth_choices")
         widths = _tuple_of_options(self.width_choices, "width_choices")
         object.__setattr__(self, "depth_choices", depths)
@@ -233,11 +235,6 @@ class ConvNextSpaceConfig:
         ):
             if len(set(value)) != len(value):
                 raise ConfigError(f"space.{what} lists an option twice: {list(value)}")
-        if self.stem_stride not in STEM_STRIDES:
-            allowed = ", ".join(map(str, STEM_STRIDES))
-            raise ConfigError(f"space.stem_stride must be one of {allowed}, got {self.stem_stride}")
-        if self.layer_scale_init < 0:
-            raise ConfigError(f"space.layer_scale_init must be >= 0, got {self.layer_scale_init}")
 
     @property
     def stages(self) -> int:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
@@ -67,9 +68,9 @@ class DartsSpaceConfig:
             on every edge. Needs four nodes; sets the primitives itself.
     """
 
-    channels: int = 16
-    layers: int = 8
-    nodes: int = 4
+    channels: Annotated[int, Rule(ge=2, even=True)] = 16
+    layers: Annotated[int, Rule(ge=3, says="must be at least 3 (two reduction cells)")] = 8
+    nodes: Annotated[int, Rule(ge=1)] = 4
     stem_multiplier: int = 3
     operations: Literal["darts", "convnext", "morphological"] = "darts"
     primitives: tuple[str, ...] = ()
@@ -84,6 +85,7 @@ class DartsSpaceConfig:
         from raynas.errors import ConfigError
         from raynas.ops.mixed import MIXED_OPS, takes_partial_k
 
+        check_rules(self, "space")
         if self.robust:
             if self.robust not in ROBUST_SPACES:
                 raise ConfigError(
@@ -101,12 +103,6 @@ class DartsSpaceConfig:
                 )
             object.__setattr__(self, "primitives", robust_primitives(self.robust))
 
-        if self.channels < 2 or self.channels % 2:
-            raise ConfigError(f"space.channels must be an even number >= 2, got {self.channels}")
-        if self.layers < 3:
-            raise ConfigError(f"space.layers must be at least 3 (two reduction cells), got {self.layers}")
-        if self.nodes < 1:
-            raise ConfigError(f"space.nodes must be at least 1, got {self.nodes}")
         if self.operations not in OPERATION_SETS:
             raise ConfigError(
                 f"space.operations: unknown operation set {self.operations!r}; "

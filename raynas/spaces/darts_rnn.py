@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
@@ -322,20 +323,17 @@ class DartsRnnSpaceConfig:
         dropoute: Word dropout on the embedding matrix (0 in rnn/train_search.py and train.py).
     """
 
-    channels: int = 300
-    nodes: int = STEPS
+    channels: Annotated[int, Rule(ge=1)] = 300
+    nodes: Annotated[int, Rule(ge=1)] = STEPS
     activations: tuple[str, ...] = ACTIVATIONS
-    dropout: float = 0.75
-    dropouth: float = 0.25
-    dropoutx: float = 0.75
-    dropouti: float = 0.2
-    dropoute: float = 0.0
+    dropout: Annotated[float, Rule(ge=0, lt=1)] = 0.75
+    dropouth: Annotated[float, Rule(ge=0, lt=1)] = 0.25
+    dropoutx: Annotated[float, Rule(ge=0, lt=1)] = 0.75
+    dropouti: Annotated[float, Rule(ge=0, lt=1)] = 0.2
+    dropoute: Annotated[float, Rule(ge=0, lt=1)] = 0.0
 
     def __post_init__(self) -> None:
-        if self.channels < 1:
-            raise ConfigError(f"space.channels must be at least 1, got {self.channels}")
-        if self.nodes < 1:
-            raise ConfigError(f"space.nodes must be at least 1, got {self.nodes}")
+        check_rules(self, "space")
         for name in self.activations:
             if name not in ACTIVATIONS:
                 raise ConfigError(
@@ -343,9 +341,6 @@ class DartsRnnSpaceConfig:
                 )
         if not set(self.activations) - {"none"}:
             raise ConfigError("space.activations needs at least one activation besides 'none'")
-        for key in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"space.{key} must be in [0, 1), got {getattr(self, key)}")
 
 
 @SPACES.register("darts_rnn", config=DartsRnnSpaceConfig)

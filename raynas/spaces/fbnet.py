@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.spaces.registry import SPACES
@@ -119,6 +120,9 @@ PUBLISHED: dict[str, FbnetArch] = {
 }
 
 
+_CHANNEL_RULE = "must be an even number >= 2 (the g2 blocks split it in two)"
+
+
 @dataclass(frozen=True)
 class FbnetSpaceConfig:
     """The macro layout of the space and how the supernet mixes the candidates (defaults: the paper's).
@@ -135,16 +139,21 @@ class FbnetSpaceConfig:
         bn_affine: Learnable BatchNorm scale and shift in the supernet's candidates.
     """
 
-    stem_channels: int = 16
-    stem_stride: int = 2
-    stage_channels: tuple[int, ...] = (16, 24, 32, 64, 112, 184, 352)
-    stage_depths: tuple[int, ...] = (1, 4, 4, 4, 4, 4, 1)
-    stage_strides: tuple[int, ...] = (1, 2, 2, 2, 1, 2, 1)
-    head_channels: int = 1504
+    stem_channels: Annotated[int, Rule(ge=2, even=True, says=_CHANNEL_RULE)] = 16
+    stem_stride: Annotated[int, Rule(one_of=(1, 2), says="must be 1 or 2")] = 2
+    stage_channels: Annotated[tuple[int, ...], Rule(ge=2, even=True, says=_CHANNEL_RULE)] = (
+        16, 24, 32, 64, 112, 184, 352
+    )
+    stage_depths: Annotated[tuple[int, ...], Rule(ge=1)] = (1, 4, 4, 4, 4, 4, 1)
+    stage_strides: Annotated[tuple[int, ...], Rule(one_of=(1, 2), says="must be 1 or 2")] = (
+        1, 2, 2, 2, 1, 2, 1
+    )
+    head_channels: Annotated[int, Rule(ge=1)] = 1504
     mixed_op: Literal["weighted", "sampled"] = "weighted"
     bn_affine: bool = True
 
     def __post_init__(self) -> None:
+        check_rules(self, "space")
         n = len(self.stage_channels)
         if n == 0:
             raise ConfigError("space.stage_channels needs at least one stage")
@@ -153,18 +162,6 @@ class FbnetSpaceConfig:
                 f"space.stage_channels, stage_depths and stage_strides need one entry per stage; got "
                 f"{n}, {len(self.stage_depths)} and {len(self.stage_strides)}"
             )
-        for i, c in enumerate((self.stem_channels, *self.stage_channels)):
-            if c < 2 or c % 2:
-                where = "space.stem_channels" if i == 0 else f"space.stage_channels[{i - 1}]"
-                raise ConfigError(
-                    f"{where} must be an even number >= 2 (the g2 blocks split it in two), got {c}"
-                )
-        if any(d < 1 for d in self.stage_depths):
-            raise ConfigError(f"space.stage_depths must all be >= 1, got {list(self.stage_depths)}")
-        if any(s not in (1, 2) for s in (self.stem_stride, *self.stage_strides)):
-            raise ConfigError("space.stem_stride and space.stage_strides must be 1 or 2")
-        if self.head_channels < 1:
-            raise ConfigError(f"space.head_channels must be >= 1, got {self.head_channels}")
 
     @property
     def num_layers(self) -> int:

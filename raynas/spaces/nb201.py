@@ -17,13 +17,14 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import OPS
 from raynas.ops.nb201 import NorConv, ResNetBasicBlock, stage_cells
@@ -226,8 +227,8 @@ class Nb201SpaceConfig:
         bn_affine: Learnable BatchNorm scale and shift in the supernet's candidates (RF-DARTS).
     """
 
-    channels: int = 16
-    cells_per_stage: int = 5
+    channels: Annotated[int, Rule(ge=1)] = 16
+    cells_per_stage: Annotated[int, Rule(ge=1)] = 5
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
@@ -236,10 +237,7 @@ class Nb201SpaceConfig:
     def __post_init__(self) -> None:
         from raynas.ops.mixed import MIXED_OPS, takes_partial_k
 
-        if self.channels < 1:
-            raise ConfigError(f"space.channels must be at least 1, got {self.channels}")
-        if self.cells_per_stage < 1:
-            raise ConfigError(f"space.cells_per_stage must be at least 1, got {self.cells_per_stage}")
+        check_rules(self, "space")
         if self.mixed_op not in MIXED_OPS:
             raise ConfigError(
                 f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "

@@ -39,11 +39,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.nexception import (
     ACTIVATION_PLACES,
@@ -431,10 +432,11 @@ class NexceptionSpaceConfig:
     block_end_choices: tuple[str, ...] = BLOCK_ENDS
     middle_choices: tuple[str, ...] = MIDDLE_BLOCKS
     widths: tuple[int, ...] = XCEPTION_WIDTHS
-    stem_stride: int = 2
-    reductions: int = 4
+    stem_stride: Annotated[int, Rule(one_of=(1, 2), says="must be 1 or 2")] = 2
+    reductions: Annotated[int, Rule(ge=0, le=4, says="must be between 0 and 4")] = 4
 
     def __post_init__(self) -> None:
+        check_rules(self, "space")
         for what, value, allowed in (
             ("stem_choices", self.stem_choices, ("xception", "patch2")),
             ("activation_choices", self.activation_choices, ACTIVATIONS),
@@ -452,10 +454,6 @@ class NexceptionSpaceConfig:
             raise ConfigError(f"space.kernel_choices must be odd, got {self.kernel_choices!r}")
         if not _positive_ints(self.widths) or len(self.widths) != 7:
             raise ConfigError(f"space.widths must be 7 positive integers, got {self.widths!r}")
-        if self.stem_stride not in (1, 2):
-            raise ConfigError(f"space.stem_stride must be 1 or 2, got {self.stem_stride}")
-        if not 0 <= self.reductions <= 4:
-            raise ConfigError(f"space.reductions must be between 0 and 4, got {self.reductions}")
 
 
 @SPACES.register("nexception", config=NexceptionSpaceConfig)

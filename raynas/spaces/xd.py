@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import convert_to_xd
 from raynas.spaces.registry import SPACES
@@ -95,11 +96,12 @@ class XdSpaceConfig:
     """
 
     backbones: tuple[str, ...] = ("resnet18", "darts:DARTS_V2")
-    depth_choices: tuple[int, ...] = (1, 2, 3)
-    channels: int = 0
-    layers: int = 0
+    depth_choices: Annotated[tuple[int, ...], Rule(ge=1)] = (1, 2, 3)
+    channels: Annotated[int, Rule(ge=0)] = 0
+    layers: Annotated[int, Rule(ge=0)] = 0
 
     def __post_init__(self) -> None:
+        check_rules(self, "space")
         if (
             not isinstance(self.backbones, tuple)
             or not self.backbones
@@ -120,10 +122,6 @@ class XdSpaceConfig:
         ):
             raise ConfigError(
                 f"space.depth_choices must be positive integers, once each, got {self.depth_choices!r}"
-            )
-        if self.channels < 0 or self.layers < 0:
-            raise ConfigError(
-                f"space.channels and space.layers must be >= 0, got {self.channels}, {self.layers}"
             )
 
 

@@ -17,12 +17,12 @@ the cell's outputs (``--beta 1e-3``; its activation regularisation ``--alpha`` i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
-from raynas.config import TrainConfig
+from raynas.config import Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
 from raynas.train.segmentation import labelled, mean_cross_entropy
@@ -40,20 +40,15 @@ class GradientConfig:
     ``rnn/train_search.py``: 1e-3); other supernets ignore it.
     """
 
-    arch_learning_rate: float = 3e-4
+    arch_learning_rate: Annotated[float, Rule(gt=0)] = 3e-4
     arch_weight_decay: float = 1e-3
-    arch_betas: tuple[float, ...] = (0.5, 0.999)
-    arch_start_epoch: int = 0
+    arch_betas: Annotated[tuple[float, ...], Rule(ge=0, lt=1)] = (0.5, 0.999)
+    arch_start_epoch: Annotated[int, Rule(ge=0)] = 0
     random_features: bool = False
-    tar: float = 1e-3
+    tar: Annotated[float, Rule(ge=0)] = 1e-3
 
     def __post_init__(self) -> None:
-        if self.arch_learning_rate <= 0:
-            raise ConfigError("strategy.arch_learning_rate must be positive")
-        if self.arch_start_epoch < 0:
-            raise ConfigError("strategy.arch_start_epoch must be >= 0")
-        if self.tar < 0:
-            raise ConfigError("strategy.tar must be >= 0")
+        check_rules(self, "strategy")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
 

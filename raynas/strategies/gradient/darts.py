@@ -17,11 +17,11 @@ added, as the weights' own steps are; the CNN's ``cnn/architect.py`` does not cl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
-from raynas.errors import ConfigError
+from raynas.config import Rule
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_
@@ -37,12 +37,10 @@ class DartsConfig(GradientConfig):
     """
 
     order: Literal[1, 2] = 1
-    hessian_r: float = 0.01
+    hessian_r: Annotated[float, Rule(gt=0)] = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hessian_r <= 0:
-            raise ConfigError("strategy.hessian_r must be positive")
 
 
 @STRATEGIES.register("darts", config=DartsConfig)

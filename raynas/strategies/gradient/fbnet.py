@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
-from raynas.config import TrainConfig
+from raynas.config import Rule, TrainConfig
 from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
@@ -67,11 +67,11 @@ class FbnetConfig(GradientConfig):
 
     latency_table: str = ""
     latency_dir: str = "latency_tables"
-    alpha: float = 0.2
-    beta: float = 0.6
+    alpha: Annotated[float, Rule(gt=0)] = 0.2
+    beta: Annotated[float, Rule(gt=0)] = 0.6
     latency_unit: Literal["ms", "us"] = "ms"
-    tau_start: float = 5.0
-    tau_decay: float = 0.956
+    tau_start: Annotated[float, Rule(gt=0)] = 5.0
+    tau_decay: Annotated[float, Rule(gt=0, le=1)] = 0.956
     arch_learning_rate: float = 1e-2
     arch_weight_decay: float = 5e-4
     arch_betas: tuple[float, ...] = (0.9, 0.999)
@@ -84,10 +84,6 @@ class FbnetConfig(GradientConfig):
                 "strategy.latency_table is required: a latency-table JSON file, or a device name "
                 f"with a table in strategy.latency_dir ({self.latency_dir!r})"
             )
-        if self.alpha <= 0 or self.beta <= 0:
-            raise ConfigError("strategy.alpha and strategy.beta must be positive")
-        if self.tau_start <= 0 or not 0 < self.tau_decay <= 1:
-            raise ConfigError("strategy.tau_start must be positive and strategy.tau_decay in (0, 1]")
         # An absolute path, as workers may run in another folder; a table not measured yet (as
         # `raynas latency --job` is about to) is reported by the strategy.
         with contextlib.suppress(ConfigError):

@@ -6,11 +6,11 @@ that one; the temperature falls linearly from ``tau_max`` to ``tau_min`` over th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from torch import nn
 
-from raynas.config import TrainConfig
+from raynas.config import Rule, TrainConfig
 from raynas.errors import ConfigError
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
@@ -21,12 +21,10 @@ class GdasConfig(GradientConfig):
     """Temperature schedule (the paper: 10 -> 0.1)."""
 
     tau_max: float = 10.0
-    tau_min: float = 0.1
+    tau_min: Annotated[float, Rule(gt=0)] = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.tau_min > 0:  # NaN too
-            raise ConfigError(f"strategy.tau_min must be positive, got {self.tau_min}")
         if not self.tau_min <= self.tau_max:  # NaN too
             raise ConfigError(
                 f"strategy.tau_max must be at least strategy.tau_min ({self.tau_min}), got {self.tau_max}"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from raynas.config import Rule
 from raynas.errors import ConfigError
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
@@ -48,25 +49,21 @@ class MilenasConfig(GradientConfig):
             these many convolutions (the authors' code uses 6 and 0); empty: never.
     """
 
-    mixed_level_lambda: float = 1.0
+    mixed_level_lambda: Annotated[float, Rule(ge=0)] = 1.0
     track_model_size: bool = True
     model_size_band: tuple[float, ...] = ()
     stop_above_band: bool = True
-    size_patience: int = 1
+    size_patience: Annotated[int, Rule(ge=1)] = 1
     stop_at_convs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mixed_level_lambda < 0:
-            raise ConfigError("strategy.mixed_level_lambda must be >= 0")
         band = self.model_size_band
         if band and (len(band) != 2 or not 0 <= band[0] < band[1]):
             raise ConfigError(
                 "strategy.model_size_band must be [low, high] in millions with 0 <= low < high, "
                 f"got {list(band)}"
             )
-        if self.size_patience < 1:
-            raise ConfigError(f"strategy.size_patience must be at least 1, got {self.size_patience}")
         if self.stop_at_convs and (len(self.stop_at_convs) != 2 or min(self.stop_at_convs) < 0):
             raise ConfigError(
                 "strategy.stop_at_convs must be [normal, reduce], two counts >= 0, "

@@ -7,9 +7,9 @@ through the candidates (with a channel shuffle) and whose edges carry normalised
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from raynas.errors import ConfigError
+from raynas.config import Rule
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 
@@ -20,13 +20,11 @@ class PcDartsConfig(GradientConfig):
 
     arch_learning_rate: float = 6e-4
     arch_start_epoch: int = 15
-    k: int = 4
+    k: Annotated[int, Rule(ge=1)] = 4
     edge_normalization: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k < 1:
-            raise ConfigError(f"strategy.k must be at least 1, got {self.k}")
 
 
 @STRATEGIES.register("pc_darts", config=PcDartsConfig)

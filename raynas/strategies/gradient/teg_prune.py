@@ -38,12 +38,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
-from raynas.config import TrainConfig
+from raynas.config import Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
@@ -74,13 +74,13 @@ class TegPruneConfig:
     """
 
     indicators: tuple[str, ...] = teg.INDICATORS
-    prune_number: int = 1
-    repeat: int = 3
-    precision: int = 3
+    prune_number: Annotated[int, Rule(ge=1)] = 1
+    repeat: Annotated[int, Rule(ge=1)] = 3
+    precision: Annotated[int, Rule(ge=1)] = 3
     batch_size: int = 0
-    region_inputs: int = 1000
-    region_batches: int = 3
-    edges_per_node: int = 2
+    region_inputs: Annotated[int, Rule(ge=1)] = 1000
+    region_batches: Annotated[int, Rule(ge=1)] = 3
+    edges_per_node: Annotated[int, Rule(ge=1)] = 2
 
     def __post_init__(self) -> None:
         unknown = [i for i in self.indicators if i not in teg.INDICATORS]
@@ -89,10 +89,7 @@ class TegPruneConfig:
                 f"strategy.indicators must be distinct names among {', '.join(teg.INDICATORS)}; "
                 f"got {list(self.indicators)}"
             )
-        counts = ("prune_number", "repeat", "precision", "region_inputs", "region_batches", "edges_per_node")
-        for key in counts:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"strategy.{key} must be at least 1, got {getattr(self, key)}")
+        check_rules(self, "strategy")
         if self.batch_size < 0 or self.batch_size == 1:
             raise ConfigError(
                 f"strategy.batch_size must be 0 (the whole batch) or at least 2, got {self.batch_size}"

@@ -30,13 +30,14 @@ import functools
 import heapq
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, EvalResult
 
 # --- the edit distance ------------------------------------------------------------------------
@@ -208,24 +209,15 @@ class AutoKerasStrategyConfig:
         neighbours: Morphisms tried per expanded network (N_NEIGHBOURS 8).
     """
 
-    evaluations: int = 50
-    beta: float = 2.576
-    kernel_lambda: float = 1.0
-    t_min: float = 1e-4
-    cooling: float = 0.9
-    neighbours: int = 8
+    evaluations: Annotated[int, Rule(ge=1)] = 50
+    beta: Annotated[float, Rule(ge=0)] = 2.576
+    kernel_lambda: Annotated[float, Rule(ge=0)] = 1.0
+    t_min: Annotated[float, Rule(gt=0, lt=1)] = 1e-4
+    cooling: Annotated[float, Rule(gt=0, lt=1)] = 0.9
+    neighbours: Annotated[int, Rule(ge=1)] = 8
 
     def __post_init__(self) -> None:
-        check_positive(self.evaluations, "strategy.evaluations")
-        check_positive(self.neighbours, "strategy.neighbours")
-        if self.beta < 0:
-            raise ConfigError(f"strategy.beta must be >= 0, got {self.beta}")
-        if self.kernel_lambda < 0:
-            raise ConfigError(f"strategy.kernel_lambda must be >= 0, got {self.kernel_lambda}")
-        if not 0 < self.t_min < 1:
-            raise ConfigError(f"strategy.t_min must be in (0, 1), got {self.t_min}")
-        if not 0 < self.cooling < 1:
-            raise ConfigError(f"strategy.cooling must be in (0, 1), got {self.cooling}")
+        check_rules(self, "strategy")
 
 
 @STRATEGIES.register("autokeras", config=AutoKerasStrategyConfig)

@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, EvalResult
 
 
@@ -45,16 +46,14 @@ class BoConfig:
             ask, before one is evaluated again anyway.
     """
 
-    evaluations: int = 100
-    startup: int = 10
+    evaluations: Annotated[int, Rule(ge=1)] = 100
+    startup: Annotated[int, Rule(ge=1)] = 10
     multivariate: bool = True
     constant_liar: bool = True
-    max_repeats: int = 50
+    max_repeats: Annotated[int, Rule(ge=1)] = 50
 
     def __post_init__(self) -> None:
-        check_positive(self.evaluations, "strategy.evaluations")
-        check_positive(self.startup, "strategy.startup")
-        check_positive(self.max_repeats, "strategy.max_repeats")
+        check_rules(self, "strategy")
 
 
 @STRATEGIES.register("bo", config=BoConfig)

@@ -42,14 +42,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, Decision, EvalResult
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
@@ -77,38 +78,21 @@ class EnasConfig:
             the highest reward is the answer.
     """
 
-    lstm_size: int = 64
-    tanh_constant: float = 2.5
-    temperature: float = 5.0
-    op_tanh_reduce: float = 1.0
-    learning_rate: float = 3.5e-4
-    entropy_weight: float = 1e-4
-    baseline_decay: float = 0.99
-    reward_constant: float = 80.0
-    controller_batch: int = 10
-    controller_steps: int = 30
-    controller_epochs: int = 10
-    derive_samples: int = 100
+    lstm_size: Annotated[int, Rule(ge=1)] = 64
+    tanh_constant: Annotated[float, Rule(ge=0, says="must be >= 0 (0: off)")] = 2.5
+    temperature: Annotated[float, Rule(ge=0, says="must be >= 0 (0: off)")] = 5.0
+    op_tanh_reduce: Annotated[float, Rule(gt=0)] = 1.0
+    learning_rate: Annotated[float, Rule(gt=0)] = 3.5e-4
+    entropy_weight: Annotated[float, Rule(ge=0)] = 1e-4
+    baseline_decay: Annotated[float, Rule(ge=0, lt=1)] = 0.99
+    reward_constant: Annotated[float, Rule(gt=0)] = 80.0
+    controller_batch: Annotated[int, Rule(ge=1)] = 10
+    controller_steps: Annotated[int, Rule(ge=1)] = 30
+    controller_epochs: Annotated[int, Rule(ge=0)] = 10
+    derive_samples: Annotated[int, Rule(ge=1)] = 100
 
     def __post_init__(self) -> None:
-        check_positive(self.lstm_size, "strategy.lstm_size")
-        check_positive(self.controller_batch, "strategy.controller_batch")
-        check_positive(self.controller_steps, "strategy.controller_steps")
-        check_positive(self.derive_samples, "strategy.derive_samples")
-        if self.controller_epochs < 0:
-            raise ConfigError(f"strategy.controller_epochs must be >= 0, got {self.controller_epochs}")
-        if self.tanh_constant < 0 or self.temperature < 0:
-            raise ConfigError("strategy.tanh_constant and strategy.temperature must be >= 0 (0: off)")
-        if self.op_tanh_reduce <= 0:
-            raise ConfigError(f"strategy.op_tanh_reduce must be positive, got {self.op_tanh_reduce}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
-        if self.entropy_weight < 0:
-            raise ConfigError(f"strategy.entropy_weight must be >= 0, got {self.entropy_weight}")
-        if not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"strategy.baseline_decay must be in [0, 1), got {self.baseline_decay}")
-        if self.reward_constant <= 0:
-            raise ConfigError(f"strategy.reward_constant must be positive, got {self.reward_constant}")
+        check_rules(self, "strategy")
 
 
 # -- the controller's program: which LSTM steps it takes, in order --------------------------------

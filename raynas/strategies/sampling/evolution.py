@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, EvalResult, best_at_equal_budget
 
 
@@ -40,13 +41,12 @@ class EvolutionConfig:
         evaluations: Candidates evaluated in all, the random population included.
     """
 
-    population_size: int = 20
-    sample_size: int = 5
+    population_size: Annotated[int, Rule(ge=1)] = 20
+    sample_size: Annotated[int, Rule(ge=1)] = 5
     evaluations: int = 100
 
     def __post_init__(self) -> None:
-        check_positive(self.population_size, "strategy.population_size")
-        check_positive(self.sample_size, "strategy.sample_size")
+        check_rules(self, "strategy")
         if self.sample_size > self.population_size:
             raise ConfigError(
                 f"strategy.sample_size ({self.sample_size}) must be at most "
@@ -112,25 +112,21 @@ class SposConfig:
         mutation_prob: Probability that a mutation redraws each decision (``m_prob``).
     """
 
-    population_size: int = 50
-    sample_size: int = 10
+    population_size: Annotated[int, Rule(ge=1)] = 50
+    sample_size: Annotated[int, Rule(ge=1)] = 10
     evaluations: int = 1000
-    mutation_num: int = -1
-    crossover_num: int = -1
-    mutation_prob: float = 0.1
+    mutation_num: Annotated[int, Rule(ge=-1, says="must be >= 0 (or -1: half the population)")] = -1
+    crossover_num: Annotated[int, Rule(ge=-1, says="must be >= 0 (or -1: half the population)")] = -1
+    mutation_prob: Annotated[float, Rule(gt=0, le=1)] = 0.1
 
     def __post_init__(self) -> None:
+        check_rules(self, "strategy")
         EvolutionConfig(self.population_size, self.sample_size, self.evaluations)  # same checks
-        for key in ("mutation_num", "crossover_num"):
-            if getattr(self, key) < -1:
-                raise ConfigError(f"strategy.{key} must be >= 0 (or -1: half the population)")
         if self.mutations + self.crossovers > self.population_size:
             raise ConfigError(
                 f"strategy.mutation_num + strategy.crossover_num ({self.mutations + self.crossovers}) "
                 f"must be at most strategy.population_size ({self.population_size})"
             )
-        if not 0 < self.mutation_prob <= 1:
-            raise ConfigError(f"strategy.mutation_prob must be in (0, 1], got {self.mutation_prob}")
 
     @property
     def mutations(self) -> int:

@@ -27,13 +27,12 @@ on architectures it has not seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from raynas.errors import ConfigError
+from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import check_positive
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
 from raynas.types import Architecture
 
@@ -50,19 +49,15 @@ class NoveltyConfig(EvolutionConfig):
         es_learning_rate: The evolution strategy's step on ``theta``.
     """
 
-    candidates: int = 10
-    neighbours: int = 10
-    archive_size: int = 1000
-    sigma: float = 1.0
-    es_learning_rate: float = 0.01
+    candidates: Annotated[int, Rule(ge=1)] = 10
+    neighbours: Annotated[int, Rule(ge=1)] = 10
+    archive_size: Annotated[int, Rule(ge=1)] = 1000
+    sigma: Annotated[float, Rule(gt=0)] = 1.0
+    es_learning_rate: Annotated[float, Rule(ge=0)] = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sigma <= 0 or self.es_learning_rate < 0:
-            raise ConfigError("strategy.sigma must be positive and strategy.es_learning_rate >= 0")
-        check_positive(self.candidates, "strategy.candidates")
-        check_positive(self.neighbours, "strategy.neighbours")
-        check_positive(self.archive_size, "strategy.archive_size")
+        check_rules(self, "strategy")
 
 
 def novelty(candidates: torch.Tensor, archive: torch.Tensor, k: int) -> torch.Tensor:

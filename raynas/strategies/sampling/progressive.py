@@ -45,14 +45,15 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
 
 Values = tuple[int, ...]
@@ -71,21 +72,14 @@ class ProgressiveConfig:
             option combinations is an error that names the group).
     """
 
-    beam_size: int = 8
-    predictor_hidden: int = 64
-    predictor_steps: int = 200
-    predictor_learning_rate: float = 1e-2
-    max_expansions: int = 100_000
+    beam_size: Annotated[int, Rule(ge=1)] = 8
+    predictor_hidden: Annotated[int, Rule(ge=1)] = 64
+    predictor_steps: Annotated[int, Rule(ge=1)] = 200
+    predictor_learning_rate: Annotated[float, Rule(gt=0)] = 1e-2
+    max_expansions: Annotated[int, Rule(ge=1)] = 100_000
 
     def __post_init__(self) -> None:
-        check_positive(self.beam_size, "strategy.beam_size")
-        check_positive(self.predictor_hidden, "strategy.predictor_hidden")
-        check_positive(self.predictor_steps, "strategy.predictor_steps")
-        check_positive(self.max_expansions, "strategy.max_expansions")
-        if self.predictor_learning_rate <= 0:
-            raise ConfigError(
-                f"strategy.predictor_learning_rate must be positive, got {self.predictor_learning_rate}"
-            )
+        check_rules(self, "strategy")
 
 
 class Predictor(nn.Module):

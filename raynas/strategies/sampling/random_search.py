@@ -9,10 +9,11 @@ retrain the best few (``final.top``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.types import Architecture, EvalResult
 
 
@@ -20,10 +21,10 @@ from raynas.types import Architecture, EvalResult
 class RandomConfig:
     """``evaluations``: how many architectures to evaluate."""
 
-    evaluations: int = 50
+    evaluations: Annotated[int, Rule(ge=1)] = 50
 
     def __post_init__(self) -> None:
-        check_positive(self.evaluations, "strategy.evaluations")
+        check_rules(self, "strategy")
 
 
 @STRATEGIES.register("random", config=RandomConfig)

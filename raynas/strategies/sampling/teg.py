@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from raynas.errors import ConfigError
+from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import SamplingStrategy
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
 from raynas.types import Architecture, EvalResult
 
@@ -123,20 +123,14 @@ class TegReinforceConfig:
             once, each result still one policy step, in the order the results come).
     """
 
-    evaluations: int = 500
-    learning_rate: float = 0.04
-    ema_momentum: float = 0.9
-    buffer_size: int = 10
-    samples_in_flight: int = 1
+    evaluations: Annotated[int, Rule(ge=1)] = 500
+    learning_rate: Annotated[float, Rule(gt=0)] = 0.04
+    ema_momentum: Annotated[float, Rule(ge=0, lt=1)] = 0.9
+    buffer_size: Annotated[int, Rule(ge=1)] = 10
+    samples_in_flight: Annotated[int, Rule(ge=1)] = 1
 
     def __post_init__(self) -> None:
-        check_positive(self.evaluations, "strategy.evaluations")
-        check_positive(self.buffer_size, "strategy.buffer_size")
-        check_positive(self.samples_in_flight, "strategy.samples_in_flight")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.ema_momentum < 1:
-            raise ConfigError(f"strategy.ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        check_rules(self, "strategy")
 
 
 class MovingAverage:
