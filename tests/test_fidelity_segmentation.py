@@ -3,16 +3,24 @@ learning-rate schedule, dilation after the stride-removed cell, the network-leve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from raynas.data import dataset_info
 from raynas.errors import ArchitectureError
-from raynas.spaces.auto_deeplab import check_path
+from raynas.runs.jobs import load_retrain_job
+from raynas.runs.retrain import build_network
+from raynas.spaces import SPACES
+from raynas.spaces.auto_deeplab import AutoDeepLabArchitecture, AutoDeepLabNet, check_path
 from raynas.spaces.darts_genotype import published_genotype
 from raynas.spaces.darts_segmentation import DartsSegmentationNet
 from raynas.train.loop import fit
 from raynas.train.schedules import poly_lr
+
+JOBS = Path(__file__).parents[1] / "jobs"
 
 
 def test_poly_schedule_values() -> None:
@@ -88,3 +96,79 @@ def test_auto_deeplab_path_count() -> None:
 
     assert count([], (0, 1)) == 75_025
     assert count([], (0,)) == 28_657  # the paper's 2.9e4
+
+
+def _tiny_auto_deeplab(drop_path_prob: float) -> AutoDeepLabNet:
+    # Block 0: sep_conv on H^{l-1} + skip on H^{l-2}; block 1: atrous on block 0 + max pool on
+    # H^{l-1}. The path moves down once: its second cell's skip_connect is strided (a 1x1 conv).
+    arch = AutoDeepLabArchitecture(
+        cell=(("sep_conv_3x3", 1), ("skip_connect", 0), ("atrous_conv_3x3", 2), ("max_pool_3x3", 1)),
+        path=(0, 1, 1),
+    )
+    torch.manual_seed(0)
+    return AutoDeepLabNet(arch=arch, filter_multiplier=2, num_classes=3, drop_path_prob=drop_path_prob)
+
+
+def test_auto_deeplab_drop_path_grows_with_depth_as_nas_cell() -> None:
+    """ScheduledDropPath as nas_cell.py's _apply_drop_path: cell l of L drops with probability
+    p * (l + 1) / L in training, nothing in eval mode; every op but skip_connect (the official
+    'none', spared even strided) is droppable."""
+    net = _tiny_auto_deeplab(0.3)
+    assert [cell.droppable for cell in net.cells] == [(True, False, True, True)] * 3
+    seen: list[float] = []
+    for cell in net.cells:
+        cell.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["drop_prob"]), with_kwargs=True)
+    x = torch.randn(2, 3, 16, 16)
+    net.train()(x)
+    assert seen == pytest.approx([0.1, 0.2, 0.3])
+    seen.clear()
+    net.eval()(x)
+    assert seen == [0.0, 0.0, 0.0]
+
+
+def test_auto_deeplab_drop_path_off_at_zero_and_in_eval() -> None:
+    """At p = 0 training passes are deterministic; in eval mode p changes nothing; in training
+    p > 0 changes the output."""
+    x = torch.randn(4, 3, 16, 16)
+    plain, dropped = _tiny_auto_deeplab(0.0), _tiny_auto_deeplab(0.5)
+    torch.manual_seed(1)
+    first = plain.train()(x)
+    torch.manual_seed(2)
+    assert torch.equal(plain(x), first)
+    dropped.load_state_dict(plain.state_dict())  # the same BatchNorm statistics too
+    assert torch.equal(dropped.eval()(x), plain.eval()(x))
+    torch.manual_seed(3)
+    assert not torch.allclose(dropped.train()(x), first)
+
+
+def test_auto_deeplab_cell_drops_whole_samples_and_scales_the_kept_by_one_over_keep() -> None:
+    """A drop mask per sample, survivors scaled by 1 / keep (DARTS's cnn/utils.py drop_path,
+    nas_cell.py's keep_prob_inv): the sep_conv edge of a sample is either 0 or its output / keep;
+    the skip edge is never dropped."""
+    cell = _tiny_auto_deeplab(0.0).cells[0].train()  # at /4, from the stem's 128 and 64 channels
+    size = (4, 4)
+    h_prev = torch.randn(16, cell.preprocess1[1].in_channels, *size)  # (16, 128, 4, 4)
+    h_pp = torch.randn(16, cell.preprocess0[1].in_channels, *size)  # (16, 64, 4, 4)
+    s0 = cell.preprocess0(h_pp)
+    full = cell(h_prev, h_pp, size)[:, : s0.shape[1]]  # block 0: sep(s1) + skip(s0)
+    sep = full - s0
+    torch.manual_seed(0)
+    keep = 0.5
+    out = cell(h_prev, h_pp, size, drop_prob=1 - keep)[:, : s0.shape[1]] - s0
+    kept = [bool(out[i].abs().sum() > 0) for i in range(16)]
+    assert 0 < sum(kept) < 16  # some samples dropped, some kept
+    for i in range(16):
+        expected = sep[i] / keep if kept[i] else torch.zeros_like(sep[i])
+        torch.testing.assert_close(out[i], expected)
+
+
+def test_auto_deeplab_retraining_accepts_drop_path() -> None:
+    """raynas train builds the Auto-DeepLab network with drop path (it refused it before); fit
+    raises the attribute from 0 (DARTS's per-epoch ramp)."""
+    config = load_retrain_job(JOBS / "transfer_darts_cityscapes.yaml", [
+        "space.name=auto_deeplab", "architecture=hnasnet", "retrain.channels=2", "retrain.layers=0",
+    ])
+    assert config.retrain.drop_path_prob == 0.2
+    net = build_network(config, SPACES.create("auto_deeplab").parse("hnasnet"),
+                        dataset_info("cityscapes"), example=torch.randn(3, 33, 33))
+    assert isinstance(net, AutoDeepLabNet) and net.drop_path_prob == 0.0  # raised by fit()

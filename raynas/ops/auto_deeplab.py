@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raynas.ops.convnext_net import drop_path
 from raynas.ops.darts import Identity, ReLUConvBN, SepConv, Zero
 from raynas.ops.mixed import fixed_choices
 
@@ -136,11 +137,15 @@ class Cell(nn.Module):
         edges: Per block, its incoming edges as ``(input index, op module)``; an op module takes
             ``(x)`` (a fixed cell) or ``(x, weights)`` (a search cell, see ``weights`` in forward).
         affine: Learnable BatchNorm scale and shift in the preprocessing.
+        droppable: Per edge, in order, whether drop path applies to its output (a fixed cell:
+            every operation but ``skip_connect``, as nas_cell.py's ``_apply_drop_path`` spares
+            its identity, even strided); default none.
     """
 
     def __init__(
         self, *, channels: int, c_prev: int, c_prev_prev: int, move: int,
         edges: Sequence[Sequence[tuple[int, nn.Module]]], affine: bool,
+        droppable: Sequence[bool] = (),
     ) -> None:
         super().__init__()
         if move not in (-1, 0, 1):
@@ -153,13 +158,17 @@ class Cell(nn.Module):
         )
         self.inputs = [[j for j, _ in block] for block in edges]
         self.ops = nn.ModuleList(op for block in edges for _, op in block)
+        if droppable and len(droppable) != len(self.ops):
+            raise ValueError(f"droppable names {len(droppable)} edges; the cell has {len(self.ops)}")
+        self.droppable = tuple(droppable) or (False,) * len(self.ops)
 
     def forward(
         self, h_prev: torch.Tensor, h_prev_prev: torch.Tensor, size: tuple[int, int],
-        weights: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None, drop_prob: float = 0.0,
     ) -> torch.Tensor:
         # h_prev: (B, c_prev, H', W') at the neighbouring rate; size: the output (H, W);
-        # weights: (edges, num_ops) for a search cell, None for a fixed one
+        # weights: (edges, num_ops) for a search cell, None for a fixed one; drop_prob: the
+        # probability of dropping each droppable edge's output, per sample (training only)
         if self.move == -1:
             h_prev = resize(h_prev, size)
         s1 = self.preprocess1(h_prev)  # (B, C, H_in, W_in): the output size, or twice it (move +1)
@@ -171,6 +180,8 @@ class Cell(nn.Module):
             for j in inputs:
                 op = self.ops[k]
                 h = op(states[j]) if weights is None else op(states[j], weights[k])
+                if self.droppable[k]:
+                    h = drop_path(h, drop_prob, self.training)
                 out = out + h
                 k += 1
             states.append(out)  # type: ignore[arg-type]

@@ -386,6 +386,7 @@ class AutoDeepLabSpace:
         channels: int | None = None,
         layers: int | None = None,
         auxiliary: bool = False,
+        drop_path_prob: float = 0.0,
     ) -> nn.Module:
         """The evaluation network of ``arch`` (paper Sec. 5.2): stem, the cells along the path,
         ASPP and the DeepLabv3+ decoder; it returns logits at the input's size.
@@ -397,6 +398,8 @@ class AutoDeepLabSpace:
             layers: Must equal the path's length when given (the path fixes the depth).
             auxiliary: Auto-DeepLab has no auxiliary head; accepted for the space protocol and
                 ignored.
+            drop_path_prob: ScheduledDropPath's probability at the last cell (see
+                :class:`AutoDeepLabNet`); the training loop raises it from 0 over the epochs.
         """
         del auxiliary  # no auxiliary head in Auto-DeepLab
         if not isinstance(arch, AutoDeepLabArchitecture):
@@ -409,7 +412,7 @@ class AutoDeepLabSpace:
             )
         return AutoDeepLabNet(
             arch=arch, filter_multiplier=channels or VARIANTS["S"], num_classes=dataset.num_classes,
-            in_channels=dataset.in_channels,
+            in_channels=dataset.in_channels, drop_path_prob=drop_path_prob,
         )
 
     @property
@@ -453,21 +456,32 @@ class AutoDeepLabNet(nn.Module):
     (6, 12, 18) * 16 / s, image pooling; 256 filters) and the DeepLabv3+ decoder on the last /4
     feature (the stem's if the path never stays at /4; official: ``Cell_2``).
 
+    ScheduledDropPath (Table 3) as nas_cell.py's ``_apply_drop_path`` does it: in training, the
+    output of every operation but ``skip_connect`` is zeroed per sample with probability
+    ``drop_path_prob * (l + 1) / L`` in cell ``l`` of ``L``, the kept ones scaled by ``1 / keep``.
+    ``drop_path_prob`` is the attribute the training loop raises linearly from 0 over the epochs
+    (``raynas.train.loop.fit``, DARTS's ramp); the official code raises it every iteration
+    (``current_step / total_training_steps``).
+
     Args:
         arch: The cell and the path.
         filter_multiplier: F.
         num_classes: Output classes.
         in_channels: Image channels.
+        drop_path_prob: The drop-path probability of the last cell (0: none).
     """
 
     def __init__(
         self, *, arch: AutoDeepLabArchitecture, filter_multiplier: int, num_classes: int,
-        in_channels: int = 3,
+        in_channels: int = 3, drop_path_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if filter_multiplier < 1:
             raise ConfigError(f"the filter multiplier F must be at least 1, got {filter_multiplier}")
+        if not 0 <= drop_path_prob < 1:
+            raise ConfigError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
         self.arch = arch
+        self.drop_path_prob = drop_path_prob
         self.stem = Stem(in_channels)
         blocks = arch.blocks
         c_pp, c_p = self.stem.channels
@@ -482,7 +496,7 @@ class AutoDeepLabNet(nn.Module):
             ]
             self.cells.append(
                 Cell(channels=channels, c_prev=c_p, c_prev_prev=c_pp, move=rate - prev_rate,
-                     edges=edges, affine=True)
+                     edges=edges, affine=True, droppable=[op != "skip_connect" for op, _ in arch.cell])
             )
             c_pp, c_p, prev_rate = c_p, blocks * channels, rate
         last = arch.path[-1]
@@ -499,8 +513,10 @@ class AutoDeepLabNet(nn.Module):
         for _ in RATES[1:]:
             sizes.append((half_size(sizes[-1][0]), half_size(sizes[-1][1])))
         low = h_p
+        layers = len(self.cells)
         for i, (cell, rate) in enumerate(zip(self.cells, self.arch.path, strict=True)):
-            h_pp, h_p = h_p, cell(h_p, h_pp, sizes[rate])
+            drop = self.drop_path_prob * (i + 1) / layers if self.training else 0.0
+            h_pp, h_p = h_p, cell(h_p, h_pp, sizes[rate], drop_prob=drop)
             if i == self.low_level:
                 low = h_p
         encoded = self.aspp(torch.relu(h_p))  # (B, 256, H/s, W/s)
