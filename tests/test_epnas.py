@@ -186,6 +186,26 @@ def test_networks_grow_by_stages_and_the_predictor_picks_the_targets() -> None:
     assert whole == sorted(strategy.history[10:], key=lambda r: -r.score)
 
 
+def test_the_targets_are_the_best_predicted_rewards_under_the_constraints() -> None:
+    space = SPACES.create("fbnet", FBNET)
+    config = EpnasConfig(batch_size=4, dataset="digits", max_params=8000, max_macs=60000)
+    strategy = Epnas(config, space=space, seed=0)
+    rng = np.random.default_rng(1)
+    pool = list(dict.fromkeys(tuple(int(v) for v in rng.integers(9, size=4)) for _ in range(24)))
+    for trial, values in enumerate(pool[:8]):  # bigger blocks score higher: the constraints matter
+        strategy.tell(result(space.decode(values), 0.1 + sum(values) / 40, trial))
+    model = strategy.predictor()
+    assert model is not None
+    fresh = pool[8:]
+    predicted = dict(zip(fresh, model(one_hot(fresh, strategy.sizes)).tolist(), strict=True))
+    reward = {
+        v: p * constrained_reward(1.0, strategy.costs(v), strategy.targets, 1.0) for v, p in predicted.items()
+    }
+    best = sorted(fresh, key=lambda v: -reward[v])[:4]
+    assert strategy._rank(fresh, model)[:4] == best
+    assert best != sorted(fresh, key=lambda v: -predicted[v])[:4]  # accuracy alone would pick others
+
+
 @pytest.mark.parametrize(
     ("settings", "key"),
     [

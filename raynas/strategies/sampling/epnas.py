@@ -14,9 +14,9 @@ The search runs in policy steps. Each step:
 2. **Performance prediction.** ``candidates`` networks are sampled from the policy and ranked by
    their predicted reward: a ridge regression on the one-hot encoding of their decisions, refit in
    closed form on every result so far, times their exact resource factor (below, known before any
-   training). The ``batch_size`` best that were not evaluated yet are the step's target networks
-   (samples fill the batch in the order drawn when fewer are new; before two results, the first
-   ``batch_size`` samples).
+   training; counted only as far as the ranking needs it). The ``batch_size`` best that were not
+   evaluated yet are the step's target networks (samples fill the batch in the order drawn when
+   fewer are new; before two results, the first ``batch_size`` samples).
 3. **Parallel evaluation.** The target networks are asked for at once, and the driver evaluates
    them in parallel (``execution.concurrency`` evaluators on Ray); the step ends when all are told.
 4. **REINFORCE.** The policy's loss is the mean over the batch of ``-(R_i - b) log p(a_i)`` (the
@@ -382,17 +382,26 @@ class Epnas(SamplingStrategy):
             return samples[:size]
         seen = {tuple(self.space.encode(r.architecture)) for r in self.history}
         fresh = list(dict.fromkeys(v for v in samples if v not in seen))  # distinct, in draw order
-        if fresh:
-            predicted = model(one_hot(fresh, self.sizes)).tolist()  # (N,)
-            scored = [p * self.factor(v) for p, v in zip(predicted, fresh, strict=True)]
-            fresh = [fresh[i] for i in sorted(range(len(fresh)), key=lambda i: -scored[i])]  # stable
-        chosen = fresh[:size]
+        chosen = self._rank(fresh, model)[:size] if fresh else []
         for v in samples:  # too few new networks: samples in the order drawn, evaluated again
             if len(chosen) < size and v not in chosen:
                 chosen.append(v)
         while len(chosen) < size:  # fewer distinct samples than targets: repeats
             chosen.append(samples[len(chosen) % len(samples)])
         return chosen
+
+    def _rank(self, fresh: list[Values], model: RidgePredictor) -> list[Values]:
+        """``fresh`` by predicted reward, best first, as far as the batch needs: the resource
+        factor (at most 1) is counted in order of predicted accuracy, until the next network's
+        accuracy (a bound on its reward) is below the batch's worst reward so far."""
+        size = self.config.batch_size
+        predicted = model(one_hot(fresh, self.sizes)).tolist()  # (N,)
+        scored: list[tuple[float, int]] = []
+        for i in sorted(range(len(fresh)), key=lambda i: -predicted[i]):  # stable for ties
+            if len(scored) >= size and max(predicted[i], 0.0) < sorted(s for s, _ in scored)[-size]:
+                break
+            scored.append((predicted[i] * self.factor(fresh[i]), i))
+        return [fresh[i] for _, i in sorted(scored, key=lambda p: -p[0])]
 
     # -- ask / tell -------------------------------------------------------------------------------
 
