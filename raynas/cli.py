@@ -2,6 +2,7 @@
 
     raynas search CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas train CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
+    raynas study CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
     raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
     raynas export RUN --format onnx|torchscript --out FILE [--input-shape 1x3x32x32] [--tracking-uri URI]
@@ -67,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help=DEVICE_HELP)
     train.add_argument(
         "--fresh", action="store_true", help="start over even if an unfinished checkpoint exists"
+    )
+
+    study = commands.add_parser(
+        "study", help="retrain cells at several layer counts: a table and a plot of accuracy against depth"
+    )
+    study.add_argument("config", help="a YAML study job, e.g. jobs/layer_count_quickstart.yaml")
+    study.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set study.layers=[2,5,8] (repeatable)",
+    )
+    study.add_argument("--address", help="Ray cluster to join (with execution.backend: ray)")
+    study.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    study.add_argument("--device", help=DEVICE_HELP)
+    study.add_argument(
+        "--fresh", action="store_true", help="start over even if an unfinished study of the job exists"
     )
 
     describe = commands.add_parser(
@@ -261,6 +279,21 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def _study(args: argparse.Namespace) -> None:
+    from raynas.runs.common import format_duration
+    from raynas.runs.study import load_study_job, run_study
+
+    job = load_study_job(args.config, _overrides(args))
+    _warn_if_lost_with_ray_job(job.base.tracking)
+    result = run_study(job, fresh=args.fresh)
+    print(f"\nStudy finished in {format_duration(result.seconds)}: test accuracy by layer count")
+    print(f"  {'cell':<12}{'layers':>7}{'test acc':>10}{'params':>10}{'MACs':>10}")
+    for row in result.rows:
+        print(f"  {row['cell']:<12}{row['layers']:>7}{row['test_acc']:>10.1%}{row['params'] / 1e6:>9.3f}M"
+              f"{row['macs'] / 1e6:>9.1f}M")
+    print(f"MLflow run: {result.run_id} (layer_count.csv, layer_count.png)")
+
+
 def _input_size(text: str | None, default: int) -> tuple[int, int]:
     """``"1024x2048"`` -> (1024, 2048); None -> the dataset's square size."""
     from raynas.errors import ConfigError
@@ -378,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "search": _search, "train": _train, "describe": _describe, "report": _report,
-            "latency": _latency, "export": _export,
+            "latency": _latency, "export": _export, "study": _study,
         }
         commands[args.command](args)
     except WorkerLostError as exc:  # not the user's input: a failure to resume from

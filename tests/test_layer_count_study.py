@@ -1,0 +1,133 @@
+"""The layer-count study (``raynas study``, PIBConv's accuracy against evaluation layer count):
+one child run per (cell, layer count), and a summary table and plot whose numbers are the child
+runs' own."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from raynas.cli import main
+from raynas.config import load_yaml
+from raynas.data import dataset_info
+from raynas.errors import ConfigError
+from raynas.profile import count_params
+from raynas.runs.study import parse_study_job
+from raynas.spaces import SPACES
+from tests.conftest import mlflow_store
+
+JOBS = Path(__file__).parents[1] / "jobs"
+PIB = json.dumps({
+    "normal": [["pib_conv_3x3", 0], ["pib_conv_3x3", 1], ["skip_connect", 0], ["pib_conv_5x5", 2]],
+    "normal_concat": [2, 3],
+    "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 1]],
+    "reduce_concat": [2, 3],
+})
+DARTS = json.dumps({
+    "normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["skip_connect", 0], ["dil_conv_3x3", 2]],
+    "normal_concat": [2, 3],
+    "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 1]],
+    "reduce_concat": [2, 3],
+})
+
+
+def study_job(tmp_path: Path, **study: object) -> dict:
+    return {
+        "name": "study-tiny",
+        "space": {"name": "darts", "nodes": 2},
+        "data": {"name": "digits", "batch_size": 32, "limit": 96, "train_portion": 0.75},
+        "retrain": {"epochs": 1, "channels": 4, "learning_rate": 0.05},
+        "study": {
+            "layers": [2, 3],
+            "cells": {"DARTS": {"architecture": DARTS},
+                      "PIBConv": {"architecture": PIB, "space": {"operations": "convnext"}}},
+            **study,
+        },
+        "execution": {"backend": "local", "cpus_per_worker": 1},
+        "tracking": {"experiment": "tests", "tracking_uri": mlflow_store(tmp_path),
+                     "output_dir": str(tmp_path / "runs")},
+    }
+
+
+def test_the_study_table_holds_the_child_runs_numbers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = study_job(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["study", str(path)]) == 0
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    parent = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id], "tags.`raynas.kind` = 'layer_study'"
+    )[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_id in capsys.readouterr().out
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"layer_count.csv", "layer_count.png", "layer_count_table.json"} <= artifacts
+    table = list(csv.DictReader(io.StringIO(
+        Path(client.download_artifacts(parent.info.run_id, "layer_count.csv", str(tmp_path))).read_text()
+    )))
+    assert [(r["cell"], int(r["layers"])) for r in table] == [
+        ("DARTS", 2), ("DARTS", 3), ("PIBConv", 2), ("PIBConv", 3)
+    ]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4
+    by_id = {c.info.run_id: c for c in children}
+    info = dataset_info("digits")
+    for row in table:
+        child = by_id[row["run_id"]]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["raynas.study.cell"] == row["cell"]
+        assert child.data.tags["raynas.study.layers"] == row["layers"]
+        history = client.get_metric_history(child.info.run_id, "test_acc")
+        assert len(history) == 1
+        assert float(row["test_acc"]) == pytest.approx(history[-1].value, abs=1e-6)
+        assert float(row["test_acc"]) == pytest.approx(child.data.metrics["final.test_acc"], abs=1e-6)
+        assert float(row["params"]) == child.data.metrics["final.params"]
+        # The parameters of the network as the space builds it, counted here independently.
+        operations = "convnext" if row["cell"] == "PIBConv" else "darts"
+        space = SPACES.create("darts", SPACES.entry("darts").config(nodes=2, operations=operations))
+        arch = space.parse(PIB if row["cell"] == "PIBConv" else DARTS)
+        network = space.build(arch, info, channels=4, layers=int(row["layers"]))
+        assert int(row["params"]) == count_params(network)
+    for label in ("DARTS", "PIBConv"):  # the plot's series, as metrics stepped by the layer count
+        series = client.get_metric_history(parent.info.run_id, f"test_acc.{label}")
+        assert {(m.step, round(m.value, 6)) for m in series} == {
+            (int(r["layers"]), round(float(r["test_acc"]), 6)) for r in table if r["cell"] == label
+        }
+
+
+@pytest.mark.parametrize(
+    ("study", "message"),
+    [
+        ({"layers": []}, "study.layers"),
+        ({"layers": [2, 2]}, "twice"),
+        ({"cells": {"a.b": {"architecture": "DARTS_V2"}}}, "label"),
+        ({"cells": {"DARTS": {"architecture": "DARTS_V2", "space": {"name": "nb201"}}}},
+         "study.cells.DARTS.space"),
+        ({"cells": {"PIB": {"architecture": PIB}}}, "study.cells.PIB.architecture"),  # darts ops lack PIB
+        ({"cells": {"X": {"architecture": "NO_SUCH_CELL"}}}, "study.cells.X.architecture"),
+        ({"concurrency": 2}, "execution.backend: local"),
+        ({"epochs": 3}, "unknown config key 'study.epochs'"),
+    ],
+)
+def test_a_bad_study_section_is_one_clear_error(tmp_path: Path, study: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_study_job(study_job(tmp_path, **study))
+
+
+@pytest.mark.parametrize("name", ["layer_count_quickstart.yaml", "layer_count_cifar10.yaml"])
+def test_the_study_jobs_compare_darts_and_pibconv_cells_from_2_to_20_layers(name: str) -> None:
+    job = parse_study_job(load_yaml(JOBS / name, ["tracking.tracking_uri=sqlite:////nonexistent/x.db"]))
+    assert [c.label for c in job.cells] == ["DARTS", "PIBConv"]
+    assert min(job.layers) == 2 and max(job.layers) == 20
+    assert {config.space.config.operations for (label, _), config in job.retrainings.items()
+            if label == "PIBConv"} == {"convnext"}
+    for (_, layers), config in job.retrainings.items():
+        assert config.retrain.layers == layers
