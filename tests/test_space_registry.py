@@ -60,6 +60,15 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
         "stem_stride": 1, "reductions": 2,
     },
     "autokeras": {"seed_width": 4},
+    "ran_e": {
+        "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16), "stage_depths": (1, 2),
+        "stage_strides": (1, 2), "halved_layers": (2,), "head_channels": 32, "head_kernel": 3,
+        "kernels": (3, 5), "expansions": (2,),
+    },
+    "ran_i": {
+        "base_depths": (1, 1), "base_widths": (8, 16), "width_multipliers": (0.5, 1.0),
+        "depth_multipliers": (1.0, 2.0), "stem_stride": 2,
+    },
 }
 # Small stand-alone networks: build()'s channels and layers (their meaning is the space's; fbnet
 # takes its sizes from its config only).
@@ -194,7 +203,7 @@ def test_network_forward_and_backward(name: str) -> None:
 
 
 # Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights.
-NO_SUPERNET = {"autokeras"}
+NO_SUPERNET = {"autokeras", "ran_i"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -301,6 +310,12 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     ],
     "nexception": [  # timm's legacy_xception; NEXcepTion-T/-S/-TP in test_nexception.py
         ("xception", DatasetInfo("imagenet", 3, 1000, 224), 22_855_952),
+    ],
+    "ran_e": [  # the official RAN_e/model/ran_e_model.py's ran_e_C-b0, counted in test_ran.py
+        ("ran_e_c", DatasetInfo("imagenet", 3, 1000, 224), 4_634_872),
+    ],
+    "ran_i": [  # the official RAN_i/models/ran_i.py's ran_i_tiny; see test_ran.py
+        ("ran_i_tiny", DatasetInfo("imagenet", 3, 1000, 224), 20_760_131),
     ],
 }
 # tiny_cnn: the worked example of a user-defined space. fbnet: the model zoo counts convolution and

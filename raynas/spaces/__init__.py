@@ -15,6 +15,7 @@ from raynas.spaces import (  # noqa: F401
     fbnet,
     nb201,
     nexception,
+    ran,
     xd,
 )
 from raynas.spaces.registry import SPACES

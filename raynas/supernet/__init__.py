@@ -14,7 +14,17 @@ from typing import Any
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.supernet import auto_deeplab, convnext, darts, darts_rnn, fbnet, nb201, nexception, xd  # noqa: F401  (register)
+from raynas.supernet import (  # noqa: F401  (register)
+    auto_deeplab,
+    convnext,
+    darts,
+    darts_rnn,
+    fbnet,
+    nb201,
+    nexception,
+    ran,
+    xd,
+)
 from raynas.supernet.darts import DartsSupernet, derive_cell
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
