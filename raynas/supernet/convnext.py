@@ -21,8 +21,7 @@ the leading slices of its own, and only that network's blocks run.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from torch import nn
 from raynas.ops.convnext import LayerNorm2d
 from raynas.ops.convnext_net import make_activation
 from raynas.spaces.convnext import ConvNeXt, ConvNextArch, ConvNextSpace, init_weights
+from raynas.supernet.decisions import DecisionSupernet
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -134,7 +134,7 @@ class ElasticBlock(nn.Module):
         return x + h.permute(0, 3, 1, 2) * w["mask"][:, None, None]
 
 
-class ConvNextSupernet(nn.Module):
+class ConvNextSupernet(DecisionSupernet):
     """Every network of a :class:`ConvNextSpace`, sharing weights, with one row of ``alpha`` per decision.
 
     Args:
@@ -188,36 +188,7 @@ class ConvNextSupernet(nn.Module):
             lo = (k_max - k) // 2
             kernels[j, lo : lo + k, lo : lo + k] = 1.0
         self.register_buffer("kernel_masks", kernels, persistent=False)
-        # Small random initial alpha, as the DARTS family: 1e-3 * N(0, 1) (near-uniform choice).
-        self.alphas = nn.ParameterList(
-            nn.Parameter(1e-3 * torch.randn(len(d.options))) for d in self.decisions
-        )
-        self.gumbel_tau: float | None = None  # set by a strategy: training passes sample
-        self.path: tuple[int, ...] | None = None  # set for single-path training and evaluation
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """One row of ``alpha`` per decision of the space."""
-        return list(self.alphas)
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter except ``alpha``."""
-        arch = {id(p) for p in self.alphas}
-        return (p for p in self.parameters() if id(p) not in arch)
-
-    def set_path(self, arch: ConvNextArch | None) -> None:
-        """Run only ``arch``'s network from now on (its weights the supernet's leading slices);
-        ``None`` goes back to the mixture."""
-        self.path = None if arch is None else self.space.encode(arch)
-
-    def forward_weights(self) -> list[torch.Tensor]:
-        """Every decision's weights for one forward pass: the path's one-hot rows, the softmax of
-        ``alpha``, or a soft Gumbel-softmax sample while ``gumbel_tau`` is set and training."""
-        if self.path is not None:
-            return [F.one_hot(torch.tensor(v), len(d.options)).float()
-                    for v, d in zip(self.path, self.decisions, strict=True)]
-        if self.gumbel_tau is not None and self.training:
-            return [F.gumbel_softmax(a, tau=self.gumbel_tau, dim=-1) for a in self.alphas]
-        return [F.softmax(a, dim=-1) for a in self.alphas]
+        self.init_alphas()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         p = [w.to(x.device) for w in self.forward_weights()]
@@ -279,23 +250,6 @@ class ConvNextSupernet(nn.Module):
             _copy(net.classifier, self.classifier, (self.classifier.out_features, w[-1]))
         return net
 
-    def genotype(self) -> ConvNextArch:
-        """The architecture ``alpha`` stands for: every decision's strongest option."""
-        return self.space.decode([int(a.detach().argmax()) for a in self.alphas])
-
-    def arch_state(self) -> dict[str, list[float]]:
-        """``alpha`` by decision name (for tracking)."""
-        return {d.name: a.detach().cpu().tolist() for d, a in zip(self.decisions, self.alphas, strict=True)}
-
-    def arch_entropy(self) -> float:
-        """Mean entropy of the decisions' distributions (nats)."""
-        with torch.no_grad():
-            values = [-(q * q.clamp_min(1e-12).log()).sum() for q in (F.softmax(a, -1) for a in self.alphas)]
-            return float(torch.stack(values).mean())
-
-    def max_entropy(self) -> float:
-        """Mean entropy of uniform distributions over every decision's options."""
-        return sum(math.log(len(d.options)) for d in self.decisions) / len(self.decisions)
 
 
 def _copy(dst: nn.Module, src: nn.Module, sizes: tuple[int, ...]) -> None:

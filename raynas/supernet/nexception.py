@@ -20,8 +20,7 @@ supernet computes exactly the stand-alone network :meth:`NexceptionSupernet.extr
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +36,7 @@ from raynas.ops.nexception import (
 )
 from raynas.spaces.nexception import NexceptionArch, NexceptionSpace, XceptionNet
 from raynas.supernet.convnext import _mix
+from raynas.supernet.decisions import DecisionSupernet
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -196,7 +196,7 @@ class MiddleBlock(nn.Module):
         )
 
 
-class NexceptionSupernet(nn.Module):
+class NexceptionSupernet(DecisionSupernet):
     """Every network of a :class:`NexceptionSpace`, sharing weights, with one row of ``alpha`` per decision.
 
     Args:
@@ -275,37 +275,7 @@ class NexceptionSupernet(nn.Module):
             lo = (k_max - k) // 2
             kernels[j, ..., lo : lo + k, lo : lo + k] = 1.0
         self.register_buffer("kernel_masks", kernels, persistent=False)
-        # Small random initial alpha, as the DARTS family: 1e-3 * N(0, 1) (near-uniform choice).
-        self.alphas = nn.ParameterList(
-            nn.Parameter(1e-3 * torch.randn(len(d.options))) for d in self.decisions
-        )
-        self.gumbel_tau: float | None = None  # set by a strategy: training passes sample
-        self.path: tuple[int, ...] | None = None  # set for single-path training and evaluation
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """One row of ``alpha`` per decision of the space."""
-        return list(self.alphas)
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter except ``alpha``."""
-        arch = {id(p) for p in self.alphas}
-        return (p for p in self.parameters() if id(p) not in arch)
-
-    def set_path(self, arch: NexceptionArch | None) -> None:
-        """Run only ``arch``'s network from now on; ``None`` goes back to the mixture."""
-        self.path = None if arch is None else self.space.encode(arch)
-
-    def forward_weights(self) -> list[torch.Tensor]:
-        """Every decision's weights: the path's one-hot rows, a soft Gumbel-softmax sample while
-        ``gumbel_tau`` is set and training, or the softmax of ``alpha``."""
-        if self.path is not None:
-            return [
-                F.one_hot(torch.tensor(v), len(d.options)).float()
-                for v, d in zip(self.path, self.decisions, strict=True)
-            ]
-        if self.gumbel_tau is not None and self.training:
-            return [F.gumbel_softmax(a, tau=self.gumbel_tau, dim=-1) for a in self.alphas]
-        return [F.softmax(a, dim=-1) for a in self.alphas]
+        self.init_alphas()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
         p = {d.name: q.to(x.device) for d, q in zip(self.decisions, self.forward_weights(), strict=True)}
@@ -351,23 +321,6 @@ class NexceptionSupernet(nn.Module):
             net.classifier.load_state_dict(self.classifier.state_dict())
         return net
 
-    def genotype(self) -> NexceptionArch:
-        """The architecture ``alpha`` stands for: every decision's strongest option."""
-        return self.space.decode([int(a.detach().argmax()) for a in self.alphas])
-
-    def arch_state(self) -> dict[str, list[float]]:
-        """``alpha`` by decision name (for tracking)."""
-        return {d.name: a.detach().cpu().tolist() for d, a in zip(self.decisions, self.alphas, strict=True)}
-
-    def arch_entropy(self) -> float:
-        """Mean entropy of the decisions' distributions (nats)."""
-        with torch.no_grad():
-            values = [-(q * q.clamp_min(1e-12).log()).sum() for q in (F.softmax(a, -1) for a in self.alphas)]
-            return float(torch.stack(values).mean())
-
-    def max_entropy(self) -> float:
-        """Mean entropy of uniform distributions over every decision's options."""
-        return sum(math.log(len(d.options)) for d in self.decisions) / len(self.decisions)
 
 
 def _chosen(module: nn.Module, arch: NexceptionArch) -> list[nn.Module]:
