@@ -1,5 +1,6 @@
 """The gradient strategies and their networks as their papers and official code do them (issue 15,
-docs/fidelity.md): ADARTS's channel alignment, FBNet's schedule."""
+docs/fidelity.md): ADARTS's channel alignment, FBNet's schedule, recurrent DARTS as
+rnn/train_search.py (streams, hidden state, TAR, clipping, the rate per window, evaluation)."""
 
 from __future__ import annotations
 
@@ -254,3 +255,101 @@ def test_ptb_search_reads_streams_of_training_and_validation_text(tmp_path: Path
     vstreams = valid_text[: len(valid_text) // 4 * 4].view(4, -1)
     first = next(iter(valid))[0]
     torch.testing.assert_close(first, vstreams[:, :6])  # alpha's text, windows of bptt
+
+
+# -- Recurrent DARTS: the rate scaled by the window's length; evaluation carries the state ----------
+
+
+def test_recurrent_darts_scales_the_rate_by_the_window_length() -> None:
+    """rnn/train_search.py: lr = lr2 * seq_len / bptt for the step (the unrolled step's eta as
+    well: architect.step reads the scaled rate), lr2 restored after it."""
+    from raynas.config import TrainConfig
+    from raynas.strategies.gradient.darts import Darts, DartsConfig
+    from raynas.supernet.darts_rnn import DartsRnnSupernet
+
+    torch.manual_seed(0)
+    model = DartsRnnSupernet(ntoken=12, nhid=6, nodes=2, activations=("tanh", "relu"), dropout=0.0,
+                             dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0, bptt=4)
+    train = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.0, weight_decay=0.0)
+    strategy = Darts(supernet=model, config=DartsConfig(order=2), train=train)
+    etas: list[float] = []
+    steps: list[float] = []
+    arch_backward = strategy.arch_backward
+
+    def spy_arch(*args):  # type: ignore[no-untyped-def]
+        etas.append(strategy.lr)  # the xi of the unrolled step
+        return arch_backward(*args)
+
+    optimizer_step = strategy.w_optimizer.step
+
+    def spy_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        steps.append(strategy.w_optimizer.param_groups[0]["lr"])
+        return optimizer_step(*args, **kwargs)
+
+    strategy.arch_backward = spy_arch  # type: ignore[method-assign]
+    strategy.w_optimizer.step = spy_step  # type: ignore[method-assign]
+    text, valid = torch.randint(0, 12, (3, 20)), torch.randint(0, 12, (3, 5))
+    for length in (4, 2, 7):
+        strategy.step((text[:, :length], text[:, 1 : length + 1]), (valid[:, :4], valid[:, 1:5]))
+        assert strategy.lr == 0.5  # restored after the step
+    assert steps == pytest.approx([0.5 * n / 4 for n in (4, 2, 7)])
+    assert etas == steps
+
+
+def test_the_recurrent_supernet_takes_bptt_from_the_text() -> None:
+    """The supernet of a text searched with data.bptt = 7 scales its rates by windows of 7."""
+    from raynas.spaces.darts_rnn import DartsRnnSpace, DartsRnnSpaceConfig
+    from raynas.supernet import build_supernet
+    from raynas.types import DatasetInfo
+
+    space = DartsRnnSpace(DartsRnnSpaceConfig(channels=4, nodes=2))
+    supernet = build_supernet(space, DatasetInfo(name="ptb", in_channels=1, num_classes=10, image_size=7))
+    assert supernet.bptt == 7  # type: ignore[attr-defined]
+
+
+def test_evaluation_carries_the_hidden_state_between_windows_of_a_stream() -> None:
+    """rnn/train_search.py's evaluate: consecutive windows of the validation streams, each from
+    the hidden state the previous one ended in, score as one pass over the whole text."""
+    from raynas.train.loop import evaluate
+
+    model = _tiny_rnn_strategy().model.eval()
+    with torch.no_grad():  # weights large enough for the state to matter (initial logits are flat)
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    text = torch.randint(0, 12, (3, 13))  # 3 streams
+    windows = [(text[:, i : i + 4], text[:, i + 1 : i + 5]) for i in (0, 4, 8)]
+    with torch.no_grad():
+        whole = torch.nn.functional.cross_entropy(model(text[:, :12]), text[:, 1:13])
+    cpu = torch.device("cpu")
+    carried = evaluate(model, windows, cpu, carry_state=True)
+    assert carried["valid_loss"] == pytest.approx(float(whole), rel=1e-5)
+    assert abs(evaluate(model, windows, cpu)["valid_loss"] - float(whole)) > 1e-2  # zeros each window
+
+
+def test_the_recurrent_search_reports_the_carried_validation_loss(tmp_path: Path) -> None:
+    """The search worker scores the supernet on PTB's validation streams with the state carried."""
+    from raynas.runs.supernet_worker import SupernetWorker
+    from raynas.train.loop import evaluate
+    from tests.test_darts_rnn import tiny_ptb_job
+
+    search = SupernetWorker(tiny_ptb_job(tmp_path, "strategy.order=1", "train.epochs=1"))
+    assert search.supernet.bptt == 6  # type: ignore[attr-defined]
+    report = search.run_epoch()
+    cpu = torch.device("cpu")
+    carried = evaluate(search.supernet, search.valid_loader, cpu, carry_state=True)["valid_loss"]
+    assert report.metrics["valid_loss"] == pytest.approx(carried, rel=1e-6)
+    zeros = evaluate(search.supernet, search.valid_loader, cpu)["valid_loss"]  # each window from zeros
+    assert zeros != pytest.approx(carried, rel=1e-6)
+
+
+def test_the_search_windows_are_bptt_or_half_of_it() -> None:
+    """rnn/train_search.py: seq_len = int(bptt if random() < 0.95 else bptt / 2) (its normal
+    draw around it is commented out; rnn/train.py's is not)."""
+    from raynas.data.ptb import StreamWindows
+
+    sampler = StreamWindows(10**5, 35, torch.Generator().manual_seed(0), variable=True)
+    sizes = [size for (_, size), in sampler]
+    assert set(sizes) == {35, 17}
+    halves = sizes.count(17) / len(sizes)
+    assert 0.03 < halves < 0.07, halves
+    assert {size for (_, size), in StreamWindows(1000, 35, torch.Generator(), variable=False)} == {35}

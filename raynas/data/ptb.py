@@ -10,8 +10,8 @@ standard files, ``<unk>`` among them). The token stream is cut into consecutive 
 A search reads PTB as ``rnn/train_search.py`` does (:meth:`Ptb.search_loaders`): the training
 text trains the weights and the validation text the architecture, each cut into ``batch_size``
 parallel streams (``batchify``) read in order, window after window, so a strategy can carry the
-hidden state from one batch to the next; the training windows have DARTS's variable length
-(``bptt`` with probability 0.95, else ``bptt / 2``, then normal with deviation 5, at least 5).
+hidden state from one batch to the next; the training windows have the search's variable length
+(``bptt`` with probability 0.95, else ``bptt / 2``).
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ class TokenStreams(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 class StreamWindows(Sampler[list[tuple[int, int]]]):
     """Consecutive windows through the streams, as ``rnn/train_search.py`` walks them: each of
-    length ``bptt``, or (``variable``) ``bptt`` with probability 0.95 else ``bptt / 2``, then
-    drawn from a normal around it with deviation 5, at least 5 tokens.
+    length ``bptt``, or (``variable``) ``bptt`` with probability 0.95 else ``int(bptt / 2)``.
+    (``rnn/train.py`` then draws the length from a normal around it with deviation 5, at least 5;
+    the search has that line commented out.)
 
     Args:
         length: Tokens per stream.
@@ -137,8 +138,7 @@ class StreamWindows(Sampler[list[tuple[int, int]]]):
         if not self.variable:
             return self.bptt
         u = float(torch.rand((), generator=self.generator))
-        nominal = self.bptt if u < 0.95 else self.bptt / 2
-        return max(5, int(nominal + 5 * float(torch.randn((), generator=self.generator))))
+        return max(1, int(self.bptt if u < 0.95 else self.bptt / 2))  # seq_len = int(bptt)
 
     def __len__(self) -> int:  # the nominal count (variable lengths make it approximate)
         return max(1, (self.length - 1) // self.bptt) if self.length > 1 else 0

@@ -107,7 +107,10 @@ class SupernetWorker:
         )
         timings = {key: metrics.pop(key) for key in ("step_seconds", "data_seconds")}
         tic = time.perf_counter()
-        metrics.update(evaluate(self.supernet, self.valid_loader, self.device, precision=precision))
+        metrics.update(evaluate(  # a language model's validation streams go on from batch to batch
+            self.supernet, self.valid_loader, self.device, precision=precision,
+            carry_state=bool(getattr(self.strategy, "recurrent", False)),
+        ))
         timings["eval_seconds"] = time.perf_counter() - tic
         metrics["alpha_entropy"] = self.supernet.arch_entropy()
         if hasattr(self.supernet, "skip_connects"):  # DARTS-style cells only

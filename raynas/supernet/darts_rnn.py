@@ -12,8 +12,9 @@ activation (``RNNModelSearch.genotype``).
 ``set_path`` restricts the cell to one genotype (one predecessor and one activation per node) for
 one-shot searches that share these weights among sampled cells (ENAS's recurrent cell on PTB, SPOS).
 
-Simplification against rnn/train_search.py: every batch is a window of ``bptt`` tokens that starts
-from a zero hidden state (the authors carry the hidden state across consecutive batches).
+``bptt``, the nominal window length of the text it is searched on (``data.bptt``), is what the
+gradient strategies scale the weights' learning rate by per batch (rnn/train_search.py); the
+strategies carry the hidden state between consecutive batches of a stream.
 """
 
 from __future__ import annotations
@@ -106,11 +107,13 @@ class DartsRnnSupernet(RnnLanguageModel):
         activations: Candidate activations, ``none`` included in the paper's set.
         dropout, dropouth, dropoutx, dropouti, dropoute: As in :class:`RnnLanguageModel` and
             :class:`~raynas.spaces.darts_rnn.RecurrentCell`.
+        bptt: The nominal window length of the training text (35); a batch's learning rate is
+            scaled by its length over it (0: not scaled).
     """
 
     def __init__(
         self, *, ntoken: int, nhid: int, nodes: int, activations: Sequence[str], dropout: float,
-        dropouth: float, dropoutx: float, dropouti: float, dropoute: float,
+        dropouth: float, dropoutx: float, dropouti: float, dropoute: float, bptt: int = 0,
     ) -> None:
         cell = DartsRnnSearchCell(
             ninp=nhid, nhid=nhid, nodes=nodes, activations=activations, dropouth=dropouth,
@@ -120,6 +123,7 @@ class DartsRnnSupernet(RnnLanguageModel):
         self.search_cell = [cell]  # a plain list: the cell is registered once, as ``cell``
         self.nodes = nodes
         self.activations = tuple(activations)
+        self.bptt = bptt
         # Small random initial alphas, as in the code: 1e-3 * N(0, 1), (edges, activations).
         self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(nodes), len(self.activations)))
 
@@ -218,5 +222,5 @@ def darts_rnn_supernet(space: DartsRnnSpace, dataset: DatasetInfo) -> DartsRnnSu
     return DartsRnnSupernet(
         ntoken=dataset.num_classes, nhid=cfg.channels, nodes=cfg.nodes, activations=cfg.activations,
         dropout=cfg.dropout, dropouth=cfg.dropouth, dropoutx=cfg.dropoutx, dropouti=cfg.dropouti,
-        dropoute=cfg.dropoute,
+        dropoute=cfg.dropoute, bptt=dataset.image_size,  # a text's image_size: its bptt
     )

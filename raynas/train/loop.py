@@ -92,14 +92,20 @@ _END = object()
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, *, precision: str = "fp32"
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, *, precision: str = "fp32",
+    carry_state: bool = False,
 ) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode, its forward passes under
     ``precision``'s autocast) over ``batches``; labels of
     -100 (ignored pixels) do not count. Dense predictions, (B, C, H, W) logits, also give the
     mean IoU of their classes (``valid_miou``); sequences, (B, vocabulary, T) logits, the
-    perplexity ``exp(valid_loss)`` (``valid_ppl``)."""
+    perplexity ``exp(valid_loss)`` (``valid_ppl``).
+
+    With ``carry_state``, ``model`` is a recurrent language model (its ``run(tokens, hidden)``)
+    and ``batches`` consecutive windows of the same streams: each batch starts from the hidden
+    state the previous one ended in, the first from zeros (rnn/train_search.py's ``evaluate``)."""
     model.eval()
+    hidden: torch.Tensor | None = None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
@@ -108,7 +114,11 @@ def evaluate(
     for batch in batches:
         x, y = _to(batch, device)
         with autocast(device, precision):
-            logits = model(x).float()
+            if carry_state:
+                out, hidden = unwrap(model).run(x, hidden)  # type: ignore[operator]
+                logits = out.float()
+            else:
+                logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()

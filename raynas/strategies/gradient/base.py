@@ -11,7 +11,9 @@ steps follow ``rnn/train_search.py``: the hidden state is carried from one batch
 the same stream (the training text's for the weights, the validation text's for the
 architecture; PTB's search loaders read both in order), detached, and reset every epoch; the
 weights' loss adds the temporal activation regularisation ``tar * mean((h_{t+1} - h_t)^2)`` of
-the cell's outputs (``--beta 1e-3``; its activation regularisation ``--alpha`` is 0 there).
+the cell's outputs (``--beta 1e-3``; its activation regularisation ``--alpha`` is 0 there); and
+the weights' learning rate of every step is scaled by the training window's length over the
+nominal ``bptt`` (:meth:`GradientStrategy.lr_factor`), the unrolled step's included.
 """
 
 from __future__ import annotations
@@ -133,17 +135,38 @@ class GradientStrategy:
         self._outputs = outputs
         return self.criterion(logits, y), logits
 
+    def lr_factor(self, train_batch: Batch) -> float:
+        """What the weights' learning rate is multiplied by for one step (and restored after it):
+        1, except on a recurrent language model that knows its nominal window length ``bptt``,
+        where it is the training window's length over ``bptt`` (rnn/train_search.py:
+        ``lr2 * seq_len / args.bptt``, set before ``architect.step``, so the unrolled step's
+        ``eta`` is scaled too)."""
+        bptt = getattr(self.model, "bptt", None)
+        if not self.recurrent or not bptt:
+            return 1.0
+        return train_batch[0].shape[1] / bptt  # tokens (streams, seq_len)
+
     def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
-        """One search step: update ``alpha`` on validation data, then ``w`` on training data."""
+        """One search step: update ``alpha`` on validation data, then ``w`` on training data,
+        at the learning rate times :meth:`lr_factor`."""
         self.model.train()
         if self.recurrent:
             self._streams = {id(train_batch[0]): "train", id(valid_batch[0]): "valid"}
-        if self.epoch >= self.config.arch_start_epoch:
-            self.a_optimizer.zero_grad(set_to_none=True)
-            self.arch_backward(train_batch, valid_batch)
-            average_gradients_(self.arch_params)  # no-op unless data-parallel
-            self.a_optimizer.step()
-        result = self.weight_step(train_batch)
+        groups = self.w_optimizer.param_groups
+        rates = [group["lr"] for group in groups]
+        factor = self.lr_factor(train_batch)
+        for group in groups:
+            group["lr"] = group["lr"] * factor
+        try:
+            if self.epoch >= self.config.arch_start_epoch:
+                self.a_optimizer.zero_grad(set_to_none=True)
+                self.arch_backward(train_batch, valid_batch)
+                average_gradients_(self.arch_params)  # no-op unless data-parallel
+                self.a_optimizer.step()
+            result = self.weight_step(train_batch)
+        finally:
+            for group, rate in zip(groups, rates, strict=True):
+                group["lr"] = rate
         self.hidden.update(self._ended)  # the next batches go on from here
         self._ended, self._streams = {}, {}
         return result
