@@ -224,7 +224,7 @@ def test_block_replacement_follows_the_savings_and_the_tolerance(tmp_path: Path)
     assert best.architecture.blocks == (
         "collapsed", "collapsed", "collapsed", "ibn_k3_e6", "ibn_k3_e6", "collapsed"
     )
-    assert best.metrics["latency_ms"] == pytest.approx(2 * 0.5 + 4 * 1.0 + 2.0 + (2.0 + 3.0))
+    assert strategy.latency_ms(best.architecture) == pytest.approx(2 * 0.5 + 4 * 1.0 + 2.0 + (2.0 + 3.0))
     assert strategy.ask() is None
 
 

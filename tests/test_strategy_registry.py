@@ -33,7 +33,9 @@ ONE_SHOT = [n for n in SAMPLING if STRATEGIES.get(n).needs_supernet]
 
 # Settings a strategy has no default for (its config refuses to build without them, naming them):
 # FBNet searches against a device's latency table.
-REQUIRED: dict[str, dict[str, Any]] = {"fbnet": {"latency_table": "cpu"}}
+REQUIRED: dict[str, dict[str, Any]] = {
+    "fbnet": {"latency_table": "cpu"}, "ran_e": {"latency_table": "cpu"},
+}
 
 # --- sampling strategies: small budgets on NAS-Bench-201's flat view (6 decisions of 5 options)
 
@@ -51,12 +53,24 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
     "progressive": {"beam_size": 1, "predictor_hidden": 8, "predictor_steps": 5},
     # A shorter annealing (T from 1 to 0.05): a few expansions per ask.
     "autokeras": {"t_min": 0.05},
+    # Every scaled network of the small ran_i space below (its six multiplier pairs).
+    "ran_i": {"mass_ratio": 0.01},
 }
 BUDGET = 12  # results within which every strategy at its small settings is done
 # Strategies that search a space of their own kind (needs_choices False), on a small one of it;
 # the others search NAS-Bench-201's flat view.
 SAMPLING_SPACE_OF: dict[str, tuple[str, dict[str, Any]]] = {
     "autokeras": ("autokeras", {"seed_width": 4, "seed_strides": (1, 2)}),
+    # The quick-start layout, timed in latency_tables/cpu.json (8x8 digits): six layers to replace.
+    "ran_e": ("ran_e", {
+        "stem_channels": 8, "stem_stride": 1, "stage_channels": (8, 16, 16, 24), "stage_depths": (1, 2, 2, 1),
+        "stage_strides": (1, 2, 1, 2), "halved_layers": (4,), "head_channels": 64, "head_kernel": 3,
+        "kernels": (3, 5),
+    }),
+    "ran_i": ("ran_i", {
+        "base_depths": (1, 1), "base_widths": (8, 16), "width_multipliers": (0.5, 0.75, 1.0),
+        "depth_multipliers": (1.0, 2.0), "stem_stride": 2,
+    }),
 }
 
 # --- gradient strategies: built as the supernet worker builds them, on 8x8 single-channel inputs

@@ -19,7 +19,6 @@ only measures the chosen ones.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -28,7 +27,7 @@ from raynas.data import dataset_info
 from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import SamplingStrategy, choice_space
 from raynas.types import Architecture, EvalResult
 
 
@@ -84,12 +83,16 @@ class RanE(SamplingStrategy):
     """
 
     name = "ran_e"
+    # It searches a space of its own kind, one with latency tables (through that space's flat
+    # view), not any space's flat view.
+    needs_choices = False
 
     def __init__(self, config: RanEConfig, *, space: Any, seed: int = 0) -> None:
         super().__init__(space=space, seed=seed)
         self.config = config
         if not hasattr(space, "layer_latency_keys"):
             raise ConfigError("strategy 'ran_e' needs a space with latency tables (space: ran_e or fbnet)")
+        self.decisions = choice_space(space, self.name).decisions()
         self.table = LatencyTable.load(find_table(config.latency_table, config.latency_dir))
         info = dataset_info(config.dataset or self.table.meta.get("dataset", "") or "imagenet")
         options = [d.options for d in self.decisions]
@@ -163,10 +166,9 @@ class RanE(SamplingStrategy):
         return self.space.decode(values)
 
     def tell(self, result: EvalResult) -> None:
-        """Record the result with its table latency (``latency_ms``); keep the candidate when it
-        is the seed, or faster than the network kept and within the tolerance of the seed."""
+        """Record the result; keep the candidate when it is the seed, or faster (by the table)
+        than the network kept and within the tolerance of the seed."""
         latency = self.latency_ms(result.architecture)
-        result = dataclasses.replace(result, metrics={**result.metrics, "latency_ms": latency})
         super().tell(result)
         if self.seed_score is None and result.architecture == self.seed_arch:
             self.seed_score = result.score
@@ -240,6 +242,7 @@ class RanI(SamplingStrategy):
     """
 
     name = "ran_i"
+    needs_choices = False  # it scales the ran_i space's base network, not any space's flat view
 
     def __init__(self, config: RanIConfig, *, space: Any, seed: int = 0) -> None:
         super().__init__(space=space, seed=seed)
