@@ -21,12 +21,13 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.auto_deeplab import (
     ADL_OPS,
@@ -276,18 +277,13 @@ class AutoDeepLabSpaceConfig:
         primitives: Candidate operations on every edge (default: the paper's eight).
     """
 
-    channels: int = 8
-    layers: int = 12
-    blocks: int = 5
+    channels: Annotated[int, Rule(ge=1, says="(F) must be at least 1")] = 8
+    layers: Annotated[int, Rule(ge=1, says="(L) must be at least 1")] = 12
+    blocks: Annotated[int, Rule(ge=1, says="(B) must be at least 1")] = 5
     primitives: tuple[str, ...] = ADL_PRIMITIVES
 
     def __post_init__(self) -> None:
-        if self.channels < 1:
-            raise ConfigError(f"space.channels (F) must be at least 1, got {self.channels}")
-        if self.layers < 1:
-            raise ConfigError(f"space.layers (L) must be at least 1, got {self.layers}")
-        if self.blocks < 1:
-            raise ConfigError(f"space.blocks (B) must be at least 1, got {self.blocks}")
+        check_rules(self, "space")
         for name in self.primitives:
             if name not in ADL_OPS:
                 raise ConfigError(
