@@ -1,6 +1,6 @@
 """Faults injected into running searches, with real parts on loopback: the driver SIGKILLed at
-random moments and in every phase, and resumed; the MLflow server and the S3 server gone for an
-epoch in the middle of a search."""
+random moments and in every phase, and resumed; the MLflow server and the S3 server gone for 30 s
+in the middle of a search."""
 
 from __future__ import annotations
 
@@ -194,70 +194,100 @@ def test_a_sampling_search_killed_in_each_phase_records_every_candidate_once(tmp
     assert all(len(set(s)) == len(s) for s in held.values()), held  # no step twice, of any metric
 
 
-def outage_during_second_epoch(link: CuttableLink, lines: list[str]) -> Any:
-    """An echo that takes the link down once epoch 1 is recorded and brings it back once epoch 2
-    is: the whole of epoch 2's recording meets the outage."""
+OUTAGE_S = 30.0
+"""How long a server stays cut off in the middle of a search (issue 18: "stopped for 30 s")."""
 
-    def echo(line: str) -> None:
-        lines.append(line)
-        if line.startswith("epoch   1/"):
-            link.down()
-        elif line.startswith("epoch   2/"):
-            link.up()
 
-    return echo
+class Outage:
+    """The echo of a search that cuts ``link`` off once epoch 1 is recorded and restores it after
+    epoch N-1 is, no sooner than :data:`OUTAGE_S` later: epochs 2 to N-1 are recorded while the
+    server is gone (each ends no sooner than its share of the outage, its line waiting for it:
+    tiny epochs spread over the 30 s, slow ones on a loaded machine not held up), epoch N after
+    it is back.
+    """
+
+    def __init__(self, link: CuttableLink, epochs: int) -> None:
+        self.link, self.epochs = link, epochs
+        self.lines: list[tuple[float, str]] = []
+        self.down_at = self.up_at = 0.0
+
+    def __call__(self, line: str) -> None:
+        self.lines.append((time.monotonic(), line))
+        if not line.startswith("epoch"):
+            return
+        epoch = int(line.split()[1].split("/")[0])
+        if epoch == 1:
+            self.link.down()
+            self.down_at = time.monotonic()
+        elif 1 < epoch < self.epochs:
+            share = self.down_at + OUTAGE_S * (epoch - 1) / (self.epochs - 2)
+            time.sleep(max(0.0, share - time.monotonic()))
+            if epoch == self.epochs - 1:
+                self.link.up()
+                self.up_at = time.monotonic()
+
+    def check_it_spanned_the_search(self) -> None:
+        """Every epoch's line in order; the server gone for :data:`OUTAGE_S` at least, while
+        epochs 2 to N-1 were recorded; the last one recorded after it was back."""
+        epochs = [(t, line.split()[1]) for t, line in self.lines if line.startswith("epoch")]
+        assert [e for _, e in epochs] == [f"{k}/{self.epochs}" for k in range(1, self.epochs + 1)]
+        assert self.up_at - self.down_at >= OUTAGE_S
+        assert self.down_at <= epochs[1][0] and epochs[-2][0] <= self.up_at < epochs[-1][0], epochs
 
 
 @pytest.mark.integration
-def test_an_mlflow_server_gone_for_an_epoch_of_a_running_search_records_each_epoch_once(
+def test_an_mlflow_server_gone_for_30_s_of_a_running_search_records_each_epoch_once(
     tmp_path: Path, mlflow_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The server is cut off (connections refused, as when it is stopped) from the end of epoch 1
-    to the end of epoch 2 and comes back at the same address with the same store."""
+    """The server is cut off (connections refused, as when it is stopped) for 30 s from the end of
+    epoch 1 of a 4-epoch search, and comes back at the same address with the same store."""
     link = CuttableLink(mlflow_server)
     link.up()
-    config = parse_job(tiny_job(tmp_path, train={"epochs": 3},
+    epochs = 4
+    config = parse_job(tiny_job(tmp_path, train={"epochs": epochs},
                                 tracking={"tracking_uri": link.uri, "experiment": "outage-search"}))
-    lines: list[str] = []
+    outage = Outage(link, epochs)
     try:
         with caplog.at_level(logging.WARNING, logger="raynas.tracking.mlflow_tracker"):
-            result = run_search(config, echo=outage_during_second_epoch(link, lines))
+            result = run_search(config, echo=outage)
     finally:
         link.down()
-    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    outage.check_it_spanned_the_search()
     assert "unreachable" in caplog.text and "reachable again" in caplog.text  # it met the outage
     client = MlflowClient(mlflow_server)
     assert client.get_run(result.run_id).info.status == "FINISHED"
-    assert_each_epoch_once(client, result.run_id, 3)
-    assert child_runs(client, result.run_id) == ["epoch-000", "epoch-001", "epoch-002"]
+    assert_each_epoch_once(client, result.run_id, epochs)
+    assert child_runs(client, result.run_id) == [f"epoch-{e:03d}" for e in range(epochs)]
 
 
 @pytest.mark.integration
-def test_an_s3_server_gone_for_an_epoch_of_a_running_search_loses_no_result_or_checkpoint(
+def test_an_s3_server_gone_for_30_s_of_a_running_search_loses_no_result_or_checkpoint(
     tmp_path: Path, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Results and checkpoints on S3; the S3 server is cut off from the end of epoch 1 to the end
-    of epoch 2 and comes back at the same address with the same data."""
+    """Results and checkpoints on S3; the S3 server is cut off for 30 s from the end of epoch 1 of
+    a 4-epoch search and comes back at the same address with the same data."""
     bucket = s3_env.create_bucket("raynas-outage-search")
     link = CuttableLink(s3_env.endpoint)
     link.up()
     for name in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.setenv(name, link.uri)
-    config = parse_job(tiny_job(tmp_path, train={"epochs": 3}, tracking={"output_dir": f"{bucket}/runs"}))
-    lines: list[str] = []
+    epochs = 4
+    config = parse_job(tiny_job(tmp_path, train={"epochs": epochs},
+                                tracking={"output_dir": f"{bucket}/runs"}))
+    outage = Outage(link, epochs)
     try:
         with caplog.at_level(logging.WARNING):
-            result = run_search(config, echo=outage_during_second_epoch(link, lines))
+            result = run_search(config, echo=outage)
     finally:
         link.down()
-    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    outage.check_it_spanned_the_search()
     assert "not written, its storage is unreachable" in caplog.text  # an epoch's checkpoint skipped
     assert "results store" in caplog.text and "unreachable" in caplog.text  # its rows spooled
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
     state = load_checkpoint(result.checkpoint)
-    assert state["finished"] and [h["epoch"] for h in state["history"]] == [0, 1, 2]
+    assert state["finished"] and [h["epoch"] for h in state["history"]] == list(range(epochs))
     assert storage.exists(previous_checkpoint(result.checkpoint))
     rows = ResultsStore(f"{bucket}/runs/results").read_table().to_pylist()
     assert sorted(r["trial_id"] for r in rows if r["run_id"] == result.run_id) == [
-        "epoch-000", "epoch-001", "epoch-002"
+        f"epoch-{e:03d}" for e in range(epochs)
     ]
