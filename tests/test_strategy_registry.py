@@ -34,7 +34,7 @@ ONE_SHOT = [n for n in SAMPLING if STRATEGIES.get(n).needs_supernet]
 # Settings a strategy has no default for (its config refuses to build without them, naming them):
 # FBNet searches against a device's latency table.
 REQUIRED: dict[str, dict[str, Any]] = {
-    "fbnet": {"latency_table": "cpu"}, "ran_e": {"latency_table": "cpu"},
+    "fbnet": {"latency_table": "cpu"}, "prunet": {"latency_table": "cpu"}, "ran_e": {"latency_table": "cpu"},
 }
 
 # --- sampling strategies: small budgets on NAS-Bench-201's flat view (6 decisions of 5 options)
@@ -77,7 +77,7 @@ SAMPLING_SPACE_OF: dict[str, tuple[str, dict[str, Any]]] = {
 
 # The space a strategy searches (else darts): TEG-NAS's pruning measures every operation's
 # removal, NAS-Bench-201's 24 fewer than DARTS's.
-SPACE_OF = {"fbnet": "fbnet", "teg_nas_prune": "nb201"}
+SPACE_OF = {"fbnet": "fbnet", "prunet": "fbnet", "teg_nas_prune": "nb201"}
 SMALL_SPACE: dict[str, dict[str, Any]] = {
     "darts": {"channels": 4, "layers": 3, "nodes": 2},
     "nb201": {"channels": 4, "cells_per_stage": 1},
@@ -89,6 +89,7 @@ SMALL_SPACE: dict[str, dict[str, Any]] = {
 }
 GRADIENT_CONFIG_OF: dict[str, dict[str, Any]] = {
     "fbnet": {"latency_dir": str(ROOT / "latency_tables"), "latency_unit": "us"},
+    "prunet": {"latency_dir": str(ROOT / "latency_tables"), "latency_unit": "us"},
     # TE-NAS's two indicators on two images (tests/test_teg_nas.py checks all three).
     "teg_nas_prune": {
         "indicators": ("ntk", "region"), "repeat": 1, "batch_size": 2, "region_inputs": 20,

@@ -14,6 +14,7 @@ from raynas.strategies.gradient import (  # noqa: F401
     gdas,
     milenas,
     pc_darts,
+    prunet,
     rf_darts,
     teg_prune,
 )

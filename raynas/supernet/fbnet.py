@@ -176,8 +176,16 @@ def _check_no_reduction(reduction: bool) -> None:
 
 
 @SUPERNETS.register("fbnet")
-def fbnet_supernet(space: FbnetSpace, dataset: DatasetInfo) -> FbnetSupernet:
-    """The weight-sharing network: every searchable layer mixes the nine candidates."""
+def fbnet_supernet(space: FbnetSpace, dataset: DatasetInfo) -> nn.Module:
+    """The weight-sharing network: every searchable layer mixes the nine candidates (with
+    ``mixed_op: prunode``, which strategy ``prunet`` sets, PruNet's layers of Prunodes instead)."""
+    if space.config.mixed_op == "prunode":
+        from raynas.supernet.prunet import PrunetSupernet
+
+        return PrunetSupernet(
+            config=space.config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+            image_size=dataset.image_size,
+        )
     return FbnetSupernet(
         config=space.config, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
         image_size=dataset.image_size,
