@@ -36,6 +36,7 @@ SHRINK_SPACE = {
     "convnext": ["space.depth_choices=[[1],[1],[1]]", "space.width_choices=[[4],[8],[8,16]]"],
     "xd": ["space.channels=4", "space.layers=3"],
     "nexception": ["space.depth_choices=[1]", "space.widths=[4,8,8,8,8,8,8]"],
+    "stacked_bnas": ["space.channels=4", "space.blocks=1", "space.nodes=2"],
     "ran_e": ["space.stage_depths=[1,1,1,1]", "space.halved_layers=[]"],
 }
 

@@ -77,9 +77,11 @@ SAMPLING_SPACE_OF: dict[str, tuple[str, dict[str, Any]]] = {
 
 # The space a strategy searches (else darts): TEG-NAS's pruning measures every operation's
 # removal, NAS-Bench-201's 24 fewer than DARTS's.
-SPACE_OF = {"fbnet": "fbnet", "prunet": "fbnet", "teg_nas_prune": "nb201"}
+SPACE_OF = {"fbnet": "fbnet", "prunet": "fbnet", "teg_nas_prune": "nb201", "stacked_bnas": "stacked_bnas"}
 SMALL_SPACE: dict[str, dict[str, Any]] = {
     "darts": {"channels": 4, "layers": 3, "nodes": 2},
+    # One mini-BCNN of one-node cells: six mixed ops and five mixed knowledge embeddings.
+    "stacked_bnas": {"channels": 4, "blocks": 1, "nodes": 1},
     "nb201": {"channels": 4, "cells_per_stage": 1},
     # Two searchable layers, both timed in latency_tables/cpu.json (8x8 digits, quick-start layout).
     "fbnet": {

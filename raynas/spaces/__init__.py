@@ -15,6 +15,7 @@ from raynas.spaces import (  # noqa: F401
     fbnet,
     nb201,
     nexception,
+    stacked_bnas,
     ran,
     xd,
 )

@@ -9,6 +9,7 @@ Ray Tune.
 # Built-in strategies register themselves on import.
 from raynas.strategies.gradient import (  # noqa: F401
     adarts,
+    bnas,
     darts,
     fbnet,
     gdas,

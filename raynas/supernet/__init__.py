@@ -22,6 +22,7 @@ from raynas.supernet import (  # noqa: F401  (register)
     fbnet,
     nb201,
     nexception,
+    stacked_bnas,
     ran,
     xd,
 )
