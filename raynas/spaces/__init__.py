@@ -15,8 +15,8 @@ from raynas.spaces import (  # noqa: F401
     fbnet,
     nb201,
     nexception,
-    stacked_bnas,
     ran,
+    stacked_bnas,
     xd,
 )
 from raynas.spaces.registry import SPACES

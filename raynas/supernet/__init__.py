@@ -22,8 +22,8 @@ from raynas.supernet import (  # noqa: F401  (register)
     fbnet,
     nb201,
     nexception,
-    stacked_bnas,
     ran,
+    stacked_bnas,
     xd,
 )
 from raynas.supernet.darts import DartsSupernet, derive_cell
