@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from raynas.config import SearchConfig
 from raynas.errors import WorkerLostError
 from raynas.evaluators import EVALUATORS
+from raynas.execution.group import GroupMember
 from raynas.types import Architecture, EvalResult
 
 log = logging.getLogger(__name__)
@@ -162,17 +163,8 @@ class LocalPool:
         pass
 
 
-class _EvaluatorActor:
+class _EvaluatorActor(GroupMember):
     """An evaluator inside a Ray actor (built by :meth:`setup` so errors reach the driver)."""
-
-    def rendezvous(self, world: int) -> str:
-        """host:port where this actor, as rank 0, gathers the data-parallel group of ``world``."""
-        import ray
-
-        from raynas.train.distributed import open_store
-
-        self._store, address = open_store(ray.util.get_node_ip_address(), world)
-        return address
 
     def setup(
         self, config: SearchConfig, threads: int, rank: int = 0, world: int = 1, address: str | None = None
@@ -181,17 +173,12 @@ class _EvaluatorActor:
         import torch
 
         from raynas.execution.ray_actors import node_type
-        from raynas.train.distributed import init_process_group
 
         torch.set_num_threads(threads)
-        if world > 1:
-            assert address is not None
-            init_process_group(
-                rank=rank, world=world, address=address, store=self._store if rank == 0 else None
-            )
-            self.evaluator = build_evaluator(config, rank=rank, world_size=world)
-        else:
-            self.evaluator = build_evaluator(config)
+        self.join_group(rank, world, address)
+        self.evaluator = (
+            build_evaluator(config, rank=rank, world_size=world) if world > 1 else build_evaluator(config)
+        )
         self.node = node_type(config.execution.accelerator)  # the node's accelerator type, or cpu
         self.node_id = ray.get_runtime_context().get_node_id()
         return self.node_id, self.node

@@ -15,7 +15,7 @@ import ray
 
 from raynas.config import ExecutionConfig
 from raynas.errors import ConfigError, RaynasError, WorkerLostError
-from raynas.train.distributed import init_process_group, open_store
+from raynas.execution.group import GroupMember
 from raynas.types import EpochReport
 
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
@@ -116,22 +116,13 @@ def remote_call(ref: Any) -> Any:
         ) from None
 
 
-class _WorkerActor:
+class _WorkerActor(GroupMember):
     """Hosts the work a factory builds; built by :meth:`setup` so that errors reach the driver."""
-
-    def rendezvous(self, world: int) -> str:
-        """host:port where this actor, as rank 0, gathers the data-parallel group of ``world``."""
-        self._store, address = open_store(ray.util.get_node_ip_address(), world)
-        return address
 
     def setup(
         self, factory: Any, threads: int, rank: int = 0, world: int = 1, address: str | None = None
     ) -> str:
-        if world > 1:
-            assert address is not None
-            init_process_group(
-                rank=rank, world=world, address=address, store=self._store if rank == 0 else None
-            )
+        self.join_group(rank, world, address)
         self.work = factory(threads=threads, rank=rank, world_size=world)
         return f"{socket.gethostname()} ({self.work.device})"
 
