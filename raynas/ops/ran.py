@@ -19,7 +19,9 @@ non-linear units. A layer holds one of:
 
 The official code makes one layer special (``downsample_ibn``: the second 128 -> 128 layer of its
 networks): the block then runs through half the width in two steps, ``c -> c/2 -> c``, each
-step a block of its kind, with one residual around both. Here that is ``halved=True``.
+step a block of its kind, with one residual around both. Here that is ``halved=True``. The code
+hard-wires expansion 6 for that layer's inverted bottleneck whatever its stage's ratio; here the
+candidate's own ratio counts (RAN-e-C's is 6 there, so its network is the code's).
 
 Every convolution has no bias; BatchNorm uses the code's epsilon 1e-3 and Keras momentum 0.99
 (torch momentum 0.01). A collapsed block can also be trained over-parameterised, as SESR's
