@@ -77,8 +77,12 @@ def test_a_policy_step_is_reinforce_with_the_constrained_reward_by_hand() -> Non
     probe = Epnas(EpnasConfig(evaluations=3, batch_size=3, candidates=3, lstm_size=4, dataset="digits"),
                   space=space, seed=3)
     archs = [probe.ask() for _ in range(3)]
-    # Parameters counted independently: every tensor of the network built on the CPU.
-    params = [sum(p.numel() for p in space.build(a, DIGITS).parameters()) for a in archs]  # type: ignore[attr-defined]
+    # Parameters counted independently: every tensor of the network built on the CPU at the space
+    # section's size (channels 4, one cell per stage), as the supernet scores it.
+    params = [
+        sum(p.numel() for p in space.build(a, DIGITS, channels=4, layers=1).parameters())  # type: ignore[attr-defined]
+        for a in archs
+    ]
     target = float(sorted(params)[1])  # the median: at least one network violates it
     config = EpnasConfig(
         evaluations=3, batch_size=3, candidates=3, lstm_size=4, learning_rate=0.01, dataset="digits",

@@ -27,8 +27,9 @@ The search runs in policy steps. Each step:
 ``R = A * prod_k min(1, T_k / c_k) ** w``: each constraint ``k`` that is set (``max_params``,
 ``max_macs``, ``max_latency_ms``) whose cost ``c_k`` exceeds its target ``T_k`` scales the
 accuracy down by its ratio to the power ``w`` (``constraint_weight``), and a network within every
-target keeps its accuracy. Parameters and multiply-adds are counted on the network the space
-builds at its own size for ``dataset``'s input shape (on the meta device: no memory, no compute);
+target keeps its accuracy. Parameters and multiply-adds are counted on the network of the size the
+space section gives (its ``channels`` and ``layers`` or ``cells_per_stage``, as the one-shot
+supernet scores it) for ``dataset``'s input shape (on the meta device: no memory, no compute);
 latency is the sum of the network's parts in a measured latency table (:mod:`raynas.latency`;
 FBNet's space has tables). The objective must be non-negative (an accuracy) for the product to
 rank as intended; a failed evaluation has reward 0.
@@ -332,7 +333,7 @@ class Epnas(SamplingStrategy):
             arch, out = self.space.decode(values), {}
             if self.targets["params"] or self.targets["macs"]:
                 with torch.device("meta"):
-                    network = self.space.build(arch, self.info)
+                    network = self.space.build(arch, self.info, **self.size())
                 out["params"] = float(count_params(network))
                 if self.targets["macs"]:
                     shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
@@ -341,6 +342,14 @@ class Epnas(SamplingStrategy):
                 out["latency_ms"] = self.table.predict(self.space.latency_keys(arch, self.info))
             self._costs[values] = out
         return self._costs[values]
+
+    def size(self) -> dict[str, int | None]:
+        """``build``'s size arguments for the networks the search scores: the space section's
+        ``channels`` and ``layers`` (or ``cells_per_stage``) where it has them, else the space's
+        defaults (as the one-shot supernet and the ``scratch`` evaluator by default build them)."""
+        cfg = getattr(self.space, "config", None)
+        layers = getattr(cfg, "layers", None) or getattr(cfg, "cells_per_stage", None)
+        return {"channels": getattr(cfg, "channels", None) or None, "layers": layers or None}
 
     def factor(self, values: Values) -> float:
         """The resource factor of a network: its reward per unit of accuracy."""
