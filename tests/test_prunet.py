@@ -225,6 +225,14 @@ def test_pruning_waits_for_the_warm_up_and_survives_a_checkpoint() -> None:
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(fresh.model.alive, alive) and torch.equal(fresh.model.levels, s.model.levels)
     assert fresh.model.genotype() == s.model.genotype()
+    # Gumbel samples over a pruned supernet: the removed candidates stay at zero, nothing turns NaN.
+    g = torch.Generator().manual_seed(6)
+    batch = (torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))
+    result = fresh.step(batch, batch)
+    assert torch.isfinite(result.loss_sum)
+    assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
+    blocks, _ = fresh.model.forward_weights()
+    assert bool((blocks[~fresh.model.alive] == 0).all())
 
 
 def test_prunet_refuses_a_supernet_without_prunodes() -> None:

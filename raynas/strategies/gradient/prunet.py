@@ -53,6 +53,7 @@ from raynas.supernet.prunet import (
     SKIP,
     PrunetSupernet,
 )
+from raynas.train.accel import unwrap
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Prunet(Fbnet):
     model: PrunetSupernet
 
     def __init__(self, *, supernet: nn.Module, config: PrunetConfig, train: TrainConfig) -> None:
-        if not isinstance(supernet, PrunetSupernet):
+        if not isinstance(unwrap(supernet), PrunetSupernet):  # compiled or not
             raise ConfigError(
                 f"strategy 'prunet' searches the fbnet space (space: fbnet) with its Prunode supernet; "
                 f"got a {type(supernet).__name__}"
