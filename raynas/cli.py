@@ -362,7 +362,8 @@ def _latency(args: argparse.Namespace) -> None:
         space_name, space_config, info = args.space, entry.config(), dataset_info(args.dataset)
     space = SPACES.create(space_name, space_config)
     if not hasattr(space, "latency_items"):
-        raise ConfigError(f"space {space_name!r} has no latency tables; spaces with them: fbnet")
+        timed = ", ".join(n for n in SPACES.names() if hasattr(SPACES.get(n), "latency_items"))
+        raise ConfigError(f"space {space_name!r} has no latency tables; spaces with them: {timed}")
     options = TimingOptions(
         batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, threads=args.threads
     )
