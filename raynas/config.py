@@ -706,6 +706,8 @@ def _check_component(section: str, data: dict[str, Any]) -> None:
             value = _convert(value, hint, _join(section, key))
             if key in rules:
                 check_rule(value, Rule.from_json(rules[key]), _join(section, key))
+    for key in (k for k, rule in rules.items() if k not in data and "missing" in rule):
+        check_rule(None, Rule.from_json(rules[key]), _join(section, key))
 
 
 def manifest_type(spec: Any) -> Any:
@@ -969,6 +971,8 @@ class Rule:
         even, odd: The value's parity.
         one_of: The values allowed.
         says: The rule in words (default: from the fields, such as ``must be at least 1``).
+        missing: For a setting a job must give: what it is, for the line that says it is
+            missing (or empty).
     """
 
     ge: float | None = None
@@ -979,13 +983,14 @@ class Rule:
     odd: bool = False
     one_of: tuple[Any, ...] | None = None
     says: str = ""
+    missing: str = ""
 
     def holds(self, value: Any) -> bool:
         """Whether the single value ``value`` keeps the rule."""
         if self.one_of is not None and value not in self.one_of:
             return False
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            return self.one_of is not None
+            return True  # its type is checked before: the bounds are for numbers
         return not (
             (self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
             or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)
@@ -1052,7 +1057,10 @@ def rules_of(cls: type) -> dict[str, Rule]:
 
 def check_rule(value: Any, rule: Rule, where: str) -> None:
     """Raise :class:`ConfigError` (``<where> <rule>, got <value>``) unless ``value`` keeps ``rule``
-    (each item of a tuple or list, named ``<where>[i]``)."""
+    (each item of a tuple or list, named ``<where>[i]``); for a setting the job must give
+    (:attr:`Rule.missing`), None or empty is ``config key '<where>' is missing: <what it is>``."""
+    if rule.missing and value in (None, ""):
+        raise ConfigError(f"config key {where!r} is missing: {rule.missing}")
     if isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
             check_rule(item, rule, f"{where}[{i}]")

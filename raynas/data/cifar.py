@@ -11,14 +11,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.pickled import load_batch
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import ConfigError, DataError
+from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
 # Channel statistics used by DARTS (cnn/utils.py).
@@ -31,13 +33,8 @@ class CifarConfig(LoaderConfig):
     """Where the batches are: the ``cifar-10-batches-py`` (or ``cifar-100-python``) folder or
     its parent. ``augment`` applies DARTS's random crop and flip."""
 
-    path: str = ""
+    path: Annotated[str, Rule(missing="the folder holding the CIFAR batches")] = ""
     augment: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError("config key 'data.path' is missing: the folder holding the CIFAR batches")
 
 
 def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
-from raynas.errors import ConfigError, DataError
+from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
 IGNORE_INDEX = -100  # nn.CrossEntropyLoss's default ignore_index
@@ -77,7 +77,7 @@ class CityscapesConfig(LoaderConfig):
         split_seed: Seeds the shuffle that makes the halves random (trainA, trainB).
     """
 
-    path: str = ""
+    path: Annotated[str, Rule(missing="the folder holding leftImg8bit/ and gtFine/")] = ""
     split: Annotated[
         str, Rule(one_of=("train", "val"), says="must be train or val (the gtFine folders)")
     ] = "train"
@@ -85,13 +85,6 @@ class CityscapesConfig(LoaderConfig):
     crop_size: Annotated[int, Rule(ge=0, says="must be >= 0 (0: whole images)")] = 321
     flip: bool = True
     split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError(
-                "config key 'data.path' is missing: the folder holding leftImg8bit/ and gtFine/"
-            )
 
 
 def find_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
-from raynas.errors import ConfigError, DataError
+from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -23,14 +24,9 @@ class ImageFolderConfig(LoaderConfig):
     ``color_jitter``: DARTS's ``ColorJitter(0.4, 0.4, 0.4, 0.2)`` on training images
     (train_imagenet.py)."""
 
-    path: str = ""
+    path: Annotated[str, Rule(missing="the folder holding train/")] = ""
     image_size: int = 224
     color_jitter: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError("config key 'data.path' is missing: the folder holding train/")
 
 
 @DATASETS.register("imagenet", config=ImageFolderConfig)

@@ -13,15 +13,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.pickled import load_batch
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import ConfigError, DataError
+from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
 # The benchmark's channel statistics and augmentation (random crop with 2 pixels of padding, flip).
@@ -36,16 +37,10 @@ NUM_CLASSES = 120
 class ImageNet16Config(LoaderConfig):
     """``path``: the folder holding ``train_data_batch_1..10``; ``augment``: crop and flip."""
 
-    path: str = ""
+    path: Annotated[
+        str, Rule(missing="the folder holding the ImageNet16 batches train_data_batch_1..10")
+    ] = ""
     augment: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError(
-                "config key 'data.path' is missing: the folder holding the ImageNet16 batches "
-                "train_data_batch_1..10"
-            )
 
 
 def _field(batch: Any, name: str) -> Any:

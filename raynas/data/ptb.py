@@ -46,13 +46,8 @@ class PtbConfig(LoaderConfig):
         bptt: Tokens per sample (35 in rnn/train_search.py and rnn/train.py).
     """
 
-    path: str = ""
+    path: Annotated[str, Rule(missing="the folder holding ptb.train.txt")] = ""
     bptt: Annotated[int, Rule(ge=1)] = 35
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError("config key 'data.path' is missing: the folder holding ptb.train.txt")
 
 
 def read_words(

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import ConfigError, DataError
+from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
 # RobustDARTS's src/utils.py (_data_transforms_svhn).
@@ -29,16 +31,9 @@ class SvhnConfig(LoaderConfig):
     """Where the ``.mat`` files are (``path``, a folder); ``extra`` adds the 531,131 extra
     training images; ``augment`` applies the random crop and flip."""
 
-    path: str = ""
+    path: Annotated[str, Rule(missing="the folder holding train_32x32.mat and test_32x32.mat")] = ""
     extra: bool = False
     augment: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path:
-            raise ConfigError(
-                "config key 'data.path' is missing: the folder holding train_32x32.mat and test_32x32.mat"
-            )
 
 
 def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from raynas.config import Rule
 from raynas.data.base import DATASETS
 from raynas.data.ptb import Ptb, PtbConfig
-from raynas.errors import ConfigError
 from raynas.types import DatasetInfo
 
 RELEASE_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
@@ -40,10 +41,7 @@ class WikiText2Config(PtbConfig):
         bptt: Tokens per sample (35 in rnn/train.py).
     """
 
-    def __post_init__(self) -> None:
-        if not self.path:
-            raise ConfigError("config key 'data.path' is missing: the folder holding wiki.train.tokens")
-        super().__post_init__()
+    path: Annotated[str, Rule(missing="the folder holding wiki.train.tokens")] = ""
 
 
 @DATASETS.register("wikitext2", config=WikiText2Config)
