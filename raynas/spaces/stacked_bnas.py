@@ -402,16 +402,12 @@ class StackedBnasSpace:
             dataset: Input channels and classes (classification only).
             channels: Width of the first mini-BCNN (default ``eval_channels``).
             layers: Deep cells per mini-BCNN (default ``eval_deep_cells``).
-            auxiliary: Not offered: the network has no auxiliary head.
+            auxiliary: Ignored: the network has no auxiliary head.
             drop_path_prob: Drop-path probability on the cells' non-identity edges.
         """
         if not isinstance(arch, StackedBnasArch):
             raise ArchitectureError(
                 f"the stacked_bnas space builds StackedBnasArch, got {type(arch).__name__}"
-            )
-        if auxiliary:
-            raise ConfigError(
-                "the stacked_bnas network has no auxiliary head; set retrain.auxiliary_weight to 0"
             )
         if dataset.task != "classification":
             raise ConfigError(
