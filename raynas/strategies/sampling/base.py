@@ -10,6 +10,11 @@ When a search trains a weight-sharing supernet first, the strategy also says whi
 training step takes (:meth:`SamplingStrategy.sample_path`: uniform for SPOS, the controller's
 policy for ENAS, the least-visited region for novelty search).
 
+A strategy may be held to cells of a given shape (``strategy.cell_shape``, :class:`CellShapeLimits`:
+the width and depth of Shu et al., ICLR 2020) where the space measures one: each strategy applies
+it where it generates candidates (:meth:`SamplingStrategy.constrain_cells`), so that every
+candidate it asks fits, without spending its evaluation budget on those that do not.
+
 Resume is exact: the state records the candidates asked and not yet told (in flight), and after
 :meth:`SamplingStrategy.load_state_dict` the next asks return exactly those, in the order they
 were asked, before anything new, so an interrupted search continues as the search it was.
@@ -18,10 +23,13 @@ were asked, before anything new, so an interrupted search continues as the searc
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.types import (
     Architecture,
@@ -30,6 +38,71 @@ from raynas.types import (
     best_at_equal_budget,
     compare_at_equal_budget,
 )
+
+log = logging.getLogger(__name__)
+
+# Draws a strategy makes for a candidate that fits ``strategy.cell_shape`` before it gives up
+# (and, for a policy, falls back to a uniform draw that fits); and the uniform draws that must
+# find one fitting cell for the limits to be accepted at all.
+SHAPE_TRIES = 1000
+
+
+@dataclass(frozen=True)
+class CellShapeLimits:
+    """Bounds on the width and depth of a candidate's cells (Shu et al., "Understanding
+    Architectures Learnt by Cell-based Neural Architecture Search", ICLR 2020, Sec. 3.1; measured
+    by the space's ``cell_shape``, e.g. :func:`raynas.spaces.darts_genotype.cell_shape`), the
+    constraint a sampling search may put on the cells it asks for (``strategy.cell_shape``).
+
+    Attributes:
+        min_width: Smallest width, in units of one node's channels (0: no bound).
+        max_width: Largest width (0: no bound).
+        min_depth: Fewest connections on the longest input-to-output path (0: no bound).
+        max_depth: Most (0: no bound).
+        cells: The cells the bounds hold for: ``both``, ``normal`` or ``reduce``.
+    """
+
+    min_width: Annotated[float, Rule(ge=0)] = 0.0
+    max_width: Annotated[float, Rule(ge=0)] = 0.0
+    min_depth: Annotated[int, Rule(ge=0)] = 0
+    max_depth: Annotated[int, Rule(ge=0)] = 0
+    cells: Literal["both", "normal", "reduce"] = "both"
+
+    def __post_init__(self) -> None:
+        check_rules(self, "strategy.cell_shape")
+        if not (self.min_width or self.max_width or self.min_depth or self.max_depth):
+            raise ConfigError(
+                "strategy.cell_shape sets no bound: give min_width, max_width, min_depth or max_depth"
+            )
+        for low, high in (("min_width", "max_width"), ("min_depth", "max_depth")):
+            if getattr(self, high) and getattr(self, low) > getattr(self, high):
+                raise ConfigError(f"strategy.cell_shape.{low} must be at most strategy.cell_shape.{high}")
+
+    def kinds(self, shape: dict[str, float]) -> list[str]:
+        """The cell types of ``shape`` (a space's ``cell_shape``) the bounds hold for."""
+        kinds = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in shape))
+        return kinds if self.cells == "both" else [k for k in kinds if k == self.cells]
+
+    def violation(self, shape: dict[str, float], *, upper_only: bool = False) -> float:
+        """How far ``shape`` lies outside the bounds, summed over bounds and cells (0: it fits);
+        ``upper_only``: the maximum bounds alone."""
+        total = 0.0
+        for kind in self.kinds(shape):
+            width, depth = shape[f"{kind}_width"], shape[f"{kind}_depth"]
+            if self.max_width:
+                total += max(0.0, width - self.max_width)
+            if self.max_depth:
+                total += max(0.0, depth - self.max_depth)
+            if not upper_only:
+                total += max(0.0, self.min_width - width) + max(0.0, self.min_depth - depth)
+        return total
+
+    def __str__(self) -> str:
+        parts = [f"{name.split('_')[1]} {'>=' if name.startswith('min') else '<='} {value:g}"
+                 for name in ("min_width", "max_width", "min_depth", "max_depth")
+                 if (value := getattr(self, name))]
+        cells = {"both": "every cell", "normal": "normal cells", "reduce": "reduction cells"}[self.cells]
+        return f"{', '.join(parts)} ({cells})"
 
 
 def choice_space(space: Any, strategy: str) -> ChoiceSpace:
@@ -77,6 +150,41 @@ class SamplingStrategy(ABC):
         # The in-flight candidates restored by load_state_dict that ask() has not handed out again.
         self.reask: list[Architecture] = []
         self.told_ids: set[str] = set()
+        self.shape_limits: CellShapeLimits | None = None
+
+    def constrain_cells(self, limits: CellShapeLimits | None) -> None:
+        """Hold the candidates this strategy asks for to cells within ``limits`` (None: none).
+
+        Raises:
+            ConfigError: The space measures no cell shapes, or no cell of :data:`SHAPE_TRIES`
+                uniform draws fits.
+        """
+        if limits is None:
+            return
+        if not callable(getattr(self.space, "cell_shape", None)):
+            raise ConfigError(
+                f"strategy.cell_shape: the {type(self.space).__name__} space has no cells whose width "
+                "and depth can be measured (the darts space has); remove strategy.cell_shape"
+            )
+        self.shape_limits = limits
+        rng = random.Random(0)  # the strategy's own random stream is left as it is
+        draws = (self.space.decode([rng.randrange(len(d.options)) for d in self.decisions])
+                 for _ in range(SHAPE_TRIES))
+        if not any(self.fits(arch) for arch in draws):
+            raise ConfigError(
+                f"strategy.cell_shape: no cell of {SHAPE_TRIES} random architectures of the space has "
+                f"{limits}; loosen the bounds"
+            )
+
+    def shape_violation(self, arch: Architecture, *, upper_only: bool = False) -> float:
+        """How far ``arch``'s cells lie outside ``strategy.cell_shape`` (0: they fit, or no limits)."""
+        if self.shape_limits is None:
+            return 0.0
+        return self.shape_limits.violation(self.space.cell_shape(arch), upper_only=upper_only)
+
+    def fits(self, arch: Architecture) -> bool:
+        """Whether ``arch``'s cells keep ``strategy.cell_shape`` (always, without limits)."""
+        return self.shape_violation(arch) == 0
 
     def check_search(self, *, supernet_epochs: int) -> None:
         """Raise :class:`ConfigError` if the strategy's settings do not fit the search around it
@@ -145,19 +253,45 @@ class SamplingStrategy(ABC):
         return sorted(self.history, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True)
 
     def sample_path(self) -> Architecture:
-        """The path a supernet-training step should take (default: uniform, as in SPOS)."""
-        return self.random_architecture()
+        """The path a supernet-training step should take (default: uniform over the whole space,
+        as in SPOS, whatever ``strategy.cell_shape`` says of the candidates)."""
+        return self._uniform()
 
     def sample_paths(self, n: int) -> list[Architecture]:
         """The paths of ``n`` supernet-training steps (one call for a whole epoch)."""
         return [self.sample_path() for _ in range(n)]
 
-    def random_architecture(self) -> Architecture:
-        """Uniformly random option for every decision."""
+    def _uniform(self) -> Architecture:
         return self.space.decode([self.rng.randrange(len(d.options)) for d in self.decisions])
 
+    def random_architecture(self) -> Architecture:
+        """Uniformly random option for every decision; with ``strategy.cell_shape``, drawn again
+        until the cells fit (uniform over the architectures that fit).
+
+        Raises:
+            RuntimeError: None of :data:`SHAPE_TRIES` draws fits (the bounds admit too few cells).
+        """
+        for _ in range(SHAPE_TRIES):
+            arch = self._uniform()
+            if self.fits(arch):
+                return arch
+        raise RuntimeError(
+            f"no architecture of {SHAPE_TRIES} random draws has cells with {self.shape_limits}"
+        )
+
     def mutate(self, arch: Architecture) -> Architecture:
-        """``arch`` with one decision changed to another of its options."""
+        """``arch`` with one decision changed to another of its options; with
+        ``strategy.cell_shape``, mutated again until the child fits (a random architecture that
+        fits if none of :data:`SHAPE_TRIES` mutations does)."""
+        if self.shape_limits is None:
+            return self._mutate_once(arch)
+        for _ in range(SHAPE_TRIES):
+            child = self._mutate_once(arch)
+            if self.fits(child):
+                return child
+        return self.random_architecture()
+
+    def _mutate_once(self, arch: Architecture) -> Architecture:
         values = list(self.space.encode(arch))
         free = [i for i, d in enumerate(self.decisions) if len(d.options) > 1]
         if not free:
@@ -190,6 +324,26 @@ class SamplingStrategy(ABC):
         self.asked = int(state["asked"])
         self.in_flight = [Architecture.from_json(a) for a in state["in_flight"]]
         self.reask = list(self.in_flight)
+
+
+def fitting_sample(
+    strategy: SamplingStrategy, draw: Any, *, what: str
+) -> Architecture:
+    """A candidate from ``draw()`` (a policy's sample) that fits ``strategy.cell_shape``: drawn again
+    up to :data:`SHAPE_TRIES` times, then a uniform architecture that fits, with a warning saying so
+    (``what`` names the policy)."""
+    arch = draw()
+    if strategy.shape_limits is None:
+        return arch
+    for _ in range(SHAPE_TRIES - 1):
+        if strategy.fits(arch):
+            return arch
+        arch = draw()
+    if strategy.fits(arch):
+        return arch
+    log.warning("%s: none of %d samples has cells with %s; asking a uniform one that has",
+                what, SHAPE_TRIES, strategy.shape_limits)
+    return strategy.random_architecture()
 
 
 def _as_rng_state(state: Any) -> tuple[Any, ...]:

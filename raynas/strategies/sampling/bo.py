@@ -22,6 +22,7 @@ first (see :meth:`SamplingStrategy.load_state_dict`).
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from typing import Annotated, Any
 
 from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import SHAPE_TRIES, CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class BoConfig:
         constant_liar: Treat suggestions in flight as bad results, so concurrent ones differ.
         max_repeats: Suggestions of already evaluated architectures answered from the record per
             ask, before one is evaluated again anyway.
+        cell_shape: Bounds on the width and depth of the candidates' cells
+            (:class:`CellShapeLimits`): a suggestion outside them is not evaluated but told to the
+            study at once as an infeasible pruned trial (its constraint the distance to the bounds,
+            so TPE ranks it below every feasible one), and the study is asked anew; it spends none
+            of ``evaluations``.
     """
 
     evaluations: Annotated[int, Rule(ge=1)] = 100
@@ -51,6 +59,7 @@ class BoConfig:
     multivariate: bool = True
     constant_liar: bool = True
     max_repeats: Annotated[int, Rule(ge=1)] = 50
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -89,6 +98,7 @@ class BayesOpt(SamplingStrategy):
             for i, d in enumerate(self.decisions)
         }
         self.study = self._new_study()
+        self.constrain_cells(config.cell_shape)
 
     def _new_study(self) -> Any:
         import optuna
@@ -127,11 +137,27 @@ class BayesOpt(SamplingStrategy):
         else:
             self.study.tell(trial, state=TrialState.FAIL)
 
-    def _add_point(self, values: tuple[int, ...], score: float, curve: list[float] | None = None) -> None:
+    def _reject(self, index: int, violation: float) -> None:
+        """Tell the study that suggestion ``index`` lies ``violation`` outside ``cell_shape``."""
+        from optuna.trial import TrialState
+
+        trial = self._asked.pop(index)
+        trial.set_constraint("cell_shape", violation)
+        self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _add_point(
+        self, values: tuple[int, ...], score: float, curve: list[float] | None = None,
+        rejected: float | None = None,
+    ) -> None:
         import optuna
         from optuna.trial import TrialState
 
-        if curve:
+        if rejected is not None:
+            trial = optuna.trial.create_trial(
+                params=self._params(values), distributions=self.distributions,
+                state=TrialState.PRUNED, constraints={"cell_shape": rejected},
+            )
+        elif curve:
             trial = optuna.trial.create_trial(
                 params=self._params(values), distributions=self.distributions,
                 state=TrialState.PRUNED, intermediate_values=dict(enumerate(curve, 1)),
@@ -157,19 +183,43 @@ class BayesOpt(SamplingStrategy):
     def propose(self) -> Architecture | None:
         if self.asked >= self.config.evaluations:
             return None
-        for _ in range(self.config.max_repeats + 1):
+        repeats = rejects = 0
+        while True:
             index = len(self.trials)
             values = self._suggest()
             self.trials.append({"values": list(values), "score": None, "curve": None})
             self.events.append(("ask", index))
-            if values not in self.known:
+            violation = self.shape_violation(self.space.decode(values))
+            if violation > 0:  # outside cell_shape: infeasible, never evaluated
+                self.trials[index]["rejected"] = violation
+                self._reject(index, violation)
+                self.events.append(("reject", index))
+                rejects += 1
+                if rejects >= SHAPE_TRIES:
+                    values, index = self._enqueue_fitting()
+                    break
+                continue
+            if values not in self.known or repeats >= self.config.max_repeats:
                 break
+            repeats += 1
             # Evaluated already: the study learns its score without a new evaluation.
             self.trials[index]["score"] = self.known[values]
             self._complete(index, self.known[values])
             self.events.append(("tell", index))
         self.pending.setdefault(values, []).append(index)
         return self.space.decode(values)
+
+    def _enqueue_fitting(self) -> tuple[tuple[int, ...], int]:
+        """A uniform architecture within ``cell_shape``, as the study's next (enqueued) trial, when
+        TPE suggests none within it :data:`SHAPE_TRIES` times in a row."""
+        log.warning("bo: none of %d suggestions in a row has cells with %s; asking a uniform one that has",
+                    SHAPE_TRIES, self.shape_limits)
+        values = tuple(self.space.encode(self.random_architecture()))
+        index = len(self.trials)
+        self._run_again(values)
+        self.trials.append({"values": list(values), "score": None, "curve": None})
+        self.events.append(("enqueue", index))
+        return values, index
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)
@@ -205,7 +255,8 @@ class BayesOpt(SamplingStrategy):
         self.trials = [
             {"values": [int(v) for v in t["values"]],
              "score": None if t["score"] is None else float(t["score"]),
-             "curve": [float(v) for v in t["curve"]] if t.get("curve") else None}
+             "curve": [float(v) for v in t["curve"]] if t.get("curve") else None,
+             **({"rejected": float(t["rejected"])} if t.get("rejected") is not None else {})}
             for t in state["trials"]
         ]
         self.events = [(str(kind), int(i)) for kind, i in state["events"]]
@@ -213,10 +264,10 @@ class BayesOpt(SamplingStrategy):
         for r in self.history:
             values = tuple(self.space.encode(r.architecture))
             self.known[values] = max(r.score, self.known.get(values, -math.inf))
-        told = {i for kind, i in self.events if kind in ("tell", "point")}
+        told = {i for kind, i in self.events if kind in ("tell", "point", "reject")}
         self.pending = {}
         for kind, i in self.events:
-            if kind == "ask" and i not in told:
+            if kind in ("ask", "enqueue") and i not in told:
                 self.pending.setdefault(tuple(self.trials[i]["values"]), []).append(i)
         self.study = self._new_study()
         if not self._replay():
@@ -224,7 +275,7 @@ class BayesOpt(SamplingStrategy):
             self.study = self._new_study()
             for i, t in enumerate(self.trials):
                 if i in told:
-                    self._add_point(tuple(t["values"]), t["score"], t["curve"])
+                    self._add_point(tuple(t["values"]), t["score"], t["curve"], t.get("rejected"))
                 else:
                     self._run_again(tuple(t["values"]))
 
@@ -235,6 +286,10 @@ class BayesOpt(SamplingStrategy):
             if kind == "ask":
                 if list(self._suggest()) != trial["values"]:
                     return False
+            elif kind == "enqueue":
+                self._run_again(tuple(trial["values"]))
+            elif kind == "reject":
+                self._reject(i, trial["rejected"])
             elif kind == "tell":
                 self._complete(i, trial["score"], trial["curve"])
             else:

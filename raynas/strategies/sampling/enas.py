@@ -50,7 +50,7 @@ from torch import nn
 from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
 from raynas.types import Architecture, Decision, EvalResult
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
@@ -76,6 +76,10 @@ class EnasConfig:
         controller_epochs: Child epochs followed by controller training; set it to ``train.epochs``.
         derive_samples: Architectures sampled from the final policy and evaluated; the one with
             the highest reward is the answer.
+        cell_shape: Bounds on the width and depth of the candidates' cells
+            (:class:`CellShapeLimits`): a sample outside them is drawn again from the policy (the
+            controller learns from evaluated samples only); the child's training paths are not
+            bounded.
     """
 
     lstm_size: Annotated[int, Rule(ge=1)] = 64
@@ -90,6 +94,7 @@ class EnasConfig:
     controller_steps: Annotated[int, Rule(ge=1)] = 30
     controller_epochs: Annotated[int, Rule(ge=0)] = 10
     derive_samples: Annotated[int, Rule(ge=1)] = 100
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -338,6 +343,7 @@ class Enas(SamplingStrategy):
         self.generator = torch.Generator().manual_seed(seed)
         self.baseline = 0.0  # the authors' code starts the moving average at 0
         self.consumed = 0  # results of the history already used for controller steps
+        self.constrain_cells(config.cell_shape)
 
     def _edges_settable(self) -> bool:
         """Whether the space's architectures keep each two-input cell as a tuple of (op, input)
@@ -440,7 +446,7 @@ class Enas(SamplingStrategy):
             return None
         if self.asked >= self.search_evaluations and len(self.history) < self.search_evaluations:
             return None  # derive from the final policy: wait for the last controller step
-        return self._sample()
+        return fitting_sample(self, self._sample, what="enas's controller")
 
     def tell(self, result: EvalResult) -> None:
         super().tell(result)

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult, best_at_equal_budget
 
 
@@ -39,11 +39,14 @@ class EvolutionConfig:
         population_size: P, the population (the first P candidates are random).
         sample_size: S, members drawn for each tournament.
         evaluations: Candidates evaluated in all, the random population included.
+        cell_shape: Bounds on the width and depth of the candidates' cells
+            (:class:`CellShapeLimits`): random members and mutants outside them are drawn again.
     """
 
     population_size: Annotated[int, Rule(ge=1)] = 20
     sample_size: Annotated[int, Rule(ge=1)] = 5
     evaluations: int = 100
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -74,6 +77,7 @@ class RegularizedEvolution(SamplingStrategy):
     def __init__(self, config: EvolutionConfig, *, space: Any, seed: int = 0) -> None:
         super().__init__(space=space, seed=seed)
         self.config = config
+        self.constrain_cells(config.cell_shape)
 
     @property
     def population(self) -> list[EvalResult]:
@@ -110,6 +114,9 @@ class SposConfig:
         mutation_num: Mutated children per generation (-1: half of P).
         crossover_num: Crossed children per generation (-1: half of P).
         mutation_prob: Probability that a mutation redraws each decision (``m_prob``).
+        cell_shape: Bounds on the width and depth of the candidates' cells
+            (:class:`CellShapeLimits`), kept as the code keeps its FLOPs limit: a child outside
+            them is drawn again.
     """
 
     population_size: Annotated[int, Rule(ge=1)] = 50
@@ -118,6 +125,7 @@ class SposConfig:
     mutation_num: Annotated[int, Rule(ge=-1, says="must be >= 0 (or -1: half the population)")] = -1
     crossover_num: Annotated[int, Rule(ge=-1, says="must be >= 0 (or -1: half the population)")] = -1
     mutation_prob: Annotated[float, Rule(gt=0, le=1)] = 0.1
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -162,6 +170,10 @@ class Spos(SamplingStrategy):
         self.seen: set[str] = set()  # every candidate put in a generation (the code's vis_dict)
         self.generations = 0
         self.exhausted = False  # a generation found no new legal candidate
+        self.constrain_cells(config.cell_shape)
+        if self.shape_limits is not None:
+            limit = self.constraint
+            self.constraint = lambda arch: limit(arch) and self.fits(arch)  # type: ignore[method-assign]
 
     def _legal(self, arch: Architecture) -> bool:
         if arch.key() in self.seen or not self.constraint(arch):

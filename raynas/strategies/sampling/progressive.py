@@ -53,7 +53,7 @@ from torch import nn
 from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
 
 Values = tuple[int, ...]
@@ -70,6 +70,11 @@ class ProgressiveConfig:
         predictor_learning_rate: Adam's learning rate for the predictor.
         max_expansions: Upper bound on the expansions ranked per stage (a group with too many
             option combinations is an error that names the group).
+        cell_shape: Bounds on the width and depth of the cells (:class:`CellShapeLimits`; cells
+            grown block by block only). A block never narrows or shallows a cell, so expansions
+            past a maximum are dropped at every stage (with all their descendants); the minimums
+            hold for the cells of the last stage, the answers (a cell of fewer blocks is a step on
+            the way, smaller by construction).
     """
 
     beam_size: Annotated[int, Rule(ge=1)] = 8
@@ -77,6 +82,7 @@ class ProgressiveConfig:
     predictor_steps: Annotated[int, Rule(ge=1)] = 200
     predictor_learning_rate: Annotated[float, Rule(gt=0)] = 1e-2
     max_expansions: Annotated[int, Rule(ge=1)] = 100_000
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -191,6 +197,12 @@ class Progressive(SamplingStrategy):
         self.to_ask: list[Values] = []
         self.scores: dict[Values, float] = {}
         self.results: dict[Values, EvalResult] = {}  # each candidate's best result
+        if config.cell_shape is not None and self.layout is None:
+            raise ConfigError(
+                "strategy.cell_shape: progressive bounds cells it grows block by block, and "
+                f"{type(self.space).__name__}'s decisions are not two-input cells; remove it"
+            )
+        self.constrain_cells(config.cell_shape)
 
     def _groups(self) -> tuple[tuple[int, ...], ...]:
         groups_of = getattr(self.space, "decision_groups", None)
@@ -263,6 +275,10 @@ class Progressive(SamplingStrategy):
     def _start_stage(self) -> None:
         """Queue the top ``beam_size`` unevaluated expansions; the evaluated ones compete as they are."""
         expansions = self._expansions()
+        if self.shape_limits is not None:  # maximums at every stage, minimums at the last
+            last = self.stage == len(self.groups) - 1
+            expansions = [v for v in expansions
+                          if self.shape_violation(self.decode(v), upper_only=not last) == 0]
         known = [v for v in expansions if v in self.scores]
         asked = self._rank([v for v in expansions if v not in self.scores])
         if self.layout is None or self.stage > 0:  # PNAS evaluates every 1-block cell

@@ -13,15 +13,17 @@ from typing import Annotated, Any
 
 from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult
 
 
 @dataclass(frozen=True)
 class RandomConfig:
-    """``evaluations``: how many architectures to evaluate."""
+    """``evaluations``: how many architectures to evaluate; ``cell_shape``: bounds on the width
+    and depth of their cells (:class:`CellShapeLimits`; a draw outside them is drawn again)."""
 
     evaluations: Annotated[int, Rule(ge=1)] = 50
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -43,6 +45,7 @@ class RandomSearch(SamplingStrategy):
         super().__init__(space=space, seed=seed)
         self.config = config
         self.seen: set[str] = set()
+        self.constrain_cells(config.cell_shape)
 
     def propose(self) -> Architecture | None:
         if self.asked >= self.config.evaluations:

@@ -37,7 +37,7 @@ import torch
 
 from raynas.config import Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
 from raynas.types import Architecture, EvalResult
 
@@ -121,6 +121,8 @@ class TegReinforceConfig:
         samples_in_flight: Samples drawn from the policy before their results are told (1, the
             code's: sample, evaluate, step; more lets ``execution.concurrency`` evaluators work at
             once, each result still one policy step, in the order the results come).
+        cell_shape: Bounds on the width and depth of the samples' cells (:class:`CellShapeLimits`):
+            a sample outside them is drawn again from the policy (no step is taken on it).
     """
 
     evaluations: Annotated[int, Rule(ge=1)] = 500
@@ -128,6 +130,7 @@ class TegReinforceConfig:
     ema_momentum: Annotated[float, Rule(ge=0, lt=1)] = 0.9
     buffer_size: Annotated[int, Rule(ge=1)] = 10
     samples_in_flight: Annotated[int, Rule(ge=1)] = 1
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
@@ -243,6 +246,7 @@ class TegReinforce(SamplingStrategy):
         self.baseline = MovingAverage(config.ema_momentum)
         self.buffer = RewardBuffer(config.buffer_size)
         self.rewards: list[float] = []
+        self.constrain_cells(config.cell_shape)
 
     def probabilities(self) -> torch.Tensor:
         """The policy: one distribution over each decision's options, (decisions, options)."""
@@ -259,6 +263,9 @@ class TegReinforce(SamplingStrategy):
             return None  # by default one sample per policy step, as the code
         with torch.no_grad():
             probs = self.probabilities().tolist()
+        return fitting_sample(self, lambda: self._draw(probs), what="teg_reinforce's policy")
+
+    def _draw(self, probs: list[list[float]]) -> Architecture:
         values = []
         for row, decision in zip(probs, self.decisions, strict=True):
             u, total, pick = self.rng.random(), 0.0, len(decision.options) - 1
