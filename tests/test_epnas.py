@@ -18,6 +18,7 @@ from raynas.errors import ConfigError
 from raynas.spaces import SPACES
 from raynas.spaces.fbnet import FbnetSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
+from raynas.strategies.sampling.base import CellShapeLimits
 from raynas.strategies.sampling.epnas import Epnas, EpnasConfig, RidgePredictor, constrained_reward, one_hot
 from raynas.types import DatasetInfo, EvalResult
 
@@ -208,6 +209,33 @@ def test_the_targets_are_the_best_predicted_rewards_under_the_constraints() -> N
     best = sorted(fresh, key=lambda v: -reward[v])[:4]
     assert strategy._rank(fresh, model)[:4] == best
     assert best != sorted(fresh, key=lambda v: -predicted[v])[:4]  # accuracy alone would pick others
+
+
+def longest_path(edges: tuple[tuple[str, int], ...], concat: tuple[int, ...]) -> int:
+    """Connections on the longest path from a DARTS cell's inputs to its output, by enumeration."""
+    preds = {2 + i: [j for _, j in edges[2 * i : 2 * i + 2]] for i in range(len(edges) // 2)}
+
+    def longest(node: int) -> int:
+        return 0 if node < 2 else 1 + max(longest(j) for j in preds[node])
+
+    return 1 + max(longest(n) for n in concat)
+
+
+def test_a_cell_shape_bound_holds_for_every_target_network() -> None:
+    # 2-node DARTS cells of three operations: a third of the cells have depth 2, the rest 3.
+    space = SPACES.create("darts", SPACES.entry("darts").config(
+        nodes=2, primitives=("skip_connect", "sep_conv_3x3", "max_pool_3x3")))
+    config = EpnasConfig(evaluations=12, batch_size=2, candidates=8, lstm_size=4,
+                         cell_shape=CellShapeLimits(max_depth=2))
+    strategy = Epnas(config, space=space, seed=0)
+    while not strategy.done:
+        batch = [strategy.ask(), strategy.ask()]
+        for arch in batch:
+            assert arch is not None
+            assert longest_path(arch.normal, arch.normal_concat) <= 2  # type: ignore[attr-defined]
+            assert longest_path(arch.reduce, arch.reduce_concat) <= 2  # type: ignore[attr-defined]
+            strategy.tell(result(arch, 0.5, len(strategy.history)))
+    assert len(strategy.history) == 12
 
 
 @pytest.mark.parametrize(

@@ -47,18 +47,20 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import SamplingStrategy, check_positive
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult
 
 Values = tuple[int, ...]
+_TARGET = "must be >= 0 (0: no constraint)"
 
 
 @dataclass(frozen=True)
@@ -82,42 +84,35 @@ class EpnasConfig:
             the config is read, if it exists by then).
         latency_dir: Where device tables live.
         constraint_weight: ``w``, the exponent of each violated constraint's factor.
+        cell_shape: Bounds on the width and depth of the target networks' cells
+            (:class:`CellShapeLimits`): samples outside the maximums are dropped at every stage,
+            outside any bound at the last (the whole networks); a step with too few that fit
+            takes uniform architectures that fit.
     """
 
-    evaluations: int = 64
-    batch_size: int = 4
-    candidates: int = 32
-    lstm_size: int = 32
-    learning_rate: float = 0.01
-    baseline_decay: float = 0.9
-    ridge: float = 0.1
+    evaluations: Annotated[int, Rule(ge=1)] = 64
+    batch_size: Annotated[int, Rule(ge=1)] = 4
+    candidates: Annotated[int, Rule(ge=1)] = 32
+    lstm_size: Annotated[int, Rule(ge=1)] = 32
+    learning_rate: Annotated[float, Rule(gt=0)] = 0.01
+    baseline_decay: Annotated[float, Rule(ge=0, lt=1)] = 0.9
+    ridge: Annotated[float, Rule(gt=0)] = 0.1
     dataset: str = "cifar10"
-    max_params: float = 0.0
-    max_macs: float = 0.0
-    max_latency_ms: float = 0.0
+    max_params: Annotated[float, Rule(ge=0, says=_TARGET)] = 0.0
+    max_macs: Annotated[float, Rule(ge=0, says=_TARGET)] = 0.0
+    max_latency_ms: Annotated[float, Rule(ge=0, says=_TARGET)] = 0.0
     latency_table: str = ""
     latency_dir: str = "latency_tables"
-    constraint_weight: float = 1.0
+    constraint_weight: Annotated[float, Rule(gt=0)] = 1.0
+    cell_shape: CellShapeLimits | None = None
 
     def __post_init__(self) -> None:
-        for key in ("evaluations", "batch_size", "candidates", "lstm_size"):
-            check_positive(getattr(self, key), f"strategy.{key}")
+        check_rules(self, "strategy")
         if self.candidates < self.batch_size:
             raise ConfigError(
                 f"strategy.candidates ({self.candidates}) must be at least strategy.batch_size "
                 f"({self.batch_size}): the predictor picks the batch among the candidates"
             )
-        if self.learning_rate <= 0:
-            raise ConfigError(f"strategy.learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"strategy.baseline_decay must be in [0, 1), got {self.baseline_decay}")
-        if self.ridge <= 0:
-            raise ConfigError(f"strategy.ridge must be positive, got {self.ridge}")
-        for key in ("max_params", "max_macs", "max_latency_ms"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"strategy.{key} must be >= 0 (0: no constraint), got {getattr(self, key)}")
-        if self.constraint_weight <= 0:
-            raise ConfigError(f"strategy.constraint_weight must be positive, got {self.constraint_weight}")
         if self.max_latency_ms and not self.latency_table:
             raise ConfigError(
                 "strategy.max_latency_ms needs strategy.latency_table: a latency-table JSON file, or "
@@ -292,6 +287,7 @@ class Epnas(SamplingStrategy):
         self.batch: list[Values] = []  # this step's targets
         self.to_ask: list[Values] = []
         self._costs: dict[Values, dict[str, float]] = {}
+        self.constrain_cells(config.cell_shape)
 
     def _groups(self) -> tuple[tuple[int, ...], ...]:
         groups_of = getattr(self.space, "decision_groups", None)
@@ -386,6 +382,12 @@ class Epnas(SamplingStrategy):
                 self.prefix(stage), batch=self.config.candidates, generator=self.generator
             )  # (candidates, prefix)
         samples = [self.values_of(e) for e in emitted.tolist()]
+        if self.shape_limits is not None:  # maximums at every stage, every bound at the last
+            last = stage == len(self.groups) - 1
+            samples = [v for v in samples
+                       if self.shape_violation(self.space.decode(v), upper_only=not last) == 0]
+            while len(samples) < size:  # too few fit: uniform ones that fit every bound
+                samples.append(tuple(self.space.encode(self.random_architecture())))
         model = self.predictor()
         if model is None:
             return samples[:size]
