@@ -251,6 +251,11 @@ def test_bad_settings_name_the_key(settings: dict[str, float], key: str) -> None
         EpnasConfig(**settings)  # type: ignore[arg-type]
 
 
+def test_an_unknown_dataset_for_the_costs_names_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"strategy\.dataset"):
+        Epnas(EpnasConfig(dataset="no-such-data", max_params=1e5), space=nb201())
+
+
 def test_a_latency_target_on_a_space_without_tables_is_refused() -> None:
     config = EpnasConfig(max_latency_ms=1.0, latency_table="cpu", latency_dir=str(ROOT / "latency_tables"))
     with pytest.raises(ConfigError, match="latency tables"):

@@ -264,7 +264,10 @@ class Epnas(SamplingStrategy):
         if any(self.targets.values()):
             from raynas.data import dataset_info
 
-            self.info = dataset_info(config.dataset)
+            try:
+                self.info = dataset_info(config.dataset)
+            except ConfigError as exc:
+                raise ConfigError(f"strategy.dataset: {exc}") from None
             if not hasattr(self.space, "build"):
                 raise ConfigError(
                     f"strategy 'epnas' counts costs on networks: {type(self.space).__name__} builds none"
