@@ -101,6 +101,8 @@ def test_published_ran_e_networks_have_the_official_models_parameters(name: str,
     with torch.device("meta"):
         net = space.build(space.parse(name), IMAGENET)
     assert count_params(net) == keras_trainable_params(table)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)  # bn_epsilon, Keras momentum 0.99
     assert {"ran_e_c": 4_634_872, "ran_e_gt": 4_486_680}[name] == count_params(net)
 
 

@@ -65,19 +65,19 @@ def parse_ibn(name: str) -> IbnSpec | None:
     return IbnSpec(int(match[1]), int(match[2])) if match else None
 
 
-def batch_norm(channels: int, affine: bool = True) -> nn.BatchNorm2d:
-    """BatchNorm with the official code's epsilon and momentum."""
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM, affine=affine)
+def batch_norm(channels: int, affine: bool = True, momentum: float = BN_MOMENTUM) -> nn.BatchNorm2d:
+    """BatchNorm with the official code's epsilon (and by default its momentum)."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=momentum, affine=affine)
 
 
 def conv_bn(
     c_in: int, c_out: int, kernel: int, *, stride: int = 1, groups: int = 1, act: bool = True,
-    affine: bool = True,
+    affine: bool = True, momentum: float = BN_MOMENTUM,
 ) -> nn.Sequential:
     """Conv (no bias, "same" padding) -> BN -> hard-swish (unless ``act`` is False): ``conv2d_block``."""
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-        batch_norm(c_out, affine),
+        batch_norm(c_out, affine, momentum),
     ]
     if act:
         layers.append(nn.Hardswish())
@@ -94,11 +94,12 @@ class InvertedBottleneck(nn.Module):
         spec: Kernel size and expansion.
         halved: Run through ``c_out // 2`` channels in two steps (the code's ``downsample_ibn``).
         affine: Learnable BatchNorm scale and shift.
+        bn_momentum: torch's BatchNorm momentum (0.01: the code's Keras momentum 0.99).
     """
 
     def __init__(
         self, *, c_in: int, c_out: int, stride: int, spec: IbnSpec, halved: bool = False,
-        affine: bool = True,
+        affine: bool = True, bn_momentum: float = BN_MOMENTUM,
     ) -> None:
         super().__init__()
         mid = c_out // 2 if halved else c_out
@@ -107,20 +108,26 @@ class InvertedBottleneck(nn.Module):
         steps = [(c_in, mid, stride, c_in), (mid, c_out, 1, c_out)] if halved else [
             (c_in, c_out, stride, c_in)
         ]
-        self.steps = nn.Sequential(*(self._step(a, b, s, w, spec, affine) for a, b, s, w in steps))
+        self.steps = nn.Sequential(*(
+            self._step(a, b, s, w, spec, affine, bn_momentum) for a, b, s, w in steps
+        ))
         self.residual = stride == 1 and c_in == c_out
 
     @staticmethod
-    def _step(c_in: int, c_out: int, stride: int, base: int, spec: IbnSpec, affine: bool) -> nn.Sequential:
+    def _step(
+        c_in: int, c_out: int, stride: int, base: int, spec: IbnSpec, affine: bool, momentum: float
+    ) -> nn.Sequential:
         layers: list[nn.Module] = []
         if spec.expansion != 1:
             hidden = base * spec.expansion
-            layers.append(conv_bn(c_in, hidden, 1, affine=affine))
+            layers.append(conv_bn(c_in, hidden, 1, affine=affine, momentum=momentum))
         else:
             hidden = c_in
         layers += [
-            conv_bn(hidden, hidden, spec.kernel, stride=stride, groups=hidden, affine=affine),
-            conv_bn(hidden, c_out, 1, act=False, affine=affine),
+            conv_bn(
+                hidden, hidden, spec.kernel, stride=stride, groups=hidden, affine=affine, momentum=momentum
+            ),
+            conv_bn(hidden, c_out, 1, act=False, affine=affine, momentum=momentum),
         ]
         return nn.Sequential(*layers)
 
@@ -185,27 +192,28 @@ class CollapsedBlock(nn.Module):
         linear_expansion: Train each convolution as a collapsible linear block of this expansion
             (0: a single convolution, as the official code).
         affine: Learnable BatchNorm scale and shift.
+        bn_momentum: torch's BatchNorm momentum (0.01: the code's Keras momentum 0.99).
     """
 
     KERNEL = 3  # collapsed_block.py: kernel_size=(3, 3)
 
     def __init__(
         self, *, c_in: int, c_out: int, stride: int, halved: bool = False, linear_expansion: int = 0,
-        affine: bool = True,
+        affine: bool = True, bn_momentum: float = BN_MOMENTUM,
     ) -> None:
         super().__init__()
         mid = c_out // 2 if halved else c_out
-        self.pre_norm = batch_norm(c_in, affine)
+        self.pre_norm = batch_norm(c_in, affine, bn_momentum)
         self.act = nn.Hardswish()
         self.conv1 = CollapsibleConv(
             c_in=c_in, c_out=mid, kernel=self.KERNEL, stride=stride, expansion=linear_expansion
         )
-        self.norm1 = batch_norm(mid, affine)
+        self.norm1 = batch_norm(mid, affine, bn_momentum)
         self.conv2 = (
             CollapsibleConv(c_in=mid, c_out=c_out, kernel=self.KERNEL, stride=1, expansion=linear_expansion)
             if halved else None
         )
-        self.norm2 = batch_norm(c_out, affine) if halved else None
+        self.norm2 = batch_norm(c_out, affine, bn_momentum) if halved else None
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, H, W) -> (B, cout, H/s, W/s)
@@ -223,16 +231,19 @@ class CollapsedBlock(nn.Module):
 
 def make_block(
     name: str, *, c_in: int, c_out: int, stride: int, halved: bool = False, linear_expansion: int = 0,
-    affine: bool = True,
+    affine: bool = True, bn_momentum: float = BN_MOMENTUM,
 ) -> nn.Module:
     """The candidate ``name`` (``collapsed`` or ``ibn_k{K}_e{E}``) for a layer ``c_in -> c_out``."""
     if name == COLLAPSED:
         return CollapsedBlock(
             c_in=c_in, c_out=c_out, stride=stride, halved=halved, linear_expansion=linear_expansion,
-            affine=affine,
+            affine=affine, bn_momentum=bn_momentum,
         )
     spec = parse_ibn(name)
     if spec is None:
         raise KeyError(f"unknown RAN-e block {name!r}; choose {COLLAPSED} or ibn_k<kernel>_e<expansion>")
-    return InvertedBottleneck(c_in=c_in, c_out=c_out, stride=stride, spec=spec, halved=halved, affine=affine)
+    return InvertedBottleneck(
+        c_in=c_in, c_out=c_out, stride=stride, spec=spec, halved=halved, affine=affine,
+        bn_momentum=bn_momentum,
+    )
 

@@ -153,6 +153,8 @@ class RanESpaceConfig:
         dropout: Dropout before the classifier (0.2 for -b0).
         linear_expansion: Train collapsed blocks as collapsible linear blocks of this expansion
             (0: a single 3x3 convolution, as the official code).
+        bn_momentum: torch's BatchNorm momentum (0.01: the code's Keras momentum 0.99, made for
+            ImageNet's many steps; runs of a few hundred steps want torch's 0.1).
     """
 
     stem_channels: Annotated[int, Rule(ge=2, even=True)] = 16
@@ -169,6 +171,7 @@ class RanESpaceConfig:
     expansions: Annotated[tuple[int, ...], Rule(ge=1)] = (2, 4, 6)
     dropout: Annotated[float, Rule(ge=0, lt=1)] = 0.2
     linear_expansion: Annotated[int, Rule(ge=0)] = 0
+    bn_momentum: Annotated[float, Rule(gt=0, le=1)] = 0.01
 
     def __post_init__(self) -> None:
         check_rules(self, "space")
@@ -257,12 +260,13 @@ class RanENet(nn.Module):
         self.stem = nn.Conv2d(in_channels, stem_channels, 3, stride=c.stem_stride, padding=1, bias=False)
         self.layers = nn.Sequential(*(
             make_block(b, c_in=s.c_in, c_out=s.c_out, stride=s.stride, halved=s.halved,
-                       linear_expansion=c.linear_expansion)
+                       linear_expansion=c.linear_expansion, bn_momentum=c.bn_momentum)
             for b, s in zip(arch.blocks, specs, strict=True)
         ))
+        m = c.bn_momentum
         self.head = nn.Sequential(
-            conv_bn(specs[-1].c_out, head_channels, 1),  # "top1x1"
-            conv_bn(head_channels, head_channels, c.head_kernel, groups=head_channels),  # "topDS"
+            conv_bn(specs[-1].c_out, head_channels, 1, momentum=m),  # "top1x1"
+            conv_bn(head_channels, head_channels, c.head_kernel, groups=head_channels, momentum=m),  # "topDS"
         )
         self.dropout = nn.Dropout(c.dropout)
         self.classifier = nn.Linear(head_channels, num_classes)

@@ -32,13 +32,16 @@ class RanMixedLayer(nn.Module):
         spec: The layer's channels, stride and whether it is halved.
         candidates: The candidate names.
         linear_expansion: How collapsed blocks train (see :class:`raynas.ops.ran.CollapsedBlock`).
+        bn_momentum: torch's BatchNorm momentum.
     """
 
-    def __init__(self, *, spec: LayerSpec, candidates: tuple[str, ...], linear_expansion: int) -> None:
+    def __init__(
+        self, *, spec: LayerSpec, candidates: tuple[str, ...], linear_expansion: int, bn_momentum: float
+    ) -> None:
         super().__init__()
         self.candidates = nn.ModuleList(
             make_block(b, c_in=spec.c_in, c_out=spec.c_out, stride=spec.stride, halved=spec.halved,
-                       linear_expansion=linear_expansion)
+                       linear_expansion=linear_expansion, bn_momentum=bn_momentum)
             for b in candidates
         )
 
@@ -70,12 +73,16 @@ class RanESupernet(nn.Module):
             in_channels, config.stem_channels, 3, stride=config.stem_stride, padding=1, bias=False
         )
         self.layers = nn.ModuleList(
-            RanMixedLayer(spec=s, candidates=config.candidates, linear_expansion=config.linear_expansion)
+            RanMixedLayer(
+                spec=s, candidates=config.candidates, linear_expansion=config.linear_expansion,
+                bn_momentum=config.bn_momentum,
+            )
             for s in specs
         )
-        head = config.head_channels
+        head, m = config.head_channels, config.bn_momentum
         self.head = nn.Sequential(
-            conv_bn(specs[-1].c_out, head, 1), conv_bn(head, head, config.head_kernel, groups=head)
+            conv_bn(specs[-1].c_out, head, 1, momentum=m),
+            conv_bn(head, head, config.head_kernel, groups=head, momentum=m),
         )
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(head, num_classes)
