@@ -20,7 +20,7 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from raynas.cli import main as cli_main
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.latency import LatencyTable
+from raynas.latency import LatencyTable, predict_latency
 from raynas.ops.ran import CollapsedBlock, IbnSpec, InvertedBottleneck
 from raynas.profile import count_macs, count_params
 from raynas.runs.jobs import load_job
@@ -178,6 +178,18 @@ def test_quickstart_table_has_every_entry_the_quickstart_needs() -> None:
     table = LatencyTable.load(ROOT / "latency_tables" / "cpu.json")
     assert set(space.latency_items(DIGITS)) <= set(table.entries)
     assert RanE(job.strategy.config, space=space).latency_ms(space.sample(random.Random(0))) > 0
+
+
+def test_block_replacement_prices_fbnet_layers_as_the_fbnet_table_does() -> None:
+    job = load_job(ROOT / "jobs" / "fbnet_quickstart.yaml")  # its layout is timed in cpu.json
+    space = SPACES.create("fbnet", job.space.config)
+    config = RanEConfig(latency_table=str(ROOT / "latency_tables" / "cpu.json"), seed_block="k5_e6",
+                        replacement="skip", dataset="digits")
+    strategy = RanE(config, space=space)
+    table = LatencyTable.load(ROOT / "latency_tables" / "cpu.json")
+    for seed in range(3):
+        arch = space.sample(random.Random(seed))
+        assert strategy.latency_ms(arch) == pytest.approx(predict_latency(table, space, arch, DIGITS))
 
 
 def synthetic_table(space: RanESpace, tmp_path: Path, slow: dict[int, float]) -> Path:

@@ -107,8 +107,11 @@ class RanE(SamplingStrategy):
         )
         # Milliseconds of every candidate in every layer, as the table has them (a missing entry
         # is reported now, naming what to measure).
+        # The keys of a layer come in the order of the space's op_names (not necessarily its
+        # decisions' order: fbnet's puts skip first).
+        names = tuple(space.op_names)
         self.latency = [
-            {o: self.table[k] for o, k in zip(opts, keys, strict=True)}
+            {name: self.table[key] for name, key in zip(names, keys, strict=True) if name in opts}
             for opts, keys in zip(options, self._keys(info), strict=True)
         ]
         self.fixed_ms = sum(self.table[k] for k in space.fixed_latency_keys(info))
