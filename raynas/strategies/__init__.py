@@ -20,8 +20,16 @@ from raynas.strategies.gradient import (  # noqa: F401
     teg_prune,
 )
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling import autokeras, bo, enas, evolution, novelty, progressive, random_search  # noqa: F401
-from raynas.strategies.sampling import epnas  # noqa: F401
+from raynas.strategies.sampling import (  # noqa: F401
+    autokeras,
+    bo,
+    enas,
+    epnas,
+    evolution,
+    novelty,
+    progressive,
+    random_search,
+)
 from raynas.strategies.sampling import ran as ran_sampling  # noqa: F401
 from raynas.strategies.sampling import teg as teg_sampling  # noqa: F401
 
