@@ -131,3 +131,13 @@ def test_the_study_jobs_compare_darts_and_pibconv_cells_from_2_to_20_layers(name
             if label == "PIBConv"} == {"convnext"}
     for (_, layers), config in job.retrainings.items():
         assert config.retrain.layers == layers
+
+
+def test_raynas_study_answers_a_bad_job_in_one_line_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_job(tmp_path, layers="all")))
+    assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raynas: error: config key 'study.layers'") and err.count("\n") == 1
