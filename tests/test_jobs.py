@@ -10,10 +10,10 @@ from conftest import mlflow_store
 from raynas.runs.jobs import load_job
 
 # Search jobs; retrain_*.yaml and transfer_*.yaml are retraining jobs (tests/test_retrain.py
-# validates them).
+# validates them), layer_count_*.yaml studies (tests/test_layer_count_study.py).
 JOBS = sorted(
     p for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")
-    if not p.name.startswith(("retrain_", "transfer_"))
+    if not p.name.startswith(("retrain_", "transfer_", "layer_count_"))
 )
 
 
