@@ -34,6 +34,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "enas": {"lstm_size": 8, "controller_batch": 2, "controller_steps": 1, "controller_epochs": 2,
              "derive_samples": 2},
     "teg_reinforce": {"evaluations": 12},
+    "epnas": {"evaluations": 8, "batch_size": 2, "candidates": 8, "lstm_size": 8},
 }
 
 
