@@ -72,13 +72,20 @@ def darts_space(nodes: int) -> DartsCnnSpace:
 
 
 def _np_lstm(
-    x: np.ndarray, h: np.ndarray, c: np.ndarray, p: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    z = x @ p["lstm.weight_ih"].T + p["lstm.bias_ih"] + h @ p["lstm.weight_hh"].T + p["lstm.bias_hh"]
-    i, f, g, o = np.split(z, 4)
+    x: np.ndarray, state: list[tuple[np.ndarray, np.ndarray]], p: dict[str, np.ndarray]
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """One step of the stacked LSTM as ``stack_lstm`` in the authors' src/common_ops.py: layer
+    i reads layer i - 1's new output; the top layer's output is returned with every (h, c)."""
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
-    c = sig(f) * c + sig(i) * np.tanh(g)
-    return sig(o) * np.tanh(c), c
+    new = []
+    for layer, (h, c) in enumerate(state):
+        w = {k: p[f"lstm.{layer}.{k}"] for k in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")}
+        z = x @ w["weight_ih"].T + w["bias_ih"] + h @ w["weight_hh"].T + w["bias_hh"]
+        i, f, g, o = np.split(z, 4)
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        x = sig(o) * np.tanh(c)
+        new.append((x, c))
+    return x, new
 
 
 def _np_log_softmax(z: np.ndarray) -> np.ndarray:
@@ -92,7 +99,8 @@ def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, te
     (anchors zero); index_1, index_2 by attention v^T tanh(W1 h_j + W2 h); op_1, op_2 from the
     shared softmax; one more step writes the node's anchor."""
     g = p["start"][0]
-    h = c = np.zeros_like(g)
+    layers = sum(k.endswith("weight_ih") for k in p)
+    state = [(np.zeros_like(g), np.zeros_like(g))] * layers
     log_prob = entropy = 0.0
     a = iter(actions)
 
@@ -108,27 +116,27 @@ def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, te
         keys = []
         x = g
         for _ in range(2):
-            h, c = _np_lstm(x, h, c, p)
+            h, state = _np_lstm(x, state, p)
             keys.append(p["attn_1.weight"] @ h)
         anchors = [np.zeros_like(g), np.zeros_like(g)]
         for _ in range(2):  # index_1, index_2
-            h, c = _np_lstm(x, h, c, p)
+            h, state = _np_lstm(x, state, p)
             u = np.array([p["attn_v.weight"][0] @ np.tanh(k + p["attn_2.weight"] @ h) for k in keys])
             x = anchors[choose(tanh_c * np.tanh(u / temp))]
         for _ in range(2):  # op_1, op_2
-            h, c = _np_lstm(x, h, c, p)
+            h, state = _np_lstm(x, state, p)
             u = p["heads.0.weight"] @ h + p["heads.0.bias"]
             x = p["embeddings.0.weight"][choose(op_tanh * np.tanh(u / temp))]
-        h, c = _np_lstm(x, h, c, p)  # the node's anchor (unused: one node per cell)
+        h, state = _np_lstm(x, state, p)  # the node's anchor (unused: one node per cell)
     return log_prob, entropy
 
 
 def test_enas_controller_step_by_hand() -> None:
-    """One REINFORCE step of ENAS's controller on a 1-node DARTS cell, against the sampler written
+    """One REINFORCE step of ENAS's two-layer controller on a 1-node DARTS cell, against the sampler written
     out in NumPy: the log-probability and entropy of a sample, the reward R + w H, the baseline
     b = 0.99 * 0 + 0.01 (R + w H) (started at 0, updated before use), and Adam's first step,
     which moves every parameter by -lr * sign(dL/dtheta) for L = -log p * (R + w H - b)."""
-    config = EnasConfig(lstm_size=4, tanh_constant=1.1, temperature=5.0, op_tanh_reduce=2.5,
+    config = EnasConfig(lstm_size=4, lstm_layers=2, tanh_constant=1.1, temperature=5.0, op_tanh_reduce=2.5,
                         entropy_weight=0.1, learning_rate=0.01, controller_batch=1,
                         controller_steps=1, controller_epochs=1, derive_samples=1)
     enas = Enas(config, space=darts_space(1), seed=0)

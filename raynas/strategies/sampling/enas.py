@@ -62,7 +62,9 @@ class EnasConfig:
     """The controller and its REINFORCE training (defaults: the paper and the authors' code).
 
     Attributes:
-        lstm_size: Hidden size of the one-layer LSTM (64 in the authors' code).
+        lstm_size: Hidden size of the LSTM (64 in the authors' code).
+        lstm_layers: Stacked LSTM layers (``lstm_num_layers``: 2 in ``micro_controller.py``), each
+            fed the output of the one below; the top one's output is read.
         tanh_constant: ``c`` in ``c * tanh(logits / temperature)`` (2.5; 0 turns the squashing off).
         temperature: Divides the logits before the tanh (5; 0 or 1 leaves them as they are).
         op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce`` (the micro search
@@ -83,6 +85,7 @@ class EnasConfig:
     """
 
     lstm_size: Annotated[int, Rule(ge=1)] = 64
+    lstm_layers: Annotated[int, Rule(ge=1)] = 2
     tanh_constant: Annotated[float, Rule(ge=0, says="must be >= 0 (0: off)")] = 2.5
     temperature: Annotated[float, Rule(ge=0, says="must be >= 0 (0: off)")] = 5.0
     op_tanh_reduce: Annotated[float, Rule(gt=0)] = 1.0
@@ -210,6 +213,7 @@ class Controller(nn.Module):
         options: For every ``op`` step's decision, its option names (decisions with the same
             options share their softmax weights and embeddings).
         hidden: LSTM size.
+        layers: Stacked LSTM layers (``stack_lstm`` in the authors' ``src/common_ops.py``).
         tanh_constant: ``c`` in ``c * tanh(logits / temperature)`` (0: no squashing).
         temperature: Divides the logits (0 or 1: none).
         op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce``.
@@ -217,7 +221,7 @@ class Controller(nn.Module):
 
     def __init__(
         self, plan: tuple[Step, ...], options: dict[int, tuple[str, ...]], *, hidden: int,
-        tanh_constant: float, temperature: float, op_tanh_reduce: float = 1.0,
+        tanh_constant: float, temperature: float, op_tanh_reduce: float = 1.0, layers: int = 1,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -233,7 +237,7 @@ class Controller(nn.Module):
                     kinds.append(names)
                 self.kind_of[step.decision] = kinds.index(names)
         self.start = nn.Parameter(torch.zeros(1, hidden))  # g_emb: the first input of every node
-        self.lstm = nn.LSTMCell(hidden, hidden)
+        self.lstm = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
         self.embeddings = nn.ModuleList(nn.Embedding(len(k), hidden) for k in kinds)  # w_emb
         self.heads = nn.ModuleList(nn.Linear(hidden, len(k)) for k in kinds)  # w_soft, b_soft
         self.attention = any(step.kind == "input" for step in plan)
@@ -254,6 +258,18 @@ class Controller(nn.Module):
         if self.temperature and self.temperature != 1:
             u = u / self.temperature
         return constant * torch.tanh(u) if constant else u
+
+    def step(
+        self, x: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One step of the stacked LSTM on ``x`` (B, hidden): the top layer's output (B, hidden)
+        and every layer's new ``(h, c)``."""
+        new = []
+        for i, cell in enumerate(self.lstm):
+            h, c = cell(x, None if state is None else state[i])
+            new.append((h, c))
+            x = h
+        return x, new
 
     def forward(
         self, actions: torch.Tensor | None = None, *, batch: int = 1,
@@ -277,13 +293,11 @@ class Controller(nn.Module):
         keys: list[torch.Tensor] = []  # (B, hidden) each: W1 of the anchor's LSTM output
         chosen, log_prob, entropy = [], g.new_zeros(n), g.new_zeros(n)
         for step in self.plan:
-            h, c = self.lstm(x, state)  # (B, hidden) each
-            state = (h, c)
+            h, state = self.step(x, state)  # (B, hidden)
             if step.kind == "anchors":  # a cell's inputs: zero anchors, keys from the LSTM
                 anchors, keys = [torch.zeros_like(h)], [self.attn_1(h)]
                 for _ in range(step.size - 1):
-                    h, c = self.lstm(x, state)
-                    state = (h, c)
+                    h, state = self.step(x, state)
                     anchors.append(torch.zeros_like(h))
                     keys.append(self.attn_1(h))
                 continue
@@ -338,6 +352,7 @@ class Enas(SamplingStrategy):
             self.controller = Controller(
                 self.plan, options, hidden=config.lstm_size, tanh_constant=config.tanh_constant,
                 temperature=config.temperature, op_tanh_reduce=config.op_tanh_reduce,
+                layers=config.lstm_layers,
             )
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(seed)
