@@ -1,6 +1,5 @@
 """Progressive search with a learned predictor: PNAS (Liu et al., "Progressive Neural Architecture
-Search", ECCV 2018), and EPNAS (Zhou et al., "EPNAS: Efficient Progressive Neural Architecture
-Search", BMVC 2019) for its parallel stages.
+Search", ECCV 2018), its stages evaluated in parallel.
 
 PNAS grows cells one block at a time: every expansion of the current beam is scored by a surrogate
 trained on the cells evaluated so far, the top K are trained and evaluated, and the surrogate is
@@ -34,8 +33,9 @@ order:
 
 Candidates a Tune scheduler stopped early are ranked at equal budget
 (:func:`raynas.types.compare_at_equal_budget`); the predictor learns the score each candidate
-reached. PNAS's ensemble of five predictors and its LSTM predictor are not reproduced (one MLP),
-and EPNAS's REINFORCE-trained policy as the predictor is not either (PNAS's regressor is).
+reached. PNAS's ensemble of five predictors and its LSTM predictor are not reproduced (one MLP).
+EPNAS (Zhou et al., 2019), whose REINFORCE-trained policy grows networks progressively under
+resource targets, is the ``epnas`` strategy (:mod:`raynas.strategies.sampling.epnas`).
 """
 
 from __future__ import annotations
