@@ -173,6 +173,25 @@ def find_table(reference: str, directory: str | Path) -> Path:
     )
 
 
+def required_table(reference: str, directory: str | Path, *, key: str = "strategy.latency_table") -> str:
+    """The setting ``key`` of a component that needs a latency table, made absolute (workers may run
+    in another folder). A table not measured yet (as ``raynas latency --job`` is about to) is left
+    as named, for the component to report when it loads it.
+
+    Raises:
+        ConfigError: ``reference`` is empty.
+    """
+    if not reference:
+        raise ConfigError(
+            f"{key} is required: a latency-table JSON file, or a device name with a table in "
+            f"{key.rsplit('.', 1)[0]}.latency_dir ({str(directory)!r})"
+        )
+    try:
+        return str(find_table(reference, directory))
+    except ConfigError:
+        return reference
+
+
 def describe_device(device: torch.device, threads: int | None) -> str:
     """A readable name of what a table is measured on."""
     if device.type == "cuda":

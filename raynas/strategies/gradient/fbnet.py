@@ -29,7 +29,6 @@ distribution's mode, the most probable architecture (the argmax of every layer's
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -38,7 +37,7 @@ from torch import nn
 
 from raynas.config import Rule, TrainConfig
 from raynas.errors import ConfigError
-from raynas.latency import LatencyTable, find_table
+from raynas.latency import LatencyTable, find_table, required_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_gradients_
@@ -79,15 +78,7 @@ class FbnetConfig(GradientConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.latency_table:
-            raise ConfigError(
-                "strategy.latency_table is required: a latency-table JSON file, or a device name "
-                f"with a table in strategy.latency_dir ({self.latency_dir!r})"
-            )
-        # An absolute path, as workers may run in another folder; a table not measured yet (as
-        # `raynas latency --job` is about to) is reported by the strategy.
-        with contextlib.suppress(ConfigError):
-            object.__setattr__(self, "latency_table", str(find_table(self.latency_table, self.latency_dir)))
+        object.__setattr__(self, "latency_table", required_table(self.latency_table, self.latency_dir))
 
 
 @STRATEGIES.register("fbnet", config=FbnetConfig)

@@ -18,14 +18,13 @@ only measures the chosen ones.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from raynas.config import Rule, check_rules
 from raynas.data import dataset_info
 from raynas.errors import ConfigError
-from raynas.latency import LatencyTable, find_table
+from raynas.latency import LatencyTable, find_table, required_table
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, choice_space
 from raynas.types import Architecture, EvalResult
@@ -60,15 +59,7 @@ class RanEConfig:
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
-        if not self.latency_table:
-            raise ConfigError(
-                "strategy.latency_table is required: a latency-table JSON file, or a device name "
-                f"with a table in strategy.latency_dir ({self.latency_dir!r})"
-            )
-        # An absolute path, as workers may run in another folder; a table not measured yet is
-        # reported by the strategy.
-        with contextlib.suppress(ConfigError):
-            object.__setattr__(self, "latency_table", str(find_table(self.latency_table, self.latency_dir)))
+        object.__setattr__(self, "latency_table", required_table(self.latency_table, self.latency_dir))
 
 
 @STRATEGIES.register("ran_e", config=RanEConfig)
