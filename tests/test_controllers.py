@@ -345,8 +345,8 @@ def test_a_candidate_in_flight_at_the_save_asked_again_is_settled_once() -> None
 def _lstm_cell(
     x: np.ndarray, h: np.ndarray, c: np.ndarray, p: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    # PyTorch's LSTMCell: gates (input, forget, cell, output) stacked in that order.
-    z = x @ p["lstm.weight_ih"].T + p["lstm.bias_ih"] + h @ p["lstm.weight_hh"].T + p["lstm.bias_hh"]
+    # PyTorch's LSTMCell (the controller's one layer): gates (input, forget, cell, output) in that order.
+    z = x @ p["lstm.0.weight_ih"].T + p["lstm.0.bias_ih"] + h @ p["lstm.0.weight_hh"].T + p["lstm.0.bias_hh"]
     i, f, g, o = np.split(z, 4, axis=1)
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     c = sig(f) * c + sig(i) * np.tanh(g)
