@@ -17,6 +17,7 @@ are not plain folder names (:data:`NAME_PATTERN`).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import functools
@@ -30,7 +31,7 @@ import sys
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -674,11 +675,11 @@ def _component_manifest() -> dict[str, Any]:
 
 
 def _check_component(section: str, data: dict[str, Any]) -> None:
-    """A component's name, setting keys, their types and :class:`Rule` ranges, checked against
-    the built-in components' manifest without importing the registries (with the messages the
-    registries give; the rules a dataclass's ``__post_init__`` applies between settings wait for
-    it). Once a registry is imported, code may have registered components of its own: a name the
-    manifest lacks is then left to the registry."""
+    """A component's name, setting keys, their types, :class:`Rule` ranges and :class:`Check`
+    rules, checked against the built-in components' manifest without importing the registries
+    (with the messages the registries give). Once a registry is imported, code may have registered
+    components (or operations) of its own: a name the manifest lacks, or a check against a table,
+    is then left to the registry."""
     listed = _component_manifest().get(section)
     if listed is None:
         return
@@ -694,20 +695,62 @@ def _check_component(section: str, data: dict[str, Any]) -> None:
     extra = sorted(set(data) - {"name"})
     if keys is None and extra:
         raise ConfigError(f"{listed['kind']} {name!r} takes no settings; remove {extra}")
-    unknown = sorted(set(extra) - set(keys or ()))
+    settings = {k: v for k, v in data.items() if k != "name"}
+    _check_settings(
+        section, settings, keys or {}, listed.get("rules", {}).get(name, {}),
+        listed.get("checks", {}).get(name, ()), listed.get("defaults", {}).get(name, {}),
+    )
+
+
+def _check_settings(
+    where: str, data: dict[str, Any], keys: dict[str, Any], rules: dict[str, Any],
+    checks: Iterable[dict[str, Any]], defaults: dict[str, Any],
+) -> None:
+    """The settings ``data`` of a component (or of a section inside one, such as
+    ``strategy.cell_shape``) at ``where``: keys, types, rules and checks as the manifest lists them
+    (``keys``: each setting's type; ``defaults``: the values the checks read where ``data`` has none)."""
+    unknown = sorted(set(data) - set(keys))
     if unknown:
         raise ConfigError(
-            f"unknown config key {_short(_join(section, unknown[0]))!r}; allowed: {', '.join(keys or ())}"
+            f"unknown config key {_short(_join(where, unknown[0]))!r}; allowed: {', '.join(keys)}"
         )
-    rules = listed.get("rules", {}).get(name, {})
+    # Every setting's value where the manifest knows it: the job's, else the default.
+    values = _tuples(defaults)
     for key, value in data.items():
-        hint = manifest_type((keys or {}).get(key)) if key != "name" else None
+        values.pop(key, None)
+        inner = _inner_section(keys.get(key))
+        if inner is not None:  # (null: none, or all its defaults)
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config key {_join(where, key)!r} must be a mapping, got {_show(value)}")
+            if value is not None:
+                _check_settings(_join(where, key), value, inner["names"], inner.get("rules", {}),
+                                inner.get("checks", ()), inner.get("defaults", {}))
+            continue
+        hint = manifest_type(keys.get(key))
         if hint is not None:
-            value = _convert(value, hint, _join(section, key))
+            value = values[key] = _convert(value, hint, _join(where, key))
             if key in rules:
-                check_rule(value, Rule.from_json(rules[key]), _join(section, key))
+                check_rule(value, Rule.from_json(rules[key]), _join(where, key))
     for key in (k for k, rule in rules.items() if k not in data and "missing" in rule):
-        check_rule(None, Rule.from_json(rules[key]), _join(section, key))
+        check_rule(None, Rule.from_json(rules[key]), _join(where, key))
+    for spec in checks:
+        check = Check.from_json(spec)
+        try:
+            message = check.broken_by(values)
+        except Exception:  # a setting the manifest holds no value of: the dataclass checks it
+            continue
+        if message is not None and not (check.tables and "raynas.registry" in sys.modules):
+            raise ConfigError(message)  # (a table may have grown: code that registers may run)
+
+
+def _inner_section(spec: Any) -> dict[str, Any] | None:
+    """For a setting that is a section of its own (a config dataclass, maybe optional), the
+    manifest's description of it (the ``settings`` of ``{"settings": {...}}``)."""
+    parts = spec["union"] if isinstance(spec, dict) and "union" in spec else [spec]
+    inner = [p for p in parts if isinstance(p, dict) and "settings" in p]
+    if len(inner) == 1 and all(p == "None" for p in parts if p is not inner[0]):
+        return inner[0]["settings"]
+    return None
 
 
 def manifest_type(spec: Any) -> Any:
@@ -963,8 +1006,8 @@ class Rule:
     component's module, and torch with it, is imported: :func:`raynas.runs.jobs.component_manifest`
     copies every rule into ``raynas/components.json``, and :func:`check_rules` (which the config
     dataclass's ``__post_init__`` calls) and the command line's check of the manifest apply it alike.
-    A rule on a tuple holds for each of its items. Rules that tie settings together stay in
-    ``__post_init__``.
+    A rule on a tuple holds for each of its items. Rules that tie settings together, or read a
+    component's tables, are a :class:`Check`.
 
     Attributes:
         ge, gt, le, lt: Bounds (>=, >, <=, <).
@@ -1072,10 +1115,169 @@ def check_rule(value: Any, rule: Rule, where: str) -> None:
 
 
 def check_rules(config: Any, section: str) -> None:
-    """Every :class:`Rule` of the config dataclass instance ``config``; its settings are named
-    ``<section>.<key>`` in the message (``space.channels``)."""
+    """Every :class:`Rule` of the config dataclass instance ``config``, then every :class:`Check`
+    of its class (:func:`checks_of`); its settings are named ``<section>.<key>`` in the message of
+    a rule (``space.channels``), a check's message says itself."""
     for key, rule in rules_of(type(config)).items():
         check_rule(getattr(config, key), rule, f"{section}.{key}")
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for rule_check in checks_of(type(config)):
+        message = rule_check.broken_by(values)
+        if message is not None:
+            raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule that ties a component's settings together, or holds each item of a setting against
+    one of the component's tables (the names of its operations, ...), written once on the config
+    dataclass (``checks: ClassVar[tuple[Check, ...]] = (Check(...), ...)``) as expressions over its
+    settings. :func:`check_rules` (from ``__post_init__``) applies it to the dataclass; copied
+    into ``raynas/components.json`` with its tables resolved into names
+    (:func:`raynas.runs.jobs.component_manifest`), the command line applies the same text to a job
+    before torch is imported, and says the same line.
+
+    The expressions are a small part of Python: names (the settings, the tables, ``item`` and
+    ``i``), constants, arithmetic but ``**``, comparisons, ``and``/``or``/``not``, ``x if c else
+    y``, subscripts, tuple, list and set displays, comprehensions, and calls of
+    :data:`CHECK_FUNCTIONS` (``len``, ``set``, ``all``, ``join``, ...); no attributes.
+
+    Attributes:
+        holds: True when the settings keep the rule, e.g. ``"sample_size <= population_size"``.
+        says: The message, as the body of an f-string over the same names
+            (``"strategy.sample_size ({sample_size}) must be at most ..."``).
+        each: If set, an expression whose items are checked one at a time, each as ``item`` (at
+            position ``i``); the first that breaks the rule is the one the message names.
+        tables: Names the expressions may use for the component's tables: a tuple or a mapping
+            (of JSON values), a registry (its names), or a function that returns one of these,
+            called when the check is made (so a table in a module that imports torch is read
+            only by the full validation and by the manifest's writer).
+    """
+
+    holds: str
+    says: str
+    each: str = ""
+    tables: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for text, message in ((self.holds, False), (self.says, True), (self.each, False)):
+            if text:
+                _compiled(text, message)  # a ValueError now, where the check is written
+
+    def table_values(self) -> dict[str, Any]:
+        """Each table as plain values: a registry as the tuple of its names, lists as tuples."""
+        out = {}
+        for name, table in self.tables.items():
+            if callable(table) and not hasattr(table, "names"):
+                table = table()
+            out[name] = _tuples(tuple(table.names()) if hasattr(table, "names") else table)
+        return out
+
+    def broken_by(self, values: Mapping[str, Any]) -> str | None:
+        """The message if the settings ``values`` (every setting by its name) break the check,
+        else None."""
+        scope = {**values, **self.table_values()}
+        items = _evaluate(self.each, scope) if self.each else (None,)
+        for i, item in enumerate(items):
+            here = {**scope, "item": item, "i": i} if self.each else scope
+            if not _evaluate(self.holds, here):
+                return self.render(here)
+        return None
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """The message for the settings ``values`` (with ``item`` and ``i`` where it names them)."""
+        return str(_evaluate(self.says, {**values, **self.table_values()}, message=True))
+
+    def to_json(self) -> dict[str, Any]:
+        """The check with its tables resolved (:meth:`from_json` reads it)."""
+        out: dict[str, Any] = {"holds": self.holds, "says": self.says}
+        if self.each:
+            out["each"] = self.each
+        if self.tables:
+            out["tables"] = _lists(self.table_values())
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Check:
+        """The check :meth:`to_json` wrote."""
+        return cls(data["holds"], data["says"], data.get("each", ""), _tuples(data.get("tables", {})))
+
+
+def listed_once(key: str, allowed: tuple[str, ...], where: str = "space") -> Check:
+    """The :class:`Check` that the setting ``key`` lists some of ``allowed``, each once
+    (``space.<key> must list some of a, b once each, got (...)``)."""
+    return Check(
+        f"{key} and set({key}) <= set(allowed) and len(set({key})) == len({key})",
+        f"{where}.{key} must list some of {{join(allowed)}} once each, got {{{key}!r}}",
+        tables={"allowed": allowed},
+    )
+
+
+def _join_names(items: Iterable[Any]) -> str:
+    return ", ".join(map(str, items))
+
+
+CHECK_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    **{f.__name__: f for f in (
+        len, set, frozenset, list, tuple, sorted, min, max, all, any, sum, range, zip, enumerate,
+        round, abs, repr,
+    )},
+    "join": _join_names,  # "a, b, c", for messages that list names
+}
+"""The functions a :class:`Check`'s expressions may call."""
+
+_CHECK_NODES = (
+    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
+    ast.FloorDiv, ast.Mod, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Compare, ast.Eq, ast.NotEq,
+    ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot, ast.IfExp, ast.Call,
+    ast.Name, ast.Load, ast.Store, ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Subscript,
+    ast.Slice, ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.comprehension, ast.JoinedStr,
+    ast.FormattedValue,
+)
+
+
+@functools.cache
+def _compiled(text: str, message: bool) -> types.CodeType:
+    """A :class:`Check`'s expression (or, ``message``, its f-string) compiled, once it is known
+    to use only :data:`_CHECK_NODES` and calls of :data:`CHECK_FUNCTIONS`."""
+    tree = ast.parse("f" + repr(text) if message else text, mode="eval")
+    for node in ast.walk(tree):
+        called = isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id in CHECK_FUNCTIONS
+        )
+        if not isinstance(node, _CHECK_NODES) or called or (
+            isinstance(node, ast.Name) and node.id.startswith("_")
+        ):
+            raise ValueError(f"a Check may not use {ast.unparse(node)!r} (in {text!r})")
+    return compile(tree, "<check>", "eval")
+
+
+def _evaluate(text: str, scope: Mapping[str, Any], message: bool = False) -> Any:
+    return eval(_compiled(text, message), {"__builtins__": {}, **CHECK_FUNCTIONS, **scope})
+
+
+@functools.cache
+def checks_of(cls: type) -> tuple[Check, ...]:
+    """The :class:`Check` list of the config dataclass ``cls``: its base classes' first, then its own."""
+    return tuple(c for klass in reversed(cls.__mro__) for c in vars(klass).get("checks", ()))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists as tuples, at every depth (the type a setting's list has once loaded)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, at every depth (for JSON)."""
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

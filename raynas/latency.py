@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raynas.config import Check
 from raynas.errors import ConfigError
 from raynas.types import Architecture, DatasetInfo
 
@@ -173,19 +174,25 @@ def find_table(reference: str, directory: str | Path) -> Path:
     )
 
 
-def required_table(reference: str, directory: str | Path, *, key: str = "strategy.latency_table") -> str:
-    """The setting ``key`` of a component that needs a latency table, made absolute (workers may run
-    in another folder). A table not measured yet (as ``raynas latency --job`` is about to) is left
-    as named, for the component to report when it loads it.
+REQUIRED_TABLE = Check(
+    "latency_table",
+    "strategy.latency_table is required: a latency-table JSON file, or a device name with a table "
+    "in strategy.latency_dir ({latency_dir!r})",
+)
+"""The check of a strategy that needs a latency table (its settings ``latency_table`` and
+``latency_dir``), for its config's ``checks``."""
+
+
+def required_table(reference: str, directory: str | Path) -> str:
+    """A strategy's ``latency_table`` setting, made absolute (workers may run in another folder).
+    A table not measured yet (as ``raynas latency --job`` is about to) is left as named, for the
+    component to report when it loads it.
 
     Raises:
-        ConfigError: ``reference`` is empty.
+        ConfigError: ``reference`` is empty (:data:`REQUIRED_TABLE`).
     """
     if not reference:
-        raise ConfigError(
-            f"{key} is required: a latency-table JSON file, or a device name with a table in "
-            f"{key.rsplit('.', 1)[0]}.latency_dir ({str(directory)!r})"
-        )
+        raise ConfigError(REQUIRED_TABLE.render({"latency_dir": str(directory)}))
     try:
         return str(find_table(reference, directory))
     except ConfigError:

@@ -41,8 +41,10 @@ def test_the_component_manifest_lists_what_the_registries_hold() -> None:
             if config is not None:
                 hints = typing.get_type_hints(config)
                 for key, spec in manifest[section]["names"][name].items():
-                    # None: a type JSON does not hold (a dataclass of raynas's), left to the registry
-                    assert spec is None or manifest_type(spec) == hints[key], (section, name, key)
+                    # None: a type JSON does not hold, left to the registry; a section of its own
+                    # (a dataclass of raynas's) lists its settings instead, as a component does
+                    if spec is not None and "settings" not in json.dumps(spec):
+                        assert manifest_type(spec) == hints[key], (section, name, key)
     assert json.loads(MANIFEST.read_text()) == manifest, (
         "raynas/components.json is out of date: write it again with "
         "python -c 'from raynas.runs.jobs import write_component_manifest; write_component_manifest()'"
@@ -179,3 +181,157 @@ def test_a_bad_range_is_answered_within_a_second() -> None:
         "raynas: error: space.layers must be at least 3 (two reduction cells), got -1\n"
     ), done.stderr
     assert seconds < 2, f"{seconds:.1f} s"
+
+
+# A job per rule that ties a component's settings together or reads its tables (each Check of
+# raynas/components.json), breaking that rule alone: (section, component, settings).
+CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("space", "darts", {"robust": "s2", "operations": "convnext"}),
+    ("space", "darts", {"robust": "s2", "nodes": 3}),
+    ("space", "darts", {"primitives": ["skip_connect", "no_such_op"]}),
+    ("space", "darts", {"primitives": ["none"]}),
+    ("space", "darts", {"mixed_op": "no_such_mixed_op"}),
+    ("space", "darts", {"mixed_op": "partial", "channels": 6}),
+    ("space", "nb201", {"mixed_op": "attention", "channels": 6}),
+    ("space", "stacked_bnas", {"primitives": ["no_such_op"]}),
+    ("space", "stacked_bnas", {"primitives": ["none"]}),
+    ("space", "stacked_bnas", {"knowledge_ops": ["conv_1x1", "conv_1x1"]}),
+    ("space", "stacked_bnas", {"knowledge_ops": ["no_such_embedding"]}),
+    ("space", "auto_deeplab", {"primitives": ["no_such_op"]}),
+    ("space", "auto_deeplab", {"primitives": ["none"]}),
+    ("space", "darts_rnn", {"activations": ["no_such_activation"]}),
+    ("space", "darts_rnn", {"activations": ["none"]}),
+    ("space", "autokeras", {"seed_strides": [3]}),
+    ("space", "autokeras", {"seed_strides": [1, 1, 1], "max_blocks": 2}),
+    ("space", "fbnet", {"stage_channels": [], "stage_depths": [], "stage_strides": []}),
+    ("space", "fbnet", {"stage_depths": [1]}),
+    ("space", "convnext", {"depth_choices": [[]]}),
+    ("space", "convnext", {"width_choices": [[0]]}),
+    ("space", "convnext", {"depth_choices": [[2]]}),
+    ("space", "convnext", {"kernel_choices": [4]}),
+    ("space", "convnext", {"expansion_choices": [0]}),
+    ("space", "convnext", {"activation_choices": ["tanh"]}),
+    ("space", "convnext", {"norm_choices": ["ln", "ln"]}),
+    ("space", "convnext", {"stem_choices": []}),
+    ("space", "convnext", {"kernel_choices": [3, 3]}),
+    ("space", "convnext", {"expansion_choices": [2, 2]}),
+    ("space", "convnext", {"depth_choices": [[2, 2], [2], [6], [2]]}),
+    ("space", "convnext", {"width_choices": [[64], [128, 128], [256], [512]]}),
+    ("space", "nexception", {"stem_choices": ["patch4"]}),
+    ("space", "nexception", {"activation_choices": ["tanh"]}),
+    ("space", "nexception", {"norm_choices": []}),
+    ("space", "nexception", {"places_choices": ["every", "every"]}),
+    ("space", "nexception", {"pool_choices": ["average"]}),
+    ("space", "nexception", {"block_end_choices": ["cbam"]}),
+    ("space", "nexception", {"middle_choices": ["resnet"]}),
+    ("space", "nexception", {"depth_choices": [0]}),
+    ("space", "nexception", {"kernel_choices": [3, 3]}),
+    ("space", "nexception", {"kernel_choices": [4]}),
+    ("space", "nexception", {"widths": [32, 64]}),
+    ("space", "ran_e", {"stage_depths": [1]}),
+    ("space", "ran_e", {"kernels": []}),
+    ("space", "ran_i", {"base_depths": [3]}),
+    ("space", "ran_i", {"width_multipliers": []}),
+    ("space", "xd", {"backbones": []}),
+    ("space", "xd", {"backbones": ["vgg16"]}),
+    ("space", "xd", {"depth_choices": [1, 1]}),
+    ("strategy", "darts", {"arch_betas": [0.5]}),
+    ("strategy", "gdas", {"tau_max": 0.05}),
+    ("strategy", "milenas", {"model_size_band": [2.0, 1.0]}),
+    ("strategy", "milenas", {"stop_at_convs": [6]}),
+    ("strategy", "milenas", {"track_model_size": False, "stop_at_convs": [6, 0]}),
+    ("strategy", "teg_nas_prune", {"indicators": ["ntk", "ntk"]}),
+    ("strategy", "teg_nas_prune", {"batch_size": 1}),
+    ("strategy", "epnas", {"candidates": 2, "batch_size": 4}),
+    ("strategy", "epnas", {"max_latency_ms": 5.0}),
+    ("strategy", "evolution", {"sample_size": 30}),
+    ("strategy", "evolution", {"evaluations": 10}),
+    ("strategy", "novelty", {"sample_size": 30}),
+    ("strategy", "spos", {"mutation_num": 40, "crossover_num": 20}),
+    ("strategy", "fbnet", {"latency_dir": "tables"}),
+    # A section inside a component's (strategy.cell_shape), its own checks and ranges.
+    ("strategy", "evolution", {"cell_shape": {"cells": "normal"}}),
+    ("strategy", "random", {"cell_shape": {"min_width": 3.0, "max_width": 2.0}}),
+    ("strategy", "spos", {"cell_shape": {"min_depth": 4, "max_depth": 3}}),
+    ("strategy", "epnas", {"cell_shape": {"max_depth": -1}}),
+    ("strategy", "enas", {"cell_shape": {"max_dept": 3}}),
+    ("strategy", "bo", {"cell_shape": {"max_depth": "three"}}),
+    ("strategy", "progressive", {"cell_shape": [3]}),
+]
+
+
+def test_every_check_of_every_component_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """Each rule between a built-in component's settings, or of a setting's items against the
+    component's tables (a Check: primitive names, mixed ops, per-stage list lengths, ...), broken
+    alone: `raynas search` answers it with exit 2 and the one line that the component's dataclass
+    gives when the registry builds the section, without importing torch, Ray or MLflow. Every
+    check written in raynas/components.json is broken by some job here."""
+    import dataclasses
+    import json
+
+    from raynas.config import Check, Rule, build, check_rule, checks_of, rules_of
+    from raynas.errors import ConfigError
+    from raynas.runs.jobs import REGISTRIES, component_manifest
+    from raynas.strategies.sampling.base import CellShapeLimits
+
+    def tuples(value: Any) -> Any:
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    def keeps(rule: Rule, value: Any) -> bool:
+        try:
+            check_rule(value, rule, "")
+        except ConfigError:
+            return False
+        return True
+
+    base = {"name": "bad", "space": "darts", "strategy": "darts", "data": "digits"}
+    cases, expected, fired = [], [], set()
+    for section, name, settings in CHECK_CASES:
+        path = tmp_path / f"{len(cases)}.yaml"
+        path.write_text(yaml.safe_dump({**base, section: {"name": name, **settings}}))
+        cases.append(["search", str(path)])
+        config = REGISTRIES[section].entry(name).config
+        with pytest.raises(ConfigError) as error:  # the registry's way, torch loaded
+            build(config, settings, section)
+        expected.append(str(error.value))
+        if "cell_shape" in settings:  # the section's own dataclass
+            config, settings = CellShapeLimits, settings["cell_shape"]
+            if not isinstance(settings, dict) or not set(settings) <= {"min_width", "max_width",
+                                                                       "min_depth", "max_depth", "cells"}:
+                continue  # not a mapping, or an unknown key
+        # The check that says it, if any: the first of the component's checks the settings break.
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        values = {**defaults, **{k: tuples(v) for k, v in settings.items()}}
+        ranges = [keeps(rule, values[k]) for k, rule in rules_of(config).items() if k in settings]
+        if all(ranges) and all(isinstance(tuples(v), type(defaults[k])) for k, v in settings.items()):
+            check = next((c for c in checks_of(config) if c.broken_by(values) is not None), None)
+            if check is not None:
+                assert check.broken_by(values) == str(error.value), (name, settings)
+                fired.add(json.dumps(check.to_json(), sort_keys=True))
+
+    def checks_in(node: Any) -> list[Any]:  # every check the manifest writes, at any depth
+        if isinstance(node, dict):
+            here = node.get("checks", {})
+            listed = [c for specs in here.values() for c in specs] if isinstance(here, dict) else here
+            return listed + [c for k, v in node.items() if k != "checks" for c in checks_in(v)]
+        return [c for v in node for c in checks_in(v)] if isinstance(node, list) else []
+
+    manifest = component_manifest()
+    written = {json.dumps(Check.from_json(c).to_json(), sort_keys=True) for c in checks_in(manifest)}
+    assert written - fired == set(), "checks no job here breaks"
+    code = (
+        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        out.append([main(args), err.getvalue()])\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    for (status, err), message, case in zip(result["answers"], expected, CHECK_CASES, strict=True):
+        assert status == 2 and err == f"raynas: error: {message}\n", (case, err, message)

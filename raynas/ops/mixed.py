@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raynas.config import Check
 from raynas.ops.darts import OPS, FactorizedReduce, Identity, Zero
 from raynas.registry import Registry
 
@@ -37,6 +38,26 @@ Term = tuple[int, torch.Tensor | float]
 def takes_partial_k(mixed_op: str) -> bool:
     """Whether the mixed op registered as ``mixed_op`` sends 1/k of the channels (takes ``k``)."""
     return "k" in inspect.signature(MIXED_OPS.get(mixed_op)).parameters
+
+
+def partial_k_mixed_ops() -> tuple[str, ...]:
+    """The registered mixed ops that take ``k`` (:func:`takes_partial_k`)."""
+    return tuple(name for name in MIXED_OPS.names() if takes_partial_k(name))
+
+
+MIXED_OP_CHECKS: tuple[Check, ...] = (
+    Check(
+        "mixed_op in mixed_ops",
+        "space.mixed_op: unknown mixed op {mixed_op!r}; choose from: {join(mixed_ops)}",
+        tables={"mixed_ops": MIXED_OPS},
+    ),
+    Check(
+        "mixed_op not in partial_k_ops or (partial_k >= 1 and channels % partial_k == 0)",
+        "space.partial_k must divide space.channels ({channels}), got {partial_k}",
+        tables={"partial_k_ops": partial_k_mixed_ops},
+    ),
+)
+"""The checks of a space's ``mixed_op`` and ``partial_k`` settings (:class:`raynas.config.Check`)."""
 
 
 def mixed_op_factory(

@@ -18,6 +18,7 @@ from raynas.config import (
     RetrainConfig,
     SearchConfig,
     build,
+    checks_of,
     parse_sections,
     read_job,
     rules_of,
@@ -75,7 +76,9 @@ def component_manifest() -> dict[str, dict[str, Any]]:
     """Per component section: the registry's kind; per registered name, its settings in the
     order its config dataclass lists them, each with its type as JSON (:func:`_type_text`), or None
     if it takes no settings; and per name, the :class:`raynas.config.Rule` of each setting that
-    has one (as :meth:`~raynas.config.Rule.to_json` writes it)."""
+    has one (as :meth:`~raynas.config.Rule.to_json` writes it); per name with
+    :class:`raynas.config.Check` rules, each check (:meth:`~raynas.config.Check.to_json`: its
+    tables resolved into names) and the settings' defaults the checks read."""
     import dataclasses
     import typing
 
@@ -83,6 +86,8 @@ def component_manifest() -> dict[str, dict[str, Any]]:
     for section, registry in REGISTRIES.items():
         names: dict[str, dict[str, Any] | None] = {}
         rules: dict[str, dict[str, Any]] = {}
+        checks: dict[str, list[dict[str, Any]]] = {}
+        defaults: dict[str, dict[str, Any]] = {}
         for name in registry.names():
             entry = registry.entry(name)
             if not getattr(entry.target, "__module__", "").startswith("raynas."):
@@ -95,14 +100,57 @@ def component_manifest() -> dict[str, dict[str, Any]]:
             names[name] = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
             if rules_of(config):
                 rules[name] = {key: rule.to_json() for key, rule in rules_of(config).items()}
-        out[section] = {"kind": registry.kind, "names": names, "rules": rules}
+            if checks_of(config):
+                checks[name] = [check.to_json() for check in checks_of(config)]
+                defaults[name] = _defaults(config, names[name])
+        out[section] = {
+            "kind": registry.kind, "names": names, "rules": rules, "checks": checks, "defaults": defaults,
+        }
     return out
+
+
+def _settings(config: type) -> dict[str, Any]:
+    """The settings of a config dataclass that a component's section holds as a section of its
+    own (``strategy.cell_shape``): their types, rules, checks and defaults, as for a component."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config)
+    names = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
+    return {
+        "names": names,
+        "rules": {key: rule.to_json() for key, rule in rules_of(config).items()},
+        "checks": [check.to_json() for check in checks_of(config)],
+        "defaults": _defaults(config, names),
+    }
+
+
+def _defaults(config: type, types: dict[str, Any]) -> dict[str, Any]:
+    """The default of each setting of ``config`` whose type the manifest writes (the values a
+    :class:`raynas.config.Check` reads where a job leaves the setting out)."""
+    import dataclasses
+    import json
+
+    out = {}
+    for f in dataclasses.fields(config):
+        if types.get(f.name) is None or "settings" in json.dumps(types[f.name]):
+            continue  # (a section of its own: its settings' defaults are its own)
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = value
+    return json.loads(json.dumps(out))  # tuples as lists
 
 
 def _type_text(hint: Any) -> Any:
     """``hint`` as JSON that :func:`raynas.config.manifest_type` reads back (``"int"``,
     ``{"literal": [...]}``, ``{"tuple": "str", "variadic": true}``, ``{"union": [...]}``, ...),
-    or None for a type it cannot write (a class of raynas's: the registry checks it)."""
+    ``{"settings": {...}}`` for a config dataclass of raynas's (:func:`_settings`), or None for a
+    type it cannot write (the registry checks it)."""
+    import dataclasses
     import types
     import typing
 
@@ -111,6 +159,8 @@ def _type_text(hint: Any) -> Any:
     if isinstance(hint, type) and hint.__name__ in ("int", "float", "str", "bool"):
         return hint.__name__
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and hint.__module__.startswith("raynas."):
+        return {"settings": _settings(hint)}  # a section inside the component's
     if origin is typing.Literal and all(isinstance(a, (str, int, float, bool)) for a in args):
         return {"literal": list(args)}
     parts = [_type_text(a) for a in args if a is not Ellipsis]

@@ -21,13 +21,13 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.auto_deeplab import (
     ADL_OPS,
@@ -282,15 +282,16 @@ class AutoDeepLabSpaceConfig:
     blocks: Annotated[int, Rule(ge=1, says="(B) must be at least 1")] = 5
     primitives: tuple[str, ...] = ADL_PRIMITIVES
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "item in ops", "space.primitives: unknown op {item!r}; choose from: {join(ops)}",
+            each="primitives", tables={"ops": ADL_PRIMITIVES},  # the keys of ADL_OPS
+        ),
+        Check("set(primitives) - {'none'}", "space.primitives needs at least one op besides 'none'"),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        for name in self.primitives:
-            if name not in ADL_OPS:
-                raise ConfigError(
-                    f"space.primitives: unknown op {name!r}; choose from: {', '.join(ADL_PRIMITIVES)}"
-                )
-        if len(set(self.primitives) - {"none"}) < 1:
-            raise ConfigError("space.primitives needs at least one op besides 'none'")
 
 
 # Filter multipliers of the paper's evaluation networks (Table 2).

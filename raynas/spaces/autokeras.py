@@ -38,7 +38,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
-from raynas.errors import ArchitectureError, ConfigError
+from raynas.config import Check, Rule, check_rules
+from raynas.errors import ArchitectureError
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo
 
@@ -408,14 +408,19 @@ class AutoKerasConfig:
     max_params: Annotated[int, Rule(ge=1)] = 1 << 25
     sample_morphs: Annotated[int, Rule(ge=1)] = 4
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "seed_strides and all(s in (1, 2) for s in seed_strides)",
+            "space.seed_strides must be a non-empty list of 1s and 2s, got {list(seed_strides)}",
+        ),
+        Check(
+            "len(seed_strides) <= max_blocks and seed_width <= max_width",
+            "space.max_blocks and space.max_width must admit the seed network",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        if not self.seed_strides or any(s not in (1, 2) for s in self.seed_strides):
-            raise ConfigError(
-                f"space.seed_strides must be a non-empty list of 1s and 2s, got {list(self.seed_strides)}"
-            )
-        if len(self.seed_strides) > self.max_blocks or self.seed_width > self.max_width:
-            raise ConfigError("space.max_blocks and space.max_width must admit the seed network")
 
 
 def param_count(arch: MorphArch, *, in_channels: int = 3, num_classes: int = 10) -> int:

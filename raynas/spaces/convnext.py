@@ -28,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules, listed_once
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.convnext_net import (
     ACTIVATIONS,
@@ -162,14 +162,6 @@ ALIASES = {
 }
 
 
-def _tuple_of_options(value: Any, what: str) -> tuple[tuple[int, ...], ...]:
-    if not isinstance(value, tuple) or not value or not all(_positive_ints(tuple(v)) for v in value):
-        raise ConfigError(
-            f"space.{what} needs one non-empty list of positive integers per stage, got {value!r}"
-        )
-    return tuple(tuple(v) for v in value)
-
-
 @dataclass(frozen=True)
 class ConvNextSpaceConfig:
     """The options of every choice and the fixed parts of the networks.
@@ -201,40 +193,47 @@ class ConvNextSpaceConfig:
     stem_stride: Annotated[int, Rule(one_of=STEM_STRIDES)] = 4
     layer_scale_init: Annotated[float, Rule(ge=0)] = 1e-6
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        *(
+            Check(
+                f"{key} and all(v and min(v) >= 1 for v in {key})",
+                f"space.{key} needs one non-empty list of positive integers per stage, got {{{key}!r}}",
+            )
+            for key in ("depth_choices", "width_choices")
+        ),
+        Check(
+            "len(depth_choices) == len(width_choices)",
+            "space.depth_choices and space.width_choices need one entry per stage; got "
+            "{len(depth_choices)} and {len(width_choices)}",
+        ),
+        Check(
+            "kernel_choices and min(kernel_choices) >= 1 and all(k % 2 for k in kernel_choices)",
+            "space.kernel_choices must be odd positive integers, got {kernel_choices!r}",
+        ),
+        Check(
+            "expansion_choices and min(expansion_choices) >= 1",
+            "space.expansion_choices must be positive integers, got {expansion_choices!r}",
+        ),
+        listed_once("activation_choices", ACTIVATIONS),
+        listed_once("norm_choices", NORMS),
+        listed_once("stem_choices", STEMS),
+        *(
+            Check(f"len(set({key})) == len({key})", f"space.{key} lists an option twice: {{list({key})}}")
+            for key in ("kernel_choices", "expansion_choices")
+        ),
+        *(
+            Check(
+                "len(set(item)) == len(item)", f"space.{key}[{{i}}] lists an option twice: {{list(item)}}",
+                each=key,
+            )
+            for key in ("depth_choices", "width_choices")
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        depths = _tuple_of_options(self.depth_choices, "depth_choices")
-        widths = _tuple_of_options(self.width_choices, "width_choices")
-        object.__setattr__(self, "depth_choices", depths)
-        object.__setattr__(self, "width_choices", widths)
-        if len(depths) != len(widths):
-            raise ConfigError(
-                f"space.depth_choices and space.width_choices need one entry per stage; got "
-                f"{len(depths)} and {len(widths)}"
-            )
-        if not _positive_ints(self.kernel_choices) or any(k % 2 == 0 for k in self.kernel_choices):
-            raise ConfigError(
-                f"space.kernel_choices must be odd positive integers, got {self.kernel_choices!r}"
-            )
-        if not _positive_ints(self.expansion_choices):
-            raise ConfigError(
-                f"space.expansion_choices must be positive integers, got {self.expansion_choices!r}"
-            )
-        for what, value, allowed in (
-            ("activation_choices", self.activation_choices, ACTIVATIONS),
-            ("norm_choices", self.norm_choices, NORMS), ("stem_choices", self.stem_choices, STEMS),
-        ):
-            if not value or any(v not in allowed for v in value) or len(set(value)) != len(value):
-                raise ConfigError(
-                    f"space.{what} must list some of {', '.join(allowed)} once each, got {value!r}"
-                )
-        for what, value in (
-            ("kernel_choices", self.kernel_choices), ("expansion_choices", self.expansion_choices),
-            *((f"depth_choices[{i}]", d) for i, d in enumerate(depths)),
-            *((f"width_choices[{i}]", w) for i, w in enumerate(widths)),
-        ):
-            if len(set(value)) != len(value):
-                raise ConfigError(f"space.{what} lists an option twice: {list(value)}")
+        for key in ("depth_choices", "width_choices"):  # tuples, where code passed lists
+            object.__setattr__(self, key, tuple(tuple(v) for v in getattr(self, key)))
 
     @property
     def stages(self) -> int:

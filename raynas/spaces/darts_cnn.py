@@ -12,15 +12,16 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError
 from raynas.ops.convnext import CONVNEXT_PRIMITIVES
 from raynas.ops.darts import OPS, PRIMITIVES
+from raynas.ops.mixed import MIXED_OP_CHECKS
 from raynas.ops.morphological import MORPHOLOGICAL_PRIMITIVES
 from raynas.ops.robust import ROBUST_EDGES, ROBUST_SPACES, robust_primitives
 from raynas.spaces.darts_genotype import (
@@ -81,9 +82,28 @@ class DartsSpaceConfig:
     bn_affine: bool = False
     robust: Literal["", "s1", "s2", "s3", "s4"] = ""
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not robust or (operations == 'darts' and primitives in ((), robust_primitives[robust]))",
+            "space.robust sets every edge's candidates; leave space.operations and space.primitives unset",
+            tables={"robust_primitives": {name: robust_primitives(name) for name in ROBUST_SPACES}},
+        ),
+        Check(
+            "not robust or nodes * (nodes + 3) // 2 == robust_edges",  # num_cell_edges(nodes)
+            "space.robust: RobustDARTS's spaces have 4 nodes (14 edges), got space.nodes={nodes}",
+            tables={"robust_edges": ROBUST_EDGES},
+        ),
+        Check(
+            "item in ops", "space.primitives: unknown op {item!r}; choose from: {join(ops)}",
+            each="primitives", tables={"ops": OPS},
+        ),
+        Check("not primitives or set(primitives) - {'none'}",
+              "space.primitives needs at least one op besides 'none'"),
+        *MIXED_OP_CHECKS,
+    )
+
     def __post_init__(self) -> None:
         from raynas.errors import ConfigError
-        from raynas.ops.mixed import MIXED_OPS, takes_partial_k
 
         check_rules(self, "space")
         if self.robust:
@@ -91,18 +111,7 @@ class DartsSpaceConfig:
                 raise ConfigError(
                     f"space.robust: unknown space {self.robust!r}; choose from: {', '.join(ROBUST_SPACES)}"
                 )
-            if self.operations != "darts" or self.primitives not in ((), robust_primitives(self.robust)):
-                raise ConfigError(
-                    "space.robust sets every edge's candidates; leave space.operations and "
-                    "space.primitives unset"
-                )
-            if num_cell_edges(self.nodes) != ROBUST_EDGES:
-                raise ConfigError(
-                    "space.robust: RobustDARTS's spaces have 4 nodes (14 edges), got "
-                    f"space.nodes={self.nodes}"
-                )
             object.__setattr__(self, "primitives", robust_primitives(self.robust))
-
         if self.operations not in OPERATION_SETS:
             raise ConfigError(
                 f"space.operations: unknown operation set {self.operations!r}; "
@@ -110,23 +119,6 @@ class DartsSpaceConfig:
             )
         if not self.primitives:
             object.__setattr__(self, "primitives", OPERATION_SETS[self.operations])
-        for name in self.primitives:
-            if name not in OPS:
-                raise ConfigError(
-                    f"space.primitives: unknown op {name!r}; choose from: {', '.join(OPS.names())}"
-                )
-        if len(set(self.primitives) - {"none"}) < 1:
-            raise ConfigError("space.primitives needs at least one op besides 'none'")
-        if self.mixed_op not in MIXED_OPS:
-            raise ConfigError(
-                f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
-                f"choose from: {', '.join(MIXED_OPS.names())}"
-            )
-        if takes_partial_k(self.mixed_op) and (self.partial_k < 1 or self.channels % self.partial_k):
-            raise ConfigError(
-                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
-            )
-
 
     def edge_ops(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
         """The candidates of every edge of a cell (node by node, inputs in order), ``none`` included."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
@@ -332,15 +332,18 @@ class DartsRnnSpaceConfig:
     dropouti: Annotated[float, Rule(ge=0, lt=1)] = 0.2
     dropoute: Annotated[float, Rule(ge=0, lt=1)] = 0.0
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "item in names", "space.activations: unknown activation {item!r}; choose from: {join(names)}",
+            each="activations", tables={"names": ACTIVATIONS},
+        ),
+        Check(
+            "set(activations) - {'none'}", "space.activations needs at least one activation besides 'none'"
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        for name in self.activations:
-            if name not in ACTIVATIONS:
-                raise ConfigError(
-                    f"space.activations: unknown activation {name!r}; choose from: {', '.join(ACTIVATIONS)}"
-                )
-        if not set(self.activations) - {"none"}:
-            raise ConfigError("space.activations needs at least one activation besides 'none'")
 
 
 @SPACES.register("darts_rnn", config=DartsRnnSpaceConfig)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.spaces.registry import SPACES
@@ -152,16 +152,17 @@ class FbnetSpaceConfig:
     mixed_op: Literal["weighted", "sampled"] = "weighted"
     bn_affine: bool = True
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check("stage_channels", "space.stage_channels needs at least one stage"),
+        Check(
+            "len(stage_depths) == len(stage_channels) == len(stage_strides)",
+            "space.stage_channels, stage_depths and stage_strides need one entry per stage; got "
+            "{len(stage_channels)}, {len(stage_depths)} and {len(stage_strides)}",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        n = len(self.stage_channels)
-        if n == 0:
-            raise ConfigError("space.stage_channels needs at least one stage")
-        if len(self.stage_depths) != n or len(self.stage_strides) != n:
-            raise ConfigError(
-                f"space.stage_channels, stage_depths and stage_strides need one entry per stage; got "
-                f"{n}, {len(self.stage_depths)} and {len(self.stage_strides)}"
-            )
 
     @property
     def num_layers(self) -> int:

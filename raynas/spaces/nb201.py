@@ -17,16 +17,17 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from raynas.config import Rule, check_rules
-from raynas.errors import ArchitectureError, ConfigError
+from raynas.config import Check, Rule, check_rules
+from raynas.errors import ArchitectureError
 from raynas.ops.darts import OPS
+from raynas.ops.mixed import MIXED_OP_CHECKS
 from raynas.ops.nb201 import NorConv, ResNetBasicBlock, stage_cells
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
@@ -234,19 +235,10 @@ class Nb201SpaceConfig:
     edge_normalization: bool = False
     bn_affine: bool = False
 
-    def __post_init__(self) -> None:
-        from raynas.ops.mixed import MIXED_OPS, takes_partial_k
+    checks: ClassVar[tuple[Check, ...]] = MIXED_OP_CHECKS
 
+    def __post_init__(self) -> None:
         check_rules(self, "space")
-        if self.mixed_op not in MIXED_OPS:
-            raise ConfigError(
-                f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
-                f"choose from: {', '.join(MIXED_OPS.names())}"
-            )
-        if takes_partial_k(self.mixed_op) and (self.partial_k < 1 or self.channels % self.partial_k):
-            raise ConfigError(
-                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
-            )
 
     @property
     def layers(self) -> int:

@@ -39,12 +39,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules, listed_once
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.nexception import (
     ACTIVATION_PLACES,
@@ -393,16 +393,6 @@ def load_arch(text: str) -> NexceptionArch:
     return NexceptionArch.parse(stripped)
 
 
-def _options(value: Any, allowed: tuple[str, ...], what: str) -> None:
-    if (
-        not isinstance(value, tuple)
-        or not value
-        or any(v not in allowed for v in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ConfigError(f"space.{what} must list some of {', '.join(allowed)} once each, got {value!r}")
-
-
 @dataclass(frozen=True)
 class NexceptionSpaceConfig:
     """The options of every choice and the fixed parts of the networks.
@@ -435,25 +425,32 @@ class NexceptionSpaceConfig:
     stem_stride: Annotated[int, Rule(one_of=(1, 2), says="must be 1 or 2")] = 2
     reductions: Annotated[int, Rule(ge=0, le=4, says="must be between 0 and 4")] = 4
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        listed_once("stem_choices", ("xception", "patch2")),
+        listed_once("activation_choices", ACTIVATIONS),
+        listed_once("norm_choices", NORMS),
+        listed_once("places_choices", ACTIVATION_PLACES),
+        listed_once("pool_choices", POOLINGS),
+        listed_once("block_end_choices", BLOCK_ENDS),
+        listed_once("middle_choices", MIDDLE_BLOCKS),
+        *(
+            Check(
+                f"{key} and min({key}) >= 1 and len(set({key})) == len({key})",
+                f"space.{key} must list positive integers once each, got {{{key}!r}}",
+            )
+            for key in ("depth_choices", "kernel_choices")
+        ),
+        Check(
+            "all(k % 2 for k in kernel_choices)", "space.kernel_choices must be odd, got {kernel_choices!r}"
+        ),
+        Check(
+            "len(widths) == 7 and min(widths) >= 1",
+            "space.widths must be 7 positive integers, got {widths!r}",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        for what, value, allowed in (
-            ("stem_choices", self.stem_choices, ("xception", "patch2")),
-            ("activation_choices", self.activation_choices, ACTIVATIONS),
-            ("norm_choices", self.norm_choices, NORMS),
-            ("places_choices", self.places_choices, ACTIVATION_PLACES),
-            ("pool_choices", self.pool_choices, POOLINGS),
-            ("block_end_choices", self.block_end_choices, BLOCK_ENDS),
-            ("middle_choices", self.middle_choices, MIDDLE_BLOCKS),
-        ):
-            _options(value, allowed, what)
-        for what, value in (("depth_choices", self.depth_choices), ("kernel_choices", self.kernel_choices)):
-            if not _positive_ints(value) or len(set(value)) != len(value):
-                raise ConfigError(f"space.{what} must list positive integers once each, got {value!r}")
-        if any(k % 2 == 0 for k in self.kernel_choices):
-            raise ConfigError(f"space.kernel_choices must be odd, got {self.kernel_choices!r}")
-        if not _positive_ints(self.widths) or len(self.widths) != 7:
-            raise ConfigError(f"space.widths must be 7 positive integers, got {self.widths!r}")
 
 
 @SPACES.register("nexception", config=NexceptionSpaceConfig)

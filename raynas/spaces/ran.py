@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.ran import COLLAPSED, conv_bn, ibn_name, make_block, parse_ibn
 from raynas.spaces.convnext import ConvNeXt, ConvNextArch, resized
@@ -173,16 +173,17 @@ class RanESpaceConfig:
     linear_expansion: Annotated[int, Rule(ge=0)] = 0
     bn_momentum: Annotated[float, Rule(gt=0, le=1)] = 0.01
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "stage_channels and len(stage_depths) == len(stage_channels) == len(stage_strides)",
+            "space.stage_channels, stage_depths and stage_strides need one entry per stage (at least "
+            "one); got {len(stage_channels)}, {len(stage_depths)} and {len(stage_strides)}",
+        ),
+        Check("kernels and expansions", "space.kernels and space.expansions need at least one entry each"),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        n = len(self.stage_channels)
-        if n == 0 or len(self.stage_depths) != n or len(self.stage_strides) != n:
-            raise ConfigError(
-                "space.stage_channels, stage_depths and stage_strides need one entry per stage (at "
-                f"least one); got {n}, {len(self.stage_depths)} and {len(self.stage_strides)}"
-            )
-        if not self.kernels or not self.expansions:
-            raise ConfigError("space.kernels and space.expansions need at least one entry each")
         specs = layer_specs(self, 1)
         for i in self.halved_layers:
             if not 0 <= i < len(specs) or specs[i].c_in != specs[i].c_out or specs[i].stride != 1:
@@ -568,12 +569,19 @@ class RanISpaceConfig:
     stem_stride: Annotated[int, Rule(one_of=(1, 2, 4))] = 4
     layer_scale_init: Annotated[float, Rule(ge=0)] = 1e-6
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "base_depths and len(base_depths) == len(base_widths)",
+            "space.base_depths and space.base_widths need one entry per stage",
+        ),
+        Check(
+            "width_multipliers and depth_multipliers",
+            "space.width_multipliers and space.depth_multipliers need at least one entry",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        if not self.base_depths or len(self.base_depths) != len(self.base_widths):
-            raise ConfigError("space.base_depths and space.base_widths need one entry per stage")
-        if not self.width_multipliers or not self.depth_multipliers:
-            raise ConfigError("space.width_multipliers and space.depth_multipliers need at least one entry")
         for wm in self.width_multipliers:
             for dm in self.depth_multipliers:
                 try:

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.bnas import KNOWLEDGE_PRIMITIVES, knowledge_op
 from raynas.ops.darts import OPS, PRIMITIVES
+from raynas.ops.mixed import MIXED_OP_CHECKS
 from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
@@ -141,56 +143,40 @@ class StackedBnasSpaceConfig:
         eval_deep_cells: ``build``'s default deep cells per mini-BCNN.
     """
 
-    channels: int = 16
-    blocks: int = 2
-    deep_cells: int = 1
-    nodes: int = 4
-    stem_multiplier: int = 3
+    channels: Annotated[int, Rule(ge=2, even=True)] = 16
+    blocks: Annotated[int, Rule(ge=1)] = 2
+    deep_cells: Annotated[int, Rule(ge=1)] = 1
+    nodes: Annotated[int, Rule(ge=1)] = 4
+    stem_multiplier: Annotated[int, Rule(ge=1)] = 3
     primitives: tuple[str, ...] = PRIMITIVES
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
     knowledge_ops: tuple[str, ...] = KNOWLEDGE_PRIMITIVES
     knowledge_search: bool = True
-    eval_channels: int = 36
-    eval_deep_cells: int = 2
+    eval_channels: Annotated[int, Rule(ge=2, even=True)] = 36
+    eval_deep_cells: Annotated[int, Rule(ge=1)] = 2
+
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "item in ops", "space.primitives: unknown op {item!r}; choose from: {join(ops)}",
+            each="primitives", tables={"ops": OPS},
+        ),
+        Check("set(primitives) - {'none'}", "space.primitives needs at least one op besides 'none'"),
+        *MIXED_OP_CHECKS,
+        Check(
+            "knowledge_ops and len(set(knowledge_ops)) == len(knowledge_ops)",
+            "space.knowledge_ops must list embeddings once each, got {list(knowledge_ops)}",
+        ),
+        Check(
+            "item in embeddings",
+            "space.knowledge_ops: unknown embedding {item!r}; choose from: {join(embeddings)}",
+            each="knowledge_ops", tables={"embeddings": KNOWLEDGE_PRIMITIVES},
+        ),
+    )
 
     def __post_init__(self) -> None:
-        from raynas.ops.mixed import MIXED_OPS, takes_partial_k
-
-        for key in ("channels", "eval_channels"):
-            value = getattr(self, key)
-            if value < 2 or value % 2:
-                raise ConfigError(f"space.{key} must be an even number >= 2, got {value}")
-        for key in ("blocks", "deep_cells", "nodes", "stem_multiplier", "eval_deep_cells"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"space.{key} must be at least 1, got {getattr(self, key)}")
-        for name in self.primitives:
-            if name not in OPS:
-                raise ConfigError(
-                    f"space.primitives: unknown op {name!r}; choose from: {', '.join(OPS.names())}"
-                )
-        if not set(self.primitives) - {"none"}:
-            raise ConfigError("space.primitives needs at least one op besides 'none'")
-        if self.mixed_op not in MIXED_OPS:
-            raise ConfigError(
-                f"space.mixed_op: unknown mixed op {self.mixed_op!r}; "
-                f"choose from: {', '.join(MIXED_OPS.names())}"
-            )
-        if takes_partial_k(self.mixed_op) and (self.partial_k < 1 or self.channels % self.partial_k):
-            raise ConfigError(
-                f"space.partial_k must divide space.channels ({self.channels}), got {self.partial_k}"
-            )
-        if not self.knowledge_ops or len(set(self.knowledge_ops)) != len(self.knowledge_ops):
-            raise ConfigError(
-                f"space.knowledge_ops must list embeddings once each, got {list(self.knowledge_ops)}"
-            )
-        for name in self.knowledge_ops:
-            if name not in KNOWLEDGE_PRIMITIVES:
-                raise ConfigError(
-                    f"space.knowledge_ops: unknown embedding {name!r}; "
-                    f"choose from: {', '.join(KNOWLEDGE_PRIMITIVES)}"
-                )
+        check_rules(self, "space")
         if not self.knowledge_search:
             object.__setattr__(self, "knowledge_ops", (HAND_DESIGNED,))
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import convert_to_xd
 from raynas.spaces.registry import SPACES
@@ -33,11 +33,17 @@ RESNETS: tuple[str, ...] = ("resnet18", "resnet34")
 _FORM = "<backbone>/d<depth>, e.g. 'resnet18/d1' or 'darts:DARTS_V2/d3'"
 
 
+BACKBONE = Check(
+    "item in resnets or (item[:6] == 'darts:' and len(item) > 6)",
+    "xd backbone: unknown {item!r}; choose one of: {join(resnets)}, darts:<published genotype>",
+    tables={"resnets": RESNETS},
+)
+"""The backbones XD converts (``item``: a backbone's name)."""
+
+
 def _check_backbone(name: Any) -> None:
-    if not isinstance(name, str) or not (name in RESNETS or (name.startswith("darts:") and len(name) > 6)):
-        raise ArchitectureError(
-            f"xd backbone: unknown {name!r}; choose one of: {', '.join(RESNETS)}, darts:<published genotype>"
-        )
+    if not isinstance(name, str) or BACKBONE.broken_by({"item": name}) is not None:
+        raise ArchitectureError(BACKBONE.render({"item": name}))
 
 
 @dataclass(frozen=True)
@@ -100,29 +106,26 @@ class XdSpaceConfig:
     channels: Annotated[int, Rule(ge=0)] = 0
     layers: Annotated[int, Rule(ge=0)] = 0
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "backbones and len(set(backbones)) == len(backbones)",
+            "space.backbones must list backbones once each, got {backbones!r}",
+        ),
+        Check(BACKBONE.holds, "space.backbones: " + BACKBONE.says, each="backbones", tables=BACKBONE.tables),
+        Check(
+            "depth_choices and len(set(depth_choices)) == len(depth_choices)",
+            "space.depth_choices must be positive integers, once each, got {depth_choices!r}",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        if (
-            not isinstance(self.backbones, tuple)
-            or not self.backbones
-            or len(set(self.backbones)) != len(self.backbones)
-        ):
-            raise ConfigError(f"space.backbones must list backbones once each, got {self.backbones!r}")
-        for b in self.backbones:
-            try:
-                _check_backbone(b)
-                if b.startswith("darts:"):
+        for b in self.backbones:  # a DARTS genotype is read by the darts space
+            if b.startswith("darts:"):
+                try:
                     SPACES.create("darts").parse(b[6:])
-            except ArchitectureError as e:
-                raise ConfigError(f"space.backbones: {e}") from None
-        if (
-            not self.depth_choices
-            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.depth_choices)
-            or len(set(self.depth_choices)) != len(self.depth_choices)
-        ):
-            raise ConfigError(
-                f"space.depth_choices must be positive integers, once each, got {self.depth_choices!r}"
-            )
+                except ArchitectureError as e:
+                    raise ConfigError(f"space.backbones: {e}") from None
 
 
 def backbone_network(

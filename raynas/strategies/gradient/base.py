@@ -19,12 +19,12 @@ nominal ``bptt`` (:meth:`GradientStrategy.lr_factor`), the unrolled step's inclu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, TrainConfig, check_rules
+from raynas.config import Check, Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
 from raynas.train.segmentation import labelled, mean_cross_entropy
@@ -49,10 +49,15 @@ class GradientConfig:
     random_features: bool = False
     tar: Annotated[float, Rule(ge=0)] = 1e-3
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "len(arch_betas) == 2 and all(0 <= b < 1 for b in arch_betas)",
+            "strategy.arch_betas must be two numbers in [0, 1)",
+        ),
+    )
+
     def __post_init__(self) -> None:
-        check_rules(self, "strategy")
-        if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
-            raise ConfigError("strategy.arch_betas must be two numbers in [0, 1)")
+        check_rules(self, "strategy")  # a subclass's checks too
 
 
 def batchnorm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -30,14 +30,14 @@ distribution's mode, the most probable architecture (the argmax of every layer's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, TrainConfig
+from raynas.config import Check, Rule, TrainConfig
 from raynas.errors import ConfigError
-from raynas.latency import LatencyTable, find_table, required_table
+from raynas.latency import REQUIRED_TABLE, LatencyTable, find_table, required_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_gradients_
@@ -75,6 +75,8 @@ class FbnetConfig(GradientConfig):
     arch_weight_decay: float = 5e-4
     arch_betas: tuple[float, ...] = (0.9, 0.999)
     arch_start_epoch: int = 10
+
+    checks: ClassVar[tuple[Check, ...]] = (REQUIRED_TABLE,)
 
     def __post_init__(self) -> None:
         super().__post_init__()

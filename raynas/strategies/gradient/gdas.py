@@ -6,12 +6,11 @@ that one; the temperature falls linearly from ``tau_max`` to ``tau_min`` over th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from torch import nn
 
-from raynas.config import Rule, TrainConfig
-from raynas.errors import ConfigError
+from raynas.config import Check, Rule, TrainConfig
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 
@@ -23,12 +22,12 @@ class GdasConfig(GradientConfig):
     tau_max: float = 10.0
     tau_min: Annotated[float, Rule(gt=0)] = 0.1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.tau_min <= self.tau_max:  # NaN too
-            raise ConfigError(
-                f"strategy.tau_max must be at least strategy.tau_min ({self.tau_min}), got {self.tau_max}"
-            )
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "tau_min <= tau_max",  # NaN too
+            "strategy.tau_max must be at least strategy.tau_min ({tau_min}), got {tau_max}",
+        ),
+    )
 
 
 @STRATEGIES.register("gdas", config=GdasConfig)

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from raynas.config import Rule
-from raynas.errors import ConfigError
+from raynas.config import Check, Rule
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 
@@ -56,23 +55,22 @@ class MilenasConfig(GradientConfig):
     size_patience: Annotated[int, Rule(ge=1)] = 1
     stop_at_convs: tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        band = self.model_size_band
-        if band and (len(band) != 2 or not 0 <= band[0] < band[1]):
-            raise ConfigError(
-                "strategy.model_size_band must be [low, high] in millions with 0 <= low < high, "
-                f"got {list(band)}"
-            )
-        if self.stop_at_convs and (len(self.stop_at_convs) != 2 or min(self.stop_at_convs) < 0):
-            raise ConfigError(
-                "strategy.stop_at_convs must be [normal, reduce], two counts >= 0, "
-                f"got {list(self.stop_at_convs)}"
-            )
-        if (band or self.stop_at_convs) and not self.track_model_size:
-            raise ConfigError(
-                "strategy.model_size_band and strategy.stop_at_convs need strategy.track_model_size: true"
-            )
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not model_size_band or "
+            "(len(model_size_band) == 2 and 0 <= model_size_band[0] < model_size_band[1])",
+            "strategy.model_size_band must be [low, high] in millions with 0 <= low < high, "
+            "got {list(model_size_band)}",
+        ),
+        Check(
+            "not stop_at_convs or (len(stop_at_convs) == 2 and min(stop_at_convs) >= 0)",
+            "strategy.stop_at_convs must be [normal, reduce], two counts >= 0, got {list(stop_at_convs)}",
+        ),
+        Check(
+            "not (model_size_band or stop_at_convs) or track_model_size",
+            "strategy.model_size_band and strategy.stop_at_convs need strategy.track_model_size: true",
+        ),
+    )
 
 
 @STRATEGIES.register("milenas", config=MilenasConfig)

@@ -38,13 +38,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, TrainConfig, check_rules
-from raynas.errors import ConfigError
+from raynas.config import Check, Rule, TrainConfig, check_rules
 from raynas.strategies.gradient.base import GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.supernet import teg
@@ -82,18 +81,20 @@ class TegPruneConfig:
     region_batches: Annotated[int, Rule(ge=1)] = 3
     edges_per_node: Annotated[int, Rule(ge=1)] = 2
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "indicators and set(indicators) <= set(known) and len(set(indicators)) == len(indicators)",
+            "strategy.indicators must be distinct names among {join(known)}; got {list(indicators)}",
+            tables={"known": teg.INDICATORS},
+        ),
+        Check(
+            "batch_size == 0 or batch_size >= 2",
+            "strategy.batch_size must be 0 (the whole batch) or at least 2, got {batch_size}",
+        ),
+    )
+
     def __post_init__(self) -> None:
-        unknown = [i for i in self.indicators if i not in teg.INDICATORS]
-        if unknown or not self.indicators or len(set(self.indicators)) != len(self.indicators):
-            raise ConfigError(
-                f"strategy.indicators must be distinct names among {', '.join(teg.INDICATORS)}; "
-                f"got {list(self.indicators)}"
-            )
         check_rules(self, "strategy")
-        if self.batch_size < 0 or self.batch_size == 1:
-            raise ConfigError(
-                f"strategy.batch_size must be 0 (the whole batch) or at least 2, got {self.batch_size}"
-            )
 
 
 def round_to(number: float, precision: int, eps: float = 1e-8) -> float:

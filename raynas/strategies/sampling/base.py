@@ -27,9 +27,9 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.types import (
     Architecture,
@@ -68,15 +68,22 @@ class CellShapeLimits:
     max_depth: Annotated[int, Rule(ge=0)] = 0
     cells: Literal["both", "normal", "reduce"] = "both"
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "min_width or max_width or min_depth or max_depth",
+            "strategy.cell_shape sets no bound: give min_width, max_width, min_depth or max_depth",
+        ),
+        *(
+            Check(
+                f"not {high} or {low} <= {high}",
+                f"strategy.cell_shape.{low} must be at most strategy.cell_shape.{high}",
+            )
+            for low, high in (("min_width", "max_width"), ("min_depth", "max_depth"))
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "strategy.cell_shape")
-        if not (self.min_width or self.max_width or self.min_depth or self.max_depth):
-            raise ConfigError(
-                "strategy.cell_shape sets no bound: give min_width, max_width, min_depth or max_depth"
-            )
-        for low, high in (("min_width", "max_width"), ("min_depth", "max_depth")):
-            if getattr(self, high) and getattr(self, low) > getattr(self, high):
-                raise ConfigError(f"strategy.cell_shape.{low} must be at most strategy.cell_shape.{high}")
 
     def kinds(self, shape: dict[str, float]) -> list[str]:
         """The cell types of ``shape`` (a space's ``cell_shape``) the bounds hold for."""

@@ -47,12 +47,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
@@ -106,18 +106,21 @@ class EpnasConfig:
     constraint_weight: Annotated[float, Rule(gt=0)] = 1.0
     cell_shape: CellShapeLimits | None = None
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "candidates >= batch_size",
+            "strategy.candidates ({candidates}) must be at least strategy.batch_size ({batch_size}): "
+            "the predictor picks the batch among the candidates",
+        ),
+        Check(
+            "not max_latency_ms or latency_table",
+            "strategy.max_latency_ms needs strategy.latency_table: a latency-table JSON file, or a "
+            "device name with a table in strategy.latency_dir ({latency_dir!r})",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
-        if self.candidates < self.batch_size:
-            raise ConfigError(
-                f"strategy.candidates ({self.candidates}) must be at least strategy.batch_size "
-                f"({self.batch_size}): the predictor picks the batch among the candidates"
-            )
-        if self.max_latency_ms and not self.latency_table:
-            raise ConfigError(
-                "strategy.max_latency_ms needs strategy.latency_table: a latency-table JSON file, or "
-                f"a device name with a table in strategy.latency_dir ({self.latency_dir!r})"
-            )
         if self.latency_table:  # an absolute path, as the controller may run in another folder
             with contextlib.suppress(ConfigError):  # not measured yet: the strategy says so when built
                 table = find_table(self.latency_table, self.latency_dir)

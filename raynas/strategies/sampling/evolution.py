@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from raynas.config import Rule, check_rules
-from raynas.errors import ConfigError
+from raynas.config import Check, Rule, check_rules
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult, best_at_equal_budget
@@ -48,18 +47,21 @@ class EvolutionConfig:
     evaluations: int = 100
     cell_shape: CellShapeLimits | None = None
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "sample_size <= population_size",
+            "strategy.sample_size ({sample_size}) must be at most "
+            "strategy.population_size ({population_size})",
+        ),
+        Check(
+            "evaluations >= population_size",
+            "strategy.evaluations ({evaluations}) must be at least "
+            "strategy.population_size ({population_size})",
+        ),
+    )
+
     def __post_init__(self) -> None:
-        check_rules(self, "strategy")
-        if self.sample_size > self.population_size:
-            raise ConfigError(
-                f"strategy.sample_size ({self.sample_size}) must be at most "
-                f"strategy.population_size ({self.population_size})"
-            )
-        if self.evaluations < self.population_size:
-            raise ConfigError(
-                f"strategy.evaluations ({self.evaluations}) must be at least "
-                f"strategy.population_size ({self.population_size})"
-            )
+        check_rules(self, "strategy")  # a subclass's checks too
 
 
 @STRATEGIES.register("evolution", config=EvolutionConfig)
@@ -102,6 +104,13 @@ class RegularizedEvolution(SamplingStrategy):
         return len(self.history) >= self.config.evaluations
 
 
+# Children per generation: mutation_num and crossover_num, -1 meaning half the population each.
+_CHILDREN = (
+    "(population_size // 2 if mutation_num == -1 else mutation_num)"
+    " + (population_size // 2 if crossover_num == -1 else crossover_num)"
+)
+
+
 @dataclass(frozen=True)
 class SposConfig:
     """SPOS's evolutionary search (the authors' ``search.py``: P=50, select 10, 25 mutations with
@@ -127,14 +136,17 @@ class SposConfig:
     mutation_prob: Annotated[float, Rule(gt=0, le=1)] = 0.1
     cell_shape: CellShapeLimits | None = None
 
+    checks: ClassVar[tuple[Check, ...]] = (
+        *EvolutionConfig.checks,
+        Check(  # mutations + crossovers, the properties below
+            f"{_CHILDREN} <= population_size",
+            f"strategy.mutation_num + strategy.crossover_num ({{{_CHILDREN}}}) "
+            "must be at most strategy.population_size ({population_size})",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
-        EvolutionConfig(self.population_size, self.sample_size, self.evaluations)  # same checks
-        if self.mutations + self.crossovers > self.population_size:
-            raise ConfigError(
-                f"strategy.mutation_num + strategy.crossover_num ({self.mutations + self.crossovers}) "
-                f"must be at most strategy.population_size ({self.population_size})"
-            )
 
     @property
     def mutations(self) -> int:

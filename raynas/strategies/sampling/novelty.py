@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import torch
 
-from raynas.config import Rule, check_rules
+from raynas.config import Rule
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.evolution import EvolutionConfig, RegularizedEvolution
 from raynas.types import Architecture
@@ -54,10 +54,6 @@ class NoveltyConfig(EvolutionConfig):
     archive_size: Annotated[int, Rule(ge=1)] = 1000
     sigma: Annotated[float, Rule(gt=0)] = 1.0
     es_learning_rate: Annotated[float, Rule(ge=0)] = 0.01
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_rules(self, "strategy")
 
 
 def novelty(candidates: torch.Tensor, archive: torch.Tensor, k: int) -> torch.Tensor:

@@ -19,12 +19,12 @@ only measures the chosen ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.data import dataset_info
 from raynas.errors import ConfigError
-from raynas.latency import LatencyTable, find_table, required_table
+from raynas.latency import REQUIRED_TABLE, LatencyTable, find_table, required_table
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, choice_space
 from raynas.types import Architecture, EvalResult
@@ -56,6 +56,8 @@ class RanEConfig:
     replacement: str = "collapsed"
     tolerance: Annotated[float, Rule(ge=0)] = 0.01
     evaluations: Annotated[int, Rule(ge=1)] = 20
+
+    checks: ClassVar[tuple[Check, ...]] = (REQUIRED_TABLE,)
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
