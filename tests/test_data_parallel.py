@@ -58,3 +58,38 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path: Path, r
     for name, tensor in one.items():
         # Same weights, alphas and BatchNorm statistics, up to float32 summation order.
         torch.testing.assert_close(two[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.integration
+def test_a_group_waits_until_ray_has_placed_every_rank_and_says_so(ray_head: str) -> None:
+    """Ranks that Ray cannot place yet (the head's two CPUs held by other work) are waited for,
+    with a line saying how many wait and what the cluster has free; the group forms once they run.
+    (Before, rank 0 opened the group at once and waited torch's 30 minutes for a rank not placed.)"""
+    import threading
+
+    from raynas.execution.ray_actors import wait_placed
+
+    class Blocker:  # holds the CPUs it asked for (defined here: Ray's workers cannot import tests)
+        pass
+
+    ray.init(address=ray_head)
+    try:
+        blocker = ray.remote(num_cpus=2)(Blocker).remote()
+        ray.get(blocker.__ray_ready__.remote())
+        ranks = [ray.remote(num_cpus=1)(Blocker).remote() for _ in range(2)]
+        lines: list[str] = []
+        waiter = threading.Thread(
+            target=wait_placed, args=(ranks, {"CPU": 1, "GPU": 0}, lines.append, 0.5), daemon=True
+        )
+        waiter.start()
+        waiter.join(3.0)
+        assert waiter.is_alive()  # nothing is placed while the blocker holds both CPUs
+        assert lines and lines[-1].endswith("for Ray to place 2 of 2 actor(s), each asking for 1 CPU; "
+                                            "the cluster has 0 CPU free"), lines
+        assert lines[0].startswith("waiting ")
+        ray.kill(blocker)
+        waiter.join(60.0)
+        assert not waiter.is_alive()  # both ranks placed: the wait is over
+        assert ray.get([rank.__ray_ready__.remote() for rank in ranks]) == [True, True]
+    finally:
+        ray.shutdown()

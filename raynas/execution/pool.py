@@ -277,13 +277,19 @@ class RayPool:
         """New actors for every replica (one data-parallel group when they train together)."""
         import ray
 
+        from raynas.execution.ray_actors import gather_group, wait_placed
+
         for actor in self.actors:
             with contextlib.suppress(Exception):  # an actor whose node is gone is dead already
                 ray.kill(actor, no_restart=True)
         self.actors = [self._start() for _ in range(self.replicas)]
+        execution = self.config.execution
+        wait_placed(
+            self.actors, {"CPU": execution.cpus_per_worker, "GPU": execution.gpus_per_worker}, self.echo
+        )
         world = self.replicas if self.together else 1
         address = self._get(self.actors[0].rendezvous.remote(world)) if world > 1 else None
-        placed = self._get([
+        placed = gather_group(self.actors, [
             actor.setup.remote(self.config, self.threads, rank if world > 1 else 0, world, address)
             for rank, actor in enumerate(self.actors)
         ])
@@ -378,13 +384,15 @@ class RayPool:
         together. A lost actor, or a replica replaced since the group formed, rebuilds the group
         from ``restore()`` (the start of this epoch), and the same paths are trained again: the
         epoch is as if no actor had been lost."""
+        from raynas.execution.ray_actors import gather_group
+
         if not self.together:
             return self._call(0, "train_epoch", list(paths))
         while True:
             if not all(self.grouped):
                 self._rebuild_group("a replica was replaced since the group formed")
             try:
-                return self._get([a.train_epoch.remote(list(paths)) for a in self.actors])[0]
+                return gather_group(self.actors, [a.train_epoch.remote(list(paths)) for a in self.actors])[0]
             except WorkerLostError as exc:
                 self._count_restart(exc.reason)
                 self._rebuild_group(exc.reason)

@@ -7,8 +7,11 @@ otherwise starts a small local Ray (small object store, no dashboard, no usage s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -17,6 +20,12 @@ from raynas.config import ExecutionConfig
 from raynas.errors import ConfigError, RaynasError, WorkerLostError
 from raynas.execution.group import GroupMember
 from raynas.types import EpochReport
+
+log = logging.getLogger(__name__)
+
+# How often a driver waiting for Ray to place its actors says so (an autoscaling cluster may take
+# minutes to add a node; a cluster too busy or too small never does).
+PLACEMENT_REPORT_SECONDS = 60.0
 
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
@@ -98,6 +107,60 @@ def ray_logs() -> str:
         return "Ray's session logs"
 
 
+def wait_placed(
+    actors: list[Any], need: dict[str, float], echo: Callable[[str], None] = log.warning,
+    report_every: float = PLACEMENT_REPORT_SECONDS,
+) -> None:
+    """Wait until Ray has placed and started every actor, saying every ``report_every`` seconds
+    how many wait and what the cluster has free.
+
+    A data-parallel group gathers only once all its ranks run: otherwise rank 0 would wait for a
+    rank that Ray has not placed (resources held by other work, a node still being added) and
+    give up after the rendezvous timeout although nothing is wrong. Waiting for resources is
+    Ray's own behaviour (an autoscaler adds nodes for pending actors), so this never gives up.
+
+    Args:
+        actors: Actor handles just created.
+        need: Resources one actor asks for (``{"CPU": 1, "GPU": 0}``), named in the report.
+        echo: Where the report goes.
+        report_every: Seconds between reports.
+    """
+    pending = {actor.__ray_ready__.remote(): actor for actor in actors}
+    waited = 0.0
+    while pending:
+        started = time.monotonic()
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=report_every)
+        for ref in ready:
+            remote_call(ref)  # an actor that died as it started: WorkerLostError
+            del pending[ref]
+        waited += time.monotonic() - started
+        if pending:
+            asked = ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
+            free = ray.available_resources()
+            has = ", ".join(f"{free.get(k, 0):g} {k}" for k, v in need.items() if v)
+            echo(
+                f"waiting {waited:.0f} s for Ray to place {len(pending)} of {len(actors)} actor(s), "
+                f"each asking for {asked}; the cluster has {has} free"
+            )
+
+
+def gather_group(actors: list[Any], refs: list[Any]) -> list[Any]:
+    """The results of the ranks' setup calls ``refs`` (one per actor), or the first error as soon
+    as one rank fails: its peers are killed then, not left waiting in the group's rendezvous for
+    torch's 30 minutes for a rank that will never join."""
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            remote_call(ready[0])
+    except BaseException:
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        raise
+    return [remote_call(ref) for ref in refs]
+
+
 def remote_call(ref: Any) -> Any:
     """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
     try:
@@ -172,9 +235,10 @@ class RayWorker:
             ).remote()
             for _ in range(world)
         ]
+        wait_placed(self.actors, {"CPU": execution.cpus_per_worker, "GPU": execution.gpus_per_worker})
         address = self._get(self.actors[0].rendezvous.remote(world)) if world > 1 else None
         threads = max(1, int(execution.cpus_per_worker))
-        locations = self._get([
+        locations = gather_group(self.actors, [
             actor.setup.remote(self.factory, threads, rank, world, address)
             for rank, actor in enumerate(self.actors)
         ])
