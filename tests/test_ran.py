@@ -161,6 +161,28 @@ def test_layout_candidates_and_bad_configs() -> None:
         small_space().parse("collapsed,collapsed")
 
 
+def test_the_halved_layers_check_keeps_to_the_layers_shapes() -> None:
+    """space.halved_layers is checked from the settings alone (a Check the command line makes
+    before torch loads): it allows exactly the layers that layer_specs() gives one width at
+    stride 1, in the default layout and in layouts whose stages start at stride 1, keep the
+    stem's or the previous stage's width, or not."""
+    layouts = [
+        {},
+        {"stem_channels": 8, "stage_channels": (8, 8, 16), "stage_depths": (2, 1, 3),
+         "stage_strides": (1, 1, 1)},
+        {"stem_channels": 8, "stage_channels": (16, 16), "stage_depths": (1, 2), "stage_strides": (2, 1)},
+    ]
+    for layout in layouts:
+        specs = layer_specs(RanESpaceConfig(halved_layers=(), **layout), 1)
+        for i in range(len(specs) + 2):
+            allowed = i < len(specs) and specs[i].c_in == specs[i].c_out and specs[i].stride == 1
+            if allowed:
+                RanESpaceConfig(halved_layers=(i,), **layout)
+            else:
+                with pytest.raises(ConfigError, match=f"halved_layers: layer {i} must exist"):
+                    RanESpaceConfig(halved_layers=(i,), **layout)
+
+
 def test_build_shrinks_channels_and_layers() -> None:
     space = small_space()
     arch = space.sample(random.Random(3))

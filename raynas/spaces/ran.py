@@ -180,17 +180,20 @@ class RanESpaceConfig:
             "one); got {len(stage_channels)}, {len(stage_depths)} and {len(stage_strides)}",
         ),
         Check("kernels and expansions", "space.kernels and space.expansions need at least one entry each"),
+        Check(  # the shapes layer_specs() gives: a stage's first layer (at sum(stage_depths[:s]))
+            # takes the previous stage's width (or the stem's) at the stage's stride, the others 1
+            "0 <= item < sum(stage_depths) and all("
+            "item != sum(stage_depths[:s]) or (stage_strides[s] == 1"
+            " and (stage_channels[s - 1] if s else stem_channels) == stage_channels[s])"
+            " for s in range(len(stage_depths)))",
+            "space.halved_layers: layer {item} must exist (0..{sum(stage_depths) - 1}) and keep its "
+            "width at stride 1",
+            each="halved_layers",
+        ),
     )
 
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        specs = layer_specs(self, 1)
-        for i in self.halved_layers:
-            if not 0 <= i < len(specs) or specs[i].c_in != specs[i].c_out or specs[i].stride != 1:
-                raise ConfigError(
-                    f"space.halved_layers: layer {i} must exist (0..{len(specs) - 1}) and keep its "
-                    "width at stride 1"
-                )
 
     @property
     def num_layers(self) -> int:
@@ -578,18 +581,15 @@ class RanISpaceConfig:
             "width_multipliers and depth_multipliers",
             "space.width_multipliers and space.depth_multipliers need at least one entry",
         ),
+        Check(  # scaled(): round(d * dm) blocks and round(w * wm) channels, each at least 1
+            "round(min(base_depths) * item[1]) >= 1 and round(min(base_widths) * item[0]) >= 1",
+            "space: multipliers wm={item[0]}, dm={item[1]} round a stage of the base network to 0",
+            each="((wm, dm) for wm in width_multipliers for dm in depth_multipliers)",
+        ),
     )
 
     def __post_init__(self) -> None:
         check_rules(self, "space")
-        for wm in self.width_multipliers:
-            for dm in self.depth_multipliers:
-                try:
-                    scaled(self.base_depths, self.base_widths, wm, dm)
-                except ArchitectureError:
-                    raise ConfigError(
-                        f"space: multipliers wm={wm}, dm={dm} round a stage of the base network to 0"
-                    ) from None
 
 
 def load_i(text: str) -> RanIArch:
