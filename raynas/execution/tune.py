@@ -47,7 +47,7 @@ from raynas.config import SearchConfig
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
-from raynas.execution.ray_actors import init_ray, node_type
+from raynas.execution.ray_actors import init_ray, node_type, ray_logs
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
 
@@ -311,8 +311,9 @@ class ControllerSearcher(Searcher):
         return {**self.__dict__, "on_ask": None}
 
     def save(self, checkpoint_path: str) -> None:
-        # The controller's state is checkpointed by the search driver (on_result), not by Tune.
-        raise NotImplementedError
+        # The controller's state is checkpointed by the search driver (on_result), not by Tune;
+        # saving nothing (rather than raising) spares the console Tune's warning that it cannot.
+        return
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError
@@ -331,6 +332,59 @@ class RetryLostTrials(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.trial_failed(trial.trial_id, lost=trial.should_recover())
+
+
+class SayTrialFailures(tune.Callback):
+    """Says in one line each time a trial fails (its Ray actor died, its node was lost): whether
+    Tune trains it on from its last checkpoint, and where Ray's logs and Tune's report of the
+    error are. Tune's own report of it (a traceback, the trial's last result) is kept off the
+    console (see :func:`_quiet_tune_console`).
+
+    Args:
+        echo: Where the line goes.
+        max_failures: The restarts Tune makes of one trial (``execution.max_restarts``).
+    """
+
+    def __init__(self, echo: Callable[[str], None], max_failures: int) -> None:
+        self.echo = echo
+        self.max_failures = max_failures
+
+    def _say(self, trial: Any, then: str) -> None:
+        error = _error_line(trial)
+        report = f"; Tune's report of it: {trial.error_file}" if trial.error_file else ""
+        self.echo(f"trial {trial.trial_id} failed{f' ({error})' if error else ''}: {then}; "
+                  f"Ray's logs are in {ray_logs()}{report}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(trial, f"it trains on from its last checkpoint ({trial.num_failures} of at most "
+                         f"{self.max_failures} restarts)")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(trial, f"Tune gave up on it after {self.max_failures} restarts")
+
+
+def _error_line(trial: Any) -> str:
+    """The first line of the trial's latest error (``The actor died unexpectedly before finishing
+    this task.``), or ``""``. Tune's error file holds each failure as ``Failure # N (occurred at
+    ...)`` and the error's text below it."""
+    try:  # the driver's copy: the trial's folder in storage receives it only at the next sync
+        text = Path(trial.error_file).read_text() if trial.error_file else trial.get_error()
+        lines = str(text or "").splitlines()
+    except Exception:  # Tune's error file unreadable: the line goes without it
+        return ""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
+    after = lines[starts[-1] + 1:] if starts else lines
+    return next((line.strip()[:200] for line in after if line.strip()), "")
+
+
+def _quiet_tune_console() -> None:
+    """Keep Ray Tune's own reports off the driver's console, as raynas does for Ray's: Tune's
+    output engine prints the experiment's configuration table and, for every failed trial, its
+    error and last result, whatever ``verbose`` says; its controller logs each failure's traceback.
+    raynas says each in one line (:class:`SayTrialFailures`); Tune keeps its report in the trial's
+    error file. Either variable set by the user wins."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter, silent at verbose=0
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
 class PopulationCallback(tune.Callback):
@@ -540,7 +594,7 @@ def run_tune_search(
     storage_path: str, max_trials: int | None = None,
     on_ask: Callable[[str, Architecture], None] | None = None,
     resubmit: list[tuple[Architecture, str | None]] | None = None,
-    inherited: str | None = None,
+    inherited: str | None = None, echo: Callable[[str], None] = logger.warning,
 ) -> None:
     """Evaluate the candidates ``controller`` asks for as Tune trials until it is done.
 
@@ -564,6 +618,7 @@ def run_tune_search(
         max_trials: Stop after this many trials even if the controller is not done.
         inherited: With ``evaluator: supernet``, the trained supernet's checkpoint (a path or
             ``s3://`` URI the nodes can read), whose weights every candidate starts from.
+        echo: Where a line about each failed trial goes (Tune's own report stays off the console).
 
     Raises:
         ConfigError: The evaluator neither trains from scratch nor fine-tunes, or
@@ -573,6 +628,7 @@ def run_tune_search(
     if max_trials is not None and max_trials < 1:
         raise ConfigError(f"max_trials must be at least 1, got {max_trials}")
     init_ray(config.execution)
+    _quiet_tune_console()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if config.tune.scheduler != "pbt":
         searcher = ControllerSearcher(
@@ -582,7 +638,7 @@ def run_tune_search(
         )
         _fit(config, storage_path, name=config.name, ledger=searcher.ledger, search_alg=searcher,
              num_samples=max_trials if max_trials is not None else -1,
-             callbacks=[RetryLostTrials(searcher)], inherited=inherited)
+             callbacks=[RetryLostTrials(searcher)], inherited=inherited, echo=echo)
         return
     ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result)
     # A resumed search's rounds go on after the rounds already run (each an experiment of its own).
@@ -615,7 +671,7 @@ def run_tune_search(
                 "learning_rate": training.learning_rate,
                 **({"resume_from": resume} if resume else {}),
             },
-            callbacks=[PopulationCallback(ledger)], inherited=inherited,
+            callbacks=[PopulationCallback(ledger)], inherited=inherited, echo=echo,
         )
         trials, generation = trials + len(population), generation + 1
 
@@ -637,6 +693,7 @@ def _fit(
     config: SearchConfig, storage_path: str, *, name: str, ledger: CandidateLedger,
     search_alg: Searcher | None = None, num_samples: int = 1, param_space: dict[str, Any] | None = None,
     callbacks: list | None = None, inherited: str | None = None,
+    echo: Callable[[str], None] = logger.warning,
 ) -> None:
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
@@ -655,7 +712,8 @@ def _fit(
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=_storage(storage_path), verbose=0, callbacks=callbacks,
+            name=name, storage_path=_storage(storage_path), verbose=0,
+            callbacks=[*(callbacks or []), SayTrialFailures(echo, config.execution.max_restarts)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             # A trial whose node is lost (or whose process dies) goes on from its last epoch's
             # checkpoint on another node; the controller hears of it once, when it ends.

@@ -129,9 +129,14 @@ def run_gradient_search(
                 try:
                     return worker.run_epoch()
                 except WorkerLostError as exc:
-                    echo(f"{exc.reason}: restarting the worker from epoch {len(history)} "
-                         f"({worker.restarts + 1} of at most {config.execution.max_restarts} restarts)")
-                    worker.restart()
+                    from raynas.execution.ray_actors import ray_logs  # only Ray loses a worker
+
+                    # Ray's own report of the death stays in its logs, off the console: say where.
+                    if worker.restarts < config.execution.max_restarts:
+                        echo(f"{exc.reason}: restarting the worker from epoch {len(history)} "
+                             f"({worker.restarts + 1} of at most {config.execution.max_restarts} restarts); "
+                             f"Ray's logs are in {ray_logs()}")
+                    worker.restart()  # with no restart left, it raises the error that stops the search
                     if last_state is not None:
                         worker.load_state_dict(last_state)
 

@@ -37,7 +37,7 @@ from raynas.errors import RaynasError, WorkerLostError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.execution.controller import RemoteController, build_controller, start_controller
 from raynas.execution.pool import start_pool
-from raynas.execution.ray_actors import init_ray
+from raynas.execution.ray_actors import init_ray, ray_logs
 from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
@@ -236,7 +236,8 @@ class SamplingSearch:
                 self.restarts += 1
                 if self.restarts > self.config.execution.max_restarts:
                     raise
-                self.echo(f"{exc.reason}: rebuilding the controller from the checkpoint and the journal")
+                self.echo(f"{exc.reason}: rebuilding the controller from the checkpoint and the journal; "
+                          f"Ray's logs are in {ray_logs()}")
                 if isinstance(self.strategy, RemoteController):
                     self.strategy.close()
                 prior = load_checkpoint(self.checkpoint)
@@ -489,7 +490,7 @@ def _search_with_tune(
     run_tune_search(
         search.config, search.strategy, storage_path=storage_path,
         on_result=lambda result: record(result, told=True), on_ask=search.asked, resubmit=resubmit,
-        inherited=inherited,
+        inherited=inherited, echo=search.echo,
     )
 
 

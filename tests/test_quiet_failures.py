@@ -1,0 +1,140 @@
+"""Ray deaths as the user of ``raynas search`` sees them: a Ray worker process running the
+search's work is SIGKILLed (as by the OOM killer) under the real command on a loopback Ray head,
+and the console holds raynas's one line naming the folder of Ray's logs, none of Ray's own report
+of the death; the search goes on, or stops with status 1 when no restart is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, _process_tree, tiny_job, write_job
+
+pytestmark = pytest.mark.integration
+
+# What Ray's driver prints of a dead worker when it is not kept off the console: its raylet's
+# report (prefixed "(raylet)"), the paragraph about the worker's exit, the node's process table.
+RAY_REPORT = ("(raylet)", "Worker exit type", "Worker exit detail", "PID\tMEM", "ray::_WorkerActor",
+              # and Tune's: its failed trial's traceback, last result table, experiment table
+              "Trial task failed", "errored after", "Traceback", "ImplicitFunc", "│",
+              "Configuration for experiment", "View detailed results", "WARNING", "ERROR")
+
+
+def worker_running(gcs_address: str, title: str) -> int | None:
+    """The pid of a Ray worker process of the head at ``gcs_address`` whose title (Ray names a
+    worker after the actor method it runs) is ``title``, or None."""
+    procs = _process_tree()
+    port = gcs_address.rsplit(":", 1)[1]  # the head names itself by its node's address, not loopback's
+    raylets = {pid for pid, (_, cmd) in procs.items()
+               if cmd.split(" ")[0].endswith("/raylet") and re.search(rf"--gcs-address=\S+:{port}\s", cmd)}
+    found = [pid for pid, (ppid, cmd) in procs.items() if ppid in raylets and cmd.startswith(title)]
+    return min(found, default=None)
+
+
+def kill_mid_search(
+    command: list[str], cwd: Path, gcs_address: str, title: str, after: tuple[str, ...]
+) -> tuple[int, str]:
+    """Run ``command``; each time it prints a line that holds the next of ``after``, SIGKILL the
+    Ray worker process titled ``title``. Returns the exit status and everything it printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    triggers = list(after)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if triggers and triggers[0] in line:
+                triggers.pop(0)
+                os.kill(wait_for_worker(proc, gcs_address, title, said), signal.SIGKILL)
+        assert not triggers, "".join(said)
+        return proc.wait(timeout=60), "".join(said)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_worker(proc: subprocess.Popen, gcs_address: str, title: str, said: list[str]) -> int:
+    deadline = time.monotonic() + 120
+    while (pid := worker_running(gcs_address, title)) is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(said)
+        time.sleep(0.05)
+    return pid
+
+
+def assert_quiet(console: str) -> list[str]:
+    """None of Ray's reports in ``console``; returns raynas's lines that name Ray's logs, each
+    naming the folder of a live Ray session."""
+    lines = console.splitlines()
+    leaked = [line for line in lines if any(report in line for report in RAY_REPORT)]
+    assert leaked == [], console[-3000:]
+    named = [line for line in lines if "Ray's logs are in " in line]
+    for line in named:
+        logs = Path(line.split("Ray's logs are in ")[1].split(")")[0].split(";")[0])
+        assert (logs / "raylet.out").is_file(), line
+    return named
+
+
+def test_a_killed_ray_worker_is_one_raynas_line_and_none_of_rays_reports(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """The search's actor killed twice with one restart allowed: the first time the search goes
+    on, the second it stops with status 1; each time raynas says so in one line naming Ray's logs."""
+    job = tiny_job(tmp_path, train={"epochs": 3},
+                   execution={"backend": "ray", "address": ray_head, "max_restarts": 1})
+    command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+    status, console = kill_mid_search(
+        command, tmp_path, ray_head, "ray::_WorkerActor.run_epoch",
+        after=("epoch   1/3", "restarting the worker from epoch 1"),
+    )
+    named = assert_quiet(console)
+    assert len(named) == 2, console[-3000:]
+    assert named[0].startswith("a Ray actor was lost (")
+    assert "restarting the worker from epoch 1 (1 of at most 1 restarts)" in named[0]
+    assert named[1].startswith("raynas: error: the search's Ray actors were lost 2 times")
+    assert named[1].endswith("run the same command again to resume")
+    assert status == 1, console[-3000:]
+    assert "epoch   2/3" not in console  # the epoch the actor died in twice
+
+
+def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """A ``tune:`` search's trial actor killed after its first epoch: Tune trains it on from
+    its checkpoint and the search ends; raynas says so in one line naming Ray's logs and Tune's
+    error file, and none of Ray Tune's reports (a traceback, tables) reach the console."""
+    from test_tune_cli import assert_recorded_once, shrunk
+
+    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head,
+                  strategy={"population_size": 2, "sample_size": 2, "evaluations": 2},
+                  evaluator={"epochs": 2})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.read_text().strip() for r in (tmp_path / "runs").rglob("result.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial reported an epoch"
+            time.sleep(0.05)
+        # A trial training its second epoch (or starting it) dies.
+        os.kill(wait_for_worker(proc, ray_head, "ray::ImplicitFunc.train", []), signal.SIGKILL)
+        console, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, console[-3000:]
+    named = assert_quiet(console)
+    assert len(named) == 1, console[-3000:]
+    assert named[0].startswith("trial ")
+    assert "it trains on from its last checkpoint (1 of at most 10 restarts)" in named[0]
+    error_file = Path(named[0].split("Tune's report of it: ")[1])
+    assert "The actor died unexpectedly" in error_file.read_text()
+    assert_recorded_once(tmp_path)
