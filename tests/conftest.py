@@ -154,7 +154,7 @@ def stop_ray_cluster(temp_dir: str, timeout: float = 5.0) -> None:
 
 # Tests on the session's Ray head, in two groups of about equal length (the Tune CLI and
 # data-parallel tests, and the others): each group's worker starts a head of its own.
-RAY_HEAD_FIRST = ("test_tune_cli", "test_data_parallel")
+RAY_HEAD_FIRST = ("test_tune_cli", "test_data_parallel", "test_quiet_failures")
 
 
 @pytest.hookimpl(wrapper=True)  # around xdist's hook, which reads the groups (--dist loadgroup)

@@ -173,9 +173,9 @@ def test_a_one_shot_search_replaces_a_lost_replica_and_its_controller(
 
     result = run_search(parse_job(job), echo=lose_a_node_in_training_and_one_in_the_search)
     assert len(lost) == 2, "the search never reached its second candidate"
-    assert any("rebuilt the 2 replicas training together" in line for line in lines)
+    assert any("rebuilt the 2 replicas training together; Ray's logs are in " in line for line in lines)
     assert [line.split()[2] for line in lines if line.startswith("supernet epoch")] == ["1/2", "2/2"]
-    assert any("replaced evaluator actor" in line for line in lines)
+    assert any("replaced evaluator actor" in line and "; Ray's logs are in " in line for line in lines)
     assert any("rebuilding the controller" in line for line in lines)
     state = search_state(result.checkpoint)
     trials = [r["trial_id"] for r in state["results"]]

@@ -312,6 +312,8 @@ class RayPool:
         """A new actor in ``lost``'s place, set up alone, holding the weights the lost one held."""
         import ray
 
+        from raynas.execution.ray_actors import ray_logs
+
         self._count_restart(reason)
         index = self.actors.index(lost)
         ray.kill(lost, no_restart=True)
@@ -334,7 +336,7 @@ class RayPool:
             state = self.restore()
             if state:
                 self._get(actor.load_state_dict.remote(state))
-        self.echo(f"{reason}: replaced evaluator actor {index}")
+        self.echo(f"{reason}: replaced evaluator actor {index}; Ray's logs are in {ray_logs()}")
         return actor
 
     def _call(self, index: int, method: str, *args: Any) -> Any:
@@ -398,12 +400,17 @@ class RayPool:
                 self._rebuild_group(exc.reason)
 
     def _rebuild_group(self, reason: str) -> None:
+        from raynas.execution.ray_actors import ray_logs
+
         self._start_group()
         state = self.restore()
         if state:
             for index in range(self.replicas):
                 self._get(self.actors[index].load_state_dict.remote(state))
-        self.echo(f"{reason}: rebuilt the {self.replicas} replicas training together")
+        self.echo(
+            f"{reason}: rebuilt the {self.replicas} replicas training together; Ray's logs are in "
+            f"{ray_logs()}"
+        )
 
     @property
     def steps_per_epoch(self) -> int:
