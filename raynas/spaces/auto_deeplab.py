@@ -40,6 +40,7 @@ from raynas.ops.auto_deeplab import (
     half_size,
     resize,
 )
+from raynas.spaces.base import expect_arch
 from raynas.spaces.darts_genotype import cell_decisions, decode_cell, encode_cell
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
@@ -399,10 +400,7 @@ class AutoDeepLabSpace:
                 :class:`AutoDeepLabNet`); the training loop raises it from 0 over the epochs.
         """
         del auxiliary  # no auxiliary head in Auto-DeepLab
-        if not isinstance(arch, AutoDeepLabArchitecture):
-            raise ArchitectureError(
-                f"the auto_deeplab space builds AutoDeepLabArchitecture, got {type(arch).__name__}"
-            )
+        arch = expect_arch(arch, AutoDeepLabArchitecture, "auto_deeplab")
         if layers is not None and layers != arch.layers:
             raise ArchitectureError(
                 f"the architecture's path has {arch.layers} layers; layers={layers} cannot change it"
@@ -422,10 +420,7 @@ class AutoDeepLabSpace:
         and 3)."""
         from raynas.spaces.drawing import draw_darts_cell, draw_network_path
 
-        if not isinstance(arch, AutoDeepLabArchitecture):
-            raise ArchitectureError(
-                f"the auto_deeplab space draws AutoDeepLabArchitecture, got {type(arch).__name__}"
-            )
+        arch = expect_arch(arch, AutoDeepLabArchitecture, "auto_deeplab", "draws")
         blocks = len(arch.cell) // 2
         fig = Figure(figsize=(2.2 * blocks + 3.0, 2 * 3.4), layout="constrained")
         top, bottom = fig.subplots(2, 1)

@@ -48,6 +48,7 @@ from torch import nn
 
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError
+from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo
 
@@ -525,14 +526,12 @@ class AutoKerasSpace:
             layers: Ignored: the record holds the depth.
             auxiliary: Ignored: the network has no auxiliary head.
         """
-        if not isinstance(arch, MorphArch):
-            raise ArchitectureError(f"the autokeras space builds MorphArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, MorphArch, "autokeras")
         return MorphNet(arch, in_channels=dataset.in_channels, num_classes=dataset.num_classes)
 
     def draw(self, arch: Architecture) -> Figure:
         """The chain of blocks (width by height), skips as arcs (add: green, concat: purple)."""
-        if not isinstance(arch, MorphArch):
-            raise ArchitectureError(f"the autokeras space draws MorphArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, MorphArch, "autokeras", "draws")
         n = len(arch.blocks)
         fig = Figure(figsize=(max(4.0, 1.1 * n + 1.5), 3.2), layout="constrained")
         ax = fig.subplots()

@@ -26,7 +26,6 @@ An architecture is written as JSON, by name, or as
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -45,6 +44,7 @@ from raynas.ops.convnext_net import (
     make_stem,
     make_vector_norm,
 )
+from raynas.spaces.base import OptionsSpace, encode_options, expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
@@ -315,7 +315,7 @@ def load_arch(text: str) -> ConvNextArch:
 
 
 @SPACES.register("convnext", config=ConvNextSpaceConfig)
-class ConvNextSpace:
+class ConvNextSpace(OptionsSpace[ConvNextArch]):
     """The ConvNeXt macro space: stage depths and widths, kernel size, expansion, activation,
     norm and stem.
 
@@ -323,6 +323,7 @@ class ConvNextSpace:
         config: The options of every choice (default: around ConvNeXt-T/S/B on ImageNet).
     """
 
+    name = "convnext"
     architecture_type = ConvNextArch
     reference_dataset = "imagenet"
 
@@ -352,7 +353,7 @@ class ConvNextSpace:
         a = self.check(arch)
         values = [str(v) for pair in zip(a.depths, a.widths, strict=True) for v in pair]
         values += [str(a.kernel_size), str(a.expansion), a.activation, a.norm, a.stem]
-        return tuple(d.options.index(v) for d, v in zip(self.decisions(), values, strict=True))
+        return encode_options(self.decisions(), values)
 
     def decode(self, values: tuple[int, ...] | list[int]) -> ConvNextArch:
         """The architecture these option indices pick."""
@@ -363,10 +364,6 @@ class ConvNextSpace:
             tuple(int(v) for v in names[0 : 2 * n : 2]), tuple(int(v) for v in names[1 : 2 * n : 2]),
             int(kernel), int(expansion), activation, norm, stem,
         )
-
-    def sample(self, rng: random.Random) -> ConvNextArch:
-        """Every decision uniformly at random."""
-        return self.decode([rng.randrange(len(d.options)) for d in self.decisions()])
 
     def contains(self, arch: Architecture) -> bool:
         """Whether every choice of ``arch`` is among this space's options."""
@@ -379,14 +376,6 @@ class ConvNextSpace:
             and arch.activation in c.activation_choices and arch.norm in c.norm_choices
             and arch.stem in c.stem_choices
         )
-
-    def check(self, arch: Architecture) -> ConvNextArch:
-        """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        if not isinstance(arch, ConvNextArch):
-            raise ArchitectureError(f"the convnext space builds ConvNextArch, got {type(arch).__name__}")
-        if not self.contains(arch):
-            raise ArchitectureError(f"convnext architecture {arch} is not among this space's options")
-        return arch
 
     def parse(self, text: str) -> ConvNextArch:
         """A published name (``convnext_tiny``, ``ConvNeXt-T``, ...), JSON text or file, or the
@@ -414,8 +403,7 @@ class ConvNextSpace:
             auxiliary: Ignored: ConvNeXt has no auxiliary head.
             drop_path_prob: Stochastic depth of the last block (rising linearly from 0).
         """
-        if not isinstance(arch, ConvNextArch):
-            raise ArchitectureError(f"the convnext space builds ConvNextArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, ConvNextArch, self.name)
         return ConvNeXt(
             arch=resized(arch, channels=channels, layers=layers), num_classes=dataset.num_classes,
             in_channels=dataset.in_channels, stem_stride=self.config.stem_stride,

@@ -24,6 +24,7 @@ from raynas.ops.darts import OPS, PRIMITIVES
 from raynas.ops.mixed import MIXED_OP_CHECKS
 from raynas.ops.morphological import MORPHOLOGICAL_PRIMITIVES
 from raynas.ops.robust import ROBUST_EDGES, ROBUST_SPACES, robust_primitives
+from raynas.spaces.base import expect_arch
 from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
@@ -280,8 +281,7 @@ class DartsCnnSpace:
         """
         from raynas.spaces.darts_nets import NetworkCIFAR, NetworkImageNet
 
-        if not isinstance(arch, DartsGenotype):
-            raise ArchitectureError(f"the darts space builds DartsGenotype, got {type(arch).__name__}")
+        arch = expect_arch(arch, DartsGenotype, "darts")
         if dataset.task == "segmentation":
             from raynas.errors import ConfigError
             from raynas.spaces.darts_segmentation import DartsSegmentationNet
@@ -325,8 +325,7 @@ class DartsCnnSpace:
         """The width (in units of a node's channels) and depth of the normal and the reduction
         cell (:func:`~raynas.spaces.darts_genotype.cell_shape`): ``normal_width``,
         ``normal_depth``, ``reduce_width``, ``reduce_depth``."""
-        if not isinstance(arch, DartsGenotype):
-            raise ArchitectureError(f"the darts space measures DartsGenotype, got {type(arch).__name__}")
+        arch = expect_arch(arch, DartsGenotype, "darts", "measures")
         normal = cell_shape(arch.normal, arch.normal_concat)
         reduce = cell_shape(arch.reduce, arch.reduce_concat)
         return {"normal_width": normal[0], "normal_depth": normal[1],
@@ -336,8 +335,7 @@ class DartsCnnSpace:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""
         from raynas.spaces.drawing import draw_darts_cell
 
-        if not isinstance(arch, DartsGenotype):
-            raise ArchitectureError(f"the darts space draws DartsGenotype, got {type(arch).__name__}")
+        arch = expect_arch(arch, DartsGenotype, "darts", "draws")
         g = arch
         fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4), layout="constrained")
         top, bottom = fig.subplots(2, 1)

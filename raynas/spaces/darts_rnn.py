@@ -26,6 +26,7 @@ from torch import nn
 
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
+from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
@@ -434,8 +435,7 @@ class DartsRnnSpace:
             layers: The network has one recurrent layer: None or 1.
             auxiliary: Ignored: the language model has no auxiliary head.
         """
-        if not isinstance(arch, DartsRnnGenotype):
-            raise ArchitectureError(f"the darts_rnn space builds DartsRnnGenotype, got {type(arch).__name__}")
+        arch = expect_arch(arch, DartsRnnGenotype, "darts_rnn")
         if layers not in (None, 1):
             raise ConfigError(f"the darts_rnn language model has one recurrent layer; got layers={layers}")
         size = channels or EVAL_CHANNELS
@@ -455,8 +455,7 @@ class DartsRnnSpace:
         """The recurrent cell's nodes and activations (the DARTS paper's Figure 6)."""
         from raynas.spaces.drawing import draw_rnn_cell
 
-        if not isinstance(arch, DartsRnnGenotype):
-            raise ArchitectureError(f"the darts_rnn space draws DartsRnnGenotype, got {type(arch).__name__}")
+        arch = expect_arch(arch, DartsRnnGenotype, "darts_rnn", "draws")
         fig = Figure(figsize=(2.2 * len(arch.recurrent) + 5.0, 3.6), layout="constrained")
         draw_rnn_cell(fig.subplots(), arch.recurrent, arch.concat, "recurrent cell")
         fig.suptitle(arch.key(), fontsize=10)

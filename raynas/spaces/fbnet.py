@@ -27,6 +27,7 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
+from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
@@ -299,8 +300,7 @@ class FbnetSpace:
 
     def check(self, arch: Architecture) -> FbnetArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        if not isinstance(arch, FbnetArch):
-            raise ArchitectureError(f"the fbnet space builds FbnetArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, FbnetArch, "fbnet")
         if len(arch.blocks) != self.config.num_layers:
             raise ArchitectureError(_layer_count_message(self.config, len(arch.blocks)))
         return arch
@@ -407,8 +407,7 @@ class FbnetSpace:
         """One bar per searchable layer, coloured by kernel size and as tall as its expansion."""
         from raynas.spaces.drawing import draw_fbnet_blocks
 
-        if not isinstance(arch, FbnetArch):
-            raise ArchitectureError(f"the fbnet space draws FbnetArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, FbnetArch, "fbnet", "draws")
         fig = Figure(figsize=(max(6.0, 0.4 * len(arch.blocks) + 2), 4.2), layout="constrained")
         draw_fbnet_blocks(fig.subplots(), arch.blocks, "FBNet blocks per layer")
         fig.suptitle(arch.key(), fontsize=10)

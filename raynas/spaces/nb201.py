@@ -29,6 +29,7 @@ from raynas.errors import ArchitectureError
 from raynas.ops.darts import OPS
 from raynas.ops.mixed import MIXED_OP_CHECKS
 from raynas.ops.nb201 import NorConv, ResNetBasicBlock, stage_cells
+from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
@@ -455,8 +456,7 @@ class Nb201Space:
 
     def encode(self, arch: Architecture) -> tuple[int, ...]:
         """The index in :data:`NB201_OPS` of every edge's op."""
-        if not isinstance(arch, Nb201Arch):
-            raise ArchitectureError(f"the nb201 space encodes Nb201Arch, got {type(arch).__name__}")
+        arch = expect_arch(arch, Nb201Arch, "nb201", "encodes")
         return tuple(NB201_OPS.index(op) for op in arch.ops)
 
     def decode(self, values: tuple[int, ...] | list[int]) -> Nb201Arch:
@@ -494,8 +494,7 @@ class Nb201Space:
             layers: Cells per stage (default: the benchmark's 5).
             auxiliary: Ignored: the benchmark's network has no auxiliary head.
         """
-        if not isinstance(arch, Nb201Arch):
-            raise ArchitectureError(f"the nb201 space builds Nb201Arch, got {type(arch).__name__}")
+        arch = expect_arch(arch, Nb201Arch, "nb201")
         return TinyNetwork(
             arch=arch,
             channels=channels or 16,
@@ -530,8 +529,7 @@ class Nb201Space:
         """The cell's four nodes and its labelled edges (the benchmark paper's Figure 1)."""
         from raynas.spaces.drawing import draw_nb201_cell
 
-        if not isinstance(arch, Nb201Arch):
-            raise ArchitectureError(f"the nb201 space draws Nb201Arch, got {type(arch).__name__}")
+        arch = expect_arch(arch, Nb201Arch, "nb201", "draws")
         fig = Figure(figsize=(9.0, 3.6), layout="constrained")
         draw_nb201_cell(fig.subplots(), arch.edges(), "NAS-Bench-201 cell")
         fig.suptitle(arch.key(), fontsize=10)

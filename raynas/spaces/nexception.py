@@ -37,7 +37,6 @@ An architecture is written as JSON, by name, or as ``<layout>/<stem>/<widths>/<d
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -62,6 +61,7 @@ from raynas.ops.nexception import (
     make_norm,
     make_stem,
 )
+from raynas.spaces.base import OptionsSpace, encode_options, expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
@@ -454,13 +454,14 @@ class NexceptionSpaceConfig:
 
 
 @SPACES.register("nexception", config=NexceptionSpaceConfig)
-class NexceptionSpace:
+class NexceptionSpace(OptionsSpace[NexceptionArch]):
     """The NEXcepTion macro space over Xception's layout.
 
     Args:
         config: The options of every choice (default: around Xception, which it contains).
     """
 
+    name = "nexception"
     architecture_type = NexceptionArch
     reference_dataset = "cifar100"
 
@@ -497,16 +498,12 @@ class NexceptionSpace:
             a.block_end,
             a.middle,
         )
-        return tuple(d.options.index(v) for d, v in zip(self.decisions(), values, strict=True))
+        return encode_options(self.decisions(), values)
 
     def decode(self, values: tuple[int, ...] | list[int]) -> NexceptionArch:
         """The architecture these option indices pick."""
         stem, depth, kernel, *rest = decode_options(self.decisions(), values)
         return NexceptionArch("xception", stem, self.config.widths, (int(depth),), int(kernel), *rest)
-
-    def sample(self, rng: random.Random) -> NexceptionArch:
-        """Every decision uniformly at random."""
-        return self.decode([rng.randrange(len(d.options)) for d in self.decisions()])
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` has this space's layout and widths and every choice among its options."""
@@ -525,14 +522,6 @@ class NexceptionSpace:
             and arch.block_end in c.block_end_choices
             and arch.middle in c.middle_choices
         )
-
-    def check(self, arch: Architecture) -> NexceptionArch:
-        """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        if not isinstance(arch, NexceptionArch):
-            raise ArchitectureError(f"the nexception space builds NexceptionArch, got {type(arch).__name__}")
-        if not self.contains(arch):
-            raise ArchitectureError(f"nexception architecture {arch} is not among this space's options")
-        return arch
 
     def parse(self, text: str) -> NexceptionArch:
         """A published name (``xception``, ``nexception_t``, ``NEXcepTion-TP``, ...), JSON text or
@@ -560,9 +549,7 @@ class NexceptionSpace:
             auxiliary: Ignored: these networks have no auxiliary head.
             drop_path_prob: Ignored (no stochastic depth here).
         """
-        if not isinstance(arch, NexceptionArch):
-            raise ArchitectureError(f"the nexception space builds NexceptionArch, got {type(arch).__name__}")
-        a = resized(arch, channels=channels, layers=layers)
+        a = resized(expect_arch(arch, NexceptionArch, self.name), channels=channels, layers=layers)
         c = self.config
         if a.layout == "stages":
             return StagesNet(

@@ -44,6 +44,7 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.ran import COLLAPSED, conv_bn, ibn_name, make_block, parse_ibn
+from raynas.spaces.base import OptionsSpace, expect_arch
 from raynas.spaces.convnext import ConvNeXt, ConvNextArch, resized
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
@@ -351,8 +352,7 @@ class RanESpace:
 
     def check(self, arch: Architecture) -> RanEArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        if not isinstance(arch, RanEArch):
-            raise ArchitectureError(f"the ran_e space builds RanEArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, RanEArch, "ran_e")
         if len(arch.blocks) != self.config.num_layers:
             raise ArchitectureError(
                 f"a ran_e architecture of this space has {self.config.num_layers} layers (stages of "
@@ -609,13 +609,14 @@ def load_i(text: str) -> RanIArch:
 
 
 @SPACES.register("ran_i", config=RanISpaceConfig)
-class RanISpace:
+class RanISpace(OptionsSpace[RanIArch]):
     """RAN-implicit: a base ConvNeXt scaled by a width and a depth multiplier.
 
     Args:
         config: The base network and the multipliers (default: ConvNeXt-T).
     """
 
+    name = "ran_i"
     architecture_type = RanIArch
     reference_dataset = "imagenet"
 
@@ -649,10 +650,6 @@ class RanISpace:
                     return (i, j)
         raise AssertionError("unreachable: check() accepted it")
 
-    def sample(self, rng: random.Random) -> RanIArch:
-        """Uniformly random multipliers."""
-        return self.decode([rng.randrange(len(d.options)) for d in self.decisions()])
-
     def contains(self, arch: Architecture) -> bool:
         """Whether some pair of this config's multipliers makes ``arch``."""
         c = self.config
@@ -662,8 +659,7 @@ class RanISpace:
 
     def check(self, arch: Architecture) -> RanIArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        if not isinstance(arch, RanIArch):
-            raise ArchitectureError(f"the ran_i space builds RanIArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, RanIArch, self.name)
         if not self.contains(arch):
             raise ArchitectureError(
                 f"ran_i network {arch} is not the base {'-'.join(map(str, self.config.base_depths))}/"
@@ -690,8 +686,7 @@ class RanISpace:
             auxiliary: Ignored: no auxiliary head.
             drop_path_prob: Stochastic depth of the last block (RAN-i-T/S/B train with 0.1/0.2/0.4).
         """
-        if not isinstance(arch, RanIArch):
-            raise ArchitectureError(f"the ran_i space builds RanIArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, RanIArch, self.name)
         convnext = resized(ConvNextArch(arch.depths, arch.widths), channels=channels, layers=layers)
         return ConvNeXt(
             arch=convnext, num_classes=dataset.num_classes, in_channels=dataset.in_channels,

@@ -41,6 +41,7 @@ from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.bnas import KNOWLEDGE_PRIMITIVES, knowledge_op
 from raynas.ops.darts import OPS, PRIMITIVES
 from raynas.ops.mixed import MIXED_OP_CHECKS
+from raynas.spaces.base import expect_arch
 from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
@@ -391,10 +392,7 @@ class StackedBnasSpace:
             auxiliary: Ignored: the network has no auxiliary head.
             drop_path_prob: Drop-path probability on the cells' non-identity edges.
         """
-        if not isinstance(arch, StackedBnasArch):
-            raise ArchitectureError(
-                f"the stacked_bnas space builds StackedBnasArch, got {type(arch).__name__}"
-            )
+        arch = expect_arch(arch, StackedBnasArch, "stacked_bnas")
         if dataset.task != "classification":
             raise ConfigError(
                 f"the stacked_bnas network classifies; {dataset.name} is a {dataset.task} dataset"
@@ -425,10 +423,7 @@ class StackedBnasSpace:
         """The deep cell, the broad/enhancement cell and the knowledge embeddings."""
         from raynas.spaces.drawing import draw_darts_cell
 
-        if not isinstance(arch, StackedBnasArch):
-            raise ArchitectureError(
-                f"the stacked_bnas space draws StackedBnasArch, got {type(arch).__name__}"
-            )
+        arch = expect_arch(arch, StackedBnasArch, "stacked_bnas", "draws")
         g = arch.cells
         fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4 + 1.2), layout="constrained")
         top, bottom = fig.subplots(2, 1)

@@ -16,7 +16,6 @@ channels) and the DARTS evaluation network of a published genotype, ``darts:<nam
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -26,6 +25,7 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import convert_to_xd
+from raynas.spaces.base import OptionsSpace, expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
@@ -157,13 +157,14 @@ def backbone_network(
 
 
 @SPACES.register("xd", config=XdSpaceConfig)
-class XdSpace:
+class XdSpace(OptionsSpace[XdArch]):
     """Backbones turned into XD-operations (see the module docstring).
 
     Args:
         config: The backbones and depths (default: ResNet-18 and DARTS_V2, depths 1 to 3).
     """
 
+    name = "xd"
     architecture_type = XdArch
     reference_dataset = "cifar10"
 
@@ -183,23 +184,12 @@ class XdSpace:
         backbone, depth = decode_options(self.decisions(), values)
         return XdArch(backbone, int(depth))
 
-    def sample(self, rng: random.Random) -> XdArch:
-        """A backbone and a depth, uniformly at random."""
-        return self.decode([rng.randrange(len(d.options)) for d in self.decisions()])
-
     def contains(self, arch: Architecture) -> bool:
         return (
             isinstance(arch, XdArch)
             and arch.backbone in self.config.backbones
             and arch.depth in self.config.depth_choices
         )
-
-    def check(self, arch: Architecture) -> XdArch:
-        if not isinstance(arch, XdArch):
-            raise ArchitectureError(f"the xd space builds XdArch, got {type(arch).__name__}")
-        if not self.contains(arch):
-            raise ArchitectureError(f"xd architecture {arch} is not among this space's options")
-        return arch
 
     def parse(self, text: str) -> XdArch:
         """JSON text or file, or ``<backbone>/d<depth>``."""
@@ -228,8 +218,7 @@ class XdSpace:
             auxiliary: Ignored (no auxiliary head).
             drop_path_prob: Ignored.
         """
-        if not isinstance(arch, XdArch):
-            raise ArchitectureError(f"the xd space builds XdArch, got {type(arch).__name__}")
+        arch = expect_arch(arch, XdArch, self.name)
         c = self.config
         backbone = backbone_network(
             arch.backbone, dataset, channels=channels or c.channels or None, layers=layers or c.layers or None
