@@ -51,6 +51,7 @@ from raynas.config import Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
+from raynas.strategies.sampling.policy import choose
 from raynas.types import Architecture, Decision, EvalResult
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
@@ -315,12 +316,9 @@ class Controller(nn.Module):
                 u = self.heads[head](h)  # (B, options)
                 log_p = torch.log_softmax(self.squash(u, self.tanh_constant / self.op_tanh_reduce), dim=-1)
             t = len(chosen)
-            if actions is None:
-                a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)  # (B,)
-            else:
-                a = actions[:, t]
+            a, log_p_a = choose(log_p, actions, t, generator)  # (B,) each
             chosen.append(a)
-            log_prob = log_prob + log_p.gather(1, a[:, None]).squeeze(1)
+            log_prob = log_prob + log_p_a
             entropy = entropy - (log_p.exp() * log_p).sum(-1)
             if step.kind == "input":
                 x = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)

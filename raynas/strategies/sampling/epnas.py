@@ -57,6 +57,7 @@ from raynas.errors import ConfigError
 from raynas.latency import LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
+from raynas.strategies.sampling.policy import choose
 from raynas.types import Architecture, EvalResult
 
 Values = tuple[int, ...]
@@ -226,12 +227,9 @@ class ProgressivePolicy(nn.Module):
             h, c = self.lstm(x, state)  # (B, hidden) each
             state = (h, c)
             log_p = torch.log_softmax(self.heads[decision](h), dim=-1)  # (B, options)
-            if actions is None:
-                a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)  # (B,)
-            else:
-                a = actions[:, t]
+            a, log_p_a = choose(log_p, actions, t, generator)  # (B,) each
             chosen.append(a)
-            log_prob = log_prob + log_p.gather(1, a[:, None]).squeeze(1)
+            log_prob = log_prob + log_p_a
             x = self.embeddings[decision](a)  # (B, hidden)
         if not chosen:
             return torch.zeros(n, 0, dtype=torch.long), log_prob
