@@ -17,7 +17,7 @@ affine-free BatchNorm in training keeps its output rather than its input for the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -85,6 +85,36 @@ def fixed_choices(weights: torch.Tensor) -> list[tuple[int, float]] | None:
     if weights.requires_grad or weights.device.type != "cpu":
         return None
     return [(i, w) for i, w in enumerate(weights.tolist()) if w != 0.0]
+
+
+class MixedBlocks(nn.Module):
+    """One searchable layer of a layer-wise space (FBNet, RAN-e): candidate blocks of the same
+    shapes, combined as ``sum_k w_k * block_k(x)``; fixed weights (:func:`fixed_choices`) run only
+    the blocks they use.
+
+    Args:
+        candidates: The blocks, in the column order of the layer's weights.
+        sampled: Compute only the candidate with the largest weight while training (GDAS); the
+            weights of the others (zero in value under a hard sample) still receive gradients.
+    """
+
+    def __init__(self, candidates: Iterable[nn.Module], *, sampled: bool = False) -> None:
+        super().__init__()
+        self.sampled = sampled
+        self.candidates = nn.ModuleList(candidates)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # x: (B, c_in, H, W); weights: (candidates,) -> (B, c_out, H/stride, W/stride)
+        if self.sampled:
+            index = int(weights.argmax())
+            out = self.candidates[index](x)
+            return out if not self.training else weights[index] * out + (weights.sum() - weights[index])
+        chosen = fixed_choices(weights)
+        if chosen is not None:  # a fixed path: only its blocks run
+            return sum(  # type: ignore[return-value]
+                w * self.candidates[i](x) if w != 1.0 else self.candidates[i](x) for i, w in chosen
+            )
+        return sum(w * block(x) for w, block in zip(weights, self.candidates, strict=True))  # type: ignore[return-value]
 
 
 def forward_edges(

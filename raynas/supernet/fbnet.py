@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
-from raynas.ops.mixed import fixed_choices
+from raynas.ops.mixed import MixedBlocks
 from raynas.spaces.fbnet import FbnetArch, FbnetSpace, FbnetSpaceConfig, LayerSpec, layer_specs
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
 
-class FbnetMixedLayer(nn.Module):
+class FbnetMixedLayer(MixedBlocks):
     """One searchable layer: all nine candidates for the shapes ``c_in -> c_out`` at ``stride``.
 
     Args:
@@ -39,24 +39,10 @@ class FbnetMixedLayer(nn.Module):
     """
 
     def __init__(self, *, c_in: int, c_out: int, stride: int, sampled: bool, affine: bool) -> None:
-        super().__init__()
-        self.sampled = sampled
-        self.candidates = nn.ModuleList(
-            make_block(b, c_in=c_in, c_out=c_out, stride=stride, affine=affine) for b in FBNET_BLOCKS
+        super().__init__(
+            (make_block(b, c_in=c_in, c_out=c_out, stride=stride, affine=affine) for b in FBNET_BLOCKS),
+            sampled=sampled,
         )
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # x: (B, c_in, H, W); weights: (9,) -> (B, c_out, H/stride, W/stride)
-        if self.sampled:
-            index = int(weights.argmax())
-            out = self.candidates[index](x)
-            return out if not self.training else weights[index] * out + (weights.sum() - weights[index])
-        chosen = fixed_choices(weights)
-        if chosen is not None:  # a single path: only its block runs
-            return sum(  # type: ignore[return-value]
-                w * self.candidates[i](x) if w != 1.0 else self.candidates[i](x) for i, w in chosen
-            )
-        return sum(w * block(x) for w, block in zip(weights, self.candidates, strict=True))  # type: ignore[return-value]
 
 
 class FbnetSupernet(nn.Module):

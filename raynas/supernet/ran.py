@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.ops.mixed import fixed_choices
+from raynas.ops.mixed import MixedBlocks
 from raynas.ops.ran import conv_bn, make_block
 from raynas.spaces.ran import LayerSpec, RanEArch, RanESpace, RanESpaceConfig, layer_specs
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
 
-class RanMixedLayer(nn.Module):
+class RanMixedLayer(MixedBlocks):
     """One layer: every candidate for the layer's shapes.
 
     Args:
@@ -38,21 +38,11 @@ class RanMixedLayer(nn.Module):
     def __init__(
         self, *, spec: LayerSpec, candidates: tuple[str, ...], linear_expansion: int, bn_momentum: float
     ) -> None:
-        super().__init__()
-        self.candidates = nn.ModuleList(
+        super().__init__(
             make_block(b, c_in=spec.c_in, c_out=spec.c_out, stride=spec.stride, halved=spec.halved,
                        linear_expansion=linear_expansion, bn_momentum=bn_momentum)
             for b in candidates
         )
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # x: (B, c_in, H, W); weights: (candidates,) -> (B, c_out, H/stride, W/stride)
-        chosen = fixed_choices(weights)
-        if chosen is not None:  # a fixed path: only its blocks run
-            return sum(  # type: ignore[return-value]
-                w * self.candidates[i](x) if w != 1.0 else self.candidates[i](x) for i, w in chosen
-            )
-        return sum(w * block(x) for w, block in zip(weights, self.candidates, strict=True))  # type: ignore[return-value]
 
 
 class RanESupernet(nn.Module):
