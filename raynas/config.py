@@ -646,22 +646,59 @@ def check_sections(raw: dict[str, Any], cls: type[T], components: tuple[str, ...
     if "seeds" in raw and raw["seeds"] == []:
         raise ConfigError("config key 'seeds' is an empty list; list one seed or more, or leave it out")
     hints = typing.get_type_hints(cls)
+    converted = {}
     for key, value in raw.items():
         if key not in components:
-            _convert(value, hints[key], key)
+            converted[key] = _convert(value, hints[key], key)
+    found: dict[str, tuple[str, dict[str, Any] | None] | None] = {}
     for section in components:
         data = raw.get(section)
         if isinstance(data, dict) and "name" in data:
             _convert(data["name"], str, f"{section}.name")
-            _check_component(section, data)
+            found[section] = _check_component(section, data)
             _check_numbers(data, section)
         elif isinstance(data, str):
-            _check_component(section, {"name": data})
+            found[section] = _check_component(section, {"name": data})
         elif data is not None:
             raise ConfigError(
                 f"config section {section!r} must be a mapping with a 'name' (or a bare name), "
                 f"got {_show(data)}"
             )
+    if cls is SearchConfig and "raynas.registry" not in sys.modules:
+        # (once the registries are imported, code may have registered components of its own:
+        # raynas.runs.jobs.parse_job applies the same rules with what the registries hold)
+        _check_search_job(raw, converted, found)
+
+
+def _check_search_job(
+    raw: dict[str, Any], converted: dict[str, Any],
+    found: dict[str, tuple[str, dict[str, Any] | None] | None],
+) -> None:
+    """The rules between a search job's sections (:func:`check_search_job`), read off the
+    manifest: each component's traits, settings (with their defaults) and ``job_checks``."""
+    manifest = _component_manifest()
+    names: dict[str, str | None] = {}
+    traits: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    checks: dict[str, list[Check]] = {}
+    for section in SEARCH_COMPONENTS:
+        data = raw.get(section)
+        names[section] = None if data is None else str(data if isinstance(data, str) else data["name"])
+        if found.get(section) is None or section not in manifest:
+            continue  # (not known to the manifest: its rules wait for the registry)
+        name, values = found[section]  # type: ignore[misc]
+        listed = manifest[section]
+        settings[section] = values
+        traits[section] = trait_values(listed.get("traits", {}).get(name), values or {})
+        checks[section] = [Check.from_json(c) for c in listed.get("job_checks", {}).get(name, ())]
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(SearchConfig)  # type: ignore[misc]
+                if f.name in JOB_SECTIONS}
+    shared = {key: converted.get(key, defaults[key]) for key in JOB_SECTIONS}
+    registered = {
+        "evaluators": manifest.get("evaluator", {}).get("names", ()),
+        "datasets": manifest.get("data", {}).get("names", ()),
+    }
+    check_search_job(search_scope(names, traits, settings, shared, raw, registered), checks)
 
 
 @functools.cache
@@ -674,19 +711,23 @@ def _component_manifest() -> dict[str, Any]:
         return {}
 
 
-def _check_component(section: str, data: dict[str, Any]) -> None:
+def _check_component(section: str, data: dict[str, Any]) -> tuple[str, dict[str, Any] | None] | None:
     """A component's name, setting keys, their types, :class:`Rule` ranges and :class:`Check`
     rules, checked against the built-in components' manifest without importing the registries
     (with the messages the registries give). Once a registry is imported, code may have registered
     components (or operations) of its own: a name the manifest lacks, or a check against a table,
-    is then left to the registry."""
+    is then left to the registry.
+
+    Returns:
+        The component's name and its settings' values (the job's, else the defaults; None if it
+        takes none), or None where the manifest does not know the component."""
     listed = _component_manifest().get(section)
     if listed is None:
-        return
+        return None
     name, names = data["name"], listed["names"]
     if name not in names:
         if "raynas.registry" in sys.modules:  # code that may have registered it runs: ask the registry
-            return
+            return None
         raise ConfigError(
             f"config key '{section}.name': unknown {listed['kind']} {_short(str(name))!r}; choose one of: "
             f"{', '.join(names)}"
@@ -696,35 +737,42 @@ def _check_component(section: str, data: dict[str, Any]) -> None:
     if keys is None and extra:
         raise ConfigError(f"{listed['kind']} {name!r} takes no settings; remove {extra}")
     settings = {k: v for k, v in data.items() if k != "name"}
-    _check_settings(
+    values = _check_settings(
         section, settings, keys or {}, listed.get("rules", {}).get(name, {}),
         listed.get("checks", {}).get(name, ()), listed.get("defaults", {}).get(name, {}),
+        listed.get("sections", {}),
     )
+    return str(name), (None if keys is None else values)
 
 
 def _check_settings(
     where: str, data: dict[str, Any], keys: dict[str, Any], rules: dict[str, Any],
-    checks: Iterable[dict[str, Any]], defaults: dict[str, Any],
-) -> None:
+    checks: Iterable[dict[str, Any]], defaults: dict[str, Any], sections: dict[str, Any],
+) -> dict[str, Any]:
     """The settings ``data`` of a component (or of a section inside one, such as
     ``strategy.cell_shape``) at ``where``: keys, types, rules and checks as the manifest lists them
-    (``keys``: each setting's type; ``defaults``: the values the checks read where ``data`` has none)."""
+    (``keys``: each setting's type; ``defaults``: the values the checks read where ``data`` has
+    none; ``sections``: the sections inside components, by the name a setting's type gives).
+
+    Returns:
+        Every setting's value the manifest knows: the job's (a section inside as the job writes
+        it), else the default."""
     unknown = sorted(set(data) - set(keys))
     if unknown:
         raise ConfigError(
             f"unknown config key {_short(_join(where, unknown[0]))!r}; allowed: {', '.join(keys)}"
         )
-    # Every setting's value where the manifest knows it: the job's, else the default.
     values = _tuples(defaults)
     for key, value in data.items():
         values.pop(key, None)
-        inner = _inner_section(keys.get(key))
+        inner = _inner_section(keys.get(key), sections)
         if inner is not None:  # (null: none, or all its defaults)
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"config key {_join(where, key)!r} must be a mapping, got {_show(value)}")
             if value is not None:
                 _check_settings(_join(where, key), value, inner["names"], inner.get("rules", {}),
-                                inner.get("checks", ()), inner.get("defaults", {}))
+                                inner.get("checks", ()), inner.get("defaults", {}), sections)
+            values[key] = _tuples(value)
             continue
         hint = manifest_type(keys.get(key))
         if hint is not None:
@@ -741,15 +789,16 @@ def _check_settings(
             continue
         if message is not None and not (check.tables and "raynas.registry" in sys.modules):
             raise ConfigError(message)  # (a table may have grown: code that registers may run)
+    return values
 
 
-def _inner_section(spec: Any) -> dict[str, Any] | None:
+def _inner_section(spec: Any, sections: dict[str, Any]) -> dict[str, Any] | None:
     """For a setting that is a section of its own (a config dataclass, maybe optional), the
-    manifest's description of it (the ``settings`` of ``{"settings": {...}}``)."""
+    manifest's description of it: ``{"settings": NAME}`` names it among ``sections``."""
     parts = spec["union"] if isinstance(spec, dict) and "union" in spec else [spec]
     inner = [p for p in parts if isinstance(p, dict) and "settings" in p]
     if len(inner) == 1 and all(p == "None" for p in parts if p is not inner[0]):
-        return inner[0]["settings"]
+        return sections.get(inner[0]["settings"])
     return None
 
 
@@ -1260,6 +1309,171 @@ def _evaluate(text: str, scope: Mapping[str, Any], message: bool = False) -> Any
 def checks_of(cls: type) -> tuple[Check, ...]:
     """The :class:`Check` list of the config dataclass ``cls``: its base classes' first, then its own."""
     return tuple(c for klass in reversed(cls.__mro__) for c in vars(klass).get("checks", ()))
+
+
+@functools.cache
+def job_checks_of(cls: type) -> tuple[Check, ...]:
+    """The rules between sections of a search job that the component configured by the
+    dataclass ``cls`` states (its ``job_checks``: base classes' first): :class:`Check` rules over
+    :func:`search_scope`'s names and the component's own settings."""
+    return tuple(c for klass in reversed(cls.__mro__) for c in vars(klass).get("job_checks", ()))
+
+
+TRAITS: dict[str, str] = {
+    # A space's:
+    "choices": "offers the flat view of decisions (decisions, encode, decode) sampling strategies search",
+    "cell_shape": "measures its cells' width and depth (strategy.cell_shape)",
+    "two_input_cells": "every decision is a two-input node's, in cells of one size (progressive grows them)",
+    "one_shot": "its supernet trains one sampled path at a time (set_path; evaluator supernet)",
+    "drop_paths": "its supernet sums every op of an edge and can drop paths (evaluator.path_dropout)",
+    "layer_shapes": "its supernet is layer-wise, one mixed block a layer (strategies fbnet, prunet)",
+    "latency_tables": "latency-table keys of every layer's candidates (strategy ran_e)",
+    "latency_keys": "latency-table keys of a network (epnas's max_latency_ms)",
+    "layer_candidates": "the blocks every layer offers (ran_e's replacement and seed_block)",
+    "scale": "scales a base network by multipliers (strategy ran_i)",
+    "morphisms": "grows networks by morphisms (strategy autokeras, evaluator morphism)",
+    # A strategy's (read off its class):
+    "kind": "'sampling' (ask/tell, an evaluator scores candidates) or 'gradient' (trains its supernet)",
+    "needs_supernet": "samples the paths of a one-shot supernet (evaluator supernet)",
+    "needs_choices": "searches the space's flat view of decisions",
+}
+"""What the rules between a job's sections read of a component besides its settings: each
+registered with the component (``@SPACES.register(name, config=..., traits={...})``, a strategy's
+from its class), copied into ``raynas/components.json``, and read by :data:`SEARCH_CHECKS` and
+the components' ``job_checks`` as ``space_is[...]``, ``strategy_is[...]``."""
+
+
+def trait_values(traits: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A component's traits for its settings: each declared one's value (``{"expr": text}``: the
+    value of an expression over the settings, as a :class:`Check`'s), every other of
+    :data:`TRAITS` false; one that cannot be worked out here (a setting unknown) is left out.
+    None where none are declared."""
+    if traits is None:
+        return None
+    out: dict[str, Any] = dict.fromkeys(TRAITS, False)
+    for key, value in traits.items():
+        try:
+            expression = value.get("expr") if isinstance(value, Mapping) else None
+            out[key] = _tuples(_evaluate(expression, settings) if expression is not None else value)
+        except Exception:
+            out.pop(key)  # (the rules that read it are left to the component's code)
+    return out
+
+
+JOB_SECTIONS = ("train", "tune", "execution")
+"""The shared sections of a search job the rules between sections read."""
+
+
+def search_scope(
+    names: Mapping[str, str | None], traits: Mapping[str, Mapping[str, Any] | None],
+    settings: Mapping[str, Mapping[str, Any] | None], shared: Mapping[str, Any],
+    given: Iterable[str], registered: Mapping[str, Iterable[str]],
+) -> dict[str, Any]:
+    """The names the rules between a search job's sections read (the same whether the job is
+    checked against ``raynas/components.json`` or the registries): each component section's name
+    (``space``, ``strategy``, ``data``, ``evaluator``; None where absent), its traits
+    (``space_is``) and settings (``strategy_settings``), both left out where not known; the
+    shared sections as mappings (``train``, ``tune``, ``execution``); ``given``, the top-level
+    keys the job writes; and the registered ``evaluators`` and ``datasets``."""
+    scope: dict[str, Any] = dict(names)
+    for section in names:
+        if traits.get(section) is not None:
+            scope[f"{section}_is"] = traits[section]
+        if settings.get(section) is not None:
+            scope[f"{section}_settings"] = _tuples(dict(settings[section]))  # type: ignore[arg-type]
+    scope.update({key: _tuples(_asdict(value)) for key, value in shared.items()})
+    scope["given"] = tuple(given)
+    scope.update({key: tuple(value) for key, value in registered.items()})
+    return scope
+
+
+def check_search_job(scope: Mapping[str, Any], checks: Mapping[str, Iterable[Check]]) -> None:
+    """Apply :data:`SEARCH_CHECKS`, then each component's ``job_checks`` (``checks``, by section;
+    its own settings readable by their names too), to the job ``scope`` (:func:`search_scope`).
+    A rule that reads a name the scope lacks (a component the manifest does not know, a trait it
+    does not declare) is left to the component's code.
+
+    Raises:
+        ConfigError: The first rule broken.
+    """
+    for section, listed in (("", SEARCH_CHECKS), *checks.items()):
+        here = {**scope.get(f"{section}_settings", {}), **scope} if section else scope
+        for rule in listed:
+            try:
+                message = rule.broken_by(here)
+            except (LookupError, NameError, TypeError):
+                continue
+            if message is not None:
+                raise ConfigError(message)
+
+
+_TUNED = "'tune' in given and tune['enabled']"
+_FINETUNES = "evaluator == 'supernet' and evaluator_settings['epochs'] >= 1"
+
+SEARCH_CHECKS: tuple[Check, ...] = (
+    Check(
+        "evaluator is not None or strategy_is['kind'] != 'sampling'",
+        "config section 'evaluator' is missing; it needs a 'name', one of: {join(evaluators)}",
+    ),
+    Check(
+        "evaluator is None or strategy_is['kind'] == 'sampling'",
+        "config section 'evaluator' is for sampling strategies; {strategy!r} is a gradient strategy "
+        "that trains its own supernet: remove the section",
+    ),
+    Check(
+        "not strategy_is['needs_supernet'] or evaluator == 'supernet'",
+        "strategy {strategy!r} searches a one-shot supernet: set evaluator.name to 'supernet' "
+        "(got {evaluator!r})",
+    ),
+    Check(
+        "evaluator in (None, 'supernet') or 'train' not in given",
+        "config section 'train' configures a supernet's training, and evaluator {evaluator!r} trains "
+        "none: remove it (the evaluator's own settings and 'final' set the candidates' training)",
+    ),
+    Check(
+        "not (strategy_is['needs_choices'] and strategy_is['kind'] == 'sampling') or space_is['choices']",
+        "strategy {strategy!r} needs a space with decisions()/encode()/decode(); space {space!r} "
+        "has none",
+    ),
+    Check(
+        "strategy_is['kind'] != 'sampling' or 'cell_shape' not in strategy_settings "
+        "or strategy_settings['cell_shape'] is None or space_is['cell_shape']",
+        "strategy.cell_shape: the {space!r} space has no cells whose width and depth can be "
+        "measured (the darts space has); remove strategy.cell_shape",
+    ),
+    Check(
+        "not (execution['concurrency'] > 1 and execution['backend'] == 'local')",
+        "config key 'execution.concurrency' is {execution['concurrency']}, but execution.backend: "
+        "local evaluates one candidate at a time in this process; use backend: ray, or concurrency: 1",
+    ),
+    Check(
+        "execution['concurrency'] <= 1 or evaluator is not None",
+        "config key 'execution.concurrency' is for sampling searches (candidates evaluated at "
+        "once); {strategy!r} trains one supernet: use execution.workers for data-parallel training",
+    ),
+    Check(
+        f"not ({_TUNED}) or evaluator == 'scratch' or ({_FINETUNES})",
+        "config section 'tune' schedules candidates that train: from scratch (evaluator: scratch) "
+        "or fine-tuned from a supernet (evaluator: supernet with epochs >= 1); this search trains "
+        "none: remove it",
+    ),
+    Check(
+        f"not ({_FINETUNES}) or ({_TUNED})",
+        "config key 'evaluator.epochs' fine-tunes candidates as Ray Tune trials: add a 'tune' "
+        "section (execution.backend: ray), or set evaluator.epochs: 0 to score the inherited "
+        "weights as they are",
+    ),
+    Check(
+        f"not ({_TUNED} and execution['backend'] == 'local')",
+        "config section 'tune' needs execution.backend: ray (Ray Tune runs the trials); set "
+        "tune.enabled: false to train candidates one after another in this process",
+    ),
+)
+"""The rules between a search job's sections that hold whatever its components (what a sampling
+or gradient strategy needs of the evaluator, ``train``, ``tune`` and ``execution``), over
+:func:`search_scope`'s names; each component adds its own (``job_checks`` on its config
+dataclass). :func:`check_search_job` applies them, from the command line before torch is imported
+(``raynas/components.json``) and from ``raynas.runs.jobs.parse_job`` alike."""
 
 
 def _tuples(value: Any) -> Any:

@@ -6,7 +6,7 @@ them; an unknown name is an error that lists the names that exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -17,11 +17,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered component and the config dataclass its ``name`` selects (if any)."""
+    """A registered component, the config dataclass its ``name`` selects (if any), and its traits:
+    what the rules between a job's sections read of it (a space's ``one_shot`` supernet, ...;
+    :data:`raynas.config.TRAITS`), None where the component declares none."""
 
     name: str
     target: T
     config: type | None
+    traits: Mapping[str, Any] | None = None
 
 
 class Registry(Generic[T]):
@@ -35,18 +38,25 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, *, config: type | None = None) -> Callable[[T], T]:
+    def register(
+        self, name: str, *, config: type | None = None, traits: Mapping[str, Any] | None = None
+    ) -> Callable[[T], T]:
         """Decorator that registers ``target`` under ``name``.
 
         Args:
             name: The name users write in configs and on the command line.
             config: The dataclass holding the component's settings, if it has any.
+            traits: What the rules between a job's sections may read of the component (see
+                :data:`raynas.config.TRAITS`): each a JSON value, or ``{"expr": text}`` for the
+                value of an expression over its settings (as a :class:`raynas.config.Check`'s);
+                a trait left out is false. None: none declared, and the rules that read them are left to the
+                component's own code.
         """
 
         def decorate(target: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = Entry(name, target, config)
+            self._entries[name] = Entry(name, target, config, traits)
             return target
 
         return decorate

@@ -336,3 +336,136 @@ def test_every_check_of_every_component_is_answered_before_torch_is_imported(tmp
     assert result["heavy"] == []
     for (status, err), message, case in zip(result["answers"], expected, CHECK_CASES, strict=True):
         assert status == 2 and err == f"raynas: error: {message}\n", (case, err, message)
+
+
+# A job per rule between a search job's sections (raynas.config.SEARCH_CHECKS and each component's
+# job_checks in raynas/components.json), breaking that rule alone: the sections it sets over a
+# DARTS search on digits.
+TABLE = {"latency_table": "no_such_device"}
+JOB_CASES: list[dict[str, Any]] = [
+    {"strategy": "random"},
+    {"evaluator": "scratch"},
+    {"strategy": "enas", "evaluator": "scratch"},
+    {"strategy": "random", "evaluator": "training_free", "train": {"epochs": 2}},
+    {"space": "autokeras", "strategy": "random", "evaluator": "scratch"},
+    {"space": "nb201", "strategy": {"name": "random", "cell_shape": {"max_depth": 3}},
+     "evaluator": "scratch"},
+    {"execution": {"concurrency": 2, "backend": "local"}},
+    {"execution": {"concurrency": 2}},
+    {"strategy": "random", "evaluator": "training_free", "tune": {"enabled": True}},
+    {"strategy": "random", "evaluator": {"name": "supernet", "epochs": 1}},
+    {"strategy": "random", "evaluator": "scratch", "tune": {}, "execution": {"backend": "local"}},
+    {"strategy": {"name": "fbnet", **TABLE}},
+    {"strategy": {"name": "prunet", **TABLE}},
+    {"strategy": {"name": "ran_e", **TABLE}, "evaluator": "scratch"},
+    {"space": "fbnet", "strategy": {"name": "ran_e", **TABLE}, "evaluator": "scratch"},
+    {"space": "ran_e", "strategy": {"name": "ran_e", "seed_block": "no_such_block", **TABLE},
+     "evaluator": "scratch"},
+    {"strategy": "ran_i", "evaluator": "scratch"},
+    {"strategy": "autokeras", "evaluator": "scratch"},
+    {"strategy": "enas", "evaluator": "supernet", "train": {"epochs": 3}},
+    {"strategy": "progressive", "evaluator": "supernet"},
+    {"strategy": {"name": "epnas", "max_params": 1e6, "dataset": "no_such_dataset"}, "evaluator": "scratch"},
+    {"strategy": {"name": "epnas", "max_latency_ms": 5.0, **TABLE}, "evaluator": "scratch"},
+    {"space": "xd", "strategy": "random", "evaluator": "supernet"},
+    {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
+    {"strategy": "random", "evaluator": "morphism"},
+]
+
+
+def test_every_rule_between_sections_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """Each rule between a search job's sections (what a sampling or gradient strategy needs of
+    the evaluator, train, tune and execution; what a strategy or evaluator needs of the space, by
+    the space's traits; ENAS's controller_epochs and train.epochs; epnas's dataset), broken alone:
+    `raynas search` answers it with exit 2 and the line the full validation (the registries,
+    torch loaded) gives, without importing torch, Ray or MLflow. Every such rule written in
+    raynas/components.json is broken by some job here."""
+    import json
+    import re
+
+    from raynas.config import SEARCH_CHECKS, Check
+    from raynas.errors import ConfigError
+    from raynas.runs.jobs import component_manifest, load_job
+
+    base = {"name": "bad", "space": "darts", "strategy": "darts", "data": "digits"}
+    cases, expected = [], []
+    for sections in JOB_CASES:
+        path = tmp_path / f"{len(cases)}.yaml"
+        path.write_text(yaml.safe_dump({**base, **sections}))
+        cases.append(["search", str(path)])
+        with pytest.raises(ConfigError) as error:  # the full validation, torch loaded
+            load_job(path)
+        expected.append(str(error.value))
+
+    def pattern(check: Check) -> re.Pattern[str]:  # the lines the check's message can be
+        parts = re.split(r"\{[^{}]*\}", check.says)
+        return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
+
+    manifest = component_manifest()
+    written = {json.dumps(c.to_json(), sort_keys=True): c for c in SEARCH_CHECKS}
+    for listed in manifest.values():
+        for specs in listed["job_checks"].values():
+            written.update({json.dumps(s, sort_keys=True): Check.from_json(s) for s in specs})
+    unbroken = [key for key, c in written.items() if not any(pattern(c).fullmatch(m) for m in expected)]
+    assert unbroken == [], "rules between sections no job here breaks"
+    code = (
+        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        out.append([main(args), err.getvalue()])\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    for (status, err), message, case in zip(result["answers"], expected, JOB_CASES, strict=True):
+        assert status == 2 and err == f"raynas: error: {message}\n", (case, err, message)
+
+
+def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
+    """What the rules between a job's sections read of a built-in space (its registered traits,
+    :data:`raynas.config.TRAITS`) is what the space and its supernet's class do: the flat view,
+    cell shapes, two-input cells, latency keys, scaling, morphisms, every layer's candidates, and
+    a supernet that samples paths (set_path), drops paths, or is layer-wise."""
+    import typing
+
+    from raynas.config import trait_values
+    from raynas.runs.jobs import component_manifest
+    from raynas.spaces import SPACES
+    from raynas.strategies.sampling.progressive import cell_layout
+    from raynas.supernet.fbnet import FbnetSupernet
+    from raynas.supernet.registry import SUPERNETS
+    from raynas.types import ChoiceSpace
+
+    for name, declared in component_manifest()["space"]["traits"].items():
+        entry = SPACES.entry(name)
+        config = entry.config()
+        space = SPACES.create(name, config)
+        values = {f: getattr(config, f) for f in config.__dataclass_fields__}
+        traits = trait_values(declared, values)
+        supernet = None
+        if name in SUPERNETS:
+            supernet = typing.get_type_hints(SUPERNETS.get(name))["return"]
+            supernet = FbnetSupernet if name == "fbnet" else supernet  # (prunet's when asked for)
+        decisions = space.decisions() if isinstance(space, ChoiceSpace) else ()
+        candidates = {d.options for d in decisions}
+        does = {
+            "choices": isinstance(space, ChoiceSpace),
+            "cell_shape": callable(getattr(space, "cell_shape", None)),
+            "two_input_cells": bool(decisions) and cell_layout(decisions, space.decode([0] * len(decisions)))
+            is not None,
+            "one_shot": hasattr(supernet, "set_path"),
+            "drop_paths": hasattr(supernet, "drop_paths"),
+            "layer_shapes": hasattr(supernet, "layer_shapes"),
+            "latency_tables": hasattr(space, "layer_latency_keys"),
+            "latency_keys": hasattr(space, "latency_keys"),
+            "layer_candidates": next(iter(candidates)) if hasattr(space, "layer_latency_keys") else False,
+            "scale": hasattr(space, "scale"),
+            "morphisms": hasattr(space, "seed_architecture") and hasattr(space, "neighbours"),
+        }
+        assert traits is not None
+        assert {k: traits[k] for k in does} == does, name

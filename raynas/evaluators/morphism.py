@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 
 from raynas import storage
-from raynas.config import Rule, SearchConfig
+from raynas.config import Check, Rule, SearchConfig
 from raynas.errors import ArchitectureError, ConfigError, RaynasError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
@@ -40,6 +40,14 @@ class MorphismConfig(ScratchConfig):
     """
 
     noise: Annotated[float, Rule(ge=0, lt=1)] = NOISE_RATIO
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space_is['morphisms']",
+            "evaluator 'morphism' carries weights through network morphisms: set space.name to "
+            "'autokeras' (got {space!r})",
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,11 +18,11 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 
-from raynas.config import Rule, SearchConfig, check_rules
+from raynas.config import Check, Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_loaders
 from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
@@ -64,6 +64,19 @@ class SupernetEvalConfig:
     learning_rate: Annotated[float, Rule(gt=0)] = 0.01
     path_dropout: Annotated[float, Rule(ge=0, le=1)] = 0.0
     path_dropout_schedule: Annotated[str, Rule(one_of=PATH_DROPOUT_SCHEDULES)] = "linear"
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space_is['one_shot']",
+            "evaluator 'supernet' needs a one-shot supernet (set_path); space {space!r} has none: "
+            "use evaluator 'scratch'",
+        ),
+        Check(
+            "not path_dropout or space_is['drop_paths']",
+            "evaluator.path_dropout needs a supernet that sums every op of an edge (drop_paths); "
+            "space {space!r} has none: spaces darts and nb201 do",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_rules(self, "evaluator")

@@ -3,30 +3,39 @@
 
 :mod:`raynas.config` holds the schema and checks every other key; here each component section
 becomes a :class:`raynas.config.Component` (its name and its validated config dataclass), and the
-rules that span sections are applied (an evaluator only for sampling strategies, settings a
-search kind would ignore). Every problem is a :class:`raynas.errors.ConfigError`: one line that
-names the key and says what is allowed.
+rules that span sections are applied (:func:`raynas.config.check_search_job`: an evaluator only
+for sampling strategies, settings a search kind would ignore, what a strategy or evaluator needs
+of the space), with each component's traits (:func:`traits_of`) as the registries hold them.
+Every problem is a :class:`raynas.errors.ConfigError`: one line that names the key and says what
+is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from raynas.config import (
+    Check,
     Component,
     RetrainConfig,
     SearchConfig,
     build,
+    check_search_job,
     checks_of,
+    job_checks_of,
     parse_sections,
     read_job,
     rules_of,
+    search_scope,
+    trait_values,
 )
 from raynas.data import DATASETS
 from raynas.errors import ConfigError, UnknownNameError
 from raynas.evaluators import EVALUATORS
-from raynas.registry import Registry
+from raynas.registry import Entry, Registry
 from raynas.spaces import SPACES
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling import SamplingStrategy
@@ -78,8 +87,11 @@ def component_manifest() -> dict[str, dict[str, Any]]:
     if it takes no settings; and per name, the :class:`raynas.config.Rule` of each setting that
     has one (as :meth:`~raynas.config.Rule.to_json` writes it); per name with
     :class:`raynas.config.Check` rules, each check (:meth:`~raynas.config.Check.to_json`: its
-    tables resolved into names) and the settings' defaults the checks read."""
-    import dataclasses
+    tables resolved into names); per name, its settings' defaults, its traits
+    (:func:`traits_of`) and the rules it states between a job's sections (``job_checks``);
+    and the sections inside components (``strategy.cell_shape``), written once each by the name
+    their settings' types give (``{"settings": "CellShapeLimits"}``)."""
+    import json
     import typing
 
     out: dict[str, dict[str, Any]] = {}
@@ -87,36 +99,63 @@ def component_manifest() -> dict[str, dict[str, Any]]:
         names: dict[str, dict[str, Any] | None] = {}
         rules: dict[str, dict[str, Any]] = {}
         checks: dict[str, list[dict[str, Any]]] = {}
+        job_checks: dict[str, list[dict[str, Any]]] = {}
         defaults: dict[str, dict[str, Any]] = {}
+        traits: dict[str, dict[str, Any]] = {}
+        sections: dict[str, Any] = {}
         for name in registry.names():
             entry = registry.entry(name)
             if not getattr(entry.target, "__module__", "").startswith("raynas."):
                 continue  # registered by code outside raynas (a user's, a test's): not built in
+            declared = traits_of(section, entry)
+            if declared is not None:
+                traits[name] = json.loads(json.dumps(dict(declared)))  # tuples as lists
             config = entry.config
             if config is None:
                 names[name] = None
                 continue
             hints = typing.get_type_hints(config)
-            names[name] = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
+            names[name] = {
+                f.name: _type_text(hints[f.name], sections) for f in dataclasses.fields(config) if f.init
+            }
             if rules_of(config):
                 rules[name] = {key: rule.to_json() for key, rule in rules_of(config).items()}
             if checks_of(config):
                 checks[name] = [check.to_json() for check in checks_of(config)]
-                defaults[name] = _defaults(config, names[name])
+            if job_checks_of(config):
+                job_checks[name] = [check.to_json() for check in job_checks_of(config)]
+            defaults[name] = _defaults(config, names[name])
         out[section] = {
             "kind": registry.kind, "names": names, "rules": rules, "checks": checks, "defaults": defaults,
+            "traits": traits, "job_checks": job_checks, "sections": sections,
         }
     return out
 
 
-def _settings(config: type) -> dict[str, Any]:
+def traits_of(section: str, entry: Entry[Any]) -> Mapping[str, Any] | None:
+    """What the rules between a job's sections read of a registered component
+    (:data:`raynas.config.TRAITS`): a strategy's from its class (its kind, whether it samples a
+    one-shot supernet and searches the space's flat view), any other's as it was registered."""
+    if section != "strategy":
+        return entry.traits
+    target = entry.target
+    sampling = isinstance(target, type) and issubclass(target, SamplingStrategy)
+    return {
+        "kind": "sampling" if sampling else "gradient",
+        "needs_supernet": bool(getattr(target, "needs_supernet", False)) if sampling else False,
+        "needs_choices": bool(getattr(target, "needs_choices", True)) if sampling else False,
+        **(entry.traits or {}),
+    }
+
+
+def _settings(config: type, sections: dict[str, Any]) -> dict[str, Any]:
     """The settings of a config dataclass that a component's section holds as a section of its
     own (``strategy.cell_shape``): their types, rules, checks and defaults, as for a component."""
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(config)
-    names = {f.name: _type_text(hints[f.name]) for f in dataclasses.fields(config) if f.init}
+    names = {f.name: _type_text(hints[f.name], sections) for f in dataclasses.fields(config) if f.init}
     return {
         "names": names,
         "rules": {key: rule.to_json() for key, rule in rules_of(config).items()},
@@ -127,29 +166,33 @@ def _settings(config: type) -> dict[str, Any]:
 
 def _defaults(config: type, types: dict[str, Any]) -> dict[str, Any]:
     """The default of each setting of ``config`` whose type the manifest writes (the values a
-    :class:`raynas.config.Check` reads where a job leaves the setting out)."""
+    :class:`raynas.config.Check` reads where a job leaves the setting out; a section of its own
+    only where it is none by default)."""
     import dataclasses
     import json
 
     out = {}
     for f in dataclasses.fields(config):
-        if types.get(f.name) is None or "settings" in json.dumps(types[f.name]):
-            continue  # (a section of its own: its settings' defaults are its own)
+        if types.get(f.name) is None:
+            continue
         if f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:
             value = f.default_factory()
         else:
             continue
+        if "settings" in json.dumps(types[f.name]) and value is not None:
+            continue  # (a section of its own: its settings' defaults are its own)
         out[f.name] = value
     return json.loads(json.dumps(out))  # tuples as lists
 
 
-def _type_text(hint: Any) -> Any:
+def _type_text(hint: Any, sections: dict[str, Any]) -> Any:
     """``hint`` as JSON that :func:`raynas.config.manifest_type` reads back (``"int"``,
     ``{"literal": [...]}``, ``{"tuple": "str", "variadic": true}``, ``{"union": [...]}``, ...),
-    ``{"settings": {...}}`` for a config dataclass of raynas's (:func:`_settings`), or None for a
-    type it cannot write (the registry checks it)."""
+    ``{"settings": NAME}`` for a config dataclass of raynas's (described once in ``sections``
+    under its class's name: :func:`_settings`), or None for a type it cannot write (the registry
+    checks it)."""
     import dataclasses
     import types
     import typing
@@ -160,10 +203,12 @@ def _type_text(hint: Any) -> Any:
         return hint.__name__
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint) and hint.__module__.startswith("raynas."):
-        return {"settings": _settings(hint)}  # a section inside the component's
+        if hint.__name__ not in sections:  # a section inside the component's, written once
+            sections[hint.__name__] = _settings(hint, sections)  # type: ignore[arg-type]
+        return {"settings": hint.__name__}
     if origin is typing.Literal and all(isinstance(a, (str, int, float, bool)) for a in args):
         return {"literal": list(args)}
-    parts = [_type_text(a) for a in args if a is not Ellipsis]
+    parts = [_type_text(a, sections) for a in args if a is not Ellipsis]
     if None in parts or not args:
         return None
     if origin in (typing.Union, types.UnionType):
@@ -195,72 +240,54 @@ def is_sampling(strategy: str) -> bool:
 
 
 def parse_job(raw: dict[str, Any]) -> SearchConfig:
-    """Validate a search job's raw mapping (from YAML) into a :class:`SearchConfig`."""
+    """Validate a search job's raw mapping (from YAML) into a :class:`SearchConfig`: its sections,
+    then the rules between them (:func:`raynas.config.check_search_job`, with each component's
+    traits and ``job_checks`` as the registries hold them)."""
     raw = dict(raw)
     evaluator = raw.pop("evaluator", None)
     values = parse_sections(
         raw, SearchConfig,
         {"space": _parser(SPACES), "strategy": _parser(STRATEGIES), "data": _parser(DATASETS)},
     )
-    strategy = values["strategy"].name
-    if is_sampling(strategy):
+    if evaluator is not None:
         values["evaluator"] = component(evaluator, "evaluator", EVALUATORS)
-        if STRATEGIES.get(strategy).needs_supernet and values["evaluator"].name != "supernet":
-            raise ConfigError(
-                f"strategy {strategy!r} searches a one-shot supernet: set evaluator.name to "
-                f"'supernet' (got {values['evaluator'].name!r})"
-            )
-        if values["evaluator"].name != "supernet" and "train" in raw:
-            raise ConfigError(
-                f"config section 'train' configures a supernet's training, and evaluator "
-                f"{values['evaluator'].name!r} trains none: remove it (the evaluator's own settings "
-                "and 'final' set the candidates' training)"
-            )
-    elif evaluator is not None:
-        raise ConfigError(
-            f"config section 'evaluator' is for sampling strategies; {strategy!r} "
-            "is a gradient strategy that trains its own supernet: remove the section"
-        )
     config = SearchConfig(**values)
-    _check_execution(config, raw)
+    check_search_job(*job_rules(config, given=(*raw, *(["evaluator"] if evaluator is not None else []))))
     return config
 
 
-def _check_execution(config: SearchConfig, raw: dict[str, Any]) -> None:
-    """Settings a search kind would silently ignore are refused instead."""
-    execution = config.execution
-    if execution.concurrency > 1 and execution.backend == "local":
-        raise ConfigError(
-            f"config key 'execution.concurrency' is {execution.concurrency}, but execution.backend: "
-            "local evaluates one candidate at a time in this process; use backend: ray, or "
-            "concurrency: 1"
-        )
-    if execution.concurrency > 1 and config.evaluator is None:
-        raise ConfigError(
-            "config key 'execution.concurrency' is for sampling searches (candidates evaluated at "
-            f"once); {config.strategy.name!r} trains one supernet: use execution.workers for "
-            "data-parallel training"
-        )
-    evaluator = config.evaluator
-    finetunes = evaluator is not None and evaluator.name == "supernet" and evaluator.config.epochs >= 1
-    tuned = "tune" in raw and config.tune.enabled
-    if tuned and not ((evaluator is not None and evaluator.name == "scratch") or finetunes):
-        raise ConfigError(
-            "config section 'tune' schedules candidates that train: from scratch (evaluator: "
-            "scratch) or fine-tuned from a supernet (evaluator: supernet with epochs >= 1); this "
-            "search trains none: remove it"
-        )
-    if finetunes and not tuned:
-        raise ConfigError(
-            "config key 'evaluator.epochs' fine-tunes candidates as Ray Tune trials: add a 'tune' "
-            "section (execution.backend: ray), or set evaluator.epochs: 0 to score the inherited "
-            "weights as they are"
-        )
-    if "tune" in raw and config.tune.enabled and execution.backend == "local":
-        raise ConfigError(
-            "config section 'tune' needs execution.backend: ray (Ray Tune runs the trials); "
-            "set tune.enabled: false to train candidates one after another in this process"
-        )
+def job_rules(
+    config: SearchConfig, given: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, tuple[Check, ...]]]:
+    """The names the rules between ``config``'s sections read (:func:`raynas.config.search_scope`:
+    ``given``, the top-level keys its job wrote) and each component's ``job_checks``, as the
+    registries hold them."""
+    names: dict[str, str | None] = {}
+    traits: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    checks: dict[str, tuple[Check, ...]] = {}
+    for section, registry in REGISTRIES.items():
+        chosen = getattr(config, section)
+        names[section] = None if chosen is None else chosen.name
+        if chosen is None:
+            continue
+        entry = registry.entry(chosen.name)
+        values = {} if chosen.config is None else {
+            f.name: getattr(chosen.config, f.name) for f in dataclasses.fields(chosen.config)
+        }
+        settings[section] = {k: _plain(v) for k, v in values.items()}
+        traits[section] = trait_values(traits_of(section, entry), settings[section])
+        checks[section] = job_checks_of(entry.config) if entry.config is not None else ()
+    shared = {key: getattr(config, key) for key in ("train", "tune", "execution")}
+    registered = {"evaluators": EVALUATORS.names(), "datasets": DATASETS.names()}
+    return search_scope(names, traits, settings, shared, given, registered), checks
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as the manifest's checks see it: a section inside as a mapping."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:

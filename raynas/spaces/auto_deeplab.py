@@ -301,7 +301,10 @@ class AutoDeepLabSpaceConfig:
 VARIANTS = {"S": 20, "M": 32, "L": 48}
 
 
-@SPACES.register("auto_deeplab", config=AutoDeepLabSpaceConfig)
+@SPACES.register(
+    "auto_deeplab", config=AutoDeepLabSpaceConfig,
+    traits={"choices": True},
+)
 class AutoDeepLabSpace:
     """The Auto-DeepLab cell and network-path space.
 

@@ -436,7 +436,10 @@ def param_count(arch: MorphArch, *, in_channels: int = 3, num_classes: int = 10)
     return total + previous * num_classes + num_classes
 
 
-@SPACES.register("autokeras", config=AutoKerasConfig)
+@SPACES.register(
+    "autokeras", config=AutoKerasConfig,
+    traits={"morphisms": True},
+)
 class AutoKerasSpace:
     """Networks grown from a seed by function-preserving morphisms.
 

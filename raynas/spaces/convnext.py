@@ -314,7 +314,10 @@ def load_arch(text: str) -> ConvNextArch:
     return ConvNextArch.parse(stripped)
 
 
-@SPACES.register("convnext", config=ConvNextSpaceConfig)
+@SPACES.register(
+    "convnext", config=ConvNextSpaceConfig,
+    traits={"choices": True, "one_shot": True},
+)
 class ConvNextSpace(OptionsSpace[ConvNextArch]):
     """The ConvNeXt macro space: stage depths and widths, kernel size, expansion, activation,
     norm and stem.

@@ -137,7 +137,12 @@ def num_cell_edges(nodes: int) -> int:
 EVAL_DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14)}
 
 
-@SPACES.register("darts", config=DartsSpaceConfig)
+@SPACES.register(
+    "darts", config=DartsSpaceConfig,
+    traits={
+        "choices": True, "cell_shape": True, "two_input_cells": True, "one_shot": True, "drop_paths": True,
+    },
+)
 class DartsCnnSpace:
     """The DARTS CNN cell space.
 

@@ -347,7 +347,10 @@ class DartsRnnSpaceConfig:
         check_rules(self, "space")
 
 
-@SPACES.register("darts_rnn", config=DartsRnnSpaceConfig)
+@SPACES.register(
+    "darts_rnn", config=DartsRnnSpaceConfig,
+    traits={"choices": True, "one_shot": True},
+)
 class DartsRnnSpace:
     """The DARTS recurrent cell space, for word-level language models (Penn Treebank).
 

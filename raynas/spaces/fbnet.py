@@ -31,6 +31,9 @@ from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
+# Every searchable layer's candidates, in its decision's order: skip, the simplest block, first.
+LAYER_OPTIONS = ("skip", *(b for b in FBNET_BLOCKS if b != "skip"))
+
 _FORM = "comma-separated block names, one per searchable layer, e.g. 'k3_e1,k3_e6,skip,...'"
 
 
@@ -260,7 +263,13 @@ def load_arch(text: str) -> FbnetArch:
     return FbnetArch.parse(stripped)
 
 
-@SPACES.register("fbnet", config=FbnetSpaceConfig)
+@SPACES.register(
+    "fbnet", config=FbnetSpaceConfig,
+    traits={
+        "choices": True, "one_shot": True, "layer_shapes": True, "latency_tables": True, "latency_keys": True,
+        "layer_candidates": LAYER_OPTIONS,
+    },
+)
 class FbnetSpace:
     """The FBNet space: nine candidate blocks in each searchable layer of a fixed macro layout.
 
@@ -279,9 +288,8 @@ class FbnetSpace:
 
     def decisions(self) -> tuple[Decision, ...]:
         """One decision per searchable layer; option 0 is ``skip``, the simplest block."""
-        options = ("skip", *(b for b in FBNET_BLOCKS if b != "skip"))
         return tuple(
-            Decision(f"layer {i} ({s.c_in}->{s.c_out}, stride {s.stride})", options)
+            Decision(f"layer {i} ({s.c_in}->{s.c_out}, stride {s.stride})", LAYER_OPTIONS)
             for i, s in enumerate(layer_specs(self.config, 1))
         )
 

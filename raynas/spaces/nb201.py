@@ -433,7 +433,10 @@ def load_arch(text: str) -> Nb201Arch:
     return arch if arch is not None else Nb201Arch.parse(text.strip())
 
 
-@SPACES.register("nb201", config=Nb201SpaceConfig)
+@SPACES.register(
+    "nb201", config=Nb201SpaceConfig,
+    traits={"choices": True, "one_shot": True, "drop_paths": True},
+)
 class Nb201Space:
     """The NAS-Bench-201 space: all 15,625 cells, the benchmark's network, and a supernet.
 

@@ -453,7 +453,10 @@ class NexceptionSpaceConfig:
         check_rules(self, "space")
 
 
-@SPACES.register("nexception", config=NexceptionSpaceConfig)
+@SPACES.register(
+    "nexception", config=NexceptionSpaceConfig,
+    traits={"choices": True, "one_shot": True},
+)
 class NexceptionSpace(OptionsSpace[NexceptionArch]):
     """The NEXcepTion macro space over Xception's layout.
 

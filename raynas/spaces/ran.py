@@ -307,7 +307,16 @@ def _even(value: float) -> int:
     return max(2, 2 * round(value / 2))
 
 
-@SPACES.register("ran_e", config=RanESpaceConfig)
+@SPACES.register(
+    "ran_e", config=RanESpaceConfig,
+    traits={
+        "choices": True, "one_shot": True, "latency_tables": True, "latency_keys": True,
+        # RanESpaceConfig.candidates, from the settings (the names ibn_name gives)
+        "layer_candidates": {
+            "expr": f"({COLLAPSED!r},) + tuple(f'ibn_k{{k}}_e{{e}}' for k in kernels for e in expansions)"
+        },
+    },
+)
 class RanESpace:
     """RAN-explicit: an inverted bottleneck or the collapsed block in every layer of a fixed layout.
 
@@ -608,7 +617,10 @@ def load_i(text: str) -> RanIArch:
     return RanIArch.parse(stripped)
 
 
-@SPACES.register("ran_i", config=RanISpaceConfig)
+@SPACES.register(
+    "ran_i", config=RanISpaceConfig,
+    traits={"choices": True, "scale": True},
+)
 class RanISpace(OptionsSpace[RanIArch]):
     """RAN-implicit: a base ConvNeXt scaled by a width and a depth multiplier.
 

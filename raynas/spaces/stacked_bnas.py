@@ -279,7 +279,10 @@ class StackedBcnn(nn.Module):
         return self.classifier(self.global_pooling(s).flatten(1))
 
 
-@SPACES.register("stacked_bnas", config=StackedBnasSpaceConfig)
+@SPACES.register(
+    "stacked_bnas", config=StackedBnasSpaceConfig,
+    traits={"choices": True},
+)
 class StackedBnasSpace:
     """The Stacked BCNN space: two DARTS cells and five knowledge embeddings.
 

@@ -156,7 +156,10 @@ def backbone_network(
     return net
 
 
-@SPACES.register("xd", config=XdSpaceConfig)
+@SPACES.register(
+    "xd", config=XdSpaceConfig,
+    traits={"choices": True},
+)
 class XdSpace(OptionsSpace[XdArch]):
     """Backbones turned into XD-operations (see the module docstring).
 

@@ -78,6 +78,13 @@ class FbnetConfig(GradientConfig):
 
     checks: ClassVar[tuple[Check, ...]] = (REQUIRED_TABLE,)
 
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space_is['layer_shapes']",
+            "strategy {strategy!r} needs a layer-wise space with latency tables (space: fbnet)",
+        ),
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "latency_table", required_table(self.latency_table, self.latency_dir))

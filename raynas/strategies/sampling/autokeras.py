@@ -30,11 +30,11 @@ import functools
 import heapq
 import math
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy
@@ -215,6 +215,14 @@ class AutoKerasStrategyConfig:
     t_min: Annotated[float, Rule(gt=0, lt=1)] = 1e-4
     cooling: Annotated[float, Rule(gt=0, lt=1)] = 0.9
     neighbours: Annotated[int, Rule(ge=1)] = 8
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space_is['morphisms']",
+            "strategy 'autokeras' grows networks by morphisms: set space.name to 'autokeras' "
+            "(got {space!r})",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")

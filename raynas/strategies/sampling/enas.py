@@ -42,12 +42,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
@@ -99,6 +99,14 @@ class EnasConfig:
     controller_epochs: Annotated[int, Rule(ge=0)] = 10
     derive_samples: Annotated[int, Rule(ge=1)] = 100
     cell_shape: CellShapeLimits | None = None
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "controller_epochs == train['epochs']",
+            "strategy.controller_epochs ({controller_epochs}) must equal train.epochs "
+            "({train['epochs']}): ENAS trains its controller after every epoch of the shared child",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")

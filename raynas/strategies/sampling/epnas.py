@@ -120,6 +120,18 @@ class EpnasConfig:
         ),
     )
 
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not (max_params or max_macs or max_latency_ms) or dataset in datasets",
+            "strategy.dataset: unknown dataset {dataset!r}; choose one of: {join(datasets)}",
+        ),
+        Check(
+            "not max_latency_ms or space_is['latency_keys']",
+            "strategy.max_latency_ms needs a space with latency tables (fbnet); space {space!r} has "
+            "none: use max_params or max_macs",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
         if self.latency_table:  # an absolute path, as the controller may run in another folder

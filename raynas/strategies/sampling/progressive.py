@@ -45,12 +45,12 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, check_rules
+from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
@@ -83,6 +83,14 @@ class ProgressiveConfig:
     predictor_learning_rate: Annotated[float, Rule(gt=0)] = 1e-2
     max_expansions: Annotated[int, Rule(ge=1)] = 100_000
     cell_shape: CellShapeLimits | None = None
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not (evaluator == 'supernet' and train['epochs'] and space_is['two_input_cells'])",
+            "strategy 'progressive' grows cells block by block (PNAS), and a one-shot supernet "
+            "has a fixed number of nodes: use the scratch or training_free evaluator",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")

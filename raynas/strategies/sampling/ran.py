@@ -59,6 +59,22 @@ class RanEConfig:
 
     checks: ClassVar[tuple[Check, ...]] = (REQUIRED_TABLE,)
 
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space_is['latency_tables']",
+            "strategy 'ran_e' needs a space with latency tables (space: ran_e or fbnet)",
+        ),
+        Check(
+            "replacement in space_is['layer_candidates']",
+            "strategy.replacement {replacement!r} is not a candidate of every layer; candidates: "
+            "{join(space_is['layer_candidates'])}",
+        ),
+        Check(
+            "seed_architecture or seed_block in space_is['layer_candidates']",
+            "strategy.seed_block {seed_block!r} is not a candidate of every layer",
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
         object.__setattr__(self, "latency_table", required_table(self.latency_table, self.latency_dir))
@@ -222,6 +238,10 @@ class RanIConfig:
     mass_ratio: Annotated[float, Rule(gt=0)] = 1.0
     dataset: str = "imagenet"
     evaluations: Annotated[int, Rule(ge=1)] = 1
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check("space_is['scale']", "strategy 'ran_i' needs the ran_i space (space: ran_i)"),
+    )
 
     def __post_init__(self) -> None:
         check_rules(self, "strategy")
