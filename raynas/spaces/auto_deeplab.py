@@ -403,7 +403,7 @@ class AutoDeepLabSpace:
                 :class:`AutoDeepLabNet`); the training loop raises it from 0 over the epochs.
         """
         del auxiliary  # no auxiliary head in Auto-DeepLab
-        arch = expect_arch(arch, AutoDeepLabArchitecture, "auto_deeplab")
+        arch = expect_arch(arch, AutoDeepLabArchitecture)
         if layers is not None and layers != arch.layers:
             raise ArchitectureError(
                 f"the architecture's path has {arch.layers} layers; layers={layers} cannot change it"
@@ -423,7 +423,7 @@ class AutoDeepLabSpace:
         and 3)."""
         from raynas.spaces.drawing import draw_darts_cell, draw_network_path
 
-        arch = expect_arch(arch, AutoDeepLabArchitecture, "auto_deeplab", "draws")
+        arch = expect_arch(arch, AutoDeepLabArchitecture, "draws")
         blocks = len(arch.cell) // 2
         fig = Figure(figsize=(2.2 * blocks + 3.0, 2 * 3.4), layout="constrained")
         top, bottom = fig.subplots(2, 1)

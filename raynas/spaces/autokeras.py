@@ -529,12 +529,12 @@ class AutoKerasSpace:
             layers: Ignored: the record holds the depth.
             auxiliary: Ignored: the network has no auxiliary head.
         """
-        arch = expect_arch(arch, MorphArch, "autokeras")
+        arch = expect_arch(arch, MorphArch)
         return MorphNet(arch, in_channels=dataset.in_channels, num_classes=dataset.num_classes)
 
     def draw(self, arch: Architecture) -> Figure:
         """The chain of blocks (width by height), skips as arcs (add: green, concat: purple)."""
-        arch = expect_arch(arch, MorphArch, "autokeras", "draws")
+        arch = expect_arch(arch, MorphArch, "draws")
         n = len(arch.blocks)
         fig = Figure(figsize=(max(4.0, 1.1 * n + 1.5), 3.2), layout="constrained")
         ax = fig.subplots()

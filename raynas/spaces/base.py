@@ -14,17 +14,19 @@ from raynas.types import Architecture, Decision
 A = TypeVar("A", bound=Architecture)
 
 
-def expect_arch(arch: Architecture, arch_type: type[A], space: str, verb: str = "builds") -> A:
-    """``arch`` if it is an ``arch_type``, else an :class:`ArchitectureError` naming the space.
+def expect_arch(arch: Architecture, arch_type: type[A], verb: str = "builds") -> A:
+    """``arch`` if it is an ``arch_type``, else an :class:`ArchitectureError` naming the space
+    (``arch_type.space``).
 
     Args:
         arch: What the caller was given.
         arch_type: The architecture type the space works with.
-        space: The space's registered name, for the message.
         verb: What the space does with it, for the message (``builds``, ``draws``, ...).
     """
     if not isinstance(arch, arch_type):
-        raise ArchitectureError(f"the {space} space {verb} {arch_type.__name__}, got {type(arch).__name__}")
+        raise ArchitectureError(
+            f"the {arch_type.space} space {verb} {arch_type.__name__}, got {type(arch).__name__}"
+        )
     return arch
 
 
@@ -38,11 +40,9 @@ class OptionsSpace(Generic[A]):
     """Base of a space whose config lists the options of every decision: ``sample`` draws each
     uniformly, ``check`` accepts what ``contains`` does.
 
-    A subclass sets ``name`` (its registered name) and ``architecture_type`` and defines
-    ``decisions``, ``decode`` and ``contains``.
+    A subclass sets ``architecture_type`` and defines ``decisions``, ``decode`` and ``contains``.
     """
 
-    name: ClassVar[str]
     architecture_type: ClassVar[type[Any]]
 
     def sample(self, rng: random.Random) -> A:
@@ -51,7 +51,7 @@ class OptionsSpace(Generic[A]):
 
     def check(self, arch: Architecture) -> A:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        a: A = expect_arch(arch, self.architecture_type, self.name)
+        a: A = expect_arch(arch, self.architecture_type)
         if not self.contains(a):  # type: ignore[attr-defined]
-            raise ArchitectureError(f"{self.name} architecture {a} is not among this space's options")
+            raise ArchitectureError(f"{a.space} architecture {a} is not among this space's options")
         return a

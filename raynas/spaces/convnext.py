@@ -326,7 +326,6 @@ class ConvNextSpace(OptionsSpace[ConvNextArch]):
         config: The options of every choice (default: around ConvNeXt-T/S/B on ImageNet).
     """
 
-    name = "convnext"
     architecture_type = ConvNextArch
     reference_dataset = "imagenet"
 
@@ -406,7 +405,7 @@ class ConvNextSpace(OptionsSpace[ConvNextArch]):
             auxiliary: Ignored: ConvNeXt has no auxiliary head.
             drop_path_prob: Stochastic depth of the last block (rising linearly from 0).
         """
-        arch = expect_arch(arch, ConvNextArch, self.name)
+        arch = expect_arch(arch, ConvNextArch)
         return ConvNeXt(
             arch=resized(arch, channels=channels, layers=layers), num_classes=dataset.num_classes,
             in_channels=dataset.in_channels, stem_stride=self.config.stem_stride,

@@ -286,7 +286,7 @@ class DartsCnnSpace:
         """
         from raynas.spaces.darts_nets import NetworkCIFAR, NetworkImageNet
 
-        arch = expect_arch(arch, DartsGenotype, "darts")
+        arch = expect_arch(arch, DartsGenotype)
         if dataset.task == "segmentation":
             from raynas.errors import ConfigError
             from raynas.spaces.darts_segmentation import DartsSegmentationNet
@@ -330,7 +330,7 @@ class DartsCnnSpace:
         """The width (in units of a node's channels) and depth of the normal and the reduction
         cell (:func:`~raynas.spaces.darts_genotype.cell_shape`): ``normal_width``,
         ``normal_depth``, ``reduce_width``, ``reduce_depth``."""
-        arch = expect_arch(arch, DartsGenotype, "darts", "measures")
+        arch = expect_arch(arch, DartsGenotype, "measures")
         normal = cell_shape(arch.normal, arch.normal_concat)
         reduce = cell_shape(arch.reduce, arch.reduce_concat)
         return {"normal_width": normal[0], "normal_depth": normal[1],
@@ -340,7 +340,7 @@ class DartsCnnSpace:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""
         from raynas.spaces.drawing import draw_darts_cell
 
-        arch = expect_arch(arch, DartsGenotype, "darts", "draws")
+        arch = expect_arch(arch, DartsGenotype, "draws")
         g = arch
         fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4), layout="constrained")
         top, bottom = fig.subplots(2, 1)

@@ -438,7 +438,7 @@ class DartsRnnSpace:
             layers: The network has one recurrent layer: None or 1.
             auxiliary: Ignored: the language model has no auxiliary head.
         """
-        arch = expect_arch(arch, DartsRnnGenotype, "darts_rnn")
+        arch = expect_arch(arch, DartsRnnGenotype)
         if layers not in (None, 1):
             raise ConfigError(f"the darts_rnn language model has one recurrent layer; got layers={layers}")
         size = channels or EVAL_CHANNELS
@@ -458,7 +458,7 @@ class DartsRnnSpace:
         """The recurrent cell's nodes and activations (the DARTS paper's Figure 6)."""
         from raynas.spaces.drawing import draw_rnn_cell
 
-        arch = expect_arch(arch, DartsRnnGenotype, "darts_rnn", "draws")
+        arch = expect_arch(arch, DartsRnnGenotype, "draws")
         fig = Figure(figsize=(2.2 * len(arch.recurrent) + 5.0, 3.6), layout="constrained")
         draw_rnn_cell(fig.subplots(), arch.recurrent, arch.concat, "recurrent cell")
         fig.suptitle(arch.key(), fontsize=10)

@@ -308,7 +308,7 @@ class FbnetSpace:
 
     def check(self, arch: Architecture) -> FbnetArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        arch = expect_arch(arch, FbnetArch, "fbnet")
+        arch = expect_arch(arch, FbnetArch)
         if len(arch.blocks) != self.config.num_layers:
             raise ArchitectureError(_layer_count_message(self.config, len(arch.blocks)))
         return arch
@@ -415,7 +415,7 @@ class FbnetSpace:
         """One bar per searchable layer, coloured by kernel size and as tall as its expansion."""
         from raynas.spaces.drawing import draw_fbnet_blocks
 
-        arch = expect_arch(arch, FbnetArch, "fbnet", "draws")
+        arch = expect_arch(arch, FbnetArch, "draws")
         fig = Figure(figsize=(max(6.0, 0.4 * len(arch.blocks) + 2), 4.2), layout="constrained")
         draw_fbnet_blocks(fig.subplots(), arch.blocks, "FBNet blocks per layer")
         fig.suptitle(arch.key(), fontsize=10)

@@ -459,7 +459,7 @@ class Nb201Space:
 
     def encode(self, arch: Architecture) -> tuple[int, ...]:
         """The index in :data:`NB201_OPS` of every edge's op."""
-        arch = expect_arch(arch, Nb201Arch, "nb201", "encodes")
+        arch = expect_arch(arch, Nb201Arch, "encodes")
         return tuple(NB201_OPS.index(op) for op in arch.ops)
 
     def decode(self, values: tuple[int, ...] | list[int]) -> Nb201Arch:
@@ -497,7 +497,7 @@ class Nb201Space:
             layers: Cells per stage (default: the benchmark's 5).
             auxiliary: Ignored: the benchmark's network has no auxiliary head.
         """
-        arch = expect_arch(arch, Nb201Arch, "nb201")
+        arch = expect_arch(arch, Nb201Arch)
         return TinyNetwork(
             arch=arch,
             channels=channels or 16,
@@ -532,7 +532,7 @@ class Nb201Space:
         """The cell's four nodes and its labelled edges (the benchmark paper's Figure 1)."""
         from raynas.spaces.drawing import draw_nb201_cell
 
-        arch = expect_arch(arch, Nb201Arch, "nb201", "draws")
+        arch = expect_arch(arch, Nb201Arch, "draws")
         fig = Figure(figsize=(9.0, 3.6), layout="constrained")
         draw_nb201_cell(fig.subplots(), arch.edges(), "NAS-Bench-201 cell")
         fig.suptitle(arch.key(), fontsize=10)

@@ -464,7 +464,6 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
         config: The options of every choice (default: around Xception, which it contains).
     """
 
-    name = "nexception"
     architecture_type = NexceptionArch
     reference_dataset = "cifar100"
 
@@ -552,7 +551,7 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
             auxiliary: Ignored: these networks have no auxiliary head.
             drop_path_prob: Ignored (no stochastic depth here).
         """
-        a = resized(expect_arch(arch, NexceptionArch, self.name), channels=channels, layers=layers)
+        a = resized(expect_arch(arch, NexceptionArch), channels=channels, layers=layers)
         c = self.config
         if a.layout == "stages":
             return StagesNet(

@@ -361,7 +361,7 @@ class RanESpace:
 
     def check(self, arch: Architecture) -> RanEArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        arch = expect_arch(arch, RanEArch, "ran_e")
+        arch = expect_arch(arch, RanEArch)
         if len(arch.blocks) != self.config.num_layers:
             raise ArchitectureError(
                 f"a ran_e architecture of this space has {self.config.num_layers} layers (stages of "
@@ -628,7 +628,6 @@ class RanISpace(OptionsSpace[RanIArch]):
         config: The base network and the multipliers (default: ConvNeXt-T).
     """
 
-    name = "ran_i"
     architecture_type = RanIArch
     reference_dataset = "imagenet"
 
@@ -671,7 +670,7 @@ class RanISpace(OptionsSpace[RanIArch]):
 
     def check(self, arch: Architecture) -> RanIArch:
         """``arch`` if it belongs to the space, else an :class:`ArchitectureError` saying why."""
-        arch = expect_arch(arch, RanIArch, self.name)
+        arch = expect_arch(arch, RanIArch)
         if not self.contains(arch):
             raise ArchitectureError(
                 f"ran_i network {arch} is not the base {'-'.join(map(str, self.config.base_depths))}/"
@@ -698,7 +697,7 @@ class RanISpace(OptionsSpace[RanIArch]):
             auxiliary: Ignored: no auxiliary head.
             drop_path_prob: Stochastic depth of the last block (RAN-i-T/S/B train with 0.1/0.2/0.4).
         """
-        arch = expect_arch(arch, RanIArch, self.name)
+        arch = expect_arch(arch, RanIArch)
         convnext = resized(ConvNextArch(arch.depths, arch.widths), channels=channels, layers=layers)
         return ConvNeXt(
             arch=convnext, num_classes=dataset.num_classes, in_channels=dataset.in_channels,

@@ -395,7 +395,7 @@ class StackedBnasSpace:
             auxiliary: Ignored: the network has no auxiliary head.
             drop_path_prob: Drop-path probability on the cells' non-identity edges.
         """
-        arch = expect_arch(arch, StackedBnasArch, "stacked_bnas")
+        arch = expect_arch(arch, StackedBnasArch)
         if dataset.task != "classification":
             raise ConfigError(
                 f"the stacked_bnas network classifies; {dataset.name} is a {dataset.task} dataset"
@@ -426,7 +426,7 @@ class StackedBnasSpace:
         """The deep cell, the broad/enhancement cell and the knowledge embeddings."""
         from raynas.spaces.drawing import draw_darts_cell
 
-        arch = expect_arch(arch, StackedBnasArch, "stacked_bnas", "draws")
+        arch = expect_arch(arch, StackedBnasArch, "draws")
         g = arch.cells
         fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4 + 1.2), layout="constrained")
         top, bottom = fig.subplots(2, 1)

@@ -167,7 +167,6 @@ class XdSpace(OptionsSpace[XdArch]):
         config: The backbones and depths (default: ResNet-18 and DARTS_V2, depths 1 to 3).
     """
 
-    name = "xd"
     architecture_type = XdArch
     reference_dataset = "cifar10"
 
@@ -221,7 +220,7 @@ class XdSpace(OptionsSpace[XdArch]):
             auxiliary: Ignored (no auxiliary head).
             drop_path_prob: Ignored.
         """
-        arch = expect_arch(arch, XdArch, self.name)
+        arch = expect_arch(arch, XdArch)
         c = self.config
         backbone = backbone_network(
             arch.backbone, dataset, channels=channels or c.channels or None, layers=layers or c.layers or None
