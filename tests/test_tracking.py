@@ -8,6 +8,8 @@ import contextlib
 import random
 import socket
 import threading
+import time
+import types
 from pathlib import Path
 
 import mlflow.pytorch
@@ -169,11 +171,16 @@ class CuttableLink:
 
 
 @pytest.mark.integration
-def test_a_server_outage_mid_search_queues_records_until_it_is_back(
+def test_a_server_outage_mid_search_queues_records_and_tries_again_5_s_after_the_last_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: str
 ) -> None:
+    from raynas.tracking import mlflow_tracker
+
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our own backoff is under test
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    now = [1000.0]  # the tracker's clock, moved by hand
+    clock = types.SimpleNamespace(monotonic=lambda: now[0], time=time.time)
+    monkeypatch.setattr(mlflow_tracker, "time", clock)
     link = CuttableLink(mlflow_server)
     link.up()
     config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": link.uri}))
@@ -182,19 +189,22 @@ def test_a_server_outage_mid_search_queues_records_until_it_is_back(
     assert tracker.log_candidate(candidate(0))
 
     link.down()  # the search goes on: records wait, in order, in the queue
-    assert tracker.log_candidate(candidate(1)) == ""
+    assert tracker.log_candidate(candidate(1)) == ""  # tried, failed at t = 1000 s
     assert tracker.log_candidate(candidate(2)) == ""
     assert tracker.pending() == 2
 
     link.up()
     try:
-        assert tracker.flush() and tracker.pending() == 0
+        now[0] += mlflow_tracker.OUTAGE_RETRY_S - 0.1  # back, but not yet tried again: it waits
+        assert tracker.log_candidate(candidate(3)) == "" and tracker.pending() == 3
+        now[0] += 0.1  # 5 s after the last failed try: the next record sends the whole queue
+        assert tracker.log_candidate(candidate(4)) and tracker.pending() == 0
         client = MlflowClient(mlflow_server)
         children = client.search_runs(
             [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
         )
         names = collections.Counter(c.info.run_name for c in children)
-        assert names == {"trial-0": 1, "trial-1": 1, "trial-2": 1}  # each once, none lost
+        assert names == {f"trial-{i}": 1 for i in range(5)}  # each once, none lost
         assert all(c.info.status == "FINISHED" for c in children)
     finally:
         link.down()
