@@ -30,6 +30,7 @@ from raynas.spaces.auto_deeplab import (
     transition_probs,
     viterbi_path,
 )
+from raynas.supernet.base import mean_entropy
 from raynas.supernet.darts import derive_cell, num_edges
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
@@ -154,9 +155,7 @@ class AutoDeepLabSupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' operation distributions (nats; log(num_ops) is uniform)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the candidates."""

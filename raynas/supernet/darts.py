@@ -21,6 +21,7 @@ from raynas.errors import ArchitectureError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import cat_channels, forward_edges, mixed_op_factory, run_steps
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, Edge
+from raynas.supernet.base import mean_entropy, node_softmax
 from raynas.supernet.path_dropout import path_dropout_mask
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
@@ -202,11 +203,7 @@ class DartsSupernet(nn.Module):
         beta = self.beta_reduce if reduction else self.beta_normal
         if beta is None:
             return None
-        parts, start = [], 0
-        for i in range(self.nodes):
-            parts.append(F.softmax(beta[start : start + 2 + i], dim=-1))
-            start += 2 + i
-        return torch.cat(parts)
+        return node_softmax(beta, range(2, 2 + self.nodes))
 
     def set_path(self, genotype: DartsGenotype | None) -> None:
         """Run only ``genotype``'s edges and ops from now on (single-path one-shot training and
@@ -301,12 +298,7 @@ class DartsSupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' operation distributions (nats; log(num_ops) is uniform)."""
-        with torch.no_grad():
-            total = 0.0
-            for reduction in (False, True):
-                p = self.edge_weights(reduction)
-                total += float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
-        return total / 2
+        return sum(mean_entropy(self.edge_weights(reduction)) for reduction in (False, True)) / 2
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the candidates."""

@@ -36,6 +36,7 @@ from raynas.spaces.darts_rnn import (
     RnnLanguageModel,
     activation,
 )
+from raynas.supernet.base import mean_entropy
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -183,9 +184,7 @@ class DartsRnnSupernet(RnnLanguageModel):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' activation distributions (nats)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the candidates."""

@@ -22,6 +22,7 @@ from torch import nn
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.ops.mixed import MixedBlocks
 from raynas.spaces.fbnet import FbnetArch, FbnetSpace, FbnetSpaceConfig, LayerSpec, layer_specs
+from raynas.supernet.base import mean_entropy
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -143,9 +144,7 @@ class FbnetSupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the layers' block distributions (nats; log(9) is uniform)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the nine candidates."""

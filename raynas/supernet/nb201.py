@@ -21,6 +21,7 @@ from torch import nn
 from raynas.ops.mixed import forward_edges, mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import stage_cells
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch, Nb201Space
+from raynas.supernet.base import mean_entropy, node_softmax
 from raynas.supernet.path_dropout import path_dropout_mask
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
@@ -164,11 +165,7 @@ class Nb201Supernet(nn.Module):
         if self.beta is None:
             return None
         # EDGES lists each node's inputs together: rows [0], [1, 2], [3, 4, 5].
-        parts, start = [], 0
-        for dst in range(1, NODES):
-            parts.append(F.softmax(self.beta[start : start + dst], dim=-1))
-            start += dst
-        return torch.cat(parts)
+        return node_softmax(self.beta, range(1, NODES))
 
     def set_path(self, arch: Nb201Arch | None) -> None:
         """Run only ``arch``'s op on every edge from now on (single-path one-shot training and
@@ -234,9 +231,7 @@ class Nb201Supernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the edges' operation distributions (nats; log(5) is uniform)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the five candidates."""

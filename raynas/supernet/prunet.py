@@ -37,6 +37,7 @@ from torch import nn
 
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.spaces.fbnet import FbnetArch, FbnetSpaceConfig, LayerSpec, layer_specs
+from raynas.supernet.base import mean_entropy
 
 # The candidates of every stochastic layer: the Prunodes of kernel 3 and 5 first (in that order,
 # the rows of ``phi``), then the FBNet blocks a Prunode does not cover.
@@ -332,9 +333,7 @@ class PrunetSupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the layers' candidate distributions (nats; log(5) is uniform)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform distribution over the five candidates."""

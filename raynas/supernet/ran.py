@@ -21,6 +21,7 @@ from torch import nn
 from raynas.ops.mixed import MixedBlocks
 from raynas.ops.ran import conv_bn, make_block
 from raynas.spaces.ran import LayerSpec, RanEArch, RanESpace, RanESpaceConfig, layer_specs
+from raynas.supernet.base import mean_entropy
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -129,9 +130,7 @@ class RanESupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy of the layers' block distributions (nats)."""
-        with torch.no_grad():
-            p = self.edge_weights()
-            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        return mean_entropy(self.edge_weights())
 
     def max_entropy(self) -> float:
         """Entropy of a uniform choice among the candidates."""

@@ -25,6 +25,7 @@ from raynas.ops.bnas import MixedKnowledge
 from raynas.ops.mixed import mixed_op_factory
 from raynas.spaces.darts_genotype import DartsGenotype
 from raynas.spaces.stacked_bnas import CONNECTIONS, STRIDES, StackedBnasArch, StackedBnasSpace
+from raynas.supernet.base import mean_entropy, node_softmax
 from raynas.supernet.darts import EdgeFactory, SearchCell, derive_cell, num_edges
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
@@ -162,11 +163,7 @@ class StackedBnasSupernet(nn.Module):
         beta = self.beta_reduce if reduction else self.beta_normal
         if beta is None:
             return None
-        parts, start = [], 0
-        for i in range(self.nodes):
-            parts.append(F.softmax(beta[start : start + 2 + i], dim=-1))
-            start += 2 + i
-        return torch.cat(parts)
+        return node_softmax(beta, range(2, 2 + self.nodes))
 
     def knowledge_weights(self) -> torch.Tensor:
         """The softmax of ``gamma``: (5 knowledge embeddings, candidates); ones without KES."""
@@ -211,10 +208,8 @@ class StackedBnasSupernet(nn.Module):
 
     def arch_entropy(self) -> float:
         """Mean entropy (nats) of the cell edges' and the knowledge embeddings' distributions."""
-        with torch.no_grad():
-            rows = [self.edge_weights(False), self.edge_weights(True), self.knowledge_weights()]
-            parts = [float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for p in rows]
-        return sum(parts) / len(parts)
+        rows = [self.edge_weights(False), self.edge_weights(True), self.knowledge_weights()]
+        return sum(mean_entropy(p) for p in rows) / len(rows)
 
     def max_entropy(self) -> float:
         """The mean entropy of uniform distributions over the same candidates."""
