@@ -142,6 +142,8 @@ def test_path_dropout_needs_a_supernet_that_sums_ops(tmp_path: Path) -> None:
     )
     job["space"] = {"name": "fbnet", "stem_channels": 8, "stem_stride": 1, "stage_channels": [8, 16],
                     "stage_depths": [1, 1], "stage_strides": [1, 2], "head_channels": 16}
-    config = parse_job(job)
-    with pytest.raises(ConfigError, match="drop_paths"):
-        SupernetEvaluator(config.evaluator.config, search=config)
+    with pytest.raises(ConfigError, match="drop_paths"):  # the job's rule, before anything is built
+        parse_job(job)
+    config = parse_job({**job, "evaluator": {"name": "supernet"}})
+    with pytest.raises(ConfigError, match="drop_paths"):  # and the evaluator's own, built directly
+        SupernetEvaluator(SupernetEvalConfig(path_dropout=0.5), search=config)
