@@ -29,6 +29,7 @@ from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
     cell_decisions,
+    cell_edge_names,
     cell_shape,
     decode_cell,
     encode_cell,
@@ -324,7 +325,7 @@ class DartsCnnSpace:
     def edge_names(self) -> tuple[str, ...]:
         """The edges, in the row order of the supernet's architecture weights: ``node j → node i``
         (nodes 0 and 1 are the cell's inputs, the outputs of the two cells before it)."""
-        return tuple(f"node {j} → node {i + 2}" for i in range(self.config.nodes) for j in range(2 + i))
+        return cell_edge_names(self.config.nodes)
 
     def cell_shape(self, arch: Architecture) -> dict[str, float]:
         """The width (in units of a node's channels) and depth of the normal and the reduction
@@ -338,14 +339,10 @@ class DartsCnnSpace:
 
     def draw(self, arch: Architecture) -> Figure:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""
-        from raynas.spaces.drawing import draw_darts_cell
+        from raynas.spaces.drawing import draw_darts_cells
 
         arch = expect_arch(arch, DartsGenotype, "draws")
-        g = arch
-        fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4), layout="constrained")
-        top, bottom = fig.subplots(2, 1)
-        draw_darts_cell(top, g.normal, g.normal_concat, "normal cell")
-        draw_darts_cell(bottom, g.reduce, g.reduce_concat, "reduction cell")
+        fig = draw_darts_cells(arch, ("normal cell", "reduction cell"))
         fig.suptitle(arch.key(), fontsize=10)
         return fig
 

@@ -59,6 +59,12 @@ def decode_cell(names: Sequence[str]) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
+def cell_edge_names(nodes: int) -> tuple[str, ...]:
+    """A cell's edges in the order of its supernet's rows: ``node j → node i`` (nodes 0 and 1 are
+    the cell's inputs, the outputs of the two cells before it)."""
+    return tuple(f"node {j} → node {i + 2}" for i in range(nodes) for j in range(2 + i))
+
+
 def cell_shape(edges: Sequence[Edge], concat: Sequence[int]) -> tuple[float, int]:
     """The width and depth of a cell as Shu et al. define them ("Understanding Architectures Learnt
     by Cell-based Neural Architecture Search", ICLR 2020, Sec. 3.1), the width in units of ``c``,

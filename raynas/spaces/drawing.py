@@ -3,7 +3,8 @@ default picture for any space with the flat categorical view.
 
 - :func:`draw_darts_cell`: a DARTS cell as in Figures 4 and 5 of Liu et al., "DARTS:
   Differentiable Architecture Search" (ICLR 2019): the cell inputs ``c_{k-2}``, ``c_{k-1}``, the
-  intermediate nodes, the output ``c_{k}`` and each chosen edge labelled with its operation;
+  intermediate nodes, the output ``c_{k}`` and each chosen edge labelled with its operation
+  (:func:`draw_darts_cells`: a genotype's normal and reduction cell, one above the other);
 - :func:`draw_nb201_cell`: a NAS-Bench-201 cell (Dong & Yang, ICLR 2020, Fig. 1), its four nodes
   and six labelled edges (``none`` edges left out);
 - :func:`draw_fbnet_blocks`: an FBNet architecture (Wu et al., CVPR 2019, Fig. 6) as its chain of
@@ -107,6 +108,22 @@ def draw_darts_cell(
     for state in concat:
         _edge(ax, pos[state], out, None, "#999999", rad=0.0)
     _finish(ax, title, (-0.9, out[0] + 0.8), (-2.9, 2.9))
+
+
+def draw_darts_cells(genotype: Any, titles: tuple[str, str], *, extra_height: float = 0.0) -> Figure:
+    """A figure of a DARTS genotype's two cells, the normal one above the reduction one.
+
+    Args:
+        genotype: A :class:`~raynas.spaces.darts_genotype.DartsGenotype`.
+        titles: The two panels' titles.
+        extra_height: Inches added to the figure's height (room for a longer suptitle).
+    """
+    g = genotype
+    fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4 + extra_height), layout="constrained")
+    top, bottom = fig.subplots(2, 1)
+    draw_darts_cell(top, g.normal, g.normal_concat, titles[0])
+    draw_darts_cell(bottom, g.reduce, g.reduce_concat, titles[1])
+    return fig
 
 
 def draw_rnn_cell(ax: Any, recurrent: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:

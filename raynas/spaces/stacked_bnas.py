@@ -46,6 +46,7 @@ from raynas.spaces.darts_genotype import (
     DartsGenotype,
     Edge,
     cell_decisions,
+    cell_edge_names,
     decode_cell,
     encode_cell,
     load_genotype,
@@ -420,18 +421,14 @@ class StackedBnasSpace:
     @property
     def edge_names(self) -> tuple[str, ...]:
         """The cell edges, in the row order of the supernet's cell weights."""
-        return tuple(f"node {j} → node {i + 2}" for i in range(self.config.nodes) for j in range(2 + i))
+        return cell_edge_names(self.config.nodes)
 
     def draw(self, arch: Architecture) -> Figure:
         """The deep cell, the broad/enhancement cell and the knowledge embeddings."""
-        from raynas.spaces.drawing import draw_darts_cell
+        from raynas.spaces.drawing import draw_darts_cells
 
         arch = expect_arch(arch, StackedBnasArch, "draws")
-        g = arch.cells
-        fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4 + 1.2), layout="constrained")
-        top, bottom = fig.subplots(2, 1)
-        draw_darts_cell(top, g.normal, g.normal_concat, "deep cell")
-        draw_darts_cell(bottom, g.reduce, g.reduce_concat, "broad and enhancement cell")
+        fig = draw_darts_cells(arch.cells, ("deep cell", "broad and enhancement cell"), extra_height=1.2)
         lines = "; ".join(f"{arrow}: {k}" for arrow, k in zip(CONNECTIONS, arch.knowledge, strict=True))
         fig.suptitle(f"{arch.key()}\nknowledge embeddings: {lines}", fontsize=8)
         return fig
