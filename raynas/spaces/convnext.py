@@ -44,9 +44,9 @@ from raynas.ops.convnext_net import (
     make_stem,
     make_vector_norm,
 )
-from raynas.spaces.base import OptionsSpace, encode_options, expect_arch
+from raynas.spaces.base import OptionsSpace, encode_options, expect_arch, load_record
 from raynas.spaces.registry import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 _FORM = "depths/widths/k<kernel>/e<expansion>/<activation>/<norm>/<stem>, e.g. " \
         "'3-3-9-3/96-192-384-768/k7/e4/gelu/ln/patchify'"
@@ -300,18 +300,11 @@ def init_weights(module: nn.Module) -> None:
 
 def load_arch(text: str) -> ConvNextArch:
     """A published name, JSON text or file, or the compact form."""
-    stripped = text.strip()
-    if stripped in PUBLISHED or stripped in ALIASES:
-        return published_record(stripped, PUBLISHED, ALIASES, "convnext model")
-    arch = ConvNextArch.read_json(stripped, form="{" + ", ".join(f'"{k}": ...' for k in _KEYS) + "}")
-    if arch is not None:
-        return arch
-    if "/" not in stripped:
-        known = ", ".join(sorted([*PUBLISHED, *ALIASES]))
-        raise ArchitectureError(
-            f"{stripped!r} is no published convnext model ({known}), no file, and not {_FORM}"
-        )
-    return ConvNextArch.parse(stripped)
+    return load_record(
+        text, ConvNextArch, published=PUBLISHED, aliases=ALIASES, what="convnext model",
+        json_form="{" + ", ".join(f'"{k}": ...' for k in _KEYS) + "}",
+        form=_FORM, looks_compact=lambda s: "/" in s,
+    )
 
 
 @SPACES.register(

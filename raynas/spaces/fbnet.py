@@ -27,7 +27,7 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
-from raynas.spaces.base import expect_arch
+from raynas.spaces.base import expect_arch, split_names
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
 
@@ -73,10 +73,7 @@ class FbnetArch(Architecture):
     @classmethod
     def parse(cls, text: str) -> FbnetArch:
         """Read the comma-separated form (spaces around names are allowed)."""
-        names = [part.strip() for part in text.strip().split(",")]
-        if not text.strip() or any(not n for n in names):
-            raise ArchitectureError(f"an fbnet architecture string is {_FORM}; got {text!r}")
-        return cls(tuple(names))
+        return cls(split_names(text, "an fbnet", _FORM))
 
     def __str__(self) -> str:
         return ",".join(self.blocks)

@@ -61,9 +61,9 @@ from raynas.ops.nexception import (
     make_norm,
     make_stem,
 )
-from raynas.spaces.base import OptionsSpace, encode_options, expect_arch
+from raynas.spaces.base import OptionsSpace, encode_options, expect_arch, load_record
 from raynas.spaces.registry import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 LAYOUTS: tuple[str, ...] = ("xception", "stages")
 _FORM = (
@@ -379,18 +379,11 @@ class StagesNet(nn.Module):
 
 def load_arch(text: str) -> NexceptionArch:
     """A published name, JSON text or file, or the compact form."""
-    stripped = text.strip()
-    if stripped in PUBLISHED or stripped in ALIASES:
-        return published_record(stripped, PUBLISHED, ALIASES, "nexception model")
-    arch = NexceptionArch.read_json(stripped, form="{" + ", ".join(f'"{k}": ...' for k in _KEYS) + "}")
-    if arch is not None:
-        return arch
-    if "/" not in stripped:
-        known = ", ".join(sorted([*PUBLISHED, *ALIASES]))
-        raise ArchitectureError(
-            f"{stripped!r} is no published nexception model ({known}), no file, and not {_FORM}"
-        )
-    return NexceptionArch.parse(stripped)
+    return load_record(
+        text, NexceptionArch, published=PUBLISHED, aliases=ALIASES, what="nexception model",
+        json_form="{" + ", ".join(f'"{k}": ...' for k in _KEYS) + "}",
+        form=_FORM, looks_compact=lambda s: "/" in s,
+    )
 
 
 @dataclass(frozen=True)

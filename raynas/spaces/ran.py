@@ -44,10 +44,10 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.ran import COLLAPSED, conv_bn, ibn_name, make_block, parse_ibn
-from raynas.spaces.base import OptionsSpace, expect_arch
+from raynas.spaces.base import OptionsSpace, expect_arch, load_record, split_names
 from raynas.spaces.convnext import ConvNeXt, ConvNextArch, resized
 from raynas.spaces.registry import SPACES
-from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
+from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 _E_FORM = "comma-separated block names, one per layer, e.g. 'collapsed,ibn_k3_e6,...'"
 _I_FORM = "depths/widths, e.g. '5-5-15-5/64-128-256-511'"
@@ -90,10 +90,7 @@ class RanEArch(Architecture):
     @classmethod
     def parse(cls, text: str) -> RanEArch:
         """Read the comma-separated form."""
-        names = [part.strip() for part in text.strip().split(",")]
-        if not text.strip() or any(not n for n in names):
-            raise ArchitectureError(f"a ran_e architecture string is {_E_FORM}; got {text!r}")
-        return cls(tuple(names))
+        return cls(split_names(text, "a ran_e", _E_FORM))
 
     def __str__(self) -> str:
         return ",".join(self.blocks)
@@ -289,18 +286,10 @@ class RanENet(nn.Module):
 
 def load_e(text: str) -> RanEArch:
     """A published name, JSON text or file, or the comma-separated form."""
-    stripped = text.strip()
-    if stripped in PUBLISHED_E or stripped in ALIASES_E:
-        return published_record(stripped, PUBLISHED_E, ALIASES_E, "ran_e network")
-    arch = RanEArch.read_json(stripped, form='{"blocks": [...]}')
-    if arch is not None:
-        return arch
-    if "," not in stripped and not _block_ok(stripped):
-        known = ", ".join(sorted([*PUBLISHED_E, *ALIASES_E]))
-        raise ArchitectureError(
-            f"{stripped!r} is no published ran_e network ({known}), no file, and not {_E_FORM}"
-        )
-    return RanEArch.parse(stripped)
+    return load_record(
+        text, RanEArch, published=PUBLISHED_E, aliases=ALIASES_E, what="ran_e network",
+        json_form='{"blocks": [...]}', form=_E_FORM, looks_compact=lambda s: "," in s or _block_ok(s),
+    )
 
 
 def _even(value: float) -> int:
@@ -603,18 +592,10 @@ class RanISpaceConfig:
 
 def load_i(text: str) -> RanIArch:
     """A published name, JSON text or file, or ``depths/widths``."""
-    stripped = text.strip()
-    if stripped in PUBLISHED_I or stripped in ALIASES_I:
-        return published_record(stripped, PUBLISHED_I, ALIASES_I, "ran_i network")
-    arch = RanIArch.read_json(stripped, form='{"depths": [...], "widths": [...]}')
-    if arch is not None:
-        return arch
-    if "/" not in stripped:
-        known = ", ".join(sorted([*PUBLISHED_I, *ALIASES_I]))
-        raise ArchitectureError(
-            f"{stripped!r} is no published ran_i network ({known}), no file, and not {_I_FORM}"
-        )
-    return RanIArch.parse(stripped)
+    return load_record(
+        text, RanIArch, published=PUBLISHED_I, aliases=ALIASES_I, what="ran_i network",
+        json_form='{"depths": [...], "widths": [...]}', form=_I_FORM, looks_compact=lambda s: "/" in s,
+    )
 
 
 @SPACES.register(
