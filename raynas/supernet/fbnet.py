@@ -12,17 +12,15 @@ gradient strategies run on it unchanged; the derived architecture takes each lay
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.ops.mixed import MixedBlocks
 from raynas.spaces.fbnet import FbnetArch, FbnetSpace, FbnetSpaceConfig, LayerSpec, layer_specs
-from raynas.supernet.base import mean_entropy
+from raynas.supernet.base import LayerwiseSupernet
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -46,7 +44,7 @@ class FbnetMixedLayer(MixedBlocks):
         )
 
 
-class FbnetSupernet(nn.Module):
+class FbnetSupernet(LayerwiseSupernet):
     """Stem, one :class:`FbnetMixedLayer` per searchable layer, head conv, pooling, classifier.
 
     Args:
@@ -55,6 +53,8 @@ class FbnetSupernet(nn.Module):
         in_channels: Image channels.
         image_size: Input resolution: the layers' shapes (and so their latency-table keys) depend on it.
     """
+
+    arch_type = FbnetArch
 
     def __init__(
         self, *, config: FbnetSpaceConfig, num_classes: int, in_channels: int = 3, image_size: int = 224
@@ -75,45 +75,12 @@ class FbnetSupernet(nn.Module):
         self.head = conv_bn(self.specs[-1].c_out, config.head_channels, 1, affine=affine)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(config.head_channels, num_classes)
-        # Small random initial theta, as the DARTS family: 1e-3 * N(0, 1) (near-uniform choice).
-        self.theta = nn.Parameter(1e-3 * torch.randn(len(self.specs), len(FBNET_BLOCKS)))
-        # Set by a strategy: training passes use a Gumbel-softmax sample at this temperature.
-        self.gumbel_tau: float | None = None
-        # Set by single-path training and evaluation with inherited weights: one block per layer.
-        self.path: tuple[int, ...] | None = None
+        self.init_theta(len(self.specs))
 
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters, optimised on validation data: ``theta`` (layers, 9)."""
-        return [self.theta]
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter except ``theta``, optimised on training data."""
-        return (p for p in self.parameters() if p is not self.theta)
-
-    def edge_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The softmax of ``theta``: (layers, 9). ``reduction`` must be False (no cells here)."""
-        _check_no_reduction(reduction)
-        return F.softmax(self.theta, dim=-1)
-
-    def set_path(self, arch: FbnetArch | None) -> None:
-        """Run only ``arch``'s block in every layer from now on (single-path one-shot training and
-        evaluation with inherited weights); ``None`` goes back to the mixture."""
-        if arch is not None and len(arch.blocks) != len(self.layers):
-            raise ValueError(f"the supernet has {len(self.layers)} layers, the path {len(arch.blocks)}")
-        self.path = None if arch is None else tuple(FBNET_BLOCKS.index(b) for b in arch.blocks)
-
-    def forward_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The block weights a forward pass uses, (layers, 9): the set path as one-hot rows,
-        ``edge_weights``, or a Gumbel-softmax sample (soft; hard with ``mixed_op: sampled``) when
-        ``gumbel_tau`` is set and training."""
-        if self.path is not None:
-            # On the host: the mixed layers then run only the path's block (see fixed_choices).
-            return F.one_hot(torch.tensor(self.path), len(FBNET_BLOCKS)).float()
-        if self.gumbel_tau is None or not self.training:
-            return self.edge_weights(reduction)
-        _check_no_reduction(reduction)
-        hard = self.config.mixed_op == "sampled"
-        return F.gumbel_softmax(self.theta, tau=self.gumbel_tau, hard=hard, dim=-1)
+    @property
+    def hard_gumbel(self) -> bool:  # type: ignore[override]
+        """One-hot Gumbel-softmax samples with ``mixed_op: sampled`` (GDAS); soft ones (FBNet) otherwise."""
+        return self.config.mixed_op == "sampled"
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, classes) of images (B, in, H, W).
@@ -133,31 +100,9 @@ class FbnetSupernet(nn.Module):
         feature = self.head(feature)  # (B, head, H/32, W/32)
         return self.classifier(self.global_pooling(feature).flatten(1))
 
-    def genotype(self) -> FbnetArch:
-        """The architecture ``theta`` stands for: the strongest block of every layer."""
-        best = self.theta.detach().argmax(dim=-1).tolist()
-        return FbnetArch(tuple(FBNET_BLOCKS[i] for i in best))
-
-    def arch_state(self) -> dict[str, list[list[float]]]:
-        """``theta`` as nested lists (for tracking)."""
-        return {"theta": self.theta.detach().cpu().tolist()}
-
-    def arch_entropy(self) -> float:
-        """Mean entropy of the layers' block distributions (nats; log(9) is uniform)."""
-        return mean_entropy(self.edge_weights())
-
-    def max_entropy(self) -> float:
-        """Entropy of a uniform distribution over the nine candidates."""
-        return math.log(len(FBNET_BLOCKS))
-
     def layer_shapes(self) -> Sequence[LayerSpec]:
         """The shapes of every searchable layer (what a latency table is keyed by)."""
         return self.specs
-
-
-def _check_no_reduction(reduction: bool) -> None:
-    if reduction:
-        raise ValueError("fbnet has no reduction cell: every layer is searched on its own")
 
 
 @SUPERNETS.register("fbnet")

@@ -11,17 +11,13 @@ single path (``set_path``). Its interface is that of :class:`raynas.supernet.fbn
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.mixed import MixedBlocks
 from raynas.ops.ran import conv_bn, make_block
 from raynas.spaces.ran import LayerSpec, RanEArch, RanESpace, RanESpaceConfig, layer_specs
-from raynas.supernet.base import mean_entropy
+from raynas.supernet.base import LayerwiseSupernet
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -46,7 +42,7 @@ class RanMixedLayer(MixedBlocks):
         )
 
 
-class RanESupernet(nn.Module):
+class RanESupernet(LayerwiseSupernet):
     """Stem, one :class:`RanMixedLayer` per layer, head, pooling, classifier.
 
     Args:
@@ -54,6 +50,8 @@ class RanESupernet(nn.Module):
         num_classes: Output classes.
         in_channels: Image channels.
     """
+
+    arch_type = RanEArch
 
     def __init__(self, *, config: RanESpaceConfig, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -77,39 +75,7 @@ class RanESupernet(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(head, num_classes)
-        # Small random initial weights, as the DARTS family: 1e-3 * N(0, 1) (near-uniform choice).
-        self.theta = nn.Parameter(1e-3 * torch.randn(len(specs), len(config.candidates)))
-        self.gumbel_tau: float | None = None
-        self.path: tuple[int, ...] | None = None
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters: ``theta`` (layers, candidates)."""
-        return [self.theta]
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter except ``theta``."""
-        return (p for p in self.parameters() if p is not self.theta)
-
-    def edge_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The softmax of ``theta``: (layers, candidates). ``reduction`` must be False (no cells)."""
-        if reduction:
-            raise ValueError("ran_e has no reduction cell: every layer is searched on its own")
-        return F.softmax(self.theta, dim=-1)
-
-    def set_path(self, arch: RanEArch | None) -> None:
-        """Run only ``arch``'s block in every layer from now on; ``None`` goes back to the mixture."""
-        if arch is not None and len(arch.blocks) != len(self.layers):
-            raise ValueError(f"the supernet has {len(self.layers)} layers, the path {len(arch.blocks)}")
-        self.path = None if arch is None else tuple(self.primitives.index(b) for b in arch.blocks)
-
-    def forward_weights(self, reduction: bool = False) -> torch.Tensor:
-        """The block weights a forward pass uses: the path as one-hot rows, the softmax, or a
-        Gumbel-softmax sample while ``gumbel_tau`` is set and the model trains."""
-        if self.path is not None:
-            return F.one_hot(torch.tensor(self.path), len(self.primitives)).float()
-        if self.gumbel_tau is None or not self.training:
-            return self.edge_weights(reduction)
-        return F.gumbel_softmax(self.theta, tau=self.gumbel_tau, dim=-1)
+        self.init_theta(len(specs))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, classes) of images (B, in, H, W)."""
@@ -119,23 +85,6 @@ class RanESupernet(nn.Module):
             feature = layer(feature, w)
         feature = self.head(feature)  # (B, head, H/32, W/32) on ImageNet
         return self.classifier(self.dropout(feature.mean((2, 3))))
-
-    def genotype(self) -> RanEArch:
-        """The strongest block of every layer."""
-        return RanEArch(tuple(self.primitives[i] for i in self.theta.detach().argmax(dim=-1).tolist()))
-
-    def arch_state(self) -> dict[str, list[list[float]]]:
-        """``theta`` as nested lists (for tracking)."""
-        return {"theta": self.theta.detach().cpu().tolist()}
-
-    def arch_entropy(self) -> float:
-        """Mean entropy of the layers' block distributions (nats)."""
-        return mean_entropy(self.edge_weights())
-
-    def max_entropy(self) -> float:
-        """Entropy of a uniform choice among the candidates."""
-        return math.log(len(self.primitives))
-
 
 @SUPERNETS.register("ran_e")
 def ran_e_supernet(space: RanESpace, dataset: DatasetInfo) -> RanESupernet:
