@@ -259,6 +259,20 @@ class SamplingStrategy(ABC):
         ENAS keeps only the architectures derived from its trained policy."""
         return sorted(self.history, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True)
 
+    def stage_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The decision indices a progressive search adds stage by stage: the space's
+        ``decision_groups()``, which must cover every decision once, else one decision a stage."""
+        groups_of = getattr(self.space, "decision_groups", None)
+        if groups_of is None:
+            return tuple((i,) for i in range(len(self.decisions)))
+        groups = tuple(tuple(int(i) for i in g) for g in groups_of())
+        if sorted(i for g in groups for i in g) != list(range(len(self.decisions))) or not all(groups):
+            raise ConfigError(
+                f"{type(self.space).__name__}.decision_groups() must cover every decision index "
+                f"0..{len(self.decisions) - 1} exactly once, in non-empty groups; got {groups}"
+            )
+        return groups
+
     def sample_path(self) -> Architecture:
         """The path a supernet-training step should take (default: uniform over the whole space,
         as in SPOS, whatever ``strategy.cell_shape`` says of the candidates)."""

@@ -266,7 +266,7 @@ class Epnas(SamplingStrategy):
         super().__init__(space=space, seed=seed)
         self.config = config
         self.sizes = tuple(len(d.options) for d in self.decisions)
-        self.groups = self._groups()
+        self.groups = self.stage_groups()
         self.order = tuple(i for g in self.groups for i in g)
         self.steps = math.ceil(config.evaluations / config.batch_size)
         self.targets = {
@@ -304,18 +304,6 @@ class Epnas(SamplingStrategy):
         self.to_ask: list[Values] = []
         self._costs: dict[Values, dict[str, float]] = {}
         self.constrain_cells(config.cell_shape)
-
-    def _groups(self) -> tuple[tuple[int, ...], ...]:
-        groups_of = getattr(self.space, "decision_groups", None)
-        if groups_of is None:
-            return tuple((i,) for i in range(len(self.decisions)))
-        groups = tuple(tuple(int(i) for i in g) for g in groups_of())
-        if sorted(i for g in groups for i in g) != list(range(len(self.decisions))) or not all(groups):
-            raise ConfigError(
-                f"{type(self.space).__name__}.decision_groups() must cover every decision index "
-                f"0..{len(self.decisions) - 1} exactly once, in non-empty groups; got {groups}"
-            )
-        return groups
 
     # -- stages ----------------------------------------------------------------------------------
 

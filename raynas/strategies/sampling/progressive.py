@@ -196,7 +196,7 @@ class Progressive(SamplingStrategy):
             self.beam: list[Values] = [()]  # the empty cell; stage b adds block b
         else:
             self.sizes = tuple(len(d.options) for d in self.decisions)
-            self.groups = self._groups()
+            self.groups = self.stage_groups()
             self.beam = [(0,) * len(self.decisions)]
         self.stage = 0  # the group being expanded
         # This stage's candidates for the next beam (evaluated expansions and those asked) and
@@ -211,19 +211,6 @@ class Progressive(SamplingStrategy):
                 f"{type(self.space).__name__}'s decisions are not two-input cells; remove it"
             )
         self.constrain_cells(config.cell_shape)
-
-    def _groups(self) -> tuple[tuple[int, ...], ...]:
-        groups_of = getattr(self.space, "decision_groups", None)
-        if groups_of is None:
-            return tuple((i,) for i in range(len(self.decisions)))
-        groups = tuple(tuple(int(i) for i in g) for g in groups_of())
-        flat = sorted(i for g in groups for i in g)
-        if flat != list(range(len(self.decisions))) or not all(groups):
-            raise ConfigError(
-                f"{type(self.space).__name__}.decision_groups() must cover every decision index "
-                f"0..{len(self.decisions) - 1} exactly once, in non-empty groups; got {groups}"
-            )
-        return groups
 
     def _expansions(self) -> list[Values]:
         group = self.groups[self.stage]
