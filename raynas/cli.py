@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from raynas.errors import RaynasError, WorkerLostError
+from raynas.errors import ClusterLostError, RaynasError, WorkerLostError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -418,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerLostError as exc:  # not the user's input: a failure to resume from
         print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except ClusterLostError as exc:  # likewise; and Ray's exit handlers would wait for the head
+        print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except RaynasError as exc:
         print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -39,5 +39,10 @@ class WorkerLostError(RaynasError):
         self.reason = reason or message
 
 
+class ClusterLostError(RaynasError):
+    """The Ray cluster itself is gone (its head does not answer): there is nowhere to restart a
+    worker; the checkpoint allows a resume once a cluster is there again."""
+
+
 class StorageError(RaynasError):
     """A storage location (local folder, ``s3://`` bucket, MLflow server) is unreachable or refuses access."""

@@ -185,9 +185,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ), stacklevel=1)
 
 
-@pytest.fixture(scope="session")
-def ray_head() -> Iterator[str]:
-    """A real Ray head started with ``ray start --head`` on loopback; yields its GCS address."""
+def start_ray_head() -> tuple[str, str]:
+    """A real Ray head started with ``ray start --head`` on loopback: its GCS address and the
+    temporary folder that names its processes (for :func:`stop_ray_cluster`)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     port = free_port()
     # Token authentication off for this throwaway loopback cluster: a client without the
@@ -202,8 +202,15 @@ def ray_head() -> Iterator[str]:
         ],
         check=True, env=env, timeout=180, capture_output=True,
     )
+    return f"127.0.0.1:{port}", temp_dir
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[str]:
+    """A real Ray head (:func:`start_ray_head`) for the session; yields its GCS address."""
+    address, temp_dir = start_ray_head()
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
         import ray
 

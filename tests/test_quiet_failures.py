@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, _process_tree, tiny_job, write_job
+from conftest import BIN, _process_tree, start_ray_head, stop_ray_cluster, tiny_job, write_job
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,47 @@ def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
     error_file = Path(named[0].split("Tune's report of it: ")[1])
     assert "The actor died unexpectedly" in error_file.read_text()
     assert_recorded_once(tmp_path)
+
+
+@pytest.mark.own_ray
+def test_a_lost_ray_head_is_one_raynas_line_and_the_search_resumes_on_another_ray(tmp_path: Path) -> None:
+    """The Ray head a search runs on is stopped mid-search: there is nothing to restart a worker
+    on, so the command stops at once (before Ray's core would end it a minute later with its own
+    report) with status 1 and one line naming Ray's logs; run again, on a local Ray, it resumes."""
+    job = tiny_job(tmp_path, train={"epochs": 3}, execution={"backend": "ray"})
+    command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+    address, temp_dir = start_ray_head()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": address}
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        said: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("epoch   1/3"):
+                stop_ray_cluster(temp_dir)  # the head's GCS and raylet, and its workers
+                stopped = time.monotonic()
+        status = proc.wait(timeout=60)
+        waited = time.monotonic() - stopped
+        console = "".join(said)
+        named = assert_quiet(console)  # (before the head's folder with Ray's logs goes)
+    finally:
+        stop_ray_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert status == 1, console[-3000:]
+    assert len(named) == 1 and named[0].startswith("raynas: error: the Ray cluster at "), console[-3000:]
+    assert "is gone" in named[0] and named[0].endswith("run the same command to resume")
+    assert "restarting the worker" not in console and "Failed to connect to GCS" not in console
+    assert waited < 45  # raynas's line, not Ray's core ending the process after its 60 s
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming 'tiny' after epoch 1" in done.stdout
+    epochs = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("epoch")]
+    assert epochs == ["2/3", "3/3"]
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                                filter_string="tags.mlflow.runName = 'tiny'")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [0, 1, 2]

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from raynas.config import ExecutionConfig
-from raynas.errors import ConfigError, RaynasError, WorkerLostError
+from raynas.errors import ClusterLostError, ConfigError, RaynasError, WorkerLostError
 from raynas.execution.group import GroupMember
 from raynas.types import EpochReport
 
@@ -161,6 +161,24 @@ def gather_group(actors: list[Any], refs: list[Any]) -> list[Any]:
     return [remote_call(ref) for ref in refs]
 
 
+def cluster_head() -> str:
+    """host:port of the connected cluster's head (its GCS); empty when not connected."""
+    try:
+        return str(ray.get_runtime_context().gcs_address or "")
+    except Exception:  # not connected, or a Ray Client driver
+        return ""
+
+
+def _answers(address: str, timeout: float = 3.0) -> bool:
+    """Whether something accepts a TCP connection at host:port."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def remote_call(ref: Any) -> Any:
     """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
     try:
@@ -171,6 +189,15 @@ def remote_call(ref: Any) -> Any:
             raise exc.cause from None
         raise
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        head = cluster_head()
+        if head and not _answers(head):
+            # Ray's core worker would end this process by itself a minute later, with its own
+            # report; raynas says it first, in one line, and the CLI ends without waiting.
+            raise ClusterLostError(
+                f"the Ray cluster at {head} is gone (its head does not answer; Ray's logs are in "
+                f"{ray_logs()}); all finished work is checkpointed: start the cluster again (or leave "
+                "out --address for a local Ray) and run the same command to resume"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerLostError(
             f"the search's Ray actor was lost ({reason}; Ray's logs are in {ray_logs()}); all "
