@@ -341,6 +341,9 @@ class MlflowTracker:
         # raynas bridges an outage itself: a record that cannot be sent waits in the queue and the
         # search goes on. MLflow's own retries (7, backing off for minutes) would hold it up instead.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        # A new SQLite store: MLflow announces its table creation and migrations at INFO on the
+        # console ("Creating initial MLflow database tables..."); they are not the search's news.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri()
         _check_reachable(self.tracking_uri)
         if artifact_location:
