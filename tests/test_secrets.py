@@ -99,6 +99,7 @@ def test_no_secret_reaches_rays_logs_or_the_s3_bucket_of_a_ray_search(
     env = {
         **{k: v for k, v in os.environ.items() if k not in dropped},
         **password, **s3_server.env(), "MLFLOW_TRACKING_USERNAME": "alice", "RAY_TMPDIR": ray_tmp,
+        "HOME": str(tmp_path / "home"),  # a machine where Ray never ran: no token of its own yet
     }
     try:
         proc = subprocess.run([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))],
@@ -106,6 +107,9 @@ def test_no_secret_reaches_rays_logs_or_the_s3_bucket_of_a_ray_search(
         assert proc.returncode == 0, proc.stderr[-3000:]
         console = proc.stdout + proc.stderr
         assert [s for s in secrets if s in console] == [], console[-3000:]
+        # The search's own lines first: not Ray's news that it turned token authentication on.
+        assert proc.stdout.startswith("Searching darts with darts"), console[-3000:]
+        assert "Token authentication" not in console
 
         files = [f for f in Path(ray_tmp).rglob("*") if f.is_file()]
         assert any(f.name == "raylet.out" for f in files) and any(f.name.startswith("worker-") for f in files)

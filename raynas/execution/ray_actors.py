@@ -58,6 +58,9 @@ def init_ray(execution: ExecutionConfig) -> None:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
         return
+    # A local Ray turns token authentication on by itself and says so on the console each time;
+    # it is the secure default, not the search's news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         object_store_memory=execution.object_store_mb * 1024 * 1024,
         include_dashboard=False,
