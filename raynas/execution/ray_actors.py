@@ -148,9 +148,10 @@ def wait_placed(
 
 
 def gather_group(actors: list[Any], refs: list[Any]) -> list[Any]:
-    """The results of the ranks' setup calls ``refs`` (one per actor), or the first error as soon
-    as one rank fails: its peers are killed then, not left waiting in the group's rendezvous for
-    torch's 30 minutes for a rank that will never join."""
+    """The results of one call per rank of a data-parallel group (``refs``, in the order of
+    ``actors``: setting the group up, training an epoch together), or the first error as soon as
+    one rank fails: its peers are killed then, not left waiting in the group's rendezvous or
+    collective for torch's 30 minutes for a rank that will never come."""
     pending = list(refs)
     try:
         while pending:
