@@ -116,7 +116,7 @@ def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
 
     path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head,
                   strategy={"population_size": 2, "sample_size": 2, "evaluations": 2},
-                  evaluator={"epochs": 2})
+                  evaluator={"epochs": 4})  # time to find a trial in training
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
