@@ -116,13 +116,34 @@ def outside(rule: Any, default: Any) -> list[Any]:
             for v in values]
 
 
+def answers_without_heavy_imports(cases: list[list[str]]) -> list[list[Any]]:
+    """``[exit status, stderr]`` of ``raynas.cli.main(args)`` for each ``args`` in ``cases``, all
+    in one fresh process, which must end without torch, Ray or MLflow imported."""
+    import json
+
+    code = (
+        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        out.append([main(args), err.getvalue()])\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    return result["answers"]
+
+
 def test_every_range_of_every_component_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
     """Each rule of each built-in component's settings (raynas/components.json), broken below,
     above, in parity or choice, or left empty: `raynas search` answers it with exit 2 and one line
     that names the key, without importing torch, Ray or MLflow, and with the line the component's
     dataclass itself gives when the registry builds the section."""
     import dataclasses
-    import json
 
     from raynas.config import Rule, build
     from raynas.errors import ConfigError
@@ -145,21 +166,8 @@ def test_every_range_of_every_component_is_answered_before_torch_is_imported(tmp
                         build(config, {k: v for k, v in data.items() if k != "name"}, section)
                     expected.append((f"{section}.{key}", str(error.value)))
     assert len({where for where, _ in expected}) >= 60, "too few component ranges"
-    code = (
-        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        out.append([main(args), err.getvalue()])\n"
-        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
-        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["heavy"] == []
-    for (status, err), (where, message), args in zip(result["answers"], expected, cases, strict=True):
+    answers = answers_without_heavy_imports(cases)
+    for (status, err), (where, message), args in zip(answers, expected, cases, strict=True):
         assert status == 2 and err.count("\n") == 1 and where in err, (args, err)
         assert err == f"raynas: error: {message}\n", (args, err, message)
 
@@ -320,21 +328,8 @@ def test_every_check_of_every_component_is_answered_before_torch_is_imported(tmp
     manifest = component_manifest()
     written = {json.dumps(Check.from_json(c).to_json(), sort_keys=True) for c in checks_in(manifest)}
     assert written - fired == set(), "checks no job here breaks"
-    code = (
-        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        out.append([main(args), err.getvalue()])\n"
-        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
-        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["heavy"] == []
-    for (status, err), message, case in zip(result["answers"], expected, CHECK_CASES, strict=True):
+    answers = answers_without_heavy_imports(cases)
+    for (status, err), message, case in zip(answers, expected, CHECK_CASES, strict=True):
         assert status == 2 and err == f"raynas: error: {message}\n", (case, err, message)
 
 
@@ -408,21 +403,8 @@ def test_every_rule_between_sections_is_answered_before_torch_is_imported(tmp_pa
             written.update({json.dumps(s, sort_keys=True): Check.from_json(s) for s in specs})
     unbroken = [key for key, c in written.items() if not any(pattern(c).fullmatch(m) for m in expected)]
     assert unbroken == [], "rules between sections no job here breaks"
-    code = (
-        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        out.append([main(args), err.getvalue()])\n"
-        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
-        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["heavy"] == []
-    for (status, err), message, case in zip(result["answers"], expected, JOB_CASES, strict=True):
+    answers = answers_without_heavy_imports(cases)
+    for (status, err), message, case in zip(answers, expected, JOB_CASES, strict=True):
         assert status == 2 and err == f"raynas: error: {message}\n", (case, err, message)
 
 
