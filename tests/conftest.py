@@ -126,20 +126,28 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
 
 
-def stop_ray_cluster(temp_dir: str, timeout: float = 5.0) -> None:
+def stop_ray_cluster(temp_dir: str, timeout: float = 5.0, workers_first: float = 0.0) -> None:
     """Stop the Ray cluster whose processes run under ``temp_dir``, and nothing else.
 
     ``ray stop`` would kill every Ray process on the machine, including clusters of other test
     sessions running beside this one; this stops the processes whose command line names
     ``temp_dir`` (GCS, raylet, dashboard, log monitor) and all of their descendants (workers).
+    With ``workers_first`` the workers go that many seconds before the rest, as when a node's
+    workers die a moment before its GCS.
     """
     procs = _process_tree()
-    targets = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    heads = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    targets = set(heads)
     grew = True
     while grew:
         children = {pid for pid, (ppid, _) in procs.items() if ppid in targets} - targets
         targets |= children
         grew = bool(children)
+    if workers_first:
+        for pid in targets - heads:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(workers_first)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in targets:
             with contextlib.suppress(OSError):

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # minutes to add a node; a cluster too busy or too small never does).
 PLACEMENT_REPORT_SECONDS = 60.0
 
+# How long a driver that lost an actor watches the cluster's head before taking the loss for a
+# worker's: a head stopping with its node takes its workers down a moment before its own GCS.
+HEAD_GRACE_SECONDS = 2.0
+
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 
@@ -127,17 +131,28 @@ def wait_placed(
         need: Resources one actor asks for (``{"CPU": 1, "GPU": 0}``), named in the report.
         echo: Where the report goes.
         report_every: Seconds between reports.
+
+    Raises:
+        WorkerLostError: An actor died as it started.
+        ClusterLostError: The cluster's head stopped answering meanwhile.
     """
     pending = {actor.__ray_ready__.remote(): actor for actor in actors}
+    head = cluster_head()
     waited = 0.0
+    reported = 0.0
     while pending:
         started = time.monotonic()
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=report_every)
+        # In slices of a second, so that a head gone meanwhile is noticed at once (Ray's own
+        # calls would wait for it for a minute and then end the process).
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(1.0, report_every))
         for ref in ready:
             remote_call(ref)  # an actor that died as it started: WorkerLostError
             del pending[ref]
         waited += time.monotonic() - started
-        if pending:
+        if pending and head and not _answers(head):
+            raise _cluster_lost(head)
+        if pending and waited - reported >= report_every:
+            reported = waited
             asked = ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
             free = ray.available_resources()
             has = ", ".join(f"{free.get(k, 0):g} {k}" for k, v in need.items() if v)
@@ -183,6 +198,25 @@ def _answers(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def head_lost(head: str, grace: float = HEAD_GRACE_SECONDS) -> bool:
+    """Whether the head at ``head`` (host:port) stops answering within ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        if not _answers(head):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+
+
+def _cluster_lost(head: str) -> ClusterLostError:
+    return ClusterLostError(
+        f"the Ray cluster at {head} is gone (its head does not answer; Ray's logs are in "
+        f"{ray_logs()}); all finished work is checkpointed: start the cluster again (or leave "
+        "out --address for a local Ray) and run the same command to resume"
+    )
+
+
 def remote_call(ref: Any) -> Any:
     """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
     try:
@@ -194,14 +228,10 @@ def remote_call(ref: Any) -> Any:
         raise
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
         head = cluster_head()
-        if head and not _answers(head):
+        if head and head_lost(head):
             # Ray's core worker would end this process by itself a minute later, with its own
             # report; raynas says it first, in one line, and the CLI ends without waiting.
-            raise ClusterLostError(
-                f"the Ray cluster at {head} is gone (its head does not answer; Ray's logs are in "
-                f"{ray_logs()}); all finished work is checkpointed: start the cluster again (or leave "
-                "out --address for a local Ray) and run the same command to resume"
-            ) from None
+            raise _cluster_lost(head) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerLostError(
             f"the search's Ray actor was lost ({reason}; Ray's logs are in {ray_logs()}); all "
