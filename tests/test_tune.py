@@ -19,6 +19,7 @@ from raynas.execution.controller import build_controller
 from raynas.execution.tune import (
     CandidateLedger,
     ControllerSearcher,
+    last_trial_state,
     make_scheduler,
     run_tune_search,
     trial_resources,
@@ -219,6 +220,44 @@ def test_a_new_learning_rate_rescales_the_rest_of_the_cosine_schedule() -> None:
         rates.append(optimizer.param_groups[0]["lr"])
     expected = [lr1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(switch, total + 1)]
     assert rates == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_the_checkpoint_a_killed_trial_goes_on_from_is_its_newest_whole_one(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Ray writes a checkpoint's folder before its files (StorageContext.persist_current_checkpoint):
+    # a trial killed meanwhile leaves the newest folder empty or its state.pt cut short.
+    from raynas import storage
+
+    if where == "s3":
+        root = f"{request.getfixturevalue('s3_env').create_bucket('raynas-trial-states')}/tune"
+    else:
+        root = str(tmp_path / "tune")
+    local = tmp_path / "state.pt"
+    torch.save({"state": {"epoch": 1}, "weights": torch.zeros(2000)}, local)
+    whole = local.read_bytes()
+
+    def write(folder: str, data: bytes | None) -> str:
+        uri = storage.join(root, "search", "t1", folder, "state.pt")
+        fs, path = storage.filesystem(uri)
+        fs.create_dir(path.rsplit("/", 1)[0])
+        if data is not None:
+            with fs.open_output_stream(path) as stream:
+                stream.write(data)
+        return uri
+
+    assert last_trial_state(root, "search", "t1") is None
+    first = write("checkpoint_000000", whole)
+    assert last_trial_state(root, "search", "t1") == first
+    write("checkpoint_000001", None)  # the folder, no file yet
+    assert last_trial_state(root, "search", "t1") == first
+    write("checkpoint_000001", whole[: len(whole) // 2])  # half the file
+    assert last_trial_state(root, "search", "t1") == first
+    write("checkpoint_000001", whole[:-1])  # all but its last byte
+    assert last_trial_state(root, "search", "t1") == first
+    second = write("checkpoint_000001", whole)
+    assert last_trial_state(root, "search", "t1") == second
 
 
 # --- End to end on a real local Ray cluster ------------------------------------------------------

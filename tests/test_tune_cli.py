@@ -73,6 +73,23 @@ def checkpointed_in_flight(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def stopped_with_a_checkpointed_trial_in_flight(
+    driver: subprocess.Popen, tmp_path: Path, timeout: float = 300
+) -> dict[str, str]:
+    """Stop (SIGSTOP) the search ``driver`` at a moment when it has journaled a result and a trial
+    it has not told has a checkpoint; those trials. The driver is stopped before the journal is
+    read for the last time, so no result is told between that reading and its death."""
+    deadline = time.monotonic() + timeout
+    while driver.poll() is None and time.monotonic() < deadline:
+        if results_told(tmp_path) >= 1 and checkpointed_in_flight(tmp_path):
+            driver.send_signal(signal.SIGSTOP)
+            if in_flight := checkpointed_in_flight(tmp_path):
+                return in_flight
+            driver.send_signal(signal.SIGCONT)  # told between the two readings: wait for another
+        time.sleep(0.1)
+    raise AssertionError("the search finished, or ran 5 minutes, before a trial in flight had a checkpoint")
+
+
 def trial_results(tmp_path: Path) -> set[Path]:
     """Every trial's ``result.json``, in every experiment (PBT runs one per round)."""
     return set((tmp_path / "runs" / "tune-cli" / "tune").glob("*/*/result.json"))
@@ -116,13 +133,7 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     command = [str(BIN / "raynas"), "search", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_head}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while driver.poll() is None and time.monotonic() < deadline and not (
-        results_told(tmp_path) >= 1 and checkpointed_in_flight(tmp_path)
-    ):
-        time.sleep(0.1)
-    assert driver.poll() is None, "the search finished before it could be killed"
-    in_flight = checkpointed_in_flight(tmp_path)
+    in_flight = stopped_with_a_checkpointed_trial_in_flight(driver, tmp_path)
     before = trial_results(tmp_path)
     driver.send_signal(signal.SIGKILL)  # the driver dies, a result journaled, a trial mid-training
     driver.wait(timeout=30)

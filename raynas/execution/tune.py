@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -727,8 +728,13 @@ def _fit(
 
 
 def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str | None:
-    """The newest checkpoint (``.../<trial>/checkpoint_NNNNNN/state.pt``) a trial of ``experiment``
-    left in ``storage_path`` (a folder or ``s3://``), or None when it left none."""
+    """The newest whole checkpoint (``.../<trial>/checkpoint_NNNNNN/state.pt``) a trial of
+    ``experiment`` left in ``storage_path`` (a folder or ``s3://``), or None when it left none.
+
+    A trial writes a checkpoint's folder first and its files after (Ray's
+    ``StorageContext.persist_current_checkpoint``): one whose process died meanwhile leaves the
+    newest folder without its ``state.pt``, or with part of it; the one before it is taken then.
+    """
     import pyarrow.fs as pafs
 
     from raynas import storage
@@ -738,7 +744,20 @@ def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str |
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     folders = sorted(i.base_name for i in infos
                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-    return storage.join(root, folders[-1], "state.pt") if folders else None
+    for folder in reversed(folders):
+        if _whole_archive(fs, f"{path}/{folder}/state.pt"):
+            return storage.join(root, folder, "state.pt")
+    return None
+
+
+def _whole_archive(fs: Any, path: str) -> bool:
+    """Whether ``path`` holds a whole ``torch.save`` file: a zip archive whose central directory,
+    written last, is there (reading only the end of the file)."""
+    try:
+        with fs.open_input_file(path) as stream, zipfile.ZipFile(stream):
+            return True
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def pbt_rounds(storage_path: str, name: str) -> list[str]:
