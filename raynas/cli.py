@@ -206,15 +206,9 @@ def _search(args: argparse.Namespace) -> None:
         return
     result = run_search(config, fresh=args.fresh)
     m = result.metrics
-    if config.evaluator is None:
-        what = "supernet, held-out half"
-    elif config.final.top:
-        what = f"the best of the {config.final.top} best candidates, retrained from scratch"
-    else:
-        what = f"best candidate, {config.evaluator.name} evaluator"
     print(
         f"\nSearch finished in {format_duration(result.seconds)}: "
-        f"{_scores(m, config)} ({what})\n"
+        f"{_scores(m, config)} ({scored_by(config)})\n"
         f"Genotype: {result.architecture}\n"
         f"Parameters: {result.params / 1e6:.3f}M as searched ({config.data.name}), "
         f"{result.params_cifar10 / 1e6:.2f}M as the space's {reference_name(config.space.name)} "
@@ -222,6 +216,20 @@ def _search(args: argparse.Namespace) -> None:
         f"MLflow run: {result.run_id}\n"
         f"Open it: {result.run_link}"
     )
+
+
+def scored_by(config: Any) -> str:
+    """What the score printed for a search's answer measures."""
+    from raynas.strategies.registry import STRATEGIES
+
+    if config.evaluator is None:
+        if getattr(STRATEGIES.get(config.strategy.name), "trains_weights", True):
+            return "supernet, held-out half"
+        return ("untrained supernet, held-out half: this search trains no weights; "
+                "`raynas train` retrains the genotype")
+    if config.final.top:
+        return f"the best of the {config.final.top} best candidates, retrained from scratch"
+    return f"best candidate, {config.evaluator.name} evaluator"
 
 
 def _warn_if_lost_with_ray_job(tracking: Any) -> None:

@@ -82,3 +82,20 @@ def test_search_config_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "data.path" in proc.stderr and "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("job", "says"),
+    [
+        ("quickstart.yaml", "(supernet, held-out half)"),
+        ("teg_nas_quickstart.yaml", "(untrained supernet, held-out half: this search trains no weights; "
+                                    "`raynas train` retrains the genotype)"),
+        ("evolution_quickstart.yaml", "(best candidate, scratch evaluator)"),
+    ],
+)
+def test_the_answer_s_score_says_what_it_measures(job: str, says: str) -> None:
+    # A training-free pruning's supernet keeps its random weights: its accuracy is near chance.
+    from raynas.cli import scored_by
+    from raynas.runs.jobs import load_job
+
+    assert f"({scored_by(load_job(Path(__file__).parents[1] / 'jobs' / job))})" == says

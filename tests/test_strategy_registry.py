@@ -307,6 +307,20 @@ def test_gradient_step_moves_the_architecture_and_reports_finite_statistics(name
 
 
 @pytest.mark.parametrize("name", GRADIENT)
+def test_a_gradient_step_trains_the_weights_exactly_when_the_strategy_says_it_does(name: str) -> None:
+    # What `raynas search` prints of the answer's score depends on it (cli.scored_by).
+    # (Parameters, not buffers: a forward pass in training mode moves BatchNorm's statistics.)
+    _, strategy = small_gradient(name)
+    arch = {id(p) for p in strategy.model.arch_parameters()}
+    weights = [p for p in strategy.model.parameters() if id(p) not in arch]
+    before = [p.detach().clone() for p in weights]
+    torch.manual_seed(1)
+    strategy.step(batch(1), batch(2))
+    moved = any(not torch.equal(b, p) for b, p in zip(before, weights, strict=True))
+    assert moved == type(strategy).trains_weights
+
+
+@pytest.mark.parametrize("name", GRADIENT)
 def test_gradient_genotype_is_an_architecture_of_the_space(name: str) -> None:
     space, strategy = small_gradient(name)
     genotype = strategy.genotype()

@@ -79,6 +79,10 @@ class GradientStrategy:
         train: The weight optimiser's settings (SGD with momentum, cosine schedule, clipping).
     """
 
+    trains_weights: ClassVar[bool] = True
+    """Whether the search trains the supernet's weights (a training-free pruning does not: its
+    supernet's accuracy is that of its random initialisation)."""
+
     def __init__(self, *, supernet: nn.Module, config: GradientConfig, train: TrainConfig) -> None:
         self.model = supernet
         self.config = config

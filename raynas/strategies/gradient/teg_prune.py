@@ -153,6 +153,7 @@ class TegPrune(GradientStrategy):
     """
 
     config: TegPruneConfig  # type: ignore[assignment]
+    trains_weights = False
 
     def __init__(self, *, supernet: nn.Module, config: TegPruneConfig, train: TrainConfig) -> None:
         # Not GradientStrategy.__init__: nothing is optimised. The attributes the search reads
