@@ -222,6 +222,9 @@ def scored_by(config: Any) -> str:
     """What the score printed for a search's answer measures."""
     from raynas.strategies.registry import STRATEGIES
 
+    if config.evaluator is None and config.final.top:
+        return (f"the best of {config.final.top} architectures drawn from {config.strategy.name}'s "
+                "distribution, retrained from scratch")
     if config.evaluator is None:
         if getattr(STRATEGIES.get(config.strategy.name), "trains_weights", True):
             return "supernet, held-out half"

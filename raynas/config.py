@@ -240,9 +240,11 @@ class Component:
 
 @dataclass(frozen=True)
 class FinalRetrain:
-    """The end of a sampling search: its ``top`` best candidates (by their search score) trained
-    from scratch for ``epochs`` at ``channels`` / ``layers`` (0: the space's network defaults),
-    SGD at ``learning_rate`` with cosine annealing; the best retrained one is the search's answer.
+    """The end of a search: ``top`` architectures trained from scratch for ``epochs`` at
+    ``channels`` / ``layers`` (0: the space's network defaults), SGD at ``learning_rate`` with
+    cosine annealing; the best retrained one is the search's answer. A sampling search retrains
+    its ``top`` best candidates (by their search score); a gradient strategy that learns a
+    distribution (``fbnet``) retrains ``top`` distinct architectures drawn from it, as FBNet does.
     """
 
     top: int = 0
@@ -290,7 +292,8 @@ class SearchConfig:
     ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet), ``scratch`` (a
     short training from scratch, as Tune trials), or a training-free proxy.
     ``seeds`` runs one search per seed and reports mean and standard deviation;
-    ``final`` retrains the best candidates of a sampling search from scratch at the end.
+    ``final`` retrains the best candidates of a sampling search (or architectures drawn from
+    ``fbnet``'s distribution) from scratch at the end.
 
     ``train`` is the training of a supernet, and means one thing per kind of search:
 
@@ -1336,6 +1339,7 @@ TRAITS: dict[str, str] = {
     "kind": "'sampling' (ask/tell, an evaluator scores candidates) or 'gradient' (trains its supernet)",
     "needs_supernet": "samples the paths of a one-shot supernet (evaluator supernet)",
     "needs_choices": "searches the space's flat view of decisions",
+    "draws_answers": "draws its answers from the distribution it learnt (final retrains them: fbnet)",
 }
 """What the rules between a job's sections read of a component besides its settings: each
 registered with the component (``@SPACES.register(name, config=..., traits={...})``, a strategy's
@@ -1360,7 +1364,7 @@ def trait_values(traits: Mapping[str, Any] | None, settings: Mapping[str, Any]) 
     return out
 
 
-JOB_SECTIONS = ("train", "tune", "execution")
+JOB_SECTIONS = ("train", "tune", "execution", "final")
 """The shared sections of a search job the rules between sections read."""
 
 
@@ -1411,6 +1415,12 @@ _TUNED = "'tune' in given and tune['enabled']"
 _FINETUNES = "evaluator == 'supernet' and evaluator_settings['epochs'] >= 1"
 
 SEARCH_CHECKS: tuple[Check, ...] = (
+    Check(
+        "final['top'] == 0 or strategy_is['kind'] == 'sampling' or strategy_is['draws_answers']",
+        "config section 'final' retrains the best candidates of a sampling search, or architectures "
+        "a gradient strategy draws from its learnt distribution (fbnet); {strategy!r} derives one "
+        "architecture: remove the section, and retrain the search's genotype with `raynas train`",
+    ),
     Check(
         "evaluator is not None or strategy_is['kind'] != 'sampling'",
         "config section 'evaluator' is missing; it needs a 'name', one of: {join(evaluators)}",

@@ -91,6 +91,8 @@ def test_search_config_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         ("teg_nas_quickstart.yaml", "(untrained supernet, held-out half: this search trains no weights; "
                                     "`raynas train` retrains the genotype)"),
         ("evolution_quickstart.yaml", "(best candidate, scratch evaluator)"),
+        ("fbnet_quickstart.yaml", "(the best of 2 architectures drawn from fbnet's distribution, "
+                                  "retrained from scratch)"),
     ],
 )
 def test_the_answer_s_score_says_what_it_measures(job: str, says: str) -> None:

@@ -372,3 +372,88 @@ def test_a_strided_skip_is_the_strided_1x1_convolution() -> None:
     assert out.shape == (2, 8, 4, 4)
     torch.testing.assert_close(out.detach(), ref, rtol=1e-10, atol=1e-10)
     out.square().sum().backward()  # the backward that aborts with a strided channels-last 1x1
+
+
+# --- the end of the paper's search: architectures drawn from P_theta, trained from scratch ------
+
+
+def test_answers_are_distinct_draws_from_p_theta_in_proportion_to_it() -> None:
+    # Layer l's block i is drawn with probability softmax(theta_l)_i; the draws of a seed repeat.
+    # Among 9^12 architectures 1,000 distinct draws are almost independent ones: each block's
+    # share of a layer is within 4.5 standard deviations (0.06) of its probability.
+    theta = torch.zeros(12, len(FBNET_BLOCKS))
+    theta[0, 2], theta[1, 5] = 1.0, 2.0  # the other layers uniform
+    state = {"theta": theta.tolist()}
+    drawn = Fbnet.draw_answers(state, 1000, seed=3)
+    assert len({a.key() for a in drawn}) == 1000 and drawn == Fbnet.draw_answers(state, 1000, seed=3)
+    for layer in range(3):
+        p = torch.softmax(theta[layer], dim=0)
+        for i, block in enumerate(FBNET_BLOCKS):
+            share = sum(a.blocks[layer] == block for a in drawn) / len(drawn)
+            assert abs(share - float(p[i])) < 0.06, (layer, block, share, float(p[i]))
+    settled = torch.full((3, len(FBNET_BLOCKS)), -50.0)
+    settled[:, 0] = 50.0  # one architecture left: it alone is drawn
+    assert [a.blocks for a in Fbnet.draw_answers({"theta": settled.tolist()}, 6, seed=0)] == [
+        (FBNET_BLOCKS[0],) * 3
+    ]
+
+
+def _final_job(tmp_path: Path, table: Path) -> dict:
+    from conftest import mlflow_store
+
+    return {
+        "name": "fbnet-final", "seed": 0,
+        "space": {"name": "fbnet", **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}},
+        "strategy": {"name": "fbnet", "latency_table": str(table), "latency_unit": "us",
+                     "arch_start_epoch": 0},
+        "data": {"name": "digits", "batch_size": 16, "limit": 96},
+        "train": {"epochs": 1, "learning_rate": 0.05},
+        "final": {"top": 3, "epochs": 1, "learning_rate": 0.05},
+        "execution": {"backend": "local"},
+        "tracking": {"experiment": "fbnet-final", "tracking_uri": mlflow_store(tmp_path),
+                     "output_dir": str(tmp_path / "runs")},
+    }
+
+
+def test_final_retrains_architectures_drawn_from_p_theta_and_answers_the_best_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from raynas.evaluators.scratch import ScratchEvaluator
+    from raynas.runs import run_search
+    from raynas.train.checkpoint import load_checkpoint
+
+    config = parse_job(_final_job(tmp_path, _table(small_space(), tmp_path)))
+    evaluate, calls = ScratchEvaluator.evaluate, []
+
+    def crash_on_the_second(self: ScratchEvaluator, arch: Architecture, **kw: object) -> object:
+        calls.append(kw["trial_id"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the driver dies during the second retraining
+        return evaluate(self, arch, **kw)
+
+    monkeypatch.setattr(ScratchEvaluator, "evaluate", crash_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, echo=lambda _: None)
+    lines: list[str] = []
+    result = run_search(config, echo=lines.append)  # resumes: the first is not retrained again
+    assert calls == ["retrain-draw-1", "retrain-draw-2", "retrain-draw-2", "retrain-draw-3"]
+    assert lines[0].startswith("Resuming 'fbnet-final' after epoch 1")
+    state = load_checkpoint(result.checkpoint)
+    theta = state["history"][-1]["arch_weights"]
+    drawn = Fbnet.draw_answers(theta, 3, seed=0)  # P_theta of the last epoch, the job's seed
+    retrained = state["retrained"]
+    assert [r["trial_id"] for r in retrained] == ["retrain-draw-1", "retrain-draw-2", "retrain-draw-3"]
+    assert [r["architecture"] for r in retrained] == [a.to_json() for a in drawn]
+    best = max(retrained, key=lambda r: r["metrics"]["valid_acc"])
+    assert result.architecture.to_json() == best["architecture"]
+    assert result.metrics["valid_acc"] == best["metrics"]["valid_acc"]
+    client = MlflowClient(config.tracking.tracking_uri)
+    children = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    trials = sorted(c.data.tags["raynas.trial_id"] for c in children)
+    assert [t for t in trials if t.startswith("retrain")] == [r["trial_id"] for r in retrained]
+    assert client.get_run(result.run_id).data.metrics["final.valid_acc"] == best["metrics"]["valid_acc"]

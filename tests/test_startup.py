@@ -365,6 +365,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "xd", "strategy": "random", "evaluator": "supernet"},
     {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
     {"strategy": "random", "evaluator": "morphism"},
+    {"final": {"top": 2}},
 ]
 
 

@@ -20,7 +20,7 @@ from raynas import storage
 from raynas.config import SearchConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
-from raynas.evaluators.scratch import network_size
+from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
 from raynas.profile import count_macs, count_params
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
@@ -229,6 +229,17 @@ def scored_size(config: SearchConfig) -> Size:
 def retrain_size(config: SearchConfig) -> Size:
     """The size ``final``'s retraining builds (``final.channels``, ``final.layers``, else the space's)."""
     return network_size(config, channels=config.final.channels, layers=config.final.layers)
+
+
+def final_evaluator(config: SearchConfig) -> ScratchEvaluator:
+    """What ``final`` retrains architectures with: from scratch, ``final``'s epochs and learning
+    rate, at its size (:func:`retrain_size`)."""
+    final = config.final
+    return ScratchEvaluator(
+        ScratchConfig(epochs=final.epochs, channels=final.channels, layers=final.layers,
+                      learning_rate=final.learning_rate),
+        search=config,
+    )
 
 
 def searched_network(

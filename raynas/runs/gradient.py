@@ -8,6 +8,7 @@ most the epoch in flight, and running the same job again continues it in the sam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -21,12 +22,14 @@ from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
     example_input,
+    final_evaluator,
     format_duration,
     job_space,
     log_cell_shapes,
     open_tracker,
     read_prior,
     result_costs,
+    retrain_size,
     run_path,
     searched_network,
 )
@@ -36,7 +39,7 @@ from raynas.strategies import STRATEGIES
 from raynas.tracking.recorder import SearchRecorder
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.train.checkpoint import save_checkpoint
-from raynas.types import Architecture, EpochReport
+from raynas.types import Architecture, EpochReport, EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ def run_gradient_search(
                               costs=CandidateCosts(config).complete,
                               draw=functools.partial(picture, space))
     history: list[dict[str, Any]] = prior["history"] if prior else []
+    # final: architectures drawn from the learnt distribution, retrained (checkpointed one by one)
+    retrained = [EvalResult.from_dict(r) for r in (prior or {}).get("retrained", [])]
     # Started before the run exists: bad data fails without an empty run.
     worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
     try:
@@ -114,6 +119,7 @@ def run_gradient_search(
                     "run_id": run_id,
                     "worker": last_state,
                     "history": history,
+                    "retrained": [r.to_dict() for r in retrained],
                     "finished": finished,
                 },
                 checkpoint, finished=finished,
@@ -182,7 +188,15 @@ def run_gradient_search(
         if chosen != len(history) - 1:
             echo(f"Returning the architecture of epoch {chosen + 1} (chosen by {config.strategy.name})")
         final = _report_from_state(history[chosen])
-        costs = result_costs(config, final.architecture)
+        size, network = None, None
+        if config.final.top:
+            network = _retrain_drawn(config, history, retrained, recorder, save, echo)
+            best = max(retrained, key=lambda r: r.score)
+            final = EpochReport(epoch=final.epoch, metrics=best.metrics, architecture=best.architecture)
+            size = retrain_size(config)  # the answer's size is that of the network that scored it
+            if network is not None and network[0] != best.architecture.key():
+                network = None
+        costs = result_costs(config, final.architecture, size=size)
         params, params_cifar = int(costs["params"]), int(costs["paper_params"])
         summary = {
             **final.metrics, **costs, "epochs_run": len(history), "stopped_early": stopped_early,
@@ -192,7 +206,8 @@ def run_gradient_search(
                         final.architecture)
         recorder.finish(
             final, summary, weights_history=[h["arch_weights"] for h in history],
-            network=searched_network(config, final.architecture), example=example_input(config),
+            network=network[1] if network else searched_network(config, final.architecture, size=size),
+            trained=network is not None, example=example_input(config),
             picture=picture(space, final.architecture), op_names=getattr(space, "op_names", None),
             edge_names=getattr(space, "edge_names", None),
         )
@@ -215,6 +230,43 @@ def run_gradient_search(
         checkpoint=checkpoint,
         seconds=time.perf_counter() - started,
     )
+
+
+def _retrain_drawn(
+    config: SearchConfig, history: list[dict[str, Any]], retrained: list[EvalResult],
+    recorder: SearchRecorder,
+    save: Callable[[bool], None], echo: Callable[[str], None],
+) -> tuple[str, Any] | None:
+    """``final``: ``final.top`` architectures drawn (seeded by the job's seed) from the distribution
+    of the last epoch's architecture state (``history``: every epoch's report), each retrained from
+    scratch with ``final``'s budget, recorded as a candidate (trial ``retrain-draw-<n>``) and
+    appended to ``retrained``, checkpointed one by one: a resumed search draws the same ones and
+    retrains the rest. Returns the best network retrained in this run with its architecture's key
+    (None when every one was retrained before a crash)."""
+    draw = STRATEGIES.get(config.strategy.name).draw_answers  # type: ignore[attr-defined]
+    drawn = draw(history[-1]["arch_weights"], config.final.top, config.seed)
+    recorder.backfill(retrained)  # what a crash may have kept from being recorded
+    echo(f"Retraining {len(drawn)} architectures drawn from {config.strategy.name}'s distribution "
+         f"({config.final.epochs} epochs each)")
+    evaluator = final_evaluator(config)
+    sizes = CandidateCosts(config, size=retrain_size(config))
+    done = {r.trial_id for r in retrained}
+    best: tuple[float, str, Any] | None = None
+    for n, arch in enumerate(drawn, start=1):
+        trial = f"retrain-draw-{n}"
+        if trial in done:
+            continue
+        started = time.time()
+        result = evaluator.evaluate(arch, trial_id=trial)
+        result = sizes.complete(dataclasses.replace(result, started=started, ended=time.time()))
+        retrained.append(result)
+        save(False)
+        recorder.candidate(result, step=len(history) + n - 1)
+        recorder.flush()
+        if evaluator.network is not None and (best is None or result.score > best[0]):
+            best = (result.score, arch.key(), evaluator.network.cpu().eval())
+        echo(f"retrained {arch.key()}: {result.objective} {result.score:.2%}")
+    return None if best is None else (best[1], best[2])
 
 
 def _save(state: dict[str, Any], checkpoint: str, *, finished: bool) -> None:

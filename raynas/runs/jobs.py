@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.config import (
+    JOB_SECTIONS,
     Check,
     Component,
     RetrainConfig,
@@ -144,6 +145,7 @@ def traits_of(section: str, entry: Entry[Any]) -> Mapping[str, Any] | None:
         "kind": "sampling" if sampling else "gradient",
         "needs_supernet": bool(getattr(target, "needs_supernet", False)) if sampling else False,
         "needs_choices": bool(getattr(target, "needs_choices", True)) if sampling else False,
+        "draws_answers": not sampling and hasattr(target, "draw_answers"),
         **(entry.traits or {}),
     }
 
@@ -278,7 +280,7 @@ def job_rules(
         settings[section] = {k: _plain(v) for k, v in values.items()}
         traits[section] = trait_values(traits_of(section, entry), settings[section])
         checks[section] = job_checks_of(entry.config) if entry.config is not None else ()
-    shared = {key: getattr(config, key) for key in ("train", "tune", "execution")}
+    shared = {key: getattr(config, key) for key in JOB_SECTIONS}
     registered = {"evaluators": EVALUATORS.names(), "datasets": DATASETS.names()}
     return search_scope(names, traits, settings, shared, given, registered), checks
 

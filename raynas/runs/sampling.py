@@ -34,7 +34,6 @@ from typing import Any
 from raynas import storage
 from raynas.config import SearchConfig
 from raynas.errors import RaynasError, WorkerLostError
-from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.execution.controller import RemoteController, build_controller, start_controller
 from raynas.execution.pool import start_pool
 from raynas.execution.ray_actors import init_ray, ray_logs
@@ -42,6 +41,7 @@ from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
     example_input,
+    final_evaluator,
     job_space,
     log_cell_shapes,
     open_tracker,
@@ -507,11 +507,7 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
             seen.add(result.architecture.key())
             chosen.append(result)
     done = {r.architecture.key() for r in search.retrained}
-    evaluator = ScratchEvaluator(
-        ScratchConfig(epochs=final.epochs, channels=final.channels, layers=final.layers,
-                      learning_rate=final.learning_rate),
-        search=config,
-    )
+    evaluator = final_evaluator(config)
     sizes = CandidateCosts(config, size=retrain_size(config))  # final's size
     for result in chosen[: final.top]:
         if result.architecture.key() in done:

@@ -23,8 +23,10 @@ validation part (:attr:`Fbnet.alternates_by_epoch`: the loop calls :meth:`Fbnet.
 every training batch, then :meth:`Fbnet.arch_step` on every validation batch). The paper splits its
 data 80/20 (``data.train_portion: 0.8``) and trains ``theta`` with Adam at 0.01, weight decay 5e-4
 (the defaults here; Adam's betas left at their defaults). The paper's final architectures are
-sampled from ``P_theta`` (:meth:`Fbnet.sample_architectures`); the search's answer is the
-distribution's mode, the most probable architecture (the argmax of every layer's ``theta``).
+sampled from ``P_theta`` and trained from scratch: ``final.top`` architectures drawn from the last
+epoch's ``P_theta`` (:meth:`Fbnet.draw_answers`) are retrained with ``final``'s budget, and the best
+is the answer; without ``final`` the answer is the distribution's mode, the most probable
+architecture (the argmax of every layer's ``theta``).
 """
 
 from __future__ import annotations
@@ -154,12 +156,25 @@ class Fbnet(GradientStrategy):
     def sample_architectures(self, n: int, generator: torch.Generator | None = None) -> list[Any]:
         """``n`` architectures drawn from ``P_theta`` (every layer's block from the softmax of its
         ``theta``), as the paper draws the ones it trains from scratch."""
-        probs = torch.softmax(self.model.theta.detach().float().cpu(), dim=-1)  # (layers, 9)
-        picks = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, layers)
-        from raynas.ops.fbnet import FBNET_BLOCKS
-        from raynas.spaces.fbnet import FbnetArch
+        return _draw(self.model.theta.detach(), n, generator)
 
-        return [FbnetArch(tuple(FBNET_BLOCKS[i] for i in row.tolist())) for row in picks]
+    @staticmethod
+    def draw_answers(arch_state: dict[str, Any], n: int, seed: int) -> list[Any]:
+        """``n`` distinct architectures drawn from the ``P_theta`` of an epoch's recorded
+        architecture state (``{"theta": ...}``), seeded: the paper's end of the search, which
+        samples six architectures from the trained distribution and trains them from scratch
+        (``final.top`` of them here). Fewer when ``100 n`` draws find fewer distinct ones (a
+        distribution that has all but settled)."""
+        theta = torch.tensor(arch_state["theta"], dtype=torch.float32)
+        generator = torch.Generator().manual_seed(seed)
+        found: dict[str, Any] = {}
+        for _ in range(100):
+            for arch in _draw(theta, n, generator):
+                if len(found) < n:
+                    found.setdefault(arch.key(), arch)
+            if len(found) == n:
+                break
+        return list(found.values())
 
     def epoch_metrics(self) -> dict[str, float]:
         """Table latency of the derived architecture and expected under the softmax (``latency_unit``)."""
@@ -180,6 +195,16 @@ class Fbnet(GradientStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._set_tau()
+
+
+def _draw(theta: torch.Tensor, n: int, generator: torch.Generator | None) -> list[Any]:
+    """``n`` architectures, every layer's block drawn from the softmax of its row of ``theta``."""
+    from raynas.ops.fbnet import FBNET_BLOCKS
+    from raynas.spaces.fbnet import FbnetArch
+
+    probs = torch.softmax(theta.float().cpu(), dim=-1)  # (layers, 9)
+    picks = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, layers)
+    return [FbnetArch(tuple(FBNET_BLOCKS[i] for i in row.tolist())) for row in picks]
 
 
 def layer_latency_matrix(table: LatencyTable, supernet: nn.Module) -> torch.Tensor:
