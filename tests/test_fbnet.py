@@ -408,7 +408,7 @@ def _final_job(tmp_path: Path, table: Path) -> dict:
                      "arch_start_epoch": 0},
         "data": {"name": "digits", "batch_size": 16, "limit": 96},
         "train": {"epochs": 1, "learning_rate": 0.05},
-        "final": {"top": 3, "epochs": 1, "learning_rate": 0.05},
+        "final": {"top": 2, "epochs": 1, "learning_rate": 0.05},
         "execution": {"backend": "local"},
         "tracking": {"experiment": "fbnet-final", "tracking_uri": mlflow_store(tmp_path),
                      "output_dir": str(tmp_path / "runs")},
@@ -438,13 +438,13 @@ def test_final_retrains_architectures_drawn_from_p_theta_and_answers_the_best_af
         run_search(config, echo=lambda _: None)
     lines: list[str] = []
     result = run_search(config, echo=lines.append)  # resumes: the first is not retrained again
-    assert calls == ["retrain-draw-1", "retrain-draw-2", "retrain-draw-2", "retrain-draw-3"]
+    assert calls == ["retrain-draw-1", "retrain-draw-2", "retrain-draw-2"]
     assert lines[0].startswith("Resuming 'fbnet-final' after epoch 1")
     state = load_checkpoint(result.checkpoint)
     theta = state["history"][-1]["arch_weights"]
-    drawn = Fbnet.draw_answers(theta, 3, seed=0)  # P_theta of the last epoch, the job's seed
+    drawn = Fbnet.draw_answers(theta, 2, seed=0)  # P_theta of the last epoch, the job's seed
     retrained = state["retrained"]
-    assert [r["trial_id"] for r in retrained] == ["retrain-draw-1", "retrain-draw-2", "retrain-draw-3"]
+    assert [r["trial_id"] for r in retrained] == ["retrain-draw-1", "retrain-draw-2"]
     assert [r["architecture"] for r in retrained] == [a.to_json() for a in drawn]
     best = max(retrained, key=lambda r: r["metrics"]["valid_acc"])
     assert result.architecture.to_json() == best["architecture"]
