@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import BIN, _process_tree, start_ray_head, stop_ray_cluster, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
@@ -187,3 +188,55 @@ def test_a_lost_ray_head_is_one_raynas_line_and_the_search_resumes_on_another_ra
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
                                 filter_string="tags.mlflow.runName = 'tiny'")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [0, 1, 2]
+
+
+@pytest.mark.own_ray
+def test_a_lost_ray_head_stops_a_tune_search_with_one_raynas_line_and_it_resumes_on_another_ray(
+    tmp_path: Path,
+) -> None:
+    """The head of a ``tune:`` search's Ray goes while a trial trains: Tune would try the lost
+    trials again and clean up through the dead head until Ray's core ended the process a minute
+    later with its own report; raynas stops at once with status 1 and one line naming Ray's
+    logs, and run again on a local Ray the search resumes and records every candidate once."""
+    from test_tune_cli import assert_recorded_once, shrunk
+
+    address, temp_dir = start_ray_head()
+    path = shrunk("evolution_quickstart.yaml", tmp_path, address,
+                  strategy={"population_size": 2, "sample_size": 2, "evaluations": 2},
+                  evaluator={"epochs": 2})
+    raw = yaml.safe_load(path.read_text())
+    del raw["execution"]["address"]  # the head comes from RAY_ADDRESS, and the second run has none
+    path.write_text(yaml.safe_dump(raw))
+    command = [str(BIN / "raynas"), "search", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": address}
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not any(r.read_text().strip() for r in (tmp_path / "runs").rglob("result.json")):
+                assert time.monotonic() < deadline and proc.poll() is None, "no trial reported an epoch"
+                time.sleep(0.05)
+            stop_ray_cluster(temp_dir, workers_first=0.5)  # its workers, then its GCS and raylet
+            stopped = time.monotonic()
+            console, _ = proc.communicate(timeout=120)
+            waited = time.monotonic() - stopped
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        named = assert_quiet(console)  # (before the head's folder with Ray's logs goes)
+    finally:
+        stop_ray_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 1, console[-3000:]
+    assert len(named) == 1 and named[0].startswith("raynas: error: the Ray cluster at "), console[-3000:]
+    assert "is gone" in named[0] and named[0].endswith("run the same command to resume")
+    assert "trains on" not in console and "Failed to connect to GCS" not in console
+    assert waited < 45  # raynas's line, not Ray's core ending the process after its 60 s
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming 'tune-cli'" in done.stdout
+    assert len(assert_recorded_once(tmp_path)) >= 2

@@ -209,6 +209,14 @@ def head_lost(head: str, grace: float = HEAD_GRACE_SECONDS) -> bool:
         time.sleep(0.25)
 
 
+def check_head() -> None:
+    """Raise :class:`ClusterLostError` if this process's Ray head stops answering (within
+    :data:`HEAD_GRACE_SECONDS`): what a lost actor or trial means when its whole cluster went."""
+    head = cluster_head()
+    if head and head_lost(head):
+        raise _cluster_lost(head)
+
+
 def _cluster_lost(head: str) -> ClusterLostError:
     return ClusterLostError(
         f"the Ray cluster at {head} is gone (its head does not answer; Ray's logs are in "

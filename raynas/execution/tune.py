@@ -45,10 +45,10 @@ from ray.tune.schedulers import (
 from ray.tune.search import Searcher
 
 from raynas.config import SearchConfig
-from raynas.errors import ConfigError, RaynasError
+from raynas.errors import ClusterLostError, ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
-from raynas.execution.ray_actors import init_ray, node_type, ray_logs
+from raynas.execution.ray_actors import check_head, init_ray, node_type, ray_logs
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
 
@@ -357,11 +357,28 @@ class SayTrialFailures(tune.Callback):
                   f"Ray's logs are in {ray_logs()}{report}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _stop_if_the_head_is_gone()
         self._say(trial, f"it trains on from its last checkpoint ({trial.num_failures} of at most "
                          f"{self.max_failures} restarts)")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _stop_if_the_head_is_gone()
         self._say(trial, f"Tune gave up on it after {self.max_failures} restarts")
+
+
+class _ClusterGone(BaseException):
+    """Carries :class:`ClusterLostError` out of Tune's loop. Not an ``Exception``: Tune cleans up
+    after those (``tune.run``: ``except Exception: runner.cleanup()``), stopping every trial
+    through the dead head, which blocks until Ray's core ends the process a minute later."""
+
+
+def _stop_if_the_head_is_gone() -> None:
+    """A trial lost with its whole cluster stops the search, with raynas's line (see
+    :func:`check_head`), instead of Tune trying again on a cluster that is gone."""
+    try:
+        check_head()
+    except ClusterLostError as exc:
+        raise _ClusterGone(exc) from None
 
 
 def _error_line(trial: Any) -> str:
@@ -722,7 +739,10 @@ def _fit(
             stop=_StopOnFailure(ledger),
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except _ClusterGone as gone:
+        raise gone.args[0] from None
     if ledger.failure is not None:
         raise ledger.failure
 
