@@ -38,6 +38,7 @@ SHRINK_SPACE = {
     "nexception": ["space.depth_choices=[1]", "space.widths=[4,8,8,8,8,8,8]"],
     "stacked_bnas": ["space.channels=4", "space.blocks=1", "space.nodes=2"],
     "ran_e": ["space.stage_depths=[1,1,1,1]", "space.halved_layers=[]"],
+    "ran_i": ["space.base_depths=[1,1,1,1]"],
 }
 
 
