@@ -234,8 +234,7 @@ def run_gradient_search(
 
 def _retrain_drawn(
     config: SearchConfig, history: list[dict[str, Any]], retrained: list[EvalResult],
-    recorder: SearchRecorder,
-    save: Callable[[bool], None], echo: Callable[[str], None],
+    recorder: SearchRecorder, save: Callable[[bool], None], echo: Callable[[str], None],
 ) -> tuple[str, Any] | None:
     """``final``: ``final.top`` architectures drawn (seeded by the job's seed) from the distribution
     of the last epoch's architecture state (``history``: every epoch's report), each retrained from
