@@ -20,11 +20,16 @@ controller and passed to the search driver's ``on_result``, so no evaluated cand
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +53,7 @@ from raynas.config import SearchConfig
 from raynas.errors import ClusterLostError, ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
-from raynas.execution.ray_actors import check_head, init_ray, node_type, ray_logs
+from raynas.execution.ray_actors import check_head, cluster_head, head_lost, init_ray, node_type, ray_logs
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
 
@@ -379,6 +384,62 @@ def _stop_if_the_head_is_gone() -> None:
         check_head()
     except ClusterLostError as exc:
         raise _ClusterGone(exc) from None
+
+
+ABANDON_SECONDS = 5.0
+"""How long a lost head's :class:`_ClusterGone` may wait for the main thread before the process ends."""
+
+
+@contextlib.contextmanager
+def _watching_the_head(every: float = 1.0) -> Iterator[None]:
+    """While the block runs, a thread checks each ``every`` seconds that the Ray head answers;
+    once it does not (:func:`check_head`), :class:`_ClusterGone` is raised in the main thread,
+    wherever Tune's loop is (between trials, placing one, waiting for results: a state in which
+    no trial fails, so no callback would hear of it); if the main thread is blocked in Ray's C code
+    and has not taken it within :data:`ABANDON_SECONDS`, the process ends with the command line's
+    line and status 1. Outside the main thread (signals cannot be handled there), or unconnected,
+    the block runs unwatched."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    head = cluster_head()
+    if not head:
+        yield
+        return
+    lost: list[ClusterLostError] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            if not head_lost(head, grace=0):  # one quick probe; a failed one is confirmed below
+                continue
+            try:
+                check_head()
+            except ClusterLostError as exc:
+                lost.append(exc)
+                _thread.interrupt_main(signal.SIGUSR2)
+                if done.wait(ABANDON_SECONDS):
+                    return
+                # The main thread is blocked in Ray's C code, waiting on the dead head, and runs no
+                # handler: end the process as the command line ends it on this error (everything
+                # finished is journaled and checkpointed), before Ray's core does with its report.
+                print(f"raynas: error: {exc}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(1)
+
+    def on_lost(signum: int, frame: Any) -> None:
+        if lost:
+            raise _ClusterGone(lost[0])
+
+    # SIGUSR2: tune.run takes SIGINT and SIGUSR1 for its own stop, which checkpoints through the head.
+    previous = signal.signal(signal.SIGUSR2, on_lost)
+    watcher = threading.Thread(target=watch, name="raynas-head-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def _error_line(trial: Any) -> str:
@@ -740,7 +801,8 @@ def _fit(
         ),
     )
     try:
-        tuner.fit()
+        with _watching_the_head():
+            tuner.fit()
     except _ClusterGone as gone:
         raise gone.args[0] from None
     if ledger.failure is not None:
