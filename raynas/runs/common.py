@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,11 @@ def scored_size(config: SearchConfig) -> Size:
 def retrain_size(config: SearchConfig) -> Size:
     """The size ``final``'s retraining builds (``final.channels``, ``final.layers``, else the space's)."""
     return network_size(config, channels=config.final.channels, layers=config.final.layers)
+
+
+def timed(result: EvalResult, started: float) -> EvalResult:
+    """``result`` of an evaluation that began at ``started`` (epoch seconds) and ended now."""
+    return dataclasses.replace(result, started=started, ended=time.time())
 
 
 def final_evaluator(config: SearchConfig) -> ScratchEvaluator:

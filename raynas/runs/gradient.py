@@ -8,7 +8,6 @@ most the epoch in flight, and running the same job again continues it in the sam
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
@@ -32,6 +31,7 @@ from raynas.runs.common import (
     retrain_size,
     run_path,
     searched_network,
+    timed,
 )
 from raynas.runs.supernet_worker import SupernetWorker
 from raynas.spaces.drawing import picture
@@ -257,7 +257,7 @@ def _retrain_drawn(
             continue
         started = time.time()
         result = evaluator.evaluate(arch, trial_id=trial)
-        result = sizes.complete(dataclasses.replace(result, started=started, ended=time.time()))
+        result = sizes.complete(timed(result, started))
         retrained.append(result)
         save(False)
         recorder.candidate(result, step=len(history) + n - 1)

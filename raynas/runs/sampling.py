@@ -51,6 +51,7 @@ from raynas.runs.common import (
     run_path,
     scored_size,
     searched_network,
+    timed,
 )
 from raynas.runs.journal import SNAPSHOT_SECONDS, Journal, journal_location
 from raynas.spaces.drawing import picture
@@ -514,7 +515,7 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
             continue
         started = time.time()
         retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
-        retrained = sizes.complete(_timed(retrained, started))
+        retrained = sizes.complete(timed(retrained, started))
         if evaluator.network is not None:  # registered if it is the search's answer
             search.retrained_networks[result.architecture.key()] = evaluator.network.cpu().eval()
         search.retrained_one(retrained)
@@ -524,12 +525,6 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
             f"retrained {result.architecture.key()}: {retrained.objective} {_score_text(retrained)} "
             f"(searched {_score_text(result)})"
         )
-
-
-def _timed(result: EvalResult, started: float) -> EvalResult:
-    import dataclasses
-
-    return dataclasses.replace(result, started=started, ended=time.time())
 
 
 def _score_text(result: EvalResult) -> str:
