@@ -54,6 +54,7 @@ from raynas.errors import ClusterLostError, ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
 from raynas.execution.ray_actors import check_head, cluster_head, head_lost, init_ray, node_type, ray_logs
+from raynas.execution.tune_resources import placement_groups_removed_once_placed
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
 
@@ -801,7 +802,7 @@ def _fit(
         ),
     )
     try:
-        with _watching_the_head():
+        with _watching_the_head(), placement_groups_removed_once_placed():
             tuner.fit()
     except _ClusterGone as gone:
         raise gone.args[0] from None
