@@ -63,6 +63,26 @@ def test_an_unreachable_mlflow_server_says_to_start_it(
     assert "start it, or leave out --tracking-uri / MLFLOW_TRACKING_URI to use a local store" in err
 
 
+@pytest.mark.parametrize("given", ["--address", "RAY_ADDRESS"])
+def test_a_ray_address_nothing_answers_at_says_to_start_the_cluster(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray itself would retry such an address for minutes, printing a warning every few seconds."""
+    import ray
+
+    ray.shutdown()  # joined by an earlier test of this process: the search would not connect anew
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    job = tiny_job(tmp_path, execution={"backend": "ray"})
+    if given == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        err = refused(capsys, tmp_path, job)
+    else:
+        err = refused(capsys, tmp_path, job, "--address", address)
+    where = "execution.address (--address)" if given == "--address" else "RAY_ADDRESS"
+    assert f"no Ray cluster answers at {address} ({where}); start it (`ray start --head`)" in err
+    assert not ray.is_initialized()
+
+
 def test_an_unwritable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     job = tiny_job(tmp_path, tracking={"output_dir": str(tmp_path / "a-file" / "runs")})

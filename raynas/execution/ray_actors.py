@@ -59,6 +59,13 @@ def init_ray(execution: ExecutionConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
+        endpoint = gcs_endpoint(address)
+        if endpoint and not _answers(endpoint):  # ray.init would retry for minutes, printing as it goes
+            given = "execution.address (--address)" if execution.address else "RAY_ADDRESS"
+            raise ConfigError(
+                f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
+                "correct the address, or leave it out for a local Ray"
+            )
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
         return
@@ -188,11 +195,18 @@ def cluster_head() -> str:
         return ""
 
 
+def gcs_endpoint(address: str) -> str | None:
+    """The host:port a Ray address connects to (``host:port``, or ``ray://host:port`` for Ray
+    Client); None for ``auto`` and other forms, which Ray resolves itself."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return f"{host}:{port}" if host and "/" not in host and port.isdigit() else None
+
+
 def _answers(address: str, timeout: float = 3.0) -> bool:
     """Whether something accepts a TCP connection at host:port."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return True
     except (OSError, ValueError):
         return False
