@@ -234,8 +234,10 @@ def ray_head() -> Iterator[str]:
 HEAD_IDLE_SECONDS = 60.0
 
 
+@functools.cache
 def _head_state(address: str) -> object:
-    """Ray's read-only view of a cluster's GCS (resources, actor table) without joining it."""
+    """Ray's read-only view of a cluster's GCS (resources, actor table) without joining it; one
+    per cluster and process."""
     from ray._private.state import GlobalState
     from ray._raylet import GcsClientOptions
 
