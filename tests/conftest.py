@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -227,58 +226,6 @@ def ray_head() -> Iterator[str]:
             ray.shutdown()  # or Ray's exit handler waits a minute for the dead GCS and kills the run
         stop_ray_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-# How long a test on the session's Ray head may leave it busy: Tune and the pools stop their actors
-# as they finish, and Ray frees an actor's resources a moment after the actor ends.
-HEAD_IDLE_SECONDS = 60.0
-
-
-@functools.cache
-def _head_state(address: str) -> object:
-    """Ray's read-only view of a cluster's GCS (resources, actor table) without joining it; one
-    per cluster and process."""
-    from ray._private.state import GlobalState
-    from ray._raylet import GcsClientOptions
-
-    state = GlobalState()
-    state._initialize_global_state(GcsClientOptions.create(
-        address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False
-    ))
-    return state
-
-
-@pytest.fixture(autouse=True)
-def _the_head_is_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the session's Ray head leaves every CPU of it free: an actor a search leaked
-    (a supernet replica, a Tune trial) would hold a user's cluster after the search, and here it
-    would leave the next test's actors waiting forever to be placed. Such actors fail the test
-    that left them, named, and are ended so that the tests after it run on an idle head."""
-    yield
-    if "ray_head" not in request.fixturenames:
-        return
-    state: Any = _head_state(request.getfixturevalue("ray_head"))
-    deadline = time.monotonic() + HEAD_IDLE_SECONDS
-    while True:
-        total = state.cluster_resources().get("CPU", 0)
-        if state.available_resources().get("CPU", 0) >= total or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if state.available_resources().get("CPU", 0) >= total:
-        return
-    alive = [a for a in state.actor_table(None).values() if a["State"] != "DEAD"]
-    for actor in alive:
-        with contextlib.suppress(OSError):
-            os.kill(int(actor["Pid"]), signal.SIGKILL)
-    groups = [g for g in state.placement_group_table().values() if g["state"] != "REMOVED"]
-    pytest.fail(
-        f"the test left {total - state.available_resources().get('CPU', 0):g} of the Ray head's CPUs "
-        f"reserved {HEAD_IDLE_SECONDS:g} s after it ended; actors: "
-        + ("; ".join(f"{a['ActorClassName']} ({a['State']}, job {a['JobID']}, pid {a['Pid']})" for a in alive)
-           or "none")
-        + f"; placement groups: {[g['state'] for g in groups] or 'none'} (none of either: a placement "
-        "group removed while being placed, ray-project/ray#64693)"
-    )
 
 
 @pytest.fixture(scope="session")
