@@ -184,9 +184,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     from raynas.config import read_job
+    from raynas.latency import check_named_table
 
     # Checked before torch, Ray and MLflow are imported (seconds), so a bad job answers at once.
     raw = read_job(args.config, _overrides(args), kind="search")
+    check_named_table(raw.get("strategy"))
 
     from raynas.runs.common import format_duration, reference_name
     from raynas.runs.jobs import parse_job

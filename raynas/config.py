@@ -775,7 +775,7 @@ def _check_settings(
             if value is not None:
                 _check_settings(_join(where, key), value, inner["names"], inner.get("rules", {}),
                                 inner.get("checks", ()), inner.get("defaults", {}), sections)
-            values[key] = _tuples(value)
+            values[key] = _tuples(value if value is None else {**inner.get("defaults", {}), **value})
             continue
         hint = manifest_type(keys.get(key))
         if hint is not None:
@@ -1265,8 +1265,41 @@ def listed_once(key: str, allowed: tuple[str, ...], where: str = "space") -> Che
     )
 
 
+def names_record(
+    key: str, where: str, what: str, form: str, compact: str, published: Callable[[], Iterable[str]]
+) -> Check:
+    """The :class:`Check` that the setting ``key`` names an architecture some reader can open: a
+    published one (the table ``published``, its names and aliases), JSON text, a file, or text
+    in the space's compact ``form`` (``compact``: an expression over ``text``, the setting
+    stripped, true where it is written in that form, which the space's parser reads once torch
+    loads). Empty: none named. The message is the one the space's reader gives.
+
+    Args:
+        key: The setting.
+        where: Its place in the job, for the message (``strategy.reference``).
+        what: What a published one is called (``ran_i network``).
+        form: The compact form, for the message (``depths/widths, e.g. ...``).
+        compact: E.g. ``"'/' in text"``.
+        published: The published names and aliases (called when the check is made).
+    """
+    return Check(
+        f"not {key} or any(text in published or text[:1] == '{{' or is_file(text) or ({compact}) "
+        f"for text in [strip({key})])",
+        f"{where}: {{strip({key})!r}} is no published {what} ({{join(published)}}), no file, and "
+        f"not {form}",
+        tables={"published": lambda: tuple(sorted(published()))},
+    )
+
+
 def _join_names(items: Iterable[Any]) -> str:
     return ", ".join(map(str, items))
+
+
+def _is_file(path: Any) -> bool:
+    try:
+        return isinstance(path, str) and os.path.isfile(path)
+    except (OSError, ValueError):  # (a name too long, a NUL)
+        return False
 
 
 CHECK_FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -1275,6 +1308,8 @@ CHECK_FUNCTIONS: dict[str, Callable[..., Any]] = {
         round, abs, repr,
     )},
     "join": _join_names,  # "a, b, c", for messages that list names
+    "strip": str.strip,
+    "is_file": _is_file,  # a setting that names a file of the job's (a genotype, a network)
 }
 """The functions a :class:`Check`'s expressions may call."""
 
@@ -1326,6 +1361,8 @@ TRAITS: dict[str, str] = {
     # A space's:
     "choices": "offers the flat view of decisions (decisions, encode, decode) sampling strategies search",
     "cell_shape": "measures its cells' width and depth (strategy.cell_shape)",
+    "cell_shapes": "the shapes its cells can have: [depth, least width, most width] for each depth "
+                   "(strategy.cell_shape's bounds must meet one)",
     "two_input_cells": "every decision is a two-input node's, in cells of one size (progressive grows them)",
     "one_shot": "its supernet trains one sampled path at a time (set_path; evaluator supernet)",
     "drop_paths": "its supernet sums every op of an edge and can drop paths (evaluator.path_dropout)",
@@ -1450,6 +1487,20 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         "or strategy_settings['cell_shape'] is None or space_is['cell_shape']",
         "strategy.cell_shape: the {space!r} space has no cells whose width and depth can be "
         "measured (the darts space has); remove strategy.cell_shape",
+    ),
+    Check(
+        # Some depth d whose widths (every half step from lo to hi) meet the bounds (0: none).
+        # Bounds met only by cells too rare to draw are refused when the strategy is built.
+        "strategy_is['kind'] != 'sampling' or 'cell_shape' not in strategy_settings "
+        "or strategy_settings['cell_shape'] is None or not space_is['cell_shapes'] "
+        "or any((not c['min_depth'] or d >= c['min_depth']) "
+        "and (not c['max_depth'] or d <= c['max_depth']) "
+        "and -((-2 * max(lo, c['min_width'])) // 1) "
+        "<= 2 * (min(hi, c['max_width']) if c['max_width'] else hi) "
+        "for c in [strategy_settings['cell_shape']] for d, lo, hi in space_is['cell_shapes'])",
+        "strategy.cell_shape: no cell of the {space!r} space meets these bounds; its cells have "
+        "{join(['depth %d and width %g' % (d, lo) if lo == hi else 'depth %d and width %g-%g' % (d, lo, hi) "
+        "for d, lo, hi in space_is['cell_shapes']])}; loosen the bounds",
     ),
     Check(
         "not (execution['concurrency'] > 1 and execution['backend'] == 'local')",

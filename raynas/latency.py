@@ -12,6 +12,9 @@ accelerator a synchronisation before reading the clock.
 
 A space that supports tables provides ``latency_items(dataset)`` (key -> module and input shape)
 and ``latency_keys(arch, dataset)`` (the keys that make up a network); see ``raynas.spaces.fbnet``.
+
+Finding and reading tables needs no torch (the functions that time import it), so the command line
+answers a job whose table is missing or corrupt before it loads torch.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from raynas.config import Check
 from raynas.errors import ConfigError
 from raynas.types import Architecture, DatasetInfo
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,10 @@ class LatencyTable:
         return LatencyTable.from_dict(data, f"latency table file {str(path)!r}")
 
 
+LATENCY_DIR = "latency_tables"
+"""Where device tables live unless a strategy's ``latency_dir`` says otherwise."""
+
+
 def table_path(directory: str | Path, device: str) -> Path:
     """Where the table of ``device`` lives in a table directory: ``<directory>/<device>.json``."""
     if not device or any(c in device for c in "/\\") or device.startswith("."):
@@ -199,8 +207,23 @@ def required_table(reference: str, directory: str | Path) -> str:
         return reference
 
 
+def check_named_table(strategy: Any) -> None:
+    """Find and read the latency table a search job's ``strategy`` section names (its
+    ``latency_table`` in its ``latency_dir``), if it names one: what ``raynas search`` does before
+    it loads torch. ``raynas latency --job``, which measures the table, does not ask this.
+
+    Raises:
+        ConfigError: The table does not exist, is not JSON, or is not a table.
+    """
+    if not isinstance(strategy, dict) or not strategy.get("latency_table"):
+        return
+    directory = str(strategy.get("latency_dir", LATENCY_DIR))
+    LatencyTable.load(find_table(str(strategy["latency_table"]), directory))
+
+
 def describe_device(device: torch.device, threads: int | None) -> str:
     """A readable name of what a table is measured on."""
+    import torch
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     cpu = _cpu_model() or platform.processor() or platform.machine()
@@ -219,6 +242,7 @@ def _cpu_model() -> str:
 
 
 def _synchronize(device: torch.device) -> None:
+    import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type != "cpu" and hasattr(torch, "accelerator"):
@@ -227,6 +251,7 @@ def _synchronize(device: torch.device) -> None:
 
 @contextmanager
 def _threads(threads: int | None) -> Iterator[None]:
+    import torch
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -248,6 +273,7 @@ def measure(
         device: Where to run.
         options: Batch size, warm-up, repeats and threads.
     """
+    import torch
     options = options or TimingOptions()
     device = torch.device(device)
     module = module.to(device).eval()
@@ -278,6 +304,7 @@ def build_table(
         device: The torch device to measure on.
         options: How to time each entry.
     """
+    import torch
     options = options or TimingOptions()
     device = torch.device(device)
     entries = {

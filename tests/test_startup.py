@@ -259,6 +259,9 @@ CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("strategy", "novelty", {"sample_size": 30}),
     ("strategy", "spos", {"mutation_num": 40, "crossover_num": 20}),
     ("strategy", "fbnet", {"latency_dir": "tables"}),
+    ("strategy", "ran_e", {"latency_table": "no_such_device", "seed_architecture": "ran_e_x"}),
+    ("strategy", "ran_i", {"reference": "RAN-i-X"}),
+    ("space", "xd", {"backbones": ["darts:DARTS_V9"]}),
     # A section inside a component's (strategy.cell_shape), its own checks and ranges.
     ("strategy", "evolution", {"cell_shape": {"cells": "normal"}}),
     ("strategy", "random", {"cell_shape": {"min_width": 3.0, "max_width": 2.0}}),
@@ -366,6 +369,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
     {"strategy": "random", "evaluator": "morphism"},
     {"final": {"top": 2}},
+    {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
 ]
 
 
@@ -452,3 +456,87 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
         }
         assert traits is not None
         assert {k: traits[k] for k in does} == does, name
+        if does["cell_shape"]:
+            assert traits["cell_shapes"] == cell_shapes_counted(space), name
+
+
+def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
+    """``(depth, width)`` of every normal cell of ``space``, measured with the space's own
+    ``cell_shape`` on every choice of its nodes' inputs."""
+    import itertools
+
+    decisions = space.decisions()
+    inputs = [i for i, d in enumerate(decisions) if d.name.startswith("normal.") and "inputs" in d.name]
+    seen = set()
+    for choice in itertools.product(*(range(len(decisions[i].options)) for i in inputs)):
+        values = [0] * len(decisions)
+        for i, option in zip(inputs, choice, strict=True):
+            values[i] = option
+        shape = space.cell_shape(space.decode(values))
+        seen.add((shape["normal_depth"], shape["normal_width"]))
+    return seen
+
+
+def cell_shapes_counted(space: Any) -> tuple[tuple[float, ...], ...]:
+    """``[depth, least width, most width]`` for each depth the normal cells of ``space`` have."""
+    widths: dict[int, list[float]] = {}
+    for depth, width in normal_cell_shapes(space):
+        widths.setdefault(depth, []).append(width)
+    return tuple((d, min(w), max(w)) for d, w in sorted(widths.items()))
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 5])
+def test_the_cell_shapes_a_darts_space_declares_are_those_its_cells_have(nodes: int) -> None:
+    """The trait the pre-check of strategy.cell_shape reads (every depth's least and most width,
+    every half step between them taken) against every cell of the space, counted: with 5 nodes,
+    2,700 choices of inputs."""
+    from raynas.config import trait_values
+    from raynas.runs.jobs import component_manifest
+    from raynas.spaces import SPACES
+
+    space = SPACES.create("darts", SPACES.entry("darts").config(nodes=nodes))
+    declared = trait_values(component_manifest()["space"]["traits"]["darts"], {"nodes": nodes})
+    assert declared is not None
+    steps = {(d, lo + k / 2) for d, lo, hi in declared["cell_shapes"] for k in range(int(2 * (hi - lo)) + 1)}
+    assert normal_cell_shapes(space) == steps
+
+
+def test_a_missing_or_corrupt_latency_table_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """A latency table a search job names that does not exist, is not JSON or is not a table:
+    exit 2 and one line naming it, from a process without torch, Ray or MLflow (the search's
+    strategy reads the same table with the same functions once torch loads)."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "phone.json").write_text('{"device": "phone", "entries": {"k3": 1.5}}')
+    (tmp_path / "broken.json").write_text('{"device": ')
+    (tmp_path / "other.json").write_text('{"not": "a table"}')
+    tables = str(tmp_path / "tables")
+    jobs = {
+        "device": ({"name": "fbnet", "latency_table": "laptop", "latency_dir": tables},
+                   f"no latency table for device 'laptop': '{tables}/laptop.json' does not exist; "
+                   f"tables in '{tables}': phone (build one with `raynas latency`)"),
+        "file": ({"name": "ran_e", "latency_table": str(tmp_path / "none.json")},
+                 f"latency table file '{tmp_path / 'none.json'}' does not exist"),
+        "corrupt": ({"name": "prunet", "latency_table": str(tmp_path / "broken.json")},
+                    f"latency table file '{tmp_path / 'broken.json'}' is not valid JSON"),
+        "not-a-table": ({"name": "epnas", "max_latency_ms": 5.0,
+                         "latency_table": str(tmp_path / "other.json")},
+                        f"latency table file '{tmp_path / 'other.json'}' must be a JSON object with "
+                        "'device' and 'entries'"),
+    }
+    cases = []
+    for kind, (strategy, _) in jobs.items():
+        space = "ran_e" if strategy["name"] == "ran_e" else "fbnet"
+        job = {"name": "bad", "space": space, "strategy": strategy, "data": "digits"}
+        if strategy["name"] in ("ran_e", "epnas"):
+            job["evaluator"] = "scratch"
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        cases.append(["search", str(path)])
+    answers = answers_without_heavy_imports(cases)
+    for (status, err), (kind, (_, message)) in zip(answers, jobs.items(), strict=True):
+        assert status == 2 and err.startswith(f"raynas: error: {message}"), (kind, err)
+        assert err.count("\n") == 1, (kind, err)
+    # The device table that exists passes this check (the job is refused later, for other reasons).
+    from raynas.latency import check_named_table
+
+    check_named_table({"name": "fbnet", "latency_table": "phone", "latency_dir": tables})

@@ -134,8 +134,11 @@ def test_bad_input_says_what_is_allowed() -> None:
         XDConv2d(4, 8, (3, 3), in_size=(8, 8), groups=2)
     with pytest.raises(ArchitectureError, match=r"xd backbone: unknown 'vgg16'"):
         SPACES.create("xd").parse("vgg16/d1")
-    with pytest.raises(ConfigError, match=r"space.backbones: unknown genotype 'NOPE'"):
+    with pytest.raises(ConfigError, match=r"space.backbones: xd backbone: unknown 'darts:NOPE'; .*DARTS_V2"):
         XdSpaceConfig(backbones=("darts:NOPE",))
+    # A genotype's JSON that the darts space reads, once torch is loaded.
+    with pytest.raises(ConfigError, match=r"space.backbones: darts genotype JSON: a DARTS genotype has"):
+        XdSpaceConfig(backbones=('darts:{"normal": []}',))
     space = SPACES.create("xd")
     assert str(space.sample(random.Random(0))) in {
         f"{b}/d{d}" for b in ("resnet18", "darts:DARTS_V2") for d in (1, 2, 3)

@@ -178,12 +178,12 @@ def _load_published() -> tuple[dict[str, DartsGenotype], dict[str, str]]:
     return {name: DartsGenotype.from_dict(g) for name, g in data.items()}, aliases
 
 
-PUBLISHED, _ALIASES = _load_published()
+PUBLISHED, ALIASES = _load_published()
 
 
 def published_genotype(name: str) -> DartsGenotype:
     """A published genotype by name (DARTS_V1, DARTS_V2, NASNet, AmoebaNet, PC_DARTS, MiLeNAS, ...)."""
-    return published_record(name, PUBLISHED, _ALIASES, "genotype")
+    return published_record(name, PUBLISHED, ALIASES, "genotype")
 
 
 def load_genotype(text: str) -> DartsGenotype:

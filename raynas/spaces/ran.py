@@ -49,8 +49,8 @@ from raynas.spaces.convnext import ConvNeXt, ConvNextArch, resized
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
-_E_FORM = "comma-separated block names, one per layer, e.g. 'collapsed,ibn_k3_e6,...'"
-_I_FORM = "depths/widths, e.g. '5-5-15-5/64-128-256-511'"
+E_FORM = "comma-separated block names, one per layer, e.g. 'collapsed,ibn_k3_e6,...'"
+I_FORM = "depths/widths, e.g. '5-5-15-5/64-128-256-511'"
 
 
 def _block_ok(name: Any) -> bool:
@@ -90,7 +90,7 @@ class RanEArch(Architecture):
     @classmethod
     def parse(cls, text: str) -> RanEArch:
         """Read the comma-separated form."""
-        return cls(split_names(text, "a ran_e", _E_FORM))
+        return cls(split_names(text, "a ran_e", E_FORM))
 
     def __str__(self) -> str:
         return ",".join(self.blocks)
@@ -288,7 +288,7 @@ def load_e(text: str) -> RanEArch:
     """A published name, JSON text or file, or the comma-separated form."""
     return load_record(
         text, RanEArch, published=PUBLISHED_E, aliases=ALIASES_E, what="ran_e network",
-        json_form='{"blocks": [...]}', form=_E_FORM, looks_compact=lambda s: "," in s or _block_ok(s),
+        json_form='{"blocks": [...]}', form=E_FORM, looks_compact=lambda s: "," in s or _block_ok(s),
     )
 
 
@@ -506,7 +506,7 @@ class RanIArch(Architecture):
                 raise ValueError
             return cls(tuple(int(d) for d in parts[0].split("-")), tuple(int(w) for w in parts[1].split("-")))
         except ValueError:
-            raise ArchitectureError(f"{text!r} is not a ran_i network; write {_I_FORM}") from None
+            raise ArchitectureError(f"{text!r} is not a ran_i network; write {I_FORM}") from None
 
     def __str__(self) -> str:
         return f"{'-'.join(map(str, self.depths))}/{'-'.join(map(str, self.widths))}"
@@ -594,7 +594,7 @@ def load_i(text: str) -> RanIArch:
     """A published name, JSON text or file, or ``depths/widths``."""
     return load_record(
         text, RanIArch, published=PUBLISHED_I, aliases=ALIASES_I, what="ran_i network",
-        json_form='{"depths": [...], "widths": [...]}', form=_I_FORM, looks_compact=lambda s: "/" in s,
+        json_form='{"depths": [...], "widths": [...]}', form=I_FORM, looks_compact=lambda s: "/" in s,
     )
 
 

@@ -26,6 +26,8 @@ from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import convert_to_xd
 from raynas.spaces.base import OptionsSpace, expect_arch
+from raynas.spaces.darts_genotype import ALIASES as GENOTYPE_ALIASES
+from raynas.spaces.darts_genotype import PUBLISHED
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
@@ -34,9 +36,11 @@ _FORM = "<backbone>/d<depth>, e.g. 'resnet18/d1' or 'darts:DARTS_V2/d3'"
 
 
 BACKBONE = Check(
-    "item in resnets or (item[:6] == 'darts:' and len(item) > 6)",
-    "xd backbone: unknown {item!r}; choose one of: {join(resnets)}, darts:<published genotype>",
-    tables={"resnets": RESNETS},
+    "item in resnets or (item[:6] == 'darts:' "
+    "and any(g in genotypes or g[:1] == '{' or is_file(g) for g in [strip(item[6:])]))",
+    "xd backbone: unknown {item!r}; choose one of: {join(resnets)}, darts:<genotype> (a published "
+    "one: {join(genotypes)}; or its JSON, or a JSON file)",
+    tables={"resnets": RESNETS, "genotypes": lambda: tuple(sorted([*PUBLISHED, *GENOTYPE_ALIASES]))},
 )
 """The backbones XD converts (``item``: a backbone's name)."""
 

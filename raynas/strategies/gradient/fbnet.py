@@ -39,7 +39,7 @@ from torch import nn
 
 from raynas.config import Check, Rule, TrainConfig
 from raynas.errors import ConfigError
-from raynas.latency import REQUIRED_TABLE, LatencyTable, find_table, required_table
+from raynas.latency import LATENCY_DIR, REQUIRED_TABLE, LatencyTable, find_table, required_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_gradients_
@@ -67,7 +67,7 @@ class FbnetConfig(GradientConfig):
     """
 
     latency_table: str = ""
-    latency_dir: str = "latency_tables"
+    latency_dir: str = LATENCY_DIR
     alpha: Annotated[float, Rule(gt=0)] = 0.2
     beta: Annotated[float, Rule(gt=0)] = 0.6
     latency_unit: Literal["ms", "us"] = "ms"

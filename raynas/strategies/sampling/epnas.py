@@ -54,7 +54,7 @@ from torch import nn
 
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
-from raynas.latency import LatencyTable, find_table
+from raynas.latency import LATENCY_DIR, LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.strategies.sampling.policy import choose
@@ -103,7 +103,7 @@ class EpnasConfig:
     max_macs: Annotated[float, Rule(ge=0, says=_TARGET)] = 0.0
     max_latency_ms: Annotated[float, Rule(ge=0, says=_TARGET)] = 0.0
     latency_table: str = ""
-    latency_dir: str = "latency_tables"
+    latency_dir: str = LATENCY_DIR
     constraint_weight: Annotated[float, Rule(gt=0)] = 1.0
     cell_shape: CellShapeLimits | None = None
 

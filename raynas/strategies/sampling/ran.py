@@ -21,10 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from raynas.config import Check, Rule, check_rules
+from raynas.config import Check, Rule, check_rules, names_record
 from raynas.data import dataset_info
 from raynas.errors import ConfigError
-from raynas.latency import REQUIRED_TABLE, LatencyTable, find_table, required_table
+from raynas.latency import LATENCY_DIR, REQUIRED_TABLE, LatencyTable, find_table, required_table
+from raynas.spaces.ran import ALIASES_E, ALIASES_I, E_FORM, I_FORM, PUBLISHED_E, PUBLISHED_I
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, choice_space
 from raynas.types import Architecture, EvalResult
@@ -49,7 +50,7 @@ class RanEConfig:
     """
 
     latency_table: str = ""
-    latency_dir: str = "latency_tables"
+    latency_dir: str = LATENCY_DIR
     dataset: str = ""
     seed_architecture: str = ""
     seed_block: str = "ibn_k3_e6"
@@ -57,7 +58,13 @@ class RanEConfig:
     tolerance: Annotated[float, Rule(ge=0)] = 0.01
     evaluations: Annotated[int, Rule(ge=1)] = 20
 
-    checks: ClassVar[tuple[Check, ...]] = (REQUIRED_TABLE,)
+    checks: ClassVar[tuple[Check, ...]] = (
+        REQUIRED_TABLE,
+        names_record(
+            "seed_architecture", "strategy.seed_architecture", "ran_e network", E_FORM,
+            "',' in text or text == 'collapsed' or text[:5] == 'ibn_k'", lambda: [*PUBLISHED_E, *ALIASES_E],
+        ),
+    )
 
     job_checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -238,6 +245,13 @@ class RanIConfig:
     mass_ratio: Annotated[float, Rule(gt=0)] = 1.0
     dataset: str = "imagenet"
     evaluations: Annotated[int, Rule(ge=1)] = 1
+
+    checks: ClassVar[tuple[Check, ...]] = (
+        names_record(
+            "reference", "strategy.reference", "ran_i network", I_FORM, "'/' in text",
+            lambda: [*PUBLISHED_I, *ALIASES_I],
+        ),
+    )
 
     job_checks: ClassVar[tuple[Check, ...]] = (
         Check("space_is['scale']", "strategy 'ran_i' needs the ran_i space (space: ran_i)"),
