@@ -214,3 +214,13 @@ def test_bad_settings_name_their_key() -> None:
     with pytest.raises(ConfigError, match=r"space.partial_k must divide space.channels"):
         StackedBnasSpaceConfig(mixed_op="partial", channels=6, partial_k=4)
     assert StackedBnasSpaceConfig(knowledge_search=False).knowledge_ops == ("conv_1x1",)
+
+
+def test_describe_gives_the_readmes_figure_for_darts_v2_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """README: `raynas describe --space stacked_bnas --arch DARTS_V2 --dataset cifar10` (DARTS_V2's
+    cells with BNAS's embeddings at the space's defaults) has 888,094 parameters."""
+    from raynas.cli import main
+
+    assert main(["describe", "--space", "stacked_bnas", "--arch", "DARTS_V2", "--dataset", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters              888,094" in out
