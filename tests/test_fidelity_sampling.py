@@ -307,6 +307,29 @@ def test_spos_crossover_takes_every_decision_from_a_parent() -> None:
     assert all(v in (0, p) for c in children for v, p in zip(c, second.values, strict=True))
 
 
+def test_spos_mutation_redraws_each_decision_with_mutation_prob() -> None:
+    """SPOS's mutation (the code's get_mutation): every decision, in order, redrawn among all its
+    options (its own included) when a draw from the strategy's random stream falls below
+    mutation_prob; replayed here on a copy of the stream, and the rate checked over many children."""
+    import random
+
+    spos = _toy_spos(population_size=4, sample_size=2, evaluations=8, mutation_prob=0.3)
+    parent = ToyArch((1, 2, 1, 3))
+    sizes = [len(d.options) for d in spos.decisions]
+    spos.rng.seed(11)
+    child = spos.mutation(parent)
+    rng = random.Random(11)
+    expected = [rng.randrange(n) if rng.random() < 0.3 else v
+                for v, n in zip(parent.values, sizes, strict=True)]
+    assert child == ToyArch(tuple(expected))
+    # Over 4,000 children the share of redrawn decisions that changed is mutation_prob times the
+    # chance that a redraw lands elsewhere ((n - 1) / n per decision).
+    changed = [sum(a != b for a, b in zip(spos.mutation(parent).values, parent.values, strict=True))
+               for _ in range(4000)]
+    rate = sum(changed) / (4000 * len(sizes))
+    assert rate == pytest.approx(0.3 * sum((n - 1) / n for n in sizes) / len(sizes), abs=0.02)
+
+
 def test_spos_generations_mutate_and_cross_the_best() -> None:
     """A random first generation; the next is mutation_num mutants and crossover_num crosses of
     the sample_size best so far (never a candidate asked before), filled up at random."""

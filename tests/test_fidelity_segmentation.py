@@ -172,3 +172,24 @@ def test_auto_deeplab_retraining_accepts_drop_path() -> None:
     net = build_network(config, SPACES.create("auto_deeplab").parse("hnasnet"),
                         dataset_info("cityscapes"), example=torch.randn(3, 33, 33))
     assert isinstance(net, AutoDeepLabNet) and net.drop_path_prob == 0.0  # raised by fit()
+
+
+def test_auto_deeplab_drop_path_ramps_up_over_the_epochs_of_fit() -> None:
+    """fit() raises the network's drop-path probability linearly from 0, per epoch (DARTS's
+    train.py: drop_path_prob * epoch / epochs), and the cells of the Auto-DeepLab network drop
+    with that times (l + 1) / L: over 4 epochs at 0.4, cell l of 3 sees 0.4 * e / 4 * (l + 1) / 3."""
+    from raynas.train.loop import fit
+
+    net = _tiny_auto_deeplab(0.0)
+    seen: list[float] = []
+    for cell in net.cells:
+        cell.register_forward_pre_hook(
+            lambda m, _a, kw: seen.append(kw["drop_prob"]) if m.training else None, with_kwargs=True
+        )
+    torch.manual_seed(0)
+    batch = (torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16)))
+    epochs = list(fit(net, [batch], [batch], torch.device("cpu"), epochs=4, learning_rate=0.01,
+                      momentum=0.9, weight_decay=0.0, grad_clip=5.0, drop_path_prob=0.4))
+    assert len(epochs) == 4
+    expected = [0.4 * e / 4 * (layer + 1) / 3 for e in range(4) for layer in range(3)]
+    assert seen == pytest.approx(expected)

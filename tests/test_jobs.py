@@ -55,6 +55,9 @@ SHRINK_STRATEGY = {
 }
 # Gradient strategies with settings of their own to shrink.
 SHRINK_GRADIENT = {
+    # One warm-up epoch of the two, so that the second takes theta's steps (and PruNet prunes).
+    "fbnet": ["strategy.arch_start_epoch=1"],
+    "prunet": ["strategy.arch_start_epoch=1"],
     "teg_nas_prune": ["strategy.batch_size=2", "strategy.region_inputs=50", "strategy.region_batches=1"],
 }
 SHRINK_EVALUATOR = {
