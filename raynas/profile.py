@@ -1,7 +1,8 @@
 """Size and cost of a network: parameters (with and without the auxiliary head), the
-multiply-accumulates of one forward pass over convolutions and linear layers, and FLOPs as
-NAS-Bench-201 counts them (those multiply-accumulates plus one addition per output of a layer
-with a bias; AutoDL's ``flop_benchmark.py``)."""
+multiply-accumulates of one forward pass over convolutions (XD-operations counted as the
+convolutions they generalise) and linear layers, and FLOPs as NAS-Bench-201 counts them (those
+multiply-accumulates plus one addition per output of a layer with a bias; AutoDL's
+``flop_benchmark.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from raynas.ops.xd import XDConv2d
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,16 @@ def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Multiply-accumulates of one forward pass in eval mode (convolutions and linear layers),
-    and the bias additions of those layers. A network built on the ``meta`` device (``with
-    torch.device("meta"): ...``) is counted from shapes alone, without computing anything.
+    """Multiply-accumulates of one forward pass in eval mode (convolutions, XD-operations and
+    linear layers), and the bias additions of those layers. A network built on the ``meta`` device
+    (``with torch.device("meta"): ...``) is counted from shapes alone, without computing anything.
+
+    An XD-operation (:class:`raynas.ops.xd.XDConv2d`; Roberts et al., "Rethinking Neural
+    Operations for Diverse Tasks", NeurIPS 2021) counts as the convolution it generalises, the one
+    it was built as: ``kH * kW * C_in / groups`` per output, as ``nn.Conv2d``. A converted
+    backbone thus counts what the backbone counts, before and after K, L and M are trained. The
+    cost of the transforms that compute it here (the butterfly K, L and M, the per-frequency
+    channel mixing) is not what is counted.
 
     Args:
         model: The network.
@@ -49,7 +59,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
     total = 0
     biases = 0
 
-    def conv_hook(module: nn.Conv2d, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
+    # An XD-operation counts as the convolution it was built as (see above): its weight's kernel,
+    # channels and groups; the output's size gives the stride, padding and dilation.
+    def conv_hook(module: nn.Conv2d | XDConv2d, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
         nonlocal total, biases
         kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         total += out.numel() * kernel
@@ -62,7 +74,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
 
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d | XDConv2d):
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -238,6 +239,35 @@ def test_enas_plan_has_no_attention_on_flat_spaces() -> None:
     enas = Enas(EnasConfig(lstm_size=4), space=Nb201Space(), seed=0)
     assert all(s == Step("op", s.decision, 5) for s in enas.plan)
     assert not enas.controller.attention and len(enas.controller.heads) == 1
+
+
+def test_enas_searches_darts_cells_end_to_end_with_a_node_taking_one_input_twice(tmp_path: Path) -> None:
+    """ENAS on DARTS cells through run_search (the path behind `raynas search`): the shared child
+    trains on the controller's cells, the controller trains after each child epoch, and the
+    answer is a cell of the space derived from the trained policy. A node may take the same input
+    twice (ENAS's two independent choices): such a cell is one the supernet trains."""
+    from raynas.runs import run_search
+    from raynas.runs.jobs import parse_job
+    from raynas.spaces.darts_genotype import DartsGenotype
+    from raynas.supernet import build_supernet
+    from raynas.types import DatasetInfo
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, data={"limit": 64})
+    job["strategy"] = {"name": "enas", "lstm_size": 8, "controller_epochs": 2, "controller_batch": 2,
+                       "controller_steps": 1, "derive_samples": 2}
+    job["evaluator"] = {"name": "supernet", "bn_batches": 1}
+    config = parse_job(job)
+    result = run_search(config, echo=lambda _: None)
+    space = DartsCnnSpace(DartsSpaceConfig(channels=4, layers=3, nodes=2))
+    assert isinstance(result.architecture, DartsGenotype) and space.contains(result.architecture)
+    normal = (("sep_conv_3x3", 0), ("skip_connect", 0), ("max_pool_3x3", 2), ("sep_conv_3x3", 2))
+    reduce = (("avg_pool_3x3", 1), ("avg_pool_3x3", 1), ("skip_connect", 2), ("sep_conv_3x3", 0))
+    twice = DartsGenotype(normal, (2, 3), reduce, (2, 3))
+    net = build_supernet(space, DatasetInfo("digits", 1, 10, 8))
+    net.set_path(twice)
+    net(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 # -- PNAS ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """XD-operations (Roberts et al., NeurIPS 2021): butterflies initialised as torch's FFT, a single
 XD-operation equal to torch's Conv2d, converted backbones (a torchvision ResNet, a DARTS network)
-computing what the originals compute, and the K, L and M matrices as the search's architecture
-parameters."""
+computing what the originals compute, the K, L and M matrices as the search's architecture
+parameters, and the multiply-adds ``raynas.profile.count_macs`` counts: those of the convolutions the
+XD-operations generalise."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import torch
 import torchvision
 from torch import nn
 
+from raynas.cli import main
+from raynas.data import dataset_info
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import Butterfly, XDConv2d, convert_to_xd, xd_arch_parameters, xd_from_conv, xd_modules
+from raynas.profile import count_macs
 from raynas.spaces import SPACES
-from raynas.spaces.xd import XdSpaceConfig
+from raynas.spaces.xd import XdSpaceConfig, backbone_network
 from raynas.supernet import build_supernet
 from raynas.types import DatasetInfo
 
@@ -143,3 +147,52 @@ def test_bad_input_says_what_is_allowed() -> None:
     assert str(space.sample(random.Random(0))) in {
         f"{b}/d{d}" for b in ("resnet18", "darts:DARTS_V2") for d in (1, 2, 3)
     }
+
+
+def test_an_xd_operation_counts_the_multiply_adds_of_its_convolution() -> None:
+    """kH * kW * C_in / groups multiply-adds per output, as nn.Conv2d, before and after its K, L and
+    M move away from the transforms they start as."""
+    xd = XDConv2d(4, 6, (3, 5), in_size=(9, 7), stride=(2, 1), padding=(1, 2))
+    # outputs: (9 + 2 - 3) / 2 + 1 = 5 rows, 7 + 4 - 5 + 1 = 7 columns; 6 channels, 3 * 5 * 4 taps
+    assert count_macs(xd, (4, 9, 7)) == (3 * 5 * 4 * 6 * 5 * 7, 6 * 5 * 7)
+    assert count_macs(xd, (4, 9, 7)) == count_macs(nn.Conv2d(4, 6, (3, 5), (2, 1), (1, 2)), (4, 9, 7))
+    depthwise = XDConv2d(
+        4, 4, (5, 5), in_size=(11, 10), stride=(2, 2), padding=(4, 4), dilation=(2, 2), groups=4, bias=False
+    )
+    # outputs: (11 + 8 - 9) / 2 + 1 = 6 rows, (10 + 8 - 9) // 2 + 1 = 5 columns; 5 * 5 taps of one channel
+    assert count_macs(depthwise, (4, 11, 10)) == (5 * 5 * 1 * 4 * 6 * 5, 0)
+    with torch.no_grad():
+        for p in xd.arch_parameters():
+            p.add_(torch.randn_like(p))
+    assert count_macs(xd, (4, 9, 7)) == (3 * 5 * 4 * 6 * 5 * 7, 6 * 5 * 7)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "darts"])
+def test_a_converted_network_counts_the_multiply_adds_of_the_original(backbone: str) -> None:
+    torch.manual_seed(0)
+    if backbone == "resnet18":
+        net: nn.Module = torchvision.models.resnet18(num_classes=10)
+    else:
+        darts = SPACES.create("darts")
+        net = darts.build(darts.parse("DARTS_V2"), DatasetInfo("cifar10", 3, 10, 16), channels=4, layers=3)
+    converted = convert_to_xd(net, torch.zeros(1, 3, 16, 16))
+    assert not any(type(m) is nn.Conv2d for m in converted.modules())
+    macs, biases = count_macs(net, (3, 16, 16))
+    assert count_macs(converted, (3, 16, 16)) == (macs, biases)
+    classifier = next(m for m in reversed(list(net.modules())) if isinstance(m, nn.Linear))
+    assert macs > 100 * classifier.in_features * classifier.out_features
+
+
+def test_describe_counts_an_xd_network_as_its_backbone(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quick start's architecture (jobs/xd_quickstart.yaml: DARTS_V2 at 8 channels, 3 cells)
+    on CIFAR-10: the backbone's multiply-adds, not the classifier's alone."""
+    assert main(["describe", "--space", "xd", "--arch", "darts:DARTS_V2/d1", "--dataset", "cifar10",
+                 "--channels", "8", "--layers", "3"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "multiply-adds" in line)
+    printed = int(line.split()[1].replace(",", ""))
+    backbone = backbone_network("darts:DARTS_V2", dataset_info("cifar10"), channels=8, layers=3)
+    assert printed == count_macs(backbone, (3, 32, 32))[0]
+    classifier = backbone.classifier
+    assert isinstance(classifier, nn.Linear)
+    assert printed > 100 * classifier.in_features * classifier.out_features

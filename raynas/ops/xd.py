@@ -128,6 +128,10 @@ class XDConv2d(nn.Module):
     """An XD-operation that starts as ``nn.Conv2d(c_in, c_out, kernel_size, stride, padding,
     dilation, groups, bias)`` on inputs of size ``in_size``.
 
+    It keeps that convolution's ``kernel_size``, ``stride``, ``padding``, ``dilation``,
+    ``in_channels``, ``out_channels`` and ``groups`` (its weight stays ``kernel_size``, whatever
+    K, L and M become): :func:`raynas.profile.count_macs` counts it as that convolution.
+
     Args:
         c_in: Input channels.
         c_out: Output channels.
@@ -165,6 +169,8 @@ class XDConv2d(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        # nn.Conv2d's names for the convolution it starts as (raynas.profile.count_macs reads them)
+        self.in_channels, self.out_channels, self.groups = c_in, c_out, groups
         self.in_size = tuple(in_size)
         self.depthwise = groups > 1
         self.weight = nn.Parameter(torch.empty(c_out, c_in // groups, *kernel_size, dtype=dtype))
