@@ -253,8 +253,8 @@ def test_enas_searches_darts_cells_end_to_end_with_a_node_taking_one_input_twice
     from raynas.types import DatasetInfo
     from tests.conftest import tiny_job
 
-    job = tiny_job(tmp_path, data={"limit": 64})
-    job["strategy"] = {"name": "enas", "lstm_size": 8, "controller_epochs": 2, "controller_batch": 2,
+    job = tiny_job(tmp_path, data={"limit": 32}, train={"epochs": 1})
+    job["strategy"] = {"name": "enas", "lstm_size": 8, "controller_epochs": 1, "controller_batch": 2,
                        "controller_steps": 1, "derive_samples": 2}
     job["evaluator"] = {"name": "supernet", "bn_batches": 1}
     config = parse_job(job)
