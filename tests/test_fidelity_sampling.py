@@ -244,12 +244,16 @@ def test_enas_plan_has_no_attention_on_flat_spaces() -> None:
 def test_enas_searches_darts_cells_end_to_end_with_a_node_taking_one_input_twice(tmp_path: Path) -> None:
     """ENAS on DARTS cells through run_search (the path behind `raynas search`): the shared child
     trains on the controller's cells, the controller trains after each child epoch, and the
-    answer is a cell of the space derived from the trained policy. A node may take the same input
-    twice (ENAS's two independent choices): such a cell is one the supernet trains."""
+    answer is a cell of the space derived from the trained policy; every candidate's Parquet row
+    and child run hold its cells' width and depth. A node may take the same input twice (ENAS's
+    two independent choices): such a cell is one the supernet trains."""
+    from mlflow.tracking import MlflowClient
+
     from raynas.runs import run_search
     from raynas.runs.jobs import parse_job
     from raynas.spaces.darts_genotype import DartsGenotype
     from raynas.supernet import build_supernet
+    from raynas.tracking.results import ResultsStore
     from raynas.types import DatasetInfo
     from tests.conftest import tiny_job
 
@@ -261,6 +265,17 @@ def test_enas_searches_darts_cells_end_to_end_with_a_node_taking_one_input_twice
     result = run_search(config, echo=lambda _: None)
     space = DartsCnnSpace(DartsSpaceConfig(channels=4, layers=3, nodes=2))
     assert isinstance(result.architecture, DartsGenotype) and space.contains(result.architecture)
+    # Every candidate's cells' width and depth (Shu et al.) in its Parquet row and child run.
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) >= 2
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    children = {c.data.tags["raynas.trial_id"]: c.data.metrics for c in client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")}
+    for _, row in rows.iterrows():
+        shape = space.cell_shape(Architecture.from_json(row["architecture"]))
+        assert {k: row[f"metric.{k}"] for k in shape} == shape
+        assert {k: children[row["trial_id"]][k] for k in shape} == shape
     normal = (("sep_conv_3x3", 0), ("skip_connect", 0), ("max_pool_3x3", 2), ("sep_conv_3x3", 2))
     reduce = (("avg_pool_3x3", 1), ("avg_pool_3x3", 1), ("skip_connect", 2), ("sep_conv_3x3", 0))
     twice = DartsGenotype(normal, (2, 3), reduce, (2, 3))
