@@ -43,15 +43,15 @@ def small_settings(name: str) -> dict[str, Any]:
     return {k: v for k, v in SMALL_CONFIG.items() if k in fields} | SMALL_CONFIG_OF.get(name, {})
 
 
-def search_job(name: str, tmp_path: Path) -> Any:
+def search_job(name: str, tmp_path: Path, **settings: Any) -> Any:
     """A parsed random search over 4-channel NAS-Bench-201 cells (one per stage) on 64 digits,
-    scored by evaluator ``name``."""
+    scored by evaluator ``name`` (with ``settings`` of its own besides the small ones)."""
     job = tiny_job(tmp_path)
     job["space"] = {"name": "nb201", "channels": 4, "cells_per_stage": 1}
     job["strategy"] = {"name": "random", "evaluations": 2}
     job.update(SEARCH_OF.get(name, {}))
     job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
-    job["evaluator"] = {"name": name, **small_settings(name)}
+    job["evaluator"] = {"name": name, **small_settings(name), **settings}
     if name != "supernet":
         del job["train"]  # the supernet's training: only the one-shot evaluator has one
     else:
@@ -59,9 +59,9 @@ def search_job(name: str, tmp_path: Path) -> Any:
     return parse_job(job)
 
 
-def build(name: str, tmp_path: Path) -> tuple[Any, Any]:
+def build(name: str, tmp_path: Path, **settings: Any) -> tuple[Any, Any]:
     """The job's space and evaluator ``name``, built as the sampling search builds it."""
-    job = search_job(name, tmp_path)
+    job = search_job(name, tmp_path, **settings)
     assert job.evaluator.name == name
     space = SPACES.create(job.space.name, job.space.config)
     return space, EVALUATORS.create(name, job.evaluator.config, search=job)
@@ -128,3 +128,18 @@ def test_one_shot_evaluator_trains_an_epoch_on_sampled_paths(name: str, tmp_path
     assert metrics is not None and math.isfinite(metrics["train_loss"])
     after = evaluator.supernet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_one_shot_evaluator_with_path_dropout_trains_and_scores_as_without(tmp_path: Path) -> None:
+    """Path dropout (Bender et al., ICML 2018; evaluator.path_dropout) changes how the one-shot
+    model trains, not what the evaluator promises: an epoch on sampled paths moves the weights,
+    and a candidate scores finite and the same twice (scoring drops nothing)."""
+    space, evaluator = build("supernet", tmp_path, path_dropout=0.5)
+    before = {k: v.clone() for k, v in evaluator.supernet.state_dict().items()}
+    metrics = train_first(evaluator, space)
+    assert metrics is not None and math.isfinite(metrics["train_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in evaluator.supernet.state_dict().items())
+    a, b = sample(space, 0), sample(space, 1)
+    first = evaluator.evaluate(a, trial_id="t1")
+    evaluator.evaluate(b, trial_id="t2")
+    assert math.isfinite(first.score) and evaluator.evaluate(a, trial_id="t3").score == first.score
