@@ -56,11 +56,18 @@ def study_job(tmp_path: Path, **study: object) -> dict:
 
 
 def test_the_study_table_holds_the_child_runs_numbers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    job = study_job(tmp_path)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(job))
-    assert main(["study", str(path)]) == 0
-    client = MlflowClient(job["tracking"]["tracking_uri"])
+    """jobs/layer_count_quickstart.yaml through `raynas study`, shrunk to two layer counts of
+    4-channel networks trained one epoch on 96 digits."""
+    path = JOBS / "layer_count_quickstart.yaml"
+    uri = mlflow_store(tmp_path)
+    assert main([
+        "study", str(path), "--set", "study.layers=[2,3]", "--set", "retrain.epochs=1",
+        "--set", "retrain.channels=4", "--set", "data.limit=96", "--set", "data.batch_size=32",
+        "--set", "tracking.experiment=tests", "--set", f"tracking.tracking_uri={uri}",
+        "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+    ]) == 0
+    cells = load_yaml(path)["study"]["cells"]
+    client = MlflowClient(uri)
     parent = client.search_runs(
         [client.get_experiment_by_name("tests").experiment_id], "tags.`raynas.kind` = 'layer_study'"
     )[0]
@@ -92,8 +99,8 @@ def test_the_study_table_holds_the_child_runs_numbers(tmp_path: Path, capsys: py
         assert float(row["params"]) == child.data.metrics["final.params"]
         # The parameters of the network as the space builds it, counted here independently.
         operations = "convnext" if row["cell"] == "PIBConv" else "darts"
-        space = SPACES.create("darts", SPACES.entry("darts").config(nodes=2, operations=operations))
-        arch = space.parse(PIB if row["cell"] == "PIBConv" else DARTS)
+        space = SPACES.create("darts", SPACES.entry("darts").config(operations=operations))
+        arch = space.parse(cells[row["cell"]]["architecture"])
         network = space.build(arch, info, channels=4, layers=int(row["layers"]))
         assert int(row["params"]) == count_params(network)
     for label in ("DARTS", "PIBConv"):  # the plot's series, as metrics stepped by the layer count
