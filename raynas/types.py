@@ -12,7 +12,7 @@ import importlib
 import json
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
@@ -270,6 +270,25 @@ def compare_at_equal_budget(a: EvalResult, b: EvalResult) -> int:
     if a.budget != b.budget:
         return 1 if a.budget > b.budget else -1
     return (a.score > b.score) - (a.score < b.score)
+
+
+def scores_at_common_budget(results: Sequence[EvalResult]) -> list[float]:
+    """Each result's objective at the smallest budget that every result with a learning curve
+    reached: the scalar learning signal of a batch a Tune scheduler stopped some of early.
+
+    The score at budget ``k`` is read from the curve as :func:`compare_at_equal_budget` reads it
+    (``curve[k - 1]``, the objective after epoch ``k``), ``k`` the shortest curve among
+    ``results``. When the curves all have one length (every candidate trained to the same
+    budget) or there are none, the scores are the results' own (:attr:`EvalResult.score`),
+    unchanged. A result without a curve (inherited weights, a proxy, a failure, a trial whose
+    epochs were not all reported) keeps its own score: there is no history to read it from at
+    another budget, so it cannot be judged at equal budget.
+    """
+    lengths = {len(r.curve) for r in results if r.curve}
+    if len(lengths) < 2:
+        return [r.score for r in results]
+    common = min(lengths)
+    return [float(r.curve[common - 1]) if r.curve else r.score for r in results]
 
 
 def best_at_equal_budget(results: Iterable[EvalResult]) -> EvalResult | None:

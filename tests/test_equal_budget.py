@@ -17,8 +17,11 @@ from raynas.execution.tune import CandidateLedger
 from raynas.runs.jobs import parse_job
 from raynas.strategies import STRATEGIES
 from raynas.strategies.sampling.bo import BoConfig
+from raynas.strategies.sampling.enas import Enas, EnasConfig
+from raynas.strategies.sampling.epnas import Epnas, EpnasConfig, one_hot
 from raynas.strategies.sampling.evolution import EvolutionConfig
-from raynas.types import EvalResult, best_at_equal_budget, compare_at_equal_budget
+from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
+from raynas.types import EvalResult, best_at_equal_budget, compare_at_equal_budget, scores_at_common_budget
 
 
 def space() -> ToySpace:
@@ -106,3 +109,83 @@ def test_the_ledger_records_each_trial_s_learning_curve(tmp_path: Path) -> None:
     assert told.curve == (0.2, 0.35) and told.budget == 2 and told.stopped_early
     assert EvalResult.from_dict(told.to_dict()) == told
     assert math.isinf(EvalResult.from_dict({**told.to_dict(), "metrics": {}}).score)
+
+
+# -- controllers that learn from scores: ENAS, PNAS-style progressive search, EPNAS ---------------
+# Two results throughout: "stopped", stopped by a scheduler after epoch 1 at 0.5, and "full",
+# 0.4 after epoch 1 and 0.7 at its full budget of 3. On raw scores the full one is better
+# (0.7 > 0.5); at the budget both reached (epoch 1) the stopped one is (0.5 > 0.4).
+STOPPED, FULL = (0.5,), (0.4, 0.6, 0.7)
+
+
+def told_as(arch: object, trial: str, curve: tuple[float, ...]) -> EvalResult:
+    return EvalResult(**{**result(trial, curve).__dict__, "architecture": arch})
+
+
+def test_scores_at_the_common_budget_are_read_from_the_curves() -> None:
+    stopped, full = result("stopped", STOPPED), result("full", FULL)
+    assert scores_at_common_budget([stopped, full]) == [0.5, 0.4]
+    # One budget (every candidate trained fully), or no curves: the scores as they are.
+    weak = result("weak", (0.3, 0.5, 0.55))
+    assert scores_at_common_budget([full, weak]) == [0.7, 0.55]
+    inherited = EvalResult(architecture=weak.architecture, metrics={"valid_acc": 0.9})
+    assert scores_at_common_budget([inherited, inherited]) == [0.9, 0.9]
+    # A result without a curve cannot be judged at another budget: its own score.
+    assert scores_at_common_budget([stopped, full, inherited]) == [0.5, 0.4, 0.9]
+
+
+def test_enas_learns_from_and_ranks_rewards_at_equal_budget() -> None:
+    config = EnasConfig(lstm_size=8, controller_batch=2, controller_steps=1, controller_epochs=1,
+                        derive_samples=2, entropy_weight=0.0, baseline_decay=0.5)
+    strategy = Enas(config, space=space(), seed=0)
+    learnt: list[list[float]] = []
+    advantages = strategy.advantages
+    strategy.advantages = lambda rewards: learnt.append(rewards) or advantages(rewards)  # type: ignore[method-assign]
+    first, second = strategy.ask(), strategy.ask()
+    strategy.tell(told_as(first, "stopped", STOPPED))
+    strategy.tell(told_as(second, "full", FULL))
+    # The controller's batch is learnt from at epoch 1: rewards 0.5 and 0.4 (raw: 0.5 and 0.7).
+    assert learnt == [pytest.approx([0.5, 0.4])]
+    # b = 0.5 (0.5 * 0 + 0.5 * 0.5) + 0.5 * 0.4 = 0.325 (raw: 0.475).
+    assert strategy.baseline == pytest.approx(0.325)
+    derived = [strategy.ask(), strategy.ask()]
+    strategy.tell(told_as(derived[1], "derived-full", FULL))
+    strategy.tell(told_as(derived[0], "derived-stopped", STOPPED))
+    # The derived architectures ranked at equal budget: the stopped one first (raw reward: last).
+    assert [r.trial_id for r in strategy.final_results()] == ["derived-stopped", "derived-full"]
+    assert strategy.best().trial_id == "derived-stopped"  # type: ignore[union-attr]
+
+
+def test_the_progressive_predictor_learns_scores_at_equal_budget() -> None:
+    search = Progressive(ProgressiveConfig(beam_size=2), space=space(), seed=0)
+    first, second = search.ask(), search.ask()
+    assert first != second
+    search.tell(told_as(first, "stopped", STOPPED))
+    search.tell(told_as(second, "full", FULL))
+    model = search.predictor()
+    assert model is not None
+    predicted = model([search.encode(first), search.encode(second)]).tolist()  # type: ignore[arg-type]
+    # Its targets, 0.5 and 0.4 at epoch 1, standardised (two points: +-1/sqrt(2)); raw scores
+    # (0.5, 0.7) would make them -1/sqrt(2) and +1/sqrt(2).
+    assert predicted == pytest.approx([2 ** -0.5, -(2 ** -0.5)], abs=0.05)
+
+
+def test_epnas_rewards_and_predictor_targets_at_equal_budget() -> None:
+    config = EpnasConfig(evaluations=2, batch_size=2, candidates=2, lstm_size=4)
+    strategy = Epnas(config, space=space(), seed=0)
+    first, second = strategy.ask(), strategy.ask()
+    strategy.tell(told_as(first, "stopped", STOPPED))
+    strategy.tell(told_as(second, "full", FULL))
+    # The first baseline is the step's mean reward at epoch 1: (0.5 + 0.4) / 2 (raw: 0.6).
+    assert strategy.baseline == pytest.approx(0.45)
+    assert [r.trial_id for r in strategy.final_results()] == ["stopped", "full"]  # raw: full first
+    # The ridge predictor's targets, on two networks one decision apart (ridge 0.1): closed form
+    # mean(y) +- (y1 - y2) / 2 * 1 / (1 + 0.1) with y = (0.5, 0.4) at epoch 1 (raw: (0.5, 0.7)).
+    fresh = Epnas(config, space=space(), seed=0)
+    a, b = ToyArch((1, 0, 0, 0)), ToyArch((2, 0, 0, 0))
+    fresh.tell(told_as(a, "stopped", STOPPED))
+    fresh.tell(told_as(b, "full", FULL))
+    model = fresh.predictor()
+    assert model is not None
+    predicted = model(one_hot([a.values, b.values], fresh.sizes)).tolist()
+    assert predicted == pytest.approx([0.45 + 0.05 / 1.1, 0.45 - 0.05 / 1.1])

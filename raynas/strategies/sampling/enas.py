@@ -23,6 +23,16 @@ averaged over ``controller_batch`` samples (the code's ``controller_num_aggregat
 inherited-weight validation accuracy, or on language models ``c / perplexity`` with the validation
 loss capped at 10 (``src/ptb/ptb_enas_controller.py``: ``80 / valid_ppl``).
 
+A Tune scheduler (ASHA, HyperBand) may stop some candidates early, and a controller batch then
+mixes budgets. The batch is learnt from at equal budget: every sample's score is its objective at
+the smallest budget the batch's candidates reached, read from each one's learning curve
+(:func:`raynas.types.scores_at_common_budget`); a batch trained to one budget
+keeps its scores as they are. This cannot be made fair where the history is missing: the
+language-model reward is read from ``valid_loss``, which the curve (the objective only) does not
+record, so it stays at the final budget; a result without a curve keeps its own score; and the
+moving-average baseline carries earlier batches' rewards, which may be at other budgets. The
+derived architectures are ranked at equal budget too (:meth:`Enas.final_results`).
+
 The search interleaves two kinds of training, as in the paper: the shared child (the supernet) is
 trained on paths sampled from the policy (:meth:`Enas.sample_path`), and after each child epoch
 ``controller_steps`` controller steps of ``controller_batch`` candidates each are evaluated
@@ -40,6 +50,7 @@ policy, so a candidate asked again after a resume is learnt from exactly as it w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -52,7 +63,7 @@ from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
 from raynas.strategies.sampling.policy import choose
-from raynas.types import Architecture, Decision, EvalResult
+from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget, scores_at_common_budget
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
 PPL_LOSS_CAP = 10.0
@@ -481,17 +492,25 @@ class Enas(SamplingStrategy):
 
     # -- REINFORCE ------------------------------------------------------------------------------
 
-    def reward(self, result: EvalResult) -> float:
+    def reward(self, result: EvalResult, score: float | None = None) -> float:
         """ENAS's reward of an evaluation: ``reward_constant / perplexity`` for a language model
         (the validation loss capped at 10, as ``ptb_enas_controller.py``), else the score
-        (validation accuracy); 0 for a failed evaluation."""
+        (validation accuracy; ``score`` in its place, the score at another budget, when given);
+        0 for a failed evaluation."""
         metrics = result.metrics
         if "valid_ppl" in metrics and "valid_loss" in metrics:
-            loss = metrics["valid_loss"]
+            loss = metrics["valid_loss"]  # the final budget's: the curve records the objective only
             if not math.isfinite(loss):
                 return 0.0
             return self.config.reward_constant / math.exp(min(loss, PPL_LOSS_CAP))
-        return result.score if math.isfinite(result.score) else 0.0
+        score = result.score if score is None else score
+        return score if math.isfinite(score) else 0.0
+
+    def rewards(self, results: list[EvalResult]) -> list[float]:
+        """The rewards of a batch at equal budget: each result's score at the smallest budget the
+        batch reached (:func:`scores_at_common_budget`; the scores as they are when the batch has
+        one budget)."""
+        return [self.reward(r, s) for r, s in zip(results, scores_at_common_budget(results), strict=True)]
 
     def advantages(self, rewards: list[float]) -> torch.Tensor:
         """``R - b`` for each reward in turn, the moving-average baseline ``b`` (started at 0)
@@ -510,7 +529,7 @@ class Enas(SamplingStrategy):
         actions = torch.tensor([self.encode_actions(r.architecture) for r in results])  # (B, A)
         _, log_prob, entropy = self.controller(actions)
         bonus = self.config.entropy_weight * entropy.detach()  # (B,)
-        rewards = torch.tensor([self.reward(r) for r in results]) + bonus
+        rewards = torch.tensor(self.rewards(results)) + bonus  # at the batch's common budget
         advantages = self.advantages(rewards.tolist())
         return (-log_prob * advantages).mean()
 
@@ -528,8 +547,13 @@ class Enas(SamplingStrategy):
 
     def final_results(self) -> list[EvalResult]:
         """The architectures derived from the trained policy, highest reward first (the paper's
-        Section 2.2); before the derivation has results, every result so far."""
+        Section 2.2); before the derivation has results, every result so far. Where their
+        budgets differ (Tune stopped some early), they are ranked at equal budget instead, by
+        the objective (:func:`compare_at_equal_budget`: each pair at the budget both reached;
+        on a language model, the objective's curve rather than the perplexity reward)."""
         derived = self.history[self.search_evaluations :] or self.history
+        if len({r.budget for r in derived}) > 1:
+            return sorted(derived, key=functools.cmp_to_key(compare_at_equal_budget), reverse=True)
         return sorted(derived, key=self.reward, reverse=True)
 
     def best(self) -> EvalResult | None:

@@ -34,6 +34,16 @@ latency is the sum of the network's parts in a measured latency table (:mod:`ray
 FBNet's space has tables). The objective must be non-negative (an accuracy) for the product to
 rank as intended; a failed evaluation has reward 0.
 
+**Budgets.** A Tune scheduler (ASHA, HyperBand) may stop some target networks early. The policy
+and the predictor learn from accuracies at equal budget: a step's rewards use each network's
+objective at the smallest budget the step's networks reached, and the predictor's targets each
+result's objective at the smallest budget every result so far reached, read from the results'
+learning curves (:func:`raynas.types.scores_at_common_budget`; the scores as they
+are when the results have one budget); the answer ranks the whole networks' rewards the same way.
+This cannot be made fair for a result without a curve (inherited weights, a proxy, a trial whose
+epochs were not all reported): it keeps its own score. The moving-average baseline carries earlier
+steps' rewards, which may be at other budgets.
+
 The answer is the whole network (last stage) of the highest reward. The paper's full text was not
 available when this was written: the algorithm follows its abstract (a progressive search policy
 with performance prediction based on REINFORCE, target networks searched in parallel, multiple
@@ -58,7 +68,7 @@ from raynas.latency import LATENCY_DIR, LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.strategies.sampling.policy import choose
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, scores_at_common_budget
 
 Values = tuple[int, ...]
 _TARGET = "must be >= 0 (0: no constraint)"
@@ -357,19 +367,29 @@ class Epnas(SamplingStrategy):
             return 1.0
         return constrained_reward(1.0, self.costs(values), self.targets, self.config.constraint_weight)
 
-    def reward(self, result: EvalResult) -> float:
-        """The reward of an evaluation: its score scaled by its resource factor (0 if failed)."""
-        if not math.isfinite(result.score):
+    def reward(self, result: EvalResult, score: float | None = None) -> float:
+        """The reward of an evaluation: its score (``score`` in its place, the score at another
+        budget, when given) scaled by its resource factor (0 if failed)."""
+        score = result.score if score is None else score
+        if not math.isfinite(score):
             return 0.0
-        return result.score * self.factor(tuple(self.space.encode(result.architecture)))
+        return score * self.factor(tuple(self.space.encode(result.architecture)))
+
+    def rewards(self, results: list[EvalResult]) -> list[float]:
+        """The rewards of results at equal budget: each one's score at the smallest budget they
+        all reached (:func:`scores_at_common_budget`; the scores as they are at one budget)."""
+        return [self.reward(r, s) for r, s in zip(results, scores_at_common_budget(results), strict=True)]
 
     # -- the predictor -----------------------------------------------------------------------------
 
     def predictor(self) -> RidgePredictor | None:
-        """The ridge predictor of accuracy, fit on every finite result (None before two)."""
+        """The ridge predictor of accuracy, fit on every finite result (None before two), at
+        equal budget: each result's score at the smallest budget every result reached
+        (:func:`scores_at_common_budget`)."""
+        targets = scores_at_common_budget(self.history)
         data = [
-            (tuple(self.space.encode(r.architecture)), r.score)
-            for r in self.history if math.isfinite(r.score)
+            (tuple(self.space.encode(r.architecture)), s)
+            for r, s in zip(self.history, targets, strict=True) if math.isfinite(s)
         ]
         if len(data) < 2:
             return None
@@ -444,7 +464,7 @@ class Epnas(SamplingStrategy):
         values = [tuple(self.space.encode(r.architecture)) for r in results]
         actions = torch.tensor([[v[i] for i in self.order[:length]] for v in values], dtype=torch.long)
         _, log_prob = self.policy(length, actions)  # (B,)
-        rewards = torch.tensor([self.reward(r) for r in results])  # (B,)
+        rewards = torch.tensor(self.rewards(results))  # (B,), at the step's common budget
         mean = float(rewards.mean())
         baseline = mean if self.baseline is None else self.baseline
         self.baseline = mean if self.baseline is None else (
@@ -466,11 +486,13 @@ class Epnas(SamplingStrategy):
         return self.step >= self.steps and not self.batch
 
     def final_results(self) -> list[EvalResult]:
-        """Whole networks (the results of the last stage's steps), highest reward first; every
-        result when there are none yet."""
+        """Whole networks (the results of the last stage's steps), highest reward first, their
+        rewards at equal budget (:meth:`rewards`); every result when there are none yet."""
         first = min(s for s in range(self.steps) if self.stage_of(s) == len(self.groups) - 1)
         whole = self.history[first * self.config.batch_size :] or self.history
-        return sorted(whole, key=self.reward, reverse=True)
+        rewards = self.rewards(whole)
+        order = sorted(range(len(whole)), key=lambda i: -rewards[i])  # stable: ties keep their order
+        return [whole[i] for i in order]
 
     def best(self) -> EvalResult | None:
         ranked = self.final_results()

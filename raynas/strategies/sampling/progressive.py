@@ -32,8 +32,13 @@ order:
   group unset), and the next group is expanded. After the last group the search is done.
 
 Candidates a Tune scheduler stopped early are ranked at equal budget
-(:func:`raynas.types.compare_at_equal_budget`); the predictor learns the score each candidate
-reached. PNAS's ensemble of five predictors and its LSTM predictor are not reproduced (one MLP).
+(:func:`raynas.types.compare_at_equal_budget`), and the predictor learns from scores at equal
+budget: its target for each candidate is the objective at the smallest budget every candidate
+evaluated so far reached, read from the candidate's learning curve
+(:func:`raynas.types.scores_at_common_budget`; the scores as they are when every
+candidate has one budget). A candidate without a curve (inherited weights, a proxy, a trial whose
+epochs were not all reported) keeps its own score: it cannot be judged at equal budget. PNAS's
+ensemble of five predictors and its LSTM predictor are not reproduced (one MLP).
 EPNAS (Zhou et al., 2019), whose REINFORCE-trained policy grows networks progressively under
 resource targets, is the ``epnas`` strategy (:mod:`raynas.strategies.sampling.epnas`).
 """
@@ -54,7 +59,7 @@ from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
-from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
+from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget, scores_at_common_budget
 
 Values = tuple[int, ...]
 
@@ -237,8 +242,11 @@ class Progressive(SamplingStrategy):
         return out
 
     def predictor(self) -> Predictor | None:
-        """The predictor fit on every finite score so far (None with fewer than two)."""
-        data = [(v, s) for v, s in self.scores.items() if math.isfinite(s)]
+        """The predictor fit on every candidate's finite score so far, at equal budget (None with
+        fewer than two): the score of each candidate's best result at the smallest budget they
+        all reached (:func:`scores_at_common_budget`)."""
+        targets = scores_at_common_budget(list(self.results.values()))
+        data = [(v, s) for v, s in zip(self.results, targets, strict=True) if math.isfinite(s)]
         if len(data) < 2:
             return None
         with torch.random.fork_rng(devices=[]):
