@@ -1006,12 +1006,18 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 
 # Ranges of settings known by their name wherever they appear (a component's own settings
 # included): (test of the key's last part, lowest, highest, whether the highest is excluded).
-_NAMED_RANGES: tuple[tuple[Callable[[str], bool], int, int, bool], ...] = (
+_NAMED_RANGES: tuple[tuple[Callable[[str], bool], int | None, int, bool], ...] = (
     (lambda k: k in ("seed", "seeds") or k.endswith("_seed"), 0, INT_LIMIT, True),
     (lambda k: k == "channels" or k.endswith("_channels"), 0, 65536, False),
     (lambda k: "learning_rate" in k, 0, 1000, False),
     (lambda k: k == "momentum" or k.endswith("_momentum"), 0, 1, True),
     (lambda k: k == "weight_decay" or k.endswith("_weight_decay"), 0, 1, False),
+    (lambda k: k == "grad_clip" or k.endswith("_grad_clip"), 0, int(FLOAT_LIMIT), False),
+    # Sizes of a network's structure, bounded past any published one before a network is built
+    # (no lower bound here: each component's own rule says what its least size is).
+    (lambda k: k in ("nodes", "blocks"), None, 64, False),
+    (lambda k: k in ("layers", "cells_per_stage") or k.endswith("_layers"), None, 1000, False),
+    (lambda k: k == "stem_multiplier", None, 64, False),
 )
 
 
@@ -1020,8 +1026,9 @@ def check_number(value: float, key: str) -> None:
     [-:data:`INT_LIMIT`, :data:`INT_LIMIT`), other numbers at most :data:`FLOAT_LIMIT` in size;
     seeds (``seed``, ``seeds``, ``*_seed``) >= 0; channel counts (``channels``,
     ``*_channels``) in [0, 65536]; learning rates (``*learning_rate*``) in [0, 1000]; momentum in
-    [0, 1); weight decay in [0, 1]. A component's own rules (e.g. a positive learning rate) come on
-    top.
+    [0, 1); weight decay in [0, 1]; gradient clips >= 0; a network's nodes, blocks and stem
+    multiplier at most 64, its layers and cells per stage at most 1000. A component's own rules
+    (e.g. a positive learning rate, at least one node) come on top.
 
     Args:
         value: The number.
@@ -1035,8 +1042,11 @@ def check_number(value: float, key: str) -> None:
     name = re.sub(r"\[\d+\]$", "", key).rsplit(".", 1)[-1]
     for matches, low, high, open_high in _NAMED_RANGES:
         if matches(name):
-            ok = low <= value < high if open_high else low <= value <= high
             shown = f"{value:g}" if isinstance(value, float) else _show_int(value)
+            if low is None:
+                check(value <= high, key, f"must be at most {high}, got {shown}")
+                continue
+            ok = low <= value < high if open_high else low <= value <= high
             check(ok, key, f"must be in [{low}, {high}{')' if open_high else ']'}, got {shown}")
     if isinstance(value, float):
         check(abs(value) <= FLOAT_LIMIT, key, f"must be at most {FLOAT_LIMIT:g} in size, got {value:g}")

@@ -107,6 +107,13 @@ def test_plain_job_names_of_up_to_32_characters_are_accepted(name: str, base: di
     assert_refused(*answer(["search", str(path), "--set", f"name={name}y" + "z" * 32]), "'name' is")
 
 
+@pytest.mark.parametrize("override", ["space.primitives=[]", "space.max_skip_connect=-1"])
+def test_the_defaults_written_out_are_accepted(override: str, base: dict[str, Any], tmp_path: Path) -> None:
+    """Values that mean the default, on purpose: no primitives listed is the ``space.operations``
+    set; a max_skip_connect of -1 puts no limit on the derived cell's skip connections."""
+    assert answer(["search", str(write(tmp_path / "job.yaml", base)), "--set", override])[0] is None
+
+
 # --- the cases issue 18 found, by --set -------------------------------------------------------
 
 BAD_OVERRIDES = [
@@ -119,6 +126,14 @@ BAD_OVERRIDES = [
     (f"space.channels={2**64}", "'space.channels' must be in [0, 65536], got 18446744073709551616"),
     ("space.channels=1e9", "'space.channels' must be an integer, got str '1e9'"),
     ("space.channels=1000000000", "'space.channels' must be in [0, 65536]"),
+    ("space.stem_multiplier=0", "space.stem_multiplier must be at least 1, got 0"),
+    ("space.stem_multiplier=-3", "space.stem_multiplier must be at least 1"),
+    ("space.stem_multiplier=65", "'space.stem_multiplier' must be at most 64, got 65"),
+    ("space.nodes=2147483647", "'space.nodes' must be at most 64, got 2147483647"),
+    ("space.nodes=100000", "'space.nodes' must be at most 64"),
+    ("space.layers=2147483647", "'space.layers' must be at most 1000"),
+    ("space.max_skip_connect=-7", "space.max_skip_connect must be >= 0, or -1: no limit"),
+    ("train.grad_clip=-1", "'train.grad_clip' must be in [0,"),
     ("train.learning_rate=1e308", "'train.learning_rate' must be in [0, 1000]"),
     ("train.learning_rate=.inf", "'train.learning_rate' must be a finite number, got inf"),
     ("train.learning_rate=inf", "'train.learning_rate' must be a finite number, got inf"),

@@ -74,13 +74,13 @@ class DartsSpaceConfig:
     channels: Annotated[int, Rule(ge=2, even=True)] = 16
     layers: Annotated[int, Rule(ge=3, says="must be at least 3 (two reduction cells)")] = 8
     nodes: Annotated[int, Rule(ge=1)] = 4
-    stem_multiplier: int = 3
+    stem_multiplier: Annotated[int, Rule(ge=1)] = 3
     operations: Literal["darts", "convnext", "morphological"] = "darts"
     primitives: tuple[str, ...] = ()
     mixed_op: str = "weighted"
     partial_k: int = 4
     edge_normalization: bool = False
-    max_skip_connect: int = -1
+    max_skip_connect: Annotated[int, Rule(ge=-1, says="must be >= 0, or -1: no limit")] = -1
     bn_affine: bool = False
     robust: Literal["", "s1", "s2", "s3", "s4"] = ""
 
