@@ -353,3 +353,106 @@ def test_the_search_windows_are_bptt_or_half_of_it() -> None:
     halves = sizes.count(17) / len(sizes)
     assert 0.03 < halves < 0.07, halves
     assert {size for (_, size), in StreamWindows(1000, 35, torch.Generator(), variable=False)} == {35}
+
+
+# -- Recurrent DARTS: the second-order architecture gradient as rnn/architect.py -----------------
+
+
+def _authors_rnn_arch_grad(
+    model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor], hidden_train: torch.Tensor,
+    valid: tuple[torch.Tensor, torch.Tensor], hidden_valid: torch.Tensor, eta: float, clip: float,
+    decay: float, r: float = 0.01,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, dict[str, bool]]:
+    """rnn/architect.py's ``_backward_step_unrolled`` (quark0/darts master) written out on copies
+    of ``model``: the architecture gradient, its first term grad_alpha L_val(w'), the validation
+    stream's next hidden state, and which of the two clips acted."""
+    import copy
+
+    def loss(net, batch, hidden):  # type: ignore[no-untyped-def]  # model._loss: NLL, no TAR
+        logits, outputs = net.run_outputs(batch[0], hidden)
+        return torch.nn.functional.cross_entropy(logits, batch[1]), outputs[-1]
+
+    def clip_(grads):  # type: ignore[no-untyped-def]  # _clip: scaled when over, coefficient returned
+        total = sum(g.norm(2) ** 2 for g in grads) ** 0.5
+        coef = clip / (total + 1e-6)
+        return ([g * coef for g in grads] if coef < 1 else list(grads)), coef
+
+    weights = list(model.weights())  # type: ignore[operator]
+    # _compute_unrolled_model: w' = w - eta * (clip(grad_w L_train(w)) + wdecay * w)
+    l_train, _ = loss(model, train, hidden_train)
+    g_train, clip_coef = clip_(torch.autograd.grad(l_train, weights))
+    unrolled = copy.deepcopy(model)
+    with torch.no_grad():
+        for u, w, g in zip(unrolled.weights(), weights, g_train, strict=True):  # type: ignore[operator]
+            u.copy_(w - eta * (g + decay * w))
+    # the validation loss at w', from the validation stream's state; its grad_w' clipped, no decay
+    l_val, hidden_next = loss(unrolled, valid, hidden_valid)
+    dalpha = torch.autograd.grad(l_val, unrolled.arch_parameters(), retain_graph=True)  # type: ignore[operator]
+    dtheta = torch.autograd.grad(l_val, list(unrolled.weights()))  # type: ignore[operator]
+    vector, valid_coef = clip_(dtheta)
+    # _hessian_vector_product: around w (the model, not the unrolled copy), R = r / ||vector||,
+    # from the training stream's state, p += R v, p -= 2 R v, difference / 2R
+    at_w = copy.deepcopy(model)
+    big_r = r / torch.cat([v.flatten() for v in vector]).norm()
+    sides = []
+    for step in (big_r, -2 * big_r):
+        with torch.no_grad():
+            for p, v in zip(at_w.weights(), vector, strict=True):  # type: ignore[operator]
+                p.add_(step * v)
+        sides.append(torch.autograd.grad(loss(at_w, train, hidden_train)[0], at_w.arch_parameters()))  # type: ignore[operator]
+    implicit = [(x - y) / (2 * big_r) for x, y in zip(*sides, strict=True)]
+    # dalpha - eta * clip_coef * implicit (the training clip's coefficient, even when over 1)
+    grads = [g - eta * clip_coef * h for g, h in zip(dalpha, implicit, strict=True)]
+    clipped = {"train": bool(clip_coef < 1), "valid": bool(valid_coef < 1)}
+    return grads, list(dalpha), hidden_next.detach(), clipped
+
+
+@pytest.mark.parametrize("clip", [0.2, 10.0], ids=["clipped", "not-clipped"])
+def test_recurrent_second_order_gradient_is_rnn_architect(clip: float) -> None:
+    """The unrolled architecture gradient on the recurrent supernet (float64) is rnn/architect.py's:
+    the training gradient clipped before the weight decay for w'; grad_w' L_val clipped (no decay)
+    for the Hessian-vector product, taken by finite differences around w from the training
+    stream's state; the implicit term times eta * the training clip's coefficient. The validation
+    stream goes on from where the pass at w' ended."""
+    import copy
+
+    from raynas.config import TrainConfig
+    from raynas.strategies.gradient.darts import Darts, DartsConfig
+    from raynas.supernet.darts_rnn import DartsRnnSupernet
+
+    torch.manual_seed(0)
+    model = DartsRnnSupernet(ntoken=12, nhid=6, nodes=3, activations=("tanh", "relu", "sigmoid"),
+                             dropout=0.0, dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0)
+    model = model.double()
+    with torch.no_grad():  # weights and alphas large enough for every term to matter
+        for p in model.weights():
+            p.normal_(0.0, 0.5)
+        model.alpha.normal_(0.0, 0.5)
+    eta, decay = 2.0, 1e-2
+    train = TrainConfig(epochs=1, learning_rate=eta, momentum=0.0, weight_decay=decay, grad_clip=clip)
+    strategy = Darts(supernet=model, config=DartsConfig(order=2), train=train)
+    text, valid_text = torch.randint(0, 12, (3, 11)), torch.randint(0, 12, (3, 11))
+    strategy.step((text[:, :5], text[:, 1:6]), (valid_text[:, :5], valid_text[:, 1:6]))  # states to carry
+    hidden_train, hidden_valid = strategy.hidden["train"].clone(), strategy.hidden["valid"].clone()
+    assert hidden_train.dtype == torch.float64 and hidden_train.abs().max() > 0.1
+
+    batch, check = (text[:, 5:10], text[:, 6:11]), (valid_text[:, 5:10], valid_text[:, 6:11])
+    expected, dalpha, valid_next, clipped = _authors_rnn_arch_grad(
+        copy.deepcopy(model), batch, hidden_train, check, hidden_valid, eta, clip, decay)
+    assert clipped == {"train": clip < 1, "valid": clip < 1}  # each case as its name says
+
+    seen: list[torch.Tensor] = []
+    a_step = strategy.a_optimizer.step
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(model.alpha.grad.detach().clone())  # type: ignore[union-attr]
+        return a_step(*args, **kwargs)
+
+    strategy.a_optimizer.step = spy  # type: ignore[method-assign]
+    strategy.step(batch, check)
+    assert seen[0].dtype == torch.float64
+    torch.testing.assert_close(seen[0], expected[0], rtol=1e-5, atol=1e-10)
+    torch.testing.assert_close(strategy.hidden["valid"], valid_next, rtol=1e-10, atol=1e-12)
+
+    # The implicit term matters here: the check above is not grad_alpha L_val(w') alone.
+    assert float((expected[0] - dalpha[0]).abs().max()) > 1e-2 * float(expected[0].abs().max())
