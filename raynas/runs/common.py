@@ -117,7 +117,13 @@ def read_checkpoint(checkpoint: str, *, fallback: bool = True) -> dict[str, Any]
     except Exception as exc:  # torch.load's errors for torn files vary: zip, pickle, EOF, OS
         error = f"{type(exc).__name__}: {' '.join(str(exc).split()).split('. ')[0][:200]}"
     previous = previous_checkpoint(checkpoint)
-    if fallback and storage.exists(previous):
+    if not fallback:
+        raise RaynasError(
+            f"checkpoint {checkpoint} cannot be read ({error}); a sampling search resumes from its "
+            "latest checkpoint only (it points into the search's journal and supernet file, which "
+            "have moved on since the one before); pass --fresh to start over"
+        )
+    if storage.exists(previous):
         try:
             prior = load_checkpoint(previous)
         except Exception:
