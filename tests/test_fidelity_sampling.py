@@ -289,12 +289,15 @@ def test_enas_searches_darts_cells_end_to_end_with_a_node_taking_one_input_twice
 
 
 def test_progressive_grows_darts_cells_block_by_block() -> None:
-    """PNAS on DARTS cells: stage 1 evaluates every 1-block cell, stage b every candidate is a
-    beam cell of b - 1 blocks with one block added (ranked by the predictor, the top K asked),
-    the normal and the reduction cell are the same cell of b blocks, its output all b blocks;
-    the answer is a cell of all B blocks."""
+    """PNAS on DARTS cells (Algorithm 1): stage 1 evaluates every 1-block cell, stage b ranks the
+    one-block expansions of EVERY cell of S_{b-1} (after stage 1: every 1-block cell, not only the
+    best K by score) and asks the top K; the normal and the reduction cell are the same cell of b
+    blocks, its output all b blocks; the answer is a cell of all B blocks."""
     space = darts_space(3)
     search = Progressive(ProgressiveConfig(beam_size=2, predictor_steps=5), space=space, seed=0)
+    ranked: list[list[tuple[int, ...]]] = []  # what each stage ranks
+    rank = search._rank
+    search._rank = lambda new: ranked.append(list(new)) or rank(new)  # type: ignore[method-assign]
     stages: list[list] = [[], [], []]
     scores = {}
     n = 0
@@ -310,13 +313,99 @@ def test_progressive_grows_darts_cells_block_by_block() -> None:
         search.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id=str(n)))
         n += 1
     assert len(stages[0]) == 3 * 3  # every 1-block cell: inputs 0+1, 3 x 3 ops
-    assert len(stages[1]) == len(stages[2]) == 2  # the top K of the beam's expansions
-    beam1 = set(sorted((a.normal for a in stages[0]), key=scores.__getitem__)[-2:])
-    assert all(a.normal[:2] in beam1 for a in stages[1])  # each grows a beam cell by a block
+    assert len(stages[1]) == len(stages[2]) == 2  # the top K of the expansions
+    # Stage 2 ranks the expansions of all nine 1-block cells (3 input pairs x 3 x 3 ops each),
+    # stage 3 those of both cells of S_2 (6 x 3 x 3 each).
+    assert len(ranked) == 3
+    assert len(ranked[1]) == 9 * 27 and len(set(ranked[1])) == 9 * 27
+    assert {v[:3] for v in ranked[1]} == {search.encode(a) for a in stages[0]}
+    assert len(ranked[2]) == 2 * 54
+    assert {v[:6] for v in ranked[2]} == {search.encode(a) for a in stages[1]}
+    assert all(a.normal[:2] in {b.normal for b in stages[0]} for a in stages[1])
     assert all(a.normal[:4] in {b.normal for b in stages[1]} for a in stages[2])
     best = search.best()
     assert best is not None and space.contains(best.architecture)
     assert all(len(r.architecture.normal) == 6 for r in search.final_results())
+
+
+def stand_in_score(values: tuple[int, ...]) -> float:
+    """A cell's decisions read as a number, the last decision its most significant digit (every
+    option index is below 10, so no two cells of one size tie)."""
+    return float(sum(x * 10 ** i for i, x in enumerate(values)))
+
+
+class StandIn:
+    """A predictor whose scores are known: :func:`stand_in_score`."""
+
+    def __call__(self, values: list[tuple[int, ...]]) -> torch.Tensor:
+        return torch.tensor([stand_in_score(v) for v in values])
+
+
+def test_progressive_asks_the_expansions_the_predictor_ranks_first() -> None:
+    """Stage 2 asks exactly the top K by the predictor of the expansions of every 1-block cell,
+    enumerated here from the space's decisions; the measured scores of stage 1 do not narrow it
+    (they prefer other parents)."""
+    space = darts_space(3)
+    k = 3
+    search = Progressive(ProgressiveConfig(beam_size=k, predictor_steps=5), space=space, seed=0)
+    first = [search.ask() for _ in range(9)]
+    assert search.ask() is None and all(a is not None for a in first)
+    search.predictor = StandIn  # type: ignore[assignment,method-assign]  # ranks stage 2
+    measured = {}
+    for n, arch in enumerate(first):
+        values = search.encode(arch)  # type: ignore[arg-type]
+        measured[values] = -float(sum(values))  # prefers low option indices
+        search.tell(EvalResult(architecture=arch, metrics={"valid_acc": measured[values]},  # type: ignore[arg-type]
+                               trial_id=str(n)))
+    asked = []
+    while (arch := search.ask()) is not None:
+        asked.append(arch)
+    # Every expansion of every 1-block cell, from the decisions of the first two nodes.
+    decisions = space.decisions()[:6]
+    n1, a1, b1, n2, a2, b2 = (len(d.options) for d in decisions)
+    cells = [(p, a, b) for p in range(n1) for a in range(a1) for b in range(b1)]
+    assert len(cells) == 9
+    expansions = [(*c, p, a, b) for c in cells for p in range(n2) for a in range(a2) for b in range(b2)]
+    assert len(expansions) == 9 * 27
+    top = sorted(expansions, key=stand_in_score, reverse=True)[:k]
+
+    def normal(values: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+        edges = []
+        for b in range(0, len(values), 3):
+            pair, op_a, op_b = values[b : b + 3]
+            first_in, second_in = (int(x) for x in decisions[b].options[pair].split("+"))
+            edges += [(decisions[b + 1].options[op_a], first_in), (decisions[b + 2].options[op_b], second_in)]
+        return tuple(edges)
+
+    assert [a.normal for a in asked] == [normal(v) for v in top]  # best predicted first
+    # The parents are not the best K of stage 1 by measured score.
+    best_measured = set(sorted(measured, key=measured.__getitem__, reverse=True)[:k])
+    assert not {v[:3] for v in top} & best_measured
+
+
+def test_progressive_answers_the_best_cell_of_the_last_stage_at_equal_budget() -> None:
+    """The answer is the best of S_B by measured score, at equal budget where a scheduler stopped
+    one early: not a smaller cell that scored higher, not the one the predictor ranked first, not
+    the one with the higher raw score."""
+    space = darts_space(2)
+    search = Progressive(ProgressiveConfig(beam_size=2, predictor_steps=5), space=space, seed=0)
+    first = [search.ask() for _ in range(9)]
+    for n, arch in enumerate(first):
+        score = 0.99 if n == 0 else 0.1 * (n % 4)
+        search.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id=f"s1-{n}"))  # type: ignore[arg-type]
+    predicted_first, second = search.ask(), search.ask()
+    assert search.ask() is None and predicted_first is not None and second is not None
+    # 0.4 after epoch 1, 0.7 at its full budget of 3; the other stopped after epoch 1 at 0.5.
+    full = EvalResult(architecture=predicted_first, metrics={"valid_acc": 0.7}, trial_id="full",
+                      budget=3.0, curve=(0.4, 0.6, 0.7))
+    stopped = EvalResult(architecture=second, metrics={"valid_acc": 0.5}, trial_id="stopped",
+                         budget=1.0, stopped_early=True, curve=(0.5,))
+    search.tell(full)
+    search.tell(stopped)
+    assert search.done
+    assert [r.trial_id for r in search.final_results()] == ["stopped", "full"]
+    best = search.best()
+    assert best is not None and best.trial_id == "stopped" and len(best.architecture.normal) == 4
 
 
 def test_progressive_cells_need_an_evaluator_that_builds_them() -> None:

@@ -10,11 +10,19 @@ cell (the DARTS cell: per node its inputs, then an op on each; see
 :func:`raynas.spaces.darts_genotype.cell_decisions`), a candidate at stage ``b`` is a cell of ``b``
 blocks (b = 1..B), its output the concatenation of its blocks, used as every cell of the network
 (PNAS searches one cell; its reduction cells are the same cell with stride 2, so the normal and
-the reduction cell of a candidate are equal). Stage 1 evaluates every 1-block cell (PNAS trains
-all of them); stage ``b`` ranks every one-block expansion of the beam's ``b - 1``-block cells by
-the predictor and evaluates the top ``beam_size``; the beam is then the best ``beam_size`` of
-them. The predictor reads a one-hot encoding of the blocks a cell has (none for blocks it has
-not: PNAS's MLP predictor also reads cells of any size). The answer is the best ``B``-block cell.
+the reduction cell of a candidate are equal). The stages follow PNAS's Algorithm 1:
+
+- stage 1: ``S_1`` is every 1-block cell, all evaluated (PNAS trains all of them);
+- stage ``b`` (2..B): ``S'_b`` is every one-block expansion of *every* cell of ``S_{b-1}`` (after
+  stage 1 that is every 1-block cell, not only the best ``beam_size``), ranked by the predictor;
+  ``S_b`` is its top ``beam_size``, and those of them not evaluated yet are asked (in cell mode
+  that is all of them: a cell of ``b`` blocks is first met at stage ``b``; one told without
+  being asked is not evaluated again, but it joins ``S_b`` only if the predictor ranks it in);
+- the beam expanded next is ``S_b`` whole: measured scores only train the predictor (refit on
+  every result) and pick the answer, the best ``B``-block cell by measured score.
+
+The predictor reads a one-hot encoding of the blocks a cell has (none for blocks it has not:
+PNAS's MLP predictor also reads cells of any size).
 
 **Groups of decisions (other spaces).** The "blocks" are groups of a space's decisions, filled in
 order:
@@ -69,12 +77,19 @@ class ProgressiveConfig:
     """Beam width and the predictor (PNAS: K=256 cells per stage, an ensemble of 5 LSTMs/MLPs).
 
     Attributes:
-        beam_size: K, candidates evaluated per stage and kept in the beam.
+        beam_size: K, candidates evaluated per stage after the first. Cells grown block by block
+            (PNAS): the K cells the predictor ranks first are the beam expanded next, whatever
+            their measured scores; the first stage evaluates, and its beam is, every 1-block cell.
+            Groups of decisions: the beam is the best K of the stage's expansions by score.
         predictor_hidden: Hidden units of the MLP predictor.
         predictor_steps: Full-batch Adam steps each time the predictor is refit.
         predictor_learning_rate: Adam's learning rate for the predictor.
-        max_expansions: Upper bound on the expansions ranked per stage (a group with too many
-            option combinations is an error that names the group).
+        max_expansions: Upper bound on the expansions ranked per stage (more is an error that
+            names the block or group). Cells: stage 2 expands every 1-block cell, so its count
+            is (1-block cells) x (block 2's options) whatever ``beam_size`` is; on the default
+            ``darts`` space (7 ops, 4 nodes) that is 49 x 147 = 7,203, then 8 x 294 = 2,352 and
+            8 x 490 = 3,920 at stages 3 and 4 (``beam_size`` 8). PNAS's K = 256 makes stage 4
+            256 x 490 = 125,440: raise this with it.
         cell_shape: Bounds on the width and depth of the cells (:class:`CellShapeLimits`; cells
             grown block by block only). A block never narrows or shallows a cell, so expansions
             past a maximum are dropped at every stage (with all their descendants); the minimums
@@ -219,12 +234,21 @@ class Progressive(SamplingStrategy):
 
     def _expansions(self) -> list[Values]:
         group = self.groups[self.stage]
-        count = len(self.beam) * math.prod(self.sizes[i] for i in group)
+        options = math.prod(self.sizes[i] for i in group)
+        count = len(self.beam) * options
         if count > self.config.max_expansions:
-            names = ", ".join(self.decisions[i].name for i in group)
+            limit = f"more than strategy.max_expansions ({self.config.max_expansions})"
+            if self.layout is None:
+                names = ", ".join(self.decisions[i].name for i in group)
+                raise ConfigError(
+                    f"decision group ({names}) has {count} expansions of the beam, {limit}: "
+                    "raise it or lower beam_size"
+                )
+            fix = ("every 1-block cell is expanded (PNAS), whatever beam_size is: raise it or use "
+                   "fewer primitives" if self.stage == 1 else "raise it or lower beam_size")
             raise ConfigError(
-                f"decision group ({names}) has {count} expansions of the beam, more than "
-                f"strategy.max_expansions ({self.config.max_expansions}): raise it or lower beam_size"
+                f"block {self.stage + 1} has {count} expansions ({len(self.beam)} cells of "
+                f"{self.stage} block(s) x {options} ways to add it), {limit}: {fix}"
             )
         out: list[Values] = []
         seen: set[Values] = set()
@@ -264,7 +288,7 @@ class Progressive(SamplingStrategy):
         return model.eval()
 
     def _rank(self, new: list[Values]) -> list[Values]:
-        """Unevaluated expansions, best predicted first (in random order before any predictor)."""
+        """Expansions, best predicted first (in random order before any predictor)."""
         model = self.predictor()
         if model is None:
             new = list(new)
@@ -276,18 +300,27 @@ class Progressive(SamplingStrategy):
         return [new[i] for i in order]
 
     def _start_stage(self) -> None:
-        """Queue the top ``beam_size`` unevaluated expansions; the evaluated ones compete as they are."""
+        """Choose the stage's candidates and queue those not evaluated yet.
+
+        Cells (PNAS's Algorithm 1): stage 1's are every 1-block cell; stage ``b``'s, ``S_b``, the
+        top ``beam_size`` of every expansion by the predictor (one evaluated already stays in
+        ``S_b`` without being asked again if it ranks there). Groups: the top ``beam_size``
+        unevaluated expansions are asked, and the evaluated ones compete as they are.
+        """
         expansions = self._expansions()
         if self.shape_limits is not None:  # maximums at every stage, minimums at the last
             last = self.stage == len(self.groups) - 1
             expansions = [v for v in expansions
                           if self.shape_violation(self.decode(v), upper_only=not last) == 0]
-        known = [v for v in expansions if v in self.scores]
-        asked = self._rank([v for v in expansions if v not in self.scores])
-        if self.layout is None or self.stage > 0:  # PNAS evaluates every 1-block cell
-            asked = asked[: self.config.beam_size]
-        self.candidates = known + asked
-        self.to_ask = asked
+        if self.layout is None:
+            known = [v for v in expansions if v in self.scores]
+            asked = self._rank([v for v in expansions if v not in self.scores])[: self.config.beam_size]
+            self.candidates = known + asked
+        else:
+            self.candidates = self._rank(expansions)
+            if self.stage > 0:  # S_1 is every 1-block cell
+                self.candidates = self.candidates[: self.config.beam_size]
+        self.to_ask = [v for v in self.candidates if v not in self.scores]
 
     def _finish_stages(self) -> None:
         """Close every stage whose candidates are all told and open the next."""
@@ -301,7 +334,8 @@ class Progressive(SamplingStrategy):
             ranked = sorted(self.candidates, key=functools.cmp_to_key(
                 lambda a, b: compare_at_equal_budget(self.results[b], self.results[a])
             ))
-            self.beam = ranked[: self.config.beam_size]
+            # Cells: S_b is expanded whole (PNAS); groups: the best beam_size by score.
+            self.beam = ranked if self.layout is not None else ranked[: self.config.beam_size]
             self.stage += 1
             self.candidates = None
 
@@ -364,8 +398,9 @@ class Progressive(SamplingStrategy):
         return tuple(values)
 
     def final_results(self) -> list[EvalResult]:
-        """Best first; when cells grow block by block, only the cells of all ``B`` blocks (the
-        smaller ones are steps on the way), unless there are none yet."""
+        """Best first, at equal budget; when cells grow block by block, only the cells of all
+        ``B`` blocks (PNAS's answer is the best of ``S_B``; the smaller ones are steps on the
+        way), unless there are none yet."""
         ranked = super().final_results()
         if self.layout is None:
             return ranked
