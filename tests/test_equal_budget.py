@@ -189,3 +189,57 @@ def test_epnas_rewards_and_predictor_targets_at_equal_budget() -> None:
     assert model is not None
     predicted = model(one_hot([a.values, b.values], fresh.sizes)).tolist()
     assert predicted == pytest.approx([0.45 + 0.05 / 1.1, 0.45 - 0.05 / 1.1])
+
+
+def test_ran_e_keeps_a_replacement_by_its_score_at_the_budget_the_seed_reached(tmp_path: Path) -> None:
+    """RAN-e keeps a replacement within the tolerance of the seed: a candidate a scheduler stopped
+    after one epoch at 0.5 is held against the seed's first epoch (0.4), not its last (0.7)."""
+    from test_ran import small_space, synthetic_table
+
+    from raynas.strategies.sampling.ran import RanE, RanEConfig
+
+    space = small_space()
+    table = synthetic_table(space, tmp_path, slow={4: 3.0})
+    strategy = RanE(RanEConfig(latency_table=str(table), tolerance=0.05, evaluations=5), space=space)
+    seed = strategy.ask()
+    strategy.tell(EvalResult(seed, {"valid_acc": 0.7}, trial_id="seed", budget=2.0, curve=(0.4, 0.7)))
+    replaced = strategy.ask()
+    assert replaced is not None and replaced != seed
+    strategy.tell(EvalResult(replaced, {"valid_acc": 0.5}, trial_id="r1", budget=1.0, stopped_early=True,
+                             curve=(0.5,)))
+    assert strategy.incumbent == replaced  # 0.5 >= 0.4 - 0.05 (on the raw scores: 0.5 < 0.7 - 0.05)
+    # Without curves (every candidate trained to its budget) the scores are compared as they are.
+    again = RanE(RanEConfig(latency_table=str(table), tolerance=0.05, evaluations=5), space=space)
+    again.tell(EvalResult(again.ask(), {"valid_acc": 0.7}, trial_id="seed"))
+    worse = again.ask()
+    again.tell(EvalResult(worse, {"valid_acc": 0.5}, trial_id="r1"))
+    assert again.incumbent == seed
+
+
+def test_auto_keras_fits_its_gaussian_process_to_scores_at_equal_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Auto-Keras's Gaussian process learns each network's score at the budget every evaluated
+    network reached: the seed's first epoch (0.4), not its last (0.7), beside a child stopped
+    after one epoch at 0.5."""
+    from raynas.spaces.autokeras import AutoKerasConfig, AutoKerasSpace
+    from raynas.strategies.sampling import autokeras
+    from raynas.strategies.sampling.autokeras import AutoKeras, AutoKerasStrategyConfig
+
+    fitted: list[list[float]] = []
+
+    class Recording(autokeras.GaussianProcess):
+        def fit(self, xs, ys):  # type: ignore[no-untyped-def]
+            fitted.append(list(ys))
+            return super().fit(xs, ys)
+
+    monkeypatch.setattr(autokeras, "GaussianProcess", Recording)
+    space = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2)))
+    strategy = AutoKeras(AutoKerasStrategyConfig(evaluations=4, t_min=0.05), space=space, seed=0)
+    seed = strategy.ask()
+    strategy.tell(EvalResult(seed, {"valid_acc": 0.7}, trial_id="seed", budget=2.0, curve=(0.4, 0.7)))
+    child = strategy.ask()
+    strategy.tell(EvalResult(child, {"valid_acc": 0.5}, trial_id="c1", budget=1.0, stopped_early=True,
+                             curve=(0.5,)))
+    strategy.ask()
+    assert fitted[-1] == [0.4, 0.5]

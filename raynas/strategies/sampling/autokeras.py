@@ -38,7 +38,7 @@ from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, scores_at_common_budget
 
 # --- the edit distance ------------------------------------------------------------------------
 
@@ -279,12 +279,14 @@ class AutoKeras(SamplingStrategy):
         the best network by UCB, with its parent and the morphisms from it (None if none is new)."""
         cfg = self.config
         gp = GaussianProcess(kernel_lambda=cfg.kernel_lambda)
-        gp.fit([descriptor(r.architecture) for r in scored], [r.score for r in scored])
+        # Scores at the budget every evaluated network reached (a Tune scheduler may stop some).
+        ys = scores_at_common_budget(scored)
+        gp.fit([descriptor(r.architecture) for r in scored], ys)
         seen = self._asked_keys()
         # (-value, order, parent, morphs, network): the largest value first, ties in insertion order
         queue: list[tuple[float, int, Any, tuple[Any, ...], Any]] = []
-        for r in sorted(scored, key=lambda r: r.score):
-            heapq.heappush(queue, (-r.score, len(queue), r.architecture, (), r.architecture.graph()))
+        for y, r in sorted(zip(ys, scored, strict=True), key=lambda pair: pair[0]):
+            heapq.heappush(queue, (-y, len(queue), r.architecture, (), r.architecture.graph()))
         counter = len(queue)
         t, best_acq, best = 1.0, -math.inf, None
         while queue and t > cfg.t_min:

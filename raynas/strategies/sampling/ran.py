@@ -28,7 +28,7 @@ from raynas.latency import LATENCY_DIR, REQUIRED_TABLE, LatencyTable, find_table
 from raynas.spaces.ran import ALIASES_E, ALIASES_I, E_FORM, I_FORM, PUBLISHED_E, PUBLISHED_I
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import SamplingStrategy, choice_space
-from raynas.types import Architecture, EvalResult
+from raynas.types import Architecture, EvalResult, scores_at_common_budget
 
 
 @dataclass(frozen=True)
@@ -186,18 +186,20 @@ class RanE(SamplingStrategy):
 
     def tell(self, result: EvalResult) -> None:
         """Record the result; keep the candidate when it is the seed, or faster (by the table)
-        than the network kept and within the tolerance of the seed."""
+        than the network kept and within the tolerance of the seed, the two compared at the budget
+        both reached (:func:`raynas.types.scores_at_common_budget`: a candidate a Tune scheduler
+        stopped early against the seed's score after as many epochs)."""
         latency = self.latency_ms(result.architecture)
         super().tell(result)
         if self.seed_score is None and result.architecture == self.seed_arch:
             self.seed_score = result.score
             self.incumbent, self.incumbent_index = result.architecture, len(self.history) - 1
             return
-        if (
-            self.seed_score is not None and self.incumbent is not None
-            and result.score >= self.seed_score - self.config.tolerance
-            and latency < self.latency_ms(self.incumbent)
-        ):
+        if self.seed_score is None or self.incumbent is None:
+            return
+        seed = next(r for r in self.history if r.architecture == self.seed_arch)
+        score, seed_score = scores_at_common_budget([result, seed])
+        if score >= seed_score - self.config.tolerance and latency < self.latency_ms(self.incumbent):
             self.incumbent, self.incumbent_index = result.architecture, len(self.history) - 1
 
     @property
