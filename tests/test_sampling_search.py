@@ -127,6 +127,36 @@ def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: 
     assert resumed.architecture == reference.architecture
 
 
+def test_the_search_phase_checkpoints_every_30_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between phases a sampling search checkpoints its state once SNAPSHOT_SECONDS (30) of search
+    have passed since the last checkpoint: with the interval at 0, a search that crashes after its
+    third candidate has a checkpoint that points past them in the journal; with an interval longer
+    than the test, its checkpoint points to the start of the search phase."""
+    from raynas.runs import journal, sampling
+    from raynas.train.checkpoint import load_checkpoint
+
+    assert journal.SNAPSHOT_SECONDS == 30.0 and sampling.SNAPSHOT_SECONDS == journal.SNAPSHOT_SECONDS
+    job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1})
+    config = parse_job(job)
+    checkpoint = tmp_path / "runs" / config.name / "checkpoint.pt"
+    seqs = []
+    for interval in (1e9, 0.0):
+        monkeypatch.setattr(sampling, "SNAPSHOT_SECONDS", interval)
+        lines: list[str] = []
+
+        def crash_after_three(line: str, lines: list[str] = lines) -> None:
+            lines.append(line)
+            if sum(line.startswith("candidate") for line in lines) == 3:
+                raise RuntimeError("simulated crash")
+
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_search(config, echo=crash_after_three, fresh=True)
+        seqs.append(load_checkpoint(checkpoint)["seq"])
+    assert seqs[1] > seqs[0]  # three results and their asks past the start of the search phase
+
+
 def test_evolution_with_training_from_scratch_and_retraining_the_best(tmp_path: Path) -> None:
     job = sampling_job(
         tmp_path, {"name": "evolution", "population_size": 2, "sample_size": 2, "evaluations": 3},
