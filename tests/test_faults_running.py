@@ -68,16 +68,25 @@ def final_state(config: Any) -> tuple[str, dict[str, float], dict[str, list[floa
     return last["architecture"], last["metrics"], last["arch_weights"]
 
 
+def epochs_done(checkpoint: Path) -> int:
+    """Epochs a search's checkpoint records (0 while there is none)."""
+    try:
+        return len(load_checkpoint(checkpoint)["history"])
+    except Exception:  # not written yet (or being replaced: the rename is atomic, a read may race)
+        return 0
+
+
 def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     """The driver (``raynas search``, in a process of its own) is SIGKILLed at seeded random
-    moments of a seeded 3-epoch DARTS search and the same command run again each time."""
+    moments of a seeded 3-epoch DARTS search and the same command run again each time. The
+    moments are spread over the search: the k-th kill waits until the checkpoint records
+    ``k * (epochs + 1) // kills`` epochs (0, 0, 0, 1, 1, 1, 2, 2, 2, 3: the last during the
+    search's end), then a random share of an epoch's time; kills land in every epoch."""
     epochs, kills = 3, 10
     (tmp_path / "reference").mkdir()
     (tmp_path / "killed").mkdir()
     reference_job = tiny_job(tmp_path / "reference", train={"epochs": epochs})
-    started = time.perf_counter()
     reference = run_search(parse_job(reference_job), echo=lambda _: None)  # also warms up this process
-    uninterrupted = time.perf_counter() - started
 
     job = tiny_job(tmp_path / "killed", train={"epochs": epochs})
     argv = ["search", str(write_job(tmp_path / "killed", job))]
@@ -86,23 +95,30 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
     # connection crosses the fork.
     fork = multiprocessing.get_context("fork")
     rng = random.Random(0)
-    # Kill moments spread over the search's whole length: the gaps add up to about one run.
-    gaps = [rng.uniform(0.05, 2 * uninterrupted / kills) for _ in range(kills)]
-    killed = 0
-    for gap in gaps:
+    checkpoint = tmp_path / "killed" / "runs" / "tiny" / "checkpoint.pt"
+    # An epoch's time in a warm process: the reference's last epoch (its first paid the warm-up).
+    epoch_seconds = load_checkpoint(
+        Path(reference_job["tracking"]["output_dir"]) / "tiny" / "checkpoint.pt"
+    )["history"][-1]["seconds"]
+    landed: list[int] = []  # the epochs the checkpoint recorded at each kill that landed
+    for k in range(kills):
+        target = k * (epochs + 1) // kills
         driver = fork.Process(target=main, args=(argv,))
         driver.start()
-        driver.join(gap)
+        while driver.is_alive() and epochs_done(checkpoint) < target:
+            time.sleep(0.05)
+        driver.join(rng.uniform(0.0, epoch_seconds))
         if driver.exitcode is None:
             os.kill(driver.pid, signal.SIGKILL)
-            killed += 1
+            landed.append(epochs_done(checkpoint))
         driver.join()
     driver = fork.Process(target=main, args=(argv,))
     driver.start()
     driver.join()
     assert driver.exitcode == 0
-    print(f"{killed} of {kills} kills landed before the search finished")
-    assert killed >= kills // 2, f"only {killed} of {kills} kills landed before the search finished"
+    print(f"kills landed with the checkpoint at epochs {landed}")
+    assert len(landed) >= kills // 2, f"only {len(landed)} of {kills} kills landed before the search finished"
+    assert {0, 1, 2} <= set(landed), f"kills did not land in every epoch: {landed}"
 
     config = parse_job(job)
     client = MlflowClient(config.tracking.tracking_uri)
