@@ -141,13 +141,33 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
     assert parent_runs(client, found.run_id) == [found.run_id]  # resumed, never started again
 
 
-def drive(config: Any, *, die_at: str = "", die_after_finish: bool = False) -> int | None:
+def drive(
+    config: Any, *, die_at: str = "", die_after_finish: bool = False, die_retraining: bool = False
+) -> int | None:
     """Run (or resume) the search of ``config`` in a forked driver process that SIGKILLs itself
-    when it prints a line starting with ``die_at`` or, with ``die_after_finish``, right after it
-    recorded its end in MLflow and the results store (before its last checkpoint); return the
-    driver's exit code (-9: killed)."""
+    when it prints a line starting with ``die_at``; with ``die_after_finish``, right after it
+    recorded its end in MLflow and the results store (before its last checkpoint); with
+    ``die_retraining``, when a final candidate's retraining has trained it, before its result is
+    kept or recorded. Return the driver's exit code (-9: killed)."""
 
     def driver() -> None:
+        if die_retraining:
+            from raynas.runs import sampling
+
+            make = sampling.final_evaluator
+
+            def dying_evaluator(*args: Any, **kwargs: Any) -> Any:
+                evaluator = make(*args, **kwargs)
+                evaluate = evaluator.evaluate
+
+                def evaluate_and_die(*a: Any, **kw: Any) -> Any:
+                    evaluate(*a, **kw)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                evaluator.evaluate = evaluate_and_die
+                return evaluator
+
+            sampling.final_evaluator = dying_evaluator  # type: ignore[assignment]
         if die_after_finish:
             from raynas.tracking.recorder import SearchRecorder
 
@@ -187,20 +207,23 @@ def test_a_driver_killed_after_recording_its_end_finishes_on_the_next_run(tmp_pa
 
 def test_a_sampling_search_killed_in_each_phase_records_every_candidate_once(tmp_path: Path) -> None:
     """SPOS on a one-shot supernet, its driver SIGKILLed in its supernet phase (after the first
-    epoch), its search phase (after the third candidate) and its retrain phase (after the
-    retraining), each time resumed: every candidate is one Parquet row and one child run."""
+    epoch), its search phase (after the third candidate) and its retrain phase (once while the
+    first of the two final candidates is retrained, before its result is kept, and once after
+    it is recorded), each time resumed: every candidate is one Parquet row and one child run."""
     job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2},
-                       final={"top": 1, "epochs": 1, "channels": 4, "layers": 1})
+                       final={"top": 2, "epochs": 1, "channels": 4, "layers": 1})
     config = parse_job(job)
-    for moment in ("supernet epoch   1/", "candidate    3 ", "retrained "):
+    for moment in ("supernet epoch   1/", "candidate    3 "):
         assert drive(config, die_at=moment) == -signal.SIGKILL, moment
+    assert drive(config, die_retraining=True) == -signal.SIGKILL
+    assert drive(config, die_at="retrained ") == -signal.SIGKILL
     assert drive(config) == 0
 
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
     state = search_state(str(checkpoint))
     assert state["finished"] and len(state["results"]) == SPOS["evaluations"]
     trials = sorted(r["trial_id"] for r in [*state["results"], *state["retrained"]])
-    assert len(set(trials)) == SPOS["evaluations"] + 1 and trials[-1].startswith("retrain-")
+    assert len(set(trials)) == SPOS["evaluations"] + 2 and trials[-2].startswith("retrain-")
     client = MlflowClient(config.tracking.tracking_uri)
     (run_id,) = parent_runs(client, load_checkpoint(checkpoint)["run_id"])
     assert client.get_run(run_id).info.status == "FINISHED"
