@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
+from raynas.tracking.results import ResultsStore
 
 SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "raynas-test-aws-secret-7f3a",
@@ -32,16 +33,22 @@ def leaked(text: str) -> list[str]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("kind", ["gradient", "sampling"])
 def test_no_secret_reaches_mlflow_results_files_or_logs(
-    tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch,
+    kind: str, tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A DARTS search, and a sampling search (which writes a journal too)."""
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "raynas-test-key-id")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     uri = mlflow_server.replace("http://", f"http://alice:{URI_PASSWORD}@")
-    job = tiny_job(tmp_path, train={"epochs": 1}, tracking={"tracking_uri": uri, "experiment": "secrets"})
+    tracking = {"tracking_uri": uri, "experiment": f"secrets-{kind}"}
+    job = tiny_job(tmp_path, train={"epochs": 1}, tracking=tracking)
+    if kind == "sampling":
+        job["strategy"] = {"name": "random", "evaluations": 2}
+        job["evaluator"] = {"name": "supernet", "bn_batches": 1}
     lines: list[str] = []
     with caplog.at_level(logging.DEBUG):
         result = run_search(parse_job(job), echo=lines.append)
@@ -50,7 +57,7 @@ def test_no_secret_reaches_mlflow_results_files_or_logs(
     assert leaked(said) == [], [line for line in said.splitlines() if leaked(line)][:5]
 
     client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("secrets")
+    experiment = client.get_experiment_by_name(f"secrets-{kind}")
     runs = client.search_runs([experiment.experiment_id])
     assert any(r.info.run_id == result.run_id for r in runs)
     for run in runs:
@@ -62,8 +69,13 @@ def test_no_secret_reaches_mlflow_results_files_or_logs(
         for file in (f for f in folder.rglob("*") if f.is_file()):
             assert leaked(file.read_bytes().decode("latin-1")) == [], file
 
-    for file in (f for f in (tmp_path / "runs").rglob("*") if f.is_file()):
-        assert leaked(file.read_bytes().decode("latin-1")) == [], file  # Parquet, journal, checkpoints
+    files = [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]
+    assert any(f.name == "journal.jsonl" for f in files) == (kind == "sampling")
+    for file in files:
+        assert leaked(file.read_bytes().decode("latin-1")) == [], file  # journal, checkpoints, Parquet
+    # The Parquet rows as read (their pages may be compressed, where the bytes would not show it).
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) >= 1 and leaked(rows.to_csv()) == []
 
 
 def test_a_uri_password_is_redacted_and_other_uris_are_left_alone() -> None:
