@@ -107,6 +107,28 @@ def test_a_killed_ray_worker_is_one_raynas_line_and_none_of_rays_reports(
     assert "epoch   2/3" not in console  # the epoch the actor died in twice
 
 
+def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_none_of_rays_reports(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """A one-shot sampling search's evaluator actor (the supernet replica scoring candidates)
+    killed after the second candidate: it is replaced and the search ends with every candidate
+    once; raynas says so in one line naming Ray's logs, and none of Ray's reports reach the
+    console."""
+    from test_sampling_search import sampling_job
+
+    spos = {"name": "spos", "population_size": 4, "sample_size": 2, "evaluations": 4}
+    job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1},
+                       execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1})
+    command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+    status, console = kill_mid_search(command, tmp_path, ray_head, "ray::_EvaluatorActor",
+                                      after=("candidate    2 ",))
+    assert status == 0, console[-3000:]
+    named = assert_quiet(console)
+    assert len(named) == 1 and "replaced evaluator actor 0; Ray's logs are in " in named[0], console[-3000:]
+    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
+    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
+
+
 def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
     tmp_path: Path, ray_head: str
 ) -> None:
