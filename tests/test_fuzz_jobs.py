@@ -445,3 +445,67 @@ def test_a_bad_job_is_refused_before_torch_ray_or_mlflow_are_imported(
     out = json.loads(proc.stdout)
     assert out["statuses"] == [0, 0] + [2] * (len(cases) - 2)
     assert out["heavy"] == []
+
+
+# --- every space setting, and what an accepted one builds --------------------------------------
+
+JOBS = Path(__file__).parents[1] / "jobs"
+# A quick start of each space (on the digits, runnable as it is): the base its settings vary on.
+SPACE_JOBS = {
+    yaml.safe_load(p.read_text())["space"]["name"]: p
+    for p in sorted(JOBS.glob("*quickstart.yaml")) if "study" not in yaml.safe_load(p.read_text())
+}
+
+
+@settings(FUZZ, max_examples=int(os.environ.get("RAYNAS_FUZZ_EXAMPLES", "25")))
+@given(data=st.data())
+def test_any_space_setting_is_refused_in_one_line_or_its_networks_build(
+    data: st.DataObject, scratch: Path, tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quick start's space with one of its settings set to any value: refused in one line, or
+    accepted, and then the space samples an architecture whose network and supernet build and run
+    (on the meta device: shapes only). A setting accepted here that the space cannot build (as
+    ``space.stem_multiplier: 0`` once was, a 71-line RuntimeError at the search's start) fails;
+    one the data cannot take (``space.blocks: 4`` halving the 8x8 digits to nothing) is one line
+    naming the setting when the space meets the data."""
+    import random
+
+    import torch
+
+    from raynas.config import _component_manifest
+    from raynas.data import dataset_info
+    from raynas.errors import ConfigError
+    from raynas.profile import count_macs
+    from raynas.runs.common import job_space, searched_network
+    from raynas.supernet import build_supernet
+    from raynas.supernet.registry import SUPERNETS
+
+    space = data.draw(st.sampled_from(sorted(SPACE_JOBS)), label="space")
+    keys = sorted(_component_manifest()["space"]["names"][space] or {})
+    key = data.draw(st.sampled_from(keys), label="setting")
+    value = data.draw(st.one_of(st.integers(min_value=-3, max_value=70), VALUES), label="value")
+    raw = yaml.safe_load(SPACE_JOBS[space].read_text())
+    raw["space"][key] = value
+    raw["tracking"] = {"output_dir": str(tmp_path_factory.mktemp("out")), "experiment": "fuzz"}
+    accepted: list[Any] = []
+
+    def keep(config: Any, **_: Any) -> Any:
+        accepted.append(config)
+        raise Accepted
+
+    monkeypatch.setattr(raynas.runs.search, "run_search", keep)
+    status, err = answer(["search", str(write(scratch, raw))])
+    if status is not None:
+        assert_refused(status, err)
+    else:
+        config = accepted[0]
+        info = dataset_info(config.data.name)
+        try:
+            network = searched_network(config, job_space(config).sample(random.Random(0)), meta=True)
+            count_macs(network, (info.in_channels, info.image_size, info.image_size))
+            if space in SUPERNETS:
+                with torch.device("meta"):
+                    build_supernet(job_space(config), info)
+        except ConfigError as error:  # settings the data cannot take (too many halvings): one line
+            assert "\n" not in str(error) and f"space.{key}" in str(error), error

@@ -224,3 +224,20 @@ def test_describe_gives_the_readmes_figure_for_darts_v2_cells(capsys: pytest.Cap
     assert main(["describe", "--space", "stacked_bnas", "--arch", "DARTS_V2", "--dataset", "cifar10"]) == 0
     out = capsys.readouterr().out
     assert "parameters              888,094" in out
+
+
+def test_more_blocks_than_the_images_can_halve_are_one_line_naming_the_setting() -> None:
+    """Each mini-BCNN halves the feature map: on the 8x8 digits three leave one pixel, a fourth
+    nothing (a RuntimeError deep in a convolution before this check)."""
+    from raynas.data import dataset_info
+
+    digits = dataset_info("digits")
+    three = space(blocks=3)
+    with torch.device("meta"):
+        three.build(three.sample(random.Random(0)), digits)  # type: ignore[attr-defined]
+    four = space(blocks=4)
+    message = "space.blocks: 4 mini-BCNNs halve the 8x8 images of digits 4 times, to nothing; at most 3"
+    with pytest.raises(ConfigError, match=message):
+        four.build(four.sample(random.Random(0)), digits)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=message):
+        build_supernet(four, digits)

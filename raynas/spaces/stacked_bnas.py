@@ -376,6 +376,21 @@ class StackedBnasSpace:
             return StackedBnasArch(cells)
         return StackedBnasArch(cells, tuple(k.strip() for k in knowledge.split(",")))
 
+    def check_fits(self, dataset: DatasetInfo) -> None:
+        """Every mini-BCNN's broad cell halves the feature map: ``blocks`` of them must leave at
+        least one pixel of ``dataset``'s images.
+
+        Raises:
+            ConfigError: They would halve it to nothing; names the most blocks the data allows.
+        """
+        most = max(dataset.image_size.bit_length() - 1, 0)  # halvings that leave >= 1 pixel
+        if self.config.blocks > most:
+            raise ConfigError(
+                f"space.blocks: {self.config.blocks} mini-BCNNs halve the {dataset.image_size}x"
+                f"{dataset.image_size} images of {dataset.name} {self.config.blocks} times, to "
+                f"nothing; at most {most} on this data"
+            )
+
     def build(
         self,
         arch: Architecture,
@@ -401,6 +416,7 @@ class StackedBnasSpace:
             raise ConfigError(
                 f"the stacked_bnas network classifies; {dataset.name} is a {dataset.task} dataset"
             )
+        self.check_fits(dataset)
         c = self.config
         return StackedBcnn(
             arch=arch,

@@ -219,4 +219,5 @@ class StackedBnasSupernet(nn.Module):
 @SUPERNETS.register("stacked_bnas")
 def stacked_bnas_supernet(space: StackedBnasSpace, dataset: DatasetInfo) -> StackedBnasSupernet:
     """The over-parameterised Stacked BCNN of the space."""
+    space.check_fits(dataset)
     return StackedBnasSupernet(space=space, dataset=dataset)
