@@ -268,3 +268,25 @@ def test_arch_weights_heatmap_is_the_softmax_per_edge() -> None:
     # Rows (edge, op), columns epochs; softmax(1, 0) = (e / (e + 1), 1 / (e + 1)) = (0.7311, 0.2689).
     assert grid[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.7310586, 0.2689414])
     assert grid[:, 1].tolist() == pytest.approx([0.8807971, 0.1192029, 0.5, 0.5])
+
+
+def test_a_local_runs_link_is_the_command_that_opens_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a local store the link is `mlflow ui` on it and the run's address: the mlflow command
+    beside this Python, relative when it lies under the current folder, else absolute."""
+    import sys
+
+    config = parse_job(tiny_job(tmp_path))
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="link")
+    run_id = tracker.start(config)
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    assert mlflow_bin.exists()
+    fragment = f"#/experiments/{tracker.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    monkeypatch.chdir(mlflow_bin.parents[2])  # the folder holding the virtual environment
+    command, address = tracker.run_link().split("\n")
+    assert command == (f"{Path(*mlflow_bin.parts[-3:])} ui --backend-store-uri "
+                       f"{config.tracking.tracking_uri} --port 5000")
+    assert address == f"  then open http://127.0.0.1:5000/{fragment}"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the whole path, not ../../...
+    assert tracker.run_link().startswith(f"{mlflow_bin} ui --backend-store-uri ")

@@ -683,8 +683,9 @@ class MlflowTracker:
             return f"{redact_uri(self.tracking_uri).rstrip('/')}/{fragment}"
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         command = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
-        with contextlib.suppress(ValueError):
-            command = os.path.relpath(command)
+        with contextlib.suppress(ValueError):  # short under the current folder, else absolute
+            relative = os.path.relpath(command)
+            command = command if relative.startswith("..") else relative
         return (
             f"{command} ui --backend-store-uri {self.tracking_uri} --port 5000\n"
             f"  then open http://127.0.0.1:5000/{fragment}"
