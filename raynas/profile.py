@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from raynas.ops.xd import XDConv2d
-
 
 @dataclass(frozen=True)
 class ModelStats:
@@ -38,16 +36,18 @@ def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Multiply-accumulates of one forward pass in eval mode (convolutions, XD-operations and
-    linear layers), and the bias additions of those layers. A network built on the ``meta`` device
-    (``with torch.device("meta"): ...``) is counted from shapes alone, without computing anything.
+    """Multiply-accumulates of one forward pass in eval mode (convolutions, operations counted as
+    convolutions, and linear layers), and the bias additions of those layers. A network built on
+    the ``meta`` device (``with torch.device("meta"): ...``) is counted from shapes alone, without
+    computing anything.
 
-    An XD-operation (:class:`raynas.ops.xd.XDConv2d`; Roberts et al., "Rethinking Neural
-    Operations for Diverse Tasks", NeurIPS 2021) counts as the convolution it generalises, the one
-    it was built as: ``kH * kW * C_in / groups`` per output, as ``nn.Conv2d``. A converted
-    backbone thus counts what the backbone counts, before and after K, L and M are trained. The
-    cost of the transforms that compute it here (the butterfly K, L and M, the per-frequency
-    channel mixing) is not what is counted.
+    A module with ``counted_as_conv = True`` counts as the convolution its ``kernel_size``,
+    ``in_channels``, ``groups`` and ``bias`` describe: ``kH * kW * C_in / groups`` per output, as
+    ``nn.Conv2d``. An XD-operation (:class:`raynas.ops.xd.XDConv2d`; Roberts et al., "Rethinking
+    Neural Operations for Diverse Tasks", NeurIPS 2021) is one: it counts as the convolution it
+    was built as, so a converted backbone counts what the backbone counts, before and after K, L
+    and M are trained; the cost of the transforms that compute it (the butterfly K, L and M, the
+    per-frequency channel mixing) is not what is counted.
 
     Args:
         model: The network.
@@ -59,9 +59,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
     total = 0
     biases = 0
 
-    # An XD-operation counts as the convolution it was built as (see above): its weight's kernel,
-    # channels and groups; the output's size gives the stride, padding and dilation.
-    def conv_hook(module: nn.Conv2d | XDConv2d, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
+    # The output's size gives the stride, padding and dilation.
+    def conv_hook(module: nn.Module, _: tuple[torch.Tensor], out: torch.Tensor) -> None:
         nonlocal total, biases
         kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         total += out.numel() * kernel
@@ -74,7 +73,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
 
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.Conv2d | XDConv2d):
+        if isinstance(module, nn.Conv2d) or getattr(module, "counted_as_conv", False):
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))

@@ -28,7 +28,7 @@ PAUSES = (0.0, 0.0005, 0.001, 0.002, 0.003, 0.005)
 
 @pytest.fixture(scope="module")
 def fresh_head() -> Iterator[None]:
-    """A 2-CPU Ray head of this module's own: the last test leaves a CPU of it reserved for good."""
+    """A 2-CPU Ray head of this module's own (a leak would spoil it for the tests after)."""
     address, temp_dir = start_ray_head()
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
@@ -111,15 +111,3 @@ def test_a_tune_search_in_the_block_places_its_trials_with_that_manager(
     assert sorted(r.metrics["score"] for r in results) == [1, 2]
     assert made  # the search's controller made its manager of raynas's kind
     assert tune_controller.PlacementGroupResourceManager is before is PlacementGroupResourceManager
-
-
-@pytest.mark.own_ray
-def test_rays_own_manager_leaks_the_same_way_so_the_first_test_can_fail(fresh_head: None) -> None:
-    """Ray's plain manager, given the same requests, leaves a CPU reserved for good (ray#64693;
-    last, as it spoils the head). When a Ray release fixes that, this fails: raynas's manager is
-    then no longer needed."""
-    manager = PlacementGroupResourceManager()
-    for batch in range(10):  # it leaks within the first 50 here; up to 500 where timing differs
-        if cpus_left_after_giving_up(manager, rounds=50, seed=batch) < 2:
-            break
-    assert ray.available_resources().get("CPU", 0) < 2

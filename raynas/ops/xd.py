@@ -130,7 +130,8 @@ class XDConv2d(nn.Module):
 
     It keeps that convolution's ``kernel_size``, ``stride``, ``padding``, ``dilation``,
     ``in_channels``, ``out_channels`` and ``groups`` (its weight stays ``kernel_size``, whatever
-    K, L and M become): :func:`raynas.profile.count_macs` counts it as that convolution.
+    K, L and M become): :func:`raynas.profile.count_macs` counts it as that convolution
+    (``counted_as_conv``).
 
     Args:
         c_in: Input channels.
@@ -145,6 +146,8 @@ class XDConv2d(nn.Module):
         depth: Butterfly factor products in each of K, L and M.
         dtype: The parameters' dtype (float64 for a double-precision network).
     """
+
+    counted_as_conv = True
 
     def __init__(
         self,
