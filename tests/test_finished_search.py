@@ -149,22 +149,3 @@ def test_unreadable_checkpoints_without_a_previous_one_are_one_line_with_fresh(
     assert err.startswith(f"raynas: error: checkpoint {checkpoint} cannot be read (")
     assert err.endswith("no readable previous version to resume from; pass --fresh to start over\n")
     assert len(err.splitlines()) == 1
-
-
-def test_a_sampling_search_with_an_unreadable_checkpoint_says_it_resumes_from_its_latest_only(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A sampling search's checkpoint points into its journal and supernet file, which have moved
-    on since the version before it: that version is not used, and the line says why."""
-    job = tiny_job(tmp_path)
-    job["strategy"] = {"name": "random", "evaluations": 2}
-    job["evaluator"] = {"name": "supernet"}
-    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
-    checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_bytes(b"not a checkpoint")
-    Path(previous_checkpoint(checkpoint)).write_bytes(b"kept, but not for a sampling search")
-    assert main(["search", str(write_job(tmp_path, job))]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"raynas: error: checkpoint {checkpoint} cannot be read (")
-    assert "a sampling search resumes from its latest checkpoint only" in err
-    assert err.endswith("pass --fresh to start over\n") and len(err.splitlines()) == 1

@@ -1,20 +1,24 @@
 """The journal of a sampling search, and resuming from it: events read back in order, a line torn by
 a crash dropped, durability batched within its bound, segments on S3; and a search interrupted
 after any number of results, then resumed, ends exactly as the uninterrupted search, for
-controllers of every kind (random, evolution, Bayesian optimisation, progressive, ENAS)."""
+controllers of every kind (random, evolution, Bayesian optimisation, progressive, ENAS), and
+from the checkpoint before an unreadable latest one too."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import S3Server, tiny_job
+from conftest import S3Server, tiny_job, write_job
 
+from raynas.cli import main
 from raynas.runs import parse_job, run_search
 from raynas.runs.journal import SYNC_EVENTS, Journal
 from raynas.runs.sampling import SamplingSearch, search_state
+from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
 
 
 def test_events_are_read_back_in_order_and_appends_go_on(tmp_path: Path) -> None:
@@ -154,3 +158,76 @@ def untimed(result: dict[str, Any]) -> dict[str, Any]:
     metrics = {k: v for k, v in result["metrics"].items() if not k.endswith("seconds")}
     untimed = {k: v for k, v in result.items() if k not in ("seconds", "started", "ended")}
     return {**untimed, "metrics": metrics}
+
+
+def test_a_sampling_search_whose_latest_checkpoint_cannot_be_read_resumes_from_the_one_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENAS on a 3-epoch supernet, killed at the first result of its third epoch; the latest
+    checkpoint (after epoch 2) is then torn. The search resumes from the version before it (after
+    epoch 1) with the supernet of that epoch (``supernet.prev.pt``), trains epochs 2 and 3 again on
+    the paths the journal recorded for them, and ends exactly as the uninterrupted search."""
+    job = strategy_job(tmp_path, "enas")
+    job["train"]["epochs"] = job["strategy"]["controller_epochs"] = 3
+    reference = run_search(parse_job(job), echo=lambda _: None)
+    expected = search_state(reference.checkpoint)["results"]
+    job = {**job, "name": "torn"}
+    original = SamplingSearch.tell
+
+    def crash_in_the_third_epoch(self: SamplingSearch, result: Any, **kw: Any) -> None:
+        original(self, result, **kw)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SamplingSearch, "tell", crash_in_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(parse_job(job), echo=lambda _: None)
+    monkeypatch.setattr(SamplingSearch, "tell", original)
+    folder = tmp_path / "runs" / "torn"
+    checkpoint = folder / "checkpoint.pt"
+    assert load_checkpoint(checkpoint)["state"]["epoch"] == 2
+    assert load_checkpoint(previous_checkpoint(checkpoint))["state"]["epoch"] == 1
+    assert load_checkpoint(folder / "supernet.pt")["epoch"] == 2
+    assert load_checkpoint(folder / "supernet.prev.pt")["epoch"] == 1
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # torn, as by a full disk
+
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="raynas.runs.common"):
+        resumed = run_search(parse_job(job), echo=lines.append)
+    fallback = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(fallback) == 1
+    assert fallback[0].endswith(f"resuming from the previous one, {previous_checkpoint(checkpoint)}")
+    assert any(line.startswith("Resuming 'torn' in phase 'supernet'") for line in lines)
+    assert [line.split("train loss")[0] for line in lines if line.startswith("supernet epoch")] == [
+        "supernet epoch   2/3  ", "supernet epoch   3/3  "]
+    assert not any("asks differently on replay" in line for line in lines)
+    got = search_state(resumed.checkpoint)["results"]
+    assert [untimed(r) for r in got] == [untimed(r) for r in expected]
+    assert resumed.architecture == reference.architecture
+
+
+def test_a_sampling_search_without_its_checkpoints_supernet_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The version before an unreadable checkpoint names a supernet epoch that neither supernet
+    file holds (both torn): one line, exit 2, saying what is missing and that --fresh starts over."""
+    job = strategy_job(tmp_path, "enas")
+    job["train"]["epochs"] = job["strategy"]["controller_epochs"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_search(parse_job(job), echo=interrupt_at("supernet epoch   2/3"))
+    folder = tmp_path / "runs" / "tiny"
+    for name in ("checkpoint.pt", "supernet.pt", "supernet.prev.pt"):
+        (folder / name).write_bytes(b"torn")
+    assert main(["search", str(write_job(tmp_path, job))]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"raynas: error: no readable supernet of epoch 1 at {folder / 'supernet.pt'} or the "
+                   "version before it, which the search's checkpoint resumes from; pass --fresh to "
+                   "start over\n")
+
+
+def interrupt_at(prefix: str) -> Any:
+    def echo(line: str) -> None:
+        if line.startswith(prefix):
+            raise KeyboardInterrupt
+
+    return echo

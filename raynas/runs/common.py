@@ -88,9 +88,10 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
         storage.check_reachable(checkpoint)
     if fresh or not storage.exists(checkpoint):
         return None
-    # A gradient search's checkpoint holds all it resumes from; a sampling search's points into
-    # its journal and its supernet's file, which have moved on: it resumes from its latest only.
-    prior = read_checkpoint(checkpoint, fallback=config.evaluator is None)
+    # A gradient search's checkpoint holds all it resumes from; a sampling search's holds its
+    # controller's state and a position in its journal, and names its supernet's epoch: any
+    # version replays the journal from where it points (raynas.runs.sampling).
+    prior = read_checkpoint(checkpoint)
     if prior["finished"]:
         return None
     if prior["config"] != config.to_dict():
@@ -101,13 +102,12 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
     return prior
 
 
-def read_checkpoint(checkpoint: str, *, fallback: bool = True) -> dict[str, Any]:
+def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     """The checkpoint at ``checkpoint``; if it cannot be read (a torn or corrupt file), the version
     before it that :func:`raynas.train.checkpoint.save_checkpoint` keeps, with one log line saying so.
 
     Args:
         checkpoint: A local path or an ``s3://`` URI.
-        fallback: Whether the previous version may stand in for the latest.
 
     Raises:
         RaynasError: Neither can be read; the message says to pass ``--fresh``.
@@ -117,12 +117,6 @@ def read_checkpoint(checkpoint: str, *, fallback: bool = True) -> dict[str, Any]
     except Exception as exc:  # torch.load's errors for torn files vary: zip, pickle, EOF, OS
         error = f"{type(exc).__name__}: {' '.join(str(exc).split()).split('. ')[0][:200]}"
     previous = previous_checkpoint(checkpoint)
-    if not fallback:
-        raise RaynasError(
-            f"checkpoint {checkpoint} cannot be read ({error}); a sampling search resumes from its "
-            "latest checkpoint only (it points into the search's journal and supernet file, which "
-            "have moved on since the one before); pass --fresh to start over"
-        )
     if storage.exists(previous):
         try:
             prior = load_checkpoint(previous)

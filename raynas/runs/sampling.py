@@ -45,6 +45,7 @@ from raynas.runs.common import (
     job_space,
     log_cell_shapes,
     open_tracker,
+    read_checkpoint,
     read_prior,
     result_costs,
     retrain_size,
@@ -57,7 +58,7 @@ from raynas.runs.journal import SNAPSHOT_SECONDS, Journal, journal_location
 from raynas.spaces.drawing import picture
 from raynas.tracking import MlflowTracker
 from raynas.tracking.recorder import SearchRecorder
-from raynas.train.checkpoint import load_checkpoint, save_checkpoint
+from raynas.train.checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint
 from raynas.types import (
     Architecture,
     EpochReport,
@@ -101,8 +102,10 @@ class SamplingSearch:
         self.retrained_networks: dict[str, Any] = {}  # trained networks of this run's retrainings, by key
         self.pending: dict[str, Architecture] = {}  # asked and not told, in ask order
         self.resubmit: list[tuple[str, Architecture]] = []  # in flight at a crash: evaluate again
-        self.epoch_paths: list[Architecture] | None = None  # paths of the epoch in progress
-        self.epoch_told = 0  # results told since those paths were sampled
+        # Supernet epochs the journal shows begun after the checkpoint resumed from, by epoch: the
+        # paths each sampled and the results told during it (trained again on the same paths).
+        self.redo: dict[int, tuple[list[Architecture], int]] = {}
+        self.epoch_told = 0  # results told in the supernet epoch in progress
         self.restarts = 0  # controller actors rebuilt
         self.checkpoint = ""  # where snapshot() writes (set by the driver)
         self._snapshot_at = time.monotonic()
@@ -152,8 +155,16 @@ class SamplingSearch:
         """The paths of the next supernet epoch's ``n`` steps."""
         paths = self._controller_call(lambda: self.strategy.sample_paths(n))
         self.journal.append({"e": "paths", "epoch": self.epoch, "n": n})
-        self.epoch_paths, self.epoch_told = paths, 0
+        self.epoch_told = 0
         return paths
+
+    def epoch_paths(self, n: int) -> list[Architecture]:
+        """The paths of supernet epoch :attr:`epoch`: those the journal recorded for it before a
+        crash (its results told then stand), else ``n`` new ones."""
+        if self.epoch in self.redo:
+            paths, self.epoch_told = self.redo.pop(self.epoch)
+            return paths
+        return self.sample_paths(n)
 
     def retrained_one(self, result: EvalResult) -> None:
         """Record a final retraining (not told to the controller)."""
@@ -163,7 +174,7 @@ class SamplingSearch:
     def begin(self, phase: str) -> None:
         """Enter ``phase`` (journaled, and checkpointed)."""
         self.phase = phase
-        self.epoch_paths = None
+        self.redo = {}
         self.journal.append({"e": "phase", "phase": phase})
 
     # -- state --------------------------------------------------------------------------------
@@ -191,19 +202,29 @@ class SamplingSearch:
                 if event["phase"] == "search":
                     _settle(self.pending, result)
                 (self.retrained if event["phase"] == "retrain" else self.results).append(result)
-        self._replay(state["strategy"], seq)
+        self.redo = self._replay(state["strategy"], seq)
         self.resubmit = list(self.pending.items())
 
-    def _replay(self, strategy_state: dict[str, Any], seq: int) -> None:
+    def _replay(
+        self, strategy_state: dict[str, Any], seq: int
+    ) -> dict[int, tuple[list[Architecture], int]]:
         """Load the controller's checkpointed state and make again every call it got after the
-        checkpoint (events ``seq`` on): it ends as it was, having asked and been told the same."""
+        checkpoint (events ``seq`` on): it ends as it was, having asked and been told the same.
+
+        Returns:
+            The supernet epochs begun after the checkpoint (usually the one in progress at the
+            crash; more when an unreadable checkpoint gave way to the version before it): each
+            one's paths and the number of results told during it. While any is to be trained
+            again, :attr:`phase` stays the checkpoint's.
+        """
         in_flight: dict[str, Architecture] = {}  # at the checkpoint: asked, not yet told
         for event in self.journal.events[:seq]:
             if event["e"] == "ask":
                 in_flight[event["trial"]] = Architecture.from_json(event["arch"])
             elif event["e"] == "result" and event["phase"] == "search":
                 _settle(in_flight, EvalResult.from_dict(event["result"]))
-        self.epoch_told = 0
+        epochs: dict[int, tuple[list[Architecture], int]] = {}
+        current: int | None = None  # the epoch whose results are being told
         self.strategy.load_state_dict(strategy_state)
         for arch in in_flight.values():  # a loaded controller hands its in-flight candidates back
             self._check_same(self.strategy.ask(), arch)
@@ -213,11 +234,17 @@ class SamplingSearch:
                 self._check_same(self.strategy.ask(), Architecture.from_json(event["arch"]))
             elif kind == "result" and event["phase"] == "search":
                 self.strategy.tell(EvalResult.from_dict(event["result"]))
-                self.epoch_told += 1
-            elif kind == "paths":  # the epoch in progress at the crash: trained again on these
-                self.epoch_paths, self.epoch_told = self.strategy.sample_paths(int(event["n"])), 0
+                if current is not None:
+                    paths, told = epochs[current]
+                    epochs[current] = (paths, told + 1)
+            elif kind == "paths":
+                current = int(event["epoch"])
+                epochs[current] = (self.strategy.sample_paths(int(event["n"])), 0)
             elif kind == "phase":
-                self.phase, self.epoch_paths = event["phase"], None
+                current = None
+                if not epochs:
+                    self.phase = event["phase"]
+        return epochs
 
     def _check_same(self, got: Architecture | None, recorded: Architecture) -> None:
         if (got is None or got.key() != recorded.key()) and not self._diverged:
@@ -241,7 +268,7 @@ class SamplingSearch:
                           f"Ray's logs are in {ray_logs()}")
                 if isinstance(self.strategy, RemoteController):
                     self.strategy.close()
-                prior = load_checkpoint(self.checkpoint)
+                prior = read_checkpoint(self.checkpoint)
                 self.strategy = self._new_controller(None)
                 self._replay(prior["state"]["strategy"], int(prior["seq"]))
                 if not retry:
@@ -301,7 +328,7 @@ def run_sampling_search(
                               costs=costs.complete, draw=functools.partial(picture, job_space(config)))
 
     def restore_supernet() -> dict[str, Any] | None:
-        return load_checkpoint(supernet_file) if storage.exists(supernet_file) else None
+        return supernet_at(supernet_file, search.epoch)
 
     pool = (
         start_pool(config, restore=restore_supernet, echo=echo)
@@ -402,6 +429,31 @@ def run_sampling_search(
     )
 
 
+def supernet_at(supernet_file: str, epoch: int) -> dict[str, Any] | None:
+    """The supernet's state after ``epoch`` epochs: ``supernet_file`` or the version before it
+    (a checkpoint that gave way to its previous version names the supernet's previous version);
+    None for epoch 0, which starts from the seeded initial weights.
+
+    Raises:
+        RaynasError: Neither file holds that epoch's supernet.
+    """
+    if epoch == 0:
+        return None
+    for path in (supernet_file, previous_checkpoint(supernet_file)):
+        if not storage.exists(path):
+            continue
+        try:
+            state = load_checkpoint(path)
+        except Exception:  # torn or corrupt: the other version may hold the epoch
+            continue
+        if int(state.get("epoch", epoch)) == epoch:
+            return state
+    raise RaynasError(
+        f"no readable supernet of epoch {epoch} at {supernet_file} or the version before it, which "
+        "the search's checkpoint resumes from; pass --fresh to start over"
+    )
+
+
 def search_state(checkpoint: str) -> dict[str, Any]:
     """What a sampling search has recorded, read from its checkpoint and its journal beside it:
     ``phase`` and ``epoch`` (as of the checkpoint), ``finished``, and every ``results`` and
@@ -427,14 +479,13 @@ def _train_supernet(
         start = time.perf_counter()
         # An epoch interrupted by a crash is trained again on the paths it had sampled, from the
         # supernet of the epoch before: the same weights, so its results already told stand.
-        paths = search.epoch_paths if search.epoch_paths is not None else search.sample_paths(steps)
+        paths = search.epoch_paths(steps)
         metrics = pool.train_epoch(paths)
         if per_epoch:
             pool.sync_replicas()
             _search(search, pool, record, limit=per_epoch - search.epoch_told)
         seconds = time.perf_counter() - start
         search.epoch += 1
-        search.epoch_paths = None
         save_checkpoint(pool.state_dict(), supernet_file)  # before the small checkpoint points past it
         search.snapshot(run_id)
         best = search._controller_call(lambda: search.strategy.best())
