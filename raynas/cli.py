@@ -184,11 +184,14 @@ def _report(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     from raynas.config import read_job
+    from raynas.environment import check_environment
     from raynas.latency import check_named_table
 
-    # Checked before torch, Ray and MLflow are imported (seconds), so a bad job answers at once.
+    # Checked before torch, Ray and MLflow are imported (seconds), so a bad job or a broken
+    # environment answers at once.
     raw = read_job(args.config, _overrides(args), kind="search")
     check_named_table(raw.get("strategy"))
+    check_environment(raw)
 
     from raynas.runs.common import format_duration, reference_name
     from raynas.runs.jobs import parse_job
@@ -272,8 +275,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> None:
     from raynas.config import read_job
+    from raynas.environment import check_environment
 
     raw = read_job(args.config, _overrides(args), kind="retrain")  # before the heavy imports
+    check_environment(raw)
 
     from raynas.runs.common import format_duration
     from raynas.runs.jobs import parse_retrain_job
@@ -293,10 +298,16 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from raynas.runs.common import format_duration
-    from raynas.runs.study import load_study_job, run_study
+    from raynas.config import load_yaml
+    from raynas.environment import check_environment
 
-    job = load_study_job(args.config, _overrides(args))
+    raw = load_yaml(args.config, _overrides(args))  # before the heavy imports
+    check_environment(raw)
+
+    from raynas.runs.common import format_duration
+    from raynas.runs.study import parse_study_job, run_study
+
+    job = parse_study_job(raw)
     _warn_if_lost_with_ray_job(job.base.tracking)
     result = run_study(job, fresh=args.fresh)
     print(f"\nStudy finished in {format_duration(result.seconds)}: test accuracy by layer count")

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,6 +101,26 @@ def write_job(tmp_path: Path, job: dict) -> Path:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
+
+
+def answers_without_heavy_imports(cases: list[list[str]]) -> list[list[Any]]:
+    """``[exit status, stderr]`` of ``raynas.cli.main(args)`` for each ``args`` in ``cases``, all
+    in one fresh process, which must end without torch, Ray or MLflow imported."""
+    code = (
+        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        out.append([main(args), err.getvalue()])\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    return result["answers"]
 
 
 def _process_tree() -> dict[int, tuple[int, str]]:

@@ -1,6 +1,8 @@
 """A broken environment is bad input too: each problem of README's "Environment errors" table ends
 `raynas search` with exit status 2 and one line that says what to do, before any training, with
-the real parts on loopback (an S3-compatible server, a port nothing listens on)."""
+the real parts on loopback (an S3-compatible server, a port nothing listens on); those of the
+MLflow store, the output folders and the dataset's folder before torch, Ray or MLflow load, for
+`raynas search`, `raynas train` and `raynas study` alike."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import S3Server, free_port, tiny_job, write_job
+import yaml
+from conftest import S3Server, answers_without_heavy_imports, free_port, tiny_job, write_job
 
 from raynas.cli import main
 from raynas.tracking.mlflow_tracker import MlflowTracker
@@ -110,6 +113,10 @@ def test_bad_s3_credentials_and_buckets_say_what_to_check(
 def test_a_missing_or_corrupt_dataset_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = {"name": "cifar10", "path": str(tmp_path / "cifar"), "limit": 0}
     err = refused(capsys, tmp_path, tiny_job(tmp_path, data=data))
+    assert f"config key 'data.path' is '{tmp_path / 'cifar'}', which does not exist" in err
+
+    (tmp_path / "cifar").mkdir()
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, data=data))
     assert f"data.path '{tmp_path / 'cifar'}' holds no cifar10 batches" in err
 
     batches = tmp_path / "cifar" / "cifar-10-batches-py"
@@ -131,3 +138,58 @@ def test_a_missing_latency_table_says_where_it_was_looked_for(
     err = refused(capsys, tmp_path, job)
     assert "no latency table for device 'no-such-device'" in err
     assert "(build one with `raynas latency`)" in err
+
+
+def test_an_sqlite_store_mlflow_cannot_open_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MLflow itself ends each of these in a traceback (SQLAlchemy's DatabaseError, its own
+    FileNotFoundError while making the folder)."""
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"\x00garbage, not a database" * 400)
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{corrupt}")
+    assert err == (f"raynas: error: MLflow store {corrupt} is not an SQLite database (file is not a "
+                   "database); name another file (MLflow creates it), or move this one away")
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{folder}")
+    assert f"names {folder}, a folder; name a database file in it, e.g. sqlite:///{folder / 'mlflow.db'}" in err
+    (tmp_path / "a-file").write_text("not a folder")
+    inside = tmp_path / "a-file" / "mlflow.db"
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{inside}")
+    assert f"cannot create the folder {inside.parent} (a file has that name)" in err
+
+
+def test_every_environment_error_is_answered_before_torch_by_search_train_and_study(
+    tmp_path: Path, s3_env: S3Server
+) -> None:
+    """Each problem with the MLflow store, an output folder, an S3 bucket or the dataset's folder,
+    given to `raynas search`, `raynas train` and `raynas study`: exit 2 and one line, from a process
+    that has not imported torch, Ray or MLflow (each answer in well under a second, not the
+    10-15 s those imports take)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "corrupt.db").write_bytes(b"\x00garbage, not a database" * 400)
+    blocked = tmp_path / "a-file" / "below"
+    problems: dict[str, tuple[list[str], str]] = {
+        "server": ([f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"], "is unreachable"),
+        "sqlite": ([f"tracking.tracking_uri=sqlite:///{tmp_path / 'corrupt.db'}"], "is not an SQLite database"),
+        "sqlite-folder": ([f"tracking.tracking_uri=sqlite:///{blocked / 'm.db'}"],
+                          f"cannot create the folder {blocked}"),
+        "output": ([f"tracking.output_dir={blocked}"], f"cannot create the folder {blocked}"),
+        "results": ([f"tracking.results={blocked}"], f"cannot create the folder {blocked}"),
+        "bucket": (["tracking.output_dir=s3://raynas-no-such-bucket/runs"], "it does not exist; create it first"),
+        "data": (["data.name=cifar10", f"data.path={tmp_path / 'no-cifar'}"], "which does not exist"),
+        "data-file": (["data.name=cifar10", f"data.path={tmp_path / 'a-file'}"], "which is a file"),
+    }
+    search = write_job(tmp_path, tiny_job(tmp_path))
+    retrain = tmp_path / "retrain.yaml"
+    retrain.write_text(yaml.safe_dump({**{k: v for k, v in tiny_job(tmp_path).items() if k not in ("strategy", "train")},
+                                       "architecture": "DARTS_V2", "retrain": {"epochs": 1}}))
+    study = Path(__file__).parents[1] / "jobs" / "layer_count_quickstart.yaml"
+    commands = {"search": search, "train": retrain, "study": study}
+    cases, names = [], []
+    for command, job in commands.items():
+        for problem, (settings, _) in problems.items():
+            cases.append([command, str(job), *(arg for s in settings for arg in ("--set", s))])
+            names.append((command, problem))
+    for (status, err), (command, problem) in zip(answers_without_heavy_imports(cases), names, strict=True):
+        assert status == 2 and err.startswith("raynas: error: "), (command, problem, err)
+        assert problems[problem][1] in err and err.count("\n") == 1, (command, problem, err)

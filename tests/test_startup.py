@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import answers_without_heavy_imports
 
 # torchvision pulls in torch._dynamo (about 4 s on two cores); scipy about 1 s.
 LAZY = ("torchvision", "scipy")
@@ -114,28 +115,6 @@ def outside(rule: Any, default: Any) -> list[Any]:
         values.append((rule.ge or 0) + 1 if rule.even else (rule.ge or 1) + 1)
     return [type(default)(v) if isinstance(v, (int, float)) and not isinstance(default, str) else v
             for v in values]
-
-
-def answers_without_heavy_imports(cases: list[list[str]]) -> list[list[Any]]:
-    """``[exit status, stderr]`` of ``raynas.cli.main(args)`` for each ``args`` in ``cases``, all
-    in one fresh process, which must end without torch, Ray or MLflow imported."""
-    import json
-
-    code = (
-        "import contextlib, io, json, sys\nfrom raynas.cli import main\nout = []\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        out.append([main(args), err.getvalue()])\n"
-        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)\n"
-        "print(json.dumps({'answers': out, 'heavy': heavy}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["heavy"] == []
-    return result["answers"]
 
 
 def test_every_range_of_every_component_is_answered_before_torch_is_imported(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def local_results_warning(
     submission_id, has_working_dir = job
     env = os.environ if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
-    # As raynas.tracking.mlflow_tracker.default_tracking_uri: MLFLOW_TRACKING_URI, else ./mlflow.db.
+    # As raynas.environment.default_tracking_uri: MLFLOW_TRACKING_URI, else ./mlflow.db.
     uri = tracking.tracking_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd / 'mlflow.db'}"
     local: list[tuple[str, Path]] = []
     if (store := _local_store(uri)) is not None:

@@ -33,15 +33,12 @@ import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raynas.config import SearchConfig, check_tracking_uri, flatten, redact_uri
-from raynas.errors import ConfigError
+from raynas.config import SearchConfig, flatten, redact_uri
+from raynas.environment import check_tracking_store, default_tracking_uri
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
@@ -63,34 +60,14 @@ _PARAM_LIMIT = 6000  # MLflow's longest param value
 OUTAGE_RETRY_S = 5.0
 
 
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def check_server(uri: str) -> None:
-    """Check a tracking URI at start: its form, and that an ``http(s)://`` server answers.
+    """Check a tracking URI at start: its form, and that its store answers
+    (:func:`raynas.environment.check_tracking_store`).
 
     Raises:
         ConfigError: One line saying what to use instead.
     """
-    _check_reachable(uri)
-
-
-def _check_reachable(uri: str) -> None:
-    check_tracking_uri(uri, "MLflow tracking URI")  # MLFLOW_TRACKING_URI too, not only the job's
-    if not uri.startswith(("http://", "https://")):
-        return
-    parts = urllib.parse.urlsplit(uri)
-    plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no user part
-    try:
-        with urllib.request.urlopen(f"{plain.rstrip('/')}/health", timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ConfigError(
-            f"MLflow tracking server {redact_uri(uri)} is unreachable ({exc}); start it, or leave "
-            "out --tracking-uri / MLFLOW_TRACKING_URI to use a local store"
-        ) from None
+    check_tracking_store(uri)
 
 
 def lineage_tags(*, source_run_id: str, architecture: Architecture, kind: str,
@@ -345,7 +322,7 @@ class MlflowTracker:
         # console ("Creating initial MLflow database tables..."); they are not the search's news.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        _check_reachable(self.tracking_uri)
+        check_tracking_store(self.tracking_uri)
         if artifact_location:
             from raynas import storage
 

@@ -1,0 +1,143 @@
+"""What a job needs of the machine it runs on, checked before torch, Ray and MLflow load: a broken
+environment answers in a second, as bad input does, rather than after 10-15 s of imports.
+
+- the MLflow store: a server (``http(s)://``) answers its ``/health``; an SQLite file is a
+  database (or its folder can be created); other databases are left to MLflow;
+- the output folders (``tracking.output_dir``, ``tracking.results``, ``tracking.artifact_location``)
+  can be created, or their S3 bucket reached (:func:`raynas.storage.check_reachable`);
+- a local ``data.path`` is a folder (the dataset's loader checks what it holds, after torch).
+
+Each problem is one :class:`~raynas.errors.ConfigError` or :class:`~raynas.errors.StorageError`
+line naming what is wrong and what to do. The search checks the same things again as it opens
+each of them (code that calls it directly gets them too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from raynas import storage
+from raynas.config import check_tracking_uri, redact_uri
+from raynas.errors import ConfigError
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_environment(raw: Mapping[str, Any]) -> None:
+    """Check what the job ``raw`` (as :func:`raynas.config.read_job` returns it) needs of this
+    machine: its MLflow store, its output folders and its dataset's folder.
+
+    Raises:
+        ConfigError: The MLflow store or the dataset's folder cannot be used.
+        StorageError: An output folder cannot be created, or its S3 bucket reached.
+    """
+    tracking = _strings(raw.get("tracking"))  # what is not a string the job's checks answer
+    check_tracking_store(tracking.get("tracking_uri") or default_tracking_uri())
+    output = tracking.get("output_dir") or "runs"
+    for where in (output, tracking.get("results") or storage.join(output, "results"),
+                  tracking.get("artifact_location")):
+        if where:
+            storage.check_reachable(where)
+    check_data_folder(_strings(raw.get("data")))
+
+
+def _strings(section: Any) -> dict[str, str]:
+    """A job section's non-empty string values (none if it is not a mapping)."""
+    if not isinstance(section, Mapping):
+        return {}
+    return {k: v for k, v in section.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
+
+
+def check_tracking_store(uri: str) -> None:
+    """An MLflow tracking URI's form (:func:`raynas.config.check_tracking_uri`), and that its
+    store can be used: a server answers, an SQLite file is a database or can be created.
+
+    Raises:
+        ConfigError: One line saying what is wrong and what to use instead.
+    """
+    check_tracking_uri(uri, "MLflow tracking URI")  # MLFLOW_TRACKING_URI too, not only the job's
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme.split("+")[0] == "sqlite":
+        _check_sqlite(uri)
+
+
+def _check_server(uri: str) -> None:
+    parts = urllib.parse.urlsplit(uri)
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no user part
+    try:
+        with urllib.request.urlopen(f"{plain.rstrip('/')}/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConfigError(
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({exc}); start it, or leave "
+            "out --tracking-uri / MLFLOW_TRACKING_URI to use a local store"
+        ) from None
+
+
+def _check_sqlite(uri: str) -> None:
+    """SQLAlchemy's ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` (``sqlite://``: in memory)."""
+    path = urllib.parse.unquote(uri.split("://", 1)[1].split("?", 1)[0])
+    if not path.startswith("/") or path in ("/", "/:memory:"):
+        return  # sqlite:// or a form SQLAlchemy reads otherwise: MLflow says
+    database = Path(path[1:]).expanduser()
+    if database.is_dir():
+        raise ConfigError(
+            f"MLflow store {uri} names {database}, a folder; name a database file in it, "
+            f"e.g. sqlite:///{database / 'mlflow.db'}"
+        )
+    if not database.exists():
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = "a file has that name" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(
+                f"MLflow store {uri}: cannot create the folder {database.parent} ({reason}); "
+                "name a database file in a folder that can be written, e.g. sqlite:///mlflow.db"
+            ) from None
+        return
+    try:
+        read_only = f"{database.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=5)) as connection:
+            connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # another process writing: a database all the same
+            return
+        raise ConfigError(
+            f"MLflow store {database} cannot be opened ({exc}); name another file, or fix its permissions"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"MLflow store {database} is not an SQLite database ({exc}); name another file "
+            "(MLflow creates it), or move this one away"
+        ) from None
+
+
+def check_data_folder(data: Mapping[str, Any]) -> None:
+    """A local ``data.path`` is a folder (an ``s3://`` one is mirrored, and checked then).
+
+    Raises:
+        ConfigError: It does not exist, or is a file.
+    """
+    path = data.get("path")
+    if not isinstance(path, str) or not path.strip() or storage.is_s3(path):
+        return
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "does not exist"
+        raise ConfigError(
+            f"config key 'data.path' is {path!r}, which {state}: give the folder holding the "
+            f"{data.get('name', 'dataset')} files, or s3://bucket/prefix"
+        )
