@@ -149,9 +149,9 @@ def test_the_training_paths_of_a_one_shot_search_stay_uniform() -> None:
 
 def test_a_space_without_cell_shapes_refuses_the_setting_in_one_line() -> None:
     config = component({"name": "random", "cell_shape": LIMITS}, "strategy", STRATEGIES).config
-    refusal = r"strategy\.cell_shape: the Nb201Space space has no cells"
+    refusal = r"strategy\.cell_shape: the FbnetSpace space has no cells"
     with pytest.raises(ConfigError, match=refusal) as error:
-        STRATEGIES.create("random", config, space=SPACES.create("nb201"))
+        STRATEGIES.create("random", config, space=SPACES.create("fbnet"))
     assert "\n" not in str(error.value)
 
 
@@ -180,3 +180,22 @@ def test_the_violation_is_the_distance_to_the_bounds() -> None:
     assert limits.violation(shape) == pytest.approx((3 - 2) + (3.0 - 2.0))
     assert limits.violation(shape, upper_only=True) == 1
     assert CellShapeLimits(max_depth=2, cells="reduce").violation(shape) == 0
+
+
+def test_nas_bench_201_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
+    """NAS-Bench-201 measures one cell (``cell``): the bounds hold for it, and a ``cells`` naming
+    a DARTS cell type it does not have is refused rather than bounding nothing."""
+    nb201 = SPACES.create("nb201")
+    limits = {"max_depth": 1, "min_width": 1.0}
+    section = {"name": "random", "evaluations": 20, "cell_shape": limits}
+    config = component(section, "strategy", STRATEGIES).config
+    strategy = STRATEGIES.create("random", config, space=nb201)
+    for _ in range(20):
+        arch = strategy.ask()
+        assert arch is not None
+        assert nb201.cell_shape(arch) == {"cell_width": 1.0, "cell_depth": 1}  # the only such shape
+    config = component({"name": "random", "cell_shape": {**limits, "cells": "normal"}}, "strategy",
+                       STRATEGIES).config
+    with pytest.raises(ConfigError, match=r"^strategy\.cell_shape\.cells is 'normal', a cell the Nb201Space "
+                                          r"space does not have \(its cells: cell\); leave cells out$"):
+        STRATEGIES.create("random", config, space=nb201)

@@ -15,6 +15,7 @@ from raynas.runs.report import build_report, format_html, format_text
 from raynas.spaces import SPACES
 from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.darts_genotype import DartsGenotype, cell_shape, published_genotype
+from raynas.spaces.nb201 import Nb201Arch
 from raynas.tracking.results import ResultsStore, SearchInfo
 from raynas.types import EvalResult
 
@@ -60,8 +61,33 @@ def test_the_shape_of_other_node_counts_and_other_spaces() -> None:
     assert shape_space(arch).config.nodes == 2  # random cells for it have its node count
     width, depth = cell_shapes(small, arch)["normal"]
     assert 0 < width <= 2 and 2 <= depth <= 3
+    fbnet = SPACES.create("fbnet")
+    assert cell_shapes(fbnet, fbnet.sample(random.Random(0))) == {}  # it measures none
+
+
+def test_nas_bench_201_cells_have_the_shapes_counted_by_hand() -> None:
+    """One input (node 0), a summing output (node 3); only what reaches the output counts."""
     nb201 = SPACES.create("nb201")
-    assert cell_shapes(nb201, nb201.sample(random.Random(0))) == {}  # it measures none
+
+    def shape(text: str) -> tuple[float, float]:
+        return cell_shapes(nb201, Nb201Arch.parse(text))["cell"]
+
+    # Every edge a convolution: node 1 on the input (1c), node 2 on the input and node 1 (1/2),
+    # node 3 on the input, 1 and 2 (1/3): 11/6 c; input -> 1 -> 2 -> 3: 3 connections.
+    conv = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    assert shape(conv) == (pytest.approx(1 + 1 / 2 + 1 / 3), 3)
+    # Nodes 1 and 2 each on the input alone, node 3 on both and the input: 1 + 1 + 1/3, depth 2.
+    wide = "|skip_connect~0|+|avg_pool_3x3~0|none~1|+|nor_conv_1x1~0|nor_conv_3x3~1|skip_connect~2|"
+    assert shape(wide) == (pytest.approx(7 / 3), 2)
+    # Node 2 reaches nothing (2->3 is none): it does not count; node 1 on the input, node 3 on
+    # the input and node 1 (1/2): 1.5c, depth 2.
+    dead_end = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+    assert shape(dead_end) == (1.5, 2)
+    # Node 1 takes nothing (0->1 none): its edges carry zeros; the output on the input alone.
+    unfed = "|none~0|+|none~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    assert shape(unfed) == (1.0, 1)
+    # Nothing reaches the output: the cell outputs zeros, 0 wide and 0 deep.
+    assert shape("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|none~2|") == (0.0, 0)
 
 
 def test_report_compares_the_best_cells_with_random_cells(tmp_path: Path) -> None:

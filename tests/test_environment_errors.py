@@ -140,7 +140,9 @@ def test_a_missing_latency_table_says_where_it_was_looked_for(
     assert "(build one with `raynas latency`)" in err
 
 
-def test_an_sqlite_store_mlflow_cannot_open_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_sqlite_store_mlflow_cannot_open_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """MLflow itself ends each of these in a traceback (SQLAlchemy's DatabaseError, its own
     FileNotFoundError while making the folder)."""
     corrupt = tmp_path / "corrupt.db"
@@ -151,7 +153,7 @@ def test_an_sqlite_store_mlflow_cannot_open_is_named(tmp_path: Path, capsys: pyt
     folder = tmp_path / "stores"
     folder.mkdir()
     err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{folder}")
-    assert f"names {folder}, a folder; name a database file in it, e.g. sqlite:///{folder / 'mlflow.db'}" in err
+    assert f"names {folder}, a folder; name a database file in it, e.g. sqlite:///{folder}/mlflow.db" in err
     (tmp_path / "a-file").write_text("not a folder")
     inside = tmp_path / "a-file" / "mlflow.db"
     err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{inside}")
@@ -170,19 +172,21 @@ def test_every_environment_error_is_answered_before_torch_by_search_train_and_st
     blocked = tmp_path / "a-file" / "below"
     problems: dict[str, tuple[list[str], str]] = {
         "server": ([f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"], "is unreachable"),
-        "sqlite": ([f"tracking.tracking_uri=sqlite:///{tmp_path / 'corrupt.db'}"], "is not an SQLite database"),
+        "sqlite": ([f"tracking.tracking_uri=sqlite:///{tmp_path / 'corrupt.db'}"],
+                   "is not an SQLite database"),
         "sqlite-folder": ([f"tracking.tracking_uri=sqlite:///{blocked / 'm.db'}"],
                           f"cannot create the folder {blocked}"),
         "output": ([f"tracking.output_dir={blocked}"], f"cannot create the folder {blocked}"),
         "results": ([f"tracking.results={blocked}"], f"cannot create the folder {blocked}"),
-        "bucket": (["tracking.output_dir=s3://raynas-no-such-bucket/runs"], "it does not exist; create it first"),
+        "bucket": (["tracking.output_dir=s3://raynas-no-such-bucket/runs"],
+                   "it does not exist; create it first"),
         "data": (["data.name=cifar10", f"data.path={tmp_path / 'no-cifar'}"], "which does not exist"),
         "data-file": (["data.name=cifar10", f"data.path={tmp_path / 'a-file'}"], "which is a file"),
     }
     search = write_job(tmp_path, tiny_job(tmp_path))
     retrain = tmp_path / "retrain.yaml"
-    retrain.write_text(yaml.safe_dump({**{k: v for k, v in tiny_job(tmp_path).items() if k not in ("strategy", "train")},
-                                       "architecture": "DARTS_V2", "retrain": {"epochs": 1}}))
+    shared = {k: v for k, v in tiny_job(tmp_path).items() if k not in ("strategy", "train")}
+    retrain.write_text(yaml.safe_dump({**shared, "architecture": "DARTS_V2", "retrain": {"epochs": 1}}))
     study = Path(__file__).parents[1] / "jobs" / "layer_count_quickstart.yaml"
     commands = {"search": search, "train": retrain, "study": study}
     cases, names = [], []

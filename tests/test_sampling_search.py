@@ -22,7 +22,7 @@ from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
 from raynas.supernet import build_supernet
 from raynas.tracking.results import ResultsStore
-from raynas.types import DatasetInfo
+from raynas.types import Architecture, DatasetInfo
 from tests.conftest import tiny_job
 
 
@@ -92,9 +92,18 @@ def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Pat
     for child in children:  # each candidate with its picture
         assert "architecture.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"pareto.png", "architecture.png"} <= artifacts
+    assert {"pareto.png", "architecture.png", "cell_shapes.png"} <= artifacts
     rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
     assert len(rows) == 8 and rows["trial_id"].is_unique
+    # Every candidate's cell width and depth (Shu et al., read on NAS-Bench-201 cells) in its
+    # Parquet row and its child run.
+    by_trial = {c.data.tags["raynas.trial_id"]: c.data.metrics for c in children}
+    space = SPACES.create("nb201")
+    for _, row in rows.iterrows():
+        shape = space.cell_shape(Architecture.from_json(row["architecture"]))
+        assert set(shape) == {"cell_width", "cell_depth"}
+        assert {k: row[f"metric.{k}"] for k in shape} == shape
+        assert {k: by_trial[row["trial_id"]][k] for k in shape} == shape
 
 
 def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: Path) -> None:

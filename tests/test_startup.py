@@ -325,7 +325,9 @@ JOB_CASES: list[dict[str, Any]] = [
     {"strategy": "enas", "evaluator": "scratch"},
     {"strategy": "random", "evaluator": "training_free", "train": {"epochs": 2}},
     {"space": "autokeras", "strategy": "random", "evaluator": "scratch"},
-    {"space": "nb201", "strategy": {"name": "random", "cell_shape": {"max_depth": 3}},
+    {"space": "fbnet", "strategy": {"name": "random", "cell_shape": {"max_depth": 3}},
+     "evaluator": "scratch"},
+    {"space": "nb201", "strategy": {"name": "random", "cell_shape": {"min_depth": 2, "max_width": 0.5}},
      "evaluator": "scratch"},
     {"execution": {"concurrency": 2, "backend": "local"}},
     {"execution": {"concurrency": 2}},
@@ -441,9 +443,13 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
 
 def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
     """``(depth, width)`` of every normal cell of ``space``, measured with the space's own
-    ``cell_shape`` on every choice of its nodes' inputs."""
+    ``cell_shape`` on every choice of its nodes' inputs (NAS-Bench-201: on each of its 15,625
+    cells, of one kind)."""
     import itertools
+    import random
 
+    if set(space.cell_shape(space.sample(random.Random(0)))) == {"cell_width", "cell_depth"}:
+        return {(s["cell_depth"], s["cell_width"]) for s in map(space.cell_shape, space.enumerate())}
     decisions = space.decisions()
     inputs = [i for i, d in enumerate(decisions) if d.name.startswith("normal.") and "inputs" in d.name]
     seen = set()

@@ -317,7 +317,8 @@ class CandidateCosts:
     def complete(self, result: EvalResult) -> EvalResult:
         """``result`` with ``params`` and ``macs`` among its metrics (the evaluator's own kept),
         and the shape of its cells where its space measures one (``cell_shape``: the DARTS
-        spaces' ``normal_width``, ``normal_depth``, ``reduce_width``, ``reduce_depth``)."""
+        spaces' ``normal_width``, ``normal_depth``, ``reduce_width``, ``reduce_depth``;
+        NAS-Bench-201's ``cell_width``, ``cell_depth``)."""
         if result.score == float("-inf") and not result.metrics:  # failed: nothing was built
             return result
         extra: dict[str, float] = {}

@@ -163,6 +163,42 @@ class Nb201Arch(Architecture):
 
 
 @functools.cache  # at most 15,625 cells: keys of the whole space are computed once
+def cell_shape(ops: Sequence[str]) -> tuple[float, int]:
+    """The width (in units of a node's channels) and depth of an NAS-Bench-201 cell, by Shu et al.'s
+    definitions ("Understanding Architectures Learnt by Cell-based Neural Architecture Search",
+    ICLR 2020, Sec. 3.1; :func:`raynas.spaces.darts_genotype.cell_shape` for DARTS cells) read on a
+    cell with one input and a summing output node.
+
+    Only what reaches the output counts: the edges that are not ``none`` between nodes on a path
+    from the input (node 0) to the output (node 3). Depth: the connections along the longest such
+    path (0 when none: the cell outputs zeros). Width: the total width of the nodes 1-3 connected
+    to the input, a node that also takes other nodes counting for the share of its connections
+    that come from the input (the all-convolution cell: 1 + 1/2 + 1/3 and 3).
+    """
+    live = [edge for edge, op in zip(EDGES, ops, strict=True) if op != "none"]
+    reached = {0}
+    for src, dst in live:  # EDGES runs in the order of their targets
+        if src in reached:
+            reached.add(dst)
+    reaching = {3}
+    for src, dst in reversed(live):
+        if dst in reaching:
+            reaching.add(src)
+    on_path = reached & reaching
+    if 3 not in on_path:
+        return 0.0, 0
+    edges = [(src, dst) for src, dst in live if src in on_path and dst in on_path]
+    depth = {0: 0}
+    for src, dst in edges:
+        depth[dst] = max(depth.get(dst, 0), depth[src] + 1)
+    width = 0.0
+    for node in (1, 2, 3):
+        inputs = [src for src, dst in edges if dst == node]
+        if inputs:
+            width += inputs.count(0) / len(inputs)
+    return width, depth[3]
+
+
 def _canonical_form(ops: tuple[str, ...]) -> str:
     # sources: "x" (the cell input) or the index of a live op edge; one multiset per node
     node_terms: list[list[Any]] = [["x"]]
@@ -435,7 +471,11 @@ def load_arch(text: str) -> Nb201Arch:
 
 @SPACES.register(
     "nb201", config=Nb201SpaceConfig,
-    traits={"choices": True, "one_shot": True, "drop_paths": True},
+    traits={
+        "choices": True, "one_shot": True, "drop_paths": True, "cell_shape": True,
+        # Per depth, the least and most width of the 15,625 cells (tests/test_startup.py counts them).
+        "cell_shapes": {"expr": "[[0, 0, 0], [1, 1, 1], [2, 1, 7 / 3], [3, 1, 2]]"},
+    },
 )
 class Nb201Space:
     """The NAS-Bench-201 space: all 15,625 cells, the benchmark's network, and a supernet.
@@ -465,6 +505,11 @@ class Nb201Space:
     def decode(self, values: tuple[int, ...] | list[int]) -> Nb201Arch:
         """The cell whose edges carry ``NB201_OPS[v]`` for each value."""
         return Nb201Arch(tuple(decode_options(self.decisions(), values)))
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width and depth of the cell (:func:`cell_shape`): ``cell_width``, ``cell_depth``."""
+        width, depth = cell_shape(expect_arch(arch, Nb201Arch, "measures").ops)
+        return {"cell_width": width, "cell_depth": depth}
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` is an NAS-Bench-201 cell (every such record is)."""

@@ -171,7 +171,14 @@ class SamplingStrategy(ABC):
         if not callable(getattr(self.space, "cell_shape", None)):
             raise ConfigError(
                 f"strategy.cell_shape: the {type(self.space).__name__} space has no cells whose width "
-                "and depth can be measured (the darts space has); remove strategy.cell_shape"
+                "and depth can be measured (the darts and nb201 spaces have); remove strategy.cell_shape"
+            )
+        first = self.space.decode([0] * len(self.decisions))
+        kinds = [k.rsplit("_", 1)[0] for k in self.space.cell_shape(first)]
+        if not limits.kinds(dict.fromkeys(f"{k}_width" for k in kinds)):
+            raise ConfigError(
+                f"strategy.cell_shape.cells is {limits.cells!r}, a cell the {type(self.space).__name__} "
+                f"space does not have (its cells: {', '.join(dict.fromkeys(kinds))}); leave cells out"
             )
         self.shape_limits = limits
         rng = random.Random(0)  # the strategy's own random stream is left as it is
