@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import mlflow_store
@@ -69,19 +70,24 @@ SHRINK_EVALUATOR = {
 }
 
 
-@pytest.mark.parametrize("path", QUICK_JOBS, ids=lambda p: p.name)
-def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
-    """Each method's job file runs end to end (shrunk to seconds, in-process) and records what it
-    found in MLflow: the genotype of every epoch (gradient strategies) or every candidate as a
-    child run of the search (sampling strategies)."""
-    from mlflow.tracking import MlflowClient
+# The quick starts of the methods and spaces of the seed papers that came after DARTS's family
+# (issues "the rest of the seed papers' search spaces" and "... search methods"): they run through
+# `raynas search` on a local Ray below; the others in-process.
+ON_RAY = {
+    "nexception_quickstart.yaml", "xd_quickstart.yaml", "morphological_quickstart.yaml",
+    "ran_quickstart.yaml", "ran_i_quickstart.yaml", "stacked_bnas_quickstart.yaml",
+    "rf_darts_quickstart.yaml", "convnext_quickstart.yaml", "convnext_macro_quickstart.yaml",
+    "autokeras_quickstart.yaml", "epnas_quickstart.yaml", "prunet_quickstart.yaml",
+    "teg_nas_quickstart.yaml", "teg_reinforce_quickstart.yaml", "oneshot_path_dropout_quickstart.yaml",
+}
 
-    from raynas.runs import run_search
 
+def shrunk(path: Path, tmp_path: Path, backend: str) -> list[str]:
+    """``--set`` overrides that shrink the job at ``path`` to seconds, tracked in ``tmp_path``."""
     original = load_job(path)
     overrides = [
         *SHRINK_SPACE[original.space.name], "data.limit=64",
-        "data.batch_size=16", "execution.backend=local",
+        "data.batch_size=16", f"execution.backend={backend}",
         "execution.cpus_per_worker=1", "execution.concurrency=1",
         f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}",
@@ -102,16 +108,55 @@ def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
         overrides += ["final.top=1", "final.epochs=1", "final.channels=4", "final.layers=1"] if (
             original.final.top
         ) else []
-    config = load_job(path, overrides)
+    return overrides
+
+
+@pytest.mark.parametrize("path", [p for p in QUICK_JOBS if p.name not in ON_RAY], ids=lambda p: p.name)
+def test_quickstart_job_runs_shrunk(path: Path, tmp_path: Path) -> None:
+    """Each method's job file runs end to end (shrunk to seconds, in-process) and records what it
+    found in MLflow: the genotype of every epoch (gradient strategies) or every candidate as a
+    child run of the search (sampling strategies)."""
+    from raynas.runs import run_search
+
+    config = load_job(path, shrunk(path, tmp_path, "local"))
     result = run_search(config, echo=lambda _: None)
+    assert_recorded(config, result.run_id)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in QUICK_JOBS if p.name in ON_RAY), ids=lambda p: p.name)
+def test_quickstart_job_runs_through_raynas_search_on_a_local_ray(
+    path: Path, tmp_path: Path, ray_head: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The quick starts of the later seed papers' spaces and methods, shrunk, as a user runs them:
+    `raynas search JOB --address ...` on a local Ray head, their work in Ray actors; each ends with
+    exit status 0 and its answer, and records what it found in MLflow."""
+    from raynas.cli import main
+
+    overrides = shrunk(path, tmp_path, "ray")
+    config = load_job(path, overrides)
+    args = ["search", str(path), *(arg for o in overrides for arg in ("--set", o)), "--address", ray_head]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    searching = next(line for line in out.splitlines() if line.startswith("Searching "))
+    assert searching.startswith(f"Searching {config.space.name} with {config.strategy.name}")
+    assert " in Ray actor on " in searching or " Ray actor(s) on 1 node(s)" in searching, searching
+    run_id = out.split("MLflow run: ")[-1].split()[0]
+    assert_recorded(config, run_id)
+
+
+def assert_recorded(config: Any, run_id: str) -> None:
+    """The search's MLflow run holds every epoch's genotype (gradient strategies) or every
+    candidate as a child run (sampling strategies)."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(config.tracking.tracking_uri)
-    run = client.get_run(result.run_id)
+    run = client.get_run(run_id)
     assert run.data.tags["raynas.strategy"] == config.strategy.name
     if config.evaluator is None:
-        artifacts = {a.path for a in client.list_artifacts(result.run_id, "genotypes")}
+        artifacts = {a.path for a in client.list_artifacts(run_id, "genotypes")}
         assert artifacts == {"genotypes/epoch_000.json", "genotypes/epoch_001.json"}
     else:
         children = client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+            [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
         )
         assert len(children) >= 3
