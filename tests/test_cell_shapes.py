@@ -4,6 +4,7 @@ DARTS-cell search and compared with random cells in ``raynas report`` and in MLf
 
 from __future__ import annotations
 
+import base64
 import random
 import statistics
 from pathlib import Path
@@ -106,4 +107,13 @@ def test_report_compares_the_best_cells_with_random_cells(tmp_path: Path) -> Non
     )
     text = format_text(report)
     assert "Cell shapes of the best architectures" in text and "normal: found 3.50c wide, 3.00 deep" in text
-    assert "Cell shapes against random cells" in format_html(report)
+    page = format_html(report)
+    assert "Cell shapes against random cells" in page
+    # The plot of the best cells against the random ones, embedded as a PNG image.
+    assert shape.found_points == {"normal": ((3.5, 3),), "reduce": ((2.5, 3),)}
+    assert shape.random_points["normal"] == tuple(random_normal)
+    tag = "<img alt='cell shapes of darts (4 nodes)' src='data:image/png;base64,"
+    image = page.split(tag)[1].split("'")[0]
+    assert base64.b64decode(image).startswith(b"\x89PNG")
+    axes = shape.figure().axes
+    assert [ax.get_title() for ax in axes] == ["normal cell", "reduce cell"]

@@ -6,7 +6,8 @@
   and dataset (the sample standard deviation, ``n - 1`` in the denominator, as NAS papers report
   it over independent runs);
 - the width and depth of the best architectures' cells against random cells of their space
-  (Shu et al., ICLR 2020: NAS tends to find wide, shallow cells), for spaces that measure them;
+  (Shu et al., ICLR 2020: NAS tends to find wide, shallow cells), for spaces that measure them,
+  as text and, in the HTML page, as a plot per space;
 
 written to the terminal and as an HTML page (with the Pareto plot embedded) or a PNG (the plot).
 """
@@ -21,13 +22,13 @@ import re
 import statistics
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raynas.errors import ConfigError
 from raynas.runs.common import RANDOM_CELLS, cell_shapes, random_cell_shapes, shape_space
-from raynas.tracking.plots import pareto_front, plot_pareto, save_figure
+from raynas.tracking.plots import pareto_front, plot_cell_shapes, plot_pareto, save_figure
 from raynas.tracking.results import ResultsStore
 from raynas.types import Architecture
 
@@ -91,6 +92,14 @@ class ShapeSummary:
     random_std: dict[str, tuple[float, float]]
     n_found: int
     n_random: int = RANDOM_CELLS
+    # Per cell type, every (width, depth): of the best architectures, and of the random cells.
+    found_points: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    random_points: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+
+    def figure(self) -> Any:
+        """The best architectures' cells against the random cells, drawn (:func:`plot_cell_shapes`)."""
+        return plot_cell_shapes(self.found_points, self.random_points,
+                                title=f"{self.space}: the best architectures' cells against random cells")
 
     def lines(self) -> list[str]:
         """The comparison as text, a line per cell type."""
@@ -129,6 +138,8 @@ def _shape_summaries(best: Sequence[Row], records: Sequence[dict[str, Any]]) -> 
             random={k: _point_stat(statistics.fmean, random[k]) for k in kinds},
             random_std={k: _point_stat(statistics.stdev, random[k]) for k in kinds},
             n_found=len(next(iter(kinds.values()))),
+            found_points={k: tuple(v) for k, v in kinds.items()},
+            random_points={k: tuple(random[k]) for k in kinds},
         ))
     return tuple(out)
 
@@ -288,11 +299,15 @@ def pareto_figure(report: Report) -> Any:
 
 
 def format_html(report: Report) -> str:
-    """The report as one self-contained HTML page (the Pareto plot embedded as PNG)."""
-    buffer = io.BytesIO()
-    pareto_figure(report).savefig(buffer, format="png", dpi=110)
-    image = base64.b64encode(buffer.getvalue()).decode()
+    """The report as one self-contained HTML page (the Pareto plot and each space's cell shapes
+    embedded as PNG)."""
     esc = html.escape
+
+    def embedded(figure: Any, alt: str) -> str:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        return f"<img alt='{esc(alt)}' src='data:image/png;base64,{data}'>"
 
     def table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
         rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
@@ -313,7 +328,11 @@ def format_html(report: Report) -> str:
     seeds = table(["job", "space", "strategy", "dataset", "best (mean ± std)", "n", "seeds"],
                   [[s.job, s.space, s.strategy, s.dataset, s.text(), str(len(s.best_scores)),
                     ", ".join(str(x) for x in s.seeds)] for s in report.seeds])
-    shapes = "".join(f"<p>{esc(line.strip())}</p>" for shape in report.shapes for line in shape.lines())
+    shapes = "".join(
+        "".join(f"<p>{esc(line.strip())}</p>" for line in shape.lines())
+        + embedded(shape.figure(), f"cell shapes of {shape.space}")
+        for shape in report.shapes
+    )
     if shapes:
         shapes = f"<h2>Cell shapes against random cells (Shu et al., ICLR 2020)</h2>{shapes}"
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
@@ -323,7 +342,7 @@ def format_html(report: Report) -> str:
         f"<style>{style}</style></head><body><h1>raynas report</h1>"
         f"<p>Searches: {esc(', '.join(report.searches))}</p>"
         f"<h2>Best architectures</h2>{best}<h2>Pareto front</h2>{front}"
-        f"<img alt='Pareto plot' src='data:image/png;base64,{image}'>"
+        f"{embedded(pareto_figure(report), 'Pareto plot')}"
         f"<h2>Across seeds</h2>{seeds}{shapes}</body></html>"
     )
 
