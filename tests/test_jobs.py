@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import mlflow_store
 
 from raynas.runs.jobs import load_job
@@ -30,6 +31,8 @@ def test_job_file_is_valid(path: Path) -> None:
 
 QUICK_JOBS = [p for p in JOBS if p.name.endswith("quickstart.yaml")]
 SHRINK_SPACE = {
+    "auto_deeplab": ["space.channels=2", "space.layers=2", "space.blocks=2"],
+    "darts_rnn": ["space.channels=8", "space.nodes=2"],
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
     "autokeras": ["space.seed_width=4"],
@@ -104,10 +107,13 @@ def shrunk(path: Path, tmp_path: Path, backend: str) -> list[str]:
         overrides += ["tune.enabled=false", "evaluator.epochs=0"]
     if original.evaluator is not None:
         overrides += SHRINK_STRATEGY.get(original.strategy.name, ["strategy.evaluations=3"])
-        overrides += SHRINK_EVALUATOR[original.evaluator.name]
-        overrides += ["final.top=1", "final.epochs=1", "final.channels=4", "final.layers=1"] if (
-            original.final.top
-        ) else []
+        # The fbnet space's sizes are its stages' (no channels or layers to shrink by).
+        sized = original.space.name != "fbnet"
+        overrides += [o for o in SHRINK_EVALUATOR[original.evaluator.name]
+                      if sized or not o.startswith(("evaluator.channels=", "evaluator.layers="))]
+        if original.final.top:
+            overrides += ["final.top=1", "final.epochs=1"]
+            overrides += ["final.channels=4", "final.layers=1"] if sized else []
     return overrides
 
 
@@ -160,3 +166,49 @@ def assert_recorded(config: Any, run_id: str) -> None:
             [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
         )
         assert len(children) >= 3
+
+
+# The jobs with a paper's own settings, each on the dataset of its paper.
+PAPER_JOBS = [p for p in JOBS if not p.name.endswith("quickstart.yaml")]
+# Settings that shrink what a paper's dataset brings (an image size, a crop, a sequence length).
+SHRINK_DATA = {
+    "imagenet": ["data.image_size=32"],
+    "cityscapes": ["data.crop_size=16", "data.downscale=1", "data.batch_size=2"],
+    "ptb": ["data.bptt=4", "data.batch_size=2"],
+}
+
+
+@pytest.mark.parametrize("path", PAPER_JOBS, ids=lambda p: p.name)
+def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path, tmp_path: Path) -> None:
+    """Each job with a paper's settings runs end to end, shrunk to seconds, on a tiny copy of its
+    paper's dataset written in the official on-disk format (tests/fixtures.py), as a user runs it
+    after pointing `data.path` at the real one. A job whose strategy reads a device's latency table
+    first measures one for its (shrunk) layout with `raynas latency --job`, as the job file says."""
+    from fixtures import FIXTURES
+
+    from raynas.cli import main
+    from raynas.config import load_yaml
+    from raynas.runs import run_search
+
+    original = load_job(path)
+    data = FIXTURES[original.data.name](tmp_path / "data")
+    overrides = [*shrunk(path, tmp_path, "local"), f"data.path={data}",
+                 *SHRINK_DATA.get(original.data.name, []),
+                 "execution.gpus_per_worker=0", "execution.accelerator=null",  # this machine's CPU
+                 "data.num_workers=0"]
+    layout = original.space.config
+    if hasattr(layout, "stage_depths"):  # a block per stage, as many stages as the paper's layout
+        overrides.append(f"space.stage_depths={[1] * len(layout.stage_depths)}")
+    if getattr(layout, "robust", None):  # RobustDARTS's spaces are defined on 4-node cells
+        overrides.append("space.nodes=4")
+    if "latency_table" in (strategy := original.strategy.config.__dict__):
+        job = tmp_path / "shrunk.yaml"
+        job.write_text(yaml.safe_dump(load_yaml(path, overrides)))
+        tables = tmp_path / "tables"
+        assert main(["latency", "--job", str(job), "--device", "here", "--out", str(tables),
+                     "--warmup", "1", "--repeats", "1"]) == 0
+        overrides += ["strategy.latency_table=here", f"strategy.latency_dir={tables}"]
+        assert strategy["latency_table"] != "here"
+    config = load_job(path, overrides)
+    result = run_search(config, echo=lambda _: None)
+    assert_recorded(config, result.run_id)
