@@ -79,7 +79,8 @@ SHRINK_EVALUATOR = {
 ON_RAY = {
     "nexception_quickstart.yaml", "xd_quickstart.yaml", "morphological_quickstart.yaml",
     "ran_quickstart.yaml", "ran_i_quickstart.yaml", "stacked_bnas_quickstart.yaml",
-    "rf_darts_quickstart.yaml", "convnext_quickstart.yaml", "convnext_macro_quickstart.yaml",
+    "rf_darts_quickstart.yaml", "rf_darts_robust_quickstart.yaml", "convnext_quickstart.yaml",
+    "convnext_macro_quickstart.yaml",
     "autokeras_quickstart.yaml", "epnas_quickstart.yaml", "prunet_quickstart.yaml",
     "teg_nas_quickstart.yaml", "teg_reinforce_quickstart.yaml", "oneshot_path_dropout_quickstart.yaml",
 }
@@ -95,6 +96,8 @@ def shrunk(path: Path, tmp_path: Path, backend: str) -> list[str]:
         f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}",
     ]
+    if getattr(original.space.config, "robust", None):  # RobustDARTS's spaces have 4-node cells
+        overrides.append("space.nodes=4")
     if original.evaluator is None or original.evaluator.name == "supernet":
         overrides.append("train.epochs=2")  # the supernet's epochs (scratch and proxies train none)
         overrides += SHRINK_GRADIENT.get(original.strategy.name, [])
@@ -199,8 +202,6 @@ def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path,
     layout = original.space.config
     if hasattr(layout, "stage_depths"):  # a block per stage, as many stages as the paper's layout
         overrides.append(f"space.stage_depths={[1] * len(layout.stage_depths)}")
-    if getattr(layout, "robust", None):  # RobustDARTS's spaces are defined on 4-node cells
-        overrides.append("space.nodes=4")
     if "latency_table" in (strategy := original.strategy.config.__dict__):
         job = tmp_path / "shrunk.yaml"
         job.write_text(yaml.safe_dump(load_yaml(path, overrides)))
