@@ -187,8 +187,8 @@ def test_a_sampling_search_whose_latest_checkpoint_cannot_be_read_resumes_from_t
     checkpoint = folder / "checkpoint.pt"
     assert load_checkpoint(checkpoint)["state"]["epoch"] == 2
     assert load_checkpoint(previous_checkpoint(checkpoint))["state"]["epoch"] == 1
-    assert load_checkpoint(folder / "supernet.pt")["epoch"] == 2
-    assert load_checkpoint(folder / "supernet.prev.pt")["epoch"] == 1
+    assert load_checkpoint(folder / "supernet.pt")["search_epoch"] == 2
+    assert load_checkpoint(folder / "supernet.prev.pt")["search_epoch"] == 1
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # torn, as by a full disk
 
     lines: list[str] = []

@@ -446,7 +446,7 @@ def supernet_at(supernet_file: str, epoch: int) -> dict[str, Any] | None:
             state = load_checkpoint(path)
         except Exception:  # torn or corrupt: the other version may hold the epoch
             continue
-        if int(state.get("epoch", epoch)) == epoch:
+        if int(state.get("search_epoch", epoch)) == epoch:  # absent: written before it was recorded
             return state
     raise RaynasError(
         f"no readable supernet of epoch {epoch} at {supernet_file} or the version before it, which "
@@ -486,7 +486,8 @@ def _train_supernet(
             _search(search, pool, record, limit=per_epoch - search.epoch_told)
         seconds = time.perf_counter() - start
         search.epoch += 1
-        save_checkpoint(pool.state_dict(), supernet_file)  # before the small checkpoint points past it
+        # Before the small checkpoint points past it; with the epoch it holds (supernet_at).
+        save_checkpoint({**pool.state_dict(), "search_epoch": search.epoch}, supernet_file)
         search.snapshot(run_id)
         best = search._controller_call(lambda: search.strategy.best())
         if best is not None:
