@@ -191,6 +191,7 @@ def _search(args: argparse.Namespace) -> None:
     # environment answers at once.
     raw = read_job(args.config, _overrides(args), kind="search")
     check_named_table(raw.get("strategy"))
+    _warn_if_lost_with_ray_job(raw)
     check_environment(raw)
 
     from raynas.runs.common import format_duration, reference_name
@@ -198,7 +199,6 @@ def _search(args: argparse.Namespace) -> None:
     from raynas.runs.search import run_search, run_seeds
 
     config = parse_job(raw)
-    _warn_if_lost_with_ray_job(config.tracking)
     if config.seeds:
         results, summary = run_seeds(config, fresh=args.fresh)
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
@@ -240,11 +240,13 @@ def scored_by(config: Any) -> str:
     return f"best candidate, {config.evaluator.name} evaluator"
 
 
-def _warn_if_lost_with_ray_job(tracking: Any) -> None:
-    """Under ``ray job submit``, one line if the MLflow store or output folder is local."""
-    from raynas.runs.ray_job import local_results_warning
+def _warn_if_lost_with_ray_job(raw: dict[str, Any]) -> None:
+    """Under ``ray job submit``, one line if the MLflow store or output folder of the job ``raw``
+    (its sections checked by :func:`raynas.config.read_job`) is local."""
+    from raynas.config import TrackingConfig, build
+    from raynas.ray_job import local_results_warning
 
-    if line := local_results_warning(tracking):
+    if line := local_results_warning(build(TrackingConfig, raw.get("tracking") or {}, "tracking")):
         print(f"raynas: warning: {line}", file=sys.stderr, flush=True)
 
 
@@ -278,6 +280,7 @@ def _train(args: argparse.Namespace) -> None:
     from raynas.environment import check_environment
 
     raw = read_job(args.config, _overrides(args), kind="retrain")  # before the heavy imports
+    _warn_if_lost_with_ray_job(raw)
     check_environment(raw)
 
     from raynas.runs.common import format_duration
@@ -285,7 +288,6 @@ def _train(args: argparse.Namespace) -> None:
     from raynas.runs.retrain import run_retrain_job
 
     config = parse_retrain_job(raw)
-    _warn_if_lost_with_ray_job(config.tracking)
     result = run_retrain_job(config, fresh=args.fresh)
     source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
     print(
@@ -302,13 +304,13 @@ def _study(args: argparse.Namespace) -> None:
     from raynas.environment import check_environment
 
     raw = load_yaml(args.config, _overrides(args))  # before the heavy imports
+    _warn_if_lost_with_ray_job(raw)
     check_environment(raw)
 
     from raynas.runs.common import format_duration
     from raynas.runs.study import parse_study_job, run_study
 
     job = parse_study_job(raw)
-    _warn_if_lost_with_ray_job(job.base.tracking)
     result = run_study(job, fresh=args.fresh)
     print(f"\nStudy finished in {format_duration(result.seconds)}: test accuracy by layer count")
     print(f"  {'cell':<12}{'layers':>7}{'test acc':>10}{'params':>10}{'MACs':>10}")

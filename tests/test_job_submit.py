@@ -95,7 +95,7 @@ def test_quickstart_job_submitted_with_ray_job_submit(
     logs = client.get_job_logs("raynas-quickstart")
     run_id = next(line.split()[-1] for line in logs.splitlines() if line.startswith("MLflow run:"))
     # The store and the output folder are on the head's disk: the driver said so first, and how
-    # to keep them (raynas.runs.ray_job; the job's environment is Ray's own).
+    # to keep them (raynas.ray_job; the job's environment is Ray's own).
     warning = next(line for line in logs.splitlines() if line.startswith("raynas: warning:"))
     assert warning.startswith(
         f"raynas: warning: Ray job 'raynas-quickstart' keeps its MLflow store ({tracking_uri}), "

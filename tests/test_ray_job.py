@@ -13,7 +13,7 @@ from conftest import tiny_job, write_job
 
 from raynas.cli import main
 from raynas.config import TrackingConfig
-from raynas.runs.ray_job import JOB_CONFIG_VARIABLE, local_results_warning, ray_job
+from raynas.ray_job import JOB_CONFIG_VARIABLE, local_results_warning, ray_job
 
 
 def job_environment(*, working_dir: bool, submission_id: str = "raysubmit_abc") -> dict[str, str]:
@@ -81,4 +81,4 @@ def test_the_cli_says_it_first(
     first, error = capsys.readouterr().err.splitlines()
     assert first.startswith("raynas: warning: Ray job 'raynas-quick' keeps its MLflow store (sqlite:///")
     assert f"inside the job's working directory ({tmp_path.resolve()})" in first
-    assert error.startswith("raynas: error: data.path")
+    assert error.startswith("raynas: error: config key 'data.path' is ")
