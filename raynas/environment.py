@@ -87,12 +87,19 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
-def _check_sqlite(uri: str) -> None:
-    """SQLAlchemy's ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` (``sqlite://``: in memory)."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of SQLAlchemy's ``sqlite:///relative.db`` / ``sqlite:////absolute.db``;
+    None for one in memory (``sqlite://``) or a form SQLAlchemy reads otherwise."""
     path = urllib.parse.unquote(uri.split("://", 1)[1].split("?", 1)[0])
     if not path.startswith("/") or path in ("/", "/:memory:"):
-        return  # sqlite:// or a form SQLAlchemy reads otherwise: MLflow says
-    database = Path(path[1:]).expanduser()
+        return None
+    return Path(path[1:]).expanduser()
+
+
+def _check_sqlite(uri: str) -> None:
+    database = sqlite_file(uri)
+    if database is None:
+        return  # MLflow says what it makes of it
     if database.is_dir():
         raise ConfigError(
             f"MLflow store {uri} names {database}, a folder; name a database file in it, "

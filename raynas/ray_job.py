@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from raynas.config import TrackingConfig, redact_uri
+from raynas.environment import sqlite_file
 
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -41,8 +42,8 @@ def _local_store(uri: str) -> Path | None:
     or a database server."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        return Path(uri.split(":///", 1)[-1])
+    if scheme.split("+")[0] == "sqlite":
+        return sqlite_file(uri)
     if scheme in ("", "file") or (len(scheme) == 1 and uri[1:2] == ":"):
         return Path(parts.path if scheme == "file" else uri)
     return None
