@@ -9,7 +9,9 @@ import multiprocessing
 import os
 import random
 import signal
+import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +189,21 @@ def drive(
 
         run_search(config, echo=echo)
 
-    process = multiprocessing.get_context("fork").Process(target=driver)
+    failure = Path(tempfile.mkdtemp()) / "driver-failure.txt"
+
+    def driver_telling_its_failure() -> None:
+        try:
+            driver()
+        except BaseException:
+            failure.write_text(traceback.format_exc())
+            raise
+
+    process = multiprocessing.get_context("fork").Process(target=driver_telling_its_failure)
     process.start()
     process.join()
+    if process.exitcode not in (0, -signal.SIGKILL):  # neither finished nor killed: say why
+        raise AssertionError(f"the driver exited with {process.exitcode}:\n"
+                             + (failure.read_text() if failure.exists() else "(no traceback)"))
     return process.exitcode
 
 
