@@ -243,3 +243,32 @@ def test_auto_keras_fits_its_gaussian_process_to_scores_at_equal_budget(
                              curve=(0.5,)))
     strategy.ask()
     assert fitted[-1] == [0.4, 0.5]
+
+
+def test_bo_tells_a_repeated_suggestion_of_a_candidate_stopped_early_as_pruned_with_its_curve() -> None:
+    strategy = STRATEGIES.create("bo", BoConfig(evaluations=4, startup=2), space=space(), seed=0)
+    first = strategy.ask()
+    strategy.tell(EvalResult(**{**result("a", (0.2, 0.3)).__dict__, "architecture": first}))
+    # TPE suggests the stopped candidate again: the study learns it without a new evaluation, as
+    # what it was, a pruned trial with its curve (not a finished trial at its partial score).
+    strategy.study.enqueue_trial(strategy._params(first.values))  # type: ignore[attr-defined]
+    asked = strategy.ask()
+    assert asked.values != first.values  # asked anew
+    told, repeated, running = strategy.study.trials  # type: ignore[attr-defined]
+    assert repeated.params == told.params
+    assert repeated.state.name == "PRUNED" and repeated.intermediate_values == {1: 0.2, 2: 0.3}
+    assert running.state.name == "RUNNING"
+    # A later finished evaluation of the same candidate is what a further repeat is told.
+    strategy.tell(EvalResult(**{**result("b", (0.1, 0.4, 0.6)).__dict__, "architecture": first}))
+    strategy.study.enqueue_trial(strategy._params(first.values))  # type: ignore[attr-defined]
+    strategy.ask()
+    trials = strategy.study.trials  # type: ignore[attr-defined]
+    states = ["PRUNED", "PRUNED", "RUNNING", "COMPLETE", "COMPLETE", "RUNNING"]  # the 4th: b, unasked
+    assert [t.state.name for t in trials] == states
+    assert trials[4].params == told.params and trials[4].value == pytest.approx(0.6)
+    # So does the study a resumed search rebuilds.
+    fresh = STRATEGIES.create("bo", BoConfig(evaluations=4, startup=2), space=space(), seed=0)
+    fresh.load_state_dict(strategy.state_dict())
+    assert fresh.known[first.values] == (pytest.approx(0.6), None)  # type: ignore[attr-defined]
+    assert [t.state.name for t in fresh.study.trials] == states  # type: ignore[attr-defined]
+    assert fresh.study.trials[1].intermediate_values == {1: 0.2, 2: 0.3}  # type: ignore[attr-defined]

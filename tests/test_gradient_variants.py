@@ -155,10 +155,12 @@ def test_gdas_samples_one_op_per_edge_and_anneals_tau(tmp_path: Path) -> None:
         assert model.gumbel_tau == pytest.approx(expected_tau)
 
 
-@pytest.mark.parametrize("name", ["rf_darts", "rf_pc_darts"])
-def test_random_features_train_only_batchnorm_affine(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "settings"), [
+    ("rf_darts", {}), ("rf_darts", {"order": 2}), ("rf_pc_darts", {"k": 2}),
+], ids=["rf_darts", "rf_darts-second-order", "rf_pc_darts"])
+def test_random_features_train_only_batchnorm_affine(tmp_path: Path, name: str, settings: dict) -> None:
     job = tiny_job(tmp_path)
-    job["strategy"] = {"name": name, "arch_start_epoch": 0, **({"k": 2} if "pc" in name else {})}
+    job["strategy"] = {"name": name, "arch_start_epoch": 0, **settings}
     search = SupernetWorker(parse_job(job))
     model = search.supernet
     assert search.space.config.bn_affine

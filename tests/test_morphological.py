@@ -126,3 +126,20 @@ def test_gradients_are_those_of_the_max_and_min(name: str) -> None:
     theirs = torch.autograd.grad((composed[name](x, b) * weights).sum(), (x, b))
     for a, e in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, e)
+
+
+def test_a_kernel_with_more_than_256_offsets_has_the_gradients_of_the_max() -> None:
+    """17 x 17 = 289 offsets do not fit in the byte that holds a pixel's winning offset up to
+    15 x 15: the backward pass still gives autograd's gradients through the unfolded max."""
+    torch.manual_seed(0)
+    k, r = 17, 8
+    x = torch.randn(1, 2, 17, 17, dtype=torch.float64, requires_grad=True)  # every offset inside
+    b = torch.randn(2, k, k, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(1, 2, 17, 17, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x, (r, r, r, r), value=-np.inf)
+    unfolded = torch.nn.functional.unfold(padded, k).view(1, 2, k * k, 17, 17)
+    reference = (unfolded + b.flip(-1, -2).reshape(1, 2, k * k, 1, 1)).amax(2)
+    ours = torch.autograd.grad((morphology("dilation", x, b) * weights).sum(), (x, b))
+    theirs = torch.autograd.grad((reference * weights).sum(), (x, b))
+    for a, e in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, e)

@@ -20,7 +20,9 @@ Convolution for DARTS Search Space" (PIBConv, ICASSP 2023):
 All follow DARTS's operation contract: ``(C, stride, affine) -> module`` mapping C channels to C
 channels, ``stride`` 1 or 2 (the first depthwise convolution is strided, as in ``sep_conv``).
 Unlike ConvNeXt's block, none adds its input back: a DARTS cell has ``skip_connect`` as an
-operation of its own, and a stride-2 edge has no identity to add. ``affine`` switches the
+operation of its own, and a stride-2 edge has no identity to add. Nor does ``convnext_KxK`` scale
+its output by ConvNeXt's layer scale (``gamma``, initialised at 1e-6): without the residual it
+would all but silence the candidate beside the others on its edge. ``affine`` switches the
 LayerNorm's scale and shift, as it does BatchNorm's in the DARTS ops (off in the search).
 """
 

@@ -35,7 +35,8 @@ MORPHOLOGIES: tuple[str, ...] = (
 class _MaxPlus(torch.autograd.Function):
     """``out[p] = max_d x[p + d] + w[d]`` over the k x k offsets ``d`` (the outside of the image
     taking no part), channel by channel, keeping only the winning offset for the backward pass
-    (one byte a pixel, where autograd through the unfolded windows would keep k*k values)."""
+    (one byte a pixel up to 15 x 15, where autograd through the unfolded windows would keep k*k
+    values)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ class _MaxPlus(torch.autograd.Function):
         shifts = [padded[:, :, i : i + h, j : j + wd] for i in range(k) for j in range(k)]
         windows = torch.stack(shifts, 2) + w.reshape(1, c, k * k, 1, 1)  # (B, C, k*k, H, W)
         best, index = windows.max(2)  # (B, C, H, W) each
-        ctx.save_for_backward(index.to(torch.uint8))
+        # one byte a pixel while the k*k offsets fit in it (k <= 15), two beyond
+        ctx.save_for_backward(index.to(torch.uint8 if k * k <= 256 else torch.int16))
         ctx.k = k
         return best
 

@@ -71,7 +71,11 @@ class SeparableConv2d(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """``x * sigmoid(fc2(act(bn(fc1(mean(x))))))`` with ``make_divisible(C / 16)`` hidden channels."""
+    """``x * sigmoid(fc2(act(bn(fc1(mean(x))))))`` with ``make_divisible(C / 16)`` hidden channels.
+
+    The norm is BatchNorm as in the official networks, whichever norm the architecture chooses for
+    its convolutions (the official networks have BatchNorm only); like any BatchNorm over a 1x1 map
+    it needs more than one image per batch in training."""
 
     def __init__(self, channels: int, activation: str) -> None:
         super().__init__()

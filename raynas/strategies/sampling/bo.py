@@ -9,7 +9,8 @@ the study did not suggest is added to it as a finished trial. A candidate a Tune
 early is a pruned trial whose intermediate values are its learning curve: Optuna's rule for
 comparing budgets, under which TPE ranks pruned trials below completed ones, by the budget they
 reached, then by their last value. A suggestion already evaluated is
-not evaluated again: the study is told its known score at once and asked anew (up to
+not evaluated again: the study is told its known result at once (one stopped early again as a
+pruned trial with its curve) and asked anew (up to
 ``max_repeats`` times). With the constant liar, TPE keeps concurrent suggestions apart.
 
 The study itself is not saved (it is an Optuna object, not plain data): the state is the log of
@@ -87,7 +88,8 @@ class BayesOpt(SamplingStrategy):
         self.trials: list[dict[str, Any]] = []
         self.events: list[tuple[str, int]] = []
         self.pending: dict[tuple[int, ...], list[int]] = {}  # values -> trials in flight, ask order
-        self.known: dict[tuple[int, ...], float] = {}
+        # values -> the best result evaluated so far, (score, learning curve if stopped early)
+        self.known: dict[tuple[int, ...], tuple[float, list[float] | None]] = {}
         self._asked: dict[int, Any] = {}  # the study's running trials, by number (= log index)
         # Imported here, as in every method that needs it: Optuna takes a while to import, and of
         # the strategies only this one uses it.
@@ -202,9 +204,11 @@ class BayesOpt(SamplingStrategy):
             if values not in self.known or repeats >= self.config.max_repeats:
                 break
             repeats += 1
-            # Evaluated already: the study learns its score without a new evaluation.
-            self.trials[index]["score"] = self.known[values]
-            self._complete(index, self.known[values])
+            # Evaluated already: the study learns its result without a new evaluation (a candidate
+            # stopped early again as a pruned trial with its curve, not as a finished one).
+            score, curve = self.known[values]
+            self.trials[index].update(score=score, curve=curve)
+            self._complete(index, score, curve)
             self.events.append(("tell", index))
         self.pending.setdefault(values, []).append(index)
         return self.space.decode(values)
@@ -226,7 +230,7 @@ class BayesOpt(SamplingStrategy):
         values = tuple(self.space.encode(result.architecture))
         score = result.score
         curve = list(result.curve) if result.stopped_early and result.curve else None
-        self.known[values] = max(score, self.known.get(values, -math.inf))
+        self._know(values, score, curve)
         if self.pending.get(values):
             index = self.pending[values].pop(0)
             self.trials[index].update(score=score, curve=curve)
@@ -236,6 +240,18 @@ class BayesOpt(SamplingStrategy):
             self.trials.append({"values": list(values), "score": score, "curve": curve})
             self._add_point(values, score, curve)
             self.events.append(("point", len(self.trials) - 1))
+
+    def _know(self, values: tuple[int, ...], score: float, curve: list[float] | None) -> None:
+        """Keep the better of this result and the one known for ``values``: one with a score before
+        a failed one, a finished evaluation before one stopped early, then the longer curve, then
+        the higher score."""
+        def rank(known: tuple[float, list[float] | None]) -> tuple[bool, bool, int, float]:
+            score, curve = known
+            scored = math.isfinite(score)
+            return scored, curve is None, len(curve or ()), score if scored else -math.inf
+
+        if values not in self.known or rank((score, curve)) > rank(self.known[values]):
+            self.known[values] = (score, curve)
 
     @property
     def done(self) -> bool:
@@ -262,8 +278,8 @@ class BayesOpt(SamplingStrategy):
         self.events = [(str(kind), int(i)) for kind, i in state["events"]]
         self.known = {}
         for r in self.history:
-            values = tuple(self.space.encode(r.architecture))
-            self.known[values] = max(r.score, self.known.get(values, -math.inf))
+            curve = list(r.curve) if r.stopped_early and r.curve else None
+            self._know(tuple(self.space.encode(r.architecture)), r.score, curve)
         told = {i for kind, i in self.events if kind in ("tell", "point", "reject")}
         self.pending = {}
         for kind, i in self.events:
