@@ -69,6 +69,18 @@ def test_an_xd_operation_starts_as_the_convolution_it_replaces(
     torch.testing.assert_close(xd_from_conv(conv, size)(x.float()), conv(x.float()), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+def test_a_deeper_xd_operation_also_starts_as_the_convolution_it_replaces(depth: int) -> None:
+    """The ``depth - 1`` butterfly products added to each of K, L and M start as the identity."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1).double()
+    xd = xd_from_conv(conv, (9, 8), depth=depth)
+    shallow = xd_from_conv(conv, (9, 8))
+    assert len(xd_arch_parameters(xd)) > len(xd_arch_parameters(shallow))  # more factors to learn
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(xd(x), conv(x), atol=1e-10, rtol=1e-10)
+
+
 def _random_norm_statistics(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:

@@ -20,9 +20,14 @@ XD-operations, each initialised as the convolution it replaces, the convolution'
 the XD-operation's own; :func:`xd_arch_parameters` lists the K, L and M twiddles a search trains
 with the architecture optimiser (the paper and relax's ``trainer.py``: Adam, learning rate 1e-3).
 
-``depth`` (relax's ``--kmatrix-depth``) multiplies each K, L and M by ``depth - 1`` more butterfly
-factor products, initialised to the identity. The fixed permutations (bit reversal; the kernel's
-flip and dilation in ``L``) stay fixed, as relax's at depth 1; relax's deeper settings also learn them.
+``depth`` multiplies each K, L and M by ``depth - 1`` more butterfly factor products, initialised
+to the identity; the fixed permutations (bit reversal; the kernel's flip and dilation in ``L``)
+stay fixed. That is relax's ``--kmatrix-depth`` at 1 and 2 only: relax/xd.py's ``original()`` (its
+trainer's default, not compact) adds one identity block to each of K, L and M at 2, none at 3,
+where it makes L's kernel permutation a learnable butterfly instead, and blocks counted otherwise
+beyond; raynas does not learn the permutations. relax's non-compact K, L and M also have no fixed
+bit reversal (their frequencies stay in bit-reversed order, the same for all three, which the
+elementwise product ignores): the same transforms at initialisation, other learnable families.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ The paper's space is continuous: starting from a backbone, every convolution bec
 XD-operation ``K diag(L w) M x`` initialised to compute exactly that convolution, and the search
 learns the K, L and M matrices (the architecture parameters) with weight sharing, the backbone's
 weights trained alongside. An architecture record here names what the search starts from: the
-backbone and the K-matrices' depth (relax's ``--kmatrix-depth``); the K, L and M found are the
-supernet's architecture state (``raynas.supernet.xd``), saved with it.
+backbone and the K-matrices' depth (relax's ``--kmatrix-depth`` at 1 and 2; see raynas.ops.xd);
+the K, L and M found are the supernet's architecture state (``raynas.supernet.xd``), saved with it.
 
 Backbones: torchvision's ``resnet18``, ``resnet34`` (the first convolution takes the dataset's
 channels) and the DARTS evaluation network of a published genotype, ``darts:<name>`` (e.g.
@@ -56,7 +56,7 @@ class XdArch(Architecture):
 
     Attributes:
         backbone: ``resnet18``, ``resnet34`` or ``darts:<genotype name>``.
-        depth: Butterfly factor products in each K, L and M (relax's ``--kmatrix-depth``).
+        depth: Butterfly factor products in each K, L and M (relax's ``--kmatrix-depth`` at 1 and 2).
     """
 
     space = "xd"
