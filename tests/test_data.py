@@ -17,6 +17,7 @@ from raynas.data import DATASETS, dataset_info, search_loaders
 from raynas.data.base import official_test_set
 from raynas.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, CifarConfig
 from raynas.data.digits import DigitsConfig
+from raynas.data.transforms import cut_out
 from raynas.errors import ConfigError, DataError
 from raynas.types import DatasetInfo
 from tests.fixtures import (
@@ -28,6 +29,7 @@ from tests.fixtures import (
     write_batch,
     write_cifar10,
     write_cifar100,
+    write_svhn,
 )
 
 
@@ -160,6 +162,43 @@ def test_cifar_augmentation_keeps_the_shape(cifar10_root: Path) -> None:
     blue = unnormalise(x, CIFAR10_MEAN, CIFAR10_STD)[:, 2]
     # Random crop of the zero-padded image and flip: blue is 255 except in the padding.
     assert set(blue.unique().tolist()) <= {0.0, 255.0}
+
+
+def darts_cutout(img: torch.Tensor, y: int, x: int, length: int) -> torch.Tensor:
+    """quark0/darts cnn/utils.py's ``Cutout.__call__``, its centre given instead of drawn."""
+    h, w = img.size(1), img.size(2)
+    mask = np.ones((h, w), np.float32)
+    y1, y2 = np.clip(y - length // 2, 0, h), np.clip(y + length // 2, 0, h)
+    x1, x2 = np.clip(x - length // 2, 0, w), np.clip(x + length // 2, 0, w)
+    mask[y1:y2, x1:x2] = 0.0
+    return img * torch.from_numpy(mask).expand_as(img)
+
+
+@pytest.mark.parametrize("length", [16, 5])
+def test_cutout_zeroes_the_square_darts_cutout_zeroes(length: int) -> None:
+    img = torch.randn(3, 32, 32) + 3  # no zero of its own
+    for y, x in ((0, 0), (16, 16), (31, 5), (3, 30), (31, 31)):  # centres at and away from the border
+        assert torch.equal(cut_out(img, y, x, length), darts_cutout(img, y, x, length)), (y, x)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_cutout_cuts_a_square_of_the_training_images_only(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = str(write_cifar10(tmp_path) if name == "cifar10" else write_svhn(tmp_path))
+    data = make(name, path=path, cutout=16)
+    images = range(len(data.train_set()))
+    cut = torch.stack([data.train_set()[i][0] for i in images])
+    plain = torch.stack([make(name, path=path).train_set()[i][0] for i in images])
+    zeros = (cut == 0).all(1)  # (N, H, W): zero in every channel
+    assert (plain != 0).all()  # the images hold no normalised zero of their own
+    for image in zeros:  # one square, at most 16 x 16, clipped at the border
+        rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 16 and 0 < len(cols) <= 16
+        assert image.sum() == len(rows) * len(cols)
+        assert image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+    assert (official_test_set(data)[0][0] != 0).all()  # the test split is never cut
+    with pytest.raises(ConfigError, match="cutout"):
+        make(name, path=path, cutout=-1)
 
 
 def test_search_loaders_shuffle_reproducibly(cifar10_root: Path) -> None:

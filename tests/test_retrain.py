@@ -180,3 +180,15 @@ def test_step_decay_multiplies_the_rate_by_gamma_every_epoch() -> None:
     assert rates == pytest.approx([0.1, 0.1 * 0.97, 0.1 * 0.97**2])  # StepLR(1, gamma=0.97)
     with pytest.raises(ConfigError, match=r"retrain\.lr_gamma"):
         parse_retrain_job(retrain_job(Path("/tmp"), "DARTS_V2", retrain={"lr_gamma": 1.5}))
+
+
+def test_the_darts_cifar10_retraining_job_has_train_py_s_settings() -> None:
+    """jobs/retrain_darts_cifar10.yaml against quark0/darts cnn/train.py's defaults with the README's
+    --auxiliary --cutout (../shared/reference/papers.json, darts.train.py_defaults)."""
+    config = load_retrain_job(Path(__file__).parents[1] / "jobs" / "retrain_darts_cifar10.yaml")
+    r, data = config.retrain, config.data.config
+    assert (data.batch_size, data.cutout, data.augment) == (96, 16, True)
+    assert (r.epochs, r.channels, r.layers) == (600, 36, 20)
+    assert (r.learning_rate, r.momentum, r.weight_decay, r.grad_clip) == (0.025, 0.9, 3e-4, 5.0)
+    assert (r.auxiliary_weight, r.drop_path_prob) == (0.4, 0.2)
+    assert config.architecture == "DARTS_V2"  # train.py's --arch DARTS

@@ -19,7 +19,7 @@ import torch
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.pickled import load_batch
-from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
+from raynas.data.transforms import Cutout, ImageTensors, Normalize, RandomCropFlip
 from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
@@ -31,10 +31,13 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 @dataclass(frozen=True)
 class CifarConfig(LoaderConfig):
     """Where the batches are: the ``cifar-10-batches-py`` (or ``cifar-100-python``) folder or
-    its parent. ``augment`` applies DARTS's random crop and flip."""
+    its parent. ``augment`` applies DARTS's random crop and flip to the training images;
+    ``cutout`` (a side in pixels, 0 for none) DARTS's Cutout after them, as its evaluation runs
+    (``train.py --cutout``, length 16) and its search does not."""
 
     path: Annotated[str, Rule(missing="the folder holding the CIFAR batches")] = ""
     augment: bool = True
+    cutout: Annotated[int, Rule(ge=0)] = 0
 
 
 def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +100,7 @@ class _Cifar:
             scale=255.0,
             normalize=Normalize(self.mean, self.std),
             augment=RandomCropFlip(4) if augment else None,
+            cutout=Cutout(self.config.cutout) if augment and self.config.cutout else None,
         )
 
 

@@ -18,7 +18,7 @@ import torch
 
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
-from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
+from raynas.data.transforms import Cutout, ImageTensors, Normalize, RandomCropFlip
 from raynas.errors import DataError
 from raynas.types import DatasetInfo
 
@@ -29,11 +29,13 @@ SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 @dataclass(frozen=True)
 class SvhnConfig(LoaderConfig):
     """Where the ``.mat`` files are (``path``, a folder); ``extra`` adds the 531,131 extra
-    training images; ``augment`` applies the random crop and flip."""
+    training images; ``augment`` applies the random crop and flip; ``cutout`` (a side in pixels,
+    0 for none) Cutout after them (RobustDARTS's ``_data_transforms_svhn`` with ``--cutout``)."""
 
     path: Annotated[str, Rule(missing="the folder holding train_32x32.mat and test_32x32.mat")] = ""
     extra: bool = False
     augment: bool = True
+    cutout: Annotated[int, Rule(ge=0)] = 0
 
 
 def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -84,4 +86,5 @@ class Svhn:
         return ImageTensors(
             torch.from_numpy(images), torch.from_numpy(labels), scale=255.0,
             normalize=Normalize(SVHN_MEAN, SVHN_STD), augment=RandomCropFlip(4) if augment else None,
+            cutout=Cutout(self.config.cutout) if augment and self.config.cutout else None,
         )
