@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from conftest import tiny_job
 
 from raynas.config import TrainConfig
+from raynas.data import DATASETS, search_loaders
 from raynas.ops import PRIMITIVES
 from raynas.runs.jobs import parse_job
 from raynas.runs.supernet_worker import SupernetWorker
@@ -54,3 +57,38 @@ def test_the_worker_keeps_an_epochs_timings_apart_from_its_metrics(tmp_path: Pat
     assert set(report.timings) == {"step_seconds", "data_seconds", "eval_seconds"}
     assert not set(report.timings) & set(report.metrics)  # results stay reproducible
     assert sum(report.timings.values()) <= report.seconds
+
+
+class Recorder:
+    """A strategy that only records the validation batches its steps are given."""
+
+    lr = 0.0
+
+    def __init__(self) -> None:
+        self.valid: list[torch.Tensor] = []
+
+    def step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        self.valid.append(valid[0])
+        return SimpleNamespace(loss_sum=torch.zeros(()), correct=torch.zeros((), dtype=torch.long), count=1)
+
+    def end_epoch(self) -> None:
+        pass
+
+
+def test_a_validation_half_smaller_than_the_training_half_is_drawn_anew_on_each_pass() -> None:
+    """train_portion 0.75: three passes over the validation half in one epoch, each a new shuffle of
+    all of it (DARTS draws a random validation batch each step), not the first pass replayed."""
+    config = DATASETS.entry("digits").config(batch_size=16, limit=128, train_portion=0.75)
+    data = DATASETS.create("digits", config)
+    train, valid = search_loaders(data, seed=0)
+    recorder = Recorder()
+    search_epoch(recorder, train, valid, torch.device("cpu"))
+    assert len(recorder.valid) == len(train) == 6 and len(valid) == 2
+    passes = [torch.cat(recorder.valid[i : i + 2]) for i in (0, 2, 4)]
+    whole = torch.stack([valid.dataset[i][0] for i in range(len(valid.dataset))])
+
+    def rows(x: torch.Tensor) -> list[bytes]:
+        return sorted(image.numpy().tobytes() for image in x)
+
+    assert all(rows(p) == rows(whole) for p in passes)  # every pass is the whole validation half
+    assert not torch.equal(passes[0], passes[1]) and not torch.equal(passes[1], passes[2])  # reshuffled

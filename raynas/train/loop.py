@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,7 +49,8 @@ def search_epoch(
     clock = {"step": 0.0, "data": 0.0}
     by_epoch = getattr(strategy, "alternates_by_epoch", False)
     pairs = (
-        ((b, None) for b in train_batches) if by_epoch else zip(train_batches, itertools.cycle(valid_batches))
+        ((b, None) for b in train_batches) if by_epoch
+        else zip(train_batches, _passes(valid_batches), strict=False)  # as many as training batches
     )
     for train_batch, valid_batch in _timed(pairs, clock):
         tic = time.perf_counter()
@@ -73,6 +73,18 @@ def search_epoch(
     loss, acc = _global_means(loss_sum, correct, count)
     return {"train_loss": loss, "train_acc": acc, "lr": lr, "step_seconds": clock["step"],
             "data_seconds": clock["data"]}
+
+
+def _passes(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches`` pass after pass, each pass anew (a loader reshuffles and augments again), none
+    of them held: where ``itertools.cycle`` would keep the whole first pass in memory."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 def _timed(items: Iterable[Any], clock: dict[str, float]) -> Iterator[Any]:
