@@ -22,6 +22,7 @@ from raynas.ops import (
 )
 from raynas.runs.jobs import parse_job
 from raynas.runs.supernet_worker import SupernetWorker
+from raynas.strategies.gradient.darts import Darts, DartsConfig
 from raynas.strategies.gradient.milenas import Milenas, MilenasConfig
 from raynas.supernet import DartsSupernet
 
@@ -74,7 +75,9 @@ def test_edge_normalisation_weighs_edges_per_node_and_ranks_the_genotype() -> No
     assert model.beta_normal.grad is not None and model.beta_normal.grad.abs().sum() > 0
 
 
-def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
+def test_milenas_arch_gradient_is_lambda_train_plus_valid() -> None:
+    """As search_algorithm/architect.py's step_milenas: lambda (lambda_train_regularizer) weighs
+    the training gradient (the paper's Eq. 6 weighs the validation one)."""
     model = tiny_supernet().double().train()
     strategy = Milenas(supernet=model, config=MilenasConfig(mixed_level_lambda=0.5),
                        train=TrainConfig(epochs=1))
@@ -85,7 +88,7 @@ def test_milenas_arch_gradient_is_train_plus_lambda_valid() -> None:
     g_valid = torch.autograd.grad(strategy.loss(valid)[0], strategy.arch_params)
     strategy.arch_backward(train, valid)
     for p, gt, gv in zip(strategy.arch_params, g_train, g_valid, strict=True):
-        torch.testing.assert_close(p.grad, gt + 0.5 * gv)
+        torch.testing.assert_close(p.grad, 0.5 * gt + gv)
 
 
 @pytest.mark.parametrize(
@@ -197,3 +200,24 @@ def test_attention_op_sends_the_most_attended_channels_through_the_candidates() 
     expected = weighted.clone()
     expected[:, [2, 5]] = op.mixed(weighted[:, [2, 5]], w)
     torch.testing.assert_close(op(x, w), expected)
+
+
+@pytest.mark.parametrize("name", ["milenas", "darts"])
+def test_milenas_steps_its_weights_unclipped_as_train_milenas_py(name: str) -> None:
+    """train_milenas.py clips alpha's gradient after the weights' backward pass, not the weights':
+    MiLeNAS's weight step is plain SGD on the raw gradient (DARTS's clips it to grad_clip)."""
+    model = tiny_supernet().double().train()
+    train = TrainConfig(epochs=1, learning_rate=0.1, weight_decay=3e-4, grad_clip=1e-3)
+    strategy = (Milenas(supernet=model, config=MilenasConfig(), train=train) if name == "milenas"
+                else Darts(supernet=model, config=DartsConfig(), train=train))
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
+    params = list(strategy.weight_params)
+    before = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(strategy.loss(batch)[0], params)
+    norm = torch.cat([g.flatten() for g in grads]).norm()
+    assert norm > 10 * train.grad_clip  # clipping would shrink this step
+    scale = 1.0 if name == "milenas" else float(train.grad_clip / (norm + 1e-6))
+    strategy.weight_step(batch)
+    for p, p0, g in zip(params, before, grads, strict=True):  # SGD's first step: momentum buffer = d_p
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * (scale * g + 3e-4 * p0))

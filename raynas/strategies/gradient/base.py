@@ -83,6 +83,10 @@ class GradientStrategy:
     """Whether the search trains the supernet's weights (a training-free pruning does not: its
     supernet's accuracy is that of its random initialisation)."""
 
+    clips_weights: ClassVar[bool] = True
+    """Whether the weights' gradient is clipped to ``train.grad_clip`` before their step (always on
+    a recurrent cell, whose weights DARTS clips)."""
+
     def __init__(self, *, supernet: nn.Module, config: GradientConfig, train: TrainConfig) -> None:
         self.model = supernet
         self.config = config
@@ -186,7 +190,8 @@ class GradientStrategy:
         loss.backward(inputs=self.arch_params)
 
     def weight_step(self, batch: Batch) -> StepResult:
-        """One SGD step of the weights on a training batch, gradients clipped by norm."""
+        """One SGD step of the weights on a training batch, gradients clipped by norm
+        (:attr:`clips_weights`)."""
         self.w_optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(batch)
         total = loss
@@ -195,7 +200,8 @@ class GradientStrategy:
             total = loss + self.config.tar * (h[1:] - h[:-1]).pow(2).mean()
         total.backward(inputs=self.weight_params)
         average_gradients_(self.weight_params)
-        nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
+        if self.clips_weights or self.recurrent:
+            nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
         self.w_optimizer.step()
         y = batch[1]
         count = labelled(y)  # every label, or the pixels not ignored (-100) in segmentation

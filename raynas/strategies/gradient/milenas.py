@@ -1,8 +1,12 @@
-"""MiLeNAS (He, Wang and Li, "MiLeNAS: Efficient Neural Architecture Search via Mixed-Level
+"""MiLeNAS (He, Ye, Shen and Zhang, "MiLeNAS: Efficient Neural Architecture Search via Mixed-Level
 Reformulation", CVPR 2020): the architecture descends the training loss and the validation loss
-together, Eq. 6 of the paper:
+together. The paper's Eq. 6 weighs the validation term by lambda; the authors' code
+(``search_algorithm/architect.py``, ``step_milenas``) weighs the training term, by
+``lambda_train_regularizer``, and never reads ``lambda_valid_regularizer``: raynas follows the code,
 
-    alpha <- alpha - eta_alpha * (grad_alpha L_train(w, alpha) + lambda * grad_alpha L_val(w, alpha))
+    alpha <- alpha - eta_alpha * (lambda * grad_alpha L_train(w, alpha) + grad_alpha L_val(w, alpha))
+
+(the same at the paper's and the scripts' lambda = 1).
 
 and the paper's model-size-based search with early stopping. The derived architecture grows as
 the search goes on (parametric convolutions displace skips and pools), so one search passes
@@ -35,7 +39,8 @@ class MilenasConfig(GradientConfig):
     """MiLeNAS settings.
 
     Attributes:
-        mixed_level_lambda: The weight of the validation loss (1 in the paper's search).
+        mixed_level_lambda: The weight of the training loss in alpha's gradient (the code's
+            ``lambda_train_regularizer``; 1 in the paper's search).
         track_model_size: Record ``eval_params`` (and the convolution counts of DARTS cells) every
             epoch.
         model_size_band: ``[low, high]`` in millions of parameters at the evaluation size: return
@@ -78,13 +83,18 @@ class Milenas(GradientStrategy):
     """Mixed-level optimisation: one architecture gradient from both data halves."""
 
     config: MilenasConfig
+    # search_algorithm/train_milenas.py clips the architecture parameters' gradient after the
+    # weights' backward pass (``clip_grad_norm_(model.arch_parameters(), args.grad_clip)``), not
+    # the weights': its weights step unclipped, and so do these (DARTS cells; a recurrent cell's
+    # weights are clipped as DARTS's, the authors having no recurrent search).
+    clips_weights = False
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
         # Two backward passes accumulating into alpha.grad: one graph alive at a time.
         loss_train, _ = self.loss(train_batch)
-        loss_train.backward(inputs=self.arch_params)
+        (self.config.mixed_level_lambda * loss_train).backward(inputs=self.arch_params)
         loss_valid, _ = self.loss(valid_batch)
-        (self.config.mixed_level_lambda * loss_valid).backward(inputs=self.arch_params)
+        loss_valid.backward(inputs=self.arch_params)
 
     def epoch_metrics(self) -> dict[str, float]:
         """The derived architecture's size at the papers' evaluation size (the space's default
