@@ -5,6 +5,7 @@ registries."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -152,3 +153,11 @@ def test_evolution_searches_the_space_through_the_registries() -> None:
         strategy.tell(EvalResult(arch, {"valid_acc": float(score)}))
     found = strategy.best()
     assert found is not None and found.architecture == best
+
+
+def test_describe_prints_nexception_t_s_official_parameter_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from raynas.cli import main
+
+    args = ["describe", "--space", "nexception", "--arch", "nexception_t", "--dataset", "imagenet", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 24_544_976  # the official nexception_t.py

@@ -114,9 +114,18 @@ def test_published_ran_e_blocks_follow_the_collapse_flags() -> None:
 
 
 def test_describe_reports_the_published_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["describe", "--space", "ran_e", "--arch", "ran_e_c", "--dataset", "imagenet", "--json"]
-    assert cli_main(args) == 0
-    assert json.loads(capsys.readouterr().out)["params"] == 4_634_872
+    """What the README's RANs line says ``raynas describe`` prints: RAN-e-C's 4,634,872 parameters
+    (the Keras model's trainable weights) and 489.2M multiply-adds, RAN-i-T's 20,760,131 and
+    3.28G, 0.74x ConvNeXt-T's."""
+    figures = {}
+    for space, arch in (("ran_e", "ran_e_c"), ("ran_i", "ran_i_tiny"), ("convnext", "convnext_tiny")):
+        args = ["describe", "--space", space, "--arch", arch, "--dataset", "imagenet", "--json"]
+        assert cli_main(args) == 0
+        figures[arch] = json.loads(capsys.readouterr().out)
+    ran_e, ran_i = figures["ran_e_c"], figures["ran_i_tiny"]
+    assert ran_e["params"] == 4_634_872 and round(ran_e["macs"] / 1e6, 1) == 489.2
+    assert ran_i["params"] == 20_760_131 and round(ran_i["macs"] / 1e9, 2) == 3.28
+    assert round(ran_i["macs"] / figures["convnext_tiny"]["macs"], 2) == 0.74
 
 
 def test_halved_layers_run_through_half_the_width() -> None:
