@@ -1496,7 +1496,7 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         "strategy_is['kind'] != 'sampling' or 'cell_shape' not in strategy_settings "
         "or strategy_settings['cell_shape'] is None or space_is['cell_shape']",
         "strategy.cell_shape: the {space!r} space has no cells whose width and depth can be "
-        "measured (the darts and nb201 spaces have); remove strategy.cell_shape",
+        "measured (the darts, nb201 and darts_rnn spaces have); remove strategy.cell_shape",
     ),
     Check(
         # Some depth d whose widths (every half step from lo to hi) meet the bounds (0: none).

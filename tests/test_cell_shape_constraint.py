@@ -199,3 +199,24 @@ def test_nas_bench_201_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
     with pytest.raises(ConfigError, match=r"^strategy\.cell_shape\.cells is 'normal', a cell the Nb201Space "
                                           r"space does not have \(its cells: cell\); leave cells out$"):
         STRATEGIES.create("random", config, space=nb201)
+
+
+def test_recurrent_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
+    """The DARTS recurrent cell (``recurrent``): evolution asks only cells within the bounds, here
+    no deeper than 3 and at least 5 nodes on state 0 (about one random cell in 80)."""
+    rnn = SPACES.create("darts_rnn")
+    limits = {"max_depth": 3, "min_width": 5}
+    section = {"name": "evolution", "population_size": 4, "sample_size": 2, "evaluations": 12,
+               "cell_shape": limits}
+    strategy = STRATEGIES.create("evolution", component(section, "strategy", STRATEGIES).config, space=rnn)
+    asked = drive(strategy)
+    shapes = [rnn.cell_shape(a) for a in asked]
+    assert len(asked) == 12 and all(s["recurrent_depth"] <= 3 and s["recurrent_width"] >= 5 for s in shapes)
+    rng = random.Random(0)
+    drawn = [rnn.cell_shape(rnn.sample(rng)) for _ in range(2000)]
+    share = sum(s["recurrent_depth"] <= 3 and s["recurrent_width"] >= 5 for s in drawn) / len(drawn)
+    assert share < 0.05  # rare among random cells: the bound binds
+    config = component({"name": "random", "cell_shape": {**limits, "cells": "reduce"}}, "strategy",
+                       STRATEGIES).config
+    with pytest.raises(ConfigError, match=r"its cells: recurrent\); leave cells out$"):
+        STRATEGIES.create("random", config, space=rnn)

@@ -21,6 +21,29 @@ from raynas.tracking.results import ResultsStore, SearchInfo
 from raynas.types import EvalResult
 
 
+def test_recurrent_cells_have_the_shapes_counted_by_hand() -> None:
+    from raynas.spaces.darts_rnn import PUBLISHED
+    from raynas.spaces.darts_rnn import cell_shape as recurrent_shape
+
+    # DARTS_V2: node 1 on state 0 (the cell's input: 1 wide); the longest path is
+    # 0 -> 1 -> 2 -> 5 -> 6 (or 8) -> output: 5 connections.
+    v2 = PUBLISHED["DARTS_V2"]
+    assert recurrent_shape(v2.recurrent, v2.concat) == (1, 5)
+    # DARTS_V1: 0 -> 1 -> 2 -> 3 -> 4 -> 5 -> 7 -> output: 7.
+    v1 = PUBLISHED["DARTS_V1"]
+    assert recurrent_shape(v1.recurrent, v1.concat) == (1, 7)
+    flat = tuple(("tanh", 0) for _ in range(8))  # every node on state 0: 8 wide, 2 deep
+    assert recurrent_shape(flat, tuple(range(1, 9))) == (8, 2)
+    chain = tuple(("relu", i) for i in range(8))  # each node on the one before: 1 wide, 9 deep
+    assert recurrent_shape(chain, tuple(range(1, 9))) == (1, 9)
+    assert recurrent_shape(chain, (1,)) == (1, 2)  # the output reads node 1 only
+    space = SPACES.create("darts_rnn")
+    assert space.cell_shape(v2) == {"recurrent_width": 1, "recurrent_depth": 5}
+    assert cell_shapes(space, v2) == {"recurrent": (1.0, 5.0)}
+    randoms = random_cell_shapes(space, cells=50)
+    assert list(randoms) == ["recurrent"] and len(randoms["recurrent"]) == 50
+
+
 def test_published_cells_have_the_shapes_counted_by_hand() -> None:
     # DARTS_V2's normal cell: nodes 2, 3, 4 take only the cell's inputs (1c each); node 5 takes
     # input 0 and node 2 (half its connections from the inputs: 0.5c); the longest path is

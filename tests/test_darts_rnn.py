@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from raynas.data import DATASETS
 from raynas.data.ptb import PtbConfig
@@ -30,6 +31,7 @@ from raynas.spaces.darts_rnn import (
 )
 from raynas.supernet import build_supernet
 from raynas.supernet.darts_rnn import DartsRnnSupernet, derive_recurrent
+from raynas.tracking.results import ResultsStore
 from raynas.types import Architecture, DatasetInfo
 from tests.conftest import mlflow_store
 from tests.fixtures import PTB_TRAIN, write_ptb
@@ -438,3 +440,12 @@ def test_enas_searches_recurrent_cells_with_shared_weights(tmp_path: Path) -> No
     space = SPACES.create("darts_rnn", config.space.config)
     assert space.contains(result.architecture)
     assert math.isfinite(result.metrics["valid_loss"])
+    # Every candidate's recurrent cell width and depth (Shu et al.'s, read on the recurrent cell)
+    # in its Parquet row, and the found cells against random cells in the run.
+    rows = ResultsStore(Path(config.tracking.output_dir) / "results").read_frame()
+    assert len(rows) > 0
+    for _, row in rows.iterrows():
+        shape = space.cell_shape(Architecture.from_json(row["architecture"]))
+        assert {k: row[f"metric.{k}"] for k in shape} == shape
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert "cell_shapes.png" in {a.path for a in client.list_artifacts(result.run_id)}

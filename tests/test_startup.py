@@ -444,21 +444,25 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
 def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
     """``(depth, width)`` of every normal cell of ``space``, measured with the space's own
     ``cell_shape`` on every choice of its nodes' inputs (NAS-Bench-201: on each of its 15,625
-    cells, of one kind)."""
+    cells, of one kind; the recurrent cell: on each of its 8! choices of predecessors)."""
     import itertools
     import random
 
-    if set(space.cell_shape(space.sample(random.Random(0)))) == {"cell_width", "cell_depth"}:
+    kind = next(iter(space.cell_shape(space.sample(random.Random(0))))).rsplit("_", 1)[0]
+    if kind == "cell":
         return {(s["cell_depth"], s["cell_width"]) for s in map(space.cell_shape, space.enumerate())}
     decisions = space.decisions()
-    inputs = [i for i, d in enumerate(decisions) if d.name.startswith("normal.") and "inputs" in d.name]
+    cell = "recurrent" if kind == "recurrent" else "normal"  # DARTS: the normal cell's inputs
+    inputs = [i for i, d in enumerate(decisions)
+              if (d.name.startswith("normal.") and "inputs" in d.name)
+              or (cell == "recurrent" and d.name.endswith(".input"))]
     seen = set()
     for choice in itertools.product(*(range(len(decisions[i].options)) for i in inputs)):
         values = [0] * len(decisions)
         for i, option in zip(inputs, choice, strict=True):
             values[i] = option
         shape = space.cell_shape(space.decode(values))
-        seen.add((shape["normal_depth"], shape["normal_width"]))
+        seen.add((shape[f"{cell}_depth"], shape[f"{cell}_width"]))
     return seen
 
 

@@ -16,6 +16,7 @@ one: ``{"recurrent": [["sigmoid", 0], ["relu", 1], ...], "concat": [1, ..., 8]}`
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -98,6 +99,23 @@ class DartsRnnGenotype(Architecture):
 
     def __str__(self) -> str:
         return f"Genotype(recurrent={list(self.recurrent)}, concat={list(self.concat)})"
+
+
+def cell_shape(recurrent: Sequence[Node], concat: Sequence[int]) -> tuple[int, int]:
+    """The width (in units of the hidden state) and depth of a recurrent cell, read as Shu et al.
+    ("Understanding Architectures Learnt by Cell-based Neural Architecture Search", ICLR 2020,
+    Sec. 3.1) define them for DARTS's convolutional cells: the cell's input is state 0 (the
+    highway over ``x_t`` and ``h_{t-1}`` that every cell computes alike), its output the mean of
+    the ``concat`` states.
+
+    Depth: the connections along the longest path from state 0 to the output. Width: the nodes
+    connected to state 0 (each node has one predecessor, so each counts whole). DARTS_V2's cell:
+    width 1, depth 5.
+    """
+    depth = [0]  # state 0, the cell's input
+    for _, pred in recurrent:
+        depth.append(1 + depth[pred])
+    return sum(pred == 0 for _, pred in recurrent), 1 + max(depth[c] for c in concat)
 
 
 def _published(recurrent: list[Node]) -> DartsRnnGenotype:
@@ -349,7 +367,15 @@ class DartsRnnSpaceConfig:
 
 @SPACES.register(
     "darts_rnn", config=DartsRnnSpaceConfig,
-    traits={"choices": True, "one_shot": True},
+    traits={
+        "choices": True, "one_shot": True, "cell_shape": True,
+        # One predecessor a node, every node in the output: a tree under state 0 whose height is
+        # the depth less one; height 1 only with every node on state 0 (width = nodes), any other
+        # height h leaves 1 to nodes - h + 1 nodes on state 0 (tests/test_cell_shapes.py counts
+        # them from the cells).
+        "cell_shapes": {"expr": "[[2, nodes, nodes]] + "
+                                "[[h + 1, 1, nodes - h + 1] for h in range(2, nodes + 1)]"},
+    },
 )
 class DartsRnnSpace:
     """The DARTS recurrent cell space, for word-level language models (Penn Treebank).
@@ -453,6 +479,13 @@ class DartsRnnSpace:
     def op_names(self) -> tuple[str, ...]:
         """The candidates, in the column order of the supernet's architecture weights."""
         return tuple(self.config.activations)
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width and depth of the recurrent cell (:func:`cell_shape`): ``recurrent_width``,
+        ``recurrent_depth``."""
+        arch = expect_arch(arch, DartsRnnGenotype, "measures")
+        width, depth = cell_shape(arch.recurrent, arch.concat)
+        return {"recurrent_width": width, "recurrent_depth": depth}
 
     def draw(self, arch: Architecture) -> Figure:
         """The recurrent cell's nodes and activations (the DARTS paper's Figure 6)."""

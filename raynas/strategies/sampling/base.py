@@ -171,7 +171,8 @@ class SamplingStrategy(ABC):
         if not callable(getattr(self.space, "cell_shape", None)):
             raise ConfigError(
                 f"strategy.cell_shape: the {type(self.space).__name__} space has no cells whose width "
-                "and depth can be measured (the darts and nb201 spaces have); remove strategy.cell_shape"
+                "and depth can be measured (the darts, nb201 and darts_rnn spaces have); "
+                "remove strategy.cell_shape"
             )
         first = self.space.decode([0] * len(self.decisions))
         kinds = [k.rsplit("_", 1)[0] for k in self.space.cell_shape(first)]
