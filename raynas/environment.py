@@ -29,9 +29,11 @@ from raynas.config import check_tracking_uri, redact_uri
 from raynas.errors import ConfigError
 
 
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def default_tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory (``environ``
+    and ``cwd``: the process's by default)."""
+    env = os.environ if environ is None else environ
+    return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(cwd or Path.cwd()) / 'mlflow.db'}"
 
 
 def check_environment(raw: Mapping[str, Any]) -> None:

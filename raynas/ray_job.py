@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from raynas.config import TrackingConfig, redact_uri
-from raynas.environment import sqlite_file
+from raynas.environment import default_tracking_uri, sqlite_file
 
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -69,10 +69,8 @@ def local_results_warning(
     if job is None:
         return None
     submission_id, has_working_dir = job
-    env = os.environ if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
-    # As raynas.environment.default_tracking_uri: MLFLOW_TRACKING_URI, else ./mlflow.db.
-    uri = tracking.tracking_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd / 'mlflow.db'}"
+    uri = tracking.tracking_uri or default_tracking_uri(environ, cwd)
     local: list[tuple[str, Path]] = []
     if (store := _local_store(uri)) is not None:
         local.append((f"MLflow store ({redact_uri(uri)})", store))
