@@ -36,10 +36,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from matplotlib.figure import Figure
 
 from raynas import storage
 from raynas.config import RetrainConfig, load_yaml
@@ -54,6 +53,9 @@ from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 STUDY_KEYS = ("layers", "cells", "concurrency")
 CELL_KEYS = ("architecture", "space")
@@ -394,6 +396,8 @@ def _cell_text(value: Any) -> str:
 def plot_layer_count(rows: list[dict[str, Any]], *, title: str = "") -> Figure:
     """Test accuracy against the number of layers (cells) and against the parameters, one line
     per cell (the PIBConv paper's Fig. 4)."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10.4, 4.2), layout="constrained")
     by_layers, by_params = fig.subplots(1, 2)
     for label in dict.fromkeys(r["cell"] for r in rows):

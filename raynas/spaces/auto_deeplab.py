@@ -21,10 +21,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -44,6 +43,9 @@ from raynas.spaces.base import expect_arch
 from raynas.spaces.darts_genotype import cell_decisions, decode_cell, encode_cell
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 Edge = tuple[str, int]
 RATES = (4, 8, 16, 32)  # downsample rate of each rate index (papers.json network_level)
@@ -421,6 +423,8 @@ class AutoDeepLabSpace:
     def draw(self, arch: Architecture) -> Figure:
         """The cell and the network-level path over the downsampling rates (the paper's Figures 1
         and 3)."""
+        from matplotlib.figure import Figure
+
         from raynas.spaces.drawing import draw_darts_cell, draw_network_path
 
         arch = expect_arch(arch, AutoDeepLabArchitecture, "draws")

@@ -38,12 +38,11 @@ import math
 import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -51,6 +50,9 @@ from raynas.errors import ArchitectureError
 from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 MORPHS = ("deepen", "widen", "add_skip", "concat_skip")
 SKIP_KINDS = ("add", "concat")
@@ -534,6 +536,8 @@ class AutoKerasSpace:
 
     def draw(self, arch: Architecture) -> Figure:
         """The chain of blocks (width by height), skips as arcs (add: green, concat: purple)."""
+        from matplotlib.figure import Figure
+
         arch = expect_arch(arch, MorphArch, "draws")
         n = len(arch.blocks)
         fig = Figure(figsize=(max(4.0, 1.1 * n + 1.5), 3.2), layout="constrained")

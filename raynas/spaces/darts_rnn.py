@@ -18,11 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -30,6 +29,9 @@ from raynas.errors import ArchitectureError, ConfigError
 from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 # Candidate activations of rnn/genotypes.py (PRIMITIVES); ``none`` exists only in the search.
 ACTIVATIONS: tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")
@@ -489,6 +491,8 @@ class DartsRnnSpace:
 
     def draw(self, arch: Architecture) -> Figure:
         """The recurrent cell's nodes and activations (the DARTS paper's Figure 6)."""
+        from matplotlib.figure import Figure
+
         from raynas.spaces.drawing import draw_rnn_cell
 
         arch = expect_arch(arch, DartsRnnGenotype, "draws")

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from typing import TYPE_CHECKING, Any
 
 from raynas.types import Architecture, ChoiceSpace
+
+# matplotlib loads when a picture is drawn, not with the drivers that import picture().
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def _op_color(op: str) -> str:
 
 
 def _box(ax: Any, xy: tuple[float, float], text: str, color: str, *, width: float = 0.9) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
     x, y = xy
     ax.add_patch(FancyBboxPatch(
         (x - width / 2, y - 0.22), width, 0.44, boxstyle="round,pad=0.04", facecolor=color,
@@ -56,6 +59,8 @@ def _box(ax: Any, xy: tuple[float, float], text: str, color: str, *, width: floa
 
 def _edge(ax: Any, start: tuple[float, float], end: tuple[float, float], label: str | None,
           color: str, *, rad: float = 0.0) -> None:
+    from matplotlib.patches import FancyArrowPatch
+
     ax.add_patch(FancyArrowPatch(
         start, end, arrowstyle="-|>", mutation_scale=14, color=color, linewidth=1.6,
         connectionstyle=f"arc3,rad={rad}", shrinkA=18, shrinkB=18, zorder=2,
@@ -119,6 +124,8 @@ def draw_darts_cells(genotype: Any, titles: tuple[str, str], *, extra_height: fl
         extra_height: Inches added to the figure's height (room for a longer suptitle).
     """
     g = genotype
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(2.2 * g.nodes + 3.0, 2 * 3.4 + extra_height), layout="constrained")
     top, bottom = fig.subplots(2, 1)
     draw_darts_cell(top, g.normal, g.normal_concat, titles[0])
@@ -201,6 +208,8 @@ def draw_choices(space: ChoiceSpace, arch: Architecture, *, title: str | None = 
     decisions = space.decisions()
     values = space.encode(arch)
     width = max((len(d.options) for d in decisions), default=1)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(min(16.0, 1.7 * width + 2.5), 0.45 * len(decisions) + 1.2), layout="constrained")
     ax = fig.subplots()
     for row, (decision, value) in enumerate(zip(decisions, values, strict=True)):

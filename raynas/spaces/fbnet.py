@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -30,6 +29,9 @@ from raynas.ops.fbnet import FBNET_BLOCKS, conv_bn, make_block
 from raynas.spaces.base import expect_arch, split_names
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 # Every searchable layer's candidates, in its decision's order: skip, the simplest block, first.
 LAYER_OPTIONS = ("skip", *(b for b in FBNET_BLOCKS if b != "skip"))
@@ -410,6 +412,8 @@ class FbnetSpace:
 
     def draw(self, arch: Architecture) -> Figure:
         """One bar per searchable layer, coloured by kernel size and as tall as its expansion."""
+        from matplotlib.figure import Figure
+
         from raynas.spaces.drawing import draw_fbnet_blocks
 
         arch = expect_arch(arch, FbnetArch, "draws")

@@ -17,11 +17,10 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -32,6 +31,9 @@ from raynas.ops.nb201 import NorConv, ResNetBasicBlock, stage_cells
 from raynas.spaces.base import expect_arch
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, decode_options
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 # The candidates, in the benchmark's order (also the column order of the supernet's alpha).
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -575,6 +577,8 @@ class Nb201Space:
 
     def draw(self, arch: Architecture) -> Figure:
         """The cell's four nodes and its labelled edges (the benchmark paper's Figure 1)."""
+        from matplotlib.figure import Figure
+
         from raynas.spaces.drawing import draw_nb201_cell
 
         arch = expect_arch(arch, Nb201Arch, "draws")

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from raynas.config import Check, Rule, check_rules
@@ -54,6 +53,9 @@ from raynas.spaces.darts_genotype import (
 from raynas.spaces.darts_nets import EvalCell
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
+
+if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
+    from matplotlib.figure import Figure
 
 # The knowledge embeddings of a mini-BCNN, in the order of an architecture's ``knowledge``, and
 # the stride of each (2: from the deep cells, at twice the broad cell's resolution).
