@@ -221,3 +221,21 @@ def test_milenas_steps_its_weights_unclipped_as_train_milenas_py(name: str) -> N
     strategy.weight_step(batch)
     for p, p0, g in zip(params, before, grads, strict=True):  # SGD's first step: momentum buffer = d_p
         torch.testing.assert_close(p.detach(), p0 - 0.1 * (scale * g + 3e-4 * p0))
+
+
+@pytest.mark.parametrize(("name", "order"), [("gdas", ["weights", "alpha"]), ("darts", ["alpha", "weights"])])
+def test_gdas_steps_the_weights_before_alpha_as_gdas_py(name: str, order: list[str], tmp_path: Path) -> None:
+    """exps/algos/GDAS.py's search_func_gdas moves the weights first, then alpha; DARTS's
+    train_search.py alpha first (architect.step before the weights' optimizer.step)."""
+    job = tiny_job(tmp_path)
+    job["strategy"] = {"name": name}
+    search = SupernetWorker(parse_job(job))
+    strategy = search.strategy
+    steps: list[str] = []
+    weight_step, a_step = strategy.weight_step, strategy.a_optimizer.step
+    strategy.weight_step = lambda batch: steps.append("weights") or weight_step(batch)  # type: ignore[method-assign]
+    strategy.a_optimizer.step = lambda *a, **k: steps.append("alpha") or a_step(*a, **k)  # type: ignore[method-assign]
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 1, 8, 8, generator=gen), torch.tensor([0, 1, 2, 0]))
+    strategy.step(batch, batch)
+    assert steps == order

@@ -83,6 +83,9 @@ class GradientStrategy:
     """Whether the search trains the supernet's weights (a training-free pruning does not: its
     supernet's accuracy is that of its random initialisation)."""
 
+    weights_first: ClassVar[bool] = False
+    """Whether a step moves the weights before alpha (DARTS moves alpha first)."""
+
     clips_weights: ClassVar[bool] = True
     """Whether the weights' gradient is clipped to ``train.grad_clip`` before their step (always on
     a recurrent cell, whose weights DARTS clips)."""
@@ -160,8 +163,9 @@ class GradientStrategy:
         return train_batch[0].shape[1] / bptt  # tokens (streams, seq_len)
 
     def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
-        """One search step: update ``alpha`` on validation data, then ``w`` on training data,
-        at the learning rate times :meth:`lr_factor`."""
+        """One search step: update ``alpha`` on validation data, then ``w`` on training data
+        (the other way round with :attr:`weights_first`), at the learning rate times
+        :meth:`lr_factor`."""
         self.model.train()
         if self.recurrent:
             self._streams = {id(train_batch[0]): "train", id(valid_batch[0]): "valid"}
@@ -171,12 +175,15 @@ class GradientStrategy:
         for group in groups:
             group["lr"] = group["lr"] * factor
         try:
+            if self.weights_first:
+                result = self.weight_step(train_batch)
             if self.epoch >= self.config.arch_start_epoch:
                 self.a_optimizer.zero_grad(set_to_none=True)
                 self.arch_backward(train_batch, valid_batch)
                 average_gradients_(self.arch_params)  # no-op unless data-parallel
                 self.a_optimizer.step()
-            result = self.weight_step(train_batch)
+            if not self.weights_first:
+                result = self.weight_step(train_batch)
         finally:
             for group, rate in zip(groups, rates, strict=True):
                 group["lr"] = rate

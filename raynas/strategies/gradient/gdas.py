@@ -35,6 +35,9 @@ class Gdas(GradientStrategy):
     """First-order DARTS updates on a supernet that samples one op per edge."""
 
     config: GdasConfig
+    # exps/algos/GDAS.py (search_func_gdas) steps the weights on the training batch first, then
+    # alpha on the validation batch, each on a sample of its own.
+    weights_first = True
 
     def __init__(self, *, supernet: nn.Module, config: GdasConfig, train: TrainConfig) -> None:
         super().__init__(supernet=supernet, config=config, train=train)
