@@ -26,6 +26,7 @@ from raynas.evaluators.training_free import (
     naswot_score,
     ntk_condition_number,
     ntk_jacobian,
+    proxy_batch,
     proxy_values,
 )
 from raynas.runs.jobs import parse_job
@@ -374,3 +375,20 @@ def test_random_search_with_naswot_records_every_candidate(
     assert all({"naswot", "proxy_seconds", "params"} <= set(c.data.metrics) for c in children)
     rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
     assert len(rows) == 5 and rows["trial_id"].is_unique
+
+
+def test_the_proxy_batch_is_the_training_half_s_images_unaugmented(tmp_path: Path) -> None:
+    """NASWOT's code scores unaugmented images (``--augtype none``): the batch is the first images
+    the search's loader draws, without the random crop and flip the search trains with."""
+    from raynas.data import DATASETS, search_loaders
+    from tests.fixtures import write_cifar10
+
+    root = str(write_cifar10(tmp_path))
+    config = DATASETS.entry("cifar10").config
+    augmented = DATASETS.create("cifar10", config(path=root, batch_size=8))
+    plain = DATASETS.create("cifar10", config(path=root, batch_size=8, augment=False))
+    batch = proxy_batch(augmented, seed=3, size=8)
+    expected, _ = next(iter(search_loaders(plain, seed=3)[0]))
+    assert torch.equal(batch, expected)
+    drawn, _ = next(iter(search_loaders(augmented, seed=3)[0]))
+    assert not torch.equal(drawn, expected)  # the search's own batch is augmented

@@ -42,6 +42,7 @@ tells apart mostly networks that merge inputs; and every ``nn.ReLU`` is read, no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import typing
@@ -314,11 +315,14 @@ def proxy_scores(values: dict[str, float], proxy: str) -> dict[str, float]:
 
 def proxy_batch(dataset: SearchDataset, *, seed: int, size: int) -> torch.Tensor:
     """The first ``size`` images of the search split's training half in the order the search's
-    loader (seeded by ``seed``) draws them: the same images for every candidate of a search.
+    loader (seeded by ``seed``) draws them, not augmented (the NASWOT code scores with
+    ``--augtype none``): the same images for every candidate of a search.
 
     Raises:
         ConfigError: The training half holds fewer than ``size`` images.
     """
+    if getattr(dataset.config, "augment", False):
+        dataset = type(dataset)(dataclasses.replace(dataset.config, augment=False))  # type: ignore[call-arg]
     train_loader, _ = search_loaders(dataset, seed=seed)
     available = len(train_loader.dataset)  # type: ignore[arg-type]
     if available < size:
