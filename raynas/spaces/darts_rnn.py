@@ -373,7 +373,7 @@ class DartsRnnSpaceConfig:
         "choices": True, "one_shot": True, "cell_shape": True,
         # One predecessor a node, every node in the output: a tree under state 0 whose height is
         # the depth less one; height 1 only with every node on state 0 (width = nodes), any other
-        # height h leaves 1 to nodes - h + 1 nodes on state 0 (tests/test_cell_shapes.py counts
+        # height h leaves 1 to nodes - h + 1 nodes on state 0 (tests/test_startup.py counts
         # them from the cells).
         "cell_shapes": {"expr": "[[2, nodes, nodes]] + "
                                 "[[h + 1, 1, nodes - h + 1] for h in range(2, nodes + 1)]"},
