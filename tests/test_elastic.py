@@ -191,7 +191,7 @@ def test_a_one_shot_search_replaces_a_lost_replica_and_its_controller(
 
 
 def test_a_tune_search_resumes_a_trial_whose_node_is_lost(tmp_path: Path, elastic: Elastic) -> None:
-    evaluations, epochs = 4, 4
+    evaluations, epochs = 4, 6
     job = nb201_job(
         tmp_path,
         strategy={"name": "random", "evaluations": evaluations},
@@ -199,7 +199,7 @@ def test_a_tune_search_resumes_a_trial_whose_node_is_lost(tmp_path: Path, elasti
         tune={"scheduler": "none"},
         execution=on_workers(elastic.cluster.address, concurrency=2, controller_resources={"head": 0.01}),
     )
-    job["data"]["limit"] = 640  # epochs long enough that the node is lost before the trial ends
+    job["data"]["limit"] = 1797  # every digit: epochs long enough that the node is lost before the trial ends
     del job["train"]
     trials = tmp_path / "runs" / "tiny" / "tune" / "tiny"
     lost: list[str] = []
