@@ -214,6 +214,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ), stacklevel=1)
 
 
+# Module fixtures that hold this process's Ray connection for all of their module's tests.
+HOLDS_RAY_CONNECTION = frozenset({"elastic", "cluster", "ray_client", "fresh_head"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's own fixtures go (a cluster it started among them)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A Ray connection a test made in this process (``run_search`` joins a cluster and stays) is
+    closed when the test ends, while its cluster still runs: a connection left to a cluster that
+    a later teardown stops makes Ray's core end this whole test process a minute later."""
+    if "ray" not in sys.modules or HOLDS_RAY_CONNECTION & set(getattr(item, "fixturenames", ())):
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _worker_pid_file(testrunuid: str, worker: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"raynas-tests-{testrunuid}-{worker}.pid"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker writes down its pid, for :func:`pytest_handlecrashitem`."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        path = _worker_pid_file(workerinput["testrunuid"], workerinput["workerid"])
+        path.write_text(str(os.getpid()))
+        atexit.register(path.unlink, missing_ok=True)
+
+
+def crash_clues(pid: int | None) -> str:
+    """What the machine says of a test process that ended without a word: its memory, the kernel's
+    OOM kills (where readable), and the end of any Ray core log of that process (Ray's core ends a
+    driver whose cluster is gone, and says so only there)."""
+    lines = []
+    with contextlib.suppress(OSError):
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        lines.append(f"memory: {meminfo['MemAvailable'].strip()} available of {meminfo['MemTotal'].strip()}")
+    for name in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        with contextlib.suppress(OSError):
+            lines.append(f"{name}: " + " ".join(Path(name).read_text().split()))
+    if pid is not None:
+        root = Path(tempfile.gettempdir())
+        for pattern in (f"*/session_*/logs/python-core-driver-*_{pid}.log",
+                        f"*/*/session_*/logs/python-core-driver-*_{pid}.log"):
+            for log in sorted(root.glob(pattern)):
+                with contextlib.suppress(OSError):
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    lines += [f"{log}:", *tail]
+    return "\n".join(lines)
+
+
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+    """A worker that died (killed, or ended by a library) leaves xdist's one line: add the clues."""
+    node = getattr(report, "node", None)
+    pid = None
+    with contextlib.suppress(AttributeError, KeyError, OSError, ValueError):
+        pid = int(_worker_pid_file(node.workerinput["testrunuid"], node.gateway.id).read_text())
+    report.longrepr = f"{report.longrepr}\nworker pid {pid}\n{crash_clues(pid)}"
+
+
 def start_ray_head() -> tuple[str, str]:
     """A real Ray head started with ``ray start --head`` on loopback: its GCS address and the
     temporary folder that names its processes (for :func:`stop_ray_cluster`)."""
