@@ -66,6 +66,7 @@ class TrainConfig:
 
     ``stop_at_skip_connects``: end the search early once the normal cell the alphas choose has
     this many skip connections (DARTS+'s criterion, 2 in that paper); 0 never stops early.
+    ``nesterov``: Nesterov momentum for the weights' SGD (GDAS's search config sets it).
     """
 
     epochs: int = 50
@@ -75,12 +76,14 @@ class TrainConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     stop_at_skip_connects: int = 0
+    nesterov: bool = False
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
         check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
         check(self.learning_rate > 0, "train.learning_rate", "must be positive")
         check(self.grad_clip > 0, "train.grad_clip", "must be positive")
+        check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
 
 
 @dataclass(frozen=True)

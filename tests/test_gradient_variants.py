@@ -239,3 +239,40 @@ def test_gdas_steps_the_weights_before_alpha_as_gdas_py(name: str, order: list[s
     batch = (torch.randn(4, 1, 8, 8, generator=gen), torch.tensor([0, 1, 2, 0]))
     strategy.step(batch, batch)
     assert steps == order
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_the_weights_take_nesterov_momentum_when_train_nesterov_says_so(nesterov: bool) -> None:
+    """SGD with Nesterov momentum (GDAS's search config, `nesterov: 1`), checked against its update
+    rule written out: with buffer b = g + wd p, the step is lr (g + wd p + mu b) under Nesterov and
+    lr b without; on the first step b is the gradient itself."""
+    model = tiny_supernet().double().train()
+    train = TrainConfig(epochs=1, learning_rate=0.1, momentum=0.9, weight_decay=5e-4, grad_clip=1e9,
+                        nesterov=nesterov)
+    strategy = Darts(supernet=model, config=DartsConfig(), train=train)
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
+    params = list(strategy.weight_params)
+    before = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(strategy.loss(batch)[0], params)
+    strategy.weight_step(batch)
+    factor = 1.9 if nesterov else 1.0
+    for p, p0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * factor * (g + 5e-4 * p0))
+
+
+def test_the_gdas_cifar10_job_takes_the_authors_search_settings() -> None:
+    """jobs/gdas_cifar10.yaml against D-X-Y/AutoDL-Projects: configs/search-opts/GDAS-NASNet-CIFAR.config
+    (cos, LR 0.025, eta_min 0.001, 250 epochs, warm-up 0, SGD, decay 5e-4, momentum 0.9, nesterov 1,
+    batch 256), scripts-search/NASNet-space-search-by-GDAS.sh (tau 10 -> 0.1, arch lr 3e-4, arch
+    decay 1e-3) and exps/NAS-Bench-201-algos/GDAS.py (Adam betas (0.5, 0.999), clip 5)."""
+    from raynas.runs import load_job
+
+    config = load_job(Path(__file__).parents[1] / "jobs" / "gdas_cifar10.yaml")
+    train, strategy = config.train, config.strategy.config
+    assert (train.epochs, train.learning_rate, train.learning_rate_min) == (250, 0.025, 0.001)
+    assert (train.momentum, train.nesterov, train.weight_decay, train.grad_clip) == (0.9, True, 5e-4, 5.0)
+    assert config.data.config.batch_size == 256 and config.data.config.train_portion == 0.5
+    assert config.strategy.name == "gdas" and (strategy.tau_max, strategy.tau_min) == (10.0, 0.1)
+    assert (strategy.arch_learning_rate, strategy.arch_weight_decay) == (3e-4, 1e-3)
+    assert tuple(strategy.arch_betas) == (0.5, 0.999)

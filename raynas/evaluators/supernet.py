@@ -152,6 +152,7 @@ class SupernetEvaluator:
         self.optimizer = torch.optim.SGD(
             [p for p in self.supernet.parameters() if id(p) not in arch_ids],
             lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
+            nesterov=train.nesterov,
         )
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, train.epochs, eta_min=train.learning_rate_min

@@ -107,6 +107,7 @@ class GradientStrategy:
             lr=train.learning_rate,
             momentum=train.momentum,
             weight_decay=train.weight_decay,
+            nesterov=train.nesterov,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_optimizer, T_max=train.epochs, eta_min=train.learning_rate_min
