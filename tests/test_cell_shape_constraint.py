@@ -220,3 +220,32 @@ def test_recurrent_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
                        STRATEGIES).config
     with pytest.raises(ConfigError, match=r"its cells: recurrent\); leave cells out$"):
         STRATEGIES.create("random", config, space=rnn)
+
+
+def test_auto_deeplab_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
+    """Auto-DeepLab measures its one cell (``cell``, every block in its output): evolution asks
+    only cells of depth at most 3 and width at least 4 blocks (about one random cell in 20)."""
+    adl = SPACES.create("auto_deeplab")
+    limits = {"max_depth": 3, "min_width": 4}
+    section = {"name": "evolution", "population_size": 4, "sample_size": 2, "evaluations": 12,
+               "cell_shape": limits}
+    strategy = STRATEGIES.create("evolution", component(section, "strategy", STRATEGIES).config, space=adl)
+    asked = drive(strategy)
+    shapes = [adl.cell_shape(a) for a in asked]
+    assert len(asked) == 12 and all(s["cell_depth"] <= 3 and s["cell_width"] >= 4 for s in shapes)
+    rng = random.Random(0)
+    drawn = [adl.cell_shape(adl.sample(rng)) for _ in range(2000)]
+    assert sum(s["cell_depth"] <= 3 and s["cell_width"] >= 4 for s in drawn) / len(drawn) < 0.1
+
+
+def test_stacked_bnas_cells_are_held_to_the_bounds_of_both_kinds() -> None:
+    """Stacked BNAS measures its deep cells' topology (``normal``) and its broad and enhancement
+    cells' (``reduce``): a random search asks only those whose both topologies are at most 2 deep."""
+    bnas = SPACES.create("stacked_bnas", SPACES.entry("stacked_bnas").config(nodes=2))
+    section = {"name": "random", "evaluations": 12, "cell_shape": LIMITS}
+    strategy = STRATEGIES.create("random", component(section, "strategy", STRATEGIES).config, space=bnas)
+    asked = drive(strategy)
+    assert len(asked) == 12
+    for arch in asked:
+        cells = arch.cells  # type: ignore[attr-defined]
+        assert depth(cells.normal, cells.normal_concat) <= 2 and depth(cells.reduce, cells.reduce_concat) <= 2

@@ -63,6 +63,20 @@ def test_published_cells_have_the_shapes_counted_by_hand() -> None:
     assert cell_shape(chain, (2,)) == (1.0, 2)  # the output reads node 2 only
 
 
+def test_auto_deeplab_and_stacked_bnas_cells_have_the_shapes_counted_by_hand() -> None:
+    # Auto-DeepLab's found cell (the paper's Fig. 3, `hnasnet`): blocks 0 and 1 on both of the
+    # cell's inputs (1 each), block 2 on block 1 and H^(l-2) (0.5), block 3 on blocks 2 and 0,
+    # block 4 on blocks 1 and 3 (0 each): 2.5 wide; input -> block 0 -> block 3 -> block 4, and
+    # block 1 -> block 2 -> block 3 -> block 4: output after 5 connections.
+    adl = SPACES.create("auto_deeplab")
+    assert adl.cell_shape(adl.parse("hnasnet")) == {"cell_width": 2.5, "cell_depth": 5}
+    assert list(random_cell_shapes(adl, cells=20)) == ["cell"]
+    # Stacked BNAS on DARTS_V2's cells: the deep cells' topology is its normal cell's, the broad
+    # and enhancement cells' its reduction cell's (as counted above).
+    bnas = SPACES.create("stacked_bnas")
+    assert cell_shapes(bnas, bnas.parse("DARTS_V2")) == {"normal": (3.5, 3.0), "reduce": (2.5, 3.0)}
+
+
 def test_random_cells_are_narrower_and_deeper_than_darts_found() -> None:
     """Shu et al.'s finding, on this space's own random cells: DARTS_V2's normal cell is wider
     and shallower than random cells of its space on average."""
@@ -140,3 +154,27 @@ def test_report_compares_the_best_cells_with_random_cells(tmp_path: Path) -> Non
     assert base64.b64decode(image).startswith(b"\x89PNG")
     axes = shape.figure().axes
     assert [ax.get_title() for ax in axes] == ["normal cell", "reduce cell"]
+
+
+@pytest.mark.parametrize(("space", "settings"), [
+    ("stacked_bnas", {"channels": 4, "nodes": 2}), ("auto_deeplab", {"channels": 4, "layers": 2}),
+])
+def test_a_candidates_record_holds_its_cells_shape(space: str, settings: dict, tmp_path: Path) -> None:
+    """What a sampling search records of each candidate (its child run's metrics, its Parquet
+    row) holds the width and depth of its cells, on the spaces measured beside DARTS's."""
+    from conftest import tiny_job
+
+    from raynas.runs.common import CandidateCosts
+    from raynas.runs.jobs import parse_job
+
+    job = tiny_job(tmp_path, space={"name": space, **settings}, evaluator={"name": "scratch", "epochs": 1})
+    job["space"] = {"name": space, **settings}
+    job["strategy"] = {"name": "random", "evaluations": 2}
+    del job["train"]  # the scratch evaluator trains each candidate itself
+    measured = SPACES.create(space, SPACES.entry(space).config(**settings))
+    arch = measured.sample(random.Random(0))
+    shape = measured.cell_shape(arch)
+    recorded = CandidateCosts(parse_job(job)).complete(
+        EvalResult(architecture=arch, metrics={"valid_acc": 0.5}, trial_id="t0")
+    ).metrics
+    assert {k: recorded[k] for k in shape} == shape and len(shape) in (2, 4)

@@ -444,17 +444,17 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
 def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
     """``(depth, width)`` of every normal cell of ``space``, measured with the space's own
     ``cell_shape`` on every choice of its nodes' inputs (NAS-Bench-201: on each of its 15,625
-    cells, of one kind; the recurrent cell: on each of its 8! choices of predecessors)."""
+    cells, of one kind; the recurrent cell: on each of its 8! choices of predecessors; Auto-DeepLab:
+    on each choice of its cell's blocks' inputs)."""
     import itertools
     import random
 
-    kind = next(iter(space.cell_shape(space.sample(random.Random(0))))).rsplit("_", 1)[0]
-    if kind == "cell":
-        return {(s["cell_depth"], s["cell_width"]) for s in map(space.cell_shape, space.enumerate())}
+    cell = next(iter(space.cell_shape(space.sample(random.Random(0))))).rsplit("_", 1)[0]
+    if hasattr(space, "enumerate"):
+        return {(s[f"{cell}_depth"], s[f"{cell}_width"]) for s in map(space.cell_shape, space.enumerate())}
     decisions = space.decisions()
-    cell = "recurrent" if kind == "recurrent" else "normal"  # DARTS: the normal cell's inputs
-    inputs = [i for i, d in enumerate(decisions)
-              if (d.name.startswith("normal.") and "inputs" in d.name)
+    inputs = [i for i, d in enumerate(decisions)  # DARTS: the normal cell's inputs; Auto-DeepLab: its cell's
+              if (d.name.startswith(f"{cell}.") and d.name.endswith(".inputs"))
               or (cell == "recurrent" and d.name.endswith(".input"))]
     seen = set()
     for choice in itertools.product(*(range(len(decisions[i].options)) for i in inputs)):

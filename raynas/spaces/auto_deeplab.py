@@ -40,7 +40,13 @@ from raynas.ops.auto_deeplab import (
     resize,
 )
 from raynas.spaces.base import expect_arch
-from raynas.spaces.darts_genotype import cell_decisions, decode_cell, encode_cell
+from raynas.spaces.darts_genotype import (
+    cell_decisions,
+    cell_shape,
+    cell_shapes_trait,
+    decode_cell,
+    encode_cell,
+)
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options, published_record
 
@@ -305,7 +311,7 @@ VARIANTS = {"S": 20, "M": 32, "L": 48}
 
 @SPACES.register(
     "auto_deeplab", config=AutoDeepLabSpaceConfig,
-    traits={"choices": True},
+    traits={"choices": True, "cell_shape": True, "cell_shapes": cell_shapes_trait("blocks")},
 )
 class AutoDeepLabSpace:
     """The Auto-DeepLab cell and network-path space.
@@ -419,6 +425,14 @@ class AutoDeepLabSpace:
     def op_names(self) -> tuple[str, ...]:
         """The candidates, in the column order of the supernet's architecture weights."""
         return tuple(self.config.primitives)
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width and depth (:func:`~raynas.spaces.darts_genotype.cell_shape`) of the cell,
+        whose output concatenates every block (the paper's Eq. 1 and ``nas_cell.py``):
+        ``cell_width``, ``cell_depth``."""
+        arch = expect_arch(arch, AutoDeepLabArchitecture, "measures")
+        width, depth = cell_shape(arch.cell, range(2, 2 + arch.blocks))
+        return {"cell_width": width, "cell_depth": depth}
 
     def draw(self, arch: Architecture) -> Figure:
         """The cell and the network-level path over the downsampling rates (the paper's Figures 1

@@ -30,6 +30,7 @@ from raynas.spaces.darts_genotype import (
     cell_decisions,
     cell_edge_names,
     cell_shape,
+    cell_shapes_trait,
     decode_cell,
     encode_cell,
     load_genotype,
@@ -144,12 +145,7 @@ EVAL_DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14)}
     "darts", config=DartsSpaceConfig,
     traits={
         "choices": True, "cell_shape": True, "two_input_cells": True, "one_shot": True, "drop_paths": True,
-        # Every node takes two of the cell's inputs and earlier nodes: depth 2 only when all take
-        # the inputs (width = nodes); each step of depth past 2 costs at least half a node of
-        # width; the least width is 1.5 (node 3 takes node 2 and an input, the rest nodes alone),
-        # 2 at depth 3 with three nodes or more. tests/test_startup.py counts them from the cells.
-        "cell_shapes": {"expr": "[[2, nodes, nodes]] + [[d, 2 if d == 3 and nodes > 2 else 1.5, "
-                                "nodes - (d - 2) / 2] for d in range(3, nodes + 2)]"},
+        "cell_shapes": cell_shapes_trait("nodes"),
     },
 )
 class DartsCnnSpace:

@@ -65,6 +65,19 @@ def cell_edge_names(nodes: int) -> tuple[str, ...]:
     return tuple(f"node {j} → node {i + 2}" for i in range(nodes) for j in range(2 + i))
 
 
+def cell_shapes_trait(nodes: str) -> dict[str, str]:
+    """The ``cell_shapes`` trait of a space of these cells, whose node count is its setting
+    ``nodes``: ``[depth, least width, most width]`` for each depth its cells can have (with every
+    node's output in the cell's output). Every node takes two of the cell's inputs and earlier
+    nodes: depth 2 only when all take the inputs (width = nodes); each step of depth past 2 costs
+    at least half a node of width; the least width is 1.5 (node 3 takes node 2 and an input, the
+    rest nodes alone), 2 at depth 3 with three nodes or more. tests/test_startup.py counts them
+    from the cells."""
+    n = nodes
+    return {"expr": f"[[2, {n}, {n}]] + [[d, 2 if d == 3 and {n} > 2 else 1.5, {n} - (d - 2) / 2] "
+                    f"for d in range(3, {n} + 2)]"}
+
+
 def cell_shape(edges: Sequence[Edge], concat: Sequence[int]) -> tuple[float, int]:
     """The width and depth of a cell as Shu et al. define them ("Understanding Architectures Learnt
     by Cell-based Neural Architecture Search", ICLR 2020, Sec. 3.1), the width in units of ``c``,

@@ -46,6 +46,8 @@ from raynas.spaces.darts_genotype import (
     Edge,
     cell_decisions,
     cell_edge_names,
+    cell_shape,
+    cell_shapes_trait,
     decode_cell,
     encode_cell,
     load_genotype,
@@ -284,7 +286,7 @@ class StackedBcnn(nn.Module):
 
 @SPACES.register(
     "stacked_bnas", config=StackedBnasSpaceConfig,
-    traits={"choices": True},
+    traits={"choices": True, "cell_shape": True, "cell_shapes": cell_shapes_trait("nodes")},
 )
 class StackedBnasSpace:
     """The Stacked BCNN space: two DARTS cells and five knowledge embeddings.
@@ -440,6 +442,16 @@ class StackedBnasSpace:
     def edge_names(self) -> tuple[str, ...]:
         """The cell edges, in the row order of the supernet's cell weights."""
         return cell_edge_names(self.config.nodes)
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width and depth (:func:`~raynas.spaces.darts_genotype.cell_shape`) of the deep
+        cells' topology (``normal_width``, ``normal_depth``) and of the broad and enhancement
+        cells' (``reduce_width``, ``reduce_depth``)."""
+        cells = expect_arch(arch, StackedBnasArch, "measures").cells
+        normal = cell_shape(cells.normal, cells.normal_concat)
+        reduce = cell_shape(cells.reduce, cells.reduce_concat)
+        return {"normal_width": normal[0], "normal_depth": normal[1],
+                "reduce_width": reduce[0], "reduce_depth": reduce[1]}
 
     def draw(self, arch: Architecture) -> Figure:
         """The deep cell, the broad/enhancement cell and the knowledge embeddings."""
