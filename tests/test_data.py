@@ -308,3 +308,31 @@ def test_dataset_info_of_an_unknown_name_lists_the_datasets() -> None:
         dataset_info("mnist")
     for name in ("cifar10", "cifar100", "digits", "imagenet"):
         assert name in str(info.value)
+
+
+def test_an_image_folders_search_split_and_limit_keep_every_class_in_its_share(tmp_path: Path) -> None:
+    """ImageFolder lists a folder's images class by class: cut as stored, the weights' half would
+    hold the first classes and alpha's the last, and a limit only the first class. The split cuts
+    each class in its share instead (PC-DARTS's per-class ImageNet subsets)."""
+    from PIL import Image
+
+    for c, count in (("a", 4), ("b", 8), ("c", 4)):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for n in range(count):
+            Image.new("RGB", (8, 8), (n, 0, 0)).save(tmp_path / "train" / c / f"{n}.png")
+
+    def classes(loader: Any) -> list[int]:
+        full = loader.dataset.dataset
+        return sorted(full.targets[i] for i in loader.dataset.indices)
+
+    data = make("imagenet", path=str(tmp_path), image_size=8, batch_size=2, train_portion=0.75)
+    train, valid = search_loaders(data, seed=0)
+    assert classes(train) == [0] * 3 + [1] * 6 + [2] * 3  # three quarters of each class
+    assert classes(valid) == [0] + [1] * 2 + [2]
+    # Within a class, its first images train the weights (as DARTS's first part of the set).
+    full = train.dataset.dataset
+    assert sorted(Path(full.samples[i][0]).name for i in train.dataset.indices if full.targets[i] == 0) == [
+        "0.png", "1.png", "2.png"]
+    limited = make("imagenet", path=str(tmp_path), image_size=8, batch_size=2, train_portion=0.5, limit=8)
+    train, valid = search_loaders(limited, seed=0)
+    assert classes(train) == [0, 1, 1, 2] and classes(valid) == [0, 1, 1, 2]

@@ -7,7 +7,7 @@ A dataset whose config has a ``path`` reads it from local disk or from ``s3://bu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -81,6 +81,15 @@ def official_test_set(data: SearchDataset) -> Dataset[tuple[torch.Tensor, int]] 
     return None if split is None else split()
 
 
+def training_order(dataset: Any, full: Any) -> Sequence[int]:
+    """The training set's images in the order the search split cuts them (and ``data.limit``
+    keeps a prefix of): the dataset's ``split_order(full)`` where it has one (a folder of class
+    folders lists its images class by class), else as stored (CIFAR's batches are shuffled, and
+    DARTS's split takes their first part)."""
+    order = getattr(dataset, "split_order", None)
+    return order(full) if order is not None else range(len(full))
+
+
 def split_indices(n: int, portion: float) -> tuple[list[int], list[int]]:
     """DARTS's split: the first ``portion`` of the training set trains weights, the rest alpha."""
     cut = int(portion * n)
@@ -138,10 +147,11 @@ def search_loaders(
         return own(seed=seed, rank=rank, world_size=world_size)  # type: ignore[no-any-return]
     cfg = dataset.config
     full = dataset.train_set()
-    n = len(full)  # type: ignore[arg-type]
+    order = training_order(dataset, full)
+    n = len(order)
     if cfg.limit:
         n = min(n, cfg.limit)
-    train_idx, valid_idx = split_indices(n, cfg.train_portion)
+    train_idx, valid_idx = ([order[i] for i in part] for part in split_indices(n, cfg.train_portion))
     if not train_idx or not valid_idx:
         raise ConfigError(f"data: {n} images are too few to split at {cfg.train_portion}")
     if cfg.batch_size % world_size or min(len(train_idx), len(valid_idx)) < cfg.batch_size * (

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +48,21 @@ class ImageNet:
             transforms.RandomHorizontalFlip(),
             *(jitter if self.config.color_jitter else []),
         ])
+
+    def split_order(self, full: Any) -> list[int]:
+        """The training images in the order the search split cuts them. ``ImageFolder`` lists
+        them class by class, so a cut of its list would train the weights on the first classes and
+        alpha on the last (and ``data.limit`` would keep the first classes alone); here the k-th of
+        a class's n images sits at (k + 1/2) / n, so every prefix and every cut holds each class in
+        its share (PC-DARTS samples its ImageNet subsets per class, `train_search_imagenet.py`)."""
+        targets = [int(t) for t in full.targets]
+        counts = Counter(targets)
+        seen: Counter[int] = Counter()
+        keys = []
+        for i, t in enumerate(targets):
+            keys.append(((seen[t] + 0.5) / counts[t], t, i))
+            seen[t] += 1
+        return [i for _, _, i in sorted(keys)]
 
     def test_set(self):  # type: ignore[no-untyped-def]
         """``val/``, resized and centre-cropped (256 then 224 at the default size, as DARTS's

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from raynas.config import RetrainConfig
 from raynas.data import DATASETS
-from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices
+from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.execution import start_worker
 from raynas.spaces import SPACES
@@ -285,14 +285,15 @@ def _loaders(
     the test split."""
     cfg = data.config
     full = data.train_set()
-    n = min(len(full), cfg.limit) if cfg.limit else len(full)
+    order = training_order(data, full)  # a limit keeps every class of a folder of class folders
+    n = min(len(order), cfg.limit) if cfg.limit else len(order)
     official = official_test_set(data)
     if official is None:
-        train_idx, test_idx = split_indices(n, cfg.train_portion)
+        train_idx, test_idx = ([order[i] for i in part] for part in split_indices(n, cfg.train_portion))
         train_part, test_part, split = Subset(full, train_idx), Subset(full, test_idx), "held_out"
     else:
         m = min(len(official), cfg.limit) if cfg.limit else len(official)
-        train_part, test_part, split = Subset(full, range(n)), Subset(official, range(m)), "test"
+        train_part, test_part, split = Subset(full, order[:n]), Subset(official, range(m)), "test"
     if cfg.batch_size % world_size:
         raise ConfigError(
             f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} execution.workers"
