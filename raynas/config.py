@@ -67,6 +67,8 @@ class TrainConfig:
     ``stop_at_skip_connects``: end the search early once the normal cell the alphas choose has
     this many skip connections (DARTS+'s criterion, 2 in that paper); 0 never stops early.
     ``nesterov``: Nesterov momentum for the weights' SGD (GDAS's search config sets it).
+    ``warmup_epochs``: the first epochs' rates rise linearly to the cosine's, ``(e + 1) / warmup``
+    of it in epoch ``e`` (PC-DARTS's ImageNet search: 5); 0: no warm-up.
     """
 
     epochs: int = 50
@@ -77,6 +79,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     stop_at_skip_connects: int = 0
     nesterov: bool = False
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
@@ -84,6 +87,7 @@ class TrainConfig:
         check(self.learning_rate > 0, "train.learning_rate", "must be positive")
         check(self.grad_clip > 0, "train.grad_clip", "must be positive")
         check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
+        check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "must be in [0, train.epochs]")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from raynas.supernet import build_supernet
 from raynas.train.accel import pick_device, prepare
 from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
+from raynas.train.schedules import cosine_schedule
 from raynas.types import Architecture, EvalResult
 
 PATH_DROPOUT_SCHEDULES = ("linear", "constant")  # how the path-dropout rate follows the epochs
@@ -154,8 +155,9 @@ class SupernetEvaluator:
             lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
             nesterov=train.nesterov,
         )
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, train.epochs, eta_min=train.learning_rate_min
+        self.schedule = cosine_schedule(
+            self.optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
+            warmup_epochs=train.warmup_epochs,
         )
         self.epoch = 0
 

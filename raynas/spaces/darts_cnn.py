@@ -72,6 +72,9 @@ class DartsSpaceConfig:
         robust: One of RobustDARTS's reduced spaces ``s1`` ... ``s4`` (:mod:`raynas.ops.robust`):
             the candidates of every edge (in S1 each edge its own pair); empty: ``primitives``
             on every edge. Needs four nodes; sets the primitives itself.
+        stem: The supernet's stem: ``cifar`` (one 3x3 convolution, DARTS's ``model_search.py``) or
+            ``imagenet`` (three stride-2 3x3 convolutions in two stems, the first cell reading both:
+            PC-DARTS's ``model_search_imagenet.py``, 224 pixels in, 28 at the first cell).
     """
 
     channels: Annotated[int, Rule(ge=2, even=True)] = 16
@@ -86,6 +89,7 @@ class DartsSpaceConfig:
     max_skip_connect: Annotated[int, Rule(ge=-1, says="must be >= 0, or -1: no limit")] = -1
     bn_affine: bool = False
     robust: Literal["", "s1", "s2", "s3", "s4"] = ""
+    stem: Literal["cifar", "imagenet"] = "cifar"
 
     checks: ClassVar[tuple[Check, ...]] = (
         Check(

@@ -115,6 +115,9 @@ class DartsSupernet(nn.Module):
         bn_affine: Learnable BatchNorm scale and shift in the cells (RF-DARTS trains only these).
         edge_ops: The candidates of every edge of the normal and of the reduction cell, where
             edges differ (RobustDARTS's S1): the others get weight 0 (their alpha masked out).
+        imagenet_stem: PC-DARTS's ImageNet stems (``model_search_imagenet.py``): ``stem``, two
+            stride-2 convolutions, gives the first cell's ``s0``; ``stem1``, a third, its ``s1``;
+            the first cell reduces ``s0`` to ``s1``'s size as after a reduction cell.
     """
 
     def __init__(
@@ -122,22 +125,40 @@ class DartsSupernet(nn.Module):
         primitives: Sequence[str], mixed_op: str, num_classes: int, in_channels: int = 3,
         partial_k: int = 1, edge_normalization: bool = False, max_skip_connect: int | None = None,
         bn_affine: bool = False, edge_ops: tuple[Sequence[Sequence[str]], ...] | None = None,
+        imagenet_stem: bool = False,
     ) -> None:
         super().__init__()
         self.max_skip_connect = max_skip_connect
         self.primitives = tuple(primitives)
         self.nodes = nodes
         c_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
-        )
+        self.stem1: nn.Module | None = None
+        if imagenet_stem:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c_curr // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_curr // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_curr // 2, c_curr, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_curr),
+            )
+            # The code's ReLU here is in place, so it rectifies s0 too; the first cell's reduction
+            # of s0 starts with a ReLU: the same outputs.
+            self.stem1 = nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(c_curr, c_curr, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_curr),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
+            )
         edge = mixed_op_factory(
             mixed_op, primitives=self.primitives, partial_k=partial_k, affine=bn_affine
         )
 
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
         self.cells = nn.ModuleList()
-        reduction_prev = False
+        reduction_prev = imagenet_stem
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
@@ -255,6 +276,8 @@ class DartsSupernet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # every op keeps the layout
         s0 = s1 = self.stem(x)
+        if self.stem1 is not None:
+            s1 = self.stem1(s0)
         weights = {
             r: (self.forward_weights(r), None if self.path is not None else self.edge_scale(r))
             for r in (False, True)
@@ -373,4 +396,5 @@ def darts_supernet(space: DartsCnnSpace, dataset: DatasetInfo) -> DartsSupernet:
         max_skip_connect=None if cfg.max_skip_connect < 0 else cfg.max_skip_connect,
         bn_affine=cfg.bn_affine,
         edge_ops=(cfg.edge_ops(False), cfg.edge_ops(True)) if cfg.robust == "s1" else None,
+        imagenet_stem=cfg.stem == "imagenet",
     )

@@ -1,5 +1,7 @@
 """Learning-rate schedules that torch's schedulers do not state the way the papers do.
 
+A search's cosine with a linear warm-up (:func:`cosine_schedule`, PC-DARTS on ImageNet).
+
 DeepLab's "poly" policy (Chen et al., DeepLab, TPAMI 2018, Sec. 4.1; ``tensorflow/models``
 ``research/deeplab/utils/train_utils.py``, ``learning_policy='poly'``), which Auto-DeepLab
 (Sec. 5.2) trains its networks with: ``lr = base * (1 - step / total) ** power``, power 0.9,
@@ -7,6 +9,11 @@ updated every iteration.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
 
 
 def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
@@ -21,3 +28,25 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     if total <= 0:
         raise ValueError(f"poly schedule: total iterations must be positive, got {total}")
     return base * max(0.0, 1.0 - step / total) ** power
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, *, epochs: int, eta_min: float, warmup_epochs: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The weights' schedule of a search, stepped once an epoch: cosine annealing from each
+    group's rate to ``eta_min`` over ``epochs`` (DARTS's ``CosineAnnealingLR``); with
+    ``warmup_epochs`` the rate of epoch ``e`` (0-based) below it is also scaled by
+    ``(e + 1) / warmup_epochs``, as PC-DARTS's ``train_search_imagenet.py`` warms up its large
+    batches (``lr * (epoch + 1) / 5.0`` for its first 5 epochs)."""
+    if not warmup_epochs:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+
+    def scale(base: float) -> Callable[[int], float]:
+        def factor(epoch: int) -> float:
+            cosine = eta_min + (base - eta_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+            return cosine / base * min(1.0, (epoch + 1) / warmup_epochs)
+
+        return factor
+
+    bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [scale(base) for base in bases])

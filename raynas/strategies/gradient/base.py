@@ -27,6 +27,7 @@ from torch import nn
 from raynas.config import Check, Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
+from raynas.train.schedules import cosine_schedule
 from raynas.train.segmentation import labelled, mean_cross_entropy
 from raynas.train.step import Batch, StepResult
 
@@ -40,6 +41,8 @@ class GradientConfig:
     and the classifier keep their random initialisation (RF-DARTS, Zhang et al., CVPR 2023).
     ``tar`` weighs the temporal activation regularisation of recurrent language models (DARTS's
     ``rnn/train_search.py``: 1e-3); other supernets ignore it.
+    ``arch_grad_clip`` clips the norm of alpha's gradient before its step (PC-DARTS's
+    ``train_search_imagenet.py``: 5); 0: unclipped, as DARTS's ``architect.py``.
     """
 
     arch_learning_rate: Annotated[float, Rule(gt=0)] = 3e-4
@@ -48,6 +51,7 @@ class GradientConfig:
     arch_start_epoch: Annotated[int, Rule(ge=0)] = 0
     random_features: bool = False
     tar: Annotated[float, Rule(ge=0)] = 1e-3
+    arch_grad_clip: Annotated[float, Rule(ge=0)] = 0.0
 
     checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -109,8 +113,9 @@ class GradientStrategy:
             weight_decay=train.weight_decay,
             nesterov=train.nesterov,
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.w_optimizer, T_max=train.epochs, eta_min=train.learning_rate_min
+        self.scheduler = cosine_schedule(
+            self.w_optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
+            warmup_epochs=train.warmup_epochs,
         )
         self.arch_params: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
         self.a_optimizer = torch.optim.Adam(
@@ -182,6 +187,8 @@ class GradientStrategy:
                 self.a_optimizer.zero_grad(set_to_none=True)
                 self.arch_backward(train_batch, valid_batch)
                 average_gradients_(self.arch_params)  # no-op unless data-parallel
+                if self.config.arch_grad_clip:
+                    nn.utils.clip_grad_norm_(self.arch_params, self.config.arch_grad_clip)
                 self.a_optimizer.step()
             if not self.weights_first:
                 result = self.weight_step(train_batch)
