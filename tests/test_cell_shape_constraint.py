@@ -201,41 +201,35 @@ def test_nas_bench_201_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
         STRATEGIES.create("random", config, space=nb201)
 
 
-def test_recurrent_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
-    """The DARTS recurrent cell (``recurrent``): evolution asks only cells within the bounds, here
-    no deeper than 3 and at least 5 nodes on state 0 (about one random cell in 80)."""
-    rnn = SPACES.create("darts_rnn")
-    limits = {"max_depth": 3, "min_width": 5}
+@pytest.mark.parametrize(("name", "kind", "limits", "share_below"), [
+    # DARTS's recurrent cell: no deeper than 3 and at least 5 nodes on state 0 (one random cell in 80).
+    ("darts_rnn", "recurrent", {"max_depth": 3, "min_width": 5}, 0.05),
+    # Auto-DeepLab's cell, every block in its output: depth at most 3, width at least 4 blocks
+    # (about one random cell in 20).
+    ("auto_deeplab", "cell", {"max_depth": 3, "min_width": 4}, 0.1),
+])
+def test_one_kind_cells_are_held_to_the_bounds(
+    name: str, kind: str, limits: dict, share_below: float
+) -> None:
+    """Spaces that measure one cell: evolution asks only cells within the bounds, which rare random
+    cells meet, and a ``cells`` naming a DARTS cell type the space does not have is refused."""
+    space = SPACES.create(name)
     section = {"name": "evolution", "population_size": 4, "sample_size": 2, "evaluations": 12,
                "cell_shape": limits}
-    strategy = STRATEGIES.create("evolution", component(section, "strategy", STRATEGIES).config, space=rnn)
+    strategy = STRATEGIES.create("evolution", component(section, "strategy", STRATEGIES).config, space=space)
     asked = drive(strategy)
-    shapes = [rnn.cell_shape(a) for a in asked]
-    assert len(asked) == 12 and all(s["recurrent_depth"] <= 3 and s["recurrent_width"] >= 5 for s in shapes)
+
+    def fits(shape: dict[str, float]) -> bool:
+        return shape[f"{kind}_depth"] <= limits["max_depth"] and shape[f"{kind}_width"] >= limits["min_width"]
+
+    assert len(asked) == 12 and all(fits(space.cell_shape(a)) for a in asked)
     rng = random.Random(0)
-    drawn = [rnn.cell_shape(rnn.sample(rng)) for _ in range(2000)]
-    share = sum(s["recurrent_depth"] <= 3 and s["recurrent_width"] >= 5 for s in drawn) / len(drawn)
-    assert share < 0.05  # rare among random cells: the bound binds
+    drawn = [space.cell_shape(space.sample(rng)) for _ in range(2000)]
+    assert sum(map(fits, drawn)) / len(drawn) < share_below  # rare among random cells: the bound binds
     config = component({"name": "random", "cell_shape": {**limits, "cells": "reduce"}}, "strategy",
                        STRATEGIES).config
-    with pytest.raises(ConfigError, match=r"its cells: recurrent\); leave cells out$"):
-        STRATEGIES.create("random", config, space=rnn)
-
-
-def test_auto_deeplab_cells_are_held_to_the_bounds_and_have_one_kind() -> None:
-    """Auto-DeepLab measures its one cell (``cell``, every block in its output): evolution asks
-    only cells of depth at most 3 and width at least 4 blocks (about one random cell in 20)."""
-    adl = SPACES.create("auto_deeplab")
-    limits = {"max_depth": 3, "min_width": 4}
-    section = {"name": "evolution", "population_size": 4, "sample_size": 2, "evaluations": 12,
-               "cell_shape": limits}
-    strategy = STRATEGIES.create("evolution", component(section, "strategy", STRATEGIES).config, space=adl)
-    asked = drive(strategy)
-    shapes = [adl.cell_shape(a) for a in asked]
-    assert len(asked) == 12 and all(s["cell_depth"] <= 3 and s["cell_width"] >= 4 for s in shapes)
-    rng = random.Random(0)
-    drawn = [adl.cell_shape(adl.sample(rng)) for _ in range(2000)]
-    assert sum(s["cell_depth"] <= 3 and s["cell_width"] >= 4 for s in drawn) / len(drawn) < 0.1
+    with pytest.raises(ConfigError, match=rf"its cells: {kind}\); leave cells out$"):
+        STRATEGIES.create("random", config, space=space)
 
 
 def test_stacked_bnas_cells_are_held_to_the_bounds_of_both_kinds() -> None:
