@@ -186,10 +186,7 @@ class GradientStrategy:
             if self.epoch >= self.config.arch_start_epoch:
                 self.a_optimizer.zero_grad(set_to_none=True)
                 self.arch_backward(train_batch, valid_batch)
-                average_gradients_(self.arch_params)  # no-op unless data-parallel
-                if self.config.arch_grad_clip:
-                    nn.utils.clip_grad_norm_(self.arch_params, self.config.arch_grad_clip)
-                self.a_optimizer.step()
+                self.arch_update()
             if not self.weights_first:
                 result = self.weight_step(train_batch)
         finally:
@@ -198,6 +195,14 @@ class GradientStrategy:
         self.hidden.update(self._ended)  # the next batches go on from here
         self._ended, self._streams = {}, {}
         return result
+
+    def arch_update(self) -> None:
+        """Alpha's step on the gradient :meth:`arch_backward` left: averaged over data-parallel
+        workers (a no-op otherwise), clipped to ``arch_grad_clip`` where set, then Adam's step."""
+        average_gradients_(self.arch_params)
+        if self.config.arch_grad_clip:
+            nn.utils.clip_grad_norm_(self.arch_params, self.config.arch_grad_clip)
+        self.a_optimizer.step()
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
         """Put the architecture gradient in ``alpha.grad`` (first order: d L_val / d alpha)."""

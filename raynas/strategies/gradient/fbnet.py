@@ -42,7 +42,6 @@ from raynas.errors import ConfigError
 from raynas.latency import LATENCY_DIR, REQUIRED_TABLE, LatencyTable, find_table, required_table
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
-from raynas.train.distributed import average_gradients_
 from raynas.train.step import StepResult
 
 
@@ -150,8 +149,7 @@ class Fbnet(GradientStrategy):
         self.model.train()
         self.a_optimizer.zero_grad(set_to_none=True)
         self.arch_backward(batch, batch)  # first order: the validation batch's loss
-        average_gradients_(self.arch_params)  # no-op unless data-parallel
-        self.a_optimizer.step()
+        self.arch_update()
 
     def sample_architectures(self, n: int, generator: torch.Generator | None = None) -> list[Any]:
         """``n`` architectures drawn from ``P_theta`` (every layer's block from the softmax of its
