@@ -428,7 +428,8 @@ class AutoDeepLabSpace:
 
     def cell_shape(self, arch: Architecture) -> dict[str, float]:
         """The width and depth (:func:`~raynas.spaces.darts_genotype.cell_shape`) of the cell,
-        whose output concatenates every block (the paper's Eq. 1 and ``nas_cell.py``):
+        whose output concatenates every block (the paper's Eq. 1; ``nas_network.py``'s ``hnasnet``
+        with ``nas_cell.py``'s ``_combine_unused_states``):
         ``cell_width``, ``cell_depth``."""
         arch = expect_arch(arch, AutoDeepLabArchitecture, "measures")
         width, depth = cell_shape(arch.cell, range(2, 2 + arch.blocks))
