@@ -192,3 +192,17 @@ def test_the_darts_cifar10_retraining_job_has_train_py_s_settings() -> None:
     assert (r.learning_rate, r.momentum, r.weight_decay, r.grad_clip) == (0.025, 0.9, 3e-4, 5.0)
     assert (r.auxiliary_weight, r.drop_path_prob) == (0.4, 0.2)
     assert config.architecture == "DARTS_V2"  # train.py's --arch DARTS
+
+
+@pytest.mark.parametrize(("workers", "sizes"), [(1, [16] * 4 + [11]), (2, [8] * 4)])
+def test_an_epoch_keeps_its_last_smaller_batch_as_darts_train_py(workers: int, sizes: list[int]) -> None:
+    """DARTS's train.py trains on DataLoader(train_data, batch_size, shuffle=True): each epoch ends
+    with the smaller batch that is left (drop_last off). Data-parallel ranks take their slice of
+    full global batches only, so that every global batch splits evenly: 75 images at batch 16 are
+    four full batches and 11 images for one worker, four slices of 8 for each of two."""
+    from raynas.data.digits import DigitsConfig
+
+    data = DATASETS.create("digits", DigitsConfig(batch_size=16, limit=100, train_portion=0.75))
+    train, _, split = _loaders(data, seed=0, rank=0, world_size=workers)
+    assert split == "held_out" and len(train.dataset) == 75
+    assert [len(y) for _, y in train] == sizes

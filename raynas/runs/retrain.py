@@ -300,7 +300,10 @@ def _loaders(
         )
     generator = torch.Generator().manual_seed(seed)
     sampler = ShardedBatchSampler(len(train_part), cfg.batch_size, generator, rank, world_size)
-    sampler.drop_last = True  # as DARTS's train.py
+    # DARTS's train.py (DataLoader(train_data, batch_size, shuffle=True)) keeps each epoch's last,
+    # smaller batch (521 steps at batch 96); data-parallel ranks drop it, so every global batch
+    # splits evenly.
+    sampler.drop_last = world_size > 1
     train = DataLoader(train_part, batch_sampler=sampler, num_workers=cfg.num_workers)
     share = -(-len(test_part) // world_size)  # this rank's contiguous slice; the sums add up
     mine = test_part if world_size == 1 else Subset(
