@@ -90,10 +90,11 @@ def training_order(dataset: Any, full: Any) -> Sequence[int]:
     return order(full) if order is not None else range(len(full))
 
 
-def split_indices(n: int, portion: float) -> tuple[list[int], list[int]]:
-    """DARTS's split: the first ``portion`` of the training set trains weights, the rest alpha."""
-    cut = int(portion * n)
-    return list(range(cut)), list(range(cut, n))
+def split_indices(order: Sequence[int], portion: float) -> tuple[list[int], list[int]]:
+    """DARTS's split of the training images ``order`` lists (:func:`training_order`, cut to
+    ``data.limit``): the first ``portion`` trains weights, the rest alpha."""
+    cut = int(portion * len(order))
+    return list(order[:cut]), list(order[cut:])
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -151,7 +152,7 @@ def search_loaders(
     n = len(order)
     if cfg.limit:
         n = min(n, cfg.limit)
-    train_idx, valid_idx = ([order[i] for i in part] for part in split_indices(n, cfg.train_portion))
+    train_idx, valid_idx = split_indices(order[:n], cfg.train_portion)
     if not train_idx or not valid_idx:
         raise ConfigError(f"data: {n} images are too few to split at {cfg.train_portion}")
     if cfg.batch_size % world_size or min(len(train_idx), len(valid_idx)) < cfg.batch_size * (

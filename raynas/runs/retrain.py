@@ -289,7 +289,7 @@ def _loaders(
     n = min(len(order), cfg.limit) if cfg.limit else len(order)
     official = official_test_set(data)
     if official is None:
-        train_idx, test_idx = ([order[i] for i in part] for part in split_indices(n, cfg.train_portion))
+        train_idx, test_idx = split_indices(order[:n], cfg.train_portion)
         train_part, test_part, split = Subset(full, train_idx), Subset(full, test_idx), "held_out"
     else:
         m = min(len(official), cfg.limit) if cfg.limit else len(official)

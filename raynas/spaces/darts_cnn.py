@@ -29,10 +29,10 @@ from raynas.spaces.darts_genotype import (
     Edge,
     cell_decisions,
     cell_edge_names,
-    cell_shape,
     cell_shapes_trait,
     decode_cell,
     encode_cell,
+    genotype_cell_shapes,
     load_genotype,
 )
 from raynas.spaces.registry import SPACES
@@ -339,11 +339,7 @@ class DartsCnnSpace:
         """The width (in units of a node's channels) and depth of the normal and the reduction
         cell (:func:`~raynas.spaces.darts_genotype.cell_shape`): ``normal_width``,
         ``normal_depth``, ``reduce_width``, ``reduce_depth``."""
-        arch = expect_arch(arch, DartsGenotype, "measures")
-        normal = cell_shape(arch.normal, arch.normal_concat)
-        reduce = cell_shape(arch.reduce, arch.reduce_concat)
-        return {"normal_width": normal[0], "normal_depth": normal[1],
-                "reduce_width": reduce[0], "reduce_depth": reduce[1]}
+        return genotype_cell_shapes(expect_arch(arch, DartsGenotype, "measures"))
 
     def draw(self, arch: Architecture) -> Figure:
         """The normal and the reduction cell, drawn as in the DARTS paper's Figures 4 and 5."""

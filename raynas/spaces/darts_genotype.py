@@ -183,6 +183,15 @@ class DartsGenotype(Architecture):
         )
 
 
+def genotype_cell_shapes(genotype: DartsGenotype) -> dict[str, float]:
+    """The width and depth (:func:`cell_shape`) of a genotype's normal and reduction cell:
+    ``normal_width``, ``normal_depth``, ``reduce_width``, ``reduce_depth``."""
+    normal = cell_shape(genotype.normal, genotype.normal_concat)
+    reduce = cell_shape(genotype.reduce, genotype.reduce_concat)
+    return {"normal_width": normal[0], "normal_depth": normal[1],
+            "reduce_width": reduce[0], "reduce_depth": reduce[1]}
+
+
 def _load_published() -> tuple[dict[str, DartsGenotype], dict[str, str]]:
     text = resources.files("raynas.spaces").joinpath("darts_genotypes.json").read_text()
     data = json.loads(text)

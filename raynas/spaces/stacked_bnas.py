@@ -46,10 +46,10 @@ from raynas.spaces.darts_genotype import (
     Edge,
     cell_decisions,
     cell_edge_names,
-    cell_shape,
     cell_shapes_trait,
     decode_cell,
     encode_cell,
+    genotype_cell_shapes,
     load_genotype,
 )
 from raynas.spaces.darts_nets import EvalCell
@@ -447,11 +447,7 @@ class StackedBnasSpace:
         """The width and depth (:func:`~raynas.spaces.darts_genotype.cell_shape`) of the deep
         cells' topology (``normal_width``, ``normal_depth``) and of the broad and enhancement
         cells' (``reduce_width``, ``reduce_depth``)."""
-        cells = expect_arch(arch, StackedBnasArch, "measures").cells
-        normal = cell_shape(cells.normal, cells.normal_concat)
-        reduce = cell_shape(cells.reduce, cells.reduce_concat)
-        return {"normal_width": normal[0], "normal_depth": normal[1],
-                "reduce_width": reduce[0], "reduce_depth": reduce[1]}
+        return genotype_cell_shapes(expect_arch(arch, StackedBnasArch, "measures").cells)
 
     def draw(self, arch: Architecture) -> Figure:
         """The deep cell, the broad/enhancement cell and the knowledge embeddings."""
