@@ -200,14 +200,19 @@ def _search(args: argparse.Namespace) -> None:
 
     config = parse_job(raw)
     if config.seeds:
-        results, summary = run_seeds(config, fresh=args.fresh)
+        seeds = run_seeds(config, fresh=args.fresh)
+        results = seeds.results
         print(f"\n{len(results)} searches, one per seed {list(config.seeds)}:")
         for seed, result in zip(config.seeds, results, strict=True):
             print(f"  seed {seed}: {_scores(result.metrics, config)}  {result.architecture}")
         for key in ("valid_acc", "valid_loss"):
-            if key in summary:
-                mean, std = summary[key]
+            if key in seeds.summary:
+                mean, std = seeds.summary[key]
                 print(f"{key}: {mean:.4f} ± {std:.4f} (mean ± std over {len(results)} seeds)")
+        if (chosen := seeds.selection) is not None:
+            print(f"Chosen: seed {chosen.seed}'s {chosen.result.architecture}, valid_acc "
+                  f"{chosen.result.score:.2%} after {config.final.epochs} epochs from scratch "
+                  f"(of {len(chosen.retrained)} retrained; MLflow run {chosen.run_id})")
         return
     result = run_search(config, fresh=args.fresh)
     m = result.metrics

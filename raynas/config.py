@@ -251,7 +251,9 @@ class FinalRetrain:
     ``channels`` / ``layers`` (0: the space's network defaults), SGD at ``learning_rate`` with
     cosine annealing; the best retrained one is the search's answer. A sampling search retrains
     its ``top`` best candidates (by their search score); a gradient strategy that learns a
-    distribution (``fbnet``) retrains ``top`` distinct architectures drawn from it, as FBNet does.
+    distribution (``fbnet``) retrains ``top`` distinct architectures drawn from it, as FBNet does;
+    a job of several ``seeds`` whose strategy derives one architecture (DARTS) retrains its ``top``
+    best seeds' architectures, as DARTS picks the best of its four searches.
     """
 
     top: int = 0
@@ -300,7 +302,9 @@ class SearchConfig:
     short training from scratch, as Tune trials), or a training-free proxy.
     ``seeds`` runs one search per seed and reports mean and standard deviation;
     ``final`` retrains the best candidates of a sampling search (or architectures drawn from
-    ``fbnet``'s distribution) from scratch at the end.
+    ``fbnet``'s distribution) from scratch at the end; with ``seeds`` and a strategy that derives
+    one architecture (DARTS), the ``final.top`` best seeds' architectures, and the job's answer
+    is the best retrained (:mod:`raynas.runs.selection`).
 
     ``train`` is the training of a supernet, and means one thing per kind of search:
 
@@ -1470,10 +1474,13 @@ _FINETUNES = "evaluator == 'supernet' and evaluator_settings['epochs'] >= 1"
 
 SEARCH_CHECKS: tuple[Check, ...] = (
     Check(
-        "final['top'] == 0 or strategy_is['kind'] == 'sampling' or strategy_is['draws_answers']",
-        "config section 'final' retrains the best candidates of a sampling search, or architectures "
-        "a gradient strategy draws from its learnt distribution (fbnet); {strategy!r} derives one "
-        "architecture: remove the section, and retrain the search's genotype with `raynas train`",
+        "final['top'] == 0 or strategy_is['kind'] == 'sampling' or strategy_is['draws_answers'] "
+        "or 'seeds' in given",
+        "config section 'final' retrains the best candidates of a sampling search, architectures "
+        "a gradient strategy draws from its learnt distribution (fbnet), or the best seeds' "
+        "architectures of a job with 'seeds' (DARTS's choice among its four searches); {strategy!r} "
+        "derives one architecture: add seeds, or remove the section and retrain the search's "
+        "genotype with `raynas train`",
     ),
     Check(
         "evaluator is not None or strategy_is['kind'] != 'sampling'",

@@ -228,7 +228,9 @@ def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> No
         tmp_path, {"name": "random", "evaluations": 2}, {"name": "supernet", "bn_batches": 1},
         train={"epochs": 1}, seeds=[0, 1],
     )
-    results, summary = run_seeds(parse_job(job), echo=lambda _: None)
+    seeds = run_seeds(parse_job(job), echo=lambda _: None)
+    results, summary = seeds.results, seeds.summary
+    assert seeds.selection is None  # a sampling search's final section retrains within each search
     accs = [r.metrics["valid_acc"] for r in results]
     assert len(results) == 2 and results[0].run_id != results[1].run_id
     mean, std = summary["valid_acc"]
