@@ -129,17 +129,25 @@ def check_reachable(uri: str | os.PathLike[str]) -> None:
     """Fail early, with one clear line, when ``uri``'s storage cannot be used.
 
     For ``s3://`` the bucket must exist and the credentials must reach it; a local folder must
-    be creatable.
+    be creatable, and a file must be writable in it.
 
     Raises:
         StorageError: Naming the location, the endpoint and what to check.
     """
     text = str(uri)
     if not is_s3(text):
+        folder = Path(text).expanduser()
         try:
-            Path(text).expanduser().mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the folder {text}: {exc.strerror}") from None
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".raynas-probe-"):
+                pass
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write in the folder {text}: {exc.strerror}; choose one this user can write"
+            ) from None
         return
     from botocore.exceptions import BotoCoreError, ClientError
 

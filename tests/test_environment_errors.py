@@ -91,6 +91,9 @@ def test_an_unwritable_output_folder_is_named(tmp_path: Path, capsys: pytest.Cap
     job = tiny_job(tmp_path, tracking={"output_dir": str(tmp_path / "a-file" / "runs")})
     err = refused(capsys, tmp_path, job)
     assert f"cannot create the folder {tmp_path / 'a-file' / 'runs'}" in err and "Not a directory" in err
+    # A folder that is there but takes no file, for root too (/sys/kernel's files are the kernel's).
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, tracking={"output_dir": "/sys/kernel"}))
+    assert "cannot write in the folder /sys/kernel: Permission denied; choose one this user can write" in err
 
 
 def test_bad_s3_credentials_and_buckets_say_what_to_check(
