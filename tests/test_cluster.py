@@ -623,8 +623,9 @@ def _container_errors(container: dict, pod_uid: object, where: str) -> list[str]
 
 
 def security_errors(obj: dict) -> list[str]:
-    """What lets a pod run as root or gain privileges, and what exposes a port outside the cluster
-    (a Ray head Service other than ClusterIP, an Ingress, a NodePort or LoadBalancer Service)."""
+    """What lets a pod run as root, without seccomp's runtime default or with privileges, and what
+    exposes a port outside the cluster (a Ray head Service other than ClusterIP, an Ingress, a
+    NodePort or LoadBalancer Service)."""
     kind, name = obj["kind"], obj["metadata"].get("name")
     errors = []
     for pod in pod_specs(obj):
@@ -635,6 +636,8 @@ def security_errors(obj: dict) -> list[str]:
             errors.append(f"{where}: needs runAsNonRoot: true and a runAsUser other than 0")
         if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
             errors.append(f"{where}: shares its node's network or processes")
+        if ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            errors.append(f"{where}: needs seccompProfile RuntimeDefault")
         for container in pod.get("containers", []) + pod.get("initContainers", []):
             where_container = f"{where} container {container['name']}"
             errors += _container_errors(container, ctx.get("runAsUser"), where_container)
@@ -680,6 +683,9 @@ def test_the_security_check_catches_root_privileges_and_exposed_ports() -> None:
     assert broken(cluster, lambda o: head_pod(o)["securityContext"].update(runAsUser=0))
     assert broken(cluster, lambda o: head_pod(o)["securityContext"].update(runAsUser=1001))  # not the image's
     assert broken(cluster, lambda o: head_pod(o).update(hostNetwork=True))
+    assert broken(cluster, lambda o: head_pod(o)["securityContext"].pop("seccompProfile"))
+    unconfined = {"seccompProfile": {"type": "Unconfined"}}
+    assert broken(cluster, lambda o: head_pod(o)["securityContext"].update(unconfined))
     assert broken(cluster, lambda o: worker(o)["securityContext"].update(allowPrivilegeEscalation=True))
     assert broken(cluster, lambda o: worker(o)["securityContext"].update(privileged=True))
     assert broken(cluster, lambda o: worker(o)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]))
