@@ -173,7 +173,8 @@ class TrackingConfig:
 
     ``results``: the Parquet results store (a folder or ``s3://bucket/prefix``; default
     ``<output_dir>/results``). ``artifact_location``: where a new MLflow experiment keeps its
-    artifacts (e.g. ``s3://bucket/mlflow``; default: the tracking server's). ``registered_model``:
+    artifacts (e.g. ``s3://bucket/mlflow``; default: the tracking server's, or ``mlruns/`` beside a
+    local SQLite store's database file). ``registered_model``:
     the Model Registry name the final architecture is registered under (default
     ``raynas-<job name>``).
     """

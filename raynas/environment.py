@@ -98,6 +98,17 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(path[1:]).expanduser()
 
 
+def default_artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the local SQLite store ``uri`` keeps its artifacts: ``mlruns/``
+    beside the database file, so that a store and its artifacts stay together (MLflow's own
+    default is ``./mlruns`` in whatever folder the process runs in). None for other stores: a
+    tracking server has its own artifact root."""
+    if urllib.parse.urlsplit(uri).scheme.lower().split("+")[0] != "sqlite":
+        return None
+    database = sqlite_file(uri)
+    return None if database is None else str(database.resolve().parent / "mlruns")
+
+
 def _check_sqlite(uri: str) -> None:
     database = sqlite_file(uri)
     if database is None:

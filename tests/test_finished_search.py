@@ -82,6 +82,33 @@ def test_a_finished_search_run_again_shows_its_result_and_fresh_starts_a_new_one
     assert fresh.split("MLflow run: ")[1].split()[0] != run_id
 
 
+def test_a_finished_sampling_search_run_again_shows_its_result_and_evaluates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_sampling_search import sampling_job
+
+    from raynas.evaluators.training_free import TrainingFreeEvaluator
+
+    job = sampling_job(tmp_path, {"name": "random", "evaluations": 3},
+                       {"name": "training_free", "batch_size": 16, "channels": 4, "layers": 1})
+    job["execution"]["concurrency"] = 1
+    path = str(write_job(tmp_path, job))
+    assert main(["search", path]) == 0
+    first = capsys.readouterr().out
+    run_id = first.split("MLflow run: ")[1].split()[0]
+
+    evaluated: list[str] = []
+    for method in ("evaluate", "evaluate_many"):
+        monkeypatch.setattr(TrainingFreeEvaluator, method, lambda *a, **kw: evaluated.append(a[1]))
+    assert main(["search", path]) == 0
+    again = capsys.readouterr().out
+    assert f"Search 'tiny' already finished (MLflow run {run_id})" in again
+    assert "--fresh starts a new search" in again and evaluated == []
+    for line in ("Genotype: ", "MLflow run: "):
+        assert first.split(line)[1].splitlines()[0] == again.split(line)[1].splitlines()[0]
+    assert scores(first) == scores(again)
+
+
 def test_a_finished_search_run_again_with_another_config_starts_a_new_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import tiny_job
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import raynas.runs.search
@@ -397,6 +397,56 @@ def test_any_file_content_is_refused_in_one_line(
 def test_any_mapping_is_refused_in_one_line(raw: dict[Any, Any], scratch: Path) -> None:
     path = write(scratch, yaml.safe_dump(raw))
     assert_refused(*answer(["search", str(path)]))
+
+
+# Job names that are not plain folder names: separators, dots alone, empty, too long, other characters.
+BAD_NAMES = st.one_of(
+    st.sampled_from(["", ".", "..", "../up", "a/b", "a\\b", "/abs", ".hidden", "-dash", "_under"]),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{32,60}", fullmatch=True),  # 33-61 characters
+    st.builds(lambda a, sep, b: a + sep + b, st.from_regex(r"[a-z]{0,5}", fullmatch=True),
+              st.sampled_from(["/", "\\", " ", ":", "\x00", "\n", "*", "é"]),
+              st.from_regex(r"[a-z.]{0,5}", fullmatch=True)),
+)
+
+
+@FUZZ
+@given(name=BAD_NAMES)
+def test_any_job_name_that_is_not_a_plain_folder_name_is_named(
+    name: str, base: dict[str, Any], scratch: Path
+) -> None:
+    path = write(scratch, {**base, "name": name})
+    status, err = answer(["search", str(path)])
+    assert_refused(status, err, "name")
+    assert "a job name is 1-32 letters" in err or "not UTF-8" in err or "config key 'name'" in err, err
+
+
+@FUZZ
+@given(levels=st.integers(min_value=33, max_value=2000), flow=st.booleans())
+def test_any_nesting_past_32_levels_is_refused(levels: int, flow: bool, scratch: Path) -> None:
+    """Flow lists (``[[[...]]]``) up to 2,000 deep, indented mappings up to 500 (deeper ones are
+    over the 1 MiB a job file may have)."""
+    text = (f"name: x\nspace: {'[' * levels}{']' * levels}\n" if flow
+            else _nested(min(levels, 500)))
+    assert_refused(*answer(["search", str(write(scratch, text))]), "nests too deeply")
+
+
+@FUZZ
+@given(width=st.integers(min_value=2, max_value=12), depth=st.integers(min_value=2, max_value=12))
+def test_any_alias_chain_is_refused_past_100000_values_and_read_below(
+    width: int, depth: int, base: dict[str, Any], scratch: Path
+) -> None:
+    """A chain of ``depth`` anchors, each a list of ``width`` references to the one before: it
+    expands to ``width ** depth`` values (and at most 4 times as many lists), as the billion-laughs
+    bomb does. Chains near the limit are left out: the count there includes the lists."""
+    assume(width**depth > 100_000 or 5 * width**depth < 100_000)
+    lines = [f"a0: &a0 [{', '.join(['1'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    text = "name: bomb\nspace:\n  name: darts\n  x:\n" + "".join(f"    {line}\n" for line in lines)
+    status, err = answer(["search", str(write(scratch, text))])
+    if width**depth > 100_000:
+        assert_refused(status, err, "expands to more than 100,000 values")
+    else:  # read: then refused for what it says (an unknown key), not for its size
+        assert_refused(status, err, "space.x")
 
 
 # --- fast answers ------------------------------------------------------------------------------

@@ -66,6 +66,24 @@ def test_a_candidate_is_a_child_run_of_its_search(tmp_path: Path) -> None:
     assert Architecture.from_json(Path(local).read_text()) == r.architecture
 
 
+def test_a_local_stores_artifacts_are_beside_its_database_not_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for folder in ("elsewhere", "store"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where the command runs
+    config = parse_job(tiny_job(tmp_path / "store"))
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="beside")
+    tracker.start(config)
+    child = tracker.log_candidate(candidate(1), step=0)
+    assert tracker.flush()
+    stored = {p.name for p in (tmp_path / "store" / "mlruns").rglob("*") if p.is_file()}
+    assert {"config.json", "architecture.json"} <= stored
+    assert not any((tmp_path / "elsewhere").iterdir())
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert client.get_run(child).info.artifact_uri.startswith(str(tmp_path / "store" / "mlruns"))
+
+
 def test_search_records_candidates_pictures_results_and_the_registered_model(tmp_path: Path) -> None:
     config = parse_job(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas"}))
     result = run_search(config, echo=lambda _: None)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raynas.config import SearchConfig, flatten, redact_uri
-from raynas.environment import check_tracking_store, default_tracking_uri
+from raynas.environment import check_tracking_store, default_artifact_location, default_tracking_uri
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
@@ -292,7 +292,8 @@ class MlflowTracker:
         tracking_uri: Where MLflow stores runs (default: :func:`default_tracking_uri`).
         experiment: The experiment's name (one per job); created if missing.
         artifact_location: Where a new experiment keeps its artifacts (e.g. ``s3://bucket/mlflow``;
-            the S3 endpoint comes from ``MLFLOW_S3_ENDPOINT_URL``); default: the server's.
+            the S3 endpoint comes from ``MLFLOW_S3_ENDPOINT_URL``); default: the server's, and
+            for a local SQLite store ``mlruns/`` beside its database file.
         attempts: Tries per record before it waits in the queue for the next one.
         backoff_s: First wait between tries (doubling).
 
@@ -332,7 +333,8 @@ class MlflowTracker:
         self.experiment_id = (
             found.experiment_id if found
             else self.client.create_experiment(
-                experiment, artifact_location=artifact_location,
+                experiment,
+                artifact_location=artifact_location or default_artifact_location(self.tracking_uri),
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         )
