@@ -103,6 +103,11 @@ def test_the_study_table_holds_the_child_runs_numbers(tmp_path: Path, capsys: py
         arch = space.parse(cells[row["cell"]]["architecture"])
         network = space.build(arch, info, channels=4, layers=int(row["layers"]))
         assert int(row["params"]) == count_params(network)
+    # Every trained network is a version of the study's registered model, tagged with its row.
+    versions = client.search_model_versions("name = 'raynas-layer-count-quickstart'")
+    assert sorted((v.tags["raynas.study.cell"], int(v.tags["raynas.study.layers"]), v.run_id)
+                  for v in versions) == sorted((r["cell"], int(r["layers"]), r["run_id"]) for r in table)
+    assert all(v.tags["raynas.trained"] == "true" for v in versions)
     for label in ("DARTS", "PIBConv"):  # the plot's series, as metrics stepped by the layer count
         series = client.get_metric_history(parent.info.run_id, f"test_acc.{label}")
         assert {(m.step, round(m.value, 6)) for m in series} == {

@@ -355,8 +355,16 @@ def _retrain(
             "epochs": config.retrain.epochs, "seconds": round(time.perf_counter() - started, 1),
             "run_id": tracker.run_id,
         }
+        # The trained network: a version of the study's registered model, tagged with its cell
+        # and layer count.
+        model = config.tracking.registered_model or f"raynas-{config.name}"
+        version = tracker.register_model(arch, name=model, network=worker.call("trained_network"),
+                                         trained=True)
+        for key in ("cell", "layers"):
+            tracker.client.set_model_version_tag(model, version, f"{TAG_PREFIX}study.{key}", str(row[key]))
         tracker.finish(EpochReport(epoch=config.retrain.epochs - 1, metrics=metrics, architecture=arch),
-                       {k: v for k, v in row.items() if k not in ("cell", "run_id")})
+                       {k: v for k, v in row.items() if k not in ("cell", "run_id")}
+                       | {"registered_version": version})
     except BaseException as error:
         tracker.fail(error)
         raise
