@@ -5,6 +5,7 @@
     raynas study CONFIG [--set key.sub=value ...] [--address ADDR] [--tracking-uri URI] [--fresh]
     raynas describe --space darts --genotype NAME_OR_FILE --dataset cifar10 [--json]
     raynas report [--results DIR_OR_S3] [--search ID_OR_NAME ...] [--top N] [--cost METRIC] [--out FILE]
+                  [--mlflow [--tracking-uri URI]]
     raynas export RUN --format onnx|torchscript --out FILE [--input-shape 1x3x32x32] [--tracking-uri URI]
     raynas latency [--job JOB.yaml | --space fbnet --dataset imagenet] --device NAME --out DIR
                    [--cluster ADDRESS] [--validate N]
@@ -141,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
         "--cost", default="params", help="the Pareto front's cost metric (params, macs, latency_ms, ...)"
     )
     report.add_argument("--out", help="also write the report as HTML (.html) or the Pareto plot (.png)")
+    report.add_argument(
+        "--mlflow", action="store_true",
+        help="also log each space's cell-shape plot (best cells against random ones) to every reported "
+             "search's MLflow run, as report/cell_shapes_<space>.png",
+    )
+    report.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI of --mlflow (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
 
     export = commands.add_parser(
         "export", help="write a found (retrained) network as ONNX or TorchScript, for serving"
@@ -171,15 +181,26 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from raynas.errors import ConfigError
     from raynas.runs.report import build_report, format_text, write_report
     from raynas.tracking.results import ResultsStore
 
+    if args.tracking_uri and not args.mlflow:
+        raise ConfigError("report --tracking-uri is where --mlflow logs: add --mlflow")
     store = ResultsStore(args.results)
     store.check()
     report = build_report(store, select=args.searches, top=args.top, cost=args.cost)
     print(format_text(report))
     if args.out:
         print(f"\nReport written to {write_report(report, args.out)}")
+    if args.mlflow:
+        from raynas.environment import default_tracking_uri
+        from raynas.runs.report import log_to_mlflow
+
+        logged = log_to_mlflow(report, args.tracking_uri or default_tracking_uri())
+        runs = ", ".join(run_id for _, run_id in report.runs)
+        print(f"\nLogged {', '.join(logged)} to MLflow run(s) {runs}" if logged
+              else "\nNothing logged to MLflow: no reported architecture has a cell shape")
 
 
 def _search(args: argparse.Namespace) -> None:

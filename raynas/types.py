@@ -213,6 +213,9 @@ class EvalResult:
             evaluation trained epoch by epoch (Tune trials); empty otherwise. Strategies compare
             candidates of different budgets at the budget both reached
             (:func:`compare_at_equal_budget`).
+        handover: What the evaluator hands to later candidates' evaluations (the ``morphism``
+            evaluator: the trained network its children grow from), on its way from the evaluator
+            to the driver, which keeps it and takes it off; never recorded, compared or shown.
     """
 
     architecture: Architecture
@@ -227,6 +230,7 @@ class EvalResult:
     ended: float = 0.0
     node_id: str = ""
     curve: tuple[float, ...] = ()
+    handover: Any = field(default=None, compare=False, repr=False)
 
     @property
     def score(self) -> float:

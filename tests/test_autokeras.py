@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_job
 
 from raynas.errors import ConfigError, RaynasError
-from raynas.evaluators.morphism import MorphismConfig, MorphismEvaluator
+from raynas.evaluators.morphism import MorphismConfig, MorphismEvaluator, ParentWeights
 from raynas.runs.jobs import parse_job
 from raynas.spaces.autokeras import (
     AutoKerasConfig,
@@ -240,6 +240,97 @@ def test_the_search_grows_each_network_from_an_evaluated_parent() -> None:
     assert best.score > made_up_score(space.seed_architecture()) + 0.2
 
 
+class FixedTree:
+    """A space whose morphisms are a fixed table: each network's neighbours, in order."""
+
+    def __init__(self, seed: MorphArch, table: dict[str, list[tuple[Morph, MorphArch]]]) -> None:
+        self.seed, self.table = seed, table
+        self.expanded: list[str] = []  # the networks whose neighbours were asked for, in turn
+
+    def seed_architecture(self) -> MorphArch:
+        return self.seed
+
+    def neighbours(self, arch: MorphArch, rng: Any, n: int) -> list[tuple[Morph, MorphArch]]:
+        self.expanded.append(arch.key())
+        return self.table.get(arch.key(), [])
+
+
+class Draws:
+    """``uniform(0, 1)`` answered from a script, which must be used up exactly."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def uniform(self, low: float, high: float) -> float:
+        assert (low, high) == (0, 1)
+        return self.values.pop(0)
+
+
+def test_algorithm_1_pops_accepts_cools_and_chooses_as_the_official_code(monkeypatch: Any) -> None:
+    """Against a hand trace of the official ``BayesianOptimizer.generate`` (keras-team/autokeras
+    0.2-0.3 ``bayesian.py``; NNI's ``networkmorphism_tuner/bayesian.py``), with a stub GP and fixed
+    neighbours. The official loop: the evaluated networks in a priority queue by score, the
+    largest popped first; a popped network is expanded with probability
+    ``exp(min((c - c_opt) / T, 1))`` (one draw of uniform(0, 1) per pop), its children not
+    searched before queued under the acquisition with the root they grew from, ``c_opt`` and the
+    answer updated by each larger acquisition; ``T`` starts at 1 and is multiplied by 0.9 after
+    every pop while ``T > t_min``."""
+    r1, r2 = MorphArch.parse("c4k3s1 c4k3s2"), MorphArch.parse("c8k3s1 c4k3s2")  # evaluated: 0.5, 0.8
+    ma, mb = Morph("widen", 1), Morph("add_skip", 0, end=1)
+    mc, md = Morph("widen", 0), Morph("deepen", 1, kernel=3)
+    a, b = morph(r2, ma), morph(r2, mb)
+    c, d = morph(a, mc), morph(b, md)
+    tree = FixedTree(r1, {
+        r2.key(): [(ma, a), (mb, b)],
+        a.key(): [(mc, c), (Morph("widen", 0), r1)],  # r1 was evaluated: not queued, not scored
+        b.key(): [(md, d)],
+        r1.key(): [(Morph("widen", 0), morph(r1, Morph("widen", 0)))],  # never popped
+    })
+    # (mean, std) per network; beta = 2.576 makes d's acquisition 1.0 + 0.2576 = 1.2576.
+    posterior = {a.key(): (0.9, 0.0), b.key(): (0.6, 0.0), c.key(): (0.85, 0.0), d.key(): (1.0, 0.1)}
+    fitted: list[list[float]] = []
+    scored: list[list[str]] = []
+
+    class StubGP:
+        def __init__(self, *, kernel_lambda: float) -> None:
+            assert kernel_lambda == 1.0
+
+        def fit(self, xs: list[Any], ys: list[float]) -> None:
+            fitted.append(list(ys))
+
+        def predict(self, xs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+            keys = [next(k for k, arch in ((n.key(), n) for n in (a, b, c, d)) if descriptor(arch) == x)
+                    for x in xs]
+            scored.append(keys)
+            return np.array([posterior[k][0] for k in keys]), np.array([posterior[k][1] for k in keys])
+
+    monkeypatch.setattr("raynas.strategies.sampling.autokeras.GaussianProcess", StubGP)
+    # t_min 0.7: pops at T = 1, 0.9, 0.81, 0.729; then T = 0.6561 ends the loop.
+    strategy = AutoKeras(AutoKerasStrategyConfig(t_min=0.7), space=tree)
+    for arch, score in ((r1, 0.5), (r2, 0.8)):
+        strategy.tell(EvalResult(architecture=arch, metrics={"valid_acc": score}, trial_id=arch.key()))
+    # The hand trace, pop by pop (probability: exp(min((c - c_opt) / T, 1))):
+    # 1. r2 (0.8 > 0.5), T = 1, c_opt = -inf: exp(1) = 2.718, a draw of 2.71 expands it (a cap of
+    #    0, probability 1, would not); a (0.9) and b (0.6) queued, c_opt = 0.9, answer (r2, [ma], a).
+    # 2. a (0.9), T = 0.9: exp(0) = 1 >= 0.999: expanded; c (0.85) queued.
+    # 3. c (0.85), T = 0.81: exp(-0.05 / 0.81) = 0.94014 < 0.945: not expanded (uncooled T = 1
+    #    gives 0.95123, T = 0.9025 for a factor 0.95 gives 0.94611, the reversed sign 1.0637: all
+    #    would expand it).
+    # 4. b (0.6), T = 0.729: exp(-0.3 / 0.729) = 0.66264 >= 0.66: expanded (T cooled once more,
+    #    0.6561, gives 0.63301: not); d (1.2576) queued, c_opt = 1.2576, answer (r2, [mb, md], d).
+    assert math.exp(-0.05 / 0.81) == pytest.approx(0.94014, abs=1e-5)
+    assert math.exp(-0.3 / 0.729) == pytest.approx(0.66264, abs=1e-5)
+    strategy.rng = Draws([2.71, 0.999, 0.945, 0.66])  # type: ignore[assignment]
+    found = strategy.generate(strategy.history)
+    assert fitted == [[0.5, 0.8]]
+    assert tree.expanded == [r2.key(), a.key(), b.key()]  # c was popped third and not expanded
+    assert scored == [[a.key(), b.key()], [c.key()], [d.key()]]
+    assert strategy.rng.values == []  # type: ignore[attr-defined]  # four pops, one draw each
+    assert isinstance(found, MorphArch) and found.key() == d.key()
+    assert (found.parent, found.morphs) == (r2.key(), (mb, md))
+    assert grow(r2, found.morphs) == d.graph()
+
+
 def test_the_strategy_refuses_a_space_without_morphisms() -> None:
     from raynas.spaces import SPACES
 
@@ -263,13 +354,17 @@ def morphism_job(tmp_path: Path) -> Any:
 def test_a_child_starts_from_its_parents_trained_weights(tmp_path: Path) -> None:
     config = morphism_job(tmp_path)
     evaluator = MorphismEvaluator(MorphismConfig(epochs=1, noise=0.0), search=config)
+    keeper = ParentWeights(config)  # the driver's side
     parent = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2))).seed_architecture()
-    evaluator.evaluate(parent, trial_id="1")
+    handed = evaluator.evaluate(parent, trial_id="1")
     trained = evaluator.network
-    assert trained is not None and Path(evaluator.weights_path(parent.key())).is_file()
+    assert trained is not None and handed.handover["architecture"] == parent.to_json()
+    kept = keeper.keep(handed)  # saved beside the search's checkpoint, and taken off the result
+    assert kept.handover is None and kept == handed and Path(keeper.path(parent.key())).is_file()
     morphs = (Morph("widen", 0, seed=5), Morph("deepen", 0, kernel=3), Morph("add_skip", 0, end=2))
     child = grow(parent, morphs)
     child = MorphArch(child.blocks, child.skips, parent=parent.key(), morphs=morphs)
+    evaluator.receive(keeper.given(child))
     start = evaluator.initial_network(child)
     x = torch.randn(3, 1, 8, 8)  # (B, C, H, W)
     with torch.no_grad():
@@ -278,9 +373,11 @@ def test_a_child_starts_from_its_parents_trained_weights(tmp_path: Path) -> None
     with torch.no_grad():
         assert not torch.allclose(fresh.eval()(x), trained.eval()(x), atol=1e-3)
     result = evaluator.evaluate(child, trial_id="2")
-    assert math.isfinite(result.score) and Path(evaluator.weights_path(child.key())).is_file()
+    assert math.isfinite(result.score) and result.handover["architecture"] == child.to_json()
     orphan = MorphArch(child.blocks, child.skips, parent="autokeras-000000000000", morphs=morphs)
-    with pytest.raises(RaynasError, match="autokeras-000000000000"):
+    with pytest.raises(RaynasError, match=r"autokeras-000000000000.* not at"):
+        keeper.given(orphan)
+    with pytest.raises(RaynasError, match=r"autokeras-000000000000.* not given"):
         evaluator.initial_network(orphan)
 
 

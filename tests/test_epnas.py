@@ -16,6 +16,7 @@ import torch
 
 from raynas.errors import ConfigError
 from raynas.spaces import SPACES
+from raynas.spaces.darts_cnn import DartsSpaceConfig
 from raynas.spaces.fbnet import FbnetSpaceConfig
 from raynas.spaces.nb201 import Nb201SpaceConfig
 from raynas.strategies.sampling.base import CellShapeLimits
@@ -180,7 +181,8 @@ def test_networks_grow_by_stages_and_the_predictor_picks_the_targets() -> None:
         assert strategy.ask() is None  # the step's targets are in flight
         for arch in archs:
             values = space.encode(arch)  # type: ignore[attr-defined]
-            assert all(v == 0 for v in values[step + 1 :])  # decisions of later stages: option 0
+            # Decisions of later stages: skip_connect (index 1 of NB201_OPS), the identity.
+            assert values[step + 1 :] == (1,) * (5 - step)
             if step == 2:
                 best = sorted(zip(predicted, fresh, strict=True), key=lambda p: -p[0])[:2]
                 assert values in [v for _, v in best]
@@ -189,6 +191,32 @@ def test_networks_grow_by_stages_and_the_predictor_picks_the_targets() -> None:
     assert strategy.done and strategy.ask() is None
     whole = strategy.final_results()
     assert whole == sorted(strategy.history[10:], key=lambda r: -r.score)
+
+
+def test_decisions_not_sampled_yet_take_the_identity_so_early_cells_reach_their_output() -> None:
+    """NAS-Bench-201's first stage samples the edge 0->1 only: with the other edges `none` its
+    output node would be unreached (Shu et al.'s width and depth 0, the cell scoring at chance);
+    with them `skip_connect` the cell is complete. FBNet's layers stay `skip` (its option 0), and
+    a decision without an identity (a DARTS node's inputs) takes option 0."""
+    space = nb201()
+    strategy = Epnas(EpnasConfig(evaluations=12, batch_size=2, candidates=4, lstm_size=4), space=space,
+                     seed=0)
+    assert strategy.unset == (1,) * 6  # NB201_OPS: none, skip_connect, ...
+    first = strategy.ask()
+    ops = first.ops  # type: ignore[attr-defined]
+    assert ops[1:] == ("skip_connect",) * 5
+    assert space.cell_shape(first)["cell_depth"] > 0  # type: ignore[attr-defined]
+    cut = space.decode((space.encode(first)[0], 0, 0, 0, 0, 0))  # type: ignore[attr-defined]
+    assert space.cell_shape(cut) == {"cell_width": 0, "cell_depth": 0}  # type: ignore[attr-defined]
+
+    fbnet = Epnas(EpnasConfig(candidates=4, lstm_size=4), space=SPACES.create("fbnet", FBNET), seed=0)
+    assert fbnet.unset == (0,) * 4 and fbnet.decisions[0].options[0] == "skip"
+    darts = SPACES.create("darts", DartsSpaceConfig(nodes=2))
+    unset = Epnas(EpnasConfig(candidates=4, lstm_size=4), space=darts, seed=0).unset
+    # Per cell type: node 0's inputs (one option, "0+1"), its two operations, node 1's inputs
+    # (option 0: "0+1"), its two operations.
+    names = [d.options[u] for d, u in zip(darts.decisions(), unset, strict=True)]  # type: ignore[attr-defined]
+    assert names == ["0+1", "skip_connect", "skip_connect", "0+1", "skip_connect", "skip_connect"] * 2
 
 
 def test_the_targets_are_the_best_predicted_rewards_under_the_constraints() -> None:

@@ -118,3 +118,56 @@ def test_report_shows_whole_architectures_marks_early_stops_and_counts_what_has_
     assert "t2*" in text and "stopped early" in text
     assert "(1 architecture(s) without a params metric left out)" in text
     assert "mixed darts/random/cifar10: 0.9000  (n=1, seed 0)" in text  # no ± for a single search
+
+
+def test_report_logs_its_cell_shape_plot_to_each_searchs_mlflow_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raynas report --mlflow` logs the plot of the best cells against random cells of their
+    space to the MLflow run of every reported search, read back here from a real SQLite store: the
+    same PNG as the report's own figure of it."""
+    import io
+
+    from conftest import mlflow_store
+    from mlflow.tracking import MlflowClient
+
+    uri = mlflow_store(tmp_path)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("searches")
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    rng, space, run_ids = random.Random(3), Nb201Space(), []
+    for seed in (0, 1):
+        run_ids.append(client.create_run(experiment).info.run_id)
+        results = [EvalResult(architecture=space.sample(rng), metrics={"valid_acc": 0.5 + 0.1 * i},
+                              trial_id=f"t{i}") for i in range(4)]
+        store.append(results, info=SearchInfo(search=f"evo-{seed}", name="evo", run_id=run_ids[-1],
+                                              strategy="evolution", dataset="cifar10", seed=seed))
+    root = str(tmp_path / "results")
+    assert main(["report", "--results", root, "--cost", "valid_acc", "--mlflow", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"Logged report/cell_shapes_nb201.png to MLflow run(s) {', '.join(run_ids)}" in out
+
+    (shape,) = build_report(store, cost="valid_acc").shapes
+    expected = io.BytesIO()
+    shape.figure().savefig(expected, format="png", dpi=110)
+    for run_id in run_ids:
+        assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/cell_shapes_nb201.png"]
+        local = client.download_artifacts(run_id, "report/cell_shapes_nb201.png", str(tmp_path))
+        assert Path(local).read_bytes() == expected.getvalue()
+
+
+def test_report_mlflow_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import mlflow_store
+
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    fill(store)  # searches without an MLflow run
+    root, uri = str(tmp_path / "results"), mlflow_store(tmp_path)
+    assert main(["report", "--results", root, "--mlflow", "--tracking-uri", uri]) == 2
+    assert "none of these searches recorded an MLflow run" in capsys.readouterr().err
+    store.append([EvalResult(architecture=Nb201Space().sample(random.Random(0)),
+                             metrics={"valid_acc": 0.5, "params": 1e5}, trial_id="t0")],
+                 info=SearchInfo(search="lost-0", name="lost", run_id="0" * 32, strategy="random"))
+    assert main(["report", "--results", root, "--search", "lost", "--mlflow", "--tracking-uri", uri]) == 2
+    assert f"the MLflow run {'0' * 32} of search lost-0 is not in" in capsys.readouterr().err
+    assert main(["report", "--results", root, "--tracking-uri", uri]) == 2
+    assert "add --mlflow" in capsys.readouterr().err

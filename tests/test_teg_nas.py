@@ -385,3 +385,24 @@ def test_te_nas_scores_a_candidate_as_its_masked_tiny_supernets(tmp_path: Path) 
     assert result.score == m["te_nas"] == pytest.approx(
         math.log(m["linear_regions"]) - math.log(m["ntk_cond"]) - math.log(m["ntk_mse"])
     )
+
+
+def test_the_jobs_carry_the_official_codes_settings() -> None:
+    """jobs/teg_nas_darts_cifar10.yaml has VITA-Group/TENAS prune_launch.py's settings for DARTS on
+    CIFAR-10 (prune_number 3, batch_size 14, repeat 3, precision 3; prune_tenas.py's region count
+    on 3 batches of 1,000 crops, its DARTS cells of 4 steps pruned to 2 edges per node), and
+    jobs/teg_evolution_quickstart.yaml runs R_EA.py's tournaments (teg_evolution) on te_nas; both
+    run end to end, shrunk, in tests/test_jobs.py."""
+    from raynas.runs.jobs import load_job
+
+    root = Path(__file__).resolve().parents[1] / "jobs"
+    darts = load_job(root / "teg_nas_darts_cifar10.yaml")
+    assert (darts.space.name, darts.space.config.nodes, darts.data.name) == ("darts", 4, "cifar10")
+    assert darts.strategy.name == "teg_nas_prune"
+    assert darts.strategy.config == TegPruneConfig(
+        indicators=("ntk", "region", "mse"), prune_number=3, repeat=3, precision=3, batch_size=14,
+        region_inputs=1000, region_batches=3, edges_per_node=2,
+    )
+    evolution = load_job(root / "teg_evolution_quickstart.yaml")
+    assert evolution.strategy.name == "teg_evolution" and evolution.evaluator is not None
+    assert (evolution.evaluator.name, evolution.evaluator.config.proxy) == ("training_free", "te_nas")

@@ -4,17 +4,19 @@ same morphisms (:func:`raynas.spaces.autokeras.grow_state`), then trains for the
 ``scratch`` does.
 
 The architecture record says where it came from (its ``parent``'s key and the ``morphs``); the
-weights travel through the search's storage: every network this evaluator trains is saved as
-``<tracking.output_dir>/<name>/weights/<key>.pt`` (a local folder or ``s3://``, so evaluator
-actors on other nodes find it), before its result is returned, so a strategy that asks for a
-child only after its parent's result always finds the parent's weights.
+weights travel with the work, not through a shared disk: the evaluator hands every network it
+trains back with its result (:attr:`raynas.types.EvalResult.handover`), the driver's
+:class:`ParentWeights` saves it as ``<tracking.output_dir>/<name>/weights/<key>.pt`` (beside the
+search's checkpoint and journal) and hands the parent's to the evaluation of each child
+(:meth:`MorphismEvaluator.receive`), on whatever node of a cluster the child runs. A strategy asks
+for a child only after its parent's result, and a resumed search finds the parents in that folder.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar
 
 import torch
 
@@ -58,15 +60,57 @@ def weights_folder(search: SearchConfig) -> str:
     return storage.join(search.tracking.output_dir, search.name, "weights")
 
 
+class ParentWeights:
+    """The driver's side of weight inheritance: keeps the trained network each result hands over
+    (in :func:`weights_folder`) and gives each child its parent's.
+
+    Args:
+        search: The search job.
+    """
+
+    def __init__(self, search: SearchConfig) -> None:
+        self.folder = weights_folder(search)
+
+    def path(self, key: str) -> str:
+        """The file of the trained network with key ``key``."""
+        return storage.join(self.folder, f"{key}.pt")
+
+    def keep(self, result: EvalResult) -> EvalResult:
+        """Save the trained network ``result`` hands over; ``result`` without it."""
+        if result.handover is None:
+            return result
+        save_checkpoint(result.handover, self.path(result.architecture.key()))
+        return replace(result, handover=None)
+
+    def given(self, arch: Architecture) -> dict[str, Any]:
+        """What ``arch``'s evaluation starts from: its parent's trained network by the parent's
+        key (empty for a network trained from scratch).
+
+        Raises:
+            RaynasError: The parent's trained network was never kept.
+        """
+        if not isinstance(arch, MorphArch) or not arch.parent:
+            return {}
+        path = self.path(arch.parent)
+        if not storage.exists(path):
+            raise RaynasError(
+                f"{arch.key()} grows from {arch.parent}, whose trained weights are not at {path}"
+            )
+        return {arch.parent: load_checkpoint(path)}
+
+
 @EVALUATORS.register("morphism", config=MorphismConfig)
 class MorphismEvaluator(ScratchEvaluator):
     """Trains each candidate from its parent's morphed weights (from scratch when it has none)
-    and keeps the trained weights for its children.
+    and hands the trained weights back with its result, for its children.
 
     Args:
         config: The budget and the morphisms' noise.
         search: The search job (an ``autokeras`` space).
     """
+
+    # What the driver keeps of the results' handovers and gives each candidate (execution/pool.py).
+    handovers: ClassVar[type[ParentWeights]] = ParentWeights
 
     def __init__(self, config: MorphismConfig, *, search: SearchConfig) -> None:
         super().__init__(config, search=search)
@@ -76,23 +120,21 @@ class MorphismEvaluator(ScratchEvaluator):
                 f"to 'autokeras' (got {search.space.name!r})"
             )
         self.noise = config.noise
-        self.folder = weights_folder(search)
+        self.received: dict[str, Any] = {}  # trained parents by key, for the next evaluation
 
-    def weights_path(self, key: str) -> str:
-        """The file of the trained network with key ``key``."""
-        return storage.join(self.folder, f"{key}.pt")
+    def receive(self, given: dict[str, Any]) -> None:
+        """Take the trained networks the next evaluation grows from, by key
+        (:meth:`ParentWeights.given`)."""
+        self.received = dict(given)
 
     def initial_network(self, arch: Architecture) -> torch.nn.Module:
         """``arch``'s network: its parent's trained weights grown by its morphisms, or fresh."""
         model = super().initial_network(arch)
         if not isinstance(arch, MorphArch) or not arch.parent:
             return model
-        path = self.weights_path(arch.parent)
-        if not storage.exists(path):
-            raise RaynasError(
-                f"{arch.key()} grows from {arch.parent}, whose trained weights are not at {path}"
-            )
-        saved = load_checkpoint(path)
+        saved = self.received.get(arch.parent)
+        if saved is None:
+            raise RaynasError(f"{arch.key()} grows from {arch.parent}, whose trained weights were not given")
         parent = Architecture.from_json(saved["architecture"])
         assert isinstance(parent, MorphArch)
         grown, state = grow_state(parent, saved["state"], arch.morphs, noise=self.noise)
@@ -102,13 +144,12 @@ class MorphismEvaluator(ScratchEvaluator):
         return model
 
     def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
-        """Train ``arch`` (from its parent's weights) and keep its trained weights."""
+        """Train ``arch`` (from its parent's weights); the result hands the trained weights over."""
         start = time.perf_counter()
         result = super().evaluate(arch, trial_id=trial_id)
         assert self.network is not None
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-        save_checkpoint({"architecture": arch.to_json(), "state": state}, self.weights_path(arch.key()))
         return EvalResult(
             architecture=arch, metrics=result.metrics, trial_id=trial_id, budget=result.budget,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, handover={"architecture": arch.to_json(), "state": state},
         )

@@ -4,11 +4,11 @@ ENAS, Pham et al., ICML 2018).
 The supernet is first trained on single paths, one sampled architecture per step
 (:meth:`SupernetEvaluator.train_epoch`; the strategy decides how paths are sampled), or, with
 ``evaluator.path_dropout``, as Bender et al.'s one-shot model: every candidate of every edge
-summed, each dropped at random per step with a probability that grows over training
-(:func:`scheduled_rate`, :mod:`raynas.supernet.path_dropout`). A candidate is
-then scored with the weights it inherits: the path is fixed, BatchNorm statistics are recomputed on
-a few training batches (they belong to no single path otherwise), and the accuracy on the
-validation half is measured. Replicas of a trained evaluator can score candidates concurrently.
+summed, each dropped at random with a probability that grows step by step over training, a mask
+per cell and per ghost batch (:func:`scheduled_rate`, :mod:`raynas.supernet.path_dropout`). A
+candidate is then scored with the weights it inherits: the path is fixed, BatchNorm statistics are
+recomputed on a few training batches (they belong to no single path otherwise), and the accuracy on
+the validation half is measured. Replicas of a trained evaluator can score candidates concurrently.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
 from raynas.train.schedules import cosine_schedule
 from raynas.types import Architecture, EvalResult
 
-PATH_DROPOUT_SCHEDULES = ("linear", "constant")  # how the path-dropout rate follows the epochs
+PATH_DROPOUT_SCHEDULES = ("linear", "constant")  # how the path-dropout rate follows the steps
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,12 @@ class SupernetEvalConfig:
         path_dropout: Above 0, the supernet trains as Bender et al.'s one-shot model (all ops
             of every edge summed, the strategy's paths unused in training) with this largest
             path-dropout rate ``r``: each op is dropped with probability ``r_t ** (1 / k)``,
-            ``k`` the ops of its edge, at least one kept per edge; 0: single paths.
-        path_dropout_schedule: How ``r_t`` follows the epochs: ``linear`` (0 in the first
-            epoch, ``path_dropout`` in the last, as the paper) or ``constant``.
+            ``k`` the ops into its node, at least one kept per node; 0: single paths.
+        path_dropout_schedule: How ``r_t`` follows the training steps: ``linear`` (0 at the
+            first step, ``path_dropout`` at the last, as the paper) or ``constant``.
+        ghost_batch: Under path dropout, each training batch is split into ghost batches of
+            this many examples, each with its own BatchNorm statistics and its own masks (32,
+            unverified against the paper's text); 0: the whole batch is one.
     """
 
     bn_batches: Annotated[int, Rule(ge=0)] = 4
@@ -65,6 +68,7 @@ class SupernetEvalConfig:
     learning_rate: Annotated[float, Rule(gt=0)] = 0.01
     path_dropout: Annotated[float, Rule(ge=0, le=1)] = 0.0
     path_dropout_schedule: Annotated[str, Rule(one_of=PATH_DROPOUT_SCHEDULES)] = "linear"
+    ghost_batch: Annotated[int, Rule(ge=0)] = 32
 
     job_checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -83,26 +87,27 @@ class SupernetEvalConfig:
         check_rules(self, "evaluator")
 
 
-def scheduled_rate(rate: float, schedule: str, *, epoch: int, epochs: int) -> float:
-    """The path-dropout rate of epoch ``epoch`` (from 0) of ``epochs``.
+def scheduled_rate(rate: float, schedule: str, *, step: int, steps: int) -> float:
+    """The path-dropout rate of training step ``step`` (from 0) of ``steps``: Bender et al. raise
+    it linearly over training from 0 to ``rate``.
 
     Args:
         rate: The largest rate, ``evaluator.path_dropout``.
-        schedule: ``linear``: ``rate * epoch / (epochs - 1)``, 0 in the first epoch and ``rate``
-            in the last (``rate`` for a single epoch); ``constant``: ``rate`` throughout.
-        epoch: The epoch, counted from 0.
-        epochs: Epochs of the supernet's training.
+        schedule: ``linear``: ``rate * step / (steps - 1)``, 0 at the first step and ``rate`` at
+            the last (``rate`` for a single step); ``constant``: ``rate`` throughout.
+        step: The step, counted from 0 over the whole training.
+        steps: Steps of the supernet's training (epochs times steps per epoch).
 
     Returns:
-        The probability that an edge would lose all its candidates in that epoch.
+        The probability that a node would lose all its incoming paths at that step.
     """
     if schedule == "constant":
         return rate
     if schedule != "linear":
         raise ValueError(f"unknown path dropout schedule {schedule!r}: {', '.join(PATH_DROPOUT_SCHEDULES)}")
-    if epochs <= 1:
+    if steps <= 1:
         return rate
-    return rate * min(epoch, epochs - 1) / (epochs - 1)
+    return rate * min(step, steps - 1) / (steps - 1)
 
 
 @EVALUATORS.register("supernet", config=SupernetEvalConfig)
@@ -168,19 +173,26 @@ class SupernetEvaluator:
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         """One epoch of single-path training: step ``i`` trains ``paths[i % len(paths)]``; with
-        ``path_dropout``, step ``i`` trains every op but those its path-dropout mask drops."""
+        ``path_dropout``, step ``i`` trains every op but those its path-dropout masks drop, at
+        the rate of its step in the whole training (recorded as ``path_dropout``: the epoch's
+        last step's)."""
         if not paths:
             raise ValueError("train_epoch needs at least one path")
-        rate = scheduled_rate(
-            self.config.path_dropout, self.config.path_dropout_schedule,
-            epoch=self.epoch, epochs=self.search.train.epochs,
-        )
+        steps = self.steps_per_epoch
+        rates: list[float] = []
 
         def before_step(step: int) -> None:
             if self.config.path_dropout > 0:
-                # A stream per (seed, epoch, step): the same mask on every replica, and on resume.
+                rates.append(scheduled_rate(
+                    self.config.path_dropout, self.config.path_dropout_schedule,
+                    step=self.epoch * steps + step, steps=self.search.train.epochs * steps,
+                ))
+                # A stream per (seed, epoch, step): the same masks on every replica, and on resume.
                 seed = hash((self.search.seed, self.epoch, step)) & 0x7FFF_FFFF_FFFF_FFFF
-                self.supernet.drop_paths(rate, generator=torch.Generator().manual_seed(seed))
+                self.supernet.drop_paths(
+                    rates[-1], generator=torch.Generator().manual_seed(seed),
+                    ghost_batch=self.config.ghost_batch,
+                )
             else:
                 self.supernet.set_path(paths[step % len(paths)])
 
@@ -190,8 +202,8 @@ class SupernetEvaluator:
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]
-        if self.config.path_dropout > 0:
-            metrics["path_dropout"] = rate
+        if rates:
+            metrics["path_dropout"] = rates[-1]
         self.schedule.step()
         self.epoch += 1
         return metrics

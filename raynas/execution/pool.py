@@ -104,16 +104,56 @@ def timed(evaluator: Any, arch: Architecture, trial_id: str, *, node: str, node_
 
 
 def timed_many(
-    evaluator: Any, batch: Sequence[tuple[Architecture, str]], *, node: str, node_id: str = ""
+    evaluator: Any, batch: Sequence[tuple[Architecture, str]], *, node: str, node_id: str = "",
+    given: dict[str, Any] | None = None,
 ) -> list[EvalResult]:
     """The results of ``batch`` (candidates and trial ids), scored together where there are
-    several (``evaluator.evaluate_many``), each with when and where it ran."""
+    several (``evaluator.evaluate_many``), each with when and where it ran; ``given``: what the
+    batch starts from, for an evaluator that is handed earlier results' state (:class:`Handovers`)."""
+    if given is not None:
+        evaluator.receive(given)
     if len(batch) == 1:
         return [timed(evaluator, *batch[0], node=node, node_id=node_id)]
     started = time.time()
     results = evaluator.evaluate_many([a for a, _ in batch], trial_ids=[t for _, t in batch])
     ended = time.time()
     return [dataclasses.replace(r, started=started, ended=ended, node=node, node_id=node_id) for r in results]
+
+
+class Handovers:
+    """What earlier results hand over to later candidates, for an evaluator with a ``handovers``
+    keeper (the ``morphism`` evaluator: trained parents for their children): the keeper, in the
+    driver, saves what each result carries and gives each submitted candidate what it starts from,
+    which travels with the candidate to whichever node evaluates it. Nothing for other evaluators.
+
+    Args:
+        config: The search job.
+    """
+
+    def __init__(self, config: SearchConfig) -> None:
+        assert config.evaluator is not None
+        keeper = getattr(EVALUATORS.get(config.evaluator.name), "handovers", None)
+        self.keeper = keeper(config) if keeper is not None else None
+        self.given: dict[str, dict[str, Any]] = {}  # by trial id, while in flight
+
+    def submitted(self, arch: Architecture, trial_id: str) -> None:
+        """Note what ``arch`` (evaluated as ``trial_id``) starts from."""
+        if self.keeper is not None:
+            self.given[trial_id] = self.keeper.given(arch)
+
+    def for_batch(self, batch: Sequence[tuple[Architecture, str]]) -> dict[str, Any] | None:
+        """What ``batch`` starts from (None: the evaluator is handed nothing)."""
+        if self.keeper is None:
+            return None
+        return {key: value for _, trial in batch for key, value in self.given.get(trial, {}).items()}
+
+    def returned(self, results: Sequence[EvalResult]) -> list[EvalResult]:
+        """``results`` with what they hand over kept (and taken off them)."""
+        if self.keeper is None:
+            return list(results)
+        for result in results:
+            self.given.pop(result.trial_id, None)
+        return [self.keeper.keep(result) for result in results]
 
 
 class LocalPool:
@@ -123,16 +163,19 @@ class LocalPool:
     def __init__(self, config: SearchConfig) -> None:
         self.evaluator = build_evaluator(config)
         self.capacity = stack_size(config)
+        self.handovers = Handovers(config)
         self.queue: deque[tuple[Architecture, str]] = deque()
         self.done: deque[EvalResult] = deque()
 
     def submit(self, arch: Architecture, trial_id: str) -> None:
+        self.handovers.submitted(arch, trial_id)
         self.queue.append((arch, trial_id))
 
     def next_result(self) -> EvalResult:
         if not self.done:
             batch = [self.queue.popleft() for _ in range(min(self.capacity, len(self.queue)))]
-            self.done.extend(timed_many(self.evaluator, batch, node="local"))
+            results = timed_many(self.evaluator, batch, node="local", given=self.handovers.for_batch(batch))
+            self.done.extend(self.handovers.returned(results))
         return self.done.popleft()
 
     @property
@@ -186,8 +229,10 @@ class _EvaluatorActor(GroupMember):
     def evaluate(self, arch: Architecture, trial_id: str) -> EvalResult:
         return timed(self.evaluator, arch, trial_id, node=self.node, node_id=self.node_id)
 
-    def evaluate_many(self, batch: list[tuple[Architecture, str]]) -> list[EvalResult]:
-        return timed_many(self.evaluator, batch, node=self.node, node_id=self.node_id)
+    def evaluate_many(
+        self, batch: list[tuple[Architecture, str]], given: dict[str, Any] | None = None
+    ) -> list[EvalResult]:
+        return timed_many(self.evaluator, batch, node=self.node, node_id=self.node_id, given=given)
 
     def train_epoch(self, paths: Sequence[Architecture]) -> dict[str, float]:
         return self.evaluator.train_epoch(paths)
@@ -253,6 +298,7 @@ class RayPool:
         self._actor_cls = ray.remote(_EvaluatorActor)
         self.replicas = execution.concurrency
         self.stack = stack_size(config)  # candidates per actor call
+        self.handovers = Handovers(config)
         self.capacity = self.replicas * self.stack
         self.actors: list[Any] = []
         placed = self._start_group()
@@ -348,6 +394,7 @@ class RayPool:
                 self._replace(self.actors[index], exc.reason)
 
     def submit(self, arch: Architecture, trial_id: str) -> None:
+        self.handovers.submitted(arch, trial_id)
         self.pending.append((arch, trial_id))
 
     def _dispatch(self) -> None:
@@ -355,7 +402,7 @@ class RayPool:
         while self.pending and self.idle:
             batch = [self.pending.popleft() for _ in range(min(self.stack, len(self.pending)))]
             actor = self.idle.pop()
-            self.running[actor.evaluate_many.remote(batch)] = (actor, batch)
+            self.running[actor.evaluate_many.remote(batch, self.handovers.for_batch(batch))] = (actor, batch)
 
     def next_result(self) -> EvalResult:
         import ray
@@ -370,10 +417,11 @@ class RayPool:
                 actor = self._replace(actor, exc.reason)
                 trials = ", ".join(trial_id for _, trial_id in batch)
                 self.echo(f"evaluating trial(s) {trials} again on the replacement")
-                self.running[actor.evaluate_many.remote(batch)] = (actor, batch)
+                given = self.handovers.for_batch(batch)
+                self.running[actor.evaluate_many.remote(batch, given)] = (actor, batch)
                 continue
             self.idle.append(actor)
-            self.done.extend(results)
+            self.done.extend(self.handovers.returned(results))
             self._dispatch()
         return self.done.popleft()
 

@@ -9,7 +9,9 @@
   (Shu et al., ICLR 2020: NAS tends to find wide, shallow cells), for spaces that measure them,
   as text and, in the HTML page, as a plot per space;
 
-written to the terminal and as an HTML page (with the Pareto plot embedded) or a PNG (the plot).
+written to the terminal and as an HTML page (with the Pareto plot embedded) or a PNG (the plot);
+with ``--mlflow``, each space's cell-shape plot is also logged to the MLflow run of every reported
+search (:func:`log_to_mlflow`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import io
 import math
 import re
 import statistics
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,6 +165,7 @@ class Report:
     rows: tuple[Row, ...]
     uncosted: int = 0  # architectures without the cost metric: not on the front
     shapes: tuple[ShapeSummary, ...] = ()  # the best cells' width and depth against random cells
+    runs: tuple[tuple[str, str], ...] = ()  # (search, its MLflow run) of the searches that have one
 
 
 def build_report(
@@ -233,6 +237,8 @@ def build_report(
         searches=tuple(sorted(by_search)), objective="/".join(objectives), cost_metric=cost,
         best=best, front=front, seeds=seeds, rows=rows, uncosted=uncosted,
         shapes=_shape_summaries(best, records),
+        runs=tuple((search, e["record"]["run_id"]) for search, e in sorted(by_search.items())
+                   if e["record"]["run_id"]),
     )
 
 
@@ -357,3 +363,48 @@ def write_report(report: Report, path: str | Path) -> Path:
     if path.suffix == ".png":
         return save_figure(pareto_figure(report), path)
     raise ConfigError(f"report --out {str(path)!r}: write .html or .png")
+
+
+def shape_artifact(shape: ShapeSummary) -> str:
+    """The artifact path of a space's cell-shape plot in a search's MLflow run
+    (``report/cell_shapes_<space>.png``, the space's label in letters, digits and ``_``)."""
+    return f"report/cell_shapes_{re.sub(r'[^A-Za-z0-9]+', '_', shape.space).strip('_')}.png"
+
+
+def log_to_mlflow(report: Report, tracking_uri: str) -> list[str]:
+    """Log each space's cell-shape plot (the best cells against random cells of the space) to
+    the MLflow run of every reported search, as :func:`shape_artifact` names it.
+
+    Args:
+        report: The report (its :attr:`Report.runs` are the runs logged to).
+        tracking_uri: The MLflow store that holds the searches' runs.
+
+    Returns:
+        The artifact paths logged to each run (none for spaces without cell shapes).
+
+    Raises:
+        ConfigError: No reported search has an MLflow run, or one's run is not in the store.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from raynas.config import redact_uri
+    from raynas.tracking.mlflow_tracker import check_server
+
+    if not report.runs:
+        raise ConfigError("report --mlflow: none of these searches recorded an MLflow run")
+    check_server(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for search, run_id in report.runs:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise ConfigError(f"report --mlflow: the MLflow run {run_id} of search {search} is not in "
+                              f"{redact_uri(tracking_uri)}; give its store with --tracking-uri") from None
+    artifacts = [shape_artifact(shape) for shape in report.shapes]
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape, artifact in zip(report.shapes, artifacts, strict=True):
+            local = save_figure(shape.figure(), Path(tmp) / Path(artifact).name)
+            for _, run_id in report.runs:
+                client.log_artifact(run_id, str(local), str(Path(artifact).parent))
+    return artifacts

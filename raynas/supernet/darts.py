@@ -22,7 +22,7 @@ from raynas.ops.darts import FactorizedReduce, ReLUConvBN
 from raynas.ops.mixed import cat_channels, forward_edges, mixed_op_factory, run_steps
 from raynas.spaces.darts_cnn import DartsCnnSpace, DartsGenotype, Edge
 from raynas.supernet.base import mean_entropy, node_softmax
-from raynas.supernet.path_dropout import path_dropout_mask
+from raynas.supernet.path_dropout import PathDropout
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -186,9 +186,10 @@ class DartsSupernet(nn.Module):
             }
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
-        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type (0/1 masks
-        # under path dropout, drop_paths), or None.
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights per cell type, or None.
         self.path: dict[bool, torch.Tensor] | None = None
+        # Path dropout (drop_paths): masks drawn per ghost batch and cell in every pass, or None.
+        self.path_dropout: PathDropout | None = None
         # Activations channels-last, (B, H, W, C) in memory: depthwise convolutions and pooling
         # run several times faster so on CPU (oneDNN); the values are the same.
         self.channels_last = True
@@ -228,7 +229,9 @@ class DartsSupernet(nn.Module):
 
     def set_path(self, genotype: DartsGenotype | None) -> None:
         """Run only ``genotype``'s edges and ops from now on (single-path one-shot training and
-        evaluation with inherited weights); ``None`` goes back to the weighted mixture."""
+        evaluation with inherited weights); ``None`` goes back to the weighted mixture. Either
+        ends path dropout."""
+        self.path_dropout = None
         if genotype is None:
             self.path = None
             return
@@ -244,22 +247,29 @@ class DartsSupernet(nn.Module):
                 onehot[num_edges(node) + j, self.primitives.index(op)] += 1.0
             self.path[reduction] = onehot
 
-    def drop_paths(self, rate: float, generator: torch.Generator | None = None) -> None:
-        """Sum every candidate of every edge from now on, each dropped independently with
-        probability ``rate ** (1 / k)`` and at least one kept per edge (path dropout, Bender et
-        al., 2018: :func:`path_dropout_mask`, one draw per cell type); ``set_path(None)`` ends it.
+    def drop_paths(
+        self, rate: float, generator: torch.Generator | None = None, *, ghost_batch: int = 0
+    ) -> None:
+        """Sum every candidate of every edge from now on, each pass with fresh path-dropout masks
+        (Bender et al., 2018: :class:`PathDropout`): one per ghost batch of ``ghost_batch``
+        examples and per cell, each op dropped with probability ``rate ** (1 / k)``, ``k`` the
+        candidates into its node, and at least one kept per node; ``set_path`` ends it.
 
         Args:
-            rate: Probability that an edge would lose all its candidates, in [0, 1].
-            generator: Random stream of the draw; None: torch's global one.
+            rate: Probability that a node would lose all its incoming paths, in [0, 1].
+            generator: Random stream of the masks; None: torch's global one.
+            ghost_batch: Examples per ghost batch; 0: the whole batch is one.
         """
         candidates = torch.tensor([p != "none" for p in self.primitives]).expand(self.alpha_normal.shape)
-        self.path = {
-            r: path_dropout_mask(
-                candidates if self.allowed is None else candidates & self.allowed[r], rate, generator
-            )
-            for r in (False, True)
-        }
+        per_cell = torch.stack([
+            candidates if self.allowed is None else candidates & self.allowed[cell.reduction]
+            for cell in self.cells
+        ])  # (cells, edges, num_ops)
+        self.path = None
+        self.path_dropout = PathDropout(
+            rate=rate, candidates=per_cell, nodes=[i for i in range(self.nodes) for _ in range(2 + i)],
+            ghost_batch=ghost_batch, generator=generator,
+        )
 
     def forward_weights(self, reduction: bool) -> torch.Tensor:
         """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,
@@ -273,17 +283,27 @@ class DartsSupernet(nn.Module):
         return F.gumbel_softmax(alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)  # every op keeps the layout
-        s0 = s1 = self.stem(x)
-        if self.stem1 is not None:
-            s1 = self.stem1(s0)
+        if self.path_dropout is not None:  # each ghost batch with a mask per cell
+            return self.path_dropout.forward(
+                lambda chunk, masks: self._run(chunk, [(m, None) for m in masks]), x
+            )
         weights = {
             r: (self.forward_weights(r), None if self.path is not None else self.edge_scale(r))
             for r in (False, True)
         }
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
+        return self._run(x, [weights[cell.reduction] for cell in self.cells])
+
+    def _run(
+        self, x: torch.Tensor, cell_weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> torch.Tensor:
+        """The network with each cell's op weights (edges, num_ops) and edge scale (edges,) or None."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # every op keeps the layout
+        s0 = s1 = self.stem(x)  # (B, C, H, W)
+        if self.stem1 is not None:
+            s1 = self.stem1(s0)
+        for cell, (weights, scale) in zip(self.cells, cell_weights, strict=True):
+            s0, s1 = s1, cell(s0, s1, weights, scale)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def ranking_weights(self, reduction: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ as AutoDL's DARTS and GDAS do on NAS-Bench-201.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from raynas.ops.mixed import forward_edges, mixed_op_factory, takes_partial_k
 from raynas.ops.nb201 import stage_cells
 from raynas.spaces.nb201 import EDGES, NB201_OPS, NODES, Nb201Arch, Nb201Space
 from raynas.supernet.base import mean_entropy, node_softmax
-from raynas.supernet.path_dropout import path_dropout_mask
+from raynas.supernet.path_dropout import PathDropout
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -134,9 +134,10 @@ class Nb201Supernet(nn.Module):
         )
         # GDAS: when set, training passes sample one op per edge (hard Gumbel-softmax, this tau).
         self.gumbel_tau: float | None = None
-        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights (a 0/1 mask under path
-        # dropout, drop_paths), or None.
+        # Single-path mode (SPOS, ENAS, ...): fixed one-hot op weights, or None.
         self.path: torch.Tensor | None = None
+        # Path dropout (drop_paths): masks drawn per ghost batch and cell in every pass, or None.
+        self.path_dropout: PathDropout | None = None
         # Activations channels-last, (B, H, W, C) in memory: faster convolutions and pooling on
         # CPU (oneDNN); the values are the same.
         self.channels_last = True
@@ -169,7 +170,9 @@ class Nb201Supernet(nn.Module):
 
     def set_path(self, arch: Nb201Arch | None) -> None:
         """Run only ``arch``'s op on every edge from now on (single-path one-shot training and
-        evaluation with inherited weights); ``None`` goes back to the weighted mixture."""
+        evaluation with inherited weights); ``None`` goes back to the weighted mixture. Either
+        ends path dropout."""
+        self.path_dropout = None
         if arch is None:
             self.path = None
             return
@@ -178,17 +181,26 @@ class Nb201Supernet(nn.Module):
             onehot[k, NB201_OPS.index(op)] = 1.0
         self.path = onehot
 
-    def drop_paths(self, rate: float, generator: torch.Generator | None = None) -> None:
-        """Sum every candidate of every edge from now on, each dropped independently with
-        probability ``rate ** (1 / k)`` and at least one kept per edge (path dropout, Bender et
-        al., 2018: :func:`path_dropout_mask`); ``set_path(None)`` ends it.
+    def drop_paths(
+        self, rate: float, generator: torch.Generator | None = None, *, ghost_batch: int = 0
+    ) -> None:
+        """Sum every candidate of every edge from now on, each pass with fresh path-dropout masks
+        (Bender et al., 2018: :class:`PathDropout`): one per ghost batch of ``ghost_batch``
+        examples and per search cell, each op dropped with probability ``rate ** (1 / k)``, ``k``
+        the candidates into its node, and at least one kept per node; ``set_path`` ends it.
 
         Args:
-            rate: Probability that an edge would lose all its candidates, in [0, 1].
-            generator: Random stream of the draw; None: torch's global one.
+            rate: Probability that a node would lose all its incoming paths, in [0, 1].
+            generator: Random stream of the masks; None: torch's global one.
+            ghost_batch: Examples per ghost batch; 0: the whole batch is one.
         """
         candidates = torch.tensor([op != "none" for op in NB201_OPS]).expand(self.alpha.shape)
-        self.path = path_dropout_mask(candidates, rate, generator)
+        cells = sum(isinstance(cell, Nb201SearchCell) for cell in self.cells)
+        self.path = None
+        self.path_dropout = PathDropout(
+            rate=rate, candidates=candidates.expand(cells, *candidates.shape),
+            nodes=[dst for _, dst in EDGES], ghost_batch=ghost_batch, generator=generator,
+        )
 
     def forward_weights(self, reduction: bool = False) -> torch.Tensor:
         """The op weights a forward pass uses: the fixed path if one is set, else ``edge_weights``,
@@ -202,14 +214,23 @@ class Nb201Supernet(nn.Module):
         return F.gumbel_softmax(self.alpha.log_softmax(-1), tau=self.gumbel_tau, hard=True, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, classes)
+        if self.path_dropout is not None:  # each ghost batch with a mask per search cell
+            return self.path_dropout.forward(lambda chunk, masks: self._run(chunk, list(masks), None), x)
         weights = self.forward_weights()  # one sample for all cells
         scale = None if self.path is not None else self.edge_scale()
+        return self._run(x, [weights] * len(self.cells), scale)
+
+    def _run(
+        self, x: torch.Tensor, cell_weights: Sequence[torch.Tensor], scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The network with each search cell's op weights (6, 5), in order, and edge scale (6,)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # every op keeps the layout
         feature = self.stem(x)  # (B, C, H, W)
+        weights = iter(cell_weights)
         for cell in self.cells:
             searched = isinstance(cell, Nb201SearchCell)  # else a reduction: (B, 2C, H/2, W/2)
-            feature = cell(feature, weights, scale) if searched else cell(feature)
+            feature = cell(feature, next(weights), scale) if searched else cell(feature)
         out = self.global_pooling(self.lastact(feature)).flatten(1)  # (B, 4C)
         return self.classifier(out)
 

@@ -26,6 +26,7 @@ import functools
 import logging
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -37,6 +38,7 @@ from raynas.types import (
     EvalResult,
     best_at_equal_budget,
     compare_at_equal_budget,
+    scores_at_common_budget,
 )
 
 log = logging.getLogger(__name__)
@@ -373,6 +375,15 @@ def fitting_sample(
     log.warning("%s: none of %d samples has cells with %s; asking a uniform one that has",
                 what, SHAPE_TRIES, strategy.shape_limits)
     return strategy.random_architecture()
+
+
+def rewards_at_common_budget(
+    reward: Callable[[EvalResult, float], float], results: list[EvalResult]
+) -> list[float]:
+    """A policy's rewards of ``results`` at equal budget: ``reward(result, score)`` with each
+    result's score at the smallest budget they all reached (:func:`scores_at_common_budget`; the
+    scores as they are when the results have one budget). ENAS's and EPNAS's batches."""
+    return [reward(r, s) for r, s in zip(results, scores_at_common_budget(results), strict=True)]
 
 
 def _as_rng_state(state: Any) -> tuple[Any, ...]:

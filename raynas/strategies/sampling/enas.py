@@ -61,9 +61,14 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, fitting_sample
+from raynas.strategies.sampling.base import (
+    CellShapeLimits,
+    SamplingStrategy,
+    fitting_sample,
+    rewards_at_common_budget,
+)
 from raynas.strategies.sampling.policy import choose
-from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget, scores_at_common_budget
+from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
 PPL_LOSS_CAP = 10.0
@@ -512,12 +517,6 @@ class Enas(SamplingStrategy):
         score = result.score if score is None else score
         return score if math.isfinite(score) else 0.0
 
-    def rewards(self, results: list[EvalResult]) -> list[float]:
-        """The rewards of a batch at equal budget: each result's score at the smallest budget the
-        batch reached (:func:`scores_at_common_budget`; the scores as they are when the batch has
-        one budget)."""
-        return [self.reward(r, s) for r, s in zip(results, scores_at_common_budget(results), strict=True)]
-
     def advantages(self, rewards: list[float]) -> torch.Tensor:
         """``R - b`` for each reward in turn, the moving-average baseline ``b`` (started at 0)
         updated with ``R`` first, as the authors' code does."""
@@ -535,7 +534,8 @@ class Enas(SamplingStrategy):
         actions = torch.tensor([self.encode_actions(r.architecture) for r in results])  # (B, A)
         _, log_prob, entropy = self.controller(actions)
         bonus = self.config.entropy_weight * entropy.detach()  # (B,)
-        rewards = torch.tensor(self.rewards(results)) + bonus  # at the batch's common budget
+        # At the batch's common budget.
+        rewards = torch.tensor(rewards_at_common_budget(self.reward, results)) + bonus
         advantages = self.advantages(rewards.tolist())
         return (-log_prob * advantages).mean()
 

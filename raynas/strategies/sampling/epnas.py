@@ -7,10 +7,11 @@ The search runs in policy steps. Each step:
 1. **Progressive policy.** An LSTM policy emits the space's decisions one after another, in the
    order of its decision groups (``decision_groups()`` where a space offers it, else one decision
    per group, as :mod:`.progressive`). The networks grow in stages: a step of stage ``s`` samples
-   the decisions of groups ``0..s`` and leaves the others at option 0, the neutral choice, so a
-   network of an early stage is a small, complete one (NAS-Bench-201's ``none``, FBNet's
-   ``skip``). The step budget is shared evenly over the stages and the last steps always sample
-   whole networks.
+   the decisions of groups ``0..s`` and leaves the others at the identity, so a network of an
+   early stage is a small, complete one (FBNet's ``skip`` layers; NAS-Bench-201's and DARTS's
+   ``skip_connect`` edges, not ``none``, which would leave a NAS-Bench-201 cell's output
+   unconnected until its last stages; option 0 for a decision without an identity). The step
+   budget is shared evenly over the stages and the last steps always sample whole networks.
 2. **Performance prediction.** ``candidates`` networks are sampled from the policy and ranked by
    their predicted reward: a ridge regression on the one-hot encoding of their decisions, refit in
    closed form on every result so far, times their exact resource factor (below, known before any
@@ -66,12 +67,14 @@ from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
 from raynas.latency import LATENCY_DIR, LatencyTable, find_table
 from raynas.strategies.registry import STRATEGIES
-from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
+from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy, rewards_at_common_budget
 from raynas.strategies.sampling.policy import choose
 from raynas.types import Architecture, EvalResult, scores_at_common_budget
 
 Values = tuple[int, ...]
 _TARGET = "must be >= 0 (0: no constraint)"
+# The options that pass their input on unchanged: what a decision not sampled yet takes.
+IDENTITIES = ("skip_connect", "skip")
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,9 @@ class Epnas(SamplingStrategy):
         self.sizes = tuple(len(d.options) for d in self.decisions)
         self.groups = self.stage_groups()
         self.order = tuple(i for g in self.groups for i in g)
+        self.unset = tuple(
+            next((d.options.index(o) for o in IDENTITIES if o in d.options), 0) for d in self.decisions
+        )
         self.steps = math.ceil(config.evaluations / config.batch_size)
         self.targets = {
             "params": config.max_params, "macs": config.max_macs, "latency_ms": config.max_latency_ms,
@@ -327,8 +333,9 @@ class Epnas(SamplingStrategy):
         return sum(len(g) for g in self.groups[: stage + 1])
 
     def values_of(self, emitted: list[int]) -> Values:
-        """The full decision vector of an emitted prefix (the rest at option 0)."""
-        values = [0] * len(self.decisions)
+        """The full decision vector of an emitted prefix (the rest at :attr:`unset`: the identity
+        where a decision has one, else option 0)."""
+        values = list(self.unset)
         for i, option in zip(self.order, emitted, strict=False):
             values[i] = int(option)
         return tuple(values)
@@ -374,11 +381,6 @@ class Epnas(SamplingStrategy):
         if not math.isfinite(score):
             return 0.0
         return score * self.factor(tuple(self.space.encode(result.architecture)))
-
-    def rewards(self, results: list[EvalResult]) -> list[float]:
-        """The rewards of results at equal budget: each one's score at the smallest budget they
-        all reached (:func:`scores_at_common_budget`; the scores as they are at one budget)."""
-        return [self.reward(r, s) for r, s in zip(results, scores_at_common_budget(results), strict=True)]
 
     # -- the predictor -----------------------------------------------------------------------------
 
@@ -464,7 +466,7 @@ class Epnas(SamplingStrategy):
         values = [tuple(self.space.encode(r.architecture)) for r in results]
         actions = torch.tensor([[v[i] for i in self.order[:length]] for v in values], dtype=torch.long)
         _, log_prob = self.policy(length, actions)  # (B,)
-        rewards = torch.tensor(self.rewards(results))  # (B,), at the step's common budget
+        rewards = torch.tensor(rewards_at_common_budget(self.reward, results))  # (B,), at a common budget
         mean = float(rewards.mean())
         baseline = mean if self.baseline is None else self.baseline
         self.baseline = mean if self.baseline is None else (
@@ -487,10 +489,10 @@ class Epnas(SamplingStrategy):
 
     def final_results(self) -> list[EvalResult]:
         """Whole networks (the results of the last stage's steps), highest reward first, their
-        rewards at equal budget (:meth:`rewards`); every result when there are none yet."""
+        rewards at equal budget (:func:`rewards_at_common_budget`); every result when there are none yet."""
         first = min(s for s in range(self.steps) if self.stage_of(s) == len(self.groups) - 1)
         whole = self.history[first * self.config.batch_size :] or self.history
-        rewards = self.rewards(whole)
+        rewards = rewards_at_common_budget(self.reward, whole)
         order = sorted(range(len(whole)), key=lambda i: -rewards[i])  # stable: ties keep their order
         return [whole[i] for i in order]
 
