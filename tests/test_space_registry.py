@@ -36,6 +36,15 @@ import tiny_cnn  # noqa: E402, F401  (registers the example's "tiny_cnn" space)
 sys.path.remove(str(EXAMPLE))
 
 NAMES = SPACES.names()
+# Named variants of a registered space, each checked by every test below as a space of its own:
+# the darts space's other operation sets (PIBConv's, the morphological one) and RobustDARTS's
+# reduced spaces S1-S4, as (space, config settings).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "darts[convnext]": ("darts", {"operations": "convnext"}),
+    "darts[morphological]": ("darts", {"operations": "morphological"}),
+    **{f"darts[robust={s}]": ("darts", {"robust": s}) for s in ("s1", "s2", "s3", "s4")},
+}
+CASES = [*NAMES, *VARIANTS]
 TINY = DatasetInfo("cifar10", 3, 10, 16)  # 16x16 inputs: small, and two reductions leave 4x4
 
 # Small settings, applied to the config fields a space has (a space that rejects one keeps its
@@ -78,17 +87,31 @@ SMALL_BUILD: dict[str, dict[str, int]] = {
 DEFAULT_BUILD = {"channels": 4, "layers": 3}
 
 
-def small_space(name: str) -> Any:
+def space_name(case: str) -> str:
+    """The registered space of a test case (a space's name, or a variant's)."""
+    return VARIANTS[case][0] if case in VARIANTS else case
+
+
+def default_space(case: str) -> Any:
+    """The space of a case at its default sizes (a variant: its settings over the defaults)."""
+    name, settings = VARIANTS.get(case, (case, {}))
+    entry = SPACES.entry(name)
+    return SPACES.create(name, entry.config(**settings)) if settings else SPACES.create(name)
+
+
+def small_space(case: str) -> Any:
+    name, settings = VARIANTS.get(case, (case, {}))
     entry = SPACES.entry(name)
     if entry.config is None:
         return SPACES.create(name)
     if name in SMALL_CONFIG_OF:
-        return SPACES.create(name, entry.config(**SMALL_CONFIG_OF[name]))
+        return SPACES.create(name, entry.config(**SMALL_CONFIG_OF[name], **settings))
     fields = {f.name for f in dataclasses.fields(entry.config)}
-    config = entry.config()
+    config = entry.config(**settings)
     for key, value in SMALL_CONFIG.items():
         if key in fields:
-            with contextlib.suppress(ValueError, TypeError):  # not allowed small: keep the default
+            # not allowed small (RobustDARTS's spaces have 4 nodes): keep the default
+            with contextlib.suppress(ValueError, TypeError, ConfigError):
                 config = dataclasses.replace(config, **{key: value})
     return SPACES.create(name, config)
 
@@ -103,9 +126,9 @@ def sample(space: Any, seed: int = 0) -> Architecture:
     return space.sample(random.Random(seed))
 
 
-def other_space_arch(name: str) -> Architecture:
+def other_space_arch(case: str) -> Architecture:
     """An architecture of some other registered space."""
-    other = next(n for n in NAMES if n != name)
+    other = next(n for n in NAMES if n != space_name(case))
     return sample(small_space(other))
 
 
@@ -118,17 +141,24 @@ def test_the_built_in_and_example_spaces_are_registered() -> None:
     assert {"darts", "nb201", "tiny_cnn"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", sorted(VARIANTS))
+def test_each_variant_offers_other_candidates_than_its_space(case: str) -> None:
+    ours, theirs = small_space(case).config, small_space(space_name(case)).config
+    for reduction in (False, True):
+        assert ours.edge_ops(reduction) != theirs.edge_ops(reduction)
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_space_follows_the_protocol(name: str) -> None:
-    entry = SPACES.entry(name)
-    space = SPACES.create(name)  # every space builds with its default config
+    entry = SPACES.entry(space_name(name))
+    space = default_space(name)  # every space builds with its default config
     assert isinstance(space, SearchSpace), name
     assert entry.config is None or dataclasses.is_dataclass(entry.config)
     assert issubclass(space.architecture_type, Architecture)
     assert space.architecture_type.space in NAMES
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_samples_belong_to_the_space_and_are_reproducible(name: str) -> None:
     space = small_space(name)
     archs = [sample(space, seed) for seed in range(8)]
@@ -140,7 +170,7 @@ def test_samples_belong_to_the_space_and_are_reproducible(name: str) -> None:
     assert not space.contains(other_space_arch(name))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_json_round_trip_and_parse(name: str, tmp_path: Path) -> None:
     space = small_space(name)
     for seed in range(4):
@@ -155,7 +185,7 @@ def test_json_round_trip_and_parse(name: str, tmp_path: Path) -> None:
         assert space.parse(str(path)) == arch  # a JSON file
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_keys_are_short_stable_and_follow_the_network(name: str) -> None:
     space = small_space(name)
     archs = [sample(space, seed) for seed in range(10)]
@@ -170,7 +200,7 @@ def test_keys_are_short_stable_and_follow_the_network(name: str) -> None:
 
 def test_keys_are_the_same_in_a_fresh_process() -> None:
     """Keys identify networks across runs and machines: no per-process salt (``hash()``)."""
-    archs = {name: sample(small_space(name)) for name in NAMES}
+    archs = {name: sample(small_space(name)) for name in CASES}
     script = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(EXAMPLE)!r})\n"
@@ -187,11 +217,12 @@ def test_keys_are_the_same_in_a_fresh_process() -> None:
     assert json.loads(out.stdout) == {n: a.key() for n, a in archs.items()}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_network_forward_and_backward(name: str) -> None:
     space = small_space(name)
     arch = sample(space, 1)
-    net = space.build(arch, TINY, **SMALL_BUILD.get(name, DEFAULT_BUILD))
+    build = SMALL_BUILD.get(space_name(name), DEFAULT_BUILD)
+    net = space.build(arch, TINY, **build)
     net.train()
     logits = net(example_input(space))
     assert logits.shape[:2] == (2, TINY.num_classes)  # (B, classes), or (B, vocabulary, T)
@@ -199,18 +230,18 @@ def test_network_forward_and_backward(name: str) -> None:
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     with pytest.raises(ArchitectureError):
-        space.build(other_space_arch(name), TINY, **SMALL_BUILD.get(name, DEFAULT_BUILD))
+        space.build(other_space_arch(name), TINY, **build)
 
 
 # Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights.
 NO_SUPERNET = {"autokeras", "ran_i"}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_supernet_forward_backward_and_derivation(name: str) -> None:
     space = small_space(name)
-    if name in NO_SUPERNET:
-        with pytest.raises(ConfigError, match=f"space {name!r} has no supernet"):
+    if space_name(name) in NO_SUPERNET:
+        with pytest.raises(ConfigError, match=f"space {space_name(name)!r} has no supernet"):
             build_supernet(space, TINY)
         return
     supernet = build_supernet(space, TINY)
@@ -234,7 +265,7 @@ def test_supernet_forward_backward_and_derivation(name: str) -> None:
 # --- bad input: an architecture that is not the space's names the bad part -------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_every_space_draws_its_architectures(name: str) -> None:
     space = small_space(name)
     arch = space.sample(random.Random(0))
@@ -246,7 +277,7 @@ def test_every_space_draws_its_architectures(name: str) -> None:
         assert set(chosen) <= texts
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_a_string_that_is_no_architecture_names_the_bad_part(name: str) -> None:
     space = small_space(name)
     with pytest.raises(ArchitectureError) as info:
@@ -254,7 +285,7 @@ def test_a_string_that_is_no_architecture_names_the_bad_part(name: str) -> None:
     assert "nonsense~op" in str(info.value)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_another_spaces_architecture_file_is_refused_naming_the_file(name: str, tmp_path: Path) -> None:
     space = small_space(name)
     path = tmp_path / "foreign.json"

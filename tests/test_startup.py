@@ -208,6 +208,9 @@ CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("space", "convnext", {"norm_choices": ["ln", "ln"]}),
     ("space", "convnext", {"stem_choices": []}),
     ("space", "convnext", {"kernel_choices": [3, 3]}),
+    ("space", "convnext", {"act_layer_choices": ["two"]}),
+    ("space", "convnext", {"norm_layer_choices": []}),
+    ("space", "convnext", {"downsample_choices": ["strided", "strided"]}),
     ("space", "convnext", {"expansion_choices": [2, 2]}),
     ("space", "convnext", {"depth_choices": [[2, 2], [2], [6], [2]]}),
     ("space", "convnext", {"width_choices": [[64], [128, 128], [256], [512]]}),
@@ -232,6 +235,7 @@ CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("space", "xd", {"backbones": ["vgg16"]}),
     ("space", "xd", {"depth_choices": [1, 1]}),
     ("strategy", "darts", {"arch_betas": [0.5]}),
+    ("strategy", "darts", {"same_batch": True, "order": 2}),
     ("strategy", "gdas", {"tau_max": 0.05}),
     ("strategy", "milenas", {"model_size_band": [2.0, 1.0]}),
     ("strategy", "milenas", {"stop_at_convs": [6]}),
@@ -357,6 +361,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
     {"strategy": "random", "evaluator": "morphism"},
     {"final": {"top": 2}},
+    {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
 ]
 

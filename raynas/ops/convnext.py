@@ -1,6 +1,6 @@
 """ConvNeXt-style operations for DARTS cells.
 
-Two blocks bring the micro-design of ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022)
+Three blocks bring the micro-design of ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022)
 into the DARTS operation table, as studied by Ahmadian et al., "Pseudo-Inverted Bottleneck
 Convolution for DARTS Search Space" (PIBConv, ICASSP 2023):
 
@@ -9,11 +9,13 @@ Convolution for DARTS Search Space" (PIBConv, ICASSP 2023):
   that projects them back. Its weights number ``2 F C^2 + K^2 C`` (F = 4) plus biases and the
   norm's scale and shift.
 * ``pib_conv_KxK``: the pseudo-inverted bottleneck, which keeps the inverted bottleneck's
-  expansion (F = 2) at a fraction of the cost: ``(F + 1) C^2 + 2 K^2 C`` weights, the count the
-  PIBConv authors publish (about 0.63 of the ConvNeXt block's at C = 36, K = 7). The layer order
-  here (depthwise KxK; LayerNorm; 1x1 expansion to F*C; GELU; a 1x1 projection back to C in F
-  groups; depthwise KxK) is reconstructed from that count and the paper's description, not
-  copied from the authors' code.
+  expansion (F = 2) at a fraction of the cost. Its layers are those of the authors' ``PseudoInvBn``
+  (mahdihosseini/PIBConv ``cnn/operations.py``, commit 605fea4): a KxK depthwise convolution,
+  BatchNorm, a 1x1 convolution to F*C channels, a KxK convolution back to C in C groups (F
+  channels each), GELU and a 1x1 convolution, none with a bias (BatchNorm, not LayerNorm: the
+  README reports that LayerNorm lowered the accuracy). Its weights number
+  ``(F + 1) C^2 + (F + 1) K^2 C``: the README's Table 1 gives ``(F + 1) C^2 + 2 K^2 C``, which
+  counts the grouped KxK convolution as K^2 C, where the code's has F K^2 C; the code is followed.
 * ``sep_conv_gelu_KxK``: DARTS's separable convolution with GELU for ReLU and LayerNorm for
   BatchNorm, the first two steps of the paper's road map from DARTS to ConvNeXt.
 
@@ -23,7 +25,7 @@ Unlike ConvNeXt's block, none adds its input back: a DARTS cell has ``skip_conne
 operation of its own, and a stride-2 edge has no identity to add. Nor does ``convnext_KxK`` scale
 its output by ConvNeXt's layer scale (``gamma``, initialised at 1e-6): without the residual it
 would all but silence the candidate beside the others on its edge. ``affine`` switches the
-LayerNorm's scale and shift, as it does BatchNorm's in the DARTS ops (off in the search).
+norms' scales and shifts, as it does BatchNorm's in the DARTS ops (off in the search).
 """
 
 from __future__ import annotations
@@ -98,15 +100,15 @@ class ConvNeXtBlock(nn.Sequential):
 
 
 class PseudoInvertedBottleneck(nn.Sequential):
-    """Depthwise KxK -> LayerNorm -> 1x1 (C -> F*C) -> GELU -> grouped 1x1 (F*C -> C, F groups)
-    -> depthwise KxK, without biases (the count ``(F + 1) C^2 + 2 K^2 C`` of PIBConv).
+    """Depthwise KxK -> BatchNorm -> 1x1 (C -> F*C) -> KxK (F*C -> C, C groups) -> GELU -> 1x1
+    (C -> C), without biases, as the authors' ``PseudoInvBn`` (PIBConv ``cnn/operations.py``).
 
     Args:
-        channels: Channels in and out; must be divisible by ``expansion``.
-        kernel_size: Size of both depthwise kernels.
-        stride: 1, or 2 to halve the resolution (the first depthwise convolution).
-        affine: Learn the LayerNorm's scale and shift.
-        expansion: F, the hidden channels' ratio to C (2 in PIBConv).
+        channels: Channels in and out.
+        kernel_size: Size of both KxK kernels.
+        stride: 1, or 2 to halve the resolution (the first, depthwise convolution).
+        affine: Learn the BatchNorm's scale and shift.
+        expansion: F, the ratio of the hidden channels to C (2 in PIBConv).
     """
 
     def __init__(
@@ -114,18 +116,15 @@ class PseudoInvertedBottleneck(nn.Sequential):
         expansion: int = PIB_EXPANSION,
     ) -> None:
         _check(kernel_size, stride)
-        if channels % expansion:
-            raise ValueError(
-                f"pseudo-inverted bottleneck: {channels} channels are not divisible by F={expansion}"
-            )
         hidden = expansion * channels
         super().__init__(
             _depthwise(channels, kernel_size, stride, bias=False),
-            LayerNorm2d(channels, affine),
+            nn.BatchNorm2d(channels, affine=affine),
             nn.Conv2d(channels, hidden, 1, bias=False),
+            # each output channel reads its own F hidden channels: F*K*K*C weights
+            nn.Conv2d(hidden, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False),
             nn.GELU(),
-            nn.Conv2d(hidden, channels, 1, groups=expansion, bias=False),
-            _depthwise(channels, kernel_size, 1, bias=False),
+            nn.Conv2d(channels, channels, 1, bias=False),
         )
 
 
@@ -165,8 +164,11 @@ for _k in (3, 5):
         lambda c, stride, affine, k=_k: SepConvGelu(c, k, stride, affine)
     )
 
-# The ConvNeXt operation set for DARTS cells: DARTS's parameter-free candidates, the
-# pseudo-inverted bottleneck at three kernel sizes and the ConvNeXt block (eight, as DARTS has).
+# The PIBConv operation set for DARTS cells, the authors' final PRIMITIVES (mahdihosseini/PIBConv
+# cnn/genotypes.py, commit 605fea4, the one whose DARTS_PseudoInvBn the README evaluates): DARTS's
+# set with the pseudo-inverted bottleneck for its separable convolutions. The other operations
+# here (the ConvNeXt block, the GELU separable convolutions, pib_conv_7x7, which the authors' OPS
+# has but their set leaves out) are for space.primitives to list by name.
 CONVNEXT_PRIMITIVES: tuple[str, ...] = (
     "none",
     "max_pool_3x3",
@@ -174,6 +176,6 @@ CONVNEXT_PRIMITIVES: tuple[str, ...] = (
     "skip_connect",
     "pib_conv_3x3",
     "pib_conv_5x5",
-    "pib_conv_7x7",
-    "convnext_7x7",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
 )

@@ -10,7 +10,12 @@ classifier. An architecture chooses what the paper's road map from ResNet-50 to 
 - the inverted bottleneck's expansion ratio (4 in ConvNeXt; 1: no bottleneck);
 - the activation (GELU or ReLU) and the norm (LayerNorm or BatchNorm);
 - the stem: patchify (a 4x4 stride-4 convolution) or ResNet's (7x7 stride-2 convolution and
-  max pooling).
+  max pooling);
+- Section 2.6's micro design: one activation per block (between the two 1x1 layers) or one after
+  every layer, as in a ResNet block; one norm per block (before the 1x1 expansion) or one after
+  every convolution; separate downsampling layers (a norm and a 2x2 stride-2 convolution between
+  stages, with norms after the patchify stem and the pooling) or ResNet's strided first block of
+  each stage.
 
 ConvNeXt-T, -S and -B are published architectures (``convnext_tiny``, ``convnext_small``,
 ``convnext_base``); their networks have exactly the parameters of torchvision's models of those
@@ -18,9 +23,9 @@ names (28,589,128, 50,223,688 and 88,591,464 on ImageNet). The space's config li
 every choice (default: options around the published networks, which it contains); its supernet
 (``raynas.supernet.convnext``) shares weights between all of them.
 
-An architecture is written as JSON, by name, or as
-``depths/widths/k<kernel>/e<expansion>/<activation>/<norm>/<stem>``, e.g. ConvNeXt-T is
-``3-3-9-3/96-192-384-768/k7/e4/gelu/ln/patchify``.
+An architecture is written as JSON, by name, or as ``depths/widths/k<kernel>/e<expansion>/
+<activation>/<norm>/<stem>/<one|every>-act/<one|every>-norm/<separate|strided>``, e.g. ConvNeXt-T
+is ``3-3-9-3/96-192-384-768/k7/e4/gelu/ln/patchify/one-act/one-norm/separate``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ from torch import nn
 from raynas.config import Check, Rule, check_rules, listed_once
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.convnext_net import (
+    ACT_LAYERS,
     ACTIVATIONS,
+    DOWNSAMPLINGS,
+    NORM_LAYERS,
     NORMS,
     STEM_STRIDES,
     STEMS,
@@ -48,9 +56,15 @@ from raynas.spaces.base import OptionsSpace, encode_options, expect_arch, load_r
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
-_FORM = "depths/widths/k<kernel>/e<expansion>/<activation>/<norm>/<stem>, e.g. " \
-        "'3-3-9-3/96-192-384-768/k7/e4/gelu/ln/patchify'"
-_KEYS = ("depths", "widths", "kernel_size", "expansion", "activation", "norm", "stem")
+_FORM = "depths/widths/k<kernel>/e<expansion>/<activation>/<norm>/<stem>/<one|every>-act/" \
+        "<one|every>-norm/<separate|strided>, e.g. " \
+        "'3-3-9-3/96-192-384-768/k7/e4/gelu/ln/patchify/one-act/one-norm/separate'"
+_KEYS = (
+    "depths", "widths", "kernel_size", "expansion", "activation", "norm", "stem", "act_layers",
+    "norm_layers", "downsample",
+)
+# Section 2.6's choices as ConvNeXt makes them.
+_MICRO_DEFAULTS = {"act_layers": "one", "norm_layers": "one", "downsample": "separate"}
 
 
 def _positive_ints(value: Any) -> bool:
@@ -71,6 +85,9 @@ class ConvNextArch(Architecture):
         activation: ``gelu`` or ``relu``.
         norm: ``ln`` (LayerNorm) or ``bn`` (BatchNorm), everywhere in the network.
         stem: ``patchify`` or ``resnet``.
+        act_layers: ``one`` activation per block (ConvNeXt) or ``every`` layer's (ResNet).
+        norm_layers: ``one`` norm per block (ConvNeXt) or ``every`` convolution's (ResNet).
+        downsample: ``separate`` downsampling layers (ConvNeXt) or ``strided`` first blocks (ResNet).
     """
 
     space = "convnext"
@@ -82,6 +99,9 @@ class ConvNextArch(Architecture):
     activation: str = "gelu"
     norm: str = "ln"
     stem: str = "patchify"
+    act_layers: str = "one"
+    norm_layers: str = "one"
+    downsample: str = "separate"
 
     def __post_init__(self) -> None:
         if not _positive_ints(self.depths) or not _positive_ints(self.widths):
@@ -101,7 +121,8 @@ class ConvNextArch(Architecture):
             raise ArchitectureError(f"convnext expansion must be a positive integer, got {e!r}")
         for what, value, allowed in (
             ("activation", self.activation, ACTIVATIONS), ("norm", self.norm, NORMS),
-            ("stem", self.stem, STEMS),
+            ("stem", self.stem, STEMS), ("act_layers", self.act_layers, ACT_LAYERS),
+            ("norm_layers", self.norm_layers, NORM_LAYERS), ("downsample", self.downsample, DOWNSAMPLINGS),
         ):
             if value not in allowed:
                 raise ArchitectureError(
@@ -111,46 +132,57 @@ class ConvNextArch(Architecture):
     def __str__(self) -> str:
         return "/".join((
             "-".join(map(str, self.depths)), "-".join(map(str, self.widths)), f"k{self.kernel_size}",
-            f"e{self.expansion}", self.activation, self.norm, self.stem,
+            f"e{self.expansion}", self.activation, self.norm, self.stem, f"{self.act_layers}-act",
+            f"{self.norm_layers}-norm", self.downsample,
         ))
 
     @classmethod
     def parse(cls, text: str) -> ConvNextArch:
-        """Read the compact form ``depths/widths/k<kernel>/e<expansion>/<activation>/<norm>/<stem>``."""
+        """Read the compact form (see the module's docstring)."""
         parts = text.strip().split("/")
         try:
-            if len(parts) != 7 or not parts[2].startswith("k") or not parts[3].startswith("e"):
+            if len(parts) == 7:  # the form before the micro-design choices: ConvNeXt's
+                parts += [f"{_MICRO_DEFAULTS['act_layers']}-act", f"{_MICRO_DEFAULTS['norm_layers']}-norm",
+                          _MICRO_DEFAULTS["downsample"]]
+            if (
+                len(parts) != 10 or not parts[2].startswith("k") or not parts[3].startswith("e")
+                or not parts[7].endswith("-act") or not parts[8].endswith("-norm")
+            ):
                 raise ValueError
             depths = tuple(int(d) for d in parts[0].split("-"))
             widths = tuple(int(w) for w in parts[1].split("-"))
             kernel, expansion = int(parts[2][1:]), int(parts[3][1:])
         except ValueError:
             raise ArchitectureError(f"{text!r} is not a convnext architecture; write {_FORM}") from None
-        return cls(depths, widths, kernel, expansion, parts[4], parts[5], parts[6])
+        return cls(
+            depths, widths, kernel, expansion, parts[4], parts[5], parts[6], parts[7].removesuffix("-act"),
+            parts[8].removesuffix("-norm"), parts[9],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "depths": list(self.depths), "widths": list(self.widths), "kernel_size": self.kernel_size,
             "expansion": self.expansion, "activation": self.activation, "norm": self.norm,
-            "stem": self.stem,
+            "stem": self.stem, "act_layers": self.act_layers, "norm_layers": self.norm_layers,
+            "downsample": self.downsample,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConvNextArch:
         if not isinstance(data, dict):
             raise ArchitectureError(f"a convnext architecture is a JSON object, got {type(data).__name__}")
+        # Records written before the micro-design choices existed lack them: ConvNeXt's, as then.
+        data = {**_MICRO_DEFAULTS, **data}
         check_keys(data, _KEYS, "a convnext architecture")
         for key in ("depths", "widths"):
             if not isinstance(data[key], list):
                 raise ArchitectureError(f"convnext {key!r} must be a list of integers, got {data[key]!r}")
-        return cls(
-            tuple(data["depths"]), tuple(data["widths"]), data["kernel_size"], data["expansion"],
-            data["activation"], data["norm"], data["stem"],
-        )
+        return cls(tuple(data["depths"]), tuple(data["widths"]), *(data[k] for k in _KEYS[2:]))
 
 
 # The paper's Table 9 / torchvision's convnext_tiny, _small, _base: stage depths and widths; 7x7
-# kernels, inverted bottleneck 4, GELU, LayerNorm, patchify stem.
+# kernels, inverted bottleneck 4, GELU, LayerNorm, patchify stem, one activation and one norm per
+# block, separate downsampling layers (the defaults).
 PUBLISHED: dict[str, ConvNextArch] = {
     "convnext_tiny": ConvNextArch((3, 3, 9, 3), (96, 192, 384, 768)),
     "convnext_small": ConvNextArch((3, 3, 27, 3), (96, 192, 384, 768)),
@@ -177,6 +209,9 @@ class ConvNextSpaceConfig:
         activation_choices: Activations (``gelu``, ``relu``).
         norm_choices: Norms (``ln``, ``bn``).
         stem_choices: Stems (``patchify``, ``resnet``).
+        act_layer_choices: Activations per block (``one``, ``every``).
+        norm_layer_choices: Norms per block (``one``, ``every``).
+        downsample_choices: Downsampling between stages (``separate``, ``strided``).
         stem_stride: The stem's total stride: 4 on ImageNet, 1 or 2 for small images (the digits).
         layer_scale_init: Initial layer scale (1e-6 in ConvNeXt; 0: none).
     """
@@ -190,6 +225,9 @@ class ConvNextSpaceConfig:
     activation_choices: tuple[str, ...] = ("gelu", "relu")
     norm_choices: tuple[str, ...] = ("ln", "bn")
     stem_choices: tuple[str, ...] = ("patchify", "resnet")
+    act_layer_choices: tuple[str, ...] = ACT_LAYERS
+    norm_layer_choices: tuple[str, ...] = NORM_LAYERS
+    downsample_choices: tuple[str, ...] = DOWNSAMPLINGS
     stem_stride: Annotated[int, Rule(one_of=STEM_STRIDES)] = 4
     layer_scale_init: Annotated[float, Rule(ge=0)] = 1e-6
 
@@ -217,6 +255,9 @@ class ConvNextSpaceConfig:
         listed_once("activation_choices", ACTIVATIONS),
         listed_once("norm_choices", NORMS),
         listed_once("stem_choices", STEMS),
+        listed_once("act_layer_choices", ACT_LAYERS),
+        listed_once("norm_layer_choices", NORM_LAYERS),
+        listed_once("downsample_choices", DOWNSAMPLINGS),
         *(
             Check(f"len(set({key})) == len({key})", f"space.{key} lists an option twice: {{list({key})}}")
             for key in ("kernel_choices", "expansion_choices")
@@ -242,7 +283,9 @@ class ConvNextSpaceConfig:
 
 
 class ConvNeXt(nn.Module):
-    """The network of a :class:`ConvNextArch`: stem, stages, pooling, norm, classifier.
+    """The network of a :class:`ConvNextArch`: stem, stages, pooling, norm, classifier (with
+    ``strided`` downsampling: no norms after the patchify stem and the pooling, and the first
+    block of every stage but the first downsamples).
 
     Weights are initialised as in the official code (truncated normal, std 0.02; zero biases).
 
@@ -261,27 +304,31 @@ class ConvNeXt(nn.Module):
     ) -> None:
         super().__init__()
         a = arch
+        separate = a.downsample == "separate"
         self.stem = make_stem(
             a.stem, in_channels=in_channels, channels=a.widths[0], stride=stem_stride, norm=a.norm,
-            activation=a.activation,
+            activation=a.activation, patchify_norm=separate,
         )
         total = sum(a.depths)
         rates = [drop_path_prob * i / max(total - 1, 1) for i in range(total)]
         stages: list[nn.Module] = []
         for i, (depth, width) in enumerate(zip(a.depths, a.widths, strict=True)):
-            layers: list[nn.Module] = [Downsample(a.widths[i - 1], width, a.norm)] if i else []
+            strided = i > 0 and not separate  # the stage's first block downsamples and widens
+            layers: list[nn.Module] = [Downsample(a.widths[i - 1], width, a.norm)] if i and separate else []
             start = sum(a.depths[:i])
             layers += [
                 ConvNeXtStageBlock(
                     channels=width, kernel_size=a.kernel_size, expansion=a.expansion,
-                    activation=a.activation, norm=a.norm, layer_scale_init=layer_scale_init,
+                    activation=a.activation, norm=a.norm, act_layers=a.act_layers,
+                    norm_layers=a.norm_layers, in_channels=a.widths[i - 1] if strided and not j else None,
+                    stride=2 if strided and not j else 1, layer_scale_init=layer_scale_init,
                     drop_path_prob=rates[start + j],
                 )
                 for j in range(depth)
             ]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.norm = make_vector_norm(a.norm, a.widths[-1])
+        self.norm = make_vector_norm(a.norm, a.widths[-1]) if separate else nn.Identity()
         self.classifier = nn.Linear(a.widths[-1], num_classes)
         self.apply(init_weights)
 
@@ -313,7 +360,7 @@ def load_arch(text: str) -> ConvNextArch:
 )
 class ConvNextSpace(OptionsSpace[ConvNextArch]):
     """The ConvNeXt macro space: stage depths and widths, kernel size, expansion, activation,
-    norm and stem.
+    norm, stem, activations and norms per block, and downsampling.
 
     Args:
         config: The options of every choice (default: around ConvNeXt-T/S/B on ImageNet).
@@ -326,7 +373,8 @@ class ConvNextSpace(OptionsSpace[ConvNextArch]):
         self.config = config or ConvNextSpaceConfig()
 
     def decisions(self) -> tuple[Decision, ...]:
-        """Per stage its depth and width, then kernel size, expansion, activation, norm, stem."""
+        """Per stage its depth and width, then kernel size, expansion, activation, norm, stem,
+        activation layers, norm layers and downsampling."""
         c = self.config
         per_stage = [
             d for i in range(c.stages) for d in (
@@ -341,23 +389,29 @@ class ConvNextSpace(OptionsSpace[ConvNextArch]):
             Decision("activation", c.activation_choices),
             Decision("norm", c.norm_choices),
             Decision("stem", c.stem_choices),
+            Decision("activation layers", c.act_layer_choices),
+            Decision("norm layers", c.norm_layer_choices),
+            Decision("downsampling", c.downsample_choices),
         )
 
     def encode(self, arch: Architecture) -> tuple[int, ...]:
         """The option index of every decision (see :meth:`decisions`)."""
         a = self.check(arch)
         values = [str(v) for pair in zip(a.depths, a.widths, strict=True) for v in pair]
-        values += [str(a.kernel_size), str(a.expansion), a.activation, a.norm, a.stem]
+        values += [
+            str(a.kernel_size), str(a.expansion), a.activation, a.norm, a.stem, a.act_layers, a.norm_layers,
+            a.downsample,
+        ]
         return encode_options(self.decisions(), values)
 
     def decode(self, values: tuple[int, ...] | list[int]) -> ConvNextArch:
         """The architecture these option indices pick."""
         names = decode_options(self.decisions(), values)
         n = self.config.stages
-        kernel, expansion, activation, norm, stem = names[2 * n :]
+        kernel, expansion, *rest = names[2 * n :]
         return ConvNextArch(
             tuple(int(v) for v in names[0 : 2 * n : 2]), tuple(int(v) for v in names[1 : 2 * n : 2]),
-            int(kernel), int(expansion), activation, norm, stem,
+            int(kernel), int(expansion), *rest,
         )
 
     def contains(self, arch: Architecture) -> bool:
@@ -369,7 +423,8 @@ class ConvNextSpace(OptionsSpace[ConvNextArch]):
             and all(w in opts for w, opts in zip(arch.widths, c.width_choices, strict=True))
             and arch.kernel_size in c.kernel_choices and arch.expansion in c.expansion_choices
             and arch.activation in c.activation_choices and arch.norm in c.norm_choices
-            and arch.stem in c.stem_choices
+            and arch.stem in c.stem_choices and arch.act_layers in c.act_layer_choices
+            and arch.norm_layers in c.norm_layer_choices and arch.downsample in c.downsample_choices
         )
 
     def parse(self, text: str) -> ConvNextArch:

@@ -57,7 +57,7 @@ class DartsSpaceConfig:
         nodes: Intermediate nodes per cell.
         stem_multiplier: The stem has ``stem_multiplier * channels`` channels.
         operations: The named set of candidate operations: ``darts`` (the paper's eight) or
-            ``convnext`` (pseudo-inverted bottlenecks and the ConvNeXt block, see
+            ``convnext`` (PIBConv's: pseudo-inverted bottlenecks for the separable convolutions, see
             :mod:`raynas.ops.convnext`) or ``morphological`` (learnable grey-scale dilation,
             erosion, opening, closing and gradient, see :mod:`raynas.ops.morphological`).
         primitives: Candidate operations on every edge, any names of the operation table (both
