@@ -8,6 +8,7 @@ Published facts come from quark0/darts: ``rnn/genotypes.py`` (DARTS_V1, DARTS_V2
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -449,3 +450,246 @@ def test_enas_searches_recurrent_cells_with_shared_weights(tmp_path: Path) -> No
         assert {k: row[f"metric.{k}"] for k in shape} == shape
     client = MlflowClient(config.tracking.tracking_uri)
     assert "cell_shapes.png" in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+# --- retraining a found cell as rnn/train.py does --------------------------------------------
+
+
+def tiny_language_model(*, dropout: float = 0.0, seed: int = 0) -> RnnLanguageModel:
+    """DARTS_V2's language model at 4 units over 10 words, with only the output dropout."""
+    torch.manual_seed(seed)
+    cell = DartsRnnCell(genotype=PUBLISHED["DARTS_V2"], ninp=4, nhid=4, dropouth=0.0, dropoutx=0.0)
+    return RnnLanguageModel(cell=cell, ntoken=10, dropout=dropout, dropouti=0.0, dropoute=0.0)
+
+
+def windows(count: int, *, streams: int = 2, length: int = 3, seed: int = 1) -> list[Any]:
+    """``count`` consecutive windows (tokens, targets), each (streams, length), of a random text."""
+    rng = torch.Generator().manual_seed(seed)
+    text = torch.randint(10, (streams, count * length + 1), generator=rng)  # (B, N + 1)
+    return [(text[:, i * length:(i + 1) * length], text[:, i * length + 1:(i + 1) * length + 1])
+            for i in range(count)]
+
+
+def sgd_by_hand(model: torch.nn.Module, loss: torch.Tensor, lr: float) -> None:
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p -= lr * g
+
+
+def test_retraining_carries_the_hidden_state_from_window_to_window_detached() -> None:
+    """rnn/train.py: each window starts from the state the previous one ended in, detached
+    (``repackage_hidden``); written out: a step on window 1 from zeros, then a step on window 2
+    from window 1's last state, as computed before the first step."""
+    from raynas.train.language_model import train_language_model_epoch
+
+    model, lr = tiny_language_model(), 0.5
+    by_hand, from_zeros = copy.deepcopy(model), copy.deepcopy(model)
+    (x1, y1), (x2, y2) = windows(2)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    metrics = train_language_model_epoch(model, opt, [(x1, y1), (x2, y2)], torch.device("cpu"),
+                                         bptt=3, grad_clip=1e9)
+    logits, outputs = by_hand.run_outputs(x1)
+    loss1 = torch.nn.functional.cross_entropy(logits, y1)
+    sgd_by_hand(by_hand, loss1, lr)
+    loss2 = torch.nn.functional.cross_entropy(by_hand.run(x2, outputs[-1].detach())[0], y2)
+    sgd_by_hand(by_hand, loss2, lr)
+    for p, q in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    mean = (loss1.item() + loss2.item()) / 2  # 6 tokens each
+    assert metrics["train_loss"] == pytest.approx(mean, rel=1e-6)
+    # Starting window 2 from zeros instead gives other weights: the test tells the two apart.
+    sgd_by_hand(from_zeros, torch.nn.functional.cross_entropy(from_zeros.run(x1)[0], y1), lr)
+    sgd_by_hand(from_zeros, torch.nn.functional.cross_entropy(from_zeros.run(x2)[0], y2), lr)
+    assert not torch.allclose(from_zeros.cell.W0, model.cell.W0)
+
+
+def test_ar_and_tar_are_added_to_the_loss_as_rnn_train_py_adds_them() -> None:
+    """rnn/train.py's loss: ``raw_loss + alpha * dropped_h.pow(2).mean() + beta * (h[1:] -
+    h[:-1]).pow(2).mean()``, AR on the cell's outputs after the output dropout, TAR on them
+    before; here summed element by element, and one SGD step taken on it by hand."""
+    from raynas.train.language_model import train_language_model_epoch
+
+    model, lr, ar, tar = tiny_language_model(dropout=0.5), 0.5, 2.0, 3.0
+    by_hand, plain = copy.deepcopy(model), copy.deepcopy(model)
+    x, y = windows(1, length=4)[0]
+    torch.manual_seed(7)  # the same dropout masks below
+    train_language_model_epoch(model.train(), torch.optim.SGD(model.parameters(), lr=lr), [(x, y)],
+                               torch.device("cpu"), bptt=4, grad_clip=1e9, ar=ar, tar=tar)
+    torch.manual_seed(7)
+    logits, raw, dropped = by_hand.train().run_dropped(x)  # (B, V, T), (T, B, H), (T, B, H)
+    steps, streams, units = raw.shape
+    assert not torch.equal(raw, dropped)  # the output dropout dropped something
+    ar_sum = sum(dropped[t, b, h] ** 2 for t in range(steps) for b in range(streams) for h in range(units))
+    tar_sum = sum((raw[t, b, h] - raw[t - 1, b, h]) ** 2
+                  for t in range(1, steps) for b in range(streams) for h in range(units))
+    loss = (torch.nn.functional.cross_entropy(logits, y) + ar * ar_sum / (steps * streams * units)
+            + tar * tar_sum / ((steps - 1) * streams * units))
+    sgd_by_hand(by_hand, loss, lr)
+    for p, q in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    torch.manual_seed(7)  # without the two terms, the step differs
+    train_language_model_epoch(plain.train(), torch.optim.SGD(plain.parameters(), lr=lr), [(x, y)],
+                               torch.device("cpu"), bptt=4, grad_clip=1e9)
+    assert not torch.allclose(plain.cell.W0, model.cell.W0)
+
+
+def test_the_switch_to_asgd_follows_the_nonmono_rule() -> None:
+    """rnn/train.py after an SGD epoch: switch once ``len(best_val_loss) > nonmono and val_loss >
+    min(best_val_loss[:-nonmono])``, then append the loss. With nonmono 2 on 5.0, 4.0, 4.5, 4.2,
+    4.1: at 4.2 the best of all but the last two (5.0) is not beaten; at 4.1 it is 4.0, beaten."""
+    from raynas.train.language_model import switches_to_asgd
+
+    losses, history, switched = [5.0, 4.0, 4.5, 4.2, 4.1], [], []
+    for loss in losses:
+        switched.append(switches_to_asgd(history, loss, 2))
+        history.append(loss)
+    assert switched == [False, False, False, False, True]
+    assert not any(switches_to_asgd(losses[:i], 9.0, 0) for i in range(5))  # 0: never
+
+
+def scripted_evaluation(monkeypatch: pytest.MonkeyPatch, valid: list[Any], losses: list[float]) -> list[Any]:
+    """Make the training's evaluation report ``losses`` on ``valid`` (one an epoch), recording the
+    weights it is called with; the test text scores 1.0."""
+    import raynas.train.language_model as lm
+
+    seen: list[Any] = []
+    scripted = iter(losses)
+
+    def evaluate(model: torch.nn.Module, batches: Any, device: torch.device, **_: Any) -> dict[str, float]:
+        seen.append([p.detach().clone() for p in model.parameters()])
+        loss = next(scripted) if batches is valid else 1.0
+        return {"valid_loss": loss, "valid_acc": 0.0, "valid_ppl": math.exp(loss)}
+
+    monkeypatch.setattr(lm, "evaluate", evaluate)
+    return seen
+
+
+def test_training_switches_to_asgd_exactly_when_the_rule_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nonmono 2 and the validation losses 5.0, 4.0, 4.5, 4.2, 4.1 (the rule's test above),
+    epochs 1-5 train with SGD and the switch after epoch 5 makes epoch 6 train with
+    ``torch.optim.ASGD(lr, t0=0, lambd=0, weight_decay)``, as rnn/train.py builds it."""
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    scripted_evaluation(monkeypatch, valid, [5.0, 4.0, 4.5, 4.2, 4.1, 4.0])
+    epochs = list(fit_language_model(model, windows(2), valid, windows(1, seed=3), torch.device("cpu"),
+                                     epochs=6, learning_rate=2.0, weight_decay=1e-4, grad_clip=0.25,
+                                     bptt=3, nonmono=2))
+    assert [metrics["asgd"] for metrics, _ in epochs] == [0, 0, 0, 0, 0, 1]
+    assert [state["asgd"] for _, state in epochs] == [False] * 4 + [True] * 2
+    group = epochs[-1][1]["optimizer"]["param_groups"][0]
+    assert (group["t0"], group["lambd"], group["lr"], group["weight_decay"]) == (0, 0.0, 2.0, 1e-4)
+    assert epochs[-1][1]["valid_history"] == [5.0, 4.0, 4.5, 4.2, 4.1]  # not appended after the switch
+
+
+def test_asgd_epochs_are_evaluated_with_the_averaged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rnn/train.py swaps every parameter for ASGD's ``ax`` to evaluate, then back; raynas also
+    keeps the averaged weights after the last epoch (the network rnn/train.py saves)."""
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    # nonmono 1: 5.5 after 5.0, 4.0 is worse than 5.0, the best of all but the last: switch after epoch 3
+    seen = scripted_evaluation(monkeypatch, valid, [5.0, 4.0, 5.5, 4.0, 4.0])
+    run = fit_language_model(model, windows(3), valid, windows(1, seed=3), torch.device("cpu"),
+                             epochs=5, learning_rate=2.0, weight_decay=0.0, grad_clip=0.25, bptt=3, nonmono=1)
+    states = [copy.deepcopy(state) for _, state in run]  # as yielded: they hold the live tensors
+    assert [s["asgd"] for s in states] == [False, False, True, True, True]
+    fourth = states[3]
+    averaged = [fourth["optimizer"]["state"][i]["ax"] for i in range(len(seen[0]))]
+    live = list(fourth["model"].values())
+    for evaluated in seen[6:8]:  # epoch 4's validation and test passes
+        for p, ax in zip(evaluated, averaged, strict=True):
+            torch.testing.assert_close(p, ax)
+    assert not all(torch.allclose(p, ax) for p, ax in zip(live, averaged, strict=True))
+    for p, ax in zip(model.parameters(), states[4]["optimizer"]["state"].values(), strict=True):
+        torch.testing.assert_close(p.detach(), ax["ax"])  # after the last epoch
+
+
+def test_the_retraining_jobs_have_rnn_train_py_s_settings() -> None:
+    """jobs/retrain_darts_rnn_ptb.yaml against quark0/darts rnn/train.py's argparse defaults (and
+    its eval_batch_size 10, test_batch_size 1); the WikiText-2 transfer differs only where the
+    paper's WikiText-2 settings do (700 units, dropouth 0.15, weight decay 5e-7)."""
+    from raynas.runs.jobs import load_retrain_job
+
+    jobs = Path(__file__).parents[1] / "jobs"
+    ptb = load_retrain_job(jobs / "retrain_darts_rnn_ptb.yaml")
+    wiki = load_retrain_job(jobs / "transfer_darts_rnn_wikitext2.yaml")
+    for config, channels, dropouth, wdecay in ((ptb, 850, 0.25, 8e-7), (wiki, 700, 0.15, 5e-7)):
+        r, space, data = config.retrain, config.space.config, config.data.config
+        assert (config.seed, config.architecture, data.bptt, data.batch_size) == (1267, "DARTS_V2", 35, 64)
+        assert (r.epochs, r.channels, r.learning_rate, r.momentum) == (8000, channels, 20.0, 0.0)
+        assert (r.weight_decay, r.grad_clip, r.ar, r.tar, r.nonmono) == (wdecay, 0.25, 0, 1e-3, 5)
+        assert (r.valid_streams, r.test_streams, r.optimizer) == (10, 1, "sgd")
+        assert (space.dropout, space.dropouth, space.dropoutx, space.dropouti, space.dropoute) == (
+            0.75, dropouth, 0.75, 0.2, 0.0)
+
+
+def test_a_language_model_retraining_refuses_settings_rnn_train_py_lacks(tmp_path: Path) -> None:
+    from raynas.runs.jobs import load_retrain_job
+    from raynas.runs.retrain import run_retrain
+
+    job = Path(__file__).parents[1] / "jobs" / "retrain_darts_rnn_ptb.yaml"
+    for setting in ("retrain.optimizer=adamw", "retrain.momentum=0.9", "retrain.label_smoothing=0.1",
+                    "execution.workers=2"):
+        config = load_retrain_job(job, [f"data.path={write_ptb(tmp_path / 'penn')}", setting])
+        with pytest.raises(ConfigError, match=setting.split("=")[0].replace(".", r"\.")):
+            run_retrain(config, echo=print)
+
+
+def test_training_windows_vary_as_rnn_train_py_draws_them(tmp_path: Path) -> None:
+    """rnn/train.py: ``bptt`` w.p. 0.95 else ``bptt / 2``, then ``max(5, int(normal(that, 5)))``,
+    at most ``bptt + 20``; windows follow each other through the streams to the text's end."""
+    from raynas.data.ptb import TrainingWindows
+
+    sampler = TrainingWindows(100_000, 35, torch.Generator().manual_seed(0))
+    keys = [key for [key] in sampler]
+    rng = torch.Generator().manual_seed(0)  # the same draws, through the formula
+    expected = []
+    for _ in keys:
+        base = 35 if float(torch.rand((), generator=rng)) < 0.95 else 17.5
+        expected.append(min(max(5, int(base + 5 * float(torch.randn((), generator=rng)))), 55))
+    assert [size for _, size in keys] == expected
+    assert [start for start, _ in keys] == [sum(expected[:i]) for i in range(len(keys))]
+    assert min(expected) == 5  # the lower bound is reached in ~2,900 windows (the upper needs 4 sigma)
+    assert 0.03 < sum(size < 25 for size in expected) / len(expected) < 0.08  # the half-length draws
+    data = DATASETS.create("ptb", PtbConfig(path=str(write_ptb(tmp_path / "penn")), bptt=5, batch_size=2))
+    loader = data.stream_loader("train", 2, seed=0, lengths="train")
+    tokens = torch.cat([x for x, _ in loader], 1)  # 15 tokens in 2 streams of 7, window after window
+    read = tokens.shape[1]  # rnn/train.py stops once fewer than 2 tokens are left: at least 5 read
+    assert read >= 5 and torch.equal(tokens, data.train_tokens[:14].view(2, 7)[:, :read])
+
+
+def test_an_interrupted_language_model_retraining_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """The retraining's checkpoint holds which optimiser it was at (SGD or ASGD with its
+    averages), the validation losses the switch reads and the window-length generator: crashed
+    after epoch 4, the first with ASGD here, and resumed, it ends as the uninterrupted run
+    (dropouts off: their masks come from torch's global generator, which no checkpoint holds)."""
+    from raynas.runs.jobs import load_retrain_job
+    from raynas.runs.retrain import run_retrain
+
+    job = Path(__file__).parents[1] / "jobs" / "retrain_darts_rnn_ptb.yaml"
+    config = load_retrain_job(job, [
+        f"data.path={write_ptb(tmp_path / 'penn')}", "data.bptt=2", "data.batch_size=2",
+        "retrain.epochs=5", "retrain.channels=6", "retrain.nonmono=1", "retrain.valid_streams=2",
+        "retrain.learning_rate=5.0",
+        *(f"space.{d}=0.0" for d in ("dropout", "dropouth", "dropoutx", "dropouti")),
+        "execution.backend=local", f"tracking.tracking_uri={mlflow_store(tmp_path)}",
+        f"tracking.output_dir={tmp_path / 'runs'}",
+    ])
+    first: list[str] = []
+    reference = run_retrain(config, echo=first.append, fresh=True)
+    assert {"valid_loss", "valid_ppl", "test_loss", "test_ppl", "asgd"} <= set(reference.metrics)
+    averaged = ["averaged SGD" in line for line in first if line.startswith("epoch")]
+    assert averaged == [False, False, False, True, True]  # the switch after epoch 3
+
+    def crash_after_fourth_epoch(line: str) -> None:
+        if line.startswith("epoch   4/"):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_retrain(config, echo=crash_after_fourth_epoch, fresh=True)
+    lines: list[str] = []
+    resumed = run_retrain(config, echo=lines.append)
+    assert next(line for line in lines if line.startswith("epoch")).startswith("epoch   5/")
+    assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)

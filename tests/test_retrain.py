@@ -3,6 +3,9 @@ resuming, transfer to other data, and clear errors for what cannot be retrained.
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +209,95 @@ def test_an_epoch_keeps_its_last_smaller_batch_as_darts_train_py(workers: int, s
     train, _, split = _loaders(data, seed=0, rank=0, world_size=workers)
     assert split == "held_out" and len(train.dataset) == 75
     assert [len(y) for _, y in train] == sizes
+
+
+def test_adamw_steps_as_written_out_and_as_torch_s_adamw_without_decaying_norms_and_biases() -> None:
+    """One AdamW step of ``fit`` (``retrain.optimizer: adamw``), by hand: with m = (1 - b1) g and
+    v = (1 - b2) g^2 after the first step, bias-corrected m / (1 - b1) = g and v / (1 - b2) = g^2,
+    so p <- p (1 - lr wd) - lr g / (|g| + eps); ConvNeXt's optim_factory.py decays no 1-D
+    parameter (the LayerNorm's scale and shift, layer scales) and no bias: those have no
+    ``(1 - lr wd)`` factor. The same as torch.optim.AdamW given those two groups."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    reference = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), list(model.parameters()))
+    torch_model = copy.deepcopy(model)
+    lr, wd, betas, eps = 0.01, 0.1, (0.8, 0.9), 1e-6
+    next(fit(model, [(x, y)], [(x, y)], torch.device("cpu"), epochs=1, learning_rate=lr, momentum=0.9,
+             weight_decay=wd, grad_clip=0.0, optimizer_name="adamw", betas=betas, eps=eps))
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["1.weight", "1.bias", "2.weight", "2.bias"]
+    decayed = [True, False, False, False]  # only the Linear's 2-D weight
+    for p, p0, g, decays in zip(model.parameters(), reference, grads, decayed, strict=True):
+        torch.testing.assert_close(p.detach(), p0 * (1 - lr * wd if decays else 1) - lr * g / (g.abs() + eps))
+    params = list(torch_model.parameters())
+    opt = torch.optim.AdamW([{"params": params[:1], "weight_decay": wd},
+                             {"params": params[1:], "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
+    for p, q in zip(model.parameters(), params, strict=True):
+        torch.testing.assert_close(p, q)
+    all_decayed = reference[2] * (1 - lr * wd) - lr * grads[2] / (grads[2].abs() + eps)  # LayerNorm scale
+    assert not torch.allclose(model[2].weight, all_decayed)
+
+
+def test_warm_up_scales_the_cosine_of_the_first_epochs() -> None:
+    """``retrain.warmup_epochs`` w: epoch e's rate is the cosine's times min(1, (e + 1) / w)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batches = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))]
+    rates = [metrics["lr"] for metrics, _ in fit(
+        model, batches, batches, torch.device("cpu"), epochs=4, learning_rate=4e-3, momentum=0.9,
+        weight_decay=0.05, grad_clip=0.0, optimizer_name="adamw", warmup_epochs=2,
+    )]
+    cosine = [4e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert rates == pytest.approx([cosine[0] / 2, cosine[1], cosine[2], cosine[3]])
+
+
+def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
+    """jobs/retrain_convnext_tiny_imagenet.yaml against facebookresearch/ConvNeXt main.py's defaults
+    (--opt adamw, --lr 4e-3, --weight_decay 0.05, --epochs 300, --warmup_epochs 20, --opt_eps
+    1e-8, --opt_betas None: torch's, --clip_grad None, --smoothing 0.1) and TRAINING.md's
+    ConvNeXt-T (--drop_path 0.1, 4096 images a step)."""
+    config = load_retrain_job(JOBS / "retrain_convnext_tiny_imagenet.yaml")
+    r = config.retrain
+    assert (config.architecture, config.space.name) == ("convnext_tiny", "convnext")
+    assert config.data.config.batch_size == 4096
+    assert (r.optimizer, r.learning_rate, r.weight_decay) == ("adamw", 4e-3, 0.05)
+    assert (r.epochs, r.warmup_epochs, r.betas, r.eps) == (300, 20, (0.9, 0.999), 1e-8)
+    assert (r.grad_clip, r.label_smoothing, r.drop_path_prob) == (0.0, 0.1, 0.1)
+    assert config.space.config.layer_scale_init == 1e-6
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("retrain.optimizer=lamb", r"'retrain\.optimizer' is str 'lamb'; allowed: 'sgd', 'adamw'"),
+    ("retrain.betas=[-0.1,0.999]", r"'retrain\.betas' must be two numbers in \[0, 1\)"),
+    ("retrain.eps=0", r"'retrain\.eps' must be positive"),
+])
+def test_bad_optimizer_settings_are_one_line_and_exit_2(
+    setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raynas.cli import main
+
+    assert main(["train", str(JOBS / "retrain_convnext_tiny_imagenet.yaml"), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err)
+
+
+def test_convnext_retraining_builds_its_stochastic_depth() -> None:
+    """ConvNeXt's drop path is fixed per block, rising linearly over the blocks to
+    ``retrain.drop_path_prob`` at the last (models/convnext.py's ``dp_rates``), for the whole
+    training; DARTS's ramp over the epochs does not apply to it."""
+    from raynas.ops.convnext_net import ConvNeXtStageBlock
+    from raynas.runs.common import dataset_info
+    from raynas.runs.retrain import build_network
+    from raynas.spaces import SPACES
+
+    config = load_retrain_job(JOBS / "retrain_convnext_tiny_imagenet.yaml", ["retrain.channels=8"])
+    arch = SPACES.create("convnext").parse("convnext_tiny")
+    net = build_network(config, arch, dataset_info("imagenet"), example=torch.randn(3, 32, 32))
+    rates = [m.drop_path_prob for m in net.modules() if isinstance(m, ConvNeXtStageBlock)]
+    assert len(rates) == 18 and not hasattr(net, "drop_path_prob")  # 3 + 3 + 9 + 3 blocks
+    assert rates == pytest.approx([0.1 * i / 17 for i in range(18)])

@@ -3,6 +3,7 @@ DARTS paper's transfer of its PTB cell to it (jobs/transfer_darts_rnn_wikitext2.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_the_transfer_job_trains_the_darts_cell_on_wikitext2(tmp_path: Path,
     uri = mlflow_store(tmp_path)
     assert main([
         "train", str(JOB), "--set", f"data.path={folder}", "--set", "data.bptt=2",
-        "--set", "data.batch_size=2",
+        "--set", "data.batch_size=2", "--set", "retrain.valid_streams=2",  # 9 validation tokens
         "--set", "retrain.epochs=1", "--set", "retrain.channels=8", "--set", "execution.backend=local",
         "--set", f"tracking.tracking_uri={uri}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
     ]) == 0
@@ -84,3 +85,6 @@ def test_the_transfer_job_trains_the_darts_cell_on_wikitext2(tmp_path: Path,
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["retrain.channels"] == "8"
     assert run.data.params["data.name"] == "wikitext2"
+    metrics = run.data.metrics  # rnn/train.py's scores: validation text (ASGD's trigger) and test text
+    assert metrics["asgd"] == 0 and metrics["valid_ppl"] == pytest.approx(math.exp(metrics["valid_loss"]))
+    assert metrics["test_ppl"] == pytest.approx(math.exp(metrics["test_loss"]))

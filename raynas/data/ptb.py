@@ -11,7 +11,9 @@ A search reads PTB as ``rnn/train_search.py`` does (:meth:`Ptb.search_loaders`):
 text trains the weights and the validation text the architecture, each cut into ``batch_size``
 parallel streams (``batchify``) read in order, window after window, so a strategy can carry the
 hidden state from one batch to the next; the training windows have the search's variable length
-(``bptt`` with probability 0.95, else ``bptt / 2``).
+(``bptt`` with probability 0.95, else ``bptt / 2``). A retraining reads its texts the same way
+(:meth:`Ptb.stream_loader`), the training windows' lengths drawn as ``rnn/train.py`` draws them
+(:class:`TrainingWindows`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -146,6 +148,21 @@ class StreamWindows(Sampler[list[tuple[int, int]]]):
             start += size
 
 
+class TrainingWindows(StreamWindows):
+    """The windows ``rnn/train.py`` trains on: a base length of ``bptt`` with probability 0.95,
+    else ``bptt / 2``, then a normal draw around it with deviation 5, at least 5 tokens and at
+    most ``bptt + 20`` (``max(5, int(np.random.normal(bptt, 5)))``, ``--max_seq_len_delta 20``)."""
+
+    def __init__(self, length: int, bptt: int, generator: torch.Generator) -> None:
+        super().__init__(length, bptt, generator, variable=True)
+
+    def _size(self) -> int:
+        u = float(torch.rand((), generator=self.generator))
+        base = self.bptt if u < 0.95 else self.bptt / 2.0
+        drawn = int(base + 5.0 * float(torch.randn((), generator=self.generator)))  # int truncates
+        return min(max(5, drawn), self.bptt + 20)
+
+
 def _single(items: list[Any]) -> Any:
     return items[0]  # a batch sampler of one key per batch: the item is the batch
 
@@ -213,26 +230,46 @@ class Ptb:
         """The search's loaders as ``rnn/train_search.py`` reads PTB: the training text's streams
         (variable-length windows) for the weights, the validation text's (windows of ``bptt``)
         for the architecture; ``data.batch_size`` streams, each worker reading its share."""
+        batch = self.config.batch_size
+        return (
+            self.stream_loader("train", batch, seed=seed, lengths="search", rank=rank, world_size=world_size),
+            self.stream_loader("valid", batch, seed=seed + 1, rank=rank, world_size=world_size),
+        )
+
+    def stream_loader(
+        self, split: str, streams: int, *, seed: int = 0,
+        lengths: Literal["fixed", "search", "train"] = "fixed", rank: int = 0, world_size: int = 1,
+    ) -> DataLoader[Any]:
+        """A split read as ``streams`` parallel streams (``batchify``), window after window, this
+        worker reading its share (``data.limit``: the first ``limit`` windows' tokens only).
+
+        Args:
+            split: ``train``, ``valid`` or ``test``.
+            streams: The global number of streams.
+            seed: Seeds the generator of variable lengths (the sampler's, saved in checkpoints).
+            lengths: ``fixed`` windows of ``bptt``; ``search``: :class:`StreamWindows`' variable
+                ones (rnn/train_search.py); ``train``: :class:`TrainingWindows` (rnn/train.py).
+            rank: This worker's index among ``world_size`` data-parallel workers.
+            world_size: Workers sharing the streams.
+        """
         cfg = self.config
-        if cfg.batch_size % world_size:
+        if streams % world_size:
             raise ConfigError(
-                f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} "
-                "data-parallel workers"
+                f"data.batch_size ({streams}) must be a multiple of the {world_size} data-parallel workers"
             )
-
-        def loader(tokens: torch.Tensor, offset: int, variable: bool) -> DataLoader[Any]:
-            if cfg.limit:
-                tokens = tokens[: cfg.limit * cfg.bptt + 1]  # as many tokens as ``limit`` windows
-            streams = TokenStreams(tokens, cfg.batch_size, rank, world_size)
-            if streams.length < 3:
-                raise ConfigError(
-                    f"data: {len(tokens)} tokens are too few for {cfg.batch_size} streams (data.batch_size)"
-                )
-            generator = torch.Generator().manual_seed(seed + offset)
-            sampler = StreamWindows(streams.length, cfg.bptt, generator, variable=variable)
-            return DataLoader(streams, batch_sampler=sampler, collate_fn=_single)  # type: ignore[arg-type]
-
-        return loader(self.train_tokens, 0, True), loader(self.encode("valid"), 1, False)
+        tokens = self.encode(split)
+        if cfg.limit:
+            tokens = tokens[: cfg.limit * cfg.bptt + 1]  # as many tokens as ``limit`` windows
+        data = TokenStreams(tokens, streams, rank, world_size)
+        if data.length < 3:
+            raise ConfigError(f"data: {len(tokens)} tokens of {self.corpus}'s {split} text are too few "
+                              f"for {streams} streams")
+        generator = torch.Generator().manual_seed(seed)
+        sampler = (
+            TrainingWindows(data.length, cfg.bptt, generator) if lengths == "train"
+            else StreamWindows(data.length, cfg.bptt, generator, variable=lengths == "search")
+        )
+        return DataLoader(data, batch_sampler=sampler, collate_fn=_single)  # type: ignore[arg-type]
 
     def valid_set(self) -> TokenWindows:
         """Windows of ``ptb.valid.txt``."""

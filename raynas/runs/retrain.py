@@ -4,9 +4,10 @@ A retraining job names an architecture (a published genotype, a JSON file, or ``
 final architecture of a search's MLflow run), builds its stand-alone network on the job's data
 (which may differ from the search's: that is a transfer) and trains it with the one training
 loop: SGD with cosine annealing, optional auxiliary head and drop path for the DARTS networks, as
-in DARTS's ``train.py``. The MLflow run carries lineage tags to the search run and architecture;
-the trained network is registered in the Model Registry. A checkpoint after every epoch makes it
-resumable like a search.
+in DARTS's ``train.py`` (or AdamW, as ConvNeXt trains); a recurrent language model (a corpus of
+token streams: PTB, WikiText-2) trains as DARTS's ``rnn/train.py`` (:mod:`raynas.train.language_model`).
+The MLflow run carries lineage tags to the search run and architecture; the trained network is
+registered in the Model Registry. A checkpoint after every epoch makes it resumable like a search.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from raynas.config import RetrainConfig
 from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
+from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.execution import start_worker
 from raynas.spaces import SPACES
@@ -33,6 +35,7 @@ from raynas.tracking.mlflow_tracker import TAG_PREFIX
 from raynas.train.accel import pick_device, prepare
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.train.distributed import convert_batchnorm, plain_batchnorm
+from raynas.train.language_model import fit_language_model
 from raynas.train.loop import fit
 from raynas.types import Architecture, EpochReport
 
@@ -86,13 +89,16 @@ def build_network(
     accepts = inspect.signature(space.build).parameters
     for key, wanted, value in (
         ("auxiliary", cfg.auxiliary_weight > 0, cfg.auxiliary_weight > 0),
-        ("drop_path_prob", cfg.drop_path_prob > 0, 0.0),
+        ("drop_path_prob", cfg.drop_path_prob > 0, cfg.drop_path_prob),
     ):
         if wanted and key not in accepts:
             raise ConfigError(f"retrain.{key}: the {config.space.name!r} space's networks have none")
         if wanted:
             options[key] = value
     network = space.build(arch, info, **options)
+    if hasattr(network, "drop_path_prob"):  # DARTS's ramp: fit() raises it from 0, epoch by epoch
+        network.drop_path_prob = 0.0
+    # (ConvNeXt's stochastic depth keeps the per-block rates it was built with, as main.py's.)
     network.train()
     try:  # a shape that does not fit (an auxiliary head on tiny images, ...) fails here, clearly
         with torch.no_grad():
@@ -138,9 +144,16 @@ class RetrainWorker:
         self.config = config
         data = DATASETS.create(config.data.name, config.data.config)
         self.device = pick_device(config.execution.device)
-        self.train_loader, self.test_loader, self.split = _loaders(data, config.seed, rank, world_size)
+        self.recurrent = trains_language_model(config)
+        if self.recurrent:
+            self.train_loader, self.valid_loader, self.test_loader = _stream_loaders(data, config)
+            self.split = "test"
+            example = self.train_loader.dataset[(0, data.config.bptt)][0][0]  # (T,) tokens of stream 0
+        else:
+            self.train_loader, self.test_loader, self.split = _loaders(data, config.seed, rank, world_size)
+            example = self.train_loader.dataset[0][0]
         arch = Architecture.from_json(arch_json)
-        model = build_network(config, arch, data.info, example=self.train_loader.dataset[0][0])
+        model = build_network(config, arch, data.info, example=example)
         if world_size > 1:
             model = convert_batchnorm(model)
         self.model = model.to(self.device)
@@ -156,19 +169,32 @@ class RetrainWorker:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Continue from a state :meth:`run_epoch` returned (None: from the start)."""
         cfg = self.config.retrain
+        generator = self.train_loader.batch_sampler.generator  # type: ignore[union-attr]
+        precision = self.config.execution.precision
+        if self.recurrent:
+            self._epochs = fit_language_model(
+                self.network, self.train_loader, self.valid_loader, self.test_loader, self.device,
+                epochs=cfg.epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                grad_clip=cfg.grad_clip, bptt=self.config.data.config.bptt, ar=cfg.ar, tar=cfg.tar,
+                nonmono=cfg.nonmono, state=state, generator=generator, precision=precision,
+            )
+            return
         self._epochs = fit(
             self.network, self.train_loader, self.test_loader, self.device, epochs=cfg.epochs,
             learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
             drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
-            lr_power=cfg.lr_power,
-            state=state, generator=self.train_loader.batch_sampler.generator,  # type: ignore[union-attr]
-            precision=self.config.execution.precision,
+            lr_power=cfg.lr_power, state=state, generator=generator, precision=precision,
+            optimizer_name=cfg.optimizer, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
+            warmup_epochs=cfg.warmup_epochs,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """Train and test one epoch: its metrics (``test_*``) and the state to go on from."""
+        """Train and test one epoch: its metrics (``test_*``; a language model's ``valid_*`` too)
+        and the state to go on from."""
         metrics, state = next(self._epochs)
+        if self.recurrent:
+            return metrics, state
         # fit() scores on its second loader as validation; here that is the test split.
         return {(f"test_{k[6:]}" if k.startswith("valid_") else k): v for k, v in metrics.items()}, state
 
@@ -195,6 +221,8 @@ def run_retrain(
     """
     started = time.perf_counter()
     cfg = config.retrain
+    if trains_language_model(config):
+        _check_recurrent(config)
     checkpoint = Path(config.tracking.output_dir) / config.name / "retrain.pt"
     prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
     if prior is not None and (prior["finished"] or prior["config"] != config.to_dict()):
@@ -211,8 +239,8 @@ def run_retrain(
         epoch, history = 0, []
         if prior is not None:
             epoch, history = prior["epoch"], prior["history"]
-            worker.load_state_dict({k: prior[k] for k in ("model", "optimizer", "schedule", "epoch",
-                                                          "loader_rng") if k in prior})
+            keys = ("model", "optimizer", "schedule", "epoch", "loader_rng", "asgd", "valid_history")
+            worker.load_state_dict({k: prior[k] for k in keys if k in prior})
             run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
             echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")
         elif source is not None:
@@ -242,6 +270,8 @@ def run_retrain(
                 f"{metrics['train_acc']:6.1%}  test loss {metrics['test_loss']:.3f} "
                 f"acc {metrics['test_acc']:6.1%}  "
                 + (f"mIoU {metrics['test_miou']:6.1%}  " if "test_miou" in metrics else "")
+                + (f"ppl {metrics['test_ppl']:.2f}  " if "test_ppl" in metrics else "")
+                + ("averaged SGD  " if metrics.get("asgd") else "")
                 + f"{seconds:.0f}s"
             )
         final = history[-1]
@@ -266,6 +296,48 @@ def _tags(config: RetrainConfig) -> dict[str, str]:
         f"{TAG_PREFIX}kind": "retrain", f"{TAG_PREFIX}space": config.space.name,
         f"{TAG_PREFIX}dataset": config.data.name, f"{TAG_PREFIX}seed": str(config.seed),
     }
+
+
+def trains_language_model(config: RetrainConfig) -> bool:
+    """Whether the job trains a recurrent language model: its data is a corpus of token streams
+    (PTB, WikiText-2)."""
+    return isinstance(config.data.config, PtbConfig)
+
+
+def _check_recurrent(config: RetrainConfig) -> None:
+    """Refuse settings a language model's training (rnn/train.py's) does not have."""
+    cfg = config.retrain
+    for key, unused in (
+        ("optimizer", cfg.optimizer != "sgd"), ("momentum", cfg.momentum), ("lr_gamma", cfg.lr_gamma),
+        ("lr_power", cfg.lr_power), ("warmup_epochs", cfg.warmup_epochs),
+        ("label_smoothing", cfg.label_smoothing), ("auxiliary_weight", cfg.auxiliary_weight),
+        ("drop_path_prob", cfg.drop_path_prob),
+    ):
+        if unused:
+            raise ConfigError(
+                f"retrain.{key}: a language model on {config.data.name} trains as DARTS's rnn/train.py, "
+                "with SGD at a constant rate, no momentum, then averaged SGD; remove the setting"
+            )
+    if config.execution.workers > 1:
+        raise ConfigError(
+            f"execution.workers: a language model on {config.data.name} trains in one worker, as "
+            "rnn/train.py on one GPU"
+        )
+
+
+def _stream_loaders(
+    data: Any, config: RetrainConfig
+) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any]]:
+    """A language model's texts as rnn/train.py reads them, each in parallel streams read window
+    after window: the training text in ``data.batch_size`` streams with its variable windows, the
+    validation text in ``retrain.valid_streams`` (10) and the test text in ``retrain.test_streams``
+    (1), in windows of ``bptt``."""
+    cfg = config.retrain
+    return (
+        data.stream_loader("train", data.config.batch_size, seed=config.seed, lengths="train"),
+        data.stream_loader("valid", cfg.valid_streams),
+        data.stream_loader("test", cfg.test_streams),
+    )
 
 
 def _refuse(checkpoint: Path, config: RetrainConfig) -> None:

@@ -309,14 +309,22 @@ class RnnLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, ntoken, T) and the cell's outputs at every step (T, B, nhid), before the
         output dropout (what DARTS's temporal activation regularisation reads)."""
+        logits, outputs, _ = self.run_dropped(tokens, hidden)
+        return logits, outputs
+
+    def run_dropped(
+        self, tokens: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`run_outputs`, and the outputs after the output dropout (T, B, nhid): rnn/model.py's
+        ``return_h`` pair ``raw_outputs``, ``outputs`` (AR reads the dropped ones)."""
         tokens = tokens.t()  # (T, B), the code's layout
         emb = embedded_dropout(self.encoder, tokens, self.dropoute if self.training else 0.0)  # (T, B, nhid)
         emb = self._locked(emb, self.dropouti)
         if hidden is None:
             hidden = emb.new_zeros(emb.size(1), self.nhid)
         outputs = self.cell(emb, hidden)  # (T, B, nhid)
-        logits = self.decoder(self._locked(outputs, self.dropout))  # (T, B, V)
-        return logits.permute(1, 2, 0), outputs
+        dropped = self._locked(outputs, self.dropout)  # (T, B, nhid)
+        return self.decoder(dropped).permute(1, 2, 0), outputs, dropped  # logits (B, V, T)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, V, T)
         return self.run(tokens)[0]

@@ -1,0 +1,216 @@
+"""Training a recurrent language model from scratch as DARTS's ``rnn/train.py`` does (Liu et al.,
+ICLR 2019, Sec. 3.4; the training recipe of Merity et al.'s AWD-LSTM, ICLR 2018).
+
+Every training window goes on from the hidden state the previous window of the same streams
+ended in, detached (``repackage_hidden``), from zeros at the start of every epoch; the window
+lengths vary (:class:`raynas.data.ptb.TrainingWindows`) and each step's learning rate is scaled
+by the window's length over ``bptt``; the loss adds the activation regularisation
+``ar * mean(dropped_h ** 2)`` of the output-dropped cell outputs and the temporal activation
+regularisation ``tar * mean((h_{t+1} - h_t) ** 2)`` of the raw ones (``--alpha``, ``--beta``);
+gradients are clipped to ``grad_clip`` (0.25). Plain SGD switches to averaged SGD
+(``torch.optim.ASGD(t0=0, lambd=0)``) once the validation loss is worse than the best of all
+but the last ``nonmono`` epochs; from then on the model is evaluated with the averaged weights.
+Validation and test texts are read as streams whose hidden state carries from window to window
+(``evaluate``'s ``carry_state``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from raynas.train.accel import autocast, unwrap
+from raynas.train.distributed import average_gradients_
+from raynas.train.loop import _global_means, _to, evaluate
+from raynas.train.segmentation import labelled
+from raynas.train.step import Batch
+
+
+def switches_to_asgd(history: Sequence[float], loss: float, nonmono: int) -> bool:
+    """rnn/train.py's switch to averaged SGD after an epoch of plain SGD: more than ``nonmono``
+    validation losses recorded before this one, and ``loss`` worse than the best of them all but
+    the last ``nonmono`` (``len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono])``);
+    ``nonmono`` 0 never switches."""
+    return nonmono > 0 and len(history) > nonmono and loss > min(history[:-nonmono])
+
+
+def regularised_loss(
+    loss: torch.Tensor, outputs: torch.Tensor, dropped: torch.Tensor, *, ar: float, tar: float
+) -> torch.Tensor:
+    """``loss`` plus AR on the dropped outputs and TAR on the raw ones, each (T, B, H)."""
+    total = loss + tar * (outputs[1:] - outputs[:-1]).pow(2).mean()
+    return total + ar * dropped.pow(2).mean() if ar else total
+
+
+def train_language_model_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    device: torch.device,
+    *,
+    bptt: int,
+    grad_clip: float,
+    ar: float = 0.0,
+    tar: float = 0.0,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """One pass over consecutive windows of the training streams (rnn/train.py's ``train()``).
+
+    Args:
+        model: A recurrent language model (its ``run_dropped(tokens, hidden)``); put in train mode.
+        optimizer: SGD or ASGD over its weights; each step's rate is scaled by the window's
+            length over ``bptt`` and restored after it.
+        batches: Windows (tokens (B, T), targets (B, T)) in order through the same B streams.
+        device: Where the batches go.
+        bptt: The nominal window length.
+        grad_clip: Gradient-norm clip.
+        ar: Weight of the activation regularisation.
+        tar: Weight of the temporal activation regularisation.
+        precision: ``fp32``, or ``bf16`` for the forward pass and loss under bf16 autocast.
+
+    Returns:
+        ``train_loss`` (cross-entropy, without the regularisation) and ``train_acc``.
+    """
+    model.train()
+    net: Any = unwrap(model)
+    hidden: torch.Tensor | None = None
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count: torch.Tensor | int = 0
+    for batch in batches:
+        x, y = _to(batch, device)  # (B, T) each
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * x.shape[1] / bptt  # lr2 * seq_len / args.bptt
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            logits, outputs, dropped = net.run_dropped(x, hidden)  # (B, V, T), (T, B, H), (T, B, H)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            total = regularised_loss(loss, outputs.float(), dropped.float(), ar=ar, tar=tar)
+        total.backward()
+        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        hidden = outputs[-1].detach()  # (B, H): the next window goes on from here
+        n = labelled(y)
+        loss_sum += loss.detach() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        count += n
+    loss_mean, acc = _global_means(loss_sum, correct, count)
+    return {"train_loss": loss_mean, "train_acc": acc}
+
+
+@contextlib.contextmanager
+def averaged_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Inside, ``model``'s parameters hold ASGD's averages (its ``ax``); after, their own values
+    again (rnn/train.py swaps ``prm.data`` with ``optimizer.state[prm]['ax']`` to evaluate)."""
+    saved = []
+    with torch.no_grad():
+        for p in model.parameters():
+            saved.append(p.detach().clone())
+            p.copy_(optimizer.state[p]["ax"])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), saved, strict=True):
+                p.copy_(value)
+
+
+def _asgd(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    # rnn/train.py: torch.optim.ASGD(model.parameters(), lr=args.lr, t0=0, lambd=0., weight_decay=args.wdecay)
+    return torch.optim.ASGD(model.parameters(), lr=learning_rate, t0=0, lambd=0.0, weight_decay=weight_decay)
+
+
+def fit_language_model(
+    model: nn.Module,
+    train_batches: Iterable[Batch],
+    valid_batches: Iterable[Batch],
+    test_batches: Iterable[Batch],
+    device: torch.device,
+    *,
+    epochs: int,
+    learning_rate: float,
+    weight_decay: float,
+    grad_clip: float,
+    bptt: int,
+    ar: float = 0.0,
+    tar: float = 0.0,
+    nonmono: int = 5,
+    state: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    precision: str = "fp32",
+) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+    """Train a recurrent language model epoch by epoch as rnn/train.py does (module docstring),
+    at a constant ``learning_rate``.
+
+    Args:
+        model: The language model, on ``device``.
+        train_batches: The training text's windows, in order (iterated once per epoch).
+        valid_batches: The validation text's windows, in order: they decide the switch to ASGD.
+        test_batches: The test text's windows, in order.
+        device: Where the batches go.
+        epochs: Epochs in all (a resumed state counts the ones done).
+        learning_rate: The rate of SGD and of the ASGD it switches to.
+        weight_decay: L2 weight decay of both.
+        grad_clip: Gradient-norm clip.
+        bptt: The nominal window length.
+        ar: Weight of the activation regularisation.
+        tar: Weight of the temporal activation regularisation.
+        nonmono: Epochs of the non-monotonic trigger (0: SGD throughout).
+        state: A state yielded earlier, to continue from.
+        generator: The training windows' length generator, saved in the state and restored.
+        precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
+
+    Yields:
+        The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``asgd`` (1 once averaging),
+        ``valid_*`` and ``test_*`` with ``_loss``, ``_acc``, ``_ppl``, ``epoch``) and the state to
+        continue from. After the last epoch the model keeps the averaged weights, as rnn/train.py
+        saves them.
+    """
+    plain = unwrap(model)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    epoch, history = 0, []
+    if state is not None:
+        plain.load_state_dict(state["model"])
+        if state["asgd"]:
+            optimizer = _asgd(plain, learning_rate, weight_decay)
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, history = int(state["epoch"]), list(state["valid_history"])
+        if generator is not None:
+            generator.set_state(state["loader_rng"])
+    while epoch < epochs:
+        metrics = train_language_model_epoch(
+            model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
+            precision=precision,
+        )
+        asgd = isinstance(optimizer, torch.optim.ASGD)
+        metrics.update(lr=learning_rate, asgd=float(asgd))
+        with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
+            scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
+            tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)
+        metrics.update(scores)
+        metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
+        if not asgd:
+            if switches_to_asgd(history, scores["valid_loss"], nonmono):
+                optimizer = _asgd(plain, learning_rate, weight_decay)
+            history.append(scores["valid_loss"])
+        epoch += 1
+        metrics["epoch"] = float(epoch)
+        if epoch == epochs and asgd:  # the trained network is the averaged one
+            with torch.no_grad():
+                for p in plain.parameters():
+                    p.copy_(optimizer.state[p]["ax"])
+        new_state = {
+            "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+            "asgd": isinstance(optimizer, torch.optim.ASGD), "valid_history": list(history), "epoch": epoch,
+        }
+        if generator is not None:
+            new_state["loader_rng"] = generator.get_state()
+        yield metrics, new_state
