@@ -69,6 +69,9 @@ class TrainConfig:
     ``nesterov``: Nesterov momentum for the weights' SGD (GDAS's search config sets it).
     ``warmup_epochs``: the first epochs' rates rise linearly to the cosine's, ``(e + 1) / warmup``
     of it in epoch ``e`` (PC-DARTS's ImageNet search: 5); 0: no warm-up.
+    ``schedule``: the weights' rate anneals by ``cosine`` to ``learning_rate_min`` (DARTS), or by
+    ``step``: times ``gamma`` at each of ``milestones``, fractions of the epochs (relax's XD trainer:
+    0.1 at 0.5 and 0.75; :func:`raynas.train.schedules.step_schedule`).
     """
 
     epochs: int = 50
@@ -80,6 +83,9 @@ class TrainConfig:
     stop_at_skip_connects: int = 0
     nesterov: bool = False
     warmup_epochs: int = 0
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
@@ -88,6 +94,15 @@ class TrainConfig:
         check(self.grad_clip > 0, "train.grad_clip", "must be positive")
         check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
         check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "must be in [0, train.epochs]")
+        check(
+            bool(self.milestones) and all(0 < m < 1 for m in self.milestones)
+            and list(self.milestones) == sorted(set(self.milestones)),
+            "train.milestones",
+            f"must be fractions of the epochs in (0, 1), increasing, got {list(self.milestones)}",
+        )
+        check(self.gamma > 0, "train.gamma", "must be positive")
+        check(self.schedule == "cosine" or not self.warmup_epochs, "train.warmup_epochs",
+              "is the cosine schedule's warm-up; train.schedule step has none")
 
 
 @dataclass(frozen=True)
@@ -359,10 +374,24 @@ class RetrainSettings:
         epochs: Training epochs.
         channels: Initial channels (0: the space's evaluation default, 36 for DARTS on CIFAR).
         layers: Cells or layers (0: the space's default, 20 for DARTS on CIFAR).
-        learning_rate: SGD learning rate, cosine-annealed to 0.
+        learning_rate: The optimiser's learning rate, cosine-annealed to 0.
         momentum: SGD momentum.
-        weight_decay: L2 weight decay.
-        grad_clip: Gradient-norm clip.
+        weight_decay: SGD's L2 weight decay; AdamW's decoupled one, not on 1-D parameters and
+            biases (ConvNeXt's ``optim_factory.py``).
+        grad_clip: Gradient-norm clip (0: none, as ConvNeXt's ``main.py``).
+        optimizer: ``sgd`` or ``adamw`` (ConvNeXt's ``--opt adamw``).
+        betas: AdamW's betas (torch's (0.9, 0.999), which ConvNeXt keeps).
+        eps: AdamW's epsilon (1e-8, ConvNeXt's ``--opt_eps``).
+        warmup_epochs: The first epochs' rates rise linearly to the cosine's, ``(e + 1) / warmup``
+            of it in epoch ``e`` (ConvNeXt warms up for 20, per iteration); 0: none.
+        ar: A recurrent language model's activation regularisation, ``ar * mean(h ** 2)`` of the
+            output-dropped cell outputs (rnn/train.py's ``--alpha``, 0).
+        tar: Its temporal activation regularisation, ``tar * mean((h_{t+1} - h_t) ** 2)`` of the
+            raw ones (``--beta``, 1e-3).
+        nonmono: Its switch from SGD to averaged SGD: once the validation loss is worse than the
+            best of all but the last ``nonmono`` epochs (``--nonmono``, 5); 0: never.
+        valid_streams: Its validation text is read as this many streams (``eval_batch_size`` 10).
+        test_streams: Its test text is read as this many streams (``test_batch_size`` 1).
         auxiliary_weight: Weight of the auxiliary head's loss (0: no head; 0.4 in DARTS).
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs (0.2 in DARTS).
         label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
@@ -380,6 +409,15 @@ class RetrainSettings:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_epochs: int = 0
+    ar: float = 0.0
+    tar: float = 1e-3
+    nonmono: int = 5
+    valid_streams: int = 10
+    test_streams: int = 1
     auxiliary_weight: float = 0.0
     drop_path_prob: float = 0.0
     label_smoothing: float = 0.0
@@ -388,6 +426,18 @@ class RetrainSettings:
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "retrain.betas",
+              "must be two numbers in [0, 1)")
+        check(self.eps > 0, "retrain.eps", "must be positive")
+        check(0 <= self.warmup_epochs <= self.epochs, "retrain.warmup_epochs",
+              "must be in [0, retrain.epochs]")
+        check(not (self.warmup_epochs and (self.lr_gamma or self.lr_power)), "retrain.warmup_epochs",
+              "warms up the cosine schedule only (retrain.lr_gamma and lr_power 0)")
+        check(self.ar >= 0 and self.tar >= 0, "retrain.ar", "and retrain.tar must be >= 0")
+        check(self.nonmono >= 0, "retrain.nonmono", "must be >= 0 (0: SGD throughout)")
+        check(self.valid_streams >= 1 and self.test_streams >= 1, "retrain.valid_streams",
+              "and retrain.test_streams must be at least 1")
+        check(self.grad_clip >= 0, "retrain.grad_clip", "must be >= 0 (0: no clipping)")
         check(self.lr_power >= 0, "retrain.lr_power", "must be >= 0 (0: no poly schedule)")
         check(not (self.lr_power and self.lr_gamma), "retrain.lr_power",
               "and retrain.lr_gamma exclude each other")
@@ -1553,6 +1603,13 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         f"not ({_TUNED} and execution['backend'] == 'local')",
         "config section 'tune' needs execution.backend: ray (Ray Tune runs the trials); set "
         "tune.enabled: false to train candidates one after another in this process",
+    ),
+    Check(
+        "data_settings['train_portion'] < 1 "
+        "or ('same_batch' in strategy_settings and strategy_settings['same_batch'])",
+        "config key 'data.train_portion' 1 trains on every training image and validates on the test "
+        "split: only strategy.same_batch (darts) steps alpha without held-out images; set it, or "
+        "lower data.train_portion (strategy {strategy!r})",
     ),
 )
 """The rules between a search job's sections that hold whatever its components (what a sampling

@@ -183,7 +183,7 @@ def test_values_are_checked_by_the_components() -> None:
     assert "'train.epochs' must be at least 1" in config_error(job(), "train.epochs=0")
     assert "space.channels must be an even number" in config_error(job(), "space.channels=3")
     assert "unknown op 'conv_9x9'" in config_error(job(), "space.primitives=[none, conv_9x9]")
-    assert "data.train_portion must be in (0, 1)" in config_error(job(), "data.train_portion=1.5")
+    assert "data.train_portion must be in (0, 1]" in config_error(job(), "data.train_portion=1.5")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_to_dict_fills_in_every_default_and_parses_back() -> None:
     assert data["strategy"] == {"name": "darts", **plain(DartsConfig(order=1))}
     assert data["strategy"]["hessian_r"] == 0.01 and data["strategy"]["arch_betas"] == [0.5, 0.999]
     assert data["data"] == {"name": "digits", **plain(DigitsConfig(batch_size=8))}
-    assert data["train"] == {**vars(TrainConfig(epochs=2))}
+    assert data["train"] == plain(TrainConfig(epochs=2))
     assert data["execution"] == {**vars(ExecutionConfig())}
     assert data["tracking"] == {**vars(TrackingConfig())}
     assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain data only

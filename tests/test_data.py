@@ -275,8 +275,8 @@ def test_batch_file_of_the_wrong_structure_is_a_data_error(cifar10_root: Path, c
 def test_cifar_config_needs_a_path() -> None:
     with pytest.raises(ConfigError, match=r"'data\.path' is missing"):
         CifarConfig()
-    with pytest.raises(ConfigError, match=r"train_portion must be in \(0, 1\)"):
-        CifarConfig(path="/x", train_portion=1.0)
+    with pytest.raises(ConfigError, match=r"train_portion must be in \(0, 1\]"):
+        CifarConfig(path="/x", train_portion=1.5)
 
 
 def test_too_few_images_to_split_is_a_config_error(cifar10_root: Path) -> None:

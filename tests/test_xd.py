@@ -7,6 +7,8 @@ XD-operations generalise."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -208,3 +210,169 @@ def test_describe_counts_an_xd_network_as_its_backbone(capsys: pytest.CaptureFix
     classifier = backbone.classifier
     assert isinstance(classifier, nn.Linear)
     assert printed > 100 * classifier.in_features * classifier.out_features
+
+
+# --- the search with relax's trainer settings (examples/resnet/trainer.py) ------------------------
+
+
+def _xd_strategy(**train: Any) -> Any:
+    """A DARTS strategy in relax's same-batch mode on a tiny XD supernet (DARTS_V2, 4 channels, 3
+    cells, 8x8 inputs), with relax's optimiser settings (permuted.sh: Adam 1e-3, no decay)."""
+    from raynas.config import TrainConfig
+    from raynas.strategies import STRATEGIES
+    from raynas.strategies.gradient.darts import DartsConfig
+
+    torch.manual_seed(0)
+    space = SPACES.create(
+        "xd", XdSpaceConfig(backbones=("darts:DARTS_V2",), depth_choices=(1,), channels=4, layers=3)
+    )
+    supernet = build_supernet(space, DatasetInfo("cifar10", 3, 10, 8))
+    config = DartsConfig(arch_learning_rate=1e-3, arch_weight_decay=0.0, arch_betas=(0.9, 0.999),
+                         arch_follows_schedule=True, same_batch=True)
+    settings = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4, **train}
+    return STRATEGIES.create("darts", supernet=supernet, config=config, train=TrainConfig(**settings))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no optimiser step here
+@pytest.mark.parametrize(
+    ("epochs", "factors"),
+    [
+        # relax's sched: 0.1 ** (e >= int(0.5 E)) * 0.1 ** (e >= int(0.75 E)); E = 8: 4 and 6.
+        (8, [1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]),
+        # E = 7: int(3.5) = 3 and int(5.25) = 5, truncated as relax's int().
+        (7, [1, 1, 1, 0.1, 0.1, 0.01, 0.01]),
+    ],
+)
+def test_the_step_schedule_divides_both_rates_by_ten_at_relaxs_milestones(
+    epochs: int, factors: list[float]
+) -> None:
+    """Every epoch's weight rate is 0.1 times relax's factor, and with ``arch_follows_schedule``
+    the K, L, M Adam's rate is 1e-3 times the same factor (one LambdaLR over both optimisers)."""
+    strategy = _xd_strategy(epochs=epochs, schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    rates = []
+    for _ in range(epochs):
+        rates.append((strategy.lr, strategy.a_optimizer.param_groups[0]["lr"]))
+        strategy.end_epoch()
+    assert [w for w, _ in rates] == pytest.approx([0.1 * f for f in factors], rel=1e-12)
+    assert [a for _, a in rates] == pytest.approx([1e-3 * f for f in factors], rel=1e-12)
+    # A resumed search goes on at the same rates.
+    again = _xd_strategy(epochs=epochs, schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    again.load_state_dict(strategy.state_dict())
+    assert again.a_optimizer.param_groups[0]["lr"] == strategy.a_optimizer.param_groups[0]["lr"]
+    assert again.lr == strategy.lr
+
+
+def test_a_same_batch_step_is_one_backward_pass_then_sgd_and_adam_steps() -> None:
+    """relax's step (trainer.py's ``train`` with nas.py's ``MixedOptimizer``): one forward and one
+    backward pass of the training batch's loss, then SGD (momentum 0.9, weight decay 1e-4, after
+    raynas's clip to norm 5) on the weights and Adam on the twiddles, checked against the first
+    step of each written out by hand: ``w - lr (c g + wd w)``, ``c = min(1, 5 / (||g|| + 1e-6))``,
+    and ``a - lr g / (|g| + 1e-8)`` (Adam's bias-corrected first step)."""
+    import copy
+
+    strategy = _xd_strategy(epochs=2)
+    reference = copy.deepcopy(strategy.model)
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5])
+    passes = []
+    strategy.model.register_forward_hook(lambda *_: passes.append(1))
+    strategy.step((x, y), None)
+    assert len(passes) == 1
+
+    reference.train()
+    weights, twiddles = list(reference.weights()), list(reference.arch_parameters())
+    loss = nn.functional.cross_entropy(reference(x), y)
+    grads = torch.autograd.grad(loss, [*weights, *twiddles])
+    g_w, g_a = grads[: len(weights)], grads[len(weights):]
+    norm = torch.sqrt(sum((g**2).sum() for g in g_w))
+    clip = min(1.0, 5.0 / (float(norm) + 1e-6))
+    for new, w, g in zip(strategy.model.weights(), weights, g_w, strict=True):
+        torch.testing.assert_close(new.detach(), w.detach() - 0.1 * (clip * g + 1e-4 * w.detach()),
+                                   atol=1e-6, rtol=0)
+    moved = 0
+    for new, a, g in zip(strategy.model.arch_parameters(), twiddles, g_a, strict=True):
+        torch.testing.assert_close(new.detach(), a.detach() - 1e-3 * g / (g.abs() + 1e-8), atol=1e-6, rtol=0)
+        moved += int(not torch.equal(new, a))
+    assert moved == len(twiddles)  # every K, L and M stepped
+
+
+def test_a_same_batch_epoch_draws_no_validation_batch() -> None:
+    """The search loop gives a same-batch strategy only training batches: the validation loader
+    is not touched (its data would be loaded for nothing)."""
+    from raynas.train.loop import search_epoch
+
+    class Untouched:
+        def __iter__(self) -> Any:
+            raise AssertionError("a validation batch was drawn")
+
+    strategy = _xd_strategy(epochs=2)
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))] * 2
+    metrics = search_epoch(strategy, batches, Untouched(), torch.device("cpu"))
+    assert metrics["train_acc"] >= 0 and strategy.epoch == 1
+
+
+def test_the_resnet_job_has_relaxs_trainer_settings() -> None:
+    """jobs/xd_resnet_cifar10.yaml against trainer.py's defaults and permuted.sh's XD line
+    (``--xd --arch-adam --arch-lr 1E-3 --kmatrix-depth 3``): batch 128, 200 epochs, SGD 0.1,
+    momentum 0.9, weight decay 1e-4, both rates x0.1 at int(0.5 E) and int(0.75 E), Adam 1e-3
+    without decay (torch's betas), both optimisers on the same batch of all the training images,
+    K, L, M learnt from the first epoch (--warmup-epochs 0)."""
+    from raynas.runs import load_job
+
+    config = load_job(Path(__file__).parents[1] / "jobs" / "xd_resnet_cifar10.yaml")
+    train, strategy, data = config.train, config.strategy.config, config.data.config
+    assert (config.space.name, config.strategy.name, config.data.name) == ("xd", "darts", "cifar10")
+    assert (data.batch_size, data.train_portion) == (128, 1.0)
+    assert (train.epochs, train.learning_rate, train.momentum, train.weight_decay) == (200, 0.1, 0.9, 1e-4)
+    assert (train.schedule, train.milestones, train.gamma) == ("step", (0.5, 0.75), 0.1)
+    assert train.warmup_epochs == 0
+    assert (strategy.order, strategy.same_batch, strategy.arch_follows_schedule) == (1, True, True)
+    assert (strategy.arch_learning_rate, strategy.arch_weight_decay) == (1e-3, 0.0)
+    assert tuple(strategy.arch_betas) == (0.9, 0.999) and strategy.arch_start_epoch == 0
+    assert config.space.config.depth_choices == (3,)
+
+
+@pytest.mark.parametrize(
+    ("job", "setting", "says"),
+    [
+        ("xd_resnet_cifar10", "train.schedule=linear",
+         "'train.schedule' is str 'linear'; allowed: 'cosine', 'step'"),
+        ("xd_resnet_cifar10", "train.milestones=[0.75,0.5]", "'train.milestones' must be fractions"),
+        ("xd_resnet_cifar10", "train.milestones=[0.5,1.0]", "'train.milestones' must be fractions"),
+        ("xd_resnet_cifar10", "train.milestones=[0,0.5]", "'train.milestones' must be fractions"),
+        ("xd_resnet_cifar10", "strategy.order=2", "strategy.same_batch is a first-order step"),
+        ("xd_resnet_cifar10", "strategy.same_batch=false", "'data.train_portion' 1 trains on every"),
+        ("gdas_cifar10", "strategy.same_batch=true", "unknown config key 'strategy.same_batch'"),
+        ("gdas_cifar10", "data.train_portion=1", "'data.train_portion' 1 trains on every"),
+    ],
+)
+def test_bad_relax_settings_get_one_line_and_exit_status_2(
+    job: str, setting: str, says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = Path(__file__).parents[1] / "jobs" / f"{job}.yaml"
+    assert main(["search", str(path), "--set", setting, "--set", f"data.path={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raynas: error: ") and len(err.strip().splitlines()) == 1
+    assert says in err
+
+
+def test_train_portion_one_trains_on_every_image_and_validates_on_the_test_batch(
+    tmp_path: Path,
+) -> None:
+    """relax's loaders: the search's training batches cover the whole training set (24 images of
+    the fixture) and its validation batches are CIFAR's test_batch (tests/fixtures.py: images
+    20-22); a dataset with no test split (the digits) refuses ``train_portion: 1``."""
+    from fixtures import CIFAR_TEST, write_cifar10
+
+    from raynas.data import DATASETS, search_loaders
+
+    def make(root: Path) -> Any:
+        return DATASETS.create("cifar10", DATASETS.entry("cifar10").config(
+            path=str(root), batch_size=4, train_portion=1.0))
+
+    train, valid = search_loaders(make(write_cifar10(tmp_path / "with")), seed=0)
+    assert len(train.dataset) == len(train.dataset.dataset) and len(valid.dataset) == len(CIFAR_TEST)
+    assert valid.dataset.dataset is not train.dataset.dataset  # the test batch, not the training set
+    assert sorted(train.dataset.indices) == list(range(len(train.dataset.dataset)))
+    digits = DATASETS.create("digits", DATASETS.entry("digits").config(train_portion=1.0))  # no test split
+    with pytest.raises(ConfigError, match=r"^data.train_portion 1 holds out nothing .* no official test"):
+        search_loaders(digits, seed=0)

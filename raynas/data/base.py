@@ -50,12 +50,14 @@ class LoaderConfig:
     Attributes:
         batch_size: Images per step, for both halves.
         train_portion: Share of the training set used to train weights; the rest trains alpha.
+            1: every training image trains, and the epochs are validated on the official test
+            split (relax's XD trainer; a search job allows it only with ``strategy.same_batch``).
         num_workers: DataLoader worker processes (0 loads in the training process).
         limit: Use only the first ``limit`` training images (0: all), for quick trials.
     """
 
     batch_size: Annotated[int, Rule(ge=1)] = 64
-    train_portion: Annotated[float, Rule(gt=0, lt=1)] = 0.5
+    train_portion: Annotated[float, Rule(gt=0, le=1)] = 0.5
     num_workers: Annotated[int, Rule(ge=0)] = 0
     limit: Annotated[int, Rule(ge=0)] = 0
 
@@ -92,7 +94,15 @@ def training_order(dataset: Any, full: Any) -> Sequence[int]:
 
 def split_indices(order: Sequence[int], portion: float) -> tuple[list[int], list[int]]:
     """DARTS's split of the training images ``order`` lists (:func:`training_order`, cut to
-    ``data.limit``): the first ``portion`` trains weights, the rest alpha."""
+    ``data.limit``): the first ``portion`` trains weights, the rest alpha.
+
+    Raises:
+        ConfigError: ``portion`` 1, which holds nothing out (only a dataset with an official test
+            split validates on that instead).
+    """
+    if portion >= 1:
+        raise ConfigError("data.train_portion 1 holds out nothing and this dataset has no official "
+                          "test split to validate on: lower it")
     cut = int(portion * len(order))
     return list(order[:cut]), list(order[cut:])
 
@@ -135,7 +145,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
 def search_loaders(
     dataset: SearchDataset, *, seed: int, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], DataLoader[Any]]:
-    """Shuffled loaders over the two halves of the search split.
+    """Shuffled loaders over the two halves of the search split (``train_portion`` 1: over the
+    whole training set and the official test split).
 
     Args:
         dataset: A registered dataset instance.
@@ -152,7 +163,13 @@ def search_loaders(
     n = len(order)
     if cfg.limit:
         n = min(n, cfg.limit)
-    train_idx, valid_idx = split_indices(order[:n], cfg.train_portion)
+    test = official_test_set(dataset) if cfg.train_portion == 1 else None
+    valid_set = full if test is None else test
+    if test is not None:  # all for training; the epochs validated on the test split (relax)
+        train_idx = list(order[:n])
+        valid_idx = list(range(min(len(test), cfg.limit) if cfg.limit else len(test)))
+    else:
+        train_idx, valid_idx = split_indices(order[:n], cfg.train_portion)
     if not train_idx or not valid_idx:
         raise ConfigError(f"data: {n} images are too few to split at {cfg.train_portion}")
     if cfg.batch_size % world_size or min(len(train_idx), len(valid_idx)) < cfg.batch_size * (
@@ -163,18 +180,18 @@ def search_loaders(
             "data-parallel workers, and no larger than either half of the split"
         )
 
-    def loader(indices: list[int], offset: int) -> DataLoader[Any]:
+    def loader(part: Dataset[Any], indices: list[int], offset: int) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(seed + offset)
         sampler = ShardedBatchSampler(len(indices), cfg.batch_size, generator, rank, world_size)
         return DataLoader(
-            Subset(full, indices),
+            Subset(part, indices),
             batch_sampler=sampler,
             num_workers=cfg.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=cfg.num_workers > 0,
         )
 
-    return loader(train_idx, 0), loader(valid_idx, 1)
+    return loader(full, train_idx, 0), loader(valid_set, valid_idx, 1)
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -12,7 +12,8 @@ from torch import nn
 
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
-from raynas.train.schedules import poly_lr
+from raynas.train.optim import OptimizerName, build_optimizer
+from raynas.train.schedules import cosine_schedule, poly_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -32,7 +33,8 @@ def search_epoch(
 ) -> dict[str, float]:
     """One pass over the training half; each step also draws a batch of the validation half (a
     strategy that ``alternates_by_epoch``, FBNet, takes a weight step on every training batch,
-    then an architecture step on every validation batch),
+    then an architecture step on every validation batch; one with ``same_batch`` draws none, its
+    alpha stepping on the training batch),
     under ``precision``'s autocast (``bf16``: the strategy's forward and backward passes run the
     matmuls and convolutions in bf16; weights, gradients and optimiser states stay float32).
 
@@ -48,17 +50,19 @@ def search_epoch(
     count: torch.Tensor | int = 0
     clock = {"step": 0.0, "data": 0.0}
     by_epoch = getattr(strategy, "alternates_by_epoch", False)
+    same_batch = getattr(strategy, "same_batch", False)  # alpha steps on the training batch
     pairs = (
-        ((b, None) for b in train_batches) if by_epoch
+        ((b, None) for b in train_batches) if by_epoch or same_batch
         else zip(train_batches, _passes(valid_batches), strict=False)  # as many as training batches
     )
     for train_batch, valid_batch in _timed(pairs, clock):
         tic = time.perf_counter()
         with autocast(device, precision):
-            if valid_batch is None:  # the weights only; the architecture after the epoch
+            if by_epoch:  # the weights only; the architecture after the epoch
                 result = strategy.weight_step(_to(train_batch, device))  # type: ignore[attr-defined]
             else:
-                result = strategy.step(_to(train_batch, device), _to(valid_batch, device))
+                valid = None if valid_batch is None else _to(valid_batch, device)
+                result = strategy.step(_to(train_batch, device), valid)
         clock["step"] += time.perf_counter() - tic
         loss_sum += result.loss_sum
         correct += result.correct
@@ -177,7 +181,7 @@ def train_epoch(
         optimizer: Steps the network's weights.
         batches: Training batches.
         device: Where the batches go.
-        grad_clip: Gradient-norm clip (DARTS's 5).
+        grad_clip: Gradient-norm clip (DARTS's 5; 0: none, as ConvNeXt's ``main.py``).
         auxiliary_weight: Weight of the auxiliary head's loss when the model returns one.
         label_smoothing: Label smoothing of both losses (0.1 in DARTS's ``train_imagenet.py``).
         before_step: Called with the step index before each forward pass (a one-shot supernet
@@ -206,7 +210,8 @@ def train_epoch(
         # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
         # what they train; a no-op for one worker.
         average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         n = labelled(y)
         loss_sum += loss.detach() * n
@@ -251,10 +256,14 @@ def fit(
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    optimizer_name: OptimizerName = "sgd",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    warmup_epochs: int = 0,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
-    """Train a stand-alone network epoch by epoch: SGD with momentum, cosine annealing to 0 over
-    ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated after
-    every epoch.
+    """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
+    to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
+    after every epoch.
 
     Args:
         model: The network, on ``device`` (or it compiled: see ``accel.prepare``).
@@ -262,10 +271,10 @@ def fit(
         eval_batches: Batches it is evaluated on after every epoch.
         device: Where the batches go.
         epochs: Epochs in all (a resumed state counts the ones done).
-        learning_rate: SGD's initial rate.
+        learning_rate: The optimiser's initial rate.
         momentum: SGD momentum.
-        weight_decay: L2 weight decay.
-        grad_clip: Gradient-norm clip.
+        weight_decay: SGD's L2 weight decay, or AdamW's decoupled one (not on norms and biases).
+        grad_clip: Gradient-norm clip (0: none).
         auxiliary_weight: Weight of the auxiliary head's loss.
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs.
         label_smoothing: Label smoothing of the training loss.
@@ -277,18 +286,24 @@ def fit(
         state: A state yielded earlier, to continue from.
         generator: The training batches' shuffling generator, saved in the state and restored.
         precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
+        optimizer_name: ``sgd`` or ``adamw`` (:func:`raynas.train.optim.build_optimizer`).
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        warmup_epochs: The cosine's first epochs warm up linearly
+            (:func:`raynas.train.schedules.cosine_schedule`).
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
         ``epoch``) and the state to continue from.
     """
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+    optimizer = build_optimizer(
+        model, name=optimizer_name, learning_rate=learning_rate, momentum=momentum,
+        weight_decay=weight_decay, betas=betas, eps=eps,
     )
     schedule: torch.optim.lr_scheduler.LRScheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if lr_power  # set per step below
-        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+        else cosine_schedule(optimizer, epochs=epochs, eta_min=0.0, warmup_epochs=warmup_epochs)
     )
     plain = unwrap(model)  # a compiled model's state is saved as its plain module's
     epoch = 0

@@ -1,6 +1,7 @@
 """Learning-rate schedules that torch's schedulers do not state the way the papers do.
 
-A search's cosine with a linear warm-up (:func:`cosine_schedule`, PC-DARTS on ImageNet).
+A search's cosine with a linear warm-up (:func:`cosine_schedule`, PC-DARTS on ImageNet), and its
+step decay at fractions of the epochs (:func:`step_schedule`, relax's XD trainer).
 
 DeepLab's "poly" policy (Chen et al., DeepLab, TPAMI 2018, Sec. 4.1; ``tensorflow/models``
 ``research/deeplab/utils/train_utils.py``, ``learning_policy='poly'``), which Auto-DeepLab
@@ -11,7 +12,7 @@ updated every iteration.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -50,3 +51,18 @@ def cosine_schedule(
 
     bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [scale(base) for base in bases])
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, *, epochs: int, milestones: Sequence[float], gamma: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A search's step decay, stepped once an epoch: each group's rate times ``gamma`` for every
+    milestone reached, epoch ``e`` (0-based) having reached milestone ``m`` (a fraction of the
+    epochs) once ``e >= int(m * epochs)``: relax's ``examples/resnet/trainer.py`` (``sched``:
+    ``0.1 ** (epoch >= int(0.5 * epochs)) * 0.1 ** (epoch >= int(0.75 * epochs))``)."""
+    starts = [int(m * epochs) for m in milestones]
+
+    def factor(epoch: int) -> float:
+        return gamma ** sum(epoch >= start for start in starts)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -28,8 +28,8 @@ class SearchStep(Protocol):
         """The current learning rate of the weights."""
         ...
 
-    def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
-        """One step on a training batch and a validation batch."""
+    def step(self, train_batch: Batch, valid_batch: Batch | None) -> StepResult:
+        """One step on a training batch and a validation batch (None: one that takes none)."""
         ...
 
     def end_epoch(self) -> None:

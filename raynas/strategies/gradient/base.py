@@ -27,7 +27,7 @@ from torch import nn
 from raynas.config import Check, Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
-from raynas.train.schedules import cosine_schedule
+from raynas.train.schedules import cosine_schedule, step_schedule
 from raynas.train.segmentation import labelled, mean_cross_entropy
 from raynas.train.step import Batch, StepResult
 
@@ -43,6 +43,9 @@ class GradientConfig:
     ``rnn/train_search.py``: 1e-3); other supernets ignore it.
     ``arch_grad_clip`` clips the norm of alpha's gradient before its step (PC-DARTS's
     ``train_search_imagenet.py``: 5); 0: unclipped, as DARTS's ``architect.py``.
+    ``arch_follows_schedule``: alpha's rate is scaled each epoch as the weights' schedule scales
+    theirs (relax's ``examples/resnet/trainer.py``: one ``LambdaLR`` over its ``MixedOptimizer``
+    of both); off, it stays at ``arch_learning_rate`` (DARTS).
     """
 
     arch_learning_rate: Annotated[float, Rule(gt=0)] = 3e-4
@@ -52,6 +55,7 @@ class GradientConfig:
     random_features: bool = False
     tar: Annotated[float, Rule(ge=0)] = 1e-3
     arch_grad_clip: Annotated[float, Rule(ge=0)] = 0.0
+    arch_follows_schedule: bool = False
 
     checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -113,9 +117,12 @@ class GradientStrategy:
             weight_decay=train.weight_decay,
             nesterov=train.nesterov,
         )
-        self.scheduler = cosine_schedule(
-            self.w_optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
-            warmup_epochs=train.warmup_epochs,
+        self.scheduler = (
+            step_schedule(self.w_optimizer, epochs=train.epochs, milestones=train.milestones,
+                          gamma=train.gamma)
+            if train.schedule == "step"
+            else cosine_schedule(self.w_optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
+                                 warmup_epochs=train.warmup_epochs)
         )
         self.arch_params: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
         self.a_optimizer = torch.optim.Adam(
@@ -168,32 +175,40 @@ class GradientStrategy:
             return 1.0
         return train_batch[0].shape[1] / bptt  # tokens (streams, seq_len)
 
-    def step(self, train_batch: Batch, valid_batch: Batch) -> StepResult:
-        """One search step: update ``alpha`` on validation data, then ``w`` on training data
-        (the other way round with :attr:`weights_first`), at the learning rate times
-        :meth:`lr_factor`."""
+    def step(self, train_batch: Batch, valid_batch: Batch | None) -> StepResult:
+        """One search step, :meth:`updates` at the learning rate times :meth:`lr_factor`
+        (``valid_batch`` None: a strategy that steps alpha on the training batch)."""
         self.model.train()
         if self.recurrent:
-            self._streams = {id(train_batch[0]): "train", id(valid_batch[0]): "valid"}
+            self._streams = {id(train_batch[0]): "train"}
+            if valid_batch is not None:
+                self._streams[id(valid_batch[0])] = "valid"
         groups = self.w_optimizer.param_groups
         rates = [group["lr"] for group in groups]
         factor = self.lr_factor(train_batch)
         for group in groups:
             group["lr"] = group["lr"] * factor
         try:
-            if self.weights_first:
-                result = self.weight_step(train_batch)
-            if self.epoch >= self.config.arch_start_epoch:
-                self.a_optimizer.zero_grad(set_to_none=True)
-                self.arch_backward(train_batch, valid_batch)
-                self.arch_update()
-            if not self.weights_first:
-                result = self.weight_step(train_batch)
+            result = self.updates(train_batch, valid_batch)
         finally:
             for group, rate in zip(groups, rates, strict=True):
                 group["lr"] = rate
         self.hidden.update(self._ended)  # the next batches go on from here
         self._ended, self._streams = {}, {}
+        return result
+
+    def updates(self, train_batch: Batch, valid_batch: Batch | None) -> StepResult:
+        """A step's updates, at the step's rates: alpha on validation data (from
+        ``arch_start_epoch`` on), then ``w`` on training data (the other way round with
+        :attr:`weights_first`)."""
+        if self.weights_first:
+            result = self.weight_step(train_batch)
+        if self.epoch >= self.config.arch_start_epoch:
+            self.a_optimizer.zero_grad(set_to_none=True)
+            self.arch_backward(train_batch, valid_batch)  # type: ignore[arg-type]
+            self.arch_update()
+        if not self.weights_first:
+            result = self.weight_step(train_batch)
         return result
 
     def arch_update(self) -> None:
@@ -209,16 +224,19 @@ class GradientStrategy:
         loss, _ = self.loss(valid_batch)
         loss.backward(inputs=self.arch_params)
 
-    def weight_step(self, batch: Batch) -> StepResult:
+    def weight_step(self, batch: Batch, *, with_arch: bool = False) -> StepResult:
         """One SGD step of the weights on a training batch, gradients clipped by norm
-        (:attr:`clips_weights`)."""
+        (:attr:`clips_weights`); ``with_arch``: the same backward pass also leaves alpha's
+        gradient of the training loss, for :meth:`arch_update` to step on."""
         self.w_optimizer.zero_grad(set_to_none=True)
+        if with_arch:
+            self.a_optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(batch)
         total = loss
         if self.recurrent and self.config.tar and self._outputs is not None:
             h = self._outputs  # (T, B, H)
             total = loss + self.config.tar * (h[1:] - h[:-1]).pow(2).mean()
-        total.backward(inputs=self.weight_params)
+        total.backward(inputs=[*self.weight_params, *self.arch_params] if with_arch else self.weight_params)
         average_gradients_(self.weight_params)
         if self.clips_weights or self.recurrent:
             nn.utils.clip_grad_norm_(self.weight_params, self.train.grad_clip)
@@ -232,8 +250,13 @@ class GradientStrategy:
         )
 
     def end_epoch(self) -> None:
-        """Advance the learning-rate schedule and the epoch count."""
+        """Advance the learning-rate schedule (alpha's too with ``arch_follows_schedule``) and the
+        epoch count."""
         self.scheduler.step()
+        if self.config.arch_follows_schedule:
+            group = self.w_optimizer.param_groups[0]
+            for arch_group in self.a_optimizer.param_groups:  # the factor the schedule applies now
+                arch_group["lr"] = self.config.arch_learning_rate * group["lr"] / group["initial_lr"]
         self.epoch += 1
         self.hidden = {}  # rnn/train_search.py starts every epoch from zero states
 

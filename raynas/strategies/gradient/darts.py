@@ -18,19 +18,25 @@ is added; ``v = grad_w' L_val(w', a)`` is clipped to the same norm (no weight de
 over 1 (the gradient was not clipped). As there, the finite difference is taken around ``w`` (from
 the training stream's hidden state), in place: ``w + eps v``, then ``- 2 eps v``, then ``+ eps v``
 back, the code's own restoration (the CNN path here restores ``w`` from a copy).
+
+``same_batch`` is the step of the XD-operations' official trainer (Roberts et al., NeurIPS 2021;
+``mkhodak/relax``, ``examples/resnet/trainer.py`` with ``relax/nas.py``'s ``MixedOptimizer``):
+one backward pass of the training loss, then both the weights' SGD and alpha's Adam step on it;
+no validation batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 
-from raynas.config import Rule
+from raynas.config import Check, Rule
 from raynas.strategies.gradient.base import Batch, GradientConfig, GradientStrategy
 from raynas.strategies.registry import STRATEGIES
 from raynas.train.distributed import average_
+from raynas.train.step import StepResult
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,19 @@ class DartsConfig(GradientConfig):
     Attributes:
         order: 1 for first order, 2 for the unrolled second-order gradient.
         hessian_r: ``r`` in the finite-difference step ``eps = r / ||v||`` (0.01 in the paper).
+        same_batch: relax's step: the weights and alpha both step on the gradient of one training
+            batch's loss (first order only; with ``data.train_portion: 1`` on every training
+            image, the epoch's validation on the official test split, as relax's).
     """
 
     order: Literal[1, 2] = 1
     hessian_r: Annotated[float, Rule(gt=0)] = 0.01
+    same_batch: bool = False
+
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check("not same_batch or order == 1",
+              "strategy.same_batch is a first-order step (relax's); set strategy.order to 1"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +69,20 @@ class Darts(GradientStrategy):
     """DARTS; ``order: 2`` selects the unrolled (second-order) architecture gradient."""
 
     config: DartsConfig
+
+    @property
+    def same_batch(self) -> bool:
+        """Whether a step takes no validation batch (``same_batch``): the search loop draws none."""
+        return self.config.same_batch
+
+    def updates(self, train_batch: Batch, valid_batch: Batch | None) -> StepResult:
+        if not self.config.same_batch:
+            return super().updates(train_batch, valid_batch)
+        joint = self.epoch >= self.config.arch_start_epoch
+        result = self.weight_step(train_batch, with_arch=joint)
+        if joint:
+            self.arch_update()
+        return result
 
     def arch_backward(self, train_batch: Batch, valid_batch: Batch) -> None:
         if self.config.order == 1:
