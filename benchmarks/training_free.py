@@ -32,7 +32,8 @@ CIFAR = DatasetInfo(name="cifar10", in_channels=3, num_classes=10, image_size=32
 
 
 def score(proxy: str, archs: list[Any], inputs: torch.Tensor, stack: int) -> tuple[list[float], float]:
-    """Every candidate's raw proxy value, and the seconds the whole set took."""
+    """Every candidate's raw proxy value, and the seconds the whole set took (networks built on
+    the inputs' device)."""
     space = Nb201Space()
     key = "naswot" if proxy == "naswot" else "ntk_cond"
     values: list[float] = []
@@ -41,11 +42,13 @@ def score(proxy: str, archs: list[Any], inputs: torch.Tensor, stack: int) -> tup
         nets = []
         for i, arch in enumerate(archs[first:first + stack]):
             torch.manual_seed(first + i)
-            nets.append(space.build(arch, CIFAR).train())
+            nets.append(space.build(arch, CIFAR).to(inputs.device).train())
         if stack == 1:
             values.append(proxy_values(nets[0], inputs, proxy)[key])
         else:
             values += [v[key] for v in stacked_proxy_values(space.stack, nets, inputs, proxy)]
+    if inputs.device.type == "cuda":
+        torch.cuda.synchronize(inputs.device)
     return values, time.perf_counter() - start
 
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="where the networks score (cpu, cuda)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     space = Nb201Space()
     archs = [space.sample(rng) for _ in range(args.candidates)]
     inputs = torch.randn(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    inputs = inputs.to(args.device)
     rows = []
     for proxy in args.proxies.split(","):
         score(proxy, archs[:2], inputs, 1)  # warm-up: first-call allocations
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         together, tn = score(proxy, archs, inputs, args.stack)
         same = all(math.isclose(a, b, rel_tol=1e-6) or a == b for a, b in zip(alone, together, strict=True))
         rows.append({
-            "proxy": proxy, "candidates": args.candidates, "batch_size": args.batch_size,
+            "proxy": proxy, "device": args.device, "candidates": args.candidates,
+            "batch_size": args.batch_size,
             "one_per_pass": round(args.candidates / t1, 2),
             f"stack_{args.stack}": round(args.candidates / tn, 2),
             "speedup": round(t1 / tn, 2), "same_scores": same,
