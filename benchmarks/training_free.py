@@ -4,11 +4,12 @@ candidate per pass against ``--stack`` candidates per pass (``evaluator.stack``)
 Each case scores the same ``--candidates`` random cells the way the training-free evaluator does:
 build the benchmark's network (16 channels, 5 cells per stage, 10 classes) under its seed, then
 the proxy on one batch of ``--batch-size`` 32x32 images in train mode (``naswot``: one forward
-pass; ``te_nas``: one forward pass and one backward pass per image). The stacked case runs the
-candidates' networks as one (:class:`raynas.spaces.nb201.StackedTinyNetwork`) and checks that
-every score equals the one-by-one score. Network building is counted in both. Usage::
+pass; ``ntk``, TE-NAS's NTK condition number: one forward pass and one backward pass per
+image). The stacked case runs the candidates' networks as one
+(:class:`raynas.spaces.nb201.StackedTinyNetwork`) and checks that every score equals the
+one-by-one score. Network building is counted in both. Usage::
 
-    python benchmarks/training_free.py                      # naswot and te_nas, 16 candidates
+    python benchmarks/training_free.py                      # naswot and ntk, 16 candidates
     python benchmarks/training_free.py --proxies naswot --candidates 64 --stack 16 --json out.json
 """
 
@@ -54,7 +55,7 @@ def score(proxy: str, archs: list[Any], inputs: torch.Tensor, stack: int) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proxies", default="naswot,te_nas")
+    parser.add_argument("--proxies", default="naswot,ntk", help="network proxies: naswot, ntk")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--stack", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
