@@ -129,8 +129,11 @@ def _check_sqlite(uri: str) -> None:
             ) from None
         return
     try:
-        read_only = f"{database.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=5)) as connection:
+        # mode=rw, not ro: a writer killed mid-transaction leaves a hot journal, which only a
+        # connection that may write can roll back (read-only, SQLite answers "attempt to write
+        # a readonly database"); rw never creates the file, and MLflow would roll it back too.
+        existing = f"{database.resolve().as_uri()}?mode=rw"
+        with contextlib.closing(sqlite3.connect(existing, uri=True, timeout=5)) as connection:
             connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):  # another process writing: a database all the same

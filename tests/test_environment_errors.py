@@ -6,6 +6,11 @@ MLflow store, the output folders and the dataset's folder before torch, Ray or M
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import yaml
 from conftest import S3Server, answers_without_heavy_imports, free_port, tiny_job, write_job
 
 from raynas.cli import main
+from raynas.environment import check_tracking_store
 from raynas.tracking.mlflow_tracker import MlflowTracker
 
 
@@ -161,6 +167,31 @@ def test_an_sqlite_store_mlflow_cannot_open_is_named(
     inside = tmp_path / "a-file" / "mlflow.db"
     err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", f"sqlite:///{inside}")
     assert f"cannot create the folder {inside.parent} (a file has that name)" in err
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_and_accepted(tmp_path: Path) -> None:
+    """A driver SIGKILLed while MLflow writes leaves a hot journal beside the database; the store
+    check rolls it back (as MLflow's next connection would) instead of refusing the store as
+    "readonly", which a read-only look at it answers."""
+    database = tmp_path / "mlflow.db"
+    writer = f"""
+import os, signal, sqlite3
+connection = sqlite3.connect({str(database)!r}, isolation_level=None)
+connection.execute("PRAGMA cache_size=2")  # spill the transaction's pages into the file
+connection.execute("CREATE TABLE runs(x)")
+connection.executemany("INSERT INTO runs VALUES (?)", [(b"kept" * 250,)] * 500)
+connection.execute("BEGIN")
+connection.execute("UPDATE runs SET x = ?", (b"lost" * 250,))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    assert subprocess.run([sys.executable, "-c", writer]).returncode == -signal.SIGKILL
+    assert Path(f"{database}-journal").stat().st_size > 0
+    read_only = contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True))
+    with read_only as connection, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        connection.execute("SELECT count(*) FROM runs").fetchall()  # what the check used to see
+    check_tracking_store(f"sqlite:///{database}")
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("SELECT DISTINCT x FROM runs").fetchall() == [(b"kept" * 250,)]
 
 
 def test_every_environment_error_is_answered_before_torch_by_search_train_and_study(
