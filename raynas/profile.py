@@ -6,6 +6,9 @@ multiply-accumulates plus one addition per output of a layer with a bias; AutoDL
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,32 @@ class ModelStats:
             "params": self.params, "params_with_aux": self.params_with_aux, "macs": self.macs,
             "flops": self.flops,
         }
+
+
+# Networks whose inputs have at most this many pixels are counted on real CPU tensors: faster than
+# on ``meta`` ones, whose shapes torch works out in Python (a DARTS CIFAR-10 network, one CPU
+# thread: 0.06 s against 0.25 s, and 1.3 s for a process's first count on meta tensors). Larger
+# inputs (ImageNet's 224x224, Cityscapes' crops) are counted from shapes alone, where computing
+# the forward pass would cost more.
+REAL_COUNT_PIXELS = 64 * 64
+
+
+@contextlib.contextmanager
+def counting_device(input_shape: tuple[int, ...]) -> Iterator[None]:
+    """Build a network that is only to be counted (:func:`count_params`, :func:`count_macs`)
+    inside this: on the CPU for inputs of at most :data:`REAL_COUNT_PIXELS` pixels, with the
+    global RNG as it was afterwards (building a network initialises its weights), on the ``meta``
+    device otherwise.
+
+    Args:
+        input_shape: One input, without the batch dimension: ``(C, H, W)``, or ``(T,)`` tokens.
+    """
+    if math.prod(input_shape[1:]) > REAL_COUNT_PIXELS:
+        with torch.device("meta"):
+            yield
+    else:
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            yield
 
 
 def count_params(model: nn.Module, *, exclude_prefix: str = "auxiliary") -> int:

@@ -23,7 +23,7 @@ import torch
 from conftest import mlflow_store
 
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.profile import count_params
+from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
 from raynas.spaces.drawing import picture
 from raynas.supernet import build_supernet
@@ -231,6 +231,29 @@ def test_network_forward_and_backward(name: str) -> None:
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     with pytest.raises(ArchitectureError):
         space.build(other_space_arch(name), TINY, **build)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_network_counted_on_the_cpu_counts_as_on_meta_tensors_and_leaves_the_rng_alone(name: str) -> None:
+    """:func:`counting_device` builds small-input networks on the CPU (faster than meta tensors):
+    the same parameters and multiply-adds as shapes alone give, and the global RNG, which building
+    draws from, as it was; inputs above 64x64 pixels go to the meta device."""
+    space = small_space(name)
+    arch = sample(space, 1)
+    build = SMALL_BUILD.get(space_name(name), DEFAULT_BUILD)
+    shape = (TINY.in_channels, TINY.image_size, TINY.image_size)
+    with torch.device("meta"):
+        on_meta = space.build(arch, TINY, **build)
+    rng = torch.random.get_rng_state()
+    with counting_device(shape):
+        on_cpu = space.build(arch, TINY, **build)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert next(on_cpu.parameters()).device.type == "cpu"
+    assert count_params(on_cpu) == count_params(on_meta)
+    if not hasattr(space, "example_input"):  # images: token inputs have no MAC count
+        assert count_macs(on_cpu, shape) == count_macs(on_meta, shape)
+    with counting_device((3, 65, 64)):
+        assert torch.empty(1).device.type == "meta"
 
 
 # Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights.

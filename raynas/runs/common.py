@@ -22,7 +22,7 @@ from raynas.config import SearchConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
-from raynas.profile import count_macs, count_params
+from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
@@ -249,7 +249,7 @@ def final_evaluator(config: SearchConfig) -> ScratchEvaluator:
 
 
 def searched_network(
-    config: SearchConfig, arch: Architecture, *, size: Size | None = None, meta: bool = False
+    config: SearchConfig, arch: Architecture, *, size: Size | None = None, counted: bool = False
 ) -> nn.Module:
     """The stand-alone network of ``arch`` on the job's data (untrained), at ``size`` (default:
     the job's space's: ``space.channels``, ``space.layers`` or ``space.cells_per_stage``).
@@ -258,13 +258,20 @@ def searched_network(
         config: The job.
         arch: The architecture.
         size: ``channels`` and ``layers`` (:func:`scored_size`, :func:`retrain_size`).
-        meta: Build it on the ``meta`` device (shapes only: for counting, quickly).
+        counted: Build it only to count it (:func:`raynas.profile.counting_device`: on the CPU
+            or the ``meta`` device, the global RNG untouched).
     """
     space = job_space(config)
-    with torch.device("meta") if meta else contextlib.nullcontext():
+    info = dataset_info(config.data.name)
+    with counting_device(image_shape(info)) if counted else contextlib.nullcontext():
         return space.build(  # type: ignore[no-any-return]
-            arch, dataset_info(config.data.name), **(size if size is not None else network_size(config))
+            arch, info, **(size if size is not None else network_size(config))
         )
+
+
+def image_shape(info: DatasetInfo) -> tuple[int, int, int]:
+    """One image of the dataset ``info`` describes, without the batch dimension."""
+    return (info.in_channels, info.image_size, info.image_size)
 
 
 def example_input(config: SearchConfig) -> torch.Tensor:
@@ -282,8 +289,7 @@ def network_costs(network: nn.Module, info: DatasetInfo, space: Any) -> dict[str
     costs = {"params": float(count_params(network))}
     if not hasattr(space, "example_input"):  # token inputs (recurrent cells): no MAC count
         try:
-            shape = (info.in_channels, info.image_size, info.image_size)
-            costs["macs"] = float(count_macs(network, shape)[0])
+            costs["macs"] = float(count_macs(network, image_shape(info))[0])
         except Exception as exc:  # a network that cannot run on meta tensors: its size alone
             log.debug("no multiply-add count for %s: %s", type(network).__name__, exc)
     return costs
@@ -291,7 +297,8 @@ def network_costs(network: nn.Module, info: DatasetInfo, space: Any) -> dict[str
 
 class CandidateCosts:
     """The size of every candidate's network, as its evaluator scored it (``params``, ``macs``),
-    counted once per architecture on the ``meta`` device and added to results that lack them.
+    counted once per architecture (:func:`raynas.profile.counting_device`) and added to results
+    that lack them.
 
     Args:
         config: The job.
@@ -310,7 +317,7 @@ class CandidateCosts:
         if key not in self._known:
             if len(self._known) >= 100_000:  # a bound for very long searches
                 self._known.clear()
-            network = searched_network(self.config, arch, size=self.size, meta=True)
+            network = searched_network(self.config, arch, size=self.size, counted=True)
             self._known[key] = network_costs(network, self.info, self.space)
         return self._known[key]
 
@@ -343,11 +350,11 @@ def result_costs(config: SearchConfig, arch: Architecture, *, size: Size | None 
     dataset the space names as its ``reference_dataset``), as published results are compared."""
     space = job_space(config)
     costs = network_costs(
-        searched_network(config, arch, size=size, meta=True),
+        searched_network(config, arch, size=size, counted=True),
         dataset_info(config.data.name), space,
     )
     reference = dataset_info(getattr(space, "reference_dataset", "cifar10"))
-    with torch.device("meta"):
+    with counting_device(image_shape(reference)):
         paper = network_costs(space.build(arch, reference), reference, space)
     return {**costs, **{f"paper_{k}": v for k, v in paper.items()}}
 

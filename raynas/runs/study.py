@@ -38,13 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from raynas import storage
 from raynas.config import RetrainConfig, load_yaml
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
+from raynas.profile import counting_device
 from raynas.runs.common import network_costs
 from raynas.runs.jobs import parse_retrain_job
 from raynas.runs.retrain import RUN_PREFIX, RetrainWorker, resolve_architecture
@@ -376,12 +375,12 @@ def _retrain(
 
 
 def _macs(config: RetrainConfig, arch: Any) -> int:
-    """Multiply-adds of one input through the network (counted on the ``meta`` device; 0 where
-    the network cannot be counted there)."""
+    """Multiply-adds of one input through the network (:func:`raynas.profile.counting_device`;
+    0 where the network cannot be counted there)."""
     space = SPACES.create(config.space.name, config.space.config)
     info = dataset_info(config.data.name)
     try:
-        with torch.device("meta"):
+        with counting_device((info.in_channels, info.image_size, info.image_size)):
             network = space.build(arch, info, channels=config.retrain.channels or None,
                                   layers=config.retrain.layers or None)
     except Exception:  # a network that cannot be built on meta tensors: no count

@@ -345,15 +345,15 @@ class Epnas(SamplingStrategy):
     def costs(self, values: Values) -> dict[str, float]:
         """Parameters, multiply-adds and table latency of a network (those a target is set for)."""
         if values not in self._costs:
-            from raynas.profile import count_macs, count_params
+            from raynas.profile import count_macs, count_params, counting_device
 
             arch, out = self.space.decode(values), {}
             if self.targets["params"] or self.targets["macs"]:
-                with torch.device("meta"):
+                shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
+                with counting_device(shape):
                     network = self.space.build(arch, self.info, **self.size())
                 out["params"] = float(count_params(network))
                 if self.targets["macs"]:
-                    shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
                     out["macs"] = float(count_macs(network, shape)[0])
             if self.table is not None:
                 out["latency_ms"] = self.table.predict(self.space.latency_keys(arch, self.info))
