@@ -154,15 +154,28 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
 
 
 def drive(
-    config: Any, *, die_at: str = "", die_after_finish: bool = False, die_retraining: bool = False
+    config: Any, *, die_at: str = "", die_after_finish: bool = False, die_retraining: bool = False,
+    die_after_making_its_run: bool = False,
 ) -> int | None:
     """Run (or resume) the search of ``config`` in a forked driver process that SIGKILLs itself
     when it prints a line starting with ``die_at``; with ``die_after_finish``, right after it
     recorded its end in MLflow and the results store (before its last checkpoint); with
     ``die_retraining``, when a final candidate's retraining has trained it, before its result is
-    kept or recorded. Return the driver's exit code (-9: killed)."""
+    kept or recorded; with ``die_after_making_its_run``, when it has made its MLflow run, before
+    it checkpoints the run's id. Return the driver's exit code (-9: killed)."""
 
     def driver() -> None:
+        if die_after_making_its_run:
+            from raynas.tracking.mlflow_tracker import MlflowTracker
+
+            start = MlflowTracker.start
+
+            def start_and_die(self: MlflowTracker, *args: Any, **kwargs: Any) -> str:
+                run_id = start(self, *args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+                return run_id
+
+            MlflowTracker.start = start_and_die  # type: ignore[method-assign]
         if die_retraining:
             from raynas.runs import sampling
 
@@ -227,6 +240,31 @@ def test_a_driver_killed_after_recording_its_end_finishes_on_the_next_run(tmp_pa
     assert_each_epoch_once(client, run_id, 1)
     assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
     assert child_runs(client, run_id) == ["epoch-000"]
+
+
+@pytest.mark.parametrize("kind", ["gradient", "sampling"])
+def test_a_driver_killed_between_making_its_run_and_checkpointing_it_goes_on_in_that_run(
+    kind: str, tmp_path: Path
+) -> None:
+    """Killed once its MLflow run is made, before its first checkpoint names the run: the search
+    run again finds that run by the attempt id kept beside the checkpoint and goes on in it, with
+    no second parent run; ``--fresh`` makes a new one."""
+    job = (tiny_job(tmp_path, train={"epochs": 1}) if kind == "gradient" else
+           sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 1}))
+    config = parse_job(job)
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    assert drive(config, die_after_making_its_run=True) == -signal.SIGKILL
+    assert not checkpoint.exists()
+    client = MlflowClient(config.tracking.tracking_uri)
+    (made,) = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    assert made.info.status == "RUNNING"
+    assert drive(config) == 0
+    run_id = load_checkpoint(checkpoint)["run_id"]
+    assert run_id == made.info.run_id and parent_runs(client, run_id) == [run_id]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.params["name"] == "tiny"  # its config, logged once more
+    again = run_search(config, fresh=True, echo=lambda _: None)
+    assert again.run_id != run_id and sorted(parent_runs(client, run_id)) == sorted([run_id, again.run_id])
 
 
 def test_a_sampling_search_killed_in_each_phase_records_every_candidate_once(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,42 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
             "config; pass --fresh to start over, or give the job another name"
         )
     return prior
+
+
+def start_run(
+    tracker: MlflowTracker, config: SearchConfig, checkpoint: str, prior: dict[str, Any] | None, *,
+    fresh: bool, tags: dict[str, str] | None = None,
+) -> str:
+    """Open the MLflow run of the search (or retraining) whose checkpoint is ``checkpoint``: the one
+    its checkpoint ``prior`` names when resuming; otherwise a new one, made once.
+
+    A process killed between making its run and checkpointing the run's id would leave that run
+    behind, and the next attempt would make another. So an attempt id is kept beside the
+    checkpoint (``<checkpoint>.attempt``) before the run is made and tagged on it, and the next
+    attempt reopens the still running run of that id (:meth:`MlflowTracker.start`). ``fresh``
+    makes a new id: a new search, a new run.
+    """
+    if prior is not None:
+        return tracker.start(config, run_id=prior["run_id"], tags=tags)
+    marker = f"{checkpoint}.attempt"
+    attempt = None if fresh else _read_attempt(marker)
+    if attempt is None:
+        attempt = uuid.uuid4().hex
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "attempt"
+            local.write_text(attempt)
+            storage.put_file(local, marker)  # atomic: the old id or the new one, never half
+    return tracker.start(config, tags=tags, attempt=attempt)
+
+
+def _read_attempt(marker: str) -> str | None:
+    if not storage.exists(marker):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "attempt"
+        storage.get_file(marker, local)
+        attempt = local.read_text().strip()
+    return attempt if attempt.isalnum() else None  # a hand-edited file: a new attempt
 
 
 def read_checkpoint(checkpoint: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from raynas.runs.common import (
     retrain_size,
     run_path,
     searched_network,
+    start_run,
     timed,
 )
 from raynas.runs.supernet_worker import SupernetWorker
@@ -97,7 +98,7 @@ def run_gradient_search(
     # Started before the run exists: bad data fails without an empty run.
     worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
     try:
-        run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+        run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)
         last_state = prior["worker"] if prior is not None else None  # what a new worker resumes
         if prior is not None:

@@ -52,6 +52,7 @@ from raynas.runs.common import (
     run_path,
     scored_size,
     searched_network,
+    start_run,
     timed,
 )
 from raynas.runs.journal import SNAPSHOT_SECONDS, Journal, journal_location
@@ -335,7 +336,7 @@ def run_sampling_search(
         if not search.use_tune or search.one_shot else None
     )
     try:
-        run_id = tracker.start(config, run_id=prior["run_id"] if prior else None)
+        run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)
         if prior is None:
             search.snapshot(run_id)  # from now on there is always a checkpoint to resume from

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "raynas."
+# The tag naming the attempt that made a search's run (MlflowTracker.start).
+ATTEMPT_TAG = f"{TAG_PREFIX}attempt"
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow's experiment tag for the kind of work an experiment holds; its UI opens an experiment of
 # this kind in the model-training view (runs, metrics, models), not the GenAI one.
@@ -390,7 +392,8 @@ class MlflowTracker:
     # -- the search (parent) run --------------------------------------------------------------
 
     def start(
-        self, config: SearchConfig, *, run_id: str | None = None, tags: dict[str, str] | None = None
+        self, config: SearchConfig, *, run_id: str | None = None, tags: dict[str, str] | None = None,
+        attempt: str | None = None,
     ) -> str:
         """Open a new parent run for ``config``, or reopen ``run_id`` when resuming; return its id.
 
@@ -398,6 +401,9 @@ class MlflowTracker:
             config: The job (its ``name`` and ``to_dict()`` are recorded).
             run_id: The run to reopen.
             tags: The run's tags (default: a search's space, strategy, dataset and seed).
+            attempt: An id of this attempt at a new run, tagged on it (``raynas.attempt``): the
+                still running run of that tag, which a process killed before it checkpointed the
+                run's id made, is reopened (its config logged again) instead of a second one made.
         """
         self.tags = tags if tags is not None else {
             f"{TAG_PREFIX}space": config.space.name,
@@ -410,8 +416,21 @@ class MlflowTracker:
             with_retries(lambda: self.client.update_run(run_id, status="RUNNING"),
                          attempts=self.attempts, backoff_s=self.backoff_s)
             return run_id
+        if attempt is not None:
+            made = with_retries(
+                lambda: self.client.search_runs(
+                    [self.experiment_id], max_results=1,
+                    filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}' and attributes.status = 'RUNNING'",
+                ),
+                attempts=self.attempts, backoff_s=self.backoff_s,
+            )
+            if made:
+                self.run_id = made[0].info.run_id
+                self.log_config(config.to_dict())  # the same values again: what the killed one missed
+                return self.run_id
+        run_tags = self.tags if attempt is None else {**self.tags, ATTEMPT_TAG: attempt}
         run = with_retries(
-            lambda: self.client.create_run(self.experiment_id, run_name=config.name, tags=self.tags),
+            lambda: self.client.create_run(self.experiment_id, run_name=config.name, tags=run_tags),
             attempts=self.attempts, backoff_s=self.backoff_s,
         )
         self.run_id = run.info.run_id
