@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
+import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,43 @@ def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) 
     assert any(line.startswith("Resuming") for line in lines)
     assert next(line for line in lines if line.startswith("epoch")).startswith("epoch   2/")
     assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("source", ["a search's run", "a genotype"])
+def test_a_retraining_killed_after_making_its_run_goes_on_in_that_run(source: str, tmp_path: Path) -> None:
+    """SIGKILLed once its MLflow run is made (derived from a search's run, or a plain one), before
+    its first checkpoint: run again, it goes on in that run (the attempt id kept beside its
+    checkpoint), with no second one."""
+    from raynas.tracking.mlflow_tracker import MlflowTracker
+
+    architecture = f"run:{nb201_search(tmp_path)}" if source == "a search's run" else ALL_CONV
+    config = parse_retrain_job(retrain_job(tmp_path, architecture))
+    opener = "start_derived_run" if architecture.startswith("run:") else "start"
+
+    def driver() -> None:
+        open_run = getattr(MlflowTracker, opener)
+
+        def open_and_die(self: MlflowTracker, *args: object, **kwargs: object) -> str:
+            open_run(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+            raise AssertionError("not killed")
+
+        setattr(MlflowTracker, opener, open_and_die)
+        run_retrain(config, echo=lambda _: None)
+
+    process = multiprocessing.get_context("fork").Process(target=driver)
+    process.start()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
+    client = MlflowClient(config.tracking.tracking_uri)
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    (made,) = client.search_runs([experiment], filter_string="attributes.run_name = 'retrain-tiny'")
+    assert made.info.status == "RUNNING"
+    result = run_retrain(config, echo=lambda _: None)
+    assert result.run_id == made.info.run_id
+    runs = client.search_runs([experiment], filter_string="attributes.run_name = 'retrain-tiny'")
+    assert [r.info.run_id for r in runs] == [made.info.run_id]
+    assert client.get_run(made.info.run_id).info.status == "FINISHED"
 
 
 def test_retraining_tests_on_the_official_test_split_where_there_is_one(tmp_path: Path) -> None:

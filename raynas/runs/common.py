@@ -118,6 +118,13 @@ def start_run(
     """
     if prior is not None:
         return tracker.start(config, run_id=prior["run_id"], tags=tags)
+    return tracker.start(config, tags=tags, attempt=attempt_id(checkpoint, fresh=fresh))
+
+
+def attempt_id(checkpoint: str, *, fresh: bool) -> str:
+    """The id of this attempt at the run of the job checkpointed at ``checkpoint``
+    (:func:`start_run`): the one kept at ``<checkpoint>.attempt``, or (``fresh``, or none kept)
+    a new one, kept there before it is returned."""
     marker = f"{checkpoint}.attempt"
     attempt = None if fresh else _read_attempt(marker)
     if attempt is None:
@@ -126,7 +133,7 @@ def start_run(
             local = Path(tmp) / "attempt"
             local.write_text(attempt)
             storage.put_file(local, marker)  # atomic: the old id or the new one, never half
-    return tracker.start(config, tags=tags, attempt=attempt)
+    return attempt
 
 
 def _read_attempt(marker: str) -> str | None:

@@ -29,6 +29,7 @@ from raynas.data.base import ShardedBatchSampler, official_test_set, split_indic
 from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.execution import start_worker
+from raynas.runs.common import attempt_id
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
@@ -247,10 +248,12 @@ def run_retrain(
             searched_on = tracker.client.get_run(source).data.tags.get(f"{TAG_PREFIX}dataset")
             kind = "retrain" if searched_on in (None, config.data.name) else "transfer"
             run_id = tracker.start_derived_run(architecture=arch, source_run_id=source, kind=kind,
-                                               name=config.name)
+                                               name=config.name,
+                                               attempt=attempt_id(str(checkpoint), fresh=fresh))
             tracker.log_config(config.to_dict())
         else:
-            run_id = tracker.start(config, tags=_tags(config))
+            run_id = tracker.start(config, tags=_tags(config),
+                                   attempt=attempt_id(str(checkpoint), fresh=fresh))
             tracker.client.log_text(run_id, arch.to_json(indent=1), "architecture.json")
         tested_on = "its test split" if split == "test" else f"the {facts['held_out']:.0%} held out"
         echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}, testing on "

@@ -416,18 +416,9 @@ class MlflowTracker:
             with_retries(lambda: self.client.update_run(run_id, status="RUNNING"),
                          attempts=self.attempts, backoff_s=self.backoff_s)
             return run_id
-        if attempt is not None:
-            made = with_retries(
-                lambda: self.client.search_runs(
-                    [self.experiment_id], max_results=1,
-                    filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}' and attributes.status = 'RUNNING'",
-                ),
-                attempts=self.attempts, backoff_s=self.backoff_s,
-            )
-            if made:
-                self.run_id = made[0].info.run_id
-                self.log_config(config.to_dict())  # the same values again: what the killed one missed
-                return self.run_id
+        if attempt is not None and self._reopen(attempt):
+            self.log_config(config.to_dict())  # the same values again: what the killed one missed
+            return self.run_id
         run_tags = self.tags if attempt is None else {**self.tags, ATTEMPT_TAG: attempt}
         run = with_retries(
             lambda: self.client.create_run(self.experiment_id, run_name=config.name, tags=run_tags),
@@ -436,6 +427,19 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         self.log_config(config.to_dict())
         return self.run_id
+
+    def _reopen(self, attempt: str) -> bool:
+        """Make the still running run tagged with ``attempt`` the current one, if there is one."""
+        made = with_retries(
+            lambda: self.client.search_runs(
+                [self.experiment_id], max_results=1,
+                filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}' and attributes.status = 'RUNNING'",
+            ),
+            attempts=self.attempts, backoff_s=self.backoff_s,
+        )
+        if made:
+            self.run_id = made[0].info.run_id
+        return bool(made)
 
     def log_config(self, config: dict[str, Any]) -> None:
         """A job's full config on the current run: flattened as params and as ``config.json``."""
@@ -570,21 +574,26 @@ class MlflowTracker:
     # -- lineage and the Model Registry -------------------------------------------------------
 
     def start_derived_run(self, *, architecture: Architecture, source_run_id: str, kind: str = "retrain",
-                          name: str | None = None) -> str:
+                          name: str | None = None, attempt: str | None = None) -> str:
         """Open a run that retrains or transfers an architecture found by a search.
 
         The run gets :func:`lineage_tags` and the architecture as ``architecture.json``; it
         becomes this tracker's current run (``log_epoch``, ``finish``, ``register_model``).
+        ``attempt`` as in :meth:`start`: the still running run of that attempt is reopened.
 
         Returns:
             The new run's id.
         """
+        if attempt is not None and self._reopen(attempt):
+            return self.run_id
         source = self.client.get_run(source_run_id)
         tags = lineage_tags(source_run_id=source_run_id, architecture=architecture, kind=kind,
                             source_experiment_id=source.info.experiment_id)
         for key in ("strategy", "dataset", "seed"):
             if f"{TAG_PREFIX}{key}" in source.data.tags:
                 tags[f"{TAG_PREFIX}lineage.source_{key}"] = source.data.tags[f"{TAG_PREFIX}{key}"]
+        if attempt is not None:
+            tags[ATTEMPT_TAG] = attempt
         run = self.client.create_run(self.experiment_id, run_name=name or f"{kind} {architecture.key()}",
                                      tags=tags)
         self.run_id = run.info.run_id
