@@ -34,13 +34,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # a local ray.init, the CLI's): a process that started a local Ray with a token sends it to every
 # cluster it joins afterwards, and a token-less one then refuses its actors.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# Every Ray the tests start (heads, clusters' nodes, local ones) preloads in its worker processes
-# what the image's nodes do (cluster/docker/Dockerfile; raynas.execution.ray_actors.PRELOADED_MODULES,
-# tests/test_worker_preload.py holds the three to one list).
-os.environ.setdefault(
-    "RAY_preload_python_modules",
-    "torch,raynas.execution.ray_actors,raynas.execution.pool,raynas.runs.supernet_worker",
-)
 # The tests' tensors are tiny: more intra-op threads only contend for CI's two cores.
 torch.set_num_threads(1)
 

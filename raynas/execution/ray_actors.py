@@ -31,15 +31,6 @@ PLACEMENT_REPORT_SECONDS = 60.0
 # worker's: a head stopping with its node takes its workers down a moment before its own GCS.
 HEAD_GRACE_SECONDS = 2.0
 
-# What a Ray worker process imports before it takes work (Ray's ``preload_python_modules``): torch
-# and the modules that raynas's actors and the work they build come from. Ray starts worker
-# processes ahead of demand; preloaded, an actor starts without the 1-3 s of importing them. A
-# local Ray that raynas starts sets it; cluster/docker/Dockerfile sets it for every node of the
-# clusters in cluster/ (the raylet reads ``RAY_preload_python_modules``).
-PRELOADED_MODULES = (
-    "torch", "raynas.execution.ray_actors", "raynas.execution.pool", "raynas.runs.supernet_worker",
-)
-
 # Ray's node label for a node's accelerator type (the cluster files set it on every GPU node type).
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 
@@ -84,7 +75,6 @@ def init_ray(execution: ExecutionConfig) -> None:
     ray.init(
         object_store_memory=execution.object_store_mb * 1024 * 1024,
         include_dashboard=False,
-        _system_config={"preload_python_modules": list(PRELOADED_MODULES)},
         log_to_driver=False,  # errors reach the driver as exceptions; workers' chatter stays in Ray's logs
         logging_level="WARNING",
         configure_logging=True,
