@@ -316,9 +316,13 @@ def _train(args: argparse.Namespace) -> None:
     config = parse_retrain_job(raw)
     result = run_retrain_job(config, fresh=args.fresh)
     source = f" (found by search run {result.source_run_id})" if result.source_run_id else ""
+    m = result.metrics
+    scores = (  # a language model: the network of the lowest validation loss, as rnn/train.py tests
+        f"test perplexity {m['best_test_ppl']:.2f} (the network of the lowest validation loss, "
+        f"epoch {int(m['best_epoch'])})" if "best_test_ppl" in m else f"test accuracy {m['test_acc']:.1%}"
+    )
     print(
-        f"\nTraining finished in {format_duration(result.seconds)}: test accuracy "
-        f"{result.metrics['test_acc']:.1%}\n"
+        f"\nTraining finished in {format_duration(result.seconds)}: {scores}\n"
         f"Architecture: {result.architecture}{source}\n"
         f"Parameters: {result.params / 1e6:.3f}M; registered model version {result.registered_version}\n"
         f"MLflow run: {result.run_id}"

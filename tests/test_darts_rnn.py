@@ -584,8 +584,9 @@ def test_training_switches_to_asgd_exactly_when_the_rule_says(monkeypatch: pytes
 
 
 def test_asgd_epochs_are_evaluated_with_the_averaged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """rnn/train.py swaps every parameter for ASGD's ``ax`` to evaluate, then back; raynas also
-    keeps the averaged weights after the last epoch (the network rnn/train.py saves)."""
+    """rnn/train.py swaps every parameter for ASGD's ``ax`` to evaluate, then back; after the last
+    epoch the model holds the network of the lowest validation loss (here epoch 2's, before the
+    switch: the later 4.0s do not beat it, ``val_loss < stored_loss``)."""
     from raynas.train.language_model import fit_language_model
 
     model, valid = tiny_language_model(), windows(1, seed=2)
@@ -602,8 +603,31 @@ def test_asgd_epochs_are_evaluated_with_the_averaged_weights(monkeypatch: pytest
         for p, ax in zip(evaluated, averaged, strict=True):
             torch.testing.assert_close(p, ax)
     assert not all(torch.allclose(p, ax) for p, ax in zip(live, averaged, strict=True))
-    for p, ax in zip(model.parameters(), states[4]["optimizer"]["state"].values(), strict=True):
-        torch.testing.assert_close(p.detach(), ax["ax"])  # after the last epoch
+    for p, best in zip(model.parameters(), seen[2], strict=True):  # epoch 2's validation pass
+        torch.testing.assert_close(p.detach(), best)
+
+
+def test_the_trained_network_is_the_one_of_the_lowest_validation_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rnn/train.py saves the network whenever ``val_loss < stored_loss`` (the averaged weights
+    after the switch) and, after training, loads the best saved one and tests it. Validation losses
+    5.0, 4.0, 5.5 (the switch, nonmono 1), 3.0, 3.5: the network kept is epoch 4's averaged one,
+    and every epoch reports the best so far."""
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    seen = scripted_evaluation(monkeypatch, valid, [5.0, 4.0, 5.5, 3.0, 3.5])
+    run = fit_language_model(model, windows(3), valid, windows(1, seed=3), torch.device("cpu"),
+                             epochs=5, learning_rate=2.0, weight_decay=0.0, grad_clip=0.25, bptt=3, nonmono=1)
+    epochs = [metrics for metrics, _ in run]
+    assert [m["asgd"] for m in epochs] == [0, 0, 0, 1, 1]
+    assert [m["best_epoch"] for m in epochs] == [1, 2, 2, 4, 4]
+    assert [m["best_valid_loss"] for m in epochs] == [5.0, 4.0, 4.0, 3.0, 3.0]
+    assert epochs[-1]["best_test_loss"] == 1.0 and epochs[-1]["valid_loss"] == 3.5
+    for p, best in zip(model.parameters(), seen[6], strict=True):  # epoch 4's validation pass
+        torch.testing.assert_close(p.detach(), best)
+    assert not all(torch.allclose(p, q) for p, q in zip(seen[6], seen[8], strict=True))  # not epoch 5's
 
 
 def test_the_retraining_jobs_have_rnn_train_py_s_settings() -> None:

@@ -88,3 +88,7 @@ def test_the_transfer_job_trains_the_darts_cell_on_wikitext2(tmp_path: Path,
     metrics = run.data.metrics  # rnn/train.py's scores: validation text (ASGD's trigger) and test text
     assert metrics["asgd"] == 0 and metrics["valid_ppl"] == pytest.approx(math.exp(metrics["valid_loss"]))
     assert metrics["test_ppl"] == pytest.approx(math.exp(metrics["test_loss"]))
+    # One epoch: its network is the one of the lowest validation loss, the one tested and kept.
+    assert metrics["best_epoch"] == 1 and metrics["best_test_ppl"] == metrics["test_ppl"]
+    assert f"test perplexity {metrics['best_test_ppl']:.2f} (the network of the lowest validation " \
+           "loss, epoch 1)" in out

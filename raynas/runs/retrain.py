@@ -240,7 +240,7 @@ def run_retrain(
         epoch, history = 0, []
         if prior is not None:
             epoch, history = prior["epoch"], prior["history"]
-            keys = ("model", "optimizer", "schedule", "epoch", "loader_rng", "asgd", "valid_history")
+            keys = ("model", "optimizer", "schedule", "epoch", "loader_rng", "asgd", "valid_history", "best")
             worker.load_state_dict({k: prior[k] for k in keys if k in prior})
             run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
             echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")

@@ -11,7 +11,10 @@ gradients are clipped to ``grad_clip`` (0.25). Plain SGD switches to averaged SG
 (``torch.optim.ASGD(t0=0, lambd=0)``) once the validation loss is worse than the best of all
 but the last ``nonmono`` epochs; from then on the model is evaluated with the averaged weights.
 Validation and test texts are read as streams whose hidden state carries from window to window
-(``evaluate``'s ``carry_state``).
+(``evaluate``'s ``carry_state``). The network with the lowest validation loss so far is kept (the
+averaged weights after the switch), as rnn/train.py saves it whenever ``val_loss < stored_loss``;
+after the last epoch the model holds it, and its test scores are the training's (rnn/train.py
+loads the best saved model and tests that).
 """
 
 from __future__ import annotations
@@ -170,19 +173,22 @@ def fit_language_model(
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``asgd`` (1 once averaging),
-        ``valid_*`` and ``test_*`` with ``_loss``, ``_acc``, ``_ppl``, ``epoch``) and the state to
-        continue from. After the last epoch the model keeps the averaged weights, as rnn/train.py
-        saves them.
+        ``valid_*`` and ``test_*`` with ``_loss``, ``_acc``, ``_ppl``, ``epoch``; and ``best_epoch``
+        with the ``best_valid_*`` and ``best_test_*`` scores of the network of the lowest
+        validation loss so far) and the state to continue from. After the last epoch the model
+        holds that network's weights.
     """
     plain = unwrap(model)
     optimizer = torch.optim.SGD(plain.parameters(), lr=learning_rate, weight_decay=weight_decay)
     epoch, history = 0, []
+    best: dict[str, Any] | None = None  # the network of the lowest validation loss: its weights, scores
     if state is not None:
         plain.load_state_dict(state["model"])
         if state["asgd"]:
             optimizer = _asgd(plain, learning_rate, weight_decay)
         optimizer.load_state_dict(state["optimizer"])
         epoch, history = int(state["epoch"]), list(state["valid_history"])
+        best = state.get("best")
         if generator is not None:
             generator.set_state(state["loader_rng"])
     while epoch < epochs:
@@ -195,6 +201,10 @@ def fit_language_model(
         with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
             scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
             tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)
+            if best is None or scores["valid_loss"] < best["scores"]["valid_loss"]:  # val_loss < stored_loss
+                tested_as = {f"test_{key[6:]}": value for key, value in tested.items()}
+                best = {"weights": {k: v.detach().clone() for k, v in plain.state_dict().items()},
+                        "scores": {**scores, **tested_as, "epoch": float(epoch + 1)}}
         metrics.update(scores)
         metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
         if not asgd:
@@ -203,14 +213,15 @@ def fit_language_model(
             history.append(scores["valid_loss"])
         epoch += 1
         metrics["epoch"] = float(epoch)
-        if epoch == epochs and asgd:  # the trained network is the averaged one
-            with torch.no_grad():
-                for p in plain.parameters():
-                    p.copy_(optimizer.state[p]["ax"])
+        metrics.update({f"best_{key}": value for key, value in best["scores"].items()})
         new_state = {
             "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
             "asgd": isinstance(optimizer, torch.optim.ASGD), "valid_history": list(history), "epoch": epoch,
+            "best": best,
         }
+        if epoch == epochs:  # the trained network is the best one (rnn/train.py loads it to test)
+            new_state["model"] = {k: v.clone() for k, v in new_state["model"].items()}
+            plain.load_state_dict(best["weights"])
         if generator is not None:
             new_state["loader_rng"] = generator.get_state()
         yield metrics, new_state
