@@ -74,7 +74,7 @@ SHRINK_EVALUATOR = {
     "scratch": ["evaluator.epochs=1", "evaluator.channels=4", "evaluator.layers=1"],
     "morphism": ["evaluator.epochs=1"],
     "supernet": ["evaluator.bn_batches=1"],
-    "training_free": ["evaluator.batch_size=16", "evaluator.channels=4", "evaluator.layers=1",
+    "training_free": ["evaluator.batch_size=8", "evaluator.channels=4", "evaluator.layers=1",
                       "evaluator.region_inputs=50", "evaluator.region_batches=1"],
 }
 
