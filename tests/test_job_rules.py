@@ -72,6 +72,40 @@ def test_concurrency_is_refused_where_candidates_cannot_be_evaluated_at_once() -
         parse_job(tiny_job(Path("/tmp"), execution={"backend": "ray", "concurrency": 2}))
 
 
+def test_hyperband_lets_go_a_paused_trial_whose_bracket_waits_for_peers_that_are_gone() -> None:
+    """Tune's HyperBand skips a bracket when a trial completes while the bracket is marked as being
+    processed; its paused trial then waits for peers that are gone, and with nothing running the
+    search would wait forever (a resumed HyperBand search did). raynas's processes the bracket
+    when nothing runs or waits: here the trial paused at max_t is stopped, its result final."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import HyperBandScheduler
+
+    scheduler = RunningLimitedHyperBand(running=2, time_attr="training_iteration", max_t=4,
+                                        reduction_factor=2)
+    scheduler.set_search_properties("valid_acc", "max")
+    stopped: list[Any] = []
+    paused, done = (Trial("stub", config={}, stub=True, trial_id=name) for name in ("paused", "done"))
+    controller = SimpleNamespace(
+        get_trials=lambda: [paused, done],
+        stop_trial=lambda trial: (stopped.append(trial), trial.set_status(Trial.TERMINATED)),
+    )
+    for trial in (paused, done):
+        scheduler.on_trial_add(controller, trial)
+    bracket = scheduler._trial_info[paused][0]
+    assert scheduler._trial_info[done][0] is bracket and bracket._cumul_r == 4
+    paused.set_status(Trial.RUNNING)
+    actions = [scheduler.on_trial_result(controller, paused, {"training_iteration": i, "valid_acc": 0.5})
+               for i in range(1, 5)]
+    assert actions[-1] == "PAUSE"  # at the milestone, waiting for its peer
+    paused.set_status(Trial.PAUSED)
+    bracket.is_being_processed = True
+    done.set_status(Trial.TERMINATED)
+    scheduler.on_trial_complete(controller, done, {"training_iteration": 1, "valid_acc": 0.1})
+    assert HyperBandScheduler.choose_trial_to_run(scheduler, controller) is None  # Tune's: stuck
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert stopped == [paused] and paused.status == Trial.TERMINATED
+
+
 def test_hyperband_starts_a_trial_only_while_fewer_than_concurrency_train(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

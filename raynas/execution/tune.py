@@ -639,8 +639,24 @@ class RunningLimitedHyperBand(HyperBandScheduler):
         self.running = running
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        busy = sum(trial.status == "RUNNING" for trial in tune_controller.get_trials())
-        return super().choose_trial_to_run(tune_controller) if busy < self.running else None
+        trials = tune_controller.get_trials()
+        busy = sum(trial.status == "RUNNING" for trial in trials)
+        if busy >= self.running:
+            return None
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is None and busy == 0 and not any(trial.status == "PENDING" for trial in trials):
+            # Nothing runs or waits to run, yet a bracket may hold paused trials: Tune skips
+            # processing a bracket when a trial completes while the bracket is marked as being
+            # processed (hyperband.py: on_trial_remove), and its paused trials then wait for peers
+            # that are gone, forever (seen after a resumed search: a trial paused at max_t). Process
+            # such a bracket now, as HyperBand does after each result.
+            for band in self._hyperbands:
+                for bracket in band:
+                    if bracket is not None and any(t.status == "PAUSED" for t in bracket.current_trials()):
+                        bracket.is_being_processed = False
+                        self._process_bracket(tune_controller, bracket)
+            chosen = super().choose_trial_to_run(tune_controller)
+        return chosen
 
 
 def make_scheduler(config: SearchConfig) -> TrialScheduler:
