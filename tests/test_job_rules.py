@@ -106,6 +106,35 @@ def test_hyperband_lets_go_a_paused_trial_whose_bracket_waits_for_peers_that_are
     assert stopped == [paused] and paused.status == Trial.TERMINATED
 
 
+def test_synchronous_pbt_lets_a_paused_trial_go_on_once_nothing_runs_or_waits() -> None:
+    """A paused trial past the perturbation point whose peer completed (a resumed PBT search):
+    Tune's synchronous PBT offers nothing, for ever; raynas's lets it go on."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from raynas.execution.tune import PeerlessSynchronousPBT
+
+    config = parse_job(sampling("scratch", tune={"scheduler": "pbt"}, execution={"backend": "ray"}))
+    scheduler = make_scheduler(config)
+    assert isinstance(scheduler, PeerlessSynchronousPBT)
+    scheduler.set_search_properties("valid_acc", "max")
+    paused, done = (Trial("stub", config={}, stub=True, trial_id=name) for name in ("paused", "done"))
+    controller = SimpleNamespace(get_trials=lambda: [paused, done], search_alg=None)
+    for trial in (paused, done):
+        scheduler.on_trial_add(controller, trial)
+    paused.set_status(Trial.PAUSED)
+    done.set_status(Trial.TERMINATED)
+    scheduler._trial_state[paused].last_train_time = 2
+    scheduler._next_perturbation_sync = 2  # reached: it waits for a peer to reach it too
+    assert PopulationBasedTraining.choose_trial_to_run(scheduler, controller) is None  # Tune's: stuck
+    assert scheduler.choose_trial_to_run(controller) is paused
+    running = Trial("stub", config={}, stub=True, trial_id="running")
+    running.set_status(Trial.RUNNING)
+    busy = SimpleNamespace(get_trials=lambda: [paused, running], search_alg=None)
+    scheduler.on_trial_add(busy, running)
+    assert scheduler.choose_trial_to_run(busy) is None  # a trial still trains: the peer may come
+
+
 def test_hyperband_starts_a_trial_only_while_fewer_than_concurrency_train(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -659,6 +659,24 @@ class RunningLimitedHyperBand(HyperBandScheduler):
         return chosen
 
 
+class PeerlessSynchronousPBT(PopulationBasedTraining):
+    """Synchronous PBT that lets a paused trial go on once nothing runs or waits to run.
+
+    Synchronous PBT offers a paused trial only while it is behind the next perturbation point,
+    which moves once every trial has reached it; a peer that completed before reaching it (in a
+    resumed search) leaves the paused trial waiting forever, and the search with it.
+    """
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        chosen = super().choose_trial_to_run(tune_controller)
+        trials = tune_controller.get_trials()
+        if chosen is None and not any(trial.status in ("RUNNING", "PENDING") for trial in trials):
+            paused = [trial for trial in trials if trial.status == "PAUSED"]
+            if paused:
+                return min(paused, key=lambda trial: self._trial_state[trial].last_train_time)
+        return chosen
+
+
 def make_scheduler(config: SearchConfig) -> TrialScheduler:
     """The Tune scheduler that ``config.tune.scheduler`` names, over ``evaluator.epochs`` epochs."""
     settings = config.tune
@@ -675,7 +693,7 @@ def make_scheduler(config: SearchConfig) -> TrialScheduler:
         )
     if settings.scheduler == "pbt":
         lr = _training(config).learning_rate
-        return PopulationBasedTraining(
+        return PeerlessSynchronousPBT(
             time_attr="training_iteration", perturbation_interval=settings.perturbation_interval,
             # Synchronous: the population waits for its slowest trial at each perturbation step, so
             # the weaker trials are always copied from a checkpoint of the stronger ones.
