@@ -44,7 +44,7 @@ from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
 from raynas.profile import counting_device
-from raynas.runs.common import network_costs
+from raynas.runs.common import image_shape, network_costs
 from raynas.runs.jobs import parse_retrain_job
 from raynas.runs.retrain import RUN_PREFIX, RetrainWorker, resolve_architecture
 from raynas.spaces import SPACES
@@ -380,7 +380,7 @@ def _macs(config: RetrainConfig, arch: Any) -> int:
     space = SPACES.create(config.space.name, config.space.config)
     info = dataset_info(config.data.name)
     try:
-        with counting_device((info.in_channels, info.image_size, info.image_size)):
+        with counting_device(image_shape(info)):
             network = space.build(arch, info, channels=config.retrain.channels or None,
                                   layers=config.retrain.layers or None)
     except Exception:  # a network that cannot be built on meta tensors: no count
