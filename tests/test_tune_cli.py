@@ -87,7 +87,9 @@ def stopped_with_a_checkpointed_trial_in_flight(
                 return in_flight
             driver.send_signal(signal.SIGCONT)  # told between the two readings: wait for another
         time.sleep(0.1)
-    raise AssertionError("the search finished, or ran 5 minutes, before a trial in flight had a checkpoint")
+    raise AssertionError(
+        f"the search finished, or ran {timeout:.0f} s, before a trial in flight had a checkpoint"
+    )
 
 
 def trial_results(tmp_path: Path) -> set[Path]:
@@ -133,11 +135,16 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     command = [str(BIN / "raynas"), "search", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_head}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    in_flight = stopped_with_a_checkpointed_trial_in_flight(driver, tmp_path)
-    before = trial_results(tmp_path)
-    driver.send_signal(signal.SIGKILL)  # the driver dies, a result journaled, a trial mid-training
-    driver.wait(timeout=30)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        in_flight = stopped_with_a_checkpointed_trial_in_flight(driver, tmp_path, timeout=200)
+        before = trial_results(tmp_path)
+    finally:  # the driver dies, a result journaled, a trial mid-training (or the test failed)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    # Well within the test's own timeout: a resumed search that hangs is killed by subprocess.run,
+    # and the test fails with its output, instead of pytest-timeout ending the worker with the
+    # search still running.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resuming 'tune-cli'" in done.stdout
     told = assert_recorded_once(tmp_path)
