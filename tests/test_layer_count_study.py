@@ -115,6 +115,38 @@ def test_the_study_table_holds_the_child_runs_numbers(tmp_path: Path, capsys: py
         }
 
 
+def test_a_study_killed_after_making_its_run_goes_on_in_that_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed once its MLflow run is made, before its first checkpoint names the run: the study
+    run again finds that run by the attempt id kept beside its checkpoint and finishes in it;
+    ``fresh`` makes a new one."""
+    from raynas.runs.study import run_study
+    from raynas.tracking.mlflow_tracker import MlflowTracker
+
+    job = parse_study_job(study_job(tmp_path, layers=[2], cells={"DARTS": {"architecture": DARTS}}))
+    start, made = MlflowTracker.start, []
+
+    def start_and_die(self: MlflowTracker, *args: object, **kwargs: object) -> str:
+        made.append(start(self, *args, **kwargs))
+        raise KeyboardInterrupt  # the process dies here, its checkpoint not yet written
+
+    monkeypatch.setattr(MlflowTracker, "start", start_and_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(job, echo=lambda _: None)
+    assert not (tmp_path / "runs" / "study-tiny" / "study.pt").exists()
+    monkeypatch.setattr(MlflowTracker, "start", start)
+    result = run_study(job, echo=lambda _: None)
+    client = MlflowClient(mlflow_store(tmp_path))
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    parents = client.search_runs([experiment], "tags.`raynas.kind` = 'layer_study'")
+    assert [p.info.run_id for p in parents] == made and result.run_id == made[0]
+    assert parents[0].info.status == "FINISHED"
+    again = run_study(job, fresh=True, echo=lambda _: None)
+    assert again.run_id != made[0]
+    assert len(client.search_runs([experiment], "tags.`raynas.kind` = 'layer_study'")) == 2
+
+
 @pytest.mark.parametrize(
     ("study", "message"),
     [

@@ -19,6 +19,7 @@ from raynas.evaluators.scratch import ScratchEvaluator
 from raynas.runs.common import final_evaluator
 from raynas.runs.jobs import parse_job
 from raynas.runs.search import run_seeds
+from raynas.tracking.mlflow_tracker import MlflowTracker
 from raynas.types import Architecture
 
 
@@ -40,6 +41,18 @@ def test_the_best_seeds_cells_are_retrained_and_the_best_retrained_is_the_answer
             raise KeyboardInterrupt  # the driver dies during the second retraining
         return evaluate(self, arch, **kw)
 
+    start, made = MlflowTracker.start, []
+
+    def start_and_die(self: MlflowTracker, job: Any, **kw: Any) -> str:
+        run_id = start(self, job, **kw)
+        if job.name.endswith("-selection") and not made:
+            made.append(run_id)
+            raise KeyboardInterrupt  # the driver dies once the choice's run is made, unnamed yet
+        return run_id
+
+    monkeypatch.setattr(MlflowTracker, "start", start_and_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_seeds(config, echo=lambda _: None)
     monkeypatch.setattr(ScratchEvaluator, "evaluate", crash_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         run_seeds(config, echo=lambda _: None)
@@ -68,6 +81,9 @@ def test_the_best_seeds_cells_are_retrained_and_the_best_retrained_is_the_answer
     client = MlflowClient(config.tracking.tracking_uri)
     run = client.get_run(chosen.run_id)
     assert run.info.run_name == "tiny-selection" and run.info.status == "FINISHED"
+    # The run made before the first death is the one the choice went on in: no second one.
+    assert chosen.run_id == made[0]
+    assert len(client.search_runs([run.info.experiment_id], "attributes.run_name = 'tiny-selection'")) == 1
     assert run.data.tags["raynas.kind"] == "selection"
     assert run.data.metrics["final.valid_acc"] == chosen.result.metrics["valid_acc"]
     assert run.data.metrics["final.seed"] == best

@@ -86,7 +86,7 @@ def run_seeds(
     selection = None
     if selects_among_seeds(config):
         selection = select_among_seeds(dataclasses.replace(config, tracking=tracking), config.seeds,
-                                       results, echo=echo)
+                                       results, fresh=fresh, echo=echo)
     return SeedsResult(results=results, summary=summary, selection=selection)
 
 

@@ -24,6 +24,7 @@ from raynas.config import FinalRetrain, SearchConfig
 from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
+    attempt_id,
     example_input,
     final_evaluator,
     open_tracker,
@@ -74,7 +75,7 @@ def per_seed_final(config: SearchConfig) -> FinalRetrain:
 
 def select_among_seeds(
     config: SearchConfig, seeds: Sequence[int], results: Sequence[SearchResult], *,
-    echo: Callable[[str], None] = print,
+    fresh: bool = False, echo: Callable[[str], None] = print,
 ) -> Selection:
     """Retrain the ``final.top`` best of ``results`` (one per seed of ``seeds``, ranked by their
     ``valid_acc``) from scratch with ``final``'s budget and choose the best retrained.
@@ -83,6 +84,7 @@ def select_among_seeds(
         config: The job (``seeds`` and ``final`` set; see :func:`selects_among_seeds`).
         seeds: The seed of each result.
         results: Each seed's search result.
+        fresh: Choose again even if this job's choice was made (or begun) before.
         echo: Where progress lines go.
     """
     one = dataclasses.replace(config, name=f"{config.name}-selection", seeds=())
@@ -96,7 +98,7 @@ def select_among_seeds(
             f"{TAG_PREFIX}seed": str(config.seed)}
     sizes = CandidateCosts(config, size=retrain_size(config))
     recorder = SearchRecorder(config=one, tracker=tracker, node="local", costs=sizes.complete)
-    prior = _prior(checkpoint, one)
+    prior = None if fresh else _prior(checkpoint, one)
     retrained = {int(s): EvalResult.from_dict(r) for s, r in (prior or {}).get("retrained", {}).items()}
     if prior is not None and prior["finished"]:
         best_seed = _best(retrained)
@@ -109,8 +111,10 @@ def select_among_seeds(
         recorder.backfill(list(retrained.values()))  # what a crash may have kept from being recorded
         echo(f"Resuming the choice among seeds: {len(retrained)} of {len(chosen)} retrained")
     else:
+        # Made once: a choice killed before its first checkpoint goes on in this run (start_run).
         run_id = tracker.start(one, tags={
-            **tags, **{f"{TAG_PREFIX}seed{s}_run_id": r.run_id for s, r in ranked}})
+            **tags, **{f"{TAG_PREFIX}seed{s}_run_id": r.run_id for s, r in ranked}},
+            attempt=attempt_id(checkpoint, fresh=fresh))
         recorder.opened(run_id)
 
     # The best retrained network so far (its seed and weights): the one registered at the end.

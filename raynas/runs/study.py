@@ -44,7 +44,7 @@ from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
 from raynas.profile import counting_device
-from raynas.runs.common import image_shape, network_costs
+from raynas.runs.common import attempt_id, image_shape, network_costs
 from raynas.runs.jobs import parse_retrain_job
 from raynas.runs.retrain import RUN_PREFIX, RetrainWorker, resolve_architecture
 from raynas.spaces import SPACES
@@ -260,7 +260,8 @@ def run_study(job: StudyJob, *, fresh: bool = False, echo: Callable[[str], None]
                 "pass --fresh to start over, or give the job another name"
             )
         prior = None
-    if prior is not None and prior["finished"]:
+    again = prior is not None and prior["finished"]
+    if again:
         prior = None  # a finished study runs again, as a new run
     tracker = _tracker(base)
     tags = {
@@ -272,7 +273,9 @@ def run_study(job: StudyJob, *, fresh: bool = False, echo: Callable[[str], None]
         run_id = tracker.start(job, run_id=prior["run_id"], tags=tags)  # type: ignore[arg-type]
         echo(f"Resuming study {job.name!r}: {len(rows)} of {len(job.retrainings)} retrainings done")
     else:
-        run_id = tracker.start(job, tags=tags)  # type: ignore[arg-type]
+        # Made once: a study killed before its first checkpoint goes on in this run (start_run).
+        attempt = attempt_id(checkpoint, fresh=fresh or again)
+        run_id = tracker.start(job, tags=tags, attempt=attempt)  # type: ignore[arg-type]
     lock = threading.Lock()
 
     def save(finished: bool = False) -> None:
