@@ -400,6 +400,14 @@ class RetrainSettings:
         lr_power: If set, DeepLab's poly schedule instead, updated every iteration:
             ``learning_rate * (1 - iteration / iterations) ** lr_power`` (0.9 in DeepLab and
             Auto-DeepLab, Sec. 5.2).
+        mixup: Mixup's alpha (ConvNeXt's ``--mixup`` 0.8; 0: none): each training batch is mixed
+            with itself reversed, the targets likewise, smoothed by ``label_smoothing``.
+        cutmix: CutMix's alpha (ConvNeXt's ``--cutmix`` 1.0; 0: none).
+        mix_switch_prob: With both, the chance that a batch is CutMixed rather than mixed up
+            (``--mixup_switch_prob`` 0.5).
+        ema_decay: If set, an exponential moving average of the weights at this decay is kept
+            and tested after every epoch too (``test_ema_*``), as ConvNeXt's ``--model_ema``
+            with ``--model_ema_decay`` 0.9999 and ``--model_ema_eval``; 0: none.
     """
 
     epochs: int = 50
@@ -423,9 +431,17 @@ class RetrainSettings:
     label_smoothing: float = 0.0
     lr_gamma: float = 0.0
     lr_power: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_switch_prob: float = 0.5
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
+        check(self.mixup >= 0 and self.cutmix >= 0, "retrain.mixup",
+              "and retrain.cutmix must be >= 0 (Beta alphas; 0: off)")
+        check(0 <= self.mix_switch_prob <= 1, "retrain.mix_switch_prob", "must be in [0, 1]")
+        check(0 <= self.ema_decay < 1, "retrain.ema_decay", "must be in [0, 1) (0: no average)")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "retrain.betas",
               "must be two numbers in [0, 1)")
         check(self.eps > 0, "retrain.eps", "must be positive")

@@ -299,8 +299,10 @@ def test_warm_up_scales_the_cosine_of_the_first_epochs() -> None:
 def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     """jobs/retrain_convnext_tiny_imagenet.yaml against facebookresearch/ConvNeXt main.py's defaults
     (--opt adamw, --lr 4e-3, --weight_decay 0.05, --epochs 300, --warmup_epochs 20, --opt_eps
-    1e-8, --opt_betas None: torch's, --clip_grad None, --smoothing 0.1) and TRAINING.md's
-    ConvNeXt-T (--drop_path 0.1, 4096 images a step)."""
+    1e-8, --opt_betas None: torch's, --clip_grad None, --smoothing 0.1, --mixup 0.8, --cutmix 1.0,
+    --mixup_switch_prob 0.5, --aa rand-m9-mstd0.5-inc1, --reprob 0.25, --train_interpolation
+    bicubic, --model_ema_decay 0.9999) and TRAINING.md's ConvNeXt-T (--drop_path 0.1, 4096 images
+    a step, --model_ema true --model_ema_eval true)."""
     config = load_retrain_job(JOBS / "retrain_convnext_tiny_imagenet.yaml")
     r = config.retrain
     assert (config.architecture, config.space.name) == ("convnext_tiny", "convnext")
@@ -309,12 +311,20 @@ def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     assert (r.epochs, r.warmup_epochs, r.betas, r.eps) == (300, 20, (0.9, 0.999), 1e-8)
     assert (r.grad_clip, r.label_smoothing, r.drop_path_prob) == (0.0, 0.1, 0.1)
     assert config.space.config.layer_scale_init == 1e-6
+    assert (r.mixup, r.cutmix, r.mix_switch_prob, r.ema_decay) == (0.8, 1.0, 0.5, 0.9999)
+    data = config.data.config
+    assert (data.rand_augment, data.random_erasing, data.interpolation) == (9, 0.25, "bicubic")
 
 
 @pytest.mark.parametrize(("setting", "message"), [
     ("retrain.optimizer=lamb", r"'retrain\.optimizer' is str 'lamb'; allowed: 'sgd', 'adamw'"),
     ("retrain.betas=[-0.1,0.999]", r"'retrain\.betas' must be two numbers in \[0, 1\)"),
     ("retrain.eps=0", r"'retrain\.eps' must be positive"),
+    ("retrain.mixup=-0.8", r"'retrain\.mixup' and retrain\.cutmix must be >= 0"),
+    ("retrain.mix_switch_prob=1.5", r"'retrain\.mix_switch_prob' must be in \[0, 1\]"),
+    ("retrain.ema_decay=1", r"'retrain\.ema_decay' must be in \[0, 1\)"),
+    ("data.interpolation=nearest", r"'data\.interpolation'.*allowed: 'bilinear', 'bicubic'"),
+    ("data.rand_augment=11", r"data\.rand_augment must be in \[0, 10\], got 11"),
 ])
 def test_bad_optimizer_settings_are_one_line_and_exit_2(
     setting: str, message: str, capsys: pytest.CaptureFixture[str]

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
@@ -23,11 +24,20 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ImageFolderConfig(LoaderConfig):
     """``path``: the folder holding ``train/`` (and ``val/``); ``image_size``: the crop;
     ``color_jitter``: DARTS's ``ColorJitter(0.4, 0.4, 0.4, 0.2)`` on training images
-    (train_imagenet.py)."""
+    (train_imagenet.py); ``rand_augment``: RandAugment's magnitude m out of 10 on training
+    images, two operations each (torchvision's ``RandAugment(2, m, num_magnitude_bins=11)``;
+    ConvNeXt's ``--aa rand-m9-mstd0.5-inc1``: 9; 0: none); ``random_erasing``: the chance that a
+    box of a normalised training image is replaced by normal noise, pixel by pixel
+    (torchvision's ``RandomErasing(p, value="random")``; ConvNeXt's ``--reprob 0.25 --remode
+    pixel``; 0: none); ``interpolation``: of the random resized crop and the test images' resize
+    (ConvNeXt's ``--train_interpolation bicubic``, and bicubic for testing)."""
 
     path: Annotated[str, Rule(missing="the folder holding train/")] = ""
     image_size: int = 224
     color_jitter: bool = False
+    rand_augment: Annotated[int, Rule(ge=0, le=10)] = 0
+    random_erasing: Annotated[float, Rule(ge=0, le=1)] = 0.0
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
 
 @DATASETS.register("imagenet", config=ImageFolderConfig)
@@ -42,12 +52,22 @@ class ImageNet:
     def train_set(self):  # type: ignore[no-untyped-def]
         from torchvision import transforms
 
+        c = self.config
         jitter = [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)]
+        augment = [transforms.RandAugment(2, c.rand_augment, num_magnitude_bins=11,
+                                          interpolation=self._interpolation())]
+        erasing = [transforms.RandomErasing(c.random_erasing, value="random")]
         return self._folder("train", [
-            transforms.RandomResizedCrop(self.config.image_size),
+            transforms.RandomResizedCrop(c.image_size, interpolation=self._interpolation()),
             transforms.RandomHorizontalFlip(),
-            *(jitter if self.config.color_jitter else []),
-        ])
+            *(jitter if c.color_jitter else []),
+            *(augment if c.rand_augment else []),
+        ], after=erasing if c.random_erasing else [])
+
+    def _interpolation(self) -> Any:
+        from torchvision.transforms import InterpolationMode
+
+        return InterpolationMode(self.config.interpolation)
 
     def split_order(self, full: Any) -> list[int]:
         """The training images in the order the search split cuts them. ``ImageFolder`` lists
@@ -70,16 +90,19 @@ class ImageNet:
         from torchvision import transforms
 
         size = self.config.image_size
-        return self._folder("val", [transforms.Resize(round(size / 0.875)), transforms.CenterCrop(size)])
+        return self._folder("val", [
+            transforms.Resize(round(size / 0.875), interpolation=self._interpolation()),
+            transforms.CenterCrop(size),
+        ])
 
-    def _folder(self, split: str, crop: list[Any]):  # type: ignore[no-untyped-def]
+    def _folder(self, split: str, crop: list[Any], after: Sequence[Any] = ()):  # type: ignore[no-untyped-def]
         from torchvision import datasets, transforms
 
         root = Path(self.config.path).expanduser() / split
         if not root.is_dir():
             raise DataError(f"data.path {self.config.path!r} has no {split}/ folder of class folders")
         transform = transforms.Compose([
-            *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD), *after,
         ])
         try:
             return datasets.ImageFolder(str(root), transform=transform)

@@ -187,7 +187,8 @@ class RetrainWorker:
             drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
             lr_power=cfg.lr_power, state=state, generator=generator, precision=precision,
             optimizer_name=cfg.optimizer, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
-            warmup_epochs=cfg.warmup_epochs,
+            warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,
+            mix_switch_prob=cfg.mix_switch_prob, ema_decay=cfg.ema_decay,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
@@ -314,7 +315,8 @@ def _check_recurrent(config: RetrainConfig) -> None:
         ("optimizer", cfg.optimizer != "sgd"), ("momentum", cfg.momentum), ("lr_gamma", cfg.lr_gamma),
         ("lr_power", cfg.lr_power), ("warmup_epochs", cfg.warmup_epochs),
         ("label_smoothing", cfg.label_smoothing), ("auxiliary_weight", cfg.auxiliary_weight),
-        ("drop_path_prob", cfg.drop_path_prob),
+        ("drop_path_prob", cfg.drop_path_prob), ("mixup", cfg.mixup), ("cutmix", cfg.cutmix),
+        ("ema_decay", cfg.ema_decay),
     ):
         if unused:
             raise ConfigError(

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from raynas.errors import ConfigError
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
+from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_cross_entropy, soft_targets
 from raynas.train.optim import OptimizerName, build_optimizer
 from raynas.train.schedules import cosine_schedule, poly_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
@@ -173,6 +175,8 @@ def train_epoch(
     label_smoothing: float = 0.0,
     before_step: Callable[[int], None] | None = None,
     precision: str = "fp32",
+    mixing: MixUpCutMix | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
 
@@ -187,6 +191,10 @@ def train_epoch(
         before_step: Called with the step index before each forward pass (a one-shot supernet
             sets the path that step trains here).
         precision: ``fp32``, or ``bf16`` for the forward pass and loss under bf16 autocast.
+        mixing: Mixup and CutMix of image classification batches: the losses are then taken
+            against its soft targets (which carry the label smoothing), the accuracy against the
+            unmixed labels.
+        after_step: Called after each optimiser step (an average of the weights is updated there).
 
     Returns:
         ``train_loss`` and ``train_acc`` over the epoch.
@@ -199,13 +207,26 @@ def train_epoch(
         if before_step is not None:
             before_step(step)
         x, y = _to(batch, device)
+        mixed = mixing is not None and mixing.active
+        if mixed:
+            if y.dim() != 1:
+                raise ConfigError("retrain.mixup and retrain.cutmix mix image classification batches; "
+                                  f"these labels have shape {tuple(y.shape)}: set both to 0")
+            lam, box = mixing.draw(x.shape[-2], x.shape[-1])  # type: ignore[union-attr]
+            x = mix(x, lam, box)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
             out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
             logits, aux = out if isinstance(out, tuple) else (out, None)
-            loss = mean_cross_entropy(logits, y, label_smoothing)
-            if aux is not None and auxiliary_weight:  # DARTS's train.py
-                loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
+            if mixed:
+                targets = soft_targets(y, logits.shape[1], lam, mixing.label_smoothing)  # type: ignore[union-attr]
+                loss = soft_cross_entropy(logits, targets)
+                if aux is not None and auxiliary_weight:
+                    loss = loss + auxiliary_weight * soft_cross_entropy(aux, targets)
+            else:
+                loss = mean_cross_entropy(logits, y, label_smoothing)
+                if aux is not None and auxiliary_weight:  # DARTS's train.py
+                    loss = loss + auxiliary_weight * mean_cross_entropy(aux, y, label_smoothing)
         loss.backward()
         # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
         # what they train; a no-op for one worker.
@@ -213,6 +234,8 @@ def train_epoch(
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         n = labelled(y)
         loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == y).sum()
@@ -260,6 +283,10 @@ def fit(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     warmup_epochs: int = 0,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    mix_switch_prob: float = 0.5,
+    ema_decay: float = 0.0,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -291,6 +318,12 @@ def fit(
         eps: AdamW's epsilon.
         warmup_epochs: The cosine's first epochs warm up linearly
             (:func:`raynas.train.schedules.cosine_schedule`).
+        mixup: Mixup's alpha; with ``cutmix``, CutMix's, and ``mix_switch_prob``, the chance of
+            CutMix when both are on (:class:`raynas.train.mixing.MixUpCutMix`; the label smoothing
+            goes into its targets). 0 and 0: no mixing.
+        ema_decay: If set, an exponential moving average of the weights is kept
+            (:class:`raynas.train.mixing.WeightAverage`) and evaluated after every epoch too
+            (``valid_ema_loss``, ``valid_ema_acc``), as ConvNeXt's ``--model_ema_eval``.
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
@@ -306,9 +339,13 @@ def fit(
         else cosine_schedule(optimizer, epochs=epochs, eta_min=0.0, warmup_epochs=warmup_epochs)
     )
     plain = unwrap(model)  # a compiled model's state is saved as its plain module's
+    mixing = MixUpCutMix(mixup, cutmix, mix_switch_prob, label_smoothing)
+    average = WeightAverage(plain, ema_decay) if ema_decay else None
     epoch = 0
     if state is not None:
         plain.load_state_dict(state["model"])
+        if average is not None:
+            average.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         epoch = int(state["epoch"])
@@ -326,7 +363,8 @@ def fit(
         metrics = train_epoch(
             model, optimizer, train_batches, device, grad_clip=grad_clip,
             auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
-            before_step=poly_step if lr_power else None, precision=precision,
+            before_step=poly_step if lr_power else None, precision=precision, mixing=mixing,
+            after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
         )
         metrics["lr"] = (
             poly_lr(learning_rate, epoch * per_epoch, epochs * per_epoch, lr_power) if lr_power
@@ -334,12 +372,17 @@ def fit(
         )
         schedule.step()
         metrics.update(evaluate(model, eval_batches, device, precision=precision))
+        if average is not None:
+            averaged = evaluate(average.model, eval_batches, device, precision=precision)
+            metrics.update({f"valid_ema_{k[6:]}": v for k, v in averaged.items() if k.startswith("valid_")})
         epoch += 1
         metrics["epoch"] = float(epoch)
         new_state = {
             "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "epoch": epoch,
         }
+        if average is not None:
+            new_state["ema"] = average.model.state_dict()
         if generator is not None:
             new_state["loader_rng"] = generator.get_state()
         yield metrics, new_state
