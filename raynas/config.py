@@ -408,6 +408,9 @@ class RetrainSettings:
         ema_decay: If set, an exponential moving average of the weights at this decay is kept
             and tested after every epoch too (``test_ema_*``), as ConvNeXt's ``--model_ema``
             with ``--model_ema_decay`` 0.9999 and ``--model_ema_eval``; 0: none.
+        min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6; DARTS: 0).
+        lr_per_step: The cosine and its warm-up set the rate every iteration, the warm-up rising
+            linearly from 0 (ConvNeXt's ``utils.cosine_scheduler``), instead of once an epoch.
     """
 
     epochs: int = 50
@@ -435,6 +438,8 @@ class RetrainSettings:
     cutmix: float = 0.0
     mix_switch_prob: float = 0.5
     ema_decay: float = 0.0
+    min_learning_rate: float = 0.0
+    lr_per_step: bool = False
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
@@ -442,6 +447,13 @@ class RetrainSettings:
               "and retrain.cutmix must be >= 0 (Beta alphas; 0: off)")
         check(0 <= self.mix_switch_prob <= 1, "retrain.mix_switch_prob", "must be in [0, 1]")
         check(0 <= self.ema_decay < 1, "retrain.ema_decay", "must be in [0, 1) (0: no average)")
+        check(0 <= self.min_learning_rate < self.learning_rate, "retrain.min_learning_rate",
+              "must be in [0, retrain.learning_rate)")
+        check(not ((self.min_learning_rate or self.lr_per_step) and (self.lr_gamma or self.lr_power)),
+              "retrain.min_learning_rate", "and retrain.lr_per_step shape the cosine schedule only "
+              "(retrain.lr_gamma and lr_power 0)")
+        check(not (self.lr_per_step and self.warmup_epochs >= self.epochs), "retrain.warmup_epochs",
+              "must leave epochs after the warm-up when retrain.lr_per_step is on")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "retrain.betas",
               "must be two numbers in [0, 1)")
         check(self.eps > 0, "retrain.eps", "must be positive")

@@ -296,13 +296,49 @@ def test_warm_up_scales_the_cosine_of_the_first_epochs() -> None:
     assert rates == pytest.approx([cosine[0] / 2, cosine[1], cosine[2], cosine[3]])
 
 
+def test_the_per_step_cosine_is_convnext_s_cosine_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``retrain.lr_per_step``: the rate of every iteration, against ConvNeXt's
+    ``utils.cosine_scheduler`` written out with numpy (warm-up ``np.linspace(0, base, w)``, then
+    ``final + 0.5 * (base - final) * (1 + cos(pi * i / len(iters)))``), as fit sets it."""
+    from raynas.train.schedules import stepwise_cosine_lr
+
+    base, final, per_epoch, epochs, warmup = 4e-3, 1e-6, 3, 4, 1
+    iters = np.arange(epochs * per_epoch - warmup * per_epoch)
+    expected = np.concatenate((
+        np.linspace(0, base, warmup * per_epoch),
+        np.array([final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / len(iters))) for i in iters]),
+    ))
+    rates = [stepwise_cosine_lr(base, final, i, epochs * per_epoch, warmup * per_epoch)
+             for i in range(epochs * per_epoch)]
+    assert rates == pytest.approx(expected.tolist(), abs=1e-12)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batches = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))) for _ in range(per_epoch)]
+    stepped: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        stepped.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    reported = [m["lr"] for m, _ in fit(
+        model, batches, batches, torch.device("cpu"), epochs=epochs, learning_rate=base, momentum=0.9,
+        weight_decay=0.05, grad_clip=0.0, optimizer_name="adamw", warmup_epochs=warmup,
+        min_learning_rate=final, lr_per_step=True,
+    )]
+    assert stepped == pytest.approx(expected.tolist(), abs=1e-12)  # every iteration's rate
+    assert reported == pytest.approx(expected[::per_epoch].tolist(), abs=1e-12)  # each epoch's first
+
+
 def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     """jobs/retrain_convnext_tiny_imagenet.yaml against facebookresearch/ConvNeXt main.py's defaults
     (--opt adamw, --lr 4e-3, --weight_decay 0.05, --epochs 300, --warmup_epochs 20, --opt_eps
     1e-8, --opt_betas None: torch's, --clip_grad None, --smoothing 0.1, --mixup 0.8, --cutmix 1.0,
     --mixup_switch_prob 0.5, --aa rand-m9-mstd0.5-inc1, --reprob 0.25, --train_interpolation
-    bicubic, --model_ema_decay 0.9999) and TRAINING.md's ConvNeXt-T (--drop_path 0.1, 4096 images
-    a step, --model_ema true --model_ema_eval true)."""
+    bicubic, --model_ema_decay 0.9999, --min_lr 1e-6, the rate set every iteration) and
+    TRAINING.md's ConvNeXt-T (--drop_path 0.1, 4096 images a step, --model_ema true
+    --model_ema_eval true)."""
     config = load_retrain_job(JOBS / "retrain_convnext_tiny_imagenet.yaml")
     r = config.retrain
     assert (config.architecture, config.space.name) == ("convnext_tiny", "convnext")
@@ -312,6 +348,7 @@ def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     assert (r.grad_clip, r.label_smoothing, r.drop_path_prob) == (0.0, 0.1, 0.1)
     assert config.space.config.layer_scale_init == 1e-6
     assert (r.mixup, r.cutmix, r.mix_switch_prob, r.ema_decay) == (0.8, 1.0, 0.5, 0.9999)
+    assert (r.lr_per_step, r.min_learning_rate) == (True, 1e-6)
     data = config.data.config
     assert (data.rand_augment, data.random_erasing, data.interpolation) == (9, 0.25, "bicubic")
 
@@ -323,6 +360,9 @@ def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     ("retrain.mixup=-0.8", r"'retrain\.mixup' and retrain\.cutmix must be >= 0"),
     ("retrain.mix_switch_prob=1.5", r"'retrain\.mix_switch_prob' must be in \[0, 1\]"),
     ("retrain.ema_decay=1", r"'retrain\.ema_decay' must be in \[0, 1\)"),
+    ("retrain.min_learning_rate=0.01",
+     r"'retrain\.min_learning_rate' must be in \[0, retrain\.learning_rate\)"),
+    ("retrain.warmup_epochs=300", r"'retrain\.warmup_epochs' must leave epochs after the warm-up"),
     ("data.interpolation=nearest", r"'data\.interpolation'.*allowed: 'bilinear', 'bicubic'"),
     ("data.rand_augment=11", r"data\.rand_augment must be in \[0, 10\], got 11"),
 ])

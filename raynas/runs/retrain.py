@@ -189,6 +189,7 @@ class RetrainWorker:
             optimizer_name=cfg.optimizer, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
             warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,
             mix_switch_prob=cfg.mix_switch_prob, ema_decay=cfg.ema_decay,
+            min_learning_rate=cfg.min_learning_rate, lr_per_step=cfg.lr_per_step,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
@@ -316,7 +317,8 @@ def _check_recurrent(config: RetrainConfig) -> None:
         ("lr_power", cfg.lr_power), ("warmup_epochs", cfg.warmup_epochs),
         ("label_smoothing", cfg.label_smoothing), ("auxiliary_weight", cfg.auxiliary_weight),
         ("drop_path_prob", cfg.drop_path_prob), ("mixup", cfg.mixup), ("cutmix", cfg.cutmix),
-        ("ema_decay", cfg.ema_decay),
+        ("ema_decay", cfg.ema_decay), ("min_learning_rate", cfg.min_learning_rate),
+        ("lr_per_step", cfg.lr_per_step),
     ):
         if unused:
             raise ConfigError(

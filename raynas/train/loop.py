@@ -15,7 +15,7 @@ from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
 from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_cross_entropy, soft_targets
 from raynas.train.optim import OptimizerName, build_optimizer
-from raynas.train.schedules import cosine_schedule, poly_lr
+from raynas.train.schedules import cosine_schedule, poly_lr, stepwise_cosine_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -287,6 +287,8 @@ def fit(
     cutmix: float = 0.0,
     mix_switch_prob: float = 0.5,
     ema_decay: float = 0.0,
+    min_learning_rate: float = 0.0,
+    lr_per_step: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -324,6 +326,10 @@ def fit(
         ema_decay: If set, an exponential moving average of the weights is kept
             (:class:`raynas.train.mixing.WeightAverage`) and evaluated after every epoch too
             (``valid_ema_loss``, ``valid_ema_acc``), as ConvNeXt's ``--model_ema_eval``.
+        min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6).
+        lr_per_step: The cosine and its warm-up set the rate every iteration, the warm-up rising
+            from 0 (:func:`raynas.train.schedules.stepwise_cosine_lr`, ConvNeXt's), instead of
+            once an epoch.
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
@@ -333,10 +339,11 @@ def fit(
         model, name=optimizer_name, learning_rate=learning_rate, momentum=momentum,
         weight_decay=weight_decay, betas=betas, eps=eps,
     )
+    per_step = bool(lr_power or lr_per_step)
     schedule: torch.optim.lr_scheduler.LRScheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if lr_power  # set per step below
-        else cosine_schedule(optimizer, epochs=epochs, eta_min=0.0, warmup_epochs=warmup_epochs)
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if per_step  # set per step below
+        else cosine_schedule(optimizer, epochs=epochs, eta_min=min_learning_rate, warmup_epochs=warmup_epochs)
     )
     plain = unwrap(model)  # a compiled model's state is saved as its plain module's
     mixing = MixUpCutMix(mixup, cutmix, mix_switch_prob, label_smoothing)
@@ -354,22 +361,25 @@ def fit(
     while epoch < epochs:
         if drop_path_prob and hasattr(plain, "drop_path_prob"):
             plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
-        per_epoch = len(train_batches) if lr_power else 0  # type: ignore[arg-type]
+        per_epoch = len(train_batches) if per_step else 0  # type: ignore[arg-type]
 
-        def poly_step(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
+        def rate(iteration: int, per_epoch: int = per_epoch) -> float:
+            if lr_power:
+                return poly_lr(learning_rate, iteration, epochs * per_epoch, lr_power)
+            return stepwise_cosine_lr(learning_rate, min_learning_rate, iteration, epochs * per_epoch,
+                                      warmup_epochs * per_epoch)
+
+        def set_rate(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
             for group in optimizer.param_groups:
-                group["lr"] = poly_lr(learning_rate, epoch * per_epoch + step, epochs * per_epoch, lr_power)
+                group["lr"] = rate(epoch * per_epoch + step)
 
         metrics = train_epoch(
             model, optimizer, train_batches, device, grad_clip=grad_clip,
             auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
-            before_step=poly_step if lr_power else None, precision=precision, mixing=mixing,
+            before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
             after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
         )
-        metrics["lr"] = (
-            poly_lr(learning_rate, epoch * per_epoch, epochs * per_epoch, lr_power) if lr_power
-            else schedule.get_last_lr()[0]
-        )
+        metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
         schedule.step()
         metrics.update(evaluate(model, eval_batches, device, precision=precision))
         if average is not None:

@@ -1,7 +1,8 @@
 """Learning-rate schedules that torch's schedulers do not state the way the papers do.
 
 A search's cosine with a linear warm-up (:func:`cosine_schedule`, PC-DARTS on ImageNet), and its
-step decay at fractions of the epochs (:func:`step_schedule`, relax's XD trainer).
+step decay at fractions of the epochs (:func:`step_schedule`, relax's XD trainer); ConvNeXt's
+cosine and warm-up stepped every iteration (:func:`stepwise_cosine_lr`).
 
 DeepLab's "poly" policy (Chen et al., DeepLab, TPAMI 2018, Sec. 4.1; ``tensorflow/models``
 ``research/deeplab/utils/train_utils.py``, ``learning_policy='poly'``), which Auto-DeepLab
@@ -29,6 +30,25 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     if total <= 0:
         raise ValueError(f"poly schedule: total iterations must be positive, got {total}")
     return base * max(0.0, 1.0 - step / total) ** power
+
+
+def stepwise_cosine_lr(base: float, final: float, step: int, total: int, warmup: int = 0) -> float:
+    """ConvNeXt's rate at iteration ``step`` of ``total`` (``utils.cosine_scheduler``): the first
+    ``warmup`` iterations rise linearly from 0 (``np.linspace(0, base, warmup)``), the rest follow
+    a cosine from ``base`` to ``final`` (its ``--min_lr``), stepped every iteration.
+
+    Args:
+        base: The peak rate.
+        final: The rate the cosine ends at.
+        step: Iterations done (0-based).
+        total: Iterations in all.
+        warmup: Warm-up iterations.
+    """
+    if total <= warmup:
+        raise ValueError(f"cosine schedule: {total} iterations leave none after {warmup} of warm-up")
+    if step < warmup:
+        return base * step / (warmup - 1) if warmup > 1 else 0.0
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 def cosine_schedule(
