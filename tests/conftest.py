@@ -77,7 +77,8 @@ def mlflow_store(folder: Path) -> str:
 
 def tiny_job(tmp_path: Path, **sections: dict) -> dict:
     """A DARTS search small enough for a unit test: 2-node cells, 3 cells, 96 digits; tracked in
-    an MLflow store in ``tmp_path``."""
+    an MLflow store in ``tmp_path``, without pictures (drawing them took about half of such a
+    search's time; the tests of pictures pass ``tracking={"pictures": True}``)."""
     job = {
         "name": "tiny",
         "seed": 0,
@@ -90,6 +91,7 @@ def tiny_job(tmp_path: Path, **sections: dict) -> dict:
             "experiment": "tests",
             "tracking_uri": mlflow_store(tmp_path),
             "output_dir": str(tmp_path / "runs"),
+            "pictures": False,
         },
     }
     for key, value in sections.items():

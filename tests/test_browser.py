@@ -51,7 +51,8 @@ def test_mlflow_ui_shows_the_search_its_candidates_and_the_architecture(
     chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": mlflow_server, "experiment": "ui"}))
+    config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": mlflow_server, "experiment": "ui",
+                                                    "pictures": True}))
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("ui").experiment_id

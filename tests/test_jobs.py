@@ -103,6 +103,10 @@ def shrunk(path: Path, tmp_path: Path, backend: str) -> list[str]:
         "execution.cpus_per_worker=1", f"execution.concurrency={parallel if backend == 'ray' else 1}",
         f"tracking.tracking_uri={mlflow_store(tmp_path)}",
         f"tracking.output_dir={tmp_path / 'runs'}",
+        # Every space's picture is rendered in tests/test_space_registry.py, and a search's in
+        # tests/test_tracking.py and test_sampling_search.py; drawing them here took about a third
+        # of these runs' time.
+        "tracking.pictures=false",
     ]
     if getattr(original.space.config, "robust", None):  # RobustDARTS's spaces have 4-node cells
         overrides.append("space.nodes=4")

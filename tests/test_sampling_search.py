@@ -78,7 +78,8 @@ def test_one_shot_training_updates_only_the_sampled_path() -> None:
 
 
 def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Path) -> None:
-    job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2})
+    job = sampling_job(tmp_path, SPOS, {"name": "supernet", "bn_batches": 2}, train={"epochs": 2},
+                       tracking={"pictures": True})
     result = run_search(parse_job(job), echo=lambda _: None)
     client = MlflowClient(job["tracking"]["tracking_uri"])
     run = client.get_run(result.run_id)
@@ -104,6 +105,28 @@ def test_spos_search_records_every_candidate_in_mlflow_and_parquet(tmp_path: Pat
         assert set(shape) == {"cell_width", "cell_depth"}
         assert {k: row[f"metric.{k}"] for k in shape} == shape
         assert {k: by_trial[row["trial_id"]][k] for k in shape} == shape
+
+
+@pytest.mark.parametrize("kind", ["gradient", "sampling"])
+def test_a_search_without_pictures_records_everything_but_pictures(kind: str, tmp_path: Path) -> None:
+    """``tracking.pictures: false``: the runs hold their metrics, results and model, and no PNG."""
+    job = (tiny_job(tmp_path, train={"epochs": 1}) if kind == "gradient" else sampling_job(
+        tmp_path, {**SPOS, "evaluations": 4}, {"name": "supernet", "bn_batches": 2}, train={"epochs": 1}))
+    assert job["tracking"]["pictures"] is False
+    result = run_search(parse_job(job), echo=lambda _: None)
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    run = client.get_run(result.run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
+    )
+    assert len(children) == (1 if kind == "gradient" else 4)  # an epoch's child, or each candidate's
+    for one in [run, *children]:
+        artifacts = {a.path for a in client.list_artifacts(one.info.run_id)}
+        assert not any(a.endswith(".png") for a in artifacts), artifacts
+    assert all(child.data.metrics["valid_acc"] >= 0 for child in children)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["final.valid_acc"] == result.metrics["valid_acc"]
+    assert "model" in {a.path for a in client.list_artifacts(result.run_id)}
 
 
 def test_a_crashed_search_resumes_without_losing_evaluated_candidates(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ class Crash(Exception):
 
 
 def test_local_search_records_every_epoch_in_mlflow(tmp_path: Path) -> None:
-    config = parse_job(tiny_job(tmp_path))
+    config = parse_job(tiny_job(tmp_path, tracking={"pictures": True}))
     lines: list[str] = []
     result = run_search(config, echo=lines.append)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import random
 import subprocess
@@ -27,6 +28,7 @@ from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
 from raynas.spaces.drawing import picture
 from raynas.supernet import build_supernet
+from raynas.tracking.recorder import PICTURE_DPI
 from raynas.types import Architecture, DatasetInfo, SearchSpace
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "custom_space"
@@ -298,6 +300,9 @@ def test_every_space_draws_its_architectures(name: str) -> None:
     if not hasattr(space, "draw"):  # the default drawing shows every decision's chosen option
         chosen = [d.options[v] for d, v in zip(space.decisions(), space.encode(arch), strict=True)]
         assert set(chosen) <= texts
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=PICTURE_DPI)  # rendered as a run's picture is
+    assert png.getvalue().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -85,7 +85,8 @@ def test_a_local_stores_artifacts_are_beside_its_database_not_in_the_working_fol
 
 
 def test_search_records_candidates_pictures_results_and_the_registered_model(tmp_path: Path) -> None:
-    config = parse_job(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas"}))
+    config = parse_job(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas",
+                                                    "pictures": True}))
     result = run_search(config, echo=lambda _: None)
     client = MlflowClient(config.tracking.tracking_uri)
 

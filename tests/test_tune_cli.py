@@ -41,7 +41,7 @@ def shrunk(job: str, tmp_path: Path, address: str, **sections: dict) -> Path:
     raw["name"] = "tune-cli"
     raw["execution"]["address"] = address
     raw["tracking"] = {"experiment": "tune-cli", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                       "output_dir": str(tmp_path / "runs")}
+                       "output_dir": str(tmp_path / "runs"), "pictures": False}
     path = tmp_path / job
     path.write_text(yaml.safe_dump(raw))
     return path

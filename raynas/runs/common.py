@@ -243,7 +243,7 @@ def open_tracker(config: Any) -> MlflowTracker:
     """The MLflow tracker a job's ``tracking`` section describes (its run not yet started)."""
     return MlflowTracker(
         tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
-        artifact_location=config.tracking.artifact_location,
+        artifact_location=config.tracking.artifact_location, pictures=config.tracking.pictures,
     )
 
 
@@ -464,7 +464,7 @@ def log_cell_shapes(
     its result against random cells of its space (nothing for a space without cell shapes)."""
     from raynas.tracking.plots import plot_cell_shapes
 
-    if not cell_shapes(space, result):
+    if not tracker.pictures or not cell_shapes(space, result):
         return
     points: dict[str, list[tuple[float, float]]] = {}
     for arch in found:

@@ -232,7 +232,7 @@ def run_retrain(
         prior = None if prior["finished"] else _refuse(checkpoint, config)
     tracker = MlflowTracker(
         tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
-        artifact_location=config.tracking.artifact_location,
+        artifact_location=config.tracking.artifact_location, pictures=config.tracking.pictures,
     )
     arch, source = resolve_architecture(config, tracker)
     worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution)

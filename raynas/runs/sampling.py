@@ -590,6 +590,8 @@ def _log_pareto(search: SamplingSearch, tracker: MlflowTracker, sizes: Candidate
     evaluator built it: the size recorded with it), with the Pareto front."""
     from raynas.tracking.plots import plot_pareto
 
+    if not tracker.pictures:
+        return
     costs, scores = [], []
     for result in search.results:
         if result.score == float("-inf"):

@@ -318,7 +318,8 @@ def _key(label: str, layers: int) -> str:
 
 def _tracker(config: RetrainConfig) -> MlflowTracker:
     return MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
-                         artifact_location=config.tracking.artifact_location)
+                         artifact_location=config.tracking.artifact_location,
+                         pictures=config.tracking.pictures)
 
 
 def _retrain(

@@ -312,8 +312,11 @@ class MlflowTracker:
         artifact_location: str | None = None,
         attempts: int = 4,
         backoff_s: float = 1.0,
+        pictures: bool = True,
     ) -> None:
         from mlflow.tracking import MlflowClient
+
+        self.pictures = pictures
 
         # MLflow prints each finished run's URL, user part and password included; raynas prints
         # its own link (run_link), with the password redacted.
@@ -555,7 +558,10 @@ class MlflowTracker:
     # -- pictures -----------------------------------------------------------------------------
 
     def log_figure(self, figure: Figure, artifact_file: str, *, run_id: str | None = None) -> None:
-        """A matplotlib figure as a PNG artifact (``artifact_file`` such as ``architecture.png``)."""
+        """A matplotlib figure as a PNG artifact (``artifact_file`` such as ``architecture.png``);
+        nothing when the tracker draws no pictures (``tracking.pictures: false``)."""
+        if not self.pictures:
+            return
         target = run_id or self.run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

@@ -137,7 +137,7 @@ class SearchRecorder:
 
     def _picture(self, arch: Architecture) -> Callable[[], bytes | None] | None:
         """What draws ``arch`` as PNG bytes when its child run is sent (None: no drawing)."""
-        if self.draw is None:
+        if self.draw is None or not self.tracker.pictures:
             return None
         draw, key = self.draw, arch.key()
 
@@ -255,7 +255,7 @@ class SearchRecorder:
         if picture is not None:
             self.tracker.log_figure(picture, "architecture.png")
         history = [w for w in weights_history if w]
-        if history:
+        if history and self.tracker.pictures:
             figure = plot_arch_weights(history, op_names=op_names, edge_names=edge_names)
             self.tracker.log_figure(figure, "arch_weights.png")
         version = None
