@@ -19,7 +19,7 @@ from raynas.cli import main
 from raynas.data import dataset_info
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.xd import Butterfly, XDConv2d, convert_to_xd, xd_arch_parameters, xd_from_conv, xd_modules
-from raynas.profile import count_macs
+from raynas.profile import count_macs, count_params
 from raynas.spaces import SPACES
 from raynas.spaces.xd import XdSpaceConfig, backbone_network
 from raynas.supernet import build_supernet
@@ -102,6 +102,52 @@ def test_a_converted_resnet_computes_what_the_original_computes() -> None:
     assert not any(type(m) is nn.Conv2d for m in converted.modules())
     torch.testing.assert_close(converted(x), resnet(x), atol=1e-5, rtol=0)
     assert any(type(m) is nn.Conv2d for m in resnet.modules())  # the backbone itself is left as it was
+
+
+def _cifar_resnet_params(n: int, classes: int = 10) -> int:
+    """He et al.'s CIFAR ResNet of n blocks a stage, counted layer by layer: 3x3 convolutions
+    without bias, BatchNorm's two vectors, the option A shortcuts without parameters."""
+    conv = lambda a, b: 9 * a * b  # noqa: E731
+    total = conv(3, 16) + 2 * 16
+    planes = 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            total += conv(planes, width) + conv(width, width) + 4 * width
+            planes = width
+    return total + 64 * classes + classes
+
+
+@pytest.mark.parametrize(("name", "blocks", "published"), [
+    ("resnet20", 3, 0.27e6), ("resnet32", 5, 0.46e6), ("resnet44", 7, 0.66e6), ("resnet56", 9, 0.85e6),
+    ("resnet110", 18, 1.7e6),
+])
+def test_the_cifar_resnets_have_the_published_parameter_counts(
+    name: str, blocks: int, published: float
+) -> None:
+    """relax's ResNet backbones (trainer.py's --backbone resnet20) as akamaster/pytorch_resnet_cifar10
+    (resnet.py; its README: ResNet-20 0.27M ... ResNet-110 1.7M parameters): 6n + 2 layers,
+    ResNet-20 269,722 parameters for 10 classes."""
+    net = backbone_network(name, dataset_info("cifar10"))
+    assert count_params(net) == _cifar_resnet_params(blocks)
+    assert round(count_params(net) / 1e6, 2 if published < 1e6 else 1) == published / 1e6
+    weighted = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == 6 * blocks + 2  # the layers the name counts (no shortcut convolutions)
+    if name == "resnet20":
+        assert count_params(net) == 269_722
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def test_a_converted_cifar_resnet_computes_what_the_original_computes() -> None:
+    """relax's default backbone, ResNet-20, every one of its 19 convolutions an XD-operation: the
+    same logits before any training, through the option A shortcuts' subsampling and padding."""
+    torch.manual_seed(0)
+    resnet = backbone_network("resnet20", dataset_info("cifar10")).double().eval()
+    _random_norm_statistics(resnet)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    converted = convert_to_xd(resnet, x).eval()
+    assert len(list(xd_modules(converted))) == 19
+    torch.testing.assert_close(converted(x), resnet(x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -315,7 +361,7 @@ def test_the_resnet_job_has_relaxs_trainer_settings() -> None:
     (``--xd --arch-adam --arch-lr 1E-3 --kmatrix-depth 3``): batch 128, 200 epochs, SGD 0.1,
     momentum 0.9, weight decay 1e-4, both rates x0.1 at int(0.5 E) and int(0.75 E), Adam 1e-3
     without decay (torch's betas), both optimisers on the same batch of all the training images,
-    K, L, M learnt from the first epoch (--warmup-epochs 0)."""
+    K, L, M learnt from the first epoch (--warmup-epochs 0), ResNet-20."""
     from raynas.runs import load_job
 
     config = load_job(Path(__file__).parents[1] / "jobs" / "xd_resnet_cifar10.yaml")
@@ -329,6 +375,7 @@ def test_the_resnet_job_has_relaxs_trainer_settings() -> None:
     assert (strategy.arch_learning_rate, strategy.arch_weight_decay) == (1e-3, 0.0)
     assert tuple(strategy.arch_betas) == (0.9, 0.999) and strategy.arch_start_epoch == 0
     assert config.space.config.depth_choices == (3,)
+    assert config.space.config.backbones == ("resnet20",)  # --backbone resnet20, trainer.py's default
 
 
 @pytest.mark.parametrize(

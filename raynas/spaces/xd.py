@@ -8,8 +8,10 @@ weights trained alongside. An architecture record here names what the search sta
 backbone and the K-matrices' depth (relax's ``--kmatrix-depth`` at 1 and 2; see raynas.ops.xd);
 the K, L and M found are the supernet's architecture state (``raynas.supernet.xd``), saved with it.
 
-Backbones: torchvision's ``resnet18``, ``resnet34`` (the first convolution takes the dataset's
-channels) and the DARTS evaluation network of a published genotype, ``darts:<name>`` (e.g.
+Backbones: He et al.'s CIFAR ResNets ``resnet20`` (relax's ``examples/resnet/trainer.py``
+default), ``resnet32``, ``resnet44``, ``resnet56`` and ``resnet110`` (:mod:`raynas.ops.cifar_resnet`);
+torchvision's ``resnet18``, ``resnet34`` (the first convolution takes the dataset's
+channels); and the DARTS evaluation network of a published genotype, ``darts:<name>`` (e.g.
 ``darts:DARTS_V2``) at the config's channels and cells. Written ``<backbone>/d<depth>``, e.g.
 ``resnet18/d1``, or as JSON.
 """
@@ -24,6 +26,8 @@ from torch import nn
 
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
+from raynas.ops.cifar_resnet import DEPTHS as CIFAR_RESNETS
+from raynas.ops.cifar_resnet import CifarResNet
 from raynas.ops.xd import convert_to_xd
 from raynas.spaces.base import OptionsSpace, expect_arch
 from raynas.spaces.darts_genotype import ALIASES as GENOTYPE_ALIASES
@@ -31,7 +35,7 @@ from raynas.spaces.darts_genotype import PUBLISHED
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
-RESNETS: tuple[str, ...] = ("resnet18", "resnet34")
+RESNETS: tuple[str, ...] = (*CIFAR_RESNETS, "resnet18", "resnet34")
 _FORM = "<backbone>/d<depth>, e.g. 'resnet18/d1' or 'darts:DARTS_V2/d3'"
 
 
@@ -55,7 +59,8 @@ class XdArch(Architecture):
     """A backbone turned into XD-operations.
 
     Attributes:
-        backbone: ``resnet18``, ``resnet34`` or ``darts:<genotype name>``.
+        backbone: A CIFAR ResNet (``resnet20`` ...), ``resnet18``, ``resnet34`` or
+            ``darts:<genotype name>``.
         depth: Butterfly factor products in each K, L and M (relax's ``--kmatrix-depth`` at 1 and 2).
     """
 
@@ -99,7 +104,9 @@ class XdSpaceConfig:
     lists the one it searches first.
 
     Attributes:
-        backbones: ``resnet18``, ``resnet34``, ``darts:<genotype>`` (a DARTS published genotype).
+        backbones: CIFAR ResNets (``resnet20``, ``resnet32``, ``resnet44``, ``resnet56``,
+            ``resnet110``), ``resnet18``, ``resnet34``, ``darts:<genotype>`` (a DARTS published
+            genotype).
         depth_choices: K-matrix depths (relax: 1; 3 in its permuted-CIFAR script).
         channels: A DARTS backbone's initial channels (0: the paper's evaluation network, 36).
         layers: A DARTS backbone's cells (0: 20).
@@ -138,7 +145,8 @@ def backbone_network(
     """The backbone ``name`` for ``dataset``, with ordinary convolutions.
 
     Args:
-        name: ``resnet18``, ``resnet34`` or ``darts:<genotype>``.
+        name: A CIFAR ResNet (``resnet20`` ... ``resnet110``), ``resnet18``, ``resnet34`` or
+            ``darts:<genotype>``.
         dataset: Input channels, classes.
         channels: A DARTS backbone's initial channels (None: 36).
         layers: A DARTS backbone's cells (None: 20); a ResNet's blocks per stage at most.
@@ -147,6 +155,9 @@ def backbone_network(
     if name.startswith("darts:"):
         darts = SPACES.create("darts")
         return darts.build(darts.parse(name[6:]), dataset, channels=channels, layers=layers)
+    if name in CIFAR_RESNETS:
+        blocks = CIFAR_RESNETS[name] if layers is None else min(CIFAR_RESNETS[name], layers)
+        return CifarResNet(blocks, dataset.num_classes, dataset.in_channels)
     blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[name]
     if layers is not None:
         blocks = [min(b, layers) for b in blocks]
