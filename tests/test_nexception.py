@@ -161,3 +161,35 @@ def test_describe_prints_nexception_t_s_official_parameter_count(capsys: pytest.
     args = ["describe", "--space", "nexception", "--arch", "nexception_t", "--dataset", "imagenet", "--json"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["params"] == 24_544_976  # the official nexception_t.py
+
+
+def test_stochastic_depth_drops_each_block_s_branch_per_sample_at_one_rate() -> None:
+    """The official networks' ``drop_path`` (nexception_t.py: ``x = self.drop_path(x) + skip`` in
+    every Block and BottleneckBlock, one rate for all): each sample of a block's output in training
+    is its shortcut plus its branch scaled by 1 / keep, or its shortcut alone; none in evaluation."""
+    from raynas.ops.nexception import BottleneckBlock, XceptionBlock, XceptionMiddleBlock
+
+    space = SPACES.create("nexception")
+    net = space.build(space.parse("nexception_t"), DatasetInfo("cifar10", 3, 10, 32), channels=16,
+                      drop_path_prob=0.3)
+    kinds = (XceptionBlock, XceptionMiddleBlock, BottleneckBlock)
+    blocks = [m for m in net.modules() if isinstance(m, kinds)]
+    assert len(blocks) == 12 and {b.drop_path_prob for b in blocks} == {0.3}  # 3 + 8 middle + 1 exit
+    block = next(b for b in blocks if isinstance(b, XceptionBlock))
+    torch.manual_seed(0)
+    x = torch.randn(64, _in_channels(block), 8, 8)
+    block.drop_path_prob = 0.5
+    block.train()
+    out = block(x)
+    with torch.no_grad():  # the same batch statistics: BatchNorm in training mode sees the same x
+        branch, skip = block.end(block.rep(x)), block.skip(x)
+    kept = [torch.allclose(out[i], skip[i] + branch[i] / 0.5, atol=1e-5) for i in range(64)]
+    dropped = [torch.allclose(out[i], skip[i], atol=1e-6) for i in range(64)]
+    assert all(k != d for k, d in zip(kept, dropped, strict=True))  # each sample one or the other
+    assert 16 < sum(kept) < 48  # about half of 64 (binomial: outside this once in 10^4)
+    block.eval()
+    torch.testing.assert_close(block(x), block.end(block.rep(x)) + block.skip(x))
+
+
+def _in_channels(block: torch.nn.Module) -> int:
+    return next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.convnext import LayerNorm2d
+from raynas.ops.convnext_net import drop_path
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 NORMS: tuple[str, ...] = ("bn", "ln")
@@ -190,8 +191,12 @@ class XceptionBlock(nn.Module):
             else nn.Identity()
         )
 
+    # Stochastic depth of the block's branch (the official networks' ``drop_path``, the same rate
+    # in every block: nexception_t.py); set on the built network (NexceptionSpace.build).
+    drop_path_prob = 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c_in, H, W) -> (B, c_out, H/s, W/s)
-        return self.end(self.rep(x)) + self.skip(x)
+        return drop_path(self.end(self.rep(x)), self.drop_path_prob, self.training) + self.skip(x)
 
 
 class XceptionMiddleBlock(nn.Module):
@@ -214,8 +219,10 @@ class XceptionMiddleBlock(nn.Module):
         )
         self.end = SqueezeExcite(channels, activation) if block_end == "se" else nn.Identity()
 
+    drop_path_prob = 0.0  # as XceptionBlock's
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
-        return x + self.end(self.rep(x))
+        return x + drop_path(self.end(self.rep(x)), self.drop_path_prob, self.training)
 
 
 class BottleneckBlock(nn.Module):
@@ -237,8 +244,10 @@ class BottleneckBlock(nn.Module):
         )
         self.end = SqueezeExcite(channels, activation) if block_end == "se" else nn.Identity()
 
+    drop_path_prob = 0.0  # as XceptionBlock's
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
-        return x + self.end(self.rep(x))
+        return x + drop_path(self.end(self.rep(x)), self.drop_path_prob, self.training)
 
 
 def make_stem(

@@ -542,7 +542,9 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
                 (None: the architecture's widths).
             layers: At most this many middle-flow blocks (blocks per stage) (None: all).
             auxiliary: Ignored: these networks have no auxiliary head.
-            drop_path_prob: Ignored (no stochastic depth here).
+            drop_path_prob: Stochastic depth of every entry-, middle- and exit-flow block's branch,
+                the same rate in each (the official networks' ``drop_path``: nexception_t.py,
+                nexception_s.py); for the ``stages`` layout (NEXcepTion-TP) none.
         """
         a = resized(expect_arch(arch, NexceptionArch), channels=channels, layers=layers)
         c = self.config
@@ -553,13 +555,17 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
                 in_channels=dataset.in_channels,
                 stem_stride=c.stem_stride,
             )
-        return XceptionNet(
+        net = XceptionNet(
             arch=a,
             num_classes=dataset.num_classes,
             in_channels=dataset.in_channels,
             stem_stride=c.stem_stride,
             reductions=c.reductions,
         )
+        for block in net.modules():
+            if isinstance(block, (XceptionBlock, XceptionMiddleBlock, BottleneckBlock)):
+                block.drop_path_prob = drop_path_prob
+        return net
 
 
 def resized(
