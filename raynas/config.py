@@ -383,7 +383,8 @@ class RetrainSettings:
         weight_decay: SGD's L2 weight decay; AdamW's decoupled one, not on 1-D parameters and
             biases (ConvNeXt's ``optim_factory.py``).
         grad_clip: Gradient-norm clip (0: none, as ConvNeXt's ``main.py``).
-        optimizer: ``sgd`` or ``adamw`` (ConvNeXt's ``--opt adamw``).
+        optimizer: ``sgd``, ``adamw`` (ConvNeXt's ``--opt adamw``) or ``lamb`` (NEXcepTion's
+            ``--opt fusedlamb``: LAMB with its gradients clipped at global norm 1).
         betas: AdamW's betas (torch's (0.9, 0.999), which ConvNeXt keeps).
         eps: AdamW's epsilon (1e-8, ConvNeXt's ``--opt_eps``).
         warmup_epochs: The first epochs' rates rise linearly to the cosine's, ``(e + 1) / warmup``
@@ -415,6 +416,10 @@ class RetrainSettings:
         min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6; DARTS: 0).
         lr_per_step: The cosine and its warm-up set the rate every iteration, the warm-up rising
             linearly from 0 (ConvNeXt's ``utils.cosine_scheduler``), instead of once an epoch.
+        loss: ``cross_entropy``, or ``bce``: binary cross-entropy of every class against the
+            (mixed, smoothed) targets (timm's ``--bce-loss``, NEXcepTion's).
+        bce_target_threshold: With ``bce``, targets above it count as 1, the others 0
+            (``--bce-target-thresh`` 0.2); 0: the targets as they are.
     """
 
     epochs: int = 50
@@ -424,7 +429,7 @@ class RetrainSettings:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
     betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_epochs: int = 0
@@ -444,6 +449,8 @@ class RetrainSettings:
     ema_decay: float = 0.0
     min_learning_rate: float = 0.0
     lr_per_step: bool = False
+    loss: Literal["cross_entropy", "bce"] = "cross_entropy"
+    bce_target_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
@@ -451,6 +458,9 @@ class RetrainSettings:
               "and retrain.cutmix must be >= 0 (Beta alphas; 0: off)")
         check(0 <= self.mix_switch_prob <= 1, "retrain.mix_switch_prob", "must be in [0, 1]")
         check(0 <= self.ema_decay < 1, "retrain.ema_decay", "must be in [0, 1) (0: no average)")
+        check(0 <= self.bce_target_threshold < 1, "retrain.bce_target_threshold", "must be in [0, 1)")
+        check(self.loss == "bce" or not self.bce_target_threshold, "retrain.bce_target_threshold",
+              "thresholds the targets of retrain.loss: bce only")
         check(0 <= self.min_learning_rate < self.learning_rate, "retrain.min_learning_rate",
               "must be in [0, retrain.learning_rate)")
         check(not ((self.min_learning_rate or self.lr_per_step) and (self.lr_gamma or self.lr_power)),

@@ -209,3 +209,66 @@ def test_a_retraining_with_mixup_cutmix_and_the_average_records_the_average_s_sc
 
 def mlflow_store_of(job: dict) -> str:
     return job["tracking"]["tracking_uri"]
+
+
+def test_lamb_steps_as_written_out_with_its_clipping_and_trust_ratio() -> None:
+    """Two steps of raynas's LAMB against apex's FusedLAMB / timm's Lamb computed by hand: the
+    gradients divided by max(1, global norm), Adam's bias-corrected moments, the decay inside the
+    update, the trust ratio ||w|| / ||update|| on the decayed group only."""
+    from raynas.train.optim import Lamb
+
+    torch.manual_seed(9)
+    w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    opt = Lamb([{"params": [w], "weight_decay": 0.02}, {"params": [b], "weight_decay": 0.0}],
+               lr=2e-3, eps=1e-6)
+    ref = {"w": w.detach().clone(), "b": b.detach().clone()}
+    m = {k: torch.zeros_like(v) for k, v in ref.items()}
+    v = {k: torch.zeros_like(t) for k, t in ref.items()}
+    for step in (1, 2):
+        gw, gb = torch.randn(4, 3) * 3, torch.randn(4) * 3  # a global norm above 1: clipped
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        norm = math.sqrt(float((gw**2).sum() + (gb**2).sum()))
+        for key, grad, decay in (("w", gw, 0.02), ("b", gb, 0.0)):
+            g = grad / max(1.0, norm)
+            m[key] = 0.9 * m[key] + 0.1 * g
+            v[key] = 0.999 * v[key] + 0.001 * g * g
+            update = (m[key] / (1 - 0.9**step)) / ((v[key] / (1 - 0.999**step)).sqrt() + 1e-6)
+            if decay:
+                update = update + decay * ref[key]
+                update = update * (ref[key].norm() / update.norm())
+            ref[key] = ref[key] - 2e-3 * update
+        torch.testing.assert_close(w.detach(), ref["w"], rtol=0, atol=1e-7)
+        torch.testing.assert_close(b.detach(), ref["b"], rtol=0, atol=1e-7)
+
+
+def test_the_binary_cross_entropy_thresholds_the_targets_and_averages_over_classes() -> None:
+    """timm's BinaryCrossEntropy(target_threshold=0.2), NEXcepTion's loss, written out: targets
+    above 0.2 are 1, the rest 0; the mean over samples and classes of -t log s - (1 - t) log(1 - s)."""
+    from raynas.train.mixing import binary_cross_entropy
+
+    torch.manual_seed(10)
+    logits, y = torch.randn(4, 5), torch.tensor([0, 3, 3, 1])
+    targets = soft_targets(y, 5, 0.7, 0.0)  # 0.7 on each label, 0.3 on its reversed partner's
+    s = torch.sigmoid(logits)
+    hard = (targets > 0.2).float()
+    expected = float((-(hard * s.log() + (1 - hard) * (1 - s).log())).mean())
+    assert float(binary_cross_entropy(logits, targets, 0.2)) == pytest.approx(expected, rel=1e-6)
+    assert int(hard.sum()) == 6  # both labels of each sample, one where a label meets itself
+    soft = float((-(targets * s.log() + (1 - targets) * (1 - s).log())).mean())
+    assert float(binary_cross_entropy(logits, targets)) == pytest.approx(soft, rel=1e-6)
+
+
+def test_a_nexception_retraining_with_lamb_bce_mixing_and_stochastic_depth_runs(tmp_path: Path) -> None:
+    """jobs/retrain_nexception_t_imagenet.yaml's recipe (LAMB, thresholded binary cross-entropy,
+    Mixup and CutMix, drop path) on NEXcepTion-T shrunk to the digits."""
+    job = retrain_job(tmp_path, "nexception_t",
+                      space={"name": "nexception", "widths": [96, 128, 256, 512, 1024, 1536, 2048],
+                             "stem_stride": 1, "reductions": 2})  # 8x8 digits, as nexception_quickstart
+    job["retrain"].update(channels=8, layers=1, epochs=1, optimizer="lamb", learning_rate=2e-3,
+                          weight_decay=0.02, eps=1e-6, loss="bce", bce_target_threshold=0.2, mixup=0.1,
+                          cutmix=1.0, drop_path_prob=0.05, grad_clip=0.0)
+    result = run_retrain(parse_retrain_job(job), echo=lambda _: None)
+    run = MlflowClient(mlflow_store_of(job)).get_run(result.run_id)
+    assert math.isfinite(run.data.metrics["train_loss"]) and 0 <= run.data.metrics["test_acc"] <= 1
+    assert run.data.params["retrain.optimizer"] == "lamb" and run.data.params["retrain.loss"] == "bce"

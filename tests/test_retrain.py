@@ -353,8 +353,33 @@ def test_the_convnext_retraining_job_has_the_paper_s_recipe() -> None:
     assert (data.rand_augment, data.random_erasing, data.interpolation) == (9, 0.25, "bicubic")
 
 
+def test_the_nexception_retraining_job_has_the_readme_s_recipe() -> None:
+    """jobs/retrain_nexception_t_imagenet.yaml against hadarshavit/NEXcepTion's README command for
+    NEXcepTion-T (timm's train.py): --opt fusedlamb --lr 2e-3 --weight-decay 0.02 --epochs 300
+    --warmup-epochs 5 --min-lr 1e-6 --bce-loss --bce-target-thresh 0.2 --smoothing 0.0 --mixup 0.1
+    --cutmix 1.0 --aa rand-m7-mstd0.5-inc1 --reprob 0.0 --drop-path 0.05 --channels-last, 4 GPUs x
+    --batch-size 64."""
+    config = load_retrain_job(JOBS / "retrain_nexception_t_imagenet.yaml")
+    r, data = config.retrain, config.data.config
+    assert (config.architecture, config.space.name) == ("nexception_t", "nexception")
+    assert config.data.name == "imagenet"
+    assert (r.optimizer, r.learning_rate, r.weight_decay, r.eps) == ("lamb", 2e-3, 0.02, 1e-6)
+    assert (r.epochs, r.warmup_epochs, r.min_learning_rate, r.grad_clip) == (300, 5, 1e-6, 0.0)
+    assert (r.loss, r.bce_target_threshold, r.label_smoothing) == ("bce", 0.2, 0.0)
+    assert (r.mixup, r.cutmix, r.mix_switch_prob, r.drop_path_prob) == (0.1, 1.0, 0.5, 0.05)
+    assert (data.rand_augment, data.random_erasing, data.batch_size) == (7, 0.0, 256)
+    assert (config.execution.workers, config.execution.channels_last) == (4, True)
+    from raynas.spaces import SPACES
+
+    space = SPACES.create("nexception", config.space.config)
+    assert space.contains(space.parse("nexception_t"))  # the job's space holds its network
+
+
 @pytest.mark.parametrize(("setting", "message"), [
-    ("retrain.optimizer=lamb", r"'retrain\.optimizer' is str 'lamb'; allowed: 'sgd', 'adamw'"),
+    ("retrain.optimizer=adam", r"'retrain\.optimizer' is str 'adam'; allowed: 'sgd', 'adamw', 'lamb'"),
+    ("retrain.bce_target_threshold=0.2",
+     r"'retrain\.bce_target_threshold' thresholds the targets of retrain\.loss: bce only"),
+    ("retrain.loss=focal", r"'retrain\.loss' is str 'focal'; allowed: 'cross_entropy', 'bce'"),
     ("retrain.betas=[-0.1,0.999]", r"'retrain\.betas' must be two numbers in \[0, 1\)"),
     ("retrain.eps=0", r"'retrain\.eps' must be positive"),
     ("retrain.mixup=-0.8", r"'retrain\.mixup' and retrain\.cutmix must be >= 0"),

@@ -190,6 +190,7 @@ class RetrainWorker:
             warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,
             mix_switch_prob=cfg.mix_switch_prob, ema_decay=cfg.ema_decay,
             min_learning_rate=cfg.min_learning_rate, lr_per_step=cfg.lr_per_step,
+            bce_threshold=cfg.bce_target_threshold if cfg.loss == "bce" else None,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
@@ -318,7 +319,7 @@ def _check_recurrent(config: RetrainConfig) -> None:
         ("label_smoothing", cfg.label_smoothing), ("auxiliary_weight", cfg.auxiliary_weight),
         ("drop_path_prob", cfg.drop_path_prob), ("mixup", cfg.mixup), ("cutmix", cfg.cutmix),
         ("ema_decay", cfg.ema_decay), ("min_learning_rate", cfg.min_learning_rate),
-        ("lr_per_step", cfg.lr_per_step),
+        ("lr_per_step", cfg.lr_per_step), ("loss", cfg.loss != "cross_entropy"),
     ):
         if unused:
             raise ConfigError(

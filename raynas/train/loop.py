@@ -13,7 +13,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
-from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_cross_entropy, soft_targets
+from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_loss, soft_targets
 from raynas.train.optim import OptimizerName, build_optimizer
 from raynas.train.schedules import cosine_schedule, poly_lr, stepwise_cosine_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
@@ -177,6 +177,7 @@ def train_epoch(
     precision: str = "fp32",
     mixing: MixUpCutMix | None = None,
     after_step: Callable[[], None] | None = None,
+    bce_threshold: float | None = None,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
 
@@ -195,6 +196,10 @@ def train_epoch(
             against its soft targets (which carry the label smoothing), the accuracy against the
             unmixed labels.
         after_step: Called after each optimiser step (an average of the weights is updated there).
+        bce_threshold: None: cross-entropy; a number: binary cross-entropy of every class's logit
+            against its target, the (mixed, smoothed) targets set to 1 above the threshold and 0
+            elsewhere when it is positive (timm's ``BinaryCrossEntropy(target_threshold=...)``,
+            NEXcepTion's ``--bce-loss --bce-target-thresh 0.2``).
 
     Returns:
         ``train_loss`` and ``train_acc`` over the epoch.
@@ -208,21 +213,24 @@ def train_epoch(
             before_step(step)
         x, y = _to(batch, device)
         mixed = mixing is not None and mixing.active
+        soft = mixed or bce_threshold is not None  # a loss of per-class targets
+        if soft and y.dim() != 1:
+            raise ConfigError("retrain.mixup, retrain.cutmix and retrain.loss: bce take image classification "
+                              f"labels; these have shape {tuple(y.shape)}: leave them at their defaults")
+        lam = 1.0
         if mixed:
-            if y.dim() != 1:
-                raise ConfigError("retrain.mixup and retrain.cutmix mix image classification batches; "
-                                  f"these labels have shape {tuple(y.shape)}: set both to 0")
             lam, box = mixing.draw(x.shape[-2], x.shape[-1])  # type: ignore[union-attr]
             x = mix(x, lam, box)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
             out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
             logits, aux = out if isinstance(out, tuple) else (out, None)
-            if mixed:
-                targets = soft_targets(y, logits.shape[1], lam, mixing.label_smoothing)  # type: ignore[union-attr]
-                loss = soft_cross_entropy(logits, targets)
+            if soft:
+                smoothing = mixing.label_smoothing if mixed else label_smoothing  # type: ignore[union-attr]
+                targets = soft_targets(y, logits.shape[1], lam, smoothing)
+                loss = soft_loss(logits, targets, bce_threshold)
                 if aux is not None and auxiliary_weight:
-                    loss = loss + auxiliary_weight * soft_cross_entropy(aux, targets)
+                    loss = loss + auxiliary_weight * soft_loss(aux, targets, bce_threshold)
             else:
                 loss = mean_cross_entropy(logits, y, label_smoothing)
                 if aux is not None and auxiliary_weight:  # DARTS's train.py
@@ -289,6 +297,7 @@ def fit(
     ema_decay: float = 0.0,
     min_learning_rate: float = 0.0,
     lr_per_step: bool = False,
+    bce_threshold: float | None = None,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -330,6 +339,8 @@ def fit(
         lr_per_step: The cosine and its warm-up set the rate every iteration, the warm-up rising
             from 0 (:func:`raynas.train.schedules.stepwise_cosine_lr`, ConvNeXt's), instead of
             once an epoch.
+        bce_threshold: The training loss: None cross-entropy, else binary cross-entropy
+            (:func:`train_epoch`).
 
     Yields:
         The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
@@ -378,6 +389,7 @@ def fit(
             auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
             before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
             after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
+            bce_threshold=bce_threshold,
         )
         metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
         schedule.step()

@@ -87,6 +87,22 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return torch.sum(-targets * nn.functional.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """The mean over samples and classes of the binary cross-entropy of each class's logit, the
+    targets set to 1 above ``threshold`` and 0 elsewhere when it is positive (timm's
+    ``BinaryCrossEntropy``, ``target_threshold``)."""
+    if threshold > 0:
+        targets = targets.gt(threshold).to(targets.dtype)
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def soft_loss(logits: torch.Tensor, targets: torch.Tensor, bce_threshold: float | None) -> torch.Tensor:
+    """:func:`soft_cross_entropy` (``bce_threshold`` None) or :func:`binary_cross_entropy`."""
+    if bce_threshold is None:
+        return soft_cross_entropy(logits, targets)
+    return binary_cross_entropy(logits, targets, bce_threshold)
+
+
 class WeightAverage:
     """An exponential moving average of a network's weights and buffers, updated after every
     optimiser step: ``ema = decay * ema + (1 - decay) * value`` for each floating-point entry of
@@ -115,4 +131,7 @@ class WeightAverage:
                 average.copy_(value)
 
 
-__all__ = ["MixUpCutMix", "WeightAverage", "mix", "soft_cross_entropy", "soft_targets"]
+__all__ = [
+    "MixUpCutMix", "WeightAverage", "binary_cross_entropy", "mix", "soft_cross_entropy", "soft_loss",
+    "soft_targets",
+]
