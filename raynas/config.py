@@ -420,6 +420,8 @@ class RetrainSettings:
             (mixed, smoothed) targets (timm's ``--bce-loss``, NEXcepTion's).
         bce_target_threshold: With ``bce``, targets above it count as 1, the others 0
             (``--bce-target-thresh`` 0.2); 0: the targets as they are.
+        aug_repeats: Repeated augmentation: each image this many times in a row, augmented anew,
+            an epoch as long as before (timm's ``--aug-repeats``, 3 in NEXcepTion's command); 1: none.
     """
 
     epochs: int = 50
@@ -451,6 +453,7 @@ class RetrainSettings:
     lr_per_step: bool = False
     loss: Literal["cross_entropy", "bce"] = "cross_entropy"
     bce_target_threshold: float = 0.0
+    aug_repeats: int = 1
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
@@ -459,6 +462,7 @@ class RetrainSettings:
         check(0 <= self.mix_switch_prob <= 1, "retrain.mix_switch_prob", "must be in [0, 1]")
         check(0 <= self.ema_decay < 1, "retrain.ema_decay", "must be in [0, 1) (0: no average)")
         check(0 <= self.bce_target_threshold < 1, "retrain.bce_target_threshold", "must be in [0, 1)")
+        check(self.aug_repeats >= 1, "retrain.aug_repeats", "must be at least 1 (1: no repeats)")
         check(self.loss == "bce" or not self.bce_target_threshold, "retrain.bce_target_threshold",
               "thresholds the targets of retrain.loss: bce only")
         check(0 <= self.min_learning_rate < self.learning_rate, "retrain.min_learning_rate",

@@ -1,7 +1,8 @@
-"""ConvNeXt's regularisers (facebookresearch/ConvNeXt ``main.py``, from timm): Mixup and CutMix in
-timm's ``batch`` mode with smoothed soft targets, the weights' moving average, and ImageNet's
-RandAugment, Random Erasing and bicubic resizing; each checked against its formula written out
-here, and through a real retraining."""
+"""ConvNeXt's and NEXcepTion's training recipes (facebookresearch/ConvNeXt ``main.py`` and
+hadarshavit/NEXcepTion's timm command): Mixup and CutMix in timm's ``batch`` mode with smoothed soft
+targets, the weights' moving average, ImageNet's RandAugment, Random Erasing and bicubic resizing,
+LAMB, the thresholded binary cross-entropy and repeated augmentation; each checked against its
+formula written out here, and through real retrainings."""
 
 from __future__ import annotations
 
@@ -267,8 +268,32 @@ def test_a_nexception_retraining_with_lamb_bce_mixing_and_stochastic_depth_runs(
                              "stem_stride": 1, "reductions": 2})  # 8x8 digits, as nexception_quickstart
     job["retrain"].update(channels=8, layers=1, epochs=1, optimizer="lamb", learning_rate=2e-3,
                           weight_decay=0.02, eps=1e-6, loss="bce", bce_target_threshold=0.2, mixup=0.1,
-                          cutmix=1.0, drop_path_prob=0.05, grad_clip=0.0)
+                          cutmix=1.0, drop_path_prob=0.05, grad_clip=0.0, aug_repeats=3)
     result = run_retrain(parse_retrain_job(job), echo=lambda _: None)
     run = MlflowClient(mlflow_store_of(job)).get_run(result.run_id)
     assert math.isfinite(run.data.metrics["train_loss"]) and 0 <= run.data.metrics["test_acc"] <= 1
     assert run.data.params["retrain.optimizer"] == "lamb" and run.data.params["retrain.loss"] == "bce"
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_repeated_augmentation_repeats_each_image_in_a_row_dealt_out_to_the_workers(world: int) -> None:
+    """timm's RepeatAugSampler (--aug-repeats 3): the permutation with each index three times in a
+    row, an epoch of n indices (n / 3 distinct images); with three workers each takes every third
+    index of a global batch, so an image's three copies are on three workers."""
+    from raynas.data.base import ShardedBatchSampler
+
+    def epoch(rank: int) -> list[list[int]]:
+        sampler = ShardedBatchSampler(12, 6, torch.Generator().manual_seed(4), rank, world, repeats=3)
+        return list(sampler)
+
+    permutation = torch.randperm(12, generator=torch.Generator().manual_seed(4)).tolist()
+    repeated = [i for i in permutation[:4] for _ in range(3)]  # 12 indices, 4 distinct images
+    shards = [epoch(rank) for rank in range(world)]
+    assert all(len(batches) == 2 for batches in shards)
+    for b in range(2):
+        whole = repeated[b * 6 : (b + 1) * 6]
+        if world == 1:
+            assert shards[0][b] == whole
+        else:
+            assert [shards[r][b] for r in range(3)] == [whole[r::3] for r in range(3)]
+            assert all(len(set(shards[r][b])) == 2 for r in range(3))  # no image twice on a worker

@@ -357,8 +357,8 @@ def test_the_nexception_retraining_job_has_the_readme_s_recipe() -> None:
     """jobs/retrain_nexception_t_imagenet.yaml against hadarshavit/NEXcepTion's README command for
     NEXcepTion-T (timm's train.py): --opt fusedlamb --lr 2e-3 --weight-decay 0.02 --epochs 300
     --warmup-epochs 5 --min-lr 1e-6 --bce-loss --bce-target-thresh 0.2 --smoothing 0.0 --mixup 0.1
-    --cutmix 1.0 --aa rand-m7-mstd0.5-inc1 --reprob 0.0 --drop-path 0.05 --channels-last, 4 GPUs x
-    --batch-size 64."""
+    --cutmix 1.0 --aa rand-m7-mstd0.5-inc1 --reprob 0.0 --drop-path 0.05 --channels-last
+    --aug-repeats 3, 4 GPUs x --batch-size 64."""
     config = load_retrain_job(JOBS / "retrain_nexception_t_imagenet.yaml")
     r, data = config.retrain, config.data.config
     assert (config.architecture, config.space.name) == ("nexception_t", "nexception")
@@ -368,6 +368,7 @@ def test_the_nexception_retraining_job_has_the_readme_s_recipe() -> None:
     assert (r.loss, r.bce_target_threshold, r.label_smoothing) == ("bce", 0.2, 0.0)
     assert (r.mixup, r.cutmix, r.mix_switch_prob, r.drop_path_prob) == (0.1, 1.0, 0.5, 0.05)
     assert (data.rand_augment, data.random_erasing, data.batch_size) == (7, 0.0, 256)
+    assert r.aug_repeats == 3
     assert (config.execution.workers, config.execution.channels_last) == (4, True)
     from raynas.spaces import SPACES
 

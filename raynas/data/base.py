@@ -119,27 +119,43 @@ class ShardedBatchSampler(Sampler[list[int]]):
         generator: Seeded generator for the permutation; its state is part of a checkpoint.
         rank: This worker's index.
         world_size: Number of data-parallel workers.
+        repeats: Repeated augmentation (Hoffer et al., 2020; timm's ``RepeatAugSampler``, DeiT's and
+            NEXcepTion's ``--aug-repeats 3``): each image of the permutation comes ``repeats``
+            times in a row, augmented anew each time, and an epoch keeps its length (``n`` images:
+            ``n / repeats`` distinct ones); the repeated list is dealt out to the workers in turn,
+            as timm deals it to its ranks, so with at least ``repeats`` workers an image's copies
+            are on different ones.
     """
 
     def __init__(
-        self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+        self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1,
+        repeats: int = 1,
     ) -> None:
         self.n = n
         self.batch_size = min(batch_size, n)
         self.generator = generator
         self.rank = rank
         self.world_size = world_size
+        self.repeats = repeats
         self.drop_last = n > batch_size or world_size > 1
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=self.generator).tolist()
+        order = torch.randperm(self.n, generator=self.generator)
+        if self.repeats > 1:
+            order = torch.repeat_interleave(order, self.repeats)[: self.n]
+        indices = order.tolist()
         share = self.batch_size // self.world_size
         for b in range(len(self)):
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield batch[self.rank * share : (self.rank + 1) * share] if self.world_size > 1 else batch
+            batch = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size == 1:
+                yield batch
+            elif self.repeats > 1:  # dealt in turn: an image's copies on different workers
+                yield batch[self.rank :: self.world_size][:share]
+            else:
+                yield batch[self.rank * share : (self.rank + 1) * share]
 
 
 def search_loaders(

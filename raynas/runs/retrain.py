@@ -151,7 +151,9 @@ class RetrainWorker:
             self.split = "test"
             example = self.train_loader.dataset[(0, data.config.bptt)][0][0]  # (T,) tokens of stream 0
         else:
-            self.train_loader, self.test_loader, self.split = _loaders(data, config.seed, rank, world_size)
+            self.train_loader, self.test_loader, self.split = _loaders(
+                data, config.seed, rank, world_size, config.retrain.aug_repeats
+            )
             example = self.train_loader.dataset[0][0]
         arch = Architecture.from_json(arch_json)
         model = build_network(config, arch, data.info, example=example)
@@ -320,6 +322,7 @@ def _check_recurrent(config: RetrainConfig) -> None:
         ("drop_path_prob", cfg.drop_path_prob), ("mixup", cfg.mixup), ("cutmix", cfg.cutmix),
         ("ema_decay", cfg.ema_decay), ("min_learning_rate", cfg.min_learning_rate),
         ("lr_per_step", cfg.lr_per_step), ("loss", cfg.loss != "cross_entropy"),
+        ("aug_repeats", cfg.aug_repeats > 1),
     ):
         if unused:
             raise ConfigError(
@@ -356,13 +359,13 @@ def _refuse(checkpoint: Path, config: RetrainConfig) -> None:
 
 
 def _loaders(
-    data: Any, seed: int, rank: int = 0, world_size: int = 1
+    data: Any, seed: int, rank: int = 0, world_size: int = 1, repeats: int = 1
 ) -> tuple[DataLoader[Any], DataLoader[Any], str]:
     """Training on the whole training set and testing on the official test split, as DARTS's
     ``train.py`` does; for a dataset without one, training on ``data.train_portion`` of the training
     set and testing on the rest. Returns the loaders and which test split it is. With
     ``world_size`` > 1 this worker takes its slice of every shuffled global batch and its slice of
-    the test split."""
+    the test split; ``repeats``: repeated augmentation (:class:`ShardedBatchSampler`)."""
     cfg = data.config
     full = data.train_set()
     order = training_order(data, full)  # a limit keeps every class of a folder of class folders
@@ -379,7 +382,7 @@ def _loaders(
             f"data.batch_size ({cfg.batch_size}) must be a multiple of the {world_size} execution.workers"
         )
     generator = torch.Generator().manual_seed(seed)
-    sampler = ShardedBatchSampler(len(train_part), cfg.batch_size, generator, rank, world_size)
+    sampler = ShardedBatchSampler(len(train_part), cfg.batch_size, generator, rank, world_size, repeats)
     # DARTS's train.py (DataLoader(train_data, batch_size, shuffle=True)) keeps each epoch's last,
     # smaller batch (521 steps at batch 96); data-parallel ranks drop it, so every global batch
     # splits evenly.
