@@ -27,6 +27,7 @@ from raynas.strategies.sampling.bo import BoConfig
 from raynas.strategies.sampling.enas import Controller, Enas, EnasConfig, Step
 from raynas.strategies.sampling.epnas import EpnasConfig
 from raynas.strategies.sampling.evolution import EvolutionConfig, SposConfig
+from raynas.strategies.sampling.nao import NaoConfig
 from raynas.strategies.sampling.novelty import NoveltyConfig, NoveltySearch, novelty
 from raynas.strategies.sampling.progressive import Progressive, ProgressiveConfig
 from raynas.strategies.sampling.random_search import RandomConfig
@@ -131,6 +132,9 @@ BUDGETS: dict[str, Any] = {
     # Ten policy steps of four targets, the best predicted of 32 samples each, over four stages:
     # the optimum with 10 of seeds 0-9.
     "epnas": EpnasConfig(evaluations=40, batch_size=4, candidates=32, lstm_size=16, learning_rate=0.05),
+    # 30 random seeds, then four rounds of 10 decoded from the best 10 (NAO's 600, 3 x 300, top 100):
+    # the optimum with 7 of seeds 0-9.
+    "nao": NaoConfig(seed_architectures=30, iterations=4, new_architectures=10, top_k=10, epochs=100),
 }
 
 # Strategies over the flat categorical view (autokeras grows networks by morphisms: tested on its

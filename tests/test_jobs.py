@@ -48,6 +48,8 @@ SHRINK_SPACE = {
 
 # Sampling strategies: a budget of a few candidates (and what it constrains).
 SHRINK_STRATEGY = {
+    "nao": ["strategy.seed_architectures=3", "strategy.new_architectures=1", "strategy.top_k=3",
+            "strategy.epochs=2", "strategy.iterations=1"],
     "evolution": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
     "spos": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],
     "novelty": ["strategy.population_size=2", "strategy.sample_size=2", "strategy.evaluations=3"],

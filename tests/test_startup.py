@@ -237,6 +237,7 @@ CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("strategy", "darts", {"arch_betas": [0.5]}),
     ("strategy", "darts", {"same_batch": True, "order": 2}),
     ("strategy", "gdas", {"tau_max": 0.05}),
+    ("strategy", "nao", {"step_size": 5.0, "max_step_size": 2.0}),
     ("strategy", "milenas", {"model_size_band": [2.0, 1.0]}),
     ("strategy", "milenas", {"stop_at_convs": [6]}),
     ("strategy", "milenas", {"track_model_size": False, "stop_at_convs": [6, 0]}),

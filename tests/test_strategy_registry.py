@@ -43,6 +43,8 @@ REQUIRED: dict[str, dict[str, Any]] = {
 # small settings in SMALL_CONFIG_OF.
 SMALL_CONFIG = {"evaluations": 6, "population_size": 3, "sample_size": 2, "startup": 2}
 SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
+    # 4 random seeds, then two rounds of 2 decoded candidates: 8 evaluations.
+    "nao": {"seed_architectures": 4, "iterations": 2, "new_architectures": 2, "top_k": 4, "epochs": 5},
     "novelty": {"candidates": 2, "neighbours": 2},
     # One controller epoch of 2 steps of 2 candidates, then 2 derived: 6 evaluations.
     "enas": {
@@ -123,7 +125,7 @@ def numeric_fields(config: Any) -> list[str]:
 def test_the_built_in_strategies_are_registered() -> None:
     sampling = {
         "random", "random_ws", "evolution", "spos", "novelty", "enas", "progressive", "bo", "autokeras",
-        "epnas", "ran_e", "ran_i", "teg_evolution", "teg_reinforce",
+        "epnas", "ran_e", "ran_i", "teg_evolution", "teg_reinforce", "nao",
     }
     gradient = {
         "darts", "pc_darts", "milenas", "gdas", "adarts", "rf_darts", "rf_pc_darts", "fbnet", "prunet",

@@ -26,6 +26,7 @@ from raynas.strategies.sampling import (  # noqa: F401
     enas,
     epnas,
     evolution,
+    nao,
     novelty,
     progressive,
     random_search,
