@@ -92,6 +92,7 @@ ON_RAY = {
     "autokeras_quickstart.yaml", "epnas_quickstart.yaml", "epnas_fbnet_quickstart.yaml",
     "prunet_quickstart.yaml", "teg_nas_quickstart.yaml", "teg_reinforce_quickstart.yaml",
     "teg_evolution_quickstart.yaml", "oneshot_path_dropout_quickstart.yaml",
+    "nao_morphological_quickstart.yaml",
 }
 
 
