@@ -191,6 +191,8 @@ def test_imagenet_s_convnext_augmentation_is_randaugment_bicubic_and_erasing_aft
     assert image.shape == (3, 16, 16) and label == 0
     test = data.test_set().transform.transforms
     assert test[0].interpolation == transforms.InterpolationMode.BICUBIC and test[0].size == round(16 / 0.875)
+    wider = DATASETS.create("imagenet", entry.config(path=str(root), image_size=16, crop_pct=0.95))
+    assert wider.test_set().transform.transforms[0].size == round(16 / 0.95)  # NEXcepTion's --crop-pct
     plain = DATASETS.create("imagenet", entry.config(path=str(root), image_size=16))
     assert [type(t) for t in plain.train_set().transform.transforms] == [
         transforms.RandomResizedCrop, transforms.RandomHorizontalFlip, transforms.ToTensor,

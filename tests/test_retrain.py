@@ -368,7 +368,7 @@ def test_the_nexception_retraining_job_has_the_readme_s_recipe() -> None:
     assert (r.loss, r.bce_target_threshold, r.label_smoothing) == ("bce", 0.2, 0.0)
     assert (r.mixup, r.cutmix, r.mix_switch_prob, r.drop_path_prob) == (0.1, 1.0, 0.5, 0.05)
     assert (data.rand_augment, data.random_erasing, data.batch_size) == (7, 0.0, 256)
-    assert r.aug_repeats == 3
+    assert r.aug_repeats == 3 and data.crop_pct == 0.95
     assert (config.execution.workers, config.execution.channels_last) == (4, True)
     from raynas.spaces import SPACES
 

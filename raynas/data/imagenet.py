@@ -30,7 +30,9 @@ class ImageFolderConfig(LoaderConfig):
     box of a normalised training image is replaced by normal noise, pixel by pixel
     (torchvision's ``RandomErasing(p, value="random")``; ConvNeXt's ``--reprob 0.25 --remode
     pixel``; 0: none); ``interpolation``: of the random resized crop and the test images' resize
-    (ConvNeXt's ``--train_interpolation bicubic``, and bicubic for testing)."""
+    (ConvNeXt's ``--train_interpolation bicubic``, and bicubic for testing); ``crop_pct``: the
+    test images are resized to ``image_size / crop_pct`` and their centre ``image_size`` cut
+    (0.875: 256 then 224, as DARTS and ConvNeXt; NEXcepTion's ``--crop-pct 0.95``)."""
 
     path: Annotated[str, Rule(missing="the folder holding train/")] = ""
     image_size: int = 224
@@ -38,6 +40,7 @@ class ImageFolderConfig(LoaderConfig):
     rand_augment: Annotated[int, Rule(ge=0, le=10)] = 0
     random_erasing: Annotated[float, Rule(ge=0, le=1)] = 0.0
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    crop_pct: Annotated[float, Rule(gt=0, le=1)] = 0.875
 
 
 @DATASETS.register("imagenet", config=ImageFolderConfig)
@@ -85,13 +88,13 @@ class ImageNet:
         return [i for _, _, i in sorted(keys)]
 
     def test_set(self):  # type: ignore[no-untyped-def]
-        """``val/``, resized and centre-cropped (256 then 224 at the default size, as DARTS's
-        ``train_imagenet.py``)."""
+        """``val/``, resized to ``image_size / crop_pct`` and centre-cropped (256 then 224 at the
+        defaults, as DARTS's ``train_imagenet.py``)."""
         from torchvision import transforms
 
         size = self.config.image_size
         return self._folder("val", [
-            transforms.Resize(round(size / 0.875), interpolation=self._interpolation()),
+            transforms.Resize(round(size / self.config.crop_pct), interpolation=self._interpolation()),
             transforms.CenterCrop(size),
         ])
 
