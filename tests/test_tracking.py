@@ -66,6 +66,34 @@ def test_a_candidate_is_a_child_run_of_its_search(tmp_path: Path) -> None:
     assert Architecture.from_json(Path(local).read_text()) == r.architecture
 
 
+def test_a_child_run_whose_creation_reply_was_lost_is_not_made_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server made the run but the reply never came (the link cut after the request, seen in
+    the 30 s outage test as a second ``epoch-000``): the retried record finds that run by its
+    parent and trial id and goes on in it."""
+    config = parse_job(tiny_job(tmp_path))
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="lost-reply",
+                            attempts=2, backoff_s=0.01)
+    parent = tracker.start(config)
+    create, calls = tracker.client.create_run, []
+
+    def made_but_reply_lost(*args: object, **kwargs: object) -> object:
+        run = create(*args, **kwargs)
+        calls.append(run.info.run_id)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset after the request was sent")
+        return run
+
+    monkeypatch.setattr(tracker.client, "create_run", made_but_reply_lost)
+    child = tracker.log_candidate(candidate(1))
+    assert child == calls[0] and len(calls) == 1  # the retry reused the run the server made
+    client = MlflowClient(config.tracking.tracking_uri)
+    children = client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert [c.info.run_id for c in children] == [child]
+    assert client.get_run(child).info.status == "FINISHED"
+
+
 def test_a_local_stores_artifacts_are_beside_its_database_not_in_the_working_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,6 +136,7 @@ class _ChildRun:
         self.picture = picture
         self.run_id = ""
         self.done = 0  # steps finished, so a retry goes on from the one that failed
+        self._asked_to_create = False
         self._span: tuple[int, int] | None = None
 
     def __call__(self) -> None:
@@ -164,6 +165,19 @@ class _ChildRun:
         }
         if r.node_id:
             tags[f"{TAG_PREFIX}node_id"] = r.node_id
+        if self._asked_to_create:
+            # A create whose reply was lost (the link cut after the server made the run) must not
+            # make a second run: look for the one the server may have made.
+            trial = r.trial_id.replace("'", "\\'")
+            made = self.tracker.client.search_runs(
+                [self.tracker.experiment_id], max_results=1,
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent}' "
+                f"and tags.`{TAG_PREFIX}trial_id` = '{trial}'",
+            )
+            if made:
+                self.run_id = made[0].info.run_id
+                return
+        self._asked_to_create = True
         run = self.tracker.client.create_run(
             self.tracker.experiment_id, start_time=self._times()[0], run_name=self.name, tags=tags
         )
