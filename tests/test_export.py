@@ -81,3 +81,44 @@ def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
     assert "MLflow model folder" in capsys.readouterr().err
     assert main(["export", folder, "--format", "onnx", "--out", str(out), "--input-shape", "1x3x32x32"]) == 2
     assert "does not run on a 1x3x32x32 input" in capsys.readouterr().err
+
+
+def test_a_large_input_is_registered_with_its_signature_but_no_input_example_and_still_exports(
+    logged: tuple[str, str, torch.nn.Module], tmp_path: Path
+) -> None:
+    """Inputs of more than EXAMPLE_PIXELS pixels (a Cityscapes image made a 63 MB model of
+    zeros): the signature has the full shape, worked out on meta tensors, and no example is
+    written; the export reads the shape from the signature and gives the network's outputs."""
+    import mlflow.models
+
+    from raynas.tracking.mlflow_tracker import EXAMPLE_PIXELS
+
+    uri, _, network = logged
+    side = 96
+    assert side * side > EXAMPLE_PIXELS
+    tracker = MlflowTracker(tracking_uri=uri, experiment="export-large")
+    run_id = tracker.start(parse_job(tiny_job(tmp_path)))
+    tracker.register_model(random_arch(), name="raynas-export-large", network=network, trained=True,
+                           example=torch.zeros(1, 1, side, side))
+    folder = Path(MlflowClient(uri).download_artifacts(run_id, "model", str(tmp_path)))
+    info = mlflow.models.Model.load(str(folder))
+    assert info.saved_input_example_info is None
+    assert not (folder / "input_example.json").exists()
+    (inputs,), (outputs,) = info.signature.inputs.inputs, info.signature.outputs.inputs
+    assert inputs.shape == (-1, 1, side, side) and outputs.shape == (-1, 10)
+    assert str(outputs.type) == "float32"
+    out = tmp_path / "large.onnx"
+    args = ["export", f"run:{run_id}", "--format", "onnx", "--out", str(out), "--tracking-uri", uri]
+    assert main(args) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert tuple(session.get_inputs()[0].shape[1:]) == (1, side, side)
+    batch = torch.randn(2, 1, side, side)
+    with torch.no_grad():
+        expected = network(batch).numpy()
+    (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def random_arch() -> object:
+    space = SPACES.create("darts", DartsSpaceConfig(channels=4, layers=3, nodes=2))
+    return space.sample(random.Random(1))

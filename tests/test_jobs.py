@@ -69,7 +69,7 @@ SHRINK_GRADIENT = {
     "fbnet": ["strategy.arch_start_epoch=1"],
     "prunet": ["strategy.arch_start_epoch=1"],
     "pc_darts": ["strategy.arch_start_epoch=1", "train.warmup_epochs=1"],
-    "teg_nas_prune": ["strategy.batch_size=2", "strategy.region_inputs=50", "strategy.region_batches=1",
+    "teg_nas_prune": ["strategy.batch_size=2", "strategy.region_inputs=20", "strategy.region_batches=1",
                       "strategy.repeat=1"],
 }
 SHRINK_EVALUATOR = {
