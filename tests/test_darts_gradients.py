@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -344,6 +345,25 @@ def test_step_moves_alphas_by_adam_then_the_weights() -> None:
         expected = before - cfg.arch_learning_rate * g_decayed / (g_decayed.abs() + 1e-8)
         torch.testing.assert_close(a.detach(), expected, rtol=1e-9, atol=1e-12)
     assert all(not torch.equal(w, b) for w, b in zip(strategy.weight_params, weights, strict=True))
+
+
+@pytest.mark.parametrize(("order", "passes", "weight_grads"), [(1, 2, 1), (2, 5, 3)])
+def test_a_second_order_step_makes_five_passes_three_with_weight_gradients_against_two_and_one(
+    order: int, passes: int, weight_grads: int
+) -> None:
+    """The pass count behind the README's bound on the second-order step's time: a first-order step
+    (architecture step and weight step) runs the supernet forward twice and computes the weights'
+    gradients once; a second-order one runs it five times (L_train at w, L_val at w', the two sides
+    of the finite difference, the weight step) and computes the weights' gradients three times."""
+    strategy = make_strategy(order=order)
+    warm_up(strategy)
+    forwards, computed = [0], [0]
+    strategy.model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    watched = strategy.weight_params[0]  # the stem's convolution: every weight gradient reaches it
+    watched.register_hook(lambda _: computed.__setitem__(0, computed[0] + 1))
+    train, valid = batches(2)
+    strategy.step(train, valid)
+    assert (forwards[0], computed[0]) == (passes, weight_grads)
 
 
 def test_darts_is_registered_with_its_config() -> None:
