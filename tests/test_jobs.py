@@ -38,7 +38,7 @@ SHRINK_SPACE = {
     "autokeras": ["space.seed_width=4"],
     "fbnet": ["space.stage_depths=[1,1,1,1]"],
     "convnext": ["space.depth_choices=[[1],[1],[1]]", "space.width_choices=[[4],[8],[8,16]]"],
-    "xd": ["space.channels=4", "space.layers=3"],
+    "xd": ["space.channels=4", "space.layers=3", "space.depth_choices=[1]"],
     "nexception": ["space.depth_choices=[1]", "space.widths=[4,8,8,8,8,8,8]"],
     "stacked_bnas": ["space.channels=4", "space.blocks=1", "space.nodes=2"],
     "ran_e": ["space.stage_depths=[1,1,1,1]", "space.halved_layers=[]"],
