@@ -630,6 +630,129 @@ def test_the_trained_network_is_the_one_of_the_lowest_validation_loss(
     assert not all(torch.allclose(p, q) for p, q in zip(seen[6], seen[8], strict=True))  # not epoch 5's
 
 
+def diverging_epochs(monkeypatch: pytest.MonkeyPatch, nan_calls: set[int]) -> list[Any]:
+    """Make the training epochs numbered ``nan_calls`` (1-based calls) end with every weight NaN
+    and a NaN loss; the others train for real. Returns each call's weights as it started them."""
+    import raynas.train.language_model as lm
+
+    started: list[Any] = []
+    real = lm.train_language_model_epoch
+
+    def epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *args: Any, **kw: Any) -> dict:
+        started.append(([p.detach().clone() for p in model.parameters()], type(optimizer).__name__,
+                        copy.deepcopy(optimizer.state_dict())))
+        metrics = real(model, optimizer, *args, **kw)
+        if len(started) in nan_calls:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(math.nan)
+            metrics["train_loss"] = math.nan
+        return metrics
+
+    monkeypatch.setattr(lm, "train_language_model_epoch", epoch)
+    return started
+
+
+def test_a_nan_training_loss_rolls_back_to_the_network_kept_and_repeats_its_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rnn/train.py: a NaN loss in train() makes the loop load model.pt and optimizer.pt (saved
+    when val_loss < stored_loss) and set ``epoch`` to misc.pt's, the epoch they were saved after.
+    Validation losses 5.0, 4.0 (kept), then epoch 3 diverges: epoch 2 is trained again from epoch
+    2's weights, and training goes on to epoch 4; nothing of the NaN epoch is reported."""
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    seen = scripted_evaluation(monkeypatch, valid, [5.0, 4.0, 4.5, 4.2, 4.1])
+    started = diverging_epochs(monkeypatch, {3})
+    run = fit_language_model(model, windows(2), valid, windows(1, seed=3), torch.device("cpu"),
+                             epochs=4, learning_rate=2.0, weight_decay=0.0, grad_clip=0.25, bptt=3,
+                             nonmono=10)
+    epochs = [metrics for metrics, _ in run]
+    assert [m["epoch"] for m in epochs] == [1, 2, 2, 3, 4]
+    assert all(math.isfinite(m["train_loss"]) for m in epochs)
+    assert len(started) == 6  # epochs 1, 2, 3 (NaN), 2 again, 3, 4
+    kept = seen[2]  # epoch 2's validation pass: the weights kept
+    for p, q in zip(started[3][0], kept, strict=True):  # the repeat starts from them
+        torch.testing.assert_close(p, q)
+    assert started[3][1] == "SGD"
+    assert [m["best_epoch"] for m in epochs] == [1, 2, 2, 2, 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_rollback_after_the_switch_restores_the_averaged_network_and_asgd_s_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the switch rnn/train.py saves the averaged weights with ASGD's state (``ax`` among
+    it), and a rollback rebuilds ASGD (the saved state has ``t0``) and loads that state. nonmono 1
+    and losses 5.0, 4.0, 5.5 (the switch after epoch 3), 3.0 (kept: averaged), then epoch 5
+    diverges and epoch 4 is trained again."""
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    seen = scripted_evaluation(monkeypatch, valid, [5.0, 4.0, 5.5, 3.0, 3.5, 3.2])
+    started = diverging_epochs(monkeypatch, {5})
+    # Three windows an epoch: ASGD's average lags its weights (its mu is 1 for the first two steps).
+    run = fit_language_model(model, windows(3), valid, windows(1, seed=3), torch.device("cpu"),
+                             epochs=5, learning_rate=2.0, weight_decay=0.0, grad_clip=0.25, bptt=3,
+                             nonmono=1)
+    states = [(m, copy.deepcopy(state)) for m, state in run]
+    assert [m["epoch"] for m, _ in states] == [1, 2, 3, 4, 4, 5]
+    assert [m["asgd"] for m, _ in states] == [0, 0, 0, 1, 1, 1]
+    params, kind, optimizer_state = started[5]  # epoch 4 again
+    for p, averaged in zip(params, seen[6], strict=True):  # epoch 4's validation: averaged weights
+        torch.testing.assert_close(p, averaged)
+    assert kind == "ASGD"
+    kept = states[3][1]["best"]["optimizer"]["state"]
+    assert kept and kept.keys() == optimizer_state["state"].keys()
+    for i, saved in kept.items():
+        torch.testing.assert_close(optimizer_state["state"][i]["ax"], saved["ax"])
+        torch.testing.assert_close(optimizer_state["state"][i]["step"], saved["step"])
+    # The average, not the weights epoch 5 started from.
+    assert not all(torch.equal(p, a) for p, a in zip(started[4][0], params, strict=True))
+
+
+def test_a_nan_in_the_first_epoch_is_one_error_naming_what_to_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raynas.errors import RaynasError
+    from raynas.train.language_model import fit_language_model
+
+    model, valid = tiny_language_model(), windows(1, seed=2)
+    scripted_evaluation(monkeypatch, valid, [5.0])
+    diverging_epochs(monkeypatch, {1})
+    run = fit_language_model(model, windows(2), valid, windows(1, seed=3), torch.device("cpu"),
+                             epochs=2, learning_rate=2.0, weight_decay=0.0, grad_clip=0.25, bptt=3)
+    with pytest.raises(RaynasError, match=r"not finite in epoch 1.*retrain\.learning_rate"):
+        next(run)
+
+
+def test_a_retraining_whose_loss_turns_nan_says_so_rolls_back_and_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``run_retrain``: epoch 3 diverges; the driver says so in one line, the epoch kept
+    is trained again, and the retraining ends after its last epoch with finite scores."""
+    from raynas.runs.jobs import load_retrain_job
+    from raynas.runs.retrain import run_retrain
+
+    job = Path(__file__).parents[1] / "jobs" / "retrain_darts_rnn_ptb.yaml"
+    config = load_retrain_job(job, [
+        f"data.path={write_ptb(tmp_path / 'penn')}", "data.bptt=2", "data.batch_size=2",
+        "retrain.epochs=4", "retrain.channels=6", "retrain.valid_streams=2",
+        "execution.backend=local", f"tracking.tracking_uri={mlflow_store(tmp_path)}",
+        f"tracking.output_dir={tmp_path / 'runs'}",
+    ])
+    diverging_epochs(monkeypatch, {3})
+    lines: list[str] = []
+    result = run_retrain(config, echo=lines.append, fresh=True)
+    epochs = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("epoch")]
+    said = [line for line in lines if "not finite" in line]
+    assert len(said) == 1 and said[0].startswith("the training loss was not finite in epoch 3: ")
+    kept = int(said[0].split("kept after epoch ")[1].split(",")[0])
+    assert kept in (1, 2) and epochs == [1, 2, *range(kept, 5)]
+    # The line comes right before the repeated epoch's.
+    assert lines.index(said[0]) + 1 == [i for i, line in enumerate(lines) if line.startswith("epoch")][2]
+    assert math.isfinite(result.metrics["test_loss"]) and result.metrics["epoch"] == 4
+
+
 def test_the_retraining_jobs_have_rnn_train_py_s_settings() -> None:
     """jobs/retrain_darts_rnn_ptb.yaml against quark0/darts rnn/train.py's argparse defaults (and
     its eval_batch_size 10, test_batch_size 1); the WikiText-2 transfer differs only where the

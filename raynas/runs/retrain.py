@@ -268,6 +268,10 @@ def run_retrain(
             start = time.perf_counter()
             metrics, state = worker.run_epoch()
             seconds = time.perf_counter() - start
+            if int(metrics["epoch"]) <= epoch:  # a language model's rollback (raynas.train.language_model)
+                echo(f"the training loss was not finite in epoch {epoch + 1}: rolled back to the "
+                     f"network kept after epoch {int(metrics['epoch'])}, and that epoch trained again "
+                     "(as rnn/train.py)")
             epoch = int(metrics["epoch"])
             history.append(metrics)
             record = {"config": config.to_dict(), "run_id": run_id, "history": history, "finished": False}

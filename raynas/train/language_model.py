@@ -14,23 +14,31 @@ Validation and test texts are read as streams whose hidden state carries from wi
 (``evaluate``'s ``carry_state``). The network with the lowest validation loss so far is kept (the
 averaged weights after the switch), as rnn/train.py saves it whenever ``val_loss < stored_loss``;
 after the last epoch the model holds it, and its test scores are the training's (rnn/train.py
-loads the best saved model and tests that).
+loads the best saved model and tests that). An epoch whose training loss is not finite rolls back
+as rnn/train.py does: the network kept and its optimizer's state come back, and training repeats
+the epoch they were kept after and goes on from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from raynas.errors import RaynasError
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_
 from raynas.train.loop import _global_means, _to, evaluate
 from raynas.train.segmentation import labelled
 from raynas.train.step import Batch
+
+log = logging.getLogger(__name__)
 
 
 def switches_to_asgd(history: Sequence[float], loss: float, nonmono: int) -> bool:
@@ -131,6 +139,38 @@ def _asgd(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.
     return torch.optim.ASGD(model.parameters(), lr=learning_rate, t0=0, lambd=0.0, weight_decay=weight_decay)
 
 
+def _roll_back(
+    model: nn.Module, best: dict[str, Any] | None, epoch: int, learning_rate: float, weight_decay: float,
+) -> tuple[torch.optim.Optimizer, int]:
+    """After an epoch whose training loss is not finite: ``model`` back to the network kept (the
+    best so far) and a new optimizer of its kind with its state, and the epochs done to go on from.
+
+    rnn/train.py: ``train()`` raises on a NaN loss; the loop then loads ``model.pt`` and
+    ``optimizer.pt`` (an ASGD when the saved state has ``t0``, else SGD) and sets ``epoch`` to
+    ``misc.pt``'s, the epoch they were saved after, so that epoch is trained again. (It stops the
+    epoch at the first NaN window; here the epoch runs out first, its result thrown away the same.)
+
+    Raises:
+        RaynasError: Nothing was kept yet (the first epoch): rnn/train.py has no model.pt to load.
+    """
+    if best is None:
+        raise RaynasError(
+            f"the training loss was not finite in epoch {epoch + 1}, before any network was kept to go "
+            "back to (rnn/train.py rolls back to the best one); lower retrain.learning_rate or "
+            "retrain.grad_clip"
+        )
+    model.load_state_dict(best["weights"])
+    asgd = best.get("asgd", False)
+    optimizer = (_asgd(model, learning_rate, weight_decay) if asgd else
+                 torch.optim.SGD(model.parameters(), lr=learning_rate, weight_decay=weight_decay))
+    if "optimizer" in best:  # (kept states of raynas before the rollback have none: a fresh one)
+        optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+    kept = int(best["scores"]["epoch"])
+    log.warning("training loss not finite in epoch %d: rolling back to the network kept after epoch "
+                "%d and training on from it (rnn/train.py)", epoch + 1, kept)
+    return optimizer, kept - 1
+
+
 def fit_language_model(
     model: nn.Module,
     train_batches: Iterable[Batch],
@@ -196,6 +236,9 @@ def fit_language_model(
             model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
             precision=precision,
         )
+        if not math.isfinite(metrics["train_loss"]):
+            optimizer, epoch = _roll_back(plain, best, epoch, learning_rate, weight_decay)
+            continue
         asgd = isinstance(optimizer, torch.optim.ASGD)
         metrics.update(lr=learning_rate, asgd=float(asgd))
         with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
@@ -204,7 +247,9 @@ def fit_language_model(
             if best is None or scores["valid_loss"] < best["scores"]["valid_loss"]:  # val_loss < stored_loss
                 tested_as = {f"test_{key[6:]}": value for key, value in tested.items()}
                 best = {"weights": {k: v.detach().clone() for k, v in plain.state_dict().items()},
-                        "scores": {**scores, **tested_as, "epoch": float(epoch + 1)}}
+                        "scores": {**scores, **tested_as, "epoch": float(epoch + 1)},
+                        # rnn/train.py's save_checkpoint keeps the optimizer beside the model
+                        "optimizer": copy.deepcopy(optimizer.state_dict()), "asgd": asgd}
         metrics.update(scores)
         metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
         if not asgd:
