@@ -119,7 +119,7 @@ def _signature(network: nn.Module, example: Any) -> tuple[Any, Any]:
         if out is None:
             with torch.no_grad():
                 out = network(example.cpu())
-            out = out[0] if isinstance(out, (tuple, list)) else out  # (logits, auxiliary) or (logits, hidden)
+        out = out[0] if isinstance(out, (tuple, list)) else out  # (logits, auxiliary) or (logits, hidden)
         out_dtype = torch.empty(0, dtype=out.dtype).numpy().dtype
     except Exception as exc:  # a network that takes more than one input: logged without them
         log.debug("no MLflow signature for %s: %s", type(network).__name__, exc)
@@ -137,7 +137,7 @@ def _signature(network: nn.Module, example: Any) -> tuple[Any, Any]:
 
 
 def _output_on_meta(network: nn.Module, example: Any) -> Any:
-    """The output of ``network`` on ``example`` as a ``meta`` tensor (its shape and dtype, nothing
+    """The output of ``network`` on ``example`` as ``meta`` tensors (their shapes and dtypes, nothing
     computed), with the network's parameters and buffers swapped for meta ones for the call; None
     where the network does not run on meta tensors (it makes CPU tensors of its own)."""
     import torch
@@ -152,7 +152,7 @@ def _output_on_meta(network: nn.Module, example: Any) -> Any:
         log.debug("%s does not run on meta tensors (%s): its signature from a real pass",
                   type(network).__name__, exc)
         return None
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return out
 
 
 def _is_number(value: Any) -> bool:

@@ -160,11 +160,12 @@ def _roll_back(
             "retrain.grad_clip"
         )
     model.load_state_dict(best["weights"])
-    asgd = best.get("asgd", False)
+    saved = best.get("optimizer")  # (states kept by raynas before the rollback have none: a fresh SGD)
+    asgd = saved is not None and "t0" in saved["param_groups"][0]  # as rnn/train.py tells them apart
     optimizer = (_asgd(model, learning_rate, weight_decay) if asgd else
                  torch.optim.SGD(model.parameters(), lr=learning_rate, weight_decay=weight_decay))
-    if "optimizer" in best:  # (kept states of raynas before the rollback have none: a fresh one)
-        optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+    if saved is not None:
+        optimizer.load_state_dict(copy.deepcopy(saved))
     kept = int(best["scores"]["epoch"])
     log.warning("training loss not finite in epoch %d: rolling back to the network kept after epoch "
                 "%d and training on from it (rnn/train.py)", epoch + 1, kept)
@@ -249,7 +250,7 @@ def fit_language_model(
                 best = {"weights": {k: v.detach().clone() for k, v in plain.state_dict().items()},
                         "scores": {**scores, **tested_as, "epoch": float(epoch + 1)},
                         # rnn/train.py's save_checkpoint keeps the optimizer beside the model
-                        "optimizer": copy.deepcopy(optimizer.state_dict()), "asgd": asgd}
+                        "optimizer": copy.deepcopy(optimizer.state_dict())}
         metrics.update(scores)
         metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
         if not asgd:
