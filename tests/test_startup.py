@@ -3,6 +3,7 @@ drivers, so libraries that only some work needs load where that work starts."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,32 @@ def test_the_drivers_start_without_torchvision_or_scipy() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_searches_without_pictures_never_import_matplotlib(tmp_path: Path) -> None:
+    """matplotlib (0.7 s) loads only where a picture is drawn: a gradient and a sampling search
+    with ``tracking.pictures: false`` finish, their models registered, without it."""
+    from conftest import tiny_job
+    from test_sampling_search import sampling_job
+
+    for name in ("gradient", "sampling"):
+        (tmp_path / name).mkdir()  # (where mlflow_store puts a copy of an empty store)
+    gradient = tiny_job(tmp_path / "gradient", train={"epochs": 1})
+    sampling = sampling_job(tmp_path / "sampling", {"name": "random", "evaluations": 2},
+                            {"name": "scratch", "epochs": 1, "channels": 4, "layers": 1})
+    assert not gradient["tracking"].get("pictures") and not sampling["tracking"].get("pictures")
+    code = (
+        "import sys, json\n"
+        "from raynas.runs import run_search\n"
+        "from raynas.runs.jobs import parse_job\n"
+        "for job in json.loads(sys.argv[1]):\n"
+        "    run_search(parse_job(job), echo=lambda _: None)\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    jobs = json.dumps([gradient, sampling], default=str)
+    done = subprocess.run([sys.executable, "-c", code, jobs], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout[-2000:]
 
 
 def test_the_component_manifest_lists_what_the_registries_hold() -> None:

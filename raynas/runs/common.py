@@ -462,10 +462,10 @@ def log_cell_shapes(
 ) -> None:
     """``cell_shapes.png`` in the search's run: the width and depth of the cells it evaluated and of
     its result against random cells of its space (nothing for a space without cell shapes)."""
-    from raynas.tracking.plots import plot_cell_shapes
-
     if not tracker.pictures or not cell_shapes(space, result):
         return
+    from raynas.tracking.plots import plot_cell_shapes  # matplotlib: only where pictures are drawn
+
     points: dict[str, list[tuple[float, float]]] = {}
     for arch in found:
         for kind, point in cell_shapes(space, arch).items():

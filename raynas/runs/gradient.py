@@ -209,8 +209,8 @@ def run_gradient_search(
             final, summary, weights_history=[h["arch_weights"] for h in history],
             network=network[1] if network else searched_network(config, final.architecture, size=size),
             trained=network is not None, example=example_input(config),
-            picture=picture(space, final.architecture), op_names=getattr(space, "op_names", None),
-            edge_names=getattr(space, "edge_names", None),
+            picture=picture(space, final.architecture) if tracker.pictures else None,
+            op_names=getattr(space, "op_names", None), edge_names=getattr(space, "edge_names", None),
         )
         save(finished=True)
     except BaseException as error:

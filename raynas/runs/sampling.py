@@ -409,7 +409,7 @@ def run_sampling_search(
             EpochReport(epoch=search.epoch, metrics=best.metrics, architecture=best.architecture),
             summary, weights_history=[], trained=not untrained, example=example_input(config),
             network=network,
-            picture=picture(job_space(config), best.architecture),
+            picture=picture(job_space(config), best.architecture) if tracker.pictures else None,
         )
         search.snapshot(run_id, finished=True)
     except BaseException as error:
@@ -588,10 +588,10 @@ def _score_text(result: EvalResult) -> str:
 def _log_pareto(search: SamplingSearch, tracker: MlflowTracker, sizes: CandidateCosts) -> None:
     """``pareto.png``: every candidate's score against its network's parameters (as its
     evaluator built it: the size recorded with it), with the Pareto front."""
-    from raynas.tracking.plots import plot_pareto
-
     if not tracker.pictures:
         return
+    from raynas.tracking.plots import plot_pareto  # matplotlib: only where pictures are drawn
+
     costs, scores = [], []
     for result in search.results:
         if result.score == float("-inf"):

@@ -250,12 +250,12 @@ class SearchRecorder:
         Returns:
             The registered model version, or None when the registry could not be reached.
         """
-        from raynas.tracking.plots import plot_arch_weights
-
         if picture is not None:
             self.tracker.log_figure(picture, "architecture.png")
         history = [w for w in weights_history if w]
         if history and self.tracker.pictures:
+            from raynas.tracking.plots import plot_arch_weights  # matplotlib: only for pictures
+
             figure = plot_arch_weights(history, op_names=op_names, edge_names=edge_names)
             self.tracker.log_figure(figure, "arch_weights.png")
         version = None
