@@ -184,14 +184,15 @@ def stop_ray_cluster(temp_dir: str, timeout: float = 5.0, workers_first: float =
 
 
 # Tests on the session's Ray head, in two groups of about equal length (the Tune CLI and
-# data-parallel tests, and the others): each group's worker starts a head of its own.
+# data-parallel tests, and the others): each group's worker starts a head for it, stopped when
+# the group ends (one head for both where one worker runs them back to back).
 RAY_HEAD_FIRST = ("test_tune_cli", "test_data_parallel", "test_quiet_failures")
 
 
 @pytest.hookimpl(wrapper=True)  # around xdist's hook, which reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Three groups of tests run each on one xdist worker, one test after another: two groups of
-    tests on the session's Ray head (``ray_head``: the worker of each starts one, once), and those
+    tests on a Ray head (``ray_head``: the worker of each starts one for it), and those
     that start Ray clusters of their own (``ray.cluster_utils.Cluster``, ``ray start`` with a job
     server), so that each worker drives one Ray cluster at a time and the timed multi-node ones never
     run beside each other. Other tests go to whichever worker is free; a worker that runs a test
@@ -233,12 +234,32 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         ray.shutdown()
 
 
+class _IdleHeadStopper:
+    """Stops the session's Ray head (``ray_head``) once the next test of this process does not ask
+    for it: an idle head costs about 5% of a core (its raylet, GCS, agents and idle workers) for
+    the rest of the session, and the tests on it run one after another (their xdist group). A
+    later test that asks for it starts it again (pytest runs a finished fixture anew)."""
+
+    @pytest.hookimpl(trylast=True)  # after the test's own fixtures are gone
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if "ray_head" not in item.fixturenames or (
+            nextitem is not None and "ray_head" in nextitem.fixturenames
+        ):
+            return
+        # pytest's own way to end a fixture before its scope does (as for a new parameter):
+        # the fixtures that use it (a module's connection to it) end first.
+        for definition in item._fixtureinfo.name2fixturedefs.get("ray_head", ()):
+            definition.finish(item._request)
+
+
 def _worker_pid_file(testrunuid: str, worker: str) -> Path:
     return Path(tempfile.gettempdir()) / f"raynas-tests-{testrunuid}-{worker}.pid"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Each xdist worker writes down its pid, for :func:`pytest_handlecrashitem`."""
+    """Each xdist worker writes down its pid, for :func:`pytest_handlecrashitem`; an idle session
+    Ray head is stopped (:class:`_IdleHeadStopper`)."""
+    config.pluginmanager.register(_IdleHeadStopper(), "raynas-idle-head-stopper")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         path = _worker_pid_file(workerinput["testrunuid"], workerinput["workerid"])
@@ -299,7 +320,8 @@ def start_ray_head() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[str]:
-    """A real Ray head (:func:`start_ray_head`) for the session; yields its GCS address."""
+    """A real Ray head (:func:`start_ray_head`) for the tests that ask for it in a row (ended by
+    :class:`_IdleHeadStopper`); yields its GCS address."""
     address, temp_dir = start_ray_head()
     try:
         yield address
