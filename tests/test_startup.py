@@ -33,6 +33,7 @@ def test_searches_without_pictures_never_import_matplotlib(tmp_path: Path) -> No
     """matplotlib (0.7 s) loads only where a picture is drawn: a gradient and a sampling search
     with ``tracking.pictures: false`` finish, their models registered, without it."""
     from conftest import tiny_job
+    from mlflow.tracking import MlflowClient
     from test_sampling_search import sampling_job
 
     for name in ("gradient", "sampling"):
@@ -40,7 +41,7 @@ def test_searches_without_pictures_never_import_matplotlib(tmp_path: Path) -> No
     gradient = tiny_job(tmp_path / "gradient", train={"epochs": 1})
     sampling = sampling_job(tmp_path / "sampling", {"name": "random", "evaluations": 2},
                             {"name": "scratch", "epochs": 1, "channels": 4, "layers": 1})
-    assert not gradient["tracking"].get("pictures") and not sampling["tracking"].get("pictures")
+    assert gradient["tracking"]["pictures"] is False and sampling["tracking"]["pictures"] is False
     code = (
         "import sys, json\n"
         "from raynas.runs import run_search\n"
@@ -53,10 +54,12 @@ def test_searches_without_pictures_never_import_matplotlib(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, "-c", code, jobs], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout[-2000:]
+    for job in (gradient, sampling):  # each search's answer is in the model registry
+        client = MlflowClient(job["tracking"]["tracking_uri"])
+        assert client.search_model_versions(f"name = 'raynas-{job['name']}'")
 
 
 def test_the_component_manifest_lists_what_the_registries_hold() -> None:
-    import json
     import typing
 
     from raynas.config import manifest_type
