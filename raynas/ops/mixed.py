@@ -456,44 +456,11 @@ class _DwPw(torch.autograd.Function):
             if stride == (1, 1) and dilation == (2, 2) and r.shape[2] % 2 == r.shape[3] % 2 == 0:
                 r, grad_d = _parity_batch(r), _parity_batch(grad_d)  # (4B, C, H/2, W/2)
                 padding, dilation = (padding[0] // 2, padding[1] // 2), (1, 1)
-            grad_dw = _depthwise_weight_grad(grad_d, r, w_dw, stride, padding, dilation)
-        return grad_r, grad_dw, grad_pw, None, None, None, None
-
-
-def _depthwise_weight_grad(
-    grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int],
-    padding: tuple[int, int], dilation: tuple[int, int],
-) -> torch.Tensor:
-    """The weight gradient of the depthwise convolution of ``x`` (B, C, H, W) with ``w``
-    (C, 1, k, k) given the output's ``grad``. Undilated kernels larger than 3x3 (channels-last)
-    as 3x3 blocks: the block at (i, j) of a k x k kernel is the gradient of a 3x3 kernel over the
-    window of the padded input that starts at (i, j). On CPU the native 5x5 weight gradient takes
-    10-16x as long as the 3x3 one; four 3x3 blocks with their window copies take about half as
-    long as it (the first-order DARTS step: about 1 s of 9 on one core)."""
-    k = w.shape[-1]
-    if dilation != (1, 1) or w.shape[-2] != k or k <= 3 or not _is_channels_last(x):
-        return torch.ops.aten.convolution_backward(  # type: ignore[no-any-return]
-            grad, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0],
-            x.shape[1], [False, True, False],
-        )[1]
-    rows = stride[0] * (grad.shape[2] - 1) + 3  # the window a 3x3 kernel reads for grad's rows
-    cols = stride[1] * (grad.shape[3] - 1) + 3
-    block = w.new_empty(w.shape[0], 1, 3, 3)
-    grad_w = w.new_empty(w.shape)  # (C, 1, k, k)
-    starts = sorted({min(i, k - 3) for i in range(0, k, 3)})  # 5: 0, 2 (overlapping); 7: 0, 3, 4
-    for i in starts:
-        for j in starts:
-            # Rows i .. i + rows - 1 of the padded input, padded or cropped in one copy
-            # (channels-last): x's rows i - padding .. i - padding + rows - 1.
-            top, left = padding[0] - i, padding[1] - j
-            window = F.pad(
-                x, (left, cols - left - x.shape[3], top, rows - top - x.shape[2])
-            )  # (B, C, rows, cols)
-            grad_w[:, :, i : i + 3, j : j + 3] = torch.ops.aten.convolution_backward(
-                grad, window, block, None, list(stride), [0, 0], [1, 1], False, [0, 0],
-                x.shape[1], [False, True, False],
+            grad_dw = torch.ops.aten.convolution_backward(
+                grad_d, r, w_dw, None, list(stride), list(padding), list(dilation), False, [0, 0],
+                channels, [False, True, False],
             )[1]
-    return grad_w
+        return grad_r, grad_dw, grad_pw, None, None, None, None
 
 
 def _dw_pw_forward(
