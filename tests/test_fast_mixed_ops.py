@@ -156,6 +156,61 @@ def test_fused_training_step_matches_the_plain_form(name: str) -> None:
     assert_buffers_equal(fused, plain)  # running statistics, num_batches_tracked
 
 
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The two kinds of parameters a gradient search steps apart: alpha (and beta), the weights."""
+    arch = {id(p) for p in model.arch_parameters()}  # type: ignore[operator]
+    return {
+        "arch": [p for p in differentiable(model) if id(p) in arch],
+        "weights": [p for p in differentiable(model) if id(p) not in arch],
+    }
+
+
+@pytest.mark.parametrize("group", ["arch", "weights"])
+@pytest.mark.parametrize("name", SUPERNETS)
+def test_a_backward_pass_to_one_kind_of_parameter_matches_the_plain_form(name: str, group: str) -> None:
+    """``loss.backward(inputs=...)`` as the strategies' architecture and weight steps call it:
+    the fused Functions then skip the gradients nobody asked for (``_needed``); the ones asked
+    for equal the plain form's, and the others are left without one."""
+    plain, fused = pair(name)
+    x, y = batch(name)
+    for model in (plain, fused):
+        torch.manual_seed(7)
+        F.cross_entropy(model(x), y).backward(inputs=parameter_groups(model)[group])
+    for kind, params in parameter_groups(fused).items():
+        got = [p.grad for p in params]
+        if kind == group:
+            assert_grads_equal(got, [p.grad for p in parameter_groups(plain)[kind]])
+        else:
+            assert all(g is None for g in got)
+
+
+class _ConvolutionGradients(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the convolution weight gradients (``convolution_backward`` asked for one) run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_grads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is torch.ops.aten.convolution_backward.default and args[-1][1]:
+            self.weight_grads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_architecture_step_computes_no_convolution_weight_gradient() -> None:
+    """The first-order architecture step (``backward(inputs=alpha)``) through the fused cells
+    computes no weight gradient of any convolution, where a full backward pass computes them all."""
+    _, fused = pair("darts-weighted")
+    x, y = batch("darts-weighted")
+    counts = []
+    for inputs in (parameter_groups(fused)["arch"], None):
+        loss = F.cross_entropy(fused(x), y)
+        with _ConvolutionGradients() as mode:
+            loss.backward(inputs=inputs)
+        counts.append(mode.weight_grads)
+    assert counts[0] == 0 and counts[1] > 0
+
+
 def backward_nodes(out: torch.Tensor) -> set[str]:
     """The names of the autograd nodes ``out`` was computed through."""
     seen, names, todo = set(), set(), [out.grad_fn]

@@ -16,6 +16,7 @@ affine-free BatchNorm in training keeps its output rather than its input for the
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -426,28 +427,36 @@ class _DwPw(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         saved = ctx.saved_tensors
         stride, padding, dilation, relu = ctx.conv
-        needs_x, needs_dw, needs_pw = ctx.needs_input_grad[:3]
+        needed = _needed(ctx, (True, saved[1] is not None, True))
+        needs_x, needs_dw, needs_pw = needed
         x, w_dw, w_pw = (t if t is None or ctx.dtype is None else t.to(ctx.dtype) for t in saved)
         if torch.is_grad_enabled():  # double backward: differentiate the recomputed forward
             z = _dw_pw_forward(x, w_dw, w_pw, stride, padding, dilation, relu)
-            grads = _grad_of(z, list(saved), ctx.needs_input_grad[:3], grad)
+            grads = _grad_of(z, list(saved), needed, grad)
             return (*grads, None, None, None, None)
         channels = x.shape[1]
-        r = torch.relu(x) if relu else x  # (B, C, H, W)
-        d = r if w_dw is None else F.conv2d(r, w_dw, None, stride, padding, dilation, channels)
-        grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
-            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs_pw, False]
-        )  # (B, C, H/s, W/s), (C', C, 1, 1)
-        del d
-        grad_r = grad_dw = None
+        grad_r = grad_dw = grad_pw = grad_d = None
+        # The depthwise output d (the ReLU's, or x, without dw) only for pw's weight gradient;
+        # the input gradient of a 1x1 convolution is the 1x1 convolution of the output's
+        # gradient with the transposed kernel.
+        r = torch.relu(x) if relu and (needs_pw or needs_dw) else x  # (B, C, H, W)
+        if needs_pw:
+            d = r if w_dw is None else F.conv2d(r, w_dw, None, stride, padding, dilation, channels)
+            grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
+                grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [needs_x or needs_dw, True, False],
+            )  # (B, C, H/s, W/s), (C', C, 1, 1)
+            del d
+        elif needs_x or needs_dw:
+            grad_d = F.conv2d(grad, w_pw.transpose(0, 1))  # (B, C, H/s, W/s)
         if needs_x:
             if w_dw is None:
                 grad_r = grad_d
             elif stride == (1, 1):
                 grad_r = F.conv2d(grad_d, w_dw.flip(2, 3), None, 1, padding, dilation, channels)
-            else:
+            else:  # (the input's values are not read: x has r's shape and layout)
                 grad_r = torch.ops.aten.convolution_backward(
-                    grad_d, r, w_dw, None, list(stride), list(padding), list(dilation), False,
+                    grad_d, x, w_dw, None, list(stride), list(padding), list(dilation), False,
                     [0, 0], channels, [True, False, False],
                 )[0]
             if relu:
@@ -461,6 +470,24 @@ class _DwPw(torch.autograd.Function):
                 channels, [False, True, False],
             )[1]
         return grad_r, grad_dw, grad_pw, None, None, None, None
+
+
+def _needed(ctx: Any, tensors: Sequence[bool]) -> list[bool]:
+    """Which of a Function's first inputs its backward pass must give a gradient (``tensors``:
+    whether each of them was a tensor, not None): those that need one (``ctx.needs_input_grad``)
+    and whose node in the graph the engine will run. ``loss.backward(inputs=alpha)`` (an
+    architecture step) runs no weight's node, nor those of states that lead to no alpha;
+    ``inputs=weights`` none of alpha's: the gradients they would get are not computed, as the
+    native convolutions skip theirs. Where the engine cannot tell (a leaf under
+    ``torch.autograd.grad``) every input that needs a gradient gets one."""
+    needed = list(ctx.needs_input_grad[: len(tensors)])
+    edges = iter(ctx.next_functions)  # one per tensor input, in order; None ones have none
+    for i, tensor in enumerate(tensors):
+        node = next(edges)[0] if tensor else None
+        if needed[i] and node is not None:
+            with contextlib.suppress(RuntimeError):
+                needed[i] = torch._C._will_engine_execute_node(node)
+    return needed
 
 
 def _dw_pw_forward(
@@ -590,6 +617,7 @@ class _NormAdd(torch.autograd.Function):
             z, None, None, norm.running_mean, norm.running_var, True, norm.momentum, norm.eps
         )  # (B, C, H, W), (C,)
         norm.num_batches_tracked.add_(1)
+        ctx.has_acc = acc is not None
         if acc is None:
             out = y * w
         else:
@@ -605,11 +633,13 @@ class _NormAdd(torch.autograd.Function):
         grad_invstd: torch.Tensor | None,
     ) -> Any:
         y, invstd, w = ctx.saved_tensors
-        needs_acc, needs_z, needs_w = ctx.needs_input_grad[:3]
+        needs_acc, needs_z, needs_w = _needed(ctx, (ctx.has_acc, True, True))
         grad_acc = grad if needs_acc else None
         if grad is None:
             grad = torch.zeros_like(y)
         if grad_y is None and grad_invstd is None and not torch.is_grad_enabled():
+            if not (needs_z or needs_w):
+                return grad_acc, None, None, None
             grad_z, grad_scale, _ = torch.ops.aten.native_batch_norm_backward(
                 grad, y, invstd * w, None, None, torch.zeros_like(invstd), torch.ones_like(invstd),
                 True, 0.0, [needs_z, needs_w, False],
