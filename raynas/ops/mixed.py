@@ -478,8 +478,8 @@ def _needed(ctx: Any, tensors: Sequence[bool]) -> list[bool]:
     and whose node in the graph the engine will run. ``loss.backward(inputs=alpha)`` (an
     architecture step) runs no weight's node, nor those of states that lead to no alpha;
     ``inputs=weights`` none of alpha's: the gradients they would get are not computed, as the
-    native convolutions skip theirs. Where the engine cannot tell (a leaf under
-    ``torch.autograd.grad``) every input that needs a gradient gets one."""
+    native convolutions skip theirs. The engine will not say for a leaf that is one of
+    ``torch.autograd.grad``'s inputs (it raises): that one is wanted."""
     needed = list(ctx.needs_input_grad[: len(tensors)])
     edges = iter(ctx.next_functions)  # one per tensor input, in order; None ones have none
     for i, tensor in enumerate(tensors):
