@@ -117,21 +117,26 @@ def assert_recorded_once(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("job", "strategy"),
+    ("job", "strategy", "tune"),
     [
-        ("evolution_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4}),
-        ("hyperband_quickstart.yaml", {"evaluations": 4}),
-        ("pbt_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4}),
+        # ASHA from the second rung (epoch 2) of three: with its first rung at epoch 1, a whole
+        # second generation could be stopped there, and no trial was ever in flight past its
+        # first epoch once a result had been told (one run of five here).
+        ("evolution_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4},
+         {"grace_period": 2}),
+        ("hyperband_quickstart.yaml", {"evaluations": 4}, {}),
+        ("pbt_quickstart.yaml", {"population_size": 2, "sample_size": 2, "evaluations": 4}, {}),
     ],
     ids=["asha", "hyperband", "pbt"],
 )
 def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_once(
-    job: str, strategy: dict, tmp_path: Path, ray_head: str
+    job: str, strategy: dict, tune: dict, tmp_path: Path, ray_head: str
 ) -> None:
     # PBT tells its first result mid-round: three epochs leave time to kill it with a trial past
-    # its first epoch (the others tell theirs only at the end of a trial).
-    epochs = 3 if job.startswith("pbt") else 2
-    path = shrunk(job, tmp_path, ray_head, strategy=strategy, evaluator={"epochs": epochs})
+    # its first epoch (the others tell theirs only at the end of a trial); ASHA's three, to stop
+    # trials at its rung at epoch 2.
+    epochs = 2 if job.startswith("hyperband") else 3
+    path = shrunk(job, tmp_path, ray_head, strategy=strategy, evaluator={"epochs": epochs}, tune=tune)
     command = [str(BIN / "raynas"), "search", str(path)]
     env = {**os.environ, "RAY_ADDRESS": ray_head}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
