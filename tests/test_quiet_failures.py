@@ -212,6 +212,56 @@ def test_a_lost_ray_head_is_one_raynas_line_and_the_search_resumes_on_another_ra
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [0, 1, 2]
 
 
+WATCHED = """
+import os, sys, time
+import ray
+from raynas.execution.ray_actors import ClusterGone, watching_the_head
+
+with watching_the_head(every=0.2):  # entered unconnected, as ``run_search`` enters it
+    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+    print("connected", flush=True)
+    try:
+        time.sleep(120)  # the main thread in Python, as a search recording its results after Tune
+    except ClusterGone as gone:
+        print(f"stopped: {gone.args[0]}", flush=True)
+        os._exit(3)
+os._exit(0)
+"""
+
+
+@pytest.mark.own_ray
+def test_the_head_watch_starts_when_its_block_connects_and_stops_the_main_thread_when_the_head_goes(
+    tmp_path: Path,
+) -> None:
+    """The watch a search runs under (``raynas.runs.search.run_search``) is entered before the
+    search connects to Ray; from then on, a head that goes raises ``ClusterGone`` (raynas's line)
+    in the main thread wherever it is, here outside any Tune run and any Ray call."""
+    address, temp_dir = start_ray_head()
+    try:
+        proc = subprocess.Popen([str(BIN / "python"), "-c", WATCHED, address], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            said = [proc.stdout.readline()]
+            assert said == ["connected\n"], proc.communicate(timeout=60)[0]
+            stop_ray_cluster(temp_dir, workers_first=0.5)
+            stopped = time.monotonic()
+            console, _ = proc.communicate(timeout=100)
+            waited = time.monotonic() - stopped
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        stop_ray_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 3, console[-3000:]
+    stopped_lines = [line for line in console.splitlines() if line.startswith("stopped: ")]
+    assert len(stopped_lines) == 1, console[-3000:]
+    assert stopped_lines[0].startswith("stopped: the Ray cluster at ") and "is gone" in stopped_lines[0]
+    assert waited < 45  # the watch, not Ray's core ending the process after its 60 s
+
+
 @pytest.mark.own_ray
 def test_a_lost_ray_head_stops_a_tune_search_with_one_raynas_line_and_it_resumes_on_another_ray(
     tmp_path: Path,
@@ -225,7 +275,7 @@ def test_a_lost_ray_head_stops_a_tune_search_with_one_raynas_line_and_it_resumes
     address, temp_dir = start_ray_head()
     path = shrunk("evolution_quickstart.yaml", tmp_path, address,
                   strategy={"population_size": 2, "sample_size": 2, "evaluations": 2},
-                  evaluator={"epochs": 2})
+                  evaluator={"epochs": 3})
     raw = yaml.safe_load(path.read_text())
     del raw["execution"]["address"]  # the head comes from RAY_ADDRESS, and the second run has none
     path.write_text(yaml.safe_dump(raw))
@@ -235,9 +285,11 @@ def test_a_lost_ray_head_stops_a_tune_search_with_one_raynas_line_and_it_resumes
         proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
+            # A trial's first epoch checkpointed (trials write them to storage themselves, where
+            # Tune's result files arrive only when the driver syncs, often at the end): 2 more to go.
             deadline = time.monotonic() + 300
-            while not any(r.read_text().strip() for r in (tmp_path / "runs").rglob("result.json")):
-                assert time.monotonic() < deadline and proc.poll() is None, "no trial reported an epoch"
+            while not any((tmp_path / "runs").rglob("checkpoint_000000/state.pt")):
+                assert time.monotonic() < deadline and proc.poll() is None, "no trial checkpointed an epoch"
                 time.sleep(0.05)
             stop_ray_cluster(temp_dir, workers_first=0.5)  # its workers, then its GCS and raylet
             stopped = time.monotonic()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -189,6 +192,8 @@ def gather_group(actors: list[Any], refs: list[Any]) -> list[Any]:
 
 def cluster_head() -> str:
     """host:port of the connected cluster's head (its GCS); empty when not connected."""
+    if not ray.is_initialized():  # (``get_runtime_context`` would start or join a Ray)
+        return ""
     try:
         return str(ray.get_runtime_context().gcs_address or "")
     except Exception:  # not connected, or a Ray Client driver
@@ -237,6 +242,75 @@ def _cluster_lost(head: str) -> ClusterLostError:
         f"{ray_logs()}); all finished work is checkpointed: start the cluster again (or leave "
         "out --address for a local Ray) and run the same command to resume"
     )
+
+
+class ClusterGone(BaseException):
+    """Carries :class:`ClusterLostError` from the head's watch (:func:`watching_the_head`) or a
+    Tune callback to where the search stops. Not an ``Exception``: Tune cleans up after those
+    (``tune.run``: ``except Exception: runner.cleanup()``), stopping every trial through the dead
+    head, which blocks until Ray's core ends the process a minute later."""
+
+
+ABANDON_SECONDS = 5.0
+"""How long a lost head's :class:`ClusterGone` may wait for the main thread before the process ends."""
+
+_watched = False  # a watch runs: a block inside it (a Tune run inside a search) adds none
+
+
+@contextlib.contextmanager
+def watching_the_head(every: float = 1.0) -> Iterator[None]:
+    """While the block runs, a thread checks each ``every`` seconds that the Ray head this process
+    is connected to answers (from when the block connects, if it was not yet); once it does not
+    (:func:`check_head`), :class:`ClusterGone` is raised in the main thread wherever it is (in
+    Tune's loop between trials, placing one, waiting for results: states in which no trial fails,
+    so no callback would hear of it; or after Tune, recording the search). If the main thread is
+    blocked in Ray's C code, waiting on the dead head, and has not taken it within
+    :data:`ABANDON_SECONDS`, the process ends with the command line's line and status 1 (all
+    finished work is journaled and checkpointed), before Ray's core ends it a minute later with its
+    own report. Outside the main thread (signals cannot be handled there) the block runs unwatched.
+    """
+    global _watched
+    if _watched or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    lost: list[ClusterLostError] = []
+    done = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def watch() -> None:
+        while not done.wait(every):
+            head = cluster_head()
+            if not head or not head_lost(head, grace=0):  # one quick probe, confirmed below
+                continue
+            try:
+                check_head()
+            except ClusterLostError as exc:
+                lost.append(exc)
+                # A real signal (``_thread.interrupt_main`` only sets Python's flag): it also
+                # wakes a main thread asleep or waiting in a system call.
+                signal.pthread_kill(main, signal.SIGUSR2)
+                if done.wait(ABANDON_SECONDS):
+                    return
+                print(f"raynas: error: {exc}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(1)
+
+    def on_lost(signum: int, frame: Any) -> None:
+        if lost:
+            raise ClusterGone(lost[0])
+
+    # SIGUSR2: tune.run takes SIGINT and SIGUSR1 for its own stop, which checkpoints through the head.
+    previous = signal.signal(signal.SIGUSR2, on_lost)
+    watcher = threading.Thread(target=watch, name="raynas-head-watch", daemon=True)
+    _watched = True
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        _watched = False
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def remote_call(ref: Any) -> Any:

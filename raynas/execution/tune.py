@@ -20,16 +20,11 @@ controller and passed to the search driver's ``on_result``, so no evaluated cand
 
 from __future__ import annotations
 
-import _thread
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import signal
-import sys
 import tempfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +48,14 @@ from raynas.config import SearchConfig
 from raynas.errors import ClusterLostError, ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
-from raynas.execution.ray_actors import check_head, cluster_head, head_lost, init_ray, node_type, ray_logs
+from raynas.execution.ray_actors import (
+    ClusterGone,
+    check_head,
+    init_ray,
+    node_type,
+    ray_logs,
+    watching_the_head,
+)
 from raynas.execution.tune_resources import placement_groups_removed_once_placed
 from raynas.train.checkpoint import load_checkpoint
 from raynas.types import Architecture, EvalResult
@@ -372,75 +374,13 @@ class SayTrialFailures(tune.Callback):
         self._say(trial, f"Tune gave up on it after {self.max_failures} restarts")
 
 
-class _ClusterGone(BaseException):
-    """Carries :class:`ClusterLostError` out of Tune's loop. Not an ``Exception``: Tune cleans up
-    after those (``tune.run``: ``except Exception: runner.cleanup()``), stopping every trial
-    through the dead head, which blocks until Ray's core ends the process a minute later."""
-
-
 def _stop_if_the_head_is_gone() -> None:
     """A trial lost with its whole cluster stops the search, with raynas's line (see
     :func:`check_head`), instead of Tune trying again on a cluster that is gone."""
     try:
         check_head()
     except ClusterLostError as exc:
-        raise _ClusterGone(exc) from None
-
-
-ABANDON_SECONDS = 5.0
-"""How long a lost head's :class:`_ClusterGone` may wait for the main thread before the process ends."""
-
-
-@contextlib.contextmanager
-def _watching_the_head(every: float = 1.0) -> Iterator[None]:
-    """While the block runs, a thread checks each ``every`` seconds that the Ray head answers;
-    once it does not (:func:`check_head`), :class:`_ClusterGone` is raised in the main thread,
-    wherever Tune's loop is (between trials, placing one, waiting for results: a state in which
-    no trial fails, so no callback would hear of it); if the main thread is blocked in Ray's C code
-    and has not taken it within :data:`ABANDON_SECONDS`, the process ends with the command line's
-    line and status 1. Outside the main thread (signals cannot be handled there), or unconnected,
-    the block runs unwatched."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    head = cluster_head()
-    if not head:
-        yield
-        return
-    lost: list[ClusterLostError] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(every):
-            if not head_lost(head, grace=0):  # one quick probe; a failed one is confirmed below
-                continue
-            try:
-                check_head()
-            except ClusterLostError as exc:
-                lost.append(exc)
-                _thread.interrupt_main(signal.SIGUSR2)
-                if done.wait(ABANDON_SECONDS):
-                    return
-                # The main thread is blocked in Ray's C code, waiting on the dead head, and runs no
-                # handler: end the process as the command line ends it on this error (everything
-                # finished is journaled and checkpointed), before Ray's core does with its report.
-                print(f"raynas: error: {exc}", file=sys.stderr, flush=True)
-                sys.stdout.flush()
-                os._exit(1)
-
-    def on_lost(signum: int, frame: Any) -> None:
-        if lost:
-            raise _ClusterGone(lost[0])
-
-    # SIGUSR2: tune.run takes SIGINT and SIGUSR1 for its own stop, which checkpoints through the head.
-    previous = signal.signal(signal.SIGUSR2, on_lost)
-    watcher = threading.Thread(target=watch, name="raynas-head-watch", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        signal.signal(signal.SIGUSR2, previous)
+        raise ClusterGone(exc) from None
 
 
 def _error_line(trial: Any) -> str:
@@ -836,9 +776,9 @@ def _fit(
         ),
     )
     try:
-        with _watching_the_head(), placement_groups_removed_once_placed():
+        with watching_the_head(), placement_groups_removed_once_placed():
             tuner.fit()
-    except _ClusterGone as gone:
+    except ClusterGone as gone:
         raise gone.args[0] from None
     if ledger.failure is not None:
         raise ledger.failure

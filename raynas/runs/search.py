@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError
+from raynas.execution.ray_actors import ClusterGone, watching_the_head
 from raynas.runs.common import SearchResult, finished_result
 from raynas.runs.gradient import run_gradient_search
 from raynas.runs.sampling import run_sampling_search
@@ -36,9 +37,15 @@ def run_search(
         echo(f"Search {config.name!r} already finished (MLflow run {done.run_id}): its result is below; "
              "--fresh starts a new search")
         return done
-    if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
-        return run_sampling_search(config, fresh=fresh, echo=echo)
-    return run_gradient_search(config, fresh=fresh, echo=echo)
+    # A head lost at any moment (in Tune's loop, or after it, recording the search) stops the
+    # search with raynas's line, not with Ray's core ending the process a minute later.
+    try:
+        with watching_the_head():
+            if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
+                return run_sampling_search(config, fresh=fresh, echo=echo)
+            return run_gradient_search(config, fresh=fresh, echo=echo)
+    except ClusterGone as gone:
+        raise gone.args[0] from None
 
 
 @dataclass(frozen=True)
