@@ -22,6 +22,10 @@ For every case it reports
   architecture step also computes the weights' gradients, as the authors' code does, and those
   count), at batch 2 and scaled; convolutions counted with their groups (:func:`_conv_flops`);
 * the ratio of second- to first-order DARTS step time, when both run;
+* with ``--rounds N``, every case runs N times, the cases taking turns (naive, darts1, ...,
+  naive, darts1, ...): a machine whose speed drifts by tens of percent within minutes (a shared
+  or throttled CPU) then slows every case alike, not the ones that happened to run late. A
+  case's row pools its timed steps over the rounds; its peak memory is the largest round's;
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps
   (statistics reset just before the first step; weights, optimiser state and activations
   included); on CPU the growth of the peak resident set size over the steps (``ru_maxrss`` at
@@ -36,6 +40,7 @@ Usage::
     python benchmarks/supernet_step.py --device cpu --batch-size 32 --cases naive,darts1,darts2,single_path
     python benchmarks/supernet_step.py --batch-size 4 --channels 4 --layers 3 --steps 1  # quick
     python benchmarks/supernet_step.py --cases darts1,darts2 --json results.json
+    python benchmarks/supernet_step.py --device cpu --batch-size 32 --rounds 2 --steps 2  # cases taking turns
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ def _sync(device: torch.device) -> None:
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Build the step of one case, count its FLOPs, run warm-up and timed steps, measure them."""
     device = torch.device(args.device)
-    flops = step_flops(name, args, device)
+    flops = None if args.no_flops else step_flops(name, args, device)  # (the first round's count)
     torch.manual_seed(0)
     strategy, config, overrides, step = build_step(name, args, device)
     row = _measure(name, strategy, config, overrides, args, device, step)
@@ -355,19 +360,35 @@ def _measure(
     }
 
 
-def run_case_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one case in a fresh interpreter (this script with ``--case``) and read its result."""
+def run_case_in_subprocess(name: str, args: argparse.Namespace, *, flops: bool = True) -> dict[str, Any]:
+    """Run one case in a fresh interpreter (this script with ``--case``) and read its result
+    (without counting its FLOPs unless ``flops``)."""
     command = [
         sys.executable, str(Path(__file__).resolve()), "--case", name,
         "--device", args.device, "--batch-size", str(args.batch_size),
         "--channels", str(args.channels), "--layers", str(args.layers), "--nodes", str(args.nodes),
         "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
+        *(() if flops else ("--no-flops",)),
     ]
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case {name!r} failed (exit code {proc.returncode}):\n{proc.stdout}")
     return json.loads(lines[-1][len(_RESULT_PREFIX) :])
+
+
+def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case's rows of several rounds as one: its timed steps pooled (mean, min and
+    throughput over all of them), its peak memory the largest round's."""
+    row = {**rounds[-1], "step_flops": rounds[0]["step_flops"]}  # counted in the first round only
+    times = [t for r in rounds for t in r["step_seconds"]]
+    mean = statistics.fmean(times)
+    row.update(
+        rounds=len(rounds), step_seconds=times, mean_step_s=mean, min_step_s=min(times),
+        images_per_s=row["batch_size"] / mean,
+        peak_memory_mib=max(r["peak_memory_mib"] for r in rounds),
+    )
+    return row
 
 
 def add_ratios(rows: list[dict[str, Any]], peak_gflops: float) -> str:
@@ -442,15 +463,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"CPU threads of torch ({torch.get_num_threads()}, torch's default "
                              "here); 1 keeps a shared, busy machine from stalling the steps")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times, the cases taking turns (1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # child mode: one case
+    parser.add_argument("--no-flops", action="store_true", help=argparse.SUPPRESS)  # a later round's
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     if args.steps is None:
         args.steps = 20 if args.device == "cuda" else 3
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
-        parser.error("--steps, --batch-size and --threads must be at least 1, --warmup at least 0")
+    if min(args.steps, args.batch_size, args.threads, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--steps, --batch-size, --threads and --rounds must be at least 1, --warmup at least 0")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in [*args.cases, *([args.case] if args.case else [])] if c not in NAMES]
     if unknown or not args.cases:
@@ -477,19 +501,22 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"supernet step: device={args.device} ({hardware}), torch {torch.__version__}, "
         f"batch={args.batch_size}, channels={args.channels}, layers={args.layers}, "
-        f"nodes={args.nodes}, warmup={args.warmup}, steps={args.steps}; "
+        f"nodes={args.nodes}, warmup={args.warmup}, steps={args.steps}, rounds={args.rounds}; "
         f"matmul peak {peak:.1f} GFLOP/s (float32, host)",
         flush=True,
     )
-    rows = []
-    for name in args.cases:
-        print(f"  running {name} ...", flush=True)
-        if args.device == "cpu":
-            rows.append(run_case_in_subprocess(name, args))
-        else:
-            rows.append(run_case(name, args))
-            gc.collect()
-            torch.cuda.empty_cache()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.cases}
+    for turn in range(args.rounds):
+        for name in args.cases:
+            print(f"  running {name}{f' (round {turn + 1})' if args.rounds > 1 else ''} ...", flush=True)
+            if args.device == "cpu":
+                runs[name].append(run_case_in_subprocess(name, args, flops=turn == 0))
+            else:
+                args.no_flops = turn > 0
+                runs[name].append(run_case(name, args))
+                gc.collect()
+                torch.cuda.empty_cache()
+    rows = [pool_rounds(runs[name]) for name in args.cases]
     baseline = add_ratios(rows, peak)
     print()
     print(format_table(rows, baseline))

@@ -36,6 +36,7 @@ def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
     bench.main([
         "--device", "cpu", "--batch-size", "4", "--channels", "4", "--layers", "3", "--nodes", "4",
         "--warmup", "0", "--steps", "1", "--cases", "naive,darts1,single_path", "--json", str(out),
+        "--rounds", "2",
         "--threads", "1",  # two threads on a busy 2-core machine wait for each other at every op
     ])
     result = json.loads(out.read_text())
@@ -45,11 +46,20 @@ def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
     assert rows["naive"]["throughput_ratio"] == 1.0
     for row in rows.values():
         assert row["mean_step_s"] > 0 and row["final_train_loss"] > 0
+        # Two rounds of one timed step each, pooled.
+        assert row["rounds"] == 2 and len(row["step_seconds"]) == 2
+        assert row["mean_step_s"] == pytest.approx(sum(row["step_seconds"]) / 2)
+        assert row["images_per_s"] == pytest.approx(4 / row["mean_step_s"])
         assert row["step_flops"] > 0 and row["peak_fraction"] > 0
     # The same convolutions: the naive supernet's and darts1's plain form count the same FLOPs
     # but for the naive one's architecture backward into the weights (it fills every gradient).
     assert rows["darts1"]["step_flops"] <= rows["naive"]["step_flops"]
-    assert "against naive" in capsys.readouterr().out
+    console = capsys.readouterr().out
+    assert "against naive" in console
+    # The cases take turns: every case's first round before any case's second.
+    order = [line.strip() for line in console.splitlines() if line.strip().startswith("running ")]
+    assert order == [f"running {case} (round {turn}) ..." for turn in (1, 2)
+                     for case in ("naive", "darts1", "single_path")]
 
 
 def test_the_naive_baseline_needs_its_four_nodes() -> None:
