@@ -212,6 +212,21 @@ def test_a_lost_ray_head_is_one_raynas_line_and_the_search_resumes_on_another_ra
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [0, 1, 2]
 
 
+def stop_head_and_wait(proc: subprocess.Popen, temp_dir: str, timeout: float) -> tuple[str, float]:
+    """Stop the head under ``temp_dir`` (its workers, and half a second later its GCS and raylet:
+    the order in which a node going down loses them) and wait for ``proc`` to end; returns what
+    it printed and the seconds it took after the stop. ``proc`` is killed if it outlives that."""
+    try:
+        stop_ray_cluster(temp_dir, workers_first=0.5)
+        stopped = time.monotonic()
+        console, _ = proc.communicate(timeout=timeout)
+        return console, time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 WATCHED = """
 import os, sys, time
 import ray
@@ -240,18 +255,12 @@ def test_the_head_watch_starts_when_its_block_connects_and_stops_the_main_thread
     try:
         proc = subprocess.Popen([str(BIN / "python"), "-c", WATCHED, address], cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            assert proc.stdout is not None
-            said = [proc.stdout.readline()]
-            assert said == ["connected\n"], proc.communicate(timeout=60)[0]
-            stop_ray_cluster(temp_dir, workers_first=0.5)
-            stopped = time.monotonic()
-            console, _ = proc.communicate(timeout=100)
-            waited = time.monotonic() - stopped
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        assert proc.stdout is not None
+        said = [proc.stdout.readline()]
+        if said != ["connected\n"]:
+            proc.kill()
+            raise AssertionError(said[0] + proc.communicate(timeout=60)[0])
+        console, waited = stop_head_and_wait(proc, temp_dir, timeout=100)
     finally:
         stop_ray_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -284,21 +293,15 @@ def test_a_lost_ray_head_stops_a_tune_search_with_one_raynas_line_and_it_resumes
     try:
         proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        try:
-            # A trial's first epoch checkpointed (trials write them to storage themselves, where
-            # Tune's result files arrive only when the driver syncs, often at the end): 2 more to go.
-            deadline = time.monotonic() + 300
-            while not any((tmp_path / "runs").rglob("checkpoint_000000/state.pt")):
-                assert time.monotonic() < deadline and proc.poll() is None, "no trial checkpointed an epoch"
-                time.sleep(0.05)
-            stop_ray_cluster(temp_dir, workers_first=0.5)  # its workers, then its GCS and raylet
-            stopped = time.monotonic()
-            console, _ = proc.communicate(timeout=120)
-            waited = time.monotonic() - stopped
-        finally:
-            if proc.poll() is None:
+        # A trial's first epoch checkpointed (trials write them to storage themselves, where
+        # Tune's result files arrive only when the driver syncs, often at the end): 2 more to go.
+        deadline = time.monotonic() + 300
+        while not any((tmp_path / "runs").rglob("checkpoint_000000/state.pt")):
+            if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                proc.wait()
+                raise AssertionError("no trial checkpointed an epoch: " + proc.communicate(timeout=60)[0])
+            time.sleep(0.05)
+        console, waited = stop_head_and_wait(proc, temp_dir, timeout=120)
         named = assert_quiet(console)  # (before the head's folder with Ray's logs goes)
     finally:
         stop_ray_cluster(temp_dir)
