@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -244,6 +246,49 @@ def test_supernet_replicas_on_ray_score_candidates_concurrently(tmp_path: Path, 
     assert len(state["results"]) == 8
     assert {r["node"] for r in state["results"]} == {"cpu"}
     assert len({r["trial_id"] for r in state["results"]}) == 8
+
+
+def test_the_evaluator_actors_of_a_search_on_ray_start_without_waiting_for_its_controller_actor(
+    tmp_path: Path, ray_head: str
+) -> None:
+    # Each Ray actor is a new worker process that takes seconds to start and import torch: the
+    # search starts its controller's actor and goes on to start its evaluators' beside it. Here
+    # the controller asks for a resource no node has, so its actor is never placed; the
+    # evaluators start all the same, and only a call to the controller would wait for it.
+    import ray
+
+    from raynas.execution.pool import start_pool
+    from raynas.runs.journal import Journal
+    from raynas.runs.sampling import SamplingSearch
+
+    job = sampling_job(
+        tmp_path, {"name": "random", "evaluations": 2}, {"name": "supernet", "bn_batches": 1},
+        train={"epochs": 1},
+        execution={"backend": "ray", "address": ray_head, "controller_resources": {"nowhere": 1}},
+    )
+    config = parse_job(job)
+    started: dict[str, Any] = {}
+
+    def start() -> None:  # as run_sampling_search does; in a thread, so that a wait fails the test
+        started["search"] = SamplingSearch(
+            config, journal=Journal(str(tmp_path / "journal.jsonl")), echo=lambda _: None
+        )
+        started["pool"] = start_pool(config, echo=lambda _: None)
+
+    starting = threading.Thread(target=start, daemon=True)
+    starting.start()
+    starting.join(timeout=120)
+    try:
+        assert not starting.is_alive(), "the search waited for its controller's actor to be placed"
+        pool, controller = started["pool"], started["search"].strategy
+        assert pool.describe_location().startswith("1 Ray actor(s) on 1 node(s)")
+        evaluator_ready, _ = ray.wait([pool.actors[0].__ray_ready__.remote()], timeout=30)
+        controller_ready, _ = ray.wait([controller.actor.__ray_ready__.remote()], timeout=1)
+        assert evaluator_ready and not controller_ready
+    finally:
+        for part in (started.get("pool"), getattr(started.get("search"), "strategy", None)):
+            if part is not None:
+                part.close()
 
 
 def test_seeds_run_one_search_each_and_report_mean_and_std(tmp_path: Path) -> None:

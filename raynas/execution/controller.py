@@ -145,7 +145,9 @@ class RemoteController:
     _get = staticmethod(remote_call)  # our errors as such; a lost actor as WorkerLostError
 
 
-def start_controller(config: SearchConfig, state: dict[str, Any] | None = None) -> RemoteController:
+def start_controller(
+    config: SearchConfig, state: dict[str, Any] | None = None, *, wait: bool = True
+) -> RemoteController:
     """Start the controller actor of ``config`` on the connected Ray cluster.
 
     The actor takes no CPU of its own (it only answers ask/tell calls) and asks for
@@ -154,6 +156,9 @@ def start_controller(config: SearchConfig, state: dict[str, Any] | None = None) 
     Args:
         config: The search job.
         state: A controller state to resume from.
+        wait: Wait until the actor is placed and built. Without it the first call waits, and
+            the actor's process starts while the caller goes on (a new Ray worker takes seconds
+            to start and import torch: the evaluators' actors start beside it).
 
     Returns:
         A proxy with the strategy's interface.
@@ -164,5 +169,6 @@ def start_controller(config: SearchConfig, state: dict[str, Any] | None = None) 
         num_cpus=0, resources=dict(config.execution.controller_resources) or None, max_restarts=0,
     ).remote(config, state)
     controller = RemoteController(actor)
-    controller.node_id()  # waits until the actor is placed and built
+    if wait:
+        controller.node_id()  # waits until the actor is placed and built
     return controller

@@ -94,7 +94,8 @@ class SamplingSearch:
             config.evaluator.name == "scratch" or (self.one_shot and config.evaluator.config.epochs >= 1)
         )
         build_controller(config).check_search(supernet_epochs=config.train.epochs if self.one_shot else 0)
-        self.strategy: Any = self._new_controller(None)
+        # Not waited for: the evaluators' actors start beside it (the first call waits).
+        self.strategy: Any = self._new_controller(None, wait=False)
         self.phase = "supernet" if self.one_shot else "search"
         self.epoch = 0  # supernet epochs finished
         self.trials = 0  # trial ids handed out
@@ -112,12 +113,13 @@ class SamplingSearch:
         self._snapshot_at = time.monotonic()
         self._diverged = False
 
-    def _new_controller(self, state: dict[str, Any] | None) -> Any:
+    def _new_controller(self, state: dict[str, Any] | None, *, wait: bool = True) -> Any:
         """The strategy in this process, or (Ray) in an actor of its own placed by
-        ``execution.controller_resources``; loaded with ``state``."""
+        ``execution.controller_resources`` (started, not waited for, without ``wait``); loaded
+        with ``state``."""
         if self.config.execution.backend == "ray":
             init_ray(self.config.execution)
-            return start_controller(self.config, state)
+            return start_controller(self.config, state, wait=wait)
         strategy = build_controller(self.config)
         if state is not None:
             strategy.load_state_dict(state)
