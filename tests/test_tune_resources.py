@@ -5,6 +5,7 @@ the test's own."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,32 @@ def test_the_end_of_a_search_removes_every_group_placed_or_not(
     assert ray.available_resources().get("CPU", 0) == 2
     table = ray.util.placement_group_table()
     assert {g["state"] for g in table.values()} == {"REMOVED"}
+
+
+@pytest.mark.own_ray
+def test_at_the_end_of_a_search_each_group_goes_once_placed_and_none_waits_behind_another(
+    fresh_head: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups still being placed at the end of a search, each asking for the whole head: each goes
+    as soon as it is placed, which frees the head for the next, so none waits out its time (here
+    five minutes) behind a placed one."""
+    monkeypatch.setattr(tune_resources, "RETIRE_SECONDS", 300.0)
+    manager = PlacementGroupsRemovedOncePlaced()
+    whole = ResourceRequest([{"CPU": 2}])
+    before = set(ray.util.placement_group_table())
+    for _ in range(3):
+        manager.request_resources(whole)
+    cleared = threading.Event()
+    clearing = threading.Thread(target=lambda: (manager.clear(), cleared.set()), daemon=True)
+    clearing.start()
+    assert cleared.wait(60), "a group waited behind another's resources"
+    table = ray.util.placement_group_table()
+    ours = [group for group_id, group in table.items() if group_id not in before]
+    assert len(ours) == 3 and {group["state"] for group in ours} == {"REMOVED"}
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
 
 
 @pytest.mark.own_ray

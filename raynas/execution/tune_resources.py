@@ -67,23 +67,29 @@ class PlacementGroupsRemovedOncePlaced(PlacementGroupResourceManager):
 
     def _retire(self, wait: bool = False) -> None:
         """Remove the given-up groups that are placed, and those past their time; with ``wait``,
-        all of them, each once placed or past its time."""
-        if not self._retiring:
-            return
-        futures = {future: pg for pg, (future, _) in self._retiring.items()}
-        if wait:
-            latest = max(deadline for _, deadline in self._retiring.values())
-            ray.wait(list(futures), num_returns=len(futures), timeout=max(0.0, latest - time.monotonic()))
-        placed, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0)
-        now = time.monotonic()
-        due = {futures[f] for f in placed} | {
-            pg for pg, (_, deadline) in self._retiring.items() if wait or deadline <= now
-        }
-        for pg in due:
-            future, _ = self._retiring.pop(pg)
-            remove_placement_group(pg)
-            with contextlib.suppress(Exception):
-                ray.cancel(future)  # a ready() task of a group never placed would wait forever
+        all of them, each as soon as it is placed or past its time. Each placed group goes at
+        once: it holds resources that the groups still waiting may need to be placed (at the end
+        of a search on a full node, three groups waited out their time behind two placed ones)."""
+        while self._retiring:
+            futures = {future: pg for pg, (future, _) in self._retiring.items()}
+            placed, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0)
+            now = time.monotonic()
+            due = {futures[f] for f in placed} | {
+                pg for pg, (_, deadline) in self._retiring.items() if deadline <= now
+            }
+            if not due:
+                if not wait:
+                    return
+                soonest = min(deadline for _, deadline in self._retiring.values())
+                ray.wait(list(futures), num_returns=1, timeout=max(0.0, soonest - now))
+                continue
+            for pg in due:
+                future, _ = self._retiring.pop(pg)
+                remove_placement_group(pg)
+                with contextlib.suppress(Exception):
+                    ray.cancel(future)  # a ready() task of a group never placed would wait forever
+            if not wait:
+                return
 
 
 @contextlib.contextmanager
