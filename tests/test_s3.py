@@ -20,6 +20,37 @@ from raynas.tracking.results import ResultsStore
 pytestmark = pytest.mark.integration
 
 
+def test_s3_clients_share_a_session_until_the_credentials_in_the_environment_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Clients made one after another share one boto3 session (a session reads botocore's S3
+    service model again: ~0.2 s of JSON per client); new credentials in the environment get a
+    session, and clients, of their own."""
+    import botocore.loaders
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    first = storage.s3_client()
+    read: list[str] = []  # the JSON files botocore reads
+    load_file = botocore.loaders.JSONFileLoader.load_file
+
+    def counted(self: botocore.loaders.JSONFileLoader, file_path: str, *args: object) -> object:
+        read.append(file_path)
+        return load_file(self, file_path, *args)
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", counted)
+    again = storage.s3_client(connect_timeout=5, read_timeout=10, attempts=2)
+    assert again is not first and read == []  # the session's models, read once
+    assert again.meta.config.connect_timeout == 5 and again.meta.config.retries["total_max_attempts"] == 2
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
+    changed = storage.s3_client()
+    assert any("/s3/" in path for path in read)  # a new session, which read the S3 model again
+    for client, key in ((first, "first-key"), (again, "first-key"), (changed, "second-key")):
+        assert client._request_signer._credentials.get_frozen_credentials().access_key == key
+
+
 def test_unreachable_or_unusable_s3_is_one_clear_line(s3_env: S3Server, monkeypatch) -> None:
     s3_env.create_bucket("raynas-check")
     storage.check_reachable("s3://raynas-check/results")  # fine
