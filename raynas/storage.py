@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,10 @@ _SESSION_VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
     "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
 )
-_sessions: dict[tuple[str | None, ...], Any] = {}
+SESSION_SECONDS = 300.0
+"""How long a boto3 session serves: credentials files rotated in place (by an agent, say) are
+read again by the next session."""
+_sessions: dict[tuple[str | None, ...], tuple[Any, float]] = {}
 _sessions_lock = threading.Lock()
 
 
@@ -95,15 +99,16 @@ os.register_at_fork(after_in_child=_forget_sessions)
 
 def _session() -> Any:
     """This process's boto3 session for the credentials in the environment now (a new one when
-    they change). A new session reads botocore's S3 service model again, ~0.2 s of JSON per
-    client; clients made from one session share it. Call with ``_sessions_lock`` held: a boto3
-    session is not thread-safe."""
+    they change, or after :data:`SESSION_SECONDS`). A new session reads botocore's S3 service
+    model again, ~0.2 s of JSON per client; clients made from one session share it. Call with
+    ``_sessions_lock`` held: a boto3 session is not thread-safe."""
     import boto3
 
     key = tuple(os.environ.get(name) for name in _SESSION_VARIABLES)
-    session = _sessions.get(key)
-    if session is None:
-        session = _sessions[key] = boto3.session.Session()
+    session, made = _sessions.get(key, (None, 0.0))
+    if session is None or time.monotonic() - made > SESSION_SECONDS:
+        session = boto3.session.Session()
+        _sessions[key] = (session, time.monotonic())
     return session
 
 

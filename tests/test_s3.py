@@ -20,12 +20,12 @@ from raynas.tracking.results import ResultsStore
 pytestmark = pytest.mark.integration
 
 
-def test_s3_clients_share_a_session_until_the_credentials_in_the_environment_change(
+def test_s3_clients_share_a_session_until_the_credentials_change_or_it_ages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Clients made one after another share one boto3 session (a session reads botocore's S3
     service model again: ~0.2 s of JSON per client); new credentials in the environment get a
-    session, and clients, of their own."""
+    session, and clients, of their own, as does a session older than SESSION_SECONDS."""
     import botocore.loaders
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
@@ -49,6 +49,11 @@ def test_s3_clients_share_a_session_until_the_credentials_in_the_environment_cha
     assert any("/s3/" in path for path in read)  # a new session, which read the S3 model again
     for client, key in ((first, "first-key"), (again, "first-key"), (changed, "second-key")):
         assert client._request_signer._credentials.get_frozen_credentials().access_key == key
+    # A session serves SESSION_SECONDS: then a new one reads credentials (a file rotated in place).
+    read.clear()
+    monkeypatch.setattr(storage, "SESSION_SECONDS", 0.0)
+    storage.s3_client()
+    assert any("/s3/" in path for path in read)
 
 
 def test_unreachable_or_unusable_s3_is_one_clear_line(s3_env: S3Server, monkeypatch) -> None:
