@@ -101,3 +101,66 @@ def test_the_answer_s_score_says_what_it_measures(job: str, says: str) -> None:
     from raynas.runs.jobs import load_job
 
     assert f"({scored_by(load_job(Path(__file__).parents[1] / 'jobs' / job))})" == says
+
+
+# A script that runs the console script's entry point (or, with "main" first, `sys.exit(main())`)
+# with a non-daemon thread still working, an exit handler, and an object only Python's
+# finalization frees; each leaves a file beside OUT when it ran.
+EXITING = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+out, entry, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+
+
+class FreedAtFinalization:
+    def __del__(self) -> None:
+        out.with_suffix(".finalized").write_text("freed")
+
+
+kept = FreedAtFinalization()
+atexit.register(lambda: out.with_suffix(".atexit").write_text("ran"))
+
+
+def late() -> None:
+    time.sleep(0.5)
+    out.with_suffix(".thread").write_text("joined")
+
+
+threading.Thread(target=late).start()
+sys.argv = ["raynas", *argv]
+from raynas.cli import main, run
+
+sys.exit(main()) if entry == "main" else run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["describe", "--space", "darts", "--arch", "DARTS_V2", "--dataset", "cifar10"], 0),
+     (["search", "no-such-job.yaml"], 2), (["no-such-command"], 2)],
+    ids=["describe", "bad-job", "bad-command"],
+)
+def test_the_console_script_exits_with_its_status_after_threads_and_exit_handlers_without_finalization(
+    tmp_path: Path, argv: list[str], code: int
+) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run([str(BIN / "python"), "-c", EXITING, str(out), "run", *argv],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert out.with_suffix(".thread").read_text() == "joined"  # waited for, as Python does
+    assert out.with_suffix(".atexit").read_text() == "ran"
+    assert not out.with_suffix(".finalized").exists()  # Python's finalization skipped
+    if code == 0:
+        assert "DARTS_V2" in done.stdout
+    else:
+        assert len(done.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in done.stderr
+
+
+def test_without_the_console_script_python_s_finalization_frees_what_it_holds(tmp_path: Path) -> None:
+    # The check above can fail: the same script through `sys.exit(main())` is finalized.
+    out = tmp_path / "out"
+    done = subprocess.run([str(BIN / "python"), "-c", EXITING, str(out), "main", "no-such-command"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert out.with_suffix(".finalized").read_text() == "freed"
