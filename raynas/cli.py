@@ -460,7 +460,8 @@ DEVICE_HELP = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``raynas`` console script."""
+    """The ``raynas`` command line: runs the command in ``argv`` and returns its exit status (the
+    console script runs it through :func:`run`)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
