@@ -504,10 +504,10 @@ def run() -> NoReturn:
     import atexit
     import threading
 
-    for thread in threading.enumerate():  # as Python does before its exit handlers
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # the handlers Python runs at exit, in its order
+    # What Python does at exit, in its order: its threads' exit hooks (they wake an executor's
+    # idle workers) and the wait for every non-daemon thread, then the exit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -104,10 +104,10 @@ def test_the_answer_s_score_says_what_it_measures(job: str, says: str) -> None:
 
 
 # A script that runs the console script's entry point (or, with "main" first, `sys.exit(main())`)
-# with a non-daemon thread still working, an exit handler, and an object only Python's
-# finalization frees; each leaves a file beside OUT when it ran.
+# with a non-daemon thread still working, an idle thread pool, an exit handler, and an object only
+# Python's finalization frees; the thread, the handler and the object leave a file beside OUT.
 EXITING = """
-import atexit, sys, threading, time
+import atexit, concurrent.futures, sys, threading, time
 from pathlib import Path
 
 out, entry, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
@@ -128,6 +128,8 @@ def late() -> None:
 
 
 threading.Thread(target=late).start()
+idle = concurrent.futures.ThreadPoolExecutor(1)  # never shut down: Python's exit wakes its worker
+idle.submit(time.sleep, 0).result()
 sys.argv = ["raynas", *argv]
 from raynas.cli import main, run
 
@@ -146,7 +148,7 @@ def test_the_console_script_exits_with_its_status_after_threads_and_exit_handler
 ) -> None:
     out = tmp_path / "out"
     done = subprocess.run([str(BIN / "python"), "-c", EXITING, str(out), "run", *argv],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == code, done.stderr[-2000:]
     assert out.with_suffix(".thread").read_text() == "joined"  # waited for, as Python does
     assert out.with_suffix(".atexit").read_text() == "ran"
