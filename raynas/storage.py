@@ -144,10 +144,9 @@ def filesystem(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     if not is_s3(text):
         return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
     loc = S3Location.parse(text)
-    import boto3
-
     options: dict[str, Any] = {"region": _region(), "connect_timeout": 10, "request_timeout": 60}
-    credentials = boto3.session.Session().get_credentials()
+    with _sessions_lock:  # the clients' session: its credential chain is resolved once
+        credentials = _session().get_credentials()
     if credentials is not None:
         frozen = credentials.get_frozen_credentials()
         options.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
