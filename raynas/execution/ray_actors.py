@@ -237,6 +237,8 @@ def check_head() -> None:
 
 
 def _cluster_lost(head: str) -> ClusterLostError:
+    if _told is not None and threading.current_thread() is threading.main_thread():
+        _told.set()  # the main thread carries it from here: the watch need not interrupt it
     return ClusterLostError(
         f"the Ray cluster at {head} is gone (its head does not answer; Ray's logs are in "
         f"{ray_logs()}); all finished work is checkpointed: start the cluster again (or leave "
@@ -255,6 +257,7 @@ ABANDON_SECONDS = 5.0
 """How long a lost head's :class:`ClusterGone` may wait for the main thread before the process ends."""
 
 _watched = False  # a watch runs: a block inside it (a Tune run inside a search) adds none
+_told: threading.Event | None = None  # set once this process raised the watched head's loss itself
 
 
 @contextlib.contextmanager
@@ -267,14 +270,19 @@ def watching_the_head(every: float = 1.0) -> Iterator[None]:
     blocked in Ray's C code, waiting on the dead head, and has not taken it within
     :data:`ABANDON_SECONDS`, the process ends with the command line's line and status 1 (all
     finished work is journaled and checkpointed), before Ray's core ends it a minute later with its
-    own report. Outside the main thread (signals cannot be handled there) the block runs unwatched.
+    own report. Where the process learnt of the loss first and raised it itself (a lost actor's
+    call, a Tune callback: :func:`check_head`), the watch does not interrupt the main thread again,
+    which is then unwinding through the search's cleanup (its journal, its MLflow run), and only
+    the same :data:`ABANDON_SECONDS` bound holds. Outside the main thread (signals cannot be
+    handled there) the block runs unwatched.
     """
-    global _watched
+    global _watched, _told
     if _watched or threading.current_thread() is not threading.main_thread():
         yield
         return
     lost: list[ClusterLostError] = []
     done = threading.Event()
+    told = threading.Event()
     main = threading.main_thread().ident
     assert main is not None
 
@@ -287,9 +295,10 @@ def watching_the_head(every: float = 1.0) -> Iterator[None]:
                 check_head()
             except ClusterLostError as exc:
                 lost.append(exc)
-                # A real signal (``_thread.interrupt_main`` only sets Python's flag): it also
-                # wakes a main thread asleep or waiting in a system call.
-                signal.pthread_kill(main, signal.SIGUSR2)
+                if not told.is_set():
+                    # A real signal (``_thread.interrupt_main`` only sets Python's flag): it also
+                    # wakes a main thread asleep or waiting in a system call.
+                    signal.pthread_kill(main, signal.SIGUSR2)
                 if done.wait(ABANDON_SECONDS):
                     return
                 print(f"raynas: error: {exc}", file=sys.stderr, flush=True)
@@ -303,14 +312,26 @@ def watching_the_head(every: float = 1.0) -> Iterator[None]:
     # SIGUSR2: tune.run takes SIGINT and SIGUSR1 for its own stop, which checkpoints through the head.
     previous = signal.signal(signal.SIGUSR2, on_lost)
     watcher = threading.Thread(target=watch, name="raynas-head-watch", daemon=True)
-    _watched = True
+    _watched, _told = True, told
     watcher.start()
     try:
         yield
     finally:
         done.set()
-        _watched = False
+        _watched, _told = False, None
         signal.signal(signal.SIGUSR2, previous)
+
+
+@contextlib.contextmanager
+def head_watched(every: float = 1.0) -> Iterator[None]:
+    """:func:`watching_the_head` around a command's work (a search, a retraining, a study): a
+    head lost while the block runs ends it with :class:`ClusterLostError`, the line the command
+    line prints (status 1), wherever the main thread was."""
+    try:
+        with watching_the_head(every):
+            yield
+    except ClusterGone as gone:
+        raise gone.args[0] from None
 
 
 def remote_call(ref: Any) -> Any:

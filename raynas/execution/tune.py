@@ -51,10 +51,10 @@ from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
 from raynas.execution.ray_actors import (
     ClusterGone,
     check_head,
+    head_watched,
     init_ray,
     node_type,
     ray_logs,
-    watching_the_head,
 )
 from raynas.execution.tune_resources import placement_groups_removed_once_placed
 from raynas.train.checkpoint import load_checkpoint
@@ -775,11 +775,8 @@ def _fit(
             stop=_StopOnFailure(ledger),
         ),
     )
-    try:
-        with watching_the_head(), placement_groups_removed_once_placed():
-            tuner.fit()
-    except ClusterGone as gone:
-        raise gone.args[0] from None
+    with head_watched(), placement_groups_removed_once_placed():
+        tuner.fit()
     if ledger.failure is not None:
         raise ledger.failure
 

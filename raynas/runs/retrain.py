@@ -29,6 +29,7 @@ from raynas.data.base import ShardedBatchSampler, official_test_set, split_indic
 from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.execution import start_worker
+from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import attempt_id
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
@@ -213,6 +214,7 @@ class RetrainWorker:
         return plain_batchnorm(self.model).cpu().eval()
 
 
+@head_watched()  # a head lost at any moment: raynas's line, not Ray's core ending the process later
 def run_retrain(
     config: RetrainConfig, *, fresh: bool = False, echo: Callable[[str], None] = print
 ) -> RetrainResult:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError
-from raynas.execution.ray_actors import ClusterGone, watching_the_head
+from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import SearchResult, finished_result
 from raynas.runs.gradient import run_gradient_search
 from raynas.runs.sampling import run_sampling_search
@@ -39,13 +39,10 @@ def run_search(
         return done
     # A head lost at any moment (in Tune's loop, or after it, recording the search) stops the
     # search with raynas's line, not with Ray's core ending the process a minute later.
-    try:
-        with watching_the_head():
-            if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
-                return run_sampling_search(config, fresh=fresh, echo=echo)
-            return run_gradient_search(config, fresh=fresh, echo=echo)
-    except ClusterGone as gone:
-        raise gone.args[0] from None
+    with head_watched():
+        if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
+            return run_sampling_search(config, fresh=fresh, echo=echo)
+        return run_gradient_search(config, fresh=fresh, echo=echo)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from raynas.config import RetrainConfig, load_yaml
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
+from raynas.execution.ray_actors import head_watched
 from raynas.profile import counting_device
 from raynas.runs.common import attempt_id, image_shape, network_costs
 from raynas.runs.jobs import parse_retrain_job
@@ -239,6 +240,7 @@ def _cells(value: Any) -> tuple[StudyCell, ...]:
     return tuple(cells)
 
 
+@head_watched()  # as a search and a retraining: a lost head is raynas's line
 def run_study(job: StudyJob, *, fresh: bool = False, echo: Callable[[str], None] = print) -> StudyResult:
     """Retrain every (cell, layer count) of ``job`` not yet finished, each a child run of the
     study's MLflow run, then record the summary table and plot there.
