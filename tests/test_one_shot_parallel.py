@@ -19,7 +19,7 @@ from raynas.spaces import SPACES
 pytestmark = pytest.mark.integration
 
 
-def one_shot_job(tmp_path: Path, **execution: object) -> dict:
+def one_shot_job(tmp_path: Path, evaluator: dict, **execution: object) -> dict:
     job = tiny_job(
         tmp_path, space={"name": "nb201", "channels": 4, "cells_per_stage": 1},
         data={"name": "digits", "batch_size": 16, "limit": 96},
@@ -28,18 +28,31 @@ def one_shot_job(tmp_path: Path, **execution: object) -> dict:
     for key in ("layers", "nodes"):
         job["space"].pop(key)
     job["strategy"] = {"name": "spos", "population_size": 2, "sample_size": 2, "evaluations": 2}
-    job["evaluator"] = {"name": "supernet", "bn_batches": 1, "valid_batches": 2}
+    job["evaluator"] = {"name": "supernet", "bn_batches": 1, "valid_batches": 2, **evaluator}
     return job
 
 
+@pytest.mark.parametrize(
+    "evaluator",
+    [
+        {},
+        # Bender et al.'s one-shot model: each global batch of 16 in two ghost batches of 8, each
+        # with masks and BatchNorm statistics of its own; a ghost batch spans both replicas (4
+        # examples on each), as one replica alone has it.
+        {"path_dropout": 0.5, "ghost_batch": 8},
+    ],
+    ids=["single_paths", "path_dropout"],
+)
 def test_two_replicas_training_together_match_one_on_the_same_global_batches(
-    tmp_path: Path, ray_head: str
+    evaluator: dict, tmp_path: Path, ray_head: str
 ) -> None:
-    alone = LocalPool(parse_job(one_shot_job(tmp_path)))
+    alone = LocalPool(parse_job(one_shot_job(tmp_path, evaluator)))
     space = SPACES.create("nb201", alone.evaluator.search.space.config)
     rng = random.Random(0)
     paths = [space.sample(rng) for _ in range(alone.steps_per_epoch)]
-    together = RayPool(parse_job(one_shot_job(tmp_path, backend="ray", address=ray_head, concurrency=2)))
+    together = RayPool(parse_job(
+        one_shot_job(tmp_path, evaluator, backend="ray", address=ray_head, concurrency=2)
+    ))
     try:
         assert together.together and together.location.endswith("training the supernet together")
         # One epoch: a global batch on each of the paths. Equal up to float32 summation order

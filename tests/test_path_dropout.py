@@ -232,6 +232,28 @@ def test_evaluator_steps_the_rate_per_training_step_with_ghost_batches(tmp_path:
     assert first["path_dropout"] == pytest.approx(0.5 * 2 / 5)  # the epoch's last step's rate
 
 
+def test_replicas_training_together_each_run_an_equal_share_of_every_ghost_batch(tmp_path: Path) -> None:
+    # The equality with one replica alone: tests/test_one_shot_parallel.py (on Ray).
+    job = parse_job(sampling_job(
+        tmp_path, {"name": "random", "evaluations": 1},
+        {"name": "supernet", "path_dropout": 0.5, "ghost_batch": 8},
+    ))
+    rank1 = SupernetEvaluator(job.evaluator.config, search=job, rank=1, world_size=2)
+    assert rank1.ghost_chunk == 4
+    seen: list[int] = []
+    drop_paths = rank1.supernet.drop_paths
+
+    def record(rate: float, generator: torch.Generator | None = None, *, ghost_batch: int = 0) -> None:
+        seen.append(ghost_batch)
+        drop_paths(rate, generator, ghost_batch=ghost_batch)
+
+    rank1.supernet.drop_paths = record
+    rank1.train_epoch([SPACES.create(job.space.name, job.space.config).sample(random.Random(0))])
+    assert seen and set(seen) == {4}
+    with pytest.raises(ConfigError, match=r"ghost_batch \(8\) must be a multiple of the 3 replicas"):
+        SupernetEvaluator(job.evaluator.config, search=job, rank=0, world_size=3)
+
+
 def test_search_trains_the_one_shot_model_with_scheduled_path_dropout(tmp_path: Path) -> None:
     job = sampling_job(
         tmp_path, {"name": "random", "evaluations": 3},

@@ -108,10 +108,14 @@ def split_indices(order: Sequence[int], portion: float) -> tuple[list[int], list
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
-    """Shuffled global batches, of which this worker takes its equal slice.
+    """Shuffled global batches, of which this worker takes its equal share, dealt in turn.
 
     Every data-parallel worker draws the same permutation (same seed), so together the workers
-    see exactly the global batches one worker would see alone.
+    see exactly the global batches one worker would see alone. A global batch is dealt out to the
+    workers in turn (worker ``r`` takes its examples ``r``, ``r + world_size``, ...), so that every
+    run of ``k * world_size`` consecutive examples of it is spread evenly over the workers, ``k``
+    on each: their ``i``-th chunks of ``k`` examples together are that run (a ghost batch of the
+    one-shot model's path dropout, :mod:`raynas.evaluators.supernet`).
 
     Args:
         n: Number of samples.
@@ -150,12 +154,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         share = self.batch_size // self.world_size
         for b in range(len(self)):
             batch = indices[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.world_size == 1:
-                yield batch
-            elif self.repeats > 1:  # dealt in turn: an image's copies on different workers
-                yield batch[self.rank :: self.world_size][:share]
-            else:
-                yield batch[self.rank * share : (self.rank + 1) * share]
+            # Dealt in turn (an image's repeated copies, too, land on different workers).
+            yield batch if self.world_size == 1 else batch[self.rank :: self.world_size][:share]
 
 
 def search_loaders(

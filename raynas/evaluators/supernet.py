@@ -126,8 +126,19 @@ class SupernetEvaluator:
     def __init__(
         self, config: SupernetEvalConfig, *, search: SearchConfig, rank: int = 0, world_size: int = 1
     ) -> None:
+        if config.path_dropout > 0 and config.ghost_batch % world_size:
+            raise ConfigError(
+                f"evaluator.ghost_batch ({config.ghost_batch}) must be a multiple of the {world_size} "
+                "replicas training the supernet together: each computes an equal share of every "
+                "ghost batch"
+            )
         self.config = config
         self.search = search
+        # A ghost batch spans the replicas training together: each runs its share of it (the
+        # sampler deals every global batch out in turn, so the replicas' i-th chunks are the i-th
+        # ghost batch), all with the same masks (the same stream), its BatchNorm statistics
+        # summed over them (GlobalBatchNorm2d): what one replica alone computes on the batch.
+        self.ghost_chunk = config.ghost_batch // world_size
         self.device = pick_device(search.execution.device)
         self.precision = search.execution.precision
         torch.manual_seed(search.seed)  # the same initial weights on every replica
@@ -191,7 +202,7 @@ class SupernetEvaluator:
                 seed = hash((self.search.seed, self.epoch, step)) & 0x7FFF_FFFF_FFFF_FFFF
                 self.supernet.drop_paths(
                     rates[-1], generator=torch.Generator().manual_seed(seed),
-                    ghost_batch=self.config.ghost_batch,
+                    ghost_batch=self.ghost_chunk,
                 )
             else:
                 self.supernet.set_path(paths[step % len(paths)])
