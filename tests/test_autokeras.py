@@ -341,11 +341,11 @@ def test_the_strategy_refuses_a_space_without_morphisms() -> None:
 # --- weight inheritance -----------------------------------------------------------------------
 
 
-def morphism_job(tmp_path: Path) -> Any:
+def morphism_job(tmp_path: Path, evaluations: int = 2) -> Any:
     job = tiny_job(tmp_path)
     del job["train"]
     job["space"] = {"name": "autokeras", "seed_width": 4, "seed_strides": [1, 2]}
-    job["strategy"] = {"name": "autokeras", "evaluations": 2}
+    job["strategy"] = {"name": "autokeras", "evaluations": evaluations}
     job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
     job["evaluator"] = {"name": "morphism", "epochs": 1, "noise": 0.0}
     return parse_job(job)
@@ -379,6 +379,46 @@ def test_a_child_starts_from_its_parents_trained_weights(tmp_path: Path) -> None
         keeper.given(orphan)
     with pytest.raises(RaynasError, match=r"autokeras-000000000000.* not given"):
         evaluator.initial_network(orphan)
+
+
+def test_a_search_killed_between_candidates_resumes_growing_children_from_the_weights_it_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver dies after its second result (the parents' weights on disk, beside the
+    checkpoint); the same search run again asks the rest, and its children start from the weights
+    of parents trained before the crash, read back from that folder."""
+    from raynas.evaluators import morphism
+    from raynas.runs import run_search
+    from raynas.runs.sampling import search_state
+
+    config = morphism_job(tmp_path, evaluations=4)
+
+    def die_after_two(line: str) -> None:
+        if line.startswith("candidate    2 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, echo=die_after_two)
+    folder = Path(morphism.weights_folder(config))
+    before = {path.stem for path in folder.glob("*.pt")}
+    assert len(before) == 2  # the seed network and its first child, trained
+    grown_from: list[str] = []
+    grow_state = morphism.grow_state
+
+    def spy(parent: Any, state: Any, morphs: Any, **kw: Any) -> Any:
+        grown_from.append(parent.key())
+        return grow_state(parent, state, morphs, **kw)
+
+    monkeypatch.setattr(morphism, "grow_state", spy)
+    lines: list[str] = []
+    run_search(config, echo=lines.append)
+    assert any(line.startswith("Resuming 'tiny'") for line in lines)
+    state = search_state(str(tmp_path / "runs" / "tiny" / "checkpoint.pt"))
+    told = [r["trial_id"] for r in state["results"]]
+    assert state["finished"] and len(told) == 4 == len(set(told))  # each candidate once
+    assert len(grown_from) == 2  # the two candidates asked after the resume, each grown...
+    assert set(grown_from) & before  # ...one at least from a parent trained before the crash
+    assert {path.stem for path in folder.glob("*.pt")} >= before | set(grown_from)
 
 
 def test_the_morphism_evaluator_refuses_another_space(tmp_path: Path) -> None:
