@@ -2,7 +2,8 @@
 environment answers in a second, as bad input does, rather than after 10-15 s of imports.
 
 - the MLflow store: a server (``http(s)://``) answers its ``/health``; an SQLite file is a
-  database (or its folder can be created); other databases are left to MLflow;
+  database (or its folder can be created); another database's Python driver is installed (its
+  connection is left to MLflow);
 - the output folders (``tracking.output_dir``, ``tracking.results``, ``tracking.artifact_location``)
   can be created, or their S3 bucket reached (:func:`raynas.storage.check_reachable`);
 - a local ``data.path`` is a folder (the dataset's loader checks what it holds, after torch).
@@ -61,9 +62,14 @@ def _strings(section: Any) -> dict[str, str]:
     return {k: v for k, v in section.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
 
 
-def check_tracking_store(uri: str) -> None:
+def check_tracking_store(uri: str, *, existing: bool = False) -> None:
     """An MLflow tracking URI's form (:func:`raynas.config.check_tracking_uri`), and that its
     store can be used: a server answers, an SQLite file is a database or can be created.
+
+    Args:
+        uri: The tracking URI.
+        existing: The store must hold runs already (a command that reads one: ``raynas export``,
+            ``raynas report --mlflow``): an SQLite file that does not exist is refused, not made.
 
     Raises:
         ConfigError: One line saying what is wrong and what to use instead.
@@ -73,7 +79,33 @@ def check_tracking_store(uri: str) -> None:
     if scheme in ("http", "https"):
         _check_server(uri)
     elif scheme.split("+")[0] == "sqlite":
+        database = sqlite_file(uri)
+        if existing and database is not None and not database.exists():
+            raise ConfigError(
+                f"there is no MLflow store at {uri} ({database} does not exist); name the store "
+                "that holds the run with --tracking-uri or MLFLOW_TRACKING_URI"
+            )
         _check_sqlite(uri)
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _check_database_driver(uri)
+
+
+def _check_database_driver(uri: str) -> None:
+    """SQLAlchemy loads a database's Python driver (``psycopg2``, ``MySQLdb``, ``pyodbc``, or the
+    ``+driver`` a URL names) as it makes an engine, without connecting: raynas does not install one."""
+    import sqlalchemy  # MLflow's own dependency; loaded here only for these stores
+
+    try:
+        sqlalchemy.create_engine(uri)
+    except ImportError as exc:
+        raise ConfigError(
+            f"MLflow tracking URI {redact_uri(uri)} needs the database driver {exc.name or str(exc)!r}, "
+            "which is not installed: install it into raynas's environment (or name an installed one "
+            "as scheme+driver://), or use an MLflow server (http://host:port) or sqlite:///<folder>/mlflow.db"
+        ) from None
+    except Exception as exc:  # a URL SQLAlchemy cannot read (a bad port, an unknown +driver)
+        raise ConfigError(f"MLflow tracking URI {redact_uri(uri)} is not a database URL SQLAlchemy reads "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _check_server(uri: str) -> None:

@@ -7,6 +7,7 @@ MLflow store, the output folders and the dataset's folder before torch, Ray or M
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -50,6 +51,24 @@ def test_a_tracking_uri_mlflow_cannot_open_says_what_to_use(
 ) -> None:
     err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", uri)
     assert "config key 'tracking.tracking_uri'" in err and message in err
+
+
+@pytest.mark.parametrize(
+    ("uri", "driver"),
+    [  # raynas installs no database driver: SQLAlchemy's defaults (which its version picks), or named
+        ("postgresql://mlflow:secret@127.0.0.1:5432/mlflow", r"psycopg2?"),
+        ("mysql://mlflow:secret@127.0.0.1/mlflow", "MySQLdb"),
+        ("mssql://mlflow:secret@127.0.0.1/mlflow", "pyodbc"),
+        ("postgresql+pg8000://mlflow:secret@127.0.0.1/mlflow", "pg8000"),
+        ("mysql+pymysql://mlflow:secret@127.0.0.1/mlflow", "pymysql"),
+    ],
+)
+def test_a_database_store_without_its_driver_says_to_install_it(
+    uri: str, driver: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(capsys, tmp_path, tiny_job(tmp_path), "--tracking-uri", uri)
+    assert re.search(rf"needs the database driver '{driver}', which is not installed", err), err
+    assert "sqlite:///<folder>/mlflow.db" in err and "secret" not in err  # the password redacted
 
 
 def test_a_file_store_in_the_environment_says_what_to_use(
@@ -210,6 +229,8 @@ def test_every_environment_error_is_answered_before_torch_by_search_train_and_st
                    "is not an SQLite database"),
         "sqlite-folder": ([f"tracking.tracking_uri=sqlite:///{blocked / 'm.db'}"],
                           f"cannot create the folder {blocked}"),
+        "database-driver": (["tracking.tracking_uri=postgresql://mlflow@127.0.0.1/mlflow"],
+                            "needs the database driver"),
         "output": ([f"tracking.output_dir={blocked}"], f"cannot create the folder {blocked}"),
         "results": ([f"tracking.results={blocked}"], f"cannot create the folder {blocked}"),
         "bucket": (["tracking.output_dir=s3://raynas-no-such-bucket/runs"],

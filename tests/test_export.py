@@ -77,6 +77,11 @@ def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
     assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
                  "--tracking-uri", uri]) == 2
     assert "no model in MLflow run" in capsys.readouterr().err
+    missing = tmp_path / "elsewhere" / "mlflow.db"  # a store that is not there is not made
+    assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
+                 "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"there is no MLflow store at sqlite:///{missing}" in capsys.readouterr().err
+    assert not missing.parent.exists()
     assert main(["export", str(tmp_path), "--format", "onnx", "--out", str(out)]) == 2
     assert "MLflow model folder" in capsys.readouterr().err
     assert main(["export", folder, "--format", "onnx", "--out", str(out), "--input-shape", "1x3x32x32"]) == 2

@@ -169,5 +169,10 @@ def test_report_mlflow_bad_input_is_one_line(tmp_path: Path, capsys: pytest.Capt
                  info=SearchInfo(search="lost-0", name="lost", run_id="0" * 32, strategy="random"))
     assert main(["report", "--results", root, "--search", "lost", "--mlflow", "--tracking-uri", uri]) == 2
     assert f"the MLflow run {'0' * 32} of search lost-0 is not in" in capsys.readouterr().err
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["report", "--results", root, "--search", "lost", "--mlflow",
+                 "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"there is no MLflow store at sqlite:///{missing}" in capsys.readouterr().err
+    assert not missing.parent.exists()
     assert main(["report", "--results", root, "--tracking-uri", uri]) == 2
     assert "add --mlflow" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def export_network(
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri or default_tracking_uri()
-        check_server(uri)
+        check_server(uri, existing=True)
         client = MlflowClient(tracking_uri=uri)
     network, model_info, run_id = load_network(source, client=client)
     example = _example(model_info, input_shape)

@@ -393,7 +393,7 @@ def log_to_mlflow(report: Report, tracking_uri: str) -> list[str]:
 
     if not report.runs:
         raise ConfigError("report --mlflow: none of these searches recorded an MLflow run")
-    check_server(tracking_uri)
+    check_server(tracking_uri, existing=True)
     client = MlflowClient(tracking_uri=tracking_uri)
     for search, run_id in report.runs:
         try:

@@ -62,14 +62,14 @@ _PARAM_LIMIT = 6000  # MLflow's longest param value
 OUTAGE_RETRY_S = 5.0
 
 
-def check_server(uri: str) -> None:
+def check_server(uri: str, *, existing: bool = False) -> None:
     """Check a tracking URI at start: its form, and that its store answers
-    (:func:`raynas.environment.check_tracking_store`).
+    (:func:`raynas.environment.check_tracking_store`; ``existing``: it must hold runs already).
 
     Raises:
         ConfigError: One line saying what to use instead.
     """
-    check_tracking_store(uri)
+    check_tracking_store(uri, existing=existing)
 
 
 def lineage_tags(*, source_run_id: str, architecture: Architecture, kind: str,
