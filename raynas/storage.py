@@ -18,6 +18,7 @@ folder is fsynced and renamed over the target.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -170,6 +171,11 @@ def check_reachable(uri: str | os.PathLike[str]) -> None:
         StorageError: Naming the location, the endpoint and what to check.
     """
     text = str(uri)
+    if not is_s3(text) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", text):  # a URI, mistyped or not S3's
+        raise StorageError(
+            f"{text!r} is neither a folder nor an S3 location: raynas writes to a folder or to "
+            "s3://bucket/prefix"
+        )
     if not is_s3(text):
         folder = Path(text).expanduser()
         try:

@@ -233,6 +233,8 @@ def test_every_environment_error_is_answered_before_torch_by_search_train_and_st
                             "needs the database driver"),
         "output": ([f"tracking.output_dir={blocked}"], f"cannot create the folder {blocked}"),
         "results": ([f"tracking.results={blocked}"], f"cannot create the folder {blocked}"),
+        "output-uri": (["tracking.output_dir=s3:/bucket/runs"],  # one slash short: not a folder either
+                       "'s3:/bucket/runs' is neither a folder nor an S3 location"),
         "bucket": (["tracking.output_dir=s3://raynas-no-such-bucket/runs"],
                    "it does not exist; create it first"),
         "data": (["data.name=cifar10", f"data.path={tmp_path / 'no-cifar'}"], "which does not exist"),
