@@ -5,6 +5,7 @@ unreachable store could not take."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import duckdb
@@ -118,3 +119,28 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(Exception, match="results search id 'a/b'"):
         SearchInfo(search="a/b")
     assert search_id("my job/1", "0123456789abcdef") == "my_job_1-01234567"
+
+
+@pytest.mark.parametrize("where", ["stray.parquet", "search=evo-abcdef12/part-torn.parquet"])
+def test_a_file_that_is_not_a_parquet_part_is_named_in_one_line(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreign or damaged file in the store stops its readers and writers with one line naming
+    it (`raynas report` exits 2), not in pyarrow; moved away, the store reads again."""
+    from raynas.cli import main
+    from raynas.errors import StorageError
+
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    store.append(candidates(2), info=INFO)
+    bad = tmp_path / "results" / where
+    bad.write_bytes(b"PAR1 torn after its first bytes")
+    writer = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")  # a resumed search's
+    for call in (store.read_table, lambda: writer.append(candidates(3), info=INFO)):
+        named = rf"holds a file that is not one of its Parquet parts .*'{re.escape(str(bad))}'"
+        with pytest.raises(StorageError, match=named):
+            call()
+    assert main(["report", "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raynas: error: the results store") and len(err.splitlines()) == 1, err
+    bad.unlink()
+    assert sorted(store.read_table().column("trial_id").to_pylist()) == ["t0", "t1"]

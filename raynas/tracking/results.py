@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raynas import storage
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, StorageError
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import EvalResult
@@ -279,12 +279,21 @@ class ResultsStore:
 
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return READ_SCHEMA.empty_table().select(columns or READ_SCHEMA.names)
-        dataset = ds.dataset(
-            path, schema=READ_SCHEMA, format="parquet", filesystem=fs, partitioning=partitioning,
-            exclude_invalid_files=False, ignore_prefixes=[".", "_"],
-        )
         filter_ = ds.field("search").isin(searches) if searches is not None else None
-        return dataset.to_table(columns=columns, filter=filter_)
+        try:
+            dataset = ds.dataset(
+                path, schema=READ_SCHEMA, format="parquet", filesystem=fs, partitioning=partitioning,
+                exclude_invalid_files=False, ignore_prefixes=[".", "_"],
+            )
+            return dataset.to_table(columns=columns, filter=filter_)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            # A file raynas did not write, or one damaged on disk (raynas writes each part whole,
+            # renamed into place): say which, rather than fail somewhere in pyarrow.
+            reason = " ".join(str(exc).split())
+            raise StorageError(
+                f"the results store {self.root} holds a file that is not one of its Parquet parts "
+                f"({reason[:400]}); move that file out of the store and run the command again"
+            ) from None
 
 
 def _to_table(results: list[EvalResult], info: SearchInfo) -> pa.Table:
