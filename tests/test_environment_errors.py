@@ -21,6 +21,7 @@ from conftest import S3Server, answers_without_heavy_imports, free_port, tiny_jo
 
 from raynas.cli import main
 from raynas.environment import check_tracking_store
+from raynas.errors import ConfigError
 from raynas.tracking.mlflow_tracker import MlflowTracker
 
 
@@ -254,3 +255,31 @@ def test_every_environment_error_is_answered_before_torch_by_search_train_and_st
     for (status, err), (command, problem) in zip(answers_without_heavy_imports(cases), names, strict=True):
         assert status == 2 and err.startswith("raynas: error: "), (command, problem, err)
         assert problems[problem][1] in err and err.count("\n") == 1, (command, problem, err)
+
+
+@pytest.mark.own_ray
+def test_actors_a_local_ray_cannot_hold_at_once_say_what_this_machine_offers(tmp_path: Path) -> None:
+    """Without an address, raynas starts a Ray of this machine, which never grows: data-parallel
+    workers, or a sampling search's evaluators (placed all at once), that need more CPUs than it
+    has are refused in one line instead of waiting for ever to be placed."""
+    import os
+
+    import ray
+
+    from raynas.execution.pool import RayPool
+    from raynas.execution.ray_actors import init_ray
+    from raynas.runs.jobs import parse_job
+
+    cpus = os.cpu_count() or 1  # two actors of all of them: more than this machine has
+    job = tiny_job(tmp_path, execution={"backend": "ray", "cpus_per_worker": cpus, "workers": 2})
+    with pytest.raises(ConfigError, match=rf"^execution.workers x cpus_per_worker need {2 * cpus} CPUs but "
+                                          r"this machine offers \d+; lower them or pass --address"):
+        init_ray(parse_job(job).execution)
+    assert not ray.is_initialized()  # the local Ray is stopped again
+    job = tiny_job(tmp_path, execution={"backend": "ray", "cpus_per_worker": cpus, "concurrency": 2},
+                   evaluator={"name": "scratch", "epochs": 1}, tune={"enabled": False})
+    job["strategy"] = {"name": "random", "evaluations": 2}
+    del job["train"]
+    with pytest.raises(ConfigError, match=rf"^execution.concurrency x cpus_per_worker need {2 * cpus} CPUs"):
+        RayPool(parse_job(job))
+    assert not ray.is_initialized()

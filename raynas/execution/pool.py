@@ -284,7 +284,7 @@ class RayPool:
     ) -> None:
         import ray
 
-        from raynas.execution.ray_actors import init_ray, remote_call
+        from raynas.execution.ray_actors import check_room, init_ray, remote_call
 
         self._get = remote_call
         self.config = config
@@ -292,6 +292,7 @@ class RayPool:
         self.echo = echo
         execution = config.execution
         init_ray(execution)
+        check_room(execution, execution.concurrency, "execution.concurrency")  # placed all at once
         self.threads = max(1, int(execution.cpus_per_worker))
         self.restarts = 0
         self.together = trains_together(config)

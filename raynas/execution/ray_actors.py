@@ -83,15 +83,10 @@ def init_ray(execution: ExecutionConfig) -> None:
         configure_logging=True,
     )
     _quiet_console()
+    global _local
+    _local = cluster_head()
+    check_room(execution, execution.workers, "execution.workers")
     available = ray.cluster_resources()
-    for key, need in (("CPU", execution.cpus_per_worker), ("GPU", execution.gpus_per_worker)):
-        if need * execution.workers > available.get(key, 0):
-            ray.shutdown()
-            raise ConfigError(
-                f"execution.workers x {key.lower()}s_per_worker need {need * execution.workers:g} "
-                f"{key}s but this machine offers {available.get(key, 0):g}; lower them or pass "
-                "--address of a larger cluster"
-            )
     if execution.accelerator and execution.accelerator not in available:
         ray.shutdown()
         raise ConfigError(
@@ -99,6 +94,31 @@ def init_ray(execution: ExecutionConfig) -> None:
             "this machine's local Ray has none; pass --address of a cluster that declares it, or "
             "remove execution.accelerator"
         )
+
+
+_local = ""  # the GCS address of the local Ray this process started, if it did
+
+
+def check_room(execution: ExecutionConfig, count: int, setting: str) -> None:
+    """On a local Ray this process started (no address given), ``count`` actors of
+    ``execution``'s CPUs and GPUs each must fit at once: a machine's Ray never grows, and placing
+    them would wait for ever (on a cluster, its autoscaler may add nodes: no check). ``setting``
+    names what asks for ``count`` (``execution.workers``, ``execution.concurrency``).
+
+    Raises:
+        ConfigError: Saying what they need and what this machine offers (the local Ray stopped).
+    """
+    if not _local or cluster_head() != _local:  # not connected, or to a cluster given by address
+        return
+    available = ray.cluster_resources()
+    for key, need in (("CPU", execution.cpus_per_worker), ("GPU", execution.gpus_per_worker)):
+        if need * count > available.get(key, 0):
+            ray.shutdown()
+            raise ConfigError(
+                f"{setting} x {key.lower()}s_per_worker need {need * count:g} {key}s but this "
+                f"machine offers {available.get(key, 0):g}; lower them or pass --address of a "
+                "larger cluster"
+            )
 
 
 def _quiet_console() -> None:
