@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.tracking.mlflow_tracker import check_server, default_tracking_uri
+from raynas.tracking.mlflow_tracker import check_server, default_tracking_uri, open_client
 
 RUN_PREFIX = "run:"
 FORMATS = ("onnx", "torchscript")
@@ -139,11 +139,9 @@ def export_network(
         raise ConfigError(f"export --format {format!r}: choose one of {', '.join(FORMATS)}")
     client = None
     if source.startswith(RUN_PREFIX):
-        from mlflow.tracking import MlflowClient
-
         uri = tracking_uri or default_tracking_uri()
         check_server(uri, existing=True)
-        client = MlflowClient(tracking_uri=uri)
+        client = open_client(uri)
     network, model_info, run_id = load_network(source, client=client)
     example = _example(model_info, input_shape)
     wrapped = _Logits(network).eval()

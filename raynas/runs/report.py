@@ -386,15 +386,14 @@ def log_to_mlflow(report: Report, tracking_uri: str) -> list[str]:
         ConfigError: No reported search has an MLflow run, or one's run is not in the store.
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from raynas.config import redact_uri
-    from raynas.tracking.mlflow_tracker import check_server
+    from raynas.tracking.mlflow_tracker import check_server, open_client
 
     if not report.runs:
         raise ConfigError("report --mlflow: none of these searches recorded an MLflow run")
     check_server(tracking_uri, existing=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_client(tracking_uri)
     for search, run_id in report.runs:
         try:
             client.get_run(run_id)

@@ -33,18 +33,26 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raynas.config import SearchConfig, flatten, redact_uri
-from raynas.environment import check_tracking_store, default_artifact_location, default_tracking_uri
+from raynas.environment import (
+    check_tracking_store,
+    default_artifact_location,
+    default_tracking_uri,
+    sqlite_file,
+)
+from raynas.errors import ConfigError
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,53 @@ EXPERIMENT_KIND = "custom_model_development"
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 # While MLflow is unreachable, how often a new record tries to send the queued ones.
 OUTAGE_RETRY_S = 5.0
+
+
+@contextlib.contextmanager
+def store_opening(uri: str) -> Iterator[None]:
+    """Processes of this machine open a local SQLite store one at a time while the block runs
+    (an exclusive ``flock`` on its folder, not on the database file, whose SQLite locks a closed
+    descriptor of this process would release): MLflow creates a new store's tables and migrates
+    an old one's as it opens it, and two searches started at once each migrating the same file
+    left it half-migrated, unusable. Other stores need no lock."""
+    sqlite = urllib.parse.urlsplit(uri).scheme.lower().split("+")[0] == "sqlite"
+    database = sqlite_file(uri) if sqlite else None
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # (releases the lock)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` of the store at ``uri`` (made or migrated as MLflow opens it, one
+    process at a time: :func:`store_opening`).
+
+    Raises:
+        ConfigError: The store is there but MLflow cannot open it (a database MLflow's migration
+            fails on, one left half-migrated by an older raynas, a newer MLflow's): one line.
+    """
+    from mlflow.tracking import MlflowClient
+
+    with store_opening(uri):
+        try:
+            return MlflowClient(tracking_uri=uri)
+        except Exception as exc:
+            if urllib.parse.urlsplit(uri).scheme.lower() in ("http", "https"):
+                raise
+            reason = " ".join(str(exc).split())[:500]
+            raise ConfigError(
+                f"MLflow cannot open the store {redact_uri(uri)} ({type(exc).__name__}: {reason}); "
+                "do as MLflow says, or move the store away (a new one is made), or name another "
+                "with --tracking-uri"
+            ) from None
 
 
 def check_server(uri: str, *, existing: bool = False) -> None:
@@ -364,8 +419,6 @@ class MlflowTracker:
         backoff_s: float = 1.0,
         pictures: bool = True,
     ) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.pictures = pictures
 
         # MLflow prints each finished run's URL, user part and password included; raynas prints
@@ -383,16 +436,17 @@ class MlflowTracker:
             from raynas import storage
 
             storage.check_reachable(artifact_location)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found
-            else self.client.create_experiment(
-                experiment,
-                artifact_location=artifact_location or default_artifact_location(self.tracking_uri),
-                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        self.client = open_client(self.tracking_uri)
+        with store_opening(self.tracking_uri):  # two searches making the same experiment at once
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found
+                else self.client.create_experiment(
+                    experiment,
+                    artifact_location=artifact_location or default_artifact_location(self.tracking_uri),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             )
-        )
         if found and EXPERIMENT_KIND_TAG not in found.tags:  # made by an older raynas, or by hand
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.run_id = ""
