@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from conftest import tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
@@ -176,3 +177,57 @@ def test_unreadable_checkpoints_without_a_previous_one_are_one_line_with_fresh(
     assert err.startswith(f"raynas: error: checkpoint {checkpoint} cannot be read (")
     assert err.endswith("no readable previous version to resume from; pass --fresh to start over\n")
     assert len(err.splitlines()) == 1
+
+
+HOLD = """
+import contextlib, sys, time
+from raynas.runs.common import sole_writer
+with contextlib.ExitStack() as held:
+    for path in sys.argv[1:]:
+        held.enter_context(sole_writer(path, "held"))
+    print("holding", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_second_run_of_a_job_still_running_stops_at_once_and_goes_on_once_the_first_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another raynas process works on a job's checkpoint (a first `raynas search`, `study` or
+    `train` of it): the same job started beside it refuses in one line naming that process,
+    touching nothing; once that process is gone, killed with no chance to clean up, the job runs."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_layer_count_study import DARTS, study_job
+    from tests.test_retrain import ALL_CONV, retrain_job
+
+    jobs = {
+        "search": (tiny_job(tmp_path, train={"epochs": 1}), "the search 'tiny'", "tiny/checkpoint.pt"),
+        "study": (study_job(tmp_path, layers=[2], cells={"DARTS": {"architecture": DARTS}}),
+                  "the study 'study-tiny'", "study-tiny/study.pt"),
+        "train": (retrain_job(tmp_path, ALL_CONV), "the retraining 'retrain-tiny'",
+                  "retrain-tiny/retrain.pt"),
+    }
+    runs = tmp_path / "runs"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, *(str(runs / p) for _, _, p in jobs.values())],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        for command, (job, what, _) in jobs.items():
+            path = tmp_path / f"{command}.yaml"
+            path.write_text(yaml.safe_dump(job))
+            capsys.readouterr()
+            assert main([command, str(path)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"raynas: error: {what} is running already (pid {holder.pid} on "), err
+            assert len(err.splitlines()) == 1 and "run this command again to resume" in err
+        assert not (runs / "tiny" / "checkpoint.pt").exists()  # the refused search touched nothing
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        result = run_search(parse_job(jobs["search"][0]), echo=lambda _: None)
+        assert load_checkpoint(str(runs / "tiny" / "checkpoint.pt"))["finished"] and result.run_id
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

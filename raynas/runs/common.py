@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,45 @@ def format_duration(seconds: float) -> str:
 def run_path(config: SearchConfig, filename: str) -> str:
     """``<tracking.output_dir>/<name>/<filename>``: a local path or an ``s3://`` URI."""
     return storage.join(config.tracking.output_dir, config.name, filename)
+
+
+@contextlib.contextmanager
+def sole_writer(checkpoint: str, what: str) -> Iterator[None]:
+    """While the block runs, no other process of this machine works on ``checkpoint`` (a local
+    file): an exclusive ``flock`` on ``<checkpoint>.lock``, which says who holds it. A second run
+    of the same job started beside the first would resume it from the same checkpoint and
+    journal, both evaluating and recording the same candidates; it stops at once instead. The
+    lock goes with the process, however it ends. (A checkpoint on S3 is not locked: two drivers
+    on two machines are the user's to avoid.)
+
+    Raises:
+        ConfigError: Another process holds it: which, and what to do.
+    """
+    if storage.is_s3(checkpoint):
+        yield
+        return
+    import fcntl
+    import os
+    import socket
+
+    lock = Path(f"{checkpoint}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"{what} is running already ({holder}; {lock} is held): wait for it to end, or stop "
+                "it and run this command again to resume; or give the job another name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+        handle.flush()
+        yield  # (the lock ends with the handle)
 
 
 def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.execution import start_worker
 from raynas.execution.ray_actors import head_watched
-from raynas.runs.common import attempt_id
+from raynas.runs.common import attempt_id, sole_writer
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.tracking.mlflow_tracker import TAG_PREFIX
@@ -227,11 +227,18 @@ def run_retrain(
         fresh: Ignore an unfinished checkpoint of the same job.
         echo: Where progress lines go.
     """
+    checkpoint = Path(config.tracking.output_dir) / config.name / "retrain.pt"
+    with sole_writer(str(checkpoint), f"the retraining {config.name!r}"):
+        return _run_retrain(config, checkpoint, fresh=fresh, echo=echo)
+
+
+def _run_retrain(
+    config: RetrainConfig, checkpoint: Path, *, fresh: bool, echo: Callable[[str], None]
+) -> RetrainResult:
     started = time.perf_counter()
     cfg = config.retrain
     if trains_language_model(config):
         _check_recurrent(config)
-    checkpoint = Path(config.tracking.output_dir) / config.name / "retrain.pt"
     prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
     if prior is not None and (prior["finished"] or prior["config"] != config.to_dict()):
         prior = None if prior["finished"] else _refuse(checkpoint, config)

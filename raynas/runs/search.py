@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from raynas.config import SearchConfig
 from raynas.errors import ConfigError
 from raynas.execution.ray_actors import head_watched
-from raynas.runs.common import SearchResult, finished_result
+from raynas.runs.common import SearchResult, finished_result, run_path, sole_writer
 from raynas.runs.gradient import run_gradient_search
 from raynas.runs.sampling import run_sampling_search
 from raynas.runs.selection import Selection, per_seed_final, select_among_seeds, selects_among_seeds
@@ -39,7 +39,7 @@ def run_search(
         return done
     # A head lost at any moment (in Tune's loop, or after it, recording the search) stops the
     # search with raynas's line, not with Ray's core ending the process a minute later.
-    with head_watched():
+    with head_watched(), sole_writer(run_path(config, "checkpoint.pt"), f"the search {config.name!r}"):
         if config.evaluator is not None:  # a sampling strategy: ask/tell over evaluated candidates
             return run_sampling_search(config, fresh=fresh, echo=echo)
         return run_gradient_search(config, fresh=fresh, echo=echo)

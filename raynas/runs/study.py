@@ -45,7 +45,7 @@ from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.profile import counting_device
-from raynas.runs.common import attempt_id, image_shape, network_costs
+from raynas.runs.common import attempt_id, image_shape, network_costs, sole_writer
 from raynas.runs.jobs import parse_retrain_job
 from raynas.runs.retrain import RUN_PREFIX, RetrainWorker, resolve_architecture
 from raynas.spaces import SPACES
@@ -250,10 +250,14 @@ def run_study(job: StudyJob, *, fresh: bool = False, echo: Callable[[str], None]
         fresh: Start over even if an unfinished study of the same job exists.
         echo: Where progress lines go.
     """
+    checkpoint = storage.join(job.base.tracking.output_dir, job.name, "study.pt")
+    with sole_writer(checkpoint, f"the study {job.name!r}"):
+        return _run_study(job, checkpoint, fresh=fresh, echo=echo)
+
+
+def _run_study(job: StudyJob, checkpoint: str, *, fresh: bool, echo: Callable[[str], None]) -> StudyResult:
     started = time.perf_counter()
     base = job.base
-    tracking = base.tracking
-    checkpoint = storage.join(tracking.output_dir, job.name, "study.pt")
     prior = None if fresh or not storage.exists(checkpoint) else load_checkpoint(checkpoint)
     if prior is not None and prior["config"] != job.to_dict():
         if not prior["finished"]:
