@@ -600,10 +600,45 @@ def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return apply_overrides(raw, overrides)
 
 
+def _duplicate_key(text: str) -> str | None:
+    """Where ``text`` (YAML that loads) gives a key twice in one mapping, which YAML forbids and
+    PyYAML reads as the last one given (a second ``epochs:`` in a section silently won); None if
+    nowhere. Keys merged in with ``<<: *alias`` may be overridden, as YAML means them to be."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: nothing is constructed
+    seen_nodes: set[int] = set()
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) in seen_nodes:  # an alias: the same node again
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[tuple[str, str], int] = {}  # (tag, text) -> line
+            for key, value in node.value:
+                todo += [key, value]
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line, name = key.start_mark.line, (key.tag, key.value)
+                if name in keys:
+                    first = keys[name]
+                    lines = f"line {line + 1}" if first == line else f"lines {first + 1} and {line + 1}"
+                    return (f"line {line + 1}, column {key.start_mark.column + 1}: key {key.value!r} "
+                            f"is given twice ({lines}); keep one")
+                keys[name] = line
+        elif isinstance(node, yaml.SequenceNode):
+            todo += node.value
+    return None
+
+
 def _parse_yaml(text: str, what: str) -> Any:
-    """``text`` read by YAML's safe loader; every failure is one :class:`ConfigError` line."""
+    """``text`` read by YAML's safe loader, refusing a key given twice (:func:`_duplicate_key`);
+    every failure is one :class:`ConfigError` line."""
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
+        twice = _duplicate_key(text)
+        if twice is not None:
+            raise ConfigError(f"{what} is not valid YAML: {twice}")
+        return raw
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -202,6 +202,16 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_job(path)
 
 
+def test_yaml_merge_keys_still_override_what_they_merge(tmp_path: Path) -> None:
+    # A key given twice is refused (tests/test_fuzz_jobs.py); one that overrides a merged mapping
+    # (``<<: *alias``) is YAML's way to share settings, and stays.
+    from raynas.config import load_yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text("base: &b {epochs: 1, learning_rate: 0.1}\ntrain:\n  <<: *b\n  epochs: 5\n")
+    assert load_yaml(path)["train"] == {"epochs": 5, "learning_rate": 0.1}
+
+
 def test_exponent_without_a_dot_is_accepted_for_float_keys(tmp_path: Path) -> None:
     # PyYAML (YAML 1.1) reads 3e-4 as the string '3e-4'.
     assert yaml.safe_load("x: 3e-4")["x"] == "3e-4"
