@@ -403,6 +403,7 @@ def _latency(args: argparse.Namespace) -> None:
 
     import torch
 
+    from raynas import storage
     from raynas.data import dataset_info
     from raynas.errors import ConfigError
     from raynas.latency import LatencyTable, TimingOptions, build_table, check_table, table_path
@@ -423,6 +424,13 @@ def _latency(args: argparse.Namespace) -> None:
     options = TimingOptions(
         batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, threads=args.threads
     )
+    out = Path(args.out)
+    if args.cluster:  # before ray.init's minutes of retries
+        from raynas.execution.ray_actors import check_address
+
+        check_address(args.cluster, "--cluster")
+    # Where the tables go can be written, before minutes of timing.
+    storage.check_reachable(out.parent if out.suffix == ".json" else out)
     if args.cluster:
         import ray
 
@@ -436,7 +444,6 @@ def _latency(args: argparse.Namespace) -> None:
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = args.device or device.type
-    out = Path(args.out)
     path = out if out.suffix == ".json" else table_path(out, name)
     table = build_table(space, info, device_name=name, device=device, options=options)
     saved = (LatencyTable.load(path).merged(table) if path.is_file() else table).save(path)

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,26 @@ def test_actors_a_local_ray_cannot_hold_at_once_say_what_this_machine_offers(tmp
     with pytest.raises(ConfigError, match=rf"^execution.concurrency x cpus_per_worker need {2 * cpus} CPUs"):
         RayPool(parse_job(job))
     assert not ray.is_initialized()
+
+
+def test_raynas_latency_checks_where_it_writes_and_the_cluster_before_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raynas latency` times for minutes: a table folder it cannot write, or a `--cluster` that
+    nothing answers at, is one line and exit 2 at once (the table was lost after the timing, and
+    Ray's connection retried for minutes)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = tmp_path / "a-file" / "tables"
+    for args, says in (
+        (["--out", str(blocked / "cpu.json")], f"cannot create the folder {blocked}"),
+        (["--out", str(blocked)], f"cannot create the folder {blocked}"),
+        (["--out", str(tmp_path / "t"), "--cluster", f"127.0.0.1:{free_port()}"],
+         "no Ray cluster answers at 127.0.0.1:"),
+    ):
+        capsys.readouterr()
+        started = time.monotonic()
+        assert main(["latency", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("raynas: error: ") and says in err and len(err.splitlines()) == 1, err
+        assert time.monotonic() - started < 10  # nothing was timed
+    assert not (tmp_path / "t").exists()

@@ -55,6 +55,21 @@ def node_type(accelerator: str | None = None) -> str:
     return "gpu" if assigned.get("GPU", 0) > 0 else "cpu"
 
 
+def check_address(address: str, given: str) -> None:
+    """Refuse a Ray address (host:port, ray://host:port) nothing answers at, in one line naming
+    where it was ``given``: ``ray.init`` would retry for minutes, printing as it goes.
+
+    Raises:
+        ConfigError: Nothing accepts a connection there.
+    """
+    endpoint = gcs_endpoint(address)
+    if endpoint and not _answers(endpoint):
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
+            "correct the address, or leave it out for a local Ray"
+        )
+
+
 def init_ray(execution: ExecutionConfig) -> None:
     """Connect to the configured Ray cluster, or start a local one, once per process."""
     if ray.is_initialized():
@@ -62,13 +77,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
-        endpoint = gcs_endpoint(address)
-        if endpoint and not _answers(endpoint):  # ray.init would retry for minutes, printing as it goes
-            given = "execution.address (--address)" if execution.address else "RAY_ADDRESS"
-            raise ConfigError(
-                f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
-                "correct the address, or leave it out for a local Ray"
-            )
+        check_address(address, "execution.address (--address)" if execution.address else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
         return
