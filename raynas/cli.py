@@ -168,9 +168,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from raynas import storage
     from raynas.runs.export import export_network, parse_shape
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
+    storage.check_reachable(Path(args.out).expanduser().parent)  # before the model is loaded
     result = export_network(args.run, format=args.format, out=args.out, input_shape=shape,
                             tracking_uri=args.tracking_uri)
     checked = ("" if result.max_difference is None
@@ -187,6 +191,12 @@ def _report(args: argparse.Namespace) -> None:
 
     if args.tracking_uri and not args.mlflow:
         raise ConfigError("report --tracking-uri is where --mlflow logs: add --mlflow")
+    if args.out:
+        from pathlib import Path
+
+        from raynas import storage
+
+        storage.check_reachable(Path(args.out).expanduser().parent)  # before the report is built
     store = ResultsStore(args.results)
     store.check()
     report = build_report(store, select=args.searches, top=args.top, cost=args.cost)

@@ -181,7 +181,8 @@ def check_reachable(uri: str | os.PathLike[str]) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create the folder {text}: {exc.strerror}") from None
+            reason = "a file has that name" if isinstance(exc, FileExistsError) else exc.strerror
+            raise StorageError(f"cannot create the folder {text}: {reason}") from None
         try:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".raynas-probe-"):
                 pass

@@ -77,6 +77,10 @@ def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
     assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
                  "--tracking-uri", uri]) == 2
     assert "no model in MLflow run" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["export", f"run:{run_id}", "--format", "onnx", "--out", str(tmp_path / "a-file" / "m.onnx"),
+                 "--tracking-uri", uri]) == 2  # where it writes is checked before the model is read
+    assert f"cannot create the folder {tmp_path / 'a-file'}: a file has that name" in capsys.readouterr().err
     missing = tmp_path / "elsewhere" / "mlflow.db"  # a store that is not there is not made
     assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
                  "--tracking-uri", f"sqlite:///{missing}"]) == 2

@@ -176,3 +176,6 @@ def test_report_mlflow_bad_input_is_one_line(tmp_path: Path, capsys: pytest.Capt
     assert not missing.parent.exists()
     assert main(["report", "--results", root, "--tracking-uri", uri]) == 2
     assert "add --mlflow" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["report", "--results", root, "--out", str(tmp_path / "a-file" / "r.html")]) == 2
+    assert f"cannot create the folder {tmp_path / 'a-file'}: a file has that name" in capsys.readouterr().err
