@@ -600,11 +600,10 @@ def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return apply_overrides(raw, overrides)
 
 
-def _duplicate_key(text: str) -> str | None:
-    """Where ``text`` (YAML that loads) gives a key twice in one mapping, which YAML forbids and
+def _duplicate_key(root: yaml.Node | None) -> str | None:
+    """Where the YAML node graph ``root`` gives a key twice in one mapping, which YAML forbids and
     PyYAML reads as the last one given (a second ``epochs:`` in a section silently won); None if
     nowhere. Keys merged in with ``<<: *alias`` may be overridden, as YAML means them to be."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: nothing is constructed
     seen_nodes: set[int] = set()
     todo = [root] if root is not None else []
     while todo:
@@ -633,12 +632,14 @@ def _duplicate_key(text: str) -> str | None:
 def _parse_yaml(text: str, what: str) -> Any:
     """``text`` read by YAML's safe loader, refusing a key given twice (:func:`_duplicate_key`);
     every failure is one :class:`ConfigError` line."""
+    loader = None
     try:
-        raw = yaml.safe_load(text)
-        twice = _duplicate_key(text)
+        loader = yaml.SafeLoader(text)  # what yaml.safe_load does, with the node graph checked between
+        root = loader.get_single_node()
+        twice = _duplicate_key(root)
         if twice is not None:
             raise ConfigError(f"{what} is not valid YAML: {twice}")
-        return raw
+        return None if root is None else loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -650,6 +651,9 @@ def _parse_yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what} nests too deeply; a job nests at most {MAX_DEPTH} levels") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{what} holds a value YAML cannot read: {_short(str(exc), 200)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def check_tree(raw: Any, where: str = "") -> None:
