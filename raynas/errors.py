@@ -4,7 +4,22 @@ from __future__ import annotations
 
 
 class RaynasError(Exception):
-    """Base of every error raynas reports to the user without a traceback."""
+    """Base of every error raynas reports to the user without a traceback.
+
+    torch's ``DataLoader`` re-raises an error of one of its worker processes (a corrupt image,
+    found while a batch is read) as the same class, its message the worker's whole traceback
+    (``Caught DataError in DataLoader worker process 0.`` then ``Original Traceback ...``, ending
+    with the error's own line, ``torch/_utils.py``'s ``ExceptionWrapper.reraise``): such an error
+    keeps its own message alone, the line the user is owed.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught "):
+            own = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+            head, found, message = args[0].rpartition(own)
+            if found and "\nOriginal Traceback" in head:
+                args = (message.strip(),)
+        super().__init__(*args)
 
 
 class ConfigError(RaynasError):
@@ -46,3 +61,10 @@ class ClusterLostError(RaynasError):
 
 class StorageError(RaynasError):
     """A storage location (local folder, ``s3://`` bucket, MLflow server) is unreachable or refuses access."""
+
+
+def cause(exc: BaseException, limit: int = 200) -> str:
+    """Why a library refused a file, for a one-line message: the error's class and text, cut at
+    ``limit`` characters (a ``UnicodeDecodeError``'s repr quotes every byte it was given)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

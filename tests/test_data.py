@@ -244,6 +244,8 @@ def test_missing_batch_file_is_named(cifar10_root: Path) -> None:
         pytest.param(b"", id="empty"),
         pytest.param(np.random.default_rng(0).bytes(4096), id="random-bytes"),
         pytest.param("truncated", id="truncated"),
+        # A text field of 5,000 bytes that are not UTF-8: the message says so without quoting them.
+        pytest.param(b"\x80\x02X\x88\x13\x00\x00" + b"\xff" * 5000 + b".", id="not-utf8"),
         pytest.param(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), id="no-labels"),
         pytest.param(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}), id="str-keys"),
         pytest.param(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), id="width"),
@@ -256,8 +258,9 @@ def test_corrupt_batch_file_is_named(cifar10_root: Path, content: bytes | str) -
         content = path.read_bytes()[:1000]
     path.write_bytes(content)  # type: ignore[arg-type]
     data = make("cifar10", path=str(cifar10_root))
-    with pytest.raises(DataError, match=r"data_batch_2'"):
+    with pytest.raises(DataError, match=r"data_batch_2'") as error:
         search_loaders(data, seed=0)
+    assert len(str(error.value)) < 300, str(error.value)[:300]
 
 
 @pytest.mark.parametrize(
@@ -327,6 +330,35 @@ def test_dataset_info_of_an_unknown_name_lists_the_datasets() -> None:
         dataset_info("mnist")
     for name in ("cifar10", "cifar100", "digits", "imagenet"):
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "loader-worker"])
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
+def test_an_unreadable_image_in_an_image_folder_is_one_line_naming_it(
+    tmp_path: Path, num_workers: int, damage: str
+) -> None:
+    """A training image cut short or not an image at all (ImageNet's folders are copied by hand)
+    fails the batch that reads it with a DataError naming the file in one line, read in the
+    training process or in a DataLoader worker process (torch re-raises a worker's error with its
+    whole traceback for message)."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for n in range(2):
+            Image.new("RGB", (8, 8), (n, 0, 0)).save(tmp_path / "train" / c / f"{n}.png")
+    bad = tmp_path / "train" / "b" / "1.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:1000] if damage == "truncated" else b"not an image")
+    data = make("imagenet", path=str(tmp_path), image_size=8, batch_size=2, num_workers=num_workers)
+    train, valid = search_loaders(data, seed=0)
+    with pytest.raises(DataError) as error:
+        for loader in (train, valid):
+            for _ in loader:
+                pass
+    message = str(error.value)
+    assert message.startswith(f"image {str(bad)!r} cannot be read ("), message
+    assert message.endswith("): replace or remove it") and "\n" not in message, message
 
 
 def test_an_image_folders_search_split_and_limit_keep_every_class_in_its_share(tmp_path: Path) -> None:

@@ -157,6 +157,30 @@ def test_a_missing_or_corrupt_dataset_is_named(tmp_path: Path, capsys: pytest.Ca
     assert "data_batch_1' is not a CIFAR python batch" in err
 
 
+def test_an_unreadable_image_ends_the_search_with_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image folder's file that is cut short is met only when a batch reads it, in a DataLoader
+    worker process here: the search ends with exit status 2 and one line naming the file, not the
+    worker's traceback."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "images" / "train" / c).mkdir(parents=True)
+        for n in range(8):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+                tmp_path / "images" / "train" / c / f"{n}.png")
+    bad = tmp_path / "images" / "train" / "b" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    data = {"name": "imagenet", "path": str(tmp_path / "images"), "image_size": 32, "batch_size": 4,
+            "limit": 0, "num_workers": 1}
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, data=data))
+    assert err == f"raynas: error: image {str(bad)!r} cannot be read (OSError: image file is truncated): " \
+        "replace or remove it"
+
+
 def test_a_missing_latency_table_says_where_it_was_looked_for(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

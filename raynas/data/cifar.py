@@ -20,7 +20,7 @@ from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.pickled import load_batch
 from raynas.data.transforms import Cutout, ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import DataError
+from raynas.errors import DataError, cause
 from raynas.types import DatasetInfo
 
 # Channel statistics used by DARTS (cnn/utils.py).
@@ -54,7 +54,7 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
             label = np.asarray(batch[label_key.encode()], dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise DataError(
-                f"{str(path)!r} is not a CIFAR python batch (needs 'data' and '{label_key}'): {exc!r}"
+                f"{str(path)!r} is not a CIFAR python batch (needs 'data' and '{label_key}'): {cause(exc)}"
             ) from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(label):
             raise DataError(f"{str(path)!r}: 'data' must be (N, 3072) with one label per row")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
-from raynas.errors import DataError
+from raynas.errors import DataError, cause
 from raynas.types import DatasetInfo
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,6 +41,19 @@ class ImageFolderConfig(LoaderConfig):
     random_erasing: Annotated[float, Rule(ge=0, le=1)] = 0.0
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     crop_pct: Annotated[float, Rule(gt=0, le=1)] = 0.875
+
+
+def read_image(path: str) -> Any:
+    """An image of the folder as RGB, read as ``ImageFolder``'s own loader reads it; a file that
+    is not a whole image (truncated, not an image at all) is a :class:`DataError` naming it,
+    raised when a batch first reads it."""
+    from PIL import Image
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image {path!r} cannot be read ({cause(exc)}): replace or remove it") from None
 
 
 @DATASETS.register("imagenet", config=ImageFolderConfig)
@@ -108,6 +121,6 @@ class ImageNet:
             *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD), *after,
         ])
         try:
-            return datasets.ImageFolder(str(root), transform=transform)
+            return datasets.ImageFolder(str(root), transform=transform, loader=read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"{str(root)!r}: {exc}") from None

@@ -22,7 +22,7 @@ from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.pickled import load_batch
 from raynas.data.transforms import ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import DataError
+from raynas.errors import DataError, cause
 from raynas.types import DatasetInfo
 
 # The benchmark's channel statistics and augmentation (random crop with 2 pixels of padding, flip).
@@ -72,7 +72,7 @@ def read_imagenet16(
             label = np.asarray(_field(batch, "labels"), dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise DataError(
-                f"{str(path)!r} is not an ImageNet16 batch (needs 'data' and 'labels'): {exc!r}"
+                f"{str(path)!r} is not an ImageNet16 batch (needs 'data' and 'labels'): {cause(exc)}"
             ) from None
         if data.ndim != 2 or data.shape[1] != 3 * 16 * 16 or len(data) != len(label):
             raise DataError(f"{str(path)!r}: 'data' must be (N, 768) with one label per row")

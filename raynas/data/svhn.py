@@ -19,7 +19,7 @@ import torch
 from raynas.config import Rule
 from raynas.data.base import DATASETS, LoaderConfig
 from raynas.data.transforms import Cutout, ImageTensors, Normalize, RandomCropFlip
-from raynas.errors import DataError
+from raynas.errors import DataError, cause
 from raynas.types import DatasetInfo
 
 # RobustDARTS's src/utils.py (_data_transforms_svhn).
@@ -49,7 +49,7 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     except (scipy.io.matlab.MatReadError, ValueError, KeyError, TypeError, OSError,
             NotImplementedError) as exc:
-        raise DataError(f"{str(path)!r} is not an SVHN .mat file (needs 'X' and 'y'): {exc!r}") from None
+        raise DataError(f"{str(path)!r} is not an SVHN .mat file (needs 'X' and 'y'): {cause(exc)}") from None
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.shape[3] != len(labels):
         raise DataError(
             f"{str(path)!r}: 'X' must be (32, 32, 3, N) with one label per image, got {images.shape}"
