@@ -363,6 +363,36 @@ def test_searches_started_at_once_on_a_new_sqlite_store_all_open_it(tmp_path: Pa
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["shared", "Default"]
 
 
+def test_searches_started_at_once_on_an_mlflow_server_share_one_new_experiment(mlflow_server: str) -> None:
+    """Eight searches (threads, released together) open a tracking server on one experiment it
+    does not hold yet: each looks it up, finds none and makes it, so all but one are refused
+    (RESOURCE_ALREADY_EXISTS; in five runs out of five here before the change): those take the
+    one made, and all record in it."""
+    import uuid
+
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    barrier = threading.Barrier(8)
+    ids: list[str] = []
+    errors: list[str] = []
+
+    MlflowTracker(tracking_uri=mlflow_server, experiment="warm-up")  # MLflow's first-use work
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            ids.append(MlflowTracker(tracking_uri=mlflow_server, experiment=name).experiment_id)
+        except Exception as exc:
+            errors.append(repr(exc)[:300])
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(ids) == 8, errors
+    assert ids == [MlflowClient(mlflow_server).get_experiment_by_name(name).experiment_id] * 8
+
+
 def test_a_store_mlflow_cannot_open_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import sqlite3
 

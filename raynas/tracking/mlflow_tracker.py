@@ -439,15 +439,10 @@ class MlflowTracker:
         self.client = open_client(self.tracking_uri)
         with store_opening(self.tracking_uri):  # two searches making the same experiment at once
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id if found
-                else self.client.create_experiment(
-                    experiment,
-                    artifact_location=artifact_location or default_artifact_location(self.tracking_uri),
-                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-                )
-            )
-        if found and EXPERIMENT_KIND_TAG not in found.tags:  # made by an older raynas, or by hand
+            if found is None:
+                found = self._create_experiment(experiment, artifact_location)
+            self.experiment_id = found.experiment_id
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older raynas, or by hand
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.run_id = ""
         self.attempts = attempts
@@ -456,6 +451,24 @@ class MlflowTracker:
         self._queue: list[Callable[[], Any]] = []
         self._warned = False
         self._down_at = 0.0  # when a record last failed on an outage; 0 while none waits
+
+    def _create_experiment(self, name: str, artifact_location: str | None) -> Any:
+        """Make experiment ``name``, or (a search on another machine made it since this one looked:
+        a server's stores are not locked by :func:`store_opening`) the one made."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment_id = self.client.create_experiment(
+                name,
+                artifact_location=artifact_location or default_artifact_location(self.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except MlflowException as exc:
+            found = self.client.get_experiment_by_name(name)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                raise
+            return found
+        return self.client.get_experiment(experiment_id)
 
     # -- the queue ----------------------------------------------------------------------------
 
