@@ -95,3 +95,49 @@ def test_a_group_waits_until_ray_has_placed_every_rank_and_says_so(ray_head: str
         assert ray.get([rank.__ray_ready__.remote() for rank in ranks]) == [True, True]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.integration
+def test_a_rank_whose_peer_dies_under_its_collective_is_a_lost_worker_and_the_group_is_rebuilt(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """Rank 1's process dies in the middle of an epoch, its connections to the group cut first
+    (as a killed process's are, a second before Ray reports it dead): rank 0's all-reduce fails at
+    once with gloo's "Connection closed by peer". That is a lost worker (WorkerLostError, which a
+    search answers by rebuilding the group from its last epoch), not rank 0's own error to stop the
+    search with a traceback, as it was; the rebuilt group trains."""
+    from raynas.config import ExecutionConfig
+    from raynas.errors import WorkerLostError
+
+    died = tmp_path / "died"
+
+    class Work:  # defined here: Ray's workers cannot import tests
+        device = "cpu"
+
+        def __init__(self, *, threads: int, rank: int, world_size: int) -> None:
+            self.rank = rank
+
+        def run_epoch(self) -> float:
+            import os
+            import time
+
+            import torch.distributed as dist
+
+            if self.rank == 1 and not died.exists():
+                died.write_text("")
+                dist.destroy_process_group()  # rank 0's all-reduce is cut off
+                time.sleep(1.0)
+                os._exit(1)
+            total = torch.ones(1)
+            dist.all_reduce(total)
+            return float(total)
+
+    worker = RayWorker(Work, ExecutionConfig(workers=2, cpus_per_worker=1, address=ray_head))
+    try:
+        with pytest.raises(WorkerLostError, match="Ray actor was lost"):
+            worker.run_epoch()
+        worker.restart()
+        assert worker.run_epoch() == 2.0
+    finally:
+        worker.close()
+        ray.shutdown()

@@ -201,22 +201,56 @@ def wait_placed(
             )
 
 
-def gather_group(actors: list[Any], refs: list[Any]) -> list[Any]:
+# How long a rank's failed call waits for Ray to report a peer lost, when it may have failed
+# because the peer was (a collective whose peer's process died: gloo's "Connection closed by
+# peer"): Ray reports a dead process at once, a node gone with its processes within its health
+# check (about 15 s by its defaults).
+PEER_LOSS_GRACE_S = 30.0
+
+
+def gather_group(actors: list[Any], refs: list[Any], *, grace_s: float = PEER_LOSS_GRACE_S) -> list[Any]:
     """The results of one call per rank of a data-parallel group (``refs``, in the order of
     ``actors``: setting the group up, training an epoch together), or the first error as soon as
     one rank fails: its peers are killed then, not left waiting in the group's rendezvous or
-    collective for torch's 30 minutes for a rank that will never come."""
+    collective for torch's 30 minutes for a rank that will never come.
+
+    A rank whose call fails with an error of its own (not raynas's) may have failed because a
+    peer died under it, its collective cut off: if Ray reports a rank lost within ``grace_s``, the
+    loss is the error (:class:`WorkerLostError`, which a search answers by rebuilding the group),
+    not the collective's."""
     pending = list(refs)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            remote_call(ready[0])
+            try:
+                remote_call(ready[0])
+            except ray.exceptions.RayTaskError:
+                lost = _lost_peer(pending, grace_s)
+                if lost is None:
+                    raise
+                raise lost from None
     except BaseException:
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
         raise
     return [remote_call(ref) for ref in refs]
+
+
+def _lost_peer(pending: list[Any], grace_s: float) -> WorkerLostError | None:
+    """The loss of a rank among ``pending`` calls that Ray reports within ``grace_s`` seconds;
+    None if every one ends otherwise or is still running then."""
+    deadline = time.monotonic() + grace_s
+    while pending and (left := deadline - time.monotonic()) > 0:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        for ref in ready:
+            try:
+                remote_call(ref)
+            except WorkerLostError as exc:
+                return exc
+            except ray.exceptions.RayTaskError:
+                pass  # the same failure, on another rank
+    return None
 
 
 def cluster_head() -> str:
@@ -474,7 +508,7 @@ class RayWorker:
     _get = staticmethod(remote_call)
 
     def run_epoch(self) -> Any:
-        reports = self._get([actor.run_epoch.remote() for actor in self.actors])
+        reports = gather_group(self.actors, [actor.run_epoch.remote() for actor in self.actors])
         if isinstance(reports[0], EpochReport):  # a search: every rank derived the same architecture
             keys = {report.architecture.key() for report in reports}
             if len(keys) > 1:
