@@ -177,6 +177,40 @@ def test_auxiliary_loss_is_added_with_its_weight() -> None:
     torch.testing.assert_close(before - model.aux.weight.detach(), expected_grad)
 
 
+@pytest.mark.parametrize("name", ["NASNet", "AmoebaNet"])
+def test_a_published_network_outside_the_darts_space_retrains_as_train_py_trains_it(
+    name: str, tmp_path: Path
+) -> None:
+    """NASNet's and AmoebaNet's cells (5 nodes, sep_conv_7x7, conv_7x1_1x7) are not in the darts
+    search space (4 nodes, 8 operations), but DARTS's train.py trains them from genotypes.py
+    (`--arch NASNet`): `raynas train` builds and trains them too (it refused them before), the
+    network the space builds from the genotype."""
+    from raynas.data import dataset_info
+    from raynas.spaces import SPACES
+
+    job = retrain_job(tmp_path, name, space={"name": "darts"},
+                      retrain={"epochs": 1, "channels": 4, "layers": 3, "learning_rate": 0.05})
+    config = parse_retrain_job(job)
+    space = SPACES.create("darts", config.space.config)
+    assert not space.contains(space.parse(name))
+    result = run_retrain(config, echo=lambda _: None)
+    assert result.architecture == space.parse(name)
+    network = space.build(result.architecture, dataset_info("digits"), channels=4, layers=3)
+    assert MlflowClient(config.tracking.tracking_uri).get_run(result.run_id).info.status == "FINISHED"
+    assert result.params == sum(p.numel() for p in network.parameters())
+
+
+def test_a_searched_architecture_another_space_cannot_build_is_refused(tmp_path: Path) -> None:
+    """A NAS-Bench-201 search's cell named for retraining in the darts space: neither in the space
+    nor a network its code builds, refused before any training."""
+    search_run = nb201_search(tmp_path)
+    job = retrain_job(tmp_path, f"run:{search_run}", space={"name": "darts"},
+                      retrain={"epochs": 1, "channels": 4, "layers": 3})
+    with pytest.raises(ArchitectureError, match="is not in the 'darts' space as configured, and its "
+                                                "network cannot be built from it"):
+        run_retrain(parse_retrain_job(job), echo=print)
+
+
 def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"genotype\.json"):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)

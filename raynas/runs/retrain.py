@@ -73,11 +73,29 @@ def resolve_architecture(config: RetrainConfig, tracker: MlflowTracker) -> tuple
         arch = Architecture.from_json(Path(path).read_text())
     else:
         arch, run_id = space.parse(text), None
-    if not space.contains(arch):
+    if not space_builds(space, arch, config):
         raise ArchitectureError(
-            f"architecture {text!r} is not in the {config.space.name!r} space as configured: {arch}"
+            f"architecture {text!r} is not in the {config.space.name!r} space as configured, and its "
+            f"network cannot be built from it: {arch}"
         )
     return arch, run_id
+
+
+def space_builds(space: Any, arch: Architecture, config: RetrainConfig) -> bool:
+    """Whether ``space`` holds ``arch`` or, outside it, builds its network all the same: a
+    published network of another search space, as DARTS's ``train.py`` trains NASNet and
+    AmoebaNet from its ``genotypes.py`` (5 nodes, ``sep_conv_7x7``, where its space has 4 nodes
+    and 8 operations)."""
+    if space.contains(arch):
+        return True
+    from raynas.data import dataset_info
+
+    try:
+        space.build(arch, dataset_info(config.data.name), channels=config.retrain.channels or None,
+                    layers=config.retrain.layers or None)
+    except Exception:  # whatever the space's code raises for what it cannot build
+        return False
+    return True
 
 
 def build_network(
