@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from raynas.errors import ClusterLostError, RaynasError, WorkerLostError
+from raynas.errors import ClusterLostError, ConfigError, RaynasError, WorkerLostError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +30,21 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"raynas: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
+
+
+def _at_least(minimum: int, *, or_zero: bool = False) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (or 0, which turns a thing off)."""
+
+    def whole(text: str) -> int:
+        value = int(text)  # not a number: argparse's "invalid int value"
+        if value < minimum and not (or_zero and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 (none) or ' if or_zero else ''}{minimum} or more, got {value}"
+            )
+        return value
+
+    whole.__name__ = "int"  # argparse names the type so in its message
+    return whole
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument(
         "--dataset", help="cifar10, cifar100, imagenet, or ptb (default: the space's, cifar10 or ptb)"
     )
-    describe.add_argument("--channels", type=int, help="initial channels (default: the paper's)")
-    describe.add_argument("--layers", type=int, help="number of cells (default: the paper's)")
+    describe.add_argument("--channels", type=_at_least(1), help="initial channels (default: the paper's)")
+    describe.add_argument("--layers", type=_at_least(1), help="number of cells (default: the paper's)")
     describe.add_argument("--input-size", help="HxW of the input, e.g. 1024x2048 (default: the dataset's)")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -122,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: 10)")
     latency.add_argument("--repeats", type=int, default=30, help="timed runs, median taken (default: 30)")
     latency.add_argument(
-        "--validate", type=int, default=0, metavar="N",
+        "--validate", type=_at_least(2, or_zero=True), default=0, metavar="N",
         help="also time N sampled whole networks and print the table's rank correlation with them",
     )
 
@@ -137,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         "--search", dest="searches", action="append", default=[], metavar="ID_OR_NAME",
         help="a search id or job name (repeatable; default: every search in the store)",
     )
-    report.add_argument("--top", type=int, default=10, help="rows of the best-architectures table")
+    report.add_argument("--top", type=_at_least(1), default=10, help="rows of the best-architectures table")
     report.add_argument(
         "--cost", default="params", help="the Pareto front's cost metric (params, macs, latency_ms, ...)"
     )
@@ -185,7 +201,6 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from raynas.errors import ConfigError
     from raynas.runs.report import build_report, format_text, write_report
     from raynas.tracking.results import ResultsStore
 
@@ -362,7 +377,6 @@ def _study(args: argparse.Namespace) -> None:
 
 def _input_size(text: str | None, default: int) -> tuple[int, int]:
     """``"1024x2048"`` -> (1024, 2048); None -> the dataset's square size."""
-    from raynas.errors import ConfigError
 
     if text is None:
         return default, default
@@ -383,8 +397,13 @@ def _describe(args: argparse.Namespace) -> None:
     space = SPACES.create(args.space)
     arch = space.parse(args.arch)
     info = dataset_info(args.dataset or getattr(space, "reference_dataset", "cifar10"))
-    model = space.build(arch, info, channels=args.channels, layers=args.layers,
-                        auxiliary=info.task == "classification")  # no dense-prediction heads
+    try:
+        model = space.build(arch, info, channels=args.channels, layers=args.layers,
+                            auxiliary=info.task == "classification")  # no dense-prediction heads
+    except (RuntimeError, ValueError, IndexError) as exc:  # sizes the network's code cannot take
+        raise ConfigError(
+            f"the {args.space!r} network of {args.arch} cannot be built as asked ({exc})"
+        ) from None
     if hasattr(space, "example_input"):  # token inputs (darts_rnn): no image, no MAC count
         params = count_params(model)
         if args.json:
@@ -394,7 +413,14 @@ def _describe(args: argparse.Namespace) -> None:
                   f"  parameters        {params:>13,}  ({params / 1e6:.2f}M)")
         return
     height, width = _input_size(args.input_size, info.image_size)
-    stats = model_stats(model, (info.in_channels, height, width))
+    try:
+        stats = model_stats(model, (info.in_channels, height, width))
+    except RuntimeError as exc:  # inputs smaller than the network's downsampling
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"the {args.space!r} network of {args.arch} does not run on {height}x{width} inputs "
+            f"({reason}); give a larger --input-size or another --dataset"
+        ) from None
     if args.json:
         print(json.dumps({"space": args.space, "dataset": info.name, **stats.as_dict()}))
         return
@@ -415,7 +441,6 @@ def _latency(args: argparse.Namespace) -> None:
 
     from raynas import storage
     from raynas.data import dataset_info
-    from raynas.errors import ConfigError
     from raynas.latency import LatencyTable, TimingOptions, build_table, check_table, table_path
     from raynas.spaces import SPACES
 

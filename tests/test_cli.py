@@ -58,6 +58,13 @@ def test_describe_reads_a_genotype_file_and_prints_a_table(
         (["describe", "--genotype", "DARTS", "--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["describe", "--space", "nope", "--genotype", "DARTS"], "unknown space 'nope'; choose one of"),
         (["search", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        # Inputs smaller than the network's downsampling, and a size the network cannot take.
+        (["describe", "--space", "convnext", "--arch", "convnext_tiny", "--dataset", "digits"],
+         "the 'convnext' network of convnext_tiny does not run on 8x8 inputs ("),
+        (["describe", "--genotype", "DARTS", "--dataset", "imagenet", "--input-size", "8x8"],
+         "does not run on 8x8 inputs ("),
+        (["describe", "--space", "auto_deeplab", "--arch", "hnasnet", "--layers", "1"],
+         "the 'auto_deeplab' network of hnasnet cannot be built as asked (the architecture's path has 12"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(
@@ -67,6 +74,29 @@ def test_bad_input_is_one_line_and_status_2(
     err = capsys.readouterr().err
     assert err.startswith("raynas: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["describe", "--genotype", "DARTS", "--layers", "-1"],
+         "argument --layers: must be 1 or more, got -1"),
+        (["describe", "--genotype", "DARTS", "--channels", "0"], "argument --channels: must be 1 or more"),
+        (["latency", "--space", "fbnet", "--dataset", "cifar10", "--validate", "1"],
+         "argument --validate: must be 0 (none) or 2 or more, got 1"),
+        (["report", "--top", "0"], "argument --top: must be 1 or more, got 0"),
+    ],
+)
+def test_counts_out_of_range_are_refused_by_the_argument_parser_in_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative --layers was an IndexError from the network's code, --validate 1 a ValueError
+    from the rank correlation after timing, --top 0 an empty table."""
+    with pytest.raises(SystemExit) as exit_:  # raynas.cli.run turns it into the exit status
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raynas: error: {message}") and len(err.strip().splitlines()) == 1, err
 
 
 def test_search_config_errors_exit_2_without_traceback(tmp_path: Path) -> None:
