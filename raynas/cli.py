@@ -392,11 +392,13 @@ def _input_size(text: str | None, default: int) -> tuple[int, int]:
 def _describe(args: argparse.Namespace) -> None:
     from raynas.data import dataset_info
     from raynas.profile import count_params, model_stats
+    from raynas.runs.jobs import check_inputs
     from raynas.spaces import SPACES
 
     space = SPACES.create(args.space)
     arch = space.parse(args.arch)
     info = dataset_info(args.dataset or getattr(space, "reference_dataset", "cifar10"))
+    check_inputs(args.space, info.name)
     try:
         model = space.build(arch, info, channels=args.channels, layers=args.layers,
                             auxiliary=info.task == "classification")  # no dense-prediction heads

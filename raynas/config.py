@@ -1528,6 +1528,8 @@ TRAITS: dict[str, str] = {
     "latency_keys": "latency-table keys of a network (epnas's max_latency_ms)",
     "layer_candidates": "the blocks every layer offers (ran_e's replacement and seed_block)",
     "scale": "scales a base network by multipliers (strategy ran_i)",
+    # A space's and a dataset's:
+    "tokens": "its networks read token ids, language models (a space); it holds token text (a dataset)",
     "morphisms": "grows networks by morphisms (strategy autokeras, evaluator morphism)",
     # A strategy's (read off its class):
     "kind": "'sampling' (ask/tell, an evaluator scores candidates) or 'gradient' (trains its supernet)",
@@ -1608,7 +1610,17 @@ def check_search_job(scope: Mapping[str, Any], checks: Mapping[str, Iterable[Che
 _TUNED = "'tune' in given and tune['enabled']"
 _FINETUNES = "evaluator == 'supernet' and evaluator_settings['epochs'] >= 1"
 
+INPUTS_MATCH = Check(
+    "space_is['tokens'] == data_is['tokens']",
+    "dataset {data!r} holds {'token text' if data_is['tokens'] else 'images'}, "
+    "but the {space!r} space's networks read "
+    "{'token ids (language models)' if space_is['tokens'] else 'images'}: use "
+    "{'a text dataset (ptb, wikitext2)' if space_is['tokens'] else 'an image dataset'}",
+)
+"""The space's networks read what the dataset holds (a search's, a retraining's, ``describe``'s)."""
+
 SEARCH_CHECKS: tuple[Check, ...] = (
+    INPUTS_MATCH,
     Check(
         "final['top'] == 0 or strategy_is['kind'] == 'sampling' or strategy_is['draws_answers'] "
         "or 'seeds' in given",

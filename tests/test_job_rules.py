@@ -155,3 +155,40 @@ def test_hyperband_starts_a_trial_only_while_fewer_than_concurrency_train(
     assert choose(["RUNNING", "PAUSED", "PENDING"]) == "next"
     assert choose(["RUNNING", "RUNNING", "PAUSED", "PENDING"]) is None  # two train already
     assert choose(["PAUSED", "PAUSED", "PENDING"]) == "next"  # paused trials do not count
+
+
+@pytest.mark.parametrize(
+    ("space", "data", "says"),
+    [
+        ("darts", {"name": "ptb", "path": "/tmp"},
+         "dataset 'ptb' holds token text, but the 'darts' space's networks read images: use an image "
+         "dataset"),
+        ("darts_rnn", {"name": "digits"},
+         "dataset 'digits' holds images, but the 'darts_rnn' space's networks read token ids (language "
+         "models): use a text dataset (ptb, wikitext2)"),
+    ],
+)
+def test_a_space_and_a_dataset_of_other_inputs_are_refused_by_search_train_and_describe(
+    space: str, data: dict[str, Any], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CNN space on Penn Treebank's text searched until its first batch met a convolution (a
+    traceback); a recurrent space on images was a vocabulary of 10 "words" in `describe`."""
+    from conftest import answers_without_heavy_imports, write_job
+
+    from raynas.cli import main
+    from raynas.runs.jobs import parse_retrain_job
+
+    job = tiny_job(tmp_path)
+    job["space"], job["data"] = {"name": space}, data
+    with pytest.raises(ConfigError) as refused:
+        parse_job(job)
+    assert str(refused.value) == says
+    [[status, err]] = answers_without_heavy_imports([["search", str(write_job(tmp_path, job))]])
+    assert (status, err) == (2, f"raynas: error: {says}\n")  # from the job file, before torch loads
+    retraining = {"name": "r", "architecture": "DARTS_V2", "space": {"name": space}, "data": data}
+    with pytest.raises(ConfigError) as refused:
+        parse_retrain_job(retraining)
+    assert str(refused.value) == says
+    capsys.readouterr()
+    assert main(["describe", "--space", space, "--genotype", "DARTS_V2", "--dataset", data["name"]]) == 2
+    assert capsys.readouterr().err == f"raynas: error: {says}\n"

@@ -394,6 +394,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"final": {"top": 2}},
     {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
+    {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
 ]
 
 
@@ -477,11 +478,26 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
             "layer_candidates": next(iter(candidates)) if hasattr(space, "layer_latency_keys") else False,
             "scale": hasattr(space, "scale"),
             "morphisms": hasattr(space, "seed_architecture") and hasattr(space, "neighbours"),
+            "tokens": hasattr(space, "example_input"),  # its networks' inputs are token ids
         }
         assert traits is not None
         assert {k: traits[k] for k in does} == does, name
         if does["cell_shape"]:
             assert traits["cell_shapes"] == cell_shapes_counted(space), name
+
+
+def test_each_built_in_dataset_declares_whether_it_holds_token_text_as_its_loader_reads_it() -> None:
+    """The datasets' ``tokens`` trait (the rule that a space reads what its dataset holds) is what
+    their loaders do: token text through the Penn Treebank loader's settings (ptb, wikitext2),
+    images otherwise."""
+    from raynas.data import DATASETS
+    from raynas.data.ptb import PtbConfig
+    from raynas.runs.jobs import component_manifest
+
+    declared = component_manifest()["data"]["traits"]
+    assert sorted(declared) == sorted(DATASETS.names())
+    for name, traits in declared.items():
+        assert traits == {"tokens": issubclass(DATASETS.entry(name).config, PtbConfig)}, name
 
 
 def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:

@@ -104,7 +104,7 @@ class _Cifar:
         )
 
 
-@DATASETS.register("cifar10", config=CifarConfig)
+@DATASETS.register("cifar10", config=CifarConfig, traits={"tokens": False})
 class Cifar10(_Cifar):
     """CIFAR-10: 50,000 training and 10,000 test images of 10 classes."""
 
@@ -116,7 +116,7 @@ class Cifar10(_Cifar):
     info = DatasetInfo(name="cifar10", in_channels=3, num_classes=10, image_size=32)
 
 
-@DATASETS.register("cifar100", config=CifarConfig)
+@DATASETS.register("cifar100", config=CifarConfig, traits={"tokens": False})
 class Cifar100(_Cifar):
     """CIFAR-100: 50,000 training and 10,000 test images of 100 classes (fine labels)."""
 

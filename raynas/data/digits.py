@@ -28,7 +28,7 @@ class DigitsConfig(LoaderConfig):
     shuffle_seed: int = 0
 
 
-@DATASETS.register("digits", config=DigitsConfig)
+@DATASETS.register("digits", config=DigitsConfig, traits={"tokens": False})
 class Digits:
     """scikit-learn's ``load_digits``: pixel values 0..16, scaled and normalised."""
 

@@ -56,7 +56,7 @@ def read_image(path: str) -> Any:
         raise DataError(f"image {path!r} cannot be read ({cause(exc)}): replace or remove it") from None
 
 
-@DATASETS.register("imagenet", config=ImageFolderConfig)
+@DATASETS.register("imagenet", config=ImageFolderConfig, traits={"tokens": False})
 class ImageNet:
     """ImageNet with the usual random-resized-crop and flip augmentation."""
 

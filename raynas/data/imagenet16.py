@@ -82,7 +82,7 @@ def read_imagenet16(
     return np.concatenate(images), np.concatenate(labels)
 
 
-@DATASETS.register("ImageNet16-120", config=ImageNet16Config)
+@DATASETS.register("ImageNet16-120", config=ImageNet16Config, traits={"tokens": False})
 class ImageNet16:
     """ImageNet16-120: 16x16 images of 120 ImageNet classes (151,700 training images)."""
 

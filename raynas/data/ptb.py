@@ -167,7 +167,7 @@ def _single(items: list[Any]) -> Any:
     return items[0]  # a batch sampler of one key per batch: the item is the batch
 
 
-@DATASETS.register("ptb", config=PtbConfig)
+@DATASETS.register("ptb", config=PtbConfig, traits={"tokens": True})
 class Ptb:
     """Penn Treebank for word-level language models; ``info.num_classes`` is the vocabulary size.
 

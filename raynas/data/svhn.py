@@ -60,7 +60,7 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, (labels % 10).astype(np.int64)
 
 
-@DATASETS.register("svhn", config=SvhnConfig)
+@DATASETS.register("svhn", config=SvhnConfig, traits={"tokens": False})
 class Svhn:
     """SVHN: 73,257 training and 26,032 test images of the digits 0-9 (label 0 for the digit 0)."""
 

@@ -44,7 +44,7 @@ class WikiText2Config(PtbConfig):
     path: Annotated[str, Rule(missing="the folder holding wiki.train.tokens")] = ""
 
 
-@DATASETS.register("wikitext2", config=WikiText2Config)
+@DATASETS.register("wikitext2", config=WikiText2Config, traits={"tokens": True})
 class WikiText2(Ptb):
     """WikiText-2 for word-level language models; ``info.num_classes`` is the vocabulary size."""
 

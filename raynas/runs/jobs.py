@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.config import (
+    INPUTS_MATCH,
     JOB_SECTIONS,
     Check,
     Component,
@@ -311,9 +312,28 @@ def parse_retrain_job(raw: dict[str, Any]) -> RetrainConfig:
         raise ConfigError(
             "config key 'architecture' is missing: a published name, a JSON file, or run:<MLflow run id>"
         )
-    return RetrainConfig(
+    config = RetrainConfig(
         **parse_sections(raw, RetrainConfig, {"space": _parser(SPACES), "data": _parser(DATASETS)})
     )
+    check_inputs(config.space.name, config.data.name)
+    return config
+
+
+def check_inputs(space: str, data: str) -> None:
+    """That the networks of registered space ``space`` read what dataset ``data`` holds, token
+    text or images (:data:`raynas.config.INPUTS_MATCH` over their registered traits).
+
+    Raises:
+        ConfigError: They do not.
+    """
+    scope = {"space": space, "data": data, "space_is": trait_values(SPACES.entry(space).traits, {}),
+             "data_is": trait_values(DATASETS.entry(data).traits, {})}
+    try:
+        message = INPUTS_MATCH.broken_by(scope)
+    except (LookupError, TypeError):  # a component registered without the trait: left to its code
+        return
+    if message is not None:
+        raise ConfigError(message)
 
 
 def load_retrain_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RetrainConfig:
@@ -321,4 +341,7 @@ def load_retrain_job(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     return parse_retrain_job(read_job(path, overrides, kind="retrain"))
 
 
-__all__ = ["component", "is_sampling", "load_job", "load_retrain_job", "parse_job", "parse_retrain_job"]
+__all__ = [
+    "check_inputs", "component", "is_sampling", "load_job", "load_retrain_job", "parse_job",
+    "parse_retrain_job",
+]

@@ -378,7 +378,7 @@ class DartsRnnSpaceConfig:
 @SPACES.register(
     "darts_rnn", config=DartsRnnSpaceConfig,
     traits={
-        "choices": True, "one_shot": True, "cell_shape": True,
+        "choices": True, "one_shot": True, "cell_shape": True, "tokens": True,
         # One predecessor a node, every node in the output: a tree under state 0 whose height is
         # the depth less one; height 1 only with every node on state 0 (width = nodes), any other
         # height h leaves 1 to nodes - h + 1 nodes on state 0 (tests/test_startup.py counts
