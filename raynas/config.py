@@ -1530,6 +1530,8 @@ TRAITS: dict[str, str] = {
     "scale": "scales a base network by multipliers (strategy ran_i)",
     # A space's and a dataset's:
     "tokens": "its networks read token ids, language models (a space); it holds token text (a dataset)",
+    "dense": "its search's networks label every pixel, segmentation (a space); it labels every pixel "
+             "(a dataset)",
     "morphisms": "grows networks by morphisms (strategy autokeras, evaluator morphism)",
     # A strategy's (read off its class):
     "kind": "'sampling' (ask/tell, an evaluator scores candidates) or 'gradient' (trains its supernet)",
@@ -1621,6 +1623,15 @@ INPUTS_MATCH = Check(
 
 SEARCH_CHECKS: tuple[Check, ...] = (
     INPUTS_MATCH,
+    Check(
+        "space_is['dense'] == data_is['dense']",
+        "dataset {data!r} "
+        "{'labels every pixel (segmentation)' if data_is['dense'] else 'labels whole images'}, "
+        "but the {space!r} space's search networks "
+        "{'classify whole images' if data_is['dense'] else 'label every pixel'}: "
+        "{'search it with auto_deeplab, or retrain a cell found on images on it with `raynas train` '"
+        "'(jobs/transfer_darts_cityscapes.yaml)' if data_is['dense'] else 'use a segmentation dataset'}",
+    ),
     Check(
         "final['top'] == 0 or strategy_is['kind'] == 'sampling' or strategy_is['draws_answers'] "
         "or 'seeds' in given",

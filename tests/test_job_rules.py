@@ -192,3 +192,28 @@ def test_a_space_and_a_dataset_of_other_inputs_are_refused_by_search_train_and_d
     capsys.readouterr()
     assert main(["describe", "--space", space, "--genotype", "DARTS_V2", "--dataset", data["name"]]) == 2
     assert capsys.readouterr().err == f"raynas: error: {says}\n"
+
+
+@pytest.mark.parametrize(
+    ("space", "data", "says"),
+    [
+        ("nb201", {"name": "cityscapes", "path": "/tmp"},
+         "dataset 'cityscapes' labels every pixel (segmentation), but the 'nb201' space's search networks "
+         "classify whole images: search it with auto_deeplab, or retrain a cell found on images on it"),
+        ("darts", {"name": "cityscapes", "path": "/tmp"}, "but the 'darts' space's search networks classify"),
+        ("auto_deeplab", {"name": "digits"},
+         "dataset 'digits' labels whole images, but the 'auto_deeplab' space's search networks label every "
+         "pixel: use a segmentation dataset"),
+    ],
+)
+def test_a_search_whose_space_predicts_other_labels_than_its_dataset_holds_is_refused(
+    space: str, data: dict[str, Any], says: str, tmp_path: Path
+) -> None:
+    """A classifier's supernet on Cityscapes, Auto-DeepLab's on the digits: each searched until
+    the loss met labels of the other shape (a traceback)."""
+    import re
+
+    job = tiny_job(tmp_path)
+    job["space"], job["data"] = {"name": space}, data
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_job(job)

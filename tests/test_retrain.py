@@ -211,6 +211,16 @@ def test_a_searched_architecture_another_space_cannot_build_is_refused(tmp_path:
         run_retrain(parse_retrain_job(job), echo=print)
 
 
+def test_retraining_a_segmentation_network_on_whole_image_labels_is_refused(tmp_path: Path) -> None:
+    """Auto-DeepLab's network labels every pixel; the digits label whole images: one line before
+    training (a traceback from the loss, at the first batch, before)."""
+    job = retrain_job(tmp_path, "hnasnet", space={"name": "auto_deeplab"},
+                      retrain={"epochs": 1, "channels": 4})
+    with pytest.raises(ConfigError, match="the 'auto_deeplab' space builds segmentation networks "
+                                          r"\(a class per pixel\); digits labels whole images"):
+        run_retrain(parse_retrain_job(job), echo=print)
+
+
 def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"genotype\.json"):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)

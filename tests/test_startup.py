@@ -395,6 +395,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
     {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
+    {"data": {"name": "cityscapes", "path": "/tmp"}},  # a label per pixel for a space of classifiers
 ]
 
 
@@ -486,18 +487,21 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
             assert traits["cell_shapes"] == cell_shapes_counted(space), name
 
 
-def test_each_built_in_dataset_declares_whether_it_holds_token_text_as_its_loader_reads_it() -> None:
-    """The datasets' ``tokens`` trait (the rule that a space reads what its dataset holds) is what
-    their loaders do: token text through the Penn Treebank loader's settings (ptb, wikitext2),
-    images otherwise."""
-    from raynas.data import DATASETS
+def test_each_built_in_dataset_declares_what_it_holds_as_its_loader_reads_it() -> None:
+    """The datasets' ``tokens`` and ``dense`` traits (the rules that a space reads what its
+    dataset holds and predicts what it labels) are what their loaders do: token text through the
+    Penn Treebank loader's settings (ptb, wikitext2), images otherwise; a label per pixel where
+    the dataset's task is segmentation (cityscapes)."""
+    from raynas.data import DATASETS, dataset_info
     from raynas.data.ptb import PtbConfig
     from raynas.runs.jobs import component_manifest
 
     declared = component_manifest()["data"]["traits"]
     assert sorted(declared) == sorted(DATASETS.names())
     for name, traits in declared.items():
-        assert traits == {"tokens": issubclass(DATASETS.entry(name).config, PtbConfig)}, name
+        does = {"tokens": issubclass(DATASETS.entry(name).config, PtbConfig),
+                "dense": dataset_info(name).task == "segmentation"}
+        assert {"tokens": False, "dense": False, **traits} == does, name
 
 
 def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:

@@ -182,7 +182,7 @@ class CityscapesImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x.contiguous(), y.contiguous()
 
 
-@DATASETS.register("cityscapes", config=CityscapesConfig, traits={"tokens": False})
+@DATASETS.register("cityscapes", config=CityscapesConfig, traits={"tokens": False, "dense": True})
 class Cityscapes:
     """Cityscapes fine annotations, 19 classes."""
 

@@ -136,6 +136,11 @@ def build_network(
             f"the {config.space.name!r} space builds no segmentation network for {info.name} "
             "(it predicts one class per image); the darts and auto_deeplab spaces do"
         )
+    if info.task != "segmentation" and logits.dim() == 4:
+        raise ConfigError(
+            f"the {config.space.name!r} space builds segmentation networks (a class per pixel); "
+            f"{info.name} labels whole images: retrain it on a segmentation dataset (cityscapes)"
+        )
     return network
 
 

@@ -311,7 +311,7 @@ VARIANTS = {"S": 20, "M": 32, "L": 48}
 
 @SPACES.register(
     "auto_deeplab", config=AutoDeepLabSpaceConfig,
-    traits={"choices": True, "cell_shape": True, "cell_shapes": cell_shapes_trait("blocks")},
+    traits={"choices": True, "cell_shape": True, "cell_shapes": cell_shapes_trait("blocks"), "dense": True},
 )
 class AutoDeepLabSpace:
     """The Auto-DeepLab cell and network-path space.
