@@ -1528,6 +1528,8 @@ TRAITS: dict[str, str] = {
     "latency_keys": "latency-table keys of a network (epnas's max_latency_ms)",
     "layer_candidates": "the blocks every layer offers (ran_e's replacement and seed_block)",
     "scale": "scales a base network by multipliers (strategy ran_i)",
+    "fixed_size": "its networks take their widths and depths from its config, no channels or layers "
+                  "to set (fbnet's stage_channels, stage_depths)",
     # A space's and a dataset's:
     "tokens": "its networks read token ids, language models (a space); it holds token text (a dataset)",
     "dense": "its search's networks label every pixel, segmentation (a space); it labels every pixel "
@@ -1623,6 +1625,16 @@ INPUTS_MATCH = Check(
 
 SEARCH_CHECKS: tuple[Check, ...] = (
     INPUTS_MATCH,
+    *(Check(
+        f"not space_is['fixed_size'] or {sized}",
+        f"config keys '{name}.channels' and '{name}.layers': the {{space!r}} space takes its networks' "
+        "widths and depths from its config (space.stage_channels, space.stage_depths): leave them "
+        "out",
+    ) for name, sized in (
+        ("evaluator", "evaluator is None or 'channels' not in evaluator_settings "
+                      "or evaluator_settings['channels'] == evaluator_settings['layers'] == 0"),
+        ("final", "final['top'] == 0 or final['channels'] == final['layers'] == 0"),
+    )),
     Check(
         "space_is['dense'] == data_is['dense']",
         "dataset {data!r} "

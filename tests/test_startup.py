@@ -396,6 +396,11 @@ JOB_CASES: list[dict[str, Any]] = [
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
     {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
     {"data": {"name": "cityscapes", "path": "/tmp"}},  # a label per pixel for a space of classifiers
+    # Sizes for a space whose networks take theirs from its config.
+    {"space": "fbnet", "strategy": {"name": "random", "evaluations": 2},
+     "evaluator": {"name": "training_free", "channels": 8}},
+    {"space": "fbnet", "strategy": {"name": "random", "evaluations": 2}, "evaluator": "training_free",
+     "final": {"top": 1, "layers": 3}},
 ]
 
 
@@ -480,11 +485,30 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
             "scale": hasattr(space, "scale"),
             "morphisms": hasattr(space, "seed_architecture") and hasattr(space, "neighbours"),
             "tokens": hasattr(space, "example_input"),  # its networks' inputs are token ids
+            "fixed_size": refuses_sizes(space),
         }
         assert traits is not None
         assert {k: traits[k] for k in does} == does, name
         if does["cell_shape"]:
             assert traits["cell_shapes"] == cell_shapes_counted(space), name
+
+
+def refuses_sizes(space: Any) -> bool:
+    """Whether ``space`` refuses to build a network at channels and layers given to it."""
+    from raynas.data import dataset_info
+    from raynas.errors import ConfigError
+
+    info = dataset_info(getattr(space, "reference_dataset", "cifar10"))
+    import random
+
+    arch = space.sample(random.Random(0))
+    try:
+        space.build(arch, info, channels=8, layers=3)
+    except ConfigError as exc:
+        return "channels" in str(exc)
+    except Exception:  # a size the network cannot take: it took the setting
+        return False
+    return False
 
 
 def test_each_built_in_dataset_declares_what_it_holds_as_its_loader_reads_it() -> None:

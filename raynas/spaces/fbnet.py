@@ -266,7 +266,7 @@ def load_arch(text: str) -> FbnetArch:
     "fbnet", config=FbnetSpaceConfig,
     traits={
         "choices": True, "one_shot": True, "layer_shapes": True, "latency_tables": True, "latency_keys": True,
-        "layer_candidates": LAYER_OPTIONS,
+        "layer_candidates": LAYER_OPTIONS, "fixed_size": True,
     },
 )
 class FbnetSpace:
