@@ -334,3 +334,23 @@ def test_a_single_path_runs_only_its_own_candidates() -> None:
         candidates = [p for n, p in net.named_parameters() if ".ops." in n or ".candidates." in n]
         assert any(p.grad is None for p in candidates), name
         assert any(p.grad is not None for p in candidates), name
+
+
+@pytest.mark.parametrize("space", ["nexception", "convnext"])
+def test_a_space_whose_networks_do_not_run_on_the_inputs_is_refused_before_the_search_starts(
+    space: str, tmp_path: Path
+) -> None:
+    """NEXcepTion's and ConvNeXt's default networks downsample the 8x8 digits to nothing (ConvNeXt's
+    macro space only for some architectures: its stem and stages are choices): one line naming the
+    inputs and an architecture that fails, before any run or checkpoint is made (a traceback from the
+    evaluator at a candidate, the search's run left unfinished, before)."""
+    job = tiny_job(tmp_path, evaluator={"name": "training_free", "proxy": "ntk"})
+    job["space"], job["strategy"] = {"name": space}, {"name": "random", "evaluations": 3}
+    job.pop("train")
+    with pytest.raises(ConfigError, match=rf"the '{space}' space's networks do not run on digits's 8x8 "
+                                          r"inputs \(as .+: .+\): use a dataset of larger images"):
+        run_search(parse_job(job), echo=lambda _: None)
+    # Nothing but the lock a run holds while it works (raynas.runs.common.sole_writer).
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["checkpoint.pt.lock"]
+    assert MlflowClient(job["tracking"]["tracking_uri"]).search_runs(
+        [e.experiment_id for e in MlflowClient(job["tracking"]["tracking_uri"]).search_experiments()]) == []

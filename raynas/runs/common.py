@@ -23,7 +23,7 @@ from raynas.config import SearchConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
-from raynas.profile import count_macs, count_params, counting_device
+from raynas.profile import REAL_COUNT_PIXELS, count_macs, count_params, counting_device
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
@@ -352,6 +352,47 @@ def searched_network(
         )
 
 
+def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) -> None:
+    """That the networks of ``samples`` architectures of the job's space, drawn from the job's
+    seed, at ``size`` (the one the evaluator scores), run on one input of the job's data: inputs
+    smaller than the space's downsampling (NEXcepTion's on the 8x8 digits; ConvNeXt's macro space,
+    where it depends on the architecture) are one line before the search starts, not a traceback
+    at a candidate. Each runs on the CPU, or, for inputs of more than
+    :data:`raynas.profile.REAL_COUNT_PIXELS` pixels, on the ``meta`` device, from shapes alone (a
+    failure there is tried on the CPU, which decides).
+
+    Raises:
+        ConfigError: A network does not run on the data's inputs.
+    """
+    import random
+
+    space, info = job_space(config), dataset_info(config.data.name)
+    if hasattr(space, "example_input") or not hasattr(space, "sample"):
+        return  # token inputs: any length runs
+    rng, shape = random.Random(config.seed), example_input(config).shape
+    for _ in range(samples):
+        arch = space.sample(rng)
+        if info.image_size**2 > REAL_COUNT_PIXELS:
+            try:
+                with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.no_grad():
+                    space.build(arch, info, **size).eval()(torch.zeros(shape))
+                continue
+            except Exception:  # the meta device has failures of its own: the CPU decides
+                pass
+        with torch.random.fork_rng(devices=[]):
+            network = space.build(arch, info, **size).eval()
+        try:
+            with torch.no_grad():
+                network(torch.zeros(shape))
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise ConfigError(
+                f"the {config.space.name!r} space's networks do not run on {info.name}'s "
+                f"{info.image_size}x{info.image_size} inputs (as {arch}: {reason}): use a dataset of "
+                "larger images, or a space config that downsamples less"
+            ) from None
+
+
 def image_shape(info: DatasetInfo) -> tuple[int, int, int]:
     """One image of the dataset ``info`` describes, without the batch dimension."""
     return (info.in_channels, info.image_size, info.image_size)
@@ -522,7 +563,8 @@ def reference_name(space: str) -> str:
 
 
 __all__ = [
-    "RANDOM_CELLS", "CandidateCosts", "SearchResult", "cell_shapes", "example_input", "finished_result",
+    "RANDOM_CELLS", "CandidateCosts", "SearchResult", "cell_shapes", "check_networks_run", "example_input",
+    "finished_result",
     "format_duration", "job_space", "log_cell_shapes", "network_costs", "network_sizes", "open_tracker",
     "random_cell_shapes", "read_checkpoint", "read_prior", "reference_name", "result_costs", "retrain_size",
     "run_path", "scored_size", "searched_network", "shape_space",

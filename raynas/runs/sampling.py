@@ -40,6 +40,7 @@ from raynas.execution.ray_actors import init_ray, ray_logs
 from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
+    check_networks_run,
     example_input,
     final_evaluator,
     job_space,
@@ -324,6 +325,7 @@ def run_sampling_search(
     journal = Journal(location)
     search = SamplingSearch(config, journal=journal, echo=echo)
     search.checkpoint = checkpoint
+    check_networks_run(config, scored_size(config))
     tracker = open_tracker(config)
     # Every candidate is recorded with the size of the network its evaluator scored.
     costs = CandidateCosts(config, size=scored_size(config))
