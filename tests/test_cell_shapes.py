@@ -169,6 +169,8 @@ def test_a_candidates_record_holds_its_cells_shape(space: str, settings: dict, t
 
     job = tiny_job(tmp_path, space={"name": space, **settings}, evaluator={"name": "scratch", "epochs": 1})
     job["space"] = {"name": space, **settings}
+    if space == "auto_deeplab":  # its networks label every pixel
+        job["data"] = {"name": "cityscapes", "path": str(tmp_path)}
     job["strategy"] = {"name": "random", "evaluations": 2}
     del job["train"]  # the scratch evaluator trains each candidate itself
     measured = SPACES.create(space, SPACES.entry(space).config(**settings))

@@ -379,11 +379,9 @@ def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) ->
                 continue
             except Exception:  # the meta device has failures of its own: the CPU decides
                 pass
-        with torch.random.fork_rng(devices=[]):
-            network = space.build(arch, info, **size).eval()
         try:
-            with torch.no_grad():
-                network(torch.zeros(shape))
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                space.build(arch, info, **size).eval()(torch.zeros(shape))
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())[:300]
             raise ConfigError(

@@ -464,8 +464,10 @@ class MlflowTracker:
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
             found = self.client.get_experiment_by_name(name)
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            if found is None:
                 raise
             return found
         return self.client.get_experiment(experiment_id)
