@@ -1,8 +1,9 @@
 """A broken environment is bad input too: each problem of README's "Environment errors" table ends
-`raynas search` with exit status 2 and one line that says what to do, before any training, with
-the real parts on loopback (an S3-compatible server, a port nothing listens on); those of the
-MLflow store, the output folders and the dataset's folder before torch, Ray or MLflow load, for
-`raynas search`, `raynas train` and `raynas study` alike."""
+`raynas search` with exit status 2 and one line that says what to do, before any training (a
+damaged image, which only a batch reading it meets, during it), with the real parts on loopback
+(an S3-compatible server, a port nothing listens on); those of the MLflow store, the output
+folders and the dataset's folder before torch, Ray or MLflow load, for `raynas search`,
+`raynas train` and `raynas study` alike."""
 
 from __future__ import annotations
 
