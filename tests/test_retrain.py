@@ -11,6 +11,7 @@ import re
 import signal
 from pathlib import Path
 
+import mlflow.models
 import numpy as np
 import pytest
 import torch
@@ -209,6 +210,27 @@ def test_a_searched_architecture_another_space_cannot_build_is_refused(tmp_path:
     with pytest.raises(ArchitectureError, match="is not in the 'darts' space as configured, and its "
                                                 "network cannot be built from it"):
         run_retrain(parse_retrain_job(job), echo=print)
+
+
+def test_a_retrained_network_is_registered_with_its_signature_and_exports_without_an_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`raynas train` registered its network without an input signature, so `raynas export` of a
+    retraining run (the README's "a found (retrained) network") asked for --input-shape."""
+    from raynas.cli import main
+
+    config = parse_retrain_job(retrain_job(tmp_path, ALL_CONV, retrain={"epochs": 1, "channels": 4,
+                                                                      "layers": 1}))
+    result = run_retrain(config, echo=lambda _: None)
+    version = MlflowClient(config.tracking.tracking_uri).get_model_version(
+        "raynas-retrain-tiny", result.registered_version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking.tracking_uri)  # where runs:/ resolves
+    signature = mlflow.models.get_model_info(version.source).signature
+    assert signature is not None and signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
+    capsys.readouterr()
+    assert main(["export", f"run:{result.run_id}", "--format", "torchscript", "--out",
+                 str(tmp_path / "net.pt"), "--tracking-uri", config.tracking.tracking_uri]) == 0
+    assert "(input 1x1x8x8, batch free)" in capsys.readouterr().out
 
 
 def test_retraining_a_segmentation_network_on_whole_image_labels_is_refused(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ class RetrainWorker:
             )
             example = self.train_loader.dataset[0][0]
         arch = Architecture.from_json(arch_json)
+        self.example_shape = tuple(example.shape)
         model = build_network(config, arch, data.info, example=example)
         if world_size > 1:
             model = convert_batchnorm(model)
@@ -227,6 +228,11 @@ class RetrainWorker:
             return metrics, state
         # fit() scores on its second loader as validation; here that is the test split.
         return {(f"test_{k[6:]}" if k.startswith("valid_") else k): v for k, v in metrics.items()}, state
+
+    def example_input(self) -> torch.Tensor:
+        """One input of the data's shape, zeros ((1, C, H, W) as the network trains on them, or
+        (1, T) token ids), for the registered model's signature and input example."""
+        return torch.zeros((1, *self.example_shape), dtype=torch.long if self.recurrent else torch.float32)
 
     def describe(self) -> dict[str, Any]:
         """Size and test split, for the driver's first line."""
@@ -320,7 +326,8 @@ def _run_retrain(
             )
         final = history[-1]
         model = worker.call("trained_network")
-        version = tracker.register_model(arch, name=f"raynas-{config.name}", network=model, trained=True)
+        version = tracker.register_model(arch, name=f"raynas-{config.name}", network=model, trained=True,
+                                         example=worker.call("example_input"))
         tracker.finish(EpochReport(epoch=epoch - 1, metrics=final, architecture=arch),
                        {"params": params, **final, "test_split": split, "registered_version": version})
         save_checkpoint({"config": config.to_dict(), "finished": True}, checkpoint)

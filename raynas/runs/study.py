@@ -368,7 +368,7 @@ def _retrain(
         # and layer count.
         model = config.tracking.registered_model or f"raynas-{config.name}"
         version = tracker.register_model(arch, name=model, network=worker.call("trained_network"),
-                                         trained=True)
+                                         trained=True, example=worker.call("example_input"))
         for key in ("cell", "layers"):
             tracker.client.set_model_version_tag(model, version, f"{TAG_PREFIX}study.{key}", str(row[key]))
         tracker.finish(EpochReport(epoch=config.retrain.epochs - 1, metrics=metrics, architecture=arch),
