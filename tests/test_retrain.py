@@ -213,7 +213,7 @@ def test_a_searched_architecture_another_space_cannot_build_is_refused(tmp_path:
 
 
 def test_a_retrained_network_is_registered_with_its_signature_and_exports_without_an_input_shape(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`raynas train` registered its network without an input signature, so `raynas export` of a
     retraining run (the README's "a found (retrained) network") asked for --input-shape."""
@@ -222,10 +222,11 @@ def test_a_retrained_network_is_registered_with_its_signature_and_exports_withou
     config = parse_retrain_job(retrain_job(tmp_path, ALL_CONV, retrain={"epochs": 1, "channels": 4,
                                                                       "layers": 1}))
     result = run_retrain(config, echo=lambda _: None)
-    version = MlflowClient(config.tracking.tracking_uri).get_model_version(
-        "raynas-retrain-tiny", result.registered_version)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking.tracking_uri)  # where runs:/ resolves
-    signature = mlflow.models.get_model_info(version.source).signature
+    client = MlflowClient(config.tracking.tracking_uri)
+    version = client.get_model_version("raynas-retrain-tiny", result.registered_version)
+    assert version.source == f"runs:/{result.run_id}/model"
+    signature = mlflow.models.Model.load(
+        client.download_artifacts(result.run_id, "model/MLmodel", str(tmp_path))).signature
     assert signature is not None and signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
     capsys.readouterr()
     assert main(["export", f"run:{result.run_id}", "--format", "torchscript", "--out",
