@@ -23,7 +23,7 @@ from raynas.config import SearchConfig
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
-from raynas.profile import REAL_COUNT_PIXELS, count_macs, count_params, counting_device
+from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
 from raynas.train.checkpoint import load_checkpoint, previous_checkpoint
@@ -357,9 +357,9 @@ def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) ->
     seed, at ``size`` (the one the evaluator scores), run on one input of the job's data: inputs
     smaller than the space's downsampling (NEXcepTion's on the 8x8 digits; ConvNeXt's macro space,
     where it depends on the architecture) are one line before the search starts, not a traceback
-    at a candidate. Each runs on the CPU, or, for inputs of more than
-    :data:`raynas.profile.REAL_COUNT_PIXELS` pixels, on the ``meta`` device, from shapes alone (a
-    failure there is tried on the CPU, which decides).
+    at a candidate. Each is built as for counting (:func:`searched_network`: on the ``meta``
+    device for large inputs, where it runs from shapes alone); one that fails there is built and
+    run on the CPU, which decides.
 
     Raises:
         ConfigError: A network does not run on the data's inputs.
@@ -372,16 +372,16 @@ def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) ->
     rng, shape = random.Random(config.seed), example_input(config).shape
     for _ in range(samples):
         arch = space.sample(rng)
-        if info.image_size**2 > REAL_COUNT_PIXELS:
-            try:
-                with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.no_grad():
-                    space.build(arch, info, **size).eval()(torch.zeros(shape))
-                continue
-            except Exception:  # the meta device has failures of its own: the CPU decides
-                pass
+        try:
+            with torch.no_grad():
+                network = searched_network(config, arch, size=size, counted=True).eval()
+                network(torch.zeros(shape, device=next(network.parameters()).device))
+            continue
+        except Exception:  # the meta device has failures of its own: the CPU decides
+            pass
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                space.build(arch, info, **size).eval()(torch.zeros(shape))
+                searched_network(config, arch, size=size).eval()(torch.zeros(shape))
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())[:300]
             raise ConfigError(
