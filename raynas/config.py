@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, read_user_text
 
 T = TypeVar("T")
 
@@ -574,25 +574,7 @@ def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     """
     path = Path(path)
     shown = _short(str(path), 300)
-    try:
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(f"config file {shown!r} {what}")
-        size = path.stat().st_size
-        if size > MAX_JOB_BYTES:
-            raise ConfigError(
-                f"config file {shown!r} is {size:,} bytes; a job file is at most {MAX_JOB_BYTES:,}"
-            )
-        data = path.read_bytes()[: MAX_JOB_BYTES + 1]
-    except OSError as exc:
-        raise ConfigError(f"config file {shown!r} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {shown!r} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-            f"{exc.start}); save the job as UTF-8 YAML"
-        ) from None
+    text = read_user_text(path, f"config file {shown!r}", max_bytes=MAX_JOB_BYTES)
     raw = _parse_yaml(text, f"config file {shown!r}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {shown!r} must hold a mapping of sections, got {_show(raw)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class RaynasError(Exception):
     """Base of every error raynas reports to the user without a traceback.
@@ -68,3 +70,34 @@ def cause(exc: BaseException, limit: int = 200) -> str:
     ``limit`` characters (a ``UnicodeDecodeError``'s repr quotes every byte it was given)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_user_text(path: Path, what: str, error: type[RaynasError] = ConfigError,
+                   max_bytes: int | None = None) -> str:
+    """The UTF-8 text of a file the user named (a BOM is dropped).
+
+    Args:
+        path: The file.
+        what: How messages name it, e.g. ``"config file 'job.yaml'"``.
+        error: The error raised when it cannot be read.
+        max_bytes: The largest file accepted; None for any.
+
+    Raises:
+        RaynasError: ``error``, one line saying what is wrong: the file is missing, a folder, cannot
+            be read, larger than ``max_bytes`` or not UTF-8 (the first byte that is not, where).
+    """
+    try:
+        if not path.is_file():
+            raise error(f"{what} {'is not a file' if path.exists() else 'does not exist'}")
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise error(f"{what} is {size:,} bytes; at most {max_bytes:,} are allowed")
+        data = path.read_bytes() if max_bytes is None else path.read_bytes()[: max_bytes + 1]
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raynas.config import Check
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, read_user_text
 from raynas.types import Architecture, DatasetInfo
 
 if TYPE_CHECKING:
@@ -141,10 +141,9 @@ class LatencyTable:
     def load(path: str | Path) -> LatencyTable:
         """Read a table written by :meth:`save`."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"latency table file {str(path)!r} does not exist")
+        text = read_user_text(path, f"latency table file {str(path)!r}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"latency table file {str(path)!r} is not valid JSON: {exc}") from None
         return LatencyTable.from_dict(data, f"latency table file {str(path)!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
-from raynas.errors import ArchitectureError
+from raynas.errors import ArchitectureError, read_user_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,9 +87,7 @@ class Architecture(ABC):
             if path.suffix != ".json" and not path.is_file():
                 return None
             where = f"{noun} file {str(path)!r}"
-            if not path.is_file():
-                raise ArchitectureError(f"{where} does not exist")
-            raw = path.read_text()
+            raw = read_user_text(path, where, ArchitectureError)
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:

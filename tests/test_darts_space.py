@@ -138,6 +138,13 @@ def test_load_genotype_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ArchitectureError, match=r"bad\.json' is not valid JSON"):
         load_genotype(str(bad))
+    # Bytes that are not UTF-8 were a UnicodeDecodeError's traceback; a folder "did not exist".
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ArchitectureError, match=r"bad\.json' is not UTF-8 text \(byte 0xff at offset 0\)"):
+        load_genotype(str(bad))
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ArchitectureError, match=r"folder\.json' is not a file"):
+        load_genotype(str(tmp_path / "folder.json"))
     bad.write_text(json.dumps({**DARTS_V2_JSON, "normal": [["conv_9x9", 0], ["sep_conv_3x3", 1]]}))
     with pytest.raises(ArchitectureError, match=r"bad\.json'.*unknown op 'conv_9x9'"):
         load_genotype(str(bad))

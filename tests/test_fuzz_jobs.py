@@ -215,7 +215,7 @@ BAD_FILES: list[tuple[str, bytes | str, str]] = [
     ("deep flow nesting", "name: x\nspace: " + "[" * 1200 + "]" * 1200 + "\n", "nests too deeply"),
     ("deep nesting under the limit of YAML", "name: x\nspace: " + "[" * 40 + "]" * 40 + "\n",
      "nests too deeply; a job nests at most 32"),
-    ("20 MB string", "name: " + "z" * 20_000_000 + "\n", "a job file is at most 1,048,576"),
+    ("20 MB string", "name: " + "z" * 20_000_000 + "\n", "at most 1,048,576 are allowed"),
     ("long string", "name: x\ndata: {name: digits, path: " + "p" * 5000 + "}\n",
      "string of 5,000 characters"),
     ("huge integer literal", "name: x\nseed: " + "7" * 5000 + "\n", "holds a value YAML cannot read"),

@@ -116,10 +116,17 @@ def test_tables_of_several_layouts_merge_in_one_device_file(tmp_path: Path) -> N
     ("{}", "must be a JSON object with 'device' and 'entries'"),
     ('{"device": "x", "entries": {"k": -1}}', "'entries' must map keys to non-negative milliseconds"),
     ("nope", "is not valid JSON"),
+    (b'{"device": "\xff"}', "is not UTF-8 text (byte 0xff at offset 12)"),  # was a UnicodeDecodeError
+    (None, "is not a file"),  # a folder named like a table: was "does not exist"
 ])
-def test_bad_table_files_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_table_files_are_clear_errors(tmp_path: Path, text: str | bytes | None, message: str) -> None:
     path = tmp_path / "bad.json"
-    path.write_text(text)
+    if text is None:
+        path.mkdir()
+    elif isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     with pytest.raises(ConfigError) as info:
         LatencyTable.load(path)
     assert message in str(info.value) and "bad.json" in str(info.value)
