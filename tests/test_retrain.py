@@ -245,8 +245,17 @@ def test_retraining_a_segmentation_network_on_whole_image_labels_is_refused(tmp_
 
 
 def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"genotype\.json"):
+    store = mlflow_store(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"'run:0123456789abcdef': there is no MLflow run '0123456789abcdef' at {store}; ")):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)
+    with pytest.raises(ConfigError, match=re.escape("'run:' names no run: write run:<MLflow run id>")):
+        run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:")), echo=print)
+    client = MlflowClient(store)
+    bare = client.create_run(client.create_experiment("not-a-search")).info.run_id
+    with pytest.raises(ConfigError, match=re.escape(
+            f"MLflow run '{bare}' at {store} has no 'genotype.json', a search's final architecture")):
+        run_retrain(parse_retrain_job(retrain_job(tmp_path, f"run:{bare}")), echo=print)
     with pytest.raises(ArchitectureError):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "|bogus~0|")), echo=print)
     job = retrain_job(tmp_path, "DARTS_V2", space={"name": "darts"},

@@ -19,9 +19,14 @@ import torch
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.tracking.mlflow_tracker import check_server, default_tracking_uri, open_client
+from raynas.tracking.mlflow_tracker import (
+    RUN_PREFIX,
+    check_server,
+    default_tracking_uri,
+    open_client,
+    run_artifact,
+)
 
-RUN_PREFIX = "run:"
 FORMATS = ("onnx", "torchscript")
 
 
@@ -84,16 +89,10 @@ def load_network(source: str, *, client: Any = None) -> tuple[nn.Module, Any, st
 
     run_id = None
     if source.startswith(RUN_PREFIX):
-        run_id = source[len(RUN_PREFIX):]
         assert client is not None, "run:<id> needs an MLflow client"
-        try:
-            scratch = tempfile.mkdtemp(prefix="raynas-export-")
-            folder = client.download_artifacts(run_id, "model", scratch)
-        except Exception as exc:  # MLflow raises several types for a missing run or artifact
-            raise ConfigError(
-                f"{source!r}: no model in MLflow run {run_id!r} at {client.tracking_uri} "
-                f"({type(exc).__name__}); searches and retrainings log theirs as 'model'"
-            ) from None
+        scratch = tempfile.mkdtemp(prefix="raynas-export-")
+        run_id, folder = run_artifact(client, source, "model", "the network that searches and "
+                                      "retrainings log", scratch)
     else:
         folder = source
         if not (Path(folder) / "MLmodel").is_file():

@@ -27,21 +27,19 @@ from raynas.config import RetrainConfig
 from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
 from raynas.data.ptb import PtbConfig
-from raynas.errors import ArchitectureError, ConfigError
+from raynas.errors import ArchitectureError, ConfigError, cause
 from raynas.execution import start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import attempt_id, sole_writer
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
-from raynas.tracking.mlflow_tracker import TAG_PREFIX
+from raynas.tracking.mlflow_tracker import RUN_PREFIX, TAG_PREFIX, run_artifact
 from raynas.train.accel import pick_device, prepare
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.train.distributed import convert_batchnorm, plain_batchnorm
 from raynas.train.language_model import fit_language_model
 from raynas.train.loop import fit
 from raynas.types import Architecture, EpochReport
-
-RUN_PREFIX = "run:"
 
 
 @dataclass(frozen=True)
@@ -62,15 +60,12 @@ def resolve_architecture(config: RetrainConfig, tracker: MlflowTracker) -> tuple
     space = SPACES.create(config.space.name, config.space.config)
     text = config.architecture
     if text.startswith(RUN_PREFIX):
-        run_id = text[len(RUN_PREFIX):]
+        run_id, path = run_artifact(tracker.client, text, "genotype.json", "a search's final architecture")
         try:
-            path = tracker.client.download_artifacts(run_id, "genotype.json")
-        except Exception as exc:  # MLflow raises several types for a missing run or artifact
-            raise ConfigError(
-                f"architecture {text!r}: no final architecture (genotype.json) in MLflow run {run_id!r} "
-                f"at {tracker.tracking_uri} ({type(exc).__name__})"
-            ) from None
-        arch = Architecture.from_json(Path(path).read_text())
+            arch = Architecture.from_json(Path(path).read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or not an architecture's
+            raise ConfigError(f"architecture {text!r}: its genotype.json is not an architecture "
+                              f"({cause(exc)})") from None
     else:
         arch, run_id = space.parse(text), None
     if not space_builds(space, arch, config):

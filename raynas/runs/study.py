@@ -47,10 +47,10 @@ from raynas.execution.ray_actors import head_watched
 from raynas.profile import counting_device
 from raynas.runs.common import attempt_id, image_shape, network_costs, sole_writer
 from raynas.runs.jobs import parse_retrain_job
-from raynas.runs.retrain import RUN_PREFIX, RetrainWorker, resolve_architecture
+from raynas.runs.retrain import RetrainWorker, resolve_architecture
 from raynas.spaces import SPACES
 from raynas.tracking import MlflowTracker
-from raynas.tracking.mlflow_tracker import TAG_PREFIX
+from raynas.tracking.mlflow_tracker import RUN_PREFIX, TAG_PREFIX
 from raynas.train.checkpoint import load_checkpoint, save_checkpoint
 from raynas.types import EpochReport
 

@@ -117,6 +117,49 @@ def open_client(uri: str) -> MlflowClient:
             ) from None
 
 
+RUN_PREFIX = "run:"
+"""How a user names an MLflow run where an architecture or a model is asked for: ``run:<run id>``."""
+
+
+def run_artifact(client: MlflowClient, reference: str, artifact: str, what: str,
+                 dst: str | None = None) -> tuple[str, str]:
+    """The run id ``reference`` (``run:<MLflow run id>``) names and the local path of its
+    ``artifact``, downloaded into ``dst`` (a new temporary folder if None).
+
+    Args:
+        client: The client of the store that holds the run.
+        reference: What the user wrote, ``run:<id>``.
+        artifact: The artifact's path in the run, e.g. ``genotype.json``.
+        what: What the artifact is, for messages (e.g. "the search's final architecture").
+        dst: Where to download it.
+
+    Raises:
+        ConfigError: One line: the reference names no run, the store holds no such run, or the
+            run has no such artifact.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run_id = reference[len(RUN_PREFIX):].strip()
+    where = redact_uri(client.tracking_uri)
+    if not run_id:
+        raise ConfigError(f"{reference!r} names no run: write run:<MLflow run id> (the run page's "
+                          "'Run ID' in the MLflow UI; searches print theirs at the end)")
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ConfigError(f"{reference!r}: there is no MLflow run {run_id!r} at {where}; name the "
+                          "store that holds it with --tracking-uri or MLFLOW_TRACKING_URI") from None
+    try:
+        return run_id, client.download_artifacts(run_id, artifact, dst)
+    except Exception as exc:  # MLflow raises several types for a missing artifact
+        raise ConfigError(
+            f"{reference!r}: MLflow run {run_id!r} at {where} has no {artifact!r}, {what} "
+            f"({type(exc).__name__})"
+        ) from None
+
+
 def check_server(uri: str, *, existing: bool = False) -> None:
     """Check a tracking URI at start: its form, and that its store answers
     (:func:`raynas.environment.check_tracking_store`; ``existing``: it must hold runs already).
