@@ -79,7 +79,8 @@ def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
     assert "there is no MLflow run '0123456789abcdef' at " in capsys.readouterr().err
     bare = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("bare")).info.run_id
     assert main(["export", f"run:{bare}", "--format", "onnx", "--out", str(out), "--tracking-uri", uri]) == 2
-    assert f"MLflow run '{bare}' at {uri} has no 'model', the network that searches" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"MLflow run '{bare}' at {uri} has no 'model', the network that searches" in err
     (tmp_path / "a-file").write_text("not a folder")
     assert main(["export", f"run:{run_id}", "--format", "onnx", "--out", str(tmp_path / "a-file" / "m.onnx"),
                  "--tracking-uri", uri]) == 2  # where it writes is checked before the model is read
