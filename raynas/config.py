@@ -565,6 +565,35 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_changes(before: dict[str, Any], now: dict[str, Any], limit: int = 3) -> str:
+    """The settings that differ between two configs (``to_dict()`` forms), for a message:
+    ``train.epochs was 2, is 3; data.limit was unset, is 64``, the first ``limit`` of them and how
+    many more."""
+    old, new = flatten(before), flatten(now)
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k, _UNSET) != new.get(k, _UNSET)]
+
+    def shown(flat: dict[str, Any], key: str) -> str:
+        return _short(repr(flat[key]), 40) if key in flat else "unset"
+
+    changes = [f"{k} was {shown(old, k)}, is {shown(new, k)}" for k in keys[:limit]]
+    more = f"; and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(changes) + more
+
+
+def another_config(checkpoint: str | Path, kind: str, name: str, before: dict[str, Any],
+                   now: dict[str, Any]) -> ConfigError:
+    """The error for resuming an unfinished ``kind`` ("search", "retraining", "study") whose
+    checkpoint holds another config than the job's: it says what changed and what to do."""
+    return ConfigError(
+        f"{checkpoint} belongs to an unfinished {kind} of {name!r} with another config "
+        f"({config_changes(before, now)}); pass --fresh to start over, give the job another name, "
+        "or undo the change to resume it"
+    )
+
+
+_UNSET = object()
+
+
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """A job file's mapping with ``key.sub=value`` overrides applied (not yet validated).
 

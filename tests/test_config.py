@@ -18,6 +18,7 @@ from raynas.config import (
     TrackingConfig,
     TrainConfig,
     apply_overrides,
+    config_changes,
     flatten,
 )
 from raynas.data import DATASETS
@@ -251,3 +252,15 @@ def test_flatten_joins_nested_keys_with_dots() -> None:
     assert flat["strategy.name"] == "darts"
     assert flat["execution.backend"] == "ray"
     assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_config_changes_name_the_first_settings_that_differ_and_count_the_rest() -> None:
+    before = {"seed": 0, "train": {"epochs": 2, "learning_rate": 0.025}, "data": {"name": "digits"}}
+    now = {"seed": 0, "train": {"epochs": 3, "learning_rate": 0.05}, "data": {"name": "digits", "limit": 64},
+           "tune": {"enabled": True}}
+    assert config_changes(before, now) == (
+        "data.limit was unset, is 64; train.epochs was 2, is 3; train.learning_rate was 0.025, is 0.05; "
+        "and 1 more"
+    )
+    assert config_changes(now, before, limit=1) == "data.limit was 64, is unset; and 3 more"
+    assert config_changes({"name": "x" * 100}, {"name": "y"}) == f"name was '{'x' * 36}..., is 'y'"

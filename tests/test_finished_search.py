@@ -118,7 +118,7 @@ def test_a_finished_search_run_again_with_another_config_starts_a_new_one(
     run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
     assert main(["search", path, "--set", "seed=1"]) == 0
     out = capsys.readouterr().out
-    assert "Search 'tiny' finished before with another config; starting a new search" in out
+    assert "Search 'tiny' finished before with another config (seed was 0, is 1); starting a new " in out
     assert out.split("MLflow run: ")[1].split()[0] != run_id
 
 

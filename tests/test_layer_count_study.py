@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,21 @@ def test_raynas_study_answers_a_bad_job_in_one_line_with_status_2(
     assert main(["study", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("raynas: error: config key 'study.layers'") and err.count("\n") == 1
+
+
+def test_an_unfinished_study_run_with_another_config_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    from raynas.runs.study import run_study
+
+    job = study_job(tmp_path, layers=[2], cells={"DARTS": {"architecture": DARTS}})
+
+    def stop_once_checkpointed(line: str) -> None:
+        if line.startswith("Study "):  # said after its first checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(parse_study_job(job), echo=stop_once_checkpointed)
+    changed = parse_study_job({**job, "retrain": {**job["retrain"], "epochs": 2}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "belongs to an unfinished study of 'study-tiny' with another config (retrain.epochs was 1, "
+            "is 2); pass --fresh to start over, give the job another name, or undo the change")):
+        run_study(changed, echo=lambda _: None)

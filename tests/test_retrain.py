@@ -74,9 +74,10 @@ def test_retraining_a_search_result_is_tied_to_its_search_and_registered(tmp_pat
     assert version.tags["raynas.trained"] in ("true", "True")
 
 
-def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) -> None:
-    config = parse_retrain_job(retrain_job(tmp_path, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
-                                                        "|skip_connect~0|none~1|nor_conv_3x3~2|"))
+def test_an_interrupted_retraining_resumes_after_its_last_epoch_with_its_own_config(tmp_path: Path) -> None:
+    job = retrain_job(tmp_path, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
+                                "|skip_connect~0|none~1|nor_conv_3x3~2|")
+    config = parse_retrain_job(job)
     reference = run_retrain(config, echo=lambda _: None, fresh=True)
 
     def crash_after_first_epoch(line: str) -> None:
@@ -85,6 +86,11 @@ def test_an_interrupted_retraining_resumes_after_its_last_epoch(tmp_path: Path) 
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_retrain(config, echo=crash_after_first_epoch, fresh=True)
+    changed = parse_retrain_job({**job, "retrain": {**job["retrain"], "learning_rate": 0.2}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "belongs to an unfinished retraining of 'retrain-tiny' with another config "
+            "(retrain.learning_rate was 0.05, is 0.2); pass --fresh to start over")):
+        run_retrain(changed, echo=lambda _: None)
     lines: list[str] = []
     resumed = run_retrain(config, echo=lines.append)
     assert any(line.startswith("Resuming") for line in lines)

@@ -4,6 +4,7 @@ real MLflow tracking server."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from conftest import BIN, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
+from raynas.errors import ConfigError
 from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
@@ -100,7 +102,7 @@ def test_crashed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b))
 
 
-def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
+def test_resuming_with_another_config_is_refused_naming_what_changed(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, train={"epochs": 2})
 
     def interrupt(line: str) -> None:
@@ -111,8 +113,10 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
         run_search(parse_job(job), echo=interrupt)
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
     assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(state["run_id"]).info.status == "KILLED"
-    changed = parse_job({**job, "seed": 1})
-    with pytest.raises(Exception, match="another config; pass --fresh"):
+    changed = parse_job({**job, "seed": 1, "data": {**job["data"], "limit": 64}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "with another config (data.limit was 96, is 64; seed was 0, is 1); pass --fresh to start "
+            "over, give the job another name, or undo the change to resume it")):
         run_search(changed, echo=lambda _: None)
     assert run_search(changed, fresh=True, echo=lambda _: None).metrics
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from raynas import storage
-from raynas.config import SearchConfig
+from raynas.config import SearchConfig, another_config, config_changes
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
@@ -135,10 +135,7 @@ def read_prior(checkpoint: str, config: SearchConfig, *, fresh: bool) -> dict[st
     if prior["finished"]:
         return None
     if prior["config"] != config.to_dict():
-        raise ConfigError(
-            f"{checkpoint} belongs to an unfinished search of {config.name!r} with another "
-            "config; pass --fresh to start over, or give the job another name"
-        )
+        raise another_config(checkpoint, "search", config.name, prior["config"], config.to_dict())
     return prior
 
 
@@ -241,7 +238,8 @@ def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print
     if not prior["finished"]:
         return None
     if prior["config"] != config.to_dict():
-        echo(f"Search {config.name!r} finished before with another config; starting a new search "
+        echo(f"Search {config.name!r} finished before with another config "
+             f"({config_changes(prior['config'], config.to_dict())}); starting a new search "
              "(the finished one stays in MLflow)")
         return None
     tracker = open_tracker(config)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from raynas.config import RetrainConfig
+from raynas.config import RetrainConfig, another_config
 from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
 from raynas.data.ptb import PtbConfig
@@ -265,7 +265,9 @@ def _run_retrain(
         _check_recurrent(config)
     prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
     if prior is not None and (prior["finished"] or prior["config"] != config.to_dict()):
-        prior = None if prior["finished"] else _refuse(checkpoint, config)
+        if not prior["finished"]:
+            raise another_config(checkpoint, "retraining", config.name, prior["config"], config.to_dict())
+        prior = None
     tracker = MlflowTracker(
         tracking_uri=config.tracking.tracking_uri, experiment=config.tracking.experiment,
         artifact_location=config.tracking.artifact_location, pictures=config.tracking.pictures,
@@ -386,13 +388,6 @@ def _stream_loaders(
         data.stream_loader("train", data.config.batch_size, seed=config.seed, lengths="train"),
         data.stream_loader("valid", cfg.valid_streams),
         data.stream_loader("test", cfg.test_streams),
-    )
-
-
-def _refuse(checkpoint: Path, config: RetrainConfig) -> None:
-    raise ConfigError(
-        f"{checkpoint} belongs to an unfinished retraining of {config.name!r} with another config; "
-        "pass --fresh to start over, or give the job another name"
     )
 
 

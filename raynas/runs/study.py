@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raynas import storage
-from raynas.config import RetrainConfig, load_yaml
+from raynas.config import RetrainConfig, another_config, load_yaml
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
@@ -261,10 +261,7 @@ def _run_study(job: StudyJob, checkpoint: str, *, fresh: bool, echo: Callable[[s
     prior = None if fresh or not storage.exists(checkpoint) else load_checkpoint(checkpoint)
     if prior is not None and prior["config"] != job.to_dict():
         if not prior["finished"]:
-            raise ConfigError(
-                f"{checkpoint} belongs to an unfinished study of {job.name!r} with another config; "
-                "pass --fresh to start over, or give the job another name"
-            )
+            raise another_config(checkpoint, "study", job.name, prior["config"], job.to_dict())
         prior = None
     again = prior is not None and prior["finished"]
     if again:
