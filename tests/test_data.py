@@ -6,6 +6,7 @@ values, each plane row-major)."""
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -226,7 +227,12 @@ def test_missing_path_names_the_expected_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=expected):
         search_loaders(data, seed=0)
     data = make("cifar100", path=str(tmp_path))
-    with pytest.raises(DataError, match=r"expected cifar-100-python/train"):
+    with pytest.raises(DataError, match=r"cifar-100-python/train \(the python version of the dataset\)$"):
+        data.train_set()
+    # The archive as downloaded, not extracted: the line says so.
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(DataError, match=re.escape(
+            f"dataset); '{tmp_path / 'cifar-100-python.tar.gz'}' is there: extract it (tar xzf)")):
         data.train_set()
 
 

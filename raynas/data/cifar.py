@@ -65,6 +65,7 @@ def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[
 
 class _Cifar:
     folder_name: str
+    archive: str  # the file the folder comes in
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     label_key: str
@@ -80,9 +81,12 @@ class _Cifar:
         for candidate in (root, root / self.folder_name):
             if (candidate / self.train_files[0]).is_file():
                 return candidate
+        # The archive as downloaded (torchvision keeps it beside the folder it extracts).
+        archive = root / self.archive
+        hint = f"; {str(archive)!r} is there: extract it (tar xzf)" if archive.is_file() else ""
         raise DataError(
             f"data.path {self.config.path!r} holds no {self.info.name} batches: expected "
-            f"{self.folder_name}/{self.train_files[0]} (the python version of the dataset)"
+            f"{self.folder_name}/{self.train_files[0]} (the python version of the dataset){hint}"
         )
 
     def train_set(self) -> ImageTensors:
@@ -109,6 +113,7 @@ class Cifar10(_Cifar):
     """CIFAR-10: 50,000 training and 10,000 test images of 10 classes."""
 
     folder_name = "cifar-10-batches-py"
+    archive = "cifar-10-python.tar.gz"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
     label_key = "labels"
@@ -121,6 +126,7 @@ class Cifar100(_Cifar):
     """CIFAR-100: 50,000 training and 10,000 test images of 100 classes (fine labels)."""
 
     folder_name = "cifar-100-python"
+    archive = "cifar-100-python.tar.gz"
     train_files = ("train",)
     test_files = ("test",)
     label_key = "fine_labels"
