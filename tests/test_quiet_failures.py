@@ -107,6 +107,46 @@ def test_a_killed_ray_worker_is_one_raynas_line_and_none_of_rays_reports(
     assert "epoch   2/3" not in console  # the epoch the actor died in twice
 
 
+def test_sigterm_stops_a_ray_search_as_ctrl_c_does_in_one_line_and_the_same_command_resumes(
+    tmp_path: Path, ray_head: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (``ray job stop``, Kubernetes stopping a pod) to ``raynas search`` on Ray: it was
+    Ray's handler's exit with status 1, a stack dump of addresses from Ray's core on the console
+    and the run marked FAILED; now one line, status 143, the run KILLED, and the same command
+    goes on after the last epoch in the same run."""
+    from raynas.cli import main
+
+    job = tiny_job(tmp_path, execution={"backend": "ray", "address": ray_head})  # 2 epochs
+    path = write_job(tmp_path, job)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("epoch   1/2"):
+                proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    console = "".join(said)
+    assert status == 128 + signal.SIGTERM, console[-3000:]
+    assert said[-1] == "raynas: stopped by SIGTERM; run the same command again to resume\n", console[-3000:]
+    assert "SIGTERM received" not in console and assert_quiet(console) == []
+    run_id = console.split("MLflow run ")[1].split()[0]
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert next(line for line in out.splitlines() if line.startswith("epoch")).startswith("epoch   2/2"), out
+    assert out.split("MLflow run: ")[1].split()[0] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_none_of_rays_reports(
     tmp_path: Path, ray_head: str
 ) -> None:

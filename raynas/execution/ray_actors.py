@@ -70,27 +70,45 @@ def check_address(address: str, given: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _keeping_sigterm() -> Iterator[None]:
+    """SIGTERM does after the block what the process had it do before: ``ray.init`` sets its own
+    handler (``sys.exit(15)``, a failed run) and its core worker's crash handler (which prints a
+    stack dump of addresses on the console) over it; ``raynas search`` stops on it as on Ctrl-C."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
 def init_ray(execution: ExecutionConfig) -> None:
-    """Connect to the configured Ray cluster, or start a local one, once per process."""
+    """Connect to the configured Ray cluster, or start a local one, once per process (SIGTERM is
+    left as the process had it)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address, "execution.address (--address)" if execution.address else "RAY_ADDRESS")
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        with _keeping_sigterm():
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
         return
     # A local Ray turns token authentication on by itself and says so on the console each time;
     # it is the secure default, not the search's news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(
-        object_store_memory=execution.object_store_mb * 1024 * 1024,
-        include_dashboard=False,
-        log_to_driver=False,  # errors reach the driver as exceptions; workers' chatter stays in Ray's logs
-        logging_level="WARNING",
-        configure_logging=True,
-    )
+    with _keeping_sigterm():
+        ray.init(
+            object_store_memory=execution.object_store_mb * 1024 * 1024,
+            include_dashboard=False,
+            # Errors reach the driver as exceptions; workers' chatter stays in Ray's logs.
+            log_to_driver=False,
+            logging_level="WARNING",
+            configure_logging=True,
+        )
     _quiet_console()
     global _local
     _local = cluster_head()
