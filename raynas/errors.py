@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""The ``errno`` of a write refused for room: a full disk, a quota, a file size limit."""
 
 
 class RaynasError(Exception):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import S3Server, answers_without_heavy_imports, free_port, tiny_job, write_job
+from conftest import BIN, S3Server, answers_without_heavy_imports, free_port, tiny_job, write_job
 
 from raynas.cli import main
 from raynas.environment import check_tracking_store
@@ -332,3 +332,41 @@ def test_raynas_latency_checks_where_it_writes_and_the_cluster_before_timing(
         assert err.startswith("raynas: error: ") and says in err and len(err.splitlines()) == 1, err
         assert time.monotonic() - started < 10  # nothing was timed
     assert not (tmp_path / "t").exists()
+
+
+def test_an_output_folder_with_no_room_stops_the_search_in_one_line_and_it_runs_again_once_there_is(
+    tmp_path: Path, mlflow_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The search's files refused room by the kernel: a file size limit of 300 kB on its process
+    (``ulimit -f``), which refuses the checkpoint's writes (534 kB) with EFBIG as a full disk does
+    with ENOSPC; the MLflow store is a server's, in a process of its own. It was torch's
+    "unexpected pos" RuntimeError with a traceback; now each epoch's checkpoint is skipped with a
+    line, the search's last one ends it with one line and exit status 2, its MLflow run marked
+    failed, no partial file left; with room, the same command runs the search (from its start:
+    no checkpoint was written) to its end."""
+    import resource
+
+    from mlflow.tracking import MlflowClient
+
+    job = tiny_job(tmp_path, train={"epochs": 1}, tracking={"tracking_uri": mlflow_server})
+    path = write_job(tmp_path, job)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    done = subprocess.run([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_file_size)
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert lines[-1] == (f"raynas: error: cannot write {checkpoint}: File too large; make room there (or set "
+                         "tracking.output_dir elsewhere) and run the same command again to resume")
+    skipped = f"checkpoint {checkpoint} not written, its storage has no room (File too large); the search"
+    assert len(lines) == 3 and all(line.startswith(skipped) for line in lines[:-1]), done.stderr  # epochs 0-1
+    assert not list(checkpoint.parent.glob("*checkpoint.pt*tmp*"))  # no partial file left
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(done.stdout.split("MLflow run ")[1].split()[0]).info.status == "FAILED"
+    assert main(["search", str(path)]) == 0
+    again = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
+    assert client.get_run(again).info.status == "FINISHED"
+    assert checkpoint.is_file()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raynas.config import SearchConfig
-from raynas.errors import WorkerLostError
+from raynas.errors import NO_ROOM, WorkerLostError
 from raynas.execution import start_worker
 from raynas.runs.common import (
     CandidateCosts,
@@ -278,8 +278,11 @@ def _save(state: dict[str, Any], checkpoint: str, *, finished: bool) -> None:
     except Exception as exc:
         if finished or not is_transient(exc):
             raise
-        log.warning("checkpoint %s not written, its storage is unreachable (%s); the search goes on "
-                    "and writes the next epoch's", checkpoint, type(exc).__name__)
+        strerror = exc.strerror if isinstance(exc, OSError) and exc.errno is not None else None
+        why = f"its storage has no room ({strerror})" if strerror and exc.errno in NO_ROOM else (
+            f"its storage is unreachable ({type(exc).__name__})")
+        log.warning("checkpoint %s not written, %s; the search goes on and writes the next epoch's",
+                    checkpoint, why)
 
 
 def _strategy_stop(config: SearchConfig, history: list[dict[str, Any]]) -> str | None:

@@ -96,7 +96,10 @@ class Journal:
             if self._fd is None:
                 Path(self.location).parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.location, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(self._fd, line.encode())  # one write per line: appends never interleave
+            try:
+                os.write(self._fd, line.encode())  # one write per line: appends never interleave
+            except OSError as exc:  # (a full disk): the message names the journal
+                raise OSError(exc.errno, exc.strerror, self.location) from None
             self._buffer.append(line)
         if len(self._buffer) >= self.sync_events or time.monotonic() - self._synced_at >= self.sync_seconds:
             self.sync()

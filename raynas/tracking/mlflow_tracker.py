@@ -473,6 +473,8 @@ class MlflowTracker:
         # A new SQLite store: MLflow announces its table creation and migrations at INFO on the
         # console ("Creating initial MLflow database tables..."); they are not the search's news.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        # Registering a model on a server, MLflow says at INFO that it waits for the version.
+        logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri()
         check_tracking_store(self.tracking_uri)
         if artifact_location:

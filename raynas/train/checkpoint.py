@@ -43,10 +43,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb", buffering=0) as f:  # unbuffered: a refused write fails here
+            writes = _Writes(f)
+            try:
+                torch.save(state, writes)
+                os.fsync(f.fileno())
+            except (RuntimeError, OSError) as exc:
+                error = writes.error or (exc if isinstance(exc, OSError) else None)
+                if error is None:
+                    raise
+                # torch reports a failed write as "unexpected pos"; the file system's reason is
+                # the user's news (a full disk, a file size limit), with the checkpoint's name.
+                raise OSError(error.errno, error.strerror, str(path)) from None
         if path.exists():  # a hard link: the latest stays where it is until the rename below
             keep = Path(f"{tmp}.prev")
             try:
@@ -59,6 +67,25 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         Path(f"{tmp}.prev").unlink(missing_ok=True)
         raise
+
+
+class _Writes:
+    """A binary file for ``torch.save`` that keeps the ``OSError`` of a failed write, which torch
+    replaces with a ``RuntimeError`` of its own (``unexpected pos 64 vs 0``)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _keep_previous_s3(uri: str) -> None:
