@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from raynas.errors import NO_ROOM, ClusterLostError, ConfigError, RaynasError, WorkerLostError
+from raynas.errors import ClusterLostError, ConfigError, RaynasError, WorkerLostError, no_room
 
 
 class _Parser(argparse.ArgumentParser):
@@ -528,13 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     except RaynasError as exc:
         print(f"raynas: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in NO_ROOM:
+    except Exception as exc:
+        what = no_room(exc)
+        if what is None:
             raise
-        where = f"{exc.filename}" if exc.filename else "its output"
-        print(f"raynas: error: cannot write {where}: {exc.strerror}; make room there (or set "
-              "tracking.output_dir elsewhere) and run the same command again to resume",
-              file=sys.stderr)
+        print(f"raynas: error: {what}; make room there (or write elsewhere: tracking.output_dir, "
+              "tracking.tracking_uri) and run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if _terminated:

@@ -8,6 +8,10 @@ from pathlib import Path
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """The ``errno`` of a write refused for room: a full disk, a quota, a file size limit."""
 
+SQLITE_FULL = "database or disk is full"
+"""SQLite's message for a write refused for room (``SQLITE_FULL``), as an SQLite MLflow store's
+errors carry it (MLflow wraps SQLAlchemy's error, which wraps ``sqlite3``'s)."""
+
 
 class RaynasError(Exception):
     """Base of every error raynas reports to the user without a traceback.
@@ -105,3 +109,20 @@ def read_user_text(path: Path, what: str, error: type[RaynasError] = ConfigError
         raise error(
             f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
         ) from None
+
+
+def no_room(exc: BaseException) -> str | None:
+    """What found no room, for a one-line message, when ``exc`` (or an error it was raised from)
+    is a write refused for room: a file (``OSError`` of :data:`NO_ROOM`) or an SQLite MLflow
+    store (:data:`SQLITE_FULL`); None for any other error."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            # A copy's error names its source first, the file it could not write second.
+            return f"cannot write {error.filename2 or error.filename or 'a file'}: {error.strerror}"
+        if SQLITE_FULL in str(error):
+            return f"the SQLite MLflow store (tracking.tracking_uri) cannot grow: {SQLITE_FULL}"
+        error = error.__cause__ or error.__context__
+    return None

@@ -340,10 +340,10 @@ def test_an_output_folder_with_no_room_stops_the_search_in_one_line_and_it_runs_
     """The search's files refused room by the kernel: a file size limit of 300 kB on its process
     (``ulimit -f``), which refuses the checkpoint's writes (534 kB) with EFBIG as a full disk does
     with ENOSPC; the MLflow store is a server's, in a process of its own. It was torch's
-    "unexpected pos" RuntimeError with a traceback; now each epoch's checkpoint is skipped with a
-    line, the search's last one ends it with one line and exit status 2, its MLflow run marked
-    failed, no partial file left; with room, the same command runs the search (from its start:
-    no checkpoint was written) to its end."""
+    "unexpected pos" RuntimeError with a traceback after every epoch's checkpoint was skipped as
+    if its storage were unreachable; now the first checkpoint stops the search with one line and
+    exit status 2, its MLflow run marked failed, no partial file left; with room, the same
+    command runs the search (from its start: no checkpoint was written) to its end."""
     import resource
 
     from mlflow.tracking import MlflowClient
@@ -359,10 +359,10 @@ def test_an_output_folder_with_no_room_stops_the_search_in_one_line_and_it_runs_
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoint.pt"
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr[-3000:]
-    assert lines[-1] == (f"raynas: error: cannot write {checkpoint}: File too large; make room there (or set "
-                         "tracking.output_dir elsewhere) and run the same command again to resume")
-    skipped = f"checkpoint {checkpoint} not written, its storage has no room (File too large); the search"
-    assert len(lines) == 3 and all(line.startswith(skipped) for line in lines[:-1]), done.stderr  # epochs 0-1
+    assert lines[-1] == (f"raynas: error: cannot write {checkpoint}: File too large; make room there (or "
+                         "write elsewhere: tracking.output_dir, tracking.tracking_uri) and run the same "
+                         "command again to resume")
+    assert len(lines) == 1 and "epoch   1/1" not in done.stdout, done.stderr  # stopped at the first
     assert not list(checkpoint.parent.glob("*checkpoint.pt*tmp*"))  # no partial file left
     client = MlflowClient(mlflow_server)
     assert client.get_run(done.stdout.split("MLflow run ")[1].split()[0]).info.status == "FAILED"
@@ -370,3 +370,44 @@ def test_an_output_folder_with_no_room_stops_the_search_in_one_line_and_it_runs_
     again = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
     assert client.get_run(again).info.status == "FINISHED"
     assert checkpoint.is_file()
+
+
+def test_an_sqlite_store_with_no_room_stops_the_search_in_one_line_and_the_same_command_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The MLflow store (SQLite) cannot grow mid-search: SQLite's own cap on its pages
+    (``PRAGMA max_page_count``, set on every connection MLflow takes from its pool) refuses a new page with
+    SQLITE_FULL, "database or disk is full", as a full disk does. It was MLflow's ERROR log of
+    every retry with its SQL and a traceback (about 500 lines, exit status 1); now one line,
+    exit status 2, no retries, and the same command with room goes on in the same MLflow run."""
+    import sqlalchemy
+    from mlflow.tracking import MlflowClient
+
+    job = tiny_job(tmp_path, train={"epochs": 3})
+    path = write_job(tmp_path, job)
+    database = tmp_path / "mlflow.db"
+    capsys.readouterr()  # what making the test's MLflow store logged
+
+    room = {"pages": 2}
+
+    def capped(connection: Any, _record: Any, _proxy: Any) -> None:  # the store's pages, and room
+        pages = database.stat().st_size // 4096
+        connection.execute(f"PRAGMA max_page_count = {pages + room['pages']}")
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "checkout", capped)
+    try:
+        assert main(["search", str(path)]) == 2
+        captured = capsys.readouterr()
+        room["pages"] = 1_000_000
+        assert main(["search", str(path)]) == 0
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.pool.Pool, "checkout", capped)
+    assert captured.err == (
+        "raynas: error: the SQLite MLflow store (tracking.tracking_uri) cannot grow: database or disk is "
+        "full; make room there (or write elsewhere: tracking.output_dir, tracking.tracking_uri) and run "
+        "the same command again to resume\n")
+    run_id = captured.out.split("MLflow run ")[1].split()[0]
+    again = capsys.readouterr().out
+    assert "Resuming 'tiny' after epoch " in again
+    assert again.split("MLflow run: ")[1].split()[0] == run_id
+    assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(run_id).info.status == "FINISHED"

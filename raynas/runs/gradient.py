@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raynas.config import SearchConfig
-from raynas.errors import NO_ROOM, WorkerLostError
+from raynas.errors import WorkerLostError
 from raynas.execution import start_worker
 from raynas.runs.common import (
     CandidateCosts,
@@ -272,17 +272,15 @@ def _retrain_drawn(
 def _save(state: dict[str, Any], checkpoint: str, *, finished: bool) -> None:
     """Write the checkpoint. While its storage is unreachable (an S3 outage) an epoch's checkpoint
     is skipped with a warning and the search goes on (the next epoch writes one); the last one,
-    which marks the search finished, is retried with backoff and must be written."""
+    which marks the search finished, is retried with backoff and must be written. No room for it
+    (a full disk) stops the search at once: waiting makes none."""
     try:
         with_retries(lambda: save_checkpoint(state, checkpoint), attempts=4 if finished else 1)
     except Exception as exc:
         if finished or not is_transient(exc):
             raise
-        strerror = exc.strerror if isinstance(exc, OSError) and exc.errno is not None else None
-        why = f"its storage has no room ({strerror})" if strerror and exc.errno in NO_ROOM else (
-            f"its storage is unreachable ({type(exc).__name__})")
-        log.warning("checkpoint %s not written, %s; the search goes on and writes the next epoch's",
-                    checkpoint, why)
+        log.warning("checkpoint %s not written, its storage is unreachable (%s); the search goes on "
+                    "and writes the next epoch's", checkpoint, type(exc).__name__)
 
 
 def _strategy_stop(config: SearchConfig, history: list[dict[str, Any]]) -> str | None:

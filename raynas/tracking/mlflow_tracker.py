@@ -472,7 +472,9 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         # A new SQLite store: MLflow announces its table creation and migrations at INFO on the
         # console ("Creating initial MLflow database tables..."); they are not the search's news.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        # It also logs every database error at ERROR, with its SQL, before MLflow raises it: raynas
+        # answers the error it raises (a full disk, a locked store) in one line of its own.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         # Registering a model on a server, MLflow says at INFO that it waits for the version.
         logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri or default_tracking_uri()

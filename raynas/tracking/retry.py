@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from raynas.errors import no_room
+
 T = TypeVar("T")
 
 
@@ -19,6 +21,8 @@ def is_transient(exc: BaseException) -> bool:
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from mlflow.exceptions import MlflowException
 
+    if no_room(exc):  # a full disk or store: waiting does not make room
+        return False
     if isinstance(exc, MlflowException):
         # The REST client wraps connection failures as "API request to ... failed with exception".
         outage = exc.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
