@@ -78,11 +78,14 @@ class _Writes:
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
         try:
-            return self.file.write(data)
+            while view:  # an unbuffered file may take part of it (a disk nearly full)
+                view = view[self.file.write(view):]
         except OSError as exc:
             self.error = exc
             raise
+        return len(data)
 
     def flush(self) -> None:
         self.file.flush()
