@@ -411,3 +411,38 @@ def test_an_sqlite_store_with_no_room_stops_the_search_in_one_line_and_the_same_
     assert "Resuming 'tiny' after epoch " in again
     assert again.split("MLflow run: ")[1].split()[0] == run_id
     assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_new_sqlite_store_with_no_room_to_be_made_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow makes a new SQLite store's tables as it opens it; with no room for them (SQLite's
+    cap on its pages, as in the test above) it is one line saying so (was SQLite's error with the
+    statement and its parameters, a line of thousands of characters), exit status 2, and the same
+    command with room makes the store and searches."""
+    import sqlalchemy
+
+    database = tmp_path / "new" / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    path = write_job(tmp_path, tiny_job(tmp_path, train={"epochs": 1}, tracking={"tracking_uri": uri}))
+    capsys.readouterr()  # what making the test's own MLflow store logged
+    room = {"pages": 1}
+
+    def capped(connection: Any, _record: Any, _proxy: Any) -> None:
+        if database.exists():  # the other stores' connections too: leave them room
+            pages = database.stat().st_size // 4096
+            connection.execute(f"PRAGMA max_page_count = {pages + room['pages']}")
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "checkout", capped)
+    try:
+        assert main(["search", str(path)]) == 2
+        err = capsys.readouterr().err
+        room["pages"] = 1_000_000
+        assert main(["search", str(path)]) == 0
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.pool.Pool, "checkout", capped)
+    assert err == (
+        f"raynas: error: MLflow cannot open the store {uri}: the SQLite MLflow store "
+        "(tracking.tracking_uri) cannot grow: database or disk is full; make room for it, or name "
+        "another with --tracking-uri\n")
+    assert "MLflow run: " in capsys.readouterr().out

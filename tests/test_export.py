@@ -76,7 +76,8 @@ def test_export_reads_an_mlflow_model_folder_and_refuses_what_it_cannot_export(
     assert out.stat().st_size > 0
     assert main(["export", "run:0123456789abcdef", "--format", "onnx", "--out", str(out),
                  "--tracking-uri", uri]) == 2
-    assert "there is no MLflow run '0123456789abcdef' at " in capsys.readouterr().err
+    assert (f"there is no MLflow run '0123456789abcdef' at {uri}; name the store that holds it with "
+            "--tracking-uri or MLFLOW_TRACKING_URI") in capsys.readouterr().err
     bare = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("bare")).info.run_id
     assert main(["export", f"run:{bare}", "--format", "onnx", "--out", str(out), "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err

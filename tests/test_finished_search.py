@@ -83,6 +83,35 @@ def test_a_finished_search_run_again_shows_its_result_and_fresh_starts_a_new_one
     assert fresh.split("MLflow run: ")[1].split()[0] != run_id
 
 
+def test_a_finished_search_whose_genotype_json_is_gone_or_damaged_is_one_line_with_fresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The finished search's result is its MLflow run's genotype.json: removed, it is one line; not
+    an architecture (was a JSON traceback), one line too; each exit status 2, naming --fresh."""
+    from urllib.parse import urlsplit
+
+    job = tiny_job(tmp_path, train={"epochs": 1})
+    path = str(write_job(tmp_path, job))
+    assert main(["search", path]) == 0
+    run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
+    artifacts = MlflowClient(job["tracking"]["tracking_uri"]).get_run(run_id).info.artifact_uri
+    genotype = Path(urlsplit(artifacts).path) / "genotype.json"
+    assert genotype.is_file(), artifacts
+
+    genotype.write_text('{"normal": "not a cell"')
+    assert main(["search", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raynas: error: search 'tiny' finished, but the genotype.json of its MLflow "
+                          f"run {run_id} is not an architecture (JSONDecodeError: ")
+    assert len(err.splitlines()) == 1, err
+    assert err.endswith("; --fresh starts a new search\n"), err
+    genotype.unlink()
+    assert main(["search", path]) == 2
+    assert capsys.readouterr().err == (
+        f"raynas: error: search 'tiny' finished, but its MLflow run {run_id} has no genotype.json "
+        "(MlflowException); --fresh starts a new search\n")
+
+
 def test_a_finished_sampling_search_run_again_shows_its_result_and_evaluates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -253,7 +253,8 @@ def test_retraining_a_segmentation_network_on_whole_image_labels_is_refused(tmp_
 def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
     store = mlflow_store(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(
-            f"'run:0123456789abcdef': there is no MLflow run '0123456789abcdef' at {store}; ")):
+            f"'run:0123456789abcdef': there is no MLflow run '0123456789abcdef' at {store}; name the "
+            "store that holds it with the job's tracking.tracking_uri (or --tracking-uri)")):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:0123456789abcdef")), echo=print)
     with pytest.raises(ConfigError, match=re.escape("'run:' names no run: write run:<MLflow run id>")):
         run_retrain(parse_retrain_job(retrain_job(tmp_path, "run:")), echo=print)

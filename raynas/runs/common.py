@@ -21,7 +21,7 @@ from torch import nn
 from raynas import storage
 from raynas.config import SearchConfig, another_config, config_changes
 from raynas.data import dataset_info
-from raynas.errors import ConfigError, RaynasError
+from raynas.errors import ConfigError, RaynasError, cause
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
 from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
@@ -224,7 +224,7 @@ def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print
 
     Raises:
         ConfigError: The MLflow server of the run cannot be reached.
-        RaynasError: The finished run lacks its ``genotype.json``.
+        RaynasError: The finished run lacks its ``genotype.json``, or it is not an architecture.
     """
     checkpoint = run_path(config, "checkpoint.pt")
     if storage.is_s3(checkpoint):
@@ -254,7 +254,13 @@ def finished_result(config: SearchConfig, *, echo: Callable[[str], None] = print
                 f"search {config.name!r} finished, but its MLflow run {run.info.run_id} has no "
                 f"genotype.json ({type(exc).__name__}); --fresh starts a new search"
             ) from None
-        architecture = Architecture.from_json(Path(local).read_text())
+        try:
+            architecture = Architecture.from_json(Path(local).read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or not an architecture's
+            raise RaynasError(
+                f"search {config.name!r} finished, but the genotype.json of its MLflow run "
+                f"{run.info.run_id} is not an architecture ({cause(exc)}); --fresh starts a new search"
+            ) from None
     # Numbers are final.* metrics; older runs kept everything as final.* params.
     final: dict[str, Any] = {k.removeprefix("final."): v for k, v in run.data.params.items()
                              if k.startswith("final.")}

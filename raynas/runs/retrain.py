@@ -60,7 +60,8 @@ def resolve_architecture(config: RetrainConfig, tracker: MlflowTracker) -> tuple
     space = SPACES.create(config.space.name, config.space.config)
     text = config.architecture
     if text.startswith(RUN_PREFIX):
-        run_id, path = run_artifact(tracker.client, text, "genotype.json", "a search's final architecture")
+        run_id, path = run_artifact(tracker.client, text, "genotype.json", "a search's final architecture",
+                                    store_setting="the job's tracking.tracking_uri (or --tracking-uri)")
         try:
             arch = Architecture.from_json(Path(path).read_text())
         except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or not an architecture's

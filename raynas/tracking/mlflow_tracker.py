@@ -45,7 +45,7 @@ from raynas.environment import (
     default_tracking_uri,
     sqlite_file,
 )
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, no_room
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
@@ -109,7 +109,13 @@ def open_client(uri: str) -> MlflowClient:
         except Exception as exc:
             if urllib.parse.urlsplit(uri).scheme.lower() in ("http", "https"):
                 raise
-            reason = " ".join(str(exc).split())[:500]
+            room = no_room(exc)
+            if room:
+                raise ConfigError(f"MLflow cannot open the store {redact_uri(uri)}: {room}; make room "
+                                  "for it, or name another with --tracking-uri") from None
+            # SQLAlchemy's errors go on to quote the statement and its parameters: the reason is
+            # what comes before.
+            reason = " ".join(str(exc).split("[SQL:")[0].split())[:500]
             raise ConfigError(
                 f"MLflow cannot open the store {redact_uri(uri)} ({type(exc).__name__}: {reason}); "
                 "do as MLflow says, or move the store away (a new one is made), or name another "
@@ -122,7 +128,8 @@ RUN_PREFIX = "run:"
 
 
 def run_artifact(client: MlflowClient, reference: str, artifact: str, what: str,
-                 dst: str | None = None) -> tuple[str, str]:
+                 dst: str | None = None, *,
+                 store_setting: str = "--tracking-uri or MLFLOW_TRACKING_URI") -> tuple[str, str]:
     """The run id ``reference`` (``run:<MLflow run id>``) names and the local path of its
     ``artifact``, downloaded into ``dst`` (a new temporary folder if None).
 
@@ -132,6 +139,7 @@ def run_artifact(client: MlflowClient, reference: str, artifact: str, what: str,
         artifact: The artifact's path in the run, e.g. ``genotype.json``.
         what: What the artifact is, for messages (e.g. "the search's final architecture").
         dst: Where to download it.
+        store_setting: How the user names the store, for the "no such run" line.
 
     Raises:
         ConfigError: One line: the reference names no run, the store holds no such run, or the
@@ -150,7 +158,7 @@ def run_artifact(client: MlflowClient, reference: str, artifact: str, what: str,
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         raise ConfigError(f"{reference!r}: there is no MLflow run {run_id!r} at {where}; name the "
-                          "store that holds it with --tracking-uri or MLFLOW_TRACKING_URI") from None
+                          f"store that holds it with {store_setting}") from None
     try:
         return run_id, client.download_artifacts(run_id, artifact, dst)
     except Exception as exc:  # MLflow raises several types for a missing artifact
