@@ -26,6 +26,10 @@ For every case it reports
   naive, darts1, ...): a machine whose speed drifts by tens of percent within minutes (a shared
   or throttled CPU) then slows every case alike, not the ones that happened to run late. A
   case's row pools its timed steps over the rounds; its peak memory is the largest round's;
+* busy time: one more step under ``torch.profiler`` in the first round, and the share of it
+  during which the device was busy: on CUDA the union of the intervals in which a kernel ran
+  (the GPU's busy time per step; what is left is the GPU waiting for Python and launches), on
+  the CPU the union of torch's operators (what is left is Python and dispatch between them);
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps
   (statistics reset just before the first step; weights, optimiser state and activations
   included); on CPU the growth of the peak resident set size over the steps (``ru_maxrss`` at
@@ -50,6 +54,7 @@ import dataclasses
 import gc
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -58,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -127,13 +133,50 @@ def _sync(device: torch.device) -> None:
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build the step of one case, count its FLOPs, run warm-up and timed steps, measure them."""
+    """Build the step of one case, count its FLOPs, run warm-up and timed steps, measure them
+    (and, in the first round, one more step's busy time)."""
     device = torch.device(args.device)
     flops = None if args.no_flops else step_flops(name, args, device)  # (the first round's count)
     torch.manual_seed(0)
     strategy, config, overrides, step = build_step(name, args, device)
-    row = _measure(name, strategy, config, overrides, args, device, step)
+    row = _measure(name, strategy, config, overrides, args, device, step, profile=not args.no_flops)
     return {**row, "step_flops": flops}
+
+
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """The length of the union of the ``(start, end)`` intervals: the time during which at least
+    one of them was running (overlapping and nested ones counted once)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def profiled_step(step: _Step, train_batch: Batch, valid_batch: Batch,
+                  device: torch.device) -> tuple[float, float]:
+    """One call of ``step`` under ``torch.profiler``: the seconds its device was busy (the union
+    of its CUDA kernels on a GPU, of torch's operators on the CPU; annotations not counted) and
+    the seconds the call took (with the profiler's own overhead)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    # Kineto's own lines ("profiler_start", and on a machine without CUDA an ERROR line about
+    # its device count) would interleave with the table: its level 6 prints none.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    with profile(activities=activities) as prof:
+        _sync(device)
+        start = time.perf_counter()
+        step(train_batch, valid_batch)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type == kind and not e.is_user_annotation]
+    return busy_seconds(spans) / 1e6, seconds  # (the profiler's times are in microseconds)
 
 
 class _Step(Protocol):
@@ -308,9 +351,10 @@ def _batches(args: argparse.Namespace, device: torch.device) -> tuple[Batch, Bat
 
 def _measure(
     name: str, strategy_name: str, config: Any, overrides: dict[str, Any], args: argparse.Namespace,
-    device: torch.device, step: _Step,
+    device: torch.device, step: _Step, *, profile: bool = True,
 ) -> dict[str, Any]:
-    """Warm-up and timed calls of ``step`` on fixed random batches; throughput and peak memory."""
+    """Warm-up and timed calls of ``step`` on fixed random batches; throughput and peak memory;
+    with ``profile``, one more call's busy time (:func:`profiled_step`)."""
     train_batch, valid_batch = _batches(args, device)
 
     gc.collect()
@@ -337,6 +381,9 @@ def _measure(
     else:
         peak = max(0, _peak_rss_bytes() - rss_before)
 
+    # After the peak memory is read: the profiler's buffers are not the step's.
+    busy, profiled = profiled_step(step, train_batch, valid_batch, device) if profile else (None, None)
+
     mean = statistics.fmean(times)
     return {
         "case": name,
@@ -357,6 +404,10 @@ def _measure(
         "peak_memory_mib": peak / 2**20,
         "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth",
         "final_train_loss": loss,
+        "busy_s": busy,
+        "profiled_step_s": profiled,
+        "busy_fraction": None if busy is None else busy / profiled,
+        "busy_kind": "CUDA kernels" if device.type == "cuda" else "torch operators",
     }
 
 
@@ -380,7 +431,9 @@ def run_case_in_subprocess(name: str, args: argparse.Namespace, *, flops: bool =
 def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One case's rows of several rounds as one: its timed steps pooled (mean, min and
     throughput over all of them), its peak memory the largest round's."""
-    row = {**rounds[-1], "step_flops": rounds[0]["step_flops"]}  # counted in the first round only
+    first = rounds[0]  # FLOPs counted and the busy time profiled in the first round only
+    row = {**rounds[-1], **{key: first[key] for key in (
+        "step_flops", "busy_s", "profiled_step_s", "busy_fraction")}}
     times = [t for r in rounds for t in r["step_seconds"]]
     mean = statistics.fmean(times)
     row.update(
@@ -414,7 +467,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
     memory = "peak alloc MiB" if rows[0]["device"] == "cuda" else "peak RSS+ MiB"
     header = [
         "case", "strategy", "overrides", "s/step", "min s/step", "img/s", f"x {baseline}",
-        "GFLOP/step", "% peak", memory, "mem ratio",
+        "GFLOP/step", "% peak", "busy %", memory, "mem ratio",
     ]
     body = [
         [
@@ -427,6 +480,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
             f"{r['throughput_ratio']:.2f}",
             f"{r['step_flops'] / 1e9:.1f}",
             f"{100 * r['peak_fraction']:.1f}",
+            "-" if r["busy_fraction"] is None else f"{100 * r['busy_fraction']:.1f}",
             f"{r['peak_memory_mib']:.1f}",
             f"{r['memory_ratio']:.2f}",
         ]
@@ -522,7 +576,9 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows, baseline))
     print(
         f"\nimg/s = batch_size / mean s/step; x {baseline} and mem ratio against {baseline}; "
-        "% peak: convolution and matmul FLOPs per second over the matmul peak."
+        "% peak: convolution and matmul FLOPs per second over the matmul peak; busy %: the share of "
+        f"a profiled step with {'a CUDA kernel' if args.device == 'cuda' else 'a torch operator'} "
+        "running."
     )
     by_case = {r["case"]: r for r in rows}
     if "darts1" in by_case and "darts2" in by_case:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from pathlib import Path
 from types import ModuleType
 
@@ -51,6 +52,10 @@ def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
         assert row["mean_step_s"] == pytest.approx(sum(row["step_seconds"]) / 2)
         assert row["images_per_s"] == pytest.approx(4 / row["mean_step_s"])
         assert row["step_flops"] > 0 and row["peak_fraction"] > 0
+        # One profiled step of the first round: torch's operators ran for part of it, the rest
+        # Python between them.
+        assert 0 < row["busy_s"] < row["profiled_step_s"] and row["busy_kind"] == "torch operators"
+        assert row["busy_fraction"] == pytest.approx(row["busy_s"] / row["profiled_step_s"])
     # The same convolutions: the naive supernet's and darts1's plain form count the same FLOPs
     # but for the naive one's architecture backward into the weights (it fills every gradient).
     assert rows["darts1"]["step_flops"] <= rows["naive"]["step_flops"]
@@ -60,6 +65,19 @@ def test_the_benchmark_runs_and_reports_ratios_against_the_naive_supernet(
     order = [line.strip() for line in console.splitlines() if line.strip().startswith("running ")]
     assert order == [f"running {case} (round {turn}) ..." for turn in (1, 2)
                      for case in ("naive", "darts1", "single_path")]
+
+
+def test_busy_time_is_the_union_of_the_intervals() -> None:
+    """Overlapping and nested intervals count once, gaps not at all; against the union counted
+    on a grid of hundredths."""
+    bench = load_benchmark()
+    assert bench.busy_seconds([]) == 0
+    assert bench.busy_seconds([(0, 4), (1, 2), (3, 6), (8, 9), (8.5, 8.75)]) == 7
+    rng = random.Random(0)
+    for _ in range(20):
+        spans = [(a, a + rng.randint(0, 30)) for a in (rng.randint(0, 100) for _ in range(8))]
+        covered = {t for start, end in spans for t in range(start * 100, end * 100)}
+        assert bench.busy_seconds([(a * 100, b * 100) for a, b in spans]) == len(covered)
 
 
 def test_the_naive_baseline_needs_its_four_nodes() -> None:
