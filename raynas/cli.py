@@ -545,16 +545,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _terminated = False  # whether SIGTERM stopped the command
+_stops = 0  # Ctrl-C presses and SIGTERMs received by the console script
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``) stops the command as Ctrl-C
-    does: a ``KeyboardInterrupt`` in the main thread, so the run is recorded as killed, what was
-    done is kept, and the same command resumes. (Ray's blocking calls raise a new
-    ``KeyboardInterrupt`` of their own when a handler raises in them, so a flag says which.)"""
-    global _terminated
-    _terminated = True
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``) for the console
+    script. The first stops the command: a ``KeyboardInterrupt`` in the main thread, so the run
+    is recorded as killed, what was done is kept, and the same command resumes (Ray's blocking
+    calls raise a new ``KeyboardInterrupt`` of their own when a handler raises in them, so a
+    flag says which signal it was). The next one, while that stop winds down (the MLflow run's
+    end, the local Ray's processes, a second or two), says so in a line and lets it finish: cut
+    short, Ray's exit handler printed a traceback and left its processes running for a minute.
+    One more ends the process at once."""
+    global _stops, _terminated
+    _stops += 1
+    if _stops == 1:
+        _terminated = signum == signal.SIGTERM
+        raise KeyboardInterrupt
+    if _stops == 2:
+        print("raynas: still stopping (the MLflow run's end, Ray's processes); press Ctrl-C again "
+              "to end at once", file=sys.stderr, flush=True)
+        return
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def run() -> NoReturn:
@@ -563,7 +576,9 @@ def run() -> NoReturn:
     finalization after it, which frees every module and object one by one: 1.6 s after a search
     on two cores, 0.4 s after ``describe``. An exception :func:`main` does not answer ends the
     process as Python ends it."""
-    signal.signal(signal.SIGTERM, _terminate)
+    global _stops
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help (0) and bad arguments (2, its message printed)
@@ -573,6 +588,7 @@ def run() -> NoReturn:
     import atexit
     import threading
 
+    _stops = max(_stops, 1)  # what is left is stopping: a Ctrl-C now is a second one
     # What Python does at exit, in its order: its threads' exit hooks (they wake an executor's
     # idle workers) and the wait for every non-daemon thread, then the exit handlers.
     threading._shutdown()  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -196,3 +197,37 @@ def test_without_the_console_script_python_s_finalization_frees_what_it_holds(tm
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert out.with_suffix(".finalized").read_text() == "freed"
+
+
+PRESSES = """
+import os, signal, sys, time
+from raynas import cli
+
+signal.signal(signal.SIGINT, cli._stop)  # as the console script installs it
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("stopping", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)  # (a Python handler runs between bytecodes: here, at once)
+print("still stopping", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)
+print("not ended", flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_command_a_second_lets_the_stop_finish_and_a_third_ends_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """The console script's Ctrl-C (and SIGTERM) handler, with real signals: the first press is a
+    KeyboardInterrupt, the second one line while the stop goes on, the third ends the process
+    with status 130 and no traceback (tests/test_quiet_failures.py presses twice during a real
+    search's stop)."""
+    done = subprocess.run([str(BIN / "python"), "-c", PRESSES], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-2000:]
+    assert done.stdout == "stopping\nstill stopping\n"
+    assert done.stderr == ("raynas: still stopping (the MLflow run's end, Ray's processes); press "
+                           "Ctrl-C again to end at once\n")

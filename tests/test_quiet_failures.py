@@ -147,6 +147,68 @@ def test_sigterm_stops_a_ray_search_as_ctrl_c_does_in_one_line_and_the_same_comm
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def processes_marked(marker: str) -> list[int]:
+    """The live processes whose environment holds ``marker`` (a process and all it started
+    inherit it; a zombie's environment reads as empty)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return found
+
+
+@pytest.mark.own_ray
+def test_ctrl_c_again_while_a_search_stops_its_local_ray_is_one_line_and_the_stop_finishes(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C, then Ctrl-C again while the search stops (its line printed, the local Ray it
+    started being shut down): the second press cut Ray's exit handler short, with a traceback
+    ("Exception ignored in atexit callback ... KeyboardInterrupt"), and left Ray's agents running
+    for a minute; now it is one more line and the stop finishes: no process of the command left,
+    status 130, the run recorded as killed with its first epoch checkpointed, from where the same
+    command resumes as after one press (tests/test_cli.py: a third press ends at once)."""
+    from raynas.train.checkpoint import load_checkpoint
+
+    job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "ray"})  # a local Ray
+    marker = f"RAYNAS_TEST_MARK={tmp_path.name}-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONUNBUFFERED="1", RAYNAS_TEST_MARK=marker.split("=", 1)[1])
+    command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            # Ctrl-C after the first epoch, and again once the stop is under way (its line
+            # printed; the local Ray's shutdown follows).
+            if line.startswith(("epoch   1/2", "raynas: interrupted")):
+                proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    console = "".join(said)
+    assert status == 130, console[-3000:]
+    assert said[-2:] == [
+        "raynas: interrupted; run the same command again to resume\n",
+        "raynas: still stopping (the MLflow run's end, Ray's processes); press Ctrl-C again to end at once\n",
+    ], console[-3000:]
+    assert "Traceback" not in console and "Exception ignored" not in console, console[-3000:]
+    assert processes_marked(marker) == []  # Ray's processes stopped with the command
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    assert len(state["history"]) == 1 and not state["finished"]
+    run_id = console.split("MLflow run ")[1].split()[0]
+    assert state["run_id"] == run_id
+    assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(run_id).info.status == "KILLED"
+
+
 def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_none_of_rays_reports(
     tmp_path: Path, ray_head: str
 ) -> None:
