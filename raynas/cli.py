@@ -20,6 +20,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -556,8 +558,20 @@ def _stop(signum: int, frame: object) -> None:
     flag says which signal it was). The next one, while that stop winds down (the MLflow run's
     end, the local Ray's processes, a second or two), says so in a line and lets it finish: cut
     short, Ray's exit handler printed a traceback and left its processes running for a minute.
-    One more ends the process at once."""
-    global _stops, _terminated
+    One more ends the process at once.
+
+    A first one while a module is being imported waits for the import to end: torch's first
+    import runs its extension's and numpy's initialisation, which catch every error, so an
+    interrupt there was lost (the command went on) or left numpy half made (a RecursionError
+    at its next use)."""
+    global _stops, _terminated, _deferred
+    if _stops == 0 and _importing(frame):
+        if not _deferred:
+            _deferred = True
+            threading.Thread(target=_signal_after_import, args=(signum,), name="raynas-deferred-stop",
+                             daemon=True).start()
+        return
+    _deferred = False
     _stops += 1
     if _stops == 1:
         _terminated = signum == signal.SIGTERM
@@ -568,6 +582,26 @@ def _stop(signum: int, frame: object) -> None:
         return
     sys.stderr.flush()
     os._exit(128 + signum)
+
+
+_deferred = False  # a first stop waiting for an import to end
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import (Python's import machinery is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _signal_after_import(signum: int) -> None:
+    """Send ``signum`` again once the main thread is out of every import (:func:`_stop`)."""
+    main = threading.main_thread().ident
+    while _importing(sys._current_frames().get(main)):
+        time.sleep(0.02)
+    os.kill(os.getpid(), signum)
 
 
 def run() -> NoReturn:
@@ -586,7 +620,6 @@ def run() -> NoReturn:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
     import atexit
-    import threading
 
     _stops = max(_stops, 1)  # what is left is stopping: a Ctrl-C now is a second one
     # What Python does at exit, in its order: its threads' exit hooks (they wake an executor's

@@ -231,3 +231,46 @@ def test_ctrl_c_stops_the_command_a_second_lets_the_stop_finish_and_a_third_ends
     assert done.stdout == "stopping\nstill stopping\n"
     assert done.stderr == ("raynas: still stopping (the MLflow run's end, Ray's processes); press "
                            "Ctrl-C again to end at once\n")
+
+
+SWALLOWING = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from raynas import cli
+
+signal.signal(signal.SIGINT, cli._stop)  # as the console script installs it
+try:
+    import swallowing  # Ctrl-C while it is imported
+    print("imported; swallowed:", swallowing.swallowed, flush=True)
+    time.sleep(5)
+    print("not stopped", flush=True)
+except KeyboardInterrupt:
+    print("stopped after the import", flush=True)
+"""
+
+# A module whose import catches every error, as torch's extension does while it initialises
+# (its own and numpy's): a KeyboardInterrupt raised in it would be lost.
+SWALLOWING_MODULE = """
+import os, signal, time
+swallowed = False
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+except BaseException:
+    swallowed = True
+"""
+
+
+def test_ctrl_c_while_a_module_is_imported_stops_the_command_once_the_import_is_done(
+    tmp_path: Path,
+) -> None:
+    """Found by hand: `raynas search` interrupted about half a second after it started, while
+    torch was being imported, went on to its end, or failed later with a RecursionError from
+    the numpy the interrupt left half made. The handler now waits for the import to end; here
+    with a module that swallows the interrupt deterministically."""
+    (tmp_path / "swallowing.py").write_text(SWALLOWING_MODULE)
+    done = subprocess.run([str(BIN / "python"), "-c", SWALLOWING, str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "imported; swallowed: False\nstopped after the import\n", done.stdout
+
