@@ -166,6 +166,43 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     assert keys and all(first_epochs.get(key, 0) > 1 for key in keys)
 
 
+def test_ctrl_c_stops_a_tune_search_in_one_line_and_the_same_command_evaluates_the_rest(
+    tmp_path: Path, ray_head: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C to `raynas search` of a Tune search, once a candidate is told: Tune's own SIGINT
+    handler ended the experiment as if it were done, and the search answered with that one
+    candidate, recorded as finished (and run again, said it had finished). Now it stops as any
+    search does: one line, status 130; and the same command evaluates the rest, each once."""
+    strategy = {"population_size": 2, "sample_size": 2, "evaluations": 4}
+    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head, strategy=strategy,
+                  evaluator={"epochs": 2})
+    command = [str(BIN / "raynas"), "search", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert driver.stdout is not None
+        for line in driver.stdout:
+            said.append(line)
+            if line.startswith("candidate    1 "):
+                driver.send_signal(signal.SIGINT)
+        status = driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    console = "".join(said)
+    assert status == 130, console[-3000:]
+    assert said[-1] == "raynas: interrupted; run the same command again to resume\n", console[-3000:]
+    assert "Stop signal received" not in console and "Search finished" not in console, console[-3000:]
+    assert not search_state(str(tmp_path / "runs" / "tune-cli" / "checkpoint.pt"))["finished"]
+    from raynas.cli import main
+
+    assert main(["search", str(path)]) == 0
+    assert "Resuming 'tune-cli'" in capsys.readouterr().out
+    assert len(assert_recorded_once(tmp_path)) >= strategy["evaluations"]
+
+
 def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(
     tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ controller and passed to the search driver's ``on_result``, so no evaluated cand
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -775,10 +776,27 @@ def _fit(
             stop=_StopOnFailure(ledger),
         ),
     )
-    with head_watched(), placement_groups_removed_once_placed():
+    with head_watched(), placement_groups_removed_once_placed(), _interrupts_not_taken_by_tune():
         tuner.fit()
     if ledger.failure is not None:
         raise ledger.failure
+
+
+@contextlib.contextmanager
+def _interrupts_not_taken_by_tune() -> Iterator[None]:
+    """Ctrl-C stops a Tune search as it stops any other: a ``KeyboardInterrupt``, the search
+    resuming from its journal and its trials' checkpoints. Tune's own SIGINT handler ended the
+    experiment as if it were done, and the search answered with the candidates evaluated so far
+    and was recorded as finished (``TUNE_DISABLE_SIGINT_HANDLER``, read as ``tune.run`` starts)."""
+    previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous
 
 
 def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str | None:
