@@ -196,6 +196,8 @@ def test_ctrl_c_stops_a_tune_search_in_one_line_and_the_same_command_evaluates_t
     assert said[-1] == "raynas: interrupted; run the same command again to resume\n", console[-3000:]
     assert "Stop signal received" not in console and "Search finished" not in console, console[-3000:]
     assert not search_state(str(tmp_path / "runs" / "tune-cli" / "checkpoint.pt"))["finished"]
+    run_id = console.split("MLflow run ")[1].split()[0]
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
     from raynas.cli import main
 
     assert main(["search", str(path)]) == 0
