@@ -152,6 +152,8 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resuming 'tune-cli'" in done.stdout
+    # Tune's result loggers' warning for each restored trial (PBT's copies too) is kept off.
+    assert "Remote file not found" not in done.stdout + done.stderr, done.stderr[-2000:]
     told = assert_recorded_once(tmp_path)
     # Every candidate the controller asked for was evaluated (PBT also records a trial's copies).
     assert len({r for r in told if "~" not in r}) >= strategy["evaluations"]

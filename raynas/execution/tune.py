@@ -750,6 +750,11 @@ def _fit(
     callbacks: list | None = None, inherited: str | None = None,
     echo: Callable[[str], None] = logger.warning,
 ) -> None:
+    # A trial restored from a checkpoint (PBT's copies every round, a resumed search's) has Tune's
+    # result loggers look for its result.json and progress.csv in storage, where the driver has
+    # not synced them yet: a "Remote file not found" WARNING per trial and file (25 lines in the
+    # PBT quick start), and the files started anew, which raynas does not read.
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
     # PBT copies checkpoints between trials: deleting old ones can pull one from under it.
     keep = None if config.tune.scheduler == "pbt" else 2
     # HyperBand's own scheduler bounds the running trials (RunningLimitedHyperBand): a limit that
