@@ -563,15 +563,13 @@ def _stop(signum: int, frame: object) -> None:
     A first one while a module is being imported waits for the import to end: torch's first
     import runs its extension's and numpy's initialisation, which catch every error, so an
     interrupt there was lost (the command went on) or left numpy half made (a RecursionError
-    at its next use)."""
+    at its next use). Pressed again before the import ends, it stops at once."""
     global _stops, _terminated, _deferred
-    if _stops == 0 and _importing(frame):
-        if not _deferred:
-            _deferred = True
-            threading.Thread(target=_signal_after_import, args=(signum,), name="raynas-deferred-stop",
-                             daemon=True).start()
+    if _stops == 0 and not _deferred and _importing(frame):  # (pressed again, it stops there)
+        _deferred = True
+        threading.Thread(target=_signal_after_import, args=(signum,), name="raynas-deferred-stop",
+                         daemon=True).start()
         return
-    _deferred = False
     _stops += 1
     if _stops == 1:
         _terminated = signum == signal.SIGTERM
@@ -598,10 +596,13 @@ def _importing(frame: Any) -> bool:
 
 def _signal_after_import(signum: int) -> None:
     """Send ``signum`` again once the main thread is out of every import (:func:`_stop`)."""
+    global _deferred
     main = threading.main_thread().ident
     while _importing(sys._current_frames().get(main)):
         time.sleep(0.02)
-    os.kill(os.getpid(), signum)
+    if _stops == 0:  # not pressed again meanwhile
+        _deferred = False  # (sent into another import, it waits again)
+        os.kill(os.getpid(), signum)
 
 
 def run() -> NoReturn:

@@ -245,7 +245,7 @@ try:
     time.sleep(5)
     print("not stopped", flush=True)
 except KeyboardInterrupt:
-    print("stopped after the import", flush=True)
+    print("stopped", flush=True)
 """
 
 # A module whose import catches every error, as torch's extension does while it initialises
@@ -272,5 +272,12 @@ def test_ctrl_c_while_a_module_is_imported_stops_the_command_once_the_import_is_
     done = subprocess.run([str(BIN / "python"), "-c", SWALLOWING, str(tmp_path)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == "imported; swallowed: False\nstopped after the import\n", done.stdout
+    assert done.stdout == "imported; swallowed: False\nstopped\n", done.stdout
+    # Pressed again while the import goes on (one that would take long), it stops there.
+    (tmp_path / "swallowing.py").write_text(SWALLOWING_MODULE + "os.kill(os.getpid(), signal.SIGINT)\n"
+                                            "time.sleep(5)\n")
+    done = subprocess.run([str(BIN / "python"), "-c", SWALLOWING, str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "stopped\n", done.stdout  # in the import, which did not end
 
