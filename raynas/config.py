@@ -759,18 +759,12 @@ def read_job(
         ConfigError: The first problem found, in one line.
     """
     raw = load_yaml(path, overrides)
-    shown = _short(str(path), 300)
+    other = other_command(raw, "search" if kind == "search" else "train")
+    if other:
+        raise ConfigError(f"{_short(str(path), 300)!r} {other}")
     if kind == "search":
-        if "architecture" in raw and "strategy" not in raw:
-            raise ConfigError(
-                f"{shown!r} is a retraining job (it names an architecture): run it with `raynas train`"
-            )
         check_sections(raw, SearchConfig, SEARCH_COMPONENTS)
     else:
-        if "strategy" in raw and "architecture" not in raw:
-            raise ConfigError(
-                f"{shown!r} is a search job (it names a strategy): run it with `raynas search`"
-            )
         if "architecture" not in raw:
             raise ConfigError(
                 "config key 'architecture' is missing: a published name, a JSON file, or "
@@ -778,6 +772,24 @@ def read_job(
             )
         check_sections(raw, RetrainConfig, RETRAIN_COMPONENTS)
     return raw
+
+
+def other_command(raw: dict[str, Any], command: Literal["search", "train", "study"]) -> str | None:
+    """What another command's job says when given to ``command`` (``is a study job ...: run it
+    with `raynas study```), told by the key only that kind of job has; None when it is not one."""
+    study = ("is a study job (its config section 'study' lists the cells to compare): run it with "
+             "`raynas study`")
+    search = "is a search job (it names a strategy): run it with `raynas search`"
+    train = "is a retraining job (it names an architecture): run it with `raynas train`"
+    if command != "study" and "study" in raw:
+        return study
+    if command == "search" and "architecture" in raw and "strategy" not in raw:
+        return train
+    if command == "train" and "strategy" in raw and "architecture" not in raw:
+        return search
+    if command == "study" and "study" not in raw:
+        return search if "strategy" in raw else train if "architecture" in raw else None
+    return None
 
 
 def check_sections(raw: dict[str, Any], cls: type[T], components: tuple[str, ...]) -> None:

@@ -275,12 +275,19 @@ def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
         path.chmod(0o600)
 
 
-def test_search_and_retraining_jobs_are_told_apart(base: dict[str, Any], tmp_path: Path) -> None:
+def test_search_retraining_and_study_jobs_are_told_apart(base: dict[str, Any], tmp_path: Path) -> None:
     path = write(tmp_path / "job.yaml", base)
     assert_refused(*answer(["train", str(path)]), "is a search job", "raynas search")
+    assert_refused(*answer(["study", str(path)]), "is a search job", "raynas search")
     retrain = {"name": "r", "space": "darts", "architecture": "DARTS_V2", "data": "digits"}
     path = write(tmp_path / "retrain.yaml", retrain)
     assert_refused(*answer(["search", str(path)]), "is a retraining job", "raynas train")
+    assert_refused(*answer(["study", str(path)]), "is a retraining job", "raynas train")
+    # A study job (its retraining settings in `retrain`, its cells in `study`): was "unknown
+    # config key 'retrain'" from `raynas search` and "'architecture' is missing" from `train`.
+    study = Path(__file__).parents[1] / "jobs" / "layer_count_quickstart.yaml"
+    assert_refused(*answer(["search", str(study)]), "is a study job", "raynas study")
+    assert_refused(*answer(["train", str(study)]), "is a study job", "raynas study")
     assert_refused(*answer(["train", str(path), "--set", "retrain.momentum=2"]), "'retrain.momentum'")
     assert_refused(*answer(["train", str(path), "--set", "name=.."]), "'name' is '..'")
 

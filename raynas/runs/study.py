@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raynas import storage
-from raynas.config import RetrainConfig, another_config, load_yaml
+from raynas.config import RetrainConfig, another_config, load_yaml, other_command
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
 from raynas.execution import start_worker
@@ -131,6 +131,9 @@ def parse_study_job(raw: dict[str, Any]) -> StudyJob:
     Raises:
         ConfigError: Naming the first bad key.
     """
+    other = other_command(raw, "study")
+    if other:
+        raise ConfigError(f"this {other}")
     raw = copy.deepcopy(raw)
     study = raw.pop("study", None)
     if not isinstance(study, dict):
@@ -142,8 +145,6 @@ def parse_study_job(raw: dict[str, Any]) -> StudyJob:
         raise ConfigError(
             "config key 'architecture': a study names its architectures in study.cells; remove it"
         )
-    if "strategy" in raw:
-        raise ConfigError("this is a search job (it names a strategy): run it with `raynas search`")
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
         raise ConfigError(f"unknown config key 'study.{unknown[0]}'; allowed: {', '.join(STUDY_KEYS)}")
