@@ -538,10 +538,13 @@ def main(argv: list[str] | None = None) -> int:
               "tracking.tracking_uri) and run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Searches, retrainings and studies resume; the other commands keep nothing to go on from.
+        resumes = args.command in ("search", "train", "study")
+        again = "; run the same command again to resume" if resumes else ""
         if _terminated:
-            print("raynas: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
+            print(f"raynas: stopped by SIGTERM{again}", file=sys.stderr)
             return 128 + signal.SIGTERM
-        print("raynas: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"raynas: interrupted{again}", file=sys.stderr)
         return 130
     return 0
 

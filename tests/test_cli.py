@@ -281,3 +281,21 @@ def test_ctrl_c_while_a_module_is_imported_stops_the_command_once_the_import_is_
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "stopped\n", done.stdout  # in the import, which did not end
 
+
+
+@pytest.mark.parametrize(("command", "line"), [
+    ("search", "raynas: interrupted; run the same command again to resume"),
+    ("describe", "raynas: interrupted"),  # nothing to resume
+])
+def test_an_interrupted_command_says_to_run_it_again_only_where_it_resumes(
+    command: str, line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import raynas.cli as cli
+
+    def interrupted(args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"_{command}", interrupted)
+    argv = ["search", "jobs/quickstart.yaml"] if command == "search" else ["describe", "--genotype", "DARTS"]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == line + "\n"
