@@ -38,6 +38,27 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(1)
 
 
+def signalled(command: list[str], at: tuple[str, ...], signum: int, *, cwd: Path | None = None,
+              env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, list[str]]:
+    """Run ``command`` (its stderr merged into its stdout, unbuffered) and send it ``signum`` at
+    each line it prints that starts with one of ``at``; its exit status and its lines."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith(at):
+                proc.send_signal(signum)
+        return proc.wait(timeout=timeout), said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, _process_tree, start_ray_head, stop_ray_cluster, tiny_job, write_job
+from conftest import (
+    BIN,
+    _process_tree,
+    signalled,
+    start_ray_head,
+    stop_ray_cluster,
+    tiny_job,
+    write_job,
+)
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -118,21 +126,8 @@ def test_sigterm_stops_a_ray_search_as_ctrl_c_does_in_one_line_and_the_same_comm
 
     job = tiny_job(tmp_path, execution={"backend": "ray", "address": ray_head})  # 2 epochs
     path = write_job(tmp_path, job)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            said.append(line)
-            if line.startswith("epoch   1/2"):
-                proc.send_signal(signal.SIGTERM)
-        status = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    status, said = signalled([str(BIN / "raynas"), "search", str(path)], ("epoch   1/2",), signal.SIGTERM,
+                             cwd=tmp_path)
     console = "".join(said)
     assert status == 128 + signal.SIGTERM, console[-3000:]
     assert said[-1] == "raynas: stopped by SIGTERM; run the same command again to resume\n", console[-3000:]
@@ -176,24 +171,12 @@ def test_ctrl_c_again_while_a_search_stops_its_local_ray_is_one_line_and_the_sto
     job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "ray"})  # a local Ray
     marker = f"RAYNAS_TEST_MARK={tmp_path.name}-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONUNBUFFERED="1", RAYNAS_TEST_MARK=marker.split("=", 1)[1])
+    env["RAYNAS_TEST_MARK"] = marker.split("=", 1)[1]
     command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            said.append(line)
-            # Ctrl-C after the first epoch, and again once the stop is under way (its line
-            # printed; the local Ray's shutdown follows).
-            if line.startswith(("epoch   1/2", "raynas: interrupted")):
-                proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # Ctrl-C after the first epoch, and again once the stop is under way (its line printed; the
+    # local Ray's shutdown follows).
+    status, said = signalled(command, ("epoch   1/2", "raynas: interrupted"), signal.SIGINT,
+                             cwd=tmp_path, env=env)
     console = "".join(said)
     assert status == 130, console[-3000:]
     assert said[-2:] == [

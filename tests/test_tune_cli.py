@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN
+from conftest import BIN, signalled
 from mlflow.tracking import MlflowClient
 
 from raynas.execution.tune import last_pbt_state, last_trial_state
@@ -178,21 +178,7 @@ def test_ctrl_c_stops_a_tune_search_in_one_line_and_the_same_command_evaluates_t
     strategy = {"population_size": 2, "sample_size": 2, "evaluations": 4}
     path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head, strategy=strategy,
                   evaluator={"epochs": 2})
-    command = [str(BIN / "raynas"), "search", str(path)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    try:
-        assert driver.stdout is not None
-        for line in driver.stdout:
-            said.append(line)
-            if line.startswith("candidate    1 "):
-                driver.send_signal(signal.SIGINT)
-        status = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
+    status, said = signalled([str(BIN / "raynas"), "search", str(path)], ("candidate    1 ",), signal.SIGINT)
     console = "".join(said)
     assert status == 130, console[-3000:]
     assert said[-1] == "raynas: interrupted; run the same command again to resume\n", console[-3000:]
