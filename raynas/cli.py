@@ -541,24 +541,25 @@ def main(argv: list[str] | None = None) -> int:
         # Searches, retrainings and studies resume; the other commands keep nothing to go on from.
         resumes = args.command in ("search", "train", "study")
         again = "; run the same command again to resume" if resumes else ""
-        if _terminated:
-            print(f"raynas: stopped by SIGTERM{again}", file=sys.stderr)
-            return 128 + signal.SIGTERM
+        if _stopped_by != signal.SIGINT:  # SIGTERM, SIGUSR1 (the console script's handler)
+            print(f"raynas: stopped by {signal.Signals(_stopped_by).name}{again}", file=sys.stderr)
+            return 128 + _stopped_by
         print(f"raynas: interrupted{again}", file=sys.stderr)
         return 130
     return 0
 
 
-_terminated = False  # whether SIGTERM stopped the command
+_stopped_by: int = signal.SIGINT  # the signal that stopped the command (a KeyboardInterrupt's: Ctrl-C)
 _stops = 0  # Ctrl-C presses and SIGTERMs received by the console script
 
 
 def _stop(signum: int, frame: object) -> None:
-    """Ctrl-C and SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``) for the console
-    script. The first stops the command: a ``KeyboardInterrupt`` in the main thread, so the run
-    is recorded as killed, what was done is kept, and the same command resumes (Ray's blocking
-    calls raise a new ``KeyboardInterrupt`` of their own when a handler raises in them, so a
-    flag says which signal it was). The next one, while that stop winds down (the MLflow run's
+    """Ctrl-C, SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``) and SIGUSR1
+    (SLURM's warning before it preempts a job) for the console script. The first stops the
+    command: a ``KeyboardInterrupt`` in the main thread, so the run is recorded as killed, what
+    was done is kept, and the same command resumes (Ray's blocking calls raise a new
+    ``KeyboardInterrupt`` of their own when a handler raises in them, so a global says which
+    signal it was). The next one, while that stop winds down (the MLflow run's
     end, the local Ray's processes, a second or two), says so in a line and lets it finish: cut
     short, Ray's exit handler printed a traceback and left its processes running for a minute.
     One more ends the process at once.
@@ -567,7 +568,7 @@ def _stop(signum: int, frame: object) -> None:
     import runs its extension's and numpy's initialisation, which catch every error, so an
     interrupt there was lost (the command went on) or left numpy half made (a RecursionError
     at its next use). Pressed again before the import ends, it stops at once."""
-    global _stops, _terminated, _deferred
+    global _stops, _stopped_by, _deferred
     if _stops == 0 and not _deferred and _importing(frame):  # (pressed again, it stops there)
         _deferred = True
         threading.Thread(target=_signal_after_import, args=(signum,), name="raynas-deferred-stop",
@@ -575,7 +576,7 @@ def _stop(signum: int, frame: object) -> None:
         return
     _stops += 1
     if _stops == 1:
-        _terminated = signum == signal.SIGTERM
+        _stopped_by = signum
         raise KeyboardInterrupt
     if _stops == 2:
         print("raynas: still stopping (the MLflow run's end, Ray's processes); press Ctrl-C again "
@@ -617,6 +618,7 @@ def run() -> NoReturn:
     global _stops
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGUSR1, _stop)  # SLURM's warning before it preempts a job
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help (0) and bad arguments (2, its message printed)

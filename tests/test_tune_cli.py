@@ -168,6 +168,21 @@ def test_a_tune_search_killed_with_sigkill_resumes_and_records_each_evaluation_o
     assert keys and all(first_epochs.get(key, 0) > 1 for key in keys)
 
 
+def stop_a_tune_search(tmp_path: Path, ray_head: str, signum: int) -> tuple[Path, list[str]]:
+    """A small ASHA search run with `raynas search`, sent ``signum`` once a candidate is told: its
+    job file and its lines. It stopped: not finished, its MLflow run killed."""
+    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head, evaluator={"epochs": 2},
+                  strategy={"population_size": 2, "sample_size": 2, "evaluations": 4})
+    status, said = signalled([str(BIN / "raynas"), "search", str(path)], ("candidate    1 ",), signum)
+    console = "".join(said)
+    assert status == 128 + signum, console[-3000:]
+    assert "Stop signal received" not in console and "Search finished" not in console, console[-3000:]
+    assert not search_state(str(tmp_path / "runs" / "tune-cli" / "checkpoint.pt"))["finished"]
+    run_id = console.split("MLflow run ")[1].split()[0]
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+    return path, said
+
+
 def test_ctrl_c_stops_a_tune_search_in_one_line_and_the_same_command_evaluates_the_rest(
     tmp_path: Path, ray_head: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -175,22 +190,22 @@ def test_ctrl_c_stops_a_tune_search_in_one_line_and_the_same_command_evaluates_t
     handler ended the experiment as if it were done, and the search answered with that one
     candidate, recorded as finished (and run again, said it had finished). Now it stops as any
     search does: one line, status 130; and the same command evaluates the rest, each once."""
-    strategy = {"population_size": 2, "sample_size": 2, "evaluations": 4}
-    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head, strategy=strategy,
-                  evaluator={"epochs": 2})
-    status, said = signalled([str(BIN / "raynas"), "search", str(path)], ("candidate    1 ",), signal.SIGINT)
-    console = "".join(said)
-    assert status == 130, console[-3000:]
-    assert said[-1] == "raynas: interrupted; run the same command again to resume\n", console[-3000:]
-    assert "Stop signal received" not in console and "Search finished" not in console, console[-3000:]
-    assert not search_state(str(tmp_path / "runs" / "tune-cli" / "checkpoint.pt"))["finished"]
-    run_id = console.split("MLflow run ")[1].split()[0]
-    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
     from raynas.cli import main
 
+    path, said = stop_a_tune_search(tmp_path, ray_head, signal.SIGINT)
+    assert said[-1] == "raynas: interrupted; run the same command again to resume\n", "".join(said)[-3000:]
     assert main(["search", str(path)]) == 0
     assert "Resuming 'tune-cli'" in capsys.readouterr().out
-    assert len(assert_recorded_once(tmp_path)) >= strategy["evaluations"]
+    assert len(assert_recorded_once(tmp_path)) >= 4
+
+
+def test_sigusr1_stops_a_tune_search_in_one_line_as_ctrl_c_does(tmp_path: Path, ray_head: str) -> None:
+    """SIGUSR1 (SLURM's warning before it preempts a job): Tune installs a handler for it whatever
+    it is told, which ended the experiment as if it were done, as Ctrl-C did; now the search
+    stops in one line, status 138, to resume as after Ctrl-C (the test above)."""
+    _, said = stop_a_tune_search(tmp_path, ray_head, signal.SIGUSR1)
+    assert said[-1] == "raynas: stopped by SIGUSR1; run the same command again to resume\n", (
+        "".join(said)[-3000:])
 
 
 def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(

@@ -25,7 +25,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -760,48 +762,68 @@ def _fit(
     # HyperBand's own scheduler bounds the running trials (RunningLimitedHyperBand): a limit that
     # counted its paused trials would keep a bracket from ever filling.
     concurrency = None if config.tune.scheduler == "hyperband" else config.execution.concurrency
-    tuner = tune.Tuner(
-        tune.with_resources(candidate_trainable(config, inherited), trial_resources(config)),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
-            max_concurrent_trials=concurrency,
-            num_samples=num_samples,
-            # One worker process trains many candidates: Python, torch and the data load once.
-            reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.trial_id,
-        ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=_storage(storage_path), verbose=0,
-            callbacks=[*(callbacks or []), SayTrialFailures(echo, config.execution.max_restarts)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-            # A trial whose node is lost (or whose process dies) goes on from its last epoch's
-            # checkpoint on another node; the controller hears of it once, when it ends.
-            failure_config=tune.FailureConfig(max_failures=config.execution.max_restarts),
-            stop=_StopOnFailure(ledger),
-        ),
-    )
-    with head_watched(), placement_groups_removed_once_placed(), _interrupts_not_taken_by_tune():
-        tuner.fit()
+    with _interrupts_not_taken_by_tune() as signals:
+        tuner = tune.Tuner(
+            tune.with_resources(candidate_trainable(config, inherited), trial_resources(config)),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
+                max_concurrent_trials=concurrency,
+                num_samples=num_samples,
+                # One worker process trains many candidates: Python, torch and the data load once.
+                reuse_actors=True,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=_storage(storage_path), verbose=0,
+                callbacks=[*(callbacks or []), SayTrialFailures(echo, config.execution.max_restarts),
+                           signals],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+                # A trial whose node is lost (or whose process dies) goes on from its last epoch's
+                # checkpoint on another node; the controller hears of it once, when it ends.
+                failure_config=tune.FailureConfig(max_failures=config.execution.max_restarts),
+                stop=_StopOnFailure(ledger),
+            ),
+        )
+        with head_watched(), placement_groups_removed_once_placed():
+            tuner.fit()
     if ledger.failure is not None:
         raise ledger.failure
 
 
+class _KeepSignals(tune.Callback):
+    """Puts back the SIGUSR1 disposition the process had before ``tune.run``, which installs a
+    handler of its own for it unconditionally (see :func:`_interrupts_not_taken_by_tune`);
+    callbacks are set up after it, in the same (main) thread."""
+
+    def __init__(self, usr1: Any) -> None:
+        self.usr1 = usr1
+
+    def setup(self, **info: Any) -> None:
+        if self.usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self.usr1)
+
+
 @contextlib.contextmanager
-def _interrupts_not_taken_by_tune() -> Iterator[None]:
-    """Ctrl-C stops a Tune search as it stops any other: a ``KeyboardInterrupt``, the search
-    resuming from its journal and its trials' checkpoints. Tune's own SIGINT handler ended the
-    experiment as if it were done, and the search answered with the candidates evaluated so far
-    and was recorded as finished (``TUNE_DISABLE_SIGINT_HANDLER``, read as ``tune.run`` starts)."""
+def _interrupts_not_taken_by_tune() -> Iterator[_KeepSignals]:
+    """Ctrl-C (and SIGUSR1, which SLURM sends before it preempts a job) stop a Tune search as they
+    stop any other search, the search resuming from its journal and its trials' checkpoints.
+    Tune's own handlers for them ended the experiment as if it were done, and the search answered
+    with the candidates evaluated so far and was recorded as finished. SIGINT's is off by
+    ``TUNE_DISABLE_SIGINT_HANDLER`` (read as ``tune.run`` starts); SIGUSR1's is taken back by the
+    callback this yields, and after the search."""
     previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    usr1 = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield
+        yield _KeepSignals(usr1)
     finally:
         if previous is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous
+        if usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, usr1)
 
 
 def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str | None:
