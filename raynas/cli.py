@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _stopped_by: int = signal.SIGINT  # the signal that stopped the command (a KeyboardInterrupt's: Ctrl-C)
-_stops = 0  # Ctrl-C presses and SIGTERMs received by the console script
+_stops = 0  # stop signals (Ctrl-C, SIGTERM, SIGUSR1) received by the console script
 
 
 def _stop(signum: int, frame: object) -> None:
