@@ -565,6 +565,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_UNSET = object()  # a setting one config has and the other does not
+
+
 def config_changes(before: dict[str, Any], now: dict[str, Any], limit: int = 3) -> str:
     """The settings that differ between two configs (``to_dict()`` forms), for a message:
     ``train.epochs was 2, is 3; data.limit was unset, is 64``, the first ``limit`` of them and how
@@ -589,9 +592,6 @@ def another_config(checkpoint: str | Path, kind: str, name: str, before: dict[st
         f"({config_changes(before, now)}); pass --fresh to start over, give the job another name, "
         "or undo the change to resume it"
     )
-
-
-_UNSET = object()
 
 
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
