@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raynas.cli import main
-from raynas.runs.report import build_report, format_text
+from raynas.runs.report import build_report, format_text, pareto_figure
 from raynas.spaces.nb201 import Nb201Space
 from raynas.tracking.plots import pareto_front
 from raynas.tracking.results import ResultsStore, SearchInfo
@@ -49,7 +49,9 @@ def test_report_tables_and_seed_statistics(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
     fill(store)
     report = build_report(store, top=3)
-    assert [r.score for r in report.best] == pytest.approx([0.90, 0.85, 0.80])
+    (ranking,) = report.rankings
+    assert ranking.objective == "valid_acc"
+    assert [r.score for r in ranking.best] == pytest.approx([0.90, 0.85, 0.80])
     evolution = next(s for s in report.seeds if s.strategy == "evolution")
     # Best scores 0.90 and 0.80: mean 0.85, sample std sqrt(((0.05)^2 * 2) / 1) = 0.0707107.
     assert evolution.mean == pytest.approx(0.85) and evolution.std == pytest.approx(math.sqrt(0.005))
@@ -57,16 +59,16 @@ def test_report_tables_and_seed_statistics(tmp_path: Path) -> None:
     random_search = next(s for s in report.seeds if s.strategy == "random")
     assert (random_search.mean, random_search.std) == (pytest.approx(0.70), 0.0)
     best_per_arch: dict[str, tuple[float, float]] = {}  # an architecture counts with its best evaluation
-    for r in report.rows:
+    for r in ranking.rows:
         if r.architecture_key not in best_per_arch or r.score > best_per_arch[r.architecture_key][1]:
             best_per_arch[r.architecture_key] = (r.cost, r.score)
     points = list(best_per_arch.values())
-    assert {(r.cost, r.score) for r in report.front} == {p for p in points if not dominated(p, points)}
+    assert {(r.cost, r.score) for r in ranking.front} == {p for p in points if not dominated(p, points)}
 
     only = build_report(store, select=["evo"])  # a job name selects its searches
     assert only.searches == ("evo-a", "evo-b")
     text = format_text(only)
-    assert "evolution/cifar10: 0.8500 ± 0.0707" in text and "Pareto front" in text
+    assert "evolution/cifar10: valid_acc 0.8500 ± 0.0707" in text and "Pareto front" in text
 
 
 def test_report_command_writes_html_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,6 +80,44 @@ def test_report_command_writes_html_and_png(tmp_path: Path, capsys: pytest.Captu
     assert "Best architectures" in out and "r.html" in out
     page = (tmp_path / "r.html").read_text()
     assert page.count("<table>") == 3 and "data:image/png;base64," in page
+    assert main(["report", "--results", root, "--out", str(tmp_path / "pareto.png")]) == 0
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_searches_of_different_objectives_are_ranked_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training-free search's scores (NASWOT's log-determinant, here in the thousands) are not
+    accuracies: ranked with them they took every row of the best table and the whole Pareto front.
+    Each objective has its own table, front and plot panel."""
+    store = ResultsStore(tmp_path / "results", spool_dir=tmp_path / "spool")
+    fill(store)
+    rng, space = random.Random(11), Nb201Space()
+    proxy = [EvalResult(architecture=space.sample(rng), objective="naswot", trial_id=f"wot-{i}",
+                        metrics={"naswot": 1500.0 + i, "params": 1e5 * (1 + i)}) for i in range(3)]
+    store.append(proxy, info=SearchInfo(search="wot-a", name="wot", strategy="random", dataset="cifar10",
+                                        seed=0))
+    report = build_report(store, top=3)
+    assert [r.objective for r in report.rankings] == ["naswot", "valid_acc"]
+    naswot, accuracy = report.rankings
+    assert naswot.searches == ("wot-a",) and [r.score for r in naswot.best] == [1502.0, 1501.0, 1500.0]
+    assert accuracy.searches == ("evo-a", "evo-b", "rs-a")
+    assert [r.score for r in accuracy.best] == pytest.approx([0.90, 0.85, 0.80])
+    assert {r.search for r in accuracy.front} <= {"evo-a", "evo-b", "rs-a"} and accuracy.front
+    assert {r.search for r in naswot.front} == {"wot-a"}
+    wot = next(s for s in report.seeds if s.job == "wot")
+    assert (wot.objective, wot.best_scores) == ("naswot", (1502.0,))
+    text = format_text(report)
+    assert "(objectives: naswot, valid_acc)" in text
+    assert "Ranked by naswot: wot-a" in text and "Ranked by valid_acc: evo-a, evo-b, rs-a" in text
+    assert "wot nb201/random/cifar10: naswot 1502.0  (n=1, seed 0)" in text
+    root = str(tmp_path / "results")
+    assert main(["report", "--results", root, "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Best architectures by naswot</h2>" in page and "<h2>Pareto front by valid_acc</h2>" in page
+    assert page.count("<table>") == 5  # a best table and a front per objective, the seeds
+    panels = pareto_figure(report).axes
+    assert [ax.get_ylabel() for ax in panels] == ["naswot", "valid_acc"]
     assert main(["report", "--results", root, "--out", str(tmp_path / "pareto.png")]) == 0
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -117,7 +157,7 @@ def test_report_shows_whole_architectures_marks_early_stops_and_counts_what_has_
     assert str(darts).replace(" ", "") in (lines[first].split("t1", 1)[1] + wrapped).replace(" ", "")
     assert "t2*" in text and "stopped early" in text
     assert "(1 architecture(s) without a params metric left out)" in text
-    assert "mixed darts/random/cifar10: 0.9000  (n=1, seed 0)" in text  # no ± for a single search
+    assert "mixed darts/random/cifar10: valid_acc 0.9000  (n=1, seed 0)" in text  # no ± for a single search
 
 
 def test_report_logs_its_cell_shape_plot_to_each_searchs_mlflow_run(

@@ -2,6 +2,9 @@
 
 - the best architectures as a table (one row per distinct architecture, its best evaluation);
 - the Pareto front of score against a cost (parameters, multiply-adds or latency: any metric);
+- both for each objective the searches rank by, apart: a training-free proxy's score (NASWOT's
+  log-determinant, a synflow sum) is not an accuracy, and ranked with accuracies it would head
+  every table;
 - mean ± standard deviation across seeds: each search's best score, grouped by space, strategy
   and dataset (the sample standard deviation, ``n - 1`` in the denominator, as NAS papers report
   it over independent runs);
@@ -31,7 +34,7 @@ from typing import Any
 
 from raynas.errors import ConfigError
 from raynas.runs.common import RANDOM_CELLS, cell_shapes, random_cell_shapes, shape_space
-from raynas.tracking.plots import pareto_front, plot_cell_shapes, plot_pareto, save_figure
+from raynas.tracking.plots import ParetoPanel, pareto_front, plot_cell_shapes, plot_pareto_panels, save_figure
 from raynas.tracking.results import ResultsStore
 from raynas.types import Architecture
 
@@ -64,6 +67,7 @@ class SeedSummary:
     space: str
     strategy: str
     dataset: str
+    objective: str
     seeds: tuple[int | None, ...]
     best_scores: tuple[float, ...]
 
@@ -80,8 +84,8 @@ class SeedSummary:
     def text(self) -> str:
         """``mean ± std`` over more than one search; the one search's best score otherwise."""
         if len(self.best_scores) > 1:
-            return f"{self.mean:.4f} ± {self.std:.4f}"
-        return f"{self.mean:.4f}"
+            return f"{_fmt_score(self.mean)} ± {_fmt_score(self.std)}"
+        return _fmt_score(self.mean)
 
 
 @dataclass(frozen=True)
@@ -153,17 +157,25 @@ def _point_stat(stat: Any, points: Sequence[tuple[float, float]]) -> tuple[float
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """The searches of one objective, ranked: scores of different objectives do not compare."""
+
+    objective: str
+    searches: tuple[str, ...]
+    best: tuple[Row, ...]  # the best architectures, each once with its best evaluation
+    front: tuple[Row, ...]  # the Pareto front of the objective against the report's cost
+    rows: tuple[Row, ...]  # every evaluation
+    uncosted: int = 0  # architectures without the cost metric: not on the front
+
+
+@dataclass(frozen=True)
 class Report:
     """What ``raynas report`` shows."""
 
     searches: tuple[str, ...]
-    objective: str
     cost_metric: str
-    best: tuple[Row, ...]
-    front: tuple[Row, ...]
+    rankings: tuple[Ranking, ...]  # one per objective, by name
     seeds: tuple[SeedSummary, ...]
-    rows: tuple[Row, ...]
-    uncosted: int = 0  # architectures without the cost metric: not on the front
     shapes: tuple[ShapeSummary, ...] = ()  # the best cells' width and depth against random cells
     runs: tuple[tuple[str, str], ...] = ()  # (search, its MLflow run) of the searches that have one
 
@@ -193,11 +205,44 @@ def build_report(
         known = ", ".join(store.searches()) or "none"
         what = f"searches {', '.join(select)}" if select else "any search"
         raise ConfigError(f"no results for {what} in {store.root}; searches there: {known}")
-    objectives = sorted({r["objective"] for r in records})
     metrics_seen = sorted({k for r in records for k, _ in (r["metrics"] or [])})
     if cost not in metrics_seen:
         raise ConfigError(f"report --cost {cost!r} is not a metric of these results; choose one of: "
                           f"{', '.join(metrics_seen)}")
+    by_objective: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_objective.setdefault(r["objective"], []).append(r)
+    rankings = tuple(_ranking(objective, by_objective[objective], top, cost)
+                     for objective in sorted(by_objective))
+
+    by_search: dict[str, dict[str, Any]] = {}
+    for r in records:
+        entry = by_search.setdefault(r["search"], {"record": r, "best": -math.inf})
+        if r["score"] is not None:
+            entry["best"] = max(entry["best"], r["score"])
+    groups: dict[tuple[str, str, str, str, str], list[dict[str, Any]]] = {}
+    for entry in by_search.values():
+        rec = entry["record"]
+        key = (job_name(rec["name"] or rec["search"]), rec["space"], rec["strategy"], rec["dataset"],
+               rec["objective"])
+        groups.setdefault(key, []).append(entry)
+    seeds = tuple(
+        SeedSummary(job=k[0], space=k[1], strategy=k[2], dataset=k[3], objective=k[4],
+                    seeds=tuple(e["record"]["seed"] for e in entries),
+                    best_scores=tuple(e["best"] for e in entries))
+        for k, entries in sorted(groups.items())
+    )
+    best = [row for ranking in rankings for row in ranking.best]
+    return Report(
+        searches=tuple(sorted(by_search)), cost_metric=cost, rankings=rankings, seeds=seeds,
+        shapes=_shape_summaries(best, records),
+        runs=tuple((search, e["record"]["run_id"]) for search, e in sorted(by_search.items())
+                   if e["record"]["run_id"]),
+    )
+
+
+def _ranking(objective: str, records: Sequence[dict[str, Any]], top: int, cost: str) -> Ranking:
+    """The best ``top`` architectures and the Pareto front of ``records``, all of ``objective``."""
     rows = tuple(
         Row(
             search=r["search"], trial_id=r["trial_id"], architecture_key=r["architecture_key"],
@@ -216,30 +261,8 @@ def build_report(
     costed = [r for r in best_of_arch.values() if r.cost is not None and math.isfinite(r.score)]
     uncosted = sum(r.cost is None and math.isfinite(r.score) for r in best_of_arch.values())
     front = tuple(costed[i] for i in pareto_front([(r.cost, r.score) for r in costed]))  # type: ignore[misc]
-
-    by_search: dict[str, dict[str, Any]] = {}
-    for r in records:
-        entry = by_search.setdefault(r["search"], {"record": r, "best": -math.inf})
-        if r["score"] is not None:
-            entry["best"] = max(entry["best"], r["score"])
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
-    for entry in by_search.values():
-        rec = entry["record"]
-        key = (job_name(rec["name"] or rec["search"]), rec["space"], rec["strategy"], rec["dataset"])
-        groups.setdefault(key, []).append(entry)
-    seeds = tuple(
-        SeedSummary(job=k[0], space=k[1], strategy=k[2], dataset=k[3],
-                    seeds=tuple(e["record"]["seed"] for e in entries),
-                    best_scores=tuple(e["best"] for e in entries))
-        for k, entries in sorted(groups.items())
-    )
-    return Report(
-        searches=tuple(sorted(by_search)), objective="/".join(objectives), cost_metric=cost,
-        best=best, front=front, seeds=seeds, rows=rows, uncosted=uncosted,
-        shapes=_shape_summaries(best, records),
-        runs=tuple((search, e["record"]["run_id"]) for search, e in sorted(by_search.items())
-                   if e["record"]["run_id"]),
-    )
+    return Ranking(objective=objective, searches=tuple(sorted({r.search for r in rows})), best=best,
+                   front=front, rows=rows, uncosted=uncosted)
 
 
 def _arch_text(text: str) -> str:
@@ -247,6 +270,11 @@ def _arch_text(text: str) -> str:
         return str(Architecture.from_json(text))
     except Exception:  # a space this installation does not know: show the JSON
         return text
+
+
+def _fmt_score(value: float) -> str:
+    """An accuracy to four places; a proxy's score in the thousands (NASWOT's) to one."""
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
 
 
 def _fmt_cost(value: float | None) -> str:
@@ -257,33 +285,18 @@ def _fmt_cost(value: float | None) -> str:
 
 def format_text(report: Report, *, width: int = 60) -> str:
     """The report as plain text for a terminal (architectures in full, wrapped at ``width``;
-    ``*`` marks a candidate a scheduler stopped early)."""
-    lines = [f"Searches: {', '.join(report.searches)}  (objective: {report.objective})", ""]
-    lines.append(f"Best architectures ({len(report.best)}; * stopped early):")
-    lines.append(
-        f"  {'#':>2}  {'score':>8}  {report.cost_metric:>12}  {'search':<24} {'trial':<12} architecture"
-    )
-    indent = " " * (2 + 2 + 2 + 8 + 2 + 12 + 2 + 24 + 1 + 12 + 1)
-    for i, r in enumerate(report.best, 1):
-        arch = textwrap.wrap(r.architecture, width, break_on_hyphens=False) or [""]
-        trial = r.trial_id + ("*" if r.stopped_early else "")
-        lines.append(
-            f"  {i:>2}  {r.score:8.4f}  {_fmt_cost(r.cost):>12}  {r.search:<24} {trial:<12} {arch[0]}"
-        )
-        lines += [indent + part for part in arch[1:]]
-    lines += ["", f"Pareto front (highest {report.objective}, lowest {report.cost_metric}):"]
-    for r in report.front:
-        where = f"({r.search} {r.trial_id})"
-        lines.append(f"  {_fmt_cost(r.cost):>12}  {r.score:8.4f}  {r.architecture_key}  {where}")
-    if not report.front:
-        lines.append(f"  (no candidate has a {report.cost_metric} metric)")
-    elif report.uncosted:
-        lines.append(f"  ({report.uncosted} architecture(s) without a {report.cost_metric} metric left out)")
+    ``*`` marks a candidate a scheduler stopped early): the best table and the Pareto front of
+    each objective, then the seeds and the cell shapes."""
+    objectives = ", ".join(ranking.objective for ranking in report.rankings)
+    many = len(report.rankings) > 1
+    lines = [f"Searches: {', '.join(report.searches)}  (objective{'s' if many else ''}: {objectives})"]
+    for ranking in report.rankings:
+        lines += ["", *_ranking_lines(ranking, report.cost_metric, width, many)]
     lines += ["", "Across seeds (each search's best score; mean ± sample std where n > 1):"]
     for s in report.seeds:
         seeds = ", ".join(str(x) for x in s.seeds)
         lines.append(
-            f"  {s.job} {s.space}/{s.strategy}/{s.dataset}: {s.text()}  "
+            f"  {s.job} {s.space}/{s.strategy}/{s.dataset}: {s.objective} {s.text()}  "
             f"(n={len(s.best_scores)}, seed{'s' if len(s.seeds) > 1 else ''} {seeds})"
         )
     if report.shapes:
@@ -293,15 +306,43 @@ def format_text(report: Report, *, width: int = 60) -> str:
     return "\n".join(lines)
 
 
+def _ranking_lines(ranking: Ranking, cost_metric: str, width: int, titled: bool) -> list[str]:
+    """One objective's best table and Pareto front as text; ``titled`` names the objective and
+    its searches first (a report of several objectives)."""
+    lines = [f"Ranked by {ranking.objective}: {', '.join(ranking.searches)}"] if titled else []
+    lines.append(f"Best architectures ({len(ranking.best)}; * stopped early):")
+    lines.append(f"  {'#':>2}  {'score':>10}  {cost_metric:>12}  {'search':<24} {'trial':<12} architecture")
+    indent = " " * (2 + 2 + 2 + 10 + 2 + 12 + 2 + 24 + 1 + 12 + 1)
+    for i, r in enumerate(ranking.best, 1):
+        arch = textwrap.wrap(r.architecture, width, break_on_hyphens=False) or [""]
+        trial = r.trial_id + ("*" if r.stopped_early else "")
+        score, cost = _fmt_score(r.score), _fmt_cost(r.cost)
+        lines.append(f"  {i:>2}  {score:>10}  {cost:>12}  {r.search:<24} {trial:<12} {arch[0]}")
+        lines += [indent + part for part in arch[1:]]
+    lines += ["", f"Pareto front (highest {ranking.objective}, lowest {cost_metric}):"]
+    for r in ranking.front:
+        where = f"({r.search} {r.trial_id})"
+        lines.append(f"  {_fmt_cost(r.cost):>12}  {_fmt_score(r.score):>10}  {r.architecture_key}  {where}")
+    if not ranking.front:
+        lines.append(f"  (no candidate has a {cost_metric} metric)")
+    elif ranking.uncosted:
+        lines.append(f"  ({ranking.uncosted} architecture(s) without a {cost_metric} metric left out)")
+    return lines
+
+
 def pareto_figure(report: Report) -> Any:
-    """The Pareto plot of the report (every architecture, coloured by search)."""
-    costed = [r for r in report.rows if r.cost is not None and math.isfinite(r.score)]
-    return plot_pareto(
-        [r.cost for r in costed], [r.score for r in costed],  # type: ignore[misc]
-        cost_label=report.cost_metric, score_label=report.objective, groups=[r.search for r in costed],
-        log_cost=report.cost_metric in ("params", "macs", "flops"),
-        title=f"{report.objective} against {report.cost_metric}",
-    )
+    """The Pareto plot of the report: every architecture, coloured by search, a panel per
+    objective."""
+    panels = []
+    for ranking in report.rankings:
+        costed = [r for r in ranking.rows if r.cost is not None and math.isfinite(r.score)]
+        panels.append(ParetoPanel(
+            costs=[r.cost for r in costed], scores=[r.score for r in costed],  # type: ignore[misc]
+            score_label=ranking.objective, groups=[r.search for r in costed],
+            title=f"{ranking.objective} against {report.cost_metric}",
+        ))
+    return plot_pareto_panels(panels, cost_label=report.cost_metric,
+                              log_cost=report.cost_metric in ("params", "macs", "flops"))
 
 
 def format_html(report: Report) -> str:
@@ -319,20 +360,24 @@ def format_html(report: Report) -> str:
         rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
         return f"<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr>{rows}</table>"
 
-    best = table(
-        ["#", report.objective, report.cost_metric, "search", "trial", "stopped early", "key",
-         "architecture"],
-        [
-            [str(i), f"{r.score:.4f}", _fmt_cost(r.cost), r.search, r.trial_id,
-             "yes" if r.stopped_early else "", r.architecture_key, r.architecture]
-            for i, r in enumerate(report.best, 1)
-        ],
-    )
-    front = table([report.cost_metric, report.objective, "key", "search", "trial"],
-                  [[_fmt_cost(r.cost), f"{r.score:.4f}", r.architecture_key, r.search, r.trial_id]
-                   for r in report.front])
-    seeds = table(["job", "space", "strategy", "dataset", "best (mean ± std)", "n", "seeds"],
-                  [[s.job, s.space, s.strategy, s.dataset, s.text(), str(len(s.best_scores)),
+    sections = []
+    for ranking in report.rankings:
+        best = table(
+            ["#", ranking.objective, report.cost_metric, "search", "trial", "stopped early", "key",
+             "architecture"],
+            [
+                [str(i), _fmt_score(r.score), _fmt_cost(r.cost), r.search, r.trial_id,
+                 "yes" if r.stopped_early else "", r.architecture_key, r.architecture]
+                for i, r in enumerate(ranking.best, 1)
+            ],
+        )
+        front = table([report.cost_metric, ranking.objective, "key", "search", "trial"],
+                      [[_fmt_cost(r.cost), _fmt_score(r.score), r.architecture_key, r.search, r.trial_id]
+                       for r in ranking.front])
+        by = f" by {esc(ranking.objective)}" if len(report.rankings) > 1 else ""
+        sections.append(f"<h2>Best architectures{by}</h2>{best}<h2>Pareto front{by}</h2>{front}")
+    seeds = table(["job", "space", "strategy", "dataset", "objective", "best (mean ± std)", "n", "seeds"],
+                  [[s.job, s.space, s.strategy, s.dataset, s.objective, s.text(), str(len(s.best_scores)),
                     ", ".join(str(x) for x in s.seeds)] for s in report.seeds])
     shapes = "".join(
         "".join(f"<p>{esc(line.strip())}</p>" for line in shape.lines())
@@ -347,8 +392,7 @@ def format_html(report: Report) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>raynas report</title>"
         f"<style>{style}</style></head><body><h1>raynas report</h1>"
         f"<p>Searches: {esc(', '.join(report.searches))}</p>"
-        f"<h2>Best architectures</h2>{best}<h2>Pareto front</h2>{front}"
-        f"{embedded(pareto_figure(report), 'Pareto plot')}"
+        f"{''.join(sections)}{embedded(pareto_figure(report), 'Pareto plot')}"
         f"<h2>Across seeds</h2>{seeds}{shapes}</body></html>"
     )
 

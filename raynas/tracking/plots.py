@@ -4,7 +4,8 @@ single architectures are drawn by their spaces: ``raynas.spaces.drawing``).
 - :func:`plot_arch_weights`: the softmax of the architecture weights over the epochs of a
   gradient search, one heatmap per weight matrix (rows: edge and operation; columns: epochs).
 - :func:`plot_pareto`: candidates' accuracy against a cost (parameters, multiply-adds or
-  latency), with the Pareto front (:func:`pareto_front`) drawn through the non-dominated ones.
+  latency), with the Pareto front (:func:`pareto_front`) drawn through the non-dominated ones;
+  :func:`plot_pareto_panels`, several such panels side by side (one per kind of score).
 - :func:`plot_cell_shapes`: the width and depth of a search's cells against random cells of the
   same space (Shu et al., ICLR 2020).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -108,6 +110,18 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+@dataclass(frozen=True)
+class ParetoPanel:
+    """One panel of :func:`plot_pareto_panels`: candidates' scores (higher is better) against
+    their costs, a label per candidate (its search or strategy) picking its colour."""
+
+    costs: Sequence[float]
+    scores: Sequence[float]
+    score_label: str = "validation accuracy"
+    groups: Sequence[str] | None = None
+    title: str = "accuracy against cost"
+
+
 def plot_pareto(
     costs: Sequence[float],
     scores: Sequence[float],
@@ -129,29 +143,39 @@ def plot_pareto(
         log_cost: Logarithmic cost axis.
         title: The figure's title.
     """
-    if len(costs) != len(scores):
-        raise ValueError(f"plot_pareto: {len(costs)} costs but {len(scores)} scores")
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
-    ax = fig.subplots()
-    labels = list(groups) if groups is not None else [""] * len(costs)
-    for group in dict.fromkeys(labels):
-        xs = [c for c, g in zip(costs, labels, strict=True) if g == group]
-        ys = [s for s, g in zip(scores, labels, strict=True) if g == group]
-        ax.scatter(xs, ys, s=18, alpha=0.7, label=group or None)
-    front = pareto_front(list(zip(costs, scores, strict=True)))
-    if front:
-        ax.step([costs[i] for i in front], [scores[i] for i in front], where="post", color="black",
-                linewidth=1.2, label="Pareto front")
-        ax.scatter([costs[i] for i in front], [scores[i] for i in front], s=40, facecolors="none",
-                   edgecolors="black")
-    if log_cost:
-        ax.set_xscale("log")
-    ax.set_xlabel(cost_label)
-    ax.set_ylabel(score_label)
-    ax.grid(alpha=0.3)
-    if groups is not None or front:
-        ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=11)
+    return plot_pareto_panels([ParetoPanel(costs, scores, score_label, groups, title)],
+                              cost_label=cost_label, log_cost=log_cost)
+
+
+def plot_pareto_panels(panels: Sequence[ParetoPanel], *, cost_label: str = "parameters",
+                       log_cost: bool = False) -> Figure:
+    """:func:`plot_pareto`'s scatter and front for each of ``panels``, side by side, over one
+    cost: scores of different kinds (an accuracy, a proxy's score) each on their own axes."""
+    for panel in panels:
+        if len(panel.costs) != len(panel.scores):
+            raise ValueError(f"plot_pareto: {len(panel.costs)} costs but {len(panel.scores)} scores")
+    fig = Figure(figsize=(6.4 * len(panels), 4.6), layout="constrained")
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        costs, scores = panel.costs, panel.scores
+        labels = list(panel.groups) if panel.groups is not None else [""] * len(costs)
+        for group in dict.fromkeys(labels):
+            xs = [c for c, g in zip(costs, labels, strict=True) if g == group]
+            ys = [s for s, g in zip(scores, labels, strict=True) if g == group]
+            ax.scatter(xs, ys, s=18, alpha=0.7, label=group or None)
+        front = pareto_front(list(zip(costs, scores, strict=True)))
+        if front:
+            ax.step([costs[i] for i in front], [scores[i] for i in front], where="post", color="black",
+                    linewidth=1.2, label="Pareto front")
+            ax.scatter([costs[i] for i in front], [scores[i] for i in front], s=40, facecolors="none",
+                       edgecolors="black")
+        if log_cost:
+            ax.set_xscale("log")
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(panel.score_label)
+        ax.grid(alpha=0.3)
+        if panel.groups is not None or front:
+            ax.legend(fontsize=8)
+        ax.set_title(panel.title, fontsize=11)
     return fig
 
 
