@@ -17,6 +17,7 @@ folder is fsynced and renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -187,8 +188,10 @@ def check_reachable(uri: str | os.PathLike[str]) -> None:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".raynas-probe-"):
                 pass
         except OSError as exc:
+            # A folder of a kernel's file system (/proc, /sys) refuses new files with ENOENT.
+            reason = "no file can be made there" if exc.errno == errno.ENOENT else exc.strerror
             raise StorageError(
-                f"cannot write in the folder {text}: {exc.strerror}; choose one this user can write"
+                f"cannot write in the folder {text}: {reason}; choose one this user can write"
             ) from None
         return
     from botocore.exceptions import BotoCoreError, ClientError

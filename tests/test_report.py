@@ -219,3 +219,6 @@ def test_report_mlflow_bad_input_is_one_line(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "a-file").write_text("not a folder")
     assert main(["report", "--results", root, "--out", str(tmp_path / "a-file" / "r.html")]) == 2
     assert f"cannot create the folder {tmp_path / 'a-file'}: a file has that name" in capsys.readouterr().err
+    # /proc refuses new files with ENOENT, which read "No such file or directory" for a folder that is there.
+    assert main(["report", "--results", root, "--out", "/proc/r.html"]) == 2
+    assert "cannot write in the folder /proc: no file can be made there;" in capsys.readouterr().err
