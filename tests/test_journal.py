@@ -206,6 +206,45 @@ def test_a_sampling_search_whose_latest_checkpoint_cannot_be_read_resumes_from_t
     assert resumed.architecture == reference.architecture
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-run", "fresh-over-a-finished-one"])
+def test_a_controller_lost_before_the_first_checkpoint_is_rebuilt_from_its_start(
+    earlier: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller (a Ray actor in a ``ray`` search) lost while the search asks it for its
+    state for the first checkpoint (Ray's memory monitor killed it at start, here): it was rebuilt
+    from a checkpoint there was none of ("cannot be read ... pass --fresh") or, with --fresh over
+    an earlier search's, from that search's state. A new controller is the lost one as it
+    started: the search ends as the uninterrupted one."""
+    import raynas.runs.sampling as sampling
+    from raynas.errors import WorkerLostError
+
+    job = strategy_job(tmp_path, "evolution")
+    reference = run_search(parse_job(job), echo=lambda _: None)
+    expected = search_state(reference.checkpoint)["results"]
+    if not earlier:
+        job = {**job, "name": "lost-at-start"}
+    built, lost = sampling.build_controller, []
+
+    def losing_its_first_state(config: Any) -> Any:
+        controller = built(config)
+        if not lost:
+            def state_dict() -> Any:
+                lost.append(True)
+                del controller.state_dict  # the next one (a rebuilt controller's) answers
+                raise WorkerLostError("lost", reason="a Ray actor was lost (killed)")
+            controller.state_dict = state_dict
+        return controller
+
+    monkeypatch.setattr(sampling, "build_controller", losing_its_first_state)
+    lines: list[str] = []
+    got = run_search(parse_job(job), fresh=earlier, echo=lines.append)
+    assert lost
+    assert "a Ray actor was lost (killed): rebuilding the controller from its start and the journal;" in (
+        "\n".join(lines))
+    assert [untimed(r) for r in search_state(got.checkpoint)["results"]] == [untimed(r) for r in expected]
+    assert got.architecture == reference.architecture
+
+
 def test_a_sampling_search_without_its_checkpoints_supernet_says_so_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

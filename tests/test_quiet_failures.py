@@ -157,6 +157,30 @@ def processes_marked(marker: str) -> list[int]:
 
 
 @pytest.mark.own_ray
+def test_a_worker_killed_by_rays_memory_monitor_is_one_raynas_line_saying_what_to_lower(
+    tmp_path: Path,
+) -> None:
+    """Ray's memory monitor kills the newest task's worker when its node's memory passes its
+    threshold (95%; set to 2% here, which any machine running Ray passes): the search's actor
+    died with ``ray.exceptions.OutOfMemoryError``, which is not an actor error, and the command
+    ended in a 90-line traceback holding Ray's report of the node's memory. Now it is a lost
+    worker as any other, in one line that says the node ran out of memory and what to lower."""
+    from test_sampling_search import sampling_job
+
+    job = sampling_job(tmp_path, {"name": "random", "evaluations": 2}, {"name": "scratch", "epochs": 1},
+                       execution={"backend": "ray", "cpus_per_worker": 1, "max_restarts": 0})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray, started with:
+    env.update(RAY_memory_usage_threshold="0.02", RAY_memory_monitor_refresh_ms="50")
+    done = subprocess.run([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("raynas: error: "), done.stderr[-3000:]
+    assert "Ray's memory monitor killed it, its node's memory running out: " in done.stderr
+    assert "lower data.batch_size or execution.concurrency, or give the node more memory" in done.stderr
+    assert_quiet(done.stdout + done.stderr)
+
+
+@pytest.mark.own_ray
 def test_ctrl_c_again_while_a_search_stops_its_local_ray_is_one_line_and_the_stop_finishes(
     tmp_path: Path,
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -424,17 +425,25 @@ def remote_call(ref: Any) -> Any:
         if isinstance(exc.cause, RaynasError):
             raise exc.cause from None
         raise
-    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as exc:
         head = cluster_head()
         if head and head_lost(head):
             # Ray's core worker would end this process by itself a minute later, with its own
             # report; raynas says it first, in one line, and the CLI ends without waiting.
             raise _cluster_lost(head) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ray.exceptions.OutOfMemoryError):
+            # Ray's memory monitor kills the newest task's worker when its node's memory passes
+            # RAY_memory_usage_threshold (95%); its message runs to a hundred lines.
+            used = re.search(r"was (\S+ used / \S+ limit)", str(exc))
+            reason = ("Ray's memory monitor killed it, its node's memory running out"
+                      + (f": {used.group(1)}" if used else "")
+                      + "; lower data.batch_size or execution.concurrency, or give the node more memory")
         raise WorkerLostError(
             f"the search's Ray actor was lost ({reason}; Ray's logs are in {ray_logs()}); all "
             "finished work is checkpointed: run the same command again to resume",
-            reason=f"a Ray actor was lost ({reason[:200]})",
+            reason=f"a Ray actor was lost ({reason})",
         ) from None
 
 

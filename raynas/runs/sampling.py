@@ -111,6 +111,7 @@ class SamplingSearch:
         self.epoch_told = 0  # results told in the supernet epoch in progress
         self.restarts = 0  # controller actors rebuilt
         self.checkpoint = ""  # where snapshot() writes (set by the driver)
+        self.checkpointed = False  # whether the checkpoint is this search's (written, or resumed from)
         self._snapshot_at = time.monotonic()
         self._diverged = False
 
@@ -208,12 +209,14 @@ class SamplingSearch:
                 (self.retrained if event["phase"] == "retrain" else self.results).append(result)
         self.redo = self._replay(state["strategy"], seq)
         self.resubmit = list(self.pending.items())
+        self.checkpointed = True
 
     def _replay(
-        self, strategy_state: dict[str, Any], seq: int
+        self, strategy_state: dict[str, Any] | None, seq: int
     ) -> dict[int, tuple[list[Architecture], int]]:
-        """Load the controller's checkpointed state and make again every call it got after the
-        checkpoint (events ``seq`` on): it ends as it was, having asked and been told the same.
+        """Load the controller's checkpointed state (None: a new controller as it starts) and make
+        again every call it got after the checkpoint (events ``seq`` on): it ends as it was,
+        having asked and been told the same.
 
         Returns:
             The supernet epochs begun after the checkpoint (usually the one in progress at the
@@ -229,7 +232,8 @@ class SamplingSearch:
                 _settle(in_flight, EvalResult.from_dict(event["result"]))
         epochs: dict[int, tuple[list[Architecture], int]] = {}
         current: int | None = None  # the epoch whose results are being told
-        self.strategy.load_state_dict(strategy_state)
+        if strategy_state is not None:
+            self.strategy.load_state_dict(strategy_state)
         for arch in in_flight.values():  # a loaded controller hands its in-flight candidates back
             self._check_same(self.strategy.ask(), arch)
         for event in self.journal.events[seq:]:
@@ -268,13 +272,20 @@ class SamplingSearch:
                 self.restarts += 1
                 if self.restarts > self.config.execution.max_restarts:
                     raise
-                self.echo(f"{exc.reason}: rebuilding the controller from the checkpoint and the journal; "
+                since = "the checkpoint" if self.checkpointed else "its start"
+                self.echo(f"{exc.reason}: rebuilding the controller from {since} and the journal; "
                           f"Ray's logs are in {ray_logs()}")
                 if isinstance(self.strategy, RemoteController):
                     self.strategy.close()
-                prior = read_checkpoint(self.checkpoint)
+                # Lost before the search's first checkpoint (the controller's state is asked for
+                # it): a new controller is the lost one as it started, and the journal replays
+                # the rest. A checkpoint there then is an earlier search's (--fresh).
+                state, seq = None, 0
+                if self.checkpointed:
+                    prior = read_checkpoint(self.checkpoint)
+                    state, seq = prior["state"]["strategy"], int(prior["seq"])
                 self.strategy = self._new_controller(None)
-                self._replay(prior["state"]["strategy"], int(prior["seq"]))
+                self._replay(state, seq)
                 if not retry:
                     return None
 
@@ -287,6 +298,7 @@ class SamplingSearch:
              "finished": finished},
             self.checkpoint,
         )
+        self.checkpointed = True
         self._snapshot_at = time.monotonic()
 
     def snapshot_due(self) -> bool:
