@@ -214,7 +214,8 @@ def test_a_controller_lost_before_the_first_checkpoint_is_rebuilt_from_its_start
     state for the first checkpoint (Ray's memory monitor killed it at start, here): it was rebuilt
     from a checkpoint there was none of ("cannot be read ... pass --fresh") or, with --fresh over
     an earlier search's, from that search's state. A new controller is the lost one as it
-    started: the search ends as the uninterrupted one."""
+    started: the search ends as the uninterrupted one. The first new one is lost too while it is
+    built (a new controller lost was the command's end, whatever execution.max_restarts)."""
     import raynas.runs.sampling as sampling
     from raynas.errors import WorkerLostError
 
@@ -223,14 +224,15 @@ def test_a_controller_lost_before_the_first_checkpoint_is_rebuilt_from_its_start
     expected = search_state(reference.checkpoint)["results"]
     if not earlier:
         job = {**job, "name": "lost-at-start"}
-    built, lost = sampling.build_controller, []
+    built, builds = sampling.build_controller, []
 
     def losing_its_first_state(config: Any) -> Any:
+        builds.append(config)
+        if len(builds) == 3:  # (the first is the search's check of its budget)
+            raise WorkerLostError("lost", reason="a Ray actor was lost (killed while built)")
         controller = built(config)
-        if not lost:
+        if len(builds) == 2:
             def state_dict() -> Any:
-                lost.append(True)
-                del controller.state_dict  # the next one (a rebuilt controller's) answers
                 raise WorkerLostError("lost", reason="a Ray actor was lost (killed)")
             controller.state_dict = state_dict
         return controller
@@ -238,9 +240,12 @@ def test_a_controller_lost_before_the_first_checkpoint_is_rebuilt_from_its_start
     monkeypatch.setattr(sampling, "build_controller", losing_its_first_state)
     lines: list[str] = []
     got = run_search(parse_job(job), fresh=earlier, echo=lines.append)
-    assert lost
-    assert "a Ray actor was lost (killed): rebuilding the controller from its start and the journal;" in (
-        "\n".join(lines))
+    assert len(builds) == 4  # the check's, the search's, two rebuilt (the first lost)
+    rebuilt = [line.split(";")[0] for line in lines if "rebuilding" in line]
+    assert rebuilt == [
+        "a Ray actor was lost (killed): rebuilding the controller from its start and the journal",
+        "a Ray actor was lost (killed while built): rebuilding the controller from its start and the journal",
+    ]
     assert [untimed(r) for r in search_state(got.checkpoint)["results"]] == [untimed(r) for r in expected]
     assert got.architecture == reference.architecture
 

@@ -180,6 +180,36 @@ def test_a_worker_killed_by_rays_memory_monitor_is_one_raynas_line_saying_what_t
     assert_quiet(done.stdout + done.stderr)
 
 
+def test_a_tune_trial_killed_by_rays_memory_monitor_is_told_as_such_in_its_line(tmp_path: Path) -> None:
+    """A trial Ray's memory monitor killed: its line says so, not the first 200 characters of
+    Ray's report (which spent them on the node's id). Tune's error file as Tune writes it
+    (``Trial.handle_error``: a header, then ``str(exc)``), with the report of
+    ``ray.exceptions.OutOfMemoryError`` as Ray 2.60 words it (seen in a search its memory monitor
+    ended)."""
+    from types import SimpleNamespace
+
+    from raynas.execution.tune import SayTrialFailures
+
+    error = tmp_path / "error.txt"
+    error.write_text(
+        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
+        "1 worker(s) were killed due to the node running low on memory. "
+        "Memory on the node (IP: 192.0.2.2, ID: f4bfc859e1a70fd905cedd442a5b635ade2e7360b10af684f75ce86b) "
+        "was 1.24GB used / 23.54GB limit (0.052594)\n"
+        "OOM kill reason: Memory usage 1329459200B exceeded threshold of 505523872B "
+        "(2.0% of 25276194816B limit)\n"
+        "Top 10 memory users: PID\tMEM(GB)\tCOMMAND\n"
+    )
+    said: list[str] = []
+    trial = SimpleNamespace(trial_id="a1b2_00001", error_file=str(error), num_failures=1)
+    SayTrialFailures(said.append, max_failures=3).on_trial_recover(0, [], trial)
+    assert said[0].startswith(
+        "trial a1b2_00001 failed (Ray's memory monitor killed it, its node's memory running out: 1.24GB "
+        "used / 23.54GB limit; lower data.batch_size or execution.concurrency, or give the node more "
+        "memory): it trains on from its last checkpoint (1 of at most 3 restarts); Ray's logs are in "
+    ), said
+
+
 @pytest.mark.own_ray
 def test_ctrl_c_again_while_a_search_stops_its_local_ray_is_one_line_and_the_stop_finishes(
     tmp_path: Path,

@@ -416,6 +416,19 @@ def head_watched(every: float = 1.0) -> Iterator[None]:
         raise gone.args[0] from None
 
 
+def out_of_memory(error: str) -> str:
+    """What to tell of a worker Ray's memory monitor killed, from Ray's report of it (``error``:
+    a hundred lines, the node's processes among them), or ``""`` for another error. The monitor
+    kills the newest task's worker when its node's memory passes ``RAY_memory_usage_threshold``
+    (95%)."""
+    if "killed due to the node running low on memory" not in error:
+        return ""
+    used = re.search(r"was (\S+ used / \S+ limit)", error)
+    return ("Ray's memory monitor killed it, its node's memory running out"
+            + (f": {used.group(1)}" if used else "")
+            + "; lower data.batch_size or execution.concurrency, or give the node more memory")
+
+
 def remote_call(ref: Any) -> Any:
     """``ray.get(ref)``; our own errors re-raised as such, a lost actor as :class:`WorkerLostError`."""
     try:
@@ -432,14 +445,8 @@ def remote_call(ref: Any) -> Any:
             # Ray's core worker would end this process by itself a minute later, with its own
             # report; raynas says it first, in one line, and the CLI ends without waiting.
             raise _cluster_lost(head) from None
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, ray.exceptions.OutOfMemoryError):
-            # Ray's memory monitor kills the newest task's worker when its node's memory passes
-            # RAY_memory_usage_threshold (95%); its message runs to a hundred lines.
-            used = re.search(r"was (\S+ used / \S+ limit)", str(exc))
-            reason = ("Ray's memory monitor killed it, its node's memory running out"
-                      + (f": {used.group(1)}" if used else "")
-                      + "; lower data.batch_size or execution.concurrency, or give the node more memory")
+        reason = out_of_memory(str(exc)) or (
+            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
         raise WorkerLostError(
             f"the search's Ray actor was lost ({reason}; Ray's logs are in {ray_logs()}); all "
             "finished work is checkpointed: run the same command again to resume",

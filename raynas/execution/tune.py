@@ -57,6 +57,7 @@ from raynas.execution.ray_actors import (
     head_watched,
     init_ray,
     node_type,
+    out_of_memory,
     ray_logs,
 )
 from raynas.execution.tune_resources import placement_groups_removed_once_placed
@@ -397,7 +398,7 @@ def _error_line(trial: Any) -> str:
         return ""
     starts = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
     after = lines[starts[-1] + 1:] if starts else lines
-    return next((line.strip()[:200] for line in after if line.strip()), "")
+    return out_of_memory("\n".join(after)) or next((line.strip()[:200] for line in after if line.strip()), "")
 
 
 def _quiet_tune_console() -> None:

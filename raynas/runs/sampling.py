@@ -264,30 +264,41 @@ class SamplingSearch:
 
     def _controller_call(self, call: Callable[[], Any], *, retry: bool = True) -> Any:
         """``call()`` on the controller; a lost controller actor is rebuilt from the checkpoint
-        and the journal, then ``call`` is made again (``retry``) or was replayed already."""
+        and the journal (a new one lost while it is rebuilt, again), then ``call`` is made again
+        (``retry``) or was replayed already."""
         while True:
             try:
                 return call()
             except WorkerLostError as exc:
+                lost = exc
+            while lost is not None:
                 self.restarts += 1
                 if self.restarts > self.config.execution.max_restarts:
-                    raise
-                since = "the checkpoint" if self.checkpointed else "its start"
-                self.echo(f"{exc.reason}: rebuilding the controller from {since} and the journal; "
-                          f"Ray's logs are in {ray_logs()}")
-                if isinstance(self.strategy, RemoteController):
-                    self.strategy.close()
-                # Lost before the search's first checkpoint (the controller's state is asked for
-                # it): a new controller is the lost one as it started, and the journal replays
-                # the rest. A checkpoint there then is an earlier search's (--fresh).
-                state, seq = None, 0
-                if self.checkpointed:
-                    prior = read_checkpoint(self.checkpoint)
-                    state, seq = prior["state"]["strategy"], int(prior["seq"])
-                self.strategy = self._new_controller(None)
-                self._replay(state, seq)
-                if not retry:
-                    return None
+                    raise lost
+                lost = self._rebuild_controller(lost)
+            if not retry:
+                return None
+
+    def _rebuild_controller(self, lost: WorkerLostError) -> WorkerLostError | None:
+        """A new controller in the lost one's place, as it was: None, or the loss of the new one."""
+        since = "the checkpoint" if self.checkpointed else "its start"
+        self.echo(f"{lost.reason}: rebuilding the controller from {since} and the journal; "
+                  f"Ray's logs are in {ray_logs()}")
+        if isinstance(self.strategy, RemoteController):
+            self.strategy.close()
+        # Lost before the search's first checkpoint (the controller's state is asked for it): a
+        # new controller is the lost one as it started, and the journal replays the rest. A
+        # checkpoint there then is an earlier search's (--fresh).
+        state, seq = None, 0
+        if self.checkpointed:
+            prior = read_checkpoint(self.checkpoint)
+            state, seq = prior["state"]["strategy"], int(prior["seq"])
+        try:
+            self.strategy = self._new_controller(None)
+            self._replay(state, seq)
+        except WorkerLostError as exc:
+            return exc
+        return None
 
     def snapshot(self, run_id: str, *, finished: bool = False) -> None:
         """Checkpoint the state and the journal position (the journal made durable first)."""
