@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from raynas.errors import ClusterLostError, ConfigError, RaynasError, WorkerLostError, no_room
+from raynas.errors import ClusterLostError, ConfigError, RaynasError, WorkerLostError, no_memory, no_room
 
 
 class _Parser(argparse.ArgumentParser):
@@ -532,10 +532,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         what = no_room(exc)
+        if what is not None:
+            print(f"raynas: error: {what}; make room there (or write elsewhere: tracking.output_dir, "
+                  "tracking.tracking_uri) and run the same command again to resume", file=sys.stderr)
+            return 2
+        what = no_memory(exc)
         if what is None:
             raise
-        print(f"raynas: error: {what}; make room there (or write elsewhere: tracking.output_dir, "
-              "tracking.tracking_uri) and run the same command again to resume", file=sys.stderr)
+        # (a search resumes where it stopped; with other settings, it says what changed)
+        print(f"raynas: error: out of memory: {what}; lower data.batch_size or the network's size "
+              "(the space's channels, layers), or run where there is more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Searches, retrainings and studies resume; the other commands keep nothing to go on from.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -125,4 +126,34 @@ def no_room(exc: BaseException) -> str | None:
         if SQLITE_FULL in str(error):
             return f"the SQLite MLflow store (tracking.tracking_uri) cannot grow: {SQLITE_FULL}"
         error = error.__cause__ or error.__context__
+    return None
+
+
+def no_memory(exc: BaseException) -> str | None:
+    """What memory was refused, for a one-line message, when ``exc`` (or an error it was raised
+    from, or a Ray worker's error it carries) is an allocation torch or Python could not make: the
+    CPU allocator's (``DefaultCPUAllocator: can't allocate memory``), a GPU's (``torch.OutOfMemoryError``:
+    ``CUDA out of memory``), ``MemoryError``; None for any other error."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        cpu = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes",
+                        text)
+        if cpu:
+            return f"torch could not allocate {int(cpu.group(1)) / 1e9:.3g} GB of memory"
+        # c10's caching allocators: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a
+        # total capacity of 79.10 GiB of which 1.06 GiB is free. ..."
+        gpu = re.search(r"(\w+) out of memory\. Tried to allocate (\S+ \w+)\."
+                        r"(?: (GPU \d+ has a total capacity of \S+ \w+ of which \S+ \w+ is free))?", text)
+        if gpu:
+            free = f" ({gpu.group(3)})" if gpu.group(3) else ""
+            return f"torch could not allocate {gpu.group(2)} of {gpu.group(1)} memory{free}"
+        if isinstance(error, MemoryError):
+            return "Python could not allocate memory"
+        carried = getattr(error, "cause", None)  # a Ray task's error: the worker's exception
+        if not isinstance(carried, BaseException):
+            carried = None
+        error = error.__cause__ or error.__context__ or carried
     return None

@@ -124,6 +124,48 @@ def test_an_unwritable_output_folder_is_named(tmp_path: Path, capsys: pytest.Cap
     assert "cannot write in the folder /sys/kernel: Permission denied; choose one this user can write" in err
 
 
+def test_memory_torch_cannot_allocate_ends_the_search_in_one_line_saying_what_to_lower(
+    tmp_path: Path,
+) -> None:
+    """A supernet too big for the machine (a 43.2 GB weight, refused here under an 8 GiB address
+    space, as a machine without that memory refuses it): torch's allocator error ended the command
+    in a 46-line traceback, on this process's worker and on a Ray actor alike."""
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    job = tiny_job(tmp_path, space={"channels": 60000})
+    done = subprocess.run([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                          preexec_fn=limited, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr == (
+        "raynas: error: out of memory: torch could not allocate 43.2 GB of memory; lower data.batch_size "
+        "or the network's size (the space's channels, layers), or run where there is more memory\n"
+    )
+
+
+def test_a_gpu_out_of_memory_and_a_ray_workers_are_told_as_torch_and_ray_word_them() -> None:
+    """The GPU's refusal as c10's caching allocator words it (``torch.OutOfMemoryError``), alone
+    and as a Ray actor's error carries it (a ``RayTaskError`` made from it)."""
+    import ray
+    import torch
+
+    from raynas.errors import no_memory
+
+    refusal = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of "
+        "which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.03 GiB memory in use."
+    )
+    told = ("torch could not allocate 2.00 GiB of CUDA memory "
+            "(GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is free)")
+    assert no_memory(refusal) == told
+    carried = ray.exceptions.RayTaskError("SupernetWorker.run_epoch", "Traceback ...", refusal)
+    assert no_memory(carried.as_instanceof_cause()) == told
+    assert no_memory(MemoryError()) == "Python could not allocate memory"
+    assert no_memory(RuntimeError("shapes cannot be multiplied")) is None
+
+
 def test_bad_s3_credentials_and_buckets_say_what_to_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
