@@ -406,6 +406,8 @@ def _describe(args: argparse.Namespace) -> None:
         model = space.build(arch, info, channels=args.channels, layers=args.layers,
                             auxiliary=info.task == "classification")  # no dense-prediction heads
     except (RuntimeError, ValueError, IndexError) as exc:  # sizes the network's code cannot take
+        if no_memory(exc):
+            raise  # (said as such by main)
         raise ConfigError(
             f"the {args.space!r} network of {args.arch} cannot be built as asked ({exc})"
         ) from None
@@ -421,6 +423,8 @@ def _describe(args: argparse.Namespace) -> None:
     try:
         stats = model_stats(model, (info.in_channels, height, width))
     except RuntimeError as exc:  # inputs smaller than the network's downsampling
+        if no_memory(exc):
+            raise  # (said as such by main)
         reason = str(exc).strip().splitlines()[0]
         raise ConfigError(
             f"the {args.space!r} network of {args.arch} does not run on {height}x{width} inputs "
@@ -540,8 +544,13 @@ def main(argv: list[str] | None = None) -> int:
         if what is None:
             raise
         # (a search resumes where it stopped; with other settings, it says what changed)
-        print(f"raynas: error: out of memory: {what}; lower data.batch_size or the network's size "
-              "(the space's channels, layers), or run where there is more memory", file=sys.stderr)
+        advice = {
+            "describe": "give a smaller --channels, --layers or --input-size",
+            "export": "run where there is more memory, or give a smaller --input-shape",
+            "latency": "give a smaller --batch-size",
+        }.get(args.command, "lower data.batch_size or the network's size (the space's channels, layers), "
+                            "or run where there is more memory")
+        print(f"raynas: error: out of memory: {what}; {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Searches, retrainings and studies resume; the other commands keep nothing to go on from.

@@ -129,7 +129,8 @@ def test_memory_torch_cannot_allocate_ends_the_search_in_one_line_saying_what_to
 ) -> None:
     """A supernet too big for the machine (a 43.2 GB weight, refused here under an 8 GiB address
     space, as a machine without that memory refuses it): torch's allocator error ended the command
-    in a 46-line traceback, on this process's worker and on a Ray actor alike."""
+    in a 46-line traceback, on this process's worker and on a Ray actor alike; `raynas describe`
+    took it for inputs too small."""
     import resource
 
     def limited() -> None:
@@ -143,6 +144,12 @@ def test_memory_torch_cannot_allocate_ends_the_search_in_one_line_saying_what_to
         "raynas: error: out of memory: torch could not allocate 43.2 GB of memory; lower data.batch_size "
         "or the network's size (the space's channels, layers), or run where there is more memory\n"
     )
+    # `raynas describe` on inputs too large for memory said to give a larger --input-size.
+    done = subprocess.run([str(BIN / "raynas"), "describe", "--genotype", "DARTS_V2", "--input-size",
+                           "100000x100000"], preexec_fn=limited, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr == ("raynas: error: out of memory: torch could not allocate 120 GB of memory; give a "
+                           "smaller --channels, --layers or --input-size\n")
 
 
 def test_a_gpu_out_of_memory_and_a_ray_workers_are_told_as_torch_and_ray_word_them() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from raynas import storage
 from raynas.config import SearchConfig, another_config, config_changes
 from raynas.data import dataset_info
-from raynas.errors import ConfigError, RaynasError, cause
+from raynas.errors import ConfigError, RaynasError, cause, no_memory
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
 from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
@@ -387,6 +387,8 @@ def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) ->
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 searched_network(config, arch, size=size).eval()(torch.zeros(shape))
         except RuntimeError as exc:
+            if no_memory(exc):
+                raise  # not the inputs: the command line says it as such
             reason = " ".join(str(exc).split())[:300]
             raise ConfigError(
                 f"the {config.space.name!r} space's networks do not run on {info.name}'s "

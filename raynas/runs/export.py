@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raynas.errors import ConfigError
+from raynas.errors import ConfigError, no_memory
 from raynas.tracking.mlflow_tracker import (
     RUN_PREFIX,
     check_server,
@@ -148,6 +148,8 @@ def export_network(
         with torch.no_grad():
             expected = wrapped(example)
     except RuntimeError as exc:
+        if no_memory(exc):
+            raise  # not the input: the command line says it as such
         shape = "x".join(map(str, example.shape))
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"the network does not run on a {shape} input ({reason})") from None

@@ -27,7 +27,7 @@ from raynas.config import RetrainConfig, another_config
 from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
 from raynas.data.ptb import PtbConfig
-from raynas.errors import ArchitectureError, ConfigError, cause
+from raynas.errors import ArchitectureError, ConfigError, cause, no_memory
 from raynas.execution import start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import attempt_id, sole_writer
@@ -120,6 +120,8 @@ def build_network(
         with torch.no_grad():
             out = network(torch.stack([example, example]))  # two: BatchNorm in train mode needs them
     except RuntimeError as exc:
+        if no_memory(exc):
+            raise  # not the inputs: the command line says it as such
         reason = str(exc).strip().splitlines()[0]
         shape = "x".join(map(str, example.shape))
         raise ConfigError(
