@@ -8,6 +8,7 @@ folders and the dataset's folder before torch, Ray or MLflow load, for `raynas s
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import sqlite3
@@ -112,6 +113,20 @@ def test_a_ray_address_nothing_answers_at_says_to_start_the_cluster(
     where = "execution.address (--address)" if given == "--address" else "RAY_ADDRESS"
     assert f"no Ray cluster answers at {address} ({where}); start it (`ray start --head`)" in err
     assert not ray.is_initialized()
+
+
+def test_a_local_ray_without_a_writable_session_folder_says_to_set_ray_tmpdir(tmp_path: Path) -> None:
+    """Ray keeps its sessions in RAY_TMPDIR (else /tmp/ray, which may be another user's on a shared
+    machine): where it cannot make its folder, `ray.init` ended the command in a traceback."""
+    job = tiny_job(tmp_path, execution={"backend": "ray"})  # a local Ray
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = "/sys/kernel"  # the kernel's: no user makes a folder there
+    done = subprocess.run([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("raynas: error: a local Ray cannot start: it cannot make /sys/kernel/ray (")
+    assert done.stderr.endswith("); set RAY_TMPDIR to a folder this user can write (Ray keeps its sessions "
+                                "there), or give a cluster's address (--address)\n"), done.stderr[-3000:]
 
 
 def test_an_unwritable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

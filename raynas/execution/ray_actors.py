@@ -101,15 +101,24 @@ def init_ray(execution: ExecutionConfig) -> None:
     # A local Ray turns token authentication on by itself and says so on the console each time;
     # it is the secure default, not the search's news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    with _keeping_sigterm():
-        ray.init(
-            object_store_memory=execution.object_store_mb * 1024 * 1024,
-            include_dashboard=False,
-            # Errors reach the driver as exceptions; workers' chatter stays in Ray's logs.
-            log_to_driver=False,
-            logging_level="WARNING",
-            configure_logging=True,
-        )
+    try:
+        with _keeping_sigterm():
+            ray.init(
+                object_store_memory=execution.object_store_mb * 1024 * 1024,
+                include_dashboard=False,
+                # Errors reach the driver as exceptions; workers' chatter stays in Ray's logs.
+                log_to_driver=False,
+                logging_level="WARNING",
+                configure_logging=True,
+            )
+    except OSError as exc:  # its session folder (a /tmp/ray of another user's, a full disk)
+        if not exc.filename:
+            raise
+        raise ConfigError(
+            f"a local Ray cannot start: it cannot make {exc.filename} ({exc.strerror}); set RAY_TMPDIR "
+            "to a folder this user can write (Ray keeps its sessions there), or give a cluster's "
+            "address (--address)"
+        ) from None
     _quiet_console()
     global _local
     _local = cluster_head()
