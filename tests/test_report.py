@@ -95,22 +95,27 @@ def test_searches_of_different_objectives_are_ranked_apart(
     rng, space = random.Random(11), Nb201Space()
     proxy = [EvalResult(architecture=space.sample(rng), objective="naswot", trial_id=f"wot-{i}",
                         metrics={"naswot": 1500.0 + i, "params": 1e5 * (1 + i)}) for i in range(3)]
-    store.append(proxy, info=SearchInfo(search="wot-a", name="wot", strategy="random", dataset="cifar10",
-                                        seed=0))
+    # Its best candidate retrained (`final`): scored by accuracy, a row of the same search.
+    retrained = EvalResult(architecture=proxy[2].architecture, metrics={"valid_acc": 0.6, "params": 3e5},
+                           trial_id="wot-2-retrained")
+    store.append([*proxy, retrained], info=SearchInfo(search="wot-a", name="wot", strategy="random",
+                                                      dataset="cifar10", seed=0))
     report = build_report(store, top=3)
     assert [r.objective for r in report.rankings] == ["naswot", "valid_acc"]
     naswot, accuracy = report.rankings
     assert naswot.searches == ("wot-a",) and [r.score for r in naswot.best] == [1502.0, 1501.0, 1500.0]
-    assert accuracy.searches == ("evo-a", "evo-b", "rs-a")
+    assert accuracy.searches == ("evo-a", "evo-b", "rs-a", "wot-a")
     assert [r.score for r in accuracy.best] == pytest.approx([0.90, 0.85, 0.80])
-    assert {r.search for r in accuracy.front} <= {"evo-a", "evo-b", "rs-a"} and accuracy.front
+    assert {r.search for r in accuracy.front} <= {"evo-a", "evo-b", "rs-a", "wot-a"} and accuracy.front
     assert {r.search for r in naswot.front} == {"wot-a"}
-    wot = next(s for s in report.seeds if s.job == "wot")
-    assert (wot.objective, wot.best_scores) == ("naswot", (1502.0,))
+    wot = sorted((s.objective, s.best_scores) for s in report.seeds if s.job == "wot")
+    assert wot == [("naswot", (1502.0,)), ("valid_acc", (0.6,))]  # the search's best by each
+    assert report.searches == ("evo-a", "evo-b", "rs-a", "wot-a")
     text = format_text(report)
     assert "(objectives: naswot, valid_acc)" in text
-    assert "Ranked by naswot: wot-a" in text and "Ranked by valid_acc: evo-a, evo-b, rs-a" in text
+    assert "Ranked by naswot: wot-a" in text and "Ranked by valid_acc: evo-a, evo-b, rs-a, wot-a" in text
     assert "wot nb201/random/cifar10: naswot 1502.0  (n=1, seed 0)" in text
+    assert "wot nb201/random/cifar10: valid_acc 0.6000  (n=1, seed 0)" in text
     root = str(tmp_path / "results")
     assert main(["report", "--results", root, "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()

@@ -2,9 +2,9 @@
 
 - the best architectures as a table (one row per distinct architecture, its best evaluation);
 - the Pareto front of score against a cost (parameters, multiply-adds or latency: any metric);
-- both for each objective the searches rank by, apart: a training-free proxy's score (NASWOT's
-  log-determinant, a synflow sum) is not an accuracy, and ranked with accuracies it would head
-  every table;
+- these two for each objective the searches rank by, apart: a training-free proxy's score
+  (NASWOT's log-determinant, a synflow sum) is not an accuracy, and ranked with accuracies it
+  would head every table;
 - mean ± standard deviation across seeds: each search's best score, grouped by space, strategy
   and dataset (the sample standard deviation, ``n - 1`` in the denominator, as NAS papers report
   it over independent runs);
@@ -215,9 +215,11 @@ def build_report(
     rankings = tuple(_ranking(objective, by_objective[objective], top, cost)
                      for objective in sorted(by_objective))
 
-    by_search: dict[str, dict[str, Any]] = {}
+    # A search's best per objective: a training-free search's retrained candidates (`final`) are
+    # scored by accuracy, its others by the proxy.
+    by_search: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
-        entry = by_search.setdefault(r["search"], {"record": r, "best": -math.inf})
+        entry = by_search.setdefault((r["search"], r["objective"]), {"record": r, "best": -math.inf})
         if r["score"] is not None:
             entry["best"] = max(entry["best"], r["score"])
     groups: dict[tuple[str, str, str, str, str], list[dict[str, Any]]] = {}
@@ -232,12 +234,12 @@ def build_report(
                     best_scores=tuple(e["best"] for e in entries))
         for k, entries in sorted(groups.items())
     )
-    best = [row for ranking in rankings for row in ranking.best]
+    best = {row.architecture_key: row for ranking in rankings for row in ranking.best}  # each once
+    run_of = {search: e["record"]["run_id"] for (search, _), e in by_search.items() if e["record"]["run_id"]}
     return Report(
-        searches=tuple(sorted(by_search)), cost_metric=cost, rankings=rankings, seeds=seeds,
-        shapes=_shape_summaries(best, records),
-        runs=tuple((search, e["record"]["run_id"]) for search, e in sorted(by_search.items())
-                   if e["record"]["run_id"]),
+        searches=tuple(sorted({search for search, _ in by_search})), cost_metric=cost, rankings=rankings,
+        seeds=seeds, shapes=_shape_summaries(list(best.values()), records),
+        runs=tuple(sorted(run_of.items())),
     )
 
 
