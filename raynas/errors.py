@@ -138,22 +138,28 @@ def no_memory(exc: BaseException) -> str | None:
     error: BaseException | None = exc
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        text = str(error)
-        cpu = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes",
-                        text)
-        if cpu:
-            return f"torch could not allocate {int(cpu.group(1)) / 1e9:.3g} GB of memory"
-        # c10's caching allocators: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a
-        # total capacity of 79.10 GiB of which 1.06 GiB is free. ..."
-        gpu = re.search(r"(\w+) out of memory\. Tried to allocate (\S+ \w+)\."
-                        r"(?: (GPU \d+ has a total capacity of \S+ \w+ of which \S+ \w+ is free))?", text)
-        if gpu:
-            free = f" ({gpu.group(3)})" if gpu.group(3) else ""
-            return f"torch could not allocate {gpu.group(2)} of {gpu.group(1)} memory{free}"
+        refused = memory_refused(str(error))
+        if refused:
+            return refused
         if isinstance(error, MemoryError):
             return "Python could not allocate memory"
         carried = getattr(error, "cause", None)  # a Ray task's error: the worker's exception
         if not isinstance(carried, BaseException):
             carried = None
         error = error.__cause__ or error.__context__ or carried
+    return None
+
+
+def memory_refused(text: str) -> str | None:
+    """:func:`no_memory`'s line for an error's text (torch's allocators' words), or None."""
+    cpu = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if cpu:
+        return f"torch could not allocate {int(cpu.group(1)) / 1e9:.3g} GB of memory"
+    # c10's caching allocators: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a
+    # total capacity of 79.10 GiB of which 1.06 GiB is free. ..."
+    gpu = re.search(r"(\w+) out of memory\. Tried to allocate (\S+ \w+)\."
+                    r"(?: (GPU \d+ has a total capacity of \S+ \w+ of which \S+ \w+ is free))?", text)
+    if gpu:
+        free = f" ({gpu.group(3)})" if gpu.group(3) else ""
+        return f"torch could not allocate {gpu.group(2)} of {gpu.group(1)} memory{free}"
     return None

@@ -180,9 +180,10 @@ def test_a_worker_killed_by_rays_memory_monitor_is_one_raynas_line_saying_what_t
     assert_quiet(done.stdout + done.stderr)
 
 
-def test_a_tune_trial_killed_by_rays_memory_monitor_is_told_as_such_in_its_line(tmp_path: Path) -> None:
+def test_a_tune_trial_out_of_memory_is_told_as_such_in_its_line(tmp_path: Path) -> None:
     """A trial Ray's memory monitor killed: its line says so, not the first 200 characters of
-    Ray's report (which spent them on the node's id). Tune's error file as Tune writes it
+    Ray's report (which spent them on the node's id); one whose torch refused memory, or that
+    raised any error, says that, not the first line of Ray's traceback. Tune's error file as Tune writes it
     (``Trial.handle_error``: a header, then ``str(exc)``), with the report of
     ``ray.exceptions.OutOfMemoryError`` as Ray 2.60 words it (seen in a search its memory monitor
     ended)."""
@@ -207,6 +208,31 @@ def test_a_tune_trial_killed_by_rays_memory_monitor_is_told_as_such_in_its_line(
         "trial a1b2_00001 failed (Ray's memory monitor killed it, its node's memory running out: 1.24GB "
         "used / 23.54GB limit; lower data.batch_size or execution.concurrency, or give the node more "
         "memory): it trains on from its last checkpoint (1 of at most 3 restarts); Ray's logs are in "
+    ), said
+    # torch's allocator refusing, in the trial: what the trial asked for, not the first line of a
+    # traceback (Tune writes the remote one: the error's line is its last).
+    error.write_text(
+        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=23250, ip=192.0.2.2, actor_id=0af1)\n"
+        "  File \"/venv/lib/python3.11/site-packages/torch/nn/modules/conv.py\", line 170, in __init__\n"
+        "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 43200000000 bytes. Error code 12 (Cannot allocate memory)\n"
+    )
+    SayTrialFailures(said.append, max_failures=3).on_trial_error(0, [], trial)
+    assert said[1].startswith(
+        "trial a1b2_00001 failed (out of memory: torch could not allocate 43.2 GB of memory): Tune gave up "
+        "on it after 3 restarts; Ray's logs are in "
+    ), said
+    # Any error raised in the trial: its own line, the traceback's last, not Ray's header.
+    error.write_text(
+        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=23250, ip=192.0.2.2, actor_id=0af1)\n"
+        "  File \"/venv/lib/python3.11/site-packages/torch/nn/functional.py\", line 2510, in linear\n"
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 32x10)\n"
+    )
+    SayTrialFailures(said.append, max_failures=3).on_trial_error(0, [], trial)
+    assert said[2].startswith(
+        "trial a1b2_00001 failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 32x10)): "
     ), said
 
 

@@ -48,7 +48,7 @@ from ray.tune.schedulers import (
 from ray.tune.search import Searcher
 
 from raynas.config import SearchConfig
-from raynas.errors import ClusterLostError, ConfigError, RaynasError
+from raynas.errors import ClusterLostError, ConfigError, RaynasError, memory_refused
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
 from raynas.execution.ray_actors import (
@@ -388,17 +388,25 @@ def _stop_if_the_head_is_gone() -> None:
 
 
 def _error_line(trial: Any) -> str:
-    """The first line of the trial's latest error (``The actor died unexpectedly before finishing
-    this task.``), or ``""``. Tune's error file holds each failure as ``Failure # N (occurred at
-    ...)`` and the error's text below it."""
+    """The trial's latest error in a line, or ``""``: the first line of a lost actor's (``The
+    actor died unexpectedly before finishing this task.``), the last of an error raised in the
+    trial (Ray's remote traceback: ``ray::ImplicitFunc.train() (pid=...)``, its frames, then the
+    error), what memory was refused where it was. Tune's error file holds each failure as
+    ``Failure # N (occurred at ...)`` and the error's text below it."""
     try:  # the driver's copy: the trial's folder in storage receives it only at the next sync
         text = Path(trial.error_file).read_text() if trial.error_file else trial.get_error()
         lines = str(text or "").splitlines()
     except Exception:  # Tune's error file unreadable: the line goes without it
         return ""
     starts = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
-    after = lines[starts[-1] + 1:] if starts else lines
-    return out_of_memory("\n".join(after)) or next((line.strip()[:200] for line in after if line.strip()), "")
+    after = [line.strip() for line in (lines[starts[-1] + 1:] if starts else lines) if line.strip()]
+    text = "\n".join(after)
+    refused = memory_refused(text)  # torch's, in the trial: what the trial asked for
+    if out_of_memory(text) or refused:
+        return out_of_memory(text) or f"out of memory: {refused}"
+    if after and "ray::" in after[0]:  # a remote traceback
+        return after[-1][:200]
+    return after[0][:200] if after else ""
 
 
 def _quiet_tune_console() -> None:
