@@ -294,6 +294,47 @@ def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_no
     assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
+def test_an_evaluator_actor_lost_while_it_is_set_up_is_started_again_and_the_search_goes_on(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """The evaluator actor killed while it sets up (its node gone as the search starts), and later
+    the replacement of one lost mid-search killed while it sets up: the pool's start and its
+    replacement let such a loss through, and the command ended whatever execution.max_restarts.
+    Now the actors are started again after one line, a replacement is replaced in turn, and the
+    search ends with every candidate once."""
+    from test_sampling_search import sampling_job
+
+    spos = {"name": "spos", "population_size": 4, "sample_size": 2, "evaluations": 4}
+    job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1},
+                       execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        # Its setup builds the data and the supernet: about a second on a worker of its own.
+        os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said), signal.SIGKILL)
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("candidate    2 "):  # lost mid-search, then its replacement as it sets up
+                os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor", said), signal.SIGKILL)
+                os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said), signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    console = "".join(said)
+    assert proc.returncode == 0, console[-3000:]
+    named = assert_quiet(console)
+    assert len(named) == 2, console[-3000:]
+    assert "starting the 1 evaluator actor(s) again; Ray's logs are in " in named[0], console[-3000:]
+    assert "replaced evaluator actor 0; Ray's logs are in " in named[1], console[-3000:]
+    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
+    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
+
+
 def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
     tmp_path: Path, ray_head: str
 ) -> None:

@@ -321,7 +321,20 @@ class RayPool:
         ).remote()
 
     def _start_group(self) -> list[tuple[str, str]]:
-        """New actors for every replica (one data-parallel group when they train together)."""
+        """New actors for every replica (one data-parallel group when they train together); an
+        actor lost while they are set up (its node gone) counts as a restart, and the group is
+        started again."""
+        from raynas.execution.ray_actors import ray_logs
+
+        while True:
+            try:
+                return self._start_group_once()
+            except WorkerLostError as exc:
+                self._count_restart(exc.reason)
+                self.echo(f"{exc.reason}: starting the {self.replicas} evaluator actor(s) again; Ray's "
+                          f"logs are in {ray_logs()}")
+
+    def _start_group_once(self) -> list[tuple[str, str]]:
         import ray
 
         from raynas.execution.ray_actors import gather_group, wait_placed
@@ -364,8 +377,14 @@ class RayPool:
         self._count_restart(reason)
         index = self.actors.index(lost)
         ray.kill(lost, no_restart=True)
-        actor = self._start()
-        self._get(actor.setup.remote(self.config, self.threads))
+        while True:  # a replacement lost while it is set up (its node gone too) is replaced in turn
+            actor = self._start()
+            try:
+                self._get(actor.setup.remote(self.config, self.threads))
+                break
+            except WorkerLostError as exc:
+                self._count_restart(exc.reason)
+                ray.kill(actor, no_restart=True)
         self.actors[index] = actor
         self.grouped[index] = False
         if lost in self.idle:
