@@ -183,8 +183,8 @@ def test_a_worker_killed_by_rays_memory_monitor_is_one_raynas_line_saying_what_t
 def test_a_tune_trial_out_of_memory_is_told_as_such_in_its_line(tmp_path: Path) -> None:
     """A trial Ray's memory monitor killed: its line says so, not the first 200 characters of
     Ray's report (which spent them on the node's id); one whose torch refused memory, or that
-    raised any error, says that, not the first line of Ray's traceback. Tune's error file as Tune writes it
-    (``Trial.handle_error``: a header, then ``str(exc)``), with the report of
+    raised any error, says that, not the first line of Ray's traceback. Tune's error file as Tune
+    writes it (``Trial.handle_error``: a header, then ``str(exc)``), with the report of
     ``ray.exceptions.OutOfMemoryError`` as Ray 2.60 words it (seen in a search its memory monitor
     ended)."""
     from types import SimpleNamespace
@@ -192,45 +192,42 @@ def test_a_tune_trial_out_of_memory_is_told_as_such_in_its_line(tmp_path: Path) 
     from raynas.execution.tune import SayTrialFailures
 
     error = tmp_path / "error.txt"
-    error.write_text(
-        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
-        "1 worker(s) were killed due to the node running low on memory. "
-        "Memory on the node (IP: 192.0.2.2, ID: f4bfc859e1a70fd905cedd442a5b635ade2e7360b10af684f75ce86b) "
-        "was 1.24GB used / 23.54GB limit (0.052594)\n"
-        "OOM kill reason: Memory usage 1329459200B exceeded threshold of 505523872B "
-        "(2.0% of 25276194816B limit)\n"
-        "Top 10 memory users: PID\tMEM(GB)\tCOMMAND\n"
-    )
-    said: list[str] = []
     trial = SimpleNamespace(trial_id="a1b2_00001", error_file=str(error), num_failures=1)
-    SayTrialFailures(said.append, max_failures=3).on_trial_recover(0, [], trial)
+    said: list[str] = []
+    say = SayTrialFailures(said.append, max_failures=3)
+
+    def failed(text: str) -> None:
+        error.write_text(f"Failure # 1 (occurred at 2026-12-06_00-04-20)\n{text}\n")
+
+    def raised(frame: str, line: str) -> str:
+        """Ray's remote traceback of an error raised in the trial: its header, a frame, the error."""
+        return (f"\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=23250, ip=192.0.2.2, actor_id=0af1)\n"
+                f"  File \"/venv/lib/python3.11/site-packages/torch/{frame}\n{line}")
+
+    failed("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: "
+           "192.0.2.2, ID: f4bfc859e1a70fd905cedd442a5b635ade2e7360b10af684f75ce86b) was 1.24GB used / "
+           "23.54GB limit (0.052594)\nOOM kill reason: Memory usage 1329459200B exceeded threshold of "
+           "505523872B (2.0% of 25276194816B limit)\nTop 10 memory users: PID\tMEM(GB)\tCOMMAND")
+    say.on_trial_recover(0, [], trial)
     assert said[0].startswith(
         "trial a1b2_00001 failed (Ray's memory monitor killed it, its node's memory running out: 1.24GB "
         "used / 23.54GB limit; lower data.batch_size or execution.concurrency, or give the node more "
         "memory): it trains on from its last checkpoint (1 of at most 3 restarts); Ray's logs are in "
     ), said
-    # torch's allocator refusing, in the trial: what the trial asked for, not the first line of a
-    # traceback (Tune writes the remote one: the error's line is its last).
-    error.write_text(
-        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
-        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=23250, ip=192.0.2.2, actor_id=0af1)\n"
-        "  File \"/venv/lib/python3.11/site-packages/torch/nn/modules/conv.py\", line 170, in __init__\n"
-        "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-        "memory: you tried to allocate 43200000000 bytes. Error code 12 (Cannot allocate memory)\n"
-    )
-    SayTrialFailures(said.append, max_failures=3).on_trial_error(0, [], trial)
+    # torch's allocator refusing, in the trial: what the trial asked for.
+    failed(raised("nn/modules/conv.py\", line 170, in __init__",
+                  "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 43200000000 bytes. Error code 12 (Cannot allocate "
+                  "memory)"))
+    say.on_trial_error(0, [], trial)
     assert said[1].startswith(
         "trial a1b2_00001 failed (out of memory: torch could not allocate 43.2 GB of memory): Tune gave up "
         "on it after 3 restarts; Ray's logs are in "
     ), said
     # Any error raised in the trial: its own line, the traceback's last, not Ray's header.
-    error.write_text(
-        "Failure # 1 (occurred at 2026-12-06_00-04-20)\n"
-        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=23250, ip=192.0.2.2, actor_id=0af1)\n"
-        "  File \"/venv/lib/python3.11/site-packages/torch/nn/functional.py\", line 2510, in linear\n"
-        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 32x10)\n"
-    )
-    SayTrialFailures(said.append, max_failures=3).on_trial_error(0, [], trial)
+    failed(raised("nn/functional.py\", line 2510, in linear",
+                  "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 32x10)"))
+    say.on_trial_error(0, [], trial)
     assert said[2].startswith(
         "trial a1b2_00001 failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 32x10)): "
     ), said

@@ -401,9 +401,9 @@ def _error_line(trial: Any) -> str:
     starts = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
     after = [line.strip() for line in (lines[starts[-1] + 1:] if starts else lines) if line.strip()]
     text = "\n".join(after)
-    refused = memory_refused(text)  # torch's, in the trial: what the trial asked for
-    if out_of_memory(text) or refused:
-        return out_of_memory(text) or f"out of memory: {refused}"
+    killed, refused = out_of_memory(text), memory_refused(text)  # Ray's monitor; torch, in the trial
+    if killed or refused:
+        return killed or f"out of memory: {refused}"
     if after and "ray::" in after[0]:  # a remote traceback
         return after[-1][:200]
     return after[0][:200] if after else ""
