@@ -6,6 +6,7 @@ retraining's and a study's below), and what it leaves the main thread to do."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -56,10 +57,16 @@ def test_a_main_thread_that_raised_the_loss_itself_finishes_its_cleanup_uninterr
 
 
 @pytest.fixture
-def long_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each epoch of a retraining takes a minute (the watch looks each second)."""
+def head_goes_in_an_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process is connected to a head at a loopback port, which answers until a retraining's
+    epoch starts and refuses connections from then on; each epoch takes a minute (the watch looks
+    each second)."""
+    going = threading.Event()
+    monkeypatch.setattr(ray_actors, "cluster_head", lambda: "127.0.0.1:9")
+    monkeypatch.setattr(ray_actors, "_answers", lambda address, timeout=3.0: not going.is_set())
 
     def a_minute(self: RetrainWorker) -> tuple[dict[str, float], dict]:
+        going.set()
         time.sleep(60)
         raise AssertionError("the epoch was not interrupted")
 
@@ -74,7 +81,7 @@ def assert_one_failed_run(tmp_path: Path) -> None:
 
 
 def test_a_retraining_whose_head_goes_stops_with_raynas_line(
-    head_gone: None, long_epochs: None, tmp_path: Path
+    head_goes_in_an_epoch: None, tmp_path: Path
 ) -> None:
     config = parse_retrain_job(retrain_job(tmp_path, ALL_CONV))
     started = time.monotonic()
@@ -85,7 +92,7 @@ def test_a_retraining_whose_head_goes_stops_with_raynas_line(
 
 
 def test_a_study_whose_head_goes_stops_with_raynas_line(
-    head_gone: None, long_epochs: None, tmp_path: Path
+    head_goes_in_an_epoch: None, tmp_path: Path
 ) -> None:
     job = parse_study_job(study_job(tmp_path, layers=[2], cells={"DARTS": {"architecture": DARTS}}))
     started = time.monotonic()

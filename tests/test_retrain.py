@@ -25,6 +25,7 @@ from raynas.runs.retrain import _loaders, run_retrain
 from raynas.train.loop import fit, train_epoch
 from raynas.train.segmentation import mean_cross_entropy
 from tests.conftest import mlflow_store, tiny_job, write_job
+from tests.fixtures import write_ptb
 from tests.test_data import write_batch
 
 ALL_CONV = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -96,6 +97,48 @@ def test_an_interrupted_retraining_resumes_after_its_last_epoch_with_its_own_con
     assert any(line.startswith("Resuming") for line in lines)
     assert next(line for line in lines if line.startswith("epoch")).startswith("epoch   2/")
     assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["image classifier", "language model"])
+def test_a_retraining_crashed_after_its_last_epoch_registers_the_trained_network(
+    recurrent: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its last epoch's checkpoint, before its network was registered: run again,
+    the retraining has no epoch left to train, and it registered the network its worker was built
+    with (its initial weights), the state it resumed from loaded only once an epoch ran. Now the
+    network registered is the trained one (a language model's: the network of the lowest
+    validation loss, as rnn/train.py tests it)."""
+    from raynas.tracking.mlflow_tracker import MlflowTracker
+
+    if recurrent:  # rnn/train.py's job, shrunk
+        config = load_retrain_job(JOBS / "retrain_darts_rnn_ptb.yaml", [
+            f"data.path={write_ptb(tmp_path / 'penn')}", "data.bptt=2", "data.batch_size=2",
+            "retrain.epochs=2", "retrain.channels=6", "retrain.valid_streams=2",
+            "execution.backend=local", f"tracking.tracking_uri={mlflow_store(tmp_path)}",
+            f"tracking.output_dir={tmp_path / 'runs'}",
+        ])
+    else:
+        config = parse_retrain_job(retrain_job(tmp_path, ALL_CONV))
+    registered: list[dict[str, torch.Tensor]] = []
+    register = MlflowTracker.register_model
+
+    def crash_once(self: MlflowTracker, *args: object, network: torch.nn.Module, **kwargs: object) -> str:
+        registered.append({k: v.clone() for k, v in network.state_dict().items()})
+        if len(registered) == 1:
+            raise RuntimeError("simulated crash")
+        return register(self, *args, network=network, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MlflowTracker, "register_model", crash_once)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_retrain(config, echo=lambda _: None)
+    lines: list[str] = []
+    run_retrain(config, echo=lines.append)
+    assert any(line.startswith("Resuming") for line in lines)
+    assert not any(line.startswith("epoch") for line in lines)  # nothing left to train
+    trained, resumed = registered
+    assert trained.keys() == resumed.keys()
+    for key in trained:
+        torch.testing.assert_close(resumed[key], trained[key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.parametrize("source", ["a search's run", "a genotype"])

@@ -212,12 +212,13 @@ def fit_language_model(
         generator: The training windows' length generator, saved in the state and restored.
         precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
 
-    Yields:
-        The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``asgd`` (1 once averaging),
-        ``valid_*`` and ``test_*`` with ``_loss``, ``_acc``, ``_ppl``, ``epoch``; and ``best_epoch``
-        with the ``best_valid_*`` and ``best_test_*`` scores of the network of the lowest
-        validation loss so far) and the state to continue from. After the last epoch the model
-        holds that network's weights.
+    Returns:
+        The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
+        ``asgd`` (1 once averaging), ``valid_*`` and ``test_*`` with ``_loss``, ``_acc``, ``_ppl``,
+        ``epoch``; and ``best_epoch`` with the ``best_valid_*`` and ``best_test_*`` scores of the
+        network of the lowest validation loss so far) and the state to continue from. After the
+        last epoch the model holds that network's weights. ``state`` is loaded before this
+        returns: the model holds its weights at once (the best network's, for the last epoch's).
     """
     plain = unwrap(model)
     optimizer = torch.optim.SGD(plain.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -232,42 +233,51 @@ def fit_language_model(
         best = state.get("best")
         if generator is not None:
             generator.set_state(state["loader_rng"])
-    while epoch < epochs:
-        metrics = train_language_model_epoch(
-            model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
-            precision=precision,
-        )
-        if not math.isfinite(metrics["train_loss"]):
-            optimizer, epoch = _roll_back(plain, best, epoch, learning_rate, weight_decay)
-            continue
-        asgd = isinstance(optimizer, torch.optim.ASGD)
-        metrics.update(lr=learning_rate, asgd=float(asgd))
-        with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
-            scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
-            tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)
-            if best is None or scores["valid_loss"] < best["scores"]["valid_loss"]:  # val_loss < stored_loss
-                tested_as = {f"test_{key[6:]}": value for key, value in tested.items()}
-                best = {"weights": {k: v.detach().clone() for k, v in plain.state_dict().items()},
-                        "scores": {**scores, **tested_as, "epoch": float(epoch + 1)},
-                        # rnn/train.py's save_checkpoint keeps the optimizer beside the model
-                        "optimizer": copy.deepcopy(optimizer.state_dict())}
-        metrics.update(scores)
-        metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
-        if not asgd:
-            if switches_to_asgd(history, scores["valid_loss"], nonmono):
-                optimizer = _asgd(plain, learning_rate, weight_decay)
-            history.append(scores["valid_loss"])
-        epoch += 1
-        metrics["epoch"] = float(epoch)
-        metrics.update({f"best_{key}": value for key, value in best["scores"].items()})
-        new_state = {
-            "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-            "asgd": isinstance(optimizer, torch.optim.ASGD), "valid_history": list(history), "epoch": epoch,
-            "best": best,
-        }
-        if epoch == epochs:  # the trained network is the best one (rnn/train.py loads it to test)
-            new_state["model"] = {k: v.clone() for k, v in new_state["model"].items()}
+        if epoch >= epochs and best is not None:  # the last epoch's state: its network is the best one
             plain.load_state_dict(best["weights"])
-        if generator is not None:
-            new_state["loader_rng"] = generator.get_state()
-        yield metrics, new_state
+
+    def epochs_from(epoch: int, optimizer: torch.optim.Optimizer, best: dict[str, Any] | None
+                    ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+        while epoch < epochs:
+            metrics = train_language_model_epoch(
+                model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
+                precision=precision,
+            )
+            if not math.isfinite(metrics["train_loss"]):
+                optimizer, epoch = _roll_back(plain, best, epoch, learning_rate, weight_decay)
+                continue
+            asgd = isinstance(optimizer, torch.optim.ASGD)
+            metrics.update(lr=learning_rate, asgd=float(asgd))
+            with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
+                scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
+                tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)
+                # rnn/train.py: val_loss < stored_loss
+                if best is None or scores["valid_loss"] < best["scores"]["valid_loss"]:
+                    tested_as = {f"test_{key[6:]}": value for key, value in tested.items()}
+                    best = {"weights": {k: v.detach().clone() for k, v in plain.state_dict().items()},
+                            "scores": {**scores, **tested_as, "epoch": float(epoch + 1)},
+                            # rnn/train.py's save_checkpoint keeps the optimizer beside the model
+                            "optimizer": copy.deepcopy(optimizer.state_dict())}
+            metrics.update(scores)
+            metrics.update({f"test_{key[6:]}": value for key, value in tested.items()})
+            if not asgd:
+                if switches_to_asgd(history, scores["valid_loss"], nonmono):
+                    optimizer = _asgd(plain, learning_rate, weight_decay)
+                history.append(scores["valid_loss"])
+            epoch += 1
+            metrics["epoch"] = float(epoch)
+            metrics.update({f"best_{key}": value for key, value in best["scores"].items()})
+            new_state = {
+                "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                "asgd": isinstance(optimizer, torch.optim.ASGD), "valid_history": list(history),
+                "epoch": epoch,
+                "best": best,
+            }
+            if epoch == epochs:  # the trained network is the best one (rnn/train.py loads it to test)
+                new_state["model"] = {k: v.clone() for k, v in new_state["model"].items()}
+                plain.load_state_dict(best["weights"])
+            if generator is not None:
+                new_state["loader_rng"] = generator.get_state()
+            yield metrics, new_state
+
+    return epochs_from(epoch, optimizer, best)

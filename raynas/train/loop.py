@@ -342,9 +342,10 @@ def fit(
         bce_threshold: The training loss: None cross-entropy, else binary cross-entropy
             (:func:`train_epoch`).
 
-    Yields:
-        The epoch's metrics (``train_loss``, ``train_acc``, ``lr``, ``valid_loss``, ``valid_acc``,
-        ``epoch``) and the state to continue from.
+    Returns:
+        The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
+        ``valid_loss``, ``valid_acc``, ``epoch``) and the state to continue from. ``state`` is
+        loaded before this returns: the network holds its weights at once.
     """
     optimizer = build_optimizer(
         model, name=optimizer_name, learning_rate=learning_rate, momentum=momentum,
@@ -369,42 +370,48 @@ def fit(
         epoch = int(state["epoch"])
         if generator is not None:
             generator.set_state(state["loader_rng"])
-    while epoch < epochs:
-        if drop_path_prob and hasattr(plain, "drop_path_prob"):
-            plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
-        per_epoch = len(train_batches) if per_step else 0  # type: ignore[arg-type]
 
-        def rate(iteration: int, per_epoch: int = per_epoch) -> float:
-            if lr_power:
-                return poly_lr(learning_rate, iteration, epochs * per_epoch, lr_power)
-            return stepwise_cosine_lr(learning_rate, min_learning_rate, iteration, epochs * per_epoch,
-                                      warmup_epochs * per_epoch)
+    def epochs_from(epoch: int) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+        while epoch < epochs:
+            if drop_path_prob and hasattr(plain, "drop_path_prob"):
+                plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
+            per_epoch = len(train_batches) if per_step else 0  # type: ignore[arg-type]
 
-        def set_rate(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
-            for group in optimizer.param_groups:
-                group["lr"] = rate(epoch * per_epoch + step)
+            def rate(iteration: int, per_epoch: int = per_epoch) -> float:
+                if lr_power:
+                    return poly_lr(learning_rate, iteration, epochs * per_epoch, lr_power)
+                return stepwise_cosine_lr(learning_rate, min_learning_rate, iteration, epochs * per_epoch,
+                                          warmup_epochs * per_epoch)
 
-        metrics = train_epoch(
-            model, optimizer, train_batches, device, grad_clip=grad_clip,
-            auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
-            before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
-            after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
-            bce_threshold=bce_threshold,
-        )
-        metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
-        schedule.step()
-        metrics.update(evaluate(model, eval_batches, device, precision=precision))
-        if average is not None:
-            averaged = evaluate(average.model, eval_batches, device, precision=precision)
-            metrics.update({f"valid_ema_{k[6:]}": v for k, v in averaged.items() if k.startswith("valid_")})
-        epoch += 1
-        metrics["epoch"] = float(epoch)
-        new_state = {
-            "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "epoch": epoch,
-        }
-        if average is not None:
-            new_state["ema"] = average.model.state_dict()
-        if generator is not None:
-            new_state["loader_rng"] = generator.get_state()
-        yield metrics, new_state
+            def set_rate(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
+                for group in optimizer.param_groups:
+                    group["lr"] = rate(epoch * per_epoch + step)
+
+            metrics = train_epoch(
+                model, optimizer, train_batches, device, grad_clip=grad_clip,
+                auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
+                before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
+                after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
+                bce_threshold=bce_threshold,
+            )
+            metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
+            schedule.step()
+            metrics.update(evaluate(model, eval_batches, device, precision=precision))
+            if average is not None:
+                averaged = evaluate(average.model, eval_batches, device, precision=precision)
+                metrics.update(
+                    {f"valid_ema_{k[6:]}": v for k, v in averaged.items() if k.startswith("valid_")}
+                )
+            epoch += 1
+            metrics["epoch"] = float(epoch)
+            new_state = {
+                "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "epoch": epoch,
+            }
+            if average is not None:
+                new_state["ema"] = average.model.state_dict()
+            if generator is not None:
+                new_state["loader_rng"] = generator.get_state()
+            yield metrics, new_state
+
+    return epochs_from(epoch)
