@@ -121,8 +121,9 @@ class ExecutionConfig:
     ``controller_resources`` (e.g. a custom resource only the CPU nodes declare), so it stays
     off the GPU nodes.
 
-    ``max_restarts``: how many lost actors (a node gone, a process killed) a search replaces and
-    goes on without anyone re-running the command; past it the search stops, resumable.
+    ``max_restarts``: how many lost actors (a node gone, a process killed) a search, retraining
+    or study replaces and goes on without anyone re-running the command; past it the command
+    stops, resumable.
 
     How the workers use their hardware (``raynas.train.accel``): ``device`` is ``auto`` (a GPU when
     the worker has one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``precision: bf16`` runs

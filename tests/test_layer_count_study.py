@@ -148,6 +148,35 @@ def test_a_study_killed_after_making_its_run_goes_on_in_that_run(
     assert len(client.search_runs([experiment], "tags.`raynas.kind` = 'layer_study'")) == 2
 
 
+@pytest.mark.integration
+def test_a_study_on_ray_outlives_a_lost_worker_and_ends_as_an_undisturbed_one(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """A retraining's worker killed once it has told its size: the study ended. Now it says so in
+    one line, a new worker trains the network from its start, and the study's table is the
+    undisturbed study's (in this process)."""
+    import ray
+    from test_quiet_failures import WorkerLosses
+
+    from raynas.runs.study import run_study
+
+    cells = {"DARTS": {"architecture": DARTS}}
+    local = parse_study_job(study_job(tmp_path / "local", layers=[2], cells=cells))
+    reference = run_study(local, echo=lambda _: None)
+    on_ray = {**study_job(tmp_path, layers=[2], cells=cells),
+              "execution": {"backend": "ray", "address": ray_head, "cpus_per_worker": 1}}
+    losses = WorkerLosses(ray_head, at="  DARTS at 2 layers: ", in_setup=False)
+    try:
+        result = run_study(parse_study_job(on_ray), echo=losses.echo)
+    finally:
+        ray.shutdown()
+    assert losses.said() == ["restarting the worker from its start (1 of at most 10 restarts)"]
+    drop = ("seconds", "run_id")
+    assert [{k: v for k, v in row.items() if k not in drop} for row in result.rows] == [
+        {k: v for k, v in row.items() if k not in drop} for row in reference.rows
+    ]
+
+
 @pytest.mark.parametrize(
     ("study", "message"),
     [

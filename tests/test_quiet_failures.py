@@ -10,7 +10,9 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,62 @@ def wait_for_worker(proc: subprocess.Popen, gcs_address: str, title: str, said: 
     return pid
 
 
+def killing(gcs_address: str, title: str, timeout: float = 120) -> Callable[[], int | None]:
+    """SIGKILL, from a thread, the first Ray worker process titled ``title`` (of the head at
+    ``gcs_address``) once one runs. Returns what waits for that: the pid killed (None: none ran
+    within ``timeout`` seconds)."""
+    killed: list[int] = []
+
+    def kill() -> None:
+        deadline = time.monotonic() + timeout
+        while (pid := worker_running(gcs_address, title)) is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    thread = threading.Thread(target=kill, name=f"killing {title}", daemon=True)
+    thread.start()
+
+    def killed_pid() -> int | None:
+        thread.join()
+        return killed[0] if killed else None
+
+    return killed_pid
+
+
+class WorkerLosses:
+    """Loses the Ray worker (``ray::_WorkerActor``) of a search, retraining or study run in this
+    process at the first line that starts with ``at`` (idle, between two calls); with
+    ``in_setup``, also while it sets up as the command starts, and its replacement while that
+    sets up. :meth:`echo` is the command's ``echo``."""
+
+    def __init__(self, gcs_address: str, at: str, *, in_setup: bool = True) -> None:
+        self.gcs_address, self.at, self.in_setup = gcs_address, at, in_setup
+        self.lines: list[str] = []
+        self.kills = [killing(gcs_address, "ray::_WorkerActor.setup")] if in_setup else []
+        self.lost = False
+
+    def echo(self, line: str) -> None:
+        self.lines.append(line)
+        if line.startswith(self.at) and not self.lost:
+            self.lost = True
+            idle = worker_running(self.gcs_address, "ray::_WorkerActor")
+            assert idle is not None, self.lines
+            os.kill(idle, signal.SIGKILL)
+            if self.in_setup:
+                self.kills.append(killing(self.gcs_address, "ray::_WorkerActor.setup"))
+
+    def said(self) -> list[str]:
+        """What the command said of each loss (all made): "starting the worker again (1 of at
+        most 10 restarts)", "restarting the worker from epoch 1 (2 of ...)"."""
+        assert self.lost and all(kill() is not None for kill in self.kills), self.lines
+        told = [re.search(r"((re)?starting the worker .*restarts\)); Ray's logs are in ", line)
+                for line in self.lines]
+        return [found.group(1) for found in told if found]
+
+
 def assert_quiet(console: str) -> list[str]:
     """None of Ray's reports in ``console``; returns raynas's lines that name Ray's logs, each
     naming the folder of a live Ray session."""
@@ -109,7 +167,7 @@ def test_a_killed_ray_worker_is_one_raynas_line_and_none_of_rays_reports(
     assert len(named) == 2, console[-3000:]
     assert named[0].startswith("a Ray actor was lost (")
     assert "restarting the worker from epoch 1 (1 of at most 1 restarts)" in named[0]
-    assert named[1].startswith("raynas: error: the search's Ray actors were lost 2 times")
+    assert named[1].startswith("raynas: error: the worker's Ray actors were lost 2 times")
     assert named[1].endswith("run the same command again to resume")
     assert status == 1, console[-3000:]
     assert "epoch   2/3" not in console  # the epoch the actor died in twice

@@ -99,6 +99,31 @@ def test_an_interrupted_retraining_resumes_after_its_last_epoch_with_its_own_con
     assert resumed.metrics == pytest.approx(reference.metrics, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.integration
+def test_a_retraining_on_ray_outlives_a_lost_worker_and_ends_as_an_undisturbed_one(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """Its worker killed after epoch 1: the retraining ended ("run the same command again"). Now
+    it says so in one line, a new worker goes on from epoch 1's state, and the retraining ends as
+    the same retraining undisturbed (in this process) ends. (A worker lost while it sets up is
+    started again as a search's is: tests/test_search.py.)"""
+    import ray
+    from test_quiet_failures import WorkerLosses
+
+    reference = run_retrain(parse_retrain_job(retrain_job(tmp_path / "local", ALL_CONV)), echo=lambda _: None)
+    on_ray = {"backend": "ray", "address": ray_head}
+    config = parse_retrain_job(retrain_job(tmp_path, ALL_CONV, execution=on_ray))
+    losses = WorkerLosses(ray_head, at="epoch   1/", in_setup=False)
+    try:
+        result = run_retrain(config, echo=losses.echo)
+    finally:
+        ray.shutdown()
+    assert losses.said() == ["restarting the worker from epoch 1 (1 of at most 10 restarts)"]
+    assert [line.split()[1] for line in losses.lines if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert result.metrics == reference.metrics
+    assert MlflowClient(config.tracking.tracking_uri).get_run(result.run_id).info.status == "FINISHED"
+
+
 @pytest.mark.parametrize("recurrent", [False, True], ids=["image classifier", "language model"])
 def test_a_retraining_crashed_after_its_last_epoch_registers_the_trained_network(
     recurrent: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -151,6 +151,36 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
 
 
 @pytest.mark.integration
+def test_a_worker_lost_while_it_is_set_up_is_started_again_and_the_search_ends_as_an_undisturbed_one(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """The worker killed while it sets up (its node gone as the search starts), and after epoch 1
+    again, its replacement killed while it sets up: such a loss ended the search whatever
+    execution.max_restarts. Now each is one line, the worker is started again (from the last
+    epoch's checkpoint), each counted as a restart, and the search ends as the same search
+    undisturbed (in this process) ends."""
+    import ray
+    from test_quiet_failures import WorkerLosses
+
+    local = parse_job(tiny_job(tmp_path / "local", train={"epochs": 2}))
+    undisturbed = run_search(local, echo=lambda _: None)
+    job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "ray", "address": ray_head})
+    losses = WorkerLosses(ray_head, at="epoch   1/")
+    try:
+        result = run_search(parse_job(job), echo=losses.echo)
+    finally:
+        ray.shutdown()
+    assert losses.said() == [
+        "starting the worker again (1 of at most 10 restarts)",
+        "restarting the worker from epoch 1 (2 of at most 10 restarts)",
+        "starting the worker again (3 of at most 10 restarts)",
+    ]
+    assert [line.split()[1] for line in losses.lines if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert result.architecture == undisturbed.architecture
+    assert result.metrics == undisturbed.metrics
+
+
+@pytest.mark.integration
 def test_a_killed_actor_is_replaced_and_without_restarts_the_search_resumes(
     tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,8 +195,8 @@ def test_a_killed_actor_is_replaced_and_without_restarts_the_search_resumes(
     started: list[ray_actors.RayWorker] = []
     original = ray_actors.RayWorker.__init__
 
-    def capture(self: ray_actors.RayWorker, factory: object, execution: object) -> None:
-        original(self, factory, execution)  # type: ignore[arg-type]
+    def capture(self: ray_actors.RayWorker, *args: object) -> None:
+        original(self, *args)  # type: ignore[arg-type]
         started.append(self)
 
     monkeypatch.setattr(ray_actors.RayWorker, "__init__", capture)

@@ -17,11 +17,14 @@ class LocalWorker:
         self.factory = factory
         self.threads = threads
         self.restarts = 0
+        self.max_restarts = 0  # nothing here is lost: an error is the work's own
         self.work = factory(threads=threads, rank=0, world_size=1)
 
-    def restart(self) -> None:
+    def restart(self, state: dict[str, Any] | None = None) -> None:
         self.restarts += 1
         self.work = self.factory(threads=self.threads, rank=0, world_size=1)
+        if state is not None:
+            self.work.load_state_dict(state)
 
     def run_epoch(self) -> Any:
         return self.work.run_epoch()

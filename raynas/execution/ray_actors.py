@@ -493,18 +493,39 @@ class RayWorker:
 
     Args:
         factory: Builds the work in each actor (see :data:`raynas.execution.WorkerFactory`).
-        execution: The actors' number, CPUs, GPUs and accelerator type.
+        execution: The actors' number, CPUs, GPUs and accelerator type, and how many times they
+            may be replaced (``max_restarts``).
+        echo: Where a line goes for each start lost (its default: this module's log).
     """
 
-    def __init__(self, factory: Any, execution: ExecutionConfig) -> None:
+    def __init__(self, factory: Any, execution: ExecutionConfig,
+                 echo: Callable[[str], None] | None = None) -> None:
         init_ray(execution)
         self.factory = factory
         self.execution = execution
+        self.max_restarts = execution.max_restarts
+        self.echo = echo or log.warning
         self.actors: list[Any] = []
         self.restarts = 0
-        self._start()
+        self._start(None)
 
-    def _start(self) -> None:
+    def _start(self, state: dict[str, Any] | None) -> None:
+        """New actors, set up and given ``state``; an actor lost meanwhile (its node gone as the
+        search starts, or gone too while it replaces a lost one) counts as a restart, and they
+        are started again."""
+        while True:
+            try:
+                self._start_once()
+                if state is not None:
+                    self.load_state_dict(state)
+                return
+            except WorkerLostError as exc:
+                self._count_restart()
+                self.echo(f"{exc.reason}: starting the worker again ({self.restarts} of at most "
+                          f"{self.max_restarts} restarts); Ray's logs are in {ray_logs()}")
+
+    def _start_once(self) -> None:
+        self.close()
         execution = self.execution
         actor_cls = ray.remote(_WorkerActor)
         world = execution.workers
@@ -519,7 +540,8 @@ class RayWorker:
             ).remote()
             for _ in range(world)
         ]
-        wait_placed(self.actors, {"CPU": execution.cpus_per_worker, "GPU": execution.gpus_per_worker})
+        wait_placed(self.actors, {"CPU": execution.cpus_per_worker, "GPU": execution.gpus_per_worker},
+                    self.echo)
         address = self._get(self.actors[0].rendezvous.remote(world)) if world > 1 else None
         threads = max(1, int(execution.cpus_per_worker))
         locations = gather_group(self.actors, [
@@ -531,22 +553,26 @@ class RayWorker:
             f"Ray actor on {where}" if world == 1 else f"{world} data-parallel Ray actors on {where}"
         )
 
-    def restart(self) -> None:
+    def _count_restart(self) -> None:
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise WorkerLostError(
+                f"the worker's Ray actors were lost {self.restarts} times (execution.max_restarts is "
+                f"{self.max_restarts}; Ray's logs are in {ray_logs()}); "
+                "all finished work is checkpointed: run the same command again to resume"
+            )
+
+    def restart(self, state: dict[str, Any] | None = None) -> None:
         """Replace every actor by a new one (all ranks: a data-parallel group is rebuilt whole,
-        as Ray Train does), placed wherever the resources are; their state is the factory's.
+        as Ray Train does), placed wherever the resources are, and load ``state`` into them
+        (None: the factory's own). One lost while this is done counts as another restart, and it
+        is done again.
 
         Raises:
             WorkerLostError: ``execution.max_restarts`` restarts were made already.
         """
-        self.restarts += 1
-        if self.restarts > self.execution.max_restarts:
-            raise WorkerLostError(
-                f"the search's Ray actors were lost {self.restarts} times (execution.max_restarts is "
-                f"{self.execution.max_restarts}; Ray's logs are in {ray_logs()}); all finished work is "
-                "checkpointed: run the same command again to resume"
-            )
-        self.close()
-        self._start()
+        self._count_restart()
+        self._start(state)
 
     _get = staticmethod(remote_call)
 

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raynas.config import SearchConfig
-from raynas.errors import WorkerLostError
-from raynas.execution import start_worker
+from raynas.execution import outliving_losses, start_worker
 from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
@@ -96,13 +95,17 @@ def run_gradient_search(
     # final: architectures drawn from the learnt distribution, retrained (checkpointed one by one)
     retrained = [EvalResult.from_dict(r) for r in (prior or {}).get("retrained", [])]
     # Started before the run exists: bad data fails without an empty run.
-    worker = start_worker(functools.partial(SupernetWorker, config), config.execution)
+    worker = start_worker(functools.partial(SupernetWorker, config), config.execution, echo)
     try:
         run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)
         last_state = prior["worker"] if prior is not None else None  # what a new worker resumes
+        # Calls to the worker, made again on a new one resumed from `last_state` while one is lost.
+        outliving = functools.partial(outliving_losses, worker, state=lambda: last_state,
+                                      done=lambda: len(history), echo=echo)
+
         if prior is not None:
-            worker.load_state_dict(prior["worker"])
+            outliving(lambda: worker.load_state_dict(prior["worker"]))
             if history:  # it may have been checkpointed but not logged before the crash
                 recorder.epoch(_report_from_state(history[-1]), resumed=True)
             echo(f"Resuming {config.name!r} after epoch {len(history)} from {checkpoint}")
@@ -112,8 +115,6 @@ def run_gradient_search(
         )
 
         def save(finished: bool) -> None:
-            nonlocal last_state
-            last_state = worker.state_dict()
             _save(
                 {
                     "config": config.to_dict(),
@@ -127,25 +128,8 @@ def run_gradient_search(
             )
 
         if prior is None:  # a driver killed before its first epoch resumes this run, not a new one
+            last_state = outliving(worker.state_dict)
             save(finished=False)
-
-        def run_epoch() -> EpochReport:
-            """The next epoch; a lost worker is replaced, resumed from the last checkpoint, and
-            the epoch run again (up to execution.max_restarts times)."""
-            while True:
-                try:
-                    return worker.run_epoch()
-                except WorkerLostError as exc:
-                    from raynas.execution.ray_actors import ray_logs  # only Ray loses a worker
-
-                    # Ray's own report of the death stays in its logs, off the console: say where.
-                    if worker.restarts < config.execution.max_restarts:
-                        echo(f"{exc.reason}: restarting the worker from epoch {len(history)} "
-                             f"({worker.restarts + 1} of at most {config.execution.max_restarts} restarts); "
-                             f"Ray's logs are in {ray_logs()}")
-                    worker.restart()  # with no restart left, it raises the error that stops the search
-                    if last_state is not None:
-                        worker.load_state_dict(last_state)
 
         epochs = config.train.epochs
         first = len(history)
@@ -156,7 +140,9 @@ def run_gradient_search(
         for epoch in range(first, epochs):
             if stopped_early:
                 break
-            report = run_epoch()
+            # The epoch and the state it ends with, together: a worker lost before its state is
+            # taken trains the epoch again.
+            report, last_state = outliving(lambda: (worker.run_epoch(), worker.state_dict()))
             history.append(_report_state(report))
             save(finished=False)
             # Resumed from the checkpoint before the latest (unreadable), this epoch may be recorded.

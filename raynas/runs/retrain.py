@@ -28,7 +28,7 @@ from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
 from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError, cause, no_memory
-from raynas.execution import start_worker
+from raynas.execution import outliving_losses, start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import attempt_id, sole_writer
 from raynas.spaces import SPACES
@@ -276,15 +276,21 @@ def _run_retrain(
         artifact_location=config.tracking.artifact_location, pictures=config.tracking.pictures,
     )
     arch, source = resolve_architecture(config, tracker)
-    worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution)
+    worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution, echo)
     try:
-        facts = worker.call("describe")
-        params, split = facts["params"], facts["split"]
         epoch, history = 0, []
+        state: dict[str, Any] | None = None  # the last checkpoint's: what a new worker resumes from
+        # Calls to the worker, made again on a new one resumed from `state` while one is lost.
+        outliving = functools.partial(outliving_losses, worker, state=lambda: state,
+                                      done=lambda: epoch, echo=echo)
+
+        facts = outliving(lambda: worker.call("describe"))
+        params, split = facts["params"], facts["split"]
         if prior is not None:
             epoch, history = prior["epoch"], prior["history"]
             keys = ("model", "optimizer", "schedule", "epoch", "loader_rng", "asgd", "valid_history", "best")
-            worker.load_state_dict({k: prior[k] for k in keys if k in prior})
+            state = {k: prior[k] for k in keys if k in prior}
+            outliving(lambda: worker.load_state_dict(state))
             run_id = tracker.start(config, run_id=prior["run_id"], tags=_tags(config))
             echo(f"Resuming {config.name!r} after epoch {epoch} from {checkpoint}")
         elif source is not None:
@@ -301,10 +307,9 @@ def _run_retrain(
         tested_on = "its test split" if split == "test" else f"the {facts['held_out']:.0%} held out"
         echo(f"Training {arch} ({params / 1e6:.3f}M parameters) on {config.data.name}, testing on "
              f"{tested_on}, in {worker.describe_location()}; MLflow run {run_id}")
-        state: dict[str, Any] = {}
         while epoch < cfg.epochs:
             start = time.perf_counter()
-            metrics, state = worker.run_epoch()
+            metrics, state = outliving(worker.run_epoch)
             seconds = time.perf_counter() - start
             if int(metrics["epoch"]) <= epoch:  # a language model's rollback (raynas.train.language_model)
                 echo(f"the training loss was not finite in epoch {epoch + 1}: rolled back to the "
@@ -325,9 +330,9 @@ def _run_retrain(
                 + f"{seconds:.0f}s"
             )
         final = history[-1]
-        model = worker.call("trained_network")
+        model, example = outliving(lambda: (worker.call("trained_network"), worker.call("example_input")))
         version = tracker.register_model(arch, name=f"raynas-{config.name}", network=model, trained=True,
-                                         example=worker.call("example_input"))
+                                         example=example)
         tracker.finish(EpochReport(epoch=epoch - 1, metrics=final, architecture=arch),
                        {"params": params, **final, "test_split": split, "registered_version": version})
         save_checkpoint({"config": config.to_dict(), "finished": True}, checkpoint)

@@ -42,7 +42,7 @@ from raynas import storage
 from raynas.config import RetrainConfig, another_config, load_yaml, other_command
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError
-from raynas.execution import start_worker
+from raynas.execution import outliving_losses, start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.profile import counting_device
 from raynas.runs.common import attempt_id, image_shape, network_costs, sole_writer
@@ -346,16 +346,22 @@ def _retrain(
     tracker.log_config(config.to_dict())
     tracker.client.log_text(tracker.run_id, arch.to_json(indent=1), "architecture.json")
     macs = _macs(config, arch)
-    worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution)
+    worker = start_worker(functools.partial(RetrainWorker, config, arch.to_json()), config.execution, echo)
     try:
-        params = int(worker.call("describe")["params"])
+        epoch = 0
+        state: dict[str, Any] | None = None  # the last epoch's: what a new worker resumes from
+        # Calls to the worker, made again on a new one resumed from `state` while one is lost.
+        outliving = functools.partial(outliving_losses, worker, state=lambda: state,
+                                      done=lambda: epoch, echo=echo)
+        params = int(outliving(lambda: worker.call("describe"))["params"])
         echo(f"  {cell.label} at {layers} layers: {params / 1e6:.3f}M parameters, "
              f"{macs / 1e6:.1f}M multiply-adds, in {worker.describe_location()}")
         metrics: dict[str, float] = {}
-        for epoch in range(config.retrain.epochs):
+        while epoch < config.retrain.epochs:
             start = time.perf_counter()
-            metrics, _ = worker.run_epoch()
+            metrics, state = outliving(worker.run_epoch)
             tracker.log_metrics(metrics, step=epoch, seconds=time.perf_counter() - start)
+            epoch += 1
         row = {
             "cell": cell.label, "layers": layers, "test_acc": float(metrics["test_acc"]),
             "test_loss": float(metrics["test_loss"]), "params": params, "macs": macs,
@@ -365,8 +371,8 @@ def _retrain(
         # The trained network: a version of the study's registered model, tagged with its cell
         # and layer count.
         model = config.tracking.registered_model or f"raynas-{config.name}"
-        version = tracker.register_model(arch, name=model, network=worker.call("trained_network"),
-                                         trained=True, example=worker.call("example_input"))
+        network, example = outliving(lambda: (worker.call("trained_network"), worker.call("example_input")))
+        version = tracker.register_model(arch, name=model, network=network, trained=True, example=example)
         for key in ("cell", "layers"):
             tracker.client.set_model_version_tag(model, version, f"{TAG_PREFIX}study.{key}", str(row[key]))
         tracker.finish(EpochReport(epoch=config.retrain.epochs - 1, metrics=metrics, architecture=arch),
