@@ -16,6 +16,7 @@ Errors in the user's input print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -556,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         # Searches, retrainings and studies resume; the other commands keep nothing to go on from.
         resumes = args.command in ("search", "train", "study")
         again = "; run the same command again to resume" if resumes else ""
-        if _stopped_by != signal.SIGINT:  # SIGTERM, SIGUSR1 (the console script's handler)
+        if _stopped_by != signal.SIGINT:  # SIGTERM, SIGUSR1, SIGHUP (the console script's handler)
             print(f"raynas: stopped by {signal.Signals(_stopped_by).name}{again}", file=sys.stderr)
             return 128 + _stopped_by
         print(f"raynas: interrupted{again}", file=sys.stderr)
@@ -565,16 +566,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _stopped_by: int = signal.SIGINT  # the signal that stopped the command (a KeyboardInterrupt's: Ctrl-C)
-_stops = 0  # stop signals (Ctrl-C, SIGTERM, SIGUSR1) received by the console script
+_stops = 0  # stop signals (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP) received by the console script
 
 
 def _stop(signum: int, frame: object) -> None:
-    """Ctrl-C, SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``) and SIGUSR1
-    (SLURM's warning before it preempts a job) for the console script. The first stops the
-    command: a ``KeyboardInterrupt`` in the main thread, so the run is recorded as killed, what
-    was done is kept, and the same command resumes (Ray's blocking calls raise a new
-    ``KeyboardInterrupt`` of their own when a handler raises in them, so a global says which
-    signal it was). The next one, while that stop winds down (the MLflow run's
+    """Ctrl-C, SIGTERM (``ray job stop``, Kubernetes stopping a pod, ``kill``), SIGUSR1 (SLURM's
+    warning before it preempts a job) and SIGHUP (its terminal closed) for the console script.
+    The first stops the command: a ``KeyboardInterrupt`` in the main thread, so the run is
+    recorded as killed, what was done is kept, and the same command resumes (Ray's blocking calls
+    raise a new ``KeyboardInterrupt`` of their own when a handler raises in them, so a global says
+    which signal it was). The next one, while that stop winds down (the MLflow run's
     end, the local Ray's processes, a second or two), says so in a line and lets it finish: cut
     short, Ray's exit handler printed a traceback and left its processes running for a minute.
     One more ends the process at once.
@@ -624,6 +625,29 @@ def _signal_after_import(signum: int) -> None:
         os.kill(os.getpid(), signum)
 
 
+class _Terminal:
+    """A console stream on a terminal whose writes are dropped once the terminal is gone (closed
+    with the command running in the background, or after its SIGHUP): the write fails then (EIO),
+    and the command would end with that error at its next line instead of going on (a search) or
+    stopping as asked (its stop's own line)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def run() -> NoReturn:
     """The ``raynas`` console script: :func:`main`, then the exit Python makes (its threads
     joined, its exit handlers run: Ray's shutdown, MLflow's and logging's flushes), but not the
@@ -634,6 +658,10 @@ def run() -> NoReturn:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGUSR1, _stop)  # SLURM's warning before it preempts a job
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # (under nohup it stays ignored)
+        signal.signal(signal.SIGHUP, _stop)  # the terminal closed
+    sys.stdout, sys.stderr = (_Terminal(s) if s is not None and s.isatty() else s
+                              for s in (sys.stdout, sys.stderr))
     try:
         code = main()
     except SystemExit as exc:  # argparse: --help (0) and bad arguments (2, its message printed)

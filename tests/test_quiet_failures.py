@@ -6,7 +6,9 @@ of the death; the search goes on, or stops with status 1 when no restart is allo
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -325,6 +327,91 @@ def test_ctrl_c_again_while_a_search_stops_its_local_ray_is_one_line_and_the_sto
     run_id = console.split("MLflow run ")[1].split()[0]
     assert state["run_id"] == run_id
     assert MlflowClient(job["tracking"]["tracking_uri"]).get_run(run_id).info.status == "KILLED"
+
+
+def on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """Start ``command`` in a process group of its own with a pseudo-terminal as its console (as
+    a shell runs a job); returns the process and the terminal's other end, from which its lines
+    are read and whose closing is the terminal closed."""
+    master, console = pty.openpty()
+    proc = subprocess.Popen(command, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdin=console,
+                            stdout=console, stderr=console, start_new_session=True)
+    os.close(console)
+    return proc, master
+
+
+def read_until(proc: subprocess.Popen, master: int, text: str, timeout: float = 120) -> str:
+    """What ``proc`` printed on its terminal up to the first line holding ``text``."""
+    said = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in said:
+        assert time.monotonic() < deadline and proc.poll() is None, said.decode(errors="replace")
+        if select.select([master], [], [], 0.5)[0]:
+            said += os.read(master, 65536)
+    return said.decode(errors="replace")
+
+
+@pytest.mark.own_ray
+def test_a_closed_terminal_stops_a_search_as_ctrl_c_does_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """The terminal of `raynas search` (on the local Ray it starts) closed after epoch 1, and its
+    shell's SIGHUP to the command's process group: the command died at once, its MLflow run left
+    RUNNING; and Ray's processes (in that group) got the SIGHUP too. Now it stops as on Ctrl-C,
+    its writes to the gone terminal dropped: status 129, the run KILLED, no process of the command
+    left, and the same command goes on after epoch 1 in the same run."""
+    from raynas.train.checkpoint import load_checkpoint
+
+    job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "ray"})  # a local Ray
+    path = write_job(tmp_path, job)
+    marker = f"{tmp_path.name}-{os.getpid()}"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAYNAS_TEST_MARK": marker}
+    proc, master = on_a_terminal([str(BIN / "raynas"), "search", str(path)], tmp_path, env)
+    try:
+        console = read_until(proc, master, "epoch   1/2")
+        os.close(master)  # the terminal closed: a write to it fails from now on
+        os.killpg(proc.pid, signal.SIGHUP)  # and its shell sends SIGHUP to the command's group
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 128 + signal.SIGHUP
+    assert processes_marked(f"RAYNAS_TEST_MARK={marker}") == []  # Ray's processes stopped with it
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    assert len(state["history"]) == 1 and not state["finished"]
+    run_id = console.split("MLflow run ")[1].split()[0]
+    assert state["run_id"] == run_id
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    assert client.get_run(run_id).info.status == "KILLED"
+    again = subprocess.run([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    epochs = [line for line in again.stdout.splitlines() if line.startswith("epoch")]
+    assert [line.split()[1] for line in epochs] == ["2/2"], again.stdout
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_search_whose_terminal_is_gone_goes_on_to_its_end(tmp_path: Path) -> None:
+    """The terminal closed with `raynas search` running in the background and no SIGHUP sent to
+    it (bash's exit with huponexit off, a job disowned): its next line's write failed (EIO) and
+    ended the search. Now its lines are dropped and it runs to its end, recorded as finished."""
+    from raynas.train.checkpoint import load_checkpoint
+
+    job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "local"})
+    path = write_job(tmp_path, job)
+    proc, master = on_a_terminal([str(BIN / "raynas"), "search", str(path)], tmp_path, dict(os.environ))
+    try:
+        console = read_until(proc, master, "epoch   1/2")
+        os.close(master)
+        status = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 0
+    run = MlflowClient(job["tracking"]["tracking_uri"]).get_run(console.split("MLflow run ")[1].split()[0])
+    assert run.info.status == "FINISHED"
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
+    assert len(state["history"]) == 2 and state["finished"]
 
 
 def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_none_of_rays_reports(

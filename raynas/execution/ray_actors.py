@@ -72,17 +72,28 @@ def check_address(address: str, given: str) -> None:
 
 
 @contextlib.contextmanager
-def _keeping_sigterm() -> Iterator[None]:
+def _keeping_sigterm(local: bool = False) -> Iterator[None]:
     """SIGTERM does after the block what the process had it do before: ``ray.init`` sets its own
     handler (``sys.exit(15)``, a failed run) and its core worker's crash handler (which prints a
-    stack dump of addresses on the console) over it; ``raynas search`` stops on it as on Ctrl-C."""
+    stack dump of addresses on the console) over it; ``raynas search`` stops on it as on Ctrl-C.
+
+    With ``local`` (the block starts a local Ray), SIGHUP is ignored while it runs, so that the
+    processes Ray starts (GCS, raylet, agents: in this process's group) ignore it too: a terminal
+    closed sends its SIGHUP to the whole group, and Ray's processes ended under the command's own
+    stop (the MLflow run's end, Ray's shutdown). The command stops them itself. (A hangup in those
+    seconds is lost: only an ignored signal is passed on to the processes started.)"""
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main else None
+    hangup = signal.getsignal(signal.SIGHUP) if main and local and hasattr(signal, "SIGHUP") else None
+    if hangup is not None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         yield
     finally:
         if main and before is not None:
             signal.signal(signal.SIGTERM, before)
+        if hangup is not None:
+            signal.signal(signal.SIGHUP, hangup)
 
 
 def init_ray(execution: ExecutionConfig) -> None:
@@ -102,7 +113,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     # it is the secure default, not the search's news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        with _keeping_sigterm():
+        with _keeping_sigterm(local=True):
             ray.init(
                 object_store_memory=execution.object_store_mb * 1024 * 1024,
                 include_dashboard=False,
