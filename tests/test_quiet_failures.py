@@ -390,6 +390,16 @@ def test_a_closed_terminal_stops_a_search_as_ctrl_c_does_and_the_same_command_re
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_under_nohup_a_hangup_is_ignored_and_the_search_goes_on(tmp_path: Path) -> None:
+    """`nohup raynas search ...`: SIGHUP, ignored by nohup, stays ignored (the command's own
+    handler would have stopped it)."""
+    job = tiny_job(tmp_path, train={"epochs": 2}, execution={"backend": "local"})
+    command = ["nohup", str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+    status, said = signalled(command, ("epoch   1/2",), signal.SIGHUP, cwd=tmp_path)
+    assert status == 0, "".join(said)[-3000:]
+    assert any(line.startswith("epoch   2/2") for line in said), "".join(said)[-3000:]
+
+
 def test_a_search_whose_terminal_is_gone_goes_on_to_its_end(tmp_path: Path) -> None:
     """The terminal closed with `raynas search` running in the background and no SIGHUP sent to
     it (bash's exit with huponexit off, a job disowned): its next line's write failed (EIO) and
