@@ -18,6 +18,8 @@ folder is fsynced and renamed over the target.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +35,8 @@ from raynas.errors import StorageError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 
@@ -288,3 +292,129 @@ def remove(uri: str) -> None:
         client.delete_objects(
             Bucket=loc.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
         )
+
+
+LEASE_SECONDS = 300.0
+"""How long an S3 lease (:class:`S3Lease`) holds unrenewed: a driver gone without releasing its
+lease (killed, its node lost) holds its job that long."""
+
+
+class LeaseHeld(Exception):
+    """Another holder's lease is live: who it is, and in how many seconds it expires unrenewed."""
+
+    def __init__(self, holder: str, left: float) -> None:
+        super().__init__(holder)
+        self.holder, self.left = holder, left
+
+
+class S3Lease:
+    """An S3 object held as a lease while a process works on what it guards (a job's checkpoint
+    on S3, which a process of another machine may also be started on): written only where there
+    is none (a conditional PUT, ``If-None-Match: *``, as AWS S3 and SeaweedFS apply atomically),
+    or over one its holder let expire; renewed by a thread every fifth of its time (each write
+    conditional on the last one's ETag); deleted at :meth:`release`.
+
+    Args:
+        uri: The lease's ``s3://`` location.
+        holder: Who holds it, for the one refused ("pid 12 on host since ...").
+        seconds: How long it holds unrenewed.
+    """
+
+    def __init__(self, uri: str, holder: str, *, seconds: float | None = None) -> None:
+        self.location = S3Location.parse(uri)
+        self.uri, self.holder = uri, holder
+        self.seconds = LEASE_SECONDS if seconds is None else seconds
+        self._etag: str | None = None
+        self._done = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _put(self, **condition: str) -> str:
+        body = json.dumps({"holder": self.holder, "expires": time.time() + self.seconds}).encode()
+        return self._client.put_object(Bucket=self.location.bucket, Key=self.location.key, Body=body,
+                                       **condition)["ETag"]
+
+    def acquire(self) -> None:
+        """Take the lease and start renewing it.
+
+        Raises:
+            LeaseHeld: Another holder's lease is live.
+            StorageError: The store cannot be reached.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._client = s3_client(connect_timeout=5, read_timeout=10, attempts=2)
+        try:
+            for _ in range(3):  # a lease released or taken over between the reads below: try again
+                try:
+                    self._etag = self._put(IfNoneMatch="*")
+                    break
+                except ClientError as exc:
+                    if not _precondition_failed(exc):
+                        raise
+                try:
+                    self._etag = self._take_expired()
+                    break
+                except ClientError as exc:
+                    if not _precondition_failed(exc) and _code(exc) not in ("404", "NoSuchKey"):
+                        raise
+            else:
+                raise LeaseHeld("another process", self.seconds)
+        except (BotoCoreError, ClientError) as exc:
+            where = endpoint_url() or "AWS S3"
+            raise StorageError(f"cannot take the lease {self.uri} at {where} ({_code(exc)}); check that "
+                               "the server is up and the credentials may write there") from None
+        self._renewer = threading.Thread(target=self._renew, name="raynas-s3-lease", daemon=True)
+        self._renewer.start()
+
+    def _take_expired(self) -> str:
+        """Write the lease over one whose holder let it expire (its ETag the condition)."""
+        got = self._client.get_object(Bucket=self.location.bucket, Key=self.location.key)
+        try:
+            found = json.loads(got["Body"].read())
+            holder, left = str(found["holder"]), float(found["expires"]) - time.time()
+        except (ValueError, KeyError, TypeError):  # not a lease's: taken as expired
+            holder, left = "", 0.0
+        if left > 0:
+            raise LeaseHeld(holder, left)
+        log.warning("%s: the lease of %s expired %.0f s ago; taking it over", self.uri, holder or "?", -left)
+        return self._put(IfMatch=got["ETag"])
+
+    def _renew(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        while not self._done.wait(self.seconds / 5):
+            try:
+                self._etag = self._put(IfMatch=self._etag or "")
+            except ClientError as exc:
+                if _precondition_failed(exc):
+                    log.error("the lease %s was taken over by another process (this one did not renew it "
+                              "for %.0f s); both may now write the same job", self.uri, self.seconds)
+                    return
+                log.warning("the lease %s was not renewed (%s); trying again", self.uri, _code(exc))
+            except BotoCoreError as exc:  # an outage: the next renewal tries again
+                log.warning("the lease %s was not renewed (%s); trying again", self.uri, type(exc).__name__)
+
+    def release(self) -> None:
+        """Stop renewing the lease and delete it if it is still this holder's (otherwise, or with
+        the store unreachable, it expires by itself)."""
+        self._done.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=30)
+        try:
+            head = self._client.head_object(Bucket=self.location.bucket, Key=self.location.key)
+            if head["ETag"] == self._etag:
+                self._client.delete_object(Bucket=self.location.bucket, Key=self.location.key)
+        except Exception as exc:  # it expires by itself
+            log.warning("the lease %s was not released (%s); it expires in %.0f s", self.uri,
+                        type(exc).__name__, self.seconds)
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code") or type(exc).__name__)
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    """A conditional write refused: the object is there (``If-None-Match``), or changed since
+    (``If-Match``); ConditionalRequestConflict: another conditional write raced it."""
+    return _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict")

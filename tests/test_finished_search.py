@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import tiny_job, write_job
+from conftest import S3Server, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
 from raynas.cli import main
@@ -257,6 +257,62 @@ def test_a_second_run_of_a_job_still_running_stops_at_once_and_goes_on_once_the_
         holder.wait(timeout=30)
         result = run_search(parse_job(jobs["search"][0]), echo=lambda _: None)
         assert load_checkpoint(str(runs / "tiny" / "checkpoint.pt"))["finished"] and result.run_id
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+HOLD_LEASE = """
+import sys, time
+from raynas import storage
+from raynas.runs.common import sole_writer
+storage.LEASE_SECONDS = float(sys.argv[2])
+with sole_writer(sys.argv[1], "held"):
+    print("holding", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_second_run_of_a_job_on_s3_stops_at_once_and_goes_on_once_the_first_ones_lease_expires(
+    tmp_path: Path, s3_env: S3Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job whose checkpoint is on S3, worked on by another process (as a driver on another
+    machine would: no lock of this one's sees it), which holds a lease of 3 s here and renews it:
+    the same job started beside it refuses in one line naming that process, touching nothing, also
+    after the lease's first 3 s. Once that process is killed with no chance to release its lease,
+    the lease expires and the job runs, and releases its own lease when it ends. (S3 checkpoints
+    were not guarded: both runs resumed from the same checkpoint and journal.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raynas import storage
+
+    runs = s3_env.create_bucket("raynas-lease") + "/runs"
+    job = tiny_job(tmp_path, train={"epochs": 1}, tracking={"output_dir": runs})
+    path = write_job(tmp_path, job)
+    checkpoint = f"{runs}/tiny/checkpoint.pt"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, checkpoint, "3"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        for wait in (0, 4):  # at once, and once the lease has been renewed past its first 3 s
+            time.sleep(wait)
+            capsys.readouterr()
+            assert main(["search", str(path)]) == 2
+            err = capsys.readouterr().err
+            said = f"raynas: error: the search 'tiny' is running already (pid {holder.pid} on "
+            assert err.startswith(said), err
+            assert len(err.splitlines()) == 1 and f"{checkpoint}.lease is its lease" in err
+        assert not storage.exists(checkpoint)  # the refused runs touched nothing
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert storage.exists(f"{checkpoint}.lease")  # left behind, expiring
+        time.sleep(3.5)
+        assert main(["search", str(path)]) == 0
+        assert load_checkpoint(checkpoint)["finished"]
+        assert not storage.exists(f"{checkpoint}.lease")  # released at the end
     finally:
         holder.kill()
         holder.wait(timeout=30)

@@ -77,22 +77,40 @@ def run_path(config: SearchConfig, filename: str) -> str:
 
 @contextlib.contextmanager
 def sole_writer(checkpoint: str, what: str) -> Iterator[None]:
-    """While the block runs, no other process of this machine works on ``checkpoint`` (a local
-    file): an exclusive ``flock`` on ``<checkpoint>.lock``, which says who holds it. A second run
-    of the same job started beside the first would resume it from the same checkpoint and
-    journal, both evaluating and recording the same candidates; it stops at once instead. The
-    lock goes with the process, however it ends. (A checkpoint on S3 is not locked: two drivers
-    on two machines are the user's to avoid.)
+    """While the block runs, no other process works on ``checkpoint``. A second run of the same
+    job started beside the first would resume it from the same checkpoint and journal, both
+    evaluating and recording the same candidates; it stops at once instead, saying who holds it.
+
+    A local file: an exclusive ``flock`` on ``<checkpoint>.lock`` (which says who holds it), gone
+    with the process however it ends. On S3, where the other run may be on another machine (a job
+    submitted twice to a cluster): a lease, ``<checkpoint>.lease`` (:class:`raynas.storage.S3Lease`),
+    renewed while the block runs and deleted after it; one left by a driver that ended without
+    deleting it (killed, its node lost) expires within :data:`raynas.storage.LEASE_SECONDS`.
 
     Raises:
         ConfigError: Another process holds it: which, and what to do.
     """
-    if storage.is_s3(checkpoint):
-        yield
-        return
-    import fcntl
     import os
     import socket
+
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
+    if storage.is_s3(checkpoint):
+        lease = storage.S3Lease(f"{checkpoint}.lease", holder)
+        try:
+            lease.acquire()
+        except storage.LeaseHeld as held:
+            raise ConfigError(
+                f"{what} is running already ({held.holder}; {checkpoint}.lease is its lease): wait for "
+                "it to end, or stop it and run this command again to resume (a run that ended without "
+                f"releasing it holds it {held.left:.0f} s more); or give the job another name"
+            ) from None
+        try:
+            yield
+        finally:
+            lease.release()
+        return
+    import fcntl
 
     lock = Path(f"{checkpoint}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +126,7 @@ def sole_writer(checkpoint: str, what: str) -> Iterator[None]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+        handle.write(holder)
         handle.flush()
         yield  # (the lock ends with the handle)
 
