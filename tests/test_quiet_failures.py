@@ -5,6 +5,7 @@ of the death; the search goes on, or stops with status 1 when no restart is allo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -40,15 +41,19 @@ RAY_REPORT = ("(raylet)", "Worker exit type", "Worker exit detail", "PID\tMEM", 
               "Configuration for experiment", "View detailed results", "WARNING", "ERROR")
 
 
-def worker_running(gcs_address: str, title: str) -> int | None:
-    """The pid of a Ray worker process of the head at ``gcs_address`` whose title (Ray names a
-    worker after the actor method it runs) is ``title``, or None."""
+def workers_running(gcs_address: str, title: str) -> list[int]:
+    """The pids of the Ray worker processes of the head at ``gcs_address`` whose title (Ray names
+    a worker after the actor method it runs) starts with ``title``."""
     procs = _process_tree()
     port = gcs_address.rsplit(":", 1)[1]  # the head names itself by its node's address, not loopback's
     raylets = {pid for pid, (_, cmd) in procs.items()
                if cmd.split(" ")[0].endswith("/raylet") and re.search(rf"--gcs-address=\S+:{port}\s", cmd)}
-    found = [pid for pid, (ppid, cmd) in procs.items() if ppid in raylets and cmd.startswith(title)]
-    return min(found, default=None)
+    return sorted(pid for pid, (ppid, cmd) in procs.items() if ppid in raylets and cmd.startswith(title))
+
+
+def worker_running(gcs_address: str, title: str) -> int | None:
+    """The first of :func:`workers_running`, or None."""
+    return min(workers_running(gcs_address, title), default=None)
 
 
 def kill_mid_search(
@@ -483,6 +488,56 @@ def test_an_evaluator_actor_lost_while_it_is_set_up_is_started_again_and_the_sea
     assert len(named) == 2, console[-3000:]
     assert "starting the 1 evaluator actor(s) again; Ray's logs are in " in named[0], console[-3000:]
     assert "replaced evaluator actor 0; Ray's logs are in " in named[1], console[-3000:]
+    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
+    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
+
+
+def test_an_evaluator_replacement_lost_before_it_has_its_peers_weights_is_replaced_in_turn(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """Two supernet replicas scoring candidates: one killed, and its peer frozen (SIGSTOP), so that
+    the replacement, once set up, waits for the peer's weights; the replacement killed then, before
+    it is given them (its node gone too). That loss went through and ended the search; now the
+    replacement is replaced in turn, and the search ends with every candidate once."""
+    from test_sampling_search import sampling_job
+
+    spos = {"name": "spos", "population_size": 4, "sample_size": 2, "evaluations": 6}
+    job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1},
+                       execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1,
+                                  "concurrency": 2})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    frozen = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("candidate    2 ") and frozen is None:
+                lost, frozen = workers_running(ray_head, "ray::_EvaluatorActor")
+                os.kill(lost, signal.SIGKILL)
+                # Its replacement sets up (about a second: data, supernet); the peer frozen meanwhile.
+                replacement = wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
+                os.kill(frozen, signal.SIGSTOP)
+                deadline = time.monotonic() + 120
+                while replacement in workers_running(ray_head, "ray::_EvaluatorActor.setup"):
+                    assert time.monotonic() < deadline, "".join(said)
+                    time.sleep(0.05)
+                # Set up, it waits for the frozen peer's weights: lost before it is given them.
+                os.kill(replacement, signal.SIGKILL)
+                os.kill(frozen, signal.SIGCONT)
+        proc.wait(timeout=60)
+    finally:
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    console = "".join(said)
+    assert proc.returncode == 0, console[-3000:]
+    assert "replaced evaluator actor" in console, console[-3000:]
     candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
     assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 

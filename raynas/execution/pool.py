@@ -369,7 +369,9 @@ class RayPool:
             )
 
     def _replace(self, lost: Any, reason: str) -> Any:
-        """A new actor in ``lost``'s place, set up alone, holding the weights the lost one held."""
+        """A new actor in ``lost``'s place, set up alone, holding the weights the lost one held. A
+        replacement lost meanwhile (its node gone too), while it is set up or given those weights,
+        is replaced in turn."""
         import ray
 
         from raynas.execution.ray_actors import ray_logs
@@ -377,18 +379,25 @@ class RayPool:
         self._count_restart(reason)
         index = self.actors.index(lost)
         ray.kill(lost, no_restart=True)
-        while True:  # a replacement lost while it is set up (its node gone too) is replaced in turn
+        while True:
             actor = self._start()
             try:
                 self._get(actor.setup.remote(self.config, self.threads))
+                self._give_weights(actor, index)
                 break
-            except WorkerLostError as exc:
+            except WorkerLostError as exc:  # the replacement's loss (a peer's is taken below)
                 self._count_restart(exc.reason)
                 ray.kill(actor, no_restart=True)
         self.actors[index] = actor
         self.grouped[index] = False
         if lost in self.idle:
             self.idle[self.idle.index(lost)] = actor
+        self.echo(f"{reason}: replaced evaluator actor {index}; Ray's logs are in {ray_logs()}")
+        return actor
+
+    def _give_weights(self, actor: Any, index: int) -> None:
+        """Load into ``actor`` what the actor at ``index`` held: a live peer's weights (replicas
+        hold the same), else the state of the last checkpoint."""
         weights = None
         for peer in (a for i, a in enumerate(self.actors) if i != index):
             try:
@@ -398,12 +407,10 @@ class RayPool:
                 continue  # lost too: it is replaced when next used
         if weights is not None:
             self._get(actor.load_weights.remote(weights))
-        else:
-            state = self.restore()
-            if state:
-                self._get(actor.load_state_dict.remote(state))
-        self.echo(f"{reason}: replaced evaluator actor {index}; Ray's logs are in {ray_logs()}")
-        return actor
+            return
+        state = self.restore()
+        if state:
+            self._get(actor.load_state_dict.remote(state))
 
     def _call(self, index: int, method: str, *args: Any) -> Any:
         """``actors[index].method(*args)``, on a replacement when the actor is lost."""
