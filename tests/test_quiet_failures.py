@@ -542,6 +542,61 @@ def test_an_evaluator_replacement_lost_before_it_has_its_peers_weights_is_replac
     assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
+def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_are_rebuilt_again(
+    tmp_path: Path, ray_head: str
+) -> None:
+    """Two supernet replicas training together: one killed in epoch 2, so the group is rebuilt
+    from epoch 1's state; the driver frozen (SIGSTOP) while the new replicas set up, and one of
+    them, set up, killed before the driver gives them that state. That loss went through and ended
+    the search; now the group is rebuilt again, and the search ends with every candidate once."""
+    from test_sampling_search import sampling_job
+
+    spos = {"name": "spos", "population_size": 4, "sample_size": 2, "evaluations": 4}
+    job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 2},
+                       execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1,
+                                  "concurrency": 2})
+    job["data"]["limit"] = 960  # epochs of a second or two, to be killed in
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    frozen = False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("supernet epoch   1/2") and not frozen:
+                first = workers_running(ray_head, "ray::_EvaluatorActor")
+                os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.train_epoch", said),
+                        signal.SIGKILL)
+                wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
+                os.kill(proc.pid, signal.SIGSTOP)  # the driver, until the new replicas are set up
+                frozen = True
+                deadline = time.monotonic() + 120
+                while True:
+                    replicas = workers_running(ray_head, "ray::_EvaluatorActor")
+                    new = [pid for pid in replicas if pid not in first]
+                    if len(new) == 2 and not workers_running(ray_head, "ray::_EvaluatorActor.setup"):
+                        break
+                    assert time.monotonic() < deadline, "".join(said)
+                    time.sleep(0.05)
+                os.kill(new[0], signal.SIGKILL)  # set up, and not yet given the state
+                os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(timeout=60)
+    finally:
+        if frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    console = "".join(said)
+    assert proc.returncode == 0, console[-3000:]
+    assert "rebuilt the 2 replicas training together" in console, console[-3000:]
+    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
+    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
+
+
 def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
     tmp_path: Path, ray_head: str
 ) -> None:

@@ -477,11 +477,15 @@ class RayPool:
     def _rebuild_group(self, reason: str) -> None:
         from raynas.execution.ray_actors import ray_logs
 
-        self._start_group()
-        state = self.restore()
-        if state:
-            for index in range(self.replicas):
-                self._get(self.actors[index].load_state_dict.remote(state))
+        while True:  # a replica lost after its setup, while it is given the state: started again
+            self._start_group()
+            state = self.restore()
+            try:
+                for index in range(self.replicas if state else 0):
+                    self._get(self.actors[index].load_state_dict.remote(state))
+                break
+            except WorkerLostError as exc:
+                self._count_restart(exc.reason)
         self.echo(
             f"{reason}: rebuilt the {self.replicas} replicas training together; Ray's logs are in "
             f"{ray_logs()}"
