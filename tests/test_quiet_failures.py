@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -451,6 +451,37 @@ def test_a_killed_evaluator_actor_of_a_sampling_search_is_one_raynas_line_and_no
     assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
+@contextlib.contextmanager
+def searching(tmp_path: Path, job: dict) -> Iterator[tuple[subprocess.Popen, list[str], list[int]]]:
+    """``raynas search`` of ``job`` while the block runs: its process (stderr merged, unbuffered),
+    the lines it printed (the block reads them into it) and the processes the block froze
+    (SIGSTOP), which are continued at the end; the search is killed if it still runs then."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    frozen: list[int] = []
+    try:
+        yield proc, said, frozen
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def every_candidate_once(proc: subprocess.Popen, said: list[str], evaluations: int) -> str:
+    """The console of a search that ended with status 0, each of its ``evaluations`` candidates
+    printed once, in order."""
+    console = "".join(said)
+    assert proc.returncode == 0, console[-3000:]
+    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
+    assert candidates == [str(k) for k in range(1, evaluations + 1)], console[-3000:]
+    return console
+
+
 def test_an_evaluator_actor_lost_while_it_is_set_up_is_started_again_and_the_search_goes_on(
     tmp_path: Path, ray_head: str
 ) -> None:
@@ -464,11 +495,7 @@ def test_an_evaluator_actor_lost_while_it_is_set_up_is_started_again_and_the_sea
     spos = {"name": "spos", "population_size": 4, "sample_size": 2, "evaluations": 4}
     job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1},
                        execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    try:
+    with searching(tmp_path, job) as (proc, said, _):
         assert proc.stdout is not None
         # Its setup builds the data and the supernet: about a second on a worker of its own.
         os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said), signal.SIGKILL)
@@ -478,18 +505,11 @@ def test_an_evaluator_actor_lost_while_it_is_set_up_is_started_again_and_the_sea
                 os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor", said), signal.SIGKILL)
                 os.kill(wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said), signal.SIGKILL)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    console = "".join(said)
-    assert proc.returncode == 0, console[-3000:]
+    console = every_candidate_once(proc, said, spos["evaluations"])
     named = assert_quiet(console)
     assert len(named) == 2, console[-3000:]
     assert "starting the 1 evaluator actor(s) again; Ray's logs are in " in named[0], console[-3000:]
     assert "replaced evaluator actor 0; Ray's logs are in " in named[1], console[-3000:]
-    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
-    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
 def test_an_evaluator_replacement_lost_before_it_has_its_peers_weights_is_replaced_in_turn(
@@ -505,41 +525,27 @@ def test_an_evaluator_replacement_lost_before_it_has_its_peers_weights_is_replac
     job = sampling_job(tmp_path, spos, {"name": "supernet", "bn_batches": 1}, train={"epochs": 1},
                        execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1,
                                   "concurrency": 2})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    frozen = None
-    try:
+    with searching(tmp_path, job) as (proc, said, frozen):
         assert proc.stdout is not None
         for line in proc.stdout:
             said.append(line)
-            if line.startswith("candidate    2 ") and frozen is None:
-                lost, frozen = workers_running(ray_head, "ray::_EvaluatorActor")
+            if line.startswith("candidate    2 ") and not frozen:
+                lost, peer = workers_running(ray_head, "ray::_EvaluatorActor")
                 os.kill(lost, signal.SIGKILL)
                 # Its replacement sets up (about a second: data, supernet); the peer frozen meanwhile.
                 replacement = wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
-                os.kill(frozen, signal.SIGSTOP)
+                os.kill(peer, signal.SIGSTOP)
+                frozen.append(peer)
                 deadline = time.monotonic() + 120
                 while replacement in workers_running(ray_head, "ray::_EvaluatorActor.setup"):
                     assert time.monotonic() < deadline, "".join(said)
                     time.sleep(0.05)
                 # Set up, it waits for the frozen peer's weights: lost before it is given them.
                 os.kill(replacement, signal.SIGKILL)
-                os.kill(frozen, signal.SIGCONT)
+                os.kill(peer, signal.SIGCONT)
         proc.wait(timeout=60)
-    finally:
-        if frozen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(frozen, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    console = "".join(said)
-    assert proc.returncode == 0, console[-3000:]
+    console = every_candidate_once(proc, said, spos["evaluations"])
     assert "replaced evaluator actor" in console, console[-3000:]
-    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
-    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
 def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_are_rebuilt_again(
@@ -556,12 +562,7 @@ def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_ar
                        execution={"backend": "ray", "address": ray_head, "cpus_per_worker": 1,
                                   "concurrency": 2})
     job["data"]["limit"] = 960  # epochs of a second or two, to be killed in
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "raynas"), "search", str(write_job(tmp_path, job))], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said: list[str] = []
-    frozen = False
-    try:
+    with searching(tmp_path, job) as (proc, said, frozen):
         assert proc.stdout is not None
         for line in proc.stdout:
             said.append(line)
@@ -571,7 +572,7 @@ def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_ar
                         signal.SIGKILL)
                 wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
                 os.kill(proc.pid, signal.SIGSTOP)  # the driver, until the new replicas are set up
-                frozen = True
+                frozen.append(proc.pid)
                 deadline = time.monotonic() + 120
                 while True:
                     replicas = workers_running(ray_head, "ray::_EvaluatorActor")
@@ -583,18 +584,8 @@ def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_ar
                 os.kill(new[0], signal.SIGKILL)  # set up, and not yet given the state
                 os.kill(proc.pid, signal.SIGCONT)
         proc.wait(timeout=60)
-    finally:
-        if frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    console = "".join(said)
-    assert proc.returncode == 0, console[-3000:]
+    console = every_candidate_once(proc, said, spos["evaluations"])
     assert "rebuilt the 2 replicas training together" in console, console[-3000:]
-    candidates = [line.split()[1] for line in console.splitlines() if line.startswith("candidate")]
-    assert candidates == [str(k) for k in range(1, spos["evaluations"] + 1)], console[-3000:]
 
 
 def test_a_killed_tune_trial_is_one_raynas_line_and_none_of_tunes_reports(
