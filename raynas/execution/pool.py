@@ -320,15 +320,19 @@ class RayPool:
             resources=resources, max_restarts=0,
         ).remote()
 
-    def _start_group(self) -> list[tuple[str, str]]:
-        """New actors for every replica (one data-parallel group when they train together); an
-        actor lost while they are set up (its node gone) counts as a restart, and the group is
-        started again."""
+    def _start_group(self, *, restored: bool = False) -> list[tuple[str, str]]:
+        """New actors for every replica (one data-parallel group when they train together), with
+        ``restored`` given the state ``restore()`` returns; an actor lost while they are set up or
+        given it (its node gone) counts as a restart, and the group is started again."""
         from raynas.execution.ray_actors import ray_logs
 
         while True:
             try:
-                return self._start_group_once()
+                placed = self._start_group_once()
+                state = self.restore() if restored else None
+                for actor in self.actors if state else ():
+                    self._get(actor.load_state_dict.remote(state))
+                return placed
             except WorkerLostError as exc:
                 self._count_restart(exc.reason)
                 self.echo(f"{exc.reason}: starting the {self.replicas} evaluator actor(s) again; Ray's "
@@ -477,15 +481,7 @@ class RayPool:
     def _rebuild_group(self, reason: str) -> None:
         from raynas.execution.ray_actors import ray_logs
 
-        while True:  # a replica lost after its setup, while it is given the state: started again
-            self._start_group()
-            state = self.restore()
-            try:
-                for index in range(self.replicas if state else 0):
-                    self._get(self.actors[index].load_state_dict.remote(state))
-                break
-            except WorkerLostError as exc:
-                self._count_restart(exc.reason)
+        self._start_group(restored=True)
         self.echo(
             f"{reason}: rebuilt the {self.replicas} replicas training together; Ray's logs are in "
             f"{ray_logs()}"

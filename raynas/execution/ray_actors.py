@@ -72,7 +72,7 @@ def check_address(address: str, given: str) -> None:
 
 
 @contextlib.contextmanager
-def _keeping_sigterm(local: bool = False) -> Iterator[None]:
+def _keeping_signals(local: bool = False) -> Iterator[None]:
     """SIGTERM does after the block what the process had it do before: ``ray.init`` sets its own
     handler (``sys.exit(15)``, a failed run) and its core worker's crash handler (which prints a
     stack dump of addresses on the console) over it; ``raynas search`` stops on it as on Ctrl-C.
@@ -105,7 +105,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address, "execution.address (--address)" if execution.address else "RAY_ADDRESS")
-        with _keeping_sigterm():
+        with _keeping_signals():
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
         return
@@ -113,7 +113,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     # it is the secure default, not the search's news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        with _keeping_sigterm(local=True):
+        with _keeping_signals(local=True):
             ray.init(
                 object_store_memory=execution.object_store_mb * 1024 * 1024,
                 include_dashboard=False,
