@@ -191,5 +191,35 @@ def test_stochastic_depth_drops_each_block_s_branch_per_sample_at_one_rate() -> 
     torch.testing.assert_close(block(x), block.end(block.rep(x)) + block.skip(x))
 
 
+def test_nexception_tp_s_blocks_drop_paths_rise_linearly_from_0_to_the_rate_as_in_nexception_tp_py() -> None:
+    """NEXcepTion-TP (the ``stages`` layout) builds its blocks' stochastic depth as
+    nexception_tp.py does: ``dp_rates = [x.tolist() for x in torch.linspace(0, drop_path_rate,
+    sum(depths)).split(depths)]``, block j of stage i at ``dp_rates[i][j]``; written out here as
+    rate * k / (blocks - 1) for the k-th block of all 3 + 4 + 9 + 3. A block's branch is dropped
+    per sample in training (its output then its input alone); none in evaluation."""
+    from raynas.ops.nexception import BottleneckBlock
+
+    space = SPACES.create("nexception")
+    net = space.build(space.parse("nexception_tp"), DatasetInfo("cifar10", 3, 10, 32), channels=8,
+                      drop_path_prob=0.18)
+    stages = [[m for m in stage.modules() if isinstance(m, BottleneckBlock)] for stage in net.stages]
+    assert [len(blocks) for blocks in stages] == [3, 4, 9, 3]
+    rates = [b.drop_path_prob for blocks in stages for b in blocks]
+    assert rates == pytest.approx([0.18 * k / 18 for k in range(19)], abs=1e-7)
+    assert rates[0] == 0.0 and stages[3][-1].drop_path_prob == pytest.approx(0.18)
+    block = stages[3][-1]
+    block.drop_path_prob = 0.5
+    block.train()
+    torch.manual_seed(0)
+    x = torch.randn(64, _in_channels(block), 2, 2)
+    out = block(x)
+    dropped = [torch.equal(out[i], x[i]) for i in range(64)]
+    assert 16 < sum(dropped) < 48  # about half of 64 (binomial: outside this once in 10^4)
+    block.eval()
+    torch.testing.assert_close(block(x), x + block.end(block.rep(x)))
+    plain = space.build(space.parse("nexception_tp"), DatasetInfo("cifar10", 3, 10, 32), channels=8)
+    assert {m.drop_path_prob for m in plain.modules() if isinstance(m, BottleneckBlock)} == {0.0}
+
+
 def _in_channels(block: torch.nn.Module) -> int:
     return next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

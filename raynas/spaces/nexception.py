@@ -337,10 +337,15 @@ class XceptionNet(nn.Module):
 class StagesNet(nn.Module):
     """The network of a ``stages``-layout :class:`NexceptionArch` (NEXcepTion-TP): a patchify stem,
     stages of bottleneck blocks (a norm and a 2x2 stride-2 convolution between stages), average
-    pooling, a norm and a linear classifier."""
+    pooling, a norm and a linear classifier.
+
+    ``drop_path_prob`` is the last block's stochastic depth; the blocks' rates rise linearly from 0
+    at the first (nexception_tp.py: ``torch.linspace(0, drop_path_rate, sum(depths))``, split by
+    stage, as timm's ConvNeXt), unlike the ``xception`` layout's one rate for all."""
 
     def __init__(
-        self, *, arch: NexceptionArch, num_classes: int, in_channels: int = 3, stem_stride: int = 2
+        self, *, arch: NexceptionArch, num_classes: int, in_channels: int = 3, stem_stride: int = 2,
+        drop_path_prob: float = 0.0,
     ) -> None:
         super().__init__()
         a = arch
@@ -369,6 +374,10 @@ class StagesNet(nn.Module):
             ]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
+        blocks = [m for m in self.stages.modules() if isinstance(m, BottleneckBlock)]
+        rates = torch.linspace(0, drop_path_prob, len(blocks), device="cpu").tolist()  # (a meta build too)
+        for block, rate in zip(blocks, rates, strict=True):
+            block.drop_path_prob = rate
         self.norm = make_norm(a.norm, a.widths[-1])
         self.classifier = nn.Linear(a.widths[-1], num_classes)
 
@@ -544,7 +553,8 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
             auxiliary: Ignored: these networks have no auxiliary head.
             drop_path_prob: Stochastic depth of every entry-, middle- and exit-flow block's branch,
                 the same rate in each (the official networks' ``drop_path``: nexception_t.py,
-                nexception_s.py); for the ``stages`` layout (NEXcepTion-TP) none.
+                nexception_s.py); for the ``stages`` layout (NEXcepTion-TP) the last block's, the
+                others' rising linearly from 0 (:class:`StagesNet`).
         """
         a = resized(expect_arch(arch, NexceptionArch), channels=channels, layers=layers)
         c = self.config
@@ -554,6 +564,7 @@ class NexceptionSpace(OptionsSpace[NexceptionArch]):
                 num_classes=dataset.num_classes,
                 in_channels=dataset.in_channels,
                 stem_stride=c.stem_stride,
+                drop_path_prob=drop_path_prob,
             )
         net = XceptionNet(
             arch=a,
