@@ -141,3 +141,44 @@ def test_a_rank_whose_peer_dies_under_its_collective_is_a_lost_worker_and_the_gr
     finally:
         worker.close()
         ray.shutdown()
+
+
+@pytest.mark.integration
+def test_a_ranks_own_error_ends_the_group_at_once_without_the_grace_a_peers_loss_gets(ray_head: str) -> None:
+    """Rank 1 fails with an error of its own (a bad batch on its shard) while rank 0 waits for it
+    in their all-reduce: the error is the group's at once, its peers killed, without the grace in
+    which a collective cut off waits for Ray to report a peer lost (it waited PEER_LOSS_GRACE_S,
+    30 s, then told the error)."""
+    import time
+
+    from raynas.config import ExecutionConfig
+    from raynas.execution.ray_actors import PEER_LOSS_GRACE_S
+
+    class Work:  # defined here: Ray's workers cannot import tests
+        device = "cpu"
+
+        def __init__(self, *, threads: int, rank: int, world_size: int) -> None:
+            self.rank = rank
+
+        def run_epoch(self) -> float:
+            import torch.distributed as dist
+
+            if self.rank == 1:
+                raise ValueError("a batch of rank 1's shard has no labels")
+            total = torch.ones(1)
+            dist.all_reduce(total)  # waits for rank 1, which never comes
+            return float(total)
+
+    worker = RayWorker(Work, ExecutionConfig(workers=2, cpus_per_worker=1, address=ray_head))
+    try:
+        ranks = list(worker.actors)
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="a batch of rank 1's shard has no labels"):
+            worker.run_epoch()
+        assert time.monotonic() - start < PEER_LOSS_GRACE_S
+        for rank in ranks:  # rank 0 is not left in its all-reduce
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(rank.__ray_ready__.remote(), timeout=60)
+    finally:
+        worker.close()
+        ray.shutdown()

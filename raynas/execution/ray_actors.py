@@ -253,17 +253,19 @@ def gather_group(actors: list[Any], refs: list[Any], *, grace_s: float = PEER_LO
     one rank fails: its peers are killed then, not left waiting in the group's rendezvous or
     collective for torch's 30 minutes for a rank that will never come.
 
-    A rank whose call fails with an error of its own (not raynas's) may have failed because a
-    peer died under it, its collective cut off: if Ray reports a rank lost within ``grace_s``, the
-    loss is the error (:class:`WorkerLostError`, which a search answers by rebuilding the group),
-    not the collective's."""
+    A rank whose call fails in its collective or rendezvous (:func:`_cut_off`) may have failed
+    because a peer died under it: if Ray reports a rank lost within ``grace_s``, the loss is the
+    error (:class:`WorkerLostError`, which a search answers by rebuilding the group), not the
+    collective's. Any other error of a rank is the group's at once."""
     pending = list(refs)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             try:
                 remote_call(ready[0])
-            except ray.exceptions.RayTaskError:
+            except ray.exceptions.RayTaskError as exc:
+                if not _cut_off(exc):
+                    raise
                 lost = _lost_peer(pending, grace_s)
                 if lost is None:
                     raise
@@ -274,6 +276,21 @@ def gather_group(actors: list[Any], refs: list[Any], *, grace_s: float = PEER_LO
                 ray.kill(actor, no_restart=True)
         raise
     return [remote_call(ref) for ref in refs]
+
+
+# What a rank's collective or rendezvous says when a peer's process is gone: gloo's "Connection
+# closed by peer [host]:port ... caused by a remote worker crashing" (a RuntimeError), "Connection
+# reset by peer", a broken pipe, a timeout; NCCL's errors; torch.distributed's own (DistError:
+# the store's, the backend's).
+_CUT_OFF = re.compile(r"gloo|nccl|connection|peer|broken pipe|timed? ?out|socket", re.IGNORECASE)
+
+
+def _cut_off(exc: ray.exceptions.RayTaskError) -> bool:
+    """Whether a rank's error may be its collective or rendezvous cut off by a peer's death."""
+    cause = getattr(exc, "cause", None)
+    if any(kind.__name__ == "DistError" for kind in type(cause).__mro__):  # (torch not imported here)
+        return True
+    return bool(_CUT_OFF.search(str(cause) if cause is not None else str(exc)))
 
 
 def _lost_peer(pending: list[Any], grace_s: float) -> WorkerLostError | None:
