@@ -17,6 +17,7 @@ folder is fsynced and renamed over the target.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -228,6 +229,7 @@ def put_file(local: str | os.PathLike[str], uri: str) -> None:
     the target's folder, fsynced and renamed over the target.
     """
     if is_s3(uri):
+        confirm_leases()
         loc = S3Location.parse(uri)
         s3_client().upload_file(str(local), loc.bucket, loc.key)
         return
@@ -279,6 +281,7 @@ def remove(uri: str) -> None:
         else:
             path.unlink(missing_ok=True)
         return
+    confirm_leases()
     loc = S3Location.parse(uri)
     client = s3_client()
     prefix = loc.key.rstrip("/")
@@ -307,6 +310,25 @@ class LeaseHeld(Exception):
         self.holder, self.left = holder, left
 
 
+class LeaseLost(StorageError):
+    """A lease this process held was taken over by another process: it must write no more."""
+
+
+_held: list[S3Lease] = []  # the leases this process holds (acquired, not yet released)
+
+
+def confirm_leases() -> None:
+    """Before this process writes to S3: every lease it holds is still its own. One not renewed
+    for half its time (its renewals failing: S3 out of reach) is renewed first, so a lease another
+    process took over meanwhile is found before the write, not after it.
+
+    Raises:
+        LeaseLost: A lease was taken over; the write must not happen.
+    """
+    for lease in list(_held):
+        lease.confirm()
+
+
 class S3Lease:
     """An S3 object held as a lease while a process works on what it guards (a job's checkpoint
     on S3, which a process of another machine may also be started on): written only where there
@@ -325,6 +347,9 @@ class S3Lease:
         self.uri, self.holder = uri, holder
         self.seconds = LEASE_SECONDS if seconds is None else seconds
         self._etag: str | None = None
+        self._renewed = 0.0  # time.monotonic() of the last write of the lease
+        self._lock = threading.Lock()  # one renewal at a time (the renewer's, a write's)
+        self.lost: str | None = None  # why the lease is not this process's any more
         self._done = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -363,6 +388,8 @@ class S3Lease:
             where = endpoint_url() or "AWS S3"
             raise StorageError(f"cannot take the lease {self.uri} at {where} ({_code(exc)}); check that "
                                "the server is up and the credentials may write there") from None
+        self._renewed = time.monotonic()
+        _held.append(self)
         self._renewer = threading.Thread(target=self._renew, name="raynas-s3-lease", daemon=True)
         self._renewer.start()
 
@@ -380,23 +407,56 @@ class S3Lease:
         return self._put(IfMatch=got["ETag"])
 
     def _renew(self) -> None:
+        while not self._done.wait(self.seconds / 5) and self.lost is None:
+            self._renew_once()
+
+    def _renew_once(self) -> None:
+        """Write the lease again, conditional on this holder's last write; a refusal means another
+        process wrote it since (it took the lease over, this one unrenewed for its whole time)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        while not self._done.wait(self.seconds / 5):
+        with self._lock:
+            if self.lost is not None:
+                return
             try:
                 self._etag = self._put(IfMatch=self._etag or "")
+                self._renewed = time.monotonic()
             except ClientError as exc:
-                if _precondition_failed(exc):
-                    log.error("the lease %s was taken over by another process (this one did not renew it "
-                              "for %.0f s); both may now write the same job", self.uri, self.seconds)
+                if not _precondition_failed(exc):
+                    log.warning("the lease %s was not renewed (%s); trying again", self.uri, _code(exc))
                     return
-                log.warning("the lease %s was not renewed (%s); trying again", self.uri, _code(exc))
+                self.lost = (
+                    f"another run of this job took over its lease {self.uri} ({self._holder_now()}) after "
+                    f"this one could not renew it for {self.seconds:.0f} s (S3 out of its reach): this "
+                    "one stops and writes no more; the other goes on"
+                )  # (said by the write it stops: confirm)
             except BotoCoreError as exc:  # an outage: the next renewal tries again
                 log.warning("the lease %s was not renewed (%s); trying again", self.uri, type(exc).__name__)
+
+    def _holder_now(self) -> str:
+        try:
+            got = self._client.get_object(Bucket=self.location.bucket, Key=self.location.key)
+            return str(json.loads(got["Body"].read())["holder"])
+        except Exception:  # gone again, or not readable: the line goes without it
+            return "its holder unknown"
+
+    def confirm(self) -> None:
+        """That the lease is still this holder's, before a write it guards: renewed first when its
+        last renewal is half its time old.
+
+        Raises:
+            LeaseLost: Another process took it over.
+        """
+        if self.lost is None and time.monotonic() - self._renewed > self.seconds / 2:
+            self._renew_once()
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
 
     def release(self) -> None:
         """Stop renewing the lease and delete it if it is still this holder's (otherwise, or with
         the store unreachable, it expires by itself)."""
+        with contextlib.suppress(ValueError):
+            _held.remove(self)
         self._done.set()
         if self._renewer is not None:
             self._renewer.join(timeout=30)

@@ -316,3 +316,60 @@ def test_a_second_run_of_a_job_on_s3_stops_at_once_and_goes_on_once_the_first_on
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+SEARCH_ON_SHORT_LEASES = """
+import sys
+from raynas import storage
+from raynas.cli import main
+storage.LEASE_SECONDS = 3.0
+sys.exit(main(["search", sys.argv[1]]))
+"""
+
+
+def test_a_run_whose_lease_another_run_took_over_stops_at_its_next_write_in_one_line_writing_nothing(
+    tmp_path: Path, s3_env: S3Server
+) -> None:
+    """A search on S3 (leases of 3 s here) that could not renew its lease for its whole time (the
+    process frozen, as by S3 out of its reach), while another run of the job took the expired
+    lease over: once it goes on, its next write finds the lease not its own, and it stops there in
+    one line, exit status 2, without writing its checkpoint or releasing the other's lease. (It
+    logged the takeover and went on, both runs writing the same job.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raynas import storage
+
+    runs = s3_env.create_bucket("raynas-takeover") + "/runs"
+    job = tiny_job(tmp_path, train={"epochs": 8}, tracking={"output_dir": runs})
+    path = write_job(tmp_path, job)
+    checkpoint = f"{runs}/tiny/checkpoint.pt"
+    location = storage.S3Location.parse(checkpoint)
+    driver = subprocess.Popen([sys.executable, "-c", SEARCH_ON_SHORT_LEASES, str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = storage.S3Lease(f"{checkpoint}.lease", "the other run", seconds=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not storage.exists(checkpoint):  # its first epoch checkpointed
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGSTOP)
+        time.sleep(3.5)  # its lease expires unrenewed
+        other.acquire()  # taken over, as a second run of the job does
+        written = storage.s3_client().head_object(Bucket=location.bucket, Key=location.key)["ETag"]
+        driver.send_signal(signal.SIGCONT)
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == 2, err[-3000:]
+        assert err.startswith("raynas: error: another run of this job took over its lease "
+                              f"{checkpoint}.lease (the other run) after this one could not renew it "
+                              "for 3 s"), err
+        assert len(err.splitlines()) == 1 and "this one stops and writes no more" in err
+        after = storage.s3_client().head_object(Bucket=location.bucket, Key=location.key)["ETag"]
+        assert after == written and not load_checkpoint(checkpoint)["finished"]
+        other.confirm()  # still the other run's: not released by the one that stopped
+    finally:
+        driver.kill()
+        driver.communicate(timeout=30)
+        other.release()

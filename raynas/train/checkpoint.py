@@ -98,6 +98,7 @@ def _keep_previous_s3(uri: str) -> None:
     from raynas import storage
 
     latest, previous = storage.S3Location.parse(uri), storage.S3Location.parse(previous_checkpoint(uri))
+    storage.confirm_leases()
     try:
         storage.s3_client().copy_object(
             Bucket=previous.bucket, Key=previous.key, CopySource={"Bucket": latest.bucket, "Key": latest.key}
