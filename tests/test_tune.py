@@ -324,6 +324,27 @@ def test_a_failed_trial_is_told_without_metrics_and_the_search_goes_on(
 
 
 @pytest.mark.integration
+def test_a_tune_search_keeps_tunes_json_and_csv_results_and_writes_no_tensorboard_events(
+    tmp_path: Path, ray_client: str
+) -> None:
+    """Each trial keeps Tune's result.json and progress.csv; Tune's TensorBoard logger is not set
+    up (no event file anywhere): its tensorboardX writers' exit handler, joining a thread per trial,
+    hung a `raynas search` stopped by SIGUSR1 for good (seen once in a full run of the suite)."""
+    import os
+
+    config = nb201_job(tmp_path, evaluator={"epochs": 1}, tune={"scheduler": "none"},
+                       strategy={"evaluations": 2})
+    run_tune_search(config, build_controller(config), on_result=lambda _: None,
+                    storage_path=str(tmp_path / "tune"))
+    results = list((tmp_path / "tune").rglob("result.json"))
+    assert len(results) == 2  # one per trial
+    for result in results:
+        assert result.read_text().strip() and (result.parent / "progress.csv").read_text().strip()
+    assert not list((tmp_path / "tune").rglob("events.out.tfevents*"))
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # the switch is the search's only
+
+
+@pytest.mark.integration
 def test_hyperband_stops_candidates_at_its_rungs(tmp_path: Path, ray_client: str) -> None:
     # HyperBand with max_t 4, eta 2 (Li et al. 2018, Algorithm 1): the first bracket trains
     # 3 candidates fully; the next trains 3 for 2 epochs and goes on with the best of them, 2 in

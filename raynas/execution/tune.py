@@ -786,7 +786,7 @@ def _fit(
             run_config=tune.RunConfig(
                 name=name, storage_path=_storage(storage_path), verbose=0,
                 callbacks=[*(callbacks or []), SayTrialFailures(echo, config.execution.max_restarts),
-                           signals],
+                           signals, *result_loggers()],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
                 # A trial whose node is lost (or whose process dies) goes on from its last epoch's
                 # checkpoint on another node; the controller hears of it once, when it ends.
@@ -794,7 +794,8 @@ def _fit(
                 stop=_StopOnFailure(ledger),
             ),
         )
-        with head_watched(), placement_groups_removed_once_placed():
+        with head_watched(), placement_groups_removed_once_placed(), \
+                _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
             tuner.fit()
     if ledger.failure is not None:
         raise ledger.failure
@@ -821,18 +822,41 @@ def _interrupts_not_taken_by_tune() -> Iterator[_KeepSignals]:
     with the candidates evaluated so far and was recorded as finished. SIGINT's is off by
     ``TUNE_DISABLE_SIGINT_HANDLER`` (read as ``tune.run`` starts); SIGUSR1's is taken back by the
     callback this yields, and after the search."""
-    previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     usr1 = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield _KeepSignals(usr1)
+        with _environment(TUNE_DISABLE_SIGINT_HANDLER="1"):
+            yield _KeepSignals(usr1)
     finally:
-        if previous is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous
         if usr1 is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, usr1)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs (Tune reads its switches as it starts),
+    as it was after."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def result_loggers() -> list[tune.Callback]:
+    """Tune's result loggers a Tune search keeps: each trial's ``result.json`` and
+    ``progress.csv``. Not the TensorBoard logger Tune adds by default (off while
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is 1, the other two given here instead): raynas records
+    in MLflow, and its tensorboardX writers run a thread and a queue per trial whose exit handler
+    joins them; after a search stopped by a signal, that join hung the command for good (a writer
+    whose queue had no feeding thread left)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def last_trial_state(storage_path: str, experiment: str, trial_id: str) -> str | None:
