@@ -648,6 +648,23 @@ class _Terminal:
         return getattr(self._stream, name)
 
 
+EXIT_SECONDS = 60.0
+"""How long the exit after a command (the wait for its threads; the exit handlers: Ray's shutdown,
+MLflow's and logging's flushes, other libraries') may take before the process ends without it."""
+
+
+def _exit_within(seconds: float, code: int) -> None:
+    """Ends the process with ``code`` if it is still exiting ``seconds`` from now: a library's
+    thread or exit handler that never returns (tensorboardX's writers once did) would hold the
+    finished command, and a ``ray job`` running it, for good. What the command did is recorded."""
+    time.sleep(seconds)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print(f"raynas: its exit still waited on threads or exit handlers after {seconds:.0f} s; "
+              "ended without them", file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 def run() -> NoReturn:
     """The ``raynas`` console script: :func:`main`, then the exit Python makes (its threads
     joined, its exit handlers run: Ray's shutdown, MLflow's and logging's flushes), but not the
@@ -671,6 +688,7 @@ def run() -> NoReturn:
     import atexit
 
     _stops = max(_stops, 1)  # what is left is stopping: a Ctrl-C now is a second one
+    threading.Thread(target=_exit_within, args=(EXIT_SECONDS, code), name="raynas-exit", daemon=True).start()
     # What Python does at exit, in its order: its threads' exit hooks (they wake an executor's
     # idle workers) and the wait for every non-daemon thread, then the exit handlers.
     threading._shutdown()  # type: ignore[attr-defined]

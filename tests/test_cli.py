@@ -190,6 +190,29 @@ def test_the_console_script_exits_with_its_status_after_threads_and_exit_handler
         assert len(done.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in done.stderr
 
 
+def test_an_exit_handler_that_never_returns_ends_after_the_exit_bound_with_the_commands_status(
+    tmp_path: Path,
+) -> None:
+    """A library's exit handler that never returns (tensorboardX's joined a thread that never
+    ended) held the finished command for good; it ends EXIT_SECONDS later (1 s here) with its own
+    status, its output written, and one line saying so."""
+    script = (
+        "import atexit, sys, threading\n"
+        "import raynas.cli as cli\n"
+        "cli.EXIT_SECONDS = 1.0\n"
+        "atexit.register(threading.Event().wait)\n"
+        "sys.argv = ['raynas', 'describe', '--space', 'darts', '--arch', 'DARTS_V2',\n"
+        "            '--dataset', 'cifar10']\n"
+        "cli.run()\n"
+    )
+    done = subprocess.run([str(BIN / "python"), "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DARTS_V2" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        "raynas: its exit still waited on threads or exit handlers after 1 s; ended without them")
+
+
 def test_without_the_console_script_python_s_finalization_frees_what_it_holds(tmp_path: Path) -> None:
     # The check above can fail: the same script through `sys.exit(main())` is finalized.
     out = tmp_path / "out"
