@@ -660,8 +660,8 @@ def _exit_within(seconds: float, code: int) -> None:
     time.sleep(seconds)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-        print(f"raynas: its exit still waited on threads or exit handlers after {seconds:.0f} s; "
-              "ended without them", file=sys.stderr, flush=True)
+        print(f"raynas: the command had ended, but its exit still waited on a thread or an exit handler "
+              f"after {seconds:.0f} s; ended without it", file=sys.stderr, flush=True)
     os._exit(code)
 
 

@@ -210,7 +210,8 @@ def test_an_exit_handler_that_never_returns_ends_after_the_exit_bound_with_the_c
     assert done.returncode == 0, done.stderr[-2000:]
     assert "DARTS_V2" in done.stdout
     assert done.stderr.strip().splitlines()[-1] == (
-        "raynas: its exit still waited on threads or exit handlers after 1 s; ended without them")
+        "raynas: the command had ended, but its exit still waited on a thread or an exit handler after 1 s; "
+        "ended without it")
 
 
 def test_without_the_console_script_python_s_finalization_frees_what_it_holds(tmp_path: Path) -> None:
