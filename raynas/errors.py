@@ -74,6 +74,11 @@ class StorageError(RaynasError):
     """A storage location (local folder, ``s3://`` bucket, MLflow server) is unreachable or refuses access."""
 
 
+class LeaseLost(StorageError):
+    """Another run of the job took over the S3 lease this process held (``raynas.storage.S3Lease``):
+    the job is that run's now, and this one must write no more, its MLflow run included."""
+
+
 def cause(exc: BaseException, limit: int = 200) -> str:
     """Why a library refused a file, for a one-line message: the error's class and text, cut at
     ``limit`` characters (a ``UnicodeDecodeError``'s repr quotes every byte it was given)."""

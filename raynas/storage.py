@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from raynas.errors import StorageError
+from raynas.errors import LeaseLost, StorageError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -308,10 +308,6 @@ class LeaseHeld(Exception):
     def __init__(self, holder: str, left: float) -> None:
         super().__init__(holder)
         self.holder, self.left = holder, left
-
-
-class LeaseLost(StorageError):
-    """A lease this process held was taken over by another process: it must write no more."""
 
 
 _held: list[S3Lease] = []  # the leases this process holds (acquired, not yet released)

@@ -333,8 +333,8 @@ def test_a_run_whose_lease_another_run_took_over_stops_at_its_next_write_in_one_
     """A search on S3 (leases of 3 s here) that could not renew its lease for its whole time (the
     process frozen, as by S3 out of its reach), while another run of the job took the expired
     lease over: once it goes on, its next write finds the lease not its own, and it stops there in
-    one line, exit status 2, without writing its checkpoint or releasing the other's lease. (It
-    logged the takeover and went on, both runs writing the same job.)"""
+    one line, exit status 2, without writing its checkpoint, releasing the other's lease or ending
+    its MLflow run. (It logged the takeover and went on, both runs writing the same job.)"""
     import signal
     import subprocess
     import sys
@@ -369,6 +369,10 @@ def test_a_run_whose_lease_another_run_took_over_stops_at_its_next_write_in_one_
         after = storage.s3_client().head_object(Bucket=location.bucket, Key=location.key)["ETag"]
         assert after == written and not load_checkpoint(checkpoint)["finished"]
         other.confirm()  # still the other run's: not released by the one that stopped
+        # Its MLflow run, which the other run resumes, is left running (it was marked FAILED).
+        client = MlflowClient(job["tracking"]["tracking_uri"])
+        (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert run.info.status == "RUNNING"
     finally:
         driver.kill()
         driver.communicate(timeout=30)

@@ -45,7 +45,7 @@ from raynas.environment import (
     default_tracking_uri,
     sqlite_file,
 )
-from raynas.errors import ConfigError, no_room
+from raynas.errors import ConfigError, LeaseLost, no_room
 from raynas.tracking.retry import is_transient, with_retries
 from raynas.tracking.vocabulary import canonical_metrics, canonical_node
 from raynas.types import Architecture, EpochReport, EvalResult
@@ -689,7 +689,10 @@ class MlflowTracker:
 
     def fail(self, error: BaseException) -> None:
         """Mark the run as ended by ``error`` without finishing: ``KILLED`` for Ctrl-C,
-        ``FAILED`` otherwise."""
+        ``FAILED`` otherwise; left as it is when another run of the job took the job over
+        (:class:`LeaseLost`), which records in the same run."""
+        if isinstance(error, LeaseLost):
+            return
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         if self.run_id:
             run_id = self.run_id
