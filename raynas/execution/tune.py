@@ -786,7 +786,7 @@ def _fit(
             run_config=tune.RunConfig(
                 name=name, storage_path=_storage(storage_path), verbose=0,
                 callbacks=[*(callbacks or []), SayTrialFailures(echo, config.execution.max_restarts),
-                           signals, *result_loggers()],
+                           signals, *_result_loggers()],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
                 # A trial whose node is lost (or whose process dies) goes on from its last epoch's
                 # checkpoint on another node; the controller hears of it once, when it ends.
@@ -847,7 +847,7 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def result_loggers() -> list[tune.Callback]:
+def _result_loggers() -> list[tune.Callback]:
     """Tune's result loggers a Tune search keeps: each trial's ``result.json`` and
     ``progress.csv``. Not the TensorBoard logger Tune adds by default (off while
     ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is 1, the other two given here instead): raynas records
