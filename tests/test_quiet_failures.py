@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -81,12 +82,22 @@ def kill_mid_search(
             proc.wait()
 
 
-def wait_for_worker(proc: subprocess.Popen, gcs_address: str, title: str, said: list[str]) -> int:
+T = TypeVar("T")
+SETTING_UP = "ray::_EvaluatorActor.setup"  # an evaluator actor's title while it is set up
+
+
+def wait_until(value: Callable[[], T], said: list[str], proc: subprocess.Popen | None = None) -> T:
+    """``value()`` once it is truthy (polled every 50 ms); fails the test with what the search
+    ``said`` after 120 s, or once ``proc`` has ended."""
     deadline = time.monotonic() + 120
-    while (pid := worker_running(gcs_address, title)) is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(said)
+    while not (got := value()):
+        assert time.monotonic() < deadline and (proc is None or proc.poll() is None), "".join(said)
         time.sleep(0.05)
-    return pid
+    return got
+
+
+def wait_for_worker(proc: subprocess.Popen, gcs_address: str, title: str, said: list[str]) -> int:
+    return wait_until(lambda: worker_running(gcs_address, title), said, proc)
 
 
 def killing(gcs_address: str, title: str, timeout: float = 120) -> Callable[[], int | None]:
@@ -536,10 +547,7 @@ def test_an_evaluator_replacement_lost_before_it_has_its_peers_weights_is_replac
                 replacement = wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
                 os.kill(peer, signal.SIGSTOP)
                 frozen.append(peer)
-                deadline = time.monotonic() + 120
-                while replacement in workers_running(ray_head, "ray::_EvaluatorActor.setup"):
-                    assert time.monotonic() < deadline, "".join(said)
-                    time.sleep(0.05)
+                wait_until(lambda pid=replacement: pid not in workers_running(ray_head, SETTING_UP), said)
                 # Set up, it waits for the frozen peer's weights: lost before it is given them.
                 os.kill(replacement, signal.SIGKILL)
                 os.kill(peer, signal.SIGCONT)
@@ -573,14 +581,14 @@ def test_replicas_lost_again_before_they_have_the_state_they_are_rebuilt_from_ar
                 wait_for_worker(proc, ray_head, "ray::_EvaluatorActor.setup", said)
                 os.kill(proc.pid, signal.SIGSTOP)  # the driver, until the new replicas are set up
                 frozen.append(proc.pid)
-                deadline = time.monotonic() + 120
-                while True:
+
+                def set_up(first: list[int] = first) -> list[int]:  # the two new replicas, set up
                     replicas = workers_running(ray_head, "ray::_EvaluatorActor")
                     new = [pid for pid in replicas if pid not in first]
-                    if len(new) == 2 and not workers_running(ray_head, "ray::_EvaluatorActor.setup"):
-                        break
-                    assert time.monotonic() < deadline, "".join(said)
-                    time.sleep(0.05)
+                    busy = workers_running(ray_head, SETTING_UP)
+                    return new if len(new) == 2 and not busy else []
+
+                new = wait_until(set_up, said)
                 os.kill(new[0], signal.SIGKILL)  # set up, and not yet given the state
                 os.kill(proc.pid, signal.SIGCONT)
         proc.wait(timeout=60)
