@@ -108,6 +108,21 @@ def test_linear_regions_of_a_two_dimensional_relu_net_counted_by_hand() -> None:
     assert teg.count_linear_regions(codes) == pytest.approx(5.0)
 
 
+def test_linear_regions_are_calc_lrs_sum_over_inputs_of_one_over_the_inputs_sharing_their_pattern() -> None:
+    # calc_LR (linear_region_counter.py) in numpy: A (1 - A)^T + its transpose is 0 where two
+    # patterns are the same; R sums 1 / (inputs with the same pattern).
+    g = torch.Generator().manual_seed(3)
+    patterns = (torch.rand(40, 12, generator=g) > 0.5).float()
+    codes = patterns[torch.randint(40, (300,), generator=g)]  # 300 inputs, repeated patterns
+    a = codes.double().numpy()
+    differ = a @ (1 - a).T
+    same = 1 - np.sign(differ + differ.T)
+    expected = (1.0 / same.sum(1)).sum()
+    assert teg.count_linear_regions(codes) == pytest.approx(expected, rel=1e-12)
+    distinct = len({tuple(row) for row in codes.tolist()})
+    assert distinct < len(codes) and teg.count_linear_regions(codes) == distinct
+
+
 def test_only_relus_of_feature_maps_are_read() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2, 3), nn.ReLU())
     codes = teg.activation_codes(net, torch.randn(1, 4, 1, 1, 1))
@@ -161,6 +176,27 @@ def test_a_removed_operation_weighs_zero_and_changes_the_indicators() -> None:
     a, b = teg.indicators(ntk_net, thin_net, full, batch), teg.indicators(ntk_net, thin_net, masked, batch)
     assert set(a) == {"ntk", "region", "mse"} and a != b
     assert all(math.isfinite(v) and v > 0 for v in (*a.values(), *b.values()))
+
+
+def test_the_darts_ntk_network_alone_runs_on_pytorchs_own_cpu_kernels_and_gives_onednns_rows() -> None:
+    darts = SPACES.create("darts", SPACES.entry("darts").config(nodes=2))
+    torch.manual_seed(0)
+    ntk_net, thin_net = teg.build_networks(teg.CellShape.of_space(darts, INFO))
+    nb201_nets = teg.build_networks(teg.CellShape.of_space(SPACES.create("nb201"), INFO))
+    assert getattr(ntk_net, teg.ONEDNN) is False
+    assert all(not hasattr(net, teg.ONEDNN) for net in (thin_net, *nb201_nets))
+    seen: list[bool] = []
+    ntk_net.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    x = torch.randn(6, 1, 8, 8)
+    rows, cell_rows = teg.ntk_rows(ntk_net, x)
+    assert seen == [False] and torch.backends.mkldnn.enabled  # switched back after the rows
+    setattr(ntk_net, teg.ONEDNN, True)
+    onednn_rows, onednn_cell_rows = teg.ntk_rows(ntk_net, x)
+    assert seen == [False, True]
+    # The same up to float32 rounding of the two kernels' sums (entries up to ~1).
+    assert 0.1 < float(rows.abs().max()) < 10
+    torch.testing.assert_close(rows, onednn_rows, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cell_rows, onednn_cell_rows, rtol=1e-4, atol=1e-4)
 
 
 # -- pruning -----------------------------------------------------------------------------------
