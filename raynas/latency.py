@@ -385,7 +385,7 @@ def check_table(
     options = options or table.options
     archs = [space.sample(rng) for _ in range(samples)]
     predicted = [predict_latency(table, space, a, dataset) for a in archs]
-    shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    shape = dataset.image_shape
     networks = [space.build(a, dataset) for a in archs]
     # Interleaved rounds, so that a change of the machine's load mid-way touches every network.
     per_round = replace(options, repeats=max(1, options.repeats // rounds))

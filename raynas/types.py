@@ -165,6 +165,11 @@ class DatasetInfo:
         if self.task not in TASKS:
             raise ValueError(f"DatasetInfo.task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """One image, without the batch dimension: (C, H, W)."""
+        return (self.in_channels, self.image_size, self.image_size)
+
 
 @dataclass(frozen=True)
 class EpochReport:

@@ -367,7 +367,7 @@ def searched_network(
     """
     space = job_space(config)
     info = dataset_info(config.data.name)
-    with counting_device(image_shape(info)) if counted else contextlib.nullcontext():
+    with counting_device(info.image_shape) if counted else contextlib.nullcontext():
         return space.build(  # type: ignore[no-any-return]
             arch, info, **(size if size is not None else network_size(config))
         )
@@ -414,18 +414,13 @@ def check_networks_run(config: SearchConfig, size: Size, *, samples: int = 8) ->
             ) from None
 
 
-def image_shape(info: DatasetInfo) -> tuple[int, int, int]:
-    """One image of the dataset ``info`` describes, without the batch dimension."""
-    return (info.in_channels, info.image_size, info.image_size)
-
-
 def example_input(config: SearchConfig) -> torch.Tensor:
     """One input of the job's data, as its networks take it: a (1, C, H, W) image of zeros, or
     token ids (1, T) for spaces of token inputs (the model's input example in MLflow)."""
     space, info = job_space(config), dataset_info(config.data.name)
     if hasattr(space, "example_input"):
         return space.example_input(info, batch_size=1)  # type: ignore[no-any-return]
-    return torch.zeros(1, info.in_channels, info.image_size, info.image_size)
+    return torch.zeros(1, *info.image_shape)
 
 
 def network_costs(network: nn.Module, info: DatasetInfo, space: Any) -> dict[str, float]:
@@ -434,7 +429,7 @@ def network_costs(network: nn.Module, info: DatasetInfo, space: Any) -> dict[str
     costs = {"params": float(count_params(network))}
     if not hasattr(space, "example_input"):  # token inputs (recurrent cells): no MAC count
         try:
-            costs["macs"] = float(count_macs(network, image_shape(info))[0])
+            costs["macs"] = float(count_macs(network, info.image_shape)[0])
         except Exception as exc:  # a network that cannot run on meta tensors: its size alone
             log.debug("no multiply-add count for %s: %s", type(network).__name__, exc)
     return costs
@@ -499,7 +494,7 @@ def result_costs(config: SearchConfig, arch: Architecture, *, size: Size | None 
         dataset_info(config.data.name), space,
     )
     reference = dataset_info(getattr(space, "reference_dataset", "cifar10"))
-    with counting_device(image_shape(reference)):
+    with counting_device(reference.image_shape):
         paper = network_costs(space.build(arch, reference), reference, space)
     return {**costs, **{f"paper_{k}": v for k, v in paper.items()}}
 

@@ -45,7 +45,7 @@ from raynas.errors import ConfigError, RaynasError
 from raynas.execution import outliving_losses, start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.profile import counting_device
-from raynas.runs.common import attempt_id, image_shape, network_costs, sole_writer
+from raynas.runs.common import attempt_id, network_costs, sole_writer
 from raynas.runs.jobs import parse_retrain_job
 from raynas.runs.retrain import RetrainWorker, resolve_architecture
 from raynas.spaces import SPACES
@@ -394,7 +394,7 @@ def _macs(config: RetrainConfig, arch: Any) -> int:
     space = SPACES.create(config.space.name, config.space.config)
     info = dataset_info(config.data.name)
     try:
-        with counting_device(image_shape(info)):
+        with counting_device(info.image_shape):
             network = space.build(arch, info, channels=config.retrain.channels or None,
                                   layers=config.retrain.layers or None)
     except Exception:  # a network that cannot be built on meta tensors: no count

@@ -365,7 +365,7 @@ class FbnetSpace:
         stem_key, head_key = self.fixed_latency_keys(dataset)
         items[stem_key] = (
             conv_bn(dataset.in_channels, cfg.stem_channels, 3, stride=cfg.stem_stride),
-            (dataset.in_channels, dataset.image_size, dataset.image_size),
+            dataset.image_shape,
         )
         last = specs[-1]
         out = _out_size(last.size, last.stride)

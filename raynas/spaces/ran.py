@@ -423,7 +423,7 @@ class RanESpace:
         stem_key, head_key = self.fixed_latency_keys(dataset)
         items[stem_key] = (
             nn.Conv2d(dataset.in_channels, c.stem_channels, 3, stride=c.stem_stride, padding=1, bias=False),
-            (dataset.in_channels, dataset.image_size, dataset.image_size),
+            dataset.image_shape,
         )
         last = specs[-1]
         size = _out_size(last.size, last.stride)

@@ -240,5 +240,5 @@ class XdSpace(OptionsSpace[XdArch]):
         backbone = backbone_network(
             arch.backbone, dataset, channels=channels or c.channels or None, layers=layers or c.layers or None
         )
-        example = torch.zeros(1, dataset.in_channels, dataset.image_size, dataset.image_size)
+        example = torch.zeros(1, *dataset.image_shape)
         return convert_to_xd(backbone, example, depth=arch.depth)

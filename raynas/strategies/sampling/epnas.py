@@ -349,12 +349,11 @@ class Epnas(SamplingStrategy):
 
             arch, out = self.space.decode(values), {}
             if self.targets["params"] or self.targets["macs"]:
-                shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
-                with counting_device(shape):
+                with counting_device(self.info.image_shape):
                     network = self.space.build(arch, self.info, **self.size())
                 out["params"] = float(count_params(network))
                 if self.targets["macs"]:
-                    out["macs"] = float(count_macs(network, shape)[0])
+                    out["macs"] = float(count_macs(network, self.info.image_shape)[0])
             if self.table is not None:
                 out["latency_ms"] = self.table.predict(self.space.latency_keys(arch, self.info))
             self._costs[values] = out
