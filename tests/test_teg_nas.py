@@ -185,14 +185,15 @@ def test_the_darts_ntk_network_alone_runs_on_pytorchs_own_cpu_kernels_and_gives_
     nb201_nets = teg.build_networks(teg.CellShape.of_space(SPACES.create("nb201"), INFO))
     assert getattr(ntk_net, teg.ONEDNN) is False
     assert all(not hasattr(net, teg.ONEDNN) for net in (thin_net, *nb201_nets))
-    seen: list[bool] = []
+    seen: list[bool] = []  # oneDNN's switch in the forward pass, then in each input's backward pass
     ntk_net.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    ntk_net.stem[0].weight.register_hook(lambda _: seen.append(torch.backends.mkldnn.enabled))
     x = torch.randn(6, 1, 8, 8)
     rows, cell_rows = teg.ntk_rows(ntk_net, x)
-    assert seen == [False] and torch.backends.mkldnn.enabled  # switched back after the rows
+    assert seen == [False] * 7 and torch.backends.mkldnn.enabled  # switched back after the rows
     setattr(ntk_net, teg.ONEDNN, True)
     onednn_rows, onednn_cell_rows = teg.ntk_rows(ntk_net, x)
-    assert seen == [False, True]
+    assert seen == [False] * 7 + [True] * 7
     # The same up to float32 rounding of the two kernels' sums (entries up to ~1).
     assert 0.1 < float(rows.abs().max()) < 10
     torch.testing.assert_close(rows, onednn_rows, rtol=1e-4, atol=1e-4)
