@@ -80,6 +80,36 @@ def test_busy_time_is_the_union_of_the_intervals() -> None:
         assert bench.busy_seconds([(a * 100, b * 100) for a, b in spans]) == len(covered)
 
 
+def test_operator_spans_are_the_profilers_events_on_the_device_read_from_its_raw_ones() -> None:
+    """The spans the busy time is the union of: those `prof.events()` gives (the profiler's own
+    FunctionEvents, user annotations left out), read without building them."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    bench = load_benchmark()
+    x = torch.randn(16, 16, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("a user annotation"):
+            for _ in range(5):
+                (x @ x).relu().sum().backward()
+        _ = x.is_leaf, x.output_nr, x._version  # utility calls the profiler leaves out
+    spans = bench.operator_spans(prof, DeviceType.CPU)
+    events = [e for e in prof.events() if e.device_type == DeviceType.CPU and not e.is_user_annotation]
+    start = prof.profiler.kineto_results.trace_start_ns()
+    # prof.events() in nanoseconds since the epoch (it keeps microseconds since the trace began).
+    kept = {(start + round(e.time_range.start * 1000), start + round(e.time_range.end * 1000))
+            for e in events}
+    near = {(a + da, b + db) for a, b in spans for da in (-1, 0, 1) for db in (-1, 0, 1)}
+    assert len(kept) > 5 * 4 and kept <= near
+    # What else is there: an operator's call of an operator of its name (aten::sum's inner one,
+    # which prof.events() folds into its caller), inside that caller's span.
+    extra = [span for span in spans if not any(abs(span[0] - a) <= 1 and abs(span[1] - b) <= 1
+                                               for a, b in kept)]
+    assert all(any(a <= s and e <= b for a, b in kept) for s, e in extra)
+    assert bench.busy_seconds(spans) / 1e9 == pytest.approx(
+        bench.busy_seconds([(e.time_range.start, e.time_range.end) for e in events]) / 1e6, rel=1e-6)
+
+
 def test_the_naive_baseline_needs_its_four_nodes() -> None:
     bench = load_benchmark()
     with pytest.raises(SystemExit):
