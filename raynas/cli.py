@@ -202,6 +202,9 @@ def _export(args: argparse.Namespace) -> None:
     logged = f"; logged to MLflow run {result.run_id} as export/{result.path.name}" if result.run_id else ""
     print(f"Exported {args.run} as {result.format} to {result.path} (input "
           f"{'x'.join(map(str, result.input_shape))}, batch free){checked}{logged}")
+    if result.format == "torchscript":
+        print("Note: torch deprecates TorchScript (torch.jit) in favour of torch.export; "
+              "--format onnx is the lasting format")
 
 
 def _report(args: argparse.Namespace) -> None:

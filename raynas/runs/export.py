@@ -11,6 +11,7 @@ exported file is logged to the run (``export/<file name>``) when the network cam
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from raynas.tracking.mlflow_tracker import (
 )
 
 FORMATS = ("onnx", "torchscript")
+# What torch's warnings say of the TorchScript calls here (torch 2.14: "`torch.jit.trace` is
+# deprecated. Please switch to `torch.compile` or `torch.export`.").
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -162,11 +166,15 @@ def export_network(
         )
         got: torch.Tensor | None = _run_onnx(path, example)
     else:
-        with torch.no_grad():
-            traced = torch.jit.trace(wrapped, (example,))
-        traced.save(str(path))  # type: ignore[no-untyped-call]
-        with torch.no_grad():
-            got = torch.jit.load(str(path))(example)
+        # torch deprecates torch.jit (a FutureWarning at each of trace, trace_method and load):
+        # the format the user asked for still works, and the command's own line says it once.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapped, (example,))
+            traced.save(str(path))  # type: ignore[no-untyped-call]
+            with torch.no_grad():
+                got = torch.jit.load(str(path))(example)
     difference = None if got is None else float((got - expected).abs().max())
     if run_id is not None and client is not None:
         client.log_artifact(run_id, str(path), "export")
