@@ -1,6 +1,6 @@
 """``raynas export``: a found (retrained) network as a file a serving stack loads without raynas:
 ONNX (``torch.onnx``'s TorchScript-based exporter, the batch dimension left free) or TorchScript
-(``torch.jit.trace``).
+(``torch.jit.trace``; torch deprecates it, and the command says so in a line of its own).
 
 The network is the MLflow PyTorch model ``model`` of a run (``run:<id>``: a retraining run's trained
 network, or a search's registered one), or an MLflow model folder on disk. Its input shape comes
@@ -31,7 +31,7 @@ from raynas.tracking.mlflow_tracker import (
 FORMATS = ("onnx", "torchscript")
 # What torch's warnings say of the TorchScript calls here (torch 2.14: "`torch.jit.trace` is
 # deprecated. Please switch to `torch.compile` or `torch.export`.").
-TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+_TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def export_network(
         # torch deprecates torch.jit (a FutureWarning at each of trace, trace_method and load):
         # the format the user asked for still works, and the command's own line says it once.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
+            warnings.filterwarnings("ignore", _TORCHSCRIPT_DEPRECATED, FutureWarning)
             with torch.no_grad():
                 traced = torch.jit.trace(wrapped, (example,))
             traced.save(str(path))  # type: ignore[no-untyped-call]
