@@ -446,7 +446,7 @@ def test_enas_steps_the_controller_with_a_moving_average_baseline() -> None:
     assert strategy.ask() is None  # the derive phase waits for the last controller step
     actions = torch.tensor([a.values for a in archs])  # type: ignore[union-attr]
     _, log_prob, entropy = before(actions)
-    rewards = [toy_score(a.values) + 0.01 * float(h) for a, h in zip(archs, entropy, strict=True)]  # type: ignore[union-attr]
+    rewards = [toy_score(a.values) + 0.01 * float(h.detach()) for a, h in zip(archs, entropy, strict=True)]  # type: ignore[union-attr]
     baseline, adv = 0.0, []
     for reward in rewards:
         baseline = 0.99 * baseline + 0.01 * reward

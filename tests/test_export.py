@@ -68,7 +68,8 @@ def test_export_gives_the_networks_outputs_and_is_logged_to_the_run(
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
     else:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # (torch's deprecation of torch.jit: above)
+            warnings.simplefilter("ignore", FutureWarning)
             got = torch.jit.load(str(out))(batch).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     logged_files = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "export")}

@@ -51,6 +51,7 @@ def test_the_imagenet_supernet_searches_on_small_images() -> None:
     assert all(p.grad is not None for p in net.arch_parameters())
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no optimiser step here
 def test_the_warm_up_scales_the_cosine_as_train_search_imagenet_py() -> None:
     """``lr = cosine(epoch)``, then ``lr * (epoch + 1) / 5.0`` for the first 5 epochs (the code
     steps its scheduler at the start of an epoch, PyTorch before 1.1: epoch e runs at cosine(e))."""
