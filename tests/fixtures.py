@@ -235,6 +235,86 @@ def write_svhn(root: Path, *, extra: bool = True) -> Path:
     return folder
 
 
+# --- NAS-Bench-201's release (NAS-Bench-201-v1_0-e61699.pth) ----------------------------------
+# A torch.save of plain Python data, laid out as D-X-Y/NAS-Bench-201's nas_201_api reads it:
+# meta_archs (cell strings by index), arch2infos (per index, a 'less' 12-epoch and a 'full'
+# 200-epoch ArchResults.state_dict(), whose all_results hold a ResultsCount.state_dict() per
+# (dataset, seed)) and evaluated_indexes.
+
+NB201_SEEDS = {
+    "cifar10-valid": (777, 888), "cifar10": (777,), "cifar100": (777, 888, 999), "ImageNet16-120": (777,),
+}
+NB201_EVAL_SETS = {
+    "cifar10-valid": ("x-valid", "ori-test"), "cifar10": ("ori-test",),
+    "cifar100": ("x-valid", "x-test", "ori-test"), "ImageNet16-120": ("x-valid", "x-test", "ori-test"),
+}
+
+
+def nb201_accuracy(index: int, dataset: str, seed: int, setname: str, epoch: int, epochs: int) -> float:
+    """The accuracy (a percentage) the fixture gives a cell's trial on a set after an epoch:
+    distinct for every cell, dataset, seed, set and epoch."""
+    base = 40 + (index * 7 + len(dataset) * 3 + seed % 11 + len(setname)) % 50
+    return base + 5 * (epoch + 1) / epochs + 0.01 * (seed % 7)
+
+
+def _nb201_trial(index: int, arch: str, dataset: str, seed: int, epochs: int, last: bool) -> dict[str, Any]:
+    sets = NB201_EVAL_SETS[dataset]
+    kept = range(epochs - 1, epochs) if last else range(epochs)
+    keys = [f"{name}@{e}" for name in sets for e in kept]
+    accs = {f"{n}@{e}": nb201_accuracy(index, dataset, seed, n, e, epochs) for n in sets for e in kept}
+    return {  # ResultsCount.__dict__
+        "name": dataset, "net_state_dict": None,
+        "train_acc1es": {e: nb201_accuracy(index, dataset, seed, "train", e, epochs) for e in kept},
+        "train_acc5es": None, "train_losses": {e: 1.0 for e in kept}, "train_times": {e: 10.0 for e in kept},
+        "arch_config": {"channel": 16, "num_cells": 5, "arch_str": arch, "class_num": 10},
+        "params": 0.1 + index / 100, "flop": 10.0 + index, "seed": seed, "epochs": epochs,
+        "latency": [0.01], "eval_names": list(sets), "eval_acc1es": accs,
+        "eval_times": {k: 1.0 for k in keys}, "eval_losses": {k: 1.0 for k in keys},
+    }
+
+
+def write_nb201_table(path: Path, archs: list[str], *, datasets: tuple[str, ...] = tuple(NB201_SEEDS),
+                      last_epoch_only: bool = False, legacy: bool = False) -> Path:
+    """NAS-Bench-201's file holding ``archs`` (cell strings), each trained on ``datasets`` with
+    :data:`NB201_SEEDS` for the 200-epoch schedule and on cifar10-valid for the 12-epoch one (as in
+    the release). ``last_epoch_only``: each trial's accuracies of its last epoch alone (all that
+    is read, and all the API's ``iepoch=None`` reads), for a file of all 15,625 cells. ``legacy``:
+    torch's format before its zip archives, in which the 2020 releases were written."""
+    import torch
+
+    infos = {}
+    for index, arch in enumerate(archs):
+        infos[index] = {}
+        for schedule, epochs, sets in (("full", 200, datasets), ("less", 12, ("cifar10-valid",))):
+            infos[index][schedule] = {  # ArchResults.state_dict()
+                "arch_index": index, "arch_str": arch, "clear_net_done": True,
+                "dataset_seed": {d: list(NB201_SEEDS[d]) for d in sets},
+                "all_results": {(d, s): _nb201_trial(index, arch, d, s, epochs, last_epoch_only)
+                                for d in sets for s in NB201_SEEDS[d]},
+            }
+    release = {"meta_archs": list(archs), "arch2infos": infos, "evaluated_indexes": set(range(len(archs)))}
+    torch.save(release, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def every_nb201_cell() -> list[str]:
+    """NAS-Bench-201's 15,625 cells (five operations on each of six edges), as strings."""
+    import itertools
+
+    from raynas.spaces import SPACES
+
+    space = SPACES.create("nb201")
+    sizes = [len(d.options) for d in space.decisions()]
+    return [str(space.decode(list(v))) for v in itertools.product(*(range(n) for n in sizes))]
+
+
+def write_whole_nb201_table(path: Path, datasets: tuple[str, ...] = ("cifar10-valid", "cifar10")) -> Path:
+    """NAS-Bench-201's file of all 15,625 cells (in :func:`every_nb201_cell`'s order), trained on
+    ``datasets``, each trial's last epoch alone (all that is read: the full 200 epochs would be
+    some 200 MB a dataset)."""
+    return write_nb201_table(path, every_nb201_cell(), datasets=datasets, last_epoch_only=True)
+
+
 # --- scikit-learn's digits ---------------------------------------------------------------------
 
 

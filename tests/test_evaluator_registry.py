@@ -21,6 +21,7 @@ from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
 from raynas.types import Architecture
 from tests.conftest import tiny_job
+from tests.fixtures import write_nb201_table
 
 NAMES = EVALUATORS.names()
 ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
@@ -29,11 +30,18 @@ ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
 # of one 4-channel cell per stage, proxies on 8 images, BatchNorm recalibrated on one batch.
 SMALL_CONFIG = {"epochs": 1, "channels": 4, "layers": 1, "batch_size": 8, "bn_batches": 1}
 # The supernet's `epochs` are fine-tuning epochs under Tune (tests/test_tune.py): none here.
-SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}}
+# The table's schedules are the benchmark's (200 or 12 epochs).
+SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}, "nb201_table": {"epochs": 200}}
 # Evaluators of one kind of space, with a strategy of it (else NAS-Bench-201 cells, random search).
 SEARCH_OF: dict[str, dict[str, Any]] = {
     "morphism": {"space": {"name": "autokeras", "seed_width": 4, "seed_strides": [1, 2]},
                  "strategy": {"name": "autokeras", "evaluations": 2}},
+}
+
+
+# Evaluators that read a file: written for the test (NAS-Bench-201's table of the cells sampled here).
+FILES_OF: dict[str, Any] = {
+    "nb201_table": lambda folder, cells: {"path": str(write_nb201_table(folder / "nb201.pth", cells))},
 }
 
 
@@ -51,7 +59,9 @@ def search_job(name: str, tmp_path: Path, **settings: Any) -> Any:
     job["strategy"] = {"name": "random", "evaluations": 2}
     job.update(SEARCH_OF.get(name, {}))
     job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
-    job["evaluator"] = {"name": name, **small_settings(name), **settings}
+    cells = [str(sample(SPACES.create("nb201"), seed)) for seed in range(4)]
+    files = FILES_OF[name](tmp_path, cells) if name in FILES_OF else {}
+    job["evaluator"] = {"name": name, **small_settings(name), **files, **settings}
     if name != "supernet":
         del job["train"]  # the supernet's training: only the one-shot evaluator has one
     else:
@@ -89,10 +99,12 @@ def test_the_built_in_evaluators_are_registered() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_config_builds_from_its_defaults(name: str) -> None:
+def test_config_builds_from_its_defaults(name: str, tmp_path: Path) -> None:
+    """From its defaults, and the file it reads where it reads one (a setting a job must give)."""
     entry = EVALUATORS.entry(name)
     assert entry.config is not None and dataclasses.is_dataclass(entry.config)
-    assert isinstance(entry.config(), entry.config)
+    files = FILES_OF[name](tmp_path, []) if name in FILES_OF else {}
+    assert isinstance(entry.config(**files), entry.config)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -78,6 +78,7 @@ SHRINK_EVALUATOR = {
     "supernet": ["evaluator.bn_batches=1"],
     "training_free": ["evaluator.batch_size=8", "evaluator.channels=4", "evaluator.layers=1",
                       "evaluator.region_inputs=50", "evaluator.region_batches=1"],
+    "nb201_table": [],  # lookups: nothing to shrink
 }
 
 
@@ -208,7 +209,7 @@ def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path,
     paper's dataset written in the official on-disk format (tests/fixtures.py), as a user runs it
     after pointing `data.path` at the real one. A job whose strategy reads a device's latency table
     first measures one for its (shrunk) layout with `raynas latency --job`, as the job file says."""
-    from fixtures import FIXTURES
+    from fixtures import FIXTURES, write_whole_nb201_table
 
     from raynas.cli import main
     from raynas.config import load_yaml
@@ -216,10 +217,14 @@ def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path,
 
     original = load_job(path)
     data = FIXTURES[original.data.name](tmp_path / "data")
-    overrides = [*shrunk(path, tmp_path, "local"), f"data.path={data}",
+    located = [f"data.path={data}"] if hasattr(original.data.config, "path") else []  # not digits
+    overrides = [*shrunk(path, tmp_path, "local"), *located,
                  *SHRINK_DATA.get(original.data.name, []),
                  "execution.gpus_per_worker=0", "execution.accelerator=null",  # this machine's CPU
                  "data.num_workers=0"]
+    if original.evaluator is not None and original.evaluator.name == "nb201_table":  # the benchmark's file
+        table = write_whole_nb201_table(tmp_path / "nb201.pth", (original.evaluator.config.dataset,))
+        overrides.append(f"evaluator.path={table}")
     layout = original.space.config
     if hasattr(layout, "stage_depths"):  # a block per stage, as many stages as the paper's layout
         overrides.append(f"space.stage_depths={[1] * len(layout.stage_depths)}")

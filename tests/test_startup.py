@@ -291,6 +291,7 @@ CHECK_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("strategy", "enas", {"cell_shape": {"max_dept": 3}}),
     ("strategy", "bo", {"cell_shape": {"max_depth": "three"}}),
     ("strategy", "progressive", {"cell_shape": [3]}),
+    ("evaluator", "nb201_table", {"path": "nb201.pth", "dataset": "cifar10", "setname": "x-valid"}),
 ]
 
 
@@ -391,6 +392,8 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "xd", "strategy": "random", "evaluator": "supernet"},
     {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
     {"strategy": "random", "evaluator": "morphism"},
+    {"strategy": "random", "evaluator": {"name": "nb201_table", "path": "nb201.pth"}},
+    {"strategy": "random", "evaluator": {"name": "training_free", "benchmark": "nb201.pth"}},
     {"final": {"top": 2}},
     {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},

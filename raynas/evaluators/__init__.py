@@ -10,13 +10,15 @@ An evaluator turns an architecture into an :class:`raynas.types.EvalResult`:
   morphisms that grew the candidate (Auto-Keras);
 - ``training_free``: a zero-cost proxy of the untrained network on one mini-batch (``proxy``:
   NASWOT's ``naswot``, TE-NAS's ``ntk`` and ``linear_regions``, TEG-NAS's ``te_nas``),
-  ``budget=0``.
+  ``budget=0`` (with ``benchmark``, each candidate also records NAS-Bench-201's accuracies of its cell);
+- ``nb201_table``: NAS-Bench-201's own accuracy of a cell, read from the benchmark's release, no
+  training (the benchmark's baselines; ``raynas.evaluators.nb201_table``).
 
 Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=...)`` returns an
 EvalResult can register here.
 """
 
-from raynas.evaluators import morphism, scratch, supernet, training_free  # noqa: F401
+from raynas.evaluators import morphism, nb201_table, scratch, supernet, training_free  # noqa: F401
 from raynas.evaluators.registry import EVALUATORS
 
 __all__ = ["EVALUATORS"]

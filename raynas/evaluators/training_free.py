@@ -49,15 +49,17 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from raynas.config import Rule, SearchConfig, check_rules
+from raynas.config import Check, Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_loaders
 from raynas.data.base import SearchDataset
 from raynas.errors import ConfigError, RaynasError
+from raynas.evaluators.nb201_table import SETS as BENCHMARK_SETS
+from raynas.evaluators.nb201_table import bench_metrics, entry_of, read_table
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
@@ -85,6 +87,12 @@ class TrainingFreeConfig:
             gets alone (``te_nas`` scores one at a time).
         region_inputs: ``te_nas``: crops per batch of the region count (TEG-NAS's 1,000).
         region_batches: ``te_nas``: batches of crops (TEG-NAS's 3).
+        benchmark: NAS-Bench-201's file (``nb201`` cells only): each candidate also records the
+            benchmark's accuracies of its cell (``bench_<set>_acc``, :mod:`raynas.evaluators.nb201_table`),
+            as NASWOT's ``search.py`` reads the chosen cell's; empty: none.
+        benchmark_dataset: The benchmark's dataset those are read for (``cifar10``: its
+            ``ori-test``, NASWOT's test accuracy; ``cifar100`` and ``ImageNet16-120``: ``x-valid``
+            and ``x-test``; ``cifar10-valid``).
     """
 
     proxy: Proxy = "naswot"
@@ -95,6 +103,16 @@ class TrainingFreeConfig:
     stack: Annotated[int, Rule(ge=1)] = 1
     region_inputs: Annotated[int, Rule(ge=1)] = 1000
     region_batches: Annotated[int, Rule(ge=1)] = 3
+    benchmark: str = ""
+    benchmark_dataset: Annotated[str, Rule(one_of=tuple(BENCHMARK_SETS))] = "cifar10"
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not benchmark or space == 'nb201'",
+            "config key 'evaluator.benchmark' reads NAS-Bench-201's accuracies of its cells: set "
+            "space.name to 'nb201' (got {space!r}), or leave the benchmark out",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.proxy not in PROXIES:
@@ -415,6 +433,9 @@ class TrainingFreeEvaluator:
         self.device = pick_device(search.execution.device)
         self.inputs = proxy_batch(self.data, seed=search.seed, size=config.batch_size).to(self.device)
         self.teg: tuple[teg.CellShape, teg.TegBatch] | None = None
+        self.benchmark = None if not config.benchmark else read_table(
+            config.benchmark, config.benchmark_dataset, 200, setting="evaluator.benchmark"
+        )
         if config.proxy == "te_nas":
             shape = teg.CellShape.of_space(self.space, self.data.info)
             self.teg = (shape, teg_batch(self.data, shape, config, seed=search.seed))
@@ -481,6 +502,10 @@ class TrainingFreeEvaluator:
         for arch, trial_id, run, param, spent in zip(archs, trial_ids, runs, params, passes, strict=True):
             mean = {key: sum(r[key] for r in run) / len(run) for key in run[0]}
             metrics = {**proxy_scores(mean, proxy), "proxy_seconds": spent, "params": param}
+            if self.benchmark is not None:
+                cfg = self.config
+                entry = entry_of(self.benchmark, arch, path=cfg.benchmark, dataset=cfg.benchmark_dataset)
+                metrics.update(bench_metrics(entry))
             results.append(EvalResult(
                 architecture=arch, metrics=metrics, objective=proxy, trial_id=trial_id, budget=0.0,
                 seconds=seconds,

@@ -1,0 +1,319 @@
+"""NAS-Bench-201's own accuracies: a cell scored by looking it up in the benchmark's file instead
+of training it, as the benchmark's papers and the searches run on it do (NASWOT's
+``nasspace.py`` reads the chosen cell's accuracy so; the benchmark's REA, REINFORCE and random
+search baselines are run on the table alone).
+
+The file is the benchmark's release, ``NAS-Bench-201-v1_0-e61699.pth`` or
+``NAS-Bench-201-v1_1-096897.pth`` (a ``torch.save`` of plain Python data): ``meta_archs``, the
+15,625 cells' strings in their index order, and ``arch2infos``, for each index a ``less`` (12
+epochs) and a ``full`` (200 epochs) record of its trainings: ``dataset_seed`` (the seeds each
+dataset was trained with) and ``all_results``, one per ``(dataset, seed)``, holding ``epochs``,
+``params`` (millions), ``flop`` (millions), ``train_acc1es`` and ``eval_acc1es`` (percentages, by
+epoch, ``"<set>@<epoch>"``). The layout and what is read of it follow the benchmark's API
+(``D-X-Y/NAS-Bench-201``, ``nas_201_api/api_utils.py``: ``ArchResults.get_metrics`` with
+``iepoch=None, is_random=False``: each trial's last epoch, the mean over the trials).
+The NATS-Bench files (``NATS-tss-v1_0-3ffb9``, a folder of per-cell pickles) are another layout,
+not read here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from raynas.config import Check, Rule, SearchConfig, check_rules
+from raynas.errors import DataError
+from raynas.evaluators.registry import EVALUATORS
+from raynas.types import Architecture, EvalResult
+
+# The benchmark's datasets and, for each, the sets its trials were evaluated on (api_utils.py's
+# get_metrics docstring): cifar10-valid trains on CIFAR-10's training half, cifar10 on all of its
+# training set; cifar100 and ImageNet16-120 split their test set into x-valid and x-test.
+SETS: dict[str, tuple[str, ...]] = {
+    "cifar10-valid": ("x-valid", "ori-test", "train"),
+    "cifar10": ("ori-test", "train"),
+    "cifar100": ("x-valid", "x-test", "ori-test", "train"),
+    "ImageNet16-120": ("x-valid", "x-test", "ori-test", "train"),
+}
+# The record of each training schedule, by its epochs.
+SCHEDULES = {200: "full", 12: "less"}
+
+
+@dataclass(frozen=True)
+class Nb201TableConfig:
+    """Where the benchmark is and what of it scores a cell.
+
+    Attributes:
+        path: The benchmark's file (``NAS-Bench-201-v1_0-e61699.pth`` or ``-v1_1-096897.pth``).
+        dataset: ``cifar10-valid``, ``cifar10``, ``cifar100`` or ``ImageNet16-120``.
+        setname: The set whose accuracy is the objective (``x-valid``, ``x-test``,
+            ``ori-test`` or ``train``, as the dataset has them: the API's ``setname``); empty:
+            ``x-valid``, or ``ori-test`` for ``cifar10``, which has no validation set.
+        epochs: The training schedule read: 200 (the benchmark's) or 12.
+    """
+
+    path: Annotated[str, Rule(missing="the NAS-Bench-201 file (NAS-Bench-201-v1_0-e61699.pth)")] = ""
+    dataset: Annotated[str, Rule(one_of=tuple(SETS))] = "cifar10-valid"
+    setname: str = ""
+    epochs: Annotated[int, Rule(one_of=tuple(SCHEDULES))] = 200
+
+    checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "not setname or setname in sets[dataset]",
+            "config key 'evaluator.setname' is {setname!r}, which NAS-Bench-201's {dataset} does not have; "
+            "allowed: {join(sets[dataset])}",
+            tables={"sets": {name: list(sets) for name, sets in SETS.items()}},
+        ),
+    )
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "space == 'nb201'",
+            "evaluator 'nb201_table' reads NAS-Bench-201's accuracies of its cells: set space.name to "
+            "'nb201' (got {space!r})",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_rules(self, "evaluator")
+
+    @property
+    def set_read(self) -> str:
+        """The set read: ``setname``, else the dataset's validation set (``ori-test`` for cifar10)."""
+        return self.setname or ("ori-test" if self.dataset == "cifar10" else "x-valid")
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """What the benchmark holds of one cell for one dataset and schedule: accuracies as fractions,
+    each the mean over the cell's trials of its last epoch."""
+
+    index: int
+    accuracy: dict[str, float]  # by set
+    params: float  # the benchmark's network's parameters, millions
+    flops: float  # its multiply-adds, millions
+    trials: int
+
+
+# -- reading the release -------------------------------------------------------------------------
+
+# The only globals the release's pickle may name: its containers, and NumPy's scalars in case a
+# number was saved as one. Anything else (a function to call) is refused before it is looked up.
+_SAFE_GLOBALS = {
+    ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
+    ("collections", "OrderedDict"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Python's own (C) unpickler, allowed plain data alone: the release holds no tensors, and
+    torch's ``weights_only`` unpickler, pure Python, takes minutes over its 2 GB."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which plain data does not")
+        return super().find_class(module, name)
+
+
+def _load_release(file: Path) -> Any:
+    """The object ``torch.save`` wrote to ``file``, in either of its formats: a zip archive
+    (``<name>/data.pkl``, torch >= 1.6), or the earlier stream of pickles (magic number, protocol,
+    system info, the object, its storages' keys) in which the 2020 releases were written."""
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not names:
+                raise ValueError("a zip archive without data.pkl")
+            with archive.open(names[0]) as stream:
+                return _PlainUnpickler(stream).load()
+    with open(file, "rb") as stream:
+        if _PlainUnpickler(stream).load() != _LEGACY_MAGIC:
+            raise ValueError("not a file torch.save wrote")
+        _PlainUnpickler(stream).load()  # protocol version
+        _PlainUnpickler(stream).load()  # system info
+        return _PlainUnpickler(stream).load()
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py's MAGIC_NUMBER
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _entry(index: int, record: dict[str, Any], dataset: str) -> TableEntry:
+    """One cell's :class:`TableEntry` from its ``ArchResults`` record (as ``get_metrics`` reads it)."""
+    seeds = record["dataset_seed"][dataset]
+    trials = [record["all_results"][dataset, seed] for seed in seeds]
+    accuracy: dict[str, float] = {}
+    for name in SETS[dataset]:
+        if name == "train":
+            values = [t["train_acc1es"][t["epochs"] - 1] for t in trials]
+        else:
+            values = [t["eval_acc1es"][f"{name}@{t['epochs'] - 1}"] for t in trials]
+        accuracy[name] = _mean([float(v) for v in values]) / 100
+    return TableEntry(
+        index=index, accuracy=accuracy, params=_mean([float(t["params"]) for t in trials]),
+        flops=_mean([float(t["flop"]) for t in trials]), trials=len(trials),
+    )
+
+
+def _extract(file: Path) -> list[dict[str, Any]]:
+    """Every entry of the release, all datasets and both schedules, as rows (cell, epochs,
+    dataset, index, trials, params, flops, one ``acc:<set>`` per set the dataset has)."""
+    data = _load_release(file)
+    archs, infos = data["meta_archs"], data["arch2infos"]
+    rows = []
+    for index, arch in enumerate(archs):
+        if index not in infos:  # a cell the release did not train
+            continue
+        for epochs, schedule in SCHEDULES.items():
+            record = infos[index][schedule]
+            for dataset in SETS:
+                if dataset in record["dataset_seed"]:
+                    e = _entry(index, record, dataset)
+                    rows.append({
+                        "cell": str(arch), "epochs": epochs, "dataset": dataset, "index": index,
+                        "trials": e.trials, "params": e.params, "flops": e.flops,
+                        **{f"acc:{name}": acc for name, acc in e.accuracy.items()},
+                    })
+    return rows
+
+
+def extract_path(file: Path) -> Path:
+    """Where the release's extract is kept: beside it, ``<file>.raynas.parquet``."""
+    return file.with_name(file.name + ".raynas.parquet")
+
+
+def _stamp(file: Path) -> str:
+    info = file.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def _cached_rows(file: Path) -> list[dict[str, Any]]:
+    """The release's rows: from its extract where one was written for this very file (its size
+    and modification time), else read from the release (minutes, and the memory of its 2 GB of
+    Python objects, as the benchmark's own API takes) and then kept as the extract, written whole
+    or not at all, where its folder can be written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = extract_path(file)
+    if cache.is_file():
+        try:
+            kept = pq.read_table(cache)
+            if (kept.schema.metadata or {}).get(b"raynas.release") == _stamp(file).encode():
+                return kept.to_pylist()
+        except (OSError, pa.ArrowException):
+            pass  # an unreadable extract is made again
+    rows = _extract(file)
+    if rows:
+        columns = sorted({key for row in rows for key in row})  # each dataset has its own sets
+        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+        table = table.replace_schema_metadata({"raynas.release": _stamp(file)})
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.part")
+        try:
+            pq.write_table(table, partial)
+            os.replace(partial, cache)
+        except OSError:  # a read-only folder: read the release again next time
+            partial.unlink(missing_ok=True)
+    return rows
+
+
+@functools.lru_cache(maxsize=2)
+def read_table(
+    path: str, dataset: str, epochs: int, *, setting: str = "evaluator.path"
+) -> dict[str, TableEntry]:
+    """The benchmark's entries for ``dataset`` and the ``epochs`` schedule, by cell string, read
+    once per process (from the release's extract, :func:`extract_path`, after the first time).
+    ``setting`` names the job's key that gave ``path``, for the line that says it is missing.
+
+    Raises:
+        DataError: The file is missing or not a NAS-Bench-201 release.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: the benchmark's "
+                        "NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth)")
+    try:
+        rows = _cached_rows(file)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as exc:
+        said = (str(exc).strip().splitlines() or [""])[0][:160]  # one line, whatever was found
+        raise DataError(
+            f"{path} is not a NAS-Bench-201 release readable here ({type(exc).__name__}: {said}); "
+            "expected NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth"
+        ) from None
+    table = {
+        row["cell"]: TableEntry(
+            index=row["index"], params=row["params"], flops=row["flops"], trials=row["trials"],
+            accuracy={name: row[f"acc:{name}"] for name in SETS[dataset]},
+        )
+        for row in rows if row["dataset"] == dataset and row["epochs"] == epochs
+    }
+    if not table:
+        raise DataError(f"{path} holds no cell trained on {dataset} for {epochs} epochs")
+    return table
+
+
+def entry_of(table: dict[str, TableEntry], arch: Architecture, *, path: str, dataset: str) -> TableEntry:
+    """``arch``'s entry in ``table`` (read from ``path`` for ``dataset``).
+
+    Raises:
+        DataError: The table has no entry for it.
+    """
+    entry = table.get(str(arch))
+    if entry is None:
+        raise DataError(f"{path} has no {dataset} entry for the cell {arch}")
+    return entry
+
+
+def bench_metrics(entry: TableEntry) -> dict[str, float]:
+    """The benchmark's accuracy of a cell on each set of its dataset (``bench_<set>_acc``, the
+    set's dashes as underscores: ``bench_x_valid_acc``) and the cell's index in the benchmark
+    (``bench_index``), as a candidate records them."""
+    return {
+        **{f"bench_{name.replace('-', '_')}_acc": acc for name, acc in entry.accuracy.items()},
+        "bench_index": float(entry.index),
+    }
+
+
+@EVALUATORS.register("nb201_table", config=Nb201TableConfig)
+class Nb201TableEvaluator:
+    """Scores each NAS-Bench-201 cell with the benchmark's accuracy of it, without training.
+
+    Args:
+        config: The file, dataset, set and schedule.
+        search: The search job (its space must be ``nb201``).
+    """
+
+    def __init__(self, config: Nb201TableConfig, *, search: SearchConfig) -> None:
+        self.config = config
+        self.search = search
+        self.table = read_table(config.path, config.dataset, config.epochs)
+
+    def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
+        """``arch``'s accuracy on the set read (``valid_acc``), on every set of the dataset
+        (:func:`bench_metrics`), and the benchmark's network's ``params`` and ``flops`` (counts,
+        from the file's millions); ``budget`` is the schedule's epochs.
+
+        Raises:
+            DataError: The file has no entry for ``arch``.
+        """
+        start = time.perf_counter()
+        cfg = self.config
+        entry = entry_of(self.table, arch, path=cfg.path, dataset=cfg.dataset)
+        metrics = {
+            "valid_acc": entry.accuracy[cfg.set_read], **bench_metrics(entry),
+            "params": entry.params * 1e6, "flops": entry.flops * 1e6,
+        }
+        return EvalResult(
+            architecture=arch, metrics=metrics, trial_id=trial_id, budget=float(cfg.epochs),
+            seconds=time.perf_counter() - start,
+        )

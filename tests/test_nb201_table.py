@@ -1,0 +1,270 @@
+"""The ``nb201_table`` evaluator: a NAS-Bench-201 cell scored with the benchmark's own accuracy,
+read from a file laid out as the benchmark's release (``tests/fixtures.py``'s
+``write_nb201_table``), as ``nas_201_api``'s ``ArchResults.get_metrics(dataset, setname)`` reads it:
+each trial's last epoch, the mean over the cell's trials, here recomputed from the fixture's own
+formula (``nb201_accuracy``)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from raynas.errors import ConfigError, DataError
+from raynas.evaluators import EVALUATORS, nb201_table
+from raynas.evaluators.nb201_table import extract_path, read_table
+from raynas.runs import run_search
+from raynas.runs.jobs import parse_job
+from raynas.spaces import SPACES
+from raynas.spaces.nb201 import Nb201Arch
+from raynas.tracking.results import ResultsStore
+from raynas.types import Architecture
+from tests.conftest import BIN, mlflow_store
+from tests.fixtures import (
+    NB201_SEEDS,
+    every_nb201_cell,
+    nb201_accuracy,
+    write_nb201_table,
+    write_whole_nb201_table,
+)
+
+SPACE = SPACES.create("nb201")
+CELLS = [str(SPACE.sample(random.Random(seed))) for seed in range(6)]
+
+
+def table_job(tmp_path: Path, path: Path, **evaluator: Any) -> dict[str, Any]:
+    return {
+        "name": "table", "seed": 0,
+        "space": {"name": "nb201"},
+        "strategy": {"name": "random", "evaluations": 4},
+        "evaluator": {"name": "nb201_table", "path": str(path), **evaluator},
+        "data": {"name": "digits", "batch_size": 16, "limit": 64},
+        "execution": {"backend": "local"},
+        "tracking": {"experiment": "tests", "tracking_uri": mlflow_store(tmp_path),
+                     "output_dir": str(tmp_path / "runs"), "pictures": False},
+    }
+
+
+def evaluator(tmp_path: Path, path: Path, **settings: Any) -> Any:
+    job = parse_job(table_job(tmp_path, path, **settings))
+    return EVALUATORS.create("nb201_table", job.evaluator.config, search=job)
+
+
+def expected(index: int, dataset: str, setname: str, epochs: int = 200) -> float:
+    """The API's mean over the cell's trials of its last epoch, as a fraction."""
+    seeds = NB201_SEEDS[dataset]
+    total = sum(nb201_accuracy(index, dataset, s, setname, epochs - 1, epochs) for s in seeds)
+    return total / len(seeds) / 100
+
+
+def test_a_cell_scores_the_benchmarks_mean_over_its_trials_of_its_last_epoch(tmp_path: Path) -> None:
+    path = write_nb201_table(tmp_path / "nb201.pth", CELLS)
+    scorer = evaluator(tmp_path, path, dataset="cifar100", setname="x-test")
+    result = scorer.evaluate(_cell(2), trial_id="t")
+    assert result.objective == "valid_acc" and result.trial_id == "t"
+    assert result.score == pytest.approx(expected(2, "cifar100", "x-test"), abs=1e-12)
+    for setname in ("x-valid", "x-test", "ori-test", "train"):  # every set of the dataset, too
+        key = f"bench_{setname.replace('-', '_')}_acc"
+        assert result.metrics[key] == pytest.approx(expected(2, "cifar100", setname), abs=1e-12)
+    assert result.metrics["params"] == pytest.approx((0.1 + 2 / 100) * 1e6)  # the file's millions
+    assert result.metrics["flops"] == pytest.approx(12.0 * 1e6)
+    assert result.metrics["bench_index"] == 2 and result.budget == 200
+
+
+def _cell(index: int) -> Nb201Arch:
+    return Nb201Arch.parse(CELLS[index])
+
+
+def test_the_12_epoch_schedule_and_each_datasets_default_set_are_read(tmp_path: Path) -> None:
+    path = write_nb201_table(tmp_path / "nb201.pth", CELLS)
+    cell = _cell(4)
+    # cifar10-valid: its validation set; cifar10 has none: its test set (api.py's print_information).
+    assert evaluator(tmp_path, path).evaluate(cell).score == pytest.approx(
+        expected(4, "cifar10-valid", "x-valid"))
+    assert evaluator(tmp_path, path, dataset="cifar10").evaluate(cell).score == pytest.approx(
+        expected(4, "cifar10", "ori-test"))
+    short = evaluator(tmp_path, path, epochs=12).evaluate(cell)  # the release's 'less' record
+    assert short.score == pytest.approx(expected(4, "cifar10-valid", "x-valid", epochs=12))
+    assert short.budget == 12
+    with pytest.raises(DataError, match="no cell trained on cifar100 for 12 epochs"):
+        read_table(str(path), "cifar100", 12)
+
+
+def test_a_missing_file_a_corrupt_one_and_a_cell_it_lacks_are_each_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "none.pth"
+    with pytest.raises(DataError, match=f"NAS-Bench-201 file {missing} not found"):
+        evaluator(tmp_path, missing)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(DataError) as info:
+        evaluator(tmp_path, corrupt)
+    assert f"{corrupt} is not a NAS-Bench-201 release" in str(info.value) and "\n" not in str(info.value)
+    path = write_nb201_table(tmp_path / "nb201.pth", CELLS[:2])
+    with pytest.raises(DataError, match="has no cifar10-valid entry for the cell"):
+        evaluator(tmp_path, path).evaluate(_cell(3))
+
+
+def test_a_set_the_dataset_lacks_and_another_space_are_refused_naming_what_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "nb201.pth"
+    with pytest.raises(ConfigError, match=r"'evaluator\.setname' is 'x-valid'.*allowed: ori-test, train"):
+        parse_job(table_job(tmp_path, path, dataset="cifar10", setname="x-valid"))
+    allowed = "evaluator.dataset must be one of cifar10-valid, cifar10, cifar100, ImageNet16-120"
+    with pytest.raises(ConfigError, match=re.escape(allowed)):
+        parse_job(table_job(tmp_path, path, dataset="imagenet"))
+    job = table_job(tmp_path, path)
+    job["space"] = {"name": "darts"}
+    with pytest.raises(ConfigError, match="evaluator 'nb201_table' reads NAS-Bench-201's accuracies"):
+        parse_job(job)
+
+
+def test_both_of_torchs_formats_read_as_the_same_table(tmp_path: Path) -> None:
+    """The 2020 releases are in torch's format before its zip archives; a file saved since, in
+    the zip one: both read, to the same entries."""
+    legacy = write_nb201_table(tmp_path / "legacy.pth", CELLS, legacy=True)
+    archive = write_nb201_table(tmp_path / "archive.pth", CELLS)
+    assert not zipfile.is_zipfile(legacy) and zipfile.is_zipfile(archive)
+    for dataset in NB201_SEEDS:
+        assert read_table(str(legacy), dataset, 200) == read_table(str(archive), dataset, 200)
+        assert len(read_table(str(legacy), dataset, 200)) == len(CELLS)
+
+
+class _Call:
+    """Pickles as a call of ``os.system``: what a file that is not plain data can hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_a_file_holding_more_than_plain_data_is_refused_without_running_it(
+    legacy: bool, tmp_path: Path
+) -> None:
+    import torch
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "nb201.pth"
+    torch.save({"meta_archs": [CELLS[0]], "arch2infos": _Call(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(DataError) as info:
+        read_table(str(path), "cifar10-valid", 200)
+    assert "is not a NAS-Bench-201 release readable here (UnpicklingError: it names" in str(info.value)
+    assert "system" in str(info.value) and not marker.exists()
+    torch.save({"meta_archs": [CELLS[0]], "arch2infos": {0: torch.zeros(2)}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(DataError, match=r"it names torch\._utils\._rebuild_tensor"):  # a tensor
+        read_table(str(path), "cifar10-valid", 200)
+
+
+def test_the_extract_beside_the_release_is_read_in_its_place_until_the_release_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_nb201_table(tmp_path / "nb201.pth", CELLS[:3])
+    first = read_table(str(path), "cifar100", 200)
+    assert extract_path(path).is_file() and not list(tmp_path.glob("*.part"))
+    read_table.cache_clear()
+
+    def unread(file: Path) -> Any:
+        raise AssertionError(f"{file} read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nb201_table, "_load_release", unread)
+        assert read_table(str(path), "cifar100", 200) == first  # from the extract
+        read_table.cache_clear()
+    write_nb201_table(path, CELLS[3:])  # a new release in the same place
+    assert set(read_table(str(path), "cifar100", 200)) == set(CELLS[3:])
+    read_table.cache_clear()
+    # A folder that cannot be written keeps no extract (and no part of one): each read reads the release.
+    extract_path(path).unlink()
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(pq, "write_table", refuse)
+    assert set(read_table(str(path), "cifar100", 200)) == set(CELLS[3:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb201.pth"]
+    read_table.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def whole_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark's file of all 15,625 cells, trained on cifar10-valid and cifar10."""
+    return write_whole_nb201_table(tmp_path_factory.mktemp("nb201") / "nb201.pth")
+
+
+def test_an_evolution_search_on_the_table_answers_the_best_cell_it_evaluated(
+    tmp_path: Path, whole_table: Path
+) -> None:
+    """Regularized evolution (the benchmark paper's REA baseline) over the whole table: every
+    candidate is recorded with the table's accuracy, and the answer is the best of them."""
+    cells = every_nb201_cell()
+    assert len(cells) == 15625 and len(set(cells)) == 15625
+    job = table_job(tmp_path, whole_table)
+    job["strategy"] = {"name": "evolution", "population_size": 6, "sample_size": 3, "evaluations": 20}
+    result = run_search(parse_job(job), echo=lambda _: None)
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    children = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    assert len(children) == 20
+    index = {cell: i for i, cell in enumerate(cells)}
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) == 20
+    for _, row in rows.iterrows():
+        cell = str(Architecture.from_json(row["architecture"]))
+        assert row["metric.valid_acc"] == pytest.approx(expected(index[cell], "cifar10-valid", "x-valid"))
+    assert result.metrics["valid_acc"] == max(c.data.metrics["valid_acc"] for c in children)
+    assert result.metrics["valid_acc"] == pytest.approx(rows["metric.valid_acc"].max())
+
+
+def test_raynas_search_with_a_missing_table_exits_2_in_one_line(tmp_path: Path) -> None:
+    job = table_job(tmp_path, tmp_path / "NAS-Bench-201-v1_0-e61699.pth")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    done = subprocess.run([str(BIN / "raynas"), "search", str(tmp_path / "job.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "NAS-Bench-201-v1_0-e61699.pth not found" in lines[0], done.stderr
+
+
+def test_a_naswot_search_records_each_candidates_benchmark_accuracy(
+    tmp_path: Path, whole_table: Path
+) -> None:
+    """NASWOT's Algorithm 1 with ``evaluator.benchmark``: each candidate scored at initialisation
+    also records the benchmark's accuracies of its cell (search.py's ``ori-test`` of cifar10 among
+    them), and the answer, the highest score, carries its own."""
+    job = table_job(tmp_path, whole_table)
+    job["evaluator"] = {"name": "training_free", "proxy": "naswot", "batch_size": 8, "channels": 4,
+                        "layers": 1, "benchmark": str(whole_table)}
+    job["final"] = {"top": 0}
+    result = run_search(parse_job(job), echo=lambda _: None)
+    index = {cell: i for i, cell in enumerate(every_nb201_cell())}
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) == 4
+    for _, row in rows.iterrows():
+        cell = str(Architecture.from_json(row["architecture"]))
+        assert row["metric.bench_ori_test_acc"] == pytest.approx(expected(index[cell], "cifar10", "ori-test"))
+        assert row["metric.bench_index"] == index[cell]
+    best = rows.loc[rows["metric.naswot"].idxmax()]
+    assert result.architecture == Architecture.from_json(best["architecture"])
+    assert result.metrics["bench_ori_test_acc"] == pytest.approx(best["metric.bench_ori_test_acc"])
+
+
+def test_a_benchmark_for_another_space_is_refused(tmp_path: Path) -> None:
+    job = table_job(tmp_path, tmp_path / "nb201.pth")
+    job["space"] = {"name": "darts"}
+    job["evaluator"] = {"name": "training_free", "benchmark": str(tmp_path / "nb201.pth")}
+    with pytest.raises(ConfigError, match=r"'evaluator\.benchmark' reads NAS-Bench-201's accuracies"):
+        parse_job(job)
