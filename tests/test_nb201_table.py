@@ -137,6 +137,21 @@ def test_both_of_torchs_formats_read_as_the_same_table(tmp_path: Path) -> None:
         assert len(read_table(str(legacy), dataset, 200)) == len(CELLS)
 
 
+def test_numbers_saved_as_numpy_scalars_read_as_the_same_table(tmp_path: Path) -> None:
+    """A release whose numbers are NumPy scalars (what np.mean returns) reads as one of floats."""
+    import numpy as np
+    import torch
+
+    path = write_nb201_table(tmp_path / "floats.pth", CELLS[:2])
+    release = torch.load(path, weights_only=False)
+    for record in release["arch2infos"].values():
+        for trial in record["full"]["all_results"].values():
+            trial["eval_acc1es"] = {k: np.float64(v) for k, v in trial["eval_acc1es"].items()}
+            trial["params"] = np.float64(trial["params"])
+    torch.save(release, tmp_path / "numpy.pth")
+    assert read_table(str(tmp_path / "numpy.pth"), "cifar100", 200) == read_table(str(path), "cifar100", 200)
+
+
 class _Call:
     """Pickles as a call of ``os.system``: what a file that is not plain data can hold."""
 

@@ -108,6 +108,7 @@ _SAFE_GLOBALS = {
     ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
     ("collections", "OrderedDict"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # a scalar's bytes, in pickle's protocol 2 (torch.save's)
 }
 
 
