@@ -257,29 +257,35 @@ def nb201_accuracy(index: int, dataset: str, seed: int, setname: str, epoch: int
     return base + 5 * (epoch + 1) / epochs + 0.01 * (seed % 7)
 
 
-def _nb201_trial(index: int, arch: str, dataset: str, seed: int, epochs: int, last: bool) -> dict[str, Any]:
+def _nb201_trial(
+    index: int, arch: str, dataset: str, seed: int, epochs: int, last: bool, number: Callable[[float], Any]
+) -> dict[str, Any]:
     sets = NB201_EVAL_SETS[dataset]
     kept = range(epochs - 1, epochs) if last else range(epochs)
     keys = [f"{name}@{e}" for name in sets for e in kept]
-    accs = {f"{n}@{e}": nb201_accuracy(index, dataset, seed, n, e, epochs) for n in sets for e in kept}
+    accs = {f"{n}@{e}": number(nb201_accuracy(index, dataset, seed, n, e, epochs))
+            for n in sets for e in kept}
     return {  # ResultsCount.__dict__
         "name": dataset, "net_state_dict": None,
         "train_acc1es": {e: nb201_accuracy(index, dataset, seed, "train", e, epochs) for e in kept},
         "train_acc5es": None, "train_losses": {e: 1.0 for e in kept}, "train_times": {e: 10.0 for e in kept},
         "arch_config": {"channel": 16, "num_cells": 5, "arch_str": arch, "class_num": 10},
-        "params": 0.1 + index / 100, "flop": 10.0 + index, "seed": seed, "epochs": epochs,
+        "params": number(0.1 + index / 100), "flop": number(10.0 + index), "seed": seed, "epochs": epochs,
         "latency": [0.01], "eval_names": list(sets), "eval_acc1es": accs,
         "eval_times": {k: 1.0 for k in keys}, "eval_losses": {k: 1.0 for k in keys},
     }
 
 
 def write_nb201_table(path: Path, archs: list[str], *, datasets: tuple[str, ...] = tuple(NB201_SEEDS),
-                      last_epoch_only: bool = False, legacy: bool = False) -> Path:
+                      last_epoch_only: bool = False, legacy: bool = False,
+                      number: Callable[[float], Any] = float) -> Path:
     """NAS-Bench-201's file holding ``archs`` (cell strings), each trained on ``datasets`` with
     :data:`NB201_SEEDS` for the 200-epoch schedule and on cifar10-valid for the 12-epoch one (as in
     the release). ``last_epoch_only``: each trial's accuracies of its last epoch alone (all that
     is read, and all the API's ``iepoch=None`` reads), for a file of all 15,625 cells. ``legacy``:
-    torch's format before its zip archives, in which the 2020 releases were written."""
+    torch's format before its zip archives, in which the 2020 releases were written. ``number``:
+    the type the accuracies, parameters and multiply-adds are saved as (``numpy.float64``: as
+    ``np.mean`` returns them)."""
     import torch
 
     infos = {}
@@ -289,7 +295,7 @@ def write_nb201_table(path: Path, archs: list[str], *, datasets: tuple[str, ...]
             infos[index][schedule] = {  # ArchResults.state_dict()
                 "arch_index": index, "arch_str": arch, "clear_net_done": True,
                 "dataset_seed": {d: list(NB201_SEEDS[d]) for d in sets},
-                "all_results": {(d, s): _nb201_trial(index, arch, d, s, epochs, last_epoch_only)
+                "all_results": {(d, s): _nb201_trial(index, arch, d, s, epochs, last_epoch_only, number)
                                 for d in sets for s in NB201_SEEDS[d]},
             }
     release = {"meta_archs": list(archs), "arch2infos": infos, "evaluated_indexes": set(range(len(archs)))}

@@ -1,5 +1,5 @@
-"""Pickled dataset batches (CIFAR's python version, the downsampled ImageNet releases) read with a
-restricted unpickler.
+"""Pickled dataset batches (CIFAR's python version, the downsampled ImageNet releases), and other
+files of plain data (NAS-Bench-201's release), read with a restricted unpickler.
 
 A pickle can name any importable callable and call it while it loads (``os.system`` through
 ``__reduce__``), and batch files may come from anywhere, ``s3://`` included. These formats hold
@@ -12,10 +12,16 @@ the globals that those need, and refuses every other one before anything is impo
 - ``_frombuffer`` of ``numpy.core.numeric`` or ``numpy._core.numeric``: an array at protocol 5;
 - ``_codecs.encode`` with ``latin1`` only, and ``bytes()`` of nothing: how Python 3 pickles
   ``bytes`` at protocols 0-2 (``__builtin__.bytes`` as Python 2 would spell it).
+
+:class:`PlainUnpickler` resolves what containers and numbers need instead (:data:`PLAIN_GLOBALS`):
+``set``, ``frozenset``, ``collections.OrderedDict``, and a NumPy scalar (``scalar`` of
+``numpy.core.multiarray`` or ``numpy._core.multiarray``, its ``dtype``, its bytes through
+``_codecs.encode``).
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
 from pathlib import Path
 from typing import Any
@@ -62,14 +68,33 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+_scalar = np.float64(0).__reduce__()[0]  # how numpy pickles a scalar (its module moved in 2.0)
+
+PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(where, kind.__name__): kind for where in ("builtins", "__builtin__") for kind in (set, frozenset)},
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
+    ("_codecs", "encode"): _latin1,
+}
+
+
 class BatchUnpickler(pickle.Unpickler):
     """An unpickler that resolves only :data:`ALLOWED_GLOBALS`."""
 
+    allowed: dict[tuple[str, str], Any] = ALLOWED_GLOBALS
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"{module}.{name}"[:200]) from None
+
+
+class PlainUnpickler(BatchUnpickler):
+    """An unpickler that resolves only :data:`PLAIN_GLOBALS`: containers and numbers."""
+
+    allowed = PLAIN_GLOBALS
 
 
 def load_batch(path: Path, *, encoding: str, what: str) -> Any:
@@ -98,4 +123,6 @@ def load_batch(path: Path, *, encoding: str, what: str) -> Any:
         ) from None
 
 
-__all__ = ["ALLOWED_GLOBALS", "BatchUnpickler", "UnsafePickleError", "load_batch"]
+__all__ = [
+    "ALLOWED_GLOBALS", "PLAIN_GLOBALS", "BatchUnpickler", "PlainUnpickler", "UnsafePickleError", "load_batch",
+]

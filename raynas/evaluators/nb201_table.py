@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from raynas.config import Check, Rule, SearchConfig, check_rules
+from raynas.data.pickled import PlainUnpickler, UnsafePickleError
 from raynas.errors import DataError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.types import Architecture, EvalResult
@@ -102,43 +103,26 @@ class TableEntry:
 
 # -- reading the release -------------------------------------------------------------------------
 
-# The only globals the release's pickle may name: its containers, and NumPy's scalars in case a
-# number was saved as one. Anything else (a function to call) is refused before it is looked up.
-_SAFE_GLOBALS = {
-    ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset"),
-    ("collections", "OrderedDict"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
-    ("_codecs", "encode"),  # a scalar's bytes, in pickle's protocol 2 (torch.save's)
-}
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Python's own (C) unpickler, allowed plain data alone: the release holds no tensors, and
-    torch's ``weights_only`` unpickler, pure Python, takes minutes over its 2 GB."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which plain data does not")
-        return super().find_class(module, name)
-
-
 def _load_release(file: Path) -> Any:
     """The object ``torch.save`` wrote to ``file``, in either of its formats: a zip archive
     (``<name>/data.pkl``, torch >= 1.6), or the earlier stream of pickles (magic number, protocol,
-    system info, the object, its storages' keys) in which the 2020 releases were written."""
+    system info, the object, its storages' keys) in which the 2020 releases were written. Read by
+    Python's own (C) unpickler allowed plain data alone (:class:`raynas.data.pickled.PlainUnpickler`):
+    the release holds no tensors, and torch's ``weights_only`` unpickler, pure Python, is some
+    five times slower over its 2 GB."""
     if zipfile.is_zipfile(file):
         with zipfile.ZipFile(file) as archive:
             names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if not names:
                 raise ValueError("a zip archive without data.pkl")
             with archive.open(names[0]) as stream:
-                return _PlainUnpickler(stream).load()
+                return PlainUnpickler(stream).load()
     with open(file, "rb") as stream:
-        if _PlainUnpickler(stream).load() != _LEGACY_MAGIC:
+        if PlainUnpickler(stream).load() != _LEGACY_MAGIC:
             raise ValueError("not a file torch.save wrote")
-        _PlainUnpickler(stream).load()  # protocol version
-        _PlainUnpickler(stream).load()  # system info
-        return _PlainUnpickler(stream).load()
+        PlainUnpickler(stream).load()  # protocol version
+        PlainUnpickler(stream).load()  # system info
+        return PlainUnpickler(stream).load()
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py's MAGIC_NUMBER
@@ -244,6 +228,11 @@ def read_table(
                         "NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth)")
     try:
         rows = _cached_rows(file)
+    except UnsafePickleError as exc:
+        raise DataError(
+            f"{path} is not a NAS-Bench-201 release: it names {exc.what!r}, which would import or run "
+            "code, so it was not loaded (the release holds only dicts, lists, strings and numbers)"
+        ) from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, zipfile.BadZipFile,
             pickle.UnpicklingError) as exc:
         said = (str(exc).strip().splitlines() or [""])[0][:160]  # one line, whatever was found
