@@ -95,6 +95,13 @@ def test_the_12_epoch_schedule_and_each_datasets_default_set_are_read(tmp_path: 
     short = evaluator(tmp_path, path, epochs=12).evaluate(cell)  # the release's 'less' record
     assert short.score == pytest.approx(expected(4, "cifar10-valid", "x-valid", epochs=12))
     assert short.budget == 12
+    # A set the record was not evaluated on (the fixture's 12-epoch one has x-valid alone, as the
+    # API's get_more_info allows): one line naming those it has.
+    assert {k for k in short.metrics if k.startswith("bench_") and k.endswith("_acc")} == {
+        "bench_x_valid_acc", "bench_train_acc"}
+    with pytest.raises(DataError, match="has no ori-test accuracy of cifar10-valid after 12 epochs "
+                                        r"\(it has x-valid, train\)"):
+        evaluator(tmp_path, path, epochs=12, setname="ori-test").evaluate(cell)
     with pytest.raises(DataError, match="no cell trained on cifar100 for 12 epochs"):
         read_table(str(path), "cifar100", 12)
 

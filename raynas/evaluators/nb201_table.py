@@ -132,16 +132,19 @@ def _mean(values: list[float]) -> float:
 
 
 def _entry(index: int, record: dict[str, Any], dataset: str) -> TableEntry:
-    """One cell's :class:`TableEntry` from its ``ArchResults`` record (as ``get_metrics`` reads it)."""
+    """One cell's :class:`TableEntry` from its ``ArchResults`` record (as ``get_metrics`` reads it),
+    with the sets every trial was evaluated on (the API's ``get_more_info`` allows a record without
+    ``ori-test``)."""
     seeds = record["dataset_seed"][dataset]
     trials = [record["all_results"][dataset, seed] for seed in seeds]
     accuracy: dict[str, float] = {}
     for name in SETS[dataset]:
         if name == "train":
-            values = [t["train_acc1es"][t["epochs"] - 1] for t in trials]
+            values = [t["train_acc1es"].get(t["epochs"] - 1) for t in trials]
         else:
-            values = [t["eval_acc1es"][f"{name}@{t['epochs'] - 1}"] for t in trials]
-        accuracy[name] = _mean([float(v) for v in values]) / 100
+            values = [t["eval_acc1es"].get(f"{name}@{t['epochs'] - 1}") for t in trials]
+        if all(v is not None for v in values):
+            accuracy[name] = _mean([float(v) for v in values]) / 100
     return TableEntry(
         index=index, accuracy=accuracy, params=_mean([float(t["params"]) for t in trials]),
         flops=_mean([float(t["flop"]) for t in trials]), trials=len(trials),
@@ -242,7 +245,9 @@ def read_table(
     table = {
         row["cell"]: TableEntry(
             index=row["index"], params=row["params"], flops=row["flops"], trials=row["trials"],
-            accuracy={name: row[f"acc:{name}"] for name in SETS[dataset]},
+            accuracy={
+                name: row[f"acc:{name}"] for name in SETS[dataset] if row.get(f"acc:{name}") is not None
+            },
         )
         for row in rows if row["dataset"] == dataset and row["epochs"] == epochs
     }
@@ -298,6 +303,11 @@ class Nb201TableEvaluator:
         start = time.perf_counter()
         cfg = self.config
         entry = entry_of(self.table, arch, path=cfg.path, dataset=cfg.dataset)
+        if cfg.set_read not in entry.accuracy:
+            raise DataError(
+                f"{cfg.path} has no {cfg.set_read} accuracy of {cfg.dataset} after {cfg.epochs} epochs "
+                f"(it has {', '.join(entry.accuracy)}): set evaluator.setname to one of them"
+            )
         metrics = {
             "valid_acc": entry.accuracy[cfg.set_read], **bench_metrics(entry),
             "params": entry.params * 1e6, "flops": entry.flops * 1e6,
