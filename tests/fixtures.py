@@ -307,13 +307,9 @@ def write_nb201_table(path: Path, archs: list[str], *, datasets: tuple[str, ...]
 
 def every_nb201_cell() -> list[str]:
     """NAS-Bench-201's 15,625 cells (five operations on each of six edges), as strings."""
-    import itertools
-
     from raynas.spaces import SPACES
 
-    space = SPACES.create("nb201")
-    sizes = [len(d.options) for d in space.decisions()]
-    return [str(space.decode(list(v))) for v in itertools.product(*(range(n) for n in sizes))]
+    return [str(cell) for cell in SPACES.create("nb201").enumerate()]
 
 
 def write_whole_nb201_table(path: Path, datasets: tuple[str, ...] = ("cifar10-valid", "cifar10")) -> Path:

@@ -98,7 +98,6 @@ class TableEntry:
     accuracy: dict[str, float]  # by set
     params: float  # the benchmark's network's parameters, millions
     flops: float  # its multiply-adds, millions
-    trials: int
 
 
 # -- reading the release -------------------------------------------------------------------------
@@ -131,46 +130,38 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _entry(index: int, record: dict[str, Any], dataset: str) -> TableEntry:
-    """One cell's :class:`TableEntry` from its ``ArchResults`` record (as ``get_metrics`` reads it),
-    with the sets every trial was evaluated on (the API's ``get_more_info`` allows a record without
-    ``ori-test``)."""
+def _row(index: int, cell: str, epochs: int, record: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """One cell's row of the extract for one dataset and schedule, from its ``ArchResults`` record
+    as ``get_metrics`` reads it: the mean over its trials of their last epoch, for the sets every
+    trial was evaluated on (the API's ``get_more_info`` allows a record without ``ori-test``)."""
     seeds = record["dataset_seed"][dataset]
     trials = [record["all_results"][dataset, seed] for seed in seeds]
-    accuracy: dict[str, float] = {}
+    row: dict[str, Any] = {
+        "cell": cell, "epochs": epochs, "dataset": dataset, "index": index, "trials": len(trials),
+        "params": _mean([float(t["params"]) for t in trials]),
+        "flops": _mean([float(t["flop"]) for t in trials]),
+    }
     for name in SETS[dataset]:
         if name == "train":
             values = [t["train_acc1es"].get(t["epochs"] - 1) for t in trials]
         else:
             values = [t["eval_acc1es"].get(f"{name}@{t['epochs'] - 1}") for t in trials]
         if all(v is not None for v in values):
-            accuracy[name] = _mean([float(v) for v in values]) / 100
-    return TableEntry(
-        index=index, accuracy=accuracy, params=_mean([float(t["params"]) for t in trials]),
-        flops=_mean([float(t["flop"]) for t in trials]), trials=len(trials),
-    )
+            row[f"acc:{name}"] = _mean([float(v) for v in values]) / 100
+    return row
 
 
 def _extract(file: Path) -> list[dict[str, Any]]:
     """Every entry of the release, all datasets and both schedules, as rows (cell, epochs,
-    dataset, index, trials, params, flops, one ``acc:<set>`` per set the dataset has)."""
+    dataset, index, trials, params, flops, one ``acc:<set>`` per set the trials have)."""
     data = _load_release(file)
     archs, infos = data["meta_archs"], data["arch2infos"]
-    rows = []
-    for index, arch in enumerate(archs):
-        if index not in infos:  # a cell the release did not train
-            continue
-        for epochs, schedule in SCHEDULES.items():
-            record = infos[index][schedule]
-            for dataset in SETS:
-                if dataset in record["dataset_seed"]:
-                    e = _entry(index, record, dataset)
-                    rows.append({
-                        "cell": str(arch), "epochs": epochs, "dataset": dataset, "index": index,
-                        "trials": e.trials, "params": e.params, "flops": e.flops,
-                        **{f"acc:{name}": acc for name, acc in e.accuracy.items()},
-                    })
-    return rows
+    return [
+        _row(index, str(arch), epochs, infos[index][schedule], dataset)
+        for index, arch in enumerate(archs) if index in infos  # a cell not in arch2infos: untrained
+        for epochs, schedule in SCHEDULES.items()
+        for dataset in SETS if dataset in infos[index][schedule]["dataset_seed"]
+    ]
 
 
 def extract_path(file: Path) -> Path:
@@ -244,7 +235,7 @@ def read_table(
         ) from None
     table = {
         row["cell"]: TableEntry(
-            index=row["index"], params=row["params"], flops=row["flops"], trials=row["trials"],
+            index=row["index"], params=row["params"], flops=row["flops"],
             accuracy={
                 name: row[f"acc:{name}"] for name in SETS[dataset] if row.get(f"acc:{name}") is not None
             },
