@@ -320,7 +320,9 @@ class SearchConfig:
     Gradient strategies (DARTS family) train a supernet's weights and architecture parameters;
     sampling strategies (random, evolution, SPOS, ENAS, ...) ask for candidates that the
     ``evaluator`` scores: ``supernet`` (inherited weights of a one-shot supernet), ``scratch`` (a
-    short training from scratch, as Tune trials), or a training-free proxy.
+    short training from scratch, as Tune trials), a training-free proxy, or a benchmark's table
+    (``nb201_table``, whose search may leave ``data`` out: it is then the table's dataset, named
+    but not configured, ``data.config`` None, as no image is read).
     ``seeds`` runs one search per seed and reports mean and standard deviation;
     ``final`` retrains the best candidates of a sampling search (or architectures drawn from
     ``fbnet``'s distribution) from scratch at the end; with ``seeds`` and a strategy that derives
@@ -1559,6 +1561,9 @@ TRAITS: dict[str, str] = {
     "dense": "its search's networks label every pixel, segmentation (a space); it labels every pixel "
              "(a dataset)",
     "morphisms": "grows networks by morphisms (strategy autokeras, evaluator morphism)",
+    # An evaluator's:
+    "table": "the dataset whose recorded results score its candidates, no image read (evaluator "
+             "nb201_table): the job's data section may be left out, and names that dataset if given",
     # A strategy's (read off its class):
     "kind": "'sampling' (ask/tell, an evaluator scores candidates) or 'gradient' (trains its supernet)",
     "needs_supernet": "samples the paths of a one-shot supernet (evaluator supernet)",
@@ -1676,6 +1681,21 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         "architectures of a job with 'seeds' (DARTS's choice among its four searches); {strategy!r} "
         "derives one architecture: add seeds, or remove the section and retrain the search's "
         "genotype with `raynas train`",
+    ),
+    Check(
+        "data is not None or evaluator is not None and evaluator_is['table']",
+        "config section 'data' is missing; it needs a 'name', one of: {join(datasets)}",
+    ),
+    Check(
+        "evaluator is None or not evaluator_is['table'] or data in (None, evaluator_is['table'])",
+        "config key 'data.name' is {data!r}, but evaluator {evaluator!r} scores candidates by what its "
+        "table recorded on {evaluator_is['table']!r}: name that dataset, or leave the data section out "
+        "(the table reads no images)",
+    ),
+    Check(
+        "data is not None and 'data' in given or final['top'] == 0",
+        "config key 'final.top': retraining the best candidates reads their dataset, and the job names "
+        "none: add a data section with its name ({evaluator_is['table']!r}) and path",
     ),
     Check(
         "evaluator is not None or strategy_is['kind'] != 'sampling'",

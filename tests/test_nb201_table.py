@@ -10,6 +10,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from raynas.data import dataset_info
+from raynas.data.mirror import locked
 from raynas.errors import ConfigError, DataError
 from raynas.evaluators import EVALUATORS, nb201_table
 from raynas.evaluators.nb201_table import extract_path, read_table
@@ -26,6 +29,7 @@ from raynas.runs import run_search
 from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
 from raynas.spaces.nb201 import Nb201Arch
+from raynas.strategies import STRATEGIES
 from raynas.tracking.results import ResultsStore
 from raynas.types import Architecture
 from tests.conftest import BIN, mlflow_store
@@ -46,8 +50,7 @@ def table_job(tmp_path: Path, path: Path, **evaluator: Any) -> dict[str, Any]:
         "name": "table", "seed": 0,
         "space": {"name": "nb201"},
         "strategy": {"name": "random", "evaluations": 4},
-        "evaluator": {"name": "nb201_table", "path": str(path), **evaluator},
-        "data": {"name": "digits", "batch_size": 16, "limit": 64},
+        "evaluator": {"name": "nb201_table", "path": str(path), **evaluator},  # (no data: none read)
         "execution": {"backend": "local"},
         "tracking": {"experiment": "tests", "tracking_uri": mlflow_store(tmp_path),
                      "output_dir": str(tmp_path / "runs"), "pictures": False},
@@ -133,6 +136,56 @@ def test_a_set_the_dataset_lacks_and_another_space_are_refused_naming_what_is_al
         parse_job(job)
 
 
+def test_a_table_search_without_data_is_recorded_on_the_tables_dataset(tmp_path: Path) -> None:
+    """A table's search names no dataset: its data is the table's (cifar100 here, whose images
+    are nowhere on this machine: the search opens none), recorded as the run's dataset, and its
+    networks, counted for the parameters, are built for that dataset's 100 classes."""
+    job = parse_job(table_job(tmp_path, tmp_path / "nb201.pth", dataset="cifar100"))
+    drawn = STRATEGIES.create("random", job.strategy.config, space=SPACE, seed=job.seed)
+    cells = [str(drawn.propose()) for _ in range(4)]  # the search's own draws
+    write_nb201_table(tmp_path / "nb201.pth", cells, datasets=("cifar100",))
+    assert job.data.name == "cifar100" and job.data.config is None
+    result = run_search(job, echo=lambda _: None)
+    run = MlflowClient(mlflow_store(tmp_path)).get_run(result.run_id)
+    assert run.data.tags["raynas.dataset"] == "cifar100" and run.data.params["data.name"] == "cifar100"
+    def counted(dataset: str) -> int:
+        return sum(p.numel() for p in SPACE.build(result.architecture, dataset_info(dataset)).parameters())
+
+    assert result.params == counted("cifar100") > counted("cifar10")  # a classifier of 100 classes
+
+
+def test_a_table_on_a_path_from_the_home_folder_reads_as_its_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_nb201_table(tmp_path / "nb201.pth", CELLS)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert read_table("~/nb201.pth", "cifar10-valid", 200) == read_table(str(tmp_path / "nb201.pth"),
+                                                                         "cifar10-valid", 200)
+
+
+def test_a_table_searchs_data_is_the_tables_and_retraining_needs_its_path(tmp_path: Path) -> None:
+    """A data section given to a table's search names the dataset the table recorded (else the
+    parameters counted and the run's dataset would be another's); ``final`` retrains, which
+    reads images, so it needs the dataset's path: each one line, what to write instead."""
+    path = tmp_path / "nb201.pth"
+    job = table_job(tmp_path, path, dataset="cifar10-valid")
+    job["data"] = {"name": "digits"}
+    with pytest.raises(ConfigError, match=r"^config key 'data.name' is 'digits', but evaluator 'nb201_table' "
+                                          r"scores candidates by what its table recorded on 'cifar10'"):
+        parse_job(job)
+    job["data"] = {"name": "cifar10", "path": str(tmp_path)}
+    assert parse_job(job).data.config.path == str(tmp_path)
+    job = table_job(tmp_path, path)
+    job["final"] = {"top": 2}
+    retraining = r"^config key 'final.top': retraining .* dataset.* its name \('cifar10'\) and path$"
+    with pytest.raises(ConfigError, match=retraining):
+        parse_job(job)
+    del job["evaluator"], job["final"]
+    job["strategy"] = "darts"  # (an evaluator's absence is then no error of its own)
+    with pytest.raises(ConfigError, match=r"^config section 'data' is missing; it needs a 'name', one of: "):
+        parse_job(job)
+
+
 def test_both_of_torchs_formats_read_as_the_same_table(tmp_path: Path) -> None:
     """The 2020 releases are in torch's format before its zip archives; a file saved since, in
     the zip one: both read, to the same entries."""
@@ -210,8 +263,29 @@ def test_the_extract_beside_the_release_is_read_in_its_place_until_the_release_c
 
     monkeypatch.setattr(pq, "write_table", refuse)
     assert set(read_table(str(path), "cifar100", 200)) == set(CELLS[3:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb201.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["nb201.pth"]
     read_table.cache_clear()
+
+
+def test_processes_first_reading_a_release_at_once_read_it_once(tmp_path: Path) -> None:
+    """Ray actors of a node that read the release at the same moment take turns (a lock beside
+    it): one reads the release whole and keeps the extract, the other reads the extract. This
+    test holds the lock until both are ready to read, so both ask at once."""
+    path = write_nb201_table(tmp_path / "nb201.pth", CELLS)
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+        "from raynas.evaluators.nb201_table import read_table; print('ready', flush=True); "
+        "print(len(read_table(sys.argv[1], 'cifar10-valid', 200)))"
+    )
+    with locked(extract_path(path).with_name(f".{extract_path(path).name}.lock")):
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path)], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]  # type: ignore[union-attr]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == [str(len(CELLS))] * 2
+    reads = [line for _, err in outputs for line in err.splitlines() if line.startswith("reading ")]
+    assert reads == [f"reading {path} whole (once: kept as {extract_path(path).name})"], outputs
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +339,7 @@ def test_a_naswot_search_records_each_candidates_benchmark_accuracy(
     job = table_job(tmp_path, whole_table)
     job["evaluator"] = {"name": "training_free", "proxy": "naswot", "batch_size": 8, "channels": 4,
                         "layers": 1, "benchmark": str(whole_table)}
+    job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
     job["final"] = {"top": 0}
     result = run_search(parse_job(job), echo=lambda _: None)
     index = {cell: i for i, cell in enumerate(every_nb201_cell())}
@@ -283,5 +358,6 @@ def test_a_benchmark_for_another_space_is_refused(tmp_path: Path) -> None:
     job = table_job(tmp_path, tmp_path / "nb201.pth")
     job["space"] = {"name": "darts"}
     job["evaluator"] = {"name": "training_free", "benchmark": str(tmp_path / "nb201.pth")}
+    job["data"] = "digits"
     with pytest.raises(ConfigError, match=r"'evaluator\.benchmark' reads NAS-Bench-201's accuracies"):
         parse_job(job)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.fixtures import (
     write_batch,
     write_cifar10,
     write_image_folder,
+    write_nb201_table,
 )
 
 pytestmark = pytest.mark.integration
@@ -241,3 +243,39 @@ def test_sampling_search_resumes_its_supernet_from_s3(
     assert sum(line.startswith("candidate") for line in lines) == 2
     assert load_checkpoint(result.checkpoint)["finished"]
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_nas_bench_201_table_on_s3_scores_as_its_local_copy_and_is_downloaded_once(
+    s3_env: S3Server, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``evaluator.path: s3://bucket/key`` names the release itself: its one object is kept in the
+    mirror cache (with the extract beside it) and read as the same file read locally; it is
+    downloaded again only once it changes on S3. A key with no object is one line."""
+    from raynas.evaluators.nb201_table import extract_path, read_table
+    from raynas.spaces import SPACES
+
+    cells = [str(SPACES.create("nb201").sample(random.Random(seed))) for seed in range(3)]
+    local = write_nb201_table(tmp_path / "nb201.pth", cells)
+    uri = s3_env.create_bucket("raynas-bench") + "/benchmarks/NAS-Bench-201-v1_1-096897.pth"
+    storage.put_file(local, uri)
+
+    def read() -> tuple[dict[str, object], list[str]]:
+        read_table.cache_clear()  # (a process reads a table once: a new process each time here)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="raynas.data.mirror"):
+            table = read_table(uri, "cifar10-valid", 200)
+        return table, [r.getMessage().split(" (")[0] for r in caplog.records if "mirrored" in r.getMessage()]
+
+    try:
+        assert read() == (read_table(str(local), "cifar10-valid", 200), [f"mirrored {uri}"])
+        copy = cache / "s3" / "raynas-bench" / "benchmarks" / "NAS-Bench-201-v1_1-096897.pth"
+        assert copy.is_file() and extract_path(copy).is_file()
+        assert read()[1] == []  # unchanged: read from the cache
+        storage.put_file(write_nb201_table(local, cells[:2]), uri)
+        table, logged = read()
+        assert sorted(table) == sorted(cells[:2]) and logged == [f"mirrored {uri}"]
+        missing = "s3://raynas-bench/benchmarks/NAS-Bench-201-v1_0-e61699.pth"
+        with pytest.raises(DataError, match=rf"^evaluator.path {missing!r}: no such object \(name the file"):
+            read_table(missing, "cifar10-valid", 200)
+    finally:
+        read_table.cache_clear()

@@ -392,7 +392,12 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "xd", "strategy": "random", "evaluator": "supernet"},
     {"space": "convnext", "strategy": "random", "evaluator": {"name": "supernet", "path_dropout": 0.1}},
     {"strategy": "random", "evaluator": "morphism"},
-    {"strategy": "random", "evaluator": {"name": "nb201_table", "path": "nb201.pth"}},
+    {"strategy": "random", "evaluator": {"name": "nb201_table", "path": "nb201.pth"}, "data": None},
+    # A table's search: data left out only there, the table's dataset if given, none to retrain on.
+    {"data": None},
+    {"space": "nb201", "strategy": "random", "evaluator": {"name": "nb201_table", "path": "nb201.pth"}},
+    {"space": "nb201", "strategy": "random", "evaluator": {"name": "nb201_table", "path": "nb201.pth"},
+     "data": None, "final": {"top": 1}},
     {"strategy": "random", "evaluator": {"name": "training_free", "benchmark": "nb201.pth"}},
     {"final": {"top": 2}},
     {"data": {"name": "digits", "train_portion": 1.0}},

@@ -15,6 +15,9 @@ The mirror is
   place, so a reader never sees half a file and an interrupted mirror resumes where it stopped;
 - **safe under concurrency**: Ray actors on one node that mirror the same prefix at once take turns
   through an exclusive file lock; the first downloads, the others find everything current.
+
+A file a component reads whole (a benchmark's table) is one object: :func:`mirror_file` keeps its
+copy at ``<cache>/s3/<bucket>/<key>`` the same way.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def mirror(uri: str) -> Path:
     client = s3_client()
     target.parent.mkdir(parents=True, exist_ok=True)
     manifest_file = target.parent / f".{target.name}.manifest.json"
-    with _locked(target.parent / f".{target.name}.lock"):
+    with locked(target.parent / f".{target.name}.lock"):
         objects = _list(client, loc.bucket, prefix, uri)
         if not objects:
             raise DataError(
@@ -122,9 +125,47 @@ def mirror(uri: str) -> Path:
     return target
 
 
+def mirror_file(uri: str, *, setting: str) -> Path:
+    """Bring the local copy of the one object ``uri`` names up to date and return it: downloaded
+    when missing, or when its size, ETag or the copy's modification time differ from those of its
+    last download, atomically and under the same lock as :func:`mirror`.
+
+    Args:
+        uri: ``s3://bucket/key`` of a file.
+        setting: The job's key that gave ``uri``, for the line that says it is missing.
+
+    Raises:
+        StorageError: As :func:`mirror`.
+        DataError: No object is at ``uri``.
+    """
+    from raynas.storage import S3Location, s3_client
+
+    loc = S3Location.parse(uri)
+    key = loc.key.strip("/")
+    local = local_folder(uri)
+    client = s3_client()
+    local.parent.mkdir(parents=True, exist_ok=True)
+    manifest_file = local.parent / f".{local.name}.manifest.json"
+    with locked(local.parent / f".{local.name}.lock"):
+        found = [(k, size, etag) for k, size, etag in _objects(client, loc.bucket, key, uri) if k == key]
+        if not key or not found:
+            raise DataError(f"{setting} {uri!r}: no such object (name the file itself: s3://bucket/key)")
+        _, size, etag = found[0]
+        entry = _read_manifest(manifest_file).get(local.name)
+        if entry is None or not _up_to_date(local, entry, size, etag):
+            for stale in local.parent.glob(f".{local.name}.*{_PART_SUFFIX}"):  # a killed download's
+                stale.unlink(missing_ok=True)
+            _download(client, loc.bucket, key, local, uri)
+            entry = {"size": size, "etag": etag, "mtime_ns": local.stat().st_mtime_ns}
+            _write_manifest(manifest_file, {local.name: entry})
+            log.info("mirrored %s (%.1f MB) to %s", uri, size / 1e6, local)
+    return local
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock held by this process (released by the OS if the process dies)."""
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing), held by this process while the
+    block runs (released by the OS if the process dies): processes of one node take turns."""
     with path.open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -135,16 +176,20 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _list(client: Any, bucket: str, prefix: str, uri: str) -> dict[str, tuple[str, int, str]]:
     """Relative path -> (key, size, ETag) of every object under ``prefix``."""
+    listed = _objects(client, bucket, prefix, uri)
+    return {_relative(key, prefix, uri): (key, size, etag) for key, size, etag in listed}
+
+
+def _objects(client: Any, bucket: str, prefix: str, uri: str) -> list[tuple[str, int, str]]:
+    """(key, size, ETag) of every object whose key starts with ``prefix`` (no folder markers)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    objects: dict[str, tuple[str, int, str]] = {}
+    objects = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                key = item["Key"]
-                if key.endswith("/"):  # a "folder" marker object
-                    continue
-                objects[_relative(key, prefix, uri)] = (key, int(item["Size"]), item["ETag"].strip('"'))
+                if not item["Key"].endswith("/"):  # (a "folder" marker object)
+                    objects.append((item["Key"], int(item["Size"]), item["ETag"].strip('"')))
     except ClientError as exc:
         raise _storage_error(uri, exc) from None
     except BotoCoreError as exc:

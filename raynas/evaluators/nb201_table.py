@@ -18,7 +18,9 @@ not read here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import pickle
 import time
@@ -28,10 +30,13 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from raynas.config import Check, Rule, SearchConfig, check_rules
+from raynas.data.mirror import locked, mirror_file
 from raynas.data.pickled import PlainUnpickler, UnsafePickleError
 from raynas.errors import DataError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.types import Architecture, EvalResult
+
+log = logging.getLogger(__name__)
 
 # The benchmark's datasets and, for each, the sets its trials were evaluated on (api_utils.py's
 # get_metrics docstring): cifar10-valid trains on CIFAR-10's training half, cifar10 on all of its
@@ -51,7 +56,9 @@ class Nb201TableConfig:
     """Where the benchmark is and what of it scores a cell.
 
     Attributes:
-        path: The benchmark's file (``NAS-Bench-201-v1_0-e61699.pth`` or ``-v1_1-096897.pth``).
+        path: The benchmark's file (``NAS-Bench-201-v1_0-e61699.pth`` or ``-v1_1-096897.pth``):
+            a local path (``~`` expanded) or ``s3://bucket/key``, whose object is kept in the mirror
+            cache (:func:`raynas.data.mirror.mirror_file`) and downloaded again once it changes.
         dataset: ``cifar10-valid``, ``cifar10``, ``cifar100`` or ``ImageNet16-120``.
         setname: The set whose accuracy is the objective (``x-valid``, ``x-test``,
             ``ori-test`` or ``train``, as the dataset has them: the API's ``setname``); empty:
@@ -179,10 +186,27 @@ def _cached_rows(file: Path) -> list[dict[str, Any]]:
     and modification time), else read from the release (all of it in memory, as the benchmark's
     own API reads it) and then kept as the extract, written whole or not at all, where its folder
     can be written."""
+    cache = extract_path(file)
+    kept = _kept_rows(file, cache)
+    if kept is not None:
+        return kept
+    with contextlib.ExitStack() as turn:  # processes of a node reading it at once: one reads it
+        with contextlib.suppress(OSError):  # (a read-only folder: no extract, each reads the release)
+            turn.enter_context(locked(cache.with_name(f".{cache.name}.lock")))
+        kept = _kept_rows(file, cache)  # (written while this process waited its turn)
+        if kept is not None:
+            return kept
+        log.info("reading %s whole (once: kept as %s)", file, cache.name)
+        rows = _extract(file)
+        _keep_rows(file, cache, rows)
+    return rows
+
+
+def _kept_rows(file: Path, cache: Path) -> list[dict[str, Any]] | None:
+    """The rows of the extract ``cache`` if it was written for this very ``file``, else None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cache = extract_path(file)
     if cache.is_file():
         try:
             kept = pq.read_table(cache)
@@ -190,7 +214,14 @@ def _cached_rows(file: Path) -> list[dict[str, Any]]:
                 return kept.to_pylist()
         except (OSError, pa.ArrowException):
             pass  # an unreadable extract is made again
-    rows = _extract(file)
+    return None
+
+
+def _keep_rows(file: Path, cache: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as the extract ``cache`` of ``file``, whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if rows:
         columns = sorted({key for row in rows for key in row})  # each dataset has its own sets
         table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
@@ -201,7 +232,6 @@ def _cached_rows(file: Path) -> list[dict[str, Any]]:
             os.replace(partial, cache)
         except OSError:  # a read-only folder: read the release again next time
             partial.unlink(missing_ok=True)
-    return rows
 
 
 @functools.lru_cache(maxsize=2)
@@ -215,7 +245,7 @@ def read_table(
     Raises:
         DataError: The file is missing or not a NAS-Bench-201 release.
     """
-    file = Path(path)
+    file = mirror_file(path, setting=setting) if path.startswith("s3://") else Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: the benchmark's "
                         "NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth)")
@@ -269,7 +299,10 @@ def bench_metrics(entry: TableEntry) -> dict[str, float]:
     }
 
 
-@EVALUATORS.register("nb201_table", config=Nb201TableConfig)
+@EVALUATORS.register(
+    "nb201_table", config=Nb201TableConfig,
+    traits={"table": {"expr": "'cifar10' if dataset in ('cifar10-valid', 'cifar10') else dataset"}},
+)
 class Nb201TableEvaluator:
     """Scores each NAS-Bench-201 cell with the benchmark's accuracy of it, without training.
 

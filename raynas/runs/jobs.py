@@ -248,15 +248,32 @@ def parse_job(raw: dict[str, Any]) -> SearchConfig:
     traits and ``job_checks`` as the registries hold them)."""
     raw = dict(raw)
     evaluator = raw.pop("evaluator", None)
-    values = parse_sections(
-        raw, SearchConfig,
-        {"space": _parser(SPACES), "strategy": _parser(STRATEGIES), "data": _parser(DATASETS)},
-    )
+    if raw.get("data") is None:  # (a table's search may leave it out: its table's dataset then)
+        raw.pop("data", None)
+    parsers = {"space": _parser(SPACES), "strategy": _parser(STRATEGIES), "data": _parser(DATASETS)}
+    table = None if "data" in raw or evaluator is None else _table_dataset(evaluator)
+    if table:
+        del parsers["data"]
+    values = parse_sections(raw, SearchConfig, parsers)
     if evaluator is not None:
         values["evaluator"] = component(evaluator, "evaluator", EVALUATORS)
+    if table:
+        values["data"] = Component(table, None)  # named, never read: the table holds the scores
     config = SearchConfig(**values)
     check_search_job(*job_rules(config, given=(*raw, *(["evaluator"] if evaluator is not None else []))))
     return config
+
+
+def _table_dataset(evaluator: Any) -> str | None:
+    """The dataset whose recorded results the job's evaluator section scores candidates by (its
+    ``table`` trait, :data:`raynas.config.TRAITS`), or None for an evaluator that reads a dataset."""
+    chosen = component(evaluator, "evaluator", EVALUATORS)
+    entry = EVALUATORS.entry(chosen.name)
+    settings = {} if chosen.config is None else {
+        f.name: getattr(chosen.config, f.name) for f in dataclasses.fields(chosen.config)
+    }
+    table = (trait_values(traits_of("evaluator", entry), settings) or {}).get("table")
+    return table if isinstance(table, str) else None
 
 
 def job_rules(

@@ -588,11 +588,12 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
             seen.add(result.architecture.key())
             chosen.append(result)
     done = {r.architecture.key() for r in search.retrained}
+    left = [result for result in chosen[: final.top] if result.architecture.key() not in done]
+    if not left:  # (nothing to retrain: no dataset opened, as a table's search names none)
+        return
     evaluator = final_evaluator(config)
     sizes = CandidateCosts(config, size=retrain_size(config))  # final's size
-    for result in chosen[: final.top]:
-        if result.architecture.key() in done:
-            continue
+    for result in left:
         started = time.time()
         retrained = evaluator.evaluate(result.architecture, trial_id=f"retrain-{result.trial_id}")
         retrained = sizes.complete(timed(retrained, started))
