@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a published name (e.g. DARTS_V2), a JSON file, or the space's string form",
     )
     describe.add_argument(
-        "--dataset", help="cifar10, cifar100, imagenet, or ptb (default: the space's, cifar10 or ptb)"
+        "--dataset", help="the dataset whose classes and input size the network is built for: cifar10, "
+        "cifar100, ImageNet16-120, imagenet, svhn, ptb, ... (default: the space's, cifar10 or ptb)"
     )
     describe.add_argument("--channels", type=_at_least(1), help="initial channels (default: the paper's)")
     describe.add_argument("--layers", type=_at_least(1), help="number of cells (default: the paper's)")

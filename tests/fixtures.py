@@ -258,11 +258,12 @@ def nb201_accuracy(index: int, dataset: str, seed: int, setname: str, epoch: int
 
 
 def _nb201_trial(
-    index: int, arch: str, dataset: str, seed: int, epochs: int, last: bool, number: Callable[[float], Any]
+    index: int, arch: str, dataset: str, seed: int, epochs: int, last: bool, number: Callable[[float], Any],
+    sets: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    # The 12-epoch record is evaluated on x-valid alone here: the API's get_more_info reads its
-    # ori-test inside a try (api.py), so a reader must not count on it.
-    sets = NB201_EVAL_SETS[dataset] if epochs == 200 else ("x-valid",)
+    # The 12-epoch record is evaluated on x-valid alone here (unless ``sets`` says otherwise): the
+    # API's get_more_info reads its ori-test inside a try (api.py), so a reader must not count on it.
+    sets = sets or (NB201_EVAL_SETS[dataset] if epochs == 200 else ("x-valid",))
     kept = range(epochs - 1, epochs) if last else range(epochs)
     keys = [f"{name}@{e}" for name in sets for e in kept]
     accs = {f"{n}@{e}": number(nb201_accuracy(index, dataset, seed, n, e, epochs))
@@ -302,6 +303,44 @@ def write_nb201_table(path: Path, archs: list[str], *, datasets: tuple[str, ...]
             }
     release = {"meta_archs": list(archs), "arch2infos": infos, "evaluated_indexes": set(range(len(archs)))}
     torch.save(release, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def write_nats_tss(path: Path, archs: list[str], *, folder: bool,
+                   datasets: tuple[str, ...] = tuple(NB201_SEEDS)) -> Path:
+    """NATS-Bench's topology release holding ``archs``, as D-X-Y/NATS-Bench's api_utils.py
+    ``pickle_save`` writes it (a bz2-compressed pickle, protocol 4), its records keyed by their
+    hp ("12", "200"), every one trained on ``datasets`` and evaluated on each dataset's sets:
+    ``folder``, the ``fast_mode`` folder (``meta.pickle.pbz2`` and one ``<index:06d>.pickle.pbz2``
+    per cell) at ``path``; else the one file ``path`` (``NATS-tss-v1_0-3ffb9.pickle.pbz2``)."""
+    import bz2
+    import pickle
+
+    def save(obj: Any, file: Path) -> None:
+        with bz2.BZ2File(file, "wb") as out:
+            pickle.dump(obj, out, protocol=4)
+
+    infos = {
+        index: {
+            str(epochs): {  # ArchResults.state_dict()
+                "arch_index": index, "arch_str": arch, "clear_net_done": True,
+                "dataset_seed": {d: list(NB201_SEEDS[d]) for d in datasets},
+                "all_results": {
+                    (d, s): _nb201_trial(index, arch, d, s, epochs, False, float, NB201_EVAL_SETS[d])
+                    for d in datasets for s in NB201_SEEDS[d]
+                },
+            }
+            for epochs in (12, 200)
+        }
+        for index, arch in enumerate(archs)
+    }
+    if not folder:
+        save({"meta_archs": list(archs), "arch2infos": infos, "evaluated_indexes": set(infos)}, path)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    save({"meta_archs": list(archs), "evaluated_indexes": set(infos)}, path / "meta.pickle.pbz2")
+    for index, info in infos.items():
+        save(info, path / f"{index:06d}.pickle.pbz2")
     return path
 
 

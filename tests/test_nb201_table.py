@@ -37,6 +37,7 @@ from tests.fixtures import (
     NB201_SEEDS,
     every_nb201_cell,
     nb201_accuracy,
+    write_nats_tss,
     write_nb201_table,
     write_whole_nb201_table,
 )
@@ -235,6 +236,54 @@ def test_a_file_holding_more_than_plain_data_is_refused_without_running_it(
                _use_new_zipfile_serialization=not legacy)
     with pytest.raises(DataError, match=r"it names 'torch\._utils\._rebuild_tensor"):  # a tensor
         read_table(str(path), "cifar10-valid", 200)
+
+
+@pytest.mark.parametrize("folder", [True, False], ids=["fast_mode_folder", "one_file"])
+def test_nats_bench_topology_releases_read_as_nas_bench_201s(folder: bool, tmp_path: Path) -> None:
+    """NATS-Bench's topology release (the same cells; records keyed by their hp, "12" and "200";
+    bz2-compressed pickles), as its API's fast_mode folder or its one file: each cell scores the
+    mean over its trials of its last epoch, on either schedule (NATS-Bench trains every dataset
+    for 12 epochs too, each evaluated on its sets), by the evaluator as by ``read_table``."""
+    name = "NATS-tss-v1_0-3ffb9-simple" if folder else "NATS-tss-v1_0-3ffb9.pickle.pbz2"
+    path = write_nats_tss(tmp_path / name, CELLS, folder=folder)
+    for dataset, setname, epochs in (("cifar100", "x-test", 200), ("ImageNet16-120", "x-valid", 12),
+                                     ("cifar10", "ori-test", 12)):
+        table = read_table(str(path), dataset, epochs)
+        assert sorted(table) == sorted(CELLS)
+        for index, cell in enumerate(CELLS):
+            assert table[cell].index == index
+            assert table[cell].accuracy[setname] == pytest.approx(expected(index, dataset, setname, epochs))
+    scored = evaluator(tmp_path, path, dataset="cifar100", epochs=12).evaluate(_cell(2))
+    assert scored.score == pytest.approx(expected(2, "cifar100", "x-valid", epochs=12))
+    ori_test = expected(2, "cifar100", "ori-test", epochs=12)
+    assert scored.metrics["bench_ori_test_acc"] == pytest.approx(ori_test)
+    read_table.cache_clear()
+
+
+def test_a_nats_bench_folder_lacking_a_cells_file_and_one_naming_code_are_each_one_line(
+    tmp_path: Path,
+) -> None:
+    """A cell whose file the folder lacks is one the benchmark did not evaluate (the API's
+    ``evaluated_indexes``): asking for it is one line. A file of the folder that names code to
+    run is refused before anything it names is imported."""
+    import bz2
+    import pickle
+
+    path = write_nats_tss(tmp_path / "NATS-tss-v1_0-3ffb9-simple", CELLS, folder=True)
+    (path / "000003.pickle.pbz2").unlink()
+    table = read_table(str(path), "cifar10-valid", 200)
+    assert sorted(table) == sorted(CELLS[:3] + CELLS[4:])
+    with pytest.raises(DataError, match=r"has no cifar10-valid entry for the cell \|"):
+        evaluator(tmp_path, path).evaluate(_cell(3))
+    marker = tmp_path / "ran"
+    with bz2.BZ2File(path / "000004.pickle.pbz2", "wb") as out:
+        pickle.dump({"200": _Call(marker)}, out, protocol=4)
+    read_table.cache_clear()
+    extract_path(path).unlink()
+    with pytest.raises(DataError, match=r"is not a NAS-Bench-201 release: it names 'posix.system'"):
+        read_table(str(path), "cifar10-valid", 200)
+    assert not marker.exists()
+    read_table.cache_clear()
 
 
 def test_the_extract_beside_the_release_is_read_in_its_place_until_the_release_changes(

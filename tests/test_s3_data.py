@@ -33,6 +33,7 @@ from tests.fixtures import (
     write_batch,
     write_cifar10,
     write_image_folder,
+    write_nats_tss,
     write_nb201_table,
 )
 
@@ -250,7 +251,8 @@ def test_a_nas_bench_201_table_on_s3_scores_as_its_local_copy_and_is_downloaded_
 ) -> None:
     """``evaluator.path: s3://bucket/key`` names the release itself: its one object is kept in the
     mirror cache (with the extract beside it) and read as the same file read locally; it is
-    downloaded again only once it changes on S3. A key with no object is one line."""
+    downloaded again only once it changes on S3; NATS-Bench's folder is mirrored as a prefix. A
+    key with neither an object nor a folder is one line."""
     from raynas.evaluators.nb201_table import extract_path, read_table
     from raynas.spaces import SPACES
 
@@ -274,8 +276,14 @@ def test_a_nas_bench_201_table_on_s3_scores_as_its_local_copy_and_is_downloaded_
         storage.put_file(write_nb201_table(local, cells[:2]), uri)
         table, logged = read()
         assert sorted(table) == sorted(cells[:2]) and logged == [f"mirrored {uri}"]
+        # NATS-Bench's fast_mode folder: a prefix, mirrored as a dataset's folder is.
+        nats = write_nats_tss(tmp_path / "NATS-tss-v1_0-3ffb9-simple", cells, folder=True)
+        upload(nats, "s3://raynas-bench/NATS-tss-v1_0-3ffb9-simple")
+        read_table.cache_clear()
+        assert read_table("s3://raynas-bench/NATS-tss-v1_0-3ffb9-simple", "cifar100", 12) == read_table(
+            str(nats), "cifar100", 12)
         missing = "s3://raynas-bench/benchmarks/NAS-Bench-201-v1_0-e61699.pth"
-        with pytest.raises(DataError, match=rf"^evaluator.path {missing!r}: no such object \(name the file"):
+        with pytest.raises(DataError, match=rf"^evaluator.path {missing!r}: no such object or folder \("):
             read_table(missing, "cifar10-valid", 200)
     finally:
         read_table.cache_clear()

@@ -12,12 +12,17 @@ dataset was trained with) and ``all_results``, one per ``(dataset, seed)``, hold
 epoch, ``"<set>@<epoch>"``). The layout and what is read of it follow the benchmark's API
 (``D-X-Y/NAS-Bench-201``, ``nas_201_api/api_utils.py``: ``ArchResults.get_metrics`` with
 ``iepoch=None, is_random=False``: each trial's last epoch, the mean over the trials).
-The NATS-Bench files (``NATS-tss-v1_0-3ffb9``, a folder of per-cell pickles) are another layout,
-not read here.
+NATS-Bench's topology search space is the same 15,625 cells, trained the same way; its release
+(``D-X-Y/NATS-Bench``, ``nats_bench/api_topology.py`` and ``api_utils.py``) holds the same
+``ArchResults`` records keyed by the schedule's epochs (``"12"``, ``"200"``), each a bz2-compressed
+pickle: the whole benchmark in one file (``NATS-tss-v1_0-3ffb9.pickle.pbz2``), or the folder the
+API's ``fast_mode`` reads (``NATS-tss-v1_0-3ffb9-simple``: ``meta.pickle.pbz2``, the cells'
+strings, and one ``<index:06d>.pickle.pbz2`` per cell). Both are read as the NAS-Bench-201 release is.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import functools
 import logging
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from raynas.config import Check, Rule, SearchConfig, check_rules
-from raynas.data.mirror import locked, mirror_file
+from raynas.data.mirror import locked, mirror, mirror_file
 from raynas.data.pickled import PlainUnpickler, UnsafePickleError
 from raynas.errors import DataError
 from raynas.evaluators.registry import EVALUATORS
@@ -38,6 +43,8 @@ from raynas.types import Architecture, EvalResult
 
 log = logging.getLogger(__name__)
 
+# Each training schedule's record, by its epochs: NAS-Bench-201's name, then NATS-Bench's (its hp).
+SCHEDULE_KEYS = {200: ("full", "200"), 12: ("less", "12")}
 # The benchmark's datasets and, for each, the sets its trials were evaluated on (api_utils.py's
 # get_metrics docstring): cifar10-valid trains on CIFAR-10's training half, cifar10 on all of its
 # training set; cifar100 and ImageNet16-120 split their test set into x-valid and x-test.
@@ -47,8 +54,6 @@ SETS: dict[str, tuple[str, ...]] = {
     "cifar100": ("x-valid", "x-test", "ori-test", "train"),
     "ImageNet16-120": ("x-valid", "x-test", "ori-test", "train"),
 }
-# The record of each training schedule, by its epochs.
-SCHEDULES = {200: "full", 12: "less"}
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,11 @@ class Nb201TableConfig:
     """Where the benchmark is and what of it scores a cell.
 
     Attributes:
-        path: The benchmark's file (``NAS-Bench-201-v1_0-e61699.pth`` or ``-v1_1-096897.pth``):
-            a local path (``~`` expanded) or ``s3://bucket/key``, whose object is kept in the mirror
-            cache (:func:`raynas.data.mirror.mirror_file`) and downloaded again once it changes.
+        path: The benchmark's file (``NAS-Bench-201-v1_0-e61699.pth`` or ``-v1_1-096897.pth``), or
+            NATS-Bench's topology release (``NATS-tss-v1_0-3ffb9.pickle.pbz2``, or the folder
+            ``NATS-tss-v1_0-3ffb9-simple``): a local path (``~`` expanded) or on ``s3://``, an
+            object or a folder kept in the mirror cache (:mod:`raynas.data.mirror`) and downloaded
+            again once it changes.
         dataset: ``cifar10-valid``, ``cifar10``, ``cifar100`` or ``ImageNet16-120``.
         setname: The set whose accuracy is the objective (``x-valid``, ``x-test``,
             ``ori-test`` or ``train``, as the dataset has them: the API's ``setname``); empty:
@@ -69,7 +76,7 @@ class Nb201TableConfig:
     path: Annotated[str, Rule(missing="the NAS-Bench-201 file (NAS-Bench-201-v1_0-e61699.pth)")] = ""
     dataset: Annotated[str, Rule(one_of=tuple(SETS))] = "cifar10-valid"
     setname: str = ""
-    epochs: Annotated[int, Rule(one_of=tuple(SCHEDULES))] = 200
+    epochs: Annotated[int, Rule(one_of=tuple(SCHEDULE_KEYS))] = 200
 
     checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -110,8 +117,40 @@ class TableEntry:
 # -- reading the release -------------------------------------------------------------------------
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py's MAGIC_NUMBER
+NATS_SUFFIX = ".pickle.pbz2"  # api_utils.py's PICKLE_EXT
 
 def _load_release(file: Path) -> Any:
+    """What the release ``file`` holds: NATS-Bench's folder or bz2 pickle (:func:`_load_nats`),
+    else :func:`_load_torch_file`'s."""
+    if file.is_dir() or file.name.endswith(NATS_SUFFIX):
+        return _load_nats(file)
+    return _load_torch_file(file)
+
+
+def _load_nats(file: Path) -> dict[str, Any]:
+    """NATS-Bench's topology release as the API reads it: the one file's ``meta_archs`` and
+    ``arch2infos``, or the ``fast_mode`` folder's ``meta.pickle.pbz2`` and each cell's file
+    (``<index:06d>``, else ``<index>``, as ``reload`` looks for them; a cell with no file is one
+    the benchmark did not evaluate)."""
+    if not file.is_dir():
+        return _bz2_pickle(file)
+    archs = _bz2_pickle(file / f"meta{NATS_SUFFIX}")["meta_archs"]
+    infos = {}
+    for index in range(len(archs)):
+        for name in (f"{index:06d}{NATS_SUFFIX}", f"{index}{NATS_SUFFIX}"):
+            if (file / name).is_file():
+                infos[index] = _bz2_pickle(file / name)
+                break
+    return {"meta_archs": archs, "arch2infos": infos}
+
+
+def _bz2_pickle(file: Path) -> Any:
+    """``api_utils.py``'s ``pickle_load``: a bz2-compressed pickle, here of plain data alone."""
+    with bz2.open(file, "rb") as stream:
+        return PlainUnpickler(stream).load()
+
+
+def _load_torch_file(file: Path) -> Any:
     """The object ``torch.save`` wrote to ``file``, in either of its formats: a zip archive
     (``<name>/data.pkl``, torch >= 1.6), or the earlier stream of pickles (magic number, protocol,
     system info, the object, its storages' keys) in which the 2020 releases were written. Read by
@@ -164,11 +203,16 @@ def _extract(file: Path) -> list[dict[str, Any]]:
     data = _load_release(file)
     archs, infos = data["meta_archs"], data["arch2infos"]
     return [
-        _row(index, str(arch), epochs, infos[index][schedule], dataset)
+        _row(index, str(arch), epochs, record, dataset)
         for index, arch in enumerate(archs) if index in infos  # a cell not in arch2infos: untrained
-        for epochs, schedule in SCHEDULES.items()
-        for dataset in SETS if dataset in infos[index][schedule]["dataset_seed"]
+        for epochs, record in _schedules(infos[index]).items()
+        for dataset in SETS if dataset in record["dataset_seed"]
     ]
+
+
+def _schedules(info: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """A cell's records by the epochs of their schedule, whichever names the release gives them."""
+    return {epochs: info[key] for epochs, keys in SCHEDULE_KEYS.items() for key in keys if key in info}
 
 
 def extract_path(file: Path) -> Path:
@@ -177,7 +221,12 @@ def extract_path(file: Path) -> Path:
 
 
 def _stamp(file: Path) -> str:
+    """The release's size and modification time (a folder's: its meta file's, its own and how many
+    files it holds), which its extract is kept for."""
     info = file.stat()
+    if file.is_dir():
+        meta = (file / f"meta{NATS_SUFFIX}").stat()
+        return f"{meta.st_size}:{meta.st_mtime_ns}:{info.st_mtime_ns}:{sum(1 for _ in file.iterdir())}"
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
@@ -234,6 +283,24 @@ def _keep_rows(file: Path, cache: Path, rows: list[dict[str, Any]]) -> None:
             partial.unlink(missing_ok=True)
 
 
+RELEASES = ("the benchmark's NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth, or "
+            "NATS-Bench's NATS-tss-v1_0-3ffb9.pickle.pbz2 or NATS-tss-v1_0-3ffb9-simple folder")
+
+
+def _local_release(path: str, setting: str) -> Path:
+    """The release at ``path`` on this machine: a local path (``~`` expanded), or an ``s3://``
+    object or folder brought into the mirror cache."""
+    if not path.startswith("s3://"):
+        return Path(path).expanduser()
+    try:
+        return mirror_file(path, setting=setting)
+    except DataError:  # no object of that name: a folder (NATS-Bench's), or nothing
+        try:
+            return mirror(path)
+        except DataError:
+            raise DataError(f"{setting} {path!r}: no such object or folder ({RELEASES})") from None
+
+
 @functools.lru_cache(maxsize=2)
 def read_table(
     path: str, dataset: str, epochs: int, *, setting: str = "evaluator.path"
@@ -245,10 +312,9 @@ def read_table(
     Raises:
         DataError: The file is missing or not a NAS-Bench-201 release.
     """
-    file = mirror_file(path, setting=setting) if path.startswith("s3://") else Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: the benchmark's "
-                        "NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth)")
+    file = _local_release(path, setting)
+    if not (file.is_file() or (file / f"meta{NATS_SUFFIX}").is_file()):
+        raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: {RELEASES})")
     try:
         rows = _cached_rows(file)
     except UnsafePickleError as exc:
@@ -256,12 +322,12 @@ def read_table(
             f"{path} is not a NAS-Bench-201 release: it names {exc.what!r}, which would import or run "
             "code, so it was not loaded (the release holds only dicts, lists, strings and numbers)"
         ) from None
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, OSError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as exc:  # (bz2: OSError, "Invalid data stream")
         said = (str(exc).strip().splitlines() or [""])[0][:160]  # one line, whatever was found
         raise DataError(
             f"{path} is not a NAS-Bench-201 release readable here ({type(exc).__name__}: {said}); "
-            "expected NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth"
+            f"expected {RELEASES}"
         ) from None
     table = {
         row["cell"]: TableEntry(

@@ -87,7 +87,8 @@ class TrainingFreeConfig:
             gets alone (``te_nas`` scores one at a time).
         region_inputs: ``te_nas``: crops per batch of the region count (TEG-NAS's 1,000).
         region_batches: ``te_nas``: batches of crops (TEG-NAS's 3).
-        benchmark: NAS-Bench-201's file (``nb201`` cells only): each candidate also records the
+        benchmark: NAS-Bench-201's file, or NATS-Bench's topology release, read as the
+            ``nb201_table`` evaluator's ``path`` is (``nb201`` cells only): each candidate also records the
             benchmark's accuracies of its cell (``bench_<set>_acc``, :mod:`raynas.evaluators.nb201_table`),
             as NASWOT's ``search.py`` reads the chosen cell's; empty: none.
         benchmark_dataset: The benchmark's dataset those are read for (``cifar10``: its
