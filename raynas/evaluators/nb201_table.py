@@ -119,6 +119,7 @@ class TableEntry:
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py's MAGIC_NUMBER
 NATS_SUFFIX = ".pickle.pbz2"  # api_utils.py's PICKLE_EXT
 
+
 def _load_release(file: Path) -> Any:
     """What the release ``file`` holds: NATS-Bench's folder or bz2 pickle (:func:`_load_nats`),
     else :func:`_load_torch_file`'s."""
