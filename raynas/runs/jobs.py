@@ -251,12 +251,13 @@ def parse_job(raw: dict[str, Any]) -> SearchConfig:
     if raw.get("data") is None:  # (a table's search may leave it out: its table's dataset then)
         raw.pop("data", None)
     parsers = {"space": _parser(SPACES), "strategy": _parser(STRATEGIES), "data": _parser(DATASETS)}
-    table = None if "data" in raw or evaluator is None else _table_dataset(evaluator)
+    chosen = None if "data" in raw or evaluator is None else component(evaluator, "evaluator", EVALUATORS)
+    table = None if chosen is None else _table_dataset(chosen)
     if table:
         del parsers["data"]
     values = parse_sections(raw, SearchConfig, parsers)
     if evaluator is not None:
-        values["evaluator"] = component(evaluator, "evaluator", EVALUATORS)
+        values["evaluator"] = chosen or component(evaluator, "evaluator", EVALUATORS)
     if table:
         values["data"] = Component(table, None)  # named, never read: the table holds the scores
     config = SearchConfig(**values)
@@ -264,10 +265,9 @@ def parse_job(raw: dict[str, Any]) -> SearchConfig:
     return config
 
 
-def _table_dataset(evaluator: Any) -> str | None:
-    """The dataset whose recorded results the job's evaluator section scores candidates by (its
+def _table_dataset(chosen: Component) -> str | None:
+    """The dataset whose recorded results the evaluator ``chosen`` scores candidates by (its
     ``table`` trait, :data:`raynas.config.TRAITS`), or None for an evaluator that reads a dataset."""
-    chosen = component(evaluator, "evaluator", EVALUATORS)
     entry = EVALUATORS.entry(chosen.name)
     settings = {} if chosen.config is None else {
         f.name: getattr(chosen.config, f.name) for f in dataclasses.fields(chosen.config)
