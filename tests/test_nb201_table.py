@@ -403,6 +403,26 @@ def test_a_naswot_search_records_each_candidates_benchmark_accuracy(
     assert result.metrics["bench_ori_test_acc"] == pytest.approx(best["metric.bench_ori_test_acc"])
 
 
+def test_a_naswot_search_reads_nats_benchs_release_as_its_benchmark(tmp_path: Path) -> None:
+    """``evaluator.benchmark`` names NATS-Bench's topology release (its one file here): each
+    candidate records its cell's accuracies from it, indexed as NATS-Bench indexes the cells."""
+    job = table_job(tmp_path, tmp_path / "nats")
+    job["evaluator"] = {"name": "training_free", "proxy": "naswot", "batch_size": 8, "channels": 4,
+                        "layers": 1, "benchmark": str(tmp_path / "NATS-tss-v1_0-3ffb9.pickle.pbz2")}
+    job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
+    config = parse_job(job)
+    drawn = STRATEGIES.create("random", config.strategy.config, space=SPACE, seed=config.seed)
+    cells = [str(drawn.propose()) for _ in range(4)][::-1]  # (the search's own draws, reindexed)
+    write_nats_tss(tmp_path / "NATS-tss-v1_0-3ffb9.pickle.pbz2", cells, folder=False)
+    run_search(config, echo=lambda _: None)
+    rows = ResultsStore(tmp_path / "runs" / "results").read_frame()
+    assert len(rows) == 4
+    for _, row in rows.iterrows():
+        index = cells.index(str(Architecture.from_json(row["architecture"])))
+        assert row["metric.bench_index"] == index
+        assert row["metric.bench_ori_test_acc"] == pytest.approx(expected(index, "cifar10", "ori-test"))
+
+
 def test_a_benchmark_for_another_space_is_refused(tmp_path: Path) -> None:
     job = table_job(tmp_path, tmp_path / "nb201.pth")
     job["space"] = {"name": "darts"}
