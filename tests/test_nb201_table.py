@@ -149,6 +149,7 @@ def test_a_table_search_without_data_is_recorded_on_the_tables_dataset(tmp_path:
     result = run_search(job, echo=lambda _: None)
     run = MlflowClient(mlflow_store(tmp_path)).get_run(result.run_id)
     assert run.data.tags["raynas.dataset"] == "cifar100" and run.data.params["data.name"] == "cifar100"
+
     def counted(dataset: str) -> int:
         return sum(p.numel() for p in SPACE.build(result.architecture, dataset_info(dataset)).parameters())
 
