@@ -71,7 +71,10 @@ class TrainConfig:
     of it in epoch ``e`` (PC-DARTS's ImageNet search: 5); 0: no warm-up.
     ``schedule``: the weights' rate anneals by ``cosine`` to ``learning_rate_min`` (DARTS), or by
     ``step``: times ``gamma`` at each of ``milestones``, fractions of the epochs (relax's XD trainer:
-    0.1 at 0.5 and 0.75; :func:`raynas.train.schedules.step_schedule`).
+    0.1 at 0.5 and 0.75; :func:`raynas.train.schedules.step_schedule`), or by ``restarts``: cosine
+    annealing to ``learning_rate_min`` restarted after ``restart_epochs``, each period ``restart_mult``
+    times the last (Loshchilov and Hutter's SGDR; ENAS's ``lr_T_0`` 10 and ``lr_T_mul`` 2).
+    ``grad_clip``: the weights' gradient-norm clip; 0 (none) for a sampling search's supernet only.
     """
 
     epochs: int = 50
@@ -83,15 +86,19 @@ class TrainConfig:
     stop_at_skip_connects: int = 0
     nesterov: bool = False
     warmup_epochs: int = 0
-    schedule: Literal["cosine", "step"] = "cosine"
+    schedule: Literal["cosine", "step", "restarts"] = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
+    restart_epochs: int = 10
+    restart_mult: int = 2
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
         check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
         check(self.learning_rate > 0, "train.learning_rate", "must be positive")
-        check(self.grad_clip > 0, "train.grad_clip", "must be positive")
+        check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: none)")
+        check(self.restart_epochs >= 1, "train.restart_epochs", "must be at least 1")
+        check(self.restart_mult >= 1, "train.restart_mult", "must be at least 1")
         check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
         check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "must be in [0, train.epochs]")
         check(
@@ -102,7 +109,7 @@ class TrainConfig:
         )
         check(self.gamma > 0, "train.gamma", "must be positive")
         check(self.schedule == "cosine" or not self.warmup_epochs, "train.warmup_epochs",
-              "is the cosine schedule's warm-up; train.schedule step has none")
+              "is the cosine schedule's warm-up; train.schedule step and restarts have none")
 
 
 @dataclass(frozen=True)
@@ -1549,6 +1556,8 @@ TRAITS: dict[str, str] = {
     "two_input_cells": "every decision is a two-input node's, in cells of one size (progressive grows them)",
     "one_shot": "its supernet trains one sampled path at a time (set_path; evaluator supernet)",
     "drop_paths": "its supernet sums every op of an edge and can drop paths (evaluator.path_dropout)",
+    "path_only": "its supernet has no architecture weights: it only trains and scores the paths a "
+                 "sampling strategy gives it (evaluator supernet), no gradient strategy searches it",
     "layer_shapes": "its supernet is layer-wise, one mixed block a layer (strategies fbnet, prunet)",
     "latency_tables": "latency-table keys of every layer's candidates (strategy ran_e)",
     "latency_keys": "latency-table keys of a network (epnas's max_latency_ms)",
@@ -1705,6 +1714,17 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         "evaluator is None or strategy_is['kind'] == 'sampling'",
         "config section 'evaluator' is for sampling strategies; {strategy!r} is a gradient strategy "
         "that trains its own supernet: remove the section",
+    ),
+    Check(
+        "strategy_is['kind'] != 'gradient' or not space_is['path_only']",
+        "space {space!r}'s supernet has no architecture weights for gradient strategy {strategy!r} to "
+        "learn: it trains the paths a sampling strategy samples (enas, random_ws, spos, ... with "
+        "evaluator supernet)",
+    ),
+    Check(
+        "strategy_is['kind'] == 'sampling' or train['grad_clip'] > 0",
+        "config key 'train.grad_clip' 0 (no clipping) is for the supernet of a sampling search; "
+        "gradient strategy {strategy!r} clips its weights' gradient: set it above 0",
     ),
     Check(
         "not strategy_is['needs_supernet'] or evaluator == 'supernet'",

@@ -270,6 +270,15 @@ def test_supernet_forward_backward_and_derivation(name: str) -> None:
             build_supernet(space, TINY)
         return
     supernet = build_supernet(space, TINY)
+    if (SPACES.entry(space_name(name)).traits or {}).get("path_only"):
+        # No architecture weights: a sampled path trains, and gives every weight on it a gradient.
+        assert list(supernet.arch_parameters()) == []
+        supernet.set_path(sample(space, 1))
+        supernet.train()
+        out = supernet(example_input(space))
+        sum(o.logsumexp(1).sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in supernet.weights())
+        return
     arch_params = list(supernet.arch_parameters())
     weights = list(supernet.weights())
     assert arch_params and weights
@@ -369,6 +378,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     ],
     "nexception": [  # timm's legacy_xception; NEXcepTion-T/-S/-TP in test_nexception.py
         ("xception", DatasetInfo("imagenet", 3, 1000, 224), 22_855_952),
+    ],
+    "enas_micro": [  # melodyguan/enas's final arc and network: the code's variables, test_enas_micro.py
+        ("ENAS", DatasetInfo("cifar10", 3, 10, 32), 3_894_372),
     ],
     "ran_e": [  # the official RAN_e/model/ran_e_model.py's ran_e_C-b0, counted in test_ran.py
         ("ran_e_c", DatasetInfo("imagenet", 3, 1000, 224), 4_634_872),

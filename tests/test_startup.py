@@ -402,6 +402,8 @@ JOB_CASES: list[dict[str, Any]] = [
     {"final": {"top": 2}},
     {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
+    {"space": "enas_micro"},  # a gradient strategy on a supernet without architecture weights
+    {"train": {"grad_clip": 0}},  # no clip for a gradient strategy
     {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
     {"data": {"name": "cityscapes", "path": "/tmp"}},  # a label per pixel for a space of classifiers
     # Sizes for a space whose networks take theirs from its config.
@@ -456,7 +458,8 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
     """What the rules between a job's sections read of a built-in space (its registered traits,
     :data:`raynas.config.TRAITS`) is what the space and its supernet's class do: the flat view,
     cell shapes, two-input cells, latency keys, scaling, morphisms, every layer's candidates, and
-    a supernet that samples paths (set_path), drops paths, or is layer-wise."""
+    a supernet that samples paths (set_path), drops paths, is layer-wise, or has no architecture
+    weights (no genotype to derive)."""
     import typing
 
     from raynas.config import trait_values
@@ -486,6 +489,8 @@ def test_the_traits_each_space_declares_are_what_its_code_does() -> None:
             is not None,
             "one_shot": hasattr(supernet, "set_path"),
             "drop_paths": hasattr(supernet, "drop_paths"),
+            # no architecture weights, so no genotype to derive from them
+            "path_only": supernet is not None and not hasattr(supernet, "genotype"),
             "layer_shapes": hasattr(supernet, "layer_shapes"),
             "latency_tables": hasattr(space, "layer_latency_keys"),
             "latency_keys": hasattr(space, "latency_keys"),

@@ -32,7 +32,7 @@ from raynas.supernet import build_supernet
 from raynas.train.accel import pick_device, prepare
 from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
-from raynas.train.schedules import cosine_schedule
+from raynas.train.schedules import search_schedule
 from raynas.types import Architecture, EvalResult
 
 PATH_DROPOUT_SCHEDULES = ("linear", "constant")  # how the path-dropout rate follows the steps
@@ -171,10 +171,7 @@ class SupernetEvaluator:
             lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
             nesterov=train.nesterov,
         )
-        self.schedule = cosine_schedule(
-            self.optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
-            warmup_epochs=train.warmup_epochs,
-        )
+        self.schedule = search_schedule(self.optimizer, train)
         self.epoch = 0
 
     @property
@@ -210,6 +207,8 @@ class SupernetEvaluator:
         metrics = train_epoch(  # data-parallel replicas: one path per global step on every rank
             self.supernet, self.optimizer, self.shard_loader, self.device,
             grad_clip=self.search.train.grad_clip, before_step=before_step, precision=self.precision,
+            # A supernet with an auxiliary head weighs its loss so (ENAS's shared child: 0.4).
+            auxiliary_weight=getattr(self.supernet, "auxiliary_weight", 0.0),
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]

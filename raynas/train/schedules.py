@@ -1,8 +1,10 @@
 """Learning-rate schedules that torch's schedulers do not state the way the papers do.
 
 A search's cosine with a linear warm-up (:func:`cosine_schedule`, PC-DARTS on ImageNet), and its
-step decay at fractions of the epochs (:func:`step_schedule`, relax's XD trainer); ConvNeXt's
-cosine and warm-up stepped every iteration (:func:`stepwise_cosine_lr`).
+step decay at fractions of the epochs (:func:`step_schedule`, relax's XD trainer), its cosine with
+warm restarts (:func:`restart_schedule`, ENAS), the one a job's ``train`` names
+(:func:`search_schedule`); ConvNeXt's cosine and warm-up stepped every iteration
+(:func:`stepwise_cosine_lr`).
 
 DeepLab's "poly" policy (Chen et al., DeepLab, TPAMI 2018, Sec. 4.1; ``tensorflow/models``
 ``research/deeplab/utils/train_utils.py``, ``learning_policy='poly'``), which Auto-DeepLab
@@ -16,6 +18,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+
+from raynas.config import TrainConfig
 
 
 def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
@@ -86,3 +90,42 @@ def step_schedule(
         return gamma ** sum(epoch >= start for start in starts)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restart_schedule(
+    optimizer: torch.optim.Optimizer, *, period: int, mult: int, eta_min: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing with warm restarts, stepped once an epoch (Loshchilov and Hutter, SGDR):
+    epoch ``e`` of a period of ``T`` epochs that began at epoch ``s`` has
+    ``eta_min + (base - eta_min) (1 + cos(pi (e - s) / T)) / 2``; the first period is ``period``
+    epochs, each next one ``mult`` times longer. ENAS's ``get_train_ops`` (``src/utils.py``,
+    ``lr_cosine``) computes the rate so from the epoch, with ``lr_T_0`` and ``lr_T_mul``."""
+
+    def scale(base: float) -> Callable[[int], float]:
+        def factor(epoch: int) -> float:
+            start, length = 0, period
+            while epoch - start >= length:
+                start, length = start + length, length * mult
+            cosine = eta_min + (base - eta_min) * (1 + math.cos(math.pi * (epoch - start) / length)) / 2
+            return cosine / base
+
+        return factor
+
+    bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [scale(base) for base in bases])
+
+
+def search_schedule(
+    optimizer: torch.optim.Optimizer, train: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The weights' schedule a search's ``train`` section names (``cosine``, ``step`` or
+    ``restarts``), stepped once an epoch."""
+    if train.schedule == "step":
+        return step_schedule(optimizer, epochs=train.epochs, milestones=train.milestones, gamma=train.gamma)
+    if train.schedule == "restarts":
+        return restart_schedule(
+            optimizer, period=train.restart_epochs, mult=train.restart_mult, eta_min=train.learning_rate_min
+        )
+    return cosine_schedule(
+        optimizer, epochs=train.epochs, eta_min=train.learning_rate_min, warmup_epochs=train.warmup_epochs
+    )

@@ -27,7 +27,7 @@ from torch import nn
 from raynas.config import Check, Rule, TrainConfig, check_rules
 from raynas.errors import ConfigError
 from raynas.train.distributed import average_gradients_
-from raynas.train.schedules import cosine_schedule, step_schedule
+from raynas.train.schedules import search_schedule
 from raynas.train.segmentation import labelled, mean_cross_entropy
 from raynas.train.step import Batch, StepResult
 
@@ -117,13 +117,7 @@ class GradientStrategy:
             weight_decay=train.weight_decay,
             nesterov=train.nesterov,
         )
-        self.scheduler = (
-            step_schedule(self.w_optimizer, epochs=train.epochs, milestones=train.milestones,
-                          gamma=train.gamma)
-            if train.schedule == "step"
-            else cosine_schedule(self.w_optimizer, epochs=train.epochs, eta_min=train.learning_rate_min,
-                                 warmup_epochs=train.warmup_epochs)
-        )
+        self.scheduler = search_schedule(self.w_optimizer, train)
         self.arch_params: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
         self.a_optimizer = torch.optim.Adam(
             self.arch_params,

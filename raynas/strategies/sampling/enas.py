@@ -60,6 +60,7 @@ from torch import nn
 
 from raynas.config import Check, Rule, check_rules
 from raynas.errors import ConfigError
+from raynas.ops.enas import ENAS_OPS
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import (
     CellShapeLimits,
@@ -69,6 +70,10 @@ from raynas.strategies.sampling.base import (
 )
 from raynas.strategies.sampling.policy import choose
 from raynas.types import Architecture, Decision, EvalResult, compare_at_equal_budget
+
+# micro_controller.py's op-logit biases over ENAS's operations: b_soft's start, b_soft_no_learn.
+ENAS_OP_BIAS = (10.0, 10.0, 0.0, 0.0, 0.0)
+ENAS_OP_NO_LEARN = (0.25, 0.25, -0.25, -0.25, -0.25)
 
 # ptb_enas_controller.py caps the validation loss at 10 before its reward 80 / exp(loss).
 PPL_LOSS_CAP = 10.0
@@ -169,13 +174,16 @@ class Step:
 def _inputs_of(decision: Decision) -> tuple[bool, int] | None:
     """``(pair, n)`` when ``decision`` picks inputs among ``n`` earlier states: two distinct ones
     (options ``"0+1"``, ``"0+2"``, ... of a ``*.inputs`` decision) or one (options ``"0"``..``"n-1"``
-    of a ``*.input`` decision); None for any other decision."""
+    of a ``*.input`` decision, or ``*.input_a``, ``*.input_b`` of a node taking two, the same one
+    twice allowed: ENAS's own space); None for any other decision."""
     options = decision.options
     if decision.name.endswith(".inputs") and options and "+" in options[-1]:
         n = int(options[-1].split("+")[1]) + 1 if options[-1].split("+")[1].isdigit() else 0
         if n >= 2 and options == tuple(f"{a}+{b}" for a in range(n) for b in range(a + 1, n)):
             return True, n
-    if decision.name.endswith(".input") and options == tuple(str(j) for j in range(len(options))):
+    if decision.name.endswith((".input", ".input_a", ".input_b")) and options == tuple(
+        str(j) for j in range(len(options))
+    ):
         return False, len(options)
     return None
 
@@ -248,11 +256,14 @@ class Controller(nn.Module):
         tanh_constant: ``c`` in ``c * tanh(logits / temperature)`` (0: no squashing).
         temperature: Divides the logits (0 or 1: none).
         op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce``.
+        first_cell: The decisions of the first cell sampled (ENAS's normal cell), whose op
+            logits on ENAS's own operations get ``b_soft_no_learn``.
     """
 
     def __init__(
         self, plan: tuple[Step, ...], options: dict[int, tuple[str, ...]], *, hidden: int,
         tanh_constant: float, temperature: float, op_tanh_reduce: float = 1.0, layers: int = 1,
+        first_cell: frozenset[int] = frozenset(),
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -278,6 +289,18 @@ class Controller(nn.Module):
             self.attn_v = nn.Linear(hidden, 1, bias=False)
         for p in self.parameters():  # the paper initialises uniformly in [-0.1, 0.1]
             nn.init.uniform_(p, -0.1, 0.1)
+        # On ENAS's own operations (raynas.ops.enas: the code's op_id order) the op head is
+        # micro_controller.py's: its bias b_soft starts at 10 on both separable convolutions, and
+        # the first cell's op logits (its use_bias sampler: the normal cell) get b_soft_no_learn
+        # added after the squashing.
+        self.no_learn: dict[int, torch.Tensor] = {}
+        for k, names in enumerate(kinds):
+            if names == ENAS_OPS:
+                with torch.no_grad():
+                    self.heads[k].bias.copy_(torch.tensor(ENAS_OP_BIAS))
+        for step in plan:
+            if step.kind == "op" and step.decision in first_cell and options[step.decision] == ENAS_OPS:
+                self.no_learn[step.decision] = torch.tensor(ENAS_OP_NO_LEARN)
 
     @property
     def actions(self) -> int:
@@ -344,7 +367,10 @@ class Controller(nn.Module):
             else:
                 head = self.kind_of[step.decision]
                 u = self.heads[head](h)  # (B, options)
-                log_p = torch.log_softmax(self.squash(u, self.tanh_constant / self.op_tanh_reduce), dim=-1)
+                u = self.squash(u, self.tanh_constant / self.op_tanh_reduce)
+                if step.decision in self.no_learn:
+                    u = u + self.no_learn[step.decision]
+                log_p = torch.log_softmax(u, dim=-1)
             t = len(chosen)
             a, log_p_a = choose(log_p, actions, t, generator)  # (B,) each
             chosen.append(a)
@@ -381,6 +407,7 @@ class Enas(SamplingStrategy):
                 self.plan, options, hidden=config.lstm_size, tanh_constant=config.tanh_constant,
                 temperature=config.temperature, op_tanh_reduce=config.op_tanh_reduce,
                 layers=config.lstm_layers,
+                first_cell=frozenset(i for i, d in enumerate(self.decisions) if d.name.startswith("normal.")),
             )
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(seed)
