@@ -370,6 +370,47 @@ def test_an_evolution_search_on_the_table_answers_the_best_cell_it_evaluated(
     assert result.metrics["valid_acc"] == pytest.approx(rows["metric.valid_acc"].max())
 
 
+def recorded_seconds(index: int, dataset: str = "cifar10-valid", epochs: int = 12) -> float:
+    """The fixture's cost of a cell as R_EA.py reads it (train-all-time + valid-per-time): every
+    epoch's training time (10 + index % 7 s) plus one epoch's x-valid evaluation (1 + seed % 3 s,
+    the same every epoch), the mean over the cell's trials."""
+    seeds = NB201_SEEDS[dataset]
+    return sum(epochs * (10.0 + index % 7) + (1.0 + s % 3) for s in seeds) / len(seeds)
+
+
+@pytest.mark.parametrize("budget", [1.0, 2000.0])
+def test_rea_spends_the_benchmarks_recorded_training_time_as_r_ea_py_does(
+    budget: float, tmp_path: Path, whole_table: Path
+) -> None:
+    """R_EA.py's regularized_evolution with a time budget: each candidate costs its recorded
+    training and validation time (bench_seconds); the first population is evaluated whole, even
+    past the budget; then the first child whose cost would pass it ends the search, and is not
+    kept: the answer is chosen among the others."""
+    from raynas.strategies.sampling.evolution import EvolutionConfig
+
+    scorer = evaluator(tmp_path, whole_table, epochs=12)
+    index = {cell: i for i, cell in enumerate(every_nb201_cell())}
+    config = EvolutionConfig(population_size=4, sample_size=2, evaluations=1000, time_budget=budget)
+    strategy = STRATEGIES.create("evolution", config, space=SPACE, seed=0)
+    told = []
+    while not strategy.done:
+        arch = strategy.ask()
+        assert arch is not None
+        told.append(scorer.evaluate(arch, trial_id=str(len(told))))
+        strategy.tell(told[-1])
+    costs = [recorded_seconds(index[str(r.architecture)]) for r in told]
+    assert [r.metrics["bench_seconds"] for r in told] == pytest.approx(costs)
+    kept = len(strategy.history)
+    assert strategy.history == told[:kept] and len(told) == kept + 1  # the last child left out
+    assert strategy.spent == pytest.approx(sum(costs[:kept]))
+    assert sum(costs) > budget
+    if budget == 1.0:
+        assert kept == 4  # the first population, whole
+    else:
+        assert sum(costs[:kept]) <= budget and kept > 4
+    assert strategy.best() in strategy.history and strategy.ask() is None
+
+
 def test_raynas_search_with_a_missing_table_exits_2_in_one_line(tmp_path: Path) -> None:
     job = table_job(tmp_path, tmp_path / "NAS-Bench-201-v1_0-e61699.pth")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))

@@ -403,6 +403,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"data": {"name": "digits", "train_portion": 1.0}},
     {"strategy": {"name": "random", "cell_shape": {"min_depth": 5, "min_width": 3}}, "evaluator": "scratch"},
     {"space": "enas_micro"},  # a gradient strategy on a supernet without architecture weights
+    {"strategy": {"name": "evolution", "time_budget": 100}, "evaluator": "scratch"},  # no recorded time
     {"train": {"grad_clip": 0}},  # no clip for a gradient strategy
     {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
     {"data": {"name": "cityscapes", "path": "/tmp"}},  # a label per pixel for a space of classifiers

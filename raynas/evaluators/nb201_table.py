@@ -112,6 +112,7 @@ class TableEntry:
     accuracy: dict[str, float]  # by set
     params: float  # the benchmark's network's parameters, millions
     flops: float  # its multiply-adds, millions
+    seconds: float | None = None  # its recorded training and validation time (see _row)
 
 
 # -- reading the release -------------------------------------------------------------------------
@@ -188,6 +189,9 @@ def _row(index: int, cell: str, epochs: int, record: dict[str, Any], dataset: st
         "params": _mean([float(t["params"]) for t in trials]),
         "flops": _mean([float(t["flop"]) for t in trials]),
     }
+    seconds = [_seconds(t) for t in trials]
+    if all(v is not None for v in seconds):
+        row["seconds"] = _mean(seconds)  # type: ignore[arg-type]
     for name in SETS[dataset]:
         if name == "train":
             values = [t["train_acc1es"].get(t["epochs"] - 1) for t in trials]
@@ -196,6 +200,22 @@ def _row(index: int, cell: str, epochs: int, record: dict[str, Any], dataset: st
         if all(v is not None for v in values):
             row[f"acc:{name}"] = _mean([float(v) for v in values]) / 100
     return row
+
+
+def _seconds(trial: dict[str, Any]) -> float | None:
+    """What one trial's training cost as the benchmark's REA simulates it (``R_EA.py``'s
+    ``train_and_eval``: ``train-all-time + valid-per-time`` of ``get_more_info``): every epoch's
+    recorded training time, plus the validation set's evaluation time averaged over the epochs
+    (``x-valid``; ``ori-test`` where the dataset has no validation set, as CIFAR-10's full
+    training set). None where the record lacks an epoch's time."""
+    epochs = range(trial["epochs"])
+    train, evals = trial.get("train_times") or {}, trial.get("eval_times") or {}
+    name = "x-valid" if f"x-valid@{trial['epochs'] - 1}" in evals else "ori-test"
+    try:
+        validating = sum(float(evals[f"{name}@{e}"]) for e in epochs) / len(epochs)
+        return sum(float(train[e]) for e in epochs) + validating
+    except (KeyError, TypeError):
+        return None
 
 
 def _extract(file: Path) -> list[dict[str, Any]]:
@@ -221,14 +241,20 @@ def extract_path(file: Path) -> Path:
     return file.with_name(file.name + ".raynas.parquet")
 
 
+# The extract's rows as _row writes them: an extract of another layout is made again.
+EXTRACT_LAYOUT = 2
+
+
 def _stamp(file: Path) -> str:
     """The release's size and modification time (a folder's: its meta file's, its own and how many
-    files it holds), which its extract is kept for."""
+    files it holds), and the layout of the rows, which its extract is kept for."""
     info = file.stat()
     if file.is_dir():
         meta = (file / f"meta{NATS_SUFFIX}").stat()
-        return f"{meta.st_size}:{meta.st_mtime_ns}:{info.st_mtime_ns}:{sum(1 for _ in file.iterdir())}"
-    return f"{info.st_size}:{info.st_mtime_ns}"
+        stat = f"{meta.st_size}:{meta.st_mtime_ns}:{info.st_mtime_ns}:{sum(1 for _ in file.iterdir())}"
+    else:
+        stat = f"{info.st_size}:{info.st_mtime_ns}"
+    return f"{stat}:v{EXTRACT_LAYOUT}"
 
 
 def _cached_rows(file: Path) -> list[dict[str, Any]]:
@@ -332,7 +358,7 @@ def read_table(
         ) from None
     table = {
         row["cell"]: TableEntry(
-            index=row["index"], params=row["params"], flops=row["flops"],
+            index=row["index"], params=row["params"], flops=row["flops"], seconds=row.get("seconds"),
             accuracy={
                 name: row[f"acc:{name}"] for name in SETS[dataset] if row.get(f"acc:{name}") is not None
             },
@@ -358,11 +384,13 @@ def entry_of(table: dict[str, TableEntry], arch: Architecture, *, path: str, dat
 
 def bench_metrics(entry: TableEntry) -> dict[str, float]:
     """The benchmark's accuracy of a cell on each set of its dataset (``bench_<set>_acc``, the
-    set's dashes as underscores: ``bench_x_valid_acc``) and the cell's index in the benchmark
-    (``bench_index``), as a candidate records them."""
+    set's dashes as underscores: ``bench_x_valid_acc``), the cell's index in the benchmark
+    (``bench_index``) and, where recorded, what training and validating it took
+    (``bench_seconds``: :func:`_seconds`, the mean over its trials), as a candidate records them."""
     return {
         **{f"bench_{name.replace('-', '_')}_acc": acc for name, acc in entry.accuracy.items()},
         "bench_index": float(entry.index),
+        **({"bench_seconds": entry.seconds} if entry.seconds is not None else {}),
     }
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from raynas.config import Check, Rule, check_rules
+from raynas.errors import ConfigError
 from raynas.strategies.registry import STRATEGIES
 from raynas.strategies.sampling.base import CellShapeLimits, SamplingStrategy
 from raynas.types import Architecture, EvalResult, best_at_equal_budget
@@ -40,12 +41,27 @@ class EvolutionConfig:
         evaluations: Candidates evaluated in all, the random population included.
         cell_shape: Bounds on the width and depth of the candidates' cells
             (:class:`CellShapeLimits`): random members and mutants outside them are drawn again.
+        time_budget: Seconds of simulated search (0: none), as NAS-Bench-201's REA spends them
+            (``R_EA.py``'s ``--time_budget``, 12,000 in ``R-EA.sh``): each candidate costs the
+            training and validation time its benchmark recorded (``bench_seconds``, which
+            evaluator ``nb201_table`` reads); the first population is evaluated whole, then the
+            first child whose cost would pass the budget ends the search and is left out of its
+            results, as the code returns before keeping it.
     """
 
     population_size: Annotated[int, Rule(ge=1)] = 20
     sample_size: Annotated[int, Rule(ge=1)] = 5
     evaluations: int = 100
     cell_shape: CellShapeLimits | None = None
+    time_budget: Annotated[float, Rule(ge=0, says="must be >= 0 (0: none)")] = 0.0
+
+    job_checks: ClassVar[tuple[Check, ...]] = (
+        Check(
+            "time_budget == 0 or evaluator == 'nb201_table'",
+            "strategy.time_budget spends the training time a benchmark recorded for each candidate "
+            "(evaluator nb201_table); evaluator {evaluator!r} records none: remove it",
+        ),
+    )
 
     checks: ClassVar[tuple[Check, ...]] = (
         Check(
@@ -80,6 +96,8 @@ class RegularizedEvolution(SamplingStrategy):
         super().__init__(space=space, seed=seed)
         self.config = config
         self.constrain_cells(config.cell_shape)
+        self.spent = 0.0  # simulated seconds of the results kept (time_budget)
+        self.over_budget = False
 
     @property
     def population(self) -> list[EvalResult]:
@@ -87,7 +105,7 @@ class RegularizedEvolution(SamplingStrategy):
         return self.history[-self.config.population_size :]
 
     def propose(self) -> Architecture | None:
-        if self.asked >= self.config.evaluations:
+        if self.asked >= self.config.evaluations or self.over_budget:
             return None
         if self.asked < self.config.population_size:
             return self.random_architecture()
@@ -99,9 +117,38 @@ class RegularizedEvolution(SamplingStrategy):
         assert parent is not None
         return self.mutate(parent.architecture)
 
+    def tell(self, result: EvalResult) -> None:
+        """Learn from one evaluation; with a ``time_budget``, add its recorded cost, or end the
+        search where a child's cost would pass the budget (that child is left out)."""
+        super().tell(result)
+        budget = self.config.time_budget
+        if not budget:
+            return
+        cost = result.metrics.get("bench_seconds")
+        if cost is None:
+            self.history.pop()
+            raise ConfigError(
+                f"strategy.time_budget: the result of {result.architecture} has no recorded training "
+                "time (bench_seconds); its benchmark's file records none for this schedule"
+            )
+        child = len(self.history) > self.config.population_size
+        if self.over_budget or (child and self.spent + cost > budget):
+            self.history.pop()  # R_EA.py returns before keeping the child
+            self.over_budget = True
+            return
+        self.spent += cost
+
     @property
     def done(self) -> bool:
-        return len(self.history) >= self.config.evaluations
+        return self.over_budget or len(self.history) >= self.config.evaluations
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "spent": self.spent, "over_budget": self.over_budget}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.spent = float(state.get("spent", 0.0))
+        self.over_budget = bool(state.get("over_budget", False))
 
 
 # Children per generation: mutation_num and crossover_num, -1 meaning half the population each.
