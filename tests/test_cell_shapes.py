@@ -77,6 +77,22 @@ def test_auto_deeplab_and_stacked_bnas_cells_have_the_shapes_counted_by_hand() -
     assert cell_shapes(bnas, bnas.parse("DARTS_V2")) == {"normal": (3.5, 3.0), "reduce": (2.5, 3.0)}
 
 
+def test_enas_cells_have_the_shapes_counted_by_hand() -> None:
+    # ENAS's final arc (cifar10_micro_final.sh). Normal cell: every node takes the cell's inputs
+    # only (node 2 both branches on state 0, ..., node 6 on states 0 and 1): 5 wide, the output
+    # after 2 connections. Reduction cell: node 4 takes state 1 and node 3 (0.5), the other four
+    # nodes the inputs only: 4.5 wide; input -> node 3 -> node 4 -> output: 3 connections. A node
+    # taking one state twice counts it twice, and an unused input is part of the output.
+    enas = SPACES.create("enas_micro")
+    assert enas.cell_shape(enas.parse("ENAS")) == {
+        "normal_width": 5.0, "normal_depth": 2, "reduce_width": 4.5, "reduce_depth": 3}
+    small = SPACES.create("enas_micro", SPACES.entry("enas_micro").config(nodes=2))
+    chain = small.parse("1 4 1 4 2 0 2 1 " * 2)  # node 2 twice on state 1, node 3 twice on node 2
+    assert chain.normal_concat == (0, 3)  # state 0, unused, is 1 connection from the output
+    assert small.cell_shape(chain) == {
+        "normal_width": 1.0, "normal_depth": 3, "reduce_width": 1.0, "reduce_depth": 3}
+
+
 def test_random_cells_are_narrower_and_deeper_than_darts_found() -> None:
     """Shu et al.'s finding, on this space's own random cells: DARTS_V2's normal cell is wider
     and shallower than random cells of its space on average."""
@@ -158,6 +174,7 @@ def test_report_compares_the_best_cells_with_random_cells(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("space", "settings"), [
     ("stacked_bnas", {"channels": 4, "nodes": 2}), ("auto_deeplab", {"channels": 4, "layers": 2}),
+    ("enas_micro", {"channels": 4, "layers": 1, "nodes": 2}),
 ])
 def test_a_candidates_record_holds_its_cells_shape(space: str, settings: dict, tmp_path: Path) -> None:
     """What a sampling search records of each candidate (its child run's metrics, its Parquet

@@ -546,7 +546,8 @@ def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
     """``(depth, width)`` of every normal cell of ``space``, measured with the space's own
     ``cell_shape`` on every choice of its nodes' inputs (NAS-Bench-201: on each of its 15,625
     cells, of one kind; the recurrent cell: on each of its 8! choices of predecessors; Auto-DeepLab:
-    on each choice of its cell's blocks' inputs)."""
+    on each choice of its cell's blocks' inputs; ENAS's: on each pair of inputs of every node, the
+    same one twice included, 56,700 with 5 nodes)."""
     import itertools
     import random
 
@@ -554,6 +555,18 @@ def normal_cell_shapes(space: Any) -> set[tuple[int, float]]:
     if hasattr(space, "enumerate"):
         return {(s[f"{cell}_depth"], s[f"{cell}_width"]) for s in map(space.cell_shape, space.enumerate())}
     decisions = space.decisions()
+    pairs = [i for i, d in enumerate(decisions)
+             if d.name.startswith(f"{cell}.") and d.name.endswith(".input_a")]
+    if pairs:  # ENAS's nodes take two inputs each, the same one twice allowed: each unordered pair
+        seen = set()
+        op = decisions[pairs[0] + 2].options[0]  # (the shape reads no op)
+        for choice in itertools.product(*(
+            itertools.combinations_with_replacement(range(len(decisions[i].options)), 2) for i in pairs
+        )):
+            edges = tuple((op, j) for pair in choice for j in pair)
+            shape = space.cell_shape(space.architecture_type(edges, edges))
+            seen.add((shape[f"{cell}_depth"], shape[f"{cell}_width"]))
+        return seen
     inputs = [i for i, d in enumerate(decisions)  # DARTS: the normal cell's inputs; Auto-DeepLab: its cell's
               if (d.name.startswith(f"{cell}.") and d.name.endswith(".inputs"))
               or (cell == "recurrent" and d.name.endswith(".input"))]

@@ -33,6 +33,7 @@ from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN, SepConv
 from raynas.ops.enas import ENAS_OPS, AuxiliaryHead, FactorizedReduction
 from raynas.spaces.base import OptionsSpace, expect_arch, load_record
+from raynas.spaces.darts_genotype import cell_shape
 from raynas.spaces.darts_nets import drop_path
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
@@ -195,7 +196,16 @@ EVAL_DEFAULTS = (36, 15)
 
 
 @SPACES.register(
-    "enas_micro", config=EnasMicroSpaceConfig, traits={"choices": True, "one_shot": True, "path_only": True}
+    "enas_micro", config=EnasMicroSpaceConfig,
+    traits={
+        "choices": True, "one_shot": True, "path_only": True, "cell_shape": True,
+        # Depth 2 only when every node takes the cell's inputs (width: nodes); each step of depth
+        # past 2 costs at least half a node of width; a node taking one state twice lets the
+        # least width be 1 (node 2 on one input, the rest on nodes). tests/test_startup.py counts them.
+        "cell_shapes": {
+            "expr": "[[2, nodes, nodes]] + [[d, 1, nodes - (d - 2) / 2] for d in range(3, nodes + 2)]"
+        },
+    },
 )
 class EnasMicroSpace(OptionsSpace[EnasMicroCells]):
     """ENAS's cell space.
@@ -299,6 +309,17 @@ class EnasMicroSpace(OptionsSpace[EnasMicroCells]):
     def op_names(self) -> tuple[str, ...]:
         """The five candidates, in the code's ``op_id`` order."""
         return ENAS_OPS
+
+    def cell_shape(self, arch: Architecture) -> dict[str, float]:
+        """The width (in units of a node's channels) and depth of the normal and the reduction
+        cell as Shu et al. measure them (:func:`~raynas.spaces.darts_genotype.cell_shape`, the
+        output being the unused states): ``normal_width``, ``normal_depth``, ``reduce_width``,
+        ``reduce_depth``."""
+        arch = expect_arch(arch, EnasMicroCells, "measures")
+        normal = cell_shape(arch.normal, arch.normal_concat)
+        reduce = cell_shape(arch.reduce, arch.reduce_concat)
+        return {"normal_width": normal[0], "normal_depth": normal[1],
+                "reduce_width": reduce[0], "reduce_depth": reduce[1]}
 
     def draw(self, arch: Architecture) -> Figure:
         """The normal and the reduction cell, their unused states concatenated into the output."""
