@@ -6,7 +6,9 @@ environment answers in a second, as bad input does, rather than after 10-15 s of
   connection is left to MLflow);
 - the output folders (``tracking.output_dir``, ``tracking.results``, ``tracking.artifact_location``)
   can be created, or their S3 bucket reached (:func:`raynas.storage.check_reachable`);
-- a local ``data.path`` is a folder (the dataset's loader checks what it holds, after torch).
+- a local ``data.path`` is a folder (the dataset's loader checks what it holds, after torch);
+- a local NAS-Bench-201 release named by the evaluator (``nb201_table``'s ``path``,
+  ``training_free``'s ``benchmark``) is there (its reader checks what it holds, after torch).
 
 Each problem is one :class:`~raynas.errors.ConfigError` or :class:`~raynas.errors.StorageError`
 line naming what is wrong and what to do. The search checks the same things again as it opens
@@ -53,6 +55,7 @@ def check_environment(raw: Mapping[str, Any]) -> None:
         if where:
             storage.check_reachable(where)
     check_data_folder(_strings(raw.get("data")))
+    check_table_release(_strings(raw.get("evaluator")))
 
 
 def _strings(section: Any) -> dict[str, str]:
@@ -178,6 +181,35 @@ def _check_sqlite(uri: str) -> None:
             f"MLflow store {database} is not an SQLite database ({exc}); name another file "
             "(MLflow creates it), or move this one away"
         ) from None
+
+
+# NAS-Bench-201's releases, which evaluator nb201_table scores by and training_free reads beside
+# its scores (raynas.evaluators.nb201_table), and the setting that names one in each.
+TABLE_RELEASES = (
+    "the benchmark's NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth, or "
+    "NATS-Bench's NATS-tss-v1_0-3ffb9.pickle.pbz2 or NATS-tss-v1_0-3ffb9-simple folder"
+)
+TABLE_SETTINGS = {"nb201_table": "path", "training_free": "benchmark"}
+
+
+def release_found(path: str) -> bool:
+    """Whether the local ``path`` (``~`` expanded) holds a release: a file, or NATS-Bench's folder
+    with its meta file."""
+    file = Path(path).expanduser()
+    return file.is_file() or (file / "meta.pickle.pbz2").is_file()
+
+
+def check_table_release(evaluator: Mapping[str, Any]) -> None:
+    """A local NAS-Bench-201 release the evaluator names is there (an ``s3://`` one is mirrored,
+    and checked then).
+
+    Raises:
+        ConfigError: It is not.
+    """
+    key = TABLE_SETTINGS.get(evaluator.get("name", ""))
+    path = evaluator.get(key) if key else None
+    if isinstance(path, str) and path.strip() and not storage.is_s3(path) and not release_found(path):
+        raise ConfigError(f"NAS-Bench-201 file {path} not found (evaluator.{key}: {TABLE_RELEASES})")
 
 
 def check_data_folder(data: Mapping[str, Any]) -> None:

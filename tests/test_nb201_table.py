@@ -412,6 +412,10 @@ def test_rea_spends_the_benchmarks_recorded_training_time_as_r_ea_py_does(
 
 
 def test_raynas_search_with_a_missing_table_exits_2_in_one_line(tmp_path: Path) -> None:
+    """A release that is not there (the table a search scores by, or the benchmark a NASWOT search
+    reads) is one line, exit 2, answered before torch, Ray or MLflow is imported."""
+    from tests.conftest import answers_without_heavy_imports
+
     job = table_job(tmp_path, tmp_path / "NAS-Bench-201-v1_0-e61699.pth")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     done = subprocess.run([str(BIN / "raynas"), "search", str(tmp_path / "job.yaml")],
@@ -419,6 +423,16 @@ def test_raynas_search_with_a_missing_table_exits_2_in_one_line(tmp_path: Path) 
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "NAS-Bench-201-v1_0-e61699.pth not found" in lines[0], done.stderr
+    naswot = {**job, "data": {"name": "digits"}, "evaluator": {
+        "name": "training_free", "benchmark": str(tmp_path / "NATS-tss-v1_0-3ffb9-simple")}}
+    (tmp_path / "naswot.yaml").write_text(yaml.safe_dump(naswot))
+    answers = answers_without_heavy_imports([["search", str(tmp_path / "job.yaml")],
+                                             ["search", str(tmp_path / "naswot.yaml")]])
+    for (status, err), key, name in zip(answers, ("path", "benchmark"), (
+        "NAS-Bench-201-v1_0-e61699.pth", "NATS-tss-v1_0-3ffb9-simple"
+    ), strict=True):
+        assert status == 2 and err.count("\n") == 1, err
+        assert f"{name} not found (evaluator.{key}: the benchmark's NAS-Bench-201-v1_0-e61699.pth" in err
 
 
 def test_a_naswot_search_records_each_candidates_benchmark_accuracy(

@@ -37,6 +37,7 @@ from typing import Annotated, Any, ClassVar
 from raynas.config import Check, Rule, SearchConfig, check_rules
 from raynas.data.mirror import locked, mirror, mirror_file
 from raynas.data.pickled import PlainUnpickler, UnsafePickleError
+from raynas.environment import TABLE_RELEASES, release_found
 from raynas.errors import DataError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.types import Architecture, EvalResult
@@ -310,8 +311,6 @@ def _keep_rows(file: Path, cache: Path, rows: list[dict[str, Any]]) -> None:
             partial.unlink(missing_ok=True)
 
 
-RELEASES = ("the benchmark's NAS-Bench-201-v1_0-e61699.pth or NAS-Bench-201-v1_1-096897.pth, or "
-            "NATS-Bench's NATS-tss-v1_0-3ffb9.pickle.pbz2 or NATS-tss-v1_0-3ffb9-simple folder")
 
 
 def _local_release(path: str, setting: str) -> Path:
@@ -325,7 +324,7 @@ def _local_release(path: str, setting: str) -> Path:
         try:
             return mirror(path)
         except DataError:
-            raise DataError(f"{setting} {path!r}: no such object or folder ({RELEASES})") from None
+            raise DataError(f"{setting} {path!r}: no such object or folder ({TABLE_RELEASES})") from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -340,8 +339,8 @@ def read_table(
         DataError: The file is missing or not a NAS-Bench-201 release.
     """
     file = _local_release(path, setting)
-    if not (file.is_file() or (file / f"meta{NATS_SUFFIX}").is_file()):
-        raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: {RELEASES})")
+    if not release_found(str(file)):
+        raise DataError(f"NAS-Bench-201 file {path} not found ({setting}: {TABLE_RELEASES})")
     try:
         rows = _cached_rows(file)
     except UnsafePickleError as exc:
@@ -354,7 +353,7 @@ def read_table(
         said = (str(exc).strip().splitlines() or [""])[0][:160]  # one line, whatever was found
         raise DataError(
             f"{path} is not a NAS-Bench-201 release readable here ({type(exc).__name__}: {said}); "
-            f"expected {RELEASES}"
+            f"expected {TABLE_RELEASES}"
         ) from None
     table = {
         row["cell"]: TableEntry(
