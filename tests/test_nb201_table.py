@@ -411,6 +411,36 @@ def test_rea_spends_the_benchmarks_recorded_training_time_as_r_ea_py_does(
     assert strategy.best() in strategy.history and strategy.ask() is None
 
 
+def test_rea_with_a_time_budget_resumed_midway_spends_and_stops_as_one_run(
+    tmp_path: Path, whole_table: Path
+) -> None:
+    """The budget spent and whether it ran out are part of the strategy's state: a search saved
+    after any result and continued asks and keeps what one uninterrupted run does."""
+    from raynas.strategies.sampling.evolution import EvolutionConfig
+
+    scorer = evaluator(tmp_path, whole_table, epochs=12)
+    config = EvolutionConfig(population_size=4, sample_size=2, evaluations=1000, time_budget=1500.0)
+
+    def run(strategy: Any, stop_after: int | None = None) -> list[Any]:
+        told: list[Any] = []
+        while not strategy.done and (stop_after is None or len(told) < stop_after):
+            arch = strategy.ask()
+            told.append(scorer.evaluate(arch, trial_id=f"{len(strategy.history)}-{len(told)}"))
+            strategy.tell(told[-1])
+        return told
+
+    whole = STRATEGIES.create("evolution", config, space=SPACE, seed=3)
+    run(whole)
+    for stop in (3, len(whole.history), len(whole.history) + 1):  # in the population, at the end, past it
+        first = STRATEGIES.create("evolution", config, space=SPACE, seed=3)
+        run(first, stop)
+        second = STRATEGIES.create("evolution", config, space=SPACE, seed=99)
+        second.load_state_dict(first.state_dict())
+        run(second)
+        assert [r.architecture for r in second.history] == [r.architecture for r in whole.history], stop
+        assert second.spent == whole.spent and second.over_budget and second.ask() is None
+
+
 def test_raynas_search_with_a_missing_table_exits_2_in_one_line(tmp_path: Path) -> None:
     """A release that is not there (the table a search scores by, or the benchmark a NASWOT search
     reads) is one line, exit 2, answered before torch, Ray or MLflow is imported."""
