@@ -22,6 +22,29 @@ from raynas.types import Architecture, Decision, check_keys, published_record
 Edge = tuple[str, int]
 
 
+def check_cell_edges(edges: Sequence[Edge], *, cell: str, ops: Sequence[str], what: str) -> None:
+    """Raise an :class:`ArchitectureError` naming the first bad part of a two-input cell's edges:
+    not two per node, an op not in ``ops``, or an input that is not an earlier state.
+
+    Args:
+        edges: The cell's (op, input) edges, two per node.
+        cell: Its name (``normal``, ``reduce``), for the message.
+        ops: The ops allowed.
+        what: What the record is called, for the message (``genotype``).
+    """
+    if not edges or len(edges) % 2:
+        raise ArchitectureError(f"{what} {cell!r} must list two (op, input) edges per node, got {len(edges)}")
+    for i, (op, index) in enumerate(edges):
+        node = i // 2
+        if op not in ops:
+            raise ArchitectureError(f"{what} {cell}[{i}]: unknown op {op!r}; choose one of: {', '.join(ops)}")
+        if not 0 <= index < node + 2:
+            raise ArchitectureError(
+                f"{what} {cell}[{i}]: node {node + 2} cannot take input {index}; "
+                f"allowed inputs are 0..{node + 1}"
+            )
+
+
 def cell_decisions(name: str, node_names: Sequence[str], ops: tuple[str, ...]) -> list[Decision]:
     """The flat view of a cell whose nodes each take two distinct earlier states (inputs 0 and 1
     are the cell's inputs): per node, which two inputs (``"0+1"``, ...), then the op on each."""
@@ -115,22 +138,7 @@ class DartsGenotype(Architecture):
     def __post_init__(self) -> None:
         for cell in ("normal", "reduce"):
             edges: tuple[Edge, ...] = getattr(self, cell)
-            if not edges or len(edges) % 2:
-                raise ArchitectureError(
-                    f"genotype {cell!r} must list two (op, input) edges per node, got {len(edges)}"
-                )
-            for i, (op, index) in enumerate(edges):
-                node = i // 2
-                if op not in OPS:
-                    raise ArchitectureError(
-                        f"genotype {cell}[{i}]: unknown op {op!r}; choose one of: "
-                        f"{', '.join(OPS.names())}"
-                    )
-                if not 0 <= index < node + 2:
-                    raise ArchitectureError(
-                        f"genotype {cell}[{i}]: node {node + 2} cannot take input {index}; "
-                        f"allowed inputs are 0..{node + 1}"
-                    )
+            check_cell_edges(edges, cell=cell, ops=OPS.names(), what="genotype")
             concat: tuple[int, ...] = getattr(self, f"{cell}_concat")
             last = len(edges) // 2 + 1
             if not concat or any(not 0 <= c <= last for c in concat):

@@ -21,7 +21,6 @@ operation but the identity, ReLU, global pooling, dropout and a linear layer wit
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,15 +32,13 @@ from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN, SepConv
 from raynas.ops.enas import ENAS_OPS, AuxiliaryHead, FactorizedReduction
 from raynas.spaces.base import OptionsSpace, expect_arch, load_record
-from raynas.spaces.darts_genotype import cell_shape
+from raynas.spaces.darts_genotype import Edge, cell_shape, check_cell_edges
 from raynas.spaces.darts_nets import drop_path
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
 
 if TYPE_CHECKING:  # matplotlib loads only where a picture is drawn
     from matplotlib.figure import Figure
-
-Edge = tuple[str, int]
 
 
 def unused_states(edges: tuple[Edge, ...]) -> tuple[int, ...]:
@@ -66,21 +63,7 @@ class EnasMicroCells(Architecture):
 
     def __post_init__(self) -> None:
         for cell in ("normal", "reduce"):
-            edges: tuple[Edge, ...] = getattr(self, cell)
-            if not edges or len(edges) % 2:
-                raise ArchitectureError(
-                    f"enas_micro {cell!r} must list two (op, input) edges per node, got {len(edges)}"
-                )
-            for i, (op, index) in enumerate(edges):
-                if op not in ENAS_OPS:
-                    raise ArchitectureError(
-                        f"enas_micro {cell}[{i}]: unknown op {op!r}; choose one of: {', '.join(ENAS_OPS)}"
-                    )
-                if not 0 <= index < i // 2 + 2:
-                    raise ArchitectureError(
-                        f"enas_micro {cell}[{i}]: node {i // 2 + 2} cannot take input {index}; "
-                        f"allowed inputs are 0..{i // 2 + 1}"
-                    )
+            check_cell_edges(getattr(self, cell), cell=cell, ops=ENAS_OPS, what="enas_micro")
         if len(self.normal) != len(self.reduce):
             raise ArchitectureError(
                 f"enas_micro cells differ in size: {len(self.normal) // 2} and {len(self.reduce) // 2} nodes"
@@ -254,10 +237,6 @@ class EnasMicroSpace(OptionsSpace[EnasMicroCells]):
                 edges += [(op_a, int(a)), (op_b, int(b))]
             cells.append(tuple(edges))
         return EnasMicroCells(cells[0], cells[1])
-
-    def sample(self, rng: random.Random) -> EnasMicroCells:
-        """Every input and op uniformly at random (a node may take one state twice)."""
-        return super().sample(rng)
 
     def contains(self, arch: Architecture) -> bool:
         """Whether ``arch`` has this space's number of nodes (its ops and inputs are checked when
