@@ -28,7 +28,14 @@ from torch import nn
 from raynas.ops.darts import SepConv
 from raynas.ops.enas import AuxiliaryHead, FactorizedReduction, batch_statistics_only
 from raynas.spaces.base import expect_arch
-from raynas.spaces.enas_micro import EnasMicroCells, EnasMicroSpace, calibration, reduction_layers
+from raynas.spaces.darts_genotype import Edge
+from raynas.spaces.enas_micro import (
+    EnasMicroCells,
+    EnasMicroSpace,
+    calibration,
+    reduction_layers,
+    unused_states,
+)
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -76,13 +83,12 @@ class SharedLayer(nn.Module):
             return F.max_pool2d(x, 3, stride=1, padding=1)
         return x
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, edges: tuple[tuple[str, int], ...]) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, edges: tuple[Edge, ...]) -> torch.Tensor:
         states = [self.calibrate_x(s0), self.calibrate_y(s1)]  # each (B, C, H, W)
         for k in range(len(edges) // 2):
             (op_x, x), (op_y, y) = edges[2 * k], edges[2 * k + 1]
             states.append(self.branch(states[x], k, 0, x, op_x) + self.branch(states[y], k, 1, y, op_y))
-        taken = {index for _, index in edges}
-        unused = [i for i in range(len(states)) if i not in taken]
+        unused = list(unused_states(edges))
         out = torch.cat([states[i] for i in unused], dim=1)  # (B, C * unused, H, W)
         weight = self.final_conv[unused].permute(1, 0, 2).flatten(1)  # (C, unused * C)
         return self.final_bn(F.conv2d(F.relu(out), weight[:, :, None, None]))  # (B, C, H, W)
