@@ -311,8 +311,6 @@ def _keep_rows(file: Path, cache: Path, rows: list[dict[str, Any]]) -> None:
             partial.unlink(missing_ok=True)
 
 
-
-
 def _local_release(path: str, setting: str) -> Path:
     """The release at ``path`` on this machine: a local path (``~`` expanded), or an ``s3://``
     object or folder brought into the mirror cache."""
