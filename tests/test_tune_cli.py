@@ -227,3 +227,38 @@ def test_a_result_the_driver_cannot_record_stops_the_tune_search_with_its_error(
     with pytest.raises(OSError, match="No space left"):
         run_search(load_job(path), echo=lambda _: None)
     assert results_told(tmp_path) == 0
+
+
+def test_a_tune_search_runs_whatever_its_echo_and_the_processs_sigusr1_handler_hold(
+    tmp_path: Path, ray_head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune pickles its callbacks with its config. The driver's echo was the builtin ``print``,
+    which does not pickle once Ray's driver has put its tqdm-safe print in builtins (it does on
+    the first line a worker logs), and the SIGUSR1 handler kept to put back was Tune's own when a
+    Tune run outside raynas had left it (a closure over a threading.Event): either failed the
+    search before its first trial."""
+    import builtins
+    import threading
+
+    from ray.experimental import tqdm_ray
+
+    from raynas.runs import load_job, run_search
+
+    path = shrunk("evolution_quickstart.yaml", tmp_path, ray_head,
+                  strategy={"population_size": 2, "sample_size": 2, "evaluations": 2},
+                  evaluator={"epochs": 1})
+    interrupted = threading.Event()
+
+    def tunes_own_handler(sig: int, frame: object) -> None:  # as tune.py's signal_interrupt_tune_run
+        interrupted.set()
+
+    before = signal.signal(signal.SIGUSR1, tunes_own_handler)
+    try:
+        monkeypatch.setattr(builtins, "print", tqdm_ray.safe_print)
+        the_builtin_print = tqdm_ray._print  # the builtin, as raynas's default arguments hold it
+        assert the_builtin_print is not builtins.print
+        run_search(load_job(path), echo=the_builtin_print)
+        assert results_told(tmp_path) == 2
+        assert signal.getsignal(signal.SIGUSR1) is tunes_own_handler
+    finally:
+        signal.signal(signal.SIGUSR1, before)

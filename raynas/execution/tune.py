@@ -362,6 +362,12 @@ class SayTrialFailures(tune.Callback):
         self.echo = echo
         self.max_failures = max_failures
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with its config; the line goes where the driver says, and an
+        # echo need not pickle (``print`` does not once Ray's driver has swapped builtins.print
+        # for its tqdm-safe one, as it does on the first line a worker logs).
+        return {**self.__dict__, "echo": None}
+
     def _say(self, trial: Any, then: str) -> None:
         error = _error_line(trial)
         report = f"; Tune's report of it: {trial.error_file}" if trial.error_file else ""
@@ -808,6 +814,11 @@ class _KeepSignals(tune.Callback):
 
     def __init__(self, usr1: Any) -> None:
         self.usr1 = usr1
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The handler is this process's (Tune's own, left by a Tune run outside raynas, closes
+        # over a threading.Event and does not pickle); Tune pickles its callbacks with its config.
+        return {**self.__dict__, "usr1": None}
 
     def setup(self, **info: Any) -> None:
         if self.usr1 is not None and threading.current_thread() is threading.main_thread():
