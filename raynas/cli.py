@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -407,9 +408,11 @@ def _describe(args: argparse.Namespace) -> None:
     arch = space.parse(args.arch)
     info = dataset_info(args.dataset or getattr(space, "reference_dataset", "cifar10"))
     check_inputs(args.space, info.name)
+    options: dict[str, Any] = {"channels": args.channels, "layers": args.layers}
+    if "auxiliary" in inspect.signature(space.build).parameters:  # where the networks have one
+        options["auxiliary"] = info.task == "classification"  # no dense-prediction heads
     try:
-        model = space.build(arch, info, channels=args.channels, layers=args.layers,
-                            auxiliary=info.task == "classification")  # no dense-prediction heads
+        model = space.build(arch, info, **options)
     except (RuntimeError, ValueError, IndexError) as exc:  # sizes the network's code cannot take
         if no_memory(exc):
             raise  # (said as such by main)

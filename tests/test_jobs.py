@@ -34,6 +34,7 @@ SHRINK_SPACE = {
     "auto_deeplab": ["space.channels=2", "space.layers=2", "space.blocks=2"],
     "darts_rnn": ["space.channels=8", "space.nodes=2"],
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
+    "enas_macro": ["space.channels=4", "space.layers=3"],
     "enas_micro": ["space.channels=4", "space.layers=1", "space.nodes=2"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
     "autokeras": ["space.seed_width=4"],

@@ -66,3 +66,64 @@ def batch_statistics_only(module: nn.Module) -> nn.Module:
             m.track_running_stats = False
             m.running_mean = m.running_var = m.num_batches_tracked = None  # type: ignore[assignment]
     return module
+
+
+# ``count`` 0-5 of general_child.py's ``_enas_layer`` (``num_branches`` of them offered: 6 in the
+# search, 4 in the final run), named as the other spaces name them.
+ENAS_MACRO_OPS: tuple[str, ...] = (
+    "conv_3x3", "sep_conv_3x3", "conv_5x5", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3",
+)
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class MacroBranch(nn.Module):
+    """A branch of the shared child's layer (``_conv_branch``, ``_pool_branch`` with the whole
+    channels): a 1x1 convolution, BatchNorm and ReLU, then the op: a convolution or a separable
+    convolution (depthwise, then pointwise, one channel a filter), BatchNorm and ReLU; or a 3x3
+    pooling of stride 1 (padding left out of the average, as TensorFlow's ``SAME`` pooling)."""
+
+    def __init__(self, op: str, channels: int) -> None:
+        super().__init__()
+        self.inp = _conv_bn_relu(channels, channels)
+        self.pool = op.endswith("pool_3x3")
+        self.max = op == "max_pool_3x3"
+        if not self.pool:
+            k = int(op[-1])
+            conv: list[nn.Module] = (
+                [nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False),
+                 nn.Conv2d(channels, channels, 1, bias=False)] if op.startswith("sep_")
+                else [nn.Conv2d(channels, channels, k, padding=k // 2, bias=False)]
+            )
+            self.out = nn.Sequential(*conv, nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        x = self.inp(x)
+        if not self.pool:
+            return self.out(x)
+        if self.max:
+            return F.max_pool2d(x, 3, stride=1, padding=1)
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class MacroFixedOp(nn.Module):
+    """``_fixed_layer``'s op with the whole channels: ReLU, a 1x1 convolution and BatchNorm, then
+    ReLU, a ``k x k`` convolution and BatchNorm. The released code builds a plain convolution for
+    both separable ids (``size = [3, 3, 5, 5]``), and nothing for the pools (``pass``, leaving the
+    layer without an output); a pool here is the shared child's branch (:class:`MacroBranch`)."""
+
+    def __init__(self, op: str, c_in: int, channels: int) -> None:
+        super().__init__()
+        self.pool = MacroBranch(op, channels) if op.endswith("pool_3x3") else None
+        if self.pool is not None and c_in != channels:
+            raise ValueError(f"a pool layer reads {channels} channels, got {c_in}")
+        k = int(op[-1])
+        self.ops = None if self.pool is not None else nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c_in, channels, 1, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(), nn.Conv2d(channels, channels, k, padding=k // 2, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C, H, W)
+        return self.pool(x) if self.pool is not None else self.ops(x)  # type: ignore[misc]

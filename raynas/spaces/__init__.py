@@ -12,6 +12,7 @@ from raynas.spaces import (  # noqa: F401
     convnext,
     darts_cnn,
     darts_rnn,
+    enas_macro,
     enas_micro,
     fbnet,
     nb201,

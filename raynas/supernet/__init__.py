@@ -19,6 +19,7 @@ from raynas.supernet import (  # noqa: F401  (register)
     convnext,
     darts,
     darts_rnn,
+    enas_macro,
     enas_micro,
     fbnet,
     nb201,

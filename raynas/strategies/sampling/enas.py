@@ -106,6 +106,10 @@ class EnasConfig:
         controller_epochs: Child epochs followed by controller training; set it to ``train.epochs``.
         derive_samples: Architectures sampled from the final policy and evaluated; the one with
             the highest reward is the answer.
+        skip_target: On ENAS's macro space, the skip probability the controller's penalty pulls
+            towards (0.4, ``scripts/cifar10_macro_search.sh``).
+        skip_weight: The weight of that penalty, ``KL`` to ``skip_target`` added to the loss (0.8;
+            0: none). Unused where no decision is a macro layer's skip.
         cell_shape: Bounds on the width and depth of the candidates' cells
             (:class:`CellShapeLimits`): a sample outside them is drawn again from the policy (the
             controller learns from evaluated samples only); the child's training paths are not
@@ -125,6 +129,8 @@ class EnasConfig:
     controller_steps: Annotated[int, Rule(ge=1)] = 30
     controller_epochs: Annotated[int, Rule(ge=0)] = 10
     derive_samples: Annotated[int, Rule(ge=1)] = 100
+    skip_target: Annotated[float, Rule(gt=0, lt=1)] = 0.4
+    skip_weight: Annotated[float, Rule(ge=0)] = 0.8
     cell_shape: CellShapeLimits | None = None
 
     job_checks: ClassVar[tuple[Check, ...]] = (
@@ -148,17 +154,20 @@ class Step:
 
     Attributes:
         kind: ``op`` (sample an option), ``input`` (sample an earlier state by attention),
-            ``anchors`` (a cell starts: ``size`` LSTM steps give its inputs' anchors) or ``node``
-            (a node's decisions are done: one LSTM step gives its anchor).
-        decision: The flat decision an ``op`` or ``input`` step sets.
-        size: Options of an ``op``; states to choose from for ``input`` and ``anchors``.
+            ``anchors`` (a cell starts: ``size`` LSTM steps give its inputs' anchors), ``node``
+            (a node's decisions are done: one LSTM step gives its anchor), ``layer`` (a macro
+            layer's op is chosen: one LSTM step gives the query of its skips and its anchor) or
+            ``skip`` (whether that layer skips from earlier layer ``edge``, by attention).
+        decision: The flat decision an ``op``, ``input`` or ``skip`` step sets.
+        size: Options of an ``op``; states to choose from for ``input`` and ``anchors``; the
+            layer's skips for ``layer`` and ``skip``.
         cell: For the inputs and operations of a two-input node: the architecture's field that
             holds the cell's edges (``normal``, ``reduce``, ``cell``), else empty.
         edge: The index of the edge in that field that the step sets.
         pair: An ``input`` step of a two-input node (its decision names the pair).
     """
 
-    kind: Literal["op", "input", "anchors", "node"]
+    kind: Literal["op", "input", "anchors", "node", "layer", "skip"]
     decision: int = -1
     size: int = 0
     cell: str = ""
@@ -168,7 +177,7 @@ class Step:
     @property
     def samples(self) -> bool:
         """Whether the step samples an action."""
-        return self.kind in ("op", "input")
+        return self.kind in ("op", "input", "skip")
 
 
 def _inputs_of(decision: Decision) -> tuple[bool, int] | None:
@@ -194,13 +203,39 @@ def _split(name: str) -> tuple[str, str]:
     return node, (node.rsplit(".", 1)[0] if "." in node else "")
 
 
+def _macro_plan(decisions: tuple[Decision, ...]) -> tuple[Step, ...] | None:
+    """``general_controller.py``'s program (whole channels) where the decisions are ENAS's macro
+    layout, ``layer<i>.op`` then ``layer<i>.skip<j>`` (``"0"``, ``"1"``) for every ``j < i``, layer
+    after layer; None for any other layout."""
+    steps: list[Step] = []
+    at = layer = 0
+    while at < len(decisions):
+        if decisions[at].name != f"layer{layer}.op":
+            return None
+        steps += [Step("op", at, len(decisions[at].options)), Step("layer", size=layer)]
+        for j in range(layer):
+            k = at + 1 + j
+            if k >= len(decisions) or (decisions[k].name, decisions[k].options) != (
+                f"layer{layer}.skip{j}", ("0", "1")
+            ):
+                return None
+            steps.append(Step("skip", k, layer, edge=j))
+        at += 1 + layer
+        layer += 1
+    return tuple(steps) if steps else None
+
+
 def controller_plan(decisions: tuple[Decision, ...], *, pairs: bool = True) -> tuple[Step, ...]:
     """The controller's program for ``decisions``: attention steps for the decisions that pick a
-    node's inputs (two for a pair of inputs when ``pairs``), operation steps for the others.
+    node's inputs (two for a pair of inputs when ``pairs``), operation steps for the others; on
+    ENAS's macro layout, its op and skip steps (:func:`_macro_plan`).
 
     A cell whose nodes do not take their inputs among ``n0, n0 + 1, ...`` states in order (a
     layout the attention cannot follow) makes every decision an operation step.
     """
+    macro = _macro_plan(decisions)
+    if macro is not None:
+        return macro
     plain = tuple(Step("op", i, len(d.options)) for i, d in enumerate(decisions))
     steps: list[Step] = []
     states: dict[str, int] = {}  # cell -> states available to its next node
@@ -258,12 +293,21 @@ class Controller(nn.Module):
         op_tanh_reduce: Operation logits use ``tanh_constant / op_tanh_reduce``.
         first_cell: The decisions of the first cell sampled (ENAS's normal cell), whose op
             logits on ENAS's own operations get ``b_soft_no_learn``.
+        skip_target: The skip probability the macro program's KL penalty pulls towards.
+
+    On the macro program (``general_controller.py``, whole channels) a layer's op is sampled from
+    the op head (without a bias: the code's ``w_soft`` only), its embedding feeds one more LSTM
+    step whose output ``h`` is the layer's anchor and the query of its skips: skip ``j`` has the
+    logits ``c * tanh([-u, u] / T)``, ``u = v^T tanh(W1 h_j + W2 h)``, each sampled on its own; the
+    next layer starts from the chosen anchors' sum over ``1 +`` their number (layer 0: ``g_emb``).
+    :attr:`skip_penalty` holds, after every call, each sequence's mean over the layers of
+    ``sum sigmoid(z) * log(sigmoid(z) / [1 - t, t])`` over the layer's skip logits ``z``.
     """
 
     def __init__(
         self, plan: tuple[Step, ...], options: dict[int, tuple[str, ...]], *, hidden: int,
         tanh_constant: float, temperature: float, op_tanh_reduce: float = 1.0, layers: int = 1,
-        first_cell: frozenset[int] = frozenset(),
+        first_cell: frozenset[int] = frozenset(), skip_target: float = 0.4,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -281,8 +325,11 @@ class Controller(nn.Module):
         self.start = nn.Parameter(torch.zeros(1, hidden))  # g_emb: the first input of every node
         self.lstm = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
         self.embeddings = nn.ModuleList(nn.Embedding(len(k), hidden) for k in kinds)  # w_emb
-        self.heads = nn.ModuleList(nn.Linear(hidden, len(k)) for k in kinds)  # w_soft, b_soft
-        self.attention = any(step.kind == "input" for step in plan)
+        macro = any(step.kind == "skip" for step in plan)
+        self.heads = nn.ModuleList(nn.Linear(hidden, len(k), bias=not macro) for k in kinds)  # w_soft, b_soft
+        self.attention = any(step.kind in ("input", "skip") for step in plan)
+        self.log_skip_target = torch.tensor([1 - skip_target, skip_target]).log()
+        self.skip_penalty = torch.zeros(0)
         if self.attention:
             self.attn_1 = nn.Linear(hidden, hidden, bias=False)  # keys: W1 h_j
             self.attn_2 = nn.Linear(hidden, hidden, bias=False)  # query: W2 h
@@ -346,8 +393,35 @@ class Controller(nn.Module):
         anchors: list[torch.Tensor] = []  # (B, hidden) each: what a chosen input feeds the LSTM
         keys: list[torch.Tensor] = []  # (B, hidden) each: W1 of the anchor's LSTM output
         chosen, log_prob, entropy = [], g.new_zeros(n), g.new_zeros(n)
+        penalties: list[torch.Tensor] = []  # (B,) each: a macro layer's skip KL
+        layer_h, mixed, taken = g, g, g.new_zeros(n)  # a macro layer's query, chosen anchors' sum, count
         for step in self.plan:
+            if step.kind == "skip":  # layer_h: the layer's LSTM output (its "layer" step's)
+                u = self.attn_v(torch.tanh(keys[step.edge] + self.attn_2(layer_h))).squeeze(-1)  # (B,)
+                z = self.squash(torch.stack([-u, u], -1), self.tanh_constant)  # (B, 2)
+                log_p = torch.log_softmax(z, dim=-1)
+                a, log_p_a = choose(log_p, actions, len(chosen), generator)  # (B,) each
+                chosen.append(a)
+                log_prob = log_prob + log_p_a
+                entropy = entropy - (log_p.exp() * log_p).sum(-1)
+                p_skip = torch.sigmoid(z)  # the code's skip_prob: a sigmoid of each logit
+                penalties[-1] = penalties[-1] + (p_skip * (p_skip.log() - self.log_skip_target)).sum(-1)
+                mixed, taken = mixed + a[:, None] * anchors[step.edge], taken + a
+                if step.edge == step.size - 1:  # the layer's last skip: its anchor, the next input
+                    x = mixed / (1.0 + taken)[:, None]
+                    anchors.append(layer_h)
+                    keys.append(self.attn_1(layer_h))
+                continue
             h, state = self.step(x, state)  # (B, hidden)
+            if step.kind == "layer":
+                if step.size == 0:  # the first layer: no skips; the next one starts from g_emb
+                    anchors.append(h)
+                    keys.append(self.attn_1(h))
+                    x = g
+                else:
+                    layer_h, mixed, taken = h, torch.zeros_like(h), h.new_zeros(n)
+                    penalties.append(h.new_zeros(n))
+                continue
             if step.kind == "anchors":  # a cell's inputs: zero anchors, keys from the LSTM
                 anchors, keys = [torch.zeros_like(h)], [self.attn_1(h)]
                 for _ in range(step.size - 1):
@@ -380,6 +454,7 @@ class Controller(nn.Module):
                 x = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)
             else:
                 x = self.embeddings[self.kind_of[step.decision]](a)  # (B, hidden)
+        self.skip_penalty = torch.stack(penalties, 1).mean(1) if penalties else g.new_zeros(n)
         return torch.stack(chosen, 1), log_prob, entropy
 
 
@@ -408,6 +483,7 @@ class Enas(SamplingStrategy):
                 temperature=config.temperature, op_tanh_reduce=config.op_tanh_reduce,
                 layers=config.lstm_layers,
                 first_cell=frozenset(i for i, d in enumerate(self.decisions) if d.name.startswith("normal.")),
+                skip_target=config.skip_target,
             )
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(seed)
@@ -556,15 +632,19 @@ class Enas(SamplingStrategy):
 
     def policy_loss(self, results: list[EvalResult]) -> torch.Tensor:
         """REINFORCE's loss over a batch, mean of ``-log p(a_i) * (R_i + w H_i - b_i)`` (the
-        entropy ``H_i`` of sample i's decisions enters its reward without a gradient); updates
-        the baseline."""
+        entropy ``H_i`` of sample i's decisions enters its reward without a gradient), plus on the
+        macro space ``skip_weight`` times the mean skip penalty (``general_controller.py``'s
+        ``build_trainer``); updates the baseline."""
         actions = torch.tensor([self.encode_actions(r.architecture) for r in results])  # (B, A)
         _, log_prob, entropy = self.controller(actions)
         bonus = self.config.entropy_weight * entropy.detach()  # (B,)
         # At the batch's common budget.
         rewards = torch.tensor(rewards_at_common_budget(self.reward, results)) + bonus
         advantages = self.advantages(rewards.tolist())
-        return (-log_prob * advantages).mean()
+        loss = (-log_prob * advantages).mean()
+        if any(step.kind == "skip" for step in self.plan) and self.config.skip_weight:
+            loss = loss + self.config.skip_weight * self.controller.skip_penalty.mean()
+        return loss
 
     def _step(self, results: list[EvalResult]) -> None:
         loss = self.policy_loss(results)
