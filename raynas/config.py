@@ -424,6 +424,12 @@ class RetrainSettings:
             and tested after every epoch too (``test_ema_*``), as ConvNeXt's ``--model_ema``
             with ``--model_ema_decay`` 0.9999 and ``--model_ema_eval``; 0: none.
         min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6; DARTS: 0).
+        restart_epochs: If set, the cosine restarts (SGDR): its first period is this many epochs,
+            each next one ``restart_mult`` times longer, every period annealing from
+            ``learning_rate`` to ``min_learning_rate`` (ENAS's final runs: ``--child_lr_T_0=10``,
+            ``--child_lr_T_mul=2``); 0: one cosine over the epochs.
+        restart_mult: How much longer each period of the restarts is than the last.
+        nesterov: Nesterov momentum for SGD (ENAS's ``get_train_ops``).
         lr_per_step: The cosine and its warm-up set the rate every iteration, the warm-up rising
             linearly from 0 (ConvNeXt's ``utils.cosine_scheduler``), instead of once an epoch.
         loss: ``cross_entropy``, or ``bce``: binary cross-entropy of every class against the
@@ -460,6 +466,9 @@ class RetrainSettings:
     mix_switch_prob: float = 0.5
     ema_decay: float = 0.0
     min_learning_rate: float = 0.0
+    restart_epochs: int = 0
+    restart_mult: int = 2
+    nesterov: bool = False
     lr_per_step: bool = False
     loss: Literal["cross_entropy", "bce"] = "cross_entropy"
     bce_target_threshold: float = 0.0
@@ -489,6 +498,14 @@ class RetrainSettings:
               "must be in [0, retrain.epochs]")
         check(not (self.warmup_epochs and (self.lr_gamma or self.lr_power)), "retrain.warmup_epochs",
               "warms up the cosine schedule only (retrain.lr_gamma and lr_power 0)")
+        check(self.restart_epochs >= 0 and self.restart_mult >= 1, "retrain.restart_epochs",
+              "must be >= 0 (0: no restarts) and retrain.restart_mult >= 1")
+        check(not (self.restart_epochs and (self.lr_gamma or self.lr_power or self.lr_per_step
+                                            or self.warmup_epochs)),
+              "retrain.restart_epochs", "restarts the epoch-wise cosine only (retrain.lr_gamma, "
+              "lr_power, lr_per_step and warmup_epochs off)")
+        check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "retrain.nesterov",
+              "needs retrain.optimizer: sgd and retrain.momentum > 0")
         check(self.ar >= 0 and self.tar >= 0, "retrain.ar", "and retrain.tar must be >= 0")
         check(self.nonmono >= 0, "retrain.nonmono", "must be >= 0 (0: SGD throughout)")
         check(self.valid_streams >= 1 and self.test_streams >= 1, "retrain.valid_streams",

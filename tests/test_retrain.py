@@ -568,3 +568,44 @@ def test_convnext_retraining_builds_its_stochastic_depth() -> None:
     rates = [m.drop_path_prob for m in net.modules() if isinstance(m, ConvNeXtStageBlock)]
     assert len(rates) == 18 and not hasattr(net, "drop_path_prob")  # 3 + 3 + 9 + 3 blocks
     assert rates == pytest.approx([0.1 * i / 17 for i in range(18)])
+
+
+def test_retraining_restarts_the_cosine_and_uses_nesterov_momentum_as_enas_final_runs_do() -> None:
+    """melodyguan/enas's get_train_ops with lr_cosine (src/utils.py): epoch e's rate is
+    lr_min + (lr_max - lr_min)(1 + cos(pi T_cur / T_i)) / 2, T_i = 10, 20, 40, ... and T_cur counted
+    from the last restart; its MomentumOptimizer is Nesterov's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batches = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))]
+    runs = list(fit(
+        model, batches, batches, torch.device("cpu"), epochs=35, learning_rate=0.05, momentum=0.9,
+        weight_decay=0.0, grad_clip=0.0, min_learning_rate=0.001, restart_epochs=10, restart_mult=2,
+        nesterov=True,
+    ))
+
+    def code(epoch: int) -> float:
+        last, t_i = 0, 10
+        while epoch - last >= t_i:
+            last, t_i = last + t_i, t_i * 2
+        return 0.001 + 0.5 * (0.05 - 0.001) * (1 + math.cos((epoch - last) / t_i * math.pi))
+
+    assert [m["lr"] for m, _ in runs] == pytest.approx([code(e) for e in range(35)])
+    assert runs[10][0]["lr"] == runs[30][0]["lr"] == pytest.approx(0.05)  # the restarts
+    assert runs[-1][1]["optimizer"]["param_groups"][0]["nesterov"] is True
+    with pytest.raises(ConfigError, match=r"retrain\.nesterov"):
+        parse_retrain_job(retrain_job(Path("/tmp"), "DARTS_V2", retrain={"nesterov": True, "momentum": 0}))
+    with pytest.raises(ConfigError, match=r"retrain\.restart_epochs"):
+        parse_retrain_job(
+            retrain_job(Path("/tmp"), "DARTS_V2", retrain={"restart_epochs": 10, "lr_gamma": 0.97})
+        )
+
+
+@pytest.mark.parametrize(
+    ("job", "epochs"), [("retrain_enas_cifar10.yaml", 630), ("retrain_enas_macro_cifar10.yaml", 310)]
+)
+def test_the_enas_retraining_jobs_restart_the_cosine_as_the_final_scripts(job: str, epochs: int) -> None:
+    """scripts/cifar10_micro_final.sh and cifar10_macro_final.sh: --child_lr_cosine, T_0 10, T_mul 2
+    (630 = 10 + ... + 320, 310 = 10 + ... + 160 epochs: whole periods), Nesterov momentum."""
+    cfg = load_retrain_job(JOBS / job).retrain
+    assert (cfg.epochs, cfg.restart_epochs, cfg.restart_mult, cfg.nesterov) == (epochs, 10, 2, True)
+    assert epochs in {10 * (2**k - 1) for k in range(1, 8)}

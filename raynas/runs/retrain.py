@@ -216,6 +216,7 @@ class RetrainWorker:
             mix_switch_prob=cfg.mix_switch_prob, ema_decay=cfg.ema_decay,
             min_learning_rate=cfg.min_learning_rate, lr_per_step=cfg.lr_per_step,
             bce_threshold=cfg.bce_target_threshold if cfg.loss == "bce" else None,
+            restart_epochs=cfg.restart_epochs, restart_mult=cfg.restart_mult, nesterov=cfg.nesterov,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:

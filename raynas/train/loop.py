@@ -15,7 +15,7 @@ from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
 from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_loss, soft_targets
 from raynas.train.optim import OptimizerName, build_optimizer
-from raynas.train.schedules import cosine_schedule, poly_lr, stepwise_cosine_lr
+from raynas.train.schedules import cosine_schedule, poly_lr, restart_schedule, stepwise_cosine_lr
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -298,6 +298,9 @@ def fit(
     min_learning_rate: float = 0.0,
     lr_per_step: bool = False,
     bce_threshold: float | None = None,
+    restart_epochs: int = 0,
+    restart_mult: int = 2,
+    nesterov: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -341,6 +344,10 @@ def fit(
             once an epoch.
         bce_threshold: The training loss: None cross-entropy, else binary cross-entropy
             (:func:`train_epoch`).
+        restart_epochs: If set, the cosine restarts, its first period this many epochs, each
+            next ``restart_mult`` times longer (:func:`raynas.train.schedules.restart_schedule`).
+        restart_mult: The periods' growth.
+        nesterov: SGD's Nesterov momentum.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -349,12 +356,14 @@ def fit(
     """
     optimizer = build_optimizer(
         model, name=optimizer_name, learning_rate=learning_rate, momentum=momentum,
-        weight_decay=weight_decay, betas=betas, eps=eps,
+        weight_decay=weight_decay, betas=betas, eps=eps, nesterov=nesterov,
     )
     per_step = bool(lr_power or lr_per_step)
     schedule: torch.optim.lr_scheduler.LRScheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if per_step  # set per step below
+        else restart_schedule(optimizer, period=restart_epochs, mult=restart_mult, eta_min=min_learning_rate)
+        if restart_epochs
         else cosine_schedule(optimizer, epochs=epochs, eta_min=min_learning_rate, warmup_epochs=warmup_epochs)
     )
     plain = unwrap(model)  # a compiled model's state is saved as its plain module's

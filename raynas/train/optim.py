@@ -94,7 +94,7 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object
 
 def build_optimizer(
     model: nn.Module, *, name: OptimizerName, learning_rate: float, momentum: float, weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimiser of a retraining.
 
@@ -110,10 +110,11 @@ def build_optimizer(
         weight_decay: The weight decay.
         betas: AdamW's betas (ConvNeXt passes none: torch's (0.9, 0.999)).
         eps: AdamW's epsilon (ConvNeXt's ``--opt_eps`` 1e-8, torch's default).
+        nesterov: SGD's Nesterov momentum.
     """
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(decay_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=eps)
     if name == "lamb":
