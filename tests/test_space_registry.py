@@ -85,6 +85,7 @@ SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {
 # takes its sizes from its config only).
 SMALL_BUILD: dict[str, dict[str, int]] = {
     "nb201": {"channels": 4, "layers": 1}, "fbnet": {}, "darts_rnn": {"channels": 4},
+    "enas_rnn": {"channels": 4},
 }
 DEFAULT_BUILD = {"channels": 4, "layers": 3}
 
@@ -262,8 +263,9 @@ def test_a_network_counted_on_the_cpu_counts_as_on_meta_tensors_and_leaves_the_r
         assert torch.empty(1).device.type == "meta"
 
 
-# Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights.
-NO_SUPERNET = {"autokeras", "ran_i"}
+# Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights;
+# ENAS's shared recurrent child (_rhn_enas) is not built yet: enas_rnn's candidates train alone.
+NO_SUPERNET = {"autokeras", "ran_i", "enas_rnn"}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -388,6 +390,9 @@ PUBLISHED_FIGURES: dict[str, list[tuple[str, DatasetInfo, int]]] = {
     ],
     "enas_macro": [  # melodyguan/enas's macro final arc and network: the code's variables, test_enas_macro.py
         ("ENAS_macro", DatasetInfo("cifar10", 3, 10, 32), 42_559_392),
+    ],
+    "enas_rnn": [  # melodyguan/enas's ptb_final.sh arc and model: the code's variables, test_enas_rnn.py
+        ("ENAS", DatasetInfo("ptb", 1, 10_000, 35), 22_027_104),
     ],
     "ran_e": [  # the official RAN_e/model/ran_e_model.py's ran_e_C-b0, counted in test_ran.py
         ("ran_e_c", DatasetInfo("imagenet", 3, 1000, 224), 4_634_872),

@@ -14,6 +14,7 @@ from raynas.spaces import (  # noqa: F401
     darts_rnn,
     enas_macro,
     enas_micro,
+    enas_rnn,
     fbnet,
     nb201,
     nexception,
