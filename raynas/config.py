@@ -73,7 +73,10 @@ class TrainConfig:
     ``step``: times ``gamma`` at each of ``milestones``, fractions of the epochs (relax's XD trainer:
     0.1 at 0.5 and 0.75; :func:`raynas.train.schedules.step_schedule`), or by ``restarts``: cosine
     annealing to ``learning_rate_min`` restarted after ``restart_epochs``, each period ``restart_mult``
-    times the last (Loshchilov and Hutter's SGDR; ENAS's ``lr_T_0`` 10 and ``lr_T_mul`` 2).
+    times the last (Loshchilov and Hutter's SGDR; ENAS's ``lr_T_0`` 10 and ``lr_T_mul`` 2), or by
+    ``exponential``: epoch ``e`` runs at ``max(learning_rate * gamma ** max(e - decay_start, 0),
+    learning_rate_min)`` (ENAS's ``get_train_ops`` without ``lr_cosine``: ``lr_dec_start``,
+    ``lr_dec_every`` 1 epoch, ``lr_dec_rate``, ``lr_dec_min``).
     ``grad_clip``: the weights' gradient-norm clip; 0 (none) for a sampling search's supernet only.
     """
 
@@ -86,14 +89,16 @@ class TrainConfig:
     stop_at_skip_connects: int = 0
     nesterov: bool = False
     warmup_epochs: int = 0
-    schedule: Literal["cosine", "step", "restarts"] = "cosine"
+    schedule: Literal["cosine", "step", "restarts", "exponential"] = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
     restart_epochs: int = 10
     restart_mult: int = 2
+    decay_start: int = 0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
+        check(self.decay_start >= 0, "train.decay_start", "must be >= 0 (ENAS's lr_dec_start)")
         check(self.stop_at_skip_connects >= 0, "train.stop_at_skip_connects", "must be >= 0")
         check(self.learning_rate > 0, "train.learning_rate", "must be positive")
         check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: none)")
@@ -109,7 +114,7 @@ class TrainConfig:
         )
         check(self.gamma > 0, "train.gamma", "must be positive")
         check(self.schedule == "cosine" or not self.warmup_epochs, "train.warmup_epochs",
-              "is the cosine schedule's warm-up; train.schedule step and restarts have none")
+              "is the cosine schedule's warm-up; train.schedule step, restarts and exponential have none")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.profile import count_params
@@ -147,3 +148,119 @@ def test_the_retraining_job_has_ptb_final_sh_s_settings_on_a_mean_loss() -> None
     assert cfg.weight_decay == pytest.approx(2 * 5e-7 / 35, rel=1e-3)
     assert cfg.tar == pytest.approx(1e-3 * 34 * 748 / 35, rel=1e-3)
     assert (space.dropoute, space.dropoutx, space.dropouth) == pytest.approx((0.21, 0.75, 0.25))
+
+
+def test_the_shared_child_has_weights_per_input_and_activation_and_the_codes_batchnorm() -> None:
+    """_rhn_enas: node 0's w_prev rows by its activation, node l's w_skip[l] rows by (input,
+    activation); ptb_ops.batch_norm (epsilon 1, decay 0.999) after every projection and on the
+    loose ends' mean, its moving statistics read in evaluation."""
+    from raynas.supernet import build_supernet
+
+    torch.manual_seed(0)
+    space = SPACES.create("enas_rnn", EnasRnnSpaceConfig(channels=6, nodes=4, dropoute=0.0))
+    child = build_supernet(space, DatasetInfo("ptb", 1, 20, 35))
+    path = EnasRnnCell(("relu", "tanh", "sigmoid", "identity"), (0, 0, 2))  # loose ends 1 and 3
+    child.set_path(path)
+    child.train()
+    child(torch.randint(20, (4, 5))).logsumexp(1).sum().backward()
+    layer = child.cell
+    assert [bool(g.abs().sum() > 0) for g in layer.W0.grad] == [False, True, False, False]  # relu: f 1
+    trained = {(node, p, f) for node, w in enumerate(layer.Ws, start=1) for p in range(node) for f in range(4)
+               if w.grad[p, f].abs().sum() > 0}
+    assert trained == {(1, 0, 0), (2, 0, 3), (3, 2, 2)}  # tanh on 0, sigmoid on 0, identity on 2
+    assert all(bn.eps == 1.0 and bn.momentum == pytest.approx(0.001) for bn in [*layer.bns, layer.out_bn])
+    child.eval()
+    x = torch.randint(20, (6, 5))
+    torch.testing.assert_close(child(x)[:3], child(x[:3]))  # moving statistics: no batch dependence
+    with pytest.raises(ValueError, match="4 nodes, the path 3"):
+        child.set_path(EnasRnnCell(("tanh",) * 3, (0, 1)))
+
+
+def ptb_enas_controller(controller: torch.nn.Module, arc: list[int], *, tanh_constant: float,
+                        temperature: float) -> torch.Tensor:
+    """ptb_enas_controller.py's _build_sampler on the given arc (its sample_log_probs summed),
+    written out from that file with the controller's weights; its stack_lstm always starts from
+    the zero prev_c, prev_h it never reassigns."""
+    lstm = controller.lstm[0]
+    w_soft, w_emb = controller.heads[0].weight.T, controller.embeddings[0].weight
+    attn_w_1, attn_w_2 = controller.attn_1.weight.T, controller.attn_2.weight.T
+    attn_v, g_emb = controller.attn_v.weight.T, controller.start
+    all_h, all_h_w, log_probs = [], [], []
+    inputs, at = g_emb, 0
+    for layer_id in range((len(arc) + 1) // 2):
+        next_h, _ = lstm(inputs)
+        all_h.append(next_h)
+        all_h_w.append(next_h @ attn_w_1)
+        if layer_id > 0:
+            query = next_h @ attn_w_2
+            query = query + torch.cat(all_h_w[:-1], 0)
+            query = torch.tanh(query)
+            logits = (query @ attn_v).reshape(1, layer_id)
+            logits = logits / temperature
+            logits = tanh_constant * torch.tanh(logits)
+            diff = (layer_id - torch.arange(layer_id)).float() ** 2
+            logits = logits - diff.reshape(1, layer_id) / 12.0
+            skip_index = torch.tensor([arc[at]])
+            at += 1
+            log_probs.append(F.cross_entropy(logits, skip_index))
+            inputs = torch.cat(all_h[:-1], 0)[skip_index]
+            inputs = inputs / (0.1 + (layer_id - skip_index).float())
+        else:
+            inputs = g_emb
+        next_h, _ = lstm(inputs)
+        logits = next_h @ w_soft
+        logits = logits / temperature
+        logits = tanh_constant * torch.tanh(logits)
+        func = torch.tensor([arc[at]])
+        at += 1
+        log_probs.append(F.cross_entropy(logits, func))
+        inputs = w_emb[func]
+    return -torch.stack(log_probs).sum()
+
+
+def test_the_controller_scores_an_arc_as_ptb_enas_controller_py() -> None:
+    from raynas.strategies import STRATEGIES
+
+    space = SPACES.create("enas_rnn", EnasRnnSpaceConfig(nodes=6))
+    entry = STRATEGIES.entry("enas")
+    config = entry.config(tanh_constant=2.5, temperature=5.0, op_tanh_reduce=1.0, controller_batch=2,
+                          controller_steps=1, controller_epochs=1)
+    enas = STRATEGIES.create("enas", config, space=space, seed=2)
+    assert [s.kind for s in enas.plan[:5]] == ["rnn_anchor", "op", "rnn_anchor", "rnn_input", "op"]
+    assert enas.controller.heads[0].bias is None
+    archs = [enas.propose() for _ in range(3)]
+    actions = torch.tensor([enas.encode_actions(a) for a in archs])
+    assert actions.tolist() == [[int(v) for v in a.arc().split()] for a in archs]  # the code's arc order
+    _, log_prob, _ = enas.controller(actions)
+    for i, arch in enumerate(archs):
+        expected = ptb_enas_controller(enas.controller, [int(v) for v in arch.arc().split()],
+                                       tanh_constant=2.5, temperature=5.0)
+        torch.testing.assert_close(log_prob[i], expected)
+
+
+def test_the_search_jobs_rate_decays_as_get_train_ops_exponential_decay() -> None:
+    """src/utils.py's get_train_ops without lr_cosine: exponential_decay(lr_init, max(step -
+    lr_dec_start, 0), lr_dec_every, lr_dec_rate, staircase=True), floored at lr_dec_min; with
+    ptb_search.sh's start 12, every 1 epoch, rate 0.95 and floor 0.0005 (all rates over 35 steps)."""
+    from raynas.runs.jobs import load_job
+    from raynas.train.schedules import search_schedule
+
+    train = load_job(JOBS / "enas_ptb.yaml").train
+    assert (train.schedule, train.decay_start, train.gamma) == ("exponential", 12, 0.95)
+    assert (train.learning_rate, train.learning_rate_min) == pytest.approx((0.25 * 35, 0.0005 * 35))
+    assert train.grad_clip == pytest.approx(10 / 35, rel=1e-3)
+    assert train.weight_decay == pytest.approx(2 * 1e-7 / 35, rel=1e-3)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=train.learning_rate)
+    schedule = search_schedule(optimizer, train)
+    steps_per_epoch, rates = 7, []
+    for _ in range(train.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+
+    def code(step: int) -> float:
+        decayed = 0.25 * 0.95 ** (max(step - 12 * steps_per_epoch, 0) // steps_per_epoch)
+        return max(decayed, 0.0005) * 35
+
+    assert rates == pytest.approx([code(e * steps_per_epoch) for e in range(train.epochs)])
+    assert rates[12] == rates[0] and rates[13] == pytest.approx(rates[0] * 0.95)

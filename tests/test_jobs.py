@@ -36,6 +36,7 @@ SHRINK_SPACE = {
     "darts": ["space.channels=4", "space.layers=3", "space.nodes=2"],
     "enas_macro": ["space.channels=4", "space.layers=3"],
     "enas_micro": ["space.channels=4", "space.layers=1", "space.nodes=2"],
+    "enas_rnn": ["space.channels=8", "space.nodes=3"],
     "nb201": ["space.channels=4", "space.cells_per_stage=1"],
     "autokeras": ["space.seed_width=4"],
     "fbnet": ["space.stage_depths=[1,1,1,1]"],

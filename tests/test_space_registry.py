@@ -263,9 +263,8 @@ def test_a_network_counted_on_the_cpu_counts_as_on_meta_tensors_and_leaves_the_r
         assert torch.empty(1).device.type == "meta"
 
 
-# Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights;
-# ENAS's shared recurrent child (_rhn_enas) is not built yet: enas_rnn's candidates train alone.
-NO_SUPERNET = {"autokeras", "ran_i", "enas_rnn"}
+# Spaces without a weight-sharing supernet: Auto-Keras grows each network from its parent's weights.
+NO_SUPERNET = {"autokeras", "ran_i"}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -169,7 +169,10 @@ def init_range(size: int) -> float:
     return 0.1 if size <= 300 else 0.05 if size <= 400 else 0.04
 
 
-@SPACES.register("enas_rnn", config=EnasRnnSpaceConfig, traits={"choices": True, "tokens": True})
+@SPACES.register(
+    "enas_rnn", config=EnasRnnSpaceConfig,
+    traits={"choices": True, "tokens": True, "one_shot": True, "path_only": True},
+)
 class EnasRnnSpace(OptionsSpace[EnasRnnCell]):
     """ENAS's recurrent cell space, for word-level language models (Penn Treebank).
 

@@ -21,6 +21,7 @@ from raynas.supernet import (  # noqa: F401  (register)
     darts_rnn,
     enas_macro,
     enas_micro,
+    enas_rnn,
     fbnet,
     nb201,
     nexception,

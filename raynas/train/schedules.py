@@ -115,13 +115,32 @@ def restart_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [scale(base) for base in bases])
 
 
+def exponential_schedule(
+    optimizer: torch.optim.Optimizer, *, start: int, gamma: float, eta_min: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Exponential decay by epoch, stepped once an epoch: epoch ``e`` runs at
+    ``max(base * gamma ** max(e - start, 0), eta_min)``: ENAS's ``get_train_ops`` (``src/utils.py``),
+    ``exponential_decay`` of ``max(step - lr_dec_start, 0)`` with ``staircase=True`` every epoch,
+    floored at ``lr_dec_min``."""
+
+    def scale(base: float) -> Callable[[int], float]:
+        return lambda epoch: max(base * gamma ** max(epoch - start, 0), eta_min) / base
+
+    bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [scale(base) for base in bases])
+
+
 def search_schedule(
     optimizer: torch.optim.Optimizer, train: TrainConfig
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """The weights' schedule a search's ``train`` section names (``cosine``, ``step`` or
-    ``restarts``), stepped once an epoch."""
+    """The weights' schedule a search's ``train`` section names (``cosine``, ``step``,
+    ``restarts`` or ``exponential``), stepped once an epoch."""
     if train.schedule == "step":
         return step_schedule(optimizer, epochs=train.epochs, milestones=train.milestones, gamma=train.gamma)
+    if train.schedule == "exponential":
+        return exponential_schedule(
+            optimizer, start=train.decay_start, gamma=train.gamma, eta_min=train.learning_rate_min
+        )
     if train.schedule == "restarts":
         return restart_schedule(
             optimizer, period=train.restart_epochs, mult=train.restart_mult, eta_min=train.learning_rate_min

@@ -157,7 +157,9 @@ class Step:
             ``anchors`` (a cell starts: ``size`` LSTM steps give its inputs' anchors), ``node``
             (a node's decisions are done: one LSTM step gives its anchor), ``layer`` (a macro
             layer's op is chosen: one LSTM step gives the query of its skips and its anchor) or
-            ``skip`` (whether that layer skips from earlier layer ``edge``, by attention).
+            ``skip`` (whether that layer skips from earlier layer ``edge``, by attention);
+            ENAS's recurrent program: ``rnn_anchor`` (one LSTM step gives node ``size``'s anchor),
+            ``rnn_input`` (node ``size``'s input among the earlier nodes, by attention).
         decision: The flat decision an ``op``, ``input`` or ``skip`` step sets.
         size: Options of an ``op``; states to choose from for ``input`` and ``anchors``; the
             layer's skips for ``layer`` and ``skip``.
@@ -167,7 +169,7 @@ class Step:
         pair: An ``input`` step of a two-input node (its decision names the pair).
     """
 
-    kind: Literal["op", "input", "anchors", "node", "layer", "skip"]
+    kind: Literal["op", "input", "anchors", "node", "layer", "skip", "rnn_anchor", "rnn_input"]
     decision: int = -1
     size: int = 0
     cell: str = ""
@@ -177,7 +179,7 @@ class Step:
     @property
     def samples(self) -> bool:
         """Whether the step samples an action."""
-        return self.kind in ("op", "input", "skip")
+        return self.kind in ("op", "input", "skip", "rnn_input")
 
 
 def _inputs_of(decision: Decision) -> tuple[bool, int] | None:
@@ -225,6 +227,27 @@ def _macro_plan(decisions: tuple[Decision, ...]) -> tuple[Step, ...] | None:
     return tuple(steps) if steps else None
 
 
+def _recurrent_plan(decisions: tuple[Decision, ...]) -> tuple[Step, ...] | None:
+    """``ptb_enas_controller.py``'s program where the decisions are ENAS's recurrent layout,
+    ``node0.activation`` then ``node<l>.input`` (``"0"``..``"l-1"``) and ``node<l>.activation`` for
+    every later node; None for any other layout."""
+    if not decisions or decisions[0].name != "node0.activation":
+        return None
+    steps = [Step("rnn_anchor", size=0), Step("op", 0, len(decisions[0].options))]
+    at = node = 1
+    while at < len(decisions):
+        wanted = (f"node{node}.input", tuple(str(j) for j in range(node)), f"node{node}.activation")
+        if at + 1 >= len(decisions) or (
+            decisions[at].name, decisions[at].options, decisions[at + 1].name
+        ) != wanted:
+            return None
+        steps += [Step("rnn_anchor", size=node), Step("rnn_input", at, node),
+                  Step("op", at + 1, len(decisions[at + 1].options))]
+        at += 2
+        node += 1
+    return tuple(steps)
+
+
 def controller_plan(decisions: tuple[Decision, ...], *, pairs: bool = True) -> tuple[Step, ...]:
     """The controller's program for ``decisions``: attention steps for the decisions that pick a
     node's inputs (two for a pair of inputs when ``pairs``), operation steps for the others; on
@@ -233,9 +256,9 @@ def controller_plan(decisions: tuple[Decision, ...], *, pairs: bool = True) -> t
     A cell whose nodes do not take their inputs among ``n0, n0 + 1, ...`` states in order (a
     layout the attention cannot follow) makes every decision an operation step.
     """
-    macro = _macro_plan(decisions)
-    if macro is not None:
-        return macro
+    special = _macro_plan(decisions) or _recurrent_plan(decisions)
+    if special is not None:
+        return special
     plain = tuple(Step("op", i, len(d.options)) for i, d in enumerate(decisions))
     steps: list[Step] = []
     states: dict[str, int] = {}  # cell -> states available to its next node
@@ -302,6 +325,12 @@ class Controller(nn.Module):
     next layer starts from the chosen anchors' sum over ``1 +`` their number (layer 0: ``g_emb``).
     :attr:`skip_penalty` holds, after every call, each sequence's mean over the layers of
     ``sum sigmoid(z) * log(sigmoid(z) / [1 - t, t])`` over the layer's skip logits ``z``.
+
+    On the recurrent program (``ptb_enas_controller.py``) every LSTM step starts from a zero state
+    (the code never carries ``prev_c``, ``prev_h`` over); node ``l``'s first step gives its anchor
+    ``h``, its input is sampled from ``c * tanh(v^T tanh(W1 h_j + W2 h) / T) - (l - j)^2 / 12`` over
+    the earlier anchors, the chosen anchor over ``0.1 + l - j`` is the next step's input (node 0:
+    ``g_emb``), whose output samples the activation (a head without a bias).
     """
 
     def __init__(
@@ -325,9 +354,13 @@ class Controller(nn.Module):
         self.start = nn.Parameter(torch.zeros(1, hidden))  # g_emb: the first input of every node
         self.lstm = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
         self.embeddings = nn.ModuleList(nn.Embedding(len(k), hidden) for k in kinds)  # w_emb
-        macro = any(step.kind == "skip" for step in plan)
-        self.heads = nn.ModuleList(nn.Linear(hidden, len(k), bias=not macro) for k in kinds)  # w_soft, b_soft
-        self.attention = any(step.kind in ("input", "skip") for step in plan)
+        # general_controller.py and ptb_enas_controller.py have w_soft only, no b_soft
+        unbiased = any(step.kind in ("skip", "rnn_input") for step in plan)
+        self.stateless = any(step.kind == "rnn_input" for step in plan)
+        self.heads = nn.ModuleList(  # w_soft, b_soft
+            nn.Linear(hidden, len(k), bias=not unbiased) for k in kinds
+        )
+        self.attention = any(step.kind in ("input", "skip", "rnn_input") for step in plan)
         self.log_skip_target = torch.tensor([1 - skip_target, skip_target]).log()
         self.skip_penalty = torch.zeros(0)
         if self.attention:
@@ -412,7 +445,24 @@ class Controller(nn.Module):
                     anchors.append(layer_h)
                     keys.append(self.attn_1(layer_h))
                 continue
-            h, state = self.step(x, state)  # (B, hidden)
+            if step.kind == "rnn_input":  # layer_h: the node's anchor, from its "rnn_anchor" step
+                k = torch.stack(keys[: step.size], 1)  # (B, l, hidden)
+                u = self.attn_v(torch.tanh(k + self.attn_2(layer_h)[:, None])).squeeze(-1)  # (B, l)
+                distance = step.size - torch.arange(step.size, device=u.device)  # l - j
+                log_p = torch.log_softmax(self.squash(u, self.tanh_constant) - distance**2 / 12.0, dim=-1)
+                a, log_p_a = choose(log_p, actions, len(chosen), generator)  # (B,) each
+                chosen.append(a)
+                log_prob = log_prob + log_p_a
+                entropy = entropy - (log_p.exp() * log_p).sum(-1)
+                picked = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)
+                x = picked / (0.1 + (step.size - a)).to(picked.dtype)[:, None]
+                continue
+            h, state = self.step(x, None if self.stateless else state)  # (B, hidden)
+            if step.kind == "rnn_anchor":
+                anchors.append(h)
+                keys.append(self.attn_1(h))
+                layer_h, x = h, (g if step.size == 0 else x)
+                continue
             if step.kind == "layer":
                 if step.size == 0:  # the first layer: no skips; the next one starts from g_emb
                     anchors.append(h)
