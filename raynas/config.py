@@ -416,7 +416,10 @@ class RetrainSettings:
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs (0.2 in DARTS).
         label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
         lr_gamma: If set, the learning rate decays by this factor every epoch instead of the
-            cosine (0.97 in DARTS on ImageNet).
+            cosine (0.97 in DARTS on ImageNet), after epoch ``decay_start`` and down to
+            ``min_learning_rate`` (ENAS on PTB: 0.9991 after epoch 14, down to 0.001); also for
+            recurrent language models, whose rate is otherwise constant.
+        decay_start: The epochs ``lr_gamma`` waits (ENAS's ``--child_lr_dec_start``; 0: none).
         lr_power: If set, DeepLab's poly schedule instead, updated every iteration:
             ``learning_rate * (1 - iteration / iterations) ** lr_power`` (0.9 in DeepLab and
             Auto-DeepLab, Sec. 5.2).
@@ -428,7 +431,8 @@ class RetrainSettings:
         ema_decay: If set, an exponential moving average of the weights at this decay is kept
             and tested after every epoch too (``test_ema_*``), as ConvNeXt's ``--model_ema``
             with ``--model_ema_decay`` 0.9999 and ``--model_ema_eval``; 0: none.
-        min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6; DARTS: 0).
+        min_learning_rate: Where the cosine ends (ConvNeXt's ``--min_lr`` 1e-6; DARTS: 0), or
+            ``lr_gamma``'s floor.
         restart_epochs: If set, the cosine restarts (SGDR): its first period is this many epochs,
             each next one ``restart_mult`` times longer, every period annealing from
             ``learning_rate`` to ``min_learning_rate`` (ENAS's final runs: ``--child_lr_T_0=10``,
@@ -465,6 +469,7 @@ class RetrainSettings:
     drop_path_prob: float = 0.0
     label_smoothing: float = 0.0
     lr_gamma: float = 0.0
+    decay_start: int = 0
     lr_power: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -491,9 +496,12 @@ class RetrainSettings:
               "thresholds the targets of retrain.loss: bce only")
         check(0 <= self.min_learning_rate < self.learning_rate, "retrain.min_learning_rate",
               "must be in [0, retrain.learning_rate)")
-        check(not ((self.min_learning_rate or self.lr_per_step) and (self.lr_gamma or self.lr_power)),
-              "retrain.min_learning_rate", "and retrain.lr_per_step shape the cosine schedule only "
-              "(retrain.lr_gamma and lr_power 0)")
+        check(not (self.lr_per_step and (self.lr_gamma or self.lr_power)),
+              "retrain.lr_per_step", "shapes the cosine schedule only (retrain.lr_gamma and lr_power 0)")
+        check(not (self.min_learning_rate and self.lr_power), "retrain.min_learning_rate",
+              "is the cosine's end or retrain.lr_gamma's floor; the poly schedule (lr_power) has none")
+        check(self.decay_start >= 0 and (self.lr_gamma or not self.decay_start), "retrain.decay_start",
+              "must be >= 0, and is retrain.lr_gamma's wait (set lr_gamma with it)")
         check(not (self.lr_per_step and self.warmup_epochs >= self.epochs), "retrain.warmup_epochs",
               "must leave epochs after the warm-up when retrain.lr_per_step is on")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "retrain.betas",

@@ -147,6 +147,9 @@ def test_the_retraining_job_has_ptb_final_sh_s_settings_on_a_mean_loss() -> None
     assert cfg.grad_clip == pytest.approx(0.25 / 35, rel=1e-3)
     assert cfg.weight_decay == pytest.approx(2 * 5e-7 / 35, rel=1e-3)
     assert cfg.tar == pytest.approx(1e-3 * 34 * 748 / 35, rel=1e-3)
+    # --child_lr_dec_start=14, --child_lr_dec_rate=0.9991 every epoch, --child_lr_dec_min=0.001
+    assert (cfg.lr_gamma, cfg.decay_start) == (0.9991, 14)
+    assert cfg.min_learning_rate == pytest.approx(0.001 * 35)
     assert (space.dropoute, space.dropoutx, space.dropouth) == pytest.approx((0.21, 0.75, 0.25))
 
 
@@ -264,3 +267,20 @@ def test_the_search_jobs_rate_decays_as_get_train_ops_exponential_decay() -> Non
 
     assert rates == pytest.approx([code(e * steps_per_epoch) for e in range(train.epochs)])
     assert rates[12] == rates[0] and rates[13] == pytest.approx(rates[0] * 0.95)
+
+
+def test_a_language_models_rate_decays_after_its_start_down_to_its_floor() -> None:
+    """ptb_final.sh's get_train_ops: the rate times 0.9991 an epoch after epoch 14, at least 0.001
+    (here 0.5 after epoch 1, at least 0.3, on a small model)."""
+    from raynas.train.language_model import fit_language_model
+
+    torch.manual_seed(0)
+    space = SPACES.create("enas_rnn", EnasRnnSpaceConfig(nodes=3))
+    model = space.build(space.sample(random.Random(0)), DatasetInfo("ptb", 1, 12, 35), channels=4)
+    batches = [(torch.randint(12, (2, 5)), torch.randint(12, (2, 5)))]
+    rates = [m["lr"] for m, _ in fit_language_model(
+        model, batches, batches, batches, torch.device("cpu"), epochs=5, learning_rate=1.0,
+        weight_decay=0.0, grad_clip=0.25, bptt=5, nonmono=0, lr_gamma=0.5, decay_start=1,
+        min_learning_rate=0.3,
+    )]
+    assert rates == pytest.approx([1.0, 1.0, 0.5, 0.3, 0.3])

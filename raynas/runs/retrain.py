@@ -203,6 +203,7 @@ class RetrainWorker:
                 epochs=cfg.epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                 grad_clip=cfg.grad_clip, bptt=self.config.data.config.bptt, ar=cfg.ar, tar=cfg.tar,
                 nonmono=cfg.nonmono, state=state, generator=generator, precision=precision,
+                lr_gamma=cfg.lr_gamma, decay_start=cfg.decay_start, min_learning_rate=cfg.min_learning_rate,
             )
             return
         self._epochs = fit(
@@ -210,6 +211,7 @@ class RetrainWorker:
             learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, auxiliary_weight=cfg.auxiliary_weight,
             drop_path_prob=cfg.drop_path_prob, label_smoothing=cfg.label_smoothing, lr_gamma=cfg.lr_gamma,
+            decay_start=cfg.decay_start,
             lr_power=cfg.lr_power, state=state, generator=generator, precision=precision,
             optimizer_name=cfg.optimizer, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
             warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,

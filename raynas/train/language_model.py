@@ -190,9 +190,13 @@ def fit_language_model(
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    lr_gamma: float = 0.0,
+    decay_start: int = 0,
+    min_learning_rate: float = 0.0,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a recurrent language model epoch by epoch as rnn/train.py does (module docstring),
-    at a constant ``learning_rate``.
+    at a constant ``learning_rate``, or one decaying by ``lr_gamma`` an epoch (ENAS's
+    ``ptb_final.sh``).
 
     Args:
         model: The language model, on ``device``.
@@ -211,6 +215,10 @@ def fit_language_model(
         state: A state yielded earlier, to continue from.
         generator: The training windows' length generator, saved in the state and restored.
         precision: ``fp32``, or ``bf16`` for forward passes under bf16 autocast.
+        lr_gamma: If set, epoch ``e`` runs at ``max(learning_rate * lr_gamma ** max(e -
+            decay_start, 0), min_learning_rate)`` (ENAS's ``get_train_ops``), ASGD too.
+        decay_start: The epochs the decay waits.
+        min_learning_rate: The decay's floor.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -239,6 +247,10 @@ def fit_language_model(
     def epochs_from(epoch: int, optimizer: torch.optim.Optimizer, best: dict[str, Any] | None
                     ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
         while epoch < epochs:
+            rate = (max(learning_rate * lr_gamma ** max(epoch - decay_start, 0), min_learning_rate)
+                    if lr_gamma else learning_rate)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
             metrics = train_language_model_epoch(
                 model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
                 precision=precision,
@@ -247,7 +259,7 @@ def fit_language_model(
                 optimizer, epoch = _roll_back(plain, best, epoch, learning_rate, weight_decay)
                 continue
             asgd = isinstance(optimizer, torch.optim.ASGD)
-            metrics.update(lr=learning_rate, asgd=float(asgd))
+            metrics.update(lr=rate, asgd=float(asgd))
             with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
                 scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
                 tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)

@@ -15,7 +15,13 @@ from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_, sum_
 from raynas.train.mixing import MixUpCutMix, WeightAverage, mix, soft_loss, soft_targets
 from raynas.train.optim import OptimizerName, build_optimizer
-from raynas.train.schedules import cosine_schedule, poly_lr, restart_schedule, stepwise_cosine_lr
+from raynas.train.schedules import (
+    cosine_schedule,
+    exponential_schedule,
+    poly_lr,
+    restart_schedule,
+    stepwise_cosine_lr,
+)
 from raynas.train.segmentation import confusion_matrix, labelled, mean_cross_entropy, mean_iou
 from raynas.train.step import Batch, SearchStep
 
@@ -283,6 +289,7 @@ def fit(
     drop_path_prob: float = 0.0,
     label_smoothing: float = 0.0,
     lr_gamma: float = 0.0,
+    decay_start: int = 0,
     lr_power: float = 0.0,
     state: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
@@ -319,8 +326,11 @@ def fit(
         auxiliary_weight: Weight of the auxiliary head's loss.
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs.
         label_smoothing: Label smoothing of the training loss.
-        lr_gamma: If set, the rate is multiplied by it after every epoch (``StepLR`` with period
-            1, 0.97 in DARTS's ImageNet training) instead of following the cosine.
+        lr_gamma: If set, the rate is multiplied by it after every epoch past ``decay_start``
+            (``StepLR`` with period 1 where that is 0: 0.97 in DARTS's ImageNet training), down to
+            ``min_learning_rate``, instead of following the cosine
+            (:func:`raynas.train.schedules.exponential_schedule`).
+        decay_start: The epochs ``lr_gamma`` waits.
         lr_power: If set, DeepLab's poly schedule instead: the rate is
             ``learning_rate * (1 - iteration / iterations) ** lr_power`` at every iteration
             (0.9 in DeepLab and Auto-DeepLab; :func:`raynas.train.schedules.poly_lr`).
@@ -360,7 +370,10 @@ def fit(
     )
     per_step = bool(lr_power or lr_per_step)
     schedule: torch.optim.lr_scheduler.LRScheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma) if lr_gamma
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=lr_gamma)
+        if lr_gamma and not (decay_start or min_learning_rate)  # (the schedule checkpoints hold)
+        else exponential_schedule(optimizer, start=decay_start, gamma=lr_gamma, eta_min=min_learning_rate)
+        if lr_gamma
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0) if per_step  # set per step below
         else restart_schedule(optimizer, period=restart_epochs, mult=restart_mult, eta_min=min_learning_rate)
         if restart_epochs
