@@ -1,7 +1,8 @@
 """What the supernets share: the entropy of their architecture distributions, PC-DARTS's edge
 normalisation (Xu et al., "PC-DARTS: Partial Channel Connections for Memory-Efficient
-Architecture Search", ICLR 2020) and the architecture parameters of a layer-wise space
-(:class:`LayerwiseSupernet`: FBNet, RAN-e)."""
+Architecture Search", ICLR 2020), the architecture parameters of a layer-wise space
+(:class:`LayerwiseSupernet`: FBNet, RAN-e), and the lack of any in a shared child
+(:class:`PathOnly`: ENAS's)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def node_softmax(beta: torch.Tensor, in_degrees: Iterable[int]) -> torch.Tensor:
         parts.append(F.softmax(beta[start : start + n], dim=-1))
         start += n
     return torch.cat(parts)
+
+
+class PathOnly:
+    """Mixed into a shared child without architecture parameters (ENAS's three: the controller holds
+    the architecture distribution), which trains and scores the paths a sampling strategy sets."""
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """None."""
+        return []
+
+    def weights(self: nn.Module) -> Iterator[nn.Parameter]:  # type: ignore[misc]
+        """Every parameter."""
+        return self.parameters()
 
 
 class LayerwiseSupernet(nn.Module):

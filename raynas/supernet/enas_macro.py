@@ -22,19 +22,18 @@ has no architecture parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from raynas.ops.enas import FactorizedReduction, MacroBranch
 from raynas.spaces.base import expect_arch
 from raynas.spaces.enas_macro import EnasMacroLayers, EnasMacroSpace, pool_layers
+from raynas.supernet.base import PathOnly
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
 
-class EnasMacroSupernet(nn.Module):
+class EnasMacroSupernet(PathOnly, nn.Module):
     """ENAS's macro shared child (see the module's docstring).
 
     Args:
@@ -75,14 +74,6 @@ class EnasMacroSupernet(nn.Module):
                     f"{arch.layers} layers of {sorted(set(arch.ops))}"
                 )
         self.path = arch
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """None: the controller holds the architecture distribution."""
-        return []
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter."""
-        return self.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) of the path's network."""

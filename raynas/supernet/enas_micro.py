@@ -19,8 +19,6 @@ has no architecture parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +34,7 @@ from raynas.spaces.enas_micro import (
     reduction_layers,
     unused_states,
 )
+from raynas.supernet.base import PathOnly
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -94,7 +93,7 @@ class SharedLayer(nn.Module):
         return self.final_bn(F.conv2d(F.relu(out), weight[:, :, None, None]))  # (B, C, H, W)
 
 
-class EnasMicroSupernet(nn.Module):
+class EnasMicroSupernet(PathOnly, nn.Module):
     """ENAS's shared child (see the module's docstring).
 
     Args:
@@ -145,14 +144,6 @@ class EnasMicroSupernet(nn.Module):
             if arch.nodes != self.nodes:
                 raise ValueError(f"the shared child's cells have {self.nodes} nodes, the path {arch.nodes}")
         self.path = arch
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """None: the controller holds the architecture distribution."""
-        return []
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter."""
-        return self.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, classes) of the path's network; in training with the auxiliary head,

@@ -15,8 +15,6 @@ units and 12 nodes, 289,245,600 parameters (BatchNorm's scales and offsets inclu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -29,6 +27,7 @@ from raynas.spaces.enas_rnn import (
     EnasRnnSpace,
     init_range,
 )
+from raynas.supernet.base import PathOnly
 from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
@@ -76,7 +75,7 @@ class SharedEnasRnnLayer(RecurrentCell):
         return self.out_bn(torch.stack([states[i] for i in arch.loose_ends], -1).mean(-1))  # (B, H)
 
 
-class EnasRnnSupernet(EnasRnnLanguageModel):
+class EnasRnnSupernet(PathOnly, EnasRnnLanguageModel):
     """ENAS's shared recurrent child in its language model (see the module's docstring).
 
     Args:
@@ -100,14 +99,6 @@ class EnasRnnSupernet(EnasRnnLanguageModel):
             if arch.nodes != self.nodes:
                 raise ValueError(f"the shared child's cells have {self.nodes} nodes, the path {arch.nodes}")
         self.cell.path = arch  # type: ignore[assignment]
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """None: the controller holds the architecture distribution."""
-        return []
-
-    def weights(self) -> Iterator[nn.Parameter]:
-        """Every parameter."""
-        return self.parameters()
 
 
 @SUPERNETS.register("enas_rnn")
