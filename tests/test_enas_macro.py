@@ -138,10 +138,11 @@ def test_the_shared_child_runs_the_paths_branch_and_sums_its_skips_before_batchn
 
 
 def general_controller(controller: torch.nn.Module, arc: list[int], *, tanh_constant: float,
-                       skip_target: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       skip_target: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """general_controller.py's _build_sampler with whole channels, on the given arc (its
-    ``sample_log_prob`` and ``skip_penaltys`` for it), written out line by line from that file
-    with the controller's weights: w_soft, w_emb, w_attn_1, w_attn_2, v_attn, g_emb and the LSTM."""
+    ``sample_log_prob``, ``sample_entropy`` and ``skip_penaltys`` for it), written out line by line
+    from that file with the controller's weights: w_soft, w_emb, w_attn_1, w_attn_2, v_attn, g_emb
+    and the LSTM."""
     lstm = controller.lstm[0]
     w_soft, w_emb = controller.heads[0].weight.T, controller.embeddings[0].weight
     w_attn_1, w_attn_2 = controller.attn_1.weight.T, controller.attn_2.weight.T
@@ -149,7 +150,7 @@ def general_controller(controller: torch.nn.Module, arc: list[int], *, tanh_cons
     g_emb = controller.start
     targets = torch.tensor([1.0 - skip_target, skip_target])
     state, inputs = None, g_emb
-    anchors, anchors_w_1, log_probs, penalties = [], [], [], []
+    anchors, anchors_w_1, log_probs, penalties, entropys = [], [], [], [], []
     start, layer_id = 0, 0
     while start < len(arc):
         next_h, next_c = lstm(inputs, state)
@@ -157,6 +158,7 @@ def general_controller(controller: torch.nn.Module, arc: list[int], *, tanh_cons
         logit = tanh_constant * torch.tanh(next_h @ w_soft)
         branch_id = torch.tensor([arc[start]])
         log_probs.append(F.cross_entropy(logit, branch_id))
+        entropys.append(log_probs[-1] * torch.exp(-log_probs[-1]))
         inputs = w_emb[branch_id]
         next_h, next_c = lstm(inputs, state)
         state = (next_h, next_c)
@@ -169,7 +171,9 @@ def general_controller(controller: torch.nn.Module, arc: list[int], *, tanh_cons
             skip = torch.tensor(arc[start + 1 : start + 1 + layer_id])
             skip_prob = torch.sigmoid(logit)
             penalties.append((skip_prob * torch.log(skip_prob / targets)).sum())
-            log_probs.append(F.cross_entropy(logit, skip, reduction="sum"))
+            per_skip = F.cross_entropy(logit, skip, reduction="none")
+            log_probs.append(per_skip.sum())
+            entropys.append((per_skip * torch.exp(-per_skip)).sum())
             skip = skip.float().reshape(1, layer_id)
             inputs = skip @ torch.cat(anchors, 0) / (1.0 + skip.sum())
         else:
@@ -178,7 +182,7 @@ def general_controller(controller: torch.nn.Module, arc: list[int], *, tanh_cons
         anchors_w_1.append(next_h @ w_attn_1)
         start += 1 + layer_id
         layer_id += 1
-    return -torch.stack(log_probs).sum(), torch.stack(penalties).mean()
+    return -torch.stack(log_probs).sum(), torch.stack(entropys).sum(), torch.stack(penalties).mean()
 
 
 def test_the_controller_scores_an_arc_as_general_controller_py_and_adds_its_skip_penalty() -> None:
@@ -195,12 +199,14 @@ def test_the_controller_scores_an_arc_as_general_controller_py_and_adds_its_skip
     assert archs[0] != archs[1]
     actions = torch.tensor([enas.encode_actions(a) for a in archs])
     assert actions.tolist() == [[int(v) for v in a.arc().split()] for a in archs]  # the code's arc order
-    _, log_prob, _ = controller(actions)
+    _, log_prob, entropy = controller(actions)
     penalty = controller.skip_penalty
     for i, arch in enumerate(archs):
-        expected, kl = general_controller(controller, [int(v) for v in arch.arc().split()],
-                                          tanh_constant=1.5, skip_target=0.4)
+        expected, sample_entropy, kl = general_controller(
+            controller, [int(v) for v in arch.arc().split()], tanh_constant=1.5, skip_target=0.4
+        )
         torch.testing.assert_close(log_prob[i], expected)
+        torch.testing.assert_close(entropy[i], sample_entropy)
         torch.testing.assert_close(penalty[i], kl)
     # build_trainer: loss = -log p * (R - b) + skip_weight * penalty, averaged over the batch;
     # the baseline starts at 0 and moves towards each reward before it is used (no entropy bonus).

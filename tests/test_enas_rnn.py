@@ -180,8 +180,9 @@ def test_the_shared_child_has_weights_per_input_and_activation_and_the_codes_bat
 
 
 def ptb_enas_controller(controller: torch.nn.Module, arc: list[int], *, tanh_constant: float,
-                        temperature: float) -> torch.Tensor:
-    """ptb_enas_controller.py's _build_sampler on the given arc (its sample_log_probs summed),
+                        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ptb_enas_controller.py's _build_sampler on the given arc (its sample_log_probs summed, and
+    its sample_entropy: log_prob * exp(-log_prob) of every action, summed),
     written out from that file with the controller's weights; its stack_lstm always starts from
     the zero prev_c, prev_h it never reassigns."""
     lstm = controller.lstm[0]
@@ -218,7 +219,8 @@ def ptb_enas_controller(controller: torch.nn.Module, arc: list[int], *, tanh_con
         at += 1
         log_probs.append(F.cross_entropy(logits, func))
         inputs = w_emb[func]
-    return -torch.stack(log_probs).sum()
+    nll = torch.stack(log_probs)
+    return -nll.sum(), (nll * torch.exp(-nll)).sum()
 
 
 def test_the_controller_scores_an_arc_as_ptb_enas_controller_py() -> None:
@@ -234,11 +236,13 @@ def test_the_controller_scores_an_arc_as_ptb_enas_controller_py() -> None:
     archs = [enas.propose() for _ in range(3)]
     actions = torch.tensor([enas.encode_actions(a) for a in archs])
     assert actions.tolist() == [[int(v) for v in a.arc().split()] for a in archs]  # the code's arc order
-    _, log_prob, _ = enas.controller(actions)
+    _, log_prob, entropy = enas.controller(actions)
     for i, arch in enumerate(archs):
-        expected = ptb_enas_controller(enas.controller, [int(v) for v in arch.arc().split()],
-                                       tanh_constant=2.5, temperature=5.0)
+        expected, sample_entropy = ptb_enas_controller(
+            enas.controller, [int(v) for v in arch.arc().split()], tanh_constant=2.5, temperature=5.0
+        )
         torch.testing.assert_close(log_prob[i], expected)
+        torch.testing.assert_close(entropy[i], sample_entropy)
 
 
 def test_the_search_jobs_rate_decays_as_get_train_ops_exponential_decay() -> None:

@@ -17,7 +17,9 @@ The controller emits the space's decisions one after another, as ``melodyguan/en
   from the first input (``g_emb``).
 
 REINFORCE follows the same file's ``build_trainer``: the reward of a sample is its score plus
-``w * H`` (the entropy of its decisions, no gradient), the baseline is a moving average of the
+``w * H``, no gradient, where ``H`` sums ``-p(a) log p(a)`` over the decisions it took (the code's
+``log_prob * exp(-log_prob)`` of each chosen action, in all three controllers: not the
+distributions' whole entropy), the baseline is a moving average of the
 rewards started at 0 and updated before it is used, and the loss is ``-log p(a) * (R - b)``,
 averaged over ``controller_batch`` samples (the code's ``controller_num_aggregate``). The score is
 inherited-weight validation accuracy, or on language models ``c / perplexity`` with the validation
@@ -417,8 +419,8 @@ class Controller(nn.Module):
             generator: The random stream samples are drawn from.
 
         Returns:
-            The actions (B, A), their log-probabilities (B,) and the summed entropy of the
-            distributions along each sequence (B,).
+            The actions (B, A), their log-probabilities (B,) and ``H`` (B,): ``-p(a) log p(a)``
+            summed over each sequence's actions (the code's ``sample_entropy``).
         """
         n = actions.shape[0] if actions is not None else batch
         g = self.start.expand(n, -1)  # (B, hidden)
@@ -436,7 +438,7 @@ class Controller(nn.Module):
                 a, log_p_a = choose(log_p, actions, len(chosen), generator)  # (B,) each
                 chosen.append(a)
                 log_prob = log_prob + log_p_a
-                entropy = entropy - (log_p.exp() * log_p).sum(-1)
+                entropy = entropy - log_p_a.exp() * log_p_a
                 p_skip = torch.sigmoid(z)  # the code's skip_prob: a sigmoid of each logit
                 penalties[-1] = penalties[-1] + (p_skip * (p_skip.log() - self.log_skip_target)).sum(-1)
                 mixed, taken = mixed + a[:, None] * anchors[step.edge], taken + a
@@ -453,7 +455,7 @@ class Controller(nn.Module):
                 a, log_p_a = choose(log_p, actions, len(chosen), generator)  # (B,) each
                 chosen.append(a)
                 log_prob = log_prob + log_p_a
-                entropy = entropy - (log_p.exp() * log_p).sum(-1)
+                entropy = entropy - log_p_a.exp() * log_p_a
                 picked = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)
                 x = picked / (0.1 + (step.size - a)).to(picked.dtype)[:, None]
                 continue
@@ -499,7 +501,7 @@ class Controller(nn.Module):
             a, log_p_a = choose(log_p, actions, t, generator)  # (B,) each
             chosen.append(a)
             log_prob = log_prob + log_p_a
-            entropy = entropy - (log_p.exp() * log_p).sum(-1)
+            entropy = entropy - log_p_a.exp() * log_p_a
             if step.kind == "input":
                 x = torch.stack(anchors[: step.size], 1)[torch.arange(n), a]  # (B, hidden)
             else:
