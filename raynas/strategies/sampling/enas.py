@@ -253,7 +253,8 @@ def _recurrent_plan(decisions: tuple[Decision, ...]) -> tuple[Step, ...] | None:
 def controller_plan(decisions: tuple[Decision, ...], *, pairs: bool = True) -> tuple[Step, ...]:
     """The controller's program for ``decisions``: attention steps for the decisions that pick a
     node's inputs (two for a pair of inputs when ``pairs``), operation steps for the others; on
-    ENAS's macro layout, its op and skip steps (:func:`_macro_plan`).
+    ENAS's macro and recurrent layouts, their controllers' programs (:func:`_macro_plan`,
+    :func:`_recurrent_plan`).
 
     A cell whose nodes do not take their inputs among ``n0, n0 + 1, ...`` states in order (a
     layout the attention cannot follow) makes every decision an operation step.
