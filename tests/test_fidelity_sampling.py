@@ -95,10 +95,11 @@ def _np_log_softmax(z: np.ndarray) -> np.ndarray:
 
 def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, temp: float,
                  op_tanh: float) -> tuple[float, float]:
-    """log p(actions) and the entropy along them for a 1-node DARTS cell pair, written out as
-    micro_controller.py's sampler: per cell two LSTM steps from g_emb give the inputs' keys
-    (anchors zero); index_1, index_2 by attention v^T tanh(W1 h_j + W2 h); op_1, op_2 from the
-    shared softmax; one more step writes the node's anchor."""
+    """log p(actions) and the code's sample_entropy along them (log_prob * exp(-log_prob) of every
+    action taken, summed) for a 1-node DARTS cell pair, written out as micro_controller.py's
+    sampler: per cell two LSTM steps from g_emb give the inputs' keys (anchors zero); index_1,
+    index_2 by attention v^T tanh(W1 h_j + W2 h); op_1, op_2 from the shared softmax; one more step
+    writes the node's anchor."""
     g = p["start"][0]
     layers = sum(k.endswith("weight_ih") for k in p)
     state = [(np.zeros_like(g), np.zeros_like(g))] * layers
@@ -110,7 +111,7 @@ def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, te
         lp = _np_log_softmax(z)
         k = next(a)
         log_prob += lp[k]
-        entropy += -(np.exp(lp) * lp).sum()
+        entropy += -np.exp(lp[k]) * lp[k]
         return k
 
     for _cell in ("normal", "reduce"):
@@ -133,10 +134,11 @@ def enas_by_hand(p: dict[str, np.ndarray], actions: list[int], tanh_c: float, te
 
 
 def test_enas_controller_step_by_hand() -> None:
-    """One REINFORCE step of ENAS's two-layer controller on a 1-node DARTS cell, against the sampler written
-    out in NumPy: the log-probability and entropy of a sample, the reward R + w H, the baseline
-    b = 0.99 * 0 + 0.01 (R + w H) (started at 0, updated before use), and Adam's first step,
-    which moves every parameter by -lr * sign(dL/dtheta) for L = -log p * (R + w H - b)."""
+    """One REINFORCE step of ENAS's two-layer controller on a 1-node DARTS cell, against the sampler
+    written out in NumPy: the log-probability and the code's entropy term of a sample, the reward
+    R + w H, the baseline b = 0.99 * 0 + 0.01 (R + w H) (started at 0, updated before use), and
+    Adam's first step, which moves every parameter by -lr * sign(dL/dtheta) for
+    L = -log p * (R + w H - b)."""
     config = EnasConfig(lstm_size=4, lstm_layers=2, tanh_constant=1.1, temperature=5.0, op_tanh_reduce=2.5,
                         entropy_weight=0.1, learning_rate=0.01, controller_batch=1,
                         controller_steps=1, controller_epochs=1, derive_samples=1)
