@@ -441,12 +441,14 @@ def _describe(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"space": args.space, "dataset": info.name, **stats.as_dict()}))
         return
+    # The auxiliary head's line only where the network has one (its parameters counted apart).
+    head = stats.params_with_aux != stats.params
     print(
         f"{args.arch} on {info.name} ({height}x{width}):\n"
-        f"  parameters        {stats.params:>13,}  ({stats.params / 1e6:.2f}M, without an "
-        f"auxiliary head)\n"
-        f"  with auxiliary    {stats.params_with_aux:>13,}\n"
-        f"  multiply-adds     {stats.macs:>13,}  ({stats.macs / 1e6:.1f}M per image)\n"
+        f"  parameters        {stats.params:>13,}  ({stats.params / 1e6:.2f}M"
+        + (", without the auxiliary head)\n" if head else ")\n")
+        + (f"  with auxiliary    {stats.params_with_aux:>13,}\n" if head else "")
+        + f"  multiply-adds     {stats.macs:>13,}  ({stats.macs / 1e6:.1f}M per image)\n"
         f"  FLOPs             {stats.flops:>13,}  (multiply-adds + bias additions)"
     )
 

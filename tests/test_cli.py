@@ -51,6 +51,24 @@ def test_describe_reads_a_genotype_file_and_prints_a_table(
     assert "parameters" in out and "multiply-adds" in out
 
 
+def test_describe_prints_the_auxiliary_heads_count_only_for_a_network_with_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["describe", "--genotype", "DARTS_V2", "--dataset", "cifar10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["parameters", "3,349,342"]
+    assert lines[1].endswith("(3.35M, without the auxiliary head)")
+    word, kind, count = lines[2].split()
+    assert (word, kind) == ("with", "auxiliary") and int(count.replace(",", "")) > 3_349_342
+    # NAS-Bench-201's networks have no auxiliary head: one count, said plainly.
+    assert main(["describe", "--space", "nb201", "--arch", "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                 "+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[0] == "parameters" and lines[1].endswith("M)")
+    assert not any("auxiliary" in line for line in lines)
+    assert lines[2].split()[0] == "multiply-adds"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
