@@ -179,6 +179,45 @@ def test_the_shared_child_has_weights_per_input_and_activation_and_the_codes_bat
         child.set_path(EnasRnnCell(("tanh",) * 3, (0, 1)))
 
 
+def test_the_shared_childs_batchnorm_moves_by_the_uncorrected_variance_as_ptb_ops_does() -> None:
+    """ptb_ops.batch_norm in training: x normalised by tf.nn.moments's mean and variance (divided
+    by n, not n - 1), scale * (x - mean) / sqrt(1 + variance) + offset; assign_moving_average moves
+    both statistics by 1 - 0.999 towards those same moments. Written out here in float64."""
+    from raynas.supernet.enas_rnn import code_batch_norm
+
+    torch.manual_seed(0)
+    bn = code_batch_norm(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    moving_mean, moving_var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for _ in range(3):
+        x = torch.randn(5, 3) * 3 + 1
+        xd = x.double()
+        mean = xd.sum(0) / 5
+        var = ((xd - mean) ** 2).sum(0) / 5  # tf.nn.moments: no Bessel correction
+        expected = bn.weight.double() * (xd - mean) / torch.sqrt(1.0 + var) + bn.bias.double()
+        torch.testing.assert_close(bn(x).double(), expected.detach(), rtol=1e-5, atol=1e-5)
+        moving_mean -= (1 - 0.999) * (moving_mean - mean)
+        moving_var -= (1 - 0.999) * (moving_var - var)
+        torch.testing.assert_close(bn.running_mean.double(), moving_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(bn.running_var.double(), moving_var, rtol=1e-6, atol=1e-7)
+    # Gradients: those of torch's own batch normalisation of the same batch.
+    x = torch.randn(5, 3, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    upstream = torch.randn(5, 3)
+    (bn(x) * upstream).sum().backward()
+    reference = F.batch_norm(x2, None, None, bn.weight, bn.bias, training=True, eps=1.0)
+    grads = torch.autograd.grad((reference * upstream).sum(), [x2, bn.weight, bn.bias])
+    torch.testing.assert_close(x.grad, grads[0])
+    torch.testing.assert_close(bn.weight.grad, grads[1])
+    torch.testing.assert_close(bn.bias.grad, grads[2])
+    bn.eval()  # is_training=False: the moving statistics
+    x = torch.randn(4, 3)
+    expected = bn.weight * (x - bn.running_mean) / torch.sqrt(1.0 + bn.running_var) + bn.bias
+    torch.testing.assert_close(bn(x), expected)
+
+
 def ptb_enas_controller(controller: torch.nn.Module, arc: list[int], *, tanh_constant: float,
                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """ptb_enas_controller.py's _build_sampler on the given arc (its sample_log_probs summed, and

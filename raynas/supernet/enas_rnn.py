@@ -5,7 +5,8 @@ Node 0 has a ``[2H, 2H]`` matrix for each activation (the code's ``w_prev`` rows
 ``(f + 1) * 2H``); node ``l`` an ``[H, 2H]`` matrix for each (input, activation) pair (``w_skip[l]``
 rows ``(p * 4 + f) * H`` on). Every node's projection is BatchNormed before the highway, and so is
 the mean of the loose ends: ``ptb_ops.batch_norm``, over the batch at every time step, epsilon 1,
-moving statistics decaying by 0.999 (``is_training=False`` reads them: the controller's rewards).
+moving statistics decaying by 0.999, the variance uncorrected (``tf.nn.moments``'s), and
+``is_training=False`` reading them: the controller's rewards.
 The language model around it is :class:`~raynas.spaces.enas_rnn.EnasRnnLanguageModel`'s.
 
 The child trains one path at a time, the controller's (:meth:`EnasRnnSupernet.set_path`), and has
@@ -32,9 +33,29 @@ from raynas.supernet.registry import SUPERNETS
 from raynas.types import DatasetInfo
 
 
-def code_batch_norm(size: int) -> nn.BatchNorm1d:
-    """``ptb_ops.batch_norm``: epsilon 1, moving averages with decay 0.999."""
-    return nn.BatchNorm1d(size, eps=1.0, momentum=0.001)
+class CodeBatchNorm(nn.BatchNorm1d):
+    """``ptb_ops.batch_norm``: epsilon 1, moving averages with decay 0.999, and in training the
+    batch's moments as ``tf.nn.moments`` gives them, the variance without Bessel's correction, in
+    the moving variance too (torch's own BatchNorm moves it by the corrected one). Evaluation
+    reads the moving statistics, as ``is_training=False`` does."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, eps=1.0, momentum=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        mean, var = x.mean(0), x.var(0, unbiased=False)  # (H,), (H,)
+        with torch.no_grad():  # assign_moving_average: m -= (1 - decay) * (m - value)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def code_batch_norm(size: int) -> CodeBatchNorm:
+    """``ptb_ops.batch_norm`` over ``size`` features (:class:`CodeBatchNorm`)."""
+    return CodeBatchNorm(size)
 
 
 class SharedEnasRnnLayer(RecurrentCell):
