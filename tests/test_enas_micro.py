@@ -169,6 +169,28 @@ def test_the_shared_child_normalises_by_the_batch_in_evaluation_too() -> None:
     assert not any(b is not None for _, b in child.named_buffers())
 
 
+@pytest.mark.parametrize("name", ["enas_micro", "enas_macro"])
+def test_every_batchnorm_of_both_children_is_image_ops_batch_norm(name: str) -> None:
+    """src/cifar10/image_ops.py's batch_norm (decay 0.9, epsilon 1e-3) is the only BatchNorm of
+    micro_child.py and general_child.py, shared and fixed alike: torch's momentum 0.1, eps 1e-3
+    (not torch's 1e-5). One of them normalised by hand: (x - mean) / sqrt(var + 1e-3)."""
+    torch.manual_seed(0)
+    config = {"channels": 4, "layers": 3} | ({"nodes": 2} if name == "enas_micro" else {})
+    space = SPACES.create(name, SPACES.entry(name).config(**config))
+    child = build_supernet(space, CIFAR10)
+    arch = space.sample(random.Random(0))
+    head = {"auxiliary": True} if name == "enas_micro" else {}  # (the macro network has none)
+    network = space.build(arch, CIFAR10, channels=4, layers=3, **head)
+    norms = [m for net in (child, network) for m in net.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) > 10
+    assert all(m.eps == 1e-3 and m.momentum == pytest.approx(0.1) for m in norms)
+    stem = network.stem[1].train()
+    x = torch.randn(3, stem.num_features, 5, 5) * 0.01  # small variances, where epsilon shows
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(stem(x), (x - mean) / torch.sqrt(var + 1e-3))
+
+
 def test_gradient_strategies_are_refused_on_the_shared_child() -> None:
     from raynas.runs.jobs import parse_job
 

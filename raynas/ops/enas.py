@@ -58,6 +58,17 @@ class AuxiliaryHead(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def code_batch_norms(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm as ``image_ops.batch_norm`` makes it (both ENAS CIFAR
+    children, the shared and the fixed ones): epsilon 1e-3 (torch's default is 1e-5), moving
+    statistics decaying by 0.9 (torch's momentum 0.1). Its ``fused_batch_norm`` moves the variance
+    by the batch's corrected one, as torch does."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps, m.momentum = 1e-3, 0.1
+    return module
+
+
 def batch_statistics_only(module: nn.Module) -> nn.Module:
     """``module`` with every BatchNorm normalising by the batch's own statistics, in training and
     evaluation alike, and keeping none (ENAS's shared child runs ``is_training=True`` always)."""

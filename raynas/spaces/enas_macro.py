@@ -30,7 +30,7 @@ from torch import nn
 
 from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.ops.enas import ENAS_MACRO_OPS, FactorizedReduction, MacroFixedOp
+from raynas.ops.enas import ENAS_MACRO_OPS, FactorizedReduction, MacroFixedOp, code_batch_norms
 from raynas.spaces.base import OptionsSpace, expect_arch, load_record
 from raynas.spaces.registry import SPACES
 from raynas.types import Architecture, DatasetInfo, Decision, check_keys, decode_options
@@ -328,6 +328,7 @@ class EnasMacroNetwork(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c, num_classes, bias=False)
+        code_batch_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes)."""

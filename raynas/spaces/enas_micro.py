@@ -30,7 +30,7 @@ from torch import nn
 from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
 from raynas.ops.darts import FactorizedReduce, ReLUConvBN, SepConv
-from raynas.ops.enas import ENAS_OPS, AuxiliaryHead, FactorizedReduction
+from raynas.ops.enas import ENAS_OPS, AuxiliaryHead, FactorizedReduction, code_batch_norms
 from raynas.spaces.base import OptionsSpace, expect_arch, load_record
 from raynas.spaces.darts_genotype import Edge, cell_shape, check_cell_edges
 from raynas.spaces.darts_nets import drop_path
@@ -424,6 +424,7 @@ class EnasMicroNetwork(nn.Module):
                 self.auxiliary_head = AuxiliaryHead(c_p, size, num_classes)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_p, num_classes, bias=False)
+        code_batch_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, classes); in training with the auxiliary head, (logits, aux_logits)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raynas.ops.enas import FactorizedReduction, MacroBranch
+from raynas.ops.enas import FactorizedReduction, MacroBranch, code_batch_norms
 from raynas.spaces.base import expect_arch
 from raynas.spaces.enas_macro import EnasMacroLayers, EnasMacroSpace, pool_layers
 from raynas.supernet.base import PathOnly
@@ -61,6 +61,7 @@ class EnasMacroSupernet(PathOnly, nn.Module):
         })
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(c, dataset.num_classes, bias=False)
+        code_batch_norms(self)
         self.path: EnasMacroLayers | None = None
 
     def set_path(self, arch: EnasMacroLayers | None) -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.ops.darts import SepConv
-from raynas.ops.enas import AuxiliaryHead, FactorizedReduction, batch_statistics_only
+from raynas.ops.enas import AuxiliaryHead, FactorizedReduction, batch_statistics_only, code_batch_norms
 from raynas.spaces.base import expect_arch
 from raynas.spaces.darts_genotype import Edge
 from raynas.spaces.enas_micro import (
@@ -133,7 +133,7 @@ class EnasMicroSupernet(PathOnly, nn.Module):
                 self.auxiliary_head = AuxiliaryHead(out, size, dataset.num_classes, batch_stats=True)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(c_p, dataset.num_classes, bias=False)
-        batch_statistics_only(self)
+        batch_statistics_only(code_batch_norms(self))
         self.path: EnasMicroCells | None = None
 
     def set_path(self, arch: EnasMicroCells | None) -> None:
