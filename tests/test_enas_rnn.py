@@ -216,6 +216,13 @@ def test_the_shared_childs_batchnorm_moves_by_the_uncorrected_variance_as_ptb_op
     x = torch.randn(4, 3)
     expected = bn.weight * (x - bn.running_mean) / torch.sqrt(1.0 + bn.running_var) + bn.bias
     torch.testing.assert_close(bn(x), expected)
+    # Recalibrated (momentum None, as raynas's recalibration sets it): the batches' plain mean.
+    bn.train().reset_running_stats()
+    bn.momentum = None
+    batches = [torch.randn(5, 3), torch.randn(5, 3)]
+    for x in batches:
+        bn(x)
+    torch.testing.assert_close(bn.running_var, sum(x.var(0, unbiased=False) for x in batches) / 2)
 
 
 def ptb_enas_controller(controller: torch.nn.Module, arc: list[int], *, tanh_constant: float,
@@ -327,3 +334,79 @@ def test_a_language_models_rate_decays_after_its_start_down_to_its_floor() -> No
         min_learning_rate=0.3,
     )]
     assert rates == pytest.approx([1.0, 1.0, 0.5, 0.3, 0.3])
+
+
+def write_penn(folder: Path, *, train_words: int, valid_words: int) -> Path:
+    """PTB's three files of random sentences over 12 words (``<eos>`` ends each line)."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(12)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", train_words), ("valid", valid_words), ("test", 20)):
+        lines = [" ".join(rng.choices(words, k=9)) for _ in range(count // 10)]
+        (folder / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_the_shared_child_carries_its_state_through_an_epoch_and_scores_from_zeros(tmp_path: Path) -> None:
+    """ptb_enas_child.py: the training graph starts every window from start_h and assigns it its
+    last state (should_carry), so the shared child trains through an epoch's windows in order, the
+    state going on from window to window whatever path each trains (reset only between epochs,
+    main.py); every window is child_bptt_steps long (ptb_input_producer). A reward's graph
+    (_build_valid_rl, should_carry=False) starts from start_h just reset: zeros."""
+    from raynas.evaluators.supernet import SupernetEvaluator
+    from raynas.runs.jobs import load_job
+
+    folder = write_penn(tmp_path / "penn", train_words=400, valid_words=200)
+    config = load_job(JOBS / "enas_ptb.yaml", [
+        f"data.path={folder}", "data.bptt=6", "data.batch_size=4", "space.channels=8", "space.nodes=3",
+        "execution.backend=local", f"tracking.output_dir={tmp_path / 'runs'}",
+    ])
+    assert (config.data.config.windows, config.data.config.valid_start) == ("fixed", "random")
+    evaluator = SupernetEvaluator(config.evaluator.config, search=config)
+    child = evaluator.supernet
+    calls: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []
+    run = child.run
+
+    def recorded(
+        tokens: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, last = run(tokens, hidden)
+        calls.append((hidden, last, tokens.shape[1]))
+        return logits, last
+
+    child.run = recorded  # type: ignore[method-assign]
+    space = SPACES.create("enas_rnn", config.space.config)
+    rng = random.Random(0)
+    for epoch in range(2):
+        calls.clear()
+        evaluator.train_epoch([space.sample(rng) for _ in range(3)])
+        # 400 words in 4 streams of 100 tokens (<eos> included): (100 - 1) // 6 = 16 windows of 6.
+        assert [t for _, _, t in calls] == [6] * 16, epoch
+        assert calls[0][0] is None  # each epoch from zeros
+        for (hidden, _, _), (_, last, _) in zip(calls[1:], calls, strict=False):
+            assert hidden is not None and not hidden.requires_grad
+            torch.testing.assert_close(hidden, last.detach(), rtol=0, atol=0)
+    calls.clear()
+    evaluator.evaluate(space.sample(rng))
+    assert [hidden for hidden, _, _ in calls] == [None]  # one minibatch (valid_batches: 1), from zeros
+
+
+def test_a_rewards_window_starts_anywhere_a_whole_window_fits_and_the_windows_go_on_from_there() -> None:
+    """ptb_input_producer(randomize=True): i uniform in [0, batch_len - num_steps), the window
+    tokens i to i + num_steps of every stream; raynas's later windows go on in order from there."""
+    from raynas.data.ptb import StreamWindows
+
+    generator = torch.Generator().manual_seed(0)
+    windows = StreamWindows(50, 10, generator, variable=False, random_start=True)
+    starts = []
+    for _ in range(1500):
+        passes = list(windows)
+        starts.append(passes[0][0][0])
+        steps = [start for (start, _), in passes]
+        assert steps == list(range(starts[-1], 48, 10)) and {size for (_, size), in passes} == {10}
+    assert set(starts) == set(range(40))
+    assert next(iter(StreamWindows(50, 10, generator, variable=False))) == [(0, 10)]  # (off: the first)
+    # The generator decides: a candidate's stream, reseeded, gives the same window again.
+    again = [list(StreamWindows(50, 10, torch.Generator().manual_seed(s), variable=False, random_start=True))
+             for s in (1, 1, 2)]
+    assert again[0] == again[1] and again[0] != again[2]

@@ -11,9 +11,10 @@ A search reads PTB as ``rnn/train_search.py`` does (:meth:`Ptb.search_loaders`):
 text trains the weights and the validation text the architecture, each cut into ``batch_size``
 parallel streams (``batchify``) read in order, window after window, so a strategy can carry the
 hidden state from one batch to the next; the training windows have the search's variable length
-(``bptt`` with probability 0.95, else ``bptt / 2``). A retraining reads its texts the same way
-(:meth:`Ptb.stream_loader`), the training windows' lengths drawn as ``rnn/train.py`` draws them
-(:class:`TrainingWindows`).
+(``bptt`` with probability 0.95, else ``bptt / 2``), or (``windows: fixed``) ENAS's ``bptt``, and
+the validation windows may start at a random token (``valid_start: random``, ENAS's rewards).
+A retraining reads its texts the same way (:meth:`Ptb.stream_loader`), the training windows'
+lengths drawn as ``rnn/train.py`` draws them (:class:`TrainingWindows`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,20 @@ class PtbConfig(LoaderConfig):
         path: The folder holding ``ptb.train.txt`` (and ``ptb.valid.txt``, ``ptb.test.txt``), or
             ``s3://bucket/prefix``.
         bptt: Tokens per sample (35 in rnn/train_search.py and rnn/train.py).
+        windows: The search's training windows: ``variable`` lengths as rnn/train_search.py
+            draws them, or ``fixed``: always ``bptt``, the tokens left after the last whole
+            window not read (ENAS's ``ptb_input_producer``).
+        valid_start: Where the search's validation windows start: the streams' ``first``
+            token, or a ``random`` one drawn anew at every pass over them, anywhere a whole
+            window fits, the windows going on in order from there (ENAS scores each candidate on
+            such a window: ``ptb_input_producer(randomize=True)``). A candidate's pass draws from
+            its own stream, so it is scored on the same windows whichever worker scores it.
     """
 
     path: Annotated[str, Rule(missing="the folder holding ptb.train.txt")] = ""
     bptt: Annotated[int, Rule(ge=1)] = 35
+    windows: Literal["variable", "fixed"] = "variable"
+    valid_start: Literal["first", "random"] = "first"
 
 
 def read_words(
@@ -124,12 +135,22 @@ class StreamWindows(Sampler[list[tuple[int, int]]]):
     Args:
         length: Tokens per stream.
         bptt: The nominal window length.
-        generator: Draws the variable lengths; its state is part of a checkpoint.
+        generator: Draws the variable lengths (and a random start); its state is part of a
+            checkpoint.
         variable: Vary the lengths (training) or not.
+        random_start: Start each pass at a token drawn uniformly from those a whole window of
+            ``bptt`` can start at (``ptb_input_producer(randomize=True)``: ``i`` in
+            ``[0, length - bptt)``), not at the first.
+        whole: Only whole windows of ``bptt``: the tokens after the last are not read
+            (``ptb_input_producer``'s ``(length - 1) // bptt`` windows an epoch).
     """
 
-    def __init__(self, length: int, bptt: int, generator: torch.Generator, *, variable: bool) -> None:
+    def __init__(
+        self, length: int, bptt: int, generator: torch.Generator, *, variable: bool,
+        random_start: bool = False, whole: bool = False,
+    ) -> None:
         self.length, self.bptt, self.generator, self.variable = length, bptt, generator, variable
+        self.random_start, self.whole = random_start, whole
 
     def _size(self) -> int:
         if not self.variable:
@@ -142,8 +163,12 @@ class StreamWindows(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         start = 0
+        if self.random_start and self.length - self.bptt > 0:
+            start = int(torch.randint(self.length - self.bptt, (), generator=self.generator))
         while start < self.length - 2:
             size = self._size()
+            if self.whole and start + size > self.length - 1:
+                return
             yield [(start, size)]
             start += size
 
@@ -228,17 +253,23 @@ class Ptb:
         self, *, seed: int, rank: int = 0, world_size: int = 1
     ) -> tuple[DataLoader[Any], DataLoader[Any]]:
         """The search's loaders as ``rnn/train_search.py`` reads PTB: the training text's streams
-        (variable-length windows) for the weights, the validation text's (windows of ``bptt``)
-        for the architecture; ``data.batch_size`` streams, each worker reading its share."""
-        batch = self.config.batch_size
+        (variable-length windows; ``data.windows: fixed``, windows of ``bptt``) for the weights,
+        the validation text's (windows of ``bptt``, from the first token or, ``data.valid_start:
+        random``, a random one) for the architecture; ``data.batch_size`` streams, each worker
+        reading its share."""
+        cfg = self.config
+        lengths: Literal["whole", "search"] = "search" if cfg.windows == "variable" else "whole"
         return (
-            self.stream_loader("train", batch, seed=seed, lengths="search", rank=rank, world_size=world_size),
-            self.stream_loader("valid", batch, seed=seed + 1, rank=rank, world_size=world_size),
+            self.stream_loader("train", cfg.batch_size, seed=seed, lengths=lengths, rank=rank,
+                               world_size=world_size),
+            self.stream_loader("valid", cfg.batch_size, seed=seed + 1, rank=rank, world_size=world_size,
+                               random_start=cfg.valid_start == "random"),
         )
 
     def stream_loader(
         self, split: str, streams: int, *, seed: int = 0,
-        lengths: Literal["fixed", "search", "train"] = "fixed", rank: int = 0, world_size: int = 1,
+        lengths: Literal["fixed", "whole", "search", "train"] = "fixed", rank: int = 0, world_size: int = 1,
+        random_start: bool = False,
     ) -> DataLoader[Any]:
         """A split read as ``streams`` parallel streams (``batchify``), window after window, this
         worker reading its share (``data.limit``: the first ``limit`` windows' tokens only).
@@ -247,10 +278,12 @@ class Ptb:
             split: ``train``, ``valid`` or ``test``.
             streams: The global number of streams.
             seed: Seeds the generator of variable lengths (the sampler's, saved in checkpoints).
-            lengths: ``fixed`` windows of ``bptt``; ``search``: :class:`StreamWindows`' variable
+            lengths: ``fixed`` windows of ``bptt`` (the last one shorter where the tokens run
+                out); ``whole``: only whole ones; ``search``: :class:`StreamWindows`' variable
                 ones (rnn/train_search.py); ``train``: :class:`TrainingWindows` (rnn/train.py).
             rank: This worker's index among ``world_size`` data-parallel workers.
             world_size: Workers sharing the streams.
+            random_start: Each pass starts at a random token (:class:`StreamWindows`).
         """
         cfg = self.config
         if streams % world_size:
@@ -267,7 +300,8 @@ class Ptb:
         generator = torch.Generator().manual_seed(seed)
         sampler = (
             TrainingWindows(data.length, cfg.bptt, generator) if lengths == "train"
-            else StreamWindows(data.length, cfg.bptt, generator, variable=lengths == "search")
+            else StreamWindows(data.length, cfg.bptt, generator, variable=lengths == "search",
+                               random_start=random_start, whole=lengths == "whole")
         )
         return DataLoader(data, batch_sampler=sampler, collate_fn=_single)  # type: ignore[arg-type]
 

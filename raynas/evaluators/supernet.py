@@ -29,7 +29,7 @@ from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
 from raynas.spaces import SPACES
 from raynas.supernet import build_supernet
-from raynas.train.accel import pick_device, prepare
+from raynas.train.accel import pick_device, prepare, unwrap
 from raynas.train.distributed import convert_batchnorm, local_only
 from raynas.train.loop import evaluate, fit, recalibrate_batchnorm, train_epoch
 from raynas.train.schedules import search_schedule
@@ -209,6 +209,8 @@ class SupernetEvaluator:
             grad_clip=self.search.train.grad_clip, before_step=before_step, precision=self.precision,
             # A supernet with an auxiliary head weighs its loss so (ENAS's shared child: 0.4).
             auxiliary_weight=getattr(self.supernet, "auxiliary_weight", 0.0),
+            # A language model's training streams go on from batch to batch, paths changing.
+            carry_state=hasattr(unwrap(self.supernet), "run_outputs"),
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]

@@ -47,9 +47,11 @@ class CodeBatchNorm(nn.BatchNorm1d):
             return super().forward(x)
         mean, var = x.mean(0), x.var(0, unbiased=False)  # (H,), (H,)
         with torch.no_grad():  # assign_moving_average: m -= (1 - decay) * (m - value)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
             self.num_batches_tracked.add_(1)
+            # (momentum None, as BatchNorm recalibration sets it: torch's cumulative average)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(var, factor)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 

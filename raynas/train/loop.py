@@ -184,6 +184,7 @@ def train_epoch(
     mixing: MixUpCutMix | None = None,
     after_step: Callable[[], None] | None = None,
     bce_threshold: float | None = None,
+    carry_state: bool = False,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
 
@@ -206,6 +207,10 @@ def train_epoch(
             against its target, the (mixed, smoothed) targets set to 1 above the threshold and 0
             elsewhere when it is positive (timm's ``BinaryCrossEntropy(target_threshold=...)``,
             NEXcepTion's ``--bce-loss --bce-target-thresh 0.2``).
+        carry_state: ``model`` is a recurrent language model (its ``run(tokens, hidden)``) and
+            ``batches`` consecutive windows of the same streams: each batch starts from the
+            hidden state the previous one ended in, cut from its graph, the first from zeros
+            (ENAS's ``ptb_enas_child.py`` carries its ``start_h`` so through an epoch).
 
     Returns:
         ``train_loss`` and ``train_acc`` over the epoch.
@@ -214,6 +219,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
+    hidden: torch.Tensor | None = None
     for step, batch in enumerate(batches):
         if before_step is not None:
             before_step(step)
@@ -229,7 +235,10 @@ def train_epoch(
             x = mix(x, lam, box)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
+            if carry_state:
+                out, hidden = unwrap(model).run(x, hidden)  # type: ignore[operator]  # (B, V, T), (B, H)
+            else:
+                out = model(x)  # (B, classes), or (logits, auxiliary logits) from a network with a head
             logits, aux = out if isinstance(out, tuple) else (out, None)
             if soft:
                 smoothing = mixing.label_smoothing if mixed else label_smoothing  # type: ignore[union-attr]
@@ -250,6 +259,8 @@ def train_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
+        if hidden is not None:
+            hidden = hidden.detach()  # the next window goes on from here, its gradient cut
         n = labelled(y)
         loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == y).sum()
