@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -410,3 +411,33 @@ def test_a_rewards_window_starts_anywhere_a_whole_window_fits_and_the_windows_go
     again = [list(StreamWindows(50, 10, torch.Generator().manual_seed(s), variable=False, random_start=True))
              for s in (1, 1, 2)]
     assert again[0] == again[1] and again[0] != again[2]
+
+
+def test_the_retraining_trains_on_whole_windows_of_35_as_ptb_final_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ptb_final.sh's training reads ptb_input_producer's windows: every one child_bptt_steps long,
+    the tokens after the last whole one not read; rnn/train.py's varying lengths are not ENAS's.
+    Seen through a retraining of the job (shrunk), window by window."""
+    from raynas.runs.retrain import run_retrain
+    from raynas.spaces.enas_rnn import EnasRnnLanguageModel
+    from tests.conftest import mlflow_store
+
+    folder = write_penn(tmp_path / "penn", train_words=400, valid_words=100)
+    config = load_retrain_job(JOBS / "retrain_enas_ptb.yaml", [
+        f"data.path={folder}", "data.bptt=6", "data.batch_size=4", "retrain.epochs=2", "retrain.channels=8",
+        "retrain.valid_streams=2", "execution.backend=local",
+        f"tracking.tracking_uri={mlflow_store(tmp_path)}", f"tracking.output_dir={tmp_path / 'runs'}",
+    ])
+    assert config.data.config.windows == "fixed"
+    lengths: list[int] = []
+    run_dropped = EnasRnnLanguageModel.run_dropped
+
+    def recorded(self: EnasRnnLanguageModel, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> Any:
+        if self.training and torch.is_grad_enabled():  # (not the network's check as it is built)
+            lengths.append(tokens.shape[1])
+        return run_dropped(self, tokens, hidden)
+
+    monkeypatch.setattr(EnasRnnLanguageModel, "run_dropped", recorded)
+    run_retrain(config, echo=lambda _: None, fresh=True)
+    assert lengths == [6] * 16 * 2  # (100 - 1) // 6 windows of the 4 streams' 100 tokens, two epochs

@@ -570,6 +570,32 @@ def test_convnext_retraining_builds_its_stochastic_depth() -> None:
     assert rates == pytest.approx([0.1 * i / 17 for i in range(18)])
 
 
+def test_the_networks_check_as_it_is_built_leaves_its_batchnorm_statistics_and_the_random_stream() -> None:
+    """build_network runs the network once in training mode on the data's shape: that pass must
+    leave the BatchNorm statistics as built (mean 0, variance 1, no batch counted) and the random
+    stream where it was, so the retraining starts as the network's code would."""
+    from raynas.runs.common import dataset_info
+    from raynas.runs.retrain import build_network
+    from raynas.spaces import SPACES
+
+    config = load_retrain_job(JOBS / "retrain_darts_cifar10.yaml", ["retrain.channels=4", "retrain.layers=3"])
+    space, info = SPACES.create("darts"), dataset_info("cifar10")
+    arch = space.parse("DARTS_V2")
+    torch.manual_seed(0)  # the network alone, as the job's settings build it
+    space.build(arch, info, channels=4, layers=3, auxiliary=True, drop_path_prob=0.2)
+    built = torch.get_rng_state()
+    example = torch.randn(3, 32, 32) * 5 + 2
+    torch.manual_seed(0)
+    net = build_network(config, arch, info, example=example)
+    assert torch.equal(torch.get_rng_state(), built)  # (its dropout and drop path drew nothing)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) > 10 and net.training
+    for m in norms:
+        assert torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+        assert torch.equal(m.running_var, torch.ones_like(m.running_var))
+        assert int(m.num_batches_tracked) == 0
+
+
 def test_retraining_restarts_the_cosine_and_uses_nesterov_momentum_as_enas_final_runs_do() -> None:
     """melodyguan/enas's get_train_ops with lr_cosine (src/utils.py): epoch e's rate is
     lr_min + (lr_max - lr_min)(1 + cos(pi T_cur / T_i)) / 2, T_i = 10, 20, 40, ... and T_cur counted

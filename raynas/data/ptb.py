@@ -47,9 +47,9 @@ class PtbConfig(LoaderConfig):
         path: The folder holding ``ptb.train.txt`` (and ``ptb.valid.txt``, ``ptb.test.txt``), or
             ``s3://bucket/prefix``.
         bptt: Tokens per sample (35 in rnn/train_search.py and rnn/train.py).
-        windows: The search's training windows: ``variable`` lengths as rnn/train_search.py
-            draws them, or ``fixed``: always ``bptt``, the tokens left after the last whole
-            window not read (ENAS's ``ptb_input_producer``).
+        windows: The training windows: ``variable`` lengths as rnn/train_search.py draws them
+            (a search) and rnn/train.py (a retraining), or ``fixed``: always ``bptt``, the tokens
+            left after the last whole window not read (ENAS's ``ptb_input_producer``).
         valid_start: Where the search's validation windows start: the streams' ``first``
             token, or a ``random`` one drawn anew at every pass over them, anywhere a whole
             window fits, the windows going on in order from there (ENAS scores each candidate on

@@ -116,9 +116,16 @@ def build_network(
         network.drop_path_prob = 0.0
     # (ConvNeXt's stochastic depth keeps the per-block rates it was built with, as main.py's.)
     network.train()
+    # The check leaves the network as built: its BatchNorm statistics and the random stream (its
+    # dropout draws) are put back after it.
+    buffers = {name: b.clone() for name, b in network.named_buffers()}
+    rng = torch.get_rng_state()
     try:  # a shape that does not fit (an auxiliary head on tiny images, ...) fails here, clearly
         with torch.no_grad():
             out = network(torch.stack([example, example]))  # two: BatchNorm in train mode needs them
+            for name, b in network.named_buffers():
+                b.copy_(buffers[name])
+        torch.set_rng_state(rng)
     except RuntimeError as exc:
         if no_memory(exc):
             raise  # not the inputs: the command line says it as such
@@ -367,18 +374,19 @@ def _check_recurrent(config: RetrainConfig) -> None:
     """Refuse settings a language model's training (rnn/train.py's) does not have."""
     cfg = config.retrain
     for key, unused in (
-        ("optimizer", cfg.optimizer != "sgd"), ("momentum", cfg.momentum), ("lr_gamma", cfg.lr_gamma),
+        ("optimizer", cfg.optimizer != "sgd"), ("momentum", cfg.momentum),
         ("lr_power", cfg.lr_power), ("warmup_epochs", cfg.warmup_epochs),
         ("label_smoothing", cfg.label_smoothing), ("auxiliary_weight", cfg.auxiliary_weight),
         ("drop_path_prob", cfg.drop_path_prob), ("mixup", cfg.mixup), ("cutmix", cfg.cutmix),
-        ("ema_decay", cfg.ema_decay), ("min_learning_rate", cfg.min_learning_rate),
-        ("lr_per_step", cfg.lr_per_step), ("loss", cfg.loss != "cross_entropy"),
-        ("aug_repeats", cfg.aug_repeats > 1),
+        ("ema_decay", cfg.ema_decay), ("lr_per_step", cfg.lr_per_step),
+        ("loss", cfg.loss != "cross_entropy"), ("aug_repeats", cfg.aug_repeats > 1),
+        ("min_learning_rate", cfg.min_learning_rate and not cfg.lr_gamma),
     ):
         if unused:
             raise ConfigError(
                 f"retrain.{key}: a language model on {config.data.name} trains as DARTS's rnn/train.py, "
-                "with SGD at a constant rate, no momentum, then averaged SGD; remove the setting"
+                "with SGD at a constant rate (or one decaying by retrain.lr_gamma, down to "
+                "retrain.min_learning_rate), no momentum, then averaged SGD; remove the setting"
             )
     if config.execution.workers > 1:
         raise ConfigError(
@@ -391,12 +399,14 @@ def _stream_loaders(
     data: Any, config: RetrainConfig
 ) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any]]:
     """A language model's texts as rnn/train.py reads them, each in parallel streams read window
-    after window: the training text in ``data.batch_size`` streams with its variable windows, the
+    after window: the training text in ``data.batch_size`` streams with its variable windows (with
+    ``data.windows: fixed``, whole windows of ``bptt``, as ENAS's ``ptb_input_producer``), the
     validation text in ``retrain.valid_streams`` (10) and the test text in ``retrain.test_streams``
     (1), in windows of ``bptt``."""
     cfg = config.retrain
+    lengths = "train" if data.config.windows == "variable" else "whole"
     return (
-        data.stream_loader("train", data.config.batch_size, seed=config.seed, lengths="train"),
+        data.stream_loader("train", data.config.batch_size, seed=config.seed, lengths=lengths),
         data.stream_loader("valid", cfg.valid_streams),
         data.stream_loader("test", cfg.test_streams),
     )
