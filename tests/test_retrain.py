@@ -347,8 +347,11 @@ def test_bad_retraining_jobs_say_what_is_wrong(tmp_path: Path) -> None:
     "path", sorted([*JOBS.glob("retrain_*.yaml"), *JOBS.glob("transfer_*.yaml")]), ids=lambda p: p.name
 )
 def test_retraining_job_files_are_valid(path: Path) -> None:
+    from raynas.runs.retrain import check_settings
+
     config = load_retrain_job(path)
     assert config.architecture and config.retrain.epochs >= 1
+    check_settings(config)  # what `raynas train` checks before it starts
 
 
 def test_label_smoothing_is_darts_cross_entropy_label_smooth() -> None:

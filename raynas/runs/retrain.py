@@ -274,8 +274,7 @@ def _run_retrain(
 ) -> RetrainResult:
     started = time.perf_counter()
     cfg = config.retrain
-    if trains_language_model(config):
-        _check_recurrent(config)
+    check_settings(config)
     prior = None if fresh or not checkpoint.is_file() else load_checkpoint(checkpoint)
     if prior is not None and (prior["finished"] or prior["config"] != config.to_dict()):
         if not prior["finished"]:
@@ -368,6 +367,17 @@ def trains_language_model(config: RetrainConfig) -> bool:
     """Whether the job trains a recurrent language model: its data is a corpus of token streams
     (PTB, WikiText-2)."""
     return isinstance(config.data.config, PtbConfig)
+
+
+def check_settings(config: RetrainConfig) -> None:
+    """The checks a retraining makes of its job before it starts, beyond those of the job's own
+    parts: a language model's training takes only the settings rnn/train.py's has.
+
+    Raises:
+        ConfigError: A setting the network's training does not have.
+    """
+    if trains_language_model(config):
+        _check_recurrent(config)
 
 
 def _check_recurrent(config: RetrainConfig) -> None:
