@@ -78,6 +78,11 @@ class TrainConfig:
     learning_rate_min)`` (ENAS's ``get_train_ops`` without ``lr_cosine``: ``lr_dec_start``,
     ``lr_dec_every`` 1 epoch, ``lr_dec_rate``, ``lr_dec_min``).
     ``grad_clip``: the weights' gradient-norm clip; 0 (none) for a sampling search's supernet only.
+    ``decay_in_loss``: ``weight_decay`` is the gradient of an L2 term of the loss over every weight,
+    ``weight_decay / 2 * sum(w ** 2)``: added to every weight's gradient before the clip, those
+    off the step's path too (ENAS's ``get_train_ops`` adds ``l2_reg * sum(w ** 2)`` to its loss);
+    else SGD's weight decay, after the clip, on the weights with a gradient. For a sampling
+    search's supernet (gradient strategies step their own weights).
     """
 
     epochs: int = 50
@@ -95,6 +100,7 @@ class TrainConfig:
     restart_epochs: int = 10
     restart_mult: int = 2
     decay_start: int = 0
+    decay_in_loss: bool = False
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "must be at least 1")
@@ -447,6 +453,9 @@ class RetrainSettings:
             (``--bce-target-thresh`` 0.2); 0: the targets as they are.
         aug_repeats: Repeated augmentation: each image this many times in a row, augmented anew,
             an epoch as long as before (timm's ``--aug-repeats``, 3 in NEXcepTion's command); 1: none.
+        decay_in_loss: SGD's ``weight_decay`` as the gradient of an L2 term of the loss over every
+            weight: added to every weight's gradient before the clip (ENAS's ``get_train_ops``),
+            not after it.
     """
 
     epochs: int = 50
@@ -483,6 +492,7 @@ class RetrainSettings:
     loss: Literal["cross_entropy", "bce"] = "cross_entropy"
     bce_target_threshold: float = 0.0
     aug_repeats: int = 1
+    decay_in_loss: bool = False
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")
@@ -519,6 +529,8 @@ class RetrainSettings:
               "lr_power, lr_per_step and warmup_epochs off)")
         check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "retrain.nesterov",
               "needs retrain.optimizer: sgd and retrain.momentum > 0")
+        check(not self.decay_in_loss or self.optimizer == "sgd", "retrain.decay_in_loss",
+              "is SGD's weight decay as a term of the loss: needs retrain.optimizer: sgd")
         check(self.ar >= 0 and self.tar >= 0, "retrain.ar", "and retrain.tar must be >= 0")
         check(self.nonmono >= 0, "retrain.nonmono", "must be >= 0 (0: SGD throughout)")
         check(self.valid_streams >= 1 and self.test_streams >= 1, "retrain.valid_streams",
@@ -1750,6 +1762,11 @@ SEARCH_CHECKS: tuple[Check, ...] = (
         "space {space!r}'s supernet has no architecture weights for gradient strategy {strategy!r} to "
         "learn: it trains the paths a sampling strategy samples (enas, random_ws, spos, ... with "
         "evaluator supernet)",
+    ),
+    Check(
+        "strategy_is['kind'] == 'sampling' or not train['decay_in_loss']",
+        "config key 'train.decay_in_loss' is for the supernet of a sampling search; gradient "
+        "strategy {strategy!r} steps its weights with SGD's weight decay: remove it",
     ),
     Check(
         "strategy_is['kind'] == 'sampling' or train['grad_clip'] > 0",

@@ -191,6 +191,47 @@ def test_every_batchnorm_of_both_children_is_image_ops_batch_norm(name: str) -> 
     torch.testing.assert_close(stem(x), (x - mean) / torch.sqrt(var + 1e-3))
 
 
+def test_the_l2_term_decays_every_weight_inside_the_clip_as_get_train_ops() -> None:
+    """src/utils.py's get_train_ops: loss += l2_reg * sum over every variable of sum(w ** 2); the
+    gradients of that loss, clipped to grad_bound by their global norm, step every variable:
+    weights off the sampled path move by the L2 term's gradient alone. Written out here in
+    float64 against one step of train_epoch with decay_in_loss (wd = 2 * l2_reg)."""
+    from raynas.train.loop import train_epoch
+
+    torch.manual_seed(0)
+    space = SPACES.create("enas_micro", EnasMicroSpaceConfig(
+        channels=4, layers=1, nodes=2, auxiliary_weight=0.0, dropout=0.0))
+    child = build_supernet(space, CIFAR10)
+    path = space.sample(random.Random(1))
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    lr, wd, clip = 0.5, 0.01, 0.05
+    before = {name: p.detach().clone().double() for name, p in child.named_parameters()}
+    child.set_path(path)
+    child.train()
+    loss = torch.nn.functional.cross_entropy(child(x), y)
+    named = list(child.named_parameters())
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    total = {name: (torch.zeros_like(before[name]) if g is None else g.double()) + wd * before[name]
+             for (name, _), g in zip(named, grads, strict=True)}
+    norm = torch.sqrt(sum((g ** 2).sum() for g in total.values()))
+    coef = min(1.0, clip / (float(norm) + 1e-6))  # tf.clip_by_global_norm (torch adds its 1e-6)
+    assert coef < 1  # the clip acts, with the L2 term inside it
+    off_path = [name for (name, _), g in zip(named, grads, strict=True) if g is None]
+    assert off_path  # the other branches' and inputs' weights
+
+    optimizer = torch.optim.SGD(child.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+    train_epoch(child, optimizer, [(x, y)], torch.device("cpu"), grad_clip=clip,
+                before_step=lambda _: child.set_path(path), decay_in_loss=wd)
+    for name, p in child.named_parameters():
+        expected = before[name] - lr * coef * total[name]
+        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-7, msg=name)
+    name = off_path[0]
+    moved = before[name] - dict(child.named_parameters())[name].detach().double()
+    decay = lr * coef * wd * before[name]
+    assert decay.abs().max() > 1e-6  # (float32 differences are good to about 3e-8 here)
+    torch.testing.assert_close(moved, decay, rtol=0, atol=5e-8)
+
+
 def test_gradient_strategies_are_refused_on_the_shared_child() -> None:
     from raynas.runs.jobs import parse_job
 

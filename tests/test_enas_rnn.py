@@ -441,3 +441,41 @@ def test_the_retraining_trains_on_whole_windows_of_35_as_ptb_final_runs(
     monkeypatch.setattr(EnasRnnLanguageModel, "run_dropped", recorded)
     run_retrain(config, echo=lambda _: None, fresh=True)
     assert lengths == [6] * 16 * 2  # (100 - 1) // 6 windows of the 4 streams' 100 tokens, two epochs
+
+
+def test_the_language_models_l2_term_is_inside_its_clipped_gradient() -> None:
+    """get_train_ops (ptb_final.sh, --child_grad_bound=0.25 global): the gradient of loss + l2_reg *
+    sum(w ** 2) over every variable, clipped by the global norm, then SGD. Written out in float64
+    against one window of the retraining's epoch with decay_in_loss (wd = 2 * l2_reg); a job
+    whose steps are not SGD's, or a gradient strategy's search, is refused the setting."""
+    from raynas.runs.jobs import parse_job
+    from raynas.train.language_model import train_language_model_epoch
+    from tests.conftest import tiny_job
+
+    torch.manual_seed(0)
+    space = SPACES.create("enas_rnn", EnasRnnSpaceConfig(channels=6, nodes=3, dropoute=0.0, dropoutx=0.0,
+                                                          dropouth=0.0))
+    net = space.build(EnasRnnCell(("tanh", "relu", "sigmoid"), (0, 1)), DatasetInfo("ptb", 1, 20, 5))
+    x, y = torch.randint(20, (3, 5)), torch.randint(20, (3, 5))
+    lr, wd, clip = 2.0, 0.05, 0.1
+    before = {name: p.detach().clone().double() for name, p in net.named_parameters()}
+    net.train()
+    logits, outputs, _ = net.run_dropped(x, None)
+    loss = F.cross_entropy(logits, y) + 0.5 * (outputs[1:] - outputs[:-1]).pow(2).mean()
+    named = list(net.named_parameters())
+    grads = torch.autograd.grad(loss, [p for _, p in named])
+    total = {name: g.double() + wd * before[name] for (name, _), g in zip(named, grads, strict=True)}
+    norm = torch.sqrt(sum((g ** 2).sum() for g in total.values()))
+    coef = min(1.0, clip / (float(norm) + 1e-6))
+    assert coef < 1
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=0.0)
+    train_language_model_epoch(net, optimizer, [(x, y)], torch.device("cpu"), bptt=5, grad_clip=clip,
+                               tar=0.5, decay_in_loss=wd)
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.detach().double(), before[name] - lr * coef * total[name],
+                                   rtol=1e-5, atol=1e-7, msg=name)
+
+    with pytest.raises(ConfigError, match=r"retrain.decay_in_loss.*needs retrain.optimizer: sgd"):
+        load_retrain_job(JOBS / "retrain_enas_ptb.yaml", ["retrain.optimizer=adamw"])
+    with pytest.raises(ConfigError, match=r"'train.decay_in_loss' is for the supernet of a sampling search"):
+        parse_job({**tiny_job(Path("/tmp")), "train": {"decay_in_loss": True}})

@@ -168,8 +168,8 @@ class SupernetEvaluator:
         arch_ids = {id(p) for p in self.supernet.arch_parameters()}
         self.optimizer = torch.optim.SGD(
             [p for p in self.supernet.parameters() if id(p) not in arch_ids],
-            lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
-            nesterov=train.nesterov,
+            lr=train.learning_rate, momentum=train.momentum,
+            weight_decay=0.0 if train.decay_in_loss else train.weight_decay, nesterov=train.nesterov,
         )
         self.schedule = search_schedule(self.optimizer, train)
         self.epoch = 0
@@ -211,6 +211,7 @@ class SupernetEvaluator:
             auxiliary_weight=getattr(self.supernet, "auxiliary_weight", 0.0),
             # A language model's training streams go on from batch to batch, paths changing.
             carry_state=hasattr(unwrap(self.supernet), "run_outputs"),
+            decay_in_loss=self.search.train.weight_decay if self.search.train.decay_in_loss else 0.0,
         )
         self.supernet.set_path(None)
         metrics["lr"] = self.schedule.get_last_lr()[0]

@@ -211,6 +211,7 @@ class RetrainWorker:
                 grad_clip=cfg.grad_clip, bptt=self.config.data.config.bptt, ar=cfg.ar, tar=cfg.tar,
                 nonmono=cfg.nonmono, state=state, generator=generator, precision=precision,
                 lr_gamma=cfg.lr_gamma, decay_start=cfg.decay_start, min_learning_rate=cfg.min_learning_rate,
+                decay_in_loss=cfg.decay_in_loss,
             )
             return
         self._epochs = fit(
@@ -226,6 +227,7 @@ class RetrainWorker:
             min_learning_rate=cfg.min_learning_rate, lr_per_step=cfg.lr_per_step,
             bce_threshold=cfg.bce_target_threshold if cfg.loss == "bce" else None,
             restart_epochs=cfg.restart_epochs, restart_mult=cfg.restart_mult, nesterov=cfg.nesterov,
+            decay_in_loss=cfg.decay_in_loss,
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:

@@ -34,7 +34,7 @@ from torch import nn
 from raynas.errors import RaynasError
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_
-from raynas.train.loop import _global_means, _to, evaluate
+from raynas.train.loop import _global_means, _to, decay_into_gradients_, evaluate
 from raynas.train.segmentation import labelled
 from raynas.train.step import Batch
 
@@ -68,6 +68,7 @@ def train_language_model_epoch(
     ar: float = 0.0,
     tar: float = 0.0,
     precision: str = "fp32",
+    decay_in_loss: float = 0.0,
 ) -> dict[str, float]:
     """One pass over consecutive windows of the training streams (rnn/train.py's ``train()``).
 
@@ -82,6 +83,8 @@ def train_language_model_epoch(
         ar: Weight of the activation regularisation.
         tar: Weight of the temporal activation regularisation.
         precision: ``fp32``, or ``bf16`` for the forward pass and loss under bf16 autocast.
+        decay_in_loss: If set, ``decay_in_loss * w`` is added to every weight's gradient before
+            the clip (:func:`~raynas.train.loop.decay_into_gradients_`).
 
     Returns:
         ``train_loss`` (cross-entropy, without the regularisation) and ``train_acc``.
@@ -104,6 +107,9 @@ def train_language_model_epoch(
             total = regularised_loss(loss, outputs.float(), dropped.float(), ar=ar, tar=tar)
         total.backward()
         average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        if decay_in_loss:
+            decay_into_gradients_([p for group in optimizer.param_groups for p in group["params"]],
+                                  decay_in_loss)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         for group, rate in zip(optimizer.param_groups, rates, strict=True):
@@ -193,6 +199,7 @@ def fit_language_model(
     lr_gamma: float = 0.0,
     decay_start: int = 0,
     min_learning_rate: float = 0.0,
+    decay_in_loss: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a recurrent language model epoch by epoch as rnn/train.py does (module docstring),
     at a constant ``learning_rate``, or one decaying by ``lr_gamma`` an epoch (ENAS's
@@ -219,6 +226,8 @@ def fit_language_model(
             decay_start, 0), min_learning_rate)`` (ENAS's ``get_train_ops``), ASGD too.
         decay_start: The epochs the decay waits.
         min_learning_rate: The decay's floor.
+        decay_in_loss: ``weight_decay`` added to every weight's gradient before the clip (ENAS's
+            L2 term of the loss), not by the optimisers after it.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -229,6 +238,8 @@ def fit_language_model(
         returns: the model holds its weights at once (the best network's, for the last epoch's).
     """
     plain = unwrap(model)
+    in_loss = weight_decay if decay_in_loss else 0.0
+    weight_decay = 0.0 if decay_in_loss else weight_decay  # the optimisers'
     optimizer = torch.optim.SGD(plain.parameters(), lr=learning_rate, weight_decay=weight_decay)
     epoch, history = 0, []
     best: dict[str, Any] | None = None  # the network of the lowest validation loss: its weights, scores
@@ -253,7 +264,7 @@ def fit_language_model(
                 group["lr"] = rate
             metrics = train_language_model_epoch(
                 model, optimizer, train_batches, device, bptt=bptt, grad_clip=grad_clip, ar=ar, tar=tar,
-                precision=precision,
+                precision=precision, decay_in_loss=in_loss,
             )
             if not math.isfinite(metrics["train_loss"]):
                 optimizer, epoch = _roll_back(plain, best, epoch, learning_rate, weight_decay)

@@ -170,6 +170,18 @@ def _global_means(
     return float(totals[0]) / n, float(totals[1]) / n
 
 
+def decay_into_gradients_(params: Iterable[torch.Tensor], weight_decay: float) -> None:
+    """Add ``weight_decay * w`` to every weight's gradient, in place; a weight without one (off
+    the path a one-shot step trained) gets that alone: the gradient of the L2 term
+    ``weight_decay / 2 * sum(w ** 2)`` of the loss over every weight, as ENAS's ``get_train_ops``
+    adds ``l2_reg * sum(w ** 2)`` over all its variables to the loss it differentiates and clips."""
+    for p in params:
+        if p.grad is None:
+            p.grad = weight_decay * p.detach()
+        else:
+            p.grad.add_(p.detach(), alpha=weight_decay)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -185,6 +197,7 @@ def train_epoch(
     after_step: Callable[[], None] | None = None,
     bce_threshold: float | None = None,
     carry_state: bool = False,
+    decay_in_loss: float = 0.0,
 ) -> dict[str, float]:
     """One pass of plain supervised training (a stand-alone network, or a one-shot supernet).
 
@@ -211,6 +224,9 @@ def train_epoch(
             ``batches`` consecutive windows of the same streams: each batch starts from the
             hidden state the previous one ended in, cut from its graph, the first from zeros
             (ENAS's ``ptb_enas_child.py`` carries its ``start_h`` so through an epoch).
+        decay_in_loss: If set, the gradient of the L2 term ``decay_in_loss / 2 * sum(w ** 2)``
+            over every weight the optimiser steps is added before the clip
+            (:func:`decay_into_gradients_`); the optimiser then has no weight decay of its own.
 
     Returns:
         ``train_loss`` and ``train_acc`` over the epoch.
@@ -254,6 +270,9 @@ def train_epoch(
         # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
         # what they train; a no-op for one worker.
         average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        if decay_in_loss:
+            decay_into_gradients_([p for group in optimizer.param_groups for p in group["params"]],
+                                  decay_in_loss)
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -319,6 +338,7 @@ def fit(
     restart_epochs: int = 0,
     restart_mult: int = 2,
     nesterov: bool = False,
+    decay_in_loss: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -369,6 +389,8 @@ def fit(
             next ``restart_mult`` times longer (:func:`raynas.train.schedules.restart_schedule`).
         restart_mult: The periods' growth.
         nesterov: SGD's Nesterov momentum.
+        decay_in_loss: SGD's ``weight_decay`` added to every weight's gradient before the clip
+            (:func:`decay_into_gradients_`, ENAS's L2 term of the loss), not by SGD after it.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -377,7 +399,7 @@ def fit(
     """
     optimizer = build_optimizer(
         model, name=optimizer_name, learning_rate=learning_rate, momentum=momentum,
-        weight_decay=weight_decay, betas=betas, eps=eps, nesterov=nesterov,
+        weight_decay=0.0 if decay_in_loss else weight_decay, betas=betas, eps=eps, nesterov=nesterov,
     )
     per_step = bool(lr_power or lr_per_step)
     schedule: torch.optim.lr_scheduler.LRScheduler = (
@@ -425,7 +447,7 @@ def fit(
                 auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
                 before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
                 after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
-                bce_threshold=bce_threshold,
+                bce_threshold=bce_threshold, decay_in_loss=weight_decay if decay_in_loss else 0.0,
             )
             metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
             schedule.step()
