@@ -420,6 +420,9 @@ class RetrainSettings:
         test_streams: Its test text is read as this many streams (``test_batch_size`` 1).
         auxiliary_weight: Weight of the auxiliary head's loss (0: no head; 0.4 in DARTS).
         drop_path_prob: Drop-path probability, raised linearly from 0 over the epochs (0.2 in DARTS).
+        drop_path_ramp: ``epoch``: epoch ``e`` of ``E`` drops at ``drop_path_prob * e / E``
+            (DARTS's ``train.py``); ``step``: step ``k`` of ``K`` in the whole training at
+            ``drop_path_prob * (k + 1) / K`` (ENAS's ``_apply_drop_path``).
         label_smoothing: Label smoothing of the training loss (0.1 in DARTS on ImageNet).
         lr_gamma: If set, the learning rate decays by this factor every epoch instead of the
             cosine (0.97 in DARTS on ImageNet), after epoch ``decay_start`` and down to
@@ -493,6 +496,7 @@ class RetrainSettings:
     bce_target_threshold: float = 0.0
     aug_repeats: int = 1
     decay_in_loss: bool = False
+    drop_path_ramp: Literal["epoch", "step"] = "epoch"
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "retrain.epochs", "must be at least 1")

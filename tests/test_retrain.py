@@ -599,6 +599,39 @@ def test_the_networks_check_as_it_is_built_leaves_its_batchnorm_statistics_and_t
         assert int(m.num_batches_tracked) == 0
 
 
+class _RecordsDropPath(torch.nn.Module):
+    """A linear classifier that notes the drop-path rate each training forward pass sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.drop_path_prob = 0.0
+        self.seen: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(self.drop_path_prob)
+        return self.fc(x.flatten(1))
+
+
+def test_the_drop_path_rate_rises_by_epoch_as_darts_or_by_step_as_enas() -> None:
+    """DARTS's train.py: model.drop_path_prob = args.drop_path_prob * epoch / args.epochs, set at
+    each epoch's start. ENAS's micro_child.py _apply_drop_path: the rate times step_ratio =
+    min(1, (global_step + 1) / num_train_steps), global_step counting every step of the training.
+    Two epochs of three batches; jobs/retrain_enas_cifar10.yaml ramps by step."""
+    batches = [(torch.randn(2, 1, 2, 2), torch.randint(0, 3, (2,))) for _ in range(3)]
+    seen = {}
+    for per_step in (False, True):
+        model = _RecordsDropPath()
+        for _ in fit(model, batches, batches, torch.device("cpu"), epochs=2, learning_rate=0.1, momentum=0.9,
+                     weight_decay=0.0, grad_clip=5.0, drop_path_prob=0.4, drop_path_per_step=per_step):
+            pass
+        seen[per_step] = model.seen
+    assert seen[False] == pytest.approx([0.0] * 3 + [0.2] * 3)
+    assert seen[True] == pytest.approx([0.4 * k / 6 for k in range(1, 7)])
+    assert load_retrain_job(JOBS / "retrain_enas_cifar10.yaml").retrain.drop_path_ramp == "step"
+
+
 def test_retraining_restarts_the_cosine_and_uses_nesterov_momentum_as_enas_final_runs_do() -> None:
     """melodyguan/enas's get_train_ops with lr_cosine (src/utils.py): epoch e's rate is
     lr_min + (lr_max - lr_min)(1 + cos(pi T_cur / T_i)) / 2, T_i = 10, 20, 40, ... and T_cur counted

@@ -227,7 +227,7 @@ class RetrainWorker:
             min_learning_rate=cfg.min_learning_rate, lr_per_step=cfg.lr_per_step,
             bce_threshold=cfg.bce_target_threshold if cfg.loss == "bce" else None,
             restart_epochs=cfg.restart_epochs, restart_mult=cfg.restart_mult, nesterov=cfg.nesterov,
-            decay_in_loss=cfg.decay_in_loss,
+            decay_in_loss=cfg.decay_in_loss, drop_path_per_step=cfg.drop_path_ramp == "step",
         )
 
     def run_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:

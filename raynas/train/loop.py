@@ -339,6 +339,7 @@ def fit(
     restart_mult: int = 2,
     nesterov: bool = False,
     decay_in_loss: bool = False,
+    drop_path_per_step: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -391,6 +392,9 @@ def fit(
         nesterov: SGD's Nesterov momentum.
         decay_in_loss: SGD's ``weight_decay`` added to every weight's gradient before the clip
             (:func:`decay_into_gradients_`, ENAS's L2 term of the loss), not by SGD after it.
+        drop_path_per_step: The drop-path rate rises step by step, ``drop_path_prob * min(1,
+            (step + 1) / steps)`` with ``step`` counted over the whole training (ENAS's
+            ``_apply_drop_path``: ``(global_step + 1) / num_train_steps``), not epoch by epoch.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -428,9 +432,11 @@ def fit(
 
     def epochs_from(epoch: int) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
         while epoch < epochs:
-            if drop_path_prob and hasattr(plain, "drop_path_prob"):
+            ramps = drop_path_prob and hasattr(plain, "drop_path_prob")
+            if ramps:
                 plain.drop_path_prob = drop_path_prob * epoch / epochs  # DARTS's linear ramp
             per_epoch = len(train_batches) if per_step else 0  # type: ignore[arg-type]
+            steps = len(train_batches) if ramps and drop_path_per_step else 0  # type: ignore[arg-type]
 
             def rate(iteration: int, per_epoch: int = per_epoch) -> float:
                 if lr_power:
@@ -438,14 +444,19 @@ def fit(
                 return stepwise_cosine_lr(learning_rate, min_learning_rate, iteration, epochs * per_epoch,
                                           warmup_epochs * per_epoch)
 
-            def set_rate(step: int, epoch: int = epoch, per_epoch: int = per_epoch) -> None:
-                for group in optimizer.param_groups:
-                    group["lr"] = rate(epoch * per_epoch + step)
+            def before_step(step: int, epoch: int = epoch, per_epoch: int = per_epoch,
+                            steps: int = steps) -> None:
+                if per_epoch:
+                    for group in optimizer.param_groups:
+                        group["lr"] = rate(epoch * per_epoch + step)
+                if steps:  # ENAS's ramp: (global_step + 1) / num_train_steps
+                    done = (epoch * steps + step + 1) / (epochs * steps)
+                    plain.drop_path_prob = drop_path_prob * min(1.0, done)
 
             metrics = train_epoch(
                 model, optimizer, train_batches, device, grad_clip=grad_clip,
                 auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing,
-                before_step=set_rate if per_step else None, precision=precision, mixing=mixing,
+                before_step=before_step if per_epoch or steps else None, precision=precision, mixing=mixing,
                 after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
                 bce_threshold=bce_threshold, decay_in_loss=weight_decay if decay_in_loss else 0.0,
             )
