@@ -232,6 +232,41 @@ def test_the_l2_term_decays_every_weight_inside_the_clip_as_get_train_ops() -> N
     torch.testing.assert_close(moved, decay, rtol=0, atol=5e-8)
 
 
+def test_strided_ops_pad_as_tensorflows_same() -> None:
+    """micro_child.py's strided ops (on a reduction cell's inputs) are separable_conv2d and
+    average_/max_pooling2d with padding "SAME": out = ceil(in / stride) and the padding that needs,
+    max((out - 1) * stride + k - in, 0), split with the odd pixel after (TensorFlow's documented
+    rule). By hand: 8 pixels, k 3 -> (0, 1), k 5 -> (1, 2); 7 pixels, k 3 -> (1, 1), k 5 -> (2, 2).
+    Pools written out window by window: the padding is never the maximum and not in the average."""
+    import copy
+
+    from raynas.ops.enas import SamePool, SameSepConv
+
+    torch.manual_seed(0)
+    pads = {(8, 3): (0, 1), (8, 5): (1, 2), (7, 3): (1, 1), (7, 5): (2, 2)}
+    x = torch.randn(2, 4, 7, 8)  # 7 rows, 8 columns
+    for k in (3, 5):
+        conv = SameSepConv(4, k, 2).eval()
+        reference = copy.deepcopy(conv)  # the same weights, fed the input padded by hand
+        top, bottom = pads[(7, k)]
+        left, right = pads[(8, k)]
+        padded = torch.nn.functional.pad(x, (left, right, top, bottom))
+        expected = torch.nn.Sequential.forward(reference, padded)
+        assert conv(x).shape == (2, 4, 4, 4)
+        torch.testing.assert_close(conv(x), expected)
+    (top, bottom), (left, right) = pads[(7, 3)], pads[(8, 3)]
+    for kind in ("avg", "max"):
+        out = SamePool(kind, 3, 2)(x)
+        assert out.shape == (2, 4, 4, 4)
+        for i in range(4):
+            for j in range(4):
+                rows = range(max(0, 2 * i - top), min(7, 2 * i - top + 3))
+                cols = range(max(0, 2 * j - left), min(8, 2 * j - left + 3))
+                window = x[:, :, rows.start:rows.stop, cols.start:cols.stop]
+                want = window.amax((2, 3)) if kind == "max" else window.mean((2, 3))
+                torch.testing.assert_close(out[:, :, i, j], want)
+
+
 def test_gradient_strategies_are_refused_on_the_shared_child() -> None:
     from raynas.runs.jobs import parse_job
 

@@ -13,11 +13,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.ops.darts import FactorizedReduce
+from raynas.ops.darts import FactorizedReduce, SepConv
 
 # ``op_id`` 0-4 of micro_child.py's ``_enas_cell`` and ``_fixed_layer``; the identity is named as
 # DARTS names it.
 ENAS_OPS: tuple[str, ...] = ("sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3", "skip_connect")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``SAME`` padding of one side of ``size`` pixels for a window of ``kernel`` at
+    ``stride``: ``ceil(size / stride)`` outputs, the padding they need split with the odd pixel
+    after (torch pads both sides alike, which at stride 2 shifts every window by one pixel)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+    """``x`` (B, C, H, W) padded as TensorFlow's ``SAME`` pads it (:func:`same_padding`)."""
+    top, bottom = same_padding(x.shape[2], kernel, stride)
+    left, right = same_padding(x.shape[3], kernel, stride)
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+class SameSepConv(SepConv):
+    """``_fixed_conv``: the separable convolution pair at ``stride``, its first depthwise
+    convolution padded as TensorFlow's ``SAME`` (:func:`pad_same`; zeros before the ReLU are zeros
+    after it). Parameters as :class:`~raynas.ops.darts.SepConv`'s."""
+
+    def __init__(self, channels: int, kernel: int, stride: int) -> None:
+        super().__init__(channels, channels, kernel, stride, kernel // 2)
+        self.kernel, self.step = kernel, stride
+        self[0][1].padding = (0, 0)  # type: ignore[index]  # (the first depthwise convolution)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(pad_same(x, self.kernel, self.step))  # type: ignore[no-any-return]
+
+
+class SamePool(nn.Module):
+    """``tf.layers.{average,max}_pooling2d(x, 3, stride, "SAME")``: padded as :func:`pad_same`,
+    the padding never the maximum and left out of the average."""
+
+    def __init__(self, kind: str, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.kind, self.kernel, self.stride = kind, kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel, self.stride
+        if self.kind == "max":
+            return F.max_pool2d(pad_same(x, k, s, value=float("-inf")), k, s)
+        sums = F.avg_pool2d(pad_same(x, k, s), k, s, divisor_override=1)  # (B, C, H', W')
+        counts = F.avg_pool2d(pad_same(torch.ones_like(x[:1, :1]), k, s), k, s, divisor_override=1)
+        return sums / counts
 
 
 class FactorizedReduction(FactorizedReduce):

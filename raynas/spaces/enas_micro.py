@@ -29,8 +29,15 @@ from torch import nn
 
 from raynas.config import Rule, check_rules
 from raynas.errors import ArchitectureError, ConfigError
-from raynas.ops.darts import FactorizedReduce, ReLUConvBN, SepConv
-from raynas.ops.enas import ENAS_OPS, AuxiliaryHead, FactorizedReduction, code_batch_norms
+from raynas.ops.darts import FactorizedReduce, ReLUConvBN
+from raynas.ops.enas import (
+    ENAS_OPS,
+    AuxiliaryHead,
+    FactorizedReduction,
+    SamePool,
+    SameSepConv,
+    code_batch_norms,
+)
 from raynas.spaces.base import OptionsSpace, expect_arch, load_record
 from raynas.spaces.darts_genotype import Edge, cell_shape, check_cell_edges
 from raynas.spaces.darts_nets import drop_path
@@ -345,13 +352,13 @@ class FixedLayer(nn.Module):
         self.drops: list[bool] = []
         for op, index in edges:
             s = stride if index < 2 else 1
+            # TensorFlow's SAME padding: at stride 2 the odd pixel after (at stride 1 torch's own).
             if op in ("sep_conv_3x3", "sep_conv_5x5"):
-                k = 3 if op == "sep_conv_3x3" else 5
-                module: nn.Module = SepConv(channels, channels, k, s, k // 2)
+                module: nn.Module = SameSepConv(channels, 3 if op == "sep_conv_3x3" else 5, s)
             elif op == "avg_pool_3x3":
-                module = nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False)
+                module = SamePool("avg", 3, s)
             elif op == "max_pool_3x3":
-                module = nn.MaxPool2d(3, stride=s, padding=1)
+                module = SamePool("max", 3, s)
             else:
                 module = FactorizedReduction(channels, channels) if s == 2 else nn.Identity()
             self.ops.append(module)
