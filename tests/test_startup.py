@@ -405,6 +405,7 @@ JOB_CASES: list[dict[str, Any]] = [
     {"space": "enas_micro"},  # a gradient strategy on a supernet without architecture weights
     {"strategy": {"name": "evolution", "time_budget": 100}, "evaluator": "scratch"},  # no recorded time
     {"train": {"grad_clip": 0}},  # no clip for a gradient strategy
+    {"train": {"decay_in_loss": True}},  # the L2 term of a sampling search's supernet, for DARTS
     {"data": {"name": "ptb", "path": "/tmp"}},  # text for a space of image networks
     {"data": {"name": "cityscapes", "path": "/tmp"}},  # a label per pixel for a space of classifiers
     # Sizes for a space whose networks take theirs from its config.
