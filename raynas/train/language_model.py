@@ -92,6 +92,7 @@ def train_language_model_epoch(
     model.train()
     net: Any = unwrap(model)
     hidden: torch.Tensor | None = None
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # what the optimiser steps
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
@@ -106,10 +107,9 @@ def train_language_model_epoch(
             loss = nn.functional.cross_entropy(logits.float(), y)
             total = regularised_loss(loss, outputs.float(), dropped.float(), ar=ar, tar=tar)
         total.backward()
-        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        average_gradients_(stepped)
         if decay_in_loss:
-            decay_into_gradients_([p for group in optimizer.param_groups for p in group["params"]],
-                                  decay_in_loss)
+            decay_into_gradients_(stepped, decay_in_loss)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         for group, rate in zip(optimizer.param_groups, rates, strict=True):

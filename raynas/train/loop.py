@@ -236,6 +236,7 @@ def train_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
     hidden: torch.Tensor | None = None
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # what the optimiser steps
     for step, batch in enumerate(batches):
         if before_step is not None:
             before_step(step)
@@ -269,10 +270,9 @@ def train_epoch(
         loss.backward()
         # Data-parallel replicas (a one-shot supernet's, a retraining's) average the gradients of
         # what they train; a no-op for one worker.
-        average_gradients_([p for group in optimizer.param_groups for p in group["params"]])
+        average_gradients_(stepped)
         if decay_in_loss:
-            decay_into_gradients_([p for group in optimizer.param_groups for p in group["params"]],
-                                  decay_in_loss)
+            decay_into_gradients_(stepped, decay_in_loss)
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
