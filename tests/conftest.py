@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import functools
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -124,6 +125,24 @@ def write_job(tmp_path: Path, job: dict) -> Path:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
+
+
+DRIVER_IMPORTS = ["raynas.cli", "raynas.runs", "raynas.runs.sampling", "raynas.runs.retrain",
+                  "raynas.tracking.mlflow_tracker", "raynas.tracking.recorder", "mlflow.tracking",
+                  "pyarrow.parquet", "torch._dynamo"]
+
+
+def driver_processes() -> multiprocessing.context.BaseContext:
+    """Where the tests start the drivers they kill: processes forked from a server process that
+    imported raynas and its libraries (:data:`DRIVER_IMPORTS`) and did nothing else, so a driver
+    starts at once and inherits nothing earlier tests left in this worker (threads of Ray's core
+    and gRPC, torch's thread pools, MLflow's and tqdm's threads, a heap they were using): a driver
+    forked from a worker that had run such tests once died of a corrupted heap
+    (``malloc(): unaligned fastbin chunk detected``, SIGABRT). A target must be a module-level
+    function (its module is imported in the child)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(DRIVER_IMPORTS)
+    return context
 
 
 def answers_without_heavy_imports(cases: list[list[str]]) -> list[list[Any]]:

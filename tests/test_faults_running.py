@@ -5,7 +5,6 @@ for 30 s in the middle of a search."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import random
 import signal
@@ -19,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import S3Server, tiny_job, write_job
+from conftest import S3Server, driver_processes, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 from test_sampling_search import SPOS, sampling_job
 from test_tracking import CuttableLink
@@ -100,10 +99,9 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
 
     job = tiny_job(tmp_path / "killed", train={"epochs": epochs})
     argv = ["search", str(write_job(tmp_path / "killed", job))]
-    # The driver is a fork of this process (imports done: it starts at once), killed as by the OOM
-    # killer. The killed search's MLflow store is one this process never opened, so no SQLite
-    # connection crosses the fork.
-    fork = multiprocessing.get_context("fork")
+    # The driver is a process of its own, its imports done (it starts at once), killed as by the
+    # OOM killer.
+    processes = driver_processes()
     rng = random.Random(0)
     checkpoint = tmp_path / "killed" / "runs" / "tiny" / "checkpoint.pt"
     # An epoch's time in a warm process: the reference's last epoch (its first paid the warm-up).
@@ -113,7 +111,7 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
     landed: list[int] = []  # the epochs the checkpoint recorded at each kill that landed
     for k in range(kills):
         target = k * (epochs + 1) // kills
-        driver = fork.Process(target=exit_with, args=(argv,))
+        driver = processes.Process(target=exit_with, args=(argv,))
         driver.start()
         while driver.is_alive() and epochs_done(checkpoint) < target:
             time.sleep(0.05)
@@ -124,7 +122,7 @@ def test_a_search_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path
         driver.join()
         # Every run the kill missed ended by itself, and well: each resume works.
         assert driver.exitcode in (0, -signal.SIGKILL), f"run {k + 1} ended with {driver.exitcode}"
-    driver = fork.Process(target=exit_with, args=(argv,))
+    driver = processes.Process(target=exit_with, args=(argv,))
     driver.start()
     driver.join()
     assert driver.exitcode == 0
@@ -157,75 +155,78 @@ def drive(
     config: Any, *, die_at: str = "", die_after_finish: bool = False, die_retraining: bool = False,
     die_after_making_its_run: bool = False,
 ) -> int | None:
-    """Run (or resume) the search of ``config`` in a forked driver process that SIGKILLs itself
-    when it prints a line starting with ``die_at``; with ``die_after_finish``, right after it
-    recorded its end in MLflow and the results store (before its last checkpoint); with
-    ``die_retraining``, when a final candidate's retraining has trained it, before its result is
-    kept or recorded; with ``die_after_making_its_run``, when it has made its MLflow run, before
-    it checkpoints the run's id. Return the driver's exit code (-9: killed)."""
-
-    def driver() -> None:
-        if die_after_making_its_run:
-            from raynas.tracking.mlflow_tracker import MlflowTracker
-
-            start = MlflowTracker.start
-
-            def start_and_die(self: MlflowTracker, *args: Any, **kwargs: Any) -> str:
-                run_id = start(self, *args, **kwargs)
-                os.kill(os.getpid(), signal.SIGKILL)
-                return run_id
-
-            MlflowTracker.start = start_and_die  # type: ignore[method-assign]
-        if die_retraining:
-            from raynas.runs import sampling
-
-            make = sampling.final_evaluator
-
-            def dying_evaluator(*args: Any, **kwargs: Any) -> Any:
-                evaluator = make(*args, **kwargs)
-                evaluate = evaluator.evaluate
-
-                def evaluate_and_die(*a: Any, **kw: Any) -> Any:
-                    evaluate(*a, **kw)
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-                evaluator.evaluate = evaluate_and_die
-                return evaluator
-
-            sampling.final_evaluator = dying_evaluator  # type: ignore[assignment]
-        if die_after_finish:
-            from raynas.tracking.recorder import SearchRecorder
-
-            finish = SearchRecorder.finish
-
-            def finish_and_die(self: SearchRecorder, *args: Any, **kwargs: Any) -> Any:
-                finish(self, *args, **kwargs)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-            SearchRecorder.finish = finish_and_die  # type: ignore[method-assign]
-
-        def echo(line: str) -> None:
-            if die_at and line.startswith(die_at):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        run_search(config, echo=echo)
-
+    """Run (or resume) the search of ``config`` in a driver process of its own
+    (:func:`conftest.driver_processes`) that SIGKILLs itself when it prints a line starting with
+    ``die_at``; with ``die_after_finish``, right after it recorded its end in MLflow and the
+    results store (before its last checkpoint); with ``die_retraining``, when a final candidate's
+    retraining has trained it, before its result is kept or recorded; with
+    ``die_after_making_its_run``, when it has made its MLflow run, before it checkpoints the run's
+    id. Return the driver's exit code (-9: killed)."""
     failure = Path(tempfile.mkdtemp()) / "driver-failure.txt"
-
-    def driver_telling_its_failure() -> None:
-        try:
-            driver()
-        except BaseException:
-            failure.write_text(traceback.format_exc())
-            raise
-
-    process = multiprocessing.get_context("fork").Process(target=driver_telling_its_failure)
+    process = driver_processes().Process(target=driver, args=(
+        config, die_at, die_after_finish, die_retraining, die_after_making_its_run, failure))
     process.start()
     process.join()
     if process.exitcode not in (0, -signal.SIGKILL):  # neither finished nor killed: say why
         raise AssertionError(f"the driver exited with {process.exitcode}:\n"
                              + (failure.read_text() if failure.exists() else "(no traceback)"))
     return process.exitcode
+
+
+def driver(
+    config: Any, die_at: str, die_after_finish: bool, die_retraining: bool, die_after_making_its_run: bool,
+    failure: Path,
+) -> None:
+    """:func:`drive`'s driver: the search, with the deaths asked for; its traceback, if it fails,
+    written to ``failure``."""
+    if die_after_making_its_run:
+        from raynas.tracking.mlflow_tracker import MlflowTracker
+
+        start = MlflowTracker.start
+
+        def start_and_die(self: MlflowTracker, *args: Any, **kwargs: Any) -> str:
+            run_id = start(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return run_id
+
+        MlflowTracker.start = start_and_die  # type: ignore[method-assign]
+    if die_retraining:
+        from raynas.runs import sampling
+
+        make = sampling.final_evaluator
+
+        def dying_evaluator(*args: Any, **kwargs: Any) -> Any:
+            evaluator = make(*args, **kwargs)
+            evaluate = evaluator.evaluate
+
+            def evaluate_and_die(*a: Any, **kw: Any) -> Any:
+                evaluate(*a, **kw)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            evaluator.evaluate = evaluate_and_die
+            return evaluator
+
+        sampling.final_evaluator = dying_evaluator  # type: ignore[assignment]
+    if die_after_finish:
+        from raynas.tracking.recorder import SearchRecorder
+
+        finish = SearchRecorder.finish
+
+        def finish_and_die(self: SearchRecorder, *args: Any, **kwargs: Any) -> Any:
+            finish(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        SearchRecorder.finish = finish_and_die  # type: ignore[method-assign]
+
+    def echo(line: str) -> None:
+        if die_at and line.startswith(die_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        run_search(config, echo=echo)
+    except BaseException:
+        failure.write_text(traceback.format_exc())
+        raise
 
 
 def test_a_driver_killed_after_recording_its_end_finishes_on_the_next_run(tmp_path: Path) -> None:

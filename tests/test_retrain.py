@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import multiprocessing
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ from raynas.runs.jobs import load_job, load_retrain_job, parse_job, parse_retrai
 from raynas.runs.retrain import _loaders, run_retrain
 from raynas.train.loop import fit, train_epoch
 from raynas.train.segmentation import mean_cross_entropy
-from tests.conftest import mlflow_store, tiny_job, write_job
+from tests.conftest import driver_processes, mlflow_store, tiny_job, write_job
 from tests.fixtures import write_ptb
 from tests.test_data import write_batch
 
@@ -166,29 +165,32 @@ def test_a_retraining_crashed_after_its_last_epoch_registers_the_trained_network
         torch.testing.assert_close(resumed[key], trained[key], rtol=0, atol=0, msg=key)
 
 
+def retrain_dying_once_its_run_is_made(config: object, opener: str) -> None:
+    """A driver that retrains ``config`` and SIGKILLs itself once ``MlflowTracker.<opener>`` has
+    made its MLflow run."""
+    from raynas.tracking.mlflow_tracker import MlflowTracker
+
+    open_run = getattr(MlflowTracker, opener)
+
+    def open_and_die(self: MlflowTracker, *args: object, **kwargs: object) -> str:
+        open_run(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("not killed")
+
+    setattr(MlflowTracker, opener, open_and_die)
+    run_retrain(config, echo=lambda _: None)
+
+
 @pytest.mark.parametrize("source", ["a search's run", "a genotype"])
 def test_a_retraining_killed_after_making_its_run_goes_on_in_that_run(source: str, tmp_path: Path) -> None:
     """SIGKILLed once its MLflow run is made (derived from a search's run, or a plain one), before
     its first checkpoint: run again, it goes on in that run (the attempt id kept beside its
     checkpoint), with no second one."""
-    from raynas.tracking.mlflow_tracker import MlflowTracker
-
     architecture = f"run:{nb201_search(tmp_path)}" if source == "a search's run" else ALL_CONV
     config = parse_retrain_job(retrain_job(tmp_path, architecture))
     opener = "start_derived_run" if architecture.startswith("run:") else "start"
 
-    def driver() -> None:
-        open_run = getattr(MlflowTracker, opener)
-
-        def open_and_die(self: MlflowTracker, *args: object, **kwargs: object) -> str:
-            open_run(self, *args, **kwargs)
-            os.kill(os.getpid(), signal.SIGKILL)
-            raise AssertionError("not killed")
-
-        setattr(MlflowTracker, opener, open_and_die)
-        run_retrain(config, echo=lambda _: None)
-
-    process = multiprocessing.get_context("fork").Process(target=driver)
+    process = driver_processes().Process(target=retrain_dying_once_its_run_is_made, args=(config, opener))
     process.start()
     process.join()
     assert process.exitcode == -signal.SIGKILL
