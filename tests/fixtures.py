@@ -10,6 +10,7 @@ a new dataset needs a writer here. Other tests use the writers (and their knobs)
 from __future__ import annotations
 
 import pickle
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,18 @@ def write_ptb(folder: Path, *, test: bool = True) -> Path:
         (folder / "ptb.test.txt").write_text(PTB_TEST)
     return folder
 
+
+def write_random_ptb(folder: Path, *, train_words: int, valid_words: int) -> Path:
+    """PTB's three files of random sentences over 12 words, 9 a line (``<eos>`` makes each line
+    10 tokens): ``train_words // 10`` lines of training text, ``valid_words // 10`` of validation
+    text, 2 of test text."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(12)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", train_words), ("valid", valid_words), ("test", 20)):
+        lines = [" ".join(rng.choices(words, k=9)) for _ in range(count // 10)]
+        (folder / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
+    return folder
 
 # --- WikiText-2: the release's wiki.*.tokens files --------------------------------------------
 

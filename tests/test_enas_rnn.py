@@ -19,6 +19,7 @@ from raynas.runs.jobs import load_retrain_job
 from raynas.spaces import SPACES
 from raynas.spaces.enas_rnn import EnasRnnCell, EnasRnnSpaceConfig, word_mask
 from raynas.types import DatasetInfo
+from tests.fixtures import write_random_ptb
 
 FINAL_ARC = "0 0 0 1 1 2 1 2 0 2 0 5 1 1 0 6 1 8 1 8 1 8 1"  # scripts/ptb_final.sh
 PTB = DatasetInfo("ptb", 1, 10_000, 35)
@@ -337,17 +338,6 @@ def test_a_language_models_rate_decays_after_its_start_down_to_its_floor() -> No
     assert rates == pytest.approx([1.0, 1.0, 0.5, 0.3, 0.3])
 
 
-def write_penn(folder: Path, *, train_words: int, valid_words: int) -> Path:
-    """PTB's three files of random sentences over 12 words (``<eos>`` ends each line)."""
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(12)]
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, count in (("train", train_words), ("valid", valid_words), ("test", 20)):
-        lines = [" ".join(rng.choices(words, k=9)) for _ in range(count // 10)]
-        (folder / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
-    return folder
-
-
 def test_the_shared_child_carries_its_state_through_an_epoch_and_scores_from_zeros(tmp_path: Path) -> None:
     """ptb_enas_child.py: the training graph starts every window from start_h and assigns it its
     last state (should_carry), so the shared child trains through an epoch's windows in order, the
@@ -357,7 +347,7 @@ def test_the_shared_child_carries_its_state_through_an_epoch_and_scores_from_zer
     from raynas.evaluators.supernet import SupernetEvaluator
     from raynas.runs.jobs import load_job
 
-    folder = write_penn(tmp_path / "penn", train_words=400, valid_words=200)
+    folder = write_random_ptb(tmp_path / "penn", train_words=400, valid_words=200)
     config = load_job(JOBS / "enas_ptb.yaml", [
         f"data.path={folder}", "data.bptt=6", "data.batch_size=4", "space.channels=8", "space.nodes=3",
         "execution.backend=local", f"tracking.output_dir={tmp_path / 'runs'}",
@@ -423,7 +413,7 @@ def test_the_retraining_trains_on_whole_windows_of_35_as_ptb_final_runs(
     from raynas.spaces.enas_rnn import EnasRnnLanguageModel
     from tests.conftest import mlflow_store
 
-    folder = write_penn(tmp_path / "penn", train_words=400, valid_words=100)
+    folder = write_random_ptb(tmp_path / "penn", train_words=400, valid_words=100)
     config = load_retrain_job(JOBS / "retrain_enas_ptb.yaml", [
         f"data.path={folder}", "data.bptt=6", "data.batch_size=4", "retrain.epochs=2", "retrain.channels=8",
         "retrain.valid_streams=2", "execution.backend=local",
