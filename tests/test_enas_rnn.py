@@ -382,6 +382,47 @@ def test_the_shared_child_carries_its_state_through_an_epoch_and_scores_from_zer
     assert [hidden for hidden, _, _ in calls] == [None]  # one minibatch (valid_batches: 1), from zeros
 
 
+def test_a_candidates_fine_tuning_carries_its_state_as_the_supernets_training_does(tmp_path: Path) -> None:
+    """A candidate fine-tuned from the shared weights (``evaluator.epochs``, raynas's, not ENAS's)
+    trains on its windows as the shared child did, each from the state the last ended in (the
+    first of each epoch from zeros), and is scored window by window from zeros."""
+    from raynas.evaluators.supernet import SupernetEvaluator
+    from raynas.runs.jobs import load_job
+
+    folder = write_random_ptb(tmp_path / "penn", train_words=400, valid_words=200)
+    config = load_job(JOBS / "enas_ptb.yaml", [
+        f"data.path={folder}", "data.bptt=6", "data.batch_size=4", "space.channels=8", "space.nodes=3",
+        "execution.backend=ray", f"tracking.output_dir={tmp_path / 'runs'}", "evaluator.epochs=2",
+        "tune.enabled=true",  # (fine-tuned candidates are Tune trials; here the evaluator alone)
+    ])
+    evaluator = SupernetEvaluator(config.evaluator.config, search=config)
+    child = evaluator.supernet
+    calls: list[tuple[bool, torch.Tensor | None, torch.Tensor]] = []
+    run = child.run
+
+    def recorded(
+        tokens: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, last = run(tokens, hidden)
+        calls.append((child.training, hidden, last))
+        return logits, last
+
+    child.run = recorded  # type: ignore[method-assign]
+    arch = SPACES.create("enas_rnn", config.space.config).sample(random.Random(0))
+    epochs = list(evaluator.finetune(arch))
+    assert [m["epoch"] for m, _ in epochs] == [1.0, 2.0]
+    training = [(hidden, last) for trains, hidden, last in calls if trains]
+    assert len(training) == 2 * 16  # two epochs of 16 windows (as the test above counts them)
+    for i, (hidden, _) in enumerate(training):
+        if i % 16 == 0:
+            assert hidden is None, i  # each epoch from zeros
+        else:
+            assert hidden is not None and not hidden.requires_grad, i
+            torch.testing.assert_close(hidden, training[i - 1][1].detach(), rtol=0, atol=0)
+    scoring = [hidden for trains, hidden, _ in calls if not trains]
+    assert scoring and all(hidden is None for hidden in scoring)
+
+
 def test_a_rewards_window_starts_anywhere_a_whole_window_fits_and_the_windows_go_on_from_there() -> None:
     """ptb_input_producer(randomize=True): i uniform in [0, batch_len - num_steps), the window
     tokens i to i + num_steps of every stream; raynas's later windows go on in order from there."""

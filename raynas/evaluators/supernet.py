@@ -256,7 +256,10 @@ class SupernetEvaluator:
         ``(metrics, state)`` after each of ``config.epochs`` epochs.
 
         The path is fixed to ``arch``: only its operations' weights train (SGD from
-        ``config.learning_rate``, cosine-annealed), and BatchNorm statistics follow its batches.
+        ``config.learning_rate``, cosine-annealed, its weight decay SGD's own whatever
+        ``train.decay_in_loss`` says: an L2 term of the loss would decay the weights off the path
+        too), and BatchNorm statistics follow its batches; a language model's windows go on from
+        the state the last one ended in, as in the supernet's training.
         Every epoch is scored on the whole validation half, with the BatchNorm statistics the
         fine-tuning gathered (no recalibration, unlike :meth:`evaluate`).
 
@@ -276,6 +279,8 @@ class SupernetEvaluator:
                 learning_rate=self.config.learning_rate, momentum=train.momentum,
                 weight_decay=train.weight_decay, grad_clip=train.grad_clip, state=state,
                 precision=self.precision,
+                # A language model trains as the supernet did: its streams' state carried on.
+                carry_state=hasattr(unwrap(self.supernet), "run_outputs"),
             ):
                 del metrics["lr"]  # a candidate reports its own learning rate where it varies (PBT)
                 yield metrics, new_state

@@ -340,6 +340,7 @@ def fit(
     nesterov: bool = False,
     decay_in_loss: bool = False,
     drop_path_per_step: bool = False,
+    carry_state: bool = False,
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
     """Train a stand-alone network epoch by epoch: SGD with momentum (or AdamW), cosine annealing
     to 0 over ``epochs`` (DARTS's ``train.py``) or a step decay (``train_imagenet.py``), evaluated
@@ -395,6 +396,9 @@ def fit(
         drop_path_per_step: The drop-path rate rises step by step, ``drop_path_prob * min(1,
             (step + 1) / steps)`` with ``step`` counted over the whole training (ENAS's
             ``_apply_drop_path``: ``(global_step + 1) / num_train_steps``), not epoch by epoch.
+        carry_state: ``model`` is a recurrent language model trained on consecutive windows of
+            its streams, each from the hidden state the last one ended in (:func:`train_epoch`);
+            it is evaluated window by window from zeros.
 
     Returns:
         The epochs left, each yielding its metrics (``train_loss``, ``train_acc``, ``lr``,
@@ -459,6 +463,7 @@ def fit(
                 before_step=before_step if per_epoch or steps else None, precision=precision, mixing=mixing,
                 after_step=None if average is None else lambda: average.update(plain),  # type: ignore[union-attr]
                 bce_threshold=bce_threshold, decay_in_loss=weight_decay if decay_in_loss else 0.0,
+                carry_state=carry_state,
             )
             metrics["lr"] = rate(epoch * per_epoch) if per_step else schedule.get_last_lr()[0]
             schedule.step()
