@@ -406,6 +406,49 @@ def test_a_closed_terminal_stops_a_search_as_ctrl_c_does_and_the_same_command_re
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.own_ray
+def test_a_terminal_closed_while_the_local_ray_starts_stops_the_search_and_the_same_command_runs_it(
+    tmp_path: Path,
+) -> None:
+    """The terminal closed (and its shell's SIGHUP to the command's group) while `raynas search`
+    starts its local Ray, once Ray's GCS runs: the hangup was ignored in those seconds, to keep it
+    from Ray's processes, and lost; the search went on. Now it stops the command as a later one
+    does (status 129, none of Ray's processes left), and the same command runs the search."""
+    job = tiny_job(tmp_path, train={"epochs": 1}, execution={"backend": "ray"})  # a local Ray
+    path = write_job(tmp_path, job)
+    marker = f"{tmp_path.name}-{os.getpid()}"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAYNAS_TEST_MARK": marker}
+    proc, master = on_a_terminal([str(BIN / "raynas"), "search", str(path)], tmp_path, env)
+    said = b""
+    try:
+        deadline = time.monotonic() + 120
+        while not any(_name(pid) == "gcs_server" for pid in processes_marked(f"RAYNAS_TEST_MARK={marker}")):
+            assert time.monotonic() < deadline and proc.poll() is None, said.decode(errors="replace")
+            if select.select([master], [], [], 0.02)[0]:
+                said += os.read(master, 65536)
+        assert b"Searching " not in said  # (Ray not started yet: the line follows its start)
+        os.close(master)
+        os.killpg(proc.pid, signal.SIGHUP)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 128 + signal.SIGHUP
+    assert processes_marked(f"RAYNAS_TEST_MARK={marker}") == []  # Ray's processes stopped with it
+    again = subprocess.run([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [line.split()[1] for line in again.stdout.splitlines() if line.startswith("epoch")] == ["1/1"]
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def test_under_nohup_a_hangup_is_ignored_and_the_search_goes_on(tmp_path: Path) -> None:
     """`nohup raynas search ...`: SIGHUP, ignored by nohup, stays ignored (the command's own
     handler would have stopped it)."""

@@ -77,23 +77,25 @@ def _keeping_signals(local: bool = False) -> Iterator[None]:
     handler (``sys.exit(15)``, a failed run) and its core worker's crash handler (which prints a
     stack dump of addresses on the console) over it; ``raynas search`` stops on it as on Ctrl-C.
 
-    With ``local`` (the block starts a local Ray), SIGHUP is ignored while it runs, so that the
-    processes Ray starts (GCS, raylet, agents: in this process's group) ignore it too: a terminal
-    closed sends its SIGHUP to the whole group, and Ray's processes ended under the command's own
-    stop (the MLflow run's end, Ray's shutdown). The command stops them itself. (A hangup in those
-    seconds is lost: only an ignored signal is passed on to the processes started.)"""
+    With ``local`` (the block starts a local Ray), SIGHUP is blocked in this thread while it runs,
+    so that the processes Ray starts (GCS, raylet, agents: in this process's group) start with it
+    blocked, and keep it so (a mask is inherited and kept across ``exec``, as Ray's own
+    ``start_ray_process`` blocks SIGINT in them): a terminal closed sends its SIGHUP to the whole
+    group, and Ray's processes ended under the command's own stop (the MLflow run's end, Ray's
+    shutdown). The command stops them itself. This process keeps its handler: a hangup in those
+    seconds waits until the block ends, or is taken by another of its threads, and stops the
+    command all the same (ignored instead, it would be lost)."""
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main else None
-    hangup = signal.getsignal(signal.SIGHUP) if main and local and hasattr(signal, "SIGHUP") else None
-    if hangup is not None:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    mask = (signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+            if main and local and hasattr(signal, "SIGHUP") else None)
     try:
         yield
     finally:
         if main and before is not None:
             signal.signal(signal.SIGTERM, before)
-        if hangup is not None:
-            signal.signal(signal.SIGHUP, hangup)
+        if mask is not None and signal.SIGHUP not in mask:  # (one that came meanwhile is handled now)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def init_ray(execution: ExecutionConfig) -> None:
