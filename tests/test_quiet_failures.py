@@ -436,6 +436,9 @@ def test_a_terminal_closed_while_the_local_ray_starts_stops_the_search_and_the_s
             proc.wait()
     assert status == 128 + signal.SIGHUP
     assert processes_marked(f"RAYNAS_TEST_MARK={marker}") == []  # Ray's processes stopped with it
+    client = MlflowClient(job["tracking"]["tracking_uri"])
+    experiment = client.get_experiment_by_name("tests")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []  # (made after)
     again = subprocess.run([str(BIN / "raynas"), "search", str(path)], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
