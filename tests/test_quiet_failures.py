@@ -356,6 +356,21 @@ def on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[s
     return proc, master
 
 
+def hang_up(proc: subprocess.Popen, master: int) -> int:
+    """The terminal of ``proc`` (:func:`on_a_terminal`) closed, a write to it failing from now on,
+    and SIGHUP sent to the command's process group, as its shell does; the command's exit status."""
+    os.close(master)
+    os.killpg(proc.pid, signal.SIGHUP)
+    return proc.wait(timeout=60)
+
+
+def ended(proc: subprocess.Popen) -> None:
+    """``proc`` killed if it still runs (a test that failed while it did)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def read_until(proc: subprocess.Popen, master: int, text: str, timeout: float = 120) -> str:
     """What ``proc`` printed on its terminal up to the first line holding ``text``."""
     said = b""
@@ -383,14 +398,9 @@ def test_a_closed_terminal_stops_a_search_as_ctrl_c_does_and_the_same_command_re
     proc, master = on_a_terminal([str(BIN / "raynas"), "search", str(path)], tmp_path, env)
     try:
         console = read_until(proc, master, "epoch   1/2")
-        os.close(master)  # the terminal closed: a write to it fails from now on
-        os.killpg(proc.pid, signal.SIGHUP)  # and its shell sends SIGHUP to the command's group
-        status = proc.wait(timeout=60)
+        assert hang_up(proc, master) == 128 + signal.SIGHUP
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert status == 128 + signal.SIGHUP
+        ended(proc)
     assert processes_marked(f"RAYNAS_TEST_MARK={marker}") == []  # Ray's processes stopped with it
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")
     assert len(state["history"]) == 1 and not state["finished"]
@@ -427,14 +437,9 @@ def test_a_terminal_closed_while_the_local_ray_starts_stops_the_search_and_the_s
             if select.select([master], [], [], 0.02)[0]:
                 said += os.read(master, 65536)
         assert b"Searching " not in said  # (Ray not started yet: the line follows its start)
-        os.close(master)
-        os.killpg(proc.pid, signal.SIGHUP)
-        status = proc.wait(timeout=60)
+        assert hang_up(proc, master) == 128 + signal.SIGHUP
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert status == 128 + signal.SIGHUP
+        ended(proc)
     assert processes_marked(f"RAYNAS_TEST_MARK={marker}") == []  # Ray's processes stopped with it
     client = MlflowClient(job["tracking"]["tracking_uri"])
     experiment = client.get_experiment_by_name("tests")
