@@ -132,7 +132,7 @@ DRIVER_IMPORTS = ["raynas.cli", "raynas.runs", "raynas.runs.sampling", "raynas.r
                   "pyarrow.parquet", "torch._dynamo"]
 
 
-def driver_processes() -> multiprocessing.context.BaseContext:
+def driver_processes() -> multiprocessing.context.ForkServerContext:
     """Where the tests start the drivers they kill: processes forked from a server process that
     imported raynas and its libraries (:data:`DRIVER_IMPORTS`) and did nothing else, so a driver
     starts at once and inherits nothing earlier tests left in this worker (threads of Ray's core
