@@ -148,7 +148,7 @@ def write_ptb(folder: Path, *, test: bool = True) -> Path:
 
 
 def write_random_ptb(folder: Path, *, train_words: int, valid_words: int) -> Path:
-    """PTB's three files of random sentences over 12 words, 9 a line (``<eos>`` makes each line
+    """PTB's three files of random sentences of 9 words out of 12 (``<eos>`` makes each line
     10 tokens): ``train_words // 10`` lines of training text, ``valid_words // 10`` of validation
     text, 2 of test text."""
     rng = random.Random(0)
@@ -158,6 +158,7 @@ def write_random_ptb(folder: Path, *, train_words: int, valid_words: int) -> Pat
         lines = [" ".join(rng.choices(words, k=9)) for _ in range(count // 10)]
         (folder / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
     return folder
+
 
 # --- WikiText-2: the release's wiki.*.tokens files --------------------------------------------
 
