@@ -34,7 +34,7 @@ from torch import nn
 from raynas.errors import RaynasError
 from raynas.train.accel import autocast, unwrap
 from raynas.train.distributed import average_gradients_
-from raynas.train.loop import _global_means, _to, decay_into_gradients_, evaluate
+from raynas.train.loop import _global_means, _to, decay_into_gradients_, evaluate, stepped_params
 from raynas.train.segmentation import labelled
 from raynas.train.step import Batch
 
@@ -92,7 +92,7 @@ def train_language_model_epoch(
     model.train()
     net: Any = unwrap(model)
     hidden: torch.Tensor | None = None
-    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # what the optimiser steps
+    stepped = stepped_params(optimizer)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0

@@ -170,6 +170,12 @@ def _global_means(
     return float(totals[0]) / n, float(totals[1]) / n
 
 
+def stepped_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The weights ``optimizer`` steps, every group's, in order (taken once an epoch: the gradient
+    averaging and the L2 term of a step work on them)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def decay_into_gradients_(params: Iterable[torch.Tensor], weight_decay: float) -> None:
     """Add ``weight_decay * w`` to every weight's gradient, in place; a weight without one (off
     the path a one-shot step trained) gets that alone: the gradient of the L2 term
@@ -236,7 +242,7 @@ def train_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     count: torch.Tensor | int = 0
     hidden: torch.Tensor | None = None
-    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # what the optimiser steps
+    stepped = stepped_params(optimizer)
     for step, batch in enumerate(batches):
         if before_step is not None:
             before_step(step)
