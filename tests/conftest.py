@@ -340,14 +340,17 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     report.longrepr = f"{report.longrepr}\nworker pid {pid}\n{crash_clues(pid)}"
 
 
-def start_ray_head() -> tuple[str, str]:
+def start_ray_head(token: str | None = None) -> tuple[str, str]:
     """A real Ray head started with ``ray start --head`` on loopback: its GCS address and the
-    temporary folder that names its processes (for :func:`stop_ray_cluster`)."""
+    temporary folder that names its processes (for :func:`stop_ray_cluster`). With ``token``, the
+    head asks its clients for that token (Ray's token authentication)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     port = free_port()
-    # Token authentication off for this throwaway loopback cluster: a client without the
-    # cluster's token cannot connect otherwise.
+    # Token authentication off for this throwaway loopback cluster unless asked for: a client
+    # without the cluster's token cannot connect otherwise.
     env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled"}
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # (no token file written)
     subprocess.run(
         [
             str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",

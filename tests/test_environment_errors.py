@@ -10,17 +10,28 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, S3Server, answers_without_heavy_imports, free_port, tiny_job, write_job
+from conftest import (
+    BIN,
+    S3Server,
+    answers_without_heavy_imports,
+    free_port,
+    start_ray_head,
+    stop_ray_cluster,
+    tiny_job,
+    write_job,
+)
 
 from raynas.cli import main
 from raynas.environment import check_tracking_store
@@ -113,6 +124,36 @@ def test_a_ray_address_nothing_answers_at_says_to_start_the_cluster(
     where = "execution.address (--address)" if given == "--address" else "RAY_ADDRESS"
     assert f"no Ray cluster answers at {address} ({where}); start it (`ray start --head`)" in err
     assert not ray.is_initialized()
+
+
+@pytest.mark.own_ray
+def test_a_ray_cluster_that_asks_for_a_token_says_how_to_give_it_and_with_it_the_search_runs(
+    tmp_path: Path,
+) -> None:
+    """A head started with token authentication (Ray's default for `ray start --head` now): a
+    client without the token was refused for 20 s, a warning from Ray's core each second, then a
+    traceback. Now one line at once that says how to give the token; given so, the search runs."""
+    token = uuid.uuid4().hex
+    address, temp_dir = start_ray_head(token=token)
+    try:
+        job = tiny_job(tmp_path, train={"epochs": 1}, execution={"backend": "ray", "address": address})
+        command = [str(BIN / "raynas"), "search", str(write_job(tmp_path, job))]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        refused = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert refused.stderr == (
+            f"raynas: error: the Ray cluster at {address} (execution.address (--address)) refuses this "
+            "process: it asks for its token (Ray's token authentication); set RAY_AUTH_MODE=token and give "
+            "the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token\n"
+        )
+        assert refused.stdout == ""
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        ran = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
+        assert "epoch   1/1" in ran.stdout and "Search finished" in ran.stdout
+    finally:
+        stop_ray_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_local_ray_without_a_writable_session_folder_says_to_set_ray_tmpdir(tmp_path: Path) -> None:

@@ -57,11 +57,12 @@ def node_type(accelerator: str | None = None) -> str:
 
 
 def check_address(address: str, given: str) -> None:
-    """Refuse a Ray address (host:port, ray://host:port) nothing answers at, in one line naming
-    where it was ``given``: ``ray.init`` would retry for minutes, printing as it goes.
+    """Refuse a Ray address (host:port, ray://host:port) nothing answers at, or whose cluster
+    turns this process away for want of its token, in one line naming where it was ``given``:
+    ``ray.init`` would retry for seconds to minutes, printing as it goes, and end in a traceback.
 
     Raises:
-        ConfigError: Nothing accepts a connection there.
+        ConfigError: Nothing accepts a connection there, or its cluster asks for a token.
     """
     endpoint = gcs_endpoint(address)
     if endpoint and not _answers(endpoint):
@@ -69,6 +70,37 @@ def check_address(address: str, given: str) -> None:
             f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
             "correct the address, or leave it out for a local Ray"
         )
+    if endpoint and not address.startswith("ray://") and _refuses_this_process(endpoint):
+        raise ConfigError(
+            f"the Ray cluster at {address} ({given}) refuses this process: it asks for its token "
+            "(Ray's token authentication); set RAY_AUTH_MODE=token and give the cluster's token in "
+            "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+        )
+
+
+def _refuses_this_process(endpoint: str) -> bool:
+    """Whether the GCS at ``endpoint`` (host:port) turns this process's connection away for its
+    token. ``ray.init`` would retry such a refusal for 20 s, printing a warning from Ray's core each
+    second, and end in a traceback; one connection of Ray's own GCS client tells it in milliseconds.
+    Its warning (written by Ray's core to file descriptor 2) is kept off the console: the
+    descriptor points at /dev/null while it connects. Any other failure is left to ``ray.init``."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    sys.stderr.flush()
+    kept = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        GcsClient(address=endpoint, cluster_id=None)
+        return False
+    except AuthenticationError:
+        return True
+    except Exception:  # not a GCS (yet), or gone meanwhile: ray.init retries and says so
+        return False
+    finally:
+        os.dup2(kept, 2)
+        os.close(kept)
 
 
 @contextlib.contextmanager
