@@ -4,6 +4,7 @@ that already finished, the tracker of a run, and the size of a found network."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -307,6 +308,35 @@ def open_tracker(config: Any) -> MlflowTracker:
     )
 
 
+class _Closable(Protocol):
+    def close(self) -> Any: ...
+
+
+Started = TypeVar("Started", bound="_Closable | None")
+
+
+def open_tracker_while(config: Any, start: Callable[[], Started]) -> tuple[MlflowTracker, Started]:
+    """The job's tracker (:func:`open_tracker`), opened in another thread while ``start()`` starts
+    the search's worker or pool in this one: Ray's actors take seconds to start (their processes
+    import torch and build the supernet), and so does the tracker (MLflow's import, its store's
+    opening). As when the tracker was opened first, its error wins: a started worker is closed
+    and the tracker's error raised; ``start``'s own error is raised once the tracker is open.
+    ``start`` runs in this thread (Ray's start keeps this process's signal handlers)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raynas-open-tracker") as opening:
+        tracker = opening.submit(open_tracker, config)
+        try:
+            started = start()
+        except Exception:
+            tracker.result()  # (the tracker's error, if it has one, is the one told)
+            raise
+        try:
+            return tracker.result(), started
+        except BaseException:
+            if started is not None:
+                started.close()
+            raise
+
+
 def job_space(config: SearchConfig) -> Any:
     """The space a job searches, built from its ``space`` section."""
     return SPACES.create(config.space.name, config.space.config)
@@ -580,8 +610,8 @@ def reference_name(space: str) -> str:
 
 __all__ = [
     "RANDOM_CELLS", "CandidateCosts", "SearchResult", "cell_shapes", "check_networks_run", "example_input",
-    "finished_result",
-    "format_duration", "job_space", "log_cell_shapes", "network_costs", "network_sizes", "open_tracker",
+    "finished_result", "format_duration", "job_space", "log_cell_shapes", "network_costs", "network_sizes",
+    "open_tracker", "open_tracker_while",
     "random_cell_shapes", "read_checkpoint", "read_prior", "reference_name", "result_costs", "retrain_size",
     "run_path", "scored_size", "searched_network", "shape_space",
 ]

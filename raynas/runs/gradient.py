@@ -24,7 +24,7 @@ from raynas.runs.common import (
     format_duration,
     job_space,
     log_cell_shapes,
-    open_tracker,
+    open_tracker_while,
     read_prior,
     result_costs,
     retrain_size,
@@ -82,20 +82,25 @@ def run_gradient_search(
     started = time.perf_counter()
     checkpoint = run_path(config, "checkpoint.pt")
     prior = read_prior(checkpoint, config, fresh=fresh)
-    tracker = open_tracker(config)
     node = "local" if config.execution.backend == "local" else (
         "ray-gpu" if config.execution.gpus_per_worker else "ray-cpu"
     )
-    # Every epoch's derived architecture is recorded with its network's size (params, macs).
     space = job_space(config)
-    recorder = SearchRecorder(config=config, tracker=tracker, node=node,  # checks the results store
-                              costs=CandidateCosts(config).complete,
-                              draw=functools.partial(picture, space))
     history: list[dict[str, Any]] = prior["history"] if prior else []
     # final: architectures drawn from the learnt distribution, retrained (checkpointed one by one)
     retrained = [EvalResult.from_dict(r) for r in (prior or {}).get("retrained", [])]
     # Started before the run exists: bad data fails without an empty run.
-    worker = start_worker(functools.partial(SupernetWorker, config), config.execution, echo)
+    tracker, worker = open_tracker_while(
+        config, lambda: start_worker(functools.partial(SupernetWorker, config), config.execution, echo)
+    )
+    try:
+        # Every epoch's derived architecture is recorded with its network's size (params, macs).
+        recorder = SearchRecorder(config=config, tracker=tracker, node=node,  # checks the results store
+                                  costs=CandidateCosts(config).complete,
+                                  draw=functools.partial(picture, space))
+    except BaseException:
+        worker.close()
+        raise
     try:
         run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)

@@ -45,7 +45,7 @@ from raynas.runs.common import (
     final_evaluator,
     job_space,
     log_cell_shapes,
-    open_tracker,
+    open_tracker_while,
     read_checkpoint,
     read_prior,
     result_costs,
@@ -349,19 +349,23 @@ def run_sampling_search(
     search = SamplingSearch(config, journal=journal, echo=echo)
     search.checkpoint = checkpoint
     check_networks_run(config, scored_size(config))
-    tracker = open_tracker(config)
-    # Every candidate is recorded with the size of the network its evaluator scored.
-    costs = CandidateCosts(config, size=scored_size(config))
-    recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend,
-                              costs=costs.complete, draw=functools.partial(picture, job_space(config)))
 
     def restore_supernet() -> dict[str, Any] | None:
         return supernet_at(supernet_file, search.epoch)
 
-    pool = (
+    tracker, pool = open_tracker_while(config, lambda: (
         start_pool(config, restore=restore_supernet, echo=echo)
         if not search.use_tune or search.one_shot else None
-    )
+    ))
+    try:
+        # Every candidate is recorded with the size of the network its evaluator scored.
+        costs = CandidateCosts(config, size=scored_size(config))
+        recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend,
+                                  costs=costs.complete, draw=functools.partial(picture, job_space(config)))
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     try:
         run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)
