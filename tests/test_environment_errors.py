@@ -126,6 +126,51 @@ def test_a_ray_address_nothing_answers_at_says_to_start_the_cluster(
     assert not ray.is_initialized()
 
 
+def test_a_ray_address_where_something_else_answers_says_what_to_give_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dashboard's HTTP address ended in Ray's traceback; a web server's port, or a gRPC server
+    that is not a cluster's GCS (Ray Client's port given without ray://), was retried by
+    ``ray.init`` for many minutes. Each is one line now, with what to give instead. Real servers
+    on loopback: Python's HTTP server, a gRPC server (grpcio's, Ray's own dependency) with no
+    service."""
+    import concurrent.futures
+    import http.server
+    import threading
+
+    import grpc
+    import ray
+
+    ray.shutdown()  # joined by an earlier test of this process: the search would not connect anew
+    job = tiny_job(tmp_path, execution={"backend": "ray"})
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # (to stderr, which the test reads)
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    rpc = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+    rpc_port = rpc.add_insecure_port("127.0.0.1:0")
+    rpc.start()
+    where = "(execution.address (--address))"
+    try:
+        err = refused(capsys, tmp_path, job, "--address", f"http://127.0.0.1:{web.server_port}")
+        assert err.startswith(f"raynas: error: http://127.0.0.1:{web.server_port} {where} is an HTTP address "
+                              "(a Ray dashboard's, where `ray job submit` sends jobs); give the cluster's "
+                              "GCS address, host:port"), err
+        err = refused(capsys, tmp_path, job, "--address", f"127.0.0.1:{web.server_port}")
+        assert err.startswith(f"raynas: error: something answers at 127.0.0.1:{web.server_port} {where} but "
+                              "not as a Ray cluster does (Ray speaks gRPC;"), err
+        err = refused(capsys, tmp_path, job, "--address", f"127.0.0.1:{rpc_port}")
+        assert err.startswith(f"raynas: error: the server at 127.0.0.1:{rpc_port} {where} speaks gRPC but is "
+                              "not a Ray cluster's GCS (Ray Client's port?); for Ray Client write "
+                              f"ray://127.0.0.1:{rpc_port}, else"), err
+    finally:
+        web.shutdown()
+        rpc.stop(0)
+    assert not ray.is_initialized()
+
+
 @pytest.mark.own_ray
 def test_a_ray_cluster_that_asks_for_a_token_says_how_to_give_it_and_with_it_the_search_runs(
     tmp_path: Path,

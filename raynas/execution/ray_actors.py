@@ -57,33 +57,75 @@ def node_type(accelerator: str | None = None) -> str:
 
 
 def check_address(address: str, given: str) -> None:
-    """Refuse a Ray address (host:port, ray://host:port) nothing answers at, or whose cluster
-    turns this process away for want of its token, in one line naming where it was ``given``:
-    ``ray.init`` would retry for seconds to minutes, printing as it goes, and end in a traceback.
+    """Refuse, in one line naming where it was ``given``, a Ray address that no Ray cluster can be
+    joined at: an HTTP address (the dashboard's), a host:port (or ray://host:port) nothing answers
+    at, or where something answers that is not a Ray cluster (a web server, Ray Client's port given
+    as a cluster's), or whose cluster turns this process away for want of its token. ``ray.init``
+    would retry for seconds to many minutes, printing as it goes, and end in a traceback.
 
     Raises:
-        ConfigError: Nothing accepts a connection there, or its cluster asks for a token.
+        ConfigError: Saying which, and what to give instead.
     """
+    if address.lower().startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{address} ({given}) is an HTTP address (a Ray dashboard's, where `ray job submit` sends "
+            "jobs); give the cluster's GCS address, host:port (port 6379 unless `ray start --port` "
+            "chose another), or ray://host:10001 for Ray Client"
+        )
     endpoint = gcs_endpoint(address)
-    if endpoint and not _answers(endpoint):
+    if not endpoint:  # (auto, and the forms Ray resolves itself)
+        return
+    if not _answers(endpoint):
         raise ConfigError(
             f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
             "correct the address, or leave it out for a local Ray"
         )
-    if endpoint and not address.startswith("ray://") and _refuses_this_process(endpoint):
+    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true") and not _speaks_grpc(endpoint):
+        raise ConfigError(
+            f"something answers at {address} ({given}) but not as a Ray cluster does (Ray speaks gRPC; "
+            "a dashboard's or another server's port?); give the head's GCS address, host:port (port "
+            "6379 unless `ray start --port` chose another), or ray://host:10001 for Ray Client"
+        )
+    refusal = None if address.startswith("ray://") else _gcs_refusal(endpoint)
+    if refusal == "token":
         raise ConfigError(
             f"the Ray cluster at {address} ({given}) refuses this process: it asks for its token "
             "(Ray's token authentication); set RAY_AUTH_MODE=token and give the cluster's token in "
             "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
         )
+    if refusal == "not a GCS":
+        raise ConfigError(
+            f"the server at {address} ({given}) speaks gRPC but is not a Ray cluster's GCS (Ray Client's "
+            f"port?); for Ray Client write ray://{endpoint}, else give the head's GCS port (6379 unless "
+            "`ray start --port` chose another)"
+        )
 
 
-def _refuses_this_process(endpoint: str) -> bool:
-    """Whether the GCS at ``endpoint`` (host:port) turns this process's connection away for its
-    token. ``ray.init`` would retry such a refusal for 20 s, printing a warning from Ray's core each
-    second, and end in a traceback; one connection of Ray's own GCS client tells it in milliseconds.
-    Its warning (written by Ray's core to file descriptor 2) is kept off the console: the
-    descriptor points at /dev/null while it connects. Any other failure is left to ``ray.init``."""
+def _speaks_grpc(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether the server at ``endpoint`` (host:port) answers HTTP/2's connection preface with
+    HTTP/2's SETTINGS frame, as every gRPC server (Ray's GCS and Ray Client's among them) does at
+    once; a web server answers in HTTP/1, a stuck one not at all."""
+    host, _, port = endpoint.rpartition(":")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    head = b""
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(preface)  # (and an empty SETTINGS frame of its own)
+            while len(head) < 9 and (chunk := sock.recv(9 - len(head))):
+                head += chunk
+    except (OSError, ValueError):
+        pass
+    return len(head) == 9 and head[3] == 0x04  # a frame's header: length (3 bytes), then its type
+
+
+def _gcs_refusal(endpoint: str) -> str | None:
+    """Why the gRPC server at ``endpoint`` (host:port) turns this process's GCS client away, if it
+    does for a reason ``ray.init`` would only retry: ``token`` (the cluster asks for its token:
+    ``ray.init`` tried for 20 s, a warning from Ray's core each second, then a traceback), ``not a
+    GCS`` (the server knows no GCS method: Ray Client's port, given as a cluster's). One connection
+    of Ray's own GCS client tells it in milliseconds; its warning (written by Ray's core to file
+    descriptor 2) is kept off the console, the descriptor pointing at /dev/null meanwhile. Any other
+    failure is left to ``ray.init`` to retry and report."""
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 
@@ -93,11 +135,11 @@ def _refuses_this_process(endpoint: str) -> bool:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
         GcsClient(address=endpoint, cluster_id=None)
-        return False
+        return None
     except AuthenticationError:
-        return True
-    except Exception:  # not a GCS (yet), or gone meanwhile: ray.init retries and says so
-        return False
+        return "token"
+    except Exception as exc:  # (a GCS starting, or gone meanwhile: ray.init retries and says so)
+        return "not a GCS" if getattr(exc, "rpc_code", None) == 12 else None  # gRPC's UNIMPLEMENTED
     finally:
         os.dup2(kept, 2)
         os.close(kept)
