@@ -171,6 +171,24 @@ def test_a_ray_address_where_something_else_answers_says_what_to_give_instead(
     assert not ray.is_initialized()
 
 
+def test_a_clusters_gcs_given_as_a_ray_client_address_says_to_give_it_without_ray_scheme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_head: str
+) -> None:
+    """``ray://`` before a cluster's GCS address (Ray Client's server listens on a port of its
+    own): Ray Client retried for 35 s, then a warning and a traceback."""
+    import ray
+
+    ray.shutdown()  # joined by an earlier test of this process: the search would not connect anew
+    err = refused(capsys, tmp_path, tiny_job(tmp_path, execution={"backend": "ray"}),
+                  "--address", f"ray://{ray_head}")
+    assert err == (
+        f"raynas: error: ray://{ray_head} (execution.address (--address)) names a Ray cluster's GCS, not Ray "
+        f"Client's server; give {ray_head} (without ray://) to join the cluster, or Ray Client's port, "
+        "ray://host:10001 (unless `ray start --ray-client-server-port` chose another)"
+    )
+    assert not ray.is_initialized()
+
+
 @pytest.mark.own_ray
 def test_a_ray_cluster_that_asks_for_a_token_says_how_to_give_it_and_with_it_the_search_runs(
     tmp_path: Path,

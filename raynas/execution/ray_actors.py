@@ -60,8 +60,9 @@ def check_address(address: str, given: str) -> None:
     """Refuse, in one line naming where it was ``given``, a Ray address that no Ray cluster can be
     joined at: an HTTP address (the dashboard's), a host:port (or ray://host:port) nothing answers
     at, or where something answers that is not a Ray cluster (a web server, Ray Client's port given
-    as a cluster's), or whose cluster turns this process away for want of its token. ``ray.init``
-    would retry for seconds to many minutes, printing as it goes, and end in a traceback.
+    as a cluster's, a cluster's GCS given as Ray Client's), or whose cluster turns this process
+    away for want of its token. ``ray.init`` would retry for seconds to many minutes, printing as
+    it goes, and end in a traceback.
 
     Raises:
         ConfigError: Saying which, and what to give instead.
@@ -86,14 +87,22 @@ def check_address(address: str, given: str) -> None:
             "a dashboard's or another server's port?); give the head's GCS address, host:port (port "
             "6379 unless `ray start --port` chose another), or ray://host:10001 for Ray Client"
         )
-    refusal = None if address.startswith("ray://") else _gcs_refusal(endpoint)
-    if refusal == "token":
+    answer = _gcs_answer(endpoint)
+    if address.startswith("ray://"):
+        if answer in ("gcs", "token"):
+            raise ConfigError(
+                f"{address} ({given}) names a Ray cluster's GCS, not Ray Client's server; give "
+                f"{endpoint} (without ray://) to join the cluster, or Ray Client's port, ray://host:10001 "
+                "(unless `ray start --ray-client-server-port` chose another)"
+            )
+        return
+    if answer == "token":
         raise ConfigError(
             f"the Ray cluster at {address} ({given}) refuses this process: it asks for its token "
             "(Ray's token authentication); set RAY_AUTH_MODE=token and give the cluster's token in "
             "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
         )
-    if refusal == "not a GCS":
+    if answer == "not a GCS":
         raise ConfigError(
             f"the server at {address} ({given}) speaks gRPC but is not a Ray cluster's GCS (Ray Client's "
             f"port?); for Ray Client write ray://{endpoint}, else give the head's GCS port (6379 unless "
@@ -118,14 +127,14 @@ def _speaks_grpc(endpoint: str, timeout: float = 3.0) -> bool:
     return len(head) == 9 and head[3] == 0x04  # a frame's header: length (3 bytes), then its type
 
 
-def _gcs_refusal(endpoint: str) -> str | None:
-    """Why the gRPC server at ``endpoint`` (host:port) turns this process's GCS client away, if it
-    does for a reason ``ray.init`` would only retry: ``token`` (the cluster asks for its token:
-    ``ray.init`` tried for 20 s, a warning from Ray's core each second, then a traceback), ``not a
-    GCS`` (the server knows no GCS method: Ray Client's port, given as a cluster's). One connection
-    of Ray's own GCS client tells it in milliseconds; its warning (written by Ray's core to file
-    descriptor 2) is kept off the console, the descriptor pointing at /dev/null meanwhile. Any other
-    failure is left to ``ray.init`` to retry and report."""
+def _gcs_answer(endpoint: str) -> str:
+    """How the gRPC server at ``endpoint`` (host:port) answers a GCS client: ``gcs`` (it is a
+    cluster's GCS, and lets this process in), ``token`` (a GCS that asks for its token: ``ray.init``
+    tried for 20 s, a warning from Ray's core each second, then a traceback), ``not a GCS`` (it
+    knows no GCS method: Ray Client's server, given as a cluster's), or ``""`` (another failure,
+    left to ``ray.init`` to retry and report: a GCS starting, or gone meanwhile). One connection of
+    Ray's own GCS client tells it in milliseconds; its warning (written by Ray's core to file
+    descriptor 2) is kept off the console, the descriptor pointing at /dev/null meanwhile."""
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 
@@ -135,11 +144,11 @@ def _gcs_refusal(endpoint: str) -> str | None:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
         GcsClient(address=endpoint, cluster_id=None)
-        return None
+        return "gcs"
     except AuthenticationError:
         return "token"
-    except Exception as exc:  # (a GCS starting, or gone meanwhile: ray.init retries and says so)
-        return "not a GCS" if getattr(exc, "rpc_code", None) == 12 else None  # gRPC's UNIMPLEMENTED
+    except Exception as exc:
+        return "not a GCS" if getattr(exc, "rpc_code", None) == 12 else ""  # gRPC's UNIMPLEMENTED
     finally:
         os.dup2(kept, 2)
         os.close(kept)
