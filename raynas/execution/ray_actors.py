@@ -76,12 +76,14 @@ def check_address(address: str, given: str) -> None:
     endpoint = gcs_endpoint(address)
     if not endpoint:  # (auto, and the forms Ray resolves itself)
         return
-    if not _answers(endpoint):
+    # (under TLS the preface cannot be read: only whether something accepts the connection)
+    greeting = _greeting(endpoint, speak=os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"))
+    if greeting is None:
         raise ConfigError(
             f"no Ray cluster answers at {address} ({given}); start it (`ray start --head`), "
             "correct the address, or leave it out for a local Ray"
         )
-    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true") and not _speaks_grpc(endpoint):
+    if greeting == "other":
         raise ConfigError(
             f"something answers at {address} ({given}) but not as a Ray cluster does (Ray speaks gRPC; "
             "a dashboard's or another server's port?); give the head's GCS address, host:port (port "
@@ -110,21 +112,29 @@ def check_address(address: str, given: str) -> None:
         )
 
 
-def _speaks_grpc(endpoint: str, timeout: float = 3.0) -> bool:
-    """Whether the server at ``endpoint`` (host:port) answers HTTP/2's connection preface with
-    HTTP/2's SETTINGS frame, as every gRPC server (Ray's GCS and Ray Client's among them) does at
-    once; a web server answers in HTTP/1, a stuck one not at all."""
+def _greeting(endpoint: str, *, speak: bool = True, timeout: float = 3.0) -> str | None:
+    """How the server at ``endpoint`` (host:port) greets one connection: None if nothing accepts
+    it; ``grpc`` if it answers HTTP/2's connection preface with HTTP/2's SETTINGS frame, as every
+    gRPC server (Ray's GCS and Ray Client's among them) does at once; ``other`` if not (a web
+    server answers in HTTP/1, a stuck one not at all). Without ``speak``, ``grpc`` once it accepts."""
     host, _, port = endpoint.rpartition(":")
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     head = b""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    except (OSError, ValueError):
+        return None
+    with sock:
+        if not speak:
+            return "grpc"
+        try:
             sock.sendall(preface)  # (and an empty SETTINGS frame of its own)
             while len(head) < 9 and (chunk := sock.recv(9 - len(head))):
                 head += chunk
-    except (OSError, ValueError):
-        pass
-    return len(head) == 9 and head[3] == 0x04  # a frame's header: length (3 bytes), then its type
+        except OSError:
+            pass
+    # a frame's header: its length (3 bytes), then its type
+    return "grpc" if len(head) == 9 and head[3] == 0x04 else "other"
 
 
 def _gcs_answer(endpoint: str) -> str:
