@@ -54,16 +54,30 @@ def test_the_tracker_is_opened_while_the_worker_starts(
         assert opened.wait(timeout=30)
         return started
 
-    tracker, worker = common.open_tracker_while(parse_job(tiny_job(tmp_path)), start)
+    tracker, worker, then = common.open_tracker_while(
+        parse_job(tiny_job(tmp_path)), start, then=lambda tracker: ("recorder of", tracker)
+    )
     assert isinstance(tracker, MlflowTracker) and tracker.experiment_id
     assert worker is started and not started.closed
+    assert then == ("recorder of", tracker)
 
 
 def test_a_tracker_that_cannot_open_closes_what_was_started_and_its_error_is_told(tmp_path: Path) -> None:
     config = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": not_a_store(tmp_path)}))
     started = Started()
     with pytest.raises(ConfigError, match=r"^MLflow store \S+/text.db is not an SQLite database"):
-        common.open_tracker_while(config, lambda: started)
+        common.open_tracker_while(config, lambda: started, then=lambda tracker: pytest.fail("then ran"))
+    assert started.closed
+
+
+def test_what_was_started_is_closed_when_what_follows_the_tracker_fails(tmp_path: Path) -> None:
+    """``then`` (the search's recorder, which checks the results store) fails: the worker is closed."""
+    def then(tracker: MlflowTracker) -> None:
+        raise ConfigError("results store s3://nowhere cannot be reached")
+
+    started = Started()
+    with pytest.raises(ConfigError, match="s3://nowhere"):
+        common.open_tracker_while(parse_job(tiny_job(tmp_path)), lambda: started, then=then)
     assert started.closed
 
 
@@ -73,7 +87,7 @@ def test_a_start_that_fails_is_told_unless_the_tracker_failed_too(tmp_path: Path
         raise ValueError("the data cannot be read")
 
     with pytest.raises(ValueError, match="the data cannot be read"):
-        common.open_tracker_while(parse_job(tiny_job(tmp_path)), start)
+        common.open_tracker_while(parse_job(tiny_job(tmp_path)), start, then=print)
     broken = parse_job(tiny_job(tmp_path, tracking={"tracking_uri": not_a_store(tmp_path)}))
     with pytest.raises(ConfigError, match=r"^MLflow store \S+/text.db is not an SQLite database"):
-        common.open_tracker_while(broken, start)
+        common.open_tracker_while(broken, start, then=print)

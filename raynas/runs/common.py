@@ -313,24 +313,30 @@ class _Closable(Protocol):
 
 
 Started = TypeVar("Started", bound="_Closable | None")
+Then = TypeVar("Then")
 
 
-def open_tracker_while(config: Any, start: Callable[[], Started]) -> tuple[MlflowTracker, Started]:
+def open_tracker_while(
+    config: Any, start: Callable[[], Started], then: Callable[[MlflowTracker], Then],
+) -> tuple[MlflowTracker, Started, Then]:
     """The job's tracker (:func:`open_tracker`), opened in another thread while ``start()`` starts
-    the search's worker or pool in this one: Ray's actors take seconds to start (their processes
-    import torch and build the supernet), and so does the tracker (MLflow's import, its store's
-    opening). As when the tracker was opened first, its error wins: a started worker is closed
-    and the tracker's error raised; ``start``'s own error is raised once the tracker is open.
-    ``start`` runs in this thread (Ray's start keeps this process's signal handlers)."""
+    the search's worker or pool in this one, and ``then(tracker)`` once both are ready (the
+    search's recorder, which checks the results store). Ray's actors take seconds to start (their
+    processes import torch and build the supernet), and so does the tracker (MLflow's import, its
+    store's opening). As when the tracker was opened first, its error wins: a started worker is
+    closed and the tracker's error raised; ``start``'s own error is raised once the tracker is
+    open; what was started is closed if ``then`` fails too. ``start`` runs in this thread (Ray's
+    start keeps this process's signal handlers)."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raynas-open-tracker") as opening:
-        tracker = opening.submit(open_tracker, config)
+        opened = opening.submit(open_tracker, config)
         try:
             started = start()
         except Exception:
-            tracker.result()  # (the tracker's error, if it has one, is the one told)
+            opened.result()  # (the tracker's error, if it has one, is the one told)
             raise
         try:
-            return tracker.result(), started
+            tracker = opened.result()
+            return tracker, started, then(tracker)
         except BaseException:
             if started is not None:
                 started.close()

@@ -90,17 +90,14 @@ def run_gradient_search(
     # final: architectures drawn from the learnt distribution, retrained (checkpointed one by one)
     retrained = [EvalResult.from_dict(r) for r in (prior or {}).get("retrained", [])]
     # Started before the run exists: bad data fails without an empty run.
-    tracker, worker = open_tracker_while(
-        config, lambda: start_worker(functools.partial(SupernetWorker, config), config.execution, echo)
+    # Every epoch's derived architecture is recorded with its network's size (params, macs); the
+    # recorder checks the results store.
+    tracker, worker, recorder = open_tracker_while(
+        config, lambda: start_worker(functools.partial(SupernetWorker, config), config.execution, echo),
+        then=lambda tracker: SearchRecorder(config=config, tracker=tracker, node=node,
+                                            costs=CandidateCosts(config).complete,
+                                            draw=functools.partial(picture, space)),
     )
-    try:
-        # Every epoch's derived architecture is recorded with its network's size (params, macs).
-        recorder = SearchRecorder(config=config, tracker=tracker, node=node,  # checks the results store
-                                  costs=CandidateCosts(config).complete,
-                                  draw=functools.partial(picture, space))
-    except BaseException:
-        worker.close()
-        raise
     try:
         run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)

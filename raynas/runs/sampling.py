@@ -353,19 +353,19 @@ def run_sampling_search(
     def restore_supernet() -> dict[str, Any] | None:
         return supernet_at(supernet_file, search.epoch)
 
-    tracker, pool = open_tracker_while(config, lambda: (
-        start_pool(config, restore=restore_supernet, echo=echo)
-        if not search.use_tune or search.one_shot else None
-    ))
-    try:
-        # Every candidate is recorded with the size of the network its evaluator scored.
-        costs = CandidateCosts(config, size=scored_size(config))
-        recorder = SearchRecorder(config=config, tracker=tracker, node=config.execution.backend,
-                                  costs=costs.complete, draw=functools.partial(picture, job_space(config)))
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
+    # Every candidate is recorded with the size of the network its evaluator scored; the recorder
+    # checks the results store.
+    costs = CandidateCosts(config, size=scored_size(config))
+    tracker, pool, recorder = open_tracker_while(
+        config,
+        lambda: start_pool(config, restore=restore_supernet, echo=echo)
+        if not search.use_tune or search.one_shot else None,
+        then=lambda tracker: SearchRecorder(
+            config=config, tracker=tracker, node=config.execution.backend,
+            costs=costs.complete,
+            draw=functools.partial(picture, job_space(config)),
+        ),
+    )
     try:
         run_id = start_run(tracker, config, checkpoint, prior, fresh=fresh)
         recorder.opened(run_id)
