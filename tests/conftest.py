@@ -340,12 +340,17 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     report.longrepr = f"{report.longrepr}\nworker pid {pid}\n{crash_clues(pid)}"
 
 
+# The Ray Client server's port of each head started by :func:`start_ray_head`, by its GCS address.
+RAY_CLIENT_PORTS: dict[str, int] = {}
+
+
 def start_ray_head(token: str | None = None) -> tuple[str, str]:
     """A real Ray head started with ``ray start --head`` on loopback: its GCS address and the
     temporary folder that names its processes (for :func:`stop_ray_cluster`). With ``token``, the
-    head asks its clients for that token (Ray's token authentication)."""
+    head asks its clients for that token (Ray's token authentication). Its Ray Client server
+    listens on a free port of its own (:data:`RAY_CLIENT_PORTS`), not on 10001 beside others'."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
-    port = free_port()
+    port, client_port = free_port(), free_port()
     # Token authentication off for this throwaway loopback cluster unless asked for: a client
     # without the cluster's token cannot connect otherwise.
     env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled"}
@@ -356,10 +361,11 @@ def start_ray_head(token: str | None = None) -> tuple[str, str]:
             str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
             "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false",
             f"--dashboard-agent-listen-port={free_port()}",  # leave the default to other clusters
-            "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={client_port}",
         ],
         check=True, env=env, timeout=180, capture_output=True,
     )
+    RAY_CLIENT_PORTS[f"127.0.0.1:{port}"] = client_port
     return f"127.0.0.1:{port}", temp_dir
 
 

@@ -200,6 +200,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     address = execution.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address, "execution.address (--address)" if execution.address else "RAY_ADDRESS")
+        _quiet_ray_client_relay()
         with _keeping_signals():
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         _quiet_console()
@@ -273,6 +274,28 @@ def _quiet_console() -> None:
     import ray._private.worker as ray_worker
 
     ray_worker._worker_logs_enabled = False
+
+
+class _ServersOwnNews(logging.Filter):
+    """Ray Client's relay of one warning of its server's: the server process that Ray Client starts
+    for each client joins the cluster with ``ray.init`` in a thread, which warns that it cannot set
+    its SIGTERM handler there; Ray Client relays the warning to the client's console (now and then:
+    it races the relay's start). It is about the server's process, not the search's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set because current thread")
+
+
+_SERVERS_OWN_NEWS = _ServersOwnNews()
+
+
+def _quiet_ray_client_relay() -> None:
+    """Keep :class:`_ServersOwnNews` off this process's console. A filter on the relay's logger
+    (``ray.util.client.logsclient``), not a level: Ray Client sets that logger's level as it
+    connects; the other records it relays are still shown."""
+    relay = logging.getLogger("ray.util.client.logsclient")
+    if _SERVERS_OWN_NEWS not in relay.filters:
+        relay.addFilter(_SERVERS_OWN_NEWS)
 
 
 def ray_logs() -> str:
