@@ -456,3 +456,33 @@ def test_recurrent_second_order_gradient_is_rnn_architect(clip: float) -> None:
 
     # The implicit term matters here: the check above is not grad_alpha L_val(w') alone.
     assert float((expected[0] - dalpha[0]).abs().max()) > 1e-2 * float(expected[0].abs().max())
+
+
+@pytest.mark.parametrize("job", ["pc_darts_cifar10", "adarts_cifar10", "adarts_cifar100"])
+def test_the_pc_darts_cifar_jobs_take_the_authors_search_settings(job: str) -> None:
+    """PC-DARTS's CIFAR search (and ADARTS's, which builds on it: no code of its own is public)
+    against train_search.py's defaults as ../shared/reference/papers.json records them (batch 256,
+    lr 0.1 -> 0, 50 epochs, 16 channels, 8 cells, alpha's Adam at 6e-4 with weight decay 1e-3 from
+    epoch 15, K = 4), and DARTS's momentum, weight decay, clip and half split, which PC-DARTS keeps."""
+    import json
+
+    from raynas.runs import load_job
+
+    root = Path(__file__).parents[1]
+    reference = json.loads((root.parent / "shared" / "reference" / "papers.json").read_text())["pc_darts"]
+    defaults = reference["search"]["train_search.py_defaults"]
+    config = load_job(root / "jobs" / f"{job}.yaml")
+    space, strategy, train, data = (config.space.config, config.strategy.config, config.train,
+                                    config.data.config)
+    assert config.strategy.name == job.split("_cifar")[0]
+    assert config.data.name == job.rsplit("_", 1)[1]
+    assert (space.channels, space.layers, space.nodes) == (defaults["init_channels"], defaults["layers"], 4)
+    assert (strategy.k, strategy.edge_normalization) == (reference["search"]["partial_channel_K"], True)
+    assert (strategy.arch_learning_rate, strategy.arch_weight_decay, strategy.arch_start_epoch) == (
+        defaults["arch_learning_rate"], defaults["arch_weight_decay"], defaults["arch_updates_start_epoch"])
+    assert tuple(strategy.arch_betas) == (0.5, 0.999)
+    assert (data.batch_size, train.epochs) == (defaults["batch_size"], defaults["epochs"])
+    assert (train.learning_rate, train.learning_rate_min) == (
+        defaults["learning_rate"], defaults["learning_rate_min"])
+    assert (train.momentum, train.weight_decay, train.grad_clip, data.train_portion) == (0.9, 3e-4, 5.0, 0.5)
+    assert config.seed == 2
