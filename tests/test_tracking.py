@@ -112,6 +112,39 @@ def test_a_local_stores_artifacts_are_beside_its_database_not_in_the_working_fol
     assert client.get_run(child).info.artifact_uri.startswith(str(tmp_path / "store" / "mlruns"))
 
 
+def test_the_installed_packages_are_mapped_while_the_run_goes_not_when_its_model_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's ``save_model`` checks a model's requirements against a map of every installed
+    package to its modules (importlib's ``packages_distributions``: a second or more, at each
+    search's end); the run's start has it made in a background thread, which the model's
+    registration waits for instead of making it again."""
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    import raynas.tracking.mlflow_tracker as mlflow_tracker
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # (as in a new process)
+    monkeypatch.setattr(mlflow_tracker, "_packages_mapped", None)
+    made_in: list[str] = []
+    real = importlib_metadata.packages_distributions
+
+    def packages_distributions() -> dict[str, list[str]]:
+        made_in.append(threading.current_thread().name)
+        return real()
+
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", packages_distributions)
+    config = parse_job(tiny_job(tmp_path))
+    tracker = MlflowTracker(tracking_uri=config.tracking.tracking_uri, experiment="packages")
+    tracker.start(config)
+    space = SPACES.create("nb201", config=None)
+    arch = space.sample(random.Random(0))
+    tracker.register_model(arch, name="raynas-packages", network=torch.nn.Linear(4, 2), trained=False,
+                           example=torch.zeros(1, 4))
+    assert made_in == ["raynas-map-packages"]
+    assert "torch" in requirements_utils._MODULES_TO_PACKAGES  # (MLflow's map, as it makes it)
+
+
 def test_search_records_candidates_pictures_results_and_the_registered_model(tmp_path: Path) -> None:
     config = parse_job(tiny_job(tmp_path, tracking={"experiment": "e2e", "registered_model": "tiny-nas",
                                                     "pictures": True}))

@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -259,6 +260,26 @@ def _output_on_meta(network: nn.Module, example: Any) -> Any:
                   type(network).__name__, exc)
         return None
     return out
+
+
+# MLflow's map of the installed packages to their modules, made in a thread (:func:`map_packages`).
+_packages_mapped: threading.Thread | None = None
+
+
+def map_packages() -> None:
+    """Start making, once per process and in a background thread, the map of installed packages
+    to their modules that ``save_model`` checks a model's requirements with (importlib's
+    ``packages_distributions``, which lists every installed package's files: a second or more, at
+    the end of every search). Made while the search runs, it is ready when the model is saved
+    (:meth:`MlflowTracker.register_model` waits for it)."""
+    global _packages_mapped
+    if _packages_mapped is None:
+        from mlflow.utils import requirements_utils
+
+        make = getattr(requirements_utils, "_init_modules_to_packages_map", None)  # (MLflow's cache)
+        if make is not None:
+            _packages_mapped = threading.Thread(target=make, name="raynas-map-packages", daemon=True)
+            _packages_mapped.start()
 
 
 def _is_number(value: Any) -> bool:
@@ -582,6 +603,7 @@ class MlflowTracker:
                 still running run of that tag, which a process killed before it checkpointed the
                 run's id made, is reopened (its config logged again) instead of a second one made.
         """
+        map_packages()  # (for the model registered at the run's end)
         self.tags = tags if tags is not None else {
             f"{TAG_PREFIX}space": config.space.name,
             f"{TAG_PREFIX}strategy": config.strategy.name,
@@ -834,6 +856,8 @@ class MlflowTracker:
             pytorch_log.setLevel(logging.ERROR)
             network = network.cpu().eval()
             signature, input_example = _signature(network, example)
+            if _packages_mapped is not None:  # (the map is MLflow's unlocked global: one writer)
+                _packages_mapped.join()
             try:
                 mlflow.pytorch.save_model(
                     network, str(model_dir), serialization_format="pickle",
