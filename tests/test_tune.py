@@ -296,6 +296,37 @@ def test_asha_stops_some_candidates_early_and_every_one_is_recorded(tmp_path: Pa
     assert best.score > 0.3 and not best.stopped_early  # well above chance (0.1) on the digits
 
 
+@pytest.mark.integration
+def test_tune_ranks_language_models_by_their_log_likelihood(tmp_path: Path, ray_client: str) -> None:
+    """On text, Tune's scheduler and the controller are given the mean log-likelihood per token
+    (``valid_loglik``, the negative log of the perplexity), the higher the better: ASHA keeps the
+    trials of lowest perplexity, and the answer is the candidate of lowest perplexity."""
+    from fixtures import FIXTURES
+
+    job = tiny_job(tmp_path)
+    job.update(
+        space={"name": "darts_rnn", "channels": 8, "nodes": 2},
+        strategy={"name": "random", "evaluations": 2},
+        data={"name": "ptb", "path": str(FIXTURES["ptb"](tmp_path / "data")), "bptt": 4, "batch_size": 2},
+        evaluator={"name": "scratch", "epochs": 2, "learning_rate": 1.0},
+        tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 2},
+        execution={"backend": "ray", "cpus_per_worker": 1, "concurrency": 2},
+    )
+    del job["train"]
+    config = parse_job(job)
+    controller = build_controller(config)
+    recorded: list[EvalResult] = []
+    run_tune_search(config, controller, on_result=recorded.append, storage_path=str(tmp_path / "tune"))
+    assert len(recorded) == 2 and {r.objective for r in recorded} == {"valid_loglik"}
+    for r in recorded:
+        assert r.score == pytest.approx(-r.metrics["valid_loss"])
+        assert math.exp(-r.score) == pytest.approx(r.metrics["valid_ppl"])
+        assert len(r.curve) == r.budget and r.curve[-1] == r.score  # the scheduler's, epoch by epoch
+    best = controller.best()
+    finished = [r for r in recorded if not r.stopped_early]
+    assert best.metrics["valid_ppl"] == min(r.metrics["valid_ppl"] for r in finished)
+
+
 class ProposesOneForeignCandidate(RandomSearch):
     """Random search whose second candidate is a DARTS genotype, which the nb201 space cannot
     build: its trial fails on the worker."""

@@ -8,6 +8,6 @@ on which a supernet's weights and its architecture are optimised. A config's ``p
 
 # Built-in datasets register themselves on import.
 from raynas.data import cifar, cityscapes, digits, imagenet, imagenet16, ptb, svhn, wikitext  # noqa: F401
-from raynas.data.base import DATASETS, LoaderConfig, dataset_info, search_loaders
+from raynas.data.base import DATASETS, LoaderConfig, dataset_info, search_loaders, search_objective
 
-__all__ = ["DATASETS", "LoaderConfig", "dataset_info", "search_loaders"]
+__all__ = ["DATASETS", "LoaderConfig", "dataset_info", "search_loaders", "search_objective"]

@@ -210,6 +210,19 @@ def search_loaders(
     return loader(full, train_idx, 0), loader(valid_set, valid_idx, 1)
 
 
+def search_objective(name: str) -> str:
+    """The metric a search on dataset ``name`` ranks its candidates by (the higher, the better):
+    ``valid_acc``, or on token text (language models) ``valid_loglik``, the validation text's
+    mean log-likelihood per token (``-valid_loss``): the higher it is, the lower the perplexity
+    ``exp(-valid_loglik)`` that the papers rank language models by (random search with weight
+    sharing, EN²AS); the next word's accuracy is not what they compare."""
+    try:
+        traits = DATASETS.entry(name).traits or {}
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc)) from None
+    return "valid_loglik" if traits.get("tokens") else "valid_acc"
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """Input channels, classes and image size of a dataset, by name (no data is read)."""
     try:

@@ -150,6 +150,7 @@ class MorphismEvaluator(ScratchEvaluator):
         assert self.network is not None
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
         return EvalResult(
-            architecture=arch, metrics=result.metrics, trial_id=trial_id, budget=result.budget,
-            seconds=time.perf_counter() - start, handover={"architecture": arch.to_json(), "state": state},
+            architecture=arch, metrics=result.metrics, objective=result.objective, trial_id=trial_id,
+            budget=result.budget, seconds=time.perf_counter() - start,
+            handover={"architecture": arch.to_json(), "state": state},
         )

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import torch
 
 from raynas.config import Rule, SearchConfig, check_rules
-from raynas.data import DATASETS, search_loaders
+from raynas.data import DATASETS, search_loaders, search_objective
 from raynas.evaluators.registry import EVALUATORS
 from raynas.profile import count_params
 from raynas.spaces import SPACES
@@ -90,6 +90,7 @@ class ScratchEvaluator:
         self.space = SPACES.create(search.space.name, search.space.config)
         self.data = DATASETS.create(search.data.name, search.data.config)
         self.device = pick_device(search.execution.device)
+        self.objective = search_objective(search.data.name)  # what its results are ranked by
         self.network: torch.nn.Module | None = None  # the last network trained (retraining keeps it)
 
     def initial_network(self, arch: Architecture) -> torch.nn.Module:
@@ -139,6 +140,6 @@ class ScratchEvaluator:
         start = time.perf_counter()
         *_, (metrics, _) = self.train(arch)  # the last epoch's
         return EvalResult(
-            architecture=arch, metrics=metrics, trial_id=trial_id, budget=metrics["epoch"],
-            seconds=time.perf_counter() - start,
+            architecture=arch, metrics=metrics, objective=self.objective, trial_id=trial_id,
+            budget=metrics["epoch"], seconds=time.perf_counter() - start,
         )

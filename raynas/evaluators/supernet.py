@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar
 import torch
 
 from raynas.config import Check, Rule, SearchConfig, check_rules
-from raynas.data import DATASETS, search_loaders
+from raynas.data import DATASETS, search_loaders, search_objective
 from raynas.errors import ConfigError
 from raynas.evaluators.registry import EVALUATORS
 from raynas.evaluators.scratch import candidate_seed
@@ -140,6 +140,7 @@ class SupernetEvaluator:
         # summed over them (GlobalBatchNorm2d): what one replica alone computes on the batch.
         self.ghost_chunk = config.ghost_batch // world_size
         self.device = pick_device(search.execution.device)
+        self.objective = search_objective(search.data.name)  # what its results are ranked by
         self.precision = search.execution.precision
         torch.manual_seed(search.seed)  # the same initial weights on every replica
         space = SPACES.create(search.space.name, search.space.config)
@@ -245,7 +246,7 @@ class SupernetEvaluator:
             for g, saved in zip(generators, loader_states, strict=True):
                 g.set_state(saved)  # type: ignore[union-attr]
         return EvalResult(
-            architecture=arch, metrics=metrics, trial_id=trial_id, budget=0.0,
+            architecture=arch, metrics=metrics, objective=self.objective, trial_id=trial_id, budget=0.0,
             seconds=time.perf_counter() - start,
         )
 

@@ -48,6 +48,7 @@ from ray.tune.schedulers import (
 from ray.tune.search import Searcher
 
 from raynas.config import SearchConfig
+from raynas.data import search_objective
 from raynas.errors import ClusterLostError, ConfigError, RaynasError, memory_refused
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator
 from raynas.evaluators.supernet import SupernetEvalConfig, SupernetEvaluator
@@ -557,7 +558,8 @@ def candidate_trainable(
             # that trying again would repeat, so it ends the trial instead of being retried like a
             # lost node; the ledger tells it as failed.
             # (The metric Tune's scheduler expects, at its worst, keeps Tune's checks quiet.)
-            tune.report({FAILED_KEY: str(exc)[:1000], "valid_acc": float("-inf"), "epoch": 0.0, **place})
+            tune.report({FAILED_KEY: str(exc)[:1000], search_objective(config.data.name): float("-inf"),
+                         "epoch": 0.0, **place})
 
     return train_candidate
 
@@ -705,14 +707,16 @@ def run_tune_search(
     if config.tune.scheduler != "pbt":
         searcher = ControllerSearcher(
             controller=controller, epochs=training.epochs, on_result=on_result, on_ask=on_ask,
-            resubmit=resubmit, retries=config.execution.max_restarts,
+            objective=search_objective(config.data.name), resubmit=resubmit,
+            retries=config.execution.max_restarts,
             last_state=lambda trial: last_trial_state(storage_path, config.name, trial),
         )
         _fit(config, storage_path, name=config.name, ledger=searcher.ledger, search_alg=searcher,
              num_samples=max_trials if max_trials is not None else -1,
              callbacks=[RetryLostTrials(searcher)], inherited=inherited, echo=echo)
         return
-    ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result)
+    ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result,
+                             objective=search_objective(config.data.name))
     # A resumed search's rounds go on after the rounds already run (each an experiment of its own).
     trials, generation = 0, len(pbt_rounds(storage_path, config.name))
     while not controller.done and (max_trials is None or trials < max_trials):
@@ -782,7 +786,8 @@ def _fit(
             tune.with_resources(candidate_trainable(config, inherited), trial_resources(config)),
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=search_alg, scheduler=make_scheduler(config), metric="valid_acc", mode="max",
+                search_alg=search_alg, scheduler=make_scheduler(config),
+                metric=search_objective(config.data.name), mode="max",
                 max_concurrent_trials=concurrency,
                 num_samples=num_samples,
                 # One worker process trains many candidates: Python, torch and the data load once.

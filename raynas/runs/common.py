@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -370,6 +371,17 @@ def scored_size(config: SearchConfig) -> Size:
 def retrain_size(config: SearchConfig) -> Size:
     """The size ``final``'s retraining builds (``final.channels``, ``final.layers``, else the space's)."""
     return network_size(config, channels=config.final.channels, layers=config.final.layers)
+
+
+def score_text(result: EvalResult) -> str:
+    """``result``'s score as the console shows it: an accuracy as a percentage, a language
+    model's mean log-likelihood per token with its perplexity, other objectives (training-free
+    proxies) as numbers."""
+    if result.objective.endswith("acc"):
+        return f"{result.score:.2%}"
+    if result.objective == "valid_loglik":
+        return f"{result.score:.3f} (perplexity {math.exp(min(-result.score, 700.0)):.1f})"
+    return f"{result.score:.3f}"
 
 
 def timed(result: EvalResult, started: float) -> EvalResult:

@@ -29,6 +29,7 @@ from raynas.runs.common import (
     result_costs,
     retrain_size,
     run_path,
+    score_text,
     searched_network,
     start_run,
     timed,
@@ -253,7 +254,7 @@ def _retrain_drawn(
         recorder.flush()
         if evaluator.network is not None and (best is None or result.score > best[0]):
             best = (result.score, arch.key(), evaluator.network.cpu().eval())
-        echo(f"retrained {arch.key()}: {result.objective} {result.score:.2%}")
+        echo(f"retrained {arch.key()}: {result.objective} {score_text(result)}")
     return None if best is None else (best[1], best[2])
 
 

@@ -51,6 +51,7 @@ from raynas.runs.common import (
     result_costs,
     retrain_size,
     run_path,
+    score_text,
     scored_size,
     searched_network,
     start_run,
@@ -393,7 +394,7 @@ def run_sampling_search(
             search.tell(result, told=told)
             recorder.candidate(result, step=len(search.results) - 1)
             echo(
-                f"candidate {len(search.results):>4}  {result.objective} {_score_text(result):>7}  "
+                f"candidate {len(search.results):>4}  {result.objective} {score_text(result):>7}  "
                 f"budget {result.budget:g}{'  stopped early' if result.stopped_early else ''}  "
                 f"{result.architecture}"
             )
@@ -607,14 +608,9 @@ def _retrain(search: SamplingSearch, recorder: SearchRecorder, run_id: str) -> N
         search.snapshot(run_id)
         recorder.candidate(retrained, step=len(search.results) + len(search.retrained) - 1)
         search.echo(
-            f"retrained {result.architecture.key()}: {retrained.objective} {_score_text(retrained)} "
-            f"(searched {_score_text(result)})"
+            f"retrained {result.architecture.key()}: {retrained.objective} {score_text(retrained)} "
+            f"(searched {score_text(result)})"
         )
-
-
-def _score_text(result: EvalResult) -> str:
-    """An accuracy as a percentage; other objectives (training-free proxies) as numbers."""
-    return f"{result.score:.2%}" if result.objective.endswith("acc") else f"{result.score:.3f}"
 
 
 def _log_pareto(search: SamplingSearch, tracker: MlflowTracker, sizes: CandidateCosts) -> None:

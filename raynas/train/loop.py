@@ -123,7 +123,8 @@ def evaluate(
     ``precision``'s autocast) over ``batches``; labels of
     -100 (ignored pixels) do not count. Dense predictions, (B, C, H, W) logits, also give the
     mean IoU of their classes (``valid_miou``); sequences, (B, vocabulary, T) logits, the
-    perplexity ``exp(valid_loss)`` (``valid_ppl``).
+    perplexity ``exp(valid_loss)`` (``valid_ppl``) and the mean log-likelihood per token
+    ``-valid_loss`` (``valid_loglik``: what searches on text rank by, the higher the better).
 
     With ``carry_state``, ``model`` is a recurrent language model (its ``run(tokens, hidden)``)
     and ``batches`` consecutive windows of the same streams: each batch starts from the hidden
@@ -157,6 +158,7 @@ def evaluate(
         metrics["valid_miou"] = mean_iou(sum_(confusion))
     if sequences:
         metrics["valid_ppl"] = math.exp(min(loss, 700.0))  # exp overflows a float past ~709
+        metrics["valid_loglik"] = -loss
     return metrics
 
 
