@@ -1,7 +1,8 @@
 """Searches on text rank language models as their papers do, by validation perplexity: the
 candidates' objective is the mean log-likelihood per token of the validation text
 (``valid_loglik``, ``-valid_loss``; the higher, the lower the perplexity), not the next word's
-accuracy, whether candidates are scored in this process, in Ray actors or as Tune trials."""
+accuracy: here in this process (Ray's evaluator actors score with the same evaluators), and as
+Tune trials in tests/test_tune.py."""
 
 from __future__ import annotations
 
