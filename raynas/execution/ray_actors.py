@@ -446,12 +446,7 @@ def gcs_endpoint(address: str) -> str | None:
 
 def _answers(address: str, timeout: float = 3.0) -> bool:
     """Whether something accepts a TCP connection at host:port."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+    return _greeting(address, speak=False, timeout=timeout) is not None
 
 
 def head_lost(head: str, grace: float = HEAD_GRACE_SECONDS) -> bool:
