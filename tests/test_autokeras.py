@@ -1,12 +1,16 @@
 """Auto-Keras (Jin et al., KDD 2019): network morphisms keep a network's outputs, the edit
 distance and kernel against hand-computed values and a transcription of the official Bourgain
 loop, the GP posterior against NumPy, the tree-structured search grows networks from evaluated
-parents, and the morphism evaluator starts a child from its parent's trained weights."""
+parents, and the morphism evaluator starts a child from its parent's trained weights and trains it
+as the official ModelTrainer does (its early stop, best weights and score)."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import torch
 from conftest import tiny_job
 
 from raynas.errors import ConfigError, RaynasError
-from raynas.evaluators.morphism import MorphismConfig, MorphismEvaluator, ParentWeights
+from raynas.evaluators.morphism import EarlyStop, MorphismConfig, MorphismEvaluator, ParentWeights
 from raynas.runs.jobs import parse_job
 from raynas.spaces.autokeras import (
     AutoKerasConfig,
@@ -40,7 +44,7 @@ from raynas.strategies.sampling.autokeras import (
     skip_distance,
     skips_distance,
 )
-from raynas.types import EvalResult
+from raynas.types import EvalResult, best_at_equal_budget
 
 # Two strided blocks between block 0 and block 3, skips of both kinds, one across resolutions.
 BASE = MorphArch.parse("c4k3s1 c6k3s2 c5k1s1 c4k3s2 | add:0>2 concat:1>3 concat:0>3 add:2>3")
@@ -419,6 +423,124 @@ def test_a_search_killed_between_candidates_resumes_growing_children_from_the_we
     assert len(grown_from) == 2  # the two candidates asked after the resume, each grown...
     assert set(grown_from) & before  # ...one at least from a parent trained before the crash
     assert {path.stem for path in folder.glob("*.pt")} >= before | set(grown_from)
+
+
+class OfficialEarlyStop:
+    """A transcription of ``EarlyStop`` in keras-team/autokeras ``autokeras/nn/model_trainer.py``
+    (0.3-0.4), to check :class:`EarlyStop` against."""
+
+    def __init__(self, max_no_improvement_num: int, min_loss_dec: float) -> None:
+        self._max_no_improvement_num, self._min_loss_dec = max_no_improvement_num, min_loss_dec
+        self.no_improvement_count, self._done, self.minimum_loss = 0, False, float("inf")
+
+    def on_epoch_end(self, loss: float) -> bool:
+        if self._done and loss > (self.minimum_loss - self._min_loss_dec):
+            return False
+        if loss > (self.minimum_loss - self._min_loss_dec):
+            self.no_improvement_count += 1
+        else:
+            self.no_improvement_count = 0
+            self.minimum_loss = loss
+        if self.no_improvement_count > self._max_no_improvement_num:
+            self._done = True
+        return True
+
+
+def test_the_early_stop_ends_training_where_the_official_early_stop_does() -> None:
+    # By hand: the best at epoch 2, then epochs 3-5 without improvement (more than 2: done), and
+    # epoch 6 without it ends training: patience + 2 epochs after the best.
+    stop = EarlyStop(patience=2, min_decrease=1e-4)
+    assert [stop.epoch_end(loss) for loss in (1.0, 0.9, 0.95, 0.9, 0.89995, 0.93)] == [True] * 5 + [False]
+    # An improvement once done does not take it back: the next epoch without one ends training.
+    stop = EarlyStop(patience=1, min_decrease=0.0)
+    assert [stop.epoch_end(loss) for loss in (1.0, 2.0, 2.0, 0.5, 0.6)] == [True] * 4 + [False]
+    rng = random.Random(0)
+    for _ in range(200):
+        patience, decrease = rng.randint(1, 4), rng.choice([0.0, 1e-4, 0.05])
+        ours, official = EarlyStop(patience, decrease), OfficialEarlyStop(patience, decrease)
+        losses = [rng.choice([1.0, 0.98, 0.95, 0.9999]) * (1 - 0.01 * i) for i in range(30)]
+        for loss in losses:
+            going = ours.epoch_end(loss)
+            assert going == official.on_epoch_end(loss)
+            assert ours.since_lowest == official.no_improvement_count
+            if not going:
+                break
+
+
+def test_a_candidate_stopped_early_goes_back_to_its_best_epoch_and_scores_its_last_epochs(
+    tmp_path: Path
+) -> None:
+    """As the official ``train_model``: with no epoch after the first counted as an improvement,
+    training stops after patience + 3 epochs of the ten allowed, the handed-over weights are the
+    first epoch's (the lowest validation loss), and the validation accuracy and loss scored are the
+    means of the last ``patience`` epochs'. Checked against the same training run epoch by epoch."""
+    config = morphism_job(tmp_path)
+    settings = MorphismConfig(epochs=10, patience=2, min_loss_decrease=1e9, noise=0.0)
+    arch = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2))).seed_architecture()
+    result = MorphismEvaluator(settings, search=config).evaluate(arch)
+    epochs = [
+        (metrics, copy.deepcopy(state["model"]))
+        for metrics, state in itertools.islice(MorphismEvaluator(settings, search=config).train(arch), 5)
+    ]
+    assert result.metrics["epoch"] == 5
+    # Ranked by its score, not behind a candidate that trained longer: the budget is the one given.
+    longer = replace(result, metrics={**result.metrics, "valid_acc": result.score - 0.1, "epoch": 10})
+    assert result.budget == longer.budget == 10 and best_at_equal_budget([longer, result]) is result
+    for key in ("valid_acc", "valid_loss"):
+        assert result.metrics[key] == pytest.approx((epochs[3][0][key] + epochs[4][0][key]) / 2)
+    assert result.metrics["train_loss"] == epochs[4][0]["train_loss"]  # the rest: the last epoch's
+    first, last = epochs[0][1], epochs[4][1]
+    assert all(torch.equal(result.handover["state"][k], v) for k, v in first.items())
+    assert not all(torch.equal(first[k], last[k]) for k in first)  # (it did train on)
+
+
+def test_a_candidate_that_keeps_improving_trains_its_whole_budget_and_scores_its_epochs_mean(
+    tmp_path: Path
+) -> None:
+    """Three epochs within a patience of five: no early stop; the score is the mean of all three
+    epochs' validation accuracy (``last_num = min(max_no_improvement_num, max_iter_num)``)."""
+    config = morphism_job(tmp_path)
+    settings = MorphismConfig(epochs=3, noise=0.0)
+    arch = AutoKerasSpace(AutoKerasConfig(seed_width=4, seed_strides=(1, 2))).seed_architecture()
+    evaluator = MorphismEvaluator(settings, search=config)
+    result = evaluator.evaluate(arch)
+    epochs = [metrics for metrics, _ in MorphismEvaluator(settings, search=config).train(arch)]
+    assert result.metrics["epoch"] == 3
+    assert result.score == pytest.approx(sum(m["valid_acc"] for m in epochs) / 3)
+    assert evaluator.network is not None
+    assert all(torch.equal(result.handover["state"][k], v) for k, v in evaluator.network.state_dict().items())
+
+
+def test_the_morphism_evaluators_defaults_are_the_official_trainers() -> None:
+    """keras-team/autokeras ``nn/model_trainer.py`` (SGD 0.025, momentum 0.9, weight decay 3e-4,
+    no clip) and ``constant.py`` (MAX_NO_IMPROVEMENT_NUM 5, MIN_LOSS_DEC 1e-4)."""
+    cfg = MorphismConfig()
+    assert (cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (0.025, 0.9, 3e-4, 0.0)
+    assert (cfg.patience, cfg.min_loss_decrease) == (5, 1e-4)
+
+
+def test_the_autokeras_cifar10_job_takes_the_official_settings() -> None:
+    """jobs/autokeras_cifar10.yaml against keras-team/autokeras 0.3-0.4: ``constant.py`` (BETA,
+    KERNEL_LAMBDA, T_MIN, N_NEIGHBOURS, MODEL_WIDTH, MAX_LAYER_WIDTH, MAX_MODEL_SIZE,
+    MAX_MODEL_NUM, SEARCH_MAX_ITER, MAX_NO_IMPROVEMENT_NUM, MIN_LOSS_DEC, MAX_BATCH_SIZE,
+    VALIDATION_SET_SIZE, CUTOUT_RATIO), ``nn/model_trainer.py`` (SGD 0.025, momentum 0.9, weight
+    decay 3e-4) and ``image/image_supervised.py``'s transforms (crop, flip, Cutout; the validation
+    images plain)."""
+    from raynas.runs.jobs import load_job
+
+    job = load_job(Path(__file__).parents[1] / "jobs" / "autokeras_cifar10.yaml")
+    strategy, space, evaluator = job.strategy.config, job.space.config, job.evaluator.config
+    data = job.data.config
+    assert (strategy.beta, strategy.kernel_lambda, strategy.t_min) == (2.576, 1.0, 1e-4)
+    assert strategy.neighbours == 8
+    assert (strategy.cooling, strategy.evaluations) == (0.9, 1000)
+    assert (space.seed_width, space.max_width, space.max_params) == (64, 4096, 1 << 25)
+    assert (evaluator.epochs, evaluator.patience, evaluator.min_loss_decrease) == (200, 5, 1e-4)
+    assert (evaluator.learning_rate, evaluator.momentum, evaluator.weight_decay) == (0.025, 0.9, 3e-4)
+    assert evaluator.grad_clip == 0.0 and job.execution.concurrency == 1
+    assert (job.data.name, data.batch_size) == ("cifar10", 128)
+    assert data.train_portion == pytest.approx(1 - 0.08333)
+    assert (data.augment, data.cutout, data.augment_valid) == (True, int(32 * 0.5), False)
 
 
 def test_the_morphism_evaluator_refuses_another_space(tmp_path: Path) -> None:

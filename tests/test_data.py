@@ -204,6 +204,19 @@ def test_cutout_cuts_a_square_of_the_training_images_only(name: str, tmp_path: P
         make(name, path=path, cutout=-1)
 
 
+def test_the_validation_half_may_be_plain_while_the_training_half_is_augmented(cifar10_root: Path) -> None:
+    """``augment_valid: false`` (Auto-Keras validates on plain images): every validation pixel as
+    the batches hold it, while the training half is still cropped, flipped and cut out; by default
+    (DARTS's search) the validation half is cut out too."""
+    torch.manual_seed(0)
+    settings = {"path": str(cifar10_root), "batch_size": 4, "train_portion": 0.6, "cutout": 16}
+    train, valid = search_loaders(make("cifar10", **settings, augment_valid=False), seed=0)
+    assert sorted(i for i, _ in collect(valid, CIFAR10_MEAN, CIFAR10_STD)) == list(range(12, 20))
+    assert all((x == 0).all(1).any((1, 2)).all() for x, _ in train)  # a square cut from each image
+    _, augmented = search_loaders(make("cifar10", **settings), seed=0)
+    assert all((x == 0).all(1).any((1, 2)).all() for x, _ in augmented)
+
+
 def test_search_loaders_shuffle_reproducibly(cifar10_root: Path) -> None:
     data = make("cifar10", path=str(cifar10_root), batch_size=4, augment=False)
 

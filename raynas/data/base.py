@@ -181,6 +181,8 @@ def search_loaders(
         n = min(n, cfg.limit)
     test = official_test_set(dataset) if cfg.train_portion == 1 else None
     valid_set = full if test is None else test
+    if test is None and not getattr(cfg, "augment_valid", True):  # (an ImageTensors' plain view)
+        valid_set = full.plain()  # type: ignore[attr-defined]
     if test is not None:  # all for training; the epochs validated on the test split (relax)
         train_idx = list(order[:n])
         valid_idx = list(range(min(len(test), cfg.limit) if cfg.limit else len(test)))

@@ -33,11 +33,14 @@ class CifarConfig(LoaderConfig):
     """Where the batches are: the ``cifar-10-batches-py`` (or ``cifar-100-python``) folder or
     its parent. ``augment`` applies DARTS's random crop and flip to the training images;
     ``cutout`` (a side in pixels, 0 for none) DARTS's Cutout after them, as its evaluation runs
-    (``train.py --cutout``, length 16) and its search does not."""
+    (``train.py --cutout``, length 16) and its search does not. ``augment_valid`` augments the
+    search split's validation half as its training half (DARTS's ``train_search.py`` splits one
+    augmented set); false, the validation images are plain, as Auto-Keras validates."""
 
     path: Annotated[str, Rule(missing="the folder holding the CIFAR batches")] = ""
     augment: bool = True
     cutout: Annotated[int, Rule(ge=0)] = 0
+    augment_valid: bool = True
 
 
 def read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,10 @@ class ImageTensors(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def plain(self) -> ImageTensors:
+        """The same images (the same tensors), normalised but neither augmented nor cut out."""
+        return ImageTensors(self.images, self.labels, scale=self.scale, normalize=self.normalize)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i].float() / self.scale
         if self.augment is not None:

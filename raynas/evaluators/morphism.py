@@ -1,7 +1,10 @@
 """Training from the parent's weights (Auto-Keras, Jin et al., KDD 2019): a candidate grown from
 an evaluated network by morphisms starts from that network's trained weights, carried through the
-same morphisms (:func:`raynas.spaces.autokeras.grow_state`), then trains for the budget as
-``scratch`` does.
+same morphisms (:func:`raynas.spaces.autokeras.grow_state`), then trains as the official code's
+``ModelTrainer.train_model`` does (keras-team/autokeras, ``autokeras/nn/model_trainer.py``): SGD at
+0.025 with momentum 0.9 and weight decay 3e-4, cosine-annealed over the budget, stopped by its
+``EarlyStop`` once the validation loss has not fallen for a while (:class:`EarlyStop`), the best
+epoch's weights restored when it stops, and scored by the mean of the last epochs' results.
 
 The architecture record says where it came from (its ``parent``'s key and the ``morphs``); the
 weights travel with the work, not through a shared disk: the evaluator hands every network it
@@ -14,6 +17,8 @@ for a child only after its parent's result, and a resumed search finds the paren
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
@@ -32,15 +37,27 @@ from raynas.types import Architecture, EvalResult
 
 @dataclass(frozen=True)
 class MorphismConfig(ScratchConfig):
-    """The training budget of one candidate (as ``scratch``; ``channels`` and ``layers`` do not
-    apply: the record holds every width and depth), and the morphisms' noise.
+    """The training of one candidate (as ``scratch``'s; ``channels`` and ``layers`` do not apply:
+    the record holds every width and depth), its early stop, and the morphisms' noise. The
+    defaults are the official code's (``nn/model_trainer.py``: SGD 0.025, no gradient clip;
+    ``constant.py``: MAX_NO_IMPROVEMENT_NUM 5, MIN_LOSS_DEC 1e-4, SEARCH_MAX_ITER 200 epochs,
+    which a job sets as ``epochs``).
 
     Attributes:
+        patience: Epochs without the validation loss falling by ``min_loss_decrease`` that
+            training goes on (:class:`EarlyStop`); the score is the mean of the last
+            ``min(patience, epochs)`` epochs' validation results.
+        min_loss_decrease: What counts as the validation loss falling, on the sum of its batches'
+            mean losses (as the official ``_test`` adds them up).
         noise: Noise added to the weights a morphism creates, relative to their neighbours' range
             (the official NOISE_RATIO 1e-4: it breaks the symmetry of copied units; 0 keeps the
             parent's function exactly).
     """
 
+    learning_rate: Annotated[float, Rule(gt=0)] = 0.025
+    grad_clip: float = 0.0
+    patience: Annotated[int, Rule(ge=1)] = 5
+    min_loss_decrease: Annotated[float, Rule(ge=0)] = 1e-4
     noise: Annotated[float, Rule(ge=0, lt=1)] = NOISE_RATIO
 
     job_checks: ClassVar[tuple[Check, ...]] = (
@@ -53,6 +70,36 @@ class MorphismConfig(ScratchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+
+
+@dataclass
+class EarlyStop:
+    """Auto-Keras's early stop (``EarlyStop`` in ``autokeras/nn/model_trainer.py``), epoch by epoch.
+
+    An epoch improves when its validation loss is below the lowest so far by ``min_decrease``.
+    Once more than ``patience`` epochs in a row have not, the next epoch that does not improve
+    ends training: the official code stops after ``patience + 2`` epochs without improvement, and
+    an improving epoch in between does not take that back (its ``_done`` stays set).
+    """
+
+    patience: int
+    min_decrease: float
+    lowest: float = math.inf
+    since_lowest: int = 0
+    done: bool = False
+
+    def epoch_end(self, loss: float) -> bool:
+        """Whether training goes on after an epoch of validation loss ``loss``."""
+        improved = loss <= self.lowest - self.min_decrease
+        if self.done and not improved:
+            return False
+        if improved:
+            self.lowest, self.since_lowest = loss, 0
+        else:
+            self.since_lowest += 1
+        if self.since_lowest > self.patience:
+            self.done = True
+        return True
 
 
 def weights_folder(search: SearchConfig) -> str:
@@ -144,13 +191,37 @@ class MorphismEvaluator(ScratchEvaluator):
         return model
 
     def evaluate(self, arch: Architecture, *, trial_id: str = "") -> EvalResult:
-        """Train ``arch`` (from its parent's weights); the result hands the trained weights over."""
+        """Train ``arch`` (from its parent's weights) until :class:`EarlyStop` ends it or the
+        budget does; a stopped network goes back to its best epoch's weights (the lowest
+        validation loss), as the official ``train_model`` reloads them. The result's validation
+        loss and objective are the means of the last ``min(patience, epochs)`` epochs' (what
+        ``train_model`` returns), its other metrics the last epoch's (``epoch``: the epochs
+        trained); its budget is the epochs allowed, so that candidates are ranked by their scores
+        wherever the early stop, the trainer's own and no scheduler's verdict, ended them, as
+        Auto-Keras ranks them. It hands the trained weights over."""
         start = time.perf_counter()
-        result = super().evaluate(arch, trial_id=trial_id)
+        cfg = self.config
+        stop = EarlyStop(cfg.patience, cfg.min_loss_decrease)
+        history: list[dict[str, float]] = []
+        best: dict[str, torch.Tensor] = {}
+        for metrics, _ in self.train(arch):
+            history.append(metrics)
+            assert self.network is not None and self.valid_batches is not None
+            going = stop.epoch_end(metrics["valid_loss"] * self.valid_batches)  # (the batches' sum)
+            if stop.since_lowest == 0:
+                best = copy.deepcopy(self.network.state_dict())
+            if not going:
+                self.network.load_state_dict(best)
+                break
         assert self.network is not None
+        last = history[-min(cfg.patience, cfg.epochs):]
+        metrics = {
+            **history[-1],
+            **{key: sum(m[key] for m in last) / len(last) for key in ("valid_loss", self.objective)},
+        }
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
         return EvalResult(
-            architecture=arch, metrics=result.metrics, objective=result.objective, trial_id=trial_id,
-            budget=result.budget, seconds=time.perf_counter() - start,
+            architecture=arch, metrics=metrics, objective=self.objective, trial_id=trial_id,
+            budget=cfg.epochs, seconds=time.perf_counter() - start,
             handover={"architecture": arch.to_json(), "state": state},
         )

@@ -92,6 +92,7 @@ class ScratchEvaluator:
         self.device = pick_device(search.execution.device)
         self.objective = search_objective(search.data.name)  # what its results are ranked by
         self.network: torch.nn.Module | None = None  # the last network trained (retraining keeps it)
+        self.valid_batches: int | None = None  # the batches the last network is evaluated on
 
     def initial_network(self, arch: Architecture) -> torch.nn.Module:
         """The network ``arch``'s training starts from: freshly built (an evaluator that inherits
@@ -121,6 +122,7 @@ class ScratchEvaluator:
         model = self.initial_network(arch)
         self.network = model
         train_loader, valid_loader = search_loaders(self.data, seed=candidate_seed(self.search.seed, arch))
+        self.valid_batches = len(valid_loader)
         params = float(count_params(model))  # as every size raynas records is counted
         execution = self.search.execution
         network = prepare(
