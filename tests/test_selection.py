@@ -12,6 +12,7 @@ import mlflow.pytorch
 import pytest
 import torch
 from conftest import tiny_job
+from fixtures import FIXTURES
 from mlflow.tracking import MlflowClient
 
 from raynas.errors import ConfigError
@@ -109,6 +110,31 @@ def test_the_best_seeds_cells_are_retrained_and_the_best_retrained_is_the_answer
     assert calls == [] and third.selection is not None and third.selection.seed == best
     assert third.selection.run_id == chosen.run_id
     assert any(line.startswith("The choice among seeds was made before") for line in lines)
+
+
+def test_the_seeds_of_a_search_on_text_are_chosen_by_perplexity(tmp_path: Path) -> None:
+    """DARTS picks its recurrent cell among four searches by validation perplexity: the seeds
+    retrained are those whose searches reached the highest log-likelihood per token (the lowest
+    perplexity), not the best next-word accuracy, and the answer is the retrained network of the
+    lowest perplexity; the console shows log-likelihoods with their perplexities."""
+    job = seeds_job(tmp_path)
+    job["final"].update(channels=8, layers=0)
+    job.update(space={"name": "darts_rnn", "channels": 8, "nodes": 2},
+               data={"name": "ptb", "path": str(FIXTURES["ptb"](tmp_path / "data")), "bptt": 4,
+                     "batch_size": 2})
+    config = parse_job(job)
+    lines: list[str] = []
+    seeds = run_seeds(config, echo=lines.append)
+    chosen = seeds.selection
+    assert chosen is not None
+    order = sorted(range(3), key=lambda i: (-seeds.results[i].metrics["valid_loglik"], i))
+    assert sorted(chosen.retrained) == sorted(config.seeds[i] for i in order[:2])
+    assert all(r.objective == "valid_loglik" for r in chosen.retrained.values())
+    best = max(chosen.retrained, key=lambda s: (-chosen.retrained[s].metrics["valid_ppl"], -s))
+    assert chosen.seed == best
+    retrained = [line for line in lines if line.startswith("seed ") and " retrained: " in line]
+    assert len(retrained) == 2
+    assert all("valid_loglik -" in line and "(perplexity " in line for line in retrained)
 
 
 def test_final_of_a_darts_job_needs_seeds(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raynas.config import FinalRetrain, SearchConfig
+from raynas.data import search_objective
 from raynas.runs.common import (
     CandidateCosts,
     SearchResult,
@@ -31,6 +32,7 @@ from raynas.runs.common import (
     read_checkpoint,
     retrain_size,
     run_path,
+    score_text,
     timed,
 )
 from raynas.strategies import STRATEGIES
@@ -46,7 +48,7 @@ class Selection:
 
     Attributes:
         seed: The seed whose architecture was chosen.
-        result: Its retraining (``valid_acc`` after ``final.epochs`` epochs from scratch).
+        result: Its retraining (scored after ``final.epochs`` epochs from scratch).
         retrained: Every retraining, by seed.
         run_id: The MLflow run of the choice.
         registered_version: The chosen network's version of the job's registered model.
@@ -77,8 +79,10 @@ def select_among_seeds(
     config: SearchConfig, seeds: Sequence[int], results: Sequence[SearchResult], *,
     fresh: bool = False, echo: Callable[[str], None] = print,
 ) -> Selection:
-    """Retrain the ``final.top`` best of ``results`` (one per seed of ``seeds``, ranked by their
-    ``valid_acc``) from scratch with ``final``'s budget and choose the best retrained.
+    """Retrain the ``final.top`` best of ``results`` (one per seed of ``seeds``, ranked by the
+    search's objective: ``valid_acc``, or on text ``valid_loglik``, the validation perplexity the
+    DARTS paper picks its recurrent cell by) from scratch with ``final``'s budget and choose the
+    best retrained.
 
     Args:
         config: The job (``seeds`` and ``final`` set; see :func:`selects_among_seeds`).
@@ -89,8 +93,9 @@ def select_among_seeds(
     """
     one = dataclasses.replace(config, name=f"{config.name}-selection", seeds=())
     checkpoint = run_path(one, "checkpoint.pt")
+    objective = search_objective(config.data.name)
     ranked = sorted(zip(seeds, results, strict=True),
-                    key=lambda pair: -float(pair[1].metrics.get("valid_acc", float("-inf"))))
+                    key=lambda pair: -float(pair[1].metrics.get(objective, float("-inf"))))
     chosen = ranked[: config.final.top]
     tracker = open_tracker(one)
     tags = {f"{TAG_PREFIX}kind": "selection", f"{TAG_PREFIX}space": config.space.name,
@@ -145,8 +150,9 @@ def select_among_seeds(
                                   for k, v in evaluator.network.state_dict().items()})
             save(False)
             recorder.candidate(done, step=step)
-            echo(f"seed {seed}: {result.architecture.key()} retrained: valid_acc {done.score:.2%} "
-                 f"(searched {float(result.metrics.get('valid_acc', float('nan'))):.2%})")
+            searched = EvalResult(result.architecture, result.metrics, objective=objective)
+            echo(f"seed {seed}: {result.architecture.key()} retrained: {objective} {score_text(done)} "
+                 f"(searched {score_text(searched)})")
         best_seed = _best(retrained)
         best = retrained[best_seed]
         assert network is not None and network[0] == best_seed, "the best network is kept"
