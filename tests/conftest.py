@@ -189,19 +189,34 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
 
 
+def _writes_under(pid: int, folder: str) -> bool:
+    """Whether the process's stdout or stderr is a file under ``folder``: how Ray Client's server
+    is known as the cluster's (its command line names the GCS, not the temporary folder; it is
+    not the child of any process of the cluster, and outlives the GCS by a minute)."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder + "/"):
+                return True
+    return False
+
+
 def stop_ray_cluster(temp_dir: str, timeout: float = 1.0, workers_first: float = 0.0) -> None:
     """Stop the Ray cluster whose processes run under ``temp_dir``, and nothing else.
 
     ``ray stop`` would kill every Ray process on the machine, including clusters of other test
     sessions running beside this one; this stops the processes whose command line names
-    ``temp_dir`` (GCS, raylet, dashboard, log monitor) and all of their descendants (workers).
+    ``temp_dir`` (GCS, raylet, dashboard, log monitor) or write their output there (Ray Client's
+    server), and all of their descendants (workers).
     With ``workers_first`` the workers go that many seconds before the rest, as when a node's
     workers die a moment before its GCS. Those still there ``timeout`` seconds after SIGTERM are
     killed: Ray 2.60's raylet, GCS and agents outlive SIGTERM by more than 8 s here (a 5 s grace
     cost every stop its 5 s).
     """
     procs = _process_tree()
-    heads = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    heads = {
+        pid for pid, (_, cmd) in procs.items()
+        if (temp_dir in cmd or _writes_under(pid, temp_dir)) and pid != os.getpid()
+    }
     targets = set(heads)
     grew = True
     while grew:
@@ -342,6 +357,15 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
 
 # The Ray Client server's port of each head started by :func:`start_ray_head`, by its GCS address.
 RAY_CLIENT_PORTS: dict[str, int] = {}
+# The temporary folder of each head started by :func:`start_ray_head`, by its GCS address.
+RAY_TEMP_DIRS: dict[str, str] = {}
+
+
+def ray_client_logs(head: str) -> str:
+    """The end of every Ray Client server's log (the proxy's, and each client's own server's) of
+    the head at ``head``: what a failed Ray Client connection says about itself."""
+    logs = sorted(Path(RAY_TEMP_DIRS[head]).glob("session_latest/logs/ray_client_server*"))
+    return "\n".join(f"{path.name}:\n{path.read_text(errors='replace')[-2000:]}" for path in logs)
 
 
 def start_ray_head(token: str | None = None) -> tuple[str, str]:
@@ -350,23 +374,51 @@ def start_ray_head(token: str | None = None) -> tuple[str, str]:
     head asks its clients for that token (Ray's token authentication). Its Ray Client server
     listens on a free port of its own (:data:`RAY_CLIENT_PORTS`), not on 10001 beside others'."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
-    port, client_port = free_port(), free_port()
     # Token authentication off for this throwaway loopback cluster unless asked for: a client
     # without the cluster's token cannot connect otherwise.
     env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled"}
     if token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # (no token file written)
-    subprocess.run(
-        [
-            str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-            "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false",
-            f"--dashboard-agent-listen-port={free_port()}",  # leave the default to other clusters
-            "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={client_port}",
-        ],
-        check=True, env=env, timeout=180, capture_output=True,
-    )
-    RAY_CLIENT_PORTS[f"127.0.0.1:{port}"] = client_port
-    return f"127.0.0.1:{port}", temp_dir
+    for _attempt in (1, 2):
+        port, client_port = free_port(), free_port()
+        subprocess.run(
+            [
+                str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false",
+                f"--dashboard-agent-listen-port={free_port()}",  # leave the default to other clusters
+                "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                f"--ray-client-server-port={client_port}",
+            ],
+            check=True, env=env, timeout=180, capture_output=True,
+        )
+        # `ray start` returns before Ray Client's server listens (it is started beside the raylet,
+        # not waited for): wait for it, and start the head anew (other ports) if it never does.
+        if _listens(client_port, temp_dir, timeout=60):
+            RAY_CLIENT_PORTS[f"127.0.0.1:{port}"] = client_port
+            RAY_TEMP_DIRS[f"127.0.0.1:{port}"] = temp_dir
+            return f"127.0.0.1:{port}", temp_dir
+        log = "\n".join(
+            path.read_text(errors="replace")[-3000:]
+            for path in Path(temp_dir).glob("session_latest/logs/ray_client_server.*")
+        )
+        stop_ray_cluster(temp_dir)
+    raise RuntimeError(f"Ray Client's server did not listen on port {client_port} twice:\n{log}")
+
+
+def _listens(port: int, temp_dir: str, timeout: float) -> bool:
+    """Whether Ray Client's server of the cluster in ``temp_dir`` accepts connections at ``port``
+    within ``timeout`` seconds (False at once if it exited)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+        if time.monotonic() - start > 10 and not any(  # (after a moment to appear) it has exited
+            "ray.util.client.server" in cmd and _writes_under(pid, temp_dir)
+            for pid, (_, cmd) in _process_tree().items()
+        ):
+            return False
+        time.sleep(0.2)
+    return False
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, RAY_CLIENT_PORTS, tiny_job, write_job
+from conftest import BIN, RAY_CLIENT_PORTS, ray_client_logs, tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
 from raynas.errors import ConfigError
@@ -142,7 +142,7 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
          "--tracking-uri", mlflow_server],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + ray_client_logs(ray_head)
     assert proc.stderr == ""
     assert "Ray actor on" in proc.stdout
     run_id = proc.stdout.split("MLflow run: ")[1].split()[0]
