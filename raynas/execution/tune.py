@@ -704,10 +704,11 @@ def run_tune_search(
     init_ray(config.execution)
     _quiet_tune_console()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    objective = search_objective(config.data.name)
     if config.tune.scheduler != "pbt":
         searcher = ControllerSearcher(
             controller=controller, epochs=training.epochs, on_result=on_result, on_ask=on_ask,
-            objective=search_objective(config.data.name), resubmit=resubmit,
+            objective=objective, resubmit=resubmit,
             retries=config.execution.max_restarts,
             last_state=lambda trial: last_trial_state(storage_path, config.name, trial),
         )
@@ -716,7 +717,7 @@ def run_tune_search(
              callbacks=[RetryLostTrials(searcher)], inherited=inherited, echo=echo)
         return
     ledger = CandidateLedger(controller=controller, epochs=training.epochs, on_result=on_result,
-                             objective=search_objective(config.data.name))
+                             objective=objective)
     # A resumed search's rounds go on after the rounds already run (each an experiment of its own).
     trials, generation = 0, len(pbt_rounds(storage_path, config.name))
     while not controller.done and (max_trials is None or trials < max_trials):
@@ -787,7 +788,7 @@ def _fit(
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, scheduler=make_scheduler(config),
-                metric=search_objective(config.data.name), mode="max",
+                metric=ledger.objective, mode="max",
                 max_concurrent_trials=concurrency,
                 num_samples=num_samples,
                 # One worker process trains many candidates: Python, torch and the data load once.
