@@ -189,10 +189,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
 
 
-def _writes_under(pid: int, folder: str) -> bool:
-    """Whether the process's stdout or stderr is a file under ``folder``: how Ray Client's server
-    is known as the cluster's (its command line names the GCS, not the temporary folder; it is
-    not the child of any process of the cluster, and outlives the GCS by a minute)."""
+def _client_server_of(pid: int, cmd: str, folder: str) -> bool:
+    """Whether the process is the Ray Client server of the cluster in ``folder``: known by its
+    output going to a file there (its command line names the GCS, not the folder; it is no
+    process of the cluster's child, and outlives the GCS by a minute)."""
+    if "ray.util.client.server" not in cmd:
+        return False
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder + "/"):
@@ -205,8 +207,8 @@ def stop_ray_cluster(temp_dir: str, timeout: float = 1.0, workers_first: float =
 
     ``ray stop`` would kill every Ray process on the machine, including clusters of other test
     sessions running beside this one; this stops the processes whose command line names
-    ``temp_dir`` (GCS, raylet, dashboard, log monitor) or write their output there (Ray Client's
-    server), and all of their descendants (workers).
+    ``temp_dir`` (GCS, raylet, dashboard, log monitor), the cluster's Ray Client server (its
+    output goes there), and all of their descendants (workers).
     With ``workers_first`` the workers go that many seconds before the rest, as when a node's
     workers die a moment before its GCS. Those still there ``timeout`` seconds after SIGTERM are
     killed: Ray 2.60's raylet, GCS and agents outlive SIGTERM by more than 8 s here (a 5 s grace
@@ -215,7 +217,7 @@ def stop_ray_cluster(temp_dir: str, timeout: float = 1.0, workers_first: float =
     procs = _process_tree()
     heads = {
         pid for pid, (_, cmd) in procs.items()
-        if (temp_dir in cmd or _writes_under(pid, temp_dir)) and pid != os.getpid()
+        if (temp_dir in cmd or _client_server_of(pid, cmd, temp_dir)) and pid != os.getpid()
     }
     targets = set(heads)
     grew = True
@@ -413,8 +415,7 @@ def _listens(port: int, temp_dir: str, timeout: float) -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             return True
         if time.monotonic() - start > 10 and not any(  # (after a moment to appear) it has exited
-            "ray.util.client.server" in cmd and _writes_under(pid, temp_dir)
-            for pid, (_, cmd) in _process_tree().items()
+            _client_server_of(pid, cmd, temp_dir) for pid, (_, cmd) in _process_tree().items()
         ):
             return False
         time.sleep(0.2)
