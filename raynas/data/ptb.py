@@ -303,7 +303,11 @@ class Ptb:
             else StreamWindows(data.length, cfg.bptt, generator, variable=lengths == "search",
                                random_start=random_start, whole=lengths == "whole")
         )
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_single)  # type: ignore[arg-type]
+        # A generator of the loader's own: iterating a DataLoader draws its base seed from the
+        # global RNG otherwise, and reading the validation or test text would move the training's
+        # dropout masks (rnn/train.py's evaluation draws nothing).
+        return DataLoader(data, batch_sampler=sampler, collate_fn=_single,  # type: ignore[arg-type]
+                          generator=torch.Generator())
 
     def valid_set(self) -> TokenWindows:
         """Windows of ``ptb.valid.txt``."""
