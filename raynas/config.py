@@ -288,7 +288,10 @@ class Component:
 class FinalRetrain:
     """The end of a search: ``top`` architectures trained from scratch for ``epochs`` at
     ``channels`` / ``layers`` (0: the space's network defaults), SGD at ``learning_rate`` with
-    cosine annealing; the best retrained one is the search's answer. A sampling search retrains
+    cosine annealing (0: 0.05) on batches of ``batch_size`` (0: the job's ``data.batch_size``),
+    or, a language model on a text corpus, as DARTS's rnn/train.py trains one (the
+    ``language_model`` evaluator; 0: its lr 20 and 64 streams); the best retrained one is the
+    search's answer. A sampling search retrains
     its ``top`` best candidates (by their search score); a gradient strategy that learns a
     distribution (``fbnet``) retrains ``top`` distinct architectures drawn from it, as FBNet does;
     a job of several ``seeds`` whose strategy derives one architecture (DARTS) retrains its ``top``
@@ -299,13 +302,15 @@ class FinalRetrain:
     epochs: int = 10
     channels: int = 0
     layers: int = 0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.0
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         check(self.top >= 0, "final.top", "must be >= 0")
+        check(self.batch_size >= 0, "final.batch_size", "must be >= 0 (0: the training's own)")
         check(self.epochs >= 1, "final.epochs", "must be at least 1")
         check(self.channels >= 0 and self.layers >= 0, "final.channels", "and final.layers must be >= 0")
-        check(self.learning_rate > 0, "final.learning_rate", "must be positive")
+        check(self.learning_rate >= 0, "final.learning_rate", "must be >= 0 (0: the training's own)")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from raynas.runs.jobs import parse_job
 from raynas.spaces import SPACES
 from raynas.types import Architecture
 from tests.conftest import tiny_job
-from tests.fixtures import write_nb201_table
+from tests.fixtures import write_nb201_table, write_random_ptb
 
 NAMES = EVALUATORS.names()
 ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
@@ -31,11 +31,20 @@ ONE_SHOT = [n for n in NAMES if hasattr(EVALUATORS.get(n), "train_epoch")]
 SMALL_CONFIG = {"epochs": 1, "channels": 4, "layers": 1, "batch_size": 8, "bn_batches": 1}
 # The supernet's `epochs` are fine-tuning epochs under Tune (tests/test_tune.py): none here.
 # The table's schedules are the benchmark's (200 or 12 epochs).
-SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}, "nb201_table": {"epochs": 200}}
+SMALL_CONFIG_OF: dict[str, dict[str, Any]] = {"supernet": {"epochs": 0}, "nb201_table": {"epochs": 200},
+                                              "language_model": {"streams": 4, "valid_streams": 2}}
 # Evaluators of one kind of space, with a strategy of it (else NAS-Bench-201 cells, random search).
 SEARCH_OF: dict[str, dict[str, Any]] = {
     "morphism": {"space": {"name": "autokeras", "seed_width": 4, "seed_strides": [1, 2]},
                  "strategy": {"name": "autokeras", "evaluations": 2}},
+    "language_model": {"space": {"name": "darts_rnn", "channels": 8, "nodes": 2}},
+}
+# Evaluators of one kind of data (else 64 digits): a text corpus in PTB's files.
+DATA_OF: dict[str, Any] = {
+    "language_model": lambda folder: {
+        "name": "ptb", "bptt": 5, "batch_size": 4,
+        "path": str(write_random_ptb(folder / "ptb", train_words=200, valid_words=100)),
+    },
 }
 
 
@@ -58,7 +67,8 @@ def search_job(name: str, tmp_path: Path, **settings: Any) -> Any:
     job["space"] = {"name": "nb201", "channels": 4, "cells_per_stage": 1}
     job["strategy"] = {"name": "random", "evaluations": 2}
     job.update(SEARCH_OF.get(name, {}))
-    job["data"] = {"name": "digits", "batch_size": 16, "limit": 64}
+    digits = {"name": "digits", "batch_size": 16, "limit": 64}
+    job["data"] = DATA_OF[name](tmp_path) if name in DATA_OF else digits
     if "table" in (EVALUATORS.entry(name).traits or {}):  # (a table's search names no data)
         del job["data"]
     cells = [str(sample(SPACES.create("nb201"), seed)) for seed in range(4)]

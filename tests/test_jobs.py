@@ -140,6 +140,7 @@ def shrunk(path: Path, tmp_path: Path, backend: str) -> list[str]:
         overrides += ["final.top=2", "seeds=[0,1]"] if original.seeds else ["final.top=1"]
         overrides += ["final.epochs=1"]
         overrides += ["final.channels=4", "final.layers=1"] if sized else []
+        overrides += ["final.batch_size=2"] if original.final.batch_size else []
     return overrides
 
 
@@ -213,7 +214,7 @@ def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path,
     paper's dataset written in the official on-disk format (tests/fixtures.py), as a user runs it
     after pointing `data.path` at the real one. A job whose strategy reads a device's latency table
     first measures one for its (shrunk) layout with `raynas latency --job`, as the job file says."""
-    from fixtures import FIXTURES, write_whole_nb201_table
+    from fixtures import FIXTURES, write_random_ptb, write_whole_nb201_table
 
     from raynas.cli import main
     from raynas.config import load_yaml
@@ -224,6 +225,8 @@ def test_paper_job_runs_shrunk_on_its_dataset_in_the_official_format(path: Path,
                  "execution.gpus_per_worker=0", "execution.accelerator=null"]  # this machine's CPU
     if original.data.config is not None:  # (a table's search names no data: it reads none)
         data = FIXTURES[original.data.name](tmp_path / "data")
+        if original.data.name == "ptb" and original.final.top:  # rnn/train.py's 10 validation streams
+            data = write_random_ptb(tmp_path / "data", train_words=300, valid_words=300)
         located = [f"data.path={data}"] if hasattr(original.data.config, "path") else []  # not digits
         overrides += [*located, *SHRINK_DATA.get(original.data.name, []), "data.num_workers=0"]
     if original.evaluator is not None and original.evaluator.name == "nb201_table":  # the benchmark's file

@@ -12,7 +12,7 @@ import mlflow.pytorch
 import pytest
 import torch
 from conftest import tiny_job
-from fixtures import FIXTURES
+from fixtures import write_random_ptb
 from mlflow.tracking import MlflowClient
 
 from raynas.errors import ConfigError
@@ -116,12 +116,15 @@ def test_the_seeds_of_a_search_on_text_are_chosen_by_perplexity(tmp_path: Path) 
     """DARTS picks its recurrent cell among four searches by validation perplexity: the seeds
     retrained are those whose searches reached the highest log-likelihood per token (the lowest
     perplexity), not the best next-word accuracy, and the answer is the retrained network of the
-    lowest perplexity; the console shows log-likelihoods with their perplexities."""
+    lowest perplexity; the console shows log-likelihoods with their perplexities. Each cell is
+    retrained as rnn/train.py trains it (the language_model evaluator, checked against the
+    retraining job in tests/test_language_model_evaluator.py): scored by the network of its
+    lowest validation loss, the test text never read."""
     job = seeds_job(tmp_path)
-    job["final"].update(channels=8, layers=0)
+    job["final"] = {"top": 2, "epochs": 2, "channels": 8, "batch_size": 4}
+    data = write_random_ptb(tmp_path / "data", train_words=300, valid_words=300)
     job.update(space={"name": "darts_rnn", "channels": 8, "nodes": 2},
-               data={"name": "ptb", "path": str(FIXTURES["ptb"](tmp_path / "data")), "bptt": 4,
-                     "batch_size": 2})
+               data={"name": "ptb", "path": str(data), "bptt": 4, "batch_size": 2, "limit": 32})
     config = parse_job(job)
     lines: list[str] = []
     seeds = run_seeds(config, echo=lines.append)
@@ -130,6 +133,10 @@ def test_the_seeds_of_a_search_on_text_are_chosen_by_perplexity(tmp_path: Path) 
     order = sorted(range(3), key=lambda i: (-seeds.results[i].metrics["valid_loglik"], i))
     assert sorted(chosen.retrained) == sorted(config.seeds[i] for i in order[:2])
     assert all(r.objective == "valid_loglik" for r in chosen.retrained.values())
+    for r in chosen.retrained.values():
+        assert r.budget == 2 and "asgd" in r.metrics  # rnn/train.py's trainer, two epochs
+        assert r.metrics["valid_loss"] == r.metrics["best_valid_loss"] and r.score == -r.metrics["valid_loss"]
+        assert not any(key.startswith(("test_", "best_test_")) for key in r.metrics)
     best = max(chosen.retrained, key=lambda s: (-chosen.retrained[s].metrics["valid_ppl"], -s))
     assert chosen.seed == best
     retrained = [line for line in lines if line.startswith("seed ") and " retrained: " in line]

@@ -6,6 +6,8 @@ An evaluator turns an architecture into an :class:`raynas.types.EvalResult`:
   BatchNorm statistics recalibrated per candidate (SPOS, ENAS, random search with weight sharing);
 - ``scratch``: a short training of the stand-alone network from scratch, epoch by epoch, so Ray
   Tune's schedulers can stop it early;
+- ``language_model``: a recurrent cell's language model trained from scratch as DARTS's
+  ``rnn/train.py`` trains it, scored by validation perplexity (how DARTS chooses among its cells);
 - ``morphism``: the same training, from the parent's weights carried through the network
   morphisms that grew the candidate (Auto-Keras);
 - ``training_free``: a zero-cost proxy of the untrained network on one mini-batch (``proxy``:
@@ -18,7 +20,14 @@ Any class built with ``(config, search=...)`` whose ``evaluate(arch, trial_id=..
 EvalResult can register here.
 """
 
-from raynas.evaluators import morphism, nb201_table, scratch, supernet, training_free  # noqa: F401
+from raynas.evaluators import (  # noqa: F401
+    language_model,
+    morphism,
+    nb201_table,
+    scratch,
+    supernet,
+    training_free,
+)
 from raynas.evaluators.registry import EVALUATORS
 
 __all__ = ["EVALUATORS"]

@@ -24,6 +24,7 @@ from raynas import storage
 from raynas.config import SearchConfig, another_config, config_changes
 from raynas.data import dataset_info
 from raynas.errors import ConfigError, RaynasError, cause, no_memory
+from raynas.evaluators.language_model import LanguageModelConfig, LanguageModelEvaluator, trains_on_text
 from raynas.evaluators.scratch import ScratchConfig, ScratchEvaluator, network_size
 from raynas.profile import count_macs, count_params, counting_device
 from raynas.spaces import SPACES
@@ -389,14 +390,28 @@ def timed(result: EvalResult, started: float) -> EvalResult:
     return dataclasses.replace(result, started=started, ended=time.time())
 
 
-def final_evaluator(config: SearchConfig) -> ScratchEvaluator:
-    """What ``final`` retrains architectures with: from scratch, ``final``'s epochs and learning
-    rate, at its size (:func:`retrain_size`)."""
+def final_evaluator(config: SearchConfig) -> ScratchEvaluator | LanguageModelEvaluator:
+    """What ``final`` retrains architectures with: from scratch, ``final``'s epochs, learning
+    rate and batch (0: the training's own), at its size (:func:`retrain_size`). Images train as
+    the ``scratch`` evaluator trains them (SGD with a cosine, as DARTS's train.py; batches of the
+    job's ``data.batch_size`` unless ``final.batch_size``); a language model (on a text corpus)
+    as rnn/train.py trains it (the ``language_model`` evaluator: the network of its best
+    validation perplexity), as DARTS chose its recurrent cell."""
     final = config.final
+    rate = {"learning_rate": final.learning_rate} if final.learning_rate else {}
+    if trains_on_text(config):
+        streams = {"streams": final.batch_size} if final.batch_size else {}
+        return LanguageModelEvaluator(
+            LanguageModelConfig(epochs=final.epochs, channels=final.channels, **rate, **streams),
+            search=config,
+        )
+    search = config
+    if final.batch_size and config.data.config is not None:
+        data = dataclasses.replace(config.data.config, batch_size=final.batch_size)
+        search = dataclasses.replace(config, data=dataclasses.replace(config.data, config=data))
     return ScratchEvaluator(
-        ScratchConfig(epochs=final.epochs, channels=final.channels, layers=final.layers,
-                      learning_rate=final.learning_rate),
-        search=config,
+        ScratchConfig(epochs=final.epochs, channels=final.channels, layers=final.layers, **rate),
+        search=search,
     )
 
 

@@ -182,7 +182,7 @@ def fit_language_model(
     model: nn.Module,
     train_batches: Iterable[Batch],
     valid_batches: Iterable[Batch],
-    test_batches: Iterable[Batch],
+    test_batches: Iterable[Batch] | None,
     device: torch.device,
     *,
     epochs: int,
@@ -209,7 +209,8 @@ def fit_language_model(
         model: The language model, on ``device``.
         train_batches: The training text's windows, in order (iterated once per epoch).
         valid_batches: The validation text's windows, in order: they decide the switch to ASGD.
-        test_batches: The test text's windows, in order.
+        test_batches: The test text's windows, in order (None: no test scores, as when
+            architectures are chosen by their validation scores alone).
         device: Where the batches go.
         epochs: Epochs in all (a resumed state counts the ones done).
         learning_rate: The rate of SGD and of the ASGD it switches to.
@@ -273,7 +274,8 @@ def fit_language_model(
             metrics.update(lr=rate, asgd=float(asgd))
             with averaged_weights(plain, optimizer) if asgd else contextlib.nullcontext():
                 scores = evaluate(model, valid_batches, device, precision=precision, carry_state=True)
-                tested = evaluate(model, test_batches, device, precision=precision, carry_state=True)
+                tested = ({} if test_batches is None else
+                          evaluate(model, test_batches, device, precision=precision, carry_state=True))
                 # rnn/train.py: val_loss < stored_loss
                 if best is None or scores["valid_loss"] < best["scores"]["valid_loss"]:
                     tested_as = {f"test_{key[6:]}": value for key, value in tested.items()}
