@@ -148,3 +148,25 @@ def test_final_of_a_darts_job_needs_seeds(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, final={"top": 2})
     with pytest.raises(ConfigError, match="add seeds, or remove the section"):
         parse_job(job)
+
+
+def test_the_darts_cifar10_jobs_choice_trains_each_cell_as_the_retraining_job_of_train_py() -> None:
+    """jobs/darts_cifar10.yaml's choice among four searches trains each cell for 100 epochs (the
+    paper's Sec. 3.3) with cnn/train.py's settings, as jobs/retrain_darts_cifar10.yaml gives them
+    (checked against the script in tests/test_retrain.py): the evaluation network's size, SGD's
+    rate, momentum, decay and clip, and its batch of 96."""
+    from raynas.runs.jobs import load_job, load_retrain_job
+
+    jobs = Path(__file__).parents[1] / "jobs"
+    search = load_job(jobs / "darts_cifar10.yaml")
+    official = load_retrain_job(jobs / "retrain_darts_cifar10.yaml")
+    evaluator = final_evaluator(search)
+    assert isinstance(evaluator, ScratchEvaluator)
+    cfg, train = evaluator.config, official.retrain
+    assert (search.seeds, search.final.top, cfg.epochs) == ((0, 1, 2, 3), 4, 100)
+    assert (cfg.channels, cfg.layers) == (train.channels, train.layers) == (36, 20)
+    assert (cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (
+        train.learning_rate, train.momentum, train.weight_decay, train.grad_clip
+    )
+    assert evaluator.data.config.batch_size == official.data.config.batch_size == 96
+    assert search.data.config.batch_size == 64  # the search's own (train_search.py's)
