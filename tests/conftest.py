@@ -370,15 +370,16 @@ def ray_client_logs(head: str) -> str:
     return "\n".join(f"{path.name}:\n{path.read_text(errors='replace')[-2000:]}" for path in logs)
 
 
-def start_ray_head(token: str | None = None) -> tuple[str, str]:
+def start_ray_head(token: str | None = None, env: dict[str, str] | None = None) -> tuple[str, str]:
     """A real Ray head started with ``ray start --head`` on loopback: its GCS address and the
     temporary folder that names its processes (for :func:`stop_ray_cluster`). With ``token``, the
-    head asks its clients for that token (Ray's token authentication). Its Ray Client server
-    listens on a free port of its own (:data:`RAY_CLIENT_PORTS`), not on 10001 beside others'."""
+    head asks its clients for that token (Ray's token authentication); ``env``: variables its
+    processes see besides this one's. Its Ray Client server listens on a free port of its own
+    (:data:`RAY_CLIENT_PORTS`), not on 10001 beside others'."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     # Token authentication off for this throwaway loopback cluster unless asked for: a client
     # without the cluster's token cannot connect otherwise.
-    env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **(env or {}), "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled"}
     if token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # (no token file written)
     for _attempt in (1, 2):

@@ -3,15 +3,26 @@ real MLflow tracking server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, RAY_CLIENT_PORTS, ray_client_logs, tiny_job, write_job
+from conftest import (
+    BIN,
+    RAY_CLIENT_PORTS,
+    ray_client_logs,
+    start_ray_head,
+    stop_ray_cluster,
+    tiny_job,
+    write_job,
+)
 from mlflow.tracking import MlflowClient
 
 from raynas.errors import ConfigError
@@ -140,13 +151,10 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
     command = [str(BIN / "raynas"), "search", str(path), "--address", address,
                "--tracking-uri", mlflow_server]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    if join == "ray_client" and "Starting Ray client server failed" in proc.stderr:
-        # Ray Client's proxy now and then loses the server it starts for each client: the process
-        # exits at once and leaves empty logs (2 of 3 full suites here, 1 of ~40 runs alone; Ray
-        # 2.60's proxier.py). Not raynas's doing; the same command once more (noted for a fix).
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:] + ray_client_logs(ray_head)
-    assert proc.stderr == ""
+    # (Now and then Ray Client's proxy loses the server it starts for the driver, which connects
+    # again and says so: the test below.)
+    assert all(LOST_CLIENT_SERVER in line for line in proc.stderr.splitlines()), proc.stderr
     assert "Ray actor on" in proc.stdout
     run_id = proc.stdout.split("MLflow run: ")[1].split()[0]
     assert f"{mlflow_server}/#/experiments/" in proc.stdout
@@ -158,6 +166,112 @@ def test_search_on_a_ray_cluster_into_an_mlflow_server(
     assert run.data.metrics["alpha_entropy"] > 0
     genotype = json.loads(Path(client.download_artifacts(run_id, "genotype.json", str(tmp_path))).read_text())
     assert genotype["space"] == "darts" and len(genotype["normal"]) == 4
+
+
+LOST_CLIENT_SERVER = "lost the server it started for this driver before it answered; connecting again"
+
+# Ray Client's proxy starts a server process for each driver. A Python startup hook in the head's
+# proxy kills the first `lose` (a file beside it) of those servers the moment they are started, as
+# they are lost here now and then: the process gone at once, its logs empty, and the proxy answering
+# the driver "Starting Ray client server failed" (Ray 2.60's proxier.py, start_specific_server).
+LOSING_HOOK = """
+import os
+with open("/proc/self/cmdline", "rb") as f:
+    _cmd = f.read()
+if b"ray.util.client.server" in _cmd and b"--mode=proxy" in _cmd:
+    import ray._private.services as _services
+
+    _start = _services.start_ray_client_server
+    _here = os.path.dirname(os.path.abspath(__file__))
+
+    def _losing(*args, **kwargs):
+        started = _start(*args, **kwargs)
+        with open(os.path.join(_here, "lose")) as f:
+            lose = int(f.read())
+        for n in range(lose):
+            try:
+                os.close(os.open(os.path.join(_here, f"lost-{n}"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
+            started.process.kill()
+            while True:  # dead before the proxy looks at it (and left for it to reap)
+                try:
+                    with open(f"/proc/{started.process.pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            break
+                except OSError:
+                    break
+            break
+        return started
+
+    _services.start_ray_client_server = _losing
+"""
+
+
+# Ray Client waits out its reconnection grace period (30 s) before it gives up on a lost server.
+QUICK_TO_GIVE_UP = {**os.environ, "RAY_CLIENT_RECONNECT_GRACE_PERIOD": "2"}
+
+
+@contextlib.contextmanager
+def losing_head(folder: Path, lose: int, channel_timeout: int) -> Iterator[str]:
+    """A Ray head whose Ray Client proxy loses the first ``lose`` servers it starts for drivers
+    (each loss leaves a ``lost-<n>`` file in ``folder``); yields its Ray Client address. The
+    proxy's log stream to a driver may wait for the lost server's channel (Ray's
+    ``RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S``, 30 s by default; here ``channel_timeout``), then
+    retry for 10 s, before the driver hears of the loss."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(LOSING_HOOK)
+    (folder / "lose").write_text(str(lose))
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    address, temp_dir = start_ray_head(
+        env={"PYTHONPATH": path, "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": str(channel_timeout)}
+    )
+    try:
+        yield f"ray://127.0.0.1:{RAY_CLIENT_PORTS[address]}"
+    finally:
+        stop_ray_cluster(temp_dir)
+
+
+@pytest.mark.integration
+def test_a_ray_client_server_lost_at_its_start_is_asked_for_again_with_one_line(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    """Ray Client's proxy loses the server process it starts for the driver (it exits at its
+    start, its logs empty; Ray's client gives up with a traceback): the driver connects again,
+    says so in one line, and the search runs to its end."""
+    path = write_job(tmp_path, tiny_job(tmp_path, execution={"backend": "ray", "cpus_per_worker": 1},
+                                        tracking={"tracking_uri": None, "experiment": "ray-lost"}))
+    hook = tmp_path / "hook"
+    # (12 s: twice a healthy server's start here, which the second try waits for)
+    with losing_head(hook, lose=1, channel_timeout=12) as address:
+        proc = subprocess.run([str(BIN / "raynas"), "search", str(path), "--address", address,
+                               "--tracking-uri", mlflow_server], capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path, env=QUICK_TO_GIVE_UP)
+    assert (hook / "lost-0").exists()  # the first server was lost
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and LOST_CLIENT_SERVER in lines[0] and "(try 2 of 3)" in lines[0], proc.stderr
+    run_id = proc.stdout.split("MLflow run: ")[1].split()[0]
+    assert MlflowClient(mlflow_server).get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.integration
+def test_a_ray_client_that_loses_every_server_is_one_line_naming_the_logs(tmp_path: Path) -> None:
+    """Every try's server lost: one line naming the head's logs that say why, exit status 2."""
+    path = write_job(tmp_path, tiny_job(tmp_path, execution={"backend": "ray", "cpus_per_worker": 1}))
+    hook = tmp_path / "hook"
+    with losing_head(hook, lose=3, channel_timeout=1) as address:  # (no server to wait for)
+        proc = subprocess.run([str(BIN / "raynas"), "search", str(path), "--address", address],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path, env=QUICK_TO_GIVE_UP)
+    assert [(hook / f"lost-{n}").exists() for n in range(3)] == [True] * 3
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3 and all(LOST_CLIENT_SERVER in line for line in lines[:2]), proc.stderr
+    assert lines[2] == (
+        f"raynas: error: Ray Client at {address} lost the server it starts for this driver 3 times in a "
+        "row; its reasons are in the head node's Ray logs (ray_client_server.err and "
+        "ray_client_server_<port>.err)"
+    )
 
 
 def test_ray_clients_relay_of_its_servers_sigterm_warning_stays_off_the_console(

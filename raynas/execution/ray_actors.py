@@ -201,8 +201,7 @@ def init_ray(execution: ExecutionConfig) -> None:
     if address:
         check_address(address, "execution.address (--address)" if execution.address else "RAY_ADDRESS")
         _quiet_ray_client_relay()
-        with _keeping_signals():
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        _join(address)
         _quiet_console()
         return
     # A local Ray turns token authentication on by itself and says so on the console each time;
@@ -241,6 +240,43 @@ def init_ray(execution: ExecutionConfig) -> None:
 
 
 _local = ""  # the GCS address of the local Ray this process started, if it did
+
+# What Ray Client's proxy answers when the server process it starts for each client (Ray 2.60's
+# ray/util/client/server/proxier.py, start_specific_server) is gone before it answers: it exits
+# at its start with empty logs, now and then (seen about once in 40 connections here; the proxy
+# forks it while its other threads are in gRPC), found gone as the proxy starts it, looks it up
+# (psutil's NoSuchProcess) or connects to it. Ray's client does not try again; a new connection
+# starts a new server.
+_CLIENT_SERVER_LOST = (
+    "Starting Ray client server failed", "NoSuchProcess", "Proxy failed to Connect to backend",
+)
+CLIENT_SERVER_TRIES = 3
+
+
+def _join(address: str) -> None:
+    """``ray.init`` at ``address``, connecting again (with a line in the log) while a Ray Client
+    proxy loses the server it starts for this driver, :data:`CLIENT_SERVER_TRIES` times in all.
+
+    Raises:
+        RaynasError: Every try lost its server: one line naming the head's logs to read.
+    """
+    for attempt in range(1, CLIENT_SERVER_TRIES + 1):
+        try:
+            with _keeping_signals():
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            return
+        except ConnectionAbortedError as exc:
+            if not any(lost in str(exc) for lost in _CLIENT_SERVER_LOST):
+                raise
+            if attempt == CLIENT_SERVER_TRIES:
+                raise RaynasError(
+                    f"Ray Client at {address} lost the server it starts for this driver "
+                    f"{CLIENT_SERVER_TRIES} times in a row; its reasons are in the head node's Ray "
+                    "logs (ray_client_server.err and ray_client_server_<port>.err)"
+                ) from None
+            log.warning("Ray Client at %s lost the server it started for this driver before it "
+                        "answered; connecting again (try %d of %d)", address, attempt + 1,
+                        CLIENT_SERVER_TRIES)
 
 
 def check_room(execution: ExecutionConfig, count: int, setting: str) -> None:
@@ -429,11 +465,11 @@ def _lost_peer(pending: list[Any], grace_s: float) -> WorkerLostError | None:
 
 def cluster_head() -> str:
     """host:port of the connected cluster's head (its GCS); empty when not connected."""
-    if not ray.is_initialized():  # (``get_runtime_context`` would start or join a Ray)
-        return ""
     try:
+        if not ray.is_initialized():  # (``get_runtime_context`` would start or join a Ray)
+            return ""
         return str(ray.get_runtime_context().gcs_address or "")
-    except Exception:  # not connected, or a Ray Client driver
+    except Exception:  # not connected, a Ray Client driver, or one still connecting (gRPC's errors)
         return ""
 
 
