@@ -444,3 +444,28 @@ def test_a_store_mlflow_cannot_open_is_one_line(tmp_path: Path, capsys: pytest.C
         len(err.splitlines()) == 1
     ), err
     assert "found version 0123456789ab" in err and "move the store away" in err
+
+
+def test_a_runs_artifact_read_from_python_draws_no_progress_bar(tmp_path: Path) -> None:
+    """Used from Python (not the command line), raynas reads a run's artifacts without MLflow's
+    "Downloading artifacts" progress bar on stderr (seen before: one per artifact read)."""
+    import os
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    run = client.create_run(client.create_experiment("bars"))
+    client.log_text(run.info.run_id, '{"space": "darts"}', "genotype.json")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    script = (
+        "from mlflow.tracking import MlflowClient\n"
+        "from raynas.tracking.mlflow_tracker import run_artifact\n"
+        f"_, path = run_artifact(MlflowClient({store!r}), 'run:{run.info.run_id}', 'genotype.json', 'x')\n"
+        "print(open(path).read())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '{"space": "darts"}'
+    assert "Downloading artifacts" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr

@@ -58,6 +58,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# MLflow draws a progress bar on stderr for every artifact it downloads (a run's genotype, a
+# registered model); raynas reads them as part of its work, from the command line or from Python.
+# A user's own setting stands.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 TAG_PREFIX = "raynas."
 # The tag naming the attempt that made a search's run (MlflowTracker.start).
 ATTEMPT_TAG = f"{TAG_PREFIX}attempt"
