@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import torch
 
-from raynas.config import Rule, SearchConfig, check_rules
+from raynas.config import RetrainConfig, Rule, SearchConfig, check_rules
 from raynas.data import DATASETS, search_objective
 from raynas.data.ptb import PtbConfig
 from raynas.errors import ConfigError
@@ -68,10 +68,10 @@ class LanguageModelConfig:
         check_rules(self, "evaluator")
 
 
-def trains_on_text(search: SearchConfig) -> bool:
-    """Whether ``search``'s data is a corpus of token streams (PTB, WikiText-2): its networks are
+def trains_on_text(job: SearchConfig | RetrainConfig) -> bool:
+    """Whether the job's data is a corpus of token streams (PTB, WikiText-2): its networks are
     language models, trained as rnn/train.py trains them."""
-    return isinstance(search.data.config, PtbConfig)
+    return isinstance(job.data.config, PtbConfig)
 
 
 @EVALUATORS.register("language_model", config=LanguageModelConfig)

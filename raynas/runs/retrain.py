@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Subset
 from raynas.config import RetrainConfig, another_config
 from raynas.data import DATASETS
 from raynas.data.base import ShardedBatchSampler, official_test_set, split_indices, training_order
-from raynas.data.ptb import PtbConfig
 from raynas.errors import ArchitectureError, ConfigError, cause, no_memory
+from raynas.evaluators.language_model import trains_on_text
 from raynas.execution import outliving_losses, start_worker
 from raynas.execution.ray_actors import head_watched
 from raynas.runs.common import attempt_id, sole_writer
@@ -174,7 +174,7 @@ class RetrainWorker:
         self.config = config
         data = DATASETS.create(config.data.name, config.data.config)
         self.device = pick_device(config.execution.device)
-        self.recurrent = trains_language_model(config)
+        self.recurrent = trains_on_text(config)
         if self.recurrent:
             self.train_loader, self.valid_loader, self.test_loader = _stream_loaders(data, config)
             self.split = "test"
@@ -365,12 +365,6 @@ def _tags(config: RetrainConfig) -> dict[str, str]:
     }
 
 
-def trains_language_model(config: RetrainConfig) -> bool:
-    """Whether the job trains a recurrent language model: its data is a corpus of token streams
-    (PTB, WikiText-2)."""
-    return isinstance(config.data.config, PtbConfig)
-
-
 def check_settings(config: RetrainConfig) -> None:
     """The checks a retraining makes of its job before it starts, beyond those of the job's own
     parts: a language model's training takes only the settings rnn/train.py's has.
@@ -378,7 +372,7 @@ def check_settings(config: RetrainConfig) -> None:
     Raises:
         ConfigError: A setting the network's training does not have.
     """
-    if trains_language_model(config):
+    if trains_on_text(config):
         _check_recurrent(config)
 
 
